@@ -1,0 +1,163 @@
+#include "cli.h"
+#include "error.h"
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+const char *cli_tool = "ar";
+int cli_progress = -1;
+
+void cli_init(const char *tool)
+{
+    cli_tool = tool;
+    if (cli_progress < 0) cli_progress = isatty(2) ? 1 : 0;
+}
+
+static void vmsg(const char *fmt, va_list ap)
+{
+    fprintf(stderr, "%s: ", cli_tool);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+}
+
+void cli_die(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    exit(CLI_EXIT_FAIL);
+}
+
+void cli_die_lib(void) { cli_die("%s", ar_last_error()); }
+
+void cli_usage_error(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vmsg(fmt, ap);
+    va_end(ap);
+    fprintf(stderr, "%s: run '%s --help' for usage\n", cli_tool, cli_tool);
+    exit(CLI_EXIT_USAGE);
+}
+
+const char *cli_value(int argc, char **argv, int *i, const char *flag)
+{
+    const char *a = argv[*i];
+    size_t n = strlen(flag);
+    if (strncmp(a, flag, n)) return NULL;
+    if (a[n] == '=') return a + n + 1;
+    if (a[n] != 0) return NULL;
+    if (*i + 1 >= argc) cli_usage_error("%s needs a value", flag);
+    return argv[++*i];
+}
+
+long cli_long(const char *flag, const char *val, long lo, long hi)
+{
+    char *end;
+    errno = 0;
+    long v = strtol(val, &end, 10);
+    if (errno || end == val || *end) cli_usage_error("%s: '%s' is not an integer", flag, val);
+    if (v < lo || v > hi) cli_usage_error("%s: %ld is out of range [%ld, %ld]", flag, v, lo, hi);
+    return v;
+}
+
+double cli_double(const char *flag, const char *val, double lo, double hi)
+{
+    char *end;
+    errno = 0;
+    double v = strtod(val, &end);
+    if (errno || end == val || *end) cli_usage_error("%s: '%s' is not a number", flag, val);
+    if (!(v >= lo && v <= hi)) cli_usage_error("%s: %g is out of range [%g, %g]", flag, v, lo, hi);
+    return v;
+}
+
+int cli_common_flag(const char *arg)
+{
+    if (!strcmp(arg, "--quiet") || !strcmp(arg, "-q")) { cli_progress = 0; return 1; }
+    if (!strcmp(arg, "--verbose") || !strcmp(arg, "-v")) { cli_progress = 2; return 1; }
+    if (!strcmp(arg, "--progress")) { cli_progress = 1; return 1; }
+    return 0;
+}
+
+/* Atomic output: at most a few open at once per process. */
+enum { MAX_OUTS = 16 };
+static struct { FILE *f; char *tmp, *final; } outs[MAX_OUTS];
+static int outs_hooked;
+
+static void outs_cleanup(void)
+{
+    for (int k = 0; k < MAX_OUTS; k++)
+        if (outs[k].f && outs[k].tmp) unlink(outs[k].tmp);
+}
+
+FILE *cli_out_open(const char *path, int binary)
+{
+    if (!path || !strcmp(path, "-")) {
+        if (binary && isatty(1)) cli_die("refusing to write binary data to a terminal (use -o FILE or a pipe)");
+        return stdout;
+    }
+    int k = 0;
+    while (k < MAX_OUTS && outs[k].f) k++;
+    if (k == MAX_OUTS) cli_die("too many open outputs");
+    size_t n = strlen(path) + 32;
+    char *tmp = malloc(n);
+    snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
+    FILE *f = fopen(tmp, "wb");
+    if (!f) cli_die("%s: cannot create: %s", path, strerror(errno));
+    outs[k].f = f; outs[k].tmp = tmp; outs[k].final = strdup(path);
+    if (!outs_hooked) { atexit(outs_cleanup); outs_hooked = 1; }
+    return f;
+}
+
+static int out_slot(FILE *f)
+{
+    for (int k = 0; k < MAX_OUTS; k++) if (outs[k].f == f) return k;
+    return -1;
+}
+
+void cli_out_commit(FILE *f)
+{
+    int k = out_slot(f);
+    if (k < 0) { /* stdout */
+        if (fflush(f) || ferror(f)) cli_die("write error on standard output");
+        return;
+    }
+    if (fflush(f) || ferror(f) || fclose(f)) {
+        outs[k].f = NULL;
+        unlink(outs[k].tmp);
+        cli_die("%s: write error: %s", outs[k].final, strerror(errno));
+    }
+    if (rename(outs[k].tmp, outs[k].final)) cli_die("%s: cannot rename into place: %s", outs[k].final, strerror(errno));
+    free(outs[k].tmp); free(outs[k].final);
+    outs[k].f = NULL; outs[k].tmp = outs[k].final = NULL;
+}
+
+void cli_out_abort(FILE *f)
+{
+    int k = out_slot(f);
+    if (k < 0) return;
+    fclose(f);
+    unlink(outs[k].tmp);
+    free(outs[k].tmp); free(outs[k].final);
+    outs[k].f = NULL; outs[k].tmp = outs[k].final = NULL;
+}
+
+double cli_now(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+void cli_progress_line(const char *what, int i, int n, double t0, const char *extra)
+{
+    if (cli_progress <= 0) return;
+    double el = cli_now() - t0;
+    double eta = i > 0 ? el / i * (n - i) : 0;
+    fprintf(stderr, "%s: %s %d/%d  elapsed %.1fs  ETA %.1fs%s%s\n", cli_tool, what, i, n, el, eta,
+            extra ? "  " : "", extra ? extra : "");
+}

@@ -1,0 +1,13 @@
+#!/bin/sh
+# Install the Debian packages ar builds and tests against. Idempotent: does nothing when all are present.
+set -e
+PKGS="build-essential pkg-config libzstd-dev zstd libcjson-dev libopenblas-dev libcriterion-dev libpcre2-dev libutf8proc-dev groff-base man-db python3-venv"
+missing=""
+for p in $PKGS; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
+done
+if [ -z "$missing" ]; then echo "deps: all present"; exit 0; fi
+SUDO=""; [ "$(id -u)" = 0 ] || SUDO=sudo
+echo "deps: installing$missing"
+$SUDO apt-get update -qq
+DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq $missing
