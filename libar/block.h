@@ -27,4 +27,65 @@ typedef struct {
 /* Out-features and in-features of linear i for config c. */
 void ar_linear_shape(const ar_config *c, int i, int *n_out, int *k_in);
 
+/* Scratch for block forwards and backward, allocated once for up to B
+ * sequences of up to T tokens and reused across calls (treat as opaque).
+ * Sizes in floats, BT = B*T, QD = NH*HD, KD = NKV*HD:
+ *   rope cos/sin 2 * T*HD/2, ln/h 2 * BT*C, q/ao 2 * BT*QD, k/v 2 * BT*KD,
+ *   gate/up 2 * BT*F, rstd BT*NH, attention scratch T*T;
+ * with train, for ar_block_backward also: dact/dgate/dup 3 * BT*F,
+ *   dln/dh 2 * BT*C, dao/dq/dqn 3 * BT*QD, dk/dv/dkn 3 * BT*KD. */
+typedef struct {
+    int B, T, train;
+    float *cos_t, *sin_t;
+    float *ln, *h, *q, *ao, *k, *v, *gate, *up, *rstd, *att;
+    float *dact, *dgate, *dup, *dln, *dh, *dao, *dq, *dqn, *dk, *dv, *dkn;
+} ar_block_work;
+
+/* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
+ * adds the buffers of ar_block_backward. Returns 0, or -1 (ar_error) when out
+ * of memory or the config is inconsistent. */
+int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int train);
+void ar_block_work_free(ar_block_work *ws);
+
+/* Activations one training forward saves for ar_block_backward, for up to B
+ * sequences of T tokens (BT = B*T, QD = NH*HD, KD = NKV*HD):
+ * x, ln1, h, ln2 [BT, C]; rstd1, rstd2 [BT]; q, ao [BT, QD]; k, v [BT, KD]
+ * (q, k after QK-norm and RoPE); qpre [BT, QD], kpre [BT, KD], rstdq [BT*NH],
+ * rstdk [BT*NKV] only with QK-norm (else NULL); att [B, NH, T, T];
+ * gate, up, act [BT, F]. */
+typedef struct {
+    int cap_B, cap_T;           /* capacity */
+    int B, T;                   /* shape of the last ar_block_forward_train */
+    float *x, *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att, *ao;
+    float *h, *ln2, *rstd2, *gate, *up, *act;
+} ar_block_acts;
+
+/* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.
+ * Returns 0 or -1 (ar_error). */
+int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T);
+void ar_block_acts_free(ar_block_acts *a);
+
+/* Inference forward of one block: y [B*T, C] = block(x [B*T, C]) over B
+ * independent causal sequences of T tokens at positions 0..T-1.
+ * y may equal x (the input is last read before y is first written).
+ * ws from ar_block_work_init with capacity >= B, T. Returns 0, or -1
+ * (ar_error) when B, T exceed the capacity. */
+int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float *x,
+                     float *y, int B, int T, ar_block_work *ws);
+
+/* The same forward, saving into a (capacity >= B, T) what ar_block_backward
+ * needs (x is copied, so the caller may reuse it). y may equal x. */
+int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
+                           const float *x, float *y, int B, int T,
+                           ar_block_work *ws, ar_block_acts *a);
+
+/* Backward of the forward saved in a: given dy [B*T, C] (the loss gradient at
+ * the block output), ACCUMULATE dW[i] [N_i, K_i] += dL/dW_i for each of the
+ * seven linears (dW[i] may be NULL to skip one) and, when dx != NULL,
+ * dx [B*T, C] += dL/dx. Norm weights and biases get no gradient. w must be
+ * the weights of that forward; ws needs train. Returns 0 or -1 (ar_error). */
+int ar_block_backward(const ar_config *c, const ar_block_weights *w,
+                      const ar_block_acts *a, const float *dy,
+                      float *const dW[AR_NLINEAR], float *dx, ar_block_work *ws);
+
 #endif

@@ -1,0 +1,293 @@
+/* block.c — Llama-family decoder block forward/backward (see block.h).
+ *
+ *   h = x + o_proj(attn(rope(qknorm(q_proj(n1))), rope(qknorm(k_proj(n1))), v_proj(n1)))
+ *   y = h + down(silu(gate(n2)) * up(n2)),   n1 = rmsnorm1(x), n2 = rmsnorm2(h) */
+#include "block.h"
+#include "error.h"
+#include "ops.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+const char *const ar_linear_names[AR_NLINEAR] = {
+    "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+    "mlp.gate_proj",    "mlp.up_proj",      "mlp.down_proj",
+};
+
+void ar_linear_shape(const ar_config *c, int i, int *n_out, int *k_in)
+{
+    int C = c->hidden, F = c->intermediate;
+    int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    int n = 0, k = 0;
+    switch (i) {
+    case AR_Q: n = QD; k = C; break;
+    case AR_K: case AR_V: n = KD; k = C; break;
+    case AR_O: n = C; k = QD; break;
+    case AR_GATE: case AR_UP: n = F; k = C; break;
+    case AR_DOWN: n = C; k = F; break;
+    }
+    *n_out = n;
+    *k_in = k;
+}
+
+/* ------------------------------------------------------------ allocation */
+
+static int check_config(const ar_config *c)
+{
+    if (c->hidden <= 0 || c->intermediate <= 0 || c->n_heads <= 0 ||
+        c->n_kv_heads <= 0 || c->head_dim <= 0 || c->head_dim % 2 ||
+        c->n_heads % c->n_kv_heads)
+        return ar_error("block: bad shape (hidden %d, intermediate %d, heads %d/%d, "
+                        "head_dim %d)", c->hidden, c->intermediate, c->n_heads,
+                        c->n_kv_heads, c->head_dim);
+    return 0;
+}
+
+/* Allocate n floats into *p, counting failures in *fail (one check at the end
+ * keeps the init functions flat). */
+static void alloc_f(float **p, long n, int *fail)
+{
+    *p = n > 0 ? malloc(sizeof(float) * (size_t)n) : NULL;
+    if (n > 0 && !*p) (*fail)++;
+}
+
+int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int train)
+{
+    memset(ws, 0, sizeof *ws);
+    if (check_config(c)) return -1;
+    if (B <= 0 || T <= 0) return ar_error("block: bad batch %d x %d", B, T);
+    long BT = (long)B * T, C = c->hidden, F = c->intermediate;
+    long QD = (long)c->n_heads * c->head_dim, KD = (long)c->n_kv_heads * c->head_dim;
+    int fail = 0;
+    ws->B = B, ws->T = T, ws->train = train;
+    alloc_f(&ws->cos_t, (long)T * c->head_dim / 2, &fail);
+    alloc_f(&ws->sin_t, (long)T * c->head_dim / 2, &fail);
+    alloc_f(&ws->ln, BT * C, &fail), alloc_f(&ws->h, BT * C, &fail);
+    alloc_f(&ws->q, BT * QD, &fail), alloc_f(&ws->ao, BT * QD, &fail);
+    alloc_f(&ws->k, BT * KD, &fail), alloc_f(&ws->v, BT * KD, &fail);
+    alloc_f(&ws->gate, BT * F, &fail), alloc_f(&ws->up, BT * F, &fail);
+    alloc_f(&ws->rstd, BT * c->n_heads, &fail);
+    alloc_f(&ws->att, ar_attention_scratch(T), &fail);
+    if (train) {
+        alloc_f(&ws->dact, BT * F, &fail), alloc_f(&ws->dgate, BT * F, &fail);
+        alloc_f(&ws->dup, BT * F, &fail);
+        alloc_f(&ws->dln, BT * C, &fail), alloc_f(&ws->dh, BT * C, &fail);
+        alloc_f(&ws->dao, BT * QD, &fail), alloc_f(&ws->dq, BT * QD, &fail);
+        alloc_f(&ws->dqn, BT * QD, &fail);
+        alloc_f(&ws->dk, BT * KD, &fail), alloc_f(&ws->dv, BT * KD, &fail);
+        alloc_f(&ws->dkn, BT * KD, &fail);
+    }
+    if (fail) {
+        ar_block_work_free(ws);
+        return ar_error("block: out of memory for a %d x %d workspace", B, T);
+    }
+    ar_rope_tables(ws->cos_t, ws->sin_t, c, T);
+    return 0;
+}
+
+void ar_block_work_free(ar_block_work *ws)
+{
+    float **p[] = {&ws->cos_t, &ws->sin_t, &ws->ln, &ws->h, &ws->q, &ws->ao, &ws->k,
+                   &ws->v, &ws->gate, &ws->up, &ws->rstd, &ws->att, &ws->dact,
+                   &ws->dgate, &ws->dup, &ws->dln, &ws->dh, &ws->dao, &ws->dq,
+                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
+}
+
+int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
+{
+    memset(a, 0, sizeof *a);
+    if (check_config(c)) return -1;
+    if (B <= 0 || T <= 0) return ar_error("block: bad batch %d x %d", B, T);
+    long BT = (long)B * T, C = c->hidden, F = c->intermediate, NH = c->n_heads;
+    long QD = NH * c->head_dim, KD = (long)c->n_kv_heads * c->head_dim;
+    int fail = 0;
+    a->cap_B = B, a->cap_T = T;
+    alloc_f(&a->x, BT * C, &fail), alloc_f(&a->ln1, BT * C, &fail);
+    alloc_f(&a->rstd1, BT, &fail);
+    if (c->qk_norm) {
+        alloc_f(&a->qpre, BT * QD, &fail), alloc_f(&a->kpre, BT * KD, &fail);
+        alloc_f(&a->rstdq, BT * NH, &fail);
+        alloc_f(&a->rstdk, BT * c->n_kv_heads, &fail);
+    }
+    alloc_f(&a->q, BT * QD, &fail), alloc_f(&a->k, BT * KD, &fail);
+    alloc_f(&a->v, BT * KD, &fail), alloc_f(&a->att, (long)B * NH * T * T, &fail);
+    alloc_f(&a->ao, BT * QD, &fail), alloc_f(&a->h, BT * C, &fail);
+    alloc_f(&a->ln2, BT * C, &fail), alloc_f(&a->rstd2, BT, &fail);
+    alloc_f(&a->gate, BT * F, &fail), alloc_f(&a->up, BT * F, &fail);
+    alloc_f(&a->act, BT * F, &fail);
+    if (fail) {
+        ar_block_acts_free(a);
+        return ar_error("block: out of memory for %d x %d saved activations", B, T);
+    }
+    return 0;
+}
+
+void ar_block_acts_free(ar_block_acts *a)
+{
+    float **p[] = {&a->x,   &a->ln1, &a->rstd1, &a->qpre, &a->rstdq, &a->kpre,
+                   &a->rstdk, &a->q, &a->k,     &a->v,    &a->att,   &a->ao,
+                   &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
+}
+
+/* --------------------------------------------------------------- forward */
+
+/* Where one forward keeps its intermediates: the workspace (inference, with
+ * buffers reused) or the saved activations (training). NULL rstd = not kept. */
+typedef struct {
+    float *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att;
+    int save_att;
+    float *ao, *h, *ln2, *rstd2, *gate, *up, *act, *tmp;
+} fwd_bufs;
+
+/* Attention half: h = x + o_proj(attn(...)). x is not read after this. */
+static void attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
+                      int B, int T, const ar_block_work *ws, const fwd_bufs *f)
+{
+    int BT = B * T, C = c->hidden, HD = c->head_dim, NH = c->n_heads;
+    int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
+    ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
+    ar_linear_forward(f->qpre, f->ln1, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
+    ar_linear_forward(f->kpre, f->ln1, w->w[AR_K], w->b[AR_K], BT, C, KD);
+    ar_linear_forward(f->v, f->ln1, w->w[AR_V], w->b[AR_V], BT, C, KD);
+    if (w->q_norm) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, w->q_norm, BT * NH, HD, c->rms_eps);
+    else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
+    if (w->k_norm) ar_rmsnorm_forward(f->k, f->rstdk, f->kpre, w->k_norm, BT * NKV, HD, c->rms_eps);
+    else if (f->k != f->kpre) memcpy(f->k, f->kpre, sizeof(float) * BT * KD);
+    ar_rope_forward(f->q, ws->cos_t, ws->sin_t, B, T, NH, HD);
+    ar_rope_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD);
+    ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
+                         HD, c->sliding_window);
+    ar_linear_forward(f->h, f->ao, w->w[AR_O], w->b[AR_O], BT, QD, C);
+    ar_residual_forward(f->h, f->h, x, (long)BT * C);
+}
+
+/* MLP half: y = h + down(silu(gate(n2)) * up(n2)). */
+static void mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int BT,
+                     const fwd_bufs *f)
+{
+    int C = c->hidden, F = c->intermediate;
+    ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
+    ar_linear_forward(f->gate, f->ln2, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
+    ar_linear_forward(f->up, f->ln2, w->w[AR_UP], w->b[AR_UP], BT, C, F);
+    ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
+    ar_linear_forward(f->tmp, f->act, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
+    ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
+}
+
+static int check_fit(int B, int T, int capB, int capT, const char *what)
+{
+    if (B <= 0 || T <= 0 || T > capT || (long)B * T > (long)capB * capT)
+        return ar_error("block: batch %d x %d exceeds the %s capacity %d x %d", B, T,
+                        what, capB, capT);
+    return 0;
+}
+
+int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float *x,
+                     float *y, int B, int T, ar_block_work *ws)
+{
+    if (check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    /* ln serves both norms and, once gate/up are computed, the down output;
+     * QK-norm and SwiGLU run in place. */
+    fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
+                  .v = ws->v, .att = ws->att, .ao = ws->ao, .h = ws->h, .ln2 = ws->ln,
+                  .gate = ws->gate, .up = ws->up, .act = ws->gate, .tmp = ws->ln};
+    attn_half(c, w, x, B, T, ws, &f);
+    mlp_half(c, w, y, B * T, &f);
+    return 0;
+}
+
+int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
+                           const float *x, float *y, int B, int T,
+                           ar_block_work *ws, ar_block_acts *a)
+{
+    if (check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    if (check_fit(B, T, a->cap_B, a->cap_T, "activation")) return -1;
+    if ((w->q_norm || w->k_norm) && !a->qpre)
+        return ar_error("block: QK-norm weights but activations allocated without");
+    a->B = B, a->T = T;
+    memcpy(a->x, x, sizeof(float) * B * T * c->hidden);
+    fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .qpre = w->q_norm ? a->qpre : a->q,
+                  .rstdq = a->rstdq, .kpre = w->k_norm ? a->kpre : a->k,
+                  .rstdk = a->rstdk, .q = a->q, .k = a->k, .v = a->v, .att = a->att,
+                  .save_att = 1, .ao = a->ao, .h = a->h, .ln2 = a->ln2,
+                  .rstd2 = a->rstd2, .gate = a->gate, .up = a->up, .act = a->act,
+                  .tmp = ws->ln};
+    attn_half(c, w, a->x, B, T, ws, &f);
+    mlp_half(c, w, y, B * T, &f);
+    return 0;
+}
+
+/* -------------------------------------------------------------- backward */
+
+/* MLP half backward: from dy, dW of down/gate/up, and ws->dh = dL/dh. */
+static void mlp_back(const ar_config *c, const ar_block_weights *w,
+                     const ar_block_acts *a, const float *dy,
+                     float *const dW[AR_NLINEAR], ar_block_work *ws)
+{
+    long BT = (long)a->B * a->T;
+    int C = c->hidden, F = c->intermediate;
+    memset(ws->dact, 0, sizeof(float) * BT * F);
+    memset(ws->dgate, 0, sizeof(float) * BT * F);
+    memset(ws->dup, 0, sizeof(float) * BT * F);
+    memset(ws->dln, 0, sizeof(float) * BT * C);
+    memcpy(ws->dh, dy, sizeof(float) * BT * C); /* residual: dh = dy + ... */
+    ar_linear_backward(ws->dact, dW[AR_DOWN], NULL, dy, a->act, w->w[AR_DOWN], BT, F, C);
+    ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
+    ar_linear_backward(ws->dln, dW[AR_GATE], NULL, ws->dgate, a->ln2, w->w[AR_GATE], BT, C, F);
+    ar_linear_backward(ws->dln, dW[AR_UP], NULL, ws->dup, a->ln2, w->w[AR_UP], BT, C, F);
+    ar_rmsnorm_backward(ws->dh, NULL, ws->dln, a->h, w->mlp_norm, a->rstd2, BT, C);
+}
+
+/* Through QK-norm (when present) for one of q/k: dpre += norm'(dn). */
+static const float *qknorm_back(float *dpre, const float *dn, const float *norm,
+                                const float *pre, const float *rstd, long rows,
+                                int HD)
+{
+    if (!norm) return dn;
+    memset(dpre, 0, sizeof(float) * rows * HD);
+    ar_rmsnorm_backward(dpre, NULL, dn, pre, norm, rstd, rows, HD);
+    return dpre;
+}
+
+/* Attention half backward: from ws->dh, dW of o/q/k/v and optionally dx. */
+static void attn_back(const ar_config *c, const ar_block_weights *w,
+                      const ar_block_acts *a, float *const dW[AR_NLINEAR], float *dx,
+                      ar_block_work *ws)
+{
+    int B = a->B, T = a->T, C = c->hidden, HD = c->head_dim, NH = c->n_heads;
+    int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
+    long BT = (long)B * T;
+    memset(ws->dao, 0, sizeof(float) * BT * QD);
+    memset(ws->dq, 0, sizeof(float) * BT * QD);
+    memset(ws->dk, 0, sizeof(float) * BT * KD);
+    memset(ws->dv, 0, sizeof(float) * BT * KD);
+    ar_linear_backward(ws->dao, dW[AR_O], NULL, ws->dh, a->ao, w->w[AR_O], BT, QD, C);
+    ar_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->dao, a->att, a->q, a->k,
+                          a->v, B, T, NH, NKV, HD);
+    ar_rope_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD);
+    ar_rope_backward(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD);
+    const float *dq = qknorm_back(ws->dqn, ws->dq, w->q_norm, a->qpre, a->rstdq, BT * NH, HD);
+    const float *dk = qknorm_back(ws->dkn, ws->dk, w->k_norm, a->kpre, a->rstdk, BT * NKV, HD);
+    float *dln = dx ? ws->dln : NULL; /* dL/dn1 only matters on the way to dx */
+    if (dln) memset(dln, 0, sizeof(float) * BT * C);
+    ar_linear_backward(dln, dW[AR_Q], NULL, dq, a->ln1, w->w[AR_Q], BT, C, QD);
+    ar_linear_backward(dln, dW[AR_K], NULL, dk, a->ln1, w->w[AR_K], BT, C, KD);
+    ar_linear_backward(dln, dW[AR_V], NULL, ws->dv, a->ln1, w->w[AR_V], BT, C, KD);
+    if (dx) {
+        ar_residual_backward(dx, NULL, ws->dh, BT * C);
+        ar_rmsnorm_backward(dx, NULL, dln, a->x, w->attn_norm, a->rstd1, BT, C);
+    }
+}
+
+int ar_block_backward(const ar_config *c, const ar_block_weights *w,
+                      const ar_block_acts *a, const float *dy,
+                      float *const dW[AR_NLINEAR], float *dx, ar_block_work *ws)
+{
+    if (!ws->train) return ar_error("block: backward needs a training workspace");
+    if (check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
+    mlp_back(c, w, a, dy, dW, ws);
+    attn_back(c, w, a, dW, dx, ws);
+    return 0;
+}

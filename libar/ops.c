@@ -1,0 +1,310 @@
+/* ops.c — decoder layer operations, forward and backward (see ops.h). */
+#include "ops.h"
+
+#include <cblas.h>
+#include <math.h>
+#include <string.h>
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+void ar_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
+                        int R, int C, float eps)
+{
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++) {
+        const float *xr = x + (long)r * C;
+        float *o = out + (long)r * C;
+        /* Sum of squares in double: the f32 result then matches PyTorch's
+         * (pairwise) f32 reduction to rounding, independent of C. */
+        double ss = 0;
+        for (int i = 0; i < C; i++) ss += (double)xr[i] * xr[i];
+        float s = 1.0f / sqrtf((float)(ss / C) + eps);
+        if (rstd) rstd[r] = s;
+        for (int i = 0; i < C; i++) o[i] = (xr[i] * s) * w[i];
+    }
+}
+
+/* With n = x * s, s = (mean(x^2) + eps)^-1/2 and g = dout * w:
+ * dx = s * g - s^3 / C * x * sum(g * x). */
+void ar_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                         const float *w, const float *rstd, int R, int C)
+{
+    if (dx) {
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < R; r++) {
+            const float *xr = x + (long)r * C, *dr = dout + (long)r * C;
+            float *d = dx + (long)r * C;
+            float s = rstd[r];
+            double dot = 0;
+            for (int i = 0; i < C; i++) dot += (double)dr[i] * w[i] * xr[i];
+            float k = (float)(dot * s * s * s / C);
+            for (int i = 0; i < C; i++) d[i] += s * dr[i] * w[i] - k * xr[i];
+        }
+    }
+    if (dw) {
+        /* Parallel over columns so no two threads add into the same dw[i]. */
+#pragma omp parallel for schedule(static)
+        for (int i = 0; i < C; i++) {
+            double acc = 0;
+            for (int r = 0; r < R; r++)
+                acc += (double)dout[(long)r * C + i] * x[(long)r * C + i] * rstd[r];
+            dw[i] += (float)acc;
+        }
+    }
+}
+
+/* ----------------------------------------------------------------- Linear */
+
+void ar_linear_forward(float *y, const float *x, const float *W, const float *b,
+                       int R, int K, int N)
+{
+    float beta = 0.0f;
+    if (b) {
+        /* Seed y with the bias and let sgemm add x W^T onto it. */
+#pragma omp parallel for schedule(static)
+        for (int r = 0; r < R; r++) memcpy(y + (long)r * N, b, sizeof(float) * N);
+        beta = 1.0f;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, R, N, K, 1.0f, x, K, W, K,
+                beta, y, N);
+}
+
+void ar_linear_backward(float *dx, float *dW, float *db, const float *dy,
+                        const float *x, const float *W, int R, int K, int N)
+{
+    if (dx)
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, R, K, N, 1.0f, dy, N,
+                    W, K, 1.0f, dx, K);
+    if (dW)
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, N, K, R, 1.0f, dy, N,
+                    x, K, 1.0f, dW, K);
+    if (db) {
+#pragma omp parallel for schedule(static)
+        for (int n = 0; n < N; n++) {
+            double acc = 0;
+            for (int r = 0; r < R; r++) acc += dy[(long)r * N + n];
+            db[n] += (float)acc;
+        }
+    }
+}
+
+/* ------------------------------------------------------------------- RoPE */
+
+/* transformers' _compute_llama3_parameters, elementwise in f32: long
+ * wavelengths are divided by factor, short ones kept, the band between
+ * interpolated by smooth = (L / wavelen - lo) / (hi - lo). */
+static float llama3_scale(float f, const ar_config *c)
+{
+    float factor = (float)c->rope_factor, lo = (float)c->rope_low_freq_factor;
+    float hi = (float)c->rope_high_freq_factor, L = (float)c->rope_orig_max_pos;
+    float low_wavelen = L / lo, high_wavelen = L / hi;
+    float wavelen = 2.0f * (float)M_PI / f;
+    if (wavelen > low_wavelen) return f / factor;
+    if (wavelen < high_wavelen) return f;
+    float smooth = (L / wavelen - lo) / (hi - lo);
+    return (1.0f - smooth) * f / factor + smooth * f;
+}
+
+void ar_rope_inv_freq(float *inv_freq, const ar_config *c)
+{
+    int HD = c->head_dim;
+    float theta = (float)c->rope_theta;
+    for (int i = 0; i < HD / 2; i++) {
+        /* arange(0, HD, 2).float() / HD, then base ** e, then 1 / that. */
+        float e = (float)(2 * i) / (float)HD;
+        float f = 1.0f / powf(theta, e);
+        if (c->rope_type == AR_ROPE_LINEAR && c->rope_factor > 0)
+            f = f / (float)c->rope_factor;
+        else if (c->rope_type == AR_ROPE_LLAMA3)
+            f = llama3_scale(f, c);
+        inv_freq[i] = f;
+    }
+}
+
+void ar_rope_tables(float *cos_t, float *sin_t, const ar_config *c, int T)
+{
+    int H2 = c->head_dim / 2;
+    float inv_freq[H2 > 0 ? H2 : 1];
+    ar_rope_inv_freq(inv_freq, c);
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < H2; i++) {
+            float a = (float)t * inv_freq[i];
+            cos_t[(long)t * H2 + i] = cosf(a);
+            sin_t[(long)t * H2 + i] = sinf(a);
+        }
+}
+
+/* Rotate every head vector of x [B, T, H, HD] by angle sign*theta(t): sign = +1
+ * is the forward rotation, -1 its inverse (the transpose). */
+static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int B,
+                        int T, int H, int HD, float sign)
+{
+    int H2 = HD / 2;
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) {
+            const float *cs = cos_t + (long)t * H2, *sn = sin_t + (long)t * H2;
+            float *row = x + ((long)b * T + t) * H * HD;
+            for (int h = 0; h < H; h++) {
+                float *v = row + (long)h * HD;
+                for (int i = 0; i < H2; i++) {
+                    float c = cs[i], s = sign * sn[i];
+                    float x0 = v[i], x1 = v[i + H2];
+                    v[i] = x0 * c - x1 * s;
+                    v[i + H2] = x1 * c + x0 * s;
+                }
+            }
+        }
+}
+
+void ar_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T,
+                     int H, int HD)
+{
+    rope_rotate(x, cos_t, sin_t, B, T, H, HD, 1.0f);
+}
+
+void ar_rope_backward(float *d, const float *cos_t, const float *sin_t, int B, int T,
+                      int H, int HD)
+{
+    rope_rotate(d, cos_t, sin_t, B, T, H, HD, -1.0f);
+}
+
+/* -------------------------------------------------------------- Attention */
+
+long ar_attention_scratch(int T)
+{
+    return (long)T * T;
+}
+
+/* First key visible to query t. */
+static int first_key(int t, int window)
+{
+    return (window > 0 && t - window + 1 > 0) ? t - window + 1 : 0;
+}
+
+/* Row-wise causal softmax of S [T, T] in place; entries outside [first_key, t]
+ * become exactly 0 so P . V needs no mask. */
+static void causal_softmax(float *S, int T, int window)
+{
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *row = S + (long)t * T;
+        int s0 = first_key(t, window);
+        float mx = -INFINITY;
+        for (int s = s0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
+        float sum = 0;
+        for (int s = s0; s <= t; s++) {
+            row[s] = expf(row[s] - mx);
+            sum += row[s];
+        }
+        float inv = 1.0f / sum;
+        for (int s = 0; s < s0; s++) row[s] = 0;
+        for (int s = s0; s <= t; s++) row[s] *= inv;
+        for (int s = t + 1; s < T; s++) row[s] = 0;
+    }
+}
+
+void ar_attention_forward(float *out, float *att, int save, const float *q,
+                          const float *k, const float *v, int B, int T, int NH,
+                          int NKV, int HD, int window)
+{
+    int group = NH / NKV;
+    long qs = (long)NH * HD, ks = (long)NKV * HD; /* row strides */
+    float scale = 1.0f / sqrtf((float)HD);
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            float *P = save ? att + ((long)b * NH + h) * T * T : att;
+            const float *qh = q + (long)b * T * qs + (long)h * HD;
+            const float *kh = k + (long)b * T * ks + (long)(h / group) * HD;
+            const float *vh = v + (long)b * T * ks + (long)(h / group) * HD;
+            /* S = scale * Q K^T [T, T]; the upper triangle is computed and
+             * discarded (sgemm is faster than T small dot products). */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, scale, qh,
+                        qs, kh, ks, 0.0f, P, T);
+            causal_softmax(P, T, window);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, P,
+                        T, vh, ks, 0.0f, out + (long)b * T * qs + (long)h * HD, qs);
+        }
+}
+
+/* dS = P * (dP - rowsum(dP * P)) * scale, in place over dP [T, T]. */
+static void softmax_backward_rows(float *dP, const float *P, int T, float scale)
+{
+#pragma omp parallel for schedule(static)
+    for (int t = 0; t < T; t++) {
+        float *d = dP + (long)t * T;
+        const float *p = P + (long)t * T;
+        float dot = 0;
+        for (int s = 0; s <= t; s++) dot += d[s] * p[s];
+        for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot) * scale;
+        for (int s = t + 1; s < T; s++) d[s] = 0;
+    }
+}
+
+void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
+                           const float *dout, const float *att, const float *q,
+                           const float *k, const float *v, int B, int T, int NH,
+                           int NKV, int HD)
+{
+    int group = NH / NKV;
+    long qs = (long)NH * HD, ks = (long)NKV * HD;
+    float scale = 1.0f / sqrtf((float)HD);
+    float *dP = scratch;
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < NH; h++) {
+            const float *P = att + ((long)b * NH + h) * T * T;
+            long qo = (long)b * T * qs + (long)h * HD;
+            long ko = (long)b * T * ks + (long)(h / group) * HD;
+            /* dV += P^T dO;  dP = dO V^T */
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, T, 1.0f, P, T,
+                        dout + qo, qs, 1.0f, dv + ko, ks);
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, 1.0f,
+                        dout + qo, qs, v + ko, ks, 0.0f, dP, T);
+            softmax_backward_rows(dP, P, T, scale);
+            /* dQ += dS K;  dK += dS^T Q */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, dP,
+                        T, k + ko, ks, 1.0f, dq + qo, qs);
+            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, T, 1.0f, dP, T,
+                        q + qo, qs, 1.0f, dk + ko, ks);
+        }
+}
+
+/* ----------------------------------------------------------------- SwiGLU */
+
+void ar_swiglu_forward(float *out, const float *gate, const float *up, long n)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i];
+        out[i] = g / (1.0f + expf(-g)) * up[i];
+    }
+}
+
+/* silu'(g) = sig(g) * (1 + g * (1 - sig(g))). */
+void ar_swiglu_backward(float *dgate, float *dup, const float *dout,
+                        const float *gate, const float *up, long n)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
+        if (dgate) dgate[i] += dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
+        if (dup) dup[i] += dout[i] * g * sg;
+    }
+}
+
+/* --------------------------------------------------------------- Residual */
+
+void ar_residual_forward(float *out, const float *a, const float *b, long n)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) out[i] = a[i] + b[i];
+}
+
+void ar_residual_backward(float *da, float *db, const float *dout, long n)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        if (da) da[i] += dout[i];
+        if (db) db[i] += dout[i];
+    }
+}

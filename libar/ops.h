@@ -1,0 +1,102 @@
+/* ops.h — the layer operations of a Llama-family decoder, forward and
+ * backward over flat f32 row-major buffers (llm.c style).
+ *
+ * Conventions:
+ * - Shapes are given in brackets; R = rows (tokens, or tokens x heads),
+ *   B sequences of T tokens, NH query heads, NKV key/value heads, HD head dim.
+ * - Every *_backward ACCUMULATES (+=) into its gradient outputs, so the caller
+ *   zeroes them once and several paths (residuals, q/k/v sharing an input) can
+ *   add into one buffer. Gradient outputs documented "optional" may be NULL.
+ *   The one exception is ar_rope_backward, which works in place.
+ * - Forwards never allocate; attention takes caller-provided scratch. */
+#ifndef AR_OPS_H
+#define AR_OPS_H
+#include "config.h"
+
+/* ---- RMSNorm (HF LlamaRMSNorm, all in f32) ----
+ * out[r, :] = x[r, :] * rstd[r] * w,  rstd[r] = 1 / sqrt(mean(x[r, :]^2) + eps).
+ * x, out [R, C]; w [C]; rstd [R] (saved for backward; may be NULL when not
+ * needed). out may equal x. Also used for Qwen3 QK-norm with R = tokens*heads,
+ * C = HD. */
+void ar_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w,
+                        int R, int C, float eps);
+
+/* dx [R, C] += d/dx, dw [C] += d/dw (dx and dw optional), given dout [R, C],
+ * the forward input x [R, C], w [C] and rstd [R] from the forward. */
+void ar_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x,
+                         const float *w, const float *rstd, int R, int C);
+
+/* ---- Linear, HF layout ----
+ * y [R, N] = x [R, K] . W[N, K]^T + b [N]  (b may be NULL). One sgemm. */
+void ar_linear_forward(float *y, const float *x, const float *W, const float *b,
+                       int R, int K, int N);
+
+/* Given dy [R, N]: dx [R, K] += dy . W, dW [N, K] += dy^T . x, db [N] += sum_r dy.
+ * dx, dW and db are each optional. */
+void ar_linear_backward(float *dx, float *dW, float *db, const float *dy,
+                        const float *x, const float *W, int R, int K, int N);
+
+/* ---- Rotary position embedding, HF rotate_half layout ----
+ * Dimension i < HD/2 pairs with i + HD/2:
+ *   out[i]      = x[i] cos[t,i] - x[i+HD/2] sin[t,i]
+ *   out[i+HD/2] = x[i+HD/2] cos[t,i] + x[i] sin[t,i]
+ *
+ * Fill inv_freq [HD/2] as transformers does for c->rope_type (default, linear,
+ * llama3), in f32: 1 / theta^(2i/HD), then the scaling. */
+void ar_rope_inv_freq(float *inv_freq, const ar_config *c);
+
+/* cos, sin [T, HD/2] for positions 0..T-1: angle = (float)t * inv_freq[i] in
+ * f32, as transformers' rotary embedding computes them. HD = c->head_dim. */
+void ar_rope_tables(float *cos_t, float *sin_t, const ar_config *c, int T);
+
+/* Rotate x [B, T, H, HD] in place by position t (cos/sin [T, HD/2] tables). */
+void ar_rope_forward(float *x, const float *cos_t, const float *sin_t,
+                     int B, int T, int H, int HD);
+
+/* In place: dx = R(t)^T dout (the inverse rotation), d [B, T, H, HD]. */
+void ar_rope_backward(float *d, const float *cos_t, const float *sin_t,
+                      int B, int T, int H, int HD);
+
+/* ---- Causal self-attention with GQA ----
+ * q [B, T, NH, HD], k, v [B, T, NKV, HD] -> out [B, T, NH, HD] (overwritten).
+ * Query head h reads kv head h / (NH/NKV). Scale 1/sqrt(HD), softmax in f32.
+ * window > 0 (sliding window): query t only sees keys t-window < s <= t
+ * (Mistral/transformers semantics); 0 = full causal.
+ *
+ * att holds the softmax probabilities P:
+ * - save != 0: att is [B, NH, T, T] and keeps P for ar_attention_backward
+ *   (entries above the diagonal are 0);
+ * - save == 0: att is scratch of ar_attention_scratch(T) floats.
+ * out must not alias q, k or v. */
+void ar_attention_forward(float *out, float *att, int save, const float *q,
+                          const float *k, const float *v, int B, int T, int NH,
+                          int NKV, int HD, int window);
+
+/* Floats of scratch that ar_attention_forward (save == 0) and
+ * ar_attention_backward need for sequences of T tokens. */
+long ar_attention_scratch(int T);
+
+/* Given dout [B, T, NH, HD] and the saved att [B, NH, T, T]:
+ * dq [B, T, NH, HD] += , dk, dv [B, T, NKV, HD] +=. scratch has
+ * ar_attention_scratch(T) floats. */
+void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
+                           const float *dout, const float *att, const float *q,
+                           const float *k, const float *v, int B, int T, int NH,
+                           int NKV, int HD);
+
+/* ---- SwiGLU ----
+ * out [n] = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may equal gate or up. */
+void ar_swiglu_forward(float *out, const float *gate, const float *up, long n);
+
+/* dgate [n] +=, dup [n] += (each optional) given dout [n] and the forward inputs. */
+void ar_swiglu_backward(float *dgate, float *dup, const float *dout,
+                        const float *gate, const float *up, long n);
+
+/* ---- Residual ----
+ * out [n] = a + b; out may equal a or b. */
+void ar_residual_forward(float *out, const float *a, const float *b, long n);
+
+/* da [n] += dout and db [n] += dout (each optional). */
+void ar_residual_backward(float *da, float *db, const float *dout, long n);
+
+#endif
