@@ -30,6 +30,7 @@ typedef struct {
     int     mlp_bias;           /* Llama mlp_bias */
     int     qk_norm;            /* per-head RMSNorm on q and k before RoPE (Qwen3) */
     int     sliding_window;     /* 0 = none (Mistral/Qwen2 when enabled) */
+    int     sliding_from_layer; /* layers >= this use the window (Qwen max_window_layers; 0 for Mistral) */
     int     bos_id, eos_id;     /* -1 when absent */
     char    torch_dtype[16];    /* "bfloat16", "float16", "float32" or "" */
 } ar_config;

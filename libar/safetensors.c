@@ -1,0 +1,363 @@
+/* safetensors.c — mmap reader and header validation (see safetensors.h).
+ *
+ * File layout: u64 little-endian header length N, N bytes of JSON, then the
+ * data area; each tensor's data_offsets are relative to the data area. */
+#include "safetensors.h"
+#include "error.h"
+#include <cJSON.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+/* The safetensors format itself caps the header at 100 MB; anything larger is
+ * a corrupt length field, refused before we allocate or parse. */
+#define ST_MAX_HEADER (100u << 20)
+
+typedef struct {
+    char  *path;
+    void  *map;
+    size_t size;
+} st_file;
+
+struct ar_safetensors {
+    st_file      *files;
+    int           nfiles;
+    ar_st_tensor *t;        /* sorted by name once everything is loaded */
+    size_t        n, cap;
+    char         *label;    /* file or index path, for messages about missing tensors */
+};
+
+/* ---- small helpers ---------------------------------------------------- */
+
+static char *path_join(const char *dir, const char *name)
+{
+    size_t n = strlen(dir) + strlen(name) + 2;
+    char *p = malloc(n);
+    if (p) snprintf(p, n, "%s/%s", dir, name);
+    return p;
+}
+
+static int by_name(const void *a, const void *b)
+{
+    return strcmp(((const ar_st_tensor *)a)->name, ((const ar_st_tensor *)b)->name);
+}
+
+/* A JSON number that is a whole number in [0, 2^53] (exact in a double). */
+static int json_uint(const cJSON *j, int64_t *out)
+{
+    if (!cJSON_IsNumber(j)) return -1;
+    double v = j->valuedouble;
+    if (!(v >= 0 && v <= 9007199254740992.0) || v != floor(v)) return -1;
+    *out = (int64_t)v;
+    return 0;
+}
+
+static int push_tensor(ar_safetensors *st, const ar_st_tensor *t)
+{
+    if (st->n == st->cap) {
+        size_t cap = st->cap ? st->cap * 2 : 64;
+        ar_st_tensor *nt = realloc(st->t, cap * sizeof *nt);
+        if (!nt) return ar_error("out of memory");
+        st->t = nt; st->cap = cap;
+    }
+    st->t[st->n++] = *t;
+    return 0;
+}
+
+/* ---- mapping ------------------------------------------------------------ */
+
+static int map_file(st_file *f, const char *path)
+{
+    memset(f, 0, sizeof *f);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return ar_error("%s: cannot open: %s", path, strerror(errno));
+    struct stat sb;
+    if (fstat(fd, &sb) || !S_ISREG(sb.st_mode)) {
+        close(fd);
+        return ar_error("%s: not a regular file", path);
+    }
+    f->size = (size_t)sb.st_size;
+    f->path = strdup(path);
+    if (f->size > 0) {
+        f->map = mmap(NULL, f->size, PROT_READ, MAP_PRIVATE, fd, 0);
+        if (f->map == MAP_FAILED) {
+            f->map = NULL;
+            close(fd);
+            return ar_error("%s: cannot map: %s", path, strerror(errno));
+        }
+    }
+    close(fd);
+    return f->path ? 0 : ar_error("out of memory");
+}
+
+static void unmap_file(st_file *f)
+{
+    if (f->map) munmap(f->map, f->size);
+    free(f->path);
+}
+
+/* ---- header parsing ------------------------------------------------------ */
+
+/* Fill t's dtype, shape, numel and nbytes from one header entry. */
+static int parse_entry_type(const cJSON *e, ar_st_tensor *t, const char *path)
+{
+    const cJSON *dt = cJSON_GetObjectItemCaseSensitive(e, "dtype");
+    const cJSON *sh = cJSON_GetObjectItemCaseSensitive(e, "shape");
+    if (!cJSON_IsString(dt)) return ar_error("%s: tensor '%s' has no dtype string", path, t->name);
+    int d = ar_dtype_parse(dt->valuestring);
+    /* Only the upper-case safetensors spellings are valid in a file. */
+    if (d < 0 || strcmp(dt->valuestring, ar_dtype_name(d)) == 0)
+        return ar_error("%s: tensor '%s' has unknown dtype '%s'", path, t->name, dt->valuestring);
+    t->dtype = (ar_dtype)d;
+    if (!cJSON_IsArray(sh)) return ar_error("%s: tensor '%s' has no shape array", path, t->name);
+    int nd = cJSON_GetArraySize(sh);
+    if (nd > AR_ST_MAX_DIMS) return ar_error("%s: tensor '%s' has %d dimensions (at most %d)", path, t->name, nd, AR_ST_MAX_DIMS);
+    t->ndim = nd;
+    t->numel = 1;
+    for (int i = 0; i < nd; i++) {
+        int64_t v;
+        if (json_uint(cJSON_GetArrayItem(sh, i), &v)) return ar_error("%s: tensor '%s' shape[%d] is not a non-negative integer", path, t->name, i);
+        t->shape[i] = v;
+        /* Refuse element counts that overflow before they meet the offsets. */
+        if (v && t->numel > INT64_MAX / 8 / v) return ar_error("%s: tensor '%s' shape is absurdly large", path, t->name);
+        t->numel *= v;
+    }
+    t->nbytes = (size_t)t->numel * ar_dtype_size(t->dtype);
+    return 0;
+}
+
+/* Check data_offsets [a,b] against the data area and the shape; set t->data. */
+static int parse_entry_offsets(const cJSON *e, ar_st_tensor *t, const char *path, const char *data, size_t data_size, int64_t off[2])
+{
+    const cJSON *of = cJSON_GetObjectItemCaseSensitive(e, "data_offsets");
+    if (!cJSON_IsArray(of) || cJSON_GetArraySize(of) != 2 ||
+        json_uint(cJSON_GetArrayItem(of, 0), &off[0]) || json_uint(cJSON_GetArrayItem(of, 1), &off[1]))
+        return ar_error("%s: tensor '%s' data_offsets is not a pair of non-negative integers", path, t->name);
+    if (off[0] > off[1])
+        return ar_error("%s: tensor '%s' data_offsets [%lld,%lld] are reversed", path, t->name, (long long)off[0], (long long)off[1]);
+    if ((uint64_t)off[1] > data_size)
+        return ar_error("%s: tensor '%s' data_offsets [%lld,%lld] past end of data (size %zu)", path, t->name,
+                        (long long)off[0], (long long)off[1], data_size);
+    if ((uint64_t)(off[1] - off[0]) != t->nbytes)
+        return ar_error("%s: tensor '%s' data_offsets [%lld,%lld] span %lld bytes but shape x %s needs %zu", path, t->name,
+                        (long long)off[0], (long long)off[1], (long long)(off[1] - off[0]), ar_dtype_name(t->dtype), t->nbytes);
+    t->data = data + off[0];
+    return 0;
+}
+
+typedef struct { int64_t a, b; const char *name; } span;
+
+static int by_start(const void *x, const void *y)
+{
+    const span *p = x, *q = y;
+    return p->a < q->a ? -1 : p->a > q->a ? 1 : (p->b > q->b) - (p->b < q->b);
+}
+
+/* Sorted by start, consecutive spans must not overlap (empty tensors never do). */
+static int check_overlaps(span *s, size_t n, const char *path)
+{
+    qsort(s, n, sizeof *s, by_start);
+    int64_t end = 0;
+    const char *last = NULL;
+    for (size_t i = 0; i < n; i++) {
+        if (s[i].a == s[i].b) continue;
+        if (last && s[i].a < end)
+            return ar_error("%s: tensors '%s' and '%s' overlap in the data area", path, last, s[i].name);
+        end = s[i].b; last = s[i].name;
+    }
+    return 0;
+}
+
+static int parse_header(ar_safetensors *st, const st_file *f, const char *json, size_t hlen)
+{
+    cJSON *root = cJSON_ParseWithLength(json, hlen);
+    if (!root || !cJSON_IsObject(root)) {
+        cJSON_Delete(root);
+        return ar_error("%s: header is not a valid JSON object", f->path);
+    }
+    const char *data = json + hlen;
+    size_t data_size = f->size - 8 - hlen;
+    size_t count = 0;
+    int rc = 0;
+    span *spans = calloc((size_t)cJSON_GetArraySize(root) + 1, sizeof *spans);
+    if (!spans) rc = ar_error("out of memory");
+    for (const cJSON *e = root->child; e && !rc; e = e->next) {
+        if (!strcmp(e->string, "__metadata__")) continue;
+        ar_st_tensor t = {.name = e->string, .file = f->path};
+        int64_t off[2] = {0, 0};
+        if (!cJSON_IsObject(e)) rc = ar_error("%s: entry '%s' is not an object", f->path, e->string);
+        else if (!(rc = parse_entry_type(e, &t, f->path)) && !(rc = parse_entry_offsets(e, &t, f->path, data, data_size, off))) {
+            spans[count++] = (span){off[0], off[1], e->string};
+            if (!(t.name = strdup(e->string))) rc = ar_error("out of memory");
+            else if ((rc = push_tensor(st, &t))) free((char *)t.name);
+        }
+    }
+    if (!rc) rc = check_overlaps(spans, count, f->path); /* names still point into root here */
+    free(spans);
+    cJSON_Delete(root);
+    return rc;
+}
+
+/* Validate the length prefix of f, then parse its header. */
+static int load_file(ar_safetensors *st, const st_file *f)
+{
+    if (f->size < 8) return ar_error("%s: file too short for a safetensors header (%zu bytes)", f->path, f->size);
+    const unsigned char *p = f->map;
+    uint64_t hlen = 0;
+    for (int i = 7; i >= 0; i--) hlen = hlen << 8 | p[i];
+    if (hlen > f->size - 8)
+        return ar_error("%s: header length %llu exceeds file size %zu", f->path, (unsigned long long)hlen, f->size);
+    if (hlen > ST_MAX_HEADER)
+        return ar_error("%s: header length %llu is larger than the 100 MB the format allows", f->path, (unsigned long long)hlen);
+    return parse_header(st, f, (const char *)p + 8, (size_t)hlen);
+}
+
+static int add_file(ar_safetensors *st, const char *path)
+{
+    st_file *nf = realloc(st->files, (st->nfiles + 1) * sizeof *nf);
+    if (!nf) return ar_error("out of memory");
+    st->files = nf;
+    if (map_file(&st->files[st->nfiles], path)) return -1;
+    st->nfiles++;
+    return load_file(st, &st->files[st->nfiles - 1]);
+}
+
+/* Sort by name for lookup; a name present twice (two shards) is an error. */
+static int finish(ar_safetensors *st, const char *what)
+{
+    if (!(st->label = strdup(what))) return ar_error("out of memory");
+    if (st->n) qsort(st->t, st->n, sizeof *st->t, by_name);
+    for (size_t i = 1; i < st->n; i++)
+        if (!strcmp(st->t[i].name, st->t[i - 1].name))
+            return ar_error("%s: tensor '%s' appears twice (%s and %s)", what, st->t[i].name, st->t[i - 1].file, st->t[i].file);
+    return 0;
+}
+
+/* ---- public API ---------------------------------------------------------- */
+
+ar_safetensors *ar_st_open_file(const char *path)
+{
+    ar_safetensors *st = calloc(1, sizeof *st);
+    if (!st) { ar_error("out of memory"); return NULL; }
+    if (add_file(st, path) || finish(st, path)) { ar_st_close(st); return NULL; }
+    return st;
+}
+
+static char *read_small_file(const char *path, size_t limit)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) { ar_error("%s: cannot open: %s", path, strerror(errno)); return NULL; }
+    char *buf = malloc(limit + 1);
+    size_t n = buf ? fread(buf, 1, limit + 1, f) : 0;
+    fclose(f);
+    if (!buf) { ar_error("out of memory"); return NULL; }
+    if (n > limit) { free(buf); ar_error("%s: larger than %zu bytes", path, limit); return NULL; }
+    buf[n] = 0;
+    return buf;
+}
+
+/* Open every distinct shard the weight map names, then check each entry. */
+static int open_shards(ar_safetensors *st, const char *dir, const cJSON *wm, const char *ipath)
+{
+    for (const cJSON *e = wm->child; e; e = e->next) {
+        if (!cJSON_IsString(e)) return ar_error("%s: weight_map['%s'] is not a file name", ipath, e->string);
+        if (strchr(e->valuestring, '/')) return ar_error("%s: shard name '%s' must be a plain file name", ipath, e->valuestring);
+        int seen = 0;
+        for (const cJSON *p = wm->child; p != e && !seen; p = p->next) seen = !strcmp(p->valuestring, e->valuestring);
+        if (seen) continue;
+        char *path = path_join(dir, e->valuestring);
+        int rc = path ? add_file(st, path) : ar_error("out of memory");
+        free(path);
+        if (rc) return -1;
+    }
+    if (finish(st, ipath)) return -1;
+    for (const cJSON *e = wm->child; e; e = e->next) {
+        const ar_st_tensor *t = ar_st_find(st, e->string);
+        const char *base = t ? strrchr(t->file, '/') : NULL;
+        if (!t || strcmp(base ? base + 1 : t->file, e->valuestring))
+            return ar_error("%s: tensor '%s' is not in shard %s", ipath, e->string, e->valuestring);
+    }
+    return 0;
+}
+
+static ar_safetensors *open_index(const char *dir, const char *ipath)
+{
+    char *text = read_small_file(ipath, 64u << 20);
+    if (!text) return NULL;
+    cJSON *root = cJSON_Parse(text);
+    free(text);
+    const cJSON *wm = cJSON_GetObjectItemCaseSensitive(root, "weight_map");
+    ar_safetensors *st = NULL;
+    if (!root) ar_error("%s: not valid JSON", ipath);
+    else if (!cJSON_IsObject(wm)) ar_error("%s: no weight_map object", ipath);
+    else if (!(st = calloc(1, sizeof *st))) ar_error("out of memory");
+    else if (open_shards(st, dir, wm, ipath)) { ar_st_close(st); st = NULL; }
+    cJSON_Delete(root);
+    return st;
+}
+
+ar_safetensors *ar_st_open_dir(const char *dir)
+{
+    char *ipath = path_join(dir, "model.safetensors.index.json");
+    char *spath = path_join(dir, "model.safetensors");
+    ar_safetensors *st = NULL;
+    if (!ipath || !spath) ar_error("out of memory");
+    else if (access(ipath, F_OK) == 0) st = open_index(dir, ipath);
+    else if (access(spath, F_OK) == 0) st = ar_st_open_file(spath);
+    else ar_error("%s: no model.safetensors or model.safetensors.index.json", dir);
+    free(ipath); free(spath);
+    return st;
+}
+
+const ar_st_tensor *ar_st_find(const ar_safetensors *st, const char *name)
+{
+    if (!st || !st->n) return NULL;
+    ar_st_tensor key = {.name = name};
+    return bsearch(&key, st->t, st->n, sizeof key, by_name);
+}
+
+size_t ar_st_count(const ar_safetensors *st) { return st ? st->n : 0; }
+
+const ar_st_tensor *ar_st_at(const ar_safetensors *st, size_t i) { return st && i < st->n ? &st->t[i] : NULL; }
+
+int ar_st_read_rows_f32(const ar_safetensors *st, const char *name, int64_t row0, int64_t nrows, float *dst)
+{
+    const ar_st_tensor *t = ar_st_find(st, name);
+    if (!t) return ar_error("%s: no tensor '%s'", st->label, name);
+    if (t->dtype != AR_F32 && t->dtype != AR_F16 && t->dtype != AR_BF16)
+        return ar_error("%s: tensor '%s' is %s, not a float type", t->file, name, ar_dtype_name(t->dtype));
+    int64_t rows = t->ndim ? t->shape[0] : 1;
+    if (row0 < 0 || nrows < 0 || row0 + nrows > rows)
+        return ar_error("%s: rows [%lld,%lld) of tensor '%s' out of range (%lld rows)", t->file,
+                        (long long)row0, (long long)(row0 + nrows), name, (long long)rows);
+    int64_t per_row = rows ? t->numel / rows : 0;
+    size_t es = ar_dtype_size(t->dtype);
+    const char *src = (const char *)t->data + (size_t)(row0 * per_row) * es;
+    return ar_to_f32(dst, src, t->dtype, (size_t)(nrows * per_row));
+}
+
+int ar_st_read_f32(const ar_safetensors *st, const char *name, float *dst, size_t n)
+{
+    const ar_st_tensor *t = ar_st_find(st, name);
+    if (!t) return ar_error("%s: no tensor '%s'", st->label, name);
+    if ((size_t)t->numel != n)
+        return ar_error("%s: tensor '%s' has %lld elements, expected %zu", t->file, name, (long long)t->numel, n);
+    return ar_st_read_rows_f32(st, name, 0, t->ndim ? t->shape[0] : 1, dst);
+}
+
+void ar_st_close(ar_safetensors *st)
+{
+    if (!st) return;
+    for (size_t i = 0; i < st->n; i++) free((char *)st->t[i].name);
+    for (int i = 0; i < st->nfiles; i++) unmap_file(&st->files[i]);
+    free(st->t);
+    free(st->files);
+    free(st->label);
+    free(st);
+}
