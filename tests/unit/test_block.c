@@ -233,3 +233,119 @@ Test(block, linear_shapes_and_names)
     cr_assert(n == 16 && k == 24);
     cr_assert_str_eq(ar_linear_names[AR_O], "self_attn.o_proj");
 }
+
+/* --------------------------------------------------------------- backward */
+
+/* L = sum(y . r) of the double reference. */
+static double d_loss(const ar_config *c, const dweights *w, const double *x,
+                     const double *r)
+{
+    int n = B * T * c->hidden;
+    double y[n], L = 0;
+    d_block(c, w, x, y, B, T);
+    for (int i = 0; i < n; i++) L += y[i] * r[i];
+    return L;
+}
+
+/* Central difference of d_loss along element j of p (double, step 1e-5:
+ * truncation ~1e-10, rounding ~1e-11 relative; both far below the check). */
+static double fd(const ar_config *c, const dweights *w, const double *x,
+                 const double *r, double *p, int j)
+{
+    const double h = 1e-5;
+    double keep = p[j];
+    p[j] = keep + h;
+    double lp = d_loss(c, w, x, r);
+    p[j] = keep - h;
+    double lm = d_loss(c, w, x, r);
+    p[j] = keep;
+    return (lp - lm) / (2 * h);
+}
+
+/* |got - want| <= tol * max|want| over n values: f32 backward against
+ * exact gradients; 1e-4 leaves ~50x margin over f32 rounding here, while a
+ * missing or wrong term changes gradients by O(1) relative. */
+static void expect_close(const float *got, const double *want, int n, double tol,
+                         const char *what)
+{
+    double scale = max_abs(want, n);
+    cr_assert(scale > 1e-3, "%s: gradient vanishes (scale %g)", what, scale);
+    for (int j = 0; j < n; j++)
+        cr_assert(fabs(got[j] - want[j]) <= tol * scale, "%s[%d] = %.7g, FD %.7g", what,
+                  j, got[j], want[j]);
+}
+
+static void check_backward(ar_config c)
+{
+    model m;
+    make_model(&m, &c);
+    int n = B * T * c.hidden;
+    float x[n], y[n], dy[n], dx[n];
+    double xd[n], r[n], want[n];
+    for (int i = 0; i < n; i++) xd[i] = x[i] = (float)(2 * urand());
+    for (int i = 0; i < n; i++) r[i] = dy[i] = (float)(2 * urand());
+
+    ar_block_work ws;
+    ar_block_acts a;
+    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 1), 0);
+    cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
+    cr_assert_eq(ar_block_forward_train(&c, &m.w, x, y, B, T, &ws, &a), 0);
+    float *dW[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int no, k;
+        ar_linear_shape(&c, i, &no, &k);
+        dW[i] = calloc((size_t)no * k, sizeof(float));
+    }
+    memset(dx, 0, sizeof dx);
+    cr_assert_eq(ar_block_backward(&c, &m.w, &a, dy, dW, dx, &ws), 0);
+
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int no, k;
+        ar_linear_shape(&c, i, &no, &k);
+        double *fdw = malloc(sizeof(double) * no * k);
+        for (int j = 0; j < no * k; j++) fdw[j] = fd(&c, &m.d, xd, r, m.d.w[i], j);
+        expect_close(dW[i], fdw, no * k, 1e-4, ar_linear_names[i]);
+        free(fdw);
+    }
+    for (int j = 0; j < n; j++) want[j] = fd(&c, &m.d, xd, r, xd, j);
+    expect_close(dx, want, n, 1e-4, "dx");
+
+    /* Gradients accumulate: a second backward doubles them. */
+    float keep = dW[AR_DOWN][3];
+    cr_assert_eq(ar_block_backward(&c, &m.w, &a, dy, dW, NULL, &ws), 0);
+    cr_assert_float_eq(dW[AR_DOWN][3], 2 * keep, 1e-6 * fabsf(keep) + 1e-12);
+    for (int i = 0; i < AR_NLINEAR; i++) free(dW[i]);
+    ar_block_acts_free(&a);
+    ar_block_work_free(&ws);
+    free_model(&m);
+}
+
+Test(block, backward_llama) { check_backward(tiny(0, 0, 0)); }
+Test(block, backward_qkv_bias) { check_backward(tiny(1, 0, 0)); }
+Test(block, backward_qk_norm) { check_backward(tiny(0, 1, 0)); }
+Test(block, backward_qkv_bias_qk_norm) { check_backward(tiny(1, 1, 0)); }
+
+Test(block, train_forward_matches_inference)
+{
+    ar_config c = tiny(1, 1, 0);
+    model m;
+    make_model(&m, &c);
+    int n = B * T * c.hidden;
+    float x[n], y[n], y2[n];
+    for (int i = 0; i < n; i++) x[i] = (float)(2 * urand());
+    ar_block_work ws;
+    ar_block_acts a;
+    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 1), 0);
+    cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
+    cr_assert_eq(ar_block_forward(&c, &m.w, x, y, B, T, &ws), 0);
+    cr_assert_eq(ar_block_forward_train(&c, &m.w, x, y2, B, T, &ws, &a), 0);
+    for (int i = 0; i < n; i++) cr_assert_float_eq(y2[i], y[i], 1e-6, "y[%d]", i);
+    ar_block_work no_train;
+    cr_assert_eq(ar_block_work_init(&no_train, &c, B, T, 0), 0);
+    float *dW[AR_NLINEAR] = {0};
+    cr_assert_neq(ar_block_backward(&c, &m.w, &a, y, dW, NULL, &no_train), 0);
+    ar_block_work_free(&no_train);
+    ar_block_acts_free(&a);
+    ar_block_work_free(&ws);
+    free_model(&m);
+}
