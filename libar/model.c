@@ -1,0 +1,396 @@
+/* model.c — model = config + tensor source; streaming full forward
+ * (see model.h). */
+#include "model.h"
+#include "error.h"
+#include "ops.h"
+#include "safetensors.h"
+#include <cblas.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* Vocabulary rows of lm_head widened at once when it is not cached, and rows
+ * of logits materialized at once by ar_model_nll: both bound the memory a
+ * forward needs beyond the activations (a 150k vocabulary would otherwise
+ * cost 600 KB per position). */
+#define HEAD_CHUNK_BYTES (64u << 20)
+#define NLL_ROWS 256
+
+struct ar_model {
+    ar_config c;
+    ar_tensor_source src;
+    int flags;
+    ar_block_weights *cached;   /* [n_layers] with AR_MODEL_CACHE, filled lazily */
+    unsigned char *cached_ok;   /* [n_layers] 1 once cached[l] is loaded */
+    ar_block_weights cur;       /* the streaming buffer otherwise */
+    float *embed, *lm_head;     /* [V, C] with AR_MODEL_CACHE (lm_head may == embed) */
+    float *norm;                /* [C] */
+    const char *head_name;      /* lm_head.weight or the embedding when tied */
+    ar_block_work ws;
+    int ws_B, ws_T;
+    float *chunk;               /* head / logits chunk buffer */
+    size_t chunk_cap;           /* floats */
+};
+
+static const char EMBED[] = "model.embed_tokens.weight", NORM[] = "model.norm.weight", HEAD[] = "lm_head.weight";
+
+/* ---- the safetensors source ------------------------------------------- */
+
+static int st_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
+{
+    const ar_st_tensor *t = ar_st_find(ctx, name);
+    if (!t) return 1;
+    *ndim = t->ndim;
+    memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
+    return 0;
+}
+
+static int st_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
+{
+    return ar_st_read_rows_f32(ctx, name, row0, nrows, dst);
+}
+
+static void st_close(void *ctx) { ar_st_close(ctx); }
+
+int ar_source_safetensors(ar_tensor_source *src, const char *dir)
+{
+    ar_safetensors *st = ar_st_open_dir(dir);
+    if (!st) return -1;
+    *src = (ar_tensor_source){.ctx = st, .shape = st_shape, .read_rows = st_read_rows, .close = st_close};
+    return 0;
+}
+
+/* ---- names and shapes ---------------------------------------------------- */
+
+/* The tensors of one block, in a fixed order: 7 weights, 7 biases, 2 norms, 2 QK norms. */
+enum { BT_W = 0, BT_B = AR_NLINEAR, BT_ATTN_NORM = 2 * AR_NLINEAR, BT_MLP_NORM, BT_QNORM, BT_KNORM, BT_COUNT };
+
+static int has_bias(const ar_config *c, int i)
+{
+    if (i <= AR_V) return c->qkv_bias;
+    if (i == AR_O) return c->o_bias;
+    return c->mlp_bias;
+}
+
+/* Name and expected shape of block tensor j; 0 if the architecture lacks it. */
+static int block_tensor(const ar_config *c, int layer, int j, char *name, size_t n, int64_t shape[2], int *ndim)
+{
+    int no, ki;
+    const char *sub;
+    *ndim = 1;
+    if (j < BT_B) {
+        ar_linear_shape(c, j, &no, &ki);
+        snprintf(name, n, "model.layers.%d.%s.weight", layer, ar_linear_names[j]);
+        shape[0] = no; shape[1] = ki; *ndim = 2;
+        return 1;
+    }
+    if (j < BT_ATTN_NORM) {
+        if (!has_bias(c, j - BT_B)) return 0;
+        ar_linear_shape(c, j - BT_B, &no, &ki);
+        snprintf(name, n, "model.layers.%d.%s.bias", layer, ar_linear_names[j - BT_B]);
+        shape[0] = no;
+        return 1;
+    }
+    if (j >= BT_QNORM && !c->qk_norm) return 0;
+    sub = j == BT_ATTN_NORM ? "input_layernorm" : j == BT_MLP_NORM ? "post_attention_layernorm"
+        : j == BT_QNORM ? "self_attn.q_norm" : "self_attn.k_norm";
+    snprintf(name, n, "model.layers.%d.%s.weight", layer, sub);
+    shape[0] = j >= BT_QNORM ? c->head_dim : c->hidden;
+    return 1;
+}
+
+static float **block_slot(ar_block_weights *w, int j)
+{
+    if (j < BT_B) return &w->w[j];
+    if (j < BT_ATTN_NORM) return &w->b[j - BT_B];
+    return j == BT_ATTN_NORM ? &w->attn_norm : j == BT_MLP_NORM ? &w->mlp_norm : j == BT_QNORM ? &w->q_norm : &w->k_norm;
+}
+
+static int check_shape(ar_model *m, const char *name, int ndim, const int64_t *want)
+{
+    int nd;
+    int64_t sh[AR_SRC_MAX_DIMS];
+    int rc = m->src.shape(m->src.ctx, name, &nd, sh);
+    if (rc < 0) return -1;
+    if (rc > 0) return ar_error("model has no tensor '%s'", name);
+    int ok = nd == ndim;
+    for (int i = 0; ok && i < nd; i++) ok = sh[i] == want[i];
+    if (!ok)
+        return ar_error("tensor '%s' has shape [%lld%s%lld], config.json implies [%lld%s%lld]", name, (long long)sh[0],
+                        nd > 1 ? ", " : "", nd > 1 ? (long long)sh[1] : 0LL, (long long)want[0], ndim > 1 ? ", " : "",
+                        ndim > 1 ? (long long)want[1] : 0LL);
+    return 0;
+}
+
+/* Every tensor the forward will read exists with the shape the config implies. */
+static int check_all_shapes(ar_model *m)
+{
+    const ar_config *c = &m->c;
+    int64_t vc[2] = {c->vocab, c->hidden}, cc[1] = {c->hidden};
+    if (check_shape(m, EMBED, 2, vc) || check_shape(m, NORM, 1, cc)) return -1;
+    int nd;
+    int64_t sh[AR_SRC_MAX_DIMS];
+    int head_absent = m->src.shape(m->src.ctx, HEAD, &nd, sh);
+    if (head_absent < 0) return -1;
+    if (!c->tie_embeddings && head_absent) return ar_error("model has no tensor '%s' and tie_word_embeddings is false", HEAD);
+    m->head_name = c->tie_embeddings ? EMBED : HEAD;
+    if (!c->tie_embeddings && check_shape(m, HEAD, 2, vc)) return -1;
+    for (int l = 0; l < c->n_layers; l++)
+        for (int j = 0; j < BT_COUNT; j++) {
+            char name[160];
+            int64_t want[2];
+            if (block_tensor(c, l, j, name, sizeof name, want, &nd) && check_shape(m, name, nd, want)) return -1;
+        }
+    return 0;
+}
+
+/* ---- block weights ------------------------------------------------------- */
+
+int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
+{
+    memset(w, 0, sizeof *w);
+    for (int j = 0; j < BT_COUNT; j++) {
+        char name[160];
+        int64_t shape[2];
+        int nd;
+        if (!block_tensor(c, 0, j, name, sizeof name, shape, &nd)) continue;
+        float *p = malloc(sizeof(float) * (size_t)(shape[0] * (nd > 1 ? shape[1] : 1)));
+        if (!p) { ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
+        *block_slot(w, j) = p;
+    }
+    return 0;
+}
+
+void ar_block_weights_free(ar_block_weights *w)
+{
+    for (int j = 0; j < BT_COUNT; j++) {
+        float **p = block_slot(w, j);
+        free(*p);
+        *p = NULL;
+    }
+}
+
+int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
+{
+    if (layer < 0 || layer >= m->c.n_layers) return ar_error("block %d out of range (model has %d)", layer, m->c.n_layers);
+    for (int j = 0; j < BT_COUNT; j++) {
+        char name[160];
+        int64_t shape[2];
+        int nd;
+        if (!block_tensor(&m->c, layer, j, name, sizeof name, shape, &nd)) continue;
+        if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *block_slot(w, j))) return -1;
+    }
+    return 0;
+}
+
+/* Block layer's weights: the cached copy (loaded on first use) or the
+ * streaming buffer refilled now. */
+static const ar_block_weights *block_weights(ar_model *m, int layer)
+{
+    ar_block_weights *w = m->cached ? &m->cached[layer] : &m->cur;
+    if (m->cached && m->cached_ok[layer]) return w;
+    if (m->cached && ar_block_weights_alloc(w, &m->c)) return NULL;
+    if (ar_model_load_block(m, layer, w)) return NULL;
+    if (m->cached) m->cached_ok[layer] = 1;
+    return w;
+}
+
+/* ---- open / close -------------------------------------------------------- */
+
+static float *read_whole(ar_model *m, const char *name, int64_t rows, int64_t cols)
+{
+    float *p = malloc(sizeof(float) * (size_t)(rows * cols));
+    if (!p) { ar_error("out of memory reading %s", name); return NULL; }
+    if (m->src.read_rows(m->src.ctx, name, 0, rows, p)) { free(p); return NULL; }
+    return p;
+}
+
+static int load_model_level(ar_model *m)
+{
+    const ar_config *c = &m->c;
+    if (!(m->norm = read_whole(m, NORM, c->hidden, 1))) return -1;
+    if (!(m->flags & AR_MODEL_CACHE)) return ar_block_weights_alloc(&m->cur, c);
+    m->cached = calloc((size_t)c->n_layers, sizeof *m->cached);
+    m->cached_ok = calloc((size_t)c->n_layers, 1);
+    if (!m->cached || !m->cached_ok) return ar_error("out of memory");
+    if (!(m->embed = read_whole(m, EMBED, c->vocab, c->hidden))) return -1;
+    m->lm_head = c->tie_embeddings ? m->embed : read_whole(m, HEAD, c->vocab, c->hidden);
+    return m->lm_head ? 0 : -1;
+}
+
+ar_model *ar_model_open_source(const ar_config *c, const ar_tensor_source *src, int flags)
+{
+    ar_model *m = calloc(1, sizeof *m);
+    if (!m) {
+        if (src->close) src->close(src->ctx);
+        ar_error("out of memory");
+        return NULL;
+    }
+    m->c = *c;
+    m->src = *src;
+    m->flags = flags;
+    if (check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
+    return m;
+}
+
+ar_model *ar_model_open(const char *dir, int flags)
+{
+    ar_config c;
+    ar_tensor_source src;
+    if (ar_config_load(&c, dir) || ar_source_safetensors(&src, dir)) return NULL;
+    ar_model *m = ar_model_open_source(&c, &src, flags);
+    if (!m) ar_error_prefix(dir);
+    return m;
+}
+
+void ar_model_close(ar_model *m)
+{
+    if (!m) return;
+    if (m->cached)
+        for (int l = 0; l < m->c.n_layers; l++) ar_block_weights_free(&m->cached[l]);
+    free(m->cached); free(m->cached_ok);
+    ar_block_weights_free(&m->cur);
+    if (m->lm_head != m->embed) free(m->lm_head);
+    free(m->embed); free(m->norm); free(m->chunk);
+    if (m->ws_B) ar_block_work_free(&m->ws);
+    if (m->src.close) m->src.close(m->src.ctx);
+    free(m);
+}
+
+const ar_config *ar_model_config(const ar_model *m) { return &m->c; }
+
+/* ---- forward pieces ------------------------------------------------------ */
+
+int ar_model_embed(ar_model *m, const int *ids, int n, float *out)
+{
+    const int C = m->c.hidden;
+    for (int i = 0; i < n; i++) {
+        if (ids[i] < 0 || ids[i] >= m->c.vocab) return ar_error("token id %d out of range (vocab %d)", ids[i], m->c.vocab);
+        float *row = out + (size_t)i * C;
+        if (m->embed) memcpy(row, m->embed + (size_t)ids[i] * C, sizeof(float) * C);
+        else if (m->src.read_rows(m->src.ctx, EMBED, ids[i], 1, row)) return -1;
+    }
+    return 0;
+}
+
+int ar_model_final_norm(ar_model *m, float *x, int rows)
+{
+    ar_rmsnorm_forward(x, NULL, x, m->norm, rows, m->c.hidden, m->c.rms_eps);
+    return 0;
+}
+
+static float *chunk_buffer(ar_model *m, size_t floats)
+{
+    if (floats <= m->chunk_cap) return m->chunk;
+    float *p = realloc(m->chunk, sizeof(float) * floats);
+    if (!p) { ar_error("out of memory for a %zu-float buffer", floats); return NULL; }
+    m->chunk = p;
+    m->chunk_cap = floats;
+    return p;
+}
+
+int ar_model_logits(ar_model *m, const float *x, int rows, float *logits)
+{
+    const int C = m->c.hidden, V = m->c.vocab;
+    if (m->lm_head) {
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, x, C, m->lm_head, C, 0.0f, logits, V);
+        return 0;
+    }
+    int step = (int)(HEAD_CHUNK_BYTES / sizeof(float) / (size_t)C);
+    if (step < 1) step = 1;
+    if (step > V) step = V;
+    float *w = chunk_buffer(m, (size_t)step * C);
+    if (!w) return -1;
+    for (int v0 = 0; v0 < V; v0 += step) {
+        int nv = V - v0 < step ? V - v0 : step;
+        if (m->src.read_rows(m->src.ctx, m->head_name, v0, nv, w)) return -1;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nv, C, 1.0f, x, C, w, C, 0.0f, logits + v0, V);
+    }
+    return 0;
+}
+
+static int ensure_work(ar_model *m, int B, int T)
+{
+    if (B <= m->ws_B && T <= m->ws_T) return 0;
+    if (m->ws_B) ar_block_work_free(&m->ws);
+    m->ws_B = m->ws_T = 0;
+    if (ar_block_work_init(&m->ws, &m->c, B, T, 0)) return -1;
+    m->ws_B = B; m->ws_T = T;
+    return 0;
+}
+
+int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
+{
+    if (B < 1 || T < 1) return ar_error("forward needs at least one token (B=%d, T=%d)", B, T);
+    if (ensure_work(m, B, T) || ar_model_embed(m, ids, B * T, hidden)) return -1;
+    for (int l = 0; l < m->c.n_layers; l++) {
+        const ar_block_weights *w = block_weights(m, l);
+        if (!w) return -1;
+        /* Qwen's first max_window_layers layers attend to the full context. */
+        ar_config cl = m->c;
+        if (l < cl.sliding_from_layer) cl.sliding_window = 0;
+        if (ar_block_forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
+    }
+    return ar_model_final_norm(m, hidden, B * T);
+}
+
+int ar_model_forward(ar_model *m, const int *ids, int B, int T, float *logits)
+{
+    float *h = malloc(sizeof(float) * (size_t)B * T * m->c.hidden);
+    if (!h) return ar_error("out of memory for activations");
+    int rc = ar_model_hidden(m, ids, B, T, h);
+    if (!rc) rc = ar_model_logits(m, h, B * T, logits);
+    free(h);
+    return rc;
+}
+
+static double row_logsumexp(const float *x, int n)
+{
+    float mx = x[0];
+    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += exp((double)x[i] - mx);
+    return mx + log(s);
+}
+
+void ar_log_softmax_rows(float *x, int rows, int n)
+{
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < rows; r++) {
+        float *row = x + (size_t)r * n;
+        double lse = row_logsumexp(row, n);
+        for (int i = 0; i < n; i++) row[i] = (float)(row[i] - lse);
+    }
+}
+
+/* nll of the rows [r0, r0+nr) of the B*T grid, from their logits. */
+static void nll_rows(const float *logits, const int *ids, int r0, int nr, int T, int V, double *nll)
+{
+#pragma omp parallel for schedule(static)
+    for (int i = 0; i < nr; i++) {
+        int r = r0 + i, b = r / T, t = r % T;
+        if (t == T - 1) continue;   /* the last position predicts nothing scored */
+        const float *row = logits + (size_t)i * V;
+        nll[(size_t)b * (T - 1) + t] = row_logsumexp(row, V) - row[ids[r + 1]];
+    }
+}
+
+int ar_model_nll(ar_model *m, const int *ids, int B, int T, double *nll)
+{
+    const int C = m->c.hidden, V = m->c.vocab, BT = B * T;
+    if (T < 2) return ar_error("scoring needs sequences of at least 2 tokens (T=%d)", T);
+    float *h = malloc(sizeof(float) * (size_t)BT * C);
+    if (!h) return ar_error("out of memory for activations");
+    int rc = ar_model_hidden(m, ids, B, T, h);
+    float *lg = rc ? NULL : malloc(sizeof(float) * (size_t)NLL_ROWS * V);
+    if (!rc && !lg) rc = ar_error("out of memory for logits");
+    for (int r0 = 0; !rc && r0 < BT; r0 += NLL_ROWS) {
+        int nr = BT - r0 < NLL_ROWS ? BT - r0 : NLL_ROWS;
+        rc = ar_model_logits(m, h + (size_t)r0 * C, nr, lg);
+        if (!rc) nll_rows(lg, ids, r0, nr, T, V, nll);
+    }
+    free(lg);
+    free(h);
+    return rc;
+}
