@@ -300,7 +300,9 @@ static int r_truncated(ar_stream_reader *r)
     case AT_HEADER: return rerr(r, "truncated stream (ended inside the stream header)");
     case AT_RECORD: return rerr(r, "truncated stream (no END record)");
     case AT_META: return rerr(r, "truncated stream (ended inside a META record)");
-    case AT_TENSOR_HEADER: return rerr(r, "truncated stream (ended inside a tensor record header)");
+    case AT_TENSOR_HEADER:
+        if (r->tname[0]) return rerr(r, "truncated stream (ended inside the header of tensor '%s')", r->tname);
+        return rerr(r, "truncated stream (ended inside a tensor record header)");
     case AT_PAYLOAD: break;
     }
     return rerr(r, "truncated stream (ended inside tensor '%s')", r->tname);
@@ -491,6 +493,7 @@ static int r_tensor_shape(ar_stream_reader *r, ar_record *rec)
 static int r_tensor(ar_stream_reader *r, ar_record *rec)
 {
     r->place = AT_TENSOR_HEADER;
+    r->tname[0] = 0;
     if (r_tensor_shape(r, rec)) return -1;
     char what[AR_STREAM_MAX_NAME + 32];
     snprintf(what, sizeof what, "tensor '%s' attributes", r->tname);
