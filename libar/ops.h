@@ -78,7 +78,8 @@ long ar_attention_scratch(int T);
 
 /* Given dout [B, T, NH, HD] and the saved att [B, NH, T, T]:
  * dq [B, T, NH, HD] += , dk, dv [B, T, NKV, HD] +=. scratch has
- * ar_attention_scratch(T) floats. */
+ * ar_attention_scratch(T) floats. The mask (causal, sliding window) lives in
+ * the zeros of att, so no window argument is needed. */
 void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            const float *dout, const float *att, const float *q,
                            const float *k, const float *v, int B, int T, int NH,

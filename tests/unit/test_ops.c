@@ -1,0 +1,394 @@
+/* test_ops.c — each layer op against a naive double-precision loop written
+ * here, each backward against central finite differences of that double
+ * reference, and the RoPE tables against values recorded from transformers. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ops.h"
+
+static unsigned rng_state = 777;
+static double urand(void) /* uniform [-1, 1) */
+{
+    rng_state = rng_state * 1664525u + 1013904223u;
+    return (rng_state >> 8) / 8388608.0 - 1.0;
+}
+
+/* Fill f32 and double copies with the same random values. */
+static void fill(float *f, double *d, int n)
+{
+    for (int i = 0; i < n; i++) d[i] = f[i] = (float)urand();
+}
+
+static double max_abs(const double *a, int n)
+{
+    double m = 0;
+    for (int i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
+    return m;
+}
+
+/* |got - want| <= tol * max|want|. */
+static void expect_close(const float *got, const double *want, int n, double tol,
+                         const char *what)
+{
+    double scale = max_abs(want, n);
+    cr_assert(scale > 1e-6, "%s: reference vanishes", what);
+    for (int i = 0; i < n; i++)
+        cr_assert(fabs(got[i] - want[i]) <= tol * scale, "%s[%d] = %.8g, want %.8g",
+                  what, i, got[i], want[i]);
+}
+
+/* A scalar loss of a double reference, L(p) = sum(out(p) . r), for finite
+ * differences: fn evaluates out into a caller buffer. */
+typedef void (*ref_fn)(void *ctx, double *out);
+typedef struct {
+    ref_fn fn;
+    void *ctx;
+    const double *r;
+    int nout;
+} loss_t;
+
+static double loss(const loss_t *l)
+{
+    double *out = malloc(sizeof(double) * l->nout), L = 0;
+    l->fn(l->ctx, out);
+    for (int i = 0; i < l->nout; i++) L += out[i] * l->r[i];
+    free(out);
+    return L;
+}
+
+/* Central differences of l along every element of p [n] (step 1e-5 in double:
+ * error ~1e-10, far below the 1e-4 f32 checks). */
+static void fd_grad(double *g, const loss_t *l, double *p, int n)
+{
+    const double h = 1e-5;
+    for (int j = 0; j < n; j++) {
+        double keep = p[j];
+        p[j] = keep + h;
+        double lp = loss(l);
+        p[j] = keep - h;
+        double lm = loss(l);
+        p[j] = keep;
+        g[j] = (lp - lm) / (2 * h);
+    }
+}
+
+/* Subtract a constant that a +=-style backward started from. */
+static void unbias(float *g, int n, float c)
+{
+    for (int i = 0; i < n; i++) g[i] -= c;
+}
+
+/* ---------------------------------------------------------------- RMSNorm */
+
+enum { NR = 3, NC = 7 };
+typedef struct { double *x, *w; } norm_ctx;
+
+static void d_rmsnorm(void *vc, double *out)
+{
+    norm_ctx *c = vc;
+    for (int r = 0; r < NR; r++) {
+        double ss = 0;
+        for (int i = 0; i < NC; i++) ss += c->x[r * NC + i] * c->x[r * NC + i];
+        double s = 1 / sqrt(ss / NC + 1e-5);
+        for (int i = 0; i < NC; i++) out[r * NC + i] = c->x[r * NC + i] * s * c->w[i];
+    }
+}
+
+Test(ops, rmsnorm)
+{
+    float x[NR * NC], w[NC], out[NR * NC], rstd[NR], dx[NR * NC], dw[NC], dout[NR * NC];
+    double xd[NR * NC], wd[NC], r[NR * NC], want[NR * NC];
+    fill(x, xd, NR * NC), fill(w, wd, NC), fill(dout, r, NR * NC);
+    norm_ctx c = {xd, wd};
+    loss_t l = {d_rmsnorm, &c, r, NR * NC};
+
+    ar_rmsnorm_forward(out, rstd, x, w, NR, NC, 1e-5f);
+    d_rmsnorm(&c, want);
+    expect_close(out, want, NR * NC, 1e-6, "out"); /* f32 rounding only */
+
+    /* Backward accumulates: start from 0.5 and take it off again. */
+    for (int i = 0; i < NR * NC; i++) dx[i] = 0.5f;
+    for (int i = 0; i < NC; i++) dw[i] = 0.5f;
+    ar_rmsnorm_backward(dx, dw, dout, x, w, rstd, NR, NC);
+    unbias(dx, NR * NC, 0.5f), unbias(dw, NC, 0.5f);
+    fd_grad(want, &l, xd, NR * NC);
+    expect_close(dx, want, NR * NC, 1e-5, "dx");
+    fd_grad(want, &l, wd, NC);
+    expect_close(dw, want, NC, 1e-5, "dw");
+
+    /* In place gives the same output. */
+    ar_rmsnorm_forward(x, NULL, x, w, NR, NC, 1e-5f);
+    for (int i = 0; i < NR * NC; i++) cr_assert_eq(x[i], out[i]);
+}
+
+/* ----------------------------------------------------------------- Linear */
+
+enum { LR = 5, LK = 6, LN = 4 };
+typedef struct { double *x, *W, *b; } lin_ctx;
+
+static void d_linear(void *vc, double *y)
+{
+    lin_ctx *c = vc;
+    for (int r = 0; r < LR; r++)
+        for (int n = 0; n < LN; n++) {
+            double acc = c->b ? c->b[n] : 0;
+            for (int k = 0; k < LK; k++) acc += c->x[r * LK + k] * c->W[n * LK + k];
+            y[r * LN + n] = acc;
+        }
+}
+
+Test(ops, linear)
+{
+    float x[LR * LK], W[LN * LK], b[LN], y[LR * LN], dy[LR * LN];
+    float dx[LR * LK] = {0}, dW[LN * LK] = {0}, db[LN] = {0};
+    double xd[LR * LK], Wd[LN * LK], bd[LN], r[LR * LN], want[LR * LK];
+    fill(x, xd, LR * LK), fill(W, Wd, LN * LK), fill(b, bd, LN), fill(dy, r, LR * LN);
+    lin_ctx c = {xd, Wd, NULL};
+    loss_t l = {d_linear, &c, r, LR * LN};
+
+    ar_linear_forward(y, x, W, NULL, LR, LK, LN);
+    d_linear(&c, want);
+    expect_close(y, want, LR * LN, 1e-6, "y no bias");
+    c.b = bd;
+    ar_linear_forward(y, x, W, b, LR, LK, LN);
+    d_linear(&c, want);
+    expect_close(y, want, LR * LN, 1e-6, "y");
+
+    ar_linear_backward(dx, dW, db, dy, x, W, LR, LK, LN);
+    fd_grad(want, &l, xd, LR * LK);
+    expect_close(dx, want, LR * LK, 1e-5, "dx");
+    fd_grad(want, &l, Wd, LN * LK);
+    expect_close(dW, want, LN * LK, 1e-5, "dW");
+    fd_grad(want, &l, bd, LN);
+    expect_close(db, want, LN, 1e-5, "db");
+    /* A second call adds the same again. */
+    float keep = dW[7];
+    ar_linear_backward(NULL, dW, NULL, dy, x, W, LR, LK, LN);
+    cr_assert_float_eq(dW[7], 2 * keep, 1e-5);
+}
+
+/* ------------------------------------------------------------------- RoPE */
+
+/* Llama 3.1 rope parameters (theta 5e5, factor 8, low 1, high 4, original
+ * 8192) with head_dim 64. */
+static ar_config llama31(void)
+{
+    ar_config c = {0};
+    c.head_dim = 64, c.rope_theta = 500000.0, c.rope_type = AR_ROPE_LLAMA3;
+    c.rope_factor = 8, c.rope_low_freq_factor = 1, c.rope_high_freq_factor = 4;
+    c.rope_orig_max_pos = 8192;
+    return c;
+}
+
+/* Recorded with transformers 5.24.0 / torch 2.15 (build/venv):
+ * ROPE_INIT_FUNCTIONS['llama3'](LlamaConfig(head_dim=64, rope_theta=5e5,
+ * rope_scaling={llama3, 8, 1, 4, 8192}), 'cpu')[0], printed with %.9g. */
+static const float llama3_inv_freq[32] = {
+    1, 0.663601279, 0.440366626, 0.292227834, 0.193922758, 0.128687382,
+    0.0853971019, 0.0566696189, 0.0376060307, 0.0249554086, 0.0165604409,
+    0.0109895291, 0.00729266508, 0.00483942125, 0.00321144611, 0.00137189368,
+    0.000524846022, 0.000178507791, 7.78465546e-05, 5.16590699e-05, 3.42810235e-05,
+    2.2748929e-05, 1.50962178e-05, 1.00178686e-05, 6.64786967e-06, 4.41153452e-06,
+    2.92749974e-06, 1.94269251e-06, 1.28917316e-06, 8.55496921e-07, 5.6770881e-07,
+    3.7673226e-07};
+
+/* Same source, ROPE_INIT_FUNCTIONS['linear'] with theta 1e4, factor 4, HD 64:
+ * every 8th value. */
+static const float linear_inv_freq[4] = {0.25, 0.0250000004, 0.00249999994,
+                                         0.000250000012};
+
+Test(ops, rope_inv_freq_matches_transformers)
+{
+    ar_config c = llama31();
+    float f[32];
+    ar_rope_inv_freq(f, &c);
+    /* f32 pow/divide in both: equal to a couple of ulps. */
+    for (int i = 0; i < 32; i++)
+        cr_assert(fabsf(f[i] - llama3_inv_freq[i]) <= 3e-7f * llama3_inv_freq[i],
+                  "llama3 inv_freq[%d] = %.9g, transformers %.9g", i, f[i],
+                  llama3_inv_freq[i]);
+    c.rope_type = AR_ROPE_LINEAR, c.rope_theta = 10000, c.rope_factor = 4;
+    ar_rope_inv_freq(f, &c);
+    for (int i = 0; i < 4; i++)
+        cr_assert(fabsf(f[8 * i] - linear_inv_freq[i]) <= 3e-7f * linear_inv_freq[i],
+                  "linear inv_freq[%d]", 8 * i);
+    /* Default: 1 / theta^(2i/HD) to f32 accuracy. */
+    c.rope_type = AR_ROPE_DEFAULT;
+    ar_rope_inv_freq(f, &c);
+    for (int i = 0; i < 32; i++)
+        cr_assert(fabs(f[i] - pow(1e4, -2.0 * i / 64)) <= 1e-6 * pow(1e4, -2.0 * i / 64));
+}
+
+Test(ops, rope_tables_match_transformers)
+{
+    /* LlamaRotaryEmbedding(llama31)(x, positions) cos/sin at positions
+     * 1, 7, 1000, 4095 and dims 0, 3, 14, 31 (same recording as above). */
+    static const int pos[4] = {1, 7, 1000, 4095}, dim[4] = {0, 3, 14, 31};
+    static const float want_cos[4][4] = {
+        {0.540302336, 0.957604468, 0.999994874, 1},
+        {0.753902256, -0.45715934, 0.999747336, 1},
+        {0.562379062, -0.998216867, -0.997561216, 0.99999994},
+        {-0.0659759939, -0.962742984, 0.833987176, 0.999998808}};
+    static const float want_sin[4][4] = {
+        {0.841470957, 0.288086325, 0.00321144052, 3.7673226e-07},
+        {0.656986594, 0.889384806, 0.0224782303, 2.63712582e-06},
+        {0.826879561, -0.0596919507, -0.0697965994, 0.000376732263},
+        {-0.997821212, 0.270418197, 0.5517838, 0.00154271803}};
+    ar_config c = llama31();
+    float *ct = malloc(sizeof(float) * 4096 * 32), *st = malloc(sizeof(float) * 4096 * 32);
+    ar_rope_tables(ct, st, &c, 4096);
+    for (int p = 0; p < 4; p++)
+        for (int d = 0; d < 4; d++) {
+            long i = (long)pos[p] * 32 + dim[d];
+            /* Same f32 angle; cos/sin implementations differ by ~1 ulp. */
+            cr_assert(fabsf(ct[i] - want_cos[p][d]) <= 1e-6f, "cos t=%d i=%d: %.9g",
+                      pos[p], dim[d], ct[i]);
+            cr_assert(fabsf(st[i] - want_sin[p][d]) <= 1e-6f, "sin t=%d i=%d: %.9g",
+                      pos[p], dim[d], st[i]);
+        }
+    free(ct), free(st);
+}
+
+enum { RB = 2, RT = 3, RH = 2, RD = 6 };
+
+Test(ops, rope_forward_backward)
+{
+    ar_config c = {0};
+    c.head_dim = RD, c.rope_theta = 100;
+    int n = RB * RT * RH * RD;
+    float ct[RT * RD / 2], st[RT * RD / 2], x[n], x0[n];
+    double xd[n];
+    ar_rope_tables(ct, st, &c, RT);
+    fill(x, xd, n);
+    memcpy(x0, x, sizeof x);
+    ar_rope_forward(x, ct, st, RB, RT, RH, RD);
+    /* Reference rotation in double, rotate_half pairing. */
+    double want[n];
+    for (int row = 0; row < RB * RT * RH; row++) {
+        int t = row / RH % RT;
+        for (int i = 0; i < RD / 2; i++) {
+            double a = t * pow(100.0, -2.0 * i / RD);
+            double a0 = xd[row * RD + i], a1 = xd[row * RD + i + RD / 2];
+            want[row * RD + i] = a0 * cos(a) - a1 * sin(a);
+            want[row * RD + i + RD / 2] = a1 * cos(a) + a0 * sin(a);
+        }
+    }
+    expect_close(x, want, n, 1e-6, "rope");
+    /* The backward is the transpose; for a rotation that is the inverse. */
+    ar_rope_backward(x, ct, st, RB, RT, RH, RD);
+    for (int i = 0; i < n; i++) cr_assert_float_eq(x[i], x0[i], 1e-6, "inverse [%d]", i);
+    /* And the transpose proper: <R x, y> == <x, R^T y>. */
+    float y[n], ry[n], rx[n];
+    for (int i = 0; i < n; i++) ry[i] = y[i] = (float)urand();
+    memcpy(rx, x0, sizeof rx);
+    ar_rope_forward(rx, ct, st, RB, RT, RH, RD);
+    ar_rope_backward(ry, ct, st, RB, RT, RH, RD);
+    double l = 0, r = 0;
+    for (int i = 0; i < n; i++) l += (double)rx[i] * y[i], r += (double)x0[i] * ry[i];
+    cr_assert(fabs(l - r) <= 1e-5 * fabs(l) + 1e-6, "<Rx,y> %g vs <x,R^T y> %g", l, r);
+}
+
+/* -------------------------------------------------------------- Attention */
+
+enum { AB = 2, AT = 5, ANH = 4, ANKV = 2, AHD = 3 };
+typedef struct { double *q, *k, *v; int window; } att_ctx;
+
+/* out = softmax(q k^T / sqrt(HD) masked) v, one query at a time. */
+static void d_attention(void *vc, double *out)
+{
+    att_ctx *c = vc;
+    for (int b = 0; b < AB; b++)
+        for (int h = 0; h < ANH; h++)
+            for (int t = 0; t < AT; t++) {
+                int g = h / (ANH / ANKV);
+                double p[AT], sum = 0;
+                for (int s = 0; s < AT; s++) {
+                    double d = 0;
+                    for (int i = 0; i < AHD; i++)
+                        d += c->q[((b * AT + t) * ANH + h) * AHD + i] *
+                             c->k[((b * AT + s) * ANKV + g) * AHD + i];
+                    int seen = s <= t && (c->window == 0 || t - s < c->window);
+                    p[s] = seen ? exp(d / sqrt(AHD)) : 0;
+                    sum += p[s];
+                }
+                for (int i = 0; i < AHD; i++) {
+                    double acc = 0;
+                    for (int s = 0; s < AT; s++)
+                        acc += p[s] / sum * c->v[((b * AT + s) * ANKV + g) * AHD + i];
+                    out[((b * AT + t) * ANH + h) * AHD + i] = acc;
+                }
+            }
+}
+
+static void check_attention(int window)
+{
+    enum { NQ = AB * AT * ANH * AHD, NK = AB * AT * ANKV * AHD };
+    float q[NQ], k[NK], v[NK], out[NQ], dout[NQ], att[AB * ANH * AT * AT];
+    float dq[NQ] = {0}, dk[NK] = {0}, dv[NK] = {0};
+    float *scratch = malloc(sizeof(float) * ar_attention_scratch(AT));
+    double qd[NQ], kd[NK], vd[NK], r[NQ], want[NQ];
+    /* Scores of a few units so the softmax is far from uniform. */
+    fill(q, qd, NQ), fill(k, kd, NK), fill(v, vd, NK), fill(dout, r, NQ);
+    for (int i = 0; i < NQ; i++) qd[i] = q[i] *= 3;
+    att_ctx c = {qd, kd, vd, window};
+    loss_t l = {d_attention, &c, r, NQ};
+
+    ar_attention_forward(out, scratch, 0, q, k, v, AB, AT, ANH, ANKV, AHD, window);
+    d_attention(&c, want);
+    expect_close(out, want, NQ, 2e-6, "out (scratch)");
+    ar_attention_forward(out, att, 1, q, k, v, AB, AT, ANH, ANKV, AHD, window);
+    expect_close(out, want, NQ, 2e-6, "out (saved)");
+    ar_attention_backward(dq, dk, dv, scratch, dout, att, q, k, v, AB, AT, ANH, ANKV,
+                          AHD);
+    fd_grad(want, &l, qd, NQ);
+    expect_close(dq, want, NQ, 1e-5, "dq");
+    fd_grad(want, &l, kd, NK);
+    expect_close(dk, want, NK, 1e-5, "dk");
+    fd_grad(want, &l, vd, NK);
+    expect_close(dv, want, NK, 1e-5, "dv");
+    free(scratch);
+}
+
+Test(ops, attention_gqa) { check_attention(0); }
+Test(ops, attention_sliding_window) { check_attention(2); }
+
+/* ---------------------------------------------------------- SwiGLU, residual */
+
+enum { SN = 17 };
+typedef struct { double *g, *u; } glu_ctx;
+
+static void d_swiglu(void *vc, double *out)
+{
+    glu_ctx *c = vc;
+    for (int i = 0; i < SN; i++) out[i] = c->g[i] / (1 + exp(-c->g[i])) * c->u[i];
+}
+
+Test(ops, swiglu)
+{
+    float g[SN], u[SN], out[SN], dout[SN], dg[SN] = {0}, du[SN] = {0};
+    double gd[SN], ud[SN], r[SN], want[SN];
+    fill(g, gd, SN), fill(u, ud, SN), fill(dout, r, SN);
+    for (int i = 0; i < SN; i++) gd[i] = g[i] *= 6; /* both tails of silu */
+    glu_ctx c = {gd, ud};
+    loss_t l = {d_swiglu, &c, r, SN};
+    ar_swiglu_forward(out, g, u, SN);
+    d_swiglu(&c, want);
+    expect_close(out, want, SN, 1e-6, "out");
+    ar_swiglu_backward(dg, du, dout, g, u, SN);
+    fd_grad(want, &l, gd, SN);
+    expect_close(dg, want, SN, 1e-5, "dgate");
+    fd_grad(want, &l, ud, SN);
+    expect_close(du, want, SN, 1e-5, "dup");
+}
+
+Test(ops, residual)
+{
+    float a[3] = {1, 2, 3}, b[3] = {0.5f, -2, 4}, out[3], da[3] = {1, 1, 1}, db[3] = {0};
+    ar_residual_forward(out, a, b, 3);
+    cr_assert(out[0] == 1.5f && out[1] == 0 && out[2] == 7);
+    ar_residual_backward(da, db, b, 3);
+    cr_assert(da[0] == 1.5f && da[1] == -1 && da[2] == 5);
+    cr_assert(db[0] == 0.5f && db[1] == -2 && db[2] == 4);
+}
