@@ -81,3 +81,67 @@ Test(model, stories260k_logits_match_float64_reference_cached)
     double d = stories_max_diff(AR_MODEL_CACHE);
     cr_assert_lt(d, 1e-4, "max diff %g", d);
 }
+
+/* Tiny random-weight models written by tools/gen_model_fixtures.py, with
+ * float32 transformers logits: each exercises one architecture option. */
+static double fixture_max_diff(const char *name)
+{
+    char dir[512], ref[600];
+    snprintf(dir, sizeof dir, "tests/fixtures/models/%s", name);
+    snprintf(ref, sizeof ref, "%s/reference.json", dir);
+    cJSON *j = load_json(ref);
+    const cJSON *ids = cJSON_GetObjectItem(j, "ids"), *lg = cJSON_GetObjectItem(j, "logits");
+    int T = cJSON_GetArraySize(ids);
+    int *tok = malloc(sizeof(int) * T);
+    for (int t = 0; t < T; t++) tok[t] = cJSON_GetArrayItem(ids, t)->valueint;
+    ar_model *m = ar_model_open(dir, 0);
+    cr_assert(m, "%s", ar_last_error());
+    int V = ar_model_config(m)->vocab;
+    float *logits = malloc(sizeof(float) * (size_t)T * V);
+    cr_assert_eq(ar_model_forward(m, tok, 1, T, logits), 0, "%s", ar_last_error());
+    double worst = 0;
+    for (int t = 0; t < T; t++) {
+        const cJSON *row = cJSON_GetArrayItem(lg, t);
+        cr_assert_eq(cJSON_GetArraySize(row), V);
+        for (int v = 0; v < V; v++) {
+            double d = fabs(logits[(size_t)t * V + v] - cJSON_GetArrayItem(row, v)->valuedouble);
+            if (d > worst) worst = d;
+        }
+    }
+    free(logits); free(tok);
+    ar_model_close(m);
+    cJSON_Delete(j);
+    cr_log_info("%s max |logit diff| = %.3g", name, worst);
+    return worst;
+}
+
+/* Both sides compute in f32 from the same weights (logits O(5)); 1e-4 is a
+ * few hundred f32 ulps, far below what any wrong option would cause. */
+Test(model, qwen2_bias_linear_rope_bf16_tied) { cr_assert_lt(fixture_max_diff("qwen2"), 1e-4); }
+Test(model, qwen3_qk_norm_wide_head_dim) { cr_assert_lt(fixture_max_diff("qwen3"), 1e-4); }
+Test(model, mistral_sliding_window_untied) { cr_assert_lt(fixture_max_diff("mistral"), 1e-4); }
+Test(model, llama3_rope_attention_and_mlp_bias) { cr_assert_lt(fixture_max_diff("llama3"), 1e-4); }
+
+/* The Mistral fixture must depend on its window: without it the logits move. */
+Test(model, mistral_fixture_is_sensitive_to_the_window)
+{
+    ar_config c;
+    ar_tensor_source src;
+    cr_assert_eq(ar_config_load(&c, "tests/fixtures/models/mistral"), 0, "%s", ar_last_error());
+    cr_assert_eq(c.sliding_window, 5);
+    int ids[16];
+    for (int i = 0; i < 16; i++) ids[i] = (7 * i * i + 3 * i + 1) % c.vocab;
+    float *a = malloc(sizeof(float) * 16 * c.vocab), *b = malloc(sizeof(float) * 16 * c.vocab);
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass) c.sliding_window = 0;
+        cr_assert_eq(ar_source_safetensors(&src, "tests/fixtures/models/mistral"), 0);
+        ar_model *m = ar_model_open_source(&c, &src, 0);
+        cr_assert(m, "%s", ar_last_error());
+        cr_assert_eq(ar_model_forward(m, ids, 1, 16, pass ? b : a), 0);
+        ar_model_close(m);
+    }
+    double worst = 0;
+    for (int i = 0; i < 16 * c.vocab; i++) worst = fmax(worst, fabs(a[i] - b[i]));
+    cr_assert_gt(worst, 1e-2, "window changes logits by only %g", worst);
+    free(a); free(b);
+}
