@@ -14,6 +14,7 @@
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
+#include <utf8proc.h>
 #include <zstd.h>
 #include <zstd_errors.h>
 
@@ -49,18 +50,27 @@ static const char *json_problem(const char *s, size_t n)
 {
     if (n > AR_STREAM_MAX_JSON) return "JSON text longer than 64 MiB";
     if (memchr(s, 0, n)) return "JSON text contains a NUL byte";
-    cJSON *j = cJSON_ParseWithLength(s, n);
+    /* s[n] is the terminating NUL; requiring it rejects trailing garbage */
+    cJSON *j = cJSON_ParseWithLengthOpts(s, n + 1, NULL, 1);
     int ok = cJSON_IsObject(j);
     cJSON_Delete(j);
     return ok ? NULL : "JSON text is not a valid JSON object";
 }
 
-/* Why a tensor name of n bytes is invalid, or NULL. */
+/* Why a tensor name of n bytes is invalid, or NULL. Names must be printable
+ * UTF-8 so that ar-dump's one-line-per-record output and other languages'
+ * string types can always hold them. */
 static const char *name_problem(const char *s, size_t n)
 {
     if (n == 0) return "empty tensor name";
     if (n > AR_STREAM_MAX_NAME) return "tensor name longer than 4096 bytes";
-    if (memchr(s, 0, n)) return "tensor name contains a NUL byte";
+    for (size_t i = 0; i < n;) {
+        utf8proc_int32_t c;
+        utf8proc_ssize_t len = utf8proc_iterate((const utf8proc_uint8_t *)s + i, (utf8proc_ssize_t)(n - i), &c);
+        if (len <= 0) return "tensor name is not valid UTF-8";
+        if (c < 0x20 || c == 0x7f) return "tensor name contains a control character";
+        i += (size_t)len;
+    }
     return NULL;
 }
 

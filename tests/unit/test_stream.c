@@ -403,6 +403,23 @@ Test(stream, json_must_be_an_object)
     raw_header(&r);
     raw_u8(&r, 'M'), raw_str(&r, "{\"a\":"), raw_u8(&r, 'E');
     expect_error(&r, "not a valid JSON object");
+    r.n = 0, raw_header(&r), raw_u8(&r, 'M'), raw_str(&r, "[1]"), raw_u8(&r, 'E');
+    expect_error(&r, "not a valid JSON object");
+    r.n = 0, raw_header(&r), raw_u8(&r, 'M'), raw_str(&r, "{} x"), raw_u8(&r, 'E');
+    expect_error(&r, "not a valid JSON object");
+    r.n = 0, raw_header(&r), raw_u8(&r, 'M'), raw_u32(&r, 3), raw_put(&r, "{}\0", 3), raw_u8(&r, 'E');
+    expect_error(&r, "contains a NUL byte");
+}
+
+Test(stream, names_must_be_printable_utf8)
+{
+    raw_t r = {.n = 0};
+    raw_header(&r), raw_u8(&r, 'T'), raw_str(&r, "a\tb");
+    expect_error(&r, "control character");
+    r.n = 0, raw_header(&r), raw_u8(&r, 'T'), raw_str(&r, "caf\xc3");
+    expect_error(&r, "not valid UTF-8");
+    r.n = 0, raw_header(&r), raw_u8(&r, 'T'), raw_u32(&r, 0);
+    expect_error(&r, "name length 0 out of range");
 }
 
 /* A tensor record header with the given dtype code, dims and stated size. */
