@@ -1,0 +1,317 @@
+/* export.c — the driver shared by every export format: open the original
+ * model and a temporary folder, stream packed layers, copy the rest, write
+ * configs, commit (see export.h). */
+#include "export_impl.h"
+#include "error.h"
+#include "hf_folder.h"
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+const char *const ar_export_formats[] = {"auto_round", "auto_gptq", "auto_awq", "fake", NULL};
+
+static const ar_export_format *find_format(const char *name) {
+    static const ar_export_format *const all[] = {&ar_fmt_auto_round, &ar_fmt_auto_gptq, &ar_fmt_auto_awq, &ar_fmt_fake};
+    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
+        if (name && !strcmp(all[i]->name, name)) return all[i];
+    return NULL;
+}
+
+/* The block list prefix: the part of the first "<prefix>.<digits>." tensor
+ * name before the index ("model.layers"). */
+static void detect_block_prefix(ar_export *e) {
+    for (size_t i = 0; i < ar_st_count(e->st); i++) {
+        const char *n = ar_st_at(e->st, i)->name;
+        for (const char *p = strchr(n, '.'); p; p = strchr(p + 1, '.')) {
+            const char *d = p + 1;
+            while (isdigit((unsigned char)*d)) d++;
+            if (d > p + 1 && *d == '.' && (size_t)(p - n) < sizeof e->block_prefix) {
+                memcpy(e->block_prefix, n, (size_t)(p - n));
+                e->block_prefix[p - n] = 0;
+                return;
+            }
+        }
+    }
+}
+
+static int check_opts(const ar_export_opts *o) {
+    if (!find_format(o->format))
+        return ar_error("unknown export format '%s' (auto_round, auto_gptq, auto_awq, fake)", o->format ? o->format : "");
+    if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
+        return ar_error("%s: %d-bit weights cannot be exported (2, 3, 4 or 8)", o->format, o->bits);
+    if (o->group_size == 0 || o->group_size < -1) return ar_error("%s: bad group_size %d", o->format, o->group_size);
+    if (o->tuning_json) {
+        cJSON *j = cJSON_Parse(o->tuning_json);
+        int ok = cJSON_IsObject(j);
+        cJSON_Delete(j);
+        if (!ok) return ar_error("%s: tuning keys are not a JSON object", o->format);
+    }
+    const ar_export_format *f = find_format(o->format);
+    return f->check_opts ? f->check_opts(o) : 0;
+}
+
+ar_export *ar_export_open(const char *model_dir, const char *out_dir, const ar_export_opts *opts) {
+    if (check_opts(opts)) return NULL;
+    ar_export *e = calloc(1, sizeof *e);
+    if (!e) { ar_error("%s: out of memory", out_dir); return NULL; }
+    e->fmt = find_format(opts->format);
+    e->opts = *opts;
+    e->opts.tuning_json = opts->tuning_json ? strdup(opts->tuning_json) : NULL;
+    e->model_dir = strdup(model_dir);
+    e->out_dir = strdup(out_dir);
+    if (!e->model_dir || !e->out_dir || !(e->st = ar_st_open_dir(model_dir)) ||
+        !(e->tmp_dir = hf_folder_begin(out_dir)) || !(e->w = ar_stw_open(e->tmp_dir, opts->max_shard_bytes))) {
+        ar_export_abort(e);
+        return NULL;
+    }
+    detect_block_prefix(e);
+    /* AutoRound writes asym 4-bit in the AWQ layout unless other widths occur. */
+    e->awq_layout = e->fmt == &ar_fmt_auto_awq ||
+                    (e->fmt == &ar_fmt_auto_round && !opts->sym && opts->bits == 4 && !opts->mixed_bits);
+    return e;
+}
+
+static ar_export_rec *find_rec(const ar_export *e, const char *name, size_t len) {
+    for (size_t i = 0; i < e->nrec; i++)
+        if (strlen(e->rec[i].name) == len && !strncmp(e->rec[i].name, name, len)) return &e->rec[i];
+    return NULL;
+}
+
+static int in_block(const ar_export *e, const char *name) {
+    size_t n = strlen(e->block_prefix);
+    return n && !strncmp(name, e->block_prefix, n) && name[n] == '.';
+}
+
+static int add_rec(ar_export *e, const ar_qlayer *l) {
+    if (e->nrec == e->caprec) {
+        size_t cap = e->caprec ? 2 * e->caprec : 64;
+        ar_export_rec *t = realloc(e->rec, cap * sizeof *t);
+        if (!t) return ar_error("%s: out of memory", e->out_dir);
+        e->rec = t;
+        e->caprec = cap;
+    }
+    ar_export_rec *r = &e->rec[e->nrec];
+    if (!(r->name = strdup(l->name))) return ar_error("%s: out of memory", e->out_dir);
+    r->bits = l->bits;
+    r->group_size = l->group_size;
+    r->sym = l->sym;
+    r->in_block = in_block(e, l->name);
+    r->own_bias = l->bias != NULL;
+    e->nrec++;
+    return 0;
+}
+
+/* The layer must replace an existing [n, k] weight, once. */
+static int check_layer_target(const ar_export *e, const ar_qlayer *l) {
+    if (!l->name) return ar_error("%s: quantized layer without a name", e->out_dir);
+    if (find_rec(e, l->name, strlen(l->name))) return ar_error("%s: layer %s packed twice", e->out_dir, l->name);
+    char wname[512];
+    snprintf(wname, sizeof wname, "%s.weight", l->name);
+    const ar_st_tensor *t = ar_st_find(e->st, wname);
+    if (!t) return ar_error("%s: the model has no tensor %s", e->model_dir, wname);
+    if (t->ndim != 2 || t->shape[0] != l->n || t->shape[1] != l->k)
+        return ar_error("%s: %s is not [%d, %d]", e->model_dir, wname, l->n, l->k);
+    return 0;
+}
+
+/* Write n floats as dtype (f16/bf16/f32) under name. */
+static int put_floats(ar_export *e, const char *name, ar_dtype dtype, int ndim, const int64_t *shape,
+                      const float *v, size_t n) {
+    void *buf = malloc(n * ar_dtype_size(dtype));
+    if (!buf) return ar_error("%s: out of memory", e->out_dir);
+    int rc = ar_from_f32(buf, v, dtype, n) || ar_stw_put(e->w, name, dtype, ndim, shape, buf);
+    free(buf);
+    return rc ? -1 : 0;
+}
+
+/* Original dtype of a float tensor, narrowed to 16 bits when f16 is asked. */
+static ar_dtype bias_dtype(const ar_export *e, ar_dtype orig) { return e->fmt->bias_f16 ? AR_F16 : orig; }
+
+int ar_export_layer(ar_export *e, const ar_qlayer *l) {
+    if (check_layer_target(e, l)) return -1;
+    if (e->awq_layout && e->fmt == &ar_fmt_auto_round && l->bits != 4)
+        return ar_error("%s: %d-bit layer in an auto_round:auto_awq (4-bit) export; set mixed_bits", l->name, l->bits);
+    if (e->fmt->write_layer(e, l) || add_rec(e, l)) return -1;
+    if (!l->bias) return 0;
+    char bname[512];
+    snprintf(bname, sizeof bname, "%s.bias", l->name);
+    const ar_st_tensor *ob = ar_st_find(e->st, bname);
+    int64_t shape[1] = {l->n};
+    return put_floats(e, bname, bias_dtype(e, ob ? ob->dtype : AR_BF16), 1, shape, l->bias, (size_t)l->n);
+}
+
+/* What happens to original tensor t: 0 copy, 1 skip (replaced by a packed
+ * layer), 2 re-type (bias of a packed layer). */
+static int tensor_fate(const ar_export *e, const char *name) {
+    const char *dot = strrchr(name, '.');
+    if (!dot) return 0;
+    const ar_export_rec *r = find_rec(e, name, (size_t)(dot - name));
+    if (!r) return 0;
+    if (!strcmp(dot, ".weight")) return 1;
+    if (!strcmp(dot, ".bias")) return r->own_bias ? 1 : 2;
+    return 0;
+}
+
+static int copy_tensor(ar_export *e, const ar_st_tensor *t) {
+    if (ar_stw_begin(e->w, t->name, t->dtype, t->ndim, t->shape)) return -1;
+    const char *p = t->data;
+    for (size_t off = 0; off < t->nbytes; off += 64u << 20) {    /* pieces keep page cache pressure low */
+        size_t n = t->nbytes - off < (64u << 20) ? t->nbytes - off : 64u << 20;
+        if (ar_stw_write(e->w, p + off, n)) return -1;
+    }
+    return 0;
+}
+
+static int retype_bias(ar_export *e, const ar_st_tensor *t) {
+    ar_dtype d = bias_dtype(e, t->dtype);
+    if (d == t->dtype) return copy_tensor(e, t);
+    float *v = malloc((size_t)t->numel * sizeof *v);
+    int rc = !v || ar_st_read_f32(e->st, t->name, v, (size_t)t->numel) ||
+             put_floats(e, t->name, d, t->ndim, t->shape, v, (size_t)t->numel);
+    free(v);
+    return rc ? -1 : 0;
+}
+
+static int copy_rest(ar_export *e) {
+    for (size_t i = 0; i < ar_st_count(e->st); i++) {
+        const ar_st_tensor *t = ar_st_at(e->st, i);
+        int fate = tensor_fate(e, t->name);
+        if (fate == 0 && copy_tensor(e, t)) return -1;
+        if (fate == 2 && retype_bias(e, t)) return -1;
+    }
+    return 0;
+}
+
+static int write_configs(ar_export *e) {
+    cJSON *q = e->fmt->quant_config ? e->fmt->quant_config(e) : NULL;
+    if (e->fmt->quant_config && !q) return -1;
+    /* AWQ kernels run in fp16, so AutoRound forces it for any AWQ layout. */
+    const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
+    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype);
+    if (!rc && q && e->fmt->qconfig_file) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file, q);
+    cJSON_Delete(q);
+    return rc;
+}
+
+int ar_export_finish(ar_export *e) {
+    if (e->nrec == 0 && e->fmt != &ar_fmt_fake) return ar_error("%s: no quantized layers to export", e->out_dir);
+    if (copy_rest(e)) return -1;
+    int rc = ar_stw_close(e->w);
+    e->w = NULL;
+    if (rc || write_configs(e) || hf_folder_copy_side_files(e->model_dir, e->tmp_dir) ||
+        hf_folder_commit(e->tmp_dir, e->out_dir))
+        return -1;
+    free(e->tmp_dir);
+    e->tmp_dir = NULL;
+    ar_export_abort(e);
+    return 0;
+}
+
+void ar_export_abort(ar_export *e) {
+    if (!e) return;
+    ar_stw_abort(e->w);
+    hf_folder_remove(e->tmp_dir);
+    ar_st_close(e->st);
+    for (size_t i = 0; i < e->nrec; i++) free(e->rec[i].name);
+    free(e->rec);
+    free((char *)e->opts.tuning_json);
+    free(e->tmp_dir);
+    free(e->model_dir);
+    free(e->out_dir);
+    free(e);
+}
+
+/* ---- helpers for the format files ---------------------------------------- */
+
+static int put_i32(ar_export *e, const char *layer, const char *suffix, int64_t rows, int64_t cols, const int32_t *v) {
+    char name[512];
+    snprintf(name, sizeof name, "%s.%s", layer, suffix);
+    int64_t shape[2] = {rows, cols};
+    return ar_stw_put(e->w, name, AR_I32, cols ? 2 : 1, shape, v);
+}
+
+static int put_scales(ar_export *e, const char *layer, int64_t ng, int64_t n, const uint16_t *s) {
+    char name[512];
+    snprintf(name, sizeof name, "%s.scales", layer);
+    int64_t shape[2] = {ng, n};
+    return ar_stw_put(e->w, name, AR_F16, 2, shape, s);
+}
+
+int ar_export_write_gptq(ar_export *e, const ar_qlayer *l, int zp_minus_one, int with_g_idx) {
+    if (ar_qlayer_check(l, AR_LAYOUT_GPTQ)) return -1;
+    int ng = ar_qlayer_ngroups(l), grp = ar_qlayer_group(l);
+    int64_t qrows = (int64_t)l->k / 32 * l->bits, zcols = (int64_t)l->n / 32 * l->bits;
+    int32_t *qw = malloc((size_t)qrows * l->n * 4), *qz = malloc((size_t)ng * zcols * 4), *gi = NULL;
+    uint16_t *sc = malloc((size_t)ng * l->n * 2);
+    int rc = !qw || !qz || !sc ? ar_error("%s: out of memory", l->name) : ar_pack_gptq(l, zp_minus_one, qw, qz, sc);
+    if (!rc) rc = put_i32(e, l->name, "qweight", qrows, l->n, qw) || put_i32(e, l->name, "qzeros", ng, zcols, qz) ||
+                  put_scales(e, l->name, ng, l->n, sc);
+    if (!rc && with_g_idx) {
+        if (!(gi = malloc((size_t)l->k * 4))) rc = ar_error("%s: out of memory", l->name);
+        for (int k = 0; !rc && k < l->k; k++) gi[k] = k / grp;
+        if (!rc) rc = put_i32(e, l->name, "g_idx", l->k, 0, gi);
+    }
+    free(qw);
+    free(qz);
+    free(sc);
+    free(gi);
+    return rc ? -1 : 0;
+}
+
+int ar_export_write_awq(ar_export *e, const ar_qlayer *l) {
+    if (ar_qlayer_check(l, AR_LAYOUT_AWQ)) return -1;
+    int ng = ar_qlayer_ngroups(l), cols = l->n / 8;
+    int32_t *qw = malloc((size_t)l->k * cols * 4), *qz = malloc((size_t)ng * cols * 4);
+    uint16_t *sc = malloc((size_t)ng * l->n * 2);
+    int rc = !qw || !qz || !sc ? ar_error("%s: out of memory", l->name) : ar_pack_awq(l, qw, qz, sc);
+    if (!rc) rc = put_i32(e, l->name, "qweight", l->k, cols, qw) || put_i32(e, l->name, "qzeros", ng, cols, qz) ||
+                  put_scales(e, l->name, ng, l->n, sc);
+    free(qw);
+    free(qz);
+    free(sc);
+    return rc ? -1 : 0;
+}
+
+cJSON *ar_export_base_config(const ar_export *e) {
+    cJSON *q = cJSON_CreateObject();
+    if (!q) { ar_error("%s: out of memory", e->out_dir); return NULL; }
+    cJSON_AddNumberToObject(q, "bits", e->opts.bits);
+    cJSON_AddNumberToObject(q, "group_size", e->opts.group_size);
+    cJSON_AddBoolToObject(q, "sym", e->opts.sym);
+    cJSON_AddStringToObject(q, "data_type", "int");
+    cJSON *tune = e->opts.tuning_json ? cJSON_Parse(e->opts.tuning_json) : NULL;
+    for (cJSON *c = tune ? tune->child : NULL; c; c = c->next)
+        if (!cJSON_HasObjectItem(q, c->string)) cJSON_AddItemToObject(q, c->string, cJSON_Duplicate(c, 1));
+    cJSON_Delete(tune);
+    cJSON_AddStringToObject(q, "autoround_version", AR_AUTOROUND_VERSION);
+    return q;
+}
+
+/* Linear-like weights of the original: 2-D NAME.weight, minus embeddings. */
+static int is_linear_weight(const ar_st_tensor *t) {
+    size_t n = strlen(t->name);
+    return t->ndim == 2 && n > 7 && !strcmp(t->name + n - 7, ".weight") && !strstr(t->name, "embed");
+}
+
+static int unquantized(const ar_export *e, int want_in_block, void (*fn)(void *, const char *), void *arg) {
+    int count = 0;
+    for (size_t i = 0; i < ar_st_count(e->st); i++) {
+        const ar_st_tensor *t = ar_st_at(e->st, i);
+        if (!is_linear_weight(t) || in_block(e, t->name) != want_in_block) continue;
+        size_t len = strlen(t->name) - 7;
+        if (find_rec(e, t->name, len)) continue;
+        char layer[512];
+        snprintf(layer, sizeof layer, "%.*s", (int)len, t->name);
+        if (fn) fn(arg, layer);
+        count++;
+    }
+    return count;
+}
+
+int ar_export_unquantized_in_block(const ar_export *e, void (*fn)(void *, const char *), void *arg) {
+    return unquantized(e, 1, fn, arg);
+}
+
+int ar_export_unquantized_outside(const ar_export *e, void (*fn)(void *, const char *), void *arg) {
+    return unquantized(e, 0, fn, arg);
+}

@@ -1,0 +1,71 @@
+/* export_impl.h — what the format files (auto_round.c, auto_gptq.c,
+ * auto_awq.c, fake.c) share with the export driver (export.c). Private to
+ * formats/. */
+#ifndef AR_EXPORT_IMPL_H
+#define AR_EXPORT_IMPL_H
+#include "export.h"
+#include "safetensors.h"
+#include "safetensors_writer.h"
+#include <cJSON.h>
+
+/* What the driver remembers of each packed layer, for the per-layer config. */
+typedef struct {
+    char *name;
+    int   bits, group_size, sym;
+    int   in_block;             /* under block_prefix */
+    int   own_bias;             /* bias came with the layer, not from the original */
+} ar_export_rec;
+
+struct ar_export;
+
+/* One output format. */
+typedef struct {
+    const char *name;
+    /* Refuse options the format cannot represent (may be NULL). */
+    int (*check_opts)(const ar_export_opts *o);
+    /* Write the layer's tensors (not its bias). */
+    int (*write_layer)(struct ar_export *e, const ar_qlayer *l);
+    /* The quantization_config object, or NULL when the format has none. */
+    cJSON *(*quant_config)(struct ar_export *e);
+    int         bias_f16;       /* biases of quantized layers are stored fp16 */
+    const char *config_dtype;   /* dtype forced into config.json, or NULL */
+    const char *qconfig_file;   /* file that repeats quantization_config, or NULL */
+} ar_export_format;
+
+struct ar_export {
+    const ar_export_format *fmt;
+    ar_export_opts          opts;
+    char                   *model_dir, *out_dir, *tmp_dir;
+    ar_safetensors         *st;         /* the original model */
+    ar_stw                 *w;
+    char                    block_prefix[128];   /* "model.layers" */
+    int                     awq_layout;          /* auto_round: AWQ tensors */
+    ar_export_rec          *rec;
+    size_t                  nrec, caprec;
+};
+
+extern const ar_export_format ar_fmt_auto_round, ar_fmt_auto_gptq, ar_fmt_auto_awq, ar_fmt_fake;
+
+/* Write l as GPTQ-layout tensors NAME.qweight/.qzeros/.scales (+ .g_idx). */
+int ar_export_write_gptq(struct ar_export *e, const ar_qlayer *l, int zp_minus_one, int with_g_idx);
+/* Write l as AWQ GEMM tensors NAME.qweight/.qzeros/.scales. */
+int ar_export_write_awq(struct ar_export *e, const ar_qlayer *l);
+
+/* The global scheme keys every format starts its config with:
+ * bits, group_size, sym, data_type "int", then the tuning keys, then
+ * autoround_version. NULL on allocation failure (ar_error set). */
+cJSON *ar_export_base_config(const struct ar_export *e);
+
+/* Whether the original model has an in-block Linear (2-D NAME.weight under
+ * block_prefix) that was not packed; calls fn for each such layer name and
+ * returns their count. fn may be NULL. */
+int ar_export_unquantized_in_block(const struct ar_export *e, void (*fn)(void *arg, const char *layer), void *arg);
+
+/* Same for Linear-like 2-D weights outside the blocks (lm_head), excluding
+ * embeddings. */
+int ar_export_unquantized_outside(const struct ar_export *e, void (*fn)(void *arg, const char *layer), void *arg);
+
+/* The version string written as autoround_version (spec snapshot). */
+#define AR_AUTOROUND_VERSION "0.15.0"
+
+#endif
