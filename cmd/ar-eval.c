@@ -1,0 +1,298 @@
+/* ar-eval — perplexity, KL divergence against a base model, and greedy
+ * generation for a Hugging Face model directory.
+ *
+ * Perplexity protocol (the one the reference numbers use): tokenize the whole
+ * file as the tokenizer does by default (BOS only if its post-processor adds
+ * one), cut non-overlapping windows of seqlen tokens from token 0, keep the
+ * first N, score positions 1..seqlen-1 of each window given the earlier tokens
+ * of the same window; ppl = exp(mean NLL), accumulated in double. */
+#include "cli.h"
+#include "error.h"
+#include "model.h"
+#include "tokenizer.h"
+#include <errno.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+
+static const char usage[] =
+    "usage: ar-eval --model DIR --text FILE [--seqlen 512] [--windows N] [--batch B]\n"
+    "               [--kl-base DIR] [--json] [--stream] [--quiet|--verbose]\n"
+    "       ar-eval --model DIR --prompt TEXT [-n 64] [--json]\n"
+    "\n"
+    "Perplexity of FILE: the whole file is tokenized (BOS only if the tokenizer's\n"
+    "post-processor adds one), cut into non-overlapping windows of --seqlen tokens\n"
+    "from token 0; the first --windows are scored (all by default), each position\n"
+    "1..seqlen-1 given the earlier tokens of its window. ppl = exp(mean NLL).\n"
+    "  --kl-base DIR  also the mean KL(base || model) over the scored positions and\n"
+    "                 the top-1 agreement with the base model (same tokenizer)\n"
+    "  --batch B      windows per forward (default 1)\n"
+    "  --stream       widen one block's weights at a time instead of caching them all\n"
+    "  --json         one JSON object on stdout\n"
+    "Generation: greedy (argmax) continuation of --prompt for -n tokens, stopping\n"
+    "at the model's EOS; prints the text (with --json also the ids).\n"
+    "  --verbose      also peak resident memory on stderr\n";
+
+typedef struct {
+    const char *model, *text, *kl_base, *prompt;
+    long seqlen, windows, batch, n_new;
+    int json, stream;
+} opts;
+
+static opts parse_args(int argc, char **argv)
+{
+    opts o = {.seqlen = 512, .windows = -1, .batch = 1, .n_new = 64};
+    const char *v;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); exit(CLI_EXIT_OK); }
+        else if (cli_common_flag(a)) continue;
+        else if (!strcmp(a, "--json")) o.json = 1;
+        else if (!strcmp(a, "--stream")) o.stream = 1;
+        else if ((v = cli_value(argc, argv, &i, "--model"))) o.model = v;
+        else if ((v = cli_value(argc, argv, &i, "--text"))) o.text = v;
+        else if ((v = cli_value(argc, argv, &i, "--kl-base"))) o.kl_base = v;
+        else if ((v = cli_value(argc, argv, &i, "--prompt"))) o.prompt = v;
+        else if ((v = cli_value(argc, argv, &i, "--seqlen"))) o.seqlen = cli_long("--seqlen", v, 2, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--windows"))) o.windows = cli_long("--windows", v, 1, INT_MAX);
+        else if ((v = cli_value(argc, argv, &i, "--batch"))) o.batch = cli_long("--batch", v, 1, 4096);
+        else if ((v = cli_value(argc, argv, &i, "-n"))) o.n_new = cli_long("-n", v, 0, 1 << 20);
+        else cli_usage_error("unknown argument '%s'", a);
+    }
+    if (!o.model) cli_usage_error("--model DIR is required");
+    if (!o.text == !o.prompt) cli_usage_error("give exactly one of --text FILE or --prompt TEXT");
+    if (o.kl_base && !o.text) cli_usage_error("--kl-base needs --text");
+    return o;
+}
+
+/* Weights of the blocks and the embedding / head, in floats: decides whether
+ * caching every widened weight is affordable. */
+static double param_count(const ar_config *c)
+{
+    double per_block = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        per_block += (double)n * k;
+    }
+    return per_block * c->n_layers + (c->tie_embeddings ? 1.0 : 2.0) * c->vocab * c->hidden;
+}
+
+/* Cache widened weights unless asked not to or they would exceed 4 GB. */
+static ar_model *open_model(const char *dir, int stream)
+{
+    ar_config c;
+    if (ar_config_load(&c, dir)) cli_die_lib();
+    int flags = !stream && param_count(&c) * 4 < 4e9 ? AR_MODEL_CACHE : 0;
+    ar_model *m = ar_model_open(dir, flags);
+    if (!m) cli_die_lib();
+    return m;
+}
+
+static char *read_file(const char *path, size_t *len)
+{
+    FILE *f = fopen(path, "rb");
+    if (!f) cli_die("%s: cannot open: %s", path, strerror(errno));
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    size_t got;
+    while (buf && (got = fread(buf + n, 1, cap - n, f)) > 0) {
+        n += got;
+        if (n == cap) buf = realloc(buf, cap *= 2);
+    }
+    if (!buf || ferror(f)) cli_die("%s: read error", path);
+    fclose(f);
+    *len = n;
+    return buf;
+}
+
+/* Tokenize the whole file with the tokenizer's defaults (add_special). */
+static int32_t *tokenize_file(ar_tokenizer *tok, const char *path, size_t *n)
+{
+    size_t len;
+    char *text = read_file(path, &len);
+    int32_t *ids;
+    if (ar_tokenizer_encode(tok, text, len, 1, &ids, n)) {
+        ar_error_prefix(path);
+        cli_die_lib();
+    }
+    free(text);
+    return ids;
+}
+
+/* ---- perplexity and KL -------------------------------------------------- */
+
+typedef struct {
+    double nll_sum, kl_sum;
+    long scored, top1_agree;
+} scores;
+
+/* KL(base || model) and top-1 agreement over rows 0..T-2 of one window,
+ * both log-softmaxed [T, V]. */
+static void kl_window(const float *lb, const float *lm, int T, int V, scores *s)
+{
+    double kl = 0;
+    long agree = 0;
+#pragma omp parallel for reduction(+ : kl, agree) schedule(static)
+    for (int t = 0; t < T - 1; t++) {
+        const float *b = lb + (size_t)t * V, *m = lm + (size_t)t * V;
+        int ab = 0, am = 0;
+        double k = 0;
+        for (int v = 0; v < V; v++) {
+            k += exp((double)b[v]) * ((double)b[v] - m[v]);
+            if (b[v] > b[ab]) ab = v;
+            if (m[v] > m[am]) am = v;
+        }
+        kl += k;
+        agree += ab == am;
+    }
+    s->kl_sum += kl;
+    s->top1_agree += agree;
+}
+
+/* One window scored through full logits of model and base (KL mode). */
+static void score_window_kl(ar_model *m, ar_model *base, const int *ids, int T, float *lm, float *lb, scores *s)
+{
+    int V = ar_model_config(m)->vocab;
+    if (ar_model_forward(m, ids, 1, T, lm) || ar_model_forward(base, ids, 1, T, lb)) cli_die_lib();
+    ar_log_softmax_rows(lm, T, V);
+    ar_log_softmax_rows(lb, T, V);
+    for (int t = 0; t < T - 1; t++) s->nll_sum -= lm[(size_t)t * V + ids[t + 1]];
+    kl_window(lb, lm, T, V, s);
+}
+
+static void print_ppl(const opts *o, long tokens, long windows, const scores *s, double secs)
+{
+    double ppl = exp(s->nll_sum / (double)s->scored);
+    double tps = windows * o->seqlen / secs;
+    if (o->json) {
+        printf("{\"ppl\": %.6f, \"tokens\": %ld, \"windows\": %ld, \"seqlen\": %ld, \"seconds\": %.3f, "
+               "\"scored\": %ld, \"tokens_per_second\": %.1f",
+               ppl, tokens, windows, o->seqlen, secs, s->scored, tps);
+        if (o->kl_base) printf(", \"kl\": %.6g, \"top1\": %.4f", s->kl_sum / s->scored, 100.0 * s->top1_agree / s->scored);
+        printf("}\n");
+        return;
+    }
+    printf("ppl %.4f  tokens %ld  windows %ld  seqlen %ld  seconds %.2f  tokens/s %.0f\n", ppl, tokens, windows,
+           o->seqlen, secs, tps);
+    if (o->kl_base)
+        printf("kl %.6g  top1 %.2f%%  (base %s)\n", s->kl_sum / s->scored, 100.0 * s->top1_agree / s->scored, o->kl_base);
+}
+
+static void run_ppl(const opts *o, ar_tokenizer *tok, ar_model *m, ar_model *base)
+{
+    size_t n;
+    int32_t *ids = tokenize_file(tok, o->text, &n);
+    long avail = (long)(n / (size_t)o->seqlen);
+    long nwin = o->windows < 0 || o->windows > avail ? avail : o->windows;
+    if (nwin < 1) cli_die("%s: %zu tokens, fewer than one window of %ld", o->text, n, o->seqlen);
+    if (o->windows > avail && cli_progress)
+        fprintf(stderr, "%s: %s has only %ld windows of %ld tokens\n", cli_tool, o->text, avail, o->seqlen);
+    const int T = (int)o->seqlen, V = ar_model_config(m)->vocab;
+    int B = base ? 1 : (int)(o->batch < nwin ? o->batch : nwin);
+    double *nll = malloc(sizeof(double) * (size_t)B * (T - 1));
+    float *lm = base ? malloc(sizeof(float) * (size_t)T * V) : NULL, *lb = base ? malloc(sizeof(float) * (size_t)T * V) : NULL;
+    if (!nll || (base && (!lm || !lb))) cli_die("out of memory");
+    scores s = {0};
+    double t0 = cli_now();
+    for (long w = 0; w < nwin; w += B) {
+        int nb = (int)(nwin - w < B ? nwin - w : B);
+        const int *win = ids + (size_t)w * T;
+        if (base) score_window_kl(m, base, win, T, lm, lb, &s);
+        else if (ar_model_nll(m, win, nb, T, nll)) cli_die_lib();
+        else for (long k = 0; k < (long)nb * (T - 1); k++) s.nll_sum += nll[k];
+        s.scored += (long)nb * (T - 1);
+        char extra[64];
+        snprintf(extra, sizeof extra, "ppl %.4f", exp(s.nll_sum / s.scored));
+        cli_progress_line("window", (int)(w + nb), (int)nwin, t0, extra);
+    }
+    print_ppl(o, (long)n, nwin, &s, cli_now() - t0);
+    free(nll); free(lm); free(lb); free(ids);
+}
+
+/* ---- greedy generation --------------------------------------------------- */
+
+static int argmax(const float *x, int n)
+{
+    int best = 0;
+    for (int i = 1; i < n; i++) if (x[i] > x[best]) best = i;
+    return best;
+}
+
+/* Recomputes the whole sequence each step (no KV cache): fine for the small
+ * models this is used on. Only the last row goes through lm_head. */
+static void run_generate(const opts *o, ar_tokenizer *tok, ar_model *m)
+{
+    const ar_config *c = ar_model_config(m);
+    int32_t *ids0;
+    size_t n0;
+    if (ar_tokenizer_encode(tok, o->prompt, strlen(o->prompt), 1, &ids0, &n0)) cli_die_lib();
+    if (n0 == 0) cli_die("--prompt: the prompt gives no tokens");
+    size_t cap = n0 + (size_t)o->n_new;
+    int *ids = malloc(sizeof(int) * cap);
+    float *h = malloc(sizeof(float) * cap * c->hidden), *logits = malloc(sizeof(float) * c->vocab);
+    if (!ids || !h || !logits) cli_die("out of memory");
+    for (size_t i = 0; i < n0; i++) ids[i] = ids0[i];
+    free(ids0);
+    size_t n = n0;
+    double t0 = cli_now();
+    while (n < cap) {
+        if (ar_model_hidden(m, ids, 1, (int)n, h) || ar_model_logits(m, h + (n - 1) * c->hidden, 1, logits)) cli_die_lib();
+        ids[n++] = argmax(logits, c->vocab);
+        cli_progress_line("token", (int)(n - n0), (int)(cap - n0), t0, NULL);
+        if (ids[n - 1] == c->eos_id) break;
+    }
+    int32_t *out = malloc(sizeof(int32_t) * n);
+    for (size_t i = 0; i < n; i++) out[i] = ids[i];
+    char *text = ar_tokenizer_decode(tok, out, n, 1);
+    if (!text) cli_die_lib();
+    if (o->json) {
+        printf("{\"text\": ");
+        fputc('"', stdout);
+        for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+            if (*p == '"' || *p == '\\') printf("\\%c", *p);
+            else if (*p < 0x20) printf("\\u%04x", *p);
+            else fputc(*p, stdout);
+        }
+        printf("\", \"ids\": [");
+        for (size_t i = 0; i < n; i++) printf("%s%d", i ? ", " : "", out[i]);
+        printf("], \"prompt_tokens\": %zu, \"seconds\": %.3f}\n", n0, cli_now() - t0);
+    } else {
+        printf("%s\n", text);
+    }
+    free(text); free(out); free(ids); free(h); free(logits);
+}
+
+static void report_rss(void)
+{
+    struct rusage ru;
+    if (cli_progress >= 2 && !getrusage(RUSAGE_SELF, &ru))
+        fprintf(stderr, "%s: peak RSS %.1f MiB\n", cli_tool, ru.ru_maxrss / 1024.0);
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("ar-eval");
+    opts o = parse_args(argc, argv);
+    ar_tokenizer *tok = ar_tokenizer_load(o.model);
+    if (!tok) cli_die_lib();
+    ar_model *m = open_model(o.model, o.stream);
+    if (ar_tokenizer_vocab_size(tok) > ar_model_config(m)->vocab)
+        cli_die("%s: tokenizer has %d ids but the model's vocab_size is %d", o.model, ar_tokenizer_vocab_size(tok),
+                ar_model_config(m)->vocab);
+    ar_model *base = o.kl_base ? open_model(o.kl_base, o.stream) : NULL;
+    if (base && ar_model_config(base)->vocab != ar_model_config(m)->vocab)
+        cli_die("%s: vocab_size %d differs from the model's %d", o.kl_base, ar_model_config(base)->vocab,
+                ar_model_config(m)->vocab);
+    if (o.text) run_ppl(&o, tok, m, base);
+    else run_generate(&o, tok, m);
+    report_rss();
+    cli_out_commit(stdout);
+    ar_model_close(base);
+    ar_model_close(m);
+    ar_tokenizer_free(tok);
+    return 0;
+}
