@@ -1,0 +1,150 @@
+/* ar-calib — tokenize a local dataset, run the embeddings, and write the
+ * calibration stream: a META record, input_ids [n, L] i32 and the block-0
+ * inputs hidden [n, L, C] (bf16 by default). */
+#include "calib.h"
+#include "cli.h"
+#include "error.h"
+#include "model.h"
+#include "stream.h"
+#include "tokenizer.h"
+#include <cJSON.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char usage[] =
+    "usage: ar-calib --model DIR --dataset FILE [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
+    "                [--dtype bf16|f32] [-o FILE] [--quiet|--verbose|--progress]\n"
+    "FILE is a local .txt (one running text: random windows) or .jsonl (a \"text\" field per line:\n"
+    "documents, as AutoRound samples them), optionally .zst-compressed, or - for standard input.\n"
+    "Writes the calibration stream (ar-stream(5)) to standard output or -o FILE.\n";
+
+typedef struct {
+    const char *model, *dataset, *out;
+    int nsamples, seqlen;
+    uint64_t seed;
+    ar_dtype dtype;
+} calib_args;
+
+static calib_args parse_args(int argc, char **argv)
+{
+    calib_args a = {NULL, NULL, NULL, 128, 2048, 42, AR_BF16};
+    for (int i = 1; i < argc; i++) {
+        const char *v;
+        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(usage, stdout); exit(0); }
+        else if (cli_common_flag(argv[i])) continue;
+        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
+        else if ((v = cli_value(argc, argv, &i, "--dataset"))) a.dataset = v;
+        else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--seed"))) a.seed = (uint64_t)cli_long("--seed", v, 0, LONG_MAX);
+        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output"))) a.out = v;
+        else if ((v = cli_value(argc, argv, &i, "--dtype"))) {
+            if (!strcmp(v, "bf16")) a.dtype = AR_BF16;
+            else if (!strcmp(v, "f32")) a.dtype = AR_F32;
+            else cli_usage_error("--dtype: '%s' is not bf16 or f32", v);
+        } else cli_usage_error("unknown argument '%s'", argv[i]);
+    }
+    if (!a.model) cli_usage_error("--model DIR is required");
+    if (!a.dataset) cli_usage_error("--dataset FILE is required");
+    return a;
+}
+
+/* Datasets are local files only: a missing path that looks like a hub name
+ * gets a message saying what is accepted. */
+static void check_dataset_path(const char *path)
+{
+    struct stat st;
+    if (!strcmp(path, "-") || stat(path, &st) == 0) return;
+    cli_die("%s: no such file (datasets are local files: .txt running text, .jsonl with a \"text\" field per "
+            "line, either optionally .zst; network datasets such as NeelNanda/pile-10k are not fetched)", path);
+}
+
+static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_config *c, uint64_t digest)
+{
+    char apath[PATH_MAX], dpath[PATH_MAX], hex[17];
+    if (!realpath(a->model, apath)) snprintf(apath, sizeof apath, "%s", a->model);
+    if (strcmp(a->dataset, "-") == 0 || !realpath(a->dataset, dpath)) snprintf(dpath, sizeof dpath, "%s", a->dataset);
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)digest);
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "ar", "calib");
+    cJSON_AddNumberToObject(m, "version", 1);
+    cJSON_AddStringToObject(m, "model", apath);
+    cJSON_AddStringToObject(m, "config_fnv1a64", hex);
+    cJSON_AddStringToObject(m, "dataset", dpath);
+    cJSON_AddStringToObject(m, "sampling", s->mode == AR_CALIB_WINDOWS ? "windows" : "documents");
+    cJSON_AddNumberToObject(m, "nsamples", s->n);
+    cJSON_AddNumberToObject(m, "seqlen", s->seqlen);
+    cJSON_AddNumberToObject(m, "seed", (double)a->seed);
+    cJSON_AddNumberToObject(m, "hidden", c->hidden);
+    cJSON_AddStringToObject(m, "dtype", ar_dtype_name(a->dtype));
+    char *txt = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    return txt;
+}
+
+static uint64_t config_digest(const char *model_dir)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/config.json", model_dir);
+    size_t n;
+    char *txt = ar_read_text_file(p, &n);
+    if (!txt) cli_die_lib();
+    uint64_t h = ar_fnv1a64(txt, n);
+    free(txt);
+    return h;
+}
+
+/* Embed sample by sample and stream the hidden states out, so memory is one
+ * sample's activations, not the whole set. */
+static void write_hidden(ar_stream_writer *w, ar_model *m, const ar_calib_samples *s, ar_dtype dt)
+{
+    int C = ar_model_config(m)->hidden, L = s->seqlen;
+    int64_t shape[3] = {s->n, L, C};
+    if (ar_stream_begin_tensor(w, "hidden", dt, 3, shape, "{}")) cli_die_lib();
+    float *x = malloc(sizeof(float) * (size_t)L * C);
+    void *buf = malloc(ar_dtype_size(dt) * (size_t)L * C);
+    double t0 = cli_now();
+    for (int i = 0; i < s->n; i++) {
+        if (ar_model_embed(m, s->ids + (size_t)i * L, L, x)) cli_die_lib();
+        ar_from_f32(buf, x, dt, (size_t)L * C);
+        if (ar_stream_write_data(w, buf, ar_dtype_size(dt) * (size_t)L * C)) cli_die_lib();
+        if ((i + 1) % 16 == 0 || i + 1 == s->n) cli_progress_line("sample", i + 1, s->n, t0, NULL);
+    }
+    if (ar_stream_end_tensor(w)) cli_die_lib();
+    free(x);
+    free(buf);
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("ar-calib");
+    calib_args a = parse_args(argc, argv);
+    check_dataset_path(a.dataset);
+    ar_tokenizer *tok = ar_tokenizer_load(a.model);
+    if (!tok) cli_die_lib();
+    ar_model *m = ar_model_open(a.model, 0);
+    if (!m) cli_die_lib();
+    ar_calib_samples s;
+    if (ar_calib_build(tok, a.dataset, a.nsamples, a.seqlen, a.seed, &s)) cli_die_lib();
+    if (s.n < a.nsamples)
+        fprintf(stderr, "ar-calib: warning: only %d of %d samples reach %d tokens\n", s.n, a.nsamples, a.seqlen);
+
+    FILE *f = cli_out_open(a.out, 1);
+    ar_stream_writer *w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
+    if (!w) cli_die_lib();
+    char *meta = meta_json(&a, &s, ar_model_config(m), config_digest(a.model));
+    int64_t ishape[2] = {s.n, s.seqlen};
+    if (ar_stream_write_meta(w, meta) || ar_stream_write_tensor(w, "input_ids", AR_I32, 2, ishape, "{}", s.ids))
+        cli_die_lib();
+    write_hidden(w, m, &s, a.dtype);
+    if (ar_stream_writer_close(w)) cli_die_lib();
+    cli_out_commit(f);
+    free(meta);
+    ar_calib_free(&s);
+    ar_model_close(m);
+    ar_tokenizer_free(tok);
+    return 0;
+}

@@ -1,0 +1,51 @@
+/* calib.h — calibration samples from a local text dataset, built the way
+ * AutoRound builds them (spec §1.4), for ar-calib.
+ *
+ * Two kinds of file, optionally zstd-compressed (name ends in .zst):
+ *  - .jsonl: one JSON object per line with a "text" string = one document.
+ *    Documents are shuffled with the seed, each is tokenized (with the
+ *    tokenizer's special tokens, e.g. BOS) and truncated to seqlen; a document
+ *    is kept only if it reaches seqlen tokens and its last token does not occur
+ *    more than seqlen/2 times in it; the first nsamples kept are used.
+ *  - anything else (.txt): one running text. It is tokenized whole and
+ *    nsamples windows of seqlen tokens start at positions drawn uniformly with
+ *    the seed (BOS first, then seqlen-1 text tokens, when the tokenizer adds
+ *    one). This is how the reference figures for tiny-llama were made
+ *    ("128 random windows of 512 tokens from the first 3 MB").
+ * Network datasets (pile-10k etc.) are not supported: the error says which
+ * file formats are. */
+#ifndef AR_CALIB_H
+#define AR_CALIB_H
+#include "tokenizer.h"
+#include <stddef.h>
+#include <stdint.h>
+
+typedef enum { AR_CALIB_WINDOWS, AR_CALIB_DOCUMENTS } ar_calib_mode;
+
+typedef struct {
+    int32_t *ids;        /* [n, seqlen] */
+    int n, seqlen;
+    ar_calib_mode mode;
+} ar_calib_samples;
+
+/* Build up to nsamples samples of seqlen tokens from the file at path.
+ * Fewer than nsamples is not an error (the caller warns); zero is. */
+int ar_calib_build(ar_tokenizer *tok, const char *path, int nsamples, int seqlen, uint64_t seed,
+                   ar_calib_samples *out);
+
+void ar_calib_free(ar_calib_samples *s);
+
+/* Read a whole file into memory, decompressing it when path ends in ".zst";
+ * "-" reads standard input. *len gets the size; the buffer is NUL-terminated. */
+char *ar_read_text_file(const char *path, size_t *len);
+
+/* splitmix64: the documented generator behind every seeded choice in ar
+ * (sample windows, document shuffles, mini-batch permutations). */
+uint64_t ar_rand_next(uint64_t *state);
+/* Uniform integer in [0, n) from the generator (n > 0). */
+uint64_t ar_rand_below(uint64_t *state, uint64_t n);
+
+/* 64-bit FNV-1a digest of bytes, used to tie streams to the config they came from. */
+uint64_t ar_fnv1a64(const void *data, size_t n);
+
+#endif
