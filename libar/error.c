@@ -18,8 +18,13 @@ const char *ar_last_error(void) { return ar_errbuf; }
 
 int ar_error_prefix(const char *prefix)
 {
-    char tmp[sizeof ar_errbuf];
-    snprintf(tmp, sizeof tmp, "%s: %s", prefix, ar_errbuf);
-    memcpy(ar_errbuf, tmp, sizeof ar_errbuf);
+    /* shift the message right and put the prefix in front (truncating at the end) */
+    size_t pl = strlen(prefix) + 2, cap = sizeof ar_errbuf;
+    if (pl >= cap) return -1;
+    memmove(ar_errbuf + pl, ar_errbuf, cap - pl);
+    ar_errbuf[cap - 1] = 0;
+    memcpy(ar_errbuf, prefix, pl - 2);
+    ar_errbuf[pl - 2] = ':';
+    ar_errbuf[pl - 1] = ' ';
     return -1;
 }
