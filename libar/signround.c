@@ -1,0 +1,323 @@
+#include "signround.h"
+#include "calib.h"
+#include "dtype.h"
+#include "error.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+void ar_signround_defaults(ar_signround_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    o->iters = 200;
+    o->batch_size = 8;
+    o->grad_accum = 1;
+    o->seed = 42;
+    o->minmax_tuning = 1;
+    o->use_best = 1;
+}
+
+void ar_default_mask(uint8_t *mask, int n, int T)
+{
+    for (long i = 0; i < (long)n * T; i++) mask[i] = (i % T) != T - 1;
+}
+
+double ar_masked_mse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
+                     float *dpred)
+{
+    double sum = 0;
+    float g = 2.0f / ((float)rows * C);
+    for (long r = 0; r < rows; r++) {
+        const float *p = pred + r * C, *q = ref + r * C;
+        float *d = dpred ? dpred + r * C : NULL;
+        if (row_mask && !row_mask[r]) {
+            if (d) memset(d, 0, sizeof(float) * C);
+            continue;
+        }
+        for (int j = 0; j < C; j++) {
+            float e = p[j] - q[j];
+            sum += (double)e * e;
+            if (d) d[j] = g * e;
+        }
+    }
+    return sum / ((double)rows * C);
+}
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Tunables, their best snapshot and gradients for one quantized linear. */
+typedef struct {
+    int n, k, ng;
+    size_t nel, ngr;
+    float *v, *alpha, *beta;
+    float *best_v, *best_alpha, *best_beta;
+    float *dv, *dalpha, *dbeta;
+    float *wq, *dw;
+    float lr, mlr;
+} layer_state;
+
+static float layer_lr(const ar_signround_opts *o, int bits)
+{
+    if (o->lr > 0) return o->lr;
+    return (o->iters >= 1000 && bits <= 3 ? 2.0f : 1.0f) / (float)o->iters;
+}
+
+static int layer_init(layer_state *L, const ar_config *c, int i, const ar_quant_spec *qs,
+                      const ar_signround_opts *o)
+{
+    memset(L, 0, sizeof *L);
+    ar_linear_shape(c, i, &L->n, &L->k);
+    L->ng = ar_quant_ngroups(L->k, qs->group_size);
+    L->nel = (size_t)L->n * L->k;
+    L->ngr = (size_t)L->n * L->ng;
+    L->v = calloc(L->nel, 4); L->best_v = calloc(L->nel, 4); L->dv = calloc(L->nel, 4);
+    L->wq = malloc(L->nel * 4); L->dw = malloc(L->nel * 4);
+    L->alpha = malloc(L->ngr * 4); L->beta = malloc(L->ngr * 4);
+    L->best_alpha = malloc(L->ngr * 4); L->best_beta = malloc(L->ngr * 4);
+    L->dalpha = calloc(L->ngr, 4); L->dbeta = calloc(L->ngr, 4);
+    if (!L->v || !L->best_v || !L->dv || !L->wq || !L->dw || !L->alpha || !L->beta || !L->best_alpha ||
+        !L->best_beta || !L->dalpha || !L->dbeta)
+        return ar_error("out of memory for the tunables of %s", ar_linear_names[i]);
+    for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = L->best_alpha[g] = L->best_beta[g] = 1.0f;
+    L->lr = layer_lr(o, qs->bits);
+    L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
+    return 0;
+}
+
+static void layer_free(layer_state *L)
+{
+    free(L->v); free(L->best_v); free(L->dv); free(L->wq); free(L->dw);
+    free(L->alpha); free(L->beta); free(L->best_alpha); free(L->best_beta);
+    free(L->dalpha); free(L->dbeta);
+}
+
+static ar_quant_params layer_params(const layer_state *L, int minmax, int best)
+{
+    ar_quant_params p = {best ? L->best_v : L->v, NULL, NULL, NULL};
+    if (minmax) {
+        p.alpha = best ? L->best_alpha : L->alpha;
+        p.beta = best ? L->best_beta : L->beta;
+    }
+    return p;
+}
+
+static void snapshot_best(layer_state *L)
+{
+    memcpy(L->best_v, L->v, L->nel * 4);
+    memcpy(L->best_alpha, L->alpha, L->ngr * 4);
+    memcpy(L->best_beta, L->beta, L->ngr * 4);
+}
+
+/* p -= lr · sign(g), sign(0) = 0 (SignSGD). */
+static void sign_step(float *p, const float *g, size_t n, float lr)
+{
+    for (size_t i = 0; i < n; i++) p[i] -= lr * (float)((g[i] > 0) - (g[i] < 0));
+}
+
+/* Shuffled permutation consumed gb indices at a time; reshuffled (the remainder
+ * discarded) when fewer than gb are left, like AutoRound's IndexSampler. */
+typedef struct { int *perm; int n, pos; uint64_t rng; } sampler;
+
+static void sampler_shuffle(sampler *s)
+{
+    for (int i = s->n; i > 1; i--) {
+        int j = (int)ar_rand_below(&s->rng, (uint64_t)i);
+        int t = s->perm[i - 1]; s->perm[i - 1] = s->perm[j]; s->perm[j] = t;
+    }
+    s->pos = 0;
+}
+
+static const int *sampler_next(sampler *s, int gb)
+{
+    if (s->pos + gb > s->n) sampler_shuffle(s);
+    const int *r = s->perm + s->pos;
+    s->pos += gb;
+    return r;
+}
+
+/* Widen the rows of samples idx[0..bs) of src [n, T, C] bf16 into dst [bs*T, C]. */
+static void gather_bf16(float *dst, const uint16_t *src, const int *idx, int bs, int T, int C)
+{
+    size_t row = (size_t)T * C;
+    for (int b = 0; b < bs; b++) ar_to_f32(dst + b * row, src + (size_t)idx[b] * row, AR_BF16, row);
+}
+
+static void gather_mask(uint8_t *dst, const uint8_t *mask, const int *idx, int bs, int T)
+{
+    for (int b = 0; b < bs; b++) {
+        if (mask) memcpy(dst + (size_t)b * T, mask + (size_t)idx[b] * T, T);
+        else ar_default_mask(dst + (size_t)b * T, 1, T);
+    }
+}
+
+typedef struct {
+    const ar_config *c;
+    const ar_block_plan *plan;
+    const ar_signround_opts *o;
+    int T, C, bs;
+    layer_state L[AR_NLINEAR];
+    ar_block_weights wq;          /* FP weights with the quantized linears swapped for ŵ */
+    ar_block_work ws;
+    ar_block_acts acts;
+    float *xb, *yb, *pred, *dy;
+    uint8_t *mb;
+    ar_signround_report *rep;
+} tuner;
+
+/* Fake-quantize every planned linear with the current tunables. */
+static int quantize_all(tuner *t, const ar_block_weights *w_fp)
+{
+    double t0 = now_s();
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        layer_state *L = &t->L[i];
+        ar_quant_params p = layer_params(L, t->o->minmax_tuning, 0);
+        ar_quant_out out = {L->wq, NULL, NULL, NULL};
+        if (ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out)) return -1;
+        memset(L->dw, 0, L->nel * 4);
+    }
+    t->rep->sec_quant += now_s() - t0;
+    return 0;
+}
+
+/* Forward + backward over one iteration's samples; returns the mean loss. */
+static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
+                       const int *idx, int gb, double *loss)
+{
+    float *dW[AR_NLINEAR] = {0};
+    for (int i = 0; i < AR_NLINEAR; i++) dW[i] = t->plan->quantize[i] ? t->L[i].dw : NULL;
+    double total = 0;
+    int chunks = 0;
+    for (int off = 0; off < gb; off += t->bs, chunks++) {
+        int bs = gb - off < t->bs ? gb - off : t->bs;
+        long rows = (long)bs * t->T;
+        gather_bf16(t->xb, x_in, idx + off, bs, t->T, t->C);
+        gather_bf16(t->yb, y_ref, idx + off, bs, t->T, t->C);
+        gather_mask(t->mb, mask, idx + off, bs, t->T);
+        double t0 = now_s();
+        if (ar_block_forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
+        double t1 = now_s();
+        total += ar_masked_mse(t->pred, t->yb, t->mb, rows, t->C, t->dy);
+        if (ar_block_backward(t->c, &t->wq, &t->acts, t->dy, dW, NULL, &t->ws)) return -1;
+        t->rep->sec_forward += t1 - t0;
+        t->rep->sec_backward += now_s() - t1;
+    }
+    *loss = total / chunks;
+    return 0;
+}
+
+/* STE backward into the tunables and one SignSGD step at lr scale f. */
+static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
+{
+    double t0 = now_s();
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        layer_state *L = &t->L[i];
+        int mm = t->o->minmax_tuning;
+        ar_quant_params p = layer_params(L, mm, 0);
+        memset(L->dv, 0, L->nel * 4);
+        memset(L->dalpha, 0, L->ngr * 4);
+        memset(L->dbeta, 0, L->ngr * 4);
+        if (ar_quant_backward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, L->dw, L->dv,
+                              mm ? L->dalpha : NULL, mm ? L->dbeta : NULL))
+            return -1;
+        sign_step(L->v, L->dv, L->nel, L->lr * f);
+        if (mm) {
+            sign_step(L->alpha, L->dalpha, L->ngr, L->mlr * f);
+            sign_step(L->beta, L->dbeta, L->ngr, L->mlr * f);
+            ar_quant_clamp_minmax(&t->plan->spec[i], L->alpha, L->ngr);
+            ar_quant_clamp_minmax(&t->plan->spec[i], L->beta, L->ngr);
+        }
+    }
+    t->rep->sec_quant += now_s() - t0;
+    return 0;
+}
+
+static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp, const ar_block_plan *plan,
+                      const ar_signround_opts *o, int n, int T)
+{
+    memset(t, 0, sizeof *t);
+    t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
+    t->bs = o->batch_size < n ? o->batch_size : n;
+    t->wq = *w_fp;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], c, i, &plan->spec[i], o)) return -1;
+        t->wq.w[i] = t->L[i].wq;
+    }
+    size_t rows = (size_t)t->bs * T * t->C;
+    t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
+    t->pred = malloc(rows * 4); t->dy = malloc(rows * 4);
+    t->mb = malloc((size_t)t->bs * T);
+    if (!t->xb || !t->yb || !t->pred || !t->dy || !t->mb) return ar_error("out of memory for a mini-batch");
+    if (ar_block_work_init(&t->ws, c, t->bs, T, 1) || ar_block_acts_init(&t->acts, c, t->bs, T)) return -1;
+    return 0;
+}
+
+static void tuner_free(tuner *t)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) if (t->plan->quantize[i]) layer_free(&t->L[i]);
+    free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb);
+    ar_block_work_free(&t->ws);
+    ar_block_acts_free(&t->acts);
+}
+
+/* Bake the chosen tunables into the outputs. */
+static int finish(tuner *t, const ar_block_weights *w_fp, const ar_quant_out out[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        layer_state *L = &t->L[i];
+        ar_quant_params p = layer_params(L, t->o->minmax_tuning, t->o->use_best);
+        if (ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out[i])) return -1;
+    }
+    return 0;
+}
+
+int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
+                            const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
+                            int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
+                            const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                            ar_signround_progress cb, void *cb_ctx)
+{
+    ar_signround_report dummy;
+    if (!rep) rep = &dummy;
+    memset(rep, 0, sizeof *rep);
+    if (n <= 0 || T < 2 || o->iters < 0 || o->batch_size < 1 || o->grad_accum < 1)
+        return ar_error("signround: bad sizes (n %d, T %d, iters %d, batch %d)", n, T, o->iters, o->batch_size);
+    double t_start = now_s();
+    tuner t;
+    int rc = tuner_init(&t, c, w_fp, plan, o, n, T);
+    t.rep = rep;
+    int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
+    sampler s = {malloc(sizeof(int) * n), n, 0, o->seed};
+    for (int i = 0; i < n; i++) s.perm[i] = i;
+    sampler_shuffle(&s);
+    rep->best_loss = INFINITY;
+    for (int it = 0; !rc && it < o->iters; it++) {
+        const int *idx = sampler_next(&s, gb);
+        double loss;
+        rc = quantize_all(&t, w_fp);
+        if (!rc) rc = run_batches(&t, x_in, y_ref, mask, idx, gb, &loss);
+        if (rc) break;
+        if (it == 0) rep->loss0 = loss;
+        if (loss < rep->best_loss) {
+            rep->best_loss = loss;
+            rep->best_iter = it;
+            for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) snapshot_best(&t.L[i]);
+        }
+        rc = update_all(&t, w_fp, 1.0f - (float)it / (float)o->iters);
+        if (cb) cb(cb_ctx, it, o->iters, loss, rep->best_loss);
+    }
+    if (!rc) rc = finish(&t, w_fp, out);
+    free(s.perm);
+    tuner_free(&t);
+    rep->sec_total = now_s() - t_start;
+    return rc;
+}
