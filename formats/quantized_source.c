@@ -1,0 +1,244 @@
+/* quantized_source.c — unpack exported folders (see quantized_source.h). */
+#include "quantized_source.h"
+#include "error.h"
+#include "hf_folder.h"
+#include "packing.h"
+#include "safetensors.h"
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef enum { L_NONE, L_GPTQ_ZM1, L_GPTQ, L_AWQ } layout_t;
+
+struct ar_qfolder {
+    char           *dir;
+    ar_safetensors *st;
+    cJSON          *qcfg;           /* quantization_config or NULL */
+    layout_t        layout;
+    const char     *layout_name;
+    int             bits, group_size;
+    char            cached[512];    /* layer whose dequantized weight is in wcache */
+    float          *wcache;
+};
+
+static int parse_layout(ar_qfolder *q, const char *path) {
+    const cJSON *m = cJSON_GetObjectItem(q->qcfg, "quant_method");
+    const char *method = cJSON_IsString(m) ? m->valuestring : "";
+    if (!strcmp(method, "auto-round")) {
+        const cJSON *pf = cJSON_GetObjectItem(q->qcfg, "packing_format");
+        const char *p = cJSON_IsString(pf) ? pf->valuestring : "auto_round:auto_gptq";
+        if (strstr(p, "awq")) { q->layout = L_AWQ; q->layout_name = "auto_round:auto_awq"; }
+        else if (strstr(p, "gptq")) { q->layout = L_GPTQ_ZM1; q->layout_name = "auto_round:auto_gptq"; }
+        else if (!strcmp(p, "auto_round")) { q->layout = L_GPTQ; q->layout_name = "auto_round"; }
+        else return ar_error("%s: unknown packing_format '%s'", path, p);
+    } else if (!strcmp(method, "gptq")) {
+        const cJSON *cf = cJSON_GetObjectItem(q->qcfg, "checkpoint_format");
+        int v2 = cJSON_IsString(cf) && !strcmp(cf->valuestring, "gptq_v2");
+        q->layout = v2 ? L_GPTQ : L_GPTQ_ZM1;
+        q->layout_name = "gptq";
+    } else if (!strcmp(method, "awq")) {
+        q->layout = L_AWQ;
+        q->layout_name = "awq";
+    } else return ar_error("%s: unsupported quant_method '%s'", path, method);
+    const cJSON *b = cJSON_GetObjectItem(q->qcfg, "bits"), *g = cJSON_GetObjectItem(q->qcfg, "group_size");
+    if (!cJSON_IsNumber(b) || !cJSON_IsNumber(g)) return ar_error("%s: quantization_config lacks bits/group_size", path);
+    q->bits = b->valueint;
+    q->group_size = g->valueint;
+    return 0;
+}
+
+static int read_config(ar_qfolder *q) {
+    char path[4096];
+    snprintf(path, sizeof path, "%s/config.json", q->dir);
+    char *text = hf_read_file(path, NULL);
+    if (!text) return -1;
+    cJSON *cfg = cJSON_Parse(text);
+    free(text);
+    if (!cfg) return ar_error("%s: not valid JSON", path);
+    q->qcfg = cJSON_DetachItemFromObject(cfg, "quantization_config");
+    cJSON_Delete(cfg);
+    q->layout = L_NONE;
+    q->layout_name = "none";
+    return q->qcfg ? parse_layout(q, path) : 0;
+}
+
+ar_qfolder *ar_qfolder_open(const char *dir) {
+    ar_qfolder *q = calloc(1, sizeof *q);
+    if (!q || !(q->dir = strdup(dir))) { free(q); ar_error("%s: out of memory", dir); return NULL; }
+    if (read_config(q) || !(q->st = ar_st_open_dir(dir))) { ar_qfolder_close(q); return NULL; }
+    return q;
+}
+
+void ar_qfolder_close(ar_qfolder *q) {
+    if (!q) return;
+    ar_st_close(q->st);
+    cJSON_Delete(q->qcfg);
+    free(q->wcache);
+    free(q->dir);
+    free(q);
+}
+
+const char *ar_qfolder_layout(const ar_qfolder *q) { return q->layout_name; }
+
+static const ar_st_tensor *find_part(const ar_qfolder *q, const char *layer, const char *part) {
+    char name[600];
+    snprintf(name, sizeof name, "%s.%s", layer, part);
+    return ar_st_find(q->st, name);
+}
+
+int ar_qfolder_is_packed(const ar_qfolder *q, const char *layer) {
+    return q->layout != L_NONE && find_part(q, layer, "qweight") != NULL;
+}
+
+/* bits / group_size of layer: the global ones overlaid with its extra_config
+ * (auto-round) or "+:layer" dynamic entry (gptq). */
+static void layer_scheme(const ar_qfolder *q, const char *layer, int *bits, int *group) {
+    *bits = q->bits;
+    *group = q->group_size;
+    const cJSON *o = cJSON_GetObjectItem(cJSON_GetObjectItem(q->qcfg, "extra_config"), layer);
+    if (!o) {
+        char key[600];
+        snprintf(key, sizeof key, "+:%s", layer);
+        o = cJSON_GetObjectItem(cJSON_GetObjectItem(q->qcfg, "dynamic"), key);
+    }
+    const cJSON *b = cJSON_GetObjectItem(o, "bits"), *g = cJSON_GetObjectItem(o, "group_size");
+    if (cJSON_IsNumber(b)) *bits = b->valueint;
+    if (cJSON_IsNumber(g)) *group = g->valueint;
+}
+
+/* Copy an int32/f16 tensor out of the mapping (tensor data need not be aligned). */
+static void *copy_of(const ar_st_tensor *t) {
+    void *p = malloc(t->nbytes ? t->nbytes : 1);
+    if (p) memcpy(p, t->data, t->nbytes);
+    return p;
+}
+
+/* Shapes of the three parts, checked against the layout; fills n, k, ng. */
+static int layer_dims(const ar_qfolder *q, const char *layer, const ar_st_tensor *qw, const ar_st_tensor *qz,
+                      const ar_st_tensor *sc, ar_qunpacked *u) {
+    if (qw->dtype != AR_I32 || qz->dtype != AR_I32 || sc->dtype != AR_F16 || qw->ndim != 2 || qz->ndim != 2 ||
+        sc->ndim != 2)
+        return ar_error("%s: %s: qweight/qzeros must be 2-D int32 and scales 2-D fp16", q->dir, layer);
+    u->n = (int)sc->shape[1];
+    u->ngroups = (int)sc->shape[0];
+    int awq = q->layout == L_AWQ;
+    if (awq && u->bits != 4) return ar_error("%s: %s: AWQ layout with %d bits", q->dir, layer, u->bits);
+    if (!awq && (u->bits < 2 || u->bits > 8 || (u->bits > 4 && u->bits != 8)))
+        return ar_error("%s: %s: unsupported %d-bit GPTQ layer", q->dir, layer, u->bits);
+    u->k = awq ? (int)qw->shape[0] : (int)(qw->shape[0] * 32 / u->bits);
+    int64_t want_qw1 = awq ? u->n / 8 : u->n, want_qz1 = awq ? u->n / 8 : (int64_t)u->n / 32 * u->bits;
+    int g = u->group_size > 0 ? u->group_size : u->k;
+    if (qw->shape[1] != want_qw1 || qz->shape[0] != u->ngroups || qz->shape[1] != want_qz1 ||
+        u->ngroups != (u->k + g - 1) / g || (!awq && (u->n % 32 || qw->shape[0] * 32 % u->bits)))
+        return ar_error("%s: %s: packed shapes disagree with %d-bit G%d ([%lld,%lld] [%lld,%lld] [%lld,%lld])", q->dir,
+                        layer, u->bits, u->group_size, (long long)qw->shape[0], (long long)qw->shape[1],
+                        (long long)qz->shape[0], (long long)qz->shape[1], (long long)sc->shape[0],
+                        (long long)sc->shape[1]);
+    return 0;
+}
+
+int ar_qfolder_unpack(ar_qfolder *q, const char *layer, ar_qunpacked *u) {
+    memset(u, 0, sizeof *u);
+    const ar_st_tensor *qw = find_part(q, layer, "qweight"), *qz = find_part(q, layer, "qzeros"),
+                       *sc = find_part(q, layer, "scales");
+    if (q->layout == L_NONE || !qw || !qz || !sc) return ar_error("%s: %s is not a packed layer", q->dir, layer);
+    layer_scheme(q, layer, &u->bits, &u->group_size);
+    if (layer_dims(q, layer, qw, qz, sc, u)) return -1;
+    int g = u->group_size > 0 ? u->group_size : u->k;
+    int32_t *w = copy_of(qw), *z = copy_of(qz);
+    uint16_t *s = copy_of(sc);
+    u->codes = malloc((size_t)u->n * u->k);
+    u->scale = malloc((size_t)u->n * u->ngroups * sizeof *u->scale);
+    u->zp = malloc((size_t)u->n * u->ngroups * sizeof *u->zp);
+    int rc = 0;
+    if (!w || !z || !s || !u->codes || !u->scale || !u->zp) rc = ar_error("%s: %s: out of memory", q->dir, layer);
+    else if (q->layout == L_AWQ) ar_unpack_awq(u->n, u->k, g, w, z, s, u->codes, u->scale, u->zp);
+    else ar_unpack_gptq(u->n, u->k, u->bits, g, q->layout == L_GPTQ_ZM1, w, z, s, u->codes, u->scale, u->zp);
+    free(w);
+    free(z);
+    free(s);
+    if (rc) ar_qunpacked_free(u);
+    return rc;
+}
+
+void ar_qunpacked_free(ar_qunpacked *u) {
+    free(u->codes);
+    free(u->scale);
+    free(u->zp);
+    memset(u, 0, sizeof *u);
+}
+
+/* ---- tensor source --------------------------------------------------------- */
+
+/* "NAME.weight" of a packed layer: copies NAME into layer and returns 1. */
+static int packed_weight(const ar_qfolder *q, const char *name, char *layer, size_t cap) {
+    size_t n = strlen(name);
+    if (q->layout == L_NONE || n < 8 || n - 7 >= cap || strcmp(name + n - 7, ".weight")) return 0;
+    memcpy(layer, name, n - 7);
+    layer[n - 7] = 0;
+    return ar_qfolder_is_packed(q, layer);
+}
+
+static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS]) {
+    ar_qfolder *q = ctx;
+    char layer[512];
+    if (packed_weight(q, name, layer, sizeof layer)) {
+        ar_qunpacked u = {0};
+        const ar_st_tensor *qw = find_part(q, layer, "qweight"), *qz = find_part(q, layer, "qzeros"),
+                           *sc = find_part(q, layer, "scales");
+        layer_scheme(q, layer, &u.bits, &u.group_size);
+        if (layer_dims(q, layer, qw, qz, sc, &u)) return -1;
+        *ndim = 2;
+        shape[0] = u.n;
+        shape[1] = u.k;
+        return 0;
+    }
+    const ar_st_tensor *t = ar_st_find(q->st, name);
+    if (!t) return 1;
+    *ndim = t->ndim;
+    for (int d = 0; d < t->ndim && d < AR_SRC_MAX_DIMS; d++) shape[d] = t->shape[d];
+    return 0;
+}
+
+/* Dequantize layer into q->wcache unless it is already there. */
+static int load_layer(ar_qfolder *q, const char *layer, int *k_out) {
+    ar_qunpacked u;
+    if (ar_qfolder_unpack(q, layer, &u)) return -1;
+    float *w = realloc(q->wcache, (size_t)u.n * u.k * sizeof *w);
+    if (!w) { ar_qunpacked_free(&u); return ar_error("%s: %s: out of memory", q->dir, layer); }
+    q->wcache = w;
+    ar_qlayer l = {.name = layer, .n = u.n, .k = u.k, .bits = u.bits, .group_size = u.group_size,
+                   .codes = u.codes, .scale = u.scale, .zp = u.zp};
+    ar_qlayer_dequant(&l, w);
+    snprintf(q->cached, sizeof q->cached, "%s", layer);
+    *k_out = u.k;
+    ar_qunpacked_free(&u);
+    return 0;
+}
+
+static int src_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst) {
+    ar_qfolder *q = ctx;
+    char layer[512];
+    if (!packed_weight(q, name, layer, sizeof layer)) return ar_st_read_rows_f32(q->st, name, row0, nrows, dst);
+    int ndim, k;
+    int64_t shape[AR_SRC_MAX_DIMS];
+    if (src_shape(q, name, &ndim, shape)) return -1;
+    if (row0 < 0 || nrows < 0 || row0 + nrows > shape[0])
+        return ar_error("%s: %s: rows [%lld, %lld) out of range", q->dir, name, (long long)row0, (long long)(row0 + nrows));
+    if (strcmp(q->cached, layer) && load_layer(q, layer, &k)) return -1;
+    memcpy(dst, q->wcache + row0 * shape[1], (size_t)(nrows * shape[1]) * sizeof *dst);
+    return 0;
+}
+
+static void src_close(void *ctx) { ar_qfolder_close(ctx); }
+
+int ar_source_quantized(ar_tensor_source *src, const char *dir) {
+    ar_qfolder *q = ar_qfolder_open(dir);
+    if (!q) return -1;
+    src->ctx = q;
+    src->shape = src_shape;
+    src->read_rows = src_read_rows;
+    src->close = src_close;
+    return 0;
+}
