@@ -106,7 +106,8 @@ Test(config, bad_input)
     parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"num_key_value_heads\":3}", "not a multiple");
     parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\"}}",
                 "unsupported rope type yarn");
-    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"hidden_size\":-5}", "hidden_size must be");
+    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":-5,\"intermediate_size\":8,"
+                "\"num_hidden_layers\":1,\"num_attention_heads\":1,\"vocab_size\":4}", "hidden_size must be");
 }
 
 Test(config, missing_file_names_it)
