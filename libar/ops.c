@@ -3,6 +3,7 @@
 
 #include <cblas.h>
 #include <math.h>
+#include <omp.h>
 #include <string.h>
 
 /* ---------------------------------------------------------------- RMSNorm */
@@ -171,9 +172,39 @@ void ar_rope_backward(float *d, const float *cos_t, const float *sin_t, int B, i
 
 /* -------------------------------------------------------------- Attention */
 
+/* Query rows are processed in blocks of ATT_BLOCK: block [i0, i1) only needs
+ * keys [0, i1), which skips most of the masked upper triangle (37% of the
+ * FLOPs at T=512) while keeping every product one sgemm. */
+enum { ATT_BLOCK = 128 };
+
 long ar_attention_scratch(int T)
 {
-    return (long)T * T;
+    return (long)omp_get_max_threads() * T * T;
+}
+
+/* Heads run in parallel, one per thread, so the sgemms inside must not spawn
+ * BLAS threads of their own: nested OpenBLAS threading was measured 2-5x
+ * slower here. OpenBLAS' thread count is process-wide, so it is lowered for
+ * the duration of the call and restored (other BLAS users of the process run
+ * single-threaded meanwhile). Returns the previous count. */
+static int blas_threads_begin(void)
+{
+#ifdef OPENBLAS_VERSION
+    int n = openblas_get_num_threads();
+    if (n > 1) openblas_set_num_threads(1);
+    return n;
+#else
+    return 1;
+#endif
+}
+
+static void blas_threads_end(int n)
+{
+#ifdef OPENBLAS_VERSION
+    if (n > 1) openblas_set_num_threads(n);
+#else
+    (void)n;
+#endif
 }
 
 /* First key visible to query t. */
@@ -182,25 +213,37 @@ static int first_key(int t, int window)
     return (window > 0 && t - window + 1 > 0) ? t - window + 1 : 0;
 }
 
-/* Row-wise causal softmax of S [T, T] in place; entries outside [first_key, t]
- * become exactly 0 so P . V needs no mask. */
-static void causal_softmax(float *S, int T, int window)
+/* Softmax of row t of S in place over keys [first_key, t]; every other entry
+ * of the row (up to T) becomes exactly 0 so P . V needs no mask. */
+static void causal_softmax_row(float *row, int t, int T, int window)
 {
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *row = S + (long)t * T;
-        int s0 = first_key(t, window);
-        float mx = -INFINITY;
-        for (int s = s0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
-        float sum = 0;
-        for (int s = s0; s <= t; s++) {
-            row[s] = expf(row[s] - mx);
-            sum += row[s];
-        }
-        float inv = 1.0f / sum;
-        for (int s = 0; s < s0; s++) row[s] = 0;
-        for (int s = s0; s <= t; s++) row[s] *= inv;
-        for (int s = t + 1; s < T; s++) row[s] = 0;
+    int s0 = first_key(t, window);
+    float mx = -INFINITY, sum = 0;
+    for (int s = s0; s <= t; s++) mx = row[s] > mx ? row[s] : mx;
+    for (int s = s0; s <= t; s++) {
+        row[s] = expf(row[s] - mx);
+        sum += row[s];
+    }
+    float inv = 1.0f / sum;
+    for (int s = 0; s < s0; s++) row[s] = 0;
+    for (int s = s0; s <= t; s++) row[s] *= inv;
+    for (int s = t + 1; s < T; s++) row[s] = 0;
+}
+
+/* One (sequence, query head): P [T, T] = softmax(scale Q K^T), out = P V.
+ * qh/out rows have stride qs, kh/vh rows stride ks. */
+static void attention_head(float *out, float *P, const float *qh, const float *kh,
+                           const float *vh, int T, int HD, long qs, long ks, int window)
+{
+    float scale = 1.0f / sqrtf((float)HD);
+    for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+        int m = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + m;
+        float *Pb = P + (long)i0 * T;
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, scale,
+                    qh + i0 * qs, qs, kh, ks, 0.0f, Pb, T);
+        for (int t = i0; t < n; t++) causal_softmax_row(P + (long)t * T, t, T, window);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HD, n, 1.0f, Pb, T,
+                    vh, ks, 0.0f, out + i0 * qs, qs);
     }
 }
 
@@ -208,36 +251,54 @@ void ar_attention_forward(float *out, float *att, int save, const float *q,
                           const float *k, const float *v, int B, int T, int NH,
                           int NKV, int HD, int window)
 {
-    int group = NH / NKV;
+    int group = NH / NKV, nb = blas_threads_begin();
     long qs = (long)NH * HD, ks = (long)NKV * HD; /* row strides */
-    float scale = 1.0f / sqrtf((float)HD);
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            float *P = save ? att + ((long)b * NH + h) * T * T : att;
-            const float *qh = q + (long)b * T * qs + (long)h * HD;
-            const float *kh = k + (long)b * T * ks + (long)(h / group) * HD;
-            const float *vh = v + (long)b * T * ks + (long)(h / group) * HD;
-            /* S = scale * Q K^T [T, T]; the upper triangle is computed and
-             * discarded (sgemm is faster than T small dot products). */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, scale, qh,
-                        qs, kh, ks, 0.0f, P, T);
-            causal_softmax(P, T, window);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, P,
-                        T, vh, ks, 0.0f, out + (long)b * T * qs + (long)h * HD, qs);
-        }
+#pragma omp parallel for schedule(dynamic)
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
+        float *P = att + (save ? (long)bh : (long)omp_get_thread_num()) * T * T;
+        long qo = (long)b * T * qs + (long)h * HD;
+        long kv = (long)b * T * ks + (long)(h / group) * HD;
+        attention_head(out + qo, P, q + qo, k + kv, v + kv, T, HD, qs, ks, window);
+    }
+    blas_threads_end(nb);
 }
 
-/* dS = P * (dP - rowsum(dP * P)) * scale, in place over dP [T, T]. */
-static void softmax_backward_rows(float *dP, const float *P, int T, float scale)
+/* dS = P * (dP - rowsum(dP * P)) * scale over row t's keys [0, t]. P is 0
+ * outside the visible keys, so dS is too. */
+static void softmax_backward_row(float *d, const float *p, int t, float scale)
 {
-#pragma omp parallel for schedule(static)
-    for (int t = 0; t < T; t++) {
-        float *d = dP + (long)t * T;
-        const float *p = P + (long)t * T;
-        float dot = 0;
-        for (int s = 0; s <= t; s++) dot += d[s] * p[s];
-        for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot) * scale;
-        for (int s = t + 1; s < T; s++) d[s] = 0;
+    float dot = 0;
+    for (int s = 0; s <= t; s++) dot += d[s] * p[s];
+    for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot) * scale;
+}
+
+/* Backward of one (sequence, query head), accumulating dq, dk, dv; dP is
+ * [T, T] scratch. Block [i0, i1) of query rows touches keys [0, i1) only. */
+static void attention_head_backward(float *dq, float *dk, float *dv, float *dP,
+                                    const float *dout, const float *P,
+                                    const float *qh, const float *kh,
+                                    const float *vh, int T, int HD, long qs, long ks)
+{
+    float scale = 1.0f / sqrtf((float)HD);
+    for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
+        int m = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + m;
+        const float *Pb = P + (long)i0 * T, *dOb = dout + i0 * qs;
+        /* dV += P^T dO;  dP = dO V^T */
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, HD, m, 1.0f, Pb, T, dOb,
+                    qs, 1.0f, dv, ks);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, 1.0f, dOb, qs, vh,
+                    ks, 0.0f, dP, n);
+        for (int t = i0; t < n; t++)
+            softmax_backward_row(dP + (long)(t - i0) * n, P + (long)t * T, t, scale);
+        /* Columns s > t of dP hold garbage from the sgemm: zero them. */
+        for (int t = i0; t < n; t++)
+            memset(dP + (long)(t - i0) * n + t + 1, 0, sizeof(float) * (n - t - 1));
+        /* dQ += dS K;  dK += dS^T Q */
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HD, n, 1.0f, dP, n, kh,
+                    ks, 1.0f, dq + i0 * qs, qs);
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, HD, m, 1.0f, dP, n,
+                    qh + i0 * qs, qs, 1.0f, dk, ks);
     }
 }
 
@@ -246,27 +307,23 @@ void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            const float *k, const float *v, int B, int T, int NH,
                            int NKV, int HD)
 {
-    int group = NH / NKV;
+    int group = NH / NKV, nb = blas_threads_begin();
     long qs = (long)NH * HD, ks = (long)NKV * HD;
-    float scale = 1.0f / sqrtf((float)HD);
-    float *dP = scratch;
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            const float *P = att + ((long)b * NH + h) * T * T;
+    /* Parallel over (sequence, kv head): the query heads of one group add
+     * into the same dk/dv, so they run in turn on one thread. */
+#pragma omp parallel for schedule(dynamic)
+    for (int bg = 0; bg < B * NKV; bg++) {
+        int b = bg / NKV, g = bg % NKV;
+        float *dP = scratch + (long)omp_get_thread_num() * T * T;
+        long kv = (long)b * T * ks + (long)g * HD;
+        for (int h = g * group; h < (g + 1) * group; h++) {
             long qo = (long)b * T * qs + (long)h * HD;
-            long ko = (long)b * T * ks + (long)(h / group) * HD;
-            /* dV += P^T dO;  dP = dO V^T */
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, T, 1.0f, P, T,
-                        dout + qo, qs, 1.0f, dv + ko, ks);
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, T, T, HD, 1.0f,
-                        dout + qo, qs, v + ko, ks, 0.0f, dP, T);
-            softmax_backward_rows(dP, P, T, scale);
-            /* dQ += dS K;  dK += dS^T Q */
-            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, T, HD, T, 1.0f, dP,
-                        T, k + ko, ks, 1.0f, dq + qo, qs);
-            cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, T, HD, T, 1.0f, dP, T,
-                        q + qo, qs, 1.0f, dk + ko, ks);
+            attention_head_backward(dq + qo, dk + kv, dv + kv, dP, dout + qo,
+                                    att + ((long)b * NH + h) * T * T, q + qo, k + kv,
+                                    v + kv, T, HD, qs, ks);
         }
+    }
+    blas_threads_end(nb);
 }
 
 /* ----------------------------------------------------------------- SwiGLU */

@@ -292,67 +292,134 @@ Test(ops, rope_forward_backward)
 
 /* -------------------------------------------------------------- Attention */
 
-enum { AB = 2, AT = 5, ANH = 4, ANKV = 2, AHD = 3 };
-typedef struct { double *q, *k, *v; int window; } att_ctx;
+typedef struct {
+    double *q, *k, *v;
+    int B, T, NH, NKV, HD, window;
+} att_ctx;
+
+/* Probabilities p [T] of query t of head h in sequence b (naive, double). */
+static void d_probs(const att_ctx *c, int b, int h, int t, double *p)
+{
+    int g = h / (c->NH / c->NKV), HD = c->HD;
+    double sum = 0;
+    for (int s = 0; s < c->T; s++) {
+        double d = 0;
+        for (int i = 0; i < HD; i++)
+            d += c->q[((long)(b * c->T + t) * c->NH + h) * HD + i] *
+                 c->k[((long)(b * c->T + s) * c->NKV + g) * HD + i];
+        int seen = s <= t && (c->window == 0 || t - s < c->window);
+        p[s] = seen ? exp(d / sqrt(HD)) : 0;
+        sum += p[s];
+    }
+    for (int s = 0; s < c->T; s++) p[s] /= sum;
+}
 
 /* out = softmax(q k^T / sqrt(HD) masked) v, one query at a time. */
 static void d_attention(void *vc, double *out)
 {
     att_ctx *c = vc;
-    for (int b = 0; b < AB; b++)
-        for (int h = 0; h < ANH; h++)
-            for (int t = 0; t < AT; t++) {
-                int g = h / (ANH / ANKV);
-                double p[AT], sum = 0;
-                for (int s = 0; s < AT; s++) {
-                    double d = 0;
-                    for (int i = 0; i < AHD; i++)
-                        d += c->q[((b * AT + t) * ANH + h) * AHD + i] *
-                             c->k[((b * AT + s) * ANKV + g) * AHD + i];
-                    int seen = s <= t && (c->window == 0 || t - s < c->window);
-                    p[s] = seen ? exp(d / sqrt(AHD)) : 0;
-                    sum += p[s];
-                }
-                for (int i = 0; i < AHD; i++) {
+    int HD = c->HD;
+    double *p = malloc(sizeof(double) * c->T);
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int t = 0; t < c->T; t++) {
+                int g = h / (c->NH / c->NKV);
+                d_probs(c, b, h, t, p);
+                for (int i = 0; i < HD; i++) {
                     double acc = 0;
-                    for (int s = 0; s < AT; s++)
-                        acc += p[s] / sum * c->v[((b * AT + s) * ANKV + g) * AHD + i];
-                    out[((b * AT + t) * ANH + h) * AHD + i] = acc;
+                    for (int s = 0; s <= t; s++)
+                        acc += p[s] * c->v[((long)(b * c->T + s) * c->NKV + g) * HD + i];
+                    out[((long)(b * c->T + t) * c->NH + h) * HD + i] = acc;
                 }
             }
+    free(p);
 }
 
-static void check_attention(int window)
+/* Analytic backward in double, written from the chain rule query by query:
+ * dp_s = dout . v_s, ds_s = p_s (dp_s - sum_u p_u dp_u) / sqrt(HD),
+ * dq += ds_s k_s, dk_s += ds_s q, dv_s += p_s dout. Used where finite
+ * differences would be too slow (T spanning several row blocks); checked
+ * against finite differences itself on the small case. */
+static void d_attention_backward(const att_ctx *c, const double *dout, double *dq,
+                                 double *dk, double *dv)
 {
-    enum { NQ = AB * AT * ANH * AHD, NK = AB * AT * ANKV * AHD };
-    float q[NQ], k[NK], v[NK], out[NQ], dout[NQ], att[AB * ANH * AT * AT];
-    float dq[NQ] = {0}, dk[NK] = {0}, dv[NK] = {0};
-    float *scratch = malloc(sizeof(float) * ar_attention_scratch(AT));
-    double qd[NQ], kd[NK], vd[NK], r[NQ], want[NQ];
+    int HD = c->HD, T = c->T;
+    double *p = malloc(sizeof(double) * T), *dp = malloc(sizeof(double) * T);
+    for (int b = 0; b < c->B; b++)
+        for (int h = 0; h < c->NH; h++)
+            for (int t = 0; t < T; t++) {
+                int g = h / (c->NH / c->NKV);
+                long qo = ((long)(b * T + t) * c->NH + h) * HD;
+                d_probs(c, b, h, t, p);
+                double dot = 0;
+                for (int s = 0; s <= t; s++) {
+                    long ko = ((long)(b * T + s) * c->NKV + g) * HD;
+                    dp[s] = 0;
+                    for (int i = 0; i < HD; i++) dp[s] += dout[qo + i] * c->v[ko + i];
+                    dot += p[s] * dp[s];
+                }
+                for (int s = 0; s <= t; s++) {
+                    long ko = ((long)(b * T + s) * c->NKV + g) * HD;
+                    double ds = p[s] * (dp[s] - dot) / sqrt(HD);
+                    for (int i = 0; i < HD; i++) {
+                        dq[qo + i] += ds * c->k[ko + i];
+                        dk[ko + i] += ds * c->q[qo + i];
+                        dv[ko + i] += p[s] * dout[qo + i];
+                    }
+                }
+            }
+    free(p), free(dp);
+}
+
+/* Forward against d_attention and backward against the analytic double
+ * backward, plus (small shapes) finite differences. */
+static void check_attention(int B, int T, int NH, int NKV, int HD, int window, int fd)
+{
+    int NQ = B * T * NH * HD, NK = B * T * NKV * HD;
+    float *q = malloc(4 * NQ), *k = malloc(4 * NK), *v = malloc(4 * NK);
+    float *out = malloc(4 * NQ), *dout = malloc(4 * NQ);
+    float *att = malloc(sizeof(float) * B * NH * T * T);
+    float *dq = calloc(NQ, 4), *dk = calloc(NK, 4), *dv = calloc(NK, 4);
+    float *scratch = malloc(sizeof(float) * ar_attention_scratch(T));
+    double *qd = malloc(8 * NQ), *kd = malloc(8 * NK), *vd = malloc(8 * NK);
+    double *r = malloc(8 * NQ), *want = malloc(8 * NQ);
+    double *wq = calloc(NQ, 8), *wk = calloc(NK, 8), *wv = calloc(NK, 8);
     /* Scores of a few units so the softmax is far from uniform. */
     fill(q, qd, NQ), fill(k, kd, NK), fill(v, vd, NK), fill(dout, r, NQ);
     for (int i = 0; i < NQ; i++) qd[i] = q[i] *= 3;
-    att_ctx c = {qd, kd, vd, window};
-    loss_t l = {d_attention, &c, r, NQ};
+    att_ctx c = {qd, kd, vd, B, T, NH, NKV, HD, window};
 
-    ar_attention_forward(out, scratch, 0, q, k, v, AB, AT, ANH, ANKV, AHD, window);
+    ar_attention_forward(out, scratch, 0, q, k, v, B, T, NH, NKV, HD, window);
     d_attention(&c, want);
-    expect_close(out, want, NQ, 2e-6, "out (scratch)");
-    ar_attention_forward(out, att, 1, q, k, v, AB, AT, ANH, ANKV, AHD, window);
+    expect_close(out, want, NQ, 2e-6, "out (scratch)"); /* f32 rounding */
+    ar_attention_forward(out, att, 1, q, k, v, B, T, NH, NKV, HD, window);
     expect_close(out, want, NQ, 2e-6, "out (saved)");
-    ar_attention_backward(dq, dk, dv, scratch, dout, att, q, k, v, AB, AT, ANH, ANKV,
-                          AHD);
-    fd_grad(want, &l, qd, NQ);
-    expect_close(dq, want, NQ, 1e-5, "dq");
-    fd_grad(want, &l, kd, NK);
-    expect_close(dk, want, NK, 1e-5, "dk");
-    fd_grad(want, &l, vd, NK);
-    expect_close(dv, want, NK, 1e-5, "dv");
-    free(scratch);
+
+    ar_attention_backward(dq, dk, dv, scratch, dout, att, q, k, v, B, T, NH, NKV, HD);
+    d_attention_backward(&c, r, wq, wk, wv);
+    expect_close(dq, wq, NQ, 1e-5, "dq");
+    expect_close(dk, wk, NK, 1e-5, "dk");
+    expect_close(dv, wv, NK, 1e-5, "dv");
+    if (fd) {
+        loss_t l = {d_attention, &c, r, NQ};
+        fd_grad(want, &l, qd, NQ);
+        expect_close(dq, want, NQ, 1e-5, "dq (FD)");
+        fd_grad(want, &l, kd, NK);
+        expect_close(dk, want, NK, 1e-5, "dk (FD)");
+        fd_grad(want, &l, vd, NK);
+        expect_close(dv, want, NK, 1e-5, "dv (FD)");
+    }
+    free(q), free(k), free(v), free(out), free(dout), free(att), free(dq), free(dk);
+    free(dv), free(scratch), free(qd), free(kd), free(vd), free(r), free(want);
+    free(wq), free(wk), free(wv);
 }
 
-Test(ops, attention_gqa) { check_attention(0); }
-Test(ops, attention_sliding_window) { check_attention(2); }
+Test(ops, attention_gqa) { check_attention(2, 5, 4, 2, 3, 0, 1); }
+Test(ops, attention_sliding_window) { check_attention(2, 5, 4, 2, 3, 2, 1); }
+/* T = 300 spans three query row blocks of the implementation (the last one
+ * partial), with and without a window that crosses block edges. */
+Test(ops, attention_long) { check_attention(1, 300, 2, 1, 8, 0, 0); }
+Test(ops, attention_long_window) { check_attention(1, 300, 2, 1, 8, 77, 0); }
 
 /* ---------------------------------------------------------- SwiGLU, residual */
 

@@ -1,0 +1,97 @@
+/* block_bench.c — time ar_block_forward (inference), the training forward and
+ * ar_block_backward on a TinyLlama-sized block (C=512, F=1280, NH=8, NKV=2,
+ * HD=64) at B=8, T=512, and a plain sgemm of similar shape in the same run,
+ * so the block's GFLOP/s can be read against what BLAS gives this machine.
+ * Usage: block_bench [B T reps]. Prints figures; never fails on time. */
+#include <cblas.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "block.h"
+
+static float *rand_buf(long n, float scale)
+{
+    float *p = malloc(sizeof(float) * n);
+    unsigned s = 42;
+    for (long i = 0; p && i < n; i++) {
+        s = s * 1664525u + 1013904223u;
+        p[i] = scale * ((s >> 8) / 8388608.0f - 1.0f);
+    }
+    return p;
+}
+
+/* Useful FLOPs of one block forward: 2 per multiply-add of the seven linears
+ * plus Q K^T and P V over the causal half. */
+static double block_flops(const ar_config *c, int B, int T)
+{
+    double lin = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        lin += 2.0 * n * k;
+    }
+    double attn = 2.0 * 2.0 * c->n_heads * c->head_dim * (T * (T + 1.0) / 2);
+    return (double)B * T * lin + B * attn;
+}
+
+/* Best of reps wall times of fn(arg). */
+#define BEST(reps, stmt)                                                     \
+    ({                                                                       \
+        double best_ = 1e30;                                                 \
+        for (int r_ = 0; r_ < (reps); r_++) {                                \
+            double t0_ = omp_get_wtime();                                    \
+            stmt;                                                            \
+            double t_ = omp_get_wtime() - t0_;                               \
+            best_ = t_ < best_ ? t_ : best_;                                 \
+        }                                                                    \
+        best_;                                                               \
+    })
+
+int main(int argc, char **argv)
+{
+    int B = argc > 1 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 512;
+    int reps = argc > 3 ? atoi(argv[3]) : 3;
+    ar_config c = {0};
+    c.hidden = 512, c.intermediate = 1280, c.n_heads = 8, c.n_kv_heads = 2;
+    c.head_dim = 64, c.rms_eps = 1e-5f, c.rope_theta = 10000;
+    ar_block_weights w = {0};
+    float *dW[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&c, i, &n, &k);
+        w.w[i] = rand_buf((long)n * k, 0.05f);
+        dW[i] = calloc((size_t)n * k, sizeof(float));
+    }
+    w.attn_norm = rand_buf(c.hidden, 1), w.mlp_norm = rand_buf(c.hidden, 1);
+    long n = (long)B * T * c.hidden;
+    float *x = rand_buf(n, 1), *y = rand_buf(n, 1);
+    ar_block_work ws;
+    ar_block_acts a;
+    if (ar_block_work_init(&ws, &c, B, T, 1) || ar_block_acts_init(&a, &c, B, T)) {
+        fprintf(stderr, "block_bench: out of memory\n");
+        return 1;
+    }
+    /* Reference: one sgemm [B*T, 512] x [1280, 512]^T, the gate projection. */
+    int M = B * T, N = c.intermediate, K = c.hidden;
+    float *A = rand_buf((long)M * K, 1), *Wg = rand_buf((long)N * K, 1);
+    float *Cm = rand_buf((long)M * N, 1);
+    ar_block_forward(&c, &w, x, y, B, T, &ws); /* warm-up: pages, BLAS threads */
+    double t_gemm = BEST(reps, cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, M, N,
+                                           K, 1, A, K, Wg, K, 0, Cm, N));
+    double t_fwd = BEST(reps, ar_block_forward(&c, &w, x, y, B, T, &ws));
+    double t_trn = BEST(reps, ar_block_forward_train(&c, &w, x, y, B, T, &ws, &a));
+    double t_bwd = BEST(reps, ar_block_backward(&c, &w, &a, x, dW, NULL, &ws));
+    double f = block_flops(&c, B, T), fg = 2.0 * M * N * K;
+    printf("block_bench: C=512 F=1280 NH=8 NKV=2 HD=64 B=%d T=%d, %d threads, best of %d\n",
+           B, T, omp_get_max_threads(), reps);
+    printf("  sgemm %dx%dx%d     %8.1f ms  %6.1f GFLOP/s\n", M, N, K, 1e3 * t_gemm,
+           fg / t_gemm * 1e-9);
+    printf("  ar_block_forward       %8.1f ms  %6.1f GFLOP/s (%.2f GFLOP)\n", 1e3 * t_fwd,
+           f / t_fwd * 1e-9, f * 1e-9);
+    printf("  ar_block_forward_train %8.1f ms  %6.1f GFLOP/s\n", 1e3 * t_trn,
+           f / t_trn * 1e-9);
+    printf("  ar_block_backward      %8.1f ms  %6.1f GFLOP/s (dW only, ~2x forward FLOPs)\n",
+           1e3 * t_bwd, 2 * f / t_bwd * 1e-9);
+    return 0;
+}
