@@ -31,6 +31,8 @@ struct ar_tokenizer {
     tk_dec *decs;     int n_decs;
     tk_bpe bpe;
     tk_added *added;  int n_added;
+    int *added_of_id;               /* id → index in added[], -1; n_vocab entries */
+    int32_t n_vocab;                /* 1 + largest id of vocab and added tokens */
     tk_matcher raw_set, norm_set;   /* matched before / after normalization */
     tk_ids prefix, suffix;          /* post-processor ids around the sequence */
     int32_t bos, eos;
@@ -363,7 +365,7 @@ static int load_added(ar_tokenizer *t, const cJSON *list)
     cJSON_ArrayForEach(it, list) {
         tk_added *a = &t->added[k++];
         const cJSON *id = cJSON_GetObjectItemCaseSensitive(it, "id");
-        if (!js_str(it, "content") || !cJSON_IsNumber(id) || id->valuedouble < 0)
+        if (!js_str(it, "content") || !cJSON_IsNumber(id) || id->valuedouble < 0 || id->valuedouble > 1e8)
             return ar_error("%s: added token %d lacks content or id", t->path, k - 1);
         if (!(a->content = dupstr(js_str(it, "content")))) return -1;
         t->n_added = k;
@@ -377,11 +379,22 @@ static int load_added(ar_tokenizer *t, const cJSON *list)
     return 0;
 }
 
+/* Index added tokens by id so decode looks them up in O(1). */
+static int index_added(ar_tokenizer *t)
+{
+    t->n_vocab = t->bpe.n_ids;
+    for (int i = 0; i < t->n_added; i++)
+        if (t->added[i].id >= t->n_vocab) t->n_vocab = t->added[i].id + 1;
+    t->added_of_id = malloc((t->n_vocab ? t->n_vocab : 1) * sizeof *t->added_of_id);
+    if (!t->added_of_id) return ar_error("tokenizer: out of memory");
+    for (int32_t id = 0; id < t->n_vocab; id++) t->added_of_id[id] = -1;
+    for (int i = 0; i < t->n_added; i++) t->added_of_id[t->added[i].id] = i;
+    return 0;
+}
+
 static const tk_added *added_by_id(const ar_tokenizer *t, int32_t id)
 {
-    for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].id == id) return &t->added[i];
-    return NULL;
+    return id >= 0 && id < t->n_vocab && t->added_of_id[id] >= 0 ? &t->added[t->added_of_id[id]] : NULL;
 }
 
 /* ---- post-processor ------------------------------------------------------ */
@@ -471,7 +484,7 @@ static int load_parts(ar_tokenizer *t, const cJSON *j)
     if (cJSON_IsObject(p) && add_pre(t, p)) return -1;
     if (cJSON_IsObject(d) && add_dec(t, d)) return -1;
     if (cJSON_IsObject(pp) && load_post(t, pp)) return -1;
-    if (load_added(t, cJSON_GetObjectItemCaseSensitive(j, "added_tokens"))) return -1;
+    if (load_added(t, cJSON_GetObjectItemCaseSensitive(j, "added_tokens")) || index_added(t)) return -1;
     return build_matchers(t);
 }
 
@@ -512,7 +525,7 @@ void ar_tokenizer_free(ar_tokenizer *t)
     }
     for (int i = 0; i < t->n_decs; i++) free(t->decs[i].a), free(t->decs[i].b);
     for (int i = 0; i < t->n_added; i++) free(t->added[i].content), free(t->added[i].match);
-    free(t->norms), free(t->pres), free(t->decs), free(t->added);
+    free(t->norms), free(t->pres), free(t->decs), free(t->added), free(t->added_of_id);
     free(t->raw_set.idx), free(t->norm_set.idx), free(t->prefix.v), free(t->suffix.v);
     tk_bpe_free(&t->bpe);
     tk_pieces_free(&t->pieces), tk_pieces_free(&t->scratch);
@@ -682,13 +695,7 @@ char *ar_tokenizer_decode(const ar_tokenizer *t, const int32_t *ids, size_t n, i
     return out.p;
 }
 
-int32_t ar_tokenizer_vocab_size(const ar_tokenizer *t)
-{
-    int32_t n = t->bpe.n_ids;
-    for (int i = 0; i < t->n_added; i++)
-        if (t->added[i].id >= n) n = t->added[i].id + 1;
-    return n;
-}
+int32_t ar_tokenizer_vocab_size(const ar_tokenizer *t) { return t->n_vocab; }
 
 const char *ar_tokenizer_token(const ar_tokenizer *t, int32_t id)
 {

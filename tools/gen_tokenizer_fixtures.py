@@ -169,6 +169,30 @@ def metaspace(scheme, split, lowercase):
     return tok, ["<s>", "</s>", "<unk>", "<mask>", "[SEP]", "word"]
 
 
+def misc(variant):
+    """Less common stages: unk without byte fallback, Digits, Whitespace(Split),
+    string Split, every split behaviour, Strip/Lowercase/Replace normalizers,
+    Roberta/Bert post-processors and no decoder at all."""
+    a = variant == "a"
+    tok = Tokenizer(models.BPE(unk_token="[UNK]", fuse_unk=a))
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFKC(), normalizers.Lowercase()] if a else
+        [normalizers.NFD(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Strip()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Split("-", behavior="merged_with_previous"),
+         pre_tokenizers.Split(Regex(r"[.,;:!?]"), behavior="merged_with_next"),
+         pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.WhitespaceSplit()] if a else
+        [pre_tokenizers.Split(Regex(r"[aeiou]+"), behavior="isolated", invert=True),
+         pre_tokenizers.Split(Regex(r"'"), behavior="contiguous"),
+         pre_tokenizers.Digits(individual_digits=False), pre_tokenizers.Whitespace()])
+    tok.add_special_tokens(["[UNK]", "<s>", "</s>"])
+    tok.train_from_iterator(training_text(), trainers.BpeTrainer(
+        vocab_size=800, special_tokens=["[UNK]", "<s>", "</s>"], limit_alphabet=70, show_progress=False))
+    cls, sep = ("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))
+    tok.post_processor = processors.RobertaProcessing(sep, cls) if a else processors.BertProcessing(sep, cls)
+    return tok, ["<s>", "</s>", "[UNK]"]
+
+
 def record(name, tok, tok_path, specials, extra_lines):
     cases = []
     texts = [t.encode("utf-8") for t in TRICKY + special_strings(specials) + extra_lines] + TRICKY_BYTES
@@ -205,13 +229,15 @@ def main():
         record(model, tok, f"$AR_SHARED/models/{model}/tokenizer.json", specials, lines)
     builds = {"qwen2": qwen2, "llama3": llama3,
               "metaspace_first": lambda: metaspace("first", False, False),
-              "metaspace_always": lambda: metaspace("always", True, True)}
+              "metaspace_always": lambda: metaspace("always", True, True),
+              "misc_a": lambda: misc("a"), "misc_b": lambda: misc("b")}
     for name, build in builds.items():
         tok, specials = build()
         path = os.path.join(OUT, f"{name}.tokenizer.json")
         tok.save(path, pretty=False)
         tok = Tokenizer.from_file(path)
-        record(name, tok, path, specials, lines)
+        # The misc tokenizers check rarer stages; a quarter of the lines will do.
+        record(name, tok, path, specials, lines[::4] if name.startswith("misc") else lines)
 
 
 if __name__ == "__main__":

@@ -136,6 +136,8 @@ Test(tokenizer, qwen2_style_matches_hf) { check_fixture("qwen2"); }
 Test(tokenizer, llama3_style_matches_hf) { check_fixture("llama3"); }
 Test(tokenizer, metaspace_first_matches_hf) { check_fixture("metaspace_first"); }
 Test(tokenizer, metaspace_always_matches_hf) { check_fixture("metaspace_always"); }
+Test(tokenizer, misc_a_matches_hf) { check_fixture("misc_a"); }
+Test(tokenizer, misc_b_matches_hf) { check_fixture("misc_b"); }
 
 static ar_tokenizer *load_shared(const char *model)
 {
@@ -172,7 +174,7 @@ Test(tokenizer, tiny_llama_whole_file_counts, .timeout = 60)
  * Metaspace(prepend_scheme=always) instead of tokenizer.json's
  * Prepend+Replace normalizer, which differs from the `tokenizers` library
  * (our target) only when the text starts with a space, so those are skipped. */
-Test(tokenizer, stories260K_reference_prompts)
+Test(tokenizer, stories260K_reference_prompts, .timeout = 60)
 {
     char path[1024];
     snprintf(path, sizeof path, "%s/models/stories260K/reference/hf_transformers.json", shared_dir());
@@ -193,6 +195,11 @@ Test(tokenizer, stories260K_reference_prompts)
         checked++;
     }
     cr_expect(checked > 0);
+    /* Whole-file count of the reference perplexity run (BOS once, at the start). */
+    const cJSON *ppl = cJSON_GetObjectItem(doc, "perplexity");
+    const char *file = strstr(cJSON_GetObjectItem(ppl, "text")->valuestring, "data/");
+    cr_assert(file);
+    cr_expect_eq(count_file(tok, file), (size_t)cJSON_GetObjectItem(ppl, "tokens_total")->valueint);
     ar_tokenizer_free(tok);
     cJSON_Delete(doc);
 }
