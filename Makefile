@@ -89,8 +89,14 @@ unit: $(UNITS)
 e2e: $(TOOLS)
 	@AR_SHARED=$(SHARED) AR_BIN=$(abspath bin) sh tests/e2e/run.sh
 
-bench: $(TOOLS)
-	@AR_SHARED=$(SHARED) AR_BIN=$(abspath bin) sh tests/bench/run.sh
+# Benchmark helpers: each tests/bench/NAME.c becomes $(BUILD)/bench/NAME.
+BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
+$(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libar.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+bench: $(TOOLS) $(BENCH_BIN)
+	@AR_SHARED=$(SHARED) AR_BIN=$(abspath bin) AR_BENCH_BIN=$(abspath $(BUILD)/bench) sh tests/bench/run.sh
 
 clean:
 	rm -rf build/obj build/asan bin

@@ -167,14 +167,30 @@ static void score_window_kl(ar_model *m, ar_model *base, const int *ids, int T, 
     kl_window(lb, lm, T, V, s);
 }
 
-static void print_ppl(const opts *o, long tokens, long windows, const scores *s, double secs)
+/* Matmul FLOPs of one window of T tokens: the seven linears and lm_head
+ * (2 per weight per token) plus QK^T and PV over the full T x T square the
+ * attention computes. Lets the benchmark compare the forward with sgemm. */
+static double window_flops(const ar_config *c, int T)
+{
+    double per_token = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        per_token += 2.0 * n * k * c->n_layers;
+    }
+    per_token += 2.0 * c->vocab * c->hidden + 4.0 * T * c->n_heads * c->head_dim * c->n_layers;
+    return per_token * T;
+}
+
+static void print_ppl(const opts *o, const ar_config *c, long tokens, long windows, const scores *s, double secs)
 {
     double ppl = exp(s->nll_sum / (double)s->scored);
     double tps = windows * o->seqlen / secs;
+    double gflops = window_flops(c, (int)o->seqlen) * windows * (o->kl_base ? 2 : 1) / secs * 1e-9;
     if (o->json) {
         printf("{\"ppl\": %.6f, \"tokens\": %ld, \"windows\": %ld, \"seqlen\": %ld, \"seconds\": %.3f, "
-               "\"scored\": %ld, \"tokens_per_second\": %.1f",
-               ppl, tokens, windows, o->seqlen, secs, s->scored, tps);
+               "\"scored\": %ld, \"tokens_per_second\": %.1f, \"gflops_per_second\": %.2f",
+               ppl, tokens, windows, o->seqlen, secs, s->scored, tps, gflops);
         if (o->kl_base) printf(", \"kl\": %.6g, \"top1\": %.4f", s->kl_sum / s->scored, 100.0 * s->top1_agree / s->scored);
         printf("}\n");
         return;
@@ -212,7 +228,7 @@ static void run_ppl(const opts *o, ar_tokenizer *tok, ar_model *m, ar_model *bas
         snprintf(extra, sizeof extra, "ppl %.4f", exp(s.nll_sum / s.scored));
         cli_progress_line("window", (int)(w + nb), (int)nwin, t0, extra);
     }
-    print_ppl(o, (long)n, nwin, &s, cli_now() - t0);
+    print_ppl(o, ar_model_config(m), (long)n, nwin, &s, cli_now() - t0);
     free(nll); free(lm); free(lb); free(ids);
 }
 
