@@ -10,6 +10,8 @@
 /* Words up to this many bytes are cached; longer ones are rare and would
  * bloat the cache (a whole SentencePiece paragraph is one word). */
 #define TK_CACHE_MAX_WORD 256
+/* Bound on cached words (~100 MB worst case): the cache starts over past it. */
+#define TK_CACHE_MAX_ENTRIES (1u << 20)
 
 int tk_buf_add(tk_buf *b, const void *s, size_t n)
 {
@@ -349,6 +351,10 @@ int tk_bpe_word(tk_bpe *m, const char *w, size_t n, tk_ids *out)
     }
     size_t first = out->n;
     if (tk_bpe_uncached(m, w, n, out)) return -1;
+    if (m->cache.n >= TK_CACHE_MAX_ENTRIES) {
+        tk_map_free(&m->cache);
+        m->cache_ids.n = 0;
+    }
     /* Remember the result: count followed by the ids. */
     at = (int32_t)m->cache_ids.n;
     if (tk_ids_add(&m->cache_ids, (int32_t)(out->n - first))) return -1;

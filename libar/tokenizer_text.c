@@ -4,6 +4,7 @@
 #include "tokenizer_impl.h"
 #include "error.h"
 
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 #include <utf8proc.h>
@@ -257,19 +258,19 @@ int tk_normalize(const tk_norm *norms, int n_norms, const char *in, size_t n, tk
  * themselves, the other 68 bytes take code points 256, 257, ... in order. */
 static int32_t tk_byte_cp[256];
 static unsigned char tk_cp_byte[324];
-static int tk_bytemap_ready;
+static pthread_once_t tk_bytemap_once = PTHREAD_ONCE_INIT;
 
-static void tk_bytemap_init(void)
+static void tk_bytemap_build(void)
 {
-    if (tk_bytemap_ready) return;
     int32_t extra = 256;
     for (int b = 0; b < 256; b++) {
         int printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
         tk_byte_cp[b] = printable ? b : extra++;
         tk_cp_byte[tk_byte_cp[b]] = (unsigned char)b;
     }
-    tk_bytemap_ready = 1;
 }
+
+static void tk_bytemap_init(void) { pthread_once(&tk_bytemap_once, tk_bytemap_build); }
 
 /* A run of a split: [a, b) and whether it was a match of the pattern. */
 typedef struct { size_t a, b; int match; } tk_run;

@@ -252,3 +252,45 @@ Test(tokenizer, bad_files_name_the_problem)
     cr_expect(strstr(ar_last_error(), "unsupported model type 'Unigram'"), "%s", ar_last_error());
     unlink(path);
 }
+
+/* Whether s is valid UTF-8 (decode output must always be). */
+static int valid_utf8(const char *s)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    while (*p) {
+        int n = *p < 0x80 ? 1 : (*p >> 5) == 6 ? 2 : (*p >> 4) == 14 ? 3 : (*p >> 3) == 30 ? 4 : 0;
+        if (!n || (n > 1 && *p < 0xC2)) return 0;
+        for (int k = 1; k < n; k++)
+            if ((p[k] & 0xC0) != 0x80) return 0;
+        p += n;
+    }
+    return 1;
+}
+
+/* Random bytes and random ids (out of range ones included) must neither
+ * crash nor yield ids outside the vocabulary or invalid UTF-8. */
+Test(tokenizer, random_bytes_and_ids_are_safe, .timeout = 60)
+{
+    static const char *fixtures[] = { "qwen2", "llama3", "metaspace_first", "misc_a" };
+    unsigned seed = 12345;
+    for (size_t f = 0; f < sizeof fixtures / sizeof *fixtures; f++) {
+        char path[256];
+        snprintf(path, sizeof path, "tests/fixtures/tokenizer/%s.tokenizer.json", fixtures[f]);
+        ar_tokenizer *tok = ar_tokenizer_load(path);
+        cr_assert(tok, "%s", ar_last_error());
+        int32_t nv = ar_tokenizer_vocab_size(tok);
+        for (int trial = 0; trial < 200; trial++) {
+            char buf[256];
+            size_t len = (size_t)(rand_r(&seed) % sizeof buf), n;
+            for (size_t i = 0; i < len; i++) buf[i] = (char)(rand_r(&seed) % 256);
+            int32_t *ids;
+            cr_assert_eq(ar_tokenizer_encode(tok, buf, len, 1, &ids, &n), 0, "%s", ar_last_error());
+            for (size_t i = 0; i < n; i++) cr_assert(ids[i] >= 0 && ids[i] < nv, "%s: id %d out of range", path, ids[i]);
+            for (size_t i = 0; i < n; i++) ids[i] = (int32_t)(rand_r(&seed) % (nv + 20)) - 10;
+            char *text = ar_tokenizer_decode(tok, ids, n, trial & 1);
+            cr_assert(text && valid_utf8(text), "%s: decode gave invalid UTF-8", path);
+            free(text), free(ids);
+        }
+        ar_tokenizer_free(tok);
+    }
+}
