@@ -46,7 +46,11 @@ typedef struct { tk_buf bytes; tk_span *v; size_t n, cap; } tk_pieces;
 
 /* Append a piece (copied). Empty pieces are dropped, as HF drops them. */
 int tk_pieces_add(tk_pieces *p, const char *s, size_t n, int at_start);
+
+/* Empty the list, keeping its memory for the next use. */
 void tk_pieces_clear(tk_pieces *p);
+
+/* Free the list's memory. */
 void tk_pieces_free(tk_pieces *p);
 
 /* ---- UTF-8 --------------------------------------------------------------- */
@@ -134,9 +138,11 @@ int tk_bpe_add_merge(tk_bpe *m, int32_t left, int32_t right, int32_t merged, int
 /* Fill byte_id[] and the id → token table once the vocabulary is complete. */
 int tk_bpe_finish(tk_bpe *m);
 
-/* Tokenize one pre-token word and append its ids to *out. */
+/* Tokenize one pre-token word and append its ids to *out. Results of words
+ * up to 256 bytes are cached, so this mutates m. */
 int tk_bpe_word(tk_bpe *m, const char *word, size_t n, tk_ids *out);
 
+/* Free the vocabulary, merges and cache. */
 void tk_bpe_free(tk_bpe *m);
 
 #endif
