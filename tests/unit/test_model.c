@@ -8,6 +8,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 static const char *shared(void)
 {
@@ -144,4 +145,96 @@ Test(model, mistral_fixture_is_sensitive_to_the_window)
     for (int i = 0; i < 16 * c.vocab; i++) worst = fmax(worst, fabs(a[i] - b[i]));
     cr_assert_gt(worst, 1e-2, "window changes logits by only %g", worst);
     free(a); free(b);
+}
+
+static void stories_dir(char *dir, size_t n) { snprintf(dir, n, "%s/models/stories260K", shared()); }
+
+/* ar_model_nll (chunked, batched) equals -log_softmax of ar_model_forward's
+ * logits at the next token, and a batch of two windows scores each as alone. */
+Test(model, nll_matches_forward_logits_and_batching)
+{
+    char dir[512];
+    stories_dir(dir, sizeof dir);
+    ar_model *m = ar_model_open(dir, 0);
+    cr_assert(m, "%s", ar_last_error());
+    enum { T = 40 };
+    int ids[2 * T];
+    for (int i = 0; i < 2 * T; i++) ids[i] = (i * 37 + 11) % 512;
+    double nll[2 * (T - 1)];
+    cr_assert_eq(ar_model_nll(m, ids, 2, T, nll), 0, "%s", ar_last_error());
+    float *lg = malloc(sizeof(float) * T * 512);
+    for (int b = 0; b < 2; b++) {
+        cr_assert_eq(ar_model_forward(m, ids + b * T, 1, T, lg), 0);
+        ar_log_softmax_rows(lg, T, 512);
+        for (int t = 0; t < T - 1; t++)
+            cr_assert_float_eq(nll[b * (T - 1) + t], -lg[t * 512 + ids[b * T + t + 1]], 1e-4, "b %d t %d", b, t);
+    }
+    free(lg);
+    ar_model_close(m);
+}
+
+/* A source that forwards to safetensors but lies about one tensor's shape or
+ * hides one: shows the interface other sources implement. */
+typedef struct { ar_tensor_source inner; const char *lie, *hide; } wrap_ctx;
+
+static int wrap_shape(void *ctx, const char *name, int *nd, int64_t *shape)
+{
+    wrap_ctx *w = ctx;
+    if (w->hide && !strcmp(name, w->hide)) return 1;
+    int rc = w->inner.shape(w->inner.ctx, name, nd, shape);
+    if (!rc && w->lie && !strcmp(name, w->lie)) shape[0] += 1;
+    return rc;
+}
+static int wrap_read(void *ctx, const char *name, int64_t r0, int64_t nr, float *dst)
+{
+    wrap_ctx *w = ctx;
+    return w->inner.read_rows(w->inner.ctx, name, r0, nr, dst);
+}
+static void wrap_close(void *ctx)
+{
+    wrap_ctx *w = ctx;
+    w->inner.close(w->inner.ctx);
+}
+
+static ar_model *open_wrapped(wrap_ctx *w, int untie)
+{
+    char dir[512];
+    ar_config c;
+    stories_dir(dir, sizeof dir);
+    cr_assert_eq(ar_config_load(&c, dir), 0);
+    if (untie) c.tie_embeddings = 0;
+    cr_assert_eq(ar_source_safetensors(&w->inner, dir), 0);
+    ar_tensor_source src = {.ctx = w, .shape = wrap_shape, .read_rows = wrap_read, .close = wrap_close};
+    return ar_model_open_source(&c, &src, 0);
+}
+
+Test(model, custom_source_shape_mismatch_is_reported)
+{
+    wrap_ctx w = {.lie = "model.layers.3.mlp.up_proj.weight"};
+    cr_assert_null(open_wrapped(&w, 0));
+    cr_assert(strstr(ar_last_error(), "tensor 'model.layers.3.mlp.up_proj.weight' has shape [173, 64], config.json implies [172, 64]"),
+              "%s", ar_last_error());
+}
+
+Test(model, missing_tensors_are_reported)
+{
+    wrap_ctx w = {.hide = "model.layers.4.post_attention_layernorm.weight"};
+    cr_assert_null(open_wrapped(&w, 0));
+    cr_assert(strstr(ar_last_error(), "no tensor 'model.layers.4.post_attention_layernorm.weight'"), "%s", ar_last_error());
+    wrap_ctx w2 = {0};
+    cr_assert_null(open_wrapped(&w2, 1));
+    cr_assert(strstr(ar_last_error(), "no tensor 'lm_head.weight' and tie_word_embeddings is false"), "%s", ar_last_error());
+}
+
+Test(model, token_ids_outside_vocab_are_refused)
+{
+    char dir[512];
+    stories_dir(dir, sizeof dir);
+    ar_model *m = ar_model_open(dir, AR_MODEL_CACHE);
+    cr_assert(m);
+    int ids[3] = {1, 512, 3};
+    double nll[2];
+    cr_assert_eq(ar_model_nll(m, ids, 1, 3, nll), -1);
+    cr_assert(strstr(ar_last_error(), "token id 512 out of range (vocab 512)"), "%s", ar_last_error());
+    ar_model_close(m);
 }
