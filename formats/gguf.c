@@ -27,9 +27,8 @@ struct ar_gguf {
     uint64_t        n_kv, n_tensors;
     ar_gguf_kv     *kv;
     ar_gguf_tensor *tensors;
-    char           *strings;      /* keys, names and string values, NUL-terminated, one block */
-    size_t          strings_used, strings_cap;
-    uint64_t       *str_offsets;  /* element offsets of all string arrays */
+    void          **owned;        /* copies of keys, names, string values, string-array offsets */
+    size_t          n_owned, cap_owned;
     size_t          data_start;
 };
 
@@ -76,14 +75,26 @@ static int read_u64(cursor *c, uint64_t *v, const char *what)
     return 0;
 }
 
-/* Copy n bytes into the string block, NUL-terminated; the block was sized from
- * the file size, so this cannot overflow. */
+/* Remember a heap block to free at close; frees it and fails when out of memory. */
+static void *own(ar_gguf *g, void *p)
+{
+    if (!p) return NULL;
+    if (g->n_owned == g->cap_owned) {
+        size_t cap = g->cap_owned ? 2 * g->cap_owned : 64;
+        void **o = realloc(g->owned, cap * sizeof *o);
+        if (!o) { free(p); return NULL; }
+        g->owned = o; g->cap_owned = cap;
+    }
+    return g->owned[g->n_owned++] = p;
+}
+
+/* NUL-terminated copy of n bytes (n is already bounded by the file size). */
 static const char *stash(ar_gguf *g, const char *s, size_t n)
 {
-    char *d = g->strings + g->strings_used;
+    char *d = own(g, malloc(n + 1));
+    if (!d) return NULL;
     memcpy(d, s, n);
     d[n] = 0;
-    g->strings_used += n + 1;
     return d;
 }
 
@@ -98,7 +109,29 @@ static int read_string(cursor *c, const char **s, uint64_t *len, const char *wha
     return 0;
 }
 
-static int read_kv_value(cursor *c, ar_gguf_kv *kv, uint64_t *str_off_used)
+/* Offsets of a string array's elements, grown as they are read (so a claimed
+ * count costs memory only once the file proves to hold that many strings). */
+static int read_str_array(cursor *c, ar_gguf_kv *kv)
+{
+    uint64_t *off = NULL, cap = 0;
+    for (uint64_t i = 0; i < kv->n; i++) {
+        const char *s;
+        uint64_t len;
+        if (i == cap) {
+            cap = cap ? 2 * cap : 256;
+            uint64_t *o = realloc(off, sizeof *o * cap);
+            if (!o) { free(off); return ar_error("%s: out of memory", c->g->path); }
+            off = o;
+        }
+        off[i] = c->pos;
+        if (read_string(c, &s, &len, "array string")) { free(off); return -1; }
+    }
+    if (kv->n && !own(c->g, off)) return ar_error("%s: out of memory", c->g->path);
+    kv->str_off = off;
+    return 0;
+}
+
+static int read_kv_value(cursor *c, ar_gguf_kv *kv)
 {
     ar_gguf *g = c->g;
     uint32_t type;
@@ -111,7 +144,7 @@ static int read_kv_value(cursor *c, ar_gguf_kv *kv, uint64_t *str_off_used)
         uint64_t len;
         if (read_string(c, &s, &len, "string value")) return -1;
         kv->str = stash(g, s, (size_t)len);
-        return 0;
+        return kv->str ? 0 : ar_error("%s: out of memory", g->path);
     }
     if (type != AR_GGUF_ARRAY) return take(c, scalar_size[type], &kv->data, "value");
     uint32_t et;
@@ -124,29 +157,18 @@ static int read_kv_value(cursor *c, ar_gguf_kv *kv, uint64_t *str_off_used)
         return fail(g, "key '%s': array of %llu elements exceeds the file (%zu bytes left)", kv->key,
                     (unsigned long long)kv->n, g->size - c->pos);
     if (et != AR_GGUF_STRING) return take(c, (size_t)(kv->n * esz), &kv->data, "array");
-    kv->str_off = g->str_offsets + *str_off_used;
-    for (uint64_t i = 0; i < kv->n; i++) {
-        const char *s;
-        uint64_t len;
-        g->str_offsets[(*str_off_used)++] = c->pos;
-        if (read_string(c, &s, &len, "array string")) return -1;
-    }
-    return 0;
+    return read_str_array(c, kv);
 }
-
-/* Count string-array elements first (a pre-pass is cheaper than reallocating). */
-static uint64_t max_strings(const ar_gguf *g) { return g->size / 8 + 1; }
 
 static int parse_kvs(cursor *c)
 {
     ar_gguf *g = c->g;
-    uint64_t str_used = 0;
     for (uint64_t i = 0; i < g->n_kv; i++) {
         const char *k;
         uint64_t len;
         if (read_string(c, &k, &len, "key")) return -1;
-        g->kv[i].key = stash(g, k, (size_t)len);
-        if (read_kv_value(c, &g->kv[i], &str_used)) return -1;
+        if (!(g->kv[i].key = stash(g, k, (size_t)len))) return ar_error("%s: out of memory", g->path);
+        if (read_kv_value(c, &g->kv[i])) return -1;
     }
     return 0;
 }
@@ -170,7 +192,7 @@ static int parse_tensor_info(cursor *c, ar_gguf_tensor *t)
     uint64_t len;
     uint32_t nd, type;
     if (read_string(c, &s, &len, "tensor name")) return -1;
-    t->name = stash(g, s, (size_t)len);
+    if (!(t->name = stash(g, s, (size_t)len))) return ar_error("%s: out of memory", g->path);
     if (read_u32(c, &nd, "tensor dims")) return -1;
     if (nd < 1 || nd > AR_GGUF_MAX_DIMS) return fail(g, "tensor '%s': %u dimensions (1 to %d allowed)", t->name, nd, AR_GGUF_MAX_DIMS);
     t->n_dims = (int)nd;
@@ -223,16 +245,14 @@ static int parse(ar_gguf *g)
     if (read_u32(&c, &g->version, "version")) return -1;
     if (g->version < 2 || g->version > 3) return ar_error("%s: unsupported GGUF version %u", g->path, g->version);
     if (read_u64(&c, &g->n_tensors, "tensor count") || read_u64(&c, &g->n_kv, "KV count")) return -1;
-    /* each KV needs at least 12 bytes, each tensor info at least 28: bound before allocating */
-    if (g->n_kv > g->size / 12) return fail(g, "KV count %llu is absurd for a file of %zu bytes", (unsigned long long)g->n_kv, g->size);
-    if (g->n_tensors > g->size / 28)
+    /* each KV needs at least 12 bytes, each tensor info at least 28, and no model
+     * has millions of either: bound before allocating */
+    if (g->n_kv > g->size / 12 || g->n_kv > (1u << 20)) return fail(g, "KV count %llu is absurd for a file of %zu bytes", (unsigned long long)g->n_kv, g->size);
+    if (g->n_tensors > g->size / 28 || g->n_tensors > (1u << 24))
         return fail(g, "tensor count %llu is absurd for a file of %zu bytes", (unsigned long long)g->n_tensors, g->size);
-    g->strings_cap = g->size + g->n_kv + g->n_tensors + 1;
     g->kv = calloc(g->n_kv + 1, sizeof *g->kv);
     g->tensors = calloc(g->n_tensors + 1, sizeof *g->tensors);
-    g->strings = malloc(g->strings_cap);
-    g->str_offsets = malloc(sizeof(uint64_t) * max_strings(g));
-    if (!g->kv || !g->tensors || !g->strings || !g->str_offsets) return ar_error("%s: out of memory", g->path);
+    if (!g->kv || !g->tensors) return ar_error("%s: out of memory", g->path);
     if (parse_kvs(&c) || check_alignment(g, &align)) return -1;
     for (uint64_t i = 0; i < g->n_tensors; i++)
         if (parse_tensor_info(&c, &g->tensors[i])) return -1;
@@ -273,7 +293,8 @@ void ar_gguf_close(ar_gguf *g)
 {
     if (!g) return;
     if (g->map) munmap((void *)g->map, g->size);
-    free(g->kv); free(g->tensors); free(g->strings); free(g->str_offsets); free(g->path);
+    for (size_t i = 0; i < g->n_owned; i++) free(g->owned[i]);
+    free(g->owned); free(g->kv); free(g->tensors); free(g->path);
     free(g);
 }
 
