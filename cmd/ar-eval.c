@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 #include <cblas.h>
+#include <omp.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -34,6 +35,8 @@ static const char usage[] =
     "                 the top-1 agreement with the base model (same tokenizer)\n"
     "  --batch B      windows per forward (default 1)\n"
     "  --stream       widen one block's weights at a time instead of caching them all\n"
+    "  --threads N    OpenMP and OpenBLAS threads (default: all cores; 1 for models\n"
+    "                 with hidden < 256, whose layers are too small to split)\n"
     "  --json         one JSON object on stdout\n"
     "Generation: greedy (argmax) continuation of --prompt for -n tokens, stopping\n"
     "at the model's EOS; prints the text (with --json also the ids).\n"
@@ -41,7 +44,7 @@ static const char usage[] =
 
 typedef struct {
     const char *model, *text, *kl_base, *prompt;
-    long seqlen, windows, batch, n_new;
+    long seqlen, windows, batch, n_new, threads;
     int json, stream;
 } opts;
 
@@ -63,6 +66,7 @@ static opts parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--windows"))) o.windows = cli_long("--windows", v, 1, INT_MAX);
         else if ((v = cli_value(argc, argv, &i, "--batch"))) o.batch = cli_long("--batch", v, 1, 4096);
         else if ((v = cli_value(argc, argv, &i, "-n"))) o.n_new = cli_long("-n", v, 0, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--threads"))) o.threads = cli_long("--threads", v, 1, 4096);
         else cli_usage_error("unknown argument '%s'", a);
     }
     if (!o.model) cli_usage_error("--model DIR is required");
@@ -285,6 +289,17 @@ static void run_generate(const opts *o, ar_tokenizer *tok, ar_model *m)
     free(text); free(out); free(ids); free(h); free(logits);
 }
 
+/* Threads for OpenMP regions and OpenBLAS. Tiny layers finish faster than
+ * threads can be woken, and on a busy machine spinning threads steal the
+ * cores from the one doing the work, so small models run on one. */
+static void set_threads(long requested, const ar_config *c)
+{
+    int n = requested ? (int)requested : c->hidden < 256 ? 1 : 0;
+    if (!n) return;
+    omp_set_num_threads(n);
+    openblas_set_num_threads(n);
+}
+
 static void report_rss(void)
 {
     struct rusage ru;
@@ -316,6 +331,7 @@ int main(int argc, char **argv)
     ar_tokenizer *tok = ar_tokenizer_load(o.model);
     if (!tok) cli_die_lib();
     ar_model *m = open_model(o.model, o.stream);
+    set_threads(o.threads, ar_model_config(m));
     if (ar_tokenizer_vocab_size(tok) > ar_model_config(m)->vocab)
         cli_die("%s: tokenizer has %d ids but the model's vocab_size is %d", o.model, ar_tokenizer_vocab_size(tok),
                 ar_model_config(m)->vocab);
