@@ -9,6 +9,7 @@
 #include <stdlib.h>
 
 #include "block.h"
+#include "ops.h"
 
 static float *rand_buf(long n, float scale)
 {
@@ -48,6 +49,18 @@ static double block_flops(const ar_config *c, int B, int T)
         best_;                                                               \
     })
 
+/* The seven linear forwards of the block at their shapes (inputs and outputs
+ * in the workspace's F-wide buffers, which fit every shape). */
+static void all_linears(const ar_config *c, const ar_block_weights *w,
+                        ar_block_work *ws, int rows)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        ar_linear_forward(ws->gate, ws->up, w->w[i], NULL, rows, k, n);
+    }
+}
+
 int main(int argc, char **argv)
 {
     int B = argc > 1 ? atoi(argv[1]) : 8, T = argc > 2 ? atoi(argv[2]) : 512;
@@ -82,6 +95,11 @@ int main(int argc, char **argv)
     double t_fwd = BEST(reps, ar_block_forward(&c, &w, x, y, B, T, &ws));
     double t_trn = BEST(reps, ar_block_forward_train(&c, &w, x, y, B, T, &ws, &a));
     double t_bwd = BEST(reps, ar_block_backward(&c, &w, &a, x, dW, NULL, &ws));
+    /* Where the forward's time goes: the seven linears alone, attention alone. */
+    double t_lin = BEST(reps, all_linears(&c, &w, &ws, M));
+    double t_att = BEST(reps, ar_attention_forward(ws.ao, ws.att, 0, ws.q, ws.k, ws.v, B,
+                                                   T, c.n_heads, c.n_kv_heads,
+                                                   c.head_dim, 0));
     double f = block_flops(&c, B, T), fg = 2.0 * M * N * K;
     printf("block_bench: C=512 F=1280 NH=8 NKV=2 HD=64 B=%d T=%d, %d threads, best of %d\n",
            B, T, omp_get_max_threads(), reps);
@@ -89,6 +107,8 @@ int main(int argc, char **argv)
            fg / t_gemm * 1e-9);
     printf("  ar_block_forward       %8.1f ms  %6.1f GFLOP/s (%.2f GFLOP)\n", 1e3 * t_fwd,
            f / t_fwd * 1e-9, f * 1e-9);
+    printf("    of which 7 linears   %8.1f ms, attention %.1f ms\n", 1e3 * t_lin,
+           1e3 * t_att);
     printf("  ar_block_forward_train %8.1f ms  %6.1f GFLOP/s\n", 1e3 * t_trn,
            f / t_trn * 1e-9);
     printf("  ar_block_backward      %8.1f ms  %6.1f GFLOP/s (dW only, ~2x forward FLOPs)\n",

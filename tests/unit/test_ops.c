@@ -3,6 +3,7 @@
  * reference, and the RoPE tables against values recorded from transformers. */
 #include <criterion/criterion.h>
 #include <math.h>
+#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -168,6 +169,49 @@ Test(ops, linear)
     ar_linear_backward(NULL, dW, NULL, dy, x, W, LR, LK, LN);
     cr_assert_float_eq(dW[7], 2 * keep, 1e-5);
 }
+
+/* Shapes big enough that the linear is cut into tiles, one sgemm per
+ * OpenMP thread (5 threads forced): along rows (R >= N) and along columns
+ * (R < N), with uneven tile edges. Reference: the naive double formulas
+ * (checked against finite differences above). */
+static void check_linear_tiled(int R, int K, int N)
+{
+    omp_set_num_threads(5);
+    float *x = malloc(4L * R * K), *W = malloc(4L * N * K), *b = malloc(4L * N);
+    float *y = malloc(4L * R * N), *dy = malloc(4L * R * N);
+    float *dx = calloc((size_t)R * K, 4), *dW = calloc((size_t)N * K, 4);
+    double *xd = malloc(8L * R * K), *Wd = malloc(8L * N * K), *bd = malloc(8L * N);
+    double *r = malloc(8L * R * N), *want = malloc(8L * (R * N + R * K + N * K));
+    fill(x, xd, R * K), fill(W, Wd, N * K), fill(b, bd, N), fill(dy, r, R * N);
+    ar_linear_forward(y, x, W, b, R, K, N);
+    ar_linear_backward(dx, dW, NULL, dy, x, W, R, K, N);
+    for (int i = 0; i < R; i++)
+        for (int n = 0; n < N; n++) {
+            double acc = bd[n];
+            for (int k = 0; k < K; k++) acc += xd[(long)i * K + k] * Wd[(long)n * K + k];
+            want[(long)i * N + n] = acc;
+        }
+    expect_close(y, want, R * N, 1e-6, "tiled y");
+    for (int i = 0; i < R; i++)
+        for (int k = 0; k < K; k++) {
+            double acc = 0;
+            for (int n = 0; n < N; n++) acc += r[(long)i * N + n] * Wd[(long)n * K + k];
+            want[(long)i * K + k] = acc;
+        }
+    expect_close(dx, want, R * K, 1e-6, "tiled dx");
+    for (int n = 0; n < N; n++)
+        for (int k = 0; k < K; k++) {
+            double acc = 0;
+            for (int i = 0; i < R; i++) acc += r[(long)i * N + n] * xd[(long)i * K + k];
+            want[(long)n * K + k] = acc;
+        }
+    expect_close(dW, want, N * K, 1e-6, "tiled dW");
+    free(x), free(W), free(b), free(y), free(dy), free(dx), free(dW);
+    free(xd), free(Wd), free(bd), free(r), free(want);
+}
+
+Test(ops, linear_tiled_rows) { check_linear_tiled(523, 70, 50); }
+Test(ops, linear_tiled_cols) { check_linear_tiled(40, 64, 601); }
 
 /* ------------------------------------------------------------------- RoPE */
 
