@@ -1,0 +1,482 @@
+/* ar-tune — quantize a model block by block: SignRound (--iters > 0),
+ * opt-RTN (--iters 0 with calibration data) or plain RTN (--model alone or
+ * --disable_opt_rtn), and write the quantized layers as a tensor stream:
+ * per Linear P, P.qweight (u8 codes [N,K]), P.scale (f32 [N,groups]) and
+ * P.zp (i32 [N,groups]), after a META record naming the model and settings. */
+#include "calib.h"
+#include "cli.h"
+#include "error.h"
+#include "model.h"
+#include "quant.h"
+#include "scheme.h"
+#include "signround.h"
+#include "stream.h"
+#include <cJSON.h>
+#include <limits.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
+    "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
+    "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
+    "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
+    "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn]\n"
+    "               [--quiet|--verbose|--progress]\n"
+    "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
+    "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n";
+
+typedef struct {
+    const char *in, *model, *out, *scheme, *layer_config, *recipe;
+    int bits, group_size, sym;
+    int iters, nsamples, seqlen, batch_size, gas;
+    double lr, minmax_lr;
+    long seed;
+    int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
+} tune_args;
+
+static int flag(const char *a, const char *name) { return !strcmp(a, name); }
+
+static tune_args parse_args(int argc, char **argv)
+{
+    tune_args a = {0};
+    a.scheme = "W4A16"; a.bits = a.group_size = a.sym = AR_UNSET;
+    a.iters = a.nsamples = a.seqlen = a.batch_size = a.gas = -1;
+    a.seed = 42;
+    for (int i = 1; i < argc; i++) {
+        const char *v, *s = argv[i];
+        if (flag(s, "--help") || flag(s, "-h")) { fputs(usage, stdout); exit(0); }
+        else if (cli_common_flag(s)) continue;
+        else if ((v = cli_value(argc, argv, &i, "-i")) || (v = cli_value(argc, argv, &i, "--input"))) a.in = v;
+        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output"))) a.out = v;
+        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
+        else if ((v = cli_value(argc, argv, &i, "--scheme"))) a.scheme = v;
+        else if ((v = cli_value(argc, argv, &i, "--layer_config"))) a.layer_config = v;
+        else if ((v = cli_value(argc, argv, &i, "--recipe"))) a.recipe = v;
+        else if ((v = cli_value(argc, argv, &i, "--bits"))) a.bits = (int)cli_long(s, v, 2, 16);
+        else if ((v = cli_value(argc, argv, &i, "--group_size"))) a.group_size = (int)cli_long("--group_size", v, -1, 1 << 20);
+        else if (flag(s, "--sym")) a.sym = 1;
+        else if (flag(s, "--asym")) a.sym = 0;
+        else if ((v = cli_value(argc, argv, &i, "--iters"))) a.iters = (int)cli_long("--iters", v, 0, 1000000);
+        else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--batch_size"))) a.batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--gradient_accumulate_steps"))) a.gas = (int)cli_long("--gradient_accumulate_steps", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--lr"))) a.lr = cli_double("--lr", v, 1e-12, 10);
+        else if ((v = cli_value(argc, argv, &i, "--minmax_lr"))) a.minmax_lr = cli_double("--minmax_lr", v, 1e-12, 10);
+        else if ((v = cli_value(argc, argv, &i, "--seed"))) a.seed = cli_long("--seed", v, 0, LONG_MAX);
+        else if (flag(s, "--disable_minmax_tuning")) a.disable_minmax = 1;
+        else if (flag(s, "--not_use_best_mse")) a.not_use_best = 1;
+        else if (flag(s, "--disable_quanted_input")) a.disable_quanted_input = 1;
+        else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
+        else cli_usage_error("unknown argument '%s'", s);
+    }
+    return a;
+}
+
+/* Recipes (spec §3) fill only what the user left unset. */
+static void apply_recipe(tune_args *a)
+{
+    const char *r = a->recipe ? a->recipe : "default";
+    int iters = 200;
+    if (!strcmp(r, "best")) { iters = 1000; if (a->nsamples < 0) a->nsamples = 512; }
+    else if (!strcmp(r, "light")) { iters = 50; if (a->lr == 0) a->lr = 5e-3; }
+    else if (strcmp(r, "default")) cli_usage_error("--recipe: '%s' is not default, best or light", r);
+    if (a->iters < 0) a->iters = iters;
+    if (a->batch_size < 0) a->batch_size = 8;
+    if (a->gas < 0) a->gas = 1;
+}
+
+/* ---- calibration input --------------------------------------------------- */
+
+typedef struct {
+    char *model;            /* from the META record */
+    char *config_digest;
+    int n, T, C;
+    int32_t *ids;           /* [n, T] */
+    uint16_t *hidden;       /* [n, T, C] bf16 */
+} calib_data;
+
+static void read_tensor_record(ar_stream_reader *r, const ar_record *rec, calib_data *d, const char *src)
+{
+    if (!strcmp(rec->name, "input_ids")) {
+        if (rec->dtype != AR_I32 || rec->ndim != 2) cli_die("%s: input_ids must be i32 [n, L]", src);
+        d->n = (int)rec->shape[0]; d->T = (int)rec->shape[1];
+        d->ids = ar_stream_read_payload(r);
+        if (!d->ids) cli_die_lib();
+    } else if (!strcmp(rec->name, "hidden")) {
+        if (rec->ndim != 3 || (rec->dtype != AR_BF16 && rec->dtype != AR_F32))
+            cli_die("%s: hidden must be bf16 or f32 [n, L, C]", src);
+        size_t nel = rec->nelem;
+        d->C = (int)rec->shape[2];
+        d->hidden = malloc(nel * 2);
+        if (!d->hidden) cli_die("%s: out of memory for %zu activations", src, nel);
+        if (rec->dtype == AR_BF16) {
+            if (ar_stream_read_data(r, d->hidden, nel * 2)) cli_die_lib();
+        } else { /* widen/narrow in slices to keep memory at one copy */
+            float buf[4096];
+            for (size_t i = 0; i < nel; i += 4096) {
+                size_t m = nel - i < 4096 ? nel - i : 4096;
+                if (ar_stream_read_data(r, buf, m * 4)) cli_die_lib();
+                ar_from_f32(d->hidden + i, buf, AR_BF16, m);
+            }
+        }
+        if (rec->shape[0] != d->n || rec->shape[1] != d->T)
+            cli_die("%s: hidden [%lld, %lld, C] does not match input_ids [%d, %d]", src,
+                    (long long)rec->shape[0], (long long)rec->shape[1], d->n, d->T);
+    }
+}
+
+static void read_calib(const char *path, calib_data *d)
+{
+    memset(d, 0, sizeof *d);
+    int is_stdin = !path || !strcmp(path, "-");
+    const char *src = is_stdin ? "<stdin>" : path;
+    FILE *f = is_stdin ? stdin : fopen(path, "rb");
+    if (!f) cli_die("%s: cannot open", path);
+    ar_stream_reader *r = ar_stream_reader_open(f, src);
+    if (!r) cli_die_lib();
+    ar_record rec;
+    int rc;
+    while ((rc = ar_stream_next(r, &rec)) == 1) {
+        if (rec.kind == AR_REC_META) {
+            cJSON *m = cJSON_Parse(rec.json);
+            cJSON *mp = cJSON_GetObjectItemCaseSensitive(m, "model");
+            cJSON *dg = cJSON_GetObjectItemCaseSensitive(m, "config_fnv1a64");
+            if (cJSON_IsString(mp) && !d->model) d->model = strdup(mp->valuestring);
+            if (cJSON_IsString(dg) && !d->config_digest) d->config_digest = strdup(dg->valuestring);
+            cJSON_Delete(m);
+        } else read_tensor_record(r, &rec, d, src);
+    }
+    if (rc < 0) cli_die_lib();
+    ar_stream_reader_close(r);
+    if (!is_stdin) fclose(f);
+    if (!d->ids || !d->hidden) cli_die("%s: not a calibration stream (needs input_ids and hidden)", src);
+}
+
+/* The calibration stream must come from this very config.json. */
+static void check_digest(const calib_data *d, const char *model)
+{
+    if (!d->config_digest) return;
+    char p[PATH_MAX], hex[17];
+    snprintf(p, sizeof p, "%s/config.json", model);
+    size_t n;
+    char *txt = ar_read_text_file(p, &n);
+    if (!txt) cli_die_lib();
+    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ar_fnv1a64(txt, n));
+    free(txt);
+    if (strcmp(hex, d->config_digest))
+        cli_die("%s: config.json differs from the one the calibration stream was made with", model);
+}
+
+/* ---- per-layer plan and output ------------------------------------------- */
+
+typedef struct {
+    ar_scheme def;
+    ar_layer_config *lc;
+    ar_scheme layer_scheme[AR_NLINEAR];
+} scheme_ctx;
+
+static void plan_block(const ar_config *c, const scheme_ctx *sc, int layer, ar_block_plan *plan,
+                       ar_scheme *schemes, int bf16)
+{
+    memset(plan, 0, sizeof *plan);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        char name[256];
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        ar_layer_info info = {0, 0, 0};
+        if (ar_scheme_for_layer(&sc->def, sc->lc, name, n, k, &info, &schemes[i])) cli_die_lib();
+        if (!ar_scheme_quantized(&schemes[i])) continue;
+        if (!ar_scheme_is_int(&schemes[i]))
+            cli_die("%s: scheme %s is not an integer weight-only scheme; ar-tune handles W2..W8A16 here",
+                    name, schemes[i].name[0] ? schemes[i].name : schemes[i].data_type);
+        plan->quantize[i] = 1;
+        plan->spec[i] = (ar_quant_spec){schemes[i].bits, schemes[i].group_size, schemes[i].sym,
+                                        bf16 ? AR_QF_BF16 : 0, 0};
+    }
+}
+
+typedef struct {
+    ar_quant_out out[AR_NLINEAR];
+} block_outputs;
+
+static void outputs_alloc(block_outputs *bo, const ar_config *c, const ar_block_plan *plan)
+{
+    memset(bo, 0, sizeof *bo);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
+        bo->out[i].wq = malloc(sizeof(float) * n * k);
+        bo->out[i].codes = malloc((size_t)n * k);
+        bo->out[i].scale = malloc(sizeof(float) * ng);
+        bo->out[i].zp = malloc(sizeof(int32_t) * ng);
+        if (!bo->out[i].wq || !bo->out[i].codes || !bo->out[i].scale || !bo->out[i].zp)
+            cli_die("out of memory for layer outputs");
+    }
+}
+
+static void outputs_free(block_outputs *bo)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        free(bo->out[i].wq); free(bo->out[i].codes); free(bo->out[i].scale); free(bo->out[i].zp);
+    }
+}
+
+static void write_layer(ar_stream_writer *w, const ar_config *c, int layer, int i, const ar_scheme *s,
+                        const ar_quant_out *o)
+{
+    char base[256], name[300], attrs[1200];
+    int n, k;
+    ar_linear_shape(c, i, &n, &k);
+    int ng = ar_quant_ngroups(k, s->group_size);
+    snprintf(base, sizeof base, "model.layers.%d.%s", layer, ar_linear_names[i]);
+    snprintf(attrs, sizeof attrs,
+             "{\"bits\":%d,\"group_size\":%d,\"sym\":%s,\"data_type\":\"%s\",\"scheme\":\"%s\"}", s->bits,
+             s->group_size, s->sym ? "true" : "false", s->data_type, s->name);
+    int64_t wshape[2] = {n, k}, gshape[2] = {n, ng};
+    snprintf(name, sizeof name, "%s.qweight", base);
+    if (ar_stream_write_tensor(w, name, AR_U8, 2, wshape, attrs, o->codes)) cli_die_lib();
+    snprintf(name, sizeof name, "%s.scale", base);
+    if (ar_stream_write_tensor(w, name, AR_F32, 2, gshape, "{}", o->scale)) cli_die_lib();
+    snprintf(name, sizeof name, "%s.zp", base);
+    if (ar_stream_write_tensor(w, name, AR_I32, 2, gshape, "{}", o->zp)) cli_die_lib();
+}
+
+/* ---- the chains ---------------------------------------------------------- */
+
+/* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst,
+ * batch by batch; with imat, accumulate each linear's input Σx² too. */
+static void forward_all(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
+                        int n, int T, int bs, float *imat[AR_NLINEAR])
+{
+    ar_block_work ws;
+    ar_block_acts acts;
+    int train = imat != NULL;
+    if (ar_block_work_init(&ws, c, bs, T, 0) || (train && ar_block_acts_init(&acts, c, bs, T))) cli_die_lib();
+    size_t row = (size_t)T * c->hidden;
+    float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
+    for (int s0 = 0; s0 < n; s0 += bs) {
+        int b = n - s0 < bs ? n - s0 : bs;
+        ar_to_f32(x, src + s0 * row, AR_BF16, b * row);
+        int rc = train ? ar_block_forward_train(c, w, x, y, b, T, &ws, &acts) : ar_block_forward(c, w, x, y, b, T, &ws);
+        if (rc) cli_die_lib();
+        if (train) {
+            long nt = (long)b * T;
+            int qd = c->n_heads * c->head_dim;
+            const float *in[AR_NLINEAR] = {acts.ln1, acts.ln1, acts.ln1, acts.ao, acts.ln2, acts.ln2, acts.act};
+            int kin[AR_NLINEAR] = {c->hidden, c->hidden, c->hidden, qd, c->hidden, c->hidden, c->intermediate};
+            for (int i = 0; i < AR_NLINEAR; i++) if (imat[i]) ar_imatrix_accumulate(imat[i], in[i], nt, kin[i]);
+        }
+        ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
+    }
+    free(x); free(y);
+    ar_block_work_free(&ws);
+    if (train) ar_block_acts_free(&acts);
+}
+
+typedef struct {
+    double t0;
+    int layer, nlayers;
+} progress_ctx;
+
+static void on_iter(void *ctx, int it, int iters, double loss, double best)
+{
+    progress_ctx *p = ctx;
+    if (cli_progress >= 2 && (it % 50 == 0 || it == iters - 1))
+        fprintf(stderr, "ar-tune: block %d/%d iter %d/%d loss %.6g best %.6g\n", p->layer + 1, p->nlayers, it,
+                iters, loss, best);
+}
+
+typedef struct {
+    tune_args *a;
+    ar_model *m;
+    const ar_config *c;
+    calib_data *d;          /* NULL: zero-shot RTN */
+    uint16_t *x_fp, *x_q, *y;
+    uint8_t *mask;
+    scheme_ctx sc;
+    ar_stream_writer *w;
+    double sec_tune;
+} tune_run;
+
+static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const ar_block_plan *plan,
+                               float *imat[AR_NLINEAR], block_outputs *bo)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(r->c, i, &n, &k);
+        int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &bo->out[i])
+                                           : ar_quant_forward(&plan->spec[i], wfp->w[i], n, k, NULL, &bo->out[i]);
+        if (rc) cli_die_lib();
+    }
+}
+
+static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double t0)
+{
+    const ar_config *c = r->c;
+    ar_block_plan plan;
+    ar_scheme schemes[AR_NLINEAR];
+    plan_block(c, &r->sc, layer, &plan, schemes, r->d != NULL);
+    block_outputs bo;
+    outputs_alloc(&bo, c, &plan);
+    char extra[160] = "";
+    if (!r->d) {
+        quantize_block_rtn(r, wfp, &plan, NULL, &bo);
+    } else {
+        int n = r->d->n, T = r->d->T;
+        int opt_rtn = r->a->iters == 0 && !r->a->disable_opt_rtn;
+        float *imat[AR_NLINEAR] = {0};
+        for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
+            int nn, k;
+            ar_linear_shape(c, i, &nn, &k);
+            if (plan.quantize[i]) imat[i] = calloc(k, sizeof(float));
+        }
+        forward_all(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn ? imat : NULL);
+        if (r->a->iters > 0) {
+            ar_signround_opts o;
+            ar_signround_defaults(&o);
+            o.iters = r->a->iters; o.lr = (float)r->a->lr; o.minmax_lr = (float)r->a->minmax_lr;
+            o.batch_size = r->a->batch_size; o.grad_accum = r->a->gas; o.seed = (uint64_t)r->a->seed + layer;
+            o.minmax_tuning = !r->a->disable_minmax; o.use_best = !r->a->not_use_best;
+            ar_signround_report rep;
+            progress_ctx pc = {t0, layer, c->n_layers};
+            const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
+            if (ar_signround_tune_block(c, wfp, xin, r->y, r->mask, n, T, &plan, &o, bo.out, &rep, on_iter, &pc))
+                cli_die_lib();
+            r->sec_tune += rep.sec_total;
+            snprintf(extra, sizeof extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
+                     rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
+            if (!r->a->disable_quanted_input) { /* next block's quantized-chain input */
+                ar_block_weights wq = *wfp;
+                for (int i = 0; i < AR_NLINEAR; i++) if (plan.quantize[i]) wq.w[i] = bo.out[i].wq;
+                if (!r->x_q) r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden);
+                forward_all(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL);
+            }
+        } else {
+            for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
+                int nn, k;
+                ar_linear_shape(c, i, &nn, &k);
+                if (imat[i]) ar_imatrix_finalize(imat[i], k, n);
+            }
+            quantize_block_rtn(r, wfp, &plan, opt_rtn ? imat : NULL, &bo);
+        }
+        for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]);
+        uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain: Y becomes the next input */
+    }
+    for (int i = 0; i < AR_NLINEAR; i++)
+        if (plan.quantize[i]) write_layer(r->w, c, layer, i, &schemes[i], &bo.out[i]);
+    outputs_free(&bo);
+    cli_progress_line("block", layer + 1, c->n_layers, t0, extra[0] ? extra : NULL);
+}
+
+static char *meta_json(const tune_run *r, const char *model_abs)
+{
+    const tune_args *a = r->a;
+    cJSON *m = cJSON_CreateObject();
+    cJSON_AddStringToObject(m, "ar", "tune");
+    cJSON_AddNumberToObject(m, "version", 1);
+    cJSON_AddStringToObject(m, "model", model_abs);
+    cJSON_AddStringToObject(m, "scheme", r->sc.def.name);
+    cJSON_AddNumberToObject(m, "bits", r->sc.def.bits);
+    cJSON_AddNumberToObject(m, "group_size", r->sc.def.group_size);
+    cJSON_AddBoolToObject(m, "sym", r->sc.def.sym);
+    cJSON_AddStringToObject(m, "data_type", r->sc.def.data_type);
+    cJSON *t = cJSON_AddObjectToObject(m, "tuning");
+    cJSON_AddNumberToObject(t, "iters", r->d ? a->iters : 0);
+    if (r->d) {
+        cJSON_AddNumberToObject(t, "nsamples", r->d->n);
+        cJSON_AddNumberToObject(t, "seqlen", r->d->T);
+        cJSON_AddNumberToObject(t, "batch_size", a->batch_size);
+        cJSON_AddNumberToObject(t, "gradient_accumulate_steps", a->gas);
+        if (a->lr > 0) cJSON_AddNumberToObject(t, "lr", a->lr);
+        if (a->minmax_lr > 0) cJSON_AddNumberToObject(t, "minmax_lr", a->minmax_lr);
+        cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);
+        cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
+        cJSON_AddNumberToObject(t, "seed", (double)a->seed);
+    }
+    cJSON_AddStringToObject(t, "method", !r->d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
+                                         : a->iters == 0 ? "opt_rtn" : "signround");
+    char *txt = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    return txt;
+}
+
+static void setup_scheme(tune_run *r)
+{
+    if (ar_scheme_preset(&r->sc.def, r->a->scheme)) cli_usage_error("%s", ar_last_error());
+    if (ar_scheme_override(&r->sc.def, r->a->bits, r->a->group_size, r->a->sym)) cli_usage_error("%s", ar_last_error());
+    if (r->a->layer_config && !(r->sc.lc = ar_layer_config_load(r->a->layer_config))) cli_die_lib();
+}
+
+/* Keep the first nsamples samples when fewer are asked for than the stream holds. */
+static void limit_samples(calib_data *d, int nsamples, int seqlen)
+{
+    if (seqlen > 0 && seqlen != d->T)
+        cli_die("--seqlen %d does not match the calibration stream's %d (rerun ar-calib)", seqlen, d->T);
+    if (nsamples > 0 && nsamples < d->n) d->n = nsamples;
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("ar-tune");
+    tune_args a = parse_args(argc, argv);
+    apply_recipe(&a);
+    tune_run r = {0};
+    r.a = &a;
+    setup_scheme(&r);
+    calib_data d;
+    /* A stream comes from -i, or from standard input when no --model is given;
+     * --model alone means zero-shot RTN. */
+    if (!a.in && !a.model && isatty(0))
+        cli_usage_error("give a calibration stream (-i FILE or a pipe) or --model DIR for plain RTN");
+    if (a.in || !a.model) {
+        read_calib(a.in, &d);
+        limit_samples(&d, a.nsamples, a.seqlen);
+        r.d = &d;
+        if (!a.model) a.model = d.model;
+        if (!a.model) cli_die("the calibration stream names no model; give --model DIR");
+        check_digest(&d, a.model);
+    } else if (a.iters > 0) {
+        a.iters = 0; /* no data: plain RTN, as AutoRound's zero-shot path */
+        if (cli_progress) fprintf(stderr, "ar-tune: no calibration stream: plain RTN\n");
+    }
+    r.m = ar_model_open(a.model, 0);
+    if (!r.m) cli_die_lib();
+    r.c = ar_model_config(r.m);
+    if (r.d) {
+        if (d.C != r.c->hidden) cli_die("calibration hidden size %d does not match the model's %d", d.C, r.c->hidden);
+        r.x_fp = d.hidden;
+        r.y = malloc(sizeof(uint16_t) * (size_t)d.n * d.T * d.C);
+        r.mask = malloc((size_t)d.n * d.T);
+        if (!r.y || !r.mask) cli_die("out of memory for the activation cache");
+        ar_default_mask(r.mask, d.n, d.T);
+    }
+    char model_abs[PATH_MAX];
+    if (!realpath(a.model, model_abs)) snprintf(model_abs, sizeof model_abs, "%s", a.model);
+    FILE *f = cli_out_open(a.out, 1);
+    r.w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
+    char *meta = meta_json(&r, model_abs);
+    if (!r.w || ar_stream_write_meta(r.w, meta)) cli_die_lib();
+    free(meta);
+    ar_block_weights wfp;
+    if (ar_block_weights_alloc(&wfp, r.c)) cli_die_lib();
+    double t0 = cli_now();
+    for (int layer = 0; layer < r.c->n_layers; layer++) {
+        if (ar_model_load_block(r.m, layer, &wfp)) cli_die_lib();
+        tune_one_block(&r, layer, &wfp, t0);
+    }
+    if (ar_stream_writer_close(r.w)) cli_die_lib();
+    cli_out_commit(f);
+    if (cli_progress) fprintf(stderr, "ar-tune: done in %.1fs\n", cli_now() - t0);
+    ar_block_weights_free(&wfp);
+    ar_model_close(r.m);
+    return 0;
+}
