@@ -229,9 +229,15 @@ void ar_rope_backward(float *d, const float *cos_t, const float *sin_t, int B, i
  * FLOPs at T=512) while keeping every product one sgemm. */
 enum { ATT_BLOCK = 128 };
 
+/* Floats of per-thread scratch: one row block of P or dP, [min(T, ATT_BLOCK), T]. */
+static long thread_scratch(int T)
+{
+    return (long)(T < ATT_BLOCK ? T : ATT_BLOCK) * T;
+}
+
 long ar_attention_scratch(int T)
 {
-    return (long)omp_get_max_threads() * T * T;
+    return omp_get_max_threads() * thread_scratch(T);
 }
 
 /* First key visible to query t. */
@@ -257,36 +263,41 @@ static void causal_softmax_row(float *row, int t, int T, int window)
     for (int s = t + 1; s < T; s++) row[s] = 0;
 }
 
-/* One (sequence, query head): P [T, T] = softmax(scale Q K^T), out = P V.
- * qh/out rows have stride qs, kh/vh rows stride ks. */
-static void attention_head(float *out, float *P, const float *qh, const float *kh,
-                           const float *vh, int T, int HD, long qs, long ks, int window)
+/* Query rows [i0, i0 + m) of one (sequence, query head): P rows = softmax of
+ * scale Q K^T over keys [0, i0 + m), out rows = P V. P points at the block's
+ * first row, leading dimension T. qh/out rows have stride qs, kh/vh ks. */
+static void attention_rows(float *out, float *P, const float *qh, const float *kh,
+                           const float *vh, int i0, int m, int T, int HD, long qs,
+                           long ks, int window)
 {
     float scale = 1.0f / sqrtf((float)HD);
-    for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
-        int m = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + m;
-        float *Pb = P + (long)i0 * T;
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, scale,
-                    qh + i0 * qs, qs, kh, ks, 0.0f, Pb, T);
-        for (int t = i0; t < n; t++) causal_softmax_row(P + (long)t * T, t, T, window);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HD, n, 1.0f, Pb, T,
-                    vh, ks, 0.0f, out + i0 * qs, qs);
-    }
+    int n = i0 + m;
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, scale, qh + i0 * qs,
+                qs, kh, ks, 0.0f, P, T);
+    for (int t = i0; t < n; t++) causal_softmax_row(P + (long)(t - i0) * T, t, T, window);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HD, n, 1.0f, P, T, vh, ks,
+                0.0f, out + i0 * qs, qs);
 }
 
 void ar_attention_forward(float *out, float *att, int save, const float *q,
                           const float *k, const float *v, int B, int T, int NH,
                           int NKV, int HD, int window)
 {
-    int group = NH / NKV, nb = blas_threads_begin();
+    int group = NH / NKV, nblk = (T + ATT_BLOCK - 1) / ATT_BLOCK;
     long qs = (long)NH * HD, ks = (long)NKV * HD; /* row strides */
+    int nb = blas_threads_begin();
+    /* One task per (sequence, head, row block): enough tasks to fill the
+     * cores even at B=1; within a head the costly late blocks go first. */
 #pragma omp parallel for schedule(dynamic)
-    for (int bh = 0; bh < B * NH; bh++) {
-        int b = bh / NH, h = bh % NH;
-        float *P = att + (save ? (long)bh : (long)omp_get_thread_num()) * T * T;
+    for (long task = 0; task < (long)B * NH * nblk; task++) {
+        int bh = (int)(task / nblk), blk = nblk - 1 - (int)(task % nblk);
+        int b = bh / NH, h = bh % NH, i0 = blk * ATT_BLOCK;
+        int m = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK;
+        float *P = save ? att + ((long)bh * T + i0) * T
+                        : att + omp_get_thread_num() * thread_scratch(T);
         long qo = (long)b * T * qs + (long)h * HD;
         long kv = (long)b * T * ks + (long)(h / group) * HD;
-        attention_head(out + qo, P, q + qo, k + kv, v + kv, T, HD, qs, ks, window);
+        attention_rows(out + qo, P, q + qo, k + kv, v + kv, i0, m, T, HD, qs, ks, window);
     }
     blas_threads_end(nb);
 }
@@ -301,7 +312,7 @@ static void softmax_backward_row(float *d, const float *p, int t, float scale)
 }
 
 /* Backward of one (sequence, query head), accumulating dq, dk, dv; dP is
- * [T, T] scratch. Block [i0, i1) of query rows touches keys [0, i1) only. */
+ * thread_scratch(T) floats. Query rows [i0, i1) touch keys [0, i1) only. */
 static void attention_head_backward(float *dq, float *dk, float *dv, float *dP,
                                     const float *dout, const float *P,
                                     const float *qh, const float *kh,
@@ -341,7 +352,7 @@ void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
 #pragma omp parallel for schedule(dynamic)
     for (int bg = 0; bg < B * NKV; bg++) {
         int b = bg / NKV, g = bg % NKV;
-        float *dP = scratch + (long)omp_get_thread_num() * T * T;
+        float *dP = scratch + omp_get_thread_num() * thread_scratch(T);
         long kv = (long)b * T * ks + (long)g * HD;
         for (int h = g * group; h < (g + 1) * group; h++) {
             long qo = (long)b * T * qs + (long)h * HD;

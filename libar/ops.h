@@ -73,7 +73,9 @@ void ar_attention_forward(float *out, float *att, int save, const float *q,
                           int NKV, int HD, int window);
 
 /* Floats of scratch that ar_attention_forward (save == 0) and
- * ar_attention_backward need for sequences of T tokens. */
+ * ar_attention_backward need for sequences of T tokens: one row block of
+ * min(T, 128) x T per OpenMP thread, counted with omp_get_max_threads(), so
+ * do not raise the OpenMP thread count after allocating. */
 long ar_attention_scratch(int T);
 
 /* Given dout [B, T, NH, HD] and the saved att [B, NH, T, T]:

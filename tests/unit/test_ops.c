@@ -419,6 +419,7 @@ static void d_attention_backward(const att_ctx *c, const double *dout, double *d
  * backward, plus (small shapes) finite differences. */
 static void check_attention(int B, int T, int NH, int NKV, int HD, int window, int fd)
 {
+    omp_set_num_threads(3); /* per-thread scratch slices, even on 1-2 cores */
     int NQ = B * T * NH * HD, NK = B * T * NKV * HD;
     float *q = malloc(4 * NQ), *k = malloc(4 * NK), *v = malloc(4 * NK);
     float *out = malloc(4 * NQ), *dout = malloc(4 * NQ);
