@@ -377,6 +377,24 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
     cli_progress_line("block", layer + 1, c->n_layers, t0, extra[0] ? extra : NULL);
 }
 
+/* 1 when some layer will get other bits than the default scheme (the auto_round
+ * exporter picks its asym layout from this before seeing any layer). */
+static int plan_is_mixed(const tune_run *r)
+{
+    for (int layer = 0; layer < r->c->n_layers; layer++)
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            char name[256];
+            int n, k;
+            ar_scheme s;
+            ar_linear_shape(r->c, i, &n, &k);
+            snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+            ar_layer_info info = {0, 0, 0};
+            if (ar_scheme_for_layer(&r->sc.def, r->sc.lc, name, n, k, &info, &s)) cli_die_lib();
+            if (ar_scheme_quantized(&s) && s.bits != r->sc.def.bits) return 1;
+        }
+    return 0;
+}
+
 static char *meta_json(const tune_run *r, const char *model_abs)
 {
     const tune_args *a = r->a;
@@ -389,6 +407,7 @@ static char *meta_json(const tune_run *r, const char *model_abs)
     cJSON_AddNumberToObject(m, "group_size", r->sc.def.group_size);
     cJSON_AddBoolToObject(m, "sym", r->sc.def.sym);
     cJSON_AddStringToObject(m, "data_type", r->sc.def.data_type);
+    cJSON_AddBoolToObject(m, "mixed_bits", plan_is_mixed(r));
     cJSON *t = cJSON_AddObjectToObject(m, "tuning");
     cJSON_AddNumberToObject(t, "iters", r->d ? a->iters : 0);
     if (r->d) {

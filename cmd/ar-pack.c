@@ -1,0 +1,244 @@
+/* ar-pack — read ar-tune's stream of quantized layers and write model folders
+ * that other programs load: auto_round, auto_gptq, auto_awq, fake (HF
+ * safetensors folders) and gguf:<type> (one llama.cpp file). A comma list
+ * writes several outputs in one pass: OUT for a single format, OUT/<format>
+ * for several. Every output is written under a temporary name and renamed when
+ * complete. */
+#include "cli.h"
+#include "error.h"
+#include "export.h"
+#include "pack_gguf.h"
+#include "stream.h"
+#include <cJSON.h>
+#include <errno.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char usage[] =
+    "usage: ar-pack [-i STREAM|-] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
+    "F: auto_round (default), auto_gptq, auto_awq, fake, gguf:<type> (q4_0, q4_1, q5_0, q5_1, q8_0,\n"
+    "   q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k).\n"
+    "Reads ar-tune's stream (ar-stream(5)) from standard input or -i.\n";
+
+enum { MAX_FORMATS = 8 };
+
+typedef struct {
+    const char *in, *out, *model, *formats, *shard;
+} pack_args;
+
+static pack_args parse_args(int argc, char **argv)
+{
+    pack_args a = {NULL, NULL, NULL, "auto_round", NULL};
+    for (int i = 1; i < argc; i++) {
+        const char *v, *s = argv[i];
+        if (!strcmp(s, "--help") || !strcmp(s, "-h")) { fputs(usage, stdout); exit(0); }
+        else if (cli_common_flag(s)) continue;
+        else if ((v = cli_value(argc, argv, &i, "-i")) || (v = cli_value(argc, argv, &i, "--input"))) a.in = v;
+        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output_dir"))) a.out = v;
+        else if ((v = cli_value(argc, argv, &i, "--format"))) a.formats = v;
+        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
+        else if ((v = cli_value(argc, argv, &i, "--max_shard_size"))) a.shard = v;
+        else cli_usage_error("unknown argument '%s'", s);
+    }
+    if (!a.out) cli_usage_error("-o DIR is required");
+    if (!a.in && isatty(0)) cli_usage_error("give ar-tune's stream on standard input or with -i FILE");
+    return a;
+}
+
+/* The stream's global scheme, from ar-tune's META record. */
+typedef struct {
+    char model[4096], scheme[64], data_type[32];
+    int bits, group_size, sym, mixed_bits;
+    char *tuning_json;
+} tune_meta;
+
+static int json_int(cJSON *o, const char *k, int def)
+{
+    cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
+    return cJSON_IsNumber(v) ? v->valueint : cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
+}
+
+static void parse_meta(const char *json, tune_meta *m, const char *src)
+{
+    cJSON *o = cJSON_Parse(json);
+    cJSON *ar = cJSON_GetObjectItemCaseSensitive(o, "ar");
+    if (!cJSON_IsString(ar) || strcmp(ar->valuestring, "tune"))
+        cli_die("%s: not an ar-tune stream (META \"ar\" is not \"tune\")", src);
+    cJSON *v;
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "model"))) snprintf(m->model, sizeof m->model, "%s", v->valuestring);
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "scheme"))) snprintf(m->scheme, sizeof m->scheme, "%s", v->valuestring);
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "data_type"))) snprintf(m->data_type, sizeof m->data_type, "%s", v->valuestring);
+    m->bits = json_int(o, "bits", 4);
+    m->group_size = json_int(o, "group_size", 128);
+    m->sym = json_int(o, "sym", 1);
+    m->mixed_bits = json_int(o, "mixed_bits", 0);
+    cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tuning");
+    m->tuning_json = t ? cJSON_PrintUnformatted(t) : NULL;
+    cJSON_Delete(o);
+}
+
+/* One output being written. */
+typedef struct {
+    char name[64], dir[4096];
+    ar_export *hf;            /* HF folder formats */
+    ar_pack_gguf *gguf;       /* gguf:<type> */
+} output;
+
+static void open_outputs(const pack_args *a, const tune_meta *m, output *outs, int *nout)
+{
+    char list[512];
+    snprintf(list, sizeof list, "%s", a->formats);
+    int n = 0;
+    for (char *save, *f = strtok_r(list, ",", &save); f; f = strtok_r(NULL, ",", &save)) {
+        if (n == MAX_FORMATS) cli_usage_error("--format: at most %d formats", MAX_FORMATS);
+        output *o = &outs[n++];
+        memset(o, 0, sizeof *o);
+        snprintf(o->name, sizeof o->name, "%s", f);
+        for (char *p = o->name; *p; p++) *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
+        if (strchr(a->formats, ',')) {
+            char safe[64];
+            snprintf(safe, sizeof safe, "%s", o->name);
+            for (char *p = safe; *p; p++) if (*p == ':') *p = '-';
+            snprintf(o->dir, sizeof o->dir, "%s/%s", a->out, safe);
+        } else snprintf(o->dir, sizeof o->dir, "%s", a->out);
+    }
+    if (n > 1 && mkdir(a->out, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", a->out, strerror(errno));
+    for (int i = 0; i < n; i++) {
+        output *o = &outs[i];
+        if (!strncmp(o->name, "gguf:", 5)) {
+            o->gguf = ar_pack_gguf_open(m->model, o->dir, o->name + 5, m->scheme);
+            if (!o->gguf) cli_die_lib();
+            continue;
+        }
+        ar_export_opts eo = {o->name, m->bits, m->group_size, m->sym, m->mixed_bits, 0, m->tuning_json};
+        if (a->shard && ar_parse_size(a->shard, &eo.max_shard_bytes))
+            cli_usage_error("--max_shard_size: %s", ar_last_error());
+        o->hf = ar_export_open(m->model, o->dir, &eo);
+        if (!o->hf) cli_die_lib();
+    }
+    *nout = n;
+}
+
+static void abort_outputs(output *outs, int n)
+{
+    for (int i = 0; i < n; i++) {
+        ar_export_abort(outs[i].hf);
+        ar_pack_gguf_abort(outs[i].gguf);
+        outs[i].hf = NULL;
+        outs[i].gguf = NULL;
+    }
+}
+
+static output *g_outs;
+static int g_nout;
+static void cleanup_at_exit(void) { abort_outputs(g_outs, g_nout); }
+
+/* A layer assembled from its qweight/scale/zp records. */
+typedef struct {
+    char name[256];
+    int n, k, bits, group_size, sym;
+    uint8_t *codes;
+    float *scale;
+    int32_t *zp;
+} layer_buf;
+
+static void layer_reset(layer_buf *l)
+{
+    free(l->codes); free(l->scale); free(l->zp);
+    memset(l, 0, sizeof *l);
+}
+
+static void flush_layer(layer_buf *l, output *outs, int nout, const char *src)
+{
+    if (!l->name[0]) return;
+    if (!l->codes || !l->scale) cli_die("%s: layer %s lacks its qweight or scale record", src, l->name);
+    ar_qlayer q = {l->name, l->n, l->k, l->bits, l->group_size, l->sym, l->codes, l->scale, l->sym ? NULL : l->zp, NULL};
+    for (int i = 0; i < nout; i++) {
+        int rc = outs[i].hf ? ar_export_layer(outs[i].hf, &q) : ar_pack_gguf_layer(outs[i].gguf, &q);
+        if (rc) cli_die_lib();
+    }
+    layer_reset(l);
+}
+
+/* Split "model.layers.0.mlp.up_proj.qweight" into layer and field. */
+static const char *split_field(const char *name, char *layer, size_t cap)
+{
+    const char *dot = strrchr(name, '.');
+    if (!dot || (size_t)(dot - name) >= cap) return NULL;
+    memcpy(layer, name, dot - name);
+    layer[dot - name] = 0;
+    return dot + 1;
+}
+
+static void read_layer_record(ar_stream_reader *r, const ar_record *rec, layer_buf *l, output *outs, int nout,
+                              const char *src)
+{
+    char layer[256];
+    const char *field = split_field(rec->name, layer, sizeof layer);
+    if (!field) cli_die("%s: unexpected record '%s'", src, rec->name);
+    if (strcmp(layer, l->name)) {
+        flush_layer(l, outs, nout, src);
+        snprintf(l->name, sizeof l->name, "%s", layer);
+    }
+    if (!strcmp(field, "qweight")) {
+        if (rec->dtype != AR_U8 || rec->ndim != 2) cli_die("%s: %s must be u8 [N, K]", src, rec->name);
+        cJSON *at = cJSON_Parse(rec->json);
+        l->n = (int)rec->shape[0]; l->k = (int)rec->shape[1];
+        l->bits = json_int(at, "bits", 0);
+        l->group_size = json_int(at, "group_size", 0);
+        l->sym = json_int(at, "sym", 1);
+        cJSON_Delete(at);
+        l->codes = ar_stream_read_payload(r);
+    } else if (!strcmp(field, "scale")) {
+        if (rec->dtype != AR_F32 || rec->ndim != 2) cli_die("%s: %s must be f32 [N, groups]", src, rec->name);
+        l->scale = ar_stream_read_payload(r);
+    } else if (!strcmp(field, "zp")) {
+        if (rec->dtype != AR_I32 || rec->ndim != 2) cli_die("%s: %s must be i32 [N, groups]", src, rec->name);
+        l->zp = ar_stream_read_payload(r);
+    } else cli_die("%s: unexpected record '%s'", src, rec->name);
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("ar-pack");
+    pack_args a = parse_args(argc, argv);
+    const char *src = !a.in || !strcmp(a.in, "-") ? "<stdin>" : a.in;
+    FILE *f = !a.in || !strcmp(a.in, "-") ? stdin : fopen(a.in, "rb");
+    if (!f) cli_die("%s: cannot open: %s", a.in, strerror(errno));
+    ar_stream_reader *r = ar_stream_reader_open(f, src);
+    if (!r) cli_die_lib();
+    ar_record rec;
+    int rc = ar_stream_next(r, &rec);
+    if (rc < 0) cli_die_lib();
+    if (rc == 0 || rec.kind != AR_REC_META) cli_die("%s: stream does not start with ar-tune's META record", src);
+    tune_meta m = {0};
+    parse_meta(rec.json, &m, src);
+    if (a.model) snprintf(m.model, sizeof m.model, "%s", a.model);
+    output outs[MAX_FORMATS];
+    int nout = 0;
+    open_outputs(&a, &m, outs, &nout);
+    g_outs = outs; g_nout = nout;
+    atexit(cleanup_at_exit);
+    layer_buf l = {0};
+    double t0 = cli_now();
+    int nlayers = 0;
+    while ((rc = ar_stream_next(r, &rec)) == 1) {
+        if (rec.kind != AR_REC_TENSOR) continue;
+        read_layer_record(r, &rec, &l, outs, nout, src);
+        if (!strcmp(strrchr(rec.name, '.') + 1, "qweight") && ++nlayers % 7 == 0)
+            cli_progress_line("layers", nlayers, nlayers, t0, NULL);
+    }
+    if (rc < 0) cli_die_lib();
+    flush_layer(&l, outs, nout, src);
+    for (int i = 0; i < nout; i++) {
+        int frc = outs[i].hf ? ar_export_finish(outs[i].hf) : ar_pack_gguf_finish(outs[i].gguf);
+        if (frc) cli_die_lib();
+        outs[i].hf = NULL; outs[i].gguf = NULL;
+        if (cli_progress) fprintf(stderr, "ar-pack: wrote %s\n", outs[i].dir);
+    }
+    ar_stream_reader_close(r);
+    free(m.tuning_json);
+    return 0;
+}
