@@ -5,7 +5,7 @@ Writes tests/fixtures/models/<name>/{config.json, model.safetensors, reference.j
 for the architectures ar's forward supports beyond plain Llama (Qwen2 with q/k/v
 bias and linear RoPE, Qwen3 with QK-norm and head_dim != hidden/heads, Mistral
 with a sliding window shorter than the sequence, Llama with llama3 RoPE and
-attention/MLP biases). Weights are random (fixed seed) but scaled so that every
+attention/MLP biases, saved in three shards with an index). Weights are random (fixed seed) but scaled so that every
 part of the block changes the logits noticeably; norms and biases are
 randomized too. Reference logits come from transformers in float32 (eager
 attention) for a fixed id sequence.
@@ -72,7 +72,9 @@ def make(name, out_root):
     model = model.to(dtype)
     out = os.path.join(out_root, name)
     os.makedirs(out, exist_ok=True)
-    model.save_pretrained(out, safe_serialization=True)
+    # llama3 is written in shards, to test model.safetensors.index.json.
+    shard = "100KB" if name == "llama3" else "1GB"
+    model.save_pretrained(out, safe_serialization=True, max_shard_size=shard)
     for extra_file in ("generation_config.json",):
         path = os.path.join(out, extra_file)
         if os.path.exists(path):
@@ -93,7 +95,7 @@ def make(name, out_root):
     }
     with open(os.path.join(out, "reference.json"), "w") as f:
         json.dump(ref, f, indent=0)
-    size = os.path.getsize(os.path.join(out, "model.safetensors"))
+    size = sum(os.path.getsize(os.path.join(out, f)) for f in os.listdir(out) if f.endswith(".safetensors"))
     print(f"{name}: {size} bytes, logits range {logits.min():.2f}..{logits.max():.2f}")
 
 
