@@ -5,9 +5,9 @@ Writes tests/fixtures/models/<name>/{config.json, model.safetensors, reference.j
 for the architectures ar's forward supports beyond plain Llama (Qwen2 with q/k/v
 bias and linear RoPE, Qwen3 with QK-norm and head_dim != hidden/heads, Mistral
 with a sliding window shorter than the sequence, Llama with llama3 RoPE and
-attention/MLP biases, saved in three shards with an index). Weights are random (fixed seed) but scaled so that every
-part of the block changes the logits noticeably; norms and biases are
-randomized too. Reference logits come from transformers in float32 (eager
+attention/MLP biases, saved in three shards with an index). Weights are
+random (fixed seed) but scaled so that every part of the block changes the
+logits noticeably; norms and biases are randomized too. Reference logits come from transformers in float32 (eager
 attention) for a fixed id sequence.
 
 Usage: build/venv/bin/python tools/gen_model_fixtures.py [OUTDIR]
