@@ -67,7 +67,8 @@ int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int 
     alloc_f(&ws->k, BT * KD, &fail), alloc_f(&ws->v, BT * KD, &fail);
     alloc_f(&ws->gate, BT * F, &fail), alloc_f(&ws->up, BT * F, &fail);
     alloc_f(&ws->rstd, BT * c->n_heads, &fail);
-    alloc_f(&ws->att, ar_attention_scratch(T), &fail);
+    alloc_f(&ws->att, train ? ar_attention_backward_scratch(B, T, c->n_heads, c->head_dim)
+                            : ar_attention_scratch(T), &fail);
     if (train) {
         alloc_f(&ws->dact, BT * F, &fail), alloc_f(&ws->dgate, BT * F, &fail);
         alloc_f(&ws->dup, BT * F, &fail);

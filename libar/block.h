@@ -31,9 +31,10 @@ void ar_linear_shape(const ar_config *c, int i, int *n_out, int *k_in);
  * sequences of up to T tokens and reused across calls (treat as opaque).
  * Sizes in floats, BT = B*T, QD = NH*HD, KD = NKV*HD:
  *   rope cos/sin 2 * T*HD/2, ln/h 2 * BT*C, q/ao 2 * BT*QD, k/v 2 * BT*KD,
- *   gate/up 2 * BT*F, rstd BT*NH, attention scratch T*T;
+ *   gate/up 2 * BT*F, rstd BT*NH, attention scratch min(T, 128)*T per thread;
  * with train, for ar_block_backward also: dact/dgate/dup 3 * BT*F,
- *   dln/dh 2 * BT*C, dao/dq/dqn 3 * BT*QD, dk/dv/dkn 3 * BT*KD. */
+ *   dln/dh 2 * BT*C, dao/dq/dqn 3 * BT*QD, dk/dv/dkn 3 * BT*KD, and
+ *   2 * BT*QD more attention scratch (per-head partial dK, dV). */
 typedef struct {
     int B, T, train;
     float *cos_t, *sin_t;

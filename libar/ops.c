@@ -311,9 +311,10 @@ static void softmax_backward_row(float *d, const float *p, int t, float scale)
     for (int s = 0; s <= t; s++) d[s] = p[s] * (d[s] - dot) * scale;
 }
 
-/* Backward of one (sequence, query head), accumulating dq, dk, dv; dP is
- * thread_scratch(T) floats. Query rows [i0, i1) touch keys [0, i1) only. */
-static void attention_head_backward(float *dq, float *dk, float *dv, float *dP,
+/* Backward of one (sequence, query head): dq (row stride qs) +=, and this
+ * head's share of dK, dV into pk, pv [T, HD] (+=). dP is thread_scratch(T)
+ * floats. Query rows [i0, i1) touch keys [0, i1) only. */
+static void attention_head_backward(float *dq, float *pk, float *pv, float *dP,
                                     const float *dout, const float *P,
                                     const float *qh, const float *kh,
                                     const float *vh, int T, int HD, long qs, long ks)
@@ -324,7 +325,7 @@ static void attention_head_backward(float *dq, float *dk, float *dv, float *dP,
         const float *Pb = P + (long)i0 * T, *dOb = dout + i0 * qs;
         /* dV += P^T dO;  dP = dO V^T */
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, HD, m, 1.0f, Pb, T, dOb,
-                    qs, 1.0f, dv, ks);
+                    qs, 1.0f, pv, HD);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, 1.0f, dOb, qs, vh,
                     ks, 0.0f, dP, n);
         for (int t = i0; t < n; t++)
@@ -336,8 +337,13 @@ static void attention_head_backward(float *dq, float *dk, float *dv, float *dP,
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HD, n, 1.0f, dP, n, kh,
                     ks, 1.0f, dq + i0 * qs, qs);
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, n, HD, m, 1.0f, dP, n,
-                    qh + i0 * qs, qs, 1.0f, dk, ks);
+                    qh + i0 * qs, qs, 1.0f, pk, HD);
     }
+}
+
+long ar_attention_backward_scratch(int B, int T, int NH, int HD)
+{
+    return ar_attention_scratch(T) + 2L * B * NH * T * HD;
 }
 
 void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
@@ -346,21 +352,30 @@ void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            int NKV, int HD)
 {
     int group = NH / NKV, nb = blas_threads_begin();
-    long qs = (long)NH * HD, ks = (long)NKV * HD;
-    /* Parallel over (sequence, kv head): the query heads of one group add
-     * into the same dk/dv, so they run in turn on one thread. */
+    long qs = (long)NH * HD, ks = (long)NKV * HD, th = (long)T * HD;
+    float *part = scratch + ar_attention_scratch(T); /* [B*NH][2][T, HD] */
+    /* Parallel over (sequence, query head). Heads of one group share dk/dv,
+     * so each writes its own partial dK, dV, summed per group below. */
 #pragma omp parallel for schedule(dynamic)
-    for (int bg = 0; bg < B * NKV; bg++) {
-        int b = bg / NKV, g = bg % NKV;
+    for (int bh = 0; bh < B * NH; bh++) {
+        int b = bh / NH, h = bh % NH;
         float *dP = scratch + omp_get_thread_num() * thread_scratch(T);
-        long kv = (long)b * T * ks + (long)g * HD;
-        for (int h = g * group; h < (g + 1) * group; h++) {
-            long qo = (long)b * T * qs + (long)h * HD;
-            attention_head_backward(dq + qo, dk + kv, dv + kv, dP, dout + qo,
-                                    att + ((long)b * NH + h) * T * T, q + qo, k + kv,
-                                    v + kv, T, HD, qs, ks);
-        }
+        float *pk = part + 2 * bh * th, *pv = pk + th;
+        long qo = (long)b * T * qs + (long)h * HD;
+        long kv = (long)b * T * ks + (long)(h / group) * HD;
+        memset(pk, 0, sizeof(float) * 2 * th);
+        attention_head_backward(dq + qo, pk, pv, dP, dout + qo, att + (long)bh * T * T,
+                                q + qo, k + kv, v + kv, T, HD, qs, ks);
     }
+#pragma omp parallel for collapse(2) schedule(static)
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++)
+            for (int h = 0; h < NH; h++) {
+                const float *pk = part + 2 * ((long)b * NH + h) * th + (long)t * HD;
+                float *dkr = dk + ((long)b * T + t) * ks + (long)(h / group) * HD;
+                float *dvr = dv + ((long)b * T + t) * ks + (long)(h / group) * HD;
+                for (int i = 0; i < HD; i++) dkr[i] += pk[i], dvr[i] += pk[th + i];
+            }
     blas_threads_end(nb);
 }
 

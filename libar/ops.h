@@ -72,15 +72,20 @@ void ar_attention_forward(float *out, float *att, int save, const float *q,
                           const float *k, const float *v, int B, int T, int NH,
                           int NKV, int HD, int window);
 
-/* Floats of scratch that ar_attention_forward (save == 0) and
- * ar_attention_backward need for sequences of T tokens: one row block of
+/* Floats of scratch that ar_attention_forward (save == 0) needs for
+ * sequences of T tokens: one row block of
  * min(T, 128) x T per OpenMP thread, counted with omp_get_max_threads(), so
  * do not raise the OpenMP thread count after allocating. */
 long ar_attention_scratch(int T);
 
+/* Floats of scratch ar_attention_backward needs: ar_attention_scratch(T)
+ * plus each query head's partial dK, dV (2 * B*NH*T*HD). */
+long ar_attention_backward_scratch(int B, int T, int NH, int HD);
+
 /* Given dout [B, T, NH, HD] and the saved att [B, NH, T, T]:
  * dq [B, T, NH, HD] += , dk, dv [B, T, NKV, HD] +=. scratch has
- * ar_attention_scratch(T) floats. The mask (causal, sliding window) lives in
+ * ar_attention_backward_scratch(B, T, NH, HD) floats. Parallel over
+ * (sequence, query head). The mask (causal, sliding window) lives in
  * the zeros of att, so no window argument is needed. */
 void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            const float *dout, const float *att, const float *q,

@@ -425,7 +425,7 @@ static void check_attention(int B, int T, int NH, int NKV, int HD, int window, i
     float *out = malloc(4 * NQ), *dout = malloc(4 * NQ);
     float *att = malloc(sizeof(float) * B * NH * T * T);
     float *dq = calloc(NQ, 4), *dk = calloc(NK, 4), *dv = calloc(NK, 4);
-    float *scratch = malloc(sizeof(float) * ar_attention_scratch(T));
+    float *scratch = malloc(sizeof(float) * ar_attention_backward_scratch(B, T, NH, HD));
     double *qd = malloc(8 * NQ), *kd = malloc(8 * NK), *vd = malloc(8 * NK);
     double *r = malloc(8 * NQ), *want = malloc(8 * NQ);
     double *wq = calloc(NQ, 8), *wk = calloc(NK, 8), *wv = calloc(NK, 8);
