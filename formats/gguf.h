@@ -128,10 +128,7 @@ void ar_gguf_writer_abort(ar_gguf_writer *w);
 /* llama.cpp architecture name for a config: "llama" (Llama, Mistral), "qwen2", "qwen3". */
 const char *ar_gguf_arch_name(const ar_config *c);
 
-/* Map an HF tensor name to llama.cpp's ("model.layers.3.mlp.down_proj.weight" ->
- * "blk.3.ffn_down.weight"). Returns 1 and fills out, 0 for a tensor llama.cpp
- * does not store (rotary inv_freq), -1 with ar_error for an unknown name. */
-int ar_gguf_map_name(const char *hf_name, char *out, size_t out_size);
+/* HF <-> llama.cpp tensor names: ar_gguf_map_name / ar_gguf_unmap_name (gguf_quant.h). */
 
 /* Permute the rows of a Q or K projection (rows = n_head·head_dim, each row
  * `cols` long; cols = 1 for a bias) from HF's rotate-half layout to llama.cpp's
@@ -149,6 +146,11 @@ int ar_gguf_set_model_metadata(ar_gguf_writer *w, const ar_config *c, const char
 /* Only the tokenizer part of the above. */
 int ar_gguf_set_tokenizer(ar_gguf_writer *w, const char *model_dir);
 
+/* Permute rows of any element size (row_bytes each: floats, or quantized rows,
+ * which ggml stores independently) as ar_gguf_permute_qk does; and back. */
+int ar_gguf_permute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head);
+int ar_gguf_unpermute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head);
+
 /* Importance weights for a tensor (GGUF name, row length ne0): a pointer to
  * ne0 floats, or NULL for none. */
 typedef const float *(*ar_gguf_imatrix_fn)(void *ctx, const char *gguf_name, int64_t ne0);
@@ -158,5 +160,41 @@ typedef const float *(*ar_gguf_imatrix_fn)(void *ctx, const char *gguf_name, int
  * choices of per-tensor type, optional imatrix per tensor). 0 or -1. */
 int ar_gguf_convert_hf(const char *model_dir, const char *out_path, ar_gguf_ftype ftype,
                        ar_gguf_imatrix_fn imatrix, void *imatrix_ctx);
+
+/* ---- The same conversion piece by piece (ar-pack's GGUF output) --------------- */
+
+typedef struct ar_gguf_conv ar_gguf_conv;
+
+/* Start converting model_dir into out_path with mix ftype: reads config.json,
+ * opens the safetensors, sets the metadata and tokenizer (as
+ * ar_gguf_set_model_metadata) and adds Llama 3 RoPE factors. has_imatrix is
+ * the type policy's flag (1 when the tuned tensors used importance matrices).
+ * NULL with ar_error. */
+ar_gguf_conv *ar_gguf_conv_open(const char *model_dir, const char *out_path, ar_gguf_ftype ftype, int has_imatrix);
+
+/* The model's config and the type policy's view of it. */
+const ar_config *ar_gguf_conv_config(const ar_gguf_conv *cv);
+const ar_gguf_model_info *ar_gguf_conv_info(const ar_gguf_conv *cv);
+/* The writer, to set extra metadata keys before finish. */
+ar_gguf_writer *ar_gguf_conv_writer(ar_gguf_conv *cv);
+
+/* The ggml type the mix gives HF tensor hf_name (F32 for norms), or -1 with
+ * ar_error when the model has no such tensor or llama.cpp no name for it. */
+int ar_gguf_conv_type(const ar_gguf_conv *cv, const char *hf_name);
+
+/* Add HF tensor hf_name [n_rows, n_cols] already quantized as type: nbytes of
+ * blocks, rows in HF order (permuted here where llama.cpp's RoPE layout needs
+ * it; the caller's buffer is not modified). -1 with ar_error when the model has
+ * no such 2-D tensor of that shape, the size does not match, or it was added
+ * before. */
+int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type type, int64_t n_rows,
+                            int64_t n_cols, const void *blocks, size_t nbytes);
+
+/* Quantize and add every tensor not added yet (optional imatrix), write the
+ * file and rename it into place. Frees cv in every case. 0 or -1. */
+int ar_gguf_conv_finish(ar_gguf_conv *cv, ar_gguf_imatrix_fn imatrix, void *imatrix_ctx);
+
+/* Give up: remove temporary files and free cv (NULL is fine). */
+void ar_gguf_conv_abort(ar_gguf_conv *cv);
 
 #endif

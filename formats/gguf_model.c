@@ -25,49 +25,45 @@ const char *ar_gguf_arch_name(const ar_config *c)
     }
 }
 
-static const struct { const char *hf, *gguf; } layer_names[] = {
-    {"input_layernorm", "attn_norm"},       {"post_attention_layernorm", "ffn_norm"},
-    {"self_attn.q_proj", "attn_q"},         {"self_attn.k_proj", "attn_k"},
-    {"self_attn.v_proj", "attn_v"},         {"self_attn.o_proj", "attn_output"},
-    {"self_attn.q_norm", "attn_q_norm"},    {"self_attn.k_norm", "attn_k_norm"},
-    {"mlp.gate_proj", "ffn_gate"},          {"mlp.up_proj", "ffn_up"},
-    {"mlp.down_proj", "ffn_down"},
-};
-
-int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
+int ar_gguf_permute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head)
 {
-    int layer, used = 0;
-    if (!strcmp(hf, "model.embed_tokens.weight")) return snprintf(out, out_size, "token_embd.weight") > 0;
-    if (!strcmp(hf, "model.norm.weight")) return snprintf(out, out_size, "output_norm.weight") > 0;
-    if (!strcmp(hf, "lm_head.weight")) return snprintf(out, out_size, "output.weight") > 0;
-    if (sscanf(hf, "model.layers.%d.%n", &layer, &used) == 1 && used > 0) {
-        const char *rest = hf + used;
-        if (strstr(rest, "rotary_emb.inv_freq")) return 0;
-        for (size_t i = 0; i < sizeof layer_names / sizeof layer_names[0]; i++) {
-            size_t n = strlen(layer_names[i].hf);
-            if (!strncmp(rest, layer_names[i].hf, n) && (!strcmp(rest + n, ".weight") || !strcmp(rest + n, ".bias")))
-                return snprintf(out, out_size, "blk.%d.%s%s", layer, layer_names[i].gguf, rest + n) > 0;
-        }
+    if (n_head <= 0 || rows % (2 * n_head)) return ar_error("cannot permute %lld rows into %d heads", (long long)rows, n_head);
+    const int64_t d = rows / n_head, half = d / 2;
+    char *tmp = malloc(row_bytes * (size_t)d);
+    if (!tmp) return ar_error("out of memory");
+    for (int h = 0; h < n_head; h++) {
+        char *head = (char *)rows_data + (size_t)(h * d) * row_bytes;
+        /* new row 2i+k is old row k*half + i */
+        for (int64_t i = 0; i < half; i++)
+            for (int k = 0; k < 2; k++)
+                memcpy(tmp + (size_t)(2 * i + k) * row_bytes, head + (size_t)(k * half + i) * row_bytes, row_bytes);
+        memcpy(head, tmp, row_bytes * (size_t)d);
     }
-    return ar_error("no llama.cpp name for tensor %s", hf);
+    free(tmp);
+    return 0;
+}
+
+int ar_gguf_unpermute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head)
+{
+    if (n_head <= 0 || rows % (2 * n_head)) return ar_error("cannot un-permute %lld rows into %d heads", (long long)rows, n_head);
+    const int64_t d = rows / n_head, half = d / 2;
+    char *tmp = malloc(row_bytes * (size_t)d);
+    if (!tmp) return ar_error("out of memory");
+    for (int h = 0; h < n_head; h++) {
+        char *head = (char *)rows_data + (size_t)(h * d) * row_bytes;
+        /* old row k*half + i comes back from new row 2i+k */
+        for (int64_t i = 0; i < half; i++)
+            for (int k = 0; k < 2; k++)
+                memcpy(tmp + (size_t)(k * half + i) * row_bytes, head + (size_t)(2 * i + k) * row_bytes, row_bytes);
+        memcpy(head, tmp, row_bytes * (size_t)d);
+    }
+    free(tmp);
+    return 0;
 }
 
 int ar_gguf_permute_qk(float *w, int64_t rows, int64_t cols, int n_head)
 {
-    if (n_head <= 0 || rows % (2 * n_head)) return ar_error("cannot permute %lld rows into %d heads", (long long)rows, n_head);
-    const int64_t d = rows / n_head, half = d / 2;
-    float *tmp = malloc(sizeof(float) * (size_t)(d * cols));
-    if (!tmp) return ar_error("out of memory");
-    for (int h = 0; h < n_head; h++) {
-        float *head = w + (int64_t)h * d * cols;
-        /* new row 2i+k is old row k*half + i */
-        for (int64_t i = 0; i < half; i++)
-            for (int k = 0; k < 2; k++)
-                memcpy(tmp + (2 * i + k) * cols, head + (k * half + i) * cols, sizeof(float) * (size_t)cols);
-        memcpy(head, tmp, sizeof(float) * (size_t)(d * cols));
-    }
-    free(tmp);
-    return 0;
+    return ar_gguf_permute_rows(w, rows, sizeof(float) * (size_t)cols, n_head);
 }
 
 /* ---- hyper-parameters --------------------------------------------------------- */
@@ -458,110 +454,3 @@ int ar_gguf_set_tokenizer(ar_gguf_writer *w, const char *model_dir)
     return rc;
 }
 
-/* ---- whole-model conversion ---------------------------------------------------- */
-
-/* Llama 3 RoPE scaling is stored as per-frequency factors (rope_freqs.weight). */
-static int add_llama3_rope_freqs(ar_gguf_writer *w, const ar_config *c)
-{
-    int n = c->head_dim / 2;
-    float *f = malloc(sizeof(float) * (size_t)n);
-    if (!f) return ar_error("out of memory");
-    double lo_wavelen = c->rope_orig_max_pos / c->rope_low_freq_factor;
-    double hi_wavelen = c->rope_orig_max_pos / c->rope_high_freq_factor;
-    for (int i = 0; i < n; i++) {
-        double freq = 1.0 / pow(c->rope_theta, (2.0 * i) / c->head_dim), wavelen = 2 * M_PI / freq;
-        if (wavelen < hi_wavelen) f[i] = 1.f;
-        else if (wavelen > lo_wavelen) f[i] = (float)c->rope_factor;
-        else {
-            double smooth = (c->rope_orig_max_pos / wavelen - c->rope_low_freq_factor) /
-                            (c->rope_high_freq_factor - c->rope_low_freq_factor);
-            f[i] = (float)(1 / ((1 - smooth) / c->rope_factor + smooth));
-        }
-    }
-    int64_t ne[1] = {n};
-    int rc = ar_gguf_writer_add_tensor(w, "rope_freqs.weight", AR_GGML_F32, 1, ne, f, sizeof(float) * (size_t)n);
-    free(f);
-    return rc;
-}
-
-typedef struct {
-    const ar_config   *cfg;
-    ar_gguf_ftype      ftype;
-    ar_gguf_model_info info;
-    ar_gguf_imatrix_fn imatrix;
-    void              *imatrix_ctx;
-} convert_ctx;
-
-static int permute_if_rope(const convert_ctx *cx, const char *gname, float *x, int64_t rows, int64_t cols)
-{
-    if (cx->cfg->arch != AR_ARCH_LLAMA && cx->cfg->arch != AR_ARCH_MISTRAL) return 0;
-    if (strstr(gname, ".attn_q.")) return ar_gguf_permute_qk(x, rows, cols, cx->cfg->n_heads);
-    if (strstr(gname, ".attn_k.")) return ar_gguf_permute_qk(x, rows, cols, cx->cfg->n_kv_heads);
-    return 0;
-}
-
-/* Read, permute, quantize and append one HF tensor. */
-static int convert_tensor(ar_gguf_writer *w, const ar_safetensors *st, const ar_st_tensor *t, const convert_ctx *cx)
-{
-    char gname[256];
-    int m = ar_gguf_map_name(t->name, gname, sizeof gname);
-    if (m <= 0) return m < 0 ? ar_error_prefix(t->file) : 0;
-    if (t->ndim < 1 || t->ndim > 2) return ar_error("%s: tensor %s has %d dimensions", t->file, t->name, t->ndim);
-    int64_t cols = t->shape[t->ndim - 1], rows = t->ndim == 2 ? t->shape[0] : 1;
-    float *x = malloc(sizeof(float) * (size_t)t->numel);
-    if (!x) return ar_error("%s: out of memory", t->name);
-    int rc = ar_st_read_f32(st, t->name, x, (size_t)t->numel);
-    if (!rc) rc = permute_if_rope(cx, gname, x, t->ndim == 2 ? rows : cols, t->ndim == 2 ? cols : 1);
-    ar_ggml_type type = cx->ftype == AR_FTYPE_ALL_F32 ? AR_GGML_F32
-                                                       : ar_gguf_tensor_type(cx->ftype, &cx->info, gname, t->ndim, cols);
-    size_t nbytes = ar_ggml_row_bytes(type, cols) * (size_t)rows;
-    void *q = rc ? NULL : malloc(nbytes);
-    if (!rc && !q) rc = ar_error("%s: out of memory", t->name);
-    const float *imx = cx->imatrix && ar_ggml_is_quantized(type) ? cx->imatrix(cx->imatrix_ctx, gname, cols) : NULL;
-    if (!rc) rc = ar_ggml_quantize(type, x, q, rows, cols, imx);
-    int64_t ne[2] = {cols, rows};
-    if (!rc) rc = ar_gguf_writer_add_tensor(w, gname, type, t->ndim, ne, q, nbytes);
-    free(x);
-    free(q);
-    return rc;
-}
-
-static const char *base_name(const char *dir)
-{
-    size_t n = strlen(dir);
-    while (n > 1 && dir[n - 1] == '/') n--;
-    const char *s = dir + n;
-    while (s > dir && s[-1] != '/') s--;
-    return s;
-}
-
-static int convert_all(ar_gguf_writer *w, const ar_safetensors *st, convert_ctx *cx, const char *model_dir)
-{
-    char name[256];
-    snprintf(name, sizeof name, "%s", base_name(model_dir));
-    char *slash = strchr(name, '/');
-    if (slash) *slash = 0;
-    if (ar_gguf_set_model_metadata(w, cx->cfg, model_dir, name, cx->ftype)) return -1;
-    if (cx->cfg->rope_type == AR_ROPE_LLAMA3 && add_llama3_rope_freqs(w, cx->cfg)) return -1;
-    for (size_t i = 0; i < ar_st_count(st); i++)
-        if (convert_tensor(w, st, ar_st_at(st, i), cx)) return -1;
-    return 0;
-}
-
-int ar_gguf_convert_hf(const char *model_dir, const char *out_path, ar_gguf_ftype ftype,
-                       ar_gguf_imatrix_fn imatrix, void *imatrix_ctx)
-{
-    ar_config cfg;
-    if (ar_config_load(&cfg, model_dir)) return -1;
-    ar_safetensors *st = ar_st_open_dir(model_dir);
-    if (!st) return -1;
-    convert_ctx cx = {.cfg = &cfg, .ftype = ftype, .imatrix = imatrix, .imatrix_ctx = imatrix_ctx};
-    cx.info = (ar_gguf_model_info){.n_layers = cfg.n_layers, .n_gqa = cfg.n_heads / (cfg.n_kv_heads ? cfg.n_kv_heads : 1),
-                                   .has_output = ar_st_find(st, "lm_head.weight") != NULL,
-                                   .has_imatrix = imatrix != NULL};
-    ar_gguf_writer *w = ar_gguf_writer_open(out_path);
-    int rc = w ? convert_all(w, st, &cx, model_dir) : -1;
-    if (w) rc = rc ? (ar_gguf_writer_abort(w), -1) : ar_gguf_writer_finish(w);
-    ar_st_close(st);
-    return rc;
-}

@@ -1084,3 +1084,60 @@ ar_ggml_type ar_gguf_tensor_type(ar_gguf_ftype f, const ar_gguf_model_info *m, c
     }
     return shape_fallback(t, ne0);
 }
+
+/* ---- tensor names ---------------------------------------------------------- */
+
+/* Per-layer tensors: HF sub-module name and llama.cpp's. */
+static const struct { const char *hf, *gguf; } layer_names[] = {
+    {"input_layernorm", "attn_norm"},       {"post_attention_layernorm", "ffn_norm"},
+    {"self_attn.q_proj", "attn_q"},         {"self_attn.k_proj", "attn_k"},
+    {"self_attn.v_proj", "attn_v"},         {"self_attn.o_proj", "attn_output"},
+    {"self_attn.q_norm", "attn_q_norm"},    {"self_attn.k_norm", "attn_k_norm"},
+    {"mlp.gate_proj", "ffn_gate"},          {"mlp.up_proj", "ffn_up"},
+    {"mlp.down_proj", "ffn_down"},
+};
+enum { N_LAYER_NAMES = sizeof layer_names / sizeof layer_names[0] };
+
+/* Whole-model tensors. */
+static const struct { const char *hf, *gguf; } model_names[] = {
+    {"model.embed_tokens.weight", "token_embd.weight"},
+    {"model.norm.weight", "output_norm.weight"},
+    {"lm_head.weight", "output.weight"},
+};
+enum { N_MODEL_NAMES = sizeof model_names / sizeof model_names[0] };
+
+/* ".weight" or ".bias" */
+static int is_param_suffix(const char *s) { return !strcmp(s, ".weight") || !strcmp(s, ".bias"); }
+
+int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
+{
+    int layer, used = 0;
+    for (int i = 0; i < N_MODEL_NAMES; i++)
+        if (!strcmp(hf, model_names[i].hf)) return snprintf(out, out_size, "%s", model_names[i].gguf) > 0;
+    if (sscanf(hf, "model.layers.%d.%n", &layer, &used) == 1 && used > 0) {
+        const char *rest = hf + used;
+        if (strstr(rest, "rotary_emb.inv_freq")) return 0;
+        for (int i = 0; i < N_LAYER_NAMES; i++) {
+            size_t n = strlen(layer_names[i].hf);
+            if (!strncmp(rest, layer_names[i].hf, n) && is_param_suffix(rest + n))
+                return snprintf(out, out_size, "blk.%d.%s%s", layer, layer_names[i].gguf, rest + n) > 0;
+        }
+    }
+    return ar_error("no llama.cpp name for tensor %s", hf);
+}
+
+int ar_gguf_unmap_name(const char *gguf, char *out, size_t out_size)
+{
+    int layer, used = 0;
+    for (int i = 0; i < N_MODEL_NAMES; i++)
+        if (!strcmp(gguf, model_names[i].gguf)) return snprintf(out, out_size, "%s", model_names[i].hf) > 0;
+    if (sscanf(gguf, "blk.%d.%n", &layer, &used) == 1 && used > 0) {
+        const char *rest = gguf + used;
+        for (int i = 0; i < N_LAYER_NAMES; i++) {
+            size_t n = strlen(layer_names[i].gguf);
+            if (!strncmp(rest, layer_names[i].gguf, n) && is_param_suffix(rest + n))
+                return snprintf(out, out_size, "model.layers.%d.%s%s", layer, layer_names[i].hf, rest + n) > 0;
+        }
+    }
+    return 0;
+}

@@ -132,4 +132,16 @@ typedef struct {
 ar_ggml_type ar_gguf_tensor_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const char *name,
                                  int n_dims, int64_t ne0);
 
+/* ---- Tensor names ------------------------------------------------------------ */
+
+/* Map an HF tensor name to llama.cpp's ("model.layers.3.mlp.down_proj.weight" ->
+ * "blk.3.ffn_down.weight"). Returns 1 and fills out, 0 for a tensor llama.cpp
+ * does not store (rotary inv_freq), -1 with ar_error for an unknown name. The
+ * type policy above speaks these names, hence the map lives here. */
+int ar_gguf_map_name(const char *hf_name, char *out, size_t out_size);
+
+/* The inverse: llama.cpp's name to HF's. Returns 1 and fills out, or 0 for a
+ * name with no HF counterpart (rope_freqs.weight, unknown tensors); no error set. */
+int ar_gguf_unmap_name(const char *gguf_name, char *out, size_t out_size);
+
 #endif

@@ -1,0 +1,224 @@
+/* gguf_convert.c — a Hugging Face model directory written as one llama.cpp
+ * GGUF file, tensor by tensor: callers may hand over some tensors already
+ * quantized (ar-pack's tuned layers), and the rest is quantized with the mix's
+ * type policy (round to nearest, optional importance matrix) at finish. */
+#include "gguf.h"
+#include "error.h"
+#include "gguf_tune.h"
+#include "safetensors.h"
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+struct ar_gguf_conv {
+    ar_config          cfg;
+    ar_safetensors    *st;
+    ar_gguf_writer    *w;
+    ar_gguf_ftype      ftype;
+    ar_gguf_model_info info;
+    char              *done;        /* [ar_st_count]: 1 once that tensor is in the file */
+    char               model_dir[4096];
+};
+
+/* Llama 3 RoPE scaling is stored as per-frequency factors (rope_freqs.weight). */
+static int add_llama3_rope_freqs(ar_gguf_writer *w, const ar_config *c)
+{
+    int n = c->head_dim / 2;
+    float *f = malloc(sizeof(float) * (size_t)n);
+    if (!f) return ar_error("out of memory");
+    double lo_wavelen = c->rope_orig_max_pos / c->rope_low_freq_factor;
+    double hi_wavelen = c->rope_orig_max_pos / c->rope_high_freq_factor;
+    for (int i = 0; i < n; i++) {
+        double freq = 1.0 / pow(c->rope_theta, (2.0 * i) / c->head_dim), wavelen = 2 * M_PI / freq;
+        if (wavelen < hi_wavelen) f[i] = 1.f;
+        else if (wavelen > lo_wavelen) f[i] = (float)c->rope_factor;
+        else {
+            double smooth = (c->rope_orig_max_pos / wavelen - c->rope_low_freq_factor) /
+                            (c->rope_high_freq_factor - c->rope_low_freq_factor);
+            f[i] = (float)(1 / ((1 - smooth) / c->rope_factor + smooth));
+        }
+    }
+    int64_t ne[1] = {n};
+    int rc = ar_gguf_writer_add_tensor(w, "rope_freqs.weight", AR_GGML_F32, 1, ne, f, sizeof(float) * (size_t)n);
+    free(f);
+    return rc;
+}
+
+/* general.name: the last component of the model directory. */
+static void model_name(const char *dir, char *out, size_t cap)
+{
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    size_t b = n;
+    while (b > 0 && dir[b - 1] != '/') b--;
+    snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+}
+
+/* Heads of the projection a GGUF name belongs to when its rows need llama.cpp's
+ * interleaved RoPE order; 0 when they stay as they are. */
+static int rope_heads(const ar_gguf_conv *cv, const char *gname)
+{
+    if (cv->cfg.arch != AR_ARCH_LLAMA && cv->cfg.arch != AR_ARCH_MISTRAL) return 0;
+    if (strstr(gname, ".attn_q.")) return cv->cfg.n_heads;
+    if (strstr(gname, ".attn_k.")) return cv->cfg.n_kv_heads;
+    return 0;
+}
+
+static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_path, int has_imatrix)
+{
+    if (ar_config_load(&cv->cfg, model_dir)) return -1;
+    if (!(cv->st = ar_st_open_dir(model_dir))) return -1;
+    if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
+    cv->info = ar_gguf_info_for(&cv->cfg, ar_st_find(cv->st, "lm_head.weight") != NULL, has_imatrix);
+    if (!(cv->w = ar_gguf_writer_open(out_path))) return -1;
+    char name[256];
+    model_name(model_dir, name, sizeof name);
+    if (ar_gguf_set_model_metadata(cv->w, &cv->cfg, model_dir, name, cv->ftype)) return -1;
+    if (cv->cfg.rope_type == AR_ROPE_LLAMA3 && add_llama3_rope_freqs(cv->w, &cv->cfg)) return -1;
+    return 0;
+}
+
+ar_gguf_conv *ar_gguf_conv_open(const char *model_dir, const char *out_path, ar_gguf_ftype ftype, int has_imatrix)
+{
+    if (!strcmp(ar_gguf_ftype_name(ftype), "?")) {
+        ar_error("%s: unknown GGUF file type %d", out_path, (int)ftype);
+        return NULL;
+    }
+    ar_gguf_conv *cv = calloc(1, sizeof *cv);
+    if (!cv) { ar_error("out of memory"); return NULL; }
+    cv->ftype = ftype;
+    snprintf(cv->model_dir, sizeof cv->model_dir, "%s", model_dir);
+    if (open_parts(cv, model_dir, out_path, has_imatrix)) {
+        ar_gguf_conv_abort(cv);
+        return NULL;
+    }
+    return cv;
+}
+
+const ar_config *ar_gguf_conv_config(const ar_gguf_conv *cv) { return &cv->cfg; }
+const ar_gguf_model_info *ar_gguf_conv_info(const ar_gguf_conv *cv) { return &cv->info; }
+ar_gguf_writer *ar_gguf_conv_writer(ar_gguf_conv *cv) { return cv->w; }
+
+/* Index of HF tensor name in the safetensors, or -1 with ar_error. */
+static long tensor_index(const ar_gguf_conv *cv, const char *hf_name)
+{
+    for (size_t i = 0; i < ar_st_count(cv->st); i++)
+        if (!strcmp(ar_st_at(cv->st, i)->name, hf_name)) return (long)i;
+    return ar_error("%s: the model has no tensor %s", cv->model_dir, hf_name);
+}
+
+/* Rows and row length of a 1-D or 2-D safetensors tensor, as ggml sees them. */
+static int tensor_rows_cols(const ar_st_tensor *t, int64_t *rows, int64_t *cols)
+{
+    if (t->ndim < 1 || t->ndim > 2) return ar_error("%s: tensor %s has %d dimensions", t->file, t->name, t->ndim);
+    *cols = t->shape[t->ndim - 1];
+    *rows = t->ndim == 2 ? t->shape[0] : 1;
+    return 0;
+}
+
+int ar_gguf_conv_type(const ar_gguf_conv *cv, const char *hf_name)
+{
+    char gname[256];
+    const ar_st_tensor *t = ar_st_find(cv->st, hf_name);
+    if (!t) return ar_error("%s: the model has no tensor %s", cv->model_dir, hf_name);
+    int64_t rows = 0, cols = 0;
+    if (ar_gguf_map_name(hf_name, gname, sizeof gname) <= 0 || tensor_rows_cols(t, &rows, &cols)) return -1;
+    if (cv->ftype == AR_FTYPE_ALL_F32) return AR_GGML_F32;
+    return (int)ar_gguf_tensor_type(cv->ftype, &cv->info, gname, t->ndim, cols);
+}
+
+int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type type, int64_t n_rows,
+                            int64_t n_cols, const void *blocks, size_t nbytes)
+{
+    char gname[256];
+    long i = tensor_index(cv, hf_name);
+    if (i < 0) return -1;
+    const ar_st_tensor *t = ar_st_at(cv->st, (size_t)i);
+    if (cv->done[i]) return ar_error("%s: tensor %s given twice", cv->model_dir, hf_name);
+    if (ar_gguf_map_name(hf_name, gname, sizeof gname) <= 0) return -1;
+    if (t->ndim != 2 || t->shape[0] != n_rows || t->shape[1] != n_cols)
+        return ar_error("%s: %s is [%lld, %lld] but the model's tensor is not", cv->model_dir, hf_name,
+                        (long long)n_rows, (long long)n_cols);
+    size_t row_bytes = ar_ggml_row_bytes(type, n_cols);
+    if (!row_bytes || row_bytes * (size_t)n_rows != nbytes)
+        return ar_error("%s: %zu bytes of %s for %s [%lld, %lld]", cv->model_dir, nbytes, ar_ggml_type_name(type),
+                        hf_name, (long long)n_rows, (long long)n_cols);
+    void *copy = NULL;
+    int heads = rope_heads(cv, gname), rc = 0;
+    if (heads) {   /* row order differs: permute a copy, the caller's bytes stay as given */
+        if (!(copy = malloc(nbytes))) return ar_error("out of memory");
+        memcpy(copy, blocks, nbytes);
+        rc = ar_gguf_permute_rows(copy, n_rows, row_bytes, heads);
+    }
+    int64_t ne[2] = {n_cols, n_rows};
+    if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, 2, ne, copy ? copy : blocks, nbytes);
+    free(copy);
+    if (!rc) cv->done[i] = 1;
+    return rc;
+}
+
+/* Read, permute, quantize with the mix's type and append one HF tensor. */
+static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatrix_fn imatrix, void *ictx)
+{
+    char gname[256];
+    int m = ar_gguf_map_name(t->name, gname, sizeof gname);
+    if (m <= 0) return m < 0 ? ar_error_prefix(t->file) : 0;
+    int64_t rows = 0, cols = 0;
+    if (tensor_rows_cols(t, &rows, &cols)) return -1;
+    float *x = malloc(sizeof(float) * (size_t)t->numel);
+    if (!x) return ar_error("%s: out of memory", t->name);
+    int rc = ar_st_read_f32(cv->st, t->name, x, (size_t)t->numel);
+    int heads = rope_heads(cv, gname);
+    if (!rc && heads) rc = ar_gguf_permute_rows(x, t->ndim == 2 ? rows : cols, sizeof(float) * (t->ndim == 2 ? cols : 1), heads);
+    ar_ggml_type type = rc ? AR_GGML_F32 : (ar_ggml_type)ar_gguf_conv_type(cv, t->name);
+    size_t nbytes = ar_ggml_row_bytes(type, cols) * (size_t)rows;
+    void *q = rc ? NULL : malloc(nbytes);
+    if (!rc && !q) rc = ar_error("%s: out of memory", t->name);
+    const float *imx = imatrix && ar_ggml_is_quantized(type) ? imatrix(ictx, gname, cols) : NULL;
+    if (!rc) rc = ar_ggml_quantize(type, x, q, rows, cols, imx);
+    int64_t ne[2] = {cols, rows};
+    if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, t->ndim, ne, q, nbytes);
+    free(x);
+    free(q);
+    return rc;
+}
+
+static int convert_rest(ar_gguf_conv *cv, ar_gguf_imatrix_fn imatrix, void *ictx)
+{
+    for (size_t i = 0; i < ar_st_count(cv->st); i++) {
+        if (cv->done[i]) continue;
+        if (convert_tensor(cv, ar_st_at(cv->st, i), imatrix, ictx)) return -1;
+        cv->done[i] = 1;
+    }
+    return 0;
+}
+
+int ar_gguf_conv_finish(ar_gguf_conv *cv, ar_gguf_imatrix_fn imatrix, void *imatrix_ctx)
+{
+    if (convert_rest(cv, imatrix, imatrix_ctx)) {
+        ar_gguf_conv_abort(cv);
+        return -1;
+    }
+    ar_gguf_writer *w = cv->w;
+    cv->w = NULL;
+    ar_gguf_conv_abort(cv);
+    return ar_gguf_writer_finish(w);
+}
+
+void ar_gguf_conv_abort(ar_gguf_conv *cv)
+{
+    if (!cv) return;
+    ar_gguf_writer_abort(cv->w);
+    ar_st_close(cv->st);
+    free(cv->done);
+    free(cv);
+}
+
+int ar_gguf_convert_hf(const char *model_dir, const char *out_path, ar_gguf_ftype ftype,
+                       ar_gguf_imatrix_fn imatrix, void *imatrix_ctx)
+{
+    ar_gguf_conv *cv = ar_gguf_conv_open(model_dir, out_path, ftype, imatrix != NULL);
+    if (!cv) return -1;
+    return ar_gguf_conv_finish(cv, imatrix, imatrix_ctx);
+}

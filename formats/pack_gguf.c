@@ -1,0 +1,163 @@
+/* pack_gguf.c — ar-pack's GGUF output over the piecewise converter of
+ * gguf_convert.c: tuned tensors go in as given, the rest of the model is
+ * quantized at finish with the mix's type policy.
+ *
+ * Integer layers (ar_qlayer) are accepted only where GGUF stores them without
+ * any change of value: a legacy mix (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) whose block
+ * is exactly the layer's grid — b-bit codes in groups of 32 along K, one fp16
+ * scale per group, symmetric with the implied zero point 2^(b-1) (Q4_0, Q5_0,
+ * Q8_0) or asymmetric (Q4_1, Q5_1: d = scale, m = -scale·zp, both fp16, the
+ * same rounding as the fp16 scales of the HF exports). k-quant mixes keep their
+ * scales in 6-bit sub-scales of a super-block, which no int scheme produces:
+ * they need a stream tuned with the GGUF scheme itself. */
+#include "pack_gguf.h"
+#include "dtype.h"
+#include "error.h"
+#include "gguf.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+struct ar_pack_gguf {
+    ar_gguf_conv *cv;
+    ar_gguf_ftype ftype;
+    char          type[32];     /* mix as given after "gguf:" */
+    char          out[4096];
+};
+
+/* Which ggml type stores a `bits`-bit layer of `sym`metry exactly (0: none). */
+static ar_ggml_type legacy_type_of(int bits, int sym)
+{
+    if (bits == 4) return sym ? AR_GGML_Q4_0 : AR_GGML_Q4_1;
+    if (bits == 5) return sym ? AR_GGML_Q5_0 : AR_GGML_Q5_1;
+    if (bits == 8 && sym) return AR_GGML_Q8_0;
+    return AR_GGML_F32;
+}
+
+/* "GGUF:Q4_K_M" -> its file type, or -1 when scheme is not a GGUF scheme. */
+static int stream_ftype(const char *scheme)
+{
+    if (!scheme || strncasecmp(scheme, "GGUF:", 5)) return -1;
+    return ar_gguf_ftype_parse(scheme + 5);
+}
+
+ar_pack_gguf *ar_pack_gguf_open(const char *model_dir, const char *out_path, const char *type, const char *scheme)
+{
+    int f = ar_gguf_ftype_parse(type);
+    if (f < 0) {
+        ar_error("gguf:%s: unknown GGUF type (q4_0, q4_1, q5_0, q5_1, q8_0, q2_k, q3_k_s/m/l, q4_k_s/m, q5_k_s/m, q6_k, f16, bf16, f32)", type);
+        return NULL;
+    }
+    int sf = stream_ftype(scheme);
+    if (scheme && !strncasecmp(scheme, "GGUF:", 5) && sf != f) {
+        ar_error("gguf:%s needs a stream tuned with --scheme gguf:%s (this stream was tuned for %s)", type, type, scheme);
+        return NULL;
+    }
+    ar_pack_gguf *p = calloc(1, sizeof *p);
+    if (!p) { ar_error("out of memory"); return NULL; }
+    p->ftype = (ar_gguf_ftype)f;
+    snprintf(p->type, sizeof p->type, "%s", type);
+    snprintf(p->out, sizeof p->out, "%s", out_path);
+    /* Tensors we quantize ourselves get no imatrix (as llama-quantize gives
+     * none to token_embd/output); tuned ones arrive already quantized. */
+    if (!(p->cv = ar_gguf_conv_open(model_dir, out_path, p->ftype, 0))) {
+        free(p);
+        return NULL;
+    }
+    return p;
+}
+
+/* One group of 32 codes u (already offset by the zero point where symmetric)
+ * into the block layout of t: fp16 d (and m), 4 low bits of element j and j+16
+ * sharing byte j, the 5th bits in a 32-bit mask; Q8_0 as signed bytes. */
+static void put_block(ar_ggml_type t, const int *q, float d, float m, uint8_t *blk)
+{
+    uint16_t h = ar_f32_to_f16(d);
+    memcpy(blk, &h, 2);
+    uint8_t *p = blk + 2;
+    if (t == AR_GGML_Q8_0) {
+        for (int j = 0; j < 32; j++) p[j] = (uint8_t)(int8_t)q[j];
+        return;
+    }
+    if (t == AR_GGML_Q4_1 || t == AR_GGML_Q5_1) {
+        h = ar_f32_to_f16(m);
+        memcpy(p, &h, 2);
+        p += 2;
+    }
+    if (t == AR_GGML_Q5_0 || t == AR_GGML_Q5_1) {
+        uint32_t qh = 0;
+        for (int j = 0; j < 32; j++) qh |= (uint32_t)((q[j] >> 4) & 1) << j;
+        memcpy(p, &qh, 4);
+        p += 4;
+    }
+    for (int j = 0; j < 16; j++) p[j] = (uint8_t)((q[j] & 15) | (q[j + 16] & 15) << 4);
+}
+
+/* The layer's codes as blocks of type t. */
+static int layer_blocks(const ar_qlayer *l, ar_ggml_type t, uint8_t *out)
+{
+    const int ng = l->k / 32;
+    const size_t bb = ar_ggml_block_bytes(t);
+    for (int r = 0; r < l->n; r++)
+        for (int g = 0; g < ng; g++) {
+            int q[32];
+            float s = l->scale[(size_t)r * ng + g];
+            int32_t zp = ar_qlayer_zp(l, r, g);
+            if (l->sym && zp != 1 << (l->bits - 1))
+                return ar_error("%s: symmetric layer with zero point %d (row %d, group %d)", l->name, zp, r, g);
+            for (int j = 0; j < 32; j++) {
+                int u = l->codes[(size_t)r * l->k + g * 32 + j];
+                q[j] = t == AR_GGML_Q8_0 ? u - zp : u;  /* Q4_0/Q5_0 keep u: their offset is the implied zp */
+            }
+            put_block(t, q, s, -s * (float)zp, out + ((size_t)r * ng + g) * bb);
+        }
+    return 0;
+}
+
+int ar_pack_gguf_layer(ar_pack_gguf *p, const ar_qlayer *l)
+{
+    ar_ggml_type want = ar_gguf_ftype_base(p->ftype);
+    int legacy = want == AR_GGML_Q4_0 || want == AR_GGML_Q4_1 || want == AR_GGML_Q5_0 || want == AR_GGML_Q5_1 ||
+                 want == AR_GGML_Q8_0;
+    if (!legacy)
+        return ar_error("%s: gguf:%s needs a stream tuned with --scheme gguf:%s", l->name, p->type, p->type);
+    if (ar_qlayer_check(l, AR_LAYOUT_NONE)) return -1;
+    ar_ggml_type t = legacy_type_of(l->bits, l->sym);
+    if (t != want || l->group_size != 32 || l->k % 32)
+        return ar_error("%s: gguf:%s stores %s groups of 32; this layer is %d-bit %s, group %d (tune with --scheme gguf:%s)",
+                        l->name, p->type, ar_ggml_type_name(want), l->bits, l->sym ? "sym" : "asym", l->group_size,
+                        p->type);
+    if (l->bias) return ar_error("%s: a tuned bias has no place in gguf:%s", l->name, p->type);
+    size_t nbytes = ar_ggml_row_bytes(t, l->k) * (size_t)l->n;
+    uint8_t *blocks = malloc(nbytes);
+    if (!blocks) return ar_error("%s: out of memory", l->name);
+    char hf[300];
+    snprintf(hf, sizeof hf, "%s.weight", l->name);
+    int rc = layer_blocks(l, t, blocks);
+    if (!rc) rc = ar_gguf_conv_add_blocks(p->cv, hf, t, l->n, l->k, blocks, nbytes);
+    free(blocks);
+    return rc;
+}
+
+int ar_pack_gguf_raw(ar_pack_gguf *p, const char *hf_name, ar_ggml_type t, int64_t n_rows, int64_t n_cols,
+                     const void *blocks, size_t nbytes)
+{
+    return ar_gguf_conv_add_blocks(p->cv, hf_name, t, n_rows, n_cols, blocks, nbytes) ? ar_error_prefix(p->out) : 0;
+}
+
+int ar_pack_gguf_finish(ar_pack_gguf *p)
+{
+    ar_gguf_conv *cv = p->cv;
+    p->cv = NULL;
+    if (ar_gguf_conv_finish(cv, NULL, NULL)) return -1;
+    free(p);
+    return 0;
+}
+
+void ar_pack_gguf_abort(ar_pack_gguf *p)
+{
+    if (!p) return;
+    ar_gguf_conv_abort(p->cv);
+    free(p);
+}
