@@ -15,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char usage[] =
     "usage: ar-pack [-i STREAM|-] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
@@ -172,12 +173,40 @@ static const char *split_field(const char *name, char *layer, size_t cap)
     return dot + 1;
 }
 
+/* A "<hf tensor>.gguf" record: u8 [nbytes] with attrs ggml_type, rows, cols;
+ * only GGUF outputs can take it. */
+static void read_gguf_record(ar_stream_reader *r, const ar_record *rec, const char *tensor, output *outs, int nout,
+                             const char *src)
+{
+    if (rec->dtype != AR_U8 || rec->ndim != 1) cli_die("%s: %s must be u8 [nbytes]", src, rec->name);
+    cJSON *at = cJSON_Parse(rec->json);
+    cJSON *ty = cJSON_GetObjectItemCaseSensitive(at, "ggml_type");
+    int t = cJSON_IsString(ty) ? ar_ggml_type_parse(ty->valuestring) : -1;
+    long long rows = json_int(at, "rows", 0), cols = json_int(at, "cols", 0);
+    cJSON_Delete(at);
+    if (t < 0 || rows <= 0 || cols <= 0) cli_die("%s: %s lacks a known ggml_type, rows and cols", src, rec->name);
+    for (int i = 0; i < nout; i++)
+        if (!outs[i].gguf)
+            cli_die("%s: %s holds GGUF blocks (a GGUF scheme's stream); it packs only as gguf:<type>, not %s", src,
+                    rec->name, outs[i].name);
+    uint8_t *blocks = ar_stream_read_payload(r);
+    if (!blocks) cli_die_lib();
+    for (int i = 0; i < nout; i++)
+        if (ar_pack_gguf_raw(outs[i].gguf, tensor, (ar_ggml_type)t, rows, cols, blocks, rec->nelem)) cli_die_lib();
+    free(blocks);
+}
+
 static void read_layer_record(ar_stream_reader *r, const ar_record *rec, layer_buf *l, output *outs, int nout,
                               const char *src)
 {
     char layer[256];
     const char *field = split_field(rec->name, layer, sizeof layer);
     if (!field) cli_die("%s: unexpected record '%s'", src, rec->name);
+    if (!strcmp(field, "gguf")) {   /* raw GGML blocks of tensor `layer` from a GGUF scheme */
+        flush_layer(l, outs, nout, src);
+        read_gguf_record(r, rec, layer, outs, nout, src);
+        return;
+    }
     if (strcmp(layer, l->name)) {
         flush_layer(l, outs, nout, src);
         snprintf(l->name, sizeof l->name, "%s", layer);

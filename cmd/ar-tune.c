@@ -6,6 +6,7 @@
 #include "calib.h"
 #include "cli.h"
 #include "error.h"
+#include "gguf_tune.h"
 #include "model.h"
 #include "quant.h"
 #include "scheme.h"
@@ -319,8 +320,49 @@ static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const a
     }
 }
 
+/* ---- GGUF schemes (--scheme gguf:<mix>) ------------------------------------
+ * Each linear is quantized to the ggml type llama.cpp's mix gives it, with the
+ * imatrix-weighted search (importance = Σx² of its inputs on the FP chain; none
+ * without calibration data, which is llama-quantize's plain RTN). --iters is not
+ * used. Records: "<hf name>.weight.gguf", u8 [nbytes], attrs ggml_type/rows/cols. */
+
+static void write_gguf_linear(ar_stream_writer *w, int layer, int i, const ar_gguf_qlinear *q)
+{
+    char name[300], attrs[160];
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight.gguf", layer, ar_linear_names[i]);
+    snprintf(attrs, sizeof attrs, "{\"ggml_type\":\"%s\",\"rows\":%lld,\"cols\":%lld}", ar_ggml_type_name(q->type),
+             (long long)q->rows, (long long)q->cols);
+    int64_t shape[1] = {(int64_t)q->nbytes};
+    if (ar_stream_write_tensor(w, name, AR_U8, 1, shape, attrs, q->blocks)) cli_die_lib();
+}
+
+static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, double t0)
+{
+    const ar_config *c = r->c;
+    int f = ar_gguf_ftype_parse(r->sc.def.name + 5);
+    if (f < 0) cli_usage_error("--scheme %s: no llama.cpp mix of that name", r->sc.def.name);
+    ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, r->d != NULL);
+    float *imat[AR_NLINEAR] = {0};
+    if (r->d) {
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            int n, k;
+            ar_linear_shape(c, i, &n, &k);
+            if (!(imat[i] = calloc(k, sizeof(float)))) cli_die("out of memory for the importance matrix");
+        }
+        forward_all(c, wfp, r->x_fp, r->y, r->d->n, r->d->T, r->a->batch_size, imat);
+        uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain */
+    }
+    ar_gguf_qlinear q[AR_NLINEAR];
+    if (ar_gguf_quantize_block((ar_gguf_ftype)f, &info, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
+    for (int i = 0; i < AR_NLINEAR; i++) write_gguf_linear(r->w, layer, i, &q[i]);
+    ar_gguf_qlinears_free(q);
+    for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]);
+    cli_progress_line("block", layer + 1, c->n_layers, t0, NULL);
+}
+
 static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double t0)
 {
+    if (r->sc.def.kind == AR_SCHEME_GGUF) { tune_block_gguf(r, layer, wfp, t0); return; }
     const ar_config *c = r->c;
     ar_block_plan plan;
     ar_scheme schemes[AR_NLINEAR];
