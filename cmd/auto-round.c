@@ -1,0 +1,536 @@
+/* auto-round — AutoRound's command line on top of the ar tools (man auto-round(1)).
+ *
+ * A thin driver: it translates AutoRound's flags into the command lines of
+ * ar-calib, ar-tune and ar-pack (found next to its own executable), runs them
+ * connected by pipes, or one after another through files with --keep_streams,
+ * and reports the first stage that failed. It quantizes nothing itself, so
+ * there is exactly one implementation of every step.
+ *
+ * Installed under another name it applies one of AutoRound's recipes:
+ * auto-round-best, auto-round-light, auto-round-opt-rtn, auto-round-rtn. */
+#include "cli.h"
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <signal.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static const char usage[] =
+    "usage: auto-round [--model] DIR [--scheme W4A16] [--bits N] [--group_size G] [--sym|--asym]\n"
+    "                  [--format auto_round[,F...]] [--output_dir ./tmp_autoround] [--dataset FILE]\n"
+    "                  [--iters 200] [--lr X] [--minmax_lr X] [--nsamples 128] [--seqlen 2048]\n"
+    "                  [--batch_size 8] [--gradient_accumulate_steps 1] [--layer_config FILE.json]\n"
+    "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--seed 42]\n"
+    "                  [--device cpu] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
+    "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
+    "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
+    "                  [--quiet|--verbose|--progress]\n"
+    "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults.\n"
+    "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
+    "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
+    "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
+    "--dry_run prints the commands instead of running them.\n"
+    "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
+
+/* The command line, as given; NULL / -1 means "not set": the tools' or the
+ * recipe's default applies. */
+typedef struct {
+    const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
+    const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
+    const char *max_shard_size, *keep_streams, *recipe, *verbosity;
+    int sym, disable_opt_rtn, enable_alg_ext, low_gpu_mem_usage, dry_run;
+    int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
+} options;
+
+/* Flags that take a value, with AutoRound's aliases. */
+static const struct {
+    const char *names[4];
+    size_t off;
+} value_flags[] = {
+    {{"--model", "--model_name", "--model_name_or_path"}, offsetof(options, model)},
+    {{"--scheme"}, offsetof(options, scheme)},
+    {{"--bits", "--bit"}, offsetof(options, bits)},
+    {{"--group_size"}, offsetof(options, group_size)},
+    {{"--layer_config"}, offsetof(options, layer_config)},
+    {{"--format", "--formats"}, offsetof(options, format)},
+    {{"--output_dir"}, offsetof(options, output_dir)},
+    {{"--dataset"}, offsetof(options, dataset)},
+    {{"--iters", "--iter"}, offsetof(options, iters)},
+    {{"--lr"}, offsetof(options, lr)},
+    {{"--minmax_lr"}, offsetof(options, minmax_lr)},
+    {{"--nsamples", "--nsample"}, offsetof(options, nsamples)},
+    {{"--seqlen", "--seq_len"}, offsetof(options, seqlen)},
+    {{"--batch_size", "--train_bs", "--bs"}, offsetof(options, batch_size)},
+    {{"--gradient_accumulate_steps"}, offsetof(options, gas)},
+    {{"--seed"}, offsetof(options, seed)},
+    {{"--device", "--device_map", "--devices"}, offsetof(options, device)},
+    {{"--max_shard_size"}, offsetof(options, max_shard_size)},
+    {{"--keep_streams"}, offsetof(options, keep_streams)},
+    {{"--recipe"}, offsetof(options, recipe)},
+};
+
+/* Switches: each sets its int field to val. */
+static const struct {
+    const char *name;
+    size_t off;
+    int val;
+} switch_flags[] = {
+    {"--sym", offsetof(options, sym), 1},
+    {"--asym", offsetof(options, sym), 0},
+    {"--disable_opt_rtn", offsetof(options, disable_opt_rtn), 1},
+    {"--enable_opt_rtn", offsetof(options, disable_opt_rtn), 0},
+    {"--enable_alg_ext", offsetof(options, enable_alg_ext), 1},
+    {"--low_gpu_mem_usage", offsetof(options, low_gpu_mem_usage), 1},
+    {"--disable_minmax_tuning", offsetof(options, disable_minmax_tuning), 1},
+    {"--not_use_best_mse", offsetof(options, not_use_best_mse), 1},
+    {"--disable_quanted_input", offsetof(options, disable_quanted_input), 1},
+    {"--dry_run", offsetof(options, dry_run), 1},
+};
+
+/* AutoRound switches that change nothing here (defaults, or speed/memory
+ * knobs of the PyTorch implementation): accepted so AutoRound command lines
+ * run unchanged. */
+static const char *const noop_flags[] = {
+    "--enable_minmax_tuning", "--enable_quanted_input", "--enable_torch_compile", "--disable_torch_compile",
+    "--low_cpu_mem_usage", "--disable_low_cpu_mem_usage", "--disable_trust_remote_code", "--model_free",
+    "--disable_model_free", "--enable_deterministic_algorithms", "--disable_eval",
+};
+
+/* AutoRound options that would change the result and that ar does not
+ * implement: a clear refusal rather than a silently different model. */
+static const struct {
+    const char *name, *hint;
+} unsupported_flags[] = {
+    {"--tasks", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
+    {"--task", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
+    {"--eval_bs", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
+    {"--eval_task_by_task", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
+    {"--limit", "evaluation is a separate tool: ar-eval --model OUT --text FILE --windows N"},
+    {"--schemes", "AutoScheme mixed precision is not supported by auto-round yet"},
+    {"--avg_bits", "AutoScheme mixed precision is not supported by auto-round yet"},
+    {"--target_bits", "AutoScheme mixed precision is not supported by auto-round yet"},
+    {"--options", "AutoScheme mixed precision is not supported by auto-round yet"},
+    {"--data_type", "pick a preset with --scheme"}, {"--dtype", "pick a preset with --scheme"},
+    {"--act_bits", "pick a preset with --scheme"}, {"--act_group_size", "pick a preset with --scheme"},
+    {"--act_asym", "pick a preset with --scheme"}, {"--act_data_type", "pick a preset with --scheme"},
+    {"--act_dtype", "pick a preset with --scheme"}, {"--disable_act_dynamic", "pick a preset with --scheme"},
+    {"--super_bits", "pick a preset with --scheme"}, {"--super_group_size", "pick a preset with --scheme"},
+    {"--scale_dtype", NULL}, {"--quant_lm_head", NULL}, {"--ignore_layers", "use --layer_config"},
+    {"--fp_layers", "use --layer_config"}, {"--to_quant_block_names", NULL}, {"--model_dtype", NULL},
+    {"--disable_amp", NULL}, {"--nblocks", NULL}, {"--enable_norm_bias_tuning", NULL}, {"--momentum", NULL},
+    {"--enable_lfq", NULL}, {"--enable_adam", NULL}, {"--algorithm", NULL}, {"--alg", NULL},
+    {"--mllm", NULL}, {"--platform", NULL}, {"--static_kv_dtype", NULL},
+    {"--static_attention_dtype", NULL},
+};
+
+/* "--flag" or "--flag=value" names flag. */
+static int is_flag(const char *arg, const char *flag)
+{
+    size_t n = strlen(flag);
+    return !strncmp(arg, flag, n) && (arg[n] == 0 || arg[n] == '=');
+}
+
+static int parse_table_flag(int argc, char **argv, int *i, options *o)
+{
+    for (size_t f = 0; f < sizeof value_flags / sizeof *value_flags; f++)
+        for (int k = 0; k < 4 && value_flags[f].names[k]; k++) {
+            const char *v = cli_value(argc, argv, i, value_flags[f].names[k]);
+            if (v) { *(const char **)((char *)o + value_flags[f].off) = v; return 1; }
+        }
+    for (size_t f = 0; f < sizeof switch_flags / sizeof *switch_flags; f++)
+        if (!strcmp(argv[*i], switch_flags[f].name)) {
+            *(int *)((char *)o + switch_flags[f].off) = switch_flags[f].val;
+            return 1;
+        }
+    return 0;
+}
+
+/* Exit with a usage error when arg is a known AutoRound option we refuse;
+ * return 1 when it is one we ignore. */
+static int check_autoround_flag(const char *arg)
+{
+    for (size_t f = 0; f < sizeof noop_flags / sizeof *noop_flags; f++)
+        if (!strcmp(arg, noop_flags[f])) {
+            if (cli_progress >= 2) fprintf(stderr, "auto-round: %s has no effect here\n", arg);
+            return 1;
+        }
+    for (size_t f = 0; f < sizeof unsupported_flags / sizeof *unsupported_flags; f++)
+        if (is_flag(arg, unsupported_flags[f].name))
+            cli_usage_error("%s: AutoRound option not supported yet%s%s", unsupported_flags[f].name,
+                            unsupported_flags[f].hint ? "; " : "",
+                            unsupported_flags[f].hint ? unsupported_flags[f].hint : "");
+    return 0;
+}
+
+/* The recipe named by how we were invoked: auto-round-best -> "best". */
+static const char *recipe_from_name(const char *argv0)
+{
+    const char *base = strrchr(argv0, '/');
+    base = base ? base + 1 : argv0;
+    if (!strncmp(base, "auto-round-", 11)) return base + 11;
+    return "default";
+}
+
+static options parse_args(int argc, char **argv)
+{
+    options o = {0};
+    o.sym = o.disable_opt_rtn = -1;
+    for (int i = 1; i < argc; i++) {
+        const char *a = argv[i];
+        if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); exit(CLI_EXIT_OK); }
+        else if (cli_common_flag(a)) o.verbosity = a;
+        else if (parse_table_flag(argc, argv, &i, &o)) continue;
+        else if (check_autoround_flag(a)) continue;
+        else if (a[0] == '-') cli_usage_error("unknown argument '%s'", a);
+        else if (o.model) cli_usage_error("more than one model given ('%s' and '%s')", o.model, a);
+        else o.model = a;
+    }
+    if (!o.model) cli_usage_error("give the model folder: auto-round --model DIR");
+    if (!o.recipe) o.recipe = recipe_from_name(argv[0]);
+    return o;
+}
+
+/* ---- recipes and AutoRound's defaults ------------------------------------ */
+
+static int is_recipe(const options *o, const char *name) { return !strcmp(o->recipe, name); }
+
+/* Fill what the recipe fixes and the user left unset (AutoRound's RECIPES):
+ * best tunes 512 samples; opt-rtn and rtn do not tune. ar-tune applies the
+ * iteration counts and learning rates of best and light itself (--recipe). */
+static void apply_recipe(options *o)
+{
+    if (is_recipe(o, "best")) { if (!o->nsamples) o->nsamples = "512"; }
+    else if (is_recipe(o, "opt-rtn")) { if (!o->iters) o->iters = "0"; }
+    else if (is_recipe(o, "rtn")) {
+        if (!o->iters) o->iters = "0";
+        if (o->disable_opt_rtn < 0) o->disable_opt_rtn = 1;
+    } else if (!is_recipe(o, "default") && !is_recipe(o, "light"))
+        cli_usage_error("--recipe: '%s' is not default, best, light, opt-rtn or rtn", o->recipe);
+    if (!o->format) o->format = "auto_round";
+    if (!o->output_dir) o->output_dir = "./tmp_autoround";
+}
+
+/* AutoRound derives the scheme from a GGUF format when none is given. */
+static void scheme_from_gguf_format(options *o)
+{
+    static char scheme[64];
+    if (o->scheme || strncmp(o->format, "gguf:", 5) || strchr(o->format, ',')) return;
+    snprintf(scheme, sizeof scheme, "%s", o->format);
+    for (char *p = scheme; *p; p++) if (*p >= 'a' && *p <= 'z') *p = (char)(*p - 32);
+    o->scheme = scheme;
+}
+
+/* Calibration data is needed by SignRound (iters > 0) and opt-RTN. */
+static int needs_calibration(const options *o)
+{
+    long iters = o->iters ? cli_long("--iters", o->iters, 0, 1000000) : 1;
+    return iters > 0 || o->disable_opt_rtn != 1;
+}
+
+/* ---- the tools ----------------------------------------------------------- */
+
+static char tool_dir[PATH_MAX];
+
+/* The ar tools are installed next to auto-round: find our own directory. */
+static void find_tool_dir(void)
+{
+    ssize_t n = readlink("/proc/self/exe", tool_dir, sizeof tool_dir - 1);
+    if (n <= 0) cli_die("/proc/self/exe: cannot read: %s", strerror(errno));
+    tool_dir[n] = 0;
+    char *slash = strrchr(tool_dir, '/');
+    if (slash) *slash = 0;
+}
+
+static char *tool_path(const char *tool)
+{
+    char *p;
+    if (asprintf(&p, "%s/%s", tool_dir, tool) < 0) cli_die("out of memory");
+    if (access(p, X_OK)) cli_die("%s: not found (auto-round runs the ar tools installed next to it)", p);
+    return p;
+}
+
+/* Whether `tool --help` mentions flag: lets the driver follow what the tools
+ * support (e.g. --enable_alg_ext) without knowing their versions. */
+static int help_mentions(const char *path, const char *flag)
+{
+    int fd[2];
+    if (pipe(fd)) cli_die("pipe: %s", strerror(errno));
+    pid_t pid = fork();
+    if (pid < 0) cli_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        dup2(fd[1], 1);
+        close(fd[0]); close(fd[1]);
+        execl(path, path, "--help", (char *)NULL);
+        _exit(127);
+    }
+    close(fd[1]);
+    char buf[1 << 15];
+    size_t len = 0;
+    ssize_t got;
+    while ((got = read(fd[0], buf + len, sizeof buf - 1 - len)) > 0) len += (size_t)got;
+    close(fd[0]);
+    waitpid(pid, NULL, 0);
+    buf[len] = 0;
+    size_t n = strlen(flag);
+    for (const char *p = buf; (p = strstr(p, flag)); p += n) {
+        char next = p[n];
+        if (!(next == '_' || (next >= 'a' && next <= 'z') || (next >= '0' && next <= '9'))) return 1;
+    }
+    return 0;
+}
+
+/* ---- stages -------------------------------------------------------------- */
+
+enum { MAX_ARGS = 80, MAX_STAGES = 3 };
+
+typedef struct {
+    const char *tool;
+    char *path;
+    const char *argv[MAX_ARGS];
+    int argc;
+    pid_t pid;
+    int status;
+} stage;
+
+static void push(stage *s, const char *arg)
+{
+    if (s->argc + 2 > MAX_ARGS) cli_die("%s: too many arguments", s->tool);
+    s->argv[s->argc++] = arg;
+    s->argv[s->argc] = NULL;
+}
+
+static void push_opt(stage *s, const char *flag, const char *value)
+{
+    if (value) { push(s, flag); push(s, value); }
+}
+
+static void stage_init(stage *s, const char *tool, const options *o)
+{
+    memset(s, 0, sizeof *s);
+    s->tool = tool;
+    s->path = tool_path(tool);
+    push(s, s->path);
+    if (o->verbosity) push(s, o->verbosity);
+}
+
+static void build_calib(stage *s, const options *o, const char *out)
+{
+    stage_init(s, "ar-calib", o);
+    push_opt(s, "--model", o->model);
+    push_opt(s, "--dataset", o->dataset);
+    push_opt(s, "--nsamples", o->nsamples);
+    push_opt(s, "--seqlen", o->seqlen);
+    push_opt(s, "--seed", o->seed);
+    push_opt(s, "-o", out);
+}
+
+/* Flags of ar-tune that only some builds have: pass them where supported,
+ * refuse clearly where not. */
+static void push_optional_tune_flags(stage *s, const options *o)
+{
+    if (o->enable_alg_ext) {
+        if (!help_mentions(s->path, "--enable_alg_ext"))
+            cli_usage_error("--enable_alg_ext: not supported yet (ar-tune has no SignRoundV2)");
+        push(s, "--enable_alg_ext");
+    }
+    if (o->device && strcmp(o->device, "cpu")) {
+        if (!help_mentions(s->path, "--device"))
+            cli_usage_error("--device %s: not supported yet (ar-tune runs on the CPU); use --device cpu", o->device);
+        push_opt(s, "--device", o->device);
+    }
+    if (o->low_gpu_mem_usage) {
+        if (help_mentions(s->path, "--low_gpu_mem_usage")) push(s, "--low_gpu_mem_usage");
+        else if (cli_progress >= 2)
+            fprintf(stderr, "auto-round: --low_gpu_mem_usage has no effect: activations live in host memory\n");
+    }
+}
+
+static void build_tune(stage *s, const options *o, const char *in, const char *out)
+{
+    stage_init(s, "ar-tune", o);
+    push_opt(s, "-i", in);
+    push_opt(s, "--model", o->model);
+    push_opt(s, "--scheme", o->scheme);
+    push_opt(s, "--bits", o->bits);
+    push_opt(s, "--group_size", o->group_size);
+    if (o->sym >= 0) push(s, o->sym ? "--sym" : "--asym");
+    push_opt(s, "--layer_config", o->layer_config);
+    if (is_recipe(o, "best") || is_recipe(o, "light")) push_opt(s, "--recipe", o->recipe);
+    push_opt(s, "--iters", o->iters);
+    push_opt(s, "--lr", o->lr);
+    push_opt(s, "--minmax_lr", o->minmax_lr);
+    if (in) push_opt(s, "--nsamples", o->nsamples);
+    push_opt(s, "--batch_size", o->batch_size);
+    push_opt(s, "--gradient_accumulate_steps", o->gas);
+    push_opt(s, "--seed", o->seed);
+    if (o->disable_opt_rtn == 1) push(s, "--disable_opt_rtn");
+    if (o->disable_minmax_tuning) push(s, "--disable_minmax_tuning");
+    if (o->not_use_best_mse) push(s, "--not_use_best_mse");
+    if (o->disable_quanted_input) push(s, "--disable_quanted_input");
+    push_optional_tune_flags(s, o);
+    push_opt(s, "-o", out);
+}
+
+static void build_pack(stage *s, const options *o, const char *in)
+{
+    stage_init(s, "ar-pack", o);
+    push_opt(s, "-i", in);
+    push_opt(s, "--format", o->format);
+    push_opt(s, "--max_shard_size", o->max_shard_size);
+    push_opt(s, "-o", o->output_dir);
+}
+
+static char *join_path(const char *dir, const char *name)
+{
+    char *p;
+    if (asprintf(&p, "%s/%s", dir, name) < 0) cli_die("out of memory");
+    return p;
+}
+
+/* The stages for these options; with --keep_streams they pass files in DIR,
+ * otherwise standard input/output ("-"). Returns the number of stages. */
+static int build_stages(stage *st, const options *o)
+{
+    int calib = needs_calibration(o), n = 0;
+    if (calib && !o->dataset)
+        cli_usage_error("--dataset FILE is required for SignRound and opt-RTN: calibration data is a local .txt or "
+                        ".jsonl file (AutoRound's default NeelNanda/pile-10k is not downloaded); "
+                        "plain RTN (--iters 0 --disable_opt_rtn) needs none");
+    const char *dir = o->keep_streams;
+    const char *calib_out = dir ? join_path(dir, "calib.ars") : "-";
+    const char *tune_out = dir ? join_path(dir, "tune.ars") : "-";
+    if (calib) build_calib(&st[n++], o, calib_out);
+    build_tune(&st[n++], o, calib ? calib_out : NULL, tune_out);
+    build_pack(&st[n++], o, tune_out);
+    return n;
+}
+
+/* ---- running ------------------------------------------------------------- */
+
+/* An argument as the shell would need it quoted. */
+static void print_quoted(FILE *f, const char *a)
+{
+    if (*a && strspn(a, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-./:,=+@%") == strlen(a)) {
+        fputs(a, f);
+        return;
+    }
+    fputc('\'', f);
+    for (; *a; a++) {
+        if (*a == '\'') fputs("'\\''", f);
+        else fputc(*a, f);
+    }
+    fputc('\'', f);
+}
+
+/* The stages as one shell command line: a pipeline, or a sequence. */
+static void print_stages(FILE *f, const stage *st, int n, int piped)
+{
+    for (int i = 0; i < n; i++) {
+        if (i) fputs(piped ? " |\n  " : " &&\n", f);
+        for (int k = 0; k < st[i].argc; k++) {
+            if (k) fputc(' ', f);
+            print_quoted(f, st[i].argv[k]);
+        }
+    }
+    fputc('\n', f);
+}
+
+static pid_t spawn(stage *s, int in_fd, int out_fd)
+{
+    pid_t pid = fork();
+    if (pid < 0) cli_die("fork: %s", strerror(errno));
+    if (pid == 0) {
+        if (in_fd >= 0) { dup2(in_fd, 0); close(in_fd); }
+        if (out_fd >= 0) { dup2(out_fd, 1); close(out_fd); }
+        execv(s->path, (char *const *)s->argv);
+        fprintf(stderr, "auto-round: %s: cannot run: %s\n", s->path, strerror(errno));
+        _exit(127);
+    }
+    return pid;
+}
+
+/* All stages at once, stdout of each into stdin of the next. */
+static void run_piped(stage *st, int n)
+{
+    int prev = -1;
+    for (int i = 0; i < n; i++) {
+        int fd[2] = {-1, -1};
+        if (i + 1 < n && pipe(fd)) cli_die("pipe: %s", strerror(errno));
+        if (fd[0] >= 0) fcntl(fd[0], F_SETFD, FD_CLOEXEC);
+        st[i].pid = spawn(&st[i], prev, fd[1]);
+        if (prev >= 0) close(prev);
+        if (fd[1] >= 0) close(fd[1]);
+        prev = fd[0];
+    }
+    for (int i = 0; i < n; i++) waitpid(st[i].pid, &st[i].status, 0);
+}
+
+/* One stage after the other through files; stop at the first failure. */
+static void run_sequential(stage *st, int n)
+{
+    for (int i = 0; i < n; i++) st[i].status = -1;
+    for (int i = 0; i < n; i++) {
+        st[i].pid = spawn(&st[i], -1, -1);
+        waitpid(st[i].pid, &st[i].status, 0);
+        if (!WIFEXITED(st[i].status) || WEXITSTATUS(st[i].status)) return;
+    }
+}
+
+static int stage_ok(const stage *s) { return s->status != -1 && WIFEXITED(s->status) && !WEXITSTATUS(s->status); }
+
+/* A stage killed by SIGPIPE only saw a later stage fail first. */
+static int stage_broken_pipe(const stage *s)
+{
+    return s->status != -1 && WIFSIGNALED(s->status) && WTERMSIG(s->status) == SIGPIPE;
+}
+
+/* Report the stage that failed first (its own message is already on
+ * stderr) and return the exit status: 2 when it was a usage error. */
+static int report(const stage *st, int n)
+{
+    for (int pass = 0; pass < 2; pass++)
+        for (int i = 0; i < n; i++) {
+            const stage *s = &st[i];
+            if (s->status == -1 || stage_ok(s) || (pass == 0 && stage_broken_pipe(s))) continue;
+            if (WIFSIGNALED(s->status)) {
+                fprintf(stderr, "auto-round: %s killed by signal %d\n", s->tool, WTERMSIG(s->status));
+                return CLI_EXIT_FAIL;
+            }
+            fprintf(stderr, "auto-round: %s failed (exit status %d)\n", s->tool, WEXITSTATUS(s->status));
+            return WEXITSTATUS(s->status) == CLI_EXIT_USAGE ? CLI_EXIT_USAGE : CLI_EXIT_FAIL;
+        }
+    return CLI_EXIT_OK;
+}
+
+static void make_stream_dir(const char *dir)
+{
+    if (mkdir(dir, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", dir, strerror(errno));
+}
+
+int main(int argc, char **argv)
+{
+    cli_init("auto-round");
+    options o = parse_args(argc, argv);
+    apply_recipe(&o);
+    scheme_from_gguf_format(&o);
+    find_tool_dir();
+    stage st[MAX_STAGES];
+    int n = build_stages(st, &o);
+    int piped = !o.keep_streams;
+    if (o.dry_run) { print_stages(stdout, st, n, piped); return CLI_EXIT_OK; }
+    if (cli_progress >= 2) print_stages(stderr, st, n, piped);
+    if (o.keep_streams) make_stream_dir(o.keep_streams);
+    double t0 = cli_now();
+    if (piped) run_piped(st, n);
+    else run_sequential(st, n);
+    int rc = report(st, n);
+    if (rc == CLI_EXIT_OK && cli_progress)
+        fprintf(stderr, "auto-round: wrote %s in %.1fs\n", o.output_dir, cli_now() - t0);
+    return rc;
+}

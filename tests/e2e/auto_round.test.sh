@@ -1,0 +1,97 @@
+#!/bin/sh
+# auto-round: AutoRound's flags reach the right tools (--dry_run), usage
+# errors exit 2 with a message, a failing stage is named and sets the exit
+# status, RTN needs no data, and the piped run and the --keep_streams run
+# write byte-identical models (the driver adds nothing of its own).
+set -eu
+: "${AR_BIN:?}" "${AR_SHARED:?}"
+M="$AR_SHARED/models/stories260K"
+DATA="$AR_SHARED/data/tinystories/TinyStories-validation-head.txt"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+ok() { echo "ok   $1"; }
+bad() { echo "FAIL $1"; fail=1; }
+
+# expect_rc RC PATTERN NAME -- ARGS: auto-round ARGS exits RC and prints PATTERN (stdout+stderr)
+expect_rc() {
+  rc=$1 pat=$2 name=$3; shift 4
+  set +e; out=$("$AR_BIN/auto-round" "$@" 2>&1); got=$?; set -e
+  if [ "$got" = "$rc" ] && printf '%s' "$out" | grep -q -- "$pat"; then ok "$name"
+  else bad "$name: exit $got (want $rc), output: $out"; fi
+}
+
+# ---- flag mapping ------------------------------------------------------------
+cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --scheme W2A16G64 --asym --iters 7 --lr 0.01 --minmax_lr 0.02 \
+      --nsamples 9 --seqlen 33 --batch_size 3 --gradient_accumulate_steps 2 --seed 5 --format auto_gptq \
+      --output_dir "$tmp/o" --device cpu --low_gpu_mem_usage --disable_eval --dry_run)
+line() { printf '%s\n' "$cmd" | grep "/$1 "; }
+has() { printf '%s\n' "$2" | grep -q -- "$3" && ok "$1" || bad "$1: '$3' missing in: $2"; }
+has "calib gets model" "$(line ar-calib)" "--model $M"
+has "calib gets data" "$(line ar-calib)" "--dataset $DATA --nsamples 9 --seqlen 33 --seed 5 -o -"
+has "tune gets scheme" "$(line ar-tune)" "-i - --model $M --scheme W2A16G64 --asym"
+has "tune gets tuning" "$(line ar-tune)" "--iters 7 --lr 0.01 --minmax_lr 0.02 --nsamples 9 --batch_size 3 --gradient_accumulate_steps 2 --seed 5"
+has "pack gets format" "$(line ar-pack)" "-i - --format auto_gptq -o $tmp/o"
+[ "$(printf '%s\n' "$cmd" | wc -l)" = 3 ] && ok "three stages" || bad "three stages: $cmd"
+
+cmd=$("$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --dry_run)
+case "$cmd" in *ar-calib*) bad "RTN runs ar-calib: $cmd";; *"ar-tune --model $M --iters 0 --disable_opt_rtn -o -"*) ok "RTN: no calibration";;
+  *) bad "RTN command: $cmd";; esac
+cmd=$("$AR_BIN/auto-round" --model "$M" --format gguf:q4_k_m --iters 0 --disable_opt_rtn --dry_run)
+has "gguf format sets the scheme" "$cmd" "--scheme GGUF:Q4_K_M"
+cmd=$("$AR_BIN/auto-round" --model "$M" --dataset "$DATA" --keep_streams "$tmp/s" --dry_run)
+has "keep_streams: calib file" "$cmd" "-o $tmp/s/calib.ars &&"
+has "keep_streams: tune file" "$cmd" "-i $tmp/s/calib.ars --model $M -o $tmp/s/tune.ars &&"
+has "keep_streams: pack file" "$cmd" "ar-pack -i $tmp/s/tune.ars"
+
+# Recipes by program name (a symlink anywhere: the tools are found through /proc/self/exe).
+for r in best light rtn opt-rtn; do ln -s "$AR_BIN/auto-round" "$tmp/auto-round-$r"; done
+has "best recipe" "$("$tmp/auto-round-best" "$M" --dataset "$DATA" --dry_run)" "--recipe best --nsamples 512"
+has "light recipe" "$("$tmp/auto-round-light" "$M" --dataset "$DATA" --dry_run)" "--recipe light"
+has "rtn recipe" "$("$tmp/auto-round-rtn" "$M" --dry_run)" "ar-tune --model $M --iters 0 --disable_opt_rtn"
+has "opt-rtn recipe" "$("$tmp/auto-round-opt-rtn" "$M" --dataset "$DATA" --dry_run)" "ar-tune -i - --model $M --iters 0 -o"
+
+# ---- usage errors --------------------------------------------------------------
+expect_rc 2 "dataset FILE is required" "tuning without --dataset" -- --model "$M"
+expect_rc 2 "dataset FILE is required" "opt-RTN without --dataset" -- --model "$M" --iters 0
+expect_rc 2 "give the model" "no model" -- --iters 0
+expect_rc 2 "unknown argument '--frobnicate'" "unknown flag" -- "$M" --frobnicate
+expect_rc 2 "AutoRound option not supported yet; evaluation is a separate tool" "--tasks" -- "$M" --tasks lambada
+expect_rc 2 "iters: 'x' is not an integer" "bad --iters" -- "$M" --iters x
+expect_rc 2 "recipe: 'fast'" "bad --recipe" -- "$M" --recipe fast
+if ! "$AR_BIN/ar-tune" --help | grep -q -- --enable_alg_ext; then
+  expect_rc 2 "enable_alg_ext: not supported yet" "--enable_alg_ext" -- "$M" --dataset "$DATA" --enable_alg_ext --dry_run
+fi
+if ! "$AR_BIN/ar-tune" --help | grep -q -- --device; then
+  expect_rc 2 "device cuda: not supported yet" "--device cuda" -- "$M" --dataset "$DATA" --device cuda --dry_run
+fi
+
+# ---- runs ----------------------------------------------------------------------
+# A stage's failure: its own message, then auto-round names it; its exit status carries over.
+expect_rc 1 "ar-calib failed (exit status 1)" "missing dataset file" -- "$M" --dataset "$tmp/none.txt" \
+  --output_dir "$tmp/x" --quiet
+expect_rc 2 "ar-tune failed (exit status 2)" "ar-tune usage error" -- "$M" --bits 99 --iters 0 --disable_opt_rtn \
+  --output_dir "$tmp/x" --quiet
+[ ! -e "$tmp/x" ] && ok "no output after a failure" || bad "output left after a failure"
+
+# Plain RTN without data, two formats: OUT/<format> each, loadable by ar-eval.
+"$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --format auto_round,fake --output_dir "$tmp/rtn" --quiet
+for f in auto_round fake; do
+  ppl=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/rtn/$f" --text "$DATA" --seqlen 128 --windows 4 |
+        sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p')
+  if awk -v p="$ppl" 'BEGIN { exit !(p > 1 && p < 20) }'; then ok "RTN $f: ppl $ppl"; else bad "RTN $f: ppl '$ppl'"; fi
+done
+
+# SignRound piped vs through kept streams: identical models, streams kept and valid.
+q="--dataset $DATA --iters 2 --nsamples 4 --seqlen 32 --quiet"
+# shellcheck disable=SC2086
+"$AR_BIN/auto-round" "$M" $q --output_dir "$tmp/piped"
+# shellcheck disable=SC2086
+"$AR_BIN/auto-round" "$M" $q --output_dir "$tmp/files" --keep_streams "$tmp/streams"
+if cmp -s "$tmp/piped/model.safetensors" "$tmp/files/model.safetensors"; then ok "piped == keep_streams"
+else bad "piped and keep_streams models differ"; fi
+for s in calib tune; do
+  if "$AR_BIN/ar-dump" "$tmp/streams/$s.ars" > "$tmp/$s.txt"; then ok "kept $s.ars is valid"; else bad "kept $s.ars"; fi
+done
+grep -q '"method":"signround"' "$tmp/tune.txt" && ok "tune stream says signround" || bad "tune META: $(head -1 "$tmp/tune.txt")"
+grep -q '"nsamples":4' "$tmp/calib.txt" && ok "calib stream has 4 samples" || bad "calib META: $(head -1 "$tmp/calib.txt")"
+exit $fail
