@@ -15,19 +15,26 @@ LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread -fopenmp
 SHARED  ?= $(abspath ../shared)
 PREFIX  ?= /usr/local
 
+# SANITIZE=1: everything (library, tools, unit tests, fuzz replays) built with
+# ASan+UBSan into build/asan, tools into build/asan/bin so e2e tests run the
+# sanitized tools; any report fails the test that triggered it.
 ifeq ($(SANITIZE),1)
-CFLAGS  += -fsanitize=address,undefined -fno-omit-frame-pointer
+CFLAGS  += -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 LDFLAGS += -fsanitize=address,undefined
 BUILD   ?= build/asan
+BIN     ?= build/asan/bin
+export ASAN_OPTIONS ?= detect_leaks=0:abort_on_error=0:halt_on_error=1
+export UBSAN_OPTIONS ?= print_stacktrace=1:halt_on_error=1
 else
 BUILD   ?= build/obj
+BIN     ?= bin
 endif
 
 LIB_SRC  := $(wildcard libar/*.c)
 FMT_SRC  := $(wildcard formats/*.c)
 CLI_SRC  := $(filter-out cmd/ar-% cmd/auto-round%,$(wildcard cmd/*.c))
 TOOL_SRC := $(wildcard cmd/ar-*.c cmd/auto-round*.c)
-TOOLS    := $(patsubst cmd/%.c,bin/%,$(TOOL_SRC))
+TOOLS    := $(patsubst cmd/%.c,$(BIN)/%,$(TOOL_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
 UNITS    := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 TESTLIB_SRC := $(filter-out tests/unit/test_%,$(wildcard tests/unit/*.c))
@@ -44,13 +51,13 @@ ifneq ($(strip $(CU_SRC)),)
 CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
 CUDA_DIR := $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS   += -DAR_HAVE_CUDA
-LDLIBS   += -L$(CUDA_DIR)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
+LDLIBS   += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
 endif
 endif
-NVCCFLAGS ?= -O2 -std=c++17 -Xcompiler -fPIC -Ilibar -Ikernels \
+NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC -Ilibar -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
-.PHONY: all deps test unit e2e bench clean install check-clients demo
+.PHONY: all deps test unit e2e bench clean install check-clients demo fuzz fuzz-replay
 all: $(TOOLS)
 
 deps:
@@ -68,11 +75,11 @@ $(BUILD)/%.o: %.c
 	@mkdir -p $(@D)
 	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
 
-$(BUILD)/kernels/%.o: kernels/%.cu
+$(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh)
 	@mkdir -p $(@D)
 	$(NVCC) $(NVCCFLAGS) -c $< -o $@
 
-bin/%: $(BUILD)/cmd/%.o $(CLI_OBJ) $(BUILD)/libarformats.a $(BUILD)/libar.a
+$(BIN)/%: $(BUILD)/cmd/%.o $(CLI_OBJ) $(BUILD)/libarformats.a $(BUILD)/libar.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
@@ -87,7 +94,7 @@ unit: $(UNITS)
 	@fail=0; for t in $(UNITS); do echo "== $$t"; AR_SHARED=$(SHARED) $$t --jobs 2 || fail=1; done; exit $$fail
 
 e2e: $(TOOLS)
-	@AR_SHARED=$(SHARED) AR_BIN=$(abspath bin) sh tests/e2e/run.sh
+	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) sh tests/e2e/run.sh
 
 # Benchmark helpers: each tests/bench/NAME.c becomes $(BUILD)/bench/NAME.
 BENCH_BIN := $(patsubst tests/bench/%.c,$(BUILD)/bench/%,$(wildcard tests/bench/*.c))
@@ -96,9 +103,99 @@ $(BUILD)/bench/%: tests/bench/%.c $(BUILD)/libar.a
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
 bench: $(TOOLS) $(BENCH_BIN)
-	@AR_SHARED=$(SHARED) AR_BIN=$(abspath bin) AR_BENCH_BIN=$(abspath $(BUILD)/bench) sh tests/bench/run.sh
+	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) AR_BENCH_BIN=$(abspath $(BUILD)/bench) sh tests/bench/run.sh
+
+# ---- fuzzing (tests/fuzz/README.md) ------------------------------------------
+# make fuzz [FUZZ_SECONDS=60] [FUZZ_TARGETS="gguf stream"]: build each
+# tests/fuzz/fuzz_NAME.c with clang's libFuzzer+ASan+UBSan into build/fuzz and
+# run it for FUZZ_SECONDS over tests/fuzz/corpus/NAME (new inputs go to
+# build/fuzz/corpus/NAME, crashes to build/fuzz/crashes/NAME/). `make test`
+# replays the seeds and tests/fuzz/regressions/NAME through each target built
+# with the normal compiler (fuzz-replay).
+FUZZ_NAMES   := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+FUZZ_SECONDS ?= 60
+FUZZ_CC      ?= clang
+FUZZ_OUT     := build/fuzz
+FUZZ_CFLAGS  := -O1 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -pthread -fopenmp -Ilibar -Iformats \
+                $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
+                -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_LIBOBJ  := $(patsubst %.c,$(FUZZ_OUT)/obj/%.o,$(LIB_SRC) $(FMT_SRC))
+FUZZ_REPLAYS := $(patsubst %,$(BUILD)/fuzz/replay_%,$(FUZZ_NAMES))
+
+$(FUZZ_OUT)/obj/%.o: %.c
+	@mkdir -p $(@D)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link -MMD -MP -c $< -o $@
+
+# one archive, so a target links only the objects it uses
+$(FUZZ_OUT)/libar-fuzz.a: $(FUZZ_LIBOBJ)
+	$(AR) rcs $@ $^
+
+$(FUZZ_OUT)/fuzz_%: $(FUZZ_OUT)/obj/tests/fuzz/fuzz_%.o $(FUZZ_OUT)/libar-fuzz.a
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer -o $@ $^ $(LDLIBS)
+
+fuzz: $(patsubst %,$(FUZZ_OUT)/fuzz_%,$(FUZZ_TARGETS))
+	@for n in $(FUZZ_TARGETS); do \
+	  mkdir -p $(FUZZ_OUT)/corpus/$$n $(FUZZ_OUT)/crashes/$$n; \
+	  echo "== fuzz_$$n for $(FUZZ_SECONDS)s"; \
+	  $(FUZZ_OUT)/fuzz_$$n -max_total_time=$(FUZZ_SECONDS) -timeout=10 -rss_limit_mb=2048 -print_final_stats=1 \
+	    -artifact_prefix=$(FUZZ_OUT)/crashes/$$n/ $(FUZZ_OUT)/corpus/$$n tests/fuzz/corpus/$$n || exit 1; \
+	done
+
+$(BUILD)/fuzz/replay_%: $(BUILD)/tests/fuzz/fuzz_%.o $(BUILD)/tests/fuzz/replay_main.o $(BUILD)/libarformats.a $(BUILD)/libar.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# keep the objects: replays and fuzzers are rebuilt often, the library rarely
+.PRECIOUS: $(BUILD)/tests/fuzz/%.o $(FUZZ_OUT)/obj/%.o
+
+fuzz-replay: $(FUZZ_REPLAYS)
+	@fail=0; for n in $(FUZZ_NAMES); do \
+	  $(BUILD)/fuzz/replay_$$n tests/fuzz/corpus/$$n tests/fuzz/regressions/$$n || { echo "FAIL fuzz replay $$n"; fail=1; }; \
+	done; exit $$fail
+
+test: fuzz-replay
 
 clean:
-	rm -rf build/obj build/asan bin
+	rm -rf build/obj build/asan build/fuzz bin
 
 -include $(shell find build -name '*.d' 2>/dev/null)
+
+# ---- auto-round recipes, shared library, install, demo -----------------------
+# auto-round's recipes are the same program under other names (it reads argv[0]).
+RECIPES := $(addprefix $(BIN)/auto-round-,best light opt-rtn rtn)
+all: $(RECIPES)
+$(RECIPES): $(BIN)/auto-round
+	ln -sf auto-round $@
+
+# libar.so from the same position-independent objects as libar.a.
+$(BUILD)/libar.so: $(LIB_OBJ) $(CU_OBJ)
+	@mkdir -p $(@D)
+	$(CC) -shared $(LDFLAGS) -Wl,-soname,libar.so -o $@ $^ $(LDLIBS)
+
+# make install [PREFIX=/usr/local] [DESTDIR=]: the tools, libar (static and
+# shared) with its public headers in include/ar (#include <ar/stream.h>), the
+# man pages, and ar.pc.
+AR_VERSION ?= 0.1.0
+LIBDIR     ?= $(PREFIX)/lib
+INCDIR     ?= $(PREFIX)/include
+MANDIR     ?= $(PREFIX)/share/man
+PUB_HDR    := $(filter-out %_impl.h,$(wildcard libar/*.h))
+
+install: all $(BUILD)/libar.a $(BUILD)/libar.so
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/ar \
+	  $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man7
+	install -m 755 $(TOOLS) $(DESTDIR)$(PREFIX)/bin/
+	for r in $(notdir $(RECIPES)); do ln -sf auto-round $(DESTDIR)$(PREFIX)/bin/$$r; done
+	install -m 644 $(BUILD)/libar.a $(DESTDIR)$(LIBDIR)/
+	install -m 755 $(BUILD)/libar.so $(DESTDIR)$(LIBDIR)/
+	install -m 644 $(PUB_HDR) $(DESTDIR)$(INCDIR)/ar/
+	for f in man/*.[157]; do install -m 644 $$f $(DESTDIR)$(MANDIR)/man$${f##*.}/; done
+	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' 'Name: ar' \
+	  'Description: SignRound quantization of LLMs: tensor streams, models, quantizers' \
+	  'Version: $(AR_VERSION)' 'Requires.private: $(PKGS)' 'Cflags: -I$${includedir}' \
+	  'Libs: -L$${libdir} -lar' 'Libs.private: -lm -pthread -fopenmp' > $(DESTDIR)$(LIBDIR)/pkgconfig/ar.pc
+
+# make demo: tiny-llama with RTN and SignRound at W4A16 and W2A16G64, a PPL table (slow; not part of test).
+demo: all
+	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) sh examples/demo.sh
