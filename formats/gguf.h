@@ -147,9 +147,12 @@ int ar_gguf_set_model_metadata(ar_gguf_writer *w, const ar_config *c, const char
 int ar_gguf_set_tokenizer(ar_gguf_writer *w, const char *model_dir);
 
 /* Permute rows of any element size (row_bytes each: floats, or quantized rows,
- * which ggml stores independently) as ar_gguf_permute_qk does; and back. */
+ * which ggml stores independently) as ar_gguf_permute_qk does. */
 int ar_gguf_permute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head);
-int ar_gguf_unpermute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head);
+
+/* The GGUF row that holds HF row r of a permuted projection of n_head heads
+ * of d rows each (the inverse map of ar_gguf_permute_rows). */
+int64_t ar_gguf_permuted_row(int64_t r, int64_t d);
 
 /* Importance weights for a tensor (GGUF name, row length ne0): a pointer to
  * ne0 floats, or NULL for none. */
@@ -160,6 +163,12 @@ typedef const float *(*ar_gguf_imatrix_fn)(void *ctx, const char *gguf_name, int
  * choices of per-tensor type, optional imatrix per tensor). 0 or -1. */
 int ar_gguf_convert_hf(const char *model_dir, const char *out_path, ar_gguf_ftype ftype,
                        ar_gguf_imatrix_fn imatrix, void *imatrix_ctx);
+
+/* Fill *c from a GGUF file's metadata and tensor inventory (architectures
+ * llama, qwen2, qwen3); path names the file in messages. 0 or -1 with ar_error,
+ * e.g. "m.gguf: architecture 'gpt2' is not supported". The tensor source over
+ * a GGUF file is ar_source_gguf (model_open.h). */
+int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c);
 
 /* ---- The same conversion piece by piece (ar-pack's GGUF output) --------------- */
 

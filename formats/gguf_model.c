@@ -43,22 +43,10 @@ int ar_gguf_permute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_
     return 0;
 }
 
-int ar_gguf_unpermute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_head)
+int64_t ar_gguf_permuted_row(int64_t r, int64_t d)
 {
-    if (n_head <= 0 || rows % (2 * n_head)) return ar_error("cannot un-permute %lld rows into %d heads", (long long)rows, n_head);
-    const int64_t d = rows / n_head, half = d / 2;
-    char *tmp = malloc(row_bytes * (size_t)d);
-    if (!tmp) return ar_error("out of memory");
-    for (int h = 0; h < n_head; h++) {
-        char *head = (char *)rows_data + (size_t)(h * d) * row_bytes;
-        /* old row k*half + i comes back from new row 2i+k */
-        for (int64_t i = 0; i < half; i++)
-            for (int k = 0; k < 2; k++)
-                memcpy(tmp + (size_t)(k * half + i) * row_bytes, head + (size_t)(2 * i + k) * row_bytes, row_bytes);
-        memcpy(head, tmp, row_bytes * (size_t)d);
-    }
-    free(tmp);
-    return 0;
+    int64_t head = r / d, j = r % d, half = d / 2;
+    return head * d + 2 * (j % half) + j / half;
 }
 
 int ar_gguf_permute_qk(float *w, int64_t rows, int64_t cols, int n_head)

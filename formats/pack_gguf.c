@@ -14,6 +14,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "gguf.h"
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -63,6 +64,12 @@ ar_pack_gguf *ar_pack_gguf_open(const char *model_dir, const char *out_path, con
      * none to token_embd/output); tuned ones arrive already quantized. */
     if (!(p->cv = ar_gguf_conv_open(model_dir, out_path, p->ftype, 0))) {
         free(p);
+        return NULL;
+    }
+    /* Where ar-eval finds the HF tokenizer of this file (model_any.h). */
+    char abs[PATH_MAX];
+    if (ar_gguf_set_str(ar_gguf_conv_writer(p->cv), "ar.source_model", realpath(model_dir, abs) ? abs : model_dir)) {
+        ar_pack_gguf_abort(p);
         return NULL;
     }
     return p;

@@ -1,0 +1,226 @@
+/* gguf_source.c — a GGUF file as a model, the GGUF hooks of model_open.h.
+ *
+ * Weights: tensors by HF name (llama.cpp's names mapped back), dequantized to
+ * f32 with ggml's arithmetic, Q/K rows of the llama architecture read back in
+ * HF's rotate-half order. Config: from the file's own metadata, so the weights
+ * are self-describing (qwen2's sliding window is not used, as llama.cpp does
+ * not). Tokenizer: the Hugging Face one, tokenizer.json beside the file, else
+ * in the model folder named by the file's "ar.source_model" key (ar-pack
+ * writes it); llama.cpp's embedded vocabulary is not turned back into a
+ * tokenizer.json. */
+#include "error.h"
+#include "gguf.h"
+#include "model_open.h"
+#include <limits.h>
+#include <stdio.h>
+#include <unistd.h>
+#include <stdlib.h>
+#include <string.h>
+
+static const struct { const char *gguf, *hf_class, *model_type; ar_arch arch; } archs[] = {
+    {"llama", "LlamaForCausalLM", "llama", AR_ARCH_LLAMA},
+    {"qwen2", "Qwen2ForCausalLM", "qwen2", AR_ARCH_QWEN2},
+    {"qwen3", "Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3},
+};
+
+/* "<arch>.<key>" as an integer, or def when absent. */
+static int64_t arch_int(const ar_gguf *g, const char *arch, const char *key, int64_t def)
+{
+    char k[160];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    const ar_gguf_kv *kv = ar_gguf_find_kv(g, k);
+    return kv ? ar_gguf_kv_int(kv) : def;
+}
+
+static double arch_float(const ar_gguf *g, const char *arch, const char *key, double def)
+{
+    char k[160];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    const ar_gguf_kv *kv = ar_gguf_find_kv(g, k);
+    return kv ? ar_gguf_kv_float(kv) : def;
+}
+
+static int token_id(const ar_gguf *g, const char *key)
+{
+    const ar_gguf_kv *kv = ar_gguf_find_kv(g, key);
+    return kv ? (int)ar_gguf_kv_int(kv) : -1;
+}
+
+static int has_tensor(const ar_gguf *g, const char *name) { return ar_gguf_find_tensor(g, name) != NULL; }
+
+static int set_arch(ar_config *c, const ar_gguf *g, const char *path, const char **arch)
+{
+    const ar_gguf_kv *a = ar_gguf_find_kv(g, "general.architecture");
+    if (!a || a->type != AR_GGUF_STRING) return ar_error("%s: no general.architecture", path);
+    for (size_t i = 0; i < sizeof archs / sizeof archs[0]; i++)
+        if (!strcmp(a->str, archs[i].gguf)) {
+            c->arch = archs[i].arch;
+            snprintf(c->arch_name, sizeof c->arch_name, "%s", archs[i].hf_class);
+            snprintf(c->model_type, sizeof c->model_type, "%s", archs[i].model_type);
+            *arch = archs[i].gguf;
+            return 0;
+        }
+    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3)", path, a->str);
+}
+
+static int set_rope(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
+{
+    char k[160];
+    c->rope_theta = arch_float(g, arch, "rope.freq_base", 10000.0);
+    c->rope_type = AR_ROPE_DEFAULT;
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+    const ar_gguf_kv *st = ar_gguf_find_kv(g, k);
+    if (st && st->type == AR_GGUF_STRING && !strcmp(st->str, "linear")) {
+        c->rope_type = AR_ROPE_LINEAR;
+        c->rope_factor = arch_float(g, arch, "rope.scaling.factor", 1.0);
+    } else if (st && st->type == AR_GGUF_STRING && strcmp(st->str, "none"))
+        return ar_error("%s: RoPE scaling '%s' is not supported", path, st->str);
+    if (has_tensor(g, "rope_freqs.weight"))
+        return ar_error("%s: per-frequency RoPE factors (rope_freqs.weight, Llama 3 scaling) are not supported", path);
+    return 0;
+}
+
+int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
+{
+    const char *arch = "";
+    memset(c, 0, sizeof *c);
+    if (set_arch(c, g, path, &arch)) return -1;
+    c->n_layers = (int)arch_int(g, arch, "block_count", 0);
+    c->hidden = (int)arch_int(g, arch, "embedding_length", 0);
+    c->intermediate = (int)arch_int(g, arch, "feed_forward_length", 0);
+    c->n_heads = (int)arch_int(g, arch, "attention.head_count", 0);
+    c->n_kv_heads = (int)arch_int(g, arch, "attention.head_count_kv", c->n_heads);
+    c->max_pos = (int)arch_int(g, arch, "context_length", 2048);
+    c->rms_eps = (float)arch_float(g, arch, "attention.layer_norm_rms_epsilon", 1e-6);
+    if (c->n_layers <= 0 || c->hidden <= 0 || c->intermediate <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0)
+        return ar_error("%s: missing or zero %s.block_count / embedding_length / feed_forward_length / head counts",
+                        path, arch);
+    c->head_dim = (int)arch_int(g, arch, "attention.key_length", c->hidden / c->n_heads);
+    const ar_gguf_tensor *emb = ar_gguf_find_tensor(g, "token_embd.weight");
+    if (!emb || emb->n_dims != 2 || emb->ne[0] != c->hidden)
+        return ar_error("%s: no token_embd.weight of row length %d", path, c->hidden);
+    c->vocab = (int)emb->ne[1];
+    if (set_rope(c, g, arch, path)) return -1;
+    c->tie_embeddings = !has_tensor(g, "output.weight");
+    c->qkv_bias = has_tensor(g, "blk.0.attn_q.bias");
+    c->o_bias = has_tensor(g, "blk.0.attn_output.bias");
+    c->mlp_bias = has_tensor(g, "blk.0.ffn_up.bias");
+    c->qk_norm = has_tensor(g, "blk.0.attn_q_norm.weight");
+    c->bos_id = token_id(g, "tokenizer.ggml.bos_token_id");
+    c->eos_id = token_id(g, "tokenizer.ggml.eos_token_id");
+    return 0;
+}
+
+/* ---- tensor source --------------------------------------------------------- */
+
+typedef struct {
+    ar_gguf  *g;
+    ar_config cfg;
+    char      path[4096];
+} gguf_src;
+
+/* The GGUF tensor behind an HF name, or NULL (no error) when there is none. */
+static const ar_gguf_tensor *find(const gguf_src *s, const char *hf_name)
+{
+    char gname[256];
+    int m = ar_gguf_map_name(hf_name, gname, sizeof gname);   /* an unknown name is just "not here" */
+    return m == 1 ? ar_gguf_find_tensor(s->g, gname) : NULL;
+}
+
+static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
+{
+    const ar_gguf_tensor *t = find(ctx, name);
+    if (!t) return 1;
+    *ndim = t->n_dims;
+    for (int d = 0; d < t->n_dims; d++) shape[d] = t->ne[t->n_dims - 1 - d];  /* ggml's ne[0] is the last HF dim */
+    return 0;
+}
+
+/* Heads of d rows each when the tensor's rows are in llama.cpp's RoPE order. */
+static int permuted_heads(const gguf_src *s, const ar_gguf_tensor *t)
+{
+    if (s->cfg.arch != AR_ARCH_LLAMA || t->n_dims != 2) return 0;
+    if (strstr(t->name, ".attn_q.")) return s->cfg.n_heads;
+    if (strstr(t->name, ".attn_k.")) return s->cfg.n_kv_heads;
+    return 0;
+}
+
+static int src_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
+{
+    gguf_src *s = ctx;
+    const ar_gguf_tensor *t = find(s, name);
+    if (!t) return ar_error("%s: no tensor for %s", s->path, name);
+    const int64_t cols = t->n_dims == 1 ? 1 : t->ne[0], rows = ar_gguf_tensor_numel(t) / cols;
+    if (row0 < 0 || nrows < 0 || row0 + nrows > rows)
+        return ar_error("%s: rows %lld..%lld of %s out of range", s->path, (long long)row0, (long long)(row0 + nrows), name);
+    if (t->n_dims == 1) return ar_ggml_dequantize(t->type, t->data, dst, t->ne[0]) ? ar_error_prefix(s->path) : 0;
+    const size_t rb = ar_ggml_row_bytes(t->type, cols);
+    const int heads = permuted_heads(s, t);
+    for (int64_t r = row0; r < row0 + nrows; r++) {
+        int64_t gr = heads ? ar_gguf_permuted_row(r, rows / heads) : r;
+        if (ar_ggml_dequantize(t->type, (const char *)t->data + (size_t)gr * rb, dst + (r - row0) * cols, cols))
+            return ar_error_prefix(s->path);
+    }
+    return 0;
+}
+
+static void src_close(void *ctx)
+{
+    gguf_src *s = ctx;
+    if (!s) return;
+    ar_gguf_close(s->g);
+    free(s);
+}
+
+int ar_source_gguf(ar_tensor_source *src, ar_config *c, const char *path)
+{
+    gguf_src *s = calloc(1, sizeof *s);
+    if (!s) return ar_error("out of memory");
+    snprintf(s->path, sizeof s->path, "%s", path);
+    if (!(s->g = ar_gguf_open(path)) || ar_gguf_read_config(s->g, path, &s->cfg)) {
+        src_close(s);
+        return -1;
+    }
+    *src = (ar_tensor_source){s, src_shape, src_read_rows, src_close};
+    *c = s->cfg;
+    return 0;
+}
+
+/* ---- tokenizer ---------------------------------------------------------------- */
+
+/* dir holds a tokenizer.json */
+static int has_tokenizer(const char *dir)
+{
+    char p[PATH_MAX + 32];
+    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
+    return access(p, R_OK) == 0;
+}
+
+/* Folder of the tokenizer for GGUF file path: its own folder, else the model
+ * folder it was packed from. */
+static int gguf_tokenizer_dir(const char *path, char *dir, size_t cap)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash) snprintf(dir, cap, ".");
+    else if (slash == path) snprintf(dir, cap, "/");
+    else snprintf(dir, cap, "%.*s", (int)(slash - path), path);
+    if (has_tokenizer(dir)) return 0;
+    ar_gguf *g = ar_gguf_open(path);
+    if (!g) return -1;
+    const ar_gguf_kv *kv = ar_gguf_find_kv(g, "ar.source_model");
+    int ok = kv && kv->type == AR_GGUF_STRING && has_tokenizer(kv->str);
+    if (ok) snprintf(dir, cap, "%s", kv->str);
+    ar_gguf_close(g);
+    if (!ok)
+        return ar_error("%s: no tokenizer.json beside the file nor in the model folder it was packed from "
+                        "(ar.source_model); copy the model's tokenizer.json and tokenizer_config.json beside it",
+                        path);
+    return 0;
+}
+
+ar_tokenizer *ar_tokenizer_gguf(const char *path)
+{
+    char dir[PATH_MAX];
+    if (gguf_tokenizer_dir(path, dir, sizeof dir)) return NULL;
+    return ar_tokenizer_load(dir);
+}
