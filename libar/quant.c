@@ -1,6 +1,7 @@
 /* quant.c — int_sym / int_asym fake-quantizers, STE backward, opt-RTN.
  * See quant.h for the formulas; comments here explain the choices. */
 #include "quant.h"
+#include "quant_fp.h"
 #include "dtype.h"
 #include "error.h"
 
@@ -37,6 +38,7 @@ int ar_quant_ngroups(int k, int group_size)
 int ar_quant_spec_check(const ar_quant_spec *qs)
 {
     if (!qs) return ar_error("quant: no spec");
+    if (qs->dtype != AR_QDT_INT) return ar_quant_fp_check(qs);
     if (qs->bits < 2 || qs->bits > 8)
         return ar_error("quant: %d bits not supported by the int quantizer (2..8)", qs->bits);
     if (qs->group_size == 0 || qs->group_size < -1)
@@ -143,6 +145,7 @@ static void group_forward(const ar_quant_spec *qs, const group_state *gs, const 
 int ar_quant_forward(const ar_quant_spec *qs, const float *w, int n, int k,
                      const ar_quant_params *p, const ar_quant_out *out)
 {
+    if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_forward(qs, w, n, k, p, out);
     if (ar_quant_spec_check(qs)) return -1;
     if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
     int ng = ar_quant_ngroups(k, qs->group_size);
@@ -221,6 +224,7 @@ int ar_quant_backward(const ar_quant_spec *qs, const float *w, int n, int k,
                       const ar_quant_params *p, const float *dwq,
                       float *dv, float *dalpha, float *dbeta)
 {
+    if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_backward(qs, w, n, k, p, dwq, dv, dalpha, dbeta);
     if (ar_quant_spec_check(qs)) return -1;
     if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
     int ng = ar_quant_ngroups(k, qs->group_size);
@@ -435,6 +439,7 @@ int ar_quant_search_scales(const ar_quant_spec *qs, const float *w, int n, int k
 int ar_quant_opt_rtn(const ar_quant_spec *qs, const float *w, int n, int k,
                      const float *imat, const ar_quant_out *out)
 {
+    if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_opt_rtn(qs, w, n, k, imat, out);
     if (ar_quant_spec_check(qs)) return -1;
     if (!qs->sym) return ar_quant_forward(qs, w, n, k, NULL, out);
     int ng = ar_quant_ngroups(k, qs->group_size);

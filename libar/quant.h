@@ -34,7 +34,13 @@ enum {
      * rounded to bf16 (the cast before the matmul), and opt-RTN's search runs
      * with every intermediate tensor rounded to bf16 as PyTorch eager does. */
     AR_QF_BF16 = 1u << 1,
+    /* FP8 blocks: the group is a 2-D group_size x group_size tile (FP8_BLOCK). */
+    AR_QF_BLOCK2D = 1u << 2,
 };
+
+/* Weight data type of ar_quant_spec.dtype. The floating-point kinds are
+ * implemented in quant_fp.h; the entry points below dispatch to them. */
+enum { AR_QDT_INT = 0, AR_QDT_MXFP4, AR_QDT_MXFP8, AR_QDT_NVFP4, AR_QDT_FP8 };
 
 /* How one Linear is quantized. */
 typedef struct {
@@ -44,6 +50,9 @@ typedef struct {
     unsigned flags;     /* AR_QF_* */
     float minmax_hi;    /* upper clamp of α and β: 1 (SignRound V1) or 2
                            (SignRoundV2's max_scale); 0 means 1 */
+    int dtype;          /* AR_QDT_*: 0 = integer (this file) */
+    float global_scale; /* NVFP4: shared global scale (fused q/k/v, gate/up);
+                           0 = 448·6/max|W| of this weight */
 } ar_quant_spec;
 
 /* Tunables of one Linear; every pointer may be NULL (V = 0, α = β = 1, no
@@ -62,6 +71,7 @@ typedef struct {
     uint8_t *codes;  /* unsigned codes [N, K]: sym q + 2^(b-1), asym q */
     float   *scale;  /* [N, ngroups] (negative allowed for sym) */
     int32_t *zp;     /* [N, ngroups]: asym z, sym the constant 2^(b-1) */
+    float   *global_scale; /* [1]: NVFP4's global scale (floating-point kinds only) */
 } ar_quant_out;
 
 /* Number of groups per row for K in-features and group size G (G = -1: 1). */
