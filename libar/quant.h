@@ -71,7 +71,6 @@ typedef struct {
     uint8_t *codes;  /* unsigned codes [N, K]: sym q + 2^(b-1), asym q */
     float   *scale;  /* [N, ngroups] (negative allowed for sym) */
     int32_t *zp;     /* [N, ngroups]: asym z, sym the constant 2^(b-1) */
-    float   *global_scale; /* [1]: NVFP4's global scale (floating-point kinds only) */
 } ar_quant_out;
 
 /* Number of groups per row for K in-features and group size G (G = -1: 1). */

@@ -212,8 +212,7 @@ static void tile_setup(const ar_quant_spec *qs, float gs, float amax, float beta
     }
 }
 
-/* The global scale of an NVFP4 weight (1 for the other kinds). */
-static float global_scale_of(const ar_quant_spec *qs, const float *w, int n, int k)
+float ar_quant_fp_global_scale(const ar_quant_spec *qs, const float *w, int n, int k)
 {
     if (qs->dtype != AR_QDT_NVFP4) return 1.0f;
     return qs->global_scale > 0 ? qs->global_scale : ar_nvfp4_global_scale(w, (size_t)n * k);
@@ -279,7 +278,7 @@ int ar_quant_fp_forward(const ar_quant_spec *qs, const float *w, int n, int k,
 {
     if (ar_quant_fp_check(qs)) return -1;
     tiling t = tiling_of(qs, n, k);
-    float gs = global_scale_of(qs, w, n, k), lim = elem_max(qs);
+    float gs = ar_quant_fp_global_scale(qs, w, n, k), lim = elem_max(qs);
     tile_state *ts = tiles_setup(qs, &t, w, p, gs);
     if (!ts) return -1;
     #pragma omp parallel for schedule(static) if ((long)n * k >= FP_PAR_MIN)
@@ -304,7 +303,6 @@ int ar_quant_fp_forward(const ar_quant_spec *qs, const float *w, int n, int k,
             if (out->zp) out->zp[(size_t)r * t.ng + g] = 0;
         }
     }
-    if (out->global_scale) out->global_scale[0] = gs;
     free(ts);
     return 0;
 }
@@ -340,7 +338,7 @@ int ar_quant_fp_backward(const ar_quant_spec *qs, const float *w, int n, int k,
     (void)dalpha;
     if (ar_quant_fp_check(qs)) return -1;
     tiling t = tiling_of(qs, n, k);
-    float gs = global_scale_of(qs, w, n, k);
+    float gs = ar_quant_fp_global_scale(qs, w, n, k);
     tile_state *ts = tiles_setup(qs, &t, w, p, gs);
     double *part = ts ? malloc(sizeof(double) * (size_t)n * t.ntc) : NULL;
     if (!part) { free(ts); return ts ? ar_error("quant: out of memory in the FP backward") : -1; }
@@ -408,7 +406,7 @@ int ar_quant_fp_search(const ar_quant_spec *qs, const float *w, int n, int k, co
     float *wq = malloc(sizeof(float) * (size_t)n * k), *init = malloc(sizeof(float) * ngr);
     double *best = malloc(sizeof(double) * ngr), *loss = malloc(sizeof(double) * ngr);
     int rc = (!wq || !init || !best || !loss) ? ar_error("quant: out of memory in the FP scale search") : 0;
-    ar_quant_out o = {wq, NULL, NULL, NULL, NULL};
+    ar_quant_out o = {wq, NULL, NULL, NULL};
     if (!rc) rc = ar_quant_fp_forward(&plain, w, n, k, NULL, &o);
     if (!rc) group_losses(&t, w, wq, imat, best);
     for (int ci = 0; !rc && ci < nc; ci++) {
@@ -464,7 +462,7 @@ int ar_act_quant(const ar_act_spec *as, float *x, long rows, int k)
         if (qs.group_size == 0) qs.group_size = -1;
     }
     if (as->dtype == AR_QDT_NVFP4 && as->act_max > 0) qs.global_scale = E4M3_MAX * FP4_MAX / as->act_max;
-    ar_quant_out o = {x, NULL, NULL, NULL, NULL};
+    ar_quant_out o = {x, NULL, NULL, NULL};
     /* In place: both quantizers finish a group's statistics before writing it. */
     return ar_quant_forward(&qs, x, (int)rows, k, NULL, &o);
 }

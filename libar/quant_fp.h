@@ -59,6 +59,10 @@ float ar_mx_round_element(float x, int fmt);
 /* NVFP4's global scale 448·6 / max|w| over n values (0 for an all-zero w). */
 float ar_nvfp4_global_scale(const float *w, size_t n);
 
+/* The global scale the quantizer uses for W [n, k]: qs->global_scale when
+ * set, else ar_nvfp4_global_scale(W); 1 for kinds other than NVFP4. */
+float ar_quant_fp_global_scale(const ar_quant_spec *qs, const float *w, int n, int k);
+
 /* ---- weight quantizers (called through quant.h's dispatch) ------------- */
 
 /* Check a floating-point spec: MXFP4/NVFP4 4 bits, MXFP8/FP8 8 bits; MX
@@ -66,9 +70,9 @@ float ar_nvfp4_global_scale(const float *w, size_t n);
  * AR_QF_BLOCK2D for tiles). 0 or -1 with ar_error. */
 int ar_quant_fp_check(const ar_quant_spec *qs);
 
-/* As ar_quant_forward; out->zp (if given) gets 0, out->global_scale (if
- * given) the NVFP4 global scale (1 for the other kinds). init_scale, when
- * given, multiplies the group maximum (SignRoundV2 / opt-RTN). */
+/* As ar_quant_forward; out->zp (if given) gets 0. The NVFP4 global scale
+ * used is ar_quant_fp_global_scale(qs, w, n, k). init_scale, when given,
+ * multiplies the group maximum (SignRoundV2 / opt-RTN). */
 int ar_quant_fp_forward(const ar_quant_spec *qs, const float *w, int n, int k,
                         const ar_quant_params *p, const ar_quant_out *out);
 

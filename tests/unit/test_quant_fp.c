@@ -162,8 +162,9 @@ static void check_forward(int dtype, int G, unsigned flags, int n, int k, int tr
     for (int i = 0; i < n * ng; i++) beta[i] = (float)(0.75 + 0.25 * fabs(urand()));
     ar_quant_spec qs = {dtype == AR_QDT_MXFP4 || dtype == AR_QDT_NVFP4 ? 4 : 8, G, 1, flags, 0, dtype, 0};
     ar_quant_params p = {NULL, NULL, beta, NULL};
-    ar_quant_out out = {wq, codes, scale, NULL, &gsv};
+    ar_quant_out out = {wq, codes, scale, NULL};
     cr_assert_eq(ar_quant_forward(&qs, w, n, k, &p, &out), 0, "%s", ar_last_error());
+    gsv = ar_quant_fp_global_scale(&qs, w, n, k);
     ref_forward(dtype, w, n, k, trows, tcols, beta, ng, gsv, ref);
     if (dtype == AR_QDT_NVFP4) cr_expect_float_eq(gsv, ar_nvfp4_global_scale(w, (size_t)n * k), 0);
     int bad = 0;
@@ -197,7 +198,7 @@ Test(fp_forward, mx_scale_is_floor_rule_and_saturates)
     float w[32] = {0}, wq[32], s;
     w[0] = 7.9f; w[1] = -0.3f; w[2] = 0.2f;
     ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
-    ar_quant_out out = {wq, NULL, &s, NULL, NULL};
+    ar_quant_out out = {wq, NULL, &s, NULL};
     cr_assert_eq(ar_quant_forward(&qs, w, 1, 32, NULL, &out), 0);
     cr_expect_eq(s, 1.0f);
     cr_expect_eq(wq[0], 6.0f);
@@ -213,7 +214,7 @@ Test(fp_forward, mx_scale_is_floor_rule_and_saturates)
 Test(fp_forward, rejects_bad_specs)
 {
     float w[32] = {0}, wq[32];
-    ar_quant_out out = {wq, NULL, NULL, NULL, NULL};
+    ar_quant_out out = {wq, NULL, NULL, NULL};
     ar_quant_spec bad1 = {8, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
     cr_expect_neq(ar_quant_forward(&bad1, w, 1, 32, NULL, &out), 0);
     cr_expect(strstr(ar_last_error(), "MXFP4 needs 4 bits") != NULL, "%s", ar_last_error());
@@ -329,7 +330,7 @@ static void check_opt_rtn(int dtype, int G)
     fill(w, N * K, 0.2);
     for (int c = 0; c < K; c++) imat[c] = (float)(0.1 + fabs(urand()) * 3);
     ar_quant_spec qs = {dtype == AR_QDT_MXFP8 ? 8 : 4, G, 1, 0, 0, dtype, 0};
-    ar_quant_out oa = {a, NULL, NULL, NULL, NULL}, ob = {b, NULL, NULL, NULL, NULL};
+    ar_quant_out oa = {a, NULL, NULL, NULL}, ob = {b, NULL, NULL, NULL};
     cr_assert_eq(ar_quant_forward(&qs, w, N, K, NULL, &oa), 0);
     cr_assert_eq(ar_quant_opt_rtn(&qs, w, N, K, imat, &ob), 0, "%s", ar_last_error());
     cr_expect(weighted_err(w, b, imat, N, K) <= weighted_err(w, a, imat, N, K) + 1e-12);
@@ -346,7 +347,7 @@ static void check_opt_rtn(int dtype, int G)
                 if (!ok) continue;
                 ar_quant_spec one = qs;
                 ar_quant_params p = {NULL, NULL, NULL, &m};
-                ar_quant_out o = {q, NULL, NULL, NULL, NULL};
+                ar_quant_out o = {q, NULL, NULL, NULL};
                 if (dtype == AR_QDT_NVFP4) one.global_scale = ar_nvfp4_global_scale(w, N * K);
                 cr_assert_eq(ar_quant_forward(&one, wr, 1, G, &p, &o), 0);
                 best = fmin(best, weighted_err(wr, q, imat + g * G, 1, G));
@@ -355,7 +356,7 @@ static void check_opt_rtn(int dtype, int G)
             ar_quant_spec one = qs;
             if (dtype == AR_QDT_NVFP4) one.global_scale = ar_nvfp4_global_scale(w, N * K);
             ar_quant_params p = {NULL, NULL, NULL, &m};
-            ar_quant_out o = {q2, NULL, NULL, NULL, NULL};
+            ar_quant_out o = {q2, NULL, NULL, NULL};
             cr_assert_eq(ar_quant_forward(&one, wr, 1, G, &p, &o), 0);
             cr_expect(weighted_err(wr, q2, imat + g * G, 1, G) <= best * (1 + 1e-6) + 1e-15, "group %d/%d mult %g", r, g, m);
         }
@@ -375,7 +376,7 @@ Test(fp_act, dynamic_mx_equals_weight_quantizer_and_static_fp8_uses_act_max)
     ar_act_spec as = {AR_QDT_MXFP4, 4, 32, 1, 0};
     cr_assert_eq(ar_act_quant(&as, y, R, K), 0);
     ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
-    ar_quant_out o = {ref, NULL, NULL, NULL, NULL};
+    ar_quant_out o = {ref, NULL, NULL, NULL};
     cr_assert_eq(ar_quant_forward(&qs, x, R, K, NULL, &o), 0);
     cr_expect_arr_eq(y, ref, sizeof y);
     memcpy(y, x, sizeof x);
