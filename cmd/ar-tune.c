@@ -5,10 +5,12 @@
  * P.zp (i32 [N,groups]), after a META record naming the model and settings. */
 #include "calib.h"
 #include "cli.h"
+#include "device.h"
 #include "error.h"
 #include "gguf_tune.h"
 #include "model.h"
 #include "quant.h"
+#include "quant_fp.h"
 #include "scheme.h"
 #include "signround.h"
 #include "stream.h"
@@ -26,7 +28,7 @@ static const char usage[] =
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn]\n"
-    "               [--quiet|--verbose|--progress]\n"
+    "               [--device cpu|cuda[:N]] [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n";
 
@@ -37,6 +39,7 @@ typedef struct {
     double lr, minmax_lr;
     long seed;
     int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
+    const char *device;     /* --device; NULL = auto (cuda when a GPU is present) */
 } tune_args;
 
 static int flag(const char *a, const char *name) { return !strcmp(a, name); }
@@ -73,6 +76,7 @@ static tune_args parse_args(int argc, char **argv)
         else if (flag(s, "--not_use_best_mse")) a.not_use_best = 1;
         else if (flag(s, "--disable_quanted_input")) a.disable_quanted_input = 1;
         else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
+        else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
         else cli_usage_error("unknown argument '%s'", s);
     }
     return a;
@@ -90,6 +94,9 @@ static void apply_recipe(tune_args *a)
     if (a->batch_size < 0) a->batch_size = 8;
     if (a->gas < 0) a->gas = 1;
 }
+
+/* Where the block forwards and SignRound run: AR_DEVICE_CPU or a CUDA device. */
+static int g_dev = AR_DEVICE_CPU;
 
 /* ---- calibration input --------------------------------------------------- */
 
@@ -193,12 +200,37 @@ static void plan_block(const ar_config *c, const scheme_ctx *sc, int layer, ar_b
         ar_layer_info info = {0, 0, 0};
         if (ar_scheme_for_layer(&sc->def, sc->lc, name, n, k, &info, &schemes[i])) cli_die_lib();
         if (!ar_scheme_quantized(&schemes[i])) continue;
-        if (!ar_scheme_is_int(&schemes[i]))
-            cli_die("%s: scheme %s is not an integer weight-only scheme; ar-tune handles W2..W8A16 here",
-                    name, schemes[i].name[0] ? schemes[i].name : schemes[i].data_type);
+        int dt = ar_quant_dtype_parse(schemes[i].data_type, schemes[i].bits);
+        if (dt < 0 || schemes[i].kind == AR_SCHEME_GGUF)
+            cli_die("%s: scheme %s (%s, %d bits) has no quantizer in ar-tune", name,
+                    schemes[i].name[0] ? schemes[i].name : "custom", schemes[i].data_type, schemes[i].bits);
         plan->quantize[i] = 1;
         plan->spec[i] = (ar_quant_spec){schemes[i].bits, schemes[i].group_size, schemes[i].sym,
-                                        bf16 ? AR_QF_BF16 : 0, 0};
+                                        (bf16 ? AR_QF_BF16 : 0) | (schemes[i].group_2d ? AR_QF_BLOCK2D : 0), 0, dt,
+                                        0};
+    }
+}
+
+/* NVFP4 global scales: q/k/v and gate/up share the smallest of theirs (the
+ * fused projections vLLM loads need one), as AutoRound does by default. */
+static void share_global_scales(const ar_config *c, const ar_block_weights *w, ar_block_plan *plan)
+{
+    static const int fused[2][3] = {{AR_Q, AR_K, AR_V}, {AR_GATE, AR_UP, -1}};
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i] || plan->spec[i].dtype != AR_QDT_NVFP4) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)n * k);
+    }
+    for (int f = 0; f < 2; f++) {
+        float gmin = 0;
+        int all = 1;
+        for (int j = 0; j < 3 && fused[f][j] >= 0; j++) {
+            const ar_quant_spec *qs = &plan->spec[fused[f][j]];
+            if (!plan->quantize[fused[f][j]] || qs->dtype != AR_QDT_NVFP4) all = 0;
+            else if (gmin == 0 || qs->global_scale < gmin) gmin = qs->global_scale;
+        }
+        for (int j = 0; all && gmin > 0 && j < 3 && fused[f][j] >= 0; j++) plan->spec[fused[f][j]].global_scale = gmin;
     }
 }
 
@@ -231,7 +263,7 @@ static void outputs_free(block_outputs *bo)
 }
 
 static void write_layer(ar_stream_writer *w, const ar_config *c, int layer, int i, const ar_scheme *s,
-                        const ar_quant_out *o)
+                        const ar_quant_spec *qs, const ar_quant_out *o, float act_max)
 {
     char base[256], name[300], attrs[1200];
     int n, k;
@@ -239,8 +271,20 @@ static void write_layer(ar_stream_writer *w, const ar_config *c, int layer, int 
     int ng = ar_quant_ngroups(k, s->group_size);
     snprintf(base, sizeof base, "model.layers.%d.%s", layer, ar_linear_names[i]);
     snprintf(attrs, sizeof attrs,
-             "{\"bits\":%d,\"group_size\":%d,\"sym\":%s,\"data_type\":\"%s\",\"scheme\":\"%s\"}", s->bits,
-             s->group_size, s->sym ? "true" : "false", s->data_type, s->name);
+             "{\"bits\":%d,\"group_size\":%d,\"sym\":%s,\"data_type\":\"%s\",\"scheme\":\"%s\","
+             "\"group_2d\":%d,\"act_bits\":%d,\"act_group_size\":%d,\"act_sym\":%s,\"act_dynamic\":%s,"
+             "\"act_data_type\":\"%s\"}",
+             s->bits, s->group_size, s->sym ? "true" : "false", s->data_type, s->name, s->group_2d, s->act_bits,
+             s->act_group_size, s->act_sym ? "true" : "false", s->act_dynamic ? "true" : "false", s->act_data_type);
+    int64_t one[1] = {1};
+    if (qs->dtype == AR_QDT_NVFP4) {   /* the global scale the codes were made with */
+        snprintf(name, sizeof name, "%s.global_scale", base);
+        if (ar_stream_write_tensor(w, name, AR_F32, 1, one, "{}", &qs->global_scale)) cli_die_lib();
+    }
+    if (s->act_bits < 16 && act_max > 0) {  /* calibration max|x| of the input: static activation scales */
+        snprintf(name, sizeof name, "%s.act_max", base);
+        if (ar_stream_write_tensor(w, name, AR_F32, 1, one, "{}", &act_max)) cli_die_lib();
+    }
     int64_t wshape[2] = {n, k}, gshape[2] = {n, ng};
     snprintf(name, sizeof name, "%s.qweight", base);
     if (ar_stream_write_tensor(w, name, AR_U8, 2, wshape, attrs, o->codes)) cli_die_lib();
@@ -252,11 +296,24 @@ static void write_layer(ar_stream_writer *w, const ar_config *c, int layer, int 
 
 /* ---- the chains ---------------------------------------------------------- */
 
-/* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst,
- * batch by batch; with imat, accumulate each linear's input Σx² too. */
-static void forward_all(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
-                        int n, int T, int bs, float *imat[AR_NLINEAR])
+/* max |x| over ntok tokens of x [ntok, K] folded into *m. */
+static void fold_abs_max(float *m, const float *x, long ntok, int k)
 {
+    for (long i = 0; i < ntok * k; i++) if (fabsf(x[i]) > *m) *m = fabsf(x[i]);
+}
+
+/* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst,
+ * batch by batch; with imat, accumulate each linear's input Σx² too; with
+ * amax, the running max |x| of each linear's input (static activation scales). */
+static void forward_all_stats(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
+                              int n, int T, int bs, float *imat[AR_NLINEAR], float *amax)
+{
+    if (!imat && !amax && g_dev != AR_DEVICE_CPU) { /* statistics passes stay on the CPU */
+        if (ar_block_forward_samples_cuda(c, w, src, dst, n, T, bs)) cli_die_lib();
+        return;
+    }
+    static float *no_imat[AR_NLINEAR];
+    if (!imat && amax) imat = no_imat;
     ar_block_work ws;
     ar_block_acts acts;
     int train = imat != NULL;
@@ -274,12 +331,26 @@ static void forward_all(const ar_config *c, const ar_block_weights *w, const uin
             const float *in[AR_NLINEAR] = {acts.ln1, acts.ln1, acts.ln1, acts.ao, acts.ln2, acts.ln2, acts.act};
             int kin[AR_NLINEAR] = {c->hidden, c->hidden, c->hidden, qd, c->hidden, c->hidden, c->intermediate};
             for (int i = 0; i < AR_NLINEAR; i++) if (imat[i]) ar_imatrix_accumulate(imat[i], in[i], nt, kin[i]);
+            for (int i = 0; amax && i < AR_NLINEAR; i++) fold_abs_max(&amax[i], in[i], nt, kin[i]);
         }
         ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
     }
     free(x); free(y);
     ar_block_work_free(&ws);
     if (train) ar_block_acts_free(&acts);
+}
+
+static void forward_all(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
+                        int n, int T, int bs, float *imat[AR_NLINEAR])
+{
+    forward_all_stats(c, w, src, dst, n, T, bs, imat, NULL);
+}
+
+/* 1 when some planned linear quantizes its input (needs calibration act_max). */
+static int plan_has_act_quant(const ar_block_plan *plan, const ar_scheme *schemes)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i] && schemes[i].act_bits < 16) return 1;
+    return 0;
 }
 
 typedef struct {
@@ -367,6 +438,8 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
     ar_block_plan plan;
     ar_scheme schemes[AR_NLINEAR];
     plan_block(c, &r->sc, layer, &plan, schemes, r->d != NULL);
+    share_global_scales(c, wfp, &plan);
+    float act_max[AR_NLINEAR] = {0};
     block_outputs bo;
     outputs_alloc(&bo, c, &plan);
     char extra[160] = "";
@@ -381,7 +454,8 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
             ar_linear_shape(c, i, &nn, &k);
             if (plan.quantize[i]) imat[i] = calloc(k, sizeof(float));
         }
-        forward_all(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn ? imat : NULL);
+        forward_all_stats(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn ? imat : NULL,
+                          plan_has_act_quant(&plan, schemes) ? act_max : NULL);
         if (r->a->iters > 0) {
             ar_signround_opts o;
             ar_signround_defaults(&o);
@@ -391,7 +465,9 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
             ar_signround_report rep;
             progress_ctx pc = {t0, layer, c->n_layers};
             const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-            if (ar_signround_tune_block(c, wfp, xin, r->y, r->mask, n, T, &plan, &o, bo.out, &rep, on_iter, &pc))
+            int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(&plan);
+            if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, &plan,
+                                                                            &o, bo.out, &rep, on_iter, &pc))
                 cli_die_lib();
             r->sec_tune += rep.sec_total;
             snprintf(extra, sizeof extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
@@ -414,7 +490,7 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
         uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain: Y becomes the next input */
     }
     for (int i = 0; i < AR_NLINEAR; i++)
-        if (plan.quantize[i]) write_layer(r->w, c, layer, i, &schemes[i], &bo.out[i]);
+        if (plan.quantize[i]) write_layer(r->w, c, layer, i, &schemes[i], &plan.spec[i], &bo.out[i], act_max[i]);
     outputs_free(&bo);
     cli_progress_line("block", layer + 1, c->n_layers, t0, extra[0] ? extra : NULL);
 }
@@ -449,6 +525,12 @@ static char *meta_json(const tune_run *r, const char *model_abs)
     cJSON_AddNumberToObject(m, "group_size", r->sc.def.group_size);
     cJSON_AddBoolToObject(m, "sym", r->sc.def.sym);
     cJSON_AddStringToObject(m, "data_type", r->sc.def.data_type);
+    cJSON_AddNumberToObject(m, "group_2d", r->sc.def.group_2d);
+    cJSON_AddNumberToObject(m, "act_bits", r->sc.def.act_bits);
+    cJSON_AddNumberToObject(m, "act_group_size", r->sc.def.act_group_size);
+    cJSON_AddBoolToObject(m, "act_sym", r->sc.def.act_sym);
+    cJSON_AddBoolToObject(m, "act_dynamic", r->sc.def.act_dynamic);
+    cJSON_AddStringToObject(m, "act_data_type", r->sc.def.act_data_type);
     cJSON_AddBoolToObject(m, "mixed_bits", plan_is_mixed(r));
     cJSON *t = cJSON_AddObjectToObject(m, "tuning");
     cJSON_AddNumberToObject(t, "iters", r->d ? a->iters : 0);
@@ -509,6 +591,10 @@ int main(int argc, char **argv)
         a.iters = 0; /* no data: plain RTN, as AutoRound's zero-shot path */
         if (cli_progress) fprintf(stderr, "ar-tune: no calibration stream: plain RTN\n");
     }
+    if (ar_device_parse(a.device, &g_dev)) cli_usage_error("--device: %s", ar_last_error());
+    if (!r.d) g_dev = AR_DEVICE_CPU; /* RTN without data: nothing to run on a GPU */
+    if (ar_device_init(g_dev)) cli_die_lib();
+    if (cli_progress >= 2) fprintf(stderr, "ar-tune: running on %s\n", ar_device_describe(g_dev));
     r.m = ar_model_open(a.model, 0);
     if (!r.m) cli_die_lib();
     r.c = ar_model_config(r.m);

@@ -107,6 +107,18 @@ float ar_nvfp4_global_scale(const float *w, size_t n)
 
 /* ---- tiles --------------------------------------------------------------- */
 
+int ar_quant_dtype_parse(const char *dt, int bits)
+{
+    if (!dt) return -1;
+    if (!strcmp(dt, "int")) return AR_QDT_INT;
+    if (!strcmp(dt, "mx_fp"))
+        return bits == 4 ? AR_QDT_MXFP4 : bits == 8 ? AR_QDT_MXFP8 : -1;
+    if (!strcmp(dt, "nv_fp") || !strcmp(dt, "nv_fp4") || !strcmp(dt, "nv_fp4_with_static_gs"))
+        return bits == 4 ? AR_QDT_NVFP4 : -1;
+    if (!strcmp(dt, "fp") || !strcmp(dt, "fp8") || !strcmp(dt, "fp8_e4m3")) return bits == 8 ? AR_QDT_FP8 : -1;
+    return -1;
+}
+
 int ar_quant_fp_check(const ar_quant_spec *qs)
 {
     if (!qs) return ar_error("quant: no spec");

@@ -65,6 +65,11 @@ float ar_quant_fp_global_scale(const ar_quant_spec *qs, const float *w, int n, i
 
 /* ---- weight quantizers (called through quant.h's dispatch) ------------- */
 
+/* AR_QDT_* for an AutoRound data_type string and bit width ("int" any bits,
+ * "mx_fp" 4 or 8, "nv_fp" 4, "fp" 8); -1 when no quantizer here handles it
+ * (e.g. "mx_fp" 6, "mx_int", "nvfp4_v2", GGUF types). */
+int ar_quant_dtype_parse(const char *data_type, int bits);
+
 /* Check a floating-point spec: MXFP4/NVFP4 4 bits, MXFP8/FP8 8 bits; MX
  * groups of 32 (any G > 0 accepted), NV of 16; FP8 G = 0, -1, or > 0 (with
  * AR_QF_BLOCK2D for tiles). 0 or -1 with ar_error. */
