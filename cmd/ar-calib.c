@@ -3,6 +3,7 @@
  * inputs hidden [n, L, C] (bf16 by default). */
 #include "calib.h"
 #include "cli.h"
+#include "device.h"
 #include "error.h"
 #include "model.h"
 #include "stream.h"
@@ -16,10 +17,12 @@
 
 static const char usage[] =
     "usage: ar-calib --model DIR --dataset FILE [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
-    "                [--dtype bf16|f32] [-o FILE] [--quiet|--verbose|--progress]\n"
+    "                [--dtype bf16|f32] [--device cpu|cuda[:N]] [-o FILE] [--quiet|--verbose|--progress]\n"
     "FILE is a local .txt (one running text: random windows) or .jsonl (a \"text\" field per line:\n"
     "documents, as AutoRound samples them), optionally .zst-compressed, or - for standard input.\n"
-    "Writes the calibration stream (ar-stream(5)) to standard output or -o FILE.\n";
+    "Writes the calibration stream (ar-stream(5)) to standard output or -o FILE.\n"
+    "--device is accepted for symmetry with ar-tune/ar-eval and checked; the embedding lookup it\n"
+    "runs is a copy, so it always runs on the CPU.\n";
 
 typedef struct {
     const char *model, *dataset, *out;
@@ -41,7 +44,12 @@ static calib_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) a.seed = (uint64_t)cli_long("--seed", v, 0, LONG_MAX);
         else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output"))) a.out = v;
-        else if ((v = cli_value(argc, argv, &i, "--dtype"))) {
+        else if ((v = cli_value(argc, argv, &i, "--device"))) {
+            int dev;
+            if (ar_device_parse(v, &dev)) cli_usage_error("--device: %s", ar_last_error());
+            if (dev != AR_DEVICE_CPU && ar_device_cuda_count() <= dev)
+                cli_die("--device %s: no such CUDA device (%d found)", v, ar_device_cuda_count());
+        } else if ((v = cli_value(argc, argv, &i, "--dtype"))) {
             if (!strcmp(v, "bf16")) a.dtype = AR_BF16;
             else if (!strcmp(v, "f32")) a.dtype = AR_F32;
             else cli_usage_error("--dtype: '%s' is not bf16 or f32", v);

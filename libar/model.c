@@ -260,6 +260,11 @@ void ar_model_close(ar_model *m)
 
 const ar_config *ar_model_config(const ar_model *m) { return &m->c; }
 
+int ar_model_read_tensor(ar_model *m, const char *name, int64_t row0, int64_t nrows, float *dst)
+{
+    return m->src.read_rows(m->src.ctx, name, row0, nrows, dst);
+}
+
 /* ---- forward pieces ------------------------------------------------------ */
 
 int ar_model_embed(ar_model *m, const int *ids, int n, float *out)

@@ -64,6 +64,11 @@ void ar_block_weights_free(ar_block_weights *w);
 /* Widen block layer's weights into w (from ar_block_weights_alloc). */
 int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w);
 
+/* Widen rows [row0, row0+nrows) of any tensor of m's source by its Hugging
+ * Face name (e.g. "model.norm.weight", "lm_head.weight") into dst, as the
+ * GPU forward copies weights. 0, or -1 with ar_error. */
+int ar_model_read_tensor(ar_model *m, const char *name, int64_t row0, int64_t nrows, float *dst);
+
 /* Embedding rows: out [n, C] = embed_tokens[ids[i]]. Ids outside the vocab
  * are an error. */
 int ar_model_embed(ar_model *m, const int *ids, int n, float *out);

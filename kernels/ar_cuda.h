@@ -1,0 +1,202 @@
+/* ar_cuda.h — the CUDA kernels behind a plain C interface (no CUDA types).
+ *
+ * Everything here lives in kernels/ .cu files and exists only in builds where nvcc
+ * was found (libar is then compiled with -DAR_HAVE_CUDA). libar calls these
+ * functions; they never call back into libar, so they report failures through
+ * their own ar_cuda_last_error() and libar turns that into ar_error().
+ *
+ * Conventions:
+ * - "dev" pointers are device memory from ar_cuda_malloc; "host" pointers are
+ *   ordinary memory. Shapes and layouts mirror libar/ops.h and libar/block.h
+ *   exactly (row-major f32, HF Linear layout W[N, K], q/k/v [B, T, H, HD]).
+ * - Every op is asynchronous on the one stream of the process' device context;
+ *   nothing but ar_cuda_sync, the downloads and the allocators waits for the
+ *   GPU. Functions returning int give 0, or -1 with ar_cuda_last_error() set.
+ * - *_backward ACCUMULATE into their gradient outputs like the CPU ops, except
+ *   where documented. */
+#ifndef AR_CUDA_H
+#define AR_CUDA_H
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- device and memory ---------------------------------------------------- */
+
+/* Number of usable CUDA devices; 0 when there is no driver, no device or the
+ * runtime fails in any way (never an error, never an abort). */
+int ar_cuda_device_count(void);
+
+/* Make device dev the process' device and create its stream and cuBLAS
+ * handle (idempotent for the same dev). */
+int ar_cuda_init(int dev);
+
+/* "NVIDIA H100 80GB HBM3 (sm_90, 79.1 GiB)" for the initialized device. */
+const char *ar_cuda_device_name(void);
+
+/* The last failure of any ar_cuda_* function, one line. */
+const char *ar_cuda_last_error(void);
+
+/* Device allocation of bytes (zeroed); NULL with the error set. The peak of
+ * the bytes held through these functions is tracked for reports. */
+void *ar_cuda_malloc(size_t bytes);
+void  ar_cuda_free(void *dev);
+size_t ar_cuda_peak_bytes(void);
+void   ar_cuda_reset_peak(void);
+
+/* Pinned host memory (faster, asynchronous-capable copies); NULL on failure. */
+void *ar_cuda_host_alloc(size_t bytes);
+void  ar_cuda_host_free(void *host);
+
+/* Copies; upload/download/copy are ordered on the stream; download waits for
+ * completion so the host may read dst afterwards. */
+int ar_cuda_upload(void *dev, const void *host, size_t bytes);
+int ar_cuda_download(void *host, const void *dev, size_t bytes);
+int ar_cuda_copy(void *dev_dst, const void *dev_src, size_t bytes);
+int ar_cuda_zero(void *dev, size_t bytes);
+
+/* Wait for all queued work; reports any asynchronous kernel failure. */
+int ar_cuda_sync(void);
+
+/* ---- GEMM precision ------------------------------------------------------- */
+
+/* How the linears' and attention's matrix products run: AR_CUDA_GEMM_F32 is
+ * full f32 (CUDA cores; the accuracy reference), TF32 uses tensor cores with
+ * 10-bit mantissas, BF16 rounds the f32 operands to bf16 inside cuBLAS
+ * (CUBLAS_COMPUTE_32F_FAST_16BF: bf16 tensor cores, f32 accumulation and
+ * storage), as AutoRound's bf16 autocast does. */
+enum { AR_CUDA_GEMM_F32 = 0, AR_CUDA_GEMM_TF32 = 1, AR_CUDA_GEMM_BF16 = 2 };
+void ar_cuda_set_gemm(int mode);
+int  ar_cuda_get_gemm(void);
+
+/* Row-major C [M, N] = alpha op(A) op(B) + beta C (all dev f32), as the CPU's
+ * cblas_sgemm(CblasRowMajor, ...). */
+int ar_cuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                  const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Measure cuBLAS' native bf16 GEMM (bf16 in/out, f32 accumulate) on
+ * M x N x K for reps repetitions after a warm-up: TFLOP/s in *tflops. */
+int ar_cuda_bench_bf16_gemm(int M, int N, int K, int reps, double *tflops);
+
+/* ---- layer ops (device pointers; semantics of the same-named CPU ops) ----- */
+
+void ar_cuda_rmsnorm_forward(float *out, float *rstd, const float *x, const float *w, int R, int C, float eps);
+void ar_cuda_rmsnorm_backward(float *dx, const float *dout, const float *x, const float *w,
+                              const float *rstd, int R, int C);
+int  ar_cuda_linear_forward(float *y, const float *x, const float *W, const float *b, int R, int K, int N);
+int  ar_cuda_linear_backward(float *dx, float *dW, const float *dy, const float *x, const float *W,
+                             int R, int K, int N);
+/* In place rotation of x [B, T, H, HD] by the dev tables cos/sin [T, HD/2];
+ * inverse != 0 applies the transpose (the backward). */
+void ar_cuda_rope(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, int HD, int inverse);
+void ar_cuda_swiglu_forward(float *out, const float *gate, const float *up, long n);
+void ar_cuda_swiglu_backward(float *dgate, float *dup, const float *dout, const float *gate,
+                             const float *up, long n);
+void ar_cuda_add(float *out, const float *a, const float *b, long n);
+
+/* Attention stores the probabilities P [B, NH, T, T] (att, f32; zeros above
+ * the diagonal and outside the window): the first-step design, documented in
+ * kernels/README.md; T is limited to AR_CUDA_MAX_T. out is overwritten. */
+enum { AR_CUDA_MAX_T = 4096 };
+int ar_cuda_attention_forward(float *out, float *att, const float *q, const float *k, const float *v,
+                              int B, int T, int NH, int NKV, int HD, int window);
+/* Floats of scratch ar_cuda_attention_backward needs (one sequence's dP). */
+long ar_cuda_attention_backward_scratch(int T, int NH);
+/* dq, dk, dv += (like the CPU op); scratch from the function above. */
+int ar_cuda_attention_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout,
+                               const float *att, const float *q, const float *k, const float *v,
+                               int B, int T, int NH, int NKV, int HD);
+
+/* Widen rows: dst [nidx*rows, C] f32 from sample idx[i] of src [*, rows*C]
+ * bf16 (dev). idx is a HOST array (the sampler runs on the host). */
+int ar_cuda_gather_bf16(float *dst, const uint16_t *src, const int *idx, int nidx, long row_elems);
+/* Narrow n f32 into bf16 (round to nearest even), dev to dev. */
+void ar_cuda_to_bf16(uint16_t *dst, const float *src, long n);
+/* Widen n bf16 into f32, dev to dev. */
+void ar_cuda_from_bf16(float *dst, const uint16_t *src, long n);
+
+/* Negative log-likelihood per row of logits [rows, V] (dev): nll[r] =
+ * logsumexp(row) - row[target[r]] in double (as ar_model_nll), for rows
+ * whose target (dev int array) is >= 0; other entries are left alone. */
+int ar_cuda_nll_rows(const float *logits, const int *target, int rows, int V, double *nll);
+
+/* ---- block ---------------------------------------------------------------- */
+
+/* What the block kernels need from the model config. */
+typedef struct {
+    int C, F, NH, NKV, HD;
+    float eps;
+    int window;             /* sliding window, 0 = full causal */
+} ar_cuda_shape;
+
+/* Device pointers of one block's weights (NULL = absent, as in libar). */
+typedef struct {
+    float *w[7], *b[7];
+    float *attn_norm, *mlp_norm, *q_norm, *k_norm;
+} ar_cuda_weights;
+
+/* Workspace (and, with train, the saved activations and gradient buffers)
+ * for up to B sequences of up to T tokens; cos/sin host tables [T, HD/2]
+ * from ar_rope_tables are copied in. Opaque. */
+typedef struct ar_cuda_block_work ar_cuda_block_work;
+ar_cuda_block_work *ar_cuda_block_work_create(const ar_cuda_shape *s, int B, int T, int train,
+                                              const float *cos_host, const float *sin_host);
+void ar_cuda_block_work_free(ar_cuda_block_work *ws);
+/* Bytes a work of these sizes allocates (for capacity planning). */
+size_t ar_cuda_block_work_bytes(const ar_cuda_shape *s, int B, int T, int train);
+
+/* y [B*T, C] = block(x) (y may equal x). With train the activations are kept
+ * in ws for ar_cuda_block_backward. */
+int ar_cuda_block_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y,
+                          int B, int T, int train, ar_cuda_block_work *ws);
+/* dW[i] += dL/dW_i for the linears with dW[i] != NULL, dx += dL/dx when dx is
+ * not NULL, from dy of the last training forward. */
+int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                           float *const dW[7], float *dx, ar_cuda_block_work *ws);
+/* ---- quantization and tuning ---------------------------------------------- */
+
+/* The quantizer of libar/quant.h (see there for the formulas). */
+typedef struct {
+    int bits, group_size, sym;
+    int f32_scale;          /* AR_QF_F32_SCALE */
+    int bf16_out;           /* AR_QF_BF16: ŵ rounded to bf16 */
+    float hi;               /* α/β upper clamp (minmax_hi, 1 when 0) */
+} ar_cuda_qspec;
+
+/* ŵ [N, K] from w with tunables v [N, K], alpha, beta [N, ngroups] (each may
+ * be NULL: 0 / 1). Only ŵ is produced (codes and scales come from the CPU
+ * quantizer at the end of tuning). */
+int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
+                          const float *alpha, const float *beta, float *wq);
+/* STE backward: dv, dalpha, dbeta += (each may be NULL), as ar_quant_backward. */
+int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
+                           const float *alpha, const float *beta, const float *dwq,
+                           float *dv, float *dalpha, float *dbeta);
+/* The fused SignSGD step of one linear: the STE backward of dwq, then
+ * v -= lr·sign(dv), α/β -= mlr·sign(dα/β) clamped to [0, hi] (alpha/beta
+ * NULL: V only). Nothing but the tunables is written. */
+int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, float *v, float *alpha,
+                          float *beta, const float *dwq, float lr, float mlr);
+
+/* Masked MSE of pred vs ref [rows, C] with per-row mask (dev u8, NULL: all):
+ * dpred = 2·(pred − ref)·mask / (rows·C) written (not accumulated), and
+ * sum(e²)/(rows·C) ADDED to *loss_acc (dev double). */
+int ar_cuda_masked_mse(const float *pred, const float *ref, const uint8_t *mask, long rows, int C,
+                       float *dpred, double *loss_acc);
+/* Gather the row masks of samples idx (host) of mask [*, T] (dev) into dst. */
+int ar_cuda_gather_mask(uint8_t *dst, const uint8_t *mask, const int *idx, int nidx, int T);
+
+/* Best-iteration bookkeeping on the device (no host round trip): with
+ * loss = *loss_acc / chunks, losses[it] = loss; if loss < *best: *best = loss,
+ * *best_iter = it, *flag = 1, else *flag = 0; then *loss_acc = 0. */
+int ar_cuda_track_best(double *loss_acc, int chunks, int it, double *losses, double *best, int *best_iter,
+                       int *flag);
+/* dst = src (n floats) when *flag != 0 (flag on the device). */
+int ar_cuda_copy_if(float *dst, const float *src, long n, const int *flag);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

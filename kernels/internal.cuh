@@ -1,0 +1,63 @@
+/* internal.cuh — what the kernels/ .cu files files share: the process' device
+ * context (stream, cuBLAS handle, GEMM mode), error recording and launch
+ * helpers. Not part of the C interface (ar_cuda.h). */
+#ifndef AR_CUDA_INTERNAL_CUH
+#define AR_CUDA_INTERNAL_CUH
+#include "ar_cuda.h"
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+struct ar_cuda_ctx {
+    int dev, ready, gemm;
+    cudaStream_t st;
+    cublasHandle_t blas;
+};
+extern ar_cuda_ctx g_cu;
+
+/* Record a one-line error; returns -1 so callers can `return ar_cuda_fail(...)`. */
+int ar_cuda_fail(const char *fmt, ...);
+
+/* Check the launches queued since the last check (no wait). */
+int ar_cuda_check_launch(const char *what);
+
+#define AR_CK(call)                                                                      \
+    do {                                                                                 \
+        cudaError_t e_ = (call);                                                         \
+        if (e_ != cudaSuccess) return ar_cuda_fail("%s: %s", #call, cudaGetErrorString(e_)); \
+    } while (0)
+
+#define AR_CKB(call)                                                                      \
+    do {                                                                                  \
+        cublasStatus_t s_ = (call);                                                       \
+        if (s_ != CUBLAS_STATUS_SUCCESS) return ar_cuda_fail("%s: cuBLAS status %d", #call, (int)s_); \
+    } while (0)
+
+/* Blocks of `threads` covering n elements (capped: kernels use grid-stride loops). */
+static inline int ar_blocks(long n, int threads)
+{
+    long b = (n + threads - 1) / threads;
+    return (int)(b > 65535L * 8 ? 65535L * 8 : (b < 1 ? 1 : b));
+}
+
+/* Row-major strided-batched GEMM: for i < batch,
+ * C_i = alpha op(A_i) op(B_i) + beta C_i with A_i = A + i*sa etc. */
+int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                          long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc, long sc,
+                          int batch);
+
+/* Block-wide sum of v over blockDim.x threads (any multiple of 32 up to 1024);
+ * every thread gets the total. shm holds 32 entries of T. */
+template <typename T>
+__device__ inline T ar_block_sum(T v, T *shm)
+{
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    int lane = threadIdx.x & 31, wid = threadIdx.x >> 5, nw = (blockDim.x + 31) >> 5;
+    __syncthreads();
+    if (lane == 0) shm[wid] = v;
+    __syncthreads();
+    T t = 0;
+    for (int i = 0; i < nw; i++) t += shm[i];
+    return t;
+}
+
+#endif

@@ -1,0 +1,30 @@
+/* cuda_impl.h — helpers shared by libar's GPU files (device.c,
+ * signround_cuda.c, model_cuda.c); only meaningful with AR_HAVE_CUDA. */
+#ifndef AR_CUDA_IMPL_H
+#define AR_CUDA_IMPL_H
+#ifdef AR_HAVE_CUDA
+#include "../kernels/ar_cuda.h"
+#include "block.h"
+#include "config.h"
+
+/* Turn the kernels' last error into ar_error (prefixed by what); returns -1. */
+int ar_cuda_err(const char *what);
+
+/* The kernels' block shape for config c. */
+ar_cuda_shape ar_cuda_shape_of(const ar_config *c);
+
+/* Upload the block weights w (f32, host) into freshly allocated device
+ * tensors d; swap (may be NULL) lists device tensors to use instead for some
+ * linears (NULL entries: upload w's). 0 or -1 (ar_error). */
+int ar_cuda_weights_upload(ar_cuda_weights *d, const ar_config *c, const ar_block_weights *w,
+                           float *const swap[AR_NLINEAR]);
+/* Free what ar_cuda_weights_upload allocated (not the swapped tensors). */
+void ar_cuda_weights_free(ar_cuda_weights *d, float *const swap[AR_NLINEAR]);
+
+/* Device copy of n host floats; NULL with ar_error. */
+float *ar_cuda_upload_f32(const float *host, size_t n);
+
+/* A training/inference work for up to B x T with c's RoPE tables. */
+ar_cuda_block_work *ar_cuda_work_for(const ar_config *c, int B, int T, int train);
+#endif
+#endif

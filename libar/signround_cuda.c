@@ -1,0 +1,381 @@
+/* signround_cuda.c — ar_signround_tune_block on the GPU (see device.h and
+ * signround.h for the algorithm). The loop is signround.c's, step for step:
+ * the same sampler and seed, quantize → forward/loss/backward per mini-batch →
+ * best snapshot → SignSGD; only the numbers move to the device, and the
+ * best-iteration decision is taken there too, so an iteration never waits for
+ * the GPU. The final codes/scales come from the CPU quantizer. */
+#include "device.h"
+#include "calib.h"
+#include "cuda_impl.h"
+#include "dtype.h"
+#include "error.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int ar_signround_cuda_supports(const ar_block_plan *plan)
+{
+    if (!ar_device_cuda_built()) return 0;
+    for (int i = 0; i < AR_NLINEAR; i++)
+        if (plan->quantize[i] && (plan->spec[i].dtype != AR_QDT_INT || (plan->spec[i].flags & AR_QF_BLOCK2D)))
+            return 0;
+    return 1;
+}
+
+#ifndef AR_HAVE_CUDA
+int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_fp, const uint16_t *x_in,
+                                 const uint16_t *y_ref, const uint8_t *mask, int n, int T,
+                                 const ar_block_plan *plan, const ar_signround_opts *o,
+                                 const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                                 ar_signround_progress cb, void *cb_ctx)
+{
+    (void)c, (void)w_fp, (void)x_in, (void)y_ref, (void)mask, (void)n, (void)T, (void)plan, (void)o;
+    (void)out, (void)rep, (void)cb, (void)cb_ctx;
+    return ar_error("GPU tuning asked for, but this build has no CUDA");
+}
+
+int ar_block_forward_samples_cuda(const ar_config *c, const ar_block_weights *w, const uint16_t *src,
+                                  uint16_t *dst, int n, int T, int bs)
+{
+    (void)c, (void)w, (void)src, (void)dst, (void)n, (void)T, (void)bs;
+    return ar_error("GPU forward asked for, but this build has no CUDA");
+}
+#else
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* signround.c's sampler, reproduced so both devices draw the same samples:
+ * a shuffled permutation consumed gb at a time, reshuffled (remainder
+ * dropped) when fewer than gb are left. */
+typedef struct { int *perm; int n, pos; uint64_t rng; } sampler;
+
+static void sampler_shuffle(sampler *s)
+{
+    for (int i = s->n; i > 1; i--) {
+        int j = (int)ar_rand_below(&s->rng, (uint64_t)i);
+        int t = s->perm[i - 1]; s->perm[i - 1] = s->perm[j]; s->perm[j] = t;
+    }
+    s->pos = 0;
+}
+
+static const int *sampler_next(sampler *s, int gb)
+{
+    if (s->pos + gb > s->n) sampler_shuffle(s);
+    const int *r = s->perm + s->pos;
+    s->pos += gb;
+    return r;
+}
+
+/* One quantized linear on the device. */
+typedef struct {
+    int n, k, ng;
+    size_t nel, ngr;
+    ar_cuda_qspec q;
+    float lr, mlr;
+    float *wfp, *wq, *dw, *v, *alpha, *beta, *best_v, *best_alpha, *best_beta;
+} glayer;
+
+typedef struct {
+    const ar_config *c;
+    const ar_block_plan *plan;
+    const ar_signround_opts *o;
+    ar_cuda_shape shape;
+    int T, C, bs, iters;
+    glayer L[AR_NLINEAR];
+    float *swap[AR_NLINEAR];
+    ar_cuda_weights w;
+    ar_cuda_block_work *ws;
+    uint16_t *x_in, *y_ref;     /* [n, T, C] bf16 */
+    uint8_t *mask, *mb;         /* [n, T], [bs, T] */
+    float *xb, *yb, *pred, *dy;
+    double *loss_acc, *losses, *best;
+    int *best_iter, *flag;
+} gtuner;
+
+static float layer_lr(const ar_signround_opts *o, int bits)
+{
+    if (o->lr > 0) return o->lr;
+    return (o->iters >= 1000 && bits <= 3 ? 2.0f : 1.0f) / (float)o->iters;
+}
+
+static void *dalloc(size_t bytes, int *fail)
+{
+    void *p = ar_cuda_malloc(bytes);
+    if (!p) (*fail)++;
+    return p;
+}
+
+static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weights *w, const ar_quant_spec *qs,
+                       const ar_signround_opts *o)
+{
+    int fail = 0;
+    memset(L, 0, sizeof *L);
+    ar_linear_shape(c, i, &L->n, &L->k);
+    L->ng = ar_quant_ngroups(L->k, qs->group_size);
+    L->nel = (size_t)L->n * L->k;
+    L->ngr = (size_t)L->n * L->ng;
+    L->q = (ar_cuda_qspec){qs->bits, qs->group_size, qs->sym, !!(qs->flags & AR_QF_F32_SCALE),
+                           !!(qs->flags & AR_QF_BF16), qs->minmax_hi};
+    L->lr = layer_lr(o, qs->bits);
+    L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
+    if (!(L->wfp = ar_cuda_upload_f32(w->w[i], L->nel))) return -1;
+    L->wq = dalloc(L->nel * 4, &fail); L->dw = dalloc(L->nel * 4, &fail);
+    L->v = dalloc(L->nel * 4, &fail); L->best_v = dalloc(L->nel * 4, &fail);
+    float *ones = malloc(L->ngr * 4);
+    if (!ones) return ar_error("out of memory");
+    for (size_t g = 0; g < L->ngr; g++) ones[g] = 1.0f;
+    L->alpha = ar_cuda_upload_f32(ones, L->ngr); L->beta = ar_cuda_upload_f32(ones, L->ngr);
+    L->best_alpha = ar_cuda_upload_f32(ones, L->ngr); L->best_beta = ar_cuda_upload_f32(ones, L->ngr);
+    free(ones);
+    if (fail || !L->alpha || !L->beta || !L->best_alpha || !L->best_beta)
+        return ar_cuda_err("tunables of one linear");
+    return 0;
+}
+
+static void glayer_free(glayer *L)
+{
+    float *p[] = {L->wfp, L->wq, L->dw, L->v, L->alpha, L->beta, L->best_v, L->best_alpha, L->best_beta};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
+}
+
+/* Device copies of the caches and the default mask when none is given. */
+static int upload_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, int n)
+{
+    size_t el = (size_t)n * t->T * t->C;
+    int fail = 0;
+    t->x_in = dalloc(el * 2, &fail);
+    t->y_ref = dalloc(el * 2, &fail);
+    t->mask = dalloc((size_t)n * t->T, &fail);
+    if (fail) return ar_cuda_err("activation cache (try a smaller --nsamples)");
+    uint8_t *m = NULL;
+    if (!mask) {
+        if (!(m = malloc((size_t)n * t->T))) return ar_error("out of memory");
+        ar_default_mask(m, n, t->T);
+    }
+    int rc = ar_cuda_upload(t->x_in, x_in, el * 2) || ar_cuda_upload(t->y_ref, y_ref, el * 2) ||
+             ar_cuda_upload(t->mask, mask ? mask : m, (size_t)n * t->T);
+    free(m);
+    return rc ? ar_cuda_err("cache upload") : 0;
+}
+
+static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_fp, const ar_block_plan *plan,
+                       const ar_signround_opts *o, const uint16_t *x_in, const uint16_t *y_ref,
+                       const uint8_t *mask, int n, int T)
+{
+    memset(t, 0, sizeof *t);
+    t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
+    t->shape = ar_cuda_shape_of(c);
+    t->bs = o->batch_size < n ? o->batch_size : n;
+    t->iters = o->iters;
+    if (!ar_signround_cuda_supports(plan)) return ar_error("signround: this scheme has no GPU quantizer");
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        if (ar_quant_spec_check(&plan->spec[i]) || glayer_init(&t->L[i], c, i, w_fp, &plan->spec[i], o)) return -1;
+        t->swap[i] = t->L[i].wq;
+    }
+    if (ar_cuda_weights_upload(&t->w, c, w_fp, t->swap)) return -1;
+    if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1))) return -1;
+    if (upload_cache(t, x_in, y_ref, mask, n)) return -1;
+    size_t rows = (size_t)t->bs * T * t->C;
+    int fail = 0;
+    t->xb = dalloc(rows * 4, &fail); t->yb = dalloc(rows * 4, &fail);
+    t->pred = dalloc(rows * 4, &fail); t->dy = dalloc(rows * 4, &fail);
+    t->mb = dalloc((size_t)t->bs * T, &fail);
+    t->loss_acc = dalloc(8, &fail); t->best = dalloc(8, &fail);
+    t->losses = dalloc(8 * (size_t)(o->iters > 0 ? o->iters : 1), &fail);
+    t->best_iter = dalloc(sizeof(int), &fail); t->flag = dalloc(sizeof(int), &fail);
+    if (fail) return ar_cuda_err("tuning buffers");
+    double inf = INFINITY;
+    return ar_cuda_upload(t->best, &inf, 8) ? ar_cuda_err("cuda") : 0;
+}
+
+static void gtuner_free(gtuner *t)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) if (t->plan->quantize[i]) glayer_free(&t->L[i]);
+    ar_cuda_weights_free(&t->w, t->swap);
+    ar_cuda_block_work_free(t->ws);
+    void *p[] = {t->x_in, t->y_ref, t->mask, t->mb, t->xb, t->yb, t->pred, t->dy, t->loss_acc, t->losses, t->best,
+                 t->best_iter, t->flag};
+    for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
+}
+
+/* Fake-quantize every planned linear with the current tunables; clear dW. */
+static int quantize_all(gtuner *t)
+{
+    int mm = t->o->minmax_tuning;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        glayer *L = &t->L[i];
+        if (ar_cuda_quant_forward(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, L->wq) ||
+            ar_cuda_zero(L->dw, L->nel * 4))
+            return ar_cuda_err("quantize");
+    }
+    return 0;
+}
+
+/* Forward + loss + backward over the iteration's samples; the mean loss
+ * accumulates on the device. Returns the number of chunks, or -1. */
+static int run_batches(gtuner *t, const int *idx, int gb)
+{
+    float *dW[AR_NLINEAR] = {0};
+    for (int i = 0; i < AR_NLINEAR; i++) dW[i] = t->plan->quantize[i] ? t->L[i].dw : NULL;
+    long row = (long)t->T * t->C;
+    int chunks = 0;
+    for (int off = 0; off < gb; off += t->bs, chunks++) {
+        int bs = gb - off < t->bs ? gb - off : t->bs;
+        long rows = (long)bs * t->T;
+        if (ar_cuda_gather_bf16(t->xb, t->x_in, idx + off, bs, row) ||
+            ar_cuda_gather_bf16(t->yb, t->y_ref, idx + off, bs, row) ||
+            ar_cuda_gather_mask(t->mb, t->mask, idx + off, bs, t->T) ||
+            ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws) ||
+            ar_cuda_masked_mse(t->pred, t->yb, t->mb, rows, t->C, t->dy, t->loss_acc) ||
+            ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws))
+            return ar_cuda_err("tuning step");
+    }
+    return chunks;
+}
+
+/* Snapshot the tunables when this iteration's loss is the best so far (the
+ * decision is on the device: flag). */
+static int snapshot_if_best(gtuner *t, int chunks, int it)
+{
+    if (ar_cuda_track_best(t->loss_acc, chunks, it, t->losses, t->best, t->best_iter, t->flag))
+        return ar_cuda_err("best");
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        glayer *L = &t->L[i];
+        if (ar_cuda_copy_if(L->best_v, L->v, (long)L->nel, t->flag) ||
+            ar_cuda_copy_if(L->best_alpha, L->alpha, (long)L->ngr, t->flag) ||
+            ar_cuda_copy_if(L->best_beta, L->beta, (long)L->ngr, t->flag))
+            return ar_cuda_err("snapshot");
+    }
+    return 0;
+}
+
+/* STE backward fused with one SignSGD step at lr scale f. */
+static int update_all(gtuner *t, float f)
+{
+    int mm = t->o->minmax_tuning;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        glayer *L = &t->L[i];
+        if (ar_cuda_quant_signsgd(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, L->dw,
+                                  L->lr * f, L->mlr * f))
+            return ar_cuda_err("signsgd");
+    }
+    return 0;
+}
+
+/* Download the chosen tunables and quantize on the CPU into out. */
+static int finish(gtuner *t, const ar_block_weights *w_fp, const ar_quant_out out[AR_NLINEAR])
+{
+    int best = t->o->use_best, mm = t->o->minmax_tuning, rc = 0;
+    for (int i = 0; !rc && i < AR_NLINEAR; i++) {
+        if (!t->plan->quantize[i]) continue;
+        glayer *L = &t->L[i];
+        float *v = malloc(L->nel * 4), *al = malloc(L->ngr * 4), *be = malloc(L->ngr * 4);
+        if (!v || !al || !be) rc = ar_error("out of memory");
+        else if (ar_cuda_download(v, best ? L->best_v : L->v, L->nel * 4) ||
+                 ar_cuda_download(al, best ? L->best_alpha : L->alpha, L->ngr * 4) ||
+                 ar_cuda_download(be, best ? L->best_beta : L->beta, L->ngr * 4))
+            rc = ar_cuda_err("download tunables");
+        else {
+            ar_quant_params p = {v, mm ? al : NULL, mm ? be : NULL, NULL};
+            rc = ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out[i]);
+        }
+        free(v); free(al); free(be);
+    }
+    return rc;
+}
+
+/* Losses of every iteration back on the host: report and progress calls. */
+static int report_losses(gtuner *t, ar_signround_report *rep, ar_signround_progress cb, void *cb_ctx)
+{
+    int iters = t->iters;
+    rep->best_loss = INFINITY;
+    if (iters <= 0) return 0;
+    double *l = malloc(sizeof(double) * iters);
+    if (!l) return ar_error("out of memory");
+    if (ar_cuda_download(l, t->losses, sizeof(double) * iters)) { free(l); return ar_cuda_err("losses"); }
+    rep->loss0 = l[0];
+    for (int it = 0; it < iters; it++) {
+        if (l[it] < rep->best_loss) rep->best_loss = l[it], rep->best_iter = it;
+        if (cb) cb(cb_ctx, it, iters, l[it], rep->best_loss);
+    }
+    free(l);
+    return 0;
+}
+
+int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_fp, const uint16_t *x_in,
+                                 const uint16_t *y_ref, const uint8_t *mask, int n, int T,
+                                 const ar_block_plan *plan, const ar_signround_opts *o,
+                                 const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                                 ar_signround_progress cb, void *cb_ctx)
+{
+    ar_signround_report dummy;
+    if (!rep) rep = &dummy;
+    memset(rep, 0, sizeof *rep);
+    if (n <= 0 || T < 2 || o->iters < 0 || o->batch_size < 1 || o->grad_accum < 1)
+        return ar_error("signround: bad sizes (n %d, T %d, iters %d, batch %d)", n, T, o->iters, o->batch_size);
+    double t_start = now_s();
+    gtuner t;
+    int rc = gtuner_init(&t, c, w_fp, plan, o, x_in, y_ref, mask, n, T);
+    int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
+    sampler s = {malloc(sizeof(int) * n), n, 0, o->seed};
+    if (!s.perm) rc = ar_error("out of memory");
+    for (int i = 0; !rc && i < n; i++) s.perm[i] = i;
+    if (!rc) sampler_shuffle(&s);
+    for (int it = 0; !rc && it < o->iters; it++) {
+        const int *idx = sampler_next(&s, gb);
+        int chunks = 0;
+        rc = quantize_all(&t);
+        if (!rc && (chunks = run_batches(&t, idx, gb)) < 0) rc = -1;
+        if (!rc) rc = snapshot_if_best(&t, chunks, it);
+        if (!rc) rc = update_all(&t, 1.0f - (float)it / (float)o->iters);
+    }
+    if (!rc && ar_cuda_sync()) rc = ar_cuda_err("tuning");
+    if (!rc) rc = report_losses(&t, rep, cb, cb_ctx);
+    if (!rc) rc = finish(&t, w_fp, out);
+    free(s.perm);
+    gtuner_free(&t);
+    rep->sec_total = now_s() - t_start;
+    return rc;
+}
+
+int ar_block_forward_samples_cuda(const ar_config *c, const ar_block_weights *w, const uint16_t *src,
+                                  uint16_t *dst, int n, int T, int bs)
+{
+    if (n <= 0 || T <= 0 || bs <= 0) return ar_error("block forward: bad sizes (n %d, T %d, batch %d)", n, T, bs);
+    if (bs > n) bs = n;
+    ar_cuda_weights dw;
+    if (ar_cuda_weights_upload(&dw, c, w, NULL)) return -1;
+    ar_cuda_block_work *ws = ar_cuda_work_for(c, bs, T, 0);
+    size_t row = (size_t)T * c->hidden;
+    uint16_t *h = ar_cuda_malloc(row * bs * 2);
+    float *x = ar_cuda_malloc(row * bs * 4);
+    ar_cuda_shape s = ar_cuda_shape_of(c);
+    int mode = ar_cuda_get_gemm(), rc = ws && h && x ? 0 : ar_cuda_err("block forward buffers");
+    ar_cuda_set_gemm(AR_CUDA_GEMM_F32); /* the chains are references: keep them f32 like the CPU */
+    for (int s0 = 0; !rc && s0 < n; s0 += bs) {
+        int b = n - s0 < bs ? n - s0 : bs;
+        if (ar_cuda_upload(h, src + s0 * row, b * row * 2)) { rc = ar_cuda_err("upload"); break; }
+        ar_cuda_from_bf16(x, h, (long)(b * row));
+        if (ar_cuda_block_forward(&s, &dw, x, x, b, T, 0, ws)) { rc = ar_cuda_err("block forward"); break; }
+        ar_cuda_to_bf16(h, x, (long)(b * row));
+        if (ar_cuda_download(dst + s0 * row, h, b * row * 2)) rc = ar_cuda_err("download");
+    }
+    ar_cuda_set_gemm(mode);
+    ar_cuda_free(h);
+    ar_cuda_free(x);
+    ar_cuda_block_work_free(ws);
+    ar_cuda_weights_free(&dw, NULL);
+    return rc;
+}
+#endif
