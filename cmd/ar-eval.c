@@ -7,6 +7,7 @@
  * first N, score positions 1..seqlen-1 of each window given the earlier tokens
  * of the same window; ppl = exp(mean NLL), accumulated in double. */
 #include "cli.h"
+#include "device.h"
 #include "error.h"
 #include "model.h"
 #include "tokenizer.h"
@@ -35,6 +36,8 @@ static const char usage[] =
     "                 the top-1 agreement with the base model (same tokenizer)\n"
     "  --batch B      windows per forward (default 1)\n"
     "  --stream       widen one block's weights at a time instead of caching them all\n"
+    "  --device D     cpu, cuda or cuda:N (default: cuda when a GPU is present);\n"
+    "                 the GPU scores perplexity (f32); KL and generation use the CPU\n"
     "  --threads N    OpenMP and OpenBLAS threads (default: all cores; 1 for models\n"
     "                 with hidden < 256, whose layers are too small to split)\n"
     "  --json         one JSON object on stdout\n"
@@ -43,7 +46,7 @@ static const char usage[] =
     "  --verbose      also peak resident memory on stderr\n";
 
 typedef struct {
-    const char *model, *text, *kl_base, *prompt;
+    const char *model, *text, *kl_base, *prompt, *device;
     long seqlen, windows, batch, n_new, threads;
     int json, stream;
 } opts;
@@ -66,6 +69,7 @@ static opts parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--windows"))) o.windows = cli_long("--windows", v, 1, INT_MAX);
         else if ((v = cli_value(argc, argv, &i, "--batch"))) o.batch = cli_long("--batch", v, 1, 4096);
         else if ((v = cli_value(argc, argv, &i, "-n"))) o.n_new = cli_long("-n", v, 0, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--device"))) o.device = v;
         else if ((v = cli_value(argc, argv, &i, "--threads"))) o.threads = cli_long("--threads", v, 1, 4096);
         else cli_usage_error("unknown argument '%s'", a);
     }
@@ -205,7 +209,7 @@ static void print_ppl(const opts *o, const ar_config *c, long tokens, long windo
         printf("kl %.6g  top1 %.2f%%  (base %s)\n", s->kl_sum / s->scored, 100.0 * s->top1_agree / s->scored, o->kl_base);
 }
 
-static void run_ppl(const opts *o, ar_tokenizer *tok, ar_model *m, ar_model *base)
+static void run_ppl(const opts *o, ar_tokenizer *tok, ar_model *m, ar_model *base, ar_model_gpu *gpu)
 {
     size_t n;
     int32_t *ids = tokenize_file(tok, o->text, &n);
@@ -225,7 +229,7 @@ static void run_ppl(const opts *o, ar_tokenizer *tok, ar_model *m, ar_model *bas
         int nb = (int)(nwin - w < B ? nwin - w : B);
         const int *win = ids + (size_t)w * T;
         if (base) score_window_kl(m, base, win, T, lm, lb, &s);
-        else if (ar_model_nll(m, win, nb, T, nll)) cli_die_lib();
+        else if (gpu ? ar_model_gpu_nll(gpu, win, nb, T, nll) : ar_model_nll(m, win, nb, T, nll)) cli_die_lib();
         else for (long k = 0; k < (long)nb * (T - 1); k++) s.nll_sum += nll[k];
         s.scored += (long)nb * (T - 1);
         char extra[64];
@@ -323,6 +327,19 @@ static void fix_blas_kernels(char **argv)
     execv("/proc/self/exe", argv);  /* on failure just carry on with the slow kernels */
 }
 
+/* The GPU copy of m when --device (or detection) picks a GPU, else NULL. */
+static ar_model_gpu *open_gpu(const char *device, ar_model *m)
+{
+    int dev;
+    if (ar_device_parse(device, &dev)) cli_usage_error("--device: %s", ar_last_error());
+    if (dev == AR_DEVICE_CPU) return NULL;
+    if (ar_device_init(dev)) cli_die_lib();
+    if (cli_progress >= 2) fprintf(stderr, "%s: scoring on %s\n", cli_tool, ar_device_describe(dev));
+    ar_model_gpu *g = ar_model_gpu_open(m);
+    if (!g) cli_die_lib();
+    return g;
+}
+
 int main(int argc, char **argv)
 {
     fix_blas_kernels(argv);
@@ -339,10 +356,12 @@ int main(int argc, char **argv)
     if (base && ar_model_config(base)->vocab != ar_model_config(m)->vocab)
         cli_die("%s: vocab_size %d differs from the model's %d", o.kl_base, ar_model_config(base)->vocab,
                 ar_model_config(m)->vocab);
-    if (o.text) run_ppl(&o, tok, m, base);
+    ar_model_gpu *gpu = o.text && !base ? open_gpu(o.device, m) : NULL;
+    if (o.text) run_ppl(&o, tok, m, base, gpu);
     else run_generate(&o, tok, m);
     report_rss();
     cli_out_commit(stdout);
+    ar_model_gpu_close(gpu);
     ar_model_close(base);
     ar_model_close(m);
     ar_tokenizer_free(tok);
