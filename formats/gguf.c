@@ -318,6 +318,16 @@ const ar_gguf_tensor *ar_gguf_find_tensor(const ar_gguf *g, const char *name)
     return NULL;
 }
 
+/* A float value as int64: truncated, saturated at the int64 range, 0 for NaN
+ * (a plain cast of an out-of-range float is undefined behaviour). */
+static int64_t float_to_int(double x)
+{
+    if (!(x == x)) return 0;
+    if (x >= 9223372036854775807.0) return INT64_MAX;
+    if (x <= -9223372036854775808.0) return INT64_MIN;
+    return (int64_t)x;
+}
+
 /* Read element i of type t at p as double and as int64. */
 static void scalar_at(ar_gguf_vtype t, const uint8_t *p, double *f, int64_t *n)
 {
@@ -331,10 +341,10 @@ static void scalar_at(ar_gguf_vtype t, const uint8_t *p, double *f, int64_t *n)
     case AR_GGUF_INT16: *n = v.i16; *f = v.i16; break;
     case AR_GGUF_UINT32: *n = v.u32; *f = v.u32; break;
     case AR_GGUF_INT32: *n = v.i32; *f = v.i32; break;
-    case AR_GGUF_FLOAT32: *n = (int64_t)v.f32; *f = v.f32; break;
+    case AR_GGUF_FLOAT32: *n = float_to_int(v.f32); *f = v.f32; break;
     case AR_GGUF_UINT64: *n = (int64_t)v.u64; *f = (double)v.u64; break;
     case AR_GGUF_INT64: *n = v.i64; *f = (double)v.i64; break;
-    case AR_GGUF_FLOAT64: *n = (int64_t)v.f64; *f = v.f64; break;
+    case AR_GGUF_FLOAT64: *n = float_to_int(v.f64); *f = v.f64; break;
     default: *n = 0; *f = 0; break;
     }
 }

@@ -95,13 +95,16 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path)
         get_int(r, "max_position_embeddings", 2048, 1, 1 << 30, &c->max_pos, path))
         return -1;
     const char *need[] = {"hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "vocab_size"};
-    for (size_t i = 0; i < sizeof need / sizeof *need; i++)
-        if (!item(r, need[i])) return ar_error("%s: missing %s", path, need[i]);
+    for (size_t i = 0; i < sizeof need / sizeof *need; i++)   /* null counts as missing */
+        if (!item(r, need[i]) || cJSON_IsNull(item(r, need[i]))) return ar_error("%s: missing %s", path, need[i]);
     if (get_int(r, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads, path) ||
         get_int(r, "head_dim", c->arch == AR_ARCH_QWEN3 ? 128 : c->hidden / c->n_heads, 1, big, &c->head_dim, path))
         return -1;
     if (c->n_heads % c->n_kv_heads)
         return ar_error("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
+    /* the default hidden / n_heads is 0 when there are more heads than hidden units */
+    if (c->head_dim < 1)
+        return ar_error("%s: head_dim is 0 (hidden_size %d / num_attention_heads %d)", path, c->hidden, c->n_heads);
     if (c->head_dim % 2) return ar_error("%s: head_dim %d is odd (RoPE rotates pairs)", path, c->head_dim);
     double eps;
     if (get_num(r, "rms_norm_eps", 1e-6, &eps, path)) return -1;

@@ -66,13 +66,21 @@ uint16_t ar_f32_to_f16(float f)
 float ar_round_f16(float f) { return ar_f16_to_f32(ar_f32_to_f16(f)); }
 float ar_round_bf16(float f) { return ar_bf16_to_f32(ar_f32_to_bf16(f)); }
 
+/* Element i of a 16-bit array that may be unaligned (tensor data in a mapped
+ * file starts wherever the file's header ends); compiles to a plain load. */
+static uint16_t load16(const void *src, size_t i)
+{
+    uint16_t v;
+    memcpy(&v, (const char *)src + 2 * i, 2);
+    return v;
+}
+
 int ar_to_f32(float *dst, const void *src, ar_dtype t, size_t n)
 {
-    const uint16_t *h = src;
     switch (t) {
     case AR_F32: memmove(dst, src, n * 4); return 0;
-    case AR_BF16: for (size_t i = 0; i < n; i++) dst[i] = ar_bf16_to_f32(h[i]); return 0;
-    case AR_F16: for (size_t i = 0; i < n; i++) dst[i] = ar_f16_to_f32(h[i]); return 0;
+    case AR_BF16: for (size_t i = 0; i < n; i++) dst[i] = ar_bf16_to_f32(load16(src, i)); return 0;
+    case AR_F16: for (size_t i = 0; i < n; i++) dst[i] = ar_f16_to_f32(load16(src, i)); return 0;
     default: return ar_error("cannot widen %s to f32", ar_dtype_name(t));
     }
 }

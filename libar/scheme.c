@@ -214,7 +214,9 @@ static int entry_matches(const lc_entry *e, const char *name)
 /* Read one integer-valued field; -1 with ar_error if the JSON type is wrong. */
 static int json_int(const cJSON *v, int *dst, const char *path, const char *key, const char *field)
 {
-    if (!cJSON_IsNumber(v) || v->valuedouble != (double)(int)v->valuedouble)
+    /* range first: casting an out-of-range double to int is undefined behaviour */
+    if (!cJSON_IsNumber(v) || !(v->valuedouble >= -1e9 && v->valuedouble <= 1e9) ||
+        v->valuedouble != (double)(int)v->valuedouble)
         return ar_error("%s: layer '%s': \"%s\" must be an integer", path, key, field);
     *dst = (int)v->valuedouble;
     return 0;

@@ -351,8 +351,9 @@ static int build_matchers(ar_tokenizer *t)
         a->mlen = strlen(a->match);
         if (a->mlen && matcher_add(a->normalized ? &t->norm_set : &t->raw_set, i, a)) return -1;
     }
-    qsort_r(t->raw_set.idx, t->raw_set.n, sizeof(int), by_match_len_desc, t->added);
-    qsort_r(t->norm_set.idx, t->norm_set.n, sizeof(int), by_match_len_desc, t->added);
+    /* qsort_r's base must not be NULL, even for zero elements */
+    if (t->raw_set.n > 1) qsort_r(t->raw_set.idx, t->raw_set.n, sizeof(int), by_match_len_desc, t->added);
+    if (t->norm_set.n > 1) qsort_r(t->norm_set.idx, t->norm_set.n, sizeof(int), by_match_len_desc, t->added);
     return 0;
 }
 

@@ -1,7 +1,7 @@
 /* fuzz_tokenizer.c — tokenizer.json through ar_tokenizer_load; a tokenizer
  * that loads then encodes (both with and without special tokens) a text made
  * of the input's own first bytes, which are mostly JSON and vocabulary
- * strings, and decodes the ids back. Every id must be below the vocab size. */
+ * strings, and decodes the ids back. No id may be negative. */
 #include "fuzz.h"
 #include "tokenizer.h"
 
@@ -11,9 +11,11 @@ static void encode_decode(ar_tokenizer *t, const char *text, size_t len, int add
     size_t n = 0;
     fuzz_clear_error();
     if (ar_tokenizer_encode(t, text, len, add_special, &ids, &n)) { fuzz_expect_message(); return; }
-    int32_t vocab = ar_tokenizer_vocab_size(t);
+    /* Not checked against ar_tokenizer_vocab_size: a post-processor may name
+     * any id (BertProcessing sep ["x", 99999]) and HF emits it as given; the
+     * model's forward rejects ids past its embedding (test_model). */
     for (size_t i = 0; i < n; i++)
-        if (ids[i] < 0 || ids[i] >= vocab) fuzz_fail("encode returned an id outside the vocabulary");
+        if (ids[i] < 0) fuzz_fail("encode returned a negative id");
     char *back = ar_tokenizer_decode(t, ids, n, add_special);
     if (!back) fuzz_fail("decode of encoded ids failed");
     free(back);
