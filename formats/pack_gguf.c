@@ -15,6 +15,7 @@
 #include "error.h"
 #include "gguf.h"
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -101,6 +102,20 @@ static void put_block(ar_ggml_type t, const int *q, float d, float m, uint8_t *b
     for (int j = 0; j < 16; j++) p[j] = (uint8_t)((q[j] & 15) | (q[j + 16] & 15) << 4);
 }
 
+/* Codes and zero points within b bits, finite scales (the generic
+ * ar_qlayer_check knows only the bit widths HF packings take). */
+static int check_codes(const ar_qlayer *l)
+{
+    const int qmax = (1 << l->bits) - 1, ng = l->k / 32;
+    for (size_t i = 0; i < (size_t)l->n * l->k; i++)
+        if (l->codes[i] > qmax) return ar_error("%s: code %d exceeds %d bits", l->name, l->codes[i], l->bits);
+    for (size_t i = 0; i < (size_t)l->n * ng; i++) {
+        if (!isfinite(l->scale[i])) return ar_error("%s: non-finite scale", l->name);
+        if (l->zp && (l->zp[i] < 0 || l->zp[i] > qmax)) return ar_error("%s: zero point %d out of range", l->name, l->zp[i]);
+    }
+    return 0;
+}
+
 /* The layer's codes as blocks of type t. */
 static int layer_blocks(const ar_qlayer *l, ar_ggml_type t, uint8_t *out)
 {
@@ -129,12 +144,16 @@ int ar_pack_gguf_layer(ar_pack_gguf *p, const ar_qlayer *l)
                  want == AR_GGML_Q8_0;
     if (!legacy)
         return ar_error("%s: gguf:%s needs a stream tuned with --scheme gguf:%s", l->name, p->type, p->type);
-    if (ar_qlayer_check(l, AR_LAYOUT_NONE)) return -1;
+    if (l->data_type && strcmp(l->data_type, "int"))
+        return ar_error("%s: %s weights have no GGUF type (tune with --scheme gguf:%s)", l->name, l->data_type, p->type);
+    if (l->act_bits > 0 && l->act_bits < 16)
+        return ar_error("%s: GGUF has no quantized activations (act_bits %d)", l->name, l->act_bits);
     ar_ggml_type t = legacy_type_of(l->bits, l->sym);
     if (t != want || l->group_size != 32 || l->k % 32)
         return ar_error("%s: gguf:%s stores %s groups of 32; this layer is %d-bit %s, group %d (tune with --scheme gguf:%s)",
                         l->name, p->type, ar_ggml_type_name(want), l->bits, l->sym ? "sym" : "asym", l->group_size,
                         p->type);
+    if (check_codes(l)) return -1;
     if (l->bias) return ar_error("%s: a tuned bias has no place in gguf:%s", l->name, p->type);
     size_t nbytes = ar_ggml_row_bytes(t, l->k) * (size_t)l->n;
     uint8_t *blocks = malloc(nbytes);
