@@ -27,7 +27,7 @@ static const char usage[] =
     "                  [--iters 200] [--lr X] [--minmax_lr X] [--nsamples 128] [--seqlen 2048]\n"
     "                  [--batch_size 8] [--gradient_accumulate_steps 1] [--layer_config FILE.json]\n"
     "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--seed 42]\n"
-    "                  [--device cpu] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
+    "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
     "                  [--quiet|--verbose|--progress]\n"
@@ -330,6 +330,19 @@ static void build_calib(stage *s, const options *o, const char *out)
     push_opt(s, "-o", out);
 }
 
+/* AutoRound's device names in ar-tune's terms: a bare GPU index N is
+ * cuda:N, "auto" leaves the choice to ar-tune (NULL). */
+static const char *device_name(const char *d)
+{
+    static char buf[64];
+    if (!d || !strcmp(d, "auto")) return NULL;
+    if (strspn(d, "0123456789") == strlen(d)) {
+        snprintf(buf, sizeof buf, "cuda:%s", d);
+        return buf;
+    }
+    return d;
+}
+
 /* Flags of ar-tune that only some builds have: pass them where supported,
  * refuse clearly where not. */
 static void push_optional_tune_flags(stage *s, const options *o)
@@ -339,10 +352,11 @@ static void push_optional_tune_flags(stage *s, const options *o)
             cli_usage_error("--enable_alg_ext: not supported yet (ar-tune has no SignRoundV2)");
         push(s, "--enable_alg_ext");
     }
-    if (o->device && strcmp(o->device, "cpu")) {
-        if (!help_mentions(s->path, "--device"))
+    const char *dev = device_name(o->device);
+    if (dev) {
+        if (help_mentions(s->path, "--device")) push_opt(s, "--device", dev);
+        else if (strcmp(dev, "cpu"))
             cli_usage_error("--device %s: not supported yet (ar-tune runs on the CPU); use --device cpu", o->device);
-        push_opt(s, "--device", o->device);
     }
     if (o->low_gpu_mem_usage) {
         if (help_mentions(s->path, "--low_gpu_mem_usage")) push(s, "--low_gpu_mem_usage");

@@ -63,6 +63,9 @@ if ! "$AR_BIN/ar-tune" --help | grep -q -- --enable_alg_ext; then
 fi
 if ! "$AR_BIN/ar-tune" --help | grep -q -- --device; then
   expect_rc 2 "device cuda: not supported yet" "--device cuda" -- "$M" --dataset "$DATA" --device cuda --dry_run
+else
+  has "--device N is cuda:N" "$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --device 1 --dry_run)" "--device cuda:1 -o"
+  has "--device cpu passed on" "$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --device cpu --dry_run)" "--device cpu -o"
 fi
 
 # ---- runs ----------------------------------------------------------------------
