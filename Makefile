@@ -57,7 +57,7 @@ endif
 NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC -Ilibar -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
-.PHONY: all deps test unit e2e bench clean install check-clients demo fuzz fuzz-replay
+.PHONY: all deps test unit e2e bench clean install check-clients demo fuzz fuzz-replay cuda-check
 all: $(TOOLS)
 
 deps:
@@ -155,6 +155,17 @@ fuzz-replay: $(FUZZ_REPLAYS)
 	done; exit $$fail
 
 test: fuzz-replay
+
+# GPU check (tests/cuda/run.sh): kernel-vs-CPU tests, 7B-block timings and the
+# tiny-llama accuracy runs on a machine with a GPU; writes $$OUT/report.txt.
+# Never part of `make test`.
+CUDA_CHECK := $(BUILD)/cuda/cuda_check
+$(CUDA_CHECK): tests/cuda/cuda_check.c $(BUILD)/libar.a
+	@mkdir -p $(@D)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+cuda-check: $(TOOLS) $(CUDA_CHECK)
+	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) AR_CUDA_CHECK=$(abspath $(CUDA_CHECK)) sh tests/cuda/run.sh
 
 clean:
 	rm -rf build/obj build/asan build/fuzz bin

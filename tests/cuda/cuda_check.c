@@ -1,0 +1,647 @@
+/* cuda_check — GPU kernels versus the CPU reference, and GPU timings.
+ * Built and run by `make cuda-check` (tests/cuda/run.sh) on a machine with a
+ * GPU; never part of `make test`.
+ *
+ *   cuda_check [--tests] [--bench] [--bench-iters N]
+ *
+ * Every test prints one line "PASS|FAIL name  err E (tol X)" where E is the
+ * maximum absolute error divided by the maximum |reference| unless stated
+ * otherwise; the exit status is 1 when any test fails. Tolerances:
+ * elementwise and row ops 1e-5 (same f32 formulas, only the order of sums
+ * differs); GEMM-based ops with f32 GEMMs 1e-4 (outputs) and 1e-3 (weight
+ * gradients, sums over all tokens); with bf16 tensor-core GEMMs 3e-2 and 1e-1
+ * (8-bit mantissas); the quantizer must agree exactly on >= 99.99% of the
+ * elements (identical f32 formulas, no FMA contraction). */
+#include "cuda_impl.h"
+#include "device.h"
+#include "dtype.h"
+#include "error.h"
+#include "model.h"
+#include "ops.h"
+#include "quant.h"
+#include "signround.h"
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int g_fail, g_tests;
+static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
+
+static double now_s(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Uniform in [-1, 1). */
+static float urand(void)
+{
+    g_rng ^= g_rng << 13, g_rng ^= g_rng >> 7, g_rng ^= g_rng << 17;
+    return (float)((g_rng >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
+}
+
+static float *rnd(size_t n, float scale, float offset)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    if (!p) { fprintf(stderr, "out of memory\n"); exit(2); }
+    for (size_t i = 0; i < n; i++) p[i] = offset + scale * urand();
+    return p;
+}
+
+static float *zeros(size_t n) { return calloc(n ? n : 1, sizeof(float)); }
+
+static void die_cuda(const char *what)
+{
+    fprintf(stderr, "cuda_check: %s: %s\n", what, ar_cuda_last_error());
+    exit(2);
+}
+
+static float *up(const float *h, size_t n)
+{
+    float *d = ar_cuda_malloc(sizeof(float) * (n ? n : 1));
+    if (!d || ar_cuda_upload(d, h, sizeof(float) * n)) die_cuda("upload");
+    return d;
+}
+
+static float *down(const float *d, size_t n)
+{
+    float *h = malloc(sizeof(float) * (n ? n : 1));
+    if (!h || ar_cuda_download(h, d, sizeof(float) * n)) die_cuda("download");
+    return h;
+}
+
+/* max |a - ref| / max |ref|. */
+static double rel_err(const float *a, const float *ref, size_t n)
+{
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - ref[i]);
+        if (d > e || d != d) e = d;
+        if (fabs(ref[i]) > m) m = fabs(ref[i]);
+    }
+    return m > 0 ? e / m : e;
+}
+
+/* Fraction of elements that differ at all. */
+static double mismatch(const float *a, const float *ref, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += a[i] != ref[i];
+    return (double)k / (double)(n ? n : 1);
+}
+
+static void verdict(const char *name, double err, double tol, const char *what)
+{
+    int ok = err <= tol;
+    g_tests++;
+    g_fail += !ok;
+    printf("%s %-44s %s %.3g (tol %.3g)\n", ok ? "PASS" : "FAIL", name, what, err, tol);
+    fflush(stdout);
+}
+
+/* Compare device buffer d with host reference ref. */
+static void check_dev(const char *name, const float *d, const float *ref, size_t n, double tol)
+{
+    float *h = down(d, n);
+    verdict(name, rel_err(h, ref, n), tol, "err");
+    free(h);
+}
+
+/* ---- elementwise and row ops ---------------------------------------------- */
+
+static void test_rows(void)
+{
+    int R = 96, C = 640;
+    size_t n = (size_t)R * C;
+    float *x = rnd(n, 2, 0), *w = rnd(C, 0.5f, 1), *dout = rnd(n, 1, 0);
+    float *y = zeros(n), *rs = zeros(R), *dx = rnd(n, 1, 0);
+    float *dX = up(x, n), *dW = up(w, C), *dY = up(y, n), *dR = up(rs, R), *dD = up(dout, n), *dDX = up(dx, n);
+    ar_rmsnorm_forward(y, rs, x, w, R, C, 1e-5f);
+    ar_cuda_rmsnorm_forward(dY, dR, dX, dW, R, C, 1e-5f);
+    check_dev("rmsnorm forward", dY, y, n, 1e-5);
+    check_dev("rmsnorm forward rstd", dR, rs, R, 1e-5);
+    ar_rmsnorm_backward(dx, NULL, dout, x, w, rs, R, C);
+    ar_cuda_rmsnorm_backward(dDX, dD, dX, dW, dR, R, C);
+    check_dev("rmsnorm backward (accumulating)", dDX, dx, n, 1e-5);
+
+    /* QK-norm shape: rows of one head */
+    int HR = 512, HD = 64;
+    float *q = rnd((size_t)HR * HD, 3, 0), *qw = rnd(HD, 0.5f, 1), *qo = zeros((size_t)HR * HD);
+    float *dQ = up(q, (size_t)HR * HD), *dQW = up(qw, HD), *dQO = up(qo, (size_t)HR * HD);
+    ar_rmsnorm_forward(qo, NULL, q, qw, HR, HD, 1e-6f);
+    ar_cuda_rmsnorm_forward(dQO, NULL, dQ, dQW, HR, HD, 1e-6f);
+    check_dev("qk-norm forward (HD 64)", dQO, qo, (size_t)HR * HD, 1e-5);
+
+    /* SwiGLU, residual */
+    float *g = rnd(n, 4, 0), *u = rnd(n, 2, 0), *a = zeros(n), *dg = rnd(n, 1, 0), *du = rnd(n, 1, 0);
+    float *dG = up(g, n), *dU = up(u, n), *dA = up(a, n), *dDG = up(dg, n), *dDU = up(du, n);
+    ar_swiglu_forward(a, g, u, (long)n);
+    ar_cuda_swiglu_forward(dA, dG, dU, (long)n);
+    check_dev("swiglu forward", dA, a, n, 1e-5);
+    ar_swiglu_backward(dg, du, dout, g, u, (long)n);
+    ar_cuda_swiglu_backward(dDG, dDU, dD, dG, dU, (long)n);
+    check_dev("swiglu backward dgate", dDG, dg, n, 1e-5);
+    check_dev("swiglu backward dup", dDU, du, n, 1e-5);
+    ar_residual_forward(a, g, u, (long)n);
+    ar_cuda_add(dA, dG, dU, (long)n);
+    check_dev("residual add", dA, a, n, 0);
+
+    /* bf16 narrowing round trip */
+    uint16_t *hb = malloc(2 * n), *db = ar_cuda_malloc(2 * n);
+    ar_from_f32(hb, g, AR_BF16, n);
+    ar_cuda_to_bf16(db, dG, (long)n);
+    ar_cuda_from_bf16(dA, db, (long)n);
+    ar_to_f32(a, hb, AR_BF16, n);
+    check_dev("bf16 round (to and from)", dA, a, n, 0);
+
+    float *fr[] = {x, w, dout, y, rs, dx, q, qw, qo, g, u, a, dg, du};
+    for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
+    float *fd[] = {dX, dW, dY, dR, dD, dDX, dQ, dQW, dQO, dG, dU, dA, dDG, dDU};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+    free(hb);
+    ar_cuda_free(db);
+}
+
+static void test_rope(void)
+{
+    ar_config c;
+    memset(&c, 0, sizeof c);
+    c.head_dim = 64, c.rope_theta = 10000;
+    int B = 2, T = 96, H = 4, HD = 64;
+    size_t n = (size_t)B * T * H * HD, h2 = (size_t)T * HD / 2;
+    float *cs = zeros(h2), *sn = zeros(h2), *x = rnd(n, 1, 0);
+    ar_rope_tables(cs, sn, &c, T);
+    float *dC = up(cs, h2), *dS = up(sn, h2), *dX = up(x, n);
+    ar_rope_forward(x, cs, sn, B, T, H, HD);
+    ar_cuda_rope(dX, dC, dS, B, T, H, HD, 0);
+    check_dev("rope forward", dX, x, n, 1e-6);
+    ar_rope_backward(x, cs, sn, B, T, H, HD);
+    ar_cuda_rope(dX, dC, dS, B, T, H, HD, 1);
+    check_dev("rope backward (inverse)", dX, x, n, 1e-6);
+    free(cs); free(sn); free(x);
+    ar_cuda_free(dC); ar_cuda_free(dS); ar_cuda_free(dX);
+}
+
+/* ---- GEMM-based ops ----------------------------------------------------------- */
+
+static void test_linear(int mode, const char *tag, double tol_y, double tol_w)
+{
+    ar_cuda_set_gemm(mode);
+    int R = 300, K = 512, N = 384;
+    float *x = rnd((size_t)R * K, 1, 0), *W = rnd((size_t)N * K, 0.05f, 0), *b = rnd(N, 0.1f, 0);
+    float *y = zeros((size_t)R * N), *dy = rnd((size_t)R * N, 1, 0), *dx = zeros((size_t)R * K), *dW = zeros((size_t)N * K);
+    float *dX = up(x, (size_t)R * K), *dWt = up(W, (size_t)N * K), *dB = up(b, N), *dY = up(y, (size_t)R * N);
+    float *dDY = up(dy, (size_t)R * N), *dDX = up(dx, (size_t)R * K), *dDW = up(dW, (size_t)N * K);
+    char name[96];
+    ar_linear_forward(y, x, W, b, R, K, N);
+    if (ar_cuda_linear_forward(dY, dX, dWt, dB, R, K, N)) die_cuda("linear");
+    snprintf(name, sizeof name, "linear forward + bias [%s]", tag);
+    check_dev(name, dY, y, (size_t)R * N, tol_y);
+    ar_linear_backward(dx, dW, NULL, dy, x, W, R, K, N);
+    if (ar_cuda_linear_backward(dDX, dDW, dDY, dX, dWt, R, K, N)) die_cuda("linear backward");
+    snprintf(name, sizeof name, "linear backward dx [%s]", tag);
+    check_dev(name, dDX, dx, (size_t)R * K, tol_y);
+    snprintf(name, sizeof name, "linear backward dW [%s]", tag);
+    check_dev(name, dDW, dW, (size_t)N * K, tol_w);
+    float *fr[] = {x, W, b, y, dy, dx, dW};
+    for (size_t i = 0; i < 7; i++) free(fr[i]);
+    float *fd[] = {dX, dWt, dB, dY, dDY, dDX, dDW};
+    for (size_t i = 0; i < 7; i++) ar_cuda_free(fd[i]);
+}
+
+static void test_attention(int B, int T, int NH, int NKV, int HD, int window)
+{
+    ar_cuda_set_gemm(AR_CUDA_GEMM_F32);
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
+    float *q = rnd(nq, 1, 0), *k = rnd(nk, 1, 0), *v = rnd(nk, 1, 0), *o = zeros(nq), *att = zeros(na);
+    float *dout = rnd(nq, 1, 0), *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
+    float *scr = zeros((size_t)ar_attention_backward_scratch(B, T, NH, HD));
+    float *dQ = up(q, nq), *dK = up(k, nk), *dV = up(v, nk), *dO = up(o, nq), *dA = up(att, na);
+    float *dDO = up(dout, nq), *dDQ = up(dq, nq), *dDK = up(dk, nk), *dDV = up(dv, nk);
+    float *dS = ar_cuda_malloc(sizeof(float) * (size_t)ar_cuda_attention_backward_scratch(T, NH));
+    char name[128];
+    ar_attention_forward(o, att, 1, q, k, v, B, T, NH, NKV, HD, window);
+    if (ar_cuda_attention_forward(dO, dA, dQ, dK, dV, B, T, NH, NKV, HD, window)) die_cuda("attention");
+    snprintf(name, sizeof name, "attention fwd B%d T%d H%d/%d w%d", B, T, NH, NKV, window);
+    check_dev(name, dO, o, nq, 1e-4);
+    snprintf(name, sizeof name, "attention probs B%d T%d H%d/%d w%d", B, T, NH, NKV, window);
+    check_dev(name, dA, att, na, 1e-5);
+    ar_attention_backward(dq, dk, dv, scr, dout, att, q, k, v, B, T, NH, NKV, HD);
+    if (ar_cuda_attention_backward(dDQ, dDK, dDV, dS, dDO, dA, dQ, dK, dV, B, T, NH, NKV, HD))
+        die_cuda("attention backward");
+    snprintf(name, sizeof name, "attention bwd dq T%d H%d/%d w%d", T, NH, NKV, window);
+    check_dev(name, dDQ, dq, nq, 1e-4);
+    snprintf(name, sizeof name, "attention bwd dk T%d H%d/%d w%d", T, NH, NKV, window);
+    check_dev(name, dDK, dk, nk, 1e-4);
+    snprintf(name, sizeof name, "attention bwd dv T%d H%d/%d w%d", T, NH, NKV, window);
+    check_dev(name, dDV, dv, nk, 1e-4);
+    float *fr[] = {q, k, v, o, att, dout, dq, dk, dv, scr};
+    for (size_t i = 0; i < 10; i++) free(fr[i]);
+    float *fd[] = {dQ, dK, dV, dO, dA, dDO, dDQ, dDK, dDV, dS};
+    for (size_t i = 0; i < 10; i++) ar_cuda_free(fd[i]);
+}
+
+/* ---- quantizer --------------------------------------------------------------- */
+
+static ar_cuda_qspec qspec_of(const ar_quant_spec *s)
+{
+    ar_cuda_qspec q = {s->bits, s->group_size, s->sym, !!(s->flags & AR_QF_F32_SCALE), !!(s->flags & AR_QF_BF16),
+                       s->minmax_hi};
+    return q;
+}
+
+static void test_quant(const char *tag, ar_quant_spec s, int n, int k)
+{
+    char name[128];
+    int ng = ar_quant_ngroups(k, s.group_size);
+    size_t nel = (size_t)n * k, ngr = (size_t)n * ng;
+    float *w = rnd(nel, 0.05f, 0), *v = rnd(nel, 0.3f, 0), *al = rnd(ngr, 0.15f, 0.9f), *be = rnd(ngr, 0.15f, 0.9f);
+    float *dwq = rnd(nel, 1, 0), *wq = zeros(nel);
+    for (size_t i = 0; i < nel; i += 97) w[i] = 0; /* zeros and ties */
+    ar_cuda_qspec q = qspec_of(&s);
+    float *dw = up(w, nel), *dv = up(v, nel), *dal = up(al, ngr), *dbe = up(be, ngr), *ddwq = up(dwq, nel);
+    float *dwq_out = up(wq, nel);
+    ar_quant_params p = {v, al, be, NULL};
+    ar_quant_out out = {wq, NULL, NULL, NULL};
+    if (ar_quant_forward(&s, w, n, k, &p, &out)) { printf("FAIL %s: %s\n", tag, ar_last_error()); g_fail++; return; }
+    if (ar_cuda_quant_forward(&q, dw, n, k, dv, dal, dbe, dwq_out)) die_cuda("quant");
+    float *h = down(dwq_out, nel);
+    snprintf(name, sizeof name, "quant forward %s", tag);
+    verdict(name, mismatch(h, wq, nel), 1e-4, "mismatch");
+    free(h);
+
+    /* STE backward into fresh gradients */
+    float *gv = zeros(nel), *ga = zeros(ngr), *gb = zeros(ngr);
+    float *dgv = up(gv, nel), *dga = up(ga, ngr), *dgb = up(gb, ngr);
+    ar_quant_backward(&s, w, n, k, &p, dwq, gv, ga, gb);
+    if (ar_cuda_quant_backward(&q, dw, n, k, dv, dal, dbe, ddwq, dgv, dga, dgb)) die_cuda("quant backward");
+    snprintf(name, sizeof name, "quant backward dV %s", tag);
+    check_dev(name, dgv, gv, nel, 1e-6);
+    snprintf(name, sizeof name, "quant backward dalpha %s", tag);
+    check_dev(name, dga, ga, ngr, 1e-4);
+    snprintf(name, sizeof name, "quant backward dbeta %s", tag);
+    check_dev(name, dgb, gb, ngr, 1e-4);
+
+    /* fused SignSGD step = sign of those gradients, then the α/β clamp */
+    float lr = 0.01f, mlr = 0.02f;
+    for (size_t i = 0; i < nel; i++) v[i] -= lr * (float)((gv[i] > 0) - (gv[i] < 0));
+    for (size_t i = 0; i < ngr; i++) {
+        al[i] -= mlr * (float)((ga[i] > 0) - (ga[i] < 0));
+        be[i] -= mlr * (float)((gb[i] > 0) - (gb[i] < 0));
+    }
+    ar_quant_clamp_minmax(&s, al, ngr);
+    ar_quant_clamp_minmax(&s, be, ngr);
+    if (ar_cuda_quant_signsgd(&q, dw, n, k, dv, dal, dbe, ddwq, lr, mlr)) die_cuda("signsgd");
+    float *hv = down(dv, nel), *ha = down(dal, ngr), *hb = down(dbe, ngr);
+    snprintf(name, sizeof name, "signsgd V %s", tag);
+    verdict(name, mismatch(hv, v, nel), 1e-4, "mismatch");
+    snprintf(name, sizeof name, "signsgd alpha/beta %s", tag);
+    verdict(name, 0.5 * (mismatch(ha, al, ngr) + mismatch(hb, be, ngr)), 2e-3, "mismatch");
+    free(hv); free(ha); free(hb);
+    float *fr[] = {w, v, al, be, dwq, wq, gv, ga, gb};
+    for (size_t i = 0; i < 9; i++) free(fr[i]);
+    float *fd[] = {dw, dv, dal, dbe, ddwq, dwq_out, dgv, dga, dgb};
+    for (size_t i = 0; i < 9; i++) ar_cuda_free(fd[i]);
+}
+
+static void test_mse(void)
+{
+    long rows = 2 * 257;
+    int C = 512;
+    size_t n = (size_t)rows * C;
+    float *p = rnd(n, 1, 0), *r = rnd(n, 1, 0), *d = zeros(n);
+    uint8_t *m = malloc(rows);
+    ar_default_mask(m, 2, 257);
+    double loss = ar_masked_mse(p, r, m, rows, C, d), gl = 0;
+    float *dp = up(p, n), *dr = up(r, n), *dd = up(d, n);
+    uint8_t *dm = ar_cuda_malloc(rows);
+    double *dl = ar_cuda_malloc(8);
+    if (ar_cuda_upload(dm, m, rows) || ar_cuda_masked_mse(dp, dr, dm, rows, C, dd, dl) || ar_cuda_download(&gl, dl, 8))
+        die_cuda("mse");
+    check_dev("masked mse gradient", dd, d, n, 1e-6);
+    verdict("masked mse loss", fabs(gl - loss) / loss, 1e-6, "rel err");
+    free(p); free(r); free(d); free(m);
+    ar_cuda_free(dp); ar_cuda_free(dr); ar_cuda_free(dd); ar_cuda_free(dm); ar_cuda_free(dl);
+}
+
+/* ---- block ------------------------------------------------------------------- */
+
+static void small_config(ar_config *c, int C, int F, int NH, int NKV, int HD, int qk_norm, int bias, int window)
+{
+    memset(c, 0, sizeof *c);
+    c->hidden = C, c->intermediate = F, c->n_heads = NH, c->n_kv_heads = NKV, c->head_dim = HD;
+    c->n_layers = 1, c->rms_eps = 1e-5f, c->rope_theta = 10000, c->qk_norm = qk_norm, c->qkv_bias = bias;
+    c->sliding_window = window, c->vocab = 256, c->max_pos = 4096;
+}
+
+/* Random block weights, scaled so activations stay O(1). */
+static void random_weights(ar_block_weights *w, const ar_config *c)
+{
+    memset(w, 0, sizeof *w);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        w->w[i] = rnd((size_t)n * k, 1.7f / sqrtf((float)k), 0);
+        if (c->qkv_bias && i <= AR_V) w->b[i] = rnd(n, 0.1f, 0);
+    }
+    w->attn_norm = rnd(c->hidden, 0.2f, 1);
+    w->mlp_norm = rnd(c->hidden, 0.2f, 1);
+    if (c->qk_norm) w->q_norm = rnd(c->head_dim, 0.2f, 1), w->k_norm = rnd(c->head_dim, 0.2f, 1);
+}
+
+static void free_weights(ar_block_weights *w)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) free(w->w[i]), free(w->b[i]);
+    free(w->attn_norm); free(w->mlp_norm); free(w->q_norm); free(w->k_norm);
+}
+
+static void test_block(const char *tag, const ar_config *c, int B, int T, int mode, double tol_y, double tol_w)
+{
+    char name[160];
+    ar_cuda_set_gemm(mode);
+    ar_block_weights w;
+    random_weights(&w, c);
+    size_t n = (size_t)B * T * c->hidden;
+    float *x = rnd(n, 1, 0), *y = zeros(n), *dy = rnd(n, 1e-3f, 0), *dx = zeros(n);
+    float *dW[AR_NLINEAR], *gW[AR_NLINEAR];
+    size_t wn[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(c, i, &nn, &k);
+        wn[i] = (size_t)nn * k;
+        dW[i] = zeros(wn[i]);
+        gW[i] = up(dW[i], wn[i]);
+    }
+    ar_block_work ws;
+    ar_block_acts acts;
+    if (ar_block_work_init(&ws, c, B, T, 1) || ar_block_acts_init(&acts, c, B, T) ||
+        ar_block_forward_train(c, &w, x, y, B, T, &ws, &acts) || ar_block_backward(c, &w, &acts, dy, dW, dx, &ws)) {
+        printf("FAIL block CPU reference: %s\n", ar_last_error());
+        g_fail++;
+        return;
+    }
+    ar_cuda_weights dw;
+    ar_cuda_shape s = ar_cuda_shape_of(c);
+    ar_cuda_block_work *gws = ar_cuda_work_for(c, B, T, 1);
+    if (!gws || ar_cuda_weights_upload(&dw, c, &w, NULL)) die_cuda("block setup");
+    float *gx = up(x, n), *gy = up(y, n), *gdy = up(dy, n), *gdx = ar_cuda_malloc(n * 4);
+    if (ar_cuda_block_forward(&s, &dw, gx, gy, B, T, 1, gws) || ar_cuda_block_backward(&s, &dw, gdy, gW, gdx, gws))
+        die_cuda("block");
+    snprintf(name, sizeof name, "block forward %s", tag);
+    check_dev(name, gy, y, n, tol_y);
+    snprintf(name, sizeof name, "block backward dx %s", tag);
+    check_dev(name, gdx, dx, n, tol_w);
+    double worst = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        float *h = down(gW[i], wn[i]);
+        double e = rel_err(h, dW[i], wn[i]);
+        if (e > worst || e != e) worst = e;
+        free(h);
+    }
+    snprintf(name, sizeof name, "block backward dW (worst of 7) %s", tag);
+    verdict(name, worst, tol_w, "err");
+    for (int i = 0; i < AR_NLINEAR; i++) free(dW[i]), ar_cuda_free(gW[i]);
+    ar_cuda_free(gx); ar_cuda_free(gy); ar_cuda_free(gdy); ar_cuda_free(gdx);
+    ar_cuda_weights_free(&dw, NULL);
+    ar_cuda_block_work_free(gws);
+    ar_block_work_free(&ws);
+    ar_block_acts_free(&acts);
+    free(x); free(y); free(dy); free(dx);
+    free_weights(&w);
+}
+
+/* ---- a whole tuning run -------------------------------------------------------- */
+
+typedef struct { double loss[64]; int n; } loss_log;
+
+static void log_loss(void *ctx, int it, int iters, double loss, double best)
+{
+    loss_log *l = ctx;
+    (void)iters, (void)best;
+    if (it < 64) l->loss[it] = loss, l->n = it + 1;
+}
+
+/* bf16 cache of n samples: x random, y = the FP block's output (CPU). */
+static void make_cache(const ar_config *c, const ar_block_weights *w, int n, int T, uint16_t **xb, uint16_t **yb)
+{
+    size_t row = (size_t)T * c->hidden;
+    float *x = rnd(row * n, 1, 0), *y = zeros(row * n);
+    ar_block_work ws;
+    if (ar_block_work_init(&ws, c, 1, T, 0)) { printf("FAIL cache: %s\n", ar_last_error()); exit(2); }
+    *xb = malloc(2 * row * n), *yb = malloc(2 * row * n);
+    ar_from_f32(*xb, x, AR_BF16, row * n);
+    ar_to_f32(x, *xb, AR_BF16, row * n);
+    for (int i = 0; i < n; i++) ar_block_forward(c, w, x + i * row, y + i * row, 1, T, &ws);
+    ar_from_f32(*yb, y, AR_BF16, row * n);
+    ar_block_work_free(&ws);
+    free(x); free(y);
+}
+
+static void test_tuning(const char *tag, ar_quant_spec spec, int mode, double tol_loss0, double tol_traj)
+{
+    char name[160];
+    ar_config c;
+    small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    int n = 16, T = 64;
+    uint16_t *xb, *yb;
+    make_cache(&c, &w, n, T, &xb, &yb);
+    ar_block_plan plan;
+    memset(&plan, 0, sizeof plan);
+    for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = spec;
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = 12, o.batch_size = 4, o.grad_accum = 2;
+    ar_quant_out co[AR_NLINEAR], go[AR_NLINEAR];
+    size_t nel[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&c, i, &nn, &k);
+        nel[i] = (size_t)nn * k;
+        co[i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
+        go[i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
+    }
+    ar_signround_report cr, gr;
+    loss_log cl = {{0}, 0}, gl = {{0}, 0};
+    ar_cuda_set_gemm(mode);
+    if (ar_signround_tune_block(&c, &w, xb, yb, NULL, n, T, &plan, &o, co, &cr, log_loss, &cl) ||
+        ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, go, &gr, log_loss, &gl)) {
+        printf("FAIL tuning %s: %s\n", tag, ar_last_error());
+        g_fail++;
+        return;
+    }
+    snprintf(name, sizeof name, "tuning loss at iter 0 %s", tag);
+    verdict(name, fabs(gr.loss0 - cr.loss0) / cr.loss0, tol_loss0, "rel err");
+    double worst = 0;
+    for (int i = 0; i < cl.n && i < gl.n; i++) {
+        double e = fabs(gl.loss[i] - cl.loss[i]) / cl.loss[i];
+        if (e > worst) worst = e;
+    }
+    snprintf(name, sizeof name, "tuning loss trajectory (12 iters) %s", tag);
+    verdict(name, worst, tol_traj, "worst rel err");
+    double mm = 0;
+    size_t tot = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) mm += mismatch(go[i].wq, co[i].wq, nel[i]) * nel[i], tot += nel[i];
+    snprintf(name, sizeof name, "tuning final weights %s", tag);
+    verdict(name, mm / tot, 0.02, "mismatch");
+    printf("     CPU loss %.6g -> %.6g (iter %d)  GPU loss %.6g -> %.6g (iter %d)\n", cr.loss0, cr.best_loss,
+           cr.best_iter, gr.loss0, gr.best_loss, gr.best_iter);
+    for (int i = 0; i < AR_NLINEAR; i++) free(co[i].wq), free(go[i].wq);
+    free(xb); free(yb);
+    free_weights(&w);
+}
+
+/* ---- full-model NLL -------------------------------------------------------------- */
+
+static void test_nll(const char *shared)
+{
+    char dir[1024];
+    snprintf(dir, sizeof dir, "%s/models/tiny-llama", shared);
+    ar_model *m = ar_model_open(dir, AR_MODEL_CACHE);
+    if (!m) { printf("SKIP model nll: %s\n", ar_last_error()); return; }
+    int B = 2, T = 512, V = ar_model_config(m)->vocab;
+    int *ids = malloc(sizeof(int) * B * T);
+    for (int i = 0; i < B * T; i++) ids[i] = (int)((urand() + 1.0f) * 0.5f * (V - 1));
+    double *a = malloc(sizeof(double) * B * (T - 1)), *g = malloc(sizeof(double) * B * (T - 1));
+    ar_model_gpu *gm = ar_model_gpu_open(m);
+    if (!gm || ar_model_nll(m, ids, B, T, a) || ar_model_gpu_nll(gm, ids, B, T, g)) {
+        printf("FAIL model nll: %s\n", ar_last_error());
+        g_fail++;
+    } else {
+        double e = 0, sa = 0, sg = 0;
+        for (int i = 0; i < B * (T - 1); i++) {
+            if (fabs(a[i] - g[i]) > e) e = fabs(a[i] - g[i]);
+            sa += a[i], sg += g[i];
+        }
+        verdict("tiny-llama nll per position (nats)", e, 2e-3, "max abs err");
+        verdict("tiny-llama mean nll (nats)", fabs(sa - sg) / (B * (T - 1)), 1e-4, "abs err");
+    }
+    ar_model_gpu_close(gm);
+    ar_model_close(m);
+    free(ids); free(a); free(g);
+}
+
+/* ---- timings ---------------------------------------------------------------------- */
+
+/* The 7B-shaped block: ms per tuning iteration from two runs of different
+ * length (setup and the final CPU quantization cancel out). */
+static void bench_block(int iters_extra)
+{
+    ar_config c;
+    small_config(&c, 4096, 11008, 32, 32, 128, 0, 0, 0);
+    int B = 8, T = 2048, n = 8;
+    printf("synthetic Llama-2-7B block: hidden 4096, intermediate 11008, 32 heads, batch %d x %d tokens, W4G128\n", B,
+           T);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    size_t el = (size_t)n * T * c.hidden;
+    uint16_t *xb = malloc(2 * el), *yb = malloc(2 * el);
+    for (size_t i = 0; i < el; i++) xb[i] = ar_f32_to_bf16(urand()), yb[i] = ar_f32_to_bf16(urand());
+    ar_block_plan plan;
+    memset(&plan, 0, sizeof plan);
+    ar_quant_spec spec = {4, 128, 1, AR_QF_BF16, 0, 0, 0};
+    for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = spec;
+    ar_quant_out out[AR_NLINEAR];
+    double P = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&c, i, &nn, &k);
+        out[i] = (ar_quant_out){NULL, NULL, NULL, NULL};
+        P += (double)nn * k;
+    }
+    double sec[2];
+    int its[2] = {2, 2 + iters_extra};
+    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
+    ar_cuda_reset_peak();
+    for (int r = 0; r < 2; r++) {
+        ar_signround_opts o;
+        ar_signround_defaults(&o);
+        o.iters = its[r], o.batch_size = B;
+        ar_signround_report rep;
+        if (ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out, &rep, NULL, NULL)) {
+            printf("FAIL 7B block timing: %s\n", ar_last_error());
+            g_fail++;
+            return;
+        }
+        sec[r] = rep.sec_total;
+        printf("  %d iterations: %.2f s total (setup + final CPU quantization included)\n", its[r], sec[r]);
+    }
+    double ms = (sec[1] - sec[0]) / iters_extra * 1e3, BT = (double)B * T;
+    /* Executed GEMM FLOPs: linears forward 2·BT·P; backward dW of all seven
+     * 2·BT·P and dx of o/gate/up/down (q/k/v need none) 2·BT·(P − Pqkv);
+     * attention 2 forward + 4 backward products of 2·B·NH·T²·HD each, over
+     * the full T x T square. */
+    double Pqkv = 3.0 * 4096 * 4096;
+    double flops = 2 * BT * P + 2 * BT * P + 2 * BT * (P - Pqkv) + 6 * 2.0 * B * 32 * (double)T * T * 128;
+    double peak = 0, tf;
+    int shapes[3][3] = {{16384, 4096, 4096}, {16384, 11008, 4096}, {16384, 4096, 11008}};
+    for (int i = 0; i < 3; i++) {
+        if (ar_cuda_bench_bf16_gemm(shapes[i][0], shapes[i][1], shapes[i][2], 20, &tf)) die_cuda("gemm bench");
+        printf("  cuBLAS bf16 GEMM %dx%dx%d: %.1f TFLOP/s\n", shapes[i][0], shapes[i][1], shapes[i][2], tf);
+        if (tf > peak) peak = tf;
+    }
+    printf("RESULT 7B block: %.1f ms/iteration, %.1f TFLOP/s executed (%.0f%% of the measured bf16 GEMM peak "
+           "%.1f TFLOP/s), peak GPU memory %.2f GiB\n",
+           ms, flops / (ms * 1e-3) * 1e-12, 100.0 * flops / (ms * 1e-3) * 1e-12 / peak, peak,
+           ar_cuda_peak_bytes() / 1073741824.0);
+    free(xb); free(yb);
+    free_weights(&w);
+}
+
+static void run_tests(const char *shared)
+{
+    test_rows();
+    test_rope();
+    test_linear(AR_CUDA_GEMM_F32, "f32", 1e-5, 1e-5);
+    test_linear(AR_CUDA_GEMM_BF16, "bf16", 3e-2, 3e-2);
+    test_attention(2, 128, 8, 2, 64, 0);
+    test_attention(1, 200, 4, 4, 32, 48);
+    test_attention(1, 512, 8, 2, 64, 0);
+    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0}, w2 = {2, 64, 1, AR_QF_BF16, 0, 0, 0};
+    ar_quant_spec a4 = {4, 32, 0, 0, 0, 0, 0}, r8 = {8, -1, 1, AR_QF_F32_SCALE, 2.0f, 0, 0};
+    test_quant("W4 G128 sym bf16", w4, 256, 640);
+    test_quant("W2 G64 sym bf16", w2, 128, 640);
+    test_quant("W4 G32 asym", a4, 96, 200);
+    test_quant("W8 per-row f32-scale hi=2", r8, 64, 1280);
+    test_mse();
+    ar_config c;
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    test_block("tiny-llama shape B2 T128 [f32]", &c, 2, 128, AR_CUDA_GEMM_F32, 1e-4, 1e-3);
+    test_block("tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
+    test_block("qk-norm, qkv bias, window 32 B2 T96 [f32]", &c, 2, 96, AR_CUDA_GEMM_F32, 1e-4, 1e-3);
+    test_tuning("W4G128 [f32 GEMMs]", w4, AR_CUDA_GEMM_F32, 1e-3, 2e-2);
+    test_tuning("W2G64 asym [f32 GEMMs]", (ar_quant_spec){2, 64, 0, AR_QF_BF16, 0, 0, 0}, AR_CUDA_GEMM_F32, 1e-3,
+                2e-2);
+    test_tuning("W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 5e-2, 1e-1);
+    test_nll(shared);
+}
+
+int main(int argc, char **argv)
+{
+    int tests = 0, bench = 0, extra = 10;
+    for (int i = 1; i < argc; i++) {
+        if (!strcmp(argv[i], "--tests")) tests = 1;
+        else if (!strcmp(argv[i], "--bench")) bench = 1;
+        else if (!strcmp(argv[i], "--bench-iters") && i + 1 < argc) extra = atoi(argv[++i]);
+        else { fprintf(stderr, "usage: cuda_check [--tests] [--bench] [--bench-iters N]\n"); return 2; }
+    }
+    if (!tests && !bench) tests = bench = 1;
+    if (extra < 1) extra = 1;
+    const char *shared = getenv("AR_SHARED") ? getenv("AR_SHARED") : "../shared";
+    if (ar_device_cuda_count() < 1) { fprintf(stderr, "cuda_check: no CUDA device\n"); return 2; }
+    if (ar_device_init(0)) { fprintf(stderr, "cuda_check: %s\n", ar_last_error()); return 2; }
+    printf("device: %s\n", ar_device_describe(0));
+    double t0 = now_s();
+    if (tests) {
+        run_tests(shared);
+        printf("kernel tests: %d of %d passed (%.1f s)\n", g_tests - g_fail, g_tests, now_s() - t0);
+    }
+    if (bench) bench_block(extra);
+    return g_fail ? 1 : 0;
+}
