@@ -10,6 +10,7 @@
 #include "device.h"
 #include "error.h"
 #include "model.h"
+#include "model_open.h"
 #include "tokenizer.h"
 #include <errno.h>
 #include <limits.h>
@@ -92,14 +93,16 @@ static double param_count(const ar_config *c)
     return per_block * c->n_layers + (c->tie_embeddings ? 1.0 : 2.0) * c->vocab * c->hidden;
 }
 
-/* Cache widened weights unless asked not to or they would exceed 4 GB. */
-static ar_model *open_model(const char *dir, int stream)
+/* Open a plain or quantized HF folder or a GGUF file; cache widened weights
+ * unless asked not to or they would exceed 4 GB. */
+static ar_model *open_model(const char *path, int stream)
 {
     ar_config c;
-    if (ar_config_load(&c, dir)) cli_die_lib();
+    ar_tensor_source src;
+    if (ar_model_source_any(path, &c, &src)) cli_die_lib();
     int flags = !stream && param_count(&c) * 4 < 4e9 ? AR_MODEL_CACHE : 0;
-    ar_model *m = ar_model_open(dir, flags);
-    if (!m) cli_die_lib();
+    ar_model *m = ar_model_open_source(&c, &src, flags);
+    if (!m) { ar_error_prefix(path); cli_die_lib(); }
     return m;
 }
 
@@ -345,7 +348,7 @@ int main(int argc, char **argv)
     fix_blas_kernels(argv);
     cli_init("ar-eval");
     opts o = parse_args(argc, argv);
-    ar_tokenizer *tok = ar_tokenizer_load(o.model);
+    ar_tokenizer *tok = ar_tokenizer_open_any(o.model);
     if (!tok) cli_die_lib();
     ar_model *m = open_model(o.model, o.stream);
     set_threads(o.threads, ar_model_config(m));
