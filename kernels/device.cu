@@ -192,6 +192,17 @@ int ar_cuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float 
     return ar_cuda_sgemm_batched(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
 }
 
+/* Pseudo-random bf16 in [-1, 1): GEMMs on zeros draw less power and clock
+ * higher, which would overstate the peak. */
+__global__ void k_fill_bf16(__nv_bfloat16 *p, size_t n, unsigned seed)
+{
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
+        unsigned h = (unsigned)i * 2654435761u ^ seed;
+        h ^= h >> 15, h *= 2246822519u, h ^= h >> 13;
+        p[i] = __float2bfloat16_rn((float)(h & 0xffff) / 32768.0f - 1.0f);
+    }
+}
+
 int ar_cuda_bench_bf16_gemm(int M, int N, int K, int reps, double *tflops)
 {
     size_t na = (size_t)M * K, nb = (size_t)N * K, nc = (size_t)M * N;
@@ -201,6 +212,8 @@ int ar_cuda_bench_bf16_gemm(int M, int N, int K, int reps, double *tflops)
     int rc = -1;
     float one = 1.0f, zero = 0.0f, ms = 0;
     if (!a || !b || !c) goto done;
+    k_fill_bf16<<<ar_blocks((long)na, 256), 256, 0, g_cu.st>>>(a, na, 1u);
+    k_fill_bf16<<<ar_blocks((long)nb, 256), 256, 0, g_cu.st>>>(b, nb, 2u);
     if (cudaEventCreate(&e0) != cudaSuccess || cudaEventCreate(&e1) != cudaSuccess) {
         ar_cuda_fail("cudaEventCreate failed");
         goto done;
