@@ -8,6 +8,8 @@
 #include "error.h"
 #include "export.h"
 #include "pack_gguf.h"
+#include "packing.h"
+#include "safetensors_writer.h"
 #include "stream.h"
 #include <cJSON.h>
 #include <errno.h>
@@ -19,7 +21,7 @@
 
 static const char usage[] =
     "usage: ar-pack [-i STREAM|-] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
-    "F: auto_round (default), auto_gptq, auto_awq, fake, gguf:<type> (q4_0, q4_1, q5_0, q5_1, q8_0,\n"
+    "F: auto_round (default), auto_gptq, auto_awq, llm_compressor, fake, gguf:<type> (q4_0, q4_1, q5_0, q5_1, q8_0,\n"
     "   q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k).\n"
     "Reads ar-tune's stream (ar-stream(5)) from standard input or -i.\n";
 
@@ -50,8 +52,9 @@ static pack_args parse_args(int argc, char **argv)
 
 /* The stream's global scheme, from ar-tune's META record. */
 typedef struct {
-    char model[4096], scheme[64], data_type[32];
+    char model[4096], scheme[64], data_type[32], act_data_type[32];
     int bits, group_size, sym, mixed_bits;
+    int group_2d, act_bits, act_group_size, act_sym, act_dynamic;
     char *tuning_json;
 } tune_meta;
 
@@ -75,6 +78,14 @@ static void parse_meta(const char *json, tune_meta *m, const char *src)
     m->group_size = json_int(o, "group_size", 128);
     m->sym = json_int(o, "sym", 1);
     m->mixed_bits = json_int(o, "mixed_bits", 0);
+    m->group_2d = json_int(o, "group_2d", 0);
+    m->act_bits = json_int(o, "act_bits", 16);
+    m->act_group_size = json_int(o, "act_group_size", m->group_size);
+    m->act_sym = json_int(o, "act_sym", m->sym);
+    m->act_dynamic = json_int(o, "act_dynamic", 1);
+    if (!m->data_type[0]) snprintf(m->data_type, sizeof m->data_type, "int");
+    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "act_data_type")))
+        snprintf(m->act_data_type, sizeof m->act_data_type, "%s", v->valuestring);
     cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tuning");
     m->tuning_json = t ? cJSON_PrintUnformatted(t) : NULL;
     cJSON_Delete(o);
@@ -100,7 +111,7 @@ static void open_outputs(const pack_args *a, const tune_meta *m, output *outs, i
         for (char *p = o->name; *p; p++) *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
         if (strchr(a->formats, ',')) {
             char safe[64];
-            snprintf(safe, sizeof safe, "%s", o->name);
+            memcpy(safe, o->name, sizeof safe);   /* both 64 bytes, NUL-terminated */
             for (char *p = safe; *p; p++) if (*p == ':') *p = '-';
             snprintf(o->dir, sizeof o->dir, "%s/%s", a->out, safe);
         } else snprintf(o->dir, sizeof o->dir, "%s", a->out);
@@ -113,7 +124,10 @@ static void open_outputs(const pack_args *a, const tune_meta *m, output *outs, i
             if (!o->gguf) cli_die_lib();
             continue;
         }
-        ar_export_opts eo = {o->name, m->bits, m->group_size, m->sym, m->mixed_bits, 0, m->tuning_json};
+        ar_export_opts eo = {.format = o->name, .bits = m->bits, .group_size = m->group_size, .sym = m->sym,
+                             .mixed_bits = m->mixed_bits, .tuning_json = m->tuning_json, .data_type = m->data_type,
+                             .group_2d = m->group_2d, .act_bits = m->act_bits, .act_group_size = m->act_group_size,
+                             .act_sym = m->act_sym, .act_dynamic = m->act_dynamic, .act_data_type = m->act_data_type};
         if (a->shard && ar_parse_size(a->shard, &eo.max_shard_bytes))
             cli_usage_error("--max_shard_size: %s", ar_last_error());
         o->hf = ar_export_open(m->model, o->dir, &eo);
@@ -138,8 +152,10 @@ static void cleanup_at_exit(void) { abort_outputs(g_outs, g_nout); }
 
 /* A layer assembled from its qweight/scale/zp records. */
 typedef struct {
-    char name[256];
+    char name[256], data_type[32], act_data_type[32];
     int n, k, bits, group_size, sym;
+    int group_2d, act_bits, act_group_size, act_sym, act_dynamic;
+    float global_scale, act_max;
     uint8_t *codes;
     float *scale;
     int32_t *zp;
@@ -155,8 +171,15 @@ static void flush_layer(layer_buf *l, output *outs, int nout, const char *src)
 {
     if (!l->name[0]) return;
     if (!l->codes || !l->scale) cli_die("%s: layer %s lacks its qweight or scale record", src, l->name);
-    ar_qlayer q = {l->name, l->n, l->k, l->bits, l->group_size, l->sym, l->codes, l->scale, l->sym ? NULL : l->zp, NULL};
+    ar_qlayer q = {.name = l->name, .n = l->n, .k = l->k, .bits = l->bits, .group_size = l->group_size, .sym = l->sym,
+                   .codes = l->codes, .scale = l->scale, .zp = l->sym ? NULL : l->zp,
+                   .data_type = l->data_type[0] ? l->data_type : NULL, .global_scale = l->global_scale,
+                   .act_max = l->act_max, .group_2d = l->group_2d, .act_bits = l->act_bits,
+                   .act_group_size = l->act_group_size, .act_sym = l->act_sym, .act_dynamic = l->act_dynamic,
+                   .act_data_type = l->act_data_type};
+    int fp = ar_qlayer_dtype(&q) != 0;
     for (int i = 0; i < nout; i++) {
+        if (fp && outs[i].gguf) cli_die("%s: %s is a %s layer; GGUF holds integer types only", src, l->name, l->data_type);
         int rc = outs[i].hf ? ar_export_layer(outs[i].hf, &q) : ar_pack_gguf_layer(outs[i].gguf, &q);
         if (rc) cli_die_lib();
     }
@@ -218,6 +241,14 @@ static void read_layer_record(ar_stream_reader *r, const ar_record *rec, layer_b
         l->bits = json_int(at, "bits", 0);
         l->group_size = json_int(at, "group_size", 0);
         l->sym = json_int(at, "sym", 1);
+        l->group_2d = json_int(at, "group_2d", 0);
+        l->act_bits = json_int(at, "act_bits", 16);
+        l->act_group_size = json_int(at, "act_group_size", l->group_size);
+        l->act_sym = json_int(at, "act_sym", l->sym);
+        l->act_dynamic = json_int(at, "act_dynamic", 1);
+        cJSON *dt = cJSON_GetObjectItemCaseSensitive(at, "data_type"), *adt = cJSON_GetObjectItemCaseSensitive(at, "act_data_type");
+        if (cJSON_IsString(dt)) snprintf(l->data_type, sizeof l->data_type, "%s", dt->valuestring);
+        if (cJSON_IsString(adt)) snprintf(l->act_data_type, sizeof l->act_data_type, "%s", adt->valuestring);
         cJSON_Delete(at);
         l->codes = ar_stream_read_payload(r);
     } else if (!strcmp(field, "scale")) {
@@ -226,6 +257,11 @@ static void read_layer_record(ar_stream_reader *r, const ar_record *rec, layer_b
     } else if (!strcmp(field, "zp")) {
         if (rec->dtype != AR_I32 || rec->ndim != 2) cli_die("%s: %s must be i32 [N, groups]", src, rec->name);
         l->zp = ar_stream_read_payload(r);
+    } else if (!strcmp(field, "global_scale") || !strcmp(field, "act_max")) {
+        if (rec->dtype != AR_F32 || rec->nelem != 1) cli_die("%s: %s must be one f32", src, rec->name);
+        float v;
+        if (ar_stream_read_data(r, &v, sizeof v)) cli_die_lib();
+        *(field[0] == 'g' ? &l->global_scale : &l->act_max) = v;
     } else cli_die("%s: unexpected record '%s'", src, rec->name);
 }
 

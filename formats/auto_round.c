@@ -3,16 +3,23 @@
  * its kernel for. */
 #include "export_impl.h"
 #include "error.h"
+#include "quant.h"
 #include <string.h>
 
 /* sym -> GPTQ layout with zeros - 1; asym 4-bit (no other widths) -> AWQ
  * layout; other asym -> GPTQ layout with zeros as is. */
 static const char *packing_format(const ar_export *e) {
+    if (ar_export_opts_fp(&e->opts)) {
+        /* MX/NV: compressed-tensors tensor names; FP8 its own loaders. */
+        if (strcmp(e->opts.data_type, "fp")) return "auto_round:llm_compressor";
+        return e->opts.act_bits == 8 && !e->opts.act_dynamic ? "auto_round:fp8_static" : "auto_round:fp8";
+    }
     if (e->opts.sym) return "auto_round:auto_gptq";
     return e->awq_layout ? "auto_round:auto_awq" : "auto_round";
 }
 
 static int write_layer(ar_export *e, const ar_qlayer *l) {
+    if (ar_qlayer_dtype(l) != AR_QDT_INT) return ar_export_write_fp(e, l, 1);
     if (e->awq_layout) return ar_export_write_awq(e, l);
     return ar_export_write_gptq(e, l, e->opts.sym, 0);
 }
@@ -25,7 +32,8 @@ static cJSON *layer_entry(const ar_export *e, const ar_export_rec *r) {
     if (all || r->bits != e->opts.bits) cJSON_AddNumberToObject(o, "bits", r->bits);
     if (all || r->group_size != e->opts.group_size) cJSON_AddNumberToObject(o, "group_size", r->group_size);
     if (all || r->sym != e->opts.sym) cJSON_AddBoolToObject(o, "sym", r->sym);
-    if (all) cJSON_AddStringToObject(o, "data_type", "int");
+    const char *gdt = e->opts.data_type ? e->opts.data_type : "int";
+    if (all || strcmp(r->data_type, gdt)) cJSON_AddStringToObject(o, "data_type", r->data_type);
     return o;
 }
 

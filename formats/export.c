@@ -4,14 +4,17 @@
 #include "export_impl.h"
 #include "error.h"
 #include "hf_folder.h"
+#include "quant_fp.h"
 #include <ctype.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-const char *const ar_export_formats[] = {"auto_round", "auto_gptq", "auto_awq", "fake", NULL};
+const char *const ar_export_formats[] = {"auto_round", "auto_gptq", "auto_awq", "llm_compressor", "fake", NULL};
 
 static const ar_export_format *find_format(const char *name) {
-    static const ar_export_format *const all[] = {&ar_fmt_auto_round, &ar_fmt_auto_gptq, &ar_fmt_auto_awq, &ar_fmt_fake};
+    static const ar_export_format *const all[] = {&ar_fmt_auto_round, &ar_fmt_auto_gptq, &ar_fmt_auto_awq, &ar_fmt_fake,
+                                                  &ar_fmt_llm_compressor};
     for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
         if (name && !strcmp(all[i]->name, name)) return all[i];
     return NULL;
@@ -36,7 +39,10 @@ static void detect_block_prefix(ar_export *e) {
 
 static int check_opts(const ar_export_opts *o) {
     if (!find_format(o->format))
-        return ar_error("unknown export format '%s' (auto_round, auto_gptq, auto_awq, fake)", o->format ? o->format : "");
+        return ar_error("unknown export format '%s' (auto_round, auto_gptq, auto_awq, llm_compressor, fake)",
+                        o->format ? o->format : "");
+    if (o->data_type && ar_quant_dtype_parse(o->data_type, o->bits) < 0)
+        return ar_error("%s: data type '%s' with %d bits cannot be exported", o->format, o->data_type, o->bits);
     if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
         return ar_error("%s: %d-bit weights cannot be exported (2, 3, 4 or 8)", o->format, o->bits);
     if (o->group_size == 0 || o->group_size < -1) return ar_error("%s: bad group_size %d", o->format, o->group_size);
@@ -57,6 +63,8 @@ ar_export *ar_export_open(const char *model_dir, const char *out_dir, const ar_e
     e->fmt = find_format(opts->format);
     e->opts = *opts;
     e->opts.tuning_json = opts->tuning_json ? strdup(opts->tuning_json) : NULL;
+    e->opts.data_type = opts->data_type ? strdup(opts->data_type) : NULL;
+    e->opts.act_data_type = opts->act_data_type ? strdup(opts->act_data_type) : NULL;
     e->model_dir = strdup(model_dir);
     e->out_dir = strdup(out_dir);
     if (!e->model_dir || !e->out_dir || !(e->st = ar_st_open_dir(model_dir)) ||
@@ -97,6 +105,14 @@ static int add_rec(ar_export *e, const ar_qlayer *l) {
     r->sym = l->sym;
     r->in_block = in_block(e, l->name);
     r->own_bias = l->bias != NULL;
+    r->dtype = ar_qlayer_dtype(l);
+    r->group_2d = l->group_2d;
+    r->act_bits = l->act_bits > 0 ? l->act_bits : 16;
+    r->act_group_size = l->act_group_size;
+    r->act_sym = l->act_sym;
+    r->act_dynamic = l->act_dynamic;
+    snprintf(r->data_type, sizeof r->data_type, "%s", l->data_type ? l->data_type : "int");
+    snprintf(r->act_data_type, sizeof r->act_data_type, "%s", l->act_data_type ? l->act_data_type : "float");
     e->nrec++;
     return 0;
 }
@@ -215,6 +231,8 @@ void ar_export_abort(ar_export *e) {
     for (size_t i = 0; i < e->nrec; i++) free(e->rec[i].name);
     free(e->rec);
     free((char *)e->opts.tuning_json);
+    free((char *)e->opts.data_type);
+    free((char *)e->opts.act_data_type);
     free(e->tmp_dir);
     free(e->model_dir);
     free(e->out_dir);
@@ -278,7 +296,14 @@ cJSON *ar_export_base_config(const ar_export *e) {
     cJSON_AddNumberToObject(q, "bits", e->opts.bits);
     cJSON_AddNumberToObject(q, "group_size", e->opts.group_size);
     cJSON_AddBoolToObject(q, "sym", e->opts.sym);
-    cJSON_AddStringToObject(q, "data_type", "int");
+    cJSON_AddStringToObject(q, "data_type", e->opts.data_type ? e->opts.data_type : "int");
+    if (e->opts.act_bits > 0 && e->opts.act_bits < 16) {
+        cJSON_AddNumberToObject(q, "act_bits", e->opts.act_bits);
+        cJSON_AddNumberToObject(q, "act_group_size", e->opts.act_group_size);
+        cJSON_AddBoolToObject(q, "act_sym", e->opts.act_sym);
+        cJSON_AddBoolToObject(q, "act_dynamic", e->opts.act_dynamic);
+        cJSON_AddStringToObject(q, "act_data_type", e->opts.act_data_type ? e->opts.act_data_type : "int");
+    }
     cJSON *tune = e->opts.tuning_json ? cJSON_Parse(e->opts.tuning_json) : NULL;
     for (cJSON *c = tune ? tune->child : NULL; c; c = c->next)
         if (!cJSON_HasObjectItem(q, c->string)) cJSON_AddItemToObject(q, c->string, cJSON_Duplicate(c, 1));
@@ -314,4 +339,8 @@ int ar_export_unquantized_in_block(const ar_export *e, void (*fn)(void *, const 
 
 int ar_export_unquantized_outside(const ar_export *e, void (*fn)(void *, const char *), void *arg) {
     return unquantized(e, 0, fn, arg);
+}
+
+int ar_export_opts_fp(const ar_export_opts *o) {
+    return o->data_type && ar_quant_dtype_parse(o->data_type, o->bits) > AR_QDT_INT;
 }

@@ -8,7 +8,13 @@
  *                 layout), other asym "auto_round" (GPTQ layout, zeros as is).
  *   "auto_gptq"   quant_method "gptq" (GPTQ v1: zeros - 1, g_idx), fp16 config.
  *   "auto_awq"    quant_method "awq", version "gemm", 4-bit asym only.
+ *   "llm_compressor" compressed-tensors (vLLM): int "pack-quantized", MXFP4
+ *                 "mxfp4-pack-quantized", MXFP8 "mxfp8-quantized", NVFP4
+ *                 "nvfp4-pack-quantized", FP8 "float-quantized"; config_groups.
  *   "fake"        dequantized weights in the model's dtype, plain checkpoint.
+ * Floating-point layers (ar_qlayer.data_type) go to auto_round (packing_format
+ * "auto_round:llm_compressor" for MX/NV, "auto_round:fp8" for FP8, with the
+ * compressed-tensors tensor names), llm_compressor or fake.
  *
  * Usage: ar_export_open, then ar_export_layer for each quantized Linear (in
  * any order; each is packed and streamed to disk at once), then
@@ -23,7 +29,7 @@
 #include <stdint.h>
 
 typedef struct {
-    const char *format;          /* "auto_round", "auto_gptq", "auto_awq" or "fake" */
+    const char *format;          /* "auto_round", "auto_gptq", "auto_awq", "llm_compressor" or "fake" */
     int         bits;            /* global scheme, as written in quantization_config */
     int         group_size;      /* > 0 or -1 */
     int         sym;
@@ -32,6 +38,12 @@ typedef struct {
     uint64_t    max_shard_bytes; /* 0: 5GB, as transformers */
     const char *tuning_json;     /* optional JSON object of non-default tuning keys
                                     ({"iters": 0, ...}) added to quantization_config */
+    /* Global data types (NULL: "int" weights, 16-bit activations). */
+    const char *data_type;       /* "int", "mx_fp", "nv_fp", "fp" */
+    int         group_2d;        /* FP8 128x128 blocks */
+    int         act_bits;        /* 0 or 16: activations not quantized */
+    int         act_group_size, act_sym, act_dynamic;
+    const char *act_data_type;
 } ar_export_opts;
 
 typedef struct ar_export ar_export;

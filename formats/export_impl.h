@@ -14,6 +14,9 @@ typedef struct {
     int   bits, group_size, sym;
     int   in_block;             /* under block_prefix */
     int   own_bias;             /* bias came with the layer, not from the original */
+    int   dtype;                /* AR_QDT_* of the layer */
+    int   group_2d, act_bits, act_group_size, act_sym, act_dynamic;
+    char  data_type[16], act_data_type[32];
 } ar_export_rec;
 
 struct ar_export;
@@ -44,7 +47,17 @@ struct ar_export {
     size_t                  nrec, caprec;
 };
 
-extern const ar_export_format ar_fmt_auto_round, ar_fmt_auto_gptq, ar_fmt_auto_awq, ar_fmt_fake;
+extern const ar_export_format ar_fmt_auto_round, ar_fmt_auto_gptq, ar_fmt_auto_awq, ar_fmt_fake,
+    ar_fmt_llm_compressor;
+
+/* Write a floating-point layer (MXFP4/MXFP8/NVFP4/FP8) with the
+ * compressed-tensors tensor names (spec §6.4 table): weight_packed or weight,
+ * weight_scale (weight_scale_inv for FP8 blocks when block_inv), NVFP4
+ * weight_global_scale / input_global_scale, FP8 static input_scale. */
+int ar_export_write_fp(struct ar_export *e, const ar_qlayer *l, int block_inv);
+
+/* 1 when the global options name a floating-point weight type. */
+int ar_export_opts_fp(const ar_export_opts *o);
 
 /* Write l as GPTQ-layout tensors NAME.qweight/.qzeros/.scales (+ .g_idx). */
 int ar_export_write_gptq(struct ar_export *e, const ar_qlayer *l, int zp_minus_one, int with_g_idx);
@@ -52,7 +65,8 @@ int ar_export_write_gptq(struct ar_export *e, const ar_qlayer *l, int zp_minus_o
 int ar_export_write_awq(struct ar_export *e, const ar_qlayer *l);
 
 /* The global scheme keys every format starts its config with:
- * bits, group_size, sym, data_type "int", then the tuning keys, then
+ * bits, group_size, sym, data_type (opts, "int" by default), the act_* keys
+ * when activations are quantized, then the tuning keys, then
  * autoround_version. NULL on allocation failure (ar_error set). */
 cJSON *ar_export_base_config(const struct ar_export *e);
 

@@ -2,6 +2,7 @@
 #include "packing.h"
 #include "dtype.h"
 #include "error.h"
+#include "quant_fp.h"
 #include <math.h>
 #include <stddef.h>
 
@@ -34,8 +35,33 @@ static int check_values(const ar_qlayer *l) {
     return 0;
 }
 
+int ar_qlayer_dtype(const ar_qlayer *l) {
+    return l->data_type ? ar_quant_dtype_parse(l->data_type, l->bits) : AR_QDT_INT;
+}
+
+/* Floating-point layers: known kind, whole groups, finite scales. */
+static int check_fp(const ar_qlayer *l, int layout, int dt) {
+    const char *name = l->name ? l->name : "(layer)";
+    if (dt < 0) return ar_error("%s: data type '%s' with %d bits cannot be packed", name, l->data_type, l->bits);
+    if (layout != AR_LAYOUT_NONE)
+        return ar_error("%s: %s layers have no GPTQ/AWQ layout (use auto_round, llm_compressor or fake)", name, l->data_type);
+    if (l->n <= 0 || l->k <= 0) return ar_error("%s: bad shape [%d, %d]", name, l->n, l->k);
+    if ((dt == AR_QDT_MXFP4 || dt == AR_QDT_MXFP8 || dt == AR_QDT_NVFP4) && (l->group_size <= 0 || l->k % l->group_size))
+        return ar_error("%s: K=%d is not a multiple of the %s group size %d", name, l->k, l->data_type, l->group_size);
+    if ((dt == AR_QDT_MXFP4 || dt == AR_QDT_NVFP4) && l->k % 2) return ar_error("%s: FP4 needs an even K (%d)", name, l->k);
+    for (size_t i = 0; i < (size_t)l->n * l->k; i++)
+        if (l->bits == 4 && l->codes[i] > 15) return ar_error("%s: FP4 code %d at %zu exceeds 4 bits", name, l->codes[i], i);
+    for (size_t i = 0; i < (size_t)l->n * ar_qlayer_ngroups(l); i++)
+        if (!isfinite(l->scale[i])) return ar_error("%s: scale %zu is not finite", name, i);
+    if (dt == AR_QDT_NVFP4 && !(l->global_scale > 0 && isfinite(l->global_scale)))
+        return ar_error("%s: NVFP4 layer without a positive global scale", name);
+    return 0;
+}
+
 int ar_qlayer_check(const ar_qlayer *l, int layout) {
     const char *name = l->name ? l->name : "(layer)";
+    int dt = ar_qlayer_dtype(l);
+    if (dt != AR_QDT_INT) return check_fp(l, layout, dt);
     if (l->bits != 2 && l->bits != 3 && l->bits != 4 && l->bits != 8)
         return ar_error("%s: %d-bit weights cannot be packed (2, 3, 4 or 8)", name, l->bits);
     if (l->n <= 0 || l->k <= 0) return ar_error("%s: bad shape [%d, %d]", name, l->n, l->k);
@@ -171,7 +197,43 @@ void ar_unpack_awq(int n, int k, int group, const int32_t *qweight, const int32_
         for (int c = 0; c < n; c++) scale[(size_t)c * ng + g] = ar_f16_to_f32(scales[(size_t)g * n + c]);
 }
 
+void ar_pack_fp4(const uint8_t *codes, int n, int k, uint8_t *packed) {
+    for (size_t i = 0; i < (size_t)n * k / 2; i++)
+        packed[i] = (uint8_t)((codes[2 * i] & 15u) | (codes[2 * i + 1] & 15u) << 4);
+}
+
+void ar_unpack_fp4(const uint8_t *packed, int n, int k, uint8_t *codes) {
+    for (size_t i = 0; i < (size_t)n * k / 2; i++) {
+        codes[2 * i] = packed[i] & 15u;
+        codes[2 * i + 1] = packed[i] >> 4;
+    }
+}
+
+uint8_t ar_e8m0_encode(float scale) {
+    int e;
+    frexpf(scale, &e);           /* scale = 2^(e-1) exactly for a power of two */
+    int b = e - 1 + 127;
+    return (uint8_t)(b < 0 ? 0 : b > 254 ? 254 : b);
+}
+
+float ar_e8m0_decode(uint8_t b) { return ldexpf(1.0f, (int)b - 127); }
+
+/* Element value times the scale of its tile (NV: scale / global scale). */
+static void dequant_fp(const ar_qlayer *l, int dt, float *w) {
+    int ng = ar_qlayer_ngroups(l), grp = ar_qlayer_group(l);
+    for (int n = 0; n < l->n; n++)
+        for (int k = 0; k < l->k; k++) {
+            size_t i = (size_t)n * l->k + k;
+            int g = ng == 1 ? 0 : k / grp;
+            float s = l->scale[(size_t)n * ng + g];
+            float v = l->bits == 4 ? ar_fp4_decode(l->codes[i]) : ar_e4m3_decode(l->codes[i]);
+            w[i] = dt == AR_QDT_NVFP4 ? v * (s / l->global_scale) : v * s;
+        }
+}
+
 void ar_qlayer_dequant(const ar_qlayer *l, float *w) {
+    int dt = ar_qlayer_dtype(l);
+    if (dt != AR_QDT_INT) { dequant_fp(l, dt, w); return; }
     int ng = ar_qlayer_ngroups(l), grp = ar_qlayer_group(l);
     for (int n = 0; n < l->n; n++)
         for (int k = 0; k < l->k; k++) {

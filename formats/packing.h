@@ -39,7 +39,29 @@ typedef struct {
     const float   *scale;       /* [n, groups] */
     const int32_t *zp;          /* [n, groups] or NULL when sym */
     const float   *bias;        /* [n] tuned bias, or NULL to copy the original's */
+    /* Floating-point layers (libar/quant_fp.h): data_type "mx_fp" (4 or 8
+     * bits), "nv_fp" or "fp" (8 bits); NULL or "int" for integer codes.
+     * Their codes are FP4 codes / E4M3 bytes and scale is 2^e (MX), the E4M3
+     * block scale (NV, dequant code·scale/global_scale) or the FP8 scale. */
+    const char    *data_type;
+    float          global_scale;  /* NVFP4 */
+    float          act_max;       /* calibration max |input| (static activation scales), 0 if none */
+    int            group_2d;      /* FP8 group_size x group_size tiles */
+    int            act_bits, act_group_size, act_sym, act_dynamic;  /* act_bits 0 or 16: none */
+    const char    *act_data_type;
 } ar_qlayer;
+
+/* AR_QDT_* of the layer's data type (AR_QDT_INT for NULL / "int"), -1 if unknown. */
+int ar_qlayer_dtype(const ar_qlayer *l);
+
+/* FP4 codes [n, k] (k even) packed two per byte into [n, k/2]: element 2i in
+ * the low nibble, 2i+1 in the high one (compressed-tensors' layout). */
+void ar_pack_fp4(const uint8_t *codes, int n, int k, uint8_t *packed);
+void ar_unpack_fp4(const uint8_t *packed, int n, int k, uint8_t *codes);
+
+/* E8M0 byte e + 127 of a power-of-two MX scale 2^e, and back. */
+uint8_t ar_e8m0_encode(float scale);
+float ar_e8m0_decode(uint8_t b);
 
 /* Effective group size (K for -1) and number of groups ceil(K/G). */
 int ar_qlayer_group(const ar_qlayer *l);
@@ -78,7 +100,8 @@ int ar_pack_awq(const ar_qlayer *l, int32_t *qweight, int32_t *qzeros, uint16_t 
 void ar_unpack_awq(int n, int k, int group, const int32_t *qweight, const int32_t *qzeros,
                    const uint16_t *scales, uint8_t *codes, float *scale, int32_t *zp);
 
-/* Dequantize w[n*k] = scale * (code - zp) for a whole layer. */
+/* Dequantize a whole layer into w[n*k]: scale * (code - zp) for integer
+ * layers, the element value times its scale for floating-point ones. */
 void ar_qlayer_dequant(const ar_qlayer *l, float *w);
 
 #endif

@@ -3,13 +3,14 @@
 #include "error.h"
 #include "hf_folder.h"
 #include "packing.h"
+#include "quant_fp.h"
 #include "safetensors.h"
 #include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-typedef enum { L_NONE, L_GPTQ_ZM1, L_GPTQ, L_AWQ } layout_t;
+typedef enum { L_NONE, L_GPTQ_ZM1, L_GPTQ, L_AWQ, L_CT } layout_t;
 
 struct ar_qfolder {
     char           *dir;
@@ -28,6 +29,11 @@ static int parse_layout(ar_qfolder *q, const char *path) {
     if (!strcmp(method, "auto-round")) {
         const cJSON *pf = cJSON_GetObjectItem(q->qcfg, "packing_format");
         const char *p = cJSON_IsString(pf) ? pf->valuestring : "auto_round:auto_gptq";
+        if (strstr(p, "llm_compressor") || !strncmp(p, "auto_round:fp8", 14)) {
+            q->layout = L_CT;   /* compressed-tensors tensor names (spec §6.1, §6.4) */
+            q->layout_name = "auto_round:llm_compressor";
+            return 0;
+        }
         if (strstr(p, "awq")) { q->layout = L_AWQ; q->layout_name = "auto_round:auto_awq"; }
         else if (strstr(p, "gptq")) { q->layout = L_GPTQ_ZM1; q->layout_name = "auto_round:auto_gptq"; }
         else if (!strcmp(p, "auto_round")) { q->layout = L_GPTQ; q->layout_name = "auto_round"; }
@@ -37,6 +43,10 @@ static int parse_layout(ar_qfolder *q, const char *path) {
         int v2 = cJSON_IsString(cf) && !strcmp(cf->valuestring, "gptq_v2");
         q->layout = v2 ? L_GPTQ : L_GPTQ_ZM1;
         q->layout_name = "gptq";
+    } else if (!strcmp(method, "compressed-tensors")) {
+        q->layout = L_CT;
+        q->layout_name = "compressed-tensors";
+        return 0;
     } else if (!strcmp(method, "awq")) {
         q->layout = L_AWQ;
         q->layout_name = "awq";
@@ -88,7 +98,96 @@ static const ar_st_tensor *find_part(const ar_qfolder *q, const char *layer, con
 }
 
 int ar_qfolder_is_packed(const ar_qfolder *q, const char *layer) {
+    if (q->layout == L_CT)
+        return find_part(q, layer, "weight_packed") ||
+               (find_part(q, layer, "weight") && (find_part(q, layer, "weight_scale") || find_part(q, layer, "weight_scale_inv")));
     return q->layout != L_NONE && find_part(q, layer, "qweight") != NULL;
+}
+
+/* ---- compressed-tensors layers (int pack-quantized, MXFP4/8, NVFP4, FP8) --- */
+
+/* [n, k] of a compressed-tensors layer from its tensors. */
+static int ct_dims(const ar_qfolder *q, const char *layer, int *n, int *k) {
+    const ar_st_tensor *wp = find_part(q, layer, "weight_packed"), *wt = find_part(q, layer, "weight"),
+                       *shp = find_part(q, layer, "weight_shape");
+    if (wp && wp->ndim == 2 && wp->dtype == AR_U8) { *n = (int)wp->shape[0]; *k = (int)wp->shape[1] * 2; return 0; }
+    if (wp && wp->ndim == 2 && wp->dtype == AR_I32 && shp && shp->numel == 2 && (shp->dtype == AR_I64 || shp->dtype == AR_I32)) {
+        int64_t d[2];
+        if (shp->dtype == AR_I64) memcpy(d, shp->data, sizeof d);
+        else { int32_t d32[2]; memcpy(d32, shp->data, sizeof d32); d[0] = d32[0]; d[1] = d32[1]; }
+        *n = (int)d[0]; *k = (int)d[1];
+        return 0;
+    }
+    if (wt && wt->ndim == 2 && wt->dtype == AR_F8_E4M3) { *n = (int)wt->shape[0]; *k = (int)wt->shape[1]; return 0; }
+    return ar_error("%s: %s: no weight_packed (u8, or i32 with weight_shape) or f8 weight", q->dir, layer);
+}
+
+/* A scale tensor widened to f32 (u8 E8M0 and f8 E4M3 decoded). */
+static float *ct_scales(const ar_st_tensor *t) {
+    float *f = malloc(sizeof(float) * (t->numel ? t->numel : 1));
+    if (!f) return NULL;
+    const uint8_t *b = t->data;
+    if (t->dtype == AR_U8) for (int64_t i = 0; i < t->numel; i++) f[i] = ar_e8m0_decode(b[i]);
+    else if (t->dtype == AR_F8_E4M3) for (int64_t i = 0; i < t->numel; i++) f[i] = ar_e4m3_decode(b[i]);
+    else if (t->dtype == AR_F32) memcpy(f, t->data, t->nbytes);
+    else {
+        void *tmp = malloc(t->nbytes ? t->nbytes : 1);
+        if (!tmp || (memcpy(tmp, t->data, t->nbytes), ar_to_f32(f, tmp, t->dtype, (size_t)t->numel))) {
+            free(tmp); free(f); return NULL;
+        }
+        free(tmp);
+    }
+    return f;
+}
+
+/* Column tiling of a scale tensor [rows, cols] over W [n, k]: group width
+ * and rows per scale row (1, or the block height / n for one per tensor). */
+static int ct_tiling(const ar_st_tensor *s, int n, int k, int *gw, int *gh) {
+    if (s->numel == 1) { *gw = k; *gh = n; return 0; }
+    if (s->ndim != 2 || s->shape[1] <= 0 || s->shape[0] <= 0) return -1;
+    *gw = (int)((k + s->shape[1] - 1) / s->shape[1]);
+    *gh = (int)((n + s->shape[0] - 1) / s->shape[0]);
+    return (int64_t)((n + *gh - 1) / *gh) == s->shape[0] && (int64_t)((k + *gw - 1) / *gw) == s->shape[1] ? 0 : -1;
+}
+
+/* Dequantize a compressed-tensors layer into w [n, k]. */
+static int ct_dequant(const ar_qfolder *q, const char *layer, int n, int k, float *w) {
+    const ar_st_tensor *wp = find_part(q, layer, "weight_packed"), *wt = find_part(q, layer, "weight"),
+                       *st = find_part(q, layer, "weight_scale"), *gst = find_part(q, layer, "weight_global_scale"),
+                       *zt = find_part(q, layer, "weight_zero_point");
+    if (!st) st = find_part(q, layer, "weight_scale_inv");
+    int gw, gh;
+    if (!st || ct_tiling(st, n, k, &gw, &gh)) return ar_error("%s: %s: missing or misshaped weight_scale", q->dir, layer);
+    float *s = ct_scales(st);
+    uint8_t *codes = malloc((size_t)n * k);
+    if (!s || !codes) { free(s); free(codes); return ar_error("%s: %s: out of memory", q->dir, layer); }
+    int ints = wp && wp->dtype == AR_I32, bits = 8;
+    if (wp && !ints) ar_unpack_fp4(wp->data, n, k, codes), bits = 4;
+    else if (ints) {
+        bits = (int)(wp->shape[1] * 32 / k);
+        const uint8_t *raw = wp->data;
+        uint32_t words[8], v[32];
+        for (int r = 0; r < n; r++)
+            for (int t = 0; t < k / 32; t++) {
+                memcpy(words, raw + ((size_t)r * wp->shape[1] + (size_t)t * bits) * 4, (size_t)bits * 4);
+                ar_unpack32(words, bits, v);
+                for (int i = 0; i < 32; i++) codes[(size_t)r * k + 32 * t + i] = (uint8_t)v[i];
+            }
+    } else memcpy(codes, wt->data, (size_t)n * k);
+    float gs = 1.0f;
+    if (gst) memcpy(&gs, gst->data, sizeof gs);
+    int nv = wp && !ints && st->dtype == AR_F8_E4M3, scol = (k + gw - 1) / gw;
+    const int8_t *zp = zt && zt->dtype == AR_I8 ? zt->data : NULL;
+    for (int r = 0; r < n; r++)
+        for (int c = 0; c < k; c++) {
+            size_t si = (size_t)(r / gh) * scol + c / gw, i = (size_t)r * k + c;
+            float v = ints ? (float)((int)codes[i] - (1 << (bits - 1)) - (zp ? zp[si] : 0))
+                      : bits == 4 ? ar_fp4_decode(codes[i]) : ar_e4m3_decode(codes[i]);
+            w[i] = nv ? v * (s[si] / gs) : v * s[si];
+        }
+    free(s);
+    free(codes);
+    return 0;
 }
 
 /* bits / group_size of layer: the global ones overlaid with its extra_config
@@ -183,6 +282,14 @@ static int packed_weight(const ar_qfolder *q, const char *name, char *layer, siz
 static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS]) {
     ar_qfolder *q = ctx;
     char layer[512];
+    if (packed_weight(q, name, layer, sizeof layer) && q->layout == L_CT) {
+        int n, k;
+        if (ct_dims(q, layer, &n, &k)) return -1;
+        *ndim = 2;
+        shape[0] = n;
+        shape[1] = k;
+        return 0;
+    }
     if (packed_weight(q, name, layer, sizeof layer)) {
         ar_qunpacked u = {0};
         const ar_st_tensor *qw = find_part(q, layer, "qweight"), *qz = find_part(q, layer, "qzeros"),
@@ -203,6 +310,18 @@ static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SR
 
 /* Dequantize layer into q->wcache unless it is already there. */
 static int load_layer(ar_qfolder *q, const char *layer, int *k_out) {
+    if (q->layout == L_CT) {
+        int n, k;
+        if (ct_dims(q, layer, &n, &k)) return -1;
+        float *w = realloc(q->wcache, (size_t)n * k * sizeof *w);
+        if (!w) return ar_error("%s: %s: out of memory", q->dir, layer);
+        q->wcache = w;
+        q->cached[0] = 0;
+        if (ct_dequant(q, layer, n, k, w)) return -1;
+        snprintf(q->cached, sizeof q->cached, "%s", layer);
+        *k_out = k;
+        return 0;
+    }
     ar_qunpacked u;
     if (ar_qfolder_unpack(q, layer, &u)) return -1;
     float *w = realloc(q->wcache, (size_t)u.n * u.k * sizeof *w);

@@ -37,7 +37,7 @@ struct ar_stw {
 
 /* safetensors spells dtypes in upper case; index = ar_dtype. */
 static const char *const st_dtype_names[AR_DTYPE_COUNT] = {
-    "F32", "F16", "BF16", "I32", "I8", "U8", "I64", "I16", "F64"};
+    "F32", "F16", "BF16", "I32", "I8", "U8", "I64", "I16", "F64", "F8_E4M3"};
 
 int ar_parse_size(const char *text, uint64_t *bytes) {
     char *end;

@@ -8,6 +8,7 @@ static const struct { const char *name, *st_name; size_t size; } dtype_info[AR_D
     [AR_F32] = {"f32", "F32", 4},  [AR_F16] = {"f16", "F16", 2},  [AR_BF16] = {"bf16", "BF16", 2},
     [AR_I32] = {"i32", "I32", 4},  [AR_I8] = {"i8", "I8", 1},     [AR_U8] = {"u8", "U8", 1},
     [AR_I64] = {"i64", "I64", 8},  [AR_I16] = {"i16", "I16", 2},  [AR_F64] = {"f64", "F64", 8},
+    [AR_F8_E4M3] = {"f8_e4m3", "F8_E4M3", 1},
 };
 
 size_t ar_dtype_size(ar_dtype t) { return (unsigned)t < AR_DTYPE_COUNT ? dtype_info[t].size : 0; }

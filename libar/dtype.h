@@ -7,7 +7,9 @@
 
 typedef enum {
     AR_F32 = 0, AR_F16 = 1, AR_BF16 = 2, AR_I32 = 3, AR_I8 = 4, AR_U8 = 5,
-    AR_I64 = 6, AR_I16 = 7, AR_F64 = 8, AR_DTYPE_COUNT
+    AR_I64 = 6, AR_I16 = 7, AR_F64 = 8,
+    AR_F8_E4M3 = 9,   /* float8_e4m3fn bytes (FP8 exports; see quant_fp.h for the codec) */
+    AR_DTYPE_COUNT
 } ar_dtype;
 
 /* Bytes per element. */
