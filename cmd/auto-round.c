@@ -17,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -365,16 +366,27 @@ static void push_optional_tune_flags(stage *s, const options *o)
     }
 }
 
-static void build_tune(stage *s, const options *o, const char *in, const char *out)
+/* One ar-tune | ar-pack run: the formats one tuned stream serves. */
+typedef struct {
+    const char *gguf_scheme;   /* "GGUF:Q4_K_M" for a pass of its own, NULL: the user's scheme */
+    char formats[512];         /* comma list for ar-pack */
+    const char *out;           /* ar-pack -o */
+    const char *stream;        /* the tuned stream between the two ("-": a pipe) */
+} pass;
+
+static void build_tune(stage *s, const options *o, const pass *p, const char *in)
 {
     stage_init(s, "ar-tune", o);
     push_opt(s, "-i", in);
     push_opt(s, "--model", o->model);
-    push_opt(s, "--scheme", o->scheme);
-    push_opt(s, "--bits", o->bits);
-    push_opt(s, "--group_size", o->group_size);
-    if (o->sym >= 0) push(s, o->sym ? "--sym" : "--asym");
-    push_opt(s, "--layer_config", o->layer_config);
+    if (p->gguf_scheme) push_opt(s, "--scheme", p->gguf_scheme);
+    else {
+        push_opt(s, "--scheme", o->scheme);
+        push_opt(s, "--bits", o->bits);
+        push_opt(s, "--group_size", o->group_size);
+        if (o->sym >= 0) push(s, o->sym ? "--sym" : "--asym");
+        push_opt(s, "--layer_config", o->layer_config);
+    }
     if (is_recipe(o, "best") || is_recipe(o, "light")) push_opt(s, "--recipe", o->recipe);
     push_opt(s, "--iters", o->iters);
     push_opt(s, "--lr", o->lr);
@@ -388,16 +400,16 @@ static void build_tune(stage *s, const options *o, const char *in, const char *o
     if (o->not_use_best_mse) push(s, "--not_use_best_mse");
     if (o->disable_quanted_input) push(s, "--disable_quanted_input");
     push_optional_tune_flags(s, o);
-    push_opt(s, "-o", out);
+    push_opt(s, "-o", p->stream);
 }
 
-static void build_pack(stage *s, const options *o, const char *in)
+static void build_pack(stage *s, const options *o, const pass *p)
 {
     stage_init(s, "ar-pack", o);
-    push_opt(s, "-i", in);
-    push_opt(s, "--format", o->format);
+    push_opt(s, "-i", p->stream);
+    push_opt(s, "--format", p->formats);
     push_opt(s, "--max_shard_size", o->max_shard_size);
-    push_opt(s, "-o", o->output_dir);
+    push_opt(s, "-o", p->out);
 }
 
 static char *join_path(const char *dir, const char *name)
@@ -407,22 +419,106 @@ static char *join_path(const char *dir, const char *name)
     return p;
 }
 
-/* The stages for these options; with --keep_streams they pass files in DIR,
- * otherwise standard input/output ("-"). Returns the number of stages. */
-static int build_stages(stage *st, const options *o)
+/* A chain of stages run together: piped, or one after the other through files. */
+typedef struct {
+    stage st[MAX_STAGES];
+    int n, piped;
+} chain;
+
+enum { MAX_PASSES = 8 };
+
+typedef struct {
+    chain ch[MAX_PASSES + 1];
+    int n;
+    pass ps[MAX_PASSES];       /* the stages' argv point into these */
+    char *tmp_dir;             /* streams shared by several passes, removed at the end */
+} plan;
+
+/* A GGUF format gets a stream tuned for its own scheme unless the user's
+ * scheme is that one: ar-pack writes k-quant files only from such streams. */
+static const char *gguf_pass_scheme(const options *o, const char *fmt)
 {
-    int calib = needs_calibration(o), n = 0;
+    if (strncmp(fmt, "gguf:", 5) || (o->scheme && !strcasecmp(o->scheme, fmt))) return NULL;
+    char *s = strdup(fmt);
+    if (!s) cli_die("out of memory");
+    for (char *c = s; *c; c++) if (*c >= 'a' && *c <= 'z') *c = (char)(*c - 32);
+    return s;
+}
+
+/* Where one format lands among several: OUT/<format>, ':' as '-' (as ar-pack names them). */
+static char *format_dir(const char *out, const char *fmt)
+{
+    char *p, *c;
+    if (asprintf(&p, "%s/%s", out, fmt) < 0) cli_die("out of memory");
+    for (c = p + strlen(out); *c; c++) if (*c == ':') *c = '-';
+    return p;
+}
+
+static void add_format(pass *p, const char *fmt)
+{
+    size_t n = strlen(p->formats);
+    if (n + strlen(fmt) + 2 > sizeof p->formats) cli_usage_error("--format: list too long");
+    snprintf(p->formats + n, sizeof p->formats - n, "%s%s", n ? "," : "", fmt);
+}
+
+/* Split --format into passes: passes[0] serves every format the user's
+ * scheme can, each other GGUF format gets its own. Returns the count. */
+static int split_passes(const options *o, pass *ps)
+{
+    char list[512];
+    int n = 1, nfmt = 0;
+    memset(ps, 0, sizeof *ps * MAX_PASSES);
+    snprintf(list, sizeof list, "%s", o->format);
+    for (char *save, *f = strtok_r(list, ",", &save); f; f = strtok_r(NULL, ",", &save), nfmt++) {
+        const char *gs = gguf_pass_scheme(o, f);
+        if (!gs) { add_format(&ps[0], f); continue; }
+        if (n == MAX_PASSES) cli_usage_error("--format: at most %d GGUF formats", MAX_PASSES - 1);
+        ps[n].gguf_scheme = gs;
+        add_format(&ps[n++], f);
+    }
+    for (int i = 0; i < n; i++) {
+        pass *p = &ps[i];
+        if (nfmt == 1) p->out = o->output_dir;
+        else if (!strchr(p->formats, ',')) p->out = p->formats[0] ? format_dir(o->output_dir, p->formats) : NULL;
+        else p->out = o->output_dir;  /* ar-pack writes OUT/<format> for a list */
+    }
+    if (!ps[0].formats[0]) { memmove(ps, ps + 1, sizeof *ps * (size_t)(n - 1)); n--; }
+    return n;
+}
+
+/* The chains for these options. One pass: ar-calib | ar-tune | ar-pack.
+ * Several: the calibration stream goes to a file (DIR/calib.ars with
+ * --keep_streams, else a temporary folder) and each pass reads it. */
+static void build_plan(plan *pl, const options *o)
+{
+    int calib = needs_calibration(o);
     if (calib && !o->dataset)
         cli_usage_error("--dataset FILE is required for SignRound and opt-RTN: calibration data is a local .txt or "
                         ".jsonl file (AutoRound's default NeelNanda/pile-10k is not downloaded); "
                         "plain RTN (--iters 0 --disable_opt_rtn) needs none");
+    memset(pl, 0, sizeof *pl);
+    pass *ps = pl->ps;
+    int np = split_passes(o, ps);
     const char *dir = o->keep_streams;
+    if (!dir && calib && np > 1) {
+        if (asprintf(&pl->tmp_dir, "%s.streams.%ld", o->output_dir, (long)getpid()) < 0) cli_die("out of memory");
+        dir = pl->tmp_dir;
+    }
     const char *calib_out = dir ? join_path(dir, "calib.ars") : "-";
-    const char *tune_out = dir ? join_path(dir, "tune.ars") : "-";
-    if (calib) build_calib(&st[n++], o, calib_out);
-    build_tune(&st[n++], o, calib ? calib_out : NULL, tune_out);
-    build_pack(&st[n++], o, tune_out);
-    return n;
+    chain *c = &pl->ch[0];
+    if (calib && dir) { build_calib(&c->st[c->n++], o, calib_out); c = &pl->ch[++pl->n]; }
+    for (int i = 0; i < np; i++, c = &pl->ch[++pl->n]) {
+        if (calib && !dir) build_calib(&c->st[c->n++], o, "-");
+        if (o->keep_streams) {
+            char name[600];
+            snprintf(name, sizeof name, "tune%s%s.ars", ps[i].gguf_scheme ? "-" : "",
+                     ps[i].gguf_scheme ? strchr(ps[i].formats, ':') + 1 : "");
+            ps[i].stream = join_path(dir, name);
+        } else ps[i].stream = "-";
+        build_tune(&c->st[c->n++], o, &ps[i], calib ? calib_out : NULL);
+        build_pack(&c->st[c->n++], o, &ps[i]);
+        c->piped = !o->keep_streams;
+    }
 }
 
 /* ---- running ------------------------------------------------------------- */
@@ -442,14 +538,18 @@ static void print_quoted(FILE *f, const char *a)
     fputc('\'', f);
 }
 
-/* The stages as one shell command line: a pipeline, or a sequence. */
-static void print_stages(FILE *f, const stage *st, int n, int piped)
+/* The plan as shell commands: pipelines, one after the other. */
+static void print_plan(FILE *f, const plan *pl)
 {
-    for (int i = 0; i < n; i++) {
-        if (i) fputs(piped ? " |\n  " : " &&\n", f);
-        for (int k = 0; k < st[i].argc; k++) {
-            if (k) fputc(' ', f);
-            print_quoted(f, st[i].argv[k]);
+    for (int c = 0; c < pl->n; c++) {
+        const chain *ch = &pl->ch[c];
+        if (c) fputs(" &&\n", f);
+        for (int i = 0; i < ch->n; i++) {
+            if (i) fputs(ch->piped ? " |\n  " : " &&\n", f);
+            for (int k = 0; k < ch->st[i].argc; k++) {
+                if (k) fputc(' ', f);
+                print_quoted(f, ch->st[i].argv[k]);
+            }
         }
     }
     fputc('\n', f);
@@ -522,9 +622,52 @@ static int report(const stage *st, int n)
     return CLI_EXIT_OK;
 }
 
-static void make_stream_dir(const char *dir)
+/* mkdir -p: AutoRound creates --output_dir with its parents, ar-pack only
+ * the last level. */
+static void make_dirs(const char *path)
 {
-    if (mkdir(dir, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", dir, strerror(errno));
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", buf, strerror(errno));
+        *p = '/';
+    }
+    if (mkdir(buf, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", buf, strerror(errno));
+}
+
+/* The folder that will hold --output_dir. */
+static void make_parent_dirs(const char *path)
+{
+    char buf[PATH_MAX];
+    snprintf(buf, sizeof buf, "%s", path);
+    char *slash = strrchr(buf, '/');
+    while (slash && slash > buf && slash[1] == 0) { *slash = 0; slash = strrchr(buf, '/'); }
+    if (slash && slash > buf) { *slash = 0; make_dirs(buf); }
+}
+
+/* Remove the temporary stream folder of a multi-pass run. */
+static void remove_tmp_streams(const plan *pl)
+{
+    if (!pl->tmp_dir) return;
+    char *calib = join_path(pl->tmp_dir, "calib.ars");
+    unlink(calib);
+    free(calib);
+    rmdir(pl->tmp_dir);
+}
+
+/* Run the chains in order; stop at the first that fails. */
+static int run_plan(plan *pl)
+{
+    for (int c = 0; c < pl->n; c++) {
+        chain *ch = &pl->ch[c];
+        if (ch->piped) run_piped(ch->st, ch->n);
+        else run_sequential(ch->st, ch->n);
+        int rc = report(ch->st, ch->n);
+        if (rc) return rc;
+    }
+    return CLI_EXIT_OK;
 }
 
 int main(int argc, char **argv)
@@ -534,16 +677,17 @@ int main(int argc, char **argv)
     apply_recipe(&o);
     scheme_from_gguf_format(&o);
     find_tool_dir();
-    stage st[MAX_STAGES];
-    int n = build_stages(st, &o);
-    int piped = !o.keep_streams;
-    if (o.dry_run) { print_stages(stdout, st, n, piped); return CLI_EXIT_OK; }
-    if (cli_progress >= 2) print_stages(stderr, st, n, piped);
-    if (o.keep_streams) make_stream_dir(o.keep_streams);
+    plan pl;
+    build_plan(&pl, &o);
+    if (o.dry_run) { print_plan(stdout, &pl); return CLI_EXIT_OK; }
+    if (cli_progress >= 2) print_plan(stderr, &pl);
+    if (o.keep_streams) make_dirs(o.keep_streams);
+    if (pl.tmp_dir) make_dirs(pl.tmp_dir);
+    if (strchr(o.format, ',')) make_dirs(o.output_dir);
+    else make_parent_dirs(o.output_dir);
     double t0 = cli_now();
-    if (piped) run_piped(st, n);
-    else run_sequential(st, n);
-    int rc = report(st, n);
+    int rc = run_plan(&pl);
+    remove_tmp_streams(&pl);
     if (rc == CLI_EXIT_OK && cli_progress)
         fprintf(stderr, "auto-round: wrote %s in %.1fs\n", o.output_dir, cli_now() - t0);
     return rc;

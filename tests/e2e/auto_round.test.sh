@@ -43,6 +43,13 @@ has "keep_streams: calib file" "$cmd" "-o $tmp/s/calib.ars &&"
 has "keep_streams: tune file" "$cmd" "-i $tmp/s/calib.ars --model $M -o $tmp/s/tune.ars &&"
 has "keep_streams: pack file" "$cmd" "ar-pack -i $tmp/s/tune.ars"
 
+# A GGUF format beside another scheme's formats gets a stream tuned for its own
+# scheme from the same calibration stream (a temporary file, or --keep_streams).
+cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --scheme W4A16 --format auto_round,gguf:q4_k_m,fake --output_dir "$tmp/o" --dry_run)
+has "multi-pass: calibration to a file" "$cmd" "ar-calib .*-o $tmp/o.streams.[0-9]*/calib.ars &&"
+has "multi-pass: HF formats from W4A16" "$(printf '%s' "$cmd" | tr -d '\n')" "scheme W4A16 -o - |.*ar-pack -i - --format auto_round,fake -o $tmp/o &&"
+has "multi-pass: gguf from GGUF:Q4_K_M" "$(printf '%s' "$cmd" | tr -d '\n')" "scheme GGUF:Q4_K_M -o - |  .*ar-pack -i - --format gguf:q4_k_m -o $tmp/o/gguf-q4_k_m"
+
 # Recipes by program name (a symlink anywhere: the tools are found through /proc/self/exe).
 for r in best light rtn opt-rtn; do ln -s "$AR_BIN/auto-round" "$tmp/auto-round-$r"; done
 has "best recipe" "$("$tmp/auto-round-best" "$M" --dataset "$DATA" --dry_run)" "--recipe best --nsamples 512"
@@ -82,6 +89,14 @@ for f in auto_round fake; do
   ppl=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/rtn/$f" --text "$DATA" --seqlen 128 --windows 4 |
         sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p')
   if awk -v p="$ppl" 'BEGIN { exit !(p > 1 && p < 20) }'; then ok "RTN $f: ppl $ppl"; else bad "RTN $f: ppl '$ppl'"; fi
+done
+
+# The same with RTN for real: both outputs, both measured by ar-eval.
+"$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --format auto_round,gguf:q4_0 --output_dir "$tmp/two/out" --quiet
+for f in auto_round gguf-q4_0; do
+  ppl=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/two/out/$f" --text "$DATA" --seqlen 128 --windows 4 |
+        sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p')
+  if awk -v p="$ppl" 'BEGIN { exit !(p > 1 && p < 20) }'; then ok "two formats: $f ppl $ppl"; else bad "two formats: $f ppl '$ppl'"; fi
 done
 
 # SignRound piped vs through kept streams: identical models, streams kept and valid.
