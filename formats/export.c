@@ -45,7 +45,8 @@ static int check_opts(const ar_export_opts *o) {
         return ar_error("%s: data type '%s' with %d bits cannot be exported", o->format, o->data_type, o->bits);
     if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
         return ar_error("%s: %d-bit weights cannot be exported (2, 3, 4 or 8)", o->format, o->bits);
-    if (o->group_size == 0 || o->group_size < -1) return ar_error("%s: bad group_size %d", o->format, o->group_size);
+    if ((o->group_size == 0 && !ar_export_opts_fp(o)) || o->group_size < -1)   /* 0: FP8 per tensor */
+        return ar_error("%s: bad group_size %d", o->format, o->group_size);
     if (o->tuning_json) {
         cJSON *j = cJSON_Parse(o->tuning_json);
         int ok = cJSON_IsObject(j);

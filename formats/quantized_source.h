@@ -8,7 +8,12 @@
  * "auto_round:auto_awq"/"auto_round:awq": AWQ layout), "gptq" (zeros - 1 unless
  * checkpoint_format is "gptq_v2"), "awq"; none = plain checkpoint. Per-layer
  * bits and group sizes come from extra_config (auto-round) or dynamic "+:"
- * entries (gptq) given by exact layer name; regex keys are not supported. */
+ * entries (gptq) given by exact layer name; regex keys are not supported.
+ * Compressed-tensors folders (quant_method "compressed-tensors") and auto-round
+ * "auto_round:llm_compressor" / "auto_round:fp8*" folders are read from their
+ * tensors: int pack-quantized (weight_packed i32 + weight_shape), MXFP4 / NVFP4
+ * (weight_packed u8 with u8 E8M0 / f8 E4M3 + weight_global_scale scales), MXFP8
+ * and FP8 (f8 weight with u8 or float scales, per tensor / channel / block). */
 #ifndef AR_QUANTIZED_SOURCE_H
 #define AR_QUANTIZED_SOURCE_H
 #include "model.h"
