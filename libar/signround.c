@@ -23,25 +23,47 @@ void ar_default_mask(uint8_t *mask, int n, int T)
     for (long i = 0; i < (long)n * T; i++) mask[i] = (i % T) != T - 1;
 }
 
+/* Row blocks of the loss sum: a fixed count, so the order of the additions
+ * (and hence the result) does not depend on the number of threads. */
+#define LOSS_BLOCKS 64
+
+/* Σ over the rows kept by row_mask of (pred − ref)², accumulated in double;
+ * with dpred, also dpred = gscale·(pred − ref) on kept rows and 0 on the
+ * others. */
+static double masked_sse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
+                         float gscale, float *dpred)
+{
+    double part[LOSS_BLOCKS] = {0};
+    long per = (rows + LOSS_BLOCKS - 1) / LOSS_BLOCKS;
+    #pragma omp parallel for schedule(static) if (rows * C >= (1L << 16))
+    for (int blk = 0; blk < LOSS_BLOCKS; blk++) {
+        long r1 = (blk + 1) * per < rows ? (blk + 1) * per : rows;
+        double acc = 0;
+        for (long r = blk * per; r < r1; r++) {
+            const float *p = pred + r * C, *q = ref + r * C;
+            float *d = dpred ? dpred + r * C : NULL;
+            if (row_mask && !row_mask[r]) {
+                if (d) memset(d, 0, sizeof(float) * C);
+                continue;
+            }
+            for (int j = 0; j < C; j++) {
+                float e = p[j] - q[j];
+                acc += (double)e * e;
+                if (d) d[j] = gscale * e;
+            }
+        }
+        part[blk] = acc;
+    }
+    double sum = 0;
+    for (int blk = 0; blk < LOSS_BLOCKS; blk++) sum += part[blk];
+    return sum;
+}
+
 double ar_masked_mse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
                      float *dpred)
 {
-    double sum = 0;
-    float g = 2.0f / ((float)rows * C);
-    for (long r = 0; r < rows; r++) {
-        const float *p = pred + r * C, *q = ref + r * C;
-        float *d = dpred ? dpred + r * C : NULL;
-        if (row_mask && !row_mask[r]) {
-            if (d) memset(d, 0, sizeof(float) * C);
-            continue;
-        }
-        for (int j = 0; j < C; j++) {
-            float e = p[j] - q[j];
-            sum += (double)e * e;
-            if (d) d[j] = g * e;
-        }
-    }
-    return sum / ((double)rows * C);
+    double nel = (double)rows * C;
+    return masked_sse(pred, ref, row_mask, rows, C, (float)(2.0 / nel), dpred) / nel;
 }
 
 static double now_s(void)
@@ -117,14 +139,11 @@ static void snapshot_best(layer_state *L)
 /* p -= lr · sign(g), sign(0) = 0 (SignSGD). */
 static void sign_step(float *p, const float *g, size_t n, float lr)
 {
+    #pragma omp parallel for schedule(static) if (n >= (1u << 16))
     for (size_t i = 0; i < n; i++) p[i] -= lr * (float)((g[i] > 0) - (g[i] < 0));
 }
 
-/* Shuffled permutation consumed gb indices at a time; reshuffled (the remainder
- * discarded) when fewer than gb are left, like AutoRound's IndexSampler. */
-typedef struct { int *perm; int n, pos; uint64_t rng; } sampler;
-
-static void sampler_shuffle(sampler *s)
+static void sampler_shuffle(ar_index_sampler *s)
 {
     for (int i = s->n; i > 1; i--) {
         int j = (int)ar_rand_below(&s->rng, (uint64_t)i);
@@ -133,12 +152,31 @@ static void sampler_shuffle(sampler *s)
     s->pos = 0;
 }
 
-static const int *sampler_next(sampler *s, int gb)
+int ar_index_sampler_init(ar_index_sampler *s, int n, uint64_t seed)
+{
+    memset(s, 0, sizeof *s);
+    if (n < 1) return ar_error("sampler: %d samples", n);
+    s->perm = malloc(sizeof(int) * (size_t)n);
+    if (!s->perm) return ar_error("sampler: out of memory for %d indices", n);
+    for (int i = 0; i < n; i++) s->perm[i] = i;
+    s->n = n;
+    s->rng = seed;
+    sampler_shuffle(s);
+    return 0;
+}
+
+const int *ar_index_sampler_next(ar_index_sampler *s, int gb)
 {
     if (s->pos + gb > s->n) sampler_shuffle(s);
     const int *r = s->perm + s->pos;
     s->pos += gb;
     return r;
+}
+
+void ar_index_sampler_free(ar_index_sampler *s)
+{
+    free(s->perm);
+    s->perm = NULL;
 }
 
 /* Widen the rows of samples idx[0..bs) of src [n, T, C] bf16 into dst [bs*T, C]. */
@@ -186,15 +224,16 @@ static int quantize_all(tuner *t, const ar_block_weights *w_fp)
     return 0;
 }
 
-/* Forward + backward over one iteration's samples; returns the mean loss. */
+/* Forward + backward over one iteration's gb samples in chunks of bs; the
+ * gradients of the chunks add up in the layers' dw and *loss gets the
+ * masked sum of squares over all gb·T·C elements divided by that count. */
 static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                        const int *idx, int gb, double *loss)
 {
     float *dW[AR_NLINEAR] = {0};
     for (int i = 0; i < AR_NLINEAR; i++) dW[i] = t->plan->quantize[i] ? t->L[i].dw : NULL;
-    double total = 0;
-    int chunks = 0;
-    for (int off = 0; off < gb; off += t->bs, chunks++) {
+    double nel = (double)gb * t->T * t->C, sse = 0;
+    for (int off = 0; off < gb; off += t->bs) {
         int bs = gb - off < t->bs ? gb - off : t->bs;
         long rows = (long)bs * t->T;
         gather_bf16(t->xb, x_in, idx + off, bs, t->T, t->C);
@@ -203,12 +242,12 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         double t0 = now_s();
         if (ar_block_forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
         double t1 = now_s();
-        total += ar_masked_mse(t->pred, t->yb, t->mb, rows, t->C, t->dy);
+        sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
         if (ar_block_backward(t->c, &t->wq, &t->acts, t->dy, dW, NULL, &t->ws)) return -1;
         t->rep->sec_forward += t1 - t0;
         t->rep->sec_backward += now_s() - t1;
     }
-    *loss = total / chunks;
+    *loss = sse / nel;
     return 0;
 }
 
@@ -296,13 +335,12 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
     int rc = tuner_init(&t, c, w_fp, plan, o, n, T);
     t.rep = rep;
     int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
-    sampler s = {malloc(sizeof(int) * n), n, 0, o->seed};
-    for (int i = 0; i < n; i++) s.perm[i] = i;
-    sampler_shuffle(&s);
+    ar_index_sampler s = {0};
+    if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     rep->best_loss = INFINITY;
+    double loss = 0;
     for (int it = 0; !rc && it < o->iters; it++) {
-        const int *idx = sampler_next(&s, gb);
-        double loss;
+        const int *idx = ar_index_sampler_next(&s, gb);
         rc = quantize_all(&t, w_fp);
         if (!rc) rc = run_batches(&t, x_in, y_ref, mask, idx, gb, &loss);
         if (rc) break;
@@ -312,11 +350,13 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
             rep->best_iter = it;
             for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) snapshot_best(&t.L[i]);
         }
-        rc = update_all(&t, w_fp, 1.0f - (float)it / (float)o->iters);
+        /* No step after the last forward: nothing would read its result. */
+        if (it + 1 < o->iters) rc = update_all(&t, w_fp, 1.0f - (float)it / (float)o->iters);
         if (cb) cb(cb_ctx, it, o->iters, loss, rep->best_loss);
     }
+    if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
     if (!rc) rc = finish(&t, w_fp, out);
-    free(s.perm);
+    ar_index_sampler_free(&s);
     tuner_free(&t);
     rep->sec_total = now_s() - t_start;
     return rc;

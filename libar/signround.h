@@ -3,15 +3,33 @@
  * sign-gradient descent on the MSE between the quantized block's outputs and
  * the FP block's outputs, keeping the best iteration.
  *
- * One iteration: draw GB = batch_size × grad_accum samples from a shuffled
- * permutation (reshuffled when fewer than GB remain), fake-quantize every
- * weight from the FP weight (ar_quant_forward), run the block forward on
- * batch_size samples at a time, take MSE(pred·mask, ref·mask) averaged over
- * all elements (the last token of every sample masked out), back-propagate
- * through the block (ar_block_backward) and the quantizer's straight-through
- * estimator (ar_quant_backward), then p -= lr·(1 - t/iters)·sign(dL/dp).
- * The loss of iteration t is measured before its update; the parameters that
- * gave the smallest loss are kept (AutoRound's best-iteration rule). */
+ * One iteration t (0-based) of ar_signround_tune_block:
+ *  1. draw GB = min(n, batch_size × grad_accum) sample indices from the
+ *     sampler below;
+ *  2. fake-quantize every planned weight from its FP weight with the current
+ *     V, α, β (ar_quant_forward);
+ *  3. in chunks of batch_size samples: block forward, masked squared error
+ *     against the FP outputs, block backward (ar_block_backward), gradients
+ *     summed over the chunks. The loss of the iteration is
+ *     Σ_chunks Σ mask·(pred − ref)² / (GB·T·C): for grad_accum = 1 exactly
+ *     AutoRound's MSELoss(mean) over pred·mask vs ref·mask; for grad_accum > 1
+ *     AutoRound switches to a sum reduction, which weighs every element the
+ *     same, as this single denominator does (only the gradient's sign is
+ *     used, so the overall scale, like AutoRound's ×1000, is irrelevant;
+ *     AutoRound's logged value is further divided by the valid-token count,
+ *     a per-block constant);
+ *  4. if the loss is strictly below the best so far, snapshot V, α, β (the
+ *     parameters that produced this loss, i.e. before this step's update);
+ *  5. STE backward into V, α, β (ar_quant_backward), then
+ *     p −= lr·(1 − t/iters)·sign(dL/dp) (SignSGD, sign(0) = 0, LinearLR to 0,
+ *     no warm-up) and α, β clamped to [0, hi].
+ * The returned weights use the best snapshot, or with use_best = 0
+ * (--not_use_best_mse) the parameters of the last iteration's forward: as
+ * AutoRound collects them before its final optimizer step, that step is
+ * skipped. iters = 0 returns plain min/max RTN (V = 0, α = β = 1).
+ * Deterministic for a given seed and thread count: the sampler is seeded,
+ * the loss is summed serially, and every parallel loop writes disjoint
+ * outputs. */
 #ifndef AR_SIGNROUND_H
 #define AR_SIGNROUND_H
 #include "block.h"
@@ -28,9 +46,9 @@ typedef struct {
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */
-    int threads_hint;     /* unused for now; OpenMP/OpenBLAS decide */
 } ar_signround_opts;
 
+/* Fill o with AutoRound's defaults (the values in the comments above). */
 void ar_signround_defaults(ar_signround_opts *o);
 
 /* What to do with each of the block's seven linears. */
@@ -42,9 +60,10 @@ typedef struct {
 /* Results of tuning one block. */
 typedef struct {
     double loss0;         /* loss at iteration 0 (plain RTN) */
-    double best_loss;
-    int best_iter;
-    double sec_forward, sec_backward, sec_quant, sec_total;
+    double best_loss;     /* loss of the returned parameters' iteration: the
+                             smallest, or with use_best = 0 the last one */
+    int best_iter;        /* that iteration (use_best = 0: iters − 1) */
+    double sec_forward, sec_backward, sec_quant, sec_total; /* wall seconds */
 } ar_signround_report;
 
 /* Called after each iteration (may be NULL). */
@@ -61,6 +80,24 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
                             const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx);
+
+/* AutoRound's IndexSampler: a seeded shuffle of 0..n-1 consumed gb indices at
+ * a time; when fewer than gb are left the remainder is dropped and the
+ * permutation reshuffled (Fisher-Yates over ar_rand_below, splitmix64). */
+typedef struct {
+    int *perm;
+    int n, pos;
+    uint64_t rng;
+} ar_index_sampler;
+
+/* Allocate and shuffle a sampler over n samples (n ≥ 1). 0 or -1 (ar_error). */
+int ar_index_sampler_init(ar_index_sampler *s, int n, uint64_t seed);
+
+/* The next gb (1 ≤ gb ≤ n) indices; valid until the next call. */
+const int *ar_index_sampler_next(ar_index_sampler *s, int gb);
+
+/* Release the permutation (safe on a zeroed or failed sampler). */
+void ar_index_sampler_free(ar_index_sampler *s);
 
 /* The MSE loss of pred against ref [rows, C] with a per-row mask (NULL = all
  * rows count), averaged over all rows*C elements (masked rows add 0), and its

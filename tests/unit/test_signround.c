@@ -1,0 +1,566 @@
+/* test_signround.c — the SignRound block tuner (libar/signround.h).
+ *
+ * The loss of any set of weights is recomputed here independently: an
+ * inference forward (ar_block_forward) and a double-precision masked MSE
+ * written in this file. That reference checks what tuning promises: a lower
+ * loss than RTN, weights that are a valid quantization, the returned
+ * parameters being those of the recorded best (or last) iteration, equal
+ * results for equal seeds, and gradient accumulation that matches one large
+ * batch. Shapes are tiny, plus stories260K's block 0 on real text. */
+#include <criterion/criterion.h>
+#include <math.h>
+#include <omp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "calib.h"
+#include "dtype.h"
+#include "error.h"
+#include "model.h"
+#include "signround.h"
+#include "tokenizer.h"
+
+/* ------------------------------------------------------------ fixtures */
+
+/* The blocks here are tiny: waking threads for each op costs far more than
+ * the op, so tests run single-threaded unless they check threading. */
+static void one_thread(void) { omp_set_num_threads(1); }
+
+TestSuite(signround, .init = one_thread);
+
+/* One block, its cached inputs/targets and a plan, as ar-tune hands them over. */
+typedef struct {
+    ar_config c;
+    ar_block_weights w;         /* FP weights (f32) */
+    int n, T;
+    uint16_t *x, *y;            /* bf16 [n, T, C]: inputs and FP outputs */
+    ar_block_plan plan;
+} fixture;
+
+static uint64_t g_rng = 12345;
+
+static float uniform(void) { return (float)((ar_rand_next(&g_rng) >> 11) * (1.0 / 9007199254740992.0)); }
+
+static float gauss(void)
+{
+    float u = uniform() + 1e-12f, v = uniform();
+    return sqrtf(-2.0f * logf(u)) * cosf(6.2831853f * v);
+}
+
+static float *gauss_buf(long n, float sd, float mean)
+{
+    float *p = malloc(sizeof(float) * n);
+    for (long i = 0; i < n; i++) p[i] = mean + sd * gauss();
+    return p;
+}
+
+static uint16_t *to_bf16(const float *x, long n)
+{
+    uint16_t *b = malloc(2 * n);
+    ar_from_f32(b, x, AR_BF16, n);
+    return b;
+}
+
+/* Y = block_fp(X) over all samples, rounded to bf16 like ar-tune's cache. */
+static void fill_targets(fixture *f)
+{
+    long nel = (long)f->n * f->T * f->c.hidden;
+    float *x = malloc(sizeof(float) * nel), *y = malloc(sizeof(float) * nel);
+    ar_to_f32(x, f->x, AR_BF16, nel);
+    ar_block_work ws;
+    cr_assert_eq(ar_block_work_init(&ws, &f->c, f->n, f->T, 0), 0);
+    cr_assert_eq(ar_block_forward(&f->c, &f->w, x, y, f->n, f->T, &ws), 0);
+    f->y = to_bf16(y, nel);
+    ar_block_work_free(&ws);
+    free(x);
+    free(y);
+}
+
+static void plan_all(fixture *f, int bits, int group_size, int sym)
+{
+    memset(&f->plan, 0, sizeof f->plan);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f->c, i, &n, &k);
+        f->plan.quantize[i] = 1;
+        f->plan.spec[i] = (ar_quant_spec){.bits = bits, .group_size = k % group_size ? -1 : group_size,
+                                          .sym = sym, .flags = AR_QF_BF16};
+    }
+}
+
+/* A random Llama block: C=32, F=64, 4 heads of 8 (2 KV heads). */
+static void random_fixture(fixture *f, int n, int T, int bits, int group_size, int sym)
+{
+    memset(f, 0, sizeof *f);
+    g_rng = 777;
+    f->c.hidden = 32, f->c.intermediate = 64, f->c.n_heads = 4, f->c.n_kv_heads = 2;
+    f->c.head_dim = 8, f->c.rms_eps = 1e-5f, f->c.rope_theta = 10000.0, f->c.n_layers = 1;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&f->c, i, &nn, &k);
+        f->w.w[i] = gauss_buf((long)nn * k, 1.0f / sqrtf((float)k), 0);
+        for (long j = 0; j < (long)nn * k; j++) f->w.w[i][j] = ar_round_bf16(f->w.w[i][j]);
+    }
+    f->w.attn_norm = gauss_buf(f->c.hidden, 0.1f, 1.0f);
+    f->w.mlp_norm = gauss_buf(f->c.hidden, 0.1f, 1.0f);
+    f->n = n, f->T = T;
+    long nel = (long)n * T * f->c.hidden;
+    float *x = gauss_buf(nel, 1.0f, 0);
+    f->x = to_bf16(x, nel);
+    free(x);
+    fill_targets(f);
+    plan_all(f, bits, group_size, sym);
+}
+
+static const char *shared_dir(void)
+{
+    const char *s = getenv("AR_SHARED");
+    return s ? s : "../shared";
+}
+
+/* stories260K's block 0 on n real TinyStories windows of T tokens, the
+ * inputs made the way ar-calib makes them (tokenize, sample, embed). */
+static void stories_fixture(fixture *f, int n, int T)
+{
+    memset(f, 0, sizeof *f);
+    char dir[1024], path[1200];
+    snprintf(dir, sizeof dir, "%s/models/stories260K", shared_dir());
+    snprintf(path, sizeof path, "%s/tokenizer.json", dir);
+    ar_tokenizer *tok = ar_tokenizer_load(path);
+    cr_assert(tok, "%s", ar_last_error());
+    snprintf(path, sizeof path, "%s/data/tinystories/TinyStories-validation-head.txt", shared_dir());
+    ar_calib_samples s;
+    cr_assert_eq(ar_calib_build(tok, path, n, T, 42, &s), 0, "%s", ar_last_error());
+    cr_assert_eq(s.n, n);
+    ar_model *m = ar_model_open(dir, 0);
+    cr_assert(m, "%s", ar_last_error());
+    f->c = *ar_model_config(m);
+    f->n = n, f->T = T;
+    long nel = (long)n * T * f->c.hidden;
+    float *x = malloc(sizeof(float) * nel);
+    cr_assert_eq(ar_model_embed(m, s.ids, n * T, x), 0);
+    f->x = to_bf16(x, nel);
+    free(x);
+    cr_assert_eq(ar_block_weights_alloc(&f->w, &f->c), 0);
+    cr_assert_eq(ar_model_load_block(m, 0, &f->w), 0);
+    fill_targets(f);
+    ar_model_close(m);
+    ar_calib_free(&s);
+    ar_tokenizer_free(tok);
+    plan_all(f, 4, 32, 1);
+}
+
+/* Output buffers of one tuning run. */
+typedef struct {
+    ar_quant_out out[AR_NLINEAR];
+    ar_signround_report rep;
+    double losses[256];         /* per-iteration losses from the callback */
+} result;
+
+static void result_alloc(result *r, const fixture *f)
+{
+    memset(r, 0, sizeof *r);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f->c, i, &n, &k);
+        long ng = (long)n * ar_quant_ngroups(k, f->plan.spec[i].group_size);
+        r->out[i].wq = malloc(sizeof(float) * n * k);
+        r->out[i].codes = malloc((size_t)n * k);
+        r->out[i].scale = malloc(sizeof(float) * ng);
+        r->out[i].zp = malloc(sizeof(int32_t) * ng);
+    }
+}
+
+static void result_free(result *r)
+{
+    for (int i = 0; i < AR_NLINEAR; i++)
+        free(r->out[i].wq), free(r->out[i].codes), free(r->out[i].scale), free(r->out[i].zp);
+}
+
+static void record_loss(void *ctx, int iter, int iters, double loss, double best)
+{
+    (void)iters, (void)best;
+    result *r = ctx;
+    if (iter < 256) r->losses[iter] = loss;
+}
+
+static void tune(const fixture *f, const ar_signround_opts *o, result *r)
+{
+    result_alloc(r, f);
+    int rc = ar_signround_tune_block(&f->c, &f->w, f->x, f->y, NULL, f->n, f->T, &f->plan, o, r->out, &r->rep,
+                                     record_loss, r);
+    cr_assert_eq(rc, 0, "%s", ar_last_error());
+}
+
+static ar_signround_opts opts(int iters, int bs)
+{
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = iters;
+    o.batch_size = bs;
+    return o;
+}
+
+/* ------------------------------------------------------- reference loss */
+
+/* Σ over all positions but the last of each sample of (pred − ref)², divided
+ * by all ns·T·C elements, in double: the loss of weights w on samples idx. */
+static double ref_loss(const fixture *f, const ar_block_weights *w, const int *idx, int ns)
+{
+    int T = f->T, C = f->c.hidden;
+    long row = (long)T * C;
+    float *x = malloc(sizeof(float) * row), *y = malloc(sizeof(float) * row);
+    ar_block_work ws;
+    cr_assert_eq(ar_block_work_init(&ws, &f->c, 1, T, 0), 0);
+    double sum = 0;
+    for (int s = 0; s < ns; s++) {
+        int i = idx ? idx[s] : s;
+        ar_to_f32(x, f->x + i * row, AR_BF16, row);
+        cr_assert_eq(ar_block_forward(&f->c, w, x, y, 1, T, &ws), 0);
+        for (long j = 0; j < (long)(T - 1) * C; j++) {
+            double e = (double)y[j] - ar_bf16_to_f32(f->y[i * row + j]);
+            sum += e * e;
+        }
+    }
+    ar_block_work_free(&ws);
+    free(x);
+    free(y);
+    return sum / ((double)ns * row);
+}
+
+/* The block with its planned linears replaced by the tuned ŵ. */
+static ar_block_weights with_wq(const fixture *f, const result *r)
+{
+    ar_block_weights w = f->w;
+    for (int i = 0; i < AR_NLINEAR; i++) if (f->plan.quantize[i]) w.w[i] = r->out[i].wq;
+    return w;
+}
+
+/* Loss over every sample of the tuned block and of plain RTN. */
+static void full_losses(const fixture *f, const result *r, double *tuned, double *rtn)
+{
+    ar_signround_opts o = opts(0, 1);
+    result z;
+    tune(f, &o, &z);
+    ar_block_weights wt = with_wq(f, r), wr = with_wq(f, &z);
+    *tuned = ref_loss(f, &wt, NULL, f->n);
+    *rtn = ref_loss(f, &wr, NULL, f->n);
+    result_free(&z);
+}
+
+/* codes within [0, 2^b), zero points as the quantizer defines them, scales
+ * fp16 values above the floor, ŵ = bf16(scale·(code − zp)) exactly. */
+static void check_valid_quantization(const fixture *f, const result *r)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        const ar_quant_spec *qs = &f->plan.spec[i];
+        int n, k, ng;
+        ar_linear_shape(&f->c, i, &n, &k);
+        ng = ar_quant_ngroups(k, qs->group_size);
+        int maxq = (1 << qs->bits) - 1;
+        for (int row = 0; row < n; row++)
+            for (int c = 0; c < k; c++) {
+                int g = qs->group_size > 0 ? c / qs->group_size : 0;
+                float s = r->out[i].scale[row * ng + g];
+                int zp = r->out[i].zp[row * ng + g], code = r->out[i].codes[(long)row * k + c];
+                cr_assert_leq(code, maxq);
+                if (qs->sym) cr_assert_eq(zp, 1 << (qs->bits - 1));
+                else cr_assert(zp >= 0 && zp <= maxq);
+                cr_assert_eq(ar_round_f16(s), s);
+                cr_assert_geq(fabsf(s), 1e-5f * 0.999f);
+                float want = ar_round_bf16(s * (float)(code - zp));
+                cr_assert_eq(r->out[i].wq[(long)row * k + c], want, "%s [%d,%d]: %g vs %g", ar_linear_names[i], row,
+                             c, r->out[i].wq[(long)row * k + c], want);
+            }
+    }
+}
+
+/* ---------------------------------------------------------- masked MSE */
+
+static double d_masked_mse(const float *p, const float *q, const uint8_t *m, long rows, int C)
+{
+    double s = 0;
+    for (long r = 0; r < rows; r++)
+        for (int j = 0; j < C && (!m || m[r]); j++) s += ((double)p[r * C + j] - q[r * C + j]) * ((double)p[r * C + j] - q[r * C + j]);
+    return s / ((double)rows * C);
+}
+
+Test(signround, masked_mse_value_and_gradient_vs_finite_differences)
+{
+    enum { R = 7, C = 5 };
+    g_rng = 5;
+    float *p = gauss_buf(R * C, 1, 0), *q = gauss_buf(R * C, 1, 0), d[R * C];
+    uint8_t m[R] = {1, 0, 1, 1, 0, 1, 1};
+    double L = ar_masked_mse(p, q, m, R, C, d);
+    cr_assert_float_eq(L, d_masked_mse(p, q, m, R, C), 1e-6 * L);  /* f32 differences */
+    for (int i = 0; i < R * C; i++) {
+        float h = 1e-2f, keep = p[i];
+        p[i] = keep + h;
+        double lp = d_masked_mse(p, q, m, R, C);
+        p[i] = keep - h;
+        double lm = d_masked_mse(p, q, m, R, C);
+        p[i] = keep;
+        double fd = (lp - lm) / (2.0 * h);   /* exact for a quadratic, up to rounding */
+        cr_assert_float_eq(d[i], fd, 1e-5, "element %d: %g vs %g", i, d[i], fd);
+        if (!m[i / C]) cr_assert_eq(d[i], 0.0f);
+    }
+    /* NULL mask = every row counts. */
+    cr_assert_float_eq(ar_masked_mse(p, q, NULL, R, C, NULL), d_masked_mse(p, q, NULL, R, C), 1e-5);
+    free(p);
+    free(q);
+}
+
+Test(signround, masked_mse_large_matches_double_sum_for_any_thread_count)
+{
+    enum { R = 300, C = 512 };  /* big enough for the parallel path */
+    g_rng = 6;
+    float *p = gauss_buf(R * C, 1, 0), *q = gauss_buf(R * C, 1, 0);
+    uint8_t m[R];
+    ar_default_mask(m, 3, R / 3);
+    for (int r = 0; r < R; r++) cr_assert_eq(m[r], (r % (R / 3)) != R / 3 - 1);
+    omp_set_num_threads(2);
+    double a = ar_masked_mse(p, q, m, R, C, NULL);
+    omp_set_num_threads(1);
+    double b = ar_masked_mse(p, q, m, R, C, NULL);
+    cr_assert_eq(a, b, "the sum does not depend on the thread count");
+    cr_assert_float_eq(a, d_masked_mse(p, q, m, R, C), 1e-6 * a);
+    free(p);
+    free(q);
+}
+
+/* ------------------------------------------------------------- sampler */
+
+Test(signround, sampler_epochs_drop_the_remainder_and_reshuffle)
+{
+    enum { N = 10, GB = 4, BATCHES = 40 };
+    ar_index_sampler s, s2, s3;
+    cr_assert_eq(ar_index_sampler_init(&s, N, 42), 0);
+    cr_assert_eq(ar_index_sampler_init(&s2, N, 42), 0);
+    cr_assert_eq(ar_index_sampler_init(&s3, N, 43), 0);
+    int epochs[BATCHES / 2][2 * GB], differs_seed = 0, differs_epoch = 0;
+    for (int b = 0; b < BATCHES; b++) {
+        const int *i1 = ar_index_sampler_next(&s, GB);
+        memcpy(&epochs[b / 2][(b % 2) * GB], i1, sizeof(int) * GB);
+        const int *i2 = ar_index_sampler_next(&s2, GB), *i3 = ar_index_sampler_next(&s3, GB);
+        cr_assert_eq(memcmp(epochs[b / 2] + (b % 2) * GB, i2, sizeof(int) * GB), 0, "same seed, same batches");
+        differs_seed |= memcmp(epochs[b / 2] + (b % 2) * GB, i3, sizeof(int) * GB) != 0;
+    }
+    /* Two batches per epoch (10 / 4, the last 2 indices dropped): the 8
+     * indices of an epoch are distinct, and epochs are new permutations. */
+    for (int e = 0; e < BATCHES / 2; e++) {
+        int seen[N] = {0};
+        for (int j = 0; j < 2 * GB; j++) {
+            cr_assert(epochs[e][j] >= 0 && epochs[e][j] < N);
+            cr_assert_eq(seen[epochs[e][j]]++, 0, "epoch %d repeats index %d", e, epochs[e][j]);
+        }
+        if (e) differs_epoch |= memcmp(epochs[e], epochs[0], sizeof epochs[0]) != 0;
+    }
+    cr_assert(differs_seed && differs_epoch);
+    /* gb = n: every batch is a whole permutation. */
+    for (int b = 0; b < 5; b++) {
+        const int *all = ar_index_sampler_next(&s3, N);
+        int seen[N] = {0};
+        for (int j = 0; j < N; j++) cr_assert_eq(seen[all[j]]++, 0);
+    }
+    ar_index_sampler_free(&s);
+    ar_index_sampler_free(&s2);
+    ar_index_sampler_free(&s3);
+}
+
+/* --------------------------------------------------------------- tuning */
+
+Test(signround, iters_zero_is_rtn_exactly)
+{
+    fixture f;
+    random_fixture(&f, 4, 16, 4, 16, 1);
+    ar_signround_opts o = opts(0, 2);
+    result r;
+    tune(&f, &o, &r);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        long ng = (long)n * ar_quant_ngroups(k, f.plan.spec[i].group_size);
+        result z;
+        result_alloc(&z, &f);
+        cr_assert_eq(ar_quant_forward(&f.plan.spec[i], f.w.w[i], n, k, NULL, &z.out[i]), 0);
+        cr_assert_eq(memcmp(z.out[i].wq, r.out[i].wq, sizeof(float) * n * k), 0);
+        cr_assert_eq(memcmp(z.out[i].codes, r.out[i].codes, (size_t)n * k), 0);
+        cr_assert_eq(memcmp(z.out[i].scale, r.out[i].scale, sizeof(float) * ng), 0);
+        cr_assert_eq(memcmp(z.out[i].zp, r.out[i].zp, sizeof(int32_t) * ng), 0);
+        result_free(&z);
+    }
+    result_free(&r);
+}
+
+static void check_tuning_beats_rtn(const fixture *f, int iters, int bs)
+{
+    ar_signround_opts o = opts(iters, bs);
+    result r;
+    tune(f, &o, &r);
+    cr_assert_lt(r.rep.best_loss, r.rep.loss0, "best %g vs iteration 0 %g", r.rep.best_loss, r.rep.loss0);
+    cr_assert_eq(r.losses[0], r.rep.loss0);
+    double tuned, rtn;
+    full_losses(f, &r, &tuned, &rtn);
+    cr_assert_lt(tuned, rtn, "all samples: tuned %g vs RTN %g", tuned, rtn);
+    check_valid_quantization(f, &r);
+    result_free(&r);
+}
+
+Test(signround, random_block_w4_sym_beats_rtn_and_is_a_valid_quantization)
+{
+    fixture f;
+    random_fixture(&f, 8, 16, 4, 16, 1);
+    check_tuning_beats_rtn(&f, 60, 4);
+}
+
+Test(signround, random_block_w2_asym_beats_rtn_and_is_a_valid_quantization)
+{
+    fixture f;
+    random_fixture(&f, 8, 16, 2, 16, 0);
+    check_tuning_beats_rtn(&f, 60, 4);
+}
+
+Test(signround, stories260k_block0_on_real_text_beats_rtn)
+{
+    fixture f;
+    stories_fixture(&f, 8, 64);
+    check_tuning_beats_rtn(&f, 40, 4);
+}
+
+/* The parameters returned are those whose forward produced the recorded loss
+ * of the chosen iteration: the best one, or with use_best = 0 the last one
+ * (before the step AutoRound takes and discards after it). */
+static void check_returned_iteration(int use_best)
+{
+    fixture f;
+    random_fixture(&f, 8, 16, 4, 16, 1);
+    enum { ITERS = 12, BS = 3 };
+    ar_signround_opts o = opts(ITERS, BS);
+    o.lr = 0.05f;       /* large steps: the loss moves visibly between iterations */
+    o.use_best = use_best;
+    result r;
+    tune(&f, &o, &r);
+    int chosen = use_best ? r.rep.best_iter : ITERS - 1;
+    cr_assert_eq(r.rep.best_iter, chosen);
+    cr_assert_eq(r.rep.best_loss, r.losses[chosen]);
+    for (int it = 0; use_best && it < ITERS; it++) cr_assert_geq(r.losses[it], r.rep.best_loss);
+    ar_index_sampler s;
+    cr_assert_eq(ar_index_sampler_init(&s, f.n, o.seed), 0);
+    const int *idx = NULL;
+    for (int it = 0; it <= chosen; it++) idx = ar_index_sampler_next(&s, BS);
+    ar_block_weights w = with_wq(&f, &r);
+    double again = ref_loss(&f, &w, idx, BS);
+    cr_assert_float_eq(again, r.losses[chosen], 1e-4 * again, "iteration %d: %g recomputed vs %g recorded", chosen,
+                       again, r.losses[chosen]);
+    int distinct = 0;   /* the check can tell iterations apart */
+    for (int it = 0; it < ITERS; it++) distinct += fabs(r.losses[it] - again) > 1e-3 * again;
+    cr_assert_geq(distinct, ITERS / 2);
+    ar_index_sampler_free(&s);
+    result_free(&r);
+}
+
+Test(signround, best_iteration_parameters_reproduce_its_loss) { check_returned_iteration(1); }
+
+Test(signround, not_use_best_returns_the_last_iterate) { check_returned_iteration(0); }
+
+Test(signround, same_seed_same_bytes_other_seed_other_batches)
+{
+    fixture f;
+    random_fixture(&f, 8, 16, 4, 16, 1);
+    ar_signround_opts o = opts(8, 2);
+    result a, b, c;
+    tune(&f, &o, &a);
+    tune(&f, &o, &b);
+    o.seed = 7;
+    tune(&f, &o, &c);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        cr_assert_eq(memcmp(a.out[i].wq, b.out[i].wq, sizeof(float) * n * k), 0);
+        cr_assert_eq(memcmp(a.out[i].codes, b.out[i].codes, (size_t)n * k), 0);
+        cr_assert_eq(memcmp(a.out[i].scale, b.out[i].scale, sizeof(float) * n), 0);
+    }
+    cr_assert_eq(memcmp(a.losses, b.losses, sizeof a.losses), 0);
+    cr_assert_neq(memcmp(a.losses, c.losses, sizeof a.losses), 0);
+    result_free(&a), result_free(&b), result_free(&c);
+}
+
+/* Without α/β tuning the scales stay RTN's, and with the default lr = 1/iters
+ * the offsets V move by at most Σ_t lr·(1 − t/iters) < 1, so no code moves by
+ * more than one level; a large explicit lr lets codes move further. */
+Test(signround, lr_schedule_bounds_the_rounding_offsets)
+{
+    fixture f;
+    random_fixture(&f, 8, 16, 4, 16, 1);
+    ar_signround_opts o = opts(20, 4);
+    o.minmax_tuning = 0;
+    result r, z, big;
+    tune(&f, &o, &r);
+    o.lr = 0.3f;        /* Σ lr_t = 0.3 · 21/2 = 3.15 */
+    o.use_best = 0;
+    tune(&f, &o, &big);
+    ar_signround_opts o0 = opts(0, 4);
+    tune(&f, &o0, &z);
+    int maxd_default = 0, maxd_big = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        long ng = (long)n * ar_quant_ngroups(k, f.plan.spec[i].group_size);
+        cr_assert_eq(memcmp(z.out[i].scale, r.out[i].scale, sizeof(float) * ng), 0);
+        for (long j = 0; j < (long)n * k; j++) {
+            int d = abs((int)r.out[i].codes[j] - z.out[i].codes[j]), e = abs((int)big.out[i].codes[j] - z.out[i].codes[j]);
+            maxd_default = d > maxd_default ? d : maxd_default;
+            maxd_big = e > maxd_big ? e : maxd_big;
+        }
+    }
+    cr_assert_leq(maxd_default, 1);
+    cr_assert_geq(maxd_big, 2);
+    result_free(&r), result_free(&z), result_free(&big);
+}
+
+/* Gradient accumulation sums the chunks' squared errors over one shared
+ * denominator (AutoRound's sum reduction), so batch 2 × 2 steps over 3
+ * samples (chunks of 2 and 1) follows batch 3 × 1 step. */
+Test(signround, gradient_accumulation_matches_one_large_batch)
+{
+    fixture f;
+    random_fixture(&f, 3, 16, 4, 16, 1);
+    ar_signround_opts o1 = opts(10, 3), o2 = opts(10, 2);
+    o2.grad_accum = 2;
+    result a, b;
+    tune(&f, &o1, &a);
+    tune(&f, &o2, &b);
+    for (int it = 0; it < 10; it++)
+        cr_assert_float_eq(a.losses[it], b.losses[it], 1e-4 * a.losses[it], "iteration %d: %g vs %g", it,
+                           a.losses[it], b.losses[it]);
+    long same = 0, total = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        for (long j = 0; j < (long)n * k; j++) same += a.out[i].codes[j] == b.out[i].codes[j];
+        total += (long)n * k;
+    }
+    cr_assert_geq(same, total - total / 1000);
+    result_free(&a), result_free(&b);
+}
+
+Test(signround, bad_sizes_are_errors)
+{
+    fixture f;
+    random_fixture(&f, 2, 16, 4, 16, 1);
+    ar_signround_opts o = opts(2, 0);
+    result r;
+    result_alloc(&r, &f);
+    cr_assert_eq(ar_signround_tune_block(&f.c, &f.w, f.x, f.y, NULL, f.n, f.T, &f.plan, &o, r.out, &r.rep, NULL, NULL),
+                 -1);
+    cr_assert(strstr(ar_last_error(), "signround"));
+    o = opts(2, 1);
+    cr_assert_eq(ar_signround_tune_block(&f.c, &f.w, f.x, f.y, NULL, 0, f.T, &f.plan, &o, r.out, &r.rep, NULL, NULL),
+                 -1);
+    f.plan.spec[0].bits = 1;
+    cr_assert_eq(ar_signround_tune_block(&f.c, &f.w, f.x, f.y, NULL, f.n, f.T, &f.plan, &o, r.out, &r.rep, NULL, NULL),
+                 -1);
+    cr_assert(strstr(ar_last_error(), "bits"));
+    result_free(&r);
+}
