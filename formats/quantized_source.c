@@ -19,6 +19,7 @@ struct ar_qfolder {
     layout_t        layout;
     const char     *layout_name;
     int             bits, group_size;
+    int             block;          /* FP8 block edge of compressed-tensors layers, 0 if none */
     char            cached[512];    /* layer whose dequantized weight is in wcache */
     float          *wcache;
 };
@@ -32,6 +33,8 @@ static int parse_layout(ar_qfolder *q, const char *path) {
         if (strstr(p, "llm_compressor") || !strncmp(p, "auto_round:fp8", 14)) {
             q->layout = L_CT;   /* compressed-tensors tensor names (spec §6.1, §6.4) */
             q->layout_name = "auto_round:llm_compressor";
+            const cJSON *g = cJSON_GetObjectItem(q->qcfg, "group_size");
+            if (!strcmp(p, "auto_round:fp8") && cJSON_IsNumber(g) && g->valueint > 0) q->block = g->valueint;
             return 0;
         }
         if (strstr(p, "awq")) { q->layout = L_AWQ; q->layout_name = "auto_round:auto_awq"; }
@@ -46,6 +49,12 @@ static int parse_layout(ar_qfolder *q, const char *path) {
     } else if (!strcmp(method, "compressed-tensors")) {
         q->layout = L_CT;
         q->layout_name = "compressed-tensors";
+        const cJSON *grp;
+        cJSON_ArrayForEach(grp, cJSON_GetObjectItem(q->qcfg, "config_groups")) {
+            const cJSON *bs = cJSON_GetObjectItem(cJSON_GetObjectItem(grp, "weights"), "block_structure");
+            if (cJSON_GetArraySize(bs) == 2 && cJSON_IsNumber(cJSON_GetArrayItem(bs, 0)))
+                q->block = cJSON_GetArrayItem(bs, 0)->valueint;
+        }
         return 0;
     } else if (!strcmp(method, "awq")) {
         q->layout = L_AWQ;
@@ -142,11 +151,12 @@ static float *ct_scales(const ar_st_tensor *t) {
 
 /* Column tiling of a scale tensor [rows, cols] over W [n, k]: group width
  * and rows per scale row (1, or the block height / n for one per tensor). */
-static int ct_tiling(const ar_st_tensor *s, int n, int k, int *gw, int *gh) {
+static int ct_tiling(const ar_st_tensor *s, int n, int k, int block, int *gw, int *gh) {
     if (s->numel == 1) { *gw = k; *gh = n; return 0; }
     if (s->ndim != 2 || s->shape[1] <= 0 || s->shape[0] <= 0) return -1;
     *gw = (int)((k + s->shape[1] - 1) / s->shape[1]);
     *gh = (int)((n + s->shape[0] - 1) / s->shape[0]);
+    if (block > 0 && s->shape[0] != n) *gw = *gh = block;   /* FP8 blocks (edge tiles are partial) */
     return (int64_t)((n + *gh - 1) / *gh) == s->shape[0] && (int64_t)((k + *gw - 1) / *gw) == s->shape[1] ? 0 : -1;
 }
 
@@ -157,7 +167,7 @@ static int ct_dequant(const ar_qfolder *q, const char *layer, int n, int k, floa
                        *zt = find_part(q, layer, "weight_zero_point");
     if (!st) st = find_part(q, layer, "weight_scale_inv");
     int gw, gh;
-    if (!st || ct_tiling(st, n, k, &gw, &gh)) return ar_error("%s: %s: missing or misshaped weight_scale", q->dir, layer);
+    if (!st || ct_tiling(st, n, k, q->block, &gw, &gh)) return ar_error("%s: %s: missing or misshaped weight_scale", q->dir, layer);
     float *s = ct_scales(st);
     uint8_t *codes = malloc((size_t)n * k);
     if (!s || !codes) { free(s); free(codes); return ar_error("%s: %s: out of memory", q->dir, layer); }

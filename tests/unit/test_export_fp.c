@@ -125,7 +125,7 @@ static void round_trip(const fp_case *c, const char *format, const char *want_fm
 
 static const fp_case MX4 = {"mx_fp", AR_QDT_MXFP4, 4, 32, 0, 4, 1}, MX8 = {"mx_fp", AR_QDT_MXFP8, 8, 32, 0, 8, 1},
                      NV4 = {"nv_fp", AR_QDT_NVFP4, 4, 16, 0, 4, 1}, F8C = {"fp", AR_QDT_FP8, 8, -1, 0, 8, 0},
-                     F8T = {"fp", AR_QDT_FP8, 8, 0, 0, 16, 1}, F8B = {"fp", AR_QDT_FP8, 8, 32, 1, 8, 1},
+                     F8T = {"fp", AR_QDT_FP8, 8, 0, 0, 16, 1}, F8B = {"fp", AR_QDT_FP8, 8, 40, 1, 8, 1},
                      I4 = {"int", AR_QDT_INT, 4, 32, 0, 16, 1}, I8 = {"int", AR_QDT_INT, 8, -1, 0, 16, 1},
                      I2 = {"int", AR_QDT_INT, 2, 32, 0, 16, 1};
 

@@ -1,0 +1,27 @@
+#!/bin/sh
+# MXFP4 / NVFP4 / FP8 on stories260K: ar-tune (zero-shot RTN) | ar-pack to
+# llm_compressor, auto_round and fake; ar-eval reads all three back to the same
+# perplexity; integer-only formats refuse floating-point layers in one line.
+set -u
+: "${AR_BIN:?}" "${AR_SHARED:?}"
+S="$AR_SHARED/models/stories260K"
+TEXT="$AR_SHARED/data/tinystories/TinyStories-validation-head.txt"
+tmp=$(mktemp -d); trap 'rm -rf "$tmp"' EXIT
+fail=0
+ppl() { "$AR_BIN/ar-eval" --model "$1" --text "$TEXT" --seqlen 128 --windows 4 --json 2>/dev/null | tail -1 | sed 's/.*"ppl": *\([0-9.]*\).*/\1/'; }
+base=$(ppl "$S")
+for scheme in MXFP4 NVFP4 MXFP8 FP8_STATIC FP8_BLOCK; do
+  "$AR_BIN/ar-tune" --model "$S" --scheme $scheme -o "$tmp/$scheme.ars" --quiet || { echo "FAIL $scheme: ar-tune"; fail=1; continue; }
+  "$AR_BIN/ar-pack" -i "$tmp/$scheme.ars" --format llm_compressor,auto_round,fake -o "$tmp/$scheme" --quiet ||
+    { echo "FAIL $scheme: ar-pack"; fail=1; continue; }
+  a=$(ppl "$tmp/$scheme/llm_compressor"); b=$(ppl "$tmp/$scheme/auto_round"); c=$(ppl "$tmp/$scheme/fake")
+  # fake stores bf16 weights, so allow a hair of difference there
+  if [ -z "$a" ] || [ "$a" != "$b" ] || ! awk -v a="$a" -v c="$c" -v z="$base" 'BEGIN{exit !(a > 0 && (a-c)^2 < (0.002*a)^2 && a < 3*z)}'; then
+    echo "FAIL $scheme: ppl llm_compressor $a auto_round $b fake $c (bf16 $base)"; fail=1
+  else echo "ok   $scheme: ppl $a (bf16 $base)"; fi
+done
+"$AR_BIN/ar-pack" -i "$tmp/MXFP4.ars" --format auto_gptq -o "$tmp/gptq" --quiet 2> "$tmp/err"; rc=$?
+if [ "$rc" -ne 1 ] || [ "$(wc -l < "$tmp/err")" != 1 ] || ! grep -q "no GPTQ/AWQ layout" "$tmp/err"; then
+  echo "FAIL auto_gptq refusal: exit $rc"; sed 's/^/    /' "$tmp/err"; fail=1
+else echo "ok   auto_gptq refusal: $(cat "$tmp/err")"; fi
+exit $fail
