@@ -119,6 +119,7 @@ static void open_outputs(const pack_args *a, const tune_meta *m, output *outs, i
     if (n > 1 && mkdir(a->out, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", a->out, strerror(errno));
     for (int i = 0; i < n; i++) {
         output *o = &outs[i];
+        cli_out_guard(o->dir);    /* an interrupted run removes the writers' "DIR.tmp*" names */
         if (!strncmp(o->name, "gguf:", 5)) {
             o->gguf = ar_pack_gguf_open(m->model, o->dir, o->name + 5, m->scheme);
             if (!o->gguf) cli_die_lib();

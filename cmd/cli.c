@@ -1,6 +1,9 @@
 #include "cli.h"
 #include "error.h"
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -117,15 +120,121 @@ int cli_common_flag(const char *arg)
     return 0;
 }
 
-/* Atomic output: at most a few open at once per process. */
+/* Atomic output: at most a few open at once per process. The signal handler
+ * reads tmp, so a slot's tmp is set before use and cleared before it is freed. */
 enum { MAX_OUTS = 16 };
-static struct { FILE *f; char *tmp, *final; } outs[MAX_OUTS];
+static struct { FILE *f; char *volatile tmp; char *final; } outs[MAX_OUTS];
 static int outs_hooked;
 
 static void outs_cleanup(void)
 {
     for (int k = 0; k < MAX_OUTS; k++)
         if (outs[k].f && outs[k].tmp) unlink(outs[k].tmp);
+}
+
+/* Outputs written by libraries under "<final>.tmp*" names (cli_out_guard):
+ * parent directory and base name, split when registered because the handler
+ * may not allocate. */
+enum { MAX_GUARDS = 16 };
+static struct { char dir[4096], base[256]; volatile sig_atomic_t used; } guards[MAX_GUARDS];
+static int signals_hooked;
+
+/* Call fn(dfd, name, arg) for each entry of the open directory dfd, in passes
+ * until a pass changes nothing (removing while listing can skip entries).
+ * fn returns 1 when it removed the entry. Async-signal-safe. */
+static void each_entry(int dfd, int (*fn)(int, const char *, const void *), const void *arg)
+{
+    char buf[4096];
+    for (int pass = 0, removed = 1; removed && pass < 64; pass++) {
+        removed = 0;
+        lseek(dfd, 0, SEEK_SET);
+        for (ssize_t n; (n = getdents64(dfd, buf, sizeof buf)) > 0;)
+            for (ssize_t off = 0; off < n;) {
+                struct dirent64 *e = (struct dirent64 *)(buf + off);
+                off += e->d_reclen;
+                if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) removed |= fn(dfd, e->d_name, arg);
+            }
+    }
+}
+
+static int unlink_file_at(int dfd, const char *name, const void *arg)
+{
+    (void)arg;
+    return unlinkat(dfd, name, 0) == 0;
+}
+
+/* Remove name in directory dfd: a file, or a directory and the files in it
+ * (the writers' temporary folders are flat). Async-signal-safe. */
+static int remove_entry_at(int dfd, const char *name, const void *arg)
+{
+    (void)arg;
+    if (unlinkat(dfd, name, 0) == 0) return 1;
+    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return 0;
+    each_entry(fd, unlink_file_at, NULL);
+    close(fd);
+    return unlinkat(dfd, name, AT_REMOVEDIR) == 0;
+}
+
+/* Remove an entry whose name starts with "<base>.tmp" (base is arg). */
+static int remove_if_tmp_of(int dfd, const char *name, const void *arg)
+{
+    const char *base = arg;
+    size_t bl = strlen(base);
+    return !strncmp(name, base, bl) && !strncmp(name + bl, ".tmp", 4) && remove_entry_at(dfd, name, NULL);
+}
+
+/* SIGINT/SIGTERM/SIGHUP: remove what is not committed, then die of the signal
+ * (SA_RESETHAND restored the default action, so raise terminates). */
+static void on_fatal_signal(int sig)
+{
+    for (int k = 0; k < MAX_OUTS; k++) {
+        char *t = outs[k].tmp;
+        if (t) unlink(t);
+    }
+    for (int k = 0; k < MAX_GUARDS; k++) {
+        if (!guards[k].used) continue;
+        int fd = open(guards[k].dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (fd < 0) continue;
+        each_entry(fd, remove_if_tmp_of, guards[k].base);
+        close(fd);
+    }
+    raise(sig);
+}
+
+/* Install on_fatal_signal once, leaving alone signals the caller ignores
+ * (nohup's SIGHUP, SIGINT of a background job). */
+static void hook_signals(void)
+{
+    if (signals_hooked) return;
+    signals_hooked = 1;
+    const int sigs[] = {SIGINT, SIGTERM, SIGHUP};
+    for (size_t i = 0; i < sizeof sigs / sizeof *sigs; i++) {
+        struct sigaction old, sa;
+        memset(&sa, 0, sizeof sa);
+        if (sigaction(sigs[i], NULL, &old) || old.sa_handler == SIG_IGN) continue;
+        sa.sa_handler = on_fatal_signal;
+        sa.sa_flags = SA_RESETHAND;
+        sigfillset(&sa.sa_mask);
+        sigaction(sigs[i], &sa, NULL);
+    }
+}
+
+void cli_out_guard(const char *path)
+{
+    if (!path || !strcmp(path, "-")) return;
+    int k = 0;
+    while (k < MAX_GUARDS && guards[k].used) k++;
+    const char *slash = strrchr(path, '/');
+    const char *base = slash ? slash + 1 : path;
+    size_t dl = slash ? (size_t)(slash - path) : 0;
+    if (k == MAX_GUARDS || !*base || dl + 2 > sizeof guards[k].dir || strlen(base) >= sizeof guards[k].base) return;
+    if (!slash) strcpy(guards[k].dir, ".");
+    else if (dl == 0) strcpy(guards[k].dir, "/");
+    else { memcpy(guards[k].dir, path, dl); guards[k].dir[dl] = 0; }
+    strcpy(guards[k].base, base);
+    guards[k].used = 1;
+    hook_signals();
 }
 
 FILE *cli_out_open(const char *path, int binary)
@@ -144,6 +253,7 @@ FILE *cli_out_open(const char *path, int binary)
     if (!f) cli_die("%s: cannot create: %s", path, strerror(errno));
     outs[k].f = f; outs[k].tmp = tmp; outs[k].final = strdup(path);
     if (!outs_hooked) { atexit(outs_cleanup); outs_hooked = 1; }
+    hook_signals();
     return f;
 }
 
@@ -166,8 +276,10 @@ void cli_out_commit(FILE *f)
         cli_die("%s: write error: %s", outs[k].final, strerror(errno));
     }
     if (rename(outs[k].tmp, outs[k].final)) cli_die("%s: cannot rename into place: %s", outs[k].final, strerror(errno));
-    free(outs[k].tmp); free(outs[k].final);
-    outs[k].f = NULL; outs[k].tmp = outs[k].final = NULL;
+    char *tmp = outs[k].tmp;
+    outs[k].tmp = NULL;                 /* before the free: the signal handler reads it */
+    free(tmp); free(outs[k].final);
+    outs[k].f = NULL; outs[k].final = NULL;
 }
 
 void cli_out_abort(FILE *f)
@@ -175,9 +287,11 @@ void cli_out_abort(FILE *f)
     int k = out_slot(f);
     if (k < 0) return;
     fclose(f);
-    unlink(outs[k].tmp);
-    free(outs[k].tmp); free(outs[k].final);
-    outs[k].f = NULL; outs[k].tmp = outs[k].final = NULL;
+    char *tmp = outs[k].tmp;
+    unlink(tmp);
+    outs[k].tmp = NULL;                 /* before the free: the signal handler reads it */
+    free(tmp); free(outs[k].final);
+    outs[k].f = NULL; outs[k].final = NULL;
 }
 
 double cli_now(void)

@@ -45,6 +45,17 @@ FILE *cli_out_open(const char *path, int binary);
 void  cli_out_commit(FILE *f);
 void  cli_out_abort(FILE *f);
 
+/* Interruption: on SIGINT, SIGTERM or SIGHUP the first of cli_out_open or
+ * cli_out_guard installs a handler that removes the uncommitted temporary
+ * outputs and then dies of the same signal (exit status 128+N in a shell).
+ * cli_out_guard(path) extends this to outputs a library writes under its own
+ * temporary names: every sibling of path named "<basename of path>.tmp*"
+ * (a file, or a directory with the files in it) is removed, which covers the
+ * exporters' "DIR.tmp-PID" folders and the GGUF writer's "FILE.tmp" and
+ * "FILE.tmp.data". The handler uses only async-signal-safe calls. SIGKILL
+ * cannot be caught: it leaves those *.tmp* names, never a final name. */
+void  cli_out_guard(const char *path);
+
 /* Progress line on stderr: "tool: what i/n  elapsed 12.3s  ETA 40.1s  extra".
  * Silent unless cli_progress. t0 from cli_now(). */
 double cli_now(void);
