@@ -56,7 +56,8 @@ static int token_id(const cJSON *o, const char *key)
 {
     const cJSON *j = item(o, key);
     if (cJSON_IsArray(j)) j = cJSON_GetArrayItem(j, 0);
-    return cJSON_IsNumber(j) ? (int)j->valuedouble : -1;
+    /* range first: casting an out-of-range double to int is undefined behaviour */
+    return cJSON_IsNumber(j) && j->valuedouble >= 0 && j->valuedouble < 2147483647.0 ? (int)j->valuedouble : -1;
 }
 
 static void copy_str(char *dst, size_t n, const cJSON *j)

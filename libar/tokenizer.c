@@ -400,13 +400,22 @@ static const tk_added *added_by_id(const ar_tokenizer *t, int32_t id)
 
 /* ---- post-processor ------------------------------------------------------ */
 
+/* A post-processor token id: a whole number in the range vocab ids may take
+ * (HF stores them as u32 and refuses a file with a negative one). */
+static int valid_post_id(const cJSON *j)
+{
+    return cJSON_IsNumber(j) && j->valuedouble >= 0 && j->valuedouble <= 1e8 && j->valuedouble == (double)j->valueint;
+}
+
 /* Append the ids of special token `name` from a template's special_tokens. */
 static int template_special(ar_tokenizer *t, const cJSON *specials, const char *name, tk_ids *to)
 {
     const cJSON *ids = cJSON_GetObjectItemCaseSensitive(cJSON_GetObjectItemCaseSensitive(specials, name), "ids"), *it;
     if (!cJSON_IsArray(ids)) return ar_error("%s: template names special token '%s' without ids", t->path, name);
-    cJSON_ArrayForEach(it, ids)
+    cJSON_ArrayForEach(it, ids) {
+        if (!valid_post_id(it)) return ar_error("%s: special token '%s' has an invalid id", t->path, name);
         if (tk_ids_add(to, it->valueint)) return -1;
+    }
     return 0;
 }
 
@@ -429,6 +438,8 @@ static int load_cls_sep(ar_tokenizer *t, const cJSON *o)
     const cJSON *cls = cJSON_GetObjectItemCaseSensitive(o, "cls"), *sep = cJSON_GetObjectItemCaseSensitive(o, "sep");
     if (cJSON_GetArraySize(cls) != 2 || cJSON_GetArraySize(sep) != 2)
         return ar_error("%s: %s needs cls and sep", t->path, js_type(o));
+    if (!valid_post_id(cJSON_GetArrayItem(cls, 1)) || !valid_post_id(cJSON_GetArrayItem(sep, 1)))
+        return ar_error("%s: %s cls or sep has an invalid id", t->path, js_type(o));
     return tk_ids_add(&t->prefix, cJSON_GetArrayItem(cls, 1)->valueint) ||
            tk_ids_add(&t->suffix, cJSON_GetArrayItem(sep, 1)->valueint) ? -1 : 0;
 }
