@@ -36,7 +36,9 @@ static char *slurp(FILE *f, const char *path, size_t *len)
     size_t cap = 1 << 16, n = 0;
     char *buf = malloc(cap);
     for (;;) {
-        if (n + 1 >= cap) buf = realloc(buf, cap *= 2);
+        char *nb = n + 1 >= cap ? realloc(buf, cap *= 2) : buf;
+        if (!nb) { free(buf); ar_error("%s: out of memory reading %zu bytes", path, n); return NULL; }
+        buf = nb;
         size_t got = fread(buf + n, 1, cap - n - 1, f);
         n += got;
         if (got == 0) break;
@@ -53,8 +55,10 @@ static char *zstd_decompress_all(char *src, size_t n, const char *path, size_t *
     size_t cap = n * 4 + 1024, out_n = 0, ret = 1;
     char *out = malloc(cap);
     ZSTD_inBuffer in = {src, n, 0};
-    while (in.pos < in.size) {
-        if (cap - out_n < 65536) out = realloc(out, cap *= 2);
+    while (out && in.pos < in.size) {
+        char *nb = cap - out_n < 65536 ? realloc(out, cap *= 2) : out;
+        if (!nb) { free(out); out = NULL; break; }
+        out = nb;
         ZSTD_outBuffer ob = {out + out_n, cap - out_n - 1, 0};
         ret = ZSTD_decompressStream(ds, &ob, &in);
         out_n += ob.pos;
@@ -62,6 +66,10 @@ static char *zstd_decompress_all(char *src, size_t n, const char *path, size_t *
     }
     ZSTD_freeDStream(ds);
     free(src);
+    if (!out) {
+        ar_error("%s: out of memory decompressing (%zu bytes so far)", path, out_n);
+        return NULL;
+    }
     if (ZSTD_isError(ret) || ret != 0) {
         free(out);
         ar_error("%s: corrupt or truncated zstd data%s%s", path, ZSTD_isError(ret) ? ": " : "",
@@ -113,6 +121,10 @@ static int build_windows(ar_tokenizer *tok, const char *path, const char *text, 
         return ar_error("%s: %zu tokens, fewer than one sample of %d", path, n, seqlen);
     }
     out->ids = malloc(sizeof(int32_t) * (size_t)nsamples * seqlen);
+    if (!out->ids) {
+        free(ids);
+        return ar_error("%s: out of memory for %d samples of %d tokens", path, nsamples, seqlen);
+    }
     uint64_t st = seed;
     for (int s = 0; s < nsamples; s++) {
         size_t start = ar_rand_below(&st, n - body + 1);
@@ -130,6 +142,7 @@ static int read_jsonl_docs(const char *path, char *text, char ***docs_out, size_
 {
     size_t cap = 1024, nd = 0, lineno = 0;
     char **docs = malloc(cap * sizeof *docs);
+    if (!docs) return ar_error("%s: out of memory", path);
     for (char *line = text; line && *line;) {
         char *nl = strchr(line, '\n');
         if (nl) *nl = 0;
@@ -146,9 +159,16 @@ static int read_jsonl_docs(const char *path, char *text, char ***docs_out, size_
                 return ar_error("%s:%zu: %s", path, lineno,
                                 j ? "object has no \"text\" string" : "malformed JSON line");
             }
-            if (nd == cap) docs = realloc(docs, (cap *= 2) * sizeof *docs);
-            docs[nd++] = strdup(t->valuestring);
+            char **nds = nd == cap ? realloc(docs, (cap *= 2) * sizeof *docs) : docs;
+            char *doc = nds ? strdup(t->valuestring) : NULL;
             cJSON_Delete(j);
+            if (!doc) {
+                for (size_t k = 0; k < nd; k++) free((nds ? nds : docs)[k]);
+                free(nds ? nds : docs);
+                return ar_error("%s:%zu: out of memory", path, lineno);
+            }
+            docs = nds;
+            docs[nd++] = doc;
         }
         line = nl ? nl + 1 : NULL;
     }
@@ -178,8 +198,8 @@ static int build_documents(ar_tokenizer *tok, const char *path, char *text, int 
         char *t = docs[i - 1]; docs[i - 1] = docs[j]; docs[j] = t;
     }
     out->ids = malloc(sizeof(int32_t) * (size_t)nsamples * seqlen);
-    int kept = 0, rc = 0;
-    for (size_t d = 0; d < nd && kept < nsamples; d++) {
+    int kept = 0, rc = out->ids ? 0 : ar_error("%s: out of memory for %d samples of %d tokens", path, nsamples, seqlen);
+    for (size_t d = 0; !rc && d < nd && kept < nsamples; d++) {
         int32_t *ids;
         size_t n;
         if (ar_tokenizer_encode(tok, docs[d], strlen(docs[d]), 1, &ids, &n)) { rc = ar_error_prefix(path); break; }
