@@ -223,8 +223,13 @@ def main():
     ap.add_argument("--kld", action="store_true", help="also tiny-llama's KL divergence table (minutes)")
     ap.add_argument("--chunks", type=int, default=0, help="KLD chunks (0 = all, as llama-perplexity)")
     ap.add_argument("--keep", help="write the files here and keep them")
+    ap.add_argument("--kld-files", nargs="+", metavar="GGUF",
+                    help="only measure KLD on tiny-llama's heldout.txt: the first file is the F32 base")
     a = ap.parse_args()
     ensure_env()
+    if a.kld_files:
+        measure_kld_files(a)
+        return
     tmp = a.keep or tempfile.mkdtemp(prefix="ar-check-gguf-")
     os.makedirs(tmp, exist_ok=True)
     s260 = os.path.join(a.shared, "models", "stories260K")
@@ -244,6 +249,14 @@ def main():
         run_kld(a, tmp, lib)
     print(f"check_gguf: {sum(results)} passed, {len(results) - sum(results)} failed")
     sys.exit(0 if all(results) else 1)
+
+
+def measure_kld_files(a):
+    heldout = os.path.join(a.shared, "models", "tiny-llama", "heldout.txt")
+    res, count, nchunk = kld(a.kld_files[0], a.kld_files[1:], heldout, a.chunks)
+    print(f"KLD vs {a.kld_files[0]} over {nchunk} chunks, {count} positions")
+    for path, (k, top) in zip(a.kld_files[1:], res):
+        print(f"  {path}: mean KLD {k:.6f}  same top {top:.2f}%")
 
 
 def run_kld(a, tmp, lib):
