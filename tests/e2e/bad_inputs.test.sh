@@ -1,0 +1,121 @@
+#!/bin/sh
+# Hostile and broken inputs through the tools: each case must exit 1 within
+# 20 s, print exactly one stderr line that names the file (or the flag) and
+# matches the expected problem, and stay under a 2 GiB address-space limit
+# (skipped under SANITIZE=1: ASan reserves terabytes of address space), which
+# shows that absurd sizes in headers are refused before anything is allocated.
+# Each checked case prints "| CASE | TOOL | MESSAGE |": docs/robustness.md's
+# table is this output.
+set -u
+BIN=${AR_BIN:?AR_BIN not set}
+SHARED=${AR_SHARED:-../shared}
+S=$SHARED/models/stories260K
+TEXT=$SHARED/data/tinystories/TinyStories-validation-head.txt
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+fail=0
+export CUDA_VISIBLE_DEVICES=   # CUDA reserves address space beyond the cap; these cases never reach a GPU
+
+le32() { printf "$(printf '\\%03o\\%03o\\%03o\\%03o' $(($1 & 255)) $(($1 >> 8 & 255)) $(($1 >> 16 & 255)) $(($1 >> 24 & 255)))"; }
+le64() { le32 "$(($1 & 4294967295))"; le32 "$(($1 >> 32))"; }
+
+# Address-space cap for the tools unless they carry ASan.
+limit=""
+if ! nm "$BIN/ar-dump" 2>/dev/null | grep -q __asan_init; then limit="ulimit -v 2097152;"; fi
+
+# expect CASE TOOL PATTERN ARGS...: exit 1, one stderr line matching PATTERN.
+expect() {
+  name=$1 tool=$2 pat=$3; shift 3
+  rc=0
+  sh -c "$limit exec timeout 20 \"\$@\"" sh "$BIN/$tool" "$@" > /dev/null 2> "$T/err" < /dev/null || rc=$?
+  msg=$(head -1 "$T/err" | sed "s|$T/||g; s|$SHARED/|shared/|g")
+  if [ "$rc" -ne 1 ] || [ "$(wc -l < "$T/err")" -ne 1 ] || ! grep -q -- "$pat" "$T/err"; then
+    echo "FAIL $name: exit $rc (want 1), stderr:"; sed 's/^/    /' "$T/err"; fail=1
+  else
+    echo "| $name | $tool | \`$msg\` |"
+  fi
+}
+
+# model_dir NAME: stories260K's config and tokenizer in $T/NAME; weights from stdin.
+model_dir() {
+  d="$T/$1"; mkdir -p "$d"
+  for f in config.json tokenizer.json tokenizer_config.json; do cp "$S/$f" "$d/"; done
+  cat > "$d/model.safetensors"
+}
+st_header() { le64 ${#1}; printf '%s' "$1"; }
+
+# ---- safetensors ----
+st_header '{"w":{"dtype":"F32","shape":[4294967296,4294967296],"data_offsets":[0,16]}}' | model_dir st_shape
+expect "safetensors: shape of 2^64 elements" ar-eval "absurdly large" --model "$T/st_shape" --text "$TEXT"
+st_header '{"w":{"dtype":"F32","shape":[2],"data_offsets":[0,1099511627776]}}' | model_dir st_off
+expect "safetensors: data offset 1 TiB past the file" ar-eval "past end of data" --model "$T/st_off" --text "$TEXT"
+{ le64 1099511627776; printf '{}'; } | model_dir st_hlen
+expect "safetensors: header length 1 TiB" ar-eval "exceeds file size" --model "$T/st_hlen" --text "$TEXT"
+st_header '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}}' | model_dir st_overlap
+head -c 12 /dev/zero >> "$T/st_overlap/model.safetensors"
+expect "safetensors: overlapping tensors" ar-eval "overlap" --model "$T/st_overlap" --text "$TEXT"
+st_header '{"w":{"dtype":"F4","shape":[2],"data_offsets":[0,1]}}' | model_dir st_dtype
+expect "safetensors: unknown dtype" ar-eval "unknown dtype" --model "$T/st_dtype" --text "$TEXT"
+head -c 300000 "$S/model.safetensors" | model_dir st_trunc
+expect "safetensors: truncated file" ar-eval "past end of data" --model "$T/st_trunc" --text "$TEXT"
+
+# ---- config.json ----
+cfg() { model_dir "$1" < "$S/model.safetensors"; printf '%s' "$2" > "$T/$1/config.json"; }
+cfg cfg_huge '{"architectures":["LlamaForCausalLM"],"hidden_size":1e12,"intermediate_size":172,"num_hidden_layers":5,"num_attention_heads":8,"vocab_size":512}'
+expect "config.json: hidden_size 1e12" ar-eval "hidden_size must be an integer in" --model "$T/cfg_huge" --text "$TEXT"
+cfg cfg_null '{"architectures":["LlamaForCausalLM"],"hidden_size":64,"intermediate_size":172,"num_hidden_layers":null,"num_attention_heads":8,"vocab_size":512}'
+expect "config.json: num_hidden_layers null" ar-eval "missing num_hidden_layers" --model "$T/cfg_null" --text "$TEXT"
+cfg cfg_heads '{"architectures":["LlamaForCausalLM"],"hidden_size":4,"intermediate_size":172,"num_hidden_layers":5,"num_attention_heads":8,"vocab_size":512}'
+expect "config.json: more heads than hidden units" ar-eval "head_dim is 0" --model "$T/cfg_heads" --text "$TEXT"
+cfg cfg_trunc '{"architectures":["LlamaForCausalLM"],"hidden_size":'
+expect "config.json: truncated JSON" ar-eval "config.json: .*JSON" --model "$T/cfg_trunc" --text "$TEXT"
+
+# ---- tokenizer.json ----
+tok() { model_dir "$1" < "$S/model.safetensors"; printf '%s' "$2" > "$T/$1/tokenizer.json"; }
+tok tok_unigram '{"model":{"type":"Unigram","vocab":[]}}'
+expect "tokenizer.json: unsupported model" ar-eval "unsupported model type 'Unigram'" --model "$T/tok_unigram" --text "$TEXT"
+tok tok_id '{"model":{"type":"BPE","vocab":{"a":-1},"merges":[]}}'
+expect "tokenizer.json: negative vocab id" ar-eval "has no valid id" --model "$T/tok_id" --text "$TEXT"
+tok tok_post '{"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"post_processor":{"type":"BertProcessing","cls":["a",-2],"sep":["a",0]}}'
+expect "tokenizer.json: negative post-processor id" ar-eval "invalid id" --model "$T/tok_post" --text "$TEXT"
+tok tok_regex '{"model":{"type":"BPE","vocab":{"a":0},"merges":[]},"pre_tokenizer":{"type":"Split","pattern":{"Regex":"(a"},"behavior":"Isolated","invert":false}}'
+expect "tokenizer.json: bad regex" ar-eval "tokenizer.json" --model "$T/tok_regex" --text "$TEXT"
+
+# ---- GGUF ----
+gguf_head() { printf 'GGUF'; le32 3; le64 "$1"; le64 "$2"; }
+gguf_head 1 1099511627776 > "$T/kv.gguf"
+expect "GGUF: 2^40 metadata pairs claimed" ar-eval "KV count 1099511627776 is absurd" --model "$T/kv.gguf" --prompt hi
+{ gguf_head 0 1; le64 3; printf 'key'; le32 8; le64 1099511627776; printf 'abc'; } > "$T/str.gguf"
+expect "GGUF: string length 1 TiB" ar-eval "exceeds the" --model "$T/str.gguf" --prompt hi
+{ gguf_head 1 0; le64 1; printf 'w'; le32 2; le64 4294967296; le64 4294967296; le32 0; le64 0; } > "$T/shape.gguf"
+expect "GGUF: tensor of 2^64 elements" ar-eval "is absurd" --model "$T/shape.gguf" --prompt hi
+{ gguf_head 0 1; le64 1; printf 'k'; le32 9; le32 8; le64 1099511627776; } > "$T/arr.gguf"
+expect "GGUF: string array of 2^40 elements" ar-eval "exceeds the file" --model "$T/arr.gguf" --prompt hi
+printf 'GGML' > "$T/magic.gguf"
+expect "GGUF: wrong magic" ar-eval "magic.gguf: .*GGUF" --model "$T/magic.gguf" --prompt hi
+
+# ---- tensor streams ----
+zstd -q -c "$TEXT" > "$T/notstream.zst"
+expect "stream: zstd data that is not a stream" ar-dump "bad magic" "$T/notstream.zst"
+{ printf 'ARSTREAM'; le32 1; printf 'T'; le32 1; printf 'w'; printf '\000\002'; le64 4294967296; le64 4294967296; le32 2; printf '{}'; le64 0; printf 'E'; } \
+  | zstd -q -c > "$T/bigshape.ars"
+expect "stream: tensor of 2^64 elements" ar-dump "overflows" "$T/bigshape.ars"
+{ printf 'ARSTREAM'; le32 1; printf 'M'; le32 4000000000; } | zstd -q -c > "$T/bigjson.ars"
+expect "stream: META length 4 GB" ar-dump "exceeds the 64 MiB limit" "$T/bigjson.ars"
+{ printf 'ARSTREAM'; le32 1; printf 'T'; le32 1; printf 'w'; printf '\000\001'; le64 268435456; le32 2; printf '{}'; le64 1073741824; printf 'abc'; } \
+  | zstd -q -c > "$T/trunc.ars"
+expect "stream: 1 GiB payload claimed, 3 bytes present" ar-tune "truncated stream" -i "$T/trunc.ars"
+head -c 20000 "$S/model.safetensors" | zstd -q -c | head -c 3000 > "$T/cut.ars"
+expect "stream: cut zstd frame" ar-pack "stream\|zstd\|truncated" -i "$T/cut.ars" -o "$T/out" --format auto_round
+
+# ---- datasets, layer_config ----
+printf '{"text": "ok"}\n{"txt": 1}\n' > "$T/bad.jsonl"
+expect "dataset: JSONL line without text" ar-calib "bad.jsonl:2: object has no \"text\" string" --model "$S" --dataset "$T/bad.jsonl"
+head -c 5000 "$TEXT" | zstd -q -c | head -c 1000 > "$T/cut.txt.zst"
+expect "dataset: truncated .zst" ar-calib "corrupt or truncated zstd data" --model "$S" --dataset "$T/cut.txt.zst"
+printf '{"q_proj": {"bits": 1e30}}' > "$T/lc.json"
+expect "layer_config: bits 1e30" ar-tune "\"bits\" must be an integer" --model "$S" --layer_config "$T/lc.json" -o "$T/o.ars"
+printf '{"layers.[0-": {"bits": 4}}' > "$T/lc2.json"
+expect "layer_config: bad regex" ar-tune "bad regex" --model "$S" --layer_config "$T/lc2.json" -o "$T/o.ars"
+
+exit $fail
