@@ -1,7 +1,8 @@
 #!/bin/sh
 # Install the Debian packages ar builds and tests against. Idempotent: does nothing when all are present.
+# clang, libclang-rt-14-dev (libFuzzer) and libomp-14-dev serve `make fuzz` only.
 set -e
-PKGS="build-essential pkg-config libzstd-dev zstd libcjson-dev libopenblas-dev libcriterion-dev libpcre2-dev libutf8proc-dev groff-base man-db python3-venv"
+PKGS="build-essential pkg-config libzstd-dev zstd libcjson-dev libopenblas-dev libcriterion-dev libpcre2-dev libutf8proc-dev groff-base man-db python3-venv clang libclang-rt-14-dev libomp-14-dev"
 missing=""
 for p in $PKGS; do
   dpkg -s "$p" >/dev/null 2>&1 || missing="$missing $p"
