@@ -19,7 +19,9 @@
  * The scale is rounded to fp16 (AutoRound's default scale_dtype) and its
  * magnitude clamped to at least 1e-5 (1e-8 with fp32 scales). round() is
  * round-half-to-even. All arithmetic is f32, as PyTorch's promotion of a bf16
- * weight, an fp16 scale and an f32 V gives. */
+ * weight, an fp16 scale and an f32 V gives.
+ * A spec whose dtype is not AR_QDT_INT (MXFP4/MXFP8/NVFP4/FP8) is handed to
+ * quant_fp.h by every entry point below, so callers need no other change. */
 #ifndef AR_QUANT_H
 #define AR_QUANT_H
 #include <stddef.h>
