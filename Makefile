@@ -167,6 +167,11 @@ $(CUDA_CHECK): tests/cuda/cuda_check.c $(BUILD)/libar.a
 cuda-check: $(TOOLS) $(CUDA_CHECK)
 	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) AR_CUDA_CHECK=$(abspath $(CUDA_CHECK)) sh tests/cuda/run.sh
 
+# Real clients (transformers + auto-round, llama.cpp) load what ar-pack writes;
+# needs PyPI on first use (build/venv). Not part of test.
+check-clients: $(TOOLS)
+	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) sh tests/clients/run.sh
+
 clean:
 	rm -rf build/obj build/asan build/fuzz bin
 

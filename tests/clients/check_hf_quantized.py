@@ -1,22 +1,28 @@
 #!/usr/bin/env python3
 """Load one of our exported folders with a real client and print its perplexity.
 
-usage: check_hf_quantized.py FOLDER TEXT [--seqlen 512] [--windows 200] [--device cpu]
+usage: check_hf_quantized.py FOLDER [FOLDER...] --text TEXT [--seqlen 512] [--windows 200] [--device cpu]
+       check_hf_quantized.py FOLDER TEXT [...]   (one folder, the original form)
 
 Clients: transformers AutoModelForCausalLM. A folder whose config.json carries a
 quantization_config (auto-round, gptq, awq) is loaded through auto-round's
 AutoRoundConfig, which converts GPTQ and AWQ layouts to its own kernels and has
 pure-torch backends that run on CPU; a plain folder (fake) loads as is.
-Known on CPU with auto-round 0.16.1 and no gptqmodel/autoawq installed: AWQ
-layouts (quant_method awq, packing_format auto_round:auto_awq) get auto-round's
-"fake" backend, which fails in qdq_input (act_data_type None); they need a GPU
-(or gptqmodel) kernel. GPTQ and auto_round:auto_gptq run on CPU (torch_zp).
+On CPU, AWQ layouts (quant_method awq, packing_format auto_round:auto_awq)
+need auto-round-lib (auto-round's "auto_round_kernel_awq" backend): without it,
+auto-round 0.16.1 falls back to its "fake" backend, whose forward quantizes the
+activations even for weight-only schemes and fails in qdq_input on
+act_data_type None (AutoRound itself writes no act_* keys for W4A16, so this is
+not a config key we lack). GPTQ and auto_round:auto_gptq layouts also run on
+CPU without it (torch_zp).
 
 Protocol (the one tiny-llama's README uses): tokenize the whole text with the
 folder's tokenizer (special tokens only if the tokenizer adds them itself),
 cut non-overlapping windows of --seqlen tokens from token 0, take the first
 --windows, score positions 1..seqlen-1 of each window, print
-{"ppl": exp(mean NLL), ...} as JSON on stdout.
+{"ppl": exp(mean NLL), ...} as JSON on stdout, one line per folder (each
+folder's own tokenizer; all folders in one process, which saves the imports'
+start-up time).
 """
 import argparse
 import json
@@ -61,21 +67,27 @@ def perplexity(model, ids, seqlen, windows, device):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("folder")
-    ap.add_argument("text")
+    ap.add_argument("folders", nargs="+", metavar="FOLDER")
+    ap.add_argument("--text")
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--windows", type=int, default=200)
     ap.add_argument("--device", default="cpu")
     a = ap.parse_args()
+    if a.text is None:  # original form: FOLDER TEXT
+        if len(a.folders) != 2:
+            ap.error("give --text TEXT, or exactly FOLDER TEXT")
+        a.folders, a.text = a.folders[:1], a.folders[1]
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(a.folder)
     with open(a.text, encoding="utf-8") as f:
-        ids = tok(f.read())["input_ids"]
-    model, method = load_model(a.folder, a.device)
-    ppl, n = perplexity(model, ids, a.seqlen, a.windows, a.device)
-    print(json.dumps({"ppl": ppl, "windows": n, "seqlen": a.seqlen, "tokens": len(ids),
-                      "quant_method": method, "folder": a.folder}))
+        text = f.read()
+    for folder in a.folders:
+        ids = AutoTokenizer.from_pretrained(folder)(text)["input_ids"]
+        model, method = load_model(folder, a.device)
+        ppl, n = perplexity(model, ids, a.seqlen, a.windows, a.device)
+        del model
+        print(json.dumps({"ppl": ppl, "windows": n, "seqlen": a.seqlen, "tokens": len(ids),
+                          "quant_method": method, "folder": folder}), flush=True)
 
 
 if __name__ == "__main__":

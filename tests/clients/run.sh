@@ -1,0 +1,104 @@
+#!/bin/sh
+# make check-clients: real clients load what ar-pack writes and agree with ar-eval.
+#
+#  1. build/venv is created if missing, and torch, transformers, accelerate,
+#     auto-round, auto-round-lib and safetensors are pip-installed only when
+#     they do not import (pip's cache is used; an existing torch is kept).
+#     auto-round-lib gives auto-round its CPU kernels for AWQ layouts: without
+#     it auto-round 0.16.1 falls back to a "fake" backend that crashes on
+#     weight-only AWQ folders (see check_hf_quantized.py).
+#  2. tiny-llama W4A16 G128 plain RTN (ar-tune --iters 0 --disable_opt_rtn),
+#     sym packed as auto_round (auto_round:auto_gptq layout), auto_gptq and
+#     fake; asym as auto_round (auto_round:auto_awq layout), auto_awq and
+#     auto_gptq (GPTQ v1 with real zero points).
+#  3. For each folder: perplexity by transformers + auto-round
+#     (check_hf_quantized.py) and by ar-eval on the same first CLIENT_WINDOWS
+#     windows of 512 tokens of heldout.txt must agree within 0.5% (the clients
+#     run bf16/fp16 activations, ar-eval f32).
+#  4. tests/clients/check_gguf.py, when present, with --shared and --bin; its
+#     own "N passed, N failed" counts are added to ours.
+#
+# Environment: AR_BIN (default bin), AR_SHARED (default ../shared),
+# CLIENT_WINDOWS (default 20), CLIENT_WORK (default build/clients-check; the
+# folders are left there for inspection), CLIENT_GGUF=0 to skip step 4. Prints one line per check and a
+# closing "N passed, N failed"; exits 1 if anything failed.
+set -u
+cd "$(dirname "$0")/../.."
+BIN=$(cd "${AR_BIN:-bin}" && pwd) || exit 2
+SHARED=$(cd "${AR_SHARED:-../shared}" && pwd) || exit 2
+WINDOWS=${CLIENT_WINDOWS:-20}
+WORK=${CLIENT_WORK:-build/clients-check}
+VENV=build/venv
+PY=$VENV/bin/python
+MODEL=$SHARED/models/tiny-llama
+TEXT=$MODEL/heldout.txt
+pass=0 fail=0
+
+ok()   { pass=$((pass + 1)); echo "ok   $*"; }
+bad()  { fail=$((fail + 1)); echo "FAIL $*"; }
+finish() { echo "check-clients: $pass passed, $fail failed"; [ "$fail" = 0 ]; exit $?; }
+
+# Python packages by import name = pip name, installed only when missing.
+ensure_venv() {
+  [ -x "$PY" ] || python3 -m venv "$VENV" || return 1
+  missing=""
+  for pair in torch=torch transformers=transformers accelerate=accelerate auto_round=auto-round \
+              auto_round_kernel=auto-round-lib safetensors=safetensors; do
+    "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('${pair%%=*}') is None)" ||
+      missing="$missing ${pair#*=}"
+  done
+  [ -z "$missing" ] && return 0
+  echo "installing into $VENV:$missing"
+  "$PY" -m pip install -q $missing
+}
+
+# Quantize tiny-llama with plain RTN (sym or asym) and pack it in the given formats.
+make_folders() { # NAME FORMATS [--asym]
+  name=$1 formats=$2; shift 2
+  "$BIN/ar-tune" --quiet --model "$MODEL" --iters 0 --disable_opt_rtn "$@" -o "$WORK/$name.ars" &&
+    "$BIN/ar-pack" --quiet -i "$WORK/$name.ars" --format "$formats" -o "$WORK/$name"
+}
+
+# within A B TOL: |A/B - 1| <= TOL
+within() { awk -v a="$1" -v b="$2" -v t="$3" 'BEGIN { d = a / b - 1; if (d < 0) d = -d; exit !(d <= t) }'; }
+field() { sed -n "s/.*\"$1\": *\"\{0,1\}\([^,\"}]*\).*/\1/p"; }
+
+if ensure_venv; then ok "venv $VENV has torch, transformers, auto-round, auto-round-lib"
+else bad "venv $VENV: could not install the client packages"; finish; fi
+
+rm -rf "$WORK" && mkdir -p "$WORK"
+FOLDERS="sym/auto_round sym/auto_gptq sym/fake asym/auto_round asym/auto_awq asym/auto_gptq"
+if make_folders sym auto_round,auto_gptq,fake && make_folders asym auto_round,auto_awq,auto_gptq --asym; then
+  ok "tiny-llama W4A16 RTN packed: $FOLDERS"
+else
+  bad "ar-tune/ar-pack of tiny-llama"; finish
+fi
+
+# ar-eval on every folder, then all folders through the clients in one Python process.
+for f in $FOLDERS; do
+  "$BIN/ar-eval" --quiet --json --model "$WORK/$f" --text "$TEXT" --seqlen 512 --windows "$WINDOWS" --batch 4 \
+    > "$WORK/${f%%/*}-${f#*/}.ar-eval.json" || bad "ar-eval $f: $(cat "$WORK/${f%%/*}-${f#*/}.ar-eval.json")"
+done
+set --
+for f in $FOLDERS; do set -- "$@" "$WORK/$f"; done
+"$PY" tests/clients/check_hf_quantized.py "$@" --text "$TEXT" --seqlen 512 --windows "$WINDOWS" \
+  > "$WORK/clients.jsonl" 2> "$WORK/clients.log" || { bad "check_hf_quantized.py:"; tail -5 "$WORK/clients.log"; }
+for f in $FOLDERS; do
+  ours=$(field ppl < "$WORK/${f%%/*}-${f#*/}.ar-eval.json")
+  theirs=$(grep "\"folder\": \"$WORK/$f\"" "$WORK/clients.jsonl" | field ppl)
+  method=$(grep "\"folder\": \"$WORK/$f\"" "$WORK/clients.jsonl" | field quant_method)
+  if [ -z "$ours" ] || [ -z "$theirs" ]; then bad "$f: no perplexity (ar-eval '${ours}', client '${theirs}')"
+  elif within "$theirs" "$ours" 0.005; then ok "$f ($method): transformers+auto-round ppl $theirs, ar-eval $ours"
+  else bad "$f ($method): transformers+auto-round ppl $theirs, ar-eval $ours (over 0.5% apart)"; fi
+done
+
+if [ "${CLIENT_GGUF:-1}" != 0 ] && [ -f tests/clients/check_gguf.py ]; then
+  "$PY" tests/clients/check_gguf.py --shared "$SHARED" --bin "$BIN" > "$WORK/gguf.log" 2>&1
+  rc=$?
+  grep -E '^(ok|FAIL) ' "$WORK/gguf.log"
+  counts=$(sed -n 's/.*: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' "$WORK/gguf.log" | tail -1)
+  if [ -n "$counts" ]; then pass=$((pass + ${counts% *})) fail=$((fail + ${counts#* }))
+  else bad "check_gguf.py ended without a summary (exit $rc):"; tail -5 "$WORK/gguf.log"; fi
+  [ "$rc" = 0 ] || [ "${counts#* }" != 0 ] || bad "check_gguf.py exited $rc"
+fi
+finish
