@@ -4,6 +4,7 @@
  * per Linear P, P.qweight (u8 codes [N,K]), P.scale (f32 [N,groups]) and
  * P.zp (i32 [N,groups]), after a META record naming the model and settings. */
 #include "calib.h"
+#include "checkpoint.h"
 #include "cli.h"
 #include "device.h"
 #include "error.h"
@@ -30,10 +31,11 @@ static const char usage[] =
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn]\n"
-    "               [--device cpu|cuda[:N]] [--threads N] [--quiet|--verbose|--progress]\n"
+    "               [--device cpu|cuda[:N]] [--threads N] [--checkpoint DIR] [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
-    "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n";
+    "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
+    "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *layer_config, *recipe;
@@ -43,6 +45,7 @@ typedef struct {
     long seed, threads;
     int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
     const char *device;     /* --device; NULL = auto (cuda when a GPU is present) */
+    const char *checkpoint; /* --checkpoint DIR; NULL = none */
 } tune_args;
 
 static int flag(const char *a, const char *name) { return !strcmp(a, name); }
@@ -81,6 +84,7 @@ static tune_args parse_args(int argc, char **argv)
         else if (flag(s, "--disable_quanted_input")) a.disable_quanted_input = 1;
         else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
+        else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) a.checkpoint = v;
         else cli_usage_error("unknown argument '%s'", s);
     }
     return a;
@@ -380,6 +384,7 @@ typedef struct {
     scheme_ctx sc;
     ar_stream_writer *w;
     double sec_tune;
+    ar_checkpoint *ck;      /* --checkpoint; NULL = none */
 } tune_run;
 
 static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const ar_block_plan *plan,
@@ -585,6 +590,126 @@ static void set_threads(long requested, const ar_config *c)
     openblas_set_num_threads(n);
 }
 
+/* ---- checkpoints (--checkpoint DIR, libar/checkpoint.h) ---------------------
+ * After each block: its records go to DIR/block-NNNN.ars, the chains (x_fp and
+ * x_q, what the next block reads) and the manifest follow. A rerun with the
+ * same settings replays the finished blocks' records into the output (the same
+ * writer calls, so the same bytes) and continues with the saved chains. */
+
+/* FNV-1a of the calibration data this run uses (first n samples), "none" without. */
+static void calib_digest(const calib_data *d, char hex[17])
+{
+    if (!d) { snprintf(hex, 17, "none"); return; }
+    size_t ntok = (size_t)d->n * d->T;
+    uint64_t h = ar_fnv1a64_update(AR_FNV1A64_INIT, d->ids, ntok * sizeof(int32_t));
+    h = ar_fnv1a64_update(h, d->hidden, ntok * d->C * sizeof(uint16_t));
+    snprintf(hex, 17, "%016llx", (unsigned long long)h);
+}
+
+static void layer_config_digest(const char *path, char hex[17])
+{
+    if (!path) { snprintf(hex, 17, "none"); return; }
+    size_t n;
+    char *txt = ar_read_text_file(path, &n);
+    if (!txt) cli_die_lib();
+    snprintf(hex, 17, "%016llx", (unsigned long long)ar_fnv1a64(txt, n));
+    free(txt);
+}
+
+/* Everything that changes the output bytes, as the JSON object the manifest keeps. */
+static char *checkpoint_settings(const tune_run *r, const char *model_abs, const char *meta)
+{
+    const tune_args *a = r->a;
+    char model_dg[17], calib_dg[17], lc_dg[17], meta_dg[17];
+    if (ar_ckpt_model_digest(model_abs, model_dg)) cli_die_lib();
+    calib_digest(r->d, calib_dg);
+    layer_config_digest(a->layer_config, lc_dg);
+    snprintf(meta_dg, sizeof meta_dg, "%016llx", (unsigned long long)ar_fnv1a64(meta, strlen(meta)));
+    cJSON *s = cJSON_CreateObject();
+    cJSON_AddStringToObject(s, "tool", "ar-tune");
+    cJSON_AddStringToObject(s, "model", model_abs);
+    cJSON_AddNumberToObject(s, "nsamples", r->d ? r->d->n : 0);
+    cJSON_AddNumberToObject(s, "seqlen", r->d ? r->d->T : 0);
+    cJSON_AddStringToObject(s, "scheme", r->sc.def.name);
+    cJSON_AddNumberToObject(s, "bits", r->sc.def.bits);
+    cJSON_AddNumberToObject(s, "group_size", r->sc.def.group_size);
+    cJSON_AddBoolToObject(s, "sym", r->sc.def.sym);
+    cJSON_AddNumberToObject(s, "iters", a->iters);
+    cJSON_AddNumberToObject(s, "lr", a->lr);
+    cJSON_AddNumberToObject(s, "minmax_lr", a->minmax_lr);
+    cJSON_AddNumberToObject(s, "batch_size", a->batch_size);
+    cJSON_AddNumberToObject(s, "gradient_accumulate_steps", a->gas);
+    cJSON_AddNumberToObject(s, "seed", (double)a->seed);
+    cJSON_AddBoolToObject(s, "disable_minmax_tuning", a->disable_minmax);
+    cJSON_AddBoolToObject(s, "not_use_best_mse", a->not_use_best);
+    cJSON_AddBoolToObject(s, "disable_quanted_input", a->disable_quanted_input);
+    cJSON_AddBoolToObject(s, "disable_opt_rtn", a->disable_opt_rtn);
+    cJSON_AddNumberToObject(s, "threads", omp_get_max_threads());   /* f32 sums depend on it */
+    cJSON_AddStringToObject(s, "device", ar_device_describe(g_dev));
+    cJSON_AddStringToObject(s, "model_digest", model_dg);
+    cJSON_AddStringToObject(s, "calibration_digest", calib_dg);
+    cJSON_AddStringToObject(s, "layer_config_digest", lc_dg);
+    cJSON_AddStringToObject(s, "meta_digest", meta_dg);             /* all else the output records */
+    char *txt = cJSON_PrintUnformatted(s);
+    cJSON_Delete(s);
+    return txt;
+}
+
+/* Open --checkpoint DIR, or die naming what differs from the run that made it. */
+static void checkpoint_open(tune_run *r, const char *model_abs, const char *meta)
+{
+    char *settings = checkpoint_settings(r, model_abs, meta);
+    int mismatch;
+    r->ck = ar_ckpt_open(r->a->checkpoint, settings, r->c->n_layers, &mismatch);
+    free(settings);
+    if (!r->ck && mismatch) cli_die("%s; use a new --checkpoint directory", ar_last_error());
+    if (!r->ck) cli_die_lib();
+}
+
+/* The chain arrays the checkpoint keeps: x_fp always (with data), x_q once it exists. */
+static int chain_arrays(const tune_run *r, ar_ckpt_array arr[2])
+{
+    if (!r->d) return 0;
+    size_t nb = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->d->C;
+    arr[0] = (ar_ckpt_array){"x_fp", r->x_fp, nb, 0};
+    arr[1] = (ar_ckpt_array){"x_q", r->x_q, nb, 0};
+    return 2;
+}
+
+/* Replay the finished blocks into the output and restore the chains; returns
+ * the first block still to tune. */
+static int checkpoint_resume(tune_run *r)
+{
+    int first = ar_ckpt_next_block(r->ck), nl = r->c->n_layers;
+    if (first > 0 && cli_progress)
+        fprintf(stderr, first < nl ? "ar-tune: resuming at block %d/%d from %s\n"
+                                   : "ar-tune: all %d/%d blocks finished in %s: writing the output\n",
+                first + 1 > nl ? nl : first + 1, nl, r->a->checkpoint);
+    for (int b = 0; b < first; b++)
+        if (ar_ckpt_replay_block(r->ck, b, r->w)) cli_die_lib();
+    if (first == 0 || first == nl) return first;
+    ar_ckpt_array arr[2];
+    int n = chain_arrays(r, arr);
+    if (ar_ckpt_load_chain(r->ck, arr, n)) cli_die_lib();
+    if (n && arr[1].present) r->x_q = arr[1].data;
+    return first;
+}
+
+/* Tune one block with its records going to the checkpoint first, then commit
+ * it (records file, chains, manifest) and copy its records to the output. */
+static void tune_block_checkpointed(tune_run *r, int layer, ar_block_weights *wfp, double t0)
+{
+    ar_stream_writer *out = r->w;
+    if (!(r->w = ar_ckpt_block_begin(r->ck, layer))) cli_die_lib();
+    tune_one_block(r, layer, wfp, t0);
+    if (ar_ckpt_block_end(r->ck, r->w)) cli_die_lib();
+    r->w = out;
+    ar_ckpt_array arr[2];
+    int n = chain_arrays(r, arr);
+    if (ar_ckpt_commit(r->ck, layer, arr, n)) cli_die_lib();
+    if (ar_ckpt_replay_block(r->ck, layer, r->w)) cli_die_lib();
+}
+
 int main(int argc, char **argv)
 {
     cli_init("ar-tune");
@@ -627,20 +752,24 @@ int main(int argc, char **argv)
     }
     char model_abs[PATH_MAX];
     if (!realpath(a.model, model_abs)) snprintf(model_abs, sizeof model_abs, "%s", a.model);
+    char *meta = meta_json(&r, model_abs);
+    if (a.checkpoint) checkpoint_open(&r, model_abs, meta);
     FILE *f = cli_out_open(a.out, 1);
     r.w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
-    char *meta = meta_json(&r, model_abs);
     if (!r.w || ar_stream_write_meta(r.w, meta)) cli_die_lib();
     free(meta);
     ar_block_weights wfp;
     if (ar_block_weights_alloc(&wfp, r.c)) cli_die_lib();
     double t0 = cli_now();
-    for (int layer = 0; layer < r.c->n_layers; layer++) {
+    int first = r.ck ? checkpoint_resume(&r) : 0;
+    for (int layer = first; layer < r.c->n_layers; layer++) {
         if (ar_model_load_block(r.m, layer, &wfp)) cli_die_lib();
-        tune_one_block(&r, layer, &wfp, t0);
+        if (r.ck) tune_block_checkpointed(&r, layer, &wfp, t0);
+        else tune_one_block(&r, layer, &wfp, t0);
     }
     if (ar_stream_writer_close(r.w)) cli_die_lib();
     cli_out_commit(f);
+    ar_ckpt_close(r.ck);
     if (cli_progress) fprintf(stderr, "ar-tune: done in %.1fs\n", cli_now() - t0);
     ar_block_weights_free(&wfp);
     ar_model_close(r.m);
