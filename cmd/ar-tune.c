@@ -31,7 +31,8 @@ static const char usage[] =
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn]\n"
-    "               [--device cpu|cuda[:N]] [--threads N] [--checkpoint DIR] [--quiet|--verbose|--progress]\n"
+    "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--threads N] [--checkpoint DIR]\n"
+    "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
     "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
@@ -45,6 +46,7 @@ typedef struct {
     long seed, threads;
     int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
     const char *device;     /* --device; NULL = auto (cuda when a GPU is present) */
+    int low_gpu_mem;        /* --low_gpu_mem_usage: block caches stay in host memory (GPU tuning) */
     const char *checkpoint; /* --checkpoint DIR; NULL = none */
 } tune_args;
 
@@ -84,6 +86,7 @@ static tune_args parse_args(int argc, char **argv)
         else if (flag(s, "--disable_quanted_input")) a.disable_quanted_input = 1;
         else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
+        else if (flag(s, "--low_gpu_mem_usage")) a.low_gpu_mem = 1;
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) a.checkpoint = v;
         else cli_usage_error("unknown argument '%s'", s);
     }
@@ -737,6 +740,7 @@ int main(int argc, char **argv)
     if (ar_device_parse(a.device, &g_dev)) cli_usage_error("--device: %s", ar_last_error());
     if (!r.d) g_dev = AR_DEVICE_CPU; /* RTN without data: nothing to run on a GPU */
     if (ar_device_init(g_dev)) cli_die_lib();
+    ar_signround_cuda_set_low_mem(a.low_gpu_mem);
     if (cli_progress >= 2) fprintf(stderr, "ar-tune: running on %s\n", ar_device_describe(g_dev));
     r.m = ar_model_open(a.model, 0);
     if (!r.m) cli_die_lib();

@@ -185,6 +185,11 @@ int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, 
  * sum(e²)/(rows·C) ADDED to *loss_acc (dev double). */
 int ar_cuda_masked_mse(const float *pred, const float *ref, const uint8_t *mask, long rows, int C,
                        float *dpred, double *loss_acc);
+/* ar_cuda_masked_mse over a chunk of an iteration with the iteration's one
+ * denominator denom (GB·T·C): dpred = 2·(pred − ref)·mask / denom written,
+ * sum(e²)/denom ADDED to *loss_acc. */
+int ar_cuda_masked_mse_denom(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, double denom,
+                             float *dpred, double *loss_acc);
 /* Gather the row masks of samples idx (host) of mask [*, T] (dev) into dst. */
 int ar_cuda_gather_mask(uint8_t *dst, const uint8_t *mask, const int *idx, int nidx, int T);
 
@@ -195,6 +200,70 @@ int ar_cuda_track_best(double *loss_acc, int chunks, int it, double *losses, dou
                        int *flag);
 /* dst = src (n floats) when *flag != 0 (flag on the device). */
 int ar_cuda_copy_if(float *dst, const float *src, long n, const int *flag);
+
+/* ---- fast path (AR_CUDA_FAST=1) -------------------------------------------
+ * Native bf16 GEMM operands, fused elementwise ops and flash attention. It is
+ * chosen when a block work is created (ar_cuda_block_work_create) while the
+ * switch is on, the GEMM mode is BF16 and ar_cuda_flash_supported(head_dim);
+ * such a work then runs the fast forward/backward and refuses other GEMM
+ * modes. Numerically it is the BF16 mode's computation (operands rounded to
+ * bf16, f32 accumulation), with the attention probabilities also rounded to
+ * bf16 for their products, and the causal half of the scores never computed. */
+void ar_cuda_set_fast(int on);
+int  ar_cuda_get_fast(void);
+
+/* Row-major C [M, N] (f32) = alpha op(A) op(B) + beta C with A, B bf16 (dev),
+ * f32 accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F). */
+int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
+                      const uint16_t *B, int ldb, float beta, float *C, int ldc);
+
+/* RMSNorm whose output is stored only in bf16 (rstd in f32 as usual). */
+void ar_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C,
+                                  float eps);
+/* silu(gate)·up stored in bf16. */
+void ar_cuda_swiglu_forward_bf16(uint16_t *out, const float *gate, const float *up, long n);
+/* The SwiGLU gradients WRITTEN (not accumulated) in bf16. */
+void ar_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                                  const float *up, long n);
+/* dst (bf16) = rope(x) (inverse != 0: the transpose); x is not modified. */
+void ar_cuda_rope_bf16(uint16_t *dst, const float *x, const float *cos_t, const float *sin_t, int B, int T, int H,
+                       int HD, int inverse);
+/* dst_b = bf16(src), and dst_f = src when dst_f is not NULL. */
+void ar_cuda_copy_to_bf16(float *dst_f, uint16_t *dst_b, const float *src, long n);
+
+/* 1 when the flash kernels exist for this head dimension (32, 64, 80, 96, 128). */
+int ar_cuda_flash_supported(int HD);
+/* Causal (optionally sliding-window) attention without the T x T matrix:
+ * q [B, T, NH, HD], k/v [B, T, NKV, HD] bf16; the output [B, T, NH, HD] is
+ * written in bf16 (out_b) and/or f32 (out_f), either may be NULL; lse
+ * [B, NH, T] f32 receives each row's log-sum-exp of the scaled scores. */
+int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
+                          const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
+/* Floats of scratch ar_cuda_flash_backward needs. */
+long ar_cuda_flash_backward_scratch(int B, int T, int NH, int HD);
+/* dq [B, T, NH, HD], dk, dv [B, T, NKV, HD] (f32) += the attention gradients
+ * for dout (f32), from the forward's f32 output out, lse and bf16 q, k, v;
+ * probabilities are recomputed tile by tile. */
+int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
+                           const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                           int NH, int NKV, int HD, int window);
+
+/* ---- staged host-to-device copies (--low_gpu_mem_usage) -------------------
+ * Copies from host memory run on a second stream into one of two device
+ * slots, ordered against the compute stream by events: stage_begin(slot)
+ * waits until the compute stream released the slot, stage_copy queues
+ * copies, stage_end marks them; the compute stream then waits with
+ * stage_acquire before reading the slot and stage_release after. */
+enum { AR_CUDA_STAGE_SLOTS = 2 };
+/* Page-lock an existing host range so copies from it are asynchronous; 0, or
+ * -1 when it cannot be (copies then still work, synchronously). */
+int  ar_cuda_pin(const void *host, size_t bytes);
+void ar_cuda_unpin(const void *host);
+int ar_cuda_stage_begin(int slot);
+int ar_cuda_stage_copy(void *dev, const void *host, size_t bytes);
+int ar_cuda_stage_end(int slot);
+int ar_cuda_stage_acquire(int slot);
+int ar_cuda_stage_release(int slot);
 
 #ifdef __cplusplus
 }

@@ -19,6 +19,7 @@ struct ar_cuda_block_work {
     /* gradients (train) */
     float *dh, *dact, *dgate, *dup, *dln, *dao, *dq, *dk, *dv, *dqn, *dkn, *dP;
     void *base; /* one allocation holds everything */
+    ar_cuda_fast_work *fast; /* set: the fast path (block_fast.cu) owns all buffers */
 };
 
 /* Carve the buffers out of one block of memory (base NULL: only count). */
@@ -48,6 +49,7 @@ static size_t layout(ar_cuda_block_work *ws, const ar_cuda_shape *s, int B, int 
 
 size_t ar_cuda_block_work_bytes(const ar_cuda_shape *s, int B, int T, int train)
 {
+    if (ar_cuda_fast_eligible(s)) return ar_cuda_fast_work_bytes(s, B, T, train);
     ar_cuda_block_work ws;
     return layout(&ws, s, B, T, train, NULL);
 }
@@ -61,6 +63,14 @@ ar_cuda_block_work *ar_cuda_block_work_create(const ar_cuda_shape *s, int B, int
     }
     ar_cuda_block_work *ws = (ar_cuda_block_work *)calloc(1, sizeof *ws);
     if (!ws) return NULL;
+    if (ar_cuda_fast_eligible(s)) {
+        ws->B = B, ws->T = T, ws->train = train;
+        if (!(ws->fast = ar_cuda_fast_work_create(s, B, T, train, cos_host, sin_host))) {
+            free(ws);
+            return NULL;
+        }
+        return ws;
+    }
     size_t bytes = layout(ws, s, B, T, train, NULL);
     ws->base = ar_cuda_malloc(bytes);
     if (!ws->base) {
@@ -80,6 +90,7 @@ ar_cuda_block_work *ar_cuda_block_work_create(const ar_cuda_shape *s, int B, int
 void ar_cuda_block_work_free(ar_cuda_block_work *ws)
 {
     if (!ws) return;
+    ar_cuda_fast_work_free(ws->fast);
     ar_cuda_free(ws->base);
     free(ws);
 }
@@ -123,6 +134,10 @@ int ar_cuda_block_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
     if (B <= 0 || T <= 0 || T > ws->T || B > ws->B)
         return ar_cuda_fail("block: batch %d x %d exceeds the work's %d x %d", B, T, ws->B, ws->T);
     if (train && !ws->train) return ar_cuda_fail("block: training forward needs a training work");
+    if (ws->fast) {
+        if (g_cu.gemm != AR_CUDA_GEMM_BF16) return ar_cuda_fail("block: a fast-path work needs bf16 GEMMs");
+        return ar_cuda_fast_forward(s, w, x, y, B, T, train, ws->fast);
+    }
     /* Keep x for the backward (and so y may alias x). */
     if (ar_cuda_copy(ws->x, x, sizeof(float) * (size_t)B * T * s->C)) return -1;
     if (attn_half(s, w, ws->x, B, T, ws) || mlp_half(s, w, y, B * T, ws)) return -1;
@@ -203,6 +218,10 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
 int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
                            float *dx, ar_cuda_block_work *ws)
 {
+    if (ws->fast) {
+        if (g_cu.gemm != AR_CUDA_GEMM_BF16) return ar_cuda_fail("block: a fast-path work needs bf16 GEMMs");
+        return ar_cuda_fast_backward(s, w, dy, dW, dx, ws->fast);
+    }
     if (!ws->train || !ws->lastB) return ar_cuda_fail("block: backward needs a training forward first");
     if (mlp_back(s, w, dy, dW, ws) || attn_back(s, w, dW, dx, ws)) return -1;
     return ar_cuda_check_launch("block backward");

@@ -151,6 +151,7 @@ int ar_cuda_zero(void *dev, size_t bytes)
 int ar_cuda_sync(void)
 {
     AR_CK(cudaStreamSynchronize(g_cu.st));
+    if (g_cu.copy) AR_CK(cudaStreamSynchronize(g_cu.copy));
     return ar_cuda_check_launch("kernel");
 }
 
@@ -185,6 +186,19 @@ int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, cons
                                           compute_type(), CUBLAS_GEMM_DEFAULT));
     return 0;
 }
+
+int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B,
+                      int ldb, float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0) return 0;
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    AR_CKB(cublasGemmEx(g_cu.blas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
+                        CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
+void ar_cuda_set_fast(int on) { g_cu.fast = !!on; }
+int ar_cuda_get_fast(void) { return g_cu.fast; }
 
 int ar_cuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)
@@ -239,4 +253,76 @@ done:
     ar_cuda_free(b);
     ar_cuda_free(c);
     return rc;
+}
+
+/* ---- staged copies ------------------------------------------------------------ */
+
+int ar_cuda_pin(const void *host, size_t bytes)
+{
+    if (!host || !bytes) return -1;
+    if (cudaHostRegister((void *)host, bytes, cudaHostRegisterDefault) != cudaSuccess) {
+        cudaGetLastError(); /* not an error for the caller: copies fall back to pageable memory */
+        return -1;
+    }
+    return 0;
+}
+
+void ar_cuda_unpin(const void *host)
+{
+    if (host && cudaHostUnregister((void *)host) != cudaSuccess) cudaGetLastError();
+}
+
+/* The copy stream and the slots' events, created on first use. */
+static int stage_ready(void)
+{
+    if (g_cu.copy) return 0;
+    if (!g_cu.ready) return ar_cuda_fail("staged copy before ar_cuda_init");
+    AR_CK(cudaStreamCreateWithFlags(&g_cu.copy, cudaStreamNonBlocking));
+    for (int i = 0; i < AR_CUDA_STAGE_SLOTS; i++) {
+        AR_CK(cudaEventCreateWithFlags(&g_cu.staged[i], cudaEventDisableTiming));
+        AR_CK(cudaEventCreateWithFlags(&g_cu.freed[i], cudaEventDisableTiming));
+    }
+    return 0;
+}
+
+static int slot_ok(int slot)
+{
+    if (slot < 0 || slot >= AR_CUDA_STAGE_SLOTS) return ar_cuda_fail("staging slot %d out of range", slot);
+    return stage_ready();
+}
+
+int ar_cuda_stage_begin(int slot)
+{
+    if (slot_ok(slot)) return -1;
+    /* An event never recorded completes at once: the first use does not wait. */
+    AR_CK(cudaStreamWaitEvent(g_cu.copy, g_cu.freed[slot], 0));
+    return 0;
+}
+
+int ar_cuda_stage_copy(void *dev, const void *host, size_t bytes)
+{
+    if (stage_ready()) return -1;
+    AR_CK(cudaMemcpyAsync(dev, host, bytes, cudaMemcpyHostToDevice, g_cu.copy));
+    return 0;
+}
+
+int ar_cuda_stage_end(int slot)
+{
+    if (slot_ok(slot)) return -1;
+    AR_CK(cudaEventRecord(g_cu.staged[slot], g_cu.copy));
+    return 0;
+}
+
+int ar_cuda_stage_acquire(int slot)
+{
+    if (slot_ok(slot)) return -1;
+    AR_CK(cudaStreamWaitEvent(g_cu.st, g_cu.staged[slot], 0));
+    return 0;
+}
+
+int ar_cuda_stage_release(int slot)
+{
+    if (slot_ok(slot)) return -1;
+    AR_CK(cudaEventRecord(g_cu.freed[slot], g_cu.st));
+    return 0;
 }

@@ -11,6 +11,9 @@ struct ar_cuda_ctx {
     int dev, ready, gemm;
     cudaStream_t st;
     cublasHandle_t blas;
+    int fast;                       /* AR_CUDA_FAST: the fast block path for new works */
+    cudaStream_t copy;              /* staged host-to-device copies (created on first use) */
+    cudaEvent_t staged[AR_CUDA_STAGE_SLOTS], freed[AR_CUDA_STAGE_SLOTS];
 };
 extern ar_cuda_ctx g_cu;
 
@@ -44,6 +47,19 @@ static inline int ar_blocks(long n, int threads)
 int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                           long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc, long sc,
                           int batch);
+
+/* The fast block path (block_fast.cu): buffers and passes, used by block.cu
+ * when a work is created with the fast switch on. */
+struct ar_cuda_fast_work;
+int ar_cuda_fast_eligible(const ar_cuda_shape *s);
+size_t ar_cuda_fast_work_bytes(const ar_cuda_shape *s, int B, int T, int train);
+ar_cuda_fast_work *ar_cuda_fast_work_create(const ar_cuda_shape *s, int B, int T, int train, const float *cos_host,
+                                            const float *sin_host);
+void ar_cuda_fast_work_free(ar_cuda_fast_work *fw);
+int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y, int B, int T,
+                         int train, ar_cuda_fast_work *fw);
+int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
+                          float *dx, ar_cuda_fast_work *fw);
 
 /* Block-wide sum of v over blockDim.x threads (any multiple of 32 up to 1024);
  * every thread gets the total. shm holds 32 entries of T. */

@@ -224,11 +224,10 @@ int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, 
 
 /* ---- loss and best-iteration bookkeeping ----------------------------------------- */
 
-__global__ void k_masked_mse(const float *pred, const float *ref, const uint8_t *mask, long rows, int C,
-                             float *dpred, double *loss_acc)
+__global__ void k_masked_mse(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, float g,
+                             double denom, float *dpred, double *loss_acc)
 {
     __shared__ double shm[32];
-    float g = 2.0f / ((float)rows * C);
     double acc = 0;
     long n = rows * C;
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
@@ -241,17 +240,24 @@ __global__ void k_masked_mse(const float *pred, const float *ref, const uint8_t 
         dpred[i] = g * e;
     }
     acc = ar_block_sum(acc, shm);
-    if (threadIdx.x == 0) atomicAdd(loss_acc, acc / ((double)rows * C));
+    if (threadIdx.x == 0) atomicAdd(loss_acc, acc / denom);
+}
+
+int ar_cuda_masked_mse_denom(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, double denom,
+                             float *dpred, double *loss_acc)
+{
+    long n = rows * C;
+    int blocks = ar_blocks(n, 256);
+    if (blocks > 1024) blocks = 1024;
+    /* the gradient scale rounds as the CPU's (float)(2.0 / nel) */
+    k_masked_mse<<<blocks, 256, 0, g_cu.st>>>(pred, ref, mask, rows, C, (float)(2.0 / denom), denom, dpred, loss_acc);
+    return ar_cuda_check_launch("masked mse");
 }
 
 int ar_cuda_masked_mse(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, float *dpred,
                        double *loss_acc)
 {
-    long n = rows * C;
-    int blocks = ar_blocks(n, 256);
-    if (blocks > 1024) blocks = 1024;
-    k_masked_mse<<<blocks, 256, 0, g_cu.st>>>(pred, ref, mask, rows, C, dpred, loss_acc);
-    return ar_cuda_check_launch("masked mse");
+    return ar_cuda_masked_mse_denom(pred, ref, mask, rows, C, (double)rows * C, dpred, loss_acc);
 }
 
 __global__ void k_track_best(double *loss_acc, int chunks, int it, double *losses, double *best, int *best_iter,

@@ -53,6 +53,9 @@ int ar_device_init(int dev)
     else if (!strcmp(g, "tf32")) ar_cuda_set_gemm(AR_CUDA_GEMM_TF32);
     else if (!strcmp(g, "f32")) ar_cuda_set_gemm(AR_CUDA_GEMM_F32);
     else return ar_error("AR_CUDA_GEMM='%s' is not bf16, tf32 or f32", g);
+    const char *f = getenv("AR_CUDA_FAST");
+    if (f && strcmp(f, "0") && strcmp(f, "1")) return ar_error("AR_CUDA_FAST='%s' is not 0 or 1", f);
+    ar_cuda_set_fast(f && !strcmp(f, "1"));
     return 0;
 #else
     return ar_error("cuda:%d asked for, but this build has no CUDA (nvcc was not found at build time)", dev);

@@ -26,8 +26,10 @@ int ar_device_parse(const char *s, int *dev);
 
 /* Make dev the device of the following GPU calls (CPU: nothing to do).
  * Reads AR_CUDA_GEMM=bf16|tf32|f32 for the tuner's matrix products (default
- * bf16 tensor cores, as AutoRound's bf16 autocast). 0, or -1 with ar_error
- * (built without CUDA, no such device, driver failure). */
+ * bf16 tensor cores, as AutoRound's bf16 autocast) and AR_CUDA_FAST=1 for the
+ * fast block path of bf16 tuning (native bf16 operands, fused ops, flash
+ * attention; kernels/README.md). 0, or -1 with ar_error (built without CUDA,
+ * no such device, driver failure, a bad variable). */
 int ar_device_init(int dev);
 
 /* "cpu" or "cuda:0 (NVIDIA H100 ...)" for messages. */
@@ -51,6 +53,12 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
                                  const ar_block_plan *plan, const ar_signround_opts *o,
                                  const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
                                  ar_signround_progress cb, void *cb_ctx);
+
+/* --low_gpu_mem_usage for the GPU tuner: 1 keeps the cached block inputs and
+ * references in (page-locked) host memory and copies each mini-batch to the
+ * GPU on a second stream, double-buffered, instead of uploading the caches
+ * whole. Applies to the following ar_signround_tune_block_cuda calls. */
+void ar_signround_cuda_set_low_mem(int on);
 
 /* dst [n, T, C] = block(src [n, T, C]) for n cached bf16 samples (host
  * arrays), bs samples per GPU forward, the matrix products in f32. */

@@ -1,9 +1,16 @@
 /* signround_cuda.c — ar_signround_tune_block on the GPU (see device.h and
  * signround.h for the algorithm). The loop is signround.c's, step for step:
- * the same sampler and seed, quantize → forward/loss/backward per mini-batch →
- * best snapshot → SignSGD; only the numbers move to the device, and the
- * best-iteration decision is taken there too, so an iteration never waits for
- * the GPU. The final codes/scales come from the CPU quantizer. */
+ * the same sampler (ar_index_sampler) and seed, quantize → forward/loss/
+ * backward per mini-batch with one loss denominator per iteration (GB·T·C) →
+ * best snapshot → SignSGD, no step after the last forward; only the numbers
+ * move to the device, and the best-iteration decision is taken there too, so
+ * an iteration never waits for the GPU. The final codes/scales come from the
+ * CPU quantizer.
+ *
+ * With ar_signround_cuda_set_low_mem(1) the cached inputs and references stay
+ * in (page-locked) host memory: each mini-batch's samples are copied on a
+ * second stream into one of two device slots while the previous mini-batch
+ * computes. */
 #include "device.h"
 #include "calib.h"
 #include "cuda_impl.h"
@@ -14,6 +21,10 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+
+static int g_low_mem;
+
+void ar_signround_cuda_set_low_mem(int on) { g_low_mem = !!on; }
 
 int ar_signround_cuda_supports(const ar_block_plan *plan)
 {
@@ -51,28 +62,6 @@ static double now_s(void)
     return ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* signround.c's sampler, reproduced so both devices draw the same samples:
- * a shuffled permutation consumed gb at a time, reshuffled (remainder
- * dropped) when fewer than gb are left. */
-typedef struct { int *perm; int n, pos; uint64_t rng; } sampler;
-
-static void sampler_shuffle(sampler *s)
-{
-    for (int i = s->n; i > 1; i--) {
-        int j = (int)ar_rand_below(&s->rng, (uint64_t)i);
-        int t = s->perm[i - 1]; s->perm[i - 1] = s->perm[j]; s->perm[j] = t;
-    }
-    s->pos = 0;
-}
-
-static const int *sampler_next(sampler *s, int gb)
-{
-    if (s->pos + gb > s->n) sampler_shuffle(s);
-    const int *r = s->perm + s->pos;
-    s->pos += gb;
-    return r;
-}
-
 /* One quantized linear on the device. */
 typedef struct {
     int n, k, ng;
@@ -92,7 +81,12 @@ typedef struct {
     float *swap[AR_NLINEAR];
     ar_cuda_weights w;
     ar_cuda_block_work *ws;
-    uint16_t *x_in, *y_ref;     /* [n, T, C] bf16 */
+    uint16_t *x_in, *y_ref;     /* [n, T, C] bf16 on the device (NULL with low_mem) */
+    int low_mem;                /* caches stay on the host, staged per mini-batch */
+    const uint16_t *hx, *hy;    /* the host caches (low_mem) */
+    int pinned_x, pinned_y;     /* 1 when ar_cuda_pin succeeded on hx / hy */
+    uint16_t *slot_x[AR_CUDA_STAGE_SLOTS], *slot_y[AR_CUDA_STAGE_SLOTS]; /* [bs, T, C] bf16 */
+    long chunk_no;              /* mini-batches staged so far: slot = chunk_no % slots */
     uint8_t *mask, *mb;         /* [n, T], [bs, T] */
     float *xb, *yb, *pred, *dy;
     double *loss_acc, *losses, *best;
@@ -145,21 +139,42 @@ static void glayer_free(glayer *L)
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }
 
-/* Device copies of the caches and the default mask when none is given. */
+/* Low-memory mode: page-lock the host caches (asynchronous copies when that
+ * works) and allocate the two staging slots of one mini-batch each. */
+static int stage_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, int n)
+{
+    size_t el = (size_t)n * t->T * t->C, slot = (size_t)t->bs * t->T * t->C;
+    int fail = 0;
+    t->hx = x_in, t->hy = y_ref;
+    t->pinned_x = !ar_cuda_pin(x_in, el * 2);
+    t->pinned_y = y_ref != x_in && !ar_cuda_pin(y_ref, el * 2);
+    for (int i = 0; i < AR_CUDA_STAGE_SLOTS; i++) {
+        t->slot_x[i] = dalloc(slot * 2, &fail);
+        t->slot_y[i] = dalloc(slot * 2, &fail);
+    }
+    return fail ? ar_cuda_err("staging buffers") : 0;
+}
+
+/* Device copies of the caches (unless low_mem) and of the mask (the default
+ * one when none is given). */
 static int upload_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, int n)
 {
     size_t el = (size_t)n * t->T * t->C;
     int fail = 0;
-    t->x_in = dalloc(el * 2, &fail);
-    t->y_ref = dalloc(el * 2, &fail);
+    if (t->low_mem) {
+        if (stage_cache(t, x_in, y_ref, n)) return -1;
+    } else {
+        t->x_in = dalloc(el * 2, &fail);
+        t->y_ref = dalloc(el * 2, &fail);
+    }
     t->mask = dalloc((size_t)n * t->T, &fail);
-    if (fail) return ar_cuda_err("activation cache (try a smaller --nsamples)");
+    if (fail) return ar_cuda_err("activation cache (try a smaller --nsamples or --low_gpu_mem_usage)");
     uint8_t *m = NULL;
     if (!mask) {
         if (!(m = malloc((size_t)n * t->T))) return ar_error("out of memory");
         ar_default_mask(m, n, t->T);
     }
-    int rc = ar_cuda_upload(t->x_in, x_in, el * 2) || ar_cuda_upload(t->y_ref, y_ref, el * 2) ||
+    int rc = (!t->low_mem && (ar_cuda_upload(t->x_in, x_in, el * 2) || ar_cuda_upload(t->y_ref, y_ref, el * 2))) ||
              ar_cuda_upload(t->mask, mask ? mask : m, (size_t)n * t->T);
     free(m);
     return rc ? ar_cuda_err("cache upload") : 0;
@@ -174,6 +189,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     t->shape = ar_cuda_shape_of(c);
     t->bs = o->batch_size < n ? o->batch_size : n;
     t->iters = o->iters;
+    t->low_mem = g_low_mem;
     if (!ar_signround_cuda_supports(plan)) return ar_error("signround: this scheme has no GPU quantizer");
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
@@ -198,6 +214,10 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
 
 static void gtuner_free(gtuner *t)
 {
+    ar_cuda_sync(); /* staged copies may still read the host caches */
+    if (t->pinned_x) ar_cuda_unpin(t->hx);
+    if (t->pinned_y) ar_cuda_unpin(t->hy);
+    for (int i = 0; i < AR_CUDA_STAGE_SLOTS; i++) ar_cuda_free(t->slot_x[i]), ar_cuda_free(t->slot_y[i]);
     for (int i = 0; i < AR_NLINEAR; i++) if (t->plan->quantize[i]) glayer_free(&t->L[i]);
     ar_cuda_weights_free(&t->w, t->swap);
     ar_cuda_block_work_free(t->ws);
@@ -220,33 +240,64 @@ static int quantize_all(gtuner *t)
     return 0;
 }
 
-/* Forward + loss + backward over the iteration's samples; the mean loss
- * accumulates on the device. Returns the number of chunks, or -1. */
+/* Queue the host-to-device copies of samples idx[0..bs) into the next slot
+ * (low_mem); returns the slot. */
+static int stage_samples(gtuner *t, const int *idx, int bs)
+{
+    int slot = (int)(t->chunk_no++ % AR_CUDA_STAGE_SLOTS);
+    size_t row = (size_t)t->T * t->C;
+    if (ar_cuda_stage_begin(slot)) return -1;
+    for (int b = 0; b < bs; b++)
+        if (ar_cuda_stage_copy(t->slot_x[slot] + b * row, t->hx + (size_t)idx[b] * row, row * 2) ||
+            ar_cuda_stage_copy(t->slot_y[slot] + b * row, t->hy + (size_t)idx[b] * row, row * 2))
+            return -1;
+    return ar_cuda_stage_end(slot) ? -1 : slot;
+}
+
+/* xb, yb (f32) = the bf16 samples idx[0..bs), from the device caches or
+ * (low_mem) from the slot staged for them. */
+static int load_samples(gtuner *t, const int *idx, int bs, int slot)
+{
+    long row = (long)t->T * t->C;
+    if (!t->low_mem)
+        return ar_cuda_gather_bf16(t->xb, t->x_in, idx, bs, row) || ar_cuda_gather_bf16(t->yb, t->y_ref, idx, bs, row);
+    if (ar_cuda_stage_acquire(slot)) return -1;
+    ar_cuda_from_bf16(t->xb, t->slot_x[slot], bs * row);
+    ar_cuda_from_bf16(t->yb, t->slot_y[slot], bs * row);
+    return ar_cuda_stage_release(slot);
+}
+
+/* Forward + loss + backward over the iteration's gb samples in chunks of bs:
+ * the gradients add up in the layers' dw, and the loss accumulated on the
+ * device is the masked sum of squares over all gb·T·C elements divided by
+ * that one count (signround.h, step 3). With low_mem the next chunk's copy
+ * is queued before this chunk computes. */
 static int run_batches(gtuner *t, const int *idx, int gb)
 {
     float *dW[AR_NLINEAR] = {0};
     for (int i = 0; i < AR_NLINEAR; i++) dW[i] = t->plan->quantize[i] ? t->L[i].dw : NULL;
-    long row = (long)t->T * t->C;
-    int chunks = 0;
-    for (int off = 0; off < gb; off += t->bs, chunks++) {
-        int bs = gb - off < t->bs ? gb - off : t->bs;
+    double nel = (double)gb * t->T * t->C;
+    int slot = t->low_mem ? stage_samples(t, idx, gb < t->bs ? gb : t->bs) : 0;
+    for (int off = 0; off < gb; off += t->bs) {
+        int bs = gb - off < t->bs ? gb - off : t->bs, next = off + t->bs, cur = slot;
         long rows = (long)bs * t->T;
-        if (ar_cuda_gather_bf16(t->xb, t->x_in, idx + off, bs, row) ||
-            ar_cuda_gather_bf16(t->yb, t->y_ref, idx + off, bs, row) ||
-            ar_cuda_gather_mask(t->mb, t->mask, idx + off, bs, t->T) ||
+        if (cur < 0) return ar_cuda_err("staging");
+        if (t->low_mem && next < gb)
+            slot = stage_samples(t, idx + next, gb - next < t->bs ? gb - next : t->bs);
+        if (load_samples(t, idx + off, bs, cur) || ar_cuda_gather_mask(t->mb, t->mask, idx + off, bs, t->T) ||
             ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws) ||
-            ar_cuda_masked_mse(t->pred, t->yb, t->mb, rows, t->C, t->dy, t->loss_acc) ||
+            ar_cuda_masked_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc) ||
             ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws))
             return ar_cuda_err("tuning step");
     }
-    return chunks;
+    return 0;
 }
 
 /* Snapshot the tunables when this iteration's loss is the best so far (the
- * decision is on the device: flag). */
-static int snapshot_if_best(gtuner *t, int chunks, int it)
+ * decision is on the device: flag). The loss is already divided by GB·T·C. */
+static int snapshot_if_best(gtuner *t, int it)
 {
-    if (ar_cuda_track_best(t->loss_acc, chunks, it, t->losses, t->best, t->best_iter, t->flag))
+    if (ar_cuda_track_best(t->loss_acc, 1, it, t->losses, t->best, t->best_iter, t->flag))
         return ar_cuda_err("best");
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
@@ -309,6 +360,8 @@ static int report_losses(gtuner *t, ar_signround_report *rep, ar_signround_progr
         if (l[it] < rep->best_loss) rep->best_loss = l[it], rep->best_iter = it;
         if (cb) cb(cb_ctx, it, iters, l[it], rep->best_loss);
     }
+    /* use_best = 0 returns the last forward's parameters: report its loss */
+    if (!t->o->use_best) rep->best_loss = l[iters - 1], rep->best_iter = iters - 1;
     free(l);
     return 0;
 }
@@ -328,22 +381,21 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     gtuner t;
     int rc = gtuner_init(&t, c, w_fp, plan, o, x_in, y_ref, mask, n, T);
     int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
-    sampler s = {malloc(sizeof(int) * n), n, 0, o->seed};
-    if (!s.perm) rc = ar_error("out of memory");
-    for (int i = 0; !rc && i < n; i++) s.perm[i] = i;
-    if (!rc) sampler_shuffle(&s);
+    ar_index_sampler s = {0};
+    if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     for (int it = 0; !rc && it < o->iters; it++) {
-        const int *idx = sampler_next(&s, gb);
-        int chunks = 0;
+        const int *idx = ar_index_sampler_next(&s, gb);
         rc = quantize_all(&t);
-        if (!rc && (chunks = run_batches(&t, idx, gb)) < 0) rc = -1;
-        if (!rc) rc = snapshot_if_best(&t, chunks, it);
-        if (!rc) rc = update_all(&t, 1.0f - (float)it / (float)o->iters);
+        if (!rc) rc = run_batches(&t, idx, gb);
+        if (!rc) rc = snapshot_if_best(&t, it);
+        /* No step after the last forward: nothing would read its result, and
+         * use_best = 0 must return the parameters of that forward. */
+        if (!rc && it + 1 < o->iters) rc = update_all(&t, 1.0f - (float)it / (float)o->iters);
     }
     if (!rc && ar_cuda_sync()) rc = ar_cuda_err("tuning");
     if (!rc) rc = report_losses(&t, rep, cb, cb_ctx);
     if (!rc) rc = finish(&t, w_fp, out);
-    free(s.perm);
+    ar_index_sampler_free(&s);
     gtuner_free(&t);
     rep->sec_total = now_s() - t_start;
     return rc;
@@ -356,13 +408,16 @@ int ar_block_forward_samples_cuda(const ar_config *c, const ar_block_weights *w,
     if (bs > n) bs = n;
     ar_cuda_weights dw;
     if (ar_cuda_weights_upload(&dw, c, w, NULL)) return -1;
+    /* The chains are references: f32 like the CPU (set before the work is
+     * made, so it is never a bf16 fast-path work). */
+    int mode = ar_cuda_get_gemm();
+    ar_cuda_set_gemm(AR_CUDA_GEMM_F32);
     ar_cuda_block_work *ws = ar_cuda_work_for(c, bs, T, 0);
     size_t row = (size_t)T * c->hidden;
     uint16_t *h = ar_cuda_malloc(row * bs * 2);
     float *x = ar_cuda_malloc(row * bs * 4);
     ar_cuda_shape s = ar_cuda_shape_of(c);
-    int mode = ar_cuda_get_gemm(), rc = ws && h && x ? 0 : ar_cuda_err("block forward buffers");
-    ar_cuda_set_gemm(AR_CUDA_GEMM_F32); /* the chains are references: keep them f32 like the CPU */
+    int rc = ws && h && x ? 0 : ar_cuda_err("block forward buffers");
     for (int s0 = 0; !rc && s0 < n; s0 += bs) {
         int b = n - s0 < bs ? n - s0 : bs;
         if (ar_cuda_upload(h, src + s0 * row, b * row * 2)) { rc = ar_cuda_err("upload"); break; }

@@ -1,0 +1,367 @@
+/* block_fast.cu — the fast block path (AR_CUDA_FAST=1, see ar_cuda.h): the
+ * dataflow of block.cu with every matrix-product operand stored in bf16 and
+ * multiplied natively (cublasGemmEx bf16 x bf16 -> f32), elementwise ops that
+ * write the bf16 operand their consumer needs directly (RMSNorm, SwiGLU and
+ * its backward, RoPE), residuals folded into the GEMMs (beta = 1 on a copy of
+ * the skip input), and flash attention (flash.cu) instead of stored
+ * probabilities. What stays f32: the residual stream, the GEMM outputs, the
+ * normalization statistics and every accumulated gradient, as in the BF16
+ * mode of the default path, whose operands cuBLAS rounds to bf16 the same
+ * way (round to nearest even). */
+#include "internal.cuh"
+#include <cuda_bf16.h>
+#include <math.h>
+
+enum { LQ, LK, LV, LO, LGATE, LUP, LDOWN };
+typedef __nv_bfloat16 bf16;
+
+/* ---- fused elementwise kernels ------------------------------------------------ */
+
+static int row_threads(int C)
+{
+    int t = 32;
+    while (t < C && t < 256) t *= 2;
+    return t;
+}
+
+/* Same formula and reduction as ops.cu's k_rmsnorm_fwd; only the store differs. */
+__global__ void k_rmsnorm_fwd_bf16(bf16 *out, float *rstd, const float *x, const float *w, int C, float eps)
+{
+    __shared__ double shm[32];
+    const float *xr = x + (long)blockIdx.x * C;
+    bf16 *o = out + (long)blockIdx.x * C;
+    double ss = 0;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
+    ss = ar_block_sum(ss, shm);
+    float s = 1.0f / sqrtf((float)(ss / C) + eps);
+    if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = s;
+    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = __float2bfloat16_rn((xr[i] * s) * w[i]);
+}
+
+void ar_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C, float eps)
+{
+    if (R > 0) k_rmsnorm_fwd_bf16<<<R, row_threads(C), 0, g_cu.st>>>((bf16 *)out, rstd, x, w, C, eps);
+}
+
+__global__ void k_swiglu_fwd_bf16(bf16 *out, const float *gate, const float *up, long n)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float g = gate[i];
+        out[i] = __float2bfloat16_rn(g / (1.0f + expf(-g)) * up[i]);
+    }
+}
+
+void ar_cuda_swiglu_forward_bf16(uint16_t *out, const float *gate, const float *up, long n)
+{
+    if (n > 0) k_swiglu_fwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)out, gate, up, n);
+}
+
+__global__ void k_swiglu_bwd_bf16(bf16 *dgate, bf16 *dup, const float *dout, const float *gate, const float *up,
+                                  long n)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
+        dgate[i] = __float2bfloat16_rn(dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg)));
+        dup[i] = __float2bfloat16_rn(dout[i] * g * sg);
+    }
+}
+
+void ar_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const float *dout, const float *gate,
+                                  const float *up, long n)
+{
+    if (n > 0)
+        k_swiglu_bwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)dgate, (bf16 *)dup, dout, gate, up, n);
+}
+
+/* ops.cu's k_rope, reading x and writing the rotated pair to dst in bf16. */
+__global__ void k_rope_bf16(bf16 *dst, const float *x, const float *cos_t, const float *sin_t, long rows, int T, int H,
+                            int HD, float sign)
+{
+    int H2 = HD / 2;
+    long n = rows * H * H2;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        int d = (int)(i % H2);
+        long rh = i / H2;
+        int t = (int)((rh / H) % T);
+        float c = cos_t[(long)t * H2 + d], s = sign * sin_t[(long)t * H2 + d];
+        const float *v = x + rh * HD;
+        float x0 = v[d], x1 = v[d + H2];
+        dst[rh * HD + d] = __float2bfloat16_rn(x0 * c - x1 * s);
+        dst[rh * HD + d + H2] = __float2bfloat16_rn(x1 * c + x0 * s);
+    }
+}
+
+void ar_cuda_rope_bf16(uint16_t *dst, const float *x, const float *cos_t, const float *sin_t, int B, int T, int H,
+                       int HD, int inverse)
+{
+    long n = (long)B * T * H * (HD / 2);
+    if (n > 0)
+        k_rope_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)dst, x, cos_t, sin_t, (long)B * T, T, H, HD,
+                                                            inverse ? -1.0f : 1.0f);
+}
+
+__global__ void k_copy_to_bf16(float *dst_f, bf16 *dst_b, const float *src, long n)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float v = src[i];
+        if (dst_f) dst_f[i] = v;
+        dst_b[i] = __float2bfloat16_rn(v);
+    }
+}
+
+void ar_cuda_copy_to_bf16(float *dst_f, uint16_t *dst_b, const float *src, long n)
+{
+    if (n > 0) k_copy_to_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>(dst_f, (bf16 *)dst_b, src, n);
+}
+
+/* y = b per row (add = 0) or y += b per row (add = 1). */
+__global__ void k_bias(float *y, const float *b, long R, int N, int add)
+{
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < R * N; i += (long)gridDim.x * blockDim.x)
+        y[i] = add ? y[i] + b[i % N] : b[i % N];
+}
+
+/* ---- the work ------------------------------------------------------------------- */
+
+struct ar_cuda_fast_work {
+    int B, T, train;
+    int lastB, lastT;
+    float *cos_t, *sin_t;
+    uint16_t *wb[7]; /* bf16 copies of the weights, refreshed by every forward */
+    float *x, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *ao, *lse, *h, *rstd2, *gate, *up;
+    uint16_t *ln1b, *qb, *kb, *vb, *aob, *ln2b, *actb;
+    float *dh, *dact, *dln, *dao, *dq, *dk, *dv, *dqn, *dkn, *scratch;
+    uint16_t *dyb, *dhb, *dgateb, *dupb, *dqb, *dkb, *dvb;
+    void *base;
+};
+
+int ar_cuda_fast_eligible(const ar_cuda_shape *s)
+{
+    return g_cu.fast && g_cu.gemm == AR_CUDA_GEMM_BF16 && ar_cuda_flash_supported(s->HD) && s->NKV > 0 &&
+           s->NH % s->NKV == 0;
+}
+
+/* Elements of linear i's weight [N, K]. */
+static long weight_elems(const ar_cuda_shape *s, int i)
+{
+    long C = s->C, F = s->F, QD = (long)s->NH * s->HD, KD = (long)s->NKV * s->HD;
+    const long n[7] = {QD * C, KD * C, KD * C, C * QD, F * C, F * C, C * F};
+    return n[i];
+}
+
+/* Carve the buffers out of one allocation (base NULL: only count). */
+static size_t layout(ar_cuda_fast_work *fw, const ar_cuda_shape *s, int B, int T, int train, char *base)
+{
+    long BT = (long)B * T, C = s->C, F = s->F, QD = (long)s->NH * s->HD, KD = (long)s->NKV * s->HD;
+    size_t off = 0;
+    auto bytes = [&](long n, size_t el) -> void * {
+        void *p = base ? (void *)(base + off) : NULL;
+        off += ((size_t)(n > 0 ? n : 1) * el + 255) & ~(size_t)255;
+        return p;
+    };
+    auto f = [&](float **p, long n) { *p = (float *)bytes(n, 4); };
+    auto h = [&](uint16_t **p, long n) { *p = (uint16_t *)bytes(n, 2); };
+    f(&fw->cos_t, (long)T * s->HD / 2), f(&fw->sin_t, (long)T * s->HD / 2);
+    for (int i = 0; i < 7; i++) h(&fw->wb[i], weight_elems(s, i));
+    f(&fw->x, BT * C), f(&fw->rstd1, BT), h(&fw->ln1b, BT * C);
+    f(&fw->qpre, BT * QD), f(&fw->rstdq, BT * s->NH), f(&fw->kpre, BT * KD), f(&fw->rstdk, BT * s->NKV);
+    f(&fw->q, BT * QD), f(&fw->k, BT * KD), f(&fw->v, BT * KD);
+    h(&fw->qb, BT * QD), h(&fw->kb, BT * KD), h(&fw->vb, BT * KD);
+    f(&fw->ao, BT * QD), h(&fw->aob, BT * QD), f(&fw->lse, (long)B * s->NH * T);
+    f(&fw->h, BT * C), f(&fw->rstd2, BT), h(&fw->ln2b, BT * C);
+    f(&fw->gate, BT * F), f(&fw->up, BT * F), h(&fw->actb, BT * F);
+    if (train) {
+        h(&fw->dyb, BT * C), f(&fw->dh, BT * C), h(&fw->dhb, BT * C), f(&fw->dln, BT * C);
+        f(&fw->dact, BT * F), h(&fw->dgateb, BT * F), h(&fw->dupb, BT * F);
+        f(&fw->dao, BT * QD), f(&fw->dq, BT * QD), f(&fw->dk, BT * KD), f(&fw->dv, BT * KD);
+        f(&fw->dqn, BT * QD), f(&fw->dkn, BT * KD);
+        h(&fw->dqb, BT * QD), h(&fw->dkb, BT * KD), h(&fw->dvb, BT * KD);
+        f(&fw->scratch, ar_cuda_flash_backward_scratch(B, T, s->NH, s->HD));
+    }
+    return off;
+}
+
+size_t ar_cuda_fast_work_bytes(const ar_cuda_shape *s, int B, int T, int train)
+{
+    ar_cuda_fast_work fw;
+    return layout(&fw, s, B, T, train, NULL);
+}
+
+ar_cuda_fast_work *ar_cuda_fast_work_create(const ar_cuda_shape *s, int B, int T, int train, const float *cos_host,
+                                            const float *sin_host)
+{
+    ar_cuda_fast_work *fw = (ar_cuda_fast_work *)calloc(1, sizeof *fw);
+    if (!fw) {
+        ar_cuda_fail("out of host memory for a block work");
+        return NULL;
+    }
+    fw->base = ar_cuda_malloc(layout(fw, s, B, T, train, NULL));
+    if (!fw->base) {
+        free(fw);
+        return NULL;
+    }
+    layout(fw, s, B, T, train, (char *)fw->base);
+    fw->B = B, fw->T = T, fw->train = train;
+    size_t tb = sizeof(float) * (size_t)T * (s->HD / 2);
+    if (ar_cuda_upload(fw->cos_t, cos_host, tb) || ar_cuda_upload(fw->sin_t, sin_host, tb)) {
+        ar_cuda_fast_work_free(fw);
+        return NULL;
+    }
+    return fw;
+}
+
+void ar_cuda_fast_work_free(ar_cuda_fast_work *fw)
+{
+    if (!fw) return;
+    ar_cuda_free(fw->base);
+    free(fw);
+}
+
+/* ---- forward ---------------------------------------------------------------------- */
+
+/* y [R, N] (f32) = xb [R, K] · Wbᵀ (+ b); with add, y += (the residual is
+ * already in y). */
+static int lin(float *y, const uint16_t *xb, const uint16_t *Wb, const float *b, int R, int K, int N, int add)
+{
+    float beta = add ? 1.0f : 0.0f;
+    if (b) {
+        k_bias<<<ar_blocks((long)R * N, 256), 256, 0, g_cu.st>>>(y, b, R, N, add);
+        beta = 1.0f;
+    }
+    return ar_cuda_gemm_bf16(0, 1, R, N, K, 1.0f, xb, K, Wb, K, beta, y, N);
+}
+
+static int convert_weights(const ar_cuda_shape *s, const ar_cuda_weights *w, ar_cuda_fast_work *fw)
+{
+    for (int i = 0; i < 7; i++) {
+        if (!w->w[i]) return ar_cuda_fail("block: weight %d missing", i);
+        ar_cuda_to_bf16(fw->wb[i], w->w[i], weight_elems(s, i));
+    }
+    return 0;
+}
+
+static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, int B, int T, int train, ar_cuda_fast_work *fw)
+{
+    int BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV, QD = NH * HD, KD = NKV * HD;
+    ar_cuda_rmsnorm_forward_bf16(fw->ln1b, fw->rstd1, fw->x, w->attn_norm, BT, C, s->eps);
+    float *qp = w->q_norm ? fw->qpre : fw->q, *kp = w->k_norm ? fw->kpre : fw->k;
+    if (lin(qp, fw->ln1b, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) || lin(kp, fw->ln1b, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
+        lin(fw->v, fw->ln1b, fw->wb[LV], w->b[LV], BT, C, KD, 0))
+        return -1;
+    if (w->q_norm) ar_cuda_rmsnorm_forward(fw->q, fw->rstdq, fw->qpre, w->q_norm, BT * NH, HD, s->eps);
+    if (w->k_norm) ar_cuda_rmsnorm_forward(fw->k, fw->rstdk, fw->kpre, w->k_norm, BT * NKV, HD, s->eps);
+    ar_cuda_rope_bf16(fw->qb, fw->q, fw->cos_t, fw->sin_t, B, T, NH, HD, 0);
+    ar_cuda_rope_bf16(fw->kb, fw->k, fw->cos_t, fw->sin_t, B, T, NKV, HD, 0);
+    ar_cuda_copy_to_bf16(NULL, fw->vb, fw->v, (long)BT * KD);
+    if (ar_cuda_flash_forward(fw->aob, train ? fw->ao : NULL, fw->lse, fw->qb, fw->kb, fw->vb, B, T, NH, NKV, HD,
+                              s->window))
+        return -1;
+    /* h = x + o_proj(attn): the GEMM accumulates onto a copy of x */
+    if (ar_cuda_copy(fw->h, fw->x, sizeof(float) * (size_t)BT * C)) return -1;
+    return lin(fw->h, fw->aob, fw->wb[LO], w->b[LO], BT, QD, C, 1);
+}
+
+static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, int BT, ar_cuda_fast_work *fw)
+{
+    int C = s->C, F = s->F;
+    ar_cuda_rmsnorm_forward_bf16(fw->ln2b, fw->rstd2, fw->h, w->mlp_norm, BT, C, s->eps);
+    if (lin(fw->gate, fw->ln2b, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
+        lin(fw->up, fw->ln2b, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
+        return -1;
+    ar_cuda_swiglu_forward_bf16(fw->actb, fw->gate, fw->up, (long)BT * F);
+    if (ar_cuda_copy(y, fw->h, sizeof(float) * (size_t)BT * C)) return -1;
+    return lin(y, fw->actb, fw->wb[LDOWN], w->b[LDOWN], BT, F, C, 1);
+}
+
+int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y, int B, int T,
+                         int train, ar_cuda_fast_work *fw)
+{
+    if (B <= 0 || T <= 0 || T > fw->T || B > fw->B)
+        return ar_cuda_fail("block: batch %d x %d exceeds the work's %d x %d", B, T, fw->B, fw->T);
+    if (train && !fw->train) return ar_cuda_fail("block: training forward needs a training work");
+    if (ar_cuda_copy(fw->x, x, sizeof(float) * (size_t)B * T * s->C) || convert_weights(s, w, fw)) return -1;
+    if (attn_fwd(s, w, B, T, train, fw) || mlp_fwd(s, w, y, B * T, fw)) return -1;
+    fw->lastB = B, fw->lastT = T;
+    return ar_cuda_check_launch("fast block forward");
+}
+
+/* ---- backward ---------------------------------------------------------------------- */
+
+/* dx [R, K] = dy [R, N] · W [N, K] (beta 0: written, 1: added). */
+static int gdx(float *dx, const uint16_t *dyb, const uint16_t *Wb, int R, int K, int N, float beta)
+{
+    return ar_cuda_gemm_bf16(0, 0, R, K, N, 1.0f, dyb, N, Wb, K, beta, dx, K);
+}
+
+/* dW [N, K] += dyᵀ · x when dW is wanted. */
+static int gdw(float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N)
+{
+    return dW ? ar_cuda_gemm_bf16(1, 0, N, K, R, 1.0f, dyb, N, xb, K, 1.0f, dW, K) : 0;
+}
+
+static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], const ar_cuda_weights *w,
+                   ar_cuda_fast_work *fw)
+{
+    int BT = fw->lastB * fw->lastT, C = s->C, F = s->F;
+    ar_cuda_copy_to_bf16(fw->dh, fw->dyb, dy, (long)BT * C); /* dh starts as the residual's dy */
+    if (gdx(fw->dact, fw->dyb, fw->wb[LDOWN], BT, F, C, 0.0f) || gdw(dW[LDOWN], fw->dyb, fw->actb, BT, F, C)) return -1;
+    ar_cuda_swiglu_backward_bf16(fw->dgateb, fw->dupb, fw->dact, fw->gate, fw->up, (long)BT * F);
+    if (gdx(fw->dln, fw->dgateb, fw->wb[LGATE], BT, C, F, 0.0f) || gdx(fw->dln, fw->dupb, fw->wb[LUP], BT, C, F, 1.0f) ||
+        gdw(dW[LGATE], fw->dgateb, fw->ln2b, BT, C, F) || gdw(dW[LUP], fw->dupb, fw->ln2b, BT, C, F))
+        return -1;
+    ar_cuda_rmsnorm_backward(fw->dh, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
+    return 0;
+}
+
+/* The gradient at a q/k projection output in bf16: inverse RoPE of g (f32,
+ * modified when a QK-norm follows), then through the norm when present. */
+static int proj_grad(uint16_t *gb, float *g, float *gn, const float *norm, const float *pre, const float *rstd,
+                     int B, int T, int H, int HD, const ar_cuda_fast_work *fw)
+{
+    long rows = (long)B * T * H;
+    if (!norm) {
+        ar_cuda_rope_bf16(gb, g, fw->cos_t, fw->sin_t, B, T, H, HD, 1);
+        return 0;
+    }
+    ar_cuda_rope(g, fw->cos_t, fw->sin_t, B, T, H, HD, 1);
+    if (ar_cuda_zero(gn, sizeof(float) * rows * HD)) return -1;
+    ar_cuda_rmsnorm_backward(gn, g, pre, norm, rstd, rows, HD);
+    ar_cuda_copy_to_bf16(NULL, gb, gn, rows * HD);
+    return 0;
+}
+
+static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *const dW[7], float *dx,
+                    ar_cuda_fast_work *fw)
+{
+    int B = fw->lastB, T = fw->lastT, BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV;
+    int QD = NH * HD, KD = NKV * HD;
+    ar_cuda_copy_to_bf16(NULL, fw->dhb, fw->dh, (long)BT * C);
+    if (gdx(fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) || gdw(dW[LO], fw->dhb, fw->aob, BT, QD, C) ||
+        ar_cuda_zero(fw->dq, sizeof(float) * (size_t)BT * QD) || ar_cuda_zero(fw->dk, sizeof(float) * (size_t)BT * KD) ||
+        ar_cuda_zero(fw->dv, sizeof(float) * (size_t)BT * KD))
+        return -1;
+    if (ar_cuda_flash_backward(fw->dq, fw->dk, fw->dv, fw->scratch, fw->dao, fw->ao, fw->lse, fw->qb, fw->kb, fw->vb, B,
+                               T, NH, NKV, HD, s->window) ||
+        proj_grad(fw->dqb, fw->dq, fw->dqn, w->q_norm, fw->qpre, fw->rstdq, B, T, NH, HD, fw) ||
+        proj_grad(fw->dkb, fw->dk, fw->dkn, w->k_norm, fw->kpre, fw->rstdk, B, T, NKV, HD, fw))
+        return -1;
+    ar_cuda_copy_to_bf16(NULL, fw->dvb, fw->dv, (long)BT * KD);
+    if (gdw(dW[LQ], fw->dqb, fw->ln1b, BT, C, QD) || gdw(dW[LK], fw->dkb, fw->ln1b, BT, C, KD) ||
+        gdw(dW[LV], fw->dvb, fw->ln1b, BT, C, KD))
+        return -1;
+    if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
+    if (gdx(fw->dln, fw->dqb, fw->wb[LQ], BT, C, QD, 0.0f) || gdx(fw->dln, fw->dkb, fw->wb[LK], BT, C, KD, 1.0f) ||
+        gdx(fw->dln, fw->dvb, fw->wb[LV], BT, C, KD, 1.0f))
+        return -1;
+    ar_cuda_add(dx, dx, fw->dh, (long)BT * C);
+    ar_cuda_rmsnorm_backward(dx, fw->dln, fw->x, w->attn_norm, fw->rstd1, BT, C);
+    return 0;
+}
+
+int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
+                          float *dx, ar_cuda_fast_work *fw)
+{
+    if (!fw->train || !fw->lastB) return ar_cuda_fail("block: backward needs a training forward first");
+    if (mlp_bwd(s, dy, dW, w, fw) || attn_bwd(s, w, dW, dx, fw)) return -1;
+    return ar_cuda_check_launch("fast block backward");
+}
