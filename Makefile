@@ -210,7 +210,9 @@ install: all $(BUILD)/libar.a $(BUILD)/libar.so
 	printf '%s\n' 'prefix=$(PREFIX)' 'libdir=$(LIBDIR)' 'includedir=$(INCDIR)' '' 'Name: ar' \
 	  'Description: SignRound quantization of LLMs: tensor streams, models, quantizers' \
 	  'Version: $(AR_VERSION)' 'Requires.private: $(PKGS)' 'Cflags: -I$${includedir}' \
-	  'Libs: -L$${libdir} -lar' 'Libs.private: $(strip $(LDLIBS))' > $(DESTDIR)$(LIBDIR)/pkgconfig/ar.pc
+	  'Libs: -L$${libdir} -lar$(if $(filter -fsanitize=%,$(LDFLAGS)), $(filter -fsanitize=%,$(LDFLAGS)))' \
+	  'Libs.private: $(strip $(LDLIBS))' > $(DESTDIR)$(LIBDIR)/pkgconfig/ar.pc
+# (a SANITIZE=1 libar.so needs its clients linked with the sanitizer runtime first)
 
 # make demo: tiny-llama with RTN and SignRound at W4A16 and W2A16G64, a PPL table (slow; not part of test).
 demo: all
