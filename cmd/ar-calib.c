@@ -14,6 +14,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 static const char usage[] =
     "usage: ar-calib --model DIR --dataset FILE [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
@@ -70,7 +71,43 @@ static void check_dataset_path(const char *path)
             "line, either optionally .zst; network datasets such as NeelNanda/pile-10k are not fetched)", path);
 }
 
-static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_config *c, uint64_t digest)
+/* The pad token's name in a tokenizer file's "pad_token" (a string, or an
+ * object with "content"); NULL when the file or the entry is absent or null. */
+static char *pad_token_name(const char *model, const char *file)
+{
+    char p[PATH_MAX];
+    snprintf(p, sizeof p, "%s/%s", model, file);
+    if (access(p, F_OK)) return NULL;
+    size_t n;
+    char *txt = ar_read_text_file(p, &n);
+    if (!txt) cli_die_lib();
+    cJSON *j = cJSON_Parse(txt);
+    free(txt);
+    if (!j) cli_die("%s: not valid JSON", p);
+    const cJSON *pad = cJSON_GetObjectItemCaseSensitive(j, "pad_token");
+    if (cJSON_IsObject(pad)) pad = cJSON_GetObjectItemCaseSensitive(pad, "content");
+    char *name = cJSON_IsString(pad) ? strdup(pad->valuestring) : NULL;
+    cJSON_Delete(j);
+    return name;
+}
+
+/* The tokenizer's pad id, as Hugging Face's tokenizer.pad_token_id: the
+ * pad_token of tokenizer_config.json, else of special_tokens_map.json, looked
+ * up in the vocabulary; -1 when none is named (config.json's pad_token_id is
+ * the model's, which the tokenizer, and so AutoRound's loss mask, ignores). */
+static int32_t pad_token_id(const char *model, const ar_tokenizer *tok)
+{
+    char *name = pad_token_name(model, "tokenizer_config.json");
+    if (!name) name = pad_token_name(model, "special_tokens_map.json");
+    if (!name) return -1;
+    int32_t id = ar_tokenizer_id(tok, name);
+    if (id < 0) cli_die("%s: pad_token '%s' is not in the tokenizer's vocabulary", model, name);
+    free(name);
+    return id;
+}
+
+static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_config *c, uint64_t digest,
+                       int32_t pad_id)
 {
     char apath[PATH_MAX], dpath[PATH_MAX], hex[17];
     if (!realpath(a->model, apath)) snprintf(apath, sizeof apath, "%s", a->model);
@@ -88,6 +125,8 @@ static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_
     cJSON_AddNumberToObject(m, "seed", (double)a->seed);
     cJSON_AddNumberToObject(m, "hidden", c->hidden);
     cJSON_AddStringToObject(m, "dtype", ar_dtype_name(a->dtype));
+    if (pad_id >= 0) cJSON_AddNumberToObject(m, "pad_token_id", pad_id); /* ar-tune's loss mask */
+    else cJSON_AddNullToObject(m, "pad_token_id");
     char *txt = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
     return txt;
@@ -143,7 +182,7 @@ int main(int argc, char **argv)
     FILE *f = cli_out_open(a.out, 1);
     ar_stream_writer *w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
     if (!w) cli_die_lib();
-    char *meta = meta_json(&a, &s, ar_model_config(m), config_digest(a.model));
+    char *meta = meta_json(&a, &s, ar_model_config(m), config_digest(a.model), pad_token_id(a.model, tok));
     int64_t ishape[2] = {s.n, s.seqlen};
     if (ar_stream_write_meta(w, meta) || ar_stream_write_tensor(w, "input_ids", AR_I32, 2, ishape, "{}", s.ids))
         cli_die_lib();

@@ -115,6 +115,8 @@ typedef struct {
     char *model;            /* from the META record */
     char *config_digest;
     int n, T, C;
+    int pad_key;            /* 1 when META has pad_token_id (streams before it: last-token mask) */
+    int pad_id;             /* META pad_token_id; -1 for null (the tokenizer has none) */
     int32_t *ids;           /* [n, T] */
     uint16_t *hidden;       /* [n, T, C] bf16 */
 } calib_data;
@@ -149,6 +151,17 @@ static void read_tensor_record(ar_stream_reader *r, const ar_record *rec, calib_
     }
 }
 
+/* META pad_token_id: a token id, or null when the tokenizer names no pad token. */
+static void read_pad_id(const cJSON *meta, calib_data *d, const char *src)
+{
+    const cJSON *p = cJSON_GetObjectItemCaseSensitive(meta, "pad_token_id");
+    if (!p || d->pad_key) return;
+    if (!cJSON_IsNull(p) && !(cJSON_IsNumber(p) && p->valuedouble >= 0 && p->valuedouble < INT32_MAX))
+        cli_die("%s: META pad_token_id must be a token id or null", src);
+    d->pad_key = 1;
+    d->pad_id = cJSON_IsNull(p) ? -1 : p->valueint;
+}
+
 static void read_calib(const char *path, calib_data *d)
 {
     memset(d, 0, sizeof *d);
@@ -167,6 +180,7 @@ static void read_calib(const char *path, calib_data *d)
             cJSON *dg = cJSON_GetObjectItemCaseSensitive(m, "config_fnv1a64");
             if (cJSON_IsString(mp) && !d->model) d->model = strdup(mp->valuestring);
             if (cJSON_IsString(dg) && !d->config_digest) d->config_digest = strdup(dg->valuestring);
+            read_pad_id(m, d, src);
             cJSON_Delete(m);
         } else read_tensor_record(r, &rec, d, src);
     }
@@ -556,6 +570,7 @@ static char *meta_json(const tune_run *r, const char *model_abs)
         cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);
         cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
         cJSON_AddNumberToObject(t, "seed", (double)a->seed);
+        if (r->d->pad_key && r->d->pad_id >= 0) cJSON_AddNumberToObject(t, "loss_mask_pad_token_id", r->d->pad_id);
     }
     cJSON_AddStringToObject(t, "method", !r->d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
                                          : a->iters == 0 ? "opt_rtn" : "signround");
@@ -579,6 +594,26 @@ static void limit_samples(calib_data *d, int nsamples, int seqlen)
     if (nsamples > 0 && nsamples < d->n) d->n = nsamples;
     if (nsamples > d->n)
         fprintf(stderr, "ar-tune: warning: %d samples asked for, the calibration stream has %d\n", nsamples, d->n);
+}
+
+/* AutoRound's loss mask (spec §1.4; the attention is not masked): positions
+ * holding the pad token are left out, or, when the tokenizer has none, each
+ * sample's trailing run of its final token when that token repeats; the last
+ * position always. A stream without pad_token_id (made before ar-calib wrote
+ * it) gets the last-position mask alone. */
+static void loss_mask(uint8_t *mask, const calib_data *d)
+{
+    ar_default_mask(mask, d->n, d->T);
+    if (!d->pad_key) return;
+    for (int s = 0; s < d->n; s++) {
+        const int32_t *ids = d->ids + (size_t)s * d->T;
+        uint8_t *m = mask + (size_t)s * d->T;
+        if (d->pad_id >= 0) {
+            for (int t = 0; t < d->T; t++) if (ids[t] == d->pad_id) m[t] = 0;
+        } else {
+            for (int t = d->T - 2; t >= 0 && ids[t] == ids[d->T - 1]; t--) m[t] = 0;
+        }
+    }
 }
 
 /* Threads for OpenMP regions and OpenBLAS. A tuning iteration of a small
@@ -752,7 +787,7 @@ int main(int argc, char **argv)
         r.y = malloc(sizeof(uint16_t) * (size_t)d.n * d.T * d.C);
         r.mask = malloc((size_t)d.n * d.T);
         if (!r.y || !r.mask) cli_die("out of memory for the activation cache");
-        ar_default_mask(r.mask, d.n, d.T);
+        loss_mask(r.mask, &d);
     }
     char model_abs[PATH_MAX];
     if (!realpath(a.model, model_abs)) snprintf(model_abs, sizeof model_abs, "%s", a.model);
