@@ -31,7 +31,7 @@ static int has_quantization_config(const char *dir)
     if (!text) return -1;
     cJSON *cfg = cJSON_Parse(text);
     free(text);
-    if (!cfg) return ar_error("%s: not valid JSON", path);
+    if (!cfg) return ar_error("%s: malformed JSON", path);
     int yes = cJSON_GetObjectItem(cfg, "quantization_config") != NULL;
     cJSON_Delete(cfg);
     return yes;
