@@ -1,0 +1,625 @@
+/* autoscheme.c — AutoScheme mixed precision (see autoscheme.h, spec §5.2). */
+#include "autoscheme.h"
+#include "error.h"
+#include "ops.h"
+#include "quant.h"
+#include "quant_fp.h"
+
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include <cblas.h>
+#include <math.h>
+#include <pcre2.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+/* ---- bit accounting ------------------------------------------------------ */
+
+static int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+static int64_t layer_groups(const ar_scheme *s, int n_out, int k_in)
+{
+    if (s->group_2d && s->group_size > 0)
+        return ceil_div(n_out, s->group_size) * ceil_div(k_in, s->group_size);
+    if (s->group_size > 0) return (int64_t)n_out * ceil_div(k_in, s->group_size);
+    return s->group_size == 0 ? 1 : n_out;
+}
+
+int64_t ar_layer_bits(const ar_scheme *s, int n_out, int k_in, int ignore_scale_zp)
+{
+    int64_t n = (int64_t)n_out * k_in;
+    if (s->bits >= 16 || ignore_scale_zp)
+        /* AutoRound counts a GGUF layer left in high precision as f32 */
+        return (s->super_bits > 0 && s->bits >= 16 ? 32 : s->bits) * n;
+    int64_t ng = layer_groups(s, n_out, k_in);
+    if (s->super_bits > 0 && s->super_group_size > 0)
+        return s->bits * n + ng * 2 * s->super_bits + ceil_div(ng, s->super_group_size) * 64;
+    const char *dt = s->data_type;
+    int scale_bits = strstr(dt, "mx_fp") || strstr(dt, "nv_fp") || strstr(dt, "fp4") ? 8 : 16;
+    int zp_bits = !s->sym || strstr(dt, "int") ? s->bits : 0;
+    return s->bits * n + ng * (scale_bits + zp_bits);
+}
+
+/* ---- dynamic programming over cumulative bits ---------------------------- */
+
+typedef struct {
+    int64_t bits;
+    double loss;
+    int parent;     /* index in the previous item's front */
+    int opt;
+} dp_state;
+
+static int state_cmp(const void *a, const void *b)
+{
+    const dp_state *x = a, *y = b;
+    if (x->bits != y->bits) return x->bits < y->bits ? -1 : 1;
+    if (x->loss != y->loss) return x->loss < y->loss ? -1 : 1;
+    if (x->parent != y->parent) return x->parent < y->parent ? -1 : 1;
+    return x->opt - y->opt;
+}
+
+/* Keep, in increasing bits, only states whose loss beats every cheaper one. */
+static int pareto_prune(dp_state *s, int n)
+{
+    qsort(s, (size_t)n, sizeof *s, state_cmp);
+    int m = 0;
+    for (int i = 0; i < n; i++)
+        if (m == 0 || s[i].loss < s[m - 1].loss) s[m++] = s[i];
+    return m;
+}
+
+/* Evenly thin a front of n states to cap, keeping both ends. */
+static int thin_front(dp_state *s, int n, long cap)
+{
+    if (cap <= 0 || n <= cap) return n;
+    if (cap == 1) { s[0] = s[n - 1]; return 1; }
+    for (long j = 0; j < cap; j++) s[j] = s[(long)((double)j * (n - 1) / (cap - 1) + 0.5)];
+    return (int)cap;
+}
+
+int ar_autoscheme_dp(int nitems, int nopt, const int64_t *bits, const double *loss,
+                     const unsigned char *allowed, int64_t budget, long max_states,
+                     int *choice, int64_t *used_bits, double *total_loss)
+{
+    if (nitems < 0 || nopt < 1) return ar_error("autoscheme: bad problem (%d items, %d options)", nitems, nopt);
+    dp_state **fronts = calloc((size_t)nitems + 1, sizeof *fronts);
+    int *sizes = calloc((size_t)nitems + 1, sizeof *sizes);
+    int rc = -1;
+    if (!fronts || !sizes || !(fronts[0] = malloc(sizeof(dp_state)))) { ar_error("autoscheme: out of memory"); goto out; }
+    fronts[0][0] = (dp_state){0, 0.0, -1, -1};
+    sizes[0] = 1;
+    for (int i = 0; i < nitems; i++) {
+        size_t cap = (size_t)sizes[i] * nopt;
+        dp_state *next = malloc(sizeof *next * (cap ? cap : 1));
+        if (!next) { ar_error("autoscheme: out of memory for %zu DP states", cap); goto out; }
+        int n = 0;
+        for (int p = 0; p < sizes[i]; p++)
+            for (int o = 0; o < nopt; o++) {
+                if (allowed && !allowed[(size_t)i * nopt + o]) continue;
+                int64_t b = fronts[i][p].bits + bits[(size_t)i * nopt + o];
+                if (b > budget) continue;
+                next[n++] = (dp_state){b, fronts[i][p].loss + loss[(size_t)i * nopt + o], p, o};
+            }
+        fronts[i + 1] = next;
+        sizes[i + 1] = thin_front(next, pareto_prune(next, n), max_states);
+        if (!sizes[i + 1]) {
+            ar_error("autoscheme: no choice of options fits the budget of %lld bits (item %d of %d)",
+                     (long long)budget, i + 1, nitems);
+            goto out;
+        }
+    }
+    /* The front's loss falls strictly with bits: its last state is the best. */
+    int s = sizes[nitems] - 1;
+    if (used_bits) *used_bits = fronts[nitems][s].bits;
+    if (total_loss) *total_loss = fronts[nitems][s].loss;
+    for (int i = nitems; i > 0; i--) {
+        choice[i - 1] = fronts[i][s].opt;
+        s = fronts[i][s].parent;
+    }
+    rc = 0;
+out:
+    for (int i = 0; fronts && i <= nitems; i++) free(fronts[i]);
+    free(fronts);
+    free(sizes);
+    return rc;
+}
+
+/* ---- scoring: full-model forward and backward ---------------------------- */
+
+void ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size)
+{
+    if (slot >= c->n_layers * AR_NLINEAR) snprintf(buf, (size_t)size, "lm_head");
+    else snprintf(buf, (size_t)size, "model.layers.%d.%s", slot / AR_NLINEAR, ar_linear_names[slot % AR_NLINEAR]);
+}
+
+static void slot_shape(const ar_config *c, int slot, int *n, int *k)
+{
+    if (slot >= c->n_layers * AR_NLINEAR) { *n = c->vocab; *k = c->hidden; }
+    else ar_linear_shape(c, slot % AR_NLINEAR, n, k);
+}
+
+/* The RTN quantizer spec of a preset, as ar-tune builds it (no bf16 rounding:
+ * scores are relative, f32 is enough). */
+static int spec_of(const ar_scheme *s, ar_quant_spec *qs)
+{
+    int dt = ar_quant_dtype_parse(s->data_type, s->bits);
+    if (dt < 0 || s->kind == AR_SCHEME_GGUF)
+        return ar_error("autoscheme: option %s (%s, %d bits) has no RTN quantizer here",
+                        s->name[0] ? s->name : "custom", s->data_type, s->bits);
+    *qs = (ar_quant_spec){s->bits, s->group_size, s->sym, s->group_2d ? AR_QF_BLOCK2D : 0, 0, dt, 0};
+    return ar_quant_spec_check(qs);
+}
+
+/* Everything one scoring pass holds. */
+typedef struct {
+    ar_model *m;
+    const ar_config *c;
+    ar_quant_spec qs;
+    const unsigned char *cand;
+    int B, T, L, C, V;
+    ar_block_weights wfp, wq;       /* wq: norms/biases borrowed from wfp, w[i] own or borrowed */
+    float *qbuf[AR_NLINEAR];        /* quantized weights of candidate linears */
+    ar_block_acts *acts;            /* [L] */
+    ar_block_work ws;
+    float *x, *xn, *rstd, *logits, *dx, *dy, *dW[AR_NLINEAR];
+    float *norm_w, *head, *head_q, *dhead;   /* head_q: Ĥ when the head is a candidate, else head */
+} score_ctx;
+
+static float *alloc_floats(size_t n, int *fail)
+{
+    float *p = malloc(sizeof(float) * (n ? n : 1));
+    if (!p) (*fail)++;
+    return p;
+}
+
+static void score_ctx_free(score_ctx *s)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) { free(s->qbuf[i]); free(s->dW[i]); }
+    for (int l = 0; s->acts && l < s->L; l++) ar_block_acts_free(&s->acts[l]);
+    free(s->acts);
+    ar_block_weights_free(&s->wfp);
+    ar_block_work_free(&s->ws);
+    free(s->x); free(s->xn); free(s->rstd); free(s->logits); free(s->dx); free(s->dy);
+    free(s->norm_w);
+    if (s->head_q != s->head) free(s->head_q);
+    free(s->head); free(s->dhead);
+}
+
+static int head_is_candidate(const score_ctx *s)
+{
+    return s->cand[s->L * AR_NLINEAR] && !s->c->tie_embeddings;
+}
+
+static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, const unsigned char *cand,
+                          int B, int T)
+{
+    const ar_config *c = ar_model_config(m);
+    memset(s, 0, sizeof *s);
+    s->m = m, s->qs = *qs, s->c = c, s->cand = cand, s->B = B, s->T = T;
+    s->L = c->n_layers, s->C = c->hidden, s->V = c->vocab;
+    size_t BT = (size_t)B * T;
+    int fail = 0;
+    if (ar_block_weights_alloc(&s->wfp, c) || ar_block_work_init(&s->ws, c, B, T, 1)) return -1;
+    if (!(s->acts = calloc((size_t)s->L, sizeof *s->acts))) return ar_error("autoscheme: out of memory");
+    for (int l = 0; l < s->L; l++)
+        if (ar_block_acts_init(&s->acts[l], c, B, T)) return -1;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        s->qbuf[i] = alloc_floats((size_t)n * k, &fail);
+        s->dW[i] = alloc_floats((size_t)n * k, &fail);
+    }
+    s->x = alloc_floats(BT * s->C, &fail), s->xn = alloc_floats(BT * s->C, &fail);
+    s->dx = alloc_floats(BT * s->C, &fail), s->dy = alloc_floats(BT * s->C, &fail);
+    s->rstd = alloc_floats(BT, &fail), s->logits = alloc_floats(BT * s->V, &fail);
+    s->norm_w = alloc_floats((size_t)s->C, &fail);
+    s->head = alloc_floats((size_t)s->V * s->C, &fail);
+    if (fail) return ar_error("autoscheme: out of memory for a batch of %d x %d tokens", B, T);
+    const char *hn = c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
+    if (ar_model_read_tensor(m, "model.norm.weight", 0, s->C, s->norm_w) ||
+        ar_model_read_tensor(m, hn, 0, s->V, s->head)) return -1;
+    s->head_q = s->head;
+    if (!head_is_candidate(s)) return 0;
+    s->head_q = alloc_floats((size_t)s->V * s->C, &fail);
+    s->dhead = alloc_floats((size_t)s->V * s->C, &fail);
+    if (fail) return ar_error("autoscheme: out of memory for the head");
+    ar_quant_out o = {s->head_q, NULL, NULL, NULL};
+    return ar_quant_forward(&s->qs, s->head, s->V, s->C, NULL, &o);
+}
+
+/* Load block l and build wq: candidates fake-quantized, the rest borrowed. */
+static int load_block(score_ctx *s, int l)
+{
+    if (ar_model_load_block(s->m, l, &s->wfp)) return -1;
+    s->wq = s->wfp;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!s->cand[l * AR_NLINEAR + i]) continue;
+        int n, k;
+        ar_linear_shape(s->c, i, &n, &k);
+        ar_quant_out o = {s->qbuf[i], NULL, NULL, NULL};
+        if (ar_quant_forward(&s->qs, s->wfp.w[i], n, k, NULL, &o)) return -1;
+        s->wq.w[i] = s->qbuf[i];
+    }
+    return 0;
+}
+
+/* Config of block l: Qwen's first max_window_layers layers see the full context. */
+static ar_config layer_config(const ar_config *c, int l)
+{
+    ar_config cl = *c;
+    if (l < cl.sliding_from_layer) cl.sliding_window = 0;
+    return cl;
+}
+
+/* Mean next-token cross-entropy of logits [B*T, V] (the last position of
+ * each sequence has no target), and in place its gradient w.r.t. the logits. */
+static double cross_entropy_backward(float *logits, const int32_t *ids, int B, int T, int V)
+{
+    double total = 0, inv = 1.0 / ((double)B * (T - 1));
+    for (long r = 0; r < (long)B * T; r++) {
+        float *z = logits + r * V;
+        if (r % T == T - 1) { memset(z, 0, sizeof(float) * V); continue; }
+        int target = ids[r + 1];
+        float mx = z[0];
+        for (int v = 1; v < V; v++) mx = z[v] > mx ? z[v] : mx;
+        double sum = 0;
+        for (int v = 0; v < V; v++) sum += exp((double)z[v] - mx);
+        double lse = mx + log(sum);
+        total += lse - z[target];
+        for (int v = 0; v < V; v++) z[v] = (float)(exp((double)z[v] - lse) * inv);
+        z[target] -= (float)inv;
+    }
+    return total * inv;
+}
+
+/* Σ |g ⊙ (w − ŵ)| over n weights. */
+static double delta_loss(const float *g, const float *w, const float *wq, size_t n)
+{
+    double s = 0;
+    for (size_t j = 0; j < n; j++) s += fabs((double)g[j] * ((double)w[j] - wq[j]));
+    return s;
+}
+
+static int forward_batch(score_ctx *s, const int32_t *ids)
+{
+    long BT = (long)s->B * s->T;
+    if (ar_model_embed(s->m, ids, (int)BT, s->x)) return -1;
+    for (int l = 0; l < s->L; l++) {
+        ar_config cl = layer_config(s->c, l);
+        if (load_block(s, l) ||
+            ar_block_forward_train(&cl, &s->wq, s->x, s->x, s->B, s->T, &s->ws, &s->acts[l])) return -1;
+    }
+    ar_rmsnorm_forward(s->xn, s->rstd, s->x, s->norm_w, (int)BT, s->C, s->c->rms_eps);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)BT, s->V, s->C, 1.0f, s->xn, s->C,
+                s->head_q, s->C, 0.0f, s->logits, s->V);
+    return 0;
+}
+
+/* Backward of one batch from dlogits (in s->logits) down to block 0. */
+static int backward_batch(score_ctx *s, double *score)
+{
+    long BT = (long)s->B * s->T;
+    size_t act = sizeof(float) * BT * s->C;
+    /* dxn = dlogits · Ĥ, into dy; then through the final norm into dx */
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)BT, s->C, s->V, 1.0f, s->logits, s->V,
+                s->head_q, s->C, 0.0f, s->dy, s->C);
+    if (head_is_candidate(s)) {
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->V, s->C, (int)BT, 1.0f, s->logits, s->V,
+                    s->xn, s->C, 0.0f, s->dhead, s->C);
+        score[s->L * AR_NLINEAR] += delta_loss(s->dhead, s->head, s->head_q, (size_t)s->V * s->C);
+    }
+    memset(s->dx, 0, act);
+    ar_rmsnorm_backward(s->dx, NULL, s->dy, s->x, s->norm_w, s->rstd, (int)BT, s->C);
+    for (int l = s->L - 1; l >= 0; l--) {
+        float *tmp = s->dy; s->dy = s->dx; s->dx = tmp;   /* dy: gradient at this block's output */
+        if (load_block(s, l)) return -1;
+        float *dW[AR_NLINEAR];
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            int n, k;
+            ar_linear_shape(s->c, i, &n, &k);
+            dW[i] = s->cand[l * AR_NLINEAR + i] ? s->dW[i] : NULL;
+            if (dW[i]) memset(dW[i], 0, sizeof(float) * n * k);
+        }
+        if (l > 0) memset(s->dx, 0, act);
+        ar_config cl = layer_config(s->c, l);
+        if (ar_block_backward(&cl, &s->wq, &s->acts[l], s->dy, dW, l > 0 ? s->dx : NULL, &s->ws)) return -1;
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            if (!dW[i]) continue;
+            int n, k;
+            ar_linear_shape(s->c, i, &n, &k);
+            score[l * AR_NLINEAR + i] += delta_loss(dW[i], s->wfp.w[i], s->wq.w[i], (size_t)n * k);
+        }
+    }
+    return 0;
+}
+
+int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *candidate,
+                        const int32_t *ids, int nseq, int T, int batch_size, double *score,
+                        double *mean_loss, ar_as_progress_fn progress, void *pctx)
+{
+    if (nseq < 1 || T < 2 || batch_size < 1)
+        return ar_error("autoscheme: need sequences of at least 2 tokens (%d x %d)", nseq, T);
+    int B = batch_size < nseq ? batch_size : nseq;
+    score_ctx s;
+    ar_quant_spec qs;
+    if (spec_of(opt, &qs)) return -1;
+    int rc = -1, nb = (nseq + B - 1) / B;
+    double loss_sum = 0;
+    char what[64];
+    snprintf(what, sizeof what, "score %s", opt->name[0] ? opt->name : "option");
+    if (score_ctx_init(&s, m, &qs, candidate, B, T)) goto out;
+    for (int b0 = 0, bi = 0; b0 < nseq; b0 += B, bi++) {
+        /* a short last batch reuses the capacity of a full one */
+        s.B = nseq - b0 < B ? nseq - b0 : B;
+        const int32_t *bids = ids + (size_t)b0 * T;
+        if (forward_batch(&s, bids)) goto out;
+        double loss = cross_entropy_backward(s.logits, bids, s.B, T, s.V);
+        if (backward_batch(&s, score)) goto out;
+        loss_sum += loss;
+        if (progress) progress(pctx, what, bi + 1, nb, loss);
+    }
+    if (mean_loss) *mean_loss = loss_sum / nb;
+    rc = 0;
+out:
+    score_ctx_free(&s);
+    return rc;
+}
+
+/* ---- the whole pass ------------------------------------------------------ */
+
+void ar_autoscheme_result_free(ar_autoscheme_result *r)
+{
+    if (!r) return;
+    free(r->options); free(r->choice); free(r->score); free(r->bits); free(r->params);
+    memset(r, 0, sizeof *r);
+}
+
+static double now_seconds(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Options without duplicates (same preset name), in the given order. */
+static int dedup_options(const ar_autoscheme_opts *o, ar_autoscheme_result *r)
+{
+    if (o->nopt < 1) return ar_error("autoscheme: no options");
+    if (!(r->options = malloc(sizeof *r->options * (size_t)o->nopt))) return ar_error("autoscheme: out of memory");
+    for (int i = 0; i < o->nopt; i++) {
+        int dup = 0;
+        for (int j = 0; j < r->nopt && !dup; j++)
+            dup = o->options[i].name[0] && !strcmp(o->options[i].name, r->options[j].name);
+        if (!dup) r->options[r->nopt++] = o->options[i];
+    }
+    return 0;
+}
+
+/* Scheme of slot s under option opt, after the shape and head rules. */
+static int slot_scheme(const ar_config *c, int slot, const ar_scheme *opt, int quant_lm_head, ar_scheme *out)
+{
+    char name[128];
+    int n, k;
+    ar_autoscheme_slot_name(c, slot, name, sizeof name);
+    slot_shape(c, slot, &n, &k);
+    int head = slot >= c->n_layers * AR_NLINEAR;
+    ar_layer_info info = {head, head && quant_lm_head, c->tie_embeddings};
+    return ar_scheme_for_layer(opt, NULL, name, n, k, &info, out);
+}
+
+/* A slot is a candidate when every quantizing option quantizes it; fill its
+ * bits per option and its weight count. cand [nslots]. */
+static int find_candidates(const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
+                           unsigned char *cand)
+{
+    for (int slot = 0; slot < r->nslots; slot++) {
+        int n, k, any = 0, all = 1;
+        slot_shape(c, slot, &n, &k);
+        for (int j = 0; j < r->nopt; j++) {
+            ar_scheme s;
+            if (slot_scheme(c, slot, &r->options[j], o->quant_lm_head, &s)) return -1;
+            if (!ar_scheme_quantized(&r->options[j])) continue;
+            any = 1;
+            if (!ar_scheme_quantized(&s)) all = 0;
+            r->bits[(size_t)slot * r->nopt + j] = ar_layer_bits(&s, n, k, o->ignore_scale_zp_bits);
+        }
+        cand[slot] = any && all;
+        for (int j = 0; j < r->nopt; j++)
+            if (!ar_scheme_quantized(&r->options[j]))
+                r->bits[(size_t)slot * r->nopt + j] = ar_layer_bits(&r->options[j], n, k, o->ignore_scale_zp_bits);
+        r->params[slot] = cand[slot] ? (int64_t)n * k : 0;
+        r->total_params += r->params[slot];
+    }
+    if (!r->total_params) return ar_error("autoscheme: no layer is quantized by every option");
+    return 0;
+}
+
+/* Feasible range [min, max] of the uniform averages; snap a target within 1e-3. */
+static int check_target(ar_autoscheme_result *r, double *target)
+{
+    r->min_avg = INFINITY, r->max_avg = -INFINITY;
+    for (int j = 0; j < r->nopt; j++) {
+        int64_t tot = 0;
+        for (int s = 0; s < r->nslots; s++) if (r->params[s]) tot += r->bits[(size_t)s * r->nopt + j];
+        double avg = (double)tot / r->total_params;
+        r->min_avg = avg < r->min_avg ? avg : r->min_avg;
+        r->max_avg = avg > r->max_avg ? avg : r->max_avg;
+    }
+    if (fabs(*target - r->min_avg) < 1e-3) *target = r->min_avg;
+    else if (fabs(*target - r->max_avg) < 1e-3) *target = r->max_avg;
+    if (*target < r->min_avg || *target > r->max_avg)
+        return ar_error("autoscheme: target avg_bits %.3f is outside the options' range [%.3f, %.3f]",
+                        *target, r->min_avg, r->max_avg);
+    return 0;
+}
+
+static int find_root(int *parent, int x)
+{
+    while (parent[x] != x) x = parent[x] = parent[parent[x]];
+    return x;
+}
+
+/* 1 when layer name matches pattern: equal, regex search, or substring. */
+static int name_matches(const char *pattern, const char *name)
+{
+    if (!strcmp(pattern, name) || strstr(name, pattern)) return 1;
+    int err;
+    PCRE2_SIZE off;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)pattern, PCRE2_ZERO_TERMINATED, 0, &err, &off, NULL);
+    if (!re) return 0;
+    pcre2_match_data *md = pcre2_match_data_create_from_pattern(re, NULL);
+    int hit = md && pcre2_match(re, (PCRE2_SPTR)name, PCRE2_ZERO_TERMINATED, 0, 0, md, NULL) >= 0;
+    pcre2_match_data_free(md);
+    pcre2_code_free(re);
+    return hit;
+}
+
+/* Union the candidates of each block that match any pattern of group g. */
+static void union_group(const ar_config *c, const char *group, const unsigned char *cand, int *parent)
+{
+    char pats[1024];
+    snprintf(pats, sizeof pats, "%s", group);
+    for (int l = 0; l < c->n_layers; l++) {
+        int first = -1;
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            int slot = l * AR_NLINEAR + i, hit = 0;
+            char name[128], buf[1024], *save = NULL;
+            if (!cand[slot]) continue;
+            ar_autoscheme_slot_name(c, slot, name, sizeof name);
+            memcpy(buf, pats, sizeof buf);
+            for (char *p = strtok_r(buf, ",", &save); p && !hit; p = strtok_r(NULL, ",", &save))
+                hit = *p && name_matches(p, name);
+            if (!hit) continue;
+            if (first < 0) first = slot;
+            else parent[find_root(parent, slot)] = find_root(parent, first);
+        }
+    }
+}
+
+/* Items of the DP: one per group root, in slot order; item_of [nslots]. */
+static int build_items(const ar_config *c, const ar_autoscheme_opts *o, const unsigned char *cand,
+                       int nslots, int *item_of, int *root_slot)
+{
+    int *parent = malloc(sizeof *parent * (size_t)nslots), nitems = 0;
+    if (!parent) return ar_error("autoscheme: out of memory");
+    for (int s = 0; s < nslots; s++) parent[s] = s;
+    for (int g = 0; g < o->nshared; g++) union_group(c, o->shared[g], cand, parent);
+    for (int s = 0; s < nslots; s++) item_of[s] = -1;
+    for (int s = 0; s < nslots; s++) {
+        if (!cand[s]) continue;
+        int root = find_root(parent, s);
+        if (item_of[root] < 0) { item_of[root] = nitems; root_slot[nitems++] = root; }
+        item_of[s] = item_of[root];
+    }
+    free(parent);
+    return nitems;
+}
+
+/* The head trick: the head may only take options of >= 6 bits (only the
+ * widest when the target exceeds 6); no restriction if none qualifies. */
+static void restrict_head(const ar_autoscheme_result *r, double target, unsigned char *allowed)
+{
+    int widest = 0, any = 0;
+    for (int j = 0; j < r->nopt; j++) {
+        if (r->options[j].bits > r->options[widest].bits) widest = j;
+        any |= r->options[j].bits >= 6;
+    }
+    if (!any) return;
+    for (int j = 0; j < r->nopt; j++)
+        allowed[j] = target > 6 ? j == widest : r->options[j].bits >= 6;
+}
+
+/* Merge per-slot bits and scores into items, run the DP, spread the choice back. */
+static int allocate(const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
+                    const unsigned char *cand, double target)
+{
+    int ns = r->nslots, no = r->nopt, rc = -1;
+    int *item_of = malloc(sizeof(int) * ns), *root = malloc(sizeof(int) * ns), *ch = malloc(sizeof(int) * ns);
+    int64_t *bits = calloc((size_t)ns * no, sizeof *bits);
+    double *loss = calloc((size_t)ns * no, sizeof *loss);
+    unsigned char *allowed = malloc((size_t)ns * no);
+    if (!item_of || !root || !ch || !bits || !loss || !allowed) { ar_error("autoscheme: out of memory"); goto out; }
+    int nitems = build_items(c, o, cand, ns, item_of, root);
+    if (nitems < 0) goto out;
+    memset(allowed, 1, (size_t)ns * no);
+    for (int s = 0; s < ns; s++) {
+        if (item_of[s] < 0) continue;
+        for (int j = 0; j < no; j++) {
+            bits[(size_t)item_of[s] * no + j] += r->bits[(size_t)s * no + j];
+            loss[(size_t)item_of[s] * no + j] += r->score[(size_t)s * no + j];
+        }
+        if (s == c->n_layers * AR_NLINEAR) restrict_head(r, target, allowed + (size_t)item_of[s] * no);
+    }
+    r->budget = (int64_t)floor((double)r->total_params * target);
+    double t0 = now_seconds();
+    if (ar_autoscheme_dp(nitems, no, bits, loss, allowed, r->budget, o->max_states, ch, &r->used_bits, NULL))
+        goto out;
+    r->dp_seconds = now_seconds() - t0;
+    for (int s = 0; s < ns; s++) r->choice[s] = item_of[s] < 0 ? -1 : ch[item_of[s]];
+    r->avg_bits = (double)r->used_bits / r->total_params;
+    rc = 0;
+out:
+    free(item_of); free(root); free(ch); free(bits); free(loss); free(allowed);
+    return rc;
+}
+
+static int score_all(ar_model *m, const int32_t *ids, int nseq, int T, const ar_autoscheme_opts *o,
+                     ar_autoscheme_result *r, const unsigned char *cand)
+{
+    double *one = malloc(sizeof(double) * r->nslots);
+    if (!one) return ar_error("autoscheme: out of memory");
+    double t0 = now_seconds();
+    for (int j = 0; j < r->nopt; j++) {
+        if (!ar_scheme_quantized(&r->options[j])) continue;   /* BF16: score 0 */
+        memset(one, 0, sizeof(double) * r->nslots);
+        if (ar_autoscheme_score(m, &r->options[j], cand, ids, nseq, T, o->batch_size > 0 ? o->batch_size : 8,
+                                one, NULL, o->progress, o->pctx)) { free(one); return -1; }
+        for (int s = 0; s < r->nslots; s++) r->score[(size_t)s * r->nopt + j] = one[s];
+    }
+    r->score_seconds = now_seconds() - t0;
+    free(one);
+    return 0;
+}
+
+int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
+                      const ar_autoscheme_opts *o, ar_autoscheme_result *r)
+{
+    const ar_config *c = ar_model_config(m);
+    memset(r, 0, sizeof *r);
+    r->nslots = AR_AS_NSLOTS(c);
+    if (dedup_options(o, r)) return -1;
+    size_t cells = (size_t)r->nslots * r->nopt;
+    unsigned char *cand = calloc((size_t)r->nslots, 1);
+    r->choice = malloc(sizeof(int) * r->nslots);
+    r->score = calloc(cells, sizeof(double));
+    r->bits = calloc(cells, sizeof(int64_t));
+    r->params = calloc((size_t)r->nslots, sizeof(int64_t));
+    double target = o->avg_bits;
+    int rc = -1;
+    if (!cand || !r->choice || !r->score || !r->bits || !r->params) ar_error("autoscheme: out of memory");
+    else if (!find_candidates(c, o, r, cand) && !check_target(r, &target) &&
+             !score_all(m, ids, nseq, T, o, r, cand) && !allocate(c, o, r, cand, target))
+        rc = 0;
+    free(cand);
+    if (rc) ar_autoscheme_result_free(r);
+    return rc;
+}
+
+char *ar_autoscheme_layer_config_json(const ar_config *c, const ar_autoscheme_result *r)
+{
+    size_t cap = 64 + (size_t)r->nslots * 192, len = 0;
+    char *out = malloc(cap);
+    if (!out) { ar_error("autoscheme: out of memory"); return NULL; }
+    len += (size_t)snprintf(out, cap, "{");
+    for (int s = 0, first = 1; s < r->nslots; s++) {
+        if (r->choice[s] < 0) continue;
+        char name[128];
+        ar_autoscheme_slot_name(c, s, name, sizeof name);
+        len += (size_t)snprintf(out + len, cap - len, "%s\n  \"%s\": \"%s\"", first ? "" : ",", name,
+                                r->options[r->choice[s]].name);
+        first = 0;
+    }
+    snprintf(out + len, cap - len, "\n}\n");
+    return out;
+}

@@ -1,0 +1,112 @@
+/* autoscheme.h — AutoScheme mixed precision (spec §5.2): score every
+ * quantizable Linear under each candidate scheme, count each layer's bits as
+ * AutoRound does, and pick one scheme per layer (or per group of layers that
+ * must share one) minimising the summed score under a bit budget.
+ *
+ * Pieces, usable alone:
+ *  - ar_layer_bits: AutoRound's compute_layer_bits, quirks included;
+ *  - ar_autoscheme_dp: the exact allocation over cumulative bits;
+ *  - ar_autoscheme_score: one option's first-order "delta loss"
+ *    Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| per Linear from full-model causal-LM backward passes;
+ *  - ar_autoscheme_run: all of it over a model and calibration token ids.
+ *
+ * Layer indices: block Linears are l·AR_NLINEAR + i (i in block.h's order),
+ * the output head is n_layers·AR_NLINEAR; AR_AS_NSLOTS(c) slots in all. */
+#ifndef AR_AUTOSCHEME_H
+#define AR_AUTOSCHEME_H
+#include "model.h"
+#include "scheme.h"
+#include <stdint.h>
+
+#define AR_AS_NSLOTS(c) ((c)->n_layers * AR_NLINEAR + 1)
+
+/* Bits a layer of weight [n_out, k_in] costs under scheme s (spec §5.2,
+ * AutoRound's compute_layer_bits):
+ *  - bits >= 16 or ignore_scale_zp: bits·n (a GGUF K-scheme left at 16 bits: 32·n);
+ *  - GGUF K (super_bits > 0): b·n + ng·2·super_bits + ceil(ng/super_group)·64;
+ *  - otherwise b·n + ng·(scale_bits + zp_bits), scale_bits 8 for "mx_fp",
+ *    "nv_fp", "fp4" data types else 16, zp_bits = b when asymmetric OR when
+ *    the data type contains "int" (AutoRound's quirk: symmetric int pays it).
+ * ng = n_out·ceil(k_in/G) (G > 0), 1 (G = 0), n_out (G = -1); FP8 2-D blocks
+ * count ceil(n_out/G)·ceil(k_in/G) tiles. W4A16 g128: 4 + 20/128 = 4.156/weight. */
+int64_t ar_layer_bits(const ar_scheme *s, int n_out, int k_in, int ignore_scale_zp);
+
+/* Exact allocation: choose one option per item minimising Σ loss[i, choice]
+ * subject to Σ bits[i, choice] <= budget. bits, loss [nitems, nopt];
+ * allowed [nitems, nopt] (NULL: all) masks options out per item. Items are
+ * taken in order; a state is an exact cumulative bit count with its least
+ * loss, states over budget are dropped, and only the Pareto front (loss
+ * strictly falling as bits rise) is kept, thinned evenly to max_states when
+ * larger (max_states <= 0: no cap, the result is then exact). Ties go to
+ * the option listed first. choice [nitems] gets option indices; *used_bits
+ * and *total_loss (each may be NULL) the winner's totals. Returns 0, or -1
+ * with ar_error when no assignment fits the budget. */
+int ar_autoscheme_dp(int nitems, int nopt, const int64_t *bits, const double *loss,
+                     const unsigned char *allowed, int64_t budget, long max_states,
+                     int *choice, int64_t *used_bits, double *total_loss);
+
+/* Progress callback: what ("score W2A16G64"), step i of n. */
+typedef void (*ar_as_progress_fn)(void *ctx, const char *what, int i, int n, double loss);
+
+/* Score one option: every slot with candidate[slot] != 0 is fake-quantized
+ * with opt by RTN (no tuning), the model runs on nseq sequences of T tokens
+ * (ids [nseq, T]) in batches of batch_size with the mean next-token
+ * cross-entropy of each batch as loss, and after each batch's backward
+ * score[slot] += Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| for each candidate. Activations of all
+ * blocks of one batch are held (about 40·B·T·(C + F) bytes per block plus the
+ * attention matrices). *mean_loss (may be NULL) gets the average batch loss.
+ * The head slot is scored only when the head is not tied. 0 or -1 (ar_error). */
+int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *candidate,
+                        const int32_t *ids, int nseq, int T, int batch_size, double *score,
+                        double *mean_loss, ar_as_progress_fn progress, void *pctx);
+
+/* Settings of ar_autoscheme_run. */
+typedef struct {
+    double avg_bits;            /* target average bits per candidate weight */
+    const ar_scheme *options;   /* presets; duplicates (same name) count once */
+    int nopt;
+    const char *const *shared;  /* ngroups groups, each "pat1,pat2,..." of names or regexes */
+    int nshared;
+    int ignore_scale_zp_bits;
+    int quant_lm_head;          /* make an untied head a candidate (restricted to >= 6-bit options) */
+    int batch_size;             /* <= 0: 8 */
+    long max_states;            /* DP cap, <= 0 none */
+    ar_as_progress_fn progress;
+    void *pctx;
+} ar_autoscheme_opts;
+
+/* What ar_autoscheme_run decided. Arrays have AR_AS_NSLOTS(c) entries. */
+typedef struct {
+    int nslots, nopt;
+    ar_scheme *options;         /* the deduplicated options [nopt] */
+    int *choice;                /* option index per slot, -1 for non-candidates */
+    double *score;              /* [nslots, nopt] */
+    int64_t *bits;              /* [nslots, nopt] */
+    int64_t *params;            /* [nslots]: weights of the slot, 0 if not candidate */
+    int64_t budget, used_bits, total_params;
+    double min_avg, max_avg, avg_bits;  /* feasible range and achieved average */
+    double dp_seconds, score_seconds;
+} ar_autoscheme_result;
+
+/* Whole AutoScheme over m with calibration ids [nseq, T]: candidates are the
+ * block Linears that every quantizing option quantizes (spec §1.3 shape
+ * rules) plus, with quant_lm_head, an untied head; the target must lie in
+ * [min, max] of the options' uniform averages (within 1e-3 it snaps to the
+ * end); budget = floor(params · avg_bits); shared groups are matched block by
+ * block (exact name, regex search, or substring) and merged when they
+ * overlap; BF16-like options (bits >= 16) score 0 without a pass. Returns 0,
+ * or -1 with ar_error; free r with ar_autoscheme_result_free. */
+int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
+                      const ar_autoscheme_opts *o, ar_autoscheme_result *r);
+
+void ar_autoscheme_result_free(ar_autoscheme_result *r);
+
+/* Hugging Face name of slot s ("model.layers.3.mlp.up_proj", "lm_head") into buf. */
+void ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size);
+
+/* The decision as --layer_config JSON text (scheme.h's format): one entry per
+ * candidate, its full name mapped to the chosen preset name. malloc'd; NULL
+ * with ar_error when out of memory. */
+char *ar_autoscheme_layer_config_json(const ar_config *c, const ar_autoscheme_result *r);
+
+#endif
