@@ -2,7 +2,16 @@
  * Built and run by `make cuda-check` (tests/cuda/run.sh) on a machine with a
  * GPU; never part of `make test`.
  *
- *   cuda_check [--tests] [--bench] [--bench-iters N]
+ *   cuda_check [--tests] [--bench] [--fast] [--bench-iters N] [--bench-samples N]
+ *
+ * --fast switches to the fast block path (AR_CUDA_FAST=1: bf16 operands,
+ * fused ops, flash attention): --tests then runs the fast path's own tests
+ * (fused ops and flash attention against the CPU on bf16-rounded inputs,
+ * bf16 blocks and a bf16 tuning run with the default bf16 tolerances), and
+ * --bench times the fast path. Either --bench times its path without, then
+ * with --low_gpu_mem_usage (caches in host memory, staged per mini-batch).
+ * Run the default and the --fast passes as separate processes, so a fault
+ * in the new path cannot take the verified one down with it.
  *
  * Every test prints one line "PASS|FAIL name  err E (tol X)" where E is the
  * maximum absolute error divided by the maximum |reference| unless stated
@@ -13,7 +22,11 @@
  * (8-bit mantissas); the quantizer must agree exactly on >= 99.99% of the
  * elements (identical f32 formulas, no FMA contraction); a whole 12-iteration
  * tuning run must follow the CPU's loss trajectory to 2% and end with >= 98%
- * identical weights (f32 products). */
+ * identical weights (f32 products). Fast path: fused ops store bf16, so they
+ * must agree to 4e-3 (bf16 rounding, 2^-9, of values computed the same way);
+ * bf16 x bf16 GEMMs on pre-rounded operands 1e-4 (exact products, f32 sums);
+ * flash attention on pre-rounded q/k/v 2e-2 forward and 5e-2 backward (the
+ * probabilities, dO and dS enter their products in bf16). */
 #include "cuda_impl.h"
 #include "device.h"
 #include "dtype.h"
@@ -503,6 +516,152 @@ static void test_tuning(const char *tag, ar_quant_spec spec, int mode, double to
     free_weights(&w);
 }
 
+/* ---- fast path ---------------------------------------------------------------- */
+
+/* Host copy of x rounded to bf16 (as f32) and its bf16 device copy. */
+static float *round_bf16(const float *x, size_t n, uint16_t **dev)
+{
+    uint16_t *h = malloc(2 * (n ? n : 1));
+    float *r = malloc(sizeof(float) * (n ? n : 1));
+    if (!h || !r) { fprintf(stderr, "out of memory\n"); exit(2); }
+    ar_from_f32(h, x, AR_BF16, n);
+    ar_to_f32(r, h, AR_BF16, n);
+    if (dev) {
+        *dev = ar_cuda_malloc(2 * (n ? n : 1));
+        if (!*dev || ar_cuda_upload(*dev, h, 2 * n)) die_cuda("upload");
+    }
+    free(h);
+    return r;
+}
+
+/* Compare a bf16 device buffer (widened) with an f32 host reference. */
+static void check_dev_bf16(const char *name, const uint16_t *d, const float *ref, size_t n, double tol)
+{
+    uint16_t *h = malloc(2 * (n ? n : 1));
+    float *f = malloc(sizeof(float) * (n ? n : 1));
+    if (!h || !f || ar_cuda_download(h, d, 2 * n)) die_cuda("download");
+    ar_to_f32(f, h, AR_BF16, n);
+    verdict(name, rel_err(f, ref, n), tol, "err");
+    free(h);
+    free(f);
+}
+
+static void test_fused(void)
+{
+    int R = 96, C = 640;
+    size_t n = (size_t)R * C;
+    float *x = rnd(n, 2, 0), *w = rnd(C, 0.5f, 1), *y = zeros(n), *rs = zeros(R);
+    float *g = rnd(n, 4, 0), *u = rnd(n, 2, 0), *dout = rnd(n, 1, 0), *dg = zeros(n), *du = zeros(n);
+    float *dX = up(x, n), *dW = up(w, C), *dR = up(rs, R), *dG = up(g, n), *dU = up(u, n), *dD = up(dout, n), *dF = up(y, n);
+    uint16_t *b1 = ar_cuda_malloc(2 * n), *b2 = ar_cuda_malloc(2 * n);
+    if (!b1 || !b2) die_cuda("alloc");
+    ar_rmsnorm_forward(y, rs, x, w, R, C, 1e-5f);
+    ar_cuda_rmsnorm_forward_bf16(b1, dR, dX, dW, R, C, 1e-5f);
+    check_dev_bf16("fast: rmsnorm -> bf16", b1, y, n, 4e-3);
+    check_dev("fast: rmsnorm -> bf16 rstd", dR, rs, R, 1e-5);
+    ar_swiglu_forward(y, g, u, (long)n);
+    ar_cuda_swiglu_forward_bf16(b1, dG, dU, (long)n);
+    check_dev_bf16("fast: swiglu -> bf16", b1, y, n, 4e-3);
+    ar_swiglu_backward(dg, du, dout, g, u, (long)n);
+    ar_cuda_swiglu_backward_bf16(b1, b2, dD, dG, dU, (long)n);
+    check_dev_bf16("fast: swiglu backward -> bf16 dgate", b1, dg, n, 4e-3);
+    check_dev_bf16("fast: swiglu backward -> bf16 dup", b2, du, n, 4e-3);
+    ar_cuda_copy_to_bf16(dF, b1, dG, (long)n);
+    check_dev("fast: copy_to_bf16 f32 copy", dF, g, n, 0);
+    check_dev_bf16("fast: copy_to_bf16 bf16", b1, g, n, 4e-3);
+
+    ar_config c;
+    memset(&c, 0, sizeof c);
+    c.head_dim = 64, c.rope_theta = 10000;
+    int B = 2, T = 96, H = 4, HD = 64;
+    size_t nr = (size_t)B * T * H * HD, h2 = (size_t)T * HD / 2;
+    float *cs = zeros(h2), *sn = zeros(h2), *q = rnd(nr, 1, 0), *q2 = malloc(sizeof(float) * nr);
+    memcpy(q2, q, sizeof(float) * nr);
+    ar_rope_tables(cs, sn, &c, T);
+    float *dC = up(cs, h2), *dS = up(sn, h2), *dQ = up(q, nr);
+    uint16_t *qb = ar_cuda_malloc(2 * nr);
+    ar_rope_forward(q2, cs, sn, B, T, H, HD);
+    ar_cuda_rope_bf16(qb, dQ, dC, dS, B, T, H, HD, 0);
+    check_dev_bf16("fast: rope -> bf16", qb, q2, nr, 4e-3);
+    memcpy(q2, q, sizeof(float) * nr);
+    ar_rope_backward(q2, cs, sn, B, T, H, HD);
+    ar_cuda_rope_bf16(qb, dQ, dC, dS, B, T, H, HD, 1);
+    check_dev_bf16("fast: rope inverse -> bf16", qb, q2, nr, 4e-3);
+
+    /* bf16 GEMM in the linear's three layouts, on bf16-rounded operands */
+    int M = 300, K = 512, N = 384;
+    float *a0 = rnd((size_t)M * K, 1, 0), *w0 = rnd((size_t)N * K, 0.05f, 0), *g0 = rnd((size_t)M * N, 1, 0);
+    uint16_t *da, *dw, *dg0;
+    float *a = round_bf16(a0, (size_t)M * K, &da), *wr = round_bf16(w0, (size_t)N * K, &dw);
+    float *gr = round_bf16(g0, (size_t)M * N, &dg0);
+    float *yr = zeros((size_t)M * N), *xr = zeros((size_t)M * K), *wg = zeros((size_t)N * K);
+    float *dy = up(yr, (size_t)M * N), *dx = up(xr, (size_t)M * K), *dwg = up(wg, (size_t)N * K);
+    ar_linear_forward(yr, a, wr, NULL, M, K, N);
+    ar_linear_backward(xr, wg, NULL, gr, a, wr, M, K, N);
+    if (ar_cuda_gemm_bf16(0, 1, M, N, K, 1.0f, da, K, dw, K, 0.0f, dy, N) ||
+        ar_cuda_gemm_bf16(0, 0, M, K, N, 1.0f, dg0, N, dw, K, 0.0f, dx, K) ||
+        ar_cuda_gemm_bf16(1, 0, N, K, M, 1.0f, dg0, N, da, K, 1.0f, dwg, K))
+        die_cuda("gemm bf16");
+    check_dev("fast: bf16 GEMM y = x W^T", dy, yr, (size_t)M * N, 1e-4);
+    check_dev("fast: bf16 GEMM dx = dy W", dx, xr, (size_t)M * K, 1e-4);
+    check_dev("fast: bf16 GEMM dW += dy^T x", dwg, wg, (size_t)N * K, 1e-4);
+
+    float *fr[] = {x, w, y, rs, g, u, dout, dg, du, cs, sn, q, q2, a0, w0, g0, a, wr, gr, yr, xr, wg};
+    for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
+    void *fd[] = {dX, dW, dR, dG, dU, dD, dF, b1, b2, dC, dS, dQ, qb, da, dw, dg0, dy, dx, dwg};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+/* Flash attention against the CPU op on the same bf16-rounded q, k, v. */
+static void test_flash(int B, int T, int NH, int NKV, int HD, int window)
+{
+    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
+    float *q0 = rnd(nq, 1, 0), *k0 = rnd(nk, 1, 0), *v0 = rnd(nk, 1, 0);
+    uint16_t *qb, *kb, *vb, *ob = ar_cuda_malloc(2 * nq);
+    float *q = round_bf16(q0, nq, &qb), *k = round_bf16(k0, nk, &kb), *v = round_bf16(v0, nk, &vb);
+    float *o = zeros(nq), *att = zeros(na), *dout = rnd(nq, 1, 0), *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
+    float *scr = zeros((size_t)ar_attention_backward_scratch(B, T, NH, HD));
+    float *dO = up(o, nq), *dL = ar_cuda_malloc(sizeof(float) * (size_t)B * NH * T), *dDO = up(dout, nq);
+    float *dDQ = up(dq, nq), *dDK = up(dk, nk), *dDV = up(dv, nk);
+    float *dS = ar_cuda_malloc(sizeof(float) * (size_t)ar_cuda_flash_backward_scratch(B, T, NH, HD));
+    char name[128];
+    if (!ob || !dL || !dS) die_cuda("alloc");
+    ar_attention_forward(o, att, 1, q, k, v, B, T, NH, NKV, HD, window);
+    if (ar_cuda_flash_forward(ob, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window)) die_cuda("flash forward");
+    snprintf(name, sizeof name, "fast: flash fwd B%d T%d H%d/%d D%d w%d", B, T, NH, NKV, HD, window);
+    check_dev(name, dO, o, nq, 2e-2);
+    snprintf(name, sizeof name, "fast: flash fwd bf16 out T%d D%d w%d", T, HD, window);
+    check_dev_bf16(name, ob, o, nq, 2e-2);
+    ar_attention_backward(dq, dk, dv, scr, dout, att, q, k, v, B, T, NH, NKV, HD);
+    if (ar_cuda_flash_backward(dDQ, dDK, dDV, dS, dDO, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window))
+        die_cuda("flash backward");
+    snprintf(name, sizeof name, "fast: flash bwd dq T%d H%d/%d D%d w%d", T, NH, NKV, HD, window);
+    check_dev(name, dDQ, dq, nq, 5e-2);
+    snprintf(name, sizeof name, "fast: flash bwd dk T%d H%d/%d D%d w%d", T, NH, NKV, HD, window);
+    check_dev(name, dDK, dk, nk, 5e-2);
+    snprintf(name, sizeof name, "fast: flash bwd dv T%d H%d/%d D%d w%d", T, NH, NKV, HD, window);
+    check_dev(name, dDV, dv, nk, 5e-2);
+    float *fr[] = {q0, k0, v0, q, k, v, o, att, dout, dq, dk, dv, scr};
+    for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
+    void *fd[] = {qb, kb, vb, ob, dO, dL, dDO, dDQ, dDK, dDV, dS};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+/* The fast path is taken: a bf16 work's size differs from the default's. */
+static void test_fast_taken(void)
+{
+    ar_config c;
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    ar_cuda_shape s = ar_cuda_shape_of(&c);
+    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
+    ar_cuda_set_fast(0);
+    size_t d = ar_cuda_block_work_bytes(&s, 2, 512, 1);
+    ar_cuda_set_fast(1);
+    size_t f = ar_cuda_block_work_bytes(&s, 2, 512, 1);
+    printf("     block work B2 T512: default %.1f MiB, fast %.1f MiB\n", d / 1048576.0, f / 1048576.0);
+    verdict("fast: bf16 works take the fast path", d != f ? 0 : 1, 0, "taken (0 = yes)");
+}
+
 /* ---- full-model NLL -------------------------------------------------------------- */
 
 static void test_nll(const char *shared)
@@ -535,20 +694,49 @@ static void test_nll(const char *shared)
 
 /* ---- timings ---------------------------------------------------------------------- */
 
+/* Executed GEMM FLOPs of one 7B-block iteration: linears forward 2·BT·P;
+ * backward dW of all seven 2·BT·P and dx of o/gate/up/down (q/k/v need none)
+ * 2·BT·(P − Pqkv); attention 2 forward + 4 backward products of
+ * 2·B·NH·T²·HD each over the full T x T square (what the stored-probability
+ * path executes), or over its causal half (causal = 1: what attention needs). */
+static double block_flops(double BT, double P, int B, int T, int causal)
+{
+    double Pqkv = 3.0 * 4096 * 4096, att = 6 * 2.0 * B * 32 * (double)T * T * 128;
+    return 2 * BT * P + 2 * BT * P + 2 * BT * (P - Pqkv) + (causal ? att / 2 : att);
+}
+
+/* cuBLAS's native bf16 GEMM on the block's three linear shapes: the best. */
+static double gemm_peak(void)
+{
+    double peak = 0, tf;
+    int shapes[3][3] = {{16384, 4096, 4096}, {16384, 11008, 4096}, {16384, 4096, 11008}};
+    for (int i = 0; i < 3; i++) {
+        if (ar_cuda_bench_bf16_gemm(shapes[i][0], shapes[i][1], shapes[i][2], 20, &tf)) die_cuda("gemm bench");
+        printf("  cuBLAS bf16 GEMM %dx%dx%d: %.1f TFLOP/s\n", shapes[i][0], shapes[i][1], shapes[i][2], tf);
+        if (tf > peak) peak = tf;
+    }
+    return peak;
+}
+
 /* The 7B-shaped block: ms per tuning iteration from two runs of different
- * length (setup and the final CPU quantization cancel out). */
-static void bench_block(int iters_extra)
+ * length (setup and the final CPU quantization cancel out), for the current
+ * path (fast or not) with or without the low-memory staging; n cached
+ * samples (8 random ones repeated). */
+static void bench_block(int iters_extra, int n, int fast)
 {
     ar_config c;
     small_config(&c, 4096, 11008, 32, 32, 128, 0, 0, 0);
-    int B = 8, T = 2048, n = 8;
-    printf("synthetic Llama-2-7B block: hidden 4096, intermediate 11008, 32 heads, batch %d x %d tokens, W4G128\n", B,
-           T);
+    int B = 8, T = 2048;
+    if (n < B) n = B;
+    printf("synthetic Llama-2-7B block: hidden 4096, intermediate 11008, 32 heads, batch %d x %d tokens, W4G128, "
+           "%d cached samples\n", B, T, n);
     ar_block_weights w;
     random_weights(&w, &c);
-    size_t el = (size_t)n * T * c.hidden;
+    size_t row = (size_t)T * c.hidden, el = (size_t)n * row;
     uint16_t *xb = malloc(2 * el), *yb = malloc(2 * el);
-    for (size_t i = 0; i < el; i++) xb[i] = ar_f32_to_bf16(urand()), yb[i] = ar_f32_to_bf16(urand());
+    if (!xb || !yb) { fprintf(stderr, "out of memory for the cache\n"); exit(2); }
+    for (size_t i = 0; i < 8 * row; i++) xb[i] = ar_f32_to_bf16(urand()), yb[i] = ar_f32_to_bf16(urand());
+    for (int i = 8; i < n; i++) memcpy(xb + i * row, xb + (i % 8) * row, 2 * row), memcpy(yb + i * row, yb + (i % 8) * row, 2 * row);
     ar_block_plan plan;
     memset(&plan, 0, sizeof plan);
     ar_quant_spec spec = {4, 128, 1, AR_QF_BF16, 0, 0, 0};
@@ -561,43 +749,64 @@ static void bench_block(int iters_extra)
         out[i] = (ar_quant_out){NULL, NULL, NULL, NULL};
         P += (double)nn * k;
     }
-    double sec[2];
-    int its[2] = {2, 2 + iters_extra};
+    double peak_tf = gemm_peak(), BT = (double)B * T;
     ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
-    ar_cuda_reset_peak();
-    for (int r = 0; r < 2; r++) {
-        ar_signround_opts o;
-        ar_signround_defaults(&o);
-        o.iters = its[r], o.batch_size = B;
-        ar_signround_report rep;
-        if (ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out, &rep, NULL, NULL)) {
-            printf("FAIL 7B block timing: %s\n", ar_last_error());
-            g_fail++;
-            return;
+    ar_cuda_set_fast(fast);
+    for (int low = 0; low <= 1; low++) { /* then the same path with --low_gpu_mem_usage */
+        double sec[2];
+        int its[2] = {2, 2 + iters_extra};
+        ar_signround_cuda_set_low_mem(low);
+        ar_cuda_reset_peak();
+        for (int r = 0; r < 2; r++) {
+            ar_signround_opts o;
+            ar_signround_defaults(&o);
+            o.iters = its[r], o.batch_size = B;
+            ar_signround_report rep;
+            if (ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out, &rep, NULL, NULL)) {
+                printf("FAIL 7B block timing: %s\n", ar_last_error());
+                g_fail++;
+                return;
+            }
+            sec[r] = rep.sec_total;
+            printf("  %d iterations: %.2f s total (setup + final CPU quantization included)\n", its[r], sec[r]);
         }
-        sec[r] = rep.sec_total;
-        printf("  %d iterations: %.2f s total (setup + final CPU quantization included)\n", its[r], sec[r]);
+        double ms = (sec[1] - sec[0]) / iters_extra * 1e3, s = ms * 1e-3;
+        double full = block_flops(BT, P, B, T, 0) / s * 1e-12, causal = block_flops(BT, P, B, T, 1) / s * 1e-12;
+        printf("RESULT 7B block [%s%s]: %.1f ms/iteration, %.1f TFLOP/s counting the full attention square "
+               "(%.0f%% of the measured bf16 GEMM peak %.1f TFLOP/s), %.1f TFLOP/s counting its causal half (%.0f%%), "
+               "peak GPU memory %.2f GiB (%d cached samples)\n",
+               fast ? "fast path AR_CUDA_FAST=1" : "default path", low ? ", --low_gpu_mem_usage" : "", ms, full,
+               100.0 * full / peak_tf, peak_tf, causal, 100.0 * causal / peak_tf, ar_cuda_peak_bytes() / 1073741824.0,
+               n);
+        fflush(stdout);
     }
-    double ms = (sec[1] - sec[0]) / iters_extra * 1e3, BT = (double)B * T;
-    /* Executed GEMM FLOPs: linears forward 2·BT·P; backward dW of all seven
-     * 2·BT·P and dx of o/gate/up/down (q/k/v need none) 2·BT·(P − Pqkv);
-     * attention 2 forward + 4 backward products of 2·B·NH·T²·HD each, over
-     * the full T x T square. */
-    double Pqkv = 3.0 * 4096 * 4096;
-    double flops = 2 * BT * P + 2 * BT * P + 2 * BT * (P - Pqkv) + 6 * 2.0 * B * 32 * (double)T * T * 128;
-    double peak = 0, tf;
-    int shapes[3][3] = {{16384, 4096, 4096}, {16384, 11008, 4096}, {16384, 4096, 11008}};
-    for (int i = 0; i < 3; i++) {
-        if (ar_cuda_bench_bf16_gemm(shapes[i][0], shapes[i][1], shapes[i][2], 20, &tf)) die_cuda("gemm bench");
-        printf("  cuBLAS bf16 GEMM %dx%dx%d: %.1f TFLOP/s\n", shapes[i][0], shapes[i][1], shapes[i][2], tf);
-        if (tf > peak) peak = tf;
-    }
-    printf("RESULT 7B block: %.1f ms/iteration, %.1f TFLOP/s executed (%.0f%% of the measured bf16 GEMM peak "
-           "%.1f TFLOP/s), peak GPU memory %.2f GiB\n",
-           ms, flops / (ms * 1e-3) * 1e-12, 100.0 * flops / (ms * 1e-3) * 1e-12 / peak, peak,
-           ar_cuda_peak_bytes() / 1073741824.0);
+    ar_signround_cuda_set_low_mem(0);
     free(xb); free(yb);
     free_weights(&w);
+}
+
+/* The fast path's tests (--tests --fast); AR_CUDA_FAST is on. */
+static void run_fast_tests(void)
+{
+    test_fast_taken();
+    test_fused();
+    test_flash(2, 128, 8, 2, 64, 0);
+    test_flash(1, 200, 4, 4, 32, 48);
+    test_flash(1, 512, 8, 2, 64, 0);
+    test_flash(1, 300, 4, 2, 128, 0);
+    test_flash(2, 160, 4, 1, 80, 100);
+    ar_config c;
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    test_block("fast: tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
+    test_block("fast: qk-norm, qkv bias, window 32 B2 T96 [bf16]", &c, 2, 96, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
+    test_block("fast: head_dim 128 B1 T200 [bf16]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0};
+    test_tuning("fast: W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
+    ar_signround_cuda_set_low_mem(1);
+    test_tuning("fast: W4G128 [bf16 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
+    ar_signround_cuda_set_low_mem(0);
 }
 
 static void run_tests(const char *shared)
@@ -630,29 +839,41 @@ static void run_tests(const char *shared)
     test_tuning("W2G64 asym [f32 GEMMs]", (ar_quant_spec){2, 64, 0, AR_QF_BF16, 0, 0, 0}, AR_CUDA_GEMM_F32, 1e-3,
                 2e-2, 0.02);
     test_tuning("W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
+    /* --low_gpu_mem_usage stages the same samples: the same trajectory */
+    ar_signround_cuda_set_low_mem(1);
+    test_tuning("W4G128 [f32 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
+    ar_signround_cuda_set_low_mem(0);
     test_nll(shared);
 }
 
 int main(int argc, char **argv)
 {
-    int tests = 0, bench = 0, extra = 10;
+    int tests = 0, bench = 0, extra = 10, fast = 0, samples = 128;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tests")) tests = 1;
         else if (!strcmp(argv[i], "--bench")) bench = 1;
+        else if (!strcmp(argv[i], "--fast")) fast = 1;
         else if (!strcmp(argv[i], "--bench-iters") && i + 1 < argc) extra = atoi(argv[++i]);
-        else { fprintf(stderr, "usage: cuda_check [--tests] [--bench] [--bench-iters N]\n"); return 2; }
+        else if (!strcmp(argv[i], "--bench-samples") && i + 1 < argc) samples = atoi(argv[++i]);
+        else {
+            fprintf(stderr, "usage: cuda_check [--tests] [--bench] [--fast] [--bench-iters N] [--bench-samples N]\n");
+            return 2;
+        }
     }
     if (!tests && !bench) tests = bench = 1;
     if (extra < 1) extra = 1;
     const char *shared = getenv("AR_SHARED") ? getenv("AR_SHARED") : "../shared";
     if (ar_device_cuda_count() < 1) { fprintf(stderr, "cuda_check: no CUDA device\n"); return 2; }
     if (ar_device_init(0)) { fprintf(stderr, "cuda_check: %s\n", ar_last_error()); return 2; }
-    printf("device: %s\n", ar_device_describe(0));
+    printf("device: %s%s\n", ar_device_describe(0), fast ? " [fast path]" : "");
+    ar_cuda_set_fast(fast);
     double t0 = now_s();
     if (tests) {
-        run_tests(shared);
-        printf("kernel tests: %d of %d passed (%.1f s)\n", g_tests - g_fail, g_tests, now_s() - t0);
+        if (fast) run_fast_tests();
+        else run_tests(shared);
+        printf("%s tests: %d of %d passed (%.1f s)\n", fast ? "fast-path" : "kernel", g_tests - g_fail, g_tests,
+               now_s() - t0);
     }
-    if (bench) bench_block(extra);
+    if (bench) bench_block(extra, samples, fast);
     return g_fail ? 1 : 0;
 }

@@ -1,9 +1,11 @@
 #!/bin/sh
 # tests/cuda/run.sh — the GPU check behind `make cuda-check`, for a machine
 # with a CUDA GPU (never part of `make test`). In order, fastest first:
-#   1. kernel-versus-CPU tests (cuda_check --tests; tolerances in its header)
+#   1. kernel-versus-CPU tests (cuda_check --tests; tolerances in its header),
+#      then the fast path's tests (cuda_check --tests --fast)
 #   2. synthetic Llama-2-7B block: ms per tuning iteration, executed TFLOP/s
-#      against a cuBLAS bf16 GEMM peak measured in the same run, peak memory
+#      against a cuBLAS bf16 GEMM peak measured in the same run, peak memory,
+#      for the default and the fast path, each also with --low_gpu_mem_usage
 #   3. tiny-llama accuracy runs: ar-calib on the first 3 MB of the training
 #      corpus (128 x 512, CPU), ar-tune on the GPU (W4A16 and W2A16G64, 200
 #      iterations), ar-pack --format fake, ar-eval on heldout.txt (512 x 200
@@ -53,8 +55,11 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 if [ "$DEV" != cpu ]; then
   say "== 1. kernels versus the CPU reference"
   run_step "${AR_CHECK_TL_TESTS:-240}" "kernel tests" "$CHECK" --tests
-  say "== 2. timings"
+  # the fast path (AR_CUDA_FAST=1) in its own process: a fault there cannot hide the results above
+  run_step "${AR_CHECK_TL_TESTS:-240}" "fast-path tests" "$CHECK" --tests --fast
+  say "== 2. timings (each path without, then with --low_gpu_mem_usage)"
   run_step "${AR_CHECK_TL_BENCH:-240}" "7B block timing" "$CHECK" --bench --bench-iters 10
+  run_step "${AR_CHECK_TL_BENCH:-240}" "7B block timing, fast path" "$CHECK" --bench --fast --bench-iters 10
 fi
 
 say "== 3. tiny-llama accuracy (calibration on the CPU, tuning and evaluation on $DEV)"
