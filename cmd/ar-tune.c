@@ -119,6 +119,7 @@ typedef struct {
     int pad_id;             /* META pad_token_id; -1 for null (the tokenizer has none) */
     int32_t *ids;           /* [n, T] */
     uint16_t *hidden;       /* [n, T, C] bf16 */
+    char *layer_config;     /* ar-scheme's META "layer_config" as JSON text (the last one), or NULL */
 } calib_data;
 
 static void read_tensor_record(ar_stream_reader *r, const ar_record *rec, calib_data *d, const char *src)
@@ -162,6 +163,16 @@ static void read_pad_id(const cJSON *meta, calib_data *d, const char *src)
     d->pad_id = cJSON_IsNull(p) ? -1 : p->valueint;
 }
 
+/* ar-scheme (AutoScheme) appends a META with "layer_config": the per-layer
+ * schemes it chose, applied as if given by --layer_config. */
+static void note_stream_layer_config(const cJSON *meta, calib_data *d)
+{
+    const cJSON *lc = cJSON_GetObjectItemCaseSensitive(meta, "layer_config");
+    if (!cJSON_IsObject(lc)) return;
+    free(d->layer_config);
+    if (!(d->layer_config = cJSON_PrintUnformatted(lc))) cli_die("out of memory");
+}
+
 static void read_calib(const char *path, calib_data *d)
 {
     memset(d, 0, sizeof *d);
@@ -181,6 +192,7 @@ static void read_calib(const char *path, calib_data *d)
             if (cJSON_IsString(mp) && !d->model) d->model = strdup(mp->valuestring);
             if (cJSON_IsString(dg) && !d->config_digest) d->config_digest = strdup(dg->valuestring);
             read_pad_id(m, d, src);
+            note_stream_layer_config(m, d);
             cJSON_Delete(m);
         } else read_tensor_record(r, &rec, d, src);
     }
@@ -579,6 +591,19 @@ static char *meta_json(const tune_run *r, const char *model_abs)
     return txt;
 }
 
+/* Use the stream's layer config unless --layer_config FILE was given (it wins). */
+static void apply_stream_layer_config(tune_run *r, const calib_data *d, const char *src)
+{
+    if (!d->layer_config) return;
+    if (r->a->layer_config) {
+        if (cli_progress) fprintf(stderr, "ar-tune: --layer_config overrides the stream's layer config\n");
+        return;
+    }
+    if (!(r->sc.lc = ar_layer_config_parse(d->layer_config, src))) cli_die_lib();
+    if (cli_progress) fprintf(stderr, "ar-tune: using the stream's layer config (%d layers)\n",
+                              ar_layer_config_count(r->sc.lc));
+}
+
 static void setup_scheme(tune_run *r)
 {
     if (ar_scheme_preset(&r->sc.def, r->a->scheme)) cli_usage_error("%s", ar_last_error());
@@ -644,8 +669,12 @@ static void calib_digest(const calib_data *d, char hex[17])
     snprintf(hex, 17, "%016llx", (unsigned long long)h);
 }
 
-static void layer_config_digest(const char *path, char hex[17])
+static void layer_config_digest(const char *path, const char *stream_lc, char hex[17])
 {
+    if (!path && stream_lc) {
+        snprintf(hex, 17, "%016llx", (unsigned long long)ar_fnv1a64(stream_lc, strlen(stream_lc)));
+        return;
+    }
     if (!path) { snprintf(hex, 17, "none"); return; }
     size_t n;
     char *txt = ar_read_text_file(path, &n);
@@ -661,7 +690,7 @@ static char *checkpoint_settings(const tune_run *r, const char *model_abs, const
     char model_dg[17], calib_dg[17], lc_dg[17], meta_dg[17];
     if (ar_ckpt_model_digest(model_abs, model_dg)) cli_die_lib();
     calib_digest(r->d, calib_dg);
-    layer_config_digest(a->layer_config, lc_dg);
+    layer_config_digest(a->layer_config, r->d ? r->d->layer_config : NULL, lc_dg);
     snprintf(meta_dg, sizeof meta_dg, "%016llx", (unsigned long long)ar_fnv1a64(meta, strlen(meta)));
     cJSON *s = cJSON_CreateObject();
     cJSON_AddStringToObject(s, "tool", "ar-tune");
@@ -768,6 +797,7 @@ int main(int argc, char **argv)
         if (!a.model) a.model = d.model;
         if (!a.model) cli_die("the calibration stream names no model; give --model DIR");
         check_digest(&d, a.model);
+        apply_stream_layer_config(&r, &d, a.in ? a.in : "<stdin>");
     } else if (a.iters > 0) {
         a.iters = 0; /* no data: plain RTN, as AutoRound's zero-shot path */
         if (cli_progress) fprintf(stderr, "ar-tune: no calibration stream: plain RTN\n");
