@@ -14,7 +14,7 @@ for p in "$man"/*.[157]; do
   [ -z "$w" ] && ok "$(basename "$p") renders cleanly" || bad "$(basename "$p"): $w"
 done
 
-for t in ar-calib ar-tune ar-pack ar-eval ar-dump auto-round; do
+for t in ar-calib ar-scheme ar-tune ar-pack ar-eval ar-dump auto-round; do
   page="$man/$t.1"
   [ -f "$page" ] || { bad "$t has no man page"; continue; }
   # The page's text as typed: roff escapes for '-' and font changes removed.
