@@ -132,6 +132,36 @@ void ar_block_acts_free(ar_block_acts *a)
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
 }
 
+/* ------------------------------------------------ activation quantization */
+
+static int same_act(const ar_block_work *ws, int i, int j)
+{
+    if (ws->has_act_q[i] != ws->has_act_q[j]) return 0;
+    return !ws->has_act_q[i] || !memcmp(&ws->act_q[i], &ws->act_q[j], sizeof ws->act_q[i]);
+}
+
+int ar_block_set_act_quant(ar_block_work *ws, const ar_act_spec *const aq[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        ws->has_act_q[i] = aq && aq[i];
+        if (ws->has_act_q[i]) ws->act_q[i] = *aq[i];
+        else memset(&ws->act_q[i], 0, sizeof ws->act_q[i]);
+    }
+    if (!same_act(ws, AR_Q, AR_K) || !same_act(ws, AR_Q, AR_V) || !same_act(ws, AR_GATE, AR_UP)) {
+        memset(ws->has_act_q, 0, sizeof ws->has_act_q);
+        return ar_error("block: q/k/v (and gate/up) read one input and need one activation quantizer");
+    }
+    return 0;
+}
+
+/* In place: x [rows, k], the input of linear i, fake-quantized when asked.
+ * Every later reader of x (the linear, its dW in backward) wants x̂, and no
+ * other op reads it, so quantizing in place is the straight-through estimator. */
+static int quant_input(const ar_block_work *ws, int i, float *x, long rows, int k)
+{
+    return ws->has_act_q[i] ? ar_act_quant(&ws->act_q[i], x, rows, k) : 0;
+}
+
 /* --------------------------------------------------------------- forward */
 
 /* Where one forward keeps its intermediates: the workspace (inference, with
@@ -143,12 +173,13 @@ typedef struct {
 } fwd_bufs;
 
 /* Attention half: h = x + o_proj(attn(...)). x is not read after this. */
-static void attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
-                      int B, int T, const ar_block_work *ws, const fwd_bufs *f)
+static int attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
+                     int B, int T, const ar_block_work *ws, const fwd_bufs *f)
 {
     int BT = B * T, C = c->hidden, HD = c->head_dim, NH = c->n_heads;
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
+    if (quant_input(ws, AR_Q, f->ln1, BT, C)) return -1;
     ar_linear_forward(f->qpre, f->ln1, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
     ar_linear_forward(f->kpre, f->ln1, w->w[AR_K], w->b[AR_K], BT, C, KD);
     ar_linear_forward(f->v, f->ln1, w->w[AR_V], w->b[AR_V], BT, C, KD);
@@ -160,21 +191,26 @@ static void attn_half(const ar_config *c, const ar_block_weights *w, const float
     ar_rope_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD);
     ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
                          HD, c->sliding_window);
+    if (quant_input(ws, AR_O, f->ao, BT, QD)) return -1;
     ar_linear_forward(f->h, f->ao, w->w[AR_O], w->b[AR_O], BT, QD, C);
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
+    return 0;
 }
 
 /* MLP half: y = h + down(silu(gate(n2)) * up(n2)). */
-static void mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int BT,
-                     const fwd_bufs *f)
+static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int BT,
+                    const ar_block_work *ws, const fwd_bufs *f)
 {
     int C = c->hidden, F = c->intermediate;
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
+    if (quant_input(ws, AR_GATE, f->ln2, BT, C)) return -1;
     ar_linear_forward(f->gate, f->ln2, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
     ar_linear_forward(f->up, f->ln2, w->w[AR_UP], w->b[AR_UP], BT, C, F);
     ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
+    if (quant_input(ws, AR_DOWN, f->act, BT, F)) return -1;
     ar_linear_forward(f->tmp, f->act, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
+    return 0;
 }
 
 static int check_fit(int B, int T, int capB, int capT, const char *what)
@@ -194,9 +230,7 @@ int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float 
     fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
                   .v = ws->v, .att = ws->att, .ao = ws->ao, .h = ws->h, .ln2 = ws->ln,
                   .gate = ws->gate, .up = ws->up, .act = ws->gate, .tmp = ws->ln};
-    attn_half(c, w, x, B, T, ws, &f);
-    mlp_half(c, w, y, B * T, &f);
-    return 0;
+    return attn_half(c, w, x, B, T, ws, &f) || mlp_half(c, w, y, B * T, ws, &f) ? -1 : 0;
 }
 
 int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
@@ -215,9 +249,7 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
                   .save_att = 1, .ao = a->ao, .h = a->h, .ln2 = a->ln2,
                   .rstd2 = a->rstd2, .gate = a->gate, .up = a->up, .act = a->act,
                   .tmp = ws->ln};
-    attn_half(c, w, a->x, B, T, ws, &f);
-    mlp_half(c, w, y, B * T, &f);
-    return 0;
+    return attn_half(c, w, a->x, B, T, ws, &f) || mlp_half(c, w, y, B * T, ws, &f) ? -1 : 0;
 }
 
 /* -------------------------------------------------------------- backward */

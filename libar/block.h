@@ -7,6 +7,7 @@
 #ifndef AR_BLOCK_H
 #define AR_BLOCK_H
 #include "config.h"
+#include "quant_fp.h"
 
 /* The seven Linear layers of a block, in this fixed order everywhere
  * (tuning, streams, packers). */
@@ -40,6 +41,9 @@ typedef struct {
     float *cos_t, *sin_t;
     float *ln, *h, *q, *ao, *k, *v, *gate, *up, *rstd, *att;
     float *dact, *dgate, *dup, *dln, *dh, *dao, *dq, *dqn, *dk, *dv, *dkn;
+    /* Activation fake-quantization (spec §2.12), set with ar_block_set_act_quant. */
+    ar_act_spec act_q[AR_NLINEAR];
+    int has_act_q[AR_NLINEAR];
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
@@ -47,6 +51,15 @@ typedef struct {
  * of memory or the config is inconsistent. */
 int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int train);
 void ar_block_work_free(ar_block_work *ws);
+
+/* Fake-quantize the input of linear i with aq[i] (NULL entry or NULL aq: not
+ * quantized) in every later forward that uses ws, train and inference alike,
+ * as AutoRound's wrapper does for act_bits <= 8. The backward is
+ * straight-through: dL/dx passes unchanged, dW is taken against the quantized
+ * input. Linears reading one input (q/k/v; gate/up) must get equal specs
+ * (all or none), since the quantized input is computed once, in place.
+ * Returns 0, or -1 (ar_error) for unequal specs in a shared input. */
+int ar_block_set_act_quant(ar_block_work *ws, const ar_act_spec *const aq[AR_NLINEAR]);
 
 /* Activations one training forward saves for ar_block_backward, for up to B
  * sequences of T tokens (BT = B*T, QD = NH*HD, KD = NKV*HD):
