@@ -16,6 +16,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -125,6 +126,9 @@ static void open_outputs(const pack_args *a, const tune_meta *m, output *outs, i
             if (!o->gguf) cli_die_lib();
             continue;
         }
+        if (!strncasecmp(m->scheme, "gguf:", 5))
+            cli_die("%s: the stream holds GGUF blocks (scheme %s); it packs only as gguf:<type>, not %s",
+                    a->in ? a->in : "<stdin>", m->scheme, o->name);
         ar_export_opts eo = {.format = o->name, .bits = m->bits, .group_size = m->group_size, .sym = m->sym,
                              .mixed_bits = m->mixed_bits, .tuning_json = m->tuning_json, .data_type = m->data_type,
                              .group_2d = m->group_2d, .act_bits = m->act_bits, .act_group_size = m->act_group_size,
