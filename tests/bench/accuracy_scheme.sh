@@ -30,7 +30,8 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 zstd -dc "$SHARED/data/corpus/gutenberg_en_prose.txt.zst" | head -c 3000000 > "$W/calib3m.txt"
 "$AR_BIN/ar-calib" --model "$M" --dataset "$W/calib3m.txt" --nsamples 128 --seqlen 512 -o "$W/calib.ars" || exit 1
 
-printf '{"model\\\\.layers\\\\.[45]\\\\.": "W4A16"}\n' > "$W/tail4.json"
+# a key with regex tokens: AutoRound escapes its bare dots itself
+printf '{"model.layers.[45].": "W4A16"}\n' > "$W/tail4.json"
 
 # config -> "ar-scheme arguments (empty: none)|ar-tune arguments"
 row() {
