@@ -314,22 +314,6 @@ static void report_rss(void)
         fprintf(stderr, "%s: peak RSS %.1f MiB\n", cli_tool, ru.ru_maxrss / 1024.0);
 }
 
-/* OpenBLAS picks its kernels from the CPU model at load time and falls back
- * to the SSE3 "Prescott" kernels for models it does not know (e.g. recent
- * Xeons behind a hypervisor), which is 5-6x slower than the AVX-512 ones the
- * CPU has. The choice can only be overridden by OPENBLAS_CORETYPE before the
- * library loads, so in that case re-execute ourselves once with it set. */
-static void fix_blas_kernels(char **argv)
-{
-    if (getenv("OPENBLAS_CORETYPE")) return;
-    const char *core = openblas_get_corename();
-    if (!core || strcasecmp(core, "prescott")) return;
-    const char *want = __builtin_cpu_supports("avx512f") ? "SkylakeX" : __builtin_cpu_supports("avx2") ? "Haswell" : NULL;
-    if (!want) return;
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    execv("/proc/self/exe", argv);  /* on failure just carry on with the slow kernels */
-}
-
 /* The GPU copy of m when --device (or detection) picks a GPU, else NULL. */
 static ar_model_gpu *open_gpu(const char *device, ar_model *m)
 {
@@ -345,7 +329,6 @@ static ar_model_gpu *open_gpu(const char *device, ar_model *m)
 
 int main(int argc, char **argv)
 {
-    fix_blas_kernels(argv);
     cli_init("ar-eval");
     opts o = parse_args(argc, argv);
     ar_tokenizer *tok = ar_tokenizer_open_any(o.model);
