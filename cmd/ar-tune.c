@@ -9,6 +9,7 @@
 #include "device.h"
 #include "error.h"
 #include "gguf_tune.h"
+#include "quant_gguf.h"
 #include "model.h"
 #include "quant.h"
 #include "quant_fp.h"
@@ -244,7 +245,7 @@ static void plan_block(const ar_config *c, const scheme_ctx *sc, int layer, ar_b
         plan->quantize[i] = 1;
         plan->spec[i] = (ar_quant_spec){schemes[i].bits, schemes[i].group_size, schemes[i].sym,
                                         (bf16 ? AR_QF_BF16 : 0) | (schemes[i].group_2d ? AR_QF_BLOCK2D : 0), 0, dt,
-                                        0};
+                                        0, 0, NULL, NULL};
     }
 }
 
@@ -429,11 +430,46 @@ static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const a
     }
 }
 
+/* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
+ * linears into out, then run the quantized block for the next block's
+ * quantized-chain input (unless disabled). extra receives the loss summary. */
+static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
+                            int minmax, const ar_quant_out out[AR_NLINEAR], double t0, char *extra, size_t n_extra)
+{
+    const ar_config *c = r->c;
+    int n = r->d->n, T = r->d->T;
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = r->a->iters; o.lr = (float)r->a->lr; o.minmax_lr = (float)r->a->minmax_lr;
+    o.batch_size = r->a->batch_size; o.grad_accum = r->a->gas; o.seed = (uint64_t)r->a->seed + layer;
+    o.minmax_tuning = minmax; o.use_best = !r->a->not_use_best;
+    ar_signround_report rep;
+    progress_ctx pc = {t0, layer, c->n_layers};
+    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
+    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan);
+    if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan, &o,
+                                                                    out, &rep, on_iter, &pc))
+        cli_die_lib();
+    r->sec_tune += rep.sec_total;
+    snprintf(extra, n_extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
+             rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
+    if (!r->a->disable_quanted_input) { /* next block's quantized-chain input */
+        ar_block_weights wq = *wfp;
+        for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
+        if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
+            cli_die("out of memory for the quantized chain");
+        forward_all(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL);
+    }
+}
+
 /* ---- GGUF schemes (--scheme gguf:<mix>) ------------------------------------
  * Each linear is quantized to the ggml type llama.cpp's mix gives it, with the
  * imatrix-weighted search (importance = Σx² of its inputs on the FP chain; none
- * without calibration data, which is llama-quantize's plain RTN). --iters is not
- * used. Records: "<hf name>.weight.gguf", u8 [nbytes], attrs ggml_type/rows/cols. */
+ * without calibration data, which is llama-quantize's plain RTN). With --iters > 0
+ * the scales that search chose are frozen and SignRound tunes the rounding of
+ * every block-quantized linear (quant_gguf.h; no min/max tuning), then the
+ * codes are rewritten from the tuned ŵ, so the blocks dequantize to exactly
+ * the weights that were tuned. Records: "<hf name>.weight.gguf", u8 [nbytes], attrs ggml_type/rows/cols. */
 
 static void write_gguf_linear(ar_stream_writer *w, int layer, int i, const ar_gguf_qlinear *q)
 {
@@ -443,6 +479,34 @@ static void write_gguf_linear(ar_stream_writer *w, int layer, int i, const ar_gg
              (long long)q->rows, (long long)q->cols);
     int64_t shape[1] = {(int64_t)q->nbytes};
     if (ar_stream_write_tensor(w, name, AR_U8, 1, shape, attrs, q->blocks)) cli_die_lib();
+}
+
+/* SignRound over the rounding of the block-quantized linears q[] (scales frozen
+ * as llama.cpp's search left them; plain-typed ones stay FP while tuning), then
+ * their codes rewritten from the tuned weights. r->y holds the FP outputs. */
+static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear q[AR_NLINEAR],
+                               double t0, char *extra, size_t n_extra)
+{
+    ar_block_plan plan;
+    ar_gguf_frozen fz[AR_NLINEAR];
+    memset(&plan, 0, sizeof plan);
+    memset(fz, 0, sizeof fz);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!ar_ggml_is_quantized(q[i].type)) continue;
+        if (ar_quant_gguf_freeze(q[i].type, q[i].blocks, (int)q[i].rows, (int)q[i].cols, &fz[i], &plan.spec[i]))
+            cli_die_lib();
+        plan.quantize[i] = 1;
+    }
+    block_outputs bo;
+    outputs_alloc(&bo, r->c, &plan);
+    signround_block(r, layer, wfp, &plan, 0, bo.out, t0, extra, n_extra);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan.quantize[i]) continue;
+        if (ar_quant_gguf_store(&plan.spec[i], bo.out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks))
+            cli_die("model.layers.%d.%s: %s", layer, ar_linear_names[i], ar_last_error());
+        ar_gguf_frozen_free(&fz[i]);
+    }
+    outputs_free(&bo);
 }
 
 static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, double t0)
@@ -459,14 +523,16 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
             if (!(imat[i] = calloc(k, sizeof(float)))) cli_die("out of memory for the importance matrix");
         }
         forward_all(c, wfp, r->x_fp, r->y, r->d->n, r->d->T, r->a->batch_size, imat);
-        uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain */
     }
     ar_gguf_qlinear q[AR_NLINEAR];
     if (ar_gguf_quantize_block((ar_gguf_ftype)f, &info, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
+    char extra[160] = "";
+    if (r->d && r->a->iters > 0) tune_gguf_rounding(r, layer, wfp, q, t0, extra, sizeof extra);
+    if (r->d) { uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t; }  /* FP chain: Y is the next input */
     for (int i = 0; i < AR_NLINEAR; i++) write_gguf_linear(r->w, layer, i, &q[i]);
     ar_gguf_qlinears_free(q);
     for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]);
-    cli_progress_line("block", layer + 1, c->n_layers, t0, NULL);
+    cli_progress_line("block", layer + 1, c->n_layers, t0, extra[0] ? extra : NULL);
 }
 
 static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double t0)
@@ -495,27 +561,7 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
         forward_all_stats(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn ? imat : NULL,
                           plan_has_act_quant(&plan, schemes) ? act_max : NULL);
         if (r->a->iters > 0) {
-            ar_signround_opts o;
-            ar_signround_defaults(&o);
-            o.iters = r->a->iters; o.lr = (float)r->a->lr; o.minmax_lr = (float)r->a->minmax_lr;
-            o.batch_size = r->a->batch_size; o.grad_accum = r->a->gas; o.seed = (uint64_t)r->a->seed + layer;
-            o.minmax_tuning = !r->a->disable_minmax; o.use_best = !r->a->not_use_best;
-            ar_signround_report rep;
-            progress_ctx pc = {t0, layer, c->n_layers};
-            const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-            int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(&plan);
-            if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, &plan,
-                                                                            &o, bo.out, &rep, on_iter, &pc))
-                cli_die_lib();
-            r->sec_tune += rep.sec_total;
-            snprintf(extra, sizeof extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
-                     rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
-            if (!r->a->disable_quanted_input) { /* next block's quantized-chain input */
-                ar_block_weights wq = *wfp;
-                for (int i = 0; i < AR_NLINEAR; i++) if (plan.quantize[i]) wq.w[i] = bo.out[i].wq;
-                if (!r->x_q) r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden);
-                forward_all(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL);
-            }
+            signround_block(r, layer, wfp, &plan, !r->a->disable_minmax, bo.out, t0, extra, sizeof extra);
         } else {
             for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
                 int nn, k;

@@ -147,7 +147,7 @@ static int spec_of(const ar_scheme *s, ar_quant_spec *qs)
     if (dt < 0 || s->kind == AR_SCHEME_GGUF)
         return ar_error("autoscheme: option %s (%s, %d bits) has no RTN quantizer here",
                         s->name[0] ? s->name : "custom", s->data_type, s->bits);
-    *qs = (ar_quant_spec){s->bits, s->group_size, s->sym, s->group_2d ? AR_QF_BLOCK2D : 0, 0, dt, 0};
+    *qs = (ar_quant_spec){s->bits, s->group_size, s->sym, s->group_2d ? AR_QF_BLOCK2D : 0, 0, dt, 0, 0, NULL, NULL};
     return ar_quant_spec_check(qs);
 }
 

@@ -2,6 +2,7 @@
  * See quant.h for the formulas; comments here explain the choices. */
 #include "quant.h"
 #include "quant_fp.h"
+#include "quant_gguf.h"
 #include "dtype.h"
 #include "error.h"
 
@@ -38,6 +39,7 @@ int ar_quant_ngroups(int k, int group_size)
 int ar_quant_spec_check(const ar_quant_spec *qs)
 {
     if (!qs) return ar_error("quant: no spec");
+    if (qs->dtype == AR_QDT_GGUF) return ar_quant_gguf_check(qs);
     if (qs->dtype != AR_QDT_INT) return ar_quant_fp_check(qs);
     if (qs->bits < 2 || qs->bits > 8)
         return ar_error("quant: %d bits not supported by the int quantizer (2..8)", qs->bits);
@@ -145,6 +147,7 @@ static void group_forward(const ar_quant_spec *qs, const group_state *gs, const 
 int ar_quant_forward(const ar_quant_spec *qs, const float *w, int n, int k,
                      const ar_quant_params *p, const ar_quant_out *out)
 {
+    if (qs && qs->dtype == AR_QDT_GGUF) return ar_quant_gguf_forward(qs, w, n, k, p, out);
     if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_forward(qs, w, n, k, p, out);
     if (ar_quant_spec_check(qs)) return -1;
     if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
@@ -224,6 +227,7 @@ int ar_quant_backward(const ar_quant_spec *qs, const float *w, int n, int k,
                       const ar_quant_params *p, const float *dwq,
                       float *dv, float *dalpha, float *dbeta)
 {
+    if (qs && qs->dtype == AR_QDT_GGUF) return ar_quant_gguf_backward(qs, w, n, k, p, dwq, dv);
     if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_backward(qs, w, n, k, p, dwq, dv, dalpha, dbeta);
     if (ar_quant_spec_check(qs)) return -1;
     if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
@@ -439,6 +443,7 @@ int ar_quant_search_scales(const ar_quant_spec *qs, const float *w, int n, int k
 int ar_quant_opt_rtn(const ar_quant_spec *qs, const float *w, int n, int k,
                      const float *imat, const ar_quant_out *out)
 {
+    if (qs && qs->dtype == AR_QDT_GGUF) return ar_quant_gguf_forward(qs, w, n, k, NULL, out);
     if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_opt_rtn(qs, w, n, k, imat, out);
     if (ar_quant_spec_check(qs)) return -1;
     if (!qs->sym) return ar_quant_forward(qs, w, n, k, NULL, out);

@@ -21,7 +21,8 @@
  * round-half-to-even. All arithmetic is f32, as PyTorch's promotion of a bf16
  * weight, an fp16 scale and an f32 V gives.
  * A spec whose dtype is not AR_QDT_INT (MXFP4/MXFP8/NVFP4/FP8) is handed to
- * quant_fp.h by every entry point below, so callers need no other change. */
+ * quant_fp.h by every entry point below, so callers need no other change;
+ * AR_QDT_GGUF (a GGML block type with frozen scales) goes to quant_gguf.h. */
 #ifndef AR_QUANT_H
 #define AR_QUANT_H
 #include <stddef.h>
@@ -42,7 +43,8 @@ enum {
 
 /* Weight data type of ar_quant_spec.dtype. The floating-point kinds are
  * implemented in quant_fp.h; the entry points below dispatch to them. */
-enum { AR_QDT_INT = 0, AR_QDT_MXFP4, AR_QDT_MXFP8, AR_QDT_NVFP4, AR_QDT_FP8 };
+enum { AR_QDT_INT = 0, AR_QDT_MXFP4, AR_QDT_MXFP8, AR_QDT_NVFP4, AR_QDT_FP8,
+       AR_QDT_GGUF /* a GGML block type with frozen scales: quant_gguf.h */ };
 
 /* How one Linear is quantized. */
 typedef struct {
@@ -55,6 +57,9 @@ typedef struct {
     int dtype;          /* AR_QDT_*: 0 = integer (this file) */
     float global_scale; /* NVFP4: shared global scale (fused q/k/v, gate/up);
                            0 = 448·6/max|W| of this weight */
+    int ggml_type;      /* AR_QDT_GGUF: the ar_ggml_type of the blocks */
+    const float *gguf_scale; /* AR_QDT_GGUF: frozen per-group scale s [N, K/group] */
+    const float *gguf_min;   /* AR_QDT_GGUF: frozen per-group min m, or NULL (symmetric types) */
 } ar_quant_spec;
 
 /* Tunables of one Linear; every pointer may be NULL (V = 0, α = β = 1, no

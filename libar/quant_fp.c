@@ -466,7 +466,7 @@ int ar_act_quant(const ar_act_spec *as, float *x, long rows, int k)
         act_fp8_static(x, (size_t)rows * k, as->act_max);
         return 0;
     }
-    ar_quant_spec qs = {as->bits, as->group_size, 1, 0, 0, as->dtype, 0};
+    ar_quant_spec qs = {as->bits, as->group_size, 1, 0, 0, as->dtype, 0, 0, NULL, NULL};
     if (as->dtype == AR_QDT_INT) {
         /* int_sym per token (or group): the weight quantizer on x as [rows, K],
          * with f32 scales since activations carry no scale_dtype cast. */

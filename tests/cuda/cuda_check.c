@@ -836,7 +836,7 @@ static void run_tests(const char *shared)
      * itself moves by ~2x the GEMM error over the quantization error, so
      * those bounds only catch gross errors. */
     test_tuning("W4G128 [f32 GEMMs]", w4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
-    test_tuning("W2G64 asym [f32 GEMMs]", (ar_quant_spec){2, 64, 0, AR_QF_BF16, 0, 0, 0}, AR_CUDA_GEMM_F32, 1e-3,
+    test_tuning("W2G64 asym [f32 GEMMs]", (ar_quant_spec){2, 64, 0, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL}, AR_CUDA_GEMM_F32, 1e-3,
                 2e-2, 0.02);
     test_tuning("W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
     /* --low_gpu_mem_usage stages the same samples: the same trajectory */

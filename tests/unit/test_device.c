@@ -51,10 +51,10 @@ Test(device, gpu_quantizer_support)
     ar_block_plan plan;
     memset(&plan, 0, sizeof plan);
     plan.quantize[AR_Q] = 1;
-    plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, 0, 0, AR_QDT_INT, 0};
+    plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, 0, 0, AR_QDT_INT, 0, 0, NULL, NULL};
     cr_assert_eq(ar_signround_cuda_supports(&plan), ar_device_cuda_built());
     plan.spec[AR_Q].dtype = AR_QDT_NVFP4;
     cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
-    plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, AR_QF_BLOCK2D, 0, AR_QDT_INT, 0};
+    plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, AR_QF_BLOCK2D, 0, AR_QDT_INT, 0, 0, NULL, NULL};
     cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
 }
