@@ -24,6 +24,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <unistd.h>
 
 static const char usage[] =
@@ -102,7 +103,9 @@ static void apply_recipe(tune_args *a)
     if (!strcmp(r, "best")) { iters = 1000; if (a->nsamples < 0) a->nsamples = 512; }
     else if (!strcmp(r, "light")) { iters = 50; if (a->lr == 0) a->lr = 5e-3; }
     else if (strcmp(r, "default")) cli_usage_error("--recipe: '%s' is not default, best or light", r);
-    if (a->iters < 0) a->iters = iters;
+    /* GGUF mixes: llama.cpp's imatrix quantization unless --iters (or a recipe)
+     * asks for SignRound, as AutoRound recommends iters=0 for GGUF */
+    if (a->iters < 0) a->iters = !a->recipe && a->scheme && !strncasecmp(a->scheme, "gguf:", 5) ? 0 : iters;
     if (a->batch_size < 0) a->batch_size = 8;
     if (a->gas < 0) a->gas = 1;
 }
