@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "textbuf.h"
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -123,77 +124,59 @@ int hf_folder_copy_side_files(const char *src, const char *dst) {
 
 /* ---- JSON text in Python's json.dump(indent=2) layout ---------------------- */
 
-typedef struct { char *p; size_t n, cap; int oom; } jbuf;
 
-static void jb_add(jbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 256;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *t = realloc(b->p, cap);
-        if (!t) { b->oom = 1; return; }
-        b->p = t;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
+static void jb_indent(ar_textbuf *b, int level) {
+    ar_textbuf_add(b, "\n", 1);
+    for (int i = 0; i < level; i++) ar_textbuf_add(b, "  ", 2);
 }
 
-static void jb_str(jbuf *b, const char *s) { jb_add(b, s, strlen(s)); }
-
-static void jb_indent(jbuf *b, int level) {
-    jb_add(b, "\n", 1);
-    for (int i = 0; i < level; i++) jb_add(b, "  ", 2);
-}
-
-static void jb_string(jbuf *b, const char *s) {
-    jb_add(b, "\"", 1);
+static void jb_string(ar_textbuf *b, const char *s) {
+    ar_textbuf_add(b, "\"", 1);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         char e[8];
-        if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; jb_add(b, e, 2); }
-        else if (c == '\n') jb_add(b, "\\n", 2);
-        else if (c < 0x20) { snprintf(e, sizeof e, "\\u%04x", c); jb_add(b, e, 6); }
-        else jb_add(b, (const char *)&c, 1);
+        if (c == '"' || c == '\\') { e[0] = '\\'; e[1] = (char)c; ar_textbuf_add(b, e, 2); }
+        else if (c == '\n') ar_textbuf_add(b, "\\n", 2);
+        else if (c < 0x20) { snprintf(e, sizeof e, "\\u%04x", c); ar_textbuf_add(b, e, 6); }
+        else ar_textbuf_add(b, (const char *)&c, 1);
     }
-    jb_add(b, "\"", 1);
+    ar_textbuf_add(b, "\"", 1);
 }
 
 /* Integers print without a fraction; other numbers in the shortest of %.15g /
  * %.17g that reads back exactly (Python's repr gives the same digits). */
-static void jb_number(jbuf *b, double v) {
+static void jb_number(ar_textbuf *b, double v) {
     char t[40];
     if (v == floor(v) && fabs(v) < 1e15) snprintf(t, sizeof t, "%.0f", v);
     else {
         snprintf(t, sizeof t, "%.15g", v);
         if (strtod(t, NULL) != v) snprintf(t, sizeof t, "%.17g", v);
     }
-    jb_str(b, t);
+    ar_textbuf_str(b, t);
 }
 
-static void jb_value(jbuf *b, const cJSON *v, int level) {
+static void jb_value(ar_textbuf *b, const cJSON *v, int level) {
     if (cJSON_IsObject(v) || cJSON_IsArray(v)) {
         int obj = cJSON_IsObject(v);
-        if (!v->child) { jb_str(b, obj ? "{}" : "[]"); return; }
-        jb_str(b, obj ? "{" : "[");
+        if (!v->child) { ar_textbuf_str(b, obj ? "{}" : "[]"); return; }
+        ar_textbuf_str(b, obj ? "{" : "[");
         for (const cJSON *c = v->child; c; c = c->next) {
             jb_indent(b, level + 1);
-            if (obj) { jb_string(b, c->string); jb_str(b, ": "); }
+            if (obj) { jb_string(b, c->string); ar_textbuf_str(b, ": "); }
             jb_value(b, c, level + 1);
-            if (c->next) jb_str(b, ",");
+            if (c->next) ar_textbuf_str(b, ",");
         }
         jb_indent(b, level);
-        jb_str(b, obj ? "}" : "]");
+        ar_textbuf_str(b, obj ? "}" : "]");
     } else if (cJSON_IsString(v)) jb_string(b, v->valuestring);
     else if (cJSON_IsNumber(v)) jb_number(b, v->valuedouble);
-    else if (cJSON_IsTrue(v)) jb_str(b, "true");
-    else if (cJSON_IsFalse(v)) jb_str(b, "false");
-    else jb_str(b, "null");
+    else if (cJSON_IsTrue(v)) ar_textbuf_str(b, "true");
+    else if (cJSON_IsFalse(v)) ar_textbuf_str(b, "false");
+    else ar_textbuf_str(b, "null");
 }
 
 int hf_folder_write_json(const char *dir, const char *name, const cJSON *obj) {
-    jbuf b = {0};
+    ar_textbuf b = {0};
     jb_value(&b, obj, 0);
     char *path = join(dir, name);
     int rc = b.oom || !path ? ar_error("%s: out of memory", dir) : write_file(path, b.p, b.n);
@@ -290,7 +273,7 @@ int hf_folder_write_config(const char *src, const char *dst, const cJSON *qcfg, 
     }
     if (dtype && set_dtype(&text, dtype)) { ar_error("%s: cannot set dtype", in); goto done; }
     if (qcfg) {
-        jbuf jb = {0};
+        ar_textbuf jb = {0};
         jb_value(&jb, qcfg, 1);
         int bad = jb.oom || append_member(&text, "quantization_config", jb.p);
         free(jb.p);

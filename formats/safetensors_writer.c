@@ -7,6 +7,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include "textbuf.h"
 #include <unistd.h>
 
 #define MAX_DIMS 8
@@ -122,60 +123,41 @@ ar_stw *ar_stw_open(const char *dir, uint64_t max_shard_bytes) {
     return w;
 }
 
-/* Append s to a growing buffer. */
-typedef struct { char *p; size_t n, cap; int oom; } sbuf;
-
-static void sb_add(sbuf *b, const char *s, size_t n) {
-    if (b->oom) return;
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 1024;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *t = realloc(b->p, cap);
-        if (!t) { b->oom = 1; return; }
-        b->p = t;
-        b->cap = cap;
-    }
-    memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-}
-
-static void sb_str(sbuf *b, const char *s) { sb_add(b, s, strlen(s)); }
 
 /* Append s as a JSON string literal. */
-static void sb_json_string(sbuf *b, const char *s) {
-    sb_add(b, "\"", 1);
+static void sb_json_string(ar_textbuf *b, const char *s) {
+    ar_textbuf_add(b, "\"", 1);
     for (; *s; s++) {
         unsigned char c = (unsigned char)*s;
         char esc[8];
-        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; sb_add(b, esc, 2); }
-        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); sb_add(b, esc, 6); }
-        else sb_add(b, (const char *)&c, 1);
+        if (c == '"' || c == '\\') { esc[0] = '\\'; esc[1] = (char)c; ar_textbuf_add(b, esc, 2); }
+        else if (c < 0x20) { snprintf(esc, sizeof esc, "\\u%04x", c); ar_textbuf_add(b, esc, 6); }
+        else ar_textbuf_add(b, (const char *)&c, 1);
     }
-    sb_add(b, "\"", 1);
+    ar_textbuf_add(b, "\"", 1);
 }
 
 /* The header JSON of tensors e[first, last), padded to a multiple of 8. */
-static int shard_header(const ar_stw *w, size_t first, size_t last, sbuf *b) {
+static int shard_header(const ar_stw *w, size_t first, size_t last, ar_textbuf *b) {
     char num[64];
-    sb_str(b, "{\"__metadata__\":{\"format\":\"pt\"}");
+    ar_textbuf_str(b, "{\"__metadata__\":{\"format\":\"pt\"}");
     for (size_t i = first; i < last; i++) {
         const stw_entry *t = &w->e[i];
-        sb_str(b, ",");
+        ar_textbuf_str(b, ",");
         sb_json_string(b, t->name);
-        sb_str(b, ":{\"dtype\":\"");
-        sb_str(b, st_dtype_names[t->dtype]);
-        sb_str(b, "\",\"shape\":[");
+        ar_textbuf_str(b, ":{\"dtype\":\"");
+        ar_textbuf_str(b, st_dtype_names[t->dtype]);
+        ar_textbuf_str(b, "\",\"shape\":[");
         for (int d = 0; d < t->ndim; d++) {
             snprintf(num, sizeof num, "%s%lld", d ? "," : "", (long long)t->shape[d]);
-            sb_str(b, num);
+            ar_textbuf_str(b, num);
         }
         snprintf(num, sizeof num, "],\"data_offsets\":[%llu,%llu]}",
                  (unsigned long long)t->begin, (unsigned long long)t->end);
-        sb_str(b, num);
+        ar_textbuf_str(b, num);
     }
-    sb_str(b, "}");
-    while (!b->oom && b->n % 8) sb_str(b, " ");
+    ar_textbuf_str(b, "}");
+    while (!b->oom && b->n % 8) ar_textbuf_str(b, " ");
     return b->oom ? ar_error("%s: out of memory building a safetensors header", w->dir) : 0;
 }
 
@@ -215,7 +197,7 @@ static int copy_data(int in_fd, int out_fd, uint64_t n) {
  * empty the scratch file for the next shard. */
 static int finish_shard(ar_stw *w) {
     if (w->shard_first == w->n) return 0;
-    sbuf h = {0};
+    ar_textbuf h = {0};
     if (shard_header(w, w->shard_first, w->n, &h)) { free(h.p); return -1; }
     char *p = shard_tmp_path(w, w->nshards);
     int fd = p ? open(p, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644) : -1;
@@ -318,20 +300,20 @@ static int write_index(ar_stw *w) {
     if (!order) return ar_error("%s: out of memory", w->dir);
     for (size_t i = 0; i < w->n; i++) order[i] = &w->e[i];
     qsort(order, w->n, sizeof *order, cmp_entry_name);
-    sbuf b = {0};
+    ar_textbuf b = {0};
     char line[128];
     snprintf(line, sizeof line, "{\n  \"metadata\": {\n    \"total_size\": %llu\n  },\n  \"weight_map\": {\n",
              (unsigned long long)w->total);
-    sb_str(&b, line);
+    ar_textbuf_str(&b, line);
     for (size_t i = 0; i < w->n; i++) {
-        sb_str(&b, "    ");
+        ar_textbuf_str(&b, "    ");
         sb_json_string(&b, order[i]->name);
         shard_file_name(line, sizeof line, order[i]->shard, w->nshards);
-        sb_str(&b, ": \"");
-        sb_str(&b, line);
-        sb_str(&b, i + 1 < w->n ? "\",\n" : "\"\n");
+        ar_textbuf_str(&b, ": \"");
+        ar_textbuf_str(&b, line);
+        ar_textbuf_str(&b, i + 1 < w->n ? "\",\n" : "\"\n");
     }
-    sb_str(&b, "  }\n}\n");
+    ar_textbuf_str(&b, "  }\n}\n");
     free(order);
     char *p = path_in(w, "model.safetensors.index.json");
     FILE *f = b.oom || !p ? NULL : fopen(p, "wb");
