@@ -106,18 +106,17 @@ static int32_t pad_token_id(const char *model, const ar_tokenizer *tok)
     return id;
 }
 
-static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_config *c, uint64_t digest,
+static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_config *c, const char *digest,
                        int32_t pad_id)
 {
-    char apath[PATH_MAX], dpath[PATH_MAX], hex[17];
+    char apath[PATH_MAX], dpath[PATH_MAX];
     if (!realpath(a->model, apath)) snprintf(apath, sizeof apath, "%s", a->model);
     if (strcmp(a->dataset, "-") == 0 || !realpath(a->dataset, dpath)) snprintf(dpath, sizeof dpath, "%s", a->dataset);
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)digest);
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "ar", "calib");
     cJSON_AddNumberToObject(m, "version", 1);
     cJSON_AddStringToObject(m, "model", apath);
-    cJSON_AddStringToObject(m, "config_fnv1a64", hex);
+    cJSON_AddStringToObject(m, "config_fnv1a64", digest);
     cJSON_AddStringToObject(m, "dataset", dpath);
     cJSON_AddStringToObject(m, "sampling", s->mode == AR_CALIB_WINDOWS ? "windows" : "documents");
     cJSON_AddNumberToObject(m, "nsamples", s->n);
@@ -132,17 +131,6 @@ static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_
     return txt;
 }
 
-static uint64_t config_digest(const char *model_dir)
-{
-    char p[PATH_MAX];
-    snprintf(p, sizeof p, "%s/config.json", model_dir);
-    size_t n;
-    char *txt = ar_read_text_file(p, &n);
-    if (!txt) cli_die_lib();
-    uint64_t h = ar_fnv1a64(txt, n);
-    free(txt);
-    return h;
-}
 
 /* Embed sample by sample and stream the hidden states out, so memory is one
  * sample's activations, not the whole set. */
@@ -182,7 +170,9 @@ int main(int argc, char **argv)
     FILE *f = cli_out_open(a.out, 1);
     ar_stream_writer *w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
     if (!w) cli_die_lib();
-    char *meta = meta_json(&a, &s, ar_model_config(m), config_digest(a.model), pad_token_id(a.model, tok));
+    char digest[17];
+    if (ar_config_digest(a.model, digest)) cli_die_lib();
+    char *meta = meta_json(&a, &s, ar_model_config(m), digest, pad_token_id(a.model, tok));
     int64_t ishape[2] = {s.n, s.seqlen};
     if (ar_stream_write_meta(w, meta) || ar_stream_write_tensor(w, "input_ids", AR_I32, 2, ishape, "{}", s.ids))
         cli_die_lib();

@@ -158,16 +158,7 @@ static void copy_stream(ar_stream_reader *r, ar_stream_writer *w, calib_info *ci
 /* The calibration stream must come from this very config.json (as ar-tune checks). */
 static void check_digest(const calib_info *ci, const char *model)
 {
-    if (!ci->digest) return;
-    char p[PATH_MAX], hex[17];
-    snprintf(p, sizeof p, "%s/config.json", model);
-    size_t n;
-    char *txt = ar_read_text_file(p, &n);
-    if (!txt) cli_die_lib();
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ar_fnv1a64(txt, n));
-    free(txt);
-    if (strcmp(hex, ci->digest))
-        cli_die("%s: config.json differs from the one the calibration stream was made with", model);
+    if (ci->digest && ar_config_digest_check(model, ci->digest)) cli_die_lib();
 }
 
 /* First nsamples samples, each cut to its first seqlen tokens: [n, T] contiguous. */

@@ -209,16 +209,7 @@ static void read_calib(const char *path, calib_data *d)
 /* The calibration stream must come from this very config.json. */
 static void check_digest(const calib_data *d, const char *model)
 {
-    if (!d->config_digest) return;
-    char p[PATH_MAX], hex[17];
-    snprintf(p, sizeof p, "%s/config.json", model);
-    size_t n;
-    char *txt = ar_read_text_file(p, &n);
-    if (!txt) cli_die_lib();
-    snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ar_fnv1a64(txt, n));
-    free(txt);
-    if (strcmp(hex, d->config_digest))
-        cli_die("%s: config.json differs from the one the calibration stream was made with", model);
+    if (d->config_digest && ar_config_digest_check(model, d->config_digest)) cli_die_lib();
 }
 
 /* ---- per-layer plan and output ------------------------------------------- */

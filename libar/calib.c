@@ -242,3 +242,26 @@ void ar_calib_free(ar_calib_samples *s)
     s->ids = NULL;
     s->n = 0;
 }
+
+int ar_config_digest(const char *model_dir, char hex[17])
+{
+    size_t pl = strlen(model_dir) + sizeof "/config.json", n;
+    char *path = malloc(pl);
+    if (!path) return ar_error("%s: out of memory", model_dir);
+    snprintf(path, pl, "%s/config.json", model_dir);
+    char *txt = ar_read_text_file(path, &n);
+    free(path);
+    if (!txt) return -1;
+    snprintf(hex, 17, "%016llx", (unsigned long long)ar_fnv1a64(txt, n));
+    free(txt);
+    return 0;
+}
+
+int ar_config_digest_check(const char *model_dir, const char *hex)
+{
+    char have[17];
+    if (ar_config_digest(model_dir, have)) return -1;
+    if (strcmp(have, hex))
+        return ar_error("%s: config.json differs from the one the calibration stream was made with", model_dir);
+    return 0;
+}

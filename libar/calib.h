@@ -48,4 +48,13 @@ uint64_t ar_rand_below(uint64_t *state, uint64_t n);
 /* 64-bit FNV-1a digest of bytes, used to tie streams to the config they came from. */
 uint64_t ar_fnv1a64(const void *data, size_t n);
 
+/* The FNV-1a digest of model_dir/config.json as 16 lower-case hex digits
+ * (the "config_fnv1a64" of ar-calib's META). 0, or -1 with ar_error. */
+int ar_config_digest(const char *model_dir, char hex[17]);
+
+/* 0 when model_dir/config.json has the digest hex (as written by ar-calib);
+ * -1 with ar_error "DIR: config.json differs from the one the calibration
+ * stream was made with" otherwise, or when it cannot be read. */
+int ar_config_digest_check(const char *model_dir, const char *hex);
+
 #endif
