@@ -91,7 +91,7 @@ Test(model_open, path_kinds_and_errors)
     write_file(p, "{not json");
     snprintf(p, sizeof p, "%s/q", tmp);
     cr_assert_eq(ar_model_path_kind(p), -1);
-    cr_assert(strstr(ar_last_error(), "q/config.json: not valid JSON"), "%s", ar_last_error());
+    cr_assert(strstr(ar_last_error(), "q/config.json: malformed JSON"), "%s", ar_last_error());
 }
 
 /* A plain folder reads as its safetensors; the opened model has its config. */
