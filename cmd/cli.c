@@ -249,11 +249,14 @@ FILE *cli_out_open(const char *path, int binary)
     size_t n = strlen(path) + 32;
     char *tmp = malloc(n);
     snprintf(tmp, n, "%s.tmp.%ld", path, (long)getpid());
-    FILE *f = fopen(tmp, "wb");
-    if (!f) cli_die("%s: cannot create: %s", path, strerror(errno));
-    outs[k].f = f; outs[k].tmp = tmp; outs[k].final = strdup(path);
-    if (!outs_hooked) { atexit(outs_cleanup); outs_hooked = 1; }
+    /* Name the file for the signal handler and hook it before the file exists,
+     * so no moment leaves an unguarded temporary file behind. */
+    outs[k].tmp = tmp;
     hook_signals();
+    FILE *f = fopen(tmp, "wb");
+    if (!f) { outs[k].tmp = NULL; cli_die("%s: cannot create: %s", path, strerror(errno)); }
+    outs[k].f = f; outs[k].final = strdup(path);
+    if (!outs_hooked) { atexit(outs_cleanup); outs_hooked = 1; }
     return f;
 }
 
