@@ -185,7 +185,7 @@ static int remove_if_tmp_of(int dfd, const char *name, const void *arg)
 }
 
 /* SIGINT/SIGTERM/SIGHUP: remove what is not committed, then die of the signal
- * (SA_RESETHAND restored the default action, so raise terminates). */
+ * (the handler resets the default action itself, so raise terminates). */
 static void on_fatal_signal(int sig)
 {
     for (int k = 0; k < MAX_OUTS; k++) {
@@ -199,6 +199,13 @@ static void on_fatal_signal(int sig)
         each_entry(fd, remove_if_tmp_of, guards[k].base);
         close(fd);
     }
+    /* Back to the default action only now: with SA_RESETHAND a second copy of
+     * the signal (timeout(1) sends one to the process and one to its group)
+     * reaching another thread killed the process before the unlinks. */
+    struct sigaction dfl;
+    memset(&dfl, 0, sizeof dfl);
+    dfl.sa_handler = SIG_DFL;
+    sigaction(sig, &dfl, NULL);
     raise(sig);
 }
 
@@ -214,7 +221,7 @@ static void hook_signals(void)
         memset(&sa, 0, sizeof sa);
         if (sigaction(sigs[i], NULL, &old) || old.sa_handler == SIG_IGN) continue;
         sa.sa_handler = on_fatal_signal;
-        sa.sa_flags = SA_RESETHAND;
+        sa.sa_flags = 0;
         sigfillset(&sa.sa_mask);
         sigaction(sigs[i], &sa, NULL);
     }
