@@ -18,6 +18,12 @@ void ar_signround_defaults(ar_signround_opts *o)
     o->use_best = 1;
 }
 
+int ar_block_plan_has_act_quant(const ar_block_plan *plan)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i] && plan->act_quant[i]) return 1;
+    return 0;
+}
+
 void ar_default_mask(uint8_t *mask, int n, int T)
 {
     for (long i = 0; i < (long)n * T; i++) mask[i] = (i % T) != T - 1;

@@ -55,7 +55,16 @@ void ar_signround_defaults(ar_signround_opts *o);
 typedef struct {
     int quantize[AR_NLINEAR];        /* 0: keep FP (bits 16 or skipped) */
     ar_quant_spec spec[AR_NLINEAR];
+    /* Activation fake-quantization (spec §2.12): when act_quant[i] (only
+     * meaningful with quantize[i], as AutoRound wraps only quantized layers),
+     * the input of linear i is fake-quantized with act[i] in every tuning
+     * forward, straight-through in the backward (ar_block_set_act_quant). */
+    int act_quant[AR_NLINEAR];
+    ar_act_spec act[AR_NLINEAR];
 } ar_block_plan;
+
+/* 1 when some quantized linear of plan fake-quantizes its input. */
+int ar_block_plan_has_act_quant(const ar_block_plan *plan);
 
 /* Results of tuning one block. */
 typedef struct {

@@ -29,6 +29,7 @@ void ar_signround_cuda_set_low_mem(int on) { g_low_mem = !!on; }
 int ar_signround_cuda_supports(const ar_block_plan *plan)
 {
     if (!ar_device_cuda_built()) return 0;
+    if (ar_block_plan_has_act_quant(plan)) return 0;   /* activation fake-quant: CPU tuner only */
     for (int i = 0; i < AR_NLINEAR; i++)
         if (plan->quantize[i] && (plan->spec[i].dtype != AR_QDT_INT || (plan->spec[i].flags & AR_QF_BLOCK2D)))
             return 0;
