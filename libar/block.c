@@ -60,6 +60,8 @@ int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int 
     long QD = (long)c->n_heads * c->head_dim, KD = (long)c->n_kv_heads * c->head_dim;
     int fail = 0;
     ws->B = B, ws->T = T, ws->train = train;
+    ws->kmax = (int)(C > QD ? (C > F ? C : F) : (QD > F ? QD : F));
+    ws->xq_of = -1;
     alloc_f(&ws->cos_t, (long)T * c->head_dim / 2, &fail);
     alloc_f(&ws->sin_t, (long)T * c->head_dim / 2, &fail);
     alloc_f(&ws->ln, BT * C, &fail), alloc_f(&ws->h, BT * C, &fail);
@@ -91,7 +93,7 @@ void ar_block_work_free(ar_block_work *ws)
     float **p[] = {&ws->cos_t, &ws->sin_t, &ws->ln, &ws->h, &ws->q, &ws->ao, &ws->k,
                    &ws->v, &ws->gate, &ws->up, &ws->rstd, &ws->att, &ws->dact,
                    &ws->dgate, &ws->dup, &ws->dln, &ws->dh, &ws->dao, &ws->dq,
-                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn};
+                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
 }
 
@@ -134,32 +136,64 @@ void ar_block_acts_free(ar_block_acts *a)
 
 /* ------------------------------------------------ activation quantization */
 
-static int same_act(const ar_block_work *ws, int i, int j)
-{
-    if (ws->has_act_q[i] != ws->has_act_q[j]) return 0;
-    return !ws->has_act_q[i] || !memcmp(&ws->act_q[i], &ws->act_q[j], sizeof ws->act_q[i]);
-}
-
 int ar_block_set_act_quant(ar_block_work *ws, const ar_act_spec *const aq[AR_NLINEAR])
 {
+    int any = 0;
     for (int i = 0; i < AR_NLINEAR; i++) {
         ws->has_act_q[i] = aq && aq[i];
         if (ws->has_act_q[i]) ws->act_q[i] = *aq[i];
         else memset(&ws->act_q[i], 0, sizeof ws->act_q[i]);
+        any |= ws->has_act_q[i];
     }
-    if (!same_act(ws, AR_Q, AR_K) || !same_act(ws, AR_Q, AR_V) || !same_act(ws, AR_GATE, AR_UP)) {
-        memset(ws->has_act_q, 0, sizeof ws->has_act_q);
-        return ar_error("block: q/k/v (and gate/up) read one input and need one activation quantizer");
+    ws->xq_of = -1;
+    if (any && !ws->xq) {
+        int fail = 0;
+        alloc_f(&ws->xq, (long)ws->B * ws->T * ws->kmax, &fail);
+        if (fail) {
+            memset(ws->has_act_q, 0, sizeof ws->has_act_q);
+            return ar_error("block: out of memory for the quantized linear inputs");
+        }
     }
     return 0;
 }
 
-/* In place: x [rows, k], the input of linear i, fake-quantized when asked.
- * Every later reader of x (the linear, its dW in backward) wants x̂, and no
- * other op reads it, so quantizing in place is the straight-through estimator. */
-static int quant_input(const ar_block_work *ws, int i, float *x, long rows, int k)
+/* First linear of the group reading the same input as linear i. */
+static int input_group(int i)
 {
-    return ws->has_act_q[i] ? ar_act_quant(&ws->act_q[i], x, rows, k) : 0;
+    return i <= AR_V ? AR_Q : i == AR_UP ? AR_GATE : i;
+}
+
+static int same_act(const ar_block_work *ws, int i, int j)
+{
+    return !memcmp(&ws->act_q[i], &ws->act_q[j], sizeof ws->act_q[i]);
+}
+
+/* What linear i multiplies by: its input x [rows, k] itself, or x
+ * fake-quantized into ws->xq (x is left as it is, so the saved activations
+ * stay unquantized and the backward re-derives x̂ the same way). Linears of
+ * one input group are visited one after another, forward and backward, so a
+ * copy made for the previous member with an equal spec is still in ws->xq
+ * and is reused. NULL on failure (ar_error). */
+static const float *linear_input(ar_block_work *ws, int i, const float *x, long rows, int k)
+{
+    if (!ws->has_act_q[i]) return x;
+    int g = input_group(i);
+    if (i != g && ws->xq_of >= 0 && input_group(ws->xq_of) == g && same_act(ws, ws->xq_of, i)) return ws->xq;
+    ws->xq_of = -1;
+    memcpy(ws->xq, x, sizeof(float) * rows * k);
+    if (ar_act_quant(&ws->act_q[i], ws->xq, rows, k)) return NULL;
+    ws->xq_of = i;
+    return ws->xq;
+}
+
+const float *ar_block_acts_input(const ar_block_acts *a, int i)
+{
+    switch (input_group(i)) {
+    case AR_Q: return a->ln1;
+    case AR_O: return a->ao;
+    case AR_GATE: return a->ln2;
+    default: return a->act;
+    }
 }
 
 /* --------------------------------------------------------------- forward */
@@ -174,15 +208,18 @@ typedef struct {
 
 /* Attention half: h = x + o_proj(attn(...)). x is not read after this. */
 static int attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
-                     int B, int T, const ar_block_work *ws, const fwd_bufs *f)
+                     int B, int T, ar_block_work *ws, const fwd_bufs *f)
 {
     int BT = B * T, C = c->hidden, HD = c->head_dim, NH = c->n_heads;
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
-    if (quant_input(ws, AR_Q, f->ln1, BT, C)) return -1;
-    ar_linear_forward(f->qpre, f->ln1, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
-    ar_linear_forward(f->kpre, f->ln1, w->w[AR_K], w->b[AR_K], BT, C, KD);
-    ar_linear_forward(f->v, f->ln1, w->w[AR_V], w->b[AR_V], BT, C, KD);
+    const float *in;
+    if (!(in = linear_input(ws, AR_Q, f->ln1, BT, C))) return -1;
+    ar_linear_forward(f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
+    if (!(in = linear_input(ws, AR_K, f->ln1, BT, C))) return -1;
+    ar_linear_forward(f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD);
+    if (!(in = linear_input(ws, AR_V, f->ln1, BT, C))) return -1;
+    ar_linear_forward(f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD);
     if (w->q_norm) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, w->q_norm, BT * NH, HD, c->rms_eps);
     else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
     if (w->k_norm) ar_rmsnorm_forward(f->k, f->rstdk, f->kpre, w->k_norm, BT * NKV, HD, c->rms_eps);
@@ -191,24 +228,26 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     ar_rope_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD);
     ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
                          HD, c->sliding_window);
-    if (quant_input(ws, AR_O, f->ao, BT, QD)) return -1;
-    ar_linear_forward(f->h, f->ao, w->w[AR_O], w->b[AR_O], BT, QD, C);
+    if (!(in = linear_input(ws, AR_O, f->ao, BT, QD))) return -1;
+    ar_linear_forward(f->h, in, w->w[AR_O], w->b[AR_O], BT, QD, C);
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
     return 0;
 }
 
 /* MLP half: y = h + down(silu(gate(n2)) * up(n2)). */
 static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int BT,
-                    const ar_block_work *ws, const fwd_bufs *f)
+                    ar_block_work *ws, const fwd_bufs *f)
 {
     int C = c->hidden, F = c->intermediate;
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
-    if (quant_input(ws, AR_GATE, f->ln2, BT, C)) return -1;
-    ar_linear_forward(f->gate, f->ln2, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
-    ar_linear_forward(f->up, f->ln2, w->w[AR_UP], w->b[AR_UP], BT, C, F);
+    const float *in;
+    if (!(in = linear_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
+    ar_linear_forward(f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
+    if (!(in = linear_input(ws, AR_UP, f->ln2, BT, C))) return -1;
+    ar_linear_forward(f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
     ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
-    if (quant_input(ws, AR_DOWN, f->act, BT, F)) return -1;
-    ar_linear_forward(f->tmp, f->act, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
+    if (!(in = linear_input(ws, AR_DOWN, f->act, BT, F))) return -1;
+    ar_linear_forward(f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
     return 0;
 }
@@ -254,10 +293,25 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
 
 /* -------------------------------------------------------------- backward */
 
+/* Backward of linear i over its saved input x [R, K] (straight-through: dW
+ * against the fake-quantized x̂ the forward multiplied by): dx [R, K] += dy·W,
+ * dW += dy^T·x̂, and with dxin[i], dxin[i] += dy·W on its own. dx and dW may
+ * be NULL. 0 or -1 (ar_error from the activation quantizer). */
+static int linear_back(ar_block_work *ws, int i, float *dx, float *const dW[AR_NLINEAR],
+                       float *const dxin[AR_NLINEAR], const float *dy, const float *x,
+                       const float *W, long R, int K, int N)
+{
+    const float *in = x;
+    if (dW[i] && !(in = linear_input(ws, i, x, R, K))) return -1;
+    ar_linear_backward(dx, dW[i], NULL, dy, in, W, (int)R, K, N);
+    if (dxin && dxin[i]) ar_linear_backward(dxin[i], NULL, NULL, dy, in, W, (int)R, K, N);
+    return 0;
+}
+
 /* MLP half backward: from dy, dW of down/gate/up, and ws->dh = dL/dh. */
-static void mlp_back(const ar_config *c, const ar_block_weights *w,
-                     const ar_block_acts *a, const float *dy,
-                     float *const dW[AR_NLINEAR], ar_block_work *ws)
+static int mlp_back(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
+                    const float *dy, float *const dW[AR_NLINEAR], float *const dxin[AR_NLINEAR],
+                    ar_block_work *ws)
 {
     long BT = (long)a->B * a->T;
     int C = c->hidden, F = c->intermediate;
@@ -266,11 +320,13 @@ static void mlp_back(const ar_config *c, const ar_block_weights *w,
     memset(ws->dup, 0, sizeof(float) * BT * F);
     memset(ws->dln, 0, sizeof(float) * BT * C);
     memcpy(ws->dh, dy, sizeof(float) * BT * C); /* residual: dh = dy + ... */
-    ar_linear_backward(ws->dact, dW[AR_DOWN], NULL, dy, a->act, w->w[AR_DOWN], BT, F, C);
+    if (linear_back(ws, AR_DOWN, ws->dact, dW, dxin, dy, a->act, w->w[AR_DOWN], BT, F, C)) return -1;
     ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
-    ar_linear_backward(ws->dln, dW[AR_GATE], NULL, ws->dgate, a->ln2, w->w[AR_GATE], BT, C, F);
-    ar_linear_backward(ws->dln, dW[AR_UP], NULL, ws->dup, a->ln2, w->w[AR_UP], BT, C, F);
+    if (linear_back(ws, AR_GATE, ws->dln, dW, dxin, ws->dgate, a->ln2, w->w[AR_GATE], BT, C, F) ||
+        linear_back(ws, AR_UP, ws->dln, dW, dxin, ws->dup, a->ln2, w->w[AR_UP], BT, C, F))
+        return -1;
     ar_rmsnorm_backward(ws->dh, NULL, ws->dln, a->h, w->mlp_norm, a->rstd2, BT, C);
+    return 0;
 }
 
 /* Through QK-norm (when present) for one of q/k: dpre += norm'(dn). */
@@ -285,9 +341,9 @@ static const float *qknorm_back(float *dpre, const float *dn, const float *norm,
 }
 
 /* Attention half backward: from ws->dh, dW of o/q/k/v and optionally dx. */
-static void attn_back(const ar_config *c, const ar_block_weights *w,
-                      const ar_block_acts *a, float *const dW[AR_NLINEAR], float *dx,
-                      ar_block_work *ws)
+static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
+                     float *const dW[AR_NLINEAR], float *const dxin[AR_NLINEAR], float *dx,
+                     ar_block_work *ws)
 {
     int B = a->B, T = a->T, C = c->hidden, HD = c->head_dim, NH = c->n_heads;
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
@@ -296,7 +352,7 @@ static void attn_back(const ar_config *c, const ar_block_weights *w,
     memset(ws->dq, 0, sizeof(float) * BT * QD);
     memset(ws->dk, 0, sizeof(float) * BT * KD);
     memset(ws->dv, 0, sizeof(float) * BT * KD);
-    ar_linear_backward(ws->dao, dW[AR_O], NULL, ws->dh, a->ao, w->w[AR_O], BT, QD, C);
+    if (linear_back(ws, AR_O, ws->dao, dW, dxin, ws->dh, a->ao, w->w[AR_O], BT, QD, C)) return -1;
     ar_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->dao, a->att, a->q, a->k,
                           a->v, B, T, NH, NKV, HD);
     ar_rope_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD);
@@ -305,22 +361,30 @@ static void attn_back(const ar_config *c, const ar_block_weights *w,
     const float *dk = qknorm_back(ws->dkn, ws->dk, w->k_norm, a->kpre, a->rstdk, BT * NKV, HD);
     float *dln = dx ? ws->dln : NULL; /* dL/dn1 only matters on the way to dx */
     if (dln) memset(dln, 0, sizeof(float) * BT * C);
-    ar_linear_backward(dln, dW[AR_Q], NULL, dq, a->ln1, w->w[AR_Q], BT, C, QD);
-    ar_linear_backward(dln, dW[AR_K], NULL, dk, a->ln1, w->w[AR_K], BT, C, KD);
-    ar_linear_backward(dln, dW[AR_V], NULL, ws->dv, a->ln1, w->w[AR_V], BT, C, KD);
+    if (linear_back(ws, AR_Q, dln, dW, dxin, dq, a->ln1, w->w[AR_Q], BT, C, QD) ||
+        linear_back(ws, AR_K, dln, dW, dxin, dk, a->ln1, w->w[AR_K], BT, C, KD) ||
+        linear_back(ws, AR_V, dln, dW, dxin, ws->dv, a->ln1, w->w[AR_V], BT, C, KD))
+        return -1;
     if (dx) {
         ar_residual_backward(dx, NULL, ws->dh, BT * C);
         ar_rmsnorm_backward(dx, NULL, dln, a->x, w->attn_norm, a->rstd1, BT, C);
     }
+    return 0;
+}
+
+int ar_block_backward_inputs(const ar_config *c, const ar_block_weights *w,
+                             const ar_block_acts *a, const float *dy,
+                             float *const dW[AR_NLINEAR], float *dx,
+                             float *const dxin[AR_NLINEAR], ar_block_work *ws)
+{
+    if (!ws->train) return ar_error("block: backward needs a training workspace");
+    if (check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
+    return mlp_back(c, w, a, dy, dW, dxin, ws) || attn_back(c, w, a, dW, dxin, dx, ws) ? -1 : 0;
 }
 
 int ar_block_backward(const ar_config *c, const ar_block_weights *w,
                       const ar_block_acts *a, const float *dy,
                       float *const dW[AR_NLINEAR], float *dx, ar_block_work *ws)
 {
-    if (!ws->train) return ar_error("block: backward needs a training workspace");
-    if (check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
-    mlp_back(c, w, a, dy, dW, ws);
-    attn_back(c, w, a, dW, dx, ws);
-    return 0;
+    return ar_block_backward_inputs(c, w, a, dy, dW, dx, NULL, ws);
 }

@@ -41,9 +41,15 @@ typedef struct {
     float *cos_t, *sin_t;
     float *ln, *h, *q, *ao, *k, *v, *gate, *up, *rstd, *att;
     float *dact, *dgate, *dup, *dln, *dh, *dao, *dq, *dqn, *dk, *dv, *dkn;
-    /* Activation fake-quantization (spec §2.12), set with ar_block_set_act_quant. */
+    /* Activation fake-quantization (spec §2.12), set with ar_block_set_act_quant:
+     * the spec per linear, the widest linear input (max of C, NH*HD, F), the
+     * quantized copy of the input being multiplied [BT, kmax] (allocated by
+     * the first set with any spec) and the linear it was made for (-1: none). */
     ar_act_spec act_q[AR_NLINEAR];
     int has_act_q[AR_NLINEAR];
+    int kmax;
+    float *xq;
+    int xq_of;
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
@@ -54,15 +60,19 @@ void ar_block_work_free(ar_block_work *ws);
 
 /* Fake-quantize the input of linear i with aq[i] (NULL entry or NULL aq: not
  * quantized) in every later forward that uses ws, train and inference alike,
- * as AutoRound's wrapper does for act_bits <= 8. The backward is
+ * as AutoRound's wrapper does for act_bits <= 8. Each linear quantizes its
+ * own copy of its input, so linears reading one input (q/k/v; gate/up) may
+ * have different specs or none, as with a mixed-precision layer config; an
+ * equal spec within such a group quantizes once. The saved activations
+ * (ar_block_acts) keep the inputs before quantization. The backward is
  * straight-through: dL/dx passes unchanged, dW is taken against the quantized
- * input. Linears reading one input (q/k/v; gate/up) must get equal specs
- * (all or none), since the quantized input is computed once, in place.
- * Returns 0, or -1 (ar_error) for unequal specs in a shared input. */
+ * input (recomputed from the saved one). Returns 0, or -1 (ar_error) when
+ * the quantized-input buffer cannot be allocated. */
 int ar_block_set_act_quant(ar_block_work *ws, const ar_act_spec *const aq[AR_NLINEAR]);
 
 /* Activations one training forward saves for ar_block_backward, for up to B
- * sequences of T tokens (BT = B*T, QD = NH*HD, KD = NKV*HD):
+ * sequences of T tokens (BT = B*T, QD = NH*HD, KD = NKV*HD); the linears'
+ * inputs ln1, ao, ln2, act as they were before any activation quantization:
  * x, ln1, h, ln2 [BT, C]; rstd1, rstd2 [BT]; q, ao [BT, QD]; k, v [BT, KD]
  * (q, k after QK-norm and RoPE); qpre [BT, QD], kpre [BT, KD], rstdq [BT*NH],
  * rstdk [BT*NKV] only with QK-norm (else NULL); att [B, NH, T, T];
@@ -78,6 +88,10 @@ typedef struct {
  * Returns 0 or -1 (ar_error). */
 int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T);
 void ar_block_acts_free(ar_block_acts *a);
+
+/* The saved input of linear i [B*T, K_i] (ln1 for q/k/v, ao for o, ln2 for
+ * gate/up, act for down), before activation quantization. */
+const float *ar_block_acts_input(const ar_block_acts *a, int i);
 
 /* Inference forward of one block: y [B*T, C] = block(x [B*T, C]) over B
  * independent causal sequences of T tokens at positions 0..T-1.
@@ -101,5 +115,15 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
 int ar_block_backward(const ar_config *c, const ar_block_weights *w,
                       const ar_block_acts *a, const float *dy,
                       float *const dW[AR_NLINEAR], float *dx, ar_block_work *ws);
+
+/* ar_block_backward, and for each linear i with dxin[i] != NULL (dxin itself
+ * may be NULL) also ACCUMULATE dxin[i] [B*T, K_i] += dL/dx̂_i, the gradient
+ * at linear i's own (possibly quantized) input through that linear alone,
+ * dy_i · W_i: AutoScheme's activation term needs it per linear, while dx sums
+ * the linears sharing an input. */
+int ar_block_backward_inputs(const ar_config *c, const ar_block_weights *w,
+                             const ar_block_acts *a, const float *dy,
+                             float *const dW[AR_NLINEAR], float *dx,
+                             float *const dxin[AR_NLINEAR], ar_block_work *ws);
 
 #endif

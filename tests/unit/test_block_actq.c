@@ -64,9 +64,38 @@ static float *quantized(const ar_act_spec *as, const float *x, long rows, int k)
     return q;
 }
 
-/* The block by hand from the ops, with aq[i] applied to linear i's input. */
-static void by_hand(const ar_config *c, const ar_block_weights *w, const ar_act_spec *const aq[AR_NLINEAR],
-                    const float *x, float *y)
+/* How the hand-made block quantizes linear inputs: with the quantizers
+ * (delta[i], when given, records Q_i(x) - x), or with replay on, along the
+ * un-rounded path x + delta[i] frozen at a recorded point, which is what the
+ * straight-through estimator differentiates. nudge_lin >= 0 adds nudge to
+ * element nudge_idx of that linear's quantized input (finite differences of
+ * the loss w.r.t. that input alone). */
+typedef struct {
+    const ar_act_spec *const *aq;
+    float *delta[AR_NLINEAR];
+    int replay;
+    int nudge_lin;
+    long nudge_idx;
+    float nudge;
+} hand_mode;
+
+/* Linear i of the hand-made block: y = Q_i(x) · W_i^T, Q_i as hm says. */
+static void hand_linear(float *y, const float *x, const ar_block_weights *w, const hand_mode *hm,
+                        int i, int R, int K, int N)
+{
+    long n = (long)R * K;
+    float *xq = hm->replay ? malloc(sizeof(float) * n) : quantized(hm->aq[i], x, R, K);
+    for (long j = 0; hm->replay && j < n; j++) xq[j] = x[j] + hm->delta[i][j];
+    for (long j = 0; !hm->replay && hm->delta[i] && j < n; j++) hm->delta[i][j] = xq[j] - x[j];
+    if (hm->nudge_lin == i) xq[hm->nudge_idx] += hm->nudge;
+    ar_linear_forward(y, xq, w->w[i], NULL, R, K, N);
+    free(xq);
+}
+
+/* The block by hand from the ops, with aq[i] applied to linear i's own copy
+ * of its input. */
+static void by_hand_mode(const ar_config *c, const ar_block_weights *w, const hand_mode *hm,
+                         const float *x, float *y)
 {
     int BT = B * T, C = c->hidden, F = c->intermediate, HD = c->head_dim, NH = c->n_heads;
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
@@ -74,30 +103,30 @@ static void by_hand(const ar_config *c, const ar_block_weights *w, const ar_act_
     float g[BT * F], u[BT * F], d[BT * C], cs[T * HD / 2], sn[T * HD / 2];
     float *att = malloc(sizeof(float) * ar_attention_scratch(T));
     ar_rmsnorm_forward(n1, NULL, x, w->attn_norm, BT, C, c->rms_eps);
-    float *xq = quantized(aq[AR_Q], n1, BT, C);
-    ar_linear_forward(q, xq, w->w[AR_Q], NULL, BT, C, QD);
-    ar_linear_forward(k, xq, w->w[AR_K], NULL, BT, C, KD);
-    ar_linear_forward(v, xq, w->w[AR_V], NULL, BT, C, KD);
-    free(xq);
+    hand_linear(q, n1, w, hm, AR_Q, BT, C, QD);
+    hand_linear(k, n1, w, hm, AR_K, BT, C, KD);
+    hand_linear(v, n1, w, hm, AR_V, BT, C, KD);
     ar_rope_tables(cs, sn, c, T);
     ar_rope_forward(q, cs, sn, B, T, NH, HD);
     ar_rope_forward(k, cs, sn, B, T, NKV, HD);
     ar_attention_forward(ao, att, 0, q, k, v, B, T, NH, NKV, HD, 0);
-    xq = quantized(aq[AR_O], ao, BT, QD);
-    ar_linear_forward(h, xq, w->w[AR_O], NULL, BT, QD, C);
-    free(xq);
+    hand_linear(h, ao, w, hm, AR_O, BT, QD, C);
     ar_residual_forward(h, h, x, (long)BT * C);
     ar_rmsnorm_forward(n2, NULL, h, w->mlp_norm, BT, C, c->rms_eps);
-    xq = quantized(aq[AR_GATE], n2, BT, C);
-    ar_linear_forward(g, xq, w->w[AR_GATE], NULL, BT, C, F);
-    ar_linear_forward(u, xq, w->w[AR_UP], NULL, BT, C, F);
-    free(xq);
+    hand_linear(g, n2, w, hm, AR_GATE, BT, C, F);
+    hand_linear(u, n2, w, hm, AR_UP, BT, C, F);
     ar_swiglu_forward(g, g, u, (long)BT * F);
-    xq = quantized(aq[AR_DOWN], g, BT, F);
-    ar_linear_forward(d, xq, w->w[AR_DOWN], NULL, BT, F, C);
-    free(xq);
+    hand_linear(d, g, w, hm, AR_DOWN, BT, F, C);
     ar_residual_forward(y, h, d, (long)BT * C);
     free(att);
+}
+
+/* by_hand_mode with plain quantizers. */
+static void by_hand(const ar_config *c, const ar_block_weights *w, const ar_act_spec *const aq[AR_NLINEAR],
+                    const float *x, float *y)
+{
+    hand_mode hm = {.aq = aq, .nudge_lin = -1};
+    by_hand_mode(c, w, &hm, x, y);
 }
 
 static void check_hook(const ar_act_spec *as)
@@ -142,9 +171,11 @@ static void check_hook(const ar_act_spec *as)
             double s = 0;
             for (int r = 0; r < B * T; r++) s += (double)dy[r * N + o] * xh[r * K + kk];
             cr_assert(fabs(dW[AR_DOWN][o * K + kk] - s) <= 1e-5 * (1 + fabs(s)), "dW_down[%d,%d]", o, kk);
-            /* the saved input is already quantized: quantizing again is a no-op */
-            cr_assert_eq(xh[kk], a.act[kk]);
         }
+    /* the saved input is the one before quantization (the backward re-derives x̂) */
+    double moved = 0;
+    for (long j = 0; j < (long)B * T * K; j++) moved = fmax(moved, fabs(xh[j] - a.act[j]));
+    cr_assert(moved > 0, "saved input of down_proj is already quantized");
     free(xh);
     free(dW[AR_DOWN]);
 
@@ -162,19 +193,90 @@ Test(block_actq, int4_per_token) { check_hook(&(ar_act_spec){AR_QDT_INT, 4, -1, 
 Test(block_actq, fp8_static) { check_hook(&(ar_act_spec){AR_QDT_FP8, 8, 0, 0, 1.5f}); }
 Test(block_actq, nvfp4_dynamic) { check_hook(&(ar_act_spec){AR_QDT_NVFP4, 4, 16, 1, 0}); }
 
-Test(block_actq, shared_inputs_need_one_spec)
+/* Mixed specs inside the q/k/v and gate/up groups (a mixed-precision layer
+ * config): each linear multiplies by its own quantized copy, as by hand. */
+Test(block_actq, shared_inputs_with_different_specs)
 {
     ar_config c = tiny();
-    ar_block_work ws;
-    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 0), 0);
+    ar_block_weights w;
+    make_weights(&w, &c);
+    int n = B * T * c.hidden;
+    float x[n], want[n], got[n], trained[n];
+    for (int i = 0; i < n; i++) x[i] = 2 * urand();
     ar_act_spec a8 = {AR_QDT_INT, 8, -1, 1, 0}, a4 = {AR_QDT_INT, 4, -1, 1, 0};
-    const ar_act_spec *aq[AR_NLINEAR] = {&a8, &a4, &a8, NULL, NULL, NULL, NULL};
-    cr_assert_eq(ar_block_set_act_quant(&ws, aq), -1);
-    cr_assert(strstr(ar_last_error(), "q/k/v"), "%s", ar_last_error());
-    cr_assert_eq(ws.has_act_q[AR_Q], 0, "a refused set must leave no hook");
-    const ar_act_spec *gu[AR_NLINEAR] = {NULL, NULL, NULL, &a4, &a8, NULL, &a4};
-    cr_assert_eq(ar_block_set_act_quant(&ws, gu), -1);
-    const ar_act_spec *ok[AR_NLINEAR] = {&a8, &a8, &a8, &a4, NULL, NULL, &a8};
-    cr_assert_eq(ar_block_set_act_quant(&ws, ok), 0);
+    ar_act_spec mx = {AR_QDT_MXFP4, 4, 8, 1, 0};
+    const ar_act_spec *aq[AR_NLINEAR] = {&a8, &a4, &a8, NULL, &mx, NULL, &a4};
+    by_hand(&c, &w, aq, x, want);
+    ar_block_work ws;
+    ar_block_acts a;
+    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 1), 0);
+    cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
+    cr_assert_eq(ar_block_set_act_quant(&ws, aq), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_forward(&c, &w, x, got, B, T, &ws), 0);
+    cr_assert_eq(ar_block_forward_train(&c, &w, x, trained, B, T, &ws, &a), 0);
+    for (int i = 0; i < n; i++) {
+        cr_assert(fabsf(got[i] - want[i]) <= 1e-5f, "y[%d] %g vs by hand %g", i, got[i], want[i]);
+        cr_assert_eq(trained[i], got[i], "train forward y[%d]", i);
+    }
+    ar_block_acts_free(&a);
     ar_block_work_free(&ws);
+    free_weights(&w);
+}
+
+/* ar_block_backward_inputs: dxin[i] = dL/dx̂_i for L = Σ dy ⊙ y, against
+ * central differences of the hand-made block along the un-rounded path
+ * (every quantizer frozen to x + (Q(x) − x) at the base point, the function
+ * the straight-through estimator differentiates), nudged at linear i's
+ * quantized input alone. */
+Test(block_actq, per_linear_input_gradient_matches_finite_differences)
+{
+    ar_config c = tiny();
+    ar_block_weights w;
+    make_weights(&w, &c);
+    int n = B * T * c.hidden;
+    float x[n], y[n], dy[n], yp[n], ym[n], base[n];
+    for (int i = 0; i < n; i++) x[i] = 2 * urand(), dy[i] = urand();
+    ar_act_spec a8 = {AR_QDT_INT, 8, -1, 1, 0}, mx = {AR_QDT_MXFP4, 4, 8, 1, 0};
+    const ar_act_spec *aq[AR_NLINEAR] = {&mx, &mx, &a8, &a8, &mx, &mx, &mx};
+    hand_mode hm = {.aq = aq, .nudge_lin = -1};
+    float *dxin[AR_NLINEAR], *dW[AR_NLINEAR] = {0};
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int N, K;
+        ar_linear_shape(&c, i, &N, &K);
+        dxin[i] = calloc((size_t)B * T * K, sizeof(float));
+        hm.delta[i] = malloc(sizeof(float) * B * T * K);
+    }
+    by_hand_mode(&c, &w, &hm, x, base);     /* records the frozen offsets */
+    ar_block_work ws;
+    ar_block_acts a;
+    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 1), 0);
+    cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
+    cr_assert_eq(ar_block_set_act_quant(&ws, aq), 0);
+    cr_assert_eq(ar_block_forward_train(&c, &w, x, y, B, T, &ws, &a), 0);
+    for (int e = 0; e < n; e++) cr_assert(fabsf(y[e] - base[e]) <= 1e-5f, "forward y[%d]", e);
+    cr_assert_eq(ar_block_backward_inputs(&c, &w, &a, dy, dW, NULL, dxin, &ws), 0, "%s", ar_last_error());
+    hm.replay = 1;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int N, K;
+        ar_linear_shape(&c, i, &N, &K);
+        for (int t = 0; t < 4; t++) {
+            const float eps = 1e-2f;
+            hm.nudge_lin = i;
+            hm.nudge_idx = (long)((urand() + 0.5f) * (B * T * K - 1));
+            hm.nudge = eps;
+            by_hand_mode(&c, &w, &hm, x, yp);
+            hm.nudge = -eps;
+            by_hand_mode(&c, &w, &hm, x, ym);
+            double fd = 0;
+            for (int e = 0; e < n; e++) fd += (double)dy[e] * (yp[e] - ym[e]);
+            fd /= 2 * eps;
+            float got = dxin[i][hm.nudge_idx];
+            cr_assert(fabs(got - fd) <= 2e-3 * (1 + fabs(fd)), "%s input[%ld]: %g vs finite differences %g",
+                      ar_linear_names[i], hm.nudge_idx, got, fd);
+        }
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(dxin[i]), free(hm.delta[i]);
+    ar_block_acts_free(&a);
+    ar_block_work_free(&ws);
+    free_weights(&w);
 }
