@@ -80,7 +80,8 @@ static void round_trip(const fp_case *c, const char *format, const char *want_fm
     float *wq = malloc(sizeof(float) * NQ * H), *scale = malloc(sizeof(float) * NQ * ng);
     uint8_t *codes = malloc(NQ * H);
     int32_t *zp = malloc(sizeof(int32_t) * NQ * ng);
-    ar_quant_spec qs = {c->bits, c->group, 1, c->g2d ? AR_QF_BLOCK2D : 0, 0, c->qdt, 0};
+    ar_quant_spec qs = { .bits = c->bits, .group_size = c->group, .sym = 1,
+                         .flags = c->g2d ? AR_QF_BLOCK2D : 0, .dtype = c->qdt };
     ar_quant_out o = {wq, codes, scale, zp};
     cr_assert_eq(ar_quant_forward(&qs, w, NQ, H, NULL, &o), 0, "%s", ar_last_error());
     ar_qlayer l = {.name = "model.layers.0.self_attn.q_proj", .n = NQ, .k = H, .bits = c->bits, .group_size = c->group,
