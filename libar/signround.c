@@ -24,6 +24,13 @@ int ar_block_plan_has_act_quant(const ar_block_plan *plan)
     return 0;
 }
 
+int ar_block_plan_set_act_quant(const ar_block_plan *plan, ar_block_work *ws)
+{
+    const ar_act_spec *aq[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) aq[i] = plan->quantize[i] && plan->act_quant[i] ? &plan->act[i] : NULL;
+    return ar_block_set_act_quant(ws, aq);
+}
+
 void ar_default_mask(uint8_t *mask, int n, int T)
 {
     for (long i = 0; i < (long)n * T; i++) mask[i] = (i % T) != T - 1;
@@ -302,7 +309,7 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
     t->mb = malloc((size_t)t->bs * T);
     if (!t->xb || !t->yb || !t->pred || !t->dy || !t->mb) return ar_error("out of memory for a mini-batch");
     if (ar_block_work_init(&t->ws, c, t->bs, T, 1) || ar_block_acts_init(&t->acts, c, t->bs, T)) return -1;
-    return 0;
+    return ar_block_plan_set_act_quant(plan, &t->ws);
 }
 
 static void tuner_free(tuner *t)

@@ -7,7 +7,8 @@
  *  1. draw GB = min(n, batch_size × grad_accum) sample indices from the
  *     sampler below;
  *  2. fake-quantize every planned weight from its FP weight with the current
- *     V, α, β (ar_quant_forward);
+ *     V, α, β (ar_quant_forward); linears with plan->act_quant also
+ *     fake-quantize their input in every forward (straight-through backward);
  *  3. in chunks of batch_size samples: block forward, masked squared error
  *     against the FP outputs, block backward (ar_block_backward), gradients
  *     summed over the chunks. The loss of the iteration is
@@ -65,6 +66,12 @@ typedef struct {
 
 /* 1 when some quantized linear of plan fake-quantizes its input. */
 int ar_block_plan_has_act_quant(const ar_block_plan *plan);
+
+/* Install plan's activation quantizers (quantized linears with act_quant) in
+ * ws, so that every later forward through ws quantizes those inputs as the
+ * tuned block does (AutoRound keeps them after tuning: the quantized chain
+ * and the fake model evaluate with them). 0 or -1 (ar_error). */
+int ar_block_plan_set_act_quant(const ar_block_plan *plan, ar_block_work *ws);
 
 /* Results of tuning one block. */
 typedef struct {

@@ -223,12 +223,12 @@ Test(block_actq, shared_inputs_with_different_specs)
     free_weights(&w);
 }
 
-/* ar_block_backward_inputs: dxin[i] = dL/dx̂_i for L = Σ dy ⊙ y, against
- * central differences of the hand-made block along the un-rounded path
- * (every quantizer frozen to x + (Q(x) − x) at the base point, the function
- * the straight-through estimator differentiates), nudged at linear i's
- * quantized input alone. */
-Test(block_actq, per_linear_input_gradient_matches_finite_differences)
+/* The straight-through backward against central differences of the
+ * hand-made block along the un-rounded path (every quantizer frozen to
+ * x + (Q(x) − x) at the base point, the function the estimator
+ * differentiates), L = Σ dy ⊙ y: ar_block_backward_inputs' dxin[i] = dL/dx̂_i
+ * (nudging linear i's quantized input alone), and dW (nudging a weight). */
+Test(block_actq, straight_through_backward_matches_finite_differences)
 {
     ar_config c = tiny();
     ar_block_weights w;
@@ -275,7 +275,34 @@ Test(block_actq, per_linear_input_gradient_matches_finite_differences)
                       ar_linear_names[i], hm.nudge_idx, got, fd);
         }
     }
-    for (int i = 0; i < AR_NLINEAR; i++) free(dxin[i]), free(hm.delta[i]);
+    /* dW the same way: weights nudged, inputs along the frozen path */
+    hm.nudge_lin = -1;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int N, K;
+        ar_linear_shape(&c, i, &N, &K);
+        dW[i] = calloc((size_t)N * K, sizeof(float));
+    }
+    cr_assert_eq(ar_block_backward(&c, &w, &a, dy, dW, NULL, &ws), 0);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int N, K;
+        ar_linear_shape(&c, i, &N, &K);
+        for (int t = 0; t < 4; t++) {
+            const float eps = 1e-2f;
+            long j = (long)((urand() + 0.5f) * (N * K - 1));
+            float keep = w.w[i][j];
+            w.w[i][j] = keep + eps;
+            by_hand_mode(&c, &w, &hm, x, yp);
+            w.w[i][j] = keep - eps;
+            by_hand_mode(&c, &w, &hm, x, ym);
+            w.w[i][j] = keep;
+            double fd = 0;
+            for (int e = 0; e < n; e++) fd += (double)dy[e] * (yp[e] - ym[e]);
+            fd /= 2 * eps;
+            cr_assert(fabs(dW[i][j] - fd) <= 2e-3 * (1 + fabs(fd)), "%s dW[%ld]: %g vs finite differences %g",
+                      ar_linear_names[i], j, dW[i][j], fd);
+        }
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(dxin[i]), free(hm.delta[i]), free(dW[i]);
     ar_block_acts_free(&a);
     ar_block_work_free(&ws);
     free_weights(&w);
