@@ -265,6 +265,37 @@ int ar_cuda_stage_end(int slot);
 int ar_cuda_stage_acquire(int slot);
 int ar_cuda_stage_release(int slot);
 
+/* ---- phase profiling -------------------------------------------------------
+ * Where an iteration's GPU time goes (cuda_check --profile). While enabled,
+ * ar_cuda_prof_mark(phase, flops) records an event on the compute stream that
+ * closes the previous phase and opens `phase` (a static string "category/what";
+ * NULL opens nothing); flops, when > 0, is the useful work of the phase, for
+ * TFLOP/s. ar_cuda_prof_iteration marks the start of a tuning iteration; the
+ * first iteration (warm-up) and anything before it are not counted. Disabled,
+ * every call returns at once. */
+void ar_cuda_prof_enable(int on);
+int  ar_cuda_prof_enabled(void);
+void ar_cuda_prof_mark(const char *phase, double flops);
+void ar_cuda_prof_iteration(void);
+/* Print the per-phase table (ms per iteration, share, TFLOP/s and % of
+ * peak_tflops where flops were given, host time between the marks, calls) and
+ * a per-category summary to stdout, then clear the totals. */
+int  ar_cuda_prof_report(double peak_tflops);
+/* Useful flops of causal (window > 0: sliding-window) attention forward:
+ * S = QKᵀ and O = PV over the visible (query, key) pairs only. */
+double ar_cuda_attention_flops(int B, int T, int NH, int HD, int window);
+
+/* Flash attention alone (NKV = NH, causal) against cuBLAS strided-batched
+ * bf16 GEMMs doing the same products over the full T x T square (no softmax):
+ * ms per call, averaged over reps after a warm-up. */
+typedef struct {
+    double flash_fwd_ms, flash_bwd_ms; /* ar_cuda_flash_forward / _backward */
+    double gemm_fwd_ms, gemm_bwd_ms;   /* 2 and 5 full-square batched GEMMs */
+    double fwd_flops, bwd_flops;       /* useful causal flops (backward: 2.5 x forward) */
+    double causal_fraction;            /* visible pairs / T² */
+} ar_cuda_attn_bench;
+int ar_cuda_bench_attention(int B, int T, int NH, int HD, int reps, ar_cuda_attn_bench *r);
+
 #ifdef __cplusplus
 }
 #endif

@@ -99,18 +99,24 @@ static int attn_half(const ar_cuda_shape *s, const ar_cuda_weights *w, const flo
                      ar_cuda_block_work *ws)
 {
     int BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV, QD = NH * HD, KD = NKV * HD;
+    AR_PROF("elem-fwd/rmsnorm1", 0);
     ar_cuda_rmsnorm_forward(ws->ln1, ws->rstd1, x, w->attn_norm, BT, C, s->eps);
     float *qp = w->q_norm ? ws->qpre : ws->q, *kp = w->k_norm ? ws->kpre : ws->k;
+    AR_PROF("gemm-fwd/q k v", 2.0 * BT * C * (QD + 2 * KD));
     if (ar_cuda_linear_forward(qp, ws->ln1, w->w[LQ], w->b[LQ], BT, C, QD) ||
         ar_cuda_linear_forward(kp, ws->ln1, w->w[LK], w->b[LK], BT, C, KD) ||
         ar_cuda_linear_forward(ws->v, ws->ln1, w->w[LV], w->b[LV], BT, C, KD))
         return -1;
+    AR_PROF("elem-fwd/qk-norm, rope", 0);
     if (w->q_norm) ar_cuda_rmsnorm_forward(ws->q, ws->rstdq, ws->qpre, w->q_norm, BT * NH, HD, s->eps);
     if (w->k_norm) ar_cuda_rmsnorm_forward(ws->k, ws->rstdk, ws->kpre, w->k_norm, BT * NKV, HD, s->eps);
     ar_cuda_rope(ws->q, ws->cos_t, ws->sin_t, B, T, NH, HD, 0);
     ar_cuda_rope(ws->k, ws->cos_t, ws->sin_t, B, T, NKV, HD, 0);
+    AR_PROF("attn-fwd/stored probabilities", ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_attention_forward(ws->ao, ws->att, ws->q, ws->k, ws->v, B, T, NH, NKV, HD, s->window)) return -1;
+    AR_PROF("gemm-fwd/o", 2.0 * BT * QD * C);
     if (ar_cuda_linear_forward(ws->h, ws->ao, w->w[LO], w->b[LO], BT, QD, C)) return -1;
+    AR_PROF("elem-fwd/residual", 0);
     ar_cuda_add(ws->h, ws->h, x, (long)BT * C);
     return 0;
 }
@@ -118,12 +124,17 @@ static int attn_half(const ar_cuda_shape *s, const ar_cuda_weights *w, const flo
 static int mlp_half(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, int BT, ar_cuda_block_work *ws)
 {
     int C = s->C, F = s->F;
+    AR_PROF("elem-fwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_forward(ws->ln2, ws->rstd2, ws->h, w->mlp_norm, BT, C, s->eps);
+    AR_PROF("gemm-fwd/gate up", 4.0 * BT * C * F);
     if (ar_cuda_linear_forward(ws->gate, ws->ln2, w->w[LGATE], w->b[LGATE], BT, C, F) ||
         ar_cuda_linear_forward(ws->up, ws->ln2, w->w[LUP], w->b[LUP], BT, C, F))
         return -1;
+    AR_PROF("elem-fwd/swiglu", 0);
     ar_cuda_swiglu_forward(ws->act, ws->gate, ws->up, (long)BT * F);
+    AR_PROF("gemm-fwd/down", 2.0 * BT * F * C);
     if (ar_cuda_linear_forward(ws->tmp, ws->act, w->w[LDOWN], w->b[LDOWN], BT, F, C)) return -1;
+    AR_PROF("elem-fwd/residual", 0);
     ar_cuda_add(y, ws->h, ws->tmp, (long)BT * C);
     return 0;
 }
@@ -139,6 +150,7 @@ int ar_cuda_block_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
         return ar_cuda_fast_forward(s, w, x, y, B, T, train, ws->fast);
     }
     /* Keep x for the backward (and so y may alias x). */
+    AR_PROF("copy/x into the work", 0);
     if (ar_cuda_copy(ws->x, x, sizeof(float) * (size_t)B * T * s->C)) return -1;
     if (attn_half(s, w, ws->x, B, T, ws) || mlp_half(s, w, y, B * T, ws)) return -1;
     ws->lastB = B, ws->lastT = T;
@@ -163,14 +175,19 @@ static int mlp_back(const ar_cuda_shape *s, const ar_cuda_weights *w, const floa
     long BT = (long)ws->lastB * ws->lastT;
     int C = s->C, F = s->F;
     size_t fb = sizeof(float) * BT * F;
+    AR_PROF("copy/dy -> dh, zero dgate dup", 0);
     if (ar_cuda_copy(ws->dh, dy, sizeof(float) * BT * C) || ar_cuda_zero(ws->dgate, fb) || ar_cuda_zero(ws->dup, fb))
         return -1;
+    AR_PROF("gemm-dx+dw/down", 4.0 * BT * F * C);
     if (linear_dx(ws->dact, dy, w->w[LDOWN], BT, F, C, 0.0f) || linear_dw(dW[LDOWN], dy, ws->act, BT, F, C)) return -1;
+    AR_PROF("elem-bwd/swiglu", 0);
     ar_cuda_swiglu_backward(ws->dgate, ws->dup, ws->dact, ws->gate, ws->up, BT * F);
+    AR_PROF("gemm-dx+dw/gate up", 8.0 * BT * F * C);
     if (linear_dx(ws->dln, ws->dgate, w->w[LGATE], BT, C, F, 0.0f) ||
         linear_dw(dW[LGATE], ws->dgate, ws->ln2, BT, C, F) ||
         linear_dx(ws->dln, ws->dup, w->w[LUP], BT, C, F, 1.0f) || linear_dw(dW[LUP], ws->dup, ws->ln2, BT, C, F))
         return -1;
+    AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(ws->dh, ws->dln, ws->h, w->mlp_norm, ws->rstd2, BT, C);
     return 0;
 }
@@ -191,22 +208,27 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
     int B = ws->lastB, T = ws->lastT, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV;
     int QD = NH * HD, KD = NKV * HD;
     long BT = (long)B * T;
+    AR_PROF("gemm-dx+dw/o", 4.0 * BT * QD * C);
     if (linear_dx(ws->dao, ws->dh, w->w[LO], BT, QD, C, 0.0f) || linear_dw(dW[LO], ws->dh, ws->ao, BT, QD, C) ||
         ar_cuda_zero(ws->dq, sizeof(float) * BT * QD) || ar_cuda_zero(ws->dk, sizeof(float) * BT * KD) ||
         ar_cuda_zero(ws->dv, sizeof(float) * BT * KD))
         return -1;
+    AR_PROF("attn-bwd/stored probabilities", 2.0 * ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_attention_backward(ws->dq, ws->dk, ws->dv, ws->dP, ws->dao, ws->att, ws->q, ws->k, ws->v, B, T, NH,
                                    NKV, HD))
         return -1;
+    AR_PROF("elem-bwd/rope^-1, qk-norm", 0);
     ar_cuda_rope(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD, 1);
     ar_cuda_rope(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD, 1);
     const float *dq = qknorm_back(ws->dqn, ws->dq, w->q_norm, ws->qpre, ws->rstdq, BT * NH, HD);
     const float *dk = qknorm_back(ws->dkn, ws->dk, w->k_norm, ws->kpre, ws->rstdk, BT * NKV, HD);
     if (!dq || !dk) return -1;
+    AR_PROF("gemm-dw/q k v", 2.0 * BT * C * (QD + 2 * KD));
     if (linear_dw(dW[LQ], dq, ws->ln1, BT, C, QD) || linear_dw(dW[LK], dk, ws->ln1, BT, C, KD) ||
         linear_dw(dW[LV], ws->dv, ws->ln1, BT, C, KD))
         return -1;
     if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
+    AR_PROF("gemm-dx/q k v", 2.0 * BT * C * (QD + 2 * KD));
     if (linear_dx(ws->dln, dq, w->w[LQ], BT, C, QD, 0.0f) || linear_dx(ws->dln, dk, w->w[LK], BT, C, KD, 1.0f) ||
         linear_dx(ws->dln, ws->dv, w->w[LV], BT, C, KD, 1.0f))
         return -1;

@@ -220,10 +220,12 @@ void ar_cuda_fast_work_free(ar_cuda_fast_work *fw)
 /* ---- forward ---------------------------------------------------------------------- */
 
 /* y [R, N] (f32) = xb [R, K] · Wbᵀ (+ b); with add, y += (the residual is
- * already in y). */
-static int lin(float *y, const uint16_t *xb, const uint16_t *Wb, const float *b, int R, int K, int N, int add)
+ * already in y). phase names it for the profile. */
+static int lin(const char *phase, float *y, const uint16_t *xb, const uint16_t *Wb, const float *b, int R, int K, int N,
+               int add)
 {
     float beta = add ? 1.0f : 0.0f;
+    AR_PROF(phase, 2.0 * R * K * N);
     if (b) {
         k_bias<<<ar_blocks((long)R * N, 256), 256, 0, g_cu.st>>>(y, b, R, N, add);
         beta = 1.0f;
@@ -243,34 +245,42 @@ static int convert_weights(const ar_cuda_shape *s, const ar_cuda_weights *w, ar_
 static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, int B, int T, int train, ar_cuda_fast_work *fw)
 {
     int BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV, QD = NH * HD, KD = NKV * HD;
+    AR_PROF("elem-fwd/rmsnorm1 -> bf16", 0);
     ar_cuda_rmsnorm_forward_bf16(fw->ln1b, fw->rstd1, fw->x, w->attn_norm, BT, C, s->eps);
     float *qp = w->q_norm ? fw->qpre : fw->q, *kp = w->k_norm ? fw->kpre : fw->k;
-    if (lin(qp, fw->ln1b, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) || lin(kp, fw->ln1b, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
-        lin(fw->v, fw->ln1b, fw->wb[LV], w->b[LV], BT, C, KD, 0))
+    if (lin("gemm-fwd/q", qp, fw->ln1b, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) ||
+        lin("gemm-fwd/k", kp, fw->ln1b, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
+        lin("gemm-fwd/v", fw->v, fw->ln1b, fw->wb[LV], w->b[LV], BT, C, KD, 0))
         return -1;
+    AR_PROF("elem-fwd/qk-norm, rope q k, v -> bf16", 0);
     if (w->q_norm) ar_cuda_rmsnorm_forward(fw->q, fw->rstdq, fw->qpre, w->q_norm, BT * NH, HD, s->eps);
     if (w->k_norm) ar_cuda_rmsnorm_forward(fw->k, fw->rstdk, fw->kpre, w->k_norm, BT * NKV, HD, s->eps);
     ar_cuda_rope_bf16(fw->qb, fw->q, fw->cos_t, fw->sin_t, B, T, NH, HD, 0);
     ar_cuda_rope_bf16(fw->kb, fw->k, fw->cos_t, fw->sin_t, B, T, NKV, HD, 0);
     ar_cuda_copy_to_bf16(NULL, fw->vb, fw->v, (long)BT * KD);
+    AR_PROF("attn-fwd/flash", ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_flash_forward(fw->aob, train ? fw->ao : NULL, fw->lse, fw->qb, fw->kb, fw->vb, B, T, NH, NKV, HD,
                               s->window))
         return -1;
     /* h = x + o_proj(attn): the GEMM accumulates onto a copy of x */
+    AR_PROF("copy/residual x -> h", 0);
     if (ar_cuda_copy(fw->h, fw->x, sizeof(float) * (size_t)BT * C)) return -1;
-    return lin(fw->h, fw->aob, fw->wb[LO], w->b[LO], BT, QD, C, 1);
+    return lin("gemm-fwd/o", fw->h, fw->aob, fw->wb[LO], w->b[LO], BT, QD, C, 1);
 }
 
 static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, int BT, ar_cuda_fast_work *fw)
 {
     int C = s->C, F = s->F;
+    AR_PROF("elem-fwd/rmsnorm2 -> bf16", 0);
     ar_cuda_rmsnorm_forward_bf16(fw->ln2b, fw->rstd2, fw->h, w->mlp_norm, BT, C, s->eps);
-    if (lin(fw->gate, fw->ln2b, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
-        lin(fw->up, fw->ln2b, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
+    if (lin("gemm-fwd/gate", fw->gate, fw->ln2b, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
+        lin("gemm-fwd/up", fw->up, fw->ln2b, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
         return -1;
+    AR_PROF("elem-fwd/swiglu -> bf16", 0);
     ar_cuda_swiglu_forward_bf16(fw->actb, fw->gate, fw->up, (long)BT * F);
+    AR_PROF("copy/residual h -> y", 0);
     if (ar_cuda_copy(y, fw->h, sizeof(float) * (size_t)BT * C)) return -1;
-    return lin(y, fw->actb, fw->wb[LDOWN], w->b[LDOWN], BT, F, C, 1);
+    return lin("gemm-fwd/down", y, fw->actb, fw->wb[LDOWN], w->b[LDOWN], BT, F, C, 1);
 }
 
 int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y, int B, int T,
@@ -279,7 +289,10 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
     if (B <= 0 || T <= 0 || T > fw->T || B > fw->B)
         return ar_cuda_fail("block: batch %d x %d exceeds the work's %d x %d", B, T, fw->B, fw->T);
     if (train && !fw->train) return ar_cuda_fail("block: training forward needs a training work");
-    if (ar_cuda_copy(fw->x, x, sizeof(float) * (size_t)B * T * s->C) || convert_weights(s, w, fw)) return -1;
+    AR_PROF("copy/x into the work", 0);
+    if (ar_cuda_copy(fw->x, x, sizeof(float) * (size_t)B * T * s->C)) return -1;
+    AR_PROF("weights/7 linears f32 -> bf16", 0);
+    if (convert_weights(s, w, fw)) return -1;
     if (attn_fwd(s, w, B, T, train, fw) || mlp_fwd(s, w, y, B * T, fw)) return -1;
     fw->lastB = B, fw->lastT = T;
     return ar_cuda_check_launch("fast block forward");
@@ -288,14 +301,16 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
 /* ---- backward ---------------------------------------------------------------------- */
 
 /* dx [R, K] = dy [R, N] · W [N, K] (beta 0: written, 1: added). */
-static int gdx(float *dx, const uint16_t *dyb, const uint16_t *Wb, int R, int K, int N, float beta)
+static int gdx(const char *phase, float *dx, const uint16_t *dyb, const uint16_t *Wb, int R, int K, int N, float beta)
 {
+    AR_PROF(phase, 2.0 * R * K * N);
     return ar_cuda_gemm_bf16(0, 0, R, K, N, 1.0f, dyb, N, Wb, K, beta, dx, K);
 }
 
 /* dW [N, K] += dyᵀ · x when dW is wanted. */
-static int gdw(float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N)
+static int gdw(const char *phase, float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N)
 {
+    if (dW) AR_PROF(phase, 2.0 * R * K * N);
     return dW ? ar_cuda_gemm_bf16(1, 0, N, K, R, 1.0f, dyb, N, xb, K, 1.0f, dW, K) : 0;
 }
 
@@ -303,12 +318,19 @@ static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], 
                    ar_cuda_fast_work *fw)
 {
     int BT = fw->lastB * fw->lastT, C = s->C, F = s->F;
+    AR_PROF("elem-bwd/dy -> dh f32 + bf16", 0);
     ar_cuda_copy_to_bf16(fw->dh, fw->dyb, dy, (long)BT * C); /* dh starts as the residual's dy */
-    if (gdx(fw->dact, fw->dyb, fw->wb[LDOWN], BT, F, C, 0.0f) || gdw(dW[LDOWN], fw->dyb, fw->actb, BT, F, C)) return -1;
-    ar_cuda_swiglu_backward_bf16(fw->dgateb, fw->dupb, fw->dact, fw->gate, fw->up, (long)BT * F);
-    if (gdx(fw->dln, fw->dgateb, fw->wb[LGATE], BT, C, F, 0.0f) || gdx(fw->dln, fw->dupb, fw->wb[LUP], BT, C, F, 1.0f) ||
-        gdw(dW[LGATE], fw->dgateb, fw->ln2b, BT, C, F) || gdw(dW[LUP], fw->dupb, fw->ln2b, BT, C, F))
+    if (gdx("gemm-dx/down", fw->dact, fw->dyb, fw->wb[LDOWN], BT, F, C, 0.0f) ||
+        gdw("gemm-dw/down", dW[LDOWN], fw->dyb, fw->actb, BT, F, C))
         return -1;
+    AR_PROF("elem-bwd/swiglu -> bf16", 0);
+    ar_cuda_swiglu_backward_bf16(fw->dgateb, fw->dupb, fw->dact, fw->gate, fw->up, (long)BT * F);
+    if (gdx("gemm-dx/gate", fw->dln, fw->dgateb, fw->wb[LGATE], BT, C, F, 0.0f) ||
+        gdx("gemm-dx/up", fw->dln, fw->dupb, fw->wb[LUP], BT, C, F, 1.0f) ||
+        gdw("gemm-dw/gate", dW[LGATE], fw->dgateb, fw->ln2b, BT, C, F) ||
+        gdw("gemm-dw/up", dW[LUP], fw->dupb, fw->ln2b, BT, C, F))
+        return -1;
+    AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(fw->dh, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
     return 0;
 }
@@ -335,24 +357,33 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
 {
     int B = fw->lastB, T = fw->lastT, BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV;
     int QD = NH * HD, KD = NKV * HD;
+    AR_PROF("elem-bwd/dh -> bf16", 0);
     ar_cuda_copy_to_bf16(NULL, fw->dhb, fw->dh, (long)BT * C);
-    if (gdx(fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) || gdw(dW[LO], fw->dhb, fw->aob, BT, QD, C) ||
-        ar_cuda_zero(fw->dq, sizeof(float) * (size_t)BT * QD) || ar_cuda_zero(fw->dk, sizeof(float) * (size_t)BT * KD) ||
+    if (gdx("gemm-dx/o", fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) ||
+        gdw("gemm-dw/o", dW[LO], fw->dhb, fw->aob, BT, QD, C))
+        return -1;
+    AR_PROF("copy/zero dq dk dv", 0);
+    if (ar_cuda_zero(fw->dq, sizeof(float) * (size_t)BT * QD) || ar_cuda_zero(fw->dk, sizeof(float) * (size_t)BT * KD) ||
         ar_cuda_zero(fw->dv, sizeof(float) * (size_t)BT * KD))
         return -1;
+    AR_PROF("attn-bwd/flash", 2.5 * ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_flash_backward(fw->dq, fw->dk, fw->dv, fw->scratch, fw->dao, fw->ao, fw->lse, fw->qb, fw->kb, fw->vb, B,
-                               T, NH, NKV, HD, s->window) ||
-        proj_grad(fw->dqb, fw->dq, fw->dqn, w->q_norm, fw->qpre, fw->rstdq, B, T, NH, HD, fw) ||
+                               T, NH, NKV, HD, s->window))
+        return -1;
+    AR_PROF("elem-bwd/rope^-1 q k (qk-norm), dv -> bf16", 0);
+    if (proj_grad(fw->dqb, fw->dq, fw->dqn, w->q_norm, fw->qpre, fw->rstdq, B, T, NH, HD, fw) ||
         proj_grad(fw->dkb, fw->dk, fw->dkn, w->k_norm, fw->kpre, fw->rstdk, B, T, NKV, HD, fw))
         return -1;
     ar_cuda_copy_to_bf16(NULL, fw->dvb, fw->dv, (long)BT * KD);
-    if (gdw(dW[LQ], fw->dqb, fw->ln1b, BT, C, QD) || gdw(dW[LK], fw->dkb, fw->ln1b, BT, C, KD) ||
-        gdw(dW[LV], fw->dvb, fw->ln1b, BT, C, KD))
+    if (gdw("gemm-dw/q", dW[LQ], fw->dqb, fw->ln1b, BT, C, QD) || gdw("gemm-dw/k", dW[LK], fw->dkb, fw->ln1b, BT, C, KD) ||
+        gdw("gemm-dw/v", dW[LV], fw->dvb, fw->ln1b, BT, C, KD))
         return -1;
     if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
-    if (gdx(fw->dln, fw->dqb, fw->wb[LQ], BT, C, QD, 0.0f) || gdx(fw->dln, fw->dkb, fw->wb[LK], BT, C, KD, 1.0f) ||
-        gdx(fw->dln, fw->dvb, fw->wb[LV], BT, C, KD, 1.0f))
+    if (gdx("gemm-dx/q", fw->dln, fw->dqb, fw->wb[LQ], BT, C, QD, 0.0f) ||
+        gdx("gemm-dx/k", fw->dln, fw->dkb, fw->wb[LK], BT, C, KD, 1.0f) ||
+        gdx("gemm-dx/v", fw->dln, fw->dvb, fw->wb[LV], BT, C, KD, 1.0f))
         return -1;
+    AR_PROF("elem-bwd/residual + rmsnorm1", 0);
     ar_cuda_add(dx, dx, fw->dh, (long)BT * C);
     ar_cuda_rmsnorm_backward(dx, fw->dln, fw->x, w->attn_norm, fw->rstd1, BT, C);
     return 0;

@@ -61,6 +61,13 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
                           float *dx, ar_cuda_fast_work *fw);
 
+/* Phase profiling (profile.cu): AR_PROF costs one branch when it is off. */
+extern int g_prof_on;
+#define AR_PROF(phase, flops)                                    \
+    do {                                                         \
+        if (g_prof_on) ar_cuda_prof_mark((phase), (double)(flops)); \
+    } while (0)
+
 /* Block-wide sum of v over blockDim.x threads (any multiple of 32 up to 1024);
  * every thread gets the total. shm holds 32 entries of T. */
 template <typename T>

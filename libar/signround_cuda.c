@@ -231,6 +231,7 @@ static void gtuner_free(gtuner *t)
 static int quantize_all(gtuner *t)
 {
     int mm = t->o->minmax_tuning;
+    ar_cuda_prof_mark("quant/fake-quant fwd + zero dW", 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
         glayer *L = &t->L[i];
@@ -285,9 +286,12 @@ static int run_batches(gtuner *t, const int *idx, int gb)
         if (cur < 0) return ar_cuda_err("staging");
         if (t->low_mem && next < gb)
             slot = stage_samples(t, idx + next, gb - next < t->bs ? gb - next : t->bs);
+        ar_cuda_prof_mark("copy/samples -> f32, mask", 0);
         if (load_samples(t, idx + off, bs, cur) || ar_cuda_gather_mask(t->mb, t->mask, idx + off, bs, t->T) ||
-            ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws) ||
-            ar_cuda_masked_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc) ||
+            ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws))
+            return ar_cuda_err("tuning step");
+        ar_cuda_prof_mark("loss/masked mse", 0);
+        if (ar_cuda_masked_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc) ||
             ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws))
             return ar_cuda_err("tuning step");
     }
@@ -298,6 +302,7 @@ static int run_batches(gtuner *t, const int *idx, int gb)
  * decision is on the device: flag). The loss is already divided by GB·T·C. */
 static int snapshot_if_best(gtuner *t, int it)
 {
+    ar_cuda_prof_mark("quant/best-loss snapshot", 0);
     if (ar_cuda_track_best(t->loss_acc, 1, it, t->losses, t->best, t->best_iter, t->flag))
         return ar_cuda_err("best");
     for (int i = 0; i < AR_NLINEAR; i++) {
@@ -315,6 +320,7 @@ static int snapshot_if_best(gtuner *t, int it)
 static int update_all(gtuner *t, float f)
 {
     int mm = t->o->minmax_tuning;
+    ar_cuda_prof_mark("quant/STE bwd + sign-SGD", 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
         glayer *L = &t->L[i];
@@ -385,6 +391,7 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     ar_index_sampler s = {0};
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     for (int it = 0; !rc && it < o->iters; it++) {
+        ar_cuda_prof_iteration();
         const int *idx = ar_index_sampler_next(&s, gb);
         rc = quantize_all(&t);
         if (!rc) rc = run_batches(&t, idx, gb);
@@ -393,6 +400,7 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
          * use_best = 0 must return the parameters of that forward. */
         if (!rc && it + 1 < o->iters) rc = update_all(&t, 1.0f - (float)it / (float)o->iters);
     }
+    ar_cuda_prof_mark(NULL, 0); /* the profile ends with the iterations */
     if (!rc && ar_cuda_sync()) rc = ar_cuda_err("tuning");
     if (!rc) rc = report_losses(&t, rep, cb, cb_ctx);
     if (!rc) rc = finish(&t, w_fp, out);

@@ -2,7 +2,7 @@
  * Built and run by `make cuda-check` (tests/cuda/run.sh) on a machine with a
  * GPU; never part of `make test`.
  *
- *   cuda_check [--tests] [--bench] [--fast] [--bench-iters N] [--bench-samples N]
+ *   cuda_check [--tests] [--bench] [--profile] [--attn-bench] [--fast] [--bench-iters N] [--bench-samples N]
  *
  * --fast switches to the fast block path (AR_CUDA_FAST=1: bf16 operands,
  * fused ops, flash attention): --tests then runs the fast path's own tests
@@ -10,6 +10,11 @@
  * bf16 blocks and a bf16 tuning run with the default bf16 tolerances), and
  * --bench times the fast path. Either --bench times its path without, then
  * with --low_gpu_mem_usage (caches in host memory, staged per mini-batch).
+ * --profile runs 1 + N (--bench-iters) tuning iterations of the same block
+ * per mode with the phase profiler (ar_cuda_prof_*) on and prints, per phase
+ * of an iteration, GPU ms, share, TFLOP/s and % of the measured GEMM peak
+ * for GEMMs and attention, and the host time between the phase's marks;
+ * then flash attention alone against cuBLAS GEMMs (also: --attn-bench).
  * Run the default and the --fast passes as separate processes, so a fault
  * in the new path cannot take the verified one down with it.
  *
@@ -718,38 +723,79 @@ static double gemm_peak(void)
     return peak;
 }
 
+/* The 7B-shaped bench block: weights, n cached samples (8 random ones
+ * repeated), a W4G128 plan for all seven linears, P = their parameters. */
+typedef struct {
+    ar_config c;
+    ar_block_weights w;
+    int B, T, n;
+    uint16_t *xb, *yb;
+    ar_block_plan plan;
+    double P;
+} bench7b;
+
+static void bench7b_init(bench7b *b, int n)
+{
+    memset(b, 0, sizeof *b);
+    small_config(&b->c, 4096, 11008, 32, 32, 128, 0, 0, 0);
+    b->B = 8, b->T = 2048, b->n = n < b->B ? b->B : n;
+    printf("synthetic Llama-2-7B block: hidden 4096, intermediate 11008, 32 heads, batch %d x %d tokens, W4G128, "
+           "%d cached samples\n", b->B, b->T, b->n);
+    random_weights(&b->w, &b->c);
+    size_t row = (size_t)b->T * b->c.hidden, el = (size_t)b->n * row;
+    b->xb = malloc(2 * el), b->yb = malloc(2 * el);
+    if (!b->xb || !b->yb) { fprintf(stderr, "out of memory for the cache\n"); exit(2); }
+    for (size_t i = 0; i < 8 * row; i++) b->xb[i] = ar_f32_to_bf16(urand()), b->yb[i] = ar_f32_to_bf16(urand());
+    for (int i = 8; i < b->n; i++)
+        memcpy(b->xb + i * row, b->xb + (i % 8) * row, 2 * row), memcpy(b->yb + i * row, b->yb + (i % 8) * row, 2 * row);
+    ar_quant_spec spec = {.bits = 4, .group_size = 128, .sym = 1, .flags = AR_QF_BF16};
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&b->c, i, &nn, &k);
+        b->plan.quantize[i] = 1, b->plan.spec[i] = spec;
+        b->P += (double)nn * k;
+    }
+}
+
+static void bench7b_free(bench7b *b)
+{
+    free(b->xb); free(b->yb);
+    free_weights(&b->w);
+}
+
+/* One GPU tuning run of iters iterations on the bench block; 0 or -1 (FAIL printed). */
+static int bench7b_tune(bench7b *b, int iters, ar_signround_report *rep)
+{
+    ar_quant_out out[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) out[i] = (ar_quant_out){NULL, NULL, NULL, NULL};
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = iters, o.batch_size = b->B;
+    if (ar_signround_tune_block_cuda(&b->c, &b->w, b->xb, b->yb, NULL, b->n, b->T, &b->plan, &o, out, rep, NULL,
+                                     NULL)) {
+        printf("FAIL 7B block tuning: %s\n", ar_last_error());
+        g_fail++;
+        return -1;
+    }
+    return 0;
+}
+
+static const char *path_name(int fast, int low)
+{
+    static const char *names[2][2] = {{"default path", "default path, --low_gpu_mem_usage"},
+                                      {"fast path AR_CUDA_FAST=1", "fast path AR_CUDA_FAST=1, --low_gpu_mem_usage"}};
+    return names[!!fast][!!low];
+}
+
 /* The 7B-shaped block: ms per tuning iteration from two runs of different
  * length (setup and the final CPU quantization cancel out), for the current
  * path (fast or not) with or without the low-memory staging; n cached
  * samples (8 random ones repeated). */
 static void bench_block(int iters_extra, int n, int fast)
 {
-    ar_config c;
-    small_config(&c, 4096, 11008, 32, 32, 128, 0, 0, 0);
-    int B = 8, T = 2048;
-    if (n < B) n = B;
-    printf("synthetic Llama-2-7B block: hidden 4096, intermediate 11008, 32 heads, batch %d x %d tokens, W4G128, "
-           "%d cached samples\n", B, T, n);
-    ar_block_weights w;
-    random_weights(&w, &c);
-    size_t row = (size_t)T * c.hidden, el = (size_t)n * row;
-    uint16_t *xb = malloc(2 * el), *yb = malloc(2 * el);
-    if (!xb || !yb) { fprintf(stderr, "out of memory for the cache\n"); exit(2); }
-    for (size_t i = 0; i < 8 * row; i++) xb[i] = ar_f32_to_bf16(urand()), yb[i] = ar_f32_to_bf16(urand());
-    for (int i = 8; i < n; i++) memcpy(xb + i * row, xb + (i % 8) * row, 2 * row), memcpy(yb + i * row, yb + (i % 8) * row, 2 * row);
-    ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
-    ar_quant_spec spec = {4, 128, 1, AR_QF_BF16, 0, 0, 0};
-    for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = spec;
-    ar_quant_out out[AR_NLINEAR];
-    double P = 0;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int nn, k;
-        ar_linear_shape(&c, i, &nn, &k);
-        out[i] = (ar_quant_out){NULL, NULL, NULL, NULL};
-        P += (double)nn * k;
-    }
-    double peak_tf = gemm_peak(), BT = (double)B * T;
+    bench7b b;
+    bench7b_init(&b, n);
+    double peak_tf = gemm_peak(), BT = (double)b.B * b.T;
     ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
     ar_cuda_set_fast(fast);
     for (int low = 0; low <= 1; low++) { /* then the same path with --low_gpu_mem_usage */
@@ -758,33 +804,75 @@ static void bench_block(int iters_extra, int n, int fast)
         ar_signround_cuda_set_low_mem(low);
         ar_cuda_reset_peak();
         for (int r = 0; r < 2; r++) {
-            ar_signround_opts o;
-            ar_signround_defaults(&o);
-            o.iters = its[r], o.batch_size = B;
             ar_signround_report rep;
-            if (ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out, &rep, NULL, NULL)) {
-                printf("FAIL 7B block timing: %s\n", ar_last_error());
-                g_fail++;
-                return;
-            }
+            if (bench7b_tune(&b, its[r], &rep)) return;
             sec[r] = rep.sec_total;
             printf("  %d iterations: %.2f s total (setup + final CPU quantization included)\n", its[r], sec[r]);
         }
         double ms = (sec[1] - sec[0]) / iters_extra * 1e3, s = ms * 1e-3;
-        double full = block_flops(BT, P, B, T, 0) / s * 1e-12, causal = block_flops(BT, P, B, T, 1) / s * 1e-12;
-        printf("RESULT 7B block [%s%s]: %.1f ms/iteration, %.1f TFLOP/s counting the full attention square "
+        double full = block_flops(BT, b.P, b.B, b.T, 0) / s * 1e-12, causal = block_flops(BT, b.P, b.B, b.T, 1) / s * 1e-12;
+        printf("RESULT 7B block [%s]: %.1f ms/iteration, %.1f TFLOP/s counting the full attention square "
                "(%.0f%% of the measured bf16 GEMM peak %.1f TFLOP/s), %.1f TFLOP/s counting its causal half (%.0f%%), "
                "peak GPU memory %.2f GiB (%d cached samples)\n",
-               fast ? "fast path AR_CUDA_FAST=1" : "default path", low ? ", --low_gpu_mem_usage" : "", ms, full,
-               100.0 * full / peak_tf, peak_tf, causal, 100.0 * causal / peak_tf, ar_cuda_peak_bytes() / 1073741824.0,
-               n);
+               path_name(fast, low), ms, full, 100.0 * full / peak_tf, peak_tf, causal, 100.0 * causal / peak_tf,
+               ar_cuda_peak_bytes() / 1073741824.0, b.n);
         fflush(stdout);
     }
     ar_signround_cuda_set_low_mem(0);
-    free(xb); free(yb);
-    free_weights(&w);
+    bench7b_free(&b);
 }
 
+/* Flash attention alone at the 7B block's attention shape against cuBLAS
+ * batched GEMMs doing its products (--profile, --attn-bench). */
+static void bench_attention(void)
+{
+    int B = 8, T = 2048, NH = 32, HD = 128;
+    ar_cuda_attn_bench r;
+    if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
+        printf("FAIL attention bench: %s\n", ar_cuda_last_error());
+        g_fail++;
+        return;
+    }
+    double f = r.causal_fraction;
+    printf("ATTENTION B%d T%d H%d D%d causal: flash fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms (%.1f TFLOP/s, "
+           "flops 2.5 x fwd)\n", B, T, NH, HD, r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9, r.flash_bwd_ms,
+           r.bwd_flops / r.flash_bwd_ms * 1e-9);
+    printf("ATTENTION cuBLAS strided-batched bf16 GEMMs, same products over the full square: fwd %.3f ms (2 GEMMs), "
+           "bwd %.3f ms (5 GEMMs); causal share %.3f of that: fwd %.3f ms, bwd %.3f ms "
+           "(GEMM lower bound, no softmax); flash / bound: fwd %.2fx, bwd %.2fx\n",
+           r.gemm_fwd_ms, r.gemm_bwd_ms, f, r.gemm_fwd_ms * f, r.gemm_bwd_ms * f, r.flash_fwd_ms / (r.gemm_fwd_ms * f),
+           r.flash_bwd_ms / (r.gemm_bwd_ms * f));
+    fflush(stdout);
+}
+
+/* --profile: one tuning run of 1 + iters iterations per mode (without, then
+ * with --low_gpu_mem_usage) with the phase profiler on; the first iteration
+ * is a warm-up and not counted. Then flash attention alone. */
+static void profile_block(int iters, int n, int fast)
+{
+    bench7b b;
+    bench7b_init(&b, n);
+    double peak_tf = gemm_peak();
+    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
+    ar_cuda_set_fast(fast);
+    for (int low = 0; low <= 1; low++) {
+        ar_signround_report rep;
+        ar_signround_cuda_set_low_mem(low);
+        ar_cuda_prof_enable(1);
+        int rc = bench7b_tune(&b, 1 + iters, &rep);
+        printf("PROFILE 7B block [%s]: %d iterations in %.2f s (setup and the final CPU quantization included)\n",
+               path_name(fast, low), 1 + iters, rep.sec_total);
+        if (!rc && ar_cuda_prof_report(peak_tf)) {
+            printf("FAIL profile: %s\n", ar_cuda_last_error());
+            g_fail++;
+        }
+        ar_cuda_prof_enable(0);
+        fflush(stdout);
+    }
+    ar_signround_cuda_set_low_mem(0);
+    bench7b_free(&b);
+    bench_attention();
+}
 /* The fast path's tests (--tests --fast); AR_CUDA_FAST is on. */
 static void run_fast_tests(void)
 {
@@ -848,19 +936,22 @@ static void run_tests(const char *shared)
 
 int main(int argc, char **argv)
 {
-    int tests = 0, bench = 0, extra = 10, fast = 0, samples = 128;
+    int tests = 0, bench = 0, extra = 10, fast = 0, samples = 128, profile = 0, attn = 0;
     for (int i = 1; i < argc; i++) {
         if (!strcmp(argv[i], "--tests")) tests = 1;
         else if (!strcmp(argv[i], "--bench")) bench = 1;
         else if (!strcmp(argv[i], "--fast")) fast = 1;
+        else if (!strcmp(argv[i], "--profile")) profile = 1;
+        else if (!strcmp(argv[i], "--attn-bench")) attn = 1;
         else if (!strcmp(argv[i], "--bench-iters") && i + 1 < argc) extra = atoi(argv[++i]);
         else if (!strcmp(argv[i], "--bench-samples") && i + 1 < argc) samples = atoi(argv[++i]);
         else {
-            fprintf(stderr, "usage: cuda_check [--tests] [--bench] [--fast] [--bench-iters N] [--bench-samples N]\n");
+            fprintf(stderr, "usage: cuda_check [--tests] [--bench] [--profile] [--attn-bench] [--fast] [--bench-iters N] "
+                            "[--bench-samples N]\n");
             return 2;
         }
     }
-    if (!tests && !bench) tests = bench = 1;
+    if (!tests && !bench && !profile && !attn) tests = bench = 1;
     if (extra < 1) extra = 1;
     const char *shared = getenv("AR_SHARED") ? getenv("AR_SHARED") : "../shared";
     if (ar_device_cuda_count() < 1) { fprintf(stderr, "cuda_check: no CUDA device\n"); return 2; }
@@ -875,5 +966,7 @@ int main(int argc, char **argv)
                now_s() - t0);
     }
     if (bench) bench_block(extra, samples, fast);
+    if (profile) profile_block(extra, samples, fast);
+    else if (attn) bench_attention();
     return g_fail ? 1 : 0;
 }
