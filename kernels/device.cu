@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <unordered_map>
 
-ar_cuda_ctx g_cu = {-1, 0, AR_CUDA_GEMM_BF16, 0, 0};
+ar_cuda_ctx g_cu = {-1, 0, AR_CUDA_GEMM_BF16, 0, 0, 1}; /* fast path on: see ar_cuda_set_fast */
 
 static char g_err[512];
 static char g_name[400];

@@ -55,7 +55,7 @@ int ar_device_init(int dev)
     else return ar_error("AR_CUDA_GEMM='%s' is not bf16, tf32 or f32", g);
     const char *f = getenv("AR_CUDA_FAST");
     if (f && strcmp(f, "0") && strcmp(f, "1")) return ar_error("AR_CUDA_FAST='%s' is not 0 or 1", f);
-    ar_cuda_set_fast(f && !strcmp(f, "1"));
+    ar_cuda_set_fast(!f || !strcmp(f, "1")); /* the fast path unless AR_CUDA_FAST=0 */
     return 0;
 #else
     return ar_error("cuda:%d asked for, but this build has no CUDA (nvcc was not found at build time)", dev);

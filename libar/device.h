@@ -26,9 +26,10 @@ int ar_device_parse(const char *s, int *dev);
 
 /* Make dev the device of the following GPU calls (CPU: nothing to do).
  * Reads AR_CUDA_GEMM=bf16|tf32|f32 for the tuner's matrix products (default
- * bf16 tensor cores, as AutoRound's bf16 autocast) and AR_CUDA_FAST=1 for the
- * fast block path of bf16 tuning (native bf16 operands, fused ops, flash
- * attention; kernels/README.md). 0, or -1 with ar_error (built without CUDA,
+ * bf16 tensor cores, as AutoRound's bf16 autocast) and AR_CUDA_FAST: the fast
+ * block path of bf16 tuning (native bf16 operands, fused ops, flash attention;
+ * kernels/README.md) is the default, AR_CUDA_FAST=0 selects the first design
+ * (f32 activations, stored probabilities). 0, or -1 with ar_error (built without CUDA,
  * no such device, driver failure, a bad variable). */
 int ar_device_init(int dev);
 
