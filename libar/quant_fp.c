@@ -458,10 +458,39 @@ static void act_fp8_static(float *x, size_t n, float act_max)
     for (size_t i = 0; i < n; i++) x[i] = ar_e4m3_round(clampf(x[i] / s, -E4M3_MAX, E4M3_MAX)) * s;
 }
 
+/* ceil(log2 r) for a finite r > 0, exactly. */
+static int ceil_log2(float r)
+{
+    int e;
+    float m = frexpf(r, &e);    /* r = m·2^e, m in [0.5, 1) */
+    return m == 0.5f ? e - 1 : e;
+}
+
+/* MX with the RCEIL shared exponent, per group of G along each row. */
+static void act_mx_rceil(float *x, long rows, int k, int G, int fmt)
+{
+    const elem_fmt *f = fmt == AR_QDT_MXFP8 ? &FMT_FP8 : &FMT_FP4;
+    for (long r = 0; r < rows; r++)
+        for (int g0 = 0; g0 < k; g0 += G) {
+            float *p = x + r * k + g0, amax = 0.0f;
+            int n = k - g0 < G ? k - g0 : G;
+            for (int j = 0; j < n; j++) amax = fabsf(p[j]) > amax ? fabsf(p[j]) : amax;
+            int e = amax == 0.0f ? 1 : ceil_log2(amax / f->max_norm);
+            e = e < -127 ? -127 : e > 127 ? 127 : e;
+            for (int j = 0; j < n; j++)
+                p[j] = ldexpf(round_elem(clampf(ldexpf(p[j], -e), -f->max_norm, f->max_norm), f), e);
+        }
+}
+
 int ar_act_quant(const ar_act_spec *as, float *x, long rows, int k)
 {
     if (!as || as->bits >= 16) return 0;
     if (rows <= 0) return 0;
+    if (as->rceil && (as->dtype == AR_QDT_MXFP4 || as->dtype == AR_QDT_MXFP8)) {
+        if (as->group_size <= 0) return ar_error("quant: MX activation group size %d (needs G > 0)", as->group_size);
+        act_mx_rceil(x, rows, k, as->group_size, as->dtype);
+        return 0;
+    }
     if (as->dtype == AR_QDT_FP8 && !as->dynamic) {
         act_fp8_static(x, (size_t)rows * k, as->act_max);
         return 0;

@@ -111,10 +111,13 @@ typedef struct {
     int   group_size;   /* along K: 32 MX, 16 NV, 128 FP8 block, -1 per token, 0 per tensor */
     int   dynamic;      /* 1: statistics per call; 0: static act_max */
     float act_max;      /* static scale source (FP8 static) / NVFP4 input amax; 0 = dynamic */
+    int   rceil;        /* MX only: RCEIL shared exponent (act_data_type mx_fp_rceil) */
 } ar_act_spec;
 
 /* Fake-quantize x [rows, K] in place. NVFP4 uses the static global scale
- * 448·6/act_max (dynamic per-call max when act_max is 0). Returns 0 or -1. */
+ * 448·6/act_max (dynamic per-call max when act_max is 0). MX with rceil:
+ * e = ceil(log2(amax/max_norm)) (amax = 0: 1), clamped to [−127, 127], no
+ * saturation beyond the element clamp (spec §4.2). Returns 0 or -1. */
 int ar_act_quant(const ar_act_spec *as, float *x, long rows, int k);
 
 #endif

@@ -188,10 +188,10 @@ static void check_hook(const ar_act_spec *as)
     free_weights(&w);
 }
 
-Test(block_actq, int8_per_token) { check_hook(&(ar_act_spec){AR_QDT_INT, 8, -1, 1, 0}); }
-Test(block_actq, int4_per_token) { check_hook(&(ar_act_spec){AR_QDT_INT, 4, -1, 1, 0}); }
-Test(block_actq, fp8_static) { check_hook(&(ar_act_spec){AR_QDT_FP8, 8, 0, 0, 1.5f}); }
-Test(block_actq, nvfp4_dynamic) { check_hook(&(ar_act_spec){AR_QDT_NVFP4, 4, 16, 1, 0}); }
+Test(block_actq, int8_per_token) { check_hook(&(ar_act_spec){AR_QDT_INT, 8, -1, 1, 0, 0}); }
+Test(block_actq, int4_per_token) { check_hook(&(ar_act_spec){AR_QDT_INT, 4, -1, 1, 0, 0}); }
+Test(block_actq, fp8_static) { check_hook(&(ar_act_spec){AR_QDT_FP8, 8, 0, 0, 1.5f, 0}); }
+Test(block_actq, nvfp4_dynamic) { check_hook(&(ar_act_spec){AR_QDT_NVFP4, 4, 16, 1, 0, 0}); }
 
 /* Mixed specs inside the q/k/v and gate/up groups (a mixed-precision layer
  * config): each linear multiplies by its own quantized copy, as by hand. */
@@ -203,8 +203,8 @@ Test(block_actq, shared_inputs_with_different_specs)
     int n = B * T * c.hidden;
     float x[n], want[n], got[n], trained[n];
     for (int i = 0; i < n; i++) x[i] = 2 * urand();
-    ar_act_spec a8 = {AR_QDT_INT, 8, -1, 1, 0}, a4 = {AR_QDT_INT, 4, -1, 1, 0};
-    ar_act_spec mx = {AR_QDT_MXFP4, 4, 8, 1, 0};
+    ar_act_spec a8 = {AR_QDT_INT, 8, -1, 1, 0, 0}, a4 = {AR_QDT_INT, 4, -1, 1, 0, 0};
+    ar_act_spec mx = {AR_QDT_MXFP4, 4, 8, 1, 0, 0};
     const ar_act_spec *aq[AR_NLINEAR] = {&a8, &a4, &a8, NULL, &mx, NULL, &a4};
     by_hand(&c, &w, aq, x, want);
     ar_block_work ws;
@@ -236,7 +236,7 @@ Test(block_actq, straight_through_backward_matches_finite_differences)
     int n = B * T * c.hidden;
     float x[n], y[n], dy[n], yp[n], ym[n], base[n];
     for (int i = 0; i < n; i++) x[i] = 2 * urand(), dy[i] = urand();
-    ar_act_spec a8 = {AR_QDT_INT, 8, -1, 1, 0}, mx = {AR_QDT_MXFP4, 4, 8, 1, 0};
+    ar_act_spec a8 = {AR_QDT_INT, 8, -1, 1, 0, 0}, mx = {AR_QDT_MXFP4, 4, 8, 1, 0, 0};
     const ar_act_spec *aq[AR_NLINEAR] = {&mx, &mx, &a8, &a8, &mx, &mx, &mx};
     hand_mode hm = {.aq = aq, .nudge_lin = -1};
     float *dxin[AR_NLINEAR], *dW[AR_NLINEAR] = {0};

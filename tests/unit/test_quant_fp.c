@@ -373,21 +373,52 @@ Test(fp_act, dynamic_mx_equals_weight_quantizer_and_static_fp8_uses_act_max)
     float x[R * K], y[R * K], ref[R * K];
     fill(x, R * K, 2.0);
     memcpy(y, x, sizeof x);
-    ar_act_spec as = {AR_QDT_MXFP4, 4, 32, 1, 0};
+    ar_act_spec as = {AR_QDT_MXFP4, 4, 32, 1, 0, 0};
     cr_assert_eq(ar_act_quant(&as, y, R, K), 0);
     ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
     ar_quant_out o = {ref, NULL, NULL, NULL};
     cr_assert_eq(ar_quant_forward(&qs, x, R, K, NULL, &o), 0);
     cr_expect_arr_eq(y, ref, sizeof y);
     memcpy(y, x, sizeof x);
-    ar_act_spec st = {AR_QDT_FP8, 8, 0, 0, 4.0f};
+    ar_act_spec st = {AR_QDT_FP8, 8, 0, 0, 4.0f, 0};
     cr_assert_eq(ar_act_quant(&st, y, R, K), 0);
     for (int i = 0; i < R * K; i++) {
         float want = ar_e4m3_round(x[i] / (4.0f / 448)) * (4.0f / 448);
         cr_expect_eq(y[i], want, "static fp8 x %g -> %g want %g", x[i], y[i], want);
     }
-    ar_act_spec none = {AR_QDT_INT, 16, -1, 1, 0};
+    ar_act_spec none = {AR_QDT_INT, 16, -1, 1, 0, 0};
     memcpy(y, x, sizeof x);
     cr_assert_eq(ar_act_quant(&none, y, R, K), 0);
     cr_expect_arr_eq(y, x, sizeof y, "16-bit activations are left alone");
+}
+
+/* RCEIL shared exponent (act_data_type mx_fp_rceil, spec §4.2), worked by
+ * hand: group max 6 → e = ceil(log2(6/6)) = 0 (OCP floor: floor(log2 6) − 2 = 0
+ * too); max 6.1 → e = ceil(log2 1.0167) = 1, scale 2 (OCP: 0, saturating
+ * 6.1 to 6); max 0.7 → e = ceil(log2 0.1167) = −3, scale 1/8 (OCP:
+ * floor(log2 0.7) − 2 = −3). Elements: x/2^e on the FP4 grid, half to even. */
+Test(fp_act, mx_rceil_exponent_by_hand)
+{
+    enum { K = 8 };
+    float x[3 * K] = {6.0f, 1.0f, -0.3f, 0, 2.6f, 0, 0, 0,
+                      6.1f, 1.0f, -0.3f, 0, 2.6f, 0, 0, 0,
+                      0.7f, 0.1f, -0.3f, 0, 0.26f, 0, 0, 0};
+    /* row 1, scale 1: −0.3 → −0.5 (0.5 is nearer than 0), 2.6 → 3;
+     * row 2, scale 2: 6.1/2 = 3.05 → 3 → 6, 1/2 → 0.5 → 1, −0.3/2 = −0.15 → −0,
+     * 2.6/2 = 1.3 → 1.5 → 3; row 3, scale 1/8: 5.6 → 6, 0.8 → 1, −2.4 → −2,
+     * 2.08 → 2 */
+    float want[3 * K] = {6.0f, 1.0f, -0.5f, 0, 3.0f, 0, 0, 0,
+                         6.0f, 1.0f, -0.0f, 0, 3.0f, 0, 0, 0,
+                         0.75f, 0.125f, -0.25f, 0, 0.25f, 0, 0, 0};
+    float y[3 * K];
+    memcpy(y, x, sizeof x);
+    ar_act_spec rc = {AR_QDT_MXFP4, 4, K, 1, 0, 1};
+    cr_assert_eq(ar_act_quant(&rc, y, 3, K), 0);
+    for (int i = 0; i < 3 * K; i++) cr_expect_eq(y[i], want[i], "x[%d] = %g -> %g, want %g", i, x[i], y[i], want[i]);
+    /* the OCP floor rule differs on row 2: e = 0, 6.1 saturates to 6, 2.6 → 3 */
+    memcpy(y, x, sizeof x);
+    ar_act_spec ocp = {AR_QDT_MXFP4, 4, K, 1, 0, 0};
+    cr_assert_eq(ar_act_quant(&ocp, y, 3, K), 0);
+    cr_expect_eq(y[K + 4], 3.0f);
+    cr_expect_eq(y[K + 2], -0.5f, "OCP keeps scale 1 for the 6.1 group");
 }

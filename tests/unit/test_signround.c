@@ -640,7 +640,7 @@ static void plan_mxfp4(fixture *f, int act)
         f->plan.spec[i] = (ar_quant_spec){.bits = 4, .group_size = 32, .sym = 1, .flags = AR_QF_BF16,
                                           .dtype = AR_QDT_MXFP4};
         f->plan.act_quant[i] = act;
-        f->plan.act[i] = (ar_act_spec){AR_QDT_MXFP4, 4, 32, 1, 0};
+        f->plan.act[i] = (ar_act_spec){AR_QDT_MXFP4, 4, 32, 1, 0, 0};
     }
 }
 
