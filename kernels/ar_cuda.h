@@ -157,26 +157,52 @@ int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, con
                            float *const dW[7], float *dx, ar_cuda_block_work *ws);
 /* ---- quantization and tuning ---------------------------------------------- */
 
-/* The quantizer of libar/quant.h (see there for the formulas). */
+/* Quantizer kinds of ar_cuda_qspec.kind: the values of libar/quant.h's
+ * AR_QDT_* (int_sym/int_asym, the FP kinds of libar/quant_fp.h, and the GGUF
+ * kind of libar/quant_gguf.h with frozen scales). */
+enum { AR_CUDA_Q_INT = 0, AR_CUDA_Q_MXFP4 = 1, AR_CUDA_Q_MXFP8 = 2, AR_CUDA_Q_NVFP4 = 3, AR_CUDA_Q_FP8 = 4,
+       AR_CUDA_Q_GGUF = 5 };
+
+/* The quantizer of libar/quant.h (see there for the formulas). The fields
+ * after hi serve the other kinds; all zero is the integer quantizer.
+ * libar fills one with ar_cuda_qspec_make (libar/cuda_impl.h). */
 typedef struct {
     int bits, group_size, sym;
     int f32_scale;          /* AR_QF_F32_SCALE */
-    int bf16_out;           /* AR_QF_BF16: ŵ rounded to bf16 */
+    int bf16_out;           /* AR_QF_BF16: ŵ rounded to bf16 (int and FP kinds) */
     float hi;               /* α/β upper clamp (minmax_hi, 1 when 0) */
+    int kind;               /* AR_CUDA_Q_* */
+    /* FP kinds (libar/quant_fp.h): group_size 0 = one tile per tensor, -1 =
+     * one per row; block2d: group_size x group_size tiles (FP8 blocks). */
+    int block2d;
+    float global_scale;     /* NVFP4: the global scale used (computed on the host) */
+    void *scratch;          /* FP kinds: ar_cuda_quant_scratch_bytes of device memory */
+    /* GGUF (libar/quant_gguf.h): u = clamp(round((w + m)/s + V), code_lo,
+     * code_hi), ŵ = s·u − m with the frozen s, m of each group of group_size. */
+    int code_lo, code_hi;
+    float *gguf_scale;      /* device [N, K/group_size] */
+    float *gguf_min;        /* device [N, K/group_size], NULL for symmetric types (m = 0) */
 } ar_cuda_qspec;
+
+/* Device scratch bytes the quantizer q needs on weights [n, k] (FP kinds:
+ * per-tile maxima and per-row partial β gradients; 0 for the others). */
+size_t ar_cuda_quant_scratch_bytes(const ar_cuda_qspec *q, int n, int k);
 
 /* ŵ [N, K] from w with tunables v [N, K], alpha, beta [N, ngroups] (each may
  * be NULL: 0 / 1). Only ŵ is produced (codes and scales come from the CPU
- * quantizer at the end of tuning). */
+ * quantizer at the end of tuning). The FP kinds read only β (at a tile's
+ * first row for tiles spanning rows, as libar/quant_fp.h), GGUF neither. */
 int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
                           const float *alpha, const float *beta, float *wq);
-/* STE backward: dv, dalpha, dbeta += (each may be NULL), as ar_quant_backward. */
+/* STE backward: dv, dalpha, dbeta += (each may be NULL), as ar_quant_backward
+ * (FP kinds: dalpha untouched; GGUF: only dv). */
 int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
                            const float *alpha, const float *beta, const float *dwq,
                            float *dv, float *dalpha, float *dbeta);
 /* The fused SignSGD step of one linear: the STE backward of dwq, then
  * v -= lr·sign(dv), α/β -= mlr·sign(dα/β) clamped to [0, hi] (alpha/beta
- * NULL: V only). Nothing but the tunables is written. */
+ * NULL: V only). Nothing but the tunables is written (FP kinds: α has no
+ * gradient and is only clamped; GGUF: V only, α/β are not touched). */
 int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, float *v, float *alpha,
                           float *beta, const float *dwq, float lr, float mlr);
 

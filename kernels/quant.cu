@@ -1,10 +1,12 @@
 /* quant.cu — fake quantization (int_sym / int_asym), its straight-through
  * backward fused with the SignSGD step, the masked MSE loss and the
  * best-iteration bookkeeping, mirroring libar/quant.c and libar/signround.c.
+ * The entry points hand the other kinds to quant_fp.cu and quant_gguf.cu.
  * One thread block per quantization group; every thread recomputes the
  * group's scalars from the reduced min/max, so no broadcast is needed.
  * Built with -fmad=false (Makefile) so products and sums round as in C. */
 #include "internal.cuh"
+#include "quant_kinds.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
@@ -105,6 +107,7 @@ __global__ void k_quant_fwd(ar_cuda_qspec q, const float *w, int k, int ng, cons
 
 static int check_spec(const ar_cuda_qspec *q)
 {
+    if (q->kind != AR_CUDA_Q_INT) return ar_cuda_fail("quant: unknown kind %d", q->kind);
     if (q->bits < 2 || q->bits > 8 || q->group_size == 0 || q->group_size < -1)
         return ar_cuda_fail("quant: bad spec (bits %d, group %d)", q->bits, q->group_size);
     return 0;
@@ -112,9 +115,19 @@ static int check_spec(const ar_cuda_qspec *q)
 
 static int ngroups(int k, int gs) { return gs <= 0 ? 1 : (k + gs - 1) / gs; }
 
+/* The kinds quant_fp.cu handles. */
+static int is_fp(const ar_cuda_qspec *q) { return q->kind >= AR_CUDA_Q_MXFP4 && q->kind <= AR_CUDA_Q_FP8; }
+
+size_t ar_cuda_quant_scratch_bytes(const ar_cuda_qspec *q, int n, int k)
+{
+    return is_fp(q) ? ar_cuda_fp_scratch_bytes(q, n, k) : 0;
+}
+
 int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
                           const float *alpha, const float *beta, float *wq)
 {
+    if (q->kind == AR_CUDA_Q_GGUF) return ar_cuda_gguf_forward(q, w, n, k, v, wq);
+    if (is_fp(q)) return ar_cuda_fp_forward(q, w, n, k, v, beta, wq);
     if (check_spec(q)) return -1;
     int ng = ngroups(k, q->group_size);
     k_quant_fwd<<<(unsigned)((long)n * ng), QT, 0, g_cu.st>>>(*q, w, k, ng, v, alpha, beta, wq);
@@ -205,6 +218,8 @@ int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k,
                            const float *alpha, const float *beta, const float *dwq, float *dv, float *dalpha,
                            float *dbeta)
 {
+    if (q->kind == AR_CUDA_Q_GGUF) return ar_cuda_gguf_backward(q, w, n, k, (float *)v, dwq, dv, 0, 0);
+    if (is_fp(q)) return ar_cuda_fp_backward(q, w, n, k, (float *)v, NULL, (float *)beta, dwq, dv, dbeta, 0, 0, 0);
     if (check_spec(q)) return -1;
     int ng = ngroups(k, q->group_size);
     k_quant_bwd<<<(unsigned)((long)n * ng), QT, 0, g_cu.st>>>(*q, w, k, ng, (float *)v, (float *)alpha,
@@ -215,6 +230,8 @@ int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k,
 int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, float *v, float *alpha,
                           float *beta, const float *dwq, float lr, float mlr)
 {
+    if (q->kind == AR_CUDA_Q_GGUF) return ar_cuda_gguf_backward(q, w, n, k, v, dwq, NULL, 1, lr);
+    if (is_fp(q)) return ar_cuda_fp_backward(q, w, n, k, v, alpha, beta, dwq, NULL, NULL, 1, lr, mlr);
     if (check_spec(q)) return -1;
     int ng = ngroups(k, q->group_size);
     k_quant_bwd<<<(unsigned)((long)n * ng), QT, 0, g_cu.st>>>(*q, w, k, ng, v, alpha, beta, dwq, NULL, NULL, NULL,

@@ -6,6 +6,7 @@
 #include "../kernels/ar_cuda.h"
 #include "block.h"
 #include "config.h"
+#include "quant.h"
 
 /* Turn the kernels' last error into ar_error (prefixed by what); returns -1. */
 int ar_cuda_err(const char *what);
@@ -26,5 +27,15 @@ float *ar_cuda_upload_f32(const float *host, size_t n);
 
 /* A training/inference work for up to B x T with c's RoPE tables. */
 ar_cuda_block_work *ar_cuda_work_for(const ar_config *c, int B, int T, int train);
+
+/* The kernels' quantizer for spec qs of the weight w [n, k] (host f32): the
+ * scalar fields, and per kind what the kernels need on the device — GGUF's
+ * frozen scales/mins uploaded and its code range, the FP kinds' NVFP4 global
+ * scale (ar_quant_fp_global_scale of w) and their scratch. 0, or -1 with
+ * ar_error (a kind without kernels, a bad spec, no device memory); release
+ * with ar_cuda_qspec_free either way. */
+int ar_cuda_qspec_make(ar_cuda_qspec *q, const ar_quant_spec *qs, const float *w, int n, int k);
+/* Free what ar_cuda_qspec_make allocated on the device (safe on a zeroed q). */
+void ar_cuda_qspec_free(ar_cuda_qspec *q);
 #endif
 #endif

@@ -16,6 +16,8 @@
 #include "cuda_impl.h"
 #include "dtype.h"
 #include "error.h"
+#include "quant_fp.h"
+#include "quant_gguf.h"
 
 #include <math.h>
 #include <stdlib.h>
@@ -26,13 +28,23 @@ static int g_low_mem;
 
 void ar_signround_cuda_set_low_mem(int on) { g_low_mem = !!on; }
 
+/* 1 when the kernels have spec's quantizer: integer (no 2-D blocks), the FP
+ * kinds (any tiling) and GGUF with frozen scales. */
+static int kernel_has(const ar_quant_spec *qs)
+{
+    switch (qs->dtype) {
+    case AR_QDT_INT: return !(qs->flags & AR_QF_BLOCK2D);
+    case AR_QDT_MXFP4: case AR_QDT_MXFP8: case AR_QDT_NVFP4: case AR_QDT_FP8: case AR_QDT_GGUF: return 1;
+    default: return 0;
+    }
+}
+
 int ar_signround_cuda_supports(const ar_block_plan *plan)
 {
     if (!ar_device_cuda_built()) return 0;
     if (ar_block_plan_has_act_quant(plan)) return 0;   /* activation fake-quant: CPU tuner only */
     for (int i = 0; i < AR_NLINEAR; i++)
-        if (plan->quantize[i] && (plan->spec[i].dtype != AR_QDT_INT || (plan->spec[i].flags & AR_QF_BLOCK2D)))
-            return 0;
+        if (plan->quantize[i] && !kernel_has(&plan->spec[i])) return 0;
     return 1;
 }
 
@@ -107,6 +119,56 @@ static void *dalloc(size_t bytes, int *fail)
     return p;
 }
 
+/* The kernels name the quantizer kinds by libar's AR_QDT_* values. */
+_Static_assert((int)AR_CUDA_Q_INT == AR_QDT_INT && (int)AR_CUDA_Q_MXFP4 == AR_QDT_MXFP4 &&
+                   (int)AR_CUDA_Q_MXFP8 == AR_QDT_MXFP8 && (int)AR_CUDA_Q_NVFP4 == AR_QDT_NVFP4 &&
+                   (int)AR_CUDA_Q_FP8 == AR_QDT_FP8 && (int)AR_CUDA_Q_GGUF == AR_QDT_GGUF,
+               "ar_cuda.h's quantizer kinds differ from quant.h's");
+
+/* The kind-specific part of ar_cuda_qspec_make: GGUF's code range and its
+ * frozen scales and mins on the device. */
+static int qspec_gguf(ar_cuda_qspec *q, const ar_quant_spec *qs, int n, int k)
+{
+    ar_ggml_grid g;
+    if (ar_quant_gguf_check(qs) || ar_ggml_grid_of((ar_ggml_type)qs->ggml_type, &g)) return -1;
+    if (n <= 0 || k <= 0 || k % g.group)
+        return ar_error("quant: %s weight [%d, %d]: K is not a multiple of the group of %d",
+                        ar_ggml_type_name((ar_ggml_type)qs->ggml_type), n, k, g.group);
+    /* Q8_0 keeps the symmetric ±127 range (its lowest code is 1), as ar_ggml_fake_quant */
+    q->code_lo = (qs->ggml_type == AR_GGML_Q8_0 ? 1 : 0) - g.offset;
+    q->code_hi = g.qmax - g.offset;
+    size_t ngr = (size_t)n * (size_t)(k / g.group);
+    if (!(q->gguf_scale = ar_cuda_upload_f32(qs->gguf_scale, ngr))) return -1;
+    if (qs->gguf_min && !(q->gguf_min = ar_cuda_upload_f32(qs->gguf_min, ngr))) return -1;
+    return 0;
+}
+
+int ar_cuda_qspec_make(ar_cuda_qspec *q, const ar_quant_spec *qs, const float *w, int n, int k)
+{
+    memset(q, 0, sizeof *q);
+    if (!kernel_has(qs)) return ar_error("quant: data type %d has no GPU quantizer", qs->dtype);
+    q->bits = qs->bits, q->group_size = qs->group_size, q->sym = qs->sym;
+    q->f32_scale = !!(qs->flags & AR_QF_F32_SCALE), q->bf16_out = !!(qs->flags & AR_QF_BF16);
+    q->hi = qs->minmax_hi, q->kind = qs->dtype;
+    if (qs->dtype == AR_QDT_INT) return 0;
+    if (qs->dtype == AR_QDT_GGUF) return qspec_gguf(q, qs, n, k);
+    if (ar_quant_fp_check(qs)) return -1;
+    q->block2d = !!(qs->flags & AR_QF_BLOCK2D);
+    /* the CPU quantizer's own choice: the spec's, else 448·6/max|W| */
+    q->global_scale = ar_quant_fp_global_scale(qs, w, n, k);
+    if (!(q->scratch = ar_cuda_malloc(ar_cuda_quant_scratch_bytes(q, n, k)))) return ar_cuda_err("quantizer scratch");
+    return 0;
+}
+
+void ar_cuda_qspec_free(ar_cuda_qspec *q)
+{
+    ar_cuda_free(q->scratch);
+    ar_cuda_free(q->gguf_scale);
+    ar_cuda_free(q->gguf_min);
+    q->scratch = NULL;
+    q->gguf_scale = q->gguf_min = NULL;
+}
+
 static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weights *w, const ar_quant_spec *qs,
                        const ar_signround_opts *o)
 {
@@ -116,8 +178,7 @@ static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weig
     L->ng = ar_quant_ngroups(L->k, qs->group_size);
     L->nel = (size_t)L->n * L->k;
     L->ngr = (size_t)L->n * L->ng;
-    L->q = (ar_cuda_qspec){qs->bits, qs->group_size, qs->sym, !!(qs->flags & AR_QF_F32_SCALE),
-                           !!(qs->flags & AR_QF_BF16), qs->minmax_hi};
+    if (ar_cuda_qspec_make(&L->q, qs, w->w[i], L->n, L->k)) return -1;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
     if (!(L->wfp = ar_cuda_upload_f32(w->w[i], L->nel))) return -1;
@@ -136,6 +197,7 @@ static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weig
 
 static void glayer_free(glayer *L)
 {
+    ar_cuda_qspec_free(&L->q);
     float *p[] = {L->wfp, L->wq, L->dw, L->v, L->alpha, L->beta, L->best_v, L->best_alpha, L->best_beta};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }

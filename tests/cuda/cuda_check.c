@@ -269,8 +269,10 @@ static void test_attention(int B, int T, int NH, int NKV, int HD, int window)
 
 static ar_cuda_qspec qspec_of(const ar_quant_spec *s)
 {
-    ar_cuda_qspec q = {s->bits, s->group_size, s->sym, !!(s->flags & AR_QF_F32_SCALE), !!(s->flags & AR_QF_BF16),
-                       s->minmax_hi};
+    ar_cuda_qspec q;
+    memset(&q, 0, sizeof q);   /* kind AR_CUDA_Q_INT */
+    q.bits = s->bits, q.group_size = s->group_size, q.sym = s->sym, q.f32_scale = !!(s->flags & AR_QF_F32_SCALE);
+    q.bf16_out = !!(s->flags & AR_QF_BF16), q.hi = s->minmax_hi;
     return q;
 }
 

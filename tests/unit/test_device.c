@@ -4,6 +4,7 @@
  * numerics are checked against the CPU by tests/cuda (make cuda-check). */
 #include "device.h"
 #include "error.h"
+#include "gguf_quant.h"
 #include <criterion/criterion.h>
 #include <string.h>
 
@@ -53,8 +54,16 @@ Test(device, gpu_quantizer_support)
     plan.quantize[AR_Q] = 1;
     plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, 0, 0, AR_QDT_INT, 0, 0, NULL, NULL};
     cr_assert_eq(ar_signround_cuda_supports(&plan), ar_device_cuda_built());
-    plan.spec[AR_Q].dtype = AR_QDT_NVFP4;
-    cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
+    /* the FP kinds (FP8 2-D blocks included) and GGUF have GPU quantizers */
+    plan.spec[AR_Q] = (ar_quant_spec){4, 16, 1, 0, 0, AR_QDT_NVFP4, 0, 0, NULL, NULL};
+    cr_assert_eq(ar_signround_cuda_supports(&plan), ar_device_cuda_built());
+    plan.spec[AR_Q] = (ar_quant_spec){8, 128, 1, AR_QF_BLOCK2D, 0, AR_QDT_FP8, 0, 0, NULL, NULL};
+    cr_assert_eq(ar_signround_cuda_supports(&plan), ar_device_cuda_built());
+    plan.spec[AR_Q] = (ar_quant_spec){4, 32, 0, AR_QF_F32_SCALE, 0, AR_QDT_GGUF, 0, AR_GGML_Q4_K, NULL, NULL};
+    cr_assert_eq(ar_signround_cuda_supports(&plan), ar_device_cuda_built());
+    /* integer 2-D blocks and unknown kinds have none */
     plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, AR_QF_BLOCK2D, 0, AR_QDT_INT, 0, 0, NULL, NULL};
+    cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
+    plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, 0, 0, 99, 0, 0, NULL, NULL};
     cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
 }
