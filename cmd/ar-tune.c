@@ -240,7 +240,20 @@ static void plan_block(const ar_config *c, const scheme_ctx *sc, int layer, ar_b
         plan->spec[i] = (ar_quant_spec){schemes[i].bits, schemes[i].group_size, schemes[i].sym,
                                         (bf16 ? AR_QF_BF16 : 0) | (schemes[i].group_2d ? AR_QF_BLOCK2D : 0), 0, dt,
                                         0, 0, NULL, NULL};
+        int aq = ar_act_spec_from_scheme(&schemes[i], 0, &plan->act[i]);
+        if (aq < 0) cli_die("%s: scheme %s: %s", name, schemes[i].name[0] ? schemes[i].name : "custom", ar_last_error());
+        plan->act_quant[i] = aq;
     }
+}
+
+/* Static activation maxima (FP8_STATIC, NVFP4's input global scale) into the
+ * plan's activation quantizers, once gathered. */
+static void plan_set_act_max(ar_block_plan *plan, const ar_scheme *schemes, const float *act_max)
+{
+    for (int i = 0; i < AR_NLINEAR; i++)
+        if (plan->quantize[i] && plan->act_quant[i] && ar_scheme_act_needs_max(&schemes[i]) &&
+            ar_act_spec_from_scheme(&schemes[i], act_max[i], &plan->act[i]) < 0)
+            cli_die_lib();
 }
 
 /* NVFP4 global scales: q/k/v and gate/up share the smallest of theirs (the
@@ -334,13 +347,16 @@ static void fold_abs_max(float *m, const float *x, long ntok, int k)
     for (long i = 0; i < ntok * k; i++) if (fabsf(x[i]) > *m) *m = fabsf(x[i]);
 }
 
-/* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst,
- * batch by batch; with imat, accumulate each linear's input Σx² too; with
- * amax, the running max |x| of each linear's input (static activation scales). */
+/* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
+ * (NULL: outputs dropped), batch by batch; with imat, accumulate each
+ * linear's input Σx² too; with amax, the running max |x| of each linear's
+ * input (static activation scales); with actq, quantizing the linears'
+ * inputs as that plan says (the statistics see the inputs before). */
 static void forward_all_stats(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
-                              int n, int T, int bs, float *imat[AR_NLINEAR], float *amax)
+                              int n, int T, int bs, float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq)
 {
-    if (!imat && !amax && g_dev != AR_DEVICE_CPU) { /* statistics passes stay on the CPU */
+    int has_actq = actq && ar_block_plan_has_act_quant(actq);
+    if (!imat && !amax && !has_actq && dst && g_dev != AR_DEVICE_CPU) { /* statistics passes stay on the CPU */
         if (ar_block_forward_samples_cuda(c, w, src, dst, n, T, bs)) cli_die_lib();
         return;
     }
@@ -350,6 +366,7 @@ static void forward_all_stats(const ar_config *c, const ar_block_weights *w, con
     ar_block_acts acts;
     int train = imat != NULL;
     if (ar_block_work_init(&ws, c, bs, T, 0) || (train && ar_block_acts_init(&acts, c, bs, T))) cli_die_lib();
+    if (has_actq && ar_block_plan_set_act_quant(actq, &ws)) cli_die_lib();
     size_t row = (size_t)T * c->hidden;
     float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
     for (int s0 = 0; s0 < n; s0 += bs) {
@@ -359,13 +376,15 @@ static void forward_all_stats(const ar_config *c, const ar_block_weights *w, con
         if (rc) cli_die_lib();
         if (train) {
             long nt = (long)b * T;
-            int qd = c->n_heads * c->head_dim;
-            const float *in[AR_NLINEAR] = {acts.ln1, acts.ln1, acts.ln1, acts.ao, acts.ln2, acts.ln2, acts.act};
-            int kin[AR_NLINEAR] = {c->hidden, c->hidden, c->hidden, qd, c->hidden, c->hidden, c->intermediate};
-            for (int i = 0; i < AR_NLINEAR; i++) if (imat[i]) ar_imatrix_accumulate(imat[i], in[i], nt, kin[i]);
-            for (int i = 0; amax && i < AR_NLINEAR; i++) fold_abs_max(&amax[i], in[i], nt, kin[i]);
+            for (int i = 0; i < AR_NLINEAR; i++) {
+                int nout, kin;
+                ar_linear_shape(c, i, &nout, &kin);
+                const float *in = ar_block_acts_input(&acts, i);
+                if (imat[i]) ar_imatrix_accumulate(imat[i], in, nt, kin);
+                if (amax) fold_abs_max(&amax[i], in, nt, kin);
+            }
         }
-        ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
+        if (dst) ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
     }
     free(x); free(y);
     ar_block_work_free(&ws);
@@ -375,13 +394,14 @@ static void forward_all_stats(const ar_config *c, const ar_block_weights *w, con
 static void forward_all(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
                         int n, int T, int bs, float *imat[AR_NLINEAR])
 {
-    forward_all_stats(c, w, src, dst, n, T, bs, imat, NULL);
+    forward_all_stats(c, w, src, dst, n, T, bs, imat, NULL, NULL);
 }
 
-/* 1 when some planned linear quantizes its input (needs calibration act_max). */
-static int plan_has_act_quant(const ar_block_plan *plan, const ar_scheme *schemes)
+/* 1 when some planned linear quantizes its input with a calibrated maximum. */
+static int plan_needs_act_max(const ar_block_plan *plan, const ar_scheme *schemes)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i] && schemes[i].act_bits < 16) return 1;
+    for (int i = 0; i < AR_NLINEAR; i++)
+        if (plan->quantize[i] && plan->act_quant[i] && ar_scheme_act_needs_max(&schemes[i])) return 1;
     return 0;
 }
 
@@ -447,12 +467,14 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
     r->sec_tune += rep.sec_total;
     snprintf(extra, n_extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
              rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
-    if (!r->a->disable_quanted_input) { /* next block's quantized-chain input */
+    if (!r->a->disable_quanted_input) {
+        /* next block's quantized-chain input: the tuned block as AutoRound
+         * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
         ar_block_weights wq = *wfp;
         for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
         if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
             cli_die("out of memory for the quantized chain");
-        forward_all(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL);
+        forward_all_stats(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL, NULL, plan);
     }
 }
 
@@ -552,8 +574,15 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
             ar_linear_shape(c, i, &nn, &k);
             if (plan.quantize[i]) imat[i] = calloc(k, sizeof(float));
         }
+        /* Static activation maxima come from the inputs the block is tuned
+         * on: the quantized chain's (through the FP block) when SignRound
+         * uses it, else the FP chain's (AutoRound's act_max hooks). */
+        int need_max = plan_needs_act_max(&plan, schemes);
+        int q_stats = need_max && r->a->iters > 0 && !r->a->disable_quanted_input && r->x_q;
         forward_all_stats(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn ? imat : NULL,
-                          plan_has_act_quant(&plan, schemes) ? act_max : NULL);
+                          need_max && !q_stats ? act_max : NULL, NULL);
+        if (q_stats) forward_all_stats(c, wfp, r->x_q, NULL, n, T, r->a->batch_size, NULL, act_max, NULL);
+        if (need_max) plan_set_act_max(&plan, schemes, act_max);
         if (r->a->iters > 0) {
             signround_block(r, layer, wfp, &plan, !r->a->disable_minmax, bo.out, t0, extra, sizeof extra);
         } else {

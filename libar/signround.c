@@ -2,6 +2,7 @@
 #include "calib.h"
 #include "dtype.h"
 #include "error.h"
+#include "quant_fp.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -22,6 +23,32 @@ int ar_block_plan_has_act_quant(const ar_block_plan *plan)
 {
     for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i] && plan->act_quant[i]) return 1;
     return 0;
+}
+
+int ar_scheme_act_needs_max(const ar_scheme *s)
+{
+    return s->bits < 16 && s->act_bits <= 8 && (!s->act_dynamic || strstr(s->act_data_type, "static"));
+}
+
+int ar_act_spec_from_scheme(const ar_scheme *s, float act_max, ar_act_spec *as)
+{
+    memset(as, 0, sizeof *as);
+    if (s->bits >= 16 || s->act_bits >= 16) return 0;
+    const char *dt = s->act_data_type;
+    int rceil = !strcmp(dt, "mx_fp_rceil");
+    int qdt = ar_quant_dtype_parse(rceil ? "mx_fp" : dt, s->act_bits);
+    if (qdt < 0 || qdt == AR_QDT_GGUF)
+        return ar_error("activations of data type %s with %d bits have no quantizer", dt, s->act_bits);
+    if (!s->act_sym) return ar_error("asymmetric activations (%s, %d bits) have no quantizer", dt, s->act_bits);
+    *as = (ar_act_spec){qdt, s->act_bits, s->act_group_size, s->act_dynamic, 0, rceil};
+    if (ar_scheme_act_needs_max(s)) {
+        as->act_max = act_max > 0 ? act_max : 0;
+        if (!(act_max > 0)) as->dynamic = 1;
+    }
+    float probe[64] = {0};      /* a bad group size fails here, not mid-tuning */
+    if (ar_act_quant(as, probe, 1, 64))
+        return ar_error("activations %s, %d bits, group %d: %s", dt, s->act_bits, s->act_group_size, ar_last_error());
+    return 1;
 }
 
 int ar_block_plan_set_act_quant(const ar_block_plan *plan, ar_block_work *ws)

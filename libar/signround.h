@@ -35,6 +35,7 @@
 #define AR_SIGNROUND_H
 #include "block.h"
 #include "quant.h"
+#include "scheme.h"
 #include <stdint.h>
 
 /* Tuning options; ar_signround_defaults fills AutoRound's defaults. */
@@ -66,6 +67,22 @@ typedef struct {
 
 /* 1 when some quantized linear of plan fake-quantizes its input. */
 int ar_block_plan_has_act_quant(const ar_block_plan *plan);
+
+/* 1 when scheme s fake-quantizes activations with a calibrated maximum
+ * (AutoRound's check_need_act_calibration): act_bits <= 8 and static
+ * (act_dynamic 0, FP8_STATIC) or a data type naming "static" (NVFP4's
+ * nv_fp4_with_static_gs: the input global scale 448·6/act_max). */
+int ar_scheme_act_needs_max(const ar_scheme *s);
+
+/* The activation quantizer of a quantized layer with scheme s (spec §4.1:
+ * act_bits, act_data_type, act_group_size, act_dynamic, act_sym), act_max
+ * being the calibrated max|x| of its input for schemes that need one (0 when
+ * none was gathered: the maximum is then taken per call, as AutoRound does
+ * without act_max). Returns 1 with *as filled, 0 when the layer's
+ * activations stay unquantized (act_bits >= 16 or the layer kept at 16 bits),
+ * -1 with ar_error for activations no quantizer here handles (asymmetric,
+ * mx_int, nvfp4_v2, 6-bit MX, a bad group size). */
+int ar_act_spec_from_scheme(const ar_scheme *s, float act_max, ar_act_spec *as);
 
 /* Install plan's activation quantizers (quantized linears with act_quant) in
  * ws, so that every later forward through ws quantizes those inputs as the
