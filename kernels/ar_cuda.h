@@ -265,6 +265,14 @@ int ar_cuda_flash_supported(int HD);
  * [B, NH, T] f32 receives each row's log-sum-exp of the scaled scores. */
 int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
                           const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
+/* Which kernels ar_cuda_flash_forward / _backward run: AR_CUDA_FLASH_MMA
+ * (the default: mma.sync with scores and accumulators in registers,
+ * kernels/flash_mma.cu) or AR_CUDA_FLASH_WMMA (the first design, wmma tiles
+ * through shared memory, kernels/flash.cu). Same results up to summation
+ * order. */
+enum { AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1 };
+void ar_cuda_set_flash_kernel(int kind);
+int  ar_cuda_get_flash_kernel(void);
 /* Floats of scratch ar_cuda_flash_backward needs. */
 long ar_cuda_flash_backward_scratch(int B, int T, int NH, int HD);
 /* dq [B, T, NH, HD], dk, dv [B, T, NKV, HD] (f32) += the attention gradients

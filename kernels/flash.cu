@@ -1,5 +1,7 @@
 /* flash.cu — causal attention that never stores the T x T probabilities
- * (the fast path, AR_CUDA_FAST=1; see ar_cuda.h and kernels/README.md).
+ * (the fast path; see ar_cuda.h and kernels/README.md). The entry points
+ * dispatch to flash_mma.cu's kernels (mma.sync, tiles in registers: the
+ * default) or to this file's first design on wmma (AR_CUDA_FLASH=wmma).
  *
  * Forward: one thread block per (64-query tile, head, sequence), four warps
  * of 16 query rows each. For every visible 64-key tile: S = scale·Q Kᵀ on
@@ -365,6 +367,11 @@ __global__ void __launch_bounds__(FTHREADS) k_flash_bwd_q(float *dq, const bf16 
 
 int ar_cuda_flash_supported(int HD) { return HD == 32 || HD == 64 || HD == 80 || HD == 96 || HD == 128; }
 
+static int g_flash_kernel = AR_CUDA_FLASH_MMA;
+
+void ar_cuda_set_flash_kernel(int kind) { g_flash_kernel = kind == AR_CUDA_FLASH_WMMA ? kind : AR_CUDA_FLASH_MMA; }
+int ar_cuda_get_flash_kernel(void) { return g_flash_kernel; }
+
 template <int D>
 static int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
                       const uint16_t *v, int B, int T, int NH, int NKV, int window)
@@ -406,6 +413,8 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
                           const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window)
 {
     if (check_sizes(B, T, NH, NKV, HD)) return -1;
+    if (g_flash_kernel == AR_CUDA_FLASH_MMA)
+        return ar_cuda_flash_mma_forward(out_b, out_f, lse, q, k, v, B, T, NH, NKV, HD, window);
     switch (HD) {
     case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
     case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
@@ -432,6 +441,8 @@ int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, cons
     size_t off = ((size_t)B * NH * T * sizeof(float) + 255) & ~(size_t)255;
     uint16_t *dob = (uint16_t *)((char *)scratch + off);
     k_flash_prep<<<ar_blocks(rows * 32, 256), 256, 0, g_cu.st>>>(Drow, (bf16 *)dob, dout, out, T, NH, HD, rows);
+    if (g_flash_kernel == AR_CUDA_FLASH_MMA)
+        return ar_cuda_flash_mma_backward(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, HD, window);
     switch (HD) {
     case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
     case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);

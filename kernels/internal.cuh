@@ -61,6 +61,14 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
                           float *dx, ar_cuda_fast_work *fw);
 
+/* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
+ * checked there); the backward takes the prepared D rows and bf16 dO. */
+int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
+                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
+int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
+                               const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                               int NH, int NKV, int HD, int window);
+
 /* Phase profiling (profile.cu): AR_PROF costs one branch when it is off. */
 extern int g_prof_on;
 #define AR_PROF(phase, flops)                                    \

@@ -29,7 +29,9 @@ int ar_device_parse(const char *s, int *dev);
  * bf16 tensor cores, as AutoRound's bf16 autocast) and AR_CUDA_FAST: the fast
  * block path of bf16 tuning (native bf16 operands, fused ops, flash attention;
  * kernels/README.md) is the default, AR_CUDA_FAST=0 selects the first design
- * (f32 activations, stored probabilities). 0, or -1 with ar_error (built without CUDA,
+ * (f32 activations, stored probabilities); AR_CUDA_FLASH=mma|wmma picks the
+ * flash attention kernels of the fast path (default mma; wmma: the first
+ * design). 0, or -1 with ar_error (built without CUDA,
  * no such device, driver failure, a bad variable). */
 int ar_device_init(int dev);
 

@@ -619,8 +619,9 @@ static void test_fused(void)
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
-/* Flash attention against the CPU op on the same bf16-rounded q, k, v. */
-static void test_flash(int B, int T, int NH, int NKV, int HD, int window)
+/* Flash attention (the kernels selected now, named by tag) against the CPU
+ * op on the same bf16-rounded q, k, v. */
+static void test_flash(const char *tag, int B, int T, int NH, int NKV, int HD, int window)
 {
     size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
     float *q0 = rnd(nq, 1, 0), *k0 = rnd(nk, 1, 0), *v0 = rnd(nk, 1, 0);
@@ -635,18 +636,18 @@ static void test_flash(int B, int T, int NH, int NKV, int HD, int window)
     if (!ob || !dL || !dS) die_cuda("alloc");
     ar_attention_forward(o, att, 1, q, k, v, B, T, NH, NKV, HD, window);
     if (ar_cuda_flash_forward(ob, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window)) die_cuda("flash forward");
-    snprintf(name, sizeof name, "fast: flash fwd B%d T%d H%d/%d D%d w%d", B, T, NH, NKV, HD, window);
+    snprintf(name, sizeof name, "fast: flash[%s] fwd B%d T%d H%d/%d D%d w%d", tag, B, T, NH, NKV, HD, window);
     check_dev(name, dO, o, nq, 2e-2);
-    snprintf(name, sizeof name, "fast: flash fwd bf16 out T%d D%d w%d", T, HD, window);
+    snprintf(name, sizeof name, "fast: flash[%s] fwd bf16 out T%d D%d w%d", tag, T, HD, window);
     check_dev_bf16(name, ob, o, nq, 2e-2);
     ar_attention_backward(dq, dk, dv, scr, dout, att, q, k, v, B, T, NH, NKV, HD);
     if (ar_cuda_flash_backward(dDQ, dDK, dDV, dS, dDO, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window))
         die_cuda("flash backward");
-    snprintf(name, sizeof name, "fast: flash bwd dq T%d H%d/%d D%d w%d", T, NH, NKV, HD, window);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd dq T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
     check_dev(name, dDQ, dq, nq, 5e-2);
-    snprintf(name, sizeof name, "fast: flash bwd dk T%d H%d/%d D%d w%d", T, NH, NKV, HD, window);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd dk T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
     check_dev(name, dDK, dk, nk, 5e-2);
-    snprintf(name, sizeof name, "fast: flash bwd dv T%d H%d/%d D%d w%d", T, NH, NKV, HD, window);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd dv T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
     check_dev(name, dDV, dv, nk, 5e-2);
     float *fr[] = {q0, k0, v0, q, k, v, o, att, dout, dq, dk, dv, scr};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
@@ -828,20 +829,25 @@ static void bench_block(int iters_extra, int n, int fast)
  * batched GEMMs doing its products (--profile, --attn-bench). */
 static void bench_attention(void)
 {
-    int B = 8, T = 2048, NH = 32, HD = 128;
+    int B = 8, T = 2048, NH = 32, HD = 128, kind = ar_cuda_get_flash_kernel();
     ar_cuda_attn_bench r;
-    if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
-        printf("FAIL attention bench: %s\n", ar_cuda_last_error());
-        g_fail++;
-        return;
+    for (int k = AR_CUDA_FLASH_WMMA; k <= AR_CUDA_FLASH_MMA; k++) {
+        ar_cuda_set_flash_kernel(k);
+        if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
+            printf("FAIL attention bench: %s\n", ar_cuda_last_error());
+            g_fail++;
+            ar_cuda_set_flash_kernel(kind);
+            return;
+        }
+        printf("ATTENTION B%d T%d H%d D%d causal, flash[%s]: fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms "
+               "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, k == AR_CUDA_FLASH_MMA ? "mma" : "wmma",
+               r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9, r.flash_bwd_ms, r.bwd_flops / r.flash_bwd_ms * 1e-9);
     }
+    ar_cuda_set_flash_kernel(kind);
     double f = r.causal_fraction;
-    printf("ATTENTION B%d T%d H%d D%d causal: flash fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms (%.1f TFLOP/s, "
-           "flops 2.5 x fwd)\n", B, T, NH, HD, r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9, r.flash_bwd_ms,
-           r.bwd_flops / r.flash_bwd_ms * 1e-9);
     printf("ATTENTION cuBLAS strided-batched bf16 GEMMs, same products over the full square: fwd %.3f ms (2 GEMMs), "
            "bwd %.3f ms (5 GEMMs); causal share %.3f of that: fwd %.3f ms, bwd %.3f ms "
-           "(GEMM lower bound, no softmax); flash / bound: fwd %.2fx, bwd %.2fx\n",
+           "(GEMM lower bound, no softmax); flash[mma] / bound: fwd %.2fx, bwd %.2fx\n",
            r.gemm_fwd_ms, r.gemm_bwd_ms, f, r.gemm_fwd_ms * f, r.gemm_bwd_ms * f, r.flash_fwd_ms / (r.gemm_fwd_ms * f),
            r.flash_bwd_ms / (r.gemm_bwd_ms * f));
     fflush(stdout);
@@ -880,11 +886,18 @@ static void run_fast_tests(void)
 {
     test_fast_taken();
     test_fused();
-    test_flash(2, 128, 8, 2, 64, 0);
-    test_flash(1, 200, 4, 4, 32, 48);
-    test_flash(1, 512, 8, 2, 64, 0);
-    test_flash(1, 300, 4, 2, 128, 0);
-    test_flash(2, 160, 4, 1, 80, 100);
+    /* both flash kernels: mma (the default) and the first wmma design */
+    const char *tags[2] = {"wmma", "mma"};
+    for (int kind = AR_CUDA_FLASH_MMA; kind >= AR_CUDA_FLASH_WMMA; kind--) {
+        ar_cuda_set_flash_kernel(kind);
+        test_flash(tags[kind], 2, 128, 8, 2, 64, 0);
+        test_flash(tags[kind], 1, 200, 4, 4, 32, 48);
+        test_flash(tags[kind], 1, 512, 8, 2, 64, 0);
+        test_flash(tags[kind], 1, 300, 4, 2, 128, 0);
+        test_flash(tags[kind], 2, 160, 4, 1, 80, 100);
+        test_flash(tags[kind], 1, 257, 6, 3, 96, 0);
+    }
+    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
     test_block("fast: tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);

@@ -1,0 +1,422 @@
+/* flash_mma.cu — flash attention with every tile product on raw
+ * mma.sync.m16n8k16 bf16 tensor-core instructions and the scores,
+ * probabilities and accumulators in registers (the fast path's default
+ * kernels; flash.cu keeps the first design on wmma with shared-memory
+ * round trips, AR_CUDA_FLASH=wmma). Same algorithm, tiling, numerics and
+ * one-writer-per-output structure as flash.cu (see there):
+ *
+ *   forward   one block per (64-query tile, head, sequence), four warps of
+ *             16 query rows; per visible 64-key tile S = Q Kᵀ, online
+ *             softmax on the accumulator registers, O += P V with P rounded
+ *             to bf16 straight from the S registers (the accumulator layout
+ *             of two 8-column tiles is the operand layout of one 16-deep
+ *             k-step); lse = m + log(l) saved.
+ *   backward  dK/dV per (64-key tile, kv head): warps own 16 keys, loop over
+ *             the group's heads and the query tiles that see the keys;
+ *             Sᵀ = K Qᵀ, Pᵀ, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ, dK += dSᵀ Q.
+ *             dQ per (64-query tile, head): S, P, dP = dO Vᵀ, dS, dQ += dS K.
+ *
+ * Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16): lane = 4g + t holds
+ * A rows g and g + 8, columns 2t, 2t+1 (+8); B (k x n) rows 2t, 2t+1 (+8) of
+ * column g; C rows g and g + 8, columns 2t, 2t+1. Operands come from
+ * shared-memory tiles (rows padded by 8 bf16: conflict-free) through
+ * ldmatrix, .trans where the tile is stored k-major. */
+#include "internal.cuh"
+#include <cuda_bf16.h>
+#include <math.h>
+
+namespace {
+typedef __nv_bfloat16 bf16;
+
+enum { MB = 64, MW = 4, MTHREADS = 32 * MW }; /* tile rows, warps, threads */
+
+__device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1)
+{
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+/* Four 8x8 bf16 matrices; lanes 8i..8i+7 give the row addresses of matrix i. */
+__device__ __forceinline__ void ldsm(unsigned r[4], const bf16 *p)
+{
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+__device__ __forceinline__ void ldsm_t(unsigned r[4], const bf16 *p)
+{
+    unsigned a = (unsigned)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+                 : "r"(a)
+                 : "memory");
+}
+
+/* A operand: the 16 x 16 block at (r0, c0) of a row-major tile of pitch ld. */
+__device__ __forceinline__ void load_a(unsigned a[4], const bf16 *X, int ld, int r0, int c0, int lane)
+{
+    ldsm(a, X + (r0 + (lane & 15)) * ld + c0 + ((lane >> 4) << 3));
+}
+
+/* B operands of two 8-column tiles (n0 and n0 + 8, k rows k0..k0+15) from a
+ * tile stored n-major X[n][k] (K for Q Kᵀ): b[0..1] tile n0, b[2..3] n0 + 8. */
+__device__ __forceinline__ void load_b_nk(unsigned b[4], const bf16 *X, int ld, int n0, int k0, int lane)
+{
+    ldsm(b, X + (n0 + (lane & 7) + ((lane >> 4) << 3)) * ld + k0 + (((lane >> 3) & 1) << 3));
+}
+
+/* The same from a tile stored k-major Y[k][n] (V for P V), transposed on load. */
+__device__ __forceinline__ void load_b_kn(unsigned b[4], const bf16 *Y, int ld, int k0, int n0, int lane)
+{
+    ldsm_t(b, Y + (k0 + (lane & 7) + (((lane >> 3) & 1) << 3)) * ld + n0 + ((lane >> 4) << 3));
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
+{
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the lower column */
+    return *(unsigned *)&v;
+}
+
+/* The A operand of k-step kk (16 columns) from accumulators s[2kk], s[2kk+1]. */
+__device__ __forceinline__ void acc_to_a(unsigned a[4], const float s0[4], const float s1[4])
+{
+    a[0] = pack_bf16(s0[0], s0[1]), a[1] = pack_bf16(s0[2], s0[3]);
+    a[2] = pack_bf16(s1[0], s1[1]), a[3] = pack_bf16(s1[2], s1[3]);
+}
+
+/* acc[8][4] (16 rows x 64 columns) = A (16 rows of X from row r0, D deep) ·
+ * Yᵀ where Y is a 64 x D tile stored n-major: S = Q Kᵀ and its relatives. */
+template <int D>
+__device__ __forceinline__ void rows_times_tile_t(float acc[8][4], const bf16 *X, int r0, const bf16 *Y, int lane)
+{
+    const int LD = D + 8;
+#pragma unroll
+    for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        unsigned a[4];
+        load_a(a, X, LD, r0, 16 * kk, lane);
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            unsigned b[4];
+            load_b_nk(b, Y, LD, 16 * np, 16 * kk, lane);
+            mma16816(acc[2 * np], a, b[0], b[1]);
+            mma16816(acc[2 * np + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+/* out[D/8][4] += P · Y where P (16 x 64) is in accumulator registers p[8][4]
+ * and Y is a 64 x D tile stored k-major (rows = the 64 summed positions). */
+template <int D>
+__device__ __forceinline__ void acc_times_tile(float out[D / 8][4], const float p[8][4], const bf16 *Y, int lane)
+{
+    const int LD = D + 8;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        unsigned a[4];
+        acc_to_a(a, p[2 * kk], p[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            unsigned b[4];
+            load_b_kn(b, Y, LD, 16 * kk, 16 * dp, lane);
+            mma16816(out[2 * dp], a, b[0], b[1]);
+            mma16816(out[2 * dp + 1], a, b[2], b[3]);
+        }
+    }
+}
+
+__device__ __forceinline__ bool visible(int q, int k, int T, int window)
+{
+    return q < T && k < T && k <= q && (window <= 0 || q - k < window);
+}
+
+/* Rows [t0, t0 + 64) of one head of x [B, T, H, D] (bf16) into a tile of
+ * pitch D + 8; rows at or past T become zeros. 16-byte vector copies. */
+template <int D>
+__device__ void load_tile(bf16 *tile, const bf16 *x, int b, int t0, int T, int H, int h)
+{
+    const int ch = D / 8, LD = D + 8;
+    for (int c = threadIdx.x; c < MB * ch; c += blockDim.x) {
+        int r = c / ch, d = (c % ch) * 8, t = t0 + r;
+        uint4 v = make_uint4(0, 0, 0, 0);
+        if (t < T) v = *(const uint4 *)(x + (((long)b * T + t) * H + h) * D + d);
+        *(uint4 *)(tile + r * LD + d) = v;
+    }
+}
+
+/* y[row, h, :] += acc for this lane's rows r0 + g and r0 + g + 8 (< T) of
+ * y [B, T, H, D] f32; each element has one writer. */
+template <int D>
+__device__ void add_acc_rows(float *y, const float acc[D / 8][4], int b, int r0, int T, int H, int h, int lane)
+{
+    const int g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int r = r0 + g + 8 * hh;
+        if (r >= T) continue;
+        float *row = y + (((long)b * T + r) * H + h) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            float2 *p = (float2 *)(row + 8 * n), v = *p;
+            v.x += acc[n][2 * hh], v.y += acc[n][2 * hh + 1];
+            *p = v;
+        }
+    }
+}
+
+__device__ __forceinline__ float quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* ---- forward ------------------------------------------------------------------- */
+
+template <int D>
+__global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, float *lse, const bf16 *q, const bf16 *k,
+                                                  const bf16 *v, int T, int NH, int NKV, int window, float scale)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g; /* rows row0, row0 + 8 */
+    bf16 *Qs = (bf16 *)smem, *Ks = Qs + MB * LD, *Vs = Ks + MB * LD;
+
+    load_tile<D>(Qs, q, b, q0, T, NH, h);
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    int j0 = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
+    for (int j = j0; j <= i; j++) {
+        int k0 = j * MB;
+        __syncthreads(); /* every warp is done with the previous K, V */
+        load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
+        load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
+        __syncthreads();
+        float s[8][4];
+        rows_times_tile_t<D>(s, Qs, 16 * w, Ks, lane);
+        float mx[2] = {-INFINITY, -INFINITY};
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + 8 * n + 2 * t + (e & 1);
+                float x = visible(row0 + 8 * (e >> 1), key, T, window) ? s[n][e] * scale : -INFINITY;
+                s[n][e] = x;
+                mx[e >> 1] = fmaxf(mx[e >> 1], x);
+            }
+        float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            float mn = fmaxf(m[hh], quad_max(mx[hh]));
+            alpha[hh] = m[hh] == -INFINITY ? 0.0f : expf(m[hh] - mn);
+            mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
+            m[hh] = mn;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - mu[e >> 1]);
+                s[n][e] = p;
+                rs[e >> 1] += p;
+            }
+        /* l stays a per-lane partial sum until the end: every term is scaled alike */
+        l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        acc_times_tile<D>(o, s, Vs, lane);
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float lt = quad_sum(l[hh]);
+        int r = row0 + 8 * hh;
+        if (r >= T) continue;
+        float inv = 1.0f / lt;
+        long base = (((long)b * T + r) * NH + h) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            float x0 = o[n][2 * hh] * inv, x1 = o[n][2 * hh + 1] * inv;
+            if (out_f) *(float2 *)(out_f + base + 8 * n) = make_float2(x0, x1);
+            if (out_b) *(__nv_bfloat162 *)(out_b + base + 8 * n) = __floats2bfloat162_rn(x0, x1);
+        }
+        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] + logf(lt);
+    }
+}
+
+/* ---- backward ------------------------------------------------------------------- */
+
+template <int D>
+__global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const bf16 *q, const bf16 *k, const bf16 *v,
+                                                     const bf16 *dob, const float *lse, const float *Drow, int T,
+                                                     int NH, int NKV, int window, float scale)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int group = NH / NKV, nT = (T + MB - 1) / MB, j = nT - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
+    const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + MB * LD, *Qs = Vs + MB * LD, *dOs = Qs + MB * LD;
+    float *Ls = (float *)(dOs + MB * LD), *Ds = Ls + MB;
+
+    load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
+    load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
+    float dK[D / 8][4], dV[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.0f;
+    for (int r = 0; r < group; r++) {
+        int h = kvh * group + r;
+        for (int i = j; i < nT; i++) {
+            int q0 = i * MB;
+            if (window > 0 && q0 - window >= k0 + MB - 1) break; /* every later query is out of the window */
+            __syncthreads(); /* previous Q, dO, lse, D no longer read */
+            load_tile<D>(Qs, q, b, q0, T, NH, h);
+            load_tile<D>(dOs, dob, b, q0, T, NH, h);
+            if (threadIdx.x < MB) {
+                int tq = q0 + threadIdx.x;
+                long o = ((long)b * NH + h) * T + tq;
+                Ls[threadIdx.x] = tq < T ? lse[o] : 0.0f;
+                Ds[threadIdx.x] = tq < T ? Drow[o] : 0.0f;
+            }
+            __syncthreads();
+            float p[8][4], dp[8][4];
+            rows_times_tile_t<D>(p, Ks, 16 * w, Qs, lane); /* Sᵀ: this warp's keys x 64 queries */
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int c = 8 * n + 2 * t + (e & 1);
+                    p[n][e] = visible(q0 + c, key0 + 8 * (e >> 1), T, window) ? expf(p[n][e] * scale - Ls[c]) : 0.0f;
+                }
+            acc_times_tile<D>(dV, p, dOs, lane);            /* dV += Pᵀ dO */
+            rows_times_tile_t<D>(dp, Vs, 16 * w, dOs, lane); /* dPᵀ = V dOᵀ */
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale;
+            acc_times_tile<D>(dK, dp, Qs, lane); /* dK += dSᵀ Q */
+        }
+    }
+    add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane);
+    add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane);
+}
+
+template <int D>
+__global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, const bf16 *k, const bf16 *v,
+                                                    const bf16 *dob, const float *lse, const float *Drow, int T, int NH,
+                                                    int NKV, int window, float scale)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
+    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g;
+    bf16 *Qs = (bf16 *)smem, *dOs = Qs + MB * LD, *Ks = dOs + MB * LD, *Vs = Ks + MB * LD;
+
+    load_tile<D>(Qs, q, b, q0, T, NH, h);
+    load_tile<D>(dOs, dob, b, q0, T, NH, h);
+    float L[2], Dd[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int r = row0 + 8 * hh;
+        long o = ((long)b * NH + h) * T + r;
+        L[hh] = r < T ? lse[o] : 0.0f;
+        Dd[hh] = r < T ? Drow[o] : 0.0f;
+    }
+    float dQ[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
+    int j0 = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
+    for (int j = j0; j <= i; j++) {
+        int k0 = j * MB;
+        __syncthreads();
+        load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
+        load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
+        __syncthreads();
+        float p[8][4], dp[8][4];
+        rows_times_tile_t<D>(p, Qs, 16 * w, Ks, lane);  /* S = Q Kᵀ */
+        rows_times_tile_t<D>(dp, dOs, 16 * w, Vs, lane); /* dP = dO Vᵀ */
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
+                float pv = visible(row0 + 8 * hh, key, T, window) ? expf(p[n][e] * scale - L[hh]) : 0.0f;
+                dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
+            }
+        acc_times_tile<D>(dQ, dp, Ks, lane); /* dQ += dS K */
+    }
+    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane);
+}
+
+/* ---- host side -------------------------------------------------------------------- */
+
+template <int D> size_t tiles_smem(int n) { return (size_t)n * MB * (D + 8) * sizeof(bf16); }
+
+template <int D>
+int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
+               int B, int T, int NH, int NKV, int window)
+{
+    size_t sm = tiles_smem<D>(3);
+    AR_CK(cudaFuncSetAttribute(k_fwd<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    dim3 grid((T + MB - 1) / MB, NH, B);
+    k_fwd<D><<<grid, MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q, (const bf16 *)k,
+                                               (const bf16 *)v, T, NH, NKV, window, 1.0f / sqrtf((float)D));
+    return ar_cuda_check_launch("flash attention forward (mma)");
+}
+
+template <int D>
+int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow, const float *lse,
+               const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int NH, int NKV, int window)
+{
+    float scale = 1.0f / sqrtf((float)D);
+    dim3 gq((T + MB - 1) / MB, NH, B), gkv((T + MB - 1) / MB, NKV, B);
+    size_t s1 = tiles_smem<D>(4) + 2 * MB * sizeof(float), s2 = tiles_smem<D>(4);
+    AR_CK(cudaFuncSetAttribute(k_bwd_kv<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
+    AR_CK(cudaFuncSetAttribute(k_bwd_q<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
+    k_bwd_kv<D><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
+                                                (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale);
+    k_bwd_q<D><<<gq, MTHREADS, s2, g_cu.st>>>(dq, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
+                                              (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale);
+    return ar_cuda_check_launch("flash attention backward (mma)");
+}
+} // namespace
+
+int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
+                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window)
+{
+    switch (HD) {
+    case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 80: return fwd_launch<80>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 96: return fwd_launch<96>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 128: return fwd_launch<128>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
+    }
+}
+
+int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
+                               const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                               int NH, int NKV, int HD, int window)
+{
+    switch (HD) {
+    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
+    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
+    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
+    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
+    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
+    default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
+    }
+}
