@@ -25,7 +25,9 @@
  * differs); GEMM-based ops with f32 GEMMs 1e-4 (outputs) and 1e-3 (weight
  * gradients, sums over all tokens); with bf16 tensor-core GEMMs 3e-2 and 1e-1
  * (8-bit mantissas); the quantizer must agree exactly on >= 99.99% of the
- * elements (identical f32 formulas, no FMA contraction); a whole 12-iteration
+ * elements (identical f32 formulas, no FMA contraction), the GGUF and FP
+ * kinds on all of them (tolerance 0 on ŵ, dV and a V step; see their
+ * section); a whole 12-iteration
  * tuning run must follow the CPU's loss trajectory to 2% and end with >= 98%
  * identical weights (f32 products). Fast path: fused ops store bf16, so they
  * must agree to 4e-3 (bf16 rounding, 2^-9, of values computed the same way);
@@ -39,6 +41,7 @@
 #include "model.h"
 #include "ops.h"
 #include "quant.h"
+#include "quant_gguf.h"
 #include "signround.h"
 
 #include <math.h>
@@ -523,6 +526,250 @@ static void test_tuning(const char *tag, ar_quant_spec spec, int mode, double to
     free_weights(&w);
 }
 
+/* ---- the GGUF and FP quantizer kinds ------------------------------------------------
+ * The kernels share the CPU's arithmetic operation for operation (quant_kinds.cuh,
+ * -fmad=false), so ŵ, dV and a SignSGD step on V must agree bit for bit
+ * (tolerance 0). dβ of the FP kinds sums a tile's double terms in another
+ * order: rel err 1e-6 (measured differences are ~1e-16), and a step on β may
+ * flip where dβ ~ 0 (mismatch 2e-3, as the integer test's α/β). */
+
+/* Fraction of elements whose bits differ (so -0 vs +0 counts). */
+static double bits_mismatch(const float *a, const float *ref, size_t n)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += memcmp(&a[i], &ref[i], sizeof(float)) != 0;
+    return (double)k / (double)(n ? n : 1);
+}
+
+/* Weights with exact zeros, one all-zero group/block in row 0 (a zero scale)
+ * and a few 8x outliers (clamped elements). */
+static float *kind_weights(size_t n, int k)
+{
+    float *w = rnd(n, 0.05f, 0);
+    for (size_t i = 0; i < n; i += 97) w[i] = 0;
+    for (size_t i = 13; i < n; i += 61) w[i] *= 8;
+    for (int c = 0; c < k && c < 256; c++) w[c] = 0;
+    return w;
+}
+
+/* s on the weight w [n, k]: GPU forward, backward and one fused SignSGD step
+ * against the CPU quantizer, from random V (±vscale), α, β, dŵ. */
+static void test_kind(const char *tag, const ar_quant_spec *s, const float *w, int n, int k, float vscale)
+{
+    char name[160];
+    int gguf = s->dtype == AR_QDT_GGUF;
+    size_t nel = (size_t)n * k, ngr = (size_t)n * ar_quant_ngroups(k, s->group_size);
+    float *v = rnd(nel, vscale, 0), *al = rnd(ngr, 0.15f, 0.9f), *be = rnd(ngr, 0.15f, 0.9f), *dwq = rnd(nel, 1, 0);
+    float *wq = zeros(nel), *gv = zeros(nel), *ga = zeros(ngr), *gb = zeros(ngr);
+    ar_cuda_qspec q;
+    ar_quant_params p = {v, al, be, NULL};
+    ar_quant_out out = {wq, NULL, NULL, NULL};
+    if (ar_cuda_qspec_make(&q, s, w, n, k) || ar_quant_forward(s, w, n, k, &p, &out) ||
+        ar_quant_backward(s, w, n, k, &p, dwq, gv, ga, gb)) {
+        printf("FAIL %s: %s\n", tag, ar_last_error());
+        g_fail++, g_tests++;
+        ar_cuda_qspec_free(&q);
+        return;
+    }
+    float *dw = up(w, nel), *dv = up(v, nel), *dal = up(al, ngr), *dbe = up(be, ngr), *ddwq = up(dwq, nel);
+    float *dwq_out = ar_cuda_malloc(nel * 4), *dgv = up(gv, nel), *dga = ar_cuda_malloc(ngr * 4);
+    float *dgb = ar_cuda_malloc(ngr * 4);
+    if (!dwq_out || !dga || !dgb || ar_cuda_quant_forward(&q, dw, n, k, dv, dal, dbe, dwq_out)) die_cuda("kind forward");
+    float *h = down(dwq_out, nel);
+    snprintf(name, sizeof name, "%s forward", tag);
+    verdict(name, bits_mismatch(h, wq, nel), 0, "bits mismatch");
+    free(h);
+
+    /* STE backward into zeroed gradients: the CPU wrote dα = 0 (FP) or nothing (GGUF) */
+    if (ar_cuda_zero(dga, ngr * 4) || ar_cuda_zero(dgb, ngr * 4) || ar_cuda_zero(dgv, nel * 4) ||
+        ar_cuda_quant_backward(&q, dw, n, k, dv, dal, dbe, ddwq, dgv, dga, dgb))
+        die_cuda("kind backward");
+    h = down(dgv, nel);
+    snprintf(name, sizeof name, "%s backward dV", tag);
+    verdict(name, bits_mismatch(h, gv, nel), 0, "bits mismatch");
+    free(h);
+    snprintf(name, sizeof name, "%s backward dbeta", tag);
+    check_dev(name, dgb, gb, ngr, 1e-6);
+    snprintf(name, sizeof name, "%s backward dalpha (none)", tag);
+    check_dev(name, dga, ga, ngr, 0);
+
+    /* fused SignSGD: V and (FP) β stepped, α/β clamped in place, as signround.c */
+    float lr = 0.01f, mlr = 0.02f;
+    for (size_t i = 0; i < nel; i++) v[i] -= lr * (float)((gv[i] > 0) - (gv[i] < 0));
+    for (size_t i = 0; i < ngr; i++) be[i] -= mlr * (float)((gb[i] > 0) - (gb[i] < 0));
+    ar_quant_clamp_minmax(s, al, ngr);
+    ar_quant_clamp_minmax(s, be, ngr);
+    if (ar_cuda_quant_signsgd(&q, dw, n, k, dv, dal, dbe, ddwq, lr, mlr)) die_cuda("kind signsgd");
+    h = down(dv, nel);
+    snprintf(name, sizeof name, "%s signsgd V", tag);
+    verdict(name, bits_mismatch(h, v, nel), 0, "bits mismatch");
+    free(h);
+    if (!gguf) { /* GGUF tunes V only: the kernels leave α/β alone */
+        float *ha = down(dal, ngr), *hb = down(dbe, ngr);
+        snprintf(name, sizeof name, "%s signsgd alpha/beta", tag);
+        verdict(name, 0.5 * (mismatch(ha, al, ngr) + mismatch(hb, be, ngr)), 2e-3, "mismatch");
+        free(ha); free(hb);
+    }
+    ar_cuda_qspec_free(&q);
+    float *fr[] = {v, al, be, dwq, wq, gv, ga, gb};
+    for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
+    float *fd[] = {dw, dv, dal, dbe, ddwq, dwq_out, dgv, dga, dgb};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+/* Quantize w [n, k] to ggml type t (llama.cpp's search, no imatrix) and
+ * freeze its scales into *s (fz owns them); the blocks are returned. */
+static void *gguf_freeze(ar_ggml_type t, const float *w, int n, int k, ar_gguf_frozen *fz, ar_quant_spec *s)
+{
+    void *blocks = malloc(ar_ggml_row_bytes(t, k) * (size_t)n);
+    if (!blocks || ar_ggml_quantize(t, w, blocks, n, k, NULL) || ar_quant_gguf_freeze(t, blocks, n, k, fz, s)) {
+        fprintf(stderr, "cuda_check: %s blocks: %s\n", ar_ggml_type_name(t), ar_last_error());
+        exit(2);
+    }
+    return blocks;
+}
+
+static void test_kind_gguf(ar_ggml_type t, int n, int k, float vscale)
+{
+    char tag[96];
+    float *w = kind_weights((size_t)n * k, k);
+    ar_gguf_frozen fz;
+    ar_quant_spec s;
+    free(gguf_freeze(t, w, n, k, &fz, &s));
+    snprintf(tag, sizeof tag, "gguf %s V +-%.1f", ar_ggml_type_name(t), vscale);
+    test_kind(tag, &s, w, n, k, vscale);
+    ar_gguf_frozen_free(&fz);
+    free(w);
+}
+
+static void test_kind_fp(const char *tag, ar_quant_spec s, int n, int k)
+{
+    float *w = kind_weights((size_t)n * k, k);
+    test_kind(tag, &s, w, n, k, 0.3f);
+    free(w);
+}
+
+/* CPU and GPU tuners on one plan over the same cached samples: loss at
+ * iteration 0, the trajectory and the best loss within the tolerances of
+ * test_tuning; the GPU run's weights go to gpu_out (CPU's to cpu_out). */
+static void compare_tuners(const char *tag, const ar_config *c, const ar_block_weights *w, const ar_block_plan *plan,
+                           const ar_signround_opts *o, int mode, double tol_loss0, double tol_traj,
+                           const ar_quant_out cpu_out[AR_NLINEAR], const ar_quant_out gpu_out[AR_NLINEAR])
+{
+    char name[160];
+    int n = 16, T = 64;
+    uint16_t *xb, *yb;
+    make_cache(c, w, n, T, &xb, &yb);
+    ar_signround_report cr, gr;
+    loss_log cl = {{0}, 0}, gl = {{0}, 0};
+    ar_cuda_set_gemm(mode);
+    if (ar_signround_tune_block(c, w, xb, yb, NULL, n, T, plan, o, cpu_out, &cr, log_loss, &cl) ||
+        ar_signround_tune_block_cuda(c, w, xb, yb, NULL, n, T, plan, o, gpu_out, &gr, log_loss, &gl)) {
+        printf("FAIL tuning %s: %s\n", tag, ar_last_error());
+        g_fail++, g_tests++;
+        free(xb); free(yb);
+        return;
+    }
+    snprintf(name, sizeof name, "tuning loss at iter 0 %s", tag);
+    verdict(name, fabs(gr.loss0 - cr.loss0) / cr.loss0, tol_loss0, "rel err");
+    double worst = 0;
+    for (int i = 0; i < cl.n && i < gl.n; i++)
+        if (fabs(gl.loss[i] - cl.loss[i]) / cl.loss[i] > worst) worst = fabs(gl.loss[i] - cl.loss[i]) / cl.loss[i];
+    snprintf(name, sizeof name, "tuning loss trajectory (%d iters) %s", o->iters, tag);
+    verdict(name, cl.n == gl.n ? worst : 1.0, tol_traj, "worst rel err");
+    snprintf(name, sizeof name, "tuning best loss %s", tag);
+    verdict(name, fabs(gr.best_loss - cr.best_loss) / cr.best_loss, tol_traj, "rel err");
+    printf("     CPU loss %.6g -> %.6g (iter %d)  GPU loss %.6g -> %.6g (iter %d)\n", cr.loss0, cr.best_loss,
+           cr.best_iter, gr.loss0, gr.best_loss, gr.best_iter);
+    free(xb); free(yb);
+}
+
+/* GGUF SignRound as ar-tune runs it (frozen scales, V only, no min/max
+ * tuning) with type t[i] per linear, CPU against GPU; then the GPU-tuned ŵ
+ * must store into the blocks exactly (ar_quant_gguf_store checks that they
+ * dequantize to it bit for bit). Hidden 256, intermediate 768: every K is a
+ * whole number of 256-element k-quant blocks. */
+static void test_tuning_gguf(const char *tag, const ar_ggml_type t[AR_NLINEAR], int mode, double tol_loss0,
+                             double tol_traj)
+{
+    ar_config c;
+    small_config(&c, 256, 768, 4, 2, 64, 0, 0, 0);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    ar_block_plan plan;
+    memset(&plan, 0, sizeof plan);
+    ar_gguf_frozen fz[AR_NLINEAR];
+    void *blocks[AR_NLINEAR];
+    ar_quant_out co[AR_NLINEAR], go[AR_NLINEAR];
+    int nn[AR_NLINEAR], kk[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        ar_linear_shape(&c, i, &nn[i], &kk[i]);
+        blocks[i] = gguf_freeze(t[i], w.w[i], nn[i], kk[i], &fz[i], &plan.spec[i]);
+        plan.quantize[i] = 1;
+        co[i] = (ar_quant_out){zeros((size_t)nn[i] * kk[i]), NULL, NULL, NULL};
+        go[i] = (ar_quant_out){zeros((size_t)nn[i] * kk[i]), NULL, NULL, NULL};
+    }
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = 12, o.batch_size = 4, o.grad_accum = 2, o.minmax_tuning = 0;
+    compare_tuners(tag, &c, &w, &plan, &o, mode, tol_loss0, tol_traj, co, go);
+    int bad = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (ar_quant_gguf_store(&plan.spec[i], go[i].wq, nn[i], kk[i], blocks[i])) {
+            printf("     %s: %s\n", ar_linear_names[i], ar_last_error());
+            bad++;
+        }
+        free(co[i].wq), free(go[i].wq), free(blocks[i]);
+        ar_gguf_frozen_free(&fz[i]);
+    }
+    char name[160];
+    snprintf(name, sizeof name, "tuning %s: GPU-tuned weights store exactly", tag);
+    verdict(name, bad, 0, "linears refused");
+    free_weights(&w);
+}
+
+static void test_quant_kinds(void)
+{
+    static const ar_ggml_type types[] = {AR_GGML_Q4_0, AR_GGML_Q4_1, AR_GGML_Q5_0, AR_GGML_Q5_1, AR_GGML_Q8_0,
+                                         AR_GGML_Q2_K, AR_GGML_Q3_K, AR_GGML_Q4_K, AR_GGML_Q5_K, AR_GGML_Q6_K};
+    for (size_t i = 0; i < sizeof types / sizeof *types; i++) {
+        test_kind_gguf(types[i], 64, 512, 0.5f);
+        test_kind_gguf(types[i], 16, 256, 2.0f);   /* large V: many clamped codes */
+    }
+    ar_quant_spec mx4 = {4, 32, 1, AR_QF_BF16, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL};
+    ar_quant_spec mx8 = {8, 32, 1, 0, 0, AR_QDT_MXFP8, 0, 0, NULL, NULL};
+    ar_quant_spec nv4 = {4, 16, 1, AR_QF_BF16, 0, AR_QDT_NVFP4, 0, 0, NULL, NULL};
+    ar_quant_spec nv4g = {4, 16, 1, 0, 2.0f, AR_QDT_NVFP4, 1500.0f, 0, NULL, NULL};
+    ar_quant_spec f8r = {8, -1, 1, 0, 0, AR_QDT_FP8, 0, 0, NULL, NULL};
+    ar_quant_spec f8t = {8, 0, 1, AR_QF_BF16, 0, AR_QDT_FP8, 0, 0, NULL, NULL};
+    ar_quant_spec f8b = {8, 128, 1, AR_QF_BLOCK2D, 0, AR_QDT_FP8, 0, 0, NULL, NULL};
+    test_kind_fp("MXFP4 G32 bf16", mx4, 96, 320);
+    test_kind_fp("MXFP4 G32 short last group", mx4, 32, 200);
+    test_kind_fp("MXFP8 G32", mx8, 96, 320);
+    test_kind_fp("NVFP4 G16 bf16", nv4, 96, 320);
+    test_kind_fp("NVFP4 G16 global scale 1500 hi=2", nv4g, 64, 208);
+    test_kind_fp("FP8 per row", f8r, 64, 600);
+    test_kind_fp("FP8 per tensor bf16", f8t, 200, 300);
+    test_kind_fp("FP8 2-D blocks 128", f8b, 300, 260);
+
+    /* tuning runs: f32 GEMMs (exact products, the int tests' bounds), then
+     * bf16 GEMMs as ar-tune runs (only gross errors) */
+    static const ar_ggml_type q4km[AR_NLINEAR] = {AR_GGML_Q4_K, AR_GGML_Q4_K, AR_GGML_Q6_K, AR_GGML_Q4_K,
+                                                  AR_GGML_Q4_K, AR_GGML_Q4_K, AR_GGML_Q6_K};
+    static const ar_ggml_type q2k[AR_NLINEAR] = {AR_GGML_Q2_K, AR_GGML_Q2_K, AR_GGML_Q3_K, AR_GGML_Q3_K,
+                                                 AR_GGML_Q2_K, AR_GGML_Q2_K, AR_GGML_Q3_K};
+    test_tuning_gguf("gguf Q4_K/Q6_K [f32 GEMMs]", q4km, AR_CUDA_GEMM_F32, 1e-3, 2e-2);
+    test_tuning_gguf("gguf Q2_K/Q3_K [f32 GEMMs]", q2k, AR_CUDA_GEMM_F32, 1e-3, 2e-2);
+    test_tuning_gguf("gguf Q4_K/Q6_K [bf16 GEMMs]", q4km, AR_CUDA_GEMM_BF16, 0.3, 0.5);
+    test_tuning("MXFP4 [f32 GEMMs]", mx4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
+    test_tuning("NVFP4 [f32 GEMMs]", nv4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
+    test_tuning("FP8 per tensor (FPW8A16) [f32 GEMMs]", f8t, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
+    ar_quant_spec f8bb = f8b;
+    f8bb.flags |= AR_QF_BF16;
+    test_tuning("FP8 2-D blocks [f32 GEMMs]", f8bb, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
+    test_tuning("MXFP4 [bf16 GEMMs]", mx4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
+}
+
 /* ---- fast path ---------------------------------------------------------------- */
 
 /* Host copy of x rounded to bf16 (as f32) and its bf16 device copy. */
@@ -946,6 +1193,7 @@ static void run_tests(const char *shared)
     ar_signround_cuda_set_low_mem(1);
     test_tuning("W4G128 [f32 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
     ar_signround_cuda_set_low_mem(0);
+    test_quant_kinds();
     test_nll(shared);
 }
 
