@@ -1,0 +1,243 @@
+# flash_mma_model.py — a CPU model of kernels/flash_mma.cu for review without a
+# GPU: ldmatrix (x4, .trans) and mma.m16n8k16 (bf16 in, f32 accumulate) are
+# emulated lane by lane as the PTX ISA defines their fragments, the kernels'
+# helpers and loops are transcribed one to one, and the results are compared
+# with numpy (tile products for every head_dim the kernels take) and with dense
+# attention (forward, lse, and the backward's dq, dk, dv; causal and a sliding
+# window, T not a multiple of the tile). A failed check raises.
+#   build/venv/bin/python tests/cuda/flash_mma_model.py   (about 5 s)
+# It checks index arithmetic, not the hardware: cuda_check --tests --fast runs
+# the kernels themselves against the CPU.
+import numpy as np
+rng = np.random.default_rng(1)
+
+def ldsm(smem, addrs, trans):
+    # addrs[lane] = flat element index of a row start (8 elements) in smem
+    regs = [[None]*4 for _ in range(32)]
+    for i in range(4):
+        M = np.array([smem[addrs[8*i+r]: addrs[8*i+r]+8] for r in range(8)])
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            regs[lane][i] = (M[2*t][g], M[2*t+1][g]) if trans else (M[g][2*t], M[g][2*t+1])
+    return regs
+
+def mma(c, a, b0, b1):
+    # c[lane] = 4 floats, a[lane] = 4 pairs, b0/b1[lane] = pairs
+    A = np.zeros((16, 16)); B = np.zeros((16, 8)); C = np.zeros((16, 8))
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        A[g, 2*t:2*t+2] = a[lane][0]; A[g+8, 2*t:2*t+2] = a[lane][1]
+        A[g, 2*t+8:2*t+10] = a[lane][2]; A[g+8, 2*t+8:2*t+10] = a[lane][3]
+        B[2*t:2*t+2, g] = b0[lane]; B[2*t+8:2*t+10, g] = b1[lane]
+        C[g, 2*t:2*t+2] = c[lane][0:2]; C[g+8, 2*t:2*t+2] = c[lane][2:4]
+    D = A @ B + C
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        c[lane][0:2] = D[g, 2*t:2*t+2]; c[lane][2:4] = D[g+8, 2*t:2*t+2]
+
+def load_a(X, ld, r0, c0):
+    return ldsm(X, [(r0 + (l & 15)) * ld + c0 + ((l >> 4) << 3) for l in range(32)], False)
+def load_b_nk(X, ld, n0, k0):
+    return ldsm(X, [(n0 + (l & 7) + ((l >> 4) << 3)) * ld + k0 + (((l >> 3) & 1) << 3) for l in range(32)], False)
+def load_b_kn(Y, ld, k0, n0):
+    return ldsm(Y, [(k0 + (l & 7) + (((l >> 3) & 1) << 3)) * ld + n0 + ((l >> 4) << 3) for l in range(32)], True)
+
+def rows_times_tile_t(D, X, r0, Y):
+    LD = D + 8
+    acc = [[np.zeros(4) for _ in range(32)] for _ in range(8)]
+    for kk in range(D // 16):
+        a = load_a(X, LD, r0, 16*kk)
+        for np_ in range(4):
+            b = load_b_nk(Y, LD, 16*np_, 16*kk)
+            mma(acc[2*np_], a, [x[0] for x in b], [x[1] for x in b])
+            mma(acc[2*np_+1], a, [x[2] for x in b], [x[3] for x in b])
+    return acc
+
+def acc_times_tile(D, out, p, Y):
+    LD = D + 8
+    for kk in range(4):
+        a = [[(p[2*kk][l][0], p[2*kk][l][1]), (p[2*kk][l][2], p[2*kk][l][3]),
+              (p[2*kk+1][l][0], p[2*kk+1][l][1]), (p[2*kk+1][l][2], p[2*kk+1][l][3])] for l in range(32)]
+        for dp in range(D // 16):
+            b = load_b_kn(Y, LD, 16*kk, 16*dp)
+            mma(out[2*dp], a, [x[0] for x in b], [x[1] for x in b])
+            mma(out[2*dp+1], a, [x[2] for x in b], [x[3] for x in b])
+
+def gather(acc, ncols):  # acc[n][lane][e] -> 16 x ncols
+    M = np.zeros((16, ncols))
+    for n in range(ncols // 8):
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            M[g, 8*n+2*t:8*n+2*t+2] = acc[n][lane][0:2]; M[g+8, 8*n+2*t:8*n+2*t+2] = acc[n][lane][2:4]
+    return M
+
+for D in (32, 64, 80, 96, 128):
+    LD = D + 8
+    X = rng.standard_normal((64, D)); Y = rng.standard_normal((64, D))
+    def tile(M):
+        s = np.zeros(64 * LD); 
+        for r in range(64): s[r*LD:r*LD+D] = M[r]
+        return s
+    Xs, Ys = tile(X), tile(Y)
+    for w in range(4):
+        acc = rows_times_tile_t(D, Xs, 16*w, Ys)
+        S = gather(acc, 64)
+        ref = X[16*w:16*w+16] @ Y.T
+        assert np.allclose(S, ref), ('S', D, w)
+        out = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+        acc_times_tile(D, out, acc, Ys)
+        O = gather(out, D)
+        assert np.allclose(O, S @ Y), ('O', D, w)
+    print('D', D, 'ok')
+
+# ---- whole kernels (one block each, all warps), vs dense attention ----------------
+def visible(q, k, T, window):
+    return q < T and k < T and k <= q and (window <= 0 or q - k < window)
+
+def load_tile(x, t0, T, D):  # x [T, D] one head
+    LD = D + 8; s = np.zeros(64 * LD)
+    for r in range(64):
+        if t0 + r < T: s[r*LD:r*LD+D] = x[t0 + r]
+    return s
+
+def bf(x):  # round to bf16 (nearest even) as the pack does
+    x = np.asarray(x, dtype=np.float32); u = x.view(np.uint32).astype(np.uint64)
+    u = ((u + 0x7fff + ((u >> 16) & 1)) >> 16) << 16
+    return u.astype(np.uint32).view(np.float32).astype(np.float64)
+
+def acc_times_tile_bf(D, out, p, Y):
+    pb = [[bf(p[n][l]) for l in range(32)] for n in range(8)]
+    acc_times_tile(D, out, pb, Y)
+
+def fwd(q, k, v, T, D, window):
+    scale = 1 / np.sqrt(D); nT = (T + 63) // 64
+    O = np.zeros((T, D)); LSE = np.zeros(T)
+    for i in range(nT):
+        q0 = i * 64; Qs = load_tile(q, q0, T, D)
+        for w in range(4):
+            o = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+            m = np.full((32, 2), -np.inf); l = np.zeros((32, 2))
+            j0 = (q0 - window + 1) // 64 if window > 0 and q0 - window + 1 > 0 else 0
+            for j in range(j0, i + 1):
+                k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
+                s = rows_times_tile_t(D, Qs, 16 * w, Ks)
+                mx = np.full((32, 2), -np.inf)
+                for n in range(8):
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4; row0 = q0 + 16 * w + g
+                        for e in range(4):
+                            key = k0 + 8 * n + 2 * t + (e & 1)
+                            x = s[n][lane][e] * scale if visible(row0 + 8 * (e >> 1), key, T, window) else -np.inf
+                            s[n][lane][e] = x; mx[lane][e >> 1] = max(mx[lane][e >> 1], x)
+                for lane in range(32):  # quad max
+                    base = lane & ~3
+                    for hh in range(2):
+                        qm = max(mx[base + u][hh] for u in range(4))
+                        mn = max(m[lane][hh], qm)
+                        alpha = 0.0 if m[lane][hh] == -np.inf else np.exp(m[lane][hh] - mn)
+                        mu = 0.0 if mn == -np.inf else mn
+                        m[lane][hh] = mn
+                        rs = 0.0
+                        for n in range(8):
+                            for e in (2 * hh, 2 * hh + 1):
+                                pp = 0.0 if s[n][lane][e] == -np.inf else np.exp(s[n][lane][e] - mu)
+                                s[n][lane][e] = pp; rs += pp
+                        l[lane][hh] = l[lane][hh] * alpha + rs
+                        for n in range(D // 8):
+                            o[n][lane][2 * hh] *= alpha; o[n][lane][2 * hh + 1] *= alpha
+                acc_times_tile_bf(D, o, s, Vs)
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                for hh in range(2):
+                    lt = sum(l[(lane & ~3) + u][hh] for u in range(4))
+                    r = q0 + 16 * w + g + 8 * hh
+                    if r >= T: continue
+                    for n in range(D // 8):
+                        O[r, 8 * n + 2 * t] = o[n][lane][2 * hh] / lt; O[r, 8 * n + 2 * t + 1] = o[n][lane][2 * hh + 1] / lt
+                    LSE[r] = m[lane][hh] + np.log(lt)
+    return O, LSE
+
+def dense(q, k, v, T, D, window, dO):
+    scale = 1 / np.sqrt(D)
+    S = q @ k.T * scale
+    mask = np.array([[visible(a, b, T, window) for b in range(T)] for a in range(T)])
+    S = np.where(mask, S, -np.inf); P = np.exp(S - S.max(1, keepdims=True)); P /= P.sum(1, keepdims=True)
+    O = P @ v; dP = dO @ v.T; Dr = (dP * P).sum(1, keepdims=True); dS = P * (dP - Dr) * scale
+    return O, dS @ k, dS.T @ q, P.T @ dO, np.log(np.exp(S - S.max(1, keepdims=True)).sum(1)) + S.max(1)
+
+def bwd(q, k, v, dO, O, LSE, T, D, window):
+    scale = 1 / np.sqrt(D); nT = (T + 63) // 64
+    Drow = (dO * O).sum(1)
+    dq = np.zeros((T, D)); dk = np.zeros((T, D)); dv = np.zeros((T, D))
+    dOb = bf(dO)
+    for j in range(nT):  # kv kernel
+        k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
+        for w in range(4):
+            dK = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+            dV = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+            for i in range(j, nT):
+                q0 = i * 64
+                if window > 0 and q0 - window >= k0 + 63: break
+                Qs = load_tile(q, q0, T, D); dOs = load_tile(dOb, q0, T, D)
+                Ls = [LSE[q0 + c] if q0 + c < T else 0 for c in range(64)]
+                Ds = [Drow[q0 + c] if q0 + c < T else 0 for c in range(64)]
+                p = rows_times_tile_t(D, Ks, 16 * w, Qs)
+                for n in range(8):
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4; key0 = k0 + 16 * w + g
+                        for e in range(4):
+                            c = 8 * n + 2 * t + (e & 1)
+                            p[n][lane][e] = np.exp(p[n][lane][e] * scale - Ls[c]) if visible(q0 + c, key0 + 8 * (e >> 1), T, window) else 0.0
+                acc_times_tile_bf(D, dV, p, dOs)
+                dp = rows_times_tile_t(D, Vs, 16 * w, dOs)
+                for n in range(8):
+                    for lane in range(32):
+                        t = lane % 4
+                        for e in range(4):
+                            dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
+                acc_times_tile_bf(D, dK, dp, Qs)
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                for hh in range(2):
+                    r = k0 + 16 * w + g + 8 * hh
+                    if r >= T: continue
+                    for n in range(D // 8):
+                        for u in range(2):
+                            dk[r, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[r, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+    for i in range(nT):  # q kernel
+        q0 = i * 64; Qs = load_tile(q, q0, T, D); dOs = load_tile(dOb, q0, T, D)
+        for w in range(4):
+            dQ = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+            j0 = (q0 - window + 1) // 64 if window > 0 and q0 - window + 1 > 0 else 0
+            for j in range(j0, i + 1):
+                k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
+                p = rows_times_tile_t(D, Qs, 16 * w, Ks); dp = rows_times_tile_t(D, dOs, 16 * w, Vs)
+                for n in range(8):
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        for e in range(4):
+                            hh = e >> 1; r = q0 + 16 * w + g + 8 * hh; key = k0 + 8 * n + 2 * t + (e & 1)
+                            L = LSE[r] if r < T else 0; Dd = Drow[r] if r < T else 0
+                            pv = np.exp(p[n][lane][e] * scale - L) if visible(r, key, T, window) else 0.0
+                            dp[n][lane][e] = pv * (dp[n][lane][e] - Dd) * scale
+                acc_times_tile_bf(D, dQ, dp, Ks)
+            for lane in range(32):
+                g, t = lane // 4, lane % 4
+                for hh in range(2):
+                    r = q0 + 16 * w + g + 8 * hh
+                    if r >= T: continue
+                    for n in range(D // 8):
+                        for u in range(2): dq[r, 8 * n + 2 * t + u] += dQ[n][lane][2 * hh + u]
+    return dq, dk, dv
+
+for (T, D, window) in [(70, 32, 0), (130, 32, 40)]:
+    q, k, v, dO = (bf(rng.standard_normal((T, D))) for _ in range(4))
+    O, LSE = fwd(q, k, v, T, D, window)
+    rO, rdq, rdk, rdv, rlse = dense(q, k, v, T, D, window, dO)
+    rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
+    print('T', T, 'D', D, 'w', window, 'fwd', rel(O, rO), 'lse', rel(LSE, rlse))
+    assert rel(O, rO) < 2e-2 and rel(LSE, rlse) < 1e-6, 'forward'
+    dq, dk, dv = bwd(q, k, v, dO, O, LSE, T, D, window)
+    print('   bwd dq', rel(dq, rdq), 'dk', rel(dk, rdk), 'dv', rel(dv, rdv))
+    assert max(rel(dq, rdq), rel(dk, rdk), rel(dv, rdv)) < 5e-2, 'backward'
+print('flash_mma model: all checks passed')
