@@ -11,6 +11,10 @@
 #      iterations), ar-pack --format fake, ar-eval on heldout.txt (512 x 200
 #      windows, GPU); pass when PPL <= 39.00 (W4A16) and <= 42.8 (W2A16G64);
 #      wall time of calibration + tuning against 1/3 of AutoRound's 42.2 s.
+#   4. GGUF SignRound on the GPU (issue #8): gguf:q4_k_m and gguf:q2_k with
+#      --iters ITERS (frozen imatrix scales, rounding tuned on the GPU) against
+#      the same mix without tuning (--iters 0, llama.cpp's imatrix search);
+#      pass when the tuned file's PPL is at most 2% above the untuned one's.
 # The report goes to stdout and, when OUT is set, to $OUT/report.txt (written
 # as it goes, so a timeout still leaves what ran). Exit status 1 when a test
 # or an accuracy threshold fails.
@@ -94,6 +98,23 @@ for spec in W4A16:39.00 W2A16G64:42.8; do
   [ "$verdict" = PASS ] || status=1
   say "$verdict $scheme $ITERS iters: ppl ${ppl:-none} (limit $limit)  tune ${t_tune}s, calib+tune ${total}s" \
       "(target <= 14.1s = 42.2s/3 for W4A16)"
+done
+say "== 4. GGUF SignRound (tuning on $DEV) against the untuned imatrix mix"
+for mix in q4_k_m q2_k; do
+  t0=$(now)
+  run_step 300 "ar-tune gguf:$mix" "$AR_BIN/ar-tune" -i "$work/calib.ars" --model "$M" --scheme "gguf:$mix" \
+    --iters "$ITERS" --device "$DEV" -o "$work/$mix.ars" --verbose
+  t_tune=$(secs "$t0" "$(now)")
+  run_step 300 "ar-tune gguf:$mix --iters 0" "$AR_BIN/ar-tune" -i "$work/calib.ars" --model "$M" \
+    --scheme "gguf:$mix" --iters 0 --device "$DEV" -o "$work/$mix-0.ars" --quiet
+  run_step 120 "ar-pack gguf:$mix" "$AR_BIN/ar-pack" -i "$work/$mix.ars" --format "gguf:$mix" -o "$work/$mix.gguf"
+  run_step 120 "ar-pack gguf:$mix untuned" "$AR_BIN/ar-pack" -i "$work/$mix-0.ars" --format "gguf:$mix" \
+    -o "$work/$mix-0.gguf"
+  ppl=$(ppl_of "$work/$mix.gguf")
+  ppl0=$(ppl_of "$work/$mix-0.gguf")
+  verdict=$(awk -v p="${ppl:-999}" -v r="${ppl0:-0}" 'BEGIN { print (p != "" && r > 0 && p <= 1.02 * r) ? "PASS" : "FAIL" }')
+  [ "$verdict" = PASS ] || status=1
+  say "$verdict gguf:$mix $ITERS iters: ppl ${ppl:-none} vs untuned ${ppl0:-none} (limit +2%)  tune ${t_tune}s"
 done
 say "== done: $([ $status = 0 ] && echo all passed || echo FAILURES)"
 exit $status
