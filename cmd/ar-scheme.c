@@ -22,12 +22,16 @@ static const char usage[] =
     "usage: ar-scheme --avg_bits X [-i CALIB|-] [-o FILE] [--model DIR] [--options W2A16G64,W4A16]\n"
     "                 [--shared_layers PAT,PAT,...]... [--ignore_scale_zp_bits] [--quant_lm_head]\n"
     "                 [--nsamples 16] [--seqlen 256] [--batch_size 8] [--max_states N]\n"
-    "                 [--emit_config FILE.json] [--threads N] [--quiet|--verbose|--progress]\n"
+    "                 [--emit_config FILE.json] [--always_weight_score] [--threads N]\n"
+    "                 [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i), scores every Linear under each option, picks\n"
     "one option per layer for the target average bits, and writes the stream through unchanged\n"
     "with an extra META record carrying the layer config (ar-tune applies it) to stdout or -o FILE.\n"
     "--shared_layers: one group of names or regexes that must share an option (block by block);\n"
-    "repeat the flag for several groups. --emit_config also writes the --layer_config JSON.\n";
+    "repeat the flag for several groups. --emit_config also writes the --layer_config JSON.\n"
+    "Scores: Σ|dL/dŴ·(W−Ŵ)| when some option is weight-only (bits <= 8 < act_bits), plus\n"
+    "Σ|dL/dx̂·(x−x̂)| for options that quantize activations (MXFP4, NVFP4, INT8, ...);\n"
+    "--always_weight_score: the weight term for every option (auto-round 0.16's rule).\n";
 
 #define MAX_SHARED 64
 
@@ -36,7 +40,7 @@ typedef struct {
     const char *shared[MAX_SHARED];
     int nshared;
     double avg_bits;
-    int ignore_scale_zp, quant_lm_head, nsamples, seqlen, batch_size;
+    int ignore_scale_zp, quant_lm_head, nsamples, seqlen, batch_size, always_weight;
     long max_states, threads;
 } scheme_args;
 
@@ -72,6 +76,7 @@ static scheme_args parse_args(int argc, char **argv)
         }
         else if (flag(s, "--ignore_scale_zp_bits")) a.ignore_scale_zp = 1;
         else if (flag(s, "--quant_lm_head")) a.quant_lm_head = 1;
+        else if (flag(s, "--always_weight_score")) a.always_weight = 1;
         else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--batch_size"))) a.batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16);
@@ -215,6 +220,7 @@ static char *meta_json(const scheme_args *a, const ar_autoscheme_result *res, co
     for (int j = 0; j < res->nopt; j++) cJSON_AddItemToArray(opts, cJSON_CreateString(res->options[j].name));
     cJSON_AddItemToObject(m, "options", opts);
     cJSON_AddBoolToObject(m, "ignore_scale_zp_bits", a->ignore_scale_zp);
+    cJSON_AddBoolToObject(m, "weight_score", (res->terms & AR_AS_WEIGHT_TERM) != 0);
     cJSON_AddNumberToObject(m, "nsamples", n);
     cJSON_AddNumberToObject(m, "seqlen", T);
     cJSON *lc = cJSON_Parse(lc_json);
@@ -248,6 +254,9 @@ static void report(const ar_config *c, const ar_autoscheme_result *r, const sche
         }
     fprintf(stderr, "ar-scheme: avg bits %.4f (target %.4f, options range [%.4f, %.4f]), %lld of %lld budget bits\n",
             r->avg_bits, a->avg_bits, r->min_avg, r->max_avg, (long long)r->used_bits, (long long)r->budget);
+    fprintf(stderr, "ar-scheme: scores: %s%s%s\n", r->terms & AR_AS_WEIGHT_TERM ? "weight" : "",
+            r->terms == (AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM) ? " + " : "",
+            r->terms & AR_AS_ACT_TERM ? "activation (options that quantize activations)" : "");
     fprintf(stderr, "ar-scheme: search %.2fs (scoring %.2fs, allocation %.3fs)\n",
             r->score_seconds + r->dp_seconds, r->score_seconds, r->dp_seconds);
     free(count);
@@ -287,7 +296,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "ar-scheme: scoring %d options on %d samples of %d tokens\n", nopt, n, T);
     double t0 = cli_now();
     ar_autoscheme_opts o = {a.avg_bits, options, nopt, a.shared, a.nshared, a.ignore_scale_zp,
-                            a.quant_lm_head, a.batch_size, a.max_states, on_progress, &t0};
+                            a.quant_lm_head, a.batch_size, a.max_states, on_progress, &t0, a.always_weight};
     ar_autoscheme_result res;
     if (ar_autoscheme_run(m, ids, n, T, &o, &res)) cli_die_lib();
     char *lc = ar_autoscheme_layer_config_json(c, &res);

@@ -4,6 +4,7 @@
 #include "ops.h"
 #include "quant.h"
 #include "quant_fp.h"
+#include "signround.h"
 
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <cblas.h>
@@ -156,6 +157,9 @@ typedef struct {
     ar_model *m;
     const ar_config *c;
     ar_quant_spec qs;
+    int has_act;                    /* the option quantizes activations (with act) */
+    ar_act_spec act;
+    unsigned terms;                 /* AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM in effect */
     const unsigned char *cand;
     int B, T, L, C, V;
     ar_block_weights wfp, wq;       /* wq: norms/biases borrowed from wfp, w[i] own or borrowed */
@@ -163,6 +167,8 @@ typedef struct {
     ar_block_acts *acts;            /* [L] */
     ar_block_work ws;
     float *x, *xn, *rstd, *logits, *dx, *dy, *dW[AR_NLINEAR];
+    float *dxin[AR_NLINEAR], *xhat;  /* activation term: dL/dx̂ per linear [BT, K], x̂ scratch [BT, kmax] */
+    float *xnq;                     /* head input x̂n when the head quantizes it, else xn */
     float *norm_w, *head, *head_q, *dhead;   /* head_q: Ĥ when the head is a candidate, else head */
 } score_ctx;
 
@@ -175,7 +181,9 @@ static float *alloc_floats(size_t n, int *fail)
 
 static void score_ctx_free(score_ctx *s)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) { free(s->qbuf[i]); free(s->dW[i]); }
+    for (int i = 0; i < AR_NLINEAR; i++) { free(s->qbuf[i]); free(s->dW[i]); free(s->dxin[i]); }
+    free(s->xhat);
+    if (s->xnq != s->xn) free(s->xnq);
     for (int l = 0; s->acts && l < s->L; l++) ar_block_acts_free(&s->acts[l]);
     free(s->acts);
     ar_block_weights_free(&s->wfp);
@@ -191,12 +199,27 @@ static int head_is_candidate(const score_ctx *s)
     return s->cand[s->L * AR_NLINEAR] && !s->c->tie_embeddings;
 }
 
-static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, const unsigned char *cand,
-                          int B, int T)
+/* The activation-term buffers: dL/dx̂ per linear and one x̂ scratch. */
+static void alloc_act_term(score_ctx *s, size_t BT, int *fail)
+{
+    int kmax = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(s->c, i, &n, &k);
+        s->dxin[i] = alloc_floats(BT * k, fail);
+        kmax = k > kmax ? k : kmax;
+    }
+    s->xhat = alloc_floats(BT * (kmax > s->C ? kmax : s->C), fail);
+}
+
+static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, const ar_act_spec *act,
+                          unsigned terms, const unsigned char *cand, int B, int T)
 {
     const ar_config *c = ar_model_config(m);
     memset(s, 0, sizeof *s);
     s->m = m, s->qs = *qs, s->c = c, s->cand = cand, s->B = B, s->T = T;
+    if (act) s->has_act = 1, s->act = *act;
+    s->terms = terms & (s->has_act ? ~0u : ~(unsigned)AR_AS_ACT_TERM);
     s->L = c->n_layers, s->C = c->hidden, s->V = c->vocab;
     size_t BT = (size_t)B * T;
     int fail = 0;
@@ -215,6 +238,9 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
     s->rstd = alloc_floats(BT, &fail), s->logits = alloc_floats(BT * s->V, &fail);
     s->norm_w = alloc_floats((size_t)s->C, &fail);
     s->head = alloc_floats((size_t)s->V * s->C, &fail);
+    if (s->terms & AR_AS_ACT_TERM) alloc_act_term(s, BT, &fail);
+    s->xnq = s->xn;
+    if (s->has_act && head_is_candidate(s)) s->xnq = alloc_floats(BT * s->C, &fail);
     if (fail) return ar_error("autoscheme: out of memory for a batch of %d x %d tokens", B, T);
     const char *hn = c->tie_embeddings ? "model.embed_tokens.weight" : "lm_head.weight";
     if (ar_model_read_tensor(m, "model.norm.weight", 0, s->C, s->norm_w) ||
@@ -228,11 +254,15 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
     return ar_quant_forward(&s->qs, s->head, s->V, s->C, NULL, &o);
 }
 
-/* Load block l and build wq: candidates fake-quantized, the rest borrowed. */
+/* Load block l and build wq: candidates fake-quantized, the rest borrowed;
+ * with an activation option the candidates' inputs are quantized too (the
+ * workspace is shared by all blocks, so this is set per block, forward and
+ * backward alike). */
 static int load_block(score_ctx *s, int l)
 {
     if (ar_model_load_block(s->m, l, &s->wfp)) return -1;
     s->wq = s->wfp;
+    const ar_act_spec *aq[AR_NLINEAR] = {0};
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!s->cand[l * AR_NLINEAR + i]) continue;
         int n, k;
@@ -240,8 +270,9 @@ static int load_block(score_ctx *s, int l)
         ar_quant_out o = {s->qbuf[i], NULL, NULL, NULL};
         if (ar_quant_forward(&s->qs, s->wfp.w[i], n, k, NULL, &o)) return -1;
         s->wq.w[i] = s->qbuf[i];
+        if (s->has_act) aq[i] = &s->act;
     }
-    return 0;
+    return ar_block_set_act_quant(&s->ws, aq);
 }
 
 /* Config of block l: Qwen's first max_window_layers layers see the full context. */
@@ -281,6 +312,17 @@ static double delta_loss(const float *g, const float *w, const float *wq, size_t
     return s;
 }
 
+/* The activation term Σ |g ⊙ (x − x̂)| of one linear input x [rows, k] with
+ * g = dL/dx̂, x̂ made here in scratch. -1 when the quantizer fails. */
+static int act_delta(const score_ctx *s, const float *g, const float *x, long rows, int k, float *scratch,
+                     double *score)
+{
+    memcpy(scratch, x, sizeof(float) * rows * k);
+    if (ar_act_quant(&s->act, scratch, rows, k)) return -1;
+    *score += delta_loss(g, x, scratch, (size_t)rows * k);
+    return 0;
+}
+
 static int forward_batch(score_ctx *s, const int32_t *ids)
 {
     long BT = (long)s->B * s->T;
@@ -291,7 +333,11 @@ static int forward_batch(score_ctx *s, const int32_t *ids)
             ar_block_forward_train(&cl, &s->wq, s->x, s->x, s->B, s->T, &s->ws, &s->acts[l])) return -1;
     }
     ar_rmsnorm_forward(s->xn, s->rstd, s->x, s->norm_w, (int)BT, s->C, s->c->rms_eps);
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)BT, s->V, s->C, 1.0f, s->xn, s->C,
+    if (s->xnq != s->xn) {     /* a candidate head quantizes its input as well */
+        memcpy(s->xnq, s->xn, sizeof(float) * BT * s->C);
+        if (ar_act_quant(&s->act, s->xnq, BT, s->C)) return -1;
+    }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)BT, s->V, s->C, 1.0f, s->xnq, s->C,
                 s->head_q, s->C, 0.0f, s->logits, s->V);
     return 0;
 }
@@ -304,37 +350,43 @@ static int backward_batch(score_ctx *s, double *score)
     /* dxn = dlogits · Ĥ, into dy; then through the final norm into dx */
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)BT, s->C, s->V, 1.0f, s->logits, s->V,
                 s->head_q, s->C, 0.0f, s->dy, s->C);
-    if (head_is_candidate(s)) {
+    if (head_is_candidate(s) && (s->terms & AR_AS_WEIGHT_TERM)) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->V, s->C, (int)BT, 1.0f, s->logits, s->V,
-                    s->xn, s->C, 0.0f, s->dhead, s->C);
+                    s->xnq, s->C, 0.0f, s->dhead, s->C);
         score[s->L * AR_NLINEAR] += delta_loss(s->dhead, s->head, s->head_q, (size_t)s->V * s->C);
     }
+    if (head_is_candidate(s) && (s->terms & AR_AS_ACT_TERM))   /* s->dy is dL/dx̂n (straight-through) */
+        score[s->L * AR_NLINEAR] += delta_loss(s->dy, s->xn, s->xnq, (size_t)BT * s->C);
     memset(s->dx, 0, act);
     ar_rmsnorm_backward(s->dx, NULL, s->dy, s->x, s->norm_w, s->rstd, (int)BT, s->C);
     for (int l = s->L - 1; l >= 0; l--) {
         float *tmp = s->dy; s->dy = s->dx; s->dx = tmp;   /* dy: gradient at this block's output */
         if (load_block(s, l)) return -1;
-        float *dW[AR_NLINEAR];
+        float *dW[AR_NLINEAR], *dxin[AR_NLINEAR];
         for (int i = 0; i < AR_NLINEAR; i++) {
-            int n, k;
+            int n, k, cand = s->cand[l * AR_NLINEAR + i];
             ar_linear_shape(s->c, i, &n, &k);
-            dW[i] = s->cand[l * AR_NLINEAR + i] ? s->dW[i] : NULL;
+            dW[i] = cand && (s->terms & AR_AS_WEIGHT_TERM) ? s->dW[i] : NULL;
+            dxin[i] = cand && (s->terms & AR_AS_ACT_TERM) ? s->dxin[i] : NULL;
             if (dW[i]) memset(dW[i], 0, sizeof(float) * n * k);
+            if (dxin[i]) memset(dxin[i], 0, sizeof(float) * BT * k);
         }
         if (l > 0) memset(s->dx, 0, act);
         ar_config cl = layer_config(s->c, l);
-        if (ar_block_backward(&cl, &s->wq, &s->acts[l], s->dy, dW, l > 0 ? s->dx : NULL, &s->ws)) return -1;
+        if (ar_block_backward_inputs(&cl, &s->wq, &s->acts[l], s->dy, dW, l > 0 ? s->dx : NULL, dxin, &s->ws))
+            return -1;
         for (int i = 0; i < AR_NLINEAR; i++) {
-            if (!dW[i]) continue;
             int n, k;
             ar_linear_shape(s->c, i, &n, &k);
-            score[l * AR_NLINEAR + i] += delta_loss(dW[i], s->wfp.w[i], s->wq.w[i], (size_t)n * k);
+            double *sc = &score[l * AR_NLINEAR + i];
+            if (dW[i]) *sc += delta_loss(dW[i], s->wfp.w[i], s->wq.w[i], (size_t)n * k);
+            if (dxin[i] && act_delta(s, dxin[i], ar_block_acts_input(&s->acts[l], i), BT, k, s->xhat, sc)) return -1;
         }
     }
     return 0;
 }
 
-int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *candidate,
+int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *candidate, unsigned terms,
                         const int32_t *ids, int nseq, int T, int batch_size, double *score,
                         double *mean_loss, ar_as_progress_fn progress, void *pctx)
 {
@@ -343,12 +395,16 @@ int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *
     int B = batch_size < nseq ? batch_size : nseq;
     score_ctx s;
     ar_quant_spec qs;
+    ar_act_spec act;
     if (spec_of(opt, &qs)) return -1;
+    int has_act = ar_act_spec_from_scheme(opt, 0, &act);
+    if (has_act < 0)
+        return ar_error("autoscheme: option %s: %s", opt->name[0] ? opt->name : "custom", ar_last_error());
     int rc = -1, nb = (nseq + B - 1) / B;
     double loss_sum = 0;
     char what[64];
     snprintf(what, sizeof what, "score %s", opt->name[0] ? opt->name : "option");
-    if (score_ctx_init(&s, m, &qs, candidate, B, T)) goto out;
+    if (score_ctx_init(&s, m, &qs, has_act ? &act : NULL, terms, candidate, B, T)) goto out;
     for (int b0 = 0, bi = 0; b0 < nseq; b0 += B, bi++) {
         /* a short last batch reuses the capacity of a full one */
         s.B = nseq - b0 < B ? nseq - b0 : B;
@@ -564,17 +620,29 @@ out:
     return rc;
 }
 
+unsigned ar_autoscheme_terms(const ar_scheme *options, int nopt, int always_weight_term)
+{
+    unsigned terms = AR_AS_ACT_TERM;
+    for (int j = 0; j < nopt; j++)
+        if (always_weight_term || (options[j].bits <= 8 && options[j].act_bits > 8)) terms |= AR_AS_WEIGHT_TERM;
+    return terms;
+}
+
 static int score_all(ar_model *m, const int32_t *ids, int nseq, int T, const ar_autoscheme_opts *o,
                      ar_autoscheme_result *r, const unsigned char *cand)
 {
     double *one = malloc(sizeof(double) * r->nslots);
     if (!one) return ar_error("autoscheme: out of memory");
     double t0 = now_seconds();
+    r->terms = ar_autoscheme_terms(r->options, r->nopt, o->always_weight_term);
     for (int j = 0; j < r->nopt; j++) {
         if (!ar_scheme_quantized(&r->options[j])) continue;   /* BF16: score 0 */
         memset(one, 0, sizeof(double) * r->nslots);
-        if (ar_autoscheme_score(m, &r->options[j], cand, ids, nseq, T, o->batch_size > 0 ? o->batch_size : 8,
-                                one, NULL, o->progress, o->pctx)) { free(one); return -1; }
+        if (ar_autoscheme_score(m, &r->options[j], cand, r->terms, ids, nseq, T,
+                                o->batch_size > 0 ? o->batch_size : 8, one, NULL, o->progress, o->pctx)) {
+            free(one);
+            return -1;
+        }
         for (int s = 0; s < r->nslots; s++) r->score[(size_t)s * r->nopt + j] = one[s];
     }
     r->score_seconds = now_seconds() - t0;

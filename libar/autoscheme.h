@@ -7,7 +7,9 @@
  *  - ar_layer_bits: AutoRound's compute_layer_bits, quirks included;
  *  - ar_autoscheme_dp: the exact allocation over cumulative bits;
  *  - ar_autoscheme_score: one option's first-order "delta loss"
- *    Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| per Linear from full-model causal-LM backward passes;
+ *    Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| + Σ |∂L/∂x̂ ⊙ (x − x̂)| per Linear from full-model
+ *    causal-LM backward passes (the second term for options that quantize
+ *    activations);
  *  - ar_autoscheme_run: all of it over a model and calibration token ids.
  *
  * Layer indices: block Linears are l·AR_NLINEAR + i (i in block.h's order),
@@ -48,15 +50,34 @@ int ar_autoscheme_dp(int nitems, int nopt, const int64_t *bits, const double *lo
 /* Progress callback: what ("score W2A16G64"), step i of n. */
 typedef void (*ar_as_progress_fn)(void *ctx, const char *what, int i, int n, double loss);
 
+/* Terms of the delta-loss score (spec §5.2 step 3). */
+enum {
+    AR_AS_WEIGHT_TERM = 1u << 0,    /* Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| */
+    AR_AS_ACT_TERM = 1u << 1,       /* Σ |∂L/∂x̂ ⊙ (x − x̂)| (options with act_bits <= 8 only) */
+};
+
+/* The terms a run over options[nopt] scores with, as spec §5.2 says: the
+ * activation term for options that quantize activations, the weight term
+ * only when some option is weight-only (bits <= 8 < act_bits), so a run of
+ * MXFP4/MXFP8/NVFP4 options alone ranks layers by their activation error
+ * (with quantized weights in the forward). always_weight_term adds the
+ * weight term in every case, as auto-round 0.16 does. */
+unsigned ar_autoscheme_terms(const ar_scheme *options, int nopt, int always_weight_term);
+
 /* Score one option: every slot with candidate[slot] != 0 is fake-quantized
- * with opt by RTN (no tuning), the model runs on nseq sequences of T tokens
- * (ids [nseq, T]) in batches of batch_size with the mean next-token
- * cross-entropy of each batch as loss, and after each batch's backward
- * score[slot] += Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| for each candidate. Activations of all
- * blocks of one batch are held (about 40·B·T·(C + F) bytes per block plus the
- * attention matrices). *mean_loss (may be NULL) gets the average batch loss.
- * The head slot is scored only when the head is not tied. 0 or -1 (ar_error). */
-int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *candidate,
+ * with opt by RTN (no tuning) and, when opt quantizes activations, reads its
+ * input through opt's activation quantizer (dynamic: no calibrated maximum);
+ * the model runs on nseq sequences of T tokens (ids [nseq, T]) in batches of
+ * batch_size with the mean next-token cross-entropy of each batch as loss,
+ * and after each batch's backward, for each candidate, score[slot] +=
+ * Σ |∂L/∂Ŵ ⊙ (W − Ŵ)| (with AR_AS_WEIGHT_TERM in terms) and
+ * Σ |∂L/∂x̂ ⊙ (x − x̂)| over its own quantized input x̂ (AR_AS_ACT_TERM, for an
+ * activation option). The backward through activation quantizers is
+ * straight-through. Activations of all blocks of one batch are held (about
+ * 40·B·T·(C + F) bytes per block plus the attention matrices). *mean_loss
+ * (may be NULL) gets the average batch loss. The head slot is scored only
+ * when the head is not tied. 0 or -1 (ar_error). */
+int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *candidate, unsigned terms,
                         const int32_t *ids, int nseq, int T, int batch_size, double *score,
                         double *mean_loss, ar_as_progress_fn progress, void *pctx);
 
@@ -73,6 +94,7 @@ typedef struct {
     long max_states;            /* DP cap, <= 0 none */
     ar_as_progress_fn progress;
     void *pctx;
+    int always_weight_term;     /* see ar_autoscheme_terms; 0: the spec's rule */
 } ar_autoscheme_opts;
 
 /* What ar_autoscheme_run decided. Arrays have AR_AS_NSLOTS(c) entries. */
@@ -86,6 +108,7 @@ typedef struct {
     int64_t budget, used_bits, total_params;
     double min_avg, max_avg, avg_bits;  /* feasible range and achieved average */
     double dp_seconds, score_seconds;
+    unsigned terms;             /* AR_AS_* the scores were made with */
 } ar_autoscheme_result;
 
 /* Whole AutoScheme over m with calibration ids [nseq, T]: candidates are the

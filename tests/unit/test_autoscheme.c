@@ -179,7 +179,7 @@ Test(autoscheme, scores_match_pytorch_autograd)
         ar_scheme s = preset(opts[o]);
         memset(score, 0, sizeof(double) * ns);
         double loss;
-        cr_assert_eq(ar_autoscheme_score(m, &s, cand, ids, B, T, 2, score, &loss, NULL, NULL), 0, "%s",
+        cr_assert_eq(ar_autoscheme_score(m, &s, cand, AR_AS_WEIGHT_TERM, ids, B, T, 2, score, &loss, NULL, NULL), 0, "%s",
                      ar_last_error());
         cJSON *want = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "scores"), opts[o]);
         cJSON *losses = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "losses"), opts[o]);
@@ -200,6 +200,57 @@ Test(autoscheme, scores_match_pytorch_autograd)
     cJSON_Delete(ref);
 }
 
+/* MXFP4 (weights and activations): the activation term alone, and both
+ * terms, against PyTorch autograd with AutoRound's quant_mx made
+ * straight-through on each linear's own input (make_scores.py). The
+ * tolerance is 2 %: a 1-ulp change of the inputs moves an element across an
+ * FP4 rounding boundary here and there, which moves these sums by up to
+ * ~1 % in PyTorch itself (measured: 1e-7 relative noise on the inputs, 0.1-0.4 %);
+ * the loss agrees to 1e-3. */
+Test(autoscheme, activation_scores_match_pytorch_autograd)
+{
+    cJSON *ref = load_json("tests/fixtures/autoscheme/stories260K_scores.json");
+    ar_model *m = open_stories();
+    const ar_config *c = ar_model_config(m);
+    enum { B = 4, T = 32 };
+    int32_t ids[B * T];
+    for (int b = 0; b < B; b++)
+        for (int t = 0; t < T; t++) ids[b * T + t] = (131 * b + 17 * t + 7) % 512;
+    int ns = AR_AS_NSLOTS(c);
+    unsigned char *cand = calloc((size_t)ns, 1);
+    double *act = calloc((size_t)ns, sizeof *act), *both = calloc((size_t)ns, sizeof *both);
+    for (int l = 0; l < c->n_layers; l++)
+        for (int i = AR_Q; i <= AR_O; i++) cand[l * AR_NLINEAR + i] = 1;
+    ar_scheme s = preset("MXFP4");
+    double loss;
+    cr_assert_eq(ar_autoscheme_score(m, &s, cand, AR_AS_ACT_TERM, ids, B, T, 2, act, &loss, NULL, NULL), 0, "%s",
+                 ar_last_error());
+    cr_assert_eq(ar_autoscheme_score(m, &s, cand, AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM, ids, B, T, 2, both, NULL, NULL,
+                                     NULL), 0, "%s", ar_last_error());
+    cJSON *losses = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "losses"), "MXFP4");
+    double ref_loss = (cJSON_GetArrayItem(losses, 0)->valuedouble + cJSON_GetArrayItem(losses, 1)->valuedouble) / 2;
+    cr_assert(fabs(loss - ref_loss) < 1e-3 * ref_loss, "MXFP4 loss %g, torch %g", loss, ref_loss);
+    cJSON *wref = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "scores"), "MXFP4");
+    cJSON *aref = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "act_scores"), "MXFP4");
+    for (int slot = 0; slot < ns; slot++) {
+        char name[128];
+        ar_autoscheme_slot_name(c, slot, name, sizeof name);
+        if (!cand[slot]) { cr_assert(act[slot] == 0 && both[slot] == 0, "%s scored", name); continue; }
+        double a = cJSON_GetObjectItem(aref, name)->valuedouble, w = cJSON_GetObjectItem(wref, name)->valuedouble;
+        cr_assert(a > 0 && w > 0, "%s: empty reference", name);
+        cr_assert(fabs(act[slot] - a) < 2e-2 * a, "%s activation term %.6g, torch %.6g", name, act[slot], a);
+        cr_assert(fabs(both[slot] - (a + w)) < 2e-2 * (a + w), "%s both terms %.6g, torch %.6g", name, both[slot], a + w);
+    }
+    /* the spec's rule: the weight term only when some option is weight-only */
+    ar_scheme mx[2] = {preset("MXFP4"), preset("MXFP8")}, mixed[2] = {preset("MXFP4"), preset("W4A16")};
+    cr_assert_eq(ar_autoscheme_terms(mx, 2, 0), AR_AS_ACT_TERM);
+    cr_assert_eq(ar_autoscheme_terms(mx, 2, 1), AR_AS_ACT_TERM | AR_AS_WEIGHT_TERM);
+    cr_assert_eq(ar_autoscheme_terms(mixed, 2, 0), AR_AS_ACT_TERM | AR_AS_WEIGHT_TERM);
+    free(cand); free(act); free(both);
+    ar_model_close(m);
+    cJSON_Delete(ref);
+}
+
 /* ar_autoscheme_run on stories260K, 4 x 32 synthetic tokens. */
 static int run_stories(ar_model *m, double avg, const char *const *shared_groups, int nshared,
                        ar_autoscheme_result *r)
@@ -208,7 +259,7 @@ static int run_stories(ar_model *m, double avg, const char *const *shared_groups
     static int32_t ids[B * T];
     for (int i = 0; i < B * T; i++) ids[i] = (37 * i + 5) % 512;
     ar_scheme opts[3] = {preset("W2A16G64"), preset("W4A16"), preset("w4a16")};
-    ar_autoscheme_opts o = {avg, opts, 3, shared_groups, nshared, 0, 0, 2, 0, NULL, NULL};
+    ar_autoscheme_opts o = {avg, opts, 3, shared_groups, nshared, 0, 0, 2, 0, NULL, NULL, 0};
     return ar_autoscheme_run(m, ids, B, T, &o, r);
 }
 
