@@ -281,6 +281,11 @@ long ar_cuda_flash_backward_scratch(int B, int T, int NH, int HD);
 int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
                            const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
                            int NH, int NKV, int HD, int window);
+/* The same, WRITING dq, dk, dv (rows < T of each sequence) instead of adding
+ * to them: spares the caller zeroing them first. */
+int ar_cuda_flash_backward_write(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
+                                 const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B,
+                                 int T, int NH, int NKV, int HD, int window);
 
 /* ---- staged host-to-device copies (--low_gpu_mem_usage) -------------------
  * Copies from host memory run on a second stream into one of two device

@@ -56,13 +56,17 @@ void ar_cuda_swiglu_forward_bf16(uint16_t *out, const float *gate, const float *
     if (n > 0) k_swiglu_fwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)out, gate, up, n);
 }
 
+/* Inputs are n = rows x F contiguous; output row r starts at r·ld (ld = F:
+ * contiguous; the fast block writes dgate and dup side by side, ld = 2F, so
+ * one GEMM over K = 2F gives their input gradient). */
 __global__ void k_swiglu_bwd_bf16(bf16 *dgate, bf16 *dup, const float *dout, const float *gate, const float *up,
-                                  long n)
+                                  long n, long F, long ld)
 {
     for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
         float g = gate[i], sg = 1.0f / (1.0f + expf(-g));
-        dgate[i] = __float2bfloat16_rn(dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg)));
-        dup[i] = __float2bfloat16_rn(dout[i] * g * sg);
+        long o = ld == F ? i : i / F * ld + i % F;
+        dgate[o] = __float2bfloat16_rn(dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg)));
+        dup[o] = __float2bfloat16_rn(dout[i] * g * sg);
     }
 }
 
@@ -70,7 +74,16 @@ void ar_cuda_swiglu_backward_bf16(uint16_t *dgate, uint16_t *dup, const float *d
                                   const float *up, long n)
 {
     if (n > 0)
-        k_swiglu_bwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)dgate, (bf16 *)dup, dout, gate, up, n);
+        k_swiglu_bwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)dgate, (bf16 *)dup, dout, gate, up, n, n, n);
+}
+
+/* dgu [R, 2F] (bf16) = [dgate | dup] of R rows of F. */
+static void swiglu_backward_rows(uint16_t *dgu, const float *dout, const float *gate, const float *up, long R, long F)
+{
+    long n = R * F;
+    if (n > 0)
+        k_swiglu_bwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)dgu, (bf16 *)dgu + F, dout, gate, up, n, F,
+                                                                  2 * F);
 }
 
 /* ops.cu's k_rope, reading x and writing the rotated pair to dst in bf16. */
@@ -127,11 +140,11 @@ struct ar_cuda_fast_work {
     int B, T, train;
     int lastB, lastT;
     float *cos_t, *sin_t;
-    uint16_t *wb[7]; /* bf16 copies of the weights, refreshed by every forward */
+    uint16_t *wb[7]; /* bf16 copies of the weights, refreshed by every forward; one block, in order */
     float *x, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *ao, *lse, *h, *rstd2, *gate, *up;
     uint16_t *ln1b, *qb, *kb, *vb, *aob, *ln2b, *actb;
     float *dh, *dact, *dln, *dao, *dq, *dk, *dv, *dqn, *dkn, *scratch;
-    uint16_t *dyb, *dhb, *dgateb, *dupb, *dqb, *dkb, *dvb;
+    uint16_t *dyb, *dhb, *dgub, *dqb, *dkb, *dvb; /* dgub [BT, 2F]: dgate | dup per row */
     void *base;
 };
 
@@ -162,17 +175,24 @@ static size_t layout(ar_cuda_fast_work *fw, const ar_cuda_shape *s, int B, int T
     auto f = [&](float **p, long n) { *p = (float *)bytes(n, 4); };
     auto h = [&](uint16_t **p, long n) { *p = (uint16_t *)bytes(n, 2); };
     f(&fw->cos_t, (long)T * s->HD / 2), f(&fw->sin_t, (long)T * s->HD / 2);
-    for (int i = 0; i < 7; i++) h(&fw->wb[i], weight_elems(s, i));
+    /* Weights back to back (q|k|v and gate|up are then single [N, K] operands),
+     * q, k, v and gate, up each in one block (fixed strides between them). */
+    long wall = 0;
+    for (int i = 0; i < 7; i++) wall += weight_elems(s, i);
+    h(&fw->wb[0], wall);
+    for (int i = 1; i < 7; i++) fw->wb[i] = base ? fw->wb[i - 1] + weight_elems(s, i - 1) : NULL;
     f(&fw->x, BT * C), f(&fw->rstd1, BT), h(&fw->ln1b, BT * C);
     f(&fw->qpre, BT * QD), f(&fw->rstdq, BT * s->NH), f(&fw->kpre, BT * KD), f(&fw->rstdk, BT * s->NKV);
-    f(&fw->q, BT * QD), f(&fw->k, BT * KD), f(&fw->v, BT * KD);
+    f(&fw->q, BT * (QD + 2 * KD));
+    fw->k = base ? fw->q + BT * QD : NULL, fw->v = base ? fw->k + BT * KD : NULL;
     h(&fw->qb, BT * QD), h(&fw->kb, BT * KD), h(&fw->vb, BT * KD);
     f(&fw->ao, BT * QD), h(&fw->aob, BT * QD), f(&fw->lse, (long)B * s->NH * T);
     f(&fw->h, BT * C), f(&fw->rstd2, BT), h(&fw->ln2b, BT * C);
-    f(&fw->gate, BT * F), f(&fw->up, BT * F), h(&fw->actb, BT * F);
+    f(&fw->gate, 2 * BT * F), h(&fw->actb, BT * F);
+    fw->up = base ? fw->gate + BT * F : NULL;
     if (train) {
         h(&fw->dyb, BT * C), f(&fw->dh, BT * C), h(&fw->dhb, BT * C), f(&fw->dln, BT * C);
-        f(&fw->dact, BT * F), h(&fw->dgateb, BT * F), h(&fw->dupb, BT * F);
+        f(&fw->dact, BT * F), h(&fw->dgub, 2 * BT * F);
         f(&fw->dao, BT * QD), f(&fw->dq, BT * QD), f(&fw->dk, BT * KD), f(&fw->dv, BT * KD);
         f(&fw->dqn, BT * QD), f(&fw->dkn, BT * KD);
         h(&fw->dqb, BT * QD), h(&fw->dkb, BT * KD), h(&fw->dvb, BT * KD);
@@ -233,6 +253,16 @@ static int lin(const char *phase, float *y, const uint16_t *xb, const uint16_t *
     return ar_cuda_gemm_bf16(0, 1, R, N, K, 1.0f, xb, K, Wb, K, beta, y, N);
 }
 
+/* n linears reading the same xb [R, K]: y_i [R, N] = xb · W_iᵀ for i < n,
+ * with W_i = Wb + i·N·K (back to back in the work) and y_i = y + i·ys: one
+ * batched GEMM launch instead of n. */
+static int lin_shared_input(const char *phase, float *y, long ys, const uint16_t *xb, const uint16_t *Wb, int n, int R,
+                            int K, int N)
+{
+    AR_PROF(phase, 2.0 * n * R * K * N);
+    return ar_cuda_gemm_bf16_strided(0, 1, R, N, K, 1.0f, xb, K, 0, Wb, K, (long)N * K, 0.0f, y, N, ys, n);
+}
+
 static int convert_weights(const ar_cuda_shape *s, const ar_cuda_weights *w, ar_cuda_fast_work *fw)
 {
     for (int i = 0; i < 7; i++) {
@@ -248,9 +278,14 @@ static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, int B, int
     AR_PROF("elem-fwd/rmsnorm1 -> bf16", 0);
     ar_cuda_rmsnorm_forward_bf16(fw->ln1b, fw->rstd1, fw->x, w->attn_norm, BT, C, s->eps);
     float *qp = w->q_norm ? fw->qpre : fw->q, *kp = w->k_norm ? fw->kpre : fw->k;
-    if (lin("gemm-fwd/q", qp, fw->ln1b, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) ||
-        lin("gemm-fwd/k", kp, fw->ln1b, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
-        lin("gemm-fwd/v", fw->v, fw->ln1b, fw->wb[LV], w->b[LV], BT, C, KD, 0))
+    /* q, k, v as one batched GEMM when they have one shape and land in the
+     * work's q|k|v block (no QK-norm, no bias, as many kv heads as heads) */
+    int fused = QD == KD && !w->q_norm && !w->k_norm && !w->b[LQ] && !w->b[LK] && !w->b[LV];
+    if (fused ? lin_shared_input("gemm-fwd/q+k+v (batched)", fw->q, (long)fw->B * fw->T * QD, fw->ln1b, fw->wb[LQ], 3,
+                                 BT, C, QD)
+              : lin("gemm-fwd/q", qp, fw->ln1b, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) ||
+                    lin("gemm-fwd/k", kp, fw->ln1b, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
+                    lin("gemm-fwd/v", fw->v, fw->ln1b, fw->wb[LV], w->b[LV], BT, C, KD, 0))
         return -1;
     AR_PROF("elem-fwd/qk-norm, rope q k, v -> bf16", 0);
     if (w->q_norm) ar_cuda_rmsnorm_forward(fw->q, fw->rstdq, fw->qpre, w->q_norm, BT * NH, HD, s->eps);
@@ -273,8 +308,11 @@ static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, i
     int C = s->C, F = s->F;
     AR_PROF("elem-fwd/rmsnorm2 -> bf16", 0);
     ar_cuda_rmsnorm_forward_bf16(fw->ln2b, fw->rstd2, fw->h, w->mlp_norm, BT, C, s->eps);
-    if (lin("gemm-fwd/gate", fw->gate, fw->ln2b, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
-        lin("gemm-fwd/up", fw->up, fw->ln2b, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
+    int fused = !w->b[LGATE] && !w->b[LUP]; /* gate, up: one batched GEMM into the gate|up block */
+    if (fused ? lin_shared_input("gemm-fwd/gate+up (batched)", fw->gate, (long)fw->B * fw->T * F, fw->ln2b,
+                                 fw->wb[LGATE], 2, BT, C, F)
+              : lin("gemm-fwd/gate", fw->gate, fw->ln2b, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
+                    lin("gemm-fwd/up", fw->up, fw->ln2b, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
         return -1;
     AR_PROF("elem-fwd/swiglu -> bf16", 0);
     ar_cuda_swiglu_forward_bf16(fw->actb, fw->gate, fw->up, (long)BT * F);
@@ -307,11 +345,16 @@ static int gdx(const char *phase, float *dx, const uint16_t *dyb, const uint16_t
     return ar_cuda_gemm_bf16(0, 0, R, K, N, 1.0f, dyb, N, Wb, K, beta, dx, K);
 }
 
-/* dW [N, K] += dyᵀ · x when dW is wanted. */
-static int gdw(const char *phase, float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N)
+/* dW [N, K] += dyᵀ · x when dW is wanted (dy rows of pitch ldy). */
+static int gdw_ld(const char *phase, float *dW, const uint16_t *dyb, int ldy, const uint16_t *xb, int R, int K, int N)
 {
     if (dW) AR_PROF(phase, 2.0 * R * K * N);
-    return dW ? ar_cuda_gemm_bf16(1, 0, N, K, R, 1.0f, dyb, N, xb, K, 1.0f, dW, K) : 0;
+    return dW ? ar_cuda_gemm_bf16(1, 0, N, K, R, 1.0f, dyb, ldy, xb, K, 1.0f, dW, K) : 0;
+}
+
+static int gdw(const char *phase, float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N)
+{
+    return gdw_ld(phase, dW, dyb, N, xb, R, K, N);
 }
 
 static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], const ar_cuda_weights *w,
@@ -324,11 +367,12 @@ static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], 
         gdw("gemm-dw/down", dW[LDOWN], fw->dyb, fw->actb, BT, F, C))
         return -1;
     AR_PROF("elem-bwd/swiglu -> bf16", 0);
-    ar_cuda_swiglu_backward_bf16(fw->dgateb, fw->dupb, fw->dact, fw->gate, fw->up, (long)BT * F);
-    if (gdx("gemm-dx/gate", fw->dln, fw->dgateb, fw->wb[LGATE], BT, C, F, 0.0f) ||
-        gdx("gemm-dx/up", fw->dln, fw->dupb, fw->wb[LUP], BT, C, F, 1.0f) ||
-        gdw("gemm-dw/gate", dW[LGATE], fw->dgateb, fw->ln2b, BT, C, F) ||
-        gdw("gemm-dw/up", dW[LUP], fw->dupb, fw->ln2b, BT, C, F))
+    swiglu_backward_rows(fw->dgub, fw->dact, fw->gate, fw->up, BT, F);
+    /* dL/dn2 = [dgate | dup] · [Wgate; Wup]: one GEMM over K = 2F (the
+     * weights are back to back) */
+    if (gdx("gemm-dx/gate+up (K = 2F)", fw->dln, fw->dgub, fw->wb[LGATE], BT, C, 2 * F, 0.0f) ||
+        gdw_ld("gemm-dw/gate", dW[LGATE], fw->dgub, 2 * F, fw->ln2b, BT, C, F) ||
+        gdw_ld("gemm-dw/up", dW[LUP], fw->dgub + F, 2 * F, fw->ln2b, BT, C, F))
         return -1;
     AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(fw->dh, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
@@ -362,12 +406,8 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
     if (gdx("gemm-dx/o", fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) ||
         gdw("gemm-dw/o", dW[LO], fw->dhb, fw->aob, BT, QD, C))
         return -1;
-    AR_PROF("copy/zero dq dk dv", 0);
-    if (ar_cuda_zero(fw->dq, sizeof(float) * (size_t)BT * QD) || ar_cuda_zero(fw->dk, sizeof(float) * (size_t)BT * KD) ||
-        ar_cuda_zero(fw->dv, sizeof(float) * (size_t)BT * KD))
-        return -1;
     AR_PROF("attn-bwd/flash", 2.5 * ar_cuda_attention_flops(B, T, NH, HD, s->window));
-    if (ar_cuda_flash_backward(fw->dq, fw->dk, fw->dv, fw->scratch, fw->dao, fw->ao, fw->lse, fw->qb, fw->kb, fw->vb, B,
+    if (ar_cuda_flash_backward_write(fw->dq, fw->dk, fw->dv, fw->scratch, fw->dao, fw->ao, fw->lse, fw->qb, fw->kb, fw->vb, B,
                                T, NH, NKV, HD, s->window))
         return -1;
     AR_PROF("elem-bwd/rope^-1 q k (qk-norm), dv -> bf16", 0);

@@ -197,6 +197,18 @@ int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const ui
     return 0;
 }
 
+int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+                              const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch)
+{
+    if (M <= 0 || N <= 0 || batch <= 0) return 0;
+    if (batch == 1) return ar_cuda_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
+    AR_CKB(cublasGemmStridedBatchedEx(g_cu.blas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, sb, A, CUDA_R_16BF,
+                                      lda, sa, &beta, C, CUDA_R_32F, ldc, sc, batch, CUBLAS_COMPUTE_32F,
+                                      CUBLAS_GEMM_DEFAULT));
+    return 0;
+}
+
 void ar_cuda_set_fast(int on) { g_cu.fast = !!on; }
 int ar_cuda_get_fast(void) { return g_cu.fast; }
 

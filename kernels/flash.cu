@@ -430,9 +430,10 @@ long ar_cuda_flash_backward_scratch(int B, int T, int NH, int HD)
     return (long)B * NH * T + ((long)B * T * NH * HD + 1) / 2 + 64;
 }
 
-int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
-                           const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                           int NH, int NKV, int HD, int window)
+/* The backward with dq, dk, dv added to (accumulate) or written. */
+static int flash_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
+                          const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                          int NH, int NKV, int HD, int window, int accumulate)
 {
     if (check_sizes(B, T, NH, NKV, HD)) return -1;
     long rows = (long)B * T * NH;
@@ -442,7 +443,13 @@ int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, cons
     uint16_t *dob = (uint16_t *)((char *)scratch + off);
     k_flash_prep<<<ar_blocks(rows * 32, 256), 256, 0, g_cu.st>>>(Drow, (bf16 *)dob, dout, out, T, NH, HD, rows);
     if (g_flash_kernel == AR_CUDA_FLASH_MMA)
-        return ar_cuda_flash_mma_backward(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, HD, window);
+        return ar_cuda_flash_mma_backward(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, HD, window, accumulate);
+    if (!accumulate) { /* the wmma kernels only add */
+        size_t nq = sizeof(float) * rows * HD, nk = sizeof(float) * (size_t)B * T * NKV * HD;
+        AR_CK(cudaMemsetAsync(dq, 0, nq, g_cu.st));
+        AR_CK(cudaMemsetAsync(dk, 0, nk, g_cu.st));
+        AR_CK(cudaMemsetAsync(dv, 0, nk, g_cu.st));
+    }
     switch (HD) {
     case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
     case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
@@ -450,4 +457,18 @@ int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, cons
     case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
     default: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
     }
+}
+
+int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
+                           const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
+                           int NH, int NKV, int HD, int window)
+{
+    return flash_backward(dq, dk, dv, scratch, dout, out, lse, q, k, v, B, T, NH, NKV, HD, window, 1);
+}
+
+int ar_cuda_flash_backward_write(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
+                                 const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B,
+                                 int T, int NH, int NKV, int HD, int window)
+{
+    return flash_backward(dq, dk, dv, scratch, dout, out, lse, q, k, v, B, T, NH, NKV, HD, window, 0);
 }

@@ -150,10 +150,11 @@ __device__ void load_tile(bf16 *tile, const bf16 *x, int b, int t0, int T, int H
     }
 }
 
-/* y[row, h, :] += acc for this lane's rows r0 + g and r0 + g + 8 (< T) of
- * y [B, T, H, D] f32; each element has one writer. */
+/* y[row, h, :] += acc (accumulate = 0: y = acc) for this lane's rows r0 + g
+ * and r0 + g + 8 (< T) of y [B, T, H, D] f32; each element has one writer. */
 template <int D>
-__device__ void add_acc_rows(float *y, const float acc[D / 8][4], int b, int r0, int T, int H, int h, int lane)
+__device__ void add_acc_rows(float *y, const float acc[D / 8][4], int b, int r0, int T, int H, int h, int lane,
+                             int accumulate)
 {
     const int g = lane >> 2, t = lane & 3;
 #pragma unroll
@@ -163,7 +164,7 @@ __device__ void add_acc_rows(float *y, const float acc[D / 8][4], int b, int r0,
         float *row = y + (((long)b * T + r) * H + h) * D + 2 * t;
 #pragma unroll
         for (int n = 0; n < D / 8; n++) {
-            float2 *p = (float2 *)(row + 8 * n), v = *p;
+            float2 *p = (float2 *)(row + 8 * n), v = accumulate ? *p : make_float2(0.0f, 0.0f);
             v.x += acc[n][2 * hh], v.y += acc[n][2 * hh + 1];
             *p = v;
         }
@@ -261,7 +262,7 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
 template <int D>
 __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const bf16 *q, const bf16 *k, const bf16 *v,
                                                      const bf16 *dob, const float *lse, const float *Drow, int T,
-                                                     int NH, int NKV, int window, float scale)
+                                                     int NH, int NKV, int window, float scale, int accumulate)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -310,14 +311,14 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const
             acc_times_tile<D>(dK, dp, Qs, lane); /* dK += dSᵀ Q */
         }
     }
-    add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane);
-    add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane);
+    add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
+    add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
 }
 
 template <int D>
 __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, const bf16 *k, const bf16 *v,
                                                     const bf16 *dob, const float *lse, const float *Drow, int T, int NH,
-                                                    int NKV, int window, float scale)
+                                                    int NKV, int window, float scale, int accumulate)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
@@ -358,19 +359,28 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
             }
         acc_times_tile<D>(dQ, dp, Ks, lane); /* dQ += dS K */
     }
-    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane);
+    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
 }
 
 /* ---- host side -------------------------------------------------------------------- */
 
 template <int D> size_t tiles_smem(int n) { return (size_t)n * MB * (D + 8) * sizeof(bf16); }
 
+/* Allow a kernel its dynamic shared memory (a host call: once per kernel). */
+template <typename K> int allow_smem(K kernel, size_t bytes, bool *done)
+{
+    if (!*done) AR_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+    *done = true;
+    return 0;
+}
+
 template <int D>
 int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                int B, int T, int NH, int NKV, int window)
 {
+    static bool ready;
     size_t sm = tiles_smem<D>(3);
-    AR_CK(cudaFuncSetAttribute(k_fwd<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    if (allow_smem(k_fwd<D>, sm, &ready)) return -1;
     dim3 grid((T + MB - 1) / MB, NH, B);
     k_fwd<D><<<grid, MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q, (const bf16 *)k,
                                                (const bf16 *)v, T, NH, NKV, window, 1.0f / sqrtf((float)D));
@@ -379,17 +389,18 @@ int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, con
 
 template <int D>
 int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow, const float *lse,
-               const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int NH, int NKV, int window)
+               const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int NH, int NKV, int window,
+               int accumulate)
 {
+    static bool ready_kv, ready_q;
     float scale = 1.0f / sqrtf((float)D);
     dim3 gq((T + MB - 1) / MB, NH, B), gkv((T + MB - 1) / MB, NKV, B);
     size_t s1 = tiles_smem<D>(4) + 2 * MB * sizeof(float), s2 = tiles_smem<D>(4);
-    AR_CK(cudaFuncSetAttribute(k_bwd_kv<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s1));
-    AR_CK(cudaFuncSetAttribute(k_bwd_q<D>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)s2));
+    if (allow_smem(k_bwd_kv<D>, s1, &ready_kv) || allow_smem(k_bwd_q<D>, s2, &ready_q)) return -1;
     k_bwd_kv<D><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-                                                (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale);
+                                                (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale, accumulate);
     k_bwd_q<D><<<gq, MTHREADS, s2, g_cu.st>>>(dq, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-                                              (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale);
+                                              (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale, accumulate);
     return ar_cuda_check_launch("flash attention backward (mma)");
 }
 } // namespace
@@ -409,14 +420,14 @@ int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const u
 
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
                                const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                               int NH, int NKV, int HD, int window)
+                               int NH, int NKV, int HD, int window, int accumulate)
 {
     switch (HD) {
-    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
-    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
-    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
-    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
-    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window);
+    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
     default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
     }
 }

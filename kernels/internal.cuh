@@ -48,6 +48,12 @@ int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, cons
                           long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc, long sc,
                           int batch);
 
+/* ar_cuda_gemm_bf16 over batch problems i < batch with A_i = A + i·sa,
+ * B_i = B + i·sb, C_i = C + i·sc (element strides; 0 shares an operand):
+ * one cuBLAS launch for the projections that read the same input. */
+int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+                              const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
+
 /* The fast block path (block_fast.cu): buffers and passes, used by block.cu
  * when a work is created with the fast switch on. */
 struct ar_cuda_fast_work;
@@ -62,12 +68,13 @@ int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
                           float *dx, ar_cuda_fast_work *fw);
 
 /* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
- * checked there); the backward takes the prepared D rows and bf16 dO. */
+ * checked there); the backward takes the prepared D rows and bf16 dO and
+ * adds to dq, dk, dv (accumulate) or writes them. */
 int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
                               const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
                                const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                               int NH, int NKV, int HD, int window);
+                               int NH, int NKV, int HD, int window, int accumulate);
 
 /* Phase profiling (profile.cu): AR_PROF costs one branch when it is off. */
 extern int g_prof_on;

@@ -896,6 +896,16 @@ static void test_flash(const char *tag, int B, int T, int NH, int NKV, int HD, i
     check_dev(name, dDK, dk, nk, 5e-2);
     snprintf(name, sizeof name, "fast: flash[%s] bwd dv T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
     check_dev(name, dDV, dv, nk, 5e-2);
+    /* the writing variant ignores what the outputs held */
+    float *junk = rnd(nq, 3, 1);
+    if (ar_cuda_upload(dDQ, junk, 4 * nq) || ar_cuda_upload(dDK, junk, 4 * nk) || ar_cuda_upload(dDV, junk, 4 * nk) ||
+        ar_cuda_flash_backward_write(dDQ, dDK, dDV, dS, dDO, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window))
+        die_cuda("flash backward (write)");
+    free(junk);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd written dq dk dv T%d D%d w%d", tag, T, HD, window);
+    float *hq = down(dDQ, nq), *hk = down(dDK, nk), *hv = down(dDV, nk);
+    verdict(name, fmax(rel_err(hq, dq, nq), fmax(rel_err(hk, dk, nk), rel_err(hv, dv, nk))), 5e-2, "err");
+    free(hq); free(hk); free(hv);
     float *fr[] = {q0, k0, v0, q, k, v, o, att, dout, dq, dk, dv, scr};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
     void *fd[] = {qb, kb, vb, ob, dO, dL, dDO, dDQ, dDK, dDV, dS};
