@@ -24,23 +24,39 @@ static int row_threads(int C)
     return t;
 }
 
-/* Same formula and reduction as ops.cu's k_rmsnorm_fwd; only the store differs. */
-__global__ void k_rmsnorm_fwd_bf16(bf16 *out, float *rstd, const float *x, const float *w, int C, float eps)
+/* Same formula and reduction as ops.cu's k_rmsnorm_fwd; only the store
+ * differs. c1, c2 (either may be NULL) receive copies of x: the fast block
+ * keeps its input and starts its residual sums while x is read anyway. */
+__global__ void k_rmsnorm_fwd_bf16(bf16 *out, float *rstd, const float *x, const float *w, int C, float eps, float *c1,
+                                   float *c2)
 {
     __shared__ double shm[32];
-    const float *xr = x + (long)blockIdx.x * C;
-    bf16 *o = out + (long)blockIdx.x * C;
+    long off = (long)blockIdx.x * C;
+    const float *xr = x + off;
+    bf16 *o = out + off;
     double ss = 0;
     for (int i = threadIdx.x; i < C; i += blockDim.x) ss += (double)xr[i] * xr[i];
     ss = ar_block_sum(ss, shm);
     float s = 1.0f / sqrtf((float)(ss / C) + eps);
     if (rstd && threadIdx.x == 0) rstd[blockIdx.x] = s;
-    for (int i = threadIdx.x; i < C; i += blockDim.x) o[i] = __float2bfloat16_rn((xr[i] * s) * w[i]);
+    for (int i = threadIdx.x; i < C; i += blockDim.x) {
+        float v = xr[i];
+        if (c1) c1[off + i] = v;
+        if (c2) c2[off + i] = v;
+        o[i] = __float2bfloat16_rn((v * s) * w[i]);
+    }
 }
 
 void ar_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C, float eps)
 {
-    if (R > 0) k_rmsnorm_fwd_bf16<<<R, row_threads(C), 0, g_cu.st>>>((bf16 *)out, rstd, x, w, C, eps);
+    if (R > 0) k_rmsnorm_fwd_bf16<<<R, row_threads(C), 0, g_cu.st>>>((bf16 *)out, rstd, x, w, C, eps, NULL, NULL);
+}
+
+/* ar_cuda_rmsnorm_forward_bf16 that also copies x [R, C] to c1 and c2 (either may be NULL). */
+static void rmsnorm_bf16_copying(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C, float eps,
+                                 float *c1, float *c2)
+{
+    if (R > 0) k_rmsnorm_fwd_bf16<<<R, row_threads(C), 0, g_cu.st>>>((bf16 *)out, rstd, x, w, C, eps, c1, c2);
 }
 
 __global__ void k_swiglu_fwd_bf16(bf16 *out, const float *gate, const float *up, long n)
@@ -272,11 +288,14 @@ static int convert_weights(const ar_cuda_shape *s, const ar_cuda_weights *w, ar_
     return 0;
 }
 
-static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, int B, int T, int train, ar_cuda_fast_work *fw)
+/* The attention half from the block input x: x is kept in the work (for the
+ * backward) and copied into h, where o_proj then adds the attention. */
+static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, int B, int T, int train,
+                    ar_cuda_fast_work *fw)
 {
     int BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV, QD = NH * HD, KD = NKV * HD;
-    AR_PROF("elem-fwd/rmsnorm1 -> bf16", 0);
-    ar_cuda_rmsnorm_forward_bf16(fw->ln1b, fw->rstd1, fw->x, w->attn_norm, BT, C, s->eps);
+    AR_PROF("elem-fwd/rmsnorm1 -> bf16, x -> work, h", 0);
+    rmsnorm_bf16_copying(fw->ln1b, fw->rstd1, x, w->attn_norm, BT, C, s->eps, fw->x, fw->h);
     float *qp = w->q_norm ? fw->qpre : fw->q, *kp = w->k_norm ? fw->kpre : fw->k;
     /* q, k, v as one batched GEMM when they have one shape and land in the
      * work's q|k|v block (no QK-norm, no bias, as many kv heads as heads) */
@@ -297,17 +316,15 @@ static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, int B, int
     if (ar_cuda_flash_forward(fw->aob, train ? fw->ao : NULL, fw->lse, fw->qb, fw->kb, fw->vb, B, T, NH, NKV, HD,
                               s->window))
         return -1;
-    /* h = x + o_proj(attn): the GEMM accumulates onto a copy of x */
-    AR_PROF("copy/residual x -> h", 0);
-    if (ar_cuda_copy(fw->h, fw->x, sizeof(float) * (size_t)BT * C)) return -1;
+    /* h = x + o_proj(attn): the GEMM accumulates onto the copy of x in h */
     return lin("gemm-fwd/o", fw->h, fw->aob, fw->wb[LO], w->b[LO], BT, QD, C, 1);
 }
 
 static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, int BT, ar_cuda_fast_work *fw)
 {
     int C = s->C, F = s->F;
-    AR_PROF("elem-fwd/rmsnorm2 -> bf16", 0);
-    ar_cuda_rmsnorm_forward_bf16(fw->ln2b, fw->rstd2, fw->h, w->mlp_norm, BT, C, s->eps);
+    AR_PROF("elem-fwd/rmsnorm2 -> bf16, h -> y", 0);
+    rmsnorm_bf16_copying(fw->ln2b, fw->rstd2, fw->h, w->mlp_norm, BT, C, s->eps, y, NULL); /* y = h + down(...) */
     int fused = !w->b[LGATE] && !w->b[LUP]; /* gate, up: one batched GEMM into the gate|up block */
     if (fused ? lin_shared_input("gemm-fwd/gate+up (batched)", fw->gate, (long)fw->B * fw->T * F, fw->ln2b,
                                  fw->wb[LGATE], 2, BT, C, F)
@@ -316,8 +333,6 @@ static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, i
         return -1;
     AR_PROF("elem-fwd/swiglu -> bf16", 0);
     ar_cuda_swiglu_forward_bf16(fw->actb, fw->gate, fw->up, (long)BT * F);
-    AR_PROF("copy/residual h -> y", 0);
-    if (ar_cuda_copy(y, fw->h, sizeof(float) * (size_t)BT * C)) return -1;
     return lin("gemm-fwd/down", y, fw->actb, fw->wb[LDOWN], w->b[LDOWN], BT, F, C, 1);
 }
 
@@ -327,11 +342,10 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
     if (B <= 0 || T <= 0 || T > fw->T || B > fw->B)
         return ar_cuda_fail("block: batch %d x %d exceeds the work's %d x %d", B, T, fw->B, fw->T);
     if (train && !fw->train) return ar_cuda_fail("block: training forward needs a training work");
-    AR_PROF("copy/x into the work", 0);
-    if (ar_cuda_copy(fw->x, x, sizeof(float) * (size_t)B * T * s->C)) return -1;
     AR_PROF("weights/7 linears f32 -> bf16", 0);
     if (convert_weights(s, w, fw)) return -1;
-    if (attn_fwd(s, w, B, T, train, fw) || mlp_fwd(s, w, y, B * T, fw)) return -1;
+    /* y may be x: x is read only by the first RMSNorm, y first written by the second */
+    if (attn_fwd(s, w, x, B, T, train, fw) || mlp_fwd(s, w, y, B * T, fw)) return -1;
     fw->lastB = B, fw->lastT = T;
     return ar_cuda_check_launch("fast block forward");
 }
