@@ -6,6 +6,8 @@
 #   2. synthetic Llama-2-7B block: ms per tuning iteration, executed TFLOP/s
 #      against a cuBLAS bf16 GEMM peak measured in the same run, peak memory,
 #      for the default and the fast path, each also with --low_gpu_mem_usage
+#      (the fast path is the default of the tools; cuda_check --fast selects it), then the fast
+#      path's per-phase profile and flash attention against cuBLAS GEMMs (--profile --fast)
 #   3. tiny-llama accuracy runs: ar-calib on the first 3 MB of the training
 #      corpus (128 x 512, CPU), ar-tune on the GPU (W4A16 and W2A16G64, 200
 #      iterations), ar-pack --format fake, ar-eval on heldout.txt (512 x 200
@@ -64,6 +66,8 @@ if [ "$DEV" != cpu ]; then
   say "== 2. timings (each path without, then with --low_gpu_mem_usage)"
   run_step "${AR_CHECK_TL_BENCH:-240}" "7B block timing" "$CHECK" --bench --bench-iters 10
   run_step "${AR_CHECK_TL_BENCH:-240}" "7B block timing, fast path" "$CHECK" --bench --fast --bench-iters 10
+  # where the fast path's iteration time goes (per-phase table) and flash attention alone
+  run_step "${AR_CHECK_TL_BENCH:-240}" "7B block profile, fast path" "$CHECK" --profile --fast --bench-iters 5
 fi
 
 say "== 3. tiny-llama accuracy (calibration on the CPU, tuning and evaluation on $DEV)"
