@@ -136,6 +136,27 @@ __device__ __forceinline__ bool visible(int q, int k, int T, int window)
     return q < T && k < T && k <= q && (window <= 0 || q - k < window);
 }
 
+/* Every (query, key) of the 64 x 64 tile at (q0, k0) is visible: no masking
+ * work (most tiles of a long sequence). */
+__device__ __forceinline__ bool tile_visible(int q0, int k0, int T, int window)
+{
+    return k0 + MB - 1 <= q0 && q0 + MB <= T && (window <= 0 || q0 + MB - 1 - k0 < window);
+}
+
+/* 2^x on the special-function unit (relative error ~2^-22, far below the
+ * bf16 rounding P gets; 2^-inf = 0). The kernels work in log2 units, with
+ * the score scale folded into log2(e)·scale, so one FFMA and one EX2 make a
+ * probability: the softmax is otherwise what limits the tile loop. */
+__device__ __forceinline__ float ex2(float x)
+{
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+    return y;
+}
+
+#define AR_LOG2E 1.4426950408889634f
+#define AR_LN2 0.6931471805599453f
+
 /* Rows [t0, t0 + 64) of one head of x [B, T, H, D] (bf16) into a tile of
  * pitch D + 8; rows at or past T become zeros. 16-byte vector copies. */
 template <int D>
@@ -193,6 +214,7 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
     const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g; /* rows row0, row0 + 8 */
+    const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
     bf16 *Qs = (bf16 *)smem, *Ks = Qs + MB * LD, *Vs = Ks + MB * LD;
 
     load_tile<D>(Qs, q, b, q0, T, NH, h);
@@ -209,12 +231,13 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
         float s[8][4];
         rows_times_tile_t<D>(s, Qs, 16 * w, Ks, lane);
         float mx[2] = {-INFINITY, -INFINITY};
+        bool full = tile_visible(q0, k0, T, window);
 #pragma unroll
         for (int n = 0; n < 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int key = k0 + 8 * n + 2 * t + (e & 1);
-                float x = visible(row0 + 8 * (e >> 1), key, T, window) ? s[n][e] * scale : -INFINITY;
+                float x = full || visible(row0 + 8 * (e >> 1), key, T, window) ? s[n][e] * scale2 : -INFINITY;
                 s[n][e] = x;
                 mx[e >> 1] = fmaxf(mx[e >> 1], x);
             }
@@ -222,7 +245,7 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
 #pragma unroll
         for (int hh = 0; hh < 2; hh++) {
             float mn = fmaxf(m[hh], quad_max(mx[hh]));
-            alpha[hh] = m[hh] == -INFINITY ? 0.0f : expf(m[hh] - mn);
+            alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
             mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
             m[hh] = mn;
         }
@@ -230,7 +253,7 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
         for (int n = 0; n < 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
-                float p = s[n][e] == -INFINITY ? 0.0f : expf(s[n][e] - mu[e >> 1]);
+                float p = ex2(s[n][e] - mu[e >> 1]); /* masked: 2^-inf = 0 */
                 s[n][e] = p;
                 rs[e >> 1] += p;
             }
@@ -253,7 +276,7 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
             if (out_f) *(float2 *)(out_f + base + 8 * n) = make_float2(x0, x1);
             if (out_b) *(__nv_bfloat162 *)(out_b + base + 8 * n) = __floats2bfloat162_rn(x0, x1);
         }
-        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] + logf(lt);
+        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] * AR_LN2 + logf(lt); /* m is in log2 units */
     }
 }
 
@@ -268,6 +291,7 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const
     const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int group = NH / NKV, nT = (T + MB - 1) / MB, j = nT - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
     const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
+    const float scale2 = scale * AR_LOG2E;
     bf16 *Ks = (bf16 *)smem, *Vs = Ks + MB * LD, *Qs = Vs + MB * LD, *dOs = Qs + MB * LD;
     float *Ls = (float *)(dOs + MB * LD), *Ds = Ls + MB;
 
@@ -289,18 +313,21 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const
             if (threadIdx.x < MB) {
                 int tq = q0 + threadIdx.x;
                 long o = ((long)b * NH + h) * T + tq;
-                Ls[threadIdx.x] = tq < T ? lse[o] : 0.0f;
+                Ls[threadIdx.x] = tq < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
                 Ds[threadIdx.x] = tq < T ? Drow[o] : 0.0f;
             }
             __syncthreads();
             float p[8][4], dp[8][4];
             rows_times_tile_t<D>(p, Ks, 16 * w, Qs, lane); /* Sᵀ: this warp's keys x 64 queries */
+            bool full = tile_visible(q0, k0, T, window);
 #pragma unroll
             for (int n = 0; n < 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
                     int c = 8 * n + 2 * t + (e & 1);
-                    p[n][e] = visible(q0 + c, key0 + 8 * (e >> 1), T, window) ? expf(p[n][e] * scale - Ls[c]) : 0.0f;
+                    p[n][e] = full || visible(q0 + c, key0 + 8 * (e >> 1), T, window)
+                                  ? ex2(__fmaf_rn(p[n][e], scale2, -Ls[c]))
+                                  : 0.0f;
                 }
             acc_times_tile<D>(dV, p, dOs, lane);            /* dV += Pᵀ dO */
             rows_times_tile_t<D>(dp, Vs, 16 * w, dOs, lane); /* dPᵀ = V dOᵀ */
@@ -324,6 +351,7 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
     const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g;
+    const float scale2 = scale * AR_LOG2E;
     bf16 *Qs = (bf16 *)smem, *dOs = Qs + MB * LD, *Ks = dOs + MB * LD, *Vs = Ks + MB * LD;
 
     load_tile<D>(Qs, q, b, q0, T, NH, h);
@@ -333,7 +361,7 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
     for (int hh = 0; hh < 2; hh++) {
         int r = row0 + 8 * hh;
         long o = ((long)b * NH + h) * T + r;
-        L[hh] = r < T ? lse[o] : 0.0f;
+        L[hh] = r < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
         Dd[hh] = r < T ? Drow[o] : 0.0f;
     }
     float dQ[D / 8][4];
@@ -349,12 +377,14 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
         float p[8][4], dp[8][4];
         rows_times_tile_t<D>(p, Qs, 16 * w, Ks, lane);  /* S = Q Kᵀ */
         rows_times_tile_t<D>(dp, dOs, 16 * w, Vs, lane); /* dP = dO Vᵀ */
+        bool full = tile_visible(q0, k0, T, window);
 #pragma unroll
         for (int n = 0; n < 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) {
                 int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
-                float pv = visible(row0 + 8 * hh, key, T, window) ? expf(p[n][e] * scale - L[hh]) : 0.0f;
+                float pv = full || visible(row0 + 8 * hh, key, T, window) ? ex2(__fmaf_rn(p[n][e], scale2, -L[hh]))
+                                                                          : 0.0f;
                 dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
             }
         acc_times_tile<D>(dQ, dp, Ks, lane); /* dQ += dS K */

@@ -94,6 +94,11 @@ for D in (32, 64, 80, 96, 128):
 def visible(q, k, T, window):
     return q < T and k < T and k <= q and (window <= 0 or q - k < window)
 
+def tile_visible(q0, k0, T, window):
+    return k0 + 63 <= q0 and q0 + 64 <= T and (window <= 0 or q0 + 63 - k0 < window)
+
+LOG2E, LN2 = 1.4426950408889634, 0.6931471805599453
+
 def load_tile(x, t0, T, D):  # x [T, D] one head
     LD = D + 8; s = np.zeros(64 * LD)
     for r in range(64):
@@ -110,7 +115,7 @@ def acc_times_tile_bf(D, out, p, Y):
     acc_times_tile(D, out, pb, Y)
 
 def fwd(q, k, v, T, D, window):
-    scale = 1 / np.sqrt(D); nT = (T + 63) // 64
+    scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E
     O = np.zeros((T, D)); LSE = np.zeros(T)
     for i in range(nT):
         q0 = i * 64; Qs = load_tile(q, q0, T, D)
@@ -122,25 +127,26 @@ def fwd(q, k, v, T, D, window):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
                 s = rows_times_tile_t(D, Qs, 16 * w, Ks)
                 mx = np.full((32, 2), -np.inf)
+                full = tile_visible(q0, k0, T, window)
                 for n in range(8):
                     for lane in range(32):
                         g, t = lane // 4, lane % 4; row0 = q0 + 16 * w + g
                         for e in range(4):
                             key = k0 + 8 * n + 2 * t + (e & 1)
-                            x = s[n][lane][e] * scale if visible(row0 + 8 * (e >> 1), key, T, window) else -np.inf
+                            x = s[n][lane][e] * scale2 if full or visible(row0 + 8 * (e >> 1), key, T, window) else -np.inf
                             s[n][lane][e] = x; mx[lane][e >> 1] = max(mx[lane][e >> 1], x)
                 for lane in range(32):  # quad max
                     base = lane & ~3
                     for hh in range(2):
                         qm = max(mx[base + u][hh] for u in range(4))
                         mn = max(m[lane][hh], qm)
-                        alpha = 0.0 if m[lane][hh] == -np.inf else np.exp(m[lane][hh] - mn)
+                        alpha = 0.0 if m[lane][hh] == -np.inf else np.exp2(m[lane][hh] - mn)
                         mu = 0.0 if mn == -np.inf else mn
                         m[lane][hh] = mn
                         rs = 0.0
                         for n in range(8):
                             for e in (2 * hh, 2 * hh + 1):
-                                pp = 0.0 if s[n][lane][e] == -np.inf else np.exp(s[n][lane][e] - mu)
+                                pp = np.exp2(s[n][lane][e] - mu)
                                 s[n][lane][e] = pp; rs += pp
                         l[lane][hh] = l[lane][hh] * alpha + rs
                         for n in range(D // 8):
@@ -154,7 +160,7 @@ def fwd(q, k, v, T, D, window):
                     if r >= T: continue
                     for n in range(D // 8):
                         O[r, 8 * n + 2 * t] = o[n][lane][2 * hh] / lt; O[r, 8 * n + 2 * t + 1] = o[n][lane][2 * hh + 1] / lt
-                    LSE[r] = m[lane][hh] + np.log(lt)
+                    LSE[r] = m[lane][hh] * LN2 + np.log(lt)
     return O, LSE
 
 def dense(q, k, v, T, D, window, dO):
@@ -166,7 +172,7 @@ def dense(q, k, v, T, D, window, dO):
     return O, dS @ k, dS.T @ q, P.T @ dO, np.log(np.exp(S - S.max(1, keepdims=True)).sum(1)) + S.max(1)
 
 def bwd(q, k, v, dO, O, LSE, T, D, window):
-    scale = 1 / np.sqrt(D); nT = (T + 63) // 64
+    scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E
     Drow = (dO * O).sum(1)
     dq = np.zeros((T, D)); dk = np.zeros((T, D)); dv = np.zeros((T, D))
     dOb = bf(dO)
@@ -179,15 +185,16 @@ def bwd(q, k, v, dO, O, LSE, T, D, window):
                 q0 = i * 64
                 if window > 0 and q0 - window >= k0 + 63: break
                 Qs = load_tile(q, q0, T, D); dOs = load_tile(dOb, q0, T, D)
-                Ls = [LSE[q0 + c] if q0 + c < T else 0 for c in range(64)]
+                Ls = [LSE[q0 + c] * LOG2E if q0 + c < T else 0 for c in range(64)]
                 Ds = [Drow[q0 + c] if q0 + c < T else 0 for c in range(64)]
                 p = rows_times_tile_t(D, Ks, 16 * w, Qs)
+                full = tile_visible(q0, k0, T, window)
                 for n in range(8):
                     for lane in range(32):
                         g, t = lane // 4, lane % 4; key0 = k0 + 16 * w + g
                         for e in range(4):
                             c = 8 * n + 2 * t + (e & 1)
-                            p[n][lane][e] = np.exp(p[n][lane][e] * scale - Ls[c]) if visible(q0 + c, key0 + 8 * (e >> 1), T, window) else 0.0
+                            p[n][lane][e] = np.exp2(p[n][lane][e] * scale2 - Ls[c]) if full or visible(q0 + c, key0 + 8 * (e >> 1), T, window) else 0.0
                 acc_times_tile_bf(D, dV, p, dOs)
                 dp = rows_times_tile_t(D, Vs, 16 * w, dOs)
                 for n in range(8):
@@ -212,13 +219,14 @@ def bwd(q, k, v, dO, O, LSE, T, D, window):
             for j in range(j0, i + 1):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
                 p = rows_times_tile_t(D, Qs, 16 * w, Ks); dp = rows_times_tile_t(D, dOs, 16 * w, Vs)
+                full = tile_visible(q0, k0, T, window)
                 for n in range(8):
                     for lane in range(32):
                         g, t = lane // 4, lane % 4
                         for e in range(4):
                             hh = e >> 1; r = q0 + 16 * w + g + 8 * hh; key = k0 + 8 * n + 2 * t + (e & 1)
-                            L = LSE[r] if r < T else 0; Dd = Drow[r] if r < T else 0
-                            pv = np.exp(p[n][lane][e] * scale - L) if visible(r, key, T, window) else 0.0
+                            L = LSE[r] * LOG2E if r < T else 0; Dd = Drow[r] if r < T else 0
+                            pv = np.exp2(p[n][lane][e] * scale2 - L) if full or visible(r, key, T, window) else 0.0
                             dp[n][lane][e] = pv * (dp[n][lane][e] - Dd) * scale
                 acc_times_tile_bf(D, dQ, dp, Ks)
             for lane in range(32):
@@ -230,7 +238,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window):
                         for u in range(2): dq[r, 8 * n + 2 * t + u] += dQ[n][lane][2 * hh + u]
     return dq, dk, dv
 
-for (T, D, window) in [(70, 32, 0), (130, 32, 40)]:
+for (T, D, window) in [(70, 32, 0), (130, 32, 40), (192, 32, 0)]:
     q, k, v, dO = (bf(rng.standard_normal((T, D))) for _ in range(4))
     O, LSE = fwd(q, k, v, T, D, window)
     rO, rdq, rdk, rdv, rlse = dense(q, k, v, T, D, window, dO)
