@@ -6,6 +6,7 @@
  * one), cut non-overlapping windows of seqlen tokens from token 0, keep the
  * first N, score positions 1..seqlen-1 of each window given the earlier tokens
  * of the same window; ppl = exp(mean NLL), accumulated in double. */
+#include "act_config.h"
 #include "cli.h"
 #include "device.h"
 #include "error.h"
@@ -41,20 +42,25 @@ static const char usage[] =
     "                 the GPU scores perplexity (f32); KL and generation use the CPU\n"
     "  --threads N    OpenMP and OpenBLAS threads (default: all cores; 1 for models\n"
     "                 with hidden < 256, whose layers are too small to split)\n"
+    "  --act_quant Q  activation fake-quantization of W4A4/W8A8 models: auto (default:\n"
+    "                 as the folder's quantization_config says), none, or a preset\n"
+    "                 (MXFP4, NVFP4, INT8, ...) applied to the layers it quantizes,\n"
+    "                 for fake folders; runs on the CPU\n"
     "  --json         one JSON object on stdout\n"
     "Generation: greedy (argmax) continuation of --prompt for -n tokens, stopping\n"
     "at the model's EOS; prints the text (with --json also the ids).\n"
     "  --verbose      also peak resident memory on stderr\n";
 
 typedef struct {
-    const char *model, *text, *kl_base, *prompt, *device;
+    const char *model, *text, *kl_base, *prompt, *device, *act_quant;
     long seqlen, windows, batch, n_new, threads;
     int json, stream;
+    int act_linears;        /* linears whose input is fake-quantized (set in main) */
 } opts;
 
 static opts parse_args(int argc, char **argv)
 {
-    opts o = {.seqlen = 512, .windows = -1, .batch = 1, .n_new = 64};
+    opts o = {.seqlen = 512, .windows = -1, .batch = 1, .n_new = 64, .act_quant = "auto"};
     const char *v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -72,6 +78,7 @@ static opts parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "-n"))) o.n_new = cli_long("-n", v, 0, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--device"))) o.device = v;
         else if ((v = cli_value(argc, argv, &i, "--threads"))) o.threads = cli_long("--threads", v, 1, 4096);
+        else if ((v = cli_value(argc, argv, &i, "--act_quant"))) o.act_quant = v;
         else cli_usage_error("unknown argument '%s'", a);
     }
     if (!o.model) cli_usage_error("--model DIR is required");
@@ -203,7 +210,7 @@ static void print_ppl(const opts *o, const ar_config *c, long tokens, long windo
                "\"scored\": %ld, \"tokens_per_second\": %.1f, \"gflops_per_second\": %.2f",
                ppl, tokens, windows, o->seqlen, secs, s->scored, tps, gflops);
         if (o->kl_base) printf(", \"kl\": %.6g, \"top1\": %.4f", s->kl_sum / s->scored, 100.0 * s->top1_agree / s->scored);
-        printf("}\n");
+        printf(", \"act_quant_linears\": %d}\n", o->act_linears);
         return;
     }
     printf("ppl %.4f  tokens %ld  windows %ld  seqlen %ld  seconds %.2f  tokens/s %.0f\n", ppl, tokens, windows,
@@ -314,6 +321,26 @@ static void report_rss(void)
         fprintf(stderr, "%s: peak RSS %.1f MiB\n", cli_tool, ru.ru_maxrss / 1024.0);
 }
 
+/* Activation quantizers for m (--act_quant): from the folder's config
+ * (auto), none, or a preset's; returns how many linears got one. */
+static int apply_act_quant(const opts *o, ar_model *m)
+{
+    if (!strcasecmp(o->act_quant, "none")) return 0;
+    int n;
+    if (!strcasecmp(o->act_quant, "auto")) {
+        n = ar_model_path_kind(o->model) == AR_PATH_HF_QUANTIZED ? ar_model_act_quant_from_folder(m, o->model) : 0;
+    } else {
+        ar_scheme s;
+        if (ar_scheme_preset(&s, o->act_quant)) cli_usage_error("--act_quant: %s", ar_last_error());
+        n = ar_model_act_quant_from_scheme(m, &s);
+    }
+    if (n < 0) cli_die_lib();
+    if (n > 0 && cli_progress)
+        fprintf(stderr, "%s: activations fake-quantized at the input of %d linears (--act_quant %s)\n", cli_tool, n,
+                o->act_quant);
+    return n;
+}
+
 /* The GPU copy of m when --device (or detection) picks a GPU, else NULL. */
 static ar_model_gpu *open_gpu(const char *device, ar_model *m)
 {
@@ -342,7 +369,9 @@ int main(int argc, char **argv)
     if (base && ar_model_config(base)->vocab != ar_model_config(m)->vocab)
         cli_die("%s: vocab_size %d differs from the model's %d", o.kl_base, ar_model_config(base)->vocab,
                 ar_model_config(m)->vocab);
-    ar_model_gpu *gpu = o.text && !base ? open_gpu(o.device, m) : NULL;
+    o.act_linears = apply_act_quant(&o, m);
+    /* the GPU forward has no activation quantizers: those models score on the CPU */
+    ar_model_gpu *gpu = o.text && !base && !o.act_linears ? open_gpu(o.device, m) : NULL;
     if (o.text) run_ppl(&o, tok, m, base, gpu);
     else run_generate(&o, tok, m);
     report_rss();

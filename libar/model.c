@@ -31,6 +31,8 @@ struct ar_model {
     int ws_B, ws_T;
     float *chunk;               /* head / logits chunk buffer */
     size_t chunk_cap;           /* floats */
+    ar_act_spec *act;           /* [n_layers * AR_NLINEAR] activation quantizers, NULL if none */
+    unsigned char *has_act;     /* [n_layers * AR_NLINEAR] */
 };
 
 static const char EMBED[] = "model.embed_tokens.weight", NORM[] = "model.norm.weight", HEAD[] = "lm_head.weight";
@@ -252,7 +254,7 @@ void ar_model_close(ar_model *m)
     free(m->cached); free(m->cached_ok);
     ar_block_weights_free(&m->cur);
     if (m->lm_head != m->embed) free(m->lm_head);
-    free(m->embed); free(m->norm); free(m->chunk);
+    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act);
     if (m->ws_B) ar_block_work_free(&m->ws);
     if (m->src.close) m->src.close(m->src.ctx);
     free(m);
@@ -325,6 +327,37 @@ static int ensure_work(ar_model *m, int B, int T)
     return 0;
 }
 
+int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[AR_NLINEAR])
+{
+    if (layer < 0 || layer >= m->c.n_layers) return ar_error("activation quantizers for layer %d of %d", layer, m->c.n_layers);
+    size_t n = (size_t)m->c.n_layers * AR_NLINEAR;
+    if (!m->act && (!(m->act = calloc(n, sizeof *m->act)) || !(m->has_act = calloc(n, 1))))
+        return ar_error("out of memory for activation quantizers");
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        size_t j = (size_t)layer * AR_NLINEAR + i;
+        m->has_act[j] = aq && aq[i];
+        if (m->has_act[j]) m->act[j] = *aq[i];
+    }
+    return 0;
+}
+
+int ar_model_has_act_quant(const ar_model *m)
+{
+    for (size_t j = 0; m->act && j < (size_t)m->c.n_layers * AR_NLINEAR; j++) if (m->has_act[j]) return 1;
+    return 0;
+}
+
+/* Install block l's activation quantizers in the shared workspace. */
+static int layer_act_quant(ar_model *m, int l)
+{
+    const ar_act_spec *aq[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        size_t j = (size_t)l * AR_NLINEAR + i;
+        aq[i] = m->has_act[j] ? &m->act[j] : NULL;
+    }
+    return ar_block_set_act_quant(&m->ws, aq);
+}
+
 int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
 {
     if (B < 1 || T < 1) return ar_error("forward needs at least one token (B=%d, T=%d)", B, T);
@@ -335,6 +368,7 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
         /* Qwen's first max_window_layers layers attend to the full context. */
         ar_config cl = m->c;
         if (l < cl.sliding_from_layer) cl.sliding_window = 0;
+        if (m->act && layer_act_quant(m, l)) return -1;
         if (ar_block_forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
     }
     return ar_model_final_norm(m, hidden, B * T);

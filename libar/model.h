@@ -80,6 +80,15 @@ int ar_model_final_norm(ar_model *m, float *x, int rows);
  * sgemm per chunk of the vocabulary. x is the final-normed hidden state. */
 int ar_model_logits(ar_model *m, const float *x, int rows, float *logits);
 
+/* Fake-quantize the inputs of block layer's linears with aq (NULL or NULL
+ * entries: not quantized) in every later CPU forward of m, as AutoRound keeps
+ * the activation quantizers of a W4A4/W8A8 model it evaluates (spec §2.12).
+ * 0, or -1 with ar_error for a layer out of range or out of memory. */
+int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[AR_NLINEAR]);
+
+/* 1 when some linear of m has an activation quantizer set. */
+int ar_model_has_act_quant(const ar_model *m);
+
 /* Run embeddings and every block on B sequences of T tokens (ids [B*T]),
  * then the final norm: hidden [B*T, C]. */
 int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden);
