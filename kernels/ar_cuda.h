@@ -206,6 +206,49 @@ int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k,
 int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, float *v, float *alpha,
                           float *beta, const float *dwq, float lr, float mlr);
 
+/* ---- activation fake-quantization ------------------------------------------
+ * libar/quant_fp.h's ar_act_quant on the device (kernels/quant_act.cu): MX
+ * per group with the floor or the RCEIL shared exponent, NVFP4 per 16 with
+ * the static (act_max) or per-call global scale, FP8 with a static scale or
+ * dynamic per tensor / row / group, int_sym per token or group with f32
+ * scales. The arithmetic is the CPU's operation for operation
+ * (quant_kinds.cuh, -fmad=false): on the same f32 input the result is the
+ * same bits. */
+
+/* One linear's input quantizer: the fields of libar's ar_act_spec, kind
+ * being its dtype (AR_CUDA_Q_INT .. AR_CUDA_Q_FP8). */
+typedef struct {
+    int kind, bits;
+    int group_size;   /* along K: > 0 groups, -1 one per row (token), 0 one per tensor */
+    int dynamic;      /* 0 with FP8: the static scale act_max/448 */
+    float act_max;    /* FP8 static scale source; NVFP4: > 0 gives the global scale 448·6/act_max */
+    int rceil;        /* MX: RCEIL shared exponent */
+} ar_cuda_act;
+
+/* 0 when ar_act_quant accepts a and the kernels have it (bits >= 16: a
+ * no-op), else -1 with the error set. */
+int ar_cuda_act_check(const ar_cuda_act *a);
+
+/* xq [rows, k] = x fake-quantized as ar_act_quant(a, x, rows, k) would leave
+ * it, bit for bit (statistics per call over these rows: NVFP4 without
+ * act_max and FP8 per tensor take the max over all rows·k). xq may equal x;
+ * bits >= 16 copies. */
+int ar_cuda_act_quant(const ar_cuda_act *a, const float *x, float *xq, long rows, int k);
+/* The same on bf16 data: x widened to f32, quantized as above, the result
+ * rounded to bf16 (round to nearest even). MX results (an element of the
+ * grid times 2^e) are exact in bf16; NVFP4, FP8 and int results are rounded. */
+int ar_cuda_act_quant_bf16(const ar_cuda_act *a, const uint16_t *x, uint16_t *xq, long rows, int k);
+
+/* Fake-quantize the input of linear i with aq[i] (aq or an entry NULL: not
+ * quantized) in every later forward through ws, training and inference, as
+ * ar_block_set_act_quant does on the CPU: each linear multiplies by its own
+ * quantized copy (input groups may mix specs), the backward is
+ * straight-through (dx = dy·W unchanged) with dW taken against the copy the
+ * forward used. The default path quantizes the f32 inputs; the fast path
+ * quantizes its bf16 inputs (see ar_cuda_act_quant_bf16). s must be the
+ * work's shape. 0 or -1 (bad spec, no device memory). */
+int ar_cuda_block_set_act_quant(const ar_cuda_shape *s, ar_cuda_block_work *ws, const ar_cuda_act *const aq[7]);
+
 /* Masked MSE of pred vs ref [rows, C] with per-row mask (dev u8, NULL: all):
  * dpred = 2·(pred − ref)·mask / (rows·C) written (not accumulated), and
  * sum(e²)/(rows·C) ADDED to *loss_acc (dev double). */

@@ -3,8 +3,12 @@
  *   h = x + o_proj(attn(rope(qknorm(q_proj(n1))), rope(qknorm(k_proj(n1))), v_proj(n1)))
  *   y = h + down(silu(gate(n2)) * up(n2)),   n1 = rmsnorm1(x), n2 = rmsnorm2(h)
  * The work keeps every activation the backward needs (inference uses the
- * same buffers), so training and inference share one forward. */
+ * same buffers), so training and inference share one forward. With
+ * activation quantization (ar_cuda_block_set_act_quant) a quantized linear
+ * multiplies by its own copy of its input (quant_act.cuh), in the forward and
+ * in its dW GEMM; the saved inputs themselves stay unquantized. */
 #include "internal.cuh"
+#include "quant_act.cuh"
 #include <string.h>
 
 enum { LQ, LK, LV, LO, LGATE, LUP, LDOWN };
@@ -20,6 +24,7 @@ struct ar_cuda_block_work {
     float *dh, *dact, *dgate, *dup, *dln, *dao, *dq, *dk, *dv, *dqn, *dkn, *dP;
     void *base; /* one allocation holds everything */
     ar_cuda_fast_work *fast; /* set: the fast path (block_fast.cu) owns all buffers */
+    ar_cuda_act_set aq;      /* activation quantizers (both paths) */
 };
 
 /* Carve the buffers out of one block of memory (base NULL: only count). */
@@ -90,9 +95,34 @@ ar_cuda_block_work *ar_cuda_block_work_create(const ar_cuda_shape *s, int B, int
 void ar_cuda_block_work_free(ar_cuda_block_work *ws)
 {
     if (!ws) return;
+    ar_cuda_act_set_free(&ws->aq);
     ar_cuda_fast_work_free(ws->fast);
     ar_cuda_free(ws->base);
     free(ws);
+}
+
+int ar_cuda_block_set_act_quant(const ar_cuda_shape *s, ar_cuda_block_work *ws, const ar_cuda_act *const aq[7])
+{
+    long C = s->C, F = s->F, QD = (long)s->NH * s->HD;
+    const long kin[7] = {C, C, C, QD, C, C, F};
+    if (ar_cuda_act_set_install(&ws->aq, aq, kin, (long)ws->B * ws->T, ws->fast != NULL)) return -1;
+    if (ws->fast) ar_cuda_fast_attach_act(ws->fast, ws->aq.any ? &ws->aq : NULL);
+    return 0;
+}
+
+/* Quantize x [rows, k], the input of linears first..last, into their copies
+ * (a profile phase of its own only when some linear is quantized). */
+static int act_run(ar_cuda_block_work *ws, const char *phase, int first, int last, const float *x, long rows, int k)
+{
+    if (!ws->aq.any) return 0;
+    AR_PROF(phase, 0);
+    return ar_cuda_act_set_run(&ws->aq, first, last, x, rows, k);
+}
+
+/* What linear i multiplies by, forward and dW: x or its quantized copy. */
+static const float *input_of(const ar_cuda_block_work *ws, int i, const float *x)
+{
+    return (const float *)ar_cuda_act_input(&ws->aq, i, x);
 }
 
 static int attn_half(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, int B, int T,
@@ -102,10 +132,11 @@ static int attn_half(const ar_cuda_shape *s, const ar_cuda_weights *w, const flo
     AR_PROF("elem-fwd/rmsnorm1", 0);
     ar_cuda_rmsnorm_forward(ws->ln1, ws->rstd1, x, w->attn_norm, BT, C, s->eps);
     float *qp = w->q_norm ? ws->qpre : ws->q, *kp = w->k_norm ? ws->kpre : ws->k;
+    if (act_run(ws, "elem-fwd/act quant q k v", LQ, LV, ws->ln1, BT, C)) return -1;
     AR_PROF("gemm-fwd/q k v", 2.0 * BT * C * (QD + 2 * KD));
-    if (ar_cuda_linear_forward(qp, ws->ln1, w->w[LQ], w->b[LQ], BT, C, QD) ||
-        ar_cuda_linear_forward(kp, ws->ln1, w->w[LK], w->b[LK], BT, C, KD) ||
-        ar_cuda_linear_forward(ws->v, ws->ln1, w->w[LV], w->b[LV], BT, C, KD))
+    if (ar_cuda_linear_forward(qp, input_of(ws, LQ, ws->ln1), w->w[LQ], w->b[LQ], BT, C, QD) ||
+        ar_cuda_linear_forward(kp, input_of(ws, LK, ws->ln1), w->w[LK], w->b[LK], BT, C, KD) ||
+        ar_cuda_linear_forward(ws->v, input_of(ws, LV, ws->ln1), w->w[LV], w->b[LV], BT, C, KD))
         return -1;
     AR_PROF("elem-fwd/qk-norm, rope", 0);
     if (w->q_norm) ar_cuda_rmsnorm_forward(ws->q, ws->rstdq, ws->qpre, w->q_norm, BT * NH, HD, s->eps);
@@ -114,8 +145,10 @@ static int attn_half(const ar_cuda_shape *s, const ar_cuda_weights *w, const flo
     ar_cuda_rope(ws->k, ws->cos_t, ws->sin_t, B, T, NKV, HD, 0);
     AR_PROF("attn-fwd/stored probabilities", ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_attention_forward(ws->ao, ws->att, ws->q, ws->k, ws->v, B, T, NH, NKV, HD, s->window)) return -1;
+    /* o_proj reads its own copy: ao itself is the saved attention output */
+    if (act_run(ws, "elem-fwd/act quant o", LO, LO, ws->ao, BT, QD)) return -1;
     AR_PROF("gemm-fwd/o", 2.0 * BT * QD * C);
-    if (ar_cuda_linear_forward(ws->h, ws->ao, w->w[LO], w->b[LO], BT, QD, C)) return -1;
+    if (ar_cuda_linear_forward(ws->h, input_of(ws, LO, ws->ao), w->w[LO], w->b[LO], BT, QD, C)) return -1;
     AR_PROF("elem-fwd/residual", 0);
     ar_cuda_add(ws->h, ws->h, x, (long)BT * C);
     return 0;
@@ -126,14 +159,16 @@ static int mlp_half(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, 
     int C = s->C, F = s->F;
     AR_PROF("elem-fwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_forward(ws->ln2, ws->rstd2, ws->h, w->mlp_norm, BT, C, s->eps);
+    if (act_run(ws, "elem-fwd/act quant gate up", LGATE, LUP, ws->ln2, BT, C)) return -1;
     AR_PROF("gemm-fwd/gate up", 4.0 * BT * C * F);
-    if (ar_cuda_linear_forward(ws->gate, ws->ln2, w->w[LGATE], w->b[LGATE], BT, C, F) ||
-        ar_cuda_linear_forward(ws->up, ws->ln2, w->w[LUP], w->b[LUP], BT, C, F))
+    if (ar_cuda_linear_forward(ws->gate, input_of(ws, LGATE, ws->ln2), w->w[LGATE], w->b[LGATE], BT, C, F) ||
+        ar_cuda_linear_forward(ws->up, input_of(ws, LUP, ws->ln2), w->w[LUP], w->b[LUP], BT, C, F))
         return -1;
     AR_PROF("elem-fwd/swiglu", 0);
     ar_cuda_swiglu_forward(ws->act, ws->gate, ws->up, (long)BT * F);
+    if (act_run(ws, "elem-fwd/act quant down", LDOWN, LDOWN, ws->act, BT, F)) return -1;
     AR_PROF("gemm-fwd/down", 2.0 * BT * F * C);
-    if (ar_cuda_linear_forward(ws->tmp, ws->act, w->w[LDOWN], w->b[LDOWN], BT, F, C)) return -1;
+    if (ar_cuda_linear_forward(ws->tmp, input_of(ws, LDOWN, ws->act), w->w[LDOWN], w->b[LDOWN], BT, F, C)) return -1;
     AR_PROF("elem-fwd/residual", 0);
     ar_cuda_add(y, ws->h, ws->tmp, (long)BT * C);
     return 0;
@@ -179,13 +214,16 @@ static int mlp_back(const ar_cuda_shape *s, const ar_cuda_weights *w, const floa
     if (ar_cuda_copy(ws->dh, dy, sizeof(float) * BT * C) || ar_cuda_zero(ws->dgate, fb) || ar_cuda_zero(ws->dup, fb))
         return -1;
     AR_PROF("gemm-dx+dw/down", 4.0 * BT * F * C);
-    if (linear_dx(ws->dact, dy, w->w[LDOWN], BT, F, C, 0.0f) || linear_dw(dW[LDOWN], dy, ws->act, BT, F, C)) return -1;
+    if (linear_dx(ws->dact, dy, w->w[LDOWN], BT, F, C, 0.0f) ||
+        linear_dw(dW[LDOWN], dy, input_of(ws, LDOWN, ws->act), BT, F, C))
+        return -1;
     AR_PROF("elem-bwd/swiglu", 0);
     ar_cuda_swiglu_backward(ws->dgate, ws->dup, ws->dact, ws->gate, ws->up, BT * F);
     AR_PROF("gemm-dx+dw/gate up", 8.0 * BT * F * C);
     if (linear_dx(ws->dln, ws->dgate, w->w[LGATE], BT, C, F, 0.0f) ||
-        linear_dw(dW[LGATE], ws->dgate, ws->ln2, BT, C, F) ||
-        linear_dx(ws->dln, ws->dup, w->w[LUP], BT, C, F, 1.0f) || linear_dw(dW[LUP], ws->dup, ws->ln2, BT, C, F))
+        linear_dw(dW[LGATE], ws->dgate, input_of(ws, LGATE, ws->ln2), BT, C, F) ||
+        linear_dx(ws->dln, ws->dup, w->w[LUP], BT, C, F, 1.0f) ||
+        linear_dw(dW[LUP], ws->dup, input_of(ws, LUP, ws->ln2), BT, C, F))
         return -1;
     AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(ws->dh, ws->dln, ws->h, w->mlp_norm, ws->rstd2, BT, C);
@@ -209,7 +247,8 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
     int QD = NH * HD, KD = NKV * HD;
     long BT = (long)B * T;
     AR_PROF("gemm-dx+dw/o", 4.0 * BT * QD * C);
-    if (linear_dx(ws->dao, ws->dh, w->w[LO], BT, QD, C, 0.0f) || linear_dw(dW[LO], ws->dh, ws->ao, BT, QD, C) ||
+    if (linear_dx(ws->dao, ws->dh, w->w[LO], BT, QD, C, 0.0f) ||
+        linear_dw(dW[LO], ws->dh, input_of(ws, LO, ws->ao), BT, QD, C) ||
         ar_cuda_zero(ws->dq, sizeof(float) * BT * QD) || ar_cuda_zero(ws->dk, sizeof(float) * BT * KD) ||
         ar_cuda_zero(ws->dv, sizeof(float) * BT * KD))
         return -1;
@@ -224,8 +263,9 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
     const float *dk = qknorm_back(ws->dkn, ws->dk, w->k_norm, ws->kpre, ws->rstdk, BT * NKV, HD);
     if (!dq || !dk) return -1;
     AR_PROF("gemm-dw/q k v", 2.0 * BT * C * (QD + 2 * KD));
-    if (linear_dw(dW[LQ], dq, ws->ln1, BT, C, QD) || linear_dw(dW[LK], dk, ws->ln1, BT, C, KD) ||
-        linear_dw(dW[LV], ws->dv, ws->ln1, BT, C, KD))
+    if (linear_dw(dW[LQ], dq, input_of(ws, LQ, ws->ln1), BT, C, QD) ||
+        linear_dw(dW[LK], dk, input_of(ws, LK, ws->ln1), BT, C, KD) ||
+        linear_dw(dW[LV], ws->dv, input_of(ws, LV, ws->ln1), BT, C, KD))
         return -1;
     if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
     AR_PROF("gemm-dx/q k v", 2.0 * BT * C * (QD + 2 * KD));

@@ -7,8 +7,14 @@
  * probabilities. What stays f32: the residual stream, the GEMM outputs, the
  * normalization statistics and every accumulated gradient, as in the BF16
  * mode of the default path, whose operands cuBLAS rounds to bf16 the same
- * way (round to nearest even). */
+ * way (round to nearest even).
+ * Activation quantization (quant_act.cuh, installed through block.cu) works
+ * on the bf16 inputs: a quantized linear multiplies by bf16(q(x_bf16)), its
+ * own copy, in the forward and in its dW GEMM. The default path's BF16 mode
+ * quantizes the f32 input instead (bf16(q(x)) after cuBLAS' rounding), the
+ * CPU q(x) in f32: see kernels/README.md for what that difference does. */
 #include "internal.cuh"
+#include "quant_act.cuh"
 #include <cuda_bf16.h>
 #include <math.h>
 
@@ -162,7 +168,25 @@ struct ar_cuda_fast_work {
     float *dh, *dact, *dln, *dao, *dq, *dk, *dv, *dqn, *dkn, *scratch;
     uint16_t *dyb, *dhb, *dgub, *dqb, *dkb, *dvb; /* dgub [BT, 2F]: dgate | dup per row */
     void *base;
+    const ar_cuda_act_set *aq; /* activation quantizers (bf16 copies; owned by the block work) or NULL */
 };
+
+void ar_cuda_fast_attach_act(ar_cuda_fast_work *fw, const ar_cuda_act_set *s) { fw->aq = s; }
+
+/* Quantize xb [rows, k], the input of linears first..last, into their copies. */
+static int act_run(const ar_cuda_fast_work *fw, const char *phase, int first, int last, const uint16_t *xb, long rows,
+                   int k)
+{
+    if (!fw->aq) return 0;
+    AR_PROF(phase, 0);
+    return ar_cuda_act_set_run(fw->aq, first, last, xb, rows, k);
+}
+
+/* What linear i multiplies by, forward and dW: xb or its quantized copy. */
+static const uint16_t *in_b(const ar_cuda_fast_work *fw, int i, const uint16_t *xb)
+{
+    return (const uint16_t *)ar_cuda_act_input(fw->aq, i, xb);
+}
 
 int ar_cuda_fast_eligible(const ar_cuda_shape *s)
 {
@@ -297,14 +321,17 @@ static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, const floa
     AR_PROF("elem-fwd/rmsnorm1 -> bf16, x -> work, h", 0);
     rmsnorm_bf16_copying(fw->ln1b, fw->rstd1, x, w->attn_norm, BT, C, s->eps, fw->x, fw->h);
     float *qp = w->q_norm ? fw->qpre : fw->q, *kp = w->k_norm ? fw->kpre : fw->k;
-    /* q, k, v as one batched GEMM when they have one shape and land in the
-     * work's q|k|v block (no QK-norm, no bias, as many kv heads as heads) */
-    int fused = QD == KD && !w->q_norm && !w->k_norm && !w->b[LQ] && !w->b[LK] && !w->b[LV];
-    if (fused ? lin_shared_input("gemm-fwd/q+k+v (batched)", fw->q, (long)fw->B * fw->T * QD, fw->ln1b, fw->wb[LQ], 3,
+    if (act_run(fw, "elem-fwd/act quant q k v", LQ, LV, fw->ln1b, BT, C)) return -1;
+    const uint16_t *xq = in_b(fw, LQ, fw->ln1b), *xk = in_b(fw, LK, fw->ln1b), *xv = in_b(fw, LV, fw->ln1b);
+    /* q, k, v as one batched GEMM when they have one shape, read one input and
+     * land in the work's q|k|v block (no QK-norm, no bias, as many kv heads
+     * as heads, no activation specs differing between them) */
+    int fused = QD == KD && !w->q_norm && !w->k_norm && !w->b[LQ] && !w->b[LK] && !w->b[LV] && xq == xk && xk == xv;
+    if (fused ? lin_shared_input("gemm-fwd/q+k+v (batched)", fw->q, (long)fw->B * fw->T * QD, xq, fw->wb[LQ], 3,
                                  BT, C, QD)
-              : lin("gemm-fwd/q", qp, fw->ln1b, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) ||
-                    lin("gemm-fwd/k", kp, fw->ln1b, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
-                    lin("gemm-fwd/v", fw->v, fw->ln1b, fw->wb[LV], w->b[LV], BT, C, KD, 0))
+              : lin("gemm-fwd/q", qp, xq, fw->wb[LQ], w->b[LQ], BT, C, QD, 0) ||
+                    lin("gemm-fwd/k", kp, xk, fw->wb[LK], w->b[LK], BT, C, KD, 0) ||
+                    lin("gemm-fwd/v", fw->v, xv, fw->wb[LV], w->b[LV], BT, C, KD, 0))
         return -1;
     AR_PROF("elem-fwd/qk-norm, rope q k, v -> bf16", 0);
     if (w->q_norm) ar_cuda_rmsnorm_forward(fw->q, fw->rstdq, fw->qpre, w->q_norm, BT * NH, HD, s->eps);
@@ -316,8 +343,10 @@ static int attn_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, const floa
     if (ar_cuda_flash_forward(fw->aob, train ? fw->ao : NULL, fw->lse, fw->qb, fw->kb, fw->vb, B, T, NH, NKV, HD,
                               s->window))
         return -1;
+    /* o_proj's quantized copy is its own: the flash backward reads the f32 O */
+    if (act_run(fw, "elem-fwd/act quant o", LO, LO, fw->aob, BT, QD)) return -1;
     /* h = x + o_proj(attn): the GEMM accumulates onto the copy of x in h */
-    return lin("gemm-fwd/o", fw->h, fw->aob, fw->wb[LO], w->b[LO], BT, QD, C, 1);
+    return lin("gemm-fwd/o", fw->h, in_b(fw, LO, fw->aob), fw->wb[LO], w->b[LO], BT, QD, C, 1);
 }
 
 static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, int BT, ar_cuda_fast_work *fw)
@@ -325,15 +354,19 @@ static int mlp_fwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *y, i
     int C = s->C, F = s->F;
     AR_PROF("elem-fwd/rmsnorm2 -> bf16, h -> y", 0);
     rmsnorm_bf16_copying(fw->ln2b, fw->rstd2, fw->h, w->mlp_norm, BT, C, s->eps, y, NULL); /* y = h + down(...) */
-    int fused = !w->b[LGATE] && !w->b[LUP]; /* gate, up: one batched GEMM into the gate|up block */
-    if (fused ? lin_shared_input("gemm-fwd/gate+up (batched)", fw->gate, (long)fw->B * fw->T * F, fw->ln2b,
-                                 fw->wb[LGATE], 2, BT, C, F)
-              : lin("gemm-fwd/gate", fw->gate, fw->ln2b, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
-                    lin("gemm-fwd/up", fw->up, fw->ln2b, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
+    if (act_run(fw, "elem-fwd/act quant gate up", LGATE, LUP, fw->ln2b, BT, C)) return -1;
+    const uint16_t *xg = in_b(fw, LGATE, fw->ln2b), *xu = in_b(fw, LUP, fw->ln2b);
+    /* gate, up: one batched GEMM into the gate|up block when they read one input */
+    int fused = !w->b[LGATE] && !w->b[LUP] && xg == xu;
+    if (fused ? lin_shared_input("gemm-fwd/gate+up (batched)", fw->gate, (long)fw->B * fw->T * F, xg, fw->wb[LGATE], 2,
+                                 BT, C, F)
+              : lin("gemm-fwd/gate", fw->gate, xg, fw->wb[LGATE], w->b[LGATE], BT, C, F, 0) ||
+                    lin("gemm-fwd/up", fw->up, xu, fw->wb[LUP], w->b[LUP], BT, C, F, 0))
         return -1;
     AR_PROF("elem-fwd/swiglu -> bf16", 0);
     ar_cuda_swiglu_forward_bf16(fw->actb, fw->gate, fw->up, (long)BT * F);
-    return lin("gemm-fwd/down", y, fw->actb, fw->wb[LDOWN], w->b[LDOWN], BT, F, C, 1);
+    if (act_run(fw, "elem-fwd/act quant down", LDOWN, LDOWN, fw->actb, BT, F)) return -1;
+    return lin("gemm-fwd/down", y, in_b(fw, LDOWN, fw->actb), fw->wb[LDOWN], w->b[LDOWN], BT, F, C, 1);
 }
 
 int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y, int B, int T,
@@ -378,15 +411,15 @@ static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], 
     AR_PROF("elem-bwd/dy -> dh f32 + bf16", 0);
     ar_cuda_copy_to_bf16(fw->dh, fw->dyb, dy, (long)BT * C); /* dh starts as the residual's dy */
     if (gdx("gemm-dx/down", fw->dact, fw->dyb, fw->wb[LDOWN], BT, F, C, 0.0f) ||
-        gdw("gemm-dw/down", dW[LDOWN], fw->dyb, fw->actb, BT, F, C))
+        gdw("gemm-dw/down", dW[LDOWN], fw->dyb, in_b(fw, LDOWN, fw->actb), BT, F, C))
         return -1;
     AR_PROF("elem-bwd/swiglu -> bf16", 0);
     swiglu_backward_rows(fw->dgub, fw->dact, fw->gate, fw->up, BT, F);
     /* dL/dn2 = [dgate | dup] · [Wgate; Wup]: one GEMM over K = 2F (the
      * weights are back to back) */
     if (gdx("gemm-dx/gate+up (K = 2F)", fw->dln, fw->dgub, fw->wb[LGATE], BT, C, 2 * F, 0.0f) ||
-        gdw_ld("gemm-dw/gate", dW[LGATE], fw->dgub, 2 * F, fw->ln2b, BT, C, F) ||
-        gdw_ld("gemm-dw/up", dW[LUP], fw->dgub + F, 2 * F, fw->ln2b, BT, C, F))
+        gdw_ld("gemm-dw/gate", dW[LGATE], fw->dgub, 2 * F, in_b(fw, LGATE, fw->ln2b), BT, C, F) ||
+        gdw_ld("gemm-dw/up", dW[LUP], fw->dgub + F, 2 * F, in_b(fw, LUP, fw->ln2b), BT, C, F))
         return -1;
     AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(fw->dh, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
@@ -418,7 +451,7 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
     AR_PROF("elem-bwd/dh -> bf16", 0);
     ar_cuda_copy_to_bf16(NULL, fw->dhb, fw->dh, (long)BT * C);
     if (gdx("gemm-dx/o", fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) ||
-        gdw("gemm-dw/o", dW[LO], fw->dhb, fw->aob, BT, QD, C))
+        gdw("gemm-dw/o", dW[LO], fw->dhb, in_b(fw, LO, fw->aob), BT, QD, C))
         return -1;
     AR_PROF("attn-bwd/flash", 2.5 * ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_flash_backward_write(fw->dq, fw->dk, fw->dv, fw->scratch, fw->dao, fw->ao, fw->lse, fw->qb, fw->kb, fw->vb, B,
@@ -429,8 +462,9 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
         proj_grad(fw->dkb, fw->dk, fw->dkn, w->k_norm, fw->kpre, fw->rstdk, B, T, NKV, HD, fw))
         return -1;
     ar_cuda_copy_to_bf16(NULL, fw->dvb, fw->dv, (long)BT * KD);
-    if (gdw("gemm-dw/q", dW[LQ], fw->dqb, fw->ln1b, BT, C, QD) || gdw("gemm-dw/k", dW[LK], fw->dkb, fw->ln1b, BT, C, KD) ||
-        gdw("gemm-dw/v", dW[LV], fw->dvb, fw->ln1b, BT, C, KD))
+    if (gdw("gemm-dw/q", dW[LQ], fw->dqb, in_b(fw, LQ, fw->ln1b), BT, C, QD) ||
+        gdw("gemm-dw/k", dW[LK], fw->dkb, in_b(fw, LK, fw->ln1b), BT, C, KD) ||
+        gdw("gemm-dw/v", dW[LV], fw->dvb, in_b(fw, LV, fw->ln1b), BT, C, KD))
         return -1;
     if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
     if (gdx("gemm-dx/q", fw->dln, fw->dqb, fw->wb[LQ], BT, C, QD, 0.0f) ||

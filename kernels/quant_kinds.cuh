@@ -168,6 +168,98 @@ AR_HD static inline ar_fp_tiling ar_fp_tiling_of(const ar_cuda_qspec &q, int n, 
     return t;
 }
 
+/* ---- activations (quant_fp.c's ar_act_quant) ------------------------------
+ * How ar_act_quant treats one spec, decided once on the host (quant_act.cu's
+ * act_mode_of follows ar_act_quant's dispatch): the MX kinds with the RCEIL
+ * exponent, FP8 with a static scale, the integer per-token/per-group
+ * quantizer (int_sym, f32 scales, α = β = 1), or the weight quantizer of an
+ * FP kind with β = 1, no V and no init_scale (MX floor exponent, NVFP4,
+ * dynamic FP8). Groups run along each row; glen is the group length (K for
+ * one group per row). */
+enum { AR_ACT_MX_RCEIL = 0, AR_ACT_FP8_STATIC, AR_ACT_INT, AR_ACT_FP };
+
+struct ar_act_mode {
+    int mode;        /* AR_ACT_* */
+    int kind;        /* AR_CUDA_Q_* */
+    int bits;        /* AR_ACT_INT */
+    int glen;        /* elements per group along the row (> 0) */
+    int per_tensor;  /* AR_ACT_FP (FP8, group 0): one scale from the tensor's max */
+    int tensor_gs;   /* NVFP4 without act_max: global scale 448·6/max|x| of the tensor */
+    float gs;        /* NVFP4 with act_max: the static global scale 448·6/act_max */
+    float act_max;   /* AR_ACT_FP8_STATIC */
+};
+
+/* ceil(log2 r) for a finite r > 0, exactly (quant_fp.c's ceil_log2). */
+AR_HD static inline int ar_fp_ceil_log2(float r)
+{
+    int e;
+    float m = frexpf(r, &e);
+    return m == 0.5f ? e - 1 : e;
+}
+
+/* What a group's statistics decided: the RCEIL exponent, the static/int
+ * scale s with its integer level bounds, or the FP kinds' tile state. */
+struct ar_act_group {
+    int e;
+    float s, lo, hi;
+    ar_fp_tile t;
+};
+
+/* Group setup from the group's min and max (both widened to contain 0, as
+ * quant.c's group_range), the group's max |x| amax and the NVFP4 global
+ * scale gs (the static one, or from the tensor's max). For per-tensor FP8
+ * amax is the tensor's. */
+AR_HD static inline ar_act_group ar_act_group_setup(const ar_act_mode &m, float wmin, float wmax, float amax, float gs)
+{
+    ar_act_group g;
+    g.e = 0, g.s = 0.0f, g.lo = 0.0f, g.hi = 0.0f;
+    g.t.scale = g.t.o = g.t.deq = g.t.dscale_dbeta = 0.0f;
+    if (m.mode == AR_ACT_MX_RCEIL) {
+        ar_fp_fmt f = ar_fp_fmt_of(m.kind);
+        int e = amax == 0.0f ? 1 : ar_fp_ceil_log2(amax / f.max_norm);
+        g.e = e < -127 ? -127 : (e > 127 ? 127 : e);
+    } else if (m.mode == AR_ACT_FP8_STATIC) {
+        const float floor_s = 1.0f / (448.0f * 512.0f);
+        float s = m.act_max / 448.0f;
+        g.s = s < floor_s ? floor_s : s;
+    } else if (m.mode == AR_ACT_INT) {
+        /* quant.c's group_setup for int_sym with α = β = 1 and f32 scales */
+        float q = (float)(1 << (m.bits - 1));
+        float a = -(wmin * 1.0f), c = wmax * 1.0f;
+        float sign = (c < a) ? 1.0f : -1.0f;
+        float s = sign * (c > a ? c : a) / q, t = 1e-8f;
+        if (s < 0) g.s = s <= -t ? s : -t;
+        else g.s = s >= t ? s : t;
+        g.lo = -q, g.hi = q - 1.0f;
+    } else {
+        g.t = ar_fp_tile_setup(m.kind, gs, amax, 1.0f);
+    }
+    return g;
+}
+
+/* x̂ of one element of a set-up group. */
+AR_HD static inline float ar_act_elem(const ar_act_mode &m, const ar_act_group &g, float x)
+{
+    if (m.mode == AR_ACT_MX_RCEIL) {
+        ar_fp_fmt f = ar_fp_fmt_of(m.kind);
+        return ldexpf(ar_fp_round_elem(ar_fp_clamp(ldexpf(x, -g.e), -f.max_norm, f.max_norm), f), g.e);
+    }
+    if (m.mode == AR_ACT_FP8_STATIC)
+        return ar_fp_elem_round(AR_CUDA_Q_FP8, ar_fp_clamp(x / g.s, -448.0f, 448.0f)) * g.s;
+    if (m.mode == AR_ACT_INT) {
+        /* quant.c's level_of with V = 0, z = 0, then ŵ = s·(q − z) */
+        float q = ar_fp_clamp(rintf(x / g.s + 0.0f) + 0.0f, g.lo, g.hi);
+        return g.s * (q - 0.0f);
+    }
+    return ar_fp_elem_forward(m.kind, g.t, x, 0.0f);
+}
+
+/* NVFP4's global scale from a tensor maximum (ar_nvfp4_global_scale). */
+AR_HD static inline float ar_act_tensor_gs(float amax)
+{
+    return amax == 0.0f ? 0.0f : 448.0f * 6.0f * (1.0f / amax);
+}
+
 /* ---- GGUF ------------------------------------------------------------------ */
 
 /* gguf_quant.c's round_even: half to even; out of its fast range it is

@@ -39,12 +39,21 @@ static int kernel_has(const ar_quant_spec *qs)
     }
 }
 
+/* 1 when the kernels have the activation quantizer of spec: every kind
+ * ar_act_quant handles (kernels/quant_act.cu mirrors its dispatch). */
+static int act_kernel_has(const ar_act_spec *as)
+{
+    return as->bits >= 16 || (as->dtype >= AR_QDT_INT && as->dtype <= AR_QDT_FP8);
+}
+
 int ar_signround_cuda_supports(const ar_block_plan *plan)
 {
     if (!ar_device_cuda_built()) return 0;
-    if (ar_block_plan_has_act_quant(plan)) return 0;   /* activation fake-quant: CPU tuner only */
-    for (int i = 0; i < AR_NLINEAR; i++)
-        if (plan->quantize[i] && !kernel_has(&plan->spec[i])) return 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        if (!kernel_has(&plan->spec[i])) return 0;
+        if (plan->act_quant[i] && !act_kernel_has(&plan->act[i])) return 0;
+    }
     return 1;
 }
 
@@ -73,6 +82,28 @@ static double now_s(void)
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* The kernels' copy of an activation spec (same fields, same AR_QDT_* kinds). */
+static ar_cuda_act act_of(const ar_act_spec *as)
+{
+    ar_cuda_act a = {as->dtype, as->bits, as->group_size, as->dynamic, as->act_max, as->rceil};
+    return a;
+}
+
+/* Install the plan's activation quantizers (quantized linears with
+ * act_quant, as ar_block_plan_set_act_quant) in the work ws of shape s. */
+static int install_act_quant(const ar_block_plan *plan, const ar_cuda_shape *s, ar_cuda_block_work *ws)
+{
+    ar_cuda_act a[AR_NLINEAR];
+    const ar_cuda_act *aq[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        aq[i] = NULL;
+        if (!plan->quantize[i] || !plan->act_quant[i]) continue;
+        a[i] = act_of(&plan->act[i]);
+        aq[i] = &a[i];
+    }
+    return ar_cuda_block_set_act_quant(s, ws, aq) ? ar_cuda_err("activation quantizers") : 0;
 }
 
 /* One quantized linear on the device. */
@@ -261,6 +292,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     }
     if (ar_cuda_weights_upload(&t->w, c, w_fp, t->swap)) return -1;
     if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1))) return -1;
+    if (ar_block_plan_has_act_quant(plan) && install_act_quant(plan, &t->shape, t->ws)) return -1;
     if (upload_cache(t, x_in, y_ref, mask, n)) return -1;
     size_t rows = (size_t)t->bs * T * t->C;
     int fail = 0;
