@@ -927,6 +927,183 @@ int ar_ggml_requantize_codes(ar_ggml_type t, const float *w, const float *v, voi
     return 0;
 }
 
+/* ---- refitting k-quant scales with the codes fixed ------------------------------
+ * A k-quant block stores fp16 super scales (d, and dmin for asymmetric types)
+ * and small integer sub-block codes (sc_j, and mn_j); element i of sub-block j
+ * dequantizes to d·sc_j·l_i − dmin·mn_j, l_i = L_i − offset. With the codes L
+ * fixed (e.g. chosen by SignRound), the error E = Σ q_i (ŵ_i − w_i)² is a
+ * quadratic in (d, dmin) for fixed sub-codes and in (sc_j, mn_j) for fixed
+ * super scales, so we alternate the two closed-form least-squares fits,
+ * rounding each to what the format can store (fp16; integers in range), and
+ * keep the best stored state found, measured by dequantizing it. */
+
+/* The scale fields of one k-quant block, decoded: sub-codes signed. */
+typedef struct {
+    float d, dmin;
+    int sc[16], mn[16];
+} kq_scales;
+
+/* Range of the sub-scale codes of type t (the mins share [0, smax]). */
+static void subcode_range(ar_ggml_type t, int *smin, int *smax)
+{
+    switch (t) {
+    case AR_GGML_Q2_K: *smin = 0; *smax = 15; break;
+    case AR_GGML_Q3_K: *smin = -32; *smax = 31; break;
+    case AR_GGML_Q6_K: *smin = -128; *smax = 127; break;
+    default: *smin = 0; *smax = 63; break;   /* Q4_K, Q5_K */
+    }
+}
+
+static void read_kq_scales(ar_ggml_type t, const uint8_t *b, kq_scales *k)
+{
+    kq_layout o = layout_of(t);
+    memset(k, 0, sizeof *k);
+    k->d = f16(b + o.d);
+    k->dmin = o.dmin >= 0 ? f16(b + o.dmin) : 0.f;
+    for (int j = 0; j < 16; j++) {
+        uint8_t sc = 0, mn = 0;
+        if (t == AR_GGML_Q2_K) { sc = b[j] & 15; mn = b[j] >> 4; }
+        else if (t == AR_GGML_Q3_K) { k->sc[j] = unpack_scale_q3(b + o.scales, j); continue; }
+        else if (t == AR_GGML_Q6_K) { k->sc[j] = (int8_t)b[o.scales + j]; continue; }
+        else if (j < 8) unpack_scales_k4(b + o.scales, j, &sc, &mn);
+        k->sc[j] = sc;
+        k->mn[j] = mn;
+    }
+}
+
+static void write_kq_scales(ar_ggml_type t, uint8_t *b, const kq_scales *k)
+{
+    kq_layout o = layout_of(t);
+    uint8_t sc[16], mn[16];
+    for (int j = 0; j < 16; j++) {
+        sc[j] = (uint8_t)(t == AR_GGML_Q3_K ? k->sc[j] + 32 : k->sc[j]);
+        mn[j] = (uint8_t)k->mn[j];
+    }
+    put16(b + o.d, h16(k->d));
+    if (o.dmin >= 0) put16(b + o.dmin, h16(k->dmin));
+    if (t == AR_GGML_Q2_K) for (int j = 0; j < 16; j++) b[j] = (uint8_t)(sc[j] | mn[j] << 4);
+    else if (t == AR_GGML_Q3_K) pack_scales_q3(sc, b + o.scales);
+    else if (t == AR_GGML_Q6_K) for (int j = 0; j < 16; j++) b[o.scales + j] = sc[j];
+    else pack_scales_k4(sc, mn, b + o.scales);
+}
+
+/* Σ q (ŵ − w)² of one stored block, in double. */
+static double block_error(ar_ggml_type t, const uint8_t *b, const float *w, const float *q)
+{
+    float y[QKK];
+    dequant_block(t, b, y);
+    double e = 0;
+    for (int i = 0; i < QKK; i++) e += (double)(q ? q[i] : 1.f) * ((double)y[i] - w[i]) * ((double)y[i] - w[i]);
+    return e;
+}
+
+/* The value an fp16 field will hold. */
+static float as_f16(float x) { return ar_f16_to_f32(h16(x)); }
+
+/* Super scales for fixed sub-codes: weighted least squares of
+ * w ≈ d·(sc·l) − dmin·mn, dmin kept >= 0 (refit d alone otherwise). */
+static void fit_super(const ar_ggml_grid *g, const int *l, const float *w, const float *q, kq_scales *k)
+{
+    double saa = 0, sab = 0, sbb = 0, saw = 0, sbw = 0;
+    for (int i = 0; i < QKK; i++) {
+        int j = i / g->group;
+        double qi = q ? q[i] : 1.0, a = (double)k->sc[j] * l[i], bm = g->asym ? k->mn[j] : 0;
+        saa += qi * a * a; sab += qi * a * bm; sbb += qi * bm * bm;
+        saw += qi * a * w[i]; sbw += qi * bm * w[i];
+    }
+    if (!(saa > 0)) return;
+    double d = saw / saa, dmin = 0, det = saa * sbb - sab * sab;
+    if (g->asym && det > 1e-12 * saa * sbb) {
+        d = (sbb * saw - sab * sbw) / det;      /* w ≈ d·a − dmin·b */
+        dmin = (sab * saw - saa * sbw) / det;
+        if (dmin < 0) { dmin = 0; d = saw / saa; }
+    }
+    if (g->asym && !(det > 1e-12 * saa * sbb)) dmin = k->dmin;
+    k->d = as_f16((float)d);
+    if (g->asym) k->dmin = as_f16((float)dmin);
+}
+
+/* Sub-codes of group j for fixed super scales: the nearest integer of the 1-D
+ * least-squares optimum is exact for a convex quadratic; with a min, each of a
+ * few scale codes around the joint optimum gets its best min code. */
+static void fit_group(ar_ggml_type t, const ar_ggml_grid *g, const int *l, const float *w, const float *q,
+                      int j, kq_scales *k)
+{
+    int smin, smax;
+    subcode_range(t, &smin, &smax);
+    double sq = 0, sl = 0, sll = 0, slw = 0, sw = 0;
+    for (int i = j * g->group; i < (j + 1) * g->group; i++) {
+        double qi = q ? q[i] : 1.0;
+        sq += qi; sl += qi * l[i]; sll += qi * l[i] * l[i]; slw += qi * l[i] * w[i]; sw += qi * w[i];
+    }
+    if (!(sll > 0) || !k->d) return;
+    if (!g->asym || !k->dmin) {   /* w ≈ d·sc·l (− dmin·mn with dmin = 0) */
+        long sc = lround(slw / (k->d * sll));
+        k->sc[j] = (int)(sc < smin ? smin : sc > smax ? smax : sc);
+        return;
+    }
+    double det = sq * sll - sl * sl, c = det > 0 ? (sq * slw - sl * sw) / det / k->d : slw / (k->d * sll);
+    double best = INFINITY;
+    for (long sc = lround(c) - 1; sc <= lround(c) + 1; sc++) {
+        if (sc < smin || sc > smax) continue;
+        /* best mn for this sc: w ≈ d·sc·l − dmin·mn, so mn = Σq(d·sc·l − w)/(dmin·Σq) */
+        long mn = sq > 0 ? lround((k->d * sc * sl - sw) / (k->dmin * sq)) : 0;
+        mn = mn < 0 ? 0 : mn > smax ? smax : mn;
+        double e = 0;
+        for (int i = j * g->group; i < (j + 1) * g->group; i++) {
+            double r = (double)k->d * sc * l[i] - (double)k->dmin * mn - w[i];
+            e += (q ? q[i] : 1.0) * r * r;
+        }
+        if (e < best) { best = e; k->sc[j] = (int)sc; k->mn[j] = (int)mn; }
+    }
+}
+
+/* Refit one block in place; 1 when its bytes changed. */
+static int refit_block(ar_ggml_type t, const ar_ggml_grid *g, const float *w, const float *q, uint8_t *b)
+{
+    uint8_t L[QKK], best_b[QKK];
+    int l[QKK];
+    const size_t bb = ar_ggml_block_bytes(t);
+    get_codes(t, b, L);
+    for (int i = 0; i < QKK; i++) l[i] = L[i] - g->offset;
+    double best = block_error(t, b, w, q);
+    memcpy(best_b, b, bb);
+    kq_scales k;
+    read_kq_scales(t, b, &k);
+    uint8_t trial[QKK];
+    memcpy(trial, b, bb);
+    for (int pass = 0; pass < 4; pass++) {
+        fit_super(g, l, w, q, &k);
+        for (int j = 0; j < QKK / g->group; j++) fit_group(t, g, l, w, q, j, &k);
+        write_kq_scales(t, trial, &k);
+        read_kq_scales(t, trial, &k);   /* what was stored */
+        double e = block_error(t, trial, w, q);
+        if (e < best) { best = e; memcpy(best_b, trial, bb); }
+    }
+    int changed = memcmp(best_b, b, bb) != 0;
+    memcpy(b, best_b, bb);
+    return changed;
+}
+
+int ar_ggml_refit_scales(ar_ggml_type t, const float *w, void *blocks, int64_t nrows, int64_t n_per_row,
+                         const float *imatrix, int64_t *changed)
+{
+    ar_ggml_grid g;
+    if (check_row(t, n_per_row, "refit") || nrows < 0) return -1;
+    if (ar_ggml_block_elems(t) != QKK || ar_ggml_grid_of(t, &g))
+        return ar_error("gguf: refit: %s is not a k-quant type", ar_ggml_type_name(t));
+    const size_t bb = ar_ggml_block_bytes(t), rb = ar_ggml_row_bytes(t, n_per_row);
+    const int64_t nb = n_per_row / QKK;
+    int64_t count = 0;
+#pragma omp parallel for schedule(dynamic, 16) reduction(+:count) if (nrows * n_per_row > 65536)
+    for (int64_t r = 0; r < nrows; r++)
+        for (int64_t k = 0; k < nb; k++)
+            count += refit_block(t, &g, w + r * n_per_row + k * QKK, imatrix ? imatrix + k * QKK : NULL,
+                                 (uint8_t *)blocks + r * rb + k * bb);
+    if (changed) *changed = count;
+    return 0;
+}
+
 /* ---- llama.cpp mixes: per-tensor type policy ----------------------------------- */
 
 static const struct { ar_gguf_ftype f; const char *name; ar_ggml_type base; } ftypes[] = {

@@ -54,6 +54,8 @@ static const preset_row presets[] = {
     { "GGUF:Q5_0",   AR_SCHEME_GGUF,  5, 32,  1, "int",   U, U, U, NULL, 0, 0 },
     { "GGUF:Q5_1",   AR_SCHEME_GGUF,  5, 32,  0, "int_asym_float_zp", U, U, U, NULL, 0, 0 },
     { "GGUF:Q8_0",   AR_SCHEME_GGUF,  8, 32,  1, "int",   U, U, U, NULL, 0, 0 },
+    /* Q2_K: llama.cpp's mix (AutoRound has only Q2_K_S); same base type */
+    { "GGUF:Q2_K",   AR_SCHEME_GGUF,  2, 16,  0, "int_asym_dq", U, U, U, NULL, 4, 16 },
     { "GGUF:Q2_K_S", AR_SCHEME_GGUF,  2, 16,  0, "int_asym_dq", U, U, U, NULL, 4, 16 },
     { "GGUF:Q2_K_MIXED", AR_SCHEME_GGUF, 2, 16, 0, "int_asym_dq", U, U, U, NULL, 4, 16 },
     { "GGUF:Q3_K_S", AR_SCHEME_GGUF,  3, 16,  1, "int_sym_dq", U, U, U, NULL, 6, 16 },

@@ -192,3 +192,111 @@ Test(gguf_quant, policy_layer_bumps)
     cr_assert_eq(ar_gguf_tensor_type(AR_FTYPE_F16, &m, "blk.0.attn_norm.weight", 1, 512), AR_GGML_F32);
     cr_assert_eq(ar_gguf_tensor_type(AR_FTYPE_Q6_K, &m, "blk.0.ffn_up.weight", 2, 200), AR_GGML_F16);
 }
+
+/* ---- refitting k-quant scales with fixed codes ---------------------------------- */
+
+static const ar_ggml_type kquants[] = {AR_GGML_Q2_K, AR_GGML_Q3_K, AR_GGML_Q4_K, AR_GGML_Q5_K, AR_GGML_Q6_K};
+
+/* Byte ranges of a k-quant block that hold codes (the refit must not touch them). */
+static void code_bytes(ar_ggml_type t, int *lo, int *hi)
+{
+    switch (t) {
+    case AR_GGML_Q2_K: *lo = 16; *hi = 80; break;
+    case AR_GGML_Q3_K: *lo = 0; *hi = 96; break;
+    case AR_GGML_Q4_K: *lo = 16; *hi = 144; break;
+    case AR_GGML_Q5_K: *lo = 16; *hi = 176; break;
+    default: *lo = 0; *hi = 192; break;   /* Q6_K */
+    }
+}
+
+/* Σ q (deq − w)² of block k of blocks, by a plain double loop. */
+static double weighted_error(ar_ggml_type t, const void *blocks, int k, const float *w, const float *q)
+{
+    float y[256];
+    cr_assert_eq(ar_ggml_dequantize(t, (const uint8_t *)blocks + k * ar_ggml_block_bytes(t), y, 256), 0);
+    double e = 0;
+    for (int i = 0; i < 256; i++) {
+        double d = (double)y[i] - w[k * 256 + i];
+        e += (q ? q[(k * 256 + i) % NCOLS] : 1.0) * d * d;
+    }
+    return e;
+}
+
+/* Codes pushed off nearest rounding (as SignRound leaves them): the refit
+ * lowers the weighted error of the blocks it rewrites, never raises any, and
+ * leaves every code byte alone; without an imatrix too. */
+Test(gguf_quant, refit_scales_lowers_error_keeps_codes)
+{
+    size_t ni;
+    float *x = rows(), *imx = slurp(FIX "imatrix.f32", &ni);
+    const int n = NROWS * NCOLS, nb = n / 256;
+    float *v = malloc(sizeof(float) * n);
+    srand(7);
+    for (int i = 0; i < n; i++) v[i] = (float)(rand() % 3 - 1) * 0.45f;   /* −0.45, 0, +0.45 */
+    for (int k = 0; k < 5; k++) {
+        ar_ggml_type t = kquants[k];
+        for (int weighted = 0; weighted < 2; weighted++) {
+            const float *q = weighted ? imx : NULL;
+            size_t nbytes = ar_ggml_row_bytes(t, NCOLS) * NROWS, bb = ar_ggml_block_bytes(t);
+            uint8_t *b = malloc(nbytes), *b2 = malloc(nbytes);
+            cr_assert_eq(ar_ggml_quantize(t, x, b, NROWS, NCOLS, q), 0);
+            cr_assert_eq(ar_ggml_requantize_codes(t, x, v, b, n), 0);
+            memcpy(b2, b, nbytes);
+            int64_t changed = -1;
+            cr_assert_eq(ar_ggml_refit_scales(t, x, b2, NROWS, NCOLS, q, &changed), 0, "%s", ar_last_error());
+            int lower = 0, lo, hi;
+            code_bytes(t, &lo, &hi);
+            for (int blk = 0; blk < nb; blk++) {
+                double e0 = weighted_error(t, b, blk, x, q), e1 = weighted_error(t, b2, blk, x, q);
+                cr_assert(e1 <= e0, "%s block %d: error %g -> %g", ar_ggml_type_name(t), blk, e0, e1);
+                lower += e1 < e0;
+                cr_assert_eq(memcmp(b + blk * bb + lo, b2 + blk * bb + lo, hi - lo), 0, "%s block %d: codes changed",
+                             ar_ggml_type_name(t), blk);
+            }
+            cr_assert_eq(changed, lower, "%s: %lld blocks reported, %d lowered", ar_ggml_type_name(t),
+                         (long long)changed, lower);
+            cr_assert(lower >= nb / 2, "%s: only %d of %d blocks improved", ar_ggml_type_name(t), lower, nb);
+            free(b); free(b2);
+        }
+    }
+    free(x); free(imx); free(v);
+}
+
+/* Weights that some stored state represents exactly, with its super scales
+ * perturbed: the least-squares fit of d (and dmin) for the right sub-codes
+ * gives them back, so the refit reaches zero error. */
+Test(gguf_quant, refit_scales_recovers_exact_super_scales)
+{
+    float *x = rows();
+    const int n = NROWS * NCOLS;
+    float *target = malloc(sizeof(float) * n);
+    for (int k = 0; k < 5; k++) {
+        ar_ggml_type t = kquants[k];
+        size_t nbytes = ar_ggml_row_bytes(t, NCOLS) * NROWS, bb = ar_ggml_block_bytes(t);
+        uint8_t *b = malloc(nbytes);
+        cr_assert_eq(ar_ggml_quantize(t, x, b, NROWS, NCOLS, NULL), 0);
+        cr_assert_eq(ar_ggml_dequantize(t, b, target, n), 0);
+        /* d (and dmin) sit at the same offsets as llama.cpp's layout: end for Q2_K/Q3_K/Q6_K, start for Q4/5_K */
+        int od = t == AR_GGML_Q2_K ? 80 : t == AR_GGML_Q3_K ? 108 : t == AR_GGML_Q6_K ? 208 : 0;
+        int odm = t == AR_GGML_Q2_K ? 82 : t == AR_GGML_Q4_K || t == AR_GGML_Q5_K ? 2 : -1;
+        for (int blk = 0; blk < n / 256; blk++) {
+            uint8_t *p = b + blk * bb;
+            p[od + 1] ^= 0x01;        /* a mantissa bit of the fp16 d: a few percent off */
+            if (odm >= 0) p[odm + 1] ^= 0x01;
+        }
+        cr_assert_eq(ar_ggml_refit_scales(t, target, b, NROWS, NCOLS, NULL, NULL), 0);
+        for (int blk = 0; blk < n / 256; blk++)
+            cr_assert(weighted_error(t, b, blk, target, NULL) == 0, "%s block %d: error %g after refit",
+                      ar_ggml_type_name(t), blk, weighted_error(t, b, blk, target, NULL));
+        free(b);
+    }
+    free(x); free(target);
+}
+
+Test(gguf_quant, refit_scales_rejects_legacy_types)
+{
+    float x[32] = {0};
+    uint8_t b[34] = {0};
+    cr_assert_eq(ar_ggml_refit_scales(AR_GGML_Q8_0, x, b, 1, 32, NULL, NULL), -1);
+    cr_assert(strstr(ar_last_error(), "not a k-quant"), "%s", ar_last_error());
+}
