@@ -106,6 +106,48 @@ double ar_masked_mse(const float *pred, const float *ref, const uint8_t *row_mas
     return masked_sse(pred, ref, row_mask, rows, C, (float)(2.0 / nel), dpred) / nel;
 }
 
+/* The k-th largest (k >= 1) of a[0..n), which is reordered: quickselect. */
+static float kth_largest(float *a, long n, long k)
+{
+    long lo = 0, hi = n - 1, want = k - 1;   /* index in descending order */
+    while (lo < hi) {
+        float pivot = a[lo + (hi - lo) / 2];
+        long i = lo, j = hi;
+        while (i <= j) {
+            while (a[i] > pivot) i++;
+            while (a[j] < pivot) j--;
+            if (i <= j) { float t = a[i]; a[i] = a[j]; a[j] = t; i++; j--; }
+        }
+        if (want <= j) hi = j;
+        else if (want >= i) lo = i;
+        else return a[want];
+    }
+    return a[want];
+}
+
+double ar_outlier_suppressed_sse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
+                                 float gscale, float *dpred)
+{
+    const long n = rows * C, k = n / 1000 > 1 ? n / 1000 : 1;
+    float *d = malloc(sizeof(float) * (size_t)n);
+    if (!d) return ar_error("signround: out of memory for the outlier-suppressed loss");
+    for (long i = 0; i < n; i++) d[i] = fabsf(pred[i] - ref[i]);
+    float thr = kth_largest(d, n, k);
+    long above = 0;
+    for (long i = 0; i < n; i++) above += fabsf(pred[i] - ref[i]) > thr;
+    long ties = k - above;       /* elements equal to thr still to drop */
+    double sse = 0;
+    for (long i = 0; i < n; i++) {
+        float e = pred[i] - ref[i], a = fabsf(e);
+        int drop = a > thr || (a == thr && ties-- > 0);
+        int keep = !drop && (!row_mask || row_mask[i / C]);
+        if (keep) sse += (double)e * e;
+        if (dpred) dpred[i] = keep ? gscale * e : 0.f;
+    }
+    free(d);
+    return sse;
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -122,6 +164,7 @@ typedef struct {
     float *dv, *dalpha, *dbeta;
     float *wq, *dw;
     float lr, mlr;
+    const float *init_scale;   /* plan->init_scale[i] (SignRoundV2), or NULL */
 } layer_state;
 
 static float layer_lr(const ar_signround_opts *o, int bits)
@@ -161,7 +204,7 @@ static void layer_free(layer_state *L)
 
 static ar_quant_params layer_params(const layer_state *L, int minmax, int best)
 {
-    ar_quant_params p = {best ? L->best_v : L->v, NULL, NULL, NULL};
+    ar_quant_params p = {best ? L->best_v : L->v, NULL, NULL, L->init_scale};
     if (minmax) {
         p.alpha = best ? L->best_alpha : L->alpha;
         p.beta = best ? L->best_beta : L->beta;
@@ -282,7 +325,13 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         double t0 = now_s();
         if (ar_block_forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
         double t1 = now_s();
-        sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+        if (t->o->outlier_loss) {
+            double part = ar_outlier_suppressed_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+            if (part < 0) return -1;
+            sse += part;
+        } else {
+            sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+        }
         if (ar_block_backward(t->c, &t->wq, &t->acts, t->dy, dW, NULL, &t->ws)) return -1;
         t->rep->sec_forward += t1 - t0;
         t->rep->sec_backward += now_s() - t1;
@@ -328,6 +377,7 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], c, i, &plan->spec[i], o)) return -1;
+        t->L[i].init_scale = plan->init_scale[i];
         t->wq.w[i] = t->L[i].wq;
     }
     size_t rows = (size_t)t->bs * T * t->C;

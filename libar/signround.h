@@ -48,6 +48,8 @@ typedef struct {
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */
+    int outlier_loss;     /* 0; 1: SignRoundV2's outlier-suppressed loss (ar_outlier_suppressed_sse)
+                             in place of the MSE (enable_alg_ext with bits < 4 or act_bits <= 4) */
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */
@@ -63,6 +65,11 @@ typedef struct {
      * forward, straight-through in the backward (ar_block_set_act_quant). */
     int act_quant[AR_NLINEAR];
     ar_act_spec act[AR_NLINEAR];
+    /* SignRoundV2's pre-tuning scale search (spec §5.1(a)): NULL, or the
+     * signed per-group scales [N, ngroups] of a symmetric int linear
+     * (ar_quant_search_scales), used as ar_quant_params.init_scale: the
+     * scale is init_scale·β, α unused; set spec.minmax_hi = 2 with it. */
+    const float *init_scale[AR_NLINEAR];
 } ar_block_plan;
 
 /* 1 when some quantized linear of plan fake-quantizes its input. */
@@ -137,6 +144,17 @@ void ar_index_sampler_free(ar_index_sampler *s);
  * gradient dpred = 2·(pred − ref)·mask / (rows·C) when dpred != NULL. */
 double ar_masked_mse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
                      float *dpred);
+
+/* SignRoundV2's outlier-suppressed loss (spec §5.1(a)) over pred and ref
+ * [rows, C]: the k = max(1, floor(rows·C/1000)) largest |pred − ref| among
+ * ALL rows·C elements (masked rows included: AutoRound picks them before
+ * applying the token mask) are left out; returns Σ (pred − ref)² over the
+ * other elements of the rows kept by row_mask (NULL = all), so dividing by
+ * rows·C gives AutoRound's mean. With dpred, dpred = gscale·(pred − ref) on
+ * the counted elements and 0 elsewhere. Ties at the threshold drop the
+ * lowest indices first. -1 when out of memory (ar_error). */
+double ar_outlier_suppressed_sse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
+                                 float gscale, float *dpred);
 
 /* Default loss mask for n samples of T tokens: every position but the last. */
 void ar_default_mask(uint8_t *mask, int n, int T);

@@ -53,6 +53,7 @@ int ar_signround_cuda_supports(const ar_block_plan *plan)
         if (!plan->quantize[i]) continue;
         if (!kernel_has(&plan->spec[i])) return 0;
         if (plan->act_quant[i] && !act_kernel_has(&plan->act[i])) return 0;
+        if (plan->init_scale[i]) return 0;   /* SignRoundV2's init_scale: CPU tuner only */
     }
     return 1;
 }
@@ -285,6 +286,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     t->iters = o->iters;
     t->low_mem = g_low_mem;
     if (!ar_signround_cuda_supports(plan)) return ar_error("signround: this scheme has no GPU quantizer");
+    if (o->outlier_loss) return ar_error("signround: the outlier-suppressed loss has no GPU implementation");
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || glayer_init(&t->L[i], c, i, w_fp, &plan->spec[i], o)) return -1;
