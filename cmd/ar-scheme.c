@@ -256,7 +256,7 @@ static void report(const ar_config *c, const ar_autoscheme_result *r, const sche
             r->avg_bits, a->avg_bits, r->min_avg, r->max_avg, (long long)r->used_bits, (long long)r->budget);
     fprintf(stderr, "ar-scheme: scores: %s%s%s\n", r->terms & AR_AS_WEIGHT_TERM ? "weight" : "",
             r->terms == (AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM) ? " + " : "",
-            r->terms & AR_AS_ACT_TERM ? "activation (options that quantize activations)" : "");
+            r->terms & AR_AS_ACT_TERM ? "activation (of the options that quantize activations)" : "");
     fprintf(stderr, "ar-scheme: search %.2fs (scoring %.2fs, allocation %.3fs)\n",
             r->score_seconds + r->dp_seconds, r->score_seconds, r->dp_seconds);
     free(count);

@@ -622,9 +622,12 @@ out:
 
 unsigned ar_autoscheme_terms(const ar_scheme *options, int nopt, int always_weight_term)
 {
-    unsigned terms = AR_AS_ACT_TERM;
-    for (int j = 0; j < nopt; j++)
-        if (always_weight_term || (options[j].bits <= 8 && options[j].act_bits > 8)) terms |= AR_AS_WEIGHT_TERM;
+    unsigned terms = 0;
+    for (int j = 0; j < nopt; j++) {
+        if (options[j].bits > 8) continue;
+        if (always_weight_term || options[j].act_bits > 8) terms |= AR_AS_WEIGHT_TERM;
+        if (options[j].act_bits <= 8) terms |= AR_AS_ACT_TERM;
+    }
     return terms;
 }
 

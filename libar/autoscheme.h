@@ -57,8 +57,9 @@ enum {
 };
 
 /* The terms a run over options[nopt] scores with, as spec §5.2 says: the
- * activation term for options that quantize activations, the weight term
- * only when some option is weight-only (bits <= 8 < act_bits), so a run of
+ * activation term when some option quantizes activations (it applies to
+ * those options only), the weight term only when some option is
+ * weight-only (bits <= 8 < act_bits), so a run of
  * MXFP4/MXFP8/NVFP4 options alone ranks layers by their activation error
  * (with quantized weights in the forward). always_weight_term adds the
  * weight term in every case, as auto-round 0.16 does. */

@@ -246,6 +246,8 @@ Test(autoscheme, activation_scores_match_pytorch_autograd)
     cr_assert_eq(ar_autoscheme_terms(mx, 2, 0), AR_AS_ACT_TERM);
     cr_assert_eq(ar_autoscheme_terms(mx, 2, 1), AR_AS_ACT_TERM | AR_AS_WEIGHT_TERM);
     cr_assert_eq(ar_autoscheme_terms(mixed, 2, 0), AR_AS_ACT_TERM | AR_AS_WEIGHT_TERM);
+    ar_scheme wonly[2] = {preset("W2A16G64"), preset("BF16")};
+    cr_assert_eq(ar_autoscheme_terms(wonly, 2, 0), AR_AS_WEIGHT_TERM);
     free(cand); free(act); free(both);
     ar_model_close(m);
     cJSON_Delete(ref);
