@@ -33,7 +33,10 @@
  * must agree to 4e-3 (bf16 rounding, 2^-9, of values computed the same way);
  * bf16 x bf16 GEMMs on pre-rounded operands 1e-4 (exact products, f32 sums);
  * flash attention on pre-rounded q/k/v 2e-2 forward and 5e-2 backward (the
- * probabilities, dO and dS enter their products in bf16). */
+ * probabilities, dO and dS enter their products in bf16). Activation
+ * quantization (both passes): the kernel against ar_act_quant bit for bit;
+ * blocks and W4A4 tuning runs against the CPU in L2 norms and in how well
+ * they reproduce the quantization's effect (bounds and why in that section). */
 #include "cuda_impl.h"
 #include "device.h"
 #include "dtype.h"
@@ -770,6 +773,393 @@ static void test_quant_kinds(void)
     test_tuning("MXFP4 [bf16 GEMMs]", mx4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
 }
 
+/* ---- activation quantization ---------------------------------------------------
+ * The kernels (quant_act.cu) share ar_act_quant's arithmetic operation for
+ * operation: on the same f32 input the output must be the same bits
+ * (tolerance 0), in place or not; the bf16 variant must equal ar_act_quant
+ * on the widened bf16 input, rounded to bf16.
+ * Blocks and tuning runs cannot be compared that tightly: a quantizer turns
+ * a last-bit difference of its input (GEMM sums in another order) into a
+ * whole grid step when the value sits on a rounding boundary (a "flip": an
+ * FP4 step is up to a third of the group maximum, ~1e-3 of a [256, 512]
+ * tensor's L2 norm for one element), and quantizers in series pass such
+ * flips on. Measured on the CPU (tiny-llama shape B2 T128, block input
+ * perturbed by 1e-6 relative): one quantized input group moves the output by
+ * 1e-6 (no flip) to 1e-3 (one flip) in L2; all seven MXFP4 by 3.6e-3 (INT8:
+ * 7.5e-3, its quantization effect being only 1.6e-2); with bf16 weights
+ * (~ the bf16 GEMM error) by 0.5x the effect of the activation quantization
+ * itself for all seven MXFP4 (0.23-0.3x for one group, 0.44x mixed specs).
+ * So the block tests compare L2 norms, err = |gpu - cpu|_2 / |cpu|_2, and
+ * check that the GPU reproduces the quantization: ratio = |gpu - cpu|_2 /
+ * |gpu - cpu without activation quantization|_2, worst of y and the
+ * quantized linears' dW: ~0 when the GPU matches the CPU, ~r/sqrt(1 + r²)
+ * for noise r times the quantization's effect, and >> 1 when the GPU did not
+ * quantize (or took dW against the unquantized input). The same CPU
+ * simulation with weights perturbed by 1e-6 (10x the f32 GEMM differences)
+ * gave err <= 2e-3 and ratio <= 0.01 for every [f32] case below. */
+
+static float *round_bf16(const float *x, size_t n, uint16_t **dev);
+
+/* |a - ref|_2 / |ref|_2 */
+static double l2_err(const float *a, const float *ref, size_t n)
+{
+    double e = 0, m = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = (double)a[i] - ref[i];
+        e += d * d, m += (double)ref[i] * ref[i];
+        if (d != d) return INFINITY;
+    }
+    return m > 0 ? sqrt(e / m) : sqrt(e);
+}
+
+/* |a - b|_2 */
+static double l2_dist(const float *a, const float *b, size_t n)
+{
+    double e = 0;
+    for (size_t i = 0; i < n; i++) e += ((double)a[i] - b[i]) * ((double)a[i] - b[i]);
+    return sqrt(e);
+}
+
+static ar_cuda_act cuda_act_of(const ar_act_spec *a)
+{
+    ar_cuda_act g = {a->dtype, a->bits, a->group_size, a->dynamic, a->act_max, a->rceil};
+    return g;
+}
+
+/* Activations with exact zeros (and -0), 8x outliers, an all-zero row, a
+ * row of subnormals, a row near 1e30 and a row of signed powers of two. */
+static float *act_input(long rows, int k)
+{
+    size_t n = (size_t)rows * k;
+    float *x = rnd(n, 2, 0);
+    for (size_t i = 0; i < n; i += 97) x[i] = 0;
+    for (size_t i = 5; i < n; i += 89) x[i] = -0.0f;
+    for (size_t i = 13; i < n; i += 61) x[i] *= 8;
+    for (int j = 0; j < k && rows >= 4; j++) {
+        x[j] = 0;
+        x[k + j] *= 1e-39f;
+        x[2 * k + j] *= 1e30f;
+        x[3 * k + j] = ldexpf(1.0f, j % 40 - 20) * (j & 1 ? -1.0f : 1.0f);
+    }
+    return x;
+}
+
+/* One spec on x [rows, k]: GPU out of place, in place and bf16 against
+ * ar_act_quant, bit for bit. */
+static void test_act_kind(const char *tag, ar_act_spec as, long rows, int k)
+{
+    char name[160];
+    size_t n = (size_t)rows * k;
+    float *x = act_input(rows, k), *ref = malloc(4 * n);
+    memcpy(ref, x, 4 * n);
+    if (ar_act_quant(&as, ref, rows, k)) {
+        printf("FAIL act %s: CPU: %s\n", tag, ar_last_error());
+        g_fail++, g_tests++;
+        free(x), free(ref);
+        return;
+    }
+    ar_cuda_act a = cuda_act_of(&as);
+    float *dx = up(x, n), *dq = ar_cuda_malloc(4 * n);
+    if (!dq || ar_cuda_act_quant(&a, dx, dq, rows, k)) die_cuda("act quant");
+    float *h = down(dq, n);
+    snprintf(name, sizeof name, "act %s [%ld, %d]", tag, rows, k);
+    verdict(name, bits_mismatch(h, ref, n), 0, "bits mismatch");
+    free(h);
+    if (ar_cuda_act_quant(&a, dx, dx, rows, k)) die_cuda("act quant in place");
+    h = down(dx, n);
+    snprintf(name, sizeof name, "act %s in place", tag);
+    verdict(name, bits_mismatch(h, ref, n), 0, "bits mismatch");
+    free(h);
+
+    /* bf16: the CPU quantizer on the widened bf16 input, rounded to bf16 */
+    uint16_t *xb;
+    float *xr = round_bf16(x, n, &xb);
+    if (ar_act_quant(&as, xr, rows, k)) {
+        fprintf(stderr, "cuda_check: CPU act quant: %s\n", ar_last_error());
+        exit(2);
+    }
+    for (size_t i = 0; i < n; i++) xr[i] = ar_round_bf16(xr[i]);
+    uint16_t *hb = malloc(2 * n);
+    if (!hb || ar_cuda_act_quant_bf16(&a, xb, xb, rows, k) || ar_cuda_download(hb, xb, 2 * n)) die_cuda("act quant bf16");
+    ar_to_f32(x, hb, AR_BF16, n);
+    snprintf(name, sizeof name, "act %s bf16", tag);
+    verdict(name, bits_mismatch(x, xr, n), 0, "bits mismatch");
+    free(hb), free(xr), free(x), free(ref);
+    ar_cuda_free(xb), ar_cuda_free(dx), ar_cuda_free(dq);
+}
+
+static void test_act_kinds(void)
+{
+    static const struct { const char *tag; ar_act_spec s; } cases[] = {
+        {"MXFP4 G32", {AR_QDT_MXFP4, 4, 32, 1, 0, 0}},
+        {"MXFP4 G32 RCEIL", {AR_QDT_MXFP4, 4, 32, 1, 0, 1}},
+        {"MXFP8 G32", {AR_QDT_MXFP8, 8, 32, 1, 0, 0}},
+        {"MXFP8 G32 RCEIL", {AR_QDT_MXFP8, 8, 32, 1, 0, 1}},
+        {"NVFP4 G16 per-call global scale", {AR_QDT_NVFP4, 4, 16, 1, 0, 0}},
+        {"NVFP4 G16 act_max 1.3", {AR_QDT_NVFP4, 4, 16, 0, 1.3f, 0}},
+        {"FP8 static act_max 1.7", {AR_QDT_FP8, 8, 0, 0, 1.7f, 0}},
+        {"FP8 static act_max 0", {AR_QDT_FP8, 8, 0, 0, 0, 0}},
+        {"FP8 dynamic per token", {AR_QDT_FP8, 8, -1, 1, 0, 0}},
+        {"FP8 dynamic per tensor", {AR_QDT_FP8, 8, 0, 1, 0, 0}},
+        {"FP8 dynamic G128", {AR_QDT_FP8, 8, 128, 1, 0, 0}},
+        {"INT8 per token", {AR_QDT_INT, 8, -1, 1, 0, 0}},
+        {"INT8 group 0 (per token)", {AR_QDT_INT, 8, 0, 1, 0, 0}},
+        {"INT4 G32", {AR_QDT_INT, 4, 32, 1, 0, 0}},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) {
+        test_act_kind(cases[i].tag, cases[i].s, 37, 320);
+        test_act_kind(cases[i].tag, cases[i].s, 9, 1000);   /* groups of 1000: the block-per-group kernel */
+        test_act_kind(cases[i].tag, cases[i].s, 6, 200);    /* short last groups */
+    }
+    /* both refuse a spec ar_act_quant refuses (MX without groups) */
+    ar_act_spec bad = {AR_QDT_MXFP4, 4, 0, 1, 0, 1};
+    ar_cuda_act gbad = cuda_act_of(&bad);
+    float probe[64] = {0};
+    verdict("act MX group 0 refused (CPU and GPU)", !ar_act_quant(&bad, probe, 1, 64) + !ar_cuda_act_check(&gbad), 0,
+            "accepted by");
+}
+
+/* One block forward + backward: y, dx, dW (host) with the activation specs
+ * aq (NULL: none), on the CPU (gpu = 0) or the GPU. */
+typedef struct { float *y, *dx, *dW[AR_NLINEAR]; } block_run;
+
+static void block_act_run(const ar_config *c, const ar_block_weights *w, const float *x, const float *dy, int B, int T,
+                          const ar_act_spec *const aq[AR_NLINEAR], int gpu, block_run *r)
+{
+    size_t n = (size_t)B * T * c->hidden, wn[AR_NLINEAR];
+    r->y = zeros(n), r->dx = zeros(n);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(c, i, &nn, &k);
+        wn[i] = (size_t)nn * k;
+        r->dW[i] = zeros(wn[i]);
+    }
+    if (!gpu) {
+        ar_block_work ws;
+        ar_block_acts acts;
+        if (ar_block_work_init(&ws, c, B, T, 1) || ar_block_acts_init(&acts, c, B, T) || ar_block_set_act_quant(&ws, aq) ||
+            ar_block_forward_train(c, w, x, r->y, B, T, &ws, &acts) ||
+            ar_block_backward(c, w, &acts, dy, r->dW, r->dx, &ws)) {
+            fprintf(stderr, "cuda_check: CPU block: %s\n", ar_last_error());
+            exit(2);
+        }
+        ar_block_work_free(&ws);
+        ar_block_acts_free(&acts);
+        return;
+    }
+    ar_cuda_act a[AR_NLINEAR];
+    const ar_cuda_act *ga[AR_NLINEAR];
+    float *gW[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        ga[i] = aq && aq[i] ? (a[i] = cuda_act_of(aq[i]), &a[i]) : NULL;
+        gW[i] = up(r->dW[i], wn[i]);
+    }
+    ar_cuda_weights dw;
+    ar_cuda_shape s = ar_cuda_shape_of(c);
+    ar_cuda_block_work *gws = ar_cuda_work_for(c, B, T, 1);
+    if (!gws || ar_cuda_weights_upload(&dw, c, w, NULL) || ar_cuda_block_set_act_quant(&s, gws, ga))
+        die_cuda("block setup");
+    float *gx = up(x, n), *gy = ar_cuda_malloc(4 * n), *gdy = up(dy, n), *gdx = up(r->dx, n);
+    if (!gy || ar_cuda_block_forward(&s, &dw, gx, gy, B, T, 1, gws) || ar_cuda_block_backward(&s, &dw, gdy, gW, gdx, gws))
+        die_cuda("block");
+    free(r->y), free(r->dx);
+    r->y = down(gy, n), r->dx = down(gdx, n);
+    for (int i = 0; i < AR_NLINEAR; i++) free(r->dW[i]), r->dW[i] = down(gW[i], wn[i]), ar_cuda_free(gW[i]);
+    ar_cuda_free(gx), ar_cuda_free(gy), ar_cuda_free(gdy), ar_cuda_free(gdx);
+    ar_cuda_weights_free(&dw, NULL);
+    ar_cuda_block_work_free(gws);
+}
+
+static void block_run_free(block_run *r)
+{
+    free(r->y), free(r->dx);
+    for (int i = 0; i < AR_NLINEAR; i++) free(r->dW[i]);
+}
+
+/* The block with activation specs aq on the GPU (GEMM mode, path as set)
+ * against the CPU block with and without them: L2 err of y, dx and each
+ * quantized linear's dW (worst) <= tol, and ratio <= tol_ratio (see above). */
+static void test_block_act(const char *tag, const ar_config *c, int B, int T, int mode,
+                           const ar_act_spec *const aq[AR_NLINEAR], double tol, double tol_ratio)
+{
+    char name[200];
+    ar_cuda_set_gemm(mode);
+    ar_block_weights w;
+    random_weights(&w, c);
+    size_t n = (size_t)B * T * c->hidden;
+    float *x = rnd(n, 1, 0), *dy = rnd(n, 1e-3f, 0);
+    block_run cq, c0, g;
+    block_act_run(c, &w, x, dy, B, T, aq, 0, &cq);
+    block_act_run(c, &w, x, dy, B, T, NULL, 0, &c0);
+    block_act_run(c, &w, x, dy, B, T, aq, 1, &g);
+    double ey = l2_err(g.y, cq.y, n), edx = l2_err(g.dx, cq.dx, n), ew = 0;
+    double ry = l2_dist(g.y, cq.y, n) / fmax(l2_dist(g.y, c0.y, n), 1e-300), rw = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!aq[i]) continue;
+        int nn, k;
+        ar_linear_shape(c, i, &nn, &k);
+        size_t wn = (size_t)nn * k;
+        double e = l2_err(g.dW[i], cq.dW[i], wn);
+        ew = fmax(ew, e), rw = fmax(rw, l2_dist(g.dW[i], cq.dW[i], wn) / fmax(l2_dist(g.dW[i], c0.dW[i], wn), 1e-300));
+    }
+    snprintf(name, sizeof name, "act block forward %s", tag);
+    verdict(name, ey, tol, "l2 err");
+    snprintf(name, sizeof name, "act block backward dx %s", tag);
+    verdict(name, edx, tol, "l2 err");
+    snprintf(name, sizeof name, "act block backward dW (worst quantized) %s", tag);
+    verdict(name, ew, tol, "l2 err");
+    snprintf(name, sizeof name, "act block quantization reproduced (y, dW) %s", tag);
+    verdict(name, fmax(ry, rw), tol_ratio, "ratio");
+    printf("     effect of the activation quantization (CPU, l2): y %.3g, dx %.3g\n", l2_err(c0.y, cq.y, n),
+           l2_err(c0.dx, cq.dx, n));
+    block_run_free(&cq), block_run_free(&c0), block_run_free(&g);
+    free(x), free(dy);
+    free_weights(&w);
+}
+
+/* Specs for the block tests: every linear the same, one input group, mixed. */
+static const ar_act_spec ACT_MX4 = {AR_QDT_MXFP4, 4, 32, 1, 0, 0};
+static const ar_act_spec ACT_MX8R = {AR_QDT_MXFP8, 8, 32, 1, 0, 1};
+static const ar_act_spec ACT_NV4 = {AR_QDT_NVFP4, 4, 16, 0, 4.0f, 0};
+static const ar_act_spec ACT_NV4D = {AR_QDT_NVFP4, 4, 16, 1, 0, 0};
+static const ar_act_spec ACT_F8S = {AR_QDT_FP8, 8, 0, 0, 4.0f, 0};
+static const ar_act_spec ACT_I8 = {AR_QDT_INT, 8, -1, 1, 0, 0};
+
+static void act_all(const ar_act_spec *s, const ar_act_spec *aq[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) aq[i] = s;
+}
+
+static void act_only(const ar_act_spec *s, int first, int last, const ar_act_spec *aq[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) aq[i] = i >= first && i <= last ? s : NULL;
+}
+
+/* q MXFP4, k none, v MXFP8 RCEIL, o NVFP4 (per-call global scale), gate
+ * and up FP8 static (one shared copy), down INT8 per token. */
+static void act_mixed(const ar_act_spec *aq[AR_NLINEAR])
+{
+    const ar_act_spec *m[AR_NLINEAR] = {&ACT_MX4, NULL, &ACT_MX8R, &ACT_NV4D, &ACT_F8S, &ACT_F8S, &ACT_I8};
+    memcpy(aq, m, sizeof m);
+}
+
+/* Block tests of one path (the caller sets the fast switch). bf16: the
+ * bounds only catch gross errors (see the section comment). */
+static void test_blocks_act(const char *path)
+{
+    char tag[160];
+    ar_config c, ce;
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    small_config(&ce, 256, 512, 4, 4, 64, 0, 0, 0);   /* NH = NKV: the fast path's batched q/k/v GEMM */
+    const ar_act_spec *aq[AR_NLINEAR];
+    if (!ar_cuda_get_fast()) {
+        act_all(&ACT_MX4, aq);
+        snprintf(tag, sizeof tag, "%sMXFP4 all B2 T128 [f32]", path);
+        test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_F32, aq, 3e-2, 0.3);
+        act_all(&ACT_NV4, aq);
+        snprintf(tag, sizeof tag, "%sNVFP4 act_max 4 all B2 T128 [f32]", path);
+        test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_F32, aq, 3e-2, 0.3);
+        act_mixed(aq);
+        snprintf(tag, sizeof tag, "%smixed specs B2 T96 [f32]", path);
+        test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_F32, aq, 3e-2, 0.3);
+        static const char *gname[4] = {"q k v", "o", "gate up", "down"};
+        static const int g0[4] = {AR_Q, AR_O, AR_GATE, AR_DOWN}, g1[4] = {AR_V, AR_O, AR_UP, AR_DOWN};
+        for (int g = 0; g < 4; g++) {   /* one quantized input: at most a flip or two */
+            act_only(&ACT_MX4, g0[g], g1[g], aq);
+            snprintf(tag, sizeof tag, "%sMXFP4 %s only B2 T128 [f32]", path, gname[g]);
+            test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_F32, aq, 1e-2, 0.1);
+        }
+    }
+    /* bf16: CPU-simulated err 0.02-0.15, ratio 0.2-0.5 (see above) */
+    act_all(&ACT_MX4, aq);
+    snprintf(tag, sizeof tag, "%sMXFP4 all B2 T128 [bf16]", path);
+    test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.3, 0.8);
+    act_only(&ACT_MX4, AR_DOWN, AR_DOWN, aq);
+    snprintf(tag, sizeof tag, "%sMXFP4 down only B2 T128 [bf16]", path);
+    test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.15, 0.8);
+    act_only(&ACT_NV4, AR_O, AR_O, aq);
+    snprintf(tag, sizeof tag, "%sNVFP4 act_max 4 o only B2 T128 [bf16]", path);
+    test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.15, 0.8);
+    act_mixed(aq);
+    snprintf(tag, sizeof tag, "%smixed specs B2 T96 [bf16]", path);
+    test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_BF16, aq, 0.3, 0.8);
+    act_all(&ACT_MX4, aq);
+    snprintf(tag, sizeof tag, "%sMXFP4 all, NH = NKV B2 T96 [bf16]", path);
+    test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_BF16, aq, 0.3, 0.8);
+}
+
+/* W4A4 SignRound (weights and activations of every linear with the same
+ * kind) on the CPU and the GPU within compare_tuners' bounds; then, on the
+ * same samples, the GPU's iteration-0 loss must reproduce the activation
+ * quantization: |gpu − cpu| <= tol_ratio · |cpu without it − cpu|. */
+static void test_tuning_act(const char *tag, ar_quant_spec spec, const ar_act_spec *as, int mode, double tol_loss0,
+                            double tol_traj, double tol_ratio)
+{
+    ar_config c;
+    small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    ar_block_plan plan, plain;
+    memset(&plan, 0, sizeof plan);
+    for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = spec, plan.act_quant[i] = 1, plan.act[i] = *as;
+    plain = plan;
+    memset(plain.act_quant, 0, sizeof plain.act_quant);
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = 12, o.batch_size = 4, o.grad_accum = 2;
+    ar_quant_out co[AR_NLINEAR], go[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&c, i, &nn, &k);
+        co[i] = (ar_quant_out){zeros((size_t)nn * k), NULL, NULL, NULL};
+        go[i] = (ar_quant_out){zeros((size_t)nn * k), NULL, NULL, NULL};
+    }
+    char name[200];
+    snprintf(name, sizeof name, "tuning %s: the GPU tuner takes the plan", tag);
+    verdict(name, !ar_signround_cuda_supports(&plan), 0, "refused");
+    uint64_t rng0 = g_rng; /* compare_tuners draws its samples first: redraw the same ones below */
+    compare_tuners(tag, &c, &w, &plan, &o, mode, tol_loss0, tol_traj, co, go);
+    g_rng = rng0;
+    uint16_t *xb, *yb;
+    make_cache(&c, &w, 16, 64, &xb, &yb);
+    o.iters = 1;
+    ar_signround_report cr, gr, nr;
+    ar_cuda_set_gemm(mode);
+    if (ar_signround_tune_block(&c, &w, xb, yb, NULL, 16, 64, &plan, &o, co, &cr, NULL, NULL) ||
+        ar_signround_tune_block(&c, &w, xb, yb, NULL, 16, 64, &plain, &o, co, &nr, NULL, NULL) ||
+        ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, 16, 64, &plan, &o, go, &gr, NULL, NULL)) {
+        printf("FAIL tuning %s (iteration 0): %s\n", tag, ar_last_error());
+        g_fail++, g_tests++;
+    } else {
+        snprintf(name, sizeof name, "tuning %s: loss 0 reproduces the activation quantization", tag);
+        verdict(name, fabs(gr.loss0 - cr.loss0) / fmax(fabs(nr.loss0 - cr.loss0), 1e-300), tol_ratio, "ratio");
+        printf("     loss at iter 0: CPU %.6g, GPU %.6g, CPU without activation quantization %.6g\n", cr.loss0, gr.loss0,
+               nr.loss0);
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(co[i].wq), free(go[i].wq);
+    free(xb), free(yb);
+    free_weights(&w);
+}
+
+/* The activation tests of one path (run_tests: default, run_fast_tests: fast). */
+static void run_act_tests(int fast)
+{
+    const char *path = fast ? "fast: " : "";
+    char tag[160];
+    if (!fast) test_act_kinds();
+    test_blocks_act(path);
+    ar_quant_spec mx4 = {4, 32, 1, AR_QF_BF16, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL};
+    ar_quant_spec nv4 = {4, 16, 1, AR_QF_BF16, 0, AR_QDT_NVFP4, 0, 0, NULL, NULL};
+    if (!fast) {
+        test_tuning_act("MXFP4 W4A4 [f32 GEMMs]", mx4, &ACT_MX4, AR_CUDA_GEMM_F32, 2e-2, 5e-2, 0.2);
+        test_tuning_act("NVFP4 W4A4 act_max 4 [f32 GEMMs]", nv4, &ACT_NV4, AR_CUDA_GEMM_F32, 2e-2, 5e-2, 0.2);
+    }
+    snprintf(tag, sizeof tag, "%sMXFP4 W4A4 [bf16 GEMMs]", path);
+    test_tuning_act(tag, mx4, &ACT_MX4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.3);
+    snprintf(tag, sizeof tag, "%sNVFP4 W4A4 act_max 4 [bf16 GEMMs]", path);
+    test_tuning_act(tag, nv4, &ACT_NV4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.3);
+}
+
 /* ---- fast path ---------------------------------------------------------------- */
 
 /* Host copy of x rounded to bf16 (as f32) and its bf16 device copy. */
@@ -1162,11 +1552,12 @@ static void run_fast_tests(void)
     test_block("fast: qk-norm, qkv bias, window 32 B2 T96 [bf16]", &c, 2, 96, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
     small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
     test_block("fast: head_dim 128 B1 T200 [bf16]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
-    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0};
+    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
     test_tuning("fast: W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
     ar_signround_cuda_set_low_mem(1);
     test_tuning("fast: W4G128 [bf16 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
     ar_signround_cuda_set_low_mem(0);
+    run_act_tests(1);
 }
 
 static void run_tests(const char *shared)
@@ -1178,8 +1569,8 @@ static void run_tests(const char *shared)
     test_attention(2, 128, 8, 2, 64, 0);
     test_attention(1, 200, 4, 4, 32, 48);
     test_attention(1, 512, 8, 2, 64, 0);
-    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0}, w2 = {2, 64, 1, AR_QF_BF16, 0, 0, 0};
-    ar_quant_spec a4 = {4, 32, 0, 0, 0, 0, 0}, r8 = {8, -1, 1, AR_QF_F32_SCALE, 2.0f, 0, 0};
+    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL}, w2 = {2, 64, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
+    ar_quant_spec a4 = {4, 32, 0, 0, 0, 0, 0, 0, NULL, NULL}, r8 = {8, -1, 1, AR_QF_F32_SCALE, 2.0f, 0, 0, 0, NULL, NULL};
     test_quant("W4 G128 sym bf16", w4, 256, 640);
     test_quant("W2 G64 sym bf16", w2, 128, 640);
     test_quant("W4 G32 asym", a4, 96, 200);
@@ -1204,6 +1595,7 @@ static void run_tests(const char *shared)
     test_tuning("W4G128 [f32 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
     ar_signround_cuda_set_low_mem(0);
     test_quant_kinds();
+    run_act_tests(0);
     test_nll(shared);
 }
 
