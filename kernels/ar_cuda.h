@@ -155,6 +155,11 @@ int ar_cuda_block_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
  * not NULL, from dy of the last training forward. */
 int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
                            float *const dW[7], float *dx, ar_cuda_block_work *ws);
+/* ar_cuda_block_backward that WRITES dW[i] = dL/dW_i (the dW GEMMs run with
+ * beta 0) instead of adding: the first mini-batch of a tuning iteration,
+ * which then needs no zeroed dW; dx is still added to. */
+int ar_cuda_block_backward_write_dw(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                                    float *const dW[7], float *dx, ar_cuda_block_work *ws);
 /* ---- quantization and tuning ---------------------------------------------- */
 
 /* Quantizer kinds of ar_cuda_qspec.kind: the values of libar/quant.h's

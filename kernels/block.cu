@@ -25,6 +25,7 @@ struct ar_cuda_block_work {
     void *base; /* one allocation holds everything */
     ar_cuda_fast_work *fast; /* set: the fast path (block_fast.cu) owns all buffers */
     ar_cuda_act_set aq;      /* activation quantizers (both paths) */
+    float dw_beta;           /* the running backward's dW GEMMs: 1 adds to dW, 0 writes it */
 };
 
 /* Carve the buffers out of one block of memory (base NULL: only count). */
@@ -198,10 +199,10 @@ static int linear_dx(float *dx, const float *dy, const float *W, int R, int K, i
     return ar_cuda_sgemm(0, 0, R, K, N, 1.0f, dy, N, W, K, beta, dx, K);
 }
 
-/* dW += dyᵀ x when dW is wanted. */
-static int linear_dw(float *dW, const float *dy, const float *x, int R, int K, int N)
+/* dW = beta·dW + dyᵀ x when dW is wanted (beta: the backward's ws->dw_beta). */
+static int linear_dw(float *dW, const float *dy, const float *x, int R, int K, int N, float beta)
 {
-    return dW ? ar_cuda_sgemm(1, 0, N, K, R, 1.0f, dy, N, x, K, 1.0f, dW, K) : 0;
+    return dW ? ar_cuda_sgemm(1, 0, N, K, R, 1.0f, dy, N, x, K, beta, dW, K) : 0;
 }
 
 static int mlp_back(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
@@ -215,15 +216,15 @@ static int mlp_back(const ar_cuda_shape *s, const ar_cuda_weights *w, const floa
         return -1;
     AR_PROF("gemm-dx+dw/down", 4.0 * BT * F * C);
     if (linear_dx(ws->dact, dy, w->w[LDOWN], BT, F, C, 0.0f) ||
-        linear_dw(dW[LDOWN], dy, input_of(ws, LDOWN, ws->act), BT, F, C))
+        linear_dw(dW[LDOWN], dy, input_of(ws, LDOWN, ws->act), BT, F, C, ws->dw_beta))
         return -1;
     AR_PROF("elem-bwd/swiglu", 0);
     ar_cuda_swiglu_backward(ws->dgate, ws->dup, ws->dact, ws->gate, ws->up, BT * F);
     AR_PROF("gemm-dx+dw/gate up", 8.0 * BT * F * C);
     if (linear_dx(ws->dln, ws->dgate, w->w[LGATE], BT, C, F, 0.0f) ||
-        linear_dw(dW[LGATE], ws->dgate, input_of(ws, LGATE, ws->ln2), BT, C, F) ||
+        linear_dw(dW[LGATE], ws->dgate, input_of(ws, LGATE, ws->ln2), BT, C, F, ws->dw_beta) ||
         linear_dx(ws->dln, ws->dup, w->w[LUP], BT, C, F, 1.0f) ||
-        linear_dw(dW[LUP], ws->dup, input_of(ws, LUP, ws->ln2), BT, C, F))
+        linear_dw(dW[LUP], ws->dup, input_of(ws, LUP, ws->ln2), BT, C, F, ws->dw_beta))
         return -1;
     AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(ws->dh, ws->dln, ws->h, w->mlp_norm, ws->rstd2, BT, C);
@@ -248,7 +249,7 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
     long BT = (long)B * T;
     AR_PROF("gemm-dx+dw/o", 4.0 * BT * QD * C);
     if (linear_dx(ws->dao, ws->dh, w->w[LO], BT, QD, C, 0.0f) ||
-        linear_dw(dW[LO], ws->dh, input_of(ws, LO, ws->ao), BT, QD, C) ||
+        linear_dw(dW[LO], ws->dh, input_of(ws, LO, ws->ao), BT, QD, C, ws->dw_beta) ||
         ar_cuda_zero(ws->dq, sizeof(float) * BT * QD) || ar_cuda_zero(ws->dk, sizeof(float) * BT * KD) ||
         ar_cuda_zero(ws->dv, sizeof(float) * BT * KD))
         return -1;
@@ -263,9 +264,9 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
     const float *dk = qknorm_back(ws->dkn, ws->dk, w->k_norm, ws->kpre, ws->rstdk, BT * NKV, HD);
     if (!dq || !dk) return -1;
     AR_PROF("gemm-dw/q k v", 2.0 * BT * C * (QD + 2 * KD));
-    if (linear_dw(dW[LQ], dq, input_of(ws, LQ, ws->ln1), BT, C, QD) ||
-        linear_dw(dW[LK], dk, input_of(ws, LK, ws->ln1), BT, C, KD) ||
-        linear_dw(dW[LV], ws->dv, input_of(ws, LV, ws->ln1), BT, C, KD))
+    if (linear_dw(dW[LQ], dq, input_of(ws, LQ, ws->ln1), BT, C, QD, ws->dw_beta) ||
+        linear_dw(dW[LK], dk, input_of(ws, LK, ws->ln1), BT, C, KD, ws->dw_beta) ||
+        linear_dw(dW[LV], ws->dv, input_of(ws, LV, ws->ln1), BT, C, KD, ws->dw_beta))
         return -1;
     if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
     AR_PROF("gemm-dx/q k v", 2.0 * BT * C * (QD + 2 * KD));
@@ -277,14 +278,28 @@ static int attn_back(const ar_cuda_shape *s, const ar_cuda_weights *w, float *co
     return 0;
 }
 
-int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
-                           float *dx, ar_cuda_block_work *ws)
+/* The backward of both entry points; dw_write: the dW GEMMs write (beta 0). */
+static int block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
+                          float *dx, int dw_write, ar_cuda_block_work *ws)
 {
     if (ws->fast) {
         if (g_cu.gemm != AR_CUDA_GEMM_BF16) return ar_cuda_fail("block: a fast-path work needs bf16 GEMMs");
-        return ar_cuda_fast_backward(s, w, dy, dW, dx, ws->fast);
+        return ar_cuda_fast_backward(s, w, dy, dW, dx, dw_write, ws->fast);
     }
     if (!ws->train || !ws->lastB) return ar_cuda_fail("block: backward needs a training forward first");
+    ws->dw_beta = dw_write ? 0.0f : 1.0f;
     if (mlp_back(s, w, dy, dW, ws) || attn_back(s, w, dW, dx, ws)) return -1;
     return ar_cuda_check_launch("block backward");
+}
+
+int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
+                           float *dx, ar_cuda_block_work *ws)
+{
+    return block_backward(s, w, dy, dW, dx, 0, ws);
+}
+
+int ar_cuda_block_backward_write_dw(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                                    float *const dW[7], float *dx, ar_cuda_block_work *ws)
+{
+    return block_backward(s, w, dy, dW, dx, 1, ws);
 }

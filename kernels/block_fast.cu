@@ -169,6 +169,7 @@ struct ar_cuda_fast_work {
     uint16_t *dyb, *dhb, *dgub, *dqb, *dkb, *dvb; /* dgub [BT, 2F]: dgate | dup per row */
     void *base;
     const ar_cuda_act_set *aq; /* activation quantizers (bf16 copies; owned by the block work) or NULL */
+    float dw_beta;             /* the running backward's dW GEMMs: 1 adds to dW, 0 writes it */
 };
 
 void ar_cuda_fast_attach_act(ar_cuda_fast_work *fw, const ar_cuda_act_set *s) { fw->aq = s; }
@@ -392,16 +393,18 @@ static int gdx(const char *phase, float *dx, const uint16_t *dyb, const uint16_t
     return ar_cuda_gemm_bf16(0, 0, R, K, N, 1.0f, dyb, N, Wb, K, beta, dx, K);
 }
 
-/* dW [N, K] += dyᵀ · x when dW is wanted (dy rows of pitch ldy). */
-static int gdw_ld(const char *phase, float *dW, const uint16_t *dyb, int ldy, const uint16_t *xb, int R, int K, int N)
+/* dW [N, K] = beta·dW + dyᵀ · x when dW is wanted (dy rows of pitch ldy;
+ * beta is the backward's fw->dw_beta: 1 accumulates, 0 overwrites). */
+static int gdw_ld(const char *phase, float *dW, const uint16_t *dyb, int ldy, const uint16_t *xb, int R, int K, int N,
+                  float beta)
 {
     if (dW) AR_PROF(phase, 2.0 * R * K * N);
-    return dW ? ar_cuda_gemm_bf16(1, 0, N, K, R, 1.0f, dyb, ldy, xb, K, 1.0f, dW, K) : 0;
+    return dW ? ar_cuda_gemm_bf16(1, 0, N, K, R, 1.0f, dyb, ldy, xb, K, beta, dW, K) : 0;
 }
 
-static int gdw(const char *phase, float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N)
+static int gdw(const char *phase, float *dW, const uint16_t *dyb, const uint16_t *xb, int R, int K, int N, float beta)
 {
-    return gdw_ld(phase, dW, dyb, N, xb, R, K, N);
+    return gdw_ld(phase, dW, dyb, N, xb, R, K, N, beta);
 }
 
 static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], const ar_cuda_weights *w,
@@ -411,15 +414,15 @@ static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], 
     AR_PROF("elem-bwd/dy -> dh f32 + bf16", 0);
     ar_cuda_copy_to_bf16(fw->dh, fw->dyb, dy, (long)BT * C); /* dh starts as the residual's dy */
     if (gdx("gemm-dx/down", fw->dact, fw->dyb, fw->wb[LDOWN], BT, F, C, 0.0f) ||
-        gdw("gemm-dw/down", dW[LDOWN], fw->dyb, in_b(fw, LDOWN, fw->actb), BT, F, C))
+        gdw("gemm-dw/down", dW[LDOWN], fw->dyb, in_b(fw, LDOWN, fw->actb), BT, F, C, fw->dw_beta))
         return -1;
     AR_PROF("elem-bwd/swiglu -> bf16", 0);
     swiglu_backward_rows(fw->dgub, fw->dact, fw->gate, fw->up, BT, F);
     /* dL/dn2 = [dgate | dup] · [Wgate; Wup]: one GEMM over K = 2F (the
      * weights are back to back) */
     if (gdx("gemm-dx/gate+up (K = 2F)", fw->dln, fw->dgub, fw->wb[LGATE], BT, C, 2 * F, 0.0f) ||
-        gdw_ld("gemm-dw/gate", dW[LGATE], fw->dgub, 2 * F, in_b(fw, LGATE, fw->ln2b), BT, C, F) ||
-        gdw_ld("gemm-dw/up", dW[LUP], fw->dgub + F, 2 * F, in_b(fw, LUP, fw->ln2b), BT, C, F))
+        gdw_ld("gemm-dw/gate", dW[LGATE], fw->dgub, 2 * F, in_b(fw, LGATE, fw->ln2b), BT, C, F, fw->dw_beta) ||
+        gdw_ld("gemm-dw/up", dW[LUP], fw->dgub + F, 2 * F, in_b(fw, LUP, fw->ln2b), BT, C, F, fw->dw_beta))
         return -1;
     AR_PROF("elem-bwd/rmsnorm2", 0);
     ar_cuda_rmsnorm_backward(fw->dh, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
@@ -451,7 +454,7 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
     AR_PROF("elem-bwd/dh -> bf16", 0);
     ar_cuda_copy_to_bf16(NULL, fw->dhb, fw->dh, (long)BT * C);
     if (gdx("gemm-dx/o", fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) ||
-        gdw("gemm-dw/o", dW[LO], fw->dhb, in_b(fw, LO, fw->aob), BT, QD, C))
+        gdw("gemm-dw/o", dW[LO], fw->dhb, in_b(fw, LO, fw->aob), BT, QD, C, fw->dw_beta))
         return -1;
     AR_PROF("attn-bwd/flash", 2.5 * ar_cuda_attention_flops(B, T, NH, HD, s->window));
     if (ar_cuda_flash_backward_write(fw->dq, fw->dk, fw->dv, fw->scratch, fw->dao, fw->ao, fw->lse, fw->qb, fw->kb, fw->vb, B,
@@ -462,9 +465,9 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
         proj_grad(fw->dkb, fw->dk, fw->dkn, w->k_norm, fw->kpre, fw->rstdk, B, T, NKV, HD, fw))
         return -1;
     ar_cuda_copy_to_bf16(NULL, fw->dvb, fw->dv, (long)BT * KD);
-    if (gdw("gemm-dw/q", dW[LQ], fw->dqb, in_b(fw, LQ, fw->ln1b), BT, C, QD) ||
-        gdw("gemm-dw/k", dW[LK], fw->dkb, in_b(fw, LK, fw->ln1b), BT, C, KD) ||
-        gdw("gemm-dw/v", dW[LV], fw->dvb, in_b(fw, LV, fw->ln1b), BT, C, KD))
+    if (gdw("gemm-dw/q", dW[LQ], fw->dqb, in_b(fw, LQ, fw->ln1b), BT, C, QD, fw->dw_beta) ||
+        gdw("gemm-dw/k", dW[LK], fw->dkb, in_b(fw, LK, fw->ln1b), BT, C, KD, fw->dw_beta) ||
+        gdw("gemm-dw/v", dW[LV], fw->dvb, in_b(fw, LV, fw->ln1b), BT, C, KD, fw->dw_beta))
         return -1;
     if (!dx) return 0; /* dL/dn1 only matters on the way to dx */
     if (gdx("gemm-dx/q", fw->dln, fw->dqb, fw->wb[LQ], BT, C, QD, 0.0f) ||
@@ -478,9 +481,10 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
 }
 
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
-                          float *dx, ar_cuda_fast_work *fw)
+                          float *dx, int dw_write, ar_cuda_fast_work *fw)
 {
     if (!fw->train || !fw->lastB) return ar_cuda_fail("block: backward needs a training forward first");
+    fw->dw_beta = dw_write ? 0.0f : 1.0f;
     if (mlp_bwd(s, dy, dW, w, fw) || attn_bwd(s, w, dW, dx, fw)) return -1;
     return ar_cuda_check_launch("fast block backward");
 }

@@ -64,8 +64,9 @@ ar_cuda_fast_work *ar_cuda_fast_work_create(const ar_cuda_shape *s, int B, int T
 void ar_cuda_fast_work_free(ar_cuda_fast_work *fw);
 int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y, int B, int T,
                          int train, ar_cuda_fast_work *fw);
+/* dw_write: the dW GEMMs overwrite dW (beta 0) instead of adding to it. */
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
-                          float *dx, ar_cuda_fast_work *fw);
+                          float *dx, int dw_write, ar_cuda_fast_work *fw);
 
 /* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
  * checked there); the backward takes the prepared D rows and bf16 dO and

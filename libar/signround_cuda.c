@@ -323,16 +323,16 @@ static void gtuner_free(gtuner *t)
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }
 
-/* Fake-quantize every planned linear with the current tunables; clear dW. */
+/* Fake-quantize every planned linear with the current tunables. dW needs no
+ * clearing: the iteration's first mini-batch writes it (run_batches). */
 static int quantize_all(gtuner *t)
 {
     int mm = t->o->minmax_tuning;
-    ar_cuda_prof_mark("quant/fake-quant fwd + zero dW", 0);
+    ar_cuda_prof_mark("quant/fake-quant fwd", 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
         glayer *L = &t->L[i];
-        if (ar_cuda_quant_forward(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, L->wq) ||
-            ar_cuda_zero(L->dw, L->nel * 4))
+        if (ar_cuda_quant_forward(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, L->wq))
             return ar_cuda_err("quantize");
     }
     return 0;
@@ -366,7 +366,7 @@ static int load_samples(gtuner *t, const int *idx, int bs, int slot)
 }
 
 /* Forward + loss + backward over the iteration's gb samples in chunks of bs:
- * the gradients add up in the layers' dw, and the loss accumulated on the
+ * the first chunk's backward writes the layers' dw, the others add to it, and the loss accumulated on the
  * device is the masked sum of squares over all gb·T·C elements divided by
  * that one count (signround.h, step 3). With low_mem the next chunk's copy
  * is queued before this chunk computes. */
@@ -387,8 +387,10 @@ static int run_batches(gtuner *t, const int *idx, int gb)
             ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws))
             return ar_cuda_err("tuning step");
         ar_cuda_prof_mark("loss/masked mse", 0);
+        /* the first chunk writes dW (beta 0), the later ones add to it */
         if (ar_cuda_masked_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc) ||
-            ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws))
+            (off == 0 ? ar_cuda_block_backward_write_dw(&t->shape, &t->w, t->dy, dW, NULL, t->ws)
+                      : ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws)))
             return ar_cuda_err("tuning step");
     }
     return 0;
