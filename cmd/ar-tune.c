@@ -32,13 +32,15 @@ static const char usage[] =
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
-    "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn]\n"
+    "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--threads N] [--checkpoint DIR]\n"
     "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
     "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
-    "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n";
+    "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
+    "--enable_alg_ext: SignRoundV2 (symmetric int: imatrix-searched initial scales, beta in [0, 2], outlier-\n"
+    "suppressed loss below 4 bits; GGUF: tuned rounding over llama.cpp's imatrix scales, 200 iters by default).\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *layer_config, *recipe;
@@ -47,6 +49,7 @@ typedef struct {
     double lr, minmax_lr;
     long seed, threads;
     int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
+    int enable_alg_ext;     /* --enable_alg_ext: SignRoundV2 (spec §5.1) */
     const char *device;     /* --device; NULL = auto (cuda when a GPU is present) */
     int low_gpu_mem;        /* --low_gpu_mem_usage: block caches stay in host memory (GPU tuning) */
     const char *checkpoint; /* --checkpoint DIR; NULL = none */
@@ -87,6 +90,7 @@ static tune_args parse_args(int argc, char **argv)
         else if (flag(s, "--not_use_best_mse")) a.not_use_best = 1;
         else if (flag(s, "--disable_quanted_input")) a.disable_quanted_input = 1;
         else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
+        else if (flag(s, "--enable_alg_ext")) a.enable_alg_ext = 1;
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
         else if (flag(s, "--low_gpu_mem_usage")) a.low_gpu_mem = 1;
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) a.checkpoint = v;
@@ -103,9 +107,11 @@ static void apply_recipe(tune_args *a)
     if (!strcmp(r, "best")) { iters = 1000; if (a->nsamples < 0) a->nsamples = 512; }
     else if (!strcmp(r, "light")) { iters = 50; if (a->lr == 0) a->lr = 5e-3; }
     else if (strcmp(r, "default")) cli_usage_error("--recipe: '%s' is not default, best or light", r);
-    /* GGUF mixes: llama.cpp's imatrix quantization unless --iters (or a recipe)
-     * asks for SignRound, as AutoRound recommends iters=0 for GGUF */
-    if (a->iters < 0) a->iters = !a->recipe && a->scheme && !strncasecmp(a->scheme, "gguf:", 5) ? 0 : iters;
+    /* GGUF mixes: llama.cpp's imatrix quantization unless --iters (or a recipe,
+     * or --enable_alg_ext) asks for SignRound, as AutoRound recommends iters=0
+     * for GGUF without alg_ext */
+    int gguf = a->scheme && !strncasecmp(a->scheme, "gguf:", 5);
+    if (a->iters < 0) a->iters = !a->recipe && !a->enable_alg_ext && gguf ? 0 : iters;
     if (a->batch_size < 0) a->batch_size = 8;
     if (a->gas < 0) a->gas = 1;
 }
@@ -347,11 +353,26 @@ static void fold_abs_max(float *m, const float *x, long ntok, int k)
     for (long i = 0; i < ntok * k; i++) if (fabsf(x[i]) > *m) *m = fabsf(x[i]);
 }
 
+/* Statistics of the linears' inputs gathered by the block's input observer. */
+typedef struct {
+    float **imat;    /* [AR_NLINEAR] Σx² per input column, entries may be NULL */
+    float *amax;     /* [AR_NLINEAR] running max |x|, or NULL */
+} input_stats;
+
+static void observe_input(void *ctx, int i, const float *x, long rows, int k)
+{
+    input_stats *st = ctx;
+    if (st->imat && st->imat[i]) ar_imatrix_accumulate(st->imat[i], x, rows, k);
+    if (st->amax) fold_abs_max(&st->amax[i], x, rows, k);
+}
+
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
  * (NULL: outputs dropped), batch by batch; with imat, accumulate each
  * linear's input Σx² too; with amax, the running max |x| of each linear's
  * input (static activation scales); with actq, quantizing the linears'
- * inputs as that plan says (the statistics see the inputs before). */
+ * inputs as that plan says (the statistics see the inputs before). The
+ * statistics come from an inference forward's input observer: no attention
+ * probabilities or other training state are stored. */
 static void forward_all_stats(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
                               int n, int T, int bs, float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq)
 {
@@ -360,35 +381,22 @@ static void forward_all_stats(const ar_config *c, const ar_block_weights *w, con
         if (ar_block_forward_samples_cuda(c, w, src, dst, n, T, bs)) cli_die_lib();
         return;
     }
-    static float *no_imat[AR_NLINEAR];
-    if (!imat && amax) imat = no_imat;
     ar_block_work ws;
-    ar_block_acts acts;
-    int train = imat != NULL;
-    if (ar_block_work_init(&ws, c, bs, T, 0) || (train && ar_block_acts_init(&acts, c, bs, T))) cli_die_lib();
+    if (ar_block_work_init(&ws, c, bs, T, 0)) cli_die_lib();
     if (has_actq && ar_block_plan_set_act_quant(actq, &ws)) cli_die_lib();
+    input_stats st = {imat, amax};
+    if (imat || amax) ws.observe = observe_input, ws.observe_ctx = &st;
     size_t row = (size_t)T * c->hidden;
     float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
+    if (!x || !y) cli_die("out of memory for a forward batch");
     for (int s0 = 0; s0 < n; s0 += bs) {
         int b = n - s0 < bs ? n - s0 : bs;
         ar_to_f32(x, src + s0 * row, AR_BF16, b * row);
-        int rc = train ? ar_block_forward_train(c, w, x, y, b, T, &ws, &acts) : ar_block_forward(c, w, x, y, b, T, &ws);
-        if (rc) cli_die_lib();
-        if (train) {
-            long nt = (long)b * T;
-            for (int i = 0; i < AR_NLINEAR; i++) {
-                int nout, kin;
-                ar_linear_shape(c, i, &nout, &kin);
-                const float *in = ar_block_acts_input(&acts, i);
-                if (imat[i]) ar_imatrix_accumulate(imat[i], in, nt, kin);
-                if (amax) fold_abs_max(&amax[i], in, nt, kin);
-            }
-        }
+        if (ar_block_forward(c, w, x, y, b, T, &ws)) cli_die_lib();
         if (dst) ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
     }
     free(x); free(y);
     ar_block_work_free(&ws);
-    if (train) ar_block_acts_free(&acts);
 }
 
 static void forward_all(const ar_config *c, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
@@ -424,6 +432,8 @@ typedef struct {
     const ar_config *c;
     calib_data *d;          /* NULL: zero-shot RTN */
     uint16_t *x_fp, *x_q, *y;
+    uint16_t *x_s;          /* scratch block outputs [n, T, C] (GGUF scale refit), or NULL */
+    int gguf_refit;         /* GGUF: try the scale refit after tuning */
     uint8_t *mask;
     scheme_ctx sc;
     ar_stream_writer *w;
@@ -447,8 +457,12 @@ static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const a
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then run the quantized block for the next block's
  * quantized-chain input (unless disabled). extra receives the loss summary. */
-static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
-                            int minmax, const ar_quant_out out[AR_NLINEAR], double t0, char *extra, size_t n_extra)
+/* SignRound over block `layer` (r->y holds its FP outputs) from xin: tune
+ * the planned linears into out; outlier: SignRoundV2's outlier-suppressed
+ * loss. extra receives the loss summary. */
+static void signround_tune(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
+                           int minmax, int outlier, const uint16_t *xin, const ar_quant_out out[AR_NLINEAR],
+                           double t0, char *extra, size_t n_extra)
 {
     const ar_config *c = r->c;
     int n = r->d->n, T = r->d->T;
@@ -457,24 +471,41 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
     o.iters = r->a->iters; o.lr = (float)r->a->lr; o.minmax_lr = (float)r->a->minmax_lr;
     o.batch_size = r->a->batch_size; o.grad_accum = r->a->gas; o.seed = (uint64_t)r->a->seed + layer;
     o.minmax_tuning = minmax; o.use_best = !r->a->not_use_best;
+    o.outlier_loss = outlier;
     ar_signround_report rep;
     progress_ctx pc = {t0, layer, c->n_layers};
-    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan);
+    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan) && !outlier;
     if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan, &o,
                                                                     out, &rep, on_iter, &pc))
         cli_die_lib();
     r->sec_tune += rep.sec_total;
     snprintf(extra, n_extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
              rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
+}
+
+/* The next block's quantized-chain input: this block run from xin with the
+ * weights wq (the tuned block as AutoRound leaves it, quantized weights and
+ * (WrapperWALayer) quantized inputs) into r->x_q (xin may be r->x_q). */
+static void quanted_chain_forward(tune_run *r, const ar_block_weights *wq, const ar_block_plan *plan,
+                                  const uint16_t *xin)
+{
+    int n = r->d->n, T = r->d->T;
+    if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * r->c->hidden)))
+        cli_die("out of memory for the quantized chain");
+    forward_all_stats(r->c, wq, xin, r->x_q, n, T, r->a->batch_size, NULL, NULL, plan);
+}
+
+/* SignRound over block `layer`, then its quantized-chain output (unless disabled). */
+static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
+                            int minmax, int outlier, const ar_quant_out out[AR_NLINEAR], double t0, char *extra,
+                            size_t n_extra)
+{
+    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
+    signround_tune(r, layer, wfp, plan, minmax, outlier, xin, out, t0, extra, n_extra);
     if (!r->a->disable_quanted_input) {
-        /* next block's quantized-chain input: the tuned block as AutoRound
-         * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
         ar_block_weights wq = *wfp;
         for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
-        if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
-            cli_die("out of memory for the quantized chain");
-        forward_all_stats(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL, NULL, plan);
+        quanted_chain_forward(r, &wq, plan, xin);
     }
 }
 
@@ -483,25 +514,182 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
  * imatrix-weighted search (importance = Σx² of its inputs on the FP chain; none
  * without calibration data, which is llama-quantize's plain RTN). With --iters > 0
  * the scales that search chose are frozen and SignRound tunes the rounding of
- * every block-quantized linear (quant_gguf.h; no min/max tuning), then the
- * codes are rewritten from the tuned ŵ, so the blocks dequantize to exactly
- * the weights that were tuned. Records: "<hf name>.weight.gguf", u8 [nbytes], attrs ggml_type/rows/cols. */
+ * every block-quantized linear (quant_gguf.h; no min/max tuning: AutoRound's
+ * enable_alg_ext GGUF path), then the codes are rewritten from the tuned ŵ, so
+ * the blocks dequantize to exactly the weights that were tuned. After tuning,
+ * the k-quant scales are refitted to the tuned codes (ar_ggml_refit_scales)
+ * and the refit kept when it lowers the block's loss over all samples.
+ * With calibration data the stream also carries the token embedding (the
+ * mix's type, plain search as llama-quantize; with --iters > 0 the quantized
+ * chain starts from its dequantized rows, what block 0 reads in llama.cpp) and
+ * the output head, quantized with the importance matrix of its input (the
+ * final-normed hidden states on the FP chain; llama-imatrix collects none).
+ * Records: "<hf name>.gguf" (e.g. "model.layers.0.mlp.up_proj.weight.gguf",
+ * "lm_head.weight.gguf"), u8 [nbytes], attrs ggml_type/rows/cols. */
 
-static void write_gguf_linear(ar_stream_writer *w, int layer, int i, const ar_gguf_qlinear *q)
+static void write_gguf_tensor(ar_stream_writer *w, const char *hf_name, const ar_gguf_qlinear *q)
 {
     char name[300], attrs[160];
-    snprintf(name, sizeof name, "model.layers.%d.%s.weight.gguf", layer, ar_linear_names[i]);
+    snprintf(name, sizeof name, "%s.gguf", hf_name);
     snprintf(attrs, sizeof attrs, "{\"ggml_type\":\"%s\",\"rows\":%lld,\"cols\":%lld}", ar_ggml_type_name(q->type),
              (long long)q->rows, (long long)q->cols);
     int64_t shape[1] = {(int64_t)q->nbytes};
     if (ar_stream_write_tensor(w, name, AR_U8, 1, shape, attrs, q->blocks)) cli_die_lib();
 }
 
+static void write_gguf_linear(ar_stream_writer *w, int layer, int i, const ar_gguf_qlinear *q)
+{
+    char hf[256];
+    snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, ar_linear_names[i]);
+    write_gguf_tensor(w, hf, q);
+}
+
+static ar_gguf_ftype gguf_mix(const tune_run *r)
+{
+    int f = ar_gguf_ftype_parse(r->sc.def.name + 5);
+    if (f < 0) cli_usage_error("--scheme %s: no llama.cpp mix of that name", r->sc.def.name);
+    return (ar_gguf_ftype)f;
+}
+
+/* 1 when the quantized chain starts from the quantized embedding and follows
+ * the tuned blocks. */
+static int gguf_quanted_chain(const tune_run *r) { return r->d && r->a->iters > 0 && !r->a->disable_quanted_input; }
+
+/* Block 0 comes first: the token embedding, and the quantized chain's start. */
+static void gguf_embedding(tune_run *r)
+{
+    const ar_config *c = r->c;
+    ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, 1);
+    ar_ggml_type t = ar_gguf_outer_type(gguf_mix(r), &info, "token_embd.weight", c->hidden);
+    if (!ar_ggml_is_quantized(t)) return;   /* F16/BF16/F32 mixes: ar-pack converts it */
+    ar_gguf_qlinear e;
+    if (ar_gguf_quantize_model_tensor(r->m, "model.embed_tokens.weight", c->vocab, c->hidden, t, NULL, &e))
+        cli_die_lib();
+    write_gguf_tensor(r->w, "model.embed_tokens.weight", &e);
+    if (gguf_quanted_chain(r)) {
+        size_t ntok = (size_t)r->d->n * r->d->T;
+        if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * ntok * c->hidden)))
+            cli_die("out of memory for the quantized chain");
+        if (ar_gguf_embed_lookup(&e, r->d->ids, ntok, r->x_q)) cli_die_lib();
+    }
+    free(e.blocks);
+}
+
+/* After the last block (r->x_fp holds its FP outputs): the output head,
+ * quantized with Σx² of the final-normed hidden states. */
+static void gguf_output_head(tune_run *r)
+{
+    const ar_config *c = r->c;
+    if (c->tie_embeddings) return;   /* the embedding is the head, written with block 0 */
+    ar_gguf_model_info info = ar_gguf_info_for(c, 1, 1);
+    ar_ggml_type t = ar_gguf_outer_type(gguf_mix(r), &info, "output.weight", c->hidden);
+    if (!ar_ggml_is_quantized(t)) return;
+    const int T = r->d->T, C = c->hidden;
+    float *imat = calloc(C, sizeof(float)), *x = malloc(sizeof(float) * (size_t)T * C);
+    if (!imat || !x) cli_die("out of memory for the output head's importance matrix");
+    for (int s = 0; s < r->d->n; s++) {
+        ar_to_f32(x, r->x_fp + (size_t)s * T * C, AR_BF16, (size_t)T * C);
+        if (ar_model_final_norm(r->m, x, T)) cli_die_lib();
+        ar_imatrix_accumulate(imat, x, T, C);
+    }
+    ar_gguf_qlinear h;
+    if (ar_gguf_quantize_model_tensor(r->m, "lm_head.weight", c->vocab, C, t, imat, &h)) cli_die_lib();
+    write_gguf_tensor(r->w, "lm_head.weight", &h);
+    free(h.blocks);
+    free(imat);
+    free(x);
+}
+
+/* wq = wfp with every block-quantized linear of q swapped for its
+ * dequantized blocks (deq[i], malloc'd; free with free_dequantized). */
+static void dequantized_block(const ar_block_weights *wfp, const ar_gguf_qlinear q[AR_NLINEAR],
+                              float *deq[AR_NLINEAR], ar_block_weights *wq)
+{
+    *wq = *wfp;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        deq[i] = NULL;
+        if (!ar_ggml_is_quantized(q[i].type)) continue;
+        size_t nel = (size_t)q[i].rows * q[i].cols;
+        if (!(deq[i] = malloc(sizeof(float) * nel))) cli_die("out of memory for dequantized weights");
+        if (ar_ggml_dequantize(q[i].type, q[i].blocks, deq[i], (int64_t)nel)) cli_die_lib();
+        wq->w[i] = deq[i];
+    }
+}
+
+static void free_dequantized(float *deq[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) free(deq[i]), deq[i] = NULL;
+}
+
+/* The tuning loss over all samples: masked MSE of block outputs out
+ * (bf16 [n, T, C]) against the FP outputs r->y. */
+static double all_samples_loss(const tune_run *r, const uint16_t *out)
+{
+    const int T = r->d->T, C = r->c->hidden;
+    const size_t row = (size_t)T * C;
+    float *a = malloc(sizeof(float) * row), *b = malloc(sizeof(float) * row);
+    if (!a || !b) cli_die("out of memory for the block loss");
+    double sum = 0;
+    for (int s = 0; s < r->d->n; s++) {
+        ar_to_f32(a, out + s * row, AR_BF16, row);
+        ar_to_f32(b, r->y + s * row, AR_BF16, row);
+        sum += ar_masked_mse(a, b, r->mask + (size_t)s * T, T, C, NULL);
+    }
+    free(a); free(b);
+    return sum / r->d->n;
+}
+
+/* Refit the k-quant scales of q to their tuned codes (importance imat, target
+ * the FP weights) and keep the refit when the block's loss over all samples
+ * from xin drops. Leaves the chosen block's outputs in r->x_q when the
+ * quantized chain is on. Appends the two losses to extra. */
+static void gguf_refit_or_keep(tune_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear q[AR_NLINEAR],
+                               float *const imat[AR_NLINEAR], const uint16_t *xin, char *extra, size_t n_extra)
+{
+    const ar_config *c = r->c;
+    const int n = r->d->n, T = r->d->T, bs = r->a->batch_size;
+    const size_t nel = (size_t)n * T * c->hidden;
+    ar_gguf_qlinear q2[AR_NLINEAR];
+    memset(q2, 0, sizeof q2);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        q2[i] = q[i];
+        if (!(q2[i].blocks = malloc(q[i].nbytes))) cli_die("out of memory for refitted blocks");
+        memcpy(q2[i].blocks, q[i].blocks, q[i].nbytes);
+        if (ar_ggml_block_elems(q[i].type) == 256 &&
+            ar_ggml_refit_scales(q[i].type, wfp->w[i], q2[i].blocks, q[i].rows, q[i].cols, imat[i], NULL))
+            cli_die("model.layers.%d.%s: %s", layer, ar_linear_names[i], ar_last_error());
+    }
+    if (!r->x_s && !(r->x_s = malloc(sizeof(uint16_t) * nel))) cli_die("out of memory for a block output");
+    float *deq[AR_NLINEAR];
+    ar_block_weights wq;
+    dequantized_block(wfp, q, deq, &wq);
+    forward_all_stats(c, &wq, xin, r->x_s, n, T, bs, NULL, NULL, NULL);
+    free_dequantized(deq);
+    double tuned = all_samples_loss(r, r->x_s);
+    /* the refit's outputs go to the chain buffer (xin may be it: each batch is
+     * read before it is written), or over the tuned ones without a chain */
+    uint16_t *dst = gguf_quanted_chain(r) ? r->x_q : r->x_s;
+    if (!dst && !(dst = r->x_q = malloc(sizeof(uint16_t) * nel))) cli_die("out of memory for the quantized chain");
+    dequantized_block(wfp, q2, deq, &wq);
+    forward_all_stats(c, &wq, xin, dst, n, T, bs, NULL, NULL, NULL);
+    free_dequantized(deq);
+    double refit = all_samples_loss(r, dst);
+    int keep = refit < tuned;
+    if (gguf_quanted_chain(r) && !keep) { uint16_t *t = r->x_q; r->x_q = r->x_s; r->x_s = t; }
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (keep) { uint8_t *t = q[i].blocks; q[i].blocks = q2[i].blocks; q2[i].blocks = t; }
+        free(q2[i].blocks);
+    }
+    size_t len = strlen(extra);
+    snprintf(extra + len, n_extra - len, "  refit %.4g -> %.4g (%s)", tuned, refit, keep ? "kept" : "dropped");
+}
+
 /* SignRound over the rounding of the block-quantized linears q[] (scales frozen
  * as llama.cpp's search left them; plain-typed ones stay FP while tuning), then
- * their codes rewritten from the tuned weights. r->y holds the FP outputs. */
+ * their codes rewritten from the tuned weights, the scale refit tried, and the
+ * quantized chain advanced. r->y holds the FP outputs. */
 static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear q[AR_NLINEAR],
-                               double t0, char *extra, size_t n_extra)
+                               float *const imat[AR_NLINEAR], double t0, char *extra, size_t n_extra)
 {
     ar_block_plan plan;
     ar_gguf_frozen fz[AR_NLINEAR];
@@ -515,7 +703,8 @@ static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *w
     }
     block_outputs bo;
     outputs_alloc(&bo, r->c, &plan);
-    signround_block(r, layer, wfp, &plan, 0, bo.out, t0, extra, n_extra);
+    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
+    signround_tune(r, layer, wfp, &plan, 0, 0, xin, bo.out, t0, extra, n_extra);
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan.quantize[i]) continue;
         if (ar_quant_gguf_store(&plan.spec[i], bo.out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks))
@@ -523,14 +712,25 @@ static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *w
         ar_gguf_frozen_free(&fz[i]);
     }
     outputs_free(&bo);
+    int kquants = 0;   /* the refit applies to k-quants (a super-block of sub-block scales) */
+    for (int i = 0; i < AR_NLINEAR; i++) kquants += ar_ggml_block_elems(q[i].type) == 256;
+    if (r->gguf_refit && kquants) {
+        gguf_refit_or_keep(r, layer, wfp, q, imat, xin, extra, n_extra);
+    } else if (gguf_quanted_chain(r)) {
+        float *deq[AR_NLINEAR];
+        ar_block_weights wq;
+        dequantized_block(wfp, q, deq, &wq);
+        quanted_chain_forward(r, &wq, NULL, xin);
+        free_dequantized(deq);
+    }
 }
 
 static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, double t0)
 {
     const ar_config *c = r->c;
-    int f = ar_gguf_ftype_parse(r->sc.def.name + 5);
-    if (f < 0) cli_usage_error("--scheme %s: no llama.cpp mix of that name", r->sc.def.name);
+    ar_gguf_ftype f = gguf_mix(r);
     ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, r->d != NULL);
+    if (r->d && layer == 0) gguf_embedding(r);
     float *imat[AR_NLINEAR] = {0};
     if (r->d) {
         for (int i = 0; i < AR_NLINEAR; i++) {
@@ -541,14 +741,55 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
         forward_all(c, wfp, r->x_fp, r->y, r->d->n, r->d->T, r->a->batch_size, imat);
     }
     ar_gguf_qlinear q[AR_NLINEAR];
-    if (ar_gguf_quantize_block((ar_gguf_ftype)f, &info, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
-    char extra[160] = "";
-    if (r->d && r->a->iters > 0) tune_gguf_rounding(r, layer, wfp, q, t0, extra, sizeof extra);
+    if (ar_gguf_quantize_block(f, &info, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
+    char extra[200] = "";
+    if (r->d && r->a->iters > 0) tune_gguf_rounding(r, layer, wfp, q, imat, t0, extra, sizeof extra);
     if (r->d) { uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t; }  /* FP chain: Y is the next input */
     for (int i = 0; i < AR_NLINEAR; i++) write_gguf_linear(r->w, layer, i, &q[i]);
+    if (r->d && layer == c->n_layers - 1) gguf_output_head(r);
     ar_gguf_qlinears_free(q);
     for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]);
     cli_progress_line("block", layer + 1, c->n_layers, t0, extra[0] ? extra : NULL);
+}
+
+/* ---- --enable_alg_ext on integer schemes (SignRoundV2, spec §5.1(a)) --------
+ * Symmetric int layers start from the imatrix-weighted scale search of
+ * opt-RTN (the imatrix Σx² of the FP block's inputs, not normalized) as
+ * init_scale, with β in [0, 2] scaling it and α unused; below 4 bits (or 4-bit
+ * activations) of the scheme the loss drops the top 0.1 % of errors. Other
+ * layers of the plan tune as V1 (AutoRound's V2 wrapper exists only for
+ * symmetric int/MX/NV; MX/NV searches are not implemented: refused). */
+
+static int v2_layer(const ar_quant_spec *qs) { return qs->dtype == AR_QDT_INT && qs->sym; }
+
+/* AutoRound decides the loss on the global scheme, not per layer. */
+static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
+
+static void v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_block_plan *plan,
+                           float *const imat[AR_NLINEAR], float *init[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i] || !v2_layer(&plan->spec[i])) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
+        if (!(init[i] = malloc(sizeof(float) * ng))) cli_die("out of memory for initial scales");
+        if (ar_quant_search_scales(&plan->spec[i], wfp->w[i], n, k, imat[i], init[i])) cli_die_lib();
+        plan->init_scale[i] = init[i];
+        plan->spec[i].minmax_hi = 2;
+    }
+}
+
+/* --enable_alg_ext needs a scheme it is defined for. */
+static void check_alg_ext(const tune_run *r)
+{
+    if (!r->a->enable_alg_ext) return;
+    int k = r->sc.def.kind;
+    if (k != AR_SCHEME_INT && k != AR_SCHEME_GGUF)
+        cli_usage_error("--enable_alg_ext: supported for integer (W2A16, W4A16, ...) and GGUF schemes, not %s",
+                        r->sc.def.name);
+    if (k == AR_SCHEME_INT && !r->sc.def.sym && cli_progress)
+        fprintf(stderr, "ar-tune: --enable_alg_ext changes nothing for asymmetric int schemes (AutoRound's V1 path)\n");
 }
 
 static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double t0)
@@ -568,23 +809,30 @@ static void tune_one_block(tune_run *r, int layer, ar_block_weights *wfp, double
     } else {
         int n = r->d->n, T = r->d->T;
         int opt_rtn = r->a->iters == 0 && !r->a->disable_opt_rtn;
+        int alg_ext = r->a->enable_alg_ext && r->a->iters > 0;
         float *imat[AR_NLINEAR] = {0};
-        for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
+        for (int i = 0; i < AR_NLINEAR; i++) {
             int nn, k;
             ar_linear_shape(c, i, &nn, &k);
-            if (plan.quantize[i]) imat[i] = calloc(k, sizeof(float));
+            if (plan.quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan.spec[i]))) &&
+                !(imat[i] = calloc(k, sizeof(float))))
+                cli_die("out of memory for the importance matrix");
         }
         /* Static activation maxima come from the inputs the block is tuned
          * on: the quantized chain's (through the FP block) when SignRound
          * uses it, else the FP chain's (AutoRound's act_max hooks). */
         int need_max = plan_needs_act_max(&plan, schemes);
         int q_stats = need_max && r->a->iters > 0 && !r->a->disable_quanted_input && r->x_q;
-        forward_all_stats(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn ? imat : NULL,
+        forward_all_stats(c, wfp, r->x_fp, r->y, n, T, r->a->batch_size, opt_rtn || alg_ext ? imat : NULL,
                           need_max && !q_stats ? act_max : NULL, NULL);
         if (q_stats) forward_all_stats(c, wfp, r->x_q, NULL, n, T, r->a->batch_size, NULL, act_max, NULL);
         if (need_max) plan_set_act_max(&plan, schemes, act_max);
         if (r->a->iters > 0) {
-            signround_block(r, layer, wfp, &plan, !r->a->disable_minmax, bo.out, t0, extra, sizeof extra);
+            float *init[AR_NLINEAR] = {0};
+            if (alg_ext) v2_init_scales(c, wfp, &plan, imat, init);
+            signround_block(r, layer, wfp, &plan, !r->a->disable_minmax, alg_ext && v2_outlier_loss(&r->sc.def),
+                            bo.out, t0, extra, sizeof extra);
+            for (int i = 0; i < AR_NLINEAR; i++) free(init[i]);
         } else {
             for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
                 int nn, k;
@@ -650,6 +898,7 @@ static char *meta_json(const tune_run *r, const char *model_abs)
         if (a->minmax_lr > 0) cJSON_AddNumberToObject(t, "minmax_lr", a->minmax_lr);
         cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);
         cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
+        cJSON_AddBoolToObject(t, "enable_alg_ext", a->enable_alg_ext);
         cJSON_AddNumberToObject(t, "seed", (double)a->seed);
         if (r->d->pad_key && r->d->pad_id >= 0) cJSON_AddNumberToObject(t, "loss_mask_pad_token_id", r->d->pad_id);
     }
@@ -853,7 +1102,9 @@ int main(int argc, char **argv)
     apply_recipe(&a);
     tune_run r = {0};
     r.a = &a;
+    r.gguf_refit = !getenv("AR_GGUF_NO_REFIT");   /* experiment switch, see issue 8 notes */
     setup_scheme(&r);
+    check_alg_ext(&r);
     calib_data d;
     /* A stream comes from -i, or from standard input when no --model is given;
      * --model alone means zero-shot RTN. */

@@ -198,6 +198,13 @@ const float *ar_block_acts_input(const ar_block_acts *a, int i)
 
 /* --------------------------------------------------------------- forward */
 
+/* linear_input for the forwards: the observer sees x first. */
+static const float *forward_input(ar_block_work *ws, int i, const float *x, long rows, int k)
+{
+    if (ws->observe) ws->observe(ws->observe_ctx, i, x, rows, k);
+    return linear_input(ws, i, x, rows, k);
+}
+
 /* Where one forward keeps its intermediates: the workspace (inference, with
  * buffers reused) or the saved activations (training). NULL rstd = not kept. */
 typedef struct {
@@ -214,11 +221,11 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
     const float *in;
-    if (!(in = linear_input(ws, AR_Q, f->ln1, BT, C))) return -1;
+    if (!(in = forward_input(ws, AR_Q, f->ln1, BT, C))) return -1;
     ar_linear_forward(f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
-    if (!(in = linear_input(ws, AR_K, f->ln1, BT, C))) return -1;
+    if (!(in = forward_input(ws, AR_K, f->ln1, BT, C))) return -1;
     ar_linear_forward(f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD);
-    if (!(in = linear_input(ws, AR_V, f->ln1, BT, C))) return -1;
+    if (!(in = forward_input(ws, AR_V, f->ln1, BT, C))) return -1;
     ar_linear_forward(f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD);
     if (w->q_norm) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, w->q_norm, BT * NH, HD, c->rms_eps);
     else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
@@ -228,7 +235,7 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     ar_rope_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD);
     ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
                          HD, c->sliding_window);
-    if (!(in = linear_input(ws, AR_O, f->ao, BT, QD))) return -1;
+    if (!(in = forward_input(ws, AR_O, f->ao, BT, QD))) return -1;
     ar_linear_forward(f->h, in, w->w[AR_O], w->b[AR_O], BT, QD, C);
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
     return 0;
@@ -241,12 +248,12 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
     int C = c->hidden, F = c->intermediate;
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
     const float *in;
-    if (!(in = linear_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
+    if (!(in = forward_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
     ar_linear_forward(f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
-    if (!(in = linear_input(ws, AR_UP, f->ln2, BT, C))) return -1;
+    if (!(in = forward_input(ws, AR_UP, f->ln2, BT, C))) return -1;
     ar_linear_forward(f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
     ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
-    if (!(in = linear_input(ws, AR_DOWN, f->act, BT, F))) return -1;
+    if (!(in = forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
     ar_linear_forward(f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
     return 0;

@@ -50,6 +50,13 @@ typedef struct {
     int kmax;
     float *xq;
     int xq_of;
+    /* Optional observer of the linears' inputs in every later forward
+     * (inference and training; NULL: none), for statistics such as importance
+     * matrices gathered by a cheap inference pass: called once per linear i
+     * with its input x [rows, k] before any activation fake-quantization
+     * (q/k/v, and gate/up, see the same x). Set the fields directly. */
+    void (*observe)(void *ctx, int linear, const float *x, long rows, int k);
+    void *observe_ctx;
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0

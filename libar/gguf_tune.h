@@ -12,6 +12,7 @@
 #include "block.h"
 #include "config.h"
 #include "gguf_quant.h"
+#include "model.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -41,5 +42,29 @@ int ar_gguf_quantize_block(ar_gguf_ftype f, const ar_gguf_model_info *m, const a
 
 /* Free the blocks of out[0..AR_NLINEAR) and zero them. */
 void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR]);
+
+/* ---- Tensors outside the blocks ----------------------------------------------
+ * llama-imatrix gives the output head no importance matrix (it never sees the
+ * head's input), so llama-quantize quantizes output.weight by its plain
+ * search; with calibration data we have that input (the final-normed hidden
+ * states) and quantize the head as any other linear. The token embedding has
+ * no matrix product and keeps the plain search; its quantized rows are what
+ * block 0 reads in llama.cpp, so the tuner's quantized chain starts there. */
+
+/* The type mix f gives the tensor of GGUF name gname ("token_embd.weight",
+ * "output.weight") of a model whose rows have cols elements. */
+ar_ggml_type ar_gguf_outer_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const char *gname, int64_t cols);
+
+/* Quantize model tensor hf_name ([rows, cols]; "model.embed_tokens.weight",
+ * "lm_head.weight") to type t with importance imat (cols floats) or NULL,
+ * reading it a slice of rows at a time (a 150k-row embedding is never widened
+ * whole). out is filled (free out->blocks). 0 or -1 with ar_error. */
+int ar_gguf_quantize_model_tensor(ar_model *m, const char *hf_name, int64_t rows, int64_t cols, ar_ggml_type t,
+                                  const float *imat, ar_gguf_qlinear *out);
+
+/* The rows of quantized embedding emb for token ids[0..n), dequantized as
+ * llama.cpp's get_rows does and rounded to bf16: out [n, cols]. Ids outside
+ * the embedding are an error. 0 or -1 with ar_error. */
+int ar_gguf_embed_lookup(const ar_gguf_qlinear *emb, const int32_t *ids, size_t n, uint16_t *out);
 
 #endif
