@@ -155,6 +155,13 @@ int ar_cuda_block_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
  * not NULL, from dy of the last training forward. */
 int ar_cuda_block_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
                            float *const dW[7], float *dx, ar_cuda_block_work *ws);
+/* The fast path's bf16 copy [N, K] (dev) of linear i's weight in ws, or NULL
+ * when ws is not a fast-path work. Every forward refreshes it from the f32
+ * weight (w->w[i]) unless the caller owns it: own = 1 hands it to the caller,
+ * who then writes it before the forwards that should use it (the tuner
+ * quantizes ŵ straight into it; w->w[i] is then not read by the fast path),
+ * own = 0 gives it back to the refresh, -1 leaves the ownership as it is. */
+uint16_t *ar_cuda_block_weight_bf16(ar_cuda_block_work *ws, int i, int own);
 /* ar_cuda_block_backward that WRITES dW[i] = dL/dW_i (the dW GEMMs run with
  * beta 0) instead of adding: the first mini-batch of a tuning iteration,
  * which then needs no zeroed dW; dx is still added to. */
@@ -199,6 +206,12 @@ size_t ar_cuda_quant_scratch_bytes(const ar_cuda_qspec *q, int n, int k);
  * first row for tiles spanning rows, as libar/quant_fp.h), GGUF neither. */
 int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
                           const float *alpha, const float *beta, float *wq);
+/* ar_cuda_quant_forward writing ŵ to wq (f32) and/or wqb (bf16, round to
+ * nearest even: the fast block path's operand); either may be NULL. The
+ * integer kind writes both in one pass; the FP and GGUF kinds need wq and
+ * narrow it into wqb afterwards. */
+int ar_cuda_quant_forward_to(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
+                             const float *alpha, const float *beta, float *wq, uint16_t *wqb);
 /* STE backward: dv, dalpha, dbeta += (each may be NULL), as ar_quant_backward
  * (FP kinds: dalpha untouched; GGUF: only dv). */
 int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
@@ -274,6 +287,17 @@ int ar_cuda_track_best(double *loss_acc, int chunks, int it, double *losses, dou
                        int *flag);
 /* dst = src (n floats) when *flag != 0 (flag on the device). */
 int ar_cuda_copy_if(float *dst, const float *src, long n, const int *flag);
+/* One copy of ar_cuda_copy_if_many: dst = src, n floats (dev). */
+typedef struct {
+    float *dst;
+    const float *src;
+    long n;
+} ar_cuda_copy_seg;
+enum { AR_CUDA_COPY_SEGS = 32 };
+/* Every segment's copy in one launch (16-byte accesses where the pointers
+ * allow) when *flag != 0: the tuner's best-loss snapshot of all tunables of a
+ * block. At most AR_CUDA_COPY_SEGS segments; n <= 0 ones are skipped. */
+int ar_cuda_copy_if_many(const ar_cuda_copy_seg *segs, int nseg, const int *flag);
 
 /* ---- fast path (AR_CUDA_FAST=1) -------------------------------------------
  * Native bf16 GEMM operands, fused elementwise ops and flash attention. It is
@@ -314,11 +338,12 @@ int ar_cuda_flash_supported(int HD);
 int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
                           const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
 /* Which kernels ar_cuda_flash_forward / _backward run: AR_CUDA_FLASH_MMA
- * (the default: mma.sync with scores and accumulators in registers,
- * kernels/flash_mma.cu) or AR_CUDA_FLASH_WMMA (the first design, wmma tiles
- * through shared memory, kernels/flash.cu). Same results up to summation
- * order. */
-enum { AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1 };
+ * (the default: mma.sync with scores and accumulators in registers, tiles
+ * double-buffered with cp.async, kernels/flash_mma.cu), AR_CUDA_FLASH_MMA1
+ * (the first mma kernels, synchronous tile loads) or AR_CUDA_FLASH_WMMA (the
+ * first design, wmma tiles through shared memory, kernels/flash.cu). Same
+ * results up to summation order. */
+enum { AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2 };
 void ar_cuda_set_flash_kernel(int kind);
 int  ar_cuda_get_flash_kernel(void);
 /* Floats of scratch ar_cuda_flash_backward needs. */

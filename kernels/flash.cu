@@ -369,7 +369,16 @@ int ar_cuda_flash_supported(int HD) { return HD == 32 || HD == 64 || HD == 80 ||
 
 static int g_flash_kernel = AR_CUDA_FLASH_MMA;
 
-void ar_cuda_set_flash_kernel(int kind) { g_flash_kernel = kind == AR_CUDA_FLASH_WMMA ? kind : AR_CUDA_FLASH_MMA; }
+void ar_cuda_set_flash_kernel(int kind)
+{
+    g_flash_kernel = kind == AR_CUDA_FLASH_WMMA || kind == AR_CUDA_FLASH_MMA1 ? kind : AR_CUDA_FLASH_MMA;
+}
+
+/* The flash_mma.cu generation of the selected kernels (0: the wmma ones here). */
+static int mma_version(void)
+{
+    return g_flash_kernel == AR_CUDA_FLASH_MMA ? 2 : g_flash_kernel == AR_CUDA_FLASH_MMA1 ? 1 : 0;
+}
 int ar_cuda_get_flash_kernel(void) { return g_flash_kernel; }
 
 template <int D>
@@ -413,8 +422,8 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
                           const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window)
 {
     if (check_sizes(B, T, NH, NKV, HD)) return -1;
-    if (g_flash_kernel == AR_CUDA_FLASH_MMA)
-        return ar_cuda_flash_mma_forward(out_b, out_f, lse, q, k, v, B, T, NH, NKV, HD, window);
+    if (mma_version())
+        return ar_cuda_flash_mma_forward(out_b, out_f, lse, q, k, v, B, T, NH, NKV, HD, window, mma_version());
     switch (HD) {
     case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
     case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
@@ -442,8 +451,9 @@ static int flash_backward(float *dq, float *dk, float *dv, float *scratch, const
     size_t off = ((size_t)B * NH * T * sizeof(float) + 255) & ~(size_t)255;
     uint16_t *dob = (uint16_t *)((char *)scratch + off);
     k_flash_prep<<<ar_blocks(rows * 32, 256), 256, 0, g_cu.st>>>(Drow, (bf16 *)dob, dout, out, T, NH, HD, rows);
-    if (g_flash_kernel == AR_CUDA_FLASH_MMA)
-        return ar_cuda_flash_mma_backward(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, HD, window, accumulate);
+    if (mma_version())
+        return ar_cuda_flash_mma_backward(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, HD, window, accumulate,
+                                          mma_version());
     if (!accumulate) { /* the wmma kernels only add */
         size_t nq = sizeof(float) * rows * HD, nk = sizeof(float) * (size_t)B * T * NKV * HD;
         AR_CK(cudaMemsetAsync(dq, 0, nq, g_cu.st));

@@ -392,6 +392,330 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
     add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
 }
 
+/* ---- version 2: pipelined tiles ----------------------------------------------------
+ * The same tiles, fragments and arithmetic as above (the mma1 kernels,
+ * AR_CUDA_FLASH=mma1), restructured around what limited them: every tile
+ * load was synchronous (global -> registers -> shared, then a barrier), so
+ * each tile step waited a full memory latency with only the SM's other
+ * blocks to hide it. Here the tiles a block streams through are copied with
+ * cp.async into two shared-memory buffers: the copy of step s + 1 is in
+ * flight while step s computes (double buffering; rows past T are
+ * zero-filled by the copy itself). Also:
+ *   - the forward keeps its Q fragments in registers (loaded once with
+ *     ldmatrix) instead of re-reading Q from shared memory every key tile,
+ *     and takes the row maximum on the raw scores so a probability costs one
+ *     FFMA + EX2;
+ *   - grids put the block with the most tiles first (blockIdx.y is the tile,
+ *     blockIdx.x the (head, sequence) pair: the hardware issues x fastest),
+ *     so the long blocks of the causal triangle do not run last: the dK/dV
+ *     kernel's longest blocks are its first key tiles, the forward's and
+ *     the dQ kernel's their last query tiles;
+ *   - __launch_bounds__(128, 2): two blocks per SM (the double buffers take
+ *     5 to 6 tiles of shared memory: 87-105 KB at head_dim 128).
+ * The dK/dV kernel flattens its (query head of the group, query tile) loop
+ * into one step sequence so the prefetch crosses head boundaries. */
+
+/* 16 bytes global -> shared without a register round trip; valid = 0 writes
+ * zeros and reads nothing (src must still be a mapped address). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
+}
+
+/* The same for one float (the backward's lse and D rows). */
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid)
+{
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0) : "memory");
+}
+
+/* Close the group of copies issued so far (an empty group is legal: the
+ * last step commits one so the wait below stays uniform). */
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+/* Wait until at most N of this thread's groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+/* load_tile through cp.async (no wait): rows [t0, t0 + 64) of one head of x
+ * [B, T, H, D] into a tile of pitch D + 8, rows at or past T zero-filled. */
+template <int D>
+__device__ void load_tile_async(bf16 *tile, const bf16 *x, int b, int t0, int T, int H, int h)
+{
+    const int ch = D / 8, LD = D + 8;
+    for (int c = threadIdx.x; c < MB * ch; c += blockDim.x) {
+        int r = c / ch, d = (c % ch) * 8, t = t0 + r;
+        bool ok = t < T;
+        cp_async16(tile + r * LD + d, x + (((long)b * T + (ok ? t : 0)) * H + h) * D + d, ok);
+    }
+}
+
+/* lse and D of query rows [q0, q0 + 64) of head h (rows past T: zeros);
+ * threads 0..63 copy lse, 64..127 D. */
+__device__ __forceinline__ void load_rows_async(float *Ls, float *Ds, const float *lse, const float *Drow, int b,
+                                                int q0, int T, int NH, int h)
+{
+    int c = threadIdx.x & (MB - 1), tq = q0 + c;
+    bool ok = tq < T;
+    long o = ((long)b * NH + h) * T + (ok ? tq : 0);
+    if (threadIdx.x < MB) cp_async4(Ls + c, lse + o, ok);
+    else if (threadIdx.x < 2 * MB) cp_async4(Ds + c, Drow + o, ok);
+}
+
+/* acc[8][4] (16 rows x 64 columns) = Qf · Yᵀ with the A operand already in
+ * registers (qf[kk]: k-step kk of the warp's 16 rows) and Y a 64 x D tile
+ * stored n-major: S = Q Kᵀ of the forward. */
+template <int D>
+__device__ __forceinline__ void frags_times_tile_t(float acc[8][4], const unsigned qf[D / 16][4], const bf16 *Y,
+                                                   int lane)
+{
+    const int LD = D + 8;
+#pragma unroll
+    for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            unsigned bb[4];
+            load_b_nk(bb, Y, LD, 16 * np, 16 * kk, lane);
+            mma16816(acc[2 * np], qf[kk], bb[0], bb[1]);
+            mma16816(acc[2 * np + 1], qf[kk], bb[2], bb[3]);
+        }
+}
+
+/* First key tile a query tile at q0 sees (0, or the window's start). */
+__device__ __forceinline__ int first_key_tile(int q0, int window)
+{
+    return window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
+}
+
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 2) k_fwd2(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
+                                                      const bf16 *k, const bf16 *v, int T, int NH, int NKV, int window,
+                                                      float scale)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g; /* rows row0, row0 + 8 */
+    const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
+    bf16 *Qs = (bf16 *)smem, *Ks = Qs + TS, *Vs = Ks + 2 * TS; /* K, V: two buffers each */
+    const int j0 = first_key_tile(q0, window);
+
+    load_tile_async<D>(Qs, q, b, q0, T, NH, h);
+    cp_commit();
+    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
+    load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
+    cp_commit();
+    cp_wait<1>(); /* Q is in (the first K, V may still be coming) */
+    __syncthreads();
+    unsigned qf[D / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], Qs, LD, 16 * w, 16 * kk, lane);
+
+    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    for (int j = j0; j <= i; j++) {
+        const int cur = (j - j0) & 1, k0 = j * MB;
+        if (j < i) { /* prefetch the next K, V into the other buffer */
+            load_tile_async<D>(Ks + (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
+            load_tile_async<D>(Vs + (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
+        }
+        cp_commit();
+        cp_wait<1>(); /* this step's K, V are in */
+        __syncthreads();
+        float s[8][4];
+        frags_times_tile_t<D>(s, qf, Ks + cur * TS, lane);
+        float mx[2] = {-INFINITY, -INFINITY};
+        if (tile_visible(q0, k0, T, window)) {
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+        } else {
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int key = k0 + 8 * n + 2 * t + (e & 1);
+                    if (!visible(row0 + 8 * (e >> 1), key, T, window)) s[n][e] = -INFINITY;
+                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                }
+        }
+        float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            /* raw maximum times scale2 = maximum of the log2-unit scores (scale2 > 0) */
+            float mt = quad_max(mx[hh]), mn = fmaxf(m[hh], mt == -INFINITY ? -INFINITY : mt * scale2);
+            alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
+            mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
+            m[hh] = mn;
+        }
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                float p = ex2(__fmaf_rn(s[n][e], scale2, -mu[e >> 1])); /* masked: 2^-inf = 0 */
+                s[n][e] = p;
+                rs[e >> 1] += p;
+            }
+        /* l stays a per-lane partial sum until the end: every term is scaled alike */
+        l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+        acc_times_tile<D>(o, s, Vs + cur * TS, lane);
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float lt = quad_sum(l[hh]);
+        int r = row0 + 8 * hh;
+        if (r >= T) continue;
+        float inv = 1.0f / lt;
+        long base = (((long)b * T + r) * NH + h) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            float x0 = o[n][2 * hh] * inv, x1 = o[n][2 * hh + 1] * inv;
+            if (out_f) *(float2 *)(out_f + base + 8 * n) = make_float2(x0, x1);
+            if (out_b) *(__nv_bfloat162 *)(out_b + base + 8 * n) = __floats2bfloat162_rn(x0, x1);
+        }
+        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] * AR_LN2 + logf(lt); /* m is in log2 units */
+    }
+}
+
+/* One past the last query tile that sees the key tile at k0 (a window ends
+ * the band: the first i with i·64 − window ≥ k0 + 63 sees none of it). */
+__device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
+{
+    if (window <= 0) return nT;
+    int e = (k0 + MB - 1 + window + MB - 1) / MB;
+    return e < nT ? e : nT;
+}
+
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, const bf16 *q, const bf16 *k,
+                                                         const bf16 *v, const bf16 *dob, const float *lse,
+                                                         const float *Drow, int T, int NH, int NKV, int window,
+                                                         float scale, int accumulate)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int group = NH / NKV, nT = (T + MB - 1) / MB, j = blockIdx.y, kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
+    const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
+    const float scale2 = scale * AR_LOG2E;
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Vs + TS, *dOs = Qs + 2 * TS; /* Q, dO: two buffers each */
+    float *Ls = (float *)(dOs + 2 * TS), *Ds = Ls + 2 * MB;
+    /* steps: (query head r of the group, query tile i), i fastest */
+    const int ni = end_query_tile(k0, nT, window) - j, steps = group * ni;
+
+    load_tile_async<D>(Ks, k, b, k0, T, NKV, kvh);
+    load_tile_async<D>(Vs, v, b, k0, T, NKV, kvh);
+    load_tile_async<D>(Qs, q, b, k0, T, NH, kvh * group); /* step 0: r = 0, i = j */
+    load_tile_async<D>(dOs, dob, b, k0, T, NH, kvh * group);
+    load_rows_async(Ls, Ds, lse, Drow, b, k0, T, NH, kvh * group);
+    cp_commit();
+    float dK[D / 8][4], dV[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.0f;
+    for (int st = 0; st < steps; st++) {
+        const int cur = st & 1, q0 = (j + st % ni) * MB;
+        if (st + 1 < steps) { /* prefetch the next step's Q, dO, lse, D */
+            int h1 = kvh * group + (st + 1) / ni, q1 = (j + (st + 1) % ni) * MB, nb = cur ^ 1;
+            load_tile_async<D>(Qs + nb * TS, q, b, q1, T, NH, h1);
+            load_tile_async<D>(dOs + nb * TS, dob, b, q1, T, NH, h1);
+            load_rows_async(Ls + nb * MB, Ds + nb * MB, lse, Drow, b, q1, T, NH, h1);
+        }
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const bf16 *Qc = Qs + cur * TS, *dOc = dOs + cur * TS;
+        const float *Lc = Ls + cur * MB, *Dc = Ds + cur * MB;
+        float p[8][4], dp[8][4];
+        rows_times_tile_t<D>(p, Ks, 16 * w, Qc, lane); /* Sᵀ: this warp's keys x 64 queries */
+        bool full = tile_visible(q0, k0, T, window);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int c = 8 * n + 2 * t + (e & 1);
+                p[n][e] = full || visible(q0 + c, key0 + 8 * (e >> 1), T, window)
+                              ? ex2(__fmaf_rn(p[n][e], scale2, -(Lc[c] * AR_LOG2E)))
+                              : 0.0f;
+            }
+        acc_times_tile<D>(dV, p, dOc, lane);            /* dV += Pᵀ dO */
+        rows_times_tile_t<D>(dp, Vs, 16 * w, dOc, lane); /* dPᵀ = V dOᵀ */
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Dc[8 * n + 2 * t + (e & 1)]) * scale;
+        acc_times_tile<D>(dK, dp, Qc, lane); /* dK += dSᵀ Q */
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
+    add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
+}
+
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_q2(float *dq, const bf16 *q, const bf16 *k, const bf16 *v,
+                                                        const bf16 *dob, const float *lse, const float *Drow, int T,
+                                                        int NH, int NKV, int window, float scale, int accumulate)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g;
+    const float scale2 = scale * AR_LOG2E;
+    bf16 *Qs = (bf16 *)smem, *dOs = Qs + TS, *Ks = dOs + TS, *Vs = Ks + 2 * TS; /* K, V: two buffers each */
+    const int j0 = first_key_tile(q0, window);
+
+    load_tile_async<D>(Qs, q, b, q0, T, NH, h);
+    load_tile_async<D>(dOs, dob, b, q0, T, NH, h);
+    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
+    load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
+    cp_commit();
+    float L[2], Dd[2];
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int r = row0 + 8 * hh;
+        long o = ((long)b * NH + h) * T + r;
+        L[hh] = r < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
+        Dd[hh] = r < T ? Drow[o] : 0.0f;
+    }
+    float dQ[D / 8][4];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
+    for (int j = j0; j <= i; j++) {
+        const int cur = (j - j0) & 1, k0 = j * MB;
+        if (j < i) {
+            load_tile_async<D>(Ks + (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
+            load_tile_async<D>(Vs + (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
+        }
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const bf16 *Kc = Ks + cur * TS;
+        float p[8][4], dp[8][4];
+        rows_times_tile_t<D>(p, Qs, 16 * w, Kc, lane);            /* S = Q Kᵀ */
+        rows_times_tile_t<D>(dp, dOs, 16 * w, Vs + cur * TS, lane); /* dP = dO Vᵀ */
+        bool full = tile_visible(q0, k0, T, window);
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
+                float pv = full || visible(row0 + 8 * hh, key, T, window) ? ex2(__fmaf_rn(p[n][e], scale2, -L[hh]))
+                                                                          : 0.0f;
+                dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
+            }
+        acc_times_tile<D>(dQ, dp, Kc, lane); /* dQ += dS K */
+        __syncthreads();
+    }
+    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
+}
+
 /* ---- host side -------------------------------------------------------------------- */
 
 template <int D> size_t tiles_smem(int n) { return (size_t)n * MB * (D + 8) * sizeof(bf16); }
@@ -406,58 +730,79 @@ template <typename K> int allow_smem(K kernel, size_t bytes, bool *done)
 
 template <int D>
 int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
-               int B, int T, int NH, int NKV, int window)
+               int B, int T, int NH, int NKV, int window, int version)
 {
-    static bool ready;
-    size_t sm = tiles_smem<D>(3);
-    if (allow_smem(k_fwd<D>, sm, &ready)) return -1;
-    dim3 grid((T + MB - 1) / MB, NH, B);
-    k_fwd<D><<<grid, MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q, (const bf16 *)k,
-                                               (const bf16 *)v, T, NH, NKV, window, 1.0f / sqrtf((float)D));
+    const float scale = 1.0f / sqrtf((float)D);
+    const int nT = (T + MB - 1) / MB;
+    if (version == 1) {
+        static bool ready;
+        size_t sm = tiles_smem<D>(3);
+        if (allow_smem(k_fwd<D>, sm, &ready)) return -1;
+        k_fwd<D><<<dim3(nT, NH, B), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
+                                                             (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
+        return ar_cuda_check_launch("flash attention forward (mma1)");
+    }
+    static bool ready2;
+    size_t sm = tiles_smem<D>(5); /* Q, two K, two V */
+    if (allow_smem(k_fwd2<D>, sm, &ready2)) return -1;
+    k_fwd2<D><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
+                                                           (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
     return ar_cuda_check_launch("flash attention forward (mma)");
 }
 
 template <int D>
 int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow, const float *lse,
                const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int NH, int NKV, int window,
-               int accumulate)
+               int accumulate, int version)
 {
-    static bool ready_kv, ready_q;
-    float scale = 1.0f / sqrtf((float)D);
-    dim3 gq((T + MB - 1) / MB, NH, B), gkv((T + MB - 1) / MB, NKV, B);
-    size_t s1 = tiles_smem<D>(4) + 2 * MB * sizeof(float), s2 = tiles_smem<D>(4);
-    if (allow_smem(k_bwd_kv<D>, s1, &ready_kv) || allow_smem(k_bwd_q<D>, s2, &ready_q)) return -1;
-    k_bwd_kv<D><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-                                                (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale, accumulate);
-    k_bwd_q<D><<<gq, MTHREADS, s2, g_cu.st>>>(dq, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v,
-                                              (const bf16 *)dob, lse, Drow, T, NH, NKV, window, scale, accumulate);
+    const float scale = 1.0f / sqrtf((float)D);
+    const int nT = (T + MB - 1) / MB;
+    const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v, *dd = (const bf16 *)dob;
+    if (version == 1) {
+        static bool ready_kv, ready_q;
+        size_t s1 = tiles_smem<D>(4) + 2 * MB * sizeof(float), s2 = tiles_smem<D>(4);
+        if (allow_smem(k_bwd_kv<D>, s1, &ready_kv) || allow_smem(k_bwd_q<D>, s2, &ready_q)) return -1;
+        k_bwd_kv<D><<<dim3(nT, NKV, B), MTHREADS, s1, g_cu.st>>>(dk, dv, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
+                                                                 scale, accumulate);
+        k_bwd_q<D><<<dim3(nT, NH, B), MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale,
+                                                               accumulate);
+        return ar_cuda_check_launch("flash attention backward (mma1)");
+    }
+    static bool ready_kv2, ready_q2;
+    /* K, V, two Q, two dO, two lse and D rows; Q, dO, two K, two V */
+    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(6);
+    if (allow_smem(k_bwd_kv2<D>, s1, &ready_kv2) || allow_smem(k_bwd_q2<D>, s2, &ready_q2)) return -1;
+    k_bwd_kv2<D><<<dim3(NKV * B, nT), MTHREADS, s1, g_cu.st>>>(dk, dv, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
+                                                               scale, accumulate);
+    k_bwd_q2<D><<<dim3(NH * B, nT), MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale,
+                                                             accumulate);
     return ar_cuda_check_launch("flash attention backward (mma)");
 }
 } // namespace
 
 int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
-                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window)
+                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window, int version)
 {
     switch (HD) {
-    case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
-    case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
-    case 80: return fwd_launch<80>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
-    case 96: return fwd_launch<96>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
-    case 128: return fwd_launch<128>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
+    case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
+    case 80: return fwd_launch<80>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
+    case 96: return fwd_launch<96>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
+    case 128: return fwd_launch<128>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
     default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
     }
 }
 
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
                                const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                               int NH, int NKV, int HD, int window, int accumulate)
+                               int NH, int NKV, int HD, int window, int accumulate, int version)
 {
     switch (HD) {
-    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
-    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
-    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
-    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
-    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
+    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
+    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
+    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
+    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
     default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
     }
 }

@@ -64,18 +64,22 @@ ar_cuda_fast_work *ar_cuda_fast_work_create(const ar_cuda_shape *s, int B, int T
 void ar_cuda_fast_work_free(ar_cuda_fast_work *fw);
 int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *x, float *y, int B, int T,
                          int train, ar_cuda_fast_work *fw);
+/* The bf16 copy of weight i; own 1 / 0 hands it to the caller / back to the
+ * forward's refresh, -1 leaves that as it is. */
+uint16_t *ar_cuda_fast_weight_bf16(ar_cuda_fast_work *fw, int i, int own);
 /* dw_write: the dW GEMMs overwrite dW (beta 0) instead of adding to it. */
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
                           float *dx, int dw_write, ar_cuda_fast_work *fw);
 
 /* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
  * checked there); the backward takes the prepared D rows and bf16 dO and
- * adds to dq, dk, dv (accumulate) or writes them. */
+ * adds to dq, dk, dv (accumulate) or writes them. version 2: the pipelined
+ * kernels (AR_CUDA_FLASH_MMA), 1: the first mma kernels (AR_CUDA_FLASH_MMA1). */
 int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
-                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
+                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window, int version);
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
                                const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                               int NH, int NKV, int HD, int window, int accumulate);
+                               int NH, int NKV, int HD, int window, int accumulate, int version);
 
 /* Phase profiling (profile.cu): AR_PROF costs one branch when it is off. */
 extern int g_prof_on;

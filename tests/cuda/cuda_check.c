@@ -1478,7 +1478,11 @@ static void bench_attention(void)
 {
     int B = 8, T = 2048, NH = 32, HD = 128, kind = ar_cuda_get_flash_kernel();
     ar_cuda_attn_bench r;
-    for (int k = AR_CUDA_FLASH_WMMA; k <= AR_CUDA_FLASH_MMA; k++) {
+    /* the default (mma) last: the bound line below compares it */
+    const int kinds[3] = {AR_CUDA_FLASH_WMMA, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_MMA};
+    const char *names[3] = {"wmma", "mma1", "mma"};
+    for (int ki = 0; ki < 3; ki++) {
+        int k = kinds[ki];
         ar_cuda_set_flash_kernel(k);
         if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
             printf("FAIL attention bench: %s\n", ar_cuda_last_error());
@@ -1487,7 +1491,7 @@ static void bench_attention(void)
             return;
         }
         printf("ATTENTION B%d T%d H%d D%d causal, flash[%s]: fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms "
-               "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, k == AR_CUDA_FLASH_MMA ? "mma" : "wmma",
+               "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, names[ki],
                r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9, r.flash_bwd_ms, r.bwd_flops / r.flash_bwd_ms * 1e-9);
     }
     ar_cuda_set_flash_kernel(kind);
@@ -1533,16 +1537,19 @@ static void run_fast_tests(void)
 {
     test_fast_taken();
     test_fused();
-    /* both flash kernels: mma (the default) and the first wmma design */
-    const char *tags[2] = {"wmma", "mma"};
-    for (int kind = AR_CUDA_FLASH_MMA; kind >= AR_CUDA_FLASH_WMMA; kind--) {
+    /* every flash kernel: mma (the default, pipelined), mma1 (the first mma
+     * kernels) and the first wmma design */
+    const int kinds[3] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_WMMA};
+    const char *tags[3] = {"mma", "mma1", "wmma"};
+    for (int ki = 0; ki < 3; ki++) {
+        int kind = kinds[ki];
         ar_cuda_set_flash_kernel(kind);
-        test_flash(tags[kind], 2, 128, 8, 2, 64, 0);
-        test_flash(tags[kind], 1, 200, 4, 4, 32, 48);
-        test_flash(tags[kind], 1, 512, 8, 2, 64, 0);
-        test_flash(tags[kind], 1, 300, 4, 2, 128, 0);
-        test_flash(tags[kind], 2, 160, 4, 1, 80, 100);
-        test_flash(tags[kind], 1, 257, 6, 3, 96, 0);
+        test_flash(tags[ki], 2, 128, 8, 2, 64, 0);
+        test_flash(tags[ki], 1, 200, 4, 4, 32, 48);
+        test_flash(tags[ki], 1, 512, 8, 2, 64, 0);
+        test_flash(tags[ki], 1, 300, 4, 2, 128, 0);
+        test_flash(tags[ki], 2, 160, 4, 1, 80, 100);
+        test_flash(tags[ki], 1, 257, 6, 3, 96, 0);
     }
     ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
     ar_config c;
