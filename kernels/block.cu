@@ -111,6 +111,12 @@ int ar_cuda_block_set_act_quant(const ar_cuda_shape *s, ar_cuda_block_work *ws, 
     return 0;
 }
 
+uint16_t *ar_cuda_block_weight_bf16(ar_cuda_block_work *ws, int i, int own)
+{
+    if (!ws->fast || i < 0 || i >= 7) return NULL;
+    return ar_cuda_fast_weight_bf16(ws->fast, i, own);
+}
+
 /* Quantize x [rows, k], the input of linears first..last, into their copies
  * (a profile phase of its own only when some linear is quantized). */
 static int act_run(ar_cuda_block_work *ws, const char *phase, int first, int last, const float *x, long rows, int k)

@@ -170,6 +170,7 @@ struct ar_cuda_fast_work {
     void *base;
     const ar_cuda_act_set *aq; /* activation quantizers (bf16 copies; owned by the block work) or NULL */
     float dw_beta;             /* the running backward's dW GEMMs: 1 adds to dW, 0 writes it */
+    unsigned wb_own;           /* bit i: the caller writes wb[i] (ar_cuda_block_own_weight_bf16) */
 };
 
 void ar_cuda_fast_attach_act(ar_cuda_fast_work *fw, const ar_cuda_act_set *s) { fw->aq = s; }
@@ -304,13 +305,22 @@ static int lin_shared_input(const char *phase, float *y, long ys, const uint16_t
     return ar_cuda_gemm_bf16_strided(0, 1, R, N, K, 1.0f, xb, K, 0, Wb, K, (long)N * K, 0.0f, y, N, ys, n);
 }
 
+/* Refresh the bf16 weights from the f32 ones, except those the caller owns. */
 static int convert_weights(const ar_cuda_shape *s, const ar_cuda_weights *w, ar_cuda_fast_work *fw)
 {
+    if ((fw->wb_own & 0x7fu) != 0x7fu) AR_PROF("weights/linears f32 -> bf16", 0);
     for (int i = 0; i < 7; i++) {
+        if (fw->wb_own >> i & 1u) continue;
         if (!w->w[i]) return ar_cuda_fail("block: weight %d missing", i);
         ar_cuda_to_bf16(fw->wb[i], w->w[i], weight_elems(s, i));
     }
     return 0;
+}
+
+uint16_t *ar_cuda_fast_weight_bf16(ar_cuda_fast_work *fw, int i, int own)
+{
+    if (own >= 0) fw->wb_own = own ? fw->wb_own | 1u << i : fw->wb_own & ~(1u << i);
+    return fw->wb[i];
 }
 
 /* The attention half from the block input x: x is kept in the work (for the
@@ -376,7 +386,6 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
     if (B <= 0 || T <= 0 || T > fw->T || B > fw->B)
         return ar_cuda_fail("block: batch %d x %d exceeds the work's %d x %d", B, T, fw->B, fw->T);
     if (train && !fw->train) return ar_cuda_fail("block: training forward needs a training work");
-    AR_PROF("weights/7 linears f32 -> bf16", 0);
     if (convert_weights(s, w, fw)) return -1;
     /* y may be x: x is read only by the first RMSNorm, y first written by the second */
     if (attn_fwd(s, w, x, B, T, train, fw) || mlp_fwd(s, w, y, B * T, fw)) return -1;

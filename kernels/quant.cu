@@ -2,16 +2,26 @@
  * backward fused with the SignSGD step, the masked MSE loss and the
  * best-iteration bookkeeping, mirroring libar/quant.c and libar/signround.c.
  * The entry points hand the other kinds to quant_fp.cu and quant_gguf.cu.
- * One thread block per quantization group; every thread recomputes the
- * group's scalars from the reduced min/max, so no broadcast is needed.
+ *
+ * The integer kernels run one warp per quantization group, QG groups per
+ * block over a grid-stride loop: a Llama-7B block has ~1.6M groups of 128,
+ * and a 128-thread block per group spent its time in block launch and
+ * __syncthreads rather than in the ~1.5 KB of traffic per group. The group's
+ * min/max and gradient sums are warp shuffles; every lane recomputes the
+ * group's scalars from the reduced min/max, so no broadcast is needed. When
+ * K and the group size are multiples of 4 each lane moves 4 elements per
+ * access (float4 / 4 x bf16). ŵ goes to f32 and/or straight to bf16 (the fast
+ * block path's operand), the same value either way.
  * Built with -fmad=false (Makefile) so products and sums round as in C. */
 #include "internal.cuh"
 #include "quant_kinds.cuh"
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <math.h>
+#include <stdint.h>
 
-enum { QT = 128 }; /* threads per group */
+enum { QG = 8 };        /* groups (warps) per block */
+enum { QMAXB = 8192 };  /* most blocks of a grid-stride launch */
 
 struct qgroup {
     float wmin, wmax, al, be, s, z;
@@ -25,26 +35,73 @@ __device__ static float to_scale_dtype(const ar_cuda_qspec &q, float s)
     return q.f32_scale ? s : __half2float(__float2half_rn(s));
 }
 
-/* Range, α/β and scale of group gi whose len elements start at w. */
-__device__ static qgroup group_setup(const ar_cuda_qspec &q, const float *w, int len, const float *alpha,
-                                     const float *beta, long gi)
+/* Where a group starts in [N, K] and its length. */
+struct gspan {
+    long off;
+    int len;
+};
+
+__device__ static gspan group_span(int k, int gs, int ng, long gi)
 {
-    __shared__ float smin[32], smax[32];
-    float lo = 0.0f, hi = 0.0f;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        lo = fminf(lo, w[j]);
-        hi = fmaxf(hi, w[j]);
+    int row = (int)(gi / ng), g = (int)(gi % ng);
+    int k0 = gs <= 0 ? 0 : g * gs;
+    gspan sp;
+    sp.len = gs <= 0 ? k : (k - k0 < gs ? k - k0 : gs);
+    sp.off = (long)row * k + k0;
+    return sp;
+}
+
+/* V elements starting at p + j (V = 4: one 16-byte access, p + j aligned). */
+template <int V> __device__ static void load(const float *p, long j, float x[V])
+{
+    if (V == 4) {
+        float4 t = *(const float4 *)(p + j);
+        x[0] = t.x, x[1] = t.y, x[2] = t.z, x[3] = t.w;
+    } else {
+        for (int i = 0; i < V; i++) x[i] = p[j + i];
+    }
+}
+
+template <int V> __device__ static void store(float *p, long j, const float x[V])
+{
+    if (V == 4) *(float4 *)(p + j) = make_float4(x[0], x[1], x[2], x[3]);
+    else for (int i = 0; i < V; i++) p[j + i] = x[i];
+}
+
+template <int V> __device__ static void store_bf16(__nv_bfloat16 *p, long j, const float x[V])
+{
+    if (V == 4) {
+        __nv_bfloat162 a = __floats2bfloat162_rn(x[0], x[1]), b = __floats2bfloat162_rn(x[2], x[3]);
+        uint2 u;
+        u.x = *(unsigned *)&a, u.y = *(unsigned *)&b;
+        *(uint2 *)(p + j) = u;
+    } else {
+        for (int i = 0; i < V; i++) p[j + i] = __float2bfloat16_rn(x[i]);
+    }
+}
+
+/* Range of the group's len elements at w (widened to contain 0, as
+ * quant.c's group_range), reduced over the warp: every lane gets it. */
+template <int V> __device__ static void warp_range(const float *w, int len, int lane, float *wmin, float *wmax)
+{
+    float lo = 0.0f, hi = 0.0f, x[V];
+    for (int j = lane * V; j < len; j += 32 * V) {
+        load<V>(w, j, x);
+        for (int i = 0; i < V; i++) lo = fminf(lo, x[i]), hi = fmaxf(hi, x[i]);
     }
     for (int o = 16; o > 0; o >>= 1) {
         lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
         hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
     }
-    __syncthreads();
-    if ((threadIdx.x & 31) == 0) smin[threadIdx.x >> 5] = lo, smax[threadIdx.x >> 5] = hi;
-    __syncthreads();
+    *wmin = lo, *wmax = hi;
+}
+
+/* α/β and scale of group gi from its range. */
+__device__ static qgroup group_setup(const ar_cuda_qspec &q, float wmin, float wmax, const float *alpha,
+                                     const float *beta, long gi)
+{
     qgroup g;
-    g.wmin = g.wmax = 0.0f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); i++) g.wmin = fminf(g.wmin, smin[i]), g.wmax = fmaxf(g.wmax, smax[i]);
+    g.wmin = wmin, g.wmax = wmax;
     float mh = q.hi > 0 ? q.hi : 1.0f;
     g.al = alpha ? clampf(alpha[gi], 0.0f, mh) : 1.0f;
     g.be = beta ? clampf(beta[gi], 0.0f, mh) : 1.0f;
@@ -79,29 +136,43 @@ __device__ static void level_bounds(const ar_cuda_qspec &q, float *lo, float *hi
     else *lo = 0.0f, *hi = (float)((1 << q.bits) - 1);
 }
 
-/* Where group blockIdx.x starts (offset into [N, K]) and its length. */
-__device__ static void group_span(int k, int gs, int ng, long *off, int *len)
+/* ŵ of one element (before the optional bf16 rounding of q.bf16_out). */
+__device__ static float elem_forward(const ar_cuda_qspec &q, const qgroup &g, float w, float v, float lo, float hi)
 {
-    long r = blockIdx.x;
-    int row = (int)(r / ng), g = (int)(r % ng);
-    int k0 = gs <= 0 ? 0 : g * gs;
-    *len = gs <= 0 ? k : (k - k0 < gs ? k - k0 : gs);
-    *off = (long)row * k + k0;
+    float x = clampf(rintf(w / g.s + v) + g.z, lo, hi);
+    float r = g.s * (x - g.z);
+    return q.bf16_out ? __bfloat162float(__float2bfloat16_rn(r)) : r;
 }
 
-__global__ void k_quant_fwd(ar_cuda_qspec q, const float *w, int k, int ng, const float *v, const float *alpha,
-                            const float *beta, float *wq)
+/* Launch shape of the warp-per-group kernels over ngr groups. */
+static unsigned group_blocks(long ngr)
 {
-    long off;
-    int len;
-    group_span(k, q.group_size, ng, &off, &len);
-    qgroup g = group_setup(q, w + off, len, alpha, beta, blockIdx.x);
+    long b = (ngr + QG - 1) / QG;
+    return (unsigned)(b < QMAXB ? (b > 0 ? b : 1) : QMAXB);
+}
+
+/* wq (f32) and/or wqb (bf16) = ŵ; either may be NULL. */
+template <int V>
+__global__ void __launch_bounds__(32 * QG) k_quant_fwd(ar_cuda_qspec q, const float *w, int k, int ng, long ngr,
+                                                       const float *v, const float *alpha, const float *beta, float *wq,
+                                                       __nv_bfloat16 *wqb)
+{
+    int lane = threadIdx.x & 31;
     float lo, hi;
     level_bounds(q, &lo, &hi);
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        float x = clampf(rintf(w[off + j] / g.s + (v ? v[off + j] : 0.0f)) + g.z, lo, hi);
-        float r = g.s * (x - g.z);
-        wq[off + j] = q.bf16_out ? __bfloat162float(__float2bfloat16_rn(r)) : r;
+    for (long gi = (long)blockIdx.x * QG + (threadIdx.x >> 5); gi < ngr; gi += (long)gridDim.x * QG) {
+        gspan sp = group_span(k, q.group_size, ng, gi);
+        float wmin, wmax;
+        warp_range<V>(w + sp.off, sp.len, lane, &wmin, &wmax);
+        qgroup g = group_setup(q, wmin, wmax, alpha, beta, gi);
+        for (int j = lane * V; j < sp.len; j += 32 * V) {
+            float x[V], vv[V], r[V];
+            load<V>(w + sp.off, j, x);
+            if (v) load<V>(v + sp.off, j, vv);
+            for (int i = 0; i < V; i++) r[i] = elem_forward(q, g, x[i], v ? vv[i] : 0.0f, lo, hi);
+            if (wq) store<V>(wq + sp.off, j, r);
+            if (wqb) store_bf16<V>(wqb + sp.off, j, r);
+        }
     }
 }
 
@@ -115,6 +186,16 @@ static int check_spec(const ar_cuda_qspec *q)
 
 static int ngroups(int k, int gs) { return gs <= 0 ? 1 : (k + gs - 1) / gs; }
 
+/* 1 when every group starts on a 4-element boundary and the buffers allow
+ * 16-byte (f32) and 8-byte (bf16) accesses there. */
+static int vec4_ok(int k, int gs, const void *const *p, int np)
+{
+    if (k % 4 || (gs > 0 && gs % 4)) return 0;
+    for (int i = 0; i < np; i++)
+        if ((uintptr_t)p[i] % 16) return 0;
+    return 1;
+}
+
 /* The kinds quant_fp.cu handles. */
 static int is_fp(const ar_cuda_qspec *q) { return q->kind >= AR_CUDA_Q_MXFP4 && q->kind <= AR_CUDA_Q_FP8; }
 
@@ -123,30 +204,48 @@ size_t ar_cuda_quant_scratch_bytes(const ar_cuda_qspec *q, int n, int k)
     return is_fp(q) ? ar_cuda_fp_scratch_bytes(q, n, k) : 0;
 }
 
-int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
-                          const float *alpha, const float *beta, float *wq)
+int ar_cuda_quant_forward_to(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
+                             const float *alpha, const float *beta, float *wq, uint16_t *wqb)
 {
-    if (q->kind == AR_CUDA_Q_GGUF) return ar_cuda_gguf_forward(q, w, n, k, v, wq);
-    if (is_fp(q)) return ar_cuda_fp_forward(q, w, n, k, v, beta, wq);
+    if (q->kind != AR_CUDA_Q_INT) {
+        /* the other kinds write f32; their bf16 copy is narrowed from it */
+        if (!wq) return ar_cuda_fail("quant: kind %d needs the f32 output", q->kind);
+        int rc = q->kind == AR_CUDA_Q_GGUF ? ar_cuda_gguf_forward(q, w, n, k, v, wq)
+                 : is_fp(q)                ? ar_cuda_fp_forward(q, w, n, k, v, beta, wq)
+                                           : check_spec(q);
+        if (!rc && wqb) ar_cuda_to_bf16(wqb, wq, (long)n * k);
+        return rc;
+    }
     if (check_spec(q)) return -1;
+    if (!wq && !wqb) return 0;
     int ng = ngroups(k, q->group_size);
-    k_quant_fwd<<<(unsigned)((long)n * ng), QT, 0, g_cu.st>>>(*q, w, k, ng, v, alpha, beta, wq);
+    long ngr = (long)n * ng;
+    const void *p[] = {w, v, wq, wqb};
+    __nv_bfloat16 *ob = (__nv_bfloat16 *)wqb;
+    if (vec4_ok(k, q->group_size, p, 4))
+        k_quant_fwd<4><<<group_blocks(ngr), 32 * QG, 0, g_cu.st>>>(*q, w, k, ng, ngr, v, alpha, beta, wq, ob);
+    else
+        k_quant_fwd<1><<<group_blocks(ngr), 32 * QG, 0, g_cu.st>>>(*q, w, k, ng, ngr, v, alpha, beta, wq, ob);
     return ar_cuda_check_launch("quant forward");
 }
 
+int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
+                          const float *alpha, const float *beta, float *wq)
+{
+    return ar_cuda_quant_forward_to(q, w, n, k, v, alpha, beta, wq, NULL);
+}
+
 /* The STE gradients of one group: per element dV (passed to emit), and the
- * scale/zero-point sums reduced over the block into dα, dβ. */
+ * scale/zero-point sums reduced over the warp into dα, dβ. */
 struct qgrads {
     double dal, dbe;
 };
 
 /* Per-element part; returns dL/dV of element j (0 when clamped) and adds to
  * the scale / zero-point accumulators. */
-__device__ static float elem_grad(const ar_cuda_qspec &q, const qgroup &g, float w, float v, float dwq, double *acc_s,
-                                  double *acc_z)
+__device__ static float elem_grad(const ar_cuda_qspec &q, const qgroup &g, float w, float v, float dwq, float lo,
+                                  float hi, double *acc_s, double *acc_z)
 {
-    float lo, hi;
-    level_bounds(q, &lo, &hi);
     float t = rintf(w / g.s + v) + g.z;
     int inside = t >= lo && t <= hi;
     float x = clampf(t, lo, hi);
@@ -183,35 +282,80 @@ __device__ static qgrads minmax_grads(const ar_cuda_qspec &q, const qgroup &g, d
 
 __device__ static float sgnf(float x) { return (float)((x > 0) - (x < 0)); }
 
-/* mode 0: accumulate dv, dalpha, dbeta. mode 1: SignSGD step on v, alpha, beta. */
-__global__ void k_quant_bwd(ar_cuda_qspec q, const float *w, int k, int ng, float *v, float *alpha, float *beta,
-                            const float *dwq, float *dv, float *dalpha, float *dbeta, int step, float lr, float mlr)
+__device__ static double warp_sum(double x)
 {
-    __shared__ double shm[32];
-    long off;
-    int len;
-    group_span(k, q.group_size, ng, &off, &len);
-    qgroup g = group_setup(q, w + off, len, alpha, beta, blockIdx.x);
-    double acc_s = 0.0, acc_z = 0.0;
-    for (int j = threadIdx.x; j < len; j += blockDim.x) {
-        float vj = v ? v[off + j] : 0.0f;
-        float d = elem_grad(q, g, w[off + j], vj, dwq[off + j], &acc_s, &acc_z);
-        if (step) v[off + j] = vj - lr * sgnf(d);
-        else if (dv) dv[off + j] += d;
-    }
-    acc_s = ar_block_sum(acc_s, shm);
-    acc_z = ar_block_sum(acc_z, shm);
-    if (threadIdx.x != 0) return;
-    qgrads r = minmax_grads(q, g, acc_s, acc_z);
-    long gi = blockIdx.x;
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+/* What one backward launch does with the gradients. */
+struct qbwd_args {
+    float *v, *alpha, *beta;           /* tunables (alpha/beta NULL: no min-max tuning) */
+    float *dv, *dalpha, *dbeta;        /* step 0: accumulated into (each may be NULL) */
+    int step;                          /* 1: SignSGD step on v, alpha, beta instead */
+    float lr, mlr;
+};
+
+/* mode 0: accumulate dv, dalpha, dbeta. step: SignSGD on v, alpha, beta. */
+template <int V>
+__global__ void __launch_bounds__(32 * QG) k_quant_bwd(ar_cuda_qspec q, const float *w, int k, int ng, long ngr,
+                                                       const float *dwq, qbwd_args a)
+{
+    int lane = threadIdx.x & 31;
+    float lo, hi;
+    level_bounds(q, &lo, &hi);
     float mh = q.hi > 0 ? q.hi : 1.0f;
-    if (step) {
-        if (alpha) alpha[gi] = clampf(alpha[gi] - mlr * sgnf((float)r.dal), 0.0f, mh);
-        if (beta) beta[gi] = clampf(beta[gi] - mlr * sgnf((float)r.dbe), 0.0f, mh);
-    } else {
-        if (dalpha) dalpha[gi] += (float)r.dal;
-        if (dbeta) dbeta[gi] += (float)r.dbe;
+    for (long gi = (long)blockIdx.x * QG + (threadIdx.x >> 5); gi < ngr; gi += (long)gridDim.x * QG) {
+        gspan sp = group_span(k, q.group_size, ng, gi);
+        float wmin, wmax;
+        warp_range<V>(w + sp.off, sp.len, lane, &wmin, &wmax);
+        qgroup g = group_setup(q, wmin, wmax, a.alpha, a.beta, gi);
+        double acc_s = 0.0, acc_z = 0.0;
+        for (int j = lane * V; j < sp.len; j += 32 * V) {
+            float x[V], vv[V], gw[V], d[V];
+            load<V>(w + sp.off, j, x);
+            load<V>(dwq + sp.off, j, gw);
+            if (a.v) load<V>(a.v + sp.off, j, vv);
+            else for (int i = 0; i < V; i++) vv[i] = 0.0f;
+            for (int i = 0; i < V; i++) d[i] = elem_grad(q, g, x[i], vv[i], gw[i], lo, hi, &acc_s, &acc_z);
+            if (a.step) {
+                if (a.v) {
+                    for (int i = 0; i < V; i++) vv[i] = vv[i] - a.lr * sgnf(d[i]);
+                    store<V>(a.v + sp.off, j, vv);
+                }
+            } else if (a.dv) {
+                float o[V];
+                load<V>(a.dv + sp.off, j, o);
+                for (int i = 0; i < V; i++) o[i] += d[i];
+                store<V>(a.dv + sp.off, j, o);
+            }
+        }
+        acc_s = warp_sum(acc_s);
+        acc_z = warp_sum(acc_z);
+        if (lane != 0) continue;
+        qgrads r = minmax_grads(q, g, acc_s, acc_z);
+        if (a.step) {
+            if (a.alpha) a.alpha[gi] = clampf(a.alpha[gi] - a.mlr * sgnf((float)r.dal), 0.0f, mh);
+            if (a.beta) a.beta[gi] = clampf(a.beta[gi] - a.mlr * sgnf((float)r.dbe), 0.0f, mh);
+        } else {
+            if (a.dalpha) a.dalpha[gi] += (float)r.dal;
+            if (a.dbeta) a.dbeta[gi] += (float)r.dbe;
+        }
     }
+}
+
+static int launch_bwd(const ar_cuda_qspec *q, const float *w, int n, int k, const float *dwq, const qbwd_args &a,
+                      const char *what)
+{
+    if (check_spec(q)) return -1;
+    int ng = ngroups(k, q->group_size);
+    long ngr = (long)n * ng;
+    const void *p[] = {w, dwq, a.v, a.dv};
+    if (vec4_ok(k, q->group_size, p, 4))
+        k_quant_bwd<4><<<group_blocks(ngr), 32 * QG, 0, g_cu.st>>>(*q, w, k, ng, ngr, dwq, a);
+    else
+        k_quant_bwd<1><<<group_blocks(ngr), 32 * QG, 0, g_cu.st>>>(*q, w, k, ng, ngr, dwq, a);
+    return ar_cuda_check_launch(what);
 }
 
 int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
@@ -220,11 +364,8 @@ int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k,
 {
     if (q->kind == AR_CUDA_Q_GGUF) return ar_cuda_gguf_backward(q, w, n, k, (float *)v, dwq, dv, 0, 0);
     if (is_fp(q)) return ar_cuda_fp_backward(q, w, n, k, (float *)v, NULL, (float *)beta, dwq, dv, dbeta, 0, 0, 0);
-    if (check_spec(q)) return -1;
-    int ng = ngroups(k, q->group_size);
-    k_quant_bwd<<<(unsigned)((long)n * ng), QT, 0, g_cu.st>>>(*q, w, k, ng, (float *)v, (float *)alpha,
-                                                               (float *)beta, dwq, dv, dalpha, dbeta, 0, 0, 0);
-    return ar_cuda_check_launch("quant backward");
+    qbwd_args a = {(float *)v, (float *)alpha, (float *)beta, dv, dalpha, dbeta, 0, 0.0f, 0.0f};
+    return launch_bwd(q, w, n, k, dwq, a, "quant backward");
 }
 
 int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, float *v, float *alpha,
@@ -232,11 +373,8 @@ int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, 
 {
     if (q->kind == AR_CUDA_Q_GGUF) return ar_cuda_gguf_backward(q, w, n, k, v, dwq, NULL, 1, lr);
     if (is_fp(q)) return ar_cuda_fp_backward(q, w, n, k, v, alpha, beta, dwq, NULL, NULL, 1, lr, mlr);
-    if (check_spec(q)) return -1;
-    int ng = ngroups(k, q->group_size);
-    k_quant_bwd<<<(unsigned)((long)n * ng), QT, 0, g_cu.st>>>(*q, w, k, ng, v, alpha, beta, dwq, NULL, NULL, NULL,
-                                                               1, lr, mlr);
-    return ar_cuda_check_launch("quant signsgd");
+    qbwd_args a = {v, alpha, beta, NULL, NULL, NULL, 1, lr, mlr};
+    return launch_bwd(q, w, n, k, dwq, a, "quant signsgd");
 }
 
 /* ---- loss and best-iteration bookkeeping ----------------------------------------- */
@@ -304,4 +442,51 @@ int ar_cuda_copy_if(float *dst, const float *src, long n, const int *flag)
 {
     if (n > 0) k_copy_if<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>(dst, src, n, flag);
     return ar_cuda_check_launch("copy_if");
+}
+
+/* The segments of one ar_cuda_copy_if_many launch (a kernel parameter). */
+struct copy_segs {
+    ar_cuda_copy_seg s[AR_CUDA_COPY_SEGS];
+};
+
+/* Segment blockIdx.y: 16-byte accesses over the part both pointers share
+ * an alignment for, single floats for the head and tail. */
+__global__ void k_copy_if_many(copy_segs segs, const int *flag)
+{
+    if (!*flag) return;
+    ar_cuda_copy_seg sg = segs.s[blockIdx.y];
+    long tid = blockIdx.x * (long)blockDim.x + threadIdx.x, stride = (long)gridDim.x * blockDim.x;
+    long head = 0;
+    if ((uintptr_t)sg.dst % 16 == (uintptr_t)sg.src % 16 && (uintptr_t)sg.dst % 4 == 0)
+        head = (long)((16 - (uintptr_t)sg.dst % 16) % 16 / 4);
+    else
+        head = sg.n; /* misaligned against each other: all scalar */
+    if (head > sg.n) head = sg.n;
+    long nv = (sg.n - head) / 4;
+    const float4 *s4 = (const float4 *)(sg.src + head);
+    float4 *d4 = (float4 *)(sg.dst + head);
+    for (long i = tid; i < nv; i += stride) d4[i] = s4[i];
+    for (long i = tid; i < head; i += stride) sg.dst[i] = sg.src[i];
+    for (long i = head + nv * 4 + tid; i < sg.n; i += stride) sg.dst[i] = sg.src[i];
+}
+
+int ar_cuda_copy_if_many(const ar_cuda_copy_seg *segs, int nseg, const int *flag)
+{
+    if (nseg < 0 || nseg > AR_CUDA_COPY_SEGS) return ar_cuda_fail("copy_if_many: %d segments (at most %d)", nseg,
+                                                                  AR_CUDA_COPY_SEGS);
+    copy_segs cs;
+    long most = 0;
+    int m = 0;
+    for (int i = 0; i < nseg; i++) {
+        if (segs[i].n <= 0) continue;
+        cs.s[m++] = segs[i];
+        if (segs[i].n > most) most = segs[i].n;
+    }
+    if (!m) return 0;
+    /* enough blocks for the largest segment at 4 floats a thread, capped:
+     * the grid-stride loop covers the rest */
+    long b = (most / 4 + 255) / 256;
+    unsigned bx = (unsigned)(b < 1024 ? (b > 0 ? b : 1) : 1024);
+    k_copy_if_many<<<dim3(bx, (unsigned)m), 256, 0, g_cu.st>>>(cs, flag);
+    return ar_cuda_check_launch("copy_if_many");
 }

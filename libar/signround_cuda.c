@@ -124,6 +124,7 @@ typedef struct {
     int T, C, bs, iters;
     glayer L[AR_NLINEAR];
     float *swap[AR_NLINEAR];
+    uint16_t *wb[AR_NLINEAR];   /* fast path: the work's bf16 weights, written here (NULL otherwise) */
     ar_cuda_weights w;
     ar_cuda_block_work *ws;
     uint16_t *x_in, *y_ref;     /* [n, T, C] bf16 on the device (NULL with low_mem) */
@@ -275,6 +276,21 @@ static int upload_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, 
     return rc ? ar_cuda_err("cache upload") : 0;
 }
 
+/* Fast path: take over the work's bf16 weights, so no forward converts them
+ * again: the quantized linears get ŵ written there by quantize_all, the
+ * others their fixed weights converted once here. */
+static int own_bf16_weights(gtuner *t)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!(t->wb[i] = ar_cuda_block_weight_bf16(t->ws, i, 1))) continue;
+        if (t->plan->quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(t->c, i, &n, &k);
+        ar_cuda_to_bf16(t->wb[i], t->w.w[i], (long)n * k);
+    }
+    return 0;
+}
+
 static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_fp, const ar_block_plan *plan,
                        const ar_signround_opts *o, const uint16_t *x_in, const uint16_t *y_ref,
                        const uint8_t *mask, int n, int T)
@@ -293,7 +309,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
         t->swap[i] = t->L[i].wq;
     }
     if (ar_cuda_weights_upload(&t->w, c, w_fp, t->swap)) return -1;
-    if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1))) return -1;
+    if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1)) || own_bf16_weights(t)) return -1;
     if (ar_block_plan_has_act_quant(plan) && install_act_quant(plan, &t->shape, t->ws)) return -1;
     if (upload_cache(t, x_in, y_ref, mask, n)) return -1;
     size_t rows = (size_t)t->bs * T * t->C;
@@ -323,16 +339,20 @@ static void gtuner_free(gtuner *t)
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }
 
-/* Fake-quantize every planned linear with the current tunables. dW needs no
+/* Fake-quantize every planned linear with the current tunables: ŵ in f32
+ * (the default path's operand), or on the fast path straight into the
+ * work's bf16 weight (the integer kind skips the f32 copy). dW needs no
  * clearing: the iteration's first mini-batch writes it (run_batches). */
 static int quantize_all(gtuner *t)
 {
     int mm = t->o->minmax_tuning;
-    ar_cuda_prof_mark("quant/fake-quant fwd", 0);
+    ar_cuda_prof_mark(t->wb[0] || t->wb[AR_NLINEAR - 1] ? "quant/fake-quant fwd -> bf16" : "quant/fake-quant fwd", 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
         glayer *L = &t->L[i];
-        if (ar_cuda_quant_forward(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, L->wq))
+        float *wq = t->wb[i] && L->q.kind == AR_CUDA_Q_INT ? NULL : L->wq;
+        if (ar_cuda_quant_forward_to(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, wq,
+                                     t->wb[i]))
             return ar_cuda_err("quantize");
     }
     return 0;
@@ -403,15 +423,17 @@ static int snapshot_if_best(gtuner *t, int it)
     ar_cuda_prof_mark("quant/best-loss snapshot", 0);
     if (ar_cuda_track_best(t->loss_acc, 1, it, t->losses, t->best, t->best_iter, t->flag))
         return ar_cuda_err("best");
+    ar_cuda_copy_seg seg[3 * AR_NLINEAR];
+    int ns = 0;
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
         glayer *L = &t->L[i];
-        if (ar_cuda_copy_if(L->best_v, L->v, (long)L->nel, t->flag) ||
-            ar_cuda_copy_if(L->best_alpha, L->alpha, (long)L->ngr, t->flag) ||
-            ar_cuda_copy_if(L->best_beta, L->beta, (long)L->ngr, t->flag))
-            return ar_cuda_err("snapshot");
+        seg[ns++] = (ar_cuda_copy_seg){L->best_v, L->v, (long)L->nel};
+        seg[ns++] = (ar_cuda_copy_seg){L->best_alpha, L->alpha, (long)L->ngr};
+        seg[ns++] = (ar_cuda_copy_seg){L->best_beta, L->beta, (long)L->ngr};
     }
-    return 0;
+    /* one launch for every tunable of the block */
+    return ar_cuda_copy_if_many(seg, ns, t->flag) ? ar_cuda_err("snapshot") : 0;
 }
 
 /* STE backward fused with one SignSGD step at lr scale f. */
