@@ -7,7 +7,11 @@
 # window, T not a multiple of the tile). A failed check raises.
 #   build/venv/bin/python tests/cuda/flash_mma_model.py   (about 5 s)
 # It checks index arithmetic, not the hardware: cuda_check --tests --fast runs
-# the kernels themselves against the CPU.
+# the kernels themselves against the CPU. Both kernel generations: version 1
+# (mma1) and version 2 (mma, the default: the forward's row maximum on raw
+# scores with one FFMA per probability, the dK/dV kernel's flattened (head,
+# query tile) steps and its end_query_tile bound; the cp.async double
+# buffering only changes where a tile sits, not what is read).
 import numpy as np
 rng = np.random.default_rng(1)
 
@@ -114,7 +118,33 @@ def acc_times_tile_bf(D, out, p, Y):
     pb = [[bf(p[n][l]) for l in range(32)] for n in range(8)]
     acc_times_tile(D, out, pb, Y)
 
-def fwd(q, k, v, T, D, window):
+def first_key_tile(q0, window):
+    return (q0 - window + 1) // 64 if window > 0 and q0 - window + 1 > 0 else 0
+
+def end_query_tile(k0, nT, window):  # version 2's bound on the dK/dV loop
+    return nT if window <= 0 else min(nT, (k0 + 63 + window + 63) // 64)
+
+def kv_steps(j, nT, group, window, version):  # (head r, query tile i) per step
+    if version == 1:
+        out = []
+        for r in range(group):
+            for i in range(j, nT):
+                if window > 0 and i * 64 - window >= j * 64 + 63: break
+                out.append((r, i))
+        return out
+    ni = end_query_tile(j * 64, nT, window) - j
+    return [(st // ni, j + st % ni) for st in range(group * ni)]
+
+# the flattened steps of version 2 are version 1's nested loops
+for T in (1, 63, 64, 65, 200, 300, 1000):
+    nT = (T + 63) // 64
+    for window in (0, 1, 32, 48, 64, 65, 100, 128, 500):
+        for group in (1, 2, 3):
+            for j in range(nT):
+                assert kv_steps(j, nT, group, window, 1) == kv_steps(j, nT, group, window, 2), (T, window, group, j)
+print('kv steps ok')
+
+def fwd(q, k, v, T, D, window, version=1):
     scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E
     O = np.zeros((T, D)); LSE = np.zeros(T)
     for i in range(nT):
@@ -122,10 +152,10 @@ def fwd(q, k, v, T, D, window):
         for w in range(4):
             o = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
             m = np.full((32, 2), -np.inf); l = np.zeros((32, 2))
-            j0 = (q0 - window + 1) // 64 if window > 0 and q0 - window + 1 > 0 else 0
-            for j in range(j0, i + 1):
+            for j in range(first_key_tile(q0, window), i + 1):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
                 s = rows_times_tile_t(D, Qs, 16 * w, Ks)
+                sc = 1.0 if version == 2 else scale2  # version 2: maximum on the raw scores
                 mx = np.full((32, 2), -np.inf)
                 full = tile_visible(q0, k0, T, window)
                 for n in range(8):
@@ -133,20 +163,20 @@ def fwd(q, k, v, T, D, window):
                         g, t = lane // 4, lane % 4; row0 = q0 + 16 * w + g
                         for e in range(4):
                             key = k0 + 8 * n + 2 * t + (e & 1)
-                            x = s[n][lane][e] * scale2 if full or visible(row0 + 8 * (e >> 1), key, T, window) else -np.inf
+                            x = s[n][lane][e] * sc if full or visible(row0 + 8 * (e >> 1), key, T, window) else -np.inf
                             s[n][lane][e] = x; mx[lane][e >> 1] = max(mx[lane][e >> 1], x)
                 for lane in range(32):  # quad max
                     base = lane & ~3
                     for hh in range(2):
                         qm = max(mx[base + u][hh] for u in range(4))
-                        mn = max(m[lane][hh], qm)
+                        mn = max(m[lane][hh], qm if version == 1 or qm == -np.inf else qm * scale2)
                         alpha = 0.0 if m[lane][hh] == -np.inf else np.exp2(m[lane][hh] - mn)
                         mu = 0.0 if mn == -np.inf else mn
                         m[lane][hh] = mn
                         rs = 0.0
                         for n in range(8):
                             for e in (2 * hh, 2 * hh + 1):
-                                pp = np.exp2(s[n][lane][e] - mu)
+                                pp = np.exp2(s[n][lane][e] - mu if version == 1 else s[n][lane][e] * scale2 - mu)
                                 s[n][lane][e] = pp; rs += pp
                         l[lane][hh] = l[lane][hh] * alpha + rs
                         for n in range(D // 8):
@@ -171,7 +201,7 @@ def dense(q, k, v, T, D, window, dO):
     O = P @ v; dP = dO @ v.T; Dr = (dP * P).sum(1, keepdims=True); dS = P * (dP - Dr) * scale
     return O, dS @ k, dS.T @ q, P.T @ dO, np.log(np.exp(S - S.max(1, keepdims=True)).sum(1)) + S.max(1)
 
-def bwd(q, k, v, dO, O, LSE, T, D, window):
+def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
     scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E
     Drow = (dO * O).sum(1)
     dq = np.zeros((T, D)); dk = np.zeros((T, D)); dv = np.zeros((T, D))
@@ -181,9 +211,8 @@ def bwd(q, k, v, dO, O, LSE, T, D, window):
         for w in range(4):
             dK = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
             dV = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
-            for i in range(j, nT):
+            for (_, i) in kv_steps(j, nT, 1, window, version):
                 q0 = i * 64
-                if window > 0 and q0 - window >= k0 + 63: break
                 Qs = load_tile(q, q0, T, D); dOs = load_tile(dOb, q0, T, D)
                 Ls = [LSE[q0 + c] * LOG2E if q0 + c < T else 0 for c in range(64)]
                 Ds = [Drow[q0 + c] if q0 + c < T else 0 for c in range(64)]
@@ -215,8 +244,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window):
         q0 = i * 64; Qs = load_tile(q, q0, T, D); dOs = load_tile(dOb, q0, T, D)
         for w in range(4):
             dQ = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
-            j0 = (q0 - window + 1) // 64 if window > 0 and q0 - window + 1 > 0 else 0
-            for j in range(j0, i + 1):
+            for j in range(first_key_tile(q0, window), i + 1):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
                 p = rows_times_tile_t(D, Qs, 16 * w, Ks); dp = rows_times_tile_t(D, dOs, 16 * w, Vs)
                 full = tile_visible(q0, k0, T, window)
@@ -238,14 +266,15 @@ def bwd(q, k, v, dO, O, LSE, T, D, window):
                         for u in range(2): dq[r, 8 * n + 2 * t + u] += dQ[n][lane][2 * hh + u]
     return dq, dk, dv
 
-for (T, D, window) in [(70, 32, 0), (130, 32, 40), (192, 32, 0)]:
+for (T, D, window, version) in [(70, 32, 0, 1), (130, 32, 40, 1), (192, 32, 0, 1), (70, 32, 0, 2), (130, 32, 40, 2),
+                                (192, 32, 0, 2)]:
     q, k, v, dO = (bf(rng.standard_normal((T, D))) for _ in range(4))
-    O, LSE = fwd(q, k, v, T, D, window)
+    O, LSE = fwd(q, k, v, T, D, window, version)
     rO, rdq, rdk, rdv, rlse = dense(q, k, v, T, D, window, dO)
     rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
-    print('T', T, 'D', D, 'w', window, 'fwd', rel(O, rO), 'lse', rel(LSE, rlse))
+    print('version', version, 'T', T, 'D', D, 'w', window, 'fwd', rel(O, rO), 'lse', rel(LSE, rlse))
     assert rel(O, rO) < 2e-2 and rel(LSE, rlse) < 1e-6, 'forward'
-    dq, dk, dv = bwd(q, k, v, dO, O, LSE, T, D, window)
+    dq, dk, dv = bwd(q, k, v, dO, O, LSE, T, D, window, version)
     print('   bwd dq', rel(dq, rdq), 'dk', rel(dk, rdk), 'dv', rel(dv, rdv))
     assert max(rel(dq, rdq), rel(dk, rdk), rel(dv, rdv)) < 5e-2, 'backward'
 print('flash_mma model: all checks passed')
