@@ -282,6 +282,23 @@ static ar_cuda_qspec qspec_of(const ar_quant_spec *s)
     return q;
 }
 
+/* ŵ written straight to bf16 (the fast path's operand, no f32 copy) must be
+ * the CPU's f32 ŵ rounded to bf16, bit for bit. */
+static void quant_forward_bf16_check(const char *tag, const ar_cuda_qspec *q, const float *dw, int n, int k,
+                                     const float *dv, const float *dal, const float *dbe, const float *wq)
+{
+    char name[160];
+    size_t nel = (size_t)n * k, bad = 0;
+    uint16_t *db = ar_cuda_malloc(2 * nel), *hb = malloc(2 * nel);
+    if (!db || !hb || ar_cuda_quant_forward_to(q, dw, n, k, dv, dal, dbe, NULL, db) || ar_cuda_download(hb, db, 2 * nel))
+        die_cuda("quant forward bf16");
+    for (size_t i = 0; i < nel; i++) bad += hb[i] != ar_f32_to_bf16(wq[i]) && !(wq[i] == 0 && (hb[i] & 0x7fff) == 0);
+    snprintf(name, sizeof name, "quant forward -> bf16 %s", tag);
+    verdict(name, (double)bad / (double)nel, 0, "mismatch");
+    free(hb);
+    ar_cuda_free(db);
+}
+
 static void test_quant(const char *tag, ar_quant_spec s, int n, int k)
 {
     char name[128];
@@ -301,6 +318,7 @@ static void test_quant(const char *tag, ar_quant_spec s, int n, int k)
     snprintf(name, sizeof name, "quant forward %s", tag);
     verdict(name, mismatch(h, wq, nel), 1e-4, "mismatch");
     free(h);
+    quant_forward_bf16_check(tag, &q, dw, n, k, dv, dal, dbe, wq);
 
     /* STE backward into fresh gradients */
     float *gv = zeros(nel), *ga = zeros(ngr), *gb = zeros(ngr);
@@ -334,6 +352,46 @@ static void test_quant(const char *tag, ar_quant_spec s, int n, int k)
     for (size_t i = 0; i < 9; i++) free(fr[i]);
     float *fd[] = {dw, dv, dal, dbe, ddwq, dwq_out, dgv, dga, dgb};
     for (size_t i = 0; i < 9; i++) ar_cuda_free(fd[i]);
+}
+
+/* The tuner's best-loss snapshot: several segments in one launch, copied
+ * only when the device flag is set; segments at odd offsets (16-byte path
+ * with a scalar head, and pointers misaligned against each other), a
+ * one-element one and an empty one. */
+static void test_copy_if_many(void)
+{
+    enum { NS = 5 };
+    const long len[NS] = {1000, 777, 1, 0, 4099};
+    const long soff[NS] = {0, 1, 3, 0, 2}, doff[NS] = {0, 1, 5, 0, 3};
+    long total = 0;
+    for (int i = 0; i < NS; i++) total += len[i] + 8;
+    float *src = rnd((size_t)total, 1, 0), *dst0 = rnd((size_t)total, 1, 0);
+    float *ds = up(src, (size_t)total), *dd = up(dst0, (size_t)total);
+    int zero = 0, one = 1, *dflag = ar_cuda_malloc(sizeof(int));
+    ar_cuda_copy_seg seg[NS];
+    long at = 0;
+    for (int i = 0; i < NS; i++) {
+        seg[i] = (ar_cuda_copy_seg){dd + at + doff[i], ds + at + soff[i], len[i]};
+        at += len[i] + 8;
+    }
+    double bad[2] = {0, 0};
+    for (int pass = 0; pass < 2; pass++) {
+        if (!dflag || ar_cuda_upload(dflag, pass ? &one : &zero, sizeof(int)) || ar_cuda_copy_if_many(seg, NS, dflag))
+            die_cuda("copy_if_many");
+        float *h = down(dd, (size_t)total);
+        at = 0;
+        for (int i = 0; i < NS; i++, at += len[i - 1] + 8)
+            for (long j = 0; j < len[i] + 8 - doff[i]; j++) {
+                long di = at + doff[i] + j;
+                float want = pass && j < len[i] ? src[at + soff[i] + j] : dst0[di];
+                bad[pass] += h[di] != want;
+            }
+        free(h);
+    }
+    verdict("snapshot copy_if_many, flag 0: nothing copied", bad[0], 0, "floats differing");
+    verdict("snapshot copy_if_many, flag 1: segments copied", bad[1], 0, "floats differing");
+    free(src), free(dst0);
+    ar_cuda_free(ds), ar_cuda_free(dd), ar_cuda_free(dflag);
 }
 
 static void test_mse(void)
@@ -432,6 +490,28 @@ static void test_block(const char *tag, const ar_config *c, int B, int T, int mo
     }
     snprintf(name, sizeof name, "block backward dW (worst of 7) %s", tag);
     verdict(name, worst, tol_w, "err");
+    /* the tuner's first mini-batch: dW written (beta 0) over junk equals
+     * the sum onto zeros above (cuBLAS may pick another kernel for beta 0:
+     * summation order only) */
+    float *jW[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        float *junk = rnd(wn[i], 1e3f, 0);
+        jW[i] = up(junk, wn[i]);
+        free(junk);
+    }
+    if (ar_cuda_block_forward(&s, &dw, gx, gy, B, T, 1, gws) ||
+        ar_cuda_block_backward_write_dw(&s, &dw, gdy, jW, NULL, gws))
+        die_cuda("block backward writing dW");
+    worst = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        float *h = down(jW[i], wn[i]), *a = down(gW[i], wn[i]);
+        double e = rel_err(h, a, wn[i]);
+        if (e > worst || e != e) worst = e;
+        free(h), free(a);
+        ar_cuda_free(jW[i]);
+    }
+    snprintf(name, sizeof name, "block backward writing dW (beta 0) %s", tag);
+    verdict(name, worst, 1e-5, "err vs accumulated");
     for (int i = 0; i < AR_NLINEAR; i++) free(dW[i]), ar_cuda_free(gW[i]);
     ar_cuda_free(gx); ar_cuda_free(gy); ar_cuda_free(gdy); ar_cuda_free(gdx);
     ar_cuda_weights_free(&dw, NULL);
@@ -765,7 +845,18 @@ static void test_quant_kinds(void)
     test_tuning_gguf("gguf Q2_K/Q3_K [f32 GEMMs]", q2k, AR_CUDA_GEMM_F32, 1e-3, 2e-2);
     test_tuning_gguf("gguf Q4_K/Q6_K [bf16 GEMMs]", q4km, AR_CUDA_GEMM_BF16, 0.3, 0.5);
     test_tuning("MXFP4 [f32 GEMMs]", mx4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
-    test_tuning("NVFP4 [f32 GEMMs]", nv4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
+    /* NVFP4's trajectory bound is 5%, not 2%: iteration 0 agrees to ~2e-8
+     * (same quantizer, same products), but its per-16 scale is an E4M3 value
+     * of gs·max·β/6, so when a near-zero dβ sum (double, summed in another
+     * order on the GPU) takes the other sign, β moves by 2·mlr and the tile's
+     * scale can land on another E4M3 step, moving all 16 elements; SignSGD
+     * then follows another path. Measured (H200): 41% of the final weights
+     * differ (MXFP4, power-of-two scales: 1.5%), worst loss gap 2.1% at some
+     * iteration, the GPU ending lower (0.01315 vs the CPU's 0.01331 at iter
+     * 10), so a gap of that size is divergence, not a bias. 5% still fails a
+     * wrong gradient or step, which stall or raise the loss within a few
+     * iterations by far more. */
+    test_tuning("NVFP4 [f32 GEMMs]", nv4, AR_CUDA_GEMM_F32, 1e-3, 5e-2, 0.02);
     test_tuning("FP8 per tensor (FPW8A16) [f32 GEMMs]", f8t, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
     ar_quant_spec f8bb = f8b;
     f8bb.flags |= AR_QF_BF16;
@@ -1009,7 +1100,8 @@ static void test_block_act(const char *tag, const ar_config *c, int B, int T, in
     snprintf(name, sizeof name, "act block backward dW (worst quantized) %s", tag);
     verdict(name, ew, tol, "l2 err");
     snprintf(name, sizeof name, "act block quantization reproduced (y, dW) %s", tag);
-    verdict(name, fmax(ry, rw), tol_ratio, "ratio");
+    if (tol_ratio > 0) verdict(name, fmax(ry, rw), tol_ratio, "ratio");
+    else printf("     %s: ratio %.3g (info)\n", name, fmax(ry, rw));
     printf("     effect of the activation quantization (CPU, l2): y %.3g, dx %.3g\n", l2_err(c0.y, cq.y, n),
            l2_err(c0.dx, cq.dx, n));
     block_run_free(&cq), block_run_free(&c0), block_run_free(&g);
@@ -1044,7 +1136,16 @@ static void act_mixed(const ar_act_spec *aq[AR_NLINEAR])
 }
 
 /* Block tests of one path (the caller sets the fast switch). bf16: the
- * bounds only catch gross errors (see the section comment). */
+ * bounds only catch gross errors (see the section comment). On the fast
+ * path the bf16 "reproduced" ratio is a check only where one linear (or one
+ * input group) is quantized: there every quantized input is itself a bf16
+ * tensor, so with all linears quantized the flips cascade through the block
+ * and the bf16 noise reaches ~1.5x the quantization's own effect (ratio
+ * ~0.83 measured on an H200, the ~r/sqrt(1 + r²) of the section comment;
+ * the default path, quantizing f32 inputs, gives 0.25-0.36). Those cases
+ * print the ratio as info; on the fast path the all-linears case is checked
+ * by the W4A4 tuning test instead (its iteration-0 loss reproduces the
+ * activation quantization, ratio ~0.004). The [f32] bounds are unchanged. */
 static void test_blocks_act(const char *path)
 {
     char tag[160];
@@ -1052,6 +1153,7 @@ static void test_blocks_act(const char *path)
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
     small_config(&ce, 256, 512, 4, 4, 64, 0, 0, 0);   /* NH = NKV: the fast path's batched q/k/v GEMM */
     const ar_act_spec *aq[AR_NLINEAR];
+    double all_ratio = ar_cuda_get_fast() ? 0 : 0.8; /* bf16, every linear quantized: info on the fast path */
     if (!ar_cuda_get_fast()) {
         act_all(&ACT_MX4, aq);
         snprintf(tag, sizeof tag, "%sMXFP4 all B2 T128 [f32]", path);
@@ -1073,7 +1175,7 @@ static void test_blocks_act(const char *path)
     /* bf16: CPU-simulated err 0.02-0.15, ratio 0.2-0.5 (see above) */
     act_all(&ACT_MX4, aq);
     snprintf(tag, sizeof tag, "%sMXFP4 all B2 T128 [bf16]", path);
-    test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.3, 0.8);
+    test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.3, all_ratio);
     act_only(&ACT_MX4, AR_DOWN, AR_DOWN, aq);
     snprintf(tag, sizeof tag, "%sMXFP4 down only B2 T128 [bf16]", path);
     test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.15, 0.8);
@@ -1082,10 +1184,10 @@ static void test_blocks_act(const char *path)
     test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_BF16, aq, 0.15, 0.8);
     act_mixed(aq);
     snprintf(tag, sizeof tag, "%smixed specs B2 T96 [bf16]", path);
-    test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_BF16, aq, 0.3, 0.8);
+    test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_BF16, aq, 0.3, all_ratio);
     act_all(&ACT_MX4, aq);
     snprintf(tag, sizeof tag, "%sMXFP4 all, NH = NKV B2 T96 [bf16]", path);
-    test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_BF16, aq, 0.3, 0.8);
+    test_block_act(tag, &ce, 2, 96, AR_CUDA_GEMM_BF16, aq, 0.3, all_ratio);
 }
 
 /* W4A4 SignRound (weights and activations of every linear with the same
@@ -1582,6 +1684,9 @@ static void run_tests(const char *shared)
     test_quant("W2 G64 sym bf16", w2, 128, 640);
     test_quant("W4 G32 asym", a4, 96, 200);
     test_quant("W8 per-row f32-scale hi=2", r8, 64, 1280);
+    /* K not a multiple of 4: the kernels' single-element path, a short last group */
+    test_quant("W3 G20 asym K150", (ar_quant_spec){3, 20, 0, 0, 0, 0, 0, 0, NULL, NULL}, 40, 150);
+    test_copy_if_many();
     test_mse();
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
