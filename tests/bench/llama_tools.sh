@@ -15,7 +15,8 @@
 #   bin/        llama-quantize, llama-imatrix, llama-perplexity (links) and
 #               convert_hf_to_gguf (runs the converter with build/venv's
 #               Python and the gguf package of the same source tree)
-# Idempotent: when all four are there it only prints the bin folder.
+# Idempotent: when the three tools are there it only rewrites the converter
+# wrapper and prints the bin folder.
 #
 # Environment: LLAMA_DIR, LLAMA_PY_VERSION (llama-cpp-python version to fetch,
 # default: the newest), LLAMA_JOBS (default 1), VENV (default build/venv).
@@ -27,8 +28,8 @@ VENV=${VENV:-build/venv}
 JOBS=${LLAMA_JOBS:-1}
 TOOLS="llama-quantize llama-imatrix llama-perplexity"
 
-all_built() {
-  for t in $TOOLS convert_hf_to_gguf; do [ -x "$LD/bin/$t" ] || return 1; done
+tools_built() {
+  for t in $TOOLS; do [ -x "$LD/bin/$t" ] || return 1; done
 }
 
 # Unpack vendor/llama.cpp of the llama-cpp-python sdist into $LD/src.
@@ -64,24 +65,31 @@ build_tools() {
   for t in $TOOLS; do ln -sf "../cmake/bin/$t" "$LD/bin/$t"; done
 }
 
-# The converter needs numpy, torch, transformers (build/venv has them) and the
-# gguf package; the one in the same source tree matches its constants.
+# The converter needs numpy, torch, transformers (build/venv has them), the
+# gguf package (the one in the same source tree matches its constants) and
+# sentencepiece, which its Llama class imports before it looks for a
+# tokenizer.model (pip-installed into the venv when missing). It runs through
+# tests/bench/llama_convert.py, which names the GPT-2 pre-tokenizer of our
+# home-made vocabularies (unknown to its hash table). Rewritten on every run.
 write_converter() {
-  src=$(cd "$LD/src" && pwd) py=$(cd "$VENV/bin" && pwd)/python
+  "$VENV/bin/python" -c "import sentencepiece" 2>/dev/null ||
+    "$VENV/bin/python" -m pip install -q "sentencepiece>=0.1.98,<0.3.0"
+  src=$(cd "$LD/src" && pwd) py=$(cd "$VENV/bin" && pwd)/python shim=$(pwd)/tests/bench/llama_convert.py
+  mkdir -p "$LD/bin"
   cat > "$LD/bin/convert_hf_to_gguf" <<EOF
 #!/bin/sh
 # convert_hf_to_gguf.py of $(cat "$LD/src/FROM_SDIST" 2>/dev/null || echo llama.cpp) (written by tests/bench/llama_tools.sh)
-PYTHONPATH="$src/gguf-py\${PYTHONPATH:+:\$PYTHONPATH}" exec "$py" "$src/convert_hf_to_gguf.py" "\$@"
+exec "$py" "$shim" "$src" "\$@"
 EOF
   chmod +x "$LD/bin/convert_hf_to_gguf"
 }
 
-if all_built; then echo "$(cd "$LD/bin" && pwd)"; exit 0; fi
+if tools_built; then write_converter; echo "$(cd "$LD/bin" && pwd)"; exit 0; fi
 mkdir -p "$LD"
 fetch_source
 t0=$(date +%s)
 build_tools
 write_converter
-all_built || { echo "llama_tools.sh: build finished but tools are missing in $LD/bin" >&2; exit 1; }
+tools_built || { echo "llama_tools.sh: build finished but tools are missing in $LD/bin" >&2; exit 1; }
 echo "llama_tools.sh: built in $(( $(date +%s) - t0 )) s" >&2
 echo "$(cd "$LD/bin" && pwd)"
