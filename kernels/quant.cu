@@ -80,6 +80,16 @@ template <int V> __device__ static void store_bf16(__nv_bfloat16 *p, long j, con
     }
 }
 
+/* Lane-partial range lo/hi (both starting at 0) reduced over the warp. */
+__device__ static void warp_minmax(float lo, float hi, float *wmin, float *wmax)
+{
+    for (int o = 16; o > 0; o >>= 1) {
+        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
+        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
+    }
+    *wmin = lo, *wmax = hi;
+}
+
 /* Range of the group's len elements at w (widened to contain 0, as
  * quant.c's group_range), reduced over the warp: every lane gets it. */
 template <int V> __device__ static void warp_range(const float *w, int len, int lane, float *wmin, float *wmax)
@@ -89,11 +99,16 @@ template <int V> __device__ static void warp_range(const float *w, int len, int 
         load<V>(w, j, x);
         for (int i = 0; i < V; i++) lo = fminf(lo, x[i]), hi = fmaxf(hi, x[i]);
     }
-    for (int o = 16; o > 0; o >>= 1) {
-        lo = fminf(lo, __shfl_xor_sync(0xffffffffu, lo, o));
-        hi = fmaxf(hi, __shfl_xor_sync(0xffffffffu, hi, o));
-    }
-    *wmin = lo, *wmax = hi;
+    warp_minmax(lo, hi, wmin, wmax);
+}
+
+/* Range of a group that fits one access per lane (len <= 32·V), from the
+ * lane's elements x (zeros past the group's end: the range contains 0). */
+template <int V> __device__ static void warp_range_regs(const float x[V], float *wmin, float *wmax)
+{
+    float lo = 0.0f, hi = 0.0f;
+    for (int i = 0; i < V; i++) lo = fminf(lo, x[i]), hi = fmaxf(hi, x[i]);
+    warp_minmax(lo, hi, wmin, wmax);
 }
 
 /* α/β and scale of group gi from its range. */
@@ -163,6 +178,24 @@ __global__ void __launch_bounds__(32 * QG) k_quant_fwd(ar_cuda_qspec q, const fl
     for (long gi = (long)blockIdx.x * QG + (threadIdx.x >> 5); gi < ngr; gi += (long)gridDim.x * QG) {
         gspan sp = group_span(k, q.group_size, ng, gi);
         float wmin, wmax;
+        if (sp.len <= 32 * V) {
+            /* one access per lane (G128 with float4): w and v are loaded
+             * together, before the reduction, and used from registers */
+            int j = lane * V, has = j < sp.len;
+            float x[V], vv[V], r[V];
+            for (int i = 0; i < V; i++) x[i] = vv[i] = 0.0f;
+            if (has) {
+                load<V>(w + sp.off, j, x);
+                if (v) load<V>(v + sp.off, j, vv);
+            }
+            warp_range_regs<V>(x, &wmin, &wmax);
+            qgroup g = group_setup(q, wmin, wmax, alpha, beta, gi);
+            if (!has) continue;
+            for (int i = 0; i < V; i++) r[i] = elem_forward(q, g, x[i], vv[i], lo, hi);
+            if (wq) store<V>(wq + sp.off, j, r);
+            if (wqb) store_bf16<V>(wqb + sp.off, j, r);
+            continue;
+        }
         warp_range<V>(w + sp.off, sp.len, lane, &wmin, &wmax);
         qgroup g = group_setup(q, wmin, wmax, alpha, beta, gi);
         for (int j = lane * V; j < sp.len; j += 32 * V) {
@@ -296,6 +329,43 @@ struct qbwd_args {
     float lr, mlr;
 };
 
+/* Lane 0's part: dα, dβ of group gi from the warp's sums, added to the
+ * gradients or (step) taken as a SignSGD step with the [0, hi] clamp. */
+__device__ static void minmax_update(const ar_cuda_qspec &q, const qgroup &g, const qbwd_args &a, long gi, double ds,
+                                     double dz, float mh)
+{
+    qgrads r = minmax_grads(q, g, ds, dz);
+    if (a.step) {
+        if (a.alpha) a.alpha[gi] = clampf(a.alpha[gi] - a.mlr * sgnf((float)r.dal), 0.0f, mh);
+        if (a.beta) a.beta[gi] = clampf(a.beta[gi] - a.mlr * sgnf((float)r.dbe), 0.0f, mh);
+    } else {
+        if (a.dalpha) a.dalpha[gi] += (float)r.dal;
+        if (a.dbeta) a.dbeta[gi] += (float)r.dbe;
+    }
+}
+
+/* One lane's chunk of V elements at j of a group: the STE gradients into
+ * acc_s / acc_z, then the SignSGD step on v or dv += dL/dV. x: w, vv: v (0
+ * without V), gw: dŵ, all already loaded. */
+template <int V>
+__device__ static void bwd_chunk(const ar_cuda_qspec &q, const qgroup &g, const qbwd_args &a, long at, const float x[V],
+                                 float vv[V], const float gw[V], float lo, float hi, double *acc_s, double *acc_z)
+{
+    float d[V];
+    for (int i = 0; i < V; i++) d[i] = elem_grad(q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z);
+    if (a.step) {
+        if (a.v) {
+            for (int i = 0; i < V; i++) vv[i] = vv[i] - a.lr * sgnf(d[i]);
+            store<V>(a.v, at, vv);
+        }
+    } else if (a.dv) {
+        float o[V];
+        load<V>(a.dv, at, o);
+        for (int i = 0; i < V; i++) o[i] += d[i];
+        store<V>(a.dv, at, o);
+    }
+}
+
 /* mode 0: accumulate dv, dalpha, dbeta. step: SignSGD on v, alpha, beta. */
 template <int V>
 __global__ void __launch_bounds__(32 * QG) k_quant_bwd(ar_cuda_qspec q, const float *w, int k, int ng, long ngr,
@@ -308,39 +378,39 @@ __global__ void __launch_bounds__(32 * QG) k_quant_bwd(ar_cuda_qspec q, const fl
     for (long gi = (long)blockIdx.x * QG + (threadIdx.x >> 5); gi < ngr; gi += (long)gridDim.x * QG) {
         gspan sp = group_span(k, q.group_size, ng, gi);
         float wmin, wmax;
+        double acc_s = 0.0, acc_z = 0.0;
+        if (sp.len <= 32 * V) {
+            /* one access per lane: w, v and dŵ loaded together, before the
+             * reduction, and used from registers */
+            int j = lane * V, has = j < sp.len;
+            float x[V], vv[V], gw[V];
+            for (int i = 0; i < V; i++) x[i] = vv[i] = gw[i] = 0.0f;
+            if (has) {
+                load<V>(w + sp.off, j, x);
+                load<V>(dwq + sp.off, j, gw);
+                if (a.v) load<V>(a.v + sp.off, j, vv);
+            }
+            warp_range_regs<V>(x, &wmin, &wmax);
+            qgroup g = group_setup(q, wmin, wmax, a.alpha, a.beta, gi);
+            if (has) bwd_chunk<V>(q, g, a, sp.off + j, x, vv, gw, lo, hi, &acc_s, &acc_z);
+            acc_s = warp_sum(acc_s);
+            acc_z = warp_sum(acc_z);
+            if (lane == 0) minmax_update(q, g, a, gi, acc_s, acc_z, mh);
+            continue;
+        }
         warp_range<V>(w + sp.off, sp.len, lane, &wmin, &wmax);
         qgroup g = group_setup(q, wmin, wmax, a.alpha, a.beta, gi);
-        double acc_s = 0.0, acc_z = 0.0;
         for (int j = lane * V; j < sp.len; j += 32 * V) {
-            float x[V], vv[V], gw[V], d[V];
+            float x[V], vv[V], gw[V];
             load<V>(w + sp.off, j, x);
             load<V>(dwq + sp.off, j, gw);
             if (a.v) load<V>(a.v + sp.off, j, vv);
             else for (int i = 0; i < V; i++) vv[i] = 0.0f;
-            for (int i = 0; i < V; i++) d[i] = elem_grad(q, g, x[i], vv[i], gw[i], lo, hi, &acc_s, &acc_z);
-            if (a.step) {
-                if (a.v) {
-                    for (int i = 0; i < V; i++) vv[i] = vv[i] - a.lr * sgnf(d[i]);
-                    store<V>(a.v + sp.off, j, vv);
-                }
-            } else if (a.dv) {
-                float o[V];
-                load<V>(a.dv + sp.off, j, o);
-                for (int i = 0; i < V; i++) o[i] += d[i];
-                store<V>(a.dv + sp.off, j, o);
-            }
+            bwd_chunk<V>(q, g, a, sp.off + j, x, vv, gw, lo, hi, &acc_s, &acc_z);
         }
         acc_s = warp_sum(acc_s);
         acc_z = warp_sum(acc_z);
-        if (lane != 0) continue;
-        qgrads r = minmax_grads(q, g, acc_s, acc_z);
-        if (a.step) {
-            if (a.alpha) a.alpha[gi] = clampf(a.alpha[gi] - a.mlr * sgnf((float)r.dal), 0.0f, mh);
-            if (a.beta) a.beta[gi] = clampf(a.beta[gi] - a.mlr * sgnf((float)r.dbe), 0.0f, mh);
-        } else {
-            if (a.dalpha) a.dalpha[gi] += (float)r.dal;
-            if (a.dbeta) a.dbeta[gi] += (float)r.dbe;
-        }
+        if (lane == 0) minmax_update(q, g, a, gi, acc_s, acc_z, mh);
     }
 }
 
