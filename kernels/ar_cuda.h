@@ -340,10 +340,12 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
 /* Which kernels ar_cuda_flash_forward / _backward run: AR_CUDA_FLASH_MMA
  * (the default: mma.sync with scores and accumulators in registers, tiles
  * double-buffered with cp.async, kernels/flash_mma.cu), AR_CUDA_FLASH_MMA1
- * (the first mma kernels, synchronous tile loads) or AR_CUDA_FLASH_WMMA (the
- * first design, wmma tiles through shared memory, kernels/flash.cu). Same
- * results up to summation order. */
-enum { AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2 };
+ * (the first mma kernels, synchronous tile loads), AR_CUDA_FLASH_MMA_ATOMIC
+ * (AR_CUDA_FLASH_MMA with the backward in one kernel, dQ added with f32
+ * atomics: fewer tile products, dq not bit-reproducible) or
+ * AR_CUDA_FLASH_WMMA (the first design, wmma tiles through shared memory,
+ * kernels/flash.cu). Same results up to summation order. */
+enum { AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2, AR_CUDA_FLASH_MMA_ATOMIC = 3 };
 void ar_cuda_set_flash_kernel(int kind);
 int  ar_cuda_get_flash_kernel(void);
 /* Floats of scratch ar_cuda_flash_backward needs. */

@@ -371,13 +371,21 @@ static int g_flash_kernel = AR_CUDA_FLASH_MMA;
 
 void ar_cuda_set_flash_kernel(int kind)
 {
-    g_flash_kernel = kind == AR_CUDA_FLASH_WMMA || kind == AR_CUDA_FLASH_MMA1 ? kind : AR_CUDA_FLASH_MMA;
+    g_flash_kernel = kind == AR_CUDA_FLASH_WMMA || kind == AR_CUDA_FLASH_MMA1 || kind == AR_CUDA_FLASH_MMA_ATOMIC
+                         ? kind
+                         : AR_CUDA_FLASH_MMA;
 }
 
-/* The flash_mma.cu generation of the selected kernels (0: the wmma ones here). */
+/* The flash_mma.cu variant of the selected kernels (see
+ * ar_cuda_flash_mma_forward; 0: the wmma ones here). */
 static int mma_version(void)
 {
-    return g_flash_kernel == AR_CUDA_FLASH_MMA ? 2 : g_flash_kernel == AR_CUDA_FLASH_MMA1 ? 1 : 0;
+    switch (g_flash_kernel) {
+    case AR_CUDA_FLASH_MMA: return 2;
+    case AR_CUDA_FLASH_MMA1: return 1;
+    case AR_CUDA_FLASH_MMA_ATOMIC: return 3;
+    default: return 0;
+    }
 }
 int ar_cuda_get_flash_kernel(void) { return g_flash_kernel; }
 

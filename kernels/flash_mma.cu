@@ -584,6 +584,69 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_fwd2(bf16 *out_b, float *out_f,
     }
 }
 
+/* A operand of the 16 x 16 block at (rows r0, columns c0) of Xᵀ, where X is
+ * stored k-major X[k][m] (pitch ld): the fused backward's dS from the dSᵀ
+ * tile. Matrices 0..3: (k lo, m lo), (k lo, m hi), (k hi, m lo), (k hi, m hi). */
+__device__ __forceinline__ void load_a_t(unsigned a[4], const bf16 *X, int ld, int r0, int c0, int lane)
+{
+    ldsm_t(a, X + (c0 + (lane & 7) + ((lane >> 4) << 3)) * ld + r0 + (((lane >> 3) & 1) << 3));
+}
+
+/* p[0..1] += (x, y) in global memory without reading back (one vector
+ * reduction on sm_90, two scalar ones before). */
+__device__ __forceinline__ void red_add2(float *p, float x, float y)
+{
+#if __CUDA_ARCH__ >= 900
+    atomicAdd((float2 *)p, make_float2(x, y));
+#else
+    atomicAdd(p, x);
+    atomicAdd(p + 1, y);
+#endif
+}
+
+enum { LDT = MB + 8 }; /* pitch of the fused backward's dSᵀ tile (bf16, conflict-free) */
+
+/* dq rows q0 + 16w .. (head hq) += dS K for the warp's 16 query rows, dS read
+ * as the transpose of the block's dSᵀ tile (64 keys x 64 queries), K the key
+ * tile; 64 output columns at a time (32 accumulators), f32 reductions. */
+template <int D>
+__device__ __forceinline__ void add_dq_atomic(float *dq, const bf16 *dSt, const bf16 *Ks, int b, int q0, int T, int NH,
+                                              int hq, int w, int lane)
+{
+    const int LD = D + 8, g = lane >> 2, t = lane & 3;
+#pragma unroll
+    for (int c0 = 0; c0 < D / 16; c0 += 4) { /* 16-column units c0 .. c0 + 3 */
+        float acc[8][4];
+#pragma unroll
+        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+#pragma unroll
+        for (int kk = 0; kk < MB / 16; kk++) {
+            unsigned a[4];
+            load_a_t(a, dSt, LDT, 16 * w, 16 * kk, lane);
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (c0 + u < D / 16) {
+                    unsigned bb[4];
+                    load_b_kn(bb, Ks, LD, 16 * kk, 16 * (c0 + u), lane);
+                    mma16816(acc[2 * u], a, bb[0], bb[1]);
+                    mma16816(acc[2 * u + 1], a, bb[2], bb[3]);
+                }
+        }
+#pragma unroll
+        for (int hh = 0; hh < 2; hh++) {
+            int r = q0 + 16 * w + g + 8 * hh;
+            if (r >= T) continue;
+            float *row = dq + (((long)b * T + r) * NH + hq) * D + 16 * c0 + 2 * t;
+#pragma unroll
+            for (int u = 0; u < 4; u++)
+                if (c0 + u < D / 16) {
+                    red_add2(row + 16 * u, acc[2 * u][2 * hh], acc[2 * u][2 * hh + 1]);
+                    red_add2(row + 16 * u + 8, acc[2 * u + 1][2 * hh], acc[2 * u + 1][2 * hh + 1]);
+                }
+        }
+    }
+}
+
 /* One past the last query tile that sees the key tile at k0 (a window ends
  * the band: the first i with i·64 − window ≥ k0 + 63 sees none of it). */
 __device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
@@ -593,8 +656,15 @@ __device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
     return e < nT ? e : nT;
 }
 
-template <int D>
-__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, const bf16 *q, const bf16 *k,
+/* dK, dV per (64-key tile, kv head), as k_bwd_kv. FUSED (AR_CUDA_FLASH=
+ * mma-atomic): the same kernel also adds dQ = dS K: each step's dSᵀ goes to
+ * shared memory in bf16 (the values the dK product uses), and after a
+ * barrier each warp multiplies 16 query rows of its transpose by the key
+ * tile and adds them to dq with f32 reductions: 5 tile products per step
+ * instead of 4 here + 3 in k_bwd_q2, but dq's sums are in arrival order
+ * (not bit-reproducible) and dq must start zeroed. */
+template <int D, bool FUSED>
+__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, float *dq, const bf16 *q, const bf16 *k,
                                                          const bf16 *v, const bf16 *dob, const float *lse,
                                                          const float *Drow, int T, int NH, int NKV, int window,
                                                          float scale, int accumulate)
@@ -606,6 +676,7 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, c
     const float scale2 = scale * AR_LOG2E;
     bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Vs + TS, *dOs = Qs + 2 * TS; /* Q, dO: two buffers each */
     float *Ls = (float *)(dOs + 2 * TS), *Ds = Ls + 2 * MB;
+    bf16 *dSt = (bf16 *)(Ds + 2 * MB); /* FUSED: [64 keys][LDT] */
     /* steps: (query head r of the group, query tile i), i fastest */
     const int ni = end_query_tile(k0, nT, window) - j, steps = group * ni;
 
@@ -651,8 +722,20 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, c
         for (int n = 0; n < 8; n++)
 #pragma unroll
             for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Dc[8 * n + 2 * t + (e & 1)]) * scale;
+        if (FUSED) { /* the warp's 16 rows of dSᵀ, rounded as acc_to_a rounds them */
+#pragma unroll
+            for (int n = 0; n < 8; n++)
+#pragma unroll
+                for (int hh = 0; hh < 2; hh++)
+                    *(unsigned *)(dSt + (16 * w + g + 8 * hh) * LDT + 8 * n + 2 * t) =
+                        pack_bf16(dp[n][2 * hh], dp[n][2 * hh + 1]);
+        }
         acc_times_tile<D>(dK, dp, Qc, lane); /* dK += dSᵀ Q */
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+        /* every warp is done with this step's Q, dO, lse, D (refilled by the
+         * next step's prefetch) and, FUSED, has written its dSᵀ rows */
+        __syncthreads();
+        if (FUSED) /* dSt and K only: the next step's barrier guards dSt */
+            add_dq_atomic<D>(dq, dSt, Ks, b, q0, T, NH, kvh * group + st / ni, w, lane);
     }
     add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
     add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
@@ -728,6 +811,18 @@ template <typename K> int allow_smem(K kernel, size_t bytes, bool *done)
     return 0;
 }
 
+/* The same asking for the largest shared-memory carveout: the version-2
+ * kernels want two blocks of 87-113 KB per SM. */
+template <typename K> int allow_smem_max(K kernel, size_t bytes, bool *done)
+{
+    if (!*done) {
+        AR_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
+        AR_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributePreferredSharedMemoryCarveout, cudaSharedmemCarveoutMaxShared));
+    }
+    *done = true;
+    return 0;
+}
+
 template <int D>
 int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                int B, int T, int NH, int NKV, int window, int version)
@@ -744,7 +839,7 @@ int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, con
     }
     static bool ready2;
     size_t sm = tiles_smem<D>(5); /* Q, two K, two V */
-    if (allow_smem(k_fwd2<D>, sm, &ready2)) return -1;
+    if (allow_smem_max(k_fwd2<D>, sm, &ready2)) return -1;
     k_fwd2<D><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
                                                            (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
     return ar_cuda_check_launch("flash attention forward (mma)");
@@ -768,14 +863,22 @@ int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float
                                                                accumulate);
         return ar_cuda_check_launch("flash attention backward (mma1)");
     }
+    /* K, V, two Q, two dO, two lse and D rows (fused: and dSᵀ); Q, dO, two K, two V */
+    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(6), s3 = s1 + MB * LDT * sizeof(bf16);
+    dim3 gkv(NKV * B, nT), gq(NH * B, nT);
+    if (version == 3) {
+        static bool ready3;
+        if (allow_smem_max(k_bwd_kv2<D, true>, s3, &ready3)) return -1;
+        if (!accumulate) AR_CK(cudaMemsetAsync(dq, 0, sizeof(float) * (size_t)B * T * NH * D, g_cu.st));
+        k_bwd_kv2<D, true><<<gkv, MTHREADS, s3, g_cu.st>>>(dk, dv, dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
+                                                           scale, accumulate);
+        return ar_cuda_check_launch("flash attention backward (mma-atomic)");
+    }
     static bool ready_kv2, ready_q2;
-    /* K, V, two Q, two dO, two lse and D rows; Q, dO, two K, two V */
-    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(6);
-    if (allow_smem(k_bwd_kv2<D>, s1, &ready_kv2) || allow_smem(k_bwd_q2<D>, s2, &ready_q2)) return -1;
-    k_bwd_kv2<D><<<dim3(NKV * B, nT), MTHREADS, s1, g_cu.st>>>(dk, dv, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
-                                                               scale, accumulate);
-    k_bwd_q2<D><<<dim3(NH * B, nT), MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale,
-                                                             accumulate);
+    if (allow_smem_max(k_bwd_kv2<D, false>, s1, &ready_kv2) || allow_smem_max(k_bwd_q2<D>, s2, &ready_q2)) return -1;
+    k_bwd_kv2<D, false><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
+                                                        scale, accumulate);
+    k_bwd_q2<D><<<gq, MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale, accumulate);
     return ar_cuda_check_launch("flash attention backward (mma)");
 }
 } // namespace

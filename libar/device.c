@@ -57,12 +57,13 @@ int ar_device_init(int dev)
     if (f && strcmp(f, "0") && strcmp(f, "1")) return ar_error("AR_CUDA_FAST='%s' is not 0 or 1", f);
     ar_cuda_set_fast(!f || !strcmp(f, "1")); /* the fast path unless AR_CUDA_FAST=0 */
     const char *fl = getenv("AR_CUDA_FLASH");
-    if (fl && strcmp(fl, "mma") && strcmp(fl, "mma1") && strcmp(fl, "wmma"))
-        return ar_error("AR_CUDA_FLASH='%s' is not mma, mma1 or wmma", fl);
-    ar_cuda_set_flash_kernel(!fl                   ? AR_CUDA_FLASH_MMA
-                             : !strcmp(fl, "wmma") ? AR_CUDA_FLASH_WMMA
-                             : !strcmp(fl, "mma1") ? AR_CUDA_FLASH_MMA1
-                                                   : AR_CUDA_FLASH_MMA);
+    if (fl && strcmp(fl, "mma") && strcmp(fl, "mma1") && strcmp(fl, "mma-atomic") && strcmp(fl, "wmma"))
+        return ar_error("AR_CUDA_FLASH='%s' is not mma, mma1, mma-atomic or wmma", fl);
+    ar_cuda_set_flash_kernel(!fl                         ? AR_CUDA_FLASH_MMA
+                             : !strcmp(fl, "wmma")       ? AR_CUDA_FLASH_WMMA
+                             : !strcmp(fl, "mma1")       ? AR_CUDA_FLASH_MMA1
+                             : !strcmp(fl, "mma-atomic") ? AR_CUDA_FLASH_MMA_ATOMIC
+                                                         : AR_CUDA_FLASH_MMA);
     return 0;
 #else
     return ar_error("cuda:%d asked for, but this build has no CUDA (nvcc was not found at build time)", dev);

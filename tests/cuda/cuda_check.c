@@ -1581,9 +1581,9 @@ static void bench_attention(void)
     int B = 8, T = 2048, NH = 32, HD = 128, kind = ar_cuda_get_flash_kernel();
     ar_cuda_attn_bench r;
     /* the default (mma) last: the bound line below compares it */
-    const int kinds[3] = {AR_CUDA_FLASH_WMMA, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_MMA};
-    const char *names[3] = {"wmma", "mma1", "mma"};
-    for (int ki = 0; ki < 3; ki++) {
+    const int kinds[4] = {AR_CUDA_FLASH_WMMA, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_MMA_ATOMIC, AR_CUDA_FLASH_MMA};
+    const char *names[4] = {"wmma", "mma1", "mma-atomic", "mma"};
+    for (int ki = 0; ki < 4; ki++) {
         int k = kinds[ki];
         ar_cuda_set_flash_kernel(k);
         if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
@@ -1639,11 +1639,11 @@ static void run_fast_tests(void)
 {
     test_fast_taken();
     test_fused();
-    /* every flash kernel: mma (the default, pipelined), mma1 (the first mma
-     * kernels) and the first wmma design */
-    const int kinds[3] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_WMMA};
-    const char *tags[3] = {"mma", "mma1", "wmma"};
-    for (int ki = 0; ki < 3; ki++) {
+    /* every flash kernel: mma (the default, pipelined), mma-atomic (its fused
+     * backward), mma1 (the first mma kernels) and the first wmma design */
+    const int kinds[4] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA_ATOMIC, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_WMMA};
+    const char *tags[4] = {"mma", "mma-atomic", "mma1", "wmma"};
+    for (int ki = 0; ki < 4; ki++) {
         int kind = kinds[ki];
         ar_cuda_set_flash_kernel(kind);
         test_flash(tags[ki], 2, 128, 8, 2, 64, 0);
