@@ -11,7 +11,9 @@
 # (mma1) and version 2 (mma, the default: the forward's row maximum on raw
 # scores with one FFMA per probability, the dK/dV kernel's flattened (head,
 # query tile) steps and its end_query_tile bound; the cp.async double
-# buffering only changes where a tile sits, not what is read).
+# buffering only changes where a tile sits, not what is read) and version 3
+# (mma-atomic: version 2's forward; the dK/dV kernel stores dS^T in bf16 and
+# adds dS K to dq from its transpose, load_a_t).
 import numpy as np
 rng = np.random.default_rng(1)
 
@@ -45,6 +47,9 @@ def load_b_nk(X, ld, n0, k0):
     return ldsm(X, [(n0 + (l & 7) + ((l >> 4) << 3)) * ld + k0 + (((l >> 3) & 1) << 3) for l in range(32)], False)
 def load_b_kn(Y, ld, k0, n0):
     return ldsm(Y, [(k0 + (l & 7) + (((l >> 3) & 1) << 3)) * ld + n0 + ((l >> 4) << 3) for l in range(32)], True)
+
+def load_a_t(X, ld, r0, c0):  # A = the (r0, c0) 16 x 16 block of X^T, X stored [k][m]
+    return ldsm(X, [(c0 + (l & 7) + ((l >> 4) << 3)) * ld + r0 + (((l >> 3) & 1) << 3) for l in range(32)], True)
 
 def rows_times_tile_t(D, X, r0, Y):
     LD = D + 8
@@ -135,6 +140,29 @@ def kv_steps(j, nT, group, window, version):  # (head r, query tile i) per step
     ni = end_query_tile(j * 64, nT, window) - j
     return [(st // ni, j + st % ni) for st in range(group * ni)]
 
+LDT = 72  # the fused backward's dS^T tile pitch
+
+def add_dq_atomic(D, dq, dSt, Ks, q0, T, w):  # version 3: dq rows += dS K (dS = dSt^T)
+    LD = D + 8
+    for c0 in range(0, D // 16, 4):
+        acc = [[np.zeros(4) for _ in range(32)] for _ in range(8)]
+        for kk in range(4):
+            a = load_a_t(dSt, LDT, 16 * w, 16 * kk)
+            for u in range(4):
+                if c0 + u < D // 16:
+                    b = load_b_kn(Ks, LD, 16 * kk, 16 * (c0 + u))
+                    mma(acc[2*u], a, [x[0] for x in b], [x[1] for x in b]); mma(acc[2*u+1], a, [x[2] for x in b], [x[3] for x in b])
+        for lane in range(32):
+            g, t = lane // 4, lane % 4
+            for hh in range(2):
+                r = q0 + 16 * w + g + 8 * hh
+                if r >= T: continue
+                for u in range(4):
+                    if c0 + u < D // 16:
+                        for half in range(2):
+                            col = 16 * (c0 + u) + 8 * half + 2 * t
+                            dq[r, col:col + 2] += acc[2*u + half][lane][2*hh:2*hh + 2]
+
 # the flattened steps of version 2 are version 1's nested loops
 for T in (1, 63, 64, 65, 200, 300, 1000):
     nT = (T + 63) // 64
@@ -155,7 +183,7 @@ def fwd(q, k, v, T, D, window, version=1):
             for j in range(first_key_tile(q0, window), i + 1):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
                 s = rows_times_tile_t(D, Qs, 16 * w, Ks)
-                sc = 1.0 if version == 2 else scale2  # version 2: maximum on the raw scores
+                sc = 1.0 if version >= 2 else scale2  # versions 2, 3: maximum on the raw scores
                 mx = np.full((32, 2), -np.inf)
                 full = tile_visible(q0, k0, T, window)
                 for n in range(8):
@@ -208,6 +236,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
     dOb = bf(dO)
     for j in range(nT):  # kv kernel
         k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
+        dSts = {}  # version 3: query tile -> the block's dS^T tile (every warp's rows)
         for w in range(4):
             dK = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
             dV = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
@@ -231,6 +260,14 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
                         t = lane % 4
                         for e in range(4):
                             dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
+                if version == 3:  # the warp's rows of dS^T in bf16, as the kernel stores them
+                    dSt = dSts.setdefault(i, np.full(64 * LDT, np.nan))
+                    for n in range(8):
+                        for lane in range(32):
+                            g, t = lane // 4, lane % 4
+                            for hh in range(2):
+                                o = (16 * w + g + 8 * hh) * LDT + 8 * n + 2 * t
+                                dSt[o:o + 2] = bf(dp[n][lane][2 * hh:2 * hh + 2])
                 acc_times_tile_bf(D, dK, dp, Qs)
             for lane in range(32):
                 g, t = lane // 4, lane % 4
@@ -240,7 +277,10 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
                     for n in range(D // 8):
                         for u in range(2):
                             dk[r, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[r, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
-    for i in range(nT):  # q kernel
+        for i, dSt in dSts.items():  # version 3: after the barrier, every warp's query rows
+            for w in range(4):
+                add_dq_atomic(D, dq, dSt, Ks, i * 64, T, w)  # NaN = a row no warp wrote
+    for i in range(nT if version != 3 else 0):  # q kernel
         q0 = i * 64; Qs = load_tile(q, q0, T, D); dOs = load_tile(dOb, q0, T, D)
         for w in range(4):
             dQ = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
@@ -267,7 +307,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
     return dq, dk, dv
 
 for (T, D, window, version) in [(70, 32, 0, 1), (130, 32, 40, 1), (192, 32, 0, 1), (70, 32, 0, 2), (130, 32, 40, 2),
-                                (192, 32, 0, 2)]:
+                                (192, 32, 0, 2), (70, 32, 0, 3), (130, 80, 40, 3)]:
     q, k, v, dO = (bf(rng.standard_normal((T, D))) for _ in range(4))
     O, LSE = fwd(q, k, v, T, D, window, version)
     rO, rdq, rdk, rdv, rlse = dense(q, k, v, T, D, window, dO)
