@@ -489,20 +489,27 @@ __device__ __forceinline__ int first_key_tile(int q0, int window)
     return window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
 }
 
-template <int D>
-__global__ void __launch_bounds__(MTHREADS, 2) k_fwd2(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
-                                                      const bf16 *k, const bf16 *v, int T, int NH, int NKV, int window,
-                                                      float scale)
+/* Forward on query tiles of 16·NW rows (NW warps of 16 rows; NW = 4: the
+ * 64-row tiles of AR_CUDA_FLASH_MMA, 8: 128-row tiles, AR_CUDA_FLASH_MMA_ATOMIC,
+ * half the K/V traffic per flop) over 64-key tiles. Shared memory: K0 V0 K1 V1
+ * (buffer c = K at 2c, V at 2c + 1); Q is staged in buffer 1 until every
+ * warp holds its fragments. A warp whose rows all precede a key tile skips
+ * it (the causal diagonal of a 128-row tile spans two key tiles). */
+template <int D, int NW>
+__global__ void __launch_bounds__(32 * NW, NW == 4 ? 2 : 1) k_fwd2(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
+                                                                   const bf16 *k, const bf16 *v, int T, int NH, int NKV,
+                                                                   int window, float scale)
 {
     extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
-    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g; /* rows row0, row0 + 8 */
+    const int LD = D + 8, TS = MB * LD, QR = 16 * NW, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
+              t = lane & 3;
+    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    const int kvh = h / (NH / NKV), q0 = i * QR, qw = q0 + 16 * w, row0 = qw + g; /* rows row0, row0 + 8 */
     const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
-    bf16 *Qs = (bf16 *)smem, *Ks = Qs + TS, *Vs = Ks + 2 * TS; /* K, V: two buffers each */
-    const int j0 = first_key_tile(q0, window);
+    bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Ks + 2 * TS; /* buffer c: Ks + 2c·TS, Vs + 2c·TS */
+    const int j0 = first_key_tile(q0, window), jl = ((q0 + QR < T ? q0 + QR : T) - 1) / MB; /* last key tile */
 
-    load_tile_async<D>(Qs, q, b, q0, T, NH, h);
+    for (int r = 0; r < QR; r += MB) load_tile_async<D>(Qs + r * LD, q, b, q0 + r, T, NH, h);
     cp_commit();
     load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
     load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
@@ -512,59 +519,63 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_fwd2(bf16 *out_b, float *out_f,
     unsigned qf[D / 16][4];
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], Qs, LD, 16 * w, 16 * kk, lane);
+    __syncthreads(); /* every warp has its Q before buffer 1 is refilled */
 
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
 #pragma unroll
     for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    for (int j = j0; j <= i; j++) {
+    for (int j = j0; j <= jl; j++) {
         const int cur = (j - j0) & 1, k0 = j * MB;
-        if (j < i) { /* prefetch the next K, V into the other buffer */
-            load_tile_async<D>(Ks + (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
-            load_tile_async<D>(Vs + (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
+        if (j < jl) { /* prefetch the next K, V into the other buffer */
+            load_tile_async<D>(Ks + 2 * (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
+            load_tile_async<D>(Vs + 2 * (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
         }
         cp_commit();
         cp_wait<1>(); /* this step's K, V are in */
         __syncthreads();
-        float s[8][4];
-        frags_times_tile_t<D>(s, qf, Ks + cur * TS, lane);
-        float mx[2] = {-INFINITY, -INFINITY};
-        if (tile_visible(q0, k0, T, window)) {
+        if (k0 <= qw + 15) { /* else every key of the tile is after the warp's rows */
+            float s[8][4];
+            frags_times_tile_t<D>(s, qf, Ks + 2 * cur * TS, lane);
+            float mx[2] = {-INFINITY, -INFINITY};
+            /* the warp's 16 rows see every key of the tile: no masking */
+            if (k0 + MB - 1 <= qw && qw + 16 <= T && (window <= 0 || qw + 15 - k0 < window)) {
 #pragma unroll
-            for (int n = 0; n < 8; n++)
+                for (int n = 0; n < 8; n++)
 #pragma unroll
-                for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-        } else {
+                    for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            } else {
+#pragma unroll
+                for (int n = 0; n < 8; n++)
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int key = k0 + 8 * n + 2 * t + (e & 1);
+                        if (!visible(row0 + 8 * (e >> 1), key, T, window)) s[n][e] = -INFINITY;
+                        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                    }
+            }
+            float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+            for (int hh = 0; hh < 2; hh++) {
+                /* raw maximum times scale2 = maximum of the log2-unit scores (scale2 > 0) */
+                float mt = quad_max(mx[hh]), mn = fmaxf(m[hh], mt == -INFINITY ? -INFINITY : mt * scale2);
+                alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
+                mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
+                m[hh] = mn;
+            }
 #pragma unroll
             for (int n = 0; n < 8; n++)
 #pragma unroll
                 for (int e = 0; e < 4; e++) {
-                    int key = k0 + 8 * n + 2 * t + (e & 1);
-                    if (!visible(row0 + 8 * (e >> 1), key, T, window)) s[n][e] = -INFINITY;
-                    mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+                    float p = ex2(__fmaf_rn(s[n][e], scale2, -mu[e >> 1])); /* masked: 2^-inf = 0 */
+                    s[n][e] = p;
+                    rs[e >> 1] += p;
                 }
+            /* l stays a per-lane partial sum until the end: every term is scaled alike */
+            l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
+#pragma unroll
+            for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+            acc_times_tile<D>(o, s, Vs + 2 * cur * TS, lane);
         }
-        float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            /* raw maximum times scale2 = maximum of the log2-unit scores (scale2 > 0) */
-            float mt = quad_max(mx[hh]), mn = fmaxf(m[hh], mt == -INFINITY ? -INFINITY : mt * scale2);
-            alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
-            mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
-            m[hh] = mn;
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float p = ex2(__fmaf_rn(s[n][e], scale2, -mu[e >> 1])); /* masked: 2^-inf = 0 */
-                s[n][e] = p;
-                rs[e >> 1] += p;
-            }
-        /* l stays a per-lane partial sum until the end: every term is scaled alike */
-        l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-        acc_times_tile<D>(o, s, Vs + cur * TS, lane);
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
 #pragma unroll
@@ -837,11 +848,18 @@ int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, con
                                                              (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
         return ar_cuda_check_launch("flash attention forward (mma1)");
     }
+    size_t sm = tiles_smem<D>(4); /* two K, two V (Q staged in the second pair) */
+    if (version == 3) { /* 128-row query tiles */
+        static bool ready3;
+        if (allow_smem_max(k_fwd2<D, 8>, sm, &ready3)) return -1;
+        k_fwd2<D, 8><<<dim3(NH * B, (T + 127) / 128), 256, sm, g_cu.st>>>(
+            (bf16 *)out_b, out_f, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
+        return ar_cuda_check_launch("flash attention forward (mma-atomic)");
+    }
     static bool ready2;
-    size_t sm = tiles_smem<D>(5); /* Q, two K, two V */
-    if (allow_smem_max(k_fwd2<D>, sm, &ready2)) return -1;
-    k_fwd2<D><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
-                                                           (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
+    if (allow_smem_max(k_fwd2<D, 4>, sm, &ready2)) return -1;
+    k_fwd2<D, 4><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
+                                                              (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
     return ar_cuda_check_launch("flash attention forward (mma)");
 }
 

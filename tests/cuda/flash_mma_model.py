@@ -12,7 +12,7 @@
 # scores with one FFMA per probability, the dK/dV kernel's flattened (head,
 # query tile) steps and its end_query_tile bound; the cp.async double
 # buffering only changes where a tile sits, not what is read) and version 3
-# (mma-atomic: version 2's forward; the dK/dV kernel stores dS^T in bf16 and
+# (mma-atomic: version 2's forward on 128-row query tiles; the dK/dV kernel stores dS^T in bf16 and
 # adds dS K to dq from its transpose, load_a_t).
 import numpy as np
 rng = np.random.default_rng(1)
@@ -173,19 +173,24 @@ for T in (1, 63, 64, 65, 200, 300, 1000):
 print('kv steps ok')
 
 def fwd(q, k, v, T, D, window, version=1):
-    scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E
+    # version 3: 128-row query tiles, 8 warps; versions 2, 3: a warp skips key
+    # tiles after its rows and needs no masking where its 16 rows see the tile
+    scale = 1 / np.sqrt(D); scale2 = scale * LOG2E; NW = 8 if version == 3 else 4; QR = 16 * NW
     O = np.zeros((T, D)); LSE = np.zeros(T)
-    for i in range(nT):
-        q0 = i * 64; Qs = load_tile(q, q0, T, D)
-        for w in range(4):
+    for i in range((T + QR - 1) // QR):
+        q0 = i * QR; Qs = np.concatenate([load_tile(q, q0 + r, T, D) for r in range(0, QR, 64)])
+        jl = (min(q0 + QR, T) - 1) // 64 if version >= 2 else i
+        for w in range(NW):
             o = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
-            m = np.full((32, 2), -np.inf); l = np.zeros((32, 2))
-            for j in range(first_key_tile(q0, window), i + 1):
+            m = np.full((32, 2), -np.inf); l = np.zeros((32, 2)); qw = q0 + 16 * w
+            for j in range(first_key_tile(q0, window), jl + 1):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
+                if version >= 2 and k0 > qw + 15: continue
                 s = rows_times_tile_t(D, Qs, 16 * w, Ks)
                 sc = 1.0 if version >= 2 else scale2  # versions 2, 3: maximum on the raw scores
                 mx = np.full((32, 2), -np.inf)
-                full = tile_visible(q0, k0, T, window)
+                full = (k0 + 63 <= qw and qw + 16 <= T and (window <= 0 or qw + 15 - k0 < window)) if version >= 2 \
+                    else tile_visible(q0, k0, T, window)
                 for n in range(8):
                     for lane in range(32):
                         g, t = lane // 4, lane % 4; row0 = q0 + 16 * w + g
@@ -214,7 +219,7 @@ def fwd(q, k, v, T, D, window, version=1):
                 g, t = lane // 4, lane % 4
                 for hh in range(2):
                     lt = sum(l[(lane & ~3) + u][hh] for u in range(4))
-                    r = q0 + 16 * w + g + 8 * hh
+                    r = qw + g + 8 * hh
                     if r >= T: continue
                     for n in range(D // 8):
                         O[r, 8 * n + 2 * t] = o[n][lane][2 * hh] / lt; O[r, 8 * n + 2 * t + 1] = o[n][lane][2 * hh + 1] / lt
@@ -307,7 +312,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
     return dq, dk, dv
 
 for (T, D, window, version) in [(70, 32, 0, 1), (130, 32, 40, 1), (192, 32, 0, 1), (70, 32, 0, 2), (130, 32, 40, 2),
-                                (192, 32, 0, 2), (70, 32, 0, 3), (130, 80, 40, 3)]:
+                                (192, 32, 0, 2), (70, 32, 0, 3), (130, 80, 40, 3), (300, 32, 0, 3), (200, 32, 100, 3)]:
     q, k, v, dO = (bf(rng.standard_normal((T, D))) for _ in range(4))
     O, LSE = fwd(q, k, v, T, D, window, version)
     rO, rdq, rdk, rdv, rlse = dense(q, k, v, T, D, window, dO)
