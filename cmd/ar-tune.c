@@ -432,8 +432,6 @@ typedef struct {
     const ar_config *c;
     calib_data *d;          /* NULL: zero-shot RTN */
     uint16_t *x_fp, *x_q, *y;
-    uint16_t *x_s;          /* scratch block outputs [n, T, C] (GGUF scale refit), or NULL */
-    int gguf_refit;         /* GGUF: try the scale refit after tuning */
     uint8_t *mask;
     scheme_ctx sc;
     ar_stream_writer *w;
@@ -457,12 +455,13 @@ static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const a
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then run the quantized block for the next block's
  * quantized-chain input (unless disabled). extra receives the loss summary. */
-/* SignRound over block `layer` (r->y holds its FP outputs) from xin: tune
- * the planned linears into out; outlier: SignRoundV2's outlier-suppressed
- * loss. extra receives the loss summary. */
-static void signround_tune(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
-                           int minmax, int outlier, const uint16_t *xin, const ar_quant_out out[AR_NLINEAR],
-                           double t0, char *extra, size_t n_extra)
+/* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
+ * linears into out, then run the quantized block for the next block's
+ * quantized-chain input (unless disabled). outlier: SignRoundV2's
+ * outlier-suppressed loss (CPU only). extra receives the loss summary. */
+static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
+                            int minmax, int outlier, const ar_quant_out out[AR_NLINEAR], double t0, char *extra,
+                            size_t n_extra)
 {
     const ar_config *c = r->c;
     int n = r->d->n, T = r->d->T;
@@ -474,6 +473,7 @@ static void signround_tune(tune_run *r, int layer, const ar_block_weights *wfp, 
     o.outlier_loss = outlier;
     ar_signround_report rep;
     progress_ctx pc = {t0, layer, c->n_layers};
+    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
     int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan) && !outlier;
     if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan, &o,
                                                                     out, &rep, on_iter, &pc))
@@ -481,31 +481,14 @@ static void signround_tune(tune_run *r, int layer, const ar_block_weights *wfp, 
     r->sec_tune += rep.sec_total;
     snprintf(extra, n_extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
              rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
-}
-
-/* The next block's quantized-chain input: this block run from xin with the
- * weights wq (the tuned block as AutoRound leaves it, quantized weights and
- * (WrapperWALayer) quantized inputs) into r->x_q (xin may be r->x_q). */
-static void quanted_chain_forward(tune_run *r, const ar_block_weights *wq, const ar_block_plan *plan,
-                                  const uint16_t *xin)
-{
-    int n = r->d->n, T = r->d->T;
-    if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * r->c->hidden)))
-        cli_die("out of memory for the quantized chain");
-    forward_all_stats(r->c, wq, xin, r->x_q, n, T, r->a->batch_size, NULL, NULL, plan);
-}
-
-/* SignRound over block `layer`, then its quantized-chain output (unless disabled). */
-static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
-                            int minmax, int outlier, const ar_quant_out out[AR_NLINEAR], double t0, char *extra,
-                            size_t n_extra)
-{
-    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    signround_tune(r, layer, wfp, plan, minmax, outlier, xin, out, t0, extra, n_extra);
     if (!r->a->disable_quanted_input) {
+        /* next block's quantized-chain input: the tuned block as AutoRound
+         * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
         ar_block_weights wq = *wfp;
         for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
-        quanted_chain_forward(r, &wq, plan, xin);
+        if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
+            cli_die("out of memory for the quantized chain");
+        forward_all_stats(c, &wq, xin, r->x_q, n, T, r->a->batch_size, NULL, NULL, plan);
     }
 }
 
@@ -516,9 +499,7 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
  * the scales that search chose are frozen and SignRound tunes the rounding of
  * every block-quantized linear (quant_gguf.h; no min/max tuning: AutoRound's
  * enable_alg_ext GGUF path), then the codes are rewritten from the tuned ŵ, so
- * the blocks dequantize to exactly the weights that were tuned. After tuning,
- * the k-quant scales are refitted to the tuned codes (ar_ggml_refit_scales)
- * and the refit kept when it lowers the block's loss over all samples.
+ * the blocks dequantize to exactly the weights that were tuned.
  * With calibration data the stream also carries the token embedding (the
  * mix's type, plain search as llama-quantize; with --iters > 0 the quantized
  * chain starts from its dequantized rows, what block 0 reads in llama.cpp) and
@@ -600,96 +581,12 @@ static void gguf_output_head(tune_run *r)
     free(x);
 }
 
-/* wq = wfp with every block-quantized linear of q swapped for its
- * dequantized blocks (deq[i], malloc'd; free with free_dequantized). */
-static void dequantized_block(const ar_block_weights *wfp, const ar_gguf_qlinear q[AR_NLINEAR],
-                              float *deq[AR_NLINEAR], ar_block_weights *wq)
-{
-    *wq = *wfp;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        deq[i] = NULL;
-        if (!ar_ggml_is_quantized(q[i].type)) continue;
-        size_t nel = (size_t)q[i].rows * q[i].cols;
-        if (!(deq[i] = malloc(sizeof(float) * nel))) cli_die("out of memory for dequantized weights");
-        if (ar_ggml_dequantize(q[i].type, q[i].blocks, deq[i], (int64_t)nel)) cli_die_lib();
-        wq->w[i] = deq[i];
-    }
-}
-
-static void free_dequantized(float *deq[AR_NLINEAR])
-{
-    for (int i = 0; i < AR_NLINEAR; i++) free(deq[i]), deq[i] = NULL;
-}
-
-/* The tuning loss over all samples: masked MSE of block outputs out
- * (bf16 [n, T, C]) against the FP outputs r->y. */
-static double all_samples_loss(const tune_run *r, const uint16_t *out)
-{
-    const int T = r->d->T, C = r->c->hidden;
-    const size_t row = (size_t)T * C;
-    float *a = malloc(sizeof(float) * row), *b = malloc(sizeof(float) * row);
-    if (!a || !b) cli_die("out of memory for the block loss");
-    double sum = 0;
-    for (int s = 0; s < r->d->n; s++) {
-        ar_to_f32(a, out + s * row, AR_BF16, row);
-        ar_to_f32(b, r->y + s * row, AR_BF16, row);
-        sum += ar_masked_mse(a, b, r->mask + (size_t)s * T, T, C, NULL);
-    }
-    free(a); free(b);
-    return sum / r->d->n;
-}
-
-/* Refit the k-quant scales of q to their tuned codes (importance imat, target
- * the FP weights) and keep the refit when the block's loss over all samples
- * from xin drops. Leaves the chosen block's outputs in r->x_q when the
- * quantized chain is on. Appends the two losses to extra. */
-static void gguf_refit_or_keep(tune_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear q[AR_NLINEAR],
-                               float *const imat[AR_NLINEAR], const uint16_t *xin, char *extra, size_t n_extra)
-{
-    const ar_config *c = r->c;
-    const int n = r->d->n, T = r->d->T, bs = r->a->batch_size;
-    const size_t nel = (size_t)n * T * c->hidden;
-    ar_gguf_qlinear q2[AR_NLINEAR];
-    memset(q2, 0, sizeof q2);
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        q2[i] = q[i];
-        if (!(q2[i].blocks = malloc(q[i].nbytes))) cli_die("out of memory for refitted blocks");
-        memcpy(q2[i].blocks, q[i].blocks, q[i].nbytes);
-        if (ar_ggml_block_elems(q[i].type) == 256 &&
-            ar_ggml_refit_scales(q[i].type, wfp->w[i], q2[i].blocks, q[i].rows, q[i].cols, imat[i], NULL))
-            cli_die("model.layers.%d.%s: %s", layer, ar_linear_names[i], ar_last_error());
-    }
-    if (!r->x_s && !(r->x_s = malloc(sizeof(uint16_t) * nel))) cli_die("out of memory for a block output");
-    float *deq[AR_NLINEAR];
-    ar_block_weights wq;
-    dequantized_block(wfp, q, deq, &wq);
-    forward_all_stats(c, &wq, xin, r->x_s, n, T, bs, NULL, NULL, NULL);
-    free_dequantized(deq);
-    double tuned = all_samples_loss(r, r->x_s);
-    /* the refit's outputs go to the chain buffer (xin may be it: each batch is
-     * read before it is written), or over the tuned ones without a chain */
-    uint16_t *dst = gguf_quanted_chain(r) ? r->x_q : r->x_s;
-    if (!dst && !(dst = r->x_q = malloc(sizeof(uint16_t) * nel))) cli_die("out of memory for the quantized chain");
-    dequantized_block(wfp, q2, deq, &wq);
-    forward_all_stats(c, &wq, xin, dst, n, T, bs, NULL, NULL, NULL);
-    free_dequantized(deq);
-    double refit = all_samples_loss(r, dst);
-    int keep = refit < tuned;
-    if (gguf_quanted_chain(r) && !keep) { uint16_t *t = r->x_q; r->x_q = r->x_s; r->x_s = t; }
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        if (keep) { uint8_t *t = q[i].blocks; q[i].blocks = q2[i].blocks; q2[i].blocks = t; }
-        free(q2[i].blocks);
-    }
-    size_t len = strlen(extra);
-    snprintf(extra + len, n_extra - len, "  refit %.4g -> %.4g (%s)", tuned, refit, keep ? "kept" : "dropped");
-}
-
 /* SignRound over the rounding of the block-quantized linears q[] (scales frozen
  * as llama.cpp's search left them; plain-typed ones stay FP while tuning), then
- * their codes rewritten from the tuned weights, the scale refit tried, and the
- * quantized chain advanced. r->y holds the FP outputs. */
+ * their codes rewritten from the tuned weights and the quantized chain
+ * advanced. r->y holds the FP outputs. */
 static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear q[AR_NLINEAR],
-                               float *const imat[AR_NLINEAR], double t0, char *extra, size_t n_extra)
+                               double t0, char *extra, size_t n_extra)
 {
     ar_block_plan plan;
     ar_gguf_frozen fz[AR_NLINEAR];
@@ -703,8 +600,7 @@ static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *w
     }
     block_outputs bo;
     outputs_alloc(&bo, r->c, &plan);
-    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    signround_tune(r, layer, wfp, &plan, 0, 0, xin, bo.out, t0, extra, n_extra);
+    signround_block(r, layer, wfp, &plan, 0, 0, bo.out, t0, extra, n_extra);
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan.quantize[i]) continue;
         if (ar_quant_gguf_store(&plan.spec[i], bo.out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks))
@@ -712,17 +608,6 @@ static void tune_gguf_rounding(tune_run *r, int layer, const ar_block_weights *w
         ar_gguf_frozen_free(&fz[i]);
     }
     outputs_free(&bo);
-    int kquants = 0;   /* the refit applies to k-quants (a super-block of sub-block scales) */
-    for (int i = 0; i < AR_NLINEAR; i++) kquants += ar_ggml_block_elems(q[i].type) == 256;
-    if (r->gguf_refit && kquants) {
-        gguf_refit_or_keep(r, layer, wfp, q, imat, xin, extra, n_extra);
-    } else if (gguf_quanted_chain(r)) {
-        float *deq[AR_NLINEAR];
-        ar_block_weights wq;
-        dequantized_block(wfp, q, deq, &wq);
-        quanted_chain_forward(r, &wq, NULL, xin);
-        free_dequantized(deq);
-    }
 }
 
 static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, double t0)
@@ -743,7 +628,7 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
     ar_gguf_qlinear q[AR_NLINEAR];
     if (ar_gguf_quantize_block(f, &info, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
     char extra[200] = "";
-    if (r->d && r->a->iters > 0) tune_gguf_rounding(r, layer, wfp, q, imat, t0, extra, sizeof extra);
+    if (r->d && r->a->iters > 0) tune_gguf_rounding(r, layer, wfp, q, t0, extra, sizeof extra);
     if (r->d) { uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t; }  /* FP chain: Y is the next input */
     for (int i = 0; i < AR_NLINEAR; i++) write_gguf_linear(r->w, layer, i, &q[i]);
     if (r->d && layer == c->n_layers - 1) gguf_output_head(r);
@@ -1102,7 +987,6 @@ int main(int argc, char **argv)
     apply_recipe(&a);
     tune_run r = {0};
     r.a = &a;
-    r.gguf_refit = !getenv("AR_GGUF_NO_REFIT");   /* experiment switch, see issue 8 notes */
     setup_scheme(&r);
     check_alg_ext(&r);
     calib_data d;

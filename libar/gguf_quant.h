@@ -92,20 +92,6 @@ int ar_ggml_fake_quant(ar_ggml_type t, const float *w, const float *v, const flo
  * requantize leaves the bytes unchanged. Returns 0 or -1. */
 int ar_ggml_requantize_codes(ar_ggml_type t, const float *w, const float *v, void *blocks, int64_t n);
 
-/* Refit the scales of k-quant blocks (Q2_K..Q6_K; nrows rows of n_per_row
- * elements) with their codes fixed, to lower E = Σ q (ŵ − w)² against target
- * weights w, q = imatrix[column] (NULL: 1). Alternates the weighted
- * least-squares fit of the fp16 super scales (d, dmin ≥ 0) for fixed integer
- * sub-block codes and of the sub-block codes (scale, and min where the type
- * has one; in range) for fixed super scales, each rounded to what the block
- * stores; a block takes the stored state of lowest E found, so no block's E
- * rises (bytes unchanged when nothing is better). For codes chosen away from
- * nearest rounding (SignRound) this moves the scales to where those codes fit
- * w best. *changed (may be NULL) receives the number of blocks rewritten.
- * Returns 0 or -1 with ar_error (not a k-quant type, bad row length). */
-int ar_ggml_refit_scales(ar_ggml_type t, const float *w, void *blocks, int64_t nrows, int64_t n_per_row,
-                         const float *imatrix, int64_t *changed);
-
 /* ---- Per-tensor type choice of llama.cpp's mixes --------------------------- */
 
 /* llama.cpp's file types ("general.file_type"); values are llama.h's. */

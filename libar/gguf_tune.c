@@ -57,10 +57,10 @@ ar_ggml_type ar_gguf_outer_type(ar_gguf_ftype f, const ar_gguf_model_info *m, co
     return ar_gguf_tensor_type(f, m, gname, 2, cols);
 }
 
-/* Rows per slice when quantizing a model tensor: about 16 MiB of f32. */
+/* Rows per slice when quantizing a model tensor: about 4 MiB of f32. */
 static int64_t slice_rows(int64_t cols)
 {
-    int64_t r = ((int64_t)1 << 22) / (cols > 0 ? cols : 1);
+    int64_t r = ((int64_t)1 << 20) / (cols > 0 ? cols : 1);
     return r > 0 ? r : 1;
 }
 
