@@ -194,6 +194,10 @@ typedef struct {
     int code_lo, code_hi;
     float *gguf_scale;      /* device [N, K/group_size] */
     float *gguf_min;        /* device [N, K/group_size], NULL for symmetric types (m = 0) */
+    /* SignRoundV2's init_scale (libar/quant.h): device [N, ngroups] or NULL.
+     * int_sym: s = init_scale·β (α unused, dα = 0); FP kinds: it multiplies
+     * the tile maximum (a tile's entry at its first row, as β). */
+    float *init_scale;
 } ar_cuda_qspec;
 
 /* Device scratch bytes the quantizer q needs on weights [n, k] (FP kinds:
@@ -277,6 +281,19 @@ int ar_cuda_masked_mse(const float *pred, const float *ref, const uint8_t *mask,
  * sum(e²)/denom ADDED to *loss_acc. */
 int ar_cuda_masked_mse_denom(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, double denom,
                              float *dpred, double *loss_acc);
+/* SignRoundV2's outlier-suppressed loss (libar/signround.h's
+ * ar_outlier_suppressed_sse) over a chunk, with the iteration's denominator
+ * denom: the k = max(1, floor(rows·C/1000)) largest |pred − ref| among ALL
+ * rows·C elements (masked rows included; ties at the threshold dropped
+ * lowest index first) are left out, dpred = 2·(pred − ref) / denom written
+ * on the other elements of the rows kept by mask (0 elsewhere), and their
+ * sum(e²)/denom ADDED to *loss_acc. The k-th largest is found on the device
+ * (radix select over the float bits), so nothing waits for the GPU. scratch:
+ * ar_cuda_outlier_scratch_bytes() of device memory, not shared between
+ * concurrent calls. */
+size_t ar_cuda_outlier_scratch_bytes(void);
+int ar_cuda_outlier_mse_denom(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, double denom,
+                              float *dpred, double *loss_acc, void *scratch);
 /* Gather the row masks of samples idx (host) of mask [*, T] (dev) into dst. */
 int ar_cuda_gather_mask(uint8_t *dst, const uint8_t *mask, const int *idx, int nidx, int T);
 

@@ -25,6 +25,7 @@ enum { QMAXB = 8192 };  /* most blocks of a grid-stride launch */
 
 struct qgroup {
     float wmin, wmax, al, be, s, z;
+    float init;         /* sym with q.init_scale: the group's init_scale (s = init·β) */
     int s_live, c_wins; /* sym: 1 c = wmax·β won, 0 a = −wmin·α won, 2 tie */
 };
 
@@ -111,7 +112,8 @@ template <int V> __device__ static void warp_range_regs(const float x[V], float 
     warp_minmax(lo, hi, wmin, wmax);
 }
 
-/* α/β and scale of group gi from its range. */
+/* α/β and scale of group gi from its range; with q.init_scale (sym only,
+ * SignRoundV2) the raw scale is init_scale·β, as quant.c's group_setup. */
 __device__ static qgroup group_setup(const ar_cuda_qspec &q, float wmin, float wmax, const float *alpha,
                                      const float *beta, long gi)
 {
@@ -122,8 +124,12 @@ __device__ static qgroup group_setup(const ar_cuda_qspec &q, float wmin, float w
     g.be = beta ? clampf(beta[gi], 0.0f, mh) : 1.0f;
     g.c_wins = 0;
     g.z = 0.0f;
+    g.init = 0.0f;
     float raw;
-    if (q.sym) {
+    if (q.sym && q.init_scale) {
+        g.init = q.init_scale[gi];
+        raw = g.init * g.be;
+    } else if (q.sym) {
         float m = (float)(1 << (q.bits - 1));
         float a = -(g.wmin * g.al), c = g.wmax * g.be;
         float sign = (c < a) ? 1.0f : -1.0f;
@@ -214,6 +220,7 @@ static int check_spec(const ar_cuda_qspec *q)
     if (q->kind != AR_CUDA_Q_INT) return ar_cuda_fail("quant: unknown kind %d", q->kind);
     if (q->bits < 2 || q->bits > 8 || q->group_size == 0 || q->group_size < -1)
         return ar_cuda_fail("quant: bad spec (bits %d, group %d)", q->bits, q->group_size);
+    if (q->init_scale && !q->sym) return ar_cuda_fail("quant: init_scale needs a symmetric scheme");
     return 0;
 }
 
@@ -301,6 +308,8 @@ __device__ static qgrads minmax_grads(const ar_cuda_qspec &q, const qgroup &g, d
         dwmin_eff -= draw / maxq;
         r.dal = dwmin_eff * g.wmin;
         r.dbe = draw / maxq * g.wmax;
+    } else if (q.init_scale) {
+        r.dbe = (g.s_live ? ds : 0.0) * g.init;   /* s = init·β; dα stays 0 */
     } else {
         double m = (double)(1 << (q.bits - 1));
         double sign = g.c_wins == 0 ? 1.0 : -1.0;
@@ -483,6 +492,189 @@ int ar_cuda_masked_mse(const float *pred, const float *ref, const uint8_t *mask,
                        double *loss_acc)
 {
     return ar_cuda_masked_mse_denom(pred, ref, mask, rows, C, (double)rows * C, dpred, loss_acc);
+}
+
+/* ---- outlier-suppressed loss (SignRoundV2) ----------------------------------
+ * The threshold is the k-th largest a = |pred − ref|. As a >= 0, the order of
+ * the floats is the order of their bit patterns, so a radix select over the
+ * bits finds it exactly: three passes (11, 11, 10 bits from the top) each
+ * histogram the next digit of the elements whose higher bits match the
+ * prefix found so far (shared-memory histograms merged with atomics: counts
+ * do not depend on the order), then one warp picks the digit holding the
+ * k-th largest. All state stays on the device, so the tuner never waits.
+ * The CPU drops every a > thr and, of the elements equal to thr, the first
+ * `ties` = k − #(a > thr) in index order. When all equal elements go (the
+ * usual case: one element at the threshold) nothing more is needed;
+ * otherwise the index of the ties-th equal element is searched: counts per
+ * chunk, then one block walks the chunk holding it in index order. */
+enum { OS_BINS = 2048, OS_CHUNKS = 1024, OS_THREADS = 256 };
+
+struct os_state {
+    unsigned prefix;          /* the threshold's high bits found so far (all 32 after the last pass) */
+    unsigned kleft;           /* rank still sought among the elements matching prefix; then ties to drop */
+    int search;               /* 1: only some of the elements equal to the threshold are dropped */
+    long long cut;            /* elements equal to the threshold are dropped up to this index */
+    unsigned hist[OS_BINS];
+    unsigned counts[OS_CHUNKS];
+};
+
+size_t ar_cuda_outlier_scratch_bytes(void) { return sizeof(os_state); }
+
+/* The bits of |pred[i] − ref[i]| (the CPU's fabsf(pred[i] − ref[i])). */
+__device__ static unsigned abs_err_bits(const float *pred, const float *ref, long i)
+{
+    return __float_as_uint(fabsf(pred[i] - ref[i]));
+}
+
+__global__ void k_os_init(os_state *st, unsigned k)
+{
+    for (int i = threadIdx.x; i < OS_BINS; i += blockDim.x) st->hist[i] = 0;
+    if (threadIdx.x == 0) st->prefix = 0, st->kleft = k, st->search = 0, st->cut = -1;
+}
+
+/* Histogram of digit (bits >> shift) & (2^width − 1) over the elements whose
+ * bits above shift + width equal the prefix. */
+__global__ void k_os_hist(const float *pred, const float *ref, long n, os_state *st, int shift, int width)
+{
+    __shared__ unsigned h[OS_BINS];
+    for (int i = threadIdx.x; i < OS_BINS; i += blockDim.x) h[i] = 0;
+    __syncthreads();
+    unsigned prefix = st->prefix, dmask = (1u << width) - 1;
+    int hs = shift + width;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        unsigned u = abs_err_bits(pred, ref, i);
+        if (hs < 32 && (u >> hs) != prefix) continue;
+        atomicAdd(&h[(u >> shift) & dmask], 1u);
+    }
+    __syncthreads();
+    for (int b = threadIdx.x; b <= (int)dmask; b += blockDim.x)
+        if (h[b]) atomicAdd(&st->hist[b], h[b]);
+}
+
+/* One warp: the digit holding the kleft-th largest (lane l owns bins
+ * [l·per, (l+1)·per)); prefix and kleft move on, the histogram is cleared
+ * for the next pass. On the last pass, kleft becomes the number of ties to
+ * drop, and search tells whether that is fewer than all of them. */
+__global__ void k_os_pick(os_state *st, int width, int last)
+{
+    int lane = threadIdx.x, per = (1 << width) / 32;
+    unsigned prefix = st->prefix, kleft = st->kleft, own = 0;
+    for (int j = 0; j < per; j++) own += st->hist[lane * per + j];
+    unsigned incl = own;      /* count in this lane's bins and all higher ones */
+    for (int o = 1; o < 32; o <<= 1) {
+        unsigned t = __shfl_down_sync(0xffffffffu, incl, o);
+        if (lane + o < 32) incl += t;
+    }
+    unsigned above = incl - own;
+    if (above < kleft && kleft <= incl) {
+        unsigned cum = above;
+        for (int j = per - 1; j >= 0; j--) {
+            unsigned c = st->hist[lane * per + j];
+            if (cum + c >= kleft) {
+                st->prefix = (prefix << width) | (unsigned)(lane * per + j);
+                st->kleft = kleft - cum;
+                if (last) {
+                    st->search = kleft - cum < c;
+                    if (!st->search) st->cut = 0x7fffffffffffffffLL;
+                }
+                break;
+            }
+            cum += c;
+        }
+    }
+    __syncwarp();
+    for (int j = 0; j < per; j++) st->hist[lane * per + j] = 0;
+}
+
+/* Elements equal to the threshold per chunk of ceil(n / OS_CHUNKS). */
+__global__ void k_os_tie_count(const float *pred, const float *ref, long n, os_state *st)
+{
+    __shared__ unsigned shm[32];
+    if (!st->search) return;
+    long csz = (n + OS_CHUNKS - 1) / OS_CHUNKS, c0 = blockIdx.x * csz, c1 = c0 + csz < n ? c0 + csz : n;
+    unsigned thr = st->prefix, cnt = 0;
+    for (long i = c0 + threadIdx.x; i < c1; i += blockDim.x) cnt += abs_err_bits(pred, ref, i) == thr;
+    cnt = ar_block_sum(cnt, shm);
+    if (threadIdx.x == 0) st->counts[blockIdx.x] = cnt;
+}
+
+/* One block: the index of the kleft-th element equal to the threshold. */
+__global__ void k_os_tie_find(const float *pred, const float *ref, long n, os_state *st)
+{
+    __shared__ long s_c0;
+    __shared__ unsigned s_need;
+    if (!st->search) return;
+    long csz = (n + OS_CHUNKS - 1) / OS_CHUNKS;
+    unsigned thr = st->prefix;
+    if (threadIdx.x == 0) {
+        unsigned need = st->kleft;
+        int ch = 0;
+        for (; ch < OS_CHUNKS - 1 && st->counts[ch] < need; ch++) need -= st->counts[ch];
+        s_c0 = ch * csz, s_need = need;
+    }
+    __syncthreads();
+    long c0 = s_c0, c1 = c0 + csz < n ? c0 + csz : n;
+    unsigned need = s_need;
+    for (long base = c0; base < c1; base += blockDim.x) {
+        long i = base + threadIdx.x;
+        int tot = __syncthreads_count(i < c1 && abs_err_bits(pred, ref, i) == thr);
+        if ((unsigned)tot < need) {
+            need -= (unsigned)tot;
+            continue;
+        }
+        if (threadIdx.x == 0)
+            for (long j = base; j < c1; j++)
+                if (abs_err_bits(pred, ref, j) == thr && --need == 0) {
+                    st->cut = j;
+                    break;
+                }
+        break;
+    }
+}
+
+/* The masked MSE over the elements left: a > thr dropped, a == thr dropped
+ * up to index cut (k_masked_mse otherwise). */
+__global__ void k_os_loss(const float *pred, const float *ref, const uint8_t *mask, long n, int C, float g,
+                          double denom, float *dpred, double *loss_acc, const os_state *st)
+{
+    __shared__ double shm[32];
+    unsigned thr = st->prefix;
+    long long cut = st->cut;
+    double acc = 0;
+    for (long i = blockIdx.x * (long)blockDim.x + threadIdx.x; i < n; i += (long)gridDim.x * blockDim.x) {
+        float e = pred[i] - ref[i];
+        unsigned u = __float_as_uint(fabsf(e));
+        int drop = u > thr || (u == thr && i <= cut);
+        int keep = !drop && (!mask || mask[i / C]);
+        if (keep) acc += (double)e * e;
+        dpred[i] = keep ? g * e : 0.0f;
+    }
+    acc = ar_block_sum(acc, shm);
+    if (threadIdx.x == 0) atomicAdd(loss_acc, acc / denom);
+}
+
+int ar_cuda_outlier_mse_denom(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, double denom,
+                              float *dpred, double *loss_acc, void *scratch)
+{
+    long n = rows * C;
+    if (n <= 0 || !scratch) return ar_cuda_fail("outlier loss: %ld elements, scratch %p", n, scratch);
+    if (n > 0xffffffffL) return ar_cuda_fail("outlier loss: %ld elements (at most 2^32 - 1 per chunk)", n);
+    os_state *st = (os_state *)scratch;
+    long k = n / 1000 > 1 ? n / 1000 : 1;
+    int blocks = ar_blocks(n, OS_THREADS);
+    if (blocks > 1024) blocks = 1024;
+    static const int shift[3] = {21, 10, 0}, width[3] = {11, 11, 10};
+    k_os_init<<<1, OS_THREADS, 0, g_cu.st>>>(st, (unsigned)k);
+    for (int p = 0; p < 3; p++) {
+        k_os_hist<<<blocks, OS_THREADS, 0, g_cu.st>>>(pred, ref, n, st, shift[p], width[p]);
+        k_os_pick<<<1, 32, 0, g_cu.st>>>(st, width[p], p == 2);
+    }
+    k_os_tie_count<<<OS_CHUNKS, OS_THREADS, 0, g_cu.st>>>(pred, ref, n, st);
+    k_os_tie_find<<<1, OS_THREADS, 0, g_cu.st>>>(pred, ref, n, st);
+    /* the gradient scale rounds as the CPU's (float)(2.0 / nel) */
+    k_os_loss<<<blocks, OS_THREADS, 0, g_cu.st>>>(pred, ref, mask, n, C, (float)(2.0 / denom), denom, dpred, loss_acc,
+                                                   st);
+    return ar_cuda_check_launch("outlier-suppressed loss");
 }
 
 __global__ void k_track_best(double *loss_acc, int chunks, int it, double *losses, double *best, int *best_iter,

@@ -54,12 +54,14 @@ __device__ static float beta_at(const ar_cuda_qspec &q, const float *beta, long 
     return beta ? ar_fp_clamp(beta[i], 0.0f, mh) : 1.0f;
 }
 
-/* The scale state of row tile (r, tc) from the pass-1 maxima. */
+/* The scale state of row tile (r, tc) from the pass-1 maxima, β and (when
+ * given) init_scale, both read at the tile's first row as the CPU does. */
 __device__ static ar_fp_tile tile_of(const ar_cuda_qspec &q, const ar_fp_tiling &t, const unsigned *amax,
                                      const float *beta, int r, int tc)
 {
     float m = __uint_as_float(amax[(long)(r / t.trows) * t.ntc + tc]);
-    return ar_fp_tile_setup(q.kind, q.global_scale, m, beta_at(q, beta, beta_index(t, r, tc)));
+    long bi = beta_index(t, r, tc);
+    return ar_fp_tile_setup(q.kind, q.global_scale, m, beta_at(q, beta, bi), q.init_scale ? q.init_scale[bi] : 1.0f);
 }
 
 __global__ void k_fp_amax(ar_fp_tiling t, const float *w, unsigned *amax)

@@ -68,36 +68,37 @@ struct ar_fp_tile {
     float scale, o, deq, dscale_dbeta;
 };
 
-/* Scale of one tile from its maximum and (clamped) β, without init_scale
- * (the tuner never passes one: its factor 1 is exact, so it is left out of
- * the products below without changing a bit). gs: NVFP4's global scale. */
-AR_HD static inline ar_fp_tile ar_fp_tile_setup(int kind, float gs, float amax, float beta)
+/* Scale of one tile from its maximum, (clamped) β and init_scale (the
+ * SignRoundV2 multiplier of the maximum; 1 without one: its products are
+ * then exact, so the result is the same bits as leaving it out), in
+ * quant_fp.c's tile_setup order. gs: NVFP4's global scale. */
+AR_HD static inline ar_fp_tile ar_fp_tile_setup(int kind, float gs, float amax, float beta, float init)
 {
     ar_fp_tile s = {0.0f, 0.0f, 0.0f, 0.0f};
     if (kind == AR_CUDA_Q_MXFP4 || kind == AR_CUDA_Q_MXFP8) {
         ar_fp_fmt f = ar_fp_fmt_of(kind);
-        float c = amax * beta;
+        float c = amax * (init * beta);
         int e = (c == 0.0f ? 1 : ar_fp_floor_log2(c)) - f.emax;
         int live = c != 0.0f && e >= -127 && e <= 127;
         e = e < -127 ? -127 : (e > 127 ? 127 : e);
         s.scale = ldexpf(1.0f, e);
         s.o = 1.0f / s.scale;
         s.deq = s.scale;
-        if (live) s.dscale_dbeta = s.scale * amax / c;   /* d 2^floor(log2 c)/dβ, straight-through floor */
+        if (live) s.dscale_dbeta = s.scale * amax * init / c;   /* d 2^floor(log2 c)/dβ, straight-through floor */
     } else if (kind == AR_CUDA_Q_NVFP4) {
-        float raw = gs * (amax * beta * (1.0f / 6.0f));
+        float raw = gs * (amax * (beta * init) * (1.0f / 6.0f));
         s.scale = ar_fp_elem_round(AR_CUDA_Q_FP8, ar_fp_clamp(raw, -448.0f, 448.0f));
         float inv_gs = gs == 0.0f ? 0.0f : 1.0f / gs, d = s.scale * inv_gs;
         s.o = d == 0.0f ? 0.0f : 1.0f / d;
         s.deq = s.o == 0.0f ? 0.0f : 1.0f / s.o;
-        if (fabsf(raw) <= 448.0f) s.dscale_dbeta = gs * amax / 6.0f;
+        if (fabsf(raw) <= 448.0f) s.dscale_dbeta = gs * amax * init / 6.0f;
     } else {
         const float floor_s = 1.0f / (448.0f * 512.0f);
-        float raw = amax * beta / 448.0f;
+        float raw = amax * (beta * init) / 448.0f;
         s.scale = raw < floor_s ? floor_s : raw;
         s.o = 1.0f / s.scale;
         s.deq = s.scale;
-        if (raw >= floor_s) s.dscale_dbeta = amax / 448.0f;
+        if (raw >= floor_s) s.dscale_dbeta = amax * init / 448.0f;
     }
     return s;
 }
@@ -232,7 +233,7 @@ AR_HD static inline ar_act_group ar_act_group_setup(const ar_act_mode &m, float 
         else g.s = s >= t ? s : t;
         g.lo = -q, g.hi = q - 1.0f;
     } else {
-        g.t = ar_fp_tile_setup(m.kind, gs, amax, 1.0f);
+        g.t = ar_fp_tile_setup(m.kind, gs, amax, 1.0f, 1.0f);
     }
     return g;
 }

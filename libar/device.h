@@ -41,8 +41,10 @@ const char *ar_device_describe(int dev);
 /* ---- GPU tuner ------------------------------------------------------------ */
 
 /* 1 when every quantized linear of plan has a GPU quantizer (integer
- * int_sym/int_asym, no 2-D blocks) and no SignRoundV2 init_scale; other
- * plans tune on the CPU. The GPU tuner also refuses opts.outlier_loss. */
+ * int_sym/int_asym without 2-D blocks, the FP kinds, GGUF with frozen
+ * scales), its activation quantizer (if any) has a kernel, and a SignRoundV2
+ * init_scale comes only with symmetric int or FP kinds; other plans tune on
+ * the CPU. opts.outlier_loss runs on the GPU too. */
 int ar_signround_cuda_supports(const ar_block_plan *plan);
 
 /* ar_signround_tune_block on the initialized GPU: the same arguments,

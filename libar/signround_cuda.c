@@ -5,7 +5,9 @@
  * best snapshot → SignSGD, no step after the last forward; only the numbers
  * move to the device, and the best-iteration decision is taken there too, so
  * an iteration never waits for the GPU. The final codes/scales come from the
- * CPU quantizer.
+ * CPU quantizer. SignRoundV2 (--enable_alg_ext) runs here too: the plan's
+ * init_scale goes to the device once per block, and opts.outlier_loss
+ * selects the outlier-suppressed loss kernel.
  *
  * With ar_signround_cuda_set_low_mem(1) the cached inputs and references stay
  * in (page-locked) host memory: each mini-batch's samples are copied on a
@@ -46,6 +48,13 @@ static int act_kernel_has(const ar_act_spec *as)
     return as->bits >= 16 || (as->dtype >= AR_QDT_INT && as->dtype <= AR_QDT_FP8);
 }
 
+/* 1 when the kernels take SignRoundV2's init_scale with spec, as the CPU
+ * quantizer does: symmetric int and the FP kinds (not GGUF). */
+static int init_scale_has(const ar_quant_spec *qs)
+{
+    return qs->dtype == AR_QDT_INT ? qs->sym : qs->dtype != AR_QDT_GGUF;
+}
+
 int ar_signround_cuda_supports(const ar_block_plan *plan)
 {
     if (!ar_device_cuda_built()) return 0;
@@ -53,7 +62,7 @@ int ar_signround_cuda_supports(const ar_block_plan *plan)
         if (!plan->quantize[i]) continue;
         if (!kernel_has(&plan->spec[i])) return 0;
         if (plan->act_quant[i] && !act_kernel_has(&plan->act[i])) return 0;
-        if (plan->init_scale[i]) return 0;   /* SignRoundV2's init_scale: CPU tuner only */
+        if (plan->init_scale[i] && !init_scale_has(&plan->spec[i])) return 0;
     }
     return 1;
 }
@@ -135,6 +144,7 @@ typedef struct {
     long chunk_no;              /* mini-batches staged so far: slot = chunk_no % slots */
     uint8_t *mask, *mb;         /* [n, T], [bs, T] */
     float *xb, *yb, *pred, *dy;
+    void *os_scratch;           /* opts.outlier_loss: the loss kernel's scratch, else NULL */
     double *loss_acc, *losses, *best;
     int *best_iter, *flag;
 } gtuner;
@@ -198,12 +208,15 @@ void ar_cuda_qspec_free(ar_cuda_qspec *q)
     ar_cuda_free(q->scratch);
     ar_cuda_free(q->gguf_scale);
     ar_cuda_free(q->gguf_min);
+    ar_cuda_free(q->init_scale);
     q->scratch = NULL;
-    q->gguf_scale = q->gguf_min = NULL;
+    q->gguf_scale = q->gguf_min = q->init_scale = NULL;
 }
 
+/* init: the plan's init_scale of this linear [N, ngroups] (host) or NULL:
+ * uploaded once for the whole block's tuning. */
 static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weights *w, const ar_quant_spec *qs,
-                       const ar_signround_opts *o)
+                       const float *init, const ar_signround_opts *o)
 {
     int fail = 0;
     memset(L, 0, sizeof *L);
@@ -212,6 +225,7 @@ static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weig
     L->nel = (size_t)L->n * L->k;
     L->ngr = (size_t)L->n * L->ng;
     if (ar_cuda_qspec_make(&L->q, qs, w->w[i], L->n, L->k)) return -1;
+    if (init && !(L->q.init_scale = ar_cuda_upload_f32(init, L->ngr))) return -1;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
     if (!(L->wfp = ar_cuda_upload_f32(w->w[i], L->nel))) return -1;
@@ -302,10 +316,11 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     t->iters = o->iters;
     t->low_mem = g_low_mem;
     if (!ar_signround_cuda_supports(plan)) return ar_error("signround: this scheme has no GPU quantizer");
-    if (o->outlier_loss) return ar_error("signround: the outlier-suppressed loss has no GPU implementation");
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
-        if (ar_quant_spec_check(&plan->spec[i]) || glayer_init(&t->L[i], c, i, w_fp, &plan->spec[i], o)) return -1;
+        if (ar_quant_spec_check(&plan->spec[i]) ||
+            glayer_init(&t->L[i], c, i, w_fp, &plan->spec[i], plan->init_scale[i], o))
+            return -1;
         t->swap[i] = t->L[i].wq;
     }
     if (ar_cuda_weights_upload(&t->w, c, w_fp, t->swap)) return -1;
@@ -320,6 +335,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     t->loss_acc = dalloc(8, &fail); t->best = dalloc(8, &fail);
     t->losses = dalloc(8 * (size_t)(o->iters > 0 ? o->iters : 1), &fail);
     t->best_iter = dalloc(sizeof(int), &fail); t->flag = dalloc(sizeof(int), &fail);
+    if (o->outlier_loss) t->os_scratch = dalloc(ar_cuda_outlier_scratch_bytes(), &fail);
     if (fail) return ar_cuda_err("tuning buffers");
     double inf = INFINITY;
     return ar_cuda_upload(t->best, &inf, 8) ? ar_cuda_err("cuda") : 0;
@@ -335,7 +351,7 @@ static void gtuner_free(gtuner *t)
     ar_cuda_weights_free(&t->w, t->swap);
     ar_cuda_block_work_free(t->ws);
     void *p[] = {t->x_in, t->y_ref, t->mask, t->mb, t->xb, t->yb, t->pred, t->dy, t->loss_acc, t->losses, t->best,
-                 t->best_iter, t->flag};
+                 t->best_iter, t->flag, t->os_scratch};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }
 
@@ -388,7 +404,8 @@ static int load_samples(gtuner *t, const int *idx, int bs, int slot)
 /* Forward + loss + backward over the iteration's gb samples in chunks of bs:
  * the first chunk's backward writes the layers' dw, the others add to it, and the loss accumulated on the
  * device is the masked sum of squares over all gb·T·C elements divided by
- * that one count (signround.h, step 3). With low_mem the next chunk's copy
+ * that one count (signround.h, step 3; with opts.outlier_loss each chunk's
+ * top 0.1% of |pred − ref| left out, as signround.c). With low_mem the next chunk's copy
  * is queued before this chunk computes. */
 static int run_batches(gtuner *t, const int *idx, int gb)
 {
@@ -406,9 +423,11 @@ static int run_batches(gtuner *t, const int *idx, int gb)
         if (load_samples(t, idx + off, bs, cur) || ar_cuda_gather_mask(t->mb, t->mask, idx + off, bs, t->T) ||
             ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws))
             return ar_cuda_err("tuning step");
-        ar_cuda_prof_mark("loss/masked mse", 0);
+        ar_cuda_prof_mark(t->os_scratch ? "loss/outlier-suppressed mse" : "loss/masked mse", 0);
         /* the first chunk writes dW (beta 0), the later ones add to it */
-        if (ar_cuda_masked_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc) ||
+        if ((t->os_scratch ? ar_cuda_outlier_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc,
+                                                       t->os_scratch)
+                           : ar_cuda_masked_mse_denom(t->pred, t->yb, t->mb, rows, t->C, nel, t->dy, t->loss_acc)) ||
             (off == 0 ? ar_cuda_block_backward_write_dw(&t->shape, &t->w, t->dy, dW, NULL, t->ws)
                       : ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws)))
             return ar_cuda_err("tuning step");
@@ -465,7 +484,7 @@ static int finish(gtuner *t, const ar_block_weights *w_fp, const ar_quant_out ou
                  ar_cuda_download(be, best ? L->best_beta : L->beta, L->ngr * 4))
             rc = ar_cuda_err("download tunables");
         else {
-            ar_quant_params p = {v, mm ? al : NULL, mm ? be : NULL, NULL};
+            ar_quant_params p = {v, mm ? al : NULL, mm ? be : NULL, t->plan->init_scale[i]};
             rc = ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out[i]);
         }
         free(v); free(al); free(be);
