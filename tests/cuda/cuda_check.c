@@ -44,6 +44,7 @@
 #include "model.h"
 #include "ops.h"
 #include "quant.h"
+#include "quant_fp.h"
 #include "quant_gguf.h"
 #include "signround.h"
 
@@ -636,8 +637,11 @@ static float *kind_weights(size_t n, int k)
 }
 
 /* s on the weight w [n, k]: GPU forward, backward and one fused SignSGD step
- * against the CPU quantizer, from random V (±vscale), α, β, dŵ. */
-static void test_kind(const char *tag, const ar_quant_spec *s, const float *w, int n, int k, float vscale)
+ * against the CPU quantizer, from random V (±vscale), α, β, dŵ; init (may
+ * be NULL) is SignRoundV2's init_scale [n, ngroups], on the device as
+ * ar_cuda_qspec.init_scale. */
+static void test_kind(const char *tag, const ar_quant_spec *s, const float *w, int n, int k, float vscale,
+                      const float *init)
 {
     char name[160];
     int gguf = s->dtype == AR_QDT_GGUF;
@@ -645,9 +649,10 @@ static void test_kind(const char *tag, const ar_quant_spec *s, const float *w, i
     float *v = rnd(nel, vscale, 0), *al = rnd(ngr, 0.15f, 0.9f), *be = rnd(ngr, 0.15f, 0.9f), *dwq = rnd(nel, 1, 0);
     float *wq = zeros(nel), *gv = zeros(nel), *ga = zeros(ngr), *gb = zeros(ngr);
     ar_cuda_qspec q;
-    ar_quant_params p = {v, al, be, NULL};
+    ar_quant_params p = {v, al, be, init};
     ar_quant_out out = {wq, NULL, NULL, NULL};
-    if (ar_cuda_qspec_make(&q, s, w, n, k) || ar_quant_forward(s, w, n, k, &p, &out) ||
+    if (ar_cuda_qspec_make(&q, s, w, n, k) || (init && !(q.init_scale = ar_cuda_upload_f32(init, ngr))) ||
+        ar_quant_forward(s, w, n, k, &p, &out) ||
         ar_quant_backward(s, w, n, k, &p, dwq, gv, ga, gb)) {
         printf("FAIL %s: %s\n", tag, ar_last_error());
         g_fail++, g_tests++;
@@ -720,7 +725,7 @@ static void test_kind_gguf(ar_ggml_type t, int n, int k, float vscale)
     ar_quant_spec s;
     free(gguf_freeze(t, w, n, k, &fz, &s));
     snprintf(tag, sizeof tag, "gguf %s V +-%.1f", ar_ggml_type_name(t), vscale);
-    test_kind(tag, &s, w, n, k, vscale);
+    test_kind(tag, &s, w, n, k, vscale, NULL);
     ar_gguf_frozen_free(&fz);
     free(w);
 }
@@ -728,7 +733,7 @@ static void test_kind_gguf(ar_ggml_type t, int n, int k, float vscale)
 static void test_kind_fp(const char *tag, ar_quant_spec s, int n, int k)
 {
     float *w = kind_weights((size_t)n * k, k);
-    test_kind(tag, &s, w, n, k, 0.3f);
+    test_kind(tag, &s, w, n, k, 0.3f, NULL);
     free(w);
 }
 
@@ -1262,6 +1267,200 @@ static void run_act_tests(int fast)
     test_tuning_act(tag, nv4, &ACT_NV4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.3);
 }
 
+/* ---- SignRoundV2 (--enable_alg_ext) ---------------------------------------------
+ * init_scale: the quantizer kernels against the CPU with searched initial
+ * scales, bit for bit as test_kind (ŵ, dV, V step: tolerance 0; dβ 1e-6,
+ * α/β step 2e-3). The outlier-suppressed loss: ar_cuda_outlier_mse_denom
+ * against ar_outlier_suppressed_sse on random data with planted outliers and
+ * ties at the threshold (some in masked rows, which still count for the
+ * threshold), and on a coarse grid (ties everywhere): the same elements must
+ * be dropped, so the gradient must match bit for bit (tolerance 0) and the
+ * loss to 1e-9 (double sums in another order). Tuning: 12 iterations as
+ * ar-tune --enable_alg_ext runs them (init_scale, β in [0, 2], outlier loss)
+ * within compare_tuners' bounds, and the loss at iteration 0 must reproduce
+ * the effect of the outlier suppression as test_tuning_act's ratio. */
+
+/* Positive importances [k] for the scale searches. */
+static float *v2_imat(int k) { return rnd((size_t)k, 0.5f, 1.0f); }
+
+/* SignRoundV2's initial scales of s on w [n, k] (ar-tune's search: int
+ * ar_quant_search_scales, FP kinds ar_quant_fp_search) with random
+ * importances; NULL (FAIL printed) on error. */
+static float *v2_init_scale(const ar_quant_spec *s, const float *w, int n, int k)
+{
+    size_t ngr = (size_t)n * ar_quant_ngroups(k, s->group_size);
+    float *imat = v2_imat(k), *init = zeros(ngr);
+    int rc = s->dtype == AR_QDT_INT ? ar_quant_search_scales(s, w, n, k, imat, init)
+                                    : ar_quant_fp_search(s, w, n, k, imat, init);
+    free(imat);
+    if (rc) {
+        printf("FAIL init_scale search: %s\n", ar_last_error());
+        g_fail++, g_tests++;
+        free(init);
+        return NULL;
+    }
+    return init;
+}
+
+static void test_kind_init(const char *tag, ar_quant_spec s, int n, int k)
+{
+    float *w = kind_weights((size_t)n * k, k), *init = v2_init_scale(&s, w, n, k);
+    if (init) test_kind(tag, &s, w, n, k, 0.3f, init);
+    free(w), free(init);
+}
+
+/* pred, ref [rows, C] for the loss test. kind 0: random; 1: random plus
+ * planted outliers (distinct, above everything) and 3·nties elements of
+ * |pred − ref| exactly 8 (above the random ones), so the threshold is 8 and
+ * only some of those ties are dropped; the first rows' ties sit in the
+ * masked last token of sample 0; 2: both on a grid of 1/16 (ties at every
+ * value). */
+static void outlier_data(int kind, long rows, int C, long k, float *p, float *r)
+{
+    size_t n = (size_t)rows * C;
+    for (size_t i = 0; i < n; i++) p[i] = urand(), r[i] = urand();
+    if (kind == 2)
+        for (size_t i = 0; i < n; i++) p[i] = rintf(p[i] * 16) / 16, r[i] = rintf(r[i] * 16) / 16;
+    if (kind != 1) return;
+    long nout = k / 3, nties = k;      /* k − nout of the 2k ties are dropped */
+    for (long j = 0; j < nout; j++) {
+        size_t i = (size_t)((j * 7919 + 11) % (long)n);
+        r[i] = 0, p[i] = (j & 1 ? -1.0f : 1.0f) * (10.0f + 0.25f * (float)j);
+    }
+    for (long j = 0; j < 2 * nties; j++) {
+        /* the first few in the masked last row of sample 0, then spread out */
+        size_t i = j < 8 ? (size_t)(rows / 2 - 1) * C + (size_t)(j * 3) : (size_t)((j * 104729 + 5) % (long)n);
+        if (fabsf(p[i]) >= 10.0f) continue;                  /* an outlier already */
+        r[i] = j & 1 ? 0.5f : 0.0f, p[i] = r[i] + (j & 2 ? -8.0f : 8.0f);
+    }
+}
+
+/* The GPU's outlier-suppressed loss on one data set against the CPU's. */
+static void test_outlier_loss(const char *tag, int kind, int nseq, int T, int C)
+{
+    char name[160];
+    long rows = (long)nseq * T, n = rows * C, k = n / 1000 > 1 ? n / 1000 : 1;
+    float *p = zeros((size_t)n), *r = zeros((size_t)n), *d = zeros((size_t)n);
+    uint8_t *m = malloc((size_t)rows);
+    outlier_data(kind, rows, C, k, p, r);
+    ar_default_mask(m, nseq, T);
+    double denom = 3.0 * (double)n;    /* a chunk of an iteration of 3 such chunks */
+    double sse = ar_outlier_suppressed_sse(p, r, m, rows, C, (float)(2.0 / denom), d), gl = 0;
+    float *dp = up(p, (size_t)n), *dr = up(r, (size_t)n), *dd = up(p, (size_t)n);  /* dpred over junk */
+    uint8_t *dm = ar_cuda_malloc((size_t)rows);
+    double *dl = ar_cuda_malloc(8);
+    void *scr = ar_cuda_malloc(ar_cuda_outlier_scratch_bytes());
+    if (sse < 0 || !dm || !dl || !scr || ar_cuda_upload(dm, m, (size_t)rows) ||
+        ar_cuda_outlier_mse_denom(dp, dr, dm, rows, C, denom, dd, dl, scr) || ar_cuda_download(&gl, dl, 8))
+        die_cuda("outlier loss");
+    float *h = down(dd, (size_t)n);
+    long dropped = 0;
+    for (long i = 0; i < n; i++) dropped += m[i / C] && d[i] == 0.0f && p[i] != r[i];
+    snprintf(name, sizeof name, "outlier loss gradient %s", tag);
+    verdict(name, bits_mismatch(h, d, (size_t)n), 0, "bits mismatch");
+    snprintf(name, sizeof name, "outlier loss value %s", tag);
+    verdict(name, fabs(gl - sse / denom) / (sse / denom), 1e-9, "rel err");
+    printf("     n %ld, k %ld, unmasked elements dropped by the CPU %ld\n", n, k, dropped);
+    /* a second call on the same scratch and accumulator: the state is reset, the loss adds */
+    if (ar_cuda_outlier_mse_denom(dp, dr, dm, rows, C, denom, dd, dl, scr) || ar_cuda_download(&gl, dl, 8))
+        die_cuda("outlier loss (again)");
+    snprintf(name, sizeof name, "outlier loss adds to the accumulator %s", tag);
+    verdict(name, fabs(gl - 2 * sse / denom) / (2 * sse / denom), 1e-9, "rel err");
+    free(h), free(p), free(r), free(d), free(m);
+    ar_cuda_free(dp), ar_cuda_free(dr), ar_cuda_free(dd), ar_cuda_free(dm), ar_cuda_free(dl), ar_cuda_free(scr);
+}
+
+/* ar-tune --enable_alg_ext on one scheme (every linear spec, activations as
+ * (may be NULL)): init_scale searched per linear, β in [0, 2], the outlier
+ * loss; CPU against GPU. tol_ratio < 0: the iteration-0 ratio is printed
+ * only (bf16 GEMMs or activation-rounding flips move loss 0 by as much as the
+ * outlier suppression, ~1% of the MSE). */
+static void test_tuning_v2(const char *tag, ar_quant_spec spec, const ar_act_spec *as, int mode, double tol_loss0,
+                           double tol_traj, double tol_ratio)
+{
+    char name[200];
+    ar_config c;
+    small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    ar_block_plan plan;
+    memset(&plan, 0, sizeof plan);
+    spec.minmax_hi = 2;
+    float *init[AR_NLINEAR] = {0};
+    ar_quant_out co[AR_NLINEAR], go[AR_NLINEAR];
+    int ok = 1;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&c, i, &nn, &k);
+        plan.quantize[i] = 1, plan.spec[i] = spec;
+        if (as) plan.act_quant[i] = 1, plan.act[i] = *as;
+        ok &= (plan.init_scale[i] = init[i] = v2_init_scale(&spec, w.w[i], nn, k)) != NULL;
+        co[i] = (ar_quant_out){zeros((size_t)nn * k), NULL, NULL, NULL};
+        go[i] = (ar_quant_out){zeros((size_t)nn * k), NULL, NULL, NULL};
+    }
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = 12, o.batch_size = 4, o.grad_accum = 2, o.outlier_loss = 1;
+    snprintf(name, sizeof name, "tuning %s: the GPU tuner takes the plan", tag);
+    verdict(name, !ar_signround_cuda_supports(&plan), 0, "refused");
+    if (ok) {
+        uint64_t rng0 = g_rng; /* compare_tuners draws its samples first: redraw the same ones below */
+        compare_tuners(tag, &c, &w, &plan, &o, mode, tol_loss0, tol_traj, co, go);
+        g_rng = rng0;
+        uint16_t *xb, *yb;
+        make_cache(&c, &w, 16, 64, &xb, &yb);
+        ar_signround_opts plain = o;
+        o.iters = plain.iters = 1, plain.outlier_loss = 0;
+        ar_signround_report cr, gr, nr;
+        ar_cuda_set_gemm(mode);
+        if (ar_signround_tune_block(&c, &w, xb, yb, NULL, 16, 64, &plan, &o, co, &cr, NULL, NULL) ||
+            ar_signround_tune_block(&c, &w, xb, yb, NULL, 16, 64, &plan, &plain, co, &nr, NULL, NULL) ||
+            ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, 16, 64, &plan, &o, go, &gr, NULL, NULL)) {
+            printf("FAIL tuning %s (iteration 0): %s\n", tag, ar_last_error());
+            g_fail++, g_tests++;
+        } else {
+            double ratio = fabs(gr.loss0 - cr.loss0) / fmax(fabs(nr.loss0 - cr.loss0), 1e-300);
+            snprintf(name, sizeof name, "tuning %s: loss 0 reproduces the outlier suppression", tag);
+            if (tol_ratio >= 0) verdict(name, ratio, tol_ratio, "ratio");
+            else printf("INFO %-44s ratio %.3g\n", name, ratio);
+            printf("     loss at iter 0: CPU %.6g, GPU %.6g, CPU with the plain MSE %.6g\n", cr.loss0, gr.loss0,
+                   nr.loss0);
+        }
+        free(xb), free(yb);
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(co[i].wq), free(go[i].wq), free(init[i]);
+    free_weights(&w);
+}
+
+/* The SignRoundV2 tests of one path (fast: only the bf16 tuning runs). */
+static void run_v2_tests(int fast)
+{
+    const char *path = fast ? "fast: " : "";
+    char tag[160];
+    ar_quant_spec w2 = {2, 64, 1, AR_QF_BF16, 2.0f, 0, 0, 0, NULL, NULL};
+    ar_quant_spec mx4 = {4, 32, 1, AR_QF_BF16, 2.0f, AR_QDT_MXFP4, 0, 0, NULL, NULL};
+    if (!fast) {
+        test_kind_init("init_scale W2 G64 sym bf16 hi=2", w2, 128, 640);
+        test_kind_init("init_scale W4 G128 sym hi=2", (ar_quant_spec){4, 128, 1, 0, 2.0f, 0, 0, 0, NULL, NULL}, 64, 512);
+        test_kind_init("init_scale W3 G20 sym K150 (scalar path)",
+                       (ar_quant_spec){3, 20, 1, 0, 2.0f, 0, 0, 0, NULL, NULL}, 40, 150);
+        test_kind_init("init_scale MXFP4 G32 bf16 hi=2", mx4, 96, 320);
+        test_kind_init("init_scale NVFP4 G16 hi=2", (ar_quant_spec){4, 16, 1, 0, 2.0f, AR_QDT_NVFP4, 0, 0, NULL, NULL},
+                       64, 208);
+        test_outlier_loss("random 2x257x512", 0, 2, 257, 512);
+        test_outlier_loss("planted outliers and ties 2x257x512", 1, 2, 257, 512);
+        test_outlier_loss("grid 1/16, ties everywhere 2x257x512", 2, 2, 257, 512);
+        test_outlier_loss("planted, k = 1 (n < 2000) 2x5x96", 1, 2, 5, 96);
+        test_outlier_loss("planted, tiny-llama chunk 4x512x512", 1, 4, 512, 512);
+        test_tuning_v2("alg_ext W2A16 G64 [f32 GEMMs]", w2, NULL, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.05);
+        test_tuning_v2("alg_ext MXFP4 W4A4 [f32 GEMMs]", mx4, &ACT_MX4, AR_CUDA_GEMM_F32, 2e-2, 5e-2, -1);
+    }
+    snprintf(tag, sizeof tag, "%salg_ext W2A16 G64 [bf16 GEMMs]", path);
+    test_tuning_v2(tag, w2, NULL, AR_CUDA_GEMM_BF16, 0.3, 0.5, -1);
+    snprintf(tag, sizeof tag, "%salg_ext MXFP4 W4A4 [bf16 GEMMs]", path);
+    test_tuning_v2(tag, mx4, &ACT_MX4, AR_CUDA_GEMM_BF16, 0.3, 0.5, -1);
+}
+
 /* ---- fast path ---------------------------------------------------------------- */
 
 /* Host copy of x rounded to bf16 (as f32) and its bf16 device copy. */
@@ -1667,6 +1866,7 @@ static void run_fast_tests(void)
     test_tuning("fast: W4G128 [bf16 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
     ar_signround_cuda_set_low_mem(0);
     run_act_tests(1);
+    run_v2_tests(1);
 }
 
 static void run_tests(const char *shared)
@@ -1708,6 +1908,7 @@ static void run_tests(const char *shared)
     ar_signround_cuda_set_low_mem(0);
     test_quant_kinds();
     run_act_tests(0);
+    run_v2_tests(0);
     test_nll(shared);
 }
 
