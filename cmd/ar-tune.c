@@ -39,8 +39,9 @@ static const char usage[] =
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
     "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
-    "--enable_alg_ext: SignRoundV2 (symmetric int: imatrix-searched initial scales, beta in [0, 2], outlier-\n"
-    "suppressed loss below 4 bits; GGUF: tuned rounding over llama.cpp's imatrix scales, 200 iters by default).\n";
+    "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
+    "outlier-suppressed loss below 4 bits or with 4-bit activations; GGUF: tuned rounding over llama.cpp's\n"
+    "imatrix scales, 200 iters by default).\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *layer_config, *recipe;
@@ -458,7 +459,7 @@ static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const a
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then run the quantized block for the next block's
  * quantized-chain input (unless disabled). outlier: SignRoundV2's
- * outlier-suppressed loss (CPU only). extra receives the loss summary. */
+ * outlier-suppressed loss. extra receives the loss summary. */
 static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan,
                             int minmax, int outlier, const ar_quant_out out[AR_NLINEAR], double t0, char *extra,
                             size_t n_extra)
@@ -474,7 +475,7 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
     ar_signround_report rep;
     progress_ctx pc = {t0, layer, c->n_layers};
     const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan) && !outlier;
+    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan);
     if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan, &o,
                                                                     out, &rep, on_iter, &pc))
         cli_die_lib();
@@ -645,7 +646,13 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
  * layers of the plan tune as V1 (AutoRound's V2 wrapper exists only for
  * symmetric int/MX/NV; MX/NV searches are not implemented: refused). */
 
-static int v2_layer(const ar_quant_spec *qs) { return qs->dtype == AR_QDT_INT && qs->sym; }
+/* Layers SignRoundV2 gives searched initial scales (spec §5.1(a)): symmetric
+ * int, MXFP and NVFP4 (not FP8, not asymmetric int). */
+static int v2_layer(const ar_quant_spec *qs)
+{
+    return (qs->dtype == AR_QDT_INT && qs->sym) || qs->dtype == AR_QDT_MXFP4 || qs->dtype == AR_QDT_MXFP8 ||
+           qs->dtype == AR_QDT_NVFP4;
+}
 
 /* AutoRound decides the loss on the global scheme, not per layer. */
 static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
@@ -659,7 +666,10 @@ static void v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_b
         ar_linear_shape(c, i, &n, &k);
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
         if (!(init[i] = malloc(sizeof(float) * ng))) cli_die("out of memory for initial scales");
-        if (ar_quant_search_scales(&plan->spec[i], wfp->w[i], n, k, imat[i], init[i])) cli_die_lib();
+        int rc = plan->spec[i].dtype == AR_QDT_INT
+                     ? ar_quant_search_scales(&plan->spec[i], wfp->w[i], n, k, imat[i], init[i])
+                     : ar_quant_fp_search(&plan->spec[i], wfp->w[i], n, k, imat[i], init[i]);
+        if (rc) cli_die_lib();
         plan->init_scale[i] = init[i];
         plan->spec[i].minmax_hi = 2;
     }
@@ -670,8 +680,9 @@ static void check_alg_ext(const tune_run *r)
 {
     if (!r->a->enable_alg_ext) return;
     int k = r->sc.def.kind;
-    if (k != AR_SCHEME_INT && k != AR_SCHEME_GGUF)
-        cli_usage_error("--enable_alg_ext: supported for integer (W2A16, W4A16, ...) and GGUF schemes, not %s",
+    if (k != AR_SCHEME_INT && k != AR_SCHEME_GGUF && k != AR_SCHEME_MXFP && k != AR_SCHEME_NVFP)
+        cli_usage_error("--enable_alg_ext: supported for integer (W2A16, W4A16, ...), MXFP, NVFP4 and GGUF schemes, "
+                        "not %s",
                         r->sc.def.name);
     if (k == AR_SCHEME_INT && !r->sc.def.sym && cli_progress)
         fprintf(stderr, "ar-tune: --enable_alg_ext changes nothing for asymmetric int schemes (AutoRound's V1 path)\n");

@@ -3,7 +3,8 @@
 # GGUF stream's tensors outside the blocks:
 #  1. W2A16 (group 32): runs, records enable_alg_ext in META, tunes to a
 #     stream other than V1's, packs to auto_round and evaluates;
-#  2. refused for schemes it has no meaning for (MXFP4), exit status 2;
+#  2. refused for schemes it has no meaning for (FP8_STATIC), exit status 2;
+#     MXFP4 (W4A4) runs with it;
 #  3. GGUF: --enable_alg_ext alone means SignRound with AutoRound's 200
 #     iterations (META), the stream carries the embedding blocks (stories260K
 #     ties its head to them) and the file packs;
@@ -37,11 +38,15 @@ else bad "W2A16 alg_ext ppl '$p'"; fi
 
 # 2. refused where undefined
 set +e
-"$AR_BIN/ar-tune" --quiet -i "$T/calib.ars" --scheme MXFP4 --enable_alg_ext --iters 2 -o "$T/mx.ars" 2> "$T/err"
+"$AR_BIN/ar-tune" --quiet -i "$T/calib.ars" --scheme FP8_STATIC --enable_alg_ext --iters 2 -o "$T/fp8.ars" 2> "$T/err"
 rc=$?
 set -e
-if [ "$rc" = 2 ] && grep -q "enable_alg_ext" "$T/err"; then ok "MXFP4 refused: $(head -1 "$T/err")"
-else bad "MXFP4 with --enable_alg_ext: status $rc, $(cat "$T/err")"; fi
+if [ "$rc" = 2 ] && grep -q "enable_alg_ext" "$T/err"; then ok "FP8_STATIC refused: $(head -1 "$T/err")"
+else bad "FP8_STATIC with --enable_alg_ext: status $rc, $(cat "$T/err")"; fi
+[ ! -e "$T/fp8.ars" ] || bad "FP8_STATIC refusal left an output"
+if "$AR_BIN/ar-tune" --quiet -i "$T/calib.ars" --scheme MXFP4 --enable_alg_ext --iters 2 -o "$T/mx.ars" 2> "$T/err" &&
+   [ -s "$T/mx.ars" ]; then ok "MXFP4 (W4A4) tunes with --enable_alg_ext"
+else bad "MXFP4 with --enable_alg_ext: $(cat "$T/err")"; fi
 
 # 3. GGUF
 "$AR_BIN/ar-tune" --quiet --threads 1 -i "$T/calib.ars" --scheme gguf:q4_k_m --enable_alg_ext --batch_size 4 \
