@@ -23,25 +23,38 @@
 #   --calib-ars FILE  use this ar-calib stream instead of making one
 #   --heldout FILE    evaluation text (default MODEL_DIR/heldout.txt, else
 #                shared/models/tiny-llama/heldout.txt)
-#   --ours TYPE=FILE  measure an existing GGUF file as ours for TYPE (e.g.
-#                SignRound files made on a GPU machine); repeatable; no
-#                ar-calib/ar-tune/ar-pack for that type
+#   --given TYPE=FILE also measure an existing GGUF file for TYPE (e.g. our
+#                SignRound files made on a GPU machine): a third column set
+#                beside stock and ours; repeatable (one file per type)
 #   --no-stock / --no-ours   skip one side
 #   --work DIR   work folder (default build/gguf-kld/<model folder name>); every
 #                product is kept there and reused by the next run (remove it,
 #                or the one file, to redo a step)
-#   --threads N  threads for llama.cpp and ar-tune (default 2)
+#   --threads N  threads for llama.cpp and ar-tune (default 1: on a loaded,
+#                shared machine llama.cpp's threads wait on each other at every
+#                barrier; one thread ran a 512-token chunk in 0.62 s where two
+#                took 2.74 s here; give more on an idle many-core machine)
 # Environment: AR_BIN (default bin), AR_SHARED (default ../shared), LLAMA_DIR.
-# Prints a progress line per step on stderr and one table on stdout: per type
-# the mean KLD, 99th percentile KLD, same-top-token % and bpw of the stock and
-# our file, and the reference figure where MODEL_DIR/gguf-reference/stock-kld.tsv
-# exists. Every step runs under nice -n 19.
+#
+# SignRound files made elsewhere (a GPU machine), measured here afterwards:
+#   zstd -dc $AR_SHARED/data/corpus/gutenberg_en_prose.txt.zst | head -c 1000000 > c1m.txt
+#   ar-calib --model M --dataset c1m.txt --nsamples 128 --seqlen 512 -o c.ars   (seed 42,
+#     the stream this script makes as WORK/ours.calib.ars)
+#   ar-tune -i c.ars --model M --scheme gguf:Q4_K_M --iters 200 -o t.ars
+#   ar-pack -i t.ars --model M --format gguf:q4_k_m -o NAME-Q4_K_M-iters200.gguf
+# then: sh tests/bench/gguf_kld.sh --given Q4_K_M=NAME-Q4_K_M-iters200.gguf ... M Q4_K_M ...
+# (stock and --iters 0 results already in WORK are reused, not remade).
+# Prints a progress line per step on stderr and one table on stdout (also
+# WORK/table.tsv): per type the reference figure where
+# MODEL_DIR/gguf-reference/stock-kld.tsv exists, then for the stock file, ours
+# and the --given file: mean KLD, 99th percentile KLD, same-top-token % and
+# bits per weight. Every step runs under nice -n 19.
 set -eu
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 BIN=$(cd "${AR_BIN:-bin}" && pwd)
 SHARED=$(cd "${AR_SHARED:-../shared}" && pwd)
-ITERS=0 CALIB="" CALIB_ARS="" HELDOUT="" WORK="" THREADS=2 STOCK=1 OURS=1 GIVEN=""
+ITERS=0 CALIB="" CALIB_ARS="" HELDOUT="" WORK="" THREADS=1 STOCK=1 OURS=1 GIVEN=""
 
 die() { echo "gguf_kld.sh: $*" >&2; exit 1; }
 say() { echo "gguf_kld.sh: $*" >&2; }
@@ -51,8 +64,8 @@ while [ $# -gt 0 ]; do
     --calib) CALIB=$2; shift 2 ;;
     --calib-ars) CALIB_ARS=$2; shift 2 ;;
     --heldout) HELDOUT=$2; shift 2 ;;
-    --ours) case $2 in *=*) ;; *) die "--ours wants TYPE=FILE, got $2" ;; esac
-            [ -f "${2#*=}" ] || die "--ours: ${2#*=}: no such file"
+    --given) case $2 in *=*) ;; *) die "--given wants TYPE=FILE, got $2" ;; esac
+            [ -f "${2#*=}" ] || die "--given: ${2#*=}: no such file"
             GIVEN="$GIVEN $2"; shift 2 ;;
     --no-stock) STOCK=0; shift ;;
     --no-ours) OURS=0; shift ;;
@@ -124,13 +137,26 @@ kld_of() { # GGUF LOG (kept when newer than both files)
   $N "$LB/llama-perplexity" -m "$1" --kl-divergence-base "$W/f32.kld" --kl-divergence \
     -c 512 -b 512 -t "$THREADS" > "$2" 2>&1 || { tail -5 "$2" >&2; die "llama-perplexity failed on $1 (log: $2)"; }
 }
-# "mean_kld p99_kld same_top_pct bpw" from a llama-perplexity log.
-kld_fields() {
-  awk '/^Mean    KLD:/ {k=$3} /^99.0%   KLD:/ {p=$3} /^Same top p:/ {s=$4}
-       /file size/ && /BPW/ {for (i = 1; i <= NF; i++) if ($i == "BPW)") b=substr($(i-1), 2)}
+# Bits per weight of a GGUF file (all tensors, as llama-quantize counts it),
+# with its tensor-type mix ("q4_K:20 q6_K:5 ...") written to FILE.types, so
+# that a KLD gap can be told from a different mix.
+gguf_bpw() {
+  PYTHONPATH="$LB/../src/gguf-py" "$ROOT/build/venv/bin/python" - "$1" <<'EOF'
+import collections, sys
+import gguf
+r = gguf.GGUFReader(sys.argv[1])
+mix = collections.Counter(t.tensor_type.name.lower().replace("_k", "_K") for t in r.tensors)
+with open(sys.argv[1] + ".types", "w") as f:
+    f.write(" ".join(f"{k}:{v}" for k, v in sorted(mix.items())) + "\n")
+print(f"{8 * sum(int(t.n_bytes) for t in r.tensors) / sum(int(t.n_elements) for t in r.tensors):.3f}")
+EOF
+}
+# "mean_kld p99_kld same_top_pct bpw" from a llama-perplexity log and its GGUF.
+kld_fields() { # LOG GGUF
+  awk -v b="$(gguf_bpw "$2" 2>/dev/null || echo -)" '/^Mean    KLD:/ {k=$3} /^99.0%   KLD:/ {p=$3} /^Same top p:/ {s=$4}
        END {printf "%s %s %s %s\n", k ? k : "-", p ? p : "-", s ? s : "-", b ? b : "-"}' "$1"
 }
-given_file() { # TYPE -> the --ours file for TYPE, or nothing
+given_file() { # TYPE -> the --given file for TYPE, or nothing
   for g in $GIVEN; do [ "$(echo "${g%%=*}" | tr a-z A-Z)" = "$1" ] && { echo "${g#*=}"; return; }; done
   return 0
 }
@@ -140,28 +166,35 @@ make_once "$W/f32.gguf" "$W/f32.log" f32_gguf
 make_once "$W/f32.kld" "$W/f32.kld.log" kld_base
 [ "$STOCK" = 1 ] && make_once "$W/imatrix.gguf" "$W/imatrix.log" imatrix
 
-printf 'type\tstock_kld\tstock_p99\tstock_same_top%%\tstock_bpw\tours_kld\tours_p99\tours_same_top%%\tours_bpw\tours_file\treference_kld\n' > "$W/table.tsv"
+# One row per type: reference, stock, ours (--iters N) and given file, each
+# "mean_kld p99_kld same_top_pct bpw" ("-" where not measured).
+side() { printf '\t%s_kld\t%s_p99\t%s_top%%\t%s_bpw' "$1" "$1" "$1" "$1"; }
+{ printf 'type\treference_kld'; side stock; side "ours_iters$ITERS"; side given; printf '\tgiven_file\n'; } > "$W/table.tsv"
 for T in $TYPES; do
-  stock="- - - -" ours="- - - -" ofile=-
+  stock="- - - -" ours="- - - -" given="- - - -"
   if [ "$STOCK" = 1 ]; then
     make_once "$W/stock-$T.gguf" "$W/stock-$T.log" stock_quant "$T"
-    kld_of "$W/stock-$T.gguf" "$W/stock-$T.kld.log"; stock=$(kld_fields "$W/stock-$T.kld.log")
+    kld_of "$W/stock-$T.gguf" "$W/stock-$T.kld.log"; stock=$(kld_fields "$W/stock-$T.kld.log" "$W/stock-$T.gguf")
   fi
-  g=$(given_file "$T")
-  if [ -n "$g" ]; then
-    ofile=$g; kld_of "$g" "$W/given-$T.kld.log"; ours=$(kld_fields "$W/given-$T.kld.log")
-  elif [ "$OURS" = 1 ]; then
+  if [ "$OURS" = 1 ]; then
     make_once "$W/ours.calib.ars" "$W/ours.calib.log" our_calib
     make_once "$W/ours-$T-iters$ITERS.ars" "$W/ours-$T-iters$ITERS.tune.log" our_tune "$T"
     make_once "$W/ours-$T-iters$ITERS.gguf" "$W/ours-$T-iters$ITERS.pack.log" our_pack "$T"
-    ofile=$W/ours-$T-iters$ITERS.gguf
-    kld_of "$ofile" "$ofile.kld.log"; ours=$(kld_fields "$ofile.kld.log")
+    kld_of "$W/ours-$T-iters$ITERS.gguf" "$W/ours-$T-iters$ITERS.gguf.kld.log"
+    ours=$(kld_fields "$W/ours-$T-iters$ITERS.gguf.kld.log" "$W/ours-$T-iters$ITERS.gguf")
+  fi
+  g=$(given_file "$T")
+  if [ -n "$g" ]; then
+    log=$W/given-$T-$(basename "$g" .gguf).kld.log
+    kld_of "$g" "$log"; given=$(kld_fields "$log" "$g")
   fi
   ref=-
   [ -f "$M/gguf-reference/stock-kld.tsv" ] &&
     ref=$(awk -v t="$T" '$1 == t {print $2}' "$M/gguf-reference/stock-kld.tsv")
   # shellcheck disable=SC2086
-  printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$T" $stock $ours "${ofile#"$ROOT"/}" "${ref:--}" >> "$W/table.tsv"
+  printf '%s\t%s' "$T" "${ref:--}" >> "$W/table.tsv"
+  printf '\t%s' $stock $ours $given "${g:--}" >> "$W/table.tsv"
+  printf '\n' >> "$W/table.tsv"
 done
 say "model $M, heldout $HELDOUT, ours: --iters $ITERS, work $W"
 column -t -s "$(printf '\t')" "$W/table.tsv" 2>/dev/null || cat "$W/table.tsv"

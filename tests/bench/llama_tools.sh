@@ -28,8 +28,9 @@ VENV=${VENV:-build/venv}
 JOBS=${LLAMA_JOBS:-1}
 TOOLS="llama-quantize llama-imatrix llama-perplexity"
 
-tools_built() {
+tools_built() { # and with the flags below (a change of flags rebuilds)
   for t in $TOOLS; do [ -x "$LD/bin/$t" ] || return 1; done
+  [ "$(cat "$LD/cmake/ar-flags" 2>/dev/null)" = "$CMAKE_FLAGS" ]
 }
 
 # Unpack vendor/llama.cpp of the llama-cpp-python sdist into $LD/src.
@@ -50,17 +51,25 @@ fetch_source() {
 }
 
 # Configure and build the three tools. Everything not needed is switched off:
-# no network code (curl, OpenSSL), no server, tests or examples, no GPU.
+# no network code (curl, OpenSSL), no server, tests or examples, no GPU. Not
+# -march=native: this machine's CPU reports AMX, but the kernel does not let
+# processes use its tiles, and llama-perplexity died with SIGILL (tilezero in
+# ggml's AMX matmul) on the first k-quant file. The x86-64-v3 set (AVX2, FMA,
+# F16C, BMI2) runs here and on any recent x86 host the build folder is taken to.
+CMAKE_FLAGS="-DCMAKE_BUILD_TYPE=Release -DBUILD_SHARED_LIBS=OFF -DGGML_BACKEND_DL=OFF -DGGML_NATIVE=OFF
+  -DGGML_SSE42=ON -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF
+  -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF
+  -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF
+  -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF -DLLAMA_USE_PREBUILT_UI=OFF
+  -DLLAMA_BUILD_NUMBER=0"
 build_tools() {
-  nice -n 19 cmake -S "$LD/src" -B "$LD/cmake" -DCMAKE_BUILD_TYPE=Release \
-    -DBUILD_SHARED_LIBS=OFF -DGGML_NATIVE=ON -DGGML_BACKEND_DL=OFF \
-    -DLLAMA_CURL=OFF -DLLAMA_OPENSSL=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_EXAMPLES=OFF \
-    -DLLAMA_BUILD_SERVER=OFF -DLLAMA_BUILD_APP=OFF -DLLAMA_BUILD_UI=OFF \
-    -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_BUILD_NUMBER=0 > "$LD/cmake-configure.log" 2>&1 ||
+  # shellcheck disable=SC2086
+  nice -n 19 cmake -S "$LD/src" -B "$LD/cmake" $CMAKE_FLAGS > "$LD/cmake-configure.log" 2>&1 ||
     { tail -20 "$LD/cmake-configure.log" >&2; exit 1; }
   # shellcheck disable=SC2086
   nice -n 19 cmake --build "$LD/cmake" -j "$JOBS" --target $TOOLS > "$LD/cmake-build.log" 2>&1 ||
     { grep -m 5 -B 2 -A 5 'error' "$LD/cmake-build.log" >&2; exit 1; }
+  echo "$CMAKE_FLAGS" > "$LD/cmake/ar-flags"
   mkdir -p "$LD/bin"
   for t in $TOOLS; do ln -sf "../cmake/bin/$t" "$LD/bin/$t"; done
 }
