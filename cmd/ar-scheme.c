@@ -23,6 +23,7 @@ static const char usage[] =
     "                 [--shared_layers PAT,PAT,...]... [--ignore_scale_zp_bits] [--quant_lm_head]\n"
     "                 [--nsamples 16] [--seqlen 256] [--batch_size 8] [--max_states N]\n"
     "                 [--emit_config FILE.json] [--always_weight_score] [--threads N]\n"
+    "                 [--score delta|measured|measured_opt_rtn] [--score_rounds N]\n"
     "                 [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i), scores every Linear under each option, picks\n"
     "one option per layer for the target average bits, and writes the stream through unchanged\n"
@@ -31,7 +32,10 @@ static const char usage[] =
     "repeat the flag for several groups. --emit_config also writes the --layer_config JSON.\n"
     "Scores: Σ|dL/dŴ·(W−Ŵ)| when some option is weight-only (bits <= 8 < act_bits), plus\n"
     "Σ|dL/dx̂·(x−x̂)| for options that quantize activations (MXFP4, NVFP4, INT8, ...);\n"
-    "--always_weight_score: the weight term for every option (auto-round 0.16's rule).\n";
+    "--always_weight_score: the weight term for every option (auto-round 0.16's rule).\n"
+    "--score measured: instead, each layer's score is the calibration loss with that layer alone\n"
+    "quantized (RTN; measured_opt_rtn: opt-RTN) minus the full-precision loss, by forwards only;\n"
+    "--score_rounds N (measured, default 1): re-measure each layer given the last pick, N rounds.\n";
 
 #define MAX_SHARED 64
 
@@ -41,6 +45,7 @@ typedef struct {
     int nshared;
     double avg_bits;
     int ignore_scale_zp, quant_lm_head, nsamples, seqlen, batch_size, always_weight;
+    int score, opt_rtn, rounds;
     long max_states, threads;
 } scheme_args;
 
@@ -51,6 +56,15 @@ static int env_int(const char *name, int def)
 {
     const char *v = getenv(name);
     return v && *v ? (int)cli_long(name, v, 1, 1 << 20) : def;
+}
+
+/* --score: the spec's delta loss or the measured loss change (RTN or opt-RTN). */
+static void parse_score(const char *v, scheme_args *a)
+{
+    if (!strcmp(v, "delta")) a->score = AR_AS_SCORE_DELTA, a->opt_rtn = 0;
+    else if (!strcmp(v, "measured")) a->score = AR_AS_SCORE_MEASURED, a->opt_rtn = 0;
+    else if (!strcmp(v, "measured_opt_rtn")) a->score = AR_AS_SCORE_MEASURED, a->opt_rtn = 1;
+    else cli_usage_error("--score: '%s' is not delta, measured or measured_opt_rtn", v);
 }
 
 static scheme_args parse_args(int argc, char **argv)
@@ -83,9 +97,12 @@ static scheme_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--max_states"))) a.max_states = cli_long("--max_states", v, 1, LONG_MAX);
         else if ((v = cli_value(argc, argv, &i, "--emit_config"))) a.emit = v;
         else if ((v = cli_value(argc, argv, &i, "--threads"))) a.threads = cli_long("--threads", v, 1, 4096);
+        else if ((v = cli_value(argc, argv, &i, "--score"))) parse_score(v, &a);
+        else if ((v = cli_value(argc, argv, &i, "--score_rounds"))) a.rounds = (int)cli_long("--score_rounds", v, 1, 16);
         else cli_usage_error("unknown argument '%s'", s);
     }
     if (a.avg_bits < 0) cli_usage_error("--avg_bits X is required");
+    if (a.rounds > 1 && a.score != AR_AS_SCORE_MEASURED) cli_usage_error("--score_rounds needs --score measured");
     return a;
 }
 
@@ -207,6 +224,12 @@ static int cache_flag(const char *model)
     return bytes < 4.0 * (1 << 30) ? AR_MODEL_CACHE : 0;
 }
 
+static const char *score_name(const scheme_args *a)
+{
+    if (a->score != AR_AS_SCORE_MEASURED) return "delta";
+    return a->opt_rtn ? "measured_opt_rtn" : "measured";
+}
+
 static char *meta_json(const scheme_args *a, const ar_autoscheme_result *res, const char *lc_json, int n, int T)
 {
     cJSON *m = cJSON_CreateObject(), *opts = cJSON_CreateArray();
@@ -221,6 +244,8 @@ static char *meta_json(const scheme_args *a, const ar_autoscheme_result *res, co
     cJSON_AddItemToObject(m, "options", opts);
     cJSON_AddBoolToObject(m, "ignore_scale_zp_bits", a->ignore_scale_zp);
     cJSON_AddBoolToObject(m, "weight_score", (res->terms & AR_AS_WEIGHT_TERM) != 0);
+    cJSON_AddStringToObject(m, "score", score_name(a));
+    if (a->score == AR_AS_SCORE_MEASURED) cJSON_AddNumberToObject(m, "score_rounds", a->rounds > 1 ? a->rounds : 1);
     cJSON_AddNumberToObject(m, "nsamples", n);
     cJSON_AddNumberToObject(m, "seqlen", T);
     cJSON *lc = cJSON_Parse(lc_json);
@@ -250,11 +275,16 @@ static void report(const ar_config *c, const ar_autoscheme_result *r, const sche
             if (r->choice[s] < 0) continue;
             char name[128];
             ar_autoscheme_slot_name(c, s, name, sizeof name);
-            fprintf(stderr, "ar-scheme:   %-40s %s\n", name, r->options[r->choice[s]].name);
+            fprintf(stderr, "ar-scheme:   %-40s %-10s scores", name, r->options[r->choice[s]].name);
+            for (int j = 0; j < r->nopt; j++) fprintf(stderr, " %.6g", r->score[(size_t)s * r->nopt + j]);
+            fputc('\n', stderr);
         }
     fprintf(stderr, "ar-scheme: avg bits %.4f (target %.4f, options range [%.4f, %.4f]), %lld of %lld budget bits\n",
             r->avg_bits, a->avg_bits, r->min_avg, r->max_avg, (long long)r->used_bits, (long long)r->budget);
-    fprintf(stderr, "ar-scheme: scores: %s%s%s\n", r->terms & AR_AS_WEIGHT_TERM ? "weight" : "",
+    if (a->score == AR_AS_SCORE_MEASURED)
+        fprintf(stderr, "ar-scheme: scores: measured loss change (%s, %d round%s)\n", a->opt_rtn ? "opt-RTN" : "RTN",
+                a->rounds > 1 ? a->rounds : 1, a->rounds > 1 ? "s" : "");
+    else fprintf(stderr, "ar-scheme: scores: %s%s%s\n", r->terms & AR_AS_WEIGHT_TERM ? "weight" : "",
             r->terms == (AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM) ? " + " : "",
             r->terms & AR_AS_ACT_TERM ? "activation (of the options that quantize activations)" : "");
     fprintf(stderr, "ar-scheme: search %.2fs (scoring %.2fs, allocation %.3fs)\n",
@@ -296,7 +326,8 @@ int main(int argc, char **argv)
         fprintf(stderr, "ar-scheme: scoring %d options on %d samples of %d tokens\n", nopt, n, T);
     double t0 = cli_now();
     ar_autoscheme_opts o = {a.avg_bits, options, nopt, a.shared, a.nshared, a.ignore_scale_zp,
-                            a.quant_lm_head, a.batch_size, a.max_states, on_progress, &t0, a.always_weight};
+                            a.quant_lm_head, a.batch_size, a.max_states, on_progress, &t0, a.always_weight,
+                            a.score, a.opt_rtn, a.rounds};
     ar_autoscheme_result res;
     if (ar_autoscheme_run(m, ids, n, T, &o, &res)) cli_die_lib();
     char *lc = ar_autoscheme_layer_config_json(c, &res);

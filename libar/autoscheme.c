@@ -631,9 +631,22 @@ unsigned ar_autoscheme_terms(const ar_scheme *options, int nopt, int always_weig
     return terms;
 }
 
+/* The measured score (autoscheme_measured.c), given base (NULL: all FP). */
+static int measure_all(ar_model *m, const int32_t *ids, int nseq, int T, const ar_autoscheme_opts *o,
+                       ar_autoscheme_result *r, const unsigned char *cand, const int *base)
+{
+    double t0 = now_seconds();
+    r->terms = 0;
+    int rc = ar_autoscheme_measure(m, r->options, r->nopt, cand, base, o->measured_opt_rtn, ids, nseq, T,
+                                   o->batch_size > 0 ? o->batch_size : 8, r->score, NULL, o->progress, o->pctx);
+    r->score_seconds += now_seconds() - t0;
+    return rc;
+}
+
 static int score_all(ar_model *m, const int32_t *ids, int nseq, int T, const ar_autoscheme_opts *o,
                      ar_autoscheme_result *r, const unsigned char *cand)
 {
+    if (o->score == AR_AS_SCORE_MEASURED) return measure_all(m, ids, nseq, T, o, r, cand, NULL);
     double *one = malloc(sizeof(double) * r->nslots);
     if (!one) return ar_error("autoscheme: out of memory");
     double t0 = now_seconds();
@@ -672,6 +685,9 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
     else if (!find_candidates(c, o, r, cand) && !check_target(r, &target) &&
              !score_all(m, ids, nseq, T, o, r, cand) && !allocate(c, o, r, cand, target))
         rc = 0;
+    /* measured, later rounds: each layer's loss given the last pick for the others */
+    for (int round = 1; !rc && o->score == AR_AS_SCORE_MEASURED && round < o->measured_rounds; round++)
+        if (measure_all(m, ids, nseq, T, o, r, cand, r->choice) || allocate(c, o, r, cand, target)) rc = -1;
     free(cand);
     if (rc) ar_autoscheme_result_free(r);
     return rc;

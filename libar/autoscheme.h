@@ -82,6 +82,32 @@ int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *
                         const int32_t *ids, int nseq, int T, int batch_size, double *score,
                         double *mean_loss, ar_as_progress_fn progress, void *pctx);
 
+/* Layer scores of ar_autoscheme_run. */
+enum {
+    AR_AS_SCORE_DELTA = 0,      /* the spec's first-order delta loss (ar_autoscheme_score) */
+    AR_AS_SCORE_MEASURED = 1,   /* the loss change itself (ar_autoscheme_measure) */
+};
+
+/* Measured score (beyond AutoRound, spec §5.2 asks for none): for every
+ * candidate slot s (candidate[s] != 0; an untied head only) and quantizing
+ * option j, score[s·nopt + j] = max(0, L(base, s <- j) - L(base, s <- FP)):
+ * the mean next-token cross-entropy over the nseq x T calibration tokens
+ * (ids [nseq, T]) of the model whose slots follow base (base[slot]: option
+ * index, -1 or a BF16 option = full precision; base NULL: all FP), with slot
+ * s alone switched to option j, minus the same with s left in FP. Weights
+ * are fake-quantized by RTN, or with opt_rtn by opt-RTN (imatrix Σx² of the
+ * FP model's linear inputs on the same tokens; symmetric specs only, as
+ * ar-tune's --iters 0); options that quantize activations read their inputs
+ * through their dynamic quantizer. Options that keep 16 bits score 0. Only
+ * the blocks from s's block on are recomputed: the base model's block inputs
+ * for all nseq sequences are kept (4·nseq·T·C·(n_layers+1) bytes). Cost: one
+ * forward of about half the model per slot and non-base option, plus one
+ * more per slot whose base choice quantizes. batch_size sequences share a
+ * block call. *base_loss (may be NULL) gets L(base). 0 or -1 (ar_error). */
+int ar_autoscheme_measure(ar_model *m, const ar_scheme *options, int nopt, const unsigned char *candidate,
+                          const int *base, int opt_rtn, const int32_t *ids, int nseq, int T, int batch_size,
+                          double *score, double *base_loss, ar_as_progress_fn progress, void *pctx);
+
 /* Settings of ar_autoscheme_run. */
 typedef struct {
     double avg_bits;            /* target average bits per candidate weight */
@@ -96,6 +122,9 @@ typedef struct {
     ar_as_progress_fn progress;
     void *pctx;
     int always_weight_term;     /* see ar_autoscheme_terms; 0: the spec's rule */
+    int score;                  /* AR_AS_SCORE_*: 0 the spec's delta loss, or measured */
+    int measured_opt_rtn;       /* measured: quantize with opt-RTN (imatrix of the samples) */
+    int measured_rounds;        /* measured: <= 1 one pass; 2+ re-measure given the last pick */
 } ar_autoscheme_opts;
 
 /* What ar_autoscheme_run decided. Arrays have AR_AS_NSLOTS(c) entries. */
