@@ -502,8 +502,9 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
  * enable_alg_ext GGUF path), then the codes are rewritten from the tuned ŵ, so
  * the blocks dequantize to exactly the weights that were tuned.
  * With calibration data the stream also carries the token embedding (the
- * mix's type, plain search as llama-quantize; with --iters > 0 the quantized
- * chain starts from its dequantized rows, what block 0 reads in llama.cpp) and
+ * mix's type, its columns weighted by block 0's q/k/v sensitivity, see
+ * ar_gguf_embedding_importance; with --iters > 0 the quantized chain starts
+ * from its dequantized rows, what block 0 reads in llama.cpp) and
  * the output head, quantized with the importance matrix of its input (the
  * final-normed hidden states on the FP chain; llama-imatrix collects none).
  * Records: "<hf name>.gguf" (e.g. "model.layers.0.mlp.up_proj.weight.gguf",
@@ -537,16 +538,22 @@ static ar_gguf_ftype gguf_mix(const tune_run *r)
  * the tuned blocks. */
 static int gguf_quanted_chain(const tune_run *r) { return r->d && r->a->iters > 0 && !r->a->disable_quanted_input; }
 
-/* Block 0 comes first: the token embedding, and the quantized chain's start. */
-static void gguf_embedding(tune_run *r)
+/* Block 0 comes first (w0 its weights): the token embedding, quantized with
+ * the importance block 0's projections give its columns, and the quantized
+ * chain's start. */
+static void gguf_embedding(tune_run *r, const ar_block_weights *w0)
 {
     const ar_config *c = r->c;
     ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, 1);
     ar_ggml_type t = ar_gguf_outer_type(gguf_mix(r), &info, "token_embd.weight", c->hidden);
     if (!ar_ggml_is_quantized(t)) return;   /* F16/BF16/F32 mixes: ar-pack converts it */
+    float *imp = malloc(sizeof(float) * c->hidden);
+    if (!imp) cli_die("out of memory for the embedding's importance");
+    ar_gguf_embedding_importance(c, w0, imp);
     ar_gguf_qlinear e;
-    if (ar_gguf_quantize_model_tensor(r->m, "model.embed_tokens.weight", c->vocab, c->hidden, t, NULL, &e))
+    if (ar_gguf_quantize_model_tensor(r->m, "model.embed_tokens.weight", c->vocab, c->hidden, t, imp, &e))
         cli_die_lib();
+    free(imp);
     write_gguf_tensor(r->w, "model.embed_tokens.weight", &e);
     if (gguf_quanted_chain(r)) {
         size_t ntok = (size_t)r->d->n * r->d->T;
@@ -616,7 +623,7 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
     const ar_config *c = r->c;
     ar_gguf_ftype f = gguf_mix(r);
     ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, r->d != NULL);
-    if (r->d && layer == 0) gguf_embedding(r);
+    if (r->d && layer == 0) gguf_embedding(r, wfp);
     float *imat[AR_NLINEAR] = {0};
     if (r->d) {
         for (int i = 0; i < AR_NLINEAR; i++) {

@@ -57,6 +57,21 @@ ar_ggml_type ar_gguf_outer_type(ar_gguf_ftype f, const ar_gguf_model_info *m, co
     return ar_gguf_tensor_type(f, m, gname, 2, cols);
 }
 
+void ar_gguf_embedding_importance(const ar_config *c, const ar_block_weights *w0, float *imp)
+{
+    const int C = c->hidden;
+    memset(imp, 0, sizeof(float) * (size_t)C);
+    for (int i = AR_Q; i <= AR_V; i++) {    /* column energies of q, k and v */
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        for (int j = 0; j < n; j++) {
+            const float *row = w0->w[i] + (size_t)j * k;
+            for (int kk = 0; kk < k; kk++) imp[kk] += row[kk] * row[kk];
+        }
+    }
+    for (int kk = 0; kk < C; kk++) imp[kk] *= w0->attn_norm[kk] * w0->attn_norm[kk];
+}
+
 /* Rows per slice when quantizing a model tensor: about 4 MiB of f32. */
 static int64_t slice_rows(int64_t cols)
 {

@@ -51,6 +51,14 @@ void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR]);
  * no matrix product and keeps the plain search; its quantized rows are what
  * block 0 reads in llama.cpp, so the tuner's quantized chain starts there. */
 
+/* Importance of the token embedding's columns for its quantization search
+ * (imp [C]). An error δ_k in column k of a token's row reaches block 0's
+ * q/k/v projections through the RMSNorm as δ_k·rstd·g_k·W[:, k] (g: the
+ * block's input_layernorm weight), of expected squared size proportional to
+ * g_k²·Σ_{q,k,v} Σ_j W[j, k]². Used as the imatrix of the embedding (which
+ * llama-imatrix cannot have: the embedding is looked up, not multiplied). */
+void ar_gguf_embedding_importance(const ar_config *c, const ar_block_weights *w0, float *imp);
+
 /* The type mix f gives the tensor of GGUF name gname ("token_embd.weight",
  * "output.weight") of a model whose rows have cols elements. */
 ar_ggml_type ar_gguf_outer_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const char *gname, int64_t cols);

@@ -3,11 +3,14 @@
  * stories260K (tied, 64-wide rows): types from llama.cpp's policy, a model
  * tensor quantized slice by slice equal to the whole tensor quantized at
  * once, and embedding lookups equal to a full dequantization. */
+#include <cblas.h>
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "calib.h"
 #include "dtype.h"
 #include "error.h"
 #include "gguf_tune.h"
@@ -92,4 +95,34 @@ Test(gguf_tune, embedding_lookup_is_a_row_of_the_dequantized_table)
     cr_assert(strstr(ar_last_error(), "4096"), "%s", ar_last_error());
     free(table); free(e.blocks);
     ar_model_close(m);
+}
+
+/* g_k²·Σ_{q,k,v} Σ_j W[j,k]² against the diagonal of WᵀW from one BLAS product
+ * per projection on a small random block. */
+Test(gguf_tune, embedding_importance_is_normed_column_energy)
+{
+    ar_config c = {0};
+    c.hidden = 16, c.intermediate = 24, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4, c.n_layers = 1;
+    ar_block_weights w = {0};
+    uint64_t rng = 3;
+    float g[16], imp[16];
+    double want[16] = {0};
+    for (int k = 0; k < 16; k++) g[k] = 0.5f + (float)(ar_rand_next(&rng) % 100) / 100.f;
+    w.attn_norm = g;
+    for (int i = AR_Q; i <= AR_V; i++) {
+        int n, k;
+        ar_linear_shape(&c, i, &n, &k);
+        w.w[i] = malloc(sizeof(float) * n * k);
+        for (int j = 0; j < n * k; j++) w.w[i][j] = (float)((int)(ar_rand_next(&rng) % 201) - 100) / 64.f;
+        float *wtw = calloc((size_t)k * k, sizeof(float));
+        cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, k, k, n, 1.f, w.w[i], k, w.w[i], k, 0.f, wtw, k);
+        for (int kk = 0; kk < k; kk++) want[kk] += wtw[kk * k + kk];
+        free(wtw);
+    }
+    ar_gguf_embedding_importance(&c, &w, imp);
+    for (int k = 0; k < 16; k++) {
+        double ref = (double)g[k] * g[k] * want[k];
+        cr_assert(fabs(imp[k] - ref) <= 1e-5 * ref, "column %d: %g vs %g", k, imp[k], ref);
+    }
+    for (int i = AR_Q; i <= AR_V; i++) free(w.w[i]);
 }
