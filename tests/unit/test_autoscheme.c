@@ -261,7 +261,7 @@ static int run_stories(ar_model *m, double avg, const char *const *shared_groups
     static int32_t ids[B * T];
     for (int i = 0; i < B * T; i++) ids[i] = (37 * i + 5) % 512;
     ar_scheme opts[3] = {preset("W2A16G64"), preset("W4A16"), preset("w4a16")};
-    ar_autoscheme_opts o = {avg, opts, 3, shared_groups, nshared, 0, 0, 2, 0, NULL, NULL, 0};
+    ar_autoscheme_opts o = {avg, opts, 3, shared_groups, nshared, 0, 0, 2, 0, NULL, NULL, 0, AR_AS_SCORE_DELTA, 0, 1};
     return ar_autoscheme_run(m, ids, B, T, &o, r);
 }
 
