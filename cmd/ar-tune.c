@@ -547,9 +547,14 @@ static void gguf_embedding(tune_run *r, const ar_block_weights *w0)
     ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, 1);
     ar_ggml_type t = ar_gguf_outer_type(gguf_mix(r), &info, "token_embd.weight", c->hidden);
     if (!ar_ggml_is_quantized(t)) return;   /* F16/BF16/F32 mixes: ar-pack converts it */
-    float *imp = malloc(sizeof(float) * c->hidden);
-    if (!imp) cli_die("out of memory for the embedding's importance");
-    ar_gguf_embedding_importance(c, w0, imp);
+    /* A tied embedding is the output head too (its type is the head's): the
+     * block-0 importance measured for untied models does not describe it, so
+     * it keeps llama-quantize's plain search. */
+    float *imp = NULL;
+    if (!c->tie_embeddings) {
+        if (!(imp = malloc(sizeof(float) * c->hidden))) cli_die("out of memory for the embedding's importance");
+        ar_gguf_embedding_importance(c, w0, imp);
+    }
     ar_gguf_qlinear e;
     if (ar_gguf_quantize_model_tensor(r->m, "model.embed_tokens.weight", c->vocab, c->hidden, t, imp, &e))
         cli_die_lib();
