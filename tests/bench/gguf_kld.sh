@@ -29,7 +29,10 @@
 #   --no-stock / --no-ours   skip one side
 #   --work DIR   work folder (default build/gguf-kld/<model folder name>); every
 #                product is kept there and reused by the next run (remove it,
-#                or the one file, to redo a step)
+#                or the one file, to redo a step); our tuned and packed files
+#                are remade when bin/ar-tune or bin/ar-pack is newer than them
+#   --reuse      keep our files even then (e.g. to add --given columns to a
+#                table measured earlier without redoing ours)
 #   --threads N  threads for llama.cpp and ar-tune (default 1: on a loaded,
 #                shared machine llama.cpp's threads wait on each other at every
 #                barrier; one thread ran a 512-token chunk in 0.62 s where two
@@ -54,7 +57,7 @@ cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
 BIN=$(cd "${AR_BIN:-bin}" && pwd)
 SHARED=$(cd "${AR_SHARED:-../shared}" && pwd)
-ITERS=0 CALIB="" CALIB_ARS="" HELDOUT="" WORK="" THREADS=1 STOCK=1 OURS=1 GIVEN=""
+ITERS=0 CALIB="" CALIB_ARS="" HELDOUT="" WORK="" THREADS=1 STOCK=1 OURS=1 GIVEN="" REUSE=0
 
 die() { echo "gguf_kld.sh: $*" >&2; exit 1; }
 say() { echo "gguf_kld.sh: $*" >&2; }
@@ -69,6 +72,7 @@ while [ $# -gt 0 ]; do
             GIVEN="$GIVEN $2"; shift 2 ;;
     --no-stock) STOCK=0; shift ;;
     --no-ours) OURS=0; shift ;;
+    --reuse) REUSE=1; shift ;;
     --work) WORK=$2; shift 2 ;;
     --threads) THREADS=$2; shift 2 ;;
     -h|--help) sed -n '2,/^set -eu/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -102,6 +106,16 @@ make_once() {
   say "$(basename "$out") done in $(( $(date +%s) - t0 )) s"
 }
 
+# Remove OUT when any of the files it was made from is newer (ar-tune or
+# ar-pack rebuilt since: ours must measure the current code), unless --reuse.
+drop_stale() { # OUT DEP...
+  out=$1; shift
+  [ -e "$out" ] && [ "$REUSE" = 0 ] || return 0
+  for dep; do
+    [ "$dep" -nt "$out" ] && { say "$(basename "$out") is older than $dep: remaking it"; rm -f "$out"; return 0; }
+  done
+  return 0
+}
 calib_text() {
   if [ -n "$CALIB" ]; then cp "$CALIB" "$W/calib.txt.tmp"
   else zstd -dc "$SHARED/data/corpus/gutenberg_en_prose.txt.zst" | head -c 1000000 > "$W/calib.txt.tmp"; fi
@@ -178,6 +192,8 @@ for T in $TYPES; do
   fi
   if [ "$OURS" = 1 ]; then
     make_once "$W/ours.calib.ars" "$W/ours.calib.log" our_calib
+    drop_stale "$W/ours-$T-iters$ITERS.ars" "$BIN/ar-tune" "$W/ours.calib.ars"
+    drop_stale "$W/ours-$T-iters$ITERS.gguf" "$BIN/ar-pack" "$W/ours-$T-iters$ITERS.ars"
     make_once "$W/ours-$T-iters$ITERS.ars" "$W/ours-$T-iters$ITERS.tune.log" our_tune "$T"
     make_once "$W/ours-$T-iters$ITERS.gguf" "$W/ours-$T-iters$ITERS.pack.log" our_pack "$T"
     kld_of "$W/ours-$T-iters$ITERS.gguf" "$W/ours-$T-iters$ITERS.gguf.kld.log"
