@@ -145,11 +145,19 @@ our_pack() { # TYPE
   $N "$BIN/ar-pack" -i "$W/ours-$1-iters$ITERS.ars" --model "$M" --format "gguf:$lower" \
     -o "$W/ours-$1-iters$ITERS.gguf.tmp"
 }
-kld_of() { # GGUF LOG (kept when newer than both files)
-  [ "$2" -nt "$1" ] && [ "$2" -nt "$W/f32.kld" ] && grep -q '^Mean    KLD:' "$2" && return 0
-  say "KLD of $(basename "$1") ..."
-  $N "$LB/llama-perplexity" -m "$1" --kl-divergence-base "$W/f32.kld" --kl-divergence \
-    -c 512 -b 512 -t "$THREADS" > "$2" 2>&1 || { tail -5 "$2" >&2; die "llama-perplexity failed on $1 (log: $2)"; }
+# llama-perplexity's statistics end with "Same top p"; once its log here
+# stopped after "Median KLD" (its asynchronous logger cut short at exit, exit
+# status 0), so a log without that line is not kept and the run is retried.
+kld_of() { # GGUF LOG (kept when complete and newer than both files)
+  [ "$2" -nt "$1" ] && [ "$2" -nt "$W/f32.kld" ] && grep -q '^Same top p:' "$2" && return 0
+  for try in 1 2 3; do
+    say "KLD of $(basename "$1") ..."
+    $N "$LB/llama-perplexity" -m "$1" --kl-divergence-base "$W/f32.kld" --kl-divergence \
+      -c 512 -b 512 -t "$THREADS" > "$2" 2>&1 || { tail -5 "$2" >&2; die "llama-perplexity failed on $1 (log: $2)"; }
+    grep -q '^Same top p:' "$2" && return 0
+    say "$2: statistics cut short (try $try)"
+  done
+  die "llama-perplexity printed no complete statistics for $1 (log: $2)"
 }
 # Bits per weight of a GGUF file (all tensors, as llama-quantize counts it),
 # with its tensor-type mix ("q4_K:20 q6_K:5 ...") written to FILE.types, so
