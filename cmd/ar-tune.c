@@ -650,13 +650,14 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
     cli_progress_line("block", layer + 1, c->n_layers, t0, extra[0] ? extra : NULL);
 }
 
-/* ---- --enable_alg_ext on integer schemes (SignRoundV2, spec §5.1(a)) --------
+/* ---- --enable_alg_ext on int / MX / NV schemes (SignRoundV2, spec §5.1(a)) --
  * Symmetric int layers start from the imatrix-weighted scale search of
  * opt-RTN (the imatrix Σx² of the FP block's inputs, not normalized) as
- * init_scale, with β in [0, 2] scaling it and α unused; below 4 bits (or 4-bit
- * activations) of the scheme the loss drops the top 0.1 % of errors. Other
- * layers of the plan tune as V1 (AutoRound's V2 wrapper exists only for
- * symmetric int/MX/NV; MX/NV searches are not implemented: refused). */
+ * init_scale, MX/NV layers from the multiplier search of ar_quant_fp_search;
+ * β in [0, 2] scales it and α is unused; below 4 bits (or 4-bit activations)
+ * of the scheme the loss drops the top 0.1 % of errors. Other layers of the
+ * plan (asymmetric int, FP8) tune as V1, as AutoRound's V2 wrapper covers
+ * only symmetric int/MX/NV. */
 
 /* Layers SignRoundV2 gives searched initial scales (spec §5.1(a)): symmetric
  * int, MXFP and NVFP4 (not FP8, not asymmetric int). */
