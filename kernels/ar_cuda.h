@@ -412,6 +412,13 @@ void ar_cuda_prof_iteration(void);
  * peak_tflops where flops were given, host time between the marks, calls) and
  * a per-category summary to stdout, then clear the totals. */
 int  ar_cuda_prof_report(double peak_tflops);
+/* A stopwatch on the compute stream's timeline (what the tuning loop's
+ * iterations take on the device, gaps between launches included, without the
+ * profiler's per-phase events): ar_cuda_watch_start records an event;
+ * ar_cuda_watch_ms records a second, waits for it and stores the milliseconds
+ * between the two in *ms. 0 or -1 (ar_cuda_last_error). */
+int ar_cuda_watch_start(void);
+int ar_cuda_watch_ms(double *ms);
 /* Useful flops of causal (window > 0: sliding-window) attention forward:
  * S = QKᵀ and O = PV over the visible (query, key) pairs only. */
 double ar_cuda_attention_flops(int B, int T, int NH, int HD, int window);

@@ -307,6 +307,12 @@ int time_gemms(int B, int T, int NH, int HD, int reps, double *fwd_ms, double *b
 }
 } // namespace
 
+static timer g_watch; /* ar_cuda_watch_start / _ms */
+
+int ar_cuda_watch_start(void) { return g_watch.start(); }
+
+int ar_cuda_watch_ms(double *ms) { return g_watch.stop(1, ms); }
+
 int ar_cuda_bench_attention(int B, int T, int NH, int HD, int reps, ar_cuda_attn_bench *r)
 {
     memset(r, 0, sizeof *r);

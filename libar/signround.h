@@ -104,6 +104,8 @@ typedef struct {
                              smallest, or with use_best = 0 the last one */
     int best_iter;        /* that iteration (use_best = 0: iters − 1) */
     double sec_forward, sec_backward, sec_quant, sec_total; /* wall seconds */
+    double ms_per_iter;   /* CUDA: device time per iteration, iterations 1 to
+                             iters − 2 by events (0 on the CPU, or iters < 3) */
 } ar_signround_report;
 
 /* Called after each iteration (may be NULL). */

@@ -523,7 +523,7 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     memset(rep, 0, sizeof *rep);
     if (n <= 0 || T < 2 || o->iters < 0 || o->batch_size < 1 || o->grad_accum < 1)
         return ar_error("signround: bad sizes (n %d, T %d, iters %d, batch %d)", n, T, o->iters, o->batch_size);
-    double t_start = now_s();
+    double t_start = now_s(), iter_ms = 0;
     gtuner t;
     int rc = gtuner_init(&t, c, w_fp, plan, o, x_in, y_ref, mask, n, T);
     int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
@@ -531,8 +531,16 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     for (int it = 0; !rc && it < o->iters; it++) {
         ar_cuda_prof_iteration();
+        /* Timed: iterations 1 .. iters-2, each with its update (the first
+         * warms up workspaces and cuBLAS; the last takes no step). */
+        if (o->iters >= 3 && it == 1 && ar_cuda_watch_start()) rc = ar_cuda_err("timer");
+        if (!rc && o->iters >= 3 && it == o->iters - 1) {
+            double ms;
+            if (ar_cuda_watch_ms(&ms)) rc = ar_cuda_err("timer");
+            else iter_ms = ms / (o->iters - 2);
+        }
         const int *idx = ar_index_sampler_next(&s, gb);
-        rc = quantize_all(&t);
+        if (!rc) rc = quantize_all(&t);
         if (!rc) rc = run_batches(&t, idx, gb);
         if (!rc) rc = snapshot_if_best(&t, it);
         /* No step after the last forward: nothing would read its result, and
@@ -546,6 +554,7 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     ar_index_sampler_free(&s);
     gtuner_free(&t);
     rep->sec_total = now_s() - t_start;
+    rep->ms_per_iter = iter_ms;
     return rc;
 }
 

@@ -9,7 +9,8 @@
  * (fused ops and flash attention against the CPU on bf16-rounded inputs,
  * bf16 blocks and a bf16 tuning run with the default bf16 tolerances), and
  * --bench times the fast path. Either --bench times its path without, then
- * with --low_gpu_mem_usage (caches in host memory, staged per mini-batch).
+ * with --low_gpu_mem_usage (caches in host memory, staged per mini-batch):
+ * 2 + N (--bench-iters) iterations, of which 1 .. N are timed by CUDA events.
  * --profile runs 1 + N (--bench-iters) tuning iterations of the same block
  * per mode with the phase profiler (ar_cuda_prof_*) on and prints, per phase
  * of an iteration, GPU ms, share, TFLOP/s and % of the measured GEMM peak
@@ -1738,10 +1739,11 @@ static const char *path_name(int fast, int low)
     return names[!!fast][!!low];
 }
 
-/* The 7B-shaped block: ms per tuning iteration from two runs of different
- * length (setup and the final CPU quantization cancel out), for the current
- * path (fast or not) with or without the low-memory staging; n cached
- * samples (8 random ones repeated). */
+/* The 7B-shaped block: ms per tuning iteration timed by CUDA events over
+ * iterations 1 .. N-2 of one run of N = 2 + iters_extra (the first warms
+ * up, the last takes no step; launch gaps included, setup and the final CPU
+ * quantization not), for the current path (fast or not) with and without the
+ * low-memory staging; n cached samples (8 random ones repeated). */
 static void bench_block(int iters_extra, int n, int fast)
 {
     bench7b b;
@@ -1750,17 +1752,14 @@ static void bench_block(int iters_extra, int n, int fast)
     ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
     ar_cuda_set_fast(fast);
     for (int low = 0; low <= 1; low++) { /* then the same path with --low_gpu_mem_usage */
-        double sec[2];
-        int its[2] = {2, 2 + iters_extra};
+        int iters = 2 + iters_extra;
+        ar_signround_report rep;
         ar_signround_cuda_set_low_mem(low);
         ar_cuda_reset_peak();
-        for (int r = 0; r < 2; r++) {
-            ar_signround_report rep;
-            if (bench7b_tune(&b, its[r], &rep)) return;
-            sec[r] = rep.sec_total;
-            printf("  %d iterations: %.2f s total (setup + final CPU quantization included)\n", its[r], sec[r]);
-        }
-        double ms = (sec[1] - sec[0]) / iters_extra * 1e3, s = ms * 1e-3;
+        if (bench7b_tune(&b, iters, &rep)) return;
+        double ms = rep.ms_per_iter, s = ms * 1e-3;
+        printf("  %d iterations: %.2f s total (setup + final CPU quantization included), %d timed by events\n", iters,
+               rep.sec_total, iters - 2);
         double full = block_flops(BT, b.P, b.B, b.T, 0) / s * 1e-12, causal = block_flops(BT, b.P, b.B, b.T, 1) / s * 1e-12;
         printf("RESULT 7B block [%s]: %.1f ms/iteration, %.1f TFLOP/s counting the full attention square "
                "(%.0f%% of the measured bf16 GEMM peak %.1f TFLOP/s), %.1f TFLOP/s counting its causal half (%.0f%%), "
