@@ -346,6 +346,49 @@ void ar_cuda_rope_bf16(uint16_t *dst, const float *x, const float *cos_t, const 
 /* dst_b = bf16(src), and dst_f = src when dst_f is not NULL. */
 void ar_cuda_copy_to_bf16(float *dst_f, uint16_t *dst_b, const float *src, long n);
 
+/* The fast path's elementwise kernels (block_fast.cu): AR_CUDA_ELEM_VECTOR
+ * (the default: 16-byte accesses, a normalized row held in registers, fused
+ * passes, the bf16 samples read through their index) or AR_CUDA_ELEM_SCALAR
+ * (the first kernels with their passes, one element per thread; also
+ * AR_CUDA_ELEM=scalar in the environment), kept for comparison and as the
+ * fallback for shapes the vector kernels do not take. Both give the same
+ * bits; the tuner takes the sample-index route below only with VECTOR. */
+enum { AR_CUDA_ELEM_VECTOR = 0, AR_CUDA_ELEM_SCALAR = 1 };
+void ar_cuda_set_elem_kernels(int kind);
+int  ar_cuda_get_elem_kernels(void);
+
+/* ar_cuda_block_forward on a fast-path work with the block input read in
+ * bf16: sample b of the batch is src + idx[b]·T·C ([T, C], dev), idx a HOST
+ * array of B entries (NULL: b). Widening bf16 is exact, so y has the bits of
+ * ar_cuda_block_forward on the widened rows. With the vector kernels the
+ * input is not kept in f32: a backward after it cannot give dx (it fails
+ * when asked). -1 for a default-path work. */
+int ar_cuda_block_forward_rows(const ar_cuda_shape *s, const ar_cuda_weights *w, const uint16_t *src,
+                               const int *idx, float *y, int B, int T, int train, ar_cuda_block_work *ws);
+/* The bf16 buffer [B·T, C] of a fast-path training work that holds the
+ * output gradient for the linears (NULL for any other work): a loss may
+ * write bf16(dy) there (ar_cuda_masked_mse_rows) and call
+ * ar_cuda_block_backward_prepared. */
+uint16_t *ar_cuda_block_dy_bf16(ar_cuda_block_work *ws);
+/* ar_cuda_block_backward (dw_write 0) or ar_cuda_block_backward_write_dw
+ * (dw_write 1) on a fast-path work whose ar_cuda_block_dy_bf16 buffer
+ * already holds bf16(dy) (round to nearest even): the narrowing pass is
+ * skipped. dy (f32) is still read. -1 for a default-path work. */
+int ar_cuda_block_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                                    float *const dW[7], float *dx, int dw_write, ar_cuda_block_work *ws);
+/* ar_cuda_masked_mse_denom over B samples of T rows of C whose references
+ * are bf16 rows: sample b's reference is ref + ref_idx[b]·T·C and its row
+ * mask mask + mask_idx[b]·T (ref [*, T, C], mask [*, T] u8 dev, NULL: all
+ * rows; ref_idx, mask_idx HOST arrays of B entries, NULL: b). dpred (f32)
+ * and, when dpred_b is not NULL, bf16(dpred) are written; sum(e²)/denom is
+ * ADDED to *loss_acc. dpred has the bits ar_cuda_masked_mse_denom gives on
+ * the widened references (widening is exact); the loss total is summed in
+ * another grouping (double, differences near 1e-16 relative). */
+int ar_cuda_masked_mse_rows(const float *pred, const uint16_t *ref, const int *ref_idx, const uint8_t *mask,
+                            const int *mask_idx, int B, int T, int C, double denom, float *dpred, uint16_t *dpred_b,
+                            double *loss_acc);
+
+
 /* 1 when the flash kernels exist for this head dimension (32, 64, 80, 96, 128). */
 int ar_cuda_flash_supported(int HD);
 /* Causal (optionally sliding-window) attention without the T x T matrix:

@@ -111,6 +111,8 @@ int ar_cuda_block_set_act_quant(const ar_cuda_shape *s, ar_cuda_block_work *ws, 
     return 0;
 }
 
+ar_cuda_fast_work *ar_cuda_block_fast(ar_cuda_block_work *ws) { return ws ? ws->fast : NULL; }
+
 uint16_t *ar_cuda_block_weight_bf16(ar_cuda_block_work *ws, int i, int own)
 {
     if (!ws->fast || i < 0 || i >= 7) return NULL;

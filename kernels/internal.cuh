@@ -67,6 +67,8 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
 /* The bf16 copy of weight i; own 1 / 0 hands it to the caller / back to the
  * forward's refresh, -1 leaves that as it is. */
 uint16_t *ar_cuda_fast_weight_bf16(ar_cuda_fast_work *fw, int i, int own);
+/* The fast part of a block work (block.cu), NULL for a default-path work. */
+ar_cuda_fast_work *ar_cuda_block_fast(ar_cuda_block_work *ws);
 /* dw_write: the dW GEMMs overwrite dW (beta 0) instead of adding to it. */
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
                           float *dx, int dw_write, ar_cuda_fast_work *fw);

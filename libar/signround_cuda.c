@@ -142,8 +142,9 @@ typedef struct {
     int pinned_x, pinned_y;     /* 1 when ar_cuda_pin succeeded on hx / hy */
     uint16_t *slot_x[AR_CUDA_STAGE_SLOTS], *slot_y[AR_CUDA_STAGE_SLOTS]; /* [bs, T, C] bf16 */
     long chunk_no;              /* mini-batches staged so far: slot = chunk_no % slots */
-    uint8_t *mask, *mb;         /* [n, T], [bs, T] */
-    float *xb, *yb, *pred, *dy;
+    uint8_t *mask, *mb;         /* [n, T], [bs, T] (mb: NULL on the sample-index route) */
+    float *xb, *yb, *pred, *dy; /* xb, yb: f32 samples (NULL where the route reads them in bf16) */
+    uint16_t *dyb;              /* the work's bf16 dy: the sample-index route of the fast path, else NULL */
     void *os_scratch;           /* opts.outlier_loss: the loss kernel's scratch, else NULL */
     double *loss_acc, *losses, *best;
     int *best_iter, *flag;
@@ -327,11 +328,15 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1)) || own_bf16_weights(t)) return -1;
     if (ar_block_plan_has_act_quant(plan) && install_act_quant(plan, &t->shape, t->ws)) return -1;
     if (upload_cache(t, x_in, y_ref, mask, n)) return -1;
+    /* the fast path's vector kernels read the bf16 samples and references
+     * through the sample index: no f32 copies (the outlier loss still wants
+     * f32 references and a gathered mask) */
+    if (ar_cuda_get_elem_kernels() == AR_CUDA_ELEM_VECTOR) t->dyb = ar_cuda_block_dy_bf16(t->ws);
     size_t rows = (size_t)t->bs * T * t->C;
-    int fail = 0;
-    t->xb = dalloc(rows * 4, &fail); t->yb = dalloc(rows * 4, &fail);
+    int fail = 0, f32_ref = !t->dyb || o->outlier_loss;
+    if (!t->dyb) t->xb = dalloc(rows * 4, &fail);
+    if (f32_ref) t->yb = dalloc(rows * 4, &fail), t->mb = dalloc((size_t)t->bs * T, &fail);
     t->pred = dalloc(rows * 4, &fail); t->dy = dalloc(rows * 4, &fail);
-    t->mb = dalloc((size_t)t->bs * T, &fail);
     t->loss_acc = dalloc(8, &fail); t->best = dalloc(8, &fail);
     t->losses = dalloc(8 * (size_t)(o->iters > 0 ? o->iters : 1), &fail);
     t->best_iter = dalloc(sizeof(int), &fail); t->flag = dalloc(sizeof(int), &fail);
@@ -401,6 +406,48 @@ static int load_samples(gtuner *t, const int *idx, int bs, int slot)
     return ar_cuda_stage_release(slot);
 }
 
+/* yb (f32) = the bf16 references of samples idx[0..bs) (device cache or the
+ * staged slot, whose wait the caller did), mb = their masks: the outlier
+ * loss' inputs on the sample-index route. */
+static int load_refs(gtuner *t, const int *idx, int bs, int slot)
+{
+    long row = (long)t->T * t->C;
+    if (t->low_mem) ar_cuda_from_bf16(t->yb, t->slot_y[slot], bs * row);
+    else if (ar_cuda_gather_bf16(t->yb, t->y_ref, idx, bs, row)) return -1;
+    return ar_cuda_gather_mask(t->mb, t->mask, idx, bs, t->T);
+}
+
+/* One chunk of bs samples idx[0..bs) on the fast path's sample-index route:
+ * the forward reads the bf16 inputs (device cache through idx, or the
+ * staged slot), the loss the bf16 references and the masks through idx and
+ * writes dy in f32 and, into the work, in bf16 (the outlier loss: f32
+ * references gathered for its kernel, as before). first: the backward
+ * writes dW. Same bits as the f32 route: widening bf16 is exact. */
+static int fast_chunk(gtuner *t, const int *idx, int bs, int slot, double nel, int first, float *const dW[])
+{
+    const uint16_t *xs = t->low_mem ? t->slot_x[slot] : t->x_in, *ys = t->low_mem ? t->slot_y[slot] : t->y_ref;
+    const int *si = t->low_mem ? NULL : idx; /* a slot holds the chunk's samples in order */
+    if (t->low_mem) {
+        ar_cuda_prof_mark("copy/wait for the staged samples", 0);
+        if (ar_cuda_stage_acquire(slot)) return -1;
+    }
+    if (ar_cuda_block_forward_rows(&t->shape, &t->w, xs, si, t->pred, bs, t->T, 1, t->ws)) return -1;
+    if (t->os_scratch) {
+        ar_cuda_prof_mark("loss/outlier-suppressed mse", 0);
+        if (load_refs(t, idx, bs, slot) || (t->low_mem && ar_cuda_stage_release(slot)) ||
+            ar_cuda_outlier_mse_denom(t->pred, t->yb, t->mb, (long)bs * t->T, t->C, nel, t->dy, t->loss_acc,
+                                      t->os_scratch))
+            return -1;
+        return first ? ar_cuda_block_backward_write_dw(&t->shape, &t->w, t->dy, dW, NULL, t->ws)
+                     : ar_cuda_block_backward(&t->shape, &t->w, t->dy, dW, NULL, t->ws);
+    }
+    ar_cuda_prof_mark("loss/masked mse <- bf16 ref -> dy f32 + bf16", 0);
+    if (ar_cuda_masked_mse_rows(t->pred, ys, si, t->mask, idx, bs, t->T, t->C, nel, t->dy, t->dyb, t->loss_acc) ||
+        (t->low_mem && ar_cuda_stage_release(slot)))
+        return -1;
+    return ar_cuda_block_backward_prepared(&t->shape, &t->w, t->dy, dW, NULL, first, t->ws);
+}
+
 /* Forward + loss + backward over the iteration's gb samples in chunks of bs:
  * the first chunk's backward writes the layers' dw, the others add to it, and the loss accumulated on the
  * device is the masked sum of squares over all gb·T·C elements divided by
@@ -419,6 +466,10 @@ static int run_batches(gtuner *t, const int *idx, int gb)
         if (cur < 0) return ar_cuda_err("staging");
         if (t->low_mem && next < gb)
             slot = stage_samples(t, idx + next, gb - next < t->bs ? gb - next : t->bs);
+        if (t->dyb) {
+            if (fast_chunk(t, idx + off, bs, cur, nel, off == 0, dW)) return ar_cuda_err("tuning step");
+            continue;
+        }
         ar_cuda_prof_mark("copy/samples -> f32, mask", 0);
         if (load_samples(t, idx + off, bs, cur) || ar_cuda_gather_mask(t->mb, t->mask, idx + off, bs, t->T) ||
             ar_cuda_block_forward(&t->shape, &t->w, t->xb, t->pred, bs, t->T, 1, t->ws))

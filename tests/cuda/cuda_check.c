@@ -1619,6 +1619,395 @@ static void test_fast_taken(void)
     verdict("fast: bf16 works take the fast path", d != f ? 0 : 1, 0, "taken (0 = yes)");
 }
 
+/* ---- fast path: vector elementwise kernels ----------------------------------------
+ * The vector kernels (AR_CUDA_ELEM_VECTOR, the default) must give the bits of
+ * the scalar ones (AR_CUDA_ELEM_SCALAR, the first design with its passes):
+ * tolerance 0, since every element is the same expression in the same order
+ * and each thread of a row reduction sums the same elements in the same
+ * order. Checked per op over sizes with tails and with pointers that force
+ * the scalar fallback, and against the CPU ops (bf16 rounding, 4e-3); per
+ * block: the tuner's sample-index route (forward from the bf16 cache through
+ * the sample index, the loss reading bf16 references and writing dy in f32
+ * and bf16, the prepared backward) against the f32 route (gathered f32
+ * samples, ar_cuda_masked_mse_denom, plain backward): prediction, dy and dW
+ * bits, the loss total to 1e-12 (a double sum grouped differently), and dy
+ * against the CPU's ar_masked_mse bit for bit; per tuning run: both routes
+ * end with the same weights, their losses within 1e-12. */
+
+/* Fraction of the 16-bit elements of two device buffers whose bits differ. */
+static double dev_bits16(const uint16_t *a, const uint16_t *b, size_t n)
+{
+    uint16_t *ha = malloc(2 * (n ? n : 1)), *hb = malloc(2 * (n ? n : 1));
+    if (!ha || !hb || ar_cuda_download(ha, a, 2 * n) || ar_cuda_download(hb, b, 2 * n)) die_cuda("download");
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) k += ha[i] != hb[i];
+    free(ha), free(hb);
+    return (double)k / (double)(n ? n : 1);
+}
+
+/* The same for f32 buffers (-0 and +0 differ). */
+static double dev_bits32(const float *a, const float *b, size_t n)
+{
+    float *ha = down(a, n), *hb = down(b, n);
+    double m = bits_mismatch(ha, hb, n);
+    free(ha), free(hb);
+    return m;
+}
+
+static void bits_verdict(const char *name, double frac) { verdict(name, frac, 0, "bits differing"); }
+
+static uint16_t *dev16(size_t n)
+{
+    uint16_t *d = ar_cuda_malloc(2 * (n ? n : 1));
+    if (!d) die_cuda("alloc");
+    return d;
+}
+
+static float *dev32(size_t n)
+{
+    float *d = ar_cuda_malloc(4 * (n ? n : 1));
+    if (!d) die_cuda("alloc");
+    return d;
+}
+
+static void elem_rmsnorm(int R, int C)
+{
+    char name[128];
+    size_t n = (size_t)R * C;
+    float *x = rnd(n, 2, 0.1f), *w = rnd(C, 0.5f, 1), *y = zeros(n), *rs = zeros(R);
+    float *dX = up(x, n), *dW = up(w, C), *r1 = dev32(R), *r2 = dev32(R);
+    uint16_t *o1 = dev16(n), *o2 = dev16(n);
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_SCALAR);
+    ar_cuda_rmsnorm_forward_bf16(o1, r1, dX, dW, R, C, 1e-5f);
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
+    ar_cuda_rmsnorm_forward_bf16(o2, r2, dX, dW, R, C, 1e-5f);
+    snprintf(name, sizeof name, "elem: rmsnorm -> bf16 R%d C%d vector = scalar", R, C);
+    bits_verdict(name, fmax(dev_bits16(o1, o2, n), dev_bits32(r1, r2, R)));
+    ar_rmsnorm_forward(y, rs, x, w, R, C, 1e-5f);
+    snprintf(name, sizeof name, "elem: rmsnorm -> bf16 R%d C%d vs CPU", R, C);
+    check_dev_bf16(name, o2, y, n, 4e-3);
+    free(x), free(w), free(y), free(rs);
+    void *fd[] = {dX, dW, r1, r2, o1, o2};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+/* SwiGLU forward and backward over n elements starting shift elements into
+ * the buffers (shift 1: misaligned, the scalar fallback in both modes). */
+static void elem_swiglu(long n, int shift)
+{
+    char name[128];
+    size_t m = (size_t)n + 4;
+    float *g = rnd(m, 4, 0), *u = rnd(m, 2, 0), *d = rnd(m, 1, 0), *y = zeros(m), *dg = zeros(m), *du = zeros(m);
+    float *dG = up(g, m), *dU = up(u, m), *dD = up(d, m);
+    uint16_t *a[2] = {dev16(m), dev16(m)}, *b[2] = {dev16(m), dev16(m)}, *c[2] = {dev16(m), dev16(m)};
+    for (int v = 0; v < 2; v++) {
+        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
+        ar_cuda_swiglu_forward_bf16(a[v] + shift, dG + shift, dU + shift, n);
+        ar_cuda_swiglu_backward_bf16(b[v] + shift, c[v] + shift, dD + shift, dG + shift, dU + shift, n);
+    }
+    snprintf(name, sizeof name, "elem: swiglu fwd+bwd n%ld shift %d vector = scalar", n, shift);
+    bits_verdict(name, fmax(dev_bits16(a[0], a[1], m), fmax(dev_bits16(b[0], b[1], m), dev_bits16(c[0], c[1], m))));
+    ar_swiglu_forward(y, g + shift, u + shift, n);
+    ar_swiglu_backward(dg, du, d + shift, g + shift, u + shift, n);
+    snprintf(name, sizeof name, "elem: swiglu fwd n%ld shift %d vs CPU", n, shift);
+    check_dev_bf16(name, a[1] + shift, y, (size_t)n, 4e-3);
+    snprintf(name, sizeof name, "elem: swiglu bwd dgate n%ld shift %d vs CPU", n, shift);
+    check_dev_bf16(name, b[1] + shift, dg, (size_t)n, 4e-3);
+    snprintf(name, sizeof name, "elem: swiglu bwd dup n%ld shift %d vs CPU", n, shift);
+    check_dev_bf16(name, c[1] + shift, du, (size_t)n, 4e-3);
+    free(g), free(u), free(d), free(y), free(dg), free(du);
+    void *fd[] = {dG, dU, dD, a[0], a[1], b[0], b[1], c[0], c[1]};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+/* RoPE of [B, T, H, HD] into bf16, both directions (HD/2 not a multiple of
+ * 4: the scalar fallback in both modes). */
+static void elem_rope(int B, int T, int H, int HD)
+{
+    char name[128];
+    ar_config c;
+    memset(&c, 0, sizeof c);
+    c.head_dim = HD, c.rope_theta = 10000;
+    size_t nr = (size_t)B * T * H * HD, h2 = (size_t)T * HD / 2;
+    float *cs = zeros(h2), *sn = zeros(h2), *q = rnd(nr, 1, 0), *ref = malloc(sizeof(float) * nr);
+    ar_rope_tables(cs, sn, &c, T);
+    float *dC = up(cs, h2), *dS = up(sn, h2), *dQ = up(q, nr);
+    uint16_t *o[2] = {dev16(nr), dev16(nr)};
+    for (int inv = 0; inv < 2; inv++) {
+        for (int v = 0; v < 2; v++) {
+            ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
+            ar_cuda_rope_bf16(o[v], dQ, dC, dS, B, T, H, HD, inv);
+        }
+        snprintf(name, sizeof name, "elem: rope%s -> bf16 B%d T%d H%d D%d vector = scalar", inv ? " inverse" : "", B, T,
+                 H, HD);
+        bits_verdict(name, dev_bits16(o[0], o[1], nr));
+        memcpy(ref, q, sizeof(float) * nr);
+        if (inv) ar_rope_backward(ref, cs, sn, B, T, H, HD);
+        else ar_rope_forward(ref, cs, sn, B, T, H, HD);
+        snprintf(name, sizeof name, "elem: rope%s -> bf16 D%d vs CPU", inv ? " inverse" : "", HD);
+        check_dev_bf16(name, o[1], ref, nr, 4e-3);
+    }
+    free(cs), free(sn), free(q), free(ref);
+    void *fd[] = {dC, dS, dQ, o[0], o[1]};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+static void elem_copy(long n)
+{
+    char name[128];
+    float *x = rnd((size_t)n, 3, 0), *dX = up(x, (size_t)n), *f[2] = {dev32(n), dev32(n)};
+    uint16_t *b[2] = {dev16(n), dev16(n)}, *bn[2] = {dev16(n), dev16(n)};
+    for (int v = 0; v < 2; v++) {
+        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
+        ar_cuda_copy_to_bf16(f[v], b[v], dX, n);
+        ar_cuda_copy_to_bf16(NULL, bn[v], dX, n);
+    }
+    snprintf(name, sizeof name, "elem: copy_to_bf16 n%ld vector = scalar", n);
+    bits_verdict(name, fmax(dev_bits32(f[0], f[1], n), fmax(dev_bits16(b[0], b[1], n), dev_bits16(bn[0], bn[1], n))));
+    snprintf(name, sizeof name, "elem: copy_to_bf16 n%ld f32 copy", n);
+    check_dev(name, f[1], x, (size_t)n, 0);
+    free(x);
+    void *fd[] = {dX, f[0], f[1], b[0], b[1], bn[0], bn[1]};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+static void test_elem_kernels(void)
+{
+    /* rows of one element per thread under 256 threads, then 1, 4, 16 and 32
+     * per thread (5000: 20 used of 32), and a row too long for registers */
+    const int cs[] = {96, 256, 640, 4096, 5000, 9000, 333};
+    for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) elem_rmsnorm(37, cs[i]);
+    elem_swiglu(100003, 0);
+    elem_swiglu(100000, 0);
+    elem_swiglu(4099, 1);
+    elem_rope(2, 50, 3, 64);
+    elem_rope(1, 33, 5, 128);
+    elem_rope(2, 17, 4, 80);
+    elem_rope(1, 20, 3, 36);
+    elem_copy(100003);
+    elem_copy(4096);
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
+}
+
+/* Device zeros for each linear's dW of c. */
+static void dw_bufs(const ar_config *c, float *W[AR_NLINEAR], size_t wn[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(c, i, &nn, &k);
+        wn[i] = (size_t)nn * k;
+        W[i] = dev32(wn[i]);
+    }
+}
+
+static double dw_bits(float *const a[AR_NLINEAR], float *const b[AR_NLINEAR], const size_t wn[AR_NLINEAR])
+{
+    double worst = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) worst = fmax(worst, dev_bits32(a[i], b[i], wn[i]));
+    return worst;
+}
+
+/* The CPU's ar_masked_mse on the GPU prediction pred (dev) and the host
+ * references yr / mask m of samples idx: dy must have the GPU's bits. */
+static void rows_loss_vs_cpu(const char *tag, const float *pred, const float *yr, const uint8_t *m, const int *idx,
+                             int B, int T, int C, const float *gdy, double gloss)
+{
+    char name[160];
+    size_t row = (size_t)T * C, bt = (size_t)B * row;
+    float *p = down(pred, bt), *r = malloc(sizeof(float) * bt), *d = zeros(bt);
+    uint8_t *mb = malloc((size_t)B * T);
+    for (int b = 0; b < B; b++) {
+        memcpy(r + b * row, yr + (size_t)idx[b] * row, sizeof(float) * row);
+        memcpy(mb + (size_t)b * T, m + (size_t)idx[b] * T, (size_t)T);
+    }
+    double loss = ar_masked_mse(p, r, mb, (long)B * T, C, d);
+    float *g = down(gdy, bt);
+    snprintf(name, sizeof name, "rows: loss dy vs CPU ar_masked_mse %s", tag);
+    bits_verdict(name, bits_mismatch(g, d, bt));
+    snprintf(name, sizeof name, "rows: loss vs CPU ar_masked_mse %s", tag);
+    verdict(name, fabs(gloss - loss) / loss, 1e-12, "rel err");
+    free(p), free(r), free(d), free(mb), free(g);
+}
+
+/* One block, two routes: A = the f32 route on the scalar kernels (gathered
+ * f32 samples, ar_cuda_masked_mse_denom, dy -> bf16 in the backward), B =
+ * the sample-index route on the vector kernels; then C = B from a staged
+ * slot (the samples in batch order, no index), then the f32 route with dx
+ * on both kernel sets. B of the n cached samples of T tokens, by idx. */
+static void test_block_rows(const char *tag, const ar_config *c, int n, int B, int T, const int *idx)
+{
+    char name[160];
+    int C = c->hidden;
+    size_t row = (size_t)T * C, el = (size_t)n * row, bt = (size_t)B * row, wn[AR_NLINEAR];
+    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
+    ar_block_weights w;
+    random_weights(&w, c);
+    uint16_t *dxc, *dyc;
+    float *hx = rnd(el, 1, 0), *hy = rnd(el, 1, 0), *xr = round_bf16(hx, el, &dxc), *yr = round_bf16(hy, el, &dyc);
+    uint8_t *m = malloc((size_t)n * T), *dm = ar_cuda_malloc((size_t)n * T), *mb = ar_cuda_malloc((size_t)B * T);
+    for (long i = 0; i < (long)n * T; i++) m[i] = i % 5 != 3; /* every fifth row masked */
+    ar_cuda_weights dw;
+    ar_cuda_shape s = ar_cuda_shape_of(c);
+    ar_cuda_block_work *ws = ar_cuda_work_for(c, B, T, 1);
+    if (!ws || !m || !dm || !mb || ar_cuda_upload(dm, m, (size_t)n * T) || ar_cuda_weights_upload(&dw, c, &w, NULL))
+        die_cuda("rows setup");
+    uint16_t *wdy = ar_cuda_block_dy_bf16(ws);
+    snprintf(name, sizeof name, "rows: a fast training work has a bf16 dy %s", tag);
+    verdict(name, wdy ? 0 : 1, 0, "missing (0 = no)");
+    if (!wdy) return;
+    float *gx = dev32(bt), *gy = dev32(bt), *pa = dev32(bt), *pb = dev32(bt), *pc = dev32(bt);
+    float *dya = dev32(bt), *dyb = dev32(bt), *dys = dev32(bt), *dx[2] = {dev32(bt), dev32(bt)};
+    double *la = ar_cuda_malloc(8), *lb = ar_cuda_malloc(8), *lc = ar_cuda_malloc(8), hl[3];
+    float *Wa[AR_NLINEAR], *Wb[AR_NLINEAR];
+    dw_bufs(c, Wa, wn);
+    dw_bufs(c, Wb, wn);
+    double denom = (double)bt; /* one chunk: the CPU's ar_masked_mse below divides by the same */
+    /* A: the f32 route, scalar kernels */
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_SCALAR);
+    if (ar_cuda_gather_bf16(gx, dxc, idx, B, (long)row) || ar_cuda_gather_bf16(gy, dyc, idx, B, (long)row) ||
+        ar_cuda_gather_mask(mb, dm, idx, B, T) || ar_cuda_block_forward(&s, &dw, gx, pa, B, T, 1, ws) ||
+        ar_cuda_masked_mse_denom(pa, gy, mb, (long)B * T, C, denom, dya, la) ||
+        ar_cuda_block_backward_write_dw(&s, &dw, dya, Wa, NULL, ws))
+        die_cuda("rows: f32 route");
+    /* B: the sample-index route, vector kernels */
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
+    if (ar_cuda_block_forward_rows(&s, &dw, dxc, idx, pb, B, T, 1, ws) ||
+        ar_cuda_masked_mse_rows(pb, dyc, idx, dm, idx, B, T, C, denom, dyb, wdy, lb))
+        die_cuda("rows: sample-index route");
+    float *hdy = down(dya, bt);
+    uint16_t *hb = malloc(2 * bt), *gb = malloc(2 * bt);
+    ar_from_f32(hb, hdy, AR_BF16, bt);
+    if (ar_cuda_download(gb, wdy, 2 * bt)) die_cuda("download");
+    size_t diff = 0;
+    for (size_t i = 0; i < bt; i++) diff += hb[i] != gb[i];
+    snprintf(name, sizeof name, "rows: loss bf16 dy = bf16(f32 dy) %s", tag);
+    bits_verdict(name, (double)diff / bt);
+    free(hdy), free(hb), free(gb);
+    if (ar_cuda_block_backward_prepared(&s, &dw, dyb, Wb, NULL, 1, ws)) die_cuda("rows: prepared backward");
+    snprintf(name, sizeof name, "rows: forward from samples = f32 route %s", tag);
+    bits_verdict(name, dev_bits32(pa, pb, bt));
+    snprintf(name, sizeof name, "rows: loss dy from bf16 refs = f32 route %s", tag);
+    bits_verdict(name, dev_bits32(dya, dyb, bt));
+    snprintf(name, sizeof name, "rows: prepared backward dW = f32 route %s", tag);
+    bits_verdict(name, dw_bits(Wa, Wb, wn));
+    if (ar_cuda_download(&hl[0], la, 8) || ar_cuda_download(&hl[1], lb, 8)) die_cuda("download");
+    snprintf(name, sizeof name, "rows: loss = f32 route %s", tag);
+    verdict(name, fabs(hl[1] - hl[0]) / hl[0], 1e-12, "rel err");
+    rows_loss_vs_cpu(tag, pb, yr, m, idx, B, T, C, dyb, hl[1]);
+    /* C: a staged slot holds the batch's samples in order */
+    uint16_t *sx = dev16(bt), *sy = dev16(bt);
+    for (int b = 0; b < B; b++)
+        if (ar_cuda_copy(sx + b * row, dxc + (size_t)idx[b] * row, 2 * row) ||
+            ar_cuda_copy(sy + b * row, dyc + (size_t)idx[b] * row, 2 * row))
+            die_cuda("slot copy");
+    if (ar_cuda_block_forward_rows(&s, &dw, sx, NULL, pc, B, T, 1, ws) ||
+        ar_cuda_masked_mse_rows(pc, sy, NULL, dm, idx, B, T, C, denom, dys, NULL, lc) || ar_cuda_download(&hl[2], lc, 8))
+        die_cuda("rows: slot route");
+    snprintf(name, sizeof name, "rows: slot route pred, dy = index route %s", tag);
+    bits_verdict(name, fmax(dev_bits32(pc, pb, bt), dev_bits32(dys, dyb, bt)));
+    /* a forward from samples keeps no f32 input: dx is refused */
+    int rc = ar_cuda_block_backward(&s, &dw, dyb, Wb, dx[0], ws);
+    snprintf(name, sizeof name, "rows: dx after a forward from samples refused %s", tag);
+    verdict(name, rc == -1 ? 0 : 1, 0, "accepted (0 = no)");
+    /* the f32 route with dx: both kernel sets */
+    for (int v = 0; v < 2; v++) {
+        float **W = v ? Wb : Wa, *y = v ? pb : pa;
+        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
+        for (int i = 0; i < AR_NLINEAR; i++)
+            if (ar_cuda_zero(W[i], 4 * wn[i])) die_cuda("zero");
+        if (ar_cuda_zero(dx[v], 4 * bt) || ar_cuda_block_forward(&s, &dw, gx, y, B, T, 1, ws) ||
+            ar_cuda_block_backward(&s, &dw, dya, W, dx[v], ws))
+            die_cuda("rows: f32 route with dx");
+    }
+    snprintf(name, sizeof name, "rows: f32 route y, dx, dW vector = scalar %s", tag);
+    bits_verdict(name, fmax(dev_bits32(pa, pb, bt), fmax(dev_bits32(dx[0], dx[1], bt), dw_bits(Wa, Wb, wn))));
+    for (int i = 0; i < AR_NLINEAR; i++) ar_cuda_free(Wa[i]), ar_cuda_free(Wb[i]);
+    void *fd[] = {gx, gy, pa, pb, pc, dya, dyb, dys, dx[0], dx[1], la, lb, lc, sx, sy, dxc, dyc, dm, mb};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+    ar_cuda_weights_free(&dw, NULL);
+    ar_cuda_block_work_free(ws);
+    free(hx), free(hy), free(xr), free(yr), free(m);
+    free_weights(&w);
+}
+
+/* Two GPU tuning runs of the same block on the fast path, the scalar
+ * kernels' f32 route and the vector kernels' sample-index route (low_mem:
+ * staged samples; outlier: the outlier-suppressed loss, which keeps f32
+ * references): the same weights, losses within 1e-12. */
+static void test_tuning_routes(const char *tag, int low_mem, int outlier)
+{
+    char name[160];
+    ar_config c;
+    small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    int n = 12, T = 64;
+    uint16_t *xb, *yb;
+    make_cache(&c, &w, n, T, &xb, &yb);
+    uint8_t *m = malloc((size_t)n * T);
+    for (long i = 0; i < (long)n * T; i++) m[i] = i % 7 != 2;
+    ar_block_plan plan;
+    memset(&plan, 0, sizeof plan);
+    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
+    for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = w4;
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = 6, o.batch_size = 4, o.grad_accum = 2, o.outlier_loss = outlier;
+    ar_quant_out out[2][AR_NLINEAR];
+    size_t nel[AR_NLINEAR];
+    loss_log lg[2] = {{{0}, 0}, {{0}, 0}};
+    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
+    ar_signround_cuda_set_low_mem(low_mem);
+    int rc = 0;
+    for (int v = 0; v < 2; v++) {
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            int nn, k;
+            ar_linear_shape(&c, i, &nn, &k);
+            nel[i] = (size_t)nn * k;
+            out[v][i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
+        }
+        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
+        ar_signround_report rep;
+        if (!rc) rc = ar_signround_tune_block_cuda(&c, &w, xb, yb, m, n, T, &plan, &o, out[v], &rep, log_loss, &lg[v]);
+    }
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
+    ar_signround_cuda_set_low_mem(0);
+    if (rc) {
+        printf("FAIL tuning routes %s: %s\n", tag, ar_last_error());
+        g_fail++;
+    } else {
+        double worst = lg[0].n == lg[1].n && lg[0].n == o.iters ? 0 : 1;
+        for (int i = 0; i < lg[0].n && i < lg[1].n; i++)
+            worst = fmax(worst, fabs(lg[1].loss[i] - lg[0].loss[i]) / lg[0].loss[i]);
+        snprintf(name, sizeof name, "rows: tuning losses, index route = f32 route %s", tag);
+        verdict(name, worst, 1e-12, "worst rel err");
+        double mm = 0;
+        for (int i = 0; i < AR_NLINEAR; i++) mm = fmax(mm, bits_mismatch(out[1][i].wq, out[0][i].wq, nel[i]));
+        snprintf(name, sizeof name, "rows: tuned weights, index route = f32 route %s", tag);
+        bits_verdict(name, mm);
+    }
+    for (int v = 0; v < 2; v++)
+        for (int i = 0; i < AR_NLINEAR; i++) free(out[v][i].wq);
+    free(xb), free(yb), free(m);
+    free_weights(&w);
+}
+
+static void test_rows_routes(void)
+{
+    ar_config c;
+    const int idx[3] = {4, 0, 2};
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    test_block_rows("tiny-llama shape, 3 of 5 samples T128", &c, 5, 3, 128, idx);
+    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
+    test_block_rows("qk-norm, qkv bias, window 32, T96", &c, 5, 3, 96, idx);
+    /* C and F not multiples of 4: the loss and SwiGLU fall back to scalar accesses */
+    small_config(&c, 510, 1282, 4, 2, 64, 0, 0, 0);
+    test_block_rows("C510 F1282 T64", &c, 5, 3, 64, idx);
+    test_tuning_routes("W4G128", 0, 0);
+    test_tuning_routes("W4G128 low_gpu_mem_usage", 1, 0);
+    test_tuning_routes("W4G128 outlier loss", 0, 1);
+}
+
 /* ---- full-model NLL -------------------------------------------------------------- */
 
 static void test_nll(const char *shared)
@@ -1837,6 +2226,7 @@ static void run_fast_tests(void)
 {
     test_fast_taken();
     test_fused();
+    test_elem_kernels();
     /* every flash kernel: mma (the default, pipelined), mma-atomic (its fused
      * backward), mma1 (the first mma kernels) and the first wmma design */
     const int kinds[4] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA_ATOMIC, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_WMMA};
@@ -1859,6 +2249,7 @@ static void run_fast_tests(void)
     test_block("fast: qk-norm, qkv bias, window 32 B2 T96 [bf16]", &c, 2, 96, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
     small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
     test_block("fast: head_dim 128 B1 T200 [bf16]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    test_rows_routes();
     ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
     test_tuning("fast: W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
     ar_signround_cuda_set_low_mem(1);
