@@ -1829,6 +1829,16 @@ static void rows_loss_vs_cpu(const char *tag, const float *pred, const float *yr
     free(p), free(r), free(d), free(mb), free(g);
 }
 
+/* A failed call in test_block_rows: FAIL with the kernels' error, the
+ * vector kernels back on (the other tests still run). */
+static void rows_fail(const char *tag, const char *what)
+{
+    printf("FAIL rows: %s %s: %s\n", what, tag, ar_cuda_last_error());
+    fflush(stdout);
+    g_fail++;
+    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
+}
+
 /* One block, two routes: A = the f32 route on the scalar kernels (gathered
  * f32 samples, ar_cuda_masked_mse_denom, dy -> bf16 in the backward), B =
  * the sample-index route on the vector kernels; then C = B from a staged
@@ -1845,12 +1855,15 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
     uint16_t *dxc, *dyc;
     float *hx = rnd(el, 1, 0), *hy = rnd(el, 1, 0), *xr = round_bf16(hx, el, &dxc), *yr = round_bf16(hy, el, &dyc);
     uint8_t *m = malloc((size_t)n * T), *dm = ar_cuda_malloc((size_t)n * T), *mb = ar_cuda_malloc((size_t)B * T);
+    if (!m || !dm || !mb) die_cuda("alloc");
     for (long i = 0; i < (long)n * T; i++) m[i] = i % 5 != 3; /* every fifth row masked */
     ar_cuda_weights dw;
     ar_cuda_shape s = ar_cuda_shape_of(c);
     ar_cuda_block_work *ws = ar_cuda_work_for(c, B, T, 1);
-    if (!ws || !m || !dm || !mb || ar_cuda_upload(dm, m, (size_t)n * T) || ar_cuda_weights_upload(&dw, c, &w, NULL))
-        die_cuda("rows setup");
+    if (!ws || ar_cuda_upload(dm, m, (size_t)n * T) || ar_cuda_weights_upload(&dw, c, &w, NULL)) {
+        rows_fail(tag, "setup");
+        return;
+    }
     uint16_t *wdy = ar_cuda_block_dy_bf16(ws);
     snprintf(name, sizeof name, "rows: a fast training work has a bf16 dy %s", tag);
     verdict(name, wdy ? 0 : 1, 0, "missing (0 = no)");
@@ -1867,13 +1880,17 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
     if (ar_cuda_gather_bf16(gx, dxc, idx, B, (long)row) || ar_cuda_gather_bf16(gy, dyc, idx, B, (long)row) ||
         ar_cuda_gather_mask(mb, dm, idx, B, T) || ar_cuda_block_forward(&s, &dw, gx, pa, B, T, 1, ws) ||
         ar_cuda_masked_mse_denom(pa, gy, mb, (long)B * T, C, denom, dya, la) ||
-        ar_cuda_block_backward_write_dw(&s, &dw, dya, Wa, NULL, ws))
-        die_cuda("rows: f32 route");
+        ar_cuda_block_backward_write_dw(&s, &dw, dya, Wa, NULL, ws)) {
+        rows_fail(tag, "f32 route");
+        return;
+    }
     /* B: the sample-index route, vector kernels */
     ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
     if (ar_cuda_block_forward_rows(&s, &dw, dxc, idx, pb, B, T, 1, ws) ||
-        ar_cuda_masked_mse_rows(pb, dyc, idx, dm, idx, B, T, C, denom, dyb, wdy, lb))
-        die_cuda("rows: sample-index route");
+        ar_cuda_masked_mse_rows(pb, dyc, idx, dm, idx, B, T, C, denom, dyb, wdy, lb)) {
+        rows_fail(tag, "sample-index route");
+        return;
+    }
     float *hdy = down(dya, bt);
     uint16_t *hb = malloc(2 * bt), *gb = malloc(2 * bt);
     ar_from_f32(hb, hdy, AR_BF16, bt);
@@ -1883,7 +1900,10 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
     snprintf(name, sizeof name, "rows: loss bf16 dy = bf16(f32 dy) %s", tag);
     bits_verdict(name, (double)diff / bt);
     free(hdy), free(hb), free(gb);
-    if (ar_cuda_block_backward_prepared(&s, &dw, dyb, Wb, NULL, 1, ws)) die_cuda("rows: prepared backward");
+    if (ar_cuda_block_backward_prepared(&s, &dw, dyb, Wb, NULL, 1, ws)) {
+        rows_fail(tag, "prepared backward");
+        return;
+    }
     snprintf(name, sizeof name, "rows: forward from samples = f32 route %s", tag);
     bits_verdict(name, dev_bits32(pa, pb, bt));
     snprintf(name, sizeof name, "rows: loss dy from bf16 refs = f32 route %s", tag);
@@ -1901,8 +1921,10 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
             ar_cuda_copy(sy + b * row, dyc + (size_t)idx[b] * row, 2 * row))
             die_cuda("slot copy");
     if (ar_cuda_block_forward_rows(&s, &dw, sx, NULL, pc, B, T, 1, ws) ||
-        ar_cuda_masked_mse_rows(pc, sy, NULL, dm, idx, B, T, C, denom, dys, NULL, lc) || ar_cuda_download(&hl[2], lc, 8))
-        die_cuda("rows: slot route");
+        ar_cuda_masked_mse_rows(pc, sy, NULL, dm, idx, B, T, C, denom, dys, NULL, lc) || ar_cuda_download(&hl[2], lc, 8)) {
+        rows_fail(tag, "slot route");
+        return;
+    }
     snprintf(name, sizeof name, "rows: slot route pred, dy = index route %s", tag);
     bits_verdict(name, fmax(dev_bits32(pc, pb, bt), dev_bits32(dys, dyb, bt)));
     /* a forward from samples keeps no f32 input: dx is refused */
@@ -1916,8 +1938,10 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
         for (int i = 0; i < AR_NLINEAR; i++)
             if (ar_cuda_zero(W[i], 4 * wn[i])) die_cuda("zero");
         if (ar_cuda_zero(dx[v], 4 * bt) || ar_cuda_block_forward(&s, &dw, gx, y, B, T, 1, ws) ||
-            ar_cuda_block_backward(&s, &dw, dya, W, dx[v], ws))
-            die_cuda("rows: f32 route with dx");
+            ar_cuda_block_backward(&s, &dw, dya, W, dx[v], ws)) {
+            rows_fail(tag, "f32 route with dx");
+            return;
+        }
     }
     snprintf(name, sizeof name, "rows: f32 route y, dx, dW vector = scalar %s", tag);
     bits_verdict(name, fmax(dev_bits32(pa, pb, bt), fmax(dev_bits32(dx[0], dx[1], bt), dw_bits(Wa, Wb, wn))));
