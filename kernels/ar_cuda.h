@@ -331,6 +331,34 @@ int  ar_cuda_get_fast(void);
  * f32 accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F). */
 int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda,
                       const uint16_t *B, int ldb, float beta, float *C, int ldc);
+/* ar_cuda_gemm_bf16 over batch problems i < batch with A_i = A + i·sa,
+ * B_i = B + i·sb, C_i = C + i·sc (element strides; 0 shares an operand):
+ * one cuBLAS launch for the projections that read the same input. */
+int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+                              const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
+
+/* ---- GEMM algorithm search (AR_CUDA_GEMM_TUNE=1; kernels/gemm_lt.cu) -------
+ * On, every ar_cuda_gemm_bf16 (and the fast path's batched bf16 GEMMs) runs
+ * through cuBLASLt: the first call of each signature (sizes, transposes,
+ * leading dimensions, batch count and strides, beta zero or not, operand
+ * alignment) times the heuristic's top 8 algorithms and the cuBLAS default
+ * on its own operands and keeps the fastest for the rest of the process
+ * (the default unless a candidate beats it by 1%). Costs a 64 MiB workspace
+ * and, per new signature, 63 extra GEMM calls (9 algorithms x 7; with beta != 0 a
+ * zeroed scratch C for as long as the timing runs). Results may differ from
+ * the default's in summation order (split-K), never run to run once chosen. */
+void ar_cuda_set_gemm_tune(int on);
+int  ar_cuda_get_gemm_tune(void);
+/* Print one line per signature seen (the cuBLAS default's time, the kept
+ * algorithm's, calls since) and a total to stdout; returns how many of them
+ * run a cuBLASLt algorithm (the others: the cuBLAS default). */
+int  ar_cuda_gemm_tune_report(void);
+/* Forget every choice: the next call of each signature tunes again. */
+void ar_cuda_gemm_tune_reset(void);
+/* Tests: rank >= 0 makes later tunings keep the heuristic's rank-th
+ * candidate (when there is one that runs) instead of the fastest; -1 undoes. */
+void ar_cuda_gemm_tune_force_rank(int rank);
+
 
 /* RMSNorm whose output is stored only in bf16 (rstd in f32 as usual). */
 void ar_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C,

@@ -48,11 +48,18 @@ int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, cons
                           long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc, long sc,
                           int batch);
 
-/* ar_cuda_gemm_bf16 over batch problems i < batch with A_i = A + i·sa,
- * B_i = B + i·sb, C_i = C + i·sc (element strides; 0 shares an operand):
- * one cuBLAS launch for the projections that read the same input. */
-int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+/* ar_cuda_gemm_bf16_strided (ar_cuda.h) always by the cuBLAS default algorithm
+ * (cublasGemmEx, or cublasGemmStridedBatchedEx when batch > 1, with
+ * CUBLAS_GEMM_DEFAULT): what runs with AR_CUDA_GEMM_TUNE off. */
+int ar_cuda_gemm_bf16_default(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
                               const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
+/* The same GEMM by the cuBLASLt algorithm kept for its signature (gemm_lt.cu),
+ * timing the candidates on these operands at the signature's first call
+ * (C is still updated once). 0 done, -1 error (ar_cuda_fail), 1 not done:
+ * the caller runs ar_cuda_gemm_bf16_default (the default was the fastest, K
+ * is 0, or cuBLASLt is unavailable). C must not overlap A or B. */
+int ar_cuda_gemm_bf16_tuned(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+                            const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
 
 /* The fast block path (block_fast.cu): buffers and passes, used by block.cu
  * when a work is created with the fast switch on. */

@@ -7,15 +7,19 @@
  * --fast switches to the fast block path (AR_CUDA_FAST=1: bf16 operands,
  * fused ops, flash attention): --tests then runs the fast path's own tests
  * (fused ops and flash attention against the CPU on bf16-rounded inputs,
- * bf16 blocks and a bf16 tuning run with the default bf16 tolerances), and
+ * bf16 blocks and a bf16 tuning run with the default bf16 tolerances; then
+ * bf16 GEMMs (every candidate the search may keep), blocks and a tuning run
+ * with the cuBLASLt algorithm search forced on, AR_CUDA_GEMM_TUNE), and
  * --bench times the fast path. Either --bench times its path without, then
  * with --low_gpu_mem_usage (caches in host memory, staged per mini-batch):
  * 2 + N (--bench-iters) iterations, of which 1 .. N are timed by CUDA events.
  * --profile runs 1 + N (--bench-iters) tuning iterations of the same block
  * per mode with the phase profiler (ar_cuda_prof_*) on and prints, per phase
  * of an iteration, GPU ms, share, TFLOP/s and % of the measured GEMM peak
- * for GEMMs and attention, and the host time between the phase's marks;
- * then flash attention alone against cuBLAS GEMMs (also: --attn-bench).
+ * for GEMMs and attention, and the host time between the phase's marks
+ * (with AR_CUDA_GEMM_TUNE=1 also each GEMM shape's kept algorithm against
+ * the cuBLAS default); then flash attention alone against cuBLAS GEMMs
+ * (also: --attn-bench).
  * Run the default and the --fast passes as separate processes, so a fault
  * in the new path cannot take the verified one down with it.
  *
@@ -32,7 +36,9 @@
  * tuning run must follow the CPU's loss trajectory to 2% and end with >= 98%
  * identical weights (f32 products). Fast path: fused ops store bf16, so they
  * must agree to 4e-3 (bf16 rounding, 2^-9, of values computed the same way);
- * bf16 x bf16 GEMMs on pre-rounded operands 1e-4 (exact products, f32 sums);
+ * bf16 x bf16 GEMMs on pre-rounded operands 1e-4 (exact products, f32 sums;
+ * also every cuBLASLt candidate the search may keep, whose second call must
+ * repeat its first bit for bit);
  * flash attention on pre-rounded q/k/v 2e-2 forward and 5e-2 backward (the
  * probabilities, dO and dS enter their products in bf16). Activation
  * quantization (both passes): the kernel against ar_act_quant bit for bit;
@@ -2243,8 +2249,159 @@ static void profile_block(int iters, int n, int fast)
     }
     ar_signround_cuda_set_low_mem(0);
     bench7b_free(&b);
+    /* AR_CUDA_GEMM_TUNE=1: each GEMM shape's kept algorithm against the default */
+    if (ar_cuda_get_gemm_tune()) ar_cuda_gemm_tune_report();
     bench_attention();
 }
+
+/* ---- cuBLASLt algorithm search (AR_CUDA_GEMM_TUNE) ------------------------------ */
+
+/* A strided-batched bf16 GEMM: C_i [M, N] (pitch ldc) = alpha op(A_i) op(B_i)
+ * + beta C_i for i < batch. pad widens every leading dimension and batch
+ * stride (odd pads leave rows and batches 2-byte aligned only); share_a
+ * gives every batch the same A (stride 0, the batched q/k/v and gate/up). */
+typedef struct {
+    const char *name;
+    int ta, tb, M, N, K, pad, batch, share_a;
+    float alpha, beta;
+} gemm_case;
+
+typedef struct {
+    int lda, ldb, ldc;
+    long sa, sb, sc;
+    size_t na, nb, nc; /* elements spanned */
+} gemm_dims;
+
+static gemm_dims gemm_dims_of(const gemm_case *g)
+{
+    gemm_dims d;
+    int rows_a = g->ta ? g->K : g->M, rows_b = g->tb ? g->N : g->K;
+    d.lda = (g->ta ? g->M : g->K) + g->pad, d.ldb = (g->tb ? g->K : g->N) + g->pad, d.ldc = g->N + g->pad;
+    d.sa = g->share_a ? 0 : (long)rows_a * d.lda + g->pad;
+    d.sb = (long)rows_b * d.ldb + g->pad, d.sc = (long)g->M * d.ldc + g->pad;
+    d.na = (size_t)(g->batch - 1) * d.sa + (size_t)rows_a * d.lda;
+    d.nb = (size_t)(g->batch - 1) * d.sb + (size_t)rows_b * d.ldb;
+    d.nc = (size_t)(g->batch - 1) * d.sc + (size_t)g->M * d.ldc;
+    return d;
+}
+
+/* The product in double by the definition, element by element; C starts as
+ * C0, so the padding between rows and batches must come back unchanged. */
+static void gemm_case_ref(const gemm_case *g, const gemm_dims *d, const float *A, const float *B, const float *C0,
+                          float *C)
+{
+    memcpy(C, C0, sizeof(float) * d->nc);
+    for (int i = 0; i < g->batch; i++)
+        for (int m = 0; m < g->M; m++)
+            for (int n = 0; n < g->N; n++) {
+                const float *a = A + i * d->sa, *b = B + i * d->sb;
+                double acc = 0;
+                for (int k = 0; k < g->K; k++)
+                    acc += (double)(g->ta ? a[(size_t)k * d->lda + m] : a[(size_t)m * d->lda + k]) *
+                           (g->tb ? b[(size_t)n * d->ldb + k] : b[(size_t)k * d->ldb + n]);
+                size_t o = (size_t)i * d->sc + (size_t)m * d->ldc + n;
+                C[o] = (float)(g->alpha * acc + g->beta * (double)C0[o]);
+            }
+}
+
+/* C from C0 by the tuned path (the first call of this signature tunes). */
+static float *gemm_case_run(const gemm_case *g, const gemm_dims *d, const uint16_t *dA, const uint16_t *dB,
+                            const float *C0)
+{
+    float *dC = up(C0, d->nc);
+    if (ar_cuda_gemm_bf16_strided(g->ta, g->tb, g->M, g->N, g->K, g->alpha, dA, d->lda, d->sa, dB, d->ldb, d->sb,
+                                  g->beta, dC, d->ldc, d->sc, g->batch))
+        die_cuda("tuned bf16 GEMM");
+    float *h = down(dC, d->nc);
+    ar_cuda_free(dC);
+    return h;
+}
+
+/* One case with the fastest algorithm and with each of the heuristic's 8
+ * first candidates forced (a rank past the last one keeps the fastest):
+ * each against the double reference on the same bf16-rounded operands (1e-4:
+ * exact products, f32 sums in whatever order), its first call (the tuning
+ * one, which must update C exactly once) bit for bit equal to a second call
+ * on a fresh C (the kept algorithm reproduces itself). */
+static void test_gemm_tuned(const gemm_case *g)
+{
+    gemm_dims d = gemm_dims_of(g);
+    float *a0 = rnd(d.na, 1, 0), *b0 = rnd(d.nb, 0.25f, 0), *C0 = rnd(d.nc, 1, 0), *ref = zeros(d.nc);
+    uint16_t *dA, *dB;
+    float *A = round_bf16(a0, d.na, &dA), *B = round_bf16(b0, d.nb, &dB);
+    gemm_case_ref(g, &d, A, B, C0, ref);
+    double worst = 0, fastest = 0, diff = 0;
+    char name[160];
+    for (int rank = -1; rank < 8; rank++) {
+        ar_cuda_gemm_tune_reset();
+        ar_cuda_gemm_tune_force_rank(rank);
+        float *c1 = gemm_case_run(g, &d, dA, dB, C0), *c2 = gemm_case_run(g, &d, dA, dB, C0);
+        double e = rel_err(c1, ref, d.nc), m = mismatch(c2, c1, d.nc);
+        if (rank < 0) {
+            fastest = e;
+            ar_cuda_gemm_tune_report();
+        }
+        if (e > worst || e != e) worst = e;
+        if (m > diff) diff = m;
+        if (e > 1e-4 || e != e || m > 0) printf("     %s: candidate rank %d: err %.3g, second call differs in %.3g\n",
+                                                g->name, rank, e, m);
+        free(c1), free(c2);
+    }
+    ar_cuda_gemm_tune_force_rank(-1);
+    snprintf(name, sizeof name, "gemm-tune: %s [fastest]", g->name);
+    verdict(name, fastest, 1e-4, "err");
+    snprintf(name, sizeof name, "gemm-tune: %s [8 first candidates]", g->name);
+    verdict(name, worst, 1e-4, "worst err");
+    snprintf(name, sizeof name, "gemm-tune: %s [second call]", g->name);
+    verdict(name, diff, 0, "differing share");
+    free(a0), free(b0), free(C0), free(ref), free(A), free(B);
+    ar_cuda_free(dA), ar_cuda_free(dB);
+}
+
+/* The fast path's GEMMs with the algorithm search forced on (whatever
+ * AR_CUDA_GEMM_TUNE says): the search's own cases (test_fused's three GEMM
+ * layouts among them), then the fast blocks and a tuning run again with the
+ * bounds of the untuned path. */
+static void run_gemm_tune_tests(void)
+{
+    int was = ar_cuda_get_gemm_tune();
+    ar_cuda_set_gemm_tune(1);
+    const gemm_case cases[] = {
+        {"y = x W^T 300x384x512", 0, 1, 300, 384, 512, 0, 1, 0, 1.0f, 0.0f},
+        {"dx += dy W 300x512x384", 0, 0, 300, 512, 384, 0, 1, 0, 1.0f, 1.0f},
+        {"dW += dy^T x 128x160x2048 (split-K)", 1, 0, 128, 160, 2048, 0, 1, 0, 1.0f, 1.0f},
+        {"3 x (x W_i^T) shared x 200x256x320", 0, 1, 200, 256, 320, 0, 3, 1, 1.0f, 0.0f},
+        {"TT odd 97x130x67 pad 3 batch 2 a0.5 b1", 1, 1, 97, 130, 67, 3, 2, 0, 0.5f, 1.0f},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) test_gemm_tuned(&cases[i]);
+    /* the search engages: a forced candidate on an aligned shape runs on cuBLASLt */
+    ar_cuda_gemm_tune_reset();
+    ar_cuda_gemm_tune_force_rank(0);
+    gemm_dims d = gemm_dims_of(&cases[0]);
+    float *z = zeros(d.nc);
+    uint16_t *dz = ar_cuda_malloc(2 * (d.na > d.nb ? d.na : d.nb));
+    if (!dz) die_cuda("alloc");
+    free(gemm_case_run(&cases[0], &d, dz, dz, z));
+    int lt = ar_cuda_gemm_tune_report();
+    verdict("gemm-tune: a forced candidate runs on cuBLASLt", lt == 1 ? 0 : 1, 0, "(0 = yes)");
+    ar_cuda_free(dz), free(z);
+    ar_cuda_gemm_tune_force_rank(-1);
+    ar_cuda_gemm_tune_reset();
+
+    ar_config c;
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    test_block("fast+tune: tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
+    test_block("fast+tune: qk-norm, qkv bias, window 32 B2 T96 [bf16]", &c, 2, 96, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
+    test_block("fast+tune: head_dim 128 B1 T200 [bf16]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
+    test_tuning("fast+tune: W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
+    ar_cuda_gemm_tune_report();
+    ar_cuda_gemm_tune_reset();
+    ar_cuda_set_gemm_tune(was);
+}
+
 /* The fast path's tests (--tests --fast); AR_CUDA_FAST is on. */
 static void run_fast_tests(void)
 {
@@ -2281,6 +2438,7 @@ static void run_fast_tests(void)
     ar_signround_cuda_set_low_mem(0);
     run_act_tests(1);
     run_v2_tests(1);
+    run_gemm_tune_tests();
 }
 
 static void run_tests(const char *shared)
