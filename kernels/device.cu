@@ -187,26 +187,39 @@ int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, cons
     return 0;
 }
 
-int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B,
-                      int ldb, float beta, float *C, int ldc)
+int ar_cuda_gemm_bf16_default(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+                              const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch)
 {
-    if (M <= 0 || N <= 0) return 0;
+    if (M <= 0 || N <= 0 || batch <= 0) return 0;
     cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    AR_CKB(cublasGemmEx(g_cu.blas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
-                        CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    if (batch == 1)
+        AR_CKB(cublasGemmEx(g_cu.blas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, A, CUDA_R_16BF, lda, &beta, C,
+                            CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    else
+        AR_CKB(cublasGemmStridedBatchedEx(g_cu.blas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, sb, A,
+                                          CUDA_R_16BF, lda, sa, &beta, C, CUDA_R_32F, ldc, sc, batch,
+                                          CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
 
+int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B,
+                      int ldb, float beta, float *C, int ldc)
+{
+    return ar_cuda_gemm_bf16_strided(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+/* With AR_CUDA_GEMM_TUNE on, the algorithm kept for this shape (gemm_lt.cu);
+ * it answers 1 where the cuBLAS default is to run (kept as the fastest, or
+ * tuning unavailable). Off, exactly the cuBLAS calls of before. */
 int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
                               const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch)
 {
     if (M <= 0 || N <= 0 || batch <= 0) return 0;
-    if (batch == 1) return ar_cuda_gemm_bf16(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-    cublasOperation_t opa = ta ? CUBLAS_OP_T : CUBLAS_OP_N, opb = tb ? CUBLAS_OP_T : CUBLAS_OP_N;
-    AR_CKB(cublasGemmStridedBatchedEx(g_cu.blas, opb, opa, N, M, K, &alpha, B, CUDA_R_16BF, ldb, sb, A, CUDA_R_16BF,
-                                      lda, sa, &beta, C, CUDA_R_32F, ldc, sc, batch, CUBLAS_COMPUTE_32F,
-                                      CUBLAS_GEMM_DEFAULT));
-    return 0;
+    if (ar_cuda_get_gemm_tune()) {
+        int r = ar_cuda_gemm_bf16_tuned(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
+        if (r <= 0) return r;
+    }
+    return ar_cuda_gemm_bf16_default(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
 }
 
 void ar_cuda_set_fast(int on) { g_cu.fast = !!on; }

@@ -56,6 +56,9 @@ int ar_device_init(int dev)
     const char *f = getenv("AR_CUDA_FAST");
     if (f && strcmp(f, "0") && strcmp(f, "1")) return ar_error("AR_CUDA_FAST='%s' is not 0 or 1", f);
     ar_cuda_set_fast(!f || !strcmp(f, "1")); /* the fast path unless AR_CUDA_FAST=0 */
+    const char *gt = getenv("AR_CUDA_GEMM_TUNE");
+    if (gt && strcmp(gt, "0") && strcmp(gt, "1")) return ar_error("AR_CUDA_GEMM_TUNE='%s' is not 0 or 1", gt);
+    ar_cuda_set_gemm_tune(gt && !strcmp(gt, "1")); /* off unless asked for (kernels/gemm_lt.cu) */
     const char *fl = getenv("AR_CUDA_FLASH");
     if (fl && strcmp(fl, "mma") && strcmp(fl, "mma1") && strcmp(fl, "mma-atomic") && strcmp(fl, "wmma"))
         return ar_error("AR_CUDA_FLASH='%s' is not mma, mma1, mma-atomic or wmma", fl);

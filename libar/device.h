@@ -31,7 +31,9 @@ int ar_device_parse(const char *s, int *dev);
  * kernels/README.md) is the default, AR_CUDA_FAST=0 selects the first design
  * (f32 activations, stored probabilities); AR_CUDA_FLASH=mma|wmma picks the
  * flash attention kernels of the fast path (default mma; wmma: the first
- * design). 0, or -1 with ar_error (built without CUDA,
+ * design); AR_CUDA_GEMM_TUNE=1 times cuBLASLt algorithms for each bf16 GEMM
+ * shape once and keeps the fastest (default 0: the cuBLAS default algorithm;
+ * kernels/gemm_lt.cu). 0, or -1 with ar_error (built without CUDA,
  * no such device, driver failure, a bad variable). */
 int ar_device_init(int dev);
 
