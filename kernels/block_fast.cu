@@ -189,13 +189,18 @@ __global__ void __launch_bounds__(TPB) k_rmsnorm_fwd_regs(bf16 *out, float *rstd
 }
 
 /* Elements per thread the register kernels need for rows of C over
- * row_threads(C) threads (their instances: powers of two up to 32); 0 when
- * a row is longer (C > 8192: the looping kernels take it). */
+ * row_threads(C) threads, rounded up to an instance (1, 2, 4, 8, then
+ * multiples of 4 to 24, then 32: C = 5120 holds 20, not 32, registers); 0
+ * when a row is longer (C > 8192: the looping kernels take it). */
 static int row_regs(int C)
 {
-    int t = row_threads(C), need = (C + t - 1) / t, n = 1;
+    int t = row_threads(C), need = (C + t - 1) / t;
+    if (need > 32) return 0;
+    if (need > 24) return 32;
+    if (need > 8) return (need + 3) / 4 * 4;
+    int n = 1;
     while (n < need) n *= 2;
-    return n <= 32 ? n : 0;
+    return n;
 }
 
 /* The register kernel for rows of C: npt = row_regs(C) elements per thread
@@ -212,7 +217,10 @@ static void rmsnorm_regs(int npt, bf16 *out, float *rstd, const Rows &x, const f
     case 2: k_rmsnorm_fwd_regs<2, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
     case 4: k_rmsnorm_fwd_regs<4, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
     case 8: k_rmsnorm_fwd_regs<8, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
+    case 12: k_rmsnorm_fwd_regs<12, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
     case 16: k_rmsnorm_fwd_regs<16, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
+    case 20: k_rmsnorm_fwd_regs<20, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
+    case 24: k_rmsnorm_fwd_regs<24, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
     default: k_rmsnorm_fwd_regs<32, 256, Rows><<<R, 256, 0, g_cu.st>>>(out, rstd, x, w, C, eps, c1, c2); break;
     }
 }
@@ -289,6 +297,8 @@ __global__ void __launch_bounds__(TPB) k_rmsnorm_bwd_regs(bf16 *dhb, float *dhf,
         int i = threadIdx.x + j * TPB;
         d[j] = i < C ? dout[off + i] : 0.0f;
         xv[j] = i < C ? x[off + i] : 0.0f;
+        /* resid is read after the reduction: have it in L2 by then */
+        if (i < C) asm volatile("prefetch.global.L2 [%0];" ::"l"(resid + off + i));
     }
     float s = rstd[blockIdx.x];
     double dot = 0;
@@ -322,7 +332,10 @@ static void rmsnorm_bwd_resid(uint16_t *dhb, float *dhf, const float *resid, con
     case 2: k_rmsnorm_bwd_regs<2, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
     case 4: k_rmsnorm_bwd_regs<4, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
     case 8: k_rmsnorm_bwd_regs<8, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
+    case 12: k_rmsnorm_bwd_regs<12, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
     case 16: k_rmsnorm_bwd_regs<16, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
+    case 20: k_rmsnorm_bwd_regs<20, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
+    case 24: k_rmsnorm_bwd_regs<24, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
     case 32: k_rmsnorm_bwd_regs<32, 256><<<R, 256, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
     default: k_rmsnorm_bwd_resid<<<R, t, 0, g_cu.st>>>(o, dhf, resid, dout, x, w, rstd, C); break;
     }

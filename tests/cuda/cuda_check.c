@@ -1779,9 +1779,10 @@ static void elem_copy(long n)
 
 static void test_elem_kernels(void)
 {
-    /* rows of one element per thread under 256 threads, then 1, 4, 16 and 32
-     * per thread (5000: 20 used of 32), and a row too long for registers */
-    const int cs[] = {96, 256, 640, 4096, 5000, 9000, 333};
+    /* rows of one element per thread under 256 threads, then each register
+     * instance (1, 2, 4, 12, 16, 20, 24, 32 per thread; 640 and 5000 fill part
+     * of theirs) and a row too long for registers */
+    const int cs[] = {96, 256, 333, 640, 3000, 4096, 5000, 6000, 8192, 9000};
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) elem_rmsnorm(37, cs[i]);
     elem_swiglu(100003, 0);
     elem_swiglu(100000, 0);
@@ -2033,6 +2034,11 @@ static void test_rows_routes(void)
     /* C and F not multiples of 4: the loss and SwiGLU fall back to scalar accesses */
     small_config(&c, 510, 1282, 4, 2, 64, 0, 0, 0);
     test_block_rows("C510 F1282 T64", &c, 5, 3, 64, idx);
+    /* the 7B hidden size (16 per thread in the norms) and 5120 (20) */
+    small_config(&c, 4096, 1024, 4, 2, 64, 0, 0, 0);
+    test_block_rows("C4096 T32", &c, 5, 3, 32, idx);
+    small_config(&c, 5120, 1024, 4, 2, 64, 0, 0, 0);
+    test_block_rows("C5120 T32", &c, 5, 3, 32, idx);
     test_tuning_routes("W4G128", 0, 0);
     test_tuning_routes("W4G128 low_gpu_mem_usage", 1, 0);
     test_tuning_routes("W4G128 outlier loss", 0, 1);
