@@ -432,10 +432,29 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
  * (AR_CUDA_FLASH_MMA with the backward in one kernel, dQ added with f32
  * atomics: fewer tile products, dq not bit-reproducible) or
  * AR_CUDA_FLASH_WMMA (the first design, wmma tiles through shared memory,
- * kernels/flash.cu). Same results up to summation order. */
-enum { AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2, AR_CUDA_FLASH_MMA_ATOMIC = 3 };
+ * kernels/flash.cu). Candidates: AR_CUDA_FLASH_MMA_DS (backward: dS stored
+ * once in bf16 scratch, dQ from it without recomputing S and dP;
+ * deterministic), AR_CUDA_FLASH_MMA_DS_ILV (the same with its products
+ * interleaved in pairs), AR_CUDA_FLASH_MMA_M128 (forward: 128-query tiles,
+ * 32 rows per warp; same outputs), AR_CUDA_FLASH_MMA_M128_DS (m128 forward,
+ * ds-ilv backward); AR_CUDA_FLASH_MMA_V2 is session 2's default pair under a
+ * fixed name. Same results up to summation order. */
+enum {
+    AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2, AR_CUDA_FLASH_MMA_ATOMIC = 3,
+    AR_CUDA_FLASH_MMA_DS = 4, AR_CUDA_FLASH_MMA_DS_ILV = 5, AR_CUDA_FLASH_MMA_M128 = 6,
+    AR_CUDA_FLASH_MMA_M128_DS = 7, AR_CUDA_FLASH_MMA_V2 = 8, AR_CUDA_FLASH_KINDS = 9
+};
 void ar_cuda_set_flash_kernel(int kind);
 int  ar_cuda_get_flash_kernel(void);
+/* The AR_CUDA_FLASH name of a kind ("mma", "mma-ds", ...; NULL when kind is
+ * not one), and the kind of a name (-1 when none has it). */
+const char *ar_cuda_flash_kernel_name(int kind);
+int ar_cuda_flash_kernel_by_name(const char *name);
+/* Cap on the dS scratch one AR_CUDA_FLASH_MMA_DS backward launch uses (bytes;
+ * <= 0: the default 2 GiB); a larger need runs in chunks of (sequence, kv
+ * head) pairs. The scratch is allocated on first use and kept. Tests set
+ * small caps to exercise the chunking. */
+void ar_cuda_set_flash_ds_budget(long bytes);
 /* Floats of scratch ar_cuda_flash_backward needs. */
 long ar_cuda_flash_backward_scratch(int B, int T, int NH, int HD);
 /* dq [B, T, NH, HD], dk, dv [B, T, NKV, HD] (f32) += the attention gradients

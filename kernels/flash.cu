@@ -24,6 +24,7 @@
 #include <cuda_bf16.h>
 #include <math.h>
 #include <mma.h>
+#include <string.h>
 
 using namespace nvcuda;
 typedef __nv_bfloat16 bf16;
@@ -367,26 +368,41 @@ __global__ void __launch_bounds__(FTHREADS) k_flash_bwd_q(float *dq, const bf16 
 
 int ar_cuda_flash_supported(int HD) { return HD == 32 || HD == 64 || HD == 80 || HD == 96 || HD == 128; }
 
+/* Each AR_CUDA_FLASH kind (in enum order): its name and the flash_mma.cu
+ * forward and backward versions it runs (0: the wmma kernels here; the
+ * versions are listed at the top of flash_mma.cu). The default, `mma`, is
+ * one row: making another pair the default is a one-line change here. */
+static const struct {
+    const char *name;
+    int fwd, bwd;
+} g_kinds[AR_CUDA_FLASH_KINDS] = {
+    {"wmma", 0, 0},        /* AR_CUDA_FLASH_WMMA */
+    {"mma", 2, 2},         /* AR_CUDA_FLASH_MMA: the default */
+    {"mma1", 1, 1},        /* AR_CUDA_FLASH_MMA1 */
+    {"mma-atomic", 3, 3},  /* AR_CUDA_FLASH_MMA_ATOMIC */
+    {"mma-ds", 2, 4},      /* AR_CUDA_FLASH_MMA_DS */
+    {"mma-ds-ilv", 2, 5},  /* AR_CUDA_FLASH_MMA_DS_ILV */
+    {"mma-m128", 4, 2},    /* AR_CUDA_FLASH_MMA_M128 */
+    {"mma-m128-ds", 4, 5}, /* AR_CUDA_FLASH_MMA_M128_DS: both candidates */
+    {"mma-v2", 2, 2},      /* AR_CUDA_FLASH_MMA_V2: session 2's default under a fixed name */
+};
+
 static int g_flash_kernel = AR_CUDA_FLASH_MMA;
 
-void ar_cuda_set_flash_kernel(int kind)
+void ar_cuda_set_flash_kernel(int kind) { g_flash_kernel = kind >= 0 && kind < AR_CUDA_FLASH_KINDS ? kind : AR_CUDA_FLASH_MMA; }
+
+const char *ar_cuda_flash_kernel_name(int kind)
 {
-    g_flash_kernel = kind == AR_CUDA_FLASH_WMMA || kind == AR_CUDA_FLASH_MMA1 || kind == AR_CUDA_FLASH_MMA_ATOMIC
-                         ? kind
-                         : AR_CUDA_FLASH_MMA;
+    return kind >= 0 && kind < AR_CUDA_FLASH_KINDS ? g_kinds[kind].name : NULL;
 }
 
-/* The flash_mma.cu variant of the selected kernels (see
- * ar_cuda_flash_mma_forward; 0: the wmma ones here). */
-static int mma_version(void)
+int ar_cuda_flash_kernel_by_name(const char *name)
 {
-    switch (g_flash_kernel) {
-    case AR_CUDA_FLASH_MMA: return 2;
-    case AR_CUDA_FLASH_MMA1: return 1;
-    case AR_CUDA_FLASH_MMA_ATOMIC: return 3;
-    default: return 0;
-    }
+    for (int k = 0; name && k < AR_CUDA_FLASH_KINDS; k++)
+        if (!strcmp(name, g_kinds[k].name)) return k;
+    return -1;
 }
+
 int ar_cuda_get_flash_kernel(void) { return g_flash_kernel; }
 
 template <int D>
@@ -430,8 +446,9 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
                           const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window)
 {
     if (check_sizes(B, T, NH, NKV, HD)) return -1;
-    if (mma_version())
-        return ar_cuda_flash_mma_forward(out_b, out_f, lse, q, k, v, B, T, NH, NKV, HD, window, mma_version());
+    if (g_kinds[g_flash_kernel].fwd)
+        return ar_cuda_flash_mma_forward(out_b, out_f, lse, q, k, v, B, T, NH, NKV, HD, window,
+                                         g_kinds[g_flash_kernel].fwd);
     switch (HD) {
     case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
     case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
@@ -459,9 +476,9 @@ static int flash_backward(float *dq, float *dk, float *dv, float *scratch, const
     size_t off = ((size_t)B * NH * T * sizeof(float) + 255) & ~(size_t)255;
     uint16_t *dob = (uint16_t *)((char *)scratch + off);
     k_flash_prep<<<ar_blocks(rows * 32, 256), 256, 0, g_cu.st>>>(Drow, (bf16 *)dob, dout, out, T, NH, HD, rows);
-    if (mma_version())
+    if (g_kinds[g_flash_kernel].bwd)
         return ar_cuda_flash_mma_backward(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, HD, window, accumulate,
-                                          mma_version());
+                                          g_kinds[g_flash_kernel].bwd);
     if (!accumulate) { /* the wmma kernels only add */
         size_t nq = sizeof(float) * rows * HD, nk = sizeof(float) * (size_t)B * T * NKV * HD;
         AR_CK(cudaMemsetAsync(dq, 0, nq, g_cu.st));

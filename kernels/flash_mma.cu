@@ -16,6 +16,21 @@
  *             Sᵀ = K Qᵀ, Pᵀ, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ, dK += dSᵀ Q.
  *             dQ per (64-query tile, head): S, P, dP = dO Vᵀ, dS, dQ += dS K.
  *
+ * Kernel generations, picked per direction by the version number the
+ * entry points take (flash.cu maps each AR_CUDA_FLASH kind to a forward and
+ * a backward version):
+ *   forward   1 k_fwd (mma1), 2 k_fwd2<4> (mma: pipelined, 64-row tiles),
+ *             3 k_fwd2<8> (128-row tiles, 8 warps of 16 rows),
+ *             4 k_fwd3 (128-row tiles, 4 warps of 32 rows: see there);
+ *   backward  1 k_bwd_kv + k_bwd_q (mma1), 2 k_bwd_kv2 + k_bwd_q2 (mma),
+ *             3 k_bwd_kv2 fused with f32-atomic dQ (mma-atomic),
+ *             4 k_bwd_kv2 storing dS + k_bwd_dq (deterministic, no
+ *             recomputation of S and dP for dQ: see there), 5 the same
+ *             with k_bwd_kv2's products interleaved in pairs (KV_ILV).
+ * Versions 2-4 of each direction compute every output element with the
+ * same operations in the same order (forward 4 = forward 2; backward 4's dK,
+ * dV = backward 2's), except for the summation orders named where they differ.
+ *
  * Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16): lane = 4g + t holds
  * A rows g and g + 8, columns 2t, 2t+1 (+8); B (k x n) rows 2t, 2t+1 (+8) of
  * column g; C rows g and g + 8, columns 2t, 2t+1. Operands come from
@@ -29,6 +44,8 @@ namespace {
 typedef __nv_bfloat16 bf16;
 
 enum { MB = 64, MW = 4, MTHREADS = 32 * MW }; /* tile rows, warps, threads */
+
+/* ---- tensor-core primitives ------------------------------------------------------ */
 
 __device__ __forceinline__ void mma16816(float c[4], const unsigned a[4], unsigned b0, unsigned b1)
 {
@@ -76,6 +93,14 @@ __device__ __forceinline__ void load_b_kn(unsigned b[4], const bf16 *Y, int ld, 
     ldsm_t(b, Y + (k0 + (lane & 7) + (((lane >> 3) & 1) << 3)) * ld + n0 + ((lane >> 4) << 3));
 }
 
+/* A operand of the 16 x 16 block at (rows r0, columns c0) of Xᵀ, where X is
+ * stored k-major X[k][m] (pitch ld): the fused backward's dS from the dSᵀ
+ * tile. Matrices 0..3: (k lo, m lo), (k lo, m hi), (k hi, m lo), (k hi, m hi). */
+__device__ __forceinline__ void load_a_t(unsigned a[4], const bf16 *X, int ld, int r0, int c0, int lane)
+{
+    ldsm_t(a, X + (c0 + (lane & 7) + ((lane >> 4) << 3)) * ld + r0 + (((lane >> 3) & 1) << 3));
+}
+
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the lower column */
@@ -89,14 +114,19 @@ __device__ __forceinline__ void acc_to_a(unsigned a[4], const float s0[4], const
     a[2] = pack_bf16(s1[0], s1[1]), a[3] = pack_bf16(s1[2], s1[3]);
 }
 
+template <int N> __device__ __forceinline__ void zero_acc(float acc[N][4])
+{
+#pragma unroll
+    for (int n = 0; n < N; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+}
+
 /* acc[8][4] (16 rows x 64 columns) = A (16 rows of X from row r0, D deep) ·
  * Yᵀ where Y is a 64 x D tile stored n-major: S = Q Kᵀ and its relatives. */
 template <int D>
 __device__ __forceinline__ void rows_times_tile_t(float acc[8][4], const bf16 *X, int r0, const bf16 *Y, int lane)
 {
     const int LD = D + 8;
-#pragma unroll
-    for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+    zero_acc<8>(acc);
 #pragma unroll
     for (int kk = 0; kk < D / 16; kk++) {
         unsigned a[4];
@@ -109,6 +139,26 @@ __device__ __forceinline__ void rows_times_tile_t(float acc[8][4], const bf16 *X
             mma16816(acc[2 * np + 1], a, b[2], b[3]);
         }
     }
+}
+
+/* acc[8][4] (16 rows x 64 columns) = Qf · Yᵀ with the A operand already in
+ * registers (qf[kk]: k-step kk of the warp's 16 rows) and Y a 64 x D tile
+ * stored n-major: S = Q Kᵀ of the forward. */
+template <int D>
+__device__ __forceinline__ void frags_times_tile_t(float acc[8][4], const unsigned qf[D / 16][4], const bf16 *Y,
+                                                   int lane)
+{
+    const int LD = D + 8;
+    zero_acc<8>(acc);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++)
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            unsigned bb[4];
+            load_b_nk(bb, Y, LD, 16 * np, 16 * kk, lane);
+            mma16816(acc[2 * np], qf[kk], bb[0], bb[1]);
+            mma16816(acc[2 * np + 1], qf[kk], bb[2], bb[3]);
+        }
 }
 
 /* out[D/8][4] += P · Y where P (16 x 64) is in accumulator registers p[8][4]
@@ -131,6 +181,63 @@ __device__ __forceinline__ void acc_times_tile(float out[D / 8][4], const float 
     }
 }
 
+/* Two independent rows_times_tile_t products in one loop (a1 = X1 rows r0 ·
+ * Y1ᵀ, a2 = X2 rows r0 · Y2ᵀ): the same mma sequence per accumulator, so the
+ * same results, with 16 independent accumulation chains per k-step instead
+ * of 8 for the tensor pipe to overlap (the backward's Sᵀ and dPᵀ). */
+template <int D>
+__device__ __forceinline__ void rows_times_tiles_t2(float a1[8][4], const bf16 *X1, const bf16 *Y1, float a2[8][4],
+                                                    const bf16 *X2, const bf16 *Y2, int r0, int lane)
+{
+    const int LD = D + 8;
+    zero_acc<8>(a1);
+    zero_acc<8>(a2);
+#pragma unroll
+    for (int kk = 0; kk < D / 16; kk++) {
+        unsigned x1[4], x2[4];
+        load_a(x1, X1, LD, r0, 16 * kk, lane);
+        load_a(x2, X2, LD, r0, 16 * kk, lane);
+#pragma unroll
+        for (int np = 0; np < 4; np++) {
+            unsigned b1[4], b2[4];
+            load_b_nk(b1, Y1, LD, 16 * np, 16 * kk, lane);
+            load_b_nk(b2, Y2, LD, 16 * np, 16 * kk, lane);
+            mma16816(a1[2 * np], x1, b1[0], b1[1]);
+            mma16816(a1[2 * np + 1], x1, b1[2], b1[3]);
+            mma16816(a2[2 * np], x2, b2[0], b2[1]);
+            mma16816(a2[2 * np + 1], x2, b2[2], b2[3]);
+        }
+    }
+}
+
+/* Two independent acc_times_tile products in one loop (o1 += P1 · Y1, o2 +=
+ * P2 · Y2): per accumulator the same mma sequence (the backward's dV and
+ * dK), 32 independent chains per k-step. */
+template <int D>
+__device__ __forceinline__ void acc_times_tiles2(float o1[D / 8][4], const float p1[8][4], const bf16 *Y1,
+                                                 float o2[D / 8][4], const float p2[8][4], const bf16 *Y2, int lane)
+{
+    const int LD = D + 8;
+#pragma unroll
+    for (int kk = 0; kk < 4; kk++) {
+        unsigned x1[4], x2[4];
+        acc_to_a(x1, p1[2 * kk], p1[2 * kk + 1]);
+        acc_to_a(x2, p2[2 * kk], p2[2 * kk + 1]);
+#pragma unroll
+        for (int dp = 0; dp < D / 16; dp++) {
+            unsigned b1[4], b2[4];
+            load_b_kn(b1, Y1, LD, 16 * kk, 16 * dp, lane);
+            load_b_kn(b2, Y2, LD, 16 * kk, 16 * dp, lane);
+            mma16816(o1[2 * dp], x1, b1[0], b1[1]);
+            mma16816(o1[2 * dp + 1], x1, b1[2], b1[3]);
+            mma16816(o2[2 * dp], x2, b2[0], b2[1]);
+            mma16816(o2[2 * dp + 1], x2, b2[2], b2[3]);
+        }
+    }
+}
+
+/* ---- masks, exponentials, reductions ----------------------------------------------- */
+
 __device__ __forceinline__ bool visible(int q, int k, int T, int window)
 {
     return q < T && k < T && k <= q && (window <= 0 || q - k < window);
@@ -141,6 +248,25 @@ __device__ __forceinline__ bool visible(int q, int k, int T, int window)
 __device__ __forceinline__ bool tile_visible(int q0, int k0, int T, int window)
 {
     return k0 + MB - 1 <= q0 && q0 + MB <= T && (window <= 0 || q0 + MB - 1 - k0 < window);
+}
+
+/* First key tile a query tile at q0 sees (0, or the window's start). */
+__device__ __forceinline__ int first_key_tile(int q0, int window)
+{
+    return window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
+}
+
+/* One past the last query tile that sees the key tile at k0 (a window ends
+ * the band: the first i with i·64 − window ≥ k0 + 63 sees none of it). Every
+ * (query tile i, key tile j) with first_key_tile(64i) <= j <= i has
+ * i < end_query_tile(64j): the dK/dV kernel visits every tile the dQ
+ * kernels do (backward 4 relies on it: its dQ kernel reads the dS tiles the
+ * dK/dV kernel wrote). */
+__device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
+{
+    if (window <= 0) return nT;
+    int e = (k0 + MB - 1 + window + MB - 1) / MB;
+    return e < nT ? e : nT;
 }
 
 /* 2^x on the special-function unit (relative error ~2^-22, far below the
@@ -156,6 +282,20 @@ __device__ __forceinline__ float ex2(float x)
 
 #define AR_LOG2E 1.4426950408889634f
 #define AR_LN2 0.6931471805599453f
+
+__device__ __forceinline__ float quad_max(float v)
+{
+    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
+    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+}
+
+__device__ __forceinline__ float quad_sum(float v)
+{
+    v += __shfl_xor_sync(0xffffffffu, v, 1);
+    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+}
+
+/* ---- global <-> shared / registers ---------------------------------------------------- */
 
 /* Rows [t0, t0 + 64) of one head of x [B, T, H, D] (bf16) into a tile of
  * pitch D + 8; rows at or past T become zeros. 16-byte vector copies. */
@@ -192,19 +332,209 @@ __device__ void add_acc_rows(float *y, const float acc[D / 8][4], int b, int r0,
     }
 }
 
-__device__ __forceinline__ float quad_max(float v)
+/* 16 bytes global -> shared without a register round trip; valid = 0 writes
+ * zeros and reads nothing (src must still be a mapped address). */
+__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
 {
-    v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 1));
-    return fmaxf(v, __shfl_xor_sync(0xffffffffu, v, 2));
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
 }
 
-__device__ __forceinline__ float quad_sum(float v)
+/* The same for one float (the backward's lse and D rows). */
+__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid)
 {
-    v += __shfl_xor_sync(0xffffffffu, v, 1);
-    return v + __shfl_xor_sync(0xffffffffu, v, 2);
+    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0) : "memory");
 }
 
-/* ---- forward ------------------------------------------------------------------- */
+/* Close the group of copies issued so far (an empty group is legal: the
+ * last step commits one so the wait below stays uniform). */
+__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+/* Wait until at most N of this thread's groups are still in flight. */
+template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+/* load_tile through cp.async (no wait): rows [t0, t0 + 64) of one head of x
+ * [B, T, H, D] into a tile of pitch D + 8, rows at or past T zero-filled.
+ * (A version with the thread count as a template constant, an unrolled
+ * loop and the index math folded into a base pointer and row stride made
+ * ptxas give k_fwd2 26 and k_bwd_q2 24 more registers and k_bwd_kv2 spills:
+ * not taken without a GPU to measure it.) */
+template <int D>
+__device__ void load_tile_async(bf16 *tile, const bf16 *x, int b, int t0, int T, int H, int h)
+{
+    const int ch = D / 8, LD = D + 8;
+    for (int c = threadIdx.x; c < MB * ch; c += blockDim.x) {
+        int r = c / ch, d = (c % ch) * 8, t = t0 + r;
+        bool ok = t < T;
+        cp_async16(tile + r * LD + d, x + (((long)b * T + (ok ? t : 0)) * H + h) * D + d, ok);
+    }
+}
+
+/* A 64 x 64 bf16 tile stored contiguously (8 KB: backward 4's dS tiles)
+ * through cp.async by a block of MTHREADS threads. */
+__device__ __forceinline__ void load_flat_tile_async(bf16 *dst, const bf16 *src)
+{
+#pragma unroll
+    for (int u = 0; u < MB * MB / 8 / MTHREADS; u++) {
+        int c = (threadIdx.x + u * MTHREADS) * 8;
+        cp_async16(dst + c, src + c, true);
+    }
+}
+
+/* lse and D of query rows [q0, q0 + 64) of head h (rows past T: zeros);
+ * threads 0..63 copy lse, 64..127 D. */
+__device__ __forceinline__ void load_rows_async(float *Ls, float *Ds, const float *lse, const float *Drow, int b,
+                                                int q0, int T, int NH, int h)
+{
+    int c = threadIdx.x & (MB - 1), tq = q0 + c;
+    bool ok = tq < T;
+    long o = ((long)b * NH + h) * T + (ok ? tq : 0);
+    if (threadIdx.x < MB) cp_async4(Ls + c, lse + o, ok);
+    else if (threadIdx.x < 2 * MB) cp_async4(Ds + c, Drow + o, ok);
+}
+
+/* lse (in log2 units) and D of this lane's query rows row0, row0 + 8 (past
+ * T: zeros): the dQ kernels keep them in registers. */
+__device__ __forceinline__ void load_row_stats(float L[2], float Dd[2], const float *lse, const float *Drow, int b,
+                                               int row0, int T, int NH, int h)
+{
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        int r = row0 + 8 * hh;
+        long o = ((long)b * NH + h) * T + r;
+        L[hh] = r < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
+        Dd[hh] = r < T ? Drow[o] : 0.0f;
+    }
+}
+
+/* ---- forward pieces ----------------------------------------------------------------- */
+
+/* The forward's output rows of one 16-row unit: this lane's rows row0 and
+ * row0 + 8 (< T) of out [B, T, NH, D] = o / l (f32 and/or bf16), lse = m·ln 2
+ * + log l (m in log2 units; l a per-lane partial sum, completed here over the
+ * quad: every term was scaled alike). */
+template <int D>
+__device__ __forceinline__ void store_out_rows(bf16 *out_b, float *out_f, float *lse, const float o[D / 8][4],
+                                               const float m[2], const float l[2], int b, int row0, int T, int NH,
+                                               int h, int t)
+{
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        float lt = quad_sum(l[hh]); /* every lane: a shuffle */
+        int r = row0 + 8 * hh;
+        if (r >= T) continue;
+        float inv = 1.0f / lt;
+        long base = (((long)b * T + r) * NH + h) * D + 2 * t;
+#pragma unroll
+        for (int n = 0; n < D / 8; n++) {
+            float x0 = o[n][2 * hh] * inv, x1 = o[n][2 * hh + 1] * inv;
+            if (out_f) *(float2 *)(out_f + base + 8 * n) = make_float2(x0, x1);
+            if (out_b) *(__nv_bfloat162 *)(out_b + base + 8 * n) = __floats2bfloat162_rn(x0, x1);
+        }
+        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] * AR_LN2 + logf(lt); /* m is in log2 units */
+    }
+}
+
+/* One key tile of the version 2+ forward's online softmax for 16 query rows
+ * qa .. qa + 15 (this lane's: row0 = qa + g and row0 + 8): s holds their raw
+ * scores Q Kᵀ against keys k0 .. k0 + 63 and leaves as the unnormalized
+ * probabilities 2^(s·scale2 − m); the running maximum m (log2 units) and the
+ * per-lane partial sums l are updated and the output rows o rescaled. The
+ * row maximum is taken on the raw scores (scale2 > 0), so a probability
+ * costs one FFMA and one EX2. A tile none of whose keys a row sees leaves
+ * that row's m, l and o unchanged bit for bit (alpha = 1 or o = 0, p = 0). */
+template <int D>
+__device__ __forceinline__ void softmax_tile(float s[8][4], float o[D / 8][4], float m[2], float l[2], int qa,
+                                             int row0, int k0, int t, int T, int window, float scale2)
+{
+    float mx[2] = {-INFINITY, -INFINITY};
+    /* the 16 rows see every key of the tile: no masking */
+    if (k0 + MB - 1 <= qa && qa + 16 <= T && (window <= 0 || qa + 15 - k0 < window)) {
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+    } else {
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+#pragma unroll
+            for (int e = 0; e < 4; e++) {
+                int key = k0 + 8 * n + 2 * t + (e & 1);
+                if (!visible(row0 + 8 * (e >> 1), key, T, window)) s[n][e] = -INFINITY;
+                mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
+            }
+    }
+    float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++) {
+        /* raw maximum times scale2 = maximum of the log2-unit scores (scale2 > 0) */
+        float mt = quad_max(mx[hh]), mn = fmaxf(m[hh], mt == -INFINITY ? -INFINITY : mt * scale2);
+        alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
+        mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
+        m[hh] = mn;
+    }
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            float p = ex2(__fmaf_rn(s[n][e], scale2, -mu[e >> 1])); /* masked: 2^-inf = 0 */
+            s[n][e] = p;
+            rs[e >> 1] += p;
+        }
+    /* l stays a per-lane partial sum until the end: every term is scaled alike */
+    l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
+#pragma unroll
+    for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+}
+
+/* ---- backward pieces ------------------------------------------------------------------ */
+
+/* Pᵀ in the dK/dV kernels: p holds Sᵀ (raw scores) of this lane's keys key0,
+ * key0 + 8 against queries q0 + 8n + 2t + (e & 1) and leaves as the
+ * probabilities 2^(s·scale2 − L·lmul) (0 where not visible); L: the query
+ * tile's lse rows, times lmul in log2 units (version 1 stores them scaled:
+ * lmul = 1, exact). */
+__device__ __forceinline__ void kv_probs(float p[8][4], const float *L, float lmul, bool full, int q0, int key0,
+                                         int t, int T, int window, float scale2)
+{
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int c = 8 * n + 2 * t + (e & 1);
+            p[n][e] = full || visible(q0 + c, key0 + 8 * (e >> 1), T, window)
+                          ? ex2(__fmaf_rn(p[n][e], scale2, -(L[c] * lmul)))
+                          : 0.0f;
+        }
+}
+
+/* dSᵀ = Pᵀ ⊙ (dPᵀ − D)·scale in place of dPᵀ (dp), D per query column. */
+__device__ __forceinline__ void kv_dst(float dp[8][4], const float p[8][4], const float *Dv, int t, float scale)
+{
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Dv[8 * n + 2 * t + (e & 1)]) * scale;
+}
+
+/* dS in the dQ kernels: from S (p) and dP (dp) of this lane's query rows
+ * row0, row0 + 8 against keys k0.., with the rows' lse L (log2 units) and D,
+ * in place of dp. */
+__device__ __forceinline__ void q_ds(float dp[8][4], const float p[8][4], const float L[2], const float Dd[2],
+                                     bool full, int row0, int k0, int t, int T, int window, float scale2, float scale)
+{
+#pragma unroll
+    for (int n = 0; n < 8; n++)
+#pragma unroll
+        for (int e = 0; e < 4; e++) {
+            int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
+            float pv = full || visible(row0 + 8 * hh, key, T, window) ? ex2(__fmaf_rn(p[n][e], scale2, -L[hh])) : 0.0f;
+            dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
+        }
+}
+
+/* ---- version 1: the first mma kernels (AR_CUDA_FLASH=mma1) ---------------------------------- */
 
 template <int D>
 __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, float *lse, const bf16 *q, const bf16 *k,
@@ -219,10 +549,8 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
 
     load_tile<D>(Qs, q, b, q0, T, NH, h);
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
-    int j0 = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
-    for (int j = j0; j <= i; j++) {
+    zero_acc<D / 8>(o);
+    for (int j = first_key_tile(q0, window); j <= i; j++) {
         int k0 = j * MB;
         __syncthreads(); /* every warp is done with the previous K, V */
         load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
@@ -263,24 +591,8 @@ __global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, flo
         for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
         acc_times_tile<D>(o, s, Vs, lane);
     }
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        float lt = quad_sum(l[hh]);
-        int r = row0 + 8 * hh;
-        if (r >= T) continue;
-        float inv = 1.0f / lt;
-        long base = (((long)b * T + r) * NH + h) * D + 2 * t;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            float x0 = o[n][2 * hh] * inv, x1 = o[n][2 * hh + 1] * inv;
-            if (out_f) *(float2 *)(out_f + base + 8 * n) = make_float2(x0, x1);
-            if (out_b) *(__nv_bfloat162 *)(out_b + base + 8 * n) = __floats2bfloat162_rn(x0, x1);
-        }
-        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] * AR_LN2 + logf(lt); /* m is in log2 units */
-    }
+    store_out_rows<D>(out_b, out_f, lse, o, m, l, b, row0, T, NH, h, t);
 }
-
-/* ---- backward ------------------------------------------------------------------- */
 
 template <int D>
 __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const bf16 *q, const bf16 *k, const bf16 *v,
@@ -298,10 +610,8 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const
     load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
     load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
     float dK[D / 8][4], dV[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.0f;
+    zero_acc<D / 8>(dK);
+    zero_acc<D / 8>(dV);
     for (int r = 0; r < group; r++) {
         int h = kvh * group + r;
         for (int i = j; i < nT; i++) {
@@ -319,22 +629,10 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const
             __syncthreads();
             float p[8][4], dp[8][4];
             rows_times_tile_t<D>(p, Ks, 16 * w, Qs, lane); /* Sᵀ: this warp's keys x 64 queries */
-            bool full = tile_visible(q0, k0, T, window);
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    int c = 8 * n + 2 * t + (e & 1);
-                    p[n][e] = full || visible(q0 + c, key0 + 8 * (e >> 1), T, window)
-                                  ? ex2(__fmaf_rn(p[n][e], scale2, -Ls[c]))
-                                  : 0.0f;
-                }
+            kv_probs(p, Ls, 1.0f, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
             acc_times_tile<D>(dV, p, dOs, lane);            /* dV += Pᵀ dO */
             rows_times_tile_t<D>(dp, Vs, 16 * w, dOs, lane); /* dPᵀ = V dOᵀ */
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale;
+            kv_dst(dp, p, Ds, t, scale);
             acc_times_tile<D>(dK, dp, Qs, lane); /* dK += dSᵀ Q */
         }
     }
@@ -357,18 +655,10 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
     load_tile<D>(Qs, q, b, q0, T, NH, h);
     load_tile<D>(dOs, dob, b, q0, T, NH, h);
     float L[2], Dd[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        int r = row0 + 8 * hh;
-        long o = ((long)b * NH + h) * T + r;
-        L[hh] = r < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
-        Dd[hh] = r < T ? Drow[o] : 0.0f;
-    }
+    load_row_stats(L, Dd, lse, Drow, b, row0, T, NH, h);
     float dQ[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
-    int j0 = window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
-    for (int j = j0; j <= i; j++) {
+    zero_acc<D / 8>(dQ);
+    for (int j = first_key_tile(q0, window); j <= i; j++) {
         int k0 = j * MB;
         __syncthreads();
         load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
@@ -377,16 +667,7 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
         float p[8][4], dp[8][4];
         rows_times_tile_t<D>(p, Qs, 16 * w, Ks, lane);  /* S = Q Kᵀ */
         rows_times_tile_t<D>(dp, dOs, 16 * w, Vs, lane); /* dP = dO Vᵀ */
-        bool full = tile_visible(q0, k0, T, window);
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
-                float pv = full || visible(row0 + 8 * hh, key, T, window) ? ex2(__fmaf_rn(p[n][e], scale2, -L[hh]))
-                                                                          : 0.0f;
-                dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
-            }
+        q_ds(dp, p, L, Dd, tile_visible(q0, k0, T, window), row0, k0, t, T, window, scale2, scale);
         acc_times_tile<D>(dQ, dp, Ks, lane); /* dQ += dS K */
     }
     add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
@@ -414,80 +695,6 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
  *     5 to 6 tiles of shared memory: 87-105 KB at head_dim 128).
  * The dK/dV kernel flattens its (query head of the group, query tile) loop
  * into one step sequence so the prefetch crosses head boundaries. */
-
-/* 16 bytes global -> shared without a register round trip; valid = 0 writes
- * zeros and reads nothing (src must still be a mapped address). */
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, bool valid)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 16 : 0) : "memory");
-}
-
-/* The same for one float (the backward's lse and D rows). */
-__device__ __forceinline__ void cp_async4(void *dst, const void *src, bool valid)
-{
-    unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.ca.shared.global [%0], [%1], 4, %2;\n" ::"r"(d), "l"(src), "r"(valid ? 4 : 0) : "memory");
-}
-
-/* Close the group of copies issued so far (an empty group is legal: the
- * last step commits one so the wait below stays uniform). */
-__device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-
-/* Wait until at most N of this thread's groups are still in flight. */
-template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
-
-/* load_tile through cp.async (no wait): rows [t0, t0 + 64) of one head of x
- * [B, T, H, D] into a tile of pitch D + 8, rows at or past T zero-filled. */
-template <int D>
-__device__ void load_tile_async(bf16 *tile, const bf16 *x, int b, int t0, int T, int H, int h)
-{
-    const int ch = D / 8, LD = D + 8;
-    for (int c = threadIdx.x; c < MB * ch; c += blockDim.x) {
-        int r = c / ch, d = (c % ch) * 8, t = t0 + r;
-        bool ok = t < T;
-        cp_async16(tile + r * LD + d, x + (((long)b * T + (ok ? t : 0)) * H + h) * D + d, ok);
-    }
-}
-
-/* lse and D of query rows [q0, q0 + 64) of head h (rows past T: zeros);
- * threads 0..63 copy lse, 64..127 D. */
-__device__ __forceinline__ void load_rows_async(float *Ls, float *Ds, const float *lse, const float *Drow, int b,
-                                                int q0, int T, int NH, int h)
-{
-    int c = threadIdx.x & (MB - 1), tq = q0 + c;
-    bool ok = tq < T;
-    long o = ((long)b * NH + h) * T + (ok ? tq : 0);
-    if (threadIdx.x < MB) cp_async4(Ls + c, lse + o, ok);
-    else if (threadIdx.x < 2 * MB) cp_async4(Ds + c, Drow + o, ok);
-}
-
-/* acc[8][4] (16 rows x 64 columns) = Qf · Yᵀ with the A operand already in
- * registers (qf[kk]: k-step kk of the warp's 16 rows) and Y a 64 x D tile
- * stored n-major: S = Q Kᵀ of the forward. */
-template <int D>
-__device__ __forceinline__ void frags_times_tile_t(float acc[8][4], const unsigned qf[D / 16][4], const bf16 *Y,
-                                                   int lane)
-{
-    const int LD = D + 8;
-#pragma unroll
-    for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-#pragma unroll
-        for (int np = 0; np < 4; np++) {
-            unsigned bb[4];
-            load_b_nk(bb, Y, LD, 16 * np, 16 * kk, lane);
-            mma16816(acc[2 * np], qf[kk], bb[0], bb[1]);
-            mma16816(acc[2 * np + 1], qf[kk], bb[2], bb[3]);
-        }
-}
-
-/* First key tile a query tile at q0 sees (0, or the window's start). */
-__device__ __forceinline__ int first_key_tile(int q0, int window)
-{
-    return window > 0 && q0 - window + 1 > 0 ? (q0 - window + 1) / MB : 0;
-}
 
 /* Forward on query tiles of 16·NW rows (NW warps of 16 rows; NW = 4: the
  * 64-row tiles of AR_CUDA_FLASH_MMA, 8: 128-row tiles, AR_CUDA_FLASH_MMA_ATOMIC,
@@ -522,8 +729,7 @@ __global__ void __launch_bounds__(32 * NW, NW == 4 ? 2 : 1) k_fwd2(bf16 *out_b, 
     __syncthreads(); /* every warp has its Q before buffer 1 is refilled */
 
     float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0.0f;
+    zero_acc<D / 8>(o);
     for (int j = j0; j <= jl; j++) {
         const int cur = (j - j0) & 1, k0 = j * MB;
         if (j < jl) { /* prefetch the next K, V into the other buffer */
@@ -536,71 +742,12 @@ __global__ void __launch_bounds__(32 * NW, NW == 4 ? 2 : 1) k_fwd2(bf16 *out_b, 
         if (k0 <= qw + 15) { /* else every key of the tile is after the warp's rows */
             float s[8][4];
             frags_times_tile_t<D>(s, qf, Ks + 2 * cur * TS, lane);
-            float mx[2] = {-INFINITY, -INFINITY};
-            /* the warp's 16 rows see every key of the tile: no masking */
-            if (k0 + MB - 1 <= qw && qw + 16 <= T && (window <= 0 || qw + 15 - k0 < window)) {
-#pragma unroll
-                for (int n = 0; n < 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-            } else {
-#pragma unroll
-                for (int n = 0; n < 8; n++)
-#pragma unroll
-                    for (int e = 0; e < 4; e++) {
-                        int key = k0 + 8 * n + 2 * t + (e & 1);
-                        if (!visible(row0 + 8 * (e >> 1), key, T, window)) s[n][e] = -INFINITY;
-                        mx[e >> 1] = fmaxf(mx[e >> 1], s[n][e]);
-                    }
-            }
-            float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
-#pragma unroll
-            for (int hh = 0; hh < 2; hh++) {
-                /* raw maximum times scale2 = maximum of the log2-unit scores (scale2 > 0) */
-                float mt = quad_max(mx[hh]), mn = fmaxf(m[hh], mt == -INFINITY ? -INFINITY : mt * scale2);
-                alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
-                mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
-                m[hh] = mn;
-            }
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int e = 0; e < 4; e++) {
-                    float p = ex2(__fmaf_rn(s[n][e], scale2, -mu[e >> 1])); /* masked: 2^-inf = 0 */
-                    s[n][e] = p;
-                    rs[e >> 1] += p;
-                }
-            /* l stays a per-lane partial sum until the end: every term is scaled alike */
-            l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
-#pragma unroll
-            for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
+            softmax_tile<D>(s, o, m, l, qw, row0, k0, t, T, window, scale2);
             acc_times_tile<D>(o, s, Vs + 2 * cur * TS, lane);
         }
         __syncthreads(); /* every warp is done with this buffer before it is refilled */
     }
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        float lt = quad_sum(l[hh]);
-        int r = row0 + 8 * hh;
-        if (r >= T) continue;
-        float inv = 1.0f / lt;
-        long base = (((long)b * T + r) * NH + h) * D + 2 * t;
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) {
-            float x0 = o[n][2 * hh] * inv, x1 = o[n][2 * hh + 1] * inv;
-            if (out_f) *(float2 *)(out_f + base + 8 * n) = make_float2(x0, x1);
-            if (out_b) *(__nv_bfloat162 *)(out_b + base + 8 * n) = __floats2bfloat162_rn(x0, x1);
-        }
-        if (t == 0) lse[((long)b * NH + h) * T + r] = m[hh] * AR_LN2 + logf(lt); /* m is in log2 units */
-    }
-}
-
-/* A operand of the 16 x 16 block at (rows r0, columns c0) of Xᵀ, where X is
- * stored k-major X[k][m] (pitch ld): the fused backward's dS from the dSᵀ
- * tile. Matrices 0..3: (k lo, m lo), (k lo, m hi), (k hi, m lo), (k hi, m hi). */
-__device__ __forceinline__ void load_a_t(unsigned a[4], const bf16 *X, int ld, int r0, int c0, int lane)
-{
-    ldsm_t(a, X + (c0 + (lane & 7) + ((lane >> 4) << 3)) * ld + r0 + (((lane >> 3) & 1) << 3));
+    store_out_rows<D>(out_b, out_f, lse, o, m, l, b, row0, T, NH, h, t);
 }
 
 /* p[0..1] += (x, y) in global memory without reading back (one vector
@@ -628,8 +775,7 @@ __device__ __forceinline__ void add_dq_atomic(float *dq, const bf16 *dSt, const 
 #pragma unroll
     for (int c0 = 0; c0 < D / 16; c0 += 4) { /* 16-column units c0 .. c0 + 3 */
         float acc[8][4];
-#pragma unroll
-        for (int n = 0; n < 8; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
+        zero_acc<8>(acc);
 #pragma unroll
         for (int kk = 0; kk < MB / 16; kk++) {
             unsigned a[4];
@@ -658,36 +804,81 @@ __device__ __forceinline__ void add_dq_atomic(float *dq, const bf16 *dSt, const 
     }
 }
 
-/* One past the last query tile that sees the key tile at k0 (a window ends
- * the band: the first i with i·64 − window ≥ k0 + 63 sees none of it). */
-__device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
+/* ---- backward 4: dS stored once, dQ without recomputation ---------------------------
+ * The deterministic backward 2 computes dS twice: the dK/dV kernel needs Sᵀ,
+ * Pᵀ, dPᵀ and dSᵀ (4 tile products per step with dV and dK) and the dQ
+ * kernel recomputes S and dP from Q, K, V, dO to get dS for dQ = dS K (3
+ * products): 7 products where 5 are the work. Backward 4 has the dK/dV
+ * kernel store each dS tile it computes (bf16: the values its dK product
+ * rounds to anyway) in a scratch area, and a dQ kernel that only streams
+ * dS tiles and K tiles through one product per step, in the same key-tile
+ * order: one writer per dq element, deterministic, and dq the same sums of
+ * the same bf16 products as backward 2's. The price is the scratch: one 8 KB
+ * tile per (query head, query tile, key tile <= query tile), 1.1 GB at B 8,
+ * T 2048, 32 heads (allocated once and kept; the launch splits into chunks of
+ * (sequence, kv head) pairs when it exceeds the budget,
+ * ar_cuda_set_flash_ds_budget).
+ *
+ * A dS tile is stored as 64 8x8 matrices of 128 bytes each: matrix kb·8 + n
+ * holds dSᵀ rows (keys) 8kb .. 8kb + 7 by columns (queries) 8n .. 8n + 7,
+ * row-major. In the dK/dV kernel's accumulator layout lane 4g + t holds
+ * exactly row g, columns 2t, 2t + 1 of such a matrix, so each warp store of
+ * a 32-bit pair fills one 128-byte line; in the dQ kernel, ldmatrix.trans
+ * of four such matrices (128 contiguous bytes each: conflict-free) gives
+ * the A operand of dS. */
+
+/* k_bwd_kv2's MODE bits: what it does with dS besides dK (nothing, f32
+ * atomics into dq, or store it for k_bwd_dq), and KV_ILV: its four products
+ * as two interleaved pairs (Sᵀ with dPᵀ, then dV with dK; same results). */
+enum { KV_PLAIN = 0, KV_ATOMIC_DQ = 1, KV_STORE_DS = 2, KV_ILV = 4 };
+enum { DS_TILE = MB * MB }; /* bf16 elements of a stored dS tile */
+
+/* Offset (in bf16) of the stored dS tile (query tile i, key tile j <= i) of
+ * chunk-local query head lh; ntri = nT(nT + 1)/2 tiles per head. */
+__device__ __forceinline__ size_t ds_tile_at(int lh, long ntri, int i, int j)
 {
-    if (window <= 0) return nT;
-    int e = (k0 + MB - 1 + window + MB - 1) / MB;
-    return e < nT ? e : nT;
+    return ((size_t)lh * ntri + (size_t)i * (i + 1) / 2 + j) * DS_TILE;
 }
 
-/* dK, dV per (64-key tile, kv head), as k_bwd_kv. FUSED (AR_CUDA_FLASH=
+/* The warp's 16 rows (keys 16w ..) of dSᵀ, rounded to bf16 as acc_to_a
+ * rounds them for dK, into a stored dS tile (layout above). Streaming
+ * stores: the tile is read once, by another kernel, after 1 GB of others. */
+__device__ __forceinline__ void store_ds_tile(bf16 *tile, const float ds[8][4], int w, int lane)
+{
+#pragma unroll
+    for (int hh = 0; hh < 2; hh++)
+#pragma unroll
+        for (int n = 0; n < 8; n++)
+            __stcs((unsigned *)(tile + ((2 * w + hh) * 8 + n) * 64 + 2 * lane), pack_bf16(ds[n][2 * hh], ds[n][2 * hh + 1]));
+}
+
+/* dK, dV per (64-key tile, kv head), as k_bwd_kv. The grid's x enumerates
+ * (sequence, kv head) pairs from p0 (pair = b·NKV + kvh; backward 4 runs
+ * them in chunks), y the key tile. MODE KV_ATOMIC_DQ (AR_CUDA_FLASH=
  * mma-atomic): the same kernel also adds dQ = dS K: each step's dSᵀ goes to
  * shared memory in bf16 (the values the dK product uses), and after a
  * barrier each warp multiplies 16 query rows of its transpose by the key
  * tile and adds them to dq with f32 reductions: 5 tile products per step
  * instead of 4 here + 3 in k_bwd_q2, but dq's sums are in arrival order
- * (not bit-reproducible) and dq must start zeroed. */
-template <int D, bool FUSED>
-__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, float *dq, const bf16 *q, const bf16 *k,
-                                                         const bf16 *v, const bf16 *dob, const float *lse,
+ * (not bit-reproducible) and dq must start zeroed. MODE KV_STORE_DS
+ * (backward 4): each step's dS tile is stored to dS (chunk-local query head
+ * (pair − p0)·group + r) for k_bwd_dq. */
+template <int D, int MODE>
+__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, float *dq, bf16 *dS, const bf16 *q,
+                                                         const bf16 *k, const bf16 *v, const bf16 *dob, const float *lse,
                                                          const float *Drow, int T, int NH, int NKV, int window,
-                                                         float scale, int accumulate)
+                                                         float scale, int p0, int accumulate)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int group = NH / NKV, nT = (T + MB - 1) / MB, j = blockIdx.y, kvh = blockIdx.x % NKV, b = blockIdx.x / NKV;
+    const int group = NH / NKV, nT = (T + MB - 1) / MB, j = blockIdx.y, pair = p0 + blockIdx.x;
+    const int kvh = pair % NKV, b = pair / NKV;
     const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
     const float scale2 = scale * AR_LOG2E;
+    const long ntri = (long)nT * (nT + 1) / 2;
     bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Vs + TS, *dOs = Qs + 2 * TS; /* Q, dO: two buffers each */
     float *Ls = (float *)(dOs + 2 * TS), *Ds = Ls + 2 * MB;
-    bf16 *dSt = (bf16 *)(Ds + 2 * MB); /* FUSED: [64 keys][LDT] */
+    bf16 *dSt = (bf16 *)(Ds + 2 * MB); /* KV_ATOMIC_DQ: [64 keys][LDT] */
     /* steps: (query head r of the group, query tile i), i fastest */
     const int ni = end_query_tile(k0, nT, window) - j, steps = group * ni;
 
@@ -698,12 +889,10 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
     load_rows_async(Ls, Ds, lse, Drow, b, k0, T, NH, kvh * group);
     cp_commit();
     float dK[D / 8][4], dV[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) dK[n][e] = dV[n][e] = 0.0f;
+    zero_acc<D / 8>(dK);
+    zero_acc<D / 8>(dV);
     for (int st = 0; st < steps; st++) {
-        const int cur = st & 1, q0 = (j + st % ni) * MB;
+        const int cur = st & 1, i = j + st % ni, q0 = i * MB;
         if (st + 1 < steps) { /* prefetch the next step's Q, dO, lse, D */
             int h1 = kvh * group + (st + 1) / ni, q1 = (j + (st + 1) % ni) * MB, nb = cur ^ 1;
             load_tile_async<D>(Qs + nb * TS, q, b, q1, T, NH, h1);
@@ -716,24 +905,17 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
         const bf16 *Qc = Qs + cur * TS, *dOc = dOs + cur * TS;
         const float *Lc = Ls + cur * MB, *Dc = Ds + cur * MB;
         float p[8][4], dp[8][4];
-        rows_times_tile_t<D>(p, Ks, 16 * w, Qc, lane); /* Sᵀ: this warp's keys x 64 queries */
-        bool full = tile_visible(q0, k0, T, window);
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int c = 8 * n + 2 * t + (e & 1);
-                p[n][e] = full || visible(q0 + c, key0 + 8 * (e >> 1), T, window)
-                              ? ex2(__fmaf_rn(p[n][e], scale2, -(Lc[c] * AR_LOG2E)))
-                              : 0.0f;
-            }
-        acc_times_tile<D>(dV, p, dOc, lane);            /* dV += Pᵀ dO */
-        rows_times_tile_t<D>(dp, Vs, 16 * w, dOc, lane); /* dPᵀ = V dOᵀ */
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Dc[8 * n + 2 * t + (e & 1)]) * scale;
-        if (FUSED) { /* the warp's 16 rows of dSᵀ, rounded as acc_to_a rounds them */
+        if (MODE & KV_ILV) { /* Sᵀ and dPᵀ together; dV after dPᵀ: the same sums */
+            rows_times_tiles_t2<D>(p, Ks, Qc, dp, Vs, dOc, 16 * w, lane);
+            kv_probs(p, Lc, AR_LOG2E, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
+        } else {
+            rows_times_tile_t<D>(p, Ks, 16 * w, Qc, lane); /* Sᵀ: this warp's keys x 64 queries */
+            kv_probs(p, Lc, AR_LOG2E, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
+            acc_times_tile<D>(dV, p, dOc, lane);            /* dV += Pᵀ dO */
+            rows_times_tile_t<D>(dp, Vs, 16 * w, dOc, lane); /* dPᵀ = V dOᵀ */
+        }
+        kv_dst(dp, p, Dc, t, scale);
+        if (MODE & KV_ATOMIC_DQ) { /* the warp's 16 rows of dSᵀ, rounded as acc_to_a rounds them */
 #pragma unroll
             for (int n = 0; n < 8; n++)
 #pragma unroll
@@ -741,11 +923,13 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
                     *(unsigned *)(dSt + (16 * w + g + 8 * hh) * LDT + 8 * n + 2 * t) =
                         pack_bf16(dp[n][2 * hh], dp[n][2 * hh + 1]);
         }
-        acc_times_tile<D>(dK, dp, Qc, lane); /* dK += dSᵀ Q */
+        if (MODE & KV_STORE_DS) store_ds_tile(dS + ds_tile_at(blockIdx.x * group + st / ni, ntri, i, j), dp, w, lane);
+        if (MODE & KV_ILV) acc_times_tiles2<D>(dV, p, dOc, dK, dp, Qc, lane); /* dV += Pᵀ dO, dK += dSᵀ Q */
+        else acc_times_tile<D>(dK, dp, Qc, lane); /* dK += dSᵀ Q */
         /* every warp is done with this step's Q, dO, lse, D (refilled by the
-         * next step's prefetch) and, FUSED, has written its dSᵀ rows */
+         * next step's prefetch) and, KV_ATOMIC_DQ, has written its dSᵀ rows */
         __syncthreads();
-        if (FUSED) /* dSt and K only: the next step's barrier guards dSt */
+        if (MODE & KV_ATOMIC_DQ) /* dSt and K only: the next step's barrier guards dSt */
             add_dq_atomic<D>(dq, dSt, Ks, b, q0, T, NH, kvh * group + st / ni, w, lane);
     }
     add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
@@ -771,16 +955,9 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_q2(float *dq, const bf16 *q
     load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
     cp_commit();
     float L[2], Dd[2];
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        int r = row0 + 8 * hh;
-        long o = ((long)b * NH + h) * T + r;
-        L[hh] = r < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
-        Dd[hh] = r < T ? Drow[o] : 0.0f;
-    }
+    load_row_stats(L, Dd, lse, Drow, b, row0, T, NH, h);
     float dQ[D / 8][4];
-#pragma unroll
-    for (int n = 0; n < D / 8; n++) dQ[n][0] = dQ[n][1] = dQ[n][2] = dQ[n][3] = 0.0f;
+    zero_acc<D / 8>(dQ);
     for (int j = j0; j <= i; j++) {
         const int cur = (j - j0) & 1, k0 = j * MB;
         if (j < i) {
@@ -794,20 +971,157 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_q2(float *dq, const bf16 *q
         float p[8][4], dp[8][4];
         rows_times_tile_t<D>(p, Qs, 16 * w, Kc, lane);            /* S = Q Kᵀ */
         rows_times_tile_t<D>(dp, dOs, 16 * w, Vs + cur * TS, lane); /* dP = dO Vᵀ */
-        bool full = tile_visible(q0, k0, T, window);
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
-                float pv = full || visible(row0 + 8 * hh, key, T, window) ? ex2(__fmaf_rn(p[n][e], scale2, -L[hh]))
-                                                                          : 0.0f;
-                dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
-            }
+        q_ds(dp, p, L, Dd, tile_visible(q0, k0, T, window), row0, k0, t, T, window, scale2, scale);
         acc_times_tile<D>(dQ, dp, Kc, lane); /* dQ += dS K */
         __syncthreads();
     }
     add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
+}
+
+/* dQ of backward 4 per (64-query tile, query head): dQ += dS K over the key
+ * tiles j0 .. i in k_bwd_q2's order, dS from the tiles k_bwd_kv2<.,
+ * KV_STORE_DS> stored (chunk-local head blockIdx.x = (pair − p0)·group + r),
+ * both double-buffered with cp.async. One tile product per step and no
+ * softmax: a small kernel (K 2 x 17 KB + dS 2 x 8 KB of shared memory at
+ * head_dim 128, 126 registers), four blocks per SM. */
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 4) k_bwd_dq(float *dq, const bf16 *k, const bf16 *dS, int T, int NH,
+                                                        int NKV, int window, int p0, int accumulate)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int group = NH / NKV, nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.y;
+    const int pair = p0 + blockIdx.x / group, b = pair / NKV, kvh = pair % NKV, h = kvh * group + blockIdx.x % group;
+    const int q0 = i * MB, j0 = first_key_tile(q0, window);
+    const long ntri = (long)nT * (nT + 1) / 2;
+    bf16 *Ks = (bf16 *)smem, *Ss = Ks + 2 * TS; /* two K tiles, two dS tiles */
+    const bf16 *tiles = dS + ds_tile_at(blockIdx.x, ntri, i, 0); /* key tile j at tiles + j·DS_TILE */
+    const int mi = lane >> 3; /* the 8x8 matrix whose row address this lane gives to ldmatrix */
+
+    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
+    load_flat_tile_async(Ss, tiles + (size_t)j0 * DS_TILE);
+    cp_commit();
+    float dQ[D / 8][4];
+    zero_acc<D / 8>(dQ);
+    for (int j = j0; j <= i; j++) {
+        const int cur = (j - j0) & 1, k0 = j * MB;
+        if (j < i) {
+            load_tile_async<D>(Ks + (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
+            load_flat_tile_async(Ss + (cur ^ 1) * DS_TILE, tiles + (size_t)(j + 1) * DS_TILE);
+        }
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        const bf16 *Kc = Ks + cur * TS, *Sc = Ss + cur * DS_TILE;
+#pragma unroll
+        for (int kk = 0; kk < 4; kk++) {
+            /* A of dS rows (queries) 16w.., columns (keys) 16kk..: matrices
+             * (keys 8·(2kk + mi/2), queries 8·(2w + mi%2)) transposed */
+            unsigned a[4];
+            ldsm_t(a, Sc + ((2 * kk + (mi >> 1)) * 8 + 2 * w + (mi & 1)) * 64 + (lane & 7) * 8);
+#pragma unroll
+            for (int dp = 0; dp < D / 16; dp++) {
+                unsigned bb[4];
+                load_b_kn(bb, Kc, LD, 16 * kk, 16 * dp, lane);
+                mma16816(dQ[2 * dp], a, bb[0], bb[1]);
+                mma16816(dQ[2 * dp + 1], a, bb[2], bb[3]);
+            }
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
+}
+
+/* ---- forward 4: 128-row query tiles, 32 rows per warp --------------------------------
+ * k_fwd2<D, 4> gives each warp 16 query rows, so every K and V fragment a
+ * warp loads from shared memory (ldmatrix) feeds two mma instructions, and
+ * each SM re-reads every K/V tile once per 64 queries. Here a block of four
+ * warps takes 128 query rows, each warp 32 (two 16-row units, u = 0, 1, that
+ * share every K/V fragment: four mma per ldmatrix of K or V, half the K/V
+ * traffic per flop from L2 and shared memory), the layout of FlashAttention-2's
+ * forward. Q stays in shared memory (34 KB at head_dim 128; in registers it
+ * would take 64 of them) and is re-read per key tile as A fragments. The
+ * per-row arithmetic is k_fwd2's (same products in the same order, the
+ * same softmax_tile), so the outputs are identical; a warp skips key tiles
+ * after its rows or before its window. Registers: o 2 x D/2, s 2 x 32 per
+ * lane; two blocks per SM (Q + two K/V buffers: 6 tiles, 104 KB at 128). */
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 2) k_fwd3(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
+                                                      const bf16 *k, const bf16 *v, int T, int NH, int NKV, int window,
+                                                      float scale)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, TS = MB * LD, QR = 2 * MB, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
+              t = lane & 3;
+    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    const int kvh = h / (NH / NKV), q0 = i * QR, qw = q0 + 32 * w; /* the warp's rows qw .. qw + 31 */
+    const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
+    bf16 *Qs = (bf16 *)smem, *Ks = Qs + 2 * TS, *Vs = Ks + TS; /* K/V buffer c: Ks + 2c·TS, Vs + 2c·TS */
+    const int j0 = first_key_tile(q0, window), jl = ((q0 + QR < T ? q0 + QR : T) - 1) / MB; /* last key tile */
+
+    load_tile_async<D>(Qs, q, b, q0, T, NH, h);
+    load_tile_async<D>(Qs + TS, q, b, q0 + MB, T, NH, h);
+    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
+    load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
+    cp_commit();
+    float o[2][D / 8][4], m[2][2], l[2][2];
+#pragma unroll
+    for (int u = 0; u < 2; u++) {
+        zero_acc<D / 8>(o[u]);
+        m[u][0] = m[u][1] = -INFINITY, l[u][0] = l[u][1] = 0.0f;
+    }
+    for (int j = j0; j <= jl; j++) {
+        const int cur = (j - j0) & 1, k0 = j * MB;
+        if (j < jl) { /* prefetch the next K, V into the other buffer */
+            load_tile_async<D>(Ks + 2 * (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
+            load_tile_async<D>(Vs + 2 * (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
+        }
+        cp_commit();
+        cp_wait<1>(); /* this step's K, V (and at the first, Q) are in */
+        __syncthreads();
+        /* skip a tile whose keys all follow the warp's rows or all precede its window */
+        if (k0 <= qw + 31 && (window <= 0 || qw - (k0 + MB - 1) < window)) {
+            const bf16 *Kc = Ks + 2 * cur * TS, *Vc = Vs + 2 * cur * TS;
+            float s[2][8][4];
+            zero_acc<8>(s[0]);
+            zero_acc<8>(s[1]);
+#pragma unroll
+            for (int kk = 0; kk < D / 16; kk++) {
+                unsigned a0[4], a1[4];
+                load_a(a0, Qs, LD, 32 * w, 16 * kk, lane);
+                load_a(a1, Qs, LD, 32 * w + 16, 16 * kk, lane);
+#pragma unroll
+                for (int np = 0; np < 4; np++) {
+                    unsigned bb[4];
+                    load_b_nk(bb, Kc, LD, 16 * np, 16 * kk, lane);
+                    mma16816(s[0][2 * np], a0, bb[0], bb[1]);
+                    mma16816(s[0][2 * np + 1], a0, bb[2], bb[3]);
+                    mma16816(s[1][2 * np], a1, bb[0], bb[1]);
+                    mma16816(s[1][2 * np + 1], a1, bb[2], bb[3]);
+                }
+            }
+            softmax_tile<D>(s[0], o[0], m[0], l[0], qw, qw + g, k0, t, T, window, scale2);
+            softmax_tile<D>(s[1], o[1], m[1], l[1], qw + 16, qw + 16 + g, k0, t, T, window, scale2);
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                unsigned a0[4], a1[4];
+                acc_to_a(a0, s[0][2 * kk], s[0][2 * kk + 1]);
+                acc_to_a(a1, s[1][2 * kk], s[1][2 * kk + 1]);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    unsigned bb[4];
+                    load_b_kn(bb, Vc, LD, 16 * kk, 16 * dp, lane);
+                    mma16816(o[0][2 * dp], a0, bb[0], bb[1]);
+                    mma16816(o[0][2 * dp + 1], a0, bb[2], bb[3]);
+                    mma16816(o[1][2 * dp], a1, bb[0], bb[1]);
+                    mma16816(o[1][2 * dp + 1], a1, bb[2], bb[3]);
+                }
+            }
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    store_out_rows<D>(out_b, out_f, lse, o[0], m[0], l[0], b, qw + g, T, NH, h, t);
+    store_out_rows<D>(out_b, out_f, lse, o[1], m[1], l[1], b, qw + 16 + g, T, NH, h, t);
 }
 
 /* ---- host side -------------------------------------------------------------------- */
@@ -840,27 +1154,97 @@ int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, con
 {
     const float scale = 1.0f / sqrtf((float)D);
     const int nT = (T + MB - 1) / MB;
+    bf16 *ob = (bf16 *)out_b;
+    const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v;
     if (version == 1) {
         static bool ready;
         size_t sm = tiles_smem<D>(3);
         if (allow_smem(k_fwd<D>, sm, &ready)) return -1;
-        k_fwd<D><<<dim3(nT, NH, B), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
-                                                             (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
+        k_fwd<D><<<dim3(nT, NH, B), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV, window, scale);
         return ar_cuda_check_launch("flash attention forward (mma1)");
     }
+    if (version == 4) { /* 128-row tiles, 32 rows per warp: Q (2 tiles) + two K/V buffers */
+        static bool ready4;
+        size_t sm = tiles_smem<D>(6);
+        if (allow_smem_max(k_fwd3<D>, sm, &ready4)) return -1;
+        k_fwd3<D><<<dim3(NH * B, (T + 127) / 128), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV,
+                                                                            window, scale);
+        return ar_cuda_check_launch("flash attention forward (m128)");
+    }
     size_t sm = tiles_smem<D>(4); /* two K, two V (Q staged in the second pair) */
-    if (version == 3) { /* 128-row query tiles */
+    if (version == 3) { /* 128-row query tiles, 8 warps */
         static bool ready3;
         if (allow_smem_max(k_fwd2<D, 8>, sm, &ready3)) return -1;
-        k_fwd2<D, 8><<<dim3(NH * B, (T + 127) / 128), 256, sm, g_cu.st>>>(
-            (bf16 *)out_b, out_f, lse, (const bf16 *)q, (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
+        k_fwd2<D, 8><<<dim3(NH * B, (T + 127) / 128), 256, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV,
+                                                                          window, scale);
         return ar_cuda_check_launch("flash attention forward (mma-atomic)");
     }
     static bool ready2;
     if (allow_smem_max(k_fwd2<D, 4>, sm, &ready2)) return -1;
-    k_fwd2<D, 4><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
-                                                              (const bf16 *)k, (const bf16 *)v, T, NH, NKV, window, scale);
+    k_fwd2<D, 4><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV, window, scale);
     return ar_cuda_check_launch("flash attention forward (mma)");
+}
+
+/* Backward 4's dS scratch: allocated on first use, grown when a larger
+ * launch needs more, kept until the process ends (ar_cuda_set_flash_ds_budget
+ * caps a launch's chunk). */
+bf16 *g_ds;
+size_t g_ds_bytes, g_ds_budget = (size_t)2 << 30;
+
+/* The dS area for `pairs` (sequence, kv head) pairs of per_pair bytes each:
+ * *chunk pairs per launch (equal chunks under the budget; halved while the
+ * allocation fails, down to one pair). */
+int ds_scratch(size_t per_pair, long pairs, bf16 **buf, long *chunk)
+{
+    size_t budget = g_ds_budget;
+    for (;;) {
+        long fit = (long)(budget / per_pair), c, nchunks;
+        if (fit < 1) fit = 1;
+        nchunks = (pairs + fit - 1) / fit;
+        c = (pairs + nchunks - 1) / nchunks;
+        size_t need = (size_t)c * per_pair;
+        if (need <= g_ds_bytes) {
+            *buf = g_ds, *chunk = c;
+            return 0;
+        }
+        if (g_ds) { /* kernels queued on the old area finish first */
+            AR_CK(cudaStreamSynchronize(g_cu.st));
+            ar_cuda_free(g_ds);
+            g_ds = NULL, g_ds_bytes = 0;
+        }
+        g_ds = (bf16 *)ar_cuda_malloc(need);
+        if (g_ds) {
+            g_ds_bytes = need;
+            *buf = g_ds, *chunk = c;
+            return 0;
+        }
+        if (c == 1) return -1; /* ar_cuda_malloc said why */
+        budget = need / 2;
+    }
+}
+
+/* Backward 4 (MODE KV_STORE_DS) and 5 (| KV_ILV): k_bwd_kv2 storing dS, then
+ * k_bwd_dq, per chunk of (sequence, kv head) pairs that fits the budget. */
+template <int D, int MODE>
+int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float *Drow, const float *lse, const bf16 *q,
+                  const bf16 *k, const bf16 *v, int B, int T, int NH, int NKV, int window, int accumulate)
+{
+    static bool ready_kv, ready_dq;
+    const float scale = 1.0f / sqrtf((float)D);
+    const int nT = (T + MB - 1) / MB, group = NH / NKV;
+    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(2) + 2 * DS_TILE * sizeof(bf16);
+    if (allow_smem_max(k_bwd_kv2<D, MODE>, s1, &ready_kv) || allow_smem_max(k_bwd_dq<D>, s2, &ready_dq)) return -1;
+    const long pairs = (long)B * NKV, ntri = (long)nT * (nT + 1) / 2;
+    bf16 *ds;
+    long chunk;
+    if (ds_scratch((size_t)group * ntri * DS_TILE * sizeof(bf16), pairs, &ds, &chunk)) return -1;
+    for (long p0 = 0; p0 < pairs; p0 += chunk) {
+        int np = (int)(pairs - p0 < chunk ? pairs - p0 : chunk);
+        k_bwd_kv2<D, MODE><<<dim3(np, nT), MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, ds, q, k, v, dob, lse, Drow, T, NH,
+                                                                    NKV, window, scale, (int)p0, accumulate);
+        k_bwd_dq<D><<<dim3(np * group, nT), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window, (int)p0, accumulate);
+    }
+    return ar_cuda_check_launch(MODE & KV_ILV ? "flash attention backward (mma-ds-ilv)" : "flash attention backward (mma-ds)");
 }
 
 template <int D>
@@ -886,16 +1270,22 @@ int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float
     dim3 gkv(NKV * B, nT), gq(NH * B, nT);
     if (version == 3) {
         static bool ready3;
-        if (allow_smem_max(k_bwd_kv2<D, true>, s3, &ready3)) return -1;
+        if (allow_smem_max(k_bwd_kv2<D, KV_ATOMIC_DQ>, s3, &ready3)) return -1;
         if (!accumulate) AR_CK(cudaMemsetAsync(dq, 0, sizeof(float) * (size_t)B * T * NH * D, g_cu.st));
-        k_bwd_kv2<D, true><<<gkv, MTHREADS, s3, g_cu.st>>>(dk, dv, dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
-                                                           scale, accumulate);
+        k_bwd_kv2<D, KV_ATOMIC_DQ><<<gkv, MTHREADS, s3, g_cu.st>>>(dk, dv, dq, NULL, qq, kk, vv, dd, lse, Drow, T, NH,
+                                                                   NKV, window, scale, 0, accumulate);
         return ar_cuda_check_launch("flash attention backward (mma-atomic)");
     }
+    if (version == 4)
+        return bwd_ds_launch<D, KV_STORE_DS>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
+    if (version == 5)
+        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window,
+                                                      accumulate);
     static bool ready_kv2, ready_q2;
-    if (allow_smem_max(k_bwd_kv2<D, false>, s1, &ready_kv2) || allow_smem_max(k_bwd_q2<D>, s2, &ready_q2)) return -1;
-    k_bwd_kv2<D, false><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
-                                                        scale, accumulate);
+    if (allow_smem_max(k_bwd_kv2<D, KV_PLAIN>, s1, &ready_kv2) || allow_smem_max(k_bwd_q2<D>, s2, &ready_q2))
+        return -1;
+    k_bwd_kv2<D, KV_PLAIN><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, NULL, qq, kk, vv, dd, lse, Drow, T, NH, NKV,
+                                                           window, scale, 0, accumulate);
     k_bwd_q2<D><<<gq, MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale, accumulate);
     return ar_cuda_check_launch("flash attention backward (mma)");
 }
@@ -927,3 +1317,5 @@ int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *
     default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
     }
 }
+
+void ar_cuda_set_flash_ds_budget(long bytes) { g_ds_budget = bytes > 0 ? (size_t)bytes : (size_t)2 << 30; }

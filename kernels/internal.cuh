@@ -82,9 +82,9 @@ int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
 
 /* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
  * checked there); the backward takes the prepared D rows and bf16 dO and
- * adds to dq, dk, dv (accumulate) or writes them. version 2: the pipelined
- * kernels (AR_CUDA_FLASH_MMA), 1: the first mma kernels (AR_CUDA_FLASH_MMA1),
- * 3: version 2 with the fused atomic-dQ backward (AR_CUDA_FLASH_MMA_ATOMIC). */
+ * adds to dq, dk, dv (accumulate) or writes them. version: which kernel
+ * generation of that direction (listed at the top of flash_mma.cu; flash.cu
+ * maps each AR_CUDA_FLASH kind to a forward and a backward version). */
 int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
                               const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window, int version);
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,

@@ -1610,6 +1610,54 @@ static void test_flash(const char *tag, int B, int T, int NH, int NKV, int HD, i
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
+/* Every flash kind (the default first) against the CPU: odd T (not a
+ * multiple of the 64- or 128-row tiles), GQA (NKV < NH), sliding windows
+ * (shorter than a tile, spanning tiles), head_dim 32 to 128; the dS-storing
+ * backwards (mma-ds, mma-ds-ilv, mma-m128-ds) also with a scratch budget of one
+ * (sequence, kv head) pair, so their launch runs in chunks. */
+static void test_flash_kinds(void)
+{
+    for (int ki = 0; ki < AR_CUDA_FLASH_KINDS; ki++) {
+        int kind = ki == 0 ? AR_CUDA_FLASH_MMA : ki == AR_CUDA_FLASH_MMA ? 0 : ki;
+        const char *tag = ar_cuda_flash_kernel_name(kind);
+        ar_cuda_set_flash_kernel(kind);
+        test_flash(tag, 2, 128, 8, 2, 64, 0);
+        test_flash(tag, 1, 200, 4, 4, 32, 48);
+        test_flash(tag, 1, 512, 8, 2, 64, 0);
+        test_flash(tag, 1, 300, 4, 2, 128, 0);
+        test_flash(tag, 2, 160, 4, 1, 80, 100);
+        test_flash(tag, 1, 257, 6, 3, 96, 0);
+        test_flash(tag, 2, 390, 4, 2, 128, 150);
+        test_flash(tag, 1, 129, 2, 2, 64, 0);
+        if (kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV || kind == AR_CUDA_FLASH_MMA_M128_DS) {
+            char t[64];
+            snprintf(t, sizeof t, "%s chunked", tag);
+            ar_cuda_set_flash_ds_budget(1); /* one pair per launch */
+            test_flash(t, 2, 300, 4, 2, 64, 0);
+            test_flash(t, 2, 200, 6, 3, 128, 70);
+            ar_cuda_set_flash_ds_budget(0);
+        }
+    }
+    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
+}
+
+/* The fast blocks that run flash attention, with the candidate kernels
+ * (mma-m128-ds: the new forward and the interleaved dS backward) instead of
+ * the default. */
+static void test_flash_blocks(void)
+{
+    ar_config c;
+    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA_M128_DS);
+    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
+    test_block("fast: tiny-llama shape B2 T128 [bf16, flash mma-m128-ds]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
+    test_block("fast: qk-norm, qkv bias, window 32 B2 T96 [bf16, flash mma-m128-ds]", &c, 2, 96, AR_CUDA_GEMM_BF16,
+               3e-2, 1e-1);
+    small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
+    test_block("fast: head_dim 128 B1 T200 [bf16, flash mma-m128-ds]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
+}
+
 /* The fast path is taken: a bf16 work's size differs from the default's. */
 static void test_fast_taken(void)
 {
@@ -2198,28 +2246,37 @@ static void bench_block(int iters_extra, int n, int fast)
 }
 
 /* Flash attention alone at the 7B block's attention shape against cuBLAS
- * batched GEMMs doing its products (--profile, --attn-bench). */
+ * batched GEMMs doing its products (--profile, --attn-bench): every flash
+ * kind (ar_cuda_flash_kernel_name), the default (mma) last, then the fastest
+ * deterministic forward and backward (every kind but mma-atomic), which is
+ * what the default should become. */
 static void bench_attention(void)
 {
     int B = 8, T = 2048, NH = 32, HD = 128, kind = ar_cuda_get_flash_kernel();
+    int best_f = -1, best_b = -1;
+    double ms_f = 0, ms_b = 0;
     ar_cuda_attn_bench r;
-    /* the default (mma) last: the bound line below compares it */
-    const int kinds[4] = {AR_CUDA_FLASH_WMMA, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_MMA_ATOMIC, AR_CUDA_FLASH_MMA};
-    const char *names[4] = {"wmma", "mma1", "mma-atomic", "mma"};
-    for (int ki = 0; ki < 4; ki++) {
-        int k = kinds[ki];
+    for (int ki = 0; ki < AR_CUDA_FLASH_KINDS; ki++) {
+        int k = ki == AR_CUDA_FLASH_KINDS - 1 ? AR_CUDA_FLASH_MMA : ki < AR_CUDA_FLASH_MMA ? ki : ki + 1;
         ar_cuda_set_flash_kernel(k);
         if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
-            printf("FAIL attention bench: %s\n", ar_cuda_last_error());
+            printf("FAIL attention bench [%s]: %s\n", ar_cuda_flash_kernel_name(k), ar_cuda_last_error());
             g_fail++;
             ar_cuda_set_flash_kernel(kind);
             return;
         }
         printf("ATTENTION B%d T%d H%d D%d causal, flash[%s]: fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms "
-               "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, names[ki],
+               "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, ar_cuda_flash_kernel_name(k),
                r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9, r.flash_bwd_ms, r.bwd_flops / r.flash_bwd_ms * 1e-9);
+        fflush(stdout);
+        if (k == AR_CUDA_FLASH_MMA_ATOMIC) continue;
+        if (best_f < 0 || r.flash_fwd_ms < ms_f) best_f = k, ms_f = r.flash_fwd_ms;
+        if (best_b < 0 || r.flash_bwd_ms < ms_b) best_b = k, ms_b = r.flash_bwd_ms;
     }
     ar_cuda_set_flash_kernel(kind);
+    printf("ATTENTION fastest deterministic: fwd %.3f ms [%s], bwd %.3f ms [%s]; fwd + bwd %.3f ms vs %.3f ms [mma]\n",
+           ms_f, ar_cuda_flash_kernel_name(best_f), ms_b, ar_cuda_flash_kernel_name(best_b), ms_f + ms_b,
+           r.flash_fwd_ms + r.flash_bwd_ms);
     double f = r.causal_fraction;
     printf("ATTENTION cuBLAS strided-batched bf16 GEMMs, same products over the full square: fwd %.3f ms (2 GEMMs), "
            "bwd %.3f ms (5 GEMMs); causal share %.3f of that: fwd %.3f ms, bwd %.3f ms "
@@ -2414,20 +2471,8 @@ static void run_fast_tests(void)
     test_fast_taken();
     test_fused();
     test_elem_kernels();
-    /* every flash kernel: mma (the default, pipelined), mma-atomic (its fused
-     * backward), mma1 (the first mma kernels) and the first wmma design */
-    const int kinds[4] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA_ATOMIC, AR_CUDA_FLASH_MMA1, AR_CUDA_FLASH_WMMA};
-    const char *tags[4] = {"mma", "mma-atomic", "mma1", "wmma"};
-    for (int ki = 0; ki < 4; ki++) {
-        int kind = kinds[ki];
-        ar_cuda_set_flash_kernel(kind);
-        test_flash(tags[ki], 2, 128, 8, 2, 64, 0);
-        test_flash(tags[ki], 1, 200, 4, 4, 32, 48);
-        test_flash(tags[ki], 1, 512, 8, 2, 64, 0);
-        test_flash(tags[ki], 1, 300, 4, 2, 128, 0);
-        test_flash(tags[ki], 2, 160, 4, 1, 80, 100);
-        test_flash(tags[ki], 1, 257, 6, 3, 96, 0);
-    }
+    test_flash_kinds();
+    test_flash_blocks();
     ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);

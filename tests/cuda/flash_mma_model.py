@@ -13,7 +13,12 @@
 # query tile) steps and its end_query_tile bound; the cp.async double
 # buffering only changes where a tile sits, not what is read) and version 3
 # (mma-atomic: version 2's forward on 128-row query tiles; the dK/dV kernel stores dS^T in bf16 and
-# adds dS K to dq from its transpose, load_a_t).
+# adds dS K to dq from its transpose, load_a_t), forward 4 (mma-m128: 128-row
+# query tiles, each warp 32 rows as two 16-row units reading Q from shared
+# memory; checked equal, exactly, to version 2's forward) and backward 4
+# (mma-ds: the dK/dV kernel stores dS tiles as 8x8 matrices in a NaN-poisoned
+# scratch indexed by chunk-local head, query tile and key tile; the dQ kernel
+# reads them back through ldmatrix.trans; GQA, windows and chunked launches).
 import numpy as np
 rng = np.random.default_rng(1)
 
@@ -175,7 +180,9 @@ print('kv steps ok')
 def fwd(q, k, v, T, D, window, version=1):
     # version 3: 128-row query tiles, 8 warps; versions 2, 3: a warp skips key
     # tiles after its rows and needs no masking where its 16 rows see the tile
-    scale = 1 / np.sqrt(D); scale2 = scale * LOG2E; NW = 8 if version == 3 else 4; QR = 16 * NW
+    # version 4: 128-row tiles, four warps of 32 rows = eight 16-row units
+    # (w = 2·warp + u) that skip a key tile only when their whole warp does
+    scale = 1 / np.sqrt(D); scale2 = scale * LOG2E; NW = 8 if version in (3, 4) else 4; QR = 16 * NW
     O = np.zeros((T, D)); LSE = np.zeros(T)
     for i in range((T + QR - 1) // QR):
         q0 = i * QR; Qs = np.concatenate([load_tile(q, q0 + r, T, D) for r in range(0, QR, 64)])
@@ -185,7 +192,10 @@ def fwd(q, k, v, T, D, window, version=1):
             m = np.full((32, 2), -np.inf); l = np.zeros((32, 2)); qw = q0 + 16 * w
             for j in range(first_key_tile(q0, window), jl + 1):
                 k0 = j * 64; Ks = load_tile(k, k0, T, D); Vs = load_tile(v, k0, T, D)
-                if version >= 2 and k0 > qw + 15: continue
+                if version == 4:
+                    qwarp = q0 + 32 * (w // 2)
+                    if not (k0 <= qwarp + 31 and (window <= 0 or qwarp - (k0 + 63) < window)): continue
+                elif version >= 2 and k0 > qw + 15: continue
                 s = rows_times_tile_t(D, Qs, 16 * w, Ks)
                 sc = 1.0 if version >= 2 else scale2  # versions 2, 3: maximum on the raw scores
                 mx = np.full((32, 2), -np.inf)
@@ -233,6 +243,91 @@ def dense(q, k, v, T, D, window, dO):
     S = np.where(mask, S, -np.inf); P = np.exp(S - S.max(1, keepdims=True)); P /= P.sum(1, keepdims=True)
     O = P @ v; dP = dO @ v.T; Dr = (dP * P).sum(1, keepdims=True); dS = P * (dP - Dr) * scale
     return O, dS @ k, dS.T @ q, P.T @ dO, np.log(np.exp(S - S.max(1, keepdims=True)).sum(1)) + S.max(1)
+
+DS_TILE = 64 * 64
+
+def store_ds_tile(tile, dp, w):  # backward 4: the warp's dS^T rows as 8x8 matrices (kb, n), lane pairs
+    for hh in range(2):
+        for n in range(8):
+            for lane in range(32):
+                o = ((2 * w + hh) * 8 + n) * 64 + 2 * lane
+                assert np.isnan(tile[o:o + 2]).all(), 'a dS entry written twice'
+                tile[o:o + 2] = bf(dp[n][lane][2 * hh:2 * hh + 2])
+
+def ds_tile_at(lh, ntri, i, j):
+    return (lh * ntri + i * (i + 1) // 2 + j) * DS_TILE
+
+def bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk):
+    # backward 4 over NH query heads sharing NKV kv heads (q, dO, O [NH, T, D];
+    # k, v [NKV, T, D]; LSE [NH, T]), one sequence, launches of `chunk` kv heads
+    scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E; group = NH // NKV; LD = D + 8
+    ntri = nT * (nT + 1) // 2
+    Drow = (dO * O).sum(2); dOb = bf(dO)
+    dq = np.zeros((NH, T, D)); dk = np.zeros((NKV, T, D)); dv = np.zeros((NKV, T, D))
+    for p0 in range(0, NKV, chunk):
+        npairs = min(chunk, NKV - p0)
+        scratch = np.full(npairs * group * ntri * DS_TILE, np.nan)
+        for bx in range(npairs):  # k_bwd_kv2<D, KV_STORE_DS>
+            kvh = p0 + bx
+            for j in range(nT):
+                k0 = j * 64; Ks = load_tile(k[kvh], k0, T, D); Vs = load_tile(v[kvh], k0, T, D)
+                ni = end_query_tile(k0, nT, window) - j
+                for w in range(4):
+                    dK = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+                    dV = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+                    for st in range(group * ni):
+                        r, i = st // ni, j + st % ni; h = kvh * group + r; q0 = i * 64
+                        Qs = load_tile(q[h], q0, T, D); dOs = load_tile(dOb[h], q0, T, D)
+                        Ls = [LSE[h, q0 + c] if q0 + c < T else 0 for c in range(64)]
+                        Ds = [Drow[h, q0 + c] if q0 + c < T else 0 for c in range(64)]
+                        p = rows_times_tile_t(D, Ks, 16 * w, Qs)
+                        full = tile_visible(q0, k0, T, window)
+                        for n in range(8):
+                            for lane in range(32):
+                                g, t = lane // 4, lane % 4; key0 = k0 + 16 * w + g
+                                for e in range(4):
+                                    c = 8 * n + 2 * t + (e & 1)
+                                    p[n][lane][e] = np.exp2(p[n][lane][e] * scale2 - Ls[c] * LOG2E) if full or visible(q0 + c, key0 + 8 * (e >> 1), T, window) else 0.0
+                        acc_times_tile_bf(D, dV, p, dOs)
+                        dp = rows_times_tile_t(D, Vs, 16 * w, dOs)
+                        for n in range(8):
+                            for lane in range(32):
+                                t = lane % 4
+                                for e in range(4):
+                                    dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
+                        o = ds_tile_at(bx * group + r, ntri, i, j)
+                        store_ds_tile(scratch[o:o + DS_TILE], dp, w)
+                        acc_times_tile_bf(D, dK, dp, Qs)
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        for hh in range(2):
+                            rr = k0 + 16 * w + g + 8 * hh
+                            if rr >= T: continue
+                            for n in range(D // 8):
+                                for u in range(2):
+                                    dk[kvh, rr, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[kvh, rr, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+        for bx in range(npairs * group):  # k_bwd_dq
+            kvh = p0 + bx // group; h = kvh * group + bx % group
+            for i in range(nT):
+                q0 = i * 64; base = ds_tile_at(bx, ntri, i, 0)
+                for w in range(4):
+                    dQ = [[np.zeros(4) for _ in range(32)] for _ in range(D // 8)]
+                    for j in range(first_key_tile(q0, window), i + 1):
+                        Ks = load_tile(k[kvh], j * 64, T, D); Sc = scratch[base + j * DS_TILE: base + (j + 1) * DS_TILE]
+                        for kk in range(4):
+                            a = ldsm(Sc, [((2 * kk + ((l >> 3) >> 1)) * 8 + 2 * w + ((l >> 3) & 1)) * 64 + (l & 7) * 8 for l in range(32)], True)
+                            assert not np.isnan(np.array(a, dtype=float)).any(), 'dQ read a dS entry never written'
+                            for dp_ in range(D // 16):
+                                b = load_b_kn(Ks, LD, 16 * kk, 16 * dp_)
+                                mma(dQ[2 * dp_], a, [x[0] for x in b], [x[1] for x in b]); mma(dQ[2 * dp_ + 1], a, [x[2] for x in b], [x[3] for x in b])
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        for hh in range(2):
+                            rr = q0 + 16 * w + g + 8 * hh
+                            if rr >= T: continue
+                            for n in range(D // 8):
+                                for u in range(2): dq[h, rr, 8 * n + 2 * t + u] += dQ[n][lane][2 * hh + u]
+    return dq, dk, dv
 
 def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
     scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E
@@ -322,4 +417,26 @@ for (T, D, window, version) in [(70, 32, 0, 1), (130, 32, 40, 1), (192, 32, 0, 1
     dq, dk, dv = bwd(q, k, v, dO, O, LSE, T, D, window, version)
     print('   bwd dq', rel(dq, rdq), 'dk', rel(dk, rdk), 'dv', rel(dv, rdv))
     assert max(rel(dq, rdq), rel(dk, rdk), rel(dv, rdv)) < 5e-2, 'backward'
+# forward 4 = forward 2 exactly; backward 4 against dense attention per head
+for (T, D, window) in [(70, 32, 0), (200, 32, 48), (300, 32, 0), (130, 80, 150)]:
+    q, k, v = (bf(rng.standard_normal((T, D))) for _ in range(3))
+    O2, L2 = fwd(q, k, v, T, D, window, 2)
+    O4, L4 = fwd(q, k, v, T, D, window, 4)
+    assert np.array_equal(O2, O4) and np.array_equal(L2, L4), ('forward 4 != forward 2', T, D, window)
+    print('forward 4 == forward 2: T', T, 'D', D, 'w', window)
+for (T, D, window, NH, NKV, chunk) in [(130, 32, 0, 4, 2, 1), (200, 32, 70, 3, 1, 1), (70, 64, 0, 2, 2, 2)]:
+    q, dO = (bf(rng.standard_normal((NH, T, D))) for _ in range(2))
+    k, v = (bf(rng.standard_normal((NKV, T, D))) for _ in range(2))
+    group = NH // NKV
+    O = np.zeros((NH, T, D)); LSE = np.zeros((NH, T)); ref = []
+    for h in range(NH):
+        O[h], LSE[h] = fwd(q[h], k[h // group], v[h // group], T, D, window, 2)
+        ref.append(dense(q[h], k[h // group], v[h // group], T, D, window, dO[h]))
+    dq, dk, dv = bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk)
+    rdq = np.stack([r[1] for r in ref])
+    rdk = np.stack([sum(ref[h][2] for h in range(kv * group, (kv + 1) * group)) for kv in range(NKV)])
+    rdv = np.stack([sum(ref[h][3] for h in range(kv * group, (kv + 1) * group)) for kv in range(NKV)])
+    rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
+    print('backward 4 T', T, 'D', D, 'w', window, 'H', NH, '/', NKV, 'chunk', chunk, 'dq', rel(dq, rdq), 'dk', rel(dk, rdk), 'dv', rel(dv, rdv))
+    assert max(rel(dq, rdq), rel(dk, rdk), rel(dv, rdv)) < 5e-2, 'backward 4'
 print('flash_mma model: all checks passed')
