@@ -77,6 +77,12 @@ __device__ inline uint2 pack_bf16x4(float a, float b, float c, float d)
     return make_uint2(bf16_bits(a) | bf16_bits(b) << 16, bf16_bits(c) | bf16_bits(d) << 16);
 }
 
+/* A hint that p (global memory) is read soon: no effect on any value. */
+__device__ inline void prefetch_l2(const void *p)
+{
+    asm volatile("{\n\t.reg .u64 g;\n\tcvta.to.global.u64 g, %0;\n\tprefetch.global.L2 [g];\n\t}" ::"l"(p));
+}
+
 /* bf16 bits to f32, exact (ops.cu's k_from_bf16). */
 __device__ inline float widen(uint16_t v) { return __uint_as_float((unsigned)v << 16); }
 __device__ inline float widen(float v) { return v; }
@@ -298,7 +304,7 @@ __global__ void __launch_bounds__(TPB) k_rmsnorm_bwd_regs(bf16 *dhb, float *dhf,
         d[j] = i < C ? dout[off + i] : 0.0f;
         xv[j] = i < C ? x[off + i] : 0.0f;
         /* resid is read after the reduction: have it in L2 by then */
-        if (i < C) asm volatile("prefetch.global.L2 [%0];" ::"l"(resid + off + i));
+        if (i < C) prefetch_l2(resid + off + i);
     }
     float s = rstd[blockIdx.x];
     double dot = 0;
