@@ -228,6 +228,32 @@ int ar_cuda_quant_backward(const ar_cuda_qspec *q, const float *w, int n, int k,
 int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, float *v, float *alpha,
                           float *beta, const float *dwq, float lr, float mlr);
 
+/* One linear of ar_cuda_quant_step. */
+typedef struct {
+    ar_cuda_qspec q;          /* the integer kind (AR_CUDA_Q_INT) */
+    const float *w;           /* [n, k] weight */
+    const float *dwq;         /* [n, k] dL/dŵ */
+    float *v;                 /* [n, k] rounding offsets, stepped in place */
+    float *alpha, *beta;      /* [n, ngroups] stepped in place; NULL: no min-max tuning (α = β = 1) */
+    float *wq;                /* ŵ after the step, f32 [n, k] (NULL: not written) */
+    uint16_t *wqb;            /* ŵ after the step, bf16 [n, k] (NULL: not written) */
+    float *best_v, *best_alpha, *best_beta; /* with *flag: the tunables before the step (NULL: skipped;
+                                               best_alpha/best_beta also when alpha/beta are NULL) */
+    int n, k;
+    float lr, mlr;            /* the step sizes (ar_cuda_quant_signsgd's) */
+} ar_cuda_qstep_seg;
+enum { AR_CUDA_QSTEP_SEGS = 8 };
+/* The tuner's step of the integer linears in one pass over their weights,
+ * bit for bit the sequence: ar_cuda_copy_if_many of v, alpha, beta into
+ * best_v, best_alpha, best_beta when flag (device int; NULL: never) is set;
+ * ar_cuda_quant_signsgd(q, w, n, k, v, alpha, beta, dwq, lr, mlr); then
+ * ar_cuda_quant_forward_to(q, w, n, k, v, alpha, beta, wq, wqb) — the next
+ * iteration's ŵ, so that iteration needs no forward pass of its own. All
+ * segments in one launch where their shapes allow; at most
+ * AR_CUDA_QSTEP_SEGS, n <= 0 or k <= 0 ones skipped. -1: a kind other than
+ * the integer one, a bad spec, w, dwq or v missing. */
+int ar_cuda_quant_step(const ar_cuda_qstep_seg *segs, int nseg, const int *flag);
+
 /* ---- activation fake-quantization ------------------------------------------
  * libar/quant_fp.h's ar_act_quant on the device (kernels/quant_act.cu): MX
  * per group with the floor or the RCEIL shared exponent, NVFP4 per 16 with

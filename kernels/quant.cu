@@ -19,6 +19,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdint.h>
+#include <string.h>
 
 enum { QG = 8 };        /* groups (warps) per block */
 enum { QMAXB = 8192 };  /* most blocks of a grid-stride launch */
@@ -63,9 +64,24 @@ template <int V> __device__ static void load(const float *p, long j, float x[V])
     }
 }
 
+/* One plain 16-byte (4 x f32) / 8-byte (2 x b32) store, p aligned for it.
+ * Written out because a float4 assignment came out as four scalar stores in
+ * these kernels (seen in the PTX of k_quant_fwd), and the __stwb/__stcg
+ * intrinsics give ordered ("strong") stores. The clobber keeps the compiler
+ * from moving memory accesses across it (a lane re-reads V it stored). */
+__device__ static void st_v4(float *p, float a, float b, float c, float d)
+{
+    asm volatile("st.global.v4.f32 [%0], {%1, %2, %3, %4};" ::"l"(p), "f"(a), "f"(b), "f"(c), "f"(d) : "memory");
+}
+
+__device__ static void st_v2(void *p, unsigned a, unsigned b)
+{
+    asm volatile("st.global.v2.b32 [%0], {%1, %2};" ::"l"(p), "r"(a), "r"(b) : "memory");
+}
+
 template <int V> __device__ static void store(float *p, long j, const float x[V])
 {
-    if (V == 4) *(float4 *)(p + j) = make_float4(x[0], x[1], x[2], x[3]);
+    if (V == 4) st_v4(p + j, x[0], x[1], x[2], x[3]);
     else for (int i = 0; i < V; i++) p[j + i] = x[i];
 }
 
@@ -75,7 +91,7 @@ template <int V> __device__ static void store_bf16(__nv_bfloat16 *p, long j, con
         __nv_bfloat162 a = __floats2bfloat162_rn(x[0], x[1]), b = __floats2bfloat162_rn(x[2], x[3]);
         uint2 u;
         u.x = *(unsigned *)&a, u.y = *(unsigned *)&b;
-        *(uint2 *)(p + j) = u;
+        st_v2(p + j, u.x, u.y);
     } else {
         for (int i = 0; i < V; i++) p[j + i] = __float2bfloat16_rn(x[i]);
     }
@@ -112,22 +128,25 @@ template <int V> __device__ static void warp_range_regs(const float x[V], float 
     warp_minmax(lo, hi, wmin, wmax);
 }
 
-/* α/β and scale of group gi from its range; with q.init_scale (sym only,
- * SignRoundV2) the raw scale is init_scale·β, as quant.c's group_setup. */
-__device__ static qgroup group_setup(const ar_cuda_qspec &q, float wmin, float wmax, const float *alpha,
-                                     const float *beta, long gi)
+/* α/β and scale of a group from its range and its stored α, β (used when
+ * has_al / has_be, else 1) and init_scale (used by sym with q.init_scale,
+ * SignRoundV2: the raw scale is init·β), as quant.c's group_setup. Takes
+ * values, so the fused step can set a group up again from the α, β it has
+ * just stepped in registers. */
+__device__ static qgroup group_setup_vals(const ar_cuda_qspec &q, float wmin, float wmax, int has_al, float al,
+                                          int has_be, float be, float init)
 {
     qgroup g;
     g.wmin = wmin, g.wmax = wmax;
     float mh = q.hi > 0 ? q.hi : 1.0f;
-    g.al = alpha ? clampf(alpha[gi], 0.0f, mh) : 1.0f;
-    g.be = beta ? clampf(beta[gi], 0.0f, mh) : 1.0f;
+    g.al = has_al ? clampf(al, 0.0f, mh) : 1.0f;
+    g.be = has_be ? clampf(be, 0.0f, mh) : 1.0f;
     g.c_wins = 0;
     g.z = 0.0f;
     g.init = 0.0f;
     float raw;
     if (q.sym && q.init_scale) {
-        g.init = q.init_scale[gi];
+        g.init = init;
         raw = g.init * g.be;
     } else if (q.sym) {
         float m = (float)(1 << (q.bits - 1));
@@ -149,6 +168,14 @@ __device__ static qgroup group_setup(const ar_cuda_qspec &q, float wmin, float w
     }
     if (!q.sym) g.z = rintf(-(g.wmin * g.al) / g.s);
     return g;
+}
+
+/* group_setup_vals of group gi with its α, β and init_scale read from memory. */
+__device__ static qgroup group_setup(const ar_cuda_qspec &q, float wmin, float wmax, const float *alpha,
+                                     const float *beta, long gi)
+{
+    return group_setup_vals(q, wmin, wmax, alpha != NULL, alpha ? alpha[gi] : 0.0f, beta != NULL,
+                            beta ? beta[gi] : 0.0f, q.sym && q.init_scale ? q.init_scale[gi] : 0.0f);
 }
 
 __device__ static void level_bounds(const ar_cuda_qspec &q, float *lo, float *hi)
@@ -290,8 +317,13 @@ __device__ static float elem_grad(const ar_cuda_qspec &q, const qgroup &g, float
     int inside = t >= lo && t <= hi;
     float x = clampf(t, lo, hi);
     double gr = dwq;
-    *acc_s += gr * ((double)x - g.z - (inside ? (double)w / g.s : 0.0));
-    *acc_z += gr * g.s * (inside - 1);
+    /* the quotient is formed for every element and then selected (the same
+     * value): a branch around it cost each element a divergence region */
+    double w_s = (double)w / g.s;
+    *acc_s += gr * ((double)x - g.z - (inside ? w_s : 0.0));
+    /* (inside − 1) as the double 0 or −1 directly: the same value as the
+     * int's conversion, without a conversion instruction per element */
+    *acc_z += gr * g.s * (inside ? 0.0 : -1.0);
     return inside ? (float)(gr * g.s) : 0.0f;
 }
 
@@ -454,6 +486,375 @@ int ar_cuda_quant_signsgd(const ar_cuda_qspec *q, const float *w, int n, int k, 
     if (is_fp(q)) return ar_cuda_fp_backward(q, w, n, k, v, alpha, beta, dwq, NULL, NULL, 1, lr, mlr);
     qbwd_args a = {v, alpha, beta, NULL, NULL, NULL, 1, lr, mlr};
     return launch_bwd(q, w, n, k, dwq, a, "quant signsgd");
+}
+
+/* ---- the fused tuning step ---------------------------------------------------------
+ * ar_cuda_quant_step does per group what ar_cuda_copy_if_many (the best-loss
+ * snapshot), ar_cuda_quant_signsgd and ar_cuda_quant_forward_to do in three
+ * passes: w, dŵ and V are read once, V and ŵ written once, and the next
+ * iteration's forward needs no pass of its own. The values are those
+ * kernels' bit for bit: the same device functions in the same order on the
+ * same lanes (the backward's vector width is ar_cuda_quant_signsgd's choice,
+ * which fixes the order of the α/β gradient sums). The new α, β come from
+ * the butterfly sums, which every lane holds bit for bit, so every lane
+ * steps them itself (lane 0 stores them) and sets the group up again for the
+ * forward from registers, where the separate forward read them back.
+ *
+ * All segments run in one launch over one index of groups (the segment
+ * table is a kernel parameter). Groups of at most 128 with 16-byte aligned
+ * rows (W4G128, the default) go through k_step_pipe: a grid of about one
+ * wave of warps, each streaming its groups through a cp.async pipeline of
+ * PS stages in shared memory, so the next PS − 1 groups' 1.5 KB are in
+ * flight while a group's (double-precision) gradient math runs: that math
+ * left the memory system idle in k_quant_bwd. Other shapes: k_step, one
+ * group per warp and iteration as k_quant_bwd. */
+
+enum { PS = 3 };   /* pipeline stages per warp */
+enum { PQG = 4 };  /* warps per k_step_pipe block */
+
+struct qstep_table {
+    ar_cuda_qstep_seg s[AR_CUDA_QSTEP_SEGS];
+    long first[AR_CUDA_QSTEP_SEGS + 1]; /* global index of each segment's first group; [nseg]: the total */
+    int ng[AR_CUDA_QSTEP_SEGS];          /* groups per row */
+    int vout[AR_CUDA_QSTEP_SEGS];        /* 1: wq, wqb, best_v allow the launch's vector stores */
+    int even[AR_CUDA_QSTEP_SEGS];        /* 1: group_size > 0 divides k */
+    int nseg;
+};
+
+/* A group's stored α, β (0 when the segment has none) and init_scale. */
+struct gscal {
+    float al, be, init;
+};
+
+__device__ static int has_init(const ar_cuda_qspec &q) { return q.sym && q.init_scale != NULL; }
+
+__device__ static gscal load_scalars(const ar_cuda_qstep_seg &s, long gi)
+{
+    gscal c;
+    c.al = s.alpha ? s.alpha[gi] : 0.0f;
+    c.be = s.beta ? s.beta[gi] : 0.0f;
+    c.init = has_init(s.q) ? s.q.init_scale[gi] : 0.0f;
+    return c;
+}
+
+__device__ static qgroup setup_of(const ar_cuda_qstep_seg &s, float wmin, float wmax, const gscal &c)
+{
+    return group_setup_vals(s.q, wmin, wmax, s.alpha != NULL, c.al, s.beta != NULL, c.be, c.init);
+}
+
+/* V elements to p + j: one vector access when vec (p + j aligned for it). */
+template <int V> __device__ static void store_out(float *p, long j, const float x[V], int vec)
+{
+    if (vec) store<V>(p, j, x);
+    else for (int i = 0; i < V; i++) p[j + i] = x[i];
+}
+
+template <int V> __device__ static void store_out_bf16(__nv_bfloat16 *p, long j, const float x[V], int vec)
+{
+    if (vec) store_bf16<V>(p, j, x);
+    else for (int i = 0; i < V; i++) p[j + i] = __float2bfloat16_rn(x[i]);
+}
+
+/* Lane 0: the group's α, β before the step into the snapshot (copy_if_many
+ * copies the stored values, unclamped). */
+__device__ static void snap_scalars(const ar_cuda_qstep_seg &s, long gi, int lane, const gscal &c)
+{
+    if (lane) return;
+    if (s.alpha && s.best_alpha) s.best_alpha[gi] = c.al;
+    if (s.beta && s.best_beta) s.best_beta[gi] = c.be;
+}
+
+/* Every lane: minmax_update's SignSGD step of α, β from the warp's sums,
+ * into c; lane 0 stores them. */
+__device__ static void step_scalars(const ar_cuda_qstep_seg &s, const qgroup &g, long gi, int lane, double ds,
+                                    double dz, gscal *c)
+{
+    float mh = s.q.hi > 0 ? s.q.hi : 1.0f;
+    qgrads r = minmax_grads(s.q, g, ds, dz);
+    if (s.alpha) c->al = clampf(c->al - s.mlr * sgnf((float)r.dal), 0.0f, mh);
+    if (s.beta) c->be = clampf(c->be - s.mlr * sgnf((float)r.dbe), 0.0f, mh);
+    if (lane == 0) {
+        if (s.alpha) s.alpha[gi] = c->al;
+        if (s.beta) s.beta[gi] = c->be;
+    }
+}
+
+/* bwd_chunk's step on one lane's V elements (x: w, vv: V, updated in
+ * place, gw: dŵ), with the snapshot of V before it when snap. */
+template <int V>
+__device__ static void step_chunk(const ar_cuda_qstep_seg &s, const qgroup &g, long at, const float x[V], float vv[V],
+                                  const float gw[V], float lo, float hi, int snap, int vout, double *acc_s,
+                                  double *acc_z)
+{
+    float d[V];
+    if (snap && s.best_v) store_out<V>(s.best_v, at, vv, vout);
+    for (int i = 0; i < V; i++) d[i] = elem_grad(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z);
+    for (int i = 0; i < V; i++) vv[i] = vv[i] - s.lr * sgnf(d[i]);
+    store<V>(s.v, at, vv);
+}
+
+/* k_quant_fwd's ŵ of V elements, to wq and/or wqb. */
+template <int V>
+__device__ static void forward_chunk(const ar_cuda_qstep_seg &s, const qgroup &g, long at, const float x[V],
+                                     const float vv[V], float lo, float hi, int vout)
+{
+    float r[V];
+    for (int i = 0; i < V; i++) r[i] = elem_forward(s.q, g, x[i], vv[i], lo, hi);
+    if (s.wq) store_out<V>(s.wq, at, r, vout);
+    if (s.wqb) store_out_bf16<V>((__nv_bfloat16 *)s.wqb, at, r, vout);
+}
+
+/* The step of group gi (of its segment) that fits one access per lane
+ * (len <= 32·V): x, vv, gw hold the lane's w, V, dŵ (zeros past the end). */
+template <int V>
+__device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspan sp, int lane, int snap, int vout,
+                                       const float x[V], float vv[V], const float gw[V], gscal c)
+{
+    float lo, hi, wmin, wmax;
+    level_bounds(s.q, &lo, &hi);
+    int j = lane * V, has = j < sp.len;
+    warp_range_regs<V>(x, &wmin, &wmax);
+    qgroup g = setup_of(s, wmin, wmax, c);
+    if (snap) snap_scalars(s, gi, lane, c);
+    double acc_s = 0.0, acc_z = 0.0;
+    if (has) step_chunk<V>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
+    acc_s = warp_sum(acc_s);
+    acc_z = warp_sum(acc_z);
+    step_scalars(s, g, gi, lane, acc_s, acc_z, &c);
+    qgroup g2 = setup_of(s, wmin, wmax, c);
+    if (has) forward_chunk<V>(s, g2, sp.off + j, x, vv, lo, hi, vout);
+}
+
+/* The step of a longer group: the range pass, the gradient pass (V stepped
+ * in memory), then the forward pass reading back the V this lane wrote. */
+template <int V>
+__device__ static void step_group_loop(const ar_cuda_qstep_seg &s, long gi, gspan sp, int lane, int snap, int vout)
+{
+    float lo, hi, wmin, wmax;
+    level_bounds(s.q, &lo, &hi);
+    gscal c = load_scalars(s, gi);
+    warp_range<V>(s.w + sp.off, sp.len, lane, &wmin, &wmax);
+    qgroup g = setup_of(s, wmin, wmax, c);
+    if (snap) snap_scalars(s, gi, lane, c);
+    double acc_s = 0.0, acc_z = 0.0;
+    for (int j = lane * V; j < sp.len; j += 32 * V) {
+        float x[V], vv[V], gw[V];
+        load<V>(s.w + sp.off, j, x);
+        load<V>(s.dwq + sp.off, j, gw);
+        load<V>(s.v + sp.off, j, vv);
+        step_chunk<V>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
+    }
+    acc_s = warp_sum(acc_s);
+    acc_z = warp_sum(acc_z);
+    step_scalars(s, g, gi, lane, acc_s, acc_z, &c);
+    qgroup g2 = setup_of(s, wmin, wmax, c);
+    for (int j = lane * V; j < sp.len; j += 32 * V) {
+        float x[V], vv[V];
+        load<V>(s.w + sp.off, j, x);
+        load<V>(s.v + sp.off, j, vv);
+        forward_chunk<V>(s, g2, sp.off + j, x, vv, lo, hi, vout);
+    }
+}
+
+/* Where global group gi lies: its segment, index in it, span. */
+struct gloc {
+    int si;
+    long gl;
+    gspan sp;
+};
+
+/* *si: the segment of a smaller gi of the same caller, or 0 (a warp walks
+ * its groups upwards, so the segment only moves forward). Rows that are a
+ * whole number of groups need no division: the group starts at gl·gs. */
+__device__ static gloc locate(const qstep_table &t, long gi, int *si)
+{
+    while (*si + 1 < t.nseg && gi >= t.first[*si + 1]) (*si)++;
+    gloc l;
+    l.si = *si;
+    l.gl = gi - t.first[l.si];
+    const ar_cuda_qstep_seg &s = t.s[l.si];
+    if (t.even[l.si]) {
+        l.sp.off = l.gl * s.q.group_size;
+        l.sp.len = s.q.group_size;
+    } else {
+        l.sp = group_span(s.k, s.q.group_size, t.ng[l.si], l.gl);
+    }
+    return l;
+}
+
+/* Any group shape, one group per warp and iteration. */
+template <int V>
+__global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag)
+{
+    int lane = threadIdx.x & 31, snap = flag && *flag, si = 0;
+    long total = t.first[t.nseg];
+    for (long gi = (long)blockIdx.x * QG + (threadIdx.x >> 5); gi < total; gi += (long)gridDim.x * QG) {
+        gloc l = locate(t, gi, &si);
+        const ar_cuda_qstep_seg &s = t.s[l.si];
+        int vout = t.vout[l.si];
+        if (l.sp.len > 32 * V) {
+            step_group_loop<V>(s, l.gl, l.sp, lane, snap, vout);
+            continue;
+        }
+        int j = lane * V;
+        float x[V], vv[V], gw[V];
+        for (int i = 0; i < V; i++) x[i] = vv[i] = gw[i] = 0.0f;
+        if (j < l.sp.len) {
+            load<V>(s.w + l.sp.off, j, x);
+            load<V>(s.dwq + l.sp.off, j, gw);
+            load<V>(s.v + l.sp.off, j, vv);
+        }
+        step_group_regs<V>(s, l.gl, l.sp, lane, snap, vout, x, vv, gw, load_scalars(s, l.gl));
+    }
+}
+
+/* One stage of a warp's pipeline: a group's w, dŵ, V (16 bytes a lane) and
+ * its α, β, init_scale (each lane its own copy, so a lane reads only what
+ * its own copies wrote and cp.async.wait_group is all the sync needed). */
+struct pipe_stage {
+    float4 w[32], g[32], v[32], c[32];
+};
+
+__device__ static unsigned smem_addr(const void *p) { return (unsigned)__cvta_generic_to_shared(p); }
+
+__device__ static void cp_async16(void *dst, const void *src)
+{
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+__device__ static void cp_async4(void *dst, const void *src)
+{
+    asm volatile("cp.async.ca.shared.global [%0], [%1], 4;\n" ::"r"(smem_addr(dst)), "l"(src) : "memory");
+}
+
+__device__ static void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+
+/* Wait until at most N of this thread's committed copy groups are pending. */
+template <int N> __device__ static void cp_async_wait(void)
+{
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+/* Queue global group gi into stage st (nothing when gi >= total; lanes past
+ * the group's end copy no elements). */
+__device__ static void pipe_issue(const qstep_table &t, long gi, long total, int lane, int *si, pipe_stage *st)
+{
+    if (gi >= total) return;
+    gloc l = locate(t, gi, si);
+    const ar_cuda_qstep_seg &s = t.s[l.si];
+    if (lane * 4 < l.sp.len) {
+        long at = l.sp.off + lane * 4;
+        cp_async16(&st->w[lane], s.w + at);
+        cp_async16(&st->g[lane], s.dwq + at);
+        cp_async16(&st->v[lane], s.v + at);
+    }
+    if (s.alpha) cp_async4(&st->c[lane].x, s.alpha + l.gl);
+    if (s.beta) cp_async4(&st->c[lane].y, s.beta + l.gl);
+    if (has_init(s.q)) cp_async4(&st->c[lane].z, s.q.init_scale + l.gl);
+}
+
+/* Groups of at most 128 (every row 16-byte aligned): warp w of the grid
+ * takes groups w, w + nw, w + 2·nw, ... with the next PS − 1 of them queued. */
+__global__ void __launch_bounds__(32 * PQG) k_step_pipe(qstep_table t, const int *flag)
+{
+    __shared__ pipe_stage stages[PQG][PS];
+    int lane = threadIdx.x & 31, snap = flag && *flag, si_issue = 0, si = 0;
+    pipe_stage *my = stages[threadIdx.x >> 5];
+    long total = t.first[t.nseg], nw = (long)gridDim.x * PQG, g0 = (long)blockIdx.x * PQG + (threadIdx.x >> 5);
+    for (int p = 0; p < PS - 1; p++) {
+        pipe_issue(t, g0 + p * nw, total, lane, &si_issue, &my[p]);
+        cp_async_commit();
+    }
+    int slot = 0;
+    for (long gi = g0; gi < total; gi += nw) {
+        /* the stage refilled here was read into registers last iteration */
+        pipe_issue(t, gi + (PS - 1) * nw, total, lane, &si_issue, &my[(slot + PS - 1) % PS]);
+        cp_async_commit();
+        cp_async_wait<PS - 1>();
+        gloc l = locate(t, gi, &si);
+        const ar_cuda_qstep_seg &s = t.s[l.si];
+        const pipe_stage &st = my[slot];
+        float x[4] = {0.0f, 0.0f, 0.0f, 0.0f}, vv[4] = {0.0f, 0.0f, 0.0f, 0.0f}, gw[4] = {0.0f, 0.0f, 0.0f, 0.0f};
+        if (lane * 4 < l.sp.len) {
+            float4 a = st.w[lane], b = st.g[lane], d = st.v[lane];
+            x[0] = a.x, x[1] = a.y, x[2] = a.z, x[3] = a.w;
+            gw[0] = b.x, gw[1] = b.y, gw[2] = b.z, gw[3] = b.w;
+            vv[0] = d.x, vv[1] = d.y, vv[2] = d.z, vv[3] = d.w;
+        }
+        float4 cs = st.c[lane];
+        gscal c = {s.alpha ? cs.x : 0.0f, s.beta ? cs.y : 0.0f, has_init(s.q) ? cs.z : 0.0f};
+        step_group_regs<4>(s, l.gl, l.sp, lane, snap, 1, x, vv, gw, c);
+        slot = slot + 1 == PS ? 0 : slot + 1;
+    }
+    cp_async_wait<0>();
+}
+
+/* Blocks of k_step_pipe for ngr groups: at most one wave (the blocks that
+ * fit on the device at once), so each warp's pipeline runs long. */
+static unsigned pipe_blocks(long ngr)
+{
+    static int per_sm = -1, nsm = 0;
+    if (per_sm < 0) {
+        per_sm = 0;
+        cudaFuncSetAttribute(k_step_pipe, cudaFuncAttributePreferredSharedMemoryCarveout,
+                             cudaSharedmemCarveoutMaxShared);
+        if (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, g_cu.dev) != cudaSuccess ||
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_pipe, 32 * PQG, 0) != cudaSuccess)
+            per_sm = 0;
+        cudaGetLastError(); /* a failed query only costs the grid size: clear it */
+        if (per_sm < 1 || nsm < 1) per_sm = 4, nsm = 132;
+    }
+    long need = (ngr + PQG - 1) / PQG, wave = (long)per_sm * nsm;
+    return (unsigned)(need < wave ? (need > 0 ? need : 1) : wave);
+}
+
+/* 1 when every pointer allows 16-byte accesses (NULL does). */
+static int aligned16(const void *const *p, int np)
+{
+    for (int i = 0; i < np; i++)
+        if ((uintptr_t)p[i] % 16) return 0;
+    return 1;
+}
+
+/* Launch the kernel of table kind which: 0 k_step_pipe, 1 k_step<4>, 2 k_step<1>. */
+static int launch_step(const qstep_table &t, int which, const int *flag)
+{
+    long total = t.first[t.nseg];
+    if (which == 0) k_step_pipe<<<pipe_blocks(total), 32 * PQG, 0, g_cu.st>>>(t, flag);
+    else if (which == 1) k_step<4><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
+    else k_step<1><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
+    return ar_cuda_check_launch("quant step");
+}
+
+int ar_cuda_quant_step(const ar_cuda_qstep_seg *segs, int nseg, const int *flag)
+{
+    if (nseg < 0 || nseg > AR_CUDA_QSTEP_SEGS)
+        return ar_cuda_fail("quant step: %d segments (at most %d)", nseg, AR_CUDA_QSTEP_SEGS);
+    qstep_table t[3];
+    memset(t, 0, sizeof t);
+    for (int i = 0; i < nseg; i++) {
+        const ar_cuda_qstep_seg *s = &segs[i];
+        if (s->q.kind != AR_CUDA_Q_INT) return ar_cuda_fail("quant step: segment %d: kind %d has no fused step", i,
+                                                            s->q.kind);
+        if (check_spec(&s->q)) return -1;
+        if (s->n <= 0 || s->k <= 0) continue;
+        if (!s->w || !s->dwq || !s->v) return ar_cuda_fail("quant step: segment %d lacks w, dwq or v", i);
+        int gs = s->q.group_size, ng = ngroups(s->k, gs);
+        const void *in[] = {s->w, s->dwq, s->v}, *out[] = {s->wq, s->wqb, s->best_v};
+        /* the backward's vector width is ar_cuda_quant_signsgd's (w, dwq, v) */
+        int vin = vec4_ok(s->k, gs, in, 3), vout = vin && aligned16(out, 3);
+        int which = vin && vout && gs > 0 && gs <= 128 ? 0 : (vin ? 1 : 2);
+        qstep_table &tb = t[which];
+        tb.s[tb.nseg] = *s;
+        tb.ng[tb.nseg] = ng;
+        tb.vout[tb.nseg] = vout;
+        tb.even[tb.nseg] = gs > 0 && s->k % gs == 0;
+        tb.first[tb.nseg + 1] = tb.first[tb.nseg] + (long)s->n * ng;
+        tb.nseg++;
+    }
+    for (int w = 0; w < 3; w++)
+        if (t[w].nseg && launch_step(t[w], w, flag)) return -1;
+    return 0;
 }
 
 /* ---- loss and best-iteration bookkeeping ----------------------------------------- */

@@ -37,5 +37,12 @@ ar_cuda_block_work *ar_cuda_work_for(const ar_config *c, int B, int T, int train
 int ar_cuda_qspec_make(ar_cuda_qspec *q, const ar_quant_spec *qs, const float *w, int n, int k);
 /* Free what ar_cuda_qspec_make allocated on the device (safe on a zeroed q). */
 void ar_cuda_qspec_free(ar_cuda_qspec *q);
+
+/* 1 (the default): the GPU tuner steps its integer linears with
+ * ar_cuda_quant_step (one pass that also writes the next iteration's ŵ and
+ * takes the best-loss snapshot); 0: the separate snapshot, SignSGD and
+ * forward kernels. Both give the same bits (cuda_check compares whole
+ * tuning runs); the switch is for that test. Read when a tuning starts. */
+void ar_signround_cuda_set_fused_step(int on);
 #endif
 #endif

@@ -27,8 +27,11 @@
 #include <time.h>
 
 static int g_low_mem;
+static int g_fused_step = 1;
 
 void ar_signround_cuda_set_low_mem(int on) { g_low_mem = !!on; }
+
+void ar_signround_cuda_set_fused_step(int on) { g_fused_step = !!on; }
 
 /* 1 when the kernels have spec's quantizer: integer (no 2-D blocks), the FP
  * kinds (any tiling) and GGUF with frozen scales. */
@@ -148,6 +151,9 @@ typedef struct {
     void *os_scratch;           /* opts.outlier_loss: the loss kernel's scratch, else NULL */
     double *loss_acc, *losses, *best;
     int *best_iter, *flag;
+    int fused;                  /* the integer linears step through ar_cuda_quant_step (ar_signround_cuda_set_fused_step) */
+    int wq_ahead;               /* 1: the last update_all wrote those linears' ŵ: quantize_all skips them */
+    int snap_deferred;          /* 1: snapshot_if_best left their V/α/β copy to the update_all that follows */
 } gtuner;
 
 static float layer_lr(const ar_signround_opts *o, int bits)
@@ -316,6 +322,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     t->bs = o->batch_size < n ? o->batch_size : n;
     t->iters = o->iters;
     t->low_mem = g_low_mem;
+    t->fused = g_fused_step;
     if (!ar_signround_cuda_supports(plan)) return ar_error("signround: this scheme has no GPU quantizer");
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
@@ -360,16 +367,25 @@ static void gtuner_free(gtuner *t)
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }
 
+/* 1 when linear i steps through ar_cuda_quant_step (the integer kind). */
+static int fused_layer(const gtuner *t, int i)
+{
+    return t->fused && t->plan->quantize[i] && t->L[i].q.kind == AR_CUDA_Q_INT;
+}
+
 /* Fake-quantize every planned linear with the current tunables: ŵ in f32
  * (the default path's operand), or on the fast path straight into the
- * work's bf16 weight (the integer kind skips the f32 copy). dW needs no
- * clearing: the iteration's first mini-batch writes it (run_batches). */
+ * work's bf16 weight (the integer kind skips the f32 copy). The linears
+ * whose ŵ the last update_all already wrote (wq_ahead) are skipped: the same
+ * bits. dW needs no clearing: the iteration's first mini-batch writes it
+ * (run_batches). */
 static int quantize_all(gtuner *t)
 {
-    int mm = t->o->minmax_tuning;
+    int mm = t->o->minmax_tuning, ahead = t->wq_ahead;
+    t->wq_ahead = 0;
     ar_cuda_prof_mark(t->wb[0] || t->wb[AR_NLINEAR - 1] ? "quant/fake-quant fwd -> bf16" : "quant/fake-quant fwd", 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->plan->quantize[i] || (ahead && fused_layer(t, i))) continue;
         glayer *L = &t->L[i];
         float *wq = t->wb[i] && L->q.kind == AR_CUDA_Q_INT ? NULL : L->wq;
         if (ar_cuda_quant_forward_to(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, wq,
@@ -487,7 +503,10 @@ static int run_batches(gtuner *t, const int *idx, int gb)
 }
 
 /* Snapshot the tunables when this iteration's loss is the best so far (the
- * decision is on the device: flag). The loss is already divided by GB·T·C. */
+ * decision is on the device: flag). The loss is already divided by GB·T·C.
+ * When a step follows (every iteration but the last, as the loop in
+ * ar_signround_tune_block_cuda runs update_all), the fused linears' copy is
+ * left to that step, which reads their tunables anyway. */
 static int snapshot_if_best(gtuner *t, int it)
 {
     ar_cuda_prof_mark("quant/best-loss snapshot", 0);
@@ -495,29 +514,60 @@ static int snapshot_if_best(gtuner *t, int it)
         return ar_cuda_err("best");
     ar_cuda_copy_seg seg[3 * AR_NLINEAR];
     int ns = 0;
+    t->snap_deferred = it + 1 < t->iters;
     for (int i = 0; i < AR_NLINEAR; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->plan->quantize[i] || (t->snap_deferred && fused_layer(t, i))) continue;
         glayer *L = &t->L[i];
         seg[ns++] = (ar_cuda_copy_seg){L->best_v, L->v, (long)L->nel};
         seg[ns++] = (ar_cuda_copy_seg){L->best_alpha, L->alpha, (long)L->ngr};
         seg[ns++] = (ar_cuda_copy_seg){L->best_beta, L->beta, (long)L->ngr};
     }
     /* one launch for every tunable of the block */
-    return ar_cuda_copy_if_many(seg, ns, t->flag) ? ar_cuda_err("snapshot") : 0;
+    return ns && ar_cuda_copy_if_many(seg, ns, t->flag) ? ar_cuda_err("snapshot") : 0;
 }
 
-/* STE backward fused with one SignSGD step at lr scale f. */
+/* The fused step's segment of linear i: V, α, β stepped at lr scale f, ŵ
+ * for the next forward where quantize_all would write it, and the
+ * snapshot the step owes when snap. Without min-max tuning α and β stay
+ * the ones the snapshot already holds. */
+static ar_cuda_qstep_seg step_seg(const gtuner *t, int i, float f, int snap)
+{
+    const glayer *L = &t->L[i];
+    int mm = t->o->minmax_tuning;
+    ar_cuda_qstep_seg s;
+    memset(&s, 0, sizeof s);
+    s.q = L->q, s.w = L->wfp, s.dwq = L->dw, s.v = L->v;
+    s.alpha = mm ? L->alpha : NULL, s.beta = mm ? L->beta : NULL;
+    s.wq = t->wb[i] ? NULL : L->wq, s.wqb = t->wb[i];
+    if (snap) s.best_v = L->best_v, s.best_alpha = L->best_alpha, s.best_beta = L->best_beta;
+    s.n = L->n, s.k = L->k, s.lr = L->lr * f, s.mlr = L->mlr * f;
+    return s;
+}
+
+/* STE backward fused with one SignSGD step at lr scale f: the integer
+ * linears in one ar_cuda_quant_step launch that also writes the next
+ * iteration's ŵ (and the deferred snapshot), the other kinds one
+ * ar_cuda_quant_signsgd each. */
 static int update_all(gtuner *t, float f)
 {
-    int mm = t->o->minmax_tuning;
-    ar_cuda_prof_mark("quant/STE bwd + sign-SGD", 0);
+    int mm = t->o->minmax_tuning, ns = 0, snap = t->snap_deferred, nf = 0;
+    ar_cuda_qstep_seg seg[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) nf += fused_layer(t, i);
+    ar_cuda_prof_mark(nf ? "quant/STE bwd + sign-SGD + next fwd" : "quant/STE bwd + sign-SGD", 0);
+    t->snap_deferred = 0;
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!t->plan->quantize[i]) continue;
         glayer *L = &t->L[i];
+        if (fused_layer(t, i)) {
+            seg[ns++] = step_seg(t, i, f, snap);
+            continue;
+        }
         if (ar_cuda_quant_signsgd(&L->q, L->wfp, L->n, L->k, L->v, mm ? L->alpha : NULL, mm ? L->beta : NULL, L->dw,
                                   L->lr * f, L->mlr * f))
             return ar_cuda_err("signsgd");
     }
+    if (ns && ar_cuda_quant_step(seg, ns, snap ? t->flag : NULL)) return ar_cuda_err("quant step");
+    t->wq_ahead = ns > 0;
     return 0;
 }
 

@@ -1468,6 +1468,312 @@ static void run_v2_tests(int fast)
     test_tuning_v2(tag, mx4, &ACT_MX4, AR_CUDA_GEMM_BF16, 0.3, 0.5, -1);
 }
 
+/* ---- the fused tuning step (ar_cuda_quant_step) ------------------------------------
+ * One launch over segments of every shape the kernels route differently:
+ * G128 and G32 (a short last group, init_scale) through the cp.async
+ * pipeline; K % 4 != 0 and buffers 4 bytes off a 16-byte boundary (one
+ * element per lane); per-row and G256 groups (the long-group loop); outputs
+ * that do not allow 16-byte stores; no α/β. Three steps (flag 1, flag 0, no
+ * flag) against the separate kernels the tuner ran before
+ * (ar_cuda_copy_if_many, ar_cuda_quant_signsgd, ar_cuda_quant_forward_to)
+ * from the same state: every tunable, ŵ (f32 and bf16) and snapshot must
+ * have the same bits (tolerance 0). The first step is also checked against
+ * the CPU: V and α/β against the signs of ar_quant_backward (test_quant's
+ * mismatch bounds: 1e-4, 2e-3), ŵ against ar_quant_forward on the stepped
+ * tunables (>= 99.99% identical, as the forward test; bf16: its rounding),
+ * the snapshot against the tunables before the step (exact). */
+
+typedef struct {
+    const char *name;
+    ar_quant_spec s;
+    int n, k;
+    int off;      /* element offset of every buffer (1: 4-byte aligned only) */
+    int out_off;  /* extra offset of wq and best_v (outputs without 16-byte stores) */
+    int minmax;   /* 0: alpha/beta NULL */
+    int init;     /* sym: SignRoundV2's init_scale */
+    int f32_out, bf16_out;
+} qstep_case;
+
+/* One segment's host data and its two device states: [0] stepped by
+ * ar_cuda_quant_step, [1] by the separate kernels. */
+typedef struct {
+    const qstep_case *c;
+    size_t nel, ngr;
+    float *w, *dwq, *v, *al, *be, *init;   /* host */
+    float *dw, *ddwq, *dinit;              /* device, shared; dw/ddwq: allocations (use + off) */
+    float *v_[2], *al_[2], *be_[2], *bv_[2], *bal_[2], *bbe_[2], *wq_[2];
+    uint16_t *wqb_[2];
+    ar_cuda_qspec q;
+} qstep_data;
+
+/* Device buffer of n + 8 floats holding h at offset off. */
+static float *up_at(const float *h, size_t n, int off)
+{
+    float *d = ar_cuda_malloc((n + 8) * 4);
+    if (!d || ar_cuda_zero(d, (n + 8) * 4) || ar_cuda_upload(d + off, h, n * 4)) die_cuda("quant step buffers");
+    return d;
+}
+
+static void qstep_data_init(qstep_data *d, const qstep_case *c)
+{
+    memset(d, 0, sizeof *d);
+    d->c = c;
+    d->nel = (size_t)c->n * c->k, d->ngr = (size_t)c->n * ar_quant_ngroups(c->k, c->s.group_size);
+    d->w = kind_weights(d->nel, c->k), d->dwq = rnd(d->nel, 1, 0), d->v = rnd(d->nel, 0.3f, 0);
+    d->al = rnd(d->ngr, 0.15f, 0.9f), d->be = rnd(d->ngr, 0.15f, 0.9f);
+    d->init = c->init ? v2_init_scale(&c->s, d->w, c->n, c->k) : NULL;
+    d->q = qspec_of(&c->s);
+    d->dw = up_at(d->w, d->nel, c->off), d->ddwq = up_at(d->dwq, d->nel, c->off);
+    if (d->init) d->q.init_scale = d->dinit = up_at(d->init, d->ngr, 0);
+    float *junk = rnd(d->nel, 1, 0);
+    for (int st = 0; st < 2; st++) {
+        d->v_[st] = up_at(d->v, d->nel, c->off), d->al_[st] = up_at(d->al, d->ngr, 0), d->be_[st] = up_at(d->be, d->ngr, 0);
+        d->bv_[st] = up_at(junk, d->nel, c->off + c->out_off);
+        d->bal_[st] = up_at(junk, d->ngr, 0), d->bbe_[st] = up_at(junk + 1, d->ngr, 0);
+        d->wq_[st] = up_at(junk, d->nel, c->off + c->out_off);
+        d->wqb_[st] = ar_cuda_malloc((d->nel + 8) * 2);
+        if (!d->wqb_[st] || ar_cuda_zero(d->wqb_[st], (d->nel + 8) * 2)) die_cuda("quant step buffers");
+    }
+    free(junk);
+}
+
+static void qstep_data_free(qstep_data *d)
+{
+    free(d->w), free(d->dwq), free(d->v), free(d->al), free(d->be), free(d->init);
+    ar_cuda_free(d->dw), ar_cuda_free(d->ddwq), ar_cuda_free(d->dinit);
+    for (int st = 0; st < 2; st++) {
+        float *p[] = {d->v_[st], d->al_[st], d->be_[st], d->bv_[st], d->bal_[st], d->bbe_[st], d->wq_[st]};
+        for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
+        ar_cuda_free(d->wqb_[st]);
+    }
+}
+
+/* The pointers of state st as the step and the separate kernels see them. */
+static ar_cuda_qstep_seg qstep_seg_of(const qstep_data *d, int st, float lr, float mlr)
+{
+    const qstep_case *c = d->c;
+    int o = c->off, oo = c->off + c->out_off;
+    ar_cuda_qstep_seg s;
+    memset(&s, 0, sizeof s);
+    s.q = d->q, s.w = d->dw + o, s.dwq = d->ddwq + o, s.v = d->v_[st] + o;
+    s.alpha = c->minmax ? d->al_[st] : NULL, s.beta = c->minmax ? d->be_[st] : NULL;
+    s.wq = c->f32_out ? d->wq_[st] + oo : NULL, s.wqb = c->bf16_out ? d->wqb_[st] + o : NULL;
+    s.best_v = d->bv_[st] + oo, s.best_alpha = d->bal_[st], s.best_beta = d->bbe_[st];
+    s.n = c->n, s.k = c->k, s.lr = lr, s.mlr = mlr;
+    return s;
+}
+
+/* State 1: what the tuner did before — the snapshot copy (when flag), then
+ * per segment ar_cuda_quant_signsgd and ar_cuda_quant_forward_to. */
+static void qstep_separate(qstep_data *d, int nd, float lr, float mlr, const int *flag)
+{
+    ar_cuda_copy_seg cs[3 * AR_CUDA_QSTEP_SEGS];
+    int ncs = 0;
+    for (int i = 0; i < nd; i++) {
+        ar_cuda_qstep_seg s = qstep_seg_of(&d[i], 1, lr, mlr);
+        cs[ncs++] = (ar_cuda_copy_seg){s.best_v, s.v, (long)d[i].nel};
+        if (s.alpha) cs[ncs++] = (ar_cuda_copy_seg){s.best_alpha, s.alpha, (long)d[i].ngr};
+        if (s.beta) cs[ncs++] = (ar_cuda_copy_seg){s.best_beta, s.beta, (long)d[i].ngr};
+    }
+    if (flag && ar_cuda_copy_if_many(cs, ncs, flag)) die_cuda("quant step reference snapshot");
+    for (int i = 0; i < nd; i++) {
+        ar_cuda_qstep_seg s = qstep_seg_of(&d[i], 1, lr, mlr);
+        if (ar_cuda_quant_signsgd(&s.q, s.w, s.n, s.k, s.v, s.alpha, s.beta, s.dwq, lr, mlr) ||
+            ar_cuda_quant_forward_to(&s.q, s.w, s.n, s.k, s.v, s.alpha, s.beta, s.wq, s.wqb))
+            die_cuda("quant step reference");
+    }
+}
+
+/* Elements of n floats (or n bf16 when two) at a and b (device) whose bits differ. */
+static size_t dev_bits_differ(const void *a, const void *b, size_t n, int two)
+{
+    size_t bytes = n * (two ? 2 : 4), bad = 0;
+    unsigned char *ha = malloc(bytes ? bytes : 1), *hb = malloc(bytes ? bytes : 1);
+    if (!ha || !hb || ar_cuda_download(ha, a, bytes) || ar_cuda_download(hb, b, bytes)) die_cuda("download");
+    for (size_t i = 0; i < n; i++) bad += memcmp(ha + i * (two ? 2 : 4), hb + i * (two ? 2 : 4), two ? 2 : 4) != 0;
+    free(ha), free(hb);
+    return bad;
+}
+
+/* Fused state 0 against separate state 1 after a step: every output. */
+static void qstep_compare(const qstep_data *d, const char *step)
+{
+    char name[200];
+    const qstep_case *c = d->c;
+    int o = c->off, oo = c->off + c->out_off;
+    size_t bad = dev_bits_differ(d->v_[0] + o, d->v_[1] + o, d->nel, 0) +
+                 dev_bits_differ(d->bv_[0] + oo, d->bv_[1] + oo, d->nel, 0) +
+                 dev_bits_differ(d->wq_[0] + oo, d->wq_[1] + oo, d->nel, 0) +
+                 dev_bits_differ(d->wqb_[0] + o, d->wqb_[1] + o, d->nel, 1);
+    if (c->minmax)
+        bad += dev_bits_differ(d->al_[0], d->al_[1], d->ngr, 0) + dev_bits_differ(d->be_[0], d->be_[1], d->ngr, 0) +
+               dev_bits_differ(d->bal_[0], d->bal_[1], d->ngr, 0) + dev_bits_differ(d->bbe_[0], d->bbe_[1], d->ngr, 0);
+    snprintf(name, sizeof name, "quant step %s == snapshot + signsgd + forward, %s", c->name, step);
+    verdict(name, (double)bad, 0, "values differing");
+}
+
+/* Step 1 of the fused state against the CPU (see the section comment). */
+static void qstep_cpu_check(const qstep_data *d, float lr, float mlr)
+{
+    char name[200];
+    const qstep_case *c = d->c;
+    size_t nel = d->nel, ngr = d->ngr;
+    int o = c->off, oo = c->off + c->out_off;
+    float *gv = zeros(nel), *ga = zeros(ngr), *gb = zeros(ngr), *vr = zeros(nel), *ar = zeros(ngr), *br = zeros(ngr);
+    ar_quant_params p = {d->v, c->minmax ? d->al : NULL, c->minmax ? d->be : NULL, d->init};
+    if (ar_quant_backward(&c->s, d->w, c->n, c->k, &p, d->dwq, gv, ga, gb)) die_cuda("cpu backward");
+    for (size_t i = 0; i < nel; i++) vr[i] = d->v[i] - lr * (float)((gv[i] > 0) - (gv[i] < 0));
+    for (size_t i = 0; i < ngr; i++) {
+        ar[i] = d->al[i] - mlr * (float)((ga[i] > 0) - (ga[i] < 0));
+        br[i] = d->be[i] - mlr * (float)((gb[i] > 0) - (gb[i] < 0));
+    }
+    ar_quant_clamp_minmax(&c->s, ar, ngr);
+    ar_quant_clamp_minmax(&c->s, br, ngr);
+    float *hv = down(d->v_[0] + o, nel), *ha = down(d->al_[0], ngr), *hb = down(d->be_[0], ngr);
+    snprintf(name, sizeof name, "quant step %s V vs CPU", c->name);
+    verdict(name, mismatch(hv, vr, nel), 1e-4, "mismatch");
+    if (c->minmax) {
+        snprintf(name, sizeof name, "quant step %s alpha/beta vs CPU", c->name);
+        verdict(name, 0.5 * (mismatch(ha, ar, ngr) + mismatch(hb, br, ngr)), 2e-3, "mismatch");
+    }
+    /* ŵ of the tunables the GPU stepped to */
+    float *wr = zeros(nel);
+    ar_quant_params pg = {hv, c->minmax ? ha : NULL, c->minmax ? hb : NULL, d->init};
+    ar_quant_out out = {wr, NULL, NULL, NULL};
+    if (ar_quant_forward(&c->s, d->w, c->n, c->k, &pg, &out)) die_cuda("cpu forward");
+    if (c->f32_out) {
+        float *hw = down(d->wq_[0] + oo, nel);
+        snprintf(name, sizeof name, "quant step %s next w_hat vs CPU", c->name);
+        verdict(name, mismatch(hw, wr, nel), 1e-4, "mismatch");
+        free(hw);
+    }
+    if (c->bf16_out) {
+        uint16_t *hq = malloc(2 * nel);
+        size_t bad = 0;
+        if (!hq || ar_cuda_download(hq, d->wqb_[0] + o, 2 * nel)) die_cuda("download");
+        for (size_t i = 0; i < nel; i++) bad += hq[i] != ar_f32_to_bf16(wr[i]) && !(wr[i] == 0 && (hq[i] & 0x7fff) == 0);
+        snprintf(name, sizeof name, "quant step %s next w_hat bf16 vs CPU", c->name);
+        verdict(name, (double)bad / (double)nel, 1e-4, "mismatch");
+        free(hq);
+    }
+    /* the snapshot holds the tunables before the step */
+    float *bv = down(d->bv_[0] + oo, nel), *bal = down(d->bal_[0], ngr), *bbe = down(d->bbe_[0], ngr);
+    double bad = bits_mismatch(bv, d->v, nel);
+    if (c->minmax) bad += bits_mismatch(bal, d->al, ngr) + bits_mismatch(bbe, d->be, ngr);
+    snprintf(name, sizeof name, "quant step %s snapshot (flag 1) = tunables before the step", c->name);
+    verdict(name, bad, 0, "bits mismatch");
+    float *fr[] = {gv, ga, gb, vr, ar, br, hv, ha, hb, wr, bv, bal, bbe};
+    for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
+}
+
+static void test_quant_step(void)
+{
+    static const qstep_case cases[] = {
+        {"W4 G128 sym bf16 [pipeline]", {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL}, 37, 640, 0, 0, 1, 0, 1, 1},
+        {"W4 G32 asym K200 short last group [pipeline]", {4, 32, 0, 0, 0, 0, 0, 0, NULL, NULL}, 19, 200, 0, 0, 1, 0, 1, 0},
+        {"W2 G64 sym init_scale hi=2 [pipeline]", {2, 64, 1, 0, 2.0f, 0, 0, 0, NULL, NULL}, 13, 320, 0, 0, 1, 1, 0, 1},
+        {"W3 G20 asym K150 [1 a lane]", {3, 20, 0, 0, 0, 0, 0, 0, NULL, NULL}, 11, 150, 0, 0, 1, 0, 1, 1},
+        {"W8 per-row f32-scale hi=2 [loop]", {8, -1, 1, AR_QF_F32_SCALE, 2.0f, 0, 0, 0, NULL, NULL}, 9, 1280, 0, 0, 1, 0, 1, 1},
+        {"W4 G256 asym no minmax [loop]", {4, 256, 0, 0, 0, 0, 0, 0, NULL, NULL}, 7, 768, 0, 0, 0, 0, 1, 1},
+        {"W4 G128 asym buffers at +4 bytes [1 a lane]", {4, 128, 0, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL}, 5, 256, 1, 0, 1, 0, 1, 1},
+        {"W4 G128 asym scalar outputs", {4, 128, 0, 0, 0, 0, 0, 0, NULL, NULL}, 6, 384, 0, 1, 1, 0, 1, 1},
+    };
+    enum { NC = sizeof cases / sizeof *cases };
+    qstep_data d[NC];
+    for (int i = 0; i < NC; i++) qstep_data_init(&d[i], &cases[i]);
+    int one = 1, zero = 0, *dflag = ar_cuda_malloc(sizeof(int));
+    if (!dflag) die_cuda("flag");
+    static const char *steps[3] = {"step 1 (flag 1)", "step 2 (flag 0)", "step 3 (no flag)"};
+    const float lr[3] = {0.01f, 0.007f, 0.004f}, mlr[3] = {0.02f, 0.013f, 0.006f};
+    for (int step = 0; step < 3; step++) {
+        const int *flag = step == 2 ? NULL : dflag;
+        if (ar_cuda_upload(dflag, step == 0 ? &one : &zero, sizeof(int))) die_cuda("flag");
+        ar_cuda_qstep_seg segs[NC];
+        for (int i = 0; i < NC; i++) segs[i] = qstep_seg_of(&d[i], 0, lr[step], mlr[step]);
+        if (ar_cuda_quant_step(segs, NC, flag)) die_cuda("quant step");
+        qstep_separate(d, NC, lr[step], mlr[step], flag);
+        for (int i = 0; i < NC; i++) qstep_compare(&d[i], steps[step]);
+        if (step == 0)
+            for (int i = 0; i < NC; i++) qstep_cpu_check(&d[i], lr[0], mlr[0]);
+    }
+    /* a kind without a fused step is refused */
+    ar_cuda_qstep_seg bad = qstep_seg_of(&d[0], 0, 0.01f, 0.01f);
+    bad.q.kind = AR_CUDA_Q_MXFP4;
+    verdict("quant step refuses a non-integer kind", ar_cuda_quant_step(&bad, 1, NULL) == -1 ? 0 : 1, 0, "wrong rc");
+    ar_cuda_free(dflag);
+    for (int i = 0; i < NC; i++) qstep_data_free(&d[i]);
+}
+
+/* The GPU tuner with the fused step against itself without it
+ * (ar_signround_cuda_set_fused_step(0): the separate snapshot, SignSGD and
+ * forward kernels). The step gives the same bits, so the tuned weights must
+ * be identical (tolerance 0) and the best iteration the same; the losses
+ * may differ only in the last bits of their double sums (atomic adds in
+ * another order): 1e-12 relative. The plan mixes every route of the step —
+ * int sym G128 (bf16 ŵ), asym G48 (short last group), W2 G64, per-row W8
+ * and G256 (the loop) — with an MXFP4 linear stepped by its own kernel in
+ * the same update. use_best on (the snapshot decides the result) and off. */
+static void test_tuning_fused(const char *tag, int mode, int use_best)
+{
+    char name[200];
+    ar_config c;
+    small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    ar_block_weights w;
+    random_weights(&w, &c);
+    int n = 16, T = 64;
+    uint16_t *xb, *yb;
+    make_cache(&c, &w, n, T, &xb, &yb);
+    const ar_quant_spec specs[AR_NLINEAR] = {
+        {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL},        {4, 48, 0, 0, 0, 0, 0, 0, NULL, NULL},
+        {4, 32, 1, AR_QF_BF16, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL}, {8, -1, 1, AR_QF_F32_SCALE, 2.0f, 0, 0, 0, NULL, NULL},
+        {2, 64, 0, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL},         {4, 128, 0, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL},
+        {3, 256, 0, 0, 0, 0, 0, 0, NULL, NULL}};
+    ar_block_plan plan;
+    memset(&plan, 0, sizeof plan);
+    for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = specs[i];
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = 12, o.batch_size = 4, o.grad_accum = 2, o.use_best = use_best;
+    ar_quant_out out[2][AR_NLINEAR];
+    size_t nel[AR_NLINEAR];
+    ar_signround_report rep[2];
+    loss_log lg[2] = {{{0}, 0}, {{0}, 0}};
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(&c, i, &nn, &k);
+        nel[i] = (size_t)nn * k;
+        for (int r = 0; r < 2; r++) out[r][i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
+    }
+    ar_cuda_set_gemm(mode);
+    int rc = 0;
+    for (int r = 0; r < 2 && !rc; r++) {
+        ar_signround_cuda_set_fused_step(r == 0);
+        rc = ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out[r], &rep[r], log_loss, &lg[r]);
+    }
+    ar_signround_cuda_set_fused_step(1);
+    if (rc) {
+        printf("FAIL tuning fused step %s: %s\n", tag, ar_last_error());
+        g_fail++, g_tests++;
+    } else {
+        double bad = 0, worst = 0;
+        for (int i = 0; i < AR_NLINEAR; i++) bad += bits_mismatch(out[0][i].wq, out[1][i].wq, nel[i]) * nel[i];
+        snprintf(name, sizeof name, "tuning fused step == separate kernels, tuned weights %s", tag);
+        verdict(name, bad, 0, "values differing");
+        for (int i = 0; i < lg[0].n && i < lg[1].n; i++)
+            if (fabs(lg[0].loss[i] - lg[1].loss[i]) / lg[1].loss[i] > worst)
+                worst = fabs(lg[0].loss[i] - lg[1].loss[i]) / lg[1].loss[i];
+        snprintf(name, sizeof name, "tuning fused step == separate kernels, losses %s", tag);
+        verdict(name, lg[0].n == lg[1].n && lg[0].n == o.iters ? worst : 1.0, 1e-12, "worst rel err");
+        snprintf(name, sizeof name, "tuning fused step == separate kernels, best iteration %s", tag);
+        verdict(name, rep[0].best_iter == rep[1].best_iter ? 0 : 1, 0, "differs");
+        printf("     loss %.9g -> %.9g (iter %d) fused, %.9g -> %.9g (iter %d) separate\n", rep[0].loss0,
+               rep[0].best_loss, rep[0].best_iter, rep[1].loss0, rep[1].best_loss, rep[1].best_iter);
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(out[0][i].wq), free(out[1][i].wq);
+    free(xb); free(yb);
+    free_weights(&w);
+}
+
 /* ---- fast path ---------------------------------------------------------------- */
 
 /* Host copy of x rounded to bf16 (as f32) and its bf16 device copy. */
@@ -2487,6 +2793,7 @@ static void run_fast_tests(void)
     ar_signround_cuda_set_low_mem(1);
     test_tuning("fast: W4G128 [bf16 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
     ar_signround_cuda_set_low_mem(0);
+    test_tuning_fused("fast: [bf16 GEMMs]", AR_CUDA_GEMM_BF16, 1);
     run_act_tests(1);
     run_v2_tests(1);
     run_gemm_tune_tests();
@@ -2510,6 +2817,7 @@ static void run_tests(const char *shared)
     /* K not a multiple of 4: the kernels' single-element path, a short last group */
     test_quant("W3 G20 asym K150", (ar_quant_spec){3, 20, 0, 0, 0, 0, 0, 0, NULL, NULL}, 40, 150);
     test_copy_if_many();
+    test_quant_step();
     test_mse();
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
@@ -2529,6 +2837,8 @@ static void run_tests(const char *shared)
     ar_signround_cuda_set_low_mem(1);
     test_tuning("W4G128 [f32 GEMMs, low_gpu_mem_usage]", w4, AR_CUDA_GEMM_F32, 1e-3, 2e-2, 0.02);
     ar_signround_cuda_set_low_mem(0);
+    test_tuning_fused("[f32 GEMMs]", AR_CUDA_GEMM_F32, 1);
+    test_tuning_fused("[f32 GEMMs, use_best off]", AR_CUDA_GEMM_F32, 0);
     test_quant_kinds();
     run_act_tests(0);
     run_v2_tests(0);
