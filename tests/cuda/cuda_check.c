@@ -1744,6 +1744,11 @@ static void test_tuning_fused(const char *tag, int mode, int use_best)
         nel[i] = (size_t)nn * k;
         for (int r = 0; r < 2; r++) out[r][i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
     }
+    /* both runs must take the same products: no GEMM algorithm search (its
+     * first calls time other algorithms), no atomic flash backward */
+    int tune = ar_cuda_get_gemm_tune(), flash = ar_cuda_get_flash_kernel();
+    ar_cuda_set_gemm_tune(0);
+    if (flash == AR_CUDA_FLASH_MMA_ATOMIC) ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
     ar_cuda_set_gemm(mode);
     int rc = 0;
     for (int r = 0; r < 2 && !rc; r++) {
@@ -1751,6 +1756,8 @@ static void test_tuning_fused(const char *tag, int mode, int use_best)
         rc = ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out[r], &rep[r], log_loss, &lg[r]);
     }
     ar_signround_cuda_set_fused_step(1);
+    ar_cuda_set_gemm_tune(tune);
+    ar_cuda_set_flash_kernel(flash);
     if (rc) {
         printf("FAIL tuning fused step %s: %s\n", tag, ar_last_error());
         g_fail++, g_tests++;
