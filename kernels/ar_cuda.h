@@ -458,17 +458,21 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
  * (AR_CUDA_FLASH_MMA with the backward in one kernel, dQ added with f32
  * atomics: fewer tile products, dq not bit-reproducible) or
  * AR_CUDA_FLASH_WMMA (the first design, wmma tiles through shared memory,
- * kernels/flash.cu). Candidates: AR_CUDA_FLASH_MMA_DS (backward: dS stored
- * once in bf16 scratch, dQ from it without recomputing S and dP;
- * deterministic), AR_CUDA_FLASH_MMA_DS_ILV (the same with its products
- * interleaved in pairs), AR_CUDA_FLASH_MMA_M128 (forward: 128-query tiles,
- * 32 rows per warp; same outputs), AR_CUDA_FLASH_MMA_M128_DS (m128 forward,
- * ds-ilv backward); AR_CUDA_FLASH_MMA_V2 is session 2's default pair under a
- * fixed name. Same results up to summation order. */
+ * kernels/flash.cu). Candidates (kernels/flash_mma.cu), each timed by
+ * cuda_check --attn-bench: AR_CUDA_FLASH_MMA_L2 (mma's kernels, blocks
+ * ordered so each head's operand tiles stay in L2; same results),
+ * AR_CUDA_FLASH_MMA_DS (that forward; backward with dS stored once in bf16
+ * scratch and dQ computed from it without recomputing S and dP;
+ * deterministic), AR_CUDA_FLASH_MMA_DS_ILV (the same with the dK/dV
+ * kernel's products interleaved in pairs), AR_CUDA_FLASH_MMA_M128 (forward
+ * on 128-query tiles, 32 rows per warp, same outputs; mma-l2's backward),
+ * AR_CUDA_FLASH_MMA_M128_DS (m128 forward, ds-ilv backward);
+ * AR_CUDA_FLASH_MMA_V2 is session 2's default pair under a fixed name. Same
+ * results up to summation order. */
 enum {
     AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2, AR_CUDA_FLASH_MMA_ATOMIC = 3,
-    AR_CUDA_FLASH_MMA_DS = 4, AR_CUDA_FLASH_MMA_DS_ILV = 5, AR_CUDA_FLASH_MMA_M128 = 6,
-    AR_CUDA_FLASH_MMA_M128_DS = 7, AR_CUDA_FLASH_MMA_V2 = 8, AR_CUDA_FLASH_KINDS = 9
+    AR_CUDA_FLASH_MMA_L2 = 4, AR_CUDA_FLASH_MMA_DS = 5, AR_CUDA_FLASH_MMA_DS_ILV = 6, AR_CUDA_FLASH_MMA_M128 = 7,
+    AR_CUDA_FLASH_MMA_M128_DS = 8, AR_CUDA_FLASH_MMA_V2 = 9, AR_CUDA_FLASH_KINDS = 10
 };
 void ar_cuda_set_flash_kernel(int kind);
 int  ar_cuda_get_flash_kernel(void);

@@ -380,10 +380,11 @@ static const struct {
     {"mma", 2, 2},         /* AR_CUDA_FLASH_MMA: the default */
     {"mma1", 1, 1},        /* AR_CUDA_FLASH_MMA1 */
     {"mma-atomic", 3, 3},  /* AR_CUDA_FLASH_MMA_ATOMIC */
-    {"mma-ds", 2, 4},      /* AR_CUDA_FLASH_MMA_DS */
-    {"mma-ds-ilv", 2, 5},  /* AR_CUDA_FLASH_MMA_DS_ILV */
-    {"mma-m128", 4, 2},    /* AR_CUDA_FLASH_MMA_M128 */
-    {"mma-m128-ds", 4, 5}, /* AR_CUDA_FLASH_MMA_M128_DS: both candidates */
+    {"mma-l2", 5, 6},      /* AR_CUDA_FLASH_MMA_L2: mma's kernels in the L2-friendly block order */
+    {"mma-ds", 5, 4},      /* AR_CUDA_FLASH_MMA_DS */
+    {"mma-ds-ilv", 5, 5},  /* AR_CUDA_FLASH_MMA_DS_ILV */
+    {"mma-m128", 4, 6},    /* AR_CUDA_FLASH_MMA_M128 */
+    {"mma-m128-ds", 4, 5}, /* AR_CUDA_FLASH_MMA_M128_DS: every candidate */
     {"mma-v2", 2, 2},      /* AR_CUDA_FLASH_MMA_V2: session 2's default under a fixed name */
 };
 

@@ -21,12 +21,15 @@
  * a backward version):
  *   forward   1 k_fwd (mma1), 2 k_fwd2<4> (mma: pipelined, 64-row tiles),
  *             3 k_fwd2<8> (128-row tiles, 8 warps of 16 rows),
- *             4 k_fwd3 (128-row tiles, 4 warps of 32 rows: see there);
+ *             4 k_fwd3 (128-row tiles, 4 warps of 32 rows: see there),
+ *             5 k_fwd2<4> in block_coords' L2-friendly block order;
  *   backward  1 k_bwd_kv + k_bwd_q (mma1), 2 k_bwd_kv2 + k_bwd_q2 (mma),
  *             3 k_bwd_kv2 fused with f32-atomic dQ (mma-atomic),
  *             4 k_bwd_kv2 storing dS + k_bwd_dq (deterministic, no
  *             recomputation of S and dP for dQ: see there), 5 the same
- *             with k_bwd_kv2's products interleaved in pairs (KV_ILV).
+ *             with k_bwd_kv2's products interleaved in pairs (KV_ILV),
+ *             6 version 2 in the L2-friendly block order.
+ * Forward 4 and backward 4, 5 use the L2-friendly order too.
  * Versions 2-4 of each direction compute every output element with the
  * same operations in the same order (forward 4 = forward 2; backward 4's dK,
  * dV = backward 2's), except for the summation orders named where they differ.
@@ -267,6 +270,25 @@ __device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
     if (window <= 0) return nT;
     int e = (k0 + MB - 1 + window + MB - 1) / MB;
     return e < nT ? e : nT;
+}
+
+/* The (pair, tile) coordinates of this block: pair = a head or a (sequence,
+ * kv head) pair, y = the tile index (the kernel maps it to a tile, the one
+ * with the most work first). L2 = false: a grid of x = pairs by y = tiles.
+ * The hardware starts blocks x fastest, so the ~2 blocks per SM in flight
+ * are one tile index of ~all pairs, and each pair's K/V (forward, dQ) or
+ * Q/dO (dK/dV) tiles, read again by its next tile's block a wave later, have
+ * left the 50 MB L2 by then (256 pairs x 1 MB at B 8, T 2048, 32 heads, head
+ * dim 128): every block fetches its operand tiles from DRAM, 4.3 GB per
+ * forward with 64-row tiles. L2 = true: a grid of x = tiles by y, z = pairs
+ * (pair = y + gridDim.y·z), so the blocks in flight are all tiles of a few
+ * pairs and read each operand tile from DRAM about once. Which block
+ * computes what is unchanged: same results. (Both read only blockIdx and
+ * gridDim, which the compiler can re-read instead of keeping in registers.) */
+template <bool L2> __device__ __forceinline__ void block_coords(unsigned &pair, unsigned &y)
+{
+    if (L2) pair = blockIdx.y + gridDim.y * blockIdx.z, y = blockIdx.x;
+    else pair = blockIdx.x, y = blockIdx.y;
 }
 
 /* 2^x on the special-function unit (relative error ~2^-22, far below the
@@ -702,7 +724,7 @@ __global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, co
  * (buffer c = K at 2c, V at 2c + 1); Q is staged in buffer 1 until every
  * warp holds its fragments. A warp whose rows all precede a key tile skips
  * it (the causal diagonal of a 128-row tile spans two key tiles). */
-template <int D, int NW>
+template <int D, int NW, bool L2>
 __global__ void __launch_bounds__(32 * NW, NW == 4 ? 2 : 1) k_fwd2(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
                                                                    const bf16 *k, const bf16 *v, int T, int NH, int NKV,
                                                                    int window, float scale)
@@ -710,7 +732,9 @@ __global__ void __launch_bounds__(32 * NW, NW == 4 ? 2 : 1) k_fwd2(bf16 *out_b, 
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, QR = 16 * NW, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
               t = lane & 3;
-    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    unsigned bh, y;
+    block_coords<L2>(bh, y);
+    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - y, h = bh % NH, b = bh / NH;
     const int kvh = h / (NH / NKV), q0 = i * QR, qw = q0 + 16 * w, row0 = qw + g; /* rows row0, row0 + 8 */
     const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
     bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Ks + 2 * TS; /* buffer c: Ks + 2c·TS, Vs + 2c·TS */
@@ -829,8 +853,9 @@ __device__ __forceinline__ void add_dq_atomic(float *dq, const bf16 *dSt, const 
 
 /* k_bwd_kv2's MODE bits: what it does with dS besides dK (nothing, f32
  * atomics into dq, or store it for k_bwd_dq), and KV_ILV: its four products
- * as two interleaved pairs (Sᵀ with dPᵀ, then dV with dK; same results). */
-enum { KV_PLAIN = 0, KV_ATOMIC_DQ = 1, KV_STORE_DS = 2, KV_ILV = 4 };
+ * as two interleaved pairs (Sᵀ with dPᵀ, then dV with dK; same results);
+ * KV_L2: block_coords' L2-friendly order. */
+enum { KV_PLAIN = 0, KV_ATOMIC_DQ = 1, KV_STORE_DS = 2, KV_ILV = 4, KV_L2 = 8 };
 enum { DS_TILE = MB * MB }; /* bf16 elements of a stored dS tile */
 
 /* Offset (in bf16) of the stored dS tile (query tile i, key tile j <= i) of
@@ -871,8 +896,9 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int group = NH / NKV, nT = (T + MB - 1) / MB, j = blockIdx.y, pair = p0 + blockIdx.x;
-    const int kvh = pair % NKV, b = pair / NKV;
+    unsigned lp, y;
+    block_coords<(MODE & KV_L2) != 0>(lp, y);
+    const int j = y, group = NH / NKV, nT = (T + MB - 1) / MB, pair = p0 + lp, kvh = pair % NKV, b = pair / NKV;
     const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
     const float scale2 = scale * AR_LOG2E;
     const long ntri = (long)nT * (nT + 1) / 2;
@@ -923,7 +949,7 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
                     *(unsigned *)(dSt + (16 * w + g + 8 * hh) * LDT + 8 * n + 2 * t) =
                         pack_bf16(dp[n][2 * hh], dp[n][2 * hh + 1]);
         }
-        if (MODE & KV_STORE_DS) store_ds_tile(dS + ds_tile_at(blockIdx.x * group + st / ni, ntri, i, j), dp, w, lane);
+        if (MODE & KV_STORE_DS) store_ds_tile(dS + ds_tile_at(lp * group + st / ni, ntri, i, j), dp, w, lane);
         if (MODE & KV_ILV) acc_times_tiles2<D>(dV, p, dOc, dK, dp, Qc, lane); /* dV += Pᵀ dO, dK += dSᵀ Q */
         else acc_times_tile<D>(dK, dp, Qc, lane); /* dK += dSᵀ Q */
         /* every warp is done with this step's Q, dO, lse, D (refilled by the
@@ -936,14 +962,16 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
     add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
 }
 
-template <int D>
+template <int D, bool L2>
 __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_q2(float *dq, const bf16 *q, const bf16 *k, const bf16 *v,
                                                         const bf16 *dob, const float *lse, const float *Drow, int T,
                                                         int NH, int NKV, int window, float scale, int accumulate)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    unsigned bh, y;
+    block_coords<L2>(bh, y);
+    const int nT = (T + MB - 1) / MB, i = nT - 1 - y, h = bh % NH, b = bh / NH;
     const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g;
     const float scale2 = scale * AR_LOG2E;
     bf16 *Qs = (bf16 *)smem, *dOs = Qs + TS, *Ks = dOs + TS, *Vs = Ks + 2 * TS; /* K, V: two buffers each */
@@ -980,7 +1008,8 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_q2(float *dq, const bf16 *q
 
 /* dQ of backward 4 per (64-query tile, query head): dQ += dS K over the key
  * tiles j0 .. i in k_bwd_q2's order, dS from the tiles k_bwd_kv2<.,
- * KV_STORE_DS> stored (chunk-local head blockIdx.x = (pair − p0)·group + r),
+ * KV_STORE_DS> stored (chunk-local head lh = (pair − p0)·group + r; blocks
+ * in block_coords' L2 order),
  * both double-buffered with cp.async. One tile product per step and no
  * softmax: a small kernel (K 2 x 17 KB + dS 2 x 8 KB of shared memory at
  * head_dim 128, 126 registers), four blocks per SM. */
@@ -990,12 +1019,14 @@ __global__ void __launch_bounds__(MTHREADS, 4) k_bwd_dq(float *dq, const bf16 *k
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int group = NH / NKV, nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.y;
-    const int pair = p0 + blockIdx.x / group, b = pair / NKV, kvh = pair % NKV, h = kvh * group + blockIdx.x % group;
+    unsigned lh, y;
+    block_coords<true>(lh, y);
+    const int group = NH / NKV, nT = (T + MB - 1) / MB, i = nT - 1 - y;
+    const int pair = p0 + lh / group, b = pair / NKV, kvh = pair % NKV, h = kvh * group + lh % group;
     const int q0 = i * MB, j0 = first_key_tile(q0, window);
     const long ntri = (long)nT * (nT + 1) / 2;
     bf16 *Ks = (bf16 *)smem, *Ss = Ks + 2 * TS; /* two K tiles, two dS tiles */
-    const bf16 *tiles = dS + ds_tile_at(blockIdx.x, ntri, i, 0); /* key tile j at tiles + j·DS_TILE */
+    const bf16 *tiles = dS + ds_tile_at(lh, ntri, i, 0); /* key tile j at tiles + j·DS_TILE */
     const int mi = lane >> 3; /* the 8x8 matrix whose row address this lane gives to ldmatrix */
 
     load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
@@ -1053,7 +1084,8 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_fwd3(bf16 *out_b, float *out_f,
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, QR = 2 * MB, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
               t = lane & 3;
-    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - blockIdx.y, h = blockIdx.x % NH, b = blockIdx.x / NH;
+    /* grid (query tiles, NH, B): block_coords' L2-friendly order */
+    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int kvh = h / (NH / NKV), q0 = i * QR, qw = q0 + 32 * w; /* the warp's rows qw .. qw + 31 */
     const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
     bf16 *Qs = (bf16 *)smem, *Ks = Qs + 2 * TS, *Vs = Ks + TS; /* K/V buffer c: Ks + 2c·TS, Vs + 2c·TS */
@@ -1085,7 +1117,9 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_fwd3(bf16 *out_b, float *out_f,
             float s[2][8][4];
             zero_acc<8>(s[0]);
             zero_acc<8>(s[1]);
-#pragma unroll
+            /* two k-steps per iteration, not all D/16: fully unrolled, ptxas
+             * ran out of registers (255, spills) hoisting the loads */
+#pragma unroll 2
             for (int kk = 0; kk < D / 16; kk++) {
                 unsigned a0[4], a1[4];
                 load_a(a0, Qs, LD, 32 * w, 16 * kk, lane);
@@ -1148,6 +1182,21 @@ template <typename K> int allow_smem_max(K kernel, size_t bytes, bool *done)
     return 0;
 }
 
+/* k_fwd2 with NW warps of 16 rows, in block_coords<L2> order. */
+template <int D, int NW, bool L2>
+int fwd2_launch(bf16 *ob, float *out_f, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int B, int T, int NH,
+                int NKV, int window, const char *what)
+{
+    static bool ready;
+    size_t sm = tiles_smem<D>(4); /* two K, two V (Q staged in the second pair) */
+    if (allow_smem_max(k_fwd2<D, NW, L2>, sm, &ready)) return -1;
+    const int nQ = (T + 16 * NW - 1) / (16 * NW);
+    k_fwd2<D, NW, L2><<<L2 ? dim3(nQ, NH, B) : dim3(NH * B, nQ), 32 * NW, sm, g_cu.st>>>(ob, out_f, lse, q, k, v, T, NH,
+                                                                                       NKV, window,
+                                                                                       1.0f / sqrtf((float)D));
+    return ar_cuda_check_launch(what);
+}
+
 template <int D>
 int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
                int B, int T, int NH, int NKV, int window, int version)
@@ -1156,33 +1205,32 @@ int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, con
     const int nT = (T + MB - 1) / MB;
     bf16 *ob = (bf16 *)out_b;
     const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v;
-    if (version == 1) {
+    switch (version) {
+    case 1: {
         static bool ready;
         size_t sm = tiles_smem<D>(3);
         if (allow_smem(k_fwd<D>, sm, &ready)) return -1;
         k_fwd<D><<<dim3(nT, NH, B), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV, window, scale);
         return ar_cuda_check_launch("flash attention forward (mma1)");
     }
-    if (version == 4) { /* 128-row tiles, 32 rows per warp: Q (2 tiles) + two K/V buffers */
+    case 3: /* 128-row query tiles, 8 warps */
+        return fwd2_launch<D, 8, false>(ob, out_f, lse, qq, kk, vv, B, T, NH, NKV, window,
+                                        "flash attention forward (mma-atomic)");
+    case 4: { /* 128-row tiles, 32 rows per warp: Q (2 tiles) + two K/V buffers */
         static bool ready4;
         size_t sm = tiles_smem<D>(6);
         if (allow_smem_max(k_fwd3<D>, sm, &ready4)) return -1;
-        k_fwd3<D><<<dim3(NH * B, (T + 127) / 128), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV,
-                                                                            window, scale);
+        k_fwd3<D><<<dim3((T + 127) / 128, NH, B), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV,
+                                                                           window, scale);
         return ar_cuda_check_launch("flash attention forward (m128)");
     }
-    size_t sm = tiles_smem<D>(4); /* two K, two V (Q staged in the second pair) */
-    if (version == 3) { /* 128-row query tiles, 8 warps */
-        static bool ready3;
-        if (allow_smem_max(k_fwd2<D, 8>, sm, &ready3)) return -1;
-        k_fwd2<D, 8><<<dim3(NH * B, (T + 127) / 128), 256, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV,
-                                                                          window, scale);
-        return ar_cuda_check_launch("flash attention forward (mma-atomic)");
+    case 5:
+        return fwd2_launch<D, 4, true>(ob, out_f, lse, qq, kk, vv, B, T, NH, NKV, window,
+                                       "flash attention forward (mma, L2 order)");
+    default:
+        return fwd2_launch<D, 4, false>(ob, out_f, lse, qq, kk, vv, B, T, NH, NKV, window,
+                                        "flash attention forward (mma)");
     }
-    static bool ready2;
-    if (allow_smem_max(k_fwd2<D, 4>, sm, &ready2)) return -1;
-    k_fwd2<D, 4><<<dim3(NH * B, nT), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV, window, scale);
-    return ar_cuda_check_launch("flash attention forward (mma)");
 }
 
 /* Backward 4's dS scratch: allocated on first use, grown when a larger
@@ -1223,8 +1271,9 @@ int ds_scratch(size_t per_pair, long pairs, bf16 **buf, long *chunk)
     }
 }
 
-/* Backward 4 (MODE KV_STORE_DS) and 5 (| KV_ILV): k_bwd_kv2 storing dS, then
- * k_bwd_dq, per chunk of (sequence, kv head) pairs that fits the budget. */
+/* Backward 4 (MODE KV_STORE_DS | KV_L2) and 5 (| KV_ILV): k_bwd_kv2 storing
+ * dS, then k_bwd_dq, per chunk of (sequence, kv head) pairs that fits the
+ * budget. */
 template <int D, int MODE>
 int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float *Drow, const float *lse, const bf16 *q,
                   const bf16 *k, const bf16 *v, int B, int T, int NH, int NKV, int window, int accumulate)
@@ -1238,13 +1287,32 @@ int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float 
     bf16 *ds;
     long chunk;
     if (ds_scratch((size_t)group * ntri * DS_TILE * sizeof(bf16), pairs, &ds, &chunk)) return -1;
+    if (chunk > 65535 / group) chunk = 65535 / group; /* the grids' y: chunk·group query heads */
     for (long p0 = 0; p0 < pairs; p0 += chunk) {
         int np = (int)(pairs - p0 < chunk ? pairs - p0 : chunk);
-        k_bwd_kv2<D, MODE><<<dim3(np, nT), MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, ds, q, k, v, dob, lse, Drow, T, NH,
+        k_bwd_kv2<D, MODE><<<dim3(nT, np), MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, ds, q, k, v, dob, lse, Drow, T, NH,
                                                                     NKV, window, scale, (int)p0, accumulate);
-        k_bwd_dq<D><<<dim3(np * group, nT), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window, (int)p0, accumulate);
+        k_bwd_dq<D><<<dim3(nT, np * group), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window, (int)p0, accumulate);
     }
     return ar_cuda_check_launch(MODE & KV_ILV ? "flash attention backward (mma-ds-ilv)" : "flash attention backward (mma-ds)");
+}
+
+/* Backward 2 (L2 = false) and 6 (L2 = true): k_bwd_kv2 and k_bwd_q2. */
+template <int D, bool L2>
+int bwd2_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float *Drow, const float *lse, const bf16 *q,
+                const bf16 *k, const bf16 *v, int B, int T, int NH, int NKV, int window, int accumulate)
+{
+    static bool ready_kv, ready_q;
+    const float scale = 1.0f / sqrtf((float)D);
+    const int nT = (T + MB - 1) / MB, MODE = L2 ? KV_L2 : KV_PLAIN;
+    /* K, V, two Q, two dO, two lse and D rows; Q, dO, two K, two V */
+    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(6);
+    if (allow_smem_max(k_bwd_kv2<D, MODE>, s1, &ready_kv) || allow_smem_max(k_bwd_q2<D, L2>, s2, &ready_q)) return -1;
+    k_bwd_kv2<D, MODE><<<L2 ? dim3(nT, NKV, B) : dim3(NKV * B, nT), MTHREADS, s1, g_cu.st>>>(
+        dk, dv, NULL, NULL, q, k, v, dob, lse, Drow, T, NH, NKV, window, scale, 0, accumulate);
+    k_bwd_q2<D, L2><<<L2 ? dim3(nT, NH, B) : dim3(NH * B, nT), MTHREADS, s2, g_cu.st>>>(
+        dq, q, k, v, dob, lse, Drow, T, NH, NKV, window, scale, accumulate);
+    return ar_cuda_check_launch(L2 ? "flash attention backward (mma, L2 order)" : "flash attention backward (mma)");
 }
 
 template <int D>
@@ -1255,7 +1323,8 @@ int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float
     const float scale = 1.0f / sqrtf((float)D);
     const int nT = (T + MB - 1) / MB;
     const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v, *dd = (const bf16 *)dob;
-    if (version == 1) {
+    switch (version) {
+    case 1: {
         static bool ready_kv, ready_q;
         size_t s1 = tiles_smem<D>(4) + 2 * MB * sizeof(float), s2 = tiles_smem<D>(4);
         if (allow_smem(k_bwd_kv<D>, s1, &ready_kv) || allow_smem(k_bwd_q<D>, s2, &ready_q)) return -1;
@@ -1265,29 +1334,24 @@ int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float
                                                                accumulate);
         return ar_cuda_check_launch("flash attention backward (mma1)");
     }
-    /* K, V, two Q, two dO, two lse and D rows (fused: and dSᵀ); Q, dO, two K, two V */
-    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(6), s3 = s1 + MB * LDT * sizeof(bf16);
-    dim3 gkv(NKV * B, nT), gq(NH * B, nT);
-    if (version == 3) {
+    case 3: { /* K, V, two Q, two dO, two lse and D rows, dSᵀ */
         static bool ready3;
+        size_t s3 = tiles_smem<D>(6) + 4 * MB * sizeof(float) + MB * LDT * sizeof(bf16);
         if (allow_smem_max(k_bwd_kv2<D, KV_ATOMIC_DQ>, s3, &ready3)) return -1;
         if (!accumulate) AR_CK(cudaMemsetAsync(dq, 0, sizeof(float) * (size_t)B * T * NH * D, g_cu.st));
-        k_bwd_kv2<D, KV_ATOMIC_DQ><<<gkv, MTHREADS, s3, g_cu.st>>>(dk, dv, dq, NULL, qq, kk, vv, dd, lse, Drow, T, NH,
-                                                                   NKV, window, scale, 0, accumulate);
+        k_bwd_kv2<D, KV_ATOMIC_DQ><<<dim3(NKV * B, nT), MTHREADS, s3, g_cu.st>>>(
+            dk, dv, dq, NULL, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale, 0, accumulate);
         return ar_cuda_check_launch("flash attention backward (mma-atomic)");
     }
-    if (version == 4)
-        return bwd_ds_launch<D, KV_STORE_DS>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
-    if (version == 5)
-        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window,
-                                                      accumulate);
-    static bool ready_kv2, ready_q2;
-    if (allow_smem_max(k_bwd_kv2<D, KV_PLAIN>, s1, &ready_kv2) || allow_smem_max(k_bwd_q2<D>, s2, &ready_q2))
-        return -1;
-    k_bwd_kv2<D, KV_PLAIN><<<gkv, MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, NULL, qq, kk, vv, dd, lse, Drow, T, NH, NKV,
-                                                           window, scale, 0, accumulate);
-    k_bwd_q2<D><<<gq, MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale, accumulate);
-    return ar_cuda_check_launch("flash attention backward (mma)");
+    case 4:
+        return bwd_ds_launch<D, KV_STORE_DS | KV_L2>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window,
+                                                     accumulate);
+    case 5:
+        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV | KV_L2>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV,
+                                                              window, accumulate);
+    case 6: return bwd2_launch<D, true>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
+    default: return bwd2_launch<D, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
+    }
 }
 } // namespace
 
