@@ -1877,79 +1877,165 @@ static void test_fused(void)
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
-/* Flash attention (the kernels selected now, named by tag) against the CPU
- * op on the same bf16-rounded q, k, v. */
-static void test_flash(const char *tag, int B, int T, int NH, int NKV, int HD, int window)
+/* One flash attention test case: random q, k, v, dout (q, k, v rounded to
+ * bf16 as the fast path feeds them), the CPU op's outputs and gradients on
+ * them (the reference, computed once for every kind), the device inputs,
+ * and mma-v2's results once it ran (for the exact comparisons). */
+typedef struct {
+    int B, T, NH, NKV, HD, window;
+    size_t nq, nk, nl;
+    float *o, *dq, *dk, *dv;           /* CPU reference */
+    uint16_t *qb, *kb, *vb;            /* device q, k, v */
+    float *dDO;                        /* device dout */
+    float *vo, *vl, *vdq, *vdk, *vdv;  /* mma-v2's output, lse, gradients (host); NULL until it ran */
+} flash_case;
+
+static void flash_case_init(flash_case *c, int B, int T, int NH, int NKV, int HD, int window)
 {
-    size_t nq = (size_t)B * T * NH * HD, nk = (size_t)B * T * NKV * HD, na = (size_t)B * NH * T * T;
-    float *q0 = rnd(nq, 1, 0), *k0 = rnd(nk, 1, 0), *v0 = rnd(nk, 1, 0);
-    uint16_t *qb, *kb, *vb, *ob = ar_cuda_malloc(2 * nq);
-    float *q = round_bf16(q0, nq, &qb), *k = round_bf16(k0, nk, &kb), *v = round_bf16(v0, nk, &vb);
-    float *o = zeros(nq), *att = zeros(na), *dout = rnd(nq, 1, 0), *dq = zeros(nq), *dk = zeros(nk), *dv = zeros(nk);
-    float *scr = zeros((size_t)ar_attention_backward_scratch(B, T, NH, HD));
-    float *dO = up(o, nq), *dL = ar_cuda_malloc(sizeof(float) * (size_t)B * NH * T), *dDO = up(dout, nq);
-    float *dDQ = up(dq, nq), *dDK = up(dk, nk), *dDV = up(dv, nk);
-    float *dS = ar_cuda_malloc(sizeof(float) * (size_t)ar_cuda_flash_backward_scratch(B, T, NH, HD));
-    char name[128];
-    if (!ob || !dL || !dS) die_cuda("alloc");
-    ar_attention_forward(o, att, 1, q, k, v, B, T, NH, NKV, HD, window);
-    if (ar_cuda_flash_forward(ob, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window)) die_cuda("flash forward");
-    snprintf(name, sizeof name, "fast: flash[%s] fwd B%d T%d H%d/%d D%d w%d", tag, B, T, NH, NKV, HD, window);
-    check_dev(name, dO, o, nq, 2e-2);
-    snprintf(name, sizeof name, "fast: flash[%s] fwd bf16 out T%d D%d w%d", tag, T, HD, window);
-    check_dev_bf16(name, ob, o, nq, 2e-2);
-    ar_attention_backward(dq, dk, dv, scr, dout, att, q, k, v, B, T, NH, NKV, HD);
-    if (ar_cuda_flash_backward(dDQ, dDK, dDV, dS, dDO, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window))
-        die_cuda("flash backward");
-    snprintf(name, sizeof name, "fast: flash[%s] bwd dq T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
-    check_dev(name, dDQ, dq, nq, 5e-2);
-    snprintf(name, sizeof name, "fast: flash[%s] bwd dk T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
-    check_dev(name, dDK, dk, nk, 5e-2);
-    snprintf(name, sizeof name, "fast: flash[%s] bwd dv T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
-    check_dev(name, dDV, dv, nk, 5e-2);
-    /* the writing variant ignores what the outputs held */
-    float *junk = rnd(nq, 3, 1);
-    if (ar_cuda_upload(dDQ, junk, 4 * nq) || ar_cuda_upload(dDK, junk, 4 * nk) || ar_cuda_upload(dDV, junk, 4 * nk) ||
-        ar_cuda_flash_backward_write(dDQ, dDK, dDV, dS, dDO, dO, dL, qb, kb, vb, B, T, NH, NKV, HD, window))
-        die_cuda("flash backward (write)");
-    free(junk);
-    snprintf(name, sizeof name, "fast: flash[%s] bwd written dq dk dv T%d D%d w%d", tag, T, HD, window);
-    float *hq = down(dDQ, nq), *hk = down(dDK, nk), *hv = down(dDV, nk);
-    verdict(name, fmax(rel_err(hq, dq, nq), fmax(rel_err(hk, dk, nk), rel_err(hv, dv, nk))), 5e-2, "err");
-    free(hq); free(hk); free(hv);
-    float *fr[] = {q0, k0, v0, q, k, v, o, att, dout, dq, dk, dv, scr};
+    memset(c, 0, sizeof *c);
+    c->B = B, c->T = T, c->NH = NH, c->NKV = NKV, c->HD = HD, c->window = window;
+    c->nq = (size_t)B * T * NH * HD, c->nk = (size_t)B * T * NKV * HD, c->nl = (size_t)B * NH * T;
+    size_t na = (size_t)B * NH * T * T;
+    float *q0 = rnd(c->nq, 1, 0), *k0 = rnd(c->nk, 1, 0), *v0 = rnd(c->nk, 1, 0);
+    float *q = round_bf16(q0, c->nq, &c->qb), *k = round_bf16(k0, c->nk, &c->kb), *v = round_bf16(v0, c->nk, &c->vb);
+    float *att = zeros(na), *dout = rnd(c->nq, 1, 0), *scr = zeros((size_t)ar_attention_backward_scratch(B, T, NH, HD));
+    c->o = zeros(c->nq), c->dq = zeros(c->nq), c->dk = zeros(c->nk), c->dv = zeros(c->nk);
+    ar_attention_forward(c->o, att, 1, q, k, v, B, T, NH, NKV, HD, window);
+    ar_attention_backward(c->dq, c->dk, c->dv, scr, dout, att, q, k, v, B, T, NH, NKV, HD);
+    c->dDO = up(dout, c->nq);
+    float *fr[] = {q0, k0, v0, q, k, v, att, dout, scr};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
-    void *fd[] = {qb, kb, vb, ob, dO, dL, dDO, dDQ, dDK, dDV, dS};
+}
+
+static void flash_case_free(flash_case *c)
+{
+    float *fr[] = {c->o, c->dq, c->dk, c->dv, c->vo, c->vl, c->vdq, c->vdk, c->vdv};
+    for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
+    void *fd[] = {c->qb, c->kb, c->vb, c->dDO};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
-/* Every flash kind (the default first) against the CPU: odd T (not a
- * multiple of the 64- or 128-row tiles), GQA (NKV < NH), sliding windows
- * (shorter than a tile, spanning tiles), head_dim 32 to 128; the dS-storing
- * backwards (mma-ds, mma-ds-ilv, mma-m128-ds) also with a scratch budget of one
- * (sequence, kv head) pair, so their launch runs in chunks. */
+/* Elements of a and b (n floats) whose bits differ. */
+static size_t bits_differ(const float *a, const float *b, size_t n)
+{
+    size_t d = 0;
+    for (size_t i = 0; i < n; i++) d += memcmp(a + i, b + i, sizeof(float)) != 0;
+    return d;
+}
+
+/* "fast: flash[tag] NAME exact vs mma-v2": a result the kind computes with
+ * mma-v2's operations in mma-v2's order (same tiles, fragments and sums;
+ * only block order, pipelining or which kernel stores what differ) must
+ * match it bit for bit; info = 1 prints the count only (a result computed
+ * the same way up to the order the tensor core adds within an mma). */
+static void flash_exact(const char *tag, const char *what, const flash_case *c, const float *got, const float *ref,
+                        size_t n, int info)
+{
+    char name[160];
+    size_t d = bits_differ(got, ref, n);
+    snprintf(name, sizeof name, "fast: flash[%s] %s exact vs mma-v2 T%d H%d/%d D%d w%d", tag, what, c->T, c->NH, c->NKV,
+             c->HD, c->window);
+    if (info) printf("     %s: %zu of %zu elements differ (info)\n", name, d, n);
+    else verdict(name, (double)d, 0, "differing elements");
+}
+
+/* The selected flash kernels (kind, named tag) on case c: forward (f32 and
+ * bf16 outputs) and backward (accumulating, then writing over junk) against
+ * the CPU op (2e-2 forward, 5e-2 backward: probabilities, dO and dS enter
+ * their products in bf16); then the exact comparisons with mma-v2 that the
+ * kind's design promises (mma-v2 itself: keeps its results). */
+static void flash_case_run(flash_case *c, const char *tag, int kind)
+{
+    const int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD, window = c->window;
+    const size_t nq = c->nq, nk = c->nk, nl = c->nl;
+    uint16_t *ob = ar_cuda_malloc(2 * nq);
+    float *zq = zeros(nq), *zk = zeros(nk);
+    float *dO = up(zq, nq), *dL = ar_cuda_malloc(sizeof(float) * nl);
+    float *dDQ = up(zq, nq), *dDK = up(zk, nk), *dDV = up(zk, nk);
+    float *dS = ar_cuda_malloc(sizeof(float) * (size_t)ar_cuda_flash_backward_scratch(B, T, NH, HD));
+    char name[128];
+    if (!ob || !dL || !dS) die_cuda("alloc");
+    if (ar_cuda_flash_forward(ob, dO, dL, c->qb, c->kb, c->vb, B, T, NH, NKV, HD, window)) die_cuda("flash forward");
+    snprintf(name, sizeof name, "fast: flash[%s] fwd B%d T%d H%d/%d D%d w%d", tag, B, T, NH, NKV, HD, window);
+    check_dev(name, dO, c->o, nq, 2e-2);
+    snprintf(name, sizeof name, "fast: flash[%s] fwd bf16 out T%d D%d w%d", tag, T, HD, window);
+    check_dev_bf16(name, ob, c->o, nq, 2e-2);
+    if (ar_cuda_flash_backward(dDQ, dDK, dDV, dS, c->dDO, dO, dL, c->qb, c->kb, c->vb, B, T, NH, NKV, HD, window))
+        die_cuda("flash backward");
+    snprintf(name, sizeof name, "fast: flash[%s] bwd dq T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
+    check_dev(name, dDQ, c->dq, nq, 5e-2);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd dk T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
+    check_dev(name, dDK, c->dk, nk, 5e-2);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd dv T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
+    check_dev(name, dDV, c->dv, nk, 5e-2);
+    float *ho = down(dO, nq), *hl = down(dL, nl), *hq = down(dDQ, nq), *hk = down(dDK, nk), *hv = down(dDV, nk);
+    /* the writing variant ignores what the outputs held */
+    float *junk = rnd(nq, 3, 1);
+    if (ar_cuda_upload(dDQ, junk, 4 * nq) || ar_cuda_upload(dDK, junk, 4 * nk) || ar_cuda_upload(dDV, junk, 4 * nk) ||
+        ar_cuda_flash_backward_write(dDQ, dDK, dDV, dS, c->dDO, dO, dL, c->qb, c->kb, c->vb, B, T, NH, NKV, HD, window))
+        die_cuda("flash backward (write)");
+    free(junk);
+    snprintf(name, sizeof name, "fast: flash[%s] bwd written dq dk dv T%d D%d w%d", tag, T, HD, window);
+    float *wq = down(dDQ, nq), *wk = down(dDK, nk), *wv = down(dDV, nk);
+    verdict(name, fmax(rel_err(wq, c->dq, nq), fmax(rel_err(wk, c->dk, nk), rel_err(wv, c->dv, nk))), 5e-2, "err");
+    free(wq), free(wk), free(wv);
+    /* exact: the forward of every mma-family kind (k_fwd3 = k_fwd2 per row),
+     * dK/dV of every k_bwd_kv2 kind, dq where k_bwd_q2 computes it; the
+     * dS-storing kinds' dq (dS from Sᵀ = K Qᵀ instead of S = Q Kᵀ) as info */
+    int fam = kind == AR_CUDA_FLASH_MMA_L2 || kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV ||
+              kind == AR_CUDA_FLASH_MMA_M128 || kind == AR_CUDA_FLASH_MMA_M128_DS;
+    int ds = kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV || kind == AR_CUDA_FLASH_MMA_M128_DS;
+    if (kind == AR_CUDA_FLASH_MMA_V2) {
+        free(c->vo), free(c->vl), free(c->vdq), free(c->vdk), free(c->vdv);
+        c->vo = ho, c->vl = hl, c->vdq = hq, c->vdk = hk, c->vdv = hv;
+    } else {
+        if (fam && c->vo) {
+            flash_exact(tag, "fwd out", c, ho, c->vo, nq, 0);
+            flash_exact(tag, "fwd lse", c, hl, c->vl, nl, 0);
+            flash_exact(tag, "bwd dk", c, hk, c->vdk, nk, 0);
+            flash_exact(tag, "bwd dv", c, hv, c->vdv, nk, 0);
+            flash_exact(tag, "bwd dq", c, hq, c->vdq, nq, ds);
+        }
+        free(ho), free(hl), free(hq), free(hk), free(hv);
+    }
+    free(zq), free(zk);
+    void *fd[] = {ob, dO, dL, dDQ, dDK, dDV, dS};
+    for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
+}
+
+/* Every flash kind (the default first, then mma-v2, the reference of the
+ * exact comparisons) against the CPU on each case: odd T (not a multiple of
+ * the 64- or 128-row tiles), GQA (NKV < NH), sliding windows (shorter than
+ * a tile, spanning tiles), head_dim 32 to 128. The CPU reference is
+ * computed once per case. The dS-storing backwards (mma-ds, mma-ds-ilv,
+ * mma-m128-ds) also run two cases with a scratch budget of one (sequence,
+ * kv head) pair, so their launches run in chunks. */
 static void test_flash_kinds(void)
 {
-    for (int ki = 0; ki < AR_CUDA_FLASH_KINDS; ki++) {
-        int kind = ki == 0 ? AR_CUDA_FLASH_MMA : ki == AR_CUDA_FLASH_MMA ? 0 : ki;
-        const char *tag = ar_cuda_flash_kernel_name(kind);
-        ar_cuda_set_flash_kernel(kind);
-        test_flash(tag, 2, 128, 8, 2, 64, 0);
-        test_flash(tag, 1, 200, 4, 4, 32, 48);
-        test_flash(tag, 1, 512, 8, 2, 64, 0);
-        test_flash(tag, 1, 300, 4, 2, 128, 0);
-        test_flash(tag, 2, 160, 4, 1, 80, 100);
-        test_flash(tag, 1, 257, 6, 3, 96, 0);
-        test_flash(tag, 2, 390, 4, 2, 128, 150);
-        test_flash(tag, 1, 129, 2, 2, 64, 0);
-        if (kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV || kind == AR_CUDA_FLASH_MMA_M128_DS) {
-            char t[64];
-            snprintf(t, sizeof t, "%s chunked", tag);
-            ar_cuda_set_flash_ds_budget(1); /* one pair per launch */
-            test_flash(t, 2, 300, 4, 2, 64, 0);
-            test_flash(t, 2, 200, 6, 3, 128, 70);
+    static const int shapes[][6] = {{2, 128, 8, 2, 64, 0},   {1, 200, 4, 4, 32, 48},  {1, 512, 8, 2, 64, 0},
+                                    {1, 300, 4, 2, 128, 0},  {2, 160, 4, 1, 80, 100}, {1, 257, 6, 3, 96, 0},
+                                    {2, 390, 4, 2, 128, 150}, {1, 129, 2, 2, 64, 0},   {2, 300, 4, 2, 64, 0},
+                                    {2, 200, 6, 3, 128, 70}};
+    const int nshapes = (int)(sizeof shapes / sizeof *shapes), chunked_from = 8;
+    for (int si = 0; si < nshapes; si++) {
+        const int *sh = shapes[si];
+        flash_case c;
+        flash_case_init(&c, sh[0], sh[1], sh[2], sh[3], sh[4], sh[5]);
+        int order[AR_CUDA_FLASH_KINDS] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA_V2}, n = 2;
+        for (int k = 0; k < AR_CUDA_FLASH_KINDS; k++)
+            if (k != AR_CUDA_FLASH_MMA && k != AR_CUDA_FLASH_MMA_V2) order[n++] = k;
+        for (int ki = 0; ki < n; ki++) {
+            int kind = order[ki];
+            int ds = kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV || kind == AR_CUDA_FLASH_MMA_M128_DS;
+            char tag[64];
+            if (si >= chunked_from && !ds && kind != AR_CUDA_FLASH_MMA_V2) continue;
+            snprintf(tag, sizeof tag, "%s%s", ar_cuda_flash_kernel_name(kind), si >= chunked_from && ds ? " chunked" : "");
+            ar_cuda_set_flash_kernel(kind);
+            if (si >= chunked_from) ar_cuda_set_flash_ds_budget(1); /* one pair per launch */
+            flash_case_run(&c, tag, kind);
             ar_cuda_set_flash_ds_budget(0);
         }
+        flash_case_free(&c);
     }
     ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
 }
