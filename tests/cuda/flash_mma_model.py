@@ -19,6 +19,9 @@
 # (mma-ds: the dK/dV kernel stores dS tiles as 8x8 matrices in a NaN-poisoned
 # scratch indexed by chunk-local head, query tile and key tile; the dQ kernel
 # reads them back through ldmatrix.trans; GQA, windows and chunked launches).
+# Not modelled, because they change no index a lane reads or writes: backward
+# 5 (backward 4 with its products interleaved in pairs) and the L2-friendly
+# block order (which block runs when).
 import numpy as np
 rng = np.random.default_rng(1)
 
