@@ -466,7 +466,8 @@ int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint1
  * deterministic), AR_CUDA_FLASH_MMA_DS_ILV (the same with the dK/dV
  * kernel's products interleaved in pairs), AR_CUDA_FLASH_MMA_M128 (forward
  * on 128-query tiles, 32 rows per warp, same outputs; mma-l2's backward),
- * AR_CUDA_FLASH_MMA_M128_DS (m128 forward, ds-ilv backward);
+ * AR_CUDA_FLASH_MMA_M128_DS (m128 forward, ds-ilv backward with 32 query
+ * rows per warp in its dQ kernel);
  * AR_CUDA_FLASH_MMA_V2 is session 2's default pair under a fixed name. Same
  * results up to summation order. */
 enum {

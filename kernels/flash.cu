@@ -384,7 +384,7 @@ static const struct {
     {"mma-ds", 5, 4},      /* AR_CUDA_FLASH_MMA_DS */
     {"mma-ds-ilv", 5, 5},  /* AR_CUDA_FLASH_MMA_DS_ILV */
     {"mma-m128", 4, 6},    /* AR_CUDA_FLASH_MMA_M128 */
-    {"mma-m128-ds", 4, 5}, /* AR_CUDA_FLASH_MMA_M128_DS: every candidate */
+    {"mma-m128-ds", 4, 7}, /* AR_CUDA_FLASH_MMA_M128_DS: every candidate */
     {"mma-v2", 2, 2},      /* AR_CUDA_FLASH_MMA_V2: session 2's default under a fixed name */
 };
 

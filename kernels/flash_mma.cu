@@ -28,7 +28,8 @@
  *             4 k_bwd_kv2 storing dS + k_bwd_dq (deterministic, no
  *             recomputation of S and dP for dQ: see there), 5 the same
  *             with k_bwd_kv2's products interleaved in pairs (KV_ILV),
- *             6 version 2 in the L2-friendly block order.
+ *             6 version 2 in the L2-friendly block order, 7 version 5
+ *             with k_bwd_dq2 (32 query rows per warp) for dQ.
  * Forward 4 and backward 4, 5 use the L2-friendly order too.
  * Versions 2-4 of each direction compute every output element with the
  * same operations in the same order (forward 4 = forward 2; backward 4's dK,
@@ -1063,6 +1064,81 @@ __global__ void __launch_bounds__(MTHREADS, 4) k_bwd_dq(float *dq, const bf16 *k
     add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
 }
 
+/* dQ of backward 7 per (128 query rows = query tiles ia = 2·(nP − 1 − y) and
+ * ia + 1, query head): k_bwd_dq reads 9 ldmatrix per 8 mma from shared
+ * memory (one dS A operand, eight K B operands per k-step), which bounds it.
+ * Here each warp takes 32 rows of one query tile (warps 0, 1: tile ia;
+ * 2, 3: ia + 1) as two 16-row units that share every K fragment: 10
+ * ldmatrix per 16 mma. Per row the same products in the same key-tile
+ * order as k_bwd_dq (same bits). A warp pair skips the key tiles its query
+ * tile does not see (after its diagonal, before its window), whose dS tiles
+ * were never stored; the block loads a dS tile only for a pair that reads
+ * it. Shared memory: two K tiles, two dS tiles per query tile (67 KB at
+ * head_dim 128). */
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 3) k_bwd_dq2(float *dq, const bf16 *k, const bf16 *dS, int T, int NH,
+                                                         int NKV, int window, int p0, int accumulate)
+{
+    extern __shared__ __align__(128) char smem[];
+    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    unsigned lh, y;
+    block_coords<true>(lh, y);
+    const int group = NH / NKV, nT = (T + MB - 1) / MB, nP = (nT + 1) / 2, ia = 2 * (nP - 1 - (int)y);
+    const int pair = p0 + lh / group, b = pair / NKV, kvh = pair % NKV, h = kvh * group + lh % group;
+    const int nq = ia + 1 < nT ? 2 : 1; /* query tiles in the block */
+    const int jf = first_key_tile(ia * MB, window), jl = ia + nq - 1; /* the block's key tiles */
+    const int iq = ia + (w >> 1), wj0 = first_key_tile(iq * MB, window); /* the warp's tile and its first key tile */
+    const long ntri = (long)nT * (nT + 1) / 2;
+    bf16 *Ks = (bf16 *)smem, *Ss = Ks + 2 * TS; /* K buffer c at Ks + c·TS; dS of tile ia + x at Ss + (2c + x)·DS_TILE */
+    const int mi = lane >> 3; /* the 8x8 matrix whose row address this lane gives to ldmatrix */
+    const int ub = 4 * (w & 1) + (mi & 1); /* its query block (of 8 rows) within the tile, unit 0 */
+
+    /* key tile j's K and the dS tiles of the block's query tiles that see it */
+    auto load_step = [&](int j, int c) {
+        load_tile_async<D>(Ks + c * TS, k, b, j * MB, T, NKV, kvh);
+        for (int x = 0; x < nq; x++)
+            if (j >= first_key_tile((ia + x) * MB, window) && j <= ia + x)
+                load_flat_tile_async(Ss + (2 * c + x) * DS_TILE, dS + ds_tile_at(lh, ntri, ia + x, j));
+    };
+    load_step(jf, 0);
+    cp_commit();
+    float dQ[2][D / 8][4];
+    zero_acc<D / 8>(dQ[0]);
+    zero_acc<D / 8>(dQ[1]);
+    for (int j = jf; j <= jl; j++) {
+        const int cur = (j - jf) & 1;
+        if (j < jl) load_step(j + 1, cur ^ 1);
+        cp_commit();
+        cp_wait<1>();
+        __syncthreads();
+        if (iq < nT && j >= wj0 && j <= iq) {
+            const bf16 *Kc = Ks + cur * TS, *Sc = Ss + (2 * cur + (w >> 1)) * DS_TILE;
+#pragma unroll
+            for (int kk = 0; kk < 4; kk++) {
+                /* A of dS rows 16·(2(w&1) + u).., keys 16kk..: matrices (keys
+                 * 8·(2kk + mi/2), queries 8·(ub + 2u)) transposed */
+                unsigned a0[4], a1[4];
+                ldsm_t(a0, Sc + ((2 * kk + (mi >> 1)) * 8 + ub) * 64 + (lane & 7) * 8);
+                ldsm_t(a1, Sc + ((2 * kk + (mi >> 1)) * 8 + ub + 2) * 64 + (lane & 7) * 8);
+#pragma unroll
+                for (int dp = 0; dp < D / 16; dp++) {
+                    unsigned bb[4];
+                    load_b_kn(bb, Kc, LD, 16 * kk, 16 * dp, lane);
+                    mma16816(dQ[0][2 * dp], a0, bb[0], bb[1]);
+                    mma16816(dQ[0][2 * dp + 1], a0, bb[2], bb[3]);
+                    mma16816(dQ[1][2 * dp], a1, bb[0], bb[1]);
+                    mma16816(dQ[1][2 * dp + 1], a1, bb[2], bb[3]);
+                }
+            }
+        }
+        __syncthreads(); /* every warp is done with this buffer before it is refilled */
+    }
+    if (iq < nT) {
+        add_acc_rows<D>(dq, dQ[0], b, iq * MB + 32 * (w & 1), T, NH, h, lane, accumulate);
+        add_acc_rows<D>(dq, dQ[1], b, iq * MB + 32 * (w & 1) + 16, T, NH, h, lane, accumulate);
+    }
+}
+
 /* ---- forward 4: 128-row query tiles, 32 rows per warp --------------------------------
  * k_fwd2<D, 4> gives each warp 16 query rows, so every K and V fragment a
  * warp loads from shared memory (ldmatrix) feeds two mma instructions, and
@@ -1271,18 +1347,20 @@ int ds_scratch(size_t per_pair, long pairs, bf16 **buf, long *chunk)
     }
 }
 
-/* Backward 4 (MODE KV_STORE_DS | KV_L2) and 5 (| KV_ILV): k_bwd_kv2 storing
- * dS, then k_bwd_dq, per chunk of (sequence, kv head) pairs that fits the
- * budget. */
-template <int D, int MODE>
+/* Backward 4 (MODE KV_STORE_DS | KV_L2), 5 (| KV_ILV) and 7 (5 with DQ2):
+ * k_bwd_kv2 storing dS, then k_bwd_dq (DQ2: k_bwd_dq2), per chunk of
+ * (sequence, kv head) pairs that fits the budget. */
+template <int D, int MODE, bool DQ2>
 int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float *Drow, const float *lse, const bf16 *q,
                   const bf16 *k, const bf16 *v, int B, int T, int NH, int NKV, int window, int accumulate)
 {
     static bool ready_kv, ready_dq;
     const float scale = 1.0f / sqrtf((float)D);
     const int nT = (T + MB - 1) / MB, group = NH / NKV;
-    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(2) + 2 * DS_TILE * sizeof(bf16);
-    if (allow_smem_max(k_bwd_kv2<D, MODE>, s1, &ready_kv) || allow_smem_max(k_bwd_dq<D>, s2, &ready_dq)) return -1;
+    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(2) + (DQ2 ? 4 : 2) * DS_TILE * sizeof(bf16);
+    if (allow_smem_max(k_bwd_kv2<D, MODE>, s1, &ready_kv) ||
+        (DQ2 ? allow_smem_max(k_bwd_dq2<D>, s2, &ready_dq) : allow_smem_max(k_bwd_dq<D>, s2, &ready_dq)))
+        return -1;
     const long pairs = (long)B * NKV, ntri = (long)nT * (nT + 1) / 2;
     bf16 *ds;
     long chunk;
@@ -1292,9 +1370,16 @@ int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float 
         int np = (int)(pairs - p0 < chunk ? pairs - p0 : chunk);
         k_bwd_kv2<D, MODE><<<dim3(nT, np), MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, ds, q, k, v, dob, lse, Drow, T, NH,
                                                                     NKV, window, scale, (int)p0, accumulate);
-        k_bwd_dq<D><<<dim3(nT, np * group), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window, (int)p0, accumulate);
+        if (DQ2)
+            k_bwd_dq2<D><<<dim3((nT + 1) / 2, np * group), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window,
+                                                                                    (int)p0, accumulate);
+        else
+            k_bwd_dq<D><<<dim3(nT, np * group), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window, (int)p0,
+                                                                         accumulate);
     }
-    return ar_cuda_check_launch(MODE & KV_ILV ? "flash attention backward (mma-ds-ilv)" : "flash attention backward (mma-ds)");
+    return ar_cuda_check_launch(DQ2 ? "flash attention backward (ds, ilv, dq2)"
+                                : MODE & KV_ILV ? "flash attention backward (ds, ilv)"
+                                                : "flash attention backward (ds)");
 }
 
 /* Backward 2 (L2 = false) and 6 (L2 = true): k_bwd_kv2 and k_bwd_q2. */
@@ -1344,11 +1429,14 @@ int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float
         return ar_cuda_check_launch("flash attention backward (mma-atomic)");
     }
     case 4:
-        return bwd_ds_launch<D, KV_STORE_DS | KV_L2>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window,
-                                                     accumulate);
+        return bwd_ds_launch<D, KV_STORE_DS | KV_L2, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV,
+                                                            window, accumulate);
     case 5:
-        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV | KV_L2>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV,
-                                                              window, accumulate);
+        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV | KV_L2, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH,
+                                                                     NKV, window, accumulate);
+    case 7:
+        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV | KV_L2, true>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH,
+                                                                    NKV, window, accumulate);
     case 6: return bwd2_launch<D, true>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
     default: return bwd2_launch<D, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
     }

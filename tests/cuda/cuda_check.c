@@ -1888,6 +1888,7 @@ typedef struct {
     uint16_t *qb, *kb, *vb;            /* device q, k, v */
     float *dDO;                        /* device dout */
     float *vo, *vl, *vdq, *vdk, *vdv;  /* mma-v2's output, lse, gradients (host); NULL until it ran */
+    float *idq;                        /* mma-ds-ilv's dq (host): k_bwd_dq's, for k_bwd_dq2's exact check */
 } flash_case;
 
 static void flash_case_init(flash_case *c, int B, int T, int NH, int NKV, int HD, int window)
@@ -1909,7 +1910,7 @@ static void flash_case_init(flash_case *c, int B, int T, int NH, int NKV, int HD
 
 static void flash_case_free(flash_case *c)
 {
-    float *fr[] = {c->o, c->dq, c->dk, c->dv, c->vo, c->vl, c->vdq, c->vdk, c->vdv};
+    float *fr[] = {c->o, c->dq, c->dk, c->dv, c->vo, c->vl, c->vdq, c->vdk, c->vdv, c->idq};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
     void *fd[] = {c->qb, c->kb, c->vb, c->dDO};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
@@ -1923,18 +1924,19 @@ static size_t bits_differ(const float *a, const float *b, size_t n)
     return d;
 }
 
-/* "fast: flash[tag] NAME exact vs mma-v2": a result the kind computes with
- * mma-v2's operations in mma-v2's order (same tiles, fragments and sums;
- * only block order, pipelining or which kernel stores what differ) must
- * match it bit for bit; info = 1 prints the count only (a result computed
- * the same way up to the order the tensor core adds within an mma). */
-static void flash_exact(const char *tag, const char *what, const flash_case *c, const float *got, const float *ref,
-                        size_t n, int info)
+/* "fast: flash[tag] NAME exact vs REF": a result the kind computes with the
+ * reference kind's operations in its order (same tiles, fragments and sums;
+ * only block order, pipelining, warp shapes or which kernel stores what
+ * differ) must match it bit for bit; info = 1 prints the count only (a
+ * result computed the same way up to the order the tensor core adds within
+ * an mma). */
+static void flash_exact(const char *tag, const char *what, const char *ref_kind, const flash_case *c,
+                        const float *got, const float *ref, size_t n, int info)
 {
     char name[160];
     size_t d = bits_differ(got, ref, n);
-    snprintf(name, sizeof name, "fast: flash[%s] %s exact vs mma-v2 T%d H%d/%d D%d w%d", tag, what, c->T, c->NH, c->NKV,
-             c->HD, c->window);
+    snprintf(name, sizeof name, "fast: flash[%s] %s exact vs %s T%d H%d/%d D%d w%d", tag, what, ref_kind, c->T, c->NH,
+             c->NKV, c->HD, c->window);
     if (info) printf("     %s: %zu of %zu elements differ (info)\n", name, d, n);
     else verdict(name, (double)d, 0, "differing elements");
 }
@@ -1990,12 +1992,15 @@ static void flash_case_run(flash_case *c, const char *tag, int kind)
         c->vo = ho, c->vl = hl, c->vdq = hq, c->vdk = hk, c->vdv = hv;
     } else {
         if (fam && c->vo) {
-            flash_exact(tag, "fwd out", c, ho, c->vo, nq, 0);
-            flash_exact(tag, "fwd lse", c, hl, c->vl, nl, 0);
-            flash_exact(tag, "bwd dk", c, hk, c->vdk, nk, 0);
-            flash_exact(tag, "bwd dv", c, hv, c->vdv, nk, 0);
-            flash_exact(tag, "bwd dq", c, hq, c->vdq, nq, ds);
+            flash_exact(tag, "fwd out", "mma-v2", c, ho, c->vo, nq, 0);
+            flash_exact(tag, "fwd lse", "mma-v2", c, hl, c->vl, nl, 0);
+            flash_exact(tag, "bwd dk", "mma-v2", c, hk, c->vdk, nk, 0);
+            flash_exact(tag, "bwd dv", "mma-v2", c, hv, c->vdv, nk, 0);
+            flash_exact(tag, "bwd dq", "mma-v2", c, hq, c->vdq, nq, ds);
         }
+        /* k_bwd_dq2 (mma-m128-ds) sums what k_bwd_dq (mma-ds-ilv) sums, in its order */
+        if (kind == AR_CUDA_FLASH_MMA_M128_DS && c->idq) flash_exact(tag, "bwd dq", "mma-ds-ilv", c, hq, c->idq, nq, 0);
+        if (kind == AR_CUDA_FLASH_MMA_DS_ILV) free(c->idq), c->idq = hq, hq = NULL;
         free(ho), free(hl), free(hq), free(hk), free(hv);
     }
     free(zq), free(zk);

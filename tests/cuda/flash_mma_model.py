@@ -18,7 +18,9 @@
 # memory; checked equal, exactly, to version 2's forward) and backward 4
 # (mma-ds: the dK/dV kernel stores dS tiles as 8x8 matrices in a NaN-poisoned
 # scratch indexed by chunk-local head, query tile and key tile; the dQ kernel
-# reads them back through ldmatrix.trans; GQA, windows and chunked launches).
+# reads them back through ldmatrix.trans; GQA, windows and chunked launches)
+# and backward 7 (backward 4's dS read by k_bwd_dq2: two query tiles per
+# block, 32 rows per warp; checked equal to backward 4 exactly).
 # Not modelled, because they change no index a lane reads or writes: backward
 # 5 (backward 4 with its products interleaved in pairs) and the L2-friendly
 # block order (which block runs when).
@@ -260,7 +262,45 @@ def store_ds_tile(tile, dp, w):  # backward 4: the warp's dS^T rows as 8x8 matri
 def ds_tile_at(lh, ntri, i, j):
     return (lh * ntri + i * (i + 1) // 2 + j) * DS_TILE
 
-def bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk):
+def dq2_chunk(dq, scratch, k, T, D, window, p0, npairs, group, ntri, LD):
+    # backward 7's k_bwd_dq2: blocks of two query tiles (ia, ia + 1), each warp
+    # 32 rows of one tile as two units sharing the K fragments; a warp pair
+    # reads only the dS tiles of the key tiles its query tile sees
+    nT = (T + 63) // 64; nP = (nT + 1) // 2
+    for bx in range(npairs * group):
+        kvh = p0 + bx // group; h = kvh * group + bx % group
+        for y in range(nP):
+            ia = 2 * (nP - 1 - y); nq = 2 if ia + 1 < nT else 1
+            jf = first_key_tile(ia * 64, window); jl = ia + nq - 1
+            loaded = {}  # (x, j) -> the dS tile the block copied
+            for j in range(jf, jl + 1):
+                for x in range(nq):
+                    if first_key_tile((ia + x) * 64, window) <= j <= ia + x:
+                        o = ds_tile_at(bx, ntri, ia + x, j); loaded[(x, j)] = scratch[o:o + DS_TILE]
+            for w in range(4):
+                iq = ia + (w >> 1); wj0 = first_key_tile(iq * 64, window)
+                if iq >= nT: continue
+                dQ = [[[np.zeros(4) for _ in range(32)] for _ in range(D // 8)] for _ in range(2)]
+                for j in range(jf, jl + 1):
+                    if not (wj0 <= j <= iq): continue
+                    Ks = load_tile(k[kvh], j * 64, T, D); Sc = loaded[(w >> 1, j)]
+                    for kk in range(4):
+                        a = [ldsm(Sc, [((2 * kk + ((l >> 3) >> 1)) * 8 + 4 * (w & 1) + ((l >> 3) & 1) + 2 * u) * 64 + (l & 7) * 8 for l in range(32)], True) for u in range(2)]
+                        for u in range(2): assert not np.isnan(np.array(a[u], dtype=float)).any(), 'dQ2 read a dS entry never written'
+                        for dp_ in range(D // 16):
+                            b = load_b_kn(Ks, LD, 16 * kk, 16 * dp_)
+                            for u in range(2):
+                                mma(dQ[u][2 * dp_], a[u], [x[0] for x in b], [x[1] for x in b]); mma(dQ[u][2 * dp_ + 1], a[u], [x[2] for x in b], [x[3] for x in b])
+                for u in range(2):
+                    for lane in range(32):
+                        g, t = lane // 4, lane % 4
+                        for hh in range(2):
+                            rr = iq * 64 + 32 * (w & 1) + 16 * u + g + 8 * hh
+                            if rr >= T: continue
+                            for n in range(D // 8):
+                                for e in range(2): dq[h, rr, 8 * n + 2 * t + e] += dQ[u][n][lane][2 * hh + e]
+
+def bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk, dq2=False):
     # backward 4 over NH query heads sharing NKV kv heads (q, dO, O [NH, T, D];
     # k, v [NKV, T, D]; LSE [NH, T]), one sequence, launches of `chunk` kv heads
     scale = 1 / np.sqrt(D); nT = (T + 63) // 64; scale2 = scale * LOG2E; group = NH // NKV; LD = D + 8
@@ -309,6 +349,9 @@ def bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk):
                             for n in range(D // 8):
                                 for u in range(2):
                                     dk[kvh, rr, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[kvh, rr, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+        if dq2:
+            dq2_chunk(dq, scratch, k, T, D, window, p0, npairs, group, ntri, LD)
+            continue
         for bx in range(npairs * group):  # k_bwd_dq
             kvh = p0 + bx // group; h = kvh * group + bx % group
             for i in range(nT):
@@ -427,7 +470,8 @@ for (T, D, window) in [(70, 32, 0), (200, 32, 48), (300, 32, 0), (130, 80, 150)]
     O4, L4 = fwd(q, k, v, T, D, window, 4)
     assert np.array_equal(O2, O4) and np.array_equal(L2, L4), ('forward 4 != forward 2', T, D, window)
     print('forward 4 == forward 2: T', T, 'D', D, 'w', window)
-for (T, D, window, NH, NKV, chunk) in [(130, 32, 0, 4, 2, 1), (200, 32, 70, 3, 1, 1), (70, 64, 0, 2, 2, 2)]:
+for (T, D, window, NH, NKV, chunk) in [(130, 32, 0, 4, 2, 1), (200, 32, 70, 3, 1, 1), (70, 64, 0, 2, 2, 2),
+                                        (260, 32, 100, 2, 1, 1)]:
     q, dO = (bf(rng.standard_normal((NH, T, D))) for _ in range(2))
     k, v = (bf(rng.standard_normal((NKV, T, D))) for _ in range(2))
     group = NH // NKV
@@ -442,4 +486,7 @@ for (T, D, window, NH, NKV, chunk) in [(130, 32, 0, 4, 2, 1), (200, 32, 70, 3, 1
     rel = lambda a, b: np.abs(a - b).max() / np.abs(b).max()
     print('backward 4 T', T, 'D', D, 'w', window, 'H', NH, '/', NKV, 'chunk', chunk, 'dq', rel(dq, rdq), 'dk', rel(dk, rdk), 'dv', rel(dv, rdv))
     assert max(rel(dq, rdq), rel(dk, rdk), rel(dv, rdv)) < 5e-2, 'backward 4'
+    dq7, dk7, dv7 = bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk, dq2=True)
+    assert np.array_equal(dq, dq7) and np.array_equal(dk, dk7) and np.array_equal(dv, dv7), 'backward 7 != backward 4'
+    print('   backward 7 (k_bwd_dq2) == backward 4')
 print('flash_mma model: all checks passed')
