@@ -60,13 +60,11 @@ int ar_device_init(int dev)
     if (gt && strcmp(gt, "0") && strcmp(gt, "1")) return ar_error("AR_CUDA_GEMM_TUNE='%s' is not 0 or 1", gt);
     ar_cuda_set_gemm_tune(gt && !strcmp(gt, "1")); /* off unless asked for (kernels/gemm_lt.cu) */
     const char *fl = getenv("AR_CUDA_FLASH");
-    if (fl && strcmp(fl, "mma") && strcmp(fl, "mma1") && strcmp(fl, "mma-atomic") && strcmp(fl, "wmma"))
-        return ar_error("AR_CUDA_FLASH='%s' is not mma, mma1, mma-atomic or wmma", fl);
-    ar_cuda_set_flash_kernel(!fl                         ? AR_CUDA_FLASH_MMA
-                             : !strcmp(fl, "wmma")       ? AR_CUDA_FLASH_WMMA
-                             : !strcmp(fl, "mma1")       ? AR_CUDA_FLASH_MMA1
-                             : !strcmp(fl, "mma-atomic") ? AR_CUDA_FLASH_MMA_ATOMIC
-                                                         : AR_CUDA_FLASH_MMA);
+    int fk = fl ? ar_cuda_flash_kernel_by_name(fl) : AR_CUDA_FLASH_MMA;
+    if (fk < 0)
+        return ar_error("AR_CUDA_FLASH='%s' is not a flash kernel (mma, mma-l2, mma-ds, mma-ds-ilv, mma-m128, "
+                        "mma-m128-ds, mma-v2, mma-atomic, mma1, wmma)", fl);
+    ar_cuda_set_flash_kernel(fk);
     return 0;
 #else
     return ar_error("cuda:%d asked for, but this build has no CUDA (nvcc was not found at build time)", dev);
