@@ -385,7 +385,6 @@ void ar_cuda_gemm_tune_reset(void);
  * candidate (when there is one that runs) instead of the fastest; -1 undoes. */
 void ar_cuda_gemm_tune_force_rank(int rank);
 
-
 /* RMSNorm whose output is stored only in bf16 (rstd in f32 as usual). */
 void ar_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C,
                                   float eps);
@@ -441,7 +440,6 @@ int ar_cuda_block_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weight
 int ar_cuda_masked_mse_rows(const float *pred, const uint16_t *ref, const int *ref_idx, const uint8_t *mask,
                             const int *mask_idx, int B, int T, int C, double denom, float *dpred, uint16_t *dpred_b,
                             double *loss_acc);
-
 
 /* 1 when the flash kernels exist for this head dimension (32, 64, 80, 96, 128). */
 int ar_cuda_flash_supported(int HD);
