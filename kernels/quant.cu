@@ -19,6 +19,7 @@
 #include <cuda_fp16.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdlib.h>
 #include <string.h>
 
 enum { QG = 8 };        /* groups (warps) per block */
@@ -579,16 +580,47 @@ __device__ static void step_scalars(const ar_cuda_qstep_seg &s, const qgroup &g,
     }
 }
 
+/* elem_grad's values with fewer instructions (the fused step's; AR_CUDA_QSTEP=old
+ * keeps elem_grad). Two exact rewrites, no other change of operation or order:
+ * - w / s (f32) is the f64 quotient (double)w / s rounded to f32, which elem_grad
+ *   forms anyway: rounding the exact quotient of two floats to 53 bits and then to
+ *   24 gives the float that rounding it to 24 directly gives (double rounding is
+ *   innocuous for +, −, ×, ÷ when 53 >= 2·24 + 2, Figueroa 1995; that covers the
+ *   f32 overflow threshold and subnormal quotients too). One f64 division per
+ *   element instead of an f64 and an f32 one.
+ * - the zero-point term gr·s·(inside ? 0 : −1): inside, it adds ±0 to acc_z, which
+ *   starts at +0 and can never become −0 (a sum is −0 only when both addends are),
+ *   so it leaves acc_z's bits unchanged; outside it adds −(gr·s), exactly the
+ *   negated product, i.e. acc_z − gr·s. So the term is subtracted where the
+ *   element is clamped, with no product by 0 / −1. */
+__device__ static float elem_grad_step(const ar_cuda_qspec &q, const qgroup &g, float w, float v, float dwq,
+                                       float lo, float hi, double *acc_s, double *acc_z)
+{
+    double w_s = (double)w / g.s;
+    float t = rintf((float)w_s + v) + g.z;
+    int inside = t >= lo && t <= hi;
+    float x = clampf(t, lo, hi);
+    double gr = dwq, gs = gr * g.s;
+    *acc_s += gr * ((double)x - g.z - (inside ? w_s : 0.0));
+    if (!inside) *acc_z -= gs;
+    /* (float)gs: the f64 product of two floats is exact (48 bits), so its
+     * rounding to f32 is the f32 product (the compiler made elem_grad's so) */
+    return inside ? dwq * g.s : 0.0f;
+}
+
 /* bwd_chunk's step on one lane's V elements (x: w, vv: V, updated in
- * place, gw: dŵ), with the snapshot of V before it when snap. */
-template <int V>
+ * place, gw: dŵ), with the snapshot of V before it when snap. OLD: elem_grad
+ * itself (AR_CUDA_QSTEP=old), else elem_grad_step (the same bits). */
+template <int V, int OLD>
 __device__ static void step_chunk(const ar_cuda_qstep_seg &s, const qgroup &g, long at, const float x[V], float vv[V],
                                   const float gw[V], float lo, float hi, int snap, int vout, double *acc_s,
                                   double *acc_z)
 {
     float d[V];
     if (snap && s.best_v) store_out<V>(s.best_v, at, vv, vout);
-    for (int i = 0; i < V; i++) d[i] = elem_grad(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z);
+    for (int i = 0; i < V; i++)
+        d[i] = OLD ? elem_grad(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z)
+                   : elem_grad_step(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z);
     for (int i = 0; i < V; i++) vv[i] = vv[i] - s.lr * sgnf(d[i]);
     store<V>(s.v, at, vv);
 }
@@ -606,7 +638,7 @@ __device__ static void forward_chunk(const ar_cuda_qstep_seg &s, const qgroup &g
 
 /* The step of group gi (of its segment) that fits one access per lane
  * (len <= 32·V): x, vv, gw hold the lane's w, V, dŵ (zeros past the end). */
-template <int V>
+template <int V, int OLD>
 __device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspan sp, int lane, int snap, int vout,
                                        const float x[V], float vv[V], const float gw[V], gscal c)
 {
@@ -617,7 +649,7 @@ __device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspa
     qgroup g = setup_of(s, wmin, wmax, c);
     if (snap) snap_scalars(s, gi, lane, c);
     double acc_s = 0.0, acc_z = 0.0;
-    if (has) step_chunk<V>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
+    if (has) step_chunk<V, OLD>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
     acc_s = warp_sum(acc_s);
     acc_z = warp_sum(acc_z);
     step_scalars(s, g, gi, lane, acc_s, acc_z, &c);
@@ -627,7 +659,7 @@ __device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspa
 
 /* The step of a longer group: the range pass, the gradient pass (V stepped
  * in memory), then the forward pass reading back the V this lane wrote. */
-template <int V>
+template <int V, int OLD>
 __device__ static void step_group_loop(const ar_cuda_qstep_seg &s, long gi, gspan sp, int lane, int snap, int vout)
 {
     float lo, hi, wmin, wmax;
@@ -642,7 +674,7 @@ __device__ static void step_group_loop(const ar_cuda_qstep_seg &s, long gi, gspa
         load<V>(s.w + sp.off, j, x);
         load<V>(s.dwq + sp.off, j, gw);
         load<V>(s.v + sp.off, j, vv);
-        step_chunk<V>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
+        step_chunk<V, OLD>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
     }
     acc_s = warp_sum(acc_s);
     acc_z = warp_sum(acc_z);
@@ -683,7 +715,7 @@ __device__ static gloc locate(const qstep_table &t, long gi, int *si)
 }
 
 /* Any group shape, one group per warp and iteration. */
-template <int V>
+template <int V, int OLD>
 __global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag)
 {
     int lane = threadIdx.x & 31, snap = flag && *flag, si = 0;
@@ -693,7 +725,7 @@ __global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag
         const ar_cuda_qstep_seg &s = t.s[l.si];
         int vout = t.vout[l.si];
         if (l.sp.len > 32 * V) {
-            step_group_loop<V>(s, l.gl, l.sp, lane, snap, vout);
+            step_group_loop<V, OLD>(s, l.gl, l.sp, lane, snap, vout);
             continue;
         }
         int j = lane * V;
@@ -704,7 +736,7 @@ __global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag
             load<V>(s.dwq + l.sp.off, j, gw);
             load<V>(s.v + l.sp.off, j, vv);
         }
-        step_group_regs<V>(s, l.gl, l.sp, lane, snap, vout, x, vv, gw, load_scalars(s, l.gl));
+        step_group_regs<V, OLD>(s, l.gl, l.sp, lane, snap, vout, x, vv, gw, load_scalars(s, l.gl));
     }
 }
 
@@ -755,6 +787,7 @@ __device__ static void pipe_issue(const qstep_table &t, long gi, long total, int
 
 /* Groups of at most 128 (every row 16-byte aligned): warp w of the grid
  * takes groups w, w + nw, w + 2·nw, ... with the next PS − 1 of them queued. */
+template <int OLD>
 __global__ void __launch_bounds__(32 * PQG) k_step_pipe(qstep_table t, const int *flag)
 {
     __shared__ pipe_stage stages[PQG][PS];
@@ -783,23 +816,23 @@ __global__ void __launch_bounds__(32 * PQG) k_step_pipe(qstep_table t, const int
         }
         float4 cs = st.c[lane];
         gscal c = {s.alpha ? cs.x : 0.0f, s.beta ? cs.y : 0.0f, has_init(s.q) ? cs.z : 0.0f};
-        step_group_regs<4>(s, l.gl, l.sp, lane, snap, 1, x, vv, gw, c);
+        step_group_regs<4, OLD>(s, l.gl, l.sp, lane, snap, 1, x, vv, gw, c);
         slot = slot + 1 == PS ? 0 : slot + 1;
     }
     cp_async_wait<0>();
 }
 
-/* Blocks of k_step_pipe for ngr groups: at most one wave (the blocks that
- * fit on the device at once), so each warp's pipeline runs long. */
-static unsigned pipe_blocks(long ngr)
+/* Blocks of k_step_pipe<OLD> for ngr groups: at most one wave (the blocks
+ * that fit on the device at once), so each warp's pipeline runs long. */
+template <int OLD> static unsigned pipe_blocks(long ngr)
 {
     static int per_sm = -1, nsm = 0;
     if (per_sm < 0) {
         per_sm = 0;
-        cudaFuncSetAttribute(k_step_pipe, cudaFuncAttributePreferredSharedMemoryCarveout,
+        cudaFuncSetAttribute(k_step_pipe<OLD>, cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared);
         if (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, g_cu.dev) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_pipe, 32 * PQG, 0) != cudaSuccess)
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_pipe<OLD>, 32 * PQG, 0) != cudaSuccess)
             per_sm = 0;
         cudaGetLastError(); /* a failed query only costs the grid size: clear it */
         if (per_sm < 1 || nsm < 1) per_sm = 4, nsm = 132;
@@ -816,13 +849,32 @@ static int aligned16(const void *const *p, int np)
     return 1;
 }
 
-/* Launch the kernel of table kind which: 0 k_step_pipe, 1 k_step<4>, 2 k_step<1>. */
-static int launch_step(const qstep_table &t, int which, const int *flag)
+/* Launch the kernel of table kind which: 0 k_step_pipe, 1 k_step<4>, 2
+ * k_step<1>, the OLD instance (elem_grad) or the default (elem_grad_step). */
+template <int OLD> static void launch_step_as(const qstep_table &t, int which, const int *flag)
 {
     long total = t.first[t.nseg];
-    if (which == 0) k_step_pipe<<<pipe_blocks(total), 32 * PQG, 0, g_cu.st>>>(t, flag);
-    else if (which == 1) k_step<4><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
-    else k_step<1><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
+    if (which == 0) k_step_pipe<OLD><<<pipe_blocks<OLD>(total), 32 * PQG, 0, g_cu.st>>>(t, flag);
+    else if (which == 1) k_step<4, OLD><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
+    else k_step<1, OLD><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
+}
+
+/* AR_CUDA_QSTEP=old runs the kernels with elem_grad as first committed, so a
+ * timing run can compare both (their results are the same bits). */
+static int qstep_old(void)
+{
+    static int old = -1;
+    if (old < 0) {
+        const char *e = getenv("AR_CUDA_QSTEP");
+        old = e && strcmp(e, "old") == 0;
+    }
+    return old;
+}
+
+static int launch_step(const qstep_table &t, int which, const int *flag)
+{
+    if (qstep_old()) launch_step_as<1>(t, which, flag);
+    else launch_step_as<0>(t, which, flag);
     return ar_cuda_check_launch("quant step");
 }
 
