@@ -65,6 +65,11 @@ int ar_device_init(int dev)
         return ar_error("AR_CUDA_FLASH='%s' is not a flash kernel (mma, mma-l2, mma-ds, mma-ds-ilv, mma-m128, "
                         "mma-m128-ds, mma-v2, mma-atomic, mma1, wmma)", fl);
     ar_cuda_set_flash_kernel(fk);
+    /* read by the kernels themselves; checked here so a typo is an error, not the default */
+    const char *el = getenv("AR_CUDA_ELEM"), *qs = getenv("AR_CUDA_QSTEP");
+    if (el && strcmp(el, "vector") && strcmp(el, "scalar"))
+        return ar_error("AR_CUDA_ELEM='%s' is not vector or scalar", el);
+    if (qs && strcmp(qs, "new") && strcmp(qs, "old")) return ar_error("AR_CUDA_QSTEP='%s' is not new or old", qs);
     return 0;
 #else
     return ar_error("cuda:%d asked for, but this build has no CUDA (nvcc was not found at build time)", dev);
