@@ -5,20 +5,12 @@
 # layers ar-tune wrote (b*n + groups*(16 + b), AutoRound's rule for int
 # schemes) and lie within the budget; --emit_config equals the stream's
 # config; --shared_layers keeps q/k/v together; errors are one line.
-set -eu
-BIN=${AR_BIN:?AR_BIN not set}
-SHARED=${AR_SHARED:?AR_SHARED not set}
-M=$SHARED/models/stories260K
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
 
-"$BIN/ar-calib" --model "$M" --dataset "$SHARED/data/tinystories/TinyStories-validation-head.txt" \
-    --nsamples 16 --seqlen 64 -o "$T/calib.ars"
+stories_calib 16 64 -o "$T/calib.ars"
 
 # 1. The pipeline, with progress and the search time on stderr.
-"$BIN/ar-calib" --model "$M" --dataset "$SHARED/data/tinystories/TinyStories-validation-head.txt" \
-    --nsamples 16 --seqlen 64 --quiet |
+stories_calib 16 64 --quiet |
   "$BIN/ar-scheme" --avg_bits 3 --options W2A16G64,W4A16 --progress 2> "$T/err" |
   "$BIN/ar-tune" --iters 2 --batch_size 4 --quiet |
   "$BIN/ar-pack" --format auto_round -o "$T/packed" --quiet

@@ -3,16 +3,9 @@
 # measured kind runs, meets the budget and says so in its META record
 # (score, score_rounds); --score_rounds 2 runs; bad --score values and
 # --score_rounds without a measured score are usage errors (exit 2) naming the problem.
-set -eu
-BIN=${AR_BIN:?AR_BIN not set}
-SHARED=${AR_SHARED:?AR_SHARED not set}
-M=$SHARED/models/stories260K
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
 
-"$BIN/ar-calib" --model "$M" --dataset "$SHARED/data/tinystories/TinyStories-validation-head.txt" \
-    --nsamples 8 --seqlen 32 --quiet -o "$T/calib.ars"
+stories_calib 8 32 --quiet -o "$T/calib.ars"
 
 for kind in measured measured_opt_rtn; do
   "$BIN/ar-scheme" -i "$T/calib.ars" --avg_bits 3 --score $kind --progress --threads 1 -o "$T/$kind.ars" \

@@ -3,16 +3,9 @@
 # byte-identical streams for equal seeds (1 and 2 threads), a different
 # stream for another seed, every tuning flag accepted and recorded in META,
 # progress lines on stderr, and one-line errors for bad arguments.
-set -eu
-BIN=${AR_BIN:?AR_BIN not set}
-SHARED=${AR_SHARED:?AR_SHARED not set}
-M=$SHARED/models/stories260K
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-fail() { echo "FAIL: $*" >&2; exit 1; }
+. "$(dirname "$0")/lib.sh"
 
-"$BIN/ar-calib" --model "$M" --dataset "$SHARED/data/tinystories/TinyStories-validation-head.txt" \
-    --nsamples 8 --seqlen 64 -o "$T/calib.ars"
+stories_calib 8 64 -o "$T/calib.ars"
 tune() { out=$1; shift; "$BIN/ar-tune" -i "$T/calib.ars" --group_size 32 --iters 6 --batch_size 4 -o "$T/$out" "$@"; }
 
 # 1. Determinism: same seed → same bytes, whatever the thread count.
