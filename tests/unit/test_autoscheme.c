@@ -5,18 +5,13 @@
 #include "autoscheme.h"
 #include "calib.h"
 #include "error.h"
+#include "fixture.h"
 #include <cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-static const char *shared(void)
-{
-    const char *s = getenv("AR_SHARED");
-    return s ? s : "../shared";
-}
 
 static ar_scheme preset(const char *name)
 {
@@ -134,70 +129,76 @@ Test(autoscheme, dp_equals_brute_force_on_random_problems)
     }
 }
 
-static cJSON *load_json(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = 0;
-    fclose(f);
-    cJSON *j = cJSON_Parse(buf);
-    free(buf);
-    cr_assert(j, "%s: bad JSON", path);
-    return j;
-}
-
 static ar_model *open_stories(void)
 {
     char dir[1024];
-    snprintf(dir, sizeof dir, "%s/models/stories260K", shared());
+    fx_model_dir(dir, sizeof dir, "stories260K");
     ar_model *m = ar_model_open(dir, AR_MODEL_CACHE);
     cr_assert(m, "%s", ar_last_error());
     return m;
 }
 
+/* What both score-against-PyTorch tests start from: make_scores.py's
+ * reference, stories260K, its B x T synthetic tokens, and every q/k/v/o as
+ * a candidate. */
+enum { SCORE_B = 4, SCORE_T = 32 };
+typedef struct {
+    cJSON *ref;
+    ar_model *m;
+    const ar_config *c;
+    int ns;
+    unsigned char *cand;
+    int32_t ids[SCORE_B * SCORE_T];
+} score_case;
+
+static void score_case_open(score_case *sc)
+{
+    sc->ref = fx_load_json("tests/fixtures/autoscheme/stories260K_scores.json");
+    sc->m = open_stories();
+    sc->c = ar_model_config(sc->m);
+    for (int b = 0; b < SCORE_B; b++)
+        for (int t = 0; t < SCORE_T; t++) sc->ids[b * SCORE_T + t] = (131 * b + 17 * t + 7) % 512;
+    sc->ns = AR_AS_NSLOTS(sc->c);
+    sc->cand = calloc((size_t)sc->ns, 1);
+    for (int l = 0; l < sc->c->n_layers; l++)
+        for (int i = AR_Q; i <= AR_O; i++) sc->cand[l * AR_NLINEAR + i] = 1;
+}
+
+static void score_case_close(score_case *sc)
+{
+    free(sc->cand);
+    ar_model_close(sc->m);
+    cJSON_Delete(sc->ref);
+}
+
 Test(autoscheme, scores_match_pytorch_autograd)
 {
-    cJSON *ref = load_json("tests/fixtures/autoscheme/stories260K_scores.json");
-    ar_model *m = open_stories();
-    const ar_config *c = ar_model_config(m);
-    enum { B = 4, T = 32 };
-    int32_t ids[B * T];
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) ids[b * T + t] = (131 * b + 17 * t + 7) % 512;
-    int ns = AR_AS_NSLOTS(c);
-    unsigned char *cand = calloc((size_t)ns, 1);
-    double *score = calloc((size_t)ns, sizeof *score);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int i = AR_Q; i <= AR_O; i++) cand[l * AR_NLINEAR + i] = 1;
+    score_case sc;
+    score_case_open(&sc);
+    double *score = calloc((size_t)sc.ns, sizeof *score);
     const char *opts[] = {"W2A16G64", "W4A16"};
     for (int o = 0; o < 2; o++) {
         ar_scheme s = preset(opts[o]);
-        memset(score, 0, sizeof(double) * ns);
+        memset(score, 0, sizeof(double) * sc.ns);
         double loss;
-        cr_assert_eq(ar_autoscheme_score(m, &s, cand, AR_AS_WEIGHT_TERM, ids, B, T, 2, score, &loss, NULL, NULL), 0, "%s",
-                     ar_last_error());
-        cJSON *want = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "scores"), opts[o]);
-        cJSON *losses = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "losses"), opts[o]);
+        cr_assert_eq(ar_autoscheme_score(sc.m, &s, sc.cand, AR_AS_WEIGHT_TERM, sc.ids, SCORE_B, SCORE_T, 2, score,
+                                         &loss, NULL, NULL), 0, "%s", ar_last_error());
+        cJSON *want = cJSON_GetObjectItem(cJSON_GetObjectItem(sc.ref, "scores"), opts[o]);
+        cJSON *losses = cJSON_GetObjectItem(cJSON_GetObjectItem(sc.ref, "losses"), opts[o]);
         double ref_loss = (cJSON_GetArrayItem(losses, 0)->valuedouble + cJSON_GetArrayItem(losses, 1)->valuedouble) / 2;
         cr_assert(fabs(loss - ref_loss) < 1e-4 * ref_loss, "%s loss %g, torch %g", opts[o], loss, ref_loss);
-        for (int slot = 0; slot < ns; slot++) {
+        for (int slot = 0; slot < sc.ns; slot++) {
             char name[128];
-            ar_autoscheme_slot_name(c, slot, name, sizeof name);
+            ar_autoscheme_slot_name(sc.c, slot, name, sizeof name);
             cJSON *w = cJSON_GetObjectItem(want, name);
-            if (!cand[slot]) { cr_assert(!w && score[slot] == 0, "%s scored", name); continue; }
+            if (!sc.cand[slot]) { cr_assert(!w && score[slot] == 0, "%s scored", name); continue; }
             cr_assert(w, "%s missing from the reference", name);
             cr_assert(fabs(score[slot] - w->valuedouble) < 1e-4 * w->valuedouble, "%s %s: %.6g, torch %.6g",
                       opts[o], name, score[slot], w->valuedouble);
         }
     }
-    free(cand); free(score);
-    ar_model_close(m);
-    cJSON_Delete(ref);
+    free(score);
+    score_case_close(&sc);
 }
 
 /* MXFP4 (weights and activations): the activation term alone, and both
@@ -209,33 +210,24 @@ Test(autoscheme, scores_match_pytorch_autograd)
  * the loss agrees to 1e-3. */
 Test(autoscheme, activation_scores_match_pytorch_autograd)
 {
-    cJSON *ref = load_json("tests/fixtures/autoscheme/stories260K_scores.json");
-    ar_model *m = open_stories();
-    const ar_config *c = ar_model_config(m);
-    enum { B = 4, T = 32 };
-    int32_t ids[B * T];
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) ids[b * T + t] = (131 * b + 17 * t + 7) % 512;
-    int ns = AR_AS_NSLOTS(c);
-    unsigned char *cand = calloc((size_t)ns, 1);
-    double *act = calloc((size_t)ns, sizeof *act), *both = calloc((size_t)ns, sizeof *both);
-    for (int l = 0; l < c->n_layers; l++)
-        for (int i = AR_Q; i <= AR_O; i++) cand[l * AR_NLINEAR + i] = 1;
+    score_case sc;
+    score_case_open(&sc);
+    double *act = calloc((size_t)sc.ns, sizeof *act), *both = calloc((size_t)sc.ns, sizeof *both);
     ar_scheme s = preset("MXFP4");
     double loss;
-    cr_assert_eq(ar_autoscheme_score(m, &s, cand, AR_AS_ACT_TERM, ids, B, T, 2, act, &loss, NULL, NULL), 0, "%s",
-                 ar_last_error());
-    cr_assert_eq(ar_autoscheme_score(m, &s, cand, AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM, ids, B, T, 2, both, NULL, NULL,
+    cr_assert_eq(ar_autoscheme_score(sc.m, &s, sc.cand, AR_AS_ACT_TERM, sc.ids, SCORE_B, SCORE_T, 2, act, &loss, NULL,
                                      NULL), 0, "%s", ar_last_error());
-    cJSON *losses = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "losses"), "MXFP4");
+    cr_assert_eq(ar_autoscheme_score(sc.m, &s, sc.cand, AR_AS_WEIGHT_TERM | AR_AS_ACT_TERM, sc.ids, SCORE_B, SCORE_T, 2,
+                                     both, NULL, NULL, NULL), 0, "%s", ar_last_error());
+    cJSON *losses = cJSON_GetObjectItem(cJSON_GetObjectItem(sc.ref, "losses"), "MXFP4");
     double ref_loss = (cJSON_GetArrayItem(losses, 0)->valuedouble + cJSON_GetArrayItem(losses, 1)->valuedouble) / 2;
     cr_assert(fabs(loss - ref_loss) < 1e-3 * ref_loss, "MXFP4 loss %g, torch %g", loss, ref_loss);
-    cJSON *wref = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "scores"), "MXFP4");
-    cJSON *aref = cJSON_GetObjectItem(cJSON_GetObjectItem(ref, "act_scores"), "MXFP4");
-    for (int slot = 0; slot < ns; slot++) {
+    cJSON *wref = cJSON_GetObjectItem(cJSON_GetObjectItem(sc.ref, "scores"), "MXFP4");
+    cJSON *aref = cJSON_GetObjectItem(cJSON_GetObjectItem(sc.ref, "act_scores"), "MXFP4");
+    for (int slot = 0; slot < sc.ns; slot++) {
         char name[128];
-        ar_autoscheme_slot_name(c, slot, name, sizeof name);
-        if (!cand[slot]) { cr_assert(act[slot] == 0 && both[slot] == 0, "%s scored", name); continue; }
+        ar_autoscheme_slot_name(sc.c, slot, name, sizeof name);
+        if (!sc.cand[slot]) { cr_assert(act[slot] == 0 && both[slot] == 0, "%s scored", name); continue; }
         double a = cJSON_GetObjectItem(aref, name)->valuedouble, w = cJSON_GetObjectItem(wref, name)->valuedouble;
         cr_assert(a > 0 && w > 0, "%s: empty reference", name);
         cr_assert(fabs(act[slot] - a) < 2e-2 * a, "%s activation term %.6g, torch %.6g", name, act[slot], a);
@@ -248,9 +240,8 @@ Test(autoscheme, activation_scores_match_pytorch_autograd)
     cr_assert_eq(ar_autoscheme_terms(mixed, 2, 0), AR_AS_ACT_TERM | AR_AS_WEIGHT_TERM);
     ar_scheme wonly[2] = {preset("W2A16G64"), preset("BF16")};
     cr_assert_eq(ar_autoscheme_terms(wonly, 2, 0), AR_AS_WEIGHT_TERM);
-    free(cand); free(act); free(both);
-    ar_model_close(m);
-    cJSON_Delete(ref);
+    free(act); free(both);
+    score_case_close(&sc);
 }
 
 /* ar_autoscheme_run on stories260K, 4 x 32 synthetic tokens. */

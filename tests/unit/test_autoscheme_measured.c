@@ -6,6 +6,7 @@
  * budget; bad options are refused. */
 #include "autoscheme.h"
 #include "error.h"
+#include "fixture.h"
 #include "quant.h"
 #include <cblas.h>
 #include <criterion/criterion.h>
@@ -17,13 +18,7 @@
 
 enum { NSEQ = 3, T = 24, NOPT = 3, MAXSWAP = 4 };
 
-static const char *shared(void)
-{
-    const char *s = getenv("AR_SHARED");
-    return s ? s : "../shared";
-}
-
-static void stories_dir(char *dir, size_t n) { snprintf(dir, n, "%s/models/stories260K", shared()); }
+static void stories_dir(char *dir, size_t n) { fx_model_dir(dir, n, "stories260K"); }
 
 static ar_scheme preset(const char *name)
 {
@@ -143,30 +138,51 @@ static void attention_candidates(const ar_config *c, unsigned char *cand)
         for (int i = AR_Q; i <= AR_O; i++) cand[l * AR_NLINEAR + i] = 1;
 }
 
+/* What the scoring tests start from: stories260K, its synthetic tokens and
+ * the attention candidates. */
+typedef struct {
+    ar_model *m;
+    const ar_config *c;
+    int ns;
+    int32_t ids[NSEQ * T];
+    unsigned char *cand;
+} measure_case;
+
+static void measure_case_open(measure_case *mc)
+{
+    mc->m = open_stories();
+    mc->c = ar_model_config(mc->m);
+    mc->ns = AR_AS_NSLOTS(mc->c);
+    make_ids(mc->ids);
+    mc->cand = malloc(mc->ns);
+    attention_candidates(mc->c, mc->cand);
+}
+
+static void measure_case_close(measure_case *mc)
+{
+    free(mc->cand);
+    ar_model_close(mc->m);
+}
+
 Test(autoscheme_measured, scores_equal_explicit_loss_differences)
 {
-    ar_model *m = open_stories();
-    const ar_config *c = ar_model_config(m);
-    int ns = AR_AS_NSLOTS(c);
-    int32_t ids[NSEQ * T];
-    make_ids(ids);
+    measure_case mc;
+    measure_case_open(&mc);
     ar_scheme opts[NOPT] = {preset("W2A16G64"), preset("W4A16"), preset("BF16")};
-    unsigned char *cand = malloc(ns);
-    attention_candidates(c, cand);
-    double *score = malloc(sizeof(double) * ns * NOPT), base_loss;
-    cr_assert_eq(ar_autoscheme_measure(m, opts, NOPT, cand, NULL, 0, ids, NSEQ, T, 2, score, &base_loss, NULL, NULL),
-                 0, "%s", ar_last_error());
-    double fp = explicit_loss(ids, NULL, 0);
+    double *score = malloc(sizeof(double) * mc.ns * NOPT), base_loss;
+    cr_assert_eq(ar_autoscheme_measure(mc.m, opts, NOPT, mc.cand, NULL, 0, mc.ids, NSEQ, T, 2, score, &base_loss, NULL,
+                                       NULL), 0, "%s", ar_last_error());
+    double fp = explicit_loss(mc.ids, NULL, 0);
     cr_assert(fabs(base_loss - fp) < 1e-5, "FP loss %.8f vs explicit %.8f", base_loss, fp);
     /* first and last block, an early and a late linear: the block caching matters */
-    int slots[] = {AR_Q, AR_V, (c->n_layers - 1) * AR_NLINEAR + AR_O, 2 * AR_NLINEAR + AR_K};
+    int slots[] = {AR_Q, AR_V, (mc.c->n_layers - 1) * AR_NLINEAR + AR_O, 2 * AR_NLINEAR + AR_K};
     int positive = 0;
     for (size_t t = 0; t < sizeof slots / sizeof *slots; t++) {
         int s = slots[t];
         for (int j = 0; j < 2; j++) {
-            float *wq = rtn_weight(m, s, &opts[j]);
+            float *wq = rtn_weight(mc.m, s, &opts[j]);
             swap sw = {s, wq};
-            double want = explicit_loss(ids, &sw, 1) - fp;
+            double want = explicit_loss(mc.ids, &sw, 1) - fp;
             want = want > 0 ? want : 0;
             double got = score[(size_t)s * NOPT + j];
             cr_assert(fabs(got - want) < 2e-5, "slot %d option %d: %.8f vs explicit %.8f", s, j, got, want);
@@ -176,52 +192,47 @@ Test(autoscheme_measured, scores_equal_explicit_loss_differences)
         cr_assert_eq(score[(size_t)s * NOPT + 2], 0.0, "BF16 scores 0");
     }
     cr_assert(positive >= 2, "the test must see real loss changes");
-    for (int s = 0; s < ns; s++)
+    for (int s = 0; s < mc.ns; s++)
         for (int j = 0; j < NOPT; j++) {
             cr_assert(score[(size_t)s * NOPT + j] >= 0);
-            if (!cand[s]) cr_assert_eq(score[(size_t)s * NOPT + j], 0.0);
+            if (!mc.cand[s]) cr_assert_eq(score[(size_t)s * NOPT + j], 0.0);
         }
-    free(cand); free(score);
-    ar_model_close(m);
+    free(score);
+    measure_case_close(&mc);
 }
 
 Test(autoscheme_measured, scores_given_a_base_equal_explicit_differences)
 {
-    ar_model *m = open_stories();
-    const ar_config *c = ar_model_config(m);
-    int ns = AR_AS_NSLOTS(c);
-    int32_t ids[NSEQ * T];
-    make_ids(ids);
+    measure_case mc;
+    measure_case_open(&mc);
     ar_scheme opts[2] = {preset("W2A16G64"), preset("W4A16")};
-    unsigned char *cand = malloc(ns);
-    attention_candidates(c, cand);
     /* base: block 0's q at 2 bits, block 1's v at 4 bits, the rest FP */
-    int *base = malloc(sizeof(int) * ns), bq = AR_Q, bv = AR_NLINEAR + AR_V;
-    for (int s = 0; s < ns; s++) base[s] = -1;
+    int *base = malloc(sizeof(int) * mc.ns), bq = AR_Q, bv = AR_NLINEAR + AR_V;
+    for (int s = 0; s < mc.ns; s++) base[s] = -1;
     base[bq] = 0, base[bv] = 1;
-    double *score = malloc(sizeof(double) * ns * 2), base_loss;
-    cr_assert_eq(ar_autoscheme_measure(m, opts, 2, cand, base, 0, ids, NSEQ, T, 3, score, &base_loss, NULL, NULL),
-                 0, "%s", ar_last_error());
-    float *q2 = rtn_weight(m, bq, &opts[0]), *v4 = rtn_weight(m, bv, &opts[1]);
+    double *score = malloc(sizeof(double) * mc.ns * 2), base_loss;
+    cr_assert_eq(ar_autoscheme_measure(mc.m, opts, 2, mc.cand, base, 0, mc.ids, NSEQ, T, 3, score, &base_loss, NULL,
+                                       NULL), 0, "%s", ar_last_error());
+    float *q2 = rtn_weight(mc.m, bq, &opts[0]), *v4 = rtn_weight(mc.m, bv, &opts[1]);
     swap sw[3] = {{bq, q2}, {bv, v4}};
-    cr_assert(fabs(base_loss - explicit_loss(ids, sw, 2)) < 1e-5);
+    cr_assert(fabs(base_loss - explicit_loss(mc.ids, sw, 2)) < 1e-5);
     /* slot bq itself: W4 against FP, with v4 in place */
-    float *q4 = rtn_weight(m, bq, &opts[1]);
+    float *q4 = rtn_weight(mc.m, bq, &opts[1]);
     swap only_v[2] = {{bv, v4}, {bq, q4}};
-    double ref = explicit_loss(ids, only_v, 1), want = explicit_loss(ids, only_v, 2) - ref;
+    double ref = explicit_loss(mc.ids, only_v, 1), want = explicit_loss(mc.ids, only_v, 2) - ref;
     cr_assert(fabs(score[(size_t)bq * 2 + 1] - (want > 0 ? want : 0)) < 2e-5, "%.8f vs %.8f",
               score[(size_t)bq * 2 + 1], want);
     want = base_loss - ref;
     cr_assert(fabs(score[(size_t)bq * 2] - (want > 0 ? want : 0)) < 2e-5);
     /* a slot after both: k of block 3 at 2 bits with the base around it */
     int sk = 3 * AR_NLINEAR + AR_K;
-    float *k2 = rtn_weight(m, sk, &opts[0]);
+    float *k2 = rtn_weight(mc.m, sk, &opts[0]);
     sw[2] = (swap){sk, k2};
-    want = explicit_loss(ids, sw, 3) - base_loss;
+    want = explicit_loss(mc.ids, sw, 3) - base_loss;
     cr_assert(fabs(score[(size_t)sk * 2] - (want > 0 ? want : 0)) < 2e-5, "%.8f vs %.8f", score[(size_t)sk * 2],
               want);
-    free(q2); free(v4); free(q4); free(k2); free(base); free(cand); free(score);
-    ar_model_close(m);
+    free(q2); free(v4); free(q4); free(k2); free(base); free(score);
+    measure_case_close(&mc);
 }
 
 /* Σx²/nseq of linear i's input in block l of the FP model, from the inputs
@@ -248,22 +259,17 @@ static float *explicit_imatrix(ar_model *m, const int32_t *ids, int l, int i)
 
 Test(autoscheme_measured, opt_rtn_scores_use_the_fp_imatrix)
 {
-    ar_model *m = open_stories();
-    const ar_config *c = ar_model_config(m);
-    int ns = AR_AS_NSLOTS(c);
-    int32_t ids[NSEQ * T];
-    make_ids(ids);
+    measure_case mc;
+    measure_case_open(&mc);
     ar_scheme w2 = preset("W2A16G64");
-    unsigned char *cand = malloc(ns);
-    attention_candidates(c, cand);
-    double *score = malloc(sizeof(double) * ns), *rtn = malloc(sizeof(double) * ns);
-    cr_assert_eq(ar_autoscheme_measure(m, &w2, 1, cand, NULL, 1, ids, NSEQ, T, 2, score, NULL, NULL, NULL), 0, "%s",
-                 ar_last_error());
-    cr_assert_eq(ar_autoscheme_measure(m, &w2, 1, cand, NULL, 0, ids, NSEQ, T, 2, rtn, NULL, NULL, NULL), 0);
-    double fp = explicit_loss(ids, NULL, 0);
+    double *score = malloc(sizeof(double) * mc.ns), *rtn = malloc(sizeof(double) * mc.ns);
+    cr_assert_eq(ar_autoscheme_measure(mc.m, &w2, 1, mc.cand, NULL, 1, mc.ids, NSEQ, T, 2, score, NULL, NULL, NULL), 0,
+                 "%s", ar_last_error());
+    cr_assert_eq(ar_autoscheme_measure(mc.m, &w2, 1, mc.cand, NULL, 0, mc.ids, NSEQ, T, 2, rtn, NULL, NULL, NULL), 0);
+    double fp = explicit_loss(mc.ids, NULL, 0);
     /* the two slots RTN hurts most: clipped zeros would prove nothing */
     int differ = 0, slots[2] = {-1, -1};
-    for (int s = 0; s < ns; s++) {
+    for (int s = 0; s < mc.ns; s++) {
         if (slots[0] < 0 || rtn[s] > rtn[slots[0]]) slots[1] = slots[0], slots[0] = s;
         else if (slots[1] < 0 || rtn[s] > rtn[slots[1]]) slots[1] = s;
     }
@@ -271,25 +277,25 @@ Test(autoscheme_measured, opt_rtn_scores_use_the_fp_imatrix)
     for (int t = 0; t < 2; t++) {
         int s = slots[t], l = s / AR_NLINEAR, i = s % AR_NLINEAR, n, k;
         char name[160];
-        ar_linear_shape(c, i, &n, &k);
-        ar_autoscheme_slot_name(c, s, name, 140);
+        ar_linear_shape(mc.c, i, &n, &k);
+        ar_autoscheme_slot_name(mc.c, s, name, 140);
         strcat(name, ".weight");
         float *w = malloc(sizeof(float) * n * k), *wq = malloc(sizeof(float) * n * k);
-        float *im = explicit_imatrix(m, ids, l, i);
-        cr_assert_eq(ar_model_read_tensor(m, name, 0, n, w), 0);
+        float *im = explicit_imatrix(mc.m, mc.ids, l, i);
+        cr_assert_eq(ar_model_read_tensor(mc.m, name, 0, n, w), 0);
         ar_quant_spec qs = {2, 64, 1, 0, 0, 0, 0, 0, NULL, NULL};
         ar_quant_out o = {wq, NULL, NULL, NULL};
         cr_assert_eq(ar_quant_opt_rtn(&qs, w, n, k, im, &o), 0, "%s", ar_last_error());
         swap sw = {s, wq};
-        double want = explicit_loss(ids, &sw, 1) - fp;
+        double want = explicit_loss(mc.ids, &sw, 1) - fp;
         want = want > 0 ? want : 0;
         cr_assert(fabs(score[s] - want) < 2e-5, "slot %d: %.8f vs explicit %.8f", s, score[s], want);
         differ += fabs(score[s] - rtn[s]) > 1e-5;
         free(w); free(wq); free(im);
     }
     cr_assert(differ > 0, "opt-RTN changed no score: the test cannot tell it from RTN");
-    free(cand); free(score); free(rtn);
-    ar_model_close(m);
+    free(score); free(rtn);
+    measure_case_close(&mc);
 }
 
 Test(autoscheme_measured, runs_meet_the_budget)
@@ -314,19 +320,17 @@ Test(autoscheme_measured, runs_meet_the_budget)
 
 Test(autoscheme_measured, bad_input_is_refused)
 {
-    ar_model *m = open_stories();
-    const ar_config *c = ar_model_config(m);
-    int32_t ids[NSEQ * T];
-    make_ids(ids);
-    unsigned char *cand = malloc(AR_AS_NSLOTS(c));
-    attention_candidates(c, cand);
-    double *score = malloc(sizeof(double) * AR_AS_NSLOTS(c));
+    measure_case mc;
+    measure_case_open(&mc);
+    double *score = malloc(sizeof(double) * mc.ns);
     ar_scheme gguf = preset("GGUF:Q4_K_M");
-    cr_assert_eq(ar_autoscheme_measure(m, &gguf, 1, cand, NULL, 0, ids, NSEQ, T, 2, score, NULL, NULL, NULL), -1);
+    cr_assert_eq(ar_autoscheme_measure(mc.m, &gguf, 1, mc.cand, NULL, 0, mc.ids, NSEQ, T, 2, score, NULL, NULL, NULL),
+                 -1);
     cr_assert(strstr(ar_last_error(), "no RTN quantizer"), "%s", ar_last_error());
     ar_scheme w2 = preset("W2A16G64");
-    cr_assert_eq(ar_autoscheme_measure(m, &w2, 1, cand, NULL, 0, ids, NSEQ, 1, 2, score, NULL, NULL, NULL), -1);
+    cr_assert_eq(ar_autoscheme_measure(mc.m, &w2, 1, mc.cand, NULL, 0, mc.ids, NSEQ, 1, 2, score, NULL, NULL, NULL),
+                 -1);
     cr_assert(strstr(ar_last_error(), "at least 2 tokens"), "%s", ar_last_error());
-    free(cand); free(score);
-    ar_model_close(m);
+    free(score);
+    measure_case_close(&mc);
 }

@@ -4,6 +4,7 @@
  * not yet committed, stray temporaries), the directory lock, and the digests. */
 #include "checkpoint.h"
 #include "error.h"
+#include "fixture.h"
 #include "stream.h"
 #include <criterion/criterion.h>
 #include <limits.h>
@@ -32,21 +33,6 @@ TestSuite(checkpoint, .init = make_dir, .fini = remove_dir);
 static const char settings[] = "{\"iters\":10,\"seed\":42,\"scheme\":\"W4A16\"}";
 
 static void path_in(char *p, const char *name) { snprintf(p, PATH_MAX, "%s/%s", g_dir, name); }
-
-static char *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    rewind(f);
-    char *buf = malloc(len + 1);
-    cr_assert_eq(fread(buf, 1, len, f), (size_t)len);
-    buf[len] = 0;
-    fclose(f);
-    *n = (size_t)len;
-    return buf;
-}
 
 static void spit(const char *path, const void *data, size_t n)
 {
@@ -194,7 +180,7 @@ Test(checkpoint, chain_round_trip_and_checks)
     /* a truncated chain file is caught by the size check */
     path_in(p, "chain-0001.bin");
     size_t n;
-    char *raw = slurp(p, &n);
+    char *raw = fx_slurp(p, &n);
     spit(p, raw, n - 1);
     ar_ckpt_array again[2] = {{"x_fp", back, sizeof back, 0}, {"x_q", xq, sizeof xq, 0}};
     cr_assert_neq(ar_ckpt_load_chain(ck, again, 2), 0);

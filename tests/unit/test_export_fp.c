@@ -8,12 +8,12 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include "dtype.h"
 #include "error.h"
 #include "export.h"
+#include "fixture.h"
 #include "hf_folder.h"
 #include "quant.h"
 #include "quant_fp.h"
@@ -40,30 +40,18 @@ static void teardown(void)
 
 TestSuite(export_fp, .init = setup, .fini = teardown);
 
+/* Element j of fixture tensor i: smooth, with every 17th value an outlier. */
+static float model_value(size_t i, size_t j) { return (float)sin(0.37 * j + i) * (j % 17 == 0 ? 3.0f : 0.2f); }
+
+/* The fixture model in dir; qw receives q_proj (tensor 1) as stored, in bf16. */
 static void make_model(const char *dir, float *qw)
 {
-    cr_assert_eq(mkdir(dir, 0755), 0);
-    ar_stw *w = ar_stw_open(dir, 0);
-    struct { const char *name; int nd; int64_t s[2]; } t[] = {
+    const fx_tensor t[] = {
         {"model.embed_tokens.weight", 2, {32, H}}, {"model.layers.0.self_attn.q_proj.weight", 2, {NQ, H}},
         {"model.norm.weight", 1, {H}}, {"lm_head.weight", 2, {32, H}}};
-    for (size_t i = 0; i < 4; i++) {
-        size_t n = (size_t)t[i].s[0] * (t[i].nd == 2 ? t[i].s[1] : 1);
-        uint16_t *v = malloc(n * 2);
-        for (size_t j = 0; j < n; j++) {
-            float x = (float)sin(0.37 * j + i) * (j % 17 == 0 ? 3.0f : 0.2f);
-            v[j] = ar_f32_to_bf16(x);
-            if (i == 1) qw[j] = ar_bf16_to_f32(v[j]);
-        }
-        cr_assert_eq(ar_stw_put(w, t[i].name, AR_BF16, t[i].nd, t[i].s, v), 0);
-        free(v);
-    }
-    cr_assert_eq(ar_stw_close(w), 0);
-    char p[400];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    FILE *f = fopen(p, "w");
-    fputs("{\"architectures\": [\"LlamaForCausalLM\"], \"dtype\": \"bfloat16\"}\n", f);
-    fclose(f);
+    fx_write_bf16_model(dir, t, sizeof t / sizeof t[0], model_value);
+    for (size_t j = 0; j < (size_t)NQ * H; j++) qw[j] = ar_bf16_to_f32(ar_f32_to_bf16(model_value(1, j)));
+    fx_write_text(dir, "config.json", "{\"architectures\": [\"LlamaForCausalLM\"], \"dtype\": \"bfloat16\"}\n");
 }
 
 typedef struct { const char *dt; int qdt, bits, group, g2d, act_bits, act_dyn; } fp_case;

@@ -2,6 +2,7 @@
  * stock llama.cpp files of stories260K ($AR_SHARED/models/stories260K/gguf-reference,
  * made by convert_hf_to_gguf.py and llama-quantize; see its README). */
 #include "error.h"
+#include "fixture.h"
 #include "gguf.h"
 #include <criterion/criterion.h>
 #include <stdio.h>
@@ -14,18 +15,12 @@ static char tmp_dir[] = "/tmp/ar_test_gguf_XXXXXX";
 
 static void setup(void)
 {
-    const char *shared = getenv("AR_SHARED") ? getenv("AR_SHARED") : "../shared";
-    snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", shared);
+    fx_model_dir(model_dir, sizeof model_dir, "stories260K");
     snprintf(ref_dir, sizeof ref_dir, "%s/gguf-reference", model_dir);
-    cr_assert(mkdtemp(tmp_dir), "mkdtemp");
+    fx_make_tmp(tmp_dir);
 }
 
-static void teardown(void)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_dir);
-    cr_assert_eq(system(cmd), 0);
-}
+static void teardown(void) { fx_rm_rf(tmp_dir); }
 
 TestSuite(gguf, .init = setup, .fini = teardown);
 
@@ -38,14 +33,7 @@ static ar_gguf *open_ref(const char *file)
     return g;
 }
 
-static char *tmp_path(const char *name)
-{
-    static char path[4][2048];
-    static int k;
-    char *p = path[k++ % 4];
-    snprintf(p, sizeof path[0], "%s/%s", tmp_dir, name);
-    return p;
-}
+static char *tmp_path(const char *name) { return fx_path_in(tmp_dir, name); }
 
 Test(gguf, reads_reference_metadata_and_tensors)
 {

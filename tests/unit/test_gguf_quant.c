@@ -2,6 +2,7 @@
  * (tests/fixtures/gguf, see its README for provenance), gguf-py's dequantizer,
  * the grid API and the mix type policy. */
 #include "error.h"
+#include "fixture.h"
 #include "gguf_quant.h"
 #include <criterion/criterion.h>
 #include <math.h>
@@ -16,25 +17,10 @@
 static const char *qnames[] = {"q4_0", "q4_1", "q5_0", "q5_1", "q8_0", "q2_K", "q3_K", "q4_K", "q5_K", "q6_K"};
 #define NQ (int)(sizeof qnames / sizeof qnames[0])
 
-/* Whole file into a malloc'd buffer; *n receives its size. */
-static void *slurp(const char *path, size_t *n)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long len = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    void *p = malloc((size_t)len + 1);
-    cr_assert(fread(p, 1, (size_t)len, f) == (size_t)len);
-    fclose(f);
-    *n = (size_t)len;
-    return p;
-}
-
 static float *rows(void)
 {
     size_t n;
-    float *x = slurp(FIX "rows.f32", &n);
+    float *x = fx_slurp(FIX "rows.f32", &n);
     cr_assert_eq(n, sizeof(float) * NROWS * NCOLS);
     return x;
 }
@@ -45,9 +31,9 @@ static void check_bytes(const char *prefix, const char *name, int use_imatrix)
     char path[256];
     size_t n, ni;
     float *x = rows();
-    float *imx = use_imatrix ? slurp(FIX "imatrix.f32", &ni) : NULL;
+    float *imx = use_imatrix ? fx_slurp(FIX "imatrix.f32", &ni) : NULL;
     snprintf(path, sizeof path, FIX "%s_%s.bin", prefix, name);
-    uint8_t *want = slurp(path, &n);
+    uint8_t *want = fx_slurp(path, &n);
     int t = ar_ggml_type_parse(name);
     cr_assert(t >= 0);
     cr_assert_eq(n, NROWS * ar_ggml_row_bytes(t, NCOLS));
@@ -75,9 +61,9 @@ Test(gguf_quant, dequantize_matches_gguf_py)
         char path[256];
         size_t nb, nf;
         snprintf(path, sizeof path, FIX "ref_%s.bin", qnames[i]);
-        uint8_t *blocks = slurp(path, &nb);
+        uint8_t *blocks = fx_slurp(path, &nb);
         snprintf(path, sizeof path, FIX "deq_%s.f32", qnames[i]);
-        float *want = slurp(path, &nf), *got = malloc(nf);
+        float *want = fx_slurp(path, &nf), *got = malloc(nf);
         cr_assert_eq(ar_ggml_dequantize(ar_ggml_type_parse(qnames[i]), blocks, got, NROWS * NCOLS), 0);
         for (int j = 0; j < NROWS * NCOLS; j++)
             cr_assert(fabsf(got[j] - want[j]) <= 1e-6f * fabsf(want[j]), "%s[%d]: %g vs %g", qnames[i], j, got[j],

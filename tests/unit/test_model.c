@@ -2,6 +2,7 @@
  * stories260K logits from a float64 numpy forward (shared reference JSON),
  * and the safetensors/config error paths a forward depends on. */
 #include "error.h"
+#include "fixture.h"
 #include "model.h"
 #include <cJSON.h>
 #include <criterion/criterion.h>
@@ -10,36 +11,13 @@
 #include <stdlib.h>
 #include <string.h>
 
-static const char *shared(void)
-{
-    const char *s = getenv("AR_SHARED");
-    return s ? s : "../shared";
-}
-
-static cJSON *load_json(const char *path)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    rewind(f);
-    char *buf = malloc((size_t)n + 1);
-    cr_assert_eq(fread(buf, 1, (size_t)n, f), (size_t)n);
-    buf[n] = 0;
-    fclose(f);
-    cJSON *j = cJSON_Parse(buf);
-    free(buf);
-    cr_assert(j, "%s: bad JSON", path);
-    return j;
-}
-
 /* Largest |ours - reference| over the recorded positions of greedy_once_upon_a_time.json. */
 static double stories_max_diff(int flags)
 {
     char dir[1024], ref[1100];
-    snprintf(dir, sizeof dir, "%s/models/stories260K", shared());
+    fx_model_dir(dir, sizeof dir, "stories260K");
     snprintf(ref, sizeof ref, "%s/reference/greedy_once_upon_a_time.json", dir);
-    cJSON *j = load_json(ref);
+    cJSON *j = fx_load_json(ref);
     const cJSON *ids = cJSON_GetObjectItem(j, "ids"), *pos = cJSON_GetObjectItem(j, "logits_positions");
     const cJSON *lg = cJSON_GetObjectItem(j, "logits");
     int T = 256;
@@ -90,7 +68,7 @@ static double fixture_max_diff(const char *name)
     char dir[512], ref[600];
     snprintf(dir, sizeof dir, "tests/fixtures/models/%s", name);
     snprintf(ref, sizeof ref, "%s/reference.json", dir);
-    cJSON *j = load_json(ref);
+    cJSON *j = fx_load_json(ref);
     const cJSON *ids = cJSON_GetObjectItem(j, "ids"), *lg = cJSON_GetObjectItem(j, "logits");
     int T = cJSON_GetArraySize(ids);
     int *tok = malloc(sizeof(int) * T);
@@ -147,7 +125,7 @@ Test(model, mistral_fixture_is_sensitive_to_the_window)
     free(a); free(b);
 }
 
-static void stories_dir(char *dir, size_t n) { snprintf(dir, n, "%s/models/stories260K", shared()); }
+static void stories_dir(char *dir, size_t n) { fx_model_dir(dir, n, "stories260K"); }
 
 /* ar_model_nll (chunked, batched) equals -log_softmax of ar_model_forward's
  * logits at the next token, and a batch of two windows scores each as alone. */

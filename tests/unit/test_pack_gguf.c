@@ -3,6 +3,7 @@
  * stories260K and llama.cpp's own files of it ($AR_SHARED/models/stories260K). */
 #include "dtype.h"
 #include "error.h"
+#include "fixture.h"
 #include "gguf.h"
 #include "model_open.h"
 #include "pack_gguf.h"
@@ -19,29 +20,16 @@ static char tmp_dir[] = "/tmp/ar_test_pack_gguf_XXXXXX";
 
 static void setup(void)
 {
-    const char *shared = getenv("AR_SHARED") ? getenv("AR_SHARED") : "../shared";
-    snprintf(model_dir, sizeof model_dir, "%s/models/stories260K", shared);
+    fx_model_dir(model_dir, sizeof model_dir, "stories260K");
     snprintf(ref_dir, sizeof ref_dir, "%s/gguf-reference", model_dir);
-    cr_assert(mkdtemp(tmp_dir), "mkdtemp");
+    fx_make_tmp(tmp_dir);
 }
 
-static void teardown(void)
-{
-    char cmd[256];
-    snprintf(cmd, sizeof cmd, "rm -rf %s", tmp_dir);
-    cr_assert_eq(system(cmd), 0);
-}
+static void teardown(void) { fx_rm_rf(tmp_dir); }
 
 TestSuite(pack_gguf, .init = setup, .fini = teardown);
 
-static char *tmp_path(const char *name)
-{
-    static char path[4][2048];
-    static int k;
-    char *p = path[k++ % 4];
-    snprintf(p, sizeof path[0], "%s/%s", tmp_dir, name);
-    return p;
-}
+static char *tmp_path(const char *name) { return fx_path_in(tmp_dir, name); }
 
 static uint32_t rng = 12345;
 static uint32_t next_u32(void) { return rng = rng * 1664525u + 1013904223u; }

@@ -5,6 +5,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "export.h"
+#include "fixture.h"
 #include "hf_folder.h"
 #include "packing.h"
 #include "quantized_source.h"
@@ -14,7 +15,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 /* ---- hand-worked words ---------------------------------------------------- */
@@ -227,13 +227,7 @@ static char tmpdir[256];
 
 static void make_tmp(void) {
     snprintf(tmpdir, sizeof tmpdir, "/tmp/ar_test_packers_XXXXXX");
-    cr_assert(mkdtemp(tmpdir));
-}
-
-static void rm_rf(const char *dir) {
-    char cmd[600];
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
-    cr_assert_eq(system(cmd), 0);
+    fx_make_tmp(tmpdir);
 }
 
 Test(parse_size, units) {
@@ -279,7 +273,7 @@ Test(stw, shards_read_back_by_the_reader, .init = make_tmp) {
     const ar_st_tensor *t = ar_st_find(st, "b");
     cr_assert(t && t->dtype == AR_I32 && !memcmp(t->data, bi, sizeof bi));
     ar_st_close(st);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }
 
 Test(stw, single_file_header_is_aligned, .init = make_tmp) {
@@ -299,7 +293,7 @@ Test(stw, single_file_header_is_aligned, .init = make_tmp) {
     cr_assert_eq(n, 8 + hl + 2);
     cr_assert(strstr(f + 8, "{\"__metadata__\":{\"format\":\"pt\"},\"x\":{\"dtype\":\"F16\",\"shape\":[1],\"data_offsets\":[0,2]}"));
     free(f);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }
 
 /* ---- whole folders ------------------------------------------------------------ */
@@ -307,33 +301,21 @@ Test(stw, single_file_header_is_aligned, .init = make_tmp) {
 #define H 64        /* hidden size of the fixture model */
 #define NQ 96       /* q_proj out features */
 
+/* Element j of fixture tensor i: small integers, exact in bf16. */
+static float model_value(size_t i, size_t j) { return (float)((j * 7 + i) % 13) - 6.f; }
+
 /* A fixture "model": embeddings, one block with q_proj (+bias) and an
  * unquantized down_proj, final norm, lm_head; bf16; with a config.json and a
  * tokenizer.json to be copied. */
 static void make_model(const char *dir) {
-    cr_assert_eq(mkdir(dir, 0755), 0);
-    ar_stw *w = ar_stw_open(dir, 0);
-    struct { const char *name; int nd; int64_t s[2]; } t[] = {
+    const fx_tensor t[] = {
         {"model.embed_tokens.weight", 2, {32, H}},   {"model.layers.0.self_attn.q_proj.weight", 2, {NQ, H}},
         {"model.layers.0.self_attn.q_proj.bias", 1, {NQ}}, {"model.layers.0.mlp.down_proj.weight", 2, {H, H}},
         {"model.norm.weight", 1, {H}},               {"lm_head.weight", 2, {32, H}}};
-    for (size_t i = 0; i < sizeof t / sizeof t[0]; i++) {
-        size_t n = (size_t)t[i].s[0] * (t[i].nd == 2 ? t[i].s[1] : 1);
-        uint16_t *v = malloc(n * 2);
-        for (size_t j = 0; j < n; j++) v[j] = ar_f32_to_bf16((float)((j * 7 + i) % 13) - 6.f);
-        cr_assert_eq(ar_stw_put(w, t[i].name, AR_BF16, t[i].nd, t[i].s, v), 0);
-        free(v);
-    }
-    cr_assert_eq(ar_stw_close(w), 0);
-    char p[400];
-    snprintf(p, sizeof p, "%s/config.json", dir);
-    FILE *f = fopen(p, "w");
-    fputs("{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"dtype\": \"bfloat16\",\n  \"rope_theta\": 10000.0\n}\n", f);
-    fclose(f);
-    snprintf(p, sizeof p, "%s/tokenizer.json", dir);
-    f = fopen(p, "w");
-    fputs("{}\n", f);
-    fclose(f);
+    fx_write_bf16_model(dir, t, sizeof t / sizeof t[0], model_value);
+    fx_write_text(dir, "config.json",
+                  "{\n  \"architectures\": [\"LlamaForCausalLM\"],\n  \"dtype\": \"bfloat16\",\n  \"rope_theta\": 10000.0\n}\n");
+    fx_write_text(dir, "tokenizer.json", "{}\n");
 }
 
 static char *read_in(const char *dir, const char *name) {
@@ -400,7 +382,7 @@ Test(export, auto_round_sym_all_bits, .init = make_tmp) {
     cr_assert(strstr(cfg, "\"model.layers.0.mlp.down_proj\": {"), "16-bit in-block layer in extra_config:\n%s", cfg);
     cr_assert(strstr(cfg, "\"dtype\": \"bfloat16\""));
     free(cfg);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }
 
 Test(export, auto_round_asym_layouts, .init = make_tmp) {
@@ -411,7 +393,7 @@ Test(export, auto_round_asym_layouts, .init = make_tmp) {
     char *cfg = read_in(tmpdir, "out-auto_round-4-32-0/config.json");
     cr_assert(strstr(cfg, "\"dtype\": \"float16\""), "AWQ layout forces fp16");
     free(cfg);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }
 
 Test(export, auto_gptq_and_sharding, .init = make_tmp) {
@@ -428,7 +410,7 @@ Test(export, auto_gptq_and_sharding, .init = make_tmp) {
     char *qc = read_in(tmpdir, "out-auto_gptq-4-32-0/quantize_config.json");
     cr_assert(qc);
     free(qc);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }
 
 Test(export, auto_awq_and_refusals, .init = make_tmp) {
@@ -457,7 +439,7 @@ Test(export, auto_awq_and_refusals, .init = make_tmp) {
     ar_export_abort(e);
     cr_assert_neq(access(out, F_OK), 0);
     free_layer(&r);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }
 
 Test(export, fake_writes_dequantized_bf16, .init = make_tmp) {
@@ -486,5 +468,5 @@ Test(export, fake_writes_dequantized_bf16, .init = make_tmp) {
     free(w);
     free(ref);
     free_layer(&r);
-    rm_rf(tmpdir);
+    fx_rm_rf(tmpdir);
 }

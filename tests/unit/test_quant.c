@@ -42,25 +42,30 @@ static void expect_vector(const float *wq, const uint8_t *codes, const float wan
     }
 }
 
+/* One spec vector: quantize w, check the scale and every ŵ and code; returns
+ * the zero point for the caller to check where the spec states it. */
+static int32_t expect_spec_vector(int sym, const float w[4], float want_s, const float want_wq[4],
+                                  const uint8_t want_codes[4])
+{
+    float wq[4], s; uint8_t codes[4]; int32_t zp;
+    quantize_4(sym, w, wq, codes, &s, &zp);
+    cr_assert_eq(s, want_s, "s = %.15g", s);
+    expect_vector(wq, codes, want_wq, want_codes);
+    return zp;
+}
+
 Test(quant_spec, int_sym_negative_side_dominates)
 {
-    const float w[4] = { 0.1f, -0.3f, 0.25f, 0.05f };
-    float wq[4], s; uint8_t codes[4]; int32_t zp;
-    quantize_4(1, w, wq, codes, &s, &zp);
-    cr_assert_eq(s, 0.037506103515625f, "s = %.15g", s);
+    int32_t zp = expect_spec_vector(1, (float[]){ 0.1f, -0.3f, 0.25f, 0.05f }, 0.037506103515625f,
+                                    (float[]){ 0.1125183f, -0.3000488f, 0.2625427f, 0.0375061f },
+                                    (uint8_t[]){ 11, 0, 15, 9 });
     cr_assert_eq(zp, 8);
-    expect_vector(wq, codes, (float[]){ 0.1125183f, -0.3000488f, 0.2625427f, 0.0375061f },
-                  (uint8_t[]){ 11, 0, 15, 9 });
 }
 
 Test(quant_spec, int_sym_positive_side_dominates_gives_negative_scale)
 {
-    const float w[4] = { 0.3f, -0.1f, 0.25f, 0.05f };
-    float wq[4], s; uint8_t codes[4]; int32_t zp;
-    quantize_4(1, w, wq, codes, &s, &zp);
-    cr_assert_eq(s, -0.037506103515625f, "s = %.15g", s);
-    expect_vector(wq, codes, (float[]){ 0.3000488f, -0.1125183f, 0.2625427f, 0.0375061f },
-                  (uint8_t[]){ 0, 11, 1, 7 });
+    expect_spec_vector(1, (float[]){ 0.3f, -0.1f, 0.25f, 0.05f }, -0.037506103515625f,
+                       (float[]){ 0.3000488f, -0.1125183f, 0.2625427f, 0.0375061f }, (uint8_t[]){ 0, 11, 1, 7 });
 }
 
 Test(quant_spec, int_sym_tie_goes_negative)
@@ -75,13 +80,10 @@ Test(quant_spec, int_sym_tie_goes_negative)
 
 Test(quant_spec, int_asym)
 {
-    const float w[4] = { 0.1f, -0.3f, 0.25f, 0.05f };
-    float wq[4], s; uint8_t codes[4]; int32_t zp;
-    quantize_4(0, w, wq, codes, &s, &zp);
-    cr_assert_eq(s, 0.036651611328125f, "s = %.15g", s);
+    int32_t zp = expect_spec_vector(0, (float[]){ 0.1f, -0.3f, 0.25f, 0.05f }, 0.036651611328125f,
+                                    (float[]){ 0.1099548f, -0.2932129f, 0.2565613f, 0.0366516f },
+                                    (uint8_t[]){ 11, 0, 15, 9 });
     cr_assert_eq(zp, 8);
-    expect_vector(wq, codes, (float[]){ 0.1099548f, -0.2932129f, 0.2565613f, 0.0366516f },
-                  (uint8_t[]){ 11, 0, 15, 9 });
 }
 
 /* ---- a second forward: explicit zero padding, then crop -------------------- */

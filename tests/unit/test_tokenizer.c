@@ -3,6 +3,7 @@
  * tools/gen_tokenizer_fixtures.py), plus whole-file token counts and the API. */
 #include "tokenizer.h"
 #include "error.h"
+#include "fixture.h"
 
 #include <cJSON.h>
 #include <criterion/criterion.h>
@@ -11,31 +12,10 @@
 #include <string.h>
 #include <unistd.h>
 
-static const char *shared_dir(void)
-{
-    const char *s = getenv("AR_SHARED");
-    return s && *s ? s : "../shared";
-}
-
-static char *slurp(const char *path, size_t *len)
-{
-    FILE *f = fopen(path, "rb");
-    cr_assert(f, "cannot open %s", path);
-    fseek(f, 0, SEEK_END);
-    long n = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    char *buf = malloc((size_t)n + 1);
-    cr_assert(buf && fread(buf, 1, (size_t)n, f) == (size_t)n, "cannot read %s", path);
-    fclose(f);
-    buf[n] = 0;
-    if (len) *len = (size_t)n;
-    return buf;
-}
-
 /* "$AR_SHARED/..." in a fixture means the shared models directory. */
 static void resolve(const char *p, char *out, size_t cap)
 {
-    if (!strncmp(p, "$AR_SHARED/", 11)) snprintf(out, cap, "%s/%s", shared_dir(), p + 11);
+    if (!strncmp(p, "$AR_SHARED/", 11)) snprintf(out, cap, "%s/%s", fx_shared(), p + 11);
     else snprintf(out, cap, "%s", p);
 }
 
@@ -113,7 +93,7 @@ static void check_fixture(const char *name)
 {
     char path[512], tokpath[1024];
     snprintf(path, sizeof path, "tests/fixtures/tokenizer/%s.cases.json", name);
-    char *text = slurp(path, NULL);
+    char *text = fx_slurp(path, NULL);
     cJSON *doc = cJSON_Parse(text);
     free(text);
     cr_assert(doc, "%s: bad JSON", path);
@@ -142,7 +122,7 @@ Test(tokenizer, misc_b_matches_hf) { check_fixture("misc_b"); }
 static ar_tokenizer *load_shared(const char *model)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/models/%s", shared_dir(), model);
+    snprintf(path, sizeof path, "%s/models/%s", fx_shared(), model);
     ar_tokenizer *tok = ar_tokenizer_load(path);
     cr_assert(tok, "%s", ar_last_error());
     return tok;
@@ -153,8 +133,8 @@ static size_t count_file(ar_tokenizer *tok, const char *rel)
     char path[1024];
     size_t len, n;
     int32_t *ids;
-    snprintf(path, sizeof path, "%s/%s", shared_dir(), rel);
-    char *text = slurp(path, &len);
+    snprintf(path, sizeof path, "%s/%s", fx_shared(), rel);
+    char *text = fx_slurp(path, &len);
     cr_assert_eq(ar_tokenizer_encode(tok, text, len, 1, &ids, &n), 0, "%s", ar_last_error());
     free(text), free(ids);
     return n;
@@ -177,8 +157,8 @@ Test(tokenizer, tiny_llama_whole_file_counts, .timeout = 60)
 Test(tokenizer, stories260K_reference_prompts, .timeout = 60)
 {
     char path[1024];
-    snprintf(path, sizeof path, "%s/models/stories260K/reference/hf_transformers.json", shared_dir());
-    char *text = slurp(path, NULL);
+    snprintf(path, sizeof path, "%s/models/stories260K/reference/hf_transformers.json", fx_shared());
+    char *text = fx_slurp(path, NULL);
     cJSON *doc = cJSON_Parse(text);
     free(text);
     ar_tokenizer *tok = load_shared("stories260K");
