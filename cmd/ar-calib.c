@@ -37,14 +37,11 @@ static calib_args parse_args(int argc, char **argv)
     calib_args a = {NULL, NULL, NULL, 128, 2048, 42, AR_BF16};
     for (int i = 1; i < argc; i++) {
         const char *v;
-        if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) { fputs(usage, stdout); exit(0); }
-        else if (cli_common_flag(argv[i])) continue;
-        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
+        if (cli_io_flag(argc, argv, &i, usage, "--output", NULL, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--dataset"))) a.dataset = v;
         else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) a.seed = (uint64_t)cli_long("--seed", v, 0, LONG_MAX);
-        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output"))) a.out = v;
         else if ((v = cli_value(argc, argv, &i, "--device"))) {
             int dev;
             if (ar_device_parse(v, &dev)) cli_usage_error("--device: %s", ar_last_error());

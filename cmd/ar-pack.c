@@ -37,12 +37,8 @@ static pack_args parse_args(int argc, char **argv)
     pack_args a = {NULL, NULL, NULL, "auto_round", NULL};
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
-        if (!strcmp(s, "--help") || !strcmp(s, "-h")) { fputs(usage, stdout); exit(0); }
-        else if (cli_common_flag(s)) continue;
-        else if ((v = cli_value(argc, argv, &i, "-i")) || (v = cli_value(argc, argv, &i, "--input"))) a.in = v;
-        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output_dir"))) a.out = v;
+        if (cli_io_flag(argc, argv, &i, usage, "--output_dir", &a.in, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--format"))) a.formats = v;
-        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
         else if ((v = cli_value(argc, argv, &i, "--max_shard_size"))) a.shard = v;
         else cli_usage_error("unknown argument '%s'", s);
     }
@@ -51,11 +47,19 @@ static pack_args parse_args(int argc, char **argv)
     return a;
 }
 
+/* The quantization attributes that ar-tune's META and each layer's qweight
+ * record both carry: the weight scheme and the activation scheme. */
+typedef struct {
+    char data_type[32], act_data_type[32];
+    int bits, group_size, sym;
+    int group_2d, act_bits, act_group_size, act_sym, act_dynamic;
+} quant_attrs;
+
 /* The stream's global scheme, from ar-tune's META record. */
 typedef struct {
-    char model[4096], scheme[64], data_type[32], act_data_type[32];
-    int bits, group_size, sym, mixed_bits;
-    int group_2d, act_bits, act_group_size, act_sym, act_dynamic;
+    char model[4096], scheme[64];
+    quant_attrs attrs;
+    int mixed_bits;
     char *tuning_json;
 } tune_meta;
 
@@ -63,6 +67,26 @@ static int json_int(cJSON *o, const char *k, int def)
 {
     cJSON *v = cJSON_GetObjectItemCaseSensitive(o, k);
     return cJSON_IsNumber(v) ? v->valueint : cJSON_IsBool(v) ? cJSON_IsTrue(v) : def;
+}
+
+/* Read the attributes from o. Absent keys: bits and group_size take the
+ * caller's defaults (META and layer records differ), sym 1, group_2d 0,
+ * act_bits 16, act_group_size and act_sym the weight's, act_dynamic 1; the
+ * type names keep what *a held. */
+static void read_quant_attrs(cJSON *o, int bits, int group_size, quant_attrs *a)
+{
+    cJSON *dt = cJSON_GetObjectItemCaseSensitive(o, "data_type");
+    cJSON *adt = cJSON_GetObjectItemCaseSensitive(o, "act_data_type");
+    if (cJSON_IsString(dt)) snprintf(a->data_type, sizeof a->data_type, "%s", dt->valuestring);
+    if (cJSON_IsString(adt)) snprintf(a->act_data_type, sizeof a->act_data_type, "%s", adt->valuestring);
+    a->bits = json_int(o, "bits", bits);
+    a->group_size = json_int(o, "group_size", group_size);
+    a->sym = json_int(o, "sym", 1);
+    a->group_2d = json_int(o, "group_2d", 0);
+    a->act_bits = json_int(o, "act_bits", 16);
+    a->act_group_size = json_int(o, "act_group_size", a->group_size);
+    a->act_sym = json_int(o, "act_sym", a->sym);
+    a->act_dynamic = json_int(o, "act_dynamic", 1);
 }
 
 static void parse_meta(const char *json, tune_meta *m, const char *src)
@@ -74,19 +98,9 @@ static void parse_meta(const char *json, tune_meta *m, const char *src)
     cJSON *v;
     if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "model"))) snprintf(m->model, sizeof m->model, "%s", v->valuestring);
     if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "scheme"))) snprintf(m->scheme, sizeof m->scheme, "%s", v->valuestring);
-    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "data_type"))) snprintf(m->data_type, sizeof m->data_type, "%s", v->valuestring);
-    m->bits = json_int(o, "bits", 4);
-    m->group_size = json_int(o, "group_size", 128);
-    m->sym = json_int(o, "sym", 1);
+    read_quant_attrs(o, 4, 128, &m->attrs);
     m->mixed_bits = json_int(o, "mixed_bits", 0);
-    m->group_2d = json_int(o, "group_2d", 0);
-    m->act_bits = json_int(o, "act_bits", 16);
-    m->act_group_size = json_int(o, "act_group_size", m->group_size);
-    m->act_sym = json_int(o, "act_sym", m->sym);
-    m->act_dynamic = json_int(o, "act_dynamic", 1);
-    if (!m->data_type[0]) snprintf(m->data_type, sizeof m->data_type, "int");
-    if (cJSON_IsString(v = cJSON_GetObjectItemCaseSensitive(o, "act_data_type")))
-        snprintf(m->act_data_type, sizeof m->act_data_type, "%s", v->valuestring);
+    if (!m->attrs.data_type[0]) snprintf(m->attrs.data_type, sizeof m->attrs.data_type, "int");
     cJSON *t = cJSON_GetObjectItemCaseSensitive(o, "tuning");
     m->tuning_json = t ? cJSON_PrintUnformatted(t) : NULL;
     cJSON_Delete(o);
@@ -129,10 +143,11 @@ static void open_outputs(const pack_args *a, const tune_meta *m, output *outs, i
         if (!strncasecmp(m->scheme, "gguf:", 5))
             cli_die("%s: the stream holds GGUF blocks (scheme %s); it packs only as gguf:<type>, not %s",
                     a->in ? a->in : "<stdin>", m->scheme, o->name);
-        ar_export_opts eo = {.format = o->name, .bits = m->bits, .group_size = m->group_size, .sym = m->sym,
-                             .mixed_bits = m->mixed_bits, .tuning_json = m->tuning_json, .data_type = m->data_type,
-                             .group_2d = m->group_2d, .act_bits = m->act_bits, .act_group_size = m->act_group_size,
-                             .act_sym = m->act_sym, .act_dynamic = m->act_dynamic, .act_data_type = m->act_data_type};
+        const quant_attrs *q = &m->attrs;
+        ar_export_opts eo = {.format = o->name, .bits = q->bits, .group_size = q->group_size, .sym = q->sym,
+                             .mixed_bits = m->mixed_bits, .tuning_json = m->tuning_json, .data_type = q->data_type,
+                             .group_2d = q->group_2d, .act_bits = q->act_bits, .act_group_size = q->act_group_size,
+                             .act_sym = q->act_sym, .act_dynamic = q->act_dynamic, .act_data_type = q->act_data_type};
         if (a->shard && ar_parse_size(a->shard, &eo.max_shard_bytes))
             cli_usage_error("--max_shard_size: %s", ar_last_error());
         o->hf = ar_export_open(m->model, o->dir, &eo);
@@ -157,9 +172,9 @@ static void cleanup_at_exit(void) { abort_outputs(g_outs, g_nout); }
 
 /* A layer assembled from its qweight/scale/zp records. */
 typedef struct {
-    char name[256], data_type[32], act_data_type[32];
-    int n, k, bits, group_size, sym;
-    int group_2d, act_bits, act_group_size, act_sym, act_dynamic;
+    char name[256];
+    int n, k;
+    quant_attrs attrs;
     float global_scale, act_max;
     uint8_t *codes;
     float *scale;
@@ -176,15 +191,16 @@ static void flush_layer(layer_buf *l, output *outs, int nout, const char *src)
 {
     if (!l->name[0]) return;
     if (!l->codes || !l->scale) cli_die("%s: layer %s lacks its qweight or scale record", src, l->name);
-    ar_qlayer q = {.name = l->name, .n = l->n, .k = l->k, .bits = l->bits, .group_size = l->group_size, .sym = l->sym,
-                   .codes = l->codes, .scale = l->scale, .zp = l->sym ? NULL : l->zp,
-                   .data_type = l->data_type[0] ? l->data_type : NULL, .global_scale = l->global_scale,
-                   .act_max = l->act_max, .group_2d = l->group_2d, .act_bits = l->act_bits,
-                   .act_group_size = l->act_group_size, .act_sym = l->act_sym, .act_dynamic = l->act_dynamic,
-                   .act_data_type = l->act_data_type};
+    const quant_attrs *a = &l->attrs;
+    ar_qlayer q = {.name = l->name, .n = l->n, .k = l->k, .bits = a->bits, .group_size = a->group_size, .sym = a->sym,
+                   .codes = l->codes, .scale = l->scale, .zp = a->sym ? NULL : l->zp,
+                   .data_type = a->data_type[0] ? a->data_type : NULL, .global_scale = l->global_scale,
+                   .act_max = l->act_max, .group_2d = a->group_2d, .act_bits = a->act_bits,
+                   .act_group_size = a->act_group_size, .act_sym = a->act_sym, .act_dynamic = a->act_dynamic,
+                   .act_data_type = a->act_data_type};
     int fp = ar_qlayer_dtype(&q) != 0;
     for (int i = 0; i < nout; i++) {
-        if (fp && outs[i].gguf) cli_die("%s: %s is a %s layer; GGUF holds integer types only", src, l->name, l->data_type);
+        if (fp && outs[i].gguf) cli_die("%s: %s is a %s layer; GGUF holds integer types only", src, l->name, a->data_type);
         int rc = outs[i].hf ? ar_export_layer(outs[i].hf, &q) : ar_pack_gguf_layer(outs[i].gguf, &q);
         if (rc) cli_die_lib();
     }
@@ -243,17 +259,7 @@ static void read_layer_record(ar_stream_reader *r, const ar_record *rec, layer_b
         if (rec->dtype != AR_U8 || rec->ndim != 2) cli_die("%s: %s must be u8 [N, K]", src, rec->name);
         cJSON *at = cJSON_Parse(rec->json);
         l->n = (int)rec->shape[0]; l->k = (int)rec->shape[1];
-        l->bits = json_int(at, "bits", 0);
-        l->group_size = json_int(at, "group_size", 0);
-        l->sym = json_int(at, "sym", 1);
-        l->group_2d = json_int(at, "group_2d", 0);
-        l->act_bits = json_int(at, "act_bits", 16);
-        l->act_group_size = json_int(at, "act_group_size", l->group_size);
-        l->act_sym = json_int(at, "act_sym", l->sym);
-        l->act_dynamic = json_int(at, "act_dynamic", 1);
-        cJSON *dt = cJSON_GetObjectItemCaseSensitive(at, "data_type"), *adt = cJSON_GetObjectItemCaseSensitive(at, "act_data_type");
-        if (cJSON_IsString(dt)) snprintf(l->data_type, sizeof l->data_type, "%s", dt->valuestring);
-        if (cJSON_IsString(adt)) snprintf(l->act_data_type, sizeof l->act_data_type, "%s", adt->valuestring);
+        read_quant_attrs(at, 0, 0, &l->attrs);
         cJSON_Delete(at);
         l->codes = ar_stream_read_payload(r);
     } else if (!strcmp(field, "scale")) {

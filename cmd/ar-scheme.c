@@ -77,11 +77,7 @@ static scheme_args parse_args(int argc, char **argv)
     a.batch_size = env_int("AR_AUTO_SCHEME_BATCH_SIZE", 8);
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
-        if (flag(s, "--help") || flag(s, "-h")) { fputs(usage, stdout); exit(0); }
-        else if (cli_common_flag(s)) continue;
-        else if ((v = cli_value(argc, argv, &i, "-i")) || (v = cli_value(argc, argv, &i, "--input"))) a.in = v;
-        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output"))) a.out = v;
-        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
+        if (cli_io_flag(argc, argv, &i, usage, "--output", &a.in, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--avg_bits"))) a.avg_bits = cli_double("--avg_bits", v, 1, 32);
         else if ((v = cli_value(argc, argv, &i, "--options"))) a.options = v;
         else if ((v = cli_value(argc, argv, &i, "--shared_layers"))) {

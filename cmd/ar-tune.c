@@ -66,11 +66,7 @@ static tune_args parse_args(int argc, char **argv)
     a.seed = 42;
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
-        if (flag(s, "--help") || flag(s, "-h")) { fputs(usage, stdout); exit(0); }
-        else if (cli_common_flag(s)) continue;
-        else if ((v = cli_value(argc, argv, &i, "-i")) || (v = cli_value(argc, argv, &i, "--input"))) a.in = v;
-        else if ((v = cli_value(argc, argv, &i, "-o")) || (v = cli_value(argc, argv, &i, "--output"))) a.out = v;
-        else if ((v = cli_value(argc, argv, &i, "--model"))) a.model = v;
+        if (cli_io_flag(argc, argv, &i, usage, "--output", &a.in, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--scheme"))) a.scheme = v;
         else if ((v = cli_value(argc, argv, &i, "--layer_config"))) a.layer_config = v;
         else if ((v = cli_value(argc, argv, &i, "--recipe"))) a.recipe = v;

@@ -120,6 +120,19 @@ int cli_common_flag(const char *arg)
     return 0;
 }
 
+int cli_io_flag(int argc, char **argv, int *i, const char *usage, const char *out_flag,
+                const char **in, const char **out, const char **model)
+{
+    const char *v, *s = argv[*i];
+    if (!strcmp(s, "--help") || !strcmp(s, "-h")) { fputs(usage, stdout); exit(CLI_EXIT_OK); }
+    if (cli_common_flag(s)) return 1;
+    if (in && ((v = cli_value(argc, argv, i, "-i")) || (v = cli_value(argc, argv, i, "--input")))) *in = v;
+    else if ((v = cli_value(argc, argv, i, "-o")) || (v = cli_value(argc, argv, i, out_flag))) *out = v;
+    else if ((v = cli_value(argc, argv, i, "--model"))) *model = v;
+    else return 0;
+    return 1;
+}
+
 /* Atomic output: at most a few open at once per process. The signal handler
  * reads tmp, so a slot's tmp is set before use and cleared before it is freed. */
 enum { MAX_OUTS = 16 };

@@ -36,6 +36,14 @@ double cli_double(const char *flag, const char *val, double lo, double hi);
 /* Handle the common flags --quiet, --verbose, --progress; returns 1 if argv[i] was one. */
 int cli_common_flag(const char *arg);
 
+/* The flags that ar-calib, ar-tune, ar-scheme and ar-pack spell alike:
+ * --help/-h (usage to stdout, exit 0), the common flags, -i/--input FILE (only
+ * where in is not NULL), -o/out_flag FILE and --model DIR, storing the values
+ * in *in, *out and *model. Returns 1 when argv[*i] was one of them (*i past
+ * its value), else 0 so the tool goes on with its own flags. */
+int cli_io_flag(int argc, char **argv, int *i, const char *usage, const char *out_flag,
+                const char **in, const char **out, const char **model);
+
 /* Atomic output. cli_out_open("x.bin") opens "x.bin.tmp.PID" for writing (or
  * stdout for NULL or "-", refusing a terminal when binary is set). cli_out_commit
  * closes and renames it into place; cli_out_abort removes it. An atexit hook

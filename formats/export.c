@@ -2,6 +2,7 @@
  * model and a temporary folder, stream packed layers, copy the rest, write
  * configs, commit (see export.h). */
 #include "export_impl.h"
+#include "array_grow.h"
 #include "error.h"
 #include "hf_folder.h"
 #include "quant_fp.h"
@@ -92,13 +93,9 @@ static int in_block(const ar_export *e, const char *name) {
 }
 
 static int add_rec(ar_export *e, const ar_qlayer *l) {
-    if (e->nrec == e->caprec) {
-        size_t cap = e->caprec ? 2 * e->caprec : 64;
-        ar_export_rec *t = realloc(e->rec, cap * sizeof *t);
-        if (!t) return ar_error("%s: out of memory", e->out_dir);
-        e->rec = t;
-        e->caprec = cap;
-    }
+    ar_export_rec *recs = ar_array_reserve(e->rec, e->nrec, &e->caprec, sizeof *recs, 64);
+    if (!recs) return ar_error("%s: out of memory", e->out_dir);
+    e->rec = recs;
     ar_export_rec *r = &e->rec[e->nrec];
     if (!(r->name = strdup(l->name))) return ar_error("%s: out of memory", e->out_dir);
     r->bits = l->bits;

@@ -1,5 +1,6 @@
 /* gguf.c — GGUF reader (mmap, validated) and streaming writer. */
 #include "gguf.h"
+#include "array_grow.h"
 #include "error.h"
 #include <errno.h>
 #include <fcntl.h>
@@ -41,12 +42,11 @@ typedef struct {
 /* ar_error with the file name in front. */
 __attribute__((format(printf, 2, 3))) static int fail(ar_gguf *g, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    int rc = ar_verror_at(g->path, 512, fmt, ap);
     va_end(ap);
-    return ar_error("%s: %s", g->path, msg);
+    return rc;
 }
 
 static int take(cursor *c, size_t n, const void **out, const char *what)
@@ -79,12 +79,9 @@ static int read_u64(cursor *c, uint64_t *v, const char *what)
 static void *own(ar_gguf *g, void *p)
 {
     if (!p) return NULL;
-    if (g->n_owned == g->cap_owned) {
-        size_t cap = g->cap_owned ? 2 * g->cap_owned : 64;
-        void **o = realloc(g->owned, cap * sizeof *o);
-        if (!o) { free(p); return NULL; }
-        g->owned = o; g->cap_owned = cap;
-    }
+    void **o = ar_array_reserve(g->owned, g->n_owned, &g->cap_owned, sizeof *o, 64);
+    if (!o) { free(p); return NULL; }
+    g->owned = o;
     return g->owned[g->n_owned++] = p;
 }
 
@@ -507,12 +504,9 @@ static int set_value(ar_gguf_writer *w, const char *key, buf *b)
             w->kv[i].val = b->p; w->kv[i].len = b->n;
             return 0;
         }
-    if (w->n_kv == w->cap_kv) {
-        size_t cap = w->cap_kv ? w->cap_kv * 2 : 32;
-        wkv *kv = realloc(w->kv, cap * sizeof *kv);
-        if (!kv) { free(b->p); return ar_error("%s: out of memory", w->path); }
-        w->kv = kv; w->cap_kv = cap;
-    }
+    wkv *kv = ar_array_reserve(w->kv, w->n_kv, &w->cap_kv, sizeof *kv, 32);
+    if (!kv) { free(b->p); return ar_error("%s: out of memory", w->path); }
+    w->kv = kv;
     char *k = strdup(key);
     if (!k) { free(b->p); return ar_error("%s: out of memory", w->path); }
     w->kv[w->n_kv++] = (wkv){k, b->p, b->n};
@@ -601,12 +595,9 @@ int ar_gguf_writer_add_tensor(ar_gguf_writer *w, const char *name, ar_ggml_type 
                               const int64_t *ne, const void *data, size_t nbytes)
 {
     if (check_new_tensor(w, name, type, n_dims, ne, nbytes)) return -1;
-    if (w->n_t == w->cap_t) {
-        size_t cap = w->cap_t ? w->cap_t * 2 : 64;
-        wtensor *t = realloc(w->t, cap * sizeof *t);
-        if (!t) return ar_error("%s: out of memory", w->path);
-        w->t = t; w->cap_t = cap;
-    }
+    wtensor *tensors = ar_array_reserve(w->t, w->n_t, &w->cap_t, sizeof *tensors, 64);
+    if (!tensors) return ar_error("%s: out of memory", w->path);
+    w->t = tensors;
     wtensor *t = &w->t[w->n_t];
     if (!(t->name = strdup(name))) return ar_error("%s: out of memory", w->path);
     t->type = type;

@@ -1,5 +1,6 @@
 /* safetensors_writer.c — streamed, sharded safetensors output (see header). */
 #include "safetensors_writer.h"
+#include "array_grow.h"
 #include "error.h"
 #include <ctype.h>
 #include <errno.h>
@@ -242,13 +243,9 @@ int ar_stw_begin(ar_stw *w, const char *name, ar_dtype dtype, int ndim, const in
     if (check_new_tensor(w, name, dtype, ndim, shape)) return -1;
     uint64_t bytes = tensor_bytes(dtype, ndim, shape);
     if (w->shard_first < w->n && w->shard_bytes + bytes > w->max_shard && finish_shard(w)) return -1;
-    if (w->n == w->cap) {
-        size_t cap = w->cap ? 2 * w->cap : 64;
-        stw_entry *t = realloc(w->e, cap * sizeof *t);
-        if (!t) return ar_error("%s: out of memory", w->dir);
-        w->e = t;
-        w->cap = cap;
-    }
+    stw_entry *entries = ar_array_reserve(w->e, w->n, &w->cap, sizeof *entries, 64);
+    if (!entries) return ar_error("%s: out of memory", w->dir);
+    w->e = entries;
     stw_entry *t = &w->e[w->n];
     memset(t, 0, sizeof *t);
     if (!(t->name = strdup(name))) return ar_error("%s: out of memory", w->dir);

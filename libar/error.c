@@ -14,6 +14,13 @@ int ar_error(const char *fmt, ...)
     return -1;
 }
 
+int ar_verror_at(const char *where, size_t msg_cap, const char *fmt, va_list ap)
+{
+    char msg[sizeof ar_errbuf];
+    vsnprintf(msg, msg_cap < sizeof msg ? msg_cap : sizeof msg, fmt, ap);
+    return ar_error("%s: %s", where, msg);
+}
+
 const char *ar_last_error(void) { return ar_errbuf; }
 
 int ar_error_prefix(const char *prefix)

@@ -80,18 +80,26 @@ static inline void put16(uint8_t *p, uint16_t h) { memcpy(p, &h, 2); }
  * Each works on one group x[0..n) and returns codes L (with the type's offset
  * already added) plus the fitted scale (and min). */
 
-/* Symmetric search: start from the scale that maps the signed absolute maximum
- * onto −nmax, then try 18 nearby scales; keep the one maximizing (Σw·x·l)²/Σw·l²
- * (least-squares fit quality), and return the least-squares scale Σwxl/Σwl².
- * Codes l in [−nmax, nmax−1], stored as l + nmax. w: per-element weights. */
-static float sym_search(int n, int nmax, const float *x, const float *w, uint8_t *L)
+/* The element of x[0..n) largest in magnitude, with its sign (the first of
+ * equals; 0 when all are 0): the symmetric searches map it onto −nmax. */
+static float signed_absmax(const float *x, int n)
 {
     float max = 0, amax = 0;
     for (int i = 0; i < n; i++) {
         float ax = fabsf(x[i]);
         if (ax > amax) { amax = ax; max = x[i]; }
     }
-    if (amax < ALL_ZERO_EPS) { memset(L, 0, (size_t)n); return 0.f; }
+    return max;
+}
+
+/* Symmetric search: start from the scale that maps the signed absolute maximum
+ * onto −nmax, then try 18 nearby scales; keep the one maximizing (Σw·x·l)²/Σw·l²
+ * (least-squares fit quality), and return the least-squares scale Σwxl/Σwl².
+ * Codes l in [−nmax, nmax−1], stored as l + nmax. w: per-element weights. */
+static float sym_search(int n, int nmax, const float *x, const float *w, uint8_t *L)
+{
+    float max = signed_absmax(x, n);
+    if (fabsf(max) < ALL_ZERO_EPS) { memset(L, 0, (size_t)n); return 0.f; }
     float iscale = -nmax / max;
     float sumlx = 0, suml2 = 0;
     for (int i = 0; i < n; i++) {
@@ -126,12 +134,8 @@ static float sym_search(int n, int nmax, const float *x, const float *w, uint8_t
  * Weights are x². */
 static float sym_descent(int n, int nmax, const float *x, uint8_t *L)
 {
-    float max = 0, amax = 0;
-    for (int i = 0; i < n; i++) {
-        float ax = fabsf(x[i]);
-        if (ax > amax) { amax = ax; max = x[i]; }
-    }
-    if (amax < ALL_ZERO_EPS) { memset(L, 0, (size_t)n); return 0.f; }
+    float max = signed_absmax(x, n);
+    if (fabsf(max) < ALL_ZERO_EPS) { memset(L, 0, (size_t)n); return 0.f; }
     float iscale = -nmax / max;
     int l8[QKK];
     float sumlx = 0, suml2 = 0;
@@ -674,17 +678,21 @@ static void ref_q45_k(const float *x, uint8_t *b, int nmax, float rmin, int nste
     set_codes(t, b, L);
 }
 
-static void ref_q6_k(const float *x, uint8_t *b)
+/* Q6_K with or without an imatrix: each 16-element sub-block's scale by a
+ * weighted symmetric search (weights qw, or x² without one), then the
+ * sub-block scales as signed 8-bit steps of the largest one. */
+static void quant_q6_k(const float *x, uint8_t *b, const float *qw)
 {
     uint8_t L[QKK];
-    float scales[16], w[16], max_scale = 0, max_abs = 0;
+    float scales[16], w[16];
     for (int j = 0; j < 16; j++) {
-        for (int l = 0; l < 16; l++) w[l] = x[16 * j + l] * x[16 * j + l];
-        scales[j] = sym_search(16, 32, x + 16 * j, w, L + 16 * j);
-        if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
+        if (!qw)
+            for (int l = 0; l < 16; l++) w[l] = x[16 * j + l] * x[16 * j + l];
+        scales[j] = sym_search(16, 32, x + 16 * j, qw ? qw + 16 * j : w, L + 16 * j);
     }
+    float max_scale = signed_absmax(scales, 16);
     memset(b, 0, 210);
-    if (max_abs < ALL_ZERO_EPS) return;
+    if (fabsf(max_scale) < ALL_ZERO_EPS) return;
     float iscale = -128.f / max_scale;
     put16(b + 208, h16(1 / iscale));
     for (int j = 0; j < 16; j++) {
@@ -696,7 +704,7 @@ static void ref_q6_k(const float *x, uint8_t *b)
 
 /* ---- k-quant imatrix quantizers -------------------------------------------------
  * Per super-block σ² = 2·Σx²/256 (Q2_K: Σx²/256); element weight qw·sqrt(σ² + x²)
- * (Q6_K: qw alone); sub-block scales/mins by weighted searches, then the
+ * (Q6_K: qw alone, in quant_q6_k above); sub-block scales/mins by weighted searches, then the
  * super-block scales by positive_search (asym) or sym_search (Q3_K) weighted by
  * the sub-blocks' weight sums. */
 
@@ -705,6 +713,16 @@ static float block_sigma2(const float *x, float factor)
     float sumx2 = 0;
     for (int j = 0; j < QKK; j++) sumx2 += x[j] * x[j];
     return factor * sumx2 / QKK;
+}
+
+/* One sub-block's element weights qw·sqrt(σ² + x²) into w; returns their sum,
+ * the sub-block's weight in the super-block scale search. */
+static float sub_block_weights(const float *xs, const float *qws, float sigma2, int n, float *w)
+{
+    for (int l = 0; l < n; l++) w[l] = qws[l] * sqrtf(sigma2 + xs[l] * xs[l]);
+    float sumw = 0;
+    for (int l = 0; l < n; l++) sumw += w[l];
+    return sumw;
 }
 
 /* Shared by Q2_K (group 16, nmax 3, 4-bit sub-scales) and Q4_K/Q5_K (group 32, 6-bit). */
@@ -719,10 +737,7 @@ static void imx_asym_k(ar_ggml_type t, const float *x, uint8_t *b, const float *
     float sigma2 = block_sigma2(x, t == AR_GGML_Q2_K ? 1.f : 2.f);
     for (int j = 0; j < ng; j++) {
         const float *xs = x + group * j;
-        for (int l = 0; l < group; l++) w[l] = qw[group * j + l] * sqrtf(sigma2 + xs[l] * xs[l]);
-        float sumw = 0;
-        for (int l = 0; l < group; l++) sumw += w[l];
-        sw[j] = sumw;
+        sw[j] = sub_block_weights(xs, qw + group * j, sigma2, group, w);
         scales[j] = asym_search(group, nmax, xs, w, L + group * j, &mins[j], -0.9f, 0.05f, 36, 0);
     }
     float d = positive_search(ng, smax, scales, Ls, sw);
@@ -744,35 +759,13 @@ static void imx_q3_k(const float *x, uint8_t *b, const float *qw)
     float sigma2 = block_sigma2(x, 2.f);
     for (int j = 0; j < 16; j++) {
         const float *xs = x + 16 * j;
-        for (int l = 0; l < 16; l++) w[l] = qw[16 * j + l] * sqrtf(sigma2 + xs[l] * xs[l]);
-        float sumw = 0;
-        for (int l = 0; l < 16; l++) sumw += w[l];
-        sw[j] = sumw;
+        sw[j] = sub_block_weights(xs, qw + 16 * j, sigma2, 16, w);
         scales[j] = sym_search(16, 4, xs, w, L + 16 * j);
     }
     float d = sym_search(16, 32, scales, sw, Ls);
     pack_scales_q3(Ls, b + 96);
     put16(b + 108, h16(d));
     set_codes(AR_GGML_Q3_K, b, L);
-}
-
-static void imx_q6_k(const float *x, uint8_t *b, const float *qw)
-{
-    uint8_t L[QKK];
-    float scales[16], max_scale = 0, max_abs = 0;
-    for (int j = 0; j < 16; j++) {
-        scales[j] = sym_search(16, 32, x + 16 * j, qw + 16 * j, L + 16 * j);
-        if (fabsf(scales[j]) > max_abs) { max_abs = fabsf(scales[j]); max_scale = scales[j]; }
-    }
-    memset(b, 0, 210);
-    if (max_abs < ALL_ZERO_EPS) return;
-    float iscale = -128.f / max_scale;
-    put16(b + 208, h16(1 / iscale));
-    for (int j = 0; j < 16; j++) {
-        int l = round_even(iscale * scales[j]);
-        b[192 + j] = (uint8_t)(int8_t)(l < 127 ? l : 127);
-    }
-    set_codes(AR_GGML_Q6_K, b, L);
 }
 
 /* ---- row drivers ---------------------------------------------------------------- */
@@ -796,7 +789,7 @@ static void quantize_block(ar_ggml_type t, const float *x, uint8_t *b, const flo
     case AR_GGML_Q3_K: if (qw) imx_q3_k(x, b, qw); else ref_q3_k(x, b); break;
     case AR_GGML_Q4_K: if (qw) imx_asym_k(t, x, b, qw); else ref_q45_k(x, b, 15, -1.f, 20); break;
     case AR_GGML_Q5_K: if (qw) imx_asym_k(t, x, b, qw); else ref_q45_k(x, b, 31, -0.5f, 15); break;
-    case AR_GGML_Q6_K: if (qw) imx_q6_k(x, b, qw); else ref_q6_k(x, b); break;
+    case AR_GGML_Q6_K: quant_q6_k(x, b, qw); break;
     default: return;
     }
     /* k-quants: final codes from the coded (fp16-rounded) scales */

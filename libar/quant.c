@@ -144,26 +144,50 @@ static void group_forward(const ar_quant_spec *qs, const group_state *gs, const 
     }
 }
 
+/* The integer path's argument checks, shared by forward and backward: a valid
+ * spec, and init_scale only with a symmetric scheme. 0 or -1 (ar_error). */
+static int int_args_check(const ar_quant_spec *qs, const ar_quant_params *p)
+{
+    if (ar_quant_spec_check(qs)) return -1;
+    if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
+    return 0;
+}
+
+/* One group of w [n, k] ready to quantize: where its weights start, how many
+ * there are, and its scale state. */
+typedef struct {
+    size_t off;
+    int len;
+    group_state gs;
+} group_view;
+
+/* Group r of the row-major [n, ng] grid of w [n, k], set up with p. */
+static group_view group_open(const ar_quant_spec *qs, const float *w, int k, int ng, const ar_quant_params *p,
+                             long r)
+{
+    group_view v;
+    int row = (int)(r / ng), g = (int)(r % ng), k0;
+    group_span(k, qs->group_size, g, &k0, &v.len);
+    v.off = (size_t)row * k + k0;
+    group_setup(qs, w + v.off, v.len, p, (size_t)r, &v.gs);
+    return v;
+}
+
 int ar_quant_forward(const ar_quant_spec *qs, const float *w, int n, int k,
                      const ar_quant_params *p, const ar_quant_out *out)
 {
     if (qs && qs->dtype == AR_QDT_GGUF) return ar_quant_gguf_forward(qs, w, n, k, p, out);
     if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_forward(qs, w, n, k, p, out);
-    if (ar_quant_spec_check(qs)) return -1;
-    if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
+    if (int_args_check(qs, p)) return -1;
     int ng = ar_quant_ngroups(k, qs->group_size);
     int32_t zp_sym = 1 << (qs->bits - 1);
     long total = (long)n * ng;
     #pragma omp parallel for schedule(static) if ((long)n * k >= AR_QUANT_PAR_MIN)
     for (long r = 0; r < total; r++) {
-        int row = (int)(r / ng), g = (int)(r % ng), k0, len;
-        group_span(k, qs->group_size, g, &k0, &len);
-        size_t off = (size_t)row * k + k0;
-        group_state gs;
-        group_setup(qs, w + off, len, p, (size_t)r, &gs);
-        group_forward(qs, &gs, w + off, (p && p->v) ? p->v + off : NULL, len, out, off);
-        if (out->scale) out->scale[r] = gs.s;
-        if (out->zp) out->zp[r] = qs->sym ? zp_sym : (int32_t)gs.z;
+        group_view g = group_open(qs, w, k, ng, p, r);
+        group_forward(qs, &g.gs, w + g.off, (p && p->v) ? p->v + g.off : NULL, g.len, out, g.off);
+        if (out->scale) out->scale[r] = g.gs.s;
+        if (out->zp) out->zp[r] = qs->sym ? zp_sym : (int32_t)g.gs.z;
     }
     return 0;
 }
@@ -229,21 +253,16 @@ int ar_quant_backward(const ar_quant_spec *qs, const float *w, int n, int k,
 {
     if (qs && qs->dtype == AR_QDT_GGUF) return ar_quant_gguf_backward(qs, w, n, k, p, dwq, dv);
     if (qs && qs->dtype != AR_QDT_INT) return ar_quant_fp_backward(qs, w, n, k, p, dwq, dv, dalpha, dbeta);
-    if (ar_quant_spec_check(qs)) return -1;
-    if (!qs->sym && p && p->init_scale) return ar_error("quant: init_scale needs a symmetric scheme");
+    if (int_args_check(qs, p)) return -1;
     int ng = ar_quant_ngroups(k, qs->group_size);
     long total = (long)n * ng;
     #pragma omp parallel for schedule(static) if ((long)n * k >= AR_QUANT_PAR_MIN)
     for (long r = 0; r < total; r++) {
-        int row = (int)(r / ng), g = (int)(r % ng), k0, len;
-        group_span(k, qs->group_size, g, &k0, &len);
-        size_t off = (size_t)row * k + k0;
-        group_state gs;
-        group_setup(qs, w + off, len, p, (size_t)r, &gs);
+        group_view g = group_open(qs, w, k, ng, p, r);
         double ds, dz;
-        group_backward_elems(qs, &gs, w + off, (p && p->v) ? p->v + off : NULL, dwq + off, len,
-                             dv ? dv + off : NULL, &ds, &dz);
-        group_backward_minmax(qs, &gs, p, (size_t)r, ds, dz, dalpha, dbeta);
+        group_backward_elems(qs, &g.gs, w + g.off, (p && p->v) ? p->v + g.off : NULL, dwq + g.off, g.len,
+                             dv ? dv + g.off : NULL, &ds, &dz);
+        group_backward_minmax(qs, &g.gs, p, (size_t)r, ds, dz, dalpha, dbeta);
     }
     return 0;
 }

@@ -409,22 +409,29 @@ static int finish(tuner *t, const ar_block_weights *w_fp, const ar_quant_out out
     return 0;
 }
 
+int ar_signround_begin(int n, int T, const ar_signround_opts *o, ar_signround_report **rep,
+                       ar_signround_report *spare)
+{
+    if (!*rep) *rep = spare;
+    memset(*rep, 0, sizeof **rep);
+    if (n <= 0 || T < 2 || o->iters < 0 || o->batch_size < 1 || o->grad_accum < 1)
+        return ar_error("signround: bad sizes (n %d, T %d, iters %d, batch %d)", n, T, o->iters, o->batch_size);
+    return o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
+}
+
 int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                             int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
                             const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx)
 {
-    ar_signround_report dummy;
-    if (!rep) rep = &dummy;
-    memset(rep, 0, sizeof *rep);
-    if (n <= 0 || T < 2 || o->iters < 0 || o->batch_size < 1 || o->grad_accum < 1)
-        return ar_error("signround: bad sizes (n %d, T %d, iters %d, batch %d)", n, T, o->iters, o->batch_size);
+    ar_signround_report spare;
+    int gb = ar_signround_begin(n, T, o, &rep, &spare);
+    if (gb < 0) return -1;
     double t_start = now_s();
     tuner t;
     int rc = tuner_init(&t, c, w_fp, plan, o, n, T);
     t.rep = rep;
-    int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
     ar_index_sampler s = {0};
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     rep->best_loss = INFINITY;

@@ -123,6 +123,14 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx);
 
+/* The start that ar_signround_tune_block and its CUDA twin share: point a
+ * NULL *rep (the caller wants no report) at spare, zero **rep, check n ≥ 1,
+ * T ≥ 2, iters ≥ 0, batch_size ≥ 1 and grad_accum ≥ 1, and return the samples
+ * of one step (batch_size · grad_accum, at most n); -1 (ar_error naming the
+ * sizes) when a size is out of range. */
+int ar_signround_begin(int n, int T, const ar_signround_opts *o, ar_signround_report **rep,
+                       ar_signround_report *spare);
+
 /* AutoRound's IndexSampler: a seeded shuffle of 0..n-1 consumed gb indices at
  * a time; when fewer than gb are left the remainder is dropped and the
  * permutation reshuffled (Fisher-Yates over ar_rand_below, splitmix64). */

@@ -619,15 +619,12 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
                                  const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
                                  ar_signround_progress cb, void *cb_ctx)
 {
-    ar_signround_report dummy;
-    if (!rep) rep = &dummy;
-    memset(rep, 0, sizeof *rep);
-    if (n <= 0 || T < 2 || o->iters < 0 || o->batch_size < 1 || o->grad_accum < 1)
-        return ar_error("signround: bad sizes (n %d, T %d, iters %d, batch %d)", n, T, o->iters, o->batch_size);
+    ar_signround_report spare;
+    int gb = ar_signround_begin(n, T, o, &rep, &spare);
+    if (gb < 0) return -1;
     double t_start = now_s(), iter_ms = 0;
     gtuner t;
     int rc = gtuner_init(&t, c, w_fp, plan, o, x_in, y_ref, mask, n, T);
-    int gb = o->batch_size * o->grad_accum < n ? o->batch_size * o->grad_accum : n;
     ar_index_sampler s = {0};
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     for (int it = 0; !rc && it < o->iters; it++) {

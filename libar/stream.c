@@ -97,13 +97,12 @@ struct ar_stream_writer {
 /* Record a writer failure as "name: message"; returns -1. */
 __attribute__((format(printf, 2, 3))) static int werr(ar_stream_writer *w, const char *fmt, ...)
 {
-    char msg[512];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ar_verror_at(w->name, 512, fmt, ap);
     va_end(ap);
     w->failed = 1;
-    return ar_error("%s: %s", w->name, msg);
+    return -1;
 }
 
 /* Feed n bytes to the compressor and write whatever it emits. mode
@@ -293,13 +292,12 @@ struct ar_stream_reader {
 /* Record a stream error as "name: message", poisoning the reader; returns -1. */
 __attribute__((format(printf, 2, 3))) static int rerr(ar_stream_reader *r, const char *fmt, ...)
 {
-    char msg[600];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
+    ar_verror_at(r->name, 600, fmt, ap);
     va_end(ap);
     r->state = -1;
-    return ar_error("%s: %s", r->name, msg);
+    return -1;
 }
 
 /* The message for input that ends too early, naming what it ended inside. */
