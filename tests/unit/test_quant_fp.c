@@ -160,7 +160,7 @@ static void check_forward(int dtype, int G, unsigned flags, int n, int k, int tr
     double *ref = malloc(sizeof(double) * n * k);
     fill(w, n * k, amp);
     for (int i = 0; i < n * ng; i++) beta[i] = (float)(0.75 + 0.25 * fabs(urand()));
-    ar_quant_spec qs = {dtype == AR_QDT_MXFP4 || dtype == AR_QDT_NVFP4 ? 4 : 8, G, 1, flags, 0, dtype, 0};
+    ar_quant_spec qs = {dtype == AR_QDT_MXFP4 || dtype == AR_QDT_NVFP4 ? 4 : 8, G, 1, flags, 0, dtype, 0, 0, NULL, NULL};
     ar_quant_params p = {NULL, NULL, beta, NULL};
     ar_quant_out out = {wq, codes, scale, NULL};
     cr_assert_eq(ar_quant_forward(&qs, w, n, k, &p, &out), 0, "%s", ar_last_error());
@@ -197,7 +197,7 @@ Test(fp_forward, mx_scale_is_floor_rule_and_saturates)
     /* amax 7.9 -> e = floor(log2 7.9) - 2 = 0: 7.9 saturates to 6 (spec §4.2). */
     float w[32] = {0}, wq[32], s;
     w[0] = 7.9f; w[1] = -0.3f; w[2] = 0.2f;
-    ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
+    ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL};
     ar_quant_out out = {wq, NULL, &s, NULL};
     cr_assert_eq(ar_quant_forward(&qs, w, 1, 32, NULL, &out), 0);
     cr_expect_eq(s, 1.0f);
@@ -215,14 +215,14 @@ Test(fp_forward, rejects_bad_specs)
 {
     float w[32] = {0}, wq[32];
     ar_quant_out out = {wq, NULL, NULL, NULL};
-    ar_quant_spec bad1 = {8, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
+    ar_quant_spec bad1 = {8, 32, 1, 0, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL};
     cr_expect_neq(ar_quant_forward(&bad1, w, 1, 32, NULL, &out), 0);
     cr_expect(strstr(ar_last_error(), "MXFP4 needs 4 bits") != NULL, "%s", ar_last_error());
-    ar_quant_spec bad2 = {4, -1, 1, 0, 0, AR_QDT_NVFP4, 0};
+    ar_quant_spec bad2 = {4, -1, 1, 0, 0, AR_QDT_NVFP4, 0, 0, NULL, NULL};
     cr_expect_neq(ar_quant_forward(&bad2, w, 1, 32, NULL, &out), 0);
-    ar_quant_spec bad3 = {8, 0, 1, AR_QF_BLOCK2D, 0, AR_QDT_FP8, 0};
+    ar_quant_spec bad3 = {8, 0, 1, AR_QF_BLOCK2D, 0, AR_QDT_FP8, 0, 0, NULL, NULL};
     cr_expect_neq(ar_quant_forward(&bad3, w, 1, 32, NULL, &out), 0);
-    ar_quant_spec bad4 = {8, 32, 1, 0, 0, 42, 0};
+    ar_quant_spec bad4 = {8, 32, 1, 0, 0, 42, 0, 0, NULL, NULL};
     cr_expect_neq(ar_quant_forward(&bad4, w, 1, 32, NULL, &out), 0);
 }
 
@@ -284,7 +284,7 @@ static void check_backward(int dtype, int G)
         vd[j] = v[j];
     }
     for (int g = 0; g < ng; g++) beta[g] = (float)(0.8 + 0.15 * fabs(urand()));
-    ar_quant_spec qs = {bits, G, 1, 0, 0, dtype, 0};
+    ar_quant_spec qs = {bits, G, 1, 0, 0, dtype, 0, 0, NULL, NULL};
     ar_quant_params p = {v, NULL, beta, NULL};
     cr_assert_eq(ar_quant_backward(&qs, w, 1, K, &p, dwq, dv, NULL, dbeta), 0, "%s", ar_last_error());
     double gs = ar_nvfp4_global_scale(w, K);
@@ -329,7 +329,7 @@ static void check_opt_rtn(int dtype, int G)
     float w[N * K], imat[K], a[N * K], b[N * K], mult[N * K];
     fill(w, N * K, 0.2);
     for (int c = 0; c < K; c++) imat[c] = (float)(0.1 + fabs(urand()) * 3);
-    ar_quant_spec qs = {dtype == AR_QDT_MXFP8 ? 8 : 4, G, 1, 0, 0, dtype, 0};
+    ar_quant_spec qs = {dtype == AR_QDT_MXFP8 ? 8 : 4, G, 1, 0, 0, dtype, 0, 0, NULL, NULL};
     ar_quant_out oa = {a, NULL, NULL, NULL}, ob = {b, NULL, NULL, NULL};
     cr_assert_eq(ar_quant_forward(&qs, w, N, K, NULL, &oa), 0);
     cr_assert_eq(ar_quant_opt_rtn(&qs, w, N, K, imat, &ob), 0, "%s", ar_last_error());
@@ -375,7 +375,7 @@ Test(fp_act, dynamic_mx_equals_weight_quantizer_and_static_fp8_uses_act_max)
     memcpy(y, x, sizeof x);
     ar_act_spec as = {AR_QDT_MXFP4, 4, 32, 1, 0, 0};
     cr_assert_eq(ar_act_quant(&as, y, R, K), 0);
-    ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0};
+    ar_quant_spec qs = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL};
     ar_quant_out o = {ref, NULL, NULL, NULL};
     cr_assert_eq(ar_quant_forward(&qs, x, R, K, NULL, &o), 0);
     cr_expect_arr_eq(y, ref, sizeof y);
