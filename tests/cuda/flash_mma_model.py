@@ -251,6 +251,25 @@ def dense(q, k, v, T, D, window, dO):
 
 DS_TILE = 64 * 64
 
+def ds_from_dp(dp, p, Ds, scale):  # dS = P * (dP - D) * scale, in place on the warp's accumulators
+    for n in range(8):
+        for lane in range(32):
+            t = lane % 4
+            for e in range(4):
+                dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
+
+
+def add_kv_rows(dk, dv, dK, dV, k0, w, T, D):  # the warp's dK, dV accumulators into rows k0 + 16w.. of dk, dv [T, D]
+    for lane in range(32):
+        g, t = lane // 4, lane % 4
+        for hh in range(2):
+            r = k0 + 16 * w + g + 8 * hh
+            if r >= T: continue
+            for n in range(D // 8):
+                for u in range(2):
+                    dk[r, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[r, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+
+
 def store_ds_tile(tile, dp, w):  # backward 4: the warp's dS^T rows as 8x8 matrices (kb, n), lane pairs
     for hh in range(2):
         for n in range(8):
@@ -333,22 +352,11 @@ def bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk, dq2=False):
                                     p[n][lane][e] = np.exp2(p[n][lane][e] * scale2 - Ls[c] * LOG2E) if full or visible(q0 + c, key0 + 8 * (e >> 1), T, window) else 0.0
                         acc_times_tile_bf(D, dV, p, dOs)
                         dp = rows_times_tile_t(D, Vs, 16 * w, dOs)
-                        for n in range(8):
-                            for lane in range(32):
-                                t = lane % 4
-                                for e in range(4):
-                                    dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
+                        ds_from_dp(dp, p, Ds, scale)
                         o = ds_tile_at(bx * group + r, ntri, i, j)
                         store_ds_tile(scratch[o:o + DS_TILE], dp, w)
                         acc_times_tile_bf(D, dK, dp, Qs)
-                    for lane in range(32):
-                        g, t = lane // 4, lane % 4
-                        for hh in range(2):
-                            rr = k0 + 16 * w + g + 8 * hh
-                            if rr >= T: continue
-                            for n in range(D // 8):
-                                for u in range(2):
-                                    dk[kvh, rr, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[kvh, rr, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+                    add_kv_rows(dk[kvh], dv[kvh], dK, dV, k0, w, T, D)
         if dq2:
             dq2_chunk(dq, scratch, k, T, D, window, p0, npairs, group, ntri, LD)
             continue
@@ -401,11 +409,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
                             p[n][lane][e] = np.exp2(p[n][lane][e] * scale2 - Ls[c]) if full or visible(q0 + c, key0 + 8 * (e >> 1), T, window) else 0.0
                 acc_times_tile_bf(D, dV, p, dOs)
                 dp = rows_times_tile_t(D, Vs, 16 * w, dOs)
-                for n in range(8):
-                    for lane in range(32):
-                        t = lane % 4
-                        for e in range(4):
-                            dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
+                ds_from_dp(dp, p, Ds, scale)
                 if version == 3:  # the warp's rows of dS^T in bf16, as the kernel stores them
                     dSt = dSts.setdefault(i, np.full(64 * LDT, np.nan))
                     for n in range(8):
@@ -415,14 +419,7 @@ def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
                                 o = (16 * w + g + 8 * hh) * LDT + 8 * n + 2 * t
                                 dSt[o:o + 2] = bf(dp[n][lane][2 * hh:2 * hh + 2])
                 acc_times_tile_bf(D, dK, dp, Qs)
-            for lane in range(32):
-                g, t = lane // 4, lane % 4
-                for hh in range(2):
-                    r = k0 + 16 * w + g + 8 * hh
-                    if r >= T: continue
-                    for n in range(D // 8):
-                        for u in range(2):
-                            dk[r, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[r, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+            add_kv_rows(dk, dv, dK, dV, k0, w, T, D)
         for i, dSt in dSts.items():  # version 3: after the barrier, every warp's query rows
             for w in range(4):
                 add_dq_atomic(D, dq, dSt, Ks, i * 64, T, w)  # NaN = a row no warp wrote
