@@ -33,6 +33,7 @@ static const char usage[] =
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
+    "               [--enable_lfq]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--threads N] [--checkpoint DIR]\n"
     "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
@@ -41,7 +42,9 @@ static const char usage[] =
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
     "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
     "outlier-suppressed loss below 4 bits or with 4-bit activations; GGUF: tuned rounding over llama.cpp's\n"
-    "imatrix scales, 200 iters by default).\n";
+    "imatrix scales, 200 iters by default).\n"
+    "--enable_lfq: the last block is tuned on the language-model cross-entropy of its output through the\n"
+    "final norm and lm_head against the next tokens (AutoRound's experimental LFQ loss; CPU).\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *layer_config, *recipe;
@@ -51,6 +54,7 @@ typedef struct {
     long seed, threads;
     int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
     int enable_alg_ext;     /* --enable_alg_ext: SignRoundV2 (spec §5.1) */
+    int enable_lfq;         /* --enable_lfq: the last block tuned on the LM loss */
     const char *device;     /* --device; NULL = auto (cuda when a GPU is present) */
     int low_gpu_mem;        /* --low_gpu_mem_usage: block caches stay in host memory (GPU tuning) */
     const char *checkpoint; /* --checkpoint DIR; NULL = none */
@@ -88,6 +92,7 @@ static tune_args parse_args(int argc, char **argv)
         else if (flag(s, "--disable_quanted_input")) a.disable_quanted_input = 1;
         else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
         else if (flag(s, "--enable_alg_ext")) a.enable_alg_ext = 1;
+        else if (flag(s, "--enable_lfq")) a.enable_lfq = 1;
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
         else if (flag(s, "--low_gpu_mem_usage")) a.low_gpu_mem = 1;
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) a.checkpoint = v;
@@ -449,9 +454,22 @@ static void quantize_block_rtn(tune_run *r, const ar_block_weights *wfp, const a
     }
 }
 
-/* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
- * linears into out, then run the quantized block for the next block's
- * quantized-chain input (unless disabled). extra receives the loss summary. */
+/* --enable_lfq: the model's output head for the last block's loss; returns
+ * the head weights to free. The calibration tokens must lie in the vocabulary
+ * (they index the logits). */
+static float *lfq_head(tune_run *r, ar_lm_head *h)
+{
+    const ar_config *c = r->c;
+    size_t ntok = (size_t)r->d->n * r->d->T;
+    for (size_t i = 0; i < ntok; i++)
+        if (r->d->ids[i] < 0 || r->d->ids[i] >= c->vocab)
+            cli_die("calibration token id %d is outside the model's vocabulary (%d)", r->d->ids[i], c->vocab);
+    float *w = ar_model_read_head(r->m, &h->norm_w);
+    if (!w) cli_die_lib();
+    h->w = w; h->V = c->vocab; h->eps = c->rms_eps; h->ids = r->d->ids;
+    return w;
+}
+
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then run the quantized block for the next block's
  * quantized-chain input (unless disabled). outlier: SignRoundV2's
@@ -468,13 +486,19 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
     o.batch_size = r->a->batch_size; o.grad_accum = r->a->gas; o.seed = (uint64_t)r->a->seed + layer;
     o.minmax_tuning = minmax; o.use_best = !r->a->not_use_best;
     o.outlier_loss = outlier;
+    ar_lm_head head = {0};
+    float *head_w = NULL;
+    if (r->a->enable_lfq && layer == c->n_layers - 1) head_w = lfq_head(r, &head), o.lfq = &head;
     ar_signround_report rep;
     progress_ctx pc = {t0, layer, c->n_layers};
     const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan);
+    int gpu = g_dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan) && !o.lfq;
+    if (g_dev != AR_DEVICE_CPU && o.lfq && cli_progress)
+        fprintf(stderr, "ar-tune: block %d/%d tunes on the CPU (--enable_lfq)\n", layer + 1, c->n_layers);
     if ((gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan, &o,
                                                                     out, &rep, on_iter, &pc))
         cli_die_lib();
+    free(head_w);
     r->sec_tune += rep.sec_total;
     snprintf(extra, n_extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep.loss0,
              rep.best_loss, rep.best_iter, rep.sec_forward, rep.sec_backward, rep.sec_quant);
@@ -687,6 +711,8 @@ static void v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_b
 /* --enable_alg_ext needs a scheme it is defined for. */
 static void check_alg_ext(const tune_run *r)
 {
+    if (r->a->enable_lfq && r->a->iters == 0)
+        cli_usage_error("--enable_lfq changes the SignRound loss: it needs --iters > 0");
     if (!r->a->enable_alg_ext) return;
     int k = r->sc.def.kind;
     if (k != AR_SCHEME_INT && k != AR_SCHEME_GGUF && k != AR_SCHEME_MXFP && k != AR_SCHEME_NVFP)
@@ -804,6 +830,7 @@ static char *meta_json(const tune_run *r, const char *model_abs)
         cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);
         cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
         cJSON_AddBoolToObject(t, "enable_alg_ext", a->enable_alg_ext);
+        if (a->enable_lfq) cJSON_AddBoolToObject(t, "enable_lfq", 1);
         cJSON_AddNumberToObject(t, "seed", (double)a->seed);
         if (r->d->pad_key && r->d->pad_id >= 0) cJSON_AddNumberToObject(t, "loss_mask_pad_token_id", r->d->pad_id);
     }

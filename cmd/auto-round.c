@@ -27,7 +27,7 @@ static const char usage[] =
     "                  [--format auto_round[,F...]] [--output_dir ./tmp_autoround] [--dataset FILE]\n"
     "                  [--iters 200] [--lr X] [--minmax_lr X] [--nsamples 128] [--seqlen 2048]\n"
     "                  [--batch_size 8] [--gradient_accumulate_steps 1] [--layer_config FILE.json]\n"
-    "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--seed 42]\n"
+    "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--enable_lfq] [--seed 42]\n"
     "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
@@ -45,7 +45,7 @@ typedef struct {
     const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
-    int sym, disable_opt_rtn, enable_alg_ext, low_gpu_mem_usage, dry_run;
+    int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
     int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
 } options;
 
@@ -87,6 +87,7 @@ static const struct {
     {"--disable_opt_rtn", offsetof(options, disable_opt_rtn), 1},
     {"--enable_opt_rtn", offsetof(options, disable_opt_rtn), 0},
     {"--enable_alg_ext", offsetof(options, enable_alg_ext), 1},
+    {"--enable_lfq", offsetof(options, enable_lfq), 1},
     {"--low_gpu_mem_usage", offsetof(options, low_gpu_mem_usage), 1},
     {"--disable_minmax_tuning", offsetof(options, disable_minmax_tuning), 1},
     {"--not_use_best_mse", offsetof(options, not_use_best_mse), 1},
@@ -125,7 +126,7 @@ static const struct {
     {"--scale_dtype", NULL}, {"--quant_lm_head", NULL}, {"--ignore_layers", "use --layer_config"},
     {"--fp_layers", "use --layer_config"}, {"--to_quant_block_names", NULL}, {"--model_dtype", NULL},
     {"--disable_amp", NULL}, {"--nblocks", NULL}, {"--enable_norm_bias_tuning", NULL}, {"--momentum", NULL},
-    {"--enable_lfq", NULL}, {"--enable_adam", NULL}, {"--algorithm", NULL}, {"--alg", NULL},
+    {"--enable_adam", NULL}, {"--algorithm", NULL}, {"--alg", NULL},
     {"--mllm", NULL}, {"--platform", NULL}, {"--static_kv_dtype", NULL},
     {"--static_attention_dtype", NULL},
 };
@@ -398,6 +399,7 @@ static void build_tune(stage *s, const options *o, const pass *p, const char *in
     if (o->disable_opt_rtn == 1) push(s, "--disable_opt_rtn");
     if (o->disable_minmax_tuning) push(s, "--disable_minmax_tuning");
     if (o->not_use_best_mse) push(s, "--not_use_best_mse");
+    if (o->enable_lfq) push(s, "--enable_lfq");
     if (o->disable_quanted_input) push(s, "--disable_quanted_input");
     push_optional_tune_flags(s, o);
     push_opt(s, "-o", p->stream);

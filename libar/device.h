@@ -55,7 +55,8 @@ int ar_signround_cuda_supports(const ar_block_plan *plan);
  * from them). Block weights, the cached inputs and references and all
  * tunables live on the GPU; an iteration queues its work without waiting for
  * the GPU, so the per-iteration progress callbacks all run at the end.
- * rep->sec_forward/backward/quant stay 0 (no host syncs to split them). */
+ * rep->sec_forward/backward/quant stay 0 (no host syncs to split them).
+ * opts.lfq (the LM-head loss) is refused: that block tunes on the CPU. */
 int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_fp, const uint16_t *x_in,
                                  const uint16_t *y_ref, const uint8_t *mask, int n, int T,
                                  const ar_block_plan *plan, const ar_signround_opts *o,

@@ -287,6 +287,16 @@ int ar_model_final_norm(ar_model *m, float *x, int rows)
     return 0;
 }
 
+float *ar_model_read_head(ar_model *m, const float **norm_w)
+{
+    const int C = m->c.hidden, V = m->c.vocab;
+    float *w = malloc(sizeof(float) * (size_t)V * C);
+    if (!w) { ar_error("out of memory for the output head (%d x %d)", V, C); return NULL; }
+    if (m->src.read_rows(m->src.ctx, m->head_name, 0, V, w)) { free(w); return NULL; }
+    *norm_w = m->norm;
+    return w;
+}
+
 static float *chunk_buffer(ar_model *m, size_t floats)
 {
     if (floats <= m->chunk_cap) return m->chunk;
@@ -384,24 +394,13 @@ int ar_model_forward(ar_model *m, const int *ids, int B, int T, float *logits)
     return rc;
 }
 
-/* log(sum exp x) of one row. Each term exp(x - max) <= 1 is exact enough in
- * f32 (relative 1e-7); the sum is what loses precision over a large
- * vocabulary, so only it is kept in double. */
-static double row_logsumexp(const float *x, int n)
-{
-    float mx = x[0];
-    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
-    double s = 0;
-    for (int i = 0; i < n; i++) s += expf(x[i] - mx);
-    return mx + log(s);
-}
 
 void ar_log_softmax_rows(float *x, int rows, int n)
 {
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < rows; r++) {
         float *row = x + (size_t)r * n;
-        double lse = row_logsumexp(row, n);
+        double lse = ar_logsumexp(row, n);
         for (int i = 0; i < n; i++) row[i] = (float)(row[i] - lse);
     }
 }
@@ -414,7 +413,7 @@ static void nll_rows(const float *logits, const int *ids, int r0, int nr, int T,
         int r = r0 + i, b = r / T, t = r % T;
         if (t == T - 1) continue;   /* the last position predicts nothing scored */
         const float *row = logits + (size_t)i * V;
-        nll[(size_t)b * (T - 1) + t] = row_logsumexp(row, V) - row[ids[r + 1]];
+        nll[(size_t)b * (T - 1) + t] = ar_logsumexp(row, V) - row[ids[r + 1]];
     }
 }
 

@@ -76,6 +76,10 @@ int ar_model_embed(ar_model *m, const int *ids, int n, float *out);
 /* Final RMSNorm in place on x [rows, C]. */
 int ar_model_final_norm(ar_model *m, float *x, int rows);
 
+/* A new f32 copy of the output head [V, C] (lm_head, or embed_tokens when
+ * tied; free() it), and in *norm_w the final RMSNorm weight [C] (owned by m).
+ * NULL with ar_error. */
+float *ar_model_read_head(ar_model *m, const float **norm_w);
 /* logits [rows, V] = x [rows, C] . lm_head^T (embed_tokens when tied), one
  * sgemm per chunk of the vocabulary. x is the final-normed hidden state. */
 int ar_model_logits(ar_model *m, const float *x, int rows, float *logits);

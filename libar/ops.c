@@ -418,3 +418,40 @@ void ar_residual_backward(float *da, float *db, const float *dout, long n)
         if (db) db[i] += dout[i];
     }
 }
+
+/* ---- Softmax cross-entropy ---- */
+
+double ar_logsumexp(const float *x, int n)
+{
+    float mx = x[0];
+    for (int i = 1; i < n; i++) mx = x[i] > mx ? x[i] : mx;
+    double s = 0;
+    for (int i = 0; i < n; i++) s += expf(x[i] - mx);
+    return mx + log(s);
+}
+
+double ar_crossentropy_forward(const float *logits, const int *target, int R, int V)
+{
+    double sum = 0;
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+    for (int r = 0; r < R; r++) {
+        if (target[r] < 0) continue;
+        const float *row = logits + (size_t)r * V;
+        sum += ar_logsumexp(row, V) - row[target[r]];
+    }
+    return sum;
+}
+
+void ar_crossentropy_backward(float *dlogits, const float *logits, const int *target, int R, int V,
+                              float dloss)
+{
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++) {
+        if (target[r] < 0) continue;
+        const float *row = logits + (size_t)r * V;
+        float *d = dlogits + (size_t)r * V;
+        double lse = ar_logsumexp(row, V);
+        for (int i = 0; i < V; i++) d[i] += dloss * (float)exp(row[i] - lse);
+        d[target[r]] -= dloss;
+    }
+}

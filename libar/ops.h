@@ -107,4 +107,21 @@ void ar_residual_forward(float *out, const float *a, const float *b, long n);
 /* da [n] += dout and db [n] += dout (each optional). */
 void ar_residual_backward(float *da, float *db, const float *dout, long n);
 
+/* ---- Softmax cross-entropy (the language-model loss over logits) ----
+ * logits [R, V]; target [R] holds the token each row must predict, or -1 for
+ * a row that does not count. */
+
+/* log Σ_i exp(x[i]) over x [n], computed from the row maximum with the sum in
+ * double (exp of values <= 0 is exact enough in f32; the sum is what loses
+ * precision over a large vocabulary). */
+double ar_logsumexp(const float *x, int n);
+
+/* Σ over rows with target[r] >= 0 of logsumexp(logits[r, :]) - logits[r, target[r]]. */
+double ar_crossentropy_forward(const float *logits, const int *target, int R, int V);
+
+/* dlogits [R, V] += dloss · (softmax(logits[r, :]) - onehot(target[r])) for
+ * each row with target[r] >= 0 (the gradient of dloss × the forward's sum);
+ * rows with target < 0 get nothing. */
+void ar_crossentropy_backward(float *dlogits, const float *logits, const int *target, int R, int V,
+                              float dloss);
 #endif

@@ -2,6 +2,7 @@
 #include "calib.h"
 #include "dtype.h"
 #include "error.h"
+#include "ops.h"
 #include "quant_fp.h"
 #include <math.h>
 #include <stdlib.h>
@@ -148,6 +149,44 @@ double ar_outlier_suppressed_sse(const float *pred, const float *ref, const uint
     return sse;
 }
 
+/* Rows of logits formed at once by ar_lm_head_loss. */
+#define HEAD_CHUNK 256
+
+double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const int *target, long rows, int C, float scale,
+                       float *dpred)
+{
+    const int V = h->V;
+    const long ch = rows < HEAD_CHUNK ? rows : HEAD_CHUNK;
+    float *x = malloc(sizeof(float) * (size_t)rows * C), *rstd = malloc(sizeof(float) * (size_t)rows);
+    float *logits = malloc(sizeof(float) * (size_t)ch * V);
+    float *dlogits = dpred ? malloc(sizeof(float) * (size_t)ch * V) : NULL;
+    float *dx = dpred ? calloc((size_t)rows * C, sizeof(float)) : NULL;
+    double sum = -1;
+    if (!x || !rstd || !logits || (dpred && (!dlogits || !dx))) {
+        ar_error("signround: out of memory for the LM-head loss (%ld rows, vocabulary %d)", rows, V);
+        goto done;
+    }
+    ar_rmsnorm_forward(x, rstd, pred, h->norm_w, (int)rows, C, h->eps);
+    sum = 0;
+    for (long r0 = 0; r0 < rows; r0 += ch) {
+        int nr = (int)(rows - r0 < ch ? rows - r0 : ch);
+        const float *xr = x + r0 * C;
+        ar_linear_forward(logits, xr, h->w, NULL, nr, C, V);
+        sum += ar_crossentropy_forward(logits, target + r0, nr, V);
+        if (!dpred) continue;
+        memset(dlogits, 0, sizeof(float) * (size_t)nr * V);
+        ar_crossentropy_backward(dlogits, logits, target + r0, nr, V, scale);
+        ar_linear_backward(dx + r0 * C, NULL, NULL, dlogits, xr, h->w, nr, C, V);
+    }
+    if (dpred) {
+        memset(dpred, 0, sizeof(float) * (size_t)rows * C);
+        ar_rmsnorm_backward(dpred, NULL, dx, pred, h->norm_w, rstd, (int)rows, C);
+    }
+done:
+    free(x); free(rstd); free(logits); free(dlogits); free(dx);
+    return sum;
+}
+
 static double now_s(void)
 {
     struct timespec ts;
@@ -288,6 +327,8 @@ typedef struct {
     ar_block_acts acts;
     float *xb, *yb, *pred, *dy;
     uint8_t *mb;
+    int *tgt;                     /* LFQ: next-token targets of a mini-batch [bs, T] */
+    long head_rows;               /* LFQ: positions scored in the current iteration */
     ar_signround_report *rep;
 } tuner;
 
@@ -307,6 +348,26 @@ static int quantize_all(tuner *t, const ar_block_weights *w_fp)
     return 0;
 }
 
+/* The LFQ loss of one chunk of bs samples (t->pred holds their block
+ * outputs, t->mb their mask): each position the mask keeps predicts the next
+ * token of its sample. t->dy gets scale × the gradient; t->head_rows counts
+ * the positions. */
+static double head_loss(tuner *t, const int *idx, int bs, float scale)
+{
+    const ar_lm_head *h = t->o->lfq;
+    const int T = t->T;
+    for (int b = 0; b < bs; b++) {
+        const int32_t *ids = h->ids + (size_t)idx[b] * T;
+        for (int p = 0; p < T; p++) {
+            long r = (long)b * T + p;
+            int keep = t->mb[r] && p + 1 < T;
+            t->tgt[r] = keep ? ids[p + 1] : -1;
+            t->head_rows += keep;
+        }
+    }
+    return ar_lm_head_loss(h, t->pred, t->tgt, (long)bs * T, t->C, scale, t->dy);
+}
+
 /* Forward + backward over one iteration's gb samples in chunks of bs; the
  * gradients of the chunks add up in the layers' dw and *loss gets the
  * masked sum of squares over all gb·T·C elements divided by that count. */
@@ -316,6 +377,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
     float *dW[AR_NLINEAR] = {0};
     for (int i = 0; i < AR_NLINEAR; i++) dW[i] = t->plan->quantize[i] ? t->L[i].dw : NULL;
     double nel = (double)gb * t->T * t->C, sse = 0;
+    t->head_rows = 0;
     for (int off = 0; off < gb; off += t->bs) {
         int bs = gb - off < t->bs ? gb - off : t->bs;
         long rows = (long)bs * t->T;
@@ -325,7 +387,11 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         double t0 = now_s();
         if (ar_block_forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
         double t1 = now_s();
-        if (t->o->outlier_loss) {
+        if (t->o->lfq) {
+            double part = head_loss(t, idx + off, bs, (float)(1.0 / nel));
+            if (part < 0) return -1;
+            sse += part;
+        } else if (t->o->outlier_loss) {
             double part = ar_outlier_suppressed_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
             if (part < 0) return -1;
             sse += part;
@@ -336,7 +402,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         t->rep->sec_forward += t1 - t0;
         t->rep->sec_backward += now_s() - t1;
     }
-    *loss = sse / nel;
+    *loss = !t->o->lfq ? sse / nel : t->head_rows ? sse / t->head_rows : 0;
     return 0;
 }
 
@@ -384,7 +450,9 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
     t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
     t->pred = malloc(rows * 4); t->dy = malloc(rows * 4);
     t->mb = malloc((size_t)t->bs * T);
-    if (!t->xb || !t->yb || !t->pred || !t->dy || !t->mb) return ar_error("out of memory for a mini-batch");
+    t->tgt = o->lfq ? malloc(sizeof(int) * (size_t)t->bs * T) : NULL;
+    if (!t->xb || !t->yb || !t->pred || !t->dy || !t->mb || (o->lfq && !t->tgt))
+        return ar_error("out of memory for a mini-batch");
     if (ar_block_work_init(&t->ws, c, t->bs, T, 1) || ar_block_acts_init(&t->acts, c, t->bs, T)) return -1;
     return ar_block_plan_set_act_quant(plan, &t->ws);
 }
@@ -392,7 +460,7 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
 static void tuner_free(tuner *t)
 {
     for (int i = 0; i < AR_NLINEAR; i++) if (t->plan->quantize[i]) layer_free(&t->L[i]);
-    free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb);
+    free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
     ar_block_work_free(&t->ws);
     ar_block_acts_free(&t->acts);
 }

@@ -38,6 +38,18 @@
 #include "scheme.h"
 #include <stdint.h>
 
+/* The model's output head, for AutoRound's experimental LFQ loss
+ * (enable_lfq, spec §3): the last block's output is scored by the language
+ * model's cross-entropy through the final RMSNorm and lm_head against the
+ * next token of each position, instead of the MSE against the FP outputs. */
+typedef struct {
+    const float *norm_w;  /* [C] final RMSNorm weight */
+    float eps;            /* its epsilon */
+    const float *w;       /* [V, C] lm_head (the token embedding when tied) */
+    int V;
+    const int32_t *ids;   /* [n, T] token ids of the cached samples */
+} ar_lm_head;
+
 /* Tuning options; ar_signround_defaults fills AutoRound's defaults. */
 typedef struct {
     int iters;            /* 200 */
@@ -50,6 +62,9 @@ typedef struct {
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */
     int outlier_loss;     /* 0; 1: SignRoundV2's outlier-suppressed loss (ar_outlier_suppressed_sse)
                              in place of the MSE (enable_alg_ext with bits < 4 or act_bits <= 4) */
+    const ar_lm_head *lfq; /* NULL; else the loss of every position the mask keeps is the LM
+                             cross-entropy of head(pred) against the sample's next token
+                             (ar_lm_head_loss), averaged over those positions; y_ref unused */
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */
@@ -165,6 +180,14 @@ double ar_masked_mse(const float *pred, const float *ref, const uint8_t *row_mas
  * lowest indices first. -1 when out of memory (ar_error). */
 double ar_outlier_suppressed_sse(const float *pred, const float *ref, const uint8_t *row_mask, long rows, int C,
                                  float gscale, float *dpred);
+
+/* The LFQ loss: Σ over rows r of pred [rows, C] with target[r] >= 0 of the
+ * cross-entropy of logits = lm_head(rmsnorm(pred[r])) against token
+ * target[r]. With dpred (not NULL), dpred [rows, C] = scale · d(Σ)/dpred
+ * (overwritten). Logits are formed for a few hundred rows at a time, so the
+ * scratch is that many rows of V floats. -1 when out of memory (ar_error). */
+double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const int *target, long rows, int C, float scale,
+                       float *dpred);
 
 /* Default loss mask for n samples of T tokens: every position but the last. */
 void ar_default_mask(uint8_t *mask, int n, int T);

@@ -622,6 +622,7 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     ar_signround_report spare;
     int gb = ar_signround_begin(n, T, o, &rep, &spare);
     if (gb < 0) return -1;
+    if (o->lfq) return ar_error("signround: the LFQ loss runs on the CPU tuner only");
     double t_start = now_s(), iter_ms = 0;
     gtuner t;
     int rc = gtuner_init(&t, c, w_fp, plan, o, x_in, y_ref, mask, n, T);

@@ -504,3 +504,44 @@ Test(ops, residual)
     cr_assert(da[0] == 1.5f && da[1] == -1 && da[2] == 5);
     cr_assert(db[0] == 0.5f && db[1] == -2 && db[2] == 4);
 }
+
+enum { CE_R = 4, CE_V = 7 };
+static const int ce_target[CE_R] = {2, -1, 0, 6};   /* row 1 does not count */
+
+/* Σ over counted rows of log Σ exp z − z[target], in double. */
+static void d_crossentropy(void *vc, double *out)
+{
+    const double *z = vc;
+    out[0] = 0;
+    for (int r = 0; r < CE_R; r++) {
+        if (ce_target[r] < 0) continue;
+        double s = 0;
+        for (int i = 0; i < CE_V; i++) s += exp(z[r * CE_V + i]);
+        out[0] += log(s) - z[r * CE_V + ce_target[r]];
+    }
+}
+
+Test(ops, crossentropy)
+{
+    enum { N = CE_R * CE_V };
+    float z[N], dz[N];
+    double zd[N], r[1] = {1.7}, want[N], ref;
+    fill(z, zd, N);
+    for (int i = 0; i < N; i++) zd[i] = z[i] *= 8;   /* peaked and flat rows */
+    d_crossentropy(zd, &ref);
+    double got = ar_crossentropy_forward(z, ce_target, CE_R, CE_V);
+    cr_assert(fabs(got - ref) <= 1e-6 * fabs(ref), "loss %.10g, want %.10g", got, ref);
+    for (int i = 0; i < N; i++) dz[i] = 0.25f;
+    ar_crossentropy_backward(dz, z, ce_target, CE_R, CE_V, 1.7f);
+    unbias(dz, N, 0.25f);
+    loss_t l = {d_crossentropy, zd, r, 1};
+    fd_grad(want, &l, zd, N);
+    expect_close(dz, want, N, 1e-5, "dlogits");
+    for (int i = 0; i < CE_V; i++) cr_assert_eq(dz[CE_V + i], 0.0f, "a row with target -1 has no gradient");
+}
+
+Test(ops, logsumexp_large_values_do_not_overflow)
+{
+    float x[3] = {1000.0f, 1000.0f, -1000.0f};
+    cr_assert(fabs(ar_logsumexp(x, 3) - (1000.0 + log(2.0))) < 1e-9);
+}

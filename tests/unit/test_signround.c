@@ -716,3 +716,114 @@ Test(signround, activation_quant_tuning_beats_rtn)
     cr_assert_lt(tuned, rtn, "all samples: tuned %g vs RTN %g", tuned, rtn);
     result_free(&r), result_free(&z);
 }
+
+/* ------------------------------------------------ LFQ: the LM-head loss */
+
+/* Σ over rows with tgt >= 0 of the cross-entropy of W·rmsnorm(pred[r]) against
+ * tgt[r], all in double: the reference of ar_lm_head_loss. */
+static double d_head_loss(const double *pred, const ar_lm_head *h, const int *tgt, long rows, int C)
+{
+    double sum = 0, *z = malloc(sizeof(double) * h->V);
+    for (long r = 0; r < rows; r++) {
+        if (tgt[r] < 0) continue;
+        const double *p = pred + r * C;
+        double ms = 0;
+        for (int j = 0; j < C; j++) ms += p[j] * p[j];
+        double rstd = 1.0 / sqrt(ms / C + h->eps), mx = -INFINITY, s = 0;
+        for (int v = 0; v < h->V; v++) {
+            z[v] = 0;
+            for (int j = 0; j < C; j++) z[v] += (double)h->w[(long)v * C + j] * h->norm_w[j] * p[j] * rstd;
+            mx = fmax(mx, z[v]);
+        }
+        for (int v = 0; v < h->V; v++) s += exp(z[v] - mx);
+        sum += mx + log(s) - z[tgt[r]];
+    }
+    free(z);
+    return sum;
+}
+
+/* 300 rows cross the 256-row logits chunk; every fifth row does not count. */
+Test(signround, lm_head_loss_value_and_gradient_vs_double_reference)
+{
+    enum { R = 300, C = 8, V = 11 };
+    g_rng = 4242;
+    float *pred = gauss_buf((long)R * C, 1.0f, 0.2f), *norm_w = gauss_buf(C, 0.2f, 1.0f);
+    float *w = gauss_buf((long)V * C, 0.8f, 0), dpred[R * C];
+    ar_lm_head h = {norm_w, 1e-5f, w, V, NULL};
+    int tgt[R];
+    for (int r = 0; r < R; r++) tgt[r] = r % 5 == 3 ? -1 : (r * 7) % V;
+    double *pd = malloc(sizeof(double) * R * C);
+    for (int i = 0; i < R * C; i++) pd[i] = pred[i];
+    double got = ar_lm_head_loss(&h, pred, tgt, R, C, 0.5f, dpred), want = d_head_loss(pd, &h, tgt, R, C);
+    cr_assert(fabs(got - want) <= 1e-5 * want, "loss %.9g, want %.9g", got, want);
+    cr_assert_eq(ar_lm_head_loss(&h, pred, tgt, R, C, 0.5f, NULL), got, "the loss without a gradient differs");
+    double maxg = 0, *fd = malloc(sizeof(double) * R * C);
+    for (int i = 0; i < R * C; i++) {
+        double keep = pd[i], e = 1e-5;
+        pd[i] = keep + e;
+        double lp = d_head_loss(pd, &h, tgt, R, C);
+        pd[i] = keep - e;
+        double lm = d_head_loss(pd, &h, tgt, R, C);
+        pd[i] = keep;
+        fd[i] = 0.5 * (lp - lm) / (2 * e);
+        maxg = fmax(maxg, fabs(fd[i]));
+    }
+    for (int i = 0; i < R * C; i++)
+        cr_assert(fabs(dpred[i] - fd[i]) <= 1e-4 * maxg, "dpred[%d] = %.8g, want %.8g", i, dpred[i], fd[i]);
+    for (int j = 0; j < C; j++) cr_assert_eq(dpred[3 * C + j], 0.0f, "row 3 does not count");
+    free(pred), free(norm_w), free(w), free(pd), free(fd);
+}
+
+/* The LM-head loss of the block's outputs under weights w on all samples:
+ * the mean cross-entropy of each position but the last against the next id. */
+static double lfq_loss_of(const fixture *f, const ar_block_weights *w, const ar_lm_head *h)
+{
+    const int T = f->T, C = f->c.hidden;
+    long rows = (long)f->n * T;
+    float *x = malloc(sizeof(float) * rows * C), *y = malloc(sizeof(float) * rows * C);
+    int *tgt = malloc(sizeof(int) * rows);
+    ar_to_f32(x, f->x, AR_BF16, rows * C);
+    ar_block_work ws;
+    cr_assert_eq(ar_block_work_init(&ws, &f->c, f->n, T, 0), 0);
+    cr_assert_eq(ar_block_forward(&f->c, w, x, y, f->n, T, &ws), 0);
+    for (long r = 0; r < rows; r++) tgt[r] = r % T == T - 1 ? -1 : h->ids[r + 1];
+    double loss = ar_lm_head_loss(h, y, tgt, rows, C, 1.0f, NULL) / ((double)f->n * (T - 1));
+    ar_block_work_free(&ws);
+    free(x), free(y), free(tgt);
+    return loss;
+}
+
+/* With opts.lfq the tuner minimizes the head's cross-entropy: iteration 0
+ * reports RTN's, the returned weights have the reported (lower) loss, and
+ * the result differs from MSE tuning. One step covers all samples, so every
+ * iteration's loss is the full one. */
+Test(signround, lfq_tunes_the_block_on_the_lm_head_loss)
+{
+    fixture f;
+    random_fixture(&f, 4, 16, 2, 32, 1);
+    enum { V = 13 };
+    float *norm_w = gauss_buf(f.c.hidden, 0.1f, 1.0f), *w = gauss_buf((long)V * f.c.hidden, 1.0f, 0);
+    int32_t ids[4 * 16];
+    for (int i = 0; i < 4 * 16; i++) ids[i] = (int32_t)(ar_rand_next(&g_rng) % V);
+    ar_lm_head h = {norm_w, 1e-5f, w, V, ids};
+    ar_signround_opts o = opts(40, 4), o0 = opts(0, 4), om = opts(40, 4);
+    o.lfq = &h;
+    result r, z, m;
+    tune(&f, &o, &r);
+    tune(&f, &o0, &z);
+    tune(&f, &om, &m);
+    ar_block_weights wt = with_wq(&f, &r), wr = with_wq(&f, &z);
+    double tuned = lfq_loss_of(&f, &wt, &h), rtn = lfq_loss_of(&f, &wr, &h);
+    cr_assert_float_eq(r.rep.loss0, rtn, 1e-4 * rtn, "iteration 0: %g vs RTN's %g", r.rep.loss0, rtn);
+    cr_assert_float_eq(r.rep.best_loss, tuned, 1e-4 * tuned, "returned: %g vs recorded %g", tuned, r.rep.best_loss);
+    cr_assert_lt(tuned, rtn, "LM loss: tuned %g vs RTN %g", tuned, rtn);
+    long differ = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        for (long j = 0; j < (long)n * k; j++) differ += r.out[i].wq[j] != m.out[i].wq[j];
+    }
+    cr_assert_gt(differ, 0, "LFQ tuning returned the MSE-tuned weights");
+    result_free(&r), result_free(&z), result_free(&m);
+    free(norm_w), free(w);
+}
