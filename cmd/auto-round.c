@@ -31,13 +31,17 @@ static const char usage[] =
     "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
+    "                  [--avg_bits X --options W2A16G64,W4A16 [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
     "                  [--quiet|--verbose|--progress]\n"
-    "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults.\n"
+    "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults;\n"
+    "--avg_bits (AutoScheme mixed bits) adds ar-scheme after ar-calib.\n"
     "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
     "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
     "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
     "--dry_run prints the commands instead of running them.\n"
     "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
+
+enum { MAX_SHARED = 16 };
 
 /* The command line, as given; NULL / -1 means "not set": the tools' or the
  * recipe's default applies. */
@@ -45,6 +49,10 @@ typedef struct {
     const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
+    const char *avg_bits;               /* --avg_bits: AutoScheme, run by ar-scheme */
+    char scheme_options[512];           /* --options, comma-joined */
+    char *shared[MAX_SHARED];           /* --shared_layers groups, each comma-joined */
+    int nshared, ignore_scale_zp_bits;
     int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
     int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
 } options;
@@ -74,6 +82,7 @@ static const struct {
     {{"--max_shard_size"}, offsetof(options, max_shard_size)},
     {{"--keep_streams"}, offsetof(options, keep_streams)},
     {{"--recipe"}, offsetof(options, recipe)},
+    {{"--avg_bits", "--target_bits"}, offsetof(options, avg_bits)},
 };
 
 /* Switches: each sets its int field to val. */
@@ -93,6 +102,7 @@ static const struct {
     {"--not_use_best_mse", offsetof(options, not_use_best_mse), 1},
     {"--disable_quanted_input", offsetof(options, disable_quanted_input), 1},
     {"--dry_run", offsetof(options, dry_run), 1},
+    {"--ignore_scale_zp_bits", offsetof(options, ignore_scale_zp_bits), 1},
 };
 
 /* AutoRound switches that change nothing here (defaults, or speed/memory
@@ -115,9 +125,6 @@ static const struct {
     {"--eval_task_by_task", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
     {"--limit", "evaluation is a separate tool: ar-eval --model OUT --text FILE --windows N"},
     {"--schemes", "AutoScheme mixed precision is not supported by auto-round yet"},
-    {"--avg_bits", "AutoScheme mixed precision is not supported by auto-round yet"},
-    {"--target_bits", "AutoScheme mixed precision is not supported by auto-round yet"},
-    {"--options", "AutoScheme mixed precision is not supported by auto-round yet"},
     {"--data_type", "pick a preset with --scheme"}, {"--dtype", "pick a preset with --scheme"},
     {"--act_bits", "pick a preset with --scheme"}, {"--act_group_size", "pick a preset with --scheme"},
     {"--act_asym", "pick a preset with --scheme"}, {"--act_data_type", "pick a preset with --scheme"},
@@ -170,6 +177,48 @@ static int check_autoround_flag(const char *arg)
     return 0;
 }
 
+/* The values after flag argv[*i] up to the next flag (AutoRound's
+ * nargs="+"), at least one: returns their count and leaves *i on the last. */
+static int list_values(int argc, char **argv, int *i)
+{
+    int n = 0;
+    while (*i + 1 + n < argc && argv[*i + 1 + n][0] != '-') n++;
+    if (!n) cli_usage_error("%s needs a value", argv[*i]);
+    *i += n;
+    return n;
+}
+
+static void append_list(char *dst, size_t cap, const char *item, const char *flag)
+{
+    size_t n = strlen(dst);
+    if (n + strlen(item) + 2 > cap) cli_usage_error("%s: list too long", flag);
+    snprintf(dst + n, cap - n, "%s%s", n ? "," : "", item);
+}
+
+/* --options A,B or --options A B: one comma list for ar-scheme. */
+static void parse_scheme_options(int argc, char **argv, int *i, options *o)
+{
+    int n = list_values(argc, argv, i), at = *i - n + 1;
+    for (int k = 0; k < n; k++) append_list(o->scheme_options, sizeof o->scheme_options, argv[at + k], "--options");
+}
+
+/* --shared_layers as AutoRound reads it: bare names form one group; when a
+ * value holds commas, each value is a group of its own. */
+static void parse_shared_layers(int argc, char **argv, int *i, options *o)
+{
+    enum { CAP = 1024 };
+    int n = list_values(argc, argv, i), at = *i - n + 1, commas = 0;
+    for (int k = 0; k < n; k++) commas |= strchr(argv[at + k], ',') != NULL;
+    for (int k = 0; k < (commas ? n : 1); k++) {
+        if (o->nshared == MAX_SHARED) cli_usage_error("--shared_layers: at most %d groups", MAX_SHARED);
+        char *g = calloc(1, CAP);
+        if (!g) cli_die("out of memory");
+        if (commas) append_list(g, CAP, argv[at + k], "--shared_layers");
+        else for (int j = 0; j < n; j++) append_list(g, CAP, argv[at + j], "--shared_layers");
+        o->shared[o->nshared++] = g;
+    }
+}
+
 /* The recipe named by how we were invoked: auto-round-best -> "best". */
 static const char *recipe_from_name(const char *argv0)
 {
@@ -187,6 +236,8 @@ static options parse_args(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); exit(CLI_EXIT_OK); }
         else if (cli_common_flag(a)) o.verbosity = a;
+        else if (!strcmp(a, "--options")) parse_scheme_options(argc, argv, &i, &o);
+        else if (!strcmp(a, "--shared_layers")) parse_shared_layers(argc, argv, &i, &o);
         else if (parse_table_flag(argc, argv, &i, &o)) continue;
         else if (check_autoround_flag(a)) continue;
         else if (a[0] == '-') cli_usage_error("unknown argument '%s'", a);
@@ -195,6 +246,11 @@ static options parse_args(int argc, char **argv)
     }
     if (!o.model) cli_usage_error("give the model folder: auto-round --model DIR");
     if (!o.recipe) o.recipe = recipe_from_name(argv[0]);
+    if (o.avg_bits && !o.scheme_options[0]) cli_usage_error("--avg_bits: give the candidate schemes with --options");
+    if (!o.avg_bits && (o.scheme_options[0] || o.nshared || o.ignore_scale_zp_bits))
+        cli_usage_error("--options, --shared_layers and --ignore_scale_zp_bits are AutoScheme's: give --avg_bits");
+    if (o.avg_bits && o.layer_config)
+        cli_usage_error("--avg_bits and --layer_config both set the per-layer schemes: give one");
     return o;
 }
 
@@ -231,6 +287,7 @@ static void scheme_from_gguf_format(options *o)
 /* Calibration data is needed by SignRound (iters > 0) and opt-RTN. */
 static int needs_calibration(const options *o)
 {
+    if (o->avg_bits) return 1;   /* AutoScheme scores the layers on it */
     long iters = o->iters ? cli_long("--iters", o->iters, 0, 1000000) : 1;
     return iters > 0 || o->disable_opt_rtn != 1;
 }
@@ -289,7 +346,7 @@ static int help_mentions(const char *path, const char *flag)
 
 /* ---- stages -------------------------------------------------------------- */
 
-enum { MAX_ARGS = 80, MAX_STAGES = 3 };
+enum { MAX_ARGS = 80, MAX_STAGES = 4 };
 
 typedef struct {
     const char *tool;
@@ -329,6 +386,19 @@ static void build_calib(stage *s, const options *o, const char *out)
     push_opt(s, "--nsamples", o->nsamples);
     push_opt(s, "--seqlen", o->seqlen);
     push_opt(s, "--seed", o->seed);
+    push_opt(s, "-o", out);
+}
+
+/* AutoScheme: ar-scheme between ar-calib and ar-tune. */
+static void build_scheme(stage *s, const options *o, const char *in, const char *out)
+{
+    stage_init(s, "ar-scheme", o);
+    push_opt(s, "-i", in);
+    push_opt(s, "--model", o->model);
+    push_opt(s, "--avg_bits", o->avg_bits);
+    push_opt(s, "--options", o->scheme_options);
+    for (int g = 0; g < o->nshared; g++) push_opt(s, "--shared_layers", o->shared[g]);
+    if (o->ignore_scale_zp_bits) push(s, "--ignore_scale_zp_bits");
     push_opt(s, "-o", out);
 }
 
@@ -506,18 +576,28 @@ static void build_plan(plan *pl, const options *o)
         if (asprintf(&pl->tmp_dir, "%s.streams.%ld", o->output_dir, (long)getpid()) < 0) cli_die("out of memory");
         dir = pl->tmp_dir;
     }
+    for (int i = 0; o->avg_bits && i < np; i++)
+        if (ps[i].gguf_scheme)
+            cli_usage_error("--avg_bits with --format %s: give the GGUF schemes to choose from as --options and "
+                            "--scheme, or write that format in a run of its own", ps[i].formats);
     const char *calib_out = dir ? join_path(dir, "calib.ars") : "-";
+    const char *tune_in = calib_out;
     chain *c = &pl->ch[0];
-    if (calib && dir) { build_calib(&c->st[c->n++], o, calib_out); c = &pl->ch[++pl->n]; }
+    if (calib && dir) {
+        build_calib(&c->st[c->n++], o, calib_out);
+        if (o->avg_bits) build_scheme(&c->st[c->n++], o, calib_out, tune_in = join_path(dir, "scheme.ars"));
+        c = &pl->ch[++pl->n];
+    }
     for (int i = 0; i < np; i++, c = &pl->ch[++pl->n]) {
         if (calib && !dir) build_calib(&c->st[c->n++], o, "-");
+        if (calib && !dir && o->avg_bits) build_scheme(&c->st[c->n++], o, "-", "-");
         if (o->keep_streams) {
             char name[600];
             snprintf(name, sizeof name, "tune%s%s.ars", ps[i].gguf_scheme ? "-" : "",
                      ps[i].gguf_scheme ? strchr(ps[i].formats, ':') + 1 : "");
             ps[i].stream = join_path(dir, name);
         } else ps[i].stream = "-";
-        build_tune(&c->st[c->n++], o, &ps[i], calib ? calib_out : NULL);
+        build_tune(&c->st[c->n++], o, &ps[i], calib ? tune_in : NULL);
         build_pack(&c->st[c->n++], o, &ps[i]);
         c->piped = !o->keep_streams;
     }
@@ -653,9 +733,11 @@ static void make_parent_dirs(const char *path)
 static void remove_tmp_streams(const plan *pl)
 {
     if (!pl->tmp_dir) return;
-    char *calib = join_path(pl->tmp_dir, "calib.ars");
-    unlink(calib);
-    free(calib);
+    for (int k = 0; k < 2; k++) {
+        char *f = join_path(pl->tmp_dir, k ? "scheme.ars" : "calib.ars");
+        unlink(f);
+        free(f);
+    }
     rmdir(pl->tmp_dir);
 }
 

@@ -99,6 +99,26 @@ for f in auto_round gguf-q4_0; do
   if awk -v p="$ppl" 'BEGIN { exit !(p > 1 && p < 20) }'; then ok "two formats: $f ppl $ppl"; else bad "two formats: $f ppl '$ppl'"; fi
 done
 
+# ---- AutoScheme: --avg_bits adds ar-scheme between ar-calib and ar-tune -------
+cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --avg_bits 3 --options W2A16G64 W4A16 \
+      --shared_layers q_proj k_proj --shared_layers 'up_proj,gate_proj' 'o_proj,down_proj' --ignore_scale_zp_bits \
+      --output_dir "$tmp/as" --dry_run)
+has "scheme stage after calib, piped" "$(printf '%s\n' "$cmd" | sed -n 2p)" "/ar-scheme -i - --model $M --avg_bits 3 --options W2A16G64,W4A16 --shared_layers q_proj,k_proj --shared_layers up_proj,gate_proj --shared_layers o_proj,down_proj --ignore_scale_zp_bits -o -"
+has "tune reads the scheme stream" "$(line ar-tune)" "-i - "
+cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --target_bits 3 --options W2A16G64,W4A16 --keep_streams "$tmp/ks" \
+      --output_dir "$tmp/as" --dry_run)
+has "kept scheme stream" "$(line ar-scheme)" "-i $tmp/ks/calib.ars --model $M --avg_bits 3 --options W2A16G64,W4A16 -o $tmp/ks/scheme.ars"
+has "tune reads the kept scheme stream" "$(line ar-tune)" "-i $tmp/ks/scheme.ars"
+expect_rc 2 "give the candidate schemes with --options" "--avg_bits needs --options" -- "$M" --dataset "$DATA" --avg_bits 3
+expect_rc 2 "give --avg_bits" "--options needs --avg_bits" -- "$M" --dataset "$DATA" --options W2A16G64,W4A16
+expect_rc 2 "give one" "--avg_bits with --layer_config" -- "$M" --dataset "$DATA" --avg_bits 3 --options W4A16 \
+  --layer_config "$tmp/lc.json"
+"$AR_BIN/auto-round" "$M" --dataset "$DATA" --avg_bits 3 --options W2A16G64,W4A16 --iters 2 --nsamples 8 --seqlen 32 \
+  --quiet --output_dir "$tmp/mixed"
+if grep -q '"bits": *2' "$tmp/mixed/config.json" && grep -q '"extra_config"' "$tmp/mixed/config.json"; then
+  ok "AutoScheme run writes a mixed-bits model"
+else bad "no 2-bit layers in extra_config: $(cat "$tmp/mixed/config.json")"; fi
+
 # SignRound piped vs through kept streams: identical models, streams kept and valid.
 q="--dataset $DATA --iters 2 --nsamples 4 --seqlen 32 --quiet"
 # shellcheck disable=SC2086
