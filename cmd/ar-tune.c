@@ -1050,6 +1050,7 @@ int main(int argc, char **argv)
         check_digest(&d, a.model);
         apply_stream_layer_config(&r, &d, a.in ? a.in : "<stdin>");
     } else if (a.iters > 0) {
+        if (a.enable_lfq) cli_usage_error("--enable_lfq needs a calibration stream (-i FILE or a pipe)");
         a.iters = 0; /* no data: plain RTN, as AutoRound's zero-shot path */
         if (cli_progress) fprintf(stderr, "ar-tune: no calibration stream: plain RTN\n");
     }

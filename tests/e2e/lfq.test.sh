@@ -5,8 +5,8 @@
 #  1. META records enable_lfq; every block but the last is byte-identical to
 #     the MSE run's (per-block checkpoint files), the last one differs, and
 #     the stream packs and evaluates;
-#  2. without SignRound (--iters 0) the flag is a usage error (exit 2) and
-#     leaves no output;
+#  2. without SignRound (--iters 0, or no calibration stream) the flag is a
+#     usage error (exit 2) and leaves no output;
 #  3. auto-round passes the flag to ar-tune (--dry_run prints the pipeline).
 . "$(dirname "$0")/lib.sh"
 
@@ -39,6 +39,13 @@ rc=$?
 set -e
 [ "$rc" = 2 ] || fail "--enable_lfq with --iters 0: exit $rc, want 2"
 grep -q -- "--enable_lfq" "$T/err" || fail "the error does not name --enable_lfq: $(cat "$T/err")"
+[ ! -e "$T/rtn.ars" ] || fail "a refused run left output"
+set +e
+"$BIN/ar-tune" --quiet --model "$M" --enable_lfq -o "$T/rtn.ars" 2> "$T/err"
+rc=$?
+set -e
+[ "$rc" = 2 ] || fail "--enable_lfq without calibration data: exit $rc, want 2"
+grep -q "calibration stream" "$T/err" || fail "the error does not say a stream is needed: $(cat "$T/err")"
 [ ! -e "$T/rtn.ars" ] || fail "a refused run left output"
 
 # 3.
