@@ -33,7 +33,7 @@ static const char usage[] =
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
-    "               [--enable_lfq]\n"
+    "               [--enable_lfq [--lfq_target labels|fp]]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--threads N] [--checkpoint DIR]\n"
     "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
@@ -44,7 +44,8 @@ static const char usage[] =
     "outlier-suppressed loss below 4 bits or with 4-bit activations; GGUF: tuned rounding over llama.cpp's\n"
     "imatrix scales, 200 iters by default).\n"
     "--enable_lfq: the last block is tuned on the language-model cross-entropy of its output through the\n"
-    "final norm and lm_head against the next tokens (AutoRound's experimental LFQ loss; CPU).\n";
+    "final norm and lm_head against the next tokens (AutoRound's experimental LFQ loss; CPU);\n"
+    "--lfq_target fp: instead, the KL divergence from the original model's next-token distribution.\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *layer_config, *recipe;
@@ -55,6 +56,7 @@ typedef struct {
     int disable_minmax, not_use_best, disable_quanted_input, disable_opt_rtn;
     int enable_alg_ext;     /* --enable_alg_ext: SignRoundV2 (spec §5.1) */
     int enable_lfq;         /* --enable_lfq: the last block tuned on the LM loss */
+    int lfq_kl;             /* --lfq_target fp: that loss is the KL from the FP model's predictions */
     const char *device;     /* --device; NULL = auto (cuda when a GPU is present) */
     int low_gpu_mem;        /* --low_gpu_mem_usage: block caches stay in host memory (GPU tuning) */
     const char *checkpoint; /* --checkpoint DIR; NULL = none */
@@ -93,6 +95,10 @@ static tune_args parse_args(int argc, char **argv)
         else if (flag(s, "--disable_opt_rtn")) a.disable_opt_rtn = 1;
         else if (flag(s, "--enable_alg_ext")) a.enable_alg_ext = 1;
         else if (flag(s, "--enable_lfq")) a.enable_lfq = 1;
+        else if ((v = cli_value(argc, argv, &i, "--lfq_target"))) {
+            if (strcmp(v, "labels") && strcmp(v, "fp")) cli_usage_error("--lfq_target: '%s' is not labels or fp", v);
+            a.lfq_kl = !strcmp(v, "fp");
+        }
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
         else if (flag(s, "--low_gpu_mem_usage")) a.low_gpu_mem = 1;
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) a.checkpoint = v;
@@ -466,7 +472,7 @@ static float *lfq_head(tune_run *r, ar_lm_head *h)
             cli_die("calibration token id %d is outside the model's vocabulary (%d)", r->d->ids[i], c->vocab);
     float *w = ar_model_read_head(r->m, &h->norm_w);
     if (!w) cli_die_lib();
-    h->w = w; h->V = c->vocab; h->eps = c->rms_eps; h->ids = r->d->ids;
+    h->w = w; h->V = c->vocab; h->eps = c->rms_eps; h->ids = r->d->ids; h->kl = r->a->lfq_kl;
     return w;
 }
 
@@ -711,6 +717,7 @@ static void v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_b
 /* --enable_alg_ext needs a scheme it is defined for. */
 static void check_alg_ext(const tune_run *r)
 {
+    if (r->a->lfq_kl && !r->a->enable_lfq) cli_usage_error("--lfq_target is --enable_lfq's: give both");
     if (r->a->enable_lfq && r->a->iters == 0)
         cli_usage_error("--enable_lfq changes the SignRound loss: it needs --iters > 0");
     if (!r->a->enable_alg_ext) return;
@@ -831,6 +838,7 @@ static char *meta_json(const tune_run *r, const char *model_abs)
         cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
         cJSON_AddBoolToObject(t, "enable_alg_ext", a->enable_alg_ext);
         if (a->enable_lfq) cJSON_AddBoolToObject(t, "enable_lfq", 1);
+        if (a->enable_lfq && a->lfq_kl) cJSON_AddStringToObject(t, "lfq_target", "fp");
         cJSON_AddNumberToObject(t, "seed", (double)a->seed);
         if (r->d->pad_key && r->d->pad_id >= 0) cJSON_AddNumberToObject(t, "loss_mask_pad_token_id", r->d->pad_id);
     }

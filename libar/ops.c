@@ -455,3 +455,35 @@ void ar_crossentropy_backward(float *dlogits, const float *logits, const int *ta
         d[target[r]] -= dloss;
     }
 }
+
+/* ---- KL divergence between next-token distributions ---- */
+
+double ar_kldiv_forward(const float *ref_logits, const float *logits, const int *keep, int R, int V)
+{
+    double sum = 0;
+#pragma omp parallel for schedule(static) reduction(+ : sum)
+    for (int r = 0; r < R; r++) {
+        if (keep[r] < 0) continue;
+        const float *a = ref_logits + (size_t)r * V, *b = logits + (size_t)r * V;
+        double la = ar_logsumexp(a, V), lb = ar_logsumexp(b, V), kl = 0;
+        for (int i = 0; i < V; i++) {
+            double lp = a[i] - la;
+            kl += exp(lp) * (lp - (b[i] - lb));
+        }
+        sum += kl;
+    }
+    return sum;
+}
+
+void ar_kldiv_backward(float *dlogits, const float *ref_logits, const float *logits, const int *keep, int R, int V,
+                       float dloss)
+{
+#pragma omp parallel for schedule(static)
+    for (int r = 0; r < R; r++) {
+        if (keep[r] < 0) continue;
+        const float *a = ref_logits + (size_t)r * V, *b = logits + (size_t)r * V;
+        float *d = dlogits + (size_t)r * V;
+        double la = ar_logsumexp(a, V), lb = ar_logsumexp(b, V);
+        for (int i = 0; i < V; i++) d[i] += dloss * (float)(exp(b[i] - lb) - exp(a[i] - la));
+    }
+}

@@ -124,4 +124,14 @@ double ar_crossentropy_forward(const float *logits, const int *target, int R, in
  * rows with target < 0 get nothing. */
 void ar_crossentropy_backward(float *dlogits, const float *logits, const int *target, int R, int V,
                               float dloss);
+
+/* ---- KL divergence between two next-token distributions ----
+ * p = softmax(ref_logits[r, :]) (the reference), q = softmax(logits[r, :]).
+ * Σ over rows with keep[r] >= 0 of KL(p || q) = Σ_i p_i (log p_i − log q_i). */
+double ar_kldiv_forward(const float *ref_logits, const float *logits, const int *keep, int R, int V);
+
+/* dlogits [R, V] += dloss · (q − p) on rows with keep[r] >= 0 (the gradient of
+ * dloss × the forward's sum with respect to logits; ref_logits is constant). */
+void ar_kldiv_backward(float *dlogits, const float *ref_logits, const float *logits, const int *keep, int R, int V,
+                       float dloss);
 #endif

@@ -152,17 +152,20 @@ double ar_outlier_suppressed_sse(const float *pred, const float *ref, const uint
 /* Rows of logits formed at once by ar_lm_head_loss. */
 #define HEAD_CHUNK 256
 
-double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const int *target, long rows, int C, float scale,
-                       float *dpred)
+double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const float *ref, const int *target, long rows, int C,
+                       float scale, float *dpred)
 {
     const int V = h->V;
     const long ch = rows < HEAD_CHUNK ? rows : HEAD_CHUNK;
+    if (h->kl && !ref) return ar_error("signround: the KL head loss needs the FP outputs");
     float *x = malloc(sizeof(float) * (size_t)rows * C), *rstd = malloc(sizeof(float) * (size_t)rows);
     float *logits = malloc(sizeof(float) * (size_t)ch * V);
+    float *ref_x = h->kl ? malloc(sizeof(float) * (size_t)ch * C) : NULL;
+    float *ref_logits = h->kl ? malloc(sizeof(float) * (size_t)ch * V) : NULL;
     float *dlogits = dpred ? malloc(sizeof(float) * (size_t)ch * V) : NULL;
     float *dx = dpred ? calloc((size_t)rows * C, sizeof(float)) : NULL;
     double sum = -1;
-    if (!x || !rstd || !logits || (dpred && (!dlogits || !dx))) {
+    if (!x || !rstd || !logits || (h->kl && (!ref_x || !ref_logits)) || (dpred && (!dlogits || !dx))) {
         ar_error("signround: out of memory for the LM-head loss (%ld rows, vocabulary %d)", rows, V);
         goto done;
     }
@@ -171,11 +174,19 @@ double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const int *target
     for (long r0 = 0; r0 < rows; r0 += ch) {
         int nr = (int)(rows - r0 < ch ? rows - r0 : ch);
         const float *xr = x + r0 * C;
+        const int *tr = target + r0;
         ar_linear_forward(logits, xr, h->w, NULL, nr, C, V);
-        sum += ar_crossentropy_forward(logits, target + r0, nr, V);
+        if (h->kl) {
+            ar_rmsnorm_forward(ref_x, NULL, ref + r0 * C, h->norm_w, nr, C, h->eps);
+            ar_linear_forward(ref_logits, ref_x, h->w, NULL, nr, C, V);
+            sum += ar_kldiv_forward(ref_logits, logits, tr, nr, V);
+        } else {
+            sum += ar_crossentropy_forward(logits, tr, nr, V);
+        }
         if (!dpred) continue;
         memset(dlogits, 0, sizeof(float) * (size_t)nr * V);
-        ar_crossentropy_backward(dlogits, logits, target + r0, nr, V, scale);
+        if (h->kl) ar_kldiv_backward(dlogits, ref_logits, logits, tr, nr, V, scale);
+        else ar_crossentropy_backward(dlogits, logits, tr, nr, V, scale);
         ar_linear_backward(dx + r0 * C, NULL, NULL, dlogits, xr, h->w, nr, C, V);
     }
     if (dpred) {
@@ -183,7 +194,7 @@ double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const int *target
         ar_rmsnorm_backward(dpred, NULL, dx, pred, h->norm_w, rstd, (int)rows, C);
     }
 done:
-    free(x); free(rstd); free(logits); free(dlogits); free(dx);
+    free(x); free(rstd); free(logits); free(ref_x); free(ref_logits); free(dlogits); free(dx);
     return sum;
 }
 
@@ -349,8 +360,9 @@ static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 }
 
 /* The LFQ loss of one chunk of bs samples (t->pred holds their block
- * outputs, t->mb their mask): each position the mask keeps predicts the next
- * token of its sample. t->dy gets scale × the gradient; t->head_rows counts
+ * outputs, t->yb the FP outputs, t->mb their mask): each position the mask
+ * keeps predicts the next token of its sample (or, with kl, matches the FP
+ * output's prediction). t->dy gets scale × the gradient; t->head_rows counts
  * the positions. */
 static double head_loss(tuner *t, const int *idx, int bs, float scale)
 {
@@ -365,7 +377,7 @@ static double head_loss(tuner *t, const int *idx, int bs, float scale)
             t->head_rows += keep;
         }
     }
-    return ar_lm_head_loss(h, t->pred, t->tgt, (long)bs * T, t->C, scale, t->dy);
+    return ar_lm_head_loss(h, t->pred, t->yb, t->tgt, (long)bs * T, t->C, scale, t->dy);
 }
 
 /* Forward + backward over one iteration's gb samples in chunks of bs; the

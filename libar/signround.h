@@ -48,6 +48,9 @@ typedef struct {
     const float *w;       /* [V, C] lm_head (the token embedding when tied) */
     int V;
     const int32_t *ids;   /* [n, T] token ids of the cached samples */
+    int kl;               /* 0: cross-entropy against the next token (AutoRound's LFQ);
+                             1: KL divergence from the next-token distribution of the
+                             FP block's output (head(y_ref)), the same positions */
 } ar_lm_head;
 
 /* Tuning options; ar_signround_defaults fills AutoRound's defaults. */
@@ -63,8 +66,9 @@ typedef struct {
     int outlier_loss;     /* 0; 1: SignRoundV2's outlier-suppressed loss (ar_outlier_suppressed_sse)
                              in place of the MSE (enable_alg_ext with bits < 4 or act_bits <= 4) */
     const ar_lm_head *lfq; /* NULL; else the loss of every position the mask keeps is the LM
-                             cross-entropy of head(pred) against the sample's next token
-                             (ar_lm_head_loss), averaged over those positions; y_ref unused */
+                             cross-entropy of head(pred) against the sample's next token, or
+                             with lfq->kl the KL divergence from head(y_ref)'s distribution
+                             (ar_lm_head_loss), averaged over those positions */
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */
@@ -183,11 +187,13 @@ double ar_outlier_suppressed_sse(const float *pred, const float *ref, const uint
 
 /* The LFQ loss: Σ over rows r of pred [rows, C] with target[r] >= 0 of the
  * cross-entropy of logits = lm_head(rmsnorm(pred[r])) against token
- * target[r]. With dpred (not NULL), dpred [rows, C] = scale · d(Σ)/dpred
- * (overwritten). Logits are formed for a few hundred rows at a time, so the
- * scratch is that many rows of V floats. -1 when out of memory (ar_error). */
-double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const int *target, long rows, int C, float scale,
-                       float *dpred);
+ * target[r], or with h->kl of KL(softmax(head(ref[r])) || softmax(head(pred[r])))
+ * (ref [rows, C], the FP block's outputs; target then only selects rows).
+ * With dpred (not NULL), dpred [rows, C] = scale · d(Σ)/dpred (overwritten).
+ * Logits are formed for a few hundred rows at a time, so the scratch is that
+ * many rows of V floats (twice with kl). -1 when out of memory (ar_error). */
+double ar_lm_head_loss(const ar_lm_head *h, const float *pred, const float *ref, const int *target, long rows, int C,
+                       float scale, float *dpred);
 
 /* Default loss mask for n samples of T tokens: every position but the last. */
 void ar_default_mask(uint8_t *mask, int n, int T);

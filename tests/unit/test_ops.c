@@ -545,3 +545,41 @@ Test(ops, logsumexp_large_values_do_not_overflow)
     float x[3] = {1000.0f, 1000.0f, -1000.0f};
     cr_assert(fabs(ar_logsumexp(x, 3) - (1000.0 + log(2.0))) < 1e-9);
 }
+
+/* Σ over counted rows of KL(softmax(a) || softmax(z)), in double; a fixed. */
+static double ce_ref_logits[CE_R * CE_V];
+static void d_kldiv(void *vc, double *out)
+{
+    const double *z = vc;
+    out[0] = 0;
+    for (int r = 0; r < CE_R; r++) {
+        if (ce_target[r] < 0) continue;
+        double sa = 0, sz = 0;
+        for (int i = 0; i < CE_V; i++) sa += exp(ce_ref_logits[r * CE_V + i]), sz += exp(z[r * CE_V + i]);
+        for (int i = 0; i < CE_V; i++) {
+            double lp = ce_ref_logits[r * CE_V + i] - log(sa), lq = z[r * CE_V + i] - log(sz);
+            out[0] += exp(lp) * (lp - lq);
+        }
+    }
+}
+
+Test(ops, kldiv)
+{
+    enum { N = CE_R * CE_V };
+    float z[N], a[N], dz[N];
+    double zd[N], r[1] = {0.9}, want[N], ref;
+    fill(z, zd, N);
+    fill(a, ce_ref_logits, N);
+    for (int i = 0; i < N; i++) zd[i] = z[i] *= 5, ce_ref_logits[i] = a[i] *= 5;
+    d_kldiv(zd, &ref);
+    double got = ar_kldiv_forward(a, z, ce_target, CE_R, CE_V);
+    cr_assert(ref > 0.01 && fabs(got - ref) <= 1e-6 * ref, "KL %.10g, want %.10g", got, ref);
+    cr_assert(fabs(ar_kldiv_forward(a, a, ce_target, CE_R, CE_V)) < 1e-12, "KL(p||p) is 0");
+    for (int i = 0; i < N; i++) dz[i] = 0.25f;
+    ar_kldiv_backward(dz, a, z, ce_target, CE_R, CE_V, 0.9f);
+    unbias(dz, N, 0.25f);
+    loss_t l = {d_kldiv, zd, r, 1};
+    fd_grad(want, &l, zd, N);
+    expect_close(dz, want, N, 1e-5, "dlogits");
+    for (int i = 0; i < CE_V; i++) cr_assert_eq(dz[CE_V + i], 0.0f, "a row with keep -1 has no gradient");
+}

@@ -719,51 +719,68 @@ Test(signround, activation_quant_tuning_beats_rtn)
 
 /* ------------------------------------------------ LFQ: the LM-head loss */
 
-/* Σ over rows with tgt >= 0 of the cross-entropy of W·rmsnorm(pred[r]) against
- * tgt[r], all in double: the reference of ar_lm_head_loss. */
-static double d_head_loss(const double *pred, const ar_lm_head *h, const int *tgt, long rows, int C)
+/* head(x) = W·rmsnorm(x) for one row, in double. */
+static void d_head_logits(const double *x, const ar_lm_head *h, int C, double *z)
 {
-    double sum = 0, *z = malloc(sizeof(double) * h->V);
+    double ms = 0;
+    for (int j = 0; j < C; j++) ms += x[j] * x[j];
+    double rstd = 1.0 / sqrt(ms / C + h->eps);
+    for (int v = 0; v < h->V; v++) {
+        z[v] = 0;
+        for (int j = 0; j < C; j++) z[v] += (double)h->w[(long)v * C + j] * h->norm_w[j] * x[j] * rstd;
+    }
+}
+
+static double d_logsumexp(const double *z, int n)
+{
+    double mx = -INFINITY, s = 0;
+    for (int i = 0; i < n; i++) mx = fmax(mx, z[i]);
+    for (int i = 0; i < n; i++) s += exp(z[i] - mx);
+    return mx + log(s);
+}
+
+/* The reference of ar_lm_head_loss, all in double: Σ over rows with tgt >= 0
+ * of the cross-entropy of head(pred[r]) against tgt[r], or with h->kl of
+ * KL(softmax(head(ref[r])) || softmax(head(pred[r]))). */
+static double d_head_loss(const double *pred, const float *ref, const ar_lm_head *h, const int *tgt, long rows, int C)
+{
+    double sum = 0, *z = malloc(sizeof(double) * h->V), *zr = malloc(sizeof(double) * h->V), xr[64];
     for (long r = 0; r < rows; r++) {
         if (tgt[r] < 0) continue;
-        const double *p = pred + r * C;
-        double ms = 0;
-        for (int j = 0; j < C; j++) ms += p[j] * p[j];
-        double rstd = 1.0 / sqrt(ms / C + h->eps), mx = -INFINITY, s = 0;
-        for (int v = 0; v < h->V; v++) {
-            z[v] = 0;
-            for (int j = 0; j < C; j++) z[v] += (double)h->w[(long)v * C + j] * h->norm_w[j] * p[j] * rstd;
-            mx = fmax(mx, z[v]);
-        }
-        for (int v = 0; v < h->V; v++) s += exp(z[v] - mx);
-        sum += mx + log(s) - z[tgt[r]];
+        d_head_logits(pred + r * C, h, C, z);
+        double lse = d_logsumexp(z, h->V);
+        if (!h->kl) { sum += lse - z[tgt[r]]; continue; }
+        for (int j = 0; j < C; j++) xr[j] = ref[r * C + j];
+        d_head_logits(xr, h, C, zr);
+        double lser = d_logsumexp(zr, h->V);
+        for (int v = 0; v < h->V; v++) sum += exp(zr[v] - lser) * ((zr[v] - lser) - (z[v] - lse));
     }
-    free(z);
+    free(z), free(zr);
     return sum;
 }
 
 /* 300 rows cross the 256-row logits chunk; every fifth row does not count. */
-Test(signround, lm_head_loss_value_and_gradient_vs_double_reference)
+static void check_head_loss(int kl)
 {
     enum { R = 300, C = 8, V = 11 };
     g_rng = 4242;
     float *pred = gauss_buf((long)R * C, 1.0f, 0.2f), *norm_w = gauss_buf(C, 0.2f, 1.0f);
-    float *w = gauss_buf((long)V * C, 0.8f, 0), dpred[R * C];
-    ar_lm_head h = {norm_w, 1e-5f, w, V, NULL};
+    float *w = gauss_buf((long)V * C, 0.8f, 0), *ref = gauss_buf((long)R * C, 1.0f, 0.2f), dpred[R * C];
+    ar_lm_head h = {norm_w, 1e-5f, w, V, NULL, kl};
     int tgt[R];
     for (int r = 0; r < R; r++) tgt[r] = r % 5 == 3 ? -1 : (r * 7) % V;
     double *pd = malloc(sizeof(double) * R * C);
     for (int i = 0; i < R * C; i++) pd[i] = pred[i];
-    double got = ar_lm_head_loss(&h, pred, tgt, R, C, 0.5f, dpred), want = d_head_loss(pd, &h, tgt, R, C);
+    double got = ar_lm_head_loss(&h, pred, ref, tgt, R, C, 0.5f, dpred), want = d_head_loss(pd, ref, &h, tgt, R, C);
     cr_assert(fabs(got - want) <= 1e-5 * want, "loss %.9g, want %.9g", got, want);
-    cr_assert_eq(ar_lm_head_loss(&h, pred, tgt, R, C, 0.5f, NULL), got, "the loss without a gradient differs");
+    cr_assert_eq(ar_lm_head_loss(&h, pred, ref, tgt, R, C, 0.5f, NULL), got, "the loss without a gradient differs");
     double maxg = 0, *fd = malloc(sizeof(double) * R * C);
     for (int i = 0; i < R * C; i++) {
         double keep = pd[i], e = 1e-5;
         pd[i] = keep + e;
-        double lp = d_head_loss(pd, &h, tgt, R, C);
+        double lp = d_head_loss(pd, ref, &h, tgt, R, C);
         pd[i] = keep - e;
-        double lm = d_head_loss(pd, &h, tgt, R, C);
+        double lm = d_head_loss(pd, ref, &h, tgt, R, C);
         pd[i] = keep;
         fd[i] = 0.5 * (lp - lm) / (2 * e);
         maxg = fmax(maxg, fabs(fd[i]));
@@ -771,8 +788,16 @@ Test(signround, lm_head_loss_value_and_gradient_vs_double_reference)
     for (int i = 0; i < R * C; i++)
         cr_assert(fabs(dpred[i] - fd[i]) <= 1e-4 * maxg, "dpred[%d] = %.8g, want %.8g", i, dpred[i], fd[i]);
     for (int j = 0; j < C; j++) cr_assert_eq(dpred[3 * C + j], 0.0f, "row 3 does not count");
-    free(pred), free(norm_w), free(w), free(pd), free(fd);
+    if (kl) {   /* a prediction equal to the reference: KL 0, gradient 0 */
+        cr_assert_lt(fabs(ar_lm_head_loss(&h, ref, ref, tgt, R, C, 1.0f, dpred)), 1e-9);
+        for (int i = 0; i < R * C; i++) cr_assert_lt(fabsf(dpred[i]), 1e-6f);
+    }
+    free(pred), free(norm_w), free(w), free(ref), free(pd), free(fd);
 }
+
+Test(signround, lm_head_loss_value_and_gradient_vs_double_reference) { check_head_loss(0); }
+
+Test(signround, lm_head_kl_loss_value_and_gradient_vs_double_reference) { check_head_loss(1); }
 
 /* The LM-head loss of the block's outputs under weights w on all samples:
  * the mean cross-entropy of each position but the last against the next id. */
@@ -787,17 +812,21 @@ static double lfq_loss_of(const fixture *f, const ar_block_weights *w, const ar_
     cr_assert_eq(ar_block_work_init(&ws, &f->c, f->n, T, 0), 0);
     cr_assert_eq(ar_block_forward(&f->c, w, x, y, f->n, T, &ws), 0);
     for (long r = 0; r < rows; r++) tgt[r] = r % T == T - 1 ? -1 : h->ids[r + 1];
-    double loss = ar_lm_head_loss(h, y, tgt, rows, C, 1.0f, NULL) / ((double)f->n * (T - 1));
+    float *ref = malloc(sizeof(float) * rows * C);
+    ar_to_f32(ref, f->y, AR_BF16, rows * C);
+    double loss = ar_lm_head_loss(h, y, ref, tgt, rows, C, 1.0f, NULL) / ((double)f->n * (T - 1));
+    free(ref);
     ar_block_work_free(&ws);
     free(x), free(y), free(tgt);
     return loss;
 }
 
-/* With opts.lfq the tuner minimizes the head's cross-entropy: iteration 0
+/* With opts.lfq the tuner minimizes the head's cross-entropy (or KL
+ * divergence from the FP outputs' predictions): iteration 0
  * reports RTN's, the returned weights have the reported (lower) loss, and
  * the result differs from MSE tuning. One step covers all samples, so every
  * iteration's loss is the full one. */
-Test(signround, lfq_tunes_the_block_on_the_lm_head_loss)
+static void check_lfq_tuning(int kl)
 {
     fixture f;
     random_fixture(&f, 4, 16, 2, 32, 1);
@@ -805,7 +834,7 @@ Test(signround, lfq_tunes_the_block_on_the_lm_head_loss)
     float *norm_w = gauss_buf(f.c.hidden, 0.1f, 1.0f), *w = gauss_buf((long)V * f.c.hidden, 1.0f, 0);
     int32_t ids[4 * 16];
     for (int i = 0; i < 4 * 16; i++) ids[i] = (int32_t)(ar_rand_next(&g_rng) % V);
-    ar_lm_head h = {norm_w, 1e-5f, w, V, ids};
+    ar_lm_head h = {norm_w, 1e-5f, w, V, ids, kl};
     ar_signround_opts o = opts(40, 4), o0 = opts(0, 4), om = opts(40, 4);
     o.lfq = &h;
     result r, z, m;
@@ -827,3 +856,7 @@ Test(signround, lfq_tunes_the_block_on_the_lm_head_loss)
     result_free(&r), result_free(&z), result_free(&m);
     free(norm_w), free(w);
 }
+
+Test(signround, lfq_tunes_the_block_on_the_lm_head_loss) { check_lfq_tuning(0); }
+
+Test(signround, lfq_kl_tunes_the_block_on_the_divergence_from_the_fp_head) { check_lfq_tuning(1); }
