@@ -259,15 +259,20 @@ def ds_from_dp(dp, p, Ds, scale):  # dS = P * (dP - D) * scale, in place on the 
                 dp[n][lane][e] = p[n][lane][e] * (dp[n][lane][e] - Ds[8 * n + 2 * t + (e & 1)]) * scale
 
 
-def add_kv_rows(dk, dv, dK, dV, k0, w, T, D):  # the warp's dK, dV accumulators into rows k0 + 16w.. of dk, dv [T, D]
+def add_frag_rows(dst, acc, r0, T, D):  # a warp's m16 x D accumulator fragments into rows r0.. of dst [T, D] (rows < T)
     for lane in range(32):
         g, t = lane // 4, lane % 4
         for hh in range(2):
-            r = k0 + 16 * w + g + 8 * hh
+            r = r0 + g + 8 * hh
             if r >= T: continue
             for n in range(D // 8):
                 for u in range(2):
-                    dk[r, 8 * n + 2 * t + u] += dK[n][lane][2 * hh + u]; dv[r, 8 * n + 2 * t + u] += dV[n][lane][2 * hh + u]
+                    dst[r, 8 * n + 2 * t + u] += acc[n][lane][2 * hh + u]
+
+
+def add_kv_rows(dk, dv, dK, dV, k0, w, T, D):  # the warp's dK, dV accumulators into rows k0 + 16w.. of dk, dv [T, D]
+    add_frag_rows(dk, dK, k0 + 16 * w, T, D)
+    add_frag_rows(dv, dV, k0 + 16 * w, T, D)
 
 
 def store_ds_tile(tile, dp, w):  # backward 4: the warp's dS^T rows as 8x8 matrices (kb, n), lane pairs
@@ -374,13 +379,7 @@ def bwd4(q, k, v, dO, O, LSE, T, D, window, NH, NKV, chunk, dq2=False):
                             for dp_ in range(D // 16):
                                 b = load_b_kn(Ks, LD, 16 * kk, 16 * dp_)
                                 mma(dQ[2 * dp_], a, [x[0] for x in b], [x[1] for x in b]); mma(dQ[2 * dp_ + 1], a, [x[2] for x in b], [x[3] for x in b])
-                    for lane in range(32):
-                        g, t = lane // 4, lane % 4
-                        for hh in range(2):
-                            rr = q0 + 16 * w + g + 8 * hh
-                            if rr >= T: continue
-                            for n in range(D // 8):
-                                for u in range(2): dq[h, rr, 8 * n + 2 * t + u] += dQ[n][lane][2 * hh + u]
+                    add_frag_rows(dq[h], dQ, q0 + 16 * w, T, D)
     return dq, dk, dv
 
 def bwd(q, k, v, dO, O, LSE, T, D, window, version=1):
