@@ -714,12 +714,16 @@ static void v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_b
     }
 }
 
+/* --enable_lfq changes SignRound's loss; --lfq_target only qualifies it. */
+static void check_lfq(const tune_args *a)
+{
+    if (a->lfq_kl && !a->enable_lfq) cli_usage_error("--lfq_target is --enable_lfq's: give both");
+    if (a->enable_lfq && a->iters == 0) cli_usage_error("--enable_lfq changes the SignRound loss: it needs --iters > 0");
+}
+
 /* --enable_alg_ext needs a scheme it is defined for. */
 static void check_alg_ext(const tune_run *r)
 {
-    if (r->a->lfq_kl && !r->a->enable_lfq) cli_usage_error("--lfq_target is --enable_lfq's: give both");
-    if (r->a->enable_lfq && r->a->iters == 0)
-        cli_usage_error("--enable_lfq changes the SignRound loss: it needs --iters > 0");
     if (!r->a->enable_alg_ext) return;
     int k = r->sc.def.kind;
     if (k != AR_SCHEME_INT && k != AR_SCHEME_GGUF && k != AR_SCHEME_MXFP && k != AR_SCHEME_NVFP)
@@ -1044,6 +1048,7 @@ int main(int argc, char **argv)
     r.a = &a;
     setup_scheme(&r);
     check_alg_ext(&r);
+    check_lfq(&a);
     calib_data d;
     /* A stream comes from -i, or from standard input when no --model is given;
      * --model alone means zero-shot RTN. */
