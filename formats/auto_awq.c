@@ -45,4 +45,5 @@ const ar_export_format ar_fmt_auto_awq = {
     .bias_f16 = 1,
     .config_dtype = "float16",
     .qconfig_file = "quantization_config.json",
+    .awq_layout = AR_AWQ_ALWAYS,
 };

@@ -68,4 +68,5 @@ const ar_export_format ar_fmt_auto_round = {
     .bias_f16 = 1,
     .config_dtype = NULL,
     .qconfig_file = "quantization_config.json",
+    .awq_layout = AR_AWQ_ASYM4,
 };

@@ -11,16 +11,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-const char *const ar_export_formats[] = {"auto_round", "auto_gptq", "auto_awq", "llm_compressor", "fake", NULL};
-
-static const ar_export_format *find_format(const char *name) {
-    static const ar_export_format *const all[] = {&ar_fmt_auto_round, &ar_fmt_auto_gptq, &ar_fmt_auto_awq, &ar_fmt_fake,
-                                                  &ar_fmt_llm_compressor};
-    for (size_t i = 0; i < sizeof all / sizeof all[0]; i++)
-        if (name && !strcmp(all[i]->name, name)) return all[i];
-    return NULL;
-}
-
 /* The block list prefix: the part of the first "<prefix>.<digits>." tensor
  * name before the index ("model.layers"). */
 static void detect_block_prefix(ar_export *e) {
@@ -38,10 +28,7 @@ static void detect_block_prefix(ar_export *e) {
     }
 }
 
-static int check_opts(const ar_export_opts *o) {
-    if (!find_format(o->format))
-        return ar_error("unknown export format '%s' (auto_round, auto_gptq, auto_awq, llm_compressor, fake)",
-                        o->format ? o->format : "");
+static int check_opts(const ar_export_format *f, const ar_export_opts *o) {
     if (o->data_type && ar_quant_dtype_parse(o->data_type, o->bits) < 0)
         return ar_error("%s: data type '%s' with %d bits cannot be exported", o->format, o->data_type, o->bits);
     if (o->bits != 2 && o->bits != 3 && o->bits != 4 && o->bits != 8)
@@ -54,15 +41,15 @@ static int check_opts(const ar_export_opts *o) {
         cJSON_Delete(j);
         if (!ok) return ar_error("%s: tuning keys are not a JSON object", o->format);
     }
-    const ar_export_format *f = find_format(o->format);
     return f->check_opts ? f->check_opts(o) : 0;
 }
 
-ar_export *ar_export_open(const char *model_dir, const char *out_dir, const ar_export_opts *opts) {
-    if (check_opts(opts)) return NULL;
+ar_export *ar_export_open_format(const ar_export_format *f, const char *model_dir, const char *out_dir,
+                                 const ar_export_opts *opts) {
+    if (check_opts(f, opts)) return NULL;
     ar_export *e = calloc(1, sizeof *e);
     if (!e) { ar_error("%s: out of memory", out_dir); return NULL; }
-    e->fmt = find_format(opts->format);
+    e->fmt = f;
     e->opts = *opts;
     e->opts.tuning_json = opts->tuning_json ? strdup(opts->tuning_json) : NULL;
     e->opts.data_type = opts->data_type ? strdup(opts->data_type) : NULL;
@@ -76,8 +63,8 @@ ar_export *ar_export_open(const char *model_dir, const char *out_dir, const ar_e
     }
     detect_block_prefix(e);
     /* AutoRound writes asym 4-bit in the AWQ layout unless other widths occur. */
-    e->awq_layout = e->fmt == &ar_fmt_auto_awq ||
-                    (e->fmt == &ar_fmt_auto_round && !opts->sym && opts->bits == 4 && !opts->mixed_bits);
+    e->awq_layout = f->awq_layout == AR_AWQ_ALWAYS ||
+                    (f->awq_layout == AR_AWQ_ASYM4 && !opts->sym && opts->bits == 4 && !opts->mixed_bits);
     return e;
 }
 
@@ -143,7 +130,7 @@ static ar_dtype bias_dtype(const ar_export *e, ar_dtype orig) { return e->fmt->b
 
 int ar_export_layer(ar_export *e, const ar_qlayer *l) {
     if (check_layer_target(e, l)) return -1;
-    if (e->awq_layout && e->fmt == &ar_fmt_auto_round && l->bits != 4)
+    if (e->awq_layout && e->fmt->awq_layout == AR_AWQ_ASYM4 && l->bits != 4)
         return ar_error("%s: %d-bit layer in an auto_round:auto_awq (4-bit) export; set mixed_bits", l->name, l->bits);
     if (e->fmt->write_layer(e, l) || add_rec(e, l)) return -1;
     if (!l->bias) return 0;
@@ -208,7 +195,7 @@ static int write_configs(ar_export *e) {
 }
 
 int ar_export_finish(ar_export *e) {
-    if (e->nrec == 0 && e->fmt != &ar_fmt_fake) return ar_error("%s: no quantized layers to export", e->out_dir);
+    if (e->nrec == 0 && !e->fmt->allow_empty) return ar_error("%s: no quantized layers to export", e->out_dir);
     if (copy_rest(e)) return -1;
     int rc = ar_stw_close(e->w);
     e->w = NULL;

@@ -33,7 +33,14 @@ typedef struct {
     int         bias_f16;       /* biases of quantized layers are stored fp16 */
     const char *config_dtype;   /* dtype forced into config.json, or NULL */
     const char *qconfig_file;   /* file that repeats quantization_config, or NULL */
+    int         awq_layout;     /* AR_AWQ_*: when layers are written in the AWQ layout */
+    int         allow_empty;    /* an export with no quantized layer is valid (fake) */
 } ar_export_format;
+
+/* ar_export_format.awq_layout: never; always (auto_awq); for uniform
+ * asymmetric 4-bit exports, as AutoRound writes its own format then
+ * (auto_round), where any other width is an error. */
+enum { AR_AWQ_NEVER, AR_AWQ_ALWAYS, AR_AWQ_ASYM4 };
 
 struct ar_export {
     const ar_export_format *fmt;
@@ -49,6 +56,15 @@ struct ar_export {
 
 extern const ar_export_format ar_fmt_auto_round, ar_fmt_auto_gptq, ar_fmt_auto_awq, ar_fmt_fake,
     ar_fmt_llm_compressor;
+
+/* The format named name, or NULL (export_formats.c: the one file that knows
+ * every format, so the driver and the format files do not depend on each
+ * other). */
+const ar_export_format *ar_export_format_find(const char *name);
+
+/* ar_export_open for a format already looked up (export.c, the driver). */
+struct ar_export *ar_export_open_format(const ar_export_format *f, const char *model_dir, const char *out_dir,
+                                        const ar_export_opts *opts);
 
 /* Write a floating-point layer (MXFP4/MXFP8/NVFP4/FP8) with the
  * compressed-tensors tensor names (spec §6.4 table): weight_packed or weight,

@@ -32,4 +32,5 @@ const ar_export_format ar_fmt_fake = {
     .bias_f16 = 0,
     .config_dtype = NULL,
     .qconfig_file = NULL,
+    .allow_empty = 1,
 };

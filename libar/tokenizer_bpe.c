@@ -1,5 +1,5 @@
 /* tokenizer_bpe.c — the BPE model of Hugging Face tokenizers (byte_fallback,
- * unk fusing, ignore_merges) and the small containers the tokenizer uses. */
+ * unk fusing, ignore_merges). */
 #include "tokenizer_impl.h"
 #include "error.h"
 
@@ -12,101 +12,6 @@
 #define TK_CACHE_MAX_WORD 256
 /* Bound on cached words (~100 MB worst case): the cache starts over past it. */
 #define TK_CACHE_MAX_ENTRIES (1u << 20)
-
-int tk_buf_add(tk_buf *b, const void *s, size_t n)
-{
-    if (b->n + n + 1 > b->cap) {
-        size_t cap = b->cap ? b->cap : 64;
-        while (cap < b->n + n + 1) cap *= 2;
-        char *p = realloc(b->p, cap);
-        if (!p) return ar_error("tokenizer: out of memory");
-        b->p = p, b->cap = cap;
-    }
-    if (n) memcpy(b->p + b->n, s, n);
-    b->n += n;
-    b->p[b->n] = 0;
-    return 0;
-}
-
-int tk_ids_add(tk_ids *a, int32_t id)
-{
-    if (a->n == a->cap) {
-        size_t cap = a->cap ? a->cap * 2 : 64;
-        int32_t *v = realloc(a->v, cap * sizeof *v);
-        if (!v) return ar_error("tokenizer: out of memory");
-        a->v = v, a->cap = cap;
-    }
-    a->v[a->n++] = id;
-    return 0;
-}
-
-/* FNV-1a: fast and good enough for token strings. */
-static uint64_t tk_hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
-
-static size_t tk_map_slot(const tk_map *m, const char *key, size_t len)
-{
-    size_t i = tk_hash(key, len) & (m->cap - 1);
-    while (m->key[i] && !(m->klen[i] == len && memcmp(m->key[i], key, len) == 0))
-        i = (i + 1) & (m->cap - 1);
-    return i;
-}
-
-static int tk_map_grow(tk_map *m)
-{
-    tk_map g = { 0 };
-    g.cap = m->cap ? m->cap * 2 : 1024;
-    g.key = calloc(g.cap, sizeof *g.key);
-    g.klen = calloc(g.cap, sizeof *g.klen);
-    g.val = calloc(g.cap, sizeof *g.val);
-    if (!g.key || !g.klen || !g.val) {
-        free(g.key), free(g.klen), free(g.val);
-        return ar_error("tokenizer: out of memory");
-    }
-    for (size_t i = 0; i < m->cap; i++) {
-        if (!m->key[i]) continue;
-        size_t j = tk_map_slot(&g, m->key[i], m->klen[i]);
-        g.key[j] = m->key[i], g.klen[j] = m->klen[i], g.val[j] = m->val[i];
-    }
-    g.n = m->n;
-    free(m->key), free(m->klen), free(m->val);
-    *m = g;
-    return 0;
-}
-
-int tk_map_put(tk_map *m, const char *key, size_t len, int32_t val)
-{
-    if ((m->n + 1) * 2 > m->cap && tk_map_grow(m)) return -1;
-    size_t i = tk_map_slot(m, key, len);
-    if (!m->key[i]) {
-        char *k = malloc(len + 1);
-        if (!k) return ar_error("tokenizer: out of memory");
-        memcpy(k, key, len);
-        k[len] = 0;
-        m->key[i] = k, m->klen[i] = (uint32_t)len;
-        m->n++;
-    }
-    m->val[i] = val;
-    return 0;
-}
-
-int32_t tk_map_get(const tk_map *m, const char *key, size_t len)
-{
-    if (!m->cap) return -1;
-    size_t i = tk_map_slot(m, key, len);
-    return m->key[i] ? m->val[i] : -1;
-}
-
-void tk_map_free(tk_map *m)
-{
-    for (size_t i = 0; i < m->cap; i++) free(m->key[i]);
-    free(m->key), free(m->klen), free(m->val);
-    memset(m, 0, sizeof *m);
-}
 
 /* ---- merges table -------------------------------------------------------- */
 

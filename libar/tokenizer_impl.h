@@ -1,5 +1,6 @@
-/* tokenizer_impl.h — internals shared by tokenizer.c, tokenizer_bpe.c and
- * tokenizer_text.c. Not a public header: callers use tokenizer.h.
+/* tokenizer_impl.h — internals shared by tokenizer.c, tokenizer_bpe.c,
+ * tokenizer_text.c and tokenizer_containers.c. Not a public header: callers
+ * use tokenizer.h.
  *
  * The pipeline mirrors Hugging Face `tokenizers`: added tokens are cut out of
  * the text, the rest is normalized, pre-tokenized into "pieces", each piece is

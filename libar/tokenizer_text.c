@@ -82,29 +82,6 @@ static int32_t tk_cp(const char *s, size_t avail, size_t *len)
     return l > 0 ? cp : 0xFFFD;
 }
 
-/* ---- pieces -------------------------------------------------------------- */
-
-int tk_pieces_add(tk_pieces *p, const char *s, size_t n, int at_start)
-{
-    if (!n) return 0;
-    if (p->n == p->cap) {
-        size_t cap = p->cap ? p->cap * 2 : 64;
-        tk_span *v = realloc(p->v, cap * sizeof *v);
-        if (!v) return ar_error("tokenizer: out of memory");
-        p->v = v, p->cap = cap;
-    }
-    p->v[p->n++] = (tk_span){ p->bytes.n, n, at_start };
-    return tk_buf_add(&p->bytes, s, n);
-}
-
-void tk_pieces_clear(tk_pieces *p) { p->n = 0, p->bytes.n = 0; }
-
-void tk_pieces_free(tk_pieces *p)
-{
-    free(p->v), free(p->bytes.p);
-    memset(p, 0, sizeof *p);
-}
-
 /* ---- normalizers --------------------------------------------------------- */
 
 pcre2_code *tk_regex(const char *pattern, const char *what)
