@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <math.h>
 #include <signal.h>
 #include <stddef.h>
 #include <stdio.h>
@@ -31,10 +32,11 @@ static const char usage[] =
     "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
-    "                  [--avg_bits X --options W2A16G64,W4A16 [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
+    "                  [--schemes W2A16G64,W4A16 --bits X [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
     "                  [--quiet|--verbose|--progress]\n"
     "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults;\n"
-    "--avg_bits (AutoScheme mixed bits) adds ar-scheme after ar-calib.\n"
+    "--schemes (AutoScheme mixed bits, --bits X being the average) adds ar-scheme after ar-calib;\n"
+    "--avg_bits/--target_bits X and --options S... are the older spellings of --bits and --schemes.\n"
     "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
     "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
     "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
@@ -49,8 +51,11 @@ typedef struct {
     const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
-    const char *avg_bits;               /* --avg_bits: AutoScheme, run by ar-scheme */
-    char scheme_options[512];           /* --options, comma-joined */
+    double bits_value;                  /* bits as a number (AutoRound parses --bits as a float) */
+    const char *avg_bits;               /* with --schemes: bits, the AutoScheme target run by ar-scheme */
+    int has_schemes;                    /* --schemes/--options given: AutoScheme */
+    char scheme_options[512];           /* --schemes, comma-joined */
+    char schemes_given[512];            /* --schemes as given, to compare with a later --options */
     char *shared[MAX_SHARED];           /* --shared_layers groups, each comma-joined */
     int nshared, ignore_scale_zp_bits;
     int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
@@ -64,7 +69,6 @@ static const struct {
 } value_flags[] = {
     {{"--model", "--model_name", "--model_name_or_path"}, offsetof(options, model)},
     {{"--scheme"}, offsetof(options, scheme)},
-    {{"--bits", "--bit"}, offsetof(options, bits)},
     {{"--group_size"}, offsetof(options, group_size)},
     {{"--layer_config"}, offsetof(options, layer_config)},
     {{"--format", "--formats"}, offsetof(options, format)},
@@ -82,7 +86,6 @@ static const struct {
     {{"--max_shard_size"}, offsetof(options, max_shard_size)},
     {{"--keep_streams"}, offsetof(options, keep_streams)},
     {{"--recipe"}, offsetof(options, recipe)},
-    {{"--avg_bits", "--target_bits"}, offsetof(options, avg_bits)},
 };
 
 /* Switches: each sets its int field to val. */
@@ -124,7 +127,6 @@ static const struct {
     {"--eval_bs", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
     {"--eval_task_by_task", "evaluation is a separate tool: ar-eval --model OUT --text FILE"},
     {"--limit", "evaluation is a separate tool: ar-eval --model OUT --text FILE --windows N"},
-    {"--schemes", "AutoScheme mixed precision is not supported by auto-round yet"},
     {"--data_type", "pick a preset with --scheme"}, {"--dtype", "pick a preset with --scheme"},
     {"--act_bits", "pick a preset with --scheme"}, {"--act_group_size", "pick a preset with --scheme"},
     {"--act_asym", "pick a preset with --scheme"}, {"--act_data_type", "pick a preset with --scheme"},
@@ -195,11 +197,108 @@ static void append_list(char *dst, size_t cap, const char *item, const char *fla
     snprintf(dst + n, cap - n, "%s%s", n ? "," : "", item);
 }
 
-/* --options A,B or --options A B: one comma list for ar-scheme. */
-static void parse_scheme_options(int argc, char **argv, int *i, options *o)
+/* A number as AutoRound's argparse reads --bits (type float). */
+static double parse_number(const char *flag, const char *v)
 {
-    int n = list_values(argc, argv, i), at = *i - n + 1;
-    for (int k = 0; k < n; k++) append_list(o->scheme_options, sizeof o->scheme_options, argv[at + k], "--options");
+    char *end;
+    errno = 0;
+    double x = strtod(v, &end);
+    if (errno || end == v || *end) cli_usage_error("%s: '%s' is not a number", flag, v);
+    return x;
+}
+
+/* --bits/--bit X, or its older spellings --avg_bits/--target_bits X, which
+ * (as in AutoRound 0.16) refuse to replace a different value given before. */
+static int parse_bits(int argc, char **argv, int *i, options *o)
+{
+    static const char *const names[] = {"--bits", "--bit", "--avg_bits", "--target_bits"};
+    for (int k = 0; k < 4; k++) {
+        const char *v = cli_value(argc, argv, i, names[k]);
+        if (!v) continue;
+        double x = parse_number(names[k], v);
+        if (k >= 2 && o->bits && x != o->bits_value)
+            cli_usage_error("conflicting values for --bits: '%s' was already given, then %s '%s'", o->bits,
+                            names[k], v);
+        o->bits = v;
+        o->bits_value = x;
+        return 1;
+    }
+    return 0;
+}
+
+/* --schemes A,B or --schemes A B (or --schemes=A,B): one comma list for
+ * ar-scheme, blanks and empty items dropped. The older spellings --options
+ * and --option refuse to replace a different list given before; --schemes
+ * replaces it (AutoRound 0.16). */
+static int parse_schemes(int argc, char **argv, int *i, options *o)
+{
+    static const char *const names[] = {"--schemes", "--options", "--option"};
+    for (int k = 0; k < 3; k++) {
+        const char *flag = names[k], *eq = strchr(argv[*i], '=');
+        if (!is_flag(argv[*i], flag)) continue;
+        int n = 1, at = *i;
+        if (!eq) n = list_values(argc, argv, i), at = *i - n + 1;
+        char given[sizeof o->schemes_given] = "", list[sizeof o->scheme_options] = "";
+        for (int j = 0; j < n; j++) {
+            const char *v = eq ? eq + 1 : argv[at + j];
+            size_t len = strlen(given);
+            if (len + strlen(v) + 2 > sizeof given) cli_usage_error("%s: list too long", flag);
+            snprintf(given + len, sizeof given - len, "%s%s", j ? "\n" : "", v);
+            char item[sizeof list];
+            snprintf(item, sizeof item, "%s", v);
+            for (char *save, *t = strtok_r(item, ",", &save); t; t = strtok_r(NULL, ",", &save)) {
+                while (*t == ' ') t++;
+                size_t m = strlen(t);
+                while (m && t[m - 1] == ' ') t[--m] = 0;
+                if (m) append_list(list, sizeof list, t, flag);
+            }
+        }
+        if (k && o->has_schemes && strcmp(given, o->schemes_given))
+            cli_usage_error("conflicting values for --schemes: '%s' was already given, then %s", o->scheme_options,
+                            flag);
+        if (!list[0]) cli_usage_error("%s: no scheme given", flag);
+        memcpy(o->schemes_given, given, sizeof given);
+        memcpy(o->scheme_options, list, sizeof list);
+        o->has_schemes = 1;
+        return 1;
+    }
+    return 0;
+}
+
+/* x in its shortest form that reads back the same: 3.0 -> "3", 2.50 -> "2.5". */
+static const char *number_text(double x)
+{
+    static char buf[40];
+    for (int p = 1; p <= 17; p++) {
+        snprintf(buf, sizeof buf, "%.*g", p, x);
+        if (strtod(buf, NULL) == x) break;
+    }
+    return buf;
+}
+
+/* AutoRound 0.16's reading of --bits: with --schemes it is AutoScheme's
+ * average target (the candidates carry their own bits, and --scheme may not
+ * pick another), without it the weight bits, which must be a whole number. */
+static void resolve_bits(options *o)
+{
+    if (o->has_schemes) {
+        if (o->scheme && strcasecmp(o->scheme, "W4A16"))
+            cli_usage_error("--scheme and --schemes cannot be used together: give only --schemes");
+        if (!o->bits) cli_usage_error("--schemes: give the average bits to aim for with --bits X");
+        o->avg_bits = strdup(number_text(o->bits_value));
+        if (!o->avg_bits) cli_die("out of memory");
+        o->bits = NULL;
+        o->scheme = NULL;
+    } else if (o->bits) {
+        if (!(o->bits_value == floor(o->bits_value)) || fabs(o->bits_value) > 1e6)
+            cli_usage_error("--bits %s: weight bits must be a whole number; a fractional AutoScheme average "
+                            "needs --schemes",
+                            o->bits);
+        o->bits = strdup(number_text(o->bits_value));
+        if (!o->bits) cli_die("out of memory");
+    }
+    if (!o->has_schemes && (o->nshared || o->ignore_scale_zp_bits) && cli_progress)
+        fprintf(stderr, "auto-round: --shared_layers and --ignore_scale_zp_bits have no effect without --schemes\n");
 }
 
 /* --shared_layers as AutoRound reads it: bare names form one group; when a
@@ -236,7 +335,7 @@ static options parse_args(int argc, char **argv)
         const char *a = argv[i];
         if (!strcmp(a, "--help") || !strcmp(a, "-h")) { fputs(usage, stdout); exit(CLI_EXIT_OK); }
         else if (cli_common_flag(a)) o.verbosity = a;
-        else if (!strcmp(a, "--options")) parse_scheme_options(argc, argv, &i, &o);
+        else if (parse_bits(argc, argv, &i, &o) || parse_schemes(argc, argv, &i, &o)) continue;
         else if (!strcmp(a, "--shared_layers")) parse_shared_layers(argc, argv, &i, &o);
         else if (parse_table_flag(argc, argv, &i, &o)) continue;
         else if (check_autoround_flag(a)) continue;
@@ -246,11 +345,9 @@ static options parse_args(int argc, char **argv)
     }
     if (!o.model) cli_usage_error("give the model folder: auto-round --model DIR");
     if (!o.recipe) o.recipe = recipe_from_name(argv[0]);
-    if (o.avg_bits && !o.scheme_options[0]) cli_usage_error("--avg_bits: give the candidate schemes with --options");
-    if (!o.avg_bits && (o.scheme_options[0] || o.nshared || o.ignore_scale_zp_bits))
-        cli_usage_error("--options, --shared_layers and --ignore_scale_zp_bits are AutoScheme's: give --avg_bits");
+    resolve_bits(&o);
     if (o.avg_bits && o.layer_config)
-        cli_usage_error("--avg_bits and --layer_config both set the per-layer schemes: give one");
+        cli_usage_error("--schemes and --layer_config both set the per-layer schemes: give one");
     return o;
 }
 
@@ -578,8 +675,8 @@ static void build_plan(plan *pl, const options *o)
     }
     for (int i = 0; o->avg_bits && i < np; i++)
         if (ps[i].gguf_scheme)
-            cli_usage_error("--avg_bits with --format %s: give the GGUF schemes to choose from as --options and "
-                            "--scheme, or write that format in a run of its own", ps[i].formats);
+            cli_usage_error("--schemes with --format %s: a GGUF format beside others needs a pass of its own "
+                            "scheme; write it in a run of its own (--format %s alone)", ps[i].formats, ps[i].formats);
     const char *calib_out = dir ? join_path(dir, "calib.ars") : "-";
     const char *tune_in = calib_out;
     chain *c = &pl->ch[0];

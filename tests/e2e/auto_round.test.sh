@@ -99,25 +99,88 @@ for f in auto_round gguf-q4_0; do
   if awk -v p="$ppl" 'BEGIN { exit !(p > 1 && p < 20) }'; then ok "two formats: $f ppl $ppl"; else bad "two formats: $f ppl '$ppl'"; fi
 done
 
-# ---- AutoScheme: --avg_bits adds ar-scheme between ar-calib and ar-tune -------
+# ---- AutoScheme: --schemes S... --bits X adds ar-scheme between ar-calib and ar-tune
 cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --avg_bits 3 --options W2A16G64 W4A16 \
       --shared_layers q_proj k_proj --shared_layers 'up_proj,gate_proj' 'o_proj,down_proj' --ignore_scale_zp_bits \
       --output_dir "$tmp/as" --dry_run)
 has "scheme stage after calib, piped" "$(printf '%s\n' "$cmd" | sed -n 2p)" "/ar-scheme -i - --model $M --avg_bits 3 --options W2A16G64,W4A16 --shared_layers q_proj,k_proj --shared_layers up_proj,gate_proj --shared_layers o_proj,down_proj --ignore_scale_zp_bits -o -"
 has "tune reads the scheme stream" "$(line ar-tune)" "-i - "
+case "$(line ar-tune)" in *--bits*|*--scheme*) bad "AutoScheme: --bits or --scheme reach ar-tune: $(line ar-tune)";;
+  *) ok "AutoScheme: ar-tune gets no --bits";; esac
 cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --target_bits 3 --options W2A16G64,W4A16 --keep_streams "$tmp/ks" \
       --output_dir "$tmp/as" --dry_run)
 has "kept scheme stream" "$(line ar-scheme)" "-i $tmp/ks/calib.ars --model $M --avg_bits 3 --options W2A16G64,W4A16 -o $tmp/ks/scheme.ars"
 has "tune reads the kept scheme stream" "$(line ar-tune)" "-i $tmp/ks/scheme.ars"
-expect_rc 2 "give the candidate schemes with --options" "--avg_bits needs --options" -- "$M" --dataset "$DATA" --avg_bits 3
-expect_rc 2 "give --avg_bits" "--options needs --avg_bits" -- "$M" --dataset "$DATA" --options W2A16G64,W4A16
-expect_rc 2 "give one" "--avg_bits with --layer_config" -- "$M" --dataset "$DATA" --avg_bits 3 --options W4A16 \
+
+# AutoRound 0.16's spelling: --bits is a float, the AutoScheme average when
+# --schemes gives the candidates; --avg_bits/--target_bits and --options are
+# its older names. Every spelling below is the same plan, command for command.
+dry() { "$AR_BIN/auto-round" "$M" --dataset "$DATA" --output_dir "$tmp/as" --dry_run "$@" 2>&1 || echo "(exit $?)"; }
+ref=$(dry --avg_bits 3 --options W2A16G64,W4A16)
+for args in "--schemes W2A16G64,W4A16 --bits 3.0" "--schemes W2A16G64,W4A16 --bits 3" \
+            "--schemes W2A16G64 W4A16 --bit=3e0" "--schemes=W2A16G64,W4A16 --bits 3.0" \
+            "--scheme W4A16 --schemes W2A16G64,W4A16 --bits 3.0" "--bits 3.0 --target_bits 3 --options W2A16G64,W4A16" \
+            "--schemes W2A16G64,W4A16 --options W2A16G64,W4A16 --bits 3.0" "--avg_bits 3 --bits 3.00 --schemes W2A16G64,W4A16"; do
+  # shellcheck disable=SC2086
+  got=$(dry $args)
+  [ "$got" = "$ref" ] && ok "$args: same commands as --avg_bits 3 --options" || bad "$args: $got"
+done
+has "fractional --bits is the average" "$(dry --schemes W2A16G64,W4A16 --bits 2.50)" "--avg_bits 2.5 --options W2A16G64,W4A16 -o"
+# Without --schemes, --bits (and so --avg_bits) is the weight bits, a whole number.
+for args in "--bits 3.0" "--avg_bits 3"; do
+  # shellcheck disable=SC2086
+  has "$args without --schemes: ar-tune --bits 3" "$(dry $args)" "ar-tune -i - --model $M --bits 3 -o -"
+done
+[ "$(dry --shared_layers q_proj --ignore_scale_zp_bits)" = "$(dry)" ] && ok "AutoScheme flags without --schemes change nothing" ||
+  bad "AutoScheme flags without --schemes: $(dry --shared_layers q_proj --ignore_scale_zp_bits)"
+
+# usage errors: one message, exit 2, nothing written
+expect_rc 2 "schemes: give the average bits to aim for with --bits" "--schemes needs --bits" -- \
+  "$M" --dataset "$DATA" --schemes W2A16G64,W4A16 --output_dir "$tmp/u"
+expect_rc 2 "schemes: give the average bits" "--options needs --bits" -- "$M" --dataset "$DATA" --options W2A16G64,W4A16
+expect_rc 2 "bits 3.5: weight bits must be a whole number" "fractional --bits without --schemes" -- \
+  "$M" --dataset "$DATA" --bits 3.5 --output_dir "$tmp/u"
+expect_rc 2 "weight bits must be a whole number" "fractional --avg_bits without --options" -- \
+  "$M" --dataset "$DATA" --avg_bits 2.5
+expect_rc 2 "scheme and --schemes cannot be used together" "--scheme W8A16 with --schemes" -- \
+  "$M" --dataset "$DATA" --scheme W8A16 --schemes W2A16G64,W4A16 --bits 3
+expect_rc 2 "conflicting values for --bits: '4' was already given, then --avg_bits '3'" "--bits then --avg_bits" -- \
+  "$M" --dataset "$DATA" --bits 4 --avg_bits 3 --schemes W2A16G64,W4A16
+expect_rc 2 "conflicting values for --schemes" "--schemes then --options" -- \
+  "$M" --dataset "$DATA" --schemes W2A16G64,W4A16 --options W2A16G64,W8A16 --bits 3
+expect_rc 2 "conflicting values for --schemes" "--options twice" -- \
+  "$M" --dataset "$DATA" --options W2A16G64 --options W4A16 --bits 3
+expect_rc 2 "bits: 'three' is not a number" "--bits not a number" -- "$M" --dataset "$DATA" --bits three
+expect_rc 2 "schemes: no scheme given" "--schemes empty" -- "$M" --dataset "$DATA" --schemes , --bits 3
+expect_rc 2 "give one" "--schemes with --layer_config" -- "$M" --dataset "$DATA" --schemes W4A16 --bits 3 \
   --layer_config "$tmp/lc.json"
-"$AR_BIN/auto-round" "$M" --dataset "$DATA" --avg_bits 3 --options W2A16G64,W4A16 --iters 2 --nsamples 8 --seqlen 32 \
-  --quiet --output_dir "$tmp/mixed"
-if grep -q '"bits": *2' "$tmp/mixed/config.json" && grep -q '"extra_config"' "$tmp/mixed/config.json"; then
+expect_rc 2 "run of its own" "--schemes with a GGUF pass" -- "$M" --dataset "$DATA" --schemes W2A16G64,W4A16 --bits 3 \
+  --format auto_round,gguf:q4_k_m
+[ ! -e "$tmp/u" ] && ok "no output after a usage error" || bad "output left after a usage error"
+
+# The same plan for real: ar-scheme prints the achieved average, and the two
+# spellings choose the same layers and write the same model.
+for v in avg:--avg_bits:3:--options schemes:--bits:3.0:--schemes; do
+  IFS=: read -r name bflag bval sflag <<EOF_
+$v
+EOF_
+  "$AR_BIN/auto-round" "$M" --dataset "$DATA" "$bflag" "$bval" "$sflag" W2A16G64,W4A16 --iters 2 --nsamples 8 \
+    --seqlen 32 --progress --output_dir "$tmp/mixed-$name" 2> "$tmp/mixed-$name.log" ||
+    bad "$bflag $bval $sflag: run failed: $(tail -2 "$tmp/mixed-$name.log")"
+  grep '^ar-scheme: avg bits' "$tmp/mixed-$name.log" > "$tmp/avg-$name.txt" || true
+done
+avg=$(sed -n 's/^ar-scheme: avg bits \([0-9.]*\) (target 3.0000,.*/\1/p' "$tmp/avg-avg.txt")
+if [ -n "$avg" ] && awk -v a="$avg" 'BEGIN { exit !(a > 2 && a <= 3) }'; then ok "--avg_bits 3: achieved average $avg"
+else bad "--avg_bits 3: no achieved average in: $(cat "$tmp/mixed-avg.log")"; fi
+if [ -s "$tmp/avg-schemes.txt" ] && cmp -s "$tmp/avg-avg.txt" "$tmp/avg-schemes.txt"; then
+  ok "--schemes --bits 3.0: same achieved average ($(cat "$tmp/avg-schemes.txt"))"
+else bad "--schemes --bits 3.0 printed '$(cat "$tmp/avg-schemes.txt")', --avg_bits 3 '$(cat "$tmp/avg-avg.txt")'"; fi
+if cmp -s "$tmp/mixed-avg/model.safetensors" "$tmp/mixed-schemes/model.safetensors" &&
+   cmp -s "$tmp/mixed-avg/config.json" "$tmp/mixed-schemes/config.json"; then ok "both spellings write the same model"
+else bad "--schemes --bits 3.0 and --avg_bits 3 --options wrote different models"; fi
+if grep -q '"bits": *2' "$tmp/mixed-avg/config.json" && grep -q '"extra_config"' "$tmp/mixed-avg/config.json"; then
   ok "AutoScheme run writes a mixed-bits model"
-else bad "no 2-bit layers in extra_config: $(cat "$tmp/mixed/config.json")"; fi
+else bad "no 2-bit layers in extra_config: $(cat "$tmp/mixed-avg/config.json")"; fi
 
 # SignRound piped vs through kept streams: identical models, streams kept and valid.
 q="--dataset $DATA --iters 2 --nsamples 4 --seqlen 32 --quiet"
