@@ -167,6 +167,24 @@ $(CUDA_CHECK): tests/cuda/cuda_check.c $(BUILD)/libar.a
 cuda-check: $(TOOLS) $(CUDA_CHECK)
 	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) AR_CUDA_CHECK=$(abspath $(CUDA_CHECK)) sh tests/cuda/run.sh
 
+# Kernel studies (dev/cuda/README.md): each dev/cuda/NAME.cu is a program of
+# its own in llm.c's dev/cuda manner (a CPU reference, numbered versions, a
+# benchmark), built into $(BUILD)/dev/cuda/NAME by `make dev-cuda`; never
+# linked into the tools, not part of all or test; skipped without nvcc.
+.PHONY: dev-cuda
+DEV_CU        := $(wildcard dev/cuda/*.cu)
+DEV_BIN       := $(patsubst dev/cuda/%.cu,$(BUILD)/dev/cuda/%,$(DEV_CU))
+DEV_NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
+$(BUILD)/dev/cuda/%: dev/cuda/%.cu dev/cuda/common.h
+	@mkdir -p $(@D)
+	$(NVCC) $(DEV_NVCCFLAGS) -o $@ $<
+ifneq ($(strip $(NVCC)),)
+dev-cuda: $(DEV_BIN)
+else
+dev-cuda:
+	@echo "dev-cuda: nvcc not found, nothing built"
+endif
+
 # Real clients (transformers + auto-round, llama.cpp) load what ar-pack writes;
 # needs PyPI on first use (build/venv). Not part of test.
 check-clients: $(TOOLS)

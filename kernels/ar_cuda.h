@@ -62,12 +62,13 @@ int ar_cuda_sync(void);
 
 /* ---- GEMM precision ------------------------------------------------------- */
 
-/* How the linears' and attention's matrix products run: AR_CUDA_GEMM_F32 is
- * full f32 (CUDA cores; the accuracy reference), TF32 uses tensor cores with
- * 10-bit mantissas, BF16 rounds the f32 operands to bf16 inside cuBLAS
- * (CUBLAS_COMPUTE_32F_FAST_16BF: bf16 tensor cores, f32 accumulation and
- * storage), as AutoRound's bf16 autocast does. */
-enum { AR_CUDA_GEMM_F32 = 0, AR_CUDA_GEMM_TF32 = 1, AR_CUDA_GEMM_BF16 = 2 };
+/* How the linears' and attention's matrix products run: AR_CUDA_GEMM_BF16
+ * (the tuner's; set by libar's ar_device_init) rounds the operands to bf16
+ * (CUBLAS_COMPUTE_32F_FAST_16BF on f32 storage in the general path, native
+ * bf16 operands in the fast path: bf16 tensor cores, f32 accumulation), as
+ * AutoRound's bf16 autocast does; AR_CUDA_GEMM_F32 is full f32 (CUDA cores:
+ * the chain and perplexity forwards, and the accuracy reference). */
+enum { AR_CUDA_GEMM_F32 = 0, AR_CUDA_GEMM_BF16 = 2 };
 void ar_cuda_set_gemm(int mode);
 int  ar_cuda_get_gemm(void);
 
@@ -292,7 +293,7 @@ int ar_cuda_act_quant_bf16(const ar_cuda_act *a, const uint16_t *x, uint16_t *xq
  * ar_block_set_act_quant does on the CPU: each linear multiplies by its own
  * quantized copy (input groups may mix specs), the backward is
  * straight-through (dx = dy·W unchanged) with dW taken against the copy the
- * forward used. The default path quantizes the f32 inputs; the fast path
+ * forward used. The general path quantizes the f32 inputs; the fast path
  * quantizes its bf16 inputs (see ar_cuda_act_quant_bf16). s must be the
  * work's shape. 0 or -1 (bad spec, no device memory). */
 int ar_cuda_block_set_act_quant(const ar_cuda_shape *s, ar_cuda_block_work *ws, const ar_cuda_act *const aq[7]);
@@ -342,16 +343,16 @@ enum { AR_CUDA_COPY_SEGS = 32 };
  * block. At most AR_CUDA_COPY_SEGS segments; n <= 0 ones are skipped. */
 int ar_cuda_copy_if_many(const ar_cuda_copy_seg *segs, int nseg, const int *flag);
 
-/* ---- fast path (AR_CUDA_FAST=1) -------------------------------------------
- * Native bf16 GEMM operands, fused elementwise ops and flash attention. It is
- * chosen when a block work is created (ar_cuda_block_work_create) while the
- * switch is on, the GEMM mode is BF16 and ar_cuda_flash_supported(head_dim);
- * such a work then runs the fast forward/backward and refuses other GEMM
- * modes. Numerically it is the BF16 mode's computation (operands rounded to
- * bf16, f32 accumulation), with the attention probabilities also rounded to
- * bf16 for their products, and the causal half of the scores never computed. */
-void ar_cuda_set_fast(int on);
-int  ar_cuda_get_fast(void);
+/* ---- fast path -------------------------------------------------------------
+ * Native bf16 GEMM operands, fused elementwise ops and flash attention. A
+ * block work takes it when it is created (ar_cuda_block_work_create) while
+ * the GEMM mode is BF16, ar_cuda_flash_supported(head_dim) and the heads
+ * divide into kv heads; such a work then runs the fast forward/backward and
+ * refuses other GEMM modes. Other works run the general path (block.cu: f32
+ * activations, stored probabilities). Numerically it is the BF16 mode's
+ * computation (operands rounded to bf16, f32 accumulation), with the
+ * attention probabilities also rounded to bf16 for their products, and the
+ * causal half of the scores never computed. */
 
 /* Row-major C [M, N] (f32) = alpha op(A) op(B) + beta C with A, B bf16 (dev),
  * f32 accumulation (cublasGemmEx, CUBLAS_COMPUTE_32F). */
@@ -362,28 +363,6 @@ int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const ui
  * one cuBLAS launch for the projections that read the same input. */
 int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
                               const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
-
-/* ---- GEMM algorithm search (AR_CUDA_GEMM_TUNE=1; kernels/gemm_lt.cu) -------
- * On, every ar_cuda_gemm_bf16 (and the fast path's batched bf16 GEMMs) runs
- * through cuBLASLt: the first call of each signature (sizes, transposes,
- * leading dimensions, batch count and strides, beta zero or not, operand
- * alignment) times the heuristic's top 8 algorithms and the cuBLAS default
- * on its own operands and keeps the fastest for the rest of the process
- * (the default unless a candidate beats it by 1%). Costs a 64 MiB workspace
- * and, per new signature, 63 extra GEMM calls (9 algorithms x 7; with beta != 0 a
- * zeroed scratch C for as long as the timing runs). Results may differ from
- * the default's in summation order (split-K), never run to run once chosen. */
-void ar_cuda_set_gemm_tune(int on);
-int  ar_cuda_get_gemm_tune(void);
-/* Print one line per signature seen (the cuBLAS default's time, the kept
- * algorithm's, calls since) and a total to stdout; returns how many of them
- * run a cuBLASLt algorithm (the others: the cuBLAS default). */
-int  ar_cuda_gemm_tune_report(void);
-/* Forget every choice: the next call of each signature tunes again. */
-void ar_cuda_gemm_tune_reset(void);
-/* Tests: rank >= 0 makes later tunings keep the heuristic's rank-th
- * candidate (when there is one that runs) instead of the fastest; -1 undoes. */
-void ar_cuda_gemm_tune_force_rank(int rank);
 
 /* RMSNorm whose output is stored only in bf16 (rstd in f32 as usual). */
 void ar_cuda_rmsnorm_forward_bf16(uint16_t *out, float *rstd, const float *x, const float *w, int R, int C,
@@ -399,23 +378,12 @@ void ar_cuda_rope_bf16(uint16_t *dst, const float *x, const float *cos_t, const 
 /* dst_b = bf16(src), and dst_f = src when dst_f is not NULL. */
 void ar_cuda_copy_to_bf16(float *dst_f, uint16_t *dst_b, const float *src, long n);
 
-/* The fast path's elementwise kernels (block_fast.cu): AR_CUDA_ELEM_VECTOR
- * (the default: 16-byte accesses, a normalized row held in registers, fused
- * passes, the bf16 samples read through their index) or AR_CUDA_ELEM_SCALAR
- * (the first kernels with their passes, one element per thread; also
- * AR_CUDA_ELEM=scalar in the environment), kept for comparison and as the
- * fallback for shapes the vector kernels do not take. Both give the same
- * bits; the tuner takes the sample-index route below only with VECTOR. */
-enum { AR_CUDA_ELEM_VECTOR = 0, AR_CUDA_ELEM_SCALAR = 1 };
-void ar_cuda_set_elem_kernels(int kind);
-int  ar_cuda_get_elem_kernels(void);
-
 /* ar_cuda_block_forward on a fast-path work with the block input read in
  * bf16: sample b of the batch is src + idx[b]·T·C ([T, C], dev), idx a HOST
  * array of B entries (NULL: b). Widening bf16 is exact, so y has the bits of
- * ar_cuda_block_forward on the widened rows. With the vector kernels the
- * input is not kept in f32: a backward after it cannot give dx (it fails
- * when asked). -1 for a default-path work. */
+ * ar_cuda_block_forward on the widened rows. The input is not kept in f32
+ * (except for rows too long for the register RMSNorm, C > 8192): a backward
+ * after it cannot give dx (it fails when asked). -1 for a general-path work. */
 int ar_cuda_block_forward_rows(const ar_cuda_shape *s, const ar_cuda_weights *w, const uint16_t *src,
                                const int *idx, float *y, int B, int T, int train, ar_cuda_block_work *ws);
 /* The bf16 buffer [B·T, C] of a fast-path training work that holds the
@@ -426,7 +394,7 @@ uint16_t *ar_cuda_block_dy_bf16(ar_cuda_block_work *ws);
 /* ar_cuda_block_backward (dw_write 0) or ar_cuda_block_backward_write_dw
  * (dw_write 1) on a fast-path work whose ar_cuda_block_dy_bf16 buffer
  * already holds bf16(dy) (round to nearest even): the narrowing pass is
- * skipped. dy (f32) is still read. -1 for a default-path work. */
+ * skipped. dy (f32) is still read. -1 for a general-path work. */
 int ar_cuda_block_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
                                     float *const dW[7], float *dx, int dw_write, ar_cuda_block_work *ws);
 /* ar_cuda_masked_mse_denom over B samples of T rows of C whose references
@@ -443,52 +411,26 @@ int ar_cuda_masked_mse_rows(const float *pred, const uint16_t *ref, const int *r
 
 /* 1 when the flash kernels exist for this head dimension (32, 64, 80, 96, 128). */
 int ar_cuda_flash_supported(int HD);
-/* Causal (optionally sliding-window) attention without the T x T matrix:
+/* Causal (optionally sliding-window) attention without the T x T matrix
+ * (kernels/flash_mma.cu: mma.sync bf16 tensor-core tiles with the scores and
+ * accumulators in registers; 128-query tiles, four warps of 32 rows):
  * q [B, T, NH, HD], k/v [B, T, NKV, HD] bf16; the output [B, T, NH, HD] is
  * written in bf16 (out_b) and/or f32 (out_f), either may be NULL; lse
  * [B, NH, T] f32 receives each row's log-sum-exp of the scaled scores. */
 int ar_cuda_flash_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
                           const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
-/* Which kernels ar_cuda_flash_forward / _backward run: AR_CUDA_FLASH_MMA
- * (the default: mma.sync with scores and accumulators in registers, tiles
- * double-buffered with cp.async, kernels/flash_mma.cu), AR_CUDA_FLASH_MMA1
- * (the first mma kernels, synchronous tile loads), AR_CUDA_FLASH_MMA_ATOMIC
- * (AR_CUDA_FLASH_MMA with the backward in one kernel, dQ added with f32
- * atomics: fewer tile products, dq not bit-reproducible) or
- * AR_CUDA_FLASH_WMMA (the first design, wmma tiles through shared memory,
- * kernels/flash.cu). Candidates (kernels/flash_mma.cu), each timed by
- * cuda_check --attn-bench: AR_CUDA_FLASH_MMA_L2 (mma's kernels, blocks
- * ordered so each head's operand tiles stay in L2; same results),
- * AR_CUDA_FLASH_MMA_DS (that forward; backward with dS stored once in bf16
- * scratch and dQ computed from it without recomputing S and dP;
- * deterministic), AR_CUDA_FLASH_MMA_DS_ILV (the same with the dK/dV
- * kernel's products interleaved in pairs), AR_CUDA_FLASH_MMA_M128 (forward
- * on 128-query tiles, 32 rows per warp, same outputs; mma-l2's backward),
- * AR_CUDA_FLASH_MMA_M128_DS (m128 forward, ds-ilv backward with 32 query
- * rows per warp in its dQ kernel);
- * AR_CUDA_FLASH_MMA_V2 is session 2's default pair under a fixed name. Same
- * results up to summation order. */
-enum {
-    AR_CUDA_FLASH_WMMA = 0, AR_CUDA_FLASH_MMA = 1, AR_CUDA_FLASH_MMA1 = 2, AR_CUDA_FLASH_MMA_ATOMIC = 3,
-    AR_CUDA_FLASH_MMA_L2 = 4, AR_CUDA_FLASH_MMA_DS = 5, AR_CUDA_FLASH_MMA_DS_ILV = 6, AR_CUDA_FLASH_MMA_M128 = 7,
-    AR_CUDA_FLASH_MMA_M128_DS = 8, AR_CUDA_FLASH_MMA_V2 = 9, AR_CUDA_FLASH_KINDS = 10
-};
-void ar_cuda_set_flash_kernel(int kind);
-int  ar_cuda_get_flash_kernel(void);
-/* The AR_CUDA_FLASH name of a kind ("mma", "mma-ds", ...; NULL when kind is
- * not one), and the kind of a name (-1 when none has it). */
-const char *ar_cuda_flash_kernel_name(int kind);
-int ar_cuda_flash_kernel_by_name(const char *name);
-/* Cap on the dS scratch one AR_CUDA_FLASH_MMA_DS backward launch uses (bytes;
- * <= 0: the default 2 GiB); a larger need runs in chunks of (sequence, kv
- * head) pairs. The scratch is allocated on first use and kept. Tests set
- * small caps to exercise the chunking. */
+/* Cap on the dS scratch one flash backward launch uses (bytes; <= 0: the
+ * default 2 GiB); a larger need runs in chunks of (sequence, kv head) pairs.
+ * The scratch is allocated on first use and kept. Tests set small caps to
+ * exercise the chunking. */
 void ar_cuda_set_flash_ds_budget(long bytes);
 /* Floats of scratch ar_cuda_flash_backward needs. */
 long ar_cuda_flash_backward_scratch(int B, int T, int NH, int HD);
 /* dq [B, T, NH, HD], dk, dv [B, T, NKV, HD] (f32) += the attention gradients
  * for dout (f32), from the forward's f32 output out, lse and bf16 q, k, v;
- * probabilities are recomputed tile by tile. */
+ * probabilities are recomputed tile by tile. A dK/dV kernel per key tile
+ * stores each bf16 dS tile once (scratch above), a dQ kernel multiplies them
+ * by K: one writer per output element, deterministic. */
 int ar_cuda_flash_backward(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *out,
                            const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
                            int NH, int NKV, int HD, int window);

@@ -1,16 +1,17 @@
-/* block_fast.cu — the fast block path (AR_CUDA_FAST=1, see ar_cuda.h): the
- * dataflow of block.cu with every matrix-product operand stored in bf16 and
+/* block_fast.cu — the fast block path (see ar_cuda.h): the tuner's path for
+ * bf16 GEMMs and a flash head_dim. The dataflow of block.cu with every
+ * matrix-product operand stored in bf16 and
  * multiplied natively (cublasGemmEx bf16 x bf16 -> f32), elementwise ops that
  * write the bf16 operand their consumer needs directly (RMSNorm, SwiGLU and
  * its backward, RoPE), residuals folded into the GEMMs (beta = 1 on a copy of
  * the skip input), and flash attention (flash.cu) instead of stored
  * probabilities. What stays f32: the residual stream, the GEMM outputs, the
  * normalization statistics and every accumulated gradient, as in the BF16
- * mode of the default path, whose operands cuBLAS rounds to bf16 the same
+ * mode of the general path, whose operands cuBLAS rounds to bf16 the same
  * way (round to nearest even).
  * Activation quantization (quant_act.cuh, installed through block.cu) works
  * on the bf16 inputs: a quantized linear multiplies by bf16(q(x_bf16)), its
- * own copy, in the forward and in its dW GEMM. The default path's BF16 mode
+ * own copy, in the forward and in its dW GEMM. The general path's BF16 mode
  * quantizes the f32 input instead (bf16(q(x)) after cuBLAS' rounding), the
  * CPU q(x) in f32: see kernels/README.md for what that difference does. */
 #include "internal.cuh"
@@ -27,9 +28,9 @@ typedef __nv_bfloat16 bf16;
 /* ---- fused elementwise kernels ------------------------------------------------
  * Two sets. The scalar kernels (the first design: grid-stride loops, one
  * element per thread, 64-bit index math per element) are the fallback for
- * shapes and pointers the vector kernels do not take, and run alone, with
- * the passes they had, under AR_CUDA_ELEM=scalar (ar_cuda_set_elem_kernels)
- * for comparison. The vector kernels move 16-byte f32 and 8-byte bf16
+ * shapes and pointers the vector kernels do not take (unaligned pointers,
+ * widths not a multiple of 4, RMSNorm rows over 8192). The vector kernels
+ * move 16-byte f32 and 8-byte bf16
  * groups, walk rows with one block per row or 2-D grids (no 64-bit division
  * per element), keep a row in registers between a norm's reduction and its
  * output (one read of x), and fuse passes: the first RMSNorm reads the bf16
@@ -47,24 +48,6 @@ static int row_threads(int C)
     while (t < C && t < 256) t *= 2;
     return t;
 }
-
-static int g_elem = -1; /* AR_CUDA_ELEM_*, -1: AR_CUDA_ELEM not read yet */
-
-void ar_cuda_set_elem_kernels(int kind)
-{
-    g_elem = kind == AR_CUDA_ELEM_SCALAR ? AR_CUDA_ELEM_SCALAR : AR_CUDA_ELEM_VECTOR;
-}
-
-int ar_cuda_get_elem_kernels(void)
-{
-    if (g_elem < 0) {
-        const char *e = getenv("AR_CUDA_ELEM");
-        g_elem = e && !strcmp(e, "scalar") ? AR_CUDA_ELEM_SCALAR : AR_CUDA_ELEM_VECTOR;
-    }
-    return g_elem;
-}
-
-static bool vec_on(void) { return ar_cuda_get_elem_kernels() == AR_CUDA_ELEM_VECTOR; }
 
 /* p is a multiple of a bytes (a power of two). */
 static bool aligned(const void *p, unsigned a) { return ((uintptr_t)p & (a - 1)) == 0; }
@@ -237,7 +220,7 @@ static void rmsnorm_bf16_copying(uint16_t *out, float *rstd, const float *x, con
                                  float *c1, float *c2)
 {
     if (R <= 0) return;
-    int npt = vec_on() ? row_regs(C) : 0;
+    int npt = row_regs(C);
     if (npt) {
         f32_rows xr = {x, C};
         rmsnorm_regs(npt, (bf16 *)out, rstd, xr, w, R, C, eps, c1, c2);
@@ -381,7 +364,7 @@ __global__ void k_swiglu_fwd_v4(bf16 *out, const float *gate, const float *up, l
 void ar_cuda_swiglu_forward_bf16(uint16_t *out, const float *gate, const float *up, long n)
 {
     if (n <= 0) return;
-    if (vec_on() && aligned(gate, 16) && aligned(up, 16) && aligned(out, 8))
+    if (aligned(gate, 16) && aligned(up, 16) && aligned(out, 8))
         k_swiglu_fwd_v4<<<ar_blocks((n + 3) / 4, 256), 256, 0, g_cu.st>>>((bf16 *)out, gate, up, n);
     else
         k_swiglu_fwd_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>((bf16 *)out, gate, up, n);
@@ -430,7 +413,7 @@ static void swiglu_backward_pitched(bf16 *dgate, bf16 *dup, const float *dout, c
 {
     long n = R * F;
     if (n <= 0) return;
-    if (vec_on() && F % 4 == 0 && ld % 4 == 0 && F / 4 <= 0x7fffffffL && aligned(dout, 16) && aligned(gate, 16) &&
+    if (F % 4 == 0 && ld % 4 == 0 && F / 4 <= 0x7fffffffL && aligned(dout, 16) && aligned(gate, 16) &&
         aligned(up, 16) && aligned(dgate, 8) && aligned(dup, 8)) {
         long bx = (F / 4 + 255) / 256;
         dim3 grid((unsigned)(bx < 65535L * 8 ? bx : 65535L * 8), (unsigned)(R < 65535 ? R : 65535));
@@ -501,7 +484,7 @@ void ar_cuda_rope_bf16(uint16_t *dst, const float *x, const float *cos_t, const 
     long rows = (long)B * T, n = rows * H * (HD / 2);
     float sign = inverse ? -1.0f : 1.0f;
     if (n <= 0) return;
-    if (vec_on() && (HD / 2) % 4 == 0 && aligned(x, 16) && aligned(cos_t, 16) && aligned(sin_t, 16) &&
+    if ((HD / 2) % 4 == 0 && aligned(x, 16) && aligned(cos_t, 16) && aligned(sin_t, 16) &&
         aligned(dst, 8)) {
         int nv = H * (HD / 8), threads = nv >= 256 ? 256 : (nv + 31) / 32 * 32;
         unsigned blocks = (unsigned)(rows < 65535L * 8 ? rows : 65535L * 8);
@@ -541,7 +524,7 @@ __global__ void k_copy_to_bf16_v4(float *dst_f, bf16 *dst_b, const float *src, l
 void ar_cuda_copy_to_bf16(float *dst_f, uint16_t *dst_b, const float *src, long n)
 {
     if (n <= 0) return;
-    if (vec_on() && aligned(src, 16) && aligned(dst_f, 16) && aligned(dst_b, 8))
+    if (aligned(src, 16) && aligned(dst_f, 16) && aligned(dst_b, 8))
         k_copy_to_bf16_v4<<<ar_blocks((n + 3) / 4, 256), 256, 0, g_cu.st>>>(dst_f, (bf16 *)dst_b, src, n);
     else
         k_copy_to_bf16<<<ar_blocks(n, 256), 256, 0, g_cu.st>>>(dst_f, (bf16 *)dst_b, src, n);
@@ -608,7 +591,7 @@ int ar_cuda_masked_mse_rows(const float *pred, const uint16_t *ref, const int *r
                             double *loss_acc)
 {
     if (B <= 0 || T <= 0 || C <= 0) return ar_cuda_fail("masked mse: bad sizes (%d samples of %d x %d)", B, T, C);
-    bool vec = vec_on() && C % 4 == 0 && aligned(pred, 16) && aligned(dpred, 16) && aligned(ref, 8) &&
+    bool vec = C % 4 == 0 && aligned(pred, 16) && aligned(dpred, 16) && aligned(ref, 8) &&
                aligned(dpred_b, 8);
     /* the gradient scale rounds as the CPU's (float)(2.0 / nel) */
     float g = (float)(2.0 / denom);
@@ -650,7 +633,6 @@ struct ar_cuda_fast_work {
     float dw_beta;             /* the running backward's dW GEMMs: 1 adds to dW, 0 writes it */
     unsigned wb_own;           /* bit i: the caller writes wb[i] (ar_cuda_block_own_weight_bf16) */
     int x_kept;                /* the last forward kept its input in x (a backward can give dx) */
-    int vec;                   /* the running backward uses the vector kernels and their passes */
 };
 
 void ar_cuda_fast_attach_act(ar_cuda_fast_work *fw, const ar_cuda_act_set *s) { fw->aq = s; }
@@ -672,7 +654,7 @@ static const uint16_t *in_b(const ar_cuda_fast_work *fw, int i, const uint16_t *
 
 int ar_cuda_fast_eligible(const ar_cuda_shape *s)
 {
-    return g_cu.fast && g_cu.gemm == AR_CUDA_GEMM_BF16 && ar_cuda_flash_supported(s->HD) && s->NKV > 0 &&
+    return g_cu.gemm == AR_CUDA_GEMM_BF16 && ar_cuda_flash_supported(s->HD) && s->NKV > 0 &&
            s->NH % s->NKV == 0;
 }
 
@@ -813,16 +795,17 @@ typedef struct {
 
 /* The first RMSNorm into ln1b, with the input copied into h (where o_proj
  * then adds the attention) and, from f32 rows, into the work's x (the dx of
- * the backward needs it). The vector kernels read bf16 samples straight from
- * the cache (widening is exact: the same bits as from their f32 copy) and
- * keep no f32 input; the scalar ones widen them into the work's x first. */
+ * the backward needs it). The register kernels read bf16 samples straight
+ * from the cache (widening is exact: the same bits as from their f32 copy)
+ * and keep no f32 input; for rows too long for them (C > 8192) the samples
+ * are widened into the work's x first. */
 static void rmsnorm1(const ar_cuda_shape *s, const ar_cuda_weights *w, const block_in *in, int B, int T,
                      ar_cuda_fast_work *fw)
 {
     int BT = B * T, C = s->C;
     const float *x = in->x;
     fw->x_kept = 1;
-    if (!x && vec_on() && row_regs(C)) {
+    if (!x && row_regs(C)) {
         AR_PROF("elem-fwd/rmsnorm1 <- bf16 samples -> bf16, x -> h", 0);
         rmsnorm_samples_bf16(fw->ln1b, fw->rstd1, in->src, in->idx, B, T, w->attn_norm, C, s->eps, fw->h);
         fw->x_kept = 0;
@@ -947,17 +930,13 @@ static int gdw(const char *phase, float *dW, const uint16_t *dyb, const uint16_t
 }
 
 /* The MLP half. dyb_ready: fw->dyb already holds bf16(dy); keep_dh: dh is
- * wanted in f32 too (the residual of dx). The scalar kernels run their
- * passes: dh = dy copied, the norm's gradient added in place, narrowed to
- * bf16 in attn_bwd; the vector ones add dy inside the norm's backward. */
+ * wanted in f32 too (the residual of dx). The norm's backward adds dy (the
+ * residual) and writes dh in bf16 for attn_bwd. */
 static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], const ar_cuda_weights *w,
                    int dyb_ready, int keep_dh, ar_cuda_fast_work *fw)
 {
     int BT = fw->lastB * fw->lastT, C = s->C, F = s->F;
-    if (!fw->vec) {
-        AR_PROF("elem-bwd/dy -> dh f32 + bf16", 0);
-        ar_cuda_copy_to_bf16(fw->dh, fw->dyb, dy, (long)BT * C); /* dh starts as the residual's dy */
-    } else if (!dyb_ready) {
+    if (!dyb_ready) {
         AR_PROF("elem-bwd/dy -> bf16", 0);
         ar_cuda_copy_to_bf16(NULL, fw->dyb, dy, (long)BT * C);
     }
@@ -972,11 +951,6 @@ static int mlp_bwd(const ar_cuda_shape *s, const float *dy, float *const dW[7], 
         gdw_ld("gemm-dw/gate", dW[LGATE], fw->dgub, 2 * F, in_b(fw, LGATE, fw->ln2b), BT, C, F, fw->dw_beta) ||
         gdw_ld("gemm-dw/up", dW[LUP], fw->dgub + F, 2 * F, in_b(fw, LUP, fw->ln2b), BT, C, F, fw->dw_beta))
         return -1;
-    if (!fw->vec) {
-        AR_PROF("elem-bwd/rmsnorm2", 0);
-        ar_cuda_rmsnorm_backward(fw->dh, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
-        return 0;
-    }
     AR_PROF("elem-bwd/rmsnorm2 + dy -> dh bf16", 0);
     rmsnorm_bwd_resid(fw->dhb, keep_dh ? fw->dh : NULL, dy, fw->dln, fw->h, w->mlp_norm, fw->rstd2, BT, C);
     return 0;
@@ -1004,10 +978,6 @@ static int attn_bwd(const ar_cuda_shape *s, const ar_cuda_weights *w, float *con
 {
     int B = fw->lastB, T = fw->lastT, BT = B * T, C = s->C, HD = s->HD, NH = s->NH, NKV = s->NKV;
     int QD = NH * HD, KD = NKV * HD;
-    if (!fw->vec) { /* the vector kernels wrote dhb in mlp_bwd */
-        AR_PROF("elem-bwd/dh -> bf16", 0);
-        ar_cuda_copy_to_bf16(NULL, fw->dhb, fw->dh, (long)BT * C);
-    }
     if (gdx("gemm-dx/o", fw->dao, fw->dhb, fw->wb[LO], BT, QD, C, 0.0f) ||
         gdw("gemm-dw/o", dW[LO], fw->dhb, in_b(fw, LO, fw->aob), BT, QD, C, fw->dw_beta))
         return -1;
@@ -1042,7 +1012,6 @@ static int fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
     if (dx && !fw->x_kept)
         return ar_cuda_fail("block: dx needs the block input, which a forward from bf16 samples does not keep");
     fw->dw_beta = dw_write ? 0.0f : 1.0f;
-    fw->vec = vec_on();
     if (mlp_bwd(s, dy, dW, w, dyb_ready, dx != NULL, fw) || attn_bwd(s, w, dW, dx, fw)) return -1;
     return ar_cuda_check_launch("fast block backward");
 }

@@ -6,7 +6,7 @@
 #include <stdio.h>
 #include <unordered_map>
 
-ar_cuda_ctx g_cu = {-1, 0, AR_CUDA_GEMM_BF16, 0, 0, 1}; /* fast path on: see ar_cuda_set_fast */
+ar_cuda_ctx g_cu = {-1, 0, AR_CUDA_GEMM_BF16, 0, 0};
 
 static char g_err[512];
 static char g_name[400];
@@ -163,7 +163,6 @@ int ar_cuda_get_gemm(void) { return g_cu.gemm; }
 static cublasComputeType_t compute_type(void)
 {
     switch (g_cu.gemm) {
-    case AR_CUDA_GEMM_TF32: return CUBLAS_COMPUTE_32F_FAST_TF32;
     case AR_CUDA_GEMM_BF16: return CUBLAS_COMPUTE_32F_FAST_16BF;
     default: return CUBLAS_COMPUTE_32F_PEDANTIC;
     }
@@ -187,7 +186,15 @@ int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, cons
     return 0;
 }
 
-int ar_cuda_gemm_bf16_default(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
+int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B,
+                      int ldb, float beta, float *C, int ldc)
+{
+    return ar_cuda_gemm_bf16_strided(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
+}
+
+/* cublasGemmEx, or cublasGemmStridedBatchedEx when batch > 1, with the cuBLAS
+ * default algorithm (CUBLAS_GEMM_DEFAULT). */
+int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
                               const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch)
 {
     if (M <= 0 || N <= 0 || batch <= 0) return 0;
@@ -201,29 +208,6 @@ int ar_cuda_gemm_bf16_default(int ta, int tb, int M, int N, int K, float alpha, 
                                           CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
     return 0;
 }
-
-int ar_cuda_gemm_bf16(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, const uint16_t *B,
-                      int ldb, float beta, float *C, int ldc)
-{
-    return ar_cuda_gemm_bf16_strided(ta, tb, M, N, K, alpha, A, lda, 0, B, ldb, 0, beta, C, ldc, 0, 1);
-}
-
-/* With AR_CUDA_GEMM_TUNE on, the algorithm kept for this shape (gemm_lt.cu);
- * it answers 1 where the cuBLAS default is to run (kept as the fastest, or
- * tuning unavailable). Off, exactly the cuBLAS calls of before. */
-int ar_cuda_gemm_bf16_strided(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
-                              const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch)
-{
-    if (M <= 0 || N <= 0 || batch <= 0) return 0;
-    if (ar_cuda_get_gemm_tune()) {
-        int r = ar_cuda_gemm_bf16_tuned(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
-        if (r <= 0) return r;
-    }
-    return ar_cuda_gemm_bf16_default(ta, tb, M, N, K, alpha, A, lda, sa, B, ldb, sb, beta, C, ldc, sc, batch);
-}
-
-void ar_cuda_set_fast(int on) { g_cu.fast = !!on; }
-int ar_cuda_get_fast(void) { return g_cu.fast; }
 
 int ar_cuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B,
                   int ldb, float beta, float *C, int ldc)

@@ -1,39 +1,30 @@
-/* flash_mma.cu — flash attention with every tile product on raw
- * mma.sync.m16n8k16 bf16 tensor-core instructions and the scores,
- * probabilities and accumulators in registers (the fast path's default
- * kernels; flash.cu keeps the first design on wmma with shared-memory
- * round trips, AR_CUDA_FLASH=wmma). Same algorithm, tiling, numerics and
- * one-writer-per-output structure as flash.cu (see there):
+/* flash_mma.cu — the fast path's causal (sliding-window) flash attention:
+ * every tile product on raw mma.sync.m16n8k16 bf16 tensor-core instructions,
+ * the scores, probabilities and accumulators in registers, tiles streamed
+ * through shared memory with cp.async double buffering (entry points and the
+ * backward's D rows: flash.cu).
  *
- *   forward   one block per (64-query tile, head, sequence), four warps of
- *             16 query rows; per visible 64-key tile S = Q Kᵀ, online
- *             softmax on the accumulator registers, O += P V with P rounded
- *             to bf16 straight from the S registers (the accumulator layout
- *             of two 8-column tiles is the operand layout of one 16-deep
- *             k-step); lse = m + log(l) saved.
- *   backward  dK/dV per (64-key tile, kv head): warps own 16 keys, loop over
- *             the group's heads and the query tiles that see the keys;
- *             Sᵀ = K Qᵀ, Pᵀ, dV += Pᵀ dO, dPᵀ = V dOᵀ, dSᵀ, dK += dSᵀ Q.
- *             dQ per (64-query tile, head): S, P, dP = dO Vᵀ, dS, dQ += dS K.
+ *   forward   k_fwd, one block per (128-query tile, head, sequence), four
+ *             warps of 32 query rows (two 16-row units sharing every K and V
+ *             fragment); per visible 64-key tile S = Q Kᵀ, online softmax on
+ *             the accumulator registers, O += P V with P rounded to bf16
+ *             straight from the S registers (the accumulator layout of two
+ *             8-column tiles is the operand layout of one 16-deep k-step);
+ *             lse = m + log(l) saved.
+ *   backward  k_bwd_kv per (64-key tile, kv head): warps own 16 keys, loop
+ *             over the group's heads and the query tiles that see the keys;
+ *             Sᵀ = K Qᵀ with dPᵀ = V dOᵀ, then dV += Pᵀ dO with dK += dSᵀ Q
+ *             (each pair interleaved), and each bf16 dS tile stored once in a
+ *             scratch area; k_bwd_dq per (two 64-query tiles, head) streams
+ *             those dS tiles and K through dQ += dS K. 5 tile products per
+ *             step, one writer per output element: deterministic.
  *
- * Kernel generations, picked per direction by the version number the
- * entry points take (flash.cu maps each AR_CUDA_FLASH kind to a forward and
- * a backward version):
- *   forward   1 k_fwd (mma1), 2 k_fwd2<4> (mma: pipelined, 64-row tiles),
- *             3 k_fwd2<8> (128-row tiles, 8 warps of 16 rows),
- *             4 k_fwd3 (128-row tiles, 4 warps of 32 rows: see there),
- *             5 k_fwd2<4> in block_coords' L2-friendly block order;
- *   backward  1 k_bwd_kv + k_bwd_q (mma1), 2 k_bwd_kv2 + k_bwd_q2 (mma),
- *             3 k_bwd_kv2 fused with f32-atomic dQ (mma-atomic),
- *             4 k_bwd_kv2 storing dS + k_bwd_dq (deterministic, no
- *             recomputation of S and dP for dQ: see there), 5 the same
- *             with k_bwd_kv2's products interleaved in pairs (KV_ILV),
- *             6 version 2 in the L2-friendly block order, 7 version 5
- *             with k_bwd_dq2 (32 query rows per warp) for dQ.
- * Forward 4 and backward 4, 5 use the L2-friendly order too.
- * Versions 2-4 of each direction compute every output element with the
- * same operations in the same order (forward 4 = forward 2; backward 4's dK,
- * dV = backward 2's), except for the summation orders named where they differ.
+ * The other kernel generations measured on the way (the first design on
+ * wmma, the first mma kernels, 64-row tiles, dQ by f32 atomics, the L2 block
+ * order alone, ...) are study programs in dev/cuda/flash_attention.cu, where
+ * these kernels are version 9 under their names there (k_fwd3, k_bwd_kv2<D,
+ * KV_STORE_DS | KV_ILV | KV_L2>, k_bwd_dq2); kernels/README.md has the
+ * timings. dev/cuda/flash_mma_model.py replays their index arithmetic.
  *
  * Fragment layouts (PTX ISA, mma.m16n8k16 with .bf16): lane = 4g + t holds
  * A rows g and g + 8, columns 2t, 2t+1 (+8); B (k x n) rows 2t, 2t+1 (+8) of
@@ -97,14 +88,6 @@ __device__ __forceinline__ void load_b_kn(unsigned b[4], const bf16 *Y, int ld, 
     ldsm_t(b, Y + (k0 + (lane & 7) + (((lane >> 3) & 1) << 3)) * ld + n0 + ((lane >> 4) << 3));
 }
 
-/* A operand of the 16 x 16 block at (rows r0, columns c0) of Xᵀ, where X is
- * stored k-major X[k][m] (pitch ld): the fused backward's dS from the dSᵀ
- * tile. Matrices 0..3: (k lo, m lo), (k lo, m hi), (k hi, m lo), (k hi, m hi). */
-__device__ __forceinline__ void load_a_t(unsigned a[4], const bf16 *X, int ld, int r0, int c0, int lane)
-{
-    ldsm_t(a, X + (c0 + (lane & 7) + ((lane >> 4) << 3)) * ld + r0 + (((lane >> 3) & 1) << 3));
-}
-
 __device__ __forceinline__ unsigned pack_bf16(float lo, float hi)
 {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi); /* .x (lo) in the low half: the lower column */
@@ -124,71 +107,12 @@ template <int N> __device__ __forceinline__ void zero_acc(float acc[N][4])
     for (int n = 0; n < N; n++) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.0f;
 }
 
-/* acc[8][4] (16 rows x 64 columns) = A (16 rows of X from row r0, D deep) ·
- * Yᵀ where Y is a 64 x D tile stored n-major: S = Q Kᵀ and its relatives. */
-template <int D>
-__device__ __forceinline__ void rows_times_tile_t(float acc[8][4], const bf16 *X, int r0, const bf16 *Y, int lane)
-{
-    const int LD = D + 8;
-    zero_acc<8>(acc);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) {
-        unsigned a[4];
-        load_a(a, X, LD, r0, 16 * kk, lane);
-#pragma unroll
-        for (int np = 0; np < 4; np++) {
-            unsigned b[4];
-            load_b_nk(b, Y, LD, 16 * np, 16 * kk, lane);
-            mma16816(acc[2 * np], a, b[0], b[1]);
-            mma16816(acc[2 * np + 1], a, b[2], b[3]);
-        }
-    }
-}
-
-/* acc[8][4] (16 rows x 64 columns) = Qf · Yᵀ with the A operand already in
- * registers (qf[kk]: k-step kk of the warp's 16 rows) and Y a 64 x D tile
- * stored n-major: S = Q Kᵀ of the forward. */
-template <int D>
-__device__ __forceinline__ void frags_times_tile_t(float acc[8][4], const unsigned qf[D / 16][4], const bf16 *Y,
-                                                   int lane)
-{
-    const int LD = D + 8;
-    zero_acc<8>(acc);
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++)
-#pragma unroll
-        for (int np = 0; np < 4; np++) {
-            unsigned bb[4];
-            load_b_nk(bb, Y, LD, 16 * np, 16 * kk, lane);
-            mma16816(acc[2 * np], qf[kk], bb[0], bb[1]);
-            mma16816(acc[2 * np + 1], qf[kk], bb[2], bb[3]);
-        }
-}
-
-/* out[D/8][4] += P · Y where P (16 x 64) is in accumulator registers p[8][4]
- * and Y is a 64 x D tile stored k-major (rows = the 64 summed positions). */
-template <int D>
-__device__ __forceinline__ void acc_times_tile(float out[D / 8][4], const float p[8][4], const bf16 *Y, int lane)
-{
-    const int LD = D + 8;
-#pragma unroll
-    for (int kk = 0; kk < 4; kk++) {
-        unsigned a[4];
-        acc_to_a(a, p[2 * kk], p[2 * kk + 1]);
-#pragma unroll
-        for (int dp = 0; dp < D / 16; dp++) {
-            unsigned b[4];
-            load_b_kn(b, Y, LD, 16 * kk, 16 * dp, lane);
-            mma16816(out[2 * dp], a, b[0], b[1]);
-            mma16816(out[2 * dp + 1], a, b[2], b[3]);
-        }
-    }
-}
-
-/* Two independent rows_times_tile_t products in one loop (a1 = X1 rows r0 ·
- * Y1ᵀ, a2 = X2 rows r0 · Y2ᵀ): the same mma sequence per accumulator, so the
- * same results, with 16 independent accumulation chains per k-step instead
- * of 8 for the tensor pipe to overlap (the backward's Sᵀ and dPᵀ). */
+/* Two independent tile products in one loop: a1 [8][4] (16 rows x 64
+ * columns) = X1 rows r0.. (D deep) · Y1ᵀ and a2 = X2 rows r0.. · Y2ᵀ, the Y
+ * tiles 64 x D stored n-major (the backward's Sᵀ = K Qᵀ and dPᵀ = V dOᵀ).
+ * Per accumulator the mma sequence of one product alone, so the same
+ * results, with 16 independent accumulation chains per k-step instead of 8
+ * for the tensor pipe to overlap. */
 template <int D>
 __device__ __forceinline__ void rows_times_tiles_t2(float a1[8][4], const bf16 *X1, const bf16 *Y1, float a2[8][4],
                                                     const bf16 *X2, const bf16 *Y2, int r0, int lane)
@@ -214,9 +138,11 @@ __device__ __forceinline__ void rows_times_tiles_t2(float a1[8][4], const bf16 *
     }
 }
 
-/* Two independent acc_times_tile products in one loop (o1 += P1 · Y1, o2 +=
- * P2 · Y2): per accumulator the same mma sequence (the backward's dV and
- * dK), 32 independent chains per k-step. */
+/* Two independent products in one loop: o1 [D/8][4] += P1 · Y1 and o2 +=
+ * P2 · Y2, where P (16 x 64) is in accumulator registers p[8][4] and Y is a
+ * 64 x D tile stored k-major (rows = the 64 summed positions): the
+ * backward's dV += Pᵀ dO and dK += dSᵀ Q. Per accumulator the mma sequence of
+ * one product alone, 32 independent chains per k-step. */
 template <int D>
 __device__ __forceinline__ void acc_times_tiles2(float o1[D / 8][4], const float p1[8][4], const bf16 *Y1,
                                                  float o2[D / 8][4], const float p2[8][4], const bf16 *Y2, int lane)
@@ -264,8 +190,7 @@ __device__ __forceinline__ int first_key_tile(int q0, int window)
  * the band: the first i with i·64 − window ≥ k0 + 63 sees none of it). Every
  * (query tile i, key tile j) with first_key_tile(64i) <= j <= i has
  * i < end_query_tile(64j): the dK/dV kernel visits every tile the dQ
- * kernels do (backward 4 relies on it: its dQ kernel reads the dS tiles the
- * dK/dV kernel wrote). */
+ * kernel does (its dQ kernel reads the dS tiles the dK/dV kernel wrote). */
 __device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
 {
     if (window <= 0) return nT;
@@ -273,23 +198,18 @@ __device__ __forceinline__ int end_query_tile(int k0, int nT, int window)
     return e < nT ? e : nT;
 }
 
-/* The (pair, tile) coordinates of this block: pair = a head or a (sequence,
- * kv head) pair, y = the tile index (the kernel maps it to a tile, the one
- * with the most work first). L2 = false: a grid of x = pairs by y = tiles.
- * The hardware starts blocks x fastest, so the ~2 blocks per SM in flight
- * are one tile index of ~all pairs, and each pair's K/V (forward, dQ) or
- * Q/dO (dK/dV) tiles, read again by its next tile's block a wave later, have
- * left the 50 MB L2 by then (256 pairs x 1 MB at B 8, T 2048, 32 heads, head
- * dim 128): every block fetches its operand tiles from DRAM, 4.3 GB per
- * forward with 64-row tiles. L2 = true: a grid of x = tiles by y, z = pairs
- * (pair = y + gridDim.y·z), so the blocks in flight are all tiles of a few
- * pairs and read each operand tile from DRAM about once. Which block
- * computes what is unchanged: same results. (Both read only blockIdx and
- * gridDim, which the compiler can re-read instead of keeping in registers.) */
-template <bool L2> __device__ __forceinline__ void block_coords(unsigned &pair, unsigned &y)
+/* The (pair, tile) coordinates of a backward block in the L2-friendly order:
+ * a grid of x = tiles by y, z = pairs (pair = y + gridDim.y·z; a pair = a
+ * (sequence, kv head) pair or a query head), so the blocks in flight are all
+ * tiles of a few pairs and read each operand tile from DRAM about once. (x =
+ * pairs fastest, the hardware's issue order, left every pair's operand tiles
+ * to be evicted from the 50 MB L2 before its next tile's block read them:
+ * 4.3 GB of DRAM reads per kernel at B 8, T 2048, 32 heads, head_dim 128.)
+ * Reads only blockIdx and gridDim, which the compiler can re-read instead of
+ * keeping in registers. */
+__device__ __forceinline__ void block_coords(unsigned &pair, unsigned &y)
 {
-    if (L2) pair = blockIdx.y + gridDim.y * blockIdx.z, y = blockIdx.x;
-    else pair = blockIdx.x, y = blockIdx.y;
+    pair = blockIdx.y + gridDim.y * blockIdx.z, y = blockIdx.x;
 }
 
 /* 2^x on the special-function unit (relative error ~2^-22, far below the
@@ -319,20 +239,6 @@ __device__ __forceinline__ float quad_sum(float v)
 }
 
 /* ---- global <-> shared / registers ---------------------------------------------------- */
-
-/* Rows [t0, t0 + 64) of one head of x [B, T, H, D] (bf16) into a tile of
- * pitch D + 8; rows at or past T become zeros. 16-byte vector copies. */
-template <int D>
-__device__ void load_tile(bf16 *tile, const bf16 *x, int b, int t0, int T, int H, int h)
-{
-    const int ch = D / 8, LD = D + 8;
-    for (int c = threadIdx.x; c < MB * ch; c += blockDim.x) {
-        int r = c / ch, d = (c % ch) * 8, t = t0 + r;
-        uint4 v = make_uint4(0, 0, 0, 0);
-        if (t < T) v = *(const uint4 *)(x + (((long)b * T + t) * H + h) * D + d);
-        *(uint4 *)(tile + r * LD + d) = v;
-    }
-}
 
 /* y[row, h, :] += acc (accumulate = 0: y = acc) for this lane's rows r0 + g
  * and r0 + g + 8 (< T) of y [B, T, H, D] f32; each element has one writer. */
@@ -377,12 +283,12 @@ __device__ __forceinline__ void cp_commit() { asm volatile("cp.async.commit_grou
 /* Wait until at most N of this thread's groups are still in flight. */
 template <int N> __device__ __forceinline__ void cp_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
-/* load_tile through cp.async (no wait): rows [t0, t0 + 64) of one head of x
- * [B, T, H, D] into a tile of pitch D + 8, rows at or past T zero-filled.
+/* Rows [t0, t0 + 64) of one head of x [B, T, H, D] (bf16) into a tile of
+ * pitch D + 8 through cp.async (no wait), rows at or past T zero-filled.
  * (A version with the thread count as a template constant, an unrolled
  * loop and the index math folded into a base pointer and row stride made
- * ptxas give k_fwd2 26 and k_bwd_q2 24 more registers and k_bwd_kv2 spills:
- * not taken without a GPU to measure it.) */
+ * ptxas give the kernels 24-26 more registers and spills: not taken without
+ * a GPU to measure it.) */
 template <int D>
 __device__ void load_tile_async(bf16 *tile, const bf16 *x, int b, int t0, int T, int H, int h)
 {
@@ -394,7 +300,7 @@ __device__ void load_tile_async(bf16 *tile, const bf16 *x, int b, int t0, int T,
     }
 }
 
-/* A 64 x 64 bf16 tile stored contiguously (8 KB: backward 4's dS tiles)
+/* A 64 x 64 bf16 tile stored contiguously (8 KB: the stored dS tiles)
  * through cp.async by a block of MTHREADS threads. */
 __device__ __forceinline__ void load_flat_tile_async(bf16 *dst, const bf16 *src)
 {
@@ -415,20 +321,6 @@ __device__ __forceinline__ void load_rows_async(float *Ls, float *Ds, const floa
     long o = ((long)b * NH + h) * T + (ok ? tq : 0);
     if (threadIdx.x < MB) cp_async4(Ls + c, lse + o, ok);
     else if (threadIdx.x < 2 * MB) cp_async4(Ds + c, Drow + o, ok);
-}
-
-/* lse (in log2 units) and D of this lane's query rows row0, row0 + 8 (past
- * T: zeros): the dQ kernels keep them in registers. */
-__device__ __forceinline__ void load_row_stats(float L[2], float Dd[2], const float *lse, const float *Drow, int b,
-                                               int row0, int T, int NH, int h)
-{
-#pragma unroll
-    for (int hh = 0; hh < 2; hh++) {
-        int r = row0 + 8 * hh;
-        long o = ((long)b * NH + h) * T + r;
-        L[hh] = r < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
-        Dd[hh] = r < T ? Drow[o] : 0.0f;
-    }
 }
 
 /* ---- forward pieces ----------------------------------------------------------------- */
@@ -459,7 +351,7 @@ __device__ __forceinline__ void store_out_rows(bf16 *out_b, float *out_f, float 
     }
 }
 
-/* One key tile of the version 2+ forward's online softmax for 16 query rows
+/* One key tile of the forward's online softmax for 16 query rows
  * qa .. qa + 15 (this lane's: row0 = qa + g and row0 + 8): s holds their raw
  * scores Q Kᵀ against keys k0 .. k0 + 63 and leaves as the unnormalized
  * probabilities 2^(s·scale2 − m); the running maximum m (log2 units) and the
@@ -513,11 +405,10 @@ __device__ __forceinline__ void softmax_tile(float s[8][4], float o[D / 8][4], f
 
 /* ---- backward pieces ------------------------------------------------------------------ */
 
-/* Pᵀ in the dK/dV kernels: p holds Sᵀ (raw scores) of this lane's keys key0,
+/* Pᵀ in the dK/dV kernel: p holds Sᵀ (raw scores) of this lane's keys key0,
  * key0 + 8 against queries q0 + 8n + 2t + (e & 1) and leaves as the
  * probabilities 2^(s·scale2 − L·lmul) (0 where not visible); L: the query
- * tile's lse rows, times lmul in log2 units (version 1 stores them scaled:
- * lmul = 1, exact). */
+ * tile's lse rows, times lmul (log2 e) in log2 units. */
 __device__ __forceinline__ void kv_probs(float p[8][4], const float *L, float lmul, bool full, int q0, int key0,
                                          int t, int T, int window, float scale2)
 {
@@ -541,308 +432,18 @@ __device__ __forceinline__ void kv_dst(float dp[8][4], const float p[8][4], cons
         for (int e = 0; e < 4; e++) dp[n][e] = p[n][e] * (dp[n][e] - Dv[8 * n + 2 * t + (e & 1)]) * scale;
 }
 
-/* dS in the dQ kernels: from S (p) and dP (dp) of this lane's query rows
- * row0, row0 + 8 against keys k0.., with the rows' lse L (log2 units) and D,
- * in place of dp. */
-__device__ __forceinline__ void q_ds(float dp[8][4], const float p[8][4], const float L[2], const float Dd[2],
-                                     bool full, int row0, int k0, int t, int T, int window, float scale2, float scale)
-{
-#pragma unroll
-    for (int n = 0; n < 8; n++)
-#pragma unroll
-        for (int e = 0; e < 4; e++) {
-            int hh = e >> 1, key = k0 + 8 * n + 2 * t + (e & 1);
-            float pv = full || visible(row0 + 8 * hh, key, T, window) ? ex2(__fmaf_rn(p[n][e], scale2, -L[hh])) : 0.0f;
-            dp[n][e] = pv * (dp[n][e] - Dd[hh]) * scale;
-        }
-}
-
-/* ---- version 1: the first mma kernels (AR_CUDA_FLASH=mma1) ---------------------------------- */
-
-template <int D>
-__global__ void __launch_bounds__(MTHREADS) k_fwd(bf16 *out_b, float *out_f, float *lse, const bf16 *q, const bf16 *k,
-                                                  const bf16 *v, int T, int NH, int NKV, int window, float scale)
-{
-    extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g; /* rows row0, row0 + 8 */
-    const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
-    bf16 *Qs = (bf16 *)smem, *Ks = Qs + MB * LD, *Vs = Ks + MB * LD;
-
-    load_tile<D>(Qs, q, b, q0, T, NH, h);
-    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    zero_acc<D / 8>(o);
-    for (int j = first_key_tile(q0, window); j <= i; j++) {
-        int k0 = j * MB;
-        __syncthreads(); /* every warp is done with the previous K, V */
-        load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
-        load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
-        __syncthreads();
-        float s[8][4];
-        rows_times_tile_t<D>(s, Qs, 16 * w, Ks, lane);
-        float mx[2] = {-INFINITY, -INFINITY};
-        bool full = tile_visible(q0, k0, T, window);
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                int key = k0 + 8 * n + 2 * t + (e & 1);
-                float x = full || visible(row0 + 8 * (e >> 1), key, T, window) ? s[n][e] * scale2 : -INFINITY;
-                s[n][e] = x;
-                mx[e >> 1] = fmaxf(mx[e >> 1], x);
-            }
-        float alpha[2], mu[2], rs[2] = {0.0f, 0.0f};
-#pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            float mn = fmaxf(m[hh], quad_max(mx[hh]));
-            alpha[hh] = m[hh] == -INFINITY ? 0.0f : ex2(m[hh] - mn);
-            mu[hh] = mn == -INFINITY ? 0.0f : mn; /* a row with nothing visible yet keeps p = 0 */
-            m[hh] = mn;
-        }
-#pragma unroll
-        for (int n = 0; n < 8; n++)
-#pragma unroll
-            for (int e = 0; e < 4; e++) {
-                float p = ex2(s[n][e] - mu[e >> 1]); /* masked: 2^-inf = 0 */
-                s[n][e] = p;
-                rs[e >> 1] += p;
-            }
-        /* l stays a per-lane partial sum until the end: every term is scaled alike */
-        l[0] = l[0] * alpha[0] + rs[0], l[1] = l[1] * alpha[1] + rs[1];
-#pragma unroll
-        for (int n = 0; n < D / 8; n++) o[n][0] *= alpha[0], o[n][1] *= alpha[0], o[n][2] *= alpha[1], o[n][3] *= alpha[1];
-        acc_times_tile<D>(o, s, Vs, lane);
-    }
-    store_out_rows<D>(out_b, out_f, lse, o, m, l, b, row0, T, NH, h, t);
-}
-
-template <int D>
-__global__ void __launch_bounds__(MTHREADS) k_bwd_kv(float *dk, float *dv, const bf16 *q, const bf16 *k, const bf16 *v,
-                                                     const bf16 *dob, const float *lse, const float *Drow, int T,
-                                                     int NH, int NKV, int window, float scale, int accumulate)
-{
-    extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int group = NH / NKV, nT = (T + MB - 1) / MB, j = nT - 1 - blockIdx.x, kvh = blockIdx.y, b = blockIdx.z;
-    const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
-    const float scale2 = scale * AR_LOG2E;
-    bf16 *Ks = (bf16 *)smem, *Vs = Ks + MB * LD, *Qs = Vs + MB * LD, *dOs = Qs + MB * LD;
-    float *Ls = (float *)(dOs + MB * LD), *Ds = Ls + MB;
-
-    load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
-    load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
-    float dK[D / 8][4], dV[D / 8][4];
-    zero_acc<D / 8>(dK);
-    zero_acc<D / 8>(dV);
-    for (int r = 0; r < group; r++) {
-        int h = kvh * group + r;
-        for (int i = j; i < nT; i++) {
-            int q0 = i * MB;
-            if (window > 0 && q0 - window >= k0 + MB - 1) break; /* every later query is out of the window */
-            __syncthreads(); /* previous Q, dO, lse, D no longer read */
-            load_tile<D>(Qs, q, b, q0, T, NH, h);
-            load_tile<D>(dOs, dob, b, q0, T, NH, h);
-            if (threadIdx.x < MB) {
-                int tq = q0 + threadIdx.x;
-                long o = ((long)b * NH + h) * T + tq;
-                Ls[threadIdx.x] = tq < T ? lse[o] * AR_LOG2E : 0.0f; /* log2 units */
-                Ds[threadIdx.x] = tq < T ? Drow[o] : 0.0f;
-            }
-            __syncthreads();
-            float p[8][4], dp[8][4];
-            rows_times_tile_t<D>(p, Ks, 16 * w, Qs, lane); /* Sᵀ: this warp's keys x 64 queries */
-            kv_probs(p, Ls, 1.0f, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
-            acc_times_tile<D>(dV, p, dOs, lane);            /* dV += Pᵀ dO */
-            rows_times_tile_t<D>(dp, Vs, 16 * w, dOs, lane); /* dPᵀ = V dOᵀ */
-            kv_dst(dp, p, Ds, t, scale);
-            acc_times_tile<D>(dK, dp, Qs, lane); /* dK += dSᵀ Q */
-        }
-    }
-    add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
-    add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
-}
-
-template <int D>
-__global__ void __launch_bounds__(MTHREADS) k_bwd_q(float *dq, const bf16 *q, const bf16 *k, const bf16 *v,
-                                                    const bf16 *dob, const float *lse, const float *Drow, int T, int NH,
-                                                    int NKV, int window, float scale, int accumulate)
-{
-    extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int nT = (T + MB - 1) / MB, i = nT - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
-    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g;
-    const float scale2 = scale * AR_LOG2E;
-    bf16 *Qs = (bf16 *)smem, *dOs = Qs + MB * LD, *Ks = dOs + MB * LD, *Vs = Ks + MB * LD;
-
-    load_tile<D>(Qs, q, b, q0, T, NH, h);
-    load_tile<D>(dOs, dob, b, q0, T, NH, h);
-    float L[2], Dd[2];
-    load_row_stats(L, Dd, lse, Drow, b, row0, T, NH, h);
-    float dQ[D / 8][4];
-    zero_acc<D / 8>(dQ);
-    for (int j = first_key_tile(q0, window); j <= i; j++) {
-        int k0 = j * MB;
-        __syncthreads();
-        load_tile<D>(Ks, k, b, k0, T, NKV, kvh);
-        load_tile<D>(Vs, v, b, k0, T, NKV, kvh);
-        __syncthreads();
-        float p[8][4], dp[8][4];
-        rows_times_tile_t<D>(p, Qs, 16 * w, Ks, lane);  /* S = Q Kᵀ */
-        rows_times_tile_t<D>(dp, dOs, 16 * w, Vs, lane); /* dP = dO Vᵀ */
-        q_ds(dp, p, L, Dd, tile_visible(q0, k0, T, window), row0, k0, t, T, window, scale2, scale);
-        acc_times_tile<D>(dQ, dp, Ks, lane); /* dQ += dS K */
-    }
-    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
-}
-
-/* ---- version 2: pipelined tiles ----------------------------------------------------
- * The same tiles, fragments and arithmetic as above (the mma1 kernels,
- * AR_CUDA_FLASH=mma1), restructured around what limited them: every tile
- * load was synchronous (global -> registers -> shared, then a barrier), so
- * each tile step waited a full memory latency with only the SM's other
- * blocks to hide it. Here the tiles a block streams through are copied with
- * cp.async into two shared-memory buffers: the copy of step s + 1 is in
- * flight while step s computes (double buffering; rows past T are
- * zero-filled by the copy itself). Also:
- *   - the forward keeps its Q fragments in registers (loaded once with
- *     ldmatrix) instead of re-reading Q from shared memory every key tile,
- *     and takes the row maximum on the raw scores so a probability costs one
- *     FFMA + EX2;
- *   - grids put the block with the most tiles first (blockIdx.y is the tile,
- *     blockIdx.x the (head, sequence) pair: the hardware issues x fastest),
- *     so the long blocks of the causal triangle do not run last: the dK/dV
- *     kernel's longest blocks are its first key tiles, the forward's and
- *     the dQ kernel's their last query tiles;
- *   - __launch_bounds__(128, 2): two blocks per SM (the double buffers take
- *     5 to 6 tiles of shared memory: 87-105 KB at head_dim 128).
- * The dK/dV kernel flattens its (query head of the group, query tile) loop
- * into one step sequence so the prefetch crosses head boundaries. */
-
-/* Forward on query tiles of 16·NW rows (NW warps of 16 rows; NW = 4: the
- * 64-row tiles of AR_CUDA_FLASH_MMA, 8: 128-row tiles, AR_CUDA_FLASH_MMA_ATOMIC,
- * half the K/V traffic per flop) over 64-key tiles. Shared memory: K0 V0 K1 V1
- * (buffer c = K at 2c, V at 2c + 1); Q is staged in buffer 1 until every
- * warp holds its fragments. A warp whose rows all precede a key tile skips
- * it (the causal diagonal of a 128-row tile spans two key tiles). */
-template <int D, int NW, bool L2>
-__global__ void __launch_bounds__(32 * NW, NW == 4 ? 2 : 1) k_fwd2(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
-                                                                   const bf16 *k, const bf16 *v, int T, int NH, int NKV,
-                                                                   int window, float scale)
-{
-    extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, TS = MB * LD, QR = 16 * NW, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
-              t = lane & 3;
-    unsigned bh, y;
-    block_coords<L2>(bh, y);
-    const int nQ = (T + QR - 1) / QR, i = nQ - 1 - y, h = bh % NH, b = bh / NH;
-    const int kvh = h / (NH / NKV), q0 = i * QR, qw = q0 + 16 * w, row0 = qw + g; /* rows row0, row0 + 8 */
-    const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
-    bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Ks + 2 * TS; /* buffer c: Ks + 2c·TS, Vs + 2c·TS */
-    const int j0 = first_key_tile(q0, window), jl = ((q0 + QR < T ? q0 + QR : T) - 1) / MB; /* last key tile */
-
-    for (int r = 0; r < QR; r += MB) load_tile_async<D>(Qs + r * LD, q, b, q0 + r, T, NH, h);
-    cp_commit();
-    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
-    load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
-    cp_commit();
-    cp_wait<1>(); /* Q is in (the first K, V may still be coming) */
-    __syncthreads();
-    unsigned qf[D / 16][4];
-#pragma unroll
-    for (int kk = 0; kk < D / 16; kk++) load_a(qf[kk], Qs, LD, 16 * w, 16 * kk, lane);
-    __syncthreads(); /* every warp has its Q before buffer 1 is refilled */
-
-    float o[D / 8][4], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
-    zero_acc<D / 8>(o);
-    for (int j = j0; j <= jl; j++) {
-        const int cur = (j - j0) & 1, k0 = j * MB;
-        if (j < jl) { /* prefetch the next K, V into the other buffer */
-            load_tile_async<D>(Ks + 2 * (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
-            load_tile_async<D>(Vs + 2 * (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
-        }
-        cp_commit();
-        cp_wait<1>(); /* this step's K, V are in */
-        __syncthreads();
-        if (k0 <= qw + 15) { /* else every key of the tile is after the warp's rows */
-            float s[8][4];
-            frags_times_tile_t<D>(s, qf, Ks + 2 * cur * TS, lane);
-            softmax_tile<D>(s, o, m, l, qw, row0, k0, t, T, window, scale2);
-            acc_times_tile<D>(o, s, Vs + 2 * cur * TS, lane);
-        }
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
-    }
-    store_out_rows<D>(out_b, out_f, lse, o, m, l, b, row0, T, NH, h, t);
-}
-
-/* p[0..1] += (x, y) in global memory without reading back (one vector
- * reduction on sm_90, two scalar ones before). */
-__device__ __forceinline__ void red_add2(float *p, float x, float y)
-{
-#if __CUDA_ARCH__ >= 900
-    atomicAdd((float2 *)p, make_float2(x, y));
-#else
-    atomicAdd(p, x);
-    atomicAdd(p + 1, y);
-#endif
-}
-
-enum { LDT = MB + 8 }; /* pitch of the fused backward's dSᵀ tile (bf16, conflict-free) */
-
-/* dq rows q0 + 16w .. (head hq) += dS K for the warp's 16 query rows, dS read
- * as the transpose of the block's dSᵀ tile (64 keys x 64 queries), K the key
- * tile; 64 output columns at a time (32 accumulators), f32 reductions. */
-template <int D>
-__device__ __forceinline__ void add_dq_atomic(float *dq, const bf16 *dSt, const bf16 *Ks, int b, int q0, int T, int NH,
-                                              int hq, int w, int lane)
-{
-    const int LD = D + 8, g = lane >> 2, t = lane & 3;
-#pragma unroll
-    for (int c0 = 0; c0 < D / 16; c0 += 4) { /* 16-column units c0 .. c0 + 3 */
-        float acc[8][4];
-        zero_acc<8>(acc);
-#pragma unroll
-        for (int kk = 0; kk < MB / 16; kk++) {
-            unsigned a[4];
-            load_a_t(a, dSt, LDT, 16 * w, 16 * kk, lane);
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-                if (c0 + u < D / 16) {
-                    unsigned bb[4];
-                    load_b_kn(bb, Ks, LD, 16 * kk, 16 * (c0 + u), lane);
-                    mma16816(acc[2 * u], a, bb[0], bb[1]);
-                    mma16816(acc[2 * u + 1], a, bb[2], bb[3]);
-                }
-        }
-#pragma unroll
-        for (int hh = 0; hh < 2; hh++) {
-            int r = q0 + 16 * w + g + 8 * hh;
-            if (r >= T) continue;
-            float *row = dq + (((long)b * T + r) * NH + hq) * D + 16 * c0 + 2 * t;
-#pragma unroll
-            for (int u = 0; u < 4; u++)
-                if (c0 + u < D / 16) {
-                    red_add2(row + 16 * u, acc[2 * u][2 * hh], acc[2 * u][2 * hh + 1]);
-                    red_add2(row + 16 * u + 8, acc[2 * u + 1][2 * hh], acc[2 * u + 1][2 * hh + 1]);
-                }
-        }
-    }
-}
-
-/* ---- backward 4: dS stored once, dQ without recomputation ---------------------------
- * The deterministic backward 2 computes dS twice: the dK/dV kernel needs Sᵀ,
- * Pᵀ, dPᵀ and dSᵀ (4 tile products per step with dV and dK) and the dQ
- * kernel recomputes S and dP from Q, K, V, dO to get dS for dQ = dS K (3
- * products): 7 products where 5 are the work. Backward 4 has the dK/dV
- * kernel store each dS tile it computes (bf16: the values its dK product
- * rounds to anyway) in a scratch area, and a dQ kernel that only streams
- * dS tiles and K tiles through one product per step, in the same key-tile
- * order: one writer per dq element, deterministic, and dq the same sums of
- * the same bf16 products as backward 2's. The price is the scratch: one 8 KB
- * tile per (query head, query tile, key tile <= query tile), 1.1 GB at B 8,
- * T 2048, 32 heads (allocated once and kept; the launch splits into chunks of
- * (sequence, kv head) pairs when it exceeds the budget,
- * ar_cuda_set_flash_ds_budget).
+/* ---- the backward: dS stored once, dQ without recomputation -------------------------
+ * The dK/dV kernel needs Sᵀ, Pᵀ, dPᵀ and dSᵀ (4 tile products per step with
+ * dV and dK); a dQ kernel recomputing S and dP from Q, K, V, dO to get dS for
+ * dQ = dS K would take 3 more: 7 products where 5 are the work. Instead the
+ * dK/dV kernel stores each dS tile it computes (bf16: the values its dK
+ * product rounds to anyway) in a scratch area, and the dQ kernel only
+ * streams dS tiles and K tiles through one product per step, in key-tile
+ * order: one writer per dq element, deterministic. The price is the
+ * scratch: one 8 KB tile per (query head, query tile, key tile <= query
+ * tile), 1.1 GB at B 8, T 2048, 32 heads (allocated once and kept; the launch
+ * splits into chunks of (sequence, kv head) pairs when it exceeds the
+ * budget, ar_cuda_set_flash_ds_budget).
  *
  * A dS tile is stored as 64 8x8 matrices of 128 bytes each: matrix kb·8 + n
  * holds dSᵀ rows (keys) 8kb .. 8kb + 7 by columns (queries) 8n .. 8n + 7,
@@ -852,11 +453,6 @@ __device__ __forceinline__ void add_dq_atomic(float *dq, const bf16 *dSt, const 
  * of four such matrices (128 contiguous bytes each: conflict-free) gives
  * the A operand of dS. */
 
-/* k_bwd_kv2's MODE bits: what it does with dS besides dK (nothing, f32
- * atomics into dq, or store it for k_bwd_dq), and KV_ILV: its four products
- * as two interleaved pairs (Sᵀ with dPᵀ, then dV with dK; same results);
- * KV_L2: block_coords' L2-friendly order. */
-enum { KV_PLAIN = 0, KV_ATOMIC_DQ = 1, KV_STORE_DS = 2, KV_ILV = 4, KV_L2 = 8 };
 enum { DS_TILE = MB * MB }; /* bf16 elements of a stored dS tile */
 
 /* Offset (in bf16) of the stored dS tile (query tile i, key tile j <= i) of
@@ -878,34 +474,27 @@ __device__ __forceinline__ void store_ds_tile(bf16 *tile, const float ds[8][4], 
             __stcs((unsigned *)(tile + ((2 * w + hh) * 8 + n) * 64 + 2 * lane), pack_bf16(ds[n][2 * hh], ds[n][2 * hh + 1]));
 }
 
-/* dK, dV per (64-key tile, kv head), as k_bwd_kv. The grid's x enumerates
- * (sequence, kv head) pairs from p0 (pair = b·NKV + kvh; backward 4 runs
- * them in chunks), y the key tile. MODE KV_ATOMIC_DQ (AR_CUDA_FLASH=
- * mma-atomic): the same kernel also adds dQ = dS K: each step's dSᵀ goes to
- * shared memory in bf16 (the values the dK product uses), and after a
- * barrier each warp multiplies 16 query rows of its transpose by the key
- * tile and adds them to dq with f32 reductions: 5 tile products per step
- * instead of 4 here + 3 in k_bwd_q2, but dq's sums are in arrival order
- * (not bit-reproducible) and dq must start zeroed. MODE KV_STORE_DS
- * (backward 4): each step's dS tile is stored to dS (chunk-local query head
- * (pair − p0)·group + r) for k_bwd_dq. */
-template <int D, int MODE>
-__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, float *dq, bf16 *dS, const bf16 *q,
-                                                         const bf16 *k, const bf16 *v, const bf16 *dob, const float *lse,
-                                                         const float *Drow, int T, int NH, int NKV, int window,
-                                                         float scale, int p0, int accumulate)
+/* dK, dV per (64-key tile, kv head): the grid's x is the key tile, y the
+ * (sequence, kv head) pair counted from p0 (pair = b·NKV + kvh; launches run
+ * in chunks of pairs), in block_coords' order. Each step (query head r of the
+ * group, query tile i) stores its dS tile to dS at chunk-local query head
+ * (pair − p0)·group + r for k_bwd_dq. */
+template <int D>
+__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv(float *dk, float *dv, bf16 *dS, const bf16 *q, const bf16 *k,
+                                                        const bf16 *v, const bf16 *dob, const float *lse,
+                                                        const float *Drow, int T, int NH, int NKV, int window,
+                                                        float scale, int p0, int accumulate)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     unsigned lp, y;
-    block_coords<(MODE & KV_L2) != 0>(lp, y);
+    block_coords(lp, y);
     const int j = y, group = NH / NKV, nT = (T + MB - 1) / MB, pair = p0 + lp, kvh = pair % NKV, b = pair / NKV;
     const int k0 = j * MB, key0 = k0 + 16 * w + g; /* this lane's keys key0, key0 + 8 */
     const float scale2 = scale * AR_LOG2E;
     const long ntri = (long)nT * (nT + 1) / 2;
     bf16 *Ks = (bf16 *)smem, *Vs = Ks + TS, *Qs = Vs + TS, *dOs = Qs + 2 * TS; /* Q, dO: two buffers each */
     float *Ls = (float *)(dOs + 2 * TS), *Ds = Ls + 2 * MB;
-    bf16 *dSt = (bf16 *)(Ds + 2 * MB); /* KV_ATOMIC_DQ: [64 keys][LDT] */
     /* steps: (query head r of the group, query tile i), i fastest */
     const int ni = end_query_tile(k0, nT, window) - j, steps = group * ni;
 
@@ -932,157 +521,39 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_bwd_kv2(float *dk, float *dv, f
         const bf16 *Qc = Qs + cur * TS, *dOc = dOs + cur * TS;
         const float *Lc = Ls + cur * MB, *Dc = Ds + cur * MB;
         float p[8][4], dp[8][4];
-        if (MODE & KV_ILV) { /* Sᵀ and dPᵀ together; dV after dPᵀ: the same sums */
-            rows_times_tiles_t2<D>(p, Ks, Qc, dp, Vs, dOc, 16 * w, lane);
-            kv_probs(p, Lc, AR_LOG2E, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
-        } else {
-            rows_times_tile_t<D>(p, Ks, 16 * w, Qc, lane); /* Sᵀ: this warp's keys x 64 queries */
-            kv_probs(p, Lc, AR_LOG2E, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
-            acc_times_tile<D>(dV, p, dOc, lane);            /* dV += Pᵀ dO */
-            rows_times_tile_t<D>(dp, Vs, 16 * w, dOc, lane); /* dPᵀ = V dOᵀ */
-        }
+        /* Sᵀ (this warp's keys x 64 queries) and dPᵀ = V dOᵀ together */
+        rows_times_tiles_t2<D>(p, Ks, Qc, dp, Vs, dOc, 16 * w, lane);
+        kv_probs(p, Lc, AR_LOG2E, tile_visible(q0, k0, T, window), q0, key0, t, T, window, scale2);
         kv_dst(dp, p, Dc, t, scale);
-        if (MODE & KV_ATOMIC_DQ) { /* the warp's 16 rows of dSᵀ, rounded as acc_to_a rounds them */
-#pragma unroll
-            for (int n = 0; n < 8; n++)
-#pragma unroll
-                for (int hh = 0; hh < 2; hh++)
-                    *(unsigned *)(dSt + (16 * w + g + 8 * hh) * LDT + 8 * n + 2 * t) =
-                        pack_bf16(dp[n][2 * hh], dp[n][2 * hh + 1]);
-        }
-        if (MODE & KV_STORE_DS) store_ds_tile(dS + ds_tile_at(lp * group + st / ni, ntri, i, j), dp, w, lane);
-        if (MODE & KV_ILV) acc_times_tiles2<D>(dV, p, dOc, dK, dp, Qc, lane); /* dV += Pᵀ dO, dK += dSᵀ Q */
-        else acc_times_tile<D>(dK, dp, Qc, lane); /* dK += dSᵀ Q */
+        store_ds_tile(dS + ds_tile_at(lp * group + st / ni, ntri, i, j), dp, w, lane);
+        acc_times_tiles2<D>(dV, p, dOc, dK, dp, Qc, lane); /* dV += Pᵀ dO, dK += dSᵀ Q */
         /* every warp is done with this step's Q, dO, lse, D (refilled by the
-         * next step's prefetch) and, KV_ATOMIC_DQ, has written its dSᵀ rows */
+         * next step's prefetch) */
         __syncthreads();
-        if (MODE & KV_ATOMIC_DQ) /* dSt and K only: the next step's barrier guards dSt */
-            add_dq_atomic<D>(dq, dSt, Ks, b, q0, T, NH, kvh * group + st / ni, w, lane);
     }
     add_acc_rows<D>(dk, dK, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
     add_acc_rows<D>(dv, dV, b, k0 + 16 * w, T, NKV, kvh, lane, accumulate);
 }
 
-template <int D, bool L2>
-__global__ void __launch_bounds__(MTHREADS, 2) k_bwd_q2(float *dq, const bf16 *q, const bf16 *k, const bf16 *v,
-                                                        const bf16 *dob, const float *lse, const float *Drow, int T,
-                                                        int NH, int NKV, int window, float scale, int accumulate)
-{
-    extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    unsigned bh, y;
-    block_coords<L2>(bh, y);
-    const int nT = (T + MB - 1) / MB, i = nT - 1 - y, h = bh % NH, b = bh / NH;
-    const int kvh = h / (NH / NKV), q0 = i * MB, row0 = q0 + 16 * w + g;
-    const float scale2 = scale * AR_LOG2E;
-    bf16 *Qs = (bf16 *)smem, *dOs = Qs + TS, *Ks = dOs + TS, *Vs = Ks + 2 * TS; /* K, V: two buffers each */
-    const int j0 = first_key_tile(q0, window);
-
-    load_tile_async<D>(Qs, q, b, q0, T, NH, h);
-    load_tile_async<D>(dOs, dob, b, q0, T, NH, h);
-    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
-    load_tile_async<D>(Vs, v, b, j0 * MB, T, NKV, kvh);
-    cp_commit();
-    float L[2], Dd[2];
-    load_row_stats(L, Dd, lse, Drow, b, row0, T, NH, h);
-    float dQ[D / 8][4];
-    zero_acc<D / 8>(dQ);
-    for (int j = j0; j <= i; j++) {
-        const int cur = (j - j0) & 1, k0 = j * MB;
-        if (j < i) {
-            load_tile_async<D>(Ks + (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
-            load_tile_async<D>(Vs + (cur ^ 1) * TS, v, b, k0 + MB, T, NKV, kvh);
-        }
-        cp_commit();
-        cp_wait<1>();
-        __syncthreads();
-        const bf16 *Kc = Ks + cur * TS;
-        float p[8][4], dp[8][4];
-        rows_times_tile_t<D>(p, Qs, 16 * w, Kc, lane);            /* S = Q Kᵀ */
-        rows_times_tile_t<D>(dp, dOs, 16 * w, Vs + cur * TS, lane); /* dP = dO Vᵀ */
-        q_ds(dp, p, L, Dd, tile_visible(q0, k0, T, window), row0, k0, t, T, window, scale2, scale);
-        acc_times_tile<D>(dQ, dp, Kc, lane); /* dQ += dS K */
-        __syncthreads();
-    }
-    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
-}
-
-/* dQ of backward 4 per (64-query tile, query head): dQ += dS K over the key
- * tiles j0 .. i in k_bwd_q2's order, dS from the tiles k_bwd_kv2<.,
- * KV_STORE_DS> stored (chunk-local head lh = (pair − p0)·group + r; blocks
- * in block_coords' L2 order),
- * both double-buffered with cp.async. One tile product per step and no
- * softmax: a small kernel (K 2 x 17 KB + dS 2 x 8 KB of shared memory at
- * head_dim 128, 126 registers), four blocks per SM. */
+/* dQ per (128 query rows = query tiles ia = 2·(nP − 1 − y) and ia + 1,
+ * query head): dQ += dS K over the key tiles in order, dS from the tiles
+ * k_bwd_kv stored (chunk-local head lh = (pair − p0)·group + r; blocks in
+ * block_coords' order), double-buffered with cp.async. Each warp takes 32
+ * rows of one query tile (warps 0, 1: tile ia; 2, 3: ia + 1) as two 16-row
+ * units that share every K fragment: 10 ldmatrix per 16 mma (16 rows per
+ * warp read 9 per 8 and were bound by shared memory). A warp pair skips the
+ * key tiles its query tile does not see (after its diagonal, before its
+ * window), whose dS tiles were never stored; the block loads a dS tile only
+ * for a pair that reads it. Shared memory: two K tiles, two dS tiles per
+ * query tile (67 KB at head_dim 128). */
 template <int D>
-__global__ void __launch_bounds__(MTHREADS, 4) k_bwd_dq(float *dq, const bf16 *k, const bf16 *dS, int T, int NH,
+__global__ void __launch_bounds__(MTHREADS, 3) k_bwd_dq(float *dq, const bf16 *k, const bf16 *dS, int T, int NH,
                                                         int NKV, int window, int p0, int accumulate)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     unsigned lh, y;
-    block_coords<true>(lh, y);
-    const int group = NH / NKV, nT = (T + MB - 1) / MB, i = nT - 1 - y;
-    const int pair = p0 + lh / group, b = pair / NKV, kvh = pair % NKV, h = kvh * group + lh % group;
-    const int q0 = i * MB, j0 = first_key_tile(q0, window);
-    const long ntri = (long)nT * (nT + 1) / 2;
-    bf16 *Ks = (bf16 *)smem, *Ss = Ks + 2 * TS; /* two K tiles, two dS tiles */
-    const bf16 *tiles = dS + ds_tile_at(lh, ntri, i, 0); /* key tile j at tiles + j·DS_TILE */
-    const int mi = lane >> 3; /* the 8x8 matrix whose row address this lane gives to ldmatrix */
-
-    load_tile_async<D>(Ks, k, b, j0 * MB, T, NKV, kvh);
-    load_flat_tile_async(Ss, tiles + (size_t)j0 * DS_TILE);
-    cp_commit();
-    float dQ[D / 8][4];
-    zero_acc<D / 8>(dQ);
-    for (int j = j0; j <= i; j++) {
-        const int cur = (j - j0) & 1, k0 = j * MB;
-        if (j < i) {
-            load_tile_async<D>(Ks + (cur ^ 1) * TS, k, b, k0 + MB, T, NKV, kvh);
-            load_flat_tile_async(Ss + (cur ^ 1) * DS_TILE, tiles + (size_t)(j + 1) * DS_TILE);
-        }
-        cp_commit();
-        cp_wait<1>();
-        __syncthreads();
-        const bf16 *Kc = Ks + cur * TS, *Sc = Ss + cur * DS_TILE;
-#pragma unroll
-        for (int kk = 0; kk < 4; kk++) {
-            /* A of dS rows (queries) 16w.., columns (keys) 16kk..: matrices
-             * (keys 8·(2kk + mi/2), queries 8·(2w + mi%2)) transposed */
-            unsigned a[4];
-            ldsm_t(a, Sc + ((2 * kk + (mi >> 1)) * 8 + 2 * w + (mi & 1)) * 64 + (lane & 7) * 8);
-#pragma unroll
-            for (int dp = 0; dp < D / 16; dp++) {
-                unsigned bb[4];
-                load_b_kn(bb, Kc, LD, 16 * kk, 16 * dp, lane);
-                mma16816(dQ[2 * dp], a, bb[0], bb[1]);
-                mma16816(dQ[2 * dp + 1], a, bb[2], bb[3]);
-            }
-        }
-        __syncthreads(); /* every warp is done with this buffer before it is refilled */
-    }
-    add_acc_rows<D>(dq, dQ, b, q0 + 16 * w, T, NH, h, lane, accumulate);
-}
-
-/* dQ of backward 7 per (128 query rows = query tiles ia = 2·(nP − 1 − y) and
- * ia + 1, query head): k_bwd_dq reads 9 ldmatrix per 8 mma from shared
- * memory (one dS A operand, eight K B operands per k-step), which bounds it.
- * Here each warp takes 32 rows of one query tile (warps 0, 1: tile ia;
- * 2, 3: ia + 1) as two 16-row units that share every K fragment: 10
- * ldmatrix per 16 mma. Per row the same products in the same key-tile
- * order as k_bwd_dq (same bits). A warp pair skips the key tiles its query
- * tile does not see (after its diagonal, before its window), whose dS tiles
- * were never stored; the block loads a dS tile only for a pair that reads
- * it. Shared memory: two K tiles, two dS tiles per query tile (67 KB at
- * head_dim 128). */
-template <int D>
-__global__ void __launch_bounds__(MTHREADS, 3) k_bwd_dq2(float *dq, const bf16 *k, const bf16 *dS, int T, int NH,
-                                                         int NKV, int window, int p0, int accumulate)
-{
-    extern __shared__ __align__(128) char smem[];
-    const int LD = D + 8, TS = MB * LD, w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    unsigned lh, y;
-    block_coords<true>(lh, y);
+    block_coords(lh, y);
     const int group = NH / NKV, nT = (T + MB - 1) / MB, nP = (nT + 1) / 2, ia = 2 * (nP - 1 - (int)y);
     const int pair = p0 + lh / group, b = pair / NKV, kvh = pair % NKV, h = kvh * group + lh % group;
     const int nq = ia + 1 < nT ? 2 : 1; /* query tiles in the block */
@@ -1139,28 +610,26 @@ __global__ void __launch_bounds__(MTHREADS, 3) k_bwd_dq2(float *dq, const bf16 *
     }
 }
 
-/* ---- forward 4: 128-row query tiles, 32 rows per warp --------------------------------
- * k_fwd2<D, 4> gives each warp 16 query rows, so every K and V fragment a
- * warp loads from shared memory (ldmatrix) feeds two mma instructions, and
- * each SM re-reads every K/V tile once per 64 queries. Here a block of four
- * warps takes 128 query rows, each warp 32 (two 16-row units, u = 0, 1, that
- * share every K/V fragment: four mma per ldmatrix of K or V, half the K/V
- * traffic per flop from L2 and shared memory), the layout of FlashAttention-2's
- * forward. Q stays in shared memory (34 KB at head_dim 128; in registers it
- * would take 64 of them) and is re-read per key tile as A fragments. The
- * per-row arithmetic is k_fwd2's (same products in the same order, the
- * same softmax_tile), so the outputs are identical; a warp skips key tiles
- * after its rows or before its window. Registers: o 2 x D/2, s 2 x 32 per
- * lane; two blocks per SM (Q + two K/V buffers: 6 tiles, 104 KB at 128). */
+/* ---- the forward: 128-row query tiles, 32 rows per warp ------------------------------
+ * A block of four warps takes 128 query rows, each warp 32 (two 16-row
+ * units, u = 0, 1, that share every K/V fragment: four mma per ldmatrix of K
+ * or V, where 16 rows per warp gave two, and half the K/V traffic per flop
+ * from L2 and shared memory), the layout of FlashAttention-2's forward. K and
+ * V tiles are double-buffered with cp.async. Q stays in shared memory (34 KB
+ * at head_dim 128; in registers it would take 64 of them) and is re-read per
+ * key tile as A fragments. The row maximum is taken on the raw scores so a
+ * probability costs one FFMA and one EX2 (softmax_tile); a warp skips key
+ * tiles after its rows or before its window. Registers: o 2 x D/2, s 2 x 32
+ * per lane; two blocks per SM (Q + two K/V buffers: 6 tiles, 104 KB at 128). */
 template <int D>
-__global__ void __launch_bounds__(MTHREADS, 2) k_fwd3(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
-                                                      const bf16 *k, const bf16 *v, int T, int NH, int NKV, int window,
-                                                      float scale)
+__global__ void __launch_bounds__(MTHREADS, 2) k_fwd(bf16 *out_b, float *out_f, float *lse, const bf16 *q,
+                                                     const bf16 *k, const bf16 *v, int T, int NH, int NKV, int window,
+                                                     float scale)
 {
     extern __shared__ __align__(128) char smem[];
     const int LD = D + 8, TS = MB * LD, QR = 2 * MB, w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2,
               t = lane & 3;
-    /* grid (query tiles, NH, B): block_coords' L2-friendly order */
+    /* grid (query tiles, NH, B): the L2-friendly order of block_coords */
     const int nQ = (T + QR - 1) / QR, i = nQ - 1 - blockIdx.x, h = blockIdx.y, b = blockIdx.z;
     const int kvh = h / (NH / NKV), q0 = i * QR, qw = q0 + 32 * w; /* the warp's rows qw .. qw + 31 */
     const float scale2 = scale * AR_LOG2E; /* scores in log2 units */
@@ -1238,16 +707,9 @@ __global__ void __launch_bounds__(MTHREADS, 2) k_fwd3(bf16 *out_b, float *out_f,
 
 template <int D> size_t tiles_smem(int n) { return (size_t)n * MB * (D + 8) * sizeof(bf16); }
 
-/* Allow a kernel its dynamic shared memory (a host call: once per kernel). */
-template <typename K> int allow_smem(K kernel, size_t bytes, bool *done)
-{
-    if (!*done) AR_CK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)bytes));
-    *done = true;
-    return 0;
-}
-
-/* The same asking for the largest shared-memory carveout: the version-2
- * kernels want two blocks of 87-113 KB per SM. */
+/* Allow a kernel its dynamic shared memory and ask for the largest
+ * shared-memory carveout (a host call: once per kernel): the kernels want
+ * two or three blocks of 66-104 KB per SM. */
 template <typename K> int allow_smem_max(K kernel, size_t bytes, bool *done)
 {
     if (!*done) {
@@ -1258,58 +720,22 @@ template <typename K> int allow_smem_max(K kernel, size_t bytes, bool *done)
     return 0;
 }
 
-/* k_fwd2 with NW warps of 16 rows, in block_coords<L2> order. */
-template <int D, int NW, bool L2>
-int fwd2_launch(bf16 *ob, float *out_f, float *lse, const bf16 *q, const bf16 *k, const bf16 *v, int B, int T, int NH,
-                int NKV, int window, const char *what)
-{
-    static bool ready;
-    size_t sm = tiles_smem<D>(4); /* two K, two V (Q staged in the second pair) */
-    if (allow_smem_max(k_fwd2<D, NW, L2>, sm, &ready)) return -1;
-    const int nQ = (T + 16 * NW - 1) / (16 * NW);
-    k_fwd2<D, NW, L2><<<L2 ? dim3(nQ, NH, B) : dim3(NH * B, nQ), 32 * NW, sm, g_cu.st>>>(ob, out_f, lse, q, k, v, T, NH,
-                                                                                       NKV, window,
-                                                                                       1.0f / sqrtf((float)D));
-    return ar_cuda_check_launch(what);
-}
-
+/* Q (2 tiles) + two K/V buffers. */
 template <int D>
 int fwd_launch(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v,
-               int B, int T, int NH, int NKV, int window, int version)
+               int B, int T, int NH, int NKV, int window)
 {
+    static bool ready;
     const float scale = 1.0f / sqrtf((float)D);
-    const int nT = (T + MB - 1) / MB;
-    bf16 *ob = (bf16 *)out_b;
-    const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v;
-    switch (version) {
-    case 1: {
-        static bool ready;
-        size_t sm = tiles_smem<D>(3);
-        if (allow_smem(k_fwd<D>, sm, &ready)) return -1;
-        k_fwd<D><<<dim3(nT, NH, B), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV, window, scale);
-        return ar_cuda_check_launch("flash attention forward (mma1)");
-    }
-    case 3: /* 128-row query tiles, 8 warps */
-        return fwd2_launch<D, 8, false>(ob, out_f, lse, qq, kk, vv, B, T, NH, NKV, window,
-                                        "flash attention forward (mma-atomic)");
-    case 4: { /* 128-row tiles, 32 rows per warp: Q (2 tiles) + two K/V buffers */
-        static bool ready4;
-        size_t sm = tiles_smem<D>(6);
-        if (allow_smem_max(k_fwd3<D>, sm, &ready4)) return -1;
-        k_fwd3<D><<<dim3((T + 127) / 128, NH, B), MTHREADS, sm, g_cu.st>>>(ob, out_f, lse, qq, kk, vv, T, NH, NKV,
-                                                                           window, scale);
-        return ar_cuda_check_launch("flash attention forward (m128)");
-    }
-    case 5:
-        return fwd2_launch<D, 4, true>(ob, out_f, lse, qq, kk, vv, B, T, NH, NKV, window,
-                                       "flash attention forward (mma, L2 order)");
-    default:
-        return fwd2_launch<D, 4, false>(ob, out_f, lse, qq, kk, vv, B, T, NH, NKV, window,
-                                        "flash attention forward (mma)");
-    }
+    size_t sm = tiles_smem<D>(6);
+    if (allow_smem_max(k_fwd<D>, sm, &ready)) return -1;
+    k_fwd<D><<<dim3((T + 127) / 128, NH, B), MTHREADS, sm, g_cu.st>>>((bf16 *)out_b, out_f, lse, (const bf16 *)q,
+                                                                      (const bf16 *)k, (const bf16 *)v, T, NH, NKV,
+                                                                      window, scale);
+    return ar_cuda_check_launch("flash attention forward");
 }
 
-/* Backward 4's dS scratch: allocated on first use, grown when a larger
+/* The backward's dS scratch: allocated on first use, grown when a larger
  * launch needs more, kept until the process ends (ar_cuda_set_flash_ds_budget
  * caps a launch's chunk). */
 bf16 *g_ds;
@@ -1347,20 +773,20 @@ int ds_scratch(size_t per_pair, long pairs, bf16 **buf, long *chunk)
     }
 }
 
-/* Backward 4 (MODE KV_STORE_DS | KV_L2), 5 (| KV_ILV) and 7 (5 with DQ2):
- * k_bwd_kv2 storing dS, then k_bwd_dq (DQ2: k_bwd_dq2), per chunk of
- * (sequence, kv head) pairs that fits the budget. */
-template <int D, int MODE, bool DQ2>
-int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float *Drow, const float *lse, const bf16 *q,
-                  const bf16 *k, const bf16 *v, int B, int T, int NH, int NKV, int window, int accumulate)
+/* k_bwd_kv storing dS, then k_bwd_dq, per chunk of (sequence, kv head)
+ * pairs that fits the budget. K, V, two Q, two dO, two lse and D rows; two K
+ * tiles and four dS tiles. */
+template <int D>
+int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow, const float *lse,
+               const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int NH, int NKV, int window,
+               int accumulate)
 {
     static bool ready_kv, ready_dq;
     const float scale = 1.0f / sqrtf((float)D);
     const int nT = (T + MB - 1) / MB, group = NH / NKV;
-    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(2) + (DQ2 ? 4 : 2) * DS_TILE * sizeof(bf16);
-    if (allow_smem_max(k_bwd_kv2<D, MODE>, s1, &ready_kv) ||
-        (DQ2 ? allow_smem_max(k_bwd_dq2<D>, s2, &ready_dq) : allow_smem_max(k_bwd_dq<D>, s2, &ready_dq)))
-        return -1;
+    const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v, *dd = (const bf16 *)dob;
+    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(2) + 4 * DS_TILE * sizeof(bf16);
+    if (allow_smem_max(k_bwd_kv<D>, s1, &ready_kv) || allow_smem_max(k_bwd_dq<D>, s2, &ready_dq)) return -1;
     const long pairs = (long)B * NKV, ntri = (long)nT * (nT + 1) / 2;
     bf16 *ds;
     long chunk;
@@ -1368,105 +794,39 @@ int bwd_ds_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float 
     if (chunk > 65535 / group) chunk = 65535 / group; /* the grids' y: chunk·group query heads */
     for (long p0 = 0; p0 < pairs; p0 += chunk) {
         int np = (int)(pairs - p0 < chunk ? pairs - p0 : chunk);
-        k_bwd_kv2<D, MODE><<<dim3(nT, np), MTHREADS, s1, g_cu.st>>>(dk, dv, NULL, ds, q, k, v, dob, lse, Drow, T, NH,
-                                                                    NKV, window, scale, (int)p0, accumulate);
-        if (DQ2)
-            k_bwd_dq2<D><<<dim3((nT + 1) / 2, np * group), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window,
-                                                                                    (int)p0, accumulate);
-        else
-            k_bwd_dq<D><<<dim3(nT, np * group), MTHREADS, s2, g_cu.st>>>(dq, k, ds, T, NH, NKV, window, (int)p0,
-                                                                         accumulate);
+        k_bwd_kv<D><<<dim3(nT, np), MTHREADS, s1, g_cu.st>>>(dk, dv, ds, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
+                                                             scale, (int)p0, accumulate);
+        k_bwd_dq<D><<<dim3((nT + 1) / 2, np * group), MTHREADS, s2, g_cu.st>>>(dq, kk, ds, T, NH, NKV, window, (int)p0,
+                                                                               accumulate);
     }
-    return ar_cuda_check_launch(DQ2 ? "flash attention backward (ds, ilv, dq2)"
-                                : MODE & KV_ILV ? "flash attention backward (ds, ilv)"
-                                                : "flash attention backward (ds)");
-}
-
-/* Backward 2 (L2 = false) and 6 (L2 = true): k_bwd_kv2 and k_bwd_q2. */
-template <int D, bool L2>
-int bwd2_launch(float *dq, float *dk, float *dv, const bf16 *dob, const float *Drow, const float *lse, const bf16 *q,
-                const bf16 *k, const bf16 *v, int B, int T, int NH, int NKV, int window, int accumulate)
-{
-    static bool ready_kv, ready_q;
-    const float scale = 1.0f / sqrtf((float)D);
-    const int nT = (T + MB - 1) / MB, MODE = L2 ? KV_L2 : KV_PLAIN;
-    /* K, V, two Q, two dO, two lse and D rows; Q, dO, two K, two V */
-    size_t s1 = tiles_smem<D>(6) + 4 * MB * sizeof(float), s2 = tiles_smem<D>(6);
-    if (allow_smem_max(k_bwd_kv2<D, MODE>, s1, &ready_kv) || allow_smem_max(k_bwd_q2<D, L2>, s2, &ready_q)) return -1;
-    k_bwd_kv2<D, MODE><<<L2 ? dim3(nT, NKV, B) : dim3(NKV * B, nT), MTHREADS, s1, g_cu.st>>>(
-        dk, dv, NULL, NULL, q, k, v, dob, lse, Drow, T, NH, NKV, window, scale, 0, accumulate);
-    k_bwd_q2<D, L2><<<L2 ? dim3(nT, NH, B) : dim3(NH * B, nT), MTHREADS, s2, g_cu.st>>>(
-        dq, q, k, v, dob, lse, Drow, T, NH, NKV, window, scale, accumulate);
-    return ar_cuda_check_launch(L2 ? "flash attention backward (mma, L2 order)" : "flash attention backward (mma)");
-}
-
-template <int D>
-int bwd_launch(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow, const float *lse,
-               const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T, int NH, int NKV, int window,
-               int accumulate, int version)
-{
-    const float scale = 1.0f / sqrtf((float)D);
-    const int nT = (T + MB - 1) / MB;
-    const bf16 *qq = (const bf16 *)q, *kk = (const bf16 *)k, *vv = (const bf16 *)v, *dd = (const bf16 *)dob;
-    switch (version) {
-    case 1: {
-        static bool ready_kv, ready_q;
-        size_t s1 = tiles_smem<D>(4) + 2 * MB * sizeof(float), s2 = tiles_smem<D>(4);
-        if (allow_smem(k_bwd_kv<D>, s1, &ready_kv) || allow_smem(k_bwd_q<D>, s2, &ready_q)) return -1;
-        k_bwd_kv<D><<<dim3(nT, NKV, B), MTHREADS, s1, g_cu.st>>>(dk, dv, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window,
-                                                                 scale, accumulate);
-        k_bwd_q<D><<<dim3(nT, NH, B), MTHREADS, s2, g_cu.st>>>(dq, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale,
-                                                               accumulate);
-        return ar_cuda_check_launch("flash attention backward (mma1)");
-    }
-    case 3: { /* K, V, two Q, two dO, two lse and D rows, dSᵀ */
-        static bool ready3;
-        size_t s3 = tiles_smem<D>(6) + 4 * MB * sizeof(float) + MB * LDT * sizeof(bf16);
-        if (allow_smem_max(k_bwd_kv2<D, KV_ATOMIC_DQ>, s3, &ready3)) return -1;
-        if (!accumulate) AR_CK(cudaMemsetAsync(dq, 0, sizeof(float) * (size_t)B * T * NH * D, g_cu.st));
-        k_bwd_kv2<D, KV_ATOMIC_DQ><<<dim3(NKV * B, nT), MTHREADS, s3, g_cu.st>>>(
-            dk, dv, dq, NULL, qq, kk, vv, dd, lse, Drow, T, NH, NKV, window, scale, 0, accumulate);
-        return ar_cuda_check_launch("flash attention backward (mma-atomic)");
-    }
-    case 4:
-        return bwd_ds_launch<D, KV_STORE_DS | KV_L2, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV,
-                                                            window, accumulate);
-    case 5:
-        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV | KV_L2, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH,
-                                                                     NKV, window, accumulate);
-    case 7:
-        return bwd_ds_launch<D, KV_STORE_DS | KV_ILV | KV_L2, true>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH,
-                                                                    NKV, window, accumulate);
-    case 6: return bwd2_launch<D, true>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
-    default: return bwd2_launch<D, false>(dq, dk, dv, dd, Drow, lse, qq, kk, vv, B, T, NH, NKV, window, accumulate);
-    }
+    return ar_cuda_check_launch("flash attention backward");
 }
 } // namespace
 
 int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
-                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window, int version)
+                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window)
 {
     switch (HD) {
-    case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
-    case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
-    case 80: return fwd_launch<80>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
-    case 96: return fwd_launch<96>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
-    case 128: return fwd_launch<128>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window, version);
-    default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
+    case 32: return fwd_launch<32>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 64: return fwd_launch<64>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 80: return fwd_launch<80>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 96: return fwd_launch<96>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    case 128: return fwd_launch<128>(out_b, out_f, lse, q, k, v, B, T, NH, NKV, window);
+    default: return ar_cuda_fail("flash attention: head_dim %d not supported", HD);
     }
 }
 
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
                                const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                               int NH, int NKV, int HD, int window, int accumulate, int version)
+                               int NH, int NKV, int HD, int window, int accumulate)
 {
     switch (HD) {
-    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
-    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
-    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
-    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
-    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate, version);
-    default: return ar_cuda_fail("flash attention (mma): head_dim %d not supported", HD);
+    case 32: return bwd_launch<32>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 64: return bwd_launch<64>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 80: return bwd_launch<80>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 96: return bwd_launch<96>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    case 128: return bwd_launch<128>(dq, dk, dv, dob, Drow, lse, q, k, v, B, T, NH, NKV, window, accumulate);
+    default: return ar_cuda_fail("flash attention: head_dim %d not supported", HD);
     }
 }
 

@@ -11,7 +11,6 @@ struct ar_cuda_ctx {
     int dev, ready, gemm;
     cudaStream_t st;
     cublasHandle_t blas;
-    int fast;                       /* AR_CUDA_FAST: the fast block path for new works */
     cudaStream_t copy;              /* staged host-to-device copies (created on first use) */
     cudaEvent_t staged[AR_CUDA_STAGE_SLOTS], freed[AR_CUDA_STAGE_SLOTS];
 };
@@ -48,21 +47,8 @@ int ar_cuda_sgemm_batched(int ta, int tb, int M, int N, int K, float alpha, cons
                           long sa, const float *B, int ldb, long sb, float beta, float *C, int ldc, long sc,
                           int batch);
 
-/* ar_cuda_gemm_bf16_strided (ar_cuda.h) always by the cuBLAS default algorithm
- * (cublasGemmEx, or cublasGemmStridedBatchedEx when batch > 1, with
- * CUBLAS_GEMM_DEFAULT): what runs with AR_CUDA_GEMM_TUNE off. */
-int ar_cuda_gemm_bf16_default(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
-                              const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
-/* The same GEMM by the cuBLASLt algorithm kept for its signature (gemm_lt.cu),
- * timing the candidates on these operands at the signature's first call
- * (C is still updated once). 0 done, -1 error (ar_cuda_fail), 1 not done:
- * the caller runs ar_cuda_gemm_bf16_default (the default was the fastest, K
- * is 0, or cuBLASLt is unavailable). C must not overlap A or B. */
-int ar_cuda_gemm_bf16_tuned(int ta, int tb, int M, int N, int K, float alpha, const uint16_t *A, int lda, long sa,
-                            const uint16_t *B, int ldb, long sb, float beta, float *C, int ldc, long sc, int batch);
-
 /* The fast block path (block_fast.cu): buffers and passes, used by block.cu
- * when a work is created with the fast switch on. */
+ * for the works ar_cuda_fast_eligible accepts (bf16 GEMMs, a flash head_dim). */
 struct ar_cuda_fast_work;
 int ar_cuda_fast_eligible(const ar_cuda_shape *s);
 size_t ar_cuda_fast_work_bytes(const ar_cuda_shape *s, int B, int T, int train);
@@ -74,7 +60,7 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
 /* The bf16 copy of weight i; own 1 / 0 hands it to the caller / back to the
  * forward's refresh, -1 leaves that as it is. */
 uint16_t *ar_cuda_fast_weight_bf16(ar_cuda_fast_work *fw, int i, int own);
-/* The fast part of a block work (block.cu), NULL for a default-path work. */
+/* The fast part of a block work (block.cu), NULL for a general-path work. */
 ar_cuda_fast_work *ar_cuda_block_fast(ar_cuda_block_work *ws);
 /* dw_write: the dW GEMMs overwrite dW (beta 0) instead of adding to it. */
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
@@ -82,14 +68,12 @@ int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
 
 /* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
  * checked there); the backward takes the prepared D rows and bf16 dO and
- * adds to dq, dk, dv (accumulate) or writes them. version: which kernel
- * generation of that direction (listed at the top of flash_mma.cu; flash.cu
- * maps each AR_CUDA_FLASH kind to a forward and a backward version). */
+ * adds to dq, dk, dv (accumulate) or writes them. */
 int ar_cuda_flash_mma_forward(uint16_t *out_b, float *out_f, float *lse, const uint16_t *q, const uint16_t *k,
-                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window, int version);
+                              const uint16_t *v, int B, int T, int NH, int NKV, int HD, int window);
 int ar_cuda_flash_mma_backward(float *dq, float *dk, float *dv, const uint16_t *dob, const float *Drow,
                                const float *lse, const uint16_t *q, const uint16_t *k, const uint16_t *v, int B, int T,
-                               int NH, int NKV, int HD, int window, int accumulate, int version);
+                               int NH, int NKV, int HD, int window, int accumulate);
 
 /* Phase profiling (profile.cu): AR_PROF costs one branch when it is off. */
 extern int g_prof_on;

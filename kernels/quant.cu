@@ -580,8 +580,9 @@ __device__ static void step_scalars(const ar_cuda_qstep_seg &s, const qgroup &g,
     }
 }
 
-/* elem_grad's values with fewer instructions (the fused step's; AR_CUDA_QSTEP=old
- * keeps elem_grad). Two exact rewrites, no other change of operation or order:
+/* elem_grad's values with fewer instructions (the fused step's; the separate
+ * kernels keep elem_grad, and cuda_check compares the two bit for bit). Two
+ * exact rewrites, no other change of operation or order:
  * - w / s (f32) is the f64 quotient (double)w / s rounded to f32, which elem_grad
  *   forms anyway: rounding the exact quotient of two floats to 53 bits and then to
  *   24 gives the float that rounding it to 24 directly gives (double rounding is
@@ -609,18 +610,16 @@ __device__ static float elem_grad_step(const ar_cuda_qspec &q, const qgroup &g, 
 }
 
 /* bwd_chunk's step on one lane's V elements (x: w, vv: V, updated in
- * place, gw: dŵ), with the snapshot of V before it when snap. OLD: elem_grad
- * itself (AR_CUDA_QSTEP=old), else elem_grad_step (the same bits). */
-template <int V, int OLD>
+ * place, gw: dŵ), with the snapshot of V before it when snap; elem_grad_step
+ * gives elem_grad's bits. */
+template <int V>
 __device__ static void step_chunk(const ar_cuda_qstep_seg &s, const qgroup &g, long at, const float x[V], float vv[V],
                                   const float gw[V], float lo, float hi, int snap, int vout, double *acc_s,
                                   double *acc_z)
 {
     float d[V];
     if (snap && s.best_v) store_out<V>(s.best_v, at, vv, vout);
-    for (int i = 0; i < V; i++)
-        d[i] = OLD ? elem_grad(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z)
-                   : elem_grad_step(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z);
+    for (int i = 0; i < V; i++) d[i] = elem_grad_step(s.q, g, x[i], vv[i], gw[i], lo, hi, acc_s, acc_z);
     for (int i = 0; i < V; i++) vv[i] = vv[i] - s.lr * sgnf(d[i]);
     store<V>(s.v, at, vv);
 }
@@ -638,7 +637,7 @@ __device__ static void forward_chunk(const ar_cuda_qstep_seg &s, const qgroup &g
 
 /* The step of group gi (of its segment) that fits one access per lane
  * (len <= 32·V): x, vv, gw hold the lane's w, V, dŵ (zeros past the end). */
-template <int V, int OLD>
+template <int V>
 __device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspan sp, int lane, int snap, int vout,
                                        const float x[V], float vv[V], const float gw[V], gscal c)
 {
@@ -649,7 +648,7 @@ __device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspa
     qgroup g = setup_of(s, wmin, wmax, c);
     if (snap) snap_scalars(s, gi, lane, c);
     double acc_s = 0.0, acc_z = 0.0;
-    if (has) step_chunk<V, OLD>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
+    if (has) step_chunk<V>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
     acc_s = warp_sum(acc_s);
     acc_z = warp_sum(acc_z);
     step_scalars(s, g, gi, lane, acc_s, acc_z, &c);
@@ -659,7 +658,7 @@ __device__ static void step_group_regs(const ar_cuda_qstep_seg &s, long gi, gspa
 
 /* The step of a longer group: the range pass, the gradient pass (V stepped
  * in memory), then the forward pass reading back the V this lane wrote. */
-template <int V, int OLD>
+template <int V>
 __device__ static void step_group_loop(const ar_cuda_qstep_seg &s, long gi, gspan sp, int lane, int snap, int vout)
 {
     float lo, hi, wmin, wmax;
@@ -674,7 +673,7 @@ __device__ static void step_group_loop(const ar_cuda_qstep_seg &s, long gi, gspa
         load<V>(s.w + sp.off, j, x);
         load<V>(s.dwq + sp.off, j, gw);
         load<V>(s.v + sp.off, j, vv);
-        step_chunk<V, OLD>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
+        step_chunk<V>(s, g, sp.off + j, x, vv, gw, lo, hi, snap, vout, &acc_s, &acc_z);
     }
     acc_s = warp_sum(acc_s);
     acc_z = warp_sum(acc_z);
@@ -715,7 +714,7 @@ __device__ static gloc locate(const qstep_table &t, long gi, int *si)
 }
 
 /* Any group shape, one group per warp and iteration. */
-template <int V, int OLD>
+template <int V>
 __global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag)
 {
     int lane = threadIdx.x & 31, snap = flag && *flag, si = 0;
@@ -725,7 +724,7 @@ __global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag
         const ar_cuda_qstep_seg &s = t.s[l.si];
         int vout = t.vout[l.si];
         if (l.sp.len > 32 * V) {
-            step_group_loop<V, OLD>(s, l.gl, l.sp, lane, snap, vout);
+            step_group_loop<V>(s, l.gl, l.sp, lane, snap, vout);
             continue;
         }
         int j = lane * V;
@@ -736,7 +735,7 @@ __global__ void __launch_bounds__(32 * QG) k_step(qstep_table t, const int *flag
             load<V>(s.dwq + l.sp.off, j, gw);
             load<V>(s.v + l.sp.off, j, vv);
         }
-        step_group_regs<V, OLD>(s, l.gl, l.sp, lane, snap, vout, x, vv, gw, load_scalars(s, l.gl));
+        step_group_regs<V>(s, l.gl, l.sp, lane, snap, vout, x, vv, gw, load_scalars(s, l.gl));
     }
 }
 
@@ -787,7 +786,6 @@ __device__ static void pipe_issue(const qstep_table &t, long gi, long total, int
 
 /* Groups of at most 128 (every row 16-byte aligned): warp w of the grid
  * takes groups w, w + nw, w + 2·nw, ... with the next PS − 1 of them queued. */
-template <int OLD>
 __global__ void __launch_bounds__(32 * PQG) k_step_pipe(qstep_table t, const int *flag)
 {
     __shared__ pipe_stage stages[PQG][PS];
@@ -816,23 +814,23 @@ __global__ void __launch_bounds__(32 * PQG) k_step_pipe(qstep_table t, const int
         }
         float4 cs = st.c[lane];
         gscal c = {s.alpha ? cs.x : 0.0f, s.beta ? cs.y : 0.0f, has_init(s.q) ? cs.z : 0.0f};
-        step_group_regs<4, OLD>(s, l.gl, l.sp, lane, snap, 1, x, vv, gw, c);
+        step_group_regs<4>(s, l.gl, l.sp, lane, snap, 1, x, vv, gw, c);
         slot = slot + 1 == PS ? 0 : slot + 1;
     }
     cp_async_wait<0>();
 }
 
-/* Blocks of k_step_pipe<OLD> for ngr groups: at most one wave (the blocks
- * that fit on the device at once), so each warp's pipeline runs long. */
-template <int OLD> static unsigned pipe_blocks(long ngr)
+/* Blocks of k_step_pipe for ngr groups: at most one wave (the blocks that
+ * fit on the device at once), so each warp's pipeline runs long. */
+static unsigned pipe_blocks(long ngr)
 {
     static int per_sm = -1, nsm = 0;
     if (per_sm < 0) {
         per_sm = 0;
-        cudaFuncSetAttribute(k_step_pipe<OLD>, cudaFuncAttributePreferredSharedMemoryCarveout,
+        cudaFuncSetAttribute(k_step_pipe, cudaFuncAttributePreferredSharedMemoryCarveout,
                              cudaSharedmemCarveoutMaxShared);
         if (cudaDeviceGetAttribute(&nsm, cudaDevAttrMultiProcessorCount, g_cu.dev) != cudaSuccess ||
-            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_pipe<OLD>, 32 * PQG, 0) != cudaSuccess)
+            cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_step_pipe, 32 * PQG, 0) != cudaSuccess)
             per_sm = 0;
         cudaGetLastError(); /* a failed query only costs the grid size: clear it */
         if (per_sm < 1 || nsm < 1) per_sm = 4, nsm = 132;
@@ -850,31 +848,13 @@ static int aligned16(const void *const *p, int np)
 }
 
 /* Launch the kernel of table kind which: 0 k_step_pipe, 1 k_step<4>, 2
- * k_step<1>, the OLD instance (elem_grad) or the default (elem_grad_step). */
-template <int OLD> static void launch_step_as(const qstep_table &t, int which, const int *flag)
-{
-    long total = t.first[t.nseg];
-    if (which == 0) k_step_pipe<OLD><<<pipe_blocks<OLD>(total), 32 * PQG, 0, g_cu.st>>>(t, flag);
-    else if (which == 1) k_step<4, OLD><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
-    else k_step<1, OLD><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
-}
-
-/* AR_CUDA_QSTEP=old runs the kernels with elem_grad as first committed, so a
- * timing run can compare both (their results are the same bits). */
-static int qstep_old(void)
-{
-    static int old = -1;
-    if (old < 0) {
-        const char *e = getenv("AR_CUDA_QSTEP");
-        old = e && strcmp(e, "old") == 0;
-    }
-    return old;
-}
-
+ * k_step<1>. */
 static int launch_step(const qstep_table &t, int which, const int *flag)
 {
-    if (qstep_old()) launch_step_as<1>(t, which, flag);
-    else launch_step_as<0>(t, which, flag);
+    long total = t.first[t.nseg];
+    if (which == 0) k_step_pipe<<<pipe_blocks(total), 32 * PQG, 0, g_cu.st>>>(t, flag);
+    else if (which == 1) k_step<4><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
+    else k_step<1><<<group_blocks(total), 32 * QG, 0, g_cu.st>>>(t, flag);
     return ar_cuda_check_launch("quant step");
 }
 

@@ -1,5 +1,5 @@
 /* quant_act.cuh — the activation quantizers of one block's linears, shared by
- * the default block path (block.cu, f32 inputs) and the fast path
+ * the general block path (block.cu, f32 inputs) and the fast path
  * (block_fast.cu, bf16 inputs). Not part of ar_cuda.h.
  *
  * As libar/block.c: each quantized linear multiplies by its own fake-quantized

@@ -48,28 +48,9 @@ int ar_device_init(int dev)
     if (dev == AR_DEVICE_CPU) return 0;
 #ifdef AR_HAVE_CUDA
     if (ar_cuda_init(dev)) return ar_cuda_err("cuda");
-    const char *g = getenv("AR_CUDA_GEMM");
-    if (!g || !strcmp(g, "bf16")) ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
-    else if (!strcmp(g, "tf32")) ar_cuda_set_gemm(AR_CUDA_GEMM_TF32);
-    else if (!strcmp(g, "f32")) ar_cuda_set_gemm(AR_CUDA_GEMM_F32);
-    else return ar_error("AR_CUDA_GEMM='%s' is not bf16, tf32 or f32", g);
-    const char *f = getenv("AR_CUDA_FAST");
-    if (f && strcmp(f, "0") && strcmp(f, "1")) return ar_error("AR_CUDA_FAST='%s' is not 0 or 1", f);
-    ar_cuda_set_fast(!f || !strcmp(f, "1")); /* the fast path unless AR_CUDA_FAST=0 */
-    const char *gt = getenv("AR_CUDA_GEMM_TUNE");
-    if (gt && strcmp(gt, "0") && strcmp(gt, "1")) return ar_error("AR_CUDA_GEMM_TUNE='%s' is not 0 or 1", gt);
-    ar_cuda_set_gemm_tune(gt && !strcmp(gt, "1")); /* off unless asked for (kernels/gemm_lt.cu) */
-    const char *fl = getenv("AR_CUDA_FLASH");
-    int fk = fl ? ar_cuda_flash_kernel_by_name(fl) : AR_CUDA_FLASH_MMA;
-    if (fk < 0)
-        return ar_error("AR_CUDA_FLASH='%s' is not a flash kernel (mma, mma-l2, mma-ds, mma-ds-ilv, mma-m128, "
-                        "mma-m128-ds, mma-v2, mma-atomic, mma1, wmma)", fl);
-    ar_cuda_set_flash_kernel(fk);
-    /* read by the kernels themselves; checked here so a typo is an error, not the default */
-    const char *el = getenv("AR_CUDA_ELEM"), *qs = getenv("AR_CUDA_QSTEP");
-    if (el && strcmp(el, "vector") && strcmp(el, "scalar"))
-        return ar_error("AR_CUDA_ELEM='%s' is not vector or scalar", el);
-    if (qs && strcmp(qs, "new") && strcmp(qs, "old")) return ar_error("AR_CUDA_QSTEP='%s' is not new or old", qs);
+    /* the tuner's matrix products: bf16 tensor cores (AutoRound's bf16
+     * autocast); the chain and perplexity forwards switch to f32 themselves */
+    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
     return 0;
 #else
     return ar_error("cuda:%d asked for, but this build has no CUDA (nvcc was not found at build time)", dev);

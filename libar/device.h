@@ -25,16 +25,12 @@ int ar_device_cuda_count(void);
 int ar_device_parse(const char *s, int *dev);
 
 /* Make dev the device of the following GPU calls (CPU: nothing to do).
- * Reads AR_CUDA_GEMM=bf16|tf32|f32 for the tuner's matrix products (default
- * bf16 tensor cores, as AutoRound's bf16 autocast) and AR_CUDA_FAST: the fast
- * block path of bf16 tuning (native bf16 operands, fused ops, flash attention;
- * kernels/README.md) is the default, AR_CUDA_FAST=0 selects the first design
- * (f32 activations, stored probabilities); AR_CUDA_FLASH=mma|wmma picks the
- * flash attention kernels of the fast path (default mma; wmma: the first
- * design); AR_CUDA_GEMM_TUNE=1 times cuBLASLt algorithms for each bf16 GEMM
- * shape once and keeps the fastest (default 0: the cuBLAS default algorithm;
- * kernels/gemm_lt.cu). 0, or -1 with ar_error (built without CUDA,
- * no such device, driver failure, a bad variable). */
+ * There is one GPU path (kernels/README.md): the tuner multiplies on bf16
+ * tensor cores with f32 accumulation (AutoRound's bf16 autocast), through
+ * the fast block path (bf16 operands, fused ops, flash attention) for every
+ * head_dim the flash kernels take; the chain forwards and the perplexity
+ * forward multiply in f32. 0, or -1 with ar_error (built without CUDA, no
+ * such device, driver failure). */
 int ar_device_init(int dev);
 
 /* "cpu" or "cuda:0 (NVIDIA H100 ...)" for messages. */

@@ -376,13 +376,13 @@ static float search_loss(const ar_quant_spec *qs, const padded_group *pg, float 
     return loss;
 }
 
-/* Grid of the search: Python computes it in double; so do we. */
+/* Grid of the search: Python computes it in double; so do we. The half
+ * width is AutoRound's default ratio 0.75 of m (its environment override of
+ * that ratio, a research knob, is not carried). */
 static void search_grid(int bits, double *step, int *nsteps)
 {
     if (bits == 2) { *step = 0.01; *nsteps = 90; return; }
     double nmax = (double)(1 << (bits - 1)), half = nmax * 0.75;
-    const char *env = getenv("AR_SEARCH_SCALE_RATIO");
-    if (env && atof(env) > 0) half = nmax * atof(env);
     *step = half / 200 * 2;
     *nsteps = (int)(half / *step);
 }

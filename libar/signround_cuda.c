@@ -335,10 +335,10 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1)) || own_bf16_weights(t)) return -1;
     if (ar_block_plan_has_act_quant(plan) && install_act_quant(plan, &t->shape, t->ws)) return -1;
     if (upload_cache(t, x_in, y_ref, mask, n)) return -1;
-    /* the fast path's vector kernels read the bf16 samples and references
-     * through the sample index: no f32 copies (the outlier loss still wants
-     * f32 references and a gathered mask) */
-    if (ar_cuda_get_elem_kernels() == AR_CUDA_ELEM_VECTOR) t->dyb = ar_cuda_block_dy_bf16(t->ws);
+    /* the fast path reads the bf16 samples and references through the
+     * sample index: no f32 copies (the outlier loss still wants f32
+     * references and a gathered mask) */
+    t->dyb = ar_cuda_block_dy_bf16(t->ws);
     size_t rows = (size_t)t->bs * T * t->C;
     int fail = 0, f32_ref = !t->dyb || o->outlier_loss;
     if (!t->dyb) t->xb = dalloc(rows * 4, &fail);
@@ -374,7 +374,7 @@ static int fused_layer(const gtuner *t, int i)
 }
 
 /* Fake-quantize every planned linear with the current tunables: ŵ in f32
- * (the default path's operand), or on the fast path straight into the
+ * (the general path's operand), or on the fast path straight into the
  * work's bf16 weight (the integer kind skips the f32 copy). The linears
  * whose ŵ the last update_all already wrote (wq_ahead) are skipped: the same
  * bits. dW needs no clearing: the iteration's first mini-batch writes it

@@ -4,24 +4,30 @@
  *
  *   cuda_check [--tests] [--bench] [--profile] [--attn-bench] [--fast] [--bench-iters N] [--bench-samples N]
  *
- * --fast switches to the fast block path (AR_CUDA_FAST=1: bf16 operands,
- * fused ops, flash attention): --tests then runs the fast path's own tests
- * (fused ops and flash attention against the CPU on bf16-rounded inputs,
- * bf16 blocks and a bf16 tuning run with the default bf16 tolerances; then
- * bf16 GEMMs (every candidate the search may keep), blocks and a tuning run
- * with the cuBLASLt algorithm search forced on, AR_CUDA_GEMM_TUNE), and
- * --bench times the fast path. Either --bench times its path without, then
- * with --low_gpu_mem_usage (caches in host memory, staged per mini-batch):
- * 2 + N (--bench-iters) iterations, of which 1 .. N are timed by CUDA events.
+ * The GPU has one path per precision (kernels/README.md): the tuner's bf16
+ * GEMMs run the fast block path (bf16 operands, fused ops, flash attention)
+ * for every head_dim the flash kernels take, the general path (block.cu:
+ * f32 activations, stored probabilities) otherwise and for f32 GEMMs (the
+ * chain and perplexity forwards). --tests runs the general path's tests: ops,
+ * quantizers, f32 blocks and tuning runs against the CPU, and its bf16
+ * blocks and tuning runs with each head_dim halved (heads doubled: the same
+ * projection shapes) until the flash kernels do not take it, as the product
+ * runs such models. --tests --fast runs the fast path's tests: fused ops,
+ * bf16 GEMMs and flash attention against the CPU on bf16-rounded inputs,
+ * bf16 blocks and tuning runs with the bf16 tolerances, and the tuner's
+ * routes bit for bit against each other. (The kernel generations that the
+ * product no longer carries, and their bit-for-bit comparisons, are
+ * dev/cuda's study programs.)
+ * --bench times the tuner on a synthetic 7B block without, then with
+ * --low_gpu_mem_usage (caches in host memory, staged per mini-batch): 2 + N
+ * (--bench-iters) iterations, of which 1 .. N are timed by CUDA events.
  * --profile runs 1 + N (--bench-iters) tuning iterations of the same block
  * per mode with the phase profiler (ar_cuda_prof_*) on and prints, per phase
  * of an iteration, GPU ms, share, TFLOP/s and % of the measured GEMM peak
- * for GEMMs and attention, and the host time between the phase's marks
- * (with AR_CUDA_GEMM_TUNE=1 also each GEMM shape's kept algorithm against
- * the cuBLAS default); then flash attention alone against cuBLAS GEMMs
- * (also: --attn-bench).
- * Run the default and the --fast passes as separate processes, so a fault
- * in the new path cannot take the verified one down with it.
+ * for GEMMs and attention, and the host time between the phase's marks;
+ * then flash attention alone against cuBLAS GEMMs (also: --attn-bench).
+ * Run the two test passes as separate processes, so a fault in one cannot
+ * take the other's results down with it.
  *
  * Every test prints one line "PASS|FAIL name  err E (tol X)" where E is the
  * maximum absolute error divided by the maximum |reference| unless stated
@@ -37,8 +43,7 @@
  * identical weights (f32 products). Fast path: fused ops store bf16, so they
  * must agree to 4e-3 (bf16 rounding, 2^-9, of values computed the same way);
  * bf16 x bf16 GEMMs on pre-rounded operands 1e-4 (exact products, f32 sums;
- * also every cuBLASLt candidate the search may keep, whose second call must
- * repeat its first bit for bit);
+ * strided-batched ones must repeat their first call bit for bit);
  * flash attention on pre-rounded q/k/v 2e-2 forward and 5e-2 backward (the
  * probabilities, dO and dS enter their products in bf16). Activation
  * quantization (both passes): the kernel against ar_act_quant bit for bit;
@@ -62,6 +67,7 @@
 #include <time.h>
 
 static int g_fail, g_tests;
+static int g_fast; /* the pass: 0 --tests (general path), 1 --tests --fast */
 static uint64_t g_rng = 0x9e3779b97f4a7c15ull;
 
 static double now_s(void)
@@ -432,6 +438,17 @@ static void small_config(ar_config *c, int C, int F, int NH, int NKV, int HD, in
     c->sliding_window = window, c->vocab = 256, c->max_pos = 4096;
 }
 
+/* In the general pass, a config for bf16 GEMMs (mode) gets a head_dim the
+ * flash kernels do not take, so its works run block.cu as the product runs
+ * such models: head_dim halved, heads and kv heads doubled (every projection
+ * keeps its shape) until it is not 32, 64, 80, 96 or 128 (64 -> 16). */
+static void general_heads(ar_config *c, int mode)
+{
+    if (g_fast || mode != AR_CUDA_GEMM_BF16) return;
+    while (ar_cuda_flash_supported(c->head_dim) && c->head_dim % 4 == 0)
+        c->head_dim /= 2, c->n_heads *= 2, c->n_kv_heads *= 2;
+}
+
 /* Random block weights, scaled so activations stay O(1). */
 static void random_weights(ar_block_weights *w, const ar_config *c)
 {
@@ -453,9 +470,11 @@ static void free_weights(ar_block_weights *w)
     free(w->attn_norm); free(w->mlp_norm); free(w->q_norm); free(w->k_norm);
 }
 
-static void test_block(const char *tag, const ar_config *c, int B, int T, int mode, double tol_y, double tol_w)
+static void test_block(const char *tag, const ar_config *c0, int B, int T, int mode, double tol_y, double tol_w)
 {
     char name[160];
+    ar_config cc = *c0, *c = &cc;
+    general_heads(c, mode);
     ar_cuda_set_gemm(mode);
     ar_block_weights w;
     random_weights(&w, c);
@@ -563,6 +582,7 @@ static void test_tuning(const char *tag, ar_quant_spec spec, int mode, double to
     char name[160];
     ar_config c;
     small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    general_heads(&c, mode);
     ar_block_weights w;
     random_weights(&w, &c);
     int n = 16, T = 64;
@@ -789,6 +809,7 @@ static void test_tuning_gguf(const char *tag, const ar_ggml_type t[AR_NLINEAR], 
 {
     ar_config c;
     small_config(&c, 256, 768, 4, 2, 64, 0, 0, 0);
+    general_heads(&c, mode);
     ar_block_weights w;
     random_weights(&w, &c);
     ar_block_plan plan;
@@ -1079,13 +1100,15 @@ static void block_run_free(block_run *r)
     for (int i = 0; i < AR_NLINEAR; i++) free(r->dW[i]);
 }
 
-/* The block with activation specs aq on the GPU (GEMM mode, path as set)
+/* The block with activation specs aq on the GPU (GEMM mode; the pass's path)
  * against the CPU block with and without them: L2 err of y, dx and each
  * quantized linear's dW (worst) <= tol, and ratio <= tol_ratio (see above). */
-static void test_block_act(const char *tag, const ar_config *c, int B, int T, int mode,
+static void test_block_act(const char *tag, const ar_config *cfg, int B, int T, int mode,
                            const ar_act_spec *const aq[AR_NLINEAR], double tol, double tol_ratio)
 {
     char name[200];
+    ar_config cc = *cfg, *c = &cc;
+    general_heads(c, mode);
     ar_cuda_set_gemm(mode);
     ar_block_weights w;
     random_weights(&w, c);
@@ -1147,14 +1170,14 @@ static void act_mixed(const ar_act_spec *aq[AR_NLINEAR])
     memcpy(aq, m, sizeof m);
 }
 
-/* Block tests of one path (the caller sets the fast switch). bf16: the
+/* Block tests of the pass's path. bf16: the
  * bounds only catch gross errors (see the section comment). On the fast
  * path the bf16 "reproduced" ratio is a check only where one linear (or one
  * input group) is quantized: there every quantized input is itself a bf16
  * tensor, so with all linears quantized the flips cascade through the block
  * and the bf16 noise reaches ~1.5x the quantization's own effect (ratio
  * ~0.83 measured on an H200, the ~r/sqrt(1 + r²) of the section comment;
- * the default path, quantizing f32 inputs, gives 0.25-0.36). Those cases
+ * the general path, quantizing f32 inputs, gave 0.25-0.36). Those cases
  * print the ratio as info; on the fast path the all-linears case is checked
  * by the W4A4 tuning test instead (its iteration-0 loss reproduces the
  * activation quantization, ratio ~0.004). The [f32] bounds are unchanged. */
@@ -1165,8 +1188,8 @@ static void test_blocks_act(const char *path)
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
     small_config(&ce, 256, 512, 4, 4, 64, 0, 0, 0);   /* NH = NKV: the fast path's batched q/k/v GEMM */
     const ar_act_spec *aq[AR_NLINEAR];
-    double all_ratio = ar_cuda_get_fast() ? 0 : 0.8; /* bf16, every linear quantized: info on the fast path */
-    if (!ar_cuda_get_fast()) {
+    double all_ratio = g_fast ? 0 : 0.8; /* bf16, every linear quantized: info on the fast path */
+    if (!g_fast) {
         act_all(&ACT_MX4, aq);
         snprintf(tag, sizeof tag, "%sMXFP4 all B2 T128 [f32]", path);
         test_block_act(tag, &c, 2, 128, AR_CUDA_GEMM_F32, aq, 3e-2, 0.3);
@@ -1211,6 +1234,7 @@ static void test_tuning_act(const char *tag, ar_quant_spec spec, const ar_act_sp
 {
     ar_config c;
     small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    general_heads(&c, mode);
     ar_block_weights w;
     random_weights(&w, &c);
     ar_block_plan plan, plain;
@@ -1255,7 +1279,7 @@ static void test_tuning_act(const char *tag, ar_quant_spec spec, const ar_act_sp
     free_weights(&w);
 }
 
-/* The activation tests of one path (run_tests: default, run_fast_tests: fast). */
+/* The activation tests of one pass (run_tests: general, run_fast_tests: fast). */
 static void run_act_tests(int fast)
 {
     const char *path = fast ? "fast: " : "";
@@ -1388,6 +1412,7 @@ static void test_tuning_v2(const char *tag, ar_quant_spec spec, const ar_act_spe
     char name[200];
     ar_config c;
     small_config(&c, 256, 640, 4, 2, 64, 0, 0, 0);
+    general_heads(&c, mode);
     ar_block_weights w;
     random_weights(&w, &c);
     ar_block_plan plan;
@@ -1744,11 +1769,6 @@ static void test_tuning_fused(const char *tag, int mode, int use_best)
         nel[i] = (size_t)nn * k;
         for (int r = 0; r < 2; r++) out[r][i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
     }
-    /* both runs must take the same products: no GEMM algorithm search (its
-     * first calls time other algorithms), no atomic flash backward */
-    int tune = ar_cuda_get_gemm_tune(), flash = ar_cuda_get_flash_kernel();
-    ar_cuda_set_gemm_tune(0);
-    if (flash == AR_CUDA_FLASH_MMA_ATOMIC) ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
     ar_cuda_set_gemm(mode);
     int rc = 0;
     for (int r = 0; r < 2 && !rc; r++) {
@@ -1756,8 +1776,6 @@ static void test_tuning_fused(const char *tag, int mode, int use_best)
         rc = ar_signround_tune_block_cuda(&c, &w, xb, yb, NULL, n, T, &plan, &o, out[r], &rep[r], log_loss, &lg[r]);
     }
     ar_signround_cuda_set_fused_step(1);
-    ar_cuda_set_gemm_tune(tune);
-    ar_cuda_set_flash_kernel(flash);
     if (rc) {
         printf("FAIL tuning fused step %s: %s\n", tag, ar_last_error());
         g_fail++, g_tests++;
@@ -1879,16 +1897,13 @@ static void test_fused(void)
 
 /* One flash attention test case: random q, k, v, dout (q, k, v rounded to
  * bf16 as the fast path feeds them), the CPU op's outputs and gradients on
- * them (the reference, computed once for every kind), the device inputs,
- * and mma-v2's results once it ran (for the exact comparisons). */
+ * them (the reference) and the device inputs. */
 typedef struct {
     int B, T, NH, NKV, HD, window;
     size_t nq, nk, nl;
     float *o, *dq, *dk, *dv;           /* CPU reference */
     uint16_t *qb, *kb, *vb;            /* device q, k, v */
     float *dDO;                        /* device dout */
-    float *vo, *vl, *vdq, *vdk, *vdv;  /* mma-v2's output, lse, gradients (host); NULL until it ran */
-    float *idq;                        /* mma-ds-ilv's dq (host): k_bwd_dq's, for k_bwd_dq2's exact check */
 } flash_case;
 
 static void flash_case_init(flash_case *c, int B, int T, int NH, int NKV, int HD, int window)
@@ -1910,7 +1925,7 @@ static void flash_case_init(flash_case *c, int B, int T, int NH, int NKV, int HD
 
 static void flash_case_free(flash_case *c)
 {
-    float *fr[] = {c->o, c->dq, c->dk, c->dv, c->vo, c->vl, c->vdq, c->vdk, c->vdv, c->idq};
+    float *fr[] = {c->o, c->dq, c->dk, c->dv};
     for (size_t i = 0; i < sizeof fr / sizeof *fr; i++) free(fr[i]);
     void *fd[] = {c->qb, c->kb, c->vb, c->dDO};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
@@ -1924,29 +1939,12 @@ static size_t bits_differ(const float *a, const float *b, size_t n)
     return d;
 }
 
-/* "fast: flash[tag] NAME exact vs REF": a result the kind computes with the
- * reference kind's operations in its order (same tiles, fragments and sums;
- * only block order, pipelining, warp shapes or which kernel stores what
- * differ) must match it bit for bit; info = 1 prints the count only (a
- * result computed the same way up to the order the tensor core adds within
- * an mma). */
-static void flash_exact(const char *tag, const char *what, const char *ref_kind, const flash_case *c,
-                        const float *got, const float *ref, size_t n, int info)
-{
-    char name[160];
-    size_t d = bits_differ(got, ref, n);
-    snprintf(name, sizeof name, "fast: flash[%s] %s exact vs %s T%d H%d/%d D%d w%d", tag, what, ref_kind, c->T, c->NH,
-             c->NKV, c->HD, c->window);
-    if (info) printf("     %s: %zu of %zu elements differ (info)\n", name, d, n);
-    else verdict(name, (double)d, 0, "differing elements");
-}
-
-/* The selected flash kernels (kind, named tag) on case c: forward (f32 and
- * bf16 outputs) and backward (accumulating, then writing over junk) against
- * the CPU op (2e-2 forward, 5e-2 backward: probabilities, dO and dS enter
- * their products in bf16); then the exact comparisons with mma-v2 that the
- * kind's design promises (mma-v2 itself: keeps its results). */
-static void flash_case_run(flash_case *c, const char *tag, int kind)
+/* The flash kernels on case c (tag: how the launch runs): forward (f32 and
+ * bf16 outputs) and backward (accumulating, then writing over junk, twice)
+ * against the CPU op (2e-2 forward, 5e-2 backward: probabilities, dO and dS
+ * enter their products in bf16); the two writing runs must agree bit for
+ * bit (one writer per output, no atomics: deterministic). */
+static void flash_case_run(flash_case *c, const char *tag)
 {
     const int B = c->B, T = c->T, NH = c->NH, NKV = c->NKV, HD = c->HD, window = c->window;
     const size_t nq = c->nq, nk = c->nk, nl = c->nl;
@@ -1970,52 +1968,35 @@ static void flash_case_run(flash_case *c, const char *tag, int kind)
     check_dev(name, dDK, c->dk, nk, 5e-2);
     snprintf(name, sizeof name, "fast: flash[%s] bwd dv T%d H%d/%d D%d w%d", tag, T, NH, NKV, HD, window);
     check_dev(name, dDV, c->dv, nk, 5e-2);
-    float *ho = down(dO, nq), *hl = down(dL, nl), *hq = down(dDQ, nq), *hk = down(dDK, nk), *hv = down(dDV, nk);
     /* the writing variant ignores what the outputs held */
-    float *junk = rnd(nq, 3, 1);
-    if (ar_cuda_upload(dDQ, junk, 4 * nq) || ar_cuda_upload(dDK, junk, 4 * nk) || ar_cuda_upload(dDV, junk, 4 * nk) ||
-        ar_cuda_flash_backward_write(dDQ, dDK, dDV, dS, c->dDO, dO, dL, c->qb, c->kb, c->vb, B, T, NH, NKV, HD, window))
-        die_cuda("flash backward (write)");
+    float *junk = rnd(nq, 3, 1), *w[2][3];
+    for (int r = 0; r < 2; r++) {
+        if (ar_cuda_upload(dDQ, junk, 4 * nq) || ar_cuda_upload(dDK, junk, 4 * nk) || ar_cuda_upload(dDV, junk, 4 * nk) ||
+            ar_cuda_flash_backward_write(dDQ, dDK, dDV, dS, c->dDO, dO, dL, c->qb, c->kb, c->vb, B, T, NH, NKV, HD,
+                                         window))
+            die_cuda("flash backward (write)");
+        w[r][0] = down(dDQ, nq), w[r][1] = down(dDK, nk), w[r][2] = down(dDV, nk);
+    }
     free(junk);
     snprintf(name, sizeof name, "fast: flash[%s] bwd written dq dk dv T%d D%d w%d", tag, T, HD, window);
-    float *wq = down(dDQ, nq), *wk = down(dDK, nk), *wv = down(dDV, nk);
-    verdict(name, fmax(rel_err(wq, c->dq, nq), fmax(rel_err(wk, c->dk, nk), rel_err(wv, c->dv, nk))), 5e-2, "err");
-    free(wq), free(wk), free(wv);
-    /* exact: the forward of every mma-family kind (k_fwd3 = k_fwd2 per row),
-     * dK/dV of every k_bwd_kv2 kind, dq where k_bwd_q2 computes it; the
-     * dS-storing kinds' dq (dS from Sᵀ = K Qᵀ instead of S = Q Kᵀ) as info */
-    int fam = kind == AR_CUDA_FLASH_MMA_L2 || kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV ||
-              kind == AR_CUDA_FLASH_MMA_M128 || kind == AR_CUDA_FLASH_MMA_M128_DS;
-    int ds = kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV || kind == AR_CUDA_FLASH_MMA_M128_DS;
-    if (kind == AR_CUDA_FLASH_MMA_V2) {
-        free(c->vo), free(c->vl), free(c->vdq), free(c->vdk), free(c->vdv);
-        c->vo = ho, c->vl = hl, c->vdq = hq, c->vdk = hk, c->vdv = hv;
-    } else {
-        if (fam && c->vo) {
-            flash_exact(tag, "fwd out", "mma-v2", c, ho, c->vo, nq, 0);
-            flash_exact(tag, "fwd lse", "mma-v2", c, hl, c->vl, nl, 0);
-            flash_exact(tag, "bwd dk", "mma-v2", c, hk, c->vdk, nk, 0);
-            flash_exact(tag, "bwd dv", "mma-v2", c, hv, c->vdv, nk, 0);
-            flash_exact(tag, "bwd dq", "mma-v2", c, hq, c->vdq, nq, ds);
-        }
-        /* k_bwd_dq2 (mma-m128-ds) sums what k_bwd_dq (mma-ds-ilv) sums, in its order */
-        if (kind == AR_CUDA_FLASH_MMA_M128_DS && c->idq) flash_exact(tag, "bwd dq", "mma-ds-ilv", c, hq, c->idq, nq, 0);
-        if (kind == AR_CUDA_FLASH_MMA_DS_ILV) free(c->idq), c->idq = hq, hq = NULL;
-        free(ho), free(hl), free(hq), free(hk), free(hv);
-    }
+    verdict(name, fmax(rel_err(w[0][0], c->dq, nq), fmax(rel_err(w[0][1], c->dk, nk), rel_err(w[0][2], c->dv, nk))),
+            5e-2, "err");
+    snprintf(name, sizeof name, "fast: flash[%s] bwd deterministic T%d D%d w%d", tag, T, HD, window);
+    verdict(name, (double)(bits_differ(w[0][0], w[1][0], nq) + bits_differ(w[0][1], w[1][1], nk) +
+                           bits_differ(w[0][2], w[1][2], nk)), 0, "differing elements");
+    for (int r = 0; r < 2; r++) free(w[r][0]), free(w[r][1]), free(w[r][2]);
     free(zq), free(zk);
     void *fd[] = {ob, dO, dL, dDQ, dDK, dDV, dS};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
-/* Every flash kind (the default first, then mma-v2, the reference of the
- * exact comparisons) against the CPU on each case: odd T (not a multiple of
+/* The flash kernels against the CPU on each case: odd T (not a multiple of
  * the 64- or 128-row tiles), GQA (NKV < NH), sliding windows (shorter than
- * a tile, spanning tiles), head_dim 32 to 128. The CPU reference is
- * computed once per case. The dS-storing backwards (mma-ds, mma-ds-ilv,
- * mma-m128-ds) also run two cases with a scratch budget of one (sequence,
- * kv head) pair, so their launches run in chunks. */
-static void test_flash_kinds(void)
+ * a tile, spanning tiles), head_dim 32 to 128. The last two cases also run
+ * with a dS scratch budget of one (sequence, kv head) pair, so the backward's
+ * launches run in chunks. (Every kernel generation measured on the way, and
+ * the bit-for-bit agreements between them, are dev/cuda/flash_attention.cu's.) */
+static void test_flash(void)
 {
     static const int shapes[][6] = {{2, 128, 8, 2, 64, 0},   {1, 200, 4, 4, 32, 48},  {1, 512, 8, 2, 64, 0},
                                     {1, 300, 4, 2, 128, 0},  {2, 160, 4, 1, 80, 100}, {1, 257, 6, 3, 96, 0},
@@ -2026,71 +2007,63 @@ static void test_flash_kinds(void)
         const int *sh = shapes[si];
         flash_case c;
         flash_case_init(&c, sh[0], sh[1], sh[2], sh[3], sh[4], sh[5]);
-        int order[AR_CUDA_FLASH_KINDS] = {AR_CUDA_FLASH_MMA, AR_CUDA_FLASH_MMA_V2}, n = 2;
-        for (int k = 0; k < AR_CUDA_FLASH_KINDS; k++)
-            if (k != AR_CUDA_FLASH_MMA && k != AR_CUDA_FLASH_MMA_V2) order[n++] = k;
-        for (int ki = 0; ki < n; ki++) {
-            int kind = order[ki];
-            int ds = kind == AR_CUDA_FLASH_MMA_DS || kind == AR_CUDA_FLASH_MMA_DS_ILV || kind == AR_CUDA_FLASH_MMA_M128_DS;
-            char tag[64];
-            if (si >= chunked_from && !ds && kind != AR_CUDA_FLASH_MMA_V2) continue;
-            snprintf(tag, sizeof tag, "%s%s", ar_cuda_flash_kernel_name(kind), si >= chunked_from && ds ? " chunked" : "");
-            ar_cuda_set_flash_kernel(kind);
-            if (si >= chunked_from) ar_cuda_set_flash_ds_budget(1); /* one pair per launch */
-            flash_case_run(&c, tag, kind);
+        flash_case_run(&c, "mma");
+        if (si >= chunked_from) {
+            ar_cuda_set_flash_ds_budget(1); /* one pair per launch */
+            flash_case_run(&c, "mma chunked");
             ar_cuda_set_flash_ds_budget(0);
         }
         flash_case_free(&c);
     }
-    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
 }
 
-/* The fast blocks that run flash attention, with the candidate kernels
- * (mma-m128-ds: the new forward and the interleaved dS backward) instead of
- * the default. */
-static void test_flash_blocks(void)
+/* Which path a work takes: a bf16 training work of a flash head_dim is a
+ * fast-path work (it has the bf16 dy buffer), an f32 one and a bf16 one
+ * whose head_dim the flash kernels do not take (the general pass's blocks)
+ * are general-path works. */
+static int work_is_fast(const ar_config *c, int mode)
 {
-    ar_config c;
-    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA_M128_DS);
-    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
-    test_block("fast: tiny-llama shape B2 T128 [bf16, flash mma-m128-ds]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
-    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
-    test_block("fast: qk-norm, qkv bias, window 32 B2 T96 [bf16, flash mma-m128-ds]", &c, 2, 96, AR_CUDA_GEMM_BF16,
-               3e-2, 1e-1);
-    small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
-    test_block("fast: head_dim 128 B1 T200 [bf16, flash mma-m128-ds]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
-    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
+    ar_cuda_set_gemm(mode);
+    ar_cuda_block_work *ws = ar_cuda_work_for(c, 2, 128, 1);
+    if (!ws) die_cuda("block work");
+    int fast = ar_cuda_block_dy_bf16(ws) != NULL;
+    ar_cuda_block_work_free(ws);
+    return fast;
 }
 
-/* The fast path is taken: a bf16 work's size differs from the default's. */
 static void test_fast_taken(void)
 {
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
-    ar_cuda_shape s = ar_cuda_shape_of(&c);
-    ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
-    ar_cuda_set_fast(0);
-    size_t d = ar_cuda_block_work_bytes(&s, 2, 512, 1);
-    ar_cuda_set_fast(1);
-    size_t f = ar_cuda_block_work_bytes(&s, 2, 512, 1);
-    printf("     block work B2 T512: default %.1f MiB, fast %.1f MiB\n", d / 1048576.0, f / 1048576.0);
-    verdict("fast: bf16 works take the fast path", d != f ? 0 : 1, 0, "taken (0 = yes)");
+    verdict("fast: bf16 works of head_dim 64 take the fast path", !work_is_fast(&c, AR_CUDA_GEMM_BF16), 0,
+            "not taken (0 = taken)");
+    verdict("fast: f32 works take the general path", work_is_fast(&c, AR_CUDA_GEMM_F32), 0, "fast (0 = general)");
+    g_fast = 0;
+    general_heads(&c, AR_CUDA_GEMM_BF16);
+    g_fast = 1;
+    char name[128];
+    snprintf(name, sizeof name, "fast: bf16 works of head_dim %d take the general path", c.head_dim);
+    verdict(name, work_is_fast(&c, AR_CUDA_GEMM_BF16), 0, "fast (0 = general)");
 }
 
-/* ---- fast path: vector elementwise kernels ----------------------------------------
- * The vector kernels (AR_CUDA_ELEM_VECTOR, the default) must give the bits of
- * the scalar ones (AR_CUDA_ELEM_SCALAR, the first design with its passes):
- * tolerance 0, since every element is the same expression in the same order
- * and each thread of a row reduction sums the same elements in the same
- * order. Checked per op over sizes with tails and with pointers that force
- * the scalar fallback, and against the CPU ops (bf16 rounding, 4e-3); per
- * block: the tuner's sample-index route (forward from the bf16 cache through
- * the sample index, the loss reading bf16 references and writing dy in f32
- * and bf16, the prepared backward) against the f32 route (gathered f32
- * samples, ar_cuda_masked_mse_denom, plain backward): prediction, dy and dW
- * bits, the loss total to 1e-12 (a double sum grouped differently), and dy
- * against the CPU's ar_masked_mse bit for bit; per tuning run: both routes
- * end with the same weights, their losses within 1e-12. */
+/* ---- fast path: elementwise kernels ----------------------------------------------
+ * The vector kernels (16-byte accesses, rows in registers, fused passes) run
+ * where shapes and pointers allow; the scalar ones (one element per thread)
+ * are their fallback and must give the same bits: tolerance 0, since every
+ * element is the same expression in the same order and each thread of a
+ * row reduction sums the same elements in the same order. Checked per op
+ * on the same values at an aligned and at a misaligned address (which forces
+ * the fallback), over sizes with tails, and against the CPU ops (bf16
+ * rounding, 4e-3); RMSNorm (which picks its kernel by the row length, not
+ * the address) against the CPU for every register instance and a row too
+ * long for them. Per block: the tuner's sample-index route (forward from the
+ * bf16 cache through the sample index, the loss reading bf16 references and
+ * writing dy in f32 and bf16, the prepared backward) against the f32 route
+ * (gathered f32 samples, ar_cuda_masked_mse_denom, plain backward):
+ * prediction, dy and dW bits, the loss total to 1e-12 (a double sum grouped
+ * differently), and dy against the CPU's ar_masked_mse bit for bit; per
+ * tuning run: the whole cache on the GPU and the staged one
+ * (--low_gpu_mem_usage) end with the same weights, losses within 1e-12. */
 
 /* Fraction of the 16-bit elements of two device buffers whose bits differ. */
 static double dev_bits16(const uint16_t *a, const uint16_t *b, size_t n)
@@ -2128,58 +2101,63 @@ static float *dev32(size_t n)
     return d;
 }
 
+/* Two device copies of the n host floats h: at index 0 of a[0] and at
+ * index 1 of a[1] (16-byte aligned, then not: the scalar fallback). */
+static void up_twice(float *a[2], const float *h, size_t n)
+{
+    for (int v = 0; v < 2; v++)
+        if (!(a[v] = dev32(n + 4)) || ar_cuda_upload(a[v] + v, h, 4 * n)) die_cuda("upload");
+}
+
 static void elem_rmsnorm(int R, int C)
 {
     char name[128];
     size_t n = (size_t)R * C;
     float *x = rnd(n, 2, 0.1f), *w = rnd(C, 0.5f, 1), *y = zeros(n), *rs = zeros(R);
-    float *dX = up(x, n), *dW = up(w, C), *r1 = dev32(R), *r2 = dev32(R);
-    uint16_t *o1 = dev16(n), *o2 = dev16(n);
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_SCALAR);
+    float *dX = up(x, n), *dW = up(w, C), *r1 = dev32(R);
+    uint16_t *o1 = dev16(n);
     ar_cuda_rmsnorm_forward_bf16(o1, r1, dX, dW, R, C, 1e-5f);
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
-    ar_cuda_rmsnorm_forward_bf16(o2, r2, dX, dW, R, C, 1e-5f);
-    snprintf(name, sizeof name, "elem: rmsnorm -> bf16 R%d C%d vector = scalar", R, C);
-    bits_verdict(name, fmax(dev_bits16(o1, o2, n), dev_bits32(r1, r2, R)));
     ar_rmsnorm_forward(y, rs, x, w, R, C, 1e-5f);
     snprintf(name, sizeof name, "elem: rmsnorm -> bf16 R%d C%d vs CPU", R, C);
-    check_dev_bf16(name, o2, y, n, 4e-3);
+    check_dev_bf16(name, o1, y, n, 4e-3);
+    snprintf(name, sizeof name, "elem: rmsnorm rstd R%d C%d vs CPU", R, C);
+    check_dev(name, r1, rs, R, 1e-5);
     free(x), free(w), free(y), free(rs);
-    void *fd[] = {dX, dW, r1, r2, o1, o2};
+    void *fd[] = {dX, dW, r1, o1};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
-/* SwiGLU forward and backward over n elements starting shift elements into
- * the buffers (shift 1: misaligned, the scalar fallback in both modes). */
-static void elem_swiglu(long n, int shift)
+/* SwiGLU forward and backward over n elements, aligned and one element in
+ * (the scalar fallback). */
+static void elem_swiglu(long n)
 {
     char name[128];
     size_t m = (size_t)n + 4;
     float *g = rnd(m, 4, 0), *u = rnd(m, 2, 0), *d = rnd(m, 1, 0), *y = zeros(m), *dg = zeros(m), *du = zeros(m);
-    float *dG = up(g, m), *dU = up(u, m), *dD = up(d, m);
+    float *dG[2], *dU[2], *dD[2];
+    up_twice(dG, g, n), up_twice(dU, u, n), up_twice(dD, d, n);
     uint16_t *a[2] = {dev16(m), dev16(m)}, *b[2] = {dev16(m), dev16(m)}, *c[2] = {dev16(m), dev16(m)};
     for (int v = 0; v < 2; v++) {
-        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
-        ar_cuda_swiglu_forward_bf16(a[v] + shift, dG + shift, dU + shift, n);
-        ar_cuda_swiglu_backward_bf16(b[v] + shift, c[v] + shift, dD + shift, dG + shift, dU + shift, n);
+        ar_cuda_swiglu_forward_bf16(a[v] + v, dG[v] + v, dU[v] + v, n);
+        ar_cuda_swiglu_backward_bf16(b[v] + v, c[v] + v, dD[v] + v, dG[v] + v, dU[v] + v, n);
     }
-    snprintf(name, sizeof name, "elem: swiglu fwd+bwd n%ld shift %d vector = scalar", n, shift);
-    bits_verdict(name, fmax(dev_bits16(a[0], a[1], m), fmax(dev_bits16(b[0], b[1], m), dev_bits16(c[0], c[1], m))));
-    ar_swiglu_forward(y, g + shift, u + shift, n);
-    ar_swiglu_backward(dg, du, d + shift, g + shift, u + shift, n);
-    snprintf(name, sizeof name, "elem: swiglu fwd n%ld shift %d vs CPU", n, shift);
-    check_dev_bf16(name, a[1] + shift, y, (size_t)n, 4e-3);
-    snprintf(name, sizeof name, "elem: swiglu bwd dgate n%ld shift %d vs CPU", n, shift);
-    check_dev_bf16(name, b[1] + shift, dg, (size_t)n, 4e-3);
-    snprintf(name, sizeof name, "elem: swiglu bwd dup n%ld shift %d vs CPU", n, shift);
-    check_dev_bf16(name, c[1] + shift, du, (size_t)n, 4e-3);
+    snprintf(name, sizeof name, "elem: swiglu fwd+bwd n%ld aligned = fallback", n);
+    bits_verdict(name, fmax(dev_bits16(a[0], a[1] + 1, n), fmax(dev_bits16(b[0], b[1] + 1, n), dev_bits16(c[0], c[1] + 1, n))));
+    ar_swiglu_forward(y, g, u, n);
+    ar_swiglu_backward(dg, du, d, g, u, n);
+    snprintf(name, sizeof name, "elem: swiglu fwd n%ld vs CPU", n);
+    check_dev_bf16(name, a[0], y, (size_t)n, 4e-3);
+    snprintf(name, sizeof name, "elem: swiglu bwd dgate n%ld vs CPU", n);
+    check_dev_bf16(name, b[0], dg, (size_t)n, 4e-3);
+    snprintf(name, sizeof name, "elem: swiglu bwd dup n%ld vs CPU", n);
+    check_dev_bf16(name, c[0], du, (size_t)n, 4e-3);
     free(g), free(u), free(d), free(y), free(dg), free(du);
-    void *fd[] = {dG, dU, dD, a[0], a[1], b[0], b[1], c[0], c[1]};
+    void *fd[] = {dG[0], dG[1], dU[0], dU[1], dD[0], dD[1], a[0], a[1], b[0], b[1], c[0], c[1]};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
-/* RoPE of [B, T, H, HD] into bf16, both directions (HD/2 not a multiple of
- * 4: the scalar fallback in both modes). */
+/* RoPE of [B, T, H, HD] into bf16, both directions, aligned and one element
+ * in (HD/2 not a multiple of 4: the scalar kernel either way). */
 static void elem_rope(int B, int T, int H, int HD)
 {
     char name[128];
@@ -2189,43 +2167,41 @@ static void elem_rope(int B, int T, int H, int HD)
     size_t nr = (size_t)B * T * H * HD, h2 = (size_t)T * HD / 2;
     float *cs = zeros(h2), *sn = zeros(h2), *q = rnd(nr, 1, 0), *ref = malloc(sizeof(float) * nr);
     ar_rope_tables(cs, sn, &c, T);
-    float *dC = up(cs, h2), *dS = up(sn, h2), *dQ = up(q, nr);
-    uint16_t *o[2] = {dev16(nr), dev16(nr)};
+    float *dC = up(cs, h2), *dS = up(sn, h2), *dQ[2];
+    up_twice(dQ, q, nr);
+    uint16_t *o[2] = {dev16(nr + 4), dev16(nr + 4)};
     for (int inv = 0; inv < 2; inv++) {
-        for (int v = 0; v < 2; v++) {
-            ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
-            ar_cuda_rope_bf16(o[v], dQ, dC, dS, B, T, H, HD, inv);
-        }
-        snprintf(name, sizeof name, "elem: rope%s -> bf16 B%d T%d H%d D%d vector = scalar", inv ? " inverse" : "", B, T,
-                 H, HD);
-        bits_verdict(name, dev_bits16(o[0], o[1], nr));
+        for (int v = 0; v < 2; v++) ar_cuda_rope_bf16(o[v] + v, dQ[v] + v, dC, dS, B, T, H, HD, inv);
+        snprintf(name, sizeof name, "elem: rope%s -> bf16 B%d T%d H%d D%d aligned = fallback", inv ? " inverse" : "", B,
+                 T, H, HD);
+        bits_verdict(name, dev_bits16(o[0], o[1] + 1, nr));
         memcpy(ref, q, sizeof(float) * nr);
         if (inv) ar_rope_backward(ref, cs, sn, B, T, H, HD);
         else ar_rope_forward(ref, cs, sn, B, T, H, HD);
         snprintf(name, sizeof name, "elem: rope%s -> bf16 D%d vs CPU", inv ? " inverse" : "", HD);
-        check_dev_bf16(name, o[1], ref, nr, 4e-3);
+        check_dev_bf16(name, o[0], ref, nr, 4e-3);
     }
     free(cs), free(sn), free(q), free(ref);
-    void *fd[] = {dC, dS, dQ, o[0], o[1]};
+    void *fd[] = {dC, dS, dQ[0], dQ[1], o[0], o[1]};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
 static void elem_copy(long n)
 {
     char name[128];
-    float *x = rnd((size_t)n, 3, 0), *dX = up(x, (size_t)n), *f[2] = {dev32(n), dev32(n)};
-    uint16_t *b[2] = {dev16(n), dev16(n)}, *bn[2] = {dev16(n), dev16(n)};
+    float *x = rnd((size_t)n, 3, 0), *dX[2], *f[2] = {dev32(n + 4), dev32(n + 4)};
+    up_twice(dX, x, (size_t)n);
+    uint16_t *b[2] = {dev16(n + 4), dev16(n + 4)}, *bn[2] = {dev16(n + 4), dev16(n + 4)};
     for (int v = 0; v < 2; v++) {
-        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
-        ar_cuda_copy_to_bf16(f[v], b[v], dX, n);
-        ar_cuda_copy_to_bf16(NULL, bn[v], dX, n);
+        ar_cuda_copy_to_bf16(f[v] + v, b[v] + v, dX[v] + v, n);
+        ar_cuda_copy_to_bf16(NULL, bn[v] + v, dX[v] + v, n);
     }
-    snprintf(name, sizeof name, "elem: copy_to_bf16 n%ld vector = scalar", n);
-    bits_verdict(name, fmax(dev_bits32(f[0], f[1], n), fmax(dev_bits16(b[0], b[1], n), dev_bits16(bn[0], bn[1], n))));
+    snprintf(name, sizeof name, "elem: copy_to_bf16 n%ld aligned = fallback", n);
+    bits_verdict(name, fmax(dev_bits32(f[0], f[1] + 1, n), fmax(dev_bits16(b[0], b[1] + 1, n), dev_bits16(bn[0], bn[1] + 1, n))));
     snprintf(name, sizeof name, "elem: copy_to_bf16 n%ld f32 copy", n);
-    check_dev(name, f[1], x, (size_t)n, 0);
+    check_dev(name, f[0], x, (size_t)n, 0);
     free(x);
-    void *fd[] = {dX, f[0], f[1], b[0], b[1], bn[0], bn[1]};
+    void *fd[] = {dX[0], dX[1], f[0], f[1], b[0], b[1], bn[0], bn[1]};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
 }
 
@@ -2233,19 +2209,18 @@ static void test_elem_kernels(void)
 {
     /* rows of one element per thread under 256 threads, then each register
      * instance (1, 2, 4, 12, 16, 20, 24, 32 per thread; 640 and 5000 fill part
-     * of theirs) and a row too long for registers */
-    const int cs[] = {96, 256, 333, 640, 3000, 4096, 5000, 6000, 8192, 9000};
+     * of theirs) and rows too long for registers (the looping kernel) */
+    const int cs[] = {96, 256, 333, 640, 3000, 4096, 5000, 6000, 8192, 9000, 12000};
     for (size_t i = 0; i < sizeof cs / sizeof *cs; i++) elem_rmsnorm(37, cs[i]);
-    elem_swiglu(100003, 0);
-    elem_swiglu(100000, 0);
-    elem_swiglu(4099, 1);
+    elem_swiglu(100003);
+    elem_swiglu(100000);
+    elem_swiglu(4099);
     elem_rope(2, 50, 3, 64);
     elem_rope(1, 33, 5, 128);
     elem_rope(2, 17, 4, 80);
     elem_rope(1, 20, 3, 36);
     elem_copy(100003);
     elem_copy(4096);
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
 }
 
 /* Device zeros for each linear's dW of c. */
@@ -2288,21 +2263,19 @@ static void rows_loss_vs_cpu(const char *tag, const float *pred, const float *yr
     free(p), free(r), free(d), free(mb), free(g);
 }
 
-/* A failed call in test_block_rows: FAIL with the kernels' error, the
- * vector kernels back on (the other tests still run). */
+/* A failed call in test_block_rows: FAIL with the kernels' error (the
+ * other tests still run). */
 static void rows_fail(const char *tag, const char *what)
 {
     printf("FAIL rows: %s %s: %s\n", what, tag, ar_cuda_last_error());
     fflush(stdout);
     g_fail++;
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
 }
 
-/* One block, two routes: A = the f32 route on the scalar kernels (gathered
- * f32 samples, ar_cuda_masked_mse_denom, dy -> bf16 in the backward), B =
- * the sample-index route on the vector kernels; then C = B from a staged
- * slot (the samples in batch order, no index), then the f32 route with dx
- * on both kernel sets. B of the n cached samples of T tokens, by idx. */
+/* One block, two routes: A = the f32 route (gathered f32 samples,
+ * ar_cuda_masked_mse_denom, dy -> bf16 in the backward: the outlier loss's),
+ * B = the sample-index route; then C = B from a staged slot (the samples in
+ * batch order, no index). B of the n cached samples of T tokens, by idx. */
 static void test_block_rows(const char *tag, const ar_config *c, int n, int B, int T, const int *idx)
 {
     char name[160];
@@ -2328,14 +2301,13 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
     verdict(name, wdy ? 0 : 1, 0, "missing (0 = no)");
     if (!wdy) return;
     float *gx = dev32(bt), *gy = dev32(bt), *pa = dev32(bt), *pb = dev32(bt), *pc = dev32(bt);
-    float *dya = dev32(bt), *dyb = dev32(bt), *dys = dev32(bt), *dx[2] = {dev32(bt), dev32(bt)};
+    float *dya = dev32(bt), *dyb = dev32(bt), *dys = dev32(bt), *dx = dev32(bt);
     double *la = ar_cuda_malloc(8), *lb = ar_cuda_malloc(8), *lc = ar_cuda_malloc(8), hl[3];
     float *Wa[AR_NLINEAR], *Wb[AR_NLINEAR];
     dw_bufs(c, Wa, wn);
     dw_bufs(c, Wb, wn);
     double denom = (double)bt; /* one chunk: the CPU's ar_masked_mse below divides by the same */
-    /* A: the f32 route, scalar kernels */
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_SCALAR);
+    /* A: the f32 route */
     if (ar_cuda_gather_bf16(gx, dxc, idx, B, (long)row) || ar_cuda_gather_bf16(gy, dyc, idx, B, (long)row) ||
         ar_cuda_gather_mask(mb, dm, idx, B, T) || ar_cuda_block_forward(&s, &dw, gx, pa, B, T, 1, ws) ||
         ar_cuda_masked_mse_denom(pa, gy, mb, (long)B * T, C, denom, dya, la) ||
@@ -2343,8 +2315,7 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
         rows_fail(tag, "f32 route");
         return;
     }
-    /* B: the sample-index route, vector kernels */
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
+    /* B: the sample-index route */
     if (ar_cuda_block_forward_rows(&s, &dw, dxc, idx, pb, B, T, 1, ws) ||
         ar_cuda_masked_mse_rows(pb, dyc, idx, dm, idx, B, T, C, denom, dyb, wdy, lb)) {
         rows_fail(tag, "sample-index route");
@@ -2387,25 +2358,11 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
     snprintf(name, sizeof name, "rows: slot route pred, dy = index route %s", tag);
     bits_verdict(name, fmax(dev_bits32(pc, pb, bt), dev_bits32(dys, dyb, bt)));
     /* a forward from samples keeps no f32 input: dx is refused */
-    int rc = ar_cuda_block_backward(&s, &dw, dyb, Wb, dx[0], ws);
+    int rc = ar_cuda_block_backward(&s, &dw, dyb, Wb, dx, ws);
     snprintf(name, sizeof name, "rows: dx after a forward from samples refused %s", tag);
-    verdict(name, rc == -1 ? 0 : 1, 0, "accepted (0 = no)");
-    /* the f32 route with dx: both kernel sets */
-    for (int v = 0; v < 2; v++) {
-        float **W = v ? Wb : Wa, *y = v ? pb : pa;
-        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
-        for (int i = 0; i < AR_NLINEAR; i++)
-            if (ar_cuda_zero(W[i], 4 * wn[i])) die_cuda("zero");
-        if (ar_cuda_zero(dx[v], 4 * bt) || ar_cuda_block_forward(&s, &dw, gx, y, B, T, 1, ws) ||
-            ar_cuda_block_backward(&s, &dw, dya, W, dx[v], ws)) {
-            rows_fail(tag, "f32 route with dx");
-            return;
-        }
-    }
-    snprintf(name, sizeof name, "rows: f32 route y, dx, dW vector = scalar %s", tag);
-    bits_verdict(name, fmax(dev_bits32(pa, pb, bt), fmax(dev_bits32(dx[0], dx[1], bt), dw_bits(Wa, Wb, wn))));
+    verdict(name, (rc == -1) == (C <= 8192) ? 0 : 1, 0, "wrong (0 = refused where no f32 input is kept)");
     for (int i = 0; i < AR_NLINEAR; i++) ar_cuda_free(Wa[i]), ar_cuda_free(Wb[i]);
-    void *fd[] = {gx, gy, pa, pb, pc, dya, dyb, dys, dx[0], dx[1], la, lb, lc, sx, sy, dxc, dyc, dm, mb};
+    void *fd[] = {gx, gy, pa, pb, pc, dya, dyb, dys, dx, la, lb, lc, sx, sy, dxc, dyc, dm, mb};
     for (size_t i = 0; i < sizeof fd / sizeof *fd; i++) ar_cuda_free(fd[i]);
     ar_cuda_weights_free(&dw, NULL);
     ar_cuda_block_work_free(ws);
@@ -2413,11 +2370,12 @@ static void test_block_rows(const char *tag, const ar_config *c, int n, int B, i
     free_weights(&w);
 }
 
-/* Two GPU tuning runs of the same block on the fast path, the scalar
- * kernels' f32 route and the vector kernels' sample-index route (low_mem:
- * staged samples; outlier: the outlier-suppressed loss, which keeps f32
- * references): the same weights, losses within 1e-12. */
-static void test_tuning_routes(const char *tag, int low_mem, int outlier)
+/* Two GPU tuning runs of the same block on the fast path: the whole cache
+ * on the GPU (samples read through their index) and --low_gpu_mem_usage
+ * (each mini-batch staged into a slot in batch order); outlier: the
+ * outlier-suppressed loss, which keeps f32 references. The same weights,
+ * losses within 1e-12. */
+static void test_tuning_routes(const char *tag, int outlier)
 {
     char name[160];
     ar_config c;
@@ -2440,7 +2398,6 @@ static void test_tuning_routes(const char *tag, int low_mem, int outlier)
     size_t nel[AR_NLINEAR];
     loss_log lg[2] = {{{0}, 0}, {{0}, 0}};
     ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
-    ar_signround_cuda_set_low_mem(low_mem);
     int rc = 0;
     for (int v = 0; v < 2; v++) {
         for (int i = 0; i < AR_NLINEAR; i++) {
@@ -2449,11 +2406,10 @@ static void test_tuning_routes(const char *tag, int low_mem, int outlier)
             nel[i] = (size_t)nn * k;
             out[v][i] = (ar_quant_out){zeros(nel[i]), NULL, NULL, NULL};
         }
-        ar_cuda_set_elem_kernels(v ? AR_CUDA_ELEM_VECTOR : AR_CUDA_ELEM_SCALAR);
+        ar_signround_cuda_set_low_mem(v);
         ar_signround_report rep;
         if (!rc) rc = ar_signround_tune_block_cuda(&c, &w, xb, yb, m, n, T, &plan, &o, out[v], &rep, log_loss, &lg[v]);
     }
-    ar_cuda_set_elem_kernels(AR_CUDA_ELEM_VECTOR);
     ar_signround_cuda_set_low_mem(0);
     if (rc) {
         printf("FAIL tuning routes %s: %s\n", tag, ar_last_error());
@@ -2462,11 +2418,11 @@ static void test_tuning_routes(const char *tag, int low_mem, int outlier)
         double worst = lg[0].n == lg[1].n && lg[0].n == o.iters ? 0 : 1;
         for (int i = 0; i < lg[0].n && i < lg[1].n; i++)
             worst = fmax(worst, fabs(lg[1].loss[i] - lg[0].loss[i]) / lg[0].loss[i]);
-        snprintf(name, sizeof name, "rows: tuning losses, index route = f32 route %s", tag);
+        snprintf(name, sizeof name, "rows: tuning losses, staged = whole cache %s", tag);
         verdict(name, worst, 1e-12, "worst rel err");
         double mm = 0;
         for (int i = 0; i < AR_NLINEAR; i++) mm = fmax(mm, bits_mismatch(out[1][i].wq, out[0][i].wq, nel[i]));
-        snprintf(name, sizeof name, "rows: tuned weights, index route = f32 route %s", tag);
+        snprintf(name, sizeof name, "rows: tuned weights, staged = whole cache %s", tag);
         bits_verdict(name, mm);
     }
     for (int v = 0; v < 2; v++)
@@ -2491,9 +2447,8 @@ static void test_rows_routes(void)
     test_block_rows("C4096 T32", &c, 5, 3, 32, idx);
     small_config(&c, 5120, 1024, 4, 2, 64, 0, 0, 0);
     test_block_rows("C5120 T32", &c, 5, 3, 32, idx);
-    test_tuning_routes("W4G128", 0, 0);
-    test_tuning_routes("W4G128 low_gpu_mem_usage", 1, 0);
-    test_tuning_routes("W4G128 outlier loss", 0, 1);
+    test_tuning_routes("W4G128", 0);
+    test_tuning_routes("W4G128 outlier loss", 1);
 }
 
 /* ---- full-model NLL -------------------------------------------------------------- */
@@ -2609,26 +2564,20 @@ static int bench7b_tune(bench7b *b, int iters, ar_signround_report *rep)
     return 0;
 }
 
-static const char *path_name(int fast, int low)
-{
-    static const char *names[2][2] = {{"default path", "default path, --low_gpu_mem_usage"},
-                                      {"fast path AR_CUDA_FAST=1", "fast path AR_CUDA_FAST=1, --low_gpu_mem_usage"}};
-    return names[!!fast][!!low];
-}
+static const char *path_name(int low) { return low ? "fast path, --low_gpu_mem_usage" : "fast path"; }
 
 /* The 7B-shaped block: ms per tuning iteration timed by CUDA events over
  * iterations 1 .. N-2 of one run of N = 2 + iters_extra (the first warms
  * up, the last takes no step; launch gaps included, setup and the final CPU
- * quantization not), for the current path (fast or not) with and without the
- * low-memory staging; n cached samples (8 random ones repeated). */
-static void bench_block(int iters_extra, int n, int fast)
+ * quantization not), with and without the low-memory staging; n cached
+ * samples (8 random ones repeated). */
+static void bench_block(int iters_extra, int n)
 {
     bench7b b;
     bench7b_init(&b, n);
     double peak_tf = gemm_peak(), BT = (double)b.B * b.T;
     ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
-    ar_cuda_set_fast(fast);
-    for (int low = 0; low <= 1; low++) { /* then the same path with --low_gpu_mem_usage */
+    for (int low = 0; low <= 1; low++) { /* then with --low_gpu_mem_usage */
         int iters = 2 + iters_extra;
         ar_signround_report rep;
         ar_signround_cuda_set_low_mem(low);
@@ -2641,7 +2590,7 @@ static void bench_block(int iters_extra, int n, int fast)
         printf("RESULT 7B block [%s]: %.1f ms/iteration, %.1f TFLOP/s counting the full attention square "
                "(%.0f%% of the measured bf16 GEMM peak %.1f TFLOP/s), %.1f TFLOP/s counting its causal half (%.0f%%), "
                "peak GPU memory %.2f GiB (%d cached samples)\n",
-               path_name(fast, low), ms, full, 100.0 * full / peak_tf, peak_tf, causal, 100.0 * causal / peak_tf,
+               path_name(low), ms, full, 100.0 * full / peak_tf, peak_tf, causal, 100.0 * causal / peak_tf,
                ar_cuda_peak_bytes() / 1073741824.0, b.n);
         fflush(stdout);
     }
@@ -2650,41 +2599,23 @@ static void bench_block(int iters_extra, int n, int fast)
 }
 
 /* Flash attention alone at the 7B block's attention shape against cuBLAS
- * batched GEMMs doing its products (--profile, --attn-bench): every flash
- * kind (ar_cuda_flash_kernel_name), the default (mma) last, then the fastest
- * deterministic forward and backward (every kind but mma-atomic), which is
- * what the default should become. */
+ * batched GEMMs doing its products (--profile, --attn-bench). */
 static void bench_attention(void)
 {
-    int B = 8, T = 2048, NH = 32, HD = 128, kind = ar_cuda_get_flash_kernel();
-    int best_f = -1, best_b = -1;
-    double ms_f = 0, ms_b = 0;
+    int B = 8, T = 2048, NH = 32, HD = 128;
     ar_cuda_attn_bench r;
-    for (int ki = 0; ki < AR_CUDA_FLASH_KINDS; ki++) {
-        int k = ki == AR_CUDA_FLASH_KINDS - 1 ? AR_CUDA_FLASH_MMA : ki < AR_CUDA_FLASH_MMA ? ki : ki + 1;
-        ar_cuda_set_flash_kernel(k);
-        if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
-            printf("FAIL attention bench [%s]: %s\n", ar_cuda_flash_kernel_name(k), ar_cuda_last_error());
-            g_fail++;
-            ar_cuda_set_flash_kernel(kind);
-            return;
-        }
-        printf("ATTENTION B%d T%d H%d D%d causal, flash[%s]: fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms "
-               "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, ar_cuda_flash_kernel_name(k),
-               r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9, r.flash_bwd_ms, r.bwd_flops / r.flash_bwd_ms * 1e-9);
-        fflush(stdout);
-        if (k == AR_CUDA_FLASH_MMA_ATOMIC) continue;
-        if (best_f < 0 || r.flash_fwd_ms < ms_f) best_f = k, ms_f = r.flash_fwd_ms;
-        if (best_b < 0 || r.flash_bwd_ms < ms_b) best_b = k, ms_b = r.flash_bwd_ms;
+    if (ar_cuda_bench_attention(B, T, NH, HD, 5, &r)) {
+        printf("FAIL attention bench: %s\n", ar_cuda_last_error());
+        g_fail++;
+        return;
     }
-    ar_cuda_set_flash_kernel(kind);
-    printf("ATTENTION fastest deterministic: fwd %.3f ms [%s], bwd %.3f ms [%s]; fwd + bwd %.3f ms vs %.3f ms [mma]\n",
-           ms_f, ar_cuda_flash_kernel_name(best_f), ms_b, ar_cuda_flash_kernel_name(best_b), ms_f + ms_b,
-           r.flash_fwd_ms + r.flash_bwd_ms);
+    printf("ATTENTION B%d T%d H%d D%d causal, flash: fwd %.3f ms (%.1f TFLOP/s useful), bwd %.3f ms "
+           "(%.1f TFLOP/s, flops 2.5 x fwd)\n", B, T, NH, HD, r.flash_fwd_ms, r.fwd_flops / r.flash_fwd_ms * 1e-9,
+           r.flash_bwd_ms, r.bwd_flops / r.flash_bwd_ms * 1e-9);
     double f = r.causal_fraction;
     printf("ATTENTION cuBLAS strided-batched bf16 GEMMs, same products over the full square: fwd %.3f ms (2 GEMMs), "
            "bwd %.3f ms (5 GEMMs); causal share %.3f of that: fwd %.3f ms, bwd %.3f ms "
-           "(GEMM lower bound, no softmax); flash[mma] / bound: fwd %.2fx, bwd %.2fx\n",
+           "(GEMM lower bound, no softmax); flash / bound: fwd %.2fx, bwd %.2fx\n",
            r.gemm_fwd_ms, r.gemm_bwd_ms, f, r.gemm_fwd_ms * f, r.gemm_bwd_ms * f, r.flash_fwd_ms / (r.gemm_fwd_ms * f),
            r.flash_bwd_ms / (r.gemm_bwd_ms * f));
     fflush(stdout);
@@ -2693,20 +2624,19 @@ static void bench_attention(void)
 /* --profile: one tuning run of 1 + iters iterations per mode (without, then
  * with --low_gpu_mem_usage) with the phase profiler on; the first iteration
  * is a warm-up and not counted. Then flash attention alone. */
-static void profile_block(int iters, int n, int fast)
+static void profile_block(int iters, int n)
 {
     bench7b b;
     bench7b_init(&b, n);
     double peak_tf = gemm_peak();
     ar_cuda_set_gemm(AR_CUDA_GEMM_BF16);
-    ar_cuda_set_fast(fast);
     for (int low = 0; low <= 1; low++) {
         ar_signround_report rep;
         ar_signround_cuda_set_low_mem(low);
         ar_cuda_prof_enable(1);
         int rc = bench7b_tune(&b, 1 + iters, &rep);
         printf("PROFILE 7B block [%s]: %d iterations in %.2f s (setup and the final CPU quantization included)\n",
-               path_name(fast, low), 1 + iters, rep.sec_total);
+               path_name(low), 1 + iters, rep.sec_total);
         if (!rc && ar_cuda_prof_report(peak_tf)) {
             printf("FAIL profile: %s\n", ar_cuda_last_error());
             g_fail++;
@@ -2716,12 +2646,10 @@ static void profile_block(int iters, int n, int fast)
     }
     ar_signround_cuda_set_low_mem(0);
     bench7b_free(&b);
-    /* AR_CUDA_GEMM_TUNE=1: each GEMM shape's kept algorithm against the default */
-    if (ar_cuda_get_gemm_tune()) ar_cuda_gemm_tune_report();
     bench_attention();
 }
 
-/* ---- cuBLASLt algorithm search (AR_CUDA_GEMM_TUNE) ------------------------------ */
+/* ---- strided-batched bf16 GEMMs --------------------------------------------------- */
 
 /* A strided-batched bf16 GEMM: C_i [M, N] (pitch ldc) = alpha op(A_i) op(B_i)
  * + beta C_i for i < batch. pad widens every leading dimension and batch
@@ -2771,113 +2699,63 @@ static void gemm_case_ref(const gemm_case *g, const gemm_dims *d, const float *A
             }
 }
 
-/* C from C0 by the tuned path (the first call of this signature tunes). */
+/* C from C0 by ar_cuda_gemm_bf16_strided. */
 static float *gemm_case_run(const gemm_case *g, const gemm_dims *d, const uint16_t *dA, const uint16_t *dB,
                             const float *C0)
 {
     float *dC = up(C0, d->nc);
     if (ar_cuda_gemm_bf16_strided(g->ta, g->tb, g->M, g->N, g->K, g->alpha, dA, d->lda, d->sa, dB, d->ldb, d->sb,
                                   g->beta, dC, d->ldc, d->sc, g->batch))
-        die_cuda("tuned bf16 GEMM");
+        die_cuda("strided bf16 GEMM");
     float *h = down(dC, d->nc);
     ar_cuda_free(dC);
     return h;
 }
 
-/* One case with the fastest algorithm and with each of the heuristic's 8
- * first candidates forced (a rank past the last one keeps the fastest):
- * each against the double reference on the same bf16-rounded operands (1e-4:
- * exact products, f32 sums in whatever order), its first call (the tuning
- * one, which must update C exactly once) bit for bit equal to a second call
- * on a fresh C (the kept algorithm reproduces itself). */
-static void test_gemm_tuned(const gemm_case *g)
+/* One case against the double reference on the same bf16-rounded operands
+ * (1e-4: exact products, f32 sums in cuBLAS' order; the padding must come
+ * back unchanged), a second call on a fresh C bit for bit equal to the first. */
+static void test_gemm_strided(const gemm_case *g)
 {
     gemm_dims d = gemm_dims_of(g);
     float *a0 = rnd(d.na, 1, 0), *b0 = rnd(d.nb, 0.25f, 0), *C0 = rnd(d.nc, 1, 0), *ref = zeros(d.nc);
     uint16_t *dA, *dB;
     float *A = round_bf16(a0, d.na, &dA), *B = round_bf16(b0, d.nb, &dB);
     gemm_case_ref(g, &d, A, B, C0, ref);
-    double worst = 0, fastest = 0, diff = 0;
     char name[160];
-    for (int rank = -1; rank < 8; rank++) {
-        ar_cuda_gemm_tune_reset();
-        ar_cuda_gemm_tune_force_rank(rank);
-        float *c1 = gemm_case_run(g, &d, dA, dB, C0), *c2 = gemm_case_run(g, &d, dA, dB, C0);
-        double e = rel_err(c1, ref, d.nc), m = mismatch(c2, c1, d.nc);
-        if (rank < 0) {
-            fastest = e;
-            ar_cuda_gemm_tune_report();
-        }
-        if (e > worst || e != e) worst = e;
-        if (m > diff) diff = m;
-        if (e > 1e-4 || e != e || m > 0) printf("     %s: candidate rank %d: err %.3g, second call differs in %.3g\n",
-                                                g->name, rank, e, m);
-        free(c1), free(c2);
-    }
-    ar_cuda_gemm_tune_force_rank(-1);
-    snprintf(name, sizeof name, "gemm-tune: %s [fastest]", g->name);
-    verdict(name, fastest, 1e-4, "err");
-    snprintf(name, sizeof name, "gemm-tune: %s [8 first candidates]", g->name);
-    verdict(name, worst, 1e-4, "worst err");
-    snprintf(name, sizeof name, "gemm-tune: %s [second call]", g->name);
-    verdict(name, diff, 0, "differing share");
+    float *c1 = gemm_case_run(g, &d, dA, dB, C0), *c2 = gemm_case_run(g, &d, dA, dB, C0);
+    snprintf(name, sizeof name, "fast: bf16 GEMM %s", g->name);
+    verdict(name, rel_err(c1, ref, d.nc), 1e-4, "err");
+    snprintf(name, sizeof name, "fast: bf16 GEMM %s [second call]", g->name);
+    verdict(name, mismatch(c2, c1, d.nc), 0, "differing share");
+    free(c1), free(c2);
     free(a0), free(b0), free(C0), free(ref), free(A), free(B);
     ar_cuda_free(dA), ar_cuda_free(dB);
 }
 
-/* The fast path's GEMMs with the algorithm search forced on (whatever
- * AR_CUDA_GEMM_TUNE says): the search's own cases (test_fused's three GEMM
- * layouts among them), then the fast blocks and a tuning run again with the
- * bounds of the untuned path. */
-static void run_gemm_tune_tests(void)
+/* The fast path's GEMM layouts (test_fused's three among them): batched with
+ * a shared operand (q/k/v, gate/up), split-K shapes, odd sizes with padded
+ * leading dimensions and batch strides. */
+static void test_gemms_strided(void)
 {
-    int was = ar_cuda_get_gemm_tune();
-    ar_cuda_set_gemm_tune(1);
     const gemm_case cases[] = {
         {"y = x W^T 300x384x512", 0, 1, 300, 384, 512, 0, 1, 0, 1.0f, 0.0f},
         {"dx += dy W 300x512x384", 0, 0, 300, 512, 384, 0, 1, 0, 1.0f, 1.0f},
-        {"dW += dy^T x 128x160x2048 (split-K)", 1, 0, 128, 160, 2048, 0, 1, 0, 1.0f, 1.0f},
+        {"dW += dy^T x 128x160x2048", 1, 0, 128, 160, 2048, 0, 1, 0, 1.0f, 1.0f},
         {"3 x (x W_i^T) shared x 200x256x320", 0, 1, 200, 256, 320, 0, 3, 1, 1.0f, 0.0f},
         {"TT odd 97x130x67 pad 3 batch 2 a0.5 b1", 1, 1, 97, 130, 67, 3, 2, 0, 0.5f, 1.0f},
     };
-    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) test_gemm_tuned(&cases[i]);
-    /* the search engages: a forced candidate on an aligned shape runs on cuBLASLt */
-    ar_cuda_gemm_tune_reset();
-    ar_cuda_gemm_tune_force_rank(0);
-    gemm_dims d = gemm_dims_of(&cases[0]);
-    float *z = zeros(d.nc);
-    uint16_t *dz = ar_cuda_malloc(2 * (d.na > d.nb ? d.na : d.nb));
-    if (!dz) die_cuda("alloc");
-    free(gemm_case_run(&cases[0], &d, dz, dz, z));
-    int lt = ar_cuda_gemm_tune_report();
-    verdict("gemm-tune: a forced candidate runs on cuBLASLt", lt == 1 ? 0 : 1, 0, "(0 = yes)");
-    ar_cuda_free(dz), free(z);
-    ar_cuda_gemm_tune_force_rank(-1);
-    ar_cuda_gemm_tune_reset();
-
-    ar_config c;
-    small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
-    test_block("fast+tune: tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
-    small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
-    test_block("fast+tune: qk-norm, qkv bias, window 32 B2 T96 [bf16]", &c, 2, 96, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
-    small_config(&c, 1024, 2816, 8, 8, 128, 0, 0, 0);
-    test_block("fast+tune: head_dim 128 B1 T200 [bf16]", &c, 1, 200, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
-    ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
-    test_tuning("fast+tune: W4G128 [bf16 GEMMs]", w4, AR_CUDA_GEMM_BF16, 0.3, 0.5, 0.15);
-    ar_cuda_gemm_tune_report();
-    ar_cuda_gemm_tune_reset();
-    ar_cuda_set_gemm_tune(was);
+    for (size_t i = 0; i < sizeof cases / sizeof *cases; i++) test_gemm_strided(&cases[i]);
 }
 
-/* The fast path's tests (--tests --fast); AR_CUDA_FAST is on. */
+/* The fast path's tests (--tests --fast). */
 static void run_fast_tests(void)
 {
     test_fast_taken();
     test_fused();
+    test_gemms_strided();
     test_elem_kernels();
-    test_flash_kinds();
-    test_flash_blocks();
-    ar_cuda_set_flash_kernel(AR_CUDA_FLASH_MMA);
+    test_flash();
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
     test_block("fast: tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
@@ -2894,7 +2772,6 @@ static void run_fast_tests(void)
     test_tuning_fused("fast: [bf16 GEMMs]", AR_CUDA_GEMM_BF16, 1);
     run_act_tests(1);
     run_v2_tests(1);
-    run_gemm_tune_tests();
 }
 
 static void run_tests(const char *shared)
@@ -2920,7 +2797,7 @@ static void run_tests(const char *shared)
     ar_config c;
     small_config(&c, 512, 1280, 8, 2, 64, 0, 0, 0);
     test_block("tiny-llama shape B2 T128 [f32]", &c, 2, 128, AR_CUDA_GEMM_F32, 1e-4, 1e-3);
-    test_block("tiny-llama shape B2 T128 [bf16]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
+    test_block("tiny-llama shape B2 T128 [bf16, general path]", &c, 2, 128, AR_CUDA_GEMM_BF16, 3e-2, 1e-1);
     small_config(&c, 256, 512, 4, 2, 64, 1, 1, 32);
     test_block("qk-norm, qkv bias, window 32 B2 T96 [f32]", &c, 2, 96, AR_CUDA_GEMM_F32, 1e-4, 1e-3);
     /* Same samples, same algorithm: with f32 products only sign flips of
@@ -2966,7 +2843,7 @@ int main(int argc, char **argv)
     if (ar_device_cuda_count() < 1) { fprintf(stderr, "cuda_check: no CUDA device\n"); return 2; }
     if (ar_device_init(0)) { fprintf(stderr, "cuda_check: %s\n", ar_last_error()); return 2; }
     printf("device: %s%s\n", ar_device_describe(0), fast ? " [fast path]" : "");
-    ar_cuda_set_fast(fast);
+    g_fast = fast;
     double t0 = now_s();
     if (tests) {
         if (fast) run_fast_tests();
@@ -2974,8 +2851,8 @@ int main(int argc, char **argv)
         printf("%s tests: %d of %d passed (%.1f s)\n", fast ? "fast-path" : "kernel", g_tests - g_fail, g_tests,
                now_s() - t0);
     }
-    if (bench) bench_block(extra, samples, fast);
-    if (profile) profile_block(extra, samples, fast);
+    if (bench) bench_block(extra, samples);
+    if (profile) profile_block(extra, samples);
     else if (attn) bench_attention();
     return g_fail ? 1 : 0;
 }

@@ -1,13 +1,13 @@
 #!/bin/sh
 # tests/cuda/run.sh — the GPU check behind `make cuda-check`, for a machine
 # with a CUDA GPU (never part of `make test`). In order, fastest first:
-#   1. kernel-versus-CPU tests (cuda_check --tests; tolerances in its header),
-#      then the fast path's tests (cuda_check --tests --fast)
-#   2. synthetic Llama-2-7B block: ms per tuning iteration, executed TFLOP/s
-#      against a cuBLAS bf16 GEMM peak measured in the same run, peak memory,
-#      for the default and the fast path, each also with --low_gpu_mem_usage
-#      (the fast path is the default of the tools; cuda_check --fast selects it), then the fast
-#      path's per-phase profile and flash attention against cuBLAS GEMMs (--profile --fast)
+#   1. kernel-versus-CPU tests (cuda_check --tests: ops, quantizers, the
+#      general path; tolerances in its header), then the fast path's tests
+#      (cuda_check --tests --fast)
+#   2. synthetic Llama-2-7B block: ms per tuning iteration of the tuner (the
+#      fast path), executed TFLOP/s against a cuBLAS bf16 GEMM peak measured
+#      in the same run, peak memory, also with --low_gpu_mem_usage; then the
+#      per-phase profile and flash attention against cuBLAS GEMMs (--profile)
 #   3. tiny-llama accuracy runs: ar-calib on the first 3 MB of the training
 #      corpus (128 x 512, CPU), ar-tune on the GPU (W4A16 and W2A16G64, 200
 #      iterations), ar-pack --format fake, ar-eval on heldout.txt (512 x 200
@@ -61,13 +61,12 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 if [ "$DEV" != cpu ]; then
   say "== 1. kernels versus the CPU reference"
   run_step "${AR_CHECK_TL_TESTS:-240}" "kernel tests" "$CHECK" --tests
-  # the fast path (AR_CUDA_FAST=1) in its own process: a fault there cannot hide the results above
+  # the fast path's tests in their own process: a fault there cannot hide the results above
   run_step "${AR_CHECK_TL_TESTS:-240}" "fast-path tests" "$CHECK" --tests --fast
-  say "== 2. timings (each path without, then with --low_gpu_mem_usage)"
+  say "== 2. timings (without, then with --low_gpu_mem_usage)"
   run_step "${AR_CHECK_TL_BENCH:-240}" "7B block timing" "$CHECK" --bench --bench-iters 10
-  run_step "${AR_CHECK_TL_BENCH:-240}" "7B block timing, fast path" "$CHECK" --bench --fast --bench-iters 10
-  # where the fast path's iteration time goes (per-phase table) and flash attention alone
-  run_step "${AR_CHECK_TL_BENCH:-240}" "7B block profile, fast path" "$CHECK" --profile --fast --bench-iters 5
+  # where the iteration time goes (per-phase table) and flash attention alone
+  run_step "${AR_CHECK_TL_BENCH:-240}" "7B block profile" "$CHECK" --profile --bench-iters 5
 fi
 
 say "== 3. tiny-llama accuracy (calibration on the CPU, tuning and evaluation on $DEV)"

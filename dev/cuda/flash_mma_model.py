@@ -1,26 +1,32 @@
-# flash_mma_model.py — a CPU model of kernels/flash_mma.cu for review without a
-# GPU: ldmatrix (x4, .trans) and mma.m16n8k16 (bf16 in, f32 accumulate) are
-# emulated lane by lane as the PTX ISA defines their fragments, the kernels'
-# helpers and loops are transcribed one to one, and the results are compared
-# with numpy (tile products for every head_dim the kernels take) and with dense
-# attention (forward, lse, and the backward's dq, dk, dv; causal and a sliding
-# window, T not a multiple of the tile). A failed check raises.
-#   build/venv/bin/python tests/cuda/flash_mma_model.py   (about 5 s)
-# It checks index arithmetic, not the hardware: cuda_check --tests --fast runs
-# the kernels themselves against the CPU. Both kernel generations: version 1
-# (mma1) and version 2 (mma, the default: the forward's row maximum on raw
-# scores with one FFMA per probability, the dK/dV kernel's flattened (head,
-# query tile) steps and its end_query_tile bound; the cp.async double
-# buffering only changes where a tile sits, not what is read) and version 3
-# (mma-atomic: version 2's forward on 128-row query tiles; the dK/dV kernel stores dS^T in bf16 and
-# adds dS K to dq from its transpose, load_a_t), forward 4 (mma-m128: 128-row
-# query tiles, each warp 32 rows as two 16-row units reading Q from shared
-# memory; checked equal, exactly, to version 2's forward) and backward 4
-# (mma-ds: the dK/dV kernel stores dS tiles as 8x8 matrices in a NaN-poisoned
-# scratch indexed by chunk-local head, query tile and key tile; the dQ kernel
-# reads them back through ldmatrix.trans; GQA, windows and chunked launches)
-# and backward 7 (backward 4's dS read by k_bwd_dq2: two query tiles per
-# block, 32 rows per warp; checked equal to backward 4 exactly).
+# flash_mma_model.py — a CPU model of the mma flash-attention kernels of
+# dev/cuda/flash_attention.cu (forward 4 and backward 7 are the product's
+# kernels/flash_mma.cu, where k_fwd3, k_bwd_kv2<D, KV_STORE_DS | KV_ILV |
+# KV_L2> and k_bwd_dq2 are named k_fwd, k_bwd_kv and k_bwd_dq), for review
+# without a GPU: ldmatrix (x4, .trans) and
+# mma.m16n8k16 (bf16 in, f32 accumulate) are emulated lane by lane as the
+# PTX ISA defines their fragments, the kernels' helpers and loops are
+# transcribed one to one, and the results are compared with numpy (tile
+# products for every head_dim the kernels take) and with dense attention
+# (forward, lse, and the backward's dq, dk, dv; causal and a sliding window,
+# T not a multiple of the tile). A failed check raises.
+#   build/venv/bin/python dev/cuda/flash_mma_model.py   (about 5 s)
+# It checks index arithmetic, not the hardware: flash_attention (make
+# dev-cuda) runs the kernels themselves against a CPU reference, and
+# cuda_check --tests --fast the product's. Versions (flash_attention.cu's
+# numbering): version 1 (mma1) and version 2 (mma-v2: the forward's row
+# maximum on raw scores with one FFMA per probability, the dK/dV kernel's
+# flattened (head, query tile) steps and its end_query_tile bound; the
+# cp.async double buffering only changes where a tile sits, not what is
+# read) and version 3 (mma-atomic: version 2's forward on 128-row query
+# tiles; the dK/dV kernel stores dS^T in bf16 and adds dS K to dq from its
+# transpose, load_a_t), forward 4 (mma-m128: 128-row query tiles, each warp
+# 32 rows as two 16-row units reading Q from shared memory; checked equal,
+# exactly, to version 2's forward) and backward 4 (mma-ds: the dK/dV kernel
+# stores dS tiles as 8x8 matrices in a NaN-poisoned scratch indexed by
+# chunk-local head, query tile and key tile; the dQ kernel reads them back
+# through ldmatrix.trans; GQA, windows and chunked launches) and backward 7
+# (backward 4's dS read by k_bwd_dq2: two query tiles per block, 32 rows per
+# warp; checked equal to backward 4 exactly).
 # Not modelled, because they change no index a lane reads or writes: backward
 # 5 (backward 4 with its products interleaved in pairs) and the L2-friendly
 # block order (which block runs when).
