@@ -51,7 +51,7 @@ ifneq ($(strip $(CU_SRC)),)
 CU_OBJ   := $(patsubst %.cu,$(BUILD)/%.o,$(CU_SRC))
 CUDA_DIR := $(patsubst %/bin/nvcc,%,$(NVCC))
 CFLAGS   += -DAR_HAVE_CUDA
-LDLIBS   += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcudart -lcublas -lcublasLt -lstdc++
+LDLIBS   += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
 NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC -Ilibar -Ikernels \

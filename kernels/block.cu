@@ -111,7 +111,19 @@ int ar_cuda_block_set_act_quant(const ar_cuda_shape *s, ar_cuda_block_work *ws, 
     return 0;
 }
 
-ar_cuda_fast_work *ar_cuda_block_fast(ar_cuda_block_work *ws) { return ws ? ws->fast : NULL; }
+int ar_cuda_block_forward_rows(const ar_cuda_shape *s, const ar_cuda_weights *w, const uint16_t *src, const int *idx,
+                               float *y, int B, int T, int train, ar_cuda_block_work *ws)
+{
+    return ar_cuda_fast_forward_rows(s, w, src, idx, y, B, T, train, ws ? ws->fast : NULL);
+}
+
+uint16_t *ar_cuda_block_dy_bf16(ar_cuda_block_work *ws) { return ar_cuda_fast_dy_bf16(ws ? ws->fast : NULL); }
+
+int ar_cuda_block_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                                    float *const dW[7], float *dx, int dw_write, ar_cuda_block_work *ws)
+{
+    return ar_cuda_fast_backward_prepared(s, w, dy, dW, dx, dw_write, ws ? ws->fast : NULL);
+}
 
 uint16_t *ar_cuda_block_weight_bf16(ar_cuda_block_work *ws, int i, int own)
 {

@@ -895,10 +895,9 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
     return fast_forward(s, w, &in, y, B, T, train, fw);
 }
 
-int ar_cuda_block_forward_rows(const ar_cuda_shape *s, const ar_cuda_weights *w, const uint16_t *src, const int *idx,
-                               float *y, int B, int T, int train, ar_cuda_block_work *ws)
+int ar_cuda_fast_forward_rows(const ar_cuda_shape *s, const ar_cuda_weights *w, const uint16_t *src, const int *idx,
+                              float *y, int B, int T, int train, ar_cuda_fast_work *fw)
 {
-    ar_cuda_fast_work *fw = ar_cuda_block_fast(ws);
     if (!fw) return ar_cuda_fail("block: a forward from bf16 samples needs a fast-path work");
     if (g_cu.gemm != AR_CUDA_GEMM_BF16) return ar_cuda_fail("block: a fast-path work needs bf16 GEMMs");
     if (!src) return ar_cuda_fail("block: no bf16 samples");
@@ -1022,16 +1021,11 @@ int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, cons
     return fast_backward(s, w, dy, dW, dx, dw_write, 0, fw);
 }
 
-uint16_t *ar_cuda_block_dy_bf16(ar_cuda_block_work *ws)
-{
-    ar_cuda_fast_work *fw = ar_cuda_block_fast(ws);
-    return fw && fw->train ? fw->dyb : NULL;
-}
+uint16_t *ar_cuda_fast_dy_bf16(ar_cuda_fast_work *fw) { return fw && fw->train ? fw->dyb : NULL; }
 
-int ar_cuda_block_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
-                                    float *const dW[7], float *dx, int dw_write, ar_cuda_block_work *ws)
+int ar_cuda_fast_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                                   float *const dW[7], float *dx, int dw_write, ar_cuda_fast_work *fw)
 {
-    ar_cuda_fast_work *fw = ar_cuda_block_fast(ws);
     if (!fw) return ar_cuda_fail("block: a prepared backward needs a fast-path work");
     if (g_cu.gemm != AR_CUDA_GEMM_BF16) return ar_cuda_fail("block: a fast-path work needs bf16 GEMMs");
     return fast_backward(s, w, dy, dW, dx, dw_write, 1, fw);

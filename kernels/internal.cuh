@@ -60,11 +60,17 @@ int ar_cuda_fast_forward(const ar_cuda_shape *s, const ar_cuda_weights *w, const
 /* The bf16 copy of weight i; own 1 / 0 hands it to the caller / back to the
  * forward's refresh, -1 leaves that as it is. */
 uint16_t *ar_cuda_fast_weight_bf16(ar_cuda_fast_work *fw, int i, int own);
-/* The fast part of a block work (block.cu), NULL for a general-path work. */
-ar_cuda_fast_work *ar_cuda_block_fast(ar_cuda_block_work *ws);
 /* dw_write: the dW GEMMs overwrite dW (beta 0) instead of adding to it. */
 int ar_cuda_fast_backward(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy, float *const dW[7],
                           float *dx, int dw_write, ar_cuda_fast_work *fw);
+/* The fast-path halves of ar_cuda_block_forward_rows, ar_cuda_block_dy_bf16
+ * and ar_cuda_block_backward_prepared (ar_cuda.h), on the block work's fast
+ * part (fw NULL: a general-path work, refused). */
+int ar_cuda_fast_forward_rows(const ar_cuda_shape *s, const ar_cuda_weights *w, const uint16_t *src, const int *idx,
+                              float *y, int B, int T, int train, ar_cuda_fast_work *fw);
+uint16_t *ar_cuda_fast_dy_bf16(ar_cuda_fast_work *fw);
+int ar_cuda_fast_backward_prepared(const ar_cuda_shape *s, const ar_cuda_weights *w, const float *dy,
+                                   float *const dW[7], float *dx, int dw_write, ar_cuda_fast_work *fw);
 
 /* flash_mma.cu's kernels behind ar_cuda_flash_forward / _backward (sizes
  * checked there); the backward takes the prepared D rows and bf16 dO and
