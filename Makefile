@@ -57,7 +57,7 @@ endif
 NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC -Ilibar -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
-.PHONY: all deps test unit e2e bench clean install check-clients demo fuzz fuzz-replay cuda-check
+.PHONY: all deps test unit e2e bench clean install check-clients demo fuzz fuzz-replay cuda-check check-deps
 all: $(TOOLS)
 
 deps:
@@ -155,6 +155,13 @@ fuzz-replay: $(FUZZ_REPLAYS)
 	done; exit $$fail
 
 test: fuzz-replay
+
+# The layering rule (cmd → formats → libar → kernels) and no include or link
+# cycles, on the sources and on the objects just built (tools/check-deps.sh).
+check-deps: $(BUILD)/libar.a $(BUILD)/libarformats.a
+	@sh tools/check-deps.sh $(BUILD)
+
+test: check-deps
 
 # GPU check (tests/cuda/run.sh): kernel-vs-CPU tests, 7B-block timings and the
 # tiny-llama accuracy runs on a machine with a GPU; writes $$OUT/report.txt.

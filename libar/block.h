@@ -7,7 +7,7 @@
 #ifndef AR_BLOCK_H
 #define AR_BLOCK_H
 #include "config.h"
-#include "quant_fp.h"
+#include "quant_act.h"
 
 /* The seven Linear layers of a block, in this fixed order everywhere
  * (tuning, streams, packers). */

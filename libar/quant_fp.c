@@ -1,5 +1,5 @@
 /* quant_fp.c — MXFP4/MXFP8, NVFP4 and FP8 fake-quantizers, STE backward,
- * opt-RTN searches and activation fake-quantization (see quant_fp.h). */
+ * opt-RTN searches (see quant_fp.h). */
 #include "quant_fp.h"
 #include "dtype.h"
 #include "error.h"
@@ -11,8 +11,8 @@
 /* Work below this many elements is not worth waking OpenMP threads for. */
 #define FP_PAR_MIN (1 << 15)
 
-#define E4M3_MAX 448.0f
-#define FP4_MAX 6.0f
+#define E4M3_MAX AR_E4M3_MAX
+#define FP4_MAX AR_FP4_MAX
 
 /* ---- element codecs ------------------------------------------------------ */
 
@@ -445,65 +445,4 @@ int ar_quant_fp_opt_rtn(const ar_quant_spec *qs, const float *w, int n, int k,
     if (!rc) rc = ar_quant_fp_forward(qs, w, n, k, &p, out);
     free(mult);
     return rc;
-}
-
-/* ---- activations ------------------------------------------------------------ */
-
-/* FP8 with a static per-tensor scale act_max/448 (FP8_STATIC). */
-static void act_fp8_static(float *x, size_t n, float act_max)
-{
-    const float floor_s = 1.0f / (E4M3_MAX * 512.0f);
-    float s = act_max / E4M3_MAX;
-    if (s < floor_s) s = floor_s;
-    for (size_t i = 0; i < n; i++) x[i] = ar_e4m3_round(clampf(x[i] / s, -E4M3_MAX, E4M3_MAX)) * s;
-}
-
-/* ceil(log2 r) for a finite r > 0, exactly. */
-static int ceil_log2(float r)
-{
-    int e;
-    float m = frexpf(r, &e);    /* r = m·2^e, m in [0.5, 1) */
-    return m == 0.5f ? e - 1 : e;
-}
-
-/* MX with the RCEIL shared exponent, per group of G along each row. */
-static void act_mx_rceil(float *x, long rows, int k, int G, int fmt)
-{
-    const elem_fmt *f = fmt == AR_QDT_MXFP8 ? &FMT_FP8 : &FMT_FP4;
-    for (long r = 0; r < rows; r++)
-        for (int g0 = 0; g0 < k; g0 += G) {
-            float *p = x + r * k + g0, amax = 0.0f;
-            int n = k - g0 < G ? k - g0 : G;
-            for (int j = 0; j < n; j++) amax = fabsf(p[j]) > amax ? fabsf(p[j]) : amax;
-            int e = amax == 0.0f ? 1 : ceil_log2(amax / f->max_norm);
-            e = e < -127 ? -127 : e > 127 ? 127 : e;
-            for (int j = 0; j < n; j++)
-                p[j] = ldexpf(round_elem(clampf(ldexpf(p[j], -e), -f->max_norm, f->max_norm), f), e);
-        }
-}
-
-int ar_act_quant(const ar_act_spec *as, float *x, long rows, int k)
-{
-    if (!as || as->bits >= 16) return 0;
-    if (rows <= 0) return 0;
-    if (as->rceil && (as->dtype == AR_QDT_MXFP4 || as->dtype == AR_QDT_MXFP8)) {
-        if (as->group_size <= 0) return ar_error("quant: MX activation group size %d (needs G > 0)", as->group_size);
-        act_mx_rceil(x, rows, k, as->group_size, as->dtype);
-        return 0;
-    }
-    if (as->dtype == AR_QDT_FP8 && !as->dynamic) {
-        act_fp8_static(x, (size_t)rows * k, as->act_max);
-        return 0;
-    }
-    ar_quant_spec qs = {as->bits, as->group_size, 1, 0, 0, as->dtype, 0, 0, NULL, NULL};
-    if (as->dtype == AR_QDT_INT) {
-        /* int_sym per token (or group): the weight quantizer on x as [rows, K],
-         * with f32 scales since activations carry no scale_dtype cast. */
-        qs.flags = AR_QF_F32_SCALE;
-        if (qs.group_size == 0) qs.group_size = -1;
-    }
-    if (as->dtype == AR_QDT_NVFP4 && as->act_max > 0) qs.global_scale = E4M3_MAX * FP4_MAX / as->act_max;
-    ar_quant_out o = {x, NULL, NULL, NULL};
-    /* In place: both quantizers finish a group's statistics before writing it. */
-    return ar_quant_forward(&qs, x, (int)rows, k, NULL, &o);
 }

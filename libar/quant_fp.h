@@ -2,8 +2,8 @@
  * (spec §4.2–4.4): OCP microscaling MXFP4 / MXFP8 (E8M0 shared scale per 32),
  * NVFP4 (E4M3 scale per 16 plus a global FP32 scale) and FP8 E4M3 (per
  * tensor, per output channel or per 128×128 tile), their straight-through
- * backward and opt-RTN scale searches; plus dynamic/static activation
- * fake-quantization (spec §2.12) and the element codecs the packers share.
+ * backward and opt-RTN scale searches, and the element codecs the packers
+ * and the activation quantizers (quant_act.h) share.
  *
  * ar_quant_forward/backward/opt_rtn (quant.h) dispatch here when
  * ar_quant_spec.dtype is not AR_QDT_INT, so the tuner needs no change.
@@ -28,11 +28,15 @@
  * E4M3 byte. */
 #ifndef AR_QUANT_FP_H
 #define AR_QUANT_FP_H
-#include "quant.h"
+#include "quant_spec.h"
 #include <stddef.h>
 #include <stdint.h>
 
 /* ---- element codecs ---------------------------------------------------- */
+
+/* Largest finite E4M3 value and largest FP4 E2M1 value. */
+#define AR_E4M3_MAX 448.0f
+#define AR_FP4_MAX 6.0f
 
 /* Round to the FP4 E2M1 grid, half to even, saturating at ±6 (NVFP4's
  * cast_to_fp4; also MXFP4's element rounding after its clamp). */
@@ -101,23 +105,5 @@ int ar_quant_fp_search(const ar_quant_spec *qs, const float *w, int n, int k,
 /* opt-RTN: the searched multipliers as init_scale, then RTN (FP8: plain RTN). */
 int ar_quant_fp_opt_rtn(const ar_quant_spec *qs, const float *w, int n, int k,
                         const float *imat, const ar_quant_out *out);
-
-/* ---- activation fake-quantization (spec §2.12) -------------------------- */
-
-/* How one Linear's input is fake-quantized while tuning (and evaluating). */
-typedef struct {
-    int   dtype;        /* AR_QDT_*; AR_QDT_INT with bits 8: per-token int8 */
-    int   bits;         /* 4 or 8 */
-    int   group_size;   /* along K: 32 MX, 16 NV, 128 FP8 block, -1 per token, 0 per tensor */
-    int   dynamic;      /* 1: statistics per call; 0: static act_max */
-    float act_max;      /* static scale source (FP8 static) / NVFP4 input amax; 0 = dynamic */
-    int   rceil;        /* MX only: RCEIL shared exponent (act_data_type mx_fp_rceil) */
-} ar_act_spec;
-
-/* Fake-quantize x [rows, K] in place. NVFP4 uses the static global scale
- * 448·6/act_max (dynamic per-call max when act_max is 0). MX with rceil:
- * e = ceil(log2(amax/max_norm)) (amax = 0: 1), clamped to [−127, 127], no
- * saturation beyond the element clamp (spec §4.2). Returns 0 or -1. */
-int ar_act_quant(const ar_act_spec *as, float *x, long rows, int k);
 
 #endif

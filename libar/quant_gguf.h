@@ -22,7 +22,7 @@
 #ifndef AR_QUANT_GGUF_H
 #define AR_QUANT_GGUF_H
 #include "gguf_quant.h"
-#include "quant.h"
+#include "quant_spec.h"
 
 /* Check a GGUF spec: a ggml type with a grid, group_size equal to the grid's
  * group, frozen scales present (and mins for asymmetric types). 0 or -1. */

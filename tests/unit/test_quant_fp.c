@@ -12,6 +12,7 @@
 
 #include "error.h"
 #include "quant.h"
+#include "quant_act.h"
 #include "quant_fp.h"
 
 static unsigned rng_state = 777;
