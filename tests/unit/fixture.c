@@ -4,6 +4,8 @@
 #include "dtype.h"
 #include "safetensors_writer.h"
 #include <criterion/criterion.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -87,4 +89,126 @@ void fx_write_bf16_model(const char *dir, const fx_tensor *t, size_t n, float (*
         free(v);
     }
     cr_assert_eq(ar_stw_close(w), 0);
+}
+
+/* ---- error bounds (fixture.h derives them) -------------------------------- */
+
+double fx_gamma(double n)
+{
+    cr_assert(n >= 0 && n * FX_U < 0.5, "gamma_%g: n u must stay below 1/2", n);
+    return n * FX_U / (1 - n * FX_U);
+}
+
+double fx_dot_bound(const float *a, long sa, const float *b, long sb, long n)
+{
+    double mag = 0;
+    for (long i = 0; i < n; i++) mag += fabs((double)a[i * sa] * b[i * sb]);
+    return fx_gamma((double)n) * mag;
+}
+
+/* u times the largest magnitude a result with value v and bound e can have. */
+static double rnd(double v, double e) { return FX_U * (fabs(v) + e); }
+
+fx_ev fx_add(fx_ev a, fx_ev b)
+{
+    double v = a.v + b.v, e = a.e + b.e;
+    return (fx_ev){v, e + rnd(v, e)};
+}
+
+fx_ev fx_sub(fx_ev a, fx_ev b)
+{
+    double v = a.v - b.v, e = a.e + b.e;
+    return (fx_ev){v, e + rnd(v, e)};
+}
+
+fx_ev fx_mul(fx_ev a, fx_ev b)
+{
+    double v = a.v * b.v, e = fabs(a.v) * b.e + fabs(b.v) * a.e + a.e * b.e;
+    return (fx_ev){v, e + rnd(v, e)};
+}
+
+fx_ev fx_div(fx_ev a, fx_ev b)
+{
+    cr_assert(fabs(b.v) > b.e, "fx_div: the divisor %g may be 0 (bound %g)", b.v, b.e);
+    double v = a.v / b.v, e = (a.e + fabs(v) * b.e) / (fabs(b.v) - b.e);
+    return (fx_ev){v, e + rnd(v, e)};
+}
+
+fx_ev fx_sqrt(fx_ev a)
+{
+    cr_assert(a.v - a.e >= 0, "fx_sqrt: the argument %g may be negative (bound %g)", a.v, a.e);
+    double v = sqrt(a.v), e = v - sqrt(a.v - a.e);   /* the larger side: sqrt is concave */
+    return (fx_ev){v, e + rnd(v, e)};
+}
+
+fx_ev fx_exp(fx_ev a)
+{
+    double v = exp(a.v), e = v * expm1(a.e);
+    return (fx_ev){v, e + 2 * rnd(v, e)};
+}
+
+fx_ev fx_log(fx_ev a)
+{
+    cr_assert(a.v - a.e > 0, "fx_log: the argument %g may be <= 0 (bound %g)", a.v, a.e);
+    double v = log(a.v), e = log(a.v / (a.v - a.e));  /* the larger side: log is concave */
+    return (fx_ev){v, e + 2 * rnd(v, e)};
+}
+
+fx_ev fx_cos(fx_ev a)
+{
+    double v = cos(a.v), e = fmin(2, fabs(sin(a.v)) * a.e + a.e * a.e / 2);
+    return (fx_ev){v, e + 2 * rnd(v, e)};
+}
+
+fx_ev fx_sin(fx_ev a)
+{
+    double v = sin(a.v), e = fmin(2, fabs(cos(a.v)) * a.e + a.e * a.e / 2);
+    return (fx_ev){v, e + 2 * rnd(v, e)};
+}
+
+fx_ev fx_round(fx_ev a) { return (fx_ev){a.v, a.e + rnd(a.v, a.e)}; }
+
+fx_ev fx_scale(fx_ev a, double c) { return (fx_ev){a.v * c, a.e * fabs(c)}; }
+
+fx_ev fx_acc_sum(const fx_acc *s)
+{
+    double g = s->n > 1 ? fx_gamma((double)(s->n - 1)) : 0;
+    return (fx_ev){s->v, s->e + g * (s->mag + s->e)};
+}
+
+int fx_within(double got, double want, double bound)
+{
+    return fabs(got - want) <= FX_SAFETY * bound;
+}
+
+void fx_assert_within(double got, double want, double bound, const char *what, ...)
+{
+    if (fx_within(got, want, bound)) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, what);
+    vsnprintf(msg, sizeof msg, what, ap);
+    va_end(ap);
+    cr_assert_fail("%s: got %.9g, want %.9g, |diff| %.3g > %g x bound %.3g", msg, got, want, fabs(got - want),
+                   FX_SAFETY, bound);
+}
+
+void fx_assert_all_within(const float *got, const double *want, const double *bound, long n, const char *what)
+{
+    for (long i = 0; i < n; i++)
+        if (!fx_within(got[i], want[i], bound[i])) fx_assert_within(got[i], want[i], bound[i], "%s[%ld]", what, i);
+}
+
+long fx_count_outside(const float *got, const double *want, const double *bound, long n)
+{
+    long c = 0;
+    for (long i = 0; i < n; i++) c += !fx_within(got[i], want[i], bound[i]);
+    return c;
+}
+
+double fx_central_diff(double fp, double fm, double fp2, double fm2, double h, double fmag, double *err)
+{
+    double d = (fp - fm) / (2 * h), d2 = (fp2 - fm2) / (4 * h);
+    *err = fabs(d - d2) + 0x1p-40 * fmag / h;
+    return d;
 }

@@ -49,4 +49,99 @@ typedef struct {
  * file; element j of tensor i is value(i, j) rounded to bf16. */
 void fx_write_bf16_model(const char *dir, const fx_tensor *t, size_t n, float (*value)(size_t i, size_t j));
 
+/* ---- Error bounds: the tolerance of every floating-point check ------------
+ *
+ * A check of an f32 computation against a reference takes its tolerance from
+ * an error bound of that computation, evaluated on the test's own data, never
+ * from a tuned constant. The model (N. J. Higham, Accuracy and Stability of
+ * Numerical Algorithms, 2nd ed., SIAM 2002):
+ *
+ *  - every f32 operation rounds to nearest: fl(a op b) = (a op b)(1 + d),
+ *    |d| <= u = 2^-24 (§2.2); an f32 store of a double result likewise;
+ *  - a dot product of length n, summed in ANY order (sequential, reversed,
+ *    pairwise, split over 8 or 16 SIMD lanes and reduced at the end, with or
+ *    without FMA) satisfies |fl(a.b) - a.b| <= gamma_n * sum |a_i b_i|,
+ *    gamma_n = n u / (1 - n u) (Lemma 3.1 and eq. (3.5), §3.1): each product
+ *    passes through at most n roundings whatever the summation tree. A sum
+ *    of n terms is within gamma_{n-1} * sum |t_i|. So one bound covers every
+ *    BLAS kernel (Haswell, SkylakeX, Zen, ...) and every thread split;
+ *  - libm's expf, logf, sinf, cosf, powf are within 1 ulp (relative 2u);
+ *    powf(b, x) is bounded as exp(x ln b) (the same value, a larger bound);
+ *  - composite computations carry a bound through each operation with the
+ *    fx_ev rules below (running error analysis, §3.3): the reference is
+ *    evaluated in double on the same f32 inputs, and alongside each value a
+ *    bound on how far the f32 computation can be from it.
+ *
+ * A check passes when |got - want| <= FX_SAFETY * bound. FX_SAFETY = 2 covers
+ * the second-order terms the rules drop and the double reference's own
+ * rounding (2^-53 per operation, ~1e-9 of a typical f32 bound). The bounds
+ * are worst cases (typical errors are ~sqrt(n) u, not n u) yet stay sharp:
+ * a missing term, a wrong index or a wrong formula moves a result by O(1)
+ * relative, thousands of bounds away (test_fixture.c shows both sides). */
+
+#define FX_U 0x1p-24     /* unit roundoff of IEEE binary32 */
+#define FX_SAFETY 2.0
+
+/* gamma_n = n u / (1 - n u) for u = FX_U (asserts n u < 1/2). */
+double fx_gamma(double n);
+
+/* gamma_n * sum_i |a[i*sa] * b[i*sb]|: the bound on the f32 rounding error of
+ * a length-n dot product of these f32 vectors, in any summation order. */
+double fx_dot_bound(const float *a, long sa, const float *b, long sb, long n);
+
+/* A value of a reference computation in double and a bound on how far the
+ * f32 computation of the same expression can be from it (v exact on the
+ * f32 inputs; e >= 0). */
+typedef struct { double v, e; } fx_ev;
+
+static inline fx_ev fx_exact(double v) { return (fx_ev){v, 0}; }
+
+/* The rules, each rigorous to first order (second-order terms kept where
+ * cheap); "rounded" adds u times the largest magnitude the result can have. */
+fx_ev fx_add(fx_ev a, fx_ev b);         /* a + b, rounded */
+fx_ev fx_sub(fx_ev a, fx_ev b);         /* a - b, rounded */
+fx_ev fx_mul(fx_ev a, fx_ev b);         /* a * b, rounded */
+fx_ev fx_div(fx_ev a, fx_ev b);         /* a / b, rounded; asserts |b| > e_b */
+fx_ev fx_sqrt(fx_ev a);                 /* sqrtf (correctly rounded); asserts a - e_a >= 0 */
+fx_ev fx_exp(fx_ev a);                  /* expf: 1 ulp */
+fx_ev fx_log(fx_ev a);                  /* logf: 1 ulp; asserts a - e_a > 0 */
+fx_ev fx_cos(fx_ev a);                  /* cosf: 1 ulp */
+fx_ev fx_sin(fx_ev a);                  /* sinf: 1 ulp */
+fx_ev fx_round(fx_ev a);                /* an f32 store of a double-computed a */
+fx_ev fx_scale(fx_ev a, double c);      /* a * c with c an exact power of two (no rounding) */
+
+/* A sum of terms in any order: add each term (with its own bound: a
+ * product made with fx_mul already carries its rounding), then fx_acc_sum
+ * gives the value and e = sum e_i + gamma_{n-1} (sum |t_i| + sum e_i). */
+typedef struct { double v, e, mag; long n; } fx_acc;
+static inline void fx_acc_add(fx_acc *s, fx_ev t)
+{
+    s->v += t.v, s->e += t.e, s->mag += (t.v < 0 ? -t.v : t.v), s->n++;
+}
+fx_ev fx_acc_sum(const fx_acc *s);
+
+/* |got - want| <= FX_SAFETY * bound (a NaN anywhere is outside). */
+int fx_within(double got, double want, double bound);
+
+/* Asserts fx_within; the failure message is the printf-style what, then
+ * got, want, |got - want| and the bound. */
+void fx_assert_within(double got, double want, double bound, const char *what, ...)
+    __attribute__((format(printf, 4, 5)));
+
+/* fx_assert_within for each of n f32 results against double references,
+ * bound[i] each (the message names what[i]). */
+void fx_assert_all_within(const float *got, const double *want, const double *bound, long n, const char *what);
+
+/* How many of the n results are outside their bound: for the checks that a
+ * deliberately perturbed result (a dropped term, a shifted index) is caught. */
+long fx_count_outside(const float *got, const double *want, const double *bound, long n);
+
+/* Central difference of a double function with an error bound: fp, fm =
+ * f(x + h), f(x - h); fp2, fm2 = f(x + 2h), f(x - 2h); fmag >= the magnitude
+ * of the terms f sums (|f| when it sums none). Returns (fp - fm) / 2h; *err =
+ * |D(h) - D(2h)| (its truncation error is (D(2h) - D(h)) / 3 to leading order,
+ * Richardson) + 2^-40 fmag / h (the double evaluations' rounding, each within
+ * 2^13 ulps of fmag, over the step). */
+double fx_central_diff(double fp, double fm, double fp2, double fm2, double h, double fmag, double *err);
+
 #endif
