@@ -93,10 +93,41 @@ void fx_write_bf16_model(const char *dir, const fx_tensor *t, size_t n, float (*
 
 /* ---- error bounds (fixture.h derives them) -------------------------------- */
 
-double fx_gamma(double n)
+int fx_mode_ = FX_BOUNDS;
+uint64_t fx_rng_ = 1;
+
+void fx_set_mode(int mode, uint64_t seed)
 {
-    cr_assert(n >= 0 && n * FX_U < 0.5, "gamma_%g: n u must stay below 1/2", n);
-    return n * FX_U / (1 - n * FX_U);
+    fx_mode_ = mode;
+    fx_rng_ = seed * 0x9E3779B97F4A7C15ull + 1;
+}
+
+double fx_mca_tolerance(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact)
+{
+    double *ex = exact ? exact : malloc(sizeof(double) * n), *out = malloc(sizeof(double) * n), dev = 0;
+    fx_set_mode(FX_VALUES, 0);
+    run(ctx, ex);
+    for (int k = 1; k <= FX_MCA_RUNS; k++) {
+        fx_set_mode(FX_MCA, (uint64_t)k);
+        run(ctx, out);
+        for (long i = 0; i < n; i++) dev = fmax(dev, fabs(out[i] - ex[i]));
+    }
+    fx_set_mode(FX_BOUNDS, 0);
+    if (!exact) free(ex);
+    free(out);
+    cr_assert(isfinite(dev), "fx_mca_tolerance: a run diverged");
+    return FX_MCA_FACTOR * dev;
+}
+
+void fx_fail(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cr_assert_fail("%s", msg);
+    abort(); /* not reached: a failed assertion ends the test */
 }
 
 double fx_dot_bound(const float *a, long sa, const float *b, long sb, long n)
@@ -104,76 +135,6 @@ double fx_dot_bound(const float *a, long sa, const float *b, long sb, long n)
     double mag = 0;
     for (long i = 0; i < n; i++) mag += fabs((double)a[i * sa] * b[i * sb]);
     return fx_gamma((double)n) * mag;
-}
-
-/* u times the largest magnitude a result with value v and bound e can have. */
-static double rnd(double v, double e) { return FX_U * (fabs(v) + e); }
-
-fx_ev fx_add(fx_ev a, fx_ev b)
-{
-    double v = a.v + b.v, e = a.e + b.e;
-    return (fx_ev){v, e + rnd(v, e)};
-}
-
-fx_ev fx_sub(fx_ev a, fx_ev b)
-{
-    double v = a.v - b.v, e = a.e + b.e;
-    return (fx_ev){v, e + rnd(v, e)};
-}
-
-fx_ev fx_mul(fx_ev a, fx_ev b)
-{
-    double v = a.v * b.v, e = fabs(a.v) * b.e + fabs(b.v) * a.e + a.e * b.e;
-    return (fx_ev){v, e + rnd(v, e)};
-}
-
-fx_ev fx_div(fx_ev a, fx_ev b)
-{
-    cr_assert(fabs(b.v) > b.e, "fx_div: the divisor %g may be 0 (bound %g)", b.v, b.e);
-    double v = a.v / b.v, e = (a.e + fabs(v) * b.e) / (fabs(b.v) - b.e);
-    return (fx_ev){v, e + rnd(v, e)};
-}
-
-fx_ev fx_sqrt(fx_ev a)
-{
-    cr_assert(a.v - a.e >= 0, "fx_sqrt: the argument %g may be negative (bound %g)", a.v, a.e);
-    double v = sqrt(a.v), e = v - sqrt(a.v - a.e);   /* the larger side: sqrt is concave */
-    return (fx_ev){v, e + rnd(v, e)};
-}
-
-fx_ev fx_exp(fx_ev a)
-{
-    double v = exp(a.v), e = v * expm1(a.e);
-    return (fx_ev){v, e + 2 * rnd(v, e)};
-}
-
-fx_ev fx_log(fx_ev a)
-{
-    cr_assert(a.v - a.e > 0, "fx_log: the argument %g may be <= 0 (bound %g)", a.v, a.e);
-    double v = log(a.v), e = log(a.v / (a.v - a.e));  /* the larger side: log is concave */
-    return (fx_ev){v, e + 2 * rnd(v, e)};
-}
-
-fx_ev fx_cos(fx_ev a)
-{
-    double v = cos(a.v), e = fmin(2, fabs(sin(a.v)) * a.e + a.e * a.e / 2);
-    return (fx_ev){v, e + 2 * rnd(v, e)};
-}
-
-fx_ev fx_sin(fx_ev a)
-{
-    double v = sin(a.v), e = fmin(2, fabs(cos(a.v)) * a.e + a.e * a.e / 2);
-    return (fx_ev){v, e + 2 * rnd(v, e)};
-}
-
-fx_ev fx_round(fx_ev a) { return (fx_ev){a.v, a.e + rnd(a.v, a.e)}; }
-
-fx_ev fx_scale(fx_ev a, double c) { return (fx_ev){a.v * c, a.e * fabs(c)}; }
-
-fx_ev fx_acc_sum(const fx_acc *s)
-{
-    double g = s->n > 1 ? fx_gamma((double)(s->n - 1)) : 0;
-    return (fx_ev){s->v, s->e + g * (s->mag + s->e)};
 }
 
 int fx_within(double got, double want, double bound)

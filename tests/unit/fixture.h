@@ -7,6 +7,7 @@
 #define AR_TEST_FIXTURE_H
 
 #include <cJSON.h>
+#include <math.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -82,8 +83,33 @@ void fx_write_bf16_model(const char *dir, const fx_tensor *t, size_t n, float (*
 #define FX_U 0x1p-24     /* unit roundoff of IEEE binary32 */
 #define FX_SAFETY 2.0
 
+/* How the fx_ev rules run (fx_set_mode): FX_BOUNDS (the default) carry the
+ * bounds and check that divisors and arguments stay valid; FX_VALUES only the
+ * exact values (a reference run whose bounds are not wanted); FX_MCA perturbs
+ * every result as an f32 rounding might (Monte Carlo arithmetic, below). */
+enum { FX_BOUNDS, FX_VALUES, FX_MCA };
+extern int fx_mode_;
+extern uint64_t fx_rng_;
+void fx_set_mode(int mode, uint64_t seed);
+
+/* The value an operation returns: exact, or under FX_MCA times 1 + k u r
+ * with r uniform in [-1, 1) (k = 1 for arithmetic, 2 for libm). */
+static inline double fx_out_(double v, double k)
+{
+    if (fx_mode_ != FX_MCA) return v;
+    fx_rng_ ^= fx_rng_ << 13, fx_rng_ ^= fx_rng_ >> 7, fx_rng_ ^= fx_rng_ << 17;
+    return v * (1 + k * FX_U * ((double)(fx_rng_ >> 11) * 0x1p-52 - 1));
+}
+
+/* Fails the calling test with a printf-style message (the rules' checks). */
+void fx_fail(const char *fmt, ...) __attribute__((format(printf, 1, 2), noreturn));
+
 /* gamma_n = n u / (1 - n u) for u = FX_U (asserts n u < 1/2). */
-double fx_gamma(double n);
+static inline double fx_gamma(double n)
+{
+    if (!(n >= 0 && n * FX_U < 0.5)) fx_fail("gamma_%g: n u must stay below 1/2", n);
+    return n * FX_U / (1 - n * FX_U);
+}
 
 /* gamma_n * sum_i |a[i*sa] * b[i*sb]|: the bound on the f32 rounding error of
  * a length-n dot product of these f32 vectors, in any summation order. */
@@ -97,18 +123,81 @@ typedef struct { double v, e; } fx_ev;
 static inline fx_ev fx_exact(double v) { return (fx_ev){v, 0}; }
 
 /* The rules, each rigorous to first order (second-order terms kept where
- * cheap); "rounded" adds u times the largest magnitude the result can have. */
-fx_ev fx_add(fx_ev a, fx_ev b);         /* a + b, rounded */
-fx_ev fx_sub(fx_ev a, fx_ev b);         /* a - b, rounded */
-fx_ev fx_mul(fx_ev a, fx_ev b);         /* a * b, rounded */
-fx_ev fx_div(fx_ev a, fx_ev b);         /* a / b, rounded; asserts |b| > e_b */
-fx_ev fx_sqrt(fx_ev a);                 /* sqrtf (correctly rounded); asserts a - e_a >= 0 */
-fx_ev fx_exp(fx_ev a);                  /* expf: 1 ulp */
-fx_ev fx_log(fx_ev a);                  /* logf: 1 ulp; asserts a - e_a > 0 */
-fx_ev fx_cos(fx_ev a);                  /* cosf: 1 ulp */
-fx_ev fx_sin(fx_ev a);                  /* sinf: 1 ulp */
-fx_ev fx_round(fx_ev a);                /* an f32 store of a double-computed a */
-fx_ev fx_scale(fx_ev a, double c);      /* a * c with c an exact power of two (no rounding) */
+ * cheap); "rounded" adds u times the largest magnitude the result can have,
+ * |v| + e. libm functions add 2u (1 ulp). */
+static inline double fx_rnd_(double v, double e) { return FX_U * (fabs(v) + e); }
+
+/* a + b, rounded */
+static inline fx_ev fx_add(fx_ev a, fx_ev b)
+{
+    double v = a.v + b.v, e = a.e + b.e;
+    return (fx_ev){fx_out_(v, 1), e + fx_rnd_(v, e)};
+}
+
+/* a - b, rounded */
+static inline fx_ev fx_sub(fx_ev a, fx_ev b)
+{
+    double v = a.v - b.v, e = a.e + b.e;
+    return (fx_ev){fx_out_(v, 1), e + fx_rnd_(v, e)};
+}
+
+/* a * b, rounded */
+static inline fx_ev fx_mul(fx_ev a, fx_ev b)
+{
+    double v = a.v * b.v, e = fabs(a.v) * b.e + fabs(b.v) * a.e + a.e * b.e;
+    return (fx_ev){fx_out_(v, 1), e + fx_rnd_(v, e)};
+}
+
+/* a / b, rounded; asserts |b| > e_b */
+static inline fx_ev fx_div(fx_ev a, fx_ev b)
+{
+    if (fx_mode_ == FX_BOUNDS && !(fabs(b.v) > b.e)) fx_fail("fx_div: the divisor %g may be 0 (bound %g)", b.v, b.e);
+    double v = a.v / b.v, e = (a.e + fabs(v) * b.e) / (fabs(b.v) - b.e);
+    return (fx_ev){fx_out_(v, 1), e + fx_rnd_(v, e)};
+}
+
+/* sqrtf (correctly rounded); asserts a - e_a >= 0. sqrt is concave: the
+ * lower side moves it most. */
+static inline fx_ev fx_sqrt(fx_ev a)
+{
+    if (fx_mode_ == FX_BOUNDS && !(a.v - a.e >= 0)) fx_fail("fx_sqrt: the argument %g may be negative (bound %g)", a.v, a.e);
+    double v = sqrt(a.v), e = v - sqrt(fmax(a.v - a.e, 0));
+    return (fx_ev){fx_out_(v, 1), e + fx_rnd_(v, e)};
+}
+
+/* expf: 1 ulp */
+static inline fx_ev fx_exp(fx_ev a)
+{
+    double v = exp(a.v), e = v * expm1(a.e);
+    return (fx_ev){fx_out_(v, 2), e + 2 * fx_rnd_(v, e)};
+}
+
+/* logf: 1 ulp; asserts a - e_a > 0 (log is concave: the lower side) */
+static inline fx_ev fx_log(fx_ev a)
+{
+    if (fx_mode_ == FX_BOUNDS && !(a.v - a.e > 0)) fx_fail("fx_log: the argument %g may be <= 0 (bound %g)", a.v, a.e);
+    double v = log(a.v), e = a.v > a.e ? log(a.v / (a.v - a.e)) : INFINITY;
+    return (fx_ev){fx_out_(v, 2), e + 2 * fx_rnd_(v, e)};
+}
+
+/* cosf, sinf: 1 ulp; |d cos| <= |sin| e + e^2/2 (and <= 2) */
+static inline fx_ev fx_cos(fx_ev a)
+{
+    double v = cos(a.v), e = fmin(2, fabs(sin(a.v)) * a.e + a.e * a.e / 2);
+    return (fx_ev){fx_out_(v, 2), e + 2 * fx_rnd_(v, e)};
+}
+
+static inline fx_ev fx_sin(fx_ev a)
+{
+    double v = sin(a.v), e = fmin(2, fabs(cos(a.v)) * a.e + a.e * a.e / 2);
+    return (fx_ev){fx_out_(v, 2), e + 2 * fx_rnd_(v, e)};
+}
+
+/* an f32 store of a double-computed a */
+static inline fx_ev fx_round(fx_ev a) { return (fx_ev){fx_out_(a.v, 1), a.e + fx_rnd_(a.v, a.e)}; }
+
+/* a * c with c an exact power of two or -1 (no rounding) */
+static inline fx_ev fx_scale(fx_ev a, double c) { return (fx_ev){a.v * c, a.e * fabs(c)}; }
 
 /* A sum of terms in any order: add each term (with its own bound: a
  * product made with fx_mul already carries its rounding), then fx_acc_sum
@@ -116,9 +205,39 @@ fx_ev fx_scale(fx_ev a, double c);      /* a * c with c an exact power of two (n
 typedef struct { double v, e, mag; long n; } fx_acc;
 static inline void fx_acc_add(fx_acc *s, fx_ev t)
 {
-    s->v += t.v, s->e += t.e, s->mag += (t.v < 0 ? -t.v : t.v), s->n++;
+    s->v = fx_out_(s->v + t.v, 1), s->e += t.e, s->mag += fabs(t.v), s->n++;
 }
-fx_ev fx_acc_sum(const fx_acc *s);
+static inline fx_ev fx_acc_sum(const fx_acc *s)
+{
+    double g = s->n > 1 ? fx_gamma((double)(s->n - 1)) : 0;
+    return (fx_ev){s->v, s->e + g * (s->mag + s->e)};
+}
+
+/* ---- Monte Carlo arithmetic: where bounds compound past use ------------
+ *
+ * A worst-case bound carried through many layers grows by each layer's
+ * gain in absolute values: through one decoder block it reaches ~3e-3
+ * relative, and after three stories260K layers it exceeds the values
+ * themselves. Tests that compare the end result of a whole network with a
+ * reference computed elsewhere (another implementation, another code path)
+ * therefore use an estimate, computed from the same data: the fx_ev
+ * reference of the computation run again FX_MCA_RUNS times under FX_MCA,
+ * each run one random f32-like rounding of every operation (Monte Carlo
+ * arithmetic: D. S. Parker, "Monte Carlo Arithmetic", UCLA 1997; the same
+ * idea as CESTAC, J. Vignes 1993). The largest deviation of any output of
+ * any run from the exact values measures how rounding errors grow on this
+ * data; the tolerance is FX_MCA_FACTOR times it (a maximum over many outputs
+ * is stable from run to run; 10 leaves room for the f32 kernel's own
+ * summation order and the runs' spread). Composite computations are also
+ * checked stage by stage with rigorous bounds where their intermediates are
+ * at hand (refblock.h). */
+#define FX_MCA_RUNS 4
+#define FX_MCA_FACTOR 10.0
+
+/* run(ctx, out) computes n outputs with fx_ev rules. Returns FX_MCA_FACTOR
+ * times the largest |out - exact| over FX_MCA_RUNS randomly rounded runs;
+ * exact (may be NULL) receives the exact outputs. Restores FX_BOUNDS. */
+double fx_mca_tolerance(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact);
 
 /* |got - want| <= FX_SAFETY * bound (a NaN anywhere is outside). */
 int fx_within(double got, double want, double bound);

@@ -283,3 +283,39 @@ Test(fixture, central_difference_bound_covers_its_error)
             cr_assert_lt(err, 1e-4, "the bound is useless at h %g", h);
         }
 }
+
+/* Monte Carlo arithmetic: the tolerance it estimates for 300 dot products of
+ * 523 uniform terms covers every summation order's actual f32 error, sits
+ * well below the worst-case bound, and still rejects a dropped term. */
+enum { MR = 300, MN = 523 };
+static float ma[MR][MN], mb[MR][MN];
+
+static void mca_dots(void *ctx, double *out)
+{
+    (void)ctx;
+    for (int r = 0; r < MR; r++) {
+        fx_acc s = {0};
+        for (int i = 0; i < MN; i++) fx_acc_add(&s, fx_mul(fx_exact(ma[r][i]), fx_exact(mb[r][i])));
+        out[r] = fx_acc_sum(&s).v;
+    }
+}
+
+Test(fixture, monte_carlo_tolerance_covers_every_order_and_stays_sharp)
+{
+    for (int r = 0; r < MR; r++) fill(ma[r], MN, -1, 1), fill(mb[r], MN, -1, 1);
+    static double exact[MR];
+    double tol = fx_mca_tolerance(mca_dots, NULL, MR, exact), worst = 0, bound = 0;
+    for (int o = 0; o < NORDERS; o++)
+        for (int r = 0; r < MR; r++) {
+            double err = fabs(dot_order(o, ma[r], mb[r], MN) - exact[r]);
+            cr_assert_leq(err, tol, "%s order, row %d: error %g above the estimate %g", order_name[o], r, err, tol);
+            worst = fmax(worst, err);
+        }
+    for (int r = 0; r < MR; r++) bound = fmax(bound, fx_dot_bound(ma[r], 1, mb[r], 1, MN));
+    cr_log_info("dot products of %d terms: worst error %.3g, Monte Carlo tolerance %.3g, worst-case bound %.3g", MN,
+                worst, tol, bound);
+    cr_assert_lt(tol, bound / 10, "the estimate %g is no sharper than the bound %g", tol, bound);
+    int caught = 0;
+    for (int r = 0; r < MR; r++) caught += fabs(dot_fma(ma[r] + 1, mb[r] + 1, MN - 1) - exact[r]) > tol;
+    cr_assert_geq(caught, MR * 95 / 100, "a dropped first term passes in %d of %d rows", MR - caught, MR);
+}

@@ -1,7 +1,7 @@
-/* test_ops.c — each layer op against a naive double-precision loop written
- * here, each backward against the analytic gradient written here (itself
- * checked against central finite differences of the double forward), and
- * the RoPE tables against values recorded from transformers.
+/* test_ops.c — each layer op against a naive double-precision reference
+ * (refblock.c, or written here), each backward against the analytic
+ * gradient (itself checked against central finite differences of the double
+ * forward), and the RoPE tables against values recorded from transformers.
  *
  * Tolerances (fixture.h): each reference is evaluated with fx_ev, which
  * carries next to the exact value a bound on the rounding error of the op's
@@ -16,6 +16,7 @@
 
 #include "fixture.h"
 #include "ops.h"
+#include "refblock.h"
 
 static unsigned rng_state = 777;
 static double urand(void) /* uniform [-1, 1) */
@@ -105,17 +106,12 @@ enum { NR = 3, NC = 7 };
 static const double NORM_EPS = 1e-5f; /* the f32 eps the op receives, exactly */
 typedef struct { double *x, *w; } norm_ctx;
 
-/* out = x * s * w, s = (mean(x^2) + eps)^-1/2 per row, as the op rounds
- * (its double sum of squares bounded as if f32: a larger bound); s[r]
- * returns the row's scale. */
+/* out = x * s * w, s = (mean(x^2) + eps)^-1/2 per row (rb_rmsnorm). */
 static void fx_rmsnorm(fx_ev *out, fx_ev *s, const double *x, const double *w, int R, int C)
 {
-    for (int r = 0; r < R; r++) {
-        fx_acc ss = {0};
-        for (int i = 0; i < C; i++) fx_acc_add(&ss, fx_mul(X(x[r * C + i]), X(x[r * C + i])));
-        s[r] = fx_div(X(1), fx_sqrt(fx_add(fx_div(fx_acc_sum(&ss), X(C)), X(NORM_EPS))));
-        for (int i = 0; i < C; i++) out[r * C + i] = fx_mul(fx_mul(X(x[r * C + i]), s[r]), X(w[i]));
-    }
+    fx_ev *xe = rb_exact_d(x, (long)R * C);
+    rb_rmsnorm(out, s, xe, w, R, C, NORM_EPS);
+    free(xe);
 }
 
 static void d_rmsnorm(void *vc, double *out)
@@ -365,28 +361,9 @@ static const float llama3_inv_freq[32] = {
 static const float linear_inv_freq[4] = {0.25, 0.0250000004, 0.00249999994,
                                          0.000250000012};
 
-/* inv_freq[i] as computed in f32 (ours and transformers' alike):
- * 1 / theta^((2i)/HD), powf bounded as exp(x ln theta), then the rope
- * type's scaling: linear f / factor; llama3 keeps f where the wavelength
- * 2pi/f is short, divides by factor where long, interpolates between. The
- * constants (theta, factor, ..., fl(2 pi)) are the f32 values both use. */
-static fx_ev fx_inv_freq(const ar_config *c, int i)
-{
-    fx_ev e = fx_div(X(2 * i), X(c->head_dim));
-    fx_ev f = fx_div(X(1), fx_exp(fx_mul(e, X(log((float)c->rope_theta)))));
-    if (c->rope_type == AR_ROPE_LINEAR) return fx_div(f, X((float)c->rope_factor));
-    if (c->rope_type != AR_ROPE_LLAMA3) return f;
-    fx_ev factor = X((float)c->rope_factor), lo = X((float)c->rope_low_freq_factor);
-    fx_ev hi = X((float)c->rope_high_freq_factor), L = X((float)c->rope_orig_max_pos);
-    fx_ev low_wl = fx_div(L, lo), high_wl = fx_div(L, hi), wl = fx_div(X(2.0f * (float)M_PI), f);
-    /* a wavelength within rounding of a threshold could take either branch */
-    cr_assert(fabs(wl.v - low_wl.v) > wl.e + low_wl.e && fabs(wl.v - high_wl.v) > wl.e + high_wl.e,
-              "inv_freq[%d]: branch undecided", i);
-    if (wl.v > low_wl.v) return fx_div(f, factor);
-    if (wl.v < high_wl.v) return f;
-    fx_ev smooth = fx_div(fx_sub(fx_div(L, wl), lo), fx_sub(hi, lo));
-    return fx_add(fx_div(fx_mul(fx_sub(X(1), smooth), f), factor), fx_mul(smooth, f));
-}
+/* inv_freq[i] as computed in f32, ours and transformers' alike (the same
+ * f32 formula): rb_inv_freq. */
+static fx_ev fx_inv_freq(const ar_config *c, int i) { return rb_inv_freq(c, i); }
 
 Test(ops, rope_inv_freq_matches_transformers)
 {
@@ -523,55 +500,14 @@ typedef struct {
     int B, T, NH, NKV, HD, window;
 } att_ctx;
 
-static int visible(const att_ctx *c, int t, int s) { return s <= t && (c->window == 0 || t - s < c->window); }
-
-/* Probabilities p [T] of query t of head h in sequence b, as the op rounds:
- * scores by sgemm with alpha = 1/sqrtf(HD) (each term bounded as (alpha q) k,
- * which covers alpha applied before or after the sum), exp(score - max),
- * their sum, times 1/sum. Masked keys are exactly 0. */
-static void fx_probs(const att_ctx *c, int b, int h, int t, fx_ev *p)
+/* out = softmax(q k^T / sqrt(HD) masked) v (rb_attention); P the
+ * probabilities, when wanted. */
+static void fx_attention(const att_ctx *c, fx_ev *out, fx_ev *P)
 {
-    int g = h / (c->NH / c->NKV), HD = c->HD;
-    fx_ev scale = fx_div(X(1), fx_sqrt(X(HD))), z[c->T];
-    double mx = -INFINITY;
-    for (int s = 0; s <= t; s++) {
-        if (!visible(c, t, s)) continue;
-        fx_acc d = {0};
-        for (int i = 0; i < HD; i++)
-            fx_acc_add(&d, fx_mul(fx_mul(scale, X(c->q[((long)(b * c->T + t) * c->NH + h) * HD + i])),
-                                  X(c->k[((long)(b * c->T + s) * c->NKV + g) * HD + i])));
-        z[s] = fx_acc_sum(&d);
-        mx = fmax(mx, z[s].v);
-    }
-    fx_acc sum = {0};
-    for (int s = 0; s < c->T; s++) {
-        p[s] = X(0);
-        if (visible(c, t, s)) fx_acc_add(&sum, p[s] = fx_exp(fx_sub(z[s], X(mx))));
-    }
-    fx_ev inv = fx_div(X(1), fx_acc_sum(&sum));
-    for (int s = 0; s <= t; s++)
-        if (visible(c, t, s)) p[s] = fx_mul(p[s], inv);
-}
-
-/* out = softmax(q k^T / sqrt(HD) masked) v, one query at a time: P V by
- * sgemm, the masked zeros adding nothing. */
-static void fx_attention(const att_ctx *c, fx_ev *out)
-{
-    int HD = c->HD;
-    fx_ev *p = malloc(sizeof(fx_ev) * c->T);
-    for (int b = 0; b < c->B; b++)
-        for (int h = 0; h < c->NH; h++)
-            for (int t = 0; t < c->T; t++) {
-                int g = h / (c->NH / c->NKV);
-                fx_probs(c, b, h, t, p);
-                for (int i = 0; i < HD; i++) {
-                    fx_acc a = {0};
-                    for (int s = 0; s <= t; s++)
-                        if (visible(c, t, s)) fx_acc_add(&a, fx_mul(p[s], X(c->v[((long)(b * c->T + s) * c->NKV + g) * HD + i])));
-                    out[((long)(b * c->T + t) * c->NH + h) * HD + i] = fx_acc_sum(&a);
-                }
-            }
-    free(p);
+    long NQ = (long)c->B * c->T * c->NH * c->HD, NK = (long)c->B * c->T * c->NKV * c->HD;
+    fx_ev *q = rb_exact_d(c->q, NQ), *k = rb_exact_d(c->k, NK), *v = rb_exact_d(c->v, NK);
+    rb_attention(out, P, q, k, v, c->B, c->T, c->NH, c->NKV, c->HD, c->window);
+    free(q), free(k), free(v);
 }
 
 static void d_attention(void *vc, double *out)
@@ -579,53 +515,21 @@ static void d_attention(void *vc, double *out)
     att_ctx *c = vc;
     long n = (long)c->B * c->T * c->NH * c->HD;
     fx_ev *e = malloc(sizeof(fx_ev) * n);
-    fx_attention(c, e);
+    fx_attention(c, e, NULL);
     for (long i = 0; i < n; i++) out[i] = e[i].v;
     free(e);
 }
 
-/* Analytic backward, written from the chain rule query by query, as the op
- * rounds it: dp_s = dout . v_s (sgemm), dot = sum_s p_s dp_s, ds_s = p_s
- * (dp_s - dot) scale, dq += ds_s k_s, dk_s += ds_s q, dv_s += p_s dout (each
- * an sgemm summing over queries in blocks, per head, then the heads of a
- * group added: one sum of all those terms, any order). p carries its
- * forward bound. */
+/* The analytic backward (rb_attention_backward, from the chain rule query
+ * by query as the op rounds it), from the reference's P and its bounds. */
 static void fx_attention_backward(const att_ctx *c, const double *dout, fx_ev *dq, fx_ev *dk, fx_ev *dv)
 {
-    int HD = c->HD, T = c->T;
-    long NQ = (long)c->B * T * c->NH * HD, NK = (long)c->B * T * c->NKV * HD;
-    fx_ev *p = malloc(sizeof(fx_ev) * T), *dp = malloc(sizeof(fx_ev) * T), scale = fx_div(X(1), fx_sqrt(X(HD)));
-    fx_acc *aq = calloc(NQ, sizeof(fx_acc)), *ak = calloc(NK, sizeof(fx_acc)), *av = calloc(NK, sizeof(fx_acc));
-    for (int b = 0; b < c->B; b++)
-        for (int h = 0; h < c->NH; h++)
-            for (int t = 0; t < T; t++) {
-                int g = h / (c->NH / c->NKV);
-                long qo = ((long)(b * T + t) * c->NH + h) * HD;
-                fx_probs(c, b, h, t, p);
-                fx_acc dot = {0};
-                for (int s = 0; s <= t; s++) {
-                    if (!visible(c, t, s)) continue;
-                    long ko = ((long)(b * T + s) * c->NKV + g) * HD;
-                    fx_acc a = {0};
-                    for (int i = 0; i < HD; i++) fx_acc_add(&a, fx_mul(X(dout[qo + i]), X(c->v[ko + i])));
-                    dp[s] = fx_acc_sum(&a);
-                    fx_acc_add(&dot, fx_mul(dp[s], p[s]));
-                }
-                fx_ev dt = fx_acc_sum(&dot);
-                for (int s = 0; s <= t; s++) {
-                    if (!visible(c, t, s)) continue;
-                    long ko = ((long)(b * T + s) * c->NKV + g) * HD;
-                    fx_ev ds = fx_mul(fx_mul(p[s], fx_sub(dp[s], dt)), scale);
-                    for (int i = 0; i < HD; i++) {
-                        fx_acc_add(&aq[qo + i], fx_mul(ds, X(c->k[ko + i])));
-                        fx_acc_add(&ak[ko + i], fx_mul(ds, X(c->q[qo + i])));
-                        fx_acc_add(&av[ko + i], fx_mul(p[s], X(dout[qo + i])));
-                    }
-                }
-            }
-    for (long i = 0; i < NQ; i++) dq[i] = fx_acc_sum(&aq[i]);
-    for (long i = 0; i < NK; i++) dk[i] = fx_acc_sum(&ak[i]), dv[i] = fx_acc_sum(&av[i]);
-    free(p), free(dp), free(aq), free(ak), free(av);
+    long NQ = (long)c->B * c->T * c->NH * c->HD, NK = (long)c->B * c->T * c->NKV * c->HD;
+    fx_ev *q = rb_exact_d(c->q, NQ), *k = rb_exact_d(c->k, NK), *v = rb_exact_d(c->v, NK), *d = rb_exact_d(dout, NQ);
+    fx_ev *out = malloc(sizeof(fx_ev) * NQ), *P = malloc(sizeof(fx_ev) * c->B * c->NH * c->T * c->T);
+    rb_attention(out, P, q, k, v, c->B, c->T, c->NH, c->NKV, c->HD, c->window);
+    rb_attention_backward(dq, dk, dv, d, P, q, k, v, c->B, c->T, c->NH, c->NKV, c->HD, c->window);
+    free(q), free(k), free(v), free(d), free(out), free(P);
 }
 
 /* Forward and backward against the references, the analytic backward
@@ -649,7 +553,7 @@ static void check_attention(int B, int T, int NH, int NKV, int HD, int window, i
     att_ctx c = {qd, kd, vd, B, T, NH, NKV, HD, window};
 
     ar_attention_forward(out, scratch, 0, q, k, v, B, T, NH, NKV, HD, window);
-    fx_attention(&c, eo);
+    fx_attention(&c, eo, NULL);
     split(eo, want, bound, NQ);
     fx_assert_all_within(out, want, bound, NQ, "out (scratch)");
     ar_attention_forward(out, att, 1, q, k, v, B, T, NH, NKV, HD, window);
@@ -685,8 +589,13 @@ Test(ops, attention_long_window) { check_attention(1, 300, 2, 1, 8, 77, 0); }
 enum { SN = 17 };
 typedef struct { double *g, *u; } glu_ctx;
 
-/* silu(g) u = g / (1 + expf(-g)) * u, as the op rounds. */
-static fx_ev fx_swiglu(double g, double u) { return fx_mul(fx_div(X(g), fx_add(X(1), fx_exp(X(-g)))), X(u)); }
+/* silu(g) u = g / (1 + expf(-g)) * u, as the op rounds (rb_swiglu). */
+static fx_ev fx_swiglu(double g, double u)
+{
+    fx_ev o, ge = X(g), ue = X(u);
+    rb_swiglu(&o, &ge, &ue, 1);
+    return o;
+}
 
 static void d_swiglu(void *vc, double *out)
 {
@@ -708,13 +617,12 @@ Test(ops, swiglu)
     split(e, want, bound, SN);
     fx_assert_all_within(out, want, bound, SN, "out");
     /* sg = 1/(1 + expf(-g)); dgate = dout up sg (1 + g (1 - sg)),
-     * dup = dout g sg, left to right as the op writes them, added onto 0. */
+     * dup = dout g sg, left to right as the op writes them, added onto 0
+     * (rb_swiglu_backward). */
     ar_swiglu_backward(dg, du, dout, g, u, SN);
-    for (int i = 0; i < SN; i++) {
-        fx_ev sg = fx_div(X(1), fx_add(X(1), fx_exp(X(-gd[i]))));
-        e[i] = fx_mul(fx_mul(fx_mul(X(r[i]), X(ud[i])), sg), fx_add(X(1), fx_mul(X(gd[i]), fx_sub(X(1), sg))));
-        eu[i] = fx_mul(fx_mul(X(r[i]), X(gd[i])), sg);
-    }
+    fx_ev *ge = rb_exact_d(gd, SN), *ue = rb_exact_d(ud, SN), *re = rb_exact_d(r, SN);
+    rb_swiglu_backward(e, eu, re, ge, ue, SN);
+    free(ge), free(ue), free(re);
     split(e, want, bound, SN);
     check_grad(dg, want, bound, &l, gd, SN, "dgate");
     split(eu, want, bound, SN);
