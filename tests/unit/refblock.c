@@ -1,6 +1,8 @@
 /* refblock.c — the double reference block with error bounds (refblock.h). */
 #include "refblock.h"
 
+#include "error.h"
+
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
@@ -82,8 +84,25 @@ void rb_rmsnorm_backward(fx_ev *acc, const fx_ev *dout, const fx_ev *x, const do
 
 /* ----------------------------------------------------------------- Linear */
 
+/* The same sum of products as fx_acc_add(fx_mul(a, b)) in order, values
+ * only (FX_VALUES, FX_MCA: the fast path of the whole-model references). */
+static double dot_values(double init, const fx_ev *a, long sa, const double *b, long sb, int n)
+{
+    double acc = init;
+    for (int i = 0; i < n; i++) acc = fx_out_(acc + fx_out_(a[i * sa].v * b[i * sb], 1), 1);
+    return acc;
+}
+
 void rb_linear(fx_ev *y, const fx_ev *x, const double *W, const double *b, int R, int K, int N)
 {
+    if (fx_mode_ != FX_BOUNDS) {
+        for (int r = 0; r < R; r++)
+            for (int n = 0; n < N; n++) {
+                double init = b ? fx_out_(b[n], 1) : 0;
+                y[(long)r * N + n] = fx_exact(dot_values(init, x + (long)r * K, 1, W + (long)n * K, 1, K));
+            }
+        return;
+    }
     for (int r = 0; r < R; r++)
         for (int n = 0; n < N; n++) {
             fx_acc a = {0};
@@ -186,9 +205,15 @@ static void probs_row(fx_ev *p, const fx_ev *q, const fx_ev *k, int b, int h, in
         p[s] = X(0);
         if (!visible(t, s, window)) continue;
         const fx_ev *ks = k + ((long)(b * T + s) * NKV + g) * HD;
-        fx_acc d = {0};
-        for (int i = 0; i < HD; i++) fx_acc_add(&d, fx_mul(fx_mul(scale, qt[i]), ks[i]));
-        p[s] = fx_acc_sum(&d);
+        if (fx_mode_ != FX_BOUNDS) {
+            double acc = 0;
+            for (int i = 0; i < HD; i++) acc = fx_out_(acc + fx_out_(fx_out_(scale.v * qt[i].v, 1) * ks[i].v, 1), 1);
+            p[s] = fx_exact(acc);
+        } else {
+            fx_acc d = {0};
+            for (int i = 0; i < HD; i++) fx_acc_add(&d, fx_mul(fx_mul(scale, qt[i]), ks[i]));
+            p[s] = fx_acc_sum(&d);
+        }
         mx = fmax(mx, p[s].v);
     }
     fx_acc sum = {0};
@@ -211,10 +236,19 @@ void rb_attention(fx_ev *out, fx_ev *P, const fx_ev *q, const fx_ev *k, const fx
                 probs_row(p, q, k, b, h, t, T, NH, NKV, HD, window);
                 /* P V by sgemm: the masked zeros add nothing */
                 for (int i = 0; i < HD; i++) {
+                    const fx_ev *vi = v + (long)b * T * NKV * HD + (long)g * HD + i;
+                    long o = ((long)(b * T + t) * NH + h) * HD + i;
+                    if (fx_mode_ != FX_BOUNDS) {
+                        double acc = 0;
+                        for (int s = 0; s <= t; s++)
+                            if (visible(t, s, window)) acc = fx_out_(acc + fx_out_(p[s].v * vi[(long)s * NKV * HD].v, 1), 1);
+                        out[o] = fx_exact(acc);
+                        continue;
+                    }
                     fx_acc a = {0};
                     for (int s = 0; s <= t; s++)
-                        if (visible(t, s, window)) fx_acc_add(&a, fx_mul(p[s], v[((long)(b * T + s) * NKV + g) * HD + i]));
-                    out[((long)(b * T + t) * NH + h) * HD + i] = fx_acc_sum(&a);
+                        if (visible(t, s, window)) fx_acc_add(&a, fx_mul(p[s], vi[(long)s * NKV * HD]));
+                    out[o] = fx_acc_sum(&a);
                 }
             }
     free(row);
@@ -512,4 +546,38 @@ void rb_check_block_stages(const ar_config *c, const rb_weights *w, const ar_blo
     check_all(y, t, (long)BT * C, "y");
     free(x), free(t), free(s), free(cs), free(sn), free(ln1), free(q), free(k), free(v), free(P), free(ao), free(hh);
     free(ln2), free(g), free(u), free(act);
+}
+
+/* ------------------------------------------------------------------ model */
+
+void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nrows, double *logits)
+{
+    cr_assert(fx_mode_ != FX_BOUNDS, "rb_model_logits: bounds through a whole model exceed the values; use "
+                                     "FX_VALUES or FX_MCA (fx_mca_tolerance)");
+    const ar_config *c = ar_model_config(m);
+    int C = c->hidden, V = c->vocab;
+    float *x = malloc(sizeof(float) * T * C);
+    cr_assert_eq(ar_model_embed(m, ids, T, x), 0, "%s", ar_last_error());
+    fx_ev *h = rb_exact(x, (long)T * C), *n = alloc_ev(C), *lg = alloc_ev(V);
+    ar_block_weights bw;
+    cr_assert_eq(ar_block_weights_alloc(&bw, c), 0);
+    for (int l = 0; l < c->n_layers; l++) {
+        rb_weights w;
+        cr_assert_eq(ar_model_load_block(m, l, &bw), 0, "%s", ar_last_error());
+        rb_weights_from(&w, &bw, c);
+        rb_block_forward(c, &w, h, h, 1, T);
+        rb_weights_free(&w);
+    }
+    ar_block_weights_free(&bw);
+    const float *nw;
+    float *head = ar_model_read_head(m, &nw);
+    cr_assert(head, "%s", ar_last_error());
+    double *hd = dup_d(head, (long)V * C), *nwd = dup_d(nw, C);
+    for (int j = 0; j < (rows ? nrows : T); j++) {
+        int r = rows ? rows[j] : j;
+        rb_rmsnorm(n, NULL, h + (long)r * C, nwd, 1, C, c->rms_eps);
+        rb_linear(lg, n, hd, NULL, 1, C, V);
+        for (int v = 0; v < V; v++) logits[(long)j * V + v] = lg[v].v;
+    }
+    free(x), free(h), free(n), free(lg), free(head), free(hd), free(nwd);
 }

@@ -13,6 +13,7 @@
 #include "block.h"
 #include "config.h"
 #include "fixture.h"
+#include "model.h"
 
 /* A block's weights in double (exactly the f32 values when made by
  * rb_weights_from); NULL where the block has none. */
@@ -98,5 +99,13 @@ void rb_block_backward_saved(const ar_config *c, const rb_weights *w, const ar_b
  * before it, within that op's bound: the whole block checked with rigorous
  * bounds of one or two ops each. */
 void rb_check_block_stages(const ar_config *c, const rb_weights *w, const ar_block_acts *sa, const float *y);
+
+/* ---- a whole model ---- */
+
+/* The logits ar_model_forward computes for one sequence ids [T], at the
+ * positions rows [nrows] (rows NULL: all T): logits [nrows or T, V], values
+ * only, under FX_VALUES or FX_MCA (asserts not FX_BOUNDS: bounds carried
+ * through a whole model exceed the values; see fx_mca_tolerance). */
+void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nrows, double *logits);
 
 #endif
