@@ -111,6 +111,14 @@ static inline double fx_gamma(double n)
     return n * FX_U / (1 - n * FX_U);
 }
 
+/* gamma_n for double computations (u = 2^-53): sums the library does in
+ * double, compared with a double reference. */
+static inline double fx_gamma_d(double n)
+{
+    if (!(n >= 0 && n * 0x1p-53 < 0.5)) fx_fail("gamma_%g: n u must stay below 1/2", n);
+    return n * 0x1p-53 / (1 - n * 0x1p-53);
+}
+
 /* gamma_n * sum_i |a[i*sa] * b[i*sb]|: the bound on the f32 rounding error of
  * a length-n dot product of these f32 vectors, in any summation order. */
 double fx_dot_bound(const float *a, long sa, const float *b, long sb, long n);

@@ -907,8 +907,9 @@ static void check_head_loss(int kl)
     fx_ev *xe = rb_exact(pred, R * C), *re = rb_exact(ref, R * C), *de = malloc(sizeof(fx_ev) * R * C);
     fx_ev L = fx_head_loss(&h, xe, re, tgt, R, C, 0.5f, de);
     /* two double evaluations of the same loss: each within the fx bound
-     * taken with the double unit 2^-53 instead of 2^-24 */
-    cr_assert_leq(fabs(L.v - want), 2 * 0x1p-29 * L.e, "fx_head_loss %.17g vs d_head_loss %.17g", L.v, want);
+     * taken with the double unit (2^-53 for 2^-24: fx_gamma_d(1) / FX_U) */
+    cr_assert_leq(fabs(L.v - want), 2 * fx_gamma_d(1) / FX_U * L.e, "fx_head_loss %.17g vs d_head_loss %.17g", L.v,
+                  want);
     fx_assert_within(got, L.v, L.e, "loss");
     /* exact: the same f32 computation without the backward */
     cr_assert_eq(ar_lm_head_loss(&h, pred, ref, tgt, R, C, 0.5f, NULL), got, "the loss without a gradient differs");
