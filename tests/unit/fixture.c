@@ -119,6 +119,26 @@ double fx_mca_tolerance(void (*run)(void *ctx, double *out), void *ctx, long n, 
     return FX_MCA_FACTOR * dev;
 }
 
+void fx_mca_tolerances(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact, double *tol)
+{
+    double *ex = exact ? exact : malloc(sizeof(double) * n), *out = malloc(sizeof(double) * n);
+    fx_set_mode(FX_VALUES, 0);
+    run(ctx, ex);
+    for (long i = 0; i < n; i++) tol[i] = 0;
+    for (int k = 1; k <= FX_MCA_RUNS; k++) {
+        fx_set_mode(FX_MCA, (uint64_t)k);
+        run(ctx, out);
+        for (long i = 0; i < n; i++) tol[i] = fmax(tol[i], fabs(out[i] - ex[i]));
+    }
+    fx_set_mode(FX_BOUNDS, 0);
+    for (long i = 0; i < n; i++) {
+        cr_assert(isfinite(tol[i]), "fx_mca_tolerances: a run diverged");
+        tol[i] *= FX_MCA_FACTOR;
+    }
+    if (!exact) free(ex);
+    free(out);
+}
+
 void fx_fail(const char *fmt, ...)
 {
     char msg[512];

@@ -92,13 +92,20 @@ extern int fx_mode_;
 extern uint64_t fx_rng_;
 void fx_set_mode(int mode, uint64_t seed);
 
-/* The value an operation returns: exact, or under FX_MCA times 1 + k u r
- * with r uniform in [-1, 1) (k = 1 for arithmetic, 2 for libm). */
+/* v times 1 + k u r, r uniform in [-1, 1) from the counter *ctr
+ * (splitmix64: successive draws do not wait on each other). */
+static inline double fx_perturb_(double v, double k, uint64_t *ctr)
+{
+    uint64_t z = (*ctr += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull, z = (z ^ (z >> 27)) * 0x94D049BB133111EBull, z ^= z >> 31;
+    return v * (1 + k * FX_U * ((double)(int64_t)z * 0x1p-63));
+}
+
+/* The value an operation returns: exact, or under FX_MCA perturbed (k = 1
+ * for arithmetic, 2 for libm). */
 static inline double fx_out_(double v, double k)
 {
-    if (fx_mode_ != FX_MCA) return v;
-    fx_rng_ ^= fx_rng_ << 13, fx_rng_ ^= fx_rng_ >> 7, fx_rng_ ^= fx_rng_ << 17;
-    return v * (1 + k * FX_U * ((double)(fx_rng_ >> 11) * 0x1p-52 - 1));
+    return fx_mode_ != FX_MCA ? v : fx_perturb_(v, k, &fx_rng_);
 }
 
 /* Fails the calling test with a printf-style message (the rules' checks). */
@@ -246,6 +253,11 @@ static inline fx_ev fx_acc_sum(const fx_acc *s)
  * times the largest |out - exact| over FX_MCA_RUNS randomly rounded runs;
  * exact (may be NULL) receives the exact outputs. Restores FX_BOUNDS. */
 double fx_mca_tolerance(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact);
+
+/* The same per output: tol[i] = FX_MCA_FACTOR times output i's largest
+ * deviation (for outputs of different scales, few enough that a maximum
+ * over FX_MCA_RUNS runs is not small by chance for any of them). */
+void fx_mca_tolerances(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact, double *tol);
 
 /* |got - want| <= FX_SAFETY * bound (a NaN anywhere is outside). */
 int fx_within(double got, double want, double bound);

@@ -84,13 +84,27 @@ void rb_rmsnorm_backward(fx_ev *acc, const fx_ev *dout, const fx_ev *x, const do
 
 /* ----------------------------------------------------------------- Linear */
 
-/* The same sum of products as fx_acc_add(fx_mul(a, b)) in order, values
- * only (FX_VALUES, FX_MCA: the fast path of the whole-model references). */
+/* init + sum a_i b_i, values only (FX_VALUES, FX_MCA: the fast path of the
+ * whole-model references). Exact under FX_VALUES; under FX_MCA every product
+ * and addition rounded at random, summed on 4 lanes reduced pairwise (one
+ * f32 kernel's order; any order is a plausible rounding). */
 static double dot_values(double init, const fx_ev *a, long sa, const double *b, long sb, int n)
 {
-    double acc = init;
-    for (int i = 0; i < n; i++) acc = fx_out_(acc + fx_out_(a[i * sa].v * b[i * sb], 1), 1);
-    return acc;
+    if (fx_mode_ != FX_MCA) {
+        double acc = init;
+        for (int i = 0; i < n; i++) acc += a[i * sa].v * b[i * sb];
+        return acc;
+    }
+    double l[4] = {init, 0, 0, 0};
+    uint64_t ctr = fx_rng_; /* a local counter: the draws stay in registers */
+    int i = 0;
+    for (; i + 4 <= n; i += 4)
+        for (int j = 0; j < 4; j++)
+            l[j] = fx_perturb_(l[j] + fx_perturb_(a[(i + j) * sa].v * b[(i + j) * sb], 1, &ctr), 1, &ctr);
+    for (; i < n; i++) l[0] = fx_perturb_(l[0] + fx_perturb_(a[i * sa].v * b[i * sb], 1, &ctr), 1, &ctr);
+    double r = fx_perturb_(fx_perturb_(l[0] + l[1], 1, &ctr) + fx_perturb_(l[2] + l[3], 1, &ctr), 1, &ctr);
+    fx_rng_ = ctr;
+    return r;
 }
 
 void rb_linear(fx_ev *y, const fx_ev *x, const double *W, const double *b, int R, int K, int N)
@@ -114,6 +128,14 @@ void rb_linear(fx_ev *y, const fx_ev *x, const double *W, const double *b, int R
 
 void rb_linear_dx(fx_acc *acc, const fx_ev *dy, const double *W, int R, int K, int N)
 {
+    if (fx_mode_ != FX_BOUNDS) { /* values only: the sums as fx_acc_add keeps them */
+        for (int r = 0; r < R; r++)
+            for (int k = 0; k < K; k++) {
+                fx_acc *a = &acc[(long)r * K + k];
+                a->v = dot_values(a->v, dy + (long)r * N, 1, W + k, K, N), a->n += N;
+            }
+        return;
+    }
     for (int r = 0; r < R; r++)
         for (int k = 0; k < K; k++)
             for (int n = 0; n < N; n++) fx_acc_add(&acc[(long)r * K + k], fx_mul(dy[(long)r * N + n], X(W[(long)n * K + k])));
@@ -121,6 +143,29 @@ void rb_linear_dx(fx_acc *acc, const fx_ev *dy, const double *W, int R, int K, i
 
 void rb_linear_dW(fx_ev *dW, const fx_ev *dy, const fx_ev *x, int R, int K, int N)
 {
+    if (fx_mode_ != FX_BOUNDS) { /* values only */
+        for (int n = 0; n < N; n++)
+            for (int k = 0; k < K; k++) {
+                double a = 0;
+                if (fx_mode_ == FX_MCA) {
+                    double l[4] = {0};
+                    uint64_t ctr = fx_rng_;
+                    int r = 0;
+                    for (; r + 4 <= R; r += 4)
+                        for (int j = 0; j < 4; j++)
+                            l[j] = fx_perturb_(l[j] + fx_perturb_(dy[(long)(r + j) * N + n].v * x[(long)(r + j) * K + k].v,
+                                                                  1, &ctr), 1, &ctr);
+                    for (; r < R; r++)
+                        l[0] = fx_perturb_(l[0] + fx_perturb_(dy[(long)r * N + n].v * x[(long)r * K + k].v, 1, &ctr), 1, &ctr);
+                    a = fx_perturb_(fx_perturb_(l[0] + l[1], 1, &ctr) + fx_perturb_(l[2] + l[3], 1, &ctr), 1, &ctr);
+                    fx_rng_ = ctr;
+                } else {
+                    for (int r = 0; r < R; r++) a += dy[(long)r * N + n].v * x[(long)r * K + k].v;
+                }
+                dW[(long)n * K + k] = fx_exact(a);
+            }
+        return;
+    }
     for (int n = 0; n < N; n++)
         for (int k = 0; k < K; k++) {
             fx_acc a = {0};
@@ -444,6 +489,28 @@ void rb_block_backward(const ar_config *c, const rb_weights *w, const fx_ev *x, 
     backward(c, w, &a, x, dy, B, T, dW, dx);
     free_acts(&a);
     free(y);
+}
+
+struct rb_fwd { acts a; };
+
+rb_fwd *rb_block_forward_keep(const ar_config *c, const rb_weights *w, const fx_ev *x, fx_ev *y, int B, int T)
+{
+    rb_fwd *f = malloc(sizeof *f);
+    forward(c, w, x, y, B, T, &f->a);
+    return f;
+}
+
+void rb_block_backward_kept(const ar_config *c, const rb_weights *w, const rb_fwd *f, const fx_ev *x, const fx_ev *dy,
+                            int B, int T, fx_ev *const dW[AR_NLINEAR], fx_ev *dx)
+{
+    backward(c, w, &f->a, x, dy, B, T, dW, dx);
+}
+
+void rb_fwd_free(rb_fwd *f)
+{
+    if (!f) return;
+    free_acts(&f->a);
+    free(f);
 }
 
 void rb_block_backward_saved(const ar_config *c, const rb_weights *w, const ar_block_acts *sa, const fx_ev *dy,

@@ -87,6 +87,15 @@ void rb_block_forward(const ar_config *c, const rb_weights *w, const fx_ev *x, f
 void rb_block_backward(const ar_config *c, const rb_weights *w, const fx_ev *x, const fx_ev *dy, int B, int T,
                        fx_ev *const dW[AR_NLINEAR], fx_ev *dx);
 
+/* rb_block_forward that keeps its intermediates (x must not alias y), and
+ * rb_block_backward from them (x the same input): one forward instead of
+ * two. rb_fwd_free releases. */
+typedef struct rb_fwd rb_fwd;
+rb_fwd *rb_block_forward_keep(const ar_config *c, const rb_weights *w, const fx_ev *x, fx_ev *y, int B, int T);
+void rb_block_backward_kept(const ar_config *c, const rb_weights *w, const rb_fwd *f, const fx_ev *x, const fx_ev *dy,
+                            int B, int T, fx_ev *const dW[AR_NLINEAR], fx_ev *dx);
+void rb_fwd_free(rb_fwd *f);
+
 /* The same backward from the activations an f32 ar_block_forward_train
  * saved in sa (exact inputs): the bounds then cover the f32 backward's own
  * rounding only, not the forward's (B, T from sa). */
