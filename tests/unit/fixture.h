@@ -101,6 +101,16 @@ static inline double fx_perturb_(double v, double k, uint64_t *ctr)
     return v * (1 + k * FX_U * ((double)(int64_t)z * 0x1p-63));
 }
 
+/* One draw, two relative perturbations u r1, u r2 (32 bits each): for a
+ * product and the addition that takes it in, the Monte Carlo hot path. */
+static inline void fx_perturb2_(double *d1, double *d2, uint64_t *ctr)
+{
+    uint64_t z = (*ctr += 0x9E3779B97F4A7C15ull);
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull, z = (z ^ (z >> 27)) * 0x94D049BB133111EBull, z ^= z >> 31;
+    *d1 = 1 + FX_U * ((double)(int32_t)(uint32_t)z * 0x1p-31);
+    *d2 = 1 + FX_U * ((double)(int32_t)(uint32_t)(z >> 32) * 0x1p-31);
+}
+
 /* The value an operation returns: exact, or under FX_MCA perturbed (k = 1
  * for arithmetic, 2 for libm). */
 static inline double fx_out_(double v, double k)

@@ -98,10 +98,13 @@ static double dot_values(double init, const fx_ev *a, long sa, const double *b, 
     double l[4] = {init, 0, 0, 0};
     uint64_t ctr = fx_rng_; /* a local counter: the draws stay in registers */
     int i = 0;
+    double d1, d2;
     for (; i + 4 <= n; i += 4)
-        for (int j = 0; j < 4; j++)
-            l[j] = fx_perturb_(l[j] + fx_perturb_(a[(i + j) * sa].v * b[(i + j) * sb], 1, &ctr), 1, &ctr);
-    for (; i < n; i++) l[0] = fx_perturb_(l[0] + fx_perturb_(a[i * sa].v * b[i * sb], 1, &ctr), 1, &ctr);
+        for (int j = 0; j < 4; j++) {
+            fx_perturb2_(&d1, &d2, &ctr);
+            l[j] = (l[j] + a[(i + j) * sa].v * b[(i + j) * sb] * d1) * d2;
+        }
+    for (; i < n; i++) fx_perturb2_(&d1, &d2, &ctr), l[0] = (l[0] + a[i * sa].v * b[i * sb] * d1) * d2;
     double r = fx_perturb_(fx_perturb_(l[0] + l[1], 1, &ctr) + fx_perturb_(l[2] + l[3], 1, &ctr), 1, &ctr);
     fx_rng_ = ctr;
     return r;
@@ -151,12 +154,14 @@ void rb_linear_dW(fx_ev *dW, const fx_ev *dy, const fx_ev *x, int R, int K, int 
                     double l[4] = {0};
                     uint64_t ctr = fx_rng_;
                     int r = 0;
+                    double d1, d2;
                     for (; r + 4 <= R; r += 4)
-                        for (int j = 0; j < 4; j++)
-                            l[j] = fx_perturb_(l[j] + fx_perturb_(dy[(long)(r + j) * N + n].v * x[(long)(r + j) * K + k].v,
-                                                                  1, &ctr), 1, &ctr);
+                        for (int j = 0; j < 4; j++) {
+                            fx_perturb2_(&d1, &d2, &ctr);
+                            l[j] = (l[j] + dy[(long)(r + j) * N + n].v * x[(long)(r + j) * K + k].v * d1) * d2;
+                        }
                     for (; r < R; r++)
-                        l[0] = fx_perturb_(l[0] + fx_perturb_(dy[(long)r * N + n].v * x[(long)r * K + k].v, 1, &ctr), 1, &ctr);
+                        fx_perturb2_(&d1, &d2, &ctr), l[0] = (l[0] + dy[(long)r * N + n].v * x[(long)r * K + k].v * d1) * d2;
                     a = fx_perturb_(fx_perturb_(l[0] + l[1], 1, &ctr) + fx_perturb_(l[2] + l[3], 1, &ctr), 1, &ctr);
                     fx_rng_ = ctr;
                 } else {
@@ -616,6 +621,25 @@ void rb_check_block_stages(const ar_config *c, const rb_weights *w, const ar_blo
 }
 
 /* ------------------------------------------------------------------ model */
+
+void rb_model_nll(ar_model *m, const int *ids, int B, int T, double *nll)
+{
+    int V = ar_model_config(m)->vocab;
+    double *lg = malloc(sizeof(double) * T * V);
+    for (int b = 0; b < B; b++) {
+        const int *id = ids + (long)b * T;
+        rb_model_logits(m, id, T, NULL, 0, lg);
+        for (int t = 0; t < T - 1; t++) {
+            const double *z = lg + (long)t * V;
+            double mx = z[0];
+            for (int v = 1; v < V; v++) mx = fmax(mx, z[v]);
+            fx_acc s = {0};
+            for (int v = 0; v < V; v++) fx_acc_add(&s, fx_exp(fx_sub(X(z[v]), X(mx))));
+            nll[(long)b * (T - 1) + t] = fx_sub(fx_add(X(mx), fx_log(fx_acc_sum(&s))), X(z[id[t + 1]])).v;
+        }
+    }
+    free(lg);
+}
 
 void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nrows, double *logits)
 {

@@ -117,4 +117,9 @@ void rb_check_block_stages(const ar_config *c, const rb_weights *w, const ar_blo
  * through a whole model exceed the values; see fx_mca_tolerance). */
 void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nrows, double *logits);
 
+/* ar_model_nll's per-position next-token NLL of B sequences ids [B, T]:
+ * nll [B, T-1] = log-sum-exp of the logits minus the next token's (values
+ * only, as rb_model_logits). */
+void rb_model_nll(ar_model *m, const int *ids, int B, int T, double *nll);
+
 #endif

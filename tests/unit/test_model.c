@@ -176,30 +176,14 @@ Test(model, mistral_fixture_is_sensitive_to_the_window)
 
 static void stories_dir(char *dir, size_t n) { fx_model_dir(dir, n, "stories260K"); }
 
-/* -log softmax(logits)[next token] per position of the sequences ids
- * [2, T] from rb_model_logits, as ar_model_nll computes it (logsumexp of
- * f32 logits, in double; bounded as f32: a larger spread). */
+/* refblock.c's rb_model_nll of two sequences, for fx_mca_tolerance. */
 enum { NLL_T = 40 };
 typedef struct { ar_model *m; const int *ids; } nll_run;
 
 static void run_nll(void *ctx, double *out)
 {
     nll_run *r = ctx;
-    int V = ar_model_config(r->m)->vocab;
-    double *lg = malloc(sizeof(double) * NLL_T * V);
-    for (int b = 0; b < 2; b++) {
-        const int *ids = r->ids + b * NLL_T;
-        rb_model_logits(r->m, ids, NLL_T, NULL, 0, lg);
-        for (int t = 0; t < NLL_T - 1; t++) {
-            const double *z = lg + (long)t * V;
-            double mx = z[0];
-            for (int v = 1; v < V; v++) mx = fmax(mx, z[v]);
-            fx_acc s = {0};
-            for (int v = 0; v < V; v++) fx_acc_add(&s, fx_exp(fx_sub(fx_exact(z[v]), fx_exact(mx))));
-            out[b * (NLL_T - 1) + t] = fx_sub(fx_add(fx_exact(mx), fx_log(fx_acc_sum(&s))), fx_exact(z[ids[t + 1]])).v;
-        }
-    }
-    free(lg);
+    rb_model_nll(r->m, r->ids, 2, NLL_T, out);
 }
 
 /* ar_model_nll (chunked, batched) equals -log_softmax of ar_model_forward's
