@@ -3,8 +3,10 @@
 #
 #   sh tests/unit/kernels.sh "CORETYPES" BINARY...   run every BINARY once per core
 #                                                    type (OPENBLAS_CORETYPE=type)
-#   sh tests/unit/kernels.sh --check TYPE            exit 1 with a message when this
-#                                                    CPU cannot execute TYPE's kernels
+#   sh tests/unit/kernels.sh --check TYPE PROBE      exit 1 with a message when OpenBLAS
+#                                                    would load TYPE's kernels (as PROBE,
+#                                                    a unit binary, shows) and this CPU
+#                                                    cannot execute them
 #
 # A DYNAMIC_ARCH OpenBLAS (Debian's) picks its sgemm kernel by CPU, and each
 # kernel sums in its own order; forcing the others makes an assertion that
@@ -40,8 +42,25 @@ missing() {
     echo "$out"
 }
 
+# The kernel OpenBLAS loads: OPENBLAS_VERBOSE=2 prints "Core: NAME" when the
+# library initialises (before the binary's main and before any kernel runs,
+# so --help is enough and safe).
+core_of() {
+    if [ -n "$1" ]; then
+        OPENBLAS_VERBOSE=2 OPENBLAS_CORETYPE=$1 "$probe" --help 2>&1
+    else
+        env -u OPENBLAS_CORETYPE OPENBLAS_VERBOSE=2 "$probe" --help 2>&1
+    fi | sed -n 's/^Core: //p' | head -n 1
+}
+
 if [ "${1:-}" = --check ]; then
     [ -n "${2:-}" ] || exit 0
+    probe=$3
+    got=$(core_of "$2")
+    if [ "$got" != "$2" ]; then
+        echo "OPENBLAS_CORETYPE=$2: this OpenBLAS has no such kernel, it uses ${got:-its own choice}" >&2
+        exit 0
+    fi
     m=$(missing "$2")
     [ -z "$m" ] && exit 0
     echo "OPENBLAS_CORETYPE=$2: this CPU lacks$m, so OpenBLAS would die with SIGILL; unset it or name a kernel it can run" >&2
@@ -52,15 +71,6 @@ types=$1
 shift
 probe=$1
 for t in "$@"; do case $t in */test_ops) probe=$t ;; esac; done
-# The kernel OpenBLAS loads: OPENBLAS_VERBOSE=2 prints "Core: NAME" when the
-# library initialises (before the binary's main, so --help is enough).
-core_of() {
-    if [ -n "$1" ]; then
-        OPENBLAS_VERBOSE=2 OPENBLAS_CORETYPE=$1 "$probe" --help 2>&1
-    else
-        env -u OPENBLAS_CORETYPE OPENBLAS_VERBOSE=2 "$probe" --help 2>&1
-    fi | sed -n 's/^Core: //p' | head -n 1
-}
 default=$(core_of "")
 if [ -z "$default" ]; then
     echo "kernel sweep skipped: the BLAS is not a DYNAMIC_ARCH OpenBLAS (OPENBLAS_CORETYPE has no effect)"
