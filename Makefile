@@ -1,7 +1,7 @@
 # ar — SignRound quantization as small Unix tools.
 # make deps   install the Debian packages we build against (idempotent; needs root or sudo)
 # make        build every tool into bin/
-# make test   unit tests (Criterion) and end-to-end shell tests
+# make test   unit tests (Criterion, also under the other OpenBLAS kernels) and end-to-end shell tests
 # make bench  benchmarks (never part of test)
 
 CC      ?= cc
@@ -57,7 +57,7 @@ endif
 NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC -Ilibar -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
-.PHONY: all deps test unit e2e bench clean install check-clients demo fuzz fuzz-replay cuda-check check-deps
+.PHONY: all deps test unit unit-kernels e2e bench clean install check-clients demo fuzz fuzz-replay cuda-check check-deps
 all: $(TOOLS)
 
 deps:
@@ -87,11 +87,29 @@ $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TESTLIB_OBJ) $(BUILD)/libarformats.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) -lcriterion
 
-test: unit e2e
+test: unit unit-kernels e2e
 
-# Each unit binary runs on its own so one failure names its area.
+# Each unit binary runs on its own so one failure names its area. An
+# OPENBLAS_CORETYPE whose kernels OpenBLAS would load but this CPU cannot
+# execute is refused up front (it would crash every BLAS test with SIGILL);
+# one OpenBLAS does not know falls back to its own choice, with a line.
 unit: $(UNITS)
+	@sh tests/unit/kernels.sh --check "$$OPENBLAS_CORETYPE" $(BUILD)/tests/test_ops
 	@fail=0; for t in $(UNITS); do echo "== $$t"; AR_SHARED=$(SHARED) $$t --jobs 2 || fail=1; done; exit $$fail
+
+# The unit binaries again under the other OpenBLAS kernels this CPU can run
+# (tests/unit/kernels.sh skips, with a line each, the ones it cannot, the ones
+# OpenBLAS lacks and the default one `unit` ran), so an assertion that depends
+# on a kernel's summation order fails on every machine. Tolerances come from
+# error bounds that hold for any order (tests/unit/fixture.h). Not under
+# SANITIZE=1: the kernels are not instrumented and the sanitized run is slow.
+ifeq ($(SANITIZE),1)
+UNIT_CORETYPES ?=
+else
+UNIT_CORETYPES ?= Haswell SkylakeX Zen
+endif
+unit-kernels: $(UNITS)
+	@AR_SHARED=$(SHARED) sh tests/unit/kernels.sh "$(UNIT_CORETYPES)" $(UNITS)
 
 e2e: $(TOOLS)
 	@AR_SHARED=$(SHARED) AR_BIN=$(abspath $(BIN)) sh tests/e2e/run.sh

@@ -53,7 +53,8 @@ sleep 0.3
 kill_run "second kill"
 finished 2 || fail "the second kill was not inside block 4: $(cat "$CK/manifest.json")"
 
-# 4. Resumed to the end: the same bytes as the uninterrupted run.
+# 4. Resumed to the end: the same bytes as the uninterrupted run (exact:
+# both runs on this machine, kernel and thread count; docs/robustness.md).
 tune --checkpoint "$CK" -o "$T/B.ars" --progress 2> "$T/err3"
 grep -q 'resuming at block 4/6' "$T/err3" || { cat "$T/err3"; fail "no 'resuming at block 4/6'"; }
 grep -q 'block 3/6' "$T/err3" && fail "blocks before the resume point were tuned again"

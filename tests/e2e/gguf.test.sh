@@ -19,7 +19,9 @@ ppl() { # MODEL -> its perplexity on 40 windows of 256 tokens (exit on failure)
   [ -n "$v" ] || { echo "FAIL ar-eval --model $1 gave no perplexity" >&2; exit 1; }
   echo "$v"
 }
-# ratio GOT REF MAX: GOT/REF - 1 <= MAX (and not below -0.002: quantization does not help much)
+# ratio GOT REF MAX: GOT/REF - 1 <= MAX (and not below -0.002: quantization
+# does not help much). Quality bounds of each GGUF type, not rounding
+# tolerances: the perplexities differ by the quantization itself.
 near() { awk -v g="$1" -v r="$2" -v m="$3" 'BEGIN { d = g / r - 1; exit !(d <= m && d >= -0.002) }'; }
 
 base=$(ppl "$M") || exit 1

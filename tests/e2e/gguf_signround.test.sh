@@ -35,6 +35,7 @@ n=$(awk '/ar-tune: block [0-9]+\/[0-9]+ .*loss/ { for (i = 1; i < NF; i++) if ($
 if [ "$n" = 5 ]; then echo "ok   tuning loss went down in all 5 blocks"; else echo "FAIL loss went down in $n of 5 blocks"; cat "$T/log"; fail=1; fi
 
 if cmp -s "$T/tuned.gguf" "$T/untuned.gguf"; then echo "FAIL tuning changed no code"; fail=1; else echo "ok   tuned file differs from the untuned one"; fi
+# exact: two runs on the same machine, kernel and thread count
 if cmp -s "$T/tuned.ars" "$T/again.ars"; then echo "ok   same seed, same stream"; else echo "FAIL two runs with the same seed differ"; fail=1; fi
 if "$AR_BIN/ar-dump" "$T/tuned.ars" 2>/dev/null | grep -q '"method":"signround"'; then echo "ok   META method signround"
 else echo "FAIL META does not record signround"; fail=1; fi

@@ -4,6 +4,8 @@
 #include "dtype.h"
 #include "safetensors_writer.h"
 #include <criterion/criterion.h>
+#include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
@@ -87,4 +89,107 @@ void fx_write_bf16_model(const char *dir, const fx_tensor *t, size_t n, float (*
         free(v);
     }
     cr_assert_eq(ar_stw_close(w), 0);
+}
+
+/* ---- error bounds (fixture.h derives them) -------------------------------- */
+
+int fx_mode_ = FX_BOUNDS;
+uint64_t fx_rng_ = 1;
+
+void fx_set_mode(int mode, uint64_t seed)
+{
+    fx_mode_ = mode;
+    fx_rng_ = seed * 0x9E3779B97F4A7C15ull + 1;
+}
+
+double fx_mca_tolerance(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact)
+{
+    double *ex = exact ? exact : malloc(sizeof(double) * n), *out = malloc(sizeof(double) * n), dev = 0;
+    fx_set_mode(FX_VALUES, 0);
+    run(ctx, ex);
+    for (int k = 1; k <= FX_MCA_RUNS; k++) {
+        fx_set_mode(FX_MCA, (uint64_t)k);
+        run(ctx, out);
+        for (long i = 0; i < n; i++) dev = fmax(dev, fabs(out[i] - ex[i]));
+    }
+    fx_set_mode(FX_BOUNDS, 0);
+    if (!exact) free(ex);
+    free(out);
+    cr_assert(isfinite(dev), "fx_mca_tolerance: a run diverged");
+    return FX_MCA_FACTOR * dev;
+}
+
+void fx_mca_tolerances(void (*run)(void *ctx, double *out), void *ctx, long n, double *exact, double *tol)
+{
+    double *ex = exact ? exact : malloc(sizeof(double) * n), *out = malloc(sizeof(double) * n);
+    fx_set_mode(FX_VALUES, 0);
+    run(ctx, ex);
+    for (long i = 0; i < n; i++) tol[i] = 0;
+    for (int k = 1; k <= FX_MCA_RUNS; k++) {
+        fx_set_mode(FX_MCA, (uint64_t)k);
+        run(ctx, out);
+        for (long i = 0; i < n; i++) tol[i] = fmax(tol[i], fabs(out[i] - ex[i]));
+    }
+    fx_set_mode(FX_BOUNDS, 0);
+    for (long i = 0; i < n; i++) {
+        cr_assert(isfinite(tol[i]), "fx_mca_tolerances: a run diverged");
+        tol[i] *= FX_MCA_FACTOR;
+    }
+    if (!exact) free(ex);
+    free(out);
+}
+
+void fx_fail(const char *fmt, ...)
+{
+    char msg[512];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(msg, sizeof msg, fmt, ap);
+    va_end(ap);
+    cr_assert_fail("%s", msg);
+    abort(); /* not reached: a failed assertion ends the test */
+}
+
+double fx_dot_bound(const float *a, long sa, const float *b, long sb, long n)
+{
+    double mag = 0;
+    for (long i = 0; i < n; i++) mag += fabs((double)a[i * sa] * b[i * sb]);
+    return fx_gamma((double)n) * mag;
+}
+
+int fx_within(double got, double want, double bound)
+{
+    return fabs(got - want) <= FX_SAFETY * bound;
+}
+
+void fx_assert_within(double got, double want, double bound, const char *what, ...)
+{
+    if (fx_within(got, want, bound)) return;
+    char msg[512];
+    va_list ap;
+    va_start(ap, what);
+    vsnprintf(msg, sizeof msg, what, ap);
+    va_end(ap);
+    cr_assert_fail("%s: got %.9g, want %.9g, |diff| %.3g > %g x bound %.3g", msg, got, want, fabs(got - want),
+                   FX_SAFETY, bound);
+}
+
+void fx_assert_all_within(const float *got, const double *want, const double *bound, long n, const char *what)
+{
+    for (long i = 0; i < n; i++)
+        if (!fx_within(got[i], want[i], bound[i])) fx_assert_within(got[i], want[i], bound[i], "%s[%ld]", what, i);
+}
+
+long fx_count_outside(const float *got, const double *want, const double *bound, long n)
+{
+    long c = 0;
+    for (long i = 0; i < n; i++) c += !fx_within(got[i], want[i], bound[i]);
+    return c;
+}
+
+double fx_central_diff(double fp, double fm, double fp2, double fm2, double h, double fmag, double *err)
+{
+    double d = (fp - fm) / (2 * h), d2 = (fp2 - fm2) / (4 * h);
+    *err = fabs(d - d2) + 0x1p-40 * fmag / h;
+    return d;
 }

@@ -1,115 +1,30 @@
-/* test_block.c — decoder block forward/backward against a double-precision
- * reference block written independently here (naive loops, no BLAS), and
- * the block gradients against central finite differences of that reference. */
+/* test_block.c — decoder block forward/backward against the double-precision
+ * reference block of refblock.c (naive loops, no BLAS) within the error
+ * bound of the f32 block it carries (fixture.h), and the reference
+ * gradients against central finite differences of the reference forward. */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "block.h"
+#include "fixture.h"
 #include "ops.h"
+#include "refblock.h"
 
 /* ------------------------------------------------------------ reference */
 
-typedef struct {
-    double *w[AR_NLINEAR], *b[AR_NLINEAR], *n1, *n2, *qn, *kn;
-} dweights;
+/* The reference block is refblock.c's: double, naive loops, with the error
+ * bound of the f32 block's rounding next to every value. */
+typedef rb_weights dweights;
 
-static void d_rmsnorm(double *o, const double *x, const double *w, int R, int C,
-                      double eps)
+static void d_block(const ar_config *c, const dweights *w, const double *x, double *y, int B, int T)
 {
-    for (int r = 0; r < R; r++) {
-        double ss = 0;
-        for (int i = 0; i < C; i++) ss += x[r * C + i] * x[r * C + i];
-        double s = 1 / sqrt(ss / C + eps);
-        for (int i = 0; i < C; i++) o[r * C + i] = x[r * C + i] * s * w[i];
-    }
-}
-
-static void d_linear(double *y, const double *x, const double *W, const double *b,
-                     int R, int K, int N)
-{
-    for (int r = 0; r < R; r++)
-        for (int n = 0; n < N; n++) {
-            double acc = b ? b[n] : 0;
-            for (int k = 0; k < K; k++) acc += x[r * K + k] * W[n * K + k];
-            y[r * N + n] = acc;
-        }
-}
-
-/* Default RoPE (theta only), rotate_half pairs (i, i + HD/2). */
-static void d_rope(double *x, int B, int T, int H, int HD, double theta)
-{
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++)
-            for (int h = 0; h < H; h++) {
-                double *v = x + (((long)b * T + t) * H + h) * HD;
-                for (int i = 0; i < HD / 2; i++) {
-                    double a = t / pow(theta, 2.0 * i / HD), c = cos(a), s = sin(a);
-                    double x0 = v[i], x1 = v[i + HD / 2];
-                    v[i] = x0 * c - x1 * s;
-                    v[i + HD / 2] = x1 * c + x0 * s;
-                }
-            }
-}
-
-static void d_attention(double *out, const double *q, const double *k,
-                        const double *v, int B, int T, int NH, int NKV, int HD,
-                        int window)
-{
-    double p[T];
-    for (int b = 0; b < B; b++)
-        for (int h = 0; h < NH; h++) {
-            int g = h / (NH / NKV);
-            for (int t = 0; t < T; t++) {
-                const double *qt = q + ((b * T + t) * NH + h) * HD;
-                double mx = -INFINITY, sum = 0;
-                for (int s = 0; s <= t; s++) {
-                    const double *ks = k + ((b * T + s) * NKV + g) * HD;
-                    double d = 0;
-                    for (int i = 0; i < HD; i++) d += qt[i] * ks[i];
-                    p[s] = (window > 0 && t - s >= window) ? -INFINITY : d / sqrt(HD);
-                    mx = fmax(mx, p[s]);
-                }
-                for (int s = 0; s <= t; s++) sum += (p[s] = exp(p[s] - mx));
-                double *o = out + ((b * T + t) * NH + h) * HD;
-                for (int i = 0; i < HD; i++) {
-                    double acc = 0;
-                    for (int s = 0; s <= t; s++)
-                        acc += p[s] / sum * v[((b * T + s) * NKV + g) * HD + i];
-                    o[i] = acc;
-                }
-            }
-        }
-}
-
-static void d_block(const ar_config *c, const dweights *w, const double *x,
-                    double *y, int B, int T)
-{
-    int BT = B * T, C = c->hidden, F = c->intermediate, HD = c->head_dim;
-    int NH = c->n_heads, NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
-    double *n = malloc(sizeof(double) * BT * C), *h = malloc(sizeof(double) * BT * C);
-    double *q = malloc(sizeof(double) * BT * QD), *ao = malloc(sizeof(double) * BT * QD);
-    double *k = malloc(sizeof(double) * BT * KD), *v = malloc(sizeof(double) * BT * KD);
-    double *g = malloc(sizeof(double) * BT * F), *u = malloc(sizeof(double) * BT * F);
-    d_rmsnorm(n, x, w->n1, BT, C, c->rms_eps);
-    d_linear(q, n, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
-    d_linear(k, n, w->w[AR_K], w->b[AR_K], BT, C, KD);
-    d_linear(v, n, w->w[AR_V], w->b[AR_V], BT, C, KD);
-    if (w->qn) d_rmsnorm(q, q, w->qn, BT * NH, HD, c->rms_eps);
-    if (w->kn) d_rmsnorm(k, k, w->kn, BT * NKV, HD, c->rms_eps);
-    d_rope(q, B, T, NH, HD, c->rope_theta);
-    d_rope(k, B, T, NKV, HD, c->rope_theta);
-    d_attention(ao, q, k, v, B, T, NH, NKV, HD, c->sliding_window);
-    d_linear(h, ao, w->w[AR_O], w->b[AR_O], BT, QD, C);
-    for (int i = 0; i < BT * C; i++) h[i] += x[i];
-    d_rmsnorm(n, h, w->n2, BT, C, c->rms_eps);
-    d_linear(g, n, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
-    d_linear(u, n, w->w[AR_UP], w->b[AR_UP], BT, C, F);
-    for (int i = 0; i < BT * F; i++) g[i] = g[i] / (1 + exp(-g[i])) * u[i];
-    d_linear(y, g, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
-    for (int i = 0; i < BT * C; i++) y[i] += h[i];
-    free(n), free(h), free(q), free(ao), free(k), free(v), free(g), free(u);
+    long n = (long)B * T * c->hidden;
+    fx_ev *e = rb_exact_d(x, n);
+    rb_block_forward(c, w, e, e, B, T);
+    for (long i = 0; i < n; i++) y[i] = e[i].v;
+    free(e);
 }
 
 /* -------------------------------------------------------------- fixture */
@@ -174,46 +89,42 @@ static void free_model(model *m)
     for (int i = 0; i < m->nbuf; i++) free(m->buf[i]), free(m->dbuf[i]);
 }
 
-static double max_abs(const double *a, int n)
-{
-    double m = 0;
-    for (int i = 0; i < n; i++) m = fmax(m, fabs(a[i]));
-    return m;
-}
-
 /* ---------------------------------------------------------------- forward */
 
 enum { B = 2, T = 5 };
 
+/* The training forward checked stage by stage against the reference ops
+ * (refblock.h: each stage from the f32 stage before it, within its
+ * rigorous bound); the inference forward, in place or not, equals it
+ * exactly: the same ops on the same shapes in the same order (same machine,
+ * kernel and thread count). A worst-case bound carried through the whole
+ * block instead would reach ~3e-3 relative here: too loose to be sharp. */
 static void check_forward(ar_config c)
 {
     model m;
     make_model(&m, &c);
     int n = B * T * c.hidden;
     float x[n], y[n], y2[n];
-    double xd[n], yd[n];
-    for (int i = 0; i < n; i++) xd[i] = x[i] = (float)(2 * urand());
-    d_block(&c, &m.d, xd, yd, B, T);
+    for (int i = 0; i < n; i++) x[i] = (float)(2 * urand());
 
     ar_block_work ws;
-    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 0), 0);
-    cr_assert_eq(ar_block_forward(&c, &m.w, x, y, B, T, &ws), 0);
-    /* f32 against double: rounding of ~100-term sums of O(1) values, so
-     * 1e-5 relative to the output scale is ample and a wrong op is far off. */
-    double scale = max_abs(yd, n);
-    for (int i = 0; i < n; i++)
-        cr_assert(fabs(y[i] - yd[i]) <= 1e-5 * scale, "y[%d] = %.7g, reference %.7g", i,
-                  y[i], yd[i]);
-    /* In place (y == x) gives the same result. */
+    ar_block_acts a;
+    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 1), 0);
+    cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
+    cr_assert_eq(ar_block_forward_train(&c, &m.w, x, y, B, T, &ws, &a), 0);
+    rb_check_block_stages(&c, &m.d, &a, y);
+    cr_assert_eq(ar_block_forward(&c, &m.w, x, y2, B, T, &ws), 0);
+    for (int i = 0; i < n; i++) cr_assert_eq(y2[i], y[i], "inference y[%d]", i);
     memcpy(y2, x, sizeof y2);
     cr_assert_eq(ar_block_forward(&c, &m.w, y2, y2, B, T, &ws), 0);
     for (int i = 0; i < n; i++) cr_assert_eq(y2[i], y[i], "in-place y[%d]", i);
     /* A shorter batch in the same workspace (prefix of the rope tables). */
-    d_block(&c, &m.d, xd, yd, 1, T - 2);
+    cr_assert_eq(ar_block_forward_train(&c, &m.w, x, y, 1, T - 2, &ws, &a), 0);
+    rb_check_block_stages(&c, &m.d, &a, y);
     cr_assert_eq(ar_block_forward(&c, &m.w, x, y2, 1, T - 2, &ws), 0);
-    for (int i = 0; i < (T - 2) * c.hidden; i++)
-        cr_assert(fabs(y2[i] - yd[i]) <= 1e-5 * scale, "short batch y[%d]", i);
+    for (int i = 0; i < (T - 2) * c.hidden; i++) cr_assert_eq(y2[i], y[i], "short batch y[%d]", i);
     cr_assert_neq(ar_block_forward(&c, &m.w, x, y, B, T + 1, &ws), 0);
+    ar_block_acts_free(&a);
     ar_block_work_free(&ws);
     free_model(&m);
 }
@@ -236,43 +147,55 @@ Test(block, linear_shapes_and_names)
 
 /* --------------------------------------------------------------- backward */
 
-/* L = sum(y . r) of the double reference. */
-static double d_loss(const ar_config *c, const dweights *w, const double *x,
-                     const double *r)
+/* L = sum(y . r) of the double reference; *mag = sum |y r|. */
+static double d_loss(const ar_config *c, const dweights *w, const double *x, const double *r, double *mag)
 {
     int n = B * T * c->hidden;
-    double y[n], L = 0;
+    double y[n], L = 0, m = 0;
     d_block(c, w, x, y, B, T);
-    for (int i = 0; i < n; i++) L += y[i] * r[i];
+    for (int i = 0; i < n; i++) L += y[i] * r[i], m += fabs(y[i] * r[i]);
+    *mag = m;
     return L;
 }
 
-/* Central difference of d_loss along element j of p (double, step 1e-5:
- * truncation ~1e-10, rounding ~1e-11 relative; both far below the check). */
-static double fd(const ar_config *c, const dweights *w, const double *x,
-                 const double *r, double *p, int j)
+/* Central difference of d_loss along direction d of p [n] (steps 1e-5 and
+ * 2e-5), with its error bound (fixture.h fx_central_diff). */
+static double fd(const ar_config *c, const dweights *w, const double *x, const double *r, double *p,
+                 const double *d, int n, double *err)
 {
-    const double h = 1e-5;
-    double keep = p[j];
-    p[j] = keep + h;
-    double lp = d_loss(c, w, x, r);
-    p[j] = keep - h;
-    double lm = d_loss(c, w, x, r);
-    p[j] = keep;
-    return (lp - lm) / (2 * h);
+    const double h = 1e-5, step[4] = {h, -h, 2 * h, -2 * h};
+    double *keep = malloc(sizeof(double) * n), f[4], mag = 0, m;
+    memcpy(keep, p, sizeof(double) * n);
+    for (int s = 0; s < 4; s++) {
+        for (int j = 0; j < n; j++) p[j] = keep[j] + step[s] * d[j];
+        f[s] = d_loss(c, w, x, r, &m);
+        mag = fmax(mag, m);
+    }
+    memcpy(p, keep, sizeof(double) * n);
+    free(keep);
+    return fx_central_diff(f[0], f[1], f[2], f[3], h, mag, err);
 }
 
-/* |got - want| <= tol * max|want| over n values: f32 backward against
- * exact gradients; 1e-4 leaves ~50x margin over f32 rounding here, while a
- * missing or wrong term changes gradients by O(1) relative. */
-static void expect_close(const float *got, const double *want, int n, double tol,
-                         const char *what)
+/* The f32 gradient against the reference backward run on the f32
+ * forward's saved activations (saved: its bound covers the f32 backward's
+ * rounding only), element by element; and the reference backward run on
+ * the exact forward (want) against finite differences of the reference
+ * forward along 3 random directions of p (every element weighs in, so a
+ * wrong or missing term shows; per element would cost a block forward pair
+ * per weight). */
+static void check_grad(const ar_config *c, const dweights *w, const double *x, const double *r, const float *got,
+                       const fx_ev *saved, const fx_ev *want, double *p, int n, const char *what)
 {
-    double scale = max_abs(want, n);
-    cr_assert(scale > 1e-3, "%s: gradient vanishes (scale %g)", what, scale);
-    for (int j = 0; j < n; j++)
-        cr_assert(fabs(got[j] - want[j]) <= tol * scale, "%s[%d] = %.7g, FD %.7g", what,
-                  j, got[j], want[j]);
+    for (int j = 0; j < n; j++) fx_assert_within(got[j], saved[j].v, saved[j].e, "%s[%d]", what, j);
+    double *d = malloc(sizeof(double) * n);
+    for (int t = 0; t < 3; t++) {
+        double dot = 0, mag = 0, err;
+        for (int j = 0; j < n; j++) d[j] = 2 * urand(), dot += want[j].v * d[j], mag += fabs(want[j].v * d[j]);
+        double g = fd(c, w, x, r, p, d, n, &err);
+        fx_assert_within(dot, g, err + n * 0x1p-53 * mag, "%s: reference gradient along direction %d vs finite differences",
+                         what, t);
+    }
+    free(d);
 }
 
 static void check_backward(ar_config c)
@@ -281,7 +204,7 @@ static void check_backward(ar_config c)
     make_model(&m, &c);
     int n = B * T * c.hidden;
     float x[n], y[n], dy[n], dx[n];
-    double xd[n], r[n], want[n];
+    double xd[n], r[n];
     for (int i = 0; i < n; i++) xd[i] = x[i] = (float)(2 * urand());
     for (int i = 0; i < n; i++) r[i] = dy[i] = (float)(2 * urand());
 
@@ -291,30 +214,37 @@ static void check_backward(ar_config c)
     cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
     cr_assert_eq(ar_block_forward_train(&c, &m.w, x, y, B, T, &ws, &a), 0);
     float *dW[AR_NLINEAR];
+    fx_ev *eW[AR_NLINEAR], *sW[AR_NLINEAR], *ex = malloc(sizeof(fx_ev) * n), *sx = malloc(sizeof(fx_ev) * n);
+    fx_ev *xe = rb_exact(x, n), *dye = rb_exact(dy, n);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int no, k;
         ar_linear_shape(&c, i, &no, &k);
         dW[i] = calloc((size_t)no * k, sizeof(float));
+        eW[i] = malloc(sizeof(fx_ev) * no * k), sW[i] = malloc(sizeof(fx_ev) * no * k);
     }
     memset(dx, 0, sizeof dx);
     cr_assert_eq(ar_block_backward(&c, &m.w, &a, dy, dW, dx, &ws), 0);
+    rb_block_backward(&c, &m.d, xe, dye, B, T, eW, ex);
+    rb_block_backward_saved(&c, &m.d, &a, dye, sW, sx);
 
     for (int i = 0; i < AR_NLINEAR; i++) {
         int no, k;
         ar_linear_shape(&c, i, &no, &k);
-        double *fdw = malloc(sizeof(double) * no * k);
-        for (int j = 0; j < no * k; j++) fdw[j] = fd(&c, &m.d, xd, r, m.d.w[i], j);
-        expect_close(dW[i], fdw, no * k, 1e-4, ar_linear_names[i]);
-        free(fdw);
+        check_grad(&c, &m.d, xd, r, dW[i], sW[i], eW[i], m.d.w[i], no * k, ar_linear_names[i]);
     }
-    for (int j = 0; j < n; j++) want[j] = fd(&c, &m.d, xd, r, xd, j);
-    expect_close(dx, want, n, 1e-4, "dx");
+    check_grad(&c, &m.d, xd, r, dx, sx, ex, xd, n, "dx");
 
-    /* Gradients accumulate: a second backward doubles them. */
+    /* Gradients accumulate: a second backward adds the same sum again, with
+     * the previous value as one more term. keep is within b of the exact S;
+     * the second sum's rounding is at most twice the first's (gamma_{n+1} <=
+     * 2 gamma_n) plus gamma_{n+1} |keep|: |dW - 2S| <= 3b + gamma_{n+1} (|S| + b). */
     float keep = dW[AR_DOWN][3];
     cr_assert_eq(ar_block_backward(&c, &m.w, &a, dy, dW, NULL, &ws), 0);
-    cr_assert_float_eq(dW[AR_DOWN][3], 2 * keep, 1e-6 * fabsf(keep) + 1e-12);
-    for (int i = 0; i < AR_NLINEAR; i++) free(dW[i]);
+    fx_ev S = sW[AR_DOWN][3];
+    fx_assert_within(dW[AR_DOWN][3], 2 * S.v, 3 * S.e + fx_gamma(B * T + 1) * (fabs(S.v) + S.e),
+                     "dW_down[3] twice (once %g)", keep);
+    for (int i = 0; i < AR_NLINEAR; i++) free(dW[i]), free(eW[i]), free(sW[i]);
+    free(ex), free(sx), free(xe), free(dye);
     ar_block_acts_free(&a);
     ar_block_work_free(&ws);
     free_model(&m);
@@ -339,7 +269,9 @@ Test(block, train_forward_matches_inference)
     cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0);
     cr_assert_eq(ar_block_forward(&c, &m.w, x, y, B, T, &ws), 0);
     cr_assert_eq(ar_block_forward_train(&c, &m.w, x, y2, B, T, &ws, &a), 0);
-    for (int i = 0; i < n; i++) cr_assert_float_eq(y2[i], y[i], 1e-6, "y[%d]", i);
+    /* exact: the same ops on the same shapes in the same order (same
+     * machine, kernel and thread count); only where P is kept differs */
+    for (int i = 0; i < n; i++) cr_assert_eq(y2[i], y[i], "y[%d]", i);
     ar_block_work no_train;
     cr_assert_eq(ar_block_work_init(&no_train, &c, B, T, 0), 0);
     float *dW[AR_NLINEAR] = {0};

@@ -65,6 +65,7 @@ Test(block_observe, inference_observer_sees_the_training_inputs)
     ws.observe = record;
     ws.observe_ctx = &o;
     cr_assert_eq(ar_block_forward(&c, &w, x, y2, B, T, &ws), 0);
+    /* exact: the same ops on the same shapes (same machine, kernel, threads) */
     cr_assert_eq(memcmp(y1, y2, sizeof(float) * nel), 0, "the observer changed the output");
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;

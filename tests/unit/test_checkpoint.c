@@ -115,7 +115,8 @@ Test(checkpoint, manifest_written_before_the_first_block)
     cr_assert_eq(mismatch, 1);
 }
 
-/* Replaying blocks gives the bytes of writing the same records directly. */
+/* Replaying blocks gives the bytes of writing the same records directly
+ * (exact on any machine: stored bytes copied, no arithmetic). */
 Test(checkpoint, replay_is_byte_identical)
 {
     ar_checkpoint *ck = ar_ckpt_open(g_dir, settings, 3, NULL);

@@ -22,8 +22,9 @@ Test(config, stories260k)
     cr_assert(c.arch == AR_ARCH_LLAMA && c.hidden == 64 && c.intermediate == 172 && c.n_layers == 5);
     cr_assert(c.n_heads == 8 && c.n_kv_heads == 4 && c.head_dim == 8 && c.vocab == 512 && c.max_pos == 512);
     cr_assert(c.tie_embeddings && !c.qkv_bias && !c.qk_norm && c.bos_id == 1 && c.eos_id == 2);
-    cr_assert_float_eq(c.rms_eps, 1e-5f, 1e-12);
-    cr_assert_float_eq(c.rope_theta, 10000.0, 1e-9);
+    /* exact: JSON decimals parse to the same f32 / f64 constants */
+    cr_assert_eq(c.rms_eps, 1e-5f);
+    cr_assert_eq(c.rope_theta, 10000.0);
     cr_assert_eq(c.rope_type, AR_ROPE_DEFAULT);
     cr_assert_str_eq(c.torch_dtype, "float32");
 }
@@ -35,7 +36,7 @@ Test(config, tiny_llama_rope_parameters)
     snprintf(dir, sizeof dir, "%s/models/tiny-llama", shared());
     cr_assert_eq(ar_config_load(&c, dir), 0, "%s", ar_last_error());
     cr_assert(c.hidden == 512 && c.n_kv_heads == 2 && c.head_dim == 64 && !c.tie_embeddings && c.vocab == 4096);
-    cr_assert_float_eq(c.rope_theta, 10000.0, 1e-9);
+    cr_assert_eq(c.rope_theta, 10000.0);
     cr_assert_str_eq(c.torch_dtype, "bfloat16");
 }
 
@@ -53,7 +54,7 @@ Test(config, qwen2_bias_and_sliding_window_switch)
     ar_config c = parse_ok("{\"architectures\":[\"Qwen2ForCausalLM\"]," BASE ",\"num_key_value_heads\":2,"
                            "\"sliding_window\":32,\"use_sliding_window\":false,\"rope_theta\":1000000}");
     cr_assert(c.arch == AR_ARCH_QWEN2 && c.qkv_bias && !c.o_bias && c.sliding_window == 0 && c.head_dim == 16);
-    cr_assert_float_eq(c.rope_theta, 1e6, 1e-3);
+    cr_assert_eq(c.rope_theta, 1e6);
     c = parse_ok("{\"architectures\":[\"Qwen2ForCausalLM\"]," BASE ",\"sliding_window\":32,"
                  "\"use_sliding_window\":true,\"max_window_layers\":1}");
     cr_assert(c.sliding_window == 32 && c.sliding_from_layer == 1);
@@ -82,9 +83,9 @@ Test(config, rope_in_rope_scaling_llama3)
                            "\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8.0,\"low_freq_factor\":1.0,"
                            "\"high_freq_factor\":4.0,\"original_max_position_embeddings\":8192}}");
     cr_assert(c.rope_type == AR_ROPE_LLAMA3 && c.rope_orig_max_pos == 8192);
-    cr_assert_float_eq(c.rope_theta, 500000.0, 1e-6);
-    cr_assert_float_eq(c.rope_factor, 8.0, 1e-12);
-    cr_assert_float_eq(c.rope_high_freq_factor, 4.0, 1e-12);
+    cr_assert_eq(c.rope_theta, 500000.0);
+    cr_assert_eq(c.rope_factor, 8.0);
+    cr_assert_eq(c.rope_high_freq_factor, 4.0);
     c = parse_ok("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"type\":\"linear\",\"factor\":2}}");
     cr_assert(c.rope_type == AR_ROPE_LINEAR && c.rope_factor == 2.0 && c.rope_theta == 10000.0);
 }

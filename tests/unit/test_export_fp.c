@@ -102,8 +102,11 @@ static void round_trip(const fp_case *c, const char *format, const char *want_fm
     ar_qlayer_dequant(&l, ref);
     int bad = 0;
     for (int i = 0; i < NQ * H && bad < 4; i++) {
-        /* the exported codes and scales give the quantizer's ŵ back */
-        if (fabsf(back[i] - wq[i]) > 1e-6f * fabsf(wq[i]) || back[i] != ref[i]) {
+        /* the exported codes and scales give the quantizer's ŵ back: read
+         * back and dequantized exactly alike (the same f32 formula); against
+         * the quantizer's own ŵ, each an f32 evaluation of code x scale (/
+         * global scale for NVFP4) with up to two roundings: gamma_2 each */
+        if (!fx_within(back[i], wq[i], 2 * fx_gamma(2) * fabsf(wq[i])) || back[i] != ref[i]) {
             bad++;
             cr_expect(0, "%s %s: w[%d] read back %.9g, quantizer %.9g, dequant %.9g", format, c->dt, i, back[i], wq[i], ref[i]);
         }

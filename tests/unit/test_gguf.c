@@ -42,7 +42,7 @@ Test(gguf, reads_reference_metadata_and_tensors)
     cr_assert_eq(ar_gguf_n_tensors(g), 47);
     cr_assert_str_eq(ar_gguf_find_kv(g, "general.architecture")->str, "llama");
     cr_assert_eq(ar_gguf_kv_int(ar_gguf_find_kv(g, "llama.block_count")), 5);
-    cr_assert_float_eq(ar_gguf_kv_float(ar_gguf_find_kv(g, "llama.rope.freq_base")), 10000.0, 1e-9);
+    cr_assert_eq(ar_gguf_kv_float(ar_gguf_find_kv(g, "llama.rope.freq_base")), 10000.0); /* exact: an f32 field */
     const ar_gguf_kv *tokens = ar_gguf_find_kv(g, "tokenizer.ggml.tokens");
     cr_assert_eq(tokens->n, 512);
     const char *s;
@@ -230,7 +230,10 @@ Test(gguf, writer_round_trip)
     cr_assert_eq(ar_gguf_tensor_f32(ar_gguf_find_tensor(g, "a"), back), 0);
     cr_assert_eq(back[7], 1.f);
     cr_assert_eq(ar_gguf_tensor_f32(b, back), 0);
-    cr_assert_float_eq(back[10], 10.f / 7, 0.01);
+    /* Q8_0: within half a step of its block (elements 0..31, amax 31/7) of
+     * the value; the step amax/127 is stored as fp16 (relative 2^-11) */
+    double step = 31.0 / 7 / 127 * (1 + 0x1p-11);
+    fx_assert_within(back[10], 10.0 / 7, step / 2 / FX_SAFETY, "Q8_0 element 10");
     ar_gguf_close(g);
 }
 

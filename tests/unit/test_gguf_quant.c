@@ -65,9 +65,11 @@ Test(gguf_quant, dequantize_matches_gguf_py)
         snprintf(path, sizeof path, FIX "deq_%s.f32", qnames[i]);
         float *want = fx_slurp(path, &nf), *got = malloc(nf);
         cr_assert_eq(ar_ggml_dequantize(ar_ggml_type_parse(qnames[i]), blocks, got, NROWS * NCOLS), 0);
+        /* exact: gguf-py evaluates the same f32 formula per element (scale
+         * times code, minus the min; no sums), and IEEE arithmetic rounds it
+         * alike (the library is built without FP contraction: -std=c11) */
         for (int j = 0; j < NROWS * NCOLS; j++)
-            cr_assert(fabsf(got[j] - want[j]) <= 1e-6f * fabsf(want[j]), "%s[%d]: %g vs %g", qnames[i], j, got[j],
-                      want[j]);
+            cr_assert_eq(got[j], want[j], "%s[%d]: %.9g vs %.9g", qnames[i], j, got[j], want[j]);
         free(blocks); free(want); free(got);
     }
 }
@@ -94,20 +96,25 @@ Test(gguf_quant, grid_roundtrip)
         cr_assert_eq(ar_ggml_frozen_params(t, b, n, s, m), 0);
         cr_assert_eq(ar_ggml_dequantize(t, b, deq, n), 0);
         cr_assert_eq(ar_ggml_fake_quant(t, x, NULL, s, m, n, fq), 0);
+        /* exact: fake quantization and dequantization evaluate the same f32
+         * formula on the same codes */
         for (int j = 0; j < n; j++)
-            if (s[j / g.group]) cr_assert(fabsf(fq[j] - deq[j]) <= 1e-6f * (fabsf(deq[j]) + 1e-6f),
-                                          "%s[%d] %g vs %g", ar_ggml_type_name(t), j, fq[j], deq[j]);
+            if (s[j / g.group]) cr_assert_eq(fq[j], deq[j], "%s[%d] %g vs %g", ar_ggml_type_name(t), j, fq[j], deq[j]);
         /* push one mid-range element of row 0 up by one step with v = +1 */
         int j0 = 300;
         v[j0] = 1.f;
         float before = fq[j0];
         cr_assert_eq(ar_ggml_fake_quant(t, x, v, s, m, n, fq), 0);
-        cr_assert(fabsf(fq[j0] - (before + s[j0 / g.group])) < 1e-6f || fq[j0] == before,
+        /* s (q + 1) - m against (s q - m) + s: each side's f32 rounding,
+         * |s q| <= |before| + |m| */
+        double sj = s[j0 / g.group], mj = fabs(m[j0 / g.group]);
+        double step = 2 * fx_gamma(2) * (fabs(before) + sj + 2 * mj) + FX_U * (fabs(before) + sj);
+        cr_assert(fx_within(fq[j0], before + sj, step) || fq[j0] == before,
                   "%s: v=1 gives %g from %g (step %g)", ar_ggml_type_name(t), fq[j0], before, s[j0 / g.group]);
         cr_assert_eq(ar_ggml_requantize_codes(t, x, v, b2, n), 0);
         cr_assert_eq(ar_ggml_dequantize(t, b2, deq, n), 0);
-        cr_assert(fabsf(deq[j0] - fq[j0]) <= 1e-6f, "%s: requantized %g vs fake %g", ar_ggml_type_name(t), deq[j0],
-                  fq[j0]);
+        cr_assert_eq(deq[j0], fq[j0], "%s: requantized %g vs fake %g (exact: the same codes, the same formula)",
+                     ar_ggml_type_name(t), deq[j0], fq[j0]);
         free(b); free(b2); free(s); free(m); free(deq); free(fq); free(v);
     }
     free(x);

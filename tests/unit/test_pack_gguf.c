@@ -61,7 +61,7 @@ Test(pack_gguf, source_reads_llama_cpp_f32_file_as_the_hf_model)
     cr_assert(c.arch == AR_ARCH_LLAMA && c.hidden == hf.hidden && c.intermediate == hf.intermediate);
     cr_assert(c.n_layers == hf.n_layers && c.n_heads == hf.n_heads && c.n_kv_heads == hf.n_kv_heads);
     cr_assert(c.head_dim == hf.head_dim && c.vocab == hf.vocab && c.tie_embeddings == hf.tie_embeddings);
-    cr_assert(fabsf(c.rms_eps - hf.rms_eps) < 1e-12f && c.rope_theta == hf.rope_theta);
+    cr_assert(c.rms_eps == hf.rms_eps && c.rope_theta == hf.rope_theta); /* exact: the same f32/f64 constants */
     ar_safetensors *st = ar_st_open_dir(model_dir);
     cr_assert(st);
     for (size_t i = 0; i < ar_st_count(st); i++) {
@@ -173,9 +173,10 @@ static void check_int_layers(const char *mix, int bits, int sym)
         float *got = read_all(&src, w, &rows, &cols);
         for (int n = 0; n < rows; n++)
             for (int k = 0; k < cols; k++) {
+                /* exact: the reader evaluates the same f32 formula (an
+                 * fp16 scale times a small integer, plus an fp16 min) */
                 float e = expected(&r[i].l, n, k);
-                cr_assert(fabsf(got[n * cols + k] - e) <= 1e-6f * fabsf(e) + 1e-9f, "%s %s [%d,%d]: %g vs %g", mix, w,
-                          n, k, got[n * cols + k], e);
+                cr_assert_eq(got[n * cols + k], e, "%s %s [%d,%d]: %g vs %g", mix, w, n, k, got[n * cols + k], e);
             }
         free(got);
         free_layer(&r[i]);
