@@ -7,12 +7,11 @@
 #include "cli.h"
 #include "error.h"
 #include "model.h"
+#include "runtime.h"
 #include "scheme.h"
 #include "stream.h"
 #include <cJSON.h>
-#include <cblas.h>
 #include <limits.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -200,15 +199,6 @@ static void on_progress(void *ctx, const char *what, int i, int n, double loss)
     cli_progress_line(what, i, n, *t0, extra);
 }
 
-/* Same thread policy as ar-tune: one thread for tiny models. */
-static void set_threads(long requested, const ar_config *c)
-{
-    int n = requested ? (int)requested : c->hidden < 256 ? 1 : 0;
-    if (!n) return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
-}
-
 /* Every option pass reads each block twice per batch: keep widened weights in
  * memory when they take under 4 GiB (tiny and small models). */
 static int cache_flag(const char *model)
@@ -315,7 +305,7 @@ int main(int argc, char **argv)
     ar_model *m = ar_model_open(model, cache_flag(model));
     if (!m) cli_die_lib();
     const ar_config *c = ar_model_config(m);
-    set_threads(a.threads, c);
+    ar_set_threads(a.threads, c);
     int n, T;
     int32_t *ids = take_samples(&ci, a.nsamples, a.seqlen, &n, &T);
     if (cli_progress)

@@ -13,13 +13,12 @@
 #include "model.h"
 #include "quant.h"
 #include "quant_fp.h"
+#include "runtime.h"
 #include "scheme.h"
 #include "signround.h"
 #include "stream.h"
 #include <cJSON.h>
-#include <cblas.h>
 #include <limits.h>
-#include <omp.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -903,18 +902,6 @@ static void loss_mask(uint8_t *mask, const calib_data *d)
     }
 }
 
-/* Threads for OpenMP regions and OpenBLAS. A tuning iteration of a small
- * model is hundreds of tiny ops: waking threads for each costs more than the
- * op, and on a busy machine spinning threads steal the working core (on
- * stories260K one thread is ~20x faster than two on a loaded 2-core box). */
-static void set_threads(long requested, const ar_config *c)
-{
-    int n = requested ? (int)requested : c->hidden < 256 ? 1 : 0;
-    if (!n) return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
-}
-
 /* ---- checkpoints (--checkpoint DIR, libar/checkpoint.h) ---------------------
  * After each block: its records go to DIR/block-NNNN.ars, the chains (x_fp and
  * x_q, what the next block reads) and the manifest follow. A rerun with the
@@ -973,7 +960,7 @@ static char *checkpoint_settings(const tune_run *r, const char *model_abs, const
     cJSON_AddBoolToObject(s, "not_use_best_mse", a->not_use_best);
     cJSON_AddBoolToObject(s, "disable_quanted_input", a->disable_quanted_input);
     cJSON_AddBoolToObject(s, "disable_opt_rtn", a->disable_opt_rtn);
-    cJSON_AddNumberToObject(s, "threads", omp_get_max_threads());   /* f32 sums depend on it */
+    cJSON_AddNumberToObject(s, "threads", ar_thread_count());   /* f32 sums depend on it */
     cJSON_AddStringToObject(s, "device", ar_device_describe(g_dev));
     cJSON_AddStringToObject(s, "model_digest", model_dg);
     cJSON_AddStringToObject(s, "calibration_digest", calib_dg);
@@ -1075,7 +1062,7 @@ int main(int argc, char **argv)
     r.m = ar_model_open(a.model, 0);
     if (!r.m) cli_die_lib();
     r.c = ar_model_config(r.m);
-    set_threads(a.threads, r.c);
+    ar_set_threads(a.threads, r.c);
     if (r.d) {
         if (d.C != r.c->hidden) cli_die("calibration hidden size %d does not match the model's %d", d.C, r.c->hidden);
         r.x_fp = d.hidden;
