@@ -4,6 +4,7 @@
  * per Linear P, P.qweight (u8 codes [N,K]), P.scale (f32 [N,groups]) and
  * P.zp (i32 [N,groups]), after a META record naming the model and settings. */
 #include "calib.h"
+#include "calib_stream.h"
 #include "checkpoint.h"
 #include "cli.h"
 #include "device.h"
@@ -128,99 +129,8 @@ static int g_dev = AR_DEVICE_CPU;
 
 /* ---- calibration input --------------------------------------------------- */
 
-typedef struct {
-    char *model;            /* from the META record */
-    char *config_digest;
-    int n, T, C;
-    int pad_key;            /* 1 when META has pad_token_id (streams before it: last-token mask) */
-    int pad_id;             /* META pad_token_id; -1 for null (the tokenizer has none) */
-    int32_t *ids;           /* [n, T] */
-    uint16_t *hidden;       /* [n, T, C] bf16 */
-    char *layer_config;     /* ar-scheme's META "layer_config" as JSON text (the last one), or NULL */
-} calib_data;
-
-static void read_tensor_record(ar_stream_reader *r, const ar_record *rec, calib_data *d, const char *src)
-{
-    if (!strcmp(rec->name, "input_ids")) {
-        if (rec->dtype != AR_I32 || rec->ndim != 2) cli_die("%s: input_ids must be i32 [n, L]", src);
-        d->n = (int)rec->shape[0]; d->T = (int)rec->shape[1];
-        d->ids = ar_stream_read_payload(r);
-        if (!d->ids) cli_die_lib();
-    } else if (!strcmp(rec->name, "hidden")) {
-        if (rec->ndim != 3 || (rec->dtype != AR_BF16 && rec->dtype != AR_F32))
-            cli_die("%s: hidden must be bf16 or f32 [n, L, C]", src);
-        size_t nel = rec->nelem;
-        d->C = (int)rec->shape[2];
-        d->hidden = malloc(nel * 2);
-        if (!d->hidden) cli_die("%s: out of memory for %zu activations", src, nel);
-        if (rec->dtype == AR_BF16) {
-            if (ar_stream_read_data(r, d->hidden, nel * 2)) cli_die_lib();
-        } else { /* widen/narrow in slices to keep memory at one copy */
-            float buf[4096];
-            for (size_t i = 0; i < nel; i += 4096) {
-                size_t m = nel - i < 4096 ? nel - i : 4096;
-                if (ar_stream_read_data(r, buf, m * 4)) cli_die_lib();
-                ar_from_f32(d->hidden + i, buf, AR_BF16, m);
-            }
-        }
-        if (rec->shape[0] != d->n || rec->shape[1] != d->T)
-            cli_die("%s: hidden [%lld, %lld, C] does not match input_ids [%d, %d]", src,
-                    (long long)rec->shape[0], (long long)rec->shape[1], d->n, d->T);
-    }
-}
-
-/* META pad_token_id: a token id, or null when the tokenizer names no pad token. */
-static void read_pad_id(const cJSON *meta, calib_data *d, const char *src)
-{
-    const cJSON *p = cJSON_GetObjectItemCaseSensitive(meta, "pad_token_id");
-    if (!p || d->pad_key) return;
-    if (!cJSON_IsNull(p) && !(cJSON_IsNumber(p) && p->valuedouble >= 0 && p->valuedouble < INT32_MAX))
-        cli_die("%s: META pad_token_id must be a token id or null", src);
-    d->pad_key = 1;
-    d->pad_id = cJSON_IsNull(p) ? -1 : p->valueint;
-}
-
-/* ar-scheme (AutoScheme) appends a META with "layer_config": the per-layer
- * schemes it chose, applied as if given by --layer_config. */
-static void note_stream_layer_config(const cJSON *meta, calib_data *d)
-{
-    const cJSON *lc = cJSON_GetObjectItemCaseSensitive(meta, "layer_config");
-    if (!cJSON_IsObject(lc)) return;
-    free(d->layer_config);
-    if (!(d->layer_config = cJSON_PrintUnformatted(lc))) cli_die("out of memory");
-}
-
-static void read_calib(const char *path, calib_data *d)
-{
-    memset(d, 0, sizeof *d);
-    int is_stdin = !path || !strcmp(path, "-");
-    const char *src = is_stdin ? "<stdin>" : path;
-    FILE *f = is_stdin ? stdin : fopen(path, "rb");
-    if (!f) cli_die("%s: cannot open", path);
-    ar_stream_reader *r = ar_stream_reader_open(f, src);
-    if (!r) cli_die_lib();
-    ar_record rec;
-    int rc;
-    while ((rc = ar_stream_next(r, &rec)) == 1) {
-        if (rec.kind == AR_REC_META) {
-            cJSON *m = cJSON_Parse(rec.json);
-            cJSON *mp = cJSON_GetObjectItemCaseSensitive(m, "model");
-            cJSON *dg = cJSON_GetObjectItemCaseSensitive(m, "config_fnv1a64");
-            if (cJSON_IsString(mp) && !d->model) d->model = strdup(mp->valuestring);
-            if (cJSON_IsString(dg) && !d->config_digest) d->config_digest = strdup(dg->valuestring);
-            read_pad_id(m, d, src);
-            note_stream_layer_config(m, d);
-            cJSON_Delete(m);
-        } else read_tensor_record(r, &rec, d, src);
-    }
-    if (rc < 0) cli_die_lib();
-    ar_stream_reader_close(r);
-    if (!is_stdin) fclose(f);
-    if (!d->ids || !d->hidden) cli_die("%s: not a calibration stream (needs input_ids and hidden)", src);
-}
-
 /* The calibration stream must come from this very config.json. */
-static void check_digest(const calib_data *d, const char *model)
+static void check_digest(const ar_calib_data *d, const char *model)
 {
     if (d->config_digest && ar_config_digest_check(model, d->config_digest)) cli_die_lib();
 }
@@ -437,7 +347,7 @@ typedef struct {
     tune_args *a;
     ar_model *m;
     const ar_config *c;
-    calib_data *d;          /* NULL: zero-shot RTN */
+    ar_calib_data *d;          /* NULL: zero-shot RTN */
     uint16_t *x_fp, *x_q, *y;
     uint8_t *mask;
     scheme_ctx sc;
@@ -853,7 +763,7 @@ static char *meta_json(const tune_run *r, const char *model_abs)
 }
 
 /* Use the stream's layer config unless --layer_config FILE was given (it wins). */
-static void apply_stream_layer_config(tune_run *r, const calib_data *d, const char *src)
+static void apply_stream_layer_config(tune_run *r, const ar_calib_data *d, const char *src)
 {
     if (!d->layer_config) return;
     if (r->a->layer_config) {
@@ -873,7 +783,7 @@ static void setup_scheme(tune_run *r)
 }
 
 /* Keep the first nsamples samples when fewer are asked for than the stream holds. */
-static void limit_samples(calib_data *d, int nsamples, int seqlen)
+static void limit_samples(ar_calib_data *d, int nsamples, int seqlen)
 {
     if (seqlen > 0 && seqlen != d->T)
         cli_die("--seqlen %d does not match the calibration stream's %d (rerun ar-calib)", seqlen, d->T);
@@ -887,7 +797,7 @@ static void limit_samples(calib_data *d, int nsamples, int seqlen)
  * sample's trailing run of its final token when that token repeats; the last
  * position always. A stream without pad_token_id (made before ar-calib wrote
  * it) gets the last-position mask alone. */
-static void loss_mask(uint8_t *mask, const calib_data *d)
+static void loss_mask(uint8_t *mask, const ar_calib_data *d)
 {
     ar_default_mask(mask, d->n, d->T);
     if (!d->pad_key) return;
@@ -909,7 +819,7 @@ static void loss_mask(uint8_t *mask, const calib_data *d)
  * writer calls, so the same bytes) and continues with the saved chains. */
 
 /* FNV-1a of the calibration data this run uses (first n samples), "none" without. */
-static void calib_digest(const calib_data *d, char hex[17])
+static void calib_digest(const ar_calib_data *d, char hex[17])
 {
     if (!d) { snprintf(hex, 17, "none"); return; }
     size_t ntok = (size_t)d->n * d->T;
@@ -1036,13 +946,13 @@ int main(int argc, char **argv)
     setup_scheme(&r);
     check_alg_ext(&r);
     check_lfq(&a);
-    calib_data d;
+    ar_calib_data d;
     /* A stream comes from -i, or from standard input when no --model is given;
      * --model alone means zero-shot RTN. */
     if (!a.in && !a.model && isatty(0))
         cli_usage_error("give a calibration stream (-i FILE or a pipe) or --model DIR for plain RTN");
     if (a.in || !a.model) {
-        read_calib(a.in, &d);
+        if (ar_calib_stream_load(a.in, &d)) cli_die_lib();
         limit_samples(&d, a.nsamples, a.seqlen);
         r.d = &d;
         if (!a.model) a.model = d.model;
