@@ -18,6 +18,7 @@
 #include "scheme.h"
 #include "signround.h"
 #include "stream.h"
+#include "tuned_stream.h"
 #include <cJSON.h>
 #include <limits.h>
 #include <math.h>
@@ -233,33 +234,12 @@ static void outputs_free(block_outputs *bo)
 static void write_layer(ar_stream_writer *w, const ar_config *c, int layer, int i, const ar_scheme *s,
                         const ar_quant_spec *qs, const ar_quant_out *o, float act_max)
 {
-    char base[256], name[300], attrs[1200];
+    char base[256];
     int n, k;
     ar_linear_shape(c, i, &n, &k);
-    int ng = ar_quant_ngroups(k, s->group_size);
     snprintf(base, sizeof base, "model.layers.%d.%s", layer, ar_linear_names[i]);
-    snprintf(attrs, sizeof attrs,
-             "{\"bits\":%d,\"group_size\":%d,\"sym\":%s,\"data_type\":\"%s\",\"scheme\":\"%s\","
-             "\"group_2d\":%d,\"act_bits\":%d,\"act_group_size\":%d,\"act_sym\":%s,\"act_dynamic\":%s,"
-             "\"act_data_type\":\"%s\"}",
-             s->bits, s->group_size, s->sym ? "true" : "false", s->data_type, s->name, s->group_2d, s->act_bits,
-             s->act_group_size, s->act_sym ? "true" : "false", s->act_dynamic ? "true" : "false", s->act_data_type);
-    int64_t one[1] = {1};
-    if (qs->dtype == AR_QDT_NVFP4) {   /* the global scale the codes were made with */
-        snprintf(name, sizeof name, "%s.global_scale", base);
-        if (ar_stream_write_tensor(w, name, AR_F32, 1, one, "{}", &qs->global_scale)) cli_die_lib();
-    }
-    if (s->act_bits < 16 && act_max > 0) {  /* calibration max|x| of the input: static activation scales */
-        snprintf(name, sizeof name, "%s.act_max", base);
-        if (ar_stream_write_tensor(w, name, AR_F32, 1, one, "{}", &act_max)) cli_die_lib();
-    }
-    int64_t wshape[2] = {n, k}, gshape[2] = {n, ng};
-    snprintf(name, sizeof name, "%s.qweight", base);
-    if (ar_stream_write_tensor(w, name, AR_U8, 2, wshape, attrs, o->codes)) cli_die_lib();
-    snprintf(name, sizeof name, "%s.scale", base);
-    if (ar_stream_write_tensor(w, name, AR_F32, 2, gshape, "{}", o->scale)) cli_die_lib();
-    snprintf(name, sizeof name, "%s.zp", base);
-    if (ar_stream_write_tensor(w, name, AR_I32, 2, gshape, "{}", o->zp)) cli_die_lib();
+    if (ar_tuned_write_linear(w, base, s, n, k, o, qs->dtype == AR_QDT_NVFP4 ? &qs->global_scale : NULL, act_max))
+        cli_die_lib();
 }
 
 /* ---- the chains ---------------------------------------------------------- */
@@ -447,12 +427,7 @@ static void signround_block(tune_run *r, int layer, const ar_block_weights *wfp,
 
 static void write_gguf_tensor(ar_stream_writer *w, const char *hf_name, const ar_gguf_qlinear *q)
 {
-    char name[300], attrs[160];
-    snprintf(name, sizeof name, "%s.gguf", hf_name);
-    snprintf(attrs, sizeof attrs, "{\"ggml_type\":\"%s\",\"rows\":%lld,\"cols\":%lld}", ar_ggml_type_name(q->type),
-             (long long)q->rows, (long long)q->cols);
-    int64_t shape[1] = {(int64_t)q->nbytes};
-    if (ar_stream_write_tensor(w, name, AR_U8, 1, shape, attrs, q->blocks)) cli_die_lib();
+    if (ar_tuned_write_gguf(w, hf_name, q->type, q->rows, q->cols, q->blocks, q->nbytes)) cli_die_lib();
 }
 
 static void write_gguf_linear(ar_stream_writer *w, int layer, int i, const ar_gguf_qlinear *q)
@@ -722,23 +697,7 @@ static int plan_is_mixed(const tune_run *r)
 static char *meta_json(const tune_run *r, const char *model_abs)
 {
     const tune_args *a = r->a;
-    cJSON *m = cJSON_CreateObject();
-    cJSON_AddStringToObject(m, "ar", "tune");
-    cJSON_AddNumberToObject(m, "version", 1);
-    cJSON_AddStringToObject(m, "model", model_abs);
-    cJSON_AddStringToObject(m, "scheme", r->sc.def.name);
-    cJSON_AddNumberToObject(m, "bits", r->sc.def.bits);
-    cJSON_AddNumberToObject(m, "group_size", r->sc.def.group_size);
-    cJSON_AddBoolToObject(m, "sym", r->sc.def.sym);
-    cJSON_AddStringToObject(m, "data_type", r->sc.def.data_type);
-    cJSON_AddNumberToObject(m, "group_2d", r->sc.def.group_2d);
-    cJSON_AddNumberToObject(m, "act_bits", r->sc.def.act_bits);
-    cJSON_AddNumberToObject(m, "act_group_size", r->sc.def.act_group_size);
-    cJSON_AddBoolToObject(m, "act_sym", r->sc.def.act_sym);
-    cJSON_AddBoolToObject(m, "act_dynamic", r->sc.def.act_dynamic);
-    cJSON_AddStringToObject(m, "act_data_type", r->sc.def.act_data_type);
-    cJSON_AddBoolToObject(m, "mixed_bits", plan_is_mixed(r));
-    cJSON *t = cJSON_AddObjectToObject(m, "tuning");
+    cJSON *t = cJSON_CreateObject();
     cJSON_AddNumberToObject(t, "iters", r->d ? a->iters : 0);
     if (r->d) {
         cJSON_AddNumberToObject(t, "nsamples", r->d->n);
@@ -757,8 +716,11 @@ static char *meta_json(const tune_run *r, const char *model_abs)
     }
     cJSON_AddStringToObject(t, "method", !r->d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
                                          : a->iters == 0 ? "opt_rtn" : "signround");
-    char *txt = cJSON_PrintUnformatted(m);
-    cJSON_Delete(m);
+    char *tj = cJSON_PrintUnformatted(t);
+    cJSON_Delete(t);
+    char *txt = tj ? ar_tuned_meta_json(model_abs, &r->sc.def, plan_is_mixed(r), tj) : NULL;
+    free(tj);
+    if (!txt) cli_die_lib();
     return txt;
 }
 
