@@ -9,6 +9,7 @@
 #include "cli.h"
 #include "device.h"
 #include "error.h"
+#include "gguf_policy.h"
 #include "gguf_tune.h"
 #include "quant_gguf.h"
 #include "model.h"
@@ -454,8 +455,7 @@ static int gguf_quanted_chain(const tune_run *r) { return r->d && r->a->iters > 
 static void gguf_embedding(tune_run *r, const ar_block_weights *w0)
 {
     const ar_config *c = r->c;
-    ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, 1);
-    ar_ggml_type t = ar_gguf_outer_type(gguf_mix(r), &info, "token_embd.weight", c->hidden);
+    ar_ggml_type t = ar_gguf_hf_tensor_type(gguf_mix(r), c, "model.embed_tokens.weight", c->hidden, 1);
     if (!ar_ggml_is_quantized(t)) return;   /* F16/BF16/F32 mixes: ar-pack converts it */
     /* A tied embedding is the output head too (its type is the head's): the
      * block-0 importance measured for untied models does not describe it, so
@@ -485,8 +485,7 @@ static void gguf_output_head(tune_run *r)
 {
     const ar_config *c = r->c;
     if (c->tie_embeddings) return;   /* the embedding is the head, written with block 0 */
-    ar_gguf_model_info info = ar_gguf_info_for(c, 1, 1);
-    ar_ggml_type t = ar_gguf_outer_type(gguf_mix(r), &info, "output.weight", c->hidden);
+    ar_ggml_type t = ar_gguf_hf_tensor_type(gguf_mix(r), c, "lm_head.weight", c->hidden, 1);
     if (!ar_ggml_is_quantized(t)) return;
     const int T = r->d->T, C = c->hidden;
     float *imat = calloc(C, sizeof(float)), *x = malloc(sizeof(float) * (size_t)T * C);
@@ -537,7 +536,14 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
 {
     const ar_config *c = r->c;
     ar_gguf_ftype f = gguf_mix(r);
-    ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, r->d != NULL);
+    ar_ggml_type types[AR_NLINEAR];
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        char hf[256];
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, ar_linear_names[i]);
+        types[i] = ar_gguf_hf_tensor_type(f, c, hf, k, r->d != NULL);
+    }
     if (r->d && layer == 0) gguf_embedding(r, wfp);
     float *imat[AR_NLINEAR] = {0};
     if (r->d) {
@@ -549,7 +555,7 @@ static void tune_block_gguf(tune_run *r, int layer, ar_block_weights *wfp, doubl
         forward_all(c, wfp, r->x_fp, r->y, r->d->n, r->d->T, r->a->batch_size, imat);
     }
     ar_gguf_qlinear q[AR_NLINEAR];
-    if (ar_gguf_quantize_block(f, &info, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
+    if (ar_gguf_quantize_block(types, c, layer, wfp, r->d ? imat : NULL, q)) cli_die_lib();
     char extra[200] = "";
     if (r->d && r->a->iters > 0) tune_gguf_rounding(r, layer, wfp, q, t0, extra, sizeof extra);
     if (r->d) { uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t; }  /* FP chain: Y is the next input */
