@@ -90,7 +90,11 @@ static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme
                                         (bf16 ? AR_QF_BF16 : 0) | (s->group_2d ? AR_QF_BLOCK2D : 0), 0, dt,
                                         0, 0, NULL, NULL};
         int aq = ar_act_spec_from_scheme(s, 0, &plan->act[i]);
-        if (aq < 0) return ar_error("%s: scheme %s: %s", name, s->name[0] ? s->name : "custom", ar_last_error());
+        if (aq < 0) {
+            char where[300];
+            snprintf(where, sizeof where, "%s: scheme %s", name, s->name[0] ? s->name : "custom");
+            return ar_error_prefix(where);
+        }
         plan->act_quant[i] = aq;
     }
     return 0;

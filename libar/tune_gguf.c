@@ -124,7 +124,9 @@ static int tune_rounding(tn_run *r, int layer, const ar_block_weights *wfp, ar_g
     for (int i = 0; i < AR_NLINEAR; i++)
         if (plan.quantize[i] &&
             ar_quant_gguf_store(&plan.spec[i], out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks)) {
-            ar_error("model.layers.%d.%s: %s", layer, ar_linear_names[i], ar_last_error());
+            char where[256];
+            snprintf(where, sizeof where, "model.layers.%d.%s", layer, ar_linear_names[i]);
+            ar_error_prefix(where);
             goto done;
         }
     rc = 0;
