@@ -110,9 +110,10 @@ enum {
  * calibration data calib (NULL: RTN without data; its first n samples are
  * used, its activations serve as the FP chain's working memory and are
  * overwritten) and write META and the tuned layers to out (not closed).
- * Options outside their documented use are not all checked: the caller
- * validates its flags. 0, or AR_TUNE_FAILED / AR_TUNE_CHECKPOINT_OTHER with
- * ar_error. */
+ * The combinations ar-tune refuses as usage errors are the caller's to check
+ * (enable_alg_ext for int / MX / NV / GGUF schemes only, enable_lfq with
+ * iters > 0 and data); outside them those options change nothing. 0, or
+ * AR_TUNE_FAILED / AR_TUNE_CHECKPOINT_OTHER with ar_error. */
 int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out);
 
 #endif
