@@ -20,27 +20,6 @@ void ar_tune_defaults(ar_tune_opts *o)
     o->device = AR_DEVICE_CPU;
 }
 
-/* ---- progress ------------------------------------------------------------- */
-
-void tn_on_iter(void *ctx, int it, int iters, double loss, double best)
-{
-    const tn_iter_ctx *ic = ctx;
-    const ar_tune_progress *p = ic->r->o->progress;
-    if (p && p->iter) p->iter(p->ctx, ic->layer, ic->r->c->n_layers, it, iters, loss, best);
-}
-
-void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text)
-{
-    const ar_tune_progress *p = r->o->progress;
-    if (p && p->event) p->event(p->ctx, ev, a, b, text);
-}
-
-void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep)
-{
-    const ar_tune_progress *p = r->o->progress;
-    if (p && p->block_done) p->block_done(p->ctx, layer, r->c->n_layers, rep);
-}
-
 /* ---- setup ------------------------------------------------------------------ */
 
 /* The layer config file, or else the calibration stream's (ar-scheme's). */
@@ -143,6 +122,20 @@ static char *meta_json(const tn_run *r)
 
 /* ---- the run ---------------------------------------------------------------- */
 
+/* Block `layer` (weights wfp) into out, through the checkpoint when there is one. */
+static int one_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_stream_writer *out)
+{
+    if (r->ck && !(r->w = tn_ckpt_block_begin(r, layer))) return -1;
+    int rc = r->o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
+    if (r->ck) {
+        ar_stream_writer *w = r->w;
+        r->w = out;
+        if (rc) ar_stream_writer_abort(w);
+        else rc = tn_ckpt_block_end(r, layer, w, out);
+    }
+    return rc;
+}
+
 /* From the device to the last block. */
 static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
 {
@@ -167,12 +160,8 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (ar_block_weights_alloc(&wfp, r->c)) return AR_TUNE_FAILED;
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
-    for (int layer = first; !rc && layer < r->c->n_layers; layer++) {
-        if (ar_model_load_block(r->m, layer, &wfp)) rc = AR_TUNE_FAILED;
-        else if (r->ck) rc = tn_ckpt_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
-        else rc = (o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, &wfp) : tn_block(r, layer, &wfp))
-                      ? AR_TUNE_FAILED : 0;
-    }
+    for (int layer = first; !rc && layer < r->c->n_layers; layer++)
+        rc = ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
     ar_block_weights_free(&wfp);
     return rc;
 }

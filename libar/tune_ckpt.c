@@ -117,18 +117,11 @@ int tn_ckpt_resume(tn_run *r, ar_stream_writer *out, int *first)
     return 0;
 }
 
-int tn_ckpt_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_stream_writer *out)
+ar_stream_writer *tn_ckpt_block_begin(tn_run *r, int layer) { return ar_ckpt_block_begin(r->ck, layer); }
+
+int tn_ckpt_block_end(tn_run *r, int layer, ar_stream_writer *w, ar_stream_writer *out)
 {
-    if (!(r->w = ar_ckpt_block_begin(r->ck, layer))) return -1;
-    int rc = r->o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
-    if (rc) {
-        ar_stream_writer_abort(r->w);
-        r->w = out;
-        return -1;
-    }
-    rc = ar_ckpt_block_end(r->ck, r->w);
-    r->w = out;
-    if (rc) return -1;
+    if (ar_ckpt_block_end(r->ck, w)) return -1;
     ar_ckpt_array arr[2];
     int n = chain_arrays(r, arr);
     return ar_ckpt_commit(r->ck, layer, arr, n) || ar_ckpt_replay_block(r->ck, layer, out) ? -1 : 0;

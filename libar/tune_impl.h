@@ -1,6 +1,9 @@
-/* tune_impl.h — internals shared by tune.c (the run), tune_block.c (the
- * chains and the int / MX / NV blocks), tune_gguf.c (GGUF blocks) and
- * tune_ckpt.c (checkpoints). Not a public header: callers use tune.h. */
+/* tune_impl.h — internals shared by tune.c (the run), tune_chain.c (what
+ * every block shares: progress, the chains, SignRound), tune_block.c (int /
+ * MX / NV / FP8 blocks), tune_gguf.c (GGUF blocks) and tune_ckpt.c
+ * (checkpoints). tune.c uses the others, and they use tune_chain.c and
+ * nothing else of this list, so no two files call each other. Not a public
+ * header: callers use tune.h. */
 #ifndef AR_TUNE_IMPL_H
 #define AR_TUNE_IMPL_H
 #include "block.h"
@@ -28,7 +31,7 @@ typedef struct {
     char model_abs[PATH_MAX];   /* the model folder's absolute path */
 } tn_run;
 
-/* ---- tune.c ------------------------------------------------------------------ */
+/* ---- tune_chain.c ------------------------------------------------------------ */
 
 /* SignRound's per-iteration progress for block `layer`, as ar_signround_progress. */
 typedef struct {
@@ -40,8 +43,6 @@ void tn_on_iter(void *ctx, int it, int iters, double loss, double best);
 /* Report an event / a finished block through o->progress. */
 void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text);
 void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
-
-/* ---- tune_block.c ------------------------------------------------------------ */
 
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
  * (NULL: outputs dropped), bs samples at a time; with imat, accumulate each
@@ -63,6 +64,8 @@ void tn_outputs_free(ar_quant_out out[AR_NLINEAR]);
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
                        int outlier, const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep);
 
+/* ---- tune_block.c ------------------------------------------------------------ */
+
 /* Block `layer` of an int / MX / NV / FP8 scheme: quantize, write its
  * records, advance the chains. 0 or -1. */
 int tn_block(tn_run *r, int layer, const ar_block_weights *wfp);
@@ -83,8 +86,11 @@ int tn_ckpt_open(tn_run *r, const char *meta);
  * still to tune in *first. 0 or -1. */
 int tn_ckpt_resume(tn_run *r, ar_stream_writer *out, int *first);
 
-/* Tune block `layer` with its records going to the checkpoint first, then
- * commit it and copy its records to out. 0 or -1. */
-int tn_ckpt_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_stream_writer *out);
+/* Block `layer` goes to the checkpoint first: the writer for its records
+ * (NULL with ar_error), then, once they are written, tn_ckpt_block_end
+ * closes it, commits the block (records, chains, manifest) and copies its
+ * records to out. 0 or -1. */
+ar_stream_writer *tn_ckpt_block_begin(tn_run *r, int layer);
+int tn_ckpt_block_end(tn_run *r, int layer, ar_stream_writer *w, ar_stream_writer *out);
 
 #endif
