@@ -12,6 +12,7 @@
 #include "error.h"
 #include "model.h"
 #include "model_open.h"
+#include "runtime.h"
 #include "tokenizer.h"
 #include <errno.h>
 #include <limits.h>
@@ -20,8 +21,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
-#include <cblas.h>
-#include <omp.h>
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -303,17 +302,6 @@ static void run_generate(const opts *o, ar_tokenizer *tok, ar_model *m)
     free(text); free(out); free(ids); free(h); free(logits);
 }
 
-/* Threads for OpenMP regions and OpenBLAS. Tiny layers finish faster than
- * threads can be woken, and on a busy machine spinning threads steal the
- * cores from the one doing the work, so small models run on one. */
-static void set_threads(long requested, const ar_config *c)
-{
-    int n = requested ? (int)requested : c->hidden < 256 ? 1 : 0;
-    if (!n) return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
-}
-
 static void report_rss(void)
 {
     struct rusage ru;
@@ -361,7 +349,7 @@ int main(int argc, char **argv)
     ar_tokenizer *tok = ar_tokenizer_open_any(o.model);
     if (!tok) cli_die_lib();
     ar_model *m = open_model(o.model, o.stream);
-    set_threads(o.threads, ar_model_config(m));
+    ar_set_threads(o.threads, ar_model_config(m));
     if (ar_tokenizer_vocab_size(tok) > ar_model_config(m)->vocab)
         cli_die("%s: tokenizer has %d ids but the model's vocab_size is %d", o.model, ar_tokenizer_vocab_size(tok),
                 ar_model_config(m)->vocab);

@@ -4,15 +4,15 @@
  * averages --avg_bits (libar/autoscheme.h does the work). */
 #include "autoscheme.h"
 #include "calib.h"
+#include "calib_stream.h"
 #include "cli.h"
 #include "error.h"
 #include "model.h"
+#include "runtime.h"
 #include "scheme.h"
 #include "stream.h"
 #include <cJSON.h>
-#include <cblas.h>
 #include <limits.h>
-#include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,71 +116,16 @@ static ar_scheme *parse_options(const char *list, int *n)
     return opts;
 }
 
-/* ---- the stream: copied through while input_ids and the model are noted -- */
-
-typedef struct {
-    char *model, *digest;
-    int32_t *ids;
-    int n, T;
-} calib_info;
-
-static void note_meta(const char *json, calib_info *ci)
-{
-    cJSON *m = cJSON_Parse(json);
-    cJSON *mp = cJSON_GetObjectItemCaseSensitive(m, "model");
-    cJSON *dg = cJSON_GetObjectItemCaseSensitive(m, "config_fnv1a64");
-    if (cJSON_IsString(mp) && !ci->model) ci->model = strdup(mp->valuestring);
-    if (cJSON_IsString(dg) && !ci->digest) ci->digest = strdup(dg->valuestring);
-    if (cJSON_GetObjectItemCaseSensitive(m, "layer_config"))
-        fprintf(stderr, "ar-scheme: warning: the stream already has a layer config; ar-tune uses the last one\n");
-    cJSON_Delete(m);
-}
-
-/* Copy one tensor record from r to w; keep input_ids. */
-static void copy_tensor(ar_stream_reader *r, ar_stream_writer *w, const ar_record *rec, calib_info *ci,
-                        const char *src)
-{
-    if (ar_stream_begin_tensor(w, rec->name, rec->dtype, rec->ndim, rec->shape, rec->json)) cli_die_lib();
-    if (!strcmp(rec->name, "input_ids")) {
-        if (rec->dtype != AR_I32 || rec->ndim != 2 || rec->shape[0] < 1 || rec->shape[1] < 2)
-            cli_die("%s: input_ids must be i32 [n, L] with L >= 2", src);
-        free(ci->ids);
-        if (!(ci->ids = ar_stream_read_payload(r))) cli_die_lib();
-        ci->n = (int)rec->shape[0], ci->T = (int)rec->shape[1];
-        if (ar_stream_write_data(w, ci->ids, rec->nbytes)) cli_die_lib();
-    } else {
-        static char buf[1 << 16];
-        for (uint64_t left = rec->nbytes; left;) {
-            size_t m = left < sizeof buf ? (size_t)left : sizeof buf;
-            if (ar_stream_read_data(r, buf, m) || ar_stream_write_data(w, buf, m)) cli_die_lib();
-            left -= m;
-        }
-    }
-    if (ar_stream_end_tensor(w)) cli_die_lib();
-}
-
-static void copy_stream(ar_stream_reader *r, ar_stream_writer *w, calib_info *ci, const char *src)
-{
-    ar_record rec;
-    int rc;
-    while ((rc = ar_stream_next(r, &rec)) == 1) {
-        if (rec.kind == AR_REC_META) {
-            note_meta(rec.json, ci);
-            if (ar_stream_write_meta(w, rec.json)) cli_die_lib();
-        } else copy_tensor(r, w, &rec, ci, src);
-    }
-    if (rc < 0) cli_die_lib();
-    if (!ci->ids) cli_die("%s: not a calibration stream (no input_ids)", src);
-}
+/* ---- the calibration stream ------------------------------------------------ */
 
 /* The calibration stream must come from this very config.json (as ar-tune checks). */
-static void check_digest(const calib_info *ci, const char *model)
+static void check_digest(const ar_calib_data *ci, const char *model)
 {
-    if (ci->digest && ar_config_digest_check(model, ci->digest)) cli_die_lib();
+    if (ci->config_digest && ar_config_digest_check(model, ci->config_digest)) cli_die_lib();
 }
 
 /* First nsamples samples, each cut to its first seqlen tokens: [n, T] contiguous. */
-static int32_t *take_samples(const calib_info *ci, int nsamples, int seqlen, int *n, int *T)
+static int32_t *take_samples(const ar_calib_data *ci, int nsamples, int seqlen, int *n, int *T)
 {
     *n = nsamples < ci->n ? nsamples : ci->n;
     *T = seqlen < ci->T ? seqlen : ci->T;
@@ -198,15 +143,6 @@ static void on_progress(void *ctx, const char *what, int i, int n, double loss)
     char extra[64];
     snprintf(extra, sizeof extra, "loss %.4f", loss);
     cli_progress_line(what, i, n, *t0, extra);
-}
-
-/* Same thread policy as ar-tune: one thread for tiny models. */
-static void set_threads(long requested, const ar_config *c)
-{
-    int n = requested ? (int)requested : c->hidden < 256 ? 1 : 0;
-    if (!n) return;
-    omp_set_num_threads(n);
-    openblas_set_num_threads(n);
 }
 
 /* Every option pass reads each block twice per batch: keep widened weights in
@@ -299,14 +235,13 @@ int main(int argc, char **argv)
     const char *src = is_stdin ? "<stdin>" : a.in;
     FILE *fin = is_stdin ? stdin : fopen(a.in, "rb");
     if (!fin) cli_die("%s: cannot open", a.in);
-    ar_stream_reader *r = ar_stream_reader_open(fin, src);
-    if (!r) cli_die_lib();
     FILE *fout = cli_out_open(a.out, 1);
     ar_stream_writer *w = ar_stream_writer_open(fout, a.out ? a.out : "<stdout>", 3);
     if (!w) cli_die_lib();
-    calib_info ci = {0};
-    copy_stream(r, w, &ci, src);
-    ar_stream_reader_close(r);
+    ar_calib_data ci;
+    if (ar_calib_stream_read(fin, src, w, 0, &ci)) cli_die_lib();
+    for (int k = 0; k < ci.n_layer_configs; k++)
+        fprintf(stderr, "ar-scheme: warning: the stream already has a layer config; ar-tune uses the last one\n");
     if (!is_stdin) fclose(fin);
 
     const char *model = a.model ? a.model : ci.model;
@@ -315,7 +250,7 @@ int main(int argc, char **argv)
     ar_model *m = ar_model_open(model, cache_flag(model));
     if (!m) cli_die_lib();
     const ar_config *c = ar_model_config(m);
-    set_threads(a.threads, c);
+    ar_set_threads(a.threads, c);
     int n, T;
     int32_t *ids = take_samples(&ci, a.nsamples, a.seqlen, &n, &T);
     if (cli_progress)
@@ -333,7 +268,7 @@ int main(int argc, char **argv)
     cli_out_commit(fout);
     if (a.emit) emit_config(a.emit, lc);
     report(c, &res, &a);
-    free(meta); free(lc); free(ids); free(ci.ids); free(ci.model); free(ci.digest); free(options);
+    free(meta); free(lc); free(ids); ar_calib_data_free(&ci); free(options);
     ar_autoscheme_result_free(&res);
     ar_model_close(m);
     return 0;

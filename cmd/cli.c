@@ -1,5 +1,6 @@
 #include "cli.h"
 #include "error.h"
+#include "runtime.h"
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -8,47 +9,14 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
-#include <cblas.h>
-#include <strings.h>
 #include <unistd.h>
 
 const char *cli_tool = "ar";
 int cli_progress = -1;
 
-/* OpenBLAS picks its kernels from the CPU model when the library loads and
- * falls back to the SSE3 "Prescott" kernels for models it does not know (e.g.
- * recent Xeons behind a hypervisor), 5-6x slower than the AVX-512 or AVX2
- * kernels the CPU has. Only OPENBLAS_CORETYPE, set before the library loads,
- * overrides that, so re-execute ourselves once with it set (argv from
- * /proc/self/cmdline). A value already in the environment is never changed. */
-static void fix_blas_kernels(void)
-{
-    if (getenv("OPENBLAS_CORETYPE")) return;
-    const char *core = openblas_get_corename();
-    if (!core || strcasecmp(core, "prescott")) return;
-    const char *want = __builtin_cpu_supports("avx512f") ? "SkylakeX"
-                     : __builtin_cpu_supports("avx2")    ? "Haswell" : NULL;
-    if (!want) return;
-    FILE *f = fopen("/proc/self/cmdline", "rb");
-    if (!f) return;
-    static char buf[1 << 16];
-    size_t n = fread(buf, 1, sizeof buf - 1, f);
-    fclose(f);
-    if (n == 0 || n == sizeof buf - 1) return;
-    buf[n] = 0;
-    enum { MAXARG = 1024 };
-    static char *args[MAXARG + 1];
-    int argc = 0;
-    for (size_t i = 0; i < n && argc < MAXARG; i += strlen(buf + i) + 1) args[argc++] = buf + i;
-    if (argc == MAXARG) return;
-    args[argc] = NULL;
-    setenv("OPENBLAS_CORETYPE", want, 1);
-    execv("/proc/self/exe", args); /* on failure carry on with the slow kernels */
-}
-
 void cli_init(const char *tool)
 {
-    fix_blas_kernels();
+    ar_blas_fix_kernels();
     cli_tool = tool;
     if (cli_progress < 0) cli_progress = isatty(2) ? 1 : 0;
 }

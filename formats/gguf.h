@@ -11,7 +11,7 @@
 #ifndef AR_FORMATS_GGUF_H
 #define AR_FORMATS_GGUF_H
 #include "config.h"
-#include "gguf_quant.h"
+#include "gguf_policy.h"
 #include <stddef.h>
 #include <stdint.h>
 
@@ -128,7 +128,7 @@ void ar_gguf_writer_abort(ar_gguf_writer *w);
 /* llama.cpp architecture name for a config: "llama" (Llama, Mistral), "qwen2", "qwen3". */
 const char *ar_gguf_arch_name(const ar_config *c);
 
-/* HF <-> llama.cpp tensor names: ar_gguf_map_name / ar_gguf_unmap_name (gguf_quant.h). */
+/* HF <-> llama.cpp tensor names: ar_gguf_map_name / ar_gguf_unmap_name (gguf_policy.h). */
 
 /* Permute the rows of a Q or K projection (rows = n_head·head_dim, each row
  * `cols` long; cols = 1 for a bias) from HF's rotate-half layout to llama.cpp's

@@ -4,7 +4,7 @@
  * type policy (round to nearest, optional importance matrix) at finish. */
 #include "gguf.h"
 #include "error.h"
-#include "gguf_tune.h"
+#include "gguf_policy.h"
 #include "safetensors.h"
 #include <math.h>
 #include <stdio.h>

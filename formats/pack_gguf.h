@@ -8,7 +8,7 @@
  * policy for the requested mix. */
 #ifndef AR_PACK_GGUF_H
 #define AR_PACK_GGUF_H
-#include "gguf_quant.h"
+#include "gguf_policy.h"
 #include "packing.h"
 #include <stddef.h>
 

@@ -6,27 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-ar_gguf_model_info ar_gguf_info_for(const ar_config *c, int has_output, int has_imatrix)
-{
-    ar_gguf_model_info m = {0};
-    m.n_layers = c->n_layers;
-    m.n_gqa = c->n_heads / (c->n_kv_heads > 0 ? c->n_kv_heads : 1);
-    m.has_output = has_output;
-    m.has_imatrix = has_imatrix;
-    return m;
-}
-
-ar_ggml_type ar_gguf_linear_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const ar_config *c, int layer, int i)
-{
-    char hf[256], gname[256];
-    int n, k;
-    ar_linear_shape(c, i, &n, &k);
-    snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, ar_linear_names[i]);
-    if (ar_gguf_map_name(hf, gname, sizeof gname) <= 0) return AR_GGML_F32;   /* every linear has a name */
-    return ar_gguf_tensor_type(f, m, gname, 2, k);
-}
-
-int ar_gguf_quantize_block(ar_gguf_ftype f, const ar_gguf_model_info *m, const ar_config *c, int layer,
+int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_config *c, int layer,
                            const ar_block_weights *w, float *const imat[AR_NLINEAR], ar_gguf_qlinear out[AR_NLINEAR])
 {
     memset(out, 0, sizeof(ar_gguf_qlinear) * AR_NLINEAR);
@@ -34,7 +14,7 @@ int ar_gguf_quantize_block(ar_gguf_ftype f, const ar_gguf_model_info *m, const a
         int n, k;
         ar_linear_shape(c, i, &n, &k);
         ar_gguf_qlinear *q = &out[i];
-        q->type = ar_gguf_linear_type(f, m, c, layer, i);
+        q->type = types[i];
         q->rows = n;
         q->cols = k;
         q->nbytes = ar_ggml_row_bytes(q->type, k) * (size_t)n;
@@ -50,11 +30,6 @@ void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR])
 {
     for (int i = 0; i < AR_NLINEAR; i++) free(out[i].blocks);
     memset(out, 0, sizeof(ar_gguf_qlinear) * AR_NLINEAR);
-}
-
-ar_ggml_type ar_gguf_outer_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const char *gname, int64_t cols)
-{
-    return ar_gguf_tensor_type(f, m, gname, 2, cols);
 }
 
 void ar_gguf_embedding_importance(const ar_config *c, const ar_block_weights *w0, float *imp)

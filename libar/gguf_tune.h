@@ -1,9 +1,9 @@
 /* gguf_tune.h — quantize a decoder block's linears for a llama.cpp GGUF mix
  * (Q4_K_M, ...) with importance matrices, as ar-tune's GGUF scheme does.
  *
- * Each linear gets the ggml type that llama.cpp's policy gives its tensor in
- * that mix (ar_gguf_tensor_type) and is quantized by the imatrix-weighted
- * searches of gguf_quant.h, with the importance of input column k being
+ * Each linear gets the ggml type the caller chose for its tensor (llama.cpp's
+ * policy for the mix, which the exporter knows: formats/gguf_policy.h) and is
+ * quantized by the imatrix-weighted searches of gguf_quant.h, with the importance of input column k being
  * Σ x_k² over the calibration tokens that reached it (the FP chain): the
  * searches only use relative values, so llama.cpp's per-token mean and this sum
  * give the same bytes. Rows stay in HF order (a GGUF writer permutes Q/K). */
@@ -16,14 +16,6 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The type policy's view of a model of config c; has_output: the model has its
- * own lm_head (not tied to the embeddings); has_imatrix: importance matrices
- * are used (changes a few choices of the legacy mixes). */
-ar_gguf_model_info ar_gguf_info_for(const ar_config *c, int has_output, int has_imatrix);
-
-/* The ggml type mix f gives linear i (AR_Q..AR_DOWN) of block `layer`. */
-ar_ggml_type ar_gguf_linear_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const ar_config *c, int layer, int i);
-
 /* One quantized linear: rows × cols in ggml blocks of type. */
 typedef struct {
     ar_ggml_type type;
@@ -32,12 +24,13 @@ typedef struct {
     size_t       nbytes;
 } ar_gguf_qlinear;
 
-/* Quantize the seven linears of block `layer` (weights w, HF layout) for mix f;
- * imat[i] is linear i's importance per input column (K floats) or NULL for
- * llama.cpp's reference quantizer (exactly llama-quantize without --imatrix).
+/* Quantize the seven linears of block `layer` (weights w, HF layout), linear
+ * i to ggml type types[i]; imat[i] is linear i's importance per input column
+ * (K floats) or NULL for llama.cpp's reference quantizer (exactly
+ * llama-quantize without --imatrix).
  * out[i] is filled for every linear (free with ar_gguf_qlinears_free, also on
  * failure). 0 or -1 with ar_error. */
-int ar_gguf_quantize_block(ar_gguf_ftype f, const ar_gguf_model_info *m, const ar_config *c, int layer,
+int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_config *c, int layer,
                            const ar_block_weights *w, float *const imat[AR_NLINEAR], ar_gguf_qlinear out[AR_NLINEAR]);
 
 /* Free the blocks of out[0..AR_NLINEAR) and zero them. */
@@ -58,10 +51,6 @@ void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR]);
  * g_k²·Σ_{q,k,v} Σ_j W[j, k]². Used as the imatrix of the embedding (which
  * llama-imatrix cannot have: the embedding is looked up, not multiplied). */
 void ar_gguf_embedding_importance(const ar_config *c, const ar_block_weights *w0, float *imp);
-
-/* The type mix f gives the tensor of GGUF name gname ("token_embd.weight",
- * "output.weight") of a model whose rows have cols elements. */
-ar_ggml_type ar_gguf_outer_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const char *gname, int64_t cols);
 
 /* Quantize model tensor hf_name ([rows, cols]; "model.embed_tokens.weight",
  * "lm_head.weight") to type t with importance imat (cols floats) or NULL,

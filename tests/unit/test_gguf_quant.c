@@ -3,6 +3,7 @@
  * the grid API and the mix type policy. */
 #include "error.h"
 #include "fixture.h"
+#include "gguf_policy.h"
 #include "gguf_quant.h"
 #include <criterion/criterion.h>
 #include <math.h>

@@ -1,6 +1,7 @@
 /* test_gguf_tune.c — the tensors outside the blocks of ar-tune's GGUF path
  * (libar/gguf_tune.h) on tiny-llama (untied head, 512-wide rows) and
- * stories260K (tied, 64-wide rows): types from llama.cpp's policy, a model
+ * stories260K (tied, 64-wide rows): types from llama.cpp's policy for HF
+ * names (formats/gguf_policy.h), a model
  * tensor quantized slice by slice equal to the whole tensor quantized at
  * once, and embedding lookups equal to a full dequantization. */
 #include <cblas.h>
@@ -14,6 +15,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "fixture.h"
+#include "gguf_policy.h"
 #include "gguf_tune.h"
 
 static ar_model *open_model(const char *name)
@@ -30,16 +32,25 @@ Test(gguf_tune, outer_types_follow_llama_cpp)
 {
     ar_model *m = open_model("tiny-llama");
     const ar_config *c = ar_model_config(m);
-    ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, 1);
-    cr_assert_eq(ar_gguf_outer_type(AR_FTYPE_Q2_K, &info, "token_embd.weight", c->hidden), AR_GGML_Q2_K);
-    cr_assert_eq(ar_gguf_outer_type(AR_FTYPE_Q2_K, &info, "output.weight", c->hidden), AR_GGML_Q6_K);
-    cr_assert_eq(ar_gguf_outer_type(AR_FTYPE_Q4_K_M, &info, "token_embd.weight", c->hidden), AR_GGML_Q4_K);
-    cr_assert_eq(ar_gguf_outer_type(AR_FTYPE_Q8_0, &info, "output.weight", c->hidden), AR_GGML_Q8_0);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q2_K, c, "model.embed_tokens.weight", c->hidden, 1), AR_GGML_Q2_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q2_K, c, "lm_head.weight", c->hidden, 1), AR_GGML_Q6_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.embed_tokens.weight", c->hidden, 1), AR_GGML_Q4_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q8_0, c, "lm_head.weight", c->hidden, 1), AR_GGML_Q8_0);
+    /* block linears of 6 layers: Q4_K_M bumps ffn_down and attn_v of layers 2 and 5 */
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.layers.2.mlp.down_proj.weight", c->intermediate, 1),
+                 AR_GGML_Q6_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.layers.0.self_attn.v_proj.weight", c->hidden, 1),
+                 AR_GGML_Q4_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.layers.5.self_attn.v_proj.weight", c->hidden, 1),
+                 AR_GGML_Q6_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.layers.2.self_attn.q_proj.weight", c->hidden, 1),
+                 AR_GGML_Q4_K);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.layers.0.self_attn.rotary_emb.inv_freq", 64, 1),
+                 AR_GGML_F32);
     ar_model_close(m);
     m = open_model("stories260K");   /* tied: the embedding is the output (Q6_K, 64 wide: Q8_0) */
     c = ar_model_config(m);
-    info = ar_gguf_info_for(c, !c->tie_embeddings, 1);
-    cr_assert_eq(ar_gguf_outer_type(AR_FTYPE_Q4_K_M, &info, "token_embd.weight", c->hidden), AR_GGML_Q8_0);
+    cr_assert_eq(ar_gguf_hf_tensor_type(AR_FTYPE_Q4_K_M, c, "model.embed_tokens.weight", c->hidden, 1), AR_GGML_Q8_0);
     ar_model_close(m);
 }
 

@@ -1,0 +1,185 @@
+/* tune.c — the tuning run: setup, META, the block loop (see tune.h). */
+#include "device.h"
+#include "error.h"
+#include "runtime.h"
+#include "tune_impl.h"
+#include "tuned_stream.h"
+#include <cJSON.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+void ar_tune_defaults(ar_tune_opts *o)
+{
+    memset(o, 0, sizeof *o);
+    ar_scheme_preset(&o->scheme, "W4A16");
+    o->iters = 200;
+    o->batch_size = 8;
+    o->grad_accum = 1;
+    o->seed = 42;
+    o->device = AR_DEVICE_CPU;
+}
+
+/* ---- setup ------------------------------------------------------------------ */
+
+/* The layer config file, or else the calibration stream's (ar-scheme's). */
+static int load_layer_config(tn_run *r)
+{
+    if (r->o->layer_config) return (r->lc = ar_layer_config_load(r->o->layer_config)) ? 0 : -1;
+    if (!r->d || !r->d->layer_config) return 0;
+    if (!(r->lc = ar_layer_config_parse(r->d->layer_config, r->d->src))) return -1;
+    tn_event(r, AR_TUNE_EV_LAYER_CONFIG, ar_layer_config_count(r->lc), 0, NULL);
+    return 0;
+}
+
+/* AutoRound's loss mask (spec §1.4; the attention is not masked): positions
+ * holding the pad token are left out, or, when the tokenizer has none, each
+ * sample's trailing run of its final token when that token repeats; the last
+ * position always. A stream without pad_token_id (made before ar-calib wrote
+ * it) gets the last-position mask alone. */
+static void loss_mask(uint8_t *mask, const ar_calib_data *d)
+{
+    ar_default_mask(mask, d->n, d->T);
+    if (!d->pad_key) return;
+    for (int s = 0; s < d->n; s++) {
+        const int32_t *ids = d->ids + (size_t)s * d->T;
+        uint8_t *m = mask + (size_t)s * d->T;
+        if (d->pad_id >= 0) {
+            for (int t = 0; t < d->T; t++) if (ids[t] == d->pad_id) m[t] = 0;
+        } else {
+            for (int t = d->T - 2; t >= 0 && ids[t] == ids[d->T - 1]; t--) m[t] = 0;
+        }
+    }
+}
+
+/* The chains: x_fp starts as the calibration activations, y (the FP
+ * outputs) and the mask are allocated. */
+static int setup_chains(tn_run *r)
+{
+    const ar_calib_data *d = r->d;
+    if (d->C != r->c->hidden)
+        return ar_error("calibration hidden size %d does not match the model's %d", d->C, r->c->hidden);
+    r->x_fp = d->hidden;
+    r->y = r->own_fp = malloc(sizeof(uint16_t) * (size_t)d->n * d->T * d->C);
+    r->mask = malloc((size_t)d->n * d->T);
+    if (!r->y || !r->mask) return ar_error("out of memory for the activation cache");
+    loss_mask(r->mask, d);
+    return 0;
+}
+
+/* 1 when some layer will get other bits than the default scheme (the auto_round
+ * exporter picks its asym layout from this before seeing any layer); -1 on error. */
+static int plan_is_mixed(const tn_run *r)
+{
+    const ar_scheme *def = &r->o->scheme;
+    for (int layer = 0; layer < r->c->n_layers; layer++)
+        for (int i = 0; i < AR_NLINEAR; i++) {
+            char name[256];
+            int n, k;
+            ar_scheme s;
+            ar_linear_shape(r->c, i, &n, &k);
+            snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+            ar_layer_info info = {0, 0, 0};
+            if (ar_scheme_for_layer(def, r->lc, name, n, k, &info, &s)) return -1;
+            if (ar_scheme_quantized(&s) && s.bits != def->bits) return 1;
+        }
+    return 0;
+}
+
+/* The META text of the output (tuned_stream.h), NULL with ar_error. */
+static char *meta_json(const tn_run *r)
+{
+    const ar_tune_opts *a = r->o;
+    const ar_calib_data *d = r->d;
+    int mixed = plan_is_mixed(r);
+    if (mixed < 0) return NULL;
+    cJSON *t = cJSON_CreateObject();
+    cJSON_AddNumberToObject(t, "iters", d ? a->iters : 0);
+    if (d) {
+        cJSON_AddNumberToObject(t, "nsamples", d->n);
+        cJSON_AddNumberToObject(t, "seqlen", d->T);
+        cJSON_AddNumberToObject(t, "batch_size", a->batch_size);
+        cJSON_AddNumberToObject(t, "gradient_accumulate_steps", a->grad_accum);
+        if (a->lr > 0) cJSON_AddNumberToObject(t, "lr", a->lr);
+        if (a->minmax_lr > 0) cJSON_AddNumberToObject(t, "minmax_lr", a->minmax_lr);
+        cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);
+        cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
+        cJSON_AddBoolToObject(t, "enable_alg_ext", a->enable_alg_ext);
+        if (a->enable_lfq) cJSON_AddBoolToObject(t, "enable_lfq", 1);
+        if (a->enable_lfq && a->lfq_kl) cJSON_AddStringToObject(t, "lfq_target", "fp");
+        cJSON_AddNumberToObject(t, "seed", (double)a->seed);
+        if (d->pad_key && d->pad_id >= 0) cJSON_AddNumberToObject(t, "loss_mask_pad_token_id", d->pad_id);
+    }
+    cJSON_AddStringToObject(t, "method", !d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
+                                         : a->iters == 0 ? "opt_rtn" : "signround");
+    char *tj = cJSON_PrintUnformatted(t);
+    cJSON_Delete(t);
+    char *txt = tj ? ar_tuned_meta_json(r->model_abs, &a->scheme, mixed, tj) : NULL;
+    if (!tj) ar_error("the tuned stream's META: out of memory");
+    free(tj);
+    return txt;
+}
+
+/* ---- the run ---------------------------------------------------------------- */
+
+/* Block `layer` (weights wfp) into out, through the checkpoint when there is one. */
+static int one_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_stream_writer *out)
+{
+    if (r->ck && !(r->w = tn_ckpt_block_begin(r, layer))) return -1;
+    int rc = r->o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
+    if (r->ck) {
+        ar_stream_writer *w = r->w;
+        r->w = out;
+        if (rc) ar_stream_writer_abort(w);
+        else rc = tn_ckpt_block_end(r, layer, w, out);
+    }
+    return rc;
+}
+
+/* From the device to the last block. */
+static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
+{
+    const ar_tune_opts *o = r->o;
+    if (load_layer_config(r)) return AR_TUNE_FAILED;
+    r->dev = r->d ? o->device : AR_DEVICE_CPU;   /* RTN without data: nothing to run on a GPU */
+    if (ar_device_init(r->dev)) return AR_TUNE_FAILED;
+    ar_signround_cuda_set_low_mem(o->low_gpu_mem);
+    tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
+    if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
+    r->c = ar_model_config(r->m);
+    ar_set_threads(o->threads, r->c);
+    if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
+    if (!realpath(model, r->model_abs)) snprintf(r->model_abs, sizeof r->model_abs, "%s", model);
+    char *meta = meta_json(r);
+    if (!meta) return AR_TUNE_FAILED;
+    int rc = o->checkpoint ? tn_ckpt_open(r, meta) : 0;
+    if (!rc && ar_stream_write_meta(out, meta)) rc = AR_TUNE_FAILED;
+    free(meta);
+    if (rc) return rc;
+    ar_block_weights wfp;
+    if (ar_block_weights_alloc(&wfp, r->c)) return AR_TUNE_FAILED;
+    int first = 0;
+    if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
+    for (int layer = first; !rc && layer < r->c->n_layers; layer++)
+        rc = ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
+    ar_block_weights_free(&wfp);
+    return rc;
+}
+
+int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out)
+{
+    tn_run r;
+    memset(&r, 0, sizeof r);
+    r.o = o;
+    r.d = calib;
+    r.w = out;
+    int rc = run_blocks(&r, model, out);
+    ar_ckpt_close(r.ck);
+    /* of the FP chain's two buffers, calib keeps its own */
+    free(r.x_q);
+    free(r.own_fp);
+    free(r.mask);
+    ar_layer_config_free(r.lc);
+    ar_model_close(r.m);
+    return rc;
+}

@@ -1,0 +1,119 @@
+/* tune.h — the block-by-block quantization pipeline (ar-tune(1)): from a
+ * model folder and, optionally, calibration data to the stream of tuned
+ * layers (tuned_stream.h).
+ *
+ * With calibration data, two activation chains run through the blocks: the
+ * FP chain (each block's FP outputs are the next block's inputs and the
+ * tuning targets) and the quantized chain (each tuned block, with its
+ * quantized weights and activation quantizers, run on its own quantized
+ * inputs; block 0 starts from the calibration activations, or for a GGUF
+ * scheme tuned with SignRound from the quantized embedding). Per block, by
+ * scheme and options:
+ *  - RTN (no data, or iters 0 with disable_opt_rtn): min/max rounding;
+ *  - opt-RTN (iters 0): the imatrix-weighted scale search of symmetric int
+ *    layers (quant.h), with Σx² of each linear's inputs on the FP chain;
+ *  - SignRound (iters > 0, signround.h), on the quantized chain's inputs
+ *    unless disable_quanted_input, with SignRoundV2's searched initial scales
+ *    and outlier-suppressed loss when enable_alg_ext, the last block on the
+ *    LM-head loss when enable_lfq;
+ *  - GGUF schemes (ar_scheme kind AR_SCHEME_GGUF): each linear in the ggml
+ *    type the caller's gguf_type gives it, quantized by llama.cpp's
+ *    imatrix-weighted search (gguf_tune.h), its rounding then tuned by
+ *    SignRound with the scales frozen when iters > 0 (quant_gguf.h); with
+ *    data also the token embedding and the output head.
+ * NVFP4 layers of q/k/v and of gate/up share their smallest global scale;
+ * static activation quantization (FP8_STATIC, NVFP4's input scale) takes the
+ * calibration maximum of each linear's input (on the chain SignRound tunes
+ * on). Block b's SignRound is seeded with seed + b; results are deterministic
+ * for a given device and thread count.
+ *
+ * Checkpoints (checkpoint.h): after each block its records, the chains and a
+ * manifest of every setting that determines the output; a rerun with the same
+ * settings replays the finished blocks and goes on with the saved chains, and
+ * writes the same bytes as an uninterrupted run. */
+#ifndef AR_TUNE_H
+#define AR_TUNE_H
+#include "calib_stream.h"
+#include "config.h"
+#include "gguf_quant.h"
+#include "scheme.h"
+#include "signround.h"
+#include "stream.h"
+
+/* Things worth a line to the user, reported through ar_tune_progress.event. */
+typedef enum {
+    AR_TUNE_EV_LAYER_CONFIG,  /* the calibration stream's layer config is used: a = its entries */
+    AR_TUNE_EV_DEVICE,        /* the work runs on text (ar_device_describe) */
+    AR_TUNE_EV_RESUME,        /* a checkpoint resumes at block a (0-based) of b; a == b: all finished */
+    AR_TUNE_EV_LFQ_ON_CPU,    /* block a of b tunes on the CPU: the LM-head loss has no GPU version */
+} ar_tune_event;
+
+/* Progress callbacks; any may be NULL. */
+typedef struct {
+    void *ctx;
+    /* After SignRound iteration it of iters of block `block` (0-based) of nblocks. */
+    void (*iter)(void *ctx, int block, int nblocks, int it, int iters, double loss, double best_loss);
+    /* Block `block` is written; rep: its SignRound report, NULL when it had no SignRound. */
+    void (*block_done)(void *ctx, int block, int nblocks, const ar_signround_report *rep);
+    /* An event; a, b and text as the event says (text NULL when unused). */
+    void (*event)(void *ctx, ar_tune_event ev, int a, int b, const char *text);
+} ar_tune_progress;
+
+/* The ggml type of HF tensor hf_name ("model.layers.3.mlp.down_proj.weight",
+ * "model.embed_tokens.weight", "lm_head.weight": 2-D, rows of cols elements)
+ * of a model of config c in the GGUF mix being made; imatrix: 1 when
+ * importance matrices are used (there is calibration data). */
+typedef ar_ggml_type (*ar_tune_gguf_type_fn)(void *ctx, const ar_config *c, const char *hf_name, int64_t cols,
+                                             int imatrix);
+
+/* Every knob of a run; ar_tune_defaults fills the values in brackets. */
+typedef struct {
+    ar_scheme scheme;           /* the default scheme of every linear [W4A16] */
+    const char *layer_config;   /* a layer config file (scheme.h) giving layers other schemes; it wins over
+                                   the calibration stream's; NULL: the stream's, if any [NULL] */
+    /* with calibration data */
+    int iters;                  /* SignRound iterations per block; 0: opt-RTN [200] */
+    double lr;                  /* SignSGD learning rate; 0: ar_scheme_default_lr [0] */
+    double minmax_lr;           /* of the range multipliers α/β; 0: lr [0] */
+    int batch_size;             /* samples per forward [8] */
+    int grad_accum;             /* batches per SignRound step [1] */
+    long seed;                  /* block b is tuned with seed + b [42] */
+    int disable_minmax;         /* 1: no α/β (min/max) tuning [0] */
+    int not_use_best;           /* 1: the last iteration's parameters instead of the best [0] */
+    int disable_quanted_input;  /* 1: SignRound on the FP chain's inputs [0] */
+    int disable_opt_rtn;        /* 1: iters 0 is plain RTN [0] */
+    int enable_alg_ext;         /* 1: SignRoundV2 [0] */
+    int enable_lfq;             /* 1: the last block tuned on the LM-head loss (CPU) [0] */
+    int lfq_kl;                 /* with enable_lfq, 1: that loss is the KL from the FP model's predictions [0] */
+    /* where */
+    int device;                 /* AR_DEVICE_CPU or a CUDA device (device.h); the CPU without data [CPU] */
+    int low_gpu_mem;            /* 1: GPU tuning keeps the block caches in host memory [0] */
+    long threads;               /* OpenMP/OpenBLAS threads, 0: ar_set_threads's default (runtime.h) [0] */
+    const char *checkpoint;     /* checkpoint directory, NULL: none [NULL] */
+    /* GGUF schemes: the type of each tensor (required for them) [NULL] */
+    ar_tune_gguf_type_fn gguf_type;
+    void *gguf_ctx;
+    const ar_tune_progress *progress;   /* [NULL] */
+} ar_tune_opts;
+
+void ar_tune_defaults(ar_tune_opts *o);
+
+/* ar_tune_run's failures. */
+enum {
+    AR_TUNE_FAILED = -1,            /* ar_error says why */
+    AR_TUNE_CHECKPOINT_OTHER = -2,  /* the checkpoint was made with other settings; ar_error names the first
+                                       that differs, e.g. "ck/manifest.json: iters differs (checkpoint 10, this
+                                       run 11)" */
+};
+
+/* Quantize the model in folder model (opened here) block by block with
+ * calibration data calib (NULL: RTN without data; its first n samples are
+ * used, its activations serve as the FP chain's working memory and are
+ * overwritten) and write META and the tuned layers to out (not closed).
+ * The combinations ar-tune refuses as usage errors are the caller's to check
+ * (enable_alg_ext for int / MX / NV / GGUF schemes only, enable_lfq with
+ * iters > 0 and data); outside them those options change nothing. 0, or
+ * AR_TUNE_FAILED / AR_TUNE_CHECKPOINT_OTHER with ar_error. */
+int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out);
+
+#endif

@@ -1,0 +1,229 @@
+/* tune_block.c — the blocks of int, MX, NV and FP8 schemes: RTN, opt-RTN,
+ * SignRound and SignRoundV2 (see tune.h). */
+#include "error.h"
+#include "quant_fp.h"
+#include "tune_impl.h"
+#include "tuned_stream.h"
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- per-layer plan ------------------------------------------------------ */
+
+/* The schemes and quantizer specs of block `layer`'s linears (bf16: the
+ * weights are rounded to bf16 as the calibrated model computes). */
+static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme schemes[AR_NLINEAR], int bf16)
+{
+    memset(plan, 0, sizeof *plan);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        char name[256];
+        int n, k;
+        ar_linear_shape(r->c, i, &n, &k);
+        snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        ar_layer_info info = {0, 0, 0};
+        ar_scheme *s = &schemes[i];
+        if (ar_scheme_for_layer(&r->o->scheme, r->lc, name, n, k, &info, s)) return -1;
+        if (!ar_scheme_quantized(s)) continue;
+        int dt = ar_quant_dtype_parse(s->data_type, s->bits);
+        if (dt < 0 || s->kind == AR_SCHEME_GGUF)
+            return ar_error("%s: scheme %s (%s, %d bits) has no quantizer in ar-tune", name,
+                            s->name[0] ? s->name : "custom", s->data_type, s->bits);
+        plan->quantize[i] = 1;
+        plan->spec[i] = (ar_quant_spec){s->bits, s->group_size, s->sym,
+                                        (bf16 ? AR_QF_BF16 : 0) | (s->group_2d ? AR_QF_BLOCK2D : 0), 0, dt,
+                                        0, 0, NULL, NULL};
+        int aq = ar_act_spec_from_scheme(s, 0, &plan->act[i]);
+        if (aq < 0) {
+            char where[300];
+            snprintf(where, sizeof where, "%s: scheme %s", name, s->name[0] ? s->name : "custom");
+            return ar_error_prefix(where);
+        }
+        plan->act_quant[i] = aq;
+    }
+    return 0;
+}
+
+/* 1 when some planned linear quantizes its input with a calibrated maximum. */
+static int plan_needs_act_max(const ar_block_plan *plan, const ar_scheme *schemes)
+{
+    for (int i = 0; i < AR_NLINEAR; i++)
+        if (plan->quantize[i] && plan->act_quant[i] && ar_scheme_act_needs_max(&schemes[i])) return 1;
+    return 0;
+}
+
+/* Static activation maxima (FP8_STATIC, NVFP4's input global scale) into the
+ * plan's activation quantizers, once gathered. */
+static int plan_set_act_max(ar_block_plan *plan, const ar_scheme *schemes, const float *act_max)
+{
+    for (int i = 0; i < AR_NLINEAR; i++)
+        if (plan->quantize[i] && plan->act_quant[i] && ar_scheme_act_needs_max(&schemes[i]) &&
+            ar_act_spec_from_scheme(&schemes[i], act_max[i], &plan->act[i]) < 0)
+            return -1;
+    return 0;
+}
+
+/* NVFP4 global scales: q/k/v and gate/up share the smallest of theirs (the
+ * fused projections vLLM loads need one), as AutoRound does by default. */
+static void share_global_scales(const ar_config *c, const ar_block_weights *w, ar_block_plan *plan)
+{
+    static const int fused[2][3] = {{AR_Q, AR_K, AR_V}, {AR_GATE, AR_UP, -1}};
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i] || plan->spec[i].dtype != AR_QDT_NVFP4) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)n * k);
+    }
+    for (int f = 0; f < 2; f++) {
+        float gmin = 0;
+        int all = 1;
+        for (int j = 0; j < 3 && fused[f][j] >= 0; j++) {
+            const ar_quant_spec *qs = &plan->spec[fused[f][j]];
+            if (!plan->quantize[fused[f][j]] || qs->dtype != AR_QDT_NVFP4) all = 0;
+            else if (gmin == 0 || qs->global_scale < gmin) gmin = qs->global_scale;
+        }
+        for (int j = 0; all && gmin > 0 && j < 3 && fused[f][j] >= 0; j++) plan->spec[fused[f][j]].global_scale = gmin;
+    }
+}
+
+/* ---- RTN -------------------------------------------------------------------- */
+
+/* RTN, or with imat opt-RTN for the symmetric layers. */
+static int quantize_block_rtn(const tn_run *r, const ar_block_weights *wfp, const ar_block_plan *plan,
+                              float *imat[AR_NLINEAR], const ar_quant_out out[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(r->c, i, &n, &k);
+        int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
+                                           : ar_quant_forward(&plan->spec[i], wfp->w[i], n, k, NULL, &out[i]);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
+/* ---- enable_alg_ext on int / MX / NV schemes (SignRoundV2, spec §5.1(a)) ----
+ * Symmetric int layers start from the imatrix-weighted scale search of
+ * opt-RTN (the imatrix Σx² of the FP block's inputs, not normalized) as
+ * init_scale, MX/NV layers from the multiplier search of ar_quant_fp_search;
+ * β in [0, 2] scales it and α is unused; below 4 bits (or 4-bit activations)
+ * of the scheme the loss drops the top 0.1 % of errors. Other layers of the
+ * plan (asymmetric int, FP8) tune as V1, as AutoRound's V2 wrapper covers
+ * only symmetric int/MX/NV. */
+
+/* Layers SignRoundV2 gives searched initial scales (spec §5.1(a)): symmetric
+ * int, MXFP and NVFP4 (not FP8, not asymmetric int). */
+static int v2_layer(const ar_quant_spec *qs)
+{
+    return (qs->dtype == AR_QDT_INT && qs->sym) || qs->dtype == AR_QDT_MXFP4 || qs->dtype == AR_QDT_MXFP8 ||
+           qs->dtype == AR_QDT_NVFP4;
+}
+
+/* AutoRound decides the loss on the global scheme, not per layer. */
+static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
+
+static int v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_block_plan *plan,
+                          float *const imat[AR_NLINEAR], float *init[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i] || !v2_layer(&plan->spec[i])) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
+        if (!(init[i] = malloc(sizeof(float) * ng))) return ar_error("out of memory for initial scales");
+        int rc = plan->spec[i].dtype == AR_QDT_INT
+                     ? ar_quant_search_scales(&plan->spec[i], wfp->w[i], n, k, imat[i], init[i])
+                     : ar_quant_fp_search(&plan->spec[i], wfp->w[i], n, k, imat[i], init[i]);
+        if (rc) return -1;
+        plan->init_scale[i] = init[i];
+        plan->spec[i].minmax_hi = 2;
+    }
+    return 0;
+}
+
+/* ---- one block ------------------------------------------------------------- */
+
+/* With data: FP outputs into r->y (with the statistics the plan needs), then
+ * SignRound, or RTN / opt-RTN; rep set when SignRound ran. */
+static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_block_plan *plan,
+                          const ar_scheme schemes[AR_NLINEAR], float act_max[AR_NLINEAR],
+                          const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep, int *tuned)
+{
+    const ar_config *c = r->c;
+    const ar_tune_opts *a = r->o;
+    int n = r->d->n;
+    int opt_rtn = a->iters == 0 && !a->disable_opt_rtn;
+    int alg_ext = a->enable_alg_ext && a->iters > 0;
+    float *imat[AR_NLINEAR] = {0}, *init[AR_NLINEAR] = {0};
+    int rc = -1;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int nn, k;
+        ar_linear_shape(c, i, &nn, &k);
+        if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
+            !(imat[i] = calloc(k, sizeof(float)))) {
+            ar_error("out of memory for the importance matrix");
+            goto done;
+        }
+    }
+    /* Static activation maxima come from the inputs the block is tuned on:
+     * the quantized chain's (through the FP block) when SignRound uses it,
+     * else the FP chain's (AutoRound's act_max hooks). */
+    int need_max = plan_needs_act_max(plan, schemes);
+    int q_stats = need_max && a->iters > 0 && !a->disable_quanted_input && r->x_q;
+    if (tn_forward_all(r, wfp, r->x_fp, r->y, opt_rtn || alg_ext ? imat : NULL, need_max && !q_stats ? act_max : NULL,
+                       NULL) ||
+        (q_stats && tn_forward_all(r, wfp, r->x_q, NULL, NULL, act_max, NULL)) ||
+        (need_max && plan_set_act_max(plan, schemes, act_max)))
+        goto done;
+    if (a->iters > 0) {
+        if (alg_ext && v2_init_scales(c, wfp, plan, imat, init)) goto done;
+        if (tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme), out,
+                               rep))
+            goto done;
+        *tuned = 1;
+    } else {
+        for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
+            int nn, k;
+            ar_linear_shape(c, i, &nn, &k);
+            if (imat[i]) ar_imatrix_finalize(imat[i], k, n);
+        }
+        if (quantize_block_rtn(r, wfp, plan, opt_rtn ? imat : NULL, out)) goto done;
+    }
+    uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain: Y becomes the next input */
+    rc = 0;
+done:
+    for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]), free(init[i]);
+    return rc;
+}
+
+int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
+{
+    const ar_config *c = r->c;
+    ar_block_plan plan;
+    ar_scheme schemes[AR_NLINEAR];
+    ar_quant_out out[AR_NLINEAR];
+    float act_max[AR_NLINEAR] = {0};
+    ar_signround_report rep;
+    int tuned = 0, rc = -1;
+    memset(out, 0, sizeof out);
+    if (plan_block(r, layer, &plan, schemes, r->d != NULL)) return -1;
+    share_global_scales(c, wfp, &plan);
+    if (tn_outputs_alloc(out, c, &plan)) goto done;
+    if (r->d ? tune_with_data(r, layer, wfp, &plan, schemes, act_max, out, &rep, &tuned)
+             : quantize_block_rtn(r, wfp, &plan, NULL, out))
+        goto done;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan.quantize[i]) continue;
+        char base[256];
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        snprintf(base, sizeof base, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        const float *gs = plan.spec[i].dtype == AR_QDT_NVFP4 ? &plan.spec[i].global_scale : NULL;
+        if (ar_tuned_write_linear(r->w, base, &schemes[i], n, k, &out[i], gs, act_max[i])) goto done;
+    }
+    tn_block_done(r, layer, tuned ? &rep : NULL);
+    rc = 0;
+done:
+    tn_outputs_free(out);
+    return rc;
+}

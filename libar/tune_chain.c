@@ -1,0 +1,167 @@
+/* tune_chain.c — what every kind of block shares (see tune_impl.h): progress
+ * reports, forwards over the cached samples (the chains), the quantizers'
+ * output buffers and SignRound over a block. */
+#include "device.h"
+#include "dtype.h"
+#include "error.h"
+#include "tune_impl.h"
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- progress ------------------------------------------------------------- */
+
+void tn_on_iter(void *ctx, int it, int iters, double loss, double best)
+{
+    const tn_iter_ctx *ic = ctx;
+    const ar_tune_progress *p = ic->r->o->progress;
+    if (p && p->iter) p->iter(p->ctx, ic->layer, ic->r->c->n_layers, it, iters, loss, best);
+}
+
+void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text)
+{
+    const ar_tune_progress *p = r->o->progress;
+    if (p && p->event) p->event(p->ctx, ev, a, b, text);
+}
+
+void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep)
+{
+    const ar_tune_progress *p = r->o->progress;
+    if (p && p->block_done) p->block_done(p->ctx, layer, r->c->n_layers, rep);
+}
+
+/* ---- the chains ---------------------------------------------------------- */
+
+/* max |x| over ntok tokens of x [ntok, K] folded into *m. */
+static void fold_abs_max(float *m, const float *x, long ntok, int k)
+{
+    for (long i = 0; i < ntok * k; i++) if (fabsf(x[i]) > *m) *m = fabsf(x[i]);
+}
+
+/* Statistics of the linears' inputs gathered by the block's input observer. */
+typedef struct {
+    float **imat;    /* [AR_NLINEAR] Σx² per input column, entries may be NULL */
+    float *amax;     /* [AR_NLINEAR] running max |x|, or NULL */
+} input_stats;
+
+static void observe_input(void *ctx, int i, const float *x, long rows, int k)
+{
+    input_stats *st = ctx;
+    if (st->imat && st->imat[i]) ar_imatrix_accumulate(st->imat[i], x, rows, k);
+    if (st->amax) fold_abs_max(&st->amax[i], x, rows, k);
+}
+
+/* The statistics come from an inference forward's input observer: no
+ * attention probabilities or other training state are stored; statistics
+ * passes stay on the CPU. */
+int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
+                   float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq)
+{
+    const ar_config *c = r->c;
+    const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
+    int has_actq = actq && ar_block_plan_has_act_quant(actq);
+    if (!imat && !amax && !has_actq && dst && r->dev != AR_DEVICE_CPU)
+        return ar_block_forward_samples_cuda(c, w, src, dst, n, T, bs);
+    ar_block_work ws;
+    if (ar_block_work_init(&ws, c, bs, T, 0)) return -1;
+    int rc = -1;
+    size_t row = (size_t)T * c->hidden;
+    float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
+    input_stats st = {imat, amax};
+    if (imat || amax) ws.observe = observe_input, ws.observe_ctx = &st;
+    if (!x || !y) ar_error("out of memory for a forward batch");
+    else if (!has_actq || !ar_block_plan_set_act_quant(actq, &ws)) {
+        rc = 0;
+        for (int s0 = 0; s0 < n && !rc; s0 += bs) {
+            int b = n - s0 < bs ? n - s0 : bs;
+            ar_to_f32(x, src + s0 * row, AR_BF16, b * row);
+            rc = ar_block_forward(c, w, x, y, b, T, &ws);
+            if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
+        }
+    }
+    free(x); free(y);
+    ar_block_work_free(&ws);
+    return rc;
+}
+
+/* ---- quantizer outputs ------------------------------------------------------ */
+
+int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_config *c, const ar_block_plan *plan)
+{
+    memset(out, 0, sizeof(ar_quant_out) * AR_NLINEAR);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!plan->quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
+        out[i].wq = malloc(sizeof(float) * n * k);
+        out[i].codes = malloc((size_t)n * k);
+        out[i].scale = malloc(sizeof(float) * ng);
+        out[i].zp = malloc(sizeof(int32_t) * ng);
+        if (!out[i].wq || !out[i].codes || !out[i].scale || !out[i].zp)
+            return ar_error("out of memory for layer outputs");
+    }
+    return 0;
+}
+
+void tn_outputs_free(ar_quant_out out[AR_NLINEAR])
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        free(out[i].wq); free(out[i].codes); free(out[i].scale); free(out[i].zp);
+    }
+    memset(out, 0, sizeof(ar_quant_out) * AR_NLINEAR);
+}
+
+/* ---- SignRound --------------------------------------------------------------- */
+
+/* enable_lfq: the model's output head for the last block's loss; *head_w
+ * gets the head weights to free. The calibration tokens must lie in the
+ * vocabulary (they index the logits). */
+static int lfq_head(const tn_run *r, ar_lm_head *h, float **head_w)
+{
+    const ar_config *c = r->c;
+    size_t ntok = (size_t)r->d->n * r->d->T;
+    for (size_t i = 0; i < ntok; i++)
+        if (r->d->ids[i] < 0 || r->d->ids[i] >= c->vocab)
+            return ar_error("calibration token id %d is outside the model's vocabulary (%d)", r->d->ids[i], c->vocab);
+    float *w = ar_model_read_head(r->m, &h->norm_w);
+    if (!w) return -1;
+    h->w = w; h->V = c->vocab; h->eps = c->rms_eps; h->ids = r->d->ids; h->kl = r->o->lfq_kl;
+    *head_w = w;
+    return 0;
+}
+
+int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
+                       int outlier, const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep)
+{
+    const ar_config *c = r->c;
+    const ar_tune_opts *a = r->o;
+    int n = r->d->n, T = r->d->T;
+    ar_signround_opts o;
+    ar_signround_defaults(&o);
+    o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
+    o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
+    o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
+    o.outlier_loss = outlier;
+    ar_lm_head head = {0};
+    float *head_w = NULL;
+    if (a->enable_lfq && layer == c->n_layers - 1) {
+        if (lfq_head(r, &head, &head_w)) return -1;
+        o.lfq = &head;
+    }
+    tn_iter_ctx ic = {r, layer};
+    const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
+    int gpu = r->dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan) && !o.lfq;
+    if (r->dev != AR_DEVICE_CPU && o.lfq) tn_event(r, AR_TUNE_EV_LFQ_ON_CPU, layer, c->n_layers, NULL);
+    int rc = (gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan,
+                                                                           &o, out, rep, tn_on_iter, &ic);
+    free(head_w);
+    if (rc || a->disable_quanted_input) return rc;
+    /* next block's quantized-chain input: the tuned block as AutoRound
+     * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
+    ar_block_weights wq = *wfp;
+    for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
+    if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
+        return ar_error("out of memory for the quantized chain");
+    return tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
+}

@@ -1,0 +1,96 @@
+/* tune_impl.h — internals shared by tune.c (the run), tune_chain.c (what
+ * every block shares: progress, the chains, SignRound), tune_block.c (int /
+ * MX / NV / FP8 blocks), tune_gguf.c (GGUF blocks) and tune_ckpt.c
+ * (checkpoints). tune.c uses the others, and they use tune_chain.c and
+ * nothing else of this list, so no two files call each other. Not a public
+ * header: callers use tune.h. */
+#ifndef AR_TUNE_IMPL_H
+#define AR_TUNE_IMPL_H
+#include "block.h"
+#include "checkpoint.h"
+#include "model.h"
+#include "quant.h"
+#include "signround.h"
+#include "tune.h"
+#include <limits.h>
+#include <stdint.h>
+
+/* One run of ar_tune_run. */
+typedef struct {
+    const ar_tune_opts *o;
+    ar_model *m;
+    const ar_config *c;
+    ar_calib_data *d;           /* NULL: RTN without data */
+    int dev;                    /* where block forwards and SignRound run: AR_DEVICE_CPU or a GPU */
+    ar_layer_config *lc;        /* per-layer schemes, or NULL */
+    uint16_t *x_fp, *x_q, *y;   /* [n, T, C] bf16: FP chain input, quantized chain input, FP outputs */
+    uint16_t *own_fp;           /* the chain buffer allocated here (the other is d->hidden) */
+    uint8_t *mask;              /* [n, T] loss mask */
+    ar_stream_writer *w;        /* where the block's records go (the output, or the checkpoint's block file) */
+    ar_checkpoint *ck;          /* NULL: no checkpoint */
+    char model_abs[PATH_MAX];   /* the model folder's absolute path */
+} tn_run;
+
+/* ---- tune_chain.c ------------------------------------------------------------ */
+
+/* SignRound's per-iteration progress for block `layer`, as ar_signround_progress. */
+typedef struct {
+    const tn_run *r;
+    int layer;
+} tn_iter_ctx;
+void tn_on_iter(void *ctx, int it, int iters, double loss, double best);
+
+/* Report an event / a finished block through o->progress. */
+void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text);
+void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
+
+/* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
+ * (NULL: outputs dropped), bs samples at a time; with imat, accumulate each
+ * linear's input Σx² too; with amax, the running max |x| of each linear's
+ * input; with actq, the linears' inputs quantized as that plan says (the
+ * statistics see them before). On the GPU when r->dev is one and only dst
+ * is asked for. 0 or -1. */
+int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
+                   float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq);
+
+/* out[i] buffers for every planned linear i (free with tn_outputs_free, also on failure). 0 or -1. */
+int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_config *c, const ar_block_plan *plan);
+void tn_outputs_free(ar_quant_out out[AR_NLINEAR]);
+
+/* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
+ * linears into out, then (unless disabled) run the quantized block for the
+ * next block's quantized-chain input. minmax: α/β tuning; outlier:
+ * SignRoundV2's loss. rep receives the report. 0 or -1. */
+int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
+                       int outlier, const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep);
+
+/* ---- tune_block.c ------------------------------------------------------------ */
+
+/* Block `layer` of an int / MX / NV / FP8 scheme: quantize, write its
+ * records, advance the chains. 0 or -1. */
+int tn_block(tn_run *r, int layer, const ar_block_weights *wfp);
+
+/* ---- tune_gguf.c ------------------------------------------------------------- */
+
+/* Block `layer` of a GGUF scheme (and, with data, the embedding before block
+ * 0 and the head after the last). 0 or -1. */
+int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp);
+
+/* ---- tune_ckpt.c ------------------------------------------------------------- */
+
+/* Open o->checkpoint for this run (meta: the output's META text). 0,
+ * AR_TUNE_FAILED or AR_TUNE_CHECKPOINT_OTHER. */
+int tn_ckpt_open(tn_run *r, const char *meta);
+
+/* Replay the finished blocks into out and restore the chains; the first block
+ * still to tune in *first. 0 or -1. */
+int tn_ckpt_resume(tn_run *r, ar_stream_writer *out, int *first);
+
+/* Block `layer` goes to the checkpoint first: the writer for its records
+ * (NULL with ar_error), then, once they are written, tn_ckpt_block_end
+ * closes it, commits the block (records, chains, manifest) and copies its
+ * records to out. 0 or -1. */
+ar_stream_writer *tn_ckpt_block_begin(tn_run *r, int layer);
+int tn_ckpt_block_end(tn_run *r, int layer, ar_stream_writer *w, ar_stream_writer *out);
+
+#endif
