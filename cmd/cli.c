@@ -14,9 +14,35 @@
 const char *cli_tool = "ar";
 int cli_progress = -1;
 
+/* Re-execute ourselves once with OPENBLAS_CORETYPE set when OpenBLAS loaded
+ * slow fallback kernels (ar_blas_better_coretype); argv comes from
+ * /proc/self/cmdline. A value already in the environment is never changed,
+ * and on any failure we carry on with the kernels we have. */
+static void fix_blas_kernels(void)
+{
+    if (getenv("OPENBLAS_CORETYPE")) return;
+    const char *want = ar_blas_better_coretype();
+    if (!want) return;
+    FILE *f = fopen("/proc/self/cmdline", "rb");
+    if (!f) return;
+    static char buf[1 << 16];
+    size_t n = fread(buf, 1, sizeof buf - 1, f);
+    fclose(f);
+    if (n == 0 || n == sizeof buf - 1) return;
+    buf[n] = 0;
+    enum { MAXARG = 1024 };
+    static char *args[MAXARG + 1];
+    int argc = 0;
+    for (size_t i = 0; i < n && argc < MAXARG; i += strlen(buf + i) + 1) args[argc++] = buf + i;
+    if (argc == MAXARG) return;
+    args[argc] = NULL;
+    setenv("OPENBLAS_CORETYPE", want, 1);
+    execv("/proc/self/exe", args);
+}
+
 void cli_init(const char *tool)
 {
-    ar_blas_fix_kernels();
+    fix_blas_kernels();
     cli_tool = tool;
     if (cli_progress < 0) cli_progress = isatty(2) ? 1 : 0;
 }

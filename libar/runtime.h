@@ -18,12 +18,11 @@ int ar_thread_count(void);
 /* OpenBLAS picks its kernels from the CPU model when the library loads and
  * falls back to the SSE3 "Prescott" kernels for models it does not know (e.g.
  * recent Xeons behind a hypervisor), 5-6x slower than the AVX-512 or AVX2
- * kernels the CPU has. Only OPENBLAS_CORETYPE, set before the library loads,
- * overrides that, so this re-executes the running program once with it set
- * (argv from /proc/self/cmdline) and returns only when nothing needs doing
- * or the re-execution failed (the slow kernels then stay). A value already in
- * the environment is never changed. For a program's main, before anything
- * else. */
-void ar_blas_fix_kernels(void);
+ * kernels the CPU has. This names the OpenBLAS core type to load instead
+ * ("SkylakeX" or "Haswell") when that happened and the CPU can run it, NULL
+ * when the loaded kernels are fine. Only OPENBLAS_CORETYPE, set before the
+ * library loads, changes the choice: a program acts on the answer by setting
+ * it and re-executing itself (cmd/cli.c), which a library must not do. */
+const char *ar_blas_better_coretype(void);
 
 #endif

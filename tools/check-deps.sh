@@ -13,6 +13,9 @@
 #    no cycle either, and no object may use a symbol of a higher layer: two
 #    files that call each other through a shared private header are one
 #    concept split in two, or a helper that wants a file of its own.
+# 4. Knobs. libar/ and kernels/ read no environment variable (a knob is a
+#    field of a documented options struct), and cmd/ includes neither
+#    cblas.h nor omp.h (a command parses flags and calls the library).
 # Prints one line per violation and exits 1 if there is any.
 set -u
 cd "$(dirname "$0")/.."
@@ -88,5 +91,14 @@ else
     done < "$tmp/sym-edges"
     cycles "$tmp/sym-edges" link || status=1
 fi
-[ $status = 0 ] && echo "check-deps: layering and cycles ok"
+# ---- 4: knobs ----------------------------------------------------------------
+if grep -rnE '(^|[^_[:alnum:]])(secure_)?getenv[[:space:]]*\(' libar kernels | grep -vE '^[^:]*:[0-9]+:[[:space:]]*(/?\*|//)'; then
+    echo "libar/ or kernels/ reads the environment (above): make it an option field"
+    status=1
+fi
+if grep -nE '#[[:space:]]*include[[:space:]]*<(cblas|omp)\.h>' cmd/*.c cmd/*.h; then
+    echo "cmd/ includes cblas.h or omp.h (above): threads and BLAS belong to libar (runtime.h)"
+    status=1
+fi
+[ $status = 0 ] && echo "check-deps: layering, cycles and knobs ok"
 exit $status
