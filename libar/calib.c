@@ -1,3 +1,5 @@
+#include "hash.h"
+#include "rng.h"
 #include "calib.h"
 #include "error.h"
 #include <cJSON.h>
@@ -6,30 +8,6 @@
 #include <stdlib.h>
 #include <string.h>
 #include <zstd.h>
-
-uint64_t ar_rand_next(uint64_t *state)
-{
-    uint64_t z = (*state += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-
-uint64_t ar_rand_below(uint64_t *state, uint64_t n)
-{
-    /* rejection sampling removes modulo bias */
-    uint64_t limit = UINT64_MAX - UINT64_MAX % n, r;
-    do r = ar_rand_next(state); while (r >= limit);
-    return r % n;
-}
-
-uint64_t ar_fnv1a64(const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    uint64_t h = 0xcbf29ce484222325ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
 
 static char *slurp(FILE *f, const char *path, size_t *len)
 {

@@ -39,15 +39,6 @@ void ar_calib_free(ar_calib_samples *s);
  * "-" reads standard input. *len gets the size; the buffer is NUL-terminated. */
 char *ar_read_text_file(const char *path, size_t *len);
 
-/* splitmix64: the documented generator behind every seeded choice in ar
- * (sample windows, document shuffles, mini-batch permutations). */
-uint64_t ar_rand_next(uint64_t *state);
-/* Uniform integer in [0, n) from the generator (n > 0). */
-uint64_t ar_rand_below(uint64_t *state, uint64_t n);
-
-/* 64-bit FNV-1a digest of bytes, used to tie streams to the config they came from. */
-uint64_t ar_fnv1a64(const void *data, size_t n);
-
 /* The FNV-1a digest of model_dir/config.json as 16 lower-case hex digits
  * (the "config_fnv1a64" of ar-calib's META). 0, or -1 with ar_error. */
 int ar_config_digest(const char *model_dir, char hex[17]);

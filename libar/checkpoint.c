@@ -1,5 +1,6 @@
 /* checkpoint.c — checkpoint directories of block-by-block runs; layout and
  * guarantees in checkpoint.h. */
+#include "hash.h"
 #include "checkpoint.h"
 #include "error.h"
 #include <cJSON.h>
@@ -26,13 +27,6 @@ struct ar_checkpoint {
     FILE *block_f;          /* the block file being written, if any */
     int block;
 };
-
-uint64_t ar_fnv1a64_update(uint64_t h, const void *data, size_t n)
-{
-    const unsigned char *p = data;
-    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
-    return h;
-}
 
 /* ---- files written atomically ---------------------------------------------- */
 

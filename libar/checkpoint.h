@@ -77,11 +77,6 @@ int ar_ckpt_load_chain(const ar_checkpoint *ck, ar_ckpt_array *arrays, int n);
 /* Release the lock and free ck (files stay). NULL is allowed. */
 void ar_ckpt_close(ar_checkpoint *ck);
 
-/* 64-bit FNV-1a continued over more bytes: start with AR_FNV1A64_INIT, so that
- * a digest can cover data as it is read, in pieces. */
-#define AR_FNV1A64_INIT 0xcbf29ce484222325ull
-uint64_t ar_fnv1a64_update(uint64_t h, const void *data, size_t n);
-
 /* Digest (16 hex digits) of what identifies a model folder's weights without
  * reading them: config.json, model.safetensors.index.json when present, and
  * the size and header of every *.safetensors file (names, dtypes, shapes,

@@ -1,5 +1,4 @@
 #include "signround.h"
-#include "calib.h"
 #include "dtype.h"
 #include "error.h"
 #include "ops.h"

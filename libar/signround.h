@@ -33,6 +33,7 @@
  * outputs. */
 #ifndef AR_SIGNROUND_H
 #define AR_SIGNROUND_H
+#include "rng.h"
 #include "block.h"
 #include "quant.h"
 #include "scheme.h"

@@ -14,7 +14,6 @@
  * second stream into one of two device slots while the previous mini-batch
  * computes. */
 #include "device.h"
-#include "calib.h"
 #include "cuda_impl.h"
 #include "dtype.h"
 #include "error.h"

@@ -3,6 +3,7 @@
  * own so that the stages depend on them and not on each other. */
 #include "tokenizer_impl.h"
 #include "error.h"
+#include "hash.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -34,17 +35,9 @@ int tk_ids_add(tk_ids *a, int32_t id)
     return 0;
 }
 
-/* FNV-1a: fast and good enough for token strings. */
-static uint64_t tk_hash(const char *s, size_t n)
-{
-    uint64_t h = 1469598103934665603ull;
-    for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)s[i]) * 1099511628211ull;
-    return h;
-}
-
 static size_t tk_map_slot(const tk_map *m, const char *key, size_t len)
 {
-    size_t i = tk_hash(key, len) & (m->cap - 1);
+    size_t i = ar_fnv1a64(key, len) & (m->cap - 1);
     while (m->key[i] && !(m->klen[i] == len && memcmp(m->key[i], key, len) == 0))
         i = (i + 1) & (m->cap - 1);
     return i;

@@ -3,6 +3,7 @@
  * next block reads) and the manifest follow. A rerun with the same settings
  * replays the finished blocks' records into the output (the same writer
  * calls, so the same bytes) and continues with the saved chains. */
+#include "hash.h"
 #include "calib.h"
 #include "device.h"
 #include "error.h"

@@ -2,6 +2,7 @@
  * from the manifest, replayed records byte-identical to a direct write, chain
  * state round trips and size checks, states a kill can leave (a block file
  * not yet committed, stray temporaries), the directory lock, and the digests. */
+#include "hash.h"
 #include "checkpoint.h"
 #include "error.h"
 #include "fixture.h"

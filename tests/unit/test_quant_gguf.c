@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "rng.h"
 #include "calib.h"
 #include "dtype.h"
 #include "error.h"
