@@ -9,6 +9,7 @@
 #include "act_config.h"
 #include "cli.h"
 #include "device.h"
+#include "model_cuda.h"
 #include "error.h"
 #include "model.h"
 #include "model_open.h"

@@ -3,6 +3,7 @@
  * embedding lookup runs on the host (a copy), everything after it on the
  * GPU in f32, down to one NLL per position. */
 #include "device.h"
+#include "model_cuda.h"
 #include "cuda_impl.h"
 #include "error.h"
 

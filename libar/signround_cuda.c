@@ -14,6 +14,7 @@
  * second stream into one of two device slots while the previous mini-batch
  * computes. */
 #include "device.h"
+#include "signround_cuda.h"
 #include "cuda_impl.h"
 #include "dtype.h"
 #include "error.h"

@@ -1,5 +1,6 @@
 /* tune.c — the tuning run: setup, META, the block loop (see tune.h). */
 #include "device.h"
+#include "signround_cuda.h"
 #include "error.h"
 #include "runtime.h"
 #include "tune_impl.h"

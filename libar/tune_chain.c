@@ -2,6 +2,7 @@
  * reports, forwards over the cached samples (the chains), the quantizers'
  * output buffers and SignRound over a block. */
 #include "device.h"
+#include "signround_cuda.h"
 #include "dtype.h"
 #include "error.h"
 #include "tune_impl.h"

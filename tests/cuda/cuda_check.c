@@ -51,6 +51,8 @@
  * they reproduce the quantization's effect (bounds and why in that section). */
 #include "cuda_impl.h"
 #include "device.h"
+#include "model_cuda.h"
+#include "signround_cuda.h"
 #include "dtype.h"
 #include "error.h"
 #include "model.h"

@@ -3,6 +3,7 @@
  * GPU entry point fails with a one-line error instead of crashing. The GPU
  * numerics are checked against the CPU by tests/cuda (make cuda-check). */
 #include "device.h"
+#include "signround_cuda.h"
 #include "error.h"
 #include "gguf_quant.h"
 #include <criterion/criterion.h>
