@@ -2,12 +2,13 @@
  * numbers, the DP against hand-worked cases and brute-force enumeration,
  * the delta-loss scores against PyTorch autograd over AutoRound's own RTN
  * (tests/fixtures/autoscheme/make_scores.py), and whole runs on stories260K. */
-#include "rng.h"
 #include "autoscheme.h"
 #include "calib.h"
 #include "error.h"
 #include "fixture.h"
+#include "quant.h"
 #include "refblock.h"
+#include "rng.h"
 #include <cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
