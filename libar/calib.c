@@ -1,6 +1,6 @@
+#include "calib.h"
 #include "hash.h"
 #include "rng.h"
-#include "calib.h"
 #include "error.h"
 #include <cJSON.h>
 #include <errno.h>

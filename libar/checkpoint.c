@@ -1,7 +1,7 @@
 /* checkpoint.c — checkpoint directories of block-by-block runs; layout and
  * guarantees in checkpoint.h. */
-#include "hash.h"
 #include "checkpoint.h"
+#include "hash.h"
 #include "error.h"
 #include <cJSON.h>
 #include <dirent.h>
