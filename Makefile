@@ -9,7 +9,11 @@ NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>
 PKGS    := libzstd libcjson libpcre2-8 libutf8proc openblas
 OPT     ?= -O2
 CFLAGS  ?= $(OPT) -g
-CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -pthread -fopenmp -Ilibar -Iformats \
+# libar/ is split by concept (libar/README.md); its folders are include roots,
+# so a header is named by its file name alone wherever it lives.
+LIB_DIRS := $(sort $(patsubst %/,%,$(dir $(wildcard libar/*/*.h))))
+LIB_INC  := $(addprefix -I,$(LIB_DIRS))
+CFLAGS  += -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -pthread -fopenmp $(LIB_INC) -Iformats \
            $(shell pkg-config --cflags $(PKGS) 2>/dev/null)
 LDLIBS  += $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lm -pthread -fopenmp
 SHARED  ?= $(abspath ../shared)
@@ -30,7 +34,7 @@ BUILD   ?= build/obj
 BIN     ?= bin
 endif
 
-LIB_SRC  := $(wildcard libar/*.c)
+LIB_SRC  := $(wildcard libar/*/*.c)
 FMT_SRC  := $(wildcard formats/*.c)
 CLI_SRC  := $(filter-out cmd/ar-% cmd/auto-round%,$(wildcard cmd/*.c))
 TOOL_SRC := $(wildcard cmd/ar-*.c cmd/auto-round*.c)
@@ -54,7 +58,7 @@ CFLAGS   += -DAR_HAVE_CUDA
 LDLIBS   += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
-NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC -Ilibar -Ikernels \
+NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC $(LIB_INC) -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
 .PHONY: all deps test unit unit-kernels e2e bench clean install check-clients demo fuzz fuzz-replay cuda-check check-deps
@@ -135,7 +139,7 @@ FUZZ_TARGETS ?= $(FUZZ_NAMES)
 FUZZ_SECONDS ?= 60
 FUZZ_CC      ?= clang
 FUZZ_OUT     := build/fuzz
-FUZZ_CFLAGS  := -O1 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -pthread -fopenmp -Ilibar -Iformats \
+FUZZ_CFLAGS  := -O1 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -pthread -fopenmp $(LIB_INC) -Iformats \
                 $(shell pkg-config --cflags $(PKGS) 2>/dev/null) \
                 -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
 FUZZ_LIBOBJ  := $(patsubst %.c,$(FUZZ_OUT)/obj/%.o,$(LIB_SRC) $(FMT_SRC))
@@ -239,7 +243,7 @@ AR_VERSION ?= 0.1.0
 LIBDIR     ?= $(PREFIX)/lib
 INCDIR     ?= $(PREFIX)/include
 MANDIR     ?= $(PREFIX)/share/man
-PUB_HDR    := $(filter-out %_impl.h,$(wildcard libar/*.h))
+PUB_HDR    := $(filter-out %_impl.h,$(wildcard libar/*/*.h))
 
 install: all $(BUILD)/libar.a $(BUILD)/libar.so
 	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(LIBDIR)/pkgconfig $(DESTDIR)$(INCDIR)/ar \

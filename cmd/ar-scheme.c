@@ -1,7 +1,7 @@
 /* ar-scheme — AutoScheme mixed precision between ar-calib and ar-tune: pass
  * the calibration stream through unchanged and append a META record whose
  * "layer_config" gives each Linear one of --options so that the model
- * averages --avg_bits (libar/autoscheme.h does the work). */
+ * averages --avg_bits (libar/tune/autoscheme.h does the work). */
 #include "autoscheme.h"
 #include "calib.h"
 #include "calib_stream.h"

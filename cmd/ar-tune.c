@@ -1,7 +1,7 @@
 /* ar-tune — quantize a model block by block: SignRound (--iters > 0),
  * opt-RTN (--iters 0 with calibration data) or plain RTN (--model alone or
  * --disable_opt_rtn), and write the quantized layers as a tensor stream
- * (libar/tuned_stream.h). The pipeline is libar's (libar/tune.h); this is its
+ * (libar/io/tuned_stream.h). The pipeline is libar's (libar/tune/tune.h); this is its
  * command line, and the GGUF schemes' per-tensor types from
  * formats/gguf_policy.h. */
 #include "calib.h"

@@ -1,13 +1,13 @@
 /* gguf_policy.h — llama.cpp's quantization mixes (Q4_K_M, ...) as an
  * exporter sees them: the file types, the ggml type each tensor gets in a mix
  * (llama.cpp's per-tensor policy) and the HF <-> llama.cpp tensor names. The
- * block quantizers themselves are libar's (gguf_quant.h); ar-tune gives the
+ * block quantizers themselves are libar's (ggml_blocks.h); ar-tune gives the
  * library pipeline this policy's choice for each tensor (tune.h's gguf_type).
  */
 #ifndef AR_GGUF_POLICY_H
 #define AR_GGUF_POLICY_H
 #include "config.h"
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include <stddef.h>
 #include <stdint.h>
 

@@ -39,7 +39,7 @@ typedef struct {
     const float   *scale;       /* [n, groups] */
     const int32_t *zp;          /* [n, groups] or NULL when sym */
     const float   *bias;        /* [n] tuned bias, or NULL to copy the original's */
-    /* Floating-point layers (libar/quant_fp.h): data_type "mx_fp" (4 or 8
+    /* Floating-point layers (libar/quant/quant_fp.h): data_type "mx_fp" (4 or 8
      * bits), "nv_fp" or "fp" (8 bits); NULL or "int" for integer codes.
      * Their codes are FP4 codes / E4M3 bytes and scale is 2^e (MX), the E4M3
      * block scale (NV, dequant code·scale/global_scale) or the FP8 scale. */

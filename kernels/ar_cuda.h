@@ -7,7 +7,7 @@
  *
  * Conventions:
  * - "dev" pointers are device memory from ar_cuda_malloc; "host" pointers are
- *   ordinary memory. Shapes and layouts mirror libar/ops.h and libar/block.h
+ *   ordinary memory. Shapes and layouts mirror libar/nn/ops.h and libar/nn/block.h
  *   exactly (row-major f32, HF Linear layout W[N, K], q/k/v [B, T, H, HD]).
  * - Every op is asynchronous on the one stream of the process' device context;
  *   nothing but ar_cuda_sync, the downloads and the allocators waits for the
@@ -170,32 +170,32 @@ int ar_cuda_block_backward_write_dw(const ar_cuda_shape *s, const ar_cuda_weight
                                     float *const dW[7], float *dx, ar_cuda_block_work *ws);
 /* ---- quantization and tuning ---------------------------------------------- */
 
-/* Quantizer kinds of ar_cuda_qspec.kind: the values of libar/quant.h's
- * AR_QDT_* (int_sym/int_asym, the FP kinds of libar/quant_fp.h, and the GGUF
- * kind of libar/quant_gguf.h with frozen scales). */
+/* Quantizer kinds of ar_cuda_qspec.kind: the values of libar/quant/quant.h's
+ * AR_QDT_* (int_sym/int_asym, the FP kinds of libar/quant/quant_fp.h, and the GGUF
+ * kind of libar/quant/quant_ggml.h with frozen scales). */
 enum { AR_CUDA_Q_INT = 0, AR_CUDA_Q_MXFP4 = 1, AR_CUDA_Q_MXFP8 = 2, AR_CUDA_Q_NVFP4 = 3, AR_CUDA_Q_FP8 = 4,
        AR_CUDA_Q_GGUF = 5 };
 
-/* The quantizer of libar/quant.h (see there for the formulas). The fields
+/* The quantizer of libar/quant/quant.h (see there for the formulas). The fields
  * after hi serve the other kinds; all zero is the integer quantizer.
- * libar fills one with ar_cuda_qspec_make (libar/cuda_impl.h). */
+ * libar fills one with ar_cuda_qspec_make (libar/nn/cuda_impl.h). */
 typedef struct {
     int bits, group_size, sym;
     int f32_scale;          /* AR_QF_F32_SCALE */
     int bf16_out;           /* AR_QF_BF16: ŵ rounded to bf16 (int and FP kinds) */
     float hi;               /* α/β upper clamp (minmax_hi, 1 when 0) */
     int kind;               /* AR_CUDA_Q_* */
-    /* FP kinds (libar/quant_fp.h): group_size 0 = one tile per tensor, -1 =
+    /* FP kinds (libar/quant/quant_fp.h): group_size 0 = one tile per tensor, -1 =
      * one per row; block2d: group_size x group_size tiles (FP8 blocks). */
     int block2d;
     float global_scale;     /* NVFP4: the global scale used (computed on the host) */
     void *scratch;          /* FP kinds: ar_cuda_quant_scratch_bytes of device memory */
-    /* GGUF (libar/quant_gguf.h): u = clamp(round((w + m)/s + V), code_lo,
+    /* GGUF (libar/quant/quant_ggml.h): u = clamp(round((w + m)/s + V), code_lo,
      * code_hi), ŵ = s·u − m with the frozen s, m of each group of group_size. */
     int code_lo, code_hi;
     float *gguf_scale;      /* device [N, K/group_size] */
     float *gguf_min;        /* device [N, K/group_size], NULL for symmetric types (m = 0) */
-    /* SignRoundV2's init_scale (libar/quant.h): device [N, ngroups] or NULL.
+    /* SignRoundV2's init_scale (libar/quant/quant.h): device [N, ngroups] or NULL.
      * int_sym: s = init_scale·β (α unused, dα = 0); FP kinds: it multiplies
      * the tile maximum (a tile's entry at its first row, as β). */
     float *init_scale;
@@ -208,7 +208,7 @@ size_t ar_cuda_quant_scratch_bytes(const ar_cuda_qspec *q, int n, int k);
 /* ŵ [N, K] from w with tunables v [N, K], alpha, beta [N, ngroups] (each may
  * be NULL: 0 / 1). Only ŵ is produced (codes and scales come from the CPU
  * quantizer at the end of tuning). The FP kinds read only β (at a tile's
- * first row for tiles spanning rows, as libar/quant_fp.h), GGUF neither. */
+ * first row for tiles spanning rows, as libar/quant/quant_fp.h), GGUF neither. */
 int ar_cuda_quant_forward(const ar_cuda_qspec *q, const float *w, int n, int k, const float *v,
                           const float *alpha, const float *beta, float *wq);
 /* ar_cuda_quant_forward writing ŵ to wq (f32) and/or wqb (bf16, round to
@@ -256,7 +256,7 @@ enum { AR_CUDA_QSTEP_SEGS = 8 };
 int ar_cuda_quant_step(const ar_cuda_qstep_seg *segs, int nseg, const int *flag);
 
 /* ---- activation fake-quantization ------------------------------------------
- * libar/quant_fp.h's ar_act_quant on the device (kernels/quant_act.cu): MX
+ * libar/quant/quant_fp.h's ar_act_quant on the device (kernels/quant_act.cu): MX
  * per group with the floor or the RCEIL shared exponent, NVFP4 per 16 with
  * the static (act_max) or per-call global scale, FP8 with a static scale or
  * dynamic per tensor / row / group, int_sym per token or group with f32
@@ -308,7 +308,7 @@ int ar_cuda_masked_mse(const float *pred, const float *ref, const uint8_t *mask,
  * sum(e²)/denom ADDED to *loss_acc. */
 int ar_cuda_masked_mse_denom(const float *pred, const float *ref, const uint8_t *mask, long rows, int C, double denom,
                              float *dpred, double *loss_acc);
-/* SignRoundV2's outlier-suppressed loss (libar/signround.h's
+/* SignRoundV2's outlier-suppressed loss (libar/tune/signround.h's
  * ar_outlier_suppressed_sse) over a chunk, with the iteration's denominator
  * denom: the k = max(1, floor(rows·C/1000)) largest |pred − ref| among ALL
  * rows·C elements (masked rows included; ties at the threshold dropped

@@ -1,5 +1,5 @@
 /* block.cu — one decoder block forward/backward on the device, the same
- * dataflow as libar/block.c:
+ * dataflow as libar/nn/block.c:
  *   h = x + o_proj(attn(rope(qknorm(q_proj(n1))), rope(qknorm(k_proj(n1))), v_proj(n1)))
  *   y = h + down(silu(gate(n2)) * up(n2)),   n1 = rmsnorm1(x), n2 = rmsnorm2(h)
  * The work keeps every activation the backward needs (inference uses the

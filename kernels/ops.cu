@@ -1,4 +1,4 @@
-/* ops.cu — layer operations on the device, mirroring libar/ops.c (see
+/* ops.cu — layer operations on the device, mirroring libar/nn/ops.c (see
  * ar_cuda.h). Elementwise kernels are grid-stride loops; row kernels use one
  * thread block per row with a block reduction. Reductions accumulate in
  * double where the CPU reference does, so both agree to f32 rounding. */

@@ -1,6 +1,6 @@
 /* quant.cu — fake quantization (int_sym / int_asym), its straight-through
  * backward fused with the SignSGD step, the masked MSE loss and the
- * best-iteration bookkeeping, mirroring libar/quant.c and libar/signround.c.
+ * best-iteration bookkeeping, mirroring libar/quant/quant.c and libar/tune/signround.c.
  * The entry points hand the other kinds to quant_fp.cu and quant_gguf.cu.
  *
  * The integer kernels run one warp per quantization group, QG groups per

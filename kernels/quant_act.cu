@@ -1,5 +1,5 @@
 /* quant_act.cu — activation fake-quantization on the device (ar_cuda_act_quant,
- * libar/quant_fp.c's ar_act_quant) and the block's per-linear quantized
+ * libar/quant/quant_fp.c's ar_act_quant) and the block's per-linear quantized
  * inputs (quant_act.cuh).
  *
  * A group (the elements sharing one scale: glen consecutive elements of a

@@ -2,7 +2,7 @@
  * the general block path (block.cu, f32 inputs) and the fast path
  * (block_fast.cu, bf16 inputs). Not part of ar_cuda.h.
  *
- * As libar/block.c: each quantized linear multiplies by its own fake-quantized
+ * As libar/nn/block.c: each quantized linear multiplies by its own fake-quantized
  * copy of its input, the input itself is left as it is (the attention and
  * norm backwards still read it), and the linears reading one input (q/k/v;
  * gate/up) may have different specs or none. Unlike the CPU, which re-derives
@@ -16,7 +16,7 @@
 
 struct ar_cuda_fast_work;
 
-/* The block's seven linears (libar/block.h's order). */
+/* The block's seven linears (libar/nn/block.h's order). */
 enum { AR_ACT_NLIN = 7 };
 
 struct ar_cuda_act_set {

@@ -1,5 +1,5 @@
 /* quant_fp.cu — MXFP4/MXFP8, NVFP4 and FP8 fake quantization, their STE
- * backward and the fused SignSGD step, mirroring libar/quant_fp.c (the
+ * backward and the fused SignSGD step, mirroring libar/quant/quant_fp.c (the
  * arithmetic is shared with the host in quant_kinds.cuh).
  *
  * A tile (the elements sharing one scale) may span several rows (FP8 per

@@ -1,6 +1,6 @@
 /* quant_gguf.cu — the GGUF kind: fake quantization over frozen GGML scales
  * and mins, its STE backward and the fused SignSGD step on V, mirroring
- * libar/quant_gguf.c and gguf_quant.c's ar_ggml_fake_quant (the arithmetic is
+ * libar/quant/quant_ggml.c and ggml_blocks.c's ar_ggml_fake_quant (the arithmetic is
  * shared with the host in quant_kinds.cuh). Elementwise: one thread per
  * element, the group's s and m read from the frozen [N, K/group] arrays
  * (uploaded once per block by the tuner). */

@@ -1,5 +1,5 @@
 /* quant_kinds.cuh — the per-element and per-tile arithmetic of the FP kinds
- * (libar/quant_fp.c) and the GGUF kind (libar/quant_gguf.c, gguf_quant.c's
+ * (libar/quant/quant_fp.c) and the GGUF kind (libar/quant/quant_ggml.c, ggml_blocks.c's
  * ar_ggml_fake_quant), written once as __host__ __device__ functions so the
  * kernels (quant_fp.cu, quant_gguf.cu) and a host-side check share them.
  *
@@ -263,7 +263,7 @@ AR_HD static inline float ar_act_tensor_gs(float amax)
 
 /* ---- GGUF ------------------------------------------------------------------ */
 
-/* gguf_quant.c's round_even: half to even; out of its fast range it is
+/* ggml_blocks.c's round_even: half to even; out of its fast range it is
  * (int)rintf(v), whose out-of-int-range and NaN results are x86's "integer
  * indefinite" INT_MIN (the CPU the reference runs on), so that is returned
  * here too instead of the GPU's saturating conversion. */

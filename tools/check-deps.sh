@@ -4,10 +4,12 @@
 #
 # 1. Includes. Every #include "…" in cmd/, formats/, libar/ and kernels/ is
 #    resolved as the compiler does (the including file's folder, then the -I
-#    roots libar/, formats/, kernels/) and must not point to a higher layer.
+#    roots: libar's concept folders, formats/, kernels/) and must not point to
+#    a higher layer.
 # 2. Include cycles. Modules are files without their extension (x.c and x.h
 #    are one module, and a private x_impl.h belongs to x); the graph "module A
-#    includes a header of module B" must have no cycle.
+#    includes a header of module B" must have no cycle, and neither may the
+#    graph of libar's concept folders (libar/README.md) that it induces.
 # 3. Link cycles. With BUILD_DIR (default build/obj) holding the objects, the
 #    graph "A's object uses a symbol that B's object defines" (nm) must have
 #    no cycle either, and no object may use a symbol of a higher layer: two
@@ -34,13 +36,14 @@ module() { # module PATH: the path without extension and without an _impl suffix
 }
 
 # ---- 1 and 2: includes -------------------------------------------------------
+INC_ROOTS="$(find libar -mindepth 1 -maxdepth 1 -type d | sort | tr '\n' ' ') formats kernels"
 find $ROOTS -type f \( -name '*.c' -o -name '*.h' -o -name '*.cu' -o -name '*.cuh' \) | sort > "$tmp/files"
 : > "$tmp/inc-edges"
 while read -r f; do
     dir=$(dirname "$f")
     sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$f" | while read -r inc; do
         target=""
-        for base in "$dir" libar formats kernels; do
+        for base in "$dir" $INC_ROOTS; do
             p=$(realpath -m --relative-to=. "$base/$inc")
             if [ -f "$p" ]; then target=$p; break; fi
         done
@@ -52,19 +55,26 @@ while read -r f; do
         fi
         a=$(module "$f"); b=$(module "$target")
         [ "$a" = "$b" ] || echo "$a $b" >> "$tmp/inc-edges"
+        case $f/$target in
+            libar/*/*/libar/*/*)
+                fa=$(echo "$f" | cut -d/ -f1-2); fb=$(echo "$target" | cut -d/ -f1-2)
+                [ "$fa" = "$fb" ] || echo "$fa $fb" >> "$tmp/dir-edges";;
+        esac
     done
 done < "$tmp/files"
 [ -f "$tmp/bad" ] && status=1
 
 # tsort names the members of each loop on stderr.
 cycles() { # cycles EDGES WHAT
-    if ! tsort "$1" > /dev/null 2> "$tmp/tsort.err"; then
-        loop=$(sed -n 's/^tsort: //p' "$tmp/tsort.err" | grep -v 'input contains a loop' | tr '\n' ' ')
+    if ! sort -u "$1" | tsort > /dev/null 2> "$tmp/tsort.err"; then
+        loop=$(sed -n 's/^tsort: //p' "$tmp/tsort.err" | grep -v 'input contains a loop' | awk '!seen[$0]++' | tr '\n' ' ')
         echo "$2 cycle: $loop"
         return 1
     fi
 }
 cycles "$tmp/inc-edges" include || status=1
+touch "$tmp/dir-edges"
+cycles "$tmp/dir-edges" "libar folder" || status=1
 
 # ---- 3: symbols --------------------------------------------------------------
 objs=$(find "$BUILD/libar" "$BUILD/formats" "$BUILD/kernels" -name '*.o' 2>/dev/null | sort)

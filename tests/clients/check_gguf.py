@@ -69,7 +69,7 @@ def run(cmd, **kw):
 
 def our_dequantizer(tmp):
     so = os.path.join(tmp, "libggufq.so")
-    src = [os.path.join(ROOT, "libar", f) for f in ("gguf_quant.c", "dtype.c", "error.c")]
+    src = [os.path.join(ROOT, "libar", f) for f in ("ggml_blocks.c", "dtype.c", "error.c")]
     run(["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-fPIC", "-shared", "-fopenmp", "-I" + os.path.join(ROOT, "libar"),
          *src, "-o", so, "-lm"])
     lib = ctypes.CDLL(so)

@@ -59,7 +59,7 @@
 #include "ops.h"
 #include "quant.h"
 #include "quant_fp.h"
-#include "quant_gguf.h"
+#include "quant_ggml.h"
 #include "signround.h"
 
 #include <math.h>

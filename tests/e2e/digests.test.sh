@@ -25,7 +25,7 @@
 #
 # What the digests depend on besides the code:
 # - The thread count. Each linear layer's sgemm is cut into one tile per
-#   OpenMP thread (sgemm_par, libar/ops.c), and OpenBLAS's Haswell sgemm
+#   OpenMP thread (sgemm_par, libar/nn/ops.c), and OpenBLAS's Haswell sgemm
 #   gives an element different last bits depending on the shape of the call
 #   it is part of, so --threads 1, 2 or 3 give different forwards; 18 of the
 #   167 outputs differ between --threads 1 and 2 (SignRound, MXFP4 and the

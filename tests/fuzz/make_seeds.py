@@ -94,7 +94,7 @@ def stream_body(records):
 
 
 def stream_seeds():
-    # dtype codes from libar/dtype.h: 0 f32, 1 f16, 2 bf16, 3 i32, 4 i8, 5 u8 (see man ar-stream(5))
+    # dtype codes from libar/base/dtype.h: 0 f32, 1 f16, 2 bf16, 3 i32, 4 i8, 5 u8 (see man ar-stream(5))
     body = stream_body([("M", {"tool": "seed", "nsamples": 2}),
                         ("T", "input_ids", 3, [2, 3], {}, bytes(range(24))),
                         ("T", "layers.0.scale", 0, [2], {"group_size": 2}, bytes(8)),

@@ -1,4 +1,4 @@
-/* test_calib_stream.c — the calibration stream reader (libar/calib_stream.h):
+/* test_calib_stream.c — the calibration stream reader (libar/io/calib_stream.h):
  * a stream written here read back (f32 activations narrowed to bf16, the
  * METAs' model, digest, pad id and last layer config), the pass-through copy
  * equal record for record, and the errors for a truncated stream, a stream

@@ -5,7 +5,7 @@
 #include "device.h"
 #include "signround_cuda.h"
 #include "error.h"
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include <criterion/criterion.h>
 #include <string.h>
 

@@ -4,7 +4,7 @@
 #include "error.h"
 #include "fixture.h"
 #include "gguf_policy.h"
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>

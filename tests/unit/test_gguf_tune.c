@@ -1,5 +1,5 @@
 /* test_gguf_tune.c — the tensors outside the blocks of ar-tune's GGUF path
- * (libar/gguf_tune.h) on tiny-llama (untied head, 512-wide rows) and
+ * (libar/tune/gguf_mix.h) on tiny-llama (untied head, 512-wide rows) and
  * stories260K (tied, 64-wide rows): types from llama.cpp's policy for HF
  * names (formats/gguf_policy.h), a model
  * tensor quantized slice by slice equal to the whole tensor quantized at
@@ -17,7 +17,7 @@
 #include "error.h"
 #include "fixture.h"
 #include "gguf_policy.h"
-#include "gguf_tune.h"
+#include "gguf_mix.h"
 
 static ar_model *open_model(const char *name)
 {

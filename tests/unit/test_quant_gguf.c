@@ -1,7 +1,7 @@
-/* test_quant_gguf.c — the GGUF kind of ar_quant_spec (libar/quant_gguf.h):
+/* test_quant_gguf.c — the GGUF kind of ar_quant_spec (libar/quant/quant_ggml.h):
  * SignRound's rounding over GGML blocks with frozen scales.
  *
- * References computed another way: the forward against gguf_quant.h's own
+ * References computed another way: the forward against ggml_blocks.h's own
  * ar_ggml_fake_quant and its dequantizer (the emitted blocks), the backward
  * against central finite differences (double precision, written here) of the
  * smooth surrogate s·clamp((w + m)/s + V, lo − ½, hi + ½) − m whose slope the
@@ -18,7 +18,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "fixture.h"
-#include "quant_gguf.h"
+#include "quant_ggml.h"
 #include "signround.h"
 
 static uint64_t g_rng = 99;

@@ -1,4 +1,4 @@
-/* test_signround.c — the SignRound block tuner (libar/signround.h).
+/* test_signround.c — the SignRound block tuner (libar/tune/signround.h).
  *
  * The loss of any set of weights is recomputed here independently: an
  * inference forward (ar_block_forward) and a double-precision masked MSE

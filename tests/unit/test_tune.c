@@ -1,4 +1,4 @@
-/* test_tune.c — the tuning pipeline's entry point (libar/tune.h) on
+/* test_tune.c — the tuning pipeline's entry point (libar/tune/tune.h) on
  * stories260K, in its cheap modes: RTN without data writes META and every
  * quantized linear, reporting each block and the device; a GGUF scheme takes its types
  * from the caller's policy (and is refused without one); calibration data

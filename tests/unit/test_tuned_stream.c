@@ -1,4 +1,4 @@
-/* test_tuned_stream.c — ar-tune's stream of tuned layers (libar/tuned_stream.h):
+/* test_tuned_stream.c — ar-tune's stream of tuned layers (libar/io/tuned_stream.h):
  * META, linears (with an NVFP4 global scale and a static activation maximum)
  * and GGUF tensors written and read back field for field; the reader's
  * errors for a missing scale, an unknown record and a stream that is not

@@ -1,5 +1,5 @@
-/* gguf_tune.c — a block's linears quantized for a GGUF mix (see gguf_tune.h). */
-#include "gguf_tune.h"
+/* gguf_mix.c — a block's linears quantized for a GGUF mix (see gguf_mix.h). */
+#include "gguf_mix.h"
 #include "dtype.h"
 #include "error.h"
 #include <stdio.h>

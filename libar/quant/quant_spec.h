@@ -1,7 +1,7 @@
 /* quant_spec.h — how one Linear weight is quantized (ar_quant_spec), its
  * tunables (ar_quant_params) and the outputs of a fake-quantization
  * (ar_quant_out): the vocabulary every quantizer (quant_int.h, quant_fp.h,
- * quant_gguf.h) and their dispatcher (quant.h) share.
+ * quant_ggml.h) and their dispatcher (quant.h) share.
  *
  * Layout: W is [N, K] row-major (HF Linear: N out-features, K in-features).
  * Groups run along K: group g of row n covers columns [g*G, min(K, (g+1)*G)).
@@ -31,10 +31,10 @@ enum {
 };
 
 /* Weight data type of ar_quant_spec.dtype: integers (quant_int.h), the
- * floating-point kinds (quant_fp.h) and GGML blocks (quant_gguf.h); the entry
+ * floating-point kinds (quant_fp.h) and GGML blocks (quant_ggml.h); the entry
  * points of quant.h dispatch on it. */
 enum { AR_QDT_INT = 0, AR_QDT_MXFP4, AR_QDT_MXFP8, AR_QDT_NVFP4, AR_QDT_FP8,
-       AR_QDT_GGUF /* a GGML block type with frozen scales: quant_gguf.h */ };
+       AR_QDT_GGUF /* a GGML block type with frozen scales: quant_ggml.h */ };
 
 /* How one Linear is quantized. */
 typedef struct {

@@ -18,8 +18,8 @@
  *    LM-head loss when enable_lfq;
  *  - GGUF schemes (ar_scheme kind AR_SCHEME_GGUF): each linear in the ggml
  *    type the caller's gguf_type gives it, quantized by llama.cpp's
- *    imatrix-weighted search (gguf_tune.h), its rounding then tuned by
- *    SignRound with the scales frozen when iters > 0 (quant_gguf.h); with
+ *    imatrix-weighted search (gguf_mix.h), its rounding then tuned by
+ *    SignRound with the scales frozen when iters > 0 (quant_ggml.h); with
  *    data also the token embedding and the output head.
  * NVFP4 layers of q/k/v and of gate/up share their smallest global scale;
  * static activation quantization (FP8_STATIC, NVFP4's input scale) takes the
@@ -35,7 +35,7 @@
 #define AR_TUNE_H
 #include "calib_stream.h"
 #include "config.h"
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include "scheme.h"
 #include "signround.h"
 #include "stream.h"

@@ -3,14 +3,14 @@
  * rule that decides which scheme one Linear gets (spec §1.3).
  *
  * A scheme with bits >= 16 means "keep this layer in high precision". Only
- * AR_SCHEME_INT schemes are quantized by libar/quant.h; the other kinds are
+ * AR_SCHEME_INT schemes are quantized by libar/quant/quant.h; the other kinds are
  * parsed so that later modules (MX/NV/FP8 quantizers, GGUF) can pick them up. */
 #ifndef AR_SCHEME_H
 #define AR_SCHEME_H
 
 /* Family of the weight data type. */
 typedef enum {
-    AR_SCHEME_INT,    /* "int": int_sym / int_asym (libar/quant.h) */
+    AR_SCHEME_INT,    /* "int": int_sym / int_asym (libar/quant/quant.h) */
     AR_SCHEME_MXFP,   /* "mx_fp", "mx_int": OCP microscaling */
     AR_SCHEME_NVFP,   /* "nv_fp", "nvfp4_v2" */
     AR_SCHEME_FP8,    /* "fp" with 8 bits */
@@ -44,7 +44,7 @@ typedef struct {
  * "MXFP4", ...). Returns 0, or -1 with ar_error naming the unknown preset. */
 int ar_scheme_preset(ar_scheme *s, const char *name);
 
-/* 1 when s is an integer weight-only scheme libar/quant.h handles (bits 2..8,
+/* 1 when s is an integer weight-only scheme libar/quant/quant.h handles (bits 2..8,
  * data type "int", activations unquantized, not GGUF). */
 int ar_scheme_is_int(const ar_scheme *s);
 

@@ -17,7 +17,7 @@
  *   T.gguf          u8 [nbytes]  attrs ggml_type (ggml's name), rows, cols */
 #ifndef AR_TUNED_STREAM_H
 #define AR_TUNED_STREAM_H
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include "quant.h"
 #include "scheme.h"
 #include "stream.h"

@@ -3,7 +3,7 @@
  * matrices opt-RTN weighs with. Each entry point hands the spec to the
  * quantizer of its dtype (quant_spec.h): integers to quant_int.h, MXFP4 /
  * MXFP8 / NVFP4 / FP8 to quant_fp.h, GGML blocks with frozen scales to
- * quant_gguf.h, so a caller needs no other header to tune any of them. */
+ * quant_ggml.h, so a caller needs no other header to tune any of them. */
 #ifndef AR_QUANT_H
 #define AR_QUANT_H
 #include "quant_int.h"

@@ -2,7 +2,7 @@
  * quantizer of its dtype (quant.h), plus the importance matrices. */
 #include "quant.h"
 #include "quant_fp.h"
-#include "quant_gguf.h"
+#include "quant_ggml.h"
 #include "error.h"
 
 /* Work below this many elements is not worth waking OpenMP threads for. */

@@ -1,17 +1,17 @@
-/* gguf_tune.h — quantize a decoder block's linears for a llama.cpp GGUF mix
+/* gguf_mix.h — quantize a decoder block's linears for a llama.cpp GGUF mix
  * (Q4_K_M, ...) with importance matrices, as ar-tune's GGUF scheme does.
  *
  * Each linear gets the ggml type the caller chose for its tensor (llama.cpp's
  * policy for the mix, which the exporter knows: formats/gguf_policy.h) and is
- * quantized by the imatrix-weighted searches of gguf_quant.h, with the importance of input column k being
+ * quantized by the imatrix-weighted searches of ggml_blocks.h, with the importance of input column k being
  * Σ x_k² over the calibration tokens that reached it (the FP chain): the
  * searches only use relative values, so llama.cpp's per-token mean and this sum
  * give the same bytes. Rows stay in HF order (a GGUF writer permutes Q/K). */
-#ifndef AR_GGUF_TUNE_H
-#define AR_GGUF_TUNE_H
+#ifndef AR_GGUF_MIX_H
+#define AR_GGUF_MIX_H
 #include "block.h"
 #include "config.h"
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include "model.h"
 #include <stddef.h>
 #include <stdint.h>

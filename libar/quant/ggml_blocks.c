@@ -1,11 +1,11 @@
-/* gguf_quant.c — GGML block quantizers and dequantizers.
+/* ggml_blocks.c — GGML block quantizers and dequantizers.
  *
  * Written from the published block layouts and the algorithms' formulas. To be
  * byte-identical with llama.cpp the float arithmetic follows the same order of
  * operations (sums accumulated left to right, products associated the same way),
  * and rounding is half-to-even like ggml's nearest_int. Build without FMA
  * contraction (-std=c11 implies -ffp-contract=off) or results may differ. */
-#include "gguf_quant.h"
+#include "ggml_blocks.h"
 #include "dtype.h"
 #include "error.h"
 #include <float.h>

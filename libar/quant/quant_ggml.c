@@ -1,6 +1,6 @@
-/* quant_gguf.c — SignRound's GGUF kind: frozen GGML scales, tuned rounding
- * (see quant_gguf.h for the formulas). */
-#include "quant_gguf.h"
+/* quant_ggml.c — SignRound's GGUF kind: frozen GGML scales, tuned rounding
+ * (see quant_ggml.h for the formulas). */
+#include "quant_ggml.h"
 #include "error.h"
 #include <math.h>
 #include <stdlib.h>

@@ -19,7 +19,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "quant_fp.h"
-#include "quant_gguf.h"
+#include "quant_ggml.h"
 
 #include <math.h>
 #include <stdlib.h>

@@ -3,7 +3,7 @@
 #ifndef AR_CUDA_IMPL_H
 #define AR_CUDA_IMPL_H
 #ifdef AR_HAVE_CUDA
-#include "../kernels/ar_cuda.h"
+#include "../../kernels/ar_cuda.h"
 #include "block.h"
 #include "config.h"
 #include "quant.h"

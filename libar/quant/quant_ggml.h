@@ -1,13 +1,13 @@
-/* quant_gguf.h — the GGUF data-type kind of ar_quant_spec (AR_QDT_GGUF):
+/* quant_ggml.h — the GGUF data-type kind of ar_quant_spec (AR_QDT_GGUF):
  * SignRound over the rounding of a GGML block type whose scales are frozen
  * (spec §5.1(b), §6.6).
  *
  * A linear is first quantized by llama.cpp's own (imatrix-weighted) search
- * (gguf_quant.h); its per-group scale s and min m, exactly as the dequantizer
+ * (ggml_blocks.h); its per-group scale s and min m, exactly as the dequantizer
  * uses them, are then read back (ar_ggml_frozen_params) and held fixed, and
  * only the rounding offsets V are tuned, as AutoRound's GGUF path does once
  * its scales are searched (no α/β: min/max tuning is off). With the grid of
- * the type (gguf_quant.h: group, qmax, offset), per element of group g:
+ * the type (ggml_blocks.h: group, qmax, offset), per element of group g:
  *     u  = clamp(round((w + m_g)/s_g + V) , lo − offset, qmax − offset)
  *     ŵ  = s_g·u − m_g              (lo = 1 for Q8_0's ±127 range, else 0)
  * which is ar_ggml_fake_quant, called as is so that ŵ is bit-equal to what
@@ -19,9 +19,9 @@
  * gguf_scale and gguf_min are [N, K/group] — the order ar_ggml_frozen_params
  * reads them from N rows of blocks. ar_quant_forward/backward/opt_rtn
  * dispatch here, so the tuner needs no change. */
-#ifndef AR_QUANT_GGUF_H
-#define AR_QUANT_GGUF_H
-#include "gguf_quant.h"
+#ifndef AR_QUANT_GGML_H
+#define AR_QUANT_GGML_H
+#include "ggml_blocks.h"
 #include "quant_spec.h"
 
 /* Check a GGUF spec: a ggml type with a grid, group_size equal to the grid's

@@ -1,4 +1,4 @@
-/* gguf_quant.h — GGML block quantization types as numerical kernels (which
+/* ggml_blocks.h — GGML block quantization types as numerical kernels (which
  * type each tensor of a llama.cpp mix gets is the exporter's policy:
  * formats/gguf_policy.h).
  *
@@ -15,8 +15,8 @@
  * have m_g = 0 and offset = 2^(b−1); asymmetric ones (Q4_1, Q5_1, Q2_K, Q4_K,
  * Q5_K) have offset 0. Given frozen (s, m), codes for rounding offsets V are
  *     u = clamp(round((w + m)/s + V) + offset, 0, qmax). */
-#ifndef AR_GGUF_QUANT_H
-#define AR_GGUF_QUANT_H
+#ifndef AR_GGML_BLOCKS_H
+#define AR_GGML_BLOCKS_H
 #include <stddef.h>
 #include <stdint.h>
 

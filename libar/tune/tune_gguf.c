@@ -5,7 +5,7 @@
  * inputs on the FP chain; none without calibration data, which is
  * llama-quantize's plain RTN). With iters > 0 the scales that search chose
  * are frozen and SignRound tunes the rounding of every block-quantized linear
- * (quant_gguf.h; no min/max tuning: AutoRound's enable_alg_ext GGUF path),
+ * (quant_ggml.h; no min/max tuning: AutoRound's enable_alg_ext GGUF path),
  * then the codes are rewritten from the tuned ŵ, so the blocks dequantize to
  * exactly the weights that were tuned. With calibration data the stream also
  * carries the token embedding (the mix's type, its columns weighted by block
@@ -16,8 +16,8 @@
  * collects none). Records: tuned_stream.h's "<hf name>.gguf". */
 #include "dtype.h"
 #include "error.h"
-#include "gguf_tune.h"
-#include "quant_gguf.h"
+#include "gguf_mix.h"
+#include "quant_ggml.h"
 #include "tune_impl.h"
 #include "tuned_stream.h"
 #include <stdio.h>
