@@ -44,8 +44,7 @@ while read -r f; do
     sed -n 's/^[[:space:]]*#[[:space:]]*include[[:space:]]*"\([^"]*\)".*/\1/p' "$f" | while read -r inc; do
         target=""
         for base in "$dir" $INC_ROOTS; do
-            p=$(realpath -m --relative-to=. "$base/$inc")
-            if [ -f "$p" ]; then target=$p; break; fi
+            if [ -f "$base/$inc" ]; then target=$(realpath -m --relative-to=. "$base/$inc"); break; fi
         done
         [ -n "$target" ] || continue # a system header
         rf=$(rank "$f"); rt=$(rank "$target")
