@@ -18,8 +18,8 @@ static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme
     for (int i = 0; i < AR_NLINEAR; i++) {
         char name[256];
         int n, k;
-        ar_linear_shape(r->c, i, &n, &k);
-        snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
+        ar_block_desc_layer_name(&r->bd, layer, i, name, sizeof name);
         ar_layer_info info = {0, 0, 0};
         ar_scheme *s = &schemes[i];
         if (ar_scheme_for_layer(&r->o->scheme, r->lc, name, n, k, &info, s)) return -1;
@@ -62,26 +62,29 @@ static int plan_set_act_max(ar_block_plan *plan, const ar_scheme *schemes, const
     return 0;
 }
 
-/* NVFP4 global scales: q/k/v and gate/up share the smallest of theirs (the
- * fused projections vLLM loads need one), as AutoRound does by default. */
-static void share_global_scales(const ar_config *c, const ar_block_weights *w, ar_block_plan *plan)
+/* NVFP4 global scales: the linears reading one input (q/k/v, gate/up: the
+ * fused projections vLLM loads need one) share the smallest of theirs, as
+ * AutoRound does by default, when all of them are NVFP4. */
+static void share_global_scales(const ar_block_desc *bd, const ar_block_weights *w, ar_block_plan *plan)
 {
-    static const int fused[2][3] = {{AR_Q, AR_K, AR_V}, {AR_GATE, AR_UP, -1}};
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < bd->nlinear; i++) {
         if (!plan->quantize[i] || plan->spec[i].dtype != AR_QDT_NVFP4) continue;
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)n * k);
+        plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)bd->lin[i].n_out * bd->lin[i].k_in);
     }
-    for (int f = 0; f < 2; f++) {
+    for (int g = 0; g < bd->nlinear; g++) {
+        if (ar_block_desc_group(bd, g) != g) continue;   /* each group once, from its leader */
         float gmin = 0;
-        int all = 1;
-        for (int j = 0; j < 3 && fused[f][j] >= 0; j++) {
-            const ar_quant_spec *qs = &plan->spec[fused[f][j]];
-            if (!plan->quantize[fused[f][j]] || qs->dtype != AR_QDT_NVFP4) all = 0;
+        int all = 1, size = 0;
+        for (int j = g; j < bd->nlinear; j++) {
+            if (bd->lin[j].input != bd->lin[g].input) continue;
+            const ar_quant_spec *qs = &plan->spec[j];
+            size++;
+            if (!plan->quantize[j] || qs->dtype != AR_QDT_NVFP4) all = 0;
             else if (gmin == 0 || qs->global_scale < gmin) gmin = qs->global_scale;
         }
-        for (int j = 0; all && gmin > 0 && j < 3 && fused[f][j] >= 0; j++) plan->spec[fused[f][j]].global_scale = gmin;
+        if (size < 2) continue;                           /* a linear alone keeps its own */
+        for (int j = g; all && gmin > 0 && j < bd->nlinear; j++)
+            if (bd->lin[j].input == bd->lin[g].input) plan->spec[j].global_scale = gmin;
     }
 }
 
@@ -207,7 +210,7 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
     int tuned = 0, rc = -1;
     memset(out, 0, sizeof out);
     if (plan_block(r, layer, &plan, schemes, r->d != NULL)) return -1;
-    share_global_scales(c, wfp, &plan);
+    share_global_scales(&r->bd, wfp, &plan);
     if (tn_outputs_alloc(out, c, &plan)) goto done;
     if (r->d ? tune_with_data(r, layer, wfp, &plan, schemes, act_max, out, &rep, &tuned)
              : quantize_block_rtn(r, wfp, &plan, NULL, out))
@@ -216,8 +219,8 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
         if (!plan.quantize[i]) continue;
         char base[256];
         int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        snprintf(base, sizeof base, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
+        ar_block_desc_layer_name(&r->bd, layer, i, base, sizeof base);
         const float *gs = plan.spec[i].dtype == AR_QDT_NVFP4 ? &plan.spec[i].global_scale : NULL;
         if (ar_tuned_write_linear(r->w, base, &schemes[i], n, k, &out[i], gs, act_max[i])) goto done;
     }

@@ -76,7 +76,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
         for (int s0 = 0; s0 < n && !rc; s0 += bs) {
             int b = n - s0 < bs ? n - s0 : bs;
             ar_to_f32(x, src + s0 * row, AR_BF16, b * row);
-            rc = ar_block_forward(c, w, x, y, b, T, &ws);
+            rc = r->bd.forward(c, w, x, y, b, T, &ws);
             if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
         }
     }
