@@ -158,7 +158,7 @@ int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
         }
     }
     if (r->d && tn_forward_all(r, wfp, r->x_fp, r->y, imat, NULL, NULL)) goto done;
-    if (ar_gguf_quantize_block(types, c, layer, wfp, r->d ? imat : NULL, q)) goto done;
+    if (ar_gguf_quantize_block(types, &r->bd, layer, wfp, r->d ? imat : NULL, q)) goto done;
     if (r->d && r->o->iters > 0) {
         if (tune_rounding(r, layer, wfp, q, &rep)) goto done;
         tuned = 1;
