@@ -28,12 +28,25 @@
  *  - Fused QKV: one linear "self_attn.qkv_proj" of n_out QD+2*KD with a
  *    split recorded next to it; extra norms and attention variants are new
  *    entries in norms and a family's own forward/backward.
- *  - Still fixed at AR_NLINEAR (the next step, each sized by nlinear then):
- *    ar_block_weights.w/b, ar_block_work.act_q, the dW/dxin arrays of
- *    ar_block_backward*, the tuning plans and outputs of libar/tune/
- *    (tune_impl.h, signround*.c, autoscheme*.c slots = layer*AR_NLINEAR+i),
- *    the device weight set (device.c, model_cuda.c, kernels/) and
- *    libar/nn/model.c's tensor table. */
+ *
+ * Who reads it now: the tuning pipeline (tn_run.bd: plan names and shapes,
+ * output records, the NVFP4 global scales and the imatrix/act_max of an
+ * input group, the family's forward for statistics), GGUF blocks
+ * (ar_gguf_quantize_block), AutoScheme's slot names and shapes, the model's
+ * tensor table (model.c) and formats/act_config.c.
+ *
+ * Still fixed at AR_NLINEAR (the next step, each sized by nlinear then):
+ *  - arrays: ar_block_weights.w/b, ar_block_work.act_q, dW/dxin of
+ *    ar_block_backward*, ar_block_plan and ar_quant_out[] (tune_impl.h,
+ *    tune_chain.c tn_outputs_alloc), ar_gguf_qlinear[] and types (gguf_mix.h),
+ *    AutoScheme's slots = layer*AR_NLINEAR + i (AR_AS_NSLOTS, autoscheme.c
+ *    score_ctx, autoscheme_measured.c), model.c's BT_* tensor slots;
+ *  - shapes from ar_linear_shape: signround.c, signround_cuda.c, device.c,
+ *    autoscheme.c (scoring), autoscheme_measured.c, tune_chain.c,
+ *    cmd/ar-eval.c; ar_gguf_embedding_importance (gguf_mix.c) still takes
+ *    q..v for the linears reading ln1;
+ *  - the family itself: block.c's input_group and ar_block_acts_input, the
+ *    CUDA block (model_cuda.c, kernels/). */
 #ifndef AR_BLOCK_DESC_H
 #define AR_BLOCK_DESC_H
 #include "block.h"

@@ -96,8 +96,7 @@ static int quantize_block_rtn(const tn_run *r, const ar_block_weights *wfp, cons
 {
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
-        int n, k;
-        ar_linear_shape(r->c, i, &n, &k);
+        int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
         int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
                                            : ar_quant_forward(&plan->spec[i], wfp->w[i], n, k, NULL, &out[i]);
         if (rc) return -1;
@@ -125,13 +124,12 @@ static int v2_layer(const ar_quant_spec *qs)
 /* AutoRound decides the loss on the global scheme, not per layer. */
 static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
 
-static int v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_block_plan *plan,
+static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, ar_block_plan *plan,
                           float *const imat[AR_NLINEAR], float *init[AR_NLINEAR])
 {
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i] || !v2_layer(&plan->spec[i])) continue;
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+        int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
         if (!(init[i] = malloc(sizeof(float) * ng))) return ar_error("out of memory for initial scales");
         int rc = plan->spec[i].dtype == AR_QDT_INT
@@ -152,7 +150,6 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
                           const ar_scheme schemes[AR_NLINEAR], float act_max[AR_NLINEAR],
                           const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep, int *tuned)
 {
-    const ar_config *c = r->c;
     const ar_tune_opts *a = r->o;
     int n = r->d->n;
     int opt_rtn = a->iters == 0 && !a->disable_opt_rtn;
@@ -160,8 +157,7 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     float *imat[AR_NLINEAR] = {0}, *init[AR_NLINEAR] = {0};
     int rc = -1;
     for (int i = 0; i < AR_NLINEAR; i++) {
-        int nn, k;
-        ar_linear_shape(c, i, &nn, &k);
+        int k = r->bd.lin[i].k_in;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
             !(imat[i] = calloc(k, sizeof(float)))) {
             ar_error("out of memory for the importance matrix");
@@ -179,15 +175,14 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
         (need_max && plan_set_act_max(plan, schemes, act_max)))
         goto done;
     if (a->iters > 0) {
-        if (alg_ext && v2_init_scales(c, wfp, plan, imat, init)) goto done;
+        if (alg_ext && v2_init_scales(&r->bd, wfp, plan, imat, init)) goto done;
         if (tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme), out,
                                rep))
             goto done;
         *tuned = 1;
     } else {
         for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
-            int nn, k;
-            ar_linear_shape(c, i, &nn, &k);
+            int k = r->bd.lin[i].k_in;
             if (imat[i]) ar_imatrix_finalize(imat[i], k, n);
         }
         if (quantize_block_rtn(r, wfp, plan, opt_rtn ? imat : NULL, out)) goto done;
