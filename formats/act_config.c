@@ -1,6 +1,7 @@
 /* act_config.c — activation quantizers of an exported model for inference
  * (see act_config.h). */
 #include "act_config.h"
+#include "block_desc.h"
 #include "error.h"
 #include "hf_folder.h"
 #include "quantized_source.h"
@@ -118,14 +119,14 @@ static float stored_act_max(const folder_ctx *f, const char *layer, const ar_sch
 }
 
 /* Specs of block l's linears into spec/aq; adds their count to *count. */
-static int block_specs(ar_model *m, const folder_ctx *f, int l, ar_act_spec spec[AR_NLINEAR],
-                       const ar_act_spec *aq[AR_NLINEAR], int *count)
+static int block_specs(ar_model *m, const folder_ctx *f, const ar_block_desc *bd, int l,
+                       ar_act_spec spec[AR_NLINEAR], const ar_act_spec *aq[AR_NLINEAR], int *count)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < bd->nlinear; i++) {
         char layer[256];
         ar_scheme s;
         aq[i] = NULL;
-        snprintf(layer, sizeof layer, "model.layers.%d.%s", l, ar_linear_names[i]);
+        ar_block_desc_layer_name(bd, l, i, layer, sizeof layer);
         if (!ar_qfolder_is_packed(f->q, layer)) continue;
         int rc = layer_fields(f, layer, &s);
         if (rc < 0) return -1;
@@ -165,10 +166,12 @@ int ar_model_act_quant_from_folder(ar_model *m, const char *dir)
         f.ct = !strcmp(method->valuestring, "compressed-tensors");
         f.q = ar_qfolder_open(dir);
         f.st = f.q ? ar_st_open_dir(dir) : NULL;
-        rc = f.q && f.st ? 0 : -1;
+        ar_block_desc bd;
+        rc = f.q && f.st && !ar_block_desc_init(&bd, ar_model_config(m)) ? 0 : -1;
         ar_act_spec spec[AR_NLINEAR];
         const ar_act_spec *aq[AR_NLINEAR];
-        for (int l = 0; !rc && l < ar_model_config(m)->n_layers; l++) rc = block_specs(m, &f, l, spec, aq, &count);
+        for (int l = 0; !rc && l < ar_model_config(m)->n_layers; l++) rc = block_specs(m, &f, &bd, l, spec, aq, &count);
+        if (f.q && f.st) ar_block_desc_free(&bd);
     }
     ar_st_close(f.st);
     ar_qfolder_close(f.q);
@@ -179,23 +182,23 @@ int ar_model_act_quant_from_folder(ar_model *m, const char *dir)
 int ar_model_act_quant_from_scheme(ar_model *m, const ar_scheme *s)
 {
     const ar_config *c = ar_model_config(m);
-    int count = 0;
-    for (int l = 0; l < c->n_layers; l++) {
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) return -1;
+    int count = 0, rc = 0;
+    for (int l = 0; !rc && l < c->n_layers; l++) {
         ar_act_spec spec[AR_NLINEAR];
         const ar_act_spec *aq[AR_NLINEAR] = {0};
-        for (int i = 0; i < AR_NLINEAR; i++) {
+        for (int i = 0; !rc && i < bd.nlinear; i++) {
             char layer[256];
-            int n, k;
             ar_scheme ls;
-            ar_linear_shape(c, i, &n, &k);
-            snprintf(layer, sizeof layer, "model.layers.%d.%s", l, ar_linear_names[i]);
+            ar_block_desc_layer_name(&bd, l, i, layer, sizeof layer);
             ar_layer_info info = {0, 0, 0};
-            if (ar_scheme_for_layer(s, NULL, layer, n, k, &info, &ls)) return -1;
-            int rc = ar_act_spec_from_scheme(&ls, 0, &spec[i]);
-            if (rc < 0) return ar_error("%s: %s", layer, ar_last_error());
-            if (rc) aq[i] = &spec[i], count++;
+            if (ar_scheme_for_layer(s, NULL, layer, bd.lin[i].n_out, bd.lin[i].k_in, &info, &ls)) rc = -1;
+            else if ((rc = ar_act_spec_from_scheme(&ls, 0, &spec[i])) < 0) ar_error("%s: %s", layer, ar_last_error());
+            else if (rc) aq[i] = &spec[i], count++, rc = 0;
         }
-        if (ar_model_set_act_quant(m, l, aq)) return -1;
+        if (!rc && ar_model_set_act_quant(m, l, aq)) rc = -1;
     }
-    return count;
+    ar_block_desc_free(&bd);
+    return rc ? -1 : count;
 }

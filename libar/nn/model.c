@@ -1,6 +1,7 @@
 /* model.c — model = config + tensor source; streaming full forward
  * (see model.h). */
 #include "model.h"
+#include "block_desc.h"
 #include "error.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -19,6 +20,7 @@
 
 struct ar_model {
     ar_config c;
+    ar_block_desc bd;           /* the blocks' tensors: linears and norms */
     ar_tensor_source src;
     int flags;
     ar_block_weights *cached;   /* [n_layers] with AR_MODEL_CACHE, filled lazily */
@@ -65,40 +67,33 @@ int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 
 /* ---- names and shapes ---------------------------------------------------- */
 
-/* The tensors of one block, in a fixed order: 7 weights, 7 biases, 2 norms, 2 QK norms. */
+/* The tensors of one block, in a fixed order: 7 weights, 7 biases, then the
+ * norms of the block description (input, post-attention, Qwen3's q and k),
+ * the order of block_slot. */
 enum { BT_W = 0, BT_B = AR_NLINEAR, BT_ATTN_NORM = 2 * AR_NLINEAR, BT_MLP_NORM, BT_QNORM, BT_KNORM, BT_COUNT };
 
-static int has_bias(const ar_config *c, int i)
+/* Name and expected shape of block tensor j, from the block description bd;
+ * 0 if the architecture lacks it. */
+static int block_tensor(const ar_block_desc *bd, int layer, int j, char *name, size_t n, int64_t shape[2], int *ndim)
 {
-    if (i <= AR_V) return c->qkv_bias;
-    if (i == AR_O) return c->o_bias;
-    return c->mlp_bias;
-}
-
-/* Name and expected shape of block tensor j; 0 if the architecture lacks it. */
-static int block_tensor(const ar_config *c, int layer, int j, char *name, size_t n, int64_t shape[2], int *ndim)
-{
-    int no, ki;
-    const char *sub;
     *ndim = 1;
     if (j < BT_B) {
-        ar_linear_shape(c, j, &no, &ki);
-        snprintf(name, n, "model.layers.%d.%s.weight", layer, ar_linear_names[j]);
-        shape[0] = no; shape[1] = ki; *ndim = 2;
+        const ar_linear_desc *l = &bd->lin[j];
+        snprintf(name, n, "model.layers.%d.%s.weight", layer, l->name);
+        shape[0] = l->n_out; shape[1] = l->k_in; *ndim = 2;
         return 1;
     }
     if (j < BT_ATTN_NORM) {
-        if (!has_bias(c, j - BT_B)) return 0;
-        ar_linear_shape(c, j - BT_B, &no, &ki);
-        snprintf(name, n, "model.layers.%d.%s.bias", layer, ar_linear_names[j - BT_B]);
-        shape[0] = no;
+        const ar_linear_desc *l = &bd->lin[j - BT_B];
+        if (!l->has_bias) return 0;
+        snprintf(name, n, "model.layers.%d.%s.bias", layer, l->name);
+        shape[0] = l->n_out;
         return 1;
     }
-    if (j >= BT_QNORM && !c->qk_norm) return 0;
-    sub = j == BT_ATTN_NORM ? "input_layernorm" : j == BT_MLP_NORM ? "post_attention_layernorm"
-        : j == BT_QNORM ? "self_attn.q_norm" : "self_attn.k_norm";
-    snprintf(name, n, "model.layers.%d.%s.weight", layer, sub);
-    shape[0] = j >= BT_QNORM ? c->head_dim : c->hidden;
+    if (j - BT_ATTN_NORM >= bd->nnorm) return 0;
+    const ar_norm_desc *nd = &bd->norms[j - BT_ATTN_NORM];
+    snprintf(name, n, "model.layers.%d.%s.weight", layer, nd->name);
+    shape[0] = nd->size;
     return 1;
 }
 
@@ -142,7 +137,7 @@ static int check_all_shapes(ar_model *m)
         for (int j = 0; j < BT_COUNT; j++) {
             char name[160];
             int64_t want[2];
-            if (block_tensor(c, l, j, name, sizeof name, want, &nd) && check_shape(m, name, nd, want)) return -1;
+            if (block_tensor(&m->bd, l, j, name, sizeof name, want, &nd) && check_shape(m, name, nd, want)) return -1;
         }
     return 0;
 }
@@ -152,15 +147,18 @@ static int check_all_shapes(ar_model *m)
 int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
 {
     memset(w, 0, sizeof *w);
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) return -1;
     for (int j = 0; j < BT_COUNT; j++) {
         char name[160];
         int64_t shape[2];
         int nd;
-        if (!block_tensor(c, 0, j, name, sizeof name, shape, &nd)) continue;
+        if (!block_tensor(&bd, 0, j, name, sizeof name, shape, &nd)) continue;
         float *p = malloc(sizeof(float) * (size_t)(shape[0] * (nd > 1 ? shape[1] : 1)));
-        if (!p) { ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
+        if (!p) { ar_block_desc_free(&bd); ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
         *block_slot(w, j) = p;
     }
+    ar_block_desc_free(&bd);
     return 0;
 }
 
@@ -180,7 +178,7 @@ int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
         char name[160];
         int64_t shape[2];
         int nd;
-        if (!block_tensor(&m->c, layer, j, name, sizeof name, shape, &nd)) continue;
+        if (!block_tensor(&m->bd, layer, j, name, sizeof name, shape, &nd)) continue;
         if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *block_slot(w, j))) return -1;
     }
     return 0;
@@ -232,7 +230,7 @@ ar_model *ar_model_open_source(const ar_config *c, const ar_tensor_source *src, 
     m->c = *c;
     m->src = *src;
     m->flags = flags;
-    if (check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
+    if (ar_block_desc_init(&m->bd, &m->c) || check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
     return m;
 }
 
@@ -257,6 +255,7 @@ void ar_model_close(ar_model *m)
     free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act);
     if (m->ws_B) ar_block_work_free(&m->ws);
     if (m->src.close) m->src.close(m->src.ctx);
+    ar_block_desc_free(&m->bd);
     free(m);
 }
 

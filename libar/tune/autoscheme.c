@@ -1,5 +1,6 @@
 /* autoscheme.c — AutoScheme mixed precision (see autoscheme.h, spec §5.2). */
 #include "autoscheme.h"
+#include "block_desc.h"
 #include "error.h"
 #include "ops.h"
 #include "quant.h"
@@ -128,16 +129,27 @@ out:
 
 /* ---- scoring: full-model forward and backward ---------------------------- */
 
-void ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size)
+/* Slot s is linear s % AR_NLINEAR of block s / AR_NLINEAR of the block
+ * description bd, or the head after the last block. */
+static void slot_name(const ar_block_desc *bd, const ar_config *c, int slot, char *buf, int size)
 {
     if (slot >= c->n_layers * AR_NLINEAR) snprintf(buf, (size_t)size, "lm_head");
-    else snprintf(buf, (size_t)size, "model.layers.%d.%s", slot / AR_NLINEAR, ar_linear_names[slot % AR_NLINEAR]);
+    else ar_block_desc_layer_name(bd, slot / AR_NLINEAR, slot % AR_NLINEAR, buf, size);
 }
 
-static void slot_shape(const ar_config *c, int slot, int *n, int *k)
+int ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size)
+{
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) return -1;
+    slot_name(&bd, c, slot, buf, size);
+    ar_block_desc_free(&bd);
+    return 0;
+}
+
+static void slot_shape(const ar_block_desc *bd, const ar_config *c, int slot, int *n, int *k)
 {
     if (slot >= c->n_layers * AR_NLINEAR) { *n = c->vocab; *k = c->hidden; }
-    else ar_linear_shape(c, slot % AR_NLINEAR, n, k);
+    else *n = bd->lin[slot % AR_NLINEAR].n_out, *k = bd->lin[slot % AR_NLINEAR].k_in;
 }
 
 /* The RTN quantizer spec of a preset, as ar-tune builds it (no bf16 rounding:
@@ -453,12 +465,13 @@ static int dedup_options(const ar_autoscheme_opts *o, ar_autoscheme_result *r)
 }
 
 /* Scheme of slot s under option opt, after the shape and head rules. */
-static int slot_scheme(const ar_config *c, int slot, const ar_scheme *opt, int quant_lm_head, ar_scheme *out)
+static int slot_scheme(const ar_block_desc *bd, const ar_config *c, int slot, const ar_scheme *opt,
+                       int quant_lm_head, ar_scheme *out)
 {
     char name[128];
     int n, k;
-    ar_autoscheme_slot_name(c, slot, name, sizeof name);
-    slot_shape(c, slot, &n, &k);
+    slot_name(bd, c, slot, name, sizeof name);
+    slot_shape(bd, c, slot, &n, &k);
     int head = slot >= c->n_layers * AR_NLINEAR;
     ar_layer_info info = {head, head && quant_lm_head, c->tie_embeddings};
     return ar_scheme_for_layer(opt, NULL, name, n, k, &info, out);
@@ -466,15 +479,15 @@ static int slot_scheme(const ar_config *c, int slot, const ar_scheme *opt, int q
 
 /* A slot is a candidate when every quantizing option quantizes it; fill its
  * bits per option and its weight count. cand [nslots]. */
-static int find_candidates(const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
+static int find_candidates(const ar_block_desc *bd, const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
                            unsigned char *cand)
 {
     for (int slot = 0; slot < r->nslots; slot++) {
         int n, k, any = 0, all = 1;
-        slot_shape(c, slot, &n, &k);
+        slot_shape(bd, c, slot, &n, &k);
         for (int j = 0; j < r->nopt; j++) {
             ar_scheme s;
-            if (slot_scheme(c, slot, &r->options[j], o->quant_lm_head, &s)) return -1;
+            if (slot_scheme(bd, c, slot, &r->options[j], o->quant_lm_head, &s)) return -1;
             if (!ar_scheme_quantized(&r->options[j])) continue;
             any = 1;
             if (!ar_scheme_quantized(&s)) all = 0;
@@ -532,7 +545,7 @@ static int name_matches(const char *pattern, const char *name)
 }
 
 /* Union the candidates of each block that match any pattern of group g. */
-static void union_group(const ar_config *c, const char *group, const unsigned char *cand, int *parent)
+static void union_group(const ar_block_desc *bd, const ar_config *c, const char *group, const unsigned char *cand, int *parent)
 {
     char pats[1024];
     snprintf(pats, sizeof pats, "%s", group);
@@ -542,7 +555,7 @@ static void union_group(const ar_config *c, const char *group, const unsigned ch
             int slot = l * AR_NLINEAR + i, hit = 0;
             char name[128], buf[1024], *save = NULL;
             if (!cand[slot]) continue;
-            ar_autoscheme_slot_name(c, slot, name, sizeof name);
+            slot_name(bd, c, slot, name, sizeof name);
             memcpy(buf, pats, sizeof buf);
             for (char *p = strtok_r(buf, ",", &save); p && !hit; p = strtok_r(NULL, ",", &save))
                 hit = *p && name_matches(p, name);
@@ -554,13 +567,13 @@ static void union_group(const ar_config *c, const char *group, const unsigned ch
 }
 
 /* Items of the DP: one per group root, in slot order; item_of [nslots]. */
-static int build_items(const ar_config *c, const ar_autoscheme_opts *o, const unsigned char *cand,
+static int build_items(const ar_block_desc *bd, const ar_config *c, const ar_autoscheme_opts *o, const unsigned char *cand,
                        int nslots, int *item_of, int *root_slot)
 {
     int *parent = malloc(sizeof *parent * (size_t)nslots), nitems = 0;
     if (!parent) return ar_error("autoscheme: out of memory");
     for (int s = 0; s < nslots; s++) parent[s] = s;
-    for (int g = 0; g < o->nshared; g++) union_group(c, o->shared[g], cand, parent);
+    for (int g = 0; g < o->nshared; g++) union_group(bd, c, o->shared[g], cand, parent);
     for (int s = 0; s < nslots; s++) item_of[s] = -1;
     for (int s = 0; s < nslots; s++) {
         if (!cand[s]) continue;
@@ -587,7 +600,7 @@ static void restrict_head(const ar_autoscheme_result *r, double target, unsigned
 }
 
 /* Merge per-slot bits and scores into items, run the DP, spread the choice back. */
-static int allocate(const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
+static int allocate(const ar_block_desc *bd, const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
                     const unsigned char *cand, double target)
 {
     int ns = r->nslots, no = r->nopt, rc = -1;
@@ -596,7 +609,7 @@ static int allocate(const ar_config *c, const ar_autoscheme_opts *o, ar_autosche
     double *loss = calloc((size_t)ns * no, sizeof *loss);
     unsigned char *allowed = malloc((size_t)ns * no);
     if (!item_of || !root || !ch || !bits || !loss || !allowed) { ar_error("autoscheme: out of memory"); goto out; }
-    int nitems = build_items(c, o, cand, ns, item_of, root);
+    int nitems = build_items(bd, c, o, cand, ns, item_of, root);
     if (nitems < 0) goto out;
     memset(allowed, 1, (size_t)ns * no);
     for (int s = 0; s < ns; s++) {
@@ -672,7 +685,9 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
     const ar_config *c = ar_model_config(m);
     memset(r, 0, sizeof *r);
     r->nslots = AR_AS_NSLOTS(c);
-    if (dedup_options(o, r)) return -1;
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) return -1;
+    if (dedup_options(o, r)) { ar_block_desc_free(&bd); return -1; }
     size_t cells = (size_t)r->nslots * r->nopt;
     unsigned char *cand = calloc((size_t)r->nslots, 1);
     r->choice = malloc(sizeof(int) * r->nslots);
@@ -682,13 +697,14 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
     double target = o->avg_bits;
     int rc = -1;
     if (!cand || !r->choice || !r->score || !r->bits || !r->params) ar_error("autoscheme: out of memory");
-    else if (!find_candidates(c, o, r, cand) && !check_target(r, &target) &&
-             !score_all(m, ids, nseq, T, o, r, cand) && !allocate(c, o, r, cand, target))
+    else if (!find_candidates(&bd, c, o, r, cand) && !check_target(r, &target) &&
+             !score_all(m, ids, nseq, T, o, r, cand) && !allocate(&bd, c, o, r, cand, target))
         rc = 0;
     /* measured, later rounds: each layer's loss given the last pick for the others */
     for (int round = 1; !rc && o->score == AR_AS_SCORE_MEASURED && round < o->measured_rounds; round++)
-        if (measure_all(m, ids, nseq, T, o, r, cand, r->choice) || allocate(c, o, r, cand, target)) rc = -1;
+        if (measure_all(m, ids, nseq, T, o, r, cand, r->choice) || allocate(&bd, c, o, r, cand, target)) rc = -1;
     free(cand);
+    ar_block_desc_free(&bd);
     if (rc) ar_autoscheme_result_free(r);
     return rc;
 }
@@ -696,17 +712,20 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
 char *ar_autoscheme_layer_config_json(const ar_config *c, const ar_autoscheme_result *r)
 {
     size_t cap = 64 + (size_t)r->nslots * 192, len = 0;
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) return NULL;
     char *out = malloc(cap);
-    if (!out) { ar_error("autoscheme: out of memory"); return NULL; }
+    if (!out) { ar_block_desc_free(&bd); ar_error("autoscheme: out of memory"); return NULL; }
     len += (size_t)snprintf(out, cap, "{");
     for (int s = 0, first = 1; s < r->nslots; s++) {
         if (r->choice[s] < 0) continue;
         char name[128];
-        ar_autoscheme_slot_name(c, s, name, sizeof name);
+        slot_name(&bd, c, s, name, sizeof name);
         len += (size_t)snprintf(out + len, cap - len, "%s\n  \"%s\": \"%s\"", first ? "" : ",", name,
                                 r->options[r->choice[s]].name);
         first = 0;
     }
     snprintf(out + len, cap - len, "\n}\n");
+    ar_block_desc_free(&bd);
     return out;
 }

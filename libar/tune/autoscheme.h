@@ -154,8 +154,10 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
 
 void ar_autoscheme_result_free(ar_autoscheme_result *r);
 
-/* Hugging Face name of slot s ("model.layers.3.mlp.up_proj", "lm_head") into buf. */
-void ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size);
+/* Hugging Face name of slot s ("model.layers.3.mlp.up_proj", "lm_head") into
+ * buf, from the block description of c (block_desc.h). Returns 0, or -1
+ * (ar_error) when the description cannot be made. */
+int ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size);
 
 /* The decision as --layer_config JSON text (scheme.h's format): one entry per
  * candidate, its full name mapped to the chosen preset name. malloc'd; NULL

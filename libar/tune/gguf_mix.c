@@ -6,22 +6,21 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_config *c, int layer,
+int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_block_desc *bd, int layer,
                            const ar_block_weights *w, float *const imat[AR_NLINEAR], ar_gguf_qlinear out[AR_NLINEAR])
 {
     memset(out, 0, sizeof(ar_gguf_qlinear) * AR_NLINEAR);
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+    for (int i = 0; i < bd->nlinear; i++) {
+        int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         ar_gguf_qlinear *q = &out[i];
         q->type = types[i];
         q->rows = n;
         q->cols = k;
         q->nbytes = ar_ggml_row_bytes(q->type, k) * (size_t)n;
         if (!(q->blocks = malloc(q->nbytes)))
-            return ar_error("model.layers.%d.%s: out of memory", layer, ar_linear_names[i]);
+            return ar_error("model.layers.%d.%s: out of memory", layer, bd->lin[i].name);
         if (ar_ggml_quantize(q->type, w->w[i], q->blocks, n, k, imat ? imat[i] : NULL))
-            return ar_error_prefix(ar_linear_names[i]);
+            return ar_error_prefix(bd->lin[i].name);
     }
     return 0;
 }

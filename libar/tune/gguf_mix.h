@@ -10,6 +10,7 @@
 #ifndef AR_GGUF_MIX_H
 #define AR_GGUF_MIX_H
 #include "block.h"
+#include "block_desc.h"
 #include "config.h"
 #include "ggml_blocks.h"
 #include "model.h"
@@ -24,13 +25,13 @@ typedef struct {
     size_t       nbytes;
 } ar_gguf_qlinear;
 
-/* Quantize the seven linears of block `layer` (weights w, HF layout), linear
- * i to ggml type types[i]; imat[i] is linear i's importance per input column
+/* Quantize the linears of block `layer` described by bd (weights w, HF
+ * layout; names and shapes from bd), linear i to ggml type types[i]; imat[i] is linear i's importance per input column
  * (K floats) or NULL for llama.cpp's reference quantizer (exactly
  * llama-quantize without --imatrix).
  * out[i] is filled for every linear (free with ar_gguf_qlinears_free, also on
  * failure). 0 or -1 with ar_error. */
-int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_config *c, int layer,
+int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_block_desc *bd, int layer,
                            const ar_block_weights *w, float *const imat[AR_NLINEAR], ar_gguf_qlinear out[AR_NLINEAR]);
 
 /* Free the blocks of out[0..AR_NLINEAR) and zero them. */

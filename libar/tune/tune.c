@@ -74,12 +74,12 @@ static int plan_is_mixed(const tn_run *r)
 {
     const ar_scheme *def = &r->o->scheme;
     for (int layer = 0; layer < r->c->n_layers; layer++)
-        for (int i = 0; i < AR_NLINEAR; i++) {
+        for (int i = 0; i < r->bd.nlinear; i++) {
             char name[256];
             int n, k;
             ar_scheme s;
-            ar_linear_shape(r->c, i, &n, &k);
-            snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+            n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
+            ar_block_desc_layer_name(&r->bd, layer, i, name, sizeof name);
             ar_layer_info info = {0, 0, 0};
             if (ar_scheme_for_layer(def, r->lc, name, n, k, &info, &s)) return -1;
             if (ar_scheme_quantized(&s) && s.bits != def->bits) return 1;
@@ -148,6 +148,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
     if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
     r->c = ar_model_config(r->m);
+    if (ar_block_desc_init(&r->bd, r->c)) return AR_TUNE_FAILED;
     ar_set_threads(o->threads, r->c);
     if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
     if (!realpath(model, r->model_abs)) snprintf(r->model_abs, sizeof r->model_abs, "%s", model);
@@ -181,6 +182,7 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     free(r.own_fp);
     free(r.mask);
     ar_layer_config_free(r.lc);
+    ar_block_desc_free(&r.bd);
     ar_model_close(r.m);
     return rc;
 }

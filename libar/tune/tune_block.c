@@ -18,8 +18,8 @@ static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme
     for (int i = 0; i < AR_NLINEAR; i++) {
         char name[256];
         int n, k;
-        ar_linear_shape(r->c, i, &n, &k);
-        snprintf(name, sizeof name, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
+        ar_block_desc_layer_name(&r->bd, layer, i, name, sizeof name);
         ar_layer_info info = {0, 0, 0};
         ar_scheme *s = &schemes[i];
         if (ar_scheme_for_layer(&r->o->scheme, r->lc, name, n, k, &info, s)) return -1;
@@ -62,26 +62,29 @@ static int plan_set_act_max(ar_block_plan *plan, const ar_scheme *schemes, const
     return 0;
 }
 
-/* NVFP4 global scales: q/k/v and gate/up share the smallest of theirs (the
- * fused projections vLLM loads need one), as AutoRound does by default. */
-static void share_global_scales(const ar_config *c, const ar_block_weights *w, ar_block_plan *plan)
+/* NVFP4 global scales: the linears reading one input (q/k/v, gate/up: the
+ * fused projections vLLM loads need one) share the smallest of theirs, as
+ * AutoRound does by default, when all of them are NVFP4. */
+static void share_global_scales(const ar_block_desc *bd, const ar_block_weights *w, ar_block_plan *plan)
 {
-    static const int fused[2][3] = {{AR_Q, AR_K, AR_V}, {AR_GATE, AR_UP, -1}};
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < bd->nlinear; i++) {
         if (!plan->quantize[i] || plan->spec[i].dtype != AR_QDT_NVFP4) continue;
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)n * k);
+        plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)bd->lin[i].n_out * bd->lin[i].k_in);
     }
-    for (int f = 0; f < 2; f++) {
+    for (int g = 0; g < bd->nlinear; g++) {
+        if (ar_block_desc_group(bd, g) != g) continue;   /* each group once, from its leader */
         float gmin = 0;
-        int all = 1;
-        for (int j = 0; j < 3 && fused[f][j] >= 0; j++) {
-            const ar_quant_spec *qs = &plan->spec[fused[f][j]];
-            if (!plan->quantize[fused[f][j]] || qs->dtype != AR_QDT_NVFP4) all = 0;
+        int all = 1, size = 0;
+        for (int j = g; j < bd->nlinear; j++) {
+            if (bd->lin[j].input != bd->lin[g].input) continue;
+            const ar_quant_spec *qs = &plan->spec[j];
+            size++;
+            if (!plan->quantize[j] || qs->dtype != AR_QDT_NVFP4) all = 0;
             else if (gmin == 0 || qs->global_scale < gmin) gmin = qs->global_scale;
         }
-        for (int j = 0; all && gmin > 0 && j < 3 && fused[f][j] >= 0; j++) plan->spec[fused[f][j]].global_scale = gmin;
+        if (size < 2) continue;                           /* a linear alone keeps its own */
+        for (int j = g; all && gmin > 0 && j < bd->nlinear; j++)
+            if (bd->lin[j].input == bd->lin[g].input) plan->spec[j].global_scale = gmin;
     }
 }
 
@@ -93,8 +96,7 @@ static int quantize_block_rtn(const tn_run *r, const ar_block_weights *wfp, cons
 {
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
-        int n, k;
-        ar_linear_shape(r->c, i, &n, &k);
+        int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
         int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
                                            : ar_quant_forward(&plan->spec[i], wfp->w[i], n, k, NULL, &out[i]);
         if (rc) return -1;
@@ -122,13 +124,12 @@ static int v2_layer(const ar_quant_spec *qs)
 /* AutoRound decides the loss on the global scheme, not per layer. */
 static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
 
-static int v2_init_scales(const ar_config *c, const ar_block_weights *wfp, ar_block_plan *plan,
+static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, ar_block_plan *plan,
                           float *const imat[AR_NLINEAR], float *init[AR_NLINEAR])
 {
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i] || !v2_layer(&plan->spec[i])) continue;
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+        int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
         if (!(init[i] = malloc(sizeof(float) * ng))) return ar_error("out of memory for initial scales");
         int rc = plan->spec[i].dtype == AR_QDT_INT
@@ -149,7 +150,6 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
                           const ar_scheme schemes[AR_NLINEAR], float act_max[AR_NLINEAR],
                           const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep, int *tuned)
 {
-    const ar_config *c = r->c;
     const ar_tune_opts *a = r->o;
     int n = r->d->n;
     int opt_rtn = a->iters == 0 && !a->disable_opt_rtn;
@@ -157,8 +157,7 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     float *imat[AR_NLINEAR] = {0}, *init[AR_NLINEAR] = {0};
     int rc = -1;
     for (int i = 0; i < AR_NLINEAR; i++) {
-        int nn, k;
-        ar_linear_shape(c, i, &nn, &k);
+        int k = r->bd.lin[i].k_in;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
             !(imat[i] = calloc(k, sizeof(float)))) {
             ar_error("out of memory for the importance matrix");
@@ -176,15 +175,14 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
         (need_max && plan_set_act_max(plan, schemes, act_max)))
         goto done;
     if (a->iters > 0) {
-        if (alg_ext && v2_init_scales(c, wfp, plan, imat, init)) goto done;
+        if (alg_ext && v2_init_scales(&r->bd, wfp, plan, imat, init)) goto done;
         if (tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme), out,
                                rep))
             goto done;
         *tuned = 1;
     } else {
         for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
-            int nn, k;
-            ar_linear_shape(c, i, &nn, &k);
+            int k = r->bd.lin[i].k_in;
             if (imat[i]) ar_imatrix_finalize(imat[i], k, n);
         }
         if (quantize_block_rtn(r, wfp, plan, opt_rtn ? imat : NULL, out)) goto done;
@@ -207,7 +205,7 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
     int tuned = 0, rc = -1;
     memset(out, 0, sizeof out);
     if (plan_block(r, layer, &plan, schemes, r->d != NULL)) return -1;
-    share_global_scales(c, wfp, &plan);
+    share_global_scales(&r->bd, wfp, &plan);
     if (tn_outputs_alloc(out, c, &plan)) goto done;
     if (r->d ? tune_with_data(r, layer, wfp, &plan, schemes, act_max, out, &rep, &tuned)
              : quantize_block_rtn(r, wfp, &plan, NULL, out))
@@ -216,8 +214,8 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
         if (!plan.quantize[i]) continue;
         char base[256];
         int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        snprintf(base, sizeof base, "model.layers.%d.%s", layer, ar_linear_names[i]);
+        n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
+        ar_block_desc_layer_name(&r->bd, layer, i, base, sizeof base);
         const float *gs = plan.spec[i].dtype == AR_QDT_NVFP4 ? &plan.spec[i].global_scale : NULL;
         if (ar_tuned_write_linear(r->w, base, &schemes[i], n, k, &out[i], gs, act_max[i])) goto done;
     }

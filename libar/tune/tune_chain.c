@@ -39,8 +39,13 @@ static void fold_abs_max(float *m, const float *x, long ntok, int k)
     for (long i = 0; i < ntok * k; i++) if (fabsf(x[i]) > *m) *m = fabsf(x[i]);
 }
 
-/* Statistics of the linears' inputs gathered by the block's input observer. */
+/* Statistics of the linears' inputs gathered by the block's input observer.
+ * Linears reading one input (block_desc.h) see the same rows, so a group's
+ * statistics are gathered once, into its leader's entry when it has one,
+ * and copied to the others after the pass (share_stats): equal bytes, as
+ * the same sums over the same rows from the same start. */
 typedef struct {
+    const ar_block_desc *bd;
     float **imat;    /* [AR_NLINEAR] Σx² per input column, entries may be NULL */
     float *amax;     /* [AR_NLINEAR] running max |x|, or NULL */
 } input_stats;
@@ -48,8 +53,20 @@ typedef struct {
 static void observe_input(void *ctx, int i, const float *x, long rows, int k)
 {
     input_stats *st = ctx;
-    if (st->imat && st->imat[i]) ar_imatrix_accumulate(st->imat[i], x, rows, k);
-    if (st->amax) fold_abs_max(&st->amax[i], x, rows, k);
+    int g = ar_block_desc_group(st->bd, i);
+    if (st->imat && st->imat[i] && (g == i || !st->imat[g])) ar_imatrix_accumulate(st->imat[i], x, rows, k);
+    if (st->amax && g == i) fold_abs_max(&st->amax[i], x, rows, k);
+}
+
+static void share_stats(const input_stats *st)
+{
+    for (int i = 0; i < st->bd->nlinear; i++) {
+        int g = ar_block_desc_group(st->bd, i);
+        if (g == i) continue;
+        if (st->imat && st->imat[i] && st->imat[g])
+            memcpy(st->imat[i], st->imat[g], sizeof(float) * st->bd->lin[i].k_in);
+        if (st->amax) st->amax[i] = st->amax[g];
+    }
 }
 
 /* The statistics come from an inference forward's input observer: no
@@ -68,7 +85,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     int rc = -1;
     size_t row = (size_t)T * c->hidden;
     float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
-    input_stats st = {imat, amax};
+    input_stats st = {&r->bd, imat, amax};
     if (imat || amax) ws.observe = observe_input, ws.observe_ctx = &st;
     if (!x || !y) ar_error("out of memory for a forward batch");
     else if (!has_actq || !ar_block_plan_set_act_quant(actq, &ws)) {
@@ -76,10 +93,11 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
         for (int s0 = 0; s0 < n && !rc; s0 += bs) {
             int b = n - s0 < bs ? n - s0 : bs;
             ar_to_f32(x, src + s0 * row, AR_BF16, b * row);
-            rc = ar_block_forward(c, w, x, y, b, T, &ws);
+            rc = r->bd.forward(c, w, x, y, b, T, &ws);
             if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
         }
     }
+    if (!rc && (imat || amax)) share_stats(&st);
     free(x); free(y);
     ar_block_work_free(&ws);
     return rc;

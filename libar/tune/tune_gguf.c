@@ -125,7 +125,7 @@ static int tune_rounding(tn_run *r, int layer, const ar_block_weights *wfp, ar_g
         if (plan.quantize[i] &&
             ar_quant_gguf_store(&plan.spec[i], out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks)) {
             char where[256];
-            snprintf(where, sizeof where, "model.layers.%d.%s", layer, ar_linear_names[i]);
+            ar_block_desc_layer_name(&r->bd, layer, i, where, sizeof where);
             ar_error_prefix(where);
             goto done;
         }
@@ -149,9 +149,8 @@ int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
     memset(q, 0, sizeof q);
     for (int i = 0; i < AR_NLINEAR; i++) {
         char hf[256];
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, ar_linear_names[i]);
+        int k = r->bd.lin[i].k_in;
+        snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, r->bd.lin[i].name);
         types[i] = type_of(r, hf, k, r->d != NULL);
         if (r->d && !(imat[i] = calloc(k, sizeof(float)))) {
             ar_error("out of memory for the importance matrix");
@@ -159,7 +158,7 @@ int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
         }
     }
     if (r->d && tn_forward_all(r, wfp, r->x_fp, r->y, imat, NULL, NULL)) goto done;
-    if (ar_gguf_quantize_block(types, c, layer, wfp, r->d ? imat : NULL, q)) goto done;
+    if (ar_gguf_quantize_block(types, &r->bd, layer, wfp, r->d ? imat : NULL, q)) goto done;
     if (r->d && r->o->iters > 0) {
         if (tune_rounding(r, layer, wfp, q, &rep)) goto done;
         tuned = 1;
@@ -167,7 +166,7 @@ int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
     if (r->d) { uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t; }  /* FP chain: Y is the next input */
     for (int i = 0; i < AR_NLINEAR; i++) {
         char hf[256];
-        snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, ar_linear_names[i]);
+        snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, r->bd.lin[i].name);
         if (write_gguf(r, hf, &q[i])) goto done;
     }
     if (r->d && layer == c->n_layers - 1 && gguf_output_head(r)) goto done;

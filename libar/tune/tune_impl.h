@@ -7,6 +7,7 @@
 #ifndef AR_TUNE_IMPL_H
 #define AR_TUNE_IMPL_H
 #include "block.h"
+#include "block_desc.h"
 #include "checkpoint.h"
 #include "model.h"
 #include "quant.h"
@@ -20,6 +21,7 @@ typedef struct {
     const ar_tune_opts *o;
     ar_model *m;
     const ar_config *c;
+    ar_block_desc bd;           /* the block's linears: names, shapes, inputs */
     ar_calib_data *d;           /* NULL: RTN without data */
     int dev;                    /* where block forwards and SignRound run: AR_DEVICE_CPU or a GPU */
     ar_layer_config *lc;        /* per-layer schemes, or NULL */

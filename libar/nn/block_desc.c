@@ -1,0 +1,65 @@
+/* block_desc.c — the block descriptions (block_desc.h). */
+#include "block_desc.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "error.h"
+
+enum { IN_LN1, IN_AO, IN_LN2, IN_ACT, IN_N };
+
+int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
+{
+    static const int input[AR_NLINEAR] = {IN_LN1, IN_LN1, IN_LN1, IN_AO, IN_LN2, IN_LN2, IN_ACT};
+    static const char *const inames[IN_N] = {"ln1", "ao", "ln2", "act"};
+    *d = (ar_block_desc){0};
+    switch (c->arch) {
+    case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3: break;
+    default: return ar_error("%s: no block description for this architecture", c->arch_name);
+    }
+    d->family = "llama";
+    d->nlinear = AR_NLINEAR;
+    d->lin = calloc(AR_NLINEAR, sizeof *d->lin);
+    if (!d->lin) return ar_error("block description: out of memory");
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        ar_linear_desc *l = &d->lin[i];
+        l->name = ar_linear_names[i];
+        ar_linear_shape(c, i, &l->n_out, &l->k_in);
+        l->input = input[i];
+        l->has_bias = i <= AR_V ? c->qkv_bias : i == AR_O ? c->o_bias : c->mlp_bias;
+    }
+    d->ninput = IN_N;
+    for (int j = 0; j < IN_N; j++) {
+        d->input_names[j] = inames[j];
+        d->input_kind[j] = AR_INPUT_DENSE;
+    }
+    d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden};
+    d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden};
+    if (c->qk_norm) {
+        d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_norm", c->head_dim};
+        d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.k_norm", c->head_dim};
+    }
+    d->forward = ar_block_forward;
+    d->forward_train = ar_block_forward_train;
+    d->backward = ar_block_backward_inputs;
+    return 0;
+}
+
+void ar_block_desc_free(ar_block_desc *d)
+{
+    free(d->lin);
+    d->lin = NULL;
+    d->nlinear = 0;
+}
+
+int ar_block_desc_group(const ar_block_desc *d, int i)
+{
+    for (int j = 0; j < i; j++)
+        if (d->lin[j].input == d->lin[i].input) return j;
+    return i;
+}
+
+int ar_block_desc_layer_name(const ar_block_desc *d, int layer, int i, char *buf, int size)
+{
+    return snprintf(buf, (size_t)size, "model.layers.%d.%s", layer, d->lin[i].name);
+}

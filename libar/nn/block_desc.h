@@ -1,0 +1,116 @@
+/* block_desc.h — a decoder block described as data: its linears (HF name,
+ * shape, which activation feeds each), its norms, and its family's
+ * forward/backward. Consumers that only need names, shapes or which linears
+ * share an input (the pipeline's plan, statistics such as imatrix/act_max,
+ * stream record names, exporters) read the description instead of
+ * hard-coding the seven Llama linears; adding a family then means a
+ * description plus its forward/backward.
+ *
+ * Today one family, "llama", covers Llama, Mistral, Qwen2 and Qwen3 (config
+ * flags give the biases and Qwen3's QK-norm); its linears are listed in the
+ * AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i everywhere.
+ *
+ * Inputs. Each linear names the activation it multiplies by an index into
+ * input_names; linears with the same input see the same rows, so they share
+ * input statistics (importance matrices, act_max, activation quantization of
+ * equal specs) and could be fused (q/k/v read "ln1", gate/up read "ln2").
+ * The first linear of an input is its group's leader (ar_block_desc_group).
+ *
+ * What comes next (design, not yet implemented):
+ *  - MoE: a block with E experts lists 3*E expert linears
+ *    ("mlp.experts.%d.gate_proj", ...) plus the router ("mlp.gate", input
+ *    "ln2"); each expert's gate/up get their own input index, an input whose
+ *    rows are the routed token subset of "ln2" for that expert (input_kind
+ *    AR_INPUT_ROUTED with the expert number), and its down reads that
+ *    expert's "act". Statistics are then per routed subset, as they must be:
+ *    an expert sees only its tokens. lin is allocated, so hundreds of linears
+ *    cost nothing to the description itself.
+ *  - Fused QKV: one linear "self_attn.qkv_proj" of n_out QD+2*KD with a
+ *    split recorded next to it; extra norms and attention variants are new
+ *    entries in norms and a family's own forward/backward.
+ *
+ * Who reads it now: the tuning pipeline (tn_run.bd: plan names and shapes,
+ * output records, the NVFP4 global scales and the imatrix/act_max of an
+ * input group, the family's forward for statistics), GGUF blocks
+ * (ar_gguf_quantize_block), AutoScheme's slot names and shapes, the model's
+ * tensor table (model.c) and formats/act_config.c.
+ *
+ * Still fixed at AR_NLINEAR (the next step, each sized by nlinear then):
+ *  - arrays: ar_block_weights.w/b, ar_block_work.act_q, dW/dxin of
+ *    ar_block_backward*, ar_block_plan and ar_quant_out[] (tune_impl.h,
+ *    tune_chain.c tn_outputs_alloc), ar_gguf_qlinear[] and types (gguf_mix.h),
+ *    AutoScheme's slots = layer*AR_NLINEAR + i (AR_AS_NSLOTS, autoscheme.c
+ *    score_ctx, autoscheme_measured.c), model.c's BT_* tensor slots;
+ *  - shapes from ar_linear_shape: signround.c, signround_cuda.c, device.c,
+ *    autoscheme.c (scoring), autoscheme_measured.c, tune_chain.c,
+ *    cmd/ar-eval.c; ar_gguf_embedding_importance (gguf_mix.c) still takes
+ *    q..v for the linears reading ln1;
+ *  - the family itself: block.c's input_group and ar_block_acts_input, the
+ *    CUDA block (model_cuda.c, kernels/). */
+#ifndef AR_BLOCK_DESC_H
+#define AR_BLOCK_DESC_H
+#include "block.h"
+#include "config.h"
+
+/* One Linear of a block. */
+typedef struct {
+    const char *name;           /* HF sub-name under model.layers.L, e.g. "self_attn.q_proj" */
+    int n_out, k_in;            /* weight [n_out, k_in] */
+    int input;                  /* index into ar_block_desc.input_names of what feeds it */
+    int has_bias;               /* carries a bias [n_out] */
+} ar_linear_desc;
+
+/* One norm weight of a block. */
+typedef struct {
+    const char *name;           /* HF sub-name, e.g. "input_layernorm" */
+    int size;                   /* elements: C, or HD for a per-head QK-norm */
+} ar_norm_desc;
+
+/* What kind of rows an input holds: every token (dense), or a routed subset
+ * of the tokens of another input (MoE experts; not produced yet). */
+enum { AR_INPUT_DENSE, AR_INPUT_ROUTED };
+
+/* The family's forward/backward pair, with block.h's contracts. */
+typedef int (*ar_block_forward_fn)(const ar_config *c, const ar_block_weights *w, const float *x,
+                                   float *y, int B, int T, ar_block_work *ws);
+typedef int (*ar_block_forward_train_fn)(const ar_config *c, const ar_block_weights *w,
+                                         const float *x, float *y, int B, int T,
+                                         ar_block_work *ws, ar_block_acts *a);
+typedef int (*ar_block_backward_fn)(const ar_config *c, const ar_block_weights *w,
+                                    const ar_block_acts *a, const float *dy,
+                                    float *const dW[AR_NLINEAR], float *dx,
+                                    float *const dxin[AR_NLINEAR], ar_block_work *ws);
+
+#define AR_BLOCK_MAX_INPUTS 8
+#define AR_BLOCK_MAX_NORMS 8
+
+/* A block's description. lin is owned (ar_block_desc_free); the rest is
+ * plain data, strings are static. */
+typedef struct {
+    const char *family;         /* "llama" */
+    int nlinear;
+    ar_linear_desc *lin;        /* [nlinear], block.h's order for "llama" */
+    int ninput;
+    const char *input_names[AR_BLOCK_MAX_INPUTS];  /* "ln1", "ao", "ln2", "act" */
+    int input_kind[AR_BLOCK_MAX_INPUTS];           /* AR_INPUT_DENSE */
+    int nnorm;
+    ar_norm_desc norms[AR_BLOCK_MAX_NORMS];
+    ar_block_forward_fn forward;
+    ar_block_forward_train_fn forward_train;
+    ar_block_backward_fn backward;  /* ar_block_backward_inputs' form (dxin may be NULL) */
+} ar_block_desc;
+
+/* Describe the blocks of config c. Returns 0, or -1 (ar_error) when out of
+ * memory or the architecture has no description. */
+int ar_block_desc_init(ar_block_desc *d, const ar_config *c);
+void ar_block_desc_free(ar_block_desc *d);
+
+/* The first linear that reads the same input as linear i (its group's
+ * leader; i itself when it is first). */
+int ar_block_desc_group(const ar_block_desc *d, int i);
+
+/* Write "model.layers.LAYER.NAME" of linear i into buf (size bytes,
+ * truncated as snprintf does); returns what snprintf returns. */
+int ar_block_desc_layer_name(const ar_block_desc *d, int layer, int i, char *buf, int size);
+
+#endif
