@@ -44,7 +44,7 @@
  *    AutoScheme's slots = layer*AR_NLINEAR + i (AR_AS_NSLOTS, autoscheme.c
  *    score_ctx, autoscheme_measured.c), model.c's BT_* tensor slots;
  *  - shapes from ar_linear_shape: signround.c, signround_cuda.c, device.c,
- *    autoscheme.c (scoring), autoscheme_measured.c, cmd/ar-eval.c;
+ *    autoscheme.c (scoring), autoscheme_measured.c;
  *  - the family itself: block.c's input_group and ar_block_acts_input, the
  *    CUDA block (model_cuda.c, kernels/). */
 #ifndef AR_BLOCK_DESC_H
