@@ -7,6 +7,7 @@
  * first N, score positions 1..seqlen-1 of each window given the earlier tokens
  * of the same window; ppl = exp(mean NLL), accumulated in double. */
 #include "act_config.h"
+#include "block_desc.h"
 #include "cli.h"
 #include "device.h"
 #include "model_cuda.h"
@@ -92,11 +93,10 @@ static opts parse_args(int argc, char **argv)
 static double param_count(const ar_config *c)
 {
     double per_block = 0;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        per_block += (double)n * k;
-    }
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) cli_die_lib();
+    for (int i = 0; i < bd.nlinear; i++) per_block += (double)bd.lin[i].n_out * bd.lin[i].k_in;
+    ar_block_desc_free(&bd);
     return per_block * c->n_layers + (c->tie_embeddings ? 1.0 : 2.0) * c->vocab * c->hidden;
 }
 
@@ -185,17 +185,16 @@ static void score_window_kl(ar_model *m, ar_model *base, const int *ids, int T, 
     kl_window(lb, lm, T, V, s);
 }
 
-/* Matmul FLOPs of one window of T tokens: the seven linears and lm_head
+/* Matmul FLOPs of one window of T tokens: the block's linears and lm_head
  * (2 per weight per token) plus QK^T and PV over the full T x T square the
  * attention computes. Lets the benchmark compare the forward with sgemm. */
 static double window_flops(const ar_config *c, int T)
 {
     double per_token = 0;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        per_token += 2.0 * n * k * c->n_layers;
-    }
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) cli_die_lib();
+    for (int i = 0; i < bd.nlinear; i++) per_token += 2.0 * bd.lin[i].n_out * bd.lin[i].k_in * c->n_layers;
+    ar_block_desc_free(&bd);
     per_token += 2.0 * c->vocab * c->hidden + 4.0 * T * c->n_heads * c->head_dim * c->n_layers;
     return per_token * T;
 }

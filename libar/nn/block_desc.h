@@ -30,21 +30,21 @@
  *    entries in norms and a family's own forward/backward.
  *
  * Who reads it now: the tuning pipeline (tn_run.bd: plan names and shapes,
- * output records, the NVFP4 global scales and the imatrix/act_max of an
- * input group, the family's forward for statistics), GGUF blocks
- * (ar_gguf_quantize_block), AutoScheme's slot names and shapes, the model's
+ * output records and quantizer output shapes, the NVFP4 global scales and
+ * the imatrix/act_max of an input group, the family's forward for
+ * statistics), GGUF blocks (ar_gguf_quantize_block; the embedding's
+ * importance from the linears reading the first input), AutoScheme's slot names and shapes, the model's
  * tensor table (model.c) and formats/act_config.c.
  *
  * Still fixed at AR_NLINEAR (the next step, each sized by nlinear then):
  *  - arrays: ar_block_weights.w/b, ar_block_work.act_q, dW/dxin of
- *    ar_block_backward*, ar_block_plan and ar_quant_out[] (tune_impl.h,
- *    tune_chain.c tn_outputs_alloc), ar_gguf_qlinear[] and types (gguf_mix.h),
+ *    ar_block_backward*, ar_block_plan and ar_quant_out[] (tune_impl.h;
+ *    tn_outputs_alloc takes its shapes from the description but fills
+ *    [AR_NLINEAR]), ar_gguf_qlinear[] and types (gguf_mix.h),
  *    AutoScheme's slots = layer*AR_NLINEAR + i (AR_AS_NSLOTS, autoscheme.c
  *    score_ctx, autoscheme_measured.c), model.c's BT_* tensor slots;
  *  - shapes from ar_linear_shape: signround.c, signround_cuda.c, device.c,
- *    autoscheme.c (scoring), autoscheme_measured.c, tune_chain.c,
- *    cmd/ar-eval.c; ar_gguf_embedding_importance (gguf_mix.c) still takes
- *    q..v for the linears reading ln1;
+ *    autoscheme.c (scoring), autoscheme_measured.c;
  *  - the family itself: block.c's input_group and ar_block_acts_input, the
  *    CUDA block (model_cuda.c, kernels/). */
 #ifndef AR_BLOCK_DESC_H

@@ -31,13 +31,14 @@ void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR])
     memset(out, 0, sizeof(ar_gguf_qlinear) * AR_NLINEAR);
 }
 
-void ar_gguf_embedding_importance(const ar_config *c, const ar_block_weights *w0, float *imp)
+void ar_gguf_embedding_importance(const ar_block_desc *bd, const ar_config *c, const ar_block_weights *w0,
+                                  float *imp)
 {
     const int C = c->hidden;
     memset(imp, 0, sizeof(float) * (size_t)C);
-    for (int i = AR_Q; i <= AR_V; i++) {    /* column energies of q, k and v */
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+    for (int i = 0; i < bd->nlinear; i++) {    /* column energies of the linears reading the first input */
+        if (bd->lin[i].input != 0) continue;
+        int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         for (int j = 0; j < n; j++) {
             const float *row = w0->w[i] + (size_t)j * k;
             for (int kk = 0; kk < k; kk++) imp[kk] += row[kk] * row[kk];

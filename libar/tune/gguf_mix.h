@@ -49,9 +49,11 @@ void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR]);
  * (imp [C]). An error δ_k in column k of a token's row reaches block 0's
  * q/k/v projections through the RMSNorm as δ_k·rstd·g_k·W[:, k] (g: the
  * block's input_layernorm weight), of expected squared size proportional to
- * g_k²·Σ_{q,k,v} Σ_j W[j, k]². Used as the imatrix of the embedding (which
+ * g_k²·Σ_{q,k,v} Σ_j W[j, k]² (q, k, v: bd's linears reading its first
+ * input, "ln1"). Used as the imatrix of the embedding (which
  * llama-imatrix cannot have: the embedding is looked up, not multiplied). */
-void ar_gguf_embedding_importance(const ar_config *c, const ar_block_weights *w0, float *imp);
+void ar_gguf_embedding_importance(const ar_block_desc *bd, const ar_config *c, const ar_block_weights *w0,
+                                  float *imp);
 
 /* Quantize model tensor hf_name ([rows, cols]; "model.embed_tokens.weight",
  * "lm_head.weight") to type t with importance imat (cols floats) or NULL,

@@ -196,7 +196,6 @@ done:
 
 int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
 {
-    const ar_config *c = r->c;
     ar_block_plan plan;
     ar_scheme schemes[AR_NLINEAR];
     ar_quant_out out[AR_NLINEAR];
@@ -206,7 +205,7 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
     memset(out, 0, sizeof out);
     if (plan_block(r, layer, &plan, schemes, r->d != NULL)) return -1;
     share_global_scales(&r->bd, wfp, &plan);
-    if (tn_outputs_alloc(out, c, &plan)) goto done;
+    if (tn_outputs_alloc(out, &r->bd, &plan)) goto done;
     if (r->d ? tune_with_data(r, layer, wfp, &plan, schemes, act_max, out, &rep, &tuned)
              : quantize_block_rtn(r, wfp, &plan, NULL, out))
         goto done;

@@ -105,13 +105,12 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
 
 /* ---- quantizer outputs ------------------------------------------------------ */
 
-int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_config *c, const ar_block_plan *plan)
+int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_block_desc *bd, const ar_block_plan *plan)
 {
     memset(out, 0, sizeof(ar_quant_out) * AR_NLINEAR);
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < bd->nlinear; i++) {
         if (!plan->quantize[i]) continue;
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+        int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
         out[i].wq = malloc(sizeof(float) * n * k);
         out[i].codes = malloc((size_t)n * k);

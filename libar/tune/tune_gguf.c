@@ -53,7 +53,7 @@ static int gguf_embedding(tn_run *r, const ar_block_weights *w0)
     float *imp = NULL;
     if (!c->tie_embeddings) {
         if (!(imp = malloc(sizeof(float) * c->hidden))) return ar_error("out of memory for the embedding's importance");
-        ar_gguf_embedding_importance(c, w0, imp);
+        ar_gguf_embedding_importance(&r->bd, c, w0, imp);
     }
     ar_gguf_qlinear e;
     int rc = ar_gguf_quantize_model_tensor(r->m, "model.embed_tokens.weight", c->vocab, c->hidden, t, imp, &e);
@@ -120,7 +120,7 @@ static int tune_rounding(tn_run *r, int layer, const ar_block_weights *wfp, ar_g
             goto done;
         plan.quantize[i] = 1;
     }
-    if (tn_outputs_alloc(out, r->c, &plan) || tn_signround_block(r, layer, wfp, &plan, 0, 0, out, rep)) goto done;
+    if (tn_outputs_alloc(out, &r->bd, &plan) || tn_signround_block(r, layer, wfp, &plan, 0, 0, out, rep)) goto done;
     for (int i = 0; i < AR_NLINEAR; i++)
         if (plan.quantize[i] &&
             ar_quant_gguf_store(&plan.spec[i], out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks)) {

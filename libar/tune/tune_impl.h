@@ -56,7 +56,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
                    float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq);
 
 /* out[i] buffers for every planned linear i (free with tn_outputs_free, also on failure). 0 or -1. */
-int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_config *c, const ar_block_plan *plan);
+int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_block_desc *bd, const ar_block_plan *plan);
 void tn_outputs_free(ar_quant_out out[AR_NLINEAR]);
 
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned

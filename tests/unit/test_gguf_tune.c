@@ -132,7 +132,10 @@ Test(gguf_tune, embedding_importance_is_normed_column_energy)
         for (int kk = 0; kk < k; kk++) want[kk] += wtw[kk * k + kk];
         free(wtw);
     }
-    ar_gguf_embedding_importance(&c, &w, imp);
+    ar_block_desc bd;
+    cr_assert_eq(ar_block_desc_init(&bd, &c), 0);
+    ar_gguf_embedding_importance(&bd, &c, &w, imp);
+    ar_block_desc_free(&bd);
     /* All terms are positive, so relative bounds over the N = sum n squares
      * of a column: the reference's sgemm diagonals (n products each, any
      * order) added up, gamma_N; the library's f32 sum times g g, gamma_{N+2}. */
