@@ -69,9 +69,11 @@ def run(cmd, **kw):
 
 def our_dequantizer(tmp):
     so = os.path.join(tmp, "libggufq.so")
-    src = [os.path.join(ROOT, "libar", f) for f in ("ggml_blocks.c", "dtype.c", "error.c")]
-    run(["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-fPIC", "-shared", "-fopenmp", "-I" + os.path.join(ROOT, "libar"),
-         *src, "-o", so, "-lm"])
+    lib_dir = os.path.join(ROOT, "libar")
+    src = [os.path.join(lib_dir, f) for f in ("quant/ggml_blocks.c", "base/dtype.c", "base/error.c")]
+    inc = ["-I" + os.path.join(lib_dir, d) for d in sorted(os.listdir(lib_dir))
+           if os.path.isdir(os.path.join(lib_dir, d))]   # the concept folders are include roots
+    run(["cc", "-O2", "-std=c11", "-D_GNU_SOURCE", "-fPIC", "-shared", "-fopenmp", *inc, *src, "-o", so, "-lm"])
     lib = ctypes.CDLL(so)
     lib.ar_ggml_dequantize.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
     return lib
