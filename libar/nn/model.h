@@ -34,7 +34,9 @@ typedef struct ar_tensor_source {
 } ar_tensor_source;
 
 /* Fill src with the safetensors source of model directory dir (single file
- * or sharded). 0, or -1 with ar_error naming the file and the problem. */
+ * or sharded; FP8 weights of a quantized checkpoint widened through their
+ * scales, see ar_st_open_model). 0, or -1 with ar_error naming the file and
+ * the problem. */
 int ar_source_safetensors(ar_tensor_source *src, const char *dir);
 
 /* Keep every widened weight in memory between forwards. */

@@ -3,6 +3,7 @@
 #include "signround_cuda.h"
 #include "error.h"
 #include "runtime.h"
+#include "safetensors.h"
 #include "tune_impl.h"
 #include "tuned_stream.h"
 #include <cJSON.h>
@@ -87,6 +88,28 @@ static int plan_is_mixed(const tn_run *r)
     return 0;
 }
 
+/* The model's weights were FP8 (safetensors.h): record what they were
+ * widened from as tuning.source_quantization {quant_method, fmt,
+ * weight_block_size ([rows, cols], or null for per-tensor / per-row scales)}.
+ * Nothing for a float checkpoint. 0 or -1 with ar_error. */
+static int add_source_quantization(cJSON *t, const char *model)
+{
+    ar_st_fp8 f;
+    if (ar_st_fp8_config(model, &f)) return -1;
+    if (!f.on) return 0;
+    cJSON *s = cJSON_AddObjectToObject(t, "source_quantization");
+    if (!s) return ar_error("the tuned stream's META: out of memory");
+    cJSON_AddStringToObject(s, "quant_method", f.method);
+    cJSON_AddStringToObject(s, "fmt", "e4m3");
+    if (f.block[0] > 0) {
+        cJSON *b = cJSON_AddArrayToObject(s, "weight_block_size");
+        cJSON_AddItemToArray(b, cJSON_CreateNumber(f.block[0]));
+        cJSON_AddItemToArray(b, cJSON_CreateNumber(f.block[1]));
+    } else cJSON_AddNullToObject(s, "weight_block_size");
+    cJSON_AddStringToObject(s, "dequantized_to", ar_dtype_name(f.out));
+    return 0;
+}
+
 /* The META text of the output (tuned_stream.h), NULL with ar_error. */
 static char *meta_json(const tn_run *r)
 {
@@ -113,6 +136,7 @@ static char *meta_json(const tn_run *r)
     }
     cJSON_AddStringToObject(t, "method", !d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
                                          : a->iters == 0 ? "opt_rtn" : "signround");
+    if (add_source_quantization(t, r->model_abs)) { cJSON_Delete(t); return NULL; }
     char *tj = cJSON_PrintUnformatted(t);
     cJSON_Delete(t);
     char *txt = tj ? ar_tuned_meta_json(r->model_abs, &a->scheme, mixed, tj) : NULL;
