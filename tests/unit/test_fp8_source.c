@@ -8,14 +8,20 @@
  * rounds to bf16 with its own integer round-to-nearest-even. The exact
  * product of a 4-bit and a 24-bit significand has at most 28 bits, so it is
  * exact in double and its rounding to f32 is the correctly rounded f32
- * product the reader computes: the comparison is bit for bit. */
+ * product the reader computes: the comparison is bit for bit.
+ * Last, an export's config.json from such a source: the fp8
+ * quantization_config is replaced, every other member kept. */
 #include "error.h"
+#include "hf_folder.h"
 #include "safetensors.h"
+#include <cJSON.h>
 #include <criterion/criterion.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <errno.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 static char tmpdir[64];
@@ -301,4 +307,49 @@ Test(fp8_source, bad_quantization_configs_are_refused)
     ar_safetensors *st = ar_st_open_model(tmpdir);
     cr_assert(st, "%s", ar_last_error());
     ar_st_close(st);
+}
+
+/* ---- config.json of an export from an FP8 source (formats/hf_folder.c) ----- */
+
+/* src config text -> hf_folder_write_config(replace) with qcfg {"bits": 4}:
+ * the output is JSON with every other member kept and one quantization_config,
+ * the new one. */
+static void check_replaced(const char *config)
+{
+    char src[128], dst[128];
+    snprintf(src, sizeof src, "%s/src", tmpdir);
+    snprintf(dst, sizeof dst, "%s/dst", tmpdir);
+    cr_assert(mkdir(src, 0755) == 0 || errno == EEXIST);
+    cr_assert(mkdir(dst, 0755) == 0 || errno == EEXIST);
+    char path[160];
+    snprintf(path, sizeof path, "%s/config.json", src);
+    FILE *f = fopen(path, "wb");
+    fputs(config, f);
+    fclose(f);
+    cJSON *q = cJSON_CreateObject();
+    cJSON_AddNumberToObject(q, "bits", 4);
+    cr_assert_eq(hf_folder_write_config(src, dst, q, NULL, 0), -1, "an FP8 config was kept without replace");
+    cr_assert(strstr(ar_last_error(), "already quantized"), "%s", ar_last_error());
+    cr_assert_eq(hf_folder_write_config(src, dst, q, NULL, 1), 0, "%s", ar_last_error());
+    cJSON_Delete(q);
+    snprintf(path, sizeof path, "%s/config.json", dst);
+    char *text = hf_read_file(path, NULL);
+    cJSON *in = cJSON_Parse(config), *out = cJSON_Parse(text);
+    cr_assert(out, "not JSON:\n%s", text);
+    cJSON *qc = cJSON_GetObjectItem(out, "quantization_config");
+    cr_assert(qc && cJSON_GetObjectItem(qc, "bits") && !cJSON_GetObjectItem(qc, "quant_method"), "%s", text);
+    cJSON_DeleteItemFromObject(in, "quantization_config");
+    cJSON_DeleteItemFromObject(out, "quantization_config");
+    cr_assert(cJSON_Compare(in, out, 1), "members changed:\n%s", text);
+    cJSON_Delete(in);
+    cJSON_Delete(out);
+    free(text);
+}
+
+Test(fp8_source, export_config_replaces_the_fp8_quantization_config)
+{
+    check_replaced("{\n  \"a\": 1,\n  \"quantization_config\": {\n    \"quant_method\": \"fp8\",\n    \"s\": \"}{,\\\"\",\n"
+                   "    \"weight_block_size\": [\n      128,\n      128\n    ]\n  },\n  \"z\": [1, {\"b\": 2}]\n}\n");
+    check_replaced("{\"a\": 1, \"quantization_config\": {\"quant_method\": \"fp8\"}}");
+    check_replaced("{\"quantization_config\": {\"quant_method\": \"fp8\"}, \"a\": {\"quantization_config\": 3}}");
 }
