@@ -547,7 +547,7 @@ int ar_st_fp8_config(const char *dir, ar_st_fp8 *f)
     int rc = 0;
     const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
     const char *method = json_str(qc, "quant_method");
-    if (!root) rc = ar_error("%s: not valid JSON", path);
+    if (!root) rc = ar_error("%s: malformed JSON", path);
     else if (!method) rc = 0;
     else if (!strcmp(method, "fp8")) {
         const char *fmt = json_str(qc, "fmt");
