@@ -508,7 +508,8 @@ static const char *json_str(const cJSON *o, const char *key)
     return cJSON_IsString(v) ? v->valuestring : NULL;
 }
 
-/* compressed-tensors: the first config group with 8-bit float weights decides. */
+/* compressed-tensors: the config groups with 8-bit float weights and
+ * strategy tensor, channel or block (all with the same block). */
 static int fp8_from_ct(const cJSON *qc, ar_st_fp8 *f, const char *path)
 {
     const cJSON *g;
@@ -523,8 +524,7 @@ static int fp8_from_ct(const cJSON *qc, ar_st_fp8 *f, const char *path)
                 return ar_error("%s: group '%s' has strategy block but no block_structure of two positive integers",
                                 path, g->string);
         } else if (!strategy || (strcmp(strategy, "tensor") && strcmp(strategy, "channel")))
-            return ar_error("%s: 8-bit float weights with strategy '%s' are not supported (tensor, channel or block)",
-                            path, strategy ? strategy : "(none)");
+            continue;   /* group (MXFP8: E8M0 scales) and the like: formats/quantized_source.h reads those */
         if (f->on && (block[0] != f->block[0] || block[1] != f->block[1]))
             return ar_error("%s: config groups with different FP8 block structures are not supported", path);
         f->on = 1;

@@ -69,7 +69,8 @@ int ar_st_read_f32(const ar_safetensors *st, const char *name, float *dst, size_
  *     without weight_block_size one scale for the whole tensor;
  *   - compressed-tensors "float-quantized" (8-bit float weights):
  *     NAME_scale, [1] (strategy tensor), [out, 1] (channel) or the block grid
- *     of block_structure [bh, bw] (block).
+ *     of block_structure [bh, bw] (block); other strategies (group: MXFP8)
+ *     are not widened here.
  * The weight is w[r][c] = e4m3(q[r][c]) * s[r / bh][c / bw], the product
  * taken in f32 and rounded to the checkpoint's dtype (bf16 unless config.json
  * says float16 or float32), as transformers' dequantizing load computes it.
