@@ -16,7 +16,7 @@
 #      BF16 model tunes to other bytes.
 #   3. ar-pack: the same auto_round folder, config.json aside, where the
 #      source's fp8 quantization_config is replaced and source_quantization
-#      recorded.
+#      recorded; the same GGUF file.
 #   4. Bad input: a weight without its scale, a scale of the wrong shape: each
 #      tool fails with one line naming the file and the tensor, and writes
 #      nothing.
@@ -90,6 +90,17 @@ for f in "fp8 32 32" "ct-block 32 32" "ct-channel 1 1"; do
     fail "stories260K $1: RTN layers differ from the dequantized copy's"
   echo "ok   stories260K $1 ($2x$3): RTN layers byte-identical to the dequantized copy's"
 done
+# GGUF from the partial-block copy: the same file as from the dequantized copy,
+# which takes the FP8 copy's path for it (the file records the model's name
+# and path).
+gg() { "$BIN/ar-tune" --model "$T/s_fp8/fp8" --scheme gguf:q4_0 $THR -o "$T/g.ars" 2> /dev/null
+       "$BIN/ar-pack" -i "$T/g.ars" --model "$T/s_fp8/fp8" --format gguf:q4_0 -o "$T/$1.gguf"; }
+gg g8
+mv "$T/s_fp8/fp8" "$T/s_fp8/x"; mv "$T/s_fp8/deq" "$T/s_fp8/fp8"
+gg gd
+mv "$T/s_fp8/fp8" "$T/s_fp8/deq"; mv "$T/s_fp8/x" "$T/s_fp8/fp8"
+cmp -s "$T/g8.gguf" "$T/gd.gguf" || fail "gguf:q4_0 from the FP8 copy differs from the dequantized copy's"
+echo "ok   stories260K fp8 32x32: the same gguf:q4_0 file as from the dequantized copy"
 p8=$(ppl "$T/s_fp8/fp8" "$STORIES_TEXT" 256 20); pd=$(ppl "$T/s_fp8/deq" "$STORIES_TEXT" 256 20)
 [ -n "$p8" ] && [ "$p8" = "$pd" ] || fail "stories260K fp8 32x32 ppl $p8, dequantized copy $pd"
 echo "ok   stories260K fp8 32x32 (partial edge blocks): ppl $p8 = dequantized copy's"
