@@ -464,9 +464,13 @@ static int fp8_read_rows(const ar_safetensors *st, const ar_st_tensor *t, int64_
         have = sr;
         const uint8_t *qr = q + (size_t)(r * k);
         float *o = dst + (size_t)((r - row0) * k);
-        for (int64_t c = 0; c < k; c++) {
-            float v = lut[qr[c]] * srow[s->numel == 1 ? 0 : c / gw];   /* the product in f32 */
-            o[c] = st->fp8.out == AR_BF16 ? ar_round_bf16(v) : st->fp8.out == AR_F16 ? ar_round_f16(v) : v;
+        for (int64_t c0 = 0; c0 < k; c0 += gw) {   /* one scale per run of gw columns */
+            const float sc = srow[s->numel == 1 ? 0 : c0 / gw];
+            const int64_t c1 = c0 + gw < k ? c0 + gw : k;
+            for (int64_t c = c0; c < c1; c++) {
+                float v = lut[qr[c]] * sc;             /* the product in f32 */
+                o[c] = st->fp8.out == AR_BF16 ? ar_round_bf16(v) : st->fp8.out == AR_F16 ? ar_round_f16(v) : v;
+            }
         }
     }
     free(srow);
