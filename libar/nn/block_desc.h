@@ -80,6 +80,9 @@ typedef int (*ar_block_backward_fn)(const ar_config *c, const ar_block_weights *
                                     const ar_block_acts *a, const float *dy,
                                     float *const dW[AR_NLINEAR], float *dx,
                                     float *const dxin[AR_NLINEAR], ar_block_work *ws);
+/* Install activation quantizers aq[nlinear] (entry i: linear i's, NULL: none)
+ * in the family's work, as ar_block_set_act_quant does for "llama". */
+typedef int (*ar_block_set_act_quant_fn)(ar_block_work *ws, const ar_act_spec *const *aq);
 
 #define AR_BLOCK_MAX_INPUTS 8
 #define AR_BLOCK_MAX_NORMS 8
@@ -98,6 +101,7 @@ typedef struct {
     ar_block_forward_fn forward;
     ar_block_forward_train_fn forward_train;
     ar_block_backward_fn backward;  /* ar_block_backward_inputs' form (dxin may be NULL) */
+    ar_block_set_act_quant_fn set_act_quant;
 } ar_block_desc;
 
 /* Describe the blocks of config c. Returns 0, or -1 (ar_error) when out of

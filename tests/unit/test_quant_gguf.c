@@ -191,7 +191,10 @@ Test(quant_gguf, signround_lowers_block_loss_and_blocks_hold_the_tuned_weights)
     c.rms_eps = 1e-5f, c.rope_theta = 10000.0, c.n_layers = 1;
     const int n = 4, T = 16;
     ar_block_weights wfp = {0}, wq0 = {0}, wq1 = {0};
-    ar_block_plan plan = {0};
+    ar_block_desc bd;
+    ar_block_plan plan;
+    cr_assert_eq(ar_block_desc_init(&bd, &c), 0);
+    cr_assert_eq(ar_block_plan_init(&plan, &bd), 0);
     ar_gguf_frozen fz[AR_NLINEAR];
     void *blocks[AR_NLINEAR];
     ar_quant_out out[AR_NLINEAR] = {0};
@@ -241,4 +244,6 @@ Test(quant_gguf, signround_lowers_block_loss_and_blocks_hold_the_tuned_weights)
         free(blocks[i]); free(wfp.w[i]); free(wq0.w[i]); free(wq1.w[i]); free(out[i].wq);
     }
     free(x); free(y); free(xb); free(yb);
+    ar_block_plan_free(&plan);
+    ar_block_desc_free(&bd);
 }

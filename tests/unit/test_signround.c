@@ -40,6 +40,7 @@ typedef struct {
     ar_block_weights w;         /* FP weights (f32) */
     int n, T;
     uint16_t *x, *y;            /* bf16 [n, T, C]: inputs and FP outputs */
+    ar_block_desc bd;           /* the plan's description of the block */
     ar_block_plan plan;
 } fixture;
 
@@ -82,9 +83,17 @@ static void fill_targets(fixture *f)
     free(y);
 }
 
+/* A fresh plan keeping every linear FP (the description and the plan are
+ * left to the process's end, as the fixture's other buffers are). */
+static void fresh_plan(fixture *f)
+{
+    cr_assert_eq(ar_block_desc_init(&f->bd, &f->c), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_plan_init(&f->plan, &f->bd), 0, "%s", ar_last_error());
+}
+
 static void plan_all(fixture *f, int bits, int group_size, int sym)
 {
-    memset(&f->plan, 0, sizeof f->plan);
+    fresh_plan(f);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(&f->c, i, &n, &k);
@@ -705,7 +714,7 @@ static double ref_loss_actq(const fixture *f, const ar_block_weights *w, const i
  * random block's C = 32, F = 64 and 4·8 heads are all multiples of 32. */
 static void plan_mxfp4(fixture *f, int act)
 {
-    memset(&f->plan, 0, sizeof f->plan);
+    fresh_plan(f);
     for (int i = 0; i < AR_NLINEAR; i++) {
         f->plan.quantize[i] = 1;
         f->plan.spec[i] = (ar_quant_spec){.bits = 4, .group_size = 32, .sym = 1, .flags = AR_QF_BF16,
