@@ -261,6 +261,8 @@ void ar_model_close(ar_model *m)
 
 const ar_config *ar_model_config(const ar_model *m) { return &m->c; }
 
+const ar_block_desc *ar_model_block_desc(const ar_model *m) { return &m->bd; }
+
 int ar_model_read_tensor(ar_model *m, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
     return m->src.read_rows(m->src.ctx, name, row0, nrows, dst);

@@ -15,6 +15,7 @@
 #ifndef AR_MODEL_H
 #define AR_MODEL_H
 #include "block.h"
+#include "block_desc.h"
 #include "config.h"
 #include <stdint.h>
 
@@ -55,6 +56,9 @@ void ar_model_close(ar_model *m);
 
 /* The model's config. */
 const ar_config *ar_model_config(const ar_model *m);
+
+/* The description of m's blocks (block_desc.h), valid while m is open. */
+const ar_block_desc *ar_model_block_desc(const ar_model *m);
 
 /* Allocate f32 buffers for one block of config c (NULL for tensors the
  * architecture lacks), to be filled by ar_model_load_block and reused. */

@@ -30,6 +30,9 @@ typedef struct {
 typedef struct {
     ar_model *m;
     const ar_config *c;
+    const ar_block_desc *bd;    /* the model's blocks: nl linears, forward */
+    int nl;
+    const ar_act_spec **aq;     /* [nl] a block's activation quantizers */
     int L, C, V, nseq, T, B;
     const int32_t *ids;
     int nopt;
@@ -50,12 +53,14 @@ typedef struct {
 
 static size_t chain_floats(const meas_ctx *x) { return (size_t)x->nseq * x->T * x->C; }
 
-static int head_slot(const meas_ctx *x) { return x->L * AR_NLINEAR; }
+static int head_slot(const meas_ctx *x) { return x->L * x->nl; }
+
+static int nslots(const meas_ctx *x) { return x->L * x->nl + 1; }
 
 static void slot_shape(const meas_ctx *x, int slot, int *n, int *k)
 {
     if (slot == head_slot(x)) { *n = x->V; *k = x->C; }
-    else ar_linear_shape(x->c, slot % AR_NLINEAR, n, k);
+    else *n = x->bd->lin[slot % x->nl].n_out, *k = x->bd->lin[slot % x->nl].k_in;
 }
 
 /* Option index of slot under base, -1 when base keeps it in full precision. */
@@ -111,9 +116,10 @@ static int setup_block(meas_ctx *x, int l, int var_slot, const float *var_w, con
 {
     if (ar_model_load_block(x->m, l, &x->wfp)) return -1;
     *w = x->wfp;
-    const ar_act_spec *aq[AR_NLINEAR] = {0};
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int slot = l * AR_NLINEAR + i, j = base_choice(x, slot);
+    const ar_act_spec **aq = x->aq;
+    for (int i = 0; i < x->nl; i++) {
+        int slot = l * x->nl + i, j = base_choice(x, slot);
+        aq[i] = NULL;
         if (slot == var_slot) {
             w->w[i] = (float *)var_w;
             aq[i] = var_act;
@@ -122,7 +128,7 @@ static int setup_block(meas_ctx *x, int l, int var_slot, const float *var_w, con
             aq[i] = x->opt[j].has_act ? &x->opt[j].act : NULL;
         }
     }
-    return ar_block_set_act_quant(&x->ws, aq);
+    return x->bd->set_act_quant(&x->ws, aq);
 }
 
 /* Run block l in place over all nseq sequences of h [nseq·T, C]. */
@@ -132,7 +138,7 @@ static int block_all(meas_ctx *x, int l, const ar_block_weights *w, float *h)
     for (int s0 = 0; s0 < x->nseq; s0 += x->B) {
         int b = x->nseq - s0 < x->B ? x->nseq - s0 : x->B;
         float *hb = h + (size_t)s0 * x->T * x->C;
-        if (ar_block_forward(&cl, w, hb, hb, b, x->T, &x->ws)) return -1;
+        if (x->bd->forward(&cl, w, hb, hb, b, x->T, &x->ws)) return -1;
     }
     return 0;
 }
@@ -182,7 +188,7 @@ static const float *base_head(const meas_ctx *x, const ar_act_spec **act)
 static void observe_imatrix(void *ctx, int linear, const float *in, long rows, int k)
 {
     meas_ctx *x = ctx;
-    float *im = x->imat[x->imat_layer * AR_NLINEAR + linear];
+    float *im = x->imat[x->imat_layer * x->nl + linear];
     if (im) ar_imatrix_accumulate(im, in, rows, k);
 }
 
@@ -190,7 +196,7 @@ static void observe_imatrix(void *ctx, int linear, const float *in, long rows, i
  * normalized per sequence as ar-tune does; cur is the scratch chain. */
 static int build_imatrix(meas_ctx *x)
 {
-    int ns = AR_AS_NSLOTS(x->c);
+    int ns = nslots(x);
     if (!(x->imat = calloc((size_t)ns, sizeof *x->imat))) return ar_error("autoscheme: out of memory");
     for (int s = 0; s < ns; s++) {
         int n, k;
@@ -198,8 +204,8 @@ static int build_imatrix(meas_ctx *x)
         if (x->cand[s] && !(x->imat[s] = calloc((size_t)k, sizeof(float))))
             return ar_error("autoscheme: out of memory for the importance matrix");
     }
-    const ar_act_spec *none[AR_NLINEAR] = {0};
-    if (ar_model_embed(x->m, x->ids, x->nseq * x->T, x->cur) || ar_block_set_act_quant(&x->ws, none)) return -1;
+    for (int i = 0; i < x->nl; i++) x->aq[i] = NULL;
+    if (ar_model_embed(x->m, x->ids, x->nseq * x->T, x->cur) || x->bd->set_act_quant(&x->ws, x->aq)) return -1;
     x->ws.observe = observe_imatrix, x->ws.observe_ctx = x;
     for (int l = 0; l < x->L; l++) {
         x->imat_layer = l;
@@ -222,7 +228,7 @@ static int build_imatrix(meas_ctx *x)
 /* The base's quantized weights of every slot it quantizes. */
 static int build_base_weights(meas_ctx *x)
 {
-    int ns = AR_AS_NSLOTS(x->c);
+    int ns = nslots(x);
     if (!(x->base_w = calloc((size_t)ns, sizeof *x->base_w))) return ar_error("autoscheme: out of memory");
     for (int s = 0; s < ns; s++) {
         int j = base_choice(x, s), n, k;
@@ -230,8 +236,8 @@ static int build_base_weights(meas_ctx *x)
         slot_shape(x, s, &n, &k);
         if (!(x->base_w[s] = malloc(sizeof(float) * n * k))) return ar_error("autoscheme: out of memory");
         const float *w = x->head;
-        if (s != head_slot(x) && ar_model_load_block(x->m, s / AR_NLINEAR, &x->wfp)) return -1;
-        if (s != head_slot(x)) w = x->wfp.w[s % AR_NLINEAR];
+        if (s != head_slot(x) && ar_model_load_block(x->m, s / x->nl, &x->wfp)) return -1;
+        if (s != head_slot(x)) w = x->wfp.w[s % x->nl];
         if (quantize_slot(x, s, j, w, x->base_w[s])) return -1;
     }
     return 0;
@@ -266,7 +272,7 @@ static int loss_with(meas_ctx *x, int slot, int j, double *loss)
         if (j >= 0) head = x->var_w;
         return head_loss(x, x->states + (size_t)x->L * cf, head, act, loss);
     }
-    int l = slot / AR_NLINEAR, i = slot % AR_NLINEAR, n, k;
+    int l = slot / x->nl, i = slot % x->nl, n, k;
     slot_shape(x, slot, &n, &k);
     if (ar_model_load_block(x->m, l, &x->wfp)) return -1;
     if (j >= 0 && quantize_slot(x, slot, j, x->wfp.w[i], x->var_w)) return -1;
@@ -306,14 +312,15 @@ static int ctx_init(meas_ctx *x, ar_model *m, const ar_scheme *options, int nopt
     x->m = m, x->c = c, x->L = c->n_layers, x->C = c->hidden, x->V = c->vocab;
     x->nseq = nseq, x->T = T, x->B = batch_size < nseq ? batch_size : nseq, x->ids = ids;
     x->nopt = nopt, x->cand = cand, x->base = base;
-    if (!(x->opt = calloc((size_t)nopt, sizeof *x->opt))) return ar_error("autoscheme: out of memory");
+    x->bd = ar_model_block_desc(m), x->nl = x->bd->nlinear;
+    if (!(x->opt = calloc((size_t)nopt, sizeof *x->opt)) || !(x->aq = calloc((size_t)x->nl, sizeof *x->aq)))
+        return ar_error("autoscheme: out of memory");
     for (int j = 0; j < nopt; j++)
         if (fill_option(&options[j], &x->opt[j])) return -1;
     size_t cf = chain_floats(x), wmax = (size_t)x->V * x->C;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        wmax = (size_t)n * k > wmax ? (size_t)n * k : wmax;
+    for (int i = 0; i < x->nl; i++) {
+        size_t nel = (size_t)x->bd->lin[i].n_out * x->bd->lin[i].k_in;
+        wmax = nel > wmax ? nel : wmax;
     }
     if (ar_block_weights_alloc(&x->wfp, c) || ar_block_work_init(&x->ws, c, x->B, T, 0)) return -1;
     x->states = malloc(sizeof(float) * cf * (size_t)(x->L + 1));
@@ -334,12 +341,12 @@ static int ctx_init(meas_ctx *x, ar_model *m, const ar_scheme *options, int nopt
 
 static void ctx_free(meas_ctx *x)
 {
-    int ns = AR_AS_NSLOTS(x->c);
+    int ns = nslots(x);
     for (int s = 0; s < ns; s++) {
         if (x->imat) free(x->imat[s]);
         if (x->base_w) free(x->base_w[s]);
     }
-    free(x->imat); free(x->base_w); free(x->opt);
+    free(x->imat); free(x->base_w); free(x->opt); free(x->aq);
     ar_block_weights_free(&x->wfp);
     ar_block_work_free(&x->ws);
     free(x->states); free(x->cur); free(x->var_w); free(x->norm_w); free(x->head);
@@ -353,7 +360,7 @@ int ar_autoscheme_measure(ar_model *m, const ar_scheme *options, int nopt, const
     if (nseq < 1 || T < 2 || batch_size < 1 || nopt < 1)
         return ar_error("autoscheme: need sequences of at least 2 tokens (%d x %d) and options", nseq, T);
     meas_ctx x;
-    int rc = -1, ns = AR_AS_NSLOTS(ar_model_config(m)), todo = 0, done = 0;
+    int rc = -1, ns = ar_model_config(m)->n_layers * ar_model_block_desc(m)->nlinear + 1, todo = 0, done = 0;
     double bl;
     memset(score, 0, sizeof(double) * ns * nopt);
     if (ctx_init(&x, m, options, nopt, candidate, base, ids, nseq, T, batch_size)) goto out;
