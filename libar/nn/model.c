@@ -33,8 +33,9 @@ struct ar_model {
     int ws_B, ws_T;
     float *chunk;               /* head / logits chunk buffer */
     size_t chunk_cap;           /* floats */
-    ar_act_spec *act;           /* [n_layers * AR_NLINEAR] activation quantizers, NULL if none */
-    unsigned char *has_act;     /* [n_layers * AR_NLINEAR] */
+    ar_act_spec *act;           /* [n_layers * bd.nlinear] activation quantizers, NULL if none */
+    unsigned char *has_act;     /* [n_layers * bd.nlinear] */
+    const ar_act_spec **aq;     /* [bd.nlinear] one layer's, as the family installs them */
 };
 
 static const char EMBED[] = "model.embed_tokens.weight", NORM[] = "model.norm.weight", HEAD[] = "lm_head.weight";
@@ -252,7 +253,7 @@ void ar_model_close(ar_model *m)
     free(m->cached); free(m->cached_ok);
     ar_block_weights_free(&m->cur);
     if (m->lm_head != m->embed) free(m->lm_head);
-    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act);
+    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act); free(m->aq);
     if (m->ws_B) ar_block_work_free(&m->ws);
     if (m->src.close) m->src.close(m->src.ctx);
     ar_block_desc_free(&m->bd);
@@ -338,14 +339,16 @@ static int ensure_work(ar_model *m, int B, int T)
     return 0;
 }
 
-int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[AR_NLINEAR])
+int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const *aq)
 {
     if (layer < 0 || layer >= m->c.n_layers) return ar_error("activation quantizers for layer %d of %d", layer, m->c.n_layers);
-    size_t n = (size_t)m->c.n_layers * AR_NLINEAR;
-    if (!m->act && (!(m->act = calloc(n, sizeof *m->act)) || !(m->has_act = calloc(n, 1))))
+    const int nl = m->bd.nlinear;
+    size_t n = (size_t)m->c.n_layers * nl;
+    if (!m->act && (!(m->act = calloc(n, sizeof *m->act)) || !(m->has_act = calloc(n, 1)) ||
+                    !(m->aq = calloc((size_t)nl, sizeof *m->aq))))
         return ar_error("out of memory for activation quantizers");
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        size_t j = (size_t)layer * AR_NLINEAR + i;
+    for (int i = 0; i < nl; i++) {
+        size_t j = (size_t)layer * nl + i;
         m->has_act[j] = aq && aq[i];
         if (m->has_act[j]) m->act[j] = *aq[i];
     }
@@ -354,19 +357,19 @@ int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[A
 
 int ar_model_has_act_quant(const ar_model *m)
 {
-    for (size_t j = 0; m->act && j < (size_t)m->c.n_layers * AR_NLINEAR; j++) if (m->has_act[j]) return 1;
+    for (size_t j = 0; m->act && j < (size_t)m->c.n_layers * m->bd.nlinear; j++) if (m->has_act[j]) return 1;
     return 0;
 }
 
 /* Install block l's activation quantizers in the shared workspace. */
 static int layer_act_quant(ar_model *m, int l)
 {
-    const ar_act_spec *aq[AR_NLINEAR];
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        size_t j = (size_t)l * AR_NLINEAR + i;
-        aq[i] = m->has_act[j] ? &m->act[j] : NULL;
+    const int nl = m->bd.nlinear;
+    for (int i = 0; i < nl; i++) {
+        size_t j = (size_t)l * nl + i;
+        m->aq[i] = m->has_act[j] ? &m->act[j] : NULL;
     }
-    return ar_block_set_act_quant(&m->ws, aq);
+    return m->bd.set_act_quant(&m->ws, m->aq);
 }
 
 int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
@@ -380,7 +383,7 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
         ar_config cl = m->c;
         if (l < cl.sliding_from_layer) cl.sliding_window = 0;
         if (m->act && layer_act_quant(m, l)) return -1;
-        if (ar_block_forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
+        if (m->bd.forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
     }
     return ar_model_final_norm(m, hidden, B * T);
 }

@@ -88,11 +88,11 @@ float *ar_model_read_head(ar_model *m, const float **norm_w);
  * sgemm per chunk of the vocabulary. x is the final-normed hidden state. */
 int ar_model_logits(ar_model *m, const float *x, int rows, float *logits);
 
-/* Fake-quantize the inputs of block layer's linears with aq (NULL or NULL
- * entries: not quantized) in every later CPU forward of m, as AutoRound keeps
+/* Fake-quantize the inputs of block layer's linears with aq (NULL, or one
+ * entry per linear of ar_model_block_desc, NULL entries: not quantized) in every later CPU forward of m, as AutoRound keeps
  * the activation quantizers of a W4A4/W8A8 model it evaluates (spec §2.12).
  * 0, or -1 with ar_error for a layer out of range or out of memory. */
-int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[AR_NLINEAR]);
+int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const *aq);
 
 /* 1 when some linear of m has an activation quantizer set. */
 int ar_model_has_act_quant(const ar_model *m);
