@@ -88,8 +88,8 @@ typedef int (*ar_block_forward_train_fn)(const ar_config *c, const ar_block_weig
                                          ar_block_work *ws, ar_block_acts *a);
 typedef int (*ar_block_backward_fn)(const ar_config *c, const ar_block_weights *w,
                                     const ar_block_acts *a, const float *dy,
-                                    float *const dW[AR_NLINEAR], float *dx,
-                                    float *const dxin[AR_NLINEAR], ar_block_work *ws);
+                                    float *const *dW, float *dx, float *const *dxin,
+                                    ar_block_work *ws);
 /* Install activation quantizers aq[nlinear] (entry i: linear i's, NULL: none)
  * in the family's work, as ar_block_set_act_quant does for "llama". */
 typedef int (*ar_block_set_act_quant_fn)(ar_block_work *ws, const ar_act_spec *const *aq);
