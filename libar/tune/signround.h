@@ -155,9 +155,11 @@ typedef void (*ar_signround_progress)(void *ctx, int iter, int iters, double los
 /* Tune block weights w_fp (FP, f32) on n cached samples of T tokens:
  * x_in [n, T, C] bf16 inputs (the quantized chain, or the FP chain for block 0),
  * y_ref [n, T, C] bf16 FP outputs, mask [n, T] (1 = position counts; may be
- * NULL for "all but the last token"). For each linear i with plan->quantize[i],
- * out[i] receives the final fake-quantized weight, codes, scales and zero
- * points (ar_quant_out buffers owned by the caller). Returns 0 or -1. */
+ * NULL for "all but the last token"). Linear i is plan->desc->lin[i] (its
+ * shape; the block runs plan->desc's forward/backward). For each linear i
+ * with plan->quantize[i], out[i] (plan->nlinear entries, e.g. from
+ * ar_block_plan_outputs) receives the final fake-quantized weight, codes,
+ * scales and zero points (buffers owned by the caller). Returns 0 or -1. */
 int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                             int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,

@@ -142,8 +142,9 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     }
     tn_iter_ctx ic = {r, layer};
     const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    /* the GPU tuner runs the "llama" family's block */
-    int gpu = r->dev != AR_DEVICE_CPU && plan->nlinear == AR_NLINEAR && ar_signround_cuda_supports(plan) && !o.lfq;
+    /* the GPU tuner knows the "llama" family's block alone */
+    int llama = !strcmp(plan->desc->family, "llama");
+    int gpu = r->dev != AR_DEVICE_CPU && llama && ar_signround_cuda_supports(plan) && !o.lfq;
     if (r->dev != AR_DEVICE_CPU && o.lfq) tn_event(r, AR_TUNE_EV_LFQ_ON_CPU, layer, c->n_layers, NULL);
     int rc = (gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan,
                                                                            &o, out, rep, tn_on_iter, &ic);
