@@ -38,20 +38,18 @@
  * (ar_gguf_quantize_block, ar_gguf_embedding_importance), AutoScheme (slots
  * l*nlinear + i, ar_autoscheme_nslots; shapes, forward/backward, act_quant
  * and acts_input from the model's description, ar_model_block_desc), the
- * model's tensor table (model.c) and formats/act_config.c.
- * tests/unit/test_block_family.c runs a five-linear fused-QKV family through
- * the plan, the outputs, the CPU tuner and GGUF blocks.
+ * model's tensor table (model.c) and formats/act_config.c. Block weights
+ * (block.h) hold nlinear pointers
+ * (ar_block_weights_alloc sizes them by the description; a block with some
+ * linears swapped is an ar_block_weights_view), and so do the model's tensor
+ * slots and per-layer activation quantizers (model.c, act_config.c).
+ * tests/unit/test_block_family.c runs a five-linear fused-QKV family and a
+ * nine-linear split-MLP family through the plan, the outputs, the CPU tuner
+ * and GGUF blocks, against the Llama description's bytes.
  *
  * Still fixed at AR_NLINEAR (the next step):
- *  - ar_block_weights.w/b: a description's nlinear must not exceed
- *    AR_NLINEAR (the CPU tuner checks; a fused QKV fits, MoE does not);
- *    making them allocated changes every place that copies a block's
- *    weights to swap some linears (tuner, quantized chain, AutoScheme,
- *    tests, the CUDA tuner and cuda_check);
- *  - the model's per-layer activation quantizers (model.c act[] and
- *    ar_model_set_act_quant, formats/act_config.c) and BT_* tensor slots;
  *  - the GPU path: signround_cuda.c, device.c, model_cuda.c, kernels/ keep
- *    the Llama block (tn_signround_block sends only a 7-linear plan there);
+ *    the Llama block (tn_signround_block sends only the "llama" family's plans there);
  *  - the family itself, as its own code: block.c's ar_block_work.act_q,
  *    dW/dxin indices of ar_block_backward*, input_group and
  *    ar_block_acts_input, the linear index passed to ws->observe. */

@@ -60,8 +60,10 @@ const ar_config *ar_model_config(const ar_model *m);
 /* The description of m's blocks (block_desc.h), valid while m is open. */
 const ar_block_desc *ar_model_block_desc(const ar_model *m);
 
-/* Allocate f32 buffers for one block of config c (NULL for tensors the
- * architecture lacks), to be filled by ar_model_load_block and reused. */
+/* Allocate f32 buffers for one block of config c, its pointer arrays sized
+ * by the block description (NULL for tensors the architecture lacks), to be
+ * filled by ar_model_load_block and reused. ar_block_weights_free frees the
+ * tensors and the arrays (safe on a zeroed or failed w). */
 int  ar_block_weights_alloc(ar_block_weights *w, const ar_config *c);
 void ar_block_weights_free(ar_block_weights *w);
 

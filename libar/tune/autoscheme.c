@@ -213,6 +213,7 @@ static void score_ctx_free(score_ctx *s)
     for (int l = 0; s->acts && l < s->L; l++) ar_block_acts_free(&s->acts[l]);
     free(s->acts);
     ar_block_weights_free(&s->wfp);
+    ar_block_weights_release(&s->wq);
     ar_block_work_free(&s->ws);
     free(s->x); free(s->xn); free(s->rstd); free(s->logits); free(s->dx); free(s->dy);
     free(s->norm_w);
@@ -254,7 +255,9 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
     s->dxinsel = calloc(nl, sizeof *s->dxinsel);
     if (!s->qbuf || !s->dW || !s->dxin || !s->aq || !s->dWsel || !s->dxinsel)
         return ar_error("autoscheme: out of memory");
-    if (ar_block_weights_alloc(&s->wfp, c) || ar_block_work_init(&s->ws, c, B, T, 1)) return -1;
+    if (ar_block_weights_alloc(&s->wfp, c) || ar_block_weights_view(&s->wq, &s->wfp) ||
+        ar_block_work_init(&s->ws, c, B, T, 1))
+        return -1;
     if (!(s->acts = calloc((size_t)s->L, sizeof *s->acts))) return ar_error("autoscheme: out of memory");
     for (int l = 0; l < s->L; l++)
         if (ar_block_acts_init(&s->acts[l], c, B, T)) return -1;
@@ -291,7 +294,7 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
 static int load_block(score_ctx *s, int l)
 {
     if (ar_model_load_block(s->m, l, &s->wfp)) return -1;
-    s->wq = s->wfp;
+    ar_block_weights_borrow(&s->wq, &s->wfp);
     for (int i = 0; i < s->nl; i++) {
         s->aq[i] = NULL;
         if (!s->cand[l * s->nl + i]) continue;

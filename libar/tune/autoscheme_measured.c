@@ -45,6 +45,7 @@ typedef struct {
     float **base_w;             /* [nslots]: the slot's weight under base when base quantizes it, else NULL */
     float *var_w;               /* the measured slot's weight (largest linear or the head) */
     ar_block_weights wfp;
+    ar_block_weights wv;        /* a view of wfp with some linears swapped (setup_block) */
     ar_block_work ws;
     float *norm_w, *head;       /* final norm, FP head [V, C] */
     float *xn, *rstd, *logits;  /* one sequence: [T, C], [T], [T, V] */
@@ -110,12 +111,12 @@ static int quantize_slot(const meas_ctx *x, int slot, int j, const float *w, flo
 
 /* Block l with the base's weights and activation quantizers, and slot
  * var_slot (when in block l) switched to var_w / var_act. wfp gets the FP
- * weights; *w borrows from it. */
+ * weights; *w (a view from ar_block_weights_view) borrows from it. */
 static int setup_block(meas_ctx *x, int l, int var_slot, const float *var_w, const ar_act_spec *var_act,
                        ar_block_weights *w)
 {
     if (ar_model_load_block(x->m, l, &x->wfp)) return -1;
-    *w = x->wfp;
+    ar_block_weights_borrow(w, &x->wfp);
     const ar_act_spec **aq = x->aq;
     for (int i = 0; i < x->nl; i++) {
         int slot = l * x->nl + i, j = base_choice(x, slot);
@@ -249,10 +250,9 @@ static int build_states(meas_ctx *x, double *loss)
     size_t cf = chain_floats(x);
     if (ar_model_embed(x->m, x->ids, x->nseq * x->T, x->states)) return -1;
     for (int l = 0; l < x->L; l++) {
-        ar_block_weights w;
         float *next = x->states + (size_t)(l + 1) * cf;
         memcpy(next, x->states + (size_t)l * cf, sizeof(float) * cf);
-        if (setup_block(x, l, -1, NULL, NULL, &w) || block_all(x, l, &w, next)) return -1;
+        if (setup_block(x, l, -1, NULL, NULL, &x->wv) || block_all(x, l, &x->wv, next)) return -1;
     }
     const ar_act_spec *act;
     const float *head = base_head(x, &act);
@@ -279,8 +279,7 @@ static int loss_with(meas_ctx *x, int slot, int j, double *loss)
     if (j < 0) memcpy(x->var_w, x->wfp.w[i], sizeof(float) * n * k);
     memcpy(x->cur, x->states + (size_t)l * cf, sizeof(float) * cf);
     for (int b = l; b < x->L; b++) {
-        ar_block_weights w;
-        if (setup_block(x, b, slot, x->var_w, act, &w) || block_all(x, b, &w, x->cur)) return -1;
+        if (setup_block(x, b, slot, x->var_w, act, &x->wv) || block_all(x, b, &x->wv, x->cur)) return -1;
     }
     const ar_act_spec *hact;
     const float *head = base_head(x, &hact);
@@ -322,7 +321,9 @@ static int ctx_init(meas_ctx *x, ar_model *m, const ar_scheme *options, int nopt
         size_t nel = (size_t)x->bd->lin[i].n_out * x->bd->lin[i].k_in;
         wmax = nel > wmax ? nel : wmax;
     }
-    if (ar_block_weights_alloc(&x->wfp, c) || ar_block_work_init(&x->ws, c, x->B, T, 0)) return -1;
+    if (ar_block_weights_alloc(&x->wfp, c) || ar_block_weights_view(&x->wv, &x->wfp) ||
+        ar_block_work_init(&x->ws, c, x->B, T, 0))
+        return -1;
     x->states = malloc(sizeof(float) * cf * (size_t)(x->L + 1));
     x->cur = malloc(sizeof(float) * cf);
     x->var_w = malloc(sizeof(float) * wmax);
@@ -348,6 +349,7 @@ static void ctx_free(meas_ctx *x)
     }
     free(x->imat); free(x->base_w); free(x->opt); free(x->aq);
     ar_block_weights_free(&x->wfp);
+    ar_block_weights_release(&x->wv);
     ar_block_work_free(&x->ws);
     free(x->states); free(x->cur); free(x->var_w); free(x->norm_w); free(x->head);
     free(x->xn); free(x->rstd); free(x->logits);

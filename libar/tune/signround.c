@@ -505,9 +505,9 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
     memset(t, 0, sizeof *t);
     t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
     t->bs = o->batch_size < n ? o->batch_size : n;
-    t->wq = *w_fp;
-    if (plan->nlinear > AR_NLINEAR)
-        return ar_error("signround: %d linears, block weights hold %d", plan->nlinear, AR_NLINEAR);
+    if (plan->nlinear != w_fp->nlinear)
+        return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
+    if (ar_block_weights_view(&t->wq, w_fp)) return -1;
     if (!(t->L = calloc(plan->nlinear, sizeof *t->L)) || !(t->dW = calloc(plan->nlinear, sizeof *t->dW)))
         return ar_error("out of memory for the tunables");
     for (int i = 0; i < plan->nlinear; i++) {
@@ -533,6 +533,7 @@ static void tuner_free(tuner *t)
 {
     for (int i = 0; t->L && i < t->plan->nlinear; i++) if (t->plan->quantize[i]) layer_free(&t->L[i]);
     free(t->L); free(t->dW);
+    ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
     ar_block_work_free(&t->ws);
     ar_block_acts_free(&t->acts);

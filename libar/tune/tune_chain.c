@@ -152,9 +152,12 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
      * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
-    ar_block_weights wq = *wfp;
+    ar_block_weights wq;
+    if (ar_block_weights_view(&wq, wfp)) return -1;
     for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
     if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
-        return ar_error("out of memory for the quantized chain");
-    return tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
+        rc = ar_error("out of memory for the quantized chain");
+    else rc = tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
+    ar_block_weights_release(&wq);
+    return rc;
 }

@@ -465,7 +465,10 @@ static void general_heads(ar_config *c, int mode)
 /* Random block weights, scaled so activations stay O(1). */
 static void random_weights(ar_block_weights *w, const ar_config *c)
 {
-    memset(w, 0, sizeof *w);
+    if (ar_block_weights_init(w, AR_NLINEAR)) {
+        fprintf(stderr, "weights: %s\n", ar_last_error());
+        exit(2);
+    }
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(c, i, &n, &k);
@@ -481,6 +484,7 @@ static void free_weights(ar_block_weights *w)
 {
     for (int i = 0; i < AR_NLINEAR; i++) free(w->w[i]), free(w->b[i]);
     free(w->attn_norm); free(w->mlp_norm); free(w->q_norm); free(w->k_norm);
+    ar_block_weights_release(w);
 }
 
 static void test_block(const char *tag, const ar_config *c0, int B, int T, int mode, double tol_y, double tol_w)

@@ -1,19 +1,22 @@
 /* test_block_family.c — the parts of the pipeline that read the block
  * description (block_desc.h) instead of the seven Llama linears take a family
- * with another number of linears unchanged. The family here exists only in
- * this test: Llama's block with q/k/v fused into one linear
- * "self_attn.qkv_proj" [QD + 2·KD, C] (five linears), its forward/backward
- * the Llama ones over row slices of the fused weight.
+ * with another number of linears unchanged. Two families exist only in this
+ * test, both Llama's block with its linears cut differently:
+ *  - "fused QKV": q/k/v as one linear "self_attn.qkv_proj" [QD + 2·KD, C]
+ *    (five linears);
+ *  - "split MLP": gate and up each as two linears of F/2 rows, as experts
+ *    would come in several pieces (nine linears, more than AR_NLINEAR).
+ * A family's forward/backward copies its rows into Llama's weights and runs
+ * Llama's block; the weight gradients go back to the rows they came from.
  *
- * Reference, computed another way: the same weights as the plain Llama
- * description (seven linears). A row of the fused weight is a row of q, k or
- * v, and every quantizer here works row by row (groups along the input), the
- * SignRound tunables and steps are elementwise and the forward/backward do
+ * Reference, computed another way: the same numbers as the plain Llama
+ * description. Every quantizer here works row by row (groups along the
+ * input), SignRound's tunables and steps are elementwise and the block does
  * the same arithmetic on the same numbers, so the plan, the quantizer outputs
  * (ar_block_plan_outputs), the CPU tuner (ar_signround_tune_block) and the
- * GGUF block quantizer must give the fused linear exactly the bytes of q, k
- * and v stacked, and the other four linears exactly theirs: equality, no
- * tolerance. */
+ * GGUF block quantizer must give each family linear exactly the bytes of the
+ * Llama rows it holds: equality, no tolerance. (One mini-batch per step, so
+ * every weight gradient is one product added to zero on both sides.) */
 #include <criterion/criterion.h>
 #include <math.h>
 #include <omp.h>
@@ -29,106 +32,176 @@
 #include "rng.h"
 #include "signround.h"
 
-enum { F_QKV, F_O, F_GATE, F_UP, F_DOWN, F_N };
+/* ---- families as row maps onto Llama's linears ------------------------------ */
 
-/* ---- the fused-QKV family ------------------------------------------------- */
+/* rows [fam_row, fam_row + rows) of family linear fam are rows
+ * [ll_row, ll_row + rows) of Llama linear ll. */
+typedef struct {
+    int fam, fam_row, ll, ll_row, rows;
+} segment;
 
-/* The Llama linear of fused linear j for j > F_QKV. */
-static int llama_of(int j) { return AR_O + (j - F_O); }
+#define MAX_SEG 16
 
-/* Row offsets of q, k, v inside the fused weight [QD + 2·KD, C]. */
-static void qkv_rows(const ar_config *c, int rows[3])
+typedef struct {
+    ar_block_desc desc;
+    segment seg[MAX_SEG];
+    int nseg;
+} family;
+
+/* The family whose functions run (the function types carry no context). */
+static const family *g_fam;
+
+static void add_seg(family *f, int fam, int fam_row, int ll, int ll_row, int rows)
 {
-    rows[0] = 0;
-    rows[1] = c->n_heads * c->head_dim;
-    rows[2] = rows[1] + c->n_kv_heads * c->head_dim;
+    cr_assert_lt(f->nseg, MAX_SEG);
+    f->seg[f->nseg++] = (segment){fam, fam_row, ll, ll_row, rows};
 }
 
-/* Llama's weights viewing the fused ones: q/k/v are row slices of linear 0. */
-static ar_block_weights llama_view(const ar_config *c, const ar_block_weights *w)
+/* Copy the rows of every segment between family weights fw and Llama's lw
+ * (to_llama: family -> Llama, else back). */
+static void copy_rows(const family *f, float *const *fw, float *const *lw, int to_llama)
 {
-    ar_block_weights l = *w;
-    int rows[3];
-    qkv_rows(c, rows);
-    for (int s = 0; s < 3; s++) l.w[AR_Q + s] = w->w[F_QKV] + (size_t)rows[s] * c->hidden;
-    for (int j = F_O; j < F_N; j++) l.w[llama_of(j)] = w->w[j];
-    for (int i = 0; i < AR_NLINEAR; i++) l.b[i] = NULL;
-    return l;
-}
-
-static int fused_forward(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B, int T,
-                         ar_block_work *ws)
-{
-    ar_block_weights l = llama_view(c, w);
-    return ar_block_forward(c, &l, x, y, B, T, ws);
-}
-
-static int fused_forward_train(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B,
-                               int T, ar_block_work *ws, ar_block_acts *a)
-{
-    ar_block_weights l = llama_view(c, w);
-    return ar_block_forward_train(c, &l, x, y, B, T, ws, a);
-}
-
-/* Gradients of the fused weight are the row slices' gradients; dxin of the
- * fused linear is the sum over q/k/v of theirs, which ACCUMULATING into one
- * buffer gives. */
-static int fused_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a, const float *dy,
-                          float *const dW[], float *dx, float *const dxin[], ar_block_work *ws)
-{
-    ar_block_weights l = llama_view(c, w);
-    float *ldw[AR_NLINEAR] = {0}, *ldx[AR_NLINEAR] = {0};
-    int rows[3];
-    qkv_rows(c, rows);
-    for (int s = 0; s < 3; s++) {
-        if (dW[F_QKV]) ldw[AR_Q + s] = dW[F_QKV] + (size_t)rows[s] * c->hidden;
-        if (dxin) ldx[AR_Q + s] = dxin[F_QKV];
+    for (int s = 0; s < f->nseg; s++) {
+        const segment *g = &f->seg[s];
+        int k = f->desc.lin[g->fam].k_in;
+        float *a = fw[g->fam] + (size_t)g->fam_row * k, *b = lw[g->ll] + (size_t)g->ll_row * k;
+        if (to_llama) memcpy(b, a, sizeof(float) * g->rows * k);
+        else memcpy(a, b, sizeof(float) * g->rows * k);
     }
-    for (int j = F_O; j < F_N; j++) {
-        ldw[llama_of(j)] = dW[j];
-        if (dxin) ldx[llama_of(j)] = dxin[j];
-    }
-    return ar_block_backward_inputs(c, &l, a, dy, ldw, dx, ldx, ws);
 }
 
-static int fused_set_act_quant(ar_block_work *ws, const ar_act_spec *const *aq)
+/* Llama weights (own buffers) holding family weights w's numbers. */
+static int llama_weights(const ar_config *c, const ar_block_weights *w, ar_block_weights *l)
 {
-    const ar_act_spec *l[AR_NLINEAR];
-    for (int s = 0; s < 3; s++) l[AR_Q + s] = aq ? aq[F_QKV] : NULL;
-    for (int j = F_O; j < F_N; j++) l[llama_of(j)] = aq ? aq[j] : NULL;
+    if (ar_block_weights_init(l, AR_NLINEAR)) return -1;
+    l->attn_norm = w->attn_norm, l->mlp_norm = w->mlp_norm, l->q_norm = w->q_norm, l->k_norm = w->k_norm;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        if (!(l->w[i] = malloc(sizeof(float) * n * k))) return ar_error("out of memory");
+    }
+    copy_rows(g_fam, w->w, l->w, 1);
+    return 0;
+}
+
+static void llama_free(ar_block_weights *l)
+{
+    for (int i = 0; l->w && i < AR_NLINEAR; i++) free(l->w[i]);
+    ar_block_weights_release(l);
+}
+
+static int fam_forward(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B, int T,
+                       ar_block_work *ws)
+{
+    ar_block_weights l;
+    int rc = llama_weights(c, w, &l) || ar_block_forward(c, &l, x, y, B, T, ws) ? -1 : 0;
+    llama_free(&l);
+    return rc;
+}
+
+static int fam_forward_train(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B, int T,
+                             ar_block_work *ws, ar_block_acts *a)
+{
+    ar_block_weights l;
+    int rc = llama_weights(c, w, &l) || ar_block_forward_train(c, &l, x, y, B, T, ws, a) ? -1 : 0;
+    llama_free(&l);
+    return rc;
+}
+
+/* Llama's weight gradients into zeroed buffers, then added to the family
+ * rows they belong to. No per-linear input gradients (AutoScheme's). */
+static int fam_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a, const float *dy,
+                        float *const *dW, float *dx, float *const *dxin, ar_block_work *ws)
+{
+    for (int j = 0; dxin && j < g_fam->desc.nlinear; j++)
+        if (dxin[j]) return ar_error("test family: no per-linear input gradients");
+    ar_block_weights l;
+    float *ldw[AR_NLINEAR] = {0};
+    int rc = llama_weights(c, w, &l);
+    for (int s = 0; !rc && s < g_fam->nseg; s++) {
+        const segment *g = &g_fam->seg[s];
+        int n, k;
+        ar_linear_shape(c, g->ll, &n, &k);
+        if (dW[g->fam] && !ldw[g->ll] && !(ldw[g->ll] = calloc((size_t)n * k, sizeof(float)))) rc = -1;
+    }
+    if (!rc) rc = ar_block_backward(c, &l, a, dy, ldw, dx, ws);
+    for (int s = 0; !rc && s < g_fam->nseg; s++) {
+        const segment *g = &g_fam->seg[s];
+        int k = g_fam->desc.lin[g->fam].k_in;
+        if (!dW[g->fam]) continue;
+        float *to = dW[g->fam] + (size_t)g->fam_row * k;
+        const float *from = ldw[g->ll] + (size_t)g->ll_row * k;
+        for (size_t e = 0; e < (size_t)g->rows * k; e++) to[e] += from[e];
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(ldw[i]);
+    llama_free(&l);
+    return rc;
+}
+
+/* Each Llama linear reads its input through the quantizer of the family
+ * linear its first rows belong to. */
+static int fam_set_act_quant(ar_block_work *ws, const ar_act_spec *const *aq)
+{
+    const ar_act_spec *l[AR_NLINEAR] = {0};
+    for (int s = g_fam->nseg - 1; s >= 0; s--) l[g_fam->seg[s].ll] = aq ? aq[g_fam->seg[s].fam] : NULL;
     return ar_block_set_act_quant(ws, l);
 }
 
-/* The fused family's description of config c (free with ar_block_desc_free). */
-static void fused_desc(ar_block_desc *d, const ar_config *c)
+/* A family of nl linears: names and rows given, inputs and columns those of
+ * the Llama linear of its first segment. */
+static void family_finish(family *f, const ar_config *c, int nl, const char *const *names)
 {
     ar_block_desc llama;
     cr_assert_eq(ar_block_desc_init(&llama, c), 0, "%s", ar_last_error());
-    *d = llama;
-    d->family = "test-fused-qkv";
-    d->nlinear = F_N;
-    d->lin = calloc(F_N, sizeof *d->lin);
-    cr_assert(d->lin);
-    d->lin[F_QKV] = llama.lin[AR_Q];
-    d->lin[F_QKV].name = "self_attn.qkv_proj";
-    d->lin[F_QKV].n_out = llama.lin[AR_Q].n_out + llama.lin[AR_K].n_out + llama.lin[AR_V].n_out;
-    for (int j = F_O; j < F_N; j++) d->lin[j] = llama.lin[llama_of(j)];
-    d->forward = fused_forward;
-    d->forward_train = fused_forward_train;
-    d->backward = fused_backward;
-    d->set_act_quant = fused_set_act_quant;
+    f->desc = llama;
+    f->desc.nlinear = nl;
+    cr_assert(f->desc.lin = calloc(nl, sizeof *f->desc.lin));
+    for (int s = f->nseg - 1; s >= 0; s--) f->desc.lin[f->seg[s].fam] = llama.lin[f->seg[s].ll];
+    for (int j = 0; j < nl; j++) f->desc.lin[j].name = names[j], f->desc.lin[j].n_out = 0;
+    for (int s = 0; s < f->nseg; s++) f->desc.lin[f->seg[s].fam].n_out += f->seg[s].rows;
+    f->desc.forward = fam_forward;
+    f->desc.forward_train = fam_forward_train;
+    f->desc.backward = fam_backward;
+    f->desc.set_act_quant = fam_set_act_quant;
     ar_block_desc_free(&llama);
 }
 
-/* ---- a random block and its calibration cache ----------------------------- */
+static void fused_qkv(family *f, const ar_config *c)
+{
+    static const char *const names[] = {"self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj",
+                                        "mlp.down_proj"};
+    int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim;
+    memset(f, 0, sizeof *f);
+    add_seg(f, 0, 0, AR_Q, 0, QD);
+    add_seg(f, 0, QD, AR_K, 0, KD);
+    add_seg(f, 0, QD + KD, AR_V, 0, KD);
+    add_seg(f, 1, 0, AR_O, 0, c->hidden);
+    add_seg(f, 2, 0, AR_GATE, 0, c->intermediate);
+    add_seg(f, 3, 0, AR_UP, 0, c->intermediate);
+    add_seg(f, 4, 0, AR_DOWN, 0, c->hidden);
+    family_finish(f, c, 5, names);
+}
 
-typedef struct {
-    ar_config c;
-    ar_block_desc llama, fused;
-    ar_block_weights wl, wf;       /* the same numbers: wf.w[F_QKV] is q, k, v stacked */
-    int n, T;
-    uint16_t *x, *y;               /* bf16 [n, T, C]: inputs, FP block outputs */
-} block_case;
+static void split_mlp(family *f, const ar_config *c)
+{
+    static const char *const names[] = {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                                        "self_attn.o_proj", "mlp.gate_proj.0",  "mlp.gate_proj.1",
+                                        "mlp.up_proj.0",    "mlp.up_proj.1",    "mlp.down_proj"};
+    int QD = c->n_heads * c->head_dim, KD = c->n_kv_heads * c->head_dim, H = c->intermediate / 2;
+    memset(f, 0, sizeof *f);
+    add_seg(f, 0, 0, AR_Q, 0, QD);
+    add_seg(f, 1, 0, AR_K, 0, KD);
+    add_seg(f, 2, 0, AR_V, 0, KD);
+    add_seg(f, 3, 0, AR_O, 0, c->hidden);
+    add_seg(f, 4, 0, AR_GATE, 0, H);
+    add_seg(f, 5, 0, AR_GATE, H, H);
+    add_seg(f, 6, 0, AR_UP, 0, H);
+    add_seg(f, 7, 0, AR_UP, H, H);
+    add_seg(f, 8, 0, AR_DOWN, 0, c->hidden);
+    family_finish(f, c, 9, names);
+}
+
+/* ---- a random block and its calibration cache ----------------------------- */
 
 static float gauss(uint64_t *rng)
 {
@@ -137,85 +210,62 @@ static float gauss(uint64_t *rng)
     return (float)(sqrt(-2.0 * log(u)) * cos(6.283185307179586 * v));
 }
 
-static void block_case_init(block_case *b)
+static ar_config small_config(int C, int F, int HD)
 {
-    memset(b, 0, sizeof *b);
-    uint64_t rng = 2024;
-    ar_config *c = &b->c;
-    c->hidden = 32, c->intermediate = 64, c->n_heads = 4, c->n_kv_heads = 2, c->head_dim = 8;
-    c->rms_eps = 1e-5f, c->rope_theta = 10000.0, c->n_layers = 1;
-    cr_assert_eq(ar_block_desc_init(&b->llama, c), 0);
-    fused_desc(&b->fused, c);
-    const ar_linear_desc *qkv = &b->fused.lin[F_QKV];
-    b->wf.w[F_QKV] = malloc(sizeof(float) * qkv->n_out * qkv->k_in);
+    ar_config c = {0};
+    c.hidden = C, c.intermediate = F, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = HD;
+    c.rms_eps = 1e-5f, c.rope_theta = 10000.0, c.n_layers = 1;
+    return c;
+}
+
+/* Random bf16-valued Llama weights (wl, own buffers) and the family's
+ * weights wf (own buffers, the same numbers by rows). */
+static void random_weights(const ar_config *c, const family *f, ar_block_weights *wl, ar_block_weights *wf,
+                           uint64_t seed)
+{
+    uint64_t rng = seed;
+    cr_assert(!ar_block_weights_init(wl, AR_NLINEAR) && !ar_block_weights_init(wf, f->desc.nlinear));
     for (int i = 0; i < AR_NLINEAR; i++) {
-        size_t nel = (size_t)b->llama.lin[i].n_out * b->llama.lin[i].k_in;
-        b->wl.w[i] = malloc(sizeof(float) * nel);
-        for (size_t e = 0; e < nel; e++)
-            b->wl.w[i][e] = ar_round_bf16(gauss(&rng) / sqrtf((float)b->llama.lin[i].k_in));
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        wl->w[i] = malloc(sizeof(float) * n * k);
+        for (long e = 0; e < (long)n * k; e++) wl->w[i][e] = ar_round_bf16(gauss(&rng) / sqrtf((float)k));
     }
-    ar_block_weights view = llama_view(c, &b->wf);
-    for (int i = AR_Q; i <= AR_V; i++)
-        memcpy(view.w[i], b->wl.w[i], sizeof(float) * b->llama.lin[i].n_out * b->llama.lin[i].k_in);
-    for (int j = F_O; j < F_N; j++) b->wf.w[j] = b->wl.w[llama_of(j)];
+    for (int j = 0; j < f->desc.nlinear; j++)
+        wf->w[j] = malloc(sizeof(float) * f->desc.lin[j].n_out * f->desc.lin[j].k_in);
+    copy_rows(f, wf->w, wl->w, 0);
     float *norm = malloc(sizeof(float) * c->hidden);
     for (int e = 0; e < c->hidden; e++) norm[e] = 1.0f + 0.1f * gauss(&rng);
-    b->wl.attn_norm = b->wl.mlp_norm = b->wf.attn_norm = b->wf.mlp_norm = norm;
-    b->n = 4, b->T = 8;
-    long nel = (long)b->n * b->T * c->hidden;
-    float *x = malloc(sizeof(float) * nel), *y = malloc(sizeof(float) * nel);
-    for (long e = 0; e < nel; e++) x[e] = gauss(&rng);
+    wl->attn_norm = wl->mlp_norm = wf->attn_norm = wf->mlp_norm = norm;
+}
+
+static void weights_free(ar_block_weights *wl, ar_block_weights *wf)
+{
+    free(wl->attn_norm);
+    for (int i = 0; i < wl->nlinear; i++) free(wl->w[i]);
+    for (int j = 0; j < wf->nlinear; j++) free(wf->w[j]);
+    ar_block_weights_release(wl);
+    ar_block_weights_release(wf);
+}
+
+/* n samples of T tokens: random inputs x and the FP block's outputs y (bf16). */
+static void calib_cache(const ar_config *c, const ar_block_weights *wl, int n, int T, uint16_t **x, uint16_t **y)
+{
+    uint64_t rng = 7;
+    long nel = (long)n * T * c->hidden;
+    float *xf = malloc(sizeof(float) * nel), *yf = malloc(sizeof(float) * nel);
+    for (long e = 0; e < nel; e++) xf[e] = gauss(&rng);
     ar_block_work ws;
-    cr_assert_eq(ar_block_work_init(&ws, c, b->n, b->T, 0), 0);
-    cr_assert_eq(ar_block_forward(c, &b->wl, x, y, b->n, b->T, &ws), 0);
+    cr_assert_eq(ar_block_work_init(&ws, c, n, T, 0), 0);
+    cr_assert_eq(ar_block_forward(c, wl, xf, yf, n, T, &ws), 0);
     ar_block_work_free(&ws);
-    b->x = malloc(2 * nel), b->y = malloc(2 * nel);
-    ar_from_f32(b->x, x, AR_BF16, nel);
-    ar_from_f32(b->y, y, AR_BF16, nel);
-    free(x); free(y);
+    *x = malloc(2 * nel), *y = malloc(2 * nel);
+    ar_from_f32(*x, xf, AR_BF16, nel);
+    ar_from_f32(*y, yf, AR_BF16, nel);
+    free(xf); free(yf);
 }
 
-static void block_case_free(block_case *b)
-{
-    for (int i = 0; i < AR_NLINEAR; i++) free(b->wl.w[i]);
-    free(b->wf.w[F_QKV]);
-    free(b->wl.attn_norm);
-    free(b->x); free(b->y);
-    ar_block_desc_free(&b->llama);
-    ar_block_desc_free(&b->fused);
-}
-
-/* ---- comparing the fused outputs with the stacked Llama ones ---------------- */
-
-/* Fused linear j covers Llama linears [*first, *first + *count). */
-static void covered(int j, int *first, int *count)
-{
-    *first = j == F_QKV ? AR_Q : llama_of(j);
-    *count = j == F_QKV ? 3 : 1;
-}
-
-/* out_f[j] holds exactly the stacked out_l of the linears it covers. */
-static void same_outputs(const block_case *b, const ar_block_plan *pl, const ar_quant_out *out_l,
-                         const ar_quant_out *out_f)
-{
-    for (int j = 0; j < F_N; j++) {
-        int first, count;
-        covered(j, &first, &count);
-        size_t off = 0, goff = 0;
-        for (int i = first; i < first + count; i++) {
-            int n = b->llama.lin[i].n_out, k = b->llama.lin[i].k_in;
-            size_t nel = (size_t)n * k, ng = (size_t)n * ar_quant_ngroups(k, pl->spec[i].group_size);
-            cr_assert_eq(memcmp(out_f[j].wq + off, out_l[i].wq, nel * sizeof(float)), 0, "%s: weights",
-                         b->llama.lin[i].name);
-            cr_assert_eq(memcmp(out_f[j].codes + off, out_l[i].codes, nel), 0, "%s: codes", b->llama.lin[i].name);
-            cr_assert_eq(memcmp(out_f[j].scale + goff, out_l[i].scale, ng * sizeof(float)), 0, "%s: scales",
-                         b->llama.lin[i].name);
-            cr_assert_eq(memcmp(out_f[j].zp + goff, out_l[i].zp, ng * sizeof(int32_t)), 0, "%s: zero points",
-                         b->llama.lin[i].name);
-            off += nel, goff += ng;
-        }
-    }
-}
+/* ---- SignRound on a family against Llama -------------------------------------- */
 
 /* Plan every linear of d with spec (and act, when not NULL). */
 static void plan_every(ar_block_plan *p, const ar_block_desc *d, ar_quant_spec spec, const ar_act_spec *act)
@@ -228,124 +278,145 @@ static void plan_every(ar_block_plan *p, const ar_block_desc *d, ar_quant_spec s
     }
 }
 
+/* The rows of each segment: equal weights, codes, scales and zero points. */
+static void same_outputs(const family *f, const ar_block_desc *ll, const ar_quant_spec *spec,
+                         const ar_quant_out *out_l, const ar_quant_out *out_f)
+{
+    for (int s = 0; s < f->nseg; s++) {
+        const segment *g = &f->seg[s];
+        const char *name = ll->lin[g->ll].name;
+        int k = ll->lin[g->ll].k_in, ng = ar_quant_ngroups(k, spec->group_size);
+        size_t a = (size_t)g->fam_row, b = (size_t)g->ll_row, rows = (size_t)g->rows;
+        const ar_quant_out *of = &out_f[g->fam], *ol = &out_l[g->ll];
+        cr_assert_eq(memcmp(of->wq + a * k, ol->wq + b * k, rows * k * sizeof(float)), 0, "%s: weights", name);
+        cr_assert_eq(memcmp(of->codes + a * k, ol->codes + b * k, rows * k), 0, "%s: codes", name);
+        cr_assert_eq(memcmp(of->scale + a * ng, ol->scale + b * ng, rows * ng * sizeof(float)), 0, "%s: scales", name);
+        cr_assert_eq(memcmp(of->zp + a * ng, ol->zp + b * ng, rows * ng * sizeof(int32_t)), 0, "%s: zero points",
+                     name);
+    }
+}
+
 /* SignRound on both descriptions of one block: equal losses and outputs. */
-static void tune_both(ar_quant_spec spec, const ar_act_spec *act, int minmax)
+static void tune_both(void (*make)(family *, const ar_config *), ar_quant_spec spec, const ar_act_spec *act,
+                      int minmax)
 {
     omp_set_num_threads(1);
-    block_case b;
-    block_case_init(&b);
+    ar_config c = small_config(32, 64, 8);
+    family f;
+    make(&f, &c);
+    g_fam = &f;
+    ar_block_desc ll;
+    cr_assert_eq(ar_block_desc_init(&ll, &c), 0);
+    ar_block_weights wl, wf;
+    random_weights(&c, &f, &wl, &wf, 2024);
+    const int n = 4, T = 8;
+    uint16_t *x, *y;
+    calib_cache(&c, &wl, n, T, &x, &y);
     ar_block_plan pl, pf;
-    plan_every(&pl, &b.llama, spec, act);
-    plan_every(&pf, &b.fused, spec, act);
+    plan_every(&pl, &ll, spec, act);
+    plan_every(&pf, &f.desc, spec, act);
     ar_quant_out *out_l = ar_block_plan_outputs(&pl), *out_f = ar_block_plan_outputs(&pf);
     cr_assert(out_l && out_f, "%s", ar_last_error());
     ar_signround_opts o;
     ar_signround_defaults(&o);
-    o.iters = 20, o.batch_size = 2, o.minmax_tuning = minmax;
+    o.iters = 20, o.batch_size = n, o.minmax_tuning = minmax;
     ar_signround_report rl, rf;
-    cr_assert_eq(ar_signround_tune_block(&b.c, &b.wl, b.x, b.y, NULL, b.n, b.T, &pl, &o, out_l, &rl, NULL, NULL), 0,
-                 "%s", ar_last_error());
-    cr_assert_eq(ar_signround_tune_block(&b.c, &b.wf, b.x, b.y, NULL, b.n, b.T, &pf, &o, out_f, &rf, NULL, NULL), 0,
-                 "%s", ar_last_error());
+    cr_assert_eq(ar_signround_tune_block(&c, &wl, x, y, NULL, n, T, &pl, &o, out_l, &rl, NULL, NULL), 0, "%s",
+                 ar_last_error());
+    cr_assert_eq(ar_signround_tune_block(&c, &wf, x, y, NULL, n, T, &pf, &o, out_f, &rf, NULL, NULL), 0, "%s",
+                 ar_last_error());
     /* a run that changed nothing would compare equal too: tuning must move */
     cr_assert(rl.best_loss < rl.loss0, "llama: loss %g -> %g", rl.loss0, rl.best_loss);
-    cr_assert_eq(rf.loss0, rl.loss0, "loss at iteration 0: fused %.17g, llama %.17g", rf.loss0, rl.loss0);
-    cr_assert_eq(rf.best_loss, rl.best_loss, "best loss: fused %.17g, llama %.17g", rf.best_loss, rl.best_loss);
+    cr_assert_eq(rf.loss0, rl.loss0, "loss at iteration 0: family %.17g, llama %.17g", rf.loss0, rl.loss0);
+    cr_assert_eq(rf.best_loss, rl.best_loss, "best loss: family %.17g, llama %.17g", rf.best_loss, rl.best_loss);
     cr_assert_eq(rf.best_iter, rl.best_iter);
-    same_outputs(&b, &pl, out_l, out_f);
+    same_outputs(&f, &ll, &spec, out_l, out_f);
     ar_block_plan_outputs_free(out_l, &pl);
     ar_block_plan_outputs_free(out_f, &pf);
     ar_block_plan_free(&pl);
     ar_block_plan_free(&pf);
-    block_case_free(&b);
+    weights_free(&wl, &wf);
+    free(x); free(y);
+    ar_block_desc_free(&ll);
+    ar_block_desc_free(&f.desc);
 }
 
-Test(block_family, fused_qkv_description)
+static const ar_quant_spec INT4_ASYM = {.bits = 4, .group_size = 16, .flags = AR_QF_BF16};
+static const ar_quant_spec MXFP4 = {.bits = 4, .group_size = 32, .sym = 1, .flags = AR_QF_BF16, .dtype = AR_QDT_MXFP4};
+static const ar_act_spec MXFP4_ACT = {AR_QDT_MXFP4, 4, 32, 1, 0, 0};
+
+Test(block_family, descriptions)
 {
-    block_case b;
-    block_case_init(&b);
-    cr_assert_eq(b.fused.nlinear, 5);
-    cr_assert_eq(b.fused.lin[F_QKV].n_out, (4 + 2 * 2) * 8);
-    cr_assert_eq(ar_block_desc_group(&b.fused, F_UP), F_GATE);
-    cr_assert_eq(ar_block_desc_group(&b.fused, F_O), F_O);
+    ar_config c = small_config(32, 64, 8);
+    family f;
+    fused_qkv(&f, &c);
+    cr_assert_eq(f.desc.nlinear, 5);
+    cr_assert_eq(f.desc.lin[0].n_out, (4 + 2 * 2) * 8);
+    cr_assert_eq(ar_block_desc_group(&f.desc, 3), 2);   /* up reads gate's input */
+    cr_assert_eq(ar_block_desc_group(&f.desc, 1), 1);
     char name[128];
-    ar_block_desc_layer_name(&b.fused, 7, F_QKV, name, sizeof name);
+    ar_block_desc_layer_name(&f.desc, 7, 0, name, sizeof name);
     cr_assert_str_eq(name, "model.layers.7.self_attn.qkv_proj");
     /* outputs are sized by the description: planned linears only */
     ar_block_plan p;
-    cr_assert_eq(ar_block_plan_init(&p, &b.fused), 0);
-    p.quantize[F_QKV] = 1, p.spec[F_QKV] = (ar_quant_spec){.bits = 4, .group_size = 16, .sym = 1};
+    cr_assert_eq(ar_block_plan_init(&p, &f.desc), 0);
+    p.quantize[0] = 1, p.spec[0] = INT4_ASYM;
     ar_quant_out *out = ar_block_plan_outputs(&p);
-    cr_assert(out && out[F_QKV].wq && out[F_QKV].scale && !out[F_O].wq && !out[F_DOWN].codes);
+    cr_assert(out && out[0].wq && out[0].scale && !out[1].wq && !out[4].codes);
     ar_block_plan_outputs_free(out, &p);
     ar_block_plan_free(&p);
-    block_case_free(&b);
+    ar_block_desc_free(&f.desc);
+    split_mlp(&f, &c);
+    cr_assert_eq(f.desc.nlinear, 9);
+    cr_assert_eq(f.desc.lin[5].n_out, 32);
+    cr_assert_eq(ar_block_desc_group(&f.desc, 7), 4);   /* all four halves read ln2 */
+    ar_block_desc_free(&f.desc);
 }
 
-Test(block_family, signround_int_asym_minmax) { tune_both((ar_quant_spec){.bits = 4, .group_size = 16, .flags = AR_QF_BF16}, NULL, 1); }
+Test(block_family, fused_qkv_signround_int_asym_minmax) { tune_both(fused_qkv, INT4_ASYM, NULL, 1); }
+Test(block_family, fused_qkv_signround_mxfp4_activations) { tune_both(fused_qkv, MXFP4, &MXFP4_ACT, 0); }
+Test(block_family, split_mlp_signround_int_asym_minmax) { tune_both(split_mlp, INT4_ASYM, NULL, 1); }
+Test(block_family, split_mlp_signround_mxfp4_activations) { tune_both(split_mlp, MXFP4, &MXFP4_ACT, 0); }
 
-Test(block_family, signround_mxfp4_weights_and_activations)
+/* GGUF blocks: Q4_K (256-column super-blocks: a wider block) with the
+ * importance of each linear's input. */
+static void gguf_both(void (*make)(family *, const ar_config *))
 {
-    ar_act_spec act = {AR_QDT_MXFP4, 4, 32, 1, 0, 0};
-    tune_both((ar_quant_spec){.bits = 4, .group_size = 32, .sym = 1, .flags = AR_QF_BF16, .dtype = AR_QDT_MXFP4},
-              &act, 0);
-}
-
-/* GGUF blocks: Q4_K with the importance of each linear's input. */
-Test(block_family, gguf_quantize_block)
-{
-    block_case b;
-    block_case_init(&b);
-    /* Q4_K's super-blocks are 256 columns wide: a wider block of the same family */
-    b.c.hidden = 256, b.c.intermediate = 512, b.c.head_dim = 64;
-    ar_block_desc_free(&b.llama);
-    ar_block_desc_free(&b.fused);
-    cr_assert_eq(ar_block_desc_init(&b.llama, &b.c), 0);
-    fused_desc(&b.fused, &b.c);
-    uint64_t rng = 99;
-    ar_block_weights wl = {0}, wf = {0};
-    float *imat_l[AR_NLINEAR], *imat_f[F_N];
-    ar_ggml_type tl[AR_NLINEAR], tf[F_N];
-    const ar_linear_desc *qkv = &b.fused.lin[F_QKV];
-    wf.w[F_QKV] = malloc(sizeof(float) * qkv->n_out * qkv->k_in);
-    ar_block_weights view = llama_view(&b.c, &wf);
+    ar_config c = small_config(256, 512, 64);
+    family f;
+    make(&f, &c);
+    ar_block_desc ll;
+    cr_assert_eq(ar_block_desc_init(&ll, &c), 0);
+    ar_block_weights wl, wf;
+    random_weights(&c, &f, &wl, &wf, 99);
+    uint64_t rng = 5;
+    float *imat_l[AR_NLINEAR], *imat_f[MAX_SEG];
+    ar_ggml_type tl[AR_NLINEAR], tf[MAX_SEG];
     for (int i = 0; i < AR_NLINEAR; i++) {
-        int n = b.llama.lin[i].n_out, k = b.llama.lin[i].k_in;
-        wl.w[i] = i <= AR_V ? view.w[i] : malloc(sizeof(float) * n * k);
-        for (long e = 0; e < (long)n * k; e++) wl.w[i][e] = gauss(&rng) / sqrtf((float)k);
+        int g = ar_block_desc_group(&ll, i), k = ll.lin[i].k_in;
         imat_l[i] = malloc(sizeof(float) * k);
-        for (int e = 0; e < k; e++) imat_l[i][e] = 0.5f + fabsf(gauss(&rng));
+        for (int e = 0; e < k; e++) imat_l[i][e] = g == i ? 0.5f + fabsf(gauss(&rng)) : imat_l[g][e];
         tl[i] = AR_GGML_Q4_K;
     }
-    for (int j = 0; j < F_N; j++) {
-        int first, count;
-        covered(j, &first, &count);
-        if (j > F_QKV) wf.w[j] = wl.w[first];
-        imat_f[j] = imat_l[first];    /* q, k, v read one input: one importance */
-        tf[j] = AR_GGML_Q4_K;
+    for (int s = 0; s < f.nseg; s++) imat_f[f.seg[s].fam] = imat_l[f.seg[s].ll], tf[f.seg[s].fam] = AR_GGML_Q4_K;
+    ar_gguf_qlinear ql[AR_NLINEAR], qf[MAX_SEG];
+    cr_assert_eq(ar_gguf_quantize_block(tl, &ll, 0, &wl, imat_l, ql), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_gguf_quantize_block(tf, &f.desc, 0, &wf, imat_f, qf), 0, "%s", ar_last_error());
+    for (int s = 0; s < f.nseg; s++) {
+        const segment *g = &f.seg[s];
+        size_t rb = ar_ggml_row_bytes(AR_GGML_Q4_K, ll.lin[g->ll].k_in);
+        cr_assert_eq(memcmp((char *)qf[g->fam].blocks + g->fam_row * rb, (char *)ql[g->ll].blocks + g->ll_row * rb,
+                            g->rows * rb),
+                     0, "%s rows %d..", ll.lin[g->ll].name, g->ll_row);
     }
-    for (int i = AR_K; i <= AR_V; i++) memcpy(imat_l[i], imat_l[AR_Q], sizeof(float) * b.c.hidden);
-    ar_gguf_qlinear ql[AR_NLINEAR], qf[F_N];
-    cr_assert_eq(ar_gguf_quantize_block(tl, &b.llama, 0, &wl, imat_l, ql), 0, "%s", ar_last_error());
-    cr_assert_eq(ar_gguf_quantize_block(tf, &b.fused, 0, &wf, imat_f, qf), 0, "%s", ar_last_error());
-    for (int j = 0; j < F_N; j++) {
-        int first, count;
-        covered(j, &first, &count);
-        size_t off = 0;
-        for (int i = first; i < first + count; i++) {
-            cr_assert_eq(memcmp((char *)qf[j].blocks + off, ql[i].blocks, ql[i].nbytes), 0, "%s",
-                         b.llama.lin[i].name);
-            off += ql[i].nbytes;
-        }
-        cr_assert_eq(qf[j].nbytes, off);
-        cr_assert_eq(qf[j].rows, b.fused.lin[j].n_out);
-    }
+    for (int j = 0; j < f.desc.nlinear; j++) cr_assert_eq(qf[j].rows, f.desc.lin[j].n_out);
     ar_gguf_qlinears_free(ql, AR_NLINEAR);
-    ar_gguf_qlinears_free(qf, F_N);
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        if (i > AR_V) free(wl.w[i]);
-        free(imat_l[i]);
-    }
-    free(wf.w[F_QKV]);
-    block_case_free(&b);
+    ar_gguf_qlinears_free(qf, f.desc.nlinear);
+    for (int i = 0; i < AR_NLINEAR; i++) free(imat_l[i]);
+    weights_free(&wl, &wf);
+    ar_block_desc_free(&ll);
+    ar_block_desc_free(&f.desc);
 }
+
+Test(block_family, fused_qkv_gguf_blocks) { gguf_both(fused_qkv); }
+Test(block_family, split_mlp_gguf_blocks) { gguf_both(split_mlp); }

@@ -110,6 +110,7 @@ static void random_fixture(fixture *f, int n, int T, int bits, int group_size, i
     g_rng = 777;
     f->c.hidden = 32, f->c.intermediate = 64, f->c.n_heads = 4, f->c.n_kv_heads = 2;
     f->c.head_dim = 8, f->c.rms_eps = 1e-5f, f->c.rope_theta = 10000.0, f->c.n_layers = 1;
+    cr_assert_eq(ar_block_weights_init(&f->w, AR_NLINEAR), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int nn, k;
         ar_linear_shape(&f->c, i, &nn, &k);
@@ -288,10 +289,12 @@ static double loss_tolerance(const fixture *f, const ar_block_weights *w, const 
     return tol;
 }
 
-/* The block with its planned linears replaced by the tuned ŵ. */
+/* The block with its planned linears replaced by the tuned ŵ (a view of
+ * f->w whose pointer arrays live to the process's end). */
 static ar_block_weights with_wq(const fixture *f, const result *r)
 {
-    ar_block_weights w = f->w;
+    ar_block_weights w;
+    cr_assert_eq(ar_block_weights_view(&w, &f->w), 0);
     for (int i = 0; i < AR_NLINEAR; i++) if (f->plan.quantize[i]) w.w[i] = r->out[i].wq;
     return w;
 }
@@ -744,7 +747,8 @@ Test(signround, activation_quant_loss_matches_a_hand_made_forward)
     const int *idx = ar_index_sampler_next(&s, BS);
     int first[BS];
     memcpy(first, idx, sizeof first);
-    ar_block_weights rtn = f.w;
+    ar_block_weights rtn;
+    cr_assert_eq(ar_block_weights_view(&rtn, &f.w), 0);
     float *wq[AR_NLINEAR];
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;

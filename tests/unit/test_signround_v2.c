@@ -111,7 +111,8 @@ Test(signround_v2, init_scale_sets_the_iteration_zero_scale)
     ar_config c = {0};
     c.hidden = 32, c.intermediate = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8;
     c.rms_eps = 1e-5f, c.rope_theta = 10000.0, c.n_layers = 1;
-    ar_block_weights w = {0};
+    ar_block_weights w;
+    cr_assert_eq(ar_block_weights_init(&w, AR_NLINEAR), 0);
     ar_block_desc bd;
     ar_block_plan plan;
     cr_assert_eq(ar_block_desc_init(&bd, &c), 0);
