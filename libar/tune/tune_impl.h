@@ -47,24 +47,20 @@ void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text)
 void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
 
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
- * (NULL: outputs dropped), bs samples at a time; with imat, accumulate each
- * linear's input Σx² too; with amax, the running max |x| of each linear's
- * input; with actq, the linears' inputs quantized as that plan says (the
+ * (NULL: outputs dropped), bs samples at a time; with imat (r->bd.nlinear
+ * entries, NULL ones skipped), accumulate each linear's input Σx² too; with
+ * amax [r->bd.nlinear], the running max |x| of each linear's input; with actq, the linears' inputs quantized as that plan says (the
  * statistics see them before). On the GPU when r->dev is one and only dst
  * is asked for. 0 or -1. */
 int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
-                   float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq);
-
-/* out[i] buffers for every planned linear i (free with tn_outputs_free, also on failure). 0 or -1. */
-int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_block_desc *bd, const ar_block_plan *plan);
-void tn_outputs_free(ar_quant_out out[AR_NLINEAR]);
+                   float *const *imat, float *amax, const ar_block_plan *actq);
 
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then (unless disabled) run the quantized block for the
  * next block's quantized-chain input. minmax: α/β tuning; outlier:
  * SignRoundV2's loss. rep receives the report. 0 or -1. */
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
-                       int outlier, const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep);
+                       int outlier, const ar_quant_out *out, ar_signround_report *rep);
 
 /* ---- tune_block.c ------------------------------------------------------------ */
 
