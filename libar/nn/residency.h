@@ -15,7 +15,18 @@
  * chain calls ar_res_host first (a download only when the device wrote it
  * last), host code that writes one calls ar_res_host_wrote. When the chains
  * do not fit they stream: no mirrors, the host arrays are page-locked once
- * (ops.pin) and the GPU steps copy batches as they need them. */
+ * (ops.pin) and the GPU steps copy batches as they need them.
+ *
+ * Copies per block of a SignRound block on the GPU (W: the block's weights,
+ * biases and norms in f32; S: one chain, n·T·C bf16; docs/gpu-residency.md
+ * has the whole map). Before this residency: W uploaded three times (the FP
+ * forward, the tuner, the quantized forward — the last with the tuned ŵ in
+ * place of the quantized linears), chains 4 S up (x_fp, then the tuner's
+ * x_in and y whole, then x_in again) and 2 S down (y, x_q). Now: W once
+ * (AR_XFER_WEIGHTS), the tuned ŵ of the quantized linears once
+ * (AR_XFER_TUNED); resident chains: S up once per run (the calibration
+ * activations) and nothing down unless host code reads a chain; streamed
+ * chains: 4 S up and 2 S down as before, through page-locked memory. */
 #ifndef AR_RESIDENCY_H
 #define AR_RESIDENCY_H
 #include "block.h"
