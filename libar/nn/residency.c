@@ -55,7 +55,7 @@ void ar_res_release(ar_residency *r)
     for (int i = 0; i < AR_RES_MIRRORS; i++) {
         ar_res_mirror *m = &r->m[i];
         if (m->dev) r->ops.release(r->ops.ctx, m->dev);
-        if (m->pinned) r->ops.unpin(r->ops.ctx, m->host);
+        if (m->pinned > 0) r->ops.unpin(r->ops.ctx, m->host);
     }
     memset(r->m, 0, sizeof r->m);
 }
@@ -115,9 +115,10 @@ void *ar_res_chain(ar_residency *r, const void *host, size_t bytes, int need)
     ar_res_mirror *m = find(r, host);
     if (!m && !(m = add(r, host, bytes))) return NULL;
     if (!r->resident) {
-        /* streaming: page-lock the host array once (a failure only slows the copies) */
-        if (!m->pinned && !m->dev) {
-            m->pinned = !r->ops.pin(r->ops.ctx, host, bytes);
+        /* streaming: page-lock the host array once (a failure only slows the
+         * copies, and is not retried) */
+        if (!m->pinned) {
+            m->pinned = r->ops.pin(r->ops.ctx, host, bytes) ? -1 : 1;
             m->bytes = bytes;
         }
         return NULL;

@@ -85,7 +85,7 @@ typedef struct {
     void *dev;
     size_t bytes;
     int host_ok, dev_ok;  /* which sides hold the current contents */
-    int pinned;           /* streaming: ops.pin succeeded on host */
+    int pinned;           /* streaming: 1 ops.pin succeeded on host, -1 it failed, 0 not tried */
 } ar_res_mirror;
 
 enum { AR_RES_MIRRORS = 4 };

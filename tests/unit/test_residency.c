@@ -62,6 +62,7 @@ Test(residency, ledger)
 typedef struct {
     long allocs, frees, uploads, downloads, pins, unpins, wups, wfrees;
     long fail_alloc_after;   /* allocations that succeed before the rest fail (-1: never) */
+    int fail_pin;            /* 1: page-locking fails */
     size_t wbytes;           /* what a block's weight upload reports */
 } mock;
 
@@ -75,7 +76,12 @@ static void *m_alloc(void *ctx, size_t b)
 static void m_release(void *ctx, void *d) { ((mock *)ctx)->frees++, free(d); }
 static int m_upload(void *ctx, void *d, const void *h, size_t b) { ((mock *)ctx)->uploads++, memcpy(d, h, b); return 0; }
 static int m_download(void *ctx, void *h, const void *d, size_t b) { ((mock *)ctx)->downloads++, memcpy(h, d, b); return 0; }
-static int m_pin(void *ctx, const void *h, size_t b) { (void)h, (void)b; ((mock *)ctx)->pins++; return 0; }
+static int m_pin(void *ctx, const void *h, size_t b)
+{
+    (void)h, (void)b;
+    ((mock *)ctx)->pins++;
+    return ((mock *)ctx)->fail_pin ? -1 : 0;
+}
 static void m_unpin(void *ctx, const void *h) { (void)h; ((mock *)ctx)->unpins++; }
 /* the device weights: a copy of the block's scale, w[0][0] */
 static void *m_wup(void *ctx, const ar_block_weights *w, size_t *bytes)
@@ -293,4 +299,19 @@ Test(residency, host_writes_and_other_blocks)
     ar_res_release(&r);
     cr_assert_eq(m.allocs, m.frees);
     cr_assert_eq(m.wups, m.wfrees);
+}
+
+Test(residency, failed_pin_is_not_retried)
+{
+    mock m = {0};
+    m.fail_alloc_after = -1, m.fail_pin = 1;
+    ar_xfer_ops ops = mock_ops(&m);
+    ar_residency r;
+    ar_res_init(&r, &ops, 0);
+    uint16_t a[N] = {0};
+    cr_assert_null(ar_res_chain(&r, a, sizeof a, 1));
+    cr_assert_null(ar_res_chain(&r, a, sizeof a, 1));
+    cr_assert_eq(m.pins, 1);
+    ar_res_release(&r);
+    cr_assert_eq(m.unpins, 0, "nothing to unpin");
 }
