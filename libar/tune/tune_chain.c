@@ -79,7 +79,8 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
     if (!imat && !amax && !has_actq && dst && r->dev != AR_DEVICE_CPU)
-        return ar_block_forward_samples_cuda(c, w, src, dst, n, T, bs);
+        return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
+    if (ar_res_host(r->gpu, src)) return -1;   /* the GPU may have written it last */
     ar_block_work ws;
     if (ar_block_work_init(&ws, c, bs, T, 0)) return -1;
     int rc = -1;
@@ -98,6 +99,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
         }
     }
     if (!rc && (imat || amax)) share_stats(&st);
+    if (dst) ar_res_host_wrote(r->gpu, dst);
     free(x); free(y);
     ar_block_work_free(&ws);
     return rc;
@@ -146,8 +148,11 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     int llama = !strcmp(plan->desc->family, "llama");
     int gpu = r->dev != AR_DEVICE_CPU && llama && ar_signround_cuda_supports(plan) && !o.lfq;
     if (r->dev != AR_DEVICE_CPU && o.lfq) tn_event(r, AR_TUNE_EV_LFQ_ON_CPU, layer, c->n_layers, NULL);
-    int rc = (gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan,
-                                                                           &o, out, rep, tn_on_iter, &ic);
+    int rc = gpu ? ar_signround_tune_block_cuda_res(r->gpu, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
+                                                    tn_on_iter, &ic)
+             : ar_res_host(r->gpu, xin) || ar_res_host(r->gpu, r->y)
+                 ? -1
+                 : ar_signround_tune_block(c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep, tn_on_iter, &ic);
     free(head_w);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound

@@ -65,6 +65,7 @@ static int gguf_embedding(tn_run *r, const ar_block_weights *w0)
         if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * ntok * c->hidden)))
             rc = ar_error("out of memory for the quantized chain");
         else rc = ar_gguf_embed_lookup(&e, r->d->ids, ntok, r->x_q);
+        ar_res_host_wrote(r->gpu, r->x_q);
     }
     free(e.blocks);
     return rc;
@@ -79,6 +80,7 @@ static int gguf_output_head(tn_run *r)
     ar_ggml_type t = type_of(r, "lm_head.weight", c->hidden, 1);
     if (!ar_ggml_is_quantized(t)) return 0;
     const int T = r->d->T, C = c->hidden;
+    if (ar_res_host(r->gpu, r->x_fp)) return -1;   /* the GPU may have written it last */
     float *imat = calloc(C, sizeof(float)), *x = malloc(sizeof(float) * (size_t)T * C);
     int rc = -1;
     if (!imat || !x) {

@@ -11,6 +11,7 @@
 #include "checkpoint.h"
 #include "model.h"
 #include "quant.h"
+#include "residency.h"
 #include "signround.h"
 #include "tune.h"
 #include <limits.h>
@@ -24,6 +25,9 @@ typedef struct {
     ar_block_desc bd;           /* the block's linears: names, shapes, inputs */
     ar_calib_data *d;           /* NULL: RTN without data */
     int dev;                    /* where block forwards and SignRound run: AR_DEVICE_CPU or a GPU */
+    ar_residency *gpu;          /* on a GPU: the block's device weights, the chains' device mirrors and the
+                                   transfer ledger (residency.h); NULL on the CPU. Host code reading a chain
+                                   array calls ar_res_host first, host code writing one ar_res_host_wrote */
     ar_layer_config *lc;        /* per-layer schemes, or NULL */
     uint16_t *x_fp, *x_q, *y;   /* [n, T, C] bf16: FP chain input, quantized chain input, FP outputs */
     uint16_t *own_fp;           /* the chain buffer allocated here (the other is d->hidden) */
