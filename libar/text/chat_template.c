@@ -150,9 +150,11 @@ static int count_lines(const char *s, const char *e)
 static int is_ws(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v'; }
 
 /* Find the end of a {{ or {% tag starting at p (after the opener), skipping
- * string literals; returns a pointer to the closing "}}" / "%}" or NULL. */
+ * string literals and bracketed parts; returns a pointer to the closing
+ * "}}" / "%}" or NULL. */
 static const char *tag_end(const char *p, const char *end, char close)
 {
+    int depth = 0; /* open brackets: "}}" inside {...} does not end the tag, as in Jinja's lexer */
     while (p + 1 < end) {
         if (*p == '"' || *p == '\'') {
             char q = *p++;
@@ -161,7 +163,9 @@ static const char *tag_end(const char *p, const char *end, char close)
             p++;
             continue;
         }
-        if (p[0] == close && p[1] == '}') return p;
+        if (depth == 0 && p[0] == close && p[1] == '}') return p;
+        if (*p == '(' || *p == '[' || *p == '{') depth++;
+        else if ((*p == ')' || *p == ']' || *p == '}') && depth > 0) depth--;
         p++;
     }
     return NULL;
@@ -426,7 +430,7 @@ static expr *parse_primary(tparser *P);
 
 static const char *const FILTERS[] = {"trim", "length", "count", "tojson", "upper", "lower", "default", "d", "items",
                                       "join", "list", "first", "last", "string", "reject", "select", "rejectattr",
-                                      "selectattr", "replace", "safe", NULL};
+                                      "selectattr", "replace", "safe", "map", NULL};
 static const char *const TESTS[] = {"defined", "undefined", "none", "string", "number", "integer", "float",
                                     "boolean", "true", "false", "mapping", "iterable", "sequence", "equalto", "eq",
                                     "ne", "odd", "even", "in", NULL};
@@ -1842,6 +1846,16 @@ static val *apply_filter(rctx *R, expr *e, val *v)
         return f[0] == 'f' ? l->it[0] : l->it[l->len - 1];
     }
     if (!strcmp(f, "string")) return as_str(R, v);
+    if (!strcmp(f, "map")) { /* map(attribute=NAME) only */
+        val *an = arg_kw(R, e, 99, "attribute", 0), *dflt = arg_kw(R, e, 99, "default", 0);
+        if (!an || an->t != V_STR || e->nargs != (dflt ? 2 : 1)) FAIL(R, "unsupported construct: map other than map(attribute=...)");
+        val *l = iter_list(R, v), *o = vlist(R, l->len);
+        for (int i = 0; i < l->len; i++) {
+            val *x = getattr_v(R, l->it[i], an->s);
+            list_push(R, o, x->t == V_UNDEF && dflt ? dflt : x);
+        }
+        return o;
+    }
     if (!strcmp(f, "safe")) return v;
     if (!strcmp(f, "replace")) {
         val *o = arg_kw(R, e, 0, "old", 0), *n = arg_kw(R, e, 1, "new", 0), *c = arg_kw(R, e, 2, "count", 0);

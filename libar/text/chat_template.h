@@ -17,7 +17,7 @@
  * or and not, == != < > <= >= in "not in", + - * / // % **, ~, x if c else y,
  * indexing, slicing [a:b:c], attributes; filters trim length count tojson
  * upper lower default/d items join list first last string reject select
- * rejectattr selectattr replace safe; tests defined undefined none string
+ * rejectattr selectattr replace safe map(attribute=); tests defined undefined none string
  * number integer float boolean true false mapping iterable sequence
  * equalto eq ne odd even in; string methods strip lstrip rstrip startswith
  * endswith split replace upper lower; dict methods items keys values get.
