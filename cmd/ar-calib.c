@@ -18,7 +18,8 @@
 
 static const char usage[] =
     "usage: ar-calib --model DIR --dataset SPEC [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
-    "                [--apply_chat_template] [--dump-text] [--dtype bf16|f32] [--device cpu|cuda[:N]]\n"
+    "                [--apply_chat_template] [--dump-text|--dump-ids] [--dtype bf16|f32]\n"
+    "                [--device cpu|cuda[:N]]\n"
     "                [-o FILE] [--quiet|--verbose|--progress]\n"
     "SPEC is FILE or AutoRound's FILE[:OPT...][,FILE[:OPT...]...] with OPT num=N, concat,\n"
     "apply_chat_template, system_prompt=TEXT. FILE is a local .txt (one running text: random windows)\n"
@@ -26,27 +27,29 @@ static const char usage[] =
     "samples them), optionally .zst-compressed, or - for standard input.\n"
     "--apply_chat_template renders every .jsonl row with DIR's chat template (tokenizer_config.json).\n"
     "--dump-text writes the rows' texts (chat-rendered where asked) as JSONL {\"text\": ...} in file\n"
-    "order instead of the stream, without loading the model.\n"
+    "order instead of the stream, without loading the model; --dump-ids writes the samples' token ids,\n"
+    "one JSON list per line, instead of the stream, without loading the model's weights.\n"
     "Writes the calibration stream (ar-stream(5)) to standard output or -o FILE.\n"
     "--device is accepted for symmetry with ar-tune/ar-eval and checked; the embedding lookup it\n"
     "runs is a copy, so it always runs on the CPU.\n";
 
 typedef struct {
     const char *model, *dataset, *out;
-    int nsamples, seqlen, chat, dump_text;
+    int nsamples, seqlen, chat, dump_text, dump_ids;
     uint64_t seed;
     ar_dtype dtype;
 } calib_args;
 
 static calib_args parse_args(int argc, char **argv)
 {
-    calib_args a = {NULL, NULL, NULL, 128, 2048, 0, 0, 42, AR_BF16};
+    calib_args a = {NULL, NULL, NULL, 128, 2048, 0, 0, 0, 42, AR_BF16};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_io_flag(argc, argv, &i, usage, "--output", NULL, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--dataset"))) a.dataset = v;
         else if (!strcmp(argv[i], "--apply_chat_template")) a.chat = 1;
         else if (!strcmp(argv[i], "--dump-text")) a.dump_text = 1;
+        else if (!strcmp(argv[i], "--dump-ids")) a.dump_ids = 1;
         else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) a.seed = (uint64_t)cli_long("--seed", v, 0, LONG_MAX);
@@ -243,8 +246,8 @@ int main(int argc, char **argv)
     if (a.dump_text) return dump_text(&a, &sp);
     ar_tokenizer *tok = ar_tokenizer_load(a.model);
     if (!tok) cli_die_lib();
-    ar_model *m = ar_model_open(a.model, 0);
-    if (!m) cli_die_lib();
+    ar_model *m = a.dump_ids ? NULL : ar_model_open(a.model, 0);
+    if (!m && !a.dump_ids) cli_die_lib();
     ar_calib_samples s;
     if (ar_calib_build_spec(tok, a.model, &sp, a.nsamples, a.seqlen, a.seed, &s)) cli_die_lib();
     if (s.chat_fallbacks)
@@ -253,6 +256,17 @@ int main(int argc, char **argv)
     if (s.n < a.nsamples)
         fprintf(stderr, "ar-calib: warning: only %d of %d samples reach %d tokens\n", s.n, a.nsamples, a.seqlen);
 
+    if (a.dump_ids) {
+        FILE *f = cli_out_open(a.out, 0);
+        for (int i = 0; i < s.n; i++)
+            for (int k = 0; k < s.seqlen; k++)
+                fprintf(f, "%s%d%s", k ? ", " : "[", s.ids[(size_t)i * s.seqlen + k], k + 1 == s.seqlen ? "]\n" : "");
+        cli_out_commit(f);
+        ar_calib_free(&s);
+        ar_calib_spec_free(&sp);
+        ar_tokenizer_free(tok);
+        return 0;
+    }
     FILE *f = cli_out_open(a.out, 1);
     ar_stream_writer *w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
     if (!w) cli_die_lib();
