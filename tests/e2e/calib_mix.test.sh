@@ -64,13 +64,20 @@ if ids --dataset "$T/long.jsonl:num=5,$STORIES_TEXT" --nsamples 8 --seqlen 64 > 
 elif grep -q "long.jsonl: num=5 but only 3 samples reach 64 tokens" "$T/err"; then echo "ok   num=5 of 3 documents: $(cat "$T/err")"
 else echo "FAIL num=5 of 3 documents: $(cat "$T/err")"; fail=1; fi
 
+# 6. the front end passes the spec and --apply_chat_template to ar-calib
+"$BIN/auto-round" --model "$M" --dataset "$T/docs.jsonl:num=2,$STORIES_TEXT:num=2" --apply_chat_template \
+  --dry_run --output_dir "$T/o" > "$T/plan"
+if grep -q -- "ar-calib .*--dataset $T/docs.jsonl:num=2,$STORIES_TEXT:num=2 --apply_chat_template" "$T/plan"; then
+  echo "ok   auto-round --dataset SPEC --apply_chat_template reaches ar-calib"
+else echo "FAIL auto-round plan: $(head -1 "$T/plan")"; fail=1; fi
+
 PY=""
 for p in "${AR_PYTHON:-}" "$(dirname "$0")/../../build/venv/bin/python" python3; do
   if [ -n "$p" ] && "$p" -c 'import transformers' 2>/dev/null; then PY=$p; break; fi
 done
 if [ -z "$PY" ]; then echo "skip concat/chat token checks: no Python with transformers"; exit $fail; fi
 
-# 6. concat: documents cut to seqlen, stripped of BOS, joined and cut into
+# 7. concat: documents cut to seqlen, stripped of BOS, joined and cut into
 #    BOS + (seqlen-1) tokens; count and token multiset against transformers
 ids --dataset "$T/docs.jsonl:concat" --nsamples 1000 --seqlen 150 > "$T/cc" 2>/dev/null
 if "$PY" - "$M" "$T/docs.jsonl" "$T/cc" 150 <<'PYEOF'
@@ -93,7 +100,7 @@ sys.exit(0 if ok else 1)
 PYEOF
 then :; else fail=1; fi
 
-# 7. apply_chat_template through to ids: each row rendered, tokenized with
+# 8. apply_chat_template through to ids: each row rendered, tokenized with
 #    special tokens and cut to seqlen, as AutoRound does (tiny-llama's
 #    tokenizer, Qwen2.5's template)
 D=$T/chatm; mkdir -p "$D"
