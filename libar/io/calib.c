@@ -206,15 +206,72 @@ static void rows_free(calib_row *r, size_t n)
     free(r);
 }
 
-/* The rows of a JSONL file, as AutoRound's local loader reads them: a string,
- * an object with a "messages" list (a conversation), an object with one
- * string member, or an object with a "text" string. */
+/* A row from its JSON value j (consumed), as AutoRound's local loader reads
+ * one: a string, an object with a "messages" list (a conversation), an
+ * object with one string member, or an object with a "text" string. NULL
+ * with *why set when j is none of these. */
+static const char *row_from_json(cJSON *j, calib_row *r)
+{
+    const cJSON *t = NULL, *msgs = NULL;
+    if (cJSON_IsString(j)) t = j;
+    else if (cJSON_IsObject(j)) {
+        msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
+        if (!cJSON_IsArray(msgs)) msgs = NULL;
+        if (!msgs && j->child && !j->child->next && cJSON_IsString(j->child)) t = j->child;
+        if (!msgs && !t) t = cJSON_GetObjectItemCaseSensitive(j, "text");
+    }
+    if (!msgs && !cJSON_IsString(t)) return j ? "object has no \"text\" string (nor a \"messages\" list)" : "malformed JSON line";
+    if (msgs) r->messages = cJSON_DetachItemViaPointer(j, (cJSON *)msgs);
+    else r->text = strdup(t->valuestring);
+    return r->text || r->messages ? NULL : "out of memory";
+}
+
+static int push_row(const char *path, calib_row **rows, size_t *nd, size_t *cap, cJSON *j, size_t lineno)
+{
+    if (*nd == *cap) {
+        calib_row *nr = realloc(*rows, (*cap *= 2) * sizeof **rows);
+        if (!nr) return ar_error("%s:%zu: out of memory", path, lineno);
+        *rows = nr;
+    }
+    calib_row *r = &(*rows)[*nd];
+    memset(r, 0, sizeof *r);
+    r->line = lineno;
+    const char *why = row_from_json(j, r);
+    if (why) { free(r->text); cJSON_Delete(r->messages); return ar_error("%s:%zu: %s", path, lineno, why); }
+    (*nd)++;
+    return 0;
+}
+
+/* The rows of a JSONL file (one JSON value per line), or of a .json file
+ * holding one JSON list of rows, as AutoRound's json.load reads it ("line"
+ * numbers of such a file count its elements). A .json holding one object is
+ * read as lines (AutoRound would take the object's values as rows). */
 static int read_rows(const char *path, char *text, calib_row **rows_out, size_t *nrows)
 {
     size_t cap = 1024, nd = 0, lineno = 0;
     calib_row *rows = malloc(cap * sizeof *rows);
     if (!rows) return ar_error("%s: out of memory", path);
-    for (char *line = text; line && *line;) {
+    int rc = 0;
+    if (has_suffix(path, ".json") || has_suffix(path, ".json.zst")) {
+        cJSON *all = cJSON_Parse(text);
+        if (cJSON_IsArray(all)) {
+            cJSON *e = all->child;
+            while (!rc && e) {
+                cJSON *next = e->next;
+                cJSON *item = cJSON_DetachItemViaPointer(all, e);
+                rc = push_row(path, &rows, &nd, &cap, item, ++lineno);
+                cJSON_Delete(item);
+                e = next;
+            }
+            cJSON_Delete(all);
+            if (rc) { rows_free(rows, nd); return -1; }
+            *rows_out = rows;
+            *nrows = nd;
+            return 0;
+        }
+        cJSON_Delete(all); /* not one list: read as lines */
+    }
+    for (char *line = text; !rc && line && *line;) {
         char *nl = strchr(line, '\n');
         if (nl) *nl = 0;
         lineno++;
@@ -222,33 +279,12 @@ static int read_rows(const char *path, char *text, calib_row **rows_out, size_t 
         while (*p == ' ' || *p == '\t' || *p == '\r') p++;
         if (*p) {
             cJSON *j = cJSON_Parse(p);
-            const cJSON *t = NULL, *msgs = NULL;
-            if (cJSON_IsString(j)) t = j;
-            else if (cJSON_IsObject(j)) {
-                msgs = cJSON_GetObjectItemCaseSensitive(j, "messages");
-                if (!cJSON_IsArray(msgs)) msgs = NULL;
-                if (!msgs && j->child && !j->child->next && cJSON_IsString(j->child)) t = j->child;
-                if (!msgs && !t) t = cJSON_GetObjectItemCaseSensitive(j, "text");
-            }
-            if (!msgs && !cJSON_IsString(t)) {
-                cJSON_Delete(j);
-                rows_free(rows, nd);
-                return ar_error("%s:%zu: %s", path, lineno,
-                                j ? "object has no \"text\" string (nor a \"messages\" list)" : "malformed JSON line");
-            }
-            calib_row *nr = nd == cap ? realloc(rows, (cap *= 2) * sizeof *rows) : rows;
-            if (!nr) { cJSON_Delete(j); rows_free(rows, nd); return ar_error("%s:%zu: out of memory", path, lineno); }
-            rows = nr;
-            calib_row *r = &rows[nd++];
-            memset(r, 0, sizeof *r);
-            r->line = lineno;
-            if (msgs) r->messages = cJSON_DetachItemViaPointer(j, (cJSON *)msgs);
-            else r->text = strdup(t->valuestring);
+            rc = push_row(path, &rows, &nd, &cap, j, lineno);
             cJSON_Delete(j);
-            if (!r->text && !r->messages) { rows_free(rows, nd); return ar_error("%s:%zu: out of memory", path, lineno); }
         }
         line = nl ? nl + 1 : NULL;
     }
+    if (rc) { rows_free(rows, nd); return -1; }
     *rows_out = rows;
     *nrows = nd;
     return 0;

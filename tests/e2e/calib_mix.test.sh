@@ -64,6 +64,12 @@ if ids --dataset "$T/long.jsonl:num=5,$STORIES_TEXT" --nsamples 8 --seqlen 64 > 
 elif grep -q "long.jsonl: num=5 but only 3 samples reach 64 tokens" "$T/err"; then echo "ok   num=5 of 3 documents: $(cat "$T/err")"
 else echo "FAIL num=5 of 3 documents: $(cat "$T/err")"; fail=1; fi
 
+# 5b. a .json holding one list of rows reads as the same rows in a .jsonl
+python3 -c 'import json, sys; json.dump([json.loads(l) for l in open(sys.argv[1])], open(sys.argv[2], "w"), indent=1)' \
+  "$T/docs.jsonl" "$T/docs.json"
+ids --dataset "$T/docs.json" --nsamples 2 --seqlen 24 > "$T/b2j"
+if cmp -s "$T/b2" "$T/b2j"; then echo "ok   a .json list of rows = the same rows as .jsonl"; else echo "FAIL .json list differs from .jsonl"; fail=1; fi
+
 # 6. the front end passes the spec and --apply_chat_template to ar-calib
 "$BIN/auto-round" --model "$M" --dataset "$T/docs.jsonl:num=2,$STORIES_TEXT:num=2" --apply_chat_template \
   --dry_run --output_dir "$T/o" > "$T/plan"
