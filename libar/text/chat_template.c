@@ -230,9 +230,12 @@ typedef struct { int k; const char *s; size_t n; long long i; double f; } tok;
 typedef struct {
     errctx *E;
     arena *ar;
-    int line;
+    int line, depth;
     tok *t; int n, pos;
 } tparser;
+
+/* Nesting beyond this is refused (Jinja2 would hit Python's recursion limit). */
+enum { MAX_NEST = 200 };
 
 static void *xalloc(tparser *P, size_t n)
 {
@@ -662,8 +665,10 @@ static expr *parse_unary(tparser *P, int with_filter)
     if (is_op(P, "-") || is_op(P, "+")) {
         int neg = is_op(P, "-");
         P->pos++;
+        if (++P->depth > MAX_NEST) fail_at(P->E, -1, P->line, "expression nested more than %d deep", MAX_NEST);
         e = mk(P, neg ? E_NEG : E_POS);
         e->a = parse_unary(P, 0);
+        P->depth--;
     } else {
         e = parse_postfix(P, parse_primary(P));
     }
@@ -723,8 +728,10 @@ static expr *parse_not(tparser *P)
 {
     if (is_name(P, "not")) {
         P->pos++;
+        if (++P->depth > MAX_NEST) fail_at(P->E, -1, P->line, "expression nested more than %d deep", MAX_NEST);
         expr *e = mk(P, E_NOT);
         e->a = parse_not(P);
+        P->depth--;
         return e;
     }
     return parse_compare(P);
@@ -746,6 +753,7 @@ static expr *parse_or(tparser *P)
 
 static expr *parse_expr(tparser *P)
 {
+    if (++P->depth > MAX_NEST) fail_at(P->E, -1, P->line, "expression nested more than %d deep", MAX_NEST);
     expr *e = parse_or(P);
     while (is_name(P, "if")) {
         P->pos++;
@@ -755,6 +763,7 @@ static expr *parse_expr(tparser *P)
         if (is_name(P, "else")) { P->pos++; c->c = parse_expr(P); }
         e = c;
     }
+    P->depth--;
     return e;
 }
 
@@ -769,7 +778,7 @@ typedef struct {
     errctx *E;
     arena *ar;
     segs *S;
-    int pos;
+    int pos, depth;
 } sparser;
 
 static void nl_push(sparser *SP, nlist *l, node *n)
@@ -794,7 +803,7 @@ static node *mknode(sparser *SP, int k, int line)
 
 static void tp_init(sparser *SP, tparser *P, seg *s)
 {
-    P->E = SP->E, P->ar = SP->ar, P->line = s->line;
+    P->E = SP->E, P->ar = SP->ar, P->line = s->line, P->depth = 0;
     tokenize(P, s->s, s->n);
 }
 
@@ -810,7 +819,16 @@ static const char *block_kw(sparser *SP, seg *s, tparser *P)
     return peek(P)->s;
 }
 
+static void parse_stmt_in(sparser *SP, nlist *out, seg *s, tparser *P, const char *kw);
+
 static void parse_stmt(sparser *SP, nlist *out, seg *s, tparser *P, const char *kw)
+{
+    if (++SP->depth > MAX_NEST) fail_at(SP->E, -1, s->line, "statements nested more than %d deep", MAX_NEST);
+    parse_stmt_in(SP, out, s, P, kw);
+    SP->depth--;
+}
+
+static void parse_stmt_in(sparser *SP, nlist *out, seg *s, tparser *P, const char *kw)
 {
     P->pos++;
     if (!strcmp(kw, "if")) {
@@ -940,7 +958,7 @@ static int parse_into(ar_chat_template *t, const char *src, size_t m)
         return -1;
     }
     lex(S, src, m);
-    sparser SP = {&E, &t->ar, S, 0};
+    sparser SP = {&E, &t->ar, S, 0, 0};
     tparser P;
     parse_body(&SP, &t->root, NULL, &P);
     free(S->v);
@@ -1683,6 +1701,7 @@ static val *binop(rctx *R, int op, val *a, val *b)
     if (op == OP_MUL && ((a->t == V_STR && b->t == V_INT) || (a->t == V_INT && b->t == V_STR))) {
         val *s = a->t == V_STR ? a : b;
         long long k = a->t == V_INT ? a->i : b->i;
+        if (k > 0 && s->n && (unsigned long long)k > (64ull << 20) / s->n) FAIL(R, "string repetition beyond 64 MiB");
         sbuf o = {R, NULL, 0, 0};
         for (long long i = 0; i < k; i++) sb_put(&o, s->s, s->n);
         return vstr(R, o.s ? o.s : "", o.n);
@@ -1911,6 +1930,8 @@ static val *call(rctx *R, expr *e)
             a[e->nargs == 1 ? 1 : i] = x->i;
         }
         if (!a[2]) RAISE(R, "range() arg 3 must not be zero");
+        long long cnt = a[2] > 0 ? (a[1] - a[0] + a[2] - 1) / a[2] : (a[0] - a[1] - a[2] - 1) / -a[2];
+        if (cnt > 100000) RAISE(R, "Range too big. The sandbox blocks ranges larger than MAX_RANGE (100000).");
         val *l = vlist(R, 8);
         for (long long i = a[0]; a[2] > 0 ? i < a[1] : i > a[1]; i += a[2]) list_push(R, l, vint(R, i));
         return l;

@@ -73,11 +73,25 @@ Test(chat_template, refuses_unsupported)
         {"{{ 'open", "unclosed {{"},
         {"{{ 1 + }}", "unexpected 'end of tag'"},
         {"{# never closed", "unclosed comment"},
+        {NULL, "expression nested more than 200 deep"},
+        {NULL, "statements nested more than 200 deep"},
     };
+    static char deep_expr[4096], deep_stmt[16384];
+    {
+        char *w = deep_expr;
+        w += sprintf(w, "{{ ");
+        for (int i = 0; i < 1000; i++) *w++ = '(';
+        *w++ = '1';
+        for (int i = 0; i < 1000; i++) *w++ = ')';
+        sprintf(w, " }}");
+        w = deep_stmt;
+        for (int i = 0; i < 1000; i++) w += sprintf(w, "{%% if 1 %%}");
+    }
     for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
-        ar_chat_template *t = ar_chat_template_parse(bad[i].src, strlen(bad[i].src), "t.jinja");
-        cr_expect_null(t, "%s parsed", bad[i].src);
-        cr_expect(strstr(ar_last_error(), bad[i].msg), "%s: error '%s' lacks '%s'", bad[i].src, ar_last_error(),
+        const char *src = bad[i].src ? bad[i].src : strstr(bad[i].msg, "expression") ? deep_expr : deep_stmt;
+        ar_chat_template *t = ar_chat_template_parse(src, strlen(src), "t.jinja");
+        cr_expect_null(t, "%.60s parsed", src);
+        cr_expect(strstr(ar_last_error(), bad[i].msg), "%.60s: error '%s' lacks '%s'", src, ar_last_error(),
                   bad[i].msg);
         ar_chat_template_free(t);
     }
@@ -93,6 +107,9 @@ Test(chat_template, unsupported_method_fails)
     cr_assert_eq(render("{{ raise_exception('boom') }}", "[]", &out), AR_CHAT_RAISED);
     cr_expect(strstr(ar_last_error(), "t.jinja:1: raise_exception: boom"), "%s", ar_last_error());
     cr_assert_eq(render("x", "{\"not\": \"a list\"}", &out), -1);
+    /* Jinja's sandbox refuses ranges over 100000 items (a raise) */
+    cr_assert_eq(render("{% for i in range(200000) %}{% endfor %}", "[]", &out), AR_CHAT_RAISED);
+    cr_assert_eq(render("{{ 'ab' * 100000000 }}", "[]", &out), -1);
 }
 
 /* Jinja drops one trailing newline of the source and reads \r\n as \n. */
