@@ -25,7 +25,8 @@
 
 static const char usage[] =
     "usage: auto-round [--model] DIR [--scheme W4A16] [--bits N] [--group_size G] [--sym|--asym]\n"
-    "                  [--format auto_round[,F...]] [--output_dir ./tmp_autoround] [--dataset FILE]\n"
+    "                  [--format auto_round[,F...]] [--output_dir ./tmp_autoround] [--dataset SPEC]\n"
+    "                  [--apply_chat_template]\n"
     "                  [--iters 200] [--lr X] [--minmax_lr X] [--nsamples 128] [--seqlen 2048]\n"
     "                  [--batch_size 8] [--gradient_accumulate_steps 1] [--layer_config FILE.json]\n"
     "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--enable_lfq] [--seed 42]\n"
@@ -37,8 +38,11 @@ static const char usage[] =
     "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults;\n"
     "--schemes (AutoScheme mixed bits, --bits X being the average) adds ar-scheme after ar-calib;\n"
     "--avg_bits/--target_bits X and --options S... are the older spellings of --bits and --schemes.\n"
-    "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
-    "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
+    "Calibration data is local: --dataset FILE (.txt or .jsonl, optionally .zst), or AutoRound's\n"
+    "'a.jsonl:num=64,b.txt:num=64' with :num=N, :concat, :apply_chat_template, :system_prompt=TEXT\n"
+    "(see ar-calib(1)); --apply_chat_template renders every .jsonl row with the model's chat template.\n"
+    "A dataset is required unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT;\n"
+    "several write\n"
     "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
     "--dry_run prints the commands instead of running them.\n"
     "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
@@ -59,6 +63,7 @@ typedef struct {
     char *shared[MAX_SHARED];           /* --shared_layers groups, each comma-joined */
     int nshared, ignore_scale_zp_bits;
     int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
+    int apply_chat_template; /* --apply_chat_template: ar-calib renders .jsonl rows with the chat template */
     int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
 } options;
 
@@ -106,6 +111,7 @@ static const struct {
     {"--disable_quanted_input", offsetof(options, disable_quanted_input), 1},
     {"--dry_run", offsetof(options, dry_run), 1},
     {"--ignore_scale_zp_bits", offsetof(options, ignore_scale_zp_bits), 1},
+    {"--apply_chat_template", offsetof(options, apply_chat_template), 1},
 };
 
 /* AutoRound switches that change nothing here (defaults, or speed/memory
@@ -480,6 +486,7 @@ static void build_calib(stage *s, const options *o, const char *out)
     stage_init(s, "ar-calib", o);
     push_opt(s, "--model", o->model);
     push_opt(s, "--dataset", o->dataset);
+    if (o->apply_chat_template) push(s, "--apply_chat_template");
     push_opt(s, "--nsamples", o->nsamples);
     push_opt(s, "--seqlen", o->seqlen);
     push_opt(s, "--seed", o->seed);
@@ -662,8 +669,9 @@ static void build_plan(plan *pl, const options *o)
 {
     int calib = needs_calibration(o);
     if (calib && !o->dataset)
-        cli_usage_error("--dataset FILE is required for SignRound and opt-RTN: calibration data is a local .txt or "
-                        ".jsonl file (AutoRound's default NeelNanda/pile-10k is not downloaded); "
+        cli_usage_error("--dataset FILE is required for SignRound and opt-RTN: calibration data is local .txt or "
+                        ".jsonl files, mixed with AutoRound's 'a.jsonl:num=64,b.txt' syntax (AutoRound's default "
+                        "NeelNanda/pile-10k is not downloaded); "
                         "plain RTN (--iters 0 --disable_opt_rtn) needs none");
     memset(pl, 0, sizeof *pl);
     pass *ps = pl->ps;
