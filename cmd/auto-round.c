@@ -33,13 +33,15 @@ static const char usage[] =
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
     "                  [--schemes W2A16G64,W4A16 --bits X [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
-    "                  [--quiet|--verbose|--progress]\n"
+    "                  [--layout autoround|plain] [--quiet|--verbose|--progress]\n"
     "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults;\n"
     "--schemes (AutoScheme mixed bits, --bits X being the average) adds ar-scheme after ar-calib;\n"
     "--avg_bits/--target_bits X and --options S... are the older spellings of --bits and --schemes.\n"
     "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
-    "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
-    "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
+    "unless --iters 0 --disable_opt_rtn (plain RTN). Outputs go where AutoRound 0.16.1 puts them:\n"
+    "OUT/<model>-w4g128/ (OUT/<model>-w4g128/<format>/ for several formats), GGUF as\n"
+    "OUT/<model>-gguf/<Name>-<Size>-<TYPE>.gguf; --layout plain keeps ar's own: OUT for one format,\n"
+    "OUT/<format> each for several (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
     "--dry_run prints the commands instead of running them.\n"
     "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
 
@@ -51,6 +53,7 @@ typedef struct {
     const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
+    const char *layout;                 /* "autoround" (AutoRound's folder and file names) or "plain" */
     double bits_value;                  /* bits as a number (AutoRound parses --bits as a float) */
     const char *avg_bits;               /* with --schemes: bits, the AutoScheme target run by ar-scheme */
     int has_schemes;                    /* --schemes/--options given: AutoScheme */
@@ -86,6 +89,7 @@ static const struct {
     {{"--max_shard_size"}, offsetof(options, max_shard_size)},
     {{"--keep_streams"}, offsetof(options, keep_streams)},
     {{"--recipe"}, offsetof(options, recipe)},
+    {{"--layout"}, offsetof(options, layout)},
 };
 
 /* Switches: each sets its int field to val. */
@@ -345,6 +349,9 @@ static options parse_args(int argc, char **argv)
     }
     if (!o.model) cli_usage_error("give the model folder: auto-round --model DIR");
     if (!o.recipe) o.recipe = recipe_from_name(argv[0]);
+    if (!o.layout) o.layout = "autoround";
+    if (strcmp(o.layout, "autoround") && strcmp(o.layout, "plain"))
+        cli_usage_error("--layout: '%s' is not autoround or plain", o.layout);
     resolve_bits(&o);
     if (o.avg_bits && o.layer_config)
         cli_usage_error("--schemes and --layer_config both set the per-layer schemes: give one");
@@ -540,6 +547,7 @@ typedef struct {
     char formats[512];         /* comma list for ar-pack */
     const char *out;           /* ar-pack -o */
     const char *stream;        /* the tuned stream between the two ("-": a pipe) */
+    const char *run_formats;   /* --layout autoround with several passes: the whole --format list */
 } pass;
 
 static void build_tune(stage *s, const options *o, const pass *p, const char *in)
@@ -572,6 +580,9 @@ static void build_tune(stage *s, const options *o, const pass *p, const char *in
     push_opt(s, "-o", p->stream);
 }
 
+/* AutoRound's folder and file names: ar-pack --layout autoround under OUT. */
+static int is_autoround_layout(const options *o) { return !strcmp(o->layout, "autoround"); }
+
 static void build_pack(stage *s, const options *o, const pass *p)
 {
     stage_init(s, "ar-pack", o);
@@ -579,6 +590,10 @@ static void build_pack(stage *s, const options *o, const pass *p)
     push_opt(s, "--format", p->formats);
     push_opt(s, "--max_shard_size", o->max_shard_size);
     push_opt(s, "-o", p->out);
+    if (is_autoround_layout(o)) {
+        push_opt(s, "--layout", "autoround");
+        push_opt(s, "--layout_formats", p->run_formats);
+    }
 }
 
 static char *join_path(const char *dir, const char *name)
@@ -647,7 +662,8 @@ static int split_passes(const options *o, pass *ps)
     }
     for (int i = 0; i < n; i++) {
         pass *p = &ps[i];
-        if (nfmt == 1) p->out = o->output_dir;
+        p->run_formats = n > 1 || !ps[0].formats[0] ? o->format : NULL;
+        if (nfmt == 1 || is_autoround_layout(o)) p->out = o->output_dir;
         else if (!strchr(p->formats, ',')) p->out = p->formats[0] ? format_dir(o->output_dir, p->formats) : NULL;
         else p->out = o->output_dir;  /* ar-pack writes OUT/<format> for a list */
     }
@@ -864,7 +880,7 @@ int main(int argc, char **argv)
     if (cli_progress >= 2) print_plan(stderr, &pl);
     if (o.keep_streams) make_dirs(o.keep_streams);
     if (pl.tmp_dir) make_dirs(pl.tmp_dir);
-    if (strchr(o.format, ',')) make_dirs(o.output_dir);
+    if (strchr(o.format, ',') && !is_autoround_layout(&o)) make_dirs(o.output_dir);
     else make_parent_dirs(o.output_dir);
     double t0 = cli_now();
     int rc = run_plan(&pl);
