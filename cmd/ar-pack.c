@@ -13,6 +13,7 @@
 #include "pack_gguf.h"
 #include "packing.h"
 #include "safetensors_writer.h"
+#include "scheme.h"
 #include "tuned_stream.h"
 #include <errno.h>
 #include <stdio.h>
@@ -24,30 +25,32 @@
 
 static const char usage[] =
     "usage: ar-pack [-i STREAM|-] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
-    "               [--layout plain|autoround [--layout_formats F[,F...]]]\n"
+    "               [--layout plain|autoround [--layout_formats F[,F...]] [--layout_scheme NAME]]\n"
     "F: auto_round (default), auto_gptq, auto_awq, llm_compressor, fake, gguf:<type> (q4_0, q4_1, q5_0, q5_1, q8_0,\n"
     "   q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k).\n"
     "Reads ar-tune's stream (ar-stream(5)) from standard input or -i. --layout plain (default): OUT for one\n"
     "format, OUT/<format> for several; a GGUF format with -o an existing folder or DIR/ writes DIR/<llama.cpp name>.gguf.\n"
     "--layout autoround: AutoRound's names under OUT (OUT/<model>-w4g128/..., GGUF as OUT/<model>-gguf/<name>.gguf);\n"
-    "--layout_formats: the whole run's --format list when a run is split across ar-pack calls (auto-round does).\n";
+    "--layout_formats: the whole run's --format list when a run is split across ar-pack calls (auto-round does);\n"
+    "--layout_scheme: the preset the folder is named after (default: the stream's; AutoScheme: the first candidate).\n";
 
 enum { MAX_FORMATS = 8 };
 
 typedef struct {
-    const char *in, *out, *model, *formats, *shard, *layout_formats;
+    const char *in, *out, *model, *formats, *shard, *layout_formats, *layout_scheme;
     int autoround_layout;
 } pack_args;
 
 static pack_args parse_args(int argc, char **argv)
 {
-    pack_args a = {NULL, NULL, NULL, "auto_round", NULL, NULL, 0};
+    pack_args a = {NULL, NULL, NULL, "auto_round", NULL, NULL, NULL, 0};
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
         if (cli_io_flag(argc, argv, &i, usage, "--output_dir", &a.in, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--format"))) a.formats = v;
         else if ((v = cli_value(argc, argv, &i, "--max_shard_size"))) a.shard = v;
         else if ((v = cli_value(argc, argv, &i, "--layout_formats"))) a.layout_formats = v;
+        else if ((v = cli_value(argc, argv, &i, "--layout_scheme"))) a.layout_scheme = v;
         else if ((v = cli_value(argc, argv, &i, "--layout"))) {
             if (strcmp(v, "plain") && strcmp(v, "autoround"))
                 cli_usage_error("--layout: '%s' is not plain or autoround", v);
@@ -55,7 +58,8 @@ static pack_args parse_args(int argc, char **argv)
         } else cli_usage_error("unknown argument '%s'", s);
     }
     if (!a.out) cli_usage_error("-o DIR is required");
-    if (a.layout_formats && !a.autoround_layout) cli_usage_error("--layout_formats needs --layout autoround");
+    if ((a.layout_formats || a.layout_scheme) && !a.autoround_layout)
+        cli_usage_error("%s needs --layout autoround", a.layout_formats ? "--layout_formats" : "--layout_scheme");
     if (!a.in && isatty(0)) cli_usage_error("give ar-tune's stream on standard input or with -i FILE");
     return a;
 }
@@ -81,12 +85,27 @@ static void make_parents(const char *path)
     }
 }
 
+/* The attributes the folder is named after: --layout_scheme's preset, or the stream's. */
+static ar_tuned_attrs layout_attrs(const pack_args *a, const ar_tuned_meta *m)
+{
+    if (!a->layout_scheme) return m->attrs;
+    ar_scheme s;
+    if (ar_scheme_preset(&s, a->layout_scheme)) cli_usage_error("--layout_scheme: %s", ar_last_error());
+    ar_tuned_attrs t = {.bits = s.bits, .group_size = s.group_size, .sym = s.sym, .group_2d = s.group_2d,
+                        .act_bits = s.act_bits, .act_group_size = s.act_group_size, .act_sym = s.act_sym,
+                        .act_dynamic = s.act_dynamic};
+    snprintf(t.data_type, sizeof t.data_type, "%s", s.data_type);
+    snprintf(t.act_data_type, sizeof t.act_data_type, "%s", s.act_data_type);
+    return t;
+}
+
 /* Where format o->name goes under --layout autoround. */
 static void autoround_dir(const pack_args *a, const ar_tuned_meta *m, output *o)
 {
     char run[1024], rel[2048];
+    ar_tuned_attrs t = layout_attrs(a, m);
     if (ar_autoround_run_formats(a->layout_formats ? a->layout_formats : a->formats, o->name, run, sizeof run) ||
-        ar_autoround_output_dir(m->model, run, o->name, &m->attrs, m->mixed_bits, rel, sizeof rel))
+        ar_autoround_output_dir(m->model, run, o->name, &t, m->mixed_bits, rel, sizeof rel))
         cli_die_lib();
     size_t n = strlen(a->out);
     while (n > 1 && a->out[n - 1] == '/') n--;

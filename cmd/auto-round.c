@@ -54,6 +54,7 @@ typedef struct {
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
     const char *layout;                 /* "autoround" (AutoRound's folder and file names) or "plain" */
+    char layout_scheme[64];             /* AutoScheme: the first candidate, which AutoRound names the folder after */
     double bits_value;                  /* bits as a number (AutoRound parses --bits as a float) */
     const char *avg_bits;               /* with --schemes: bits, the AutoScheme target run by ar-scheme */
     int has_schemes;                    /* --schemes/--options given: AutoScheme */
@@ -290,6 +291,9 @@ static void resolve_bits(options *o)
             cli_usage_error("--scheme and --schemes cannot be used together: give only --schemes");
         if (!o->bits) cli_usage_error("--schemes: give the average bits to aim for with --bits X");
         o->avg_bits = strdup(number_text(o->bits_value));
+        /* parse_scheme (auto_round/schemes.py) binds the run's attributes to options[0] */
+        snprintf(o->layout_scheme, sizeof o->layout_scheme, "%.*s", (int)strcspn(o->scheme_options, ","),
+                 o->scheme_options);
         if (!o->avg_bits) cli_die("out of memory");
         o->bits = NULL;
         o->scheme = NULL;
@@ -593,6 +597,7 @@ static void build_pack(stage *s, const options *o, const pass *p)
     if (is_autoround_layout(o)) {
         push_opt(s, "--layout", "autoround");
         push_opt(s, "--layout_formats", p->run_formats);
+        if (o->layout_scheme[0]) push_opt(s, "--layout_scheme", o->layout_scheme);
     }
 }
 
