@@ -138,6 +138,8 @@ static void open_outputs(const pack_args *a, const ar_tuned_meta *m, output *out
             size_t len = strlen(a->out);
             o->gguf_dir = !strncmp(o->name, "gguf:", 5) &&
                           ((len && a->out[len - 1] == '/') || (stat(a->out, &sb) == 0 && S_ISDIR(sb.st_mode)));
+            /* "DIR/" as DIR, so that the interrupt guard below sees its name */
+            for (size_t k = strlen(o->dir); o->gguf_dir && k > 1 && o->dir[k - 1] == '/';) o->dir[--k] = 0;
         }
     }
     if (n > 1 && !a->autoround_layout && mkdir(a->out, 0755) && errno != EEXIST)

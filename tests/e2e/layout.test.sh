@@ -128,6 +128,19 @@ expect 1 "needs a stream tuned with --scheme gguf:q4_k_m" "k-quant from an int s
   "$BIN/ar-pack" -i "$T/w4.ars" --format gguf:q4_k_m -o "$T/fail/"
 [ ! -e "$T/fail" ] && [ -z "$(ls -d "$T"/fail.tmp* 2>/dev/null)" ] && ok "nothing left after the failure" ||
   bad "left after a failure: $(ls -d "$T"/fail* 2>/dev/null)"
+# interrupted (SIGTERM) while writing into a folder: neither the folder nor its temporary remains
+"$BIN/ar-tune" --quiet --model "$SHARED/models/tiny-llama" --scheme gguf:q4_0 -o "$T/tl.ars"
+for target in new-dir existing-dir; do
+  rm -rf "$T/int"; mkdir "$T/int"; [ $target = existing-dir ] && mkdir "$T/int/g"
+  "$BIN/ar-pack" --quiet -i "$T/tl.ars" --format gguf:q4_0 -o "$T/int/g/" & pid=$!
+  sleep 0.5; kill -TERM $pid 2>/dev/null || true
+  set +e; wait $pid; rc=$?; set -e
+  left=$(tree "$T/int")
+  want=""; [ $target = existing-dir ] && want="g"
+  if [ $rc = 0 ]; then echo "skip interrupt into $target: ar-pack finished within 0.5 s"
+  elif [ "$left" = "$want" ]; then ok "interrupted into $target (exit $rc): nothing left"
+  else bad "interrupted into $target (exit $rc): left [$left]"; fi
+done
 : > "$T/notadir"
 expect 1 "exists and is not a folder" "GGUF into a file path ending in /" \
   "$BIN/ar-pack" -i "$T/q40.ars" --format gguf:q4_0 -o "$T/notadir/"
