@@ -3,7 +3,7 @@
  * 0.19 (gguf.Metadata.load(None, DIR, DIR.name, total) then
  * gguf.naming_convention) on folders made the same way as here; expected
  * folders by AutoRound 0.16.1 itself on stories260K where it runs on this
- * machine (tests/e2e/layout.test.sh records those runs). */
+ * machine (docs/autoround-output.md records those runs). */
 #include "fixture.h"
 #include "output_names.h"
 #include <criterion/criterion.h>
@@ -144,6 +144,13 @@ Test(output_names, autoround_folders)
     expect_dir(M, "auto_round,fake", "fake", w4, 0, "stories260K-w4g128/fake");
     expect_dir(M, "auto_round,auto_gptq", "auto_round", w3a, 0, "stories260K-w3g128/auto-round");
     expect_dir(M, "auto_round,auto_gptq", "auto_gptq", w3a, 0, "stories260K-w3g128/auto-gptq");
+    ar_tuned_attrs w8 = attrs(8, 32, 1, "int", 16, "float", 1), mx4 = attrs(4, 32, 1, "mx_fp", 4, "mx_fp", 1);
+    expect_dir(M, "auto_round,llm_compressor,auto_gptq", "auto_round", w8, 0, "stories260K-w8g32/auto-round-auto-gptq");
+    expect_dir(M, "auto_round,llm_compressor,auto_gptq", "llm_compressor", w8, 0,
+               "stories260K-w8g32/llm-compressor-wint-a16");
+    expect_dir(M, "auto_round,llm_compressor,auto_gptq", "auto_gptq", w8, 0, "stories260K-w8g32/auto-gptq");
+    expect_dir(M, "auto_round,llm_compressor", "auto_round", mx4, 0, "stories260K-mxfp-w4g32/auto-round-mx-fp");
+    expect_dir(M, "auto_round,llm_compressor", "llm_compressor", mx4, 0, "stories260K-mxfp-w4g32/llm-compressor-mx-fp");
     expect_dir(M, "gguf:q4_0", "gguf:q4_0", w4, 0, "stories260K-gguf");
     expect_dir("/m/stories260K/", "gguf:q4_k_m,fake", "gguf:q4_k_m", w4, 0, "stories260K-gguf/gguf-q4-k-m");
     /* _get_export_dir's other branches */
