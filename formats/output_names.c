@@ -222,13 +222,6 @@ enum { F_BASENAME, F_FINETUNE, F_VERSION, F_SIZE, N_FIELDS };
 
 typedef struct { char *v[N_FIELDS]; } name_fields;
 
-static int all_digits(const char *s, size_t n)
-{
-    if (!n) return 0;
-    for (size_t i = 0; i < n; i++) if (!isdigit((unsigned char)s[i])) return 0;
-    return 1;
-}
-
 /* digits+ then end, returning the count of digits at s (0 if none). */
 static size_t span_digits(const char *s) { size_t n = 0; while (isdigit((unsigned char)s[n])) n++; return n; }
 
