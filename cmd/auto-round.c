@@ -38,11 +38,12 @@ static const char usage[] =
     "--schemes (AutoScheme mixed bits, --bits X being the average) adds ar-scheme after ar-calib;\n"
     "--avg_bits/--target_bits X and --options S... are the older spellings of --bits and --schemes.\n"
     "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
-    "unless --iters 0 --disable_opt_rtn (plain RTN). Outputs go where AutoRound 0.16.1 puts them:\n"
-    "OUT/<model>-w4g128/ (OUT/<model>-w4g128/<format>/ for several formats), GGUF as\n"
-    "OUT/<model>-gguf/<Name>-<Size>-<TYPE>.gguf; --layout plain keeps ar's own: OUT for one format,\n"
-    "OUT/<format> each for several (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
+    "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
+    "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
     "--dry_run prints the commands instead of running them.\n"
+    "Those paths are --layout plain's; by default outputs go where AutoRound 0.16.1 puts them:\n"
+    "OUT/<model>-w4g128/ (a subfolder per format for several), GGUF files as\n"
+    "OUT/<model>-gguf/<Name>-<Size>-<TYPE>.gguf (man auto-round, OUTPUT LAYOUT).\n"
     "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
 
 enum { MAX_SHARED = 16 };
@@ -77,6 +78,7 @@ static const struct {
     {{"--layer_config"}, offsetof(options, layer_config)},
     {{"--format", "--formats"}, offsetof(options, format)},
     {{"--output_dir"}, offsetof(options, output_dir)},
+    {{"--layout"}, offsetof(options, layout)},
     {{"--dataset"}, offsetof(options, dataset)},
     {{"--iters", "--iter"}, offsetof(options, iters)},
     {{"--lr"}, offsetof(options, lr)},
@@ -90,7 +92,6 @@ static const struct {
     {{"--max_shard_size"}, offsetof(options, max_shard_size)},
     {{"--keep_streams"}, offsetof(options, keep_streams)},
     {{"--recipe"}, offsetof(options, recipe)},
-    {{"--layout"}, offsetof(options, layout)},
 };
 
 /* Switches: each sets its int field to val. */
