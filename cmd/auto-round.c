@@ -34,7 +34,7 @@ static const char usage[] =
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
     "                  [--schemes W2A16G64,W4A16 --bits X [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
-    "                  [--quiet|--verbose|--progress]\n"
+    "                  [--layout autoround|plain] [--quiet|--verbose|--progress]\n"
     "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults;\n"
     "--schemes (AutoScheme mixed bits, --bits X being the average) adds ar-scheme after ar-calib;\n"
     "--avg_bits/--target_bits X and --options S... are the older spellings of --bits and --schemes.\n"
@@ -45,6 +45,9 @@ static const char usage[] =
     "several write\n"
     "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
     "--dry_run prints the commands instead of running them.\n"
+    "Those paths are --layout plain's; by default outputs go where AutoRound 0.16.1 puts them:\n"
+    "OUT/<model>-w4g128/ (a subfolder per format for several), GGUF files as\n"
+    "OUT/<model>-gguf/<Name>-<Size>-<TYPE>.gguf (man auto-round, OUTPUT LAYOUT).\n"
     "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
 
 enum { MAX_SHARED = 16 };
@@ -55,6 +58,8 @@ typedef struct {
     const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
+    const char *layout;                 /* "autoround" (AutoRound's folder and file names) or "plain" */
+    char layout_scheme[64];             /* AutoScheme: the first candidate, which AutoRound names the folder after */
     double bits_value;                  /* bits as a number (AutoRound parses --bits as a float) */
     const char *avg_bits;               /* with --schemes: bits, the AutoScheme target run by ar-scheme */
     int has_schemes;                    /* --schemes/--options given: AutoScheme */
@@ -78,6 +83,7 @@ static const struct {
     {{"--layer_config"}, offsetof(options, layer_config)},
     {{"--format", "--formats"}, offsetof(options, format)},
     {{"--output_dir"}, offsetof(options, output_dir)},
+    {{"--layout"}, offsetof(options, layout)},
     {{"--dataset"}, offsetof(options, dataset)},
     {{"--iters", "--iter"}, offsetof(options, iters)},
     {{"--lr"}, offsetof(options, lr)},
@@ -292,6 +298,9 @@ static void resolve_bits(options *o)
             cli_usage_error("--scheme and --schemes cannot be used together: give only --schemes");
         if (!o->bits) cli_usage_error("--schemes: give the average bits to aim for with --bits X");
         o->avg_bits = strdup(number_text(o->bits_value));
+        /* parse_scheme (auto_round/schemes.py) binds the run's attributes to options[0] */
+        snprintf(o->layout_scheme, sizeof o->layout_scheme, "%.*s", (int)strcspn(o->scheme_options, ","),
+                 o->scheme_options);
         if (!o->avg_bits) cli_die("out of memory");
         o->bits = NULL;
         o->scheme = NULL;
@@ -351,6 +360,9 @@ static options parse_args(int argc, char **argv)
     }
     if (!o.model) cli_usage_error("give the model folder: auto-round --model DIR");
     if (!o.recipe) o.recipe = recipe_from_name(argv[0]);
+    if (!o.layout) o.layout = "autoround";
+    if (strcmp(o.layout, "autoround") && strcmp(o.layout, "plain"))
+        cli_usage_error("--layout: '%s' is not autoround or plain", o.layout);
     resolve_bits(&o);
     if (o.avg_bits && o.layer_config)
         cli_usage_error("--schemes and --layer_config both set the per-layer schemes: give one");
@@ -547,6 +559,7 @@ typedef struct {
     char formats[512];         /* comma list for ar-pack */
     const char *out;           /* ar-pack -o */
     const char *stream;        /* the tuned stream between the two ("-": a pipe) */
+    const char *run_formats;   /* --layout autoround with several passes: the whole --format list */
 } pass;
 
 static void build_tune(stage *s, const options *o, const pass *p, const char *in)
@@ -579,6 +592,9 @@ static void build_tune(stage *s, const options *o, const pass *p, const char *in
     push_opt(s, "-o", p->stream);
 }
 
+/* AutoRound's folder and file names: ar-pack --layout autoround under OUT. */
+static int is_autoround_layout(const options *o) { return !strcmp(o->layout, "autoround"); }
+
 static void build_pack(stage *s, const options *o, const pass *p)
 {
     stage_init(s, "ar-pack", o);
@@ -586,6 +602,11 @@ static void build_pack(stage *s, const options *o, const pass *p)
     push_opt(s, "--format", p->formats);
     push_opt(s, "--max_shard_size", o->max_shard_size);
     push_opt(s, "-o", p->out);
+    if (is_autoround_layout(o)) {
+        push_opt(s, "--layout", "autoround");
+        push_opt(s, "--layout_formats", p->run_formats);
+        if (o->layout_scheme[0]) push_opt(s, "--layout_scheme", o->layout_scheme);
+    }
 }
 
 static char *join_path(const char *dir, const char *name)
@@ -654,7 +675,8 @@ static int split_passes(const options *o, pass *ps)
     }
     for (int i = 0; i < n; i++) {
         pass *p = &ps[i];
-        if (nfmt == 1) p->out = o->output_dir;
+        p->run_formats = n > 1 || !ps[0].formats[0] ? o->format : NULL;
+        if (nfmt == 1 || is_autoround_layout(o)) p->out = o->output_dir;
         else if (!strchr(p->formats, ',')) p->out = p->formats[0] ? format_dir(o->output_dir, p->formats) : NULL;
         else p->out = o->output_dir;  /* ar-pack writes OUT/<format> for a list */
     }
@@ -872,7 +894,7 @@ int main(int argc, char **argv)
     if (cli_progress >= 2) print_plan(stderr, &pl);
     if (o.keep_streams) make_dirs(o.keep_streams);
     if (pl.tmp_dir) make_dirs(pl.tmp_dir);
-    if (strchr(o.format, ',')) make_dirs(o.output_dir);
+    if (strchr(o.format, ',') && !is_autoround_layout(&o)) make_dirs(o.output_dir);
     else make_parent_dirs(o.output_dir);
     double t0 = cli_now();
     int rc = run_plan(&pl);
