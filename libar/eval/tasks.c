@@ -174,6 +174,7 @@ typedef struct {
     char *target;     /* LL: " " + last word; winogrande: the sentence after "_", stripped */
     char *subject;    /* mmlu */
     char *key;        /* the row as printed by cJSON: equality of documents */
+    long subj_rows;   /* mmlu: rows of the file with this subject */
 } doc;
 
 typedef struct {
@@ -681,6 +682,21 @@ static int run_task(const ar_tasks_opts *o, const task_def *t, ar_model *m, ar_m
     if (!path) { ar_error("out of memory"); goto out; }
     if (read_docs(t, path, &docs)) goto out;
     long original = docs.n, n = o->limit > 0 && o->limit < docs.n ? o->limit : docs.n;
+    if (t->first_n) { /* mmlu: one lm-eval task per subject, so --limit counts per subject */
+        for (long i = 0; i < docs.n; i++) {
+            docs.d[i].subj_rows = 0;
+            for (long j = 0; j < docs.n; j++) docs.d[i].subj_rows += !strcmp(docs.d[j].subject, docs.d[i].subject);
+        }
+        long kept = 0;
+        for (long i = 0; i < docs.n; i++) {
+            long rank = 0;
+            for (long j = 0; j < kept; j++) rank += !strcmp(docs.d[j].subject, docs.d[i].subject);
+            if (o->limit > 0 && rank >= o->limit) { doc_free(&docs.d[i]); continue; }
+            docs.d[kept++] = docs.d[i];
+        }
+        docs.n = (int)kept;
+        n = kept;
+    }
     if (o->num_fewshot > 0) {
         if (t->fewshot_split) {
             if (!(pool_path = path_of(o->data_dir, t->name, t->fewshot_split))) { ar_error("out of memory"); goto out; }
@@ -804,9 +820,7 @@ static int run_task(const ar_tasks_opts *o, const task_def *t, ar_model *m, ar_m
                 if (!done[j] && !strcmp(docs.d[j].subject, docs.d[i].subject)) { a2[k] = acc[j]; b2[k] = accn[j]; k++; done[j] = 1; }
             char name[256];
             snprintf(name, sizeof name, "mmlu_%s", docs.d[i].subject);
-            long orig = 0;
-            for (long j = 0; j < docs.n; j++) orig += !strcmp(docs.d[j].subject, docs.d[i].subject);
-            put_result(results, nsamp, name, t, a2, b2, NULL, 0, k, orig, 0);
+            put_result(results, nsamp, name, t, a2, b2, NULL, 0, k, docs.d[i].subj_rows, 0);
         }
         free(a2); free(b2); free(done);
     }

@@ -152,7 +152,7 @@ for lm_name, (t, subj) in lm_tasks.items():
     # per-request log-likelihoods, document by document
     mine_docs = [s for s in our_samples if s["task"] == t and (subj is None or s.get("subject") == subj)]
     their_docs = sorted(res["samples"][lm_name], key=lambda s: s["doc_id"])
-    worst, nreq, greedy_bad, shape_bad = 0.0, 0, 0, 0
+    worst, nreq, greedy_bad, shape_bad, text_bad = 0.0, 0, 0, 0, 0
     if len(mine_docs) != len(their_docs):
         bad(f"{ours_name}: ar-eval scored {len(mine_docs)} documents, lm-eval {len(their_docs)}")
         continue
@@ -162,6 +162,16 @@ for lm_name, (t, subj) in lm_tasks.items():
         if len(lls) != len(a["lls"]):
             shape_bad += 1
             continue
+        # the request strings themselves: (context, continuation) of each
+        targs = b["arguments"]
+        targs = list(targs.values()) if isinstance(targs, dict) else targs
+        targs = [list(x.values())[:2] if isinstance(x, dict) else list(x)[:2] for x in targs]
+        for k, (c, x) in enumerate(targs):
+            if c != a["contexts"][k] or x != a["continuations"][k]:
+                text_bad += 1
+                if text_bad == 1:
+                    print(f"     first difference, doc {b['doc_id']} request {k}:\n     lm-eval {c!r} + {x!r}\n"
+                          f"     ar-eval {a['contexts'][k]!r} + {a['continuations'][k]!r}")
         for k, (x, y) in enumerate(zip(a["lls"], lls)):
             worst = max(worst, abs(x - y))
             nreq += 1
@@ -169,8 +179,10 @@ for lm_name, (t, subj) in lm_tasks.items():
                 greedy_bad += 1
     if shape_bad:
         bad(f"{ours_name}: {shape_bad} documents with a different number of requests")
+    elif text_bad:
+        bad(f"{ours_name}: {text_bad} requests whose context or continuation differ from lm-eval's")
     elif worst <= args.ll_tol and not greedy_bad:
-        ok(f"{ours_name}: {nreq} log-likelihoods agree with lm-eval's (max |diff| {worst:.2e})")
+        ok(f"{ours_name}: {nreq} requests with lm-eval's context and continuation, log-likelihoods agree with lm-eval's (max |diff| {worst:.2e})")
     else:
         bad(f"{ours_name}: log-likelihoods differ by up to {worst:.2e} (tolerance {args.ll_tol}), "
             f"{greedy_bad} greedy flags differ")
