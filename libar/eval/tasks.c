@@ -551,12 +551,18 @@ static int encode_pair(ar_tokenizer *tok, const char *ctx, const char *cont, int
         }
         return 0;
     }
+    /* lm-eval's tok_encode: no special tokens for a text that already starts
+     * with the prefix token's text */
+    int32_t pre = ar_tokenizer_bos(tok, NULL);
+    if (pre < 0) pre = ar_tokenizer_eos(tok);
+    const char *pre_s = pre >= 0 ? ar_tokenizer_token(tok, pre) : NULL;
+    int special = !(pre_s && *pre_s && !strncmp(ctx, pre_s, strlen(pre_s)));
     size_t lc = strlen(ctx), sp = trailing_space(ctx, lc);
-    if (ar_tokenizer_encode(tok, ctx, lc - sp, 1, &c, &n1)) return -1;
+    if (ar_tokenizer_encode(tok, ctx, lc - sp, special, &c, &n1)) return -1;
     sbuf w = {0};
     sb_add(&w, ctx);
     sb_add(&w, cont);
-    if (!w.s || ar_tokenizer_encode(tok, w.s, w.n, 1, &whole, &n2)) { free(w.s); free(c); return w.s ? -1 : ar_error("out of memory"); }
+    if (!w.s || ar_tokenizer_encode(tok, w.s, w.n, special, &whole, &n2)) { free(w.s); free(c); return w.s ? -1 : ar_error("out of memory"); }
     free(w.s);
     size_t k = n2 > n1 ? n2 - n1 : 0;
     int32_t *cont_ids = malloc(sizeof(int32_t) * (k ? k : 1));

@@ -37,9 +37,9 @@
  *
  * Requests are tokenized as lm-eval's _encode_pair does: trailing whitespace
  * of the context moves to the continuation, context + continuation is
- * encoded whole (with the tokenizer's default special tokens) and split at the
- * length of the context's own encoding; an empty context is the BOS id (EOS
- * without one). */
+ * encoded whole (with the tokenizer's default special tokens, none when the
+ * context starts with the BOS token's text) and split at the length of the
+ * context's own encoding; an empty context is the BOS id (EOS without one). */
 #ifndef AR_TASKS_H
 #define AR_TASKS_H
 #include "loglik.h"
