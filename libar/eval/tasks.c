@@ -470,10 +470,11 @@ static void add_shot(sbuf *b, const task_def *t, const doc *s)
 static int pick_shots(const task_def *t, ar_pyrandom *rnd, const doc_list *pool, const doc *d, int k, int *out,
                       const char *pool_path)
 {
-    if (t->first_n) { /* the first k rows of the same subject, without d */
+    if (t->first_n) { /* the first k rows of the same subject (lm-eval's first_n sampler) */
         int got = 0;
         for (int i = 0; i < pool->n && got < k; i++)
-            if (!strcmp(pool->d[i].subject, d->subject) && strcmp(pool->d[i].key, d->key)) out[got++] = i;
+            if (!strcmp(pool->d[i].subject, d->subject) && (!t->exclude_eval_doc || strcmp(pool->d[i].key, d->key)))
+                out[got++] = i;
         if (got < k) return ar_error("%s: %d few-shot rows of subject '%s', fewer than --num_fewshot %d", pool_path, got, d->subject, k);
         return 0;
     }

@@ -193,3 +193,88 @@ Test(tasks, unknown_task_and_missing_file_are_one_line_errors)
     ar_tokenizer_free(tok);
     ar_model_close(m);
 }
+
+/* ---- prompts ----------------------------------------------------------------- */
+
+/* The requests of one row of each kind, as ar_tasks_run writes them to
+ * --samples; the expected strings were printed by lm-eval 0.4.13's own code
+ * on the same rows (hellaswag's utils.preprocess, winogrande's
+ * preprocess_winogrande, the YAML templates, Python's str methods). */
+static cJSON *run_rows(const char *task, const char *rows)
+{
+    char dir[] = "/tmp/ar-test-tasks-XXXXXX", mdir[1024], name[64];
+    fx_make_tmp(dir);
+    snprintf(name, sizeof name, "%s.jsonl", task);
+    fx_write_text(dir, name, rows);
+    fx_model_dir(mdir, sizeof mdir, "stories260K");
+    ar_model *m = ar_model_open(mdir, AR_MODEL_CACHE);
+    ar_tokenizer *tok = ar_tokenizer_load(mdir);
+    cr_assert(m && tok, "%s", ar_last_error());
+    ar_tasks_opts o;
+    ar_tasks_opts_default(&o);
+    o.tasks = task;
+    o.data_dir = dir;
+    o.bootstrap_iters = 0;
+    o.samples = tmpfile();
+    char *json = ar_tasks_run(&o, m, NULL, tok);
+    cr_assert(json, "%s", ar_last_error());
+    free(json);
+    rewind(o.samples);
+    char line[8192];
+    cr_assert(fgets(line, sizeof line, o.samples));
+    fclose(o.samples);
+    ar_tokenizer_free(tok);
+    ar_model_close(m);
+    fx_rm_rf(dir);
+    cJSON *j = cJSON_Parse(line);
+    cr_assert(j);
+    return j;
+}
+
+static void expect_req(const cJSON *s, int k, const char *ctx, const char *cont)
+{
+    const char *c = cJSON_GetArrayItem(cJSON_GetObjectItem(s, "contexts"), k)->valuestring;
+    const char *x = cJSON_GetArrayItem(cJSON_GetObjectItem(s, "continuations"), k)->valuestring;
+    cr_assert_str_eq(c, ctx, "request %d context", k);
+    cr_assert_str_eq(x, cont, "request %d continuation", k);
+}
+
+Test(tasks, hellaswag_preprocess_and_capitalize)
+{
+    cJSON *s = run_rows("hellaswag", "{\"activity_label\": \"Baking\", \"ctx_a\": \"  Mix the  flour [title] now.\", "
+                                     "\"ctx_b\": \"\xc3\xa9LAN AND [x] BOWL\", \"endings\": [\" [step] Stir it.  \", "
+                                     "\"Bake\\t\"], \"label\": \"1\"}\n");
+    expect_req(s, 0, "Baking:  Mix the flour. now. \xc3\x89lan and bowl", "  Stir it.");
+    expect_req(s, 1, "Baking:  Mix the flour. now. \xc3\x89lan and bowl", " Bake");
+    cr_assert_eq(cJSON_GetObjectItem(s, "target")->valueint, 1);
+    cJSON_Delete(s);
+}
+
+Test(tasks, winogrande_partial_evaluation)
+{
+    cJSON *s = run_rows("winogrande", "{\"sentence\": \"The cat sat on _ because it was  warm. \", "
+                                      "\"option1\": \"mat\", \"option2\": \"sofa\", \"answer\": \"2\"}\n");
+    expect_req(s, 0, "The cat sat on mat", " because it was  warm.");
+    expect_req(s, 1, "The cat sat on sofa", " because it was  warm.");
+    cr_assert_eq(cJSON_GetObjectItem(s, "target")->valueint, 1);
+    cJSON_Delete(s);
+}
+
+/* text.split(' ')[:-1] joined by ' ' keeps the empty word of a double space. */
+Test(tasks, lambada_last_word)
+{
+    cJSON *s = run_rows("lambada_openai", "{\"text\": \"a b  c\"}\n");
+    expect_req(s, 0, "a b ", " c");
+    cJSON_Delete(s);
+}
+
+Test(tasks, mmlu_description_and_letters)
+{
+    cJSON *s = run_rows("mmlu", "{\"question\": \"  Why? \", \"subject\": \"high_school_physics\", "
+                                "\"choices\": [\"a\", \"b\", \"c\", \"d\"], \"answer\": 3}\n");
+    const char *ctx = "The following are multiple choice questions (with answers) about high school physics.\n\n"
+                      "Why?\nA. a\nB. b\nC. c\nD. d\nAnswer:";
+    expect_req(s, 0, ctx, " A");
+    expect_req(s, 3, ctx, " D");
+    cJSON_Delete(s);
+}
