@@ -20,7 +20,10 @@
  *   mmlu            "{question.strip()}\nA. ..\nB. ..\nC. ..\nD. ..\nAnswer:"
  *                   + " A".." D", after the description "The following are
  *                   multiple choice questions (with answers) about {subject}.\n\n";
- *                   acc per subject ("mmlu_<subject>") and over all rows ("mmlu")
+ *                   acc per subject ("mmlu_<subject>", --limit per subject, as
+ *                   lm-eval's one task per subject) and over all rows ("mmlu":
+ *                   lm-eval's size-weighted group acc; its stderr is the plain
+ *                   one over all rows, not lm-eval's pooled group estimate)
  * acc takes the choice of highest log-likelihood, acc_norm of highest
  * log-likelihood per character of the choice (lm-eval divides by len(str),
  * code points); ties go to the first. stderr of a mean is the sample standard
