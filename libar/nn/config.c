@@ -15,12 +15,31 @@
 /* config.json files are a few KB; a larger one is not a config. */
 #define CONFIG_MAX_BYTES (16u << 20)
 
-static const struct { const char *arch, *model_type; ar_arch id; } known_archs[] = {
-    {"LlamaForCausalLM", "llama", AR_ARCH_LLAMA},
-    {"MistralForCausalLM", "mistral", AR_ARCH_MISTRAL},
-    {"Qwen2ForCausalLM", "qwen2", AR_ARCH_QWEN2},
-    {"Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3},
+/* runs: a forward exists. The MoE families are parsed (AR_CONFIG_ANY_ARCH)
+ * but refused as "unsupported architecture" until their forward lands and
+ * flips this switch. */
+static const struct { const char *arch, *model_type; ar_arch id; int runs; } known_archs[] = {
+    {"LlamaForCausalLM", "llama", AR_ARCH_LLAMA, 1},
+    {"MistralForCausalLM", "mistral", AR_ARCH_MISTRAL, 1},
+    {"Qwen2ForCausalLM", "qwen2", AR_ARCH_QWEN2, 1},
+    {"Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3, 1},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 0},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 0},
+    {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 0},
+    {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 0},
+    {"DeepseekV3ForCausalLM", "deepseek_v3", AR_ARCH_DEEPSEEK_V3, 0},  /* also Kimi-K2 (model_type kimi_k2) */
+    {"GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS, 0},
 };
+
+static int is_moe_arch(ar_arch a) { return a >= AR_ARCH_QWEN3_MOE; }
+static int is_mla_arch(ar_arch a) { return a == AR_ARCH_DEEPSEEK_V2 || a == AR_ARCH_DEEPSEEK_V3; }
+
+int ar_config_arch_runs(ar_arch a)
+{
+    for (size_t i = 0; i < sizeof known_archs / sizeof *known_archs; i++)
+        if (known_archs[i].id == a) return known_archs[i].runs;
+    return 0;
+}
 
 static const cJSON *item(const cJSON *o, const char *key) { return cJSON_GetObjectItemCaseSensitive(o, key); }
 
@@ -67,7 +86,7 @@ static void copy_str(char *dst, size_t n, const cJSON *j)
 }
 
 /* Architecture from "architectures"[0], else from "model_type". */
-static int parse_arch(ar_config *c, const cJSON *root, const char *path)
+static int parse_arch(ar_config *c, const cJSON *root, const char *path, int flags)
 {
     const cJSON *archs = item(root, "architectures");
     const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
@@ -75,6 +94,7 @@ static int parse_arch(ar_config *c, const cJSON *root, const char *path)
     copy_str(c->model_type, sizeof c->model_type, item(root, "model_type"));
     for (size_t i = 0; i < sizeof known_archs / sizeof *known_archs; i++) {
         if (c->arch_name[0] ? !strcmp(c->arch_name, known_archs[i].arch) : !strcmp(c->model_type, known_archs[i].model_type)) {
+            if (!known_archs[i].runs && !(flags & AR_CONFIG_ANY_ARCH)) break;
             c->arch = known_archs[i].id;
             snprintf(c->arch_name, sizeof c->arch_name, "%s", known_archs[i].arch);
             snprintf(c->model_type, sizeof c->model_type, "%s", known_archs[i].model_type);
@@ -83,6 +103,48 @@ static int parse_arch(ar_config *c, const cJSON *root, const char *path)
     }
     return ar_error("%s: unsupported architecture %s", path,
                     c->arch_name[0] ? c->arch_name : c->model_type[0] ? c->model_type : "(none given)");
+}
+
+/* DeepSeek MLA dims. head_dim becomes the q/k width per head (nope + rope);
+ * transformers writes head_dim = qk_rope_head_dim into config.json. */
+static int parse_mla(ar_config *c, const cJSON *r, const char *path)
+{
+    ar_mla_config *m = &c->mla;
+    const int big = 1 << 20;
+    if (get_int(r, "q_lora_rank", 0, 0, big, &m->q_lora_rank, path) ||
+        get_int(r, "kv_lora_rank", 512, 1, big, &m->kv_lora_rank, path) ||
+        get_int(r, "qk_nope_head_dim", 128, 0, big, &m->qk_nope_head_dim, path) ||
+        get_int(r, "qk_rope_head_dim", 64, 2, big, &m->qk_rope_head_dim, path) ||
+        get_int(r, "v_head_dim", 128, 1, big, &m->v_head_dim, path))
+        return -1;
+    /* q_lora_rank null: no q compression (q_proj; DeepSeek-V2-Lite); absent: the class default 1536 */
+    if (!item(r, "q_lora_rank")) m->q_lora_rank = 1536;
+    if (m->qk_rope_head_dim % 2) return ar_error("%s: qk_rope_head_dim %d is odd (RoPE rotates pairs)", path, m->qk_rope_head_dim);
+    if (m->qk_nope_head_dim % 2) return ar_error("%s: qk_nope_head_dim %d is odd", path, m->qk_nope_head_dim);
+    /* V3: rope_interleave (default true); V2 always rotates interleaved pairs */
+    m->rope_interleave = c->arch == AR_ARCH_DEEPSEEK_V3 ? get_bool(r, "rope_interleave", 1) : 1;
+    c->head_dim = m->qk_nope_head_dim + m->qk_rope_head_dim;
+    return 0;
+}
+
+/* yarn's own keys (transformers' defaults: beta_fast 32, beta_slow 1,
+ * truncate true, original_max_position_embeddings = max_position_embeddings). */
+static int parse_yarn(ar_config *c, const cJSON *d, const char *path)
+{
+    const cJSON *t = item(d, "truncate");
+    if (get_num(d, "beta_fast", 32.0, &c->rope_beta_fast, path) ||
+        get_num(d, "beta_slow", 1.0, &c->rope_beta_slow, path) ||
+        get_num(d, "mscale", 0.0, &c->rope_mscale, path) ||
+        get_num(d, "mscale_all_dim", 0.0, &c->rope_mscale_all_dim, path) ||
+        get_num(d, "attention_factor", 0.0, &c->rope_attention_factor, path) ||
+        get_int(d, "original_max_position_embeddings", c->max_pos, 1, 1 << 30, &c->rope_orig_max_pos, path))
+        return -1;
+    c->rope_truncate = cJSON_IsBool(t) ? cJSON_IsTrue(t) : 1;
+    if (!(c->rope_beta_fast > c->rope_beta_slow) || !(c->rope_beta_slow > 0))
+        return ar_error("%s: yarn rope needs beta_fast > beta_slow > 0", path);
+    if (c->rope_mscale < 0 || c->rope_mscale_all_dim < 0 || c->rope_attention_factor < 0)
+        return ar_error("%s: yarn mscale, mscale_all_dim and attention_factor must not be negative", path);
+    return 0;
 }
 
 static int parse_sizes(ar_config *c, const cJSON *r, const char *path)
@@ -101,6 +163,7 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path)
     if (get_int(r, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads, path) ||
         get_int(r, "head_dim", c->arch == AR_ARCH_QWEN3 ? 128 : c->hidden / c->n_heads, 1, big, &c->head_dim, path))
         return -1;
+    if (is_mla_arch(c->arch) && parse_mla(c, r, path)) return -1;
     if (c->n_heads % c->n_kv_heads)
         return ar_error("%s: num_attention_heads %d is not a multiple of num_key_value_heads %d", path, c->n_heads, c->n_kv_heads);
     /* the default hidden / n_heads is 0 when there are more heads than hidden units */
@@ -130,10 +193,12 @@ static int parse_rope_type(ar_config *c, const cJSON *d, const char *path)
     if (!strcmp(name, "default")) c->rope_type = AR_ROPE_DEFAULT;
     else if (!strcmp(name, "linear")) c->rope_type = AR_ROPE_LINEAR;
     else if (!strcmp(name, "llama3")) c->rope_type = AR_ROPE_LLAMA3;
+    else if (!strcmp(name, "yarn") && is_moe_arch(c->arch)) c->rope_type = AR_ROPE_YARN;
     else return ar_error("%s: unsupported rope type %s", path, name);
     if (c->rope_type == AR_ROPE_DEFAULT) return 0;
     if (get_num(d, "factor", 1.0, &c->rope_factor, path)) return -1;
     if (!(c->rope_factor > 0)) return ar_error("%s: rope factor must be positive", path);
+    if (c->rope_type == AR_ROPE_YARN) return parse_yarn(c, d, path);
     if (c->rope_type != AR_ROPE_LLAMA3) return 0;
     if (get_num(d, "low_freq_factor", 1.0, &c->rope_low_freq_factor, path) ||
         get_num(d, "high_freq_factor", 4.0, &c->rope_high_freq_factor, path) ||
@@ -158,8 +223,11 @@ static int parse_rope(ar_config *c, const cJSON *r, const char *path)
 }
 
 /* Biases, q/k norm and the sliding window, which differ per architecture. */
+static int parse_moe_arch_options(ar_config *c, const cJSON *r, const char *path);
+
 static int parse_arch_options(ar_config *c, const cJSON *r, const char *path)
 {
+    if (is_moe_arch(c->arch)) return parse_moe_arch_options(c, r, path);
     int attn_bias = get_bool(r, "attention_bias", 0);
     c->qkv_bias = c->arch == AR_ARCH_QWEN2 ? 1 : attn_bias;
     c->o_bias = (c->arch == AR_ARCH_LLAMA || c->arch == AR_ARCH_QWEN3) ? attn_bias : 0;
@@ -176,7 +244,267 @@ static int parse_arch_options(ar_config *c, const cJSON *r, const char *path)
     return 0;
 }
 
+/* ---- mixtures of experts (issue 17; docs/moe.md) ----------------------------
+ * Defaults are those of the transformers config classes (5.25): a config.json
+ * that leaves a key out means what transformers would use. */
+
+/* Attention options of the MoE families (biases, QK-norm, windows, sinks). */
+static int parse_moe_arch_options(ar_config *c, const cJSON *r, const char *path)
+{
+    int attn_bias = get_bool(r, "attention_bias", c->arch == AR_ARCH_GPT_OSS);
+    switch (c->arch) {
+    case AR_ARCH_QWEN2_MOE: c->qkv_bias = get_bool(r, "qkv_bias", 1); break;    /* q/k/v only */
+    case AR_ARCH_QWEN3_MOE: c->qkv_bias = c->o_bias = attn_bias; c->qk_norm = 1; break;
+    case AR_ARCH_GPT_OSS: c->qkv_bias = c->o_bias = attn_bias; c->attn_sinks = 1; break;
+    /* MLA: attention_bias is on q_a_proj, kv_a_proj_with_mqa and o_proj (q_b/kv_b/q_proj never) */
+    case AR_ARCH_DEEPSEEK_V2: case AR_ARCH_DEEPSEEK_V3: c->qkv_bias = c->o_bias = attn_bias; break;
+    default: break;
+    }
+    if (c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_QWEN3_MOE) {
+        if (get_bool(r, "use_sliding_window", 0))
+            return ar_error("%s: use_sliding_window is not supported for %s", path, c->arch_name);
+    } else if (c->arch == AR_ARCH_MIXTRAL) {
+        if (get_int(r, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, path)) return -1;
+    } else if (c->arch == AR_ARCH_GPT_OSS) {
+        if (get_int(r, "sliding_window", 128, 0, 1 << 30, &c->sliding_window, path)) return -1;
+    }
+    return 0;
+}
+
+/* The first of several alias keys that is present and not null, or NULL. */
+static const char *first_key(const cJSON *r, const char *const *keys, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (item(r, keys[i]) && !cJSON_IsNull(item(r, keys[i]))) return keys[i];
+    return NULL;
+}
+
+/* Number of experts: the families spell it three ways (and transformers 5
+ * writes num_local_experts for Qwen3-MoE); aliases must agree. */
+static int parse_n_experts(ar_config *c, const cJSON *r, const char *path, int def)
+{
+    static const char *const keys[] = {"num_experts", "num_local_experts", "n_routed_experts"};
+    const char *seen = NULL;
+    int n = def;
+    for (int i = 0; i < 3; i++) {
+        if (!item(r, keys[i]) || cJSON_IsNull(item(r, keys[i]))) continue;
+        int v;
+        if (get_int(r, keys[i], 0, 1, 1 << 20, &v, path)) return -1;
+        if (seen && v != n) return ar_error("%s: %s %d and %s %d disagree", path, seen, n, keys[i], v);
+        seen = keys[i];
+        n = v;
+    }
+    c->moe.n_experts = n;
+    return 0;
+}
+
+/* scoring_func / topk_method (DeepSeek's config keys): each family computes
+ * one scoring in transformers, so another known one is refused, an unknown
+ * one named. */
+static int parse_router_kind(ar_config *c, const cJSON *r, const char *path)
+{
+    ar_moe_config *m = &c->moe;
+    const cJSON *sf = item(r, "scoring_func");
+    if (sf && !cJSON_IsNull(sf)) {
+        if (!cJSON_IsString(sf)) return ar_error("%s: scoring_func must be a string", path);
+        const char *v = sf->valuestring;
+        ar_router_scoring s;
+        if (!strcmp(v, "softmax")) s = AR_ROUTER_SOFTMAX;
+        else if (!strcmp(v, "sigmoid")) s = AR_ROUTER_SIGMOID;
+        else return ar_error("%s: unknown router scoring_func %s", path, v);
+        if (s != m->scoring)
+            return ar_error("%s: router scoring_func %s is not what %s computes", path, v, c->arch_name);
+    }
+    const cJSON *tm = item(r, "topk_method");
+    if (tm && !cJSON_IsNull(tm)) {
+        if (!cJSON_IsString(tm)) return ar_error("%s: topk_method must be a string", path);
+        const char *v = tm->valuestring;
+        if (!strcmp(v, "greedy")) m->topk_method = AR_TOPK_GREEDY;
+        else if (!strcmp(v, "group_limited_greedy")) m->topk_method = AR_TOPK_GROUP_LIMITED;
+        else if (!strcmp(v, "noaux_tc")) m->topk_method = AR_TOPK_NOAUX_TC;
+        else return ar_error("%s: unknown router topk_method %s", path, v);
+        /* transformers: V2 knows greedy and group_limited_greedy, V3 always selects as noaux_tc */
+        if ((c->arch == AR_ARCH_DEEPSEEK_V3) != (m->topk_method == AR_TOPK_NOAUX_TC))
+            return ar_error("%s: router topk_method %s is not what %s computes", path, v, c->arch_name);
+    }
+    return 0;
+}
+
+/* Group-limited routing (DeepSeek): n_group divides the experts, the top-k
+ * fits in the kept groups. */
+static int parse_groups(ar_config *c, const cJSON *r, const char *path, int def_group, int def_topk_group)
+{
+    ar_moe_config *m = &c->moe;
+    if (get_int(r, "n_group", def_group, 1, m->n_experts, &m->n_group, path) ||
+        get_int(r, "topk_group", def_topk_group, 1, m->n_group, &m->topk_group, path))
+        return -1;
+    if (m->n_experts % m->n_group)
+        return ar_error("%s: n_group %d does not divide the %d experts", path, m->n_group, m->n_experts);
+    int per = m->n_experts / m->n_group;
+    if (m->topk_method == AR_TOPK_NOAUX_TC && per < 2)
+        return ar_error("%s: noaux_tc routing needs at least 2 experts per group (%d experts, n_group %d)",
+                        path, m->n_experts, m->n_group);
+    if (m->topk_method == AR_TOPK_GREEDY) m->n_group = m->topk_group = 1;   /* groups unused */
+    if (m->top_k > m->topk_group * per)
+        return ar_error("%s: num_experts_per_tok %d exceeds the %d experts of the topk_group %d kept groups",
+                        path, m->top_k, m->topk_group * per, m->topk_group);
+    return 0;
+}
+
+/* Which layers are sparse; layer_flags gets AR_LAYER_MOE. */
+static int parse_moe_layers(ar_config *c, const cJSON *r, const char *path)
+{
+    ar_moe_config *m = &c->moe;
+    unsigned char dense_only[AR_CONFIG_MAX_LAYERS] = {0};
+    if (c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_QWEN3_MOE) {
+        if (get_int(r, "decoder_sparse_step", 1, 1, c->n_layers, &m->decoder_sparse_step, path)) return -1;
+        const cJSON *list = item(r, "mlp_only_layers");
+        if (list && !cJSON_IsNull(list)) {
+            if (!cJSON_IsArray(list)) return ar_error("%s: mlp_only_layers must be a list of layer indices", path);
+            const cJSON *e;
+            cJSON_ArrayForEach(e, list) {
+                double v = cJSON_IsNumber(e) ? e->valuedouble : NAN;
+                if (!(v >= 0 && v < c->n_layers) || v != floor(v))
+                    return ar_error("%s: mlp_only_layers entry is not a layer index in [0, %d)", path, c->n_layers);
+                dense_only[(int)v] = 1;
+            }
+        }
+    } else if (is_mla_arch(c->arch)) {
+        int freq;
+        if (get_int(r, "first_k_dense_replace", c->arch == AR_ARCH_DEEPSEEK_V3 ? 3 : 0, 0, c->n_layers,
+                    &m->first_k_dense_replace, path) ||
+            get_int(r, "moe_layer_freq", 1, 1, c->n_layers, &freq, path))
+            return -1;
+        /* DeepSeek's own code also asks layer % moe_layer_freq == 0; transformers has no such key */
+        if (freq != 1) return ar_error("%s: moe_layer_freq %d is not supported (only 1)", path, freq);
+    }
+    m->n_moe_layers = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        int moe = 1;
+        if (c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_QWEN3_MOE)
+            moe = !dense_only[l] && (l + 1) % m->decoder_sparse_step == 0;
+        else if (is_mla_arch(c->arch))
+            moe = l >= m->first_k_dense_replace;
+        if (moe) c->layer_flags[l] |= AR_LAYER_MOE;
+        m->n_moe_layers += moe;
+    }
+    return 0;
+}
+
+/* gpt-oss: layer_types lists "sliding_attention" / "full_attention" per
+ * layer; absent, even layers slide (transformers' default). */
+static int parse_layer_types(ar_config *c, const cJSON *r, const char *path)
+{
+    const cJSON *lt = item(r, "layer_types");
+    c->layer_types = 1;
+    if (!lt || cJSON_IsNull(lt)) {
+        for (int l = 0; l < c->n_layers; l++)
+            if ((l + 1) % 2) c->layer_flags[l] |= AR_LAYER_SLIDING;
+        return 0;
+    }
+    if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != c->n_layers)
+        return ar_error("%s: layer_types must list one type for each of the %d layers", path, c->n_layers);
+    int l = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, lt) {
+        const char *v = cJSON_IsString(e) ? e->valuestring : "(not a string)";
+        if (!strcmp(v, "sliding_attention")) c->layer_flags[l] |= AR_LAYER_SLIDING;
+        else if (strcmp(v, "full_attention")) return ar_error("%s: unknown layer type %s in layer_types", path, v);
+        l++;
+    }
+    return 0;
+}
+
+static int parse_moe(ar_config *c, const cJSON *r, const char *path)
+{
+    ar_moe_config *m = &c->moe;
+    ar_arch a = c->arch;
+    if (c->n_layers > AR_CONFIG_MAX_LAYERS)
+        return ar_error("%s: num_hidden_layers %d exceeds %d for %s", path, c->n_layers, AR_CONFIG_MAX_LAYERS, c->arch_name);
+    /* family defaults (transformers' config classes) */
+    int def_e = 0, def_k = 0, def_inter = 0;
+    m->scoring = AR_ROUTER_SOFTMAX;
+    m->topk_method = AR_TOPK_GREEDY;
+    m->routed_scaling_factor = 1.0;
+    switch (a) {
+    case AR_ARCH_QWEN3_MOE: def_e = 128; def_k = 8; def_inter = 768; break;
+    case AR_ARCH_QWEN2_MOE: def_e = 60; def_k = 4; def_inter = 1408; break;
+    case AR_ARCH_MIXTRAL: def_e = 8; def_k = 2; break;
+    case AR_ARCH_DEEPSEEK_V2: def_e = 64; def_k = 0; def_inter = 1407; break;   /* V2's top-k has no default */
+    case AR_ARCH_DEEPSEEK_V3:
+        def_e = 256; def_k = 8; def_inter = 2048;
+        m->scoring = AR_ROUTER_SIGMOID; m->topk_method = AR_TOPK_NOAUX_TC; m->score_correction_bias = 1;
+        break;
+    case AR_ARCH_GPT_OSS:
+        def_e = 128; def_k = 4;
+        m->scoring = AR_ROUTER_TOPK_SOFTMAX; m->router_bias = m->expert_bias = m->fused_gate_up = 1;
+        break;
+    default: return ar_error("%s: %s is not a mixture of experts", path, c->arch_name);
+    }
+    if (parse_n_experts(c, r, path, def_e)) return -1;
+    static const char *const k_keys[] = {"num_experts_per_tok", "experts_per_token"};
+    const char *kk = first_key(r, k_keys, a == AR_ARCH_GPT_OSS ? 2 : 1);
+    if (!kk && !def_k) return ar_error("%s: missing num_experts_per_tok", path);
+    if (kk && get_int(r, kk, def_k, 1, 1 << 20, &m->top_k, path)) return -1;
+    if (!kk) m->top_k = def_k;
+    if (m->top_k > m->n_experts)
+        return ar_error("%s: num_experts_per_tok %d exceeds the %d experts", path, m->top_k, m->n_experts);
+    if (def_inter) {
+        if (get_int(r, "moe_intermediate_size", def_inter, 1, 1 << 24, &m->expert_intermediate, path)) return -1;
+    } else {
+        m->expert_intermediate = c->intermediate;   /* Mixtral, gpt-oss: experts are intermediate_size wide */
+    }
+    m->norm_topk_prob = a == AR_ARCH_MIXTRAL || a == AR_ARCH_GPT_OSS ? 1
+                        : get_bool(r, "norm_topk_prob", a == AR_ARCH_DEEPSEEK_V3);
+    if (parse_router_kind(c, r, path)) return -1;
+    if (is_mla_arch(a)) {
+        int gdef = a == AR_ARCH_DEEPSEEK_V3 ? 8 : 1, tdef = a == AR_ARCH_DEEPSEEK_V3 ? 4 : 1;
+        if (a == AR_ARCH_DEEPSEEK_V2 && m->topk_method == AR_TOPK_GROUP_LIMITED &&
+            (!item(r, "n_group") || cJSON_IsNull(item(r, "n_group")) || !item(r, "topk_group") ||
+             cJSON_IsNull(item(r, "topk_group"))))
+            return ar_error("%s: topk_method group_limited_greedy needs n_group and topk_group", path);
+        if (parse_groups(c, r, path, gdef, tdef) ||
+            get_num(r, "routed_scaling_factor", a == AR_ARCH_DEEPSEEK_V3 ? 2.5 : 1.0, &m->routed_scaling_factor, path) ||
+            get_int(r, "n_shared_experts", a == AR_ARCH_DEEPSEEK_V3 ? 1 : 2, 0, 1 << 10, &m->n_shared_experts, path))
+            return -1;
+        if (!(m->routed_scaling_factor > 0)) return ar_error("%s: routed_scaling_factor must be positive", path);
+        m->shared_intermediate = m->n_shared_experts * m->expert_intermediate;
+    } else {
+        m->n_group = m->topk_group = 1;
+    }
+    if (a == AR_ARCH_QWEN2_MOE) {
+        if (get_int(r, "shared_expert_intermediate_size", 5632, 0, 1 << 24, &m->shared_intermediate, path)) return -1;
+        m->n_shared_experts = m->shared_expert_gate = m->shared_intermediate > 0;
+    }
+    if (a == AR_ARCH_GPT_OSS) {
+        if (get_num(r, "swiglu_alpha", 1.702, &m->swiglu_alpha, path) ||
+            get_num(r, "swiglu_limit", 7.0, &m->swiglu_limit, path))
+            return -1;
+        if (!(m->swiglu_limit > 0)) return ar_error("%s: swiglu_limit must be positive", path);
+        if (parse_layer_types(c, r, path)) return -1;
+    }
+    return parse_moe_layers(c, r, path);
+}
+
+int ar_config_layer_moe(const ar_config *c, int layer)
+{
+    return c->moe.n_experts > 0 && layer >= 0 && layer < c->n_layers && layer < AR_CONFIG_MAX_LAYERS &&
+           (c->layer_flags[layer] & AR_LAYER_MOE);
+}
+
+int ar_config_layer_sliding(const ar_config *c, int layer)
+{
+    if (!c->sliding_window || layer < 0 || layer >= c->n_layers) return 0;
+    if (c->layer_types) return layer < AR_CONFIG_MAX_LAYERS && (c->layer_flags[layer] & AR_LAYER_SLIDING);
+    return layer >= c->sliding_from_layer;
+}
+
 int ar_config_parse(ar_config *c, const char *json_text, const char *path)
+{
+    return ar_config_parse_flags(c, json_text, path, 0);
+}
+
+int ar_config_parse_flags(ar_config *c, const char *json_text, const char *path, int flags)
 {
     memset(c, 0, sizeof *c);
     cJSON *root = cJSON_Parse(json_text);
@@ -186,10 +514,11 @@ int ar_config_parse(ar_config *c, const char *json_text, const char *path)
         cJSON_Delete(root);
         return root ? ar_error("%s: not a JSON object", path) : ar_error("%s: malformed JSON near byte %d", path, off);
     }
-    int rc = parse_arch(c, root, path);
+    int rc = parse_arch(c, root, path, flags);
     if (!rc) rc = parse_sizes(c, root, path);
     if (!rc) rc = parse_rope(c, root, path);
     if (!rc) rc = parse_arch_options(c, root, path);
+    if (!rc && is_moe_arch(c->arch)) rc = parse_moe(c, root, path);
     if (!rc) {
         c->tie_embeddings = get_bool(root, "tie_word_embeddings", 0);
         c->bos_id = token_id(root, "bos_token_id");
@@ -203,6 +532,11 @@ int ar_config_parse(ar_config *c, const char *json_text, const char *path)
 
 int ar_config_load(ar_config *c, const char *model_dir)
 {
+    return ar_config_load_flags(c, model_dir, 0);
+}
+
+int ar_config_load_flags(ar_config *c, const char *model_dir, int flags)
+{
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", model_dir);
     FILE *f = fopen(path, "rb");
@@ -213,7 +547,7 @@ int ar_config_load(ar_config *c, const char *model_dir)
     if (!buf) return ar_error("out of memory");
     if (n > CONFIG_MAX_BYTES) { free(buf); return ar_error("%s: larger than %u bytes", path, CONFIG_MAX_BYTES); }
     buf[n] = 0;
-    int rc = ar_config_parse(c, buf, path);
+    int rc = ar_config_parse_flags(c, buf, path, flags);
     free(buf);
     return rc;
 }
