@@ -2,7 +2,7 @@
 # Chat templates: the rows of a chat-format calibration file rendered by
 # ar-calib (--dump-text, :apply_chat_template) byte for byte against
 # transformers' apply_chat_template, for the real templates of
-# tests/fixtures/chat_templates (ChatML/Qwen2.5, Llama 3.2/3.3, Gemma 1/2,
+# tests/fixtures/chat_templates (ChatML/Qwen2.5, Llama 3.2/3.3, Gemma 1/2/3,
 # Mixtral, Mistral Nemo, Phi-3, DeepSeek), with AutoRound's conversation rules (default
 # system prompt, retry without system messages). Skipped with a message when
 # no Python with transformers is found (AR_PYTHON, build/venv, python3).
@@ -58,6 +58,17 @@ for tpl in "$FIX"/*.jinja; do
     fi
   done
 done
+# Content as a list of parts ({"type": "text"|"image", ...}), which Gemma 3's
+# template walks (is string / is iterable); the other templates print such
+# content as a Python list, so only Gemma 3 gets these rows.
+G3=$T/google-gemma-3-it
+PARTS=$FIX/conversations_parts.jsonl
+"$PY" "$REF" "$G3" "$PARTS" > "$G3/ref.parts.jsonl" &&
+  "$BIN/ar-calib" --model "$G3" --dataset "$PARTS:apply_chat_template" --dump-text -o "$G3/ours.parts.jsonl" 2>"$G3/err" &&
+  grep -q '<start_of_image>' "$G3/ours.parts.jsonl" && same "$G3/ours.parts.jsonl" "$G3/ref.parts.jsonl" &&
+  echo "ok   google-gemma-3-it, list content: $(wc -l < "$G3/ref.parts.jsonl") rows byte-identical to transformers" ||
+  { echo "FAIL google-gemma-3-it, list content: $(cat "$G3/err")"; fail=1; }
+
 # Llama 3.2 prints the date (strftime_now("%d %b %Y")): above, both sides
 # read today's clock; here --chat_date pins ours and transformers gets the
 # same date as date_string, a day that is not today, and the stream's META
