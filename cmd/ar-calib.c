@@ -2,6 +2,7 @@
  * calibration stream: a META record, input_ids [n, L] i32 and the block-0
  * inputs hidden [n, L, C] (bf16 by default). */
 #include "calib.h"
+#include "chat_template.h"
 #include "cli.h"
 #include "device.h"
 #include "error.h"
@@ -18,7 +19,8 @@
 
 static const char usage[] =
     "usage: ar-calib --model DIR --dataset SPEC [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
-    "                [--apply_chat_template] [--dump-text|--dump-ids] [--dtype bf16|f32]\n"
+    "                [--apply_chat_template] [--chat_date YYYY-MM-DD[THH:MM[:SS]]]\n"
+    "                [--dump-text|--dump-ids] [--dtype bf16|f32]\n"
     "                [--device cpu|cuda[:N]]\n"
     "                [-o FILE] [--quiet|--verbose|--progress]\n"
     "SPEC is FILE or AutoRound's FILE[:OPT...][,FILE[:OPT...]...] with OPT num=N, concat,\n"
@@ -26,6 +28,8 @@ static const char usage[] =
     "or .jsonl (a \"text\" string or a \"messages\" conversation per line: documents, as AutoRound\n"
     "samples them), optionally .zst-compressed, or - for standard input.\n"
     "--apply_chat_template renders every .jsonl row with DIR's chat template (tokenizer_config.json).\n"
+    "--chat_date pins the clock of templates that print today's date (Llama 3.2's strftime_now);\n"
+    "without it they get the local time, and the stream's META records the date used.\n"
     "--dump-text writes the rows' texts (chat-rendered where asked) as JSONL {\"text\": ...} in file\n"
     "order instead of the stream, without loading the model; --dump-ids writes the samples' token ids,\n"
     "one JSON list per line, instead of the stream, without loading the model's weights.\n"
@@ -48,6 +52,9 @@ static calib_args parse_args(int argc, char **argv)
         if (cli_io_flag(argc, argv, &i, usage, "--output", NULL, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--dataset"))) a.dataset = v;
         else if (!strcmp(argv[i], "--apply_chat_template")) a.chat = 1;
+        else if ((v = cli_value(argc, argv, &i, "--chat_date"))) {
+            if (ar_chat_template_set_clock(v)) cli_usage_error("--chat_date: %s", ar_last_error());
+        }
         else if (!strcmp(argv[i], "--dump-text")) a.dump_text = 1;
         else if (!strcmp(argv[i], "--dump-ids")) a.dump_ids = 1;
         else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
@@ -163,6 +170,9 @@ static char *meta_json(const calib_args *a, const ar_calib_spec *sp, const ar_ca
     cJSON_AddStringToObject(m, "dtype", ar_dtype_name(a->dtype));
     if (pad_id >= 0) cJSON_AddNumberToObject(m, "pad_token_id", pad_id); /* ar-tune's loss mask */
     else cJSON_AddNullToObject(m, "pad_token_id");
+    /* the instant the chat template's strftime_now formatted (its rows' date) */
+    const char *when = ar_chat_template_clock_used();
+    if (when) cJSON_AddStringToObject(m, "chat_date", when);
     char *txt = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
     return txt;

@@ -1,10 +1,13 @@
 """Expected renderings for tests/unit/test_chat_template.c, computed by Jinja2
 in the environment transformers' apply_chat_template sets up (trim_blocks,
 lstrip_blocks, loop controls, raise_exception, tojson keeping non-ASCII).
+strftime_now (transformers' datetime.now().strftime) is checked on a pinned
+instant, CLOCK, against Python's own strftime ("clock" in the file).
 Writes tests/fixtures/chat_templates/unit_cases.json; run with a Python
 that has jinja2 (build/venv/bin/python tools/gen_chat_template_cases.py)."""
 import os
 import json, jinja2
+from datetime import datetime
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.ext import loopcontrols
 def raise_exception(m): raise jinja2.exceptions.TemplateError(m)
@@ -44,7 +47,25 @@ for c in cases:
         out.append({"t": c, "want": r})
     except Exception as e:
         out.append({"t": c, "err": str(e)})
+# strftime_now on a pinned instant (a leap day, afternoon: %I/%p differ from %H)
+CLOCK = datetime(2024, 2, 29, 21, 5, 3)
+clock_cases = [
+ ("{{ strftime_now('%d %b %Y') }}"),
+ ("{{ strftime_now('%Y-%m-%d %H:%M:%S') }}|{{ strftime_now('') }}|{{ strftime_now('plain, 100%% sure') }}"),
+ ("{{ strftime_now('%a %A %b %B %c %j %U %W %w %y %I %p %e %D %T %C %G %V %u %h %n%t.') }}"),
+ ("[{{ strftime_now('%f|%z|%Z|%%|%-d|%-I|%-m') }}]"),
+ ("{{ strftime_now is defined }}{{ strftime_now is not none }}{% if strftime_now %}T{% endif %}"),
+ ("{%- if not date_string is defined %}\n    {%- if strftime_now is defined %}\n        {%- set date_string = strftime_now(\"%d %b %Y\") %}\n    {%- else %}\n        {%- set date_string = \"26 Jul 2024\" %}\n    {%- endif %}\n{%- endif %}\n{{- \"Today Date: \" + date_string + \"\\n\\n\" }}"),
+ ("{{ strftime_now(3) }}"),
+]
+env.globals["strftime_now"] = lambda fmt: CLOCK.strftime(fmt)
+clock_out = []
+for c in clock_cases:
+    try:
+        clock_out.append({"t": c, "want": env.from_string(c).render(messages=M)})
+    except Exception as e:
+        clock_out.append({"t": c, "err": str(e)})
 here = os.path.dirname(os.path.abspath(__file__))
 with open(os.path.join(here, "..", "tests", "fixtures", "chat_templates", "unit_cases.json"), "w", encoding="utf-8") as f:
-    json.dump({"messages": M, "cases": out}, f, ensure_ascii=False, indent=1)
+    json.dump({"messages": M, "cases": out, "clock": {"when": CLOCK.isoformat(), "cases": clock_out}}, f, ensure_ascii=False, indent=1)
     f.write("\n")

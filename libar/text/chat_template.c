@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <time.h>
 
 /* ---- arena ---------------------------------------------------------------- */
 
@@ -43,7 +45,7 @@ static void arena_free(arena *a)
 
 /* ---- values --------------------------------------------------------------- */
 
-typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT } vtype;
+typedef enum { V_UNDEF, V_NONE, V_BOOL, V_INT, V_FLOAT, V_STR, V_LIST, V_DICT, V_FN } vtype; /* V_FN: strftime_now */
 
 typedef struct val val;
 struct val {
@@ -513,7 +515,7 @@ static expr *parse_postfix(tparser *P, expr *e)
             expr *x = mk(P, E_CALL);
             x->a = e;
             if (e->k == E_VAR) {
-                static const char *const fns[] = {"raise_exception", "namespace", "range", NULL};
+                static const char *const fns[] = {"raise_exception", "namespace", "range", "strftime_now", NULL};
                 if (!in_list(fns, e->name)) fail_at(P->E, -1, P->line, "unsupported function '%s'", e->name);
             } else if (e->k != E_ATTR) {
                 fail_at(P->E, -1, P->line, "unsupported call of an expression");
@@ -1108,7 +1110,7 @@ static void *ralloc(rctx *R, size_t n)
 #define RAISE(R, ...) fail_at(&(R)->E, AR_CHAT_RAISED, (R)->line, __VA_ARGS__)
 #define FAIL(R, ...) fail_at(&(R)->E, -1, (R)->line, __VA_ARGS__)
 
-static val V_UNDEF_V = {.t = V_UNDEF}, V_NONE_V = {.t = V_NONE}, V_TRUE_V = {.t = V_BOOL, .i = 1}, V_FALSE_V = {.t = V_BOOL};
+static val V_FN_V = {.t = V_FN}, V_UNDEF_V = {.t = V_UNDEF}, V_NONE_V = {.t = V_NONE}, V_TRUE_V = {.t = V_BOOL, .i = 1}, V_FALSE_V = {.t = V_BOOL};
 
 static val *vbool(int b) { return b ? &V_TRUE_V : &V_FALSE_V; }
 static val *vint(rctx *R, long long i) { val *v = ralloc(R, sizeof *v); v->t = V_INT, v->i = i; return v; }
@@ -1294,6 +1296,7 @@ static void to_str(sbuf *b, val *v, int repr)
         sb_puts(b, "}");
         if (v->ns) sb_puts(b, ">");
         break;
+    case V_FN: sb_puts(b, "<function strftime_now>"); break;
     }
 }
 
@@ -1339,6 +1342,7 @@ static void to_json(rctx *R, sbuf *b, val *v, int indent, int depth)
     char num[64];
     switch (v->t) {
     case V_UNDEF: RAISE(R, "Object of type Undefined is not JSON serializable");
+    case V_FN: RAISE(R, "Object of type function is not JSON serializable");
     case V_NONE: sb_puts(b, "null"); break;
     case V_BOOL: sb_puts(b, v->i ? "true" : "false"); break;
     case V_INT: snprintf(num, sizeof num, "%lld", v->i); sb_puts(b, num); break;
@@ -1372,13 +1376,14 @@ static int truthy(val *v)
     case V_BOOL: case V_INT: return v->i != 0;
     case V_FLOAT: return v->f != 0;
     case V_STR: return v->n != 0;
+    case V_FN: return 1;
     default: return v->len != 0;
     }
 }
 
 static const char *type_name(val *v)
 {
-    static const char *const n[] = {"Undefined", "NoneType", "bool", "int", "float", "str", "list", "dict"};
+    static const char *const n[] = {"Undefined", "NoneType", "bool", "int", "float", "str", "list", "dict", "function"};
     return n[v->t];
 }
 
@@ -1899,6 +1904,106 @@ static val *apply_filter(rctx *R, expr *e, val *v)
     return out;
 }
 
+/* ---- strftime_now: the clock ---------------------------------------------- */
+
+/* One clock for the process: pinned by ar_chat_template_set_clock, or the
+ * local time read at the first strftime_now call after it (so one run's rows
+ * all carry the same date, even across midnight). */
+static struct {
+    int pinned, read, used;
+    struct tm tm;
+    long usec;
+    char shown[32];
+} g_clock;
+
+/* "YYYY-MM-DD" or "YYYY-MM-DD[T ]HH:MM[:SS]" into *tm (wday/yday filled);
+ * 0, or -1 when malformed or not a real date. */
+static int parse_when(const char *s, struct tm *tm)
+{
+    int y, mo, d, h = 0, mi = 0, se = 0, n = 0, len = (int)strlen(s);
+    if (sscanf(s, "%4d-%2d-%2d%n", &y, &mo, &d, &n) != 3 || n != 10) return -1;
+    if (n < len) {
+        int m2 = 0, m3 = 0;
+        if ((s[n] != 'T' && s[n] != ' ') || sscanf(s + n + 1, "%2d:%2d%n", &h, &mi, &m2) != 2 || m2 != 5) return -1;
+        n += 1 + m2;
+        if (n < len && (sscanf(s + n, ":%2d%n", &se, &m3) != 1 || m3 != 3)) return -1;
+        n += m3;
+        if (n != len) return -1;
+    }
+    for (int i = 0; i < 10; i++)
+        if (i != 4 && i != 7 && (s[i] < '0' || s[i] > '9')) return -1;
+    struct tm t = {.tm_year = y - 1900, .tm_mon = mo - 1, .tm_mday = d, .tm_hour = h, .tm_min = mi, .tm_sec = se};
+    timegm(&t); /* normalises and fills wday/yday; no time zone involved */
+    if (y < 1 || h > 23 || mi > 59 || se > 59 || t.tm_year != y - 1900 || t.tm_mon != mo - 1 || t.tm_mday != d)
+        return -1;
+    *tm = t;
+    return 0;
+}
+
+int ar_chat_template_set_clock(const char *when)
+{
+    if (!when || !*when) { memset(&g_clock, 0, sizeof g_clock); return 0; }
+    struct tm tm;
+    if (parse_when(when, &tm))
+        return ar_error("chat date '%s': expected YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (a real date)", when);
+    memset(&g_clock, 0, sizeof g_clock);
+    g_clock.pinned = 1, g_clock.tm = tm;
+    return 0;
+}
+
+const char *ar_chat_template_clock_used(void)
+{
+    if (!g_clock.used) return NULL;
+    strftime(g_clock.shown, sizeof g_clock.shown, "%Y-%m-%dT%H:%M:%S", &g_clock.tm);
+    return g_clock.shown;
+}
+
+/* Python's datetime.now().strftime(fmt) on a naive datetime: C strftime,
+ * except %f (microseconds) and %z/%Z (empty: no time zone attached). */
+static val *strftime_now(rctx *R, val *fmt)
+{
+    if (!g_clock.pinned && !g_clock.read) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        time_t t = tv.tv_sec;
+        localtime_r(&t, &g_clock.tm);
+        g_clock.usec = (long)tv.tv_usec;
+        g_clock.read = 1;
+    }
+    g_clock.used = 1;
+    sbuf f = {.R = R};
+    for (size_t i = 0; i < fmt->n; i++) {
+        if (fmt->s[i] != '%' || i + 1 >= fmt->n) { sb_put(&f, fmt->s + i, 1); continue; }
+        size_t j = i + 1;
+        while (j < fmt->n && strchr("-_0^#", fmt->s[j])) j++;
+        while (j < fmt->n && fmt->s[j] >= '0' && fmt->s[j] <= '9') j++;
+        char c = j < fmt->n ? fmt->s[j] : 0;
+        if (c == 'f' && j == i + 1) {
+            char us[16];
+            snprintf(us, sizeof us, "%06ld", g_clock.usec);
+            sb_puts(&f, us);
+        } else if ((c == 'z' || c == 'Z') && j == i + 1) {
+            /* a naive datetime has no offset or zone name */
+        } else {
+            sb_put(&f, fmt->s + i, j < fmt->n ? j - i + 1 : j - i);
+        }
+        i = j < fmt->n ? j : j - 1;
+    }
+    val *r;
+    if (!f.n) {
+        r = vstr(R, "", 0);
+    } else {
+        sb_put(&f, "", 1); /* NUL */
+        size_t cap = f.n * 16 + 256;
+        char *buf = malloc(cap);
+        if (!buf) FAIL(R, "out of memory");
+        size_t n = strftime(buf, cap, f.s, &g_clock.tm);
+        r = vstr(R, buf, n);
+        free(buf);
+    }
+    return r;
+}
+
 static val *call(rctx *R, expr *e)
 {
     if (e->a->k == E_VAR) {
@@ -1920,6 +2025,14 @@ static val *call(rctx *R, expr *e)
                 }
             }
             return d;
+        }
+        if (!strcmp(fn, "strftime_now")) {
+            val *f = lookup(R, fn);
+            if (f->t != V_FN) RAISE(R, "'%s' object is not callable", type_name(f));
+            if (e->nargs != 1) RAISE(R, "strftime_now() takes exactly one argument (%d given)", e->nargs);
+            val *fmt = eval(R, e->args[0]);
+            if (fmt->t != V_STR) RAISE(R, "strftime() argument 1 must be str, not %s", type_name(fmt));
+            return strftime_now(R, fmt);
         }
         /* range */
         long long a[3] = {0, 0, 1};
@@ -2165,6 +2278,7 @@ int ar_chat_template_render(const ar_chat_template *t, const char *messages_json
     assign(R, "add_generation_prompt", vbool(add_generation_prompt));
     assign(R, "tools", &V_NONE_V);
     assign(R, "documents", &V_NONE_V);
+    assign(R, "strftime_now", &V_FN_V);
     for (int i = 0; i < t->nvars; i++) assign(R, t->var_names[i], vstr(R, t->var_vals[i], strlen(t->var_vals[i])));
     push_scope(R); /* the template's own top level */
     exec_list(R, (nlist *)&t->root, NULL);

@@ -4,7 +4,8 @@
  *
  * The template runs in a Jinja2 subset, the environment transformers sets up:
  * trim_blocks and lstrip_blocks on, one trailing newline of the source
- * dropped, raise_exception(msg) and namespace(...) as globals, tojson with
+ * dropped, raise_exception(msg), namespace(...) and strftime_now(fmt) as
+ * globals, tojson with
  * non-ASCII kept, loop controls (break/continue). Variables: messages,
  * add_generation_prompt, tools and documents (none), and the special tokens
  * of tokenizer_config.json (bos_token, eos_token, unk_token, pad_token).
@@ -60,5 +61,22 @@ int ar_chat_template_render(const ar_chat_template *t, const char *messages_json
                             char **out, size_t *len);
 
 void ar_chat_template_free(ar_chat_template *t);
+
+/* strftime_now(fmt), which Llama 3.2's template calls for "Today Date: ...",
+ * is transformers' datetime.now().strftime(fmt): the local date and time
+ * formatted by C strftime (C locale names), %f the microseconds, %z and %Z
+ * empty (a naive datetime). The clock is one for the process: the local time
+ * read at the first strftime_now call (all later renders see that same
+ * instant, so one run's rows never straddle midnight), or the instant pinned
+ * here, taken as local time as it stands (no time zone applies):
+ * "YYYY-MM-DD", "YYYY-MM-DDTHH:MM" or "YYYY-MM-DDTHH:MM:SS" (T or a space),
+ * seconds' fraction 0. NULL or "" unpins (and forgets the instant read).
+ * -1 with ar_error on a malformed or impossible date. Not thread-safe. */
+int ar_chat_template_set_clock(const char *when);
+
+/* The instant strftime_now formatted, as "YYYY-MM-DDTHH:MM:SS", once some
+ * template called it since the last ar_chat_template_set_clock; else NULL
+ * (the rendered text does not depend on the date). Static storage. */
+const char *ar_chat_template_clock_used(void);
 
 #endif

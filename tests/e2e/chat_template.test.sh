@@ -2,8 +2,8 @@
 # Chat templates: the rows of a chat-format calibration file rendered by
 # ar-calib (--dump-text, :apply_chat_template) byte for byte against
 # transformers' apply_chat_template, for the real templates of
-# tests/fixtures/chat_templates (ChatML/Qwen2.5, Llama 3.3, Gemma, Mixtral,
-# Phi-3, DeepSeek-R1-distill), with AutoRound's conversation rules (default
+# tests/fixtures/chat_templates (ChatML/Qwen2.5, Llama 3.2/3.3, Gemma 1/2/3,
+# Mixtral, Mistral Nemo, Phi-3, DeepSeek), with AutoRound's conversation rules (default
 # system prompt, retry without system messages). Skipped with a message when
 # no Python with transformers is found (AR_PYTHON, build/venv, python3).
 . "$(dirname "$0")/lib.sh"
@@ -58,4 +58,46 @@ for tpl in "$FIX"/*.jinja; do
     fi
   done
 done
+# Content as a list of parts ({"type": "text"|"image", ...}), which Gemma 3's
+# template walks (is string / is iterable); the other templates print such
+# content as a Python list, so only Gemma 3 gets these rows.
+G3=$T/google-gemma-3-it
+PARTS=$FIX/conversations_parts.jsonl
+"$PY" "$REF" "$G3" "$PARTS" > "$G3/ref.parts.jsonl" &&
+  "$BIN/ar-calib" --model "$G3" --dataset "$PARTS:apply_chat_template" --dump-text -o "$G3/ours.parts.jsonl" 2>"$G3/err" &&
+  grep -q '<start_of_image>' "$G3/ours.parts.jsonl" && same "$G3/ours.parts.jsonl" "$G3/ref.parts.jsonl" &&
+  echo "ok   google-gemma-3-it, list content: $(wc -l < "$G3/ref.parts.jsonl") rows byte-identical to transformers" ||
+  { echo "FAIL google-gemma-3-it, list content: $(cat "$G3/err")"; fail=1; }
+
+# Llama 3.2 prints the date (strftime_now("%d %b %Y")): above, both sides
+# read today's clock; here --chat_date pins ours and transformers gets the
+# same date as date_string, a day that is not today, and the stream's META
+# records the instant used.
+L32=$T/meta-llama-Llama-3.2-3B-Instruct
+if CT_DATE_STRING="05 Sep 2024" "$PY" "$REF" "$L32" "$ROWS" > "$L32/ref.pinned.jsonl" &&
+   "$BIN/ar-calib" --model "$L32" --dataset "$ROWS:apply_chat_template" --chat_date 2024-09-05T23:59 --dump-text \
+     -o "$L32/ours.pinned.jsonl" 2>"$L32/err" &&
+   grep -q 'Today Date: 05 Sep 2024' "$L32/ours.pinned.jsonl" && same "$L32/ours.pinned.jsonl" "$L32/ref.pinned.jsonl"; then
+  echo "ok   Llama 3.2 with --chat_date 2024-09-05T23:59: byte-identical to transformers with date_string"
+else
+  echo "FAIL Llama 3.2 with --chat_date: $(cat "$L32/err")"; fail=1
+fi
+if "$BIN/ar-calib" --model "$L32" --dataset x.jsonl --chat_date 2024-02-30 --dump-text 2>"$L32/err"; then
+  echo "FAIL --chat_date 2024-02-30 accepted"; fail=1
+elif grep -q "chat_date.*2024-02-30" "$L32/err"; then echo "ok   --chat_date 2024-02-30 refused"
+else echo "FAIL --chat_date 2024-02-30: $(cat "$L32/err")"; fail=1; fi
+# META: the instant strftime_now formatted, absent when the template prints no date
+for f in config.json model.safetensors; do ln -sf "$SHARED/models/tiny-llama/$f" "$L32/$f"; done
+G2=$T/google-gemma-2-2b-it
+for f in config.json model.safetensors; do ln -sf "$SHARED/models/tiny-llama/$f" "$G2/$f"; done
+if "$BIN/ar-calib" --model "$L32" --dataset "$ROWS:apply_chat_template" --chat_date "2024-09-05 07:08:09" \
+     --nsamples 2 --seqlen 8 -o "$L32/s.ars" 2>"$L32/err" &&
+   "$BIN/ar-dump" "$L32/s.ars" | head -1 | grep -q '"chat_date":"2024-09-05T07:08:09"' &&
+   "$BIN/ar-calib" --model "$G2" --dataset "$ROWS:apply_chat_template" --chat_date 2024-09-05 \
+     --nsamples 2 --seqlen 8 -o "$G2/s.ars" 2>"$G2/err" &&
+   ! "$BIN/ar-dump" "$G2/s.ars" | head -1 | grep -q chat_date; then
+  echo "ok   META chat_date recorded for Llama 3.2, absent for Gemma 2"
+else
+  echo "FAIL META chat_date: $(cat "$L32/err" "$G2/err")"; fail=1
+fi
 exit $fail

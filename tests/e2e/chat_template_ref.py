@@ -5,10 +5,12 @@ apply_chat_template_to_samples): the system prompt first (unless empty), then
 the row's messages, or its text right-stripped as one user message;
 add_generation_prompt=True; when the template raises, the same without any
 system message. Writes JSONL {"text": ...} lines, the format of
-ar-calib --dump-text.
+ar-calib --dump-text. With CT_DATE_STRING set, the template also gets
+date_string=CT_DATE_STRING (Llama 3.x templates print it as "Today Date").
 
 usage: chat_template_ref.py MODEL_DIR ROWS.jsonl [SYSTEM_PROMPT]"""
 import json
+import os
 import sys
 
 from transformers import AutoTokenizer
@@ -16,6 +18,7 @@ from transformers import AutoTokenizer
 model, rows_path = sys.argv[1], sys.argv[2]
 system_prompt = sys.argv[3] if len(sys.argv) > 3 else "You are a helpful assistant."
 tok = AutoTokenizer.from_pretrained(model)
+extra = {"date_string": os.environ["CT_DATE_STRING"]} if os.environ.get("CT_DATE_STRING") else {}
 out = sys.stdout
 for line in open(rows_path, encoding="utf-8"):
     if not line.strip():
@@ -29,8 +32,8 @@ for line in open(rows_path, encoding="utf-8"):
         conv = [{"role": "user", "content": row.rstrip()}]
     msgs = ([{"role": "system", "content": system_prompt}] if system_prompt else []) + conv
     try:
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **extra)
     except Exception:
         msgs = [m for m in msgs if m["role"] != "system"]
-        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        text = tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True, **extra)
     out.write(json.dumps({"text": text}, ensure_ascii=False) + "\n")

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #define CASES "tests/fixtures/chat_templates/unit_cases.json"
 
@@ -66,7 +67,7 @@ Test(chat_template, refuses_unsupported)
         {"{% macro m() %}x{% endmacro %}", "t.jinja:1: unsupported statement 'macro'"},
         {"a\n{{ x|wordwrap }}", "t.jinja:2: unsupported filter 'wordwrap'"},
         {"{{ x is divisibleby 3 }}", "t.jinja:1: unsupported test 'divisibleby'"},
-        {"{{ strftime_now('%d') }}", "t.jinja:1: unsupported function 'strftime_now'"},
+        {"{{ strftime('%d') }}", "t.jinja:1: unsupported function 'strftime'"},
         {"{% include 'x' %}", "unsupported statement 'include'"},
         {"{% if x %}never closed", "'if' without 'endif'"},
         {"{% endfor %}", "unexpected 'endfor'"},
@@ -144,4 +145,85 @@ Test(chat_template, load_from_tokenizer_config)
     cr_expect_null(ar_chat_template_load(dir));
     cr_expect(strstr(ar_last_error(), "tokenizer_config.json:chat_template:1: expected a name"), "%s", ar_last_error());
     fx_rm_rf(dir);
+}
+
+/* strftime_now on the pinned instant of unit_cases.json "clock" against
+ * Python's datetime.strftime, and what META records. */
+Test(chat_template, strftime_now_pinned)
+{
+    cJSON *j = fx_load_json(CASES);
+    const cJSON *clock = cJSON_GetObjectItem(j, "clock");
+    const char *when = cJSON_GetObjectItem(clock, "when")->valuestring;
+    cr_assert_eq(ar_chat_template_set_clock(when), 0, "%s", ar_last_error());
+    cr_expect_null(ar_chat_template_clock_used(), "no template asked for the date yet");
+    const cJSON *c;
+    int n = 0;
+    cJSON_ArrayForEach(c, cJSON_GetObjectItem(clock, "cases")) {
+        const char *src = cJSON_GetObjectItem(c, "t")->valuestring;
+        const cJSON *want = cJSON_GetObjectItem(c, "want");
+        char *out = NULL;
+        int rc = render(src, "[]", &out);
+        if (want) {
+            cr_assert_eq(rc, 0, "%s: %s", src, ar_last_error());
+            cr_expect_str_eq(out, want->valuestring, "template %s", src);
+        } else {
+            cr_expect_eq(rc, AR_CHAT_RAISED, "%s should raise (Python: %s)", src,
+                         cJSON_GetObjectItem(c, "err")->valuestring);
+        }
+        free(out);
+        n++;
+    }
+    cr_assert_geq(n, 6);
+    cr_expect_str_eq(ar_chat_template_clock_used(), when);
+    /* the other spellings of a pinned instant */
+    char *out = NULL;
+    cr_assert_eq(ar_chat_template_set_clock("2023-12-31"), 0);
+    cr_assert_eq(render("{{ strftime_now('%d %b %Y %H:%M:%S') }}", "[]", &out), 0);
+    cr_expect_str_eq(out, "31 Dec 2023 00:00:00");
+    free(out);
+    cr_expect_str_eq(ar_chat_template_clock_used(), "2023-12-31T00:00:00");
+    cr_assert_eq(ar_chat_template_set_clock("2024-07-26 13:45"), 0);
+    cr_assert_eq(render("{{ strftime_now('%A %I:%M %p') }}", "[]", &out), 0);
+    cr_expect_str_eq(out, "Friday 01:45 PM");
+    free(out);
+    static const char *const bad[] = {"2024-02-30", "2023-02-29", "26 Jul 2024", "2024-7-26", "2024-07-26T24:00",
+                                      "2024-07-26T12:60", "2024-07-26T12:00:00Z", "2024-07-26x", "2024-13-01"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        cr_expect_eq(ar_chat_template_set_clock(bad[i]), -1, "%s accepted", bad[i]);
+        cr_expect(strstr(ar_last_error(), bad[i]), "%s", ar_last_error());
+    }
+    /* a template that does not call it leaves no date behind */
+    cr_assert_eq(ar_chat_template_set_clock(NULL), 0);
+    cr_assert_eq(render("{{ 'no date' }}", "[]", &out), 0);
+    free(out);
+    cr_expect_null(ar_chat_template_clock_used());
+    cJSON_Delete(j);
+}
+
+/* Unpinned: the local time, as datetime.now(), read once and kept. */
+Test(chat_template, strftime_now_local_time)
+{
+    cr_assert_eq(ar_chat_template_set_clock(NULL), 0);
+    char *a = NULL, *b = NULL, want[64], used[32];
+    time_t t0 = time(NULL);
+    cr_assert_eq(render("{{ strftime_now('%Y-%m-%d %H:%M') }}|{{ strftime_now('%f') }}", "[]", &a), 0);
+    time_t t1 = time(NULL);
+    struct tm tm;
+    int hit = 0;
+    for (time_t t = t0; t <= t1 && !hit; t++) {
+        localtime_r(&t, &tm);
+        strftime(want, sizeof want, "%Y-%m-%d %H:%M|", &tm);
+        hit = !strncmp(a, want, strlen(want));
+    }
+    cr_expect(hit, "'%s' is not the local time", a);
+    cr_expect_eq(strlen(a), strlen("2024-01-01 00:00|000000"), "%s", a);
+    cr_assert(ar_chat_template_clock_used());
+    snprintf(used, sizeof used, "%s", ar_chat_template_clock_used());
+    cr_expect(!strncmp(used, a, 10) && used[10] == 'T' && !strncmp(used + 11, a + 11, 5), "%s vs %s", used, a);
+    /* later renders see the same instant, microseconds included */
+    cr_assert_eq(render("{{ strftime_now('%Y-%m-%d %H:%M') }}|{{ strftime_now('%f') }}", "[]", &b), 0);
+    cr_expect_str_eq(a, b);
+    cr_expect_str_eq(ar_chat_template_clock_used(), used);
+    free(a);
+    free(b);
 }
