@@ -87,11 +87,12 @@ int ar_model_kv_quant_from_folder(ar_model *m, const char *dir)
     ar_safetensors *st = ar_st_open_dir(dir);
     if (!st) return -1;
     int n = ar_model_config(m)->n_layers, rc = 0;
-    for (int l = 0; !rc && l < n; l++) {
-        float k, v;
-        rc = read_scale(st, dir, l, "k_scale", &k) || read_scale(st, dir, l, "v_scale", &v) ||
-             ar_model_set_kv_quant(m, l, k, v);
-    }
+    float *s = malloc(sizeof(float) * 2 * (size_t)n);   /* all read before any is set: m changes whole or not */
+    if (!s) rc = ar_error("%s: out of memory", dir);
+    for (int l = 0; !rc && l < n; l++)
+        rc = read_scale(st, dir, l, "k_scale", &s[2 * l]) || read_scale(st, dir, l, "v_scale", &s[2 * l + 1]);
+    for (int l = 0; !rc && l < n; l++) rc = ar_model_set_kv_quant(m, l, s[2 * l], s[2 * l + 1]);
+    free(s);
     ar_st_close(st);
     return rc ? -1 : n;
 }

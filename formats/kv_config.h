@@ -19,7 +19,8 @@
  * folder and the problem, e.g. "out/config.json: kv_cache_scheme: 4-bit int
  * KV caches are not handled (8-bit float per tensor only)", "out:
  * kv_cache_scheme but no tensor model.layers.0.self_attn.k_scale", "out:
- * model.layers.0.self_attn.k_scale must hold one value, not shape [2]". */
+ * model.layers.0.self_attn.k_scale must hold one value (shape [1]), not shape
+ * [2]"; m is then unchanged. */
 int ar_model_kv_quant_from_folder(ar_model *m, const char *dir);
 
 #endif

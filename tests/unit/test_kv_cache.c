@@ -464,3 +464,92 @@ Test(kv, stream_records_round_trip_and_bad_values_are_refused)
     ar_tuned_reader_close(t);
     fclose(f);
 }
+
+/* ---- a folder's KV cache (formats/kv_config.h) ---- */
+
+static float half_value(size_t i, size_t j) { return (void)i, (void)j, 0.5f; }
+
+/* A folder with config text cfg and KV scales of 5 layers: [1] each, except
+ * that layer 0's k_scale gets shape k0 [k0n] and layer 3's v_scale is left
+ * out when drop3. */
+static void kv_folder(const char *dir, const char *cfg, int k0n, int drop3)
+{
+    static char names[10][64];
+    fx_tensor t[10];
+    fx_rm_rf(dir);
+    size_t n = 0;
+    for (int l = 0; l < 5; l++)
+        for (int kv = 0; kv < 2; kv++) {
+            if (drop3 && l == 3 && kv == 1) continue;
+            snprintf(names[n], sizeof names[n], "model.layers.%d.self_attn.%c_scale", l, kv ? 'v' : 'k');
+            t[n] = (fx_tensor){names[n], 1, {l == 0 && !kv ? k0n : 1, 0}};
+            n++;
+        }
+    fx_write_bf16_model(dir, t, n, half_value);
+    fx_write_text(dir, "config.json", cfg);
+}
+
+#include "kv_config.h"
+
+Test(kv, folder_scales_and_bad_configs)
+{
+    char sdir[1024], dir[] = "/tmp/ar-test-kv-XXXXXX";
+    fx_model_dir(sdir, sizeof sdir, "stories260K");
+    fx_make_tmp(dir);
+    ar_model *m = ar_model_open(sdir, 0);
+    cr_assert(m, "%s", ar_last_error());
+    const char *ct = "{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"kv_cache_scheme\": "
+                     "{\"num_bits\": 8, \"type\": \"float\", \"symmetric\": true, \"group_size\": null, "
+                     "\"strategy\": \"tensor\", \"dynamic\": false}}}";
+    kv_folder(dir, ct, 1, 0);
+    cr_assert_eq(ar_model_kv_quant_from_folder(m, dir), 5, "%s", ar_last_error());
+    cr_assert_eq(ar_model_has_kv_quant(m), 1);
+    ar_model_close(m);
+    m = ar_model_open(sdir, 0);
+    char want[2048];
+    /* wrong shape, missing scale */
+    kv_folder(dir, ct, 2, 0);
+    cr_assert_eq(ar_model_kv_quant_from_folder(m, dir), -1);
+    snprintf(want, sizeof want, "%s: model.layers.0.self_attn.k_scale must hold one value (shape [1]), not shape [2]",
+             dir);
+    cr_assert_str_eq(ar_last_error(), want);
+    kv_folder(dir, ct, 1, 1);
+    cr_assert_eq(ar_model_kv_quant_from_folder(m, dir), -1);
+    snprintf(want, sizeof want,
+             "%s: the config asks for a static FP8 KV cache but there is no tensor model.layers.3.self_attn.v_scale", dir);
+    cr_assert_str_eq(ar_last_error(), want);
+    /* schemes not handled */
+    struct { const char *cfg, *msg; } bad[] = {
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"kv_cache_scheme\": {\"num_bits\": 4, "
+         "\"type\": \"int\"}}}",
+         "kv_cache_scheme: 4-bit int KV caches are not handled (8-bit float per tensor only)"},
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"kv_cache_scheme\": {\"num_bits\": 8, "
+         "\"type\": \"float\", \"strategy\": \"attn_head\"}}}",
+         "kv_cache_scheme: strategy attn_head is not handled (tensor only)"},
+        {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"kv_cache_scheme\": {\"num_bits\": 8, "
+         "\"type\": \"float\", \"dynamic\": true}}}",
+         "kv_cache_scheme: dynamic KV caches are not handled"},
+        {"{\"quantization_config\": {\"quant_method\": \"auto-round\", \"static_kv_dtype\": \"nvfp4\"}}",
+         "static_kv_dtype nvfp4 is not handled (fp8 only)"},
+    };
+    for (unsigned i = 0; i < sizeof bad / sizeof *bad; i++) {
+        kv_folder(dir, bad[i].cfg, 1, 0);
+        cr_assert_eq(ar_model_kv_quant_from_folder(m, dir), -1);
+        snprintf(want, sizeof want, "%s/config.json: %s", dir, bad[i].msg);
+        cr_assert_str_eq(ar_last_error(), want);
+    }
+    cr_assert_eq(ar_model_has_kv_quant(m), 0);
+    /* none asked: null scheme, auto-round without the key, no quantization_config */
+    const char *none[] = {"{\"quantization_config\": {\"quant_method\": \"compressed-tensors\", \"kv_cache_scheme\": null}}",
+                          "{\"quantization_config\": {\"quant_method\": \"auto-round\", \"bits\": 4}}", "{}"};
+    for (unsigned i = 0; i < 3; i++) {
+        kv_folder(dir, none[i], 2, 1);
+        cr_assert_eq(ar_model_kv_quant_from_folder(m, dir), 0, "%s", ar_last_error());
+    }
+    /* auto-round's keys */
+    kv_folder(dir, "{\"quantization_config\": {\"quant_method\": \"auto-round\", \"static_kv_dtype\": \"fp8\", "
+                   "\"static_kv_granularity\": \"tensor\"}}", 1, 0);
+    cr_assert_eq(ar_model_kv_quant_from_folder(m, dir), 5, "%s", ar_last_error());
+    ar_model_close(m);
+    fx_rm_rf(dir);
+}
