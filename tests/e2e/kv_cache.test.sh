@@ -28,6 +28,11 @@ n=$("$BIN/ar-dump" "$T/kv.ars" | grep -c 'self_attn\.[kv]_scale	f32	\[1\]')
 "$BIN/ar-dump" "$T/kv.ars" | head -1 | grep -q '"static_kv_dtype":"fp8","static_kv_granularity":"tensor"' ||
   fail "tuned stream META lacks static_kv_dtype"
 echo "ok   ar-tune: 5 k_scale + 5 v_scale records, META static_kv_dtype fp8"
+# A checkpointed run writes the same bytes, and a rerun that replays every block too.
+"$BIN/ar-tune" -i "$T/calib.ars" --quiet --iters 2 --static_kv_dtype fp8 --checkpoint "$T/ck" -o "$T/ck1.ars"
+"$BIN/ar-tune" -i "$T/calib.ars" --quiet --iters 2 --static_kv_dtype fp8 --checkpoint "$T/ck" -o "$T/ck2.ars"
+cmp -s "$T/ck1.ars" "$T/kv.ars" && cmp -s "$T/ck2.ars" "$T/kv.ars" || fail "checkpointed or replayed stream differs"
+echo "ok   checkpoint: the same stream, first run and replay"
 
 "$BIN/ar-pack" -i "$T/kv.ars" --format llm_compressor,auto_round -o "$T/kv" --quiet
 "$BIN/ar-pack" -i "$T/plain.ars" --format llm_compressor -o "$T/plain" --quiet
