@@ -17,28 +17,39 @@
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: ar-calib --model DIR --dataset FILE [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
-    "                [--dtype bf16|f32] [--device cpu|cuda[:N]] [-o FILE] [--quiet|--verbose|--progress]\n"
-    "FILE is a local .txt (one running text: random windows) or .jsonl (a \"text\" field per line:\n"
-    "documents, as AutoRound samples them), optionally .zst-compressed, or - for standard input.\n"
+    "usage: ar-calib --model DIR --dataset SPEC [--nsamples 128] [--seqlen 2048] [--seed 42]\n"
+    "                [--apply_chat_template] [--dump-text|--dump-ids] [--dtype bf16|f32]\n"
+    "                [--device cpu|cuda[:N]]\n"
+    "                [-o FILE] [--quiet|--verbose|--progress]\n"
+    "SPEC is FILE or AutoRound's FILE[:OPT...][,FILE[:OPT...]...] with OPT num=N, concat,\n"
+    "apply_chat_template, system_prompt=TEXT. FILE is a local .txt (one running text: random windows)\n"
+    "or .jsonl (a \"text\" string or a \"messages\" conversation per line: documents, as AutoRound\n"
+    "samples them), optionally .zst-compressed, or - for standard input.\n"
+    "--apply_chat_template renders every .jsonl row with DIR's chat template (tokenizer_config.json).\n"
+    "--dump-text writes the rows' texts (chat-rendered where asked) as JSONL {\"text\": ...} in file\n"
+    "order instead of the stream, without loading the model; --dump-ids writes the samples' token ids,\n"
+    "one JSON list per line, instead of the stream, without loading the model's weights.\n"
     "Writes the calibration stream (ar-stream(5)) to standard output or -o FILE.\n"
     "--device is accepted for symmetry with ar-tune/ar-eval and checked; the embedding lookup it\n"
     "runs is a copy, so it always runs on the CPU.\n";
 
 typedef struct {
     const char *model, *dataset, *out;
-    int nsamples, seqlen;
+    int nsamples, seqlen, chat, dump_text, dump_ids;
     uint64_t seed;
     ar_dtype dtype;
 } calib_args;
 
 static calib_args parse_args(int argc, char **argv)
 {
-    calib_args a = {NULL, NULL, NULL, 128, 2048, 42, AR_BF16};
+    calib_args a = {NULL, NULL, NULL, 128, 2048, 0, 0, 0, 42, AR_BF16};
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_io_flag(argc, argv, &i, usage, "--output", NULL, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--dataset"))) a.dataset = v;
+        else if (!strcmp(argv[i], "--apply_chat_template")) a.chat = 1;
+        else if (!strcmp(argv[i], "--dump-text")) a.dump_text = 1;
+        else if (!strcmp(argv[i], "--dump-ids")) a.dump_ids = 1;
         else if ((v = cli_value(argc, argv, &i, "--nsamples"))) a.nsamples = (int)cli_long("--nsamples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) a.seed = (uint64_t)cli_long("--seed", v, 0, LONG_MAX);
@@ -103,19 +114,48 @@ static int32_t pad_token_id(const char *model, const ar_tokenizer *tok)
     return id;
 }
 
-static char *meta_json(const calib_args *a, const ar_calib_samples *s, const ar_config *c, const char *digest,
-                       int32_t pad_id)
+/* The dataset as META records it: each file's real path with its options
+ * (one plain file: just its path, as before). */
+static char *dataset_desc(const ar_calib_spec *sp)
 {
-    char apath[PATH_MAX], dpath[PATH_MAX];
+    size_t cap = 256, n = 0;
+    char *d = malloc(cap);
+    if (!d) cli_die("out of memory");
+    d[0] = 0;
+    for (int i = 0; i < sp->n; i++) {
+        const ar_calib_source *src = &sp->src[i];
+        char dpath[PATH_MAX], opts[64];
+        if (!strcmp(src->path, "-") || !realpath(src->path, dpath)) snprintf(dpath, sizeof dpath, "%s", src->path);
+        snprintf(opts, sizeof opts, "%s%.0d%s%s", src->num > 0 ? ":num=" : "", src->num > 0 ? src->num : 0,
+                 src->concat ? ":concat" : "", src->chat && !src->system_prompt ? ":apply_chat_template" : "");
+        const char *sys = src->system_prompt ? src->system_prompt : NULL;
+        size_t need = n + strlen(dpath) + strlen(opts) + (sys ? strlen(sys) + 16 : 0) + 2;
+        if (need > cap) {
+            char *nd = realloc(d, cap = need * 2);
+            if (!nd) cli_die("out of memory");
+            d = nd;
+        }
+        n += (size_t)sprintf(d + n, "%s%s%s%s%s", i ? "," : "", dpath, opts, sys ? ":system_prompt=" : "", sys ? sys : "");
+    }
+    return d;
+}
+
+static char *meta_json(const calib_args *a, const ar_calib_spec *sp, const ar_calib_samples *s, const ar_config *c,
+                       const char *digest, int32_t pad_id)
+{
+    char apath[PATH_MAX];
     if (!realpath(a->model, apath)) snprintf(apath, sizeof apath, "%s", a->model);
-    if (strcmp(a->dataset, "-") == 0 || !realpath(a->dataset, dpath)) snprintf(dpath, sizeof dpath, "%s", a->dataset);
+    char *dpath = dataset_desc(sp);
     cJSON *m = cJSON_CreateObject();
     cJSON_AddStringToObject(m, "ar", "calib");
     cJSON_AddNumberToObject(m, "version", 1);
     cJSON_AddStringToObject(m, "model", apath);
     cJSON_AddStringToObject(m, "config_fnv1a64", digest);
     cJSON_AddStringToObject(m, "dataset", dpath);
-    cJSON_AddStringToObject(m, "sampling", s->mode == AR_CALIB_WINDOWS ? "windows" : "documents");
+    free(dpath);
+    cJSON_AddStringToObject(m, "sampling", s->mode == AR_CALIB_WINDOWS     ? "windows"
+                                           : s->mode == AR_CALIB_DOCUMENTS ? "documents"
+                                                                           : "mixed");
     cJSON_AddNumberToObject(m, "nsamples", s->n);
     cJSON_AddNumberToObject(m, "seqlen", s->seqlen);
     cJSON_AddNumberToObject(m, "seed", (double)a->seed);
@@ -150,26 +190,89 @@ static void write_hidden(ar_stream_writer *w, ar_model *m, const ar_calib_sample
     free(buf);
 }
 
+/* --dump-text: the rows' texts as JSONL, nothing written on error. */
+static int dump_text(const calib_args *a, ar_calib_spec *sp)
+{
+    size_t cap = 1 << 16, n = 0;
+    char *buf = malloc(cap);
+    int fallbacks = 0;
+    if (!buf) cli_die("out of memory");
+    for (int i = 0; i < sp->n; i++) {
+        char **texts;
+        size_t nt;
+        if (ar_calib_texts(a->model, &sp->src[i], &texts, &nt, &fallbacks)) cli_die_lib();
+        for (size_t k = 0; k < nt; k++) {
+            cJSON *o = cJSON_CreateObject();
+            cJSON_AddStringToObject(o, "text", texts[k]);
+            char *line = cJSON_PrintUnformatted(o);
+            cJSON_Delete(o);
+            if (!line) cli_die("out of memory");
+            size_t l = strlen(line);
+            if (n + l + 2 > cap) {
+                while (n + l + 2 > cap) cap *= 2;
+                char *nb = realloc(buf, cap);
+                if (!nb) cli_die("out of memory");
+                buf = nb;
+            }
+            memcpy(buf + n, line, l);
+            n += l;
+            buf[n++] = '\n';
+            free(line);
+            free(texts[k]);
+        }
+        free(texts);
+    }
+    if (fallbacks)
+        fprintf(stderr, "ar-calib: warning: the chat template refused %d conversations with a system message; "
+                        "they were rendered without it (as AutoRound does)\n", fallbacks);
+    FILE *f = cli_out_open(a->out, 0);
+    if (fwrite(buf, 1, n, f) != n) cli_die("%s: write error", a->out ? a->out : "<stdout>");
+    cli_out_commit(f);
+    free(buf);
+    ar_calib_spec_free(sp);
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("ar-calib");
     calib_args a = parse_args(argc, argv);
-    check_dataset_path(a.dataset);
+    ar_calib_spec sp;
+    if (ar_calib_spec_parse(a.dataset, &sp)) cli_die_lib();
+    for (int i = 0; i < sp.n; i++) {
+        check_dataset_path(sp.src[i].path);
+        sp.src[i].chat |= a.chat;
+    }
+    if (a.dump_text) return dump_text(&a, &sp);
     ar_tokenizer *tok = ar_tokenizer_load(a.model);
     if (!tok) cli_die_lib();
-    ar_model *m = ar_model_open(a.model, 0);
-    if (!m) cli_die_lib();
+    ar_model *m = a.dump_ids ? NULL : ar_model_open(a.model, 0);
+    if (!m && !a.dump_ids) cli_die_lib();
     ar_calib_samples s;
-    if (ar_calib_build(tok, a.dataset, a.nsamples, a.seqlen, a.seed, &s)) cli_die_lib();
+    if (ar_calib_build_spec(tok, a.model, &sp, a.nsamples, a.seqlen, a.seed, &s)) cli_die_lib();
+    if (s.chat_fallbacks)
+        fprintf(stderr, "ar-calib: warning: the chat template refused %d conversations with a system message; "
+                        "they were rendered without it (as AutoRound does)\n", s.chat_fallbacks);
     if (s.n < a.nsamples)
         fprintf(stderr, "ar-calib: warning: only %d of %d samples reach %d tokens\n", s.n, a.nsamples, a.seqlen);
 
+    if (a.dump_ids) {
+        FILE *f = cli_out_open(a.out, 0);
+        for (int i = 0; i < s.n; i++)
+            for (int k = 0; k < s.seqlen; k++)
+                fprintf(f, "%s%d%s", k ? ", " : "[", s.ids[(size_t)i * s.seqlen + k], k + 1 == s.seqlen ? "]\n" : "");
+        cli_out_commit(f);
+        ar_calib_free(&s);
+        ar_calib_spec_free(&sp);
+        ar_tokenizer_free(tok);
+        return 0;
+    }
     FILE *f = cli_out_open(a.out, 1);
     ar_stream_writer *w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
     if (!w) cli_die_lib();
     char digest[17];
     if (ar_config_digest(a.model, digest)) cli_die_lib();
-    char *meta = meta_json(&a, &s, ar_model_config(m), digest, pad_token_id(a.model, tok));
+    char *meta = meta_json(&a, &sp, &s, ar_model_config(m), digest, pad_token_id(a.model, tok));
     int64_t ishape[2] = {s.n, s.seqlen};
     if (ar_stream_write_meta(w, meta) || ar_stream_write_tensor(w, "input_ids", AR_I32, 2, ishape, "{}", s.ids))
         cli_die_lib();
@@ -178,6 +281,7 @@ int main(int argc, char **argv)
     cli_out_commit(f);
     free(meta);
     ar_calib_free(&s);
+    ar_calib_spec_free(&sp);
     ar_model_close(m);
     ar_tokenizer_free(tok);
     return 0;

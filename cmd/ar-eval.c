@@ -16,6 +16,7 @@
 #include "model.h"
 #include "model_open.h"
 #include "runtime.h"
+#include "tasks.h"
 #include "tokenizer.h"
 #include <errno.h>
 #include <limits.h>
@@ -31,6 +32,8 @@ static const char usage[] =
     "usage: ar-eval --model DIR --text FILE [--seqlen 512] [--windows N] [--batch B]\n"
     "               [--kl-base DIR] [--json] [--stream] [--quiet|--verbose]\n"
     "       ar-eval --model DIR --prompt TEXT [-n 64] [--json]\n"
+    "       ar-eval --model DIR --tasks T1,T2 --task_data DIR [--num_fewshot K] [--limit N]\n"
+    "               [--batch B] [--samples FILE] [--json]\n"
     "\n"
     "Perplexity of FILE: the whole file is tokenized (BOS only if the tokenizer's\n"
     "post-processor adds one), cut into non-overlapping windows of --seqlen tokens\n"
@@ -54,7 +57,18 @@ static const char usage[] =
     "  --json         one JSON object on stdout\n"
     "Generation: greedy (argmax) continuation of --prompt for -n tokens, stopping\n"
     "at the model's EOS; prints the text (with --json also the ids).\n"
-    "  --verbose      also peak resident memory on stderr\n";
+    "  --verbose      also peak resident memory on stderr\n"
+    "Tasks: lm-eval-harness's lambada_openai, piqa, hellaswag, arc_easy, arc_challenge,\n"
+    "winogrande and mmlu, scored as its Hugging Face model scores them, from local\n"
+    "rows DIR/<task>.jsonl (the Hugging Face dataset's fields; few-shot rows from\n"
+    "DIR/<task>.train.jsonl, mmlu's from DIR/mmlu.dev.jsonl). --batch: requests per\n"
+    "forward (default 16 here). Prints lm-eval's results object with --json.\n"
+    "  --num_fewshot K   examples before each document (default 0), drawn as lm-eval\n"
+    "                    draws them with its seed 1234\n"
+    "  --limit N         only the first N documents of each task\n"
+    "  --max_length L    tokens kept from the left (default: max_position_embeddings)\n"
+    "  --bootstrap_iters N  resamples for lambada's perplexity stderr (default 100000)\n"
+    "  --samples FILE    one JSON line per document: log-likelihoods and metrics\n";
 
 typedef struct {
     const char *model, *text, *kl_base, *prompt, *device, *act_quant;
@@ -63,11 +77,30 @@ typedef struct {
     int act_linears;        /* linears whose input is fake-quantized (set in main) */
     const char *kv_quant;   /* --kv_quant: "auto" or "none" */
     int kv_layers;          /* layers whose K/V are FP8 fake-quantized (set in main) */
+    const char *tasks, *task_data, *samples;   /* --tasks mode */
+    long num_fewshot, limit, max_length, bootstrap_iters;
+    int batch_given;
 } opts;
+
+/* The --tasks flags; 1 when argv[*i] was one. */
+static int task_flag(int argc, char **argv, int *i, opts *o)
+{
+    const char *v;
+    if ((v = cli_value(argc, argv, i, "--tasks"))) o->tasks = v;
+    else if ((v = cli_value(argc, argv, i, "--task_data"))) o->task_data = v;
+    else if ((v = cli_value(argc, argv, i, "--samples"))) o->samples = v;
+    else if ((v = cli_value(argc, argv, i, "--num_fewshot"))) o->num_fewshot = cli_long("--num_fewshot", v, 0, 1000);
+    else if ((v = cli_value(argc, argv, i, "--limit"))) o->limit = cli_long("--limit", v, 1, INT_MAX);
+    else if ((v = cli_value(argc, argv, i, "--max_length"))) o->max_length = cli_long("--max_length", v, 2, 1 << 20);
+    else if ((v = cli_value(argc, argv, i, "--bootstrap_iters")))
+        o->bootstrap_iters = cli_long("--bootstrap_iters", v, 0, 100000000);
+    else return 0;
+    return 1;
+}
 
 static opts parse_args(int argc, char **argv)
 {
-    opts o = {.seqlen = 512, .windows = -1, .batch = 1, .n_new = 64, .act_quant = "auto"};
+    opts o = {.seqlen = 512, .windows = -1, .batch = 1, .n_new = 64, .act_quant = "auto", .bootstrap_iters = 100000};
     const char *v;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -81,7 +114,7 @@ static opts parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--prompt"))) o.prompt = v;
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) o.seqlen = cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--windows"))) o.windows = cli_long("--windows", v, 1, INT_MAX);
-        else if ((v = cli_value(argc, argv, &i, "--batch"))) o.batch = cli_long("--batch", v, 1, 4096);
+        else if ((v = cli_value(argc, argv, &i, "--batch"))) o.batch = cli_long("--batch", v, 1, 4096), o.batch_given = 1;
         else if ((v = cli_value(argc, argv, &i, "-n"))) o.n_new = cli_long("-n", v, 0, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--device"))) o.device = v;
         else if ((v = cli_value(argc, argv, &i, "--threads"))) o.threads = cli_long("--threads", v, 1, 4096);
@@ -90,10 +123,13 @@ static opts parse_args(int argc, char **argv)
             if (strcmp(v, "auto") && strcmp(v, "none")) cli_usage_error("--kv_quant: '%s' is not auto or none", v);
             o.kv_quant = v;
         }
+        else if (task_flag(argc, argv, &i, &o)) continue;
         else cli_usage_error("unknown argument '%s'", a);
     }
     if (!o.model) cli_usage_error("--model DIR is required");
-    if (!o.text == !o.prompt) cli_usage_error("give exactly one of --text FILE or --prompt TEXT");
+    if (!!o.text + !!o.prompt + !!o.tasks != 1) cli_usage_error("give exactly one of --text FILE, --prompt TEXT or --tasks LIST");
+    if (o.tasks && !o.task_data) cli_usage_error("--tasks needs --task_data DIR");
+    if (o.tasks && o.kl_base) cli_usage_error("--kl-base does not apply to --tasks");
     if (o.kl_base && !o.text) cli_usage_error("--kl-base needs --text");
     return o;
 }
@@ -314,6 +350,37 @@ static void run_generate(const opts *o, ar_tokenizer *tok, ar_model *m)
     free(text); free(out); free(ids); free(h); free(logits);
 }
 
+/* ---- lm-eval tasks ---------------------------------------------------------- */
+
+static void task_progress(void *arg, const char *task, int done, int total)
+{
+    cli_progress_line(task, done, total, *(double *)arg, NULL);
+}
+
+static void run_tasks(const opts *o, ar_tokenizer *tok, ar_model *m, ar_model_gpu *gpu)
+{
+    ar_tasks_opts t;
+    ar_tasks_opts_default(&t);
+    t.tasks = o->tasks;
+    t.data_dir = o->task_data;
+    t.num_fewshot = (int)o->num_fewshot;
+    t.limit = o->limit;
+    t.max_length = (int)o->max_length;
+    t.bootstrap_iters = o->bootstrap_iters;
+    if (o->batch_given) t.batch = (int)o->batch;
+    double t0 = cli_now();
+    t.progress = task_progress;
+    t.progress_arg = &t0;
+    FILE *samples = o->samples ? cli_out_open(o->samples, 0) : NULL;
+    t.samples = samples;
+    char *json = ar_tasks_run(&t, m, gpu, tok);
+    if (!json) cli_die_lib();
+    if (o->json) printf("%s\n", json);
+    else ar_tasks_print_table(stdout, json);
+    if (samples) cli_out_commit(samples);
+    free(json);
+}
+
 static void report_rss(void)
 {
     struct rusage ru;
@@ -384,8 +451,9 @@ int main(int argc, char **argv)
     o.act_linears = apply_act_quant(&o, m);
     o.kv_layers = apply_kv_quant(&o, m);
     /* the GPU forward has no activation or KV quantizers: those models score on the CPU */
-    ar_model_gpu *gpu = o.text && !base && !o.act_linears && !o.kv_layers ? open_gpu(o.device, m) : NULL;
-    if (o.text) run_ppl(&o, tok, m, base, gpu);
+    ar_model_gpu *gpu = (o.text || o.tasks) && !base && !o.act_linears && !o.kv_layers ? open_gpu(o.device, m) : NULL;
+    if (o.tasks) run_tasks(&o, tok, m, gpu);
+    else if (o.text) run_ppl(&o, tok, m, base, gpu);
     else run_generate(&o, tok, m);
     report_rss();
     cli_out_commit(stdout);

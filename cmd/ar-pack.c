@@ -2,14 +2,18 @@
  * that other programs load: auto_round, auto_gptq, auto_awq, fake (HF
  * safetensors folders) and gguf:<type> (one llama.cpp file). A comma list
  * writes several outputs in one pass: OUT for a single format, OUT/<format>
- * for several. Every output is written under a temporary name and renamed when
- * complete. */
+ * for several. A GGUF output given an existing folder (or a path ending in
+ * '/') is written into it under llama.cpp's file name; --layout autoround puts
+ * everything where AutoRound 0.16.1 would (output_names.h). Every output is
+ * written under a temporary name and renamed when complete. */
 #include "cli.h"
 #include "error.h"
 #include "export.h"
+#include "output_names.h"
 #include "pack_gguf.h"
 #include "packing.h"
 #include "safetensors_writer.h"
+#include "scheme.h"
 #include "tuned_stream.h"
 #include <errno.h>
 #include <stdio.h>
@@ -21,27 +25,41 @@
 
 static const char usage[] =
     "usage: ar-pack [-i STREAM|-] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
+    "               [--layout plain|autoround [--layout_formats F[,F...]] [--layout_scheme NAME]]\n"
     "F: auto_round (default), auto_gptq, auto_awq, llm_compressor, fake, gguf:<type> (q4_0, q4_1, q5_0, q5_1, q8_0,\n"
     "   q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k).\n"
-    "Reads ar-tune's stream (ar-stream(5)) from standard input or -i.\n";
+    "Reads ar-tune's stream (ar-stream(5)) from standard input or -i. --layout plain (default): OUT for one\n"
+    "format, OUT/<format> for several; a GGUF format with -o an existing folder or DIR/ writes DIR/<llama.cpp name>.gguf.\n"
+    "--layout autoround: AutoRound's names under OUT (OUT/<model>-w4g128/..., GGUF as OUT/<model>-gguf/<name>.gguf);\n"
+    "--layout_formats: the whole run's --format list when a run is split across ar-pack calls (auto-round does);\n"
+    "--layout_scheme: the preset the folder is named after (default: the stream's; AutoScheme: the first candidate).\n";
 
 enum { MAX_FORMATS = 8 };
 
 typedef struct {
-    const char *in, *out, *model, *formats, *shard;
+    const char *in, *out, *model, *formats, *shard, *layout_formats, *layout_scheme;
+    int autoround_layout;
 } pack_args;
 
 static pack_args parse_args(int argc, char **argv)
 {
-    pack_args a = {NULL, NULL, NULL, "auto_round", NULL};
+    pack_args a = {NULL, NULL, NULL, "auto_round", NULL, NULL, NULL, 0};
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
         if (cli_io_flag(argc, argv, &i, usage, "--output_dir", &a.in, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--format"))) a.formats = v;
         else if ((v = cli_value(argc, argv, &i, "--max_shard_size"))) a.shard = v;
-        else cli_usage_error("unknown argument '%s'", s);
+        else if ((v = cli_value(argc, argv, &i, "--layout_formats"))) a.layout_formats = v;
+        else if ((v = cli_value(argc, argv, &i, "--layout_scheme"))) a.layout_scheme = v;
+        else if ((v = cli_value(argc, argv, &i, "--layout"))) {
+            if (strcmp(v, "plain") && strcmp(v, "autoround"))
+                cli_usage_error("--layout: '%s' is not plain or autoround", v);
+            a.autoround_layout = !strcmp(v, "autoround");
+        } else cli_usage_error("unknown argument '%s'", s);
     }
     if (!a.out) cli_usage_error("-o DIR is required");
+    if ((a.layout_formats || a.layout_scheme) && !a.autoround_layout)
+        cli_usage_error("%s needs --layout autoround", a.layout_formats ? "--layout_formats" : "--layout_scheme");
     if (!a.in && isatty(0)) cli_usage_error("give ar-tune's stream on standard input or with -i FILE");
     return a;
 }
@@ -49,9 +67,53 @@ static pack_args parse_args(int argc, char **argv)
 /* One output being written. */
 typedef struct {
     char name[64], dir[4096];
+    int gguf_dir;             /* gguf: dir is a folder, the file inside named by llama.cpp's convention */
     ar_export *hf;            /* HF folder formats */
     ar_pack_gguf *gguf;       /* gguf:<type> */
 } output;
+
+/* mkdir -p the folders above path. */
+static void make_parents(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++) {
+        if (*p != '/') continue;
+        *p = 0;
+        if (mkdir(buf, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", buf, strerror(errno));
+        *p = '/';
+    }
+}
+
+/* The attributes the folder is named after: --layout_scheme's preset, or the stream's. */
+static ar_tuned_attrs layout_attrs(const pack_args *a, const ar_tuned_meta *m)
+{
+    if (!a->layout_scheme) return m->attrs;
+    ar_scheme s;
+    if (ar_scheme_preset(&s, a->layout_scheme)) cli_usage_error("--layout_scheme: %s", ar_last_error());
+    ar_tuned_attrs t = {.bits = s.bits, .group_size = s.group_size, .sym = s.sym, .group_2d = s.group_2d,
+                        .act_bits = s.act_bits, .act_group_size = s.act_group_size, .act_sym = s.act_sym,
+                        .act_dynamic = s.act_dynamic};
+    snprintf(t.data_type, sizeof t.data_type, "%s", s.data_type);
+    snprintf(t.act_data_type, sizeof t.act_data_type, "%s", s.act_data_type);
+    return t;
+}
+
+/* Where format o->name goes under --layout autoround. */
+static void autoround_dir(const pack_args *a, const ar_tuned_meta *m, output *o)
+{
+    char run[1024], rel[2048];
+    ar_tuned_attrs t = layout_attrs(a, m);
+    if (ar_autoround_run_formats(a->layout_formats ? a->layout_formats : a->formats, o->name, run, sizeof run) ||
+        ar_autoround_output_dir(m->model, run, o->name, &t, m->mixed_bits, rel, sizeof rel))
+        cli_die_lib();
+    size_t n = strlen(a->out);
+    while (n > 1 && a->out[n - 1] == '/') n--;
+    if (rel[0]) snprintf(o->dir, sizeof o->dir, "%.*s/%s", (int)n, a->out, rel);
+    else snprintf(o->dir, sizeof o->dir, "%.*s", (int)n, a->out);
+    o->gguf_dir = !strncmp(o->name, "gguf:", 5);
+    make_parents(o->dir);
+}
 
 static void open_outputs(const pack_args *a, const ar_tuned_meta *m, output *outs, int *nout)
 {
@@ -64,19 +126,30 @@ static void open_outputs(const pack_args *a, const ar_tuned_meta *m, output *out
         memset(o, 0, sizeof *o);
         snprintf(o->name, sizeof o->name, "%s", f);
         for (char *p = o->name; *p; p++) *p = (char)(*p >= 'A' && *p <= 'Z' ? *p + 32 : *p);
-        if (strchr(a->formats, ',')) {
+        if (a->autoround_layout) autoround_dir(a, m, o);
+        else if (strchr(a->formats, ',')) {
             char safe[64];
             memcpy(safe, o->name, sizeof safe);   /* both 64 bytes, NUL-terminated */
             for (char *p = safe; *p; p++) if (*p == ':') *p = '-';
             snprintf(o->dir, sizeof o->dir, "%s/%s", a->out, safe);
-        } else snprintf(o->dir, sizeof o->dir, "%s", a->out);
+        } else {
+            struct stat sb;
+            snprintf(o->dir, sizeof o->dir, "%s", a->out);
+            size_t len = strlen(a->out);
+            o->gguf_dir = !strncmp(o->name, "gguf:", 5) &&
+                          ((len && a->out[len - 1] == '/') || (stat(a->out, &sb) == 0 && S_ISDIR(sb.st_mode)));
+            /* "DIR/" as DIR, so that the interrupt guard below sees its name */
+            for (size_t k = strlen(o->dir); o->gguf_dir && k > 1 && o->dir[k - 1] == '/';) o->dir[--k] = 0;
+        }
     }
-    if (n > 1 && mkdir(a->out, 0755) && errno != EEXIST) cli_die("%s: cannot create: %s", a->out, strerror(errno));
+    if (n > 1 && !a->autoround_layout && mkdir(a->out, 0755) && errno != EEXIST)
+        cli_die("%s: cannot create: %s", a->out, strerror(errno));
     for (int i = 0; i < n; i++) {
         output *o = &outs[i];
         cli_out_guard(o->dir);    /* an interrupted run removes the writers' "DIR.tmp*" names */
         if (!strncmp(o->name, "gguf:", 5)) {
-            o->gguf = ar_pack_gguf_open(m->model, o->dir, o->name + 5, m->scheme);
+            o->gguf = o->gguf_dir ? ar_pack_gguf_open_dir(m->model, o->dir, o->name + 5, m->scheme)
+                                  : ar_pack_gguf_open(m->model, o->dir, o->name + 5, m->scheme);
             if (!o->gguf) cli_die_lib();
             continue;
         }
@@ -173,10 +246,12 @@ int main(int argc, char **argv)
     }
     if (rc < 0) cli_die_lib();
     for (int i = 0; i < nout; i++) {
-        int frc = outs[i].hf ? ar_export_finish(outs[i].hf) : ar_pack_gguf_finish(outs[i].gguf);
+        char path[8192];
+        snprintf(path, sizeof path, "%s", outs[i].dir);
+        int frc = outs[i].hf ? ar_export_finish(outs[i].hf) : ar_pack_gguf_finish_path(outs[i].gguf, path, sizeof path);
         if (frc) cli_die_lib();
         outs[i].hf = NULL; outs[i].gguf = NULL;
-        if (cli_progress) fprintf(stderr, "ar-pack: wrote %s\n", outs[i].dir);
+        if (cli_progress) fprintf(stderr, "ar-pack: wrote %s\n", path);
     }
     ar_tuned_reader_close(r);
     return 0;

@@ -25,7 +25,8 @@ static const char usage[] =
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
-    "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--threads N] [--checkpoint DIR]\n"
+    "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--gpu_chain_budget MIB] [--threads N]\n"
+    "               [--checkpoint DIR]\n"
     "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
@@ -93,6 +94,8 @@ static tune_args parse_args(int argc, char **argv)
         }
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
         else if (flag(s, "--low_gpu_mem_usage")) o->low_gpu_mem = 1;
+        else if ((v = cli_value(argc, argv, &i, "--gpu_chain_budget")))
+            o->gpu_chain_budget_mib = cli_double("--gpu_chain_budget", v, -1, 1e9);
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) o->checkpoint = v;
         else cli_usage_error("unknown argument '%s'", s);
     }
@@ -199,6 +202,7 @@ static void on_event(void *ctx, ar_tune_event ev, int a, int b, const char *text
     if (ev == AR_TUNE_EV_DEVICE && cli_progress >= 2) fprintf(stderr, "ar-tune: running on %s\n", text);
     if (!cli_progress) return;
     if (ev == AR_TUNE_EV_LAYER_CONFIG) fprintf(stderr, "ar-tune: using the stream's layer config (%d layers)\n", a);
+    if (ev == AR_TUNE_EV_GPU_TRANSFERS) fprintf(stderr, "ar-tune: gpu transfers: %s\n", text);
     if (ev == AR_TUNE_EV_LFQ_ON_CPU) fprintf(stderr, "ar-tune: block %d/%d tunes on the CPU (--enable_lfq)\n", a + 1, b);
     if (ev == AR_TUNE_EV_RESUME)
         fprintf(stderr, a < b ? "ar-tune: resuming at block %d/%d from %s\n"

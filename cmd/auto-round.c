@@ -25,7 +25,8 @@
 
 static const char usage[] =
     "usage: auto-round [--model] DIR [--scheme W4A16] [--bits N] [--group_size G] [--sym|--asym]\n"
-    "                  [--format auto_round[,F...]] [--output_dir ./tmp_autoround] [--dataset FILE]\n"
+    "                  [--format auto_round[,F...]] [--output_dir ./tmp_autoround] [--dataset SPEC]\n"
+    "                  [--apply_chat_template]\n"
     "                  [--iters 200] [--lr X] [--minmax_lr X] [--nsamples 128] [--seqlen 2048]\n"
     "                  [--batch_size 8] [--gradient_accumulate_steps 1] [--layer_config FILE.json]\n"
     "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--enable_lfq] [--seed 42]\n"
@@ -33,14 +34,20 @@ static const char usage[] =
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
     "                  [--schemes W2A16G64,W4A16 --bits X [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
-    "                  [--quiet|--verbose|--progress]\n"
+    "                  [--layout autoround|plain] [--quiet|--verbose|--progress]\n"
     "Runs ar-calib | ar-tune | ar-pack (installed next to auto-round) with AutoRound's defaults;\n"
     "--schemes (AutoScheme mixed bits, --bits X being the average) adds ar-scheme after ar-calib;\n"
     "--avg_bits/--target_bits X and --options S... are the older spellings of --bits and --schemes.\n"
-    "Calibration data is a local file: --dataset FILE (.txt or .jsonl, optionally .zst) is required\n"
-    "unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT; several write\n"
+    "Calibration data is local: --dataset FILE (.txt or .jsonl, optionally .zst), or AutoRound's\n"
+    "'a.jsonl:num=64,b.txt:num=64' with :num=N, :concat, :apply_chat_template, :system_prompt=TEXT\n"
+    "(see ar-calib(1)); --apply_chat_template renders every .jsonl row with the model's chat template.\n"
+    "A dataset is required unless --iters 0 --disable_opt_rtn (plain RTN). One --format writes OUT;\n"
+    "several write\n"
     "OUT/<format> each (':' becomes '-'). --keep_streams DIR keeps DIR/calib.ars and DIR/tune.ars;\n"
     "--dry_run prints the commands instead of running them.\n"
+    "Those paths are --layout plain's; by default outputs go where AutoRound 0.16.1 puts them:\n"
+    "OUT/<model>-w4g128/ (a subfolder per format for several), GGUF files as\n"
+    "OUT/<model>-gguf/<Name>-<Size>-<TYPE>.gguf (man auto-round, OUTPUT LAYOUT).\n"
     "Exit status: 0 success, 1 a stage failed, 2 usage error.\n";
 
 enum { MAX_SHARED = 16 };
@@ -51,6 +58,8 @@ typedef struct {
     const char *model, *scheme, *bits, *group_size, *layer_config, *format, *output_dir, *dataset;
     const char *iters, *lr, *minmax_lr, *nsamples, *seqlen, *batch_size, *gas, *seed, *device;
     const char *max_shard_size, *keep_streams, *recipe, *verbosity;
+    const char *layout;                 /* "autoround" (AutoRound's folder and file names) or "plain" */
+    char layout_scheme[64];             /* AutoScheme: the first candidate, which AutoRound names the folder after */
     double bits_value;                  /* bits as a number (AutoRound parses --bits as a float) */
     const char *avg_bits;               /* with --schemes: bits, the AutoScheme target run by ar-scheme */
     int has_schemes;                    /* --schemes/--options given: AutoScheme */
@@ -59,6 +68,7 @@ typedef struct {
     char *shared[MAX_SHARED];           /* --shared_layers groups, each comma-joined */
     int nshared, ignore_scale_zp_bits;
     int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
+    int apply_chat_template; /* --apply_chat_template: ar-calib renders .jsonl rows with the chat template */
     int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
     const char *static_kv_dtype, *static_kv_granularity;   /* AutoRound's static KV-cache flags */
 } options;
@@ -74,6 +84,7 @@ static const struct {
     {{"--layer_config"}, offsetof(options, layer_config)},
     {{"--format", "--formats"}, offsetof(options, format)},
     {{"--output_dir"}, offsetof(options, output_dir)},
+    {{"--layout"}, offsetof(options, layout)},
     {{"--dataset"}, offsetof(options, dataset)},
     {{"--iters", "--iter"}, offsetof(options, iters)},
     {{"--lr"}, offsetof(options, lr)},
@@ -109,6 +120,7 @@ static const struct {
     {"--disable_quanted_input", offsetof(options, disable_quanted_input), 1},
     {"--dry_run", offsetof(options, dry_run), 1},
     {"--ignore_scale_zp_bits", offsetof(options, ignore_scale_zp_bits), 1},
+    {"--apply_chat_template", offsetof(options, apply_chat_template), 1},
 };
 
 /* AutoRound switches that change nothing here (defaults, or speed/memory
@@ -289,6 +301,9 @@ static void resolve_bits(options *o)
             cli_usage_error("--scheme and --schemes cannot be used together: give only --schemes");
         if (!o->bits) cli_usage_error("--schemes: give the average bits to aim for with --bits X");
         o->avg_bits = strdup(number_text(o->bits_value));
+        /* parse_scheme (auto_round/schemes.py) binds the run's attributes to options[0] */
+        snprintf(o->layout_scheme, sizeof o->layout_scheme, "%.*s", (int)strcspn(o->scheme_options, ","),
+                 o->scheme_options);
         if (!o->avg_bits) cli_die("out of memory");
         o->bits = NULL;
         o->scheme = NULL;
@@ -348,6 +363,9 @@ static options parse_args(int argc, char **argv)
     }
     if (!o.model) cli_usage_error("give the model folder: auto-round --model DIR");
     if (!o.recipe) o.recipe = recipe_from_name(argv[0]);
+    if (!o.layout) o.layout = "autoround";
+    if (strcmp(o.layout, "autoround") && strcmp(o.layout, "plain"))
+        cli_usage_error("--layout: '%s' is not autoround or plain", o.layout);
     resolve_bits(&o);
     if (o.avg_bits && o.layer_config)
         cli_usage_error("--schemes and --layer_config both set the per-layer schemes: give one");
@@ -484,6 +502,7 @@ static void build_calib(stage *s, const options *o, const char *out)
     stage_init(s, "ar-calib", o);
     push_opt(s, "--model", o->model);
     push_opt(s, "--dataset", o->dataset);
+    if (o->apply_chat_template) push(s, "--apply_chat_template");
     push_opt(s, "--nsamples", o->nsamples);
     push_opt(s, "--seqlen", o->seqlen);
     push_opt(s, "--seed", o->seed);
@@ -544,6 +563,7 @@ typedef struct {
     char formats[512];         /* comma list for ar-pack */
     const char *out;           /* ar-pack -o */
     const char *stream;        /* the tuned stream between the two ("-": a pipe) */
+    const char *run_formats;   /* --layout autoround with several passes: the whole --format list */
 } pass;
 
 /* --static_kv_dtype: AutoRound's fp8 (float8_e4m3fn) with "tensor" granularity. */
@@ -588,6 +608,9 @@ static void build_tune(stage *s, const options *o, const pass *p, const char *in
     push_opt(s, "-o", p->stream);
 }
 
+/* AutoRound's folder and file names: ar-pack --layout autoround under OUT. */
+static int is_autoround_layout(const options *o) { return !strcmp(o->layout, "autoround"); }
+
 static void build_pack(stage *s, const options *o, const pass *p)
 {
     stage_init(s, "ar-pack", o);
@@ -595,6 +618,11 @@ static void build_pack(stage *s, const options *o, const pass *p)
     push_opt(s, "--format", p->formats);
     push_opt(s, "--max_shard_size", o->max_shard_size);
     push_opt(s, "-o", p->out);
+    if (is_autoround_layout(o)) {
+        push_opt(s, "--layout", "autoround");
+        push_opt(s, "--layout_formats", p->run_formats);
+        if (o->layout_scheme[0]) push_opt(s, "--layout_scheme", o->layout_scheme);
+    }
 }
 
 static char *join_path(const char *dir, const char *name)
@@ -663,7 +691,8 @@ static int split_passes(const options *o, pass *ps)
     }
     for (int i = 0; i < n; i++) {
         pass *p = &ps[i];
-        if (nfmt == 1) p->out = o->output_dir;
+        p->run_formats = n > 1 || !ps[0].formats[0] ? o->format : NULL;
+        if (nfmt == 1 || is_autoround_layout(o)) p->out = o->output_dir;
         else if (!strchr(p->formats, ',')) p->out = p->formats[0] ? format_dir(o->output_dir, p->formats) : NULL;
         else p->out = o->output_dir;  /* ar-pack writes OUT/<format> for a list */
     }
@@ -678,8 +707,9 @@ static void build_plan(plan *pl, const options *o)
 {
     int calib = needs_calibration(o);
     if (calib && !o->dataset)
-        cli_usage_error("--dataset FILE is required for SignRound and opt-RTN: calibration data is a local .txt or "
-                        ".jsonl file (AutoRound's default NeelNanda/pile-10k is not downloaded); "
+        cli_usage_error("--dataset FILE is required for SignRound and opt-RTN: calibration data is local .txt or "
+                        ".jsonl files, mixed with AutoRound's 'a.jsonl:num=64,b.txt' syntax (AutoRound's default "
+                        "NeelNanda/pile-10k is not downloaded); "
                         "plain RTN (--iters 0 --disable_opt_rtn) needs none");
     memset(pl, 0, sizeof *pl);
     pass *ps = pl->ps;
@@ -880,7 +910,7 @@ int main(int argc, char **argv)
     if (cli_progress >= 2) print_plan(stderr, &pl);
     if (o.keep_streams) make_dirs(o.keep_streams);
     if (pl.tmp_dir) make_dirs(pl.tmp_dir);
-    if (strchr(o.format, ',')) make_dirs(o.output_dir);
+    if (strchr(o.format, ',') && !is_autoround_layout(&o)) make_dirs(o.output_dir);
     else make_parent_dirs(o.output_dir);
     double t0 = cli_now();
     int rc = run_plan(&pl);

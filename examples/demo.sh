@@ -34,7 +34,7 @@ row() {
   name=$1 ar_s=$2 ar_h=$3 ar_w=$4; shift 5
   rm -rf "$OUT/$name"
   t0=$(date +%s.%N)
-  "$AR_BIN/auto-round" --model "$M" --output_dir "$OUT/$name" --seed 42 --quiet "$@"
+  "$AR_BIN/auto-round" --model "$M" --output_dir "$OUT/$name" --layout plain --seed 42 --quiet "$@"
   secs=$(awk -v a="$t0" -v b="$(date +%s.%N)" 'BEGIN { print b - a }')
   h=$(ppl "$OUT/$name" "$HELDOUT")
   w=$(ppl "$OUT/$name" "$WIKI")

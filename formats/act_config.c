@@ -118,9 +118,10 @@ static float stored_act_max(const folder_ctx *f, const char *layer, const ar_sch
     return nv ? E4M3_MAX * FP4_MAX / v : v * E4M3_MAX;
 }
 
-/* Specs of block l's linears into spec/aq; adds their count to *count. */
+/* Specs of block l's linears into spec/aq (bd->nlinear each); adds their
+ * count to *count. */
 static int block_specs(ar_model *m, const folder_ctx *f, const ar_block_desc *bd, int l,
-                       ar_act_spec spec[AR_NLINEAR], const ar_act_spec *aq[AR_NLINEAR], int *count)
+                       ar_act_spec *spec, const ar_act_spec **aq, int *count)
 {
     for (int i = 0; i < bd->nlinear; i++) {
         char layer[256];
@@ -166,12 +167,14 @@ int ar_model_act_quant_from_folder(ar_model *m, const char *dir)
         f.ct = !strcmp(method->valuestring, "compressed-tensors");
         f.q = ar_qfolder_open(dir);
         f.st = f.q ? ar_st_open_dir(dir) : NULL;
-        ar_block_desc bd;
-        rc = f.q && f.st && !ar_block_desc_init(&bd, ar_model_config(m)) ? 0 : -1;
-        ar_act_spec spec[AR_NLINEAR];
-        const ar_act_spec *aq[AR_NLINEAR];
-        for (int l = 0; !rc && l < ar_model_config(m)->n_layers; l++) rc = block_specs(m, &f, &bd, l, spec, aq, &count);
-        if (f.q && f.st) ar_block_desc_free(&bd);
+        const ar_block_desc *bd = ar_model_block_desc(m);
+        ar_act_spec *spec = calloc((size_t)bd->nlinear, sizeof *spec);
+        const ar_act_spec **aq = calloc((size_t)bd->nlinear, sizeof *aq);
+        rc = f.q && f.st && spec && aq ? 0 : -1;
+        if (f.q && f.st && (!spec || !aq)) ar_error("out of memory for activation quantizers");
+        for (int l = 0; !rc && l < ar_model_config(m)->n_layers; l++) rc = block_specs(m, &f, bd, l, spec, aq, &count);
+        free(spec);
+        free(aq);
     }
     ar_st_close(f.st);
     ar_qfolder_close(f.q);
@@ -179,26 +182,35 @@ int ar_model_act_quant_from_folder(ar_model *m, const char *dir)
     return rc ? -1 : count;
 }
 
+/* Specs of block l's linears under scheme s into spec/aq (bd->nlinear each);
+ * adds their count to *count. 0 or -1. */
+static int scheme_specs(const ar_block_desc *bd, const ar_scheme *s, int l, ar_act_spec *spec,
+                        const ar_act_spec **aq, int *count)
+{
+    for (int i = 0; i < bd->nlinear; i++) {
+        char layer[256];
+        ar_scheme ls;
+        aq[i] = NULL;
+        ar_block_desc_layer_name(bd, l, i, layer, sizeof layer);
+        ar_layer_info info = {0, 0, 0};
+        if (ar_scheme_for_layer(s, NULL, layer, bd->lin[i].n_out, bd->lin[i].k_in, &info, &ls)) return -1;
+        int rc = ar_act_spec_from_scheme(&ls, 0, &spec[i]);
+        if (rc < 0) return ar_error("%s: %s", layer, ar_last_error());
+        if (rc) aq[i] = &spec[i], (*count)++;
+    }
+    return 0;
+}
+
 int ar_model_act_quant_from_scheme(ar_model *m, const ar_scheme *s)
 {
     const ar_config *c = ar_model_config(m);
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) return -1;
-    int count = 0, rc = 0;
-    for (int l = 0; !rc && l < c->n_layers; l++) {
-        ar_act_spec spec[AR_NLINEAR];
-        const ar_act_spec *aq[AR_NLINEAR] = {0};
-        for (int i = 0; !rc && i < bd.nlinear; i++) {
-            char layer[256];
-            ar_scheme ls;
-            ar_block_desc_layer_name(&bd, l, i, layer, sizeof layer);
-            ar_layer_info info = {0, 0, 0};
-            if (ar_scheme_for_layer(s, NULL, layer, bd.lin[i].n_out, bd.lin[i].k_in, &info, &ls)) rc = -1;
-            else if ((rc = ar_act_spec_from_scheme(&ls, 0, &spec[i])) < 0) ar_error("%s: %s", layer, ar_last_error());
-            else if (rc) aq[i] = &spec[i], count++, rc = 0;
-        }
-        if (!rc && ar_model_set_act_quant(m, l, aq)) rc = -1;
-    }
-    ar_block_desc_free(&bd);
+    const ar_block_desc *bd = ar_model_block_desc(m);
+    ar_act_spec *spec = calloc((size_t)bd->nlinear, sizeof *spec);
+    const ar_act_spec **aq = calloc((size_t)bd->nlinear, sizeof *aq);
+    int count = 0, rc = spec && aq ? 0 : ar_error("out of memory for activation quantizers");
+    for (int l = 0; !rc && l < c->n_layers; l++)
+        if (scheme_specs(bd, s, l, spec, aq, &count) || ar_model_set_act_quant(m, l, aq)) rc = -1;
+    free(spec);
+    free(aq);
     return rc ? -1 : count;
 }

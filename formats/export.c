@@ -57,7 +57,7 @@ ar_export *ar_export_open_format(const ar_export_format *f, const char *model_di
     e->opts.act_data_type = opts->act_data_type ? strdup(opts->act_data_type) : NULL;
     e->model_dir = strdup(model_dir);
     e->out_dir = strdup(out_dir);
-    if (!e->model_dir || !e->out_dir || !(e->st = ar_st_open_dir(model_dir)) ||
+    if (!e->model_dir || !e->out_dir || !(e->st = ar_st_open_model(model_dir)) ||
         !(e->tmp_dir = hf_folder_begin(out_dir)) || !(e->w = ar_stw_open(e->tmp_dir, opts->max_shard_bytes))) {
         ar_export_abort(e);
         return NULL;
@@ -154,9 +154,14 @@ int ar_export_kv_scale(ar_export *e, const char *name, float scale) {
 }
 
 /* What happens to original tensor t: 0 copy, 1 skip (replaced by a packed
- * layer), 2 re-type (bias of a packed layer). */
+ * layer, or the scale of an FP8 weight), 2 re-type (bias of a packed layer),
+ * 3 widen (an FP8 weight left unquantized: written in the dtype the source
+ * dequantizes to, safetensors.h). */
 static int tensor_fate(const ar_export *e, const char *name) {
+    int fp8 = ar_st_fp8_role(e->st, name);
+    if (fp8 == 2) return 1;
     const char *dot = strrchr(name, '.');
+    if (fp8 == 1 && !(dot && !strcmp(dot, ".weight") && find_rec(e, name, (size_t)(dot - name)))) return 3;
     if (!dot) return 0;
     const ar_export_rec *r = find_rec(e, name, (size_t)(dot - name));
     if (!r) return 0;
@@ -185,12 +190,31 @@ static int retype_bias(ar_export *e, const ar_st_tensor *t) {
     return rc ? -1 : 0;
 }
 
+/* An FP8 weight [n, k] widened through its scale, a few rows at a time. */
+static int widen_fp8(ar_export *e, const ar_st_tensor *t) {
+    ar_dtype d = ar_st_fp8_of(e->st)->out;
+    int64_t n = t->shape[0], k = t->shape[1], step = k ? (4 << 20) / k + 1 : n;
+    if (ar_stw_begin(e->w, t->name, d, t->ndim, t->shape)) return -1;
+    float *f = malloc(sizeof(float) * (size_t)(step * k + 1));
+    void *b = malloc(ar_dtype_size(d) * (size_t)(step * k + 1));
+    int rc = !f || !b ? ar_error("%s: out of memory", e->out_dir) : 0;
+    for (int64_t r = 0; !rc && r < n; r += step) {
+        int64_t m = n - r < step ? n - r : step;
+        rc = ar_st_read_rows_f32(e->st, t->name, r, m, f) || ar_from_f32(b, f, d, (size_t)(m * k)) ||
+             ar_stw_write(e->w, b, ar_dtype_size(d) * (size_t)(m * k));
+    }
+    free(f);
+    free(b);
+    return rc ? -1 : 0;
+}
+
 static int copy_rest(ar_export *e) {
     for (size_t i = 0; i < ar_st_count(e->st); i++) {
         const ar_st_tensor *t = ar_st_at(e->st, i);
         int fate = tensor_fate(e, t->name);
         if (fate == 0 && copy_tensor(e, t)) return -1;
         if (fate == 2 && retype_bias(e, t)) return -1;
+        if (fate == 3 && widen_fp8(e, t)) return -1;
     }
     return 0;
 }
@@ -200,7 +224,7 @@ static int write_configs(ar_export *e) {
     if (e->fmt->quant_config && !q) return -1;
     /* AWQ kernels run in fp16, so AutoRound forces it for any AWQ layout. */
     const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
-    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype);
+    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL);
     if (!rc && q && e->fmt->qconfig_file) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file, q);
     cJSON_Delete(q);
     return rc;

@@ -12,13 +12,15 @@ static int write_layer(ar_export *e, const ar_qlayer *l) {
     snprintf(name, sizeof name, "%s.weight", l->name);
     const ar_st_tensor *orig = ar_st_find(e->st, name);
     size_t n = (size_t)l->n * l->k;
+    /* An FP8 source's weight is written in the dtype it dequantizes to. */
+    ar_dtype dt = !orig ? AR_F32 : ar_st_fp8_role(e->st, name) == 1 ? ar_st_fp8_of(e->st)->out : orig->dtype;
     float *w = malloc(n * sizeof *w);
-    void *out = orig ? malloc(n * ar_dtype_size(orig->dtype)) : NULL;
+    void *out = orig ? malloc(n * ar_dtype_size(dt)) : NULL;
     int64_t shape[2] = {l->n, l->k};
     int rc = !w || !out ? ar_error("%s: out of memory", l->name) : 0;
     if (!rc) {
         ar_qlayer_dequant(l, w);
-        rc = ar_from_f32(out, w, orig->dtype, n) || ar_stw_put(e->w, name, orig->dtype, 2, shape, out);
+        rc = ar_from_f32(out, w, dt, n) || ar_stw_put(e->w, name, dt, 2, shape, out);
     }
     free(w);
     free(out);

@@ -68,7 +68,7 @@ static int rope_heads(const ar_gguf_conv *cv, const char *gname)
 static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_path, int has_imatrix)
 {
     if (ar_config_load(&cv->cfg, model_dir)) return -1;
-    if (!(cv->st = ar_st_open_dir(model_dir))) return -1;
+    if (!(cv->st = ar_st_open_model(model_dir))) return -1;   /* FP8 weights widen through their scales */
     if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
     cv->info = ar_gguf_info_for(&cv->cfg, ar_st_find(cv->st, "lm_head.weight") != NULL, has_imatrix);
     if (!(cv->w = ar_gguf_writer_open(out_path))) return -1;
@@ -187,7 +187,7 @@ static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatr
 static int convert_rest(ar_gguf_conv *cv, ar_gguf_imatrix_fn imatrix, void *ictx)
 {
     for (size_t i = 0; i < ar_st_count(cv->st); i++) {
-        if (cv->done[i]) continue;
+        if (cv->done[i] || ar_st_fp8_role(cv->st, ar_st_at(cv->st, i)->name) == 2) continue;   /* FP8 scales */
         if (convert_tensor(cv, ar_st_at(cv->st, i), imatrix, ictx)) return -1;
         cv->done[i] = 1;
     }

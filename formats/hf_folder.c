@@ -261,12 +261,60 @@ static int set_dtype(char **text, const char *dtype) {
     return append_member(text, "torch_dtype", q);
 }
 
-int hf_folder_write_config(const char *src, const char *dst, const cJSON *qcfg, const char *dtype) {
+/* Remove top-level member key (with one neighbouring comma) from object text
+ * *text. 1 when removed, 0 when absent, -1 when out of memory. */
+static int drop_top_member(char **text, const char *key) {
+    const char *s = *text;
+    size_t klen = strlen(key), kb = 0, i, vb = 0;
+    int depth = 0, found = 0;
+    for (i = 0; s[i] && !found; i++) {
+        if (s[i] == '{' || s[i] == '[') depth++;
+        else if (s[i] == '}' || s[i] == ']') depth--;
+        else if (s[i] == '"') {
+            size_t end = skip_string(s, i), j = end;
+            while (s[j] && strchr(" \t\r\n", s[j])) j++;
+            if (depth == 1 && end - i == klen + 2 && !strncmp(s + i + 1, key, klen) && s[j] == ':') {
+                kb = i;
+                for (j++; s[j] && strchr(" \t\r\n", s[j]);) j++;
+                vb = j;
+                found = 1;
+            }
+            i = end - 1;
+        }
+    }
+    if (!found) return 0;
+    size_t ve = vb;   /* the end of the value: a balanced {...} / [...], a string, or a scalar */
+    if (s[ve] == '{' || s[ve] == '[') {
+        int d = 0;
+        for (; s[ve]; ve++) {
+            if (s[ve] == '"') { ve = skip_string(s, ve) - 1; continue; }
+            if (s[ve] == '{' || s[ve] == '[') d++;
+            else if ((s[ve] == '}' || s[ve] == ']') && --d == 0) { ve++; break; }
+        }
+    } else if (s[ve] == '"') ve = skip_string(s, ve);
+    else while (s[ve] && !strchr(",}\n", s[ve])) ve++;
+    size_t b = kb, e = ve, j = ve;
+    while (s[j] && strchr(" \t\r\n", s[j])) j++;
+    if (s[j] == ',') {                               /* "key": v, next  -> next (a line of its own goes whole) */
+        while (b > 0 && (s[b - 1] == ' ' || s[b - 1] == '\t')) b--;
+        for (e = j + 1; s[e] == ' ' || s[e] == '\t';) e++;
+        if (b == 0 || s[b - 1] == '\n') { if (s[e] == '\r') e++; if (s[e] == '\n') e++; }
+        else b = kb;
+    } else {                                         /* prev, "key": v  -> prev */
+        size_t p = kb;
+        while (p > 0 && strchr(" \t\r\n", s[p - 1])) p--;
+        if (p > 0 && s[p - 1] == ',') b = p - 1;
+    }
+    return splice(text, b, e, "") ? -1 : 1;
+}
+
+int hf_folder_write_config(const char *src, const char *dst, const cJSON *qcfg, const char *dtype, int replace) {
     char *in = join(src, "config.json"), *out = join(dst, "config.json");
     char *text = in ? hf_read_file(in, NULL) : NULL;
     int rc = -1;
     size_t b, e;
     if (!text) goto done;
+    if (replace && drop_top_member(&text, "quantization_config") < 0) { ar_error("%s: out of memory", in); goto done; }
     if (find_top_value(text, "quantization_config", &b, &e)) {
         ar_error("%s: the model is already quantized (it has a quantization_config)", in);
         goto done;

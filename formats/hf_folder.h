@@ -21,8 +21,9 @@ int hf_folder_copy_side_files(const char *src, const char *dst);
  * appended (when qcfg is not NULL) and, when dtype is not NULL, the top-level
  * "torch_dtype" set to it (and "dtype" too where present), as AutoRound's
  * save_model does. Everything else is kept byte for byte. Fails if the source
- * config already has a quantization_config. */
-int hf_folder_write_config(const char *src, const char *dst, const cJSON *qcfg, const char *dtype);
+ * config already has a quantization_config, unless replace is set (the
+ * source's FP8 weights were widened): then it is dropped first. */
+int hf_folder_write_config(const char *src, const char *dst, const cJSON *qcfg, const char *dtype, int replace);
 
 /* Write dir/name as indented JSON (json.dump indent=2 layout). */
 int hf_folder_write_json(const char *dir, const char *name, const cJSON *obj);

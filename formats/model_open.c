@@ -3,6 +3,7 @@
 #include "error.h"
 #include "hf_folder.h"
 #include "quantized_source.h"
+#include "safetensors.h"
 #include <cJSON.h>
 #include <errno.h>
 #include <stdio.h>
@@ -22,9 +23,13 @@ static int has_gguf_magic(const char *path)
 }
 
 /* 1 when dir/config.json has a quantization_config, 0 when not, -1 when the
- * file is missing or not JSON. */
+ * file is missing or not JSON. FP8 checkpoints (quant_method "fp8") count as
+ * plain: the safetensors source widens their weights (ar_st_open_model). */
 static int has_quantization_config(const char *dir)
 {
+    ar_st_fp8 f;
+    if (ar_st_fp8_config(dir, &f)) return -1;
+    if (f.on && !strcmp(f.method, "fp8")) return 0;
     char path[4096];
     snprintf(path, sizeof path, "%s/config.json", dir);
     char *text = hf_read_file(path, NULL);

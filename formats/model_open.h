@@ -6,7 +6,9 @@
  * The kind is decided from the path itself:
  *   - a regular file whose first four bytes are "GGUF"          -> GGUF
  *   - a directory whose config.json has a quantization_config  -> quantized
- *     (weights dequantized to f32 by formats/quantized_source.h)
+ *     (weights dequantized to f32 by formats/quantized_source.h), except
+ *     quant_method "fp8" (DeepSeek / Qwen3 FP8 block-scaled weights), which
+ *     is plain: the safetensors source widens it (ar_st_open_model)
  *   - any other directory                                       -> plain HF
  * Everything else is refused with one line naming the path.
  *

@@ -14,18 +14,26 @@
 #include "dtype.h"
 #include "error.h"
 #include "gguf.h"
+#include "output_names.h"
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 struct ar_pack_gguf {
     ar_gguf_conv *cv;
     ar_gguf_ftype ftype;
     char          type[32];     /* mix as given after "gguf:" */
     char          out[4096];
+    /* ar_pack_gguf_open_dir: the folder asked for, the temporary one the file
+     * is written in (out = tmp/model.gguf), and whether dir already existed */
+    char          dir[4096], tmp[4200], model[4096];
+    int           in_dir, dir_existed;
 };
 
 /* Which ggml type stores a `bits`-bit layer of `sym`metry exactly (0: none). */
@@ -44,7 +52,41 @@ static int stream_ftype(const char *scheme)
     return ar_gguf_ftype_parse(scheme + 5);
 }
 
+static ar_pack_gguf *open_at(const char *model_dir, const char *out_path, const char *type, const char *scheme,
+                             ar_pack_gguf *dirs);
+
 ar_pack_gguf *ar_pack_gguf_open(const char *model_dir, const char *out_path, const char *type, const char *scheme)
+{
+    return open_at(model_dir, out_path, type, scheme, NULL);
+}
+
+ar_pack_gguf *ar_pack_gguf_open_dir(const char *model_dir, const char *dir, const char *type, const char *scheme)
+{
+    ar_pack_gguf d;
+    memset(&d, 0, sizeof d);
+    size_t n = strlen(dir);
+    while (n > 1 && dir[n - 1] == '/') n--;
+    if (n >= sizeof d.dir) { ar_error("%.64s...: path too long", dir); return NULL; }
+    memcpy(d.dir, dir, n);
+    d.dir[n] = 0;
+    struct stat sb;
+    if (stat(d.dir, &sb) == 0) {
+        if (!S_ISDIR(sb.st_mode)) { ar_error("%s: exists and is not a folder", d.dir); return NULL; }
+        d.dir_existed = 1;
+    } else if (errno != ENOENT) { ar_error("%s: %s", d.dir, strerror(errno)); return NULL; }
+    snprintf(d.tmp, sizeof d.tmp, "%s.tmp.%ld", d.dir, (long)getpid());
+    if (mkdir(d.tmp, 0755)) { ar_error("%s: cannot create: %s", d.tmp, strerror(errno)); return NULL; }
+    snprintf(d.model, sizeof d.model, "%s", model_dir);
+    d.in_dir = 1;
+    char path[4300];
+    snprintf(path, sizeof path, "%s/model.gguf", d.tmp);
+    ar_pack_gguf *p = open_at(model_dir, path, type, scheme, &d);
+    if (!p) rmdir(d.tmp);
+    return p;
+}
+
+static ar_pack_gguf *open_at(const char *model_dir, const char *out_path, const char *type, const char *scheme,
+                             ar_pack_gguf *dirs)
 {
     int f = ar_gguf_ftype_parse(type);
     if (f < 0) {
@@ -58,6 +100,13 @@ ar_pack_gguf *ar_pack_gguf_open(const char *model_dir, const char *out_path, con
     }
     ar_pack_gguf *p = calloc(1, sizeof *p);
     if (!p) { ar_error("out of memory"); return NULL; }
+    if (dirs) {
+        memcpy(p->dir, dirs->dir, sizeof p->dir);
+        memcpy(p->tmp, dirs->tmp, sizeof p->tmp);
+        memcpy(p->model, dirs->model, sizeof p->model);
+        p->in_dir = 1;
+        p->dir_existed = dirs->dir_existed;
+    }
     p->ftype = (ar_gguf_ftype)f;
     snprintf(p->type, sizeof p->type, "%s", type);
     snprintf(p->out, sizeof p->out, "%s", out_path);
@@ -172,18 +221,51 @@ int ar_pack_gguf_raw(ar_pack_gguf *p, const char *hf_name, ar_ggml_type t, int64
     return ar_gguf_conv_add_blocks(p->cv, hf_name, t, n_rows, n_cols, blocks, nbytes) ? ar_error_prefix(p->out) : 0;
 }
 
-int ar_pack_gguf_finish(ar_pack_gguf *p)
+/* The finished file of an open_dir output: name it as llama.cpp would and
+ * move it (or its folder) into place. */
+static int place_named(ar_pack_gguf *p, char *path, size_t cap)
+{
+    ar_gguf_param_count pc;
+    char name[1024], from[8400], to[8400];
+    if (ar_gguf_count_params(p->out, &pc) ||
+        ar_gguf_file_name(p->model, &pc, ar_gguf_ftype_name(p->ftype), name, sizeof name))
+        return -1;
+    snprintf(to, sizeof to, "%s/%s", p->dir, name);
+    if (p->dir_existed) {
+        if (rename(p->out, to)) return ar_error("%s: cannot rename to %s: %s", p->out, to, strerror(errno));
+        rmdir(p->tmp);
+    } else {
+        if ((size_t)snprintf(from, sizeof from, "%s/%s", p->tmp, name) >= sizeof p->out)
+            return ar_error("%s/%s: path too long", p->tmp, name);
+        if (rename(p->out, from)) return ar_error("%s: cannot rename to %s: %s", p->out, from, strerror(errno));
+        memcpy(p->out, from, strlen(from) + 1);
+        if (rename(p->tmp, p->dir)) return ar_error("%s: cannot rename to %s: %s", p->tmp, p->dir, strerror(errno));
+    }
+    p->tmp[0] = 0;
+    if (path) snprintf(path, cap, "%s", to);
+    return 0;
+}
+
+int ar_pack_gguf_finish_path(ar_pack_gguf *p, char *path, size_t cap)
 {
     ar_gguf_conv *cv = p->cv;
     p->cv = NULL;
     if (ar_gguf_conv_finish(cv, NULL, NULL)) return -1;
+    if (p->in_dir && place_named(p, path, cap)) return -1;
+    if (!p->in_dir && path) snprintf(path, cap, "%s", p->out);
     free(p);
     return 0;
 }
+
+int ar_pack_gguf_finish(ar_pack_gguf *p) { return ar_pack_gguf_finish_path(p, NULL, 0); }
 
 void ar_pack_gguf_abort(ar_pack_gguf *p)
 {
     if (!p) return;
     ar_gguf_conv_abort(p->cv);
+    if (p->in_dir && p->tmp[0]) {   /* the finished file, if any, then the temporary folder */
+        if (!strncmp(p->out, p->tmp, strlen(p->tmp))) unlink(p->out);
+        rmdir(p->tmp);
+    }
     free(p);
 }

@@ -19,6 +19,14 @@ typedef struct ar_pack_gguf ar_pack_gguf;
  * name. NULL with ar_error for an unknown type or an unusable model. */
 ar_pack_gguf *ar_pack_gguf_open(const char *model_dir, const char *out_path, const char *type, const char *scheme);
 
+/* The same, writing into folder dir a file named as llama.cpp's converter
+ * names its files (output_names.h: "tiny-llama-20M-Q4_K_M.gguf"), the name
+ * being known once the file is complete. A dir that does not exist is
+ * written as "DIR.tmp.PID" and renamed at finish, so it appears complete or
+ * not at all; into an existing folder, the file is moved from that temporary
+ * folder at finish. dir must not be an existing non-folder. */
+ar_pack_gguf *ar_pack_gguf_open_dir(const char *model_dir, const char *dir, const char *type, const char *scheme);
+
 /* An integer layer from ar-tune. Returns 0, or -1 with ar_error when its
  * scheme has no GGUF equivalent. */
 int ar_pack_gguf_layer(ar_pack_gguf *p, const ar_qlayer *l);
@@ -32,6 +40,11 @@ int ar_pack_gguf_raw(ar_pack_gguf *p, const char *hf_name, ar_ggml_type t, int64
 /* Quantize and add everything not given, write metadata and tokenizer, rename
  * into place. Frees p on success; on failure p must still be aborted. */
 int ar_pack_gguf_finish(ar_pack_gguf *p);
+
+/* ar_pack_gguf_finish, also copying the path of the file written (for an
+ * output opened with ar_pack_gguf_open_dir, DIR/<llama.cpp name>) into path
+ * (cap bytes) when path is not NULL. */
+int ar_pack_gguf_finish_path(ar_pack_gguf *p, char *path, size_t cap);
 
 /* Remove temporary files and free p (NULL is fine). */
 void ar_pack_gguf_abort(ar_pack_gguf *p);

@@ -45,6 +45,8 @@ void *ar_cuda_malloc(size_t bytes);
 void  ar_cuda_free(void *dev);
 size_t ar_cuda_peak_bytes(void);
 void   ar_cuda_reset_peak(void);
+/* Free and total memory of the initialized device (cudaMemGetInfo). */
+int    ar_cuda_mem_info(size_t *free_bytes, size_t *total_bytes);
 
 /* Pinned host memory (faster, asynchronous-capable copies); NULL on failure. */
 void *ar_cuda_host_alloc(size_t bytes);

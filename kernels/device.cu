@@ -102,6 +102,15 @@ void ar_cuda_free(void *dev)
 }
 
 size_t ar_cuda_peak_bytes(void) { return g_peak; }
+
+int ar_cuda_mem_info(size_t *free_bytes, size_t *total_bytes)
+{
+    size_t f = 0, t = 0;
+    AR_CK(cudaMemGetInfo(&f, &t));
+    if (free_bytes) *free_bytes = f;
+    if (total_bytes) *total_bytes = t;
+    return 0;
+}
 void ar_cuda_reset_peak(void) { g_peak = g_held; }
 
 void *ar_cuda_host_alloc(size_t bytes)

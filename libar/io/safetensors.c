@@ -4,6 +4,7 @@
  * data area; each tensor's data_offsets are relative to the data area. */
 #include "safetensors.h"
 #include "error.h"
+#include "quant_fp.h"
 #include <cJSON.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -31,6 +32,7 @@ struct ar_safetensors {
     ar_st_tensor *t;        /* sorted by name once everything is loaded */
     size_t        n, cap;
     char         *label;    /* file or index path, for messages about missing tensors */
+    ar_st_fp8     fp8;      /* FP8 weights widened through their scales when fp8.on */
 };
 
 /* ---- small helpers ---------------------------------------------------- */
@@ -326,16 +328,20 @@ size_t ar_st_count(const ar_safetensors *st) { return st ? st->n : 0; }
 
 const ar_st_tensor *ar_st_at(const ar_safetensors *st, size_t i) { return st && i < st->n ? &st->t[i] : NULL; }
 
+static int fp8_read_rows(const ar_safetensors *st, const ar_st_tensor *t, int64_t row0, int64_t nrows, float *dst);
+
 int ar_st_read_rows_f32(const ar_safetensors *st, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
     const ar_st_tensor *t = ar_st_find(st, name);
     if (!t) return ar_error("%s: no tensor '%s'", st->label, name);
-    if (t->dtype != AR_F32 && t->dtype != AR_F16 && t->dtype != AR_BF16)
+    int fp8 = ar_st_fp8_role(st, name) == 1;
+    if (t->dtype != AR_F32 && t->dtype != AR_F16 && t->dtype != AR_BF16 && !fp8)
         return ar_error("%s: tensor '%s' is %s, not a float type", t->file, name, ar_dtype_name(t->dtype));
     int64_t rows = t->ndim ? t->shape[0] : 1;
     if (row0 < 0 || nrows < 0 || row0 + nrows > rows)
         return ar_error("%s: rows [%lld,%lld) of tensor '%s' out of range (%lld rows)", t->file,
                         (long long)row0, (long long)(row0 + nrows), name, (long long)rows);
+    if (fp8) return fp8_read_rows(st, t, row0, nrows, dst);
     int64_t per_row = rows ? t->numel / rows : 0;
     size_t es = ar_dtype_size(t->dtype);
     const char *src = (const char *)t->data + (size_t)(row0 * per_row) * es;
@@ -360,4 +366,222 @@ void ar_st_close(ar_safetensors *st)
     free(st->files);
     free(st->label);
     free(st);
+}
+
+/* ---- FP8 weights with scales (see safetensors.h) ---------------------------- */
+
+static int ends_with(const char *s, const char *suffix)
+{
+    size_t n = strlen(s), m = strlen(suffix);
+    return n >= m && !strcmp(s + n - m, suffix);
+}
+
+/* The scale beside FP8 weight name, or NULL. */
+static const ar_st_tensor *fp8_scale(const ar_safetensors *st, const char *name)
+{
+    char key[1024];
+    if ((size_t)snprintf(key, sizeof key, "%s%s", name, st->fp8.suffix) >= sizeof key) return NULL;
+    return ar_st_find(st, key);
+}
+
+int ar_st_fp8_role(const ar_safetensors *st, const char *name)
+{
+    if (!st || !st->fp8.on) return 0;
+    const ar_st_tensor *t = ar_st_find(st, name);
+    if (!t) return 0;
+    /* A name ending in _scale / _scale_inv is a scale even when it is F8 itself (NVFP4's). */
+    if (t->dtype == AR_F8_E4M3 && !ends_with(name, "_scale") && !ends_with(name, "_scale_inv")) return 1;
+    if (!ends_with(name, st->fp8.suffix)) return 0;
+    char w[1024];
+    size_t n = strlen(name) - strlen(st->fp8.suffix);
+    if (n >= sizeof w) return 0;
+    memcpy(w, name, n);
+    w[n] = 0;
+    const ar_st_tensor *wt = ar_st_find(st, w);
+    return wt && wt->dtype == AR_F8_E4M3 ? 2 : 0;
+}
+
+/* "[a, b]" of t's shape into buf. */
+static const char *shape_text(const ar_st_tensor *t, char *buf, size_t cap)
+{
+    size_t o = (size_t)snprintf(buf, cap, "[");
+    for (int i = 0; i < t->ndim && o < cap; i++)
+        o += (size_t)snprintf(buf + o, cap - o, "%s%lld", i ? ", " : "", (long long)t->shape[i]);
+    if (o < cap) snprintf(buf + o, cap - o, "]");
+    return buf;
+}
+
+/* The tiling of FP8 weight t [n, k] by its scale s: each scale covers gh rows
+ * and gw columns (edge tiles partial). 0, or -1 with ar_error naming the file,
+ * the tensor and the shape the scale should have had. */
+static int fp8_tiling(const ar_safetensors *st, const ar_st_tensor *t, const ar_st_tensor *s, int64_t *gh, int64_t *gw)
+{
+    const ar_st_fp8 *f = &st->fp8;
+    char have[128];
+    if (t->ndim != 2) return ar_error("%s: FP8 tensor '%s' has %d dimensions, not 2", t->file, t->name, t->ndim);
+    int64_t n = t->shape[0], k = t->shape[1];
+    if (!s) return ar_error("%s: FP8 tensor '%s' has no scale '%s%s'", t->file, t->name, t->name, f->suffix);
+    if (s->dtype != AR_F32 && s->dtype != AR_BF16 && s->dtype != AR_F16)
+        return ar_error("%s: scale '%s' of FP8 tensor '%s' is %s, not f32, bf16 or f16", s->file, s->name, t->name,
+                        ar_dtype_name(s->dtype));
+    if (f->block[0] > 0) {
+        int64_t bh = f->block[0], bw = f->block[1], rows = n ? (n + bh - 1) / bh : 0, cols = k ? (k + bw - 1) / bw : 0;
+        if (s->ndim != 2 || s->shape[0] != rows || s->shape[1] != cols)
+            return ar_error("%s: scale '%s' has shape %s, expected [%lld, %lld] for the %lld x %lld blocks of FP8 tensor "
+                            "'%s' [%lld, %lld]", s->file, s->name, shape_text(s, have, sizeof have), (long long)rows,
+                            (long long)cols, (long long)bh, (long long)bw, t->name, (long long)n, (long long)k);
+        *gh = bh;
+        *gw = bw;
+        return 0;
+    }
+    if (s->numel == 1 && s->ndim <= 2) { *gh = n ? n : 1; *gw = k ? k : 1; return 0; }          /* per tensor */
+    if ((s->ndim == 1 && s->shape[0] == n) || (s->ndim == 2 && s->shape[0] == n && s->shape[1] == 1)) {
+        *gh = 1;                                                                                  /* per row */
+        *gw = k ? k : 1;
+        return 0;
+    }
+    return ar_error("%s: scale '%s' has shape %s, expected [1] or [%lld, 1] for FP8 tensor '%s' [%lld, %lld]", s->file,
+                    s->name, shape_text(s, have, sizeof have), (long long)n, t->name, (long long)n, (long long)k);
+}
+
+static int fp8_read_rows(const ar_safetensors *st, const ar_st_tensor *t, int64_t row0, int64_t nrows, float *dst)
+{
+    const ar_st_tensor *s = fp8_scale(st, t->name);
+    int64_t gh, gw;
+    if (fp8_tiling(st, t, s, &gh, &gw)) return -1;
+    const int64_t k = t->shape[1], scols = (k + gw - 1) / gw;
+    float lut[256];
+    for (int b = 0; b < 256; b++) lut[b] = ar_e4m3_decode((uint8_t)b);
+    float *srow = malloc(sizeof(float) * (size_t)(scols ? scols : 1));
+    if (!srow) return ar_error("%s: out of memory widening '%s'", t->file, t->name);
+    const uint8_t *q = t->data;
+    const char *sdata = s->data;
+    size_t es = ar_dtype_size(s->dtype);
+    int64_t have = -1;
+    for (int64_t r = row0; r < row0 + nrows; r++) {
+        int64_t sr = s->numel == 1 ? 0 : r / gh;
+        if (sr != have && ar_to_f32(srow, sdata + (size_t)(sr * scols) * es, s->dtype, (size_t)scols)) { free(srow); return -1; }
+        have = sr;
+        const uint8_t *qr = q + (size_t)(r * k);
+        float *o = dst + (size_t)((r - row0) * k);
+        for (int64_t c0 = 0; c0 < k; c0 += gw) {   /* one scale per run of gw columns */
+            const float sc = srow[s->numel == 1 ? 0 : c0 / gw];
+            const int64_t c1 = c0 + gw < k ? c0 + gw : k;
+            for (int64_t c = c0; c < c1; c++) {
+                float v = lut[qr[c]] * sc;             /* the product in f32 */
+                o[c] = st->fp8.out == AR_BF16 ? ar_round_bf16(v) : st->fp8.out == AR_F16 ? ar_round_f16(v) : v;
+            }
+        }
+    }
+    free(srow);
+    return 0;
+}
+
+int ar_st_set_fp8(ar_safetensors *st, const ar_st_fp8 *f)
+{
+    if (!f->on) return 0;
+    st->fp8 = *f;
+    for (size_t i = 0; i < st->n; i++) {
+        const ar_st_tensor *t = &st->t[i];
+        int64_t gh, gw;
+        if (ar_st_fp8_role(st, t->name) == 1 && fp8_tiling(st, t, fp8_scale(st, t->name), &gh, &gw)) {
+            memset(&st->fp8, 0, sizeof st->fp8);
+            return -1;
+        }
+    }
+    return 0;
+}
+
+const ar_st_fp8 *ar_st_fp8_of(const ar_safetensors *st) { return st && st->fp8.on ? &st->fp8 : NULL; }
+
+/* Two positive integers [a, b] from JSON array j. */
+static int json_pair(const cJSON *j, int out[2])
+{
+    int64_t a, b;
+    if (!cJSON_IsArray(j) || cJSON_GetArraySize(j) != 2 || json_uint(cJSON_GetArrayItem(j, 0), &a) ||
+        json_uint(cJSON_GetArrayItem(j, 1), &b) || a < 1 || b < 1 || a > (1 << 30) || b > (1 << 30))
+        return -1;
+    out[0] = (int)a;
+    out[1] = (int)b;
+    return 0;
+}
+
+static const char *json_str(const cJSON *o, const char *key)
+{
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(o, key);
+    return cJSON_IsString(v) ? v->valuestring : NULL;
+}
+
+/* compressed-tensors: the config groups with 8-bit float weights and
+ * strategy tensor, channel or block (all with the same block). */
+static int fp8_from_ct(const cJSON *qc, ar_st_fp8 *f, const char *path)
+{
+    const cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(qc, "config_groups")) {
+        const cJSON *w = cJSON_GetObjectItemCaseSensitive(g, "weights");
+        const cJSON *nb = cJSON_GetObjectItemCaseSensitive(w, "num_bits");
+        const char *type = json_str(w, "type"), *strategy = json_str(w, "strategy");
+        if (!type || strcmp(type, "float") || !cJSON_IsNumber(nb) || nb->valuedouble != 8) continue;
+        int block[2] = {0, 0};
+        if (strategy && !strcmp(strategy, "block")) {
+            if (json_pair(cJSON_GetObjectItemCaseSensitive(w, "block_structure"), block))
+                return ar_error("%s: group '%s' has strategy block but no block_structure of two positive integers",
+                                path, g->string);
+        } else if (!strategy || (strcmp(strategy, "tensor") && strcmp(strategy, "channel")))
+            continue;   /* group (MXFP8: E8M0 scales) and the like: formats/quantized_source.h reads those */
+        if (f->on && (block[0] != f->block[0] || block[1] != f->block[1]))
+            return ar_error("%s: config groups with different FP8 block structures are not supported", path);
+        f->on = 1;
+        f->block[0] = block[0];
+        f->block[1] = block[1];
+    }
+    snprintf(f->suffix, sizeof f->suffix, "_scale");
+    return 0;
+}
+
+int ar_st_fp8_config(const char *dir, ar_st_fp8 *f)
+{
+    memset(f, 0, sizeof *f);
+    char *path = path_join(dir, "config.json");
+    if (!path) return ar_error("out of memory");
+    if (access(path, F_OK)) { free(path); return 0; }   /* a bare safetensors folder */
+    char *text = read_small_file(path, 16u << 20);
+    cJSON *root = text ? cJSON_Parse(text) : NULL;
+    free(text);
+    int rc = 0;
+    const cJSON *qc = cJSON_GetObjectItemCaseSensitive(root, "quantization_config");
+    const char *method = json_str(qc, "quant_method");
+    if (!root) rc = ar_error("%s: malformed JSON", path);
+    else if (!method) rc = 0;
+    else if (!strcmp(method, "fp8")) {
+        const char *fmt = json_str(qc, "fmt");
+        const cJSON *bs = cJSON_GetObjectItemCaseSensitive(qc, "weight_block_size");
+        if (fmt && strcmp(fmt, "e4m3"))
+            rc = ar_error("%s: fp8 fmt '%s' is not supported (e4m3 only)", path, fmt);
+        else if (bs && !cJSON_IsNull(bs) && json_pair(bs, f->block))
+            rc = ar_error("%s: fp8 weight_block_size must be two positive integers", path);
+        else {
+            f->on = 1;
+            snprintf(f->suffix, sizeof f->suffix, "_scale_inv");
+        }
+    } else if (!strcmp(method, "compressed-tensors"))
+        rc = fp8_from_ct(qc, f, path);
+    if (!rc && f->on) {
+        const char *dt = json_str(root, "dtype") ? json_str(root, "dtype") : json_str(root, "torch_dtype");
+        f->out = dt && !strcmp(dt, "float16") ? AR_F16 : dt && !strcmp(dt, "float32") ? AR_F32 : AR_BF16;
+        snprintf(f->method, sizeof f->method, "%s", method);
+    }
+    if (rc) memset(f, 0, sizeof *f);
+    cJSON_Delete(root);
+    free(path);
+    return rc;
+}
+
+ar_safetensors *ar_st_open_model(const char *dir)
+{
+    ar_st_fp8 f;
+    if (ar_st_fp8_config(dir, &f)) return NULL;
+    ar_safetensors *st = ar_st_open_dir(dir);
+    if (st && f.on && ar_st_set_fp8(st, &f)) { ar_st_close(st); return NULL; }
+    return st;
 }

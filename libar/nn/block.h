@@ -15,15 +15,34 @@ enum { AR_Q, AR_K, AR_V, AR_O, AR_GATE, AR_UP, AR_DOWN, AR_NLINEAR };
 /* HF sub-names: "self_attn.q_proj", ..., "mlp.down_proj". */
 extern const char *const ar_linear_names[AR_NLINEAR];
 
-/* One block's weights, widened to f32. Optional tensors are NULL when the
- * architecture has none. */
+/* One block's weights, widened to f32: nlinear linears (the block
+ * description's; AR_NLINEAR for Llama), w and b arrays of nlinear pointers
+ * (ar_block_weights_init). Optional tensors are NULL when the architecture
+ * has none. The struct does not own the tensors (ar_block_weights_alloc in
+ * model.h makes ones that do); a copy shares the pointer arrays, so a block
+ * with some linears swapped is a view (ar_block_weights_view). */
 typedef struct {
-    float *w[AR_NLINEAR];       /* [N, K] each */
-    float *b[AR_NLINEAR];       /* bias [N] or NULL */
+    int nlinear;
+    float **w;                  /* [nlinear] [N, K] each */
+    float **b;                  /* [nlinear] bias [N] or NULL */
     float *attn_norm;           /* input_layernorm [C] */
     float *mlp_norm;            /* post_attention_layernorm [C] */
     float *q_norm, *k_norm;     /* Qwen3 [HD] or NULL */
 } ar_block_weights;
+
+/* Zero w and give it pointer arrays for nlinear linears, all NULL. 0, or -1
+ * (ar_error) when out of memory. Release the arrays with
+ * ar_block_weights_release (the tensors stay the caller's). */
+int ar_block_weights_init(ar_block_weights *w, int nlinear);
+void ar_block_weights_release(ar_block_weights *w);
+
+/* dst = a view of src: its own pointer arrays holding src's tensors, so
+ * that dst.w[i] may be swapped without touching src. Release with
+ * ar_block_weights_release. 0 or -1 (ar_error). */
+int ar_block_weights_view(ar_block_weights *dst, const ar_block_weights *src);
+
+/* Point view's entries (arrays of the same nlinear) at src's tensors again. */
+void ar_block_weights_borrow(ar_block_weights *view, const ar_block_weights *src);
 
 /* Out-features and in-features of linear i for config c. */
 void ar_linear_shape(const ar_config *c, int i, int *n_out, int *k_in);
@@ -125,7 +144,7 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
 
 /* Backward of the forward saved in a: given dy [B*T, C] (the loss gradient at
  * the block output), ACCUMULATE dW[i] [N_i, K_i] += dL/dW_i for each of the
- * seven linears (dW[i] may be NULL to skip one) and, when dx != NULL,
+ * seven Llama linears (dW[i] may be NULL to skip one) and, when dx != NULL,
  * dx [B*T, C] += dL/dx. Norm weights and biases get no gradient. w must be
  * the weights of that forward; ws needs train. Returns 0 or -1 (ar_error). */
 int ar_block_backward(const ar_config *c, const ar_block_weights *w,

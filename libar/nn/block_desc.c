@@ -42,6 +42,8 @@ int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
     d->forward = ar_block_forward;
     d->forward_train = ar_block_forward_train;
     d->backward = ar_block_backward_inputs;
+    d->set_act_quant = ar_block_set_act_quant;
+    d->acts_input = ar_block_acts_input;
     return 0;
 }
 

@@ -29,24 +29,30 @@
  *    split recorded next to it; extra norms and attention variants are new
  *    entries in norms and a family's own forward/backward.
  *
- * Who reads it now: the tuning pipeline (tn_run.bd: plan names and shapes,
- * output records and quantizer output shapes, the NVFP4 global scales and
- * the imatrix/act_max of an input group, the family's forward for
- * statistics), GGUF blocks (ar_gguf_quantize_block; the embedding's
- * importance from the linears reading the first input), AutoScheme's slot names and shapes, the model's
- * tensor table (model.c) and formats/act_config.c.
+ * Who reads it now, iterating over nlinear with storage sized by it: the
+ * tuning pipeline (tn_run.bd: plan names and shapes, output records, the
+ * NVFP4 global scales and the imatrix/act_max of an input group, the
+ * family's forward for statistics), ar_block_plan (signround.h: its arrays,
+ * ar_block_plan_outputs, and the CPU tuner, which takes the shapes and the
+ * forward/backward/set_act_quant from plan->desc), GGUF blocks
+ * (ar_gguf_quantize_block, ar_gguf_embedding_importance), AutoScheme (slots
+ * l*nlinear + i, ar_autoscheme_nslots; shapes, forward/backward, act_quant
+ * and acts_input from the model's description, ar_model_block_desc), the
+ * model's tensor table (model.c) and formats/act_config.c. Block weights
+ * (block.h) hold nlinear pointers
+ * (ar_block_weights_alloc sizes them by the description; a block with some
+ * linears swapped is an ar_block_weights_view), and so do the model's tensor
+ * slots and per-layer activation quantizers (model.c, act_config.c).
+ * tests/unit/test_block_family.c runs a five-linear fused-QKV family and a
+ * nine-linear split-MLP family through the plan, the outputs, the CPU tuner
+ * and GGUF blocks, against the Llama description's bytes.
  *
- * Still fixed at AR_NLINEAR (the next step, each sized by nlinear then):
- *  - arrays: ar_block_weights.w/b, ar_block_work.act_q, dW/dxin of
- *    ar_block_backward*, ar_block_plan and ar_quant_out[] (tune_impl.h;
- *    tn_outputs_alloc takes its shapes from the description but fills
- *    [AR_NLINEAR]), ar_gguf_qlinear[] and types (gguf_mix.h),
- *    AutoScheme's slots = layer*AR_NLINEAR + i (AR_AS_NSLOTS, autoscheme.c
- *    score_ctx, autoscheme_measured.c), model.c's BT_* tensor slots;
- *  - shapes from ar_linear_shape: signround.c, signround_cuda.c, device.c,
- *    autoscheme.c (scoring), autoscheme_measured.c;
- *  - the family itself: block.c's input_group and ar_block_acts_input, the
- *    CUDA block (model_cuda.c, kernels/). */
+ * Still fixed at AR_NLINEAR (the next step):
+ *  - the GPU path: signround_cuda.c, device.c, model_cuda.c, kernels/ keep
+ *    the Llama block (tn_signround_block sends only the "llama" family's plans there);
+ *  - the family itself, as its own code: block.c's ar_block_work.act_q,
+ *    dW/dxin indices of ar_block_backward*, input_group and
+ *    ar_block_acts_input, the linear index passed to ws->observe. */
 #ifndef AR_BLOCK_DESC_H
 #define AR_BLOCK_DESC_H
 #include "block.h"
@@ -70,7 +76,9 @@ typedef struct {
  * of the tokens of another input (MoE experts; not produced yet). */
 enum { AR_INPUT_DENSE, AR_INPUT_ROUTED };
 
-/* The family's forward/backward pair, with block.h's contracts. */
+/* The family's functions, with block.h's contracts, linear i being
+ * desc.lin[i] throughout: dW, dxin and aq have nlinear entries, and a
+ * forward's ws->observe is called with description indices. */
 typedef int (*ar_block_forward_fn)(const ar_config *c, const ar_block_weights *w, const float *x,
                                    float *y, int B, int T, ar_block_work *ws);
 typedef int (*ar_block_forward_train_fn)(const ar_config *c, const ar_block_weights *w,
@@ -78,8 +86,13 @@ typedef int (*ar_block_forward_train_fn)(const ar_config *c, const ar_block_weig
                                          ar_block_work *ws, ar_block_acts *a);
 typedef int (*ar_block_backward_fn)(const ar_config *c, const ar_block_weights *w,
                                     const ar_block_acts *a, const float *dy,
-                                    float *const dW[AR_NLINEAR], float *dx,
-                                    float *const dxin[AR_NLINEAR], ar_block_work *ws);
+                                    float *const *dW, float *dx, float *const *dxin,
+                                    ar_block_work *ws);
+/* Install activation quantizers aq[nlinear] (entry i: linear i's, NULL: none)
+ * in the family's work, as ar_block_set_act_quant does for "llama". */
+typedef int (*ar_block_set_act_quant_fn)(ar_block_work *ws, const ar_act_spec *const *aq);
+/* The saved input of linear i in a (ar_block_acts_input for "llama"). */
+typedef const float *(*ar_block_acts_input_fn)(const ar_block_acts *a, int i);
 
 #define AR_BLOCK_MAX_INPUTS 8
 #define AR_BLOCK_MAX_NORMS 8
@@ -98,6 +111,8 @@ typedef struct {
     ar_block_forward_fn forward;
     ar_block_forward_train_fn forward_train;
     ar_block_backward_fn backward;  /* ar_block_backward_inputs' form (dxin may be NULL) */
+    ar_block_set_act_quant_fn set_act_quant;
+    ar_block_acts_input_fn acts_input;
 } ar_block_desc;
 
 /* Describe the blocks of config c. Returns 0, or -1 (ar_error) when out of

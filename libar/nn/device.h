@@ -8,6 +8,8 @@
  * detection on a machine without a driver simply finds no device. */
 #ifndef AR_DEVICE_H
 #define AR_DEVICE_H
+#include "config.h"
+#include "residency.h"
 
 /* Device numbers: AR_DEVICE_CPU, or N >= 0 for cuda:N. */
 enum { AR_DEVICE_CPU = -1 };
@@ -30,6 +32,20 @@ int ar_device_parse(const char *s, int *dev);
  * forward multiply in f32. 0, or -1 with ar_error (built without CUDA, no
  * such device, driver failure). */
 int ar_device_init(int dev);
+
+/* The residency of a GPU tuning run on the initialized device (residency.h)
+ * for config c, n cached samples of T tokens in chains nchains arrays of
+ * bf16 [n, T, hidden], forwards and tuning of bs samples at a time: the
+ * chains stay on the device when ar_chains_fit says so for the device's free
+ * memory (cudaMemGetInfo) less what one block's steps allocate (its weights,
+ * the tuner's tunables, the tuned weights, two works, the tuner's batch
+ * buffers, and 512 MiB for cuBLAS and fragmentation), budget_mib and
+ * low_mem as there; else they stream through page-locked host arrays. NULL
+ * with ar_error (no CUDA in this build, a device query failed). Close with
+ * ar_gpu_residency_close (frees the device copies, unpins; no downloads). */
+ar_residency *ar_gpu_residency_open(const ar_config *c, int n, int T, int bs, int nchains, double budget_mib,
+                                    int low_mem);
+void ar_gpu_residency_close(ar_residency *r);
 
 /* "cpu" or "cuda:0 (NVIDIA H100 ...)" for messages. */
 const char *ar_device_describe(int dev);

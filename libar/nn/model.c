@@ -33,8 +33,9 @@ struct ar_model {
     int ws_B, ws_T;
     float *chunk;               /* head / logits chunk buffer */
     size_t chunk_cap;           /* floats */
-    ar_act_spec *act;           /* [n_layers * AR_NLINEAR] activation quantizers, NULL if none */
-    unsigned char *has_act;     /* [n_layers * AR_NLINEAR] */
+    ar_act_spec *act;           /* [n_layers * bd.nlinear] activation quantizers, NULL if none */
+    unsigned char *has_act;     /* [n_layers * bd.nlinear] */
+    const ar_act_spec **aq;     /* [bd.nlinear] one layer's, as the family installs them */
     float *kv_scale;            /* [n_layers * 2] static FP8 K, V scales (0: off), NULL if none */
 };
 
@@ -60,7 +61,7 @@ static void st_close(void *ctx) { ar_st_close(ctx); }
 
 int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 {
-    ar_safetensors *st = ar_st_open_dir(dir);
+    ar_safetensors *st = ar_st_open_model(dir);   /* FP8 checkpoints widen through their scales */
     if (!st) return -1;
     *src = (ar_tensor_source){.ctx = st, .shape = st_shape, .read_rows = st_read_rows, .close = st_close};
     return 0;
@@ -68,31 +69,33 @@ int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 
 /* ---- names and shapes ---------------------------------------------------- */
 
-/* The tensors of one block, in a fixed order: 7 weights, 7 biases, then the
- * norms of the block description (input, post-attention, Qwen3's q and k),
- * the order of block_slot. */
-enum { BT_W = 0, BT_B = AR_NLINEAR, BT_ATTN_NORM = 2 * AR_NLINEAR, BT_MLP_NORM, BT_QNORM, BT_KNORM, BT_COUNT };
+/* The tensors of one block of nl linears, in a fixed order: nl weights, nl
+ * biases, then the norms of the block description (input, post-attention,
+ * Qwen3's q and k), the order of block_slot. */
+enum { BT_NORMS = 4 };
+static int bt_count(int nl) { return 2 * nl + BT_NORMS; }
 
 /* Name and expected shape of block tensor j, from the block description bd;
  * 0 if the architecture lacks it. */
 static int block_tensor(const ar_block_desc *bd, int layer, int j, char *name, size_t n, int64_t shape[2], int *ndim)
 {
+    const int bias0 = bd->nlinear, norm0 = 2 * bd->nlinear;
     *ndim = 1;
-    if (j < BT_B) {
+    if (j < bias0) {
         const ar_linear_desc *l = &bd->lin[j];
         snprintf(name, n, "model.layers.%d.%s.weight", layer, l->name);
         shape[0] = l->n_out; shape[1] = l->k_in; *ndim = 2;
         return 1;
     }
-    if (j < BT_ATTN_NORM) {
-        const ar_linear_desc *l = &bd->lin[j - BT_B];
+    if (j < norm0) {
+        const ar_linear_desc *l = &bd->lin[j - bias0];
         if (!l->has_bias) return 0;
         snprintf(name, n, "model.layers.%d.%s.bias", layer, l->name);
         shape[0] = l->n_out;
         return 1;
     }
-    if (j - BT_ATTN_NORM >= bd->nnorm) return 0;
-    const ar_norm_desc *nd = &bd->norms[j - BT_ATTN_NORM];
+    if (j - norm0 >= bd->nnorm) return 0;
+    const ar_norm_desc *nd = &bd->norms[j - norm0];
     snprintf(name, n, "model.layers.%d.%s.weight", layer, nd->name);
     shape[0] = nd->size;
     return 1;
@@ -100,9 +103,11 @@ static int block_tensor(const ar_block_desc *bd, int layer, int j, char *name, s
 
 static float **block_slot(ar_block_weights *w, int j)
 {
-    if (j < BT_B) return &w->w[j];
-    if (j < BT_ATTN_NORM) return &w->b[j - BT_B];
-    return j == BT_ATTN_NORM ? &w->attn_norm : j == BT_MLP_NORM ? &w->mlp_norm : j == BT_QNORM ? &w->q_norm : &w->k_norm;
+    const int nl = w->nlinear;
+    if (j < nl) return &w->w[j];
+    if (j < 2 * nl) return &w->b[j - nl];
+    float **norm[BT_NORMS] = {&w->attn_norm, &w->mlp_norm, &w->q_norm, &w->k_norm};
+    return norm[j - 2 * nl];
 }
 
 static int check_shape(ar_model *m, const char *name, int ndim, const int64_t *want)
@@ -135,7 +140,7 @@ static int check_all_shapes(ar_model *m)
     m->head_name = c->tie_embeddings ? EMBED : HEAD;
     if (!c->tie_embeddings && check_shape(m, HEAD, 2, vc)) return -1;
     for (int l = 0; l < c->n_layers; l++)
-        for (int j = 0; j < BT_COUNT; j++) {
+        for (int j = 0; j < bt_count(m->bd.nlinear); j++) {
             char name[160];
             int64_t want[2];
             if (block_tensor(&m->bd, l, j, name, sizeof name, want, &nd) && check_shape(m, name, nd, want)) return -1;
@@ -150,7 +155,8 @@ int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
     memset(w, 0, sizeof *w);
     ar_block_desc bd;
     if (ar_block_desc_init(&bd, c)) return -1;
-    for (int j = 0; j < BT_COUNT; j++) {
+    if (ar_block_weights_init(w, bd.nlinear)) { ar_block_desc_free(&bd); return -1; }
+    for (int j = 0; j < bt_count(bd.nlinear); j++) {
         char name[160];
         int64_t shape[2];
         int nd;
@@ -165,17 +171,20 @@ int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
 
 void ar_block_weights_free(ar_block_weights *w)
 {
-    for (int j = 0; j < BT_COUNT; j++) {
+    for (int j = 0; w->w && j < bt_count(w->nlinear); j++) {
         float **p = block_slot(w, j);
         free(*p);
         *p = NULL;
     }
+    ar_block_weights_release(w);
 }
 
 int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
 {
     if (layer < 0 || layer >= m->c.n_layers) return ar_error("block %d out of range (model has %d)", layer, m->c.n_layers);
-    for (int j = 0; j < BT_COUNT; j++) {
+    if (w->nlinear != m->bd.nlinear)
+        return ar_error("block weights for %d linears, the model's blocks have %d", w->nlinear, m->bd.nlinear);
+    for (int j = 0; j < bt_count(m->bd.nlinear); j++) {
         char name[160];
         int64_t shape[2];
         int nd;
@@ -253,7 +262,7 @@ void ar_model_close(ar_model *m)
     free(m->cached); free(m->cached_ok);
     ar_block_weights_free(&m->cur);
     if (m->lm_head != m->embed) free(m->lm_head);
-    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act); free(m->kv_scale);
+    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act); free(m->aq); free(m->kv_scale);
     if (m->ws_B) ar_block_work_free(&m->ws);
     if (m->src.close) m->src.close(m->src.ctx);
     ar_block_desc_free(&m->bd);
@@ -261,6 +270,8 @@ void ar_model_close(ar_model *m)
 }
 
 const ar_config *ar_model_config(const ar_model *m) { return &m->c; }
+
+const ar_block_desc *ar_model_block_desc(const ar_model *m) { return &m->bd; }
 
 int ar_model_read_tensor(ar_model *m, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
@@ -337,14 +348,16 @@ static int ensure_work(ar_model *m, int B, int T)
     return 0;
 }
 
-int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[AR_NLINEAR])
+int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const *aq)
 {
     if (layer < 0 || layer >= m->c.n_layers) return ar_error("activation quantizers for layer %d of %d", layer, m->c.n_layers);
-    size_t n = (size_t)m->c.n_layers * AR_NLINEAR;
-    if (!m->act && (!(m->act = calloc(n, sizeof *m->act)) || !(m->has_act = calloc(n, 1))))
+    const int nl = m->bd.nlinear;
+    size_t n = (size_t)m->c.n_layers * nl;
+    if (!m->act && (!(m->act = calloc(n, sizeof *m->act)) || !(m->has_act = calloc(n, 1)) ||
+                    !(m->aq = calloc((size_t)nl, sizeof *m->aq))))
         return ar_error("out of memory for activation quantizers");
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        size_t j = (size_t)layer * AR_NLINEAR + i;
+    for (int i = 0; i < nl; i++) {
+        size_t j = (size_t)layer * nl + i;
         m->has_act[j] = aq && aq[i];
         if (m->has_act[j]) m->act[j] = *aq[i];
     }
@@ -353,7 +366,7 @@ int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[A
 
 int ar_model_has_act_quant(const ar_model *m)
 {
-    for (size_t j = 0; m->act && j < (size_t)m->c.n_layers * AR_NLINEAR; j++) if (m->has_act[j]) return 1;
+    for (size_t j = 0; m->act && j < (size_t)m->c.n_layers * m->bd.nlinear; j++) if (m->has_act[j]) return 1;
     return 0;
 }
 
@@ -378,12 +391,12 @@ int ar_model_has_kv_quant(const ar_model *m)
 /* Install block l's activation quantizers in the shared workspace. */
 static int layer_act_quant(ar_model *m, int l)
 {
-    const ar_act_spec *aq[AR_NLINEAR];
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        size_t j = (size_t)l * AR_NLINEAR + i;
-        aq[i] = m->has_act[j] ? &m->act[j] : NULL;
+    const int nl = m->bd.nlinear;
+    for (int i = 0; i < nl; i++) {
+        size_t j = (size_t)l * nl + i;
+        m->aq[i] = m->has_act[j] ? &m->act[j] : NULL;
     }
-    return ar_block_set_act_quant(&m->ws, aq);
+    return m->bd.set_act_quant(&m->ws, m->aq);
 }
 
 int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
@@ -398,7 +411,7 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
         if (l < cl.sliding_from_layer) cl.sliding_window = 0;
         if (m->act && layer_act_quant(m, l)) return -1;
         if (m->kv_scale) m->ws.kv_scale[0] = m->kv_scale[2 * l], m->ws.kv_scale[1] = m->kv_scale[2 * l + 1];
-        if (ar_block_forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
+        if (m->bd.forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
     }
     return ar_model_final_norm(m, hidden, B * T);
 }

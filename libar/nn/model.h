@@ -15,6 +15,7 @@
 #ifndef AR_MODEL_H
 #define AR_MODEL_H
 #include "block.h"
+#include "block_desc.h"
 #include "config.h"
 #include <stdint.h>
 
@@ -34,7 +35,9 @@ typedef struct ar_tensor_source {
 } ar_tensor_source;
 
 /* Fill src with the safetensors source of model directory dir (single file
- * or sharded). 0, or -1 with ar_error naming the file and the problem. */
+ * or sharded; FP8 weights of a quantized checkpoint widened through their
+ * scales, see ar_st_open_model). 0, or -1 with ar_error naming the file and
+ * the problem. */
 int ar_source_safetensors(ar_tensor_source *src, const char *dir);
 
 /* Keep every widened weight in memory between forwards. */
@@ -56,8 +59,13 @@ void ar_model_close(ar_model *m);
 /* The model's config. */
 const ar_config *ar_model_config(const ar_model *m);
 
-/* Allocate f32 buffers for one block of config c (NULL for tensors the
- * architecture lacks), to be filled by ar_model_load_block and reused. */
+/* The description of m's blocks (block_desc.h), valid while m is open. */
+const ar_block_desc *ar_model_block_desc(const ar_model *m);
+
+/* Allocate f32 buffers for one block of config c, its pointer arrays sized
+ * by the block description (NULL for tensors the architecture lacks), to be
+ * filled by ar_model_load_block and reused. ar_block_weights_free frees the
+ * tensors and the arrays (safe on a zeroed or failed w). */
 int  ar_block_weights_alloc(ar_block_weights *w, const ar_config *c);
 void ar_block_weights_free(ar_block_weights *w);
 
@@ -84,11 +92,11 @@ float *ar_model_read_head(ar_model *m, const float **norm_w);
  * sgemm per chunk of the vocabulary. x is the final-normed hidden state. */
 int ar_model_logits(ar_model *m, const float *x, int rows, float *logits);
 
-/* Fake-quantize the inputs of block layer's linears with aq (NULL or NULL
- * entries: not quantized) in every later CPU forward of m, as AutoRound keeps
+/* Fake-quantize the inputs of block layer's linears with aq (NULL, or one
+ * entry per linear of ar_model_block_desc, NULL entries: not quantized) in every later CPU forward of m, as AutoRound keeps
  * the activation quantizers of a W4A4/W8A8 model it evaluates (spec §2.12).
  * 0, or -1 with ar_error for a layer out of range or out of memory. */
-int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const aq[AR_NLINEAR]);
+int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const *aq);
 
 /* 1 when some linear of m has an activation quantizer set. */
 int ar_model_has_act_quant(const ar_model *m);

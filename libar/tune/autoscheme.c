@@ -129,12 +129,21 @@ out:
 
 /* ---- scoring: full-model forward and backward ---------------------------- */
 
-/* Slot s is linear s % AR_NLINEAR of block s / AR_NLINEAR of the block
+/* Slot s is linear s % nlinear of block s / nlinear of the block
  * description bd, or the head after the last block. */
 static void slot_name(const ar_block_desc *bd, const ar_config *c, int slot, char *buf, int size)
 {
-    if (slot >= c->n_layers * AR_NLINEAR) snprintf(buf, (size_t)size, "lm_head");
-    else ar_block_desc_layer_name(bd, slot / AR_NLINEAR, slot % AR_NLINEAR, buf, size);
+    if (slot >= c->n_layers * bd->nlinear) snprintf(buf, (size_t)size, "lm_head");
+    else ar_block_desc_layer_name(bd, slot / bd->nlinear, slot % bd->nlinear, buf, size);
+}
+
+int ar_autoscheme_nslots(const ar_config *c)
+{
+    ar_block_desc bd;
+    if (ar_block_desc_init(&bd, c)) return -1;
+    int n = c->n_layers * bd.nlinear + 1;
+    ar_block_desc_free(&bd);
+    return n;
 }
 
 int ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size)
@@ -148,8 +157,8 @@ int ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size)
 
 static void slot_shape(const ar_block_desc *bd, const ar_config *c, int slot, int *n, int *k)
 {
-    if (slot >= c->n_layers * AR_NLINEAR) { *n = c->vocab; *k = c->hidden; }
-    else *n = bd->lin[slot % AR_NLINEAR].n_out, *k = bd->lin[slot % AR_NLINEAR].k_in;
+    if (slot >= c->n_layers * bd->nlinear) { *n = c->vocab; *k = c->hidden; }
+    else *n = bd->lin[slot % bd->nlinear].n_out, *k = bd->lin[slot % bd->nlinear].k_in;
 }
 
 /* The RTN quantizer spec of a preset, as ar-tune builds it (no bf16 rounding:
@@ -168,6 +177,8 @@ static int spec_of(const ar_scheme *s, ar_quant_spec *qs)
 typedef struct {
     ar_model *m;
     const ar_config *c;
+    const ar_block_desc *bd;        /* the model's blocks: nl linears, forward/backward */
+    int nl;
     ar_quant_spec qs;
     int has_act;                    /* the option quantizes activations (with act) */
     ar_act_spec act;
@@ -175,11 +186,13 @@ typedef struct {
     const unsigned char *cand;
     int B, T, L, C, V;
     ar_block_weights wfp, wq;       /* wq: norms/biases borrowed from wfp, w[i] own or borrowed */
-    float *qbuf[AR_NLINEAR];        /* quantized weights of candidate linears */
+    float **qbuf;                   /* [nl] quantized weights of candidate linears */
+    const ar_act_spec **aq;         /* [nl] the block's activation quantizers */
+    float **dWsel, **dxinsel;       /* [nl] the backward's dW, dxin: this batch's entries or NULL */
     ar_block_acts *acts;            /* [L] */
     ar_block_work ws;
-    float *x, *xn, *rstd, *logits, *dx, *dy, *dW[AR_NLINEAR];
-    float *dxin[AR_NLINEAR], *xhat;  /* activation term: dL/dx̂ per linear [BT, K], x̂ scratch [BT, kmax] */
+    float *x, *xn, *rstd, *logits, *dx, *dy, **dW; /* dW [nl] */
+    float **dxin, *xhat;            /* activation term: dL/dx̂ per linear [nl][BT, K], x̂ scratch [BT, kmax] */
     float *xnq;                     /* head input x̂n when the head quantizes it, else xn */
     float *norm_w, *head, *head_q, *dhead;   /* head_q: Ĥ when the head is a candidate, else head */
 } score_ctx;
@@ -193,12 +206,14 @@ static float *alloc_floats(size_t n, int *fail)
 
 static void score_ctx_free(score_ctx *s)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) { free(s->qbuf[i]); free(s->dW[i]); free(s->dxin[i]); }
+    for (int i = 0; s->qbuf && i < s->nl; i++) free(s->qbuf[i]), free(s->dW[i]), free(s->dxin[i]);
+    free(s->qbuf); free(s->dW); free(s->dxin); free(s->aq); free(s->dWsel); free(s->dxinsel);
     free(s->xhat);
     if (s->xnq != s->xn) free(s->xnq);
     for (int l = 0; s->acts && l < s->L; l++) ar_block_acts_free(&s->acts[l]);
     free(s->acts);
     ar_block_weights_free(&s->wfp);
+    ar_block_weights_release(&s->wq);
     ar_block_work_free(&s->ws);
     free(s->x); free(s->xn); free(s->rstd); free(s->logits); free(s->dx); free(s->dy);
     free(s->norm_w);
@@ -208,16 +223,15 @@ static void score_ctx_free(score_ctx *s)
 
 static int head_is_candidate(const score_ctx *s)
 {
-    return s->cand[s->L * AR_NLINEAR] && !s->c->tie_embeddings;
+    return s->cand[s->L * s->nl] && !s->c->tie_embeddings;
 }
 
 /* The activation-term buffers: dL/dx̂ per linear and one x̂ scratch. */
 static void alloc_act_term(score_ctx *s, size_t BT, int *fail)
 {
     int kmax = 0;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(s->c, i, &n, &k);
+    for (int i = 0; i < s->nl; i++) {
+        int k = s->bd->lin[i].k_in;
         s->dxin[i] = alloc_floats(BT * k, fail);
         kmax = k > kmax ? k : kmax;
     }
@@ -233,15 +247,22 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
     if (act) s->has_act = 1, s->act = *act;
     s->terms = terms & (s->has_act ? ~0u : ~(unsigned)AR_AS_ACT_TERM);
     s->L = c->n_layers, s->C = c->hidden, s->V = c->vocab;
-    size_t BT = (size_t)B * T;
+    s->bd = ar_model_block_desc(m), s->nl = s->bd->nlinear;
+    size_t BT = (size_t)B * T, nl = (size_t)s->nl;
     int fail = 0;
-    if (ar_block_weights_alloc(&s->wfp, c) || ar_block_work_init(&s->ws, c, B, T, 1)) return -1;
+    s->qbuf = calloc(nl, sizeof *s->qbuf), s->dW = calloc(nl, sizeof *s->dW), s->dxin = calloc(nl, sizeof *s->dxin);
+    s->aq = calloc(nl, sizeof *s->aq), s->dWsel = calloc(nl, sizeof *s->dWsel);
+    s->dxinsel = calloc(nl, sizeof *s->dxinsel);
+    if (!s->qbuf || !s->dW || !s->dxin || !s->aq || !s->dWsel || !s->dxinsel)
+        return ar_error("autoscheme: out of memory");
+    if (ar_block_weights_alloc(&s->wfp, c) || ar_block_weights_view(&s->wq, &s->wfp) ||
+        ar_block_work_init(&s->ws, c, B, T, 1))
+        return -1;
     if (!(s->acts = calloc((size_t)s->L, sizeof *s->acts))) return ar_error("autoscheme: out of memory");
     for (int l = 0; l < s->L; l++)
         if (ar_block_acts_init(&s->acts[l], c, B, T)) return -1;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+    for (int i = 0; i < s->nl; i++) {
+        int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in;
         s->qbuf[i] = alloc_floats((size_t)n * k, &fail);
         s->dW[i] = alloc_floats((size_t)n * k, &fail);
     }
@@ -273,18 +294,17 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
 static int load_block(score_ctx *s, int l)
 {
     if (ar_model_load_block(s->m, l, &s->wfp)) return -1;
-    s->wq = s->wfp;
-    const ar_act_spec *aq[AR_NLINEAR] = {0};
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        if (!s->cand[l * AR_NLINEAR + i]) continue;
-        int n, k;
-        ar_linear_shape(s->c, i, &n, &k);
+    ar_block_weights_borrow(&s->wq, &s->wfp);
+    for (int i = 0; i < s->nl; i++) {
+        s->aq[i] = NULL;
+        if (!s->cand[l * s->nl + i]) continue;
+        int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in;
         ar_quant_out o = {s->qbuf[i], NULL, NULL, NULL};
         if (ar_quant_forward(&s->qs, s->wfp.w[i], n, k, NULL, &o)) return -1;
         s->wq.w[i] = s->qbuf[i];
-        if (s->has_act) aq[i] = &s->act;
+        if (s->has_act) s->aq[i] = &s->act;
     }
-    return ar_block_set_act_quant(&s->ws, aq);
+    return s->bd->set_act_quant(&s->ws, s->aq);
 }
 
 /* Config of block l: Qwen's first max_window_layers layers see the full context. */
@@ -342,7 +362,7 @@ static int forward_batch(score_ctx *s, const int32_t *ids)
     for (int l = 0; l < s->L; l++) {
         ar_config cl = layer_config(s->c, l);
         if (load_block(s, l) ||
-            ar_block_forward_train(&cl, &s->wq, s->x, s->x, s->B, s->T, &s->ws, &s->acts[l])) return -1;
+            s->bd->forward_train(&cl, &s->wq, s->x, s->x, s->B, s->T, &s->ws, &s->acts[l])) return -1;
     }
     ar_rmsnorm_forward(s->xn, s->rstd, s->x, s->norm_w, (int)BT, s->C, s->c->rms_eps);
     if (s->xnq != s->xn) {     /* a candidate head quantizes its input as well */
@@ -365,19 +385,18 @@ static int backward_batch(score_ctx *s, double *score)
     if (head_is_candidate(s) && (s->terms & AR_AS_WEIGHT_TERM)) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->V, s->C, (int)BT, 1.0f, s->logits, s->V,
                     s->xnq, s->C, 0.0f, s->dhead, s->C);
-        score[s->L * AR_NLINEAR] += delta_loss(s->dhead, s->head, s->head_q, (size_t)s->V * s->C);
+        score[s->L * s->nl] += delta_loss(s->dhead, s->head, s->head_q, (size_t)s->V * s->C);
     }
     if (head_is_candidate(s) && (s->terms & AR_AS_ACT_TERM))   /* s->dy is dL/dx̂n (straight-through) */
-        score[s->L * AR_NLINEAR] += delta_loss(s->dy, s->xn, s->xnq, (size_t)BT * s->C);
+        score[s->L * s->nl] += delta_loss(s->dy, s->xn, s->xnq, (size_t)BT * s->C);
     memset(s->dx, 0, act);
     ar_rmsnorm_backward(s->dx, NULL, s->dy, s->x, s->norm_w, s->rstd, (int)BT, s->C);
     for (int l = s->L - 1; l >= 0; l--) {
         float *tmp = s->dy; s->dy = s->dx; s->dx = tmp;   /* dy: gradient at this block's output */
         if (load_block(s, l)) return -1;
-        float *dW[AR_NLINEAR], *dxin[AR_NLINEAR];
-        for (int i = 0; i < AR_NLINEAR; i++) {
-            int n, k, cand = s->cand[l * AR_NLINEAR + i];
-            ar_linear_shape(s->c, i, &n, &k);
+        float **dW = s->dWsel, **dxin = s->dxinsel;
+        for (int i = 0; i < s->nl; i++) {
+            int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in, cand = s->cand[l * s->nl + i];
             dW[i] = cand && (s->terms & AR_AS_WEIGHT_TERM) ? s->dW[i] : NULL;
             dxin[i] = cand && (s->terms & AR_AS_ACT_TERM) ? s->dxin[i] : NULL;
             if (dW[i]) memset(dW[i], 0, sizeof(float) * n * k);
@@ -385,14 +404,13 @@ static int backward_batch(score_ctx *s, double *score)
         }
         if (l > 0) memset(s->dx, 0, act);
         ar_config cl = layer_config(s->c, l);
-        if (ar_block_backward_inputs(&cl, &s->wq, &s->acts[l], s->dy, dW, l > 0 ? s->dx : NULL, dxin, &s->ws))
+        if (s->bd->backward(&cl, &s->wq, &s->acts[l], s->dy, dW, l > 0 ? s->dx : NULL, dxin, &s->ws))
             return -1;
-        for (int i = 0; i < AR_NLINEAR; i++) {
-            int n, k;
-            ar_linear_shape(s->c, i, &n, &k);
-            double *sc = &score[l * AR_NLINEAR + i];
+        for (int i = 0; i < s->nl; i++) {
+            int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in;
+            double *sc = &score[l * s->nl + i];
             if (dW[i]) *sc += delta_loss(dW[i], s->wfp.w[i], s->wq.w[i], (size_t)n * k);
-            if (dxin[i] && act_delta(s, dxin[i], ar_block_acts_input(&s->acts[l], i), BT, k, s->xhat, sc)) return -1;
+            if (dxin[i] && act_delta(s, dxin[i], s->bd->acts_input(&s->acts[l], i), BT, k, s->xhat, sc)) return -1;
         }
     }
     return 0;
@@ -472,7 +490,7 @@ static int slot_scheme(const ar_block_desc *bd, const ar_config *c, int slot, co
     int n, k;
     slot_name(bd, c, slot, name, sizeof name);
     slot_shape(bd, c, slot, &n, &k);
-    int head = slot >= c->n_layers * AR_NLINEAR;
+    int head = slot >= c->n_layers * bd->nlinear;
     ar_layer_info info = {head, head && quant_lm_head, c->tie_embeddings};
     return ar_scheme_for_layer(opt, NULL, name, n, k, &info, out);
 }
@@ -551,8 +569,8 @@ static void union_group(const ar_block_desc *bd, const ar_config *c, const char 
     snprintf(pats, sizeof pats, "%s", group);
     for (int l = 0; l < c->n_layers; l++) {
         int first = -1;
-        for (int i = 0; i < AR_NLINEAR; i++) {
-            int slot = l * AR_NLINEAR + i, hit = 0;
+        for (int i = 0; i < bd->nlinear; i++) {
+            int slot = l * bd->nlinear + i, hit = 0;
             char name[128], buf[1024], *save = NULL;
             if (!cand[slot]) continue;
             slot_name(bd, c, slot, name, sizeof name);
@@ -618,7 +636,7 @@ static int allocate(const ar_block_desc *bd, const ar_config *c, const ar_autosc
             bits[(size_t)item_of[s] * no + j] += r->bits[(size_t)s * no + j];
             loss[(size_t)item_of[s] * no + j] += r->score[(size_t)s * no + j];
         }
-        if (s == c->n_layers * AR_NLINEAR) restrict_head(r, target, allowed + (size_t)item_of[s] * no);
+        if (s == c->n_layers * bd->nlinear) restrict_head(r, target, allowed + (size_t)item_of[s] * no);
     }
     r->budget = (int64_t)floor((double)r->total_params * target);
     double t0 = now_seconds();
@@ -684,9 +702,9 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
 {
     const ar_config *c = ar_model_config(m);
     memset(r, 0, sizeof *r);
-    r->nslots = AR_AS_NSLOTS(c);
     ar_block_desc bd;
     if (ar_block_desc_init(&bd, c)) return -1;
+    r->nslots = c->n_layers * bd.nlinear + 1;
     if (dedup_options(o, r)) { ar_block_desc_free(&bd); return -1; }
     size_t cells = (size_t)r->nslots * r->nopt;
     unsigned char *cand = calloc((size_t)r->nslots, 1);

@@ -12,15 +12,18 @@
  *    activations);
  *  - ar_autoscheme_run: all of it over a model and calibration token ids.
  *
- * Layer indices: block Linears are l·AR_NLINEAR + i (i in block.h's order),
- * the output head is n_layers·AR_NLINEAR; AR_AS_NSLOTS(c) slots in all. */
+ * Layer indices ("slots"): block Linears are l·nlinear + i, linear i of the
+ * block description (block_desc.h; for Llama block.h's order, nlinear 7),
+ * the output head is n_layers·nlinear; ar_autoscheme_nslots(c) in all. */
 #ifndef AR_AUTOSCHEME_H
 #define AR_AUTOSCHEME_H
 #include "model.h"
 #include "scheme.h"
 #include <stdint.h>
 
-#define AR_AS_NSLOTS(c) ((c)->n_layers * AR_NLINEAR + 1)
+/* The number of slots of a model of config c, or -1 (ar_error) when its
+ * blocks have no description. */
+int ar_autoscheme_nslots(const ar_config *c);
 
 /* Bits a layer of weight [n_out, k_in] costs under scheme s (spec §5.2,
  * AutoRound's compute_layer_bits):
@@ -127,7 +130,7 @@ typedef struct {
     int measured_rounds;        /* measured: <= 1 one pass; 2+ re-measure given the last pick */
 } ar_autoscheme_opts;
 
-/* What ar_autoscheme_run decided. Arrays have AR_AS_NSLOTS(c) entries. */
+/* What ar_autoscheme_run decided. Arrays have nslots entries. */
 typedef struct {
     int nslots, nopt;
     ar_scheme *options;         /* the deduplicated options [nopt] */

@@ -30,6 +30,9 @@ typedef struct {
 typedef struct {
     ar_model *m;
     const ar_config *c;
+    const ar_block_desc *bd;    /* the model's blocks: nl linears, forward */
+    int nl;
+    const ar_act_spec **aq;     /* [nl] a block's activation quantizers */
     int L, C, V, nseq, T, B;
     const int32_t *ids;
     int nopt;
@@ -42,6 +45,7 @@ typedef struct {
     float **base_w;             /* [nslots]: the slot's weight under base when base quantizes it, else NULL */
     float *var_w;               /* the measured slot's weight (largest linear or the head) */
     ar_block_weights wfp;
+    ar_block_weights wv;        /* a view of wfp with some linears swapped (setup_block) */
     ar_block_work ws;
     float *norm_w, *head;       /* final norm, FP head [V, C] */
     float *xn, *rstd, *logits;  /* one sequence: [T, C], [T], [T, V] */
@@ -50,12 +54,14 @@ typedef struct {
 
 static size_t chain_floats(const meas_ctx *x) { return (size_t)x->nseq * x->T * x->C; }
 
-static int head_slot(const meas_ctx *x) { return x->L * AR_NLINEAR; }
+static int head_slot(const meas_ctx *x) { return x->L * x->nl; }
+
+static int nslots(const meas_ctx *x) { return x->L * x->nl + 1; }
 
 static void slot_shape(const meas_ctx *x, int slot, int *n, int *k)
 {
     if (slot == head_slot(x)) { *n = x->V; *k = x->C; }
-    else ar_linear_shape(x->c, slot % AR_NLINEAR, n, k);
+    else *n = x->bd->lin[slot % x->nl].n_out, *k = x->bd->lin[slot % x->nl].k_in;
 }
 
 /* Option index of slot under base, -1 when base keeps it in full precision. */
@@ -105,15 +111,16 @@ static int quantize_slot(const meas_ctx *x, int slot, int j, const float *w, flo
 
 /* Block l with the base's weights and activation quantizers, and slot
  * var_slot (when in block l) switched to var_w / var_act. wfp gets the FP
- * weights; *w borrows from it. */
+ * weights; *w (a view from ar_block_weights_view) borrows from it. */
 static int setup_block(meas_ctx *x, int l, int var_slot, const float *var_w, const ar_act_spec *var_act,
                        ar_block_weights *w)
 {
     if (ar_model_load_block(x->m, l, &x->wfp)) return -1;
-    *w = x->wfp;
-    const ar_act_spec *aq[AR_NLINEAR] = {0};
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int slot = l * AR_NLINEAR + i, j = base_choice(x, slot);
+    ar_block_weights_borrow(w, &x->wfp);
+    const ar_act_spec **aq = x->aq;
+    for (int i = 0; i < x->nl; i++) {
+        int slot = l * x->nl + i, j = base_choice(x, slot);
+        aq[i] = NULL;
         if (slot == var_slot) {
             w->w[i] = (float *)var_w;
             aq[i] = var_act;
@@ -122,7 +129,7 @@ static int setup_block(meas_ctx *x, int l, int var_slot, const float *var_w, con
             aq[i] = x->opt[j].has_act ? &x->opt[j].act : NULL;
         }
     }
-    return ar_block_set_act_quant(&x->ws, aq);
+    return x->bd->set_act_quant(&x->ws, aq);
 }
 
 /* Run block l in place over all nseq sequences of h [nseq·T, C]. */
@@ -132,7 +139,7 @@ static int block_all(meas_ctx *x, int l, const ar_block_weights *w, float *h)
     for (int s0 = 0; s0 < x->nseq; s0 += x->B) {
         int b = x->nseq - s0 < x->B ? x->nseq - s0 : x->B;
         float *hb = h + (size_t)s0 * x->T * x->C;
-        if (ar_block_forward(&cl, w, hb, hb, b, x->T, &x->ws)) return -1;
+        if (x->bd->forward(&cl, w, hb, hb, b, x->T, &x->ws)) return -1;
     }
     return 0;
 }
@@ -182,7 +189,7 @@ static const float *base_head(const meas_ctx *x, const ar_act_spec **act)
 static void observe_imatrix(void *ctx, int linear, const float *in, long rows, int k)
 {
     meas_ctx *x = ctx;
-    float *im = x->imat[x->imat_layer * AR_NLINEAR + linear];
+    float *im = x->imat[x->imat_layer * x->nl + linear];
     if (im) ar_imatrix_accumulate(im, in, rows, k);
 }
 
@@ -190,7 +197,7 @@ static void observe_imatrix(void *ctx, int linear, const float *in, long rows, i
  * normalized per sequence as ar-tune does; cur is the scratch chain. */
 static int build_imatrix(meas_ctx *x)
 {
-    int ns = AR_AS_NSLOTS(x->c);
+    int ns = nslots(x);
     if (!(x->imat = calloc((size_t)ns, sizeof *x->imat))) return ar_error("autoscheme: out of memory");
     for (int s = 0; s < ns; s++) {
         int n, k;
@@ -198,8 +205,8 @@ static int build_imatrix(meas_ctx *x)
         if (x->cand[s] && !(x->imat[s] = calloc((size_t)k, sizeof(float))))
             return ar_error("autoscheme: out of memory for the importance matrix");
     }
-    const ar_act_spec *none[AR_NLINEAR] = {0};
-    if (ar_model_embed(x->m, x->ids, x->nseq * x->T, x->cur) || ar_block_set_act_quant(&x->ws, none)) return -1;
+    for (int i = 0; i < x->nl; i++) x->aq[i] = NULL;
+    if (ar_model_embed(x->m, x->ids, x->nseq * x->T, x->cur) || x->bd->set_act_quant(&x->ws, x->aq)) return -1;
     x->ws.observe = observe_imatrix, x->ws.observe_ctx = x;
     for (int l = 0; l < x->L; l++) {
         x->imat_layer = l;
@@ -222,7 +229,7 @@ static int build_imatrix(meas_ctx *x)
 /* The base's quantized weights of every slot it quantizes. */
 static int build_base_weights(meas_ctx *x)
 {
-    int ns = AR_AS_NSLOTS(x->c);
+    int ns = nslots(x);
     if (!(x->base_w = calloc((size_t)ns, sizeof *x->base_w))) return ar_error("autoscheme: out of memory");
     for (int s = 0; s < ns; s++) {
         int j = base_choice(x, s), n, k;
@@ -230,8 +237,8 @@ static int build_base_weights(meas_ctx *x)
         slot_shape(x, s, &n, &k);
         if (!(x->base_w[s] = malloc(sizeof(float) * n * k))) return ar_error("autoscheme: out of memory");
         const float *w = x->head;
-        if (s != head_slot(x) && ar_model_load_block(x->m, s / AR_NLINEAR, &x->wfp)) return -1;
-        if (s != head_slot(x)) w = x->wfp.w[s % AR_NLINEAR];
+        if (s != head_slot(x) && ar_model_load_block(x->m, s / x->nl, &x->wfp)) return -1;
+        if (s != head_slot(x)) w = x->wfp.w[s % x->nl];
         if (quantize_slot(x, s, j, w, x->base_w[s])) return -1;
     }
     return 0;
@@ -243,10 +250,9 @@ static int build_states(meas_ctx *x, double *loss)
     size_t cf = chain_floats(x);
     if (ar_model_embed(x->m, x->ids, x->nseq * x->T, x->states)) return -1;
     for (int l = 0; l < x->L; l++) {
-        ar_block_weights w;
         float *next = x->states + (size_t)(l + 1) * cf;
         memcpy(next, x->states + (size_t)l * cf, sizeof(float) * cf);
-        if (setup_block(x, l, -1, NULL, NULL, &w) || block_all(x, l, &w, next)) return -1;
+        if (setup_block(x, l, -1, NULL, NULL, &x->wv) || block_all(x, l, &x->wv, next)) return -1;
     }
     const ar_act_spec *act;
     const float *head = base_head(x, &act);
@@ -266,15 +272,14 @@ static int loss_with(meas_ctx *x, int slot, int j, double *loss)
         if (j >= 0) head = x->var_w;
         return head_loss(x, x->states + (size_t)x->L * cf, head, act, loss);
     }
-    int l = slot / AR_NLINEAR, i = slot % AR_NLINEAR, n, k;
+    int l = slot / x->nl, i = slot % x->nl, n, k;
     slot_shape(x, slot, &n, &k);
     if (ar_model_load_block(x->m, l, &x->wfp)) return -1;
     if (j >= 0 && quantize_slot(x, slot, j, x->wfp.w[i], x->var_w)) return -1;
     if (j < 0) memcpy(x->var_w, x->wfp.w[i], sizeof(float) * n * k);
     memcpy(x->cur, x->states + (size_t)l * cf, sizeof(float) * cf);
     for (int b = l; b < x->L; b++) {
-        ar_block_weights w;
-        if (setup_block(x, b, slot, x->var_w, act, &w) || block_all(x, b, &w, x->cur)) return -1;
+        if (setup_block(x, b, slot, x->var_w, act, &x->wv) || block_all(x, b, &x->wv, x->cur)) return -1;
     }
     const ar_act_spec *hact;
     const float *head = base_head(x, &hact);
@@ -306,16 +311,19 @@ static int ctx_init(meas_ctx *x, ar_model *m, const ar_scheme *options, int nopt
     x->m = m, x->c = c, x->L = c->n_layers, x->C = c->hidden, x->V = c->vocab;
     x->nseq = nseq, x->T = T, x->B = batch_size < nseq ? batch_size : nseq, x->ids = ids;
     x->nopt = nopt, x->cand = cand, x->base = base;
-    if (!(x->opt = calloc((size_t)nopt, sizeof *x->opt))) return ar_error("autoscheme: out of memory");
+    x->bd = ar_model_block_desc(m), x->nl = x->bd->nlinear;
+    if (!(x->opt = calloc((size_t)nopt, sizeof *x->opt)) || !(x->aq = calloc((size_t)x->nl, sizeof *x->aq)))
+        return ar_error("autoscheme: out of memory");
     for (int j = 0; j < nopt; j++)
         if (fill_option(&options[j], &x->opt[j])) return -1;
     size_t cf = chain_floats(x), wmax = (size_t)x->V * x->C;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
-        wmax = (size_t)n * k > wmax ? (size_t)n * k : wmax;
+    for (int i = 0; i < x->nl; i++) {
+        size_t nel = (size_t)x->bd->lin[i].n_out * x->bd->lin[i].k_in;
+        wmax = nel > wmax ? nel : wmax;
     }
-    if (ar_block_weights_alloc(&x->wfp, c) || ar_block_work_init(&x->ws, c, x->B, T, 0)) return -1;
+    if (ar_block_weights_alloc(&x->wfp, c) || ar_block_weights_view(&x->wv, &x->wfp) ||
+        ar_block_work_init(&x->ws, c, x->B, T, 0))
+        return -1;
     x->states = malloc(sizeof(float) * cf * (size_t)(x->L + 1));
     x->cur = malloc(sizeof(float) * cf);
     x->var_w = malloc(sizeof(float) * wmax);
@@ -334,13 +342,14 @@ static int ctx_init(meas_ctx *x, ar_model *m, const ar_scheme *options, int nopt
 
 static void ctx_free(meas_ctx *x)
 {
-    int ns = AR_AS_NSLOTS(x->c);
+    int ns = nslots(x);
     for (int s = 0; s < ns; s++) {
         if (x->imat) free(x->imat[s]);
         if (x->base_w) free(x->base_w[s]);
     }
-    free(x->imat); free(x->base_w); free(x->opt);
+    free(x->imat); free(x->base_w); free(x->opt); free(x->aq);
     ar_block_weights_free(&x->wfp);
+    ar_block_weights_release(&x->wv);
     ar_block_work_free(&x->ws);
     free(x->states); free(x->cur); free(x->var_w); free(x->norm_w); free(x->head);
     free(x->xn); free(x->rstd); free(x->logits);
@@ -353,7 +362,7 @@ int ar_autoscheme_measure(ar_model *m, const ar_scheme *options, int nopt, const
     if (nseq < 1 || T < 2 || batch_size < 1 || nopt < 1)
         return ar_error("autoscheme: need sequences of at least 2 tokens (%d x %d) and options", nseq, T);
     meas_ctx x;
-    int rc = -1, ns = AR_AS_NSLOTS(ar_model_config(m)), todo = 0, done = 0;
+    int rc = -1, ns = ar_model_config(m)->n_layers * ar_model_block_desc(m)->nlinear + 1, todo = 0, done = 0;
     double bl;
     memset(score, 0, sizeof(double) * ns * nopt);
     if (ctx_init(&x, m, options, nopt, candidate, base, ids, nseq, T, batch_size)) goto out;

@@ -6,10 +6,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_block_desc *bd, int layer,
-                           const ar_block_weights *w, float *const imat[AR_NLINEAR], ar_gguf_qlinear out[AR_NLINEAR])
+int ar_gguf_quantize_block(const ar_ggml_type *types, const ar_block_desc *bd, int layer,
+                           const ar_block_weights *w, float *const *imat, ar_gguf_qlinear *out)
 {
-    memset(out, 0, sizeof(ar_gguf_qlinear) * AR_NLINEAR);
+    memset(out, 0, sizeof(ar_gguf_qlinear) * (size_t)bd->nlinear);
     for (int i = 0; i < bd->nlinear; i++) {
         int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         ar_gguf_qlinear *q = &out[i];
@@ -25,10 +25,10 @@ int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_block_
     return 0;
 }
 
-void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR])
+void ar_gguf_qlinears_free(ar_gguf_qlinear *out, int n)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) free(out[i].blocks);
-    memset(out, 0, sizeof(ar_gguf_qlinear) * AR_NLINEAR);
+    for (int i = 0; i < n; i++) free(out[i].blocks);
+    memset(out, 0, sizeof(ar_gguf_qlinear) * (size_t)n);
 }
 
 void ar_gguf_embedding_importance(const ar_block_desc *bd, const ar_config *c, const ar_block_weights *w0,

@@ -25,17 +25,18 @@ typedef struct {
     size_t       nbytes;
 } ar_gguf_qlinear;
 
-/* Quantize the linears of block `layer` described by bd (weights w, HF
- * layout; names and shapes from bd), linear i to ggml type types[i]; imat[i] is linear i's importance per input column
- * (K floats) or NULL for llama.cpp's reference quantizer (exactly
- * llama-quantize without --imatrix).
- * out[i] is filled for every linear (free with ar_gguf_qlinears_free, also on
- * failure). 0 or -1 with ar_error. */
-int ar_gguf_quantize_block(const ar_ggml_type types[AR_NLINEAR], const ar_block_desc *bd, int layer,
-                           const ar_block_weights *w, float *const imat[AR_NLINEAR], ar_gguf_qlinear out[AR_NLINEAR]);
+/* Quantize the bd->nlinear linears of block `layer` described by bd
+ * (weights w, HF layout; names and shapes from bd), linear i to ggml type
+ * types[i]; imat (NULL, or bd->nlinear entries) has linear i's importance
+ * per input column (K floats), a NULL one for llama.cpp's reference
+ * quantizer (exactly llama-quantize without --imatrix).
+ * out[i] (bd->nlinear entries) is filled for every linear (free with
+ * ar_gguf_qlinears_free, also on failure). 0 or -1 with ar_error. */
+int ar_gguf_quantize_block(const ar_ggml_type *types, const ar_block_desc *bd, int layer,
+                           const ar_block_weights *w, float *const *imat, ar_gguf_qlinear *out);
 
-/* Free the blocks of out[0..AR_NLINEAR) and zero them. */
-void ar_gguf_qlinears_free(ar_gguf_qlinear out[AR_NLINEAR]);
+/* Free the blocks of out[0..n) and zero them. */
+void ar_gguf_qlinears_free(ar_gguf_qlinear *out, int n);
 
 /* ---- Tensors outside the blocks ----------------------------------------------
  * llama-imatrix gives the output head no importance matrix (it never sees the

@@ -19,9 +19,63 @@ void ar_signround_defaults(ar_signround_opts *o)
     o->use_best = 1;
 }
 
+int ar_block_plan_init(ar_block_plan *plan, const ar_block_desc *desc)
+{
+    int n = desc->nlinear;
+    *plan = (ar_block_plan){desc, n, calloc(n, sizeof(int)), calloc(n, sizeof(ar_quant_spec)), calloc(n, sizeof(int)),
+                            calloc(n, sizeof(ar_act_spec)), calloc(n, sizeof(float *))};
+    if (!plan->quantize || !plan->spec || !plan->act_quant || !plan->act || !plan->init_scale)
+        return ar_error("out of memory for the plan of %d linears", n);
+    return 0;
+}
+
+void ar_block_plan_free(ar_block_plan *plan)
+{
+    free(plan->quantize); free(plan->spec); free(plan->act_quant); free(plan->act); free(plan->init_scale);
+    *plan = (ar_block_plan){0};
+}
+
+void ar_block_plan_copy(ar_block_plan *dst, const ar_block_plan *src)
+{
+    size_t n = (size_t)src->nlinear;
+    memcpy(dst->quantize, src->quantize, n * sizeof *src->quantize);
+    memcpy(dst->spec, src->spec, n * sizeof *src->spec);
+    memcpy(dst->act_quant, src->act_quant, n * sizeof *src->act_quant);
+    memcpy(dst->act, src->act, n * sizeof *src->act);
+    memcpy(dst->init_scale, src->init_scale, n * sizeof *src->init_scale);
+}
+
+ar_quant_out *ar_block_plan_outputs(const ar_block_plan *plan)
+{
+    ar_quant_out *out = calloc(plan->nlinear, sizeof *out);
+    if (!out) return ar_error("out of memory for layer outputs"), NULL;
+    for (int i = 0; i < plan->nlinear; i++) {
+        if (!plan->quantize[i]) continue;
+        int n = plan->desc->lin[i].n_out, k = plan->desc->lin[i].k_in;
+        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
+        out[i].wq = malloc(sizeof(float) * n * k);
+        out[i].codes = malloc((size_t)n * k);
+        out[i].scale = malloc(sizeof(float) * ng);
+        out[i].zp = malloc(sizeof(int32_t) * ng);
+        if (!out[i].wq || !out[i].codes || !out[i].scale || !out[i].zp) {
+            ar_block_plan_outputs_free(out, plan);
+            return ar_error("out of memory for layer outputs"), NULL;
+        }
+    }
+    return out;
+}
+
+void ar_block_plan_outputs_free(ar_quant_out *out, const ar_block_plan *plan)
+{
+    for (int i = 0; out && i < plan->nlinear; i++) {
+        free(out[i].wq); free(out[i].codes); free(out[i].scale); free(out[i].zp);
+    }
+    free(out);
+}
+
 int ar_block_plan_has_act_quant(const ar_block_plan *plan)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i] && plan->act_quant[i]) return 1;
+    for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i] && plan->act_quant[i]) return 1;
     return 0;
 }
 
@@ -53,9 +107,12 @@ int ar_act_spec_from_scheme(const ar_scheme *s, float act_max, ar_act_spec *as)
 
 int ar_block_plan_set_act_quant(const ar_block_plan *plan, ar_block_work *ws)
 {
-    const ar_act_spec *aq[AR_NLINEAR];
-    for (int i = 0; i < AR_NLINEAR; i++) aq[i] = plan->quantize[i] && plan->act_quant[i] ? &plan->act[i] : NULL;
-    return ar_block_set_act_quant(ws, aq);
+    const ar_act_spec **aq = malloc(sizeof *aq * (size_t)plan->nlinear);
+    if (!aq) return ar_error("out of memory for the activation quantizers");
+    for (int i = 0; i < plan->nlinear; i++) aq[i] = plan->quantize[i] && plan->act_quant[i] ? &plan->act[i] : NULL;
+    int rc = plan->desc->set_act_quant(ws, aq);
+    free(aq);
+    return rc;
 }
 
 void ar_default_mask(uint8_t *mask, int n, int T)
@@ -222,11 +279,10 @@ static float layer_lr(const ar_signround_opts *o, int bits)
     return (o->iters >= 1000 && bits <= 3 ? 2.0f : 1.0f) / (float)o->iters;
 }
 
-static int layer_init(layer_state *L, const ar_config *c, int i, const ar_quant_spec *qs,
-                      const ar_signround_opts *o)
+static int layer_init(layer_state *L, const ar_linear_desc *d, const ar_quant_spec *qs, const ar_signround_opts *o)
 {
     memset(L, 0, sizeof *L);
-    ar_linear_shape(c, i, &L->n, &L->k);
+    L->n = d->n_out, L->k = d->k_in;
     L->ng = ar_quant_ngroups(L->k, qs->group_size);
     L->nel = (size_t)L->n * L->k;
     L->ngr = (size_t)L->n * L->ng;
@@ -237,7 +293,7 @@ static int layer_init(layer_state *L, const ar_config *c, int i, const ar_quant_
     L->dalpha = calloc(L->ngr, 4); L->dbeta = calloc(L->ngr, 4);
     if (!L->v || !L->best_v || !L->dv || !L->wq || !L->dw || !L->alpha || !L->beta || !L->best_alpha ||
         !L->best_beta || !L->dalpha || !L->dbeta)
-        return ar_error("out of memory for the tunables of %s", ar_linear_names[i]);
+        return ar_error("out of memory for the tunables of %s", d->name);
     for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = L->best_alpha[g] = L->best_beta[g] = 1.0f;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
@@ -331,7 +387,8 @@ typedef struct {
     const ar_block_plan *plan;
     const ar_signround_opts *o;
     int T, C, bs;
-    layer_state L[AR_NLINEAR];
+    layer_state *L;               /* [plan->nlinear], set where planned */
+    float **dW;                   /* [plan->nlinear] the planned linears' weight gradients, else NULL */
     ar_block_weights wq;          /* FP weights with the quantized linears swapped for ŵ */
     ar_block_work ws;
     ar_block_acts acts;
@@ -346,7 +403,7 @@ typedef struct {
 static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 {
     double t0 = now_s();
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
         ar_quant_params p = layer_params(L, t->o->minmax_tuning, 0);
@@ -385,8 +442,6 @@ static double head_loss(tuner *t, const int *idx, int bs, float scale)
 static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                        const int *idx, int gb, double *loss)
 {
-    float *dW[AR_NLINEAR] = {0};
-    for (int i = 0; i < AR_NLINEAR; i++) dW[i] = t->plan->quantize[i] ? t->L[i].dw : NULL;
     double nel = (double)gb * t->T * t->C, sse = 0;
     t->head_rows = 0;
     for (int off = 0; off < gb; off += t->bs) {
@@ -396,7 +451,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         gather_bf16(t->yb, y_ref, idx + off, bs, t->T, t->C);
         gather_mask(t->mb, mask, idx + off, bs, t->T);
         double t0 = now_s();
-        if (ar_block_forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
+        if (t->plan->desc->forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
         double t1 = now_s();
         if (t->o->lfq) {
             double part = head_loss(t, idx + off, bs, (float)(1.0 / nel));
@@ -409,7 +464,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         } else {
             sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
         }
-        if (ar_block_backward(t->c, &t->wq, &t->acts, t->dy, dW, NULL, &t->ws)) return -1;
+        if (t->plan->desc->backward(t->c, &t->wq, &t->acts, t->dy, t->dW, NULL, NULL, &t->ws)) return -1;
         t->rep->sec_forward += t1 - t0;
         t->rep->sec_backward += now_s() - t1;
     }
@@ -421,7 +476,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
 static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
 {
     double t0 = now_s();
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
         int mm = t->o->minmax_tuning;
@@ -450,12 +505,18 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
     memset(t, 0, sizeof *t);
     t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
     t->bs = o->batch_size < n ? o->batch_size : n;
-    t->wq = *w_fp;
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    if (plan->nlinear != w_fp->nlinear)
+        return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
+    if (ar_block_weights_view(&t->wq, w_fp)) return -1;
+    if (!(t->L = calloc(plan->nlinear, sizeof *t->L)) || !(t->dW = calloc(plan->nlinear, sizeof *t->dW)))
+        return ar_error("out of memory for the tunables");
+    for (int i = 0; i < plan->nlinear; i++) {
         if (!plan->quantize[i]) continue;
-        if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], c, i, &plan->spec[i], o)) return -1;
+        if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], &plan->desc->lin[i], &plan->spec[i], o))
+            return -1;
         t->L[i].init_scale = plan->init_scale[i];
         t->wq.w[i] = t->L[i].wq;
+        t->dW[i] = t->L[i].dw;
     }
     size_t rows = (size_t)t->bs * T * t->C;
     t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
@@ -470,16 +531,18 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
 
 static void tuner_free(tuner *t)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) if (t->plan->quantize[i]) layer_free(&t->L[i]);
+    for (int i = 0; t->L && i < t->plan->nlinear; i++) if (t->plan->quantize[i]) layer_free(&t->L[i]);
+    free(t->L); free(t->dW);
+    ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
     ar_block_work_free(&t->ws);
     ar_block_acts_free(&t->acts);
 }
 
 /* Bake the chosen tunables into the outputs. */
-static int finish(tuner *t, const ar_block_weights *w_fp, const ar_quant_out out[AR_NLINEAR])
+static int finish(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
         ar_quant_params p = layer_params(L, t->o->minmax_tuning, t->o->use_best);
@@ -501,7 +564,7 @@ int ar_signround_begin(int n, int T, const ar_signround_opts *o, ar_signround_re
 int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                             int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
-                            const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                            const ar_quant_out *out, ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx)
 {
     ar_signround_report spare;
@@ -524,7 +587,7 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
         if (loss < rep->best_loss) {
             rep->best_loss = loss;
             rep->best_iter = it;
-            for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) snapshot_best(&t.L[i]);
+            for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) snapshot_best(&t.L[i]);
         }
         /* No step after the last forward: nothing would read its result. */
         if (it + 1 < o->iters) rc = update_all(&t, w_fp, 1.0f - (float)it / (float)o->iters);

@@ -35,6 +35,7 @@
 #define AR_SIGNROUND_H
 #include "rng.h"
 #include "block.h"
+#include "block_desc.h"
 #include "quant.h"
 #include "scheme.h"
 #include <stdint.h>
@@ -75,22 +76,42 @@ typedef struct {
 /* Fill o with AutoRound's defaults (the values in the comments above). */
 void ar_signround_defaults(ar_signround_opts *o);
 
-/* What to do with each of the block's seven linears. */
+/* What to do with each linear of a block: arrays of desc->nlinear entries,
+ * entry i for desc->lin[i] (ar_block_plan_init allocates them zeroed: every
+ * linear kept FP). The tuner takes the shapes and the forward/backward from
+ * desc, so a block of any family and any number of linears tunes alike. */
 typedef struct {
-    int quantize[AR_NLINEAR];        /* 0: keep FP (bits 16 or skipped) */
-    ar_quant_spec spec[AR_NLINEAR];
+    const ar_block_desc *desc;       /* the block described (not owned) */
+    int nlinear;                     /* desc->nlinear */
+    int *quantize;                   /* 0: keep FP (bits 16 or skipped) */
+    ar_quant_spec *spec;
     /* Activation fake-quantization (spec §2.12): when act_quant[i] (only
      * meaningful with quantize[i], as AutoRound wraps only quantized layers),
      * the input of linear i is fake-quantized with act[i] in every tuning
-     * forward, straight-through in the backward (ar_block_set_act_quant). */
-    int act_quant[AR_NLINEAR];
-    ar_act_spec act[AR_NLINEAR];
+     * forward, straight-through in the backward (desc->set_act_quant). */
+    int *act_quant;
+    ar_act_spec *act;
     /* SignRoundV2's pre-tuning scale search (spec §5.1(a)): NULL, or the
      * signed per-group scales [N, ngroups] of a symmetric int linear
      * (ar_quant_search_scales), used as ar_quant_params.init_scale: the
      * scale is init_scale·β, α unused; set spec.minmax_hi = 2 with it. */
-    const float *init_scale[AR_NLINEAR];
+    const float **init_scale;
 } ar_block_plan;
+
+/* Allocate plan for the linears of desc (kept: it must outlive the plan),
+ * all entries zero. 0, or -1 (ar_error) when out of memory; the plan is
+ * then safe to free. */
+int ar_block_plan_init(ar_block_plan *plan, const ar_block_desc *desc);
+void ar_block_plan_free(ar_block_plan *plan);
+
+/* Copy src's entries into dst (a plan of the same description). */
+void ar_block_plan_copy(ar_block_plan *dst, const ar_block_plan *src);
+
+/* Output buffers for plan: out[nlinear], out[i] sized by desc->lin[i] for
+ * every planned linear i (others zero). NULL (ar_error) when out of memory.
+ * Free with ar_block_plan_outputs_free. */
+ar_quant_out *ar_block_plan_outputs(const ar_block_plan *plan);
+void ar_block_plan_outputs_free(ar_quant_out *out, const ar_block_plan *plan);
 
 /* 1 when some quantized linear of plan fake-quantizes its input. */
 int ar_block_plan_has_act_quant(const ar_block_plan *plan);
@@ -134,13 +155,15 @@ typedef void (*ar_signround_progress)(void *ctx, int iter, int iters, double los
 /* Tune block weights w_fp (FP, f32) on n cached samples of T tokens:
  * x_in [n, T, C] bf16 inputs (the quantized chain, or the FP chain for block 0),
  * y_ref [n, T, C] bf16 FP outputs, mask [n, T] (1 = position counts; may be
- * NULL for "all but the last token"). For each linear i with plan->quantize[i],
- * out[i] receives the final fake-quantized weight, codes, scales and zero
- * points (ar_quant_out buffers owned by the caller). Returns 0 or -1. */
+ * NULL for "all but the last token"). Linear i is plan->desc->lin[i] (its
+ * shape; the block runs plan->desc's forward/backward). For each linear i
+ * with plan->quantize[i], out[i] (plan->nlinear entries, e.g. from
+ * ar_block_plan_outputs) receives the final fake-quantized weight, codes,
+ * scales and zero points (buffers owned by the caller). Returns 0 or -1. */
 int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                             int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
-                            const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                            const ar_quant_out *out, ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx);
 
 /* The start that ar_signround_tune_block and its CUDA twin share: point a

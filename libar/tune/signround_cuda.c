@@ -82,10 +82,20 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     return ar_error("GPU tuning asked for, but this build has no CUDA");
 }
 
-int ar_block_forward_samples_cuda(const ar_config *c, const ar_block_weights *w, const uint16_t *src,
-                                  uint16_t *dst, int n, int T, int bs)
+int ar_signround_tune_block_cuda_res(ar_residency *res, const ar_config *c, const ar_block_weights *w_fp,
+                                     const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, int n, int T,
+                                     const ar_block_plan *plan, const ar_signround_opts *o,
+                                     const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                                     ar_signround_progress cb, void *cb_ctx)
 {
-    (void)c, (void)w, (void)src, (void)dst, (void)n, (void)T, (void)bs;
+    (void)res;
+    return ar_signround_tune_block_cuda(c, w_fp, x_in, y_ref, mask, n, T, plan, o, out, rep, cb, cb_ctx);
+}
+
+int ar_block_forward_samples_cuda(ar_residency *res, const ar_config *c, const ar_block_weights *w,
+                                  const uint16_t *src, uint16_t *dst, int n, int T, int bs)
+{
+    (void)res, (void)c, (void)w, (void)src, (void)dst, (void)n, (void)T, (void)bs;
     return ar_error("GPU forward asked for, but this build has no CUDA");
 }
 #else
@@ -135,11 +145,12 @@ typedef struct {
     ar_cuda_shape shape;
     int T, C, bs, iters;
     glayer L[AR_NLINEAR];
-    float *swap[AR_NLINEAR];
     uint16_t *wb[AR_NLINEAR];   /* fast path: the work's bf16 weights, written here (NULL otherwise) */
-    ar_cuda_weights w;
+    ar_residency *res;          /* the block's device weights (borrowed), the chains' mirrors, the ledger */
+    ar_cuda_weights w;          /* the residency's block weights, the quantized linears' swapped for ŵ */
     ar_cuda_block_work *ws;
     uint16_t *x_in, *y_ref;     /* [n, T, C] bf16 on the device (NULL with low_mem) */
+    int chains_borrowed;        /* x_in, y_ref are the residency's chain mirrors (not freed here) */
     int low_mem;                /* caches stay on the host, staged per mini-batch */
     const uint16_t *hx, *hy;    /* the host caches (low_mem) */
     int pinned_x, pinned_y;     /* 1 when ar_cuda_pin succeeded on hx / hy */
@@ -220,10 +231,20 @@ void ar_cuda_qspec_free(ar_cuda_qspec *q)
     q->gguf_scale = q->gguf_min = q->init_scale = NULL;
 }
 
+/* Bytes of GGUF's frozen scales (and as many of mins) ar_cuda_qspec_make uploads. */
+static size_t gguf_scale_bytes(const ar_quant_spec *qs, int n, int k)
+{
+    ar_ggml_grid g;
+    if (qs->dtype != AR_QDT_GGUF || ar_ggml_grid_of((ar_ggml_type)qs->ggml_type, &g) || g.group <= 0) return 0;
+    return sizeof(float) * (size_t)n * (size_t)(k / g.group);
+}
+
 /* init: the plan's init_scale of this linear [N, ngroups] (host) or NULL:
- * uploaded once for the whole block's tuning. */
+ * uploaded once for the whole block's tuning. wfp: the linear's FP weight
+ * on the device, the residency's (borrowed: glayer_free leaves it). The
+ * uploads here are counted in res' ledger as "other". */
 static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weights *w, const ar_quant_spec *qs,
-                       const float *init, const ar_signround_opts *o)
+                       const float *init, const ar_signround_opts *o, float *wfp, ar_residency *res)
 {
     int fail = 0;
     memset(L, 0, sizeof *L);
@@ -232,10 +253,13 @@ static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weig
     L->nel = (size_t)L->n * L->k;
     L->ngr = (size_t)L->n * L->ng;
     if (ar_cuda_qspec_make(&L->q, qs, w->w[i], L->n, L->k)) return -1;
+    if (L->q.gguf_scale) ar_res_note(res, AR_XFER_OTHER, 0, gguf_scale_bytes(qs, L->n, L->k));
+    if (L->q.gguf_min) ar_res_note(res, AR_XFER_OTHER, 0, gguf_scale_bytes(qs, L->n, L->k));
     if (init && !(L->q.init_scale = ar_cuda_upload_f32(init, L->ngr))) return -1;
+    if (init) ar_res_note(res, AR_XFER_OTHER, 0, L->ngr * 4);
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
-    if (!(L->wfp = ar_cuda_upload_f32(w->w[i], L->nel))) return -1;
+    if (!(L->wfp = wfp)) return ar_error("signround: linear %d has no weight on the device", i);
     L->wq = dalloc(L->nel * 4, &fail); L->dw = dalloc(L->nel * 4, &fail);
     L->v = dalloc(L->nel * 4, &fail); L->best_v = dalloc(L->nel * 4, &fail);
     float *ones = malloc(L->ngr * 4);
@@ -243,6 +267,7 @@ static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weig
     for (size_t g = 0; g < L->ngr; g++) ones[g] = 1.0f;
     L->alpha = ar_cuda_upload_f32(ones, L->ngr); L->beta = ar_cuda_upload_f32(ones, L->ngr);
     L->best_alpha = ar_cuda_upload_f32(ones, L->ngr); L->best_beta = ar_cuda_upload_f32(ones, L->ngr);
+    for (int u = 0; u < 4; u++) ar_res_note(res, AR_XFER_OTHER, 0, L->ngr * 4);
     free(ones);
     if (fail || !L->alpha || !L->beta || !L->best_alpha || !L->best_beta)
         return ar_cuda_err("tunables of one linear");
@@ -252,7 +277,8 @@ static int glayer_init(glayer *L, const ar_config *c, int i, const ar_block_weig
 static void glayer_free(glayer *L)
 {
     ar_cuda_qspec_free(&L->q);
-    float *p[] = {L->wfp, L->wq, L->dw, L->v, L->alpha, L->beta, L->best_v, L->best_alpha, L->best_beta};
+    /* wfp is the residency's */
+    float *p[] = {L->wq, L->dw, L->v, L->alpha, L->beta, L->best_v, L->best_alpha, L->best_beta};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
 }
 
@@ -272,13 +298,23 @@ static int stage_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, i
     return fail ? ar_cuda_err("staging buffers") : 0;
 }
 
-/* Device copies of the caches (unless low_mem) and of the mask (the default
+/* The caches on the device: the residency's chain mirrors when the chains
+ * are resident (no copy when they are current there), else (low_mem) staged
+ * per mini-batch from the host or uploaded whole; and the mask (the default
  * one when none is given). */
 static int upload_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, int n)
 {
     size_t el = (size_t)n * t->T * t->C;
     int fail = 0;
-    if (t->low_mem) {
+    if (!t->low_mem && t->res && t->res->resident) {
+        uint16_t *dx = ar_res_chain(t->res, x_in, el * 2, 1), *dy = dx ? ar_res_chain(t->res, y_ref, el * 2, 1) : NULL;
+        if (dx && dy) t->x_in = dx, t->y_ref = dy, t->chains_borrowed = 1;
+    }
+    /* the routes below read the host arrays */
+    if (!t->chains_borrowed && (ar_res_host(t->res, x_in) || ar_res_host(t->res, y_ref))) return -1;
+    if (t->chains_borrowed) {
+        /* on the device already */
+    } else if (t->low_mem) {
         if (stage_cache(t, x_in, y_ref, n)) return -1;
     } else {
         t->x_in = dalloc(el * 2, &fail);
@@ -291,9 +327,12 @@ static int upload_cache(gtuner *t, const uint16_t *x_in, const uint16_t *y_ref, 
         if (!(m = malloc((size_t)n * t->T))) return ar_error("out of memory");
         ar_default_mask(m, n, t->T);
     }
-    int rc = (!t->low_mem && (ar_cuda_upload(t->x_in, x_in, el * 2) || ar_cuda_upload(t->y_ref, y_ref, el * 2))) ||
+    int whole = !t->low_mem && !t->chains_borrowed;
+    int rc = (whole && (ar_cuda_upload(t->x_in, x_in, el * 2) || ar_cuda_upload(t->y_ref, y_ref, el * 2))) ||
              ar_cuda_upload(t->mask, mask ? mask : m, (size_t)n * t->T);
     free(m);
+    if (whole) ar_res_note(t->res, AR_XFER_CHAIN, 0, el * 2), ar_res_note(t->res, AR_XFER_CHAIN, 0, el * 2);
+    ar_res_note(t->res, AR_XFER_OTHER, 0, (size_t)n * t->T);
     return rc ? ar_cuda_err("cache upload") : 0;
 }
 
@@ -312,11 +351,20 @@ static int own_bf16_weights(gtuner *t)
     return 0;
 }
 
-static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_fp, const ar_block_plan *plan,
-                       const ar_signround_opts *o, const uint16_t *x_in, const uint16_t *y_ref,
-                       const uint8_t *mask, int n, int T)
+/* A work for B x T (train: the tuner's), its two RoPE-table uploads counted. */
+static ar_cuda_block_work *work_for(ar_residency *res, const ar_config *c, int B, int T, int train)
+{
+    ar_cuda_block_work *ws = ar_cuda_work_for(c, B, T, train);
+    for (int u = 0; ws && u < 2; u++) ar_res_note(res, AR_XFER_OTHER, 0, sizeof(float) * (size_t)T * (c->head_dim / 2));
+    return ws;
+}
+
+static int gtuner_init(gtuner *t, ar_residency *res, const ar_config *c, const ar_block_weights *w_fp,
+                       const ar_block_plan *plan, const ar_signround_opts *o, const uint16_t *x_in,
+                       const uint16_t *y_ref, const uint8_t *mask, int n, int T)
 {
     memset(t, 0, sizeof *t);
+    t->res = res;
     t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
     t->shape = ar_cuda_shape_of(c);
     t->bs = o->batch_size < n ? o->batch_size : n;
@@ -324,15 +372,19 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     t->low_mem = g_low_mem;
     t->fused = g_fused_step;
     if (!ar_signround_cuda_supports(plan)) return ar_error("signround: this scheme has no GPU quantizer");
+    /* the block's weights as the residency holds them (uploaded at the
+     * block's first ask, maybe by the FP chain's forward) */
+    const ar_cuda_weights *dw = ar_res_weights(res, w_fp, NULL);
+    if (!dw) return -1;
+    t->w = *dw;
     for (int i = 0; i < AR_NLINEAR; i++) {
         if (!plan->quantize[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) ||
-            glayer_init(&t->L[i], c, i, w_fp, &plan->spec[i], plan->init_scale[i], o))
+            glayer_init(&t->L[i], c, i, w_fp, &plan->spec[i], plan->init_scale[i], o, dw->w[i], res))
             return -1;
-        t->swap[i] = t->L[i].wq;
+        t->w.w[i] = t->L[i].wq;
     }
-    if (ar_cuda_weights_upload(&t->w, c, w_fp, t->swap)) return -1;
-    if (!(t->ws = ar_cuda_work_for(c, t->bs, T, 1)) || own_bf16_weights(t)) return -1;
+    if (!(t->ws = work_for(res, c, t->bs, T, 1)) || own_bf16_weights(t)) return -1;
     if (ar_block_plan_has_act_quant(plan) && install_act_quant(plan, &t->shape, t->ws)) return -1;
     if (upload_cache(t, x_in, y_ref, mask, n)) return -1;
     /* the fast path reads the bf16 samples and references through the
@@ -350,6 +402,7 @@ static int gtuner_init(gtuner *t, const ar_config *c, const ar_block_weights *w_
     if (o->outlier_loss) t->os_scratch = dalloc(ar_cuda_outlier_scratch_bytes(), &fail);
     if (fail) return ar_cuda_err("tuning buffers");
     double inf = INFINITY;
+    ar_res_note(res, AR_XFER_OTHER, 0, 8);
     return ar_cuda_upload(t->best, &inf, 8) ? ar_cuda_err("cuda") : 0;
 }
 
@@ -359,9 +412,10 @@ static void gtuner_free(gtuner *t)
     if (t->pinned_x) ar_cuda_unpin(t->hx);
     if (t->pinned_y) ar_cuda_unpin(t->hy);
     for (int i = 0; i < AR_CUDA_STAGE_SLOTS; i++) ar_cuda_free(t->slot_x[i]), ar_cuda_free(t->slot_y[i]);
-    for (int i = 0; i < AR_NLINEAR; i++) if (t->plan->quantize[i]) glayer_free(&t->L[i]);
-    ar_cuda_weights_free(&t->w, t->swap);
+    for (int i = 0; i < AR_NLINEAR; i++) if (t->plan && t->plan->quantize[i]) glayer_free(&t->L[i]);
+    /* t->w's tensors are the residency's, but for the ŵ freed above */
     ar_cuda_block_work_free(t->ws);
+    if (t->chains_borrowed) t->x_in = t->y_ref = NULL; /* the residency's mirrors */
     void *p[] = {t->x_in, t->y_ref, t->mask, t->mb, t->xb, t->yb, t->pred, t->dy, t->loss_acc, t->losses, t->best,
                  t->best_iter, t->flag, t->os_scratch};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) ar_cuda_free(p[i]);
@@ -402,10 +456,12 @@ static int stage_samples(gtuner *t, const int *idx, int bs)
     int slot = (int)(t->chunk_no++ % AR_CUDA_STAGE_SLOTS);
     size_t row = (size_t)t->T * t->C;
     if (ar_cuda_stage_begin(slot)) return -1;
-    for (int b = 0; b < bs; b++)
+    for (int b = 0; b < bs; b++) {
         if (ar_cuda_stage_copy(t->slot_x[slot] + b * row, t->hx + (size_t)idx[b] * row, row * 2) ||
             ar_cuda_stage_copy(t->slot_y[slot] + b * row, t->hy + (size_t)idx[b] * row, row * 2))
             return -1;
+        ar_res_note(t->res, AR_XFER_CHAIN, 0, row * 2), ar_res_note(t->res, AR_XFER_CHAIN, 0, row * 2);
+    }
     return ar_cuda_stage_end(slot) ? -1 : slot;
 }
 
@@ -585,6 +641,8 @@ static int finish(gtuner *t, const ar_block_weights *w_fp, const ar_quant_out ou
                  ar_cuda_download(be, best ? L->best_beta : L->beta, L->ngr * 4))
             rc = ar_cuda_err("download tunables");
         else {
+            ar_res_note(t->res, AR_XFER_OTHER, 1, L->nel * 4);
+            ar_res_note(t->res, AR_XFER_OTHER, 1, L->ngr * 4), ar_res_note(t->res, AR_XFER_OTHER, 1, L->ngr * 4);
             ar_quant_params p = {v, mm ? al : NULL, mm ? be : NULL, t->plan->init_scale[i]};
             rc = ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out[i]);
         }
@@ -602,6 +660,7 @@ static int report_losses(gtuner *t, ar_signround_report *rep, ar_signround_progr
     double *l = malloc(sizeof(double) * iters);
     if (!l) return ar_error("out of memory");
     if (ar_cuda_download(l, t->losses, sizeof(double) * iters)) { free(l); return ar_cuda_err("losses"); }
+    ar_res_note(t->res, AR_XFER_OTHER, 1, sizeof(double) * iters);
     rep->loss0 = l[0];
     for (int it = 0; it < iters; it++) {
         if (l[it] < rep->best_loss) rep->best_loss = l[it], rep->best_iter = it;
@@ -613,19 +672,25 @@ static int report_losses(gtuner *t, ar_signround_report *rep, ar_signround_progr
     return 0;
 }
 
-int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_fp, const uint16_t *x_in,
-                                 const uint16_t *y_ref, const uint8_t *mask, int n, int T,
-                                 const ar_block_plan *plan, const ar_signround_opts *o,
-                                 const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
-                                 ar_signround_progress cb, void *cb_ctx)
+int ar_signround_tune_block_cuda_res(ar_residency *res, const ar_config *c, const ar_block_weights *w_fp,
+                                     const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, int n, int T,
+                                     const ar_block_plan *plan, const ar_signround_opts *o,
+                                     const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                                     ar_signround_progress cb, void *cb_ctx)
 {
     ar_signround_report spare;
     int gb = ar_signround_begin(n, T, o, &rep, &spare);
     if (gb < 0) return -1;
     if (o->lfq) return ar_error("signround: the LFQ loss runs on the CPU tuner only");
+    ar_residency *own = NULL;
+    if (!res) {
+        /* a block alone: its own residency, streaming (the caches are copied as before) */
+        int bs = o->batch_size < n ? o->batch_size : n;
+        if (!(res = own = ar_gpu_residency_open(c, n, T, bs > 0 ? bs : 1, 2, -1.0, 0))) return -1;
+    }
     double t_start = now_s(), iter_ms = 0;
     gtuner t;
-    int rc = gtuner_init(&t, c, w_fp, plan, o, x_in, y_ref, mask, n, T);
+    int rc = gtuner_init(&t, res, c, w_fp, plan, o, x_in, y_ref, mask, n, T);
     ar_index_sampler s = {0};
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     for (int it = 0; !rc && it < o->iters; it++) {
@@ -652,41 +717,97 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
     if (!rc) rc = finish(&t, w_fp, out);
     ar_index_sampler_free(&s);
     gtuner_free(&t);
+    ar_gpu_residency_close(own);
     rep->sec_total = now_s() - t_start;
     rep->ms_per_iter = iter_ms;
     return rc;
 }
 
-int ar_block_forward_samples_cuda(const ar_config *c, const ar_block_weights *w, const uint16_t *src,
-                                  uint16_t *dst, int n, int T, int bs)
+int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_fp, const uint16_t *x_in,
+                                 const uint16_t *y_ref, const uint8_t *mask, int n, int T,
+                                 const ar_block_plan *plan, const ar_signround_opts *o,
+                                 const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                                 ar_signround_progress cb, void *cb_ctx)
+{
+    return ar_signround_tune_block_cuda_res(NULL, c, w_fp, x_in, y_ref, mask, n, T, plan, o, out, rep, cb, cb_ctx);
+}
+
+/* The device weights of w for a forward: the residency's block weights,
+ * with the linears whose host tensor differs from the uploaded one (the
+ * quantized chain's tuned weights) uploaded into tuned[] (freed by the
+ * caller) and swapped in. 0 or -1. */
+static int forward_weights(ar_residency *res, const ar_config *c, const ar_block_weights *w, ar_cuda_weights *dw,
+                           float *tuned[AR_NLINEAR])
+{
+    int differs[AR_NLINEAR];
+    const ar_cuda_weights *base = ar_res_weights(res, w, differs);
+    if (!base) return -1;
+    *dw = *base;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        tuned[i] = NULL;
+        if (!differs[i] || !w->w[i]) continue;
+        int n, k;
+        ar_linear_shape(c, i, &n, &k);
+        if (!(tuned[i] = ar_cuda_upload_f32(w->w[i], (size_t)n * k))) return -1;
+        ar_res_note(res, AR_XFER_TUNED, 0, sizeof(float) * (size_t)n * k);
+        dw->w[i] = tuned[i];
+    }
+    return 0;
+}
+
+int ar_block_forward_samples_cuda(ar_residency *res, const ar_config *c, const ar_block_weights *w,
+                                  const uint16_t *src, uint16_t *dst, int n, int T, int bs)
 {
     if (n <= 0 || T <= 0 || bs <= 0) return ar_error("block forward: bad sizes (n %d, T %d, batch %d)", n, T, bs);
     if (bs > n) bs = n;
+    ar_residency *own = NULL;
+    if (!res && !(res = own = ar_gpu_residency_open(c, n, T, bs, 2, -1.0, 0))) return -1;
+    size_t row = (size_t)T * c->hidden, el = row * n;
+    /* resident chains: read and write the mirrors (src may be dst: each
+     * batch reads its rows before writing them); else batches through the
+     * host arrays (page-locked by the residency) */
+    uint16_t *dsrc = ar_res_chain(res, src, el * 2, 1), *ddst = ar_res_chain(res, dst, el * 2, 0);
+    int resident = dsrc && ddst;
+    if (!resident && ar_res_host(res, src)) { ar_gpu_residency_close(own); return -1; }
     ar_cuda_weights dw;
-    if (ar_cuda_weights_upload(&dw, c, w, NULL)) return -1;
+    float *tuned[AR_NLINEAR] = {0};
+    int rc = forward_weights(res, c, w, &dw, tuned);
     /* The chains are references: f32 like the CPU (set before the work is
      * made, so it is never a bf16 fast-path work). */
     int mode = ar_cuda_get_gemm();
     ar_cuda_set_gemm(AR_CUDA_GEMM_F32);
-    ar_cuda_block_work *ws = ar_cuda_work_for(c, bs, T, 0);
-    size_t row = (size_t)T * c->hidden;
-    uint16_t *h = ar_cuda_malloc(row * bs * 2);
-    float *x = ar_cuda_malloc(row * bs * 4);
+    ar_cuda_block_work *ws = rc ? NULL : work_for(res, c, bs, T, 0);
+    uint16_t *h = resident || rc ? NULL : ar_cuda_malloc(row * bs * 2);
+    float *x = rc ? NULL : ar_cuda_malloc(row * bs * 4);
     ar_cuda_shape s = ar_cuda_shape_of(c);
-    int rc = ws && h && x ? 0 : ar_cuda_err("block forward buffers");
+    if (!rc && (!ws || !x || (!resident && !h))) rc = ar_cuda_err("block forward buffers");
     for (int s0 = 0; !rc && s0 < n; s0 += bs) {
         int b = n - s0 < bs ? n - s0 : bs;
-        if (ar_cuda_upload(h, src + s0 * row, b * row * 2)) { rc = ar_cuda_err("upload"); break; }
-        ar_cuda_from_bf16(x, h, (long)(b * row));
+        const uint16_t *in = resident ? dsrc + s0 * row : h;
+        uint16_t *out = resident ? ddst + s0 * row : h;
+        if (!resident) {
+            if (ar_cuda_upload(h, src + s0 * row, b * row * 2)) { rc = ar_cuda_err("upload"); break; }
+            ar_res_note(res, AR_XFER_CHAIN, 0, b * row * 2);
+        }
+        ar_cuda_from_bf16(x, in, (long)(b * row));
         if (ar_cuda_block_forward(&s, &dw, x, x, b, T, 0, ws)) { rc = ar_cuda_err("block forward"); break; }
-        ar_cuda_to_bf16(h, x, (long)(b * row));
-        if (ar_cuda_download(dst + s0 * row, h, b * row * 2)) rc = ar_cuda_err("download");
+        ar_cuda_to_bf16(out, x, (long)(b * row));
+        if (!resident) {
+            if (ar_cuda_download(dst + s0 * row, h, b * row * 2)) rc = ar_cuda_err("download");
+            else ar_res_note(res, AR_XFER_CHAIN, 1, b * row * 2);
+        }
     }
+    if (resident) {
+        /* the host sees the result only through ar_res_host */
+        if (!rc && ar_cuda_sync()) rc = ar_cuda_err("block forward");
+        if (!rc) ar_res_dev_wrote(res, dst);
+    } else if (!rc) ar_res_host_wrote(res, dst);
     ar_cuda_set_gemm(mode);
     ar_cuda_free(h);
     ar_cuda_free(x);
     ar_cuda_block_work_free(ws);
-    ar_cuda_weights_free(&dw, NULL);
+    for (int i = 0; i < AR_NLINEAR; i++) ar_cuda_free(tuned[i]);
+    ar_gpu_residency_close(own);
     return rc;
 }
 #endif

@@ -5,6 +5,7 @@
 #ifndef AR_SIGNROUND_CUDA_H
 #define AR_SIGNROUND_CUDA_H
 #include "block.h"
+#include "residency.h"
 #include "signround.h"
 #include <stdint.h>
 
@@ -29,6 +30,19 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
                                  const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
                                  ar_signround_progress cb, void *cb_ctx);
 
+/* ar_signround_tune_block_cuda inside a tuning run's residency (device.h's
+ * ar_gpu_residency_open): the block's device weights come from
+ * ar_res_weights (no upload when the block's FP forward already made it),
+ * the caches x_in and y_ref are the chains' device mirrors when the chains
+ * are resident (copied only when the host wrote them last), and every copy
+ * is counted in res' ledger. res NULL: a residency of this call alone, whose
+ * chains stream (ar_signround_tune_block_cuda). */
+int ar_signround_tune_block_cuda_res(ar_residency *res, const ar_config *c, const ar_block_weights *w_fp,
+                                     const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, int n, int T,
+                                     const ar_block_plan *plan, const ar_signround_opts *o,
+                                     const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep,
+                                     ar_signround_progress cb, void *cb_ctx);
+
 /* --low_gpu_mem_usage for the GPU tuner: 1 keeps the cached block inputs and
  * references in (page-locked) host memory and copies each mini-batch to the
  * GPU on a second stream, double-buffered, instead of uploading the caches
@@ -36,8 +50,15 @@ int ar_signround_tune_block_cuda(const ar_config *c, const ar_block_weights *w_f
 void ar_signround_cuda_set_low_mem(int on);
 
 /* dst [n, T, C] = block(src [n, T, C]) for n cached bf16 samples (host
- * arrays), bs samples per GPU forward, the matrix products in f32. */
-int ar_block_forward_samples_cuda(const ar_config *c, const ar_block_weights *w, const uint16_t *src,
-                                  uint16_t *dst, int n, int T, int bs);
+ * chain arrays; dst may be src), bs samples per GPU forward, the matrix
+ * products in f32. The weights come from res (ar_res_weights: the block's
+ * one upload); linears whose host tensor is not the uploaded one (the
+ * quantized chain's tuned weights) are uploaded for this call, counted as
+ * AR_XFER_TUNED. Resident chains: src's and dst's device mirrors are read
+ * and written, dst's host array is left stale (ar_res_host brings it back);
+ * else each batch is copied up and back through the host arrays. res NULL:
+ * a residency of this call alone (streaming). */
+int ar_block_forward_samples_cuda(ar_residency *res, const ar_config *c, const ar_block_weights *w,
+                                  const uint16_t *src, uint16_t *dst, int n, int T, int bs);
 
 #endif

@@ -3,6 +3,7 @@
 #include "signround_cuda.h"
 #include "error.h"
 #include "runtime.h"
+#include "safetensors.h"
 #include "tune_impl.h"
 #include "tuned_stream.h"
 #include <cJSON.h>
@@ -87,6 +88,28 @@ static int plan_is_mixed(const tn_run *r)
     return 0;
 }
 
+/* The model's weights were FP8 (safetensors.h): record what they were
+ * widened from as tuning.source_quantization {quant_method, fmt,
+ * weight_block_size ([rows, cols], or null for per-tensor / per-row scales)}.
+ * Nothing for a float checkpoint. 0 or -1 with ar_error. */
+static int add_source_quantization(cJSON *t, const char *model)
+{
+    ar_st_fp8 f;
+    if (ar_st_fp8_config(model, &f)) return -1;
+    if (!f.on) return 0;
+    cJSON *s = cJSON_AddObjectToObject(t, "source_quantization");
+    if (!s) return ar_error("the tuned stream's META: out of memory");
+    cJSON_AddStringToObject(s, "quant_method", f.method);
+    cJSON_AddStringToObject(s, "fmt", "e4m3");
+    if (f.block[0] > 0) {
+        cJSON *b = cJSON_AddArrayToObject(s, "weight_block_size");
+        cJSON_AddItemToArray(b, cJSON_CreateNumber(f.block[0]));
+        cJSON_AddItemToArray(b, cJSON_CreateNumber(f.block[1]));
+    } else cJSON_AddNullToObject(s, "weight_block_size");
+    cJSON_AddStringToObject(s, "dequantized_to", ar_dtype_name(f.out));
+    return 0;
+}
+
 /* The META text of the output (tuned_stream.h), NULL with ar_error. */
 static char *meta_json(const tn_run *r)
 {
@@ -117,6 +140,7 @@ static char *meta_json(const tn_run *r)
     }
     cJSON_AddStringToObject(t, "method", !d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
                                          : a->iters == 0 ? "opt_rtn" : "signround");
+    if (add_source_quantization(t, r->model_abs)) { cJSON_Delete(t); return NULL; }
     char *tj = cJSON_PrintUnformatted(t);
     cJSON_Delete(t);
     char *txt = tj ? ar_tuned_meta_json(r->model_abs, &a->scheme, mixed, tj) : NULL;
@@ -160,6 +184,13 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (ar_block_desc_init(&r->bd, r->c)) return AR_TUNE_FAILED;
     ar_set_threads(o->threads, r->c);
     if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
+    if (r->d && r->dev != AR_DEVICE_CPU) {
+        int bs = o->batch_size < r->d->n ? o->batch_size : r->d->n;
+        int nchains = 2 + (o->iters > 0 && !o->disable_quanted_input); /* x_fp, y and x_q */
+        if (!(r->gpu = ar_gpu_residency_open(r->c, r->d->n, r->d->T, bs > 0 ? bs : 1, nchains,
+                                             o->gpu_chain_budget_mib, o->low_gpu_mem)))
+            return AR_TUNE_FAILED;
+    }
     if (!realpath(model, r->model_abs)) snprintf(r->model_abs, sizeof r->model_abs, "%s", model);
     char *meta = meta_json(r);
     if (!meta) return AR_TUNE_FAILED;
@@ -171,9 +202,17 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (ar_block_weights_alloc(&wfp, r->c)) return AR_TUNE_FAILED;
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
-    for (int layer = first; !rc && layer < r->c->n_layers; layer++)
+    for (int layer = first; !rc && layer < r->c->n_layers; layer++) {
+        ar_res_next_block(r->gpu, layer); /* the previous block's device weights go */
         rc = ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
+    }
+    ar_res_next_block(r->gpu, -1);
     ar_block_weights_free(&wfp);
+    if (!rc && r->gpu) {
+        char line[512];
+        ar_xfer_summary(&r->gpu->led, r->gpu->resident, line, sizeof line);
+        tn_event(r, AR_TUNE_EV_GPU_TRANSFERS, (int)r->gpu->led.n_up[AR_XFER_WEIGHTS], r->c->n_layers - first, line);
+    }
     return rc;
 }
 
@@ -185,6 +224,7 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     r.d = calib;
     r.w = out;
     int rc = run_blocks(&r, model, out);
+    ar_gpu_residency_close(r.gpu); /* before the chain arrays it may keep page-locked go */
     ar_ckpt_close(r.ck);
     /* of the FP chain's two buffers, calib keeps its own */
     free(r.x_q);

@@ -46,6 +46,8 @@ typedef enum {
     AR_TUNE_EV_DEVICE,        /* the work runs on text (ar_device_describe) */
     AR_TUNE_EV_RESUME,        /* a checkpoint resumes at block a (0-based) of b; a == b: all finished */
     AR_TUNE_EV_LFQ_ON_CPU,    /* block a of b tunes on the CPU: the LM-head loss has no GPU version */
+    AR_TUNE_EV_GPU_TRANSFERS, /* after the last block on a GPU: a = block-weight uploads, b = blocks run,
+                                 text = the transfer ledger's line (ar_xfer_summary) */
 } ar_tune_event;
 
 /* Progress callbacks; any may be NULL. */
@@ -93,6 +95,9 @@ typedef struct {
     /* where */
     int device;                 /* AR_DEVICE_CPU or a CUDA device (device.h); the CPU without data [CPU] */
     int low_gpu_mem;            /* 1: GPU tuning keeps the block caches in host memory [0] */
+    double gpu_chain_budget_mib; /* device memory the chains (the cached samples' activations) may keep
+                                   across blocks, MiB; 0: the device's free memory less one block's need;
+                                   < 0: none, they stream through page-locked host memory (residency.h) [0] */
     long threads;               /* OpenMP/OpenBLAS threads, 0: ar_set_threads's default (runtime.h) [0] */
     const char *checkpoint;     /* checkpoint directory, NULL: none [NULL] */
     /* GGUF schemes: the type of each tensor (required for them) [NULL] */

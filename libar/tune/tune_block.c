@@ -13,10 +13,9 @@
 
 /* The schemes and quantizer specs of block `layer`'s linears (bf16: the
  * weights are rounded to bf16 as the calibrated model computes). */
-static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme schemes[AR_NLINEAR], int bf16)
+static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme *schemes, int bf16)
 {
-    memset(plan, 0, sizeof *plan);
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < plan->nlinear; i++) {
         char name[256];
         int n, k;
         n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
@@ -47,7 +46,7 @@ static int plan_block(const tn_run *r, int layer, ar_block_plan *plan, ar_scheme
 /* 1 when some planned linear quantizes its input with a calibrated maximum. */
 static int plan_needs_act_max(const ar_block_plan *plan, const ar_scheme *schemes)
 {
-    for (int i = 0; i < AR_NLINEAR; i++)
+    for (int i = 0; i < plan->nlinear; i++)
         if (plan->quantize[i] && plan->act_quant[i] && ar_scheme_act_needs_max(&schemes[i])) return 1;
     return 0;
 }
@@ -56,7 +55,7 @@ static int plan_needs_act_max(const ar_block_plan *plan, const ar_scheme *scheme
  * plan's activation quantizers, once gathered. */
 static int plan_set_act_max(ar_block_plan *plan, const ar_scheme *schemes, const float *act_max)
 {
-    for (int i = 0; i < AR_NLINEAR; i++)
+    for (int i = 0; i < plan->nlinear; i++)
         if (plan->quantize[i] && plan->act_quant[i] && ar_scheme_act_needs_max(&schemes[i]) &&
             ar_act_spec_from_scheme(&schemes[i], act_max[i], &plan->act[i]) < 0)
             return -1;
@@ -93,9 +92,9 @@ static void share_global_scales(const ar_block_desc *bd, const ar_block_weights 
 
 /* RTN, or with imat opt-RTN for the symmetric layers. */
 static int quantize_block_rtn(const tn_run *r, const ar_block_weights *wfp, const ar_block_plan *plan,
-                              float *imat[AR_NLINEAR], const ar_quant_out out[AR_NLINEAR])
+                              float *const *imat, const ar_quant_out *out)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < plan->nlinear; i++) {
         if (!plan->quantize[i]) continue;
         int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
         int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
@@ -126,9 +125,9 @@ static int v2_layer(const ar_quant_spec *qs)
 static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
 
 static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, ar_block_plan *plan,
-                          float *const imat[AR_NLINEAR], float *init[AR_NLINEAR])
+                          float *const *imat, float **init)
 {
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < plan->nlinear; i++) {
         if (!plan->quantize[i] || !v2_layer(&plan->spec[i])) continue;
         int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
@@ -148,16 +147,21 @@ static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, 
 /* With data: FP outputs into r->y (with the statistics the plan needs), then
  * SignRound, or RTN / opt-RTN; rep set when SignRound ran. */
 static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_block_plan *plan,
-                          const ar_scheme schemes[AR_NLINEAR], float act_max[AR_NLINEAR],
-                          const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep, int *tuned)
+                          const ar_scheme *schemes, float *act_max, const ar_quant_out *out,
+                          ar_signround_report *rep, int *tuned)
 {
     const ar_tune_opts *a = r->o;
     int n = r->d->n;
     int opt_rtn = a->iters == 0 && !a->disable_opt_rtn;
     int alg_ext = a->enable_alg_ext && a->iters > 0;
-    float *imat[AR_NLINEAR] = {0}, *init[AR_NLINEAR] = {0};
+    const int nl = plan->nlinear;
+    float **imat = calloc(nl, sizeof *imat), **init = calloc(nl, sizeof *init);
     int rc = -1;
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    if (!imat || !init) {
+        ar_error("out of memory for the importance matrices");
+        goto done;
+    }
+    for (int i = 0; i < nl; i++) {
         int k = r->bd.lin[i].k_in;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
             !(imat[i] = calloc(k, sizeof(float)))) {
@@ -189,7 +193,7 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
             goto done;
         *tuned = 1;
     } else {
-        for (int i = 0; opt_rtn && i < AR_NLINEAR; i++) {
+        for (int i = 0; opt_rtn && i < nl; i++) {
             int k = r->bd.lin[i].k_in;
             if (imat[i]) ar_imatrix_finalize(imat[i], k, n);
         }
@@ -198,7 +202,8 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain: Y becomes the next input */
     rc = 0;
 done:
-    for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]), free(init[i]);
+    for (int i = 0; imat && init && i < nl; i++) free(imat[i]), free(init[i]);
+    free(imat); free(init);
     return rc;
 }
 
@@ -213,34 +218,47 @@ static int write_kv_scales(const tn_run *r, int layer)
     return ar_tuned_write_kv_scales(r->w, attn, ar_kv_fp8_scale(r->kv_amax[0]), ar_kv_fp8_scale(r->kv_amax[1]));
 }
 
+/* Write the records of block `layer`'s quantized linears. */
+static int write_block(const tn_run *r, int layer, const ar_block_plan *plan, const ar_scheme *schemes,
+                       const ar_quant_out *out, const float *act_max)
+{
+    for (int i = 0; i < plan->nlinear; i++) {
+        if (!plan->quantize[i]) continue;
+        char base[256];
+        int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
+        ar_block_desc_layer_name(&r->bd, layer, i, base, sizeof base);
+        const float *gs = plan->spec[i].dtype == AR_QDT_NVFP4 ? &plan->spec[i].global_scale : NULL;
+        if (ar_tuned_write_linear(r->w, base, &schemes[i], n, k, &out[i], gs, act_max[i])) return -1;
+    }
+    return 0;
+}
+
 int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
 {
     ar_block_plan plan;
-    ar_scheme schemes[AR_NLINEAR];
-    ar_quant_out out[AR_NLINEAR];
-    float act_max[AR_NLINEAR] = {0};
+    const int nl = r->bd.nlinear;
+    ar_scheme *schemes = calloc(nl, sizeof *schemes);
+    float *act_max = calloc(nl, sizeof *act_max);
+    ar_quant_out *out = NULL;
     ar_signround_report rep;
     int tuned = 0, rc = -1;
-    memset(out, 0, sizeof out);
-    if (plan_block(r, layer, &plan, schemes, r->d != NULL)) return -1;
+    if (ar_block_plan_init(&plan, &r->bd) || !schemes || !act_max) {
+        if (!schemes || !act_max) ar_error("out of memory for the block's schemes");
+        goto done;
+    }
+    if (plan_block(r, layer, &plan, schemes, r->d != NULL)) goto done;
     share_global_scales(&r->bd, wfp, &plan);
-    if (tn_outputs_alloc(out, &r->bd, &plan)) goto done;
+    if (!(out = ar_block_plan_outputs(&plan))) goto done;
     if (r->d ? tune_with_data(r, layer, wfp, &plan, schemes, act_max, out, &rep, &tuned)
              : quantize_block_rtn(r, wfp, &plan, NULL, out))
         goto done;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        if (!plan.quantize[i]) continue;
-        char base[256];
-        int n, k;
-        n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
-        ar_block_desc_layer_name(&r->bd, layer, i, base, sizeof base);
-        const float *gs = plan.spec[i].dtype == AR_QDT_NVFP4 ? &plan.spec[i].global_scale : NULL;
-        if (ar_tuned_write_linear(r->w, base, &schemes[i], n, k, &out[i], gs, act_max[i])) goto done;
-    }
+    if (write_block(r, layer, &plan, schemes, out, act_max)) goto done;
     if (r->d && r->o->static_kv_fp8 && write_kv_scales(r, layer)) goto done;
     tn_block_done(r, layer, tuned ? &rep : NULL);
     rc = 0;
 done:
-    tn_outputs_free(out);
+    ar_block_plan_outputs_free(out, &plan);
+    ar_block_plan_free(&plan);
+    free(schemes); free(act_max);
     return rc;
 }

@@ -47,8 +47,8 @@ static void fold_abs_max(float *m, const float *x, long ntok, int k)
  * the same sums over the same rows from the same start. */
 typedef struct {
     const ar_block_desc *bd;
-    float **imat;    /* [AR_NLINEAR] Σx² per input column, entries may be NULL */
-    float *amax;     /* [AR_NLINEAR] running max |x|, or NULL */
+    float *const *imat; /* [nlinear] Σx² per input column, entries may be NULL */
+    float *amax;        /* [nlinear] running max |x|, or NULL */
 } input_stats;
 
 static void observe_input(void *ctx, int i, const float *x, long rows, int k)
@@ -82,13 +82,14 @@ static void observe_kv(void *ctx, const float *k, const float *v, long rows, int
  * attention probabilities or other training state are stored; statistics
  * passes stay on the CPU. */
 int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
-                   float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq)
+                   float *const *imat, float *amax, const ar_block_plan *actq)
 {
     const ar_config *c = r->c;
     const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
     if (!imat && !amax && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
-        return ar_block_forward_samples_cuda(c, w, src, dst, n, T, bs);
+        return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
+    if (ar_res_host(r->gpu, src)) return -1;   /* the GPU may have written it last */
     ar_block_work ws;
     if (ar_block_work_init(&ws, c, bs, T, 0)) return -1;
     int rc = -1;
@@ -108,36 +109,10 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
         }
     }
     if (!rc && (imat || amax)) share_stats(&st);
+    if (dst) ar_res_host_wrote(r->gpu, dst);
     free(x); free(y);
     ar_block_work_free(&ws);
     return rc;
-}
-
-/* ---- quantizer outputs ------------------------------------------------------ */
-
-int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_block_desc *bd, const ar_block_plan *plan)
-{
-    memset(out, 0, sizeof(ar_quant_out) * AR_NLINEAR);
-    for (int i = 0; i < bd->nlinear; i++) {
-        if (!plan->quantize[i]) continue;
-        int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
-        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
-        out[i].wq = malloc(sizeof(float) * n * k);
-        out[i].codes = malloc((size_t)n * k);
-        out[i].scale = malloc(sizeof(float) * ng);
-        out[i].zp = malloc(sizeof(int32_t) * ng);
-        if (!out[i].wq || !out[i].codes || !out[i].scale || !out[i].zp)
-            return ar_error("out of memory for layer outputs");
-    }
-    return 0;
-}
-
-void tn_outputs_free(ar_quant_out out[AR_NLINEAR])
-{
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        free(out[i].wq); free(out[i].codes); free(out[i].scale); free(out[i].zp);
-    }
-    memset(out, 0, sizeof(ar_quant_out) * AR_NLINEAR);
 }
 
 /* ---- SignRound --------------------------------------------------------------- */
@@ -160,7 +135,7 @@ static int lfq_head(const tn_run *r, ar_lm_head *h, float **head_w)
 }
 
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
-                       int outlier, const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep)
+                       int outlier, const ar_quant_out *out, ar_signround_report *rep)
 {
     const ar_config *c = r->c;
     const ar_tune_opts *a = r->o;
@@ -179,20 +154,29 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     }
     tn_iter_ctx ic = {r, layer};
     const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
-    int gpu = r->dev != AR_DEVICE_CPU && ar_signround_cuda_supports(plan) && !o.lfq;
+    /* the GPU tuner knows the "llama" family's block alone */
+    int llama = !strcmp(plan->desc->family, "llama");
+    int gpu = r->dev != AR_DEVICE_CPU && llama && ar_signround_cuda_supports(plan) && !o.lfq;
     if (r->dev != AR_DEVICE_CPU && o.lfq) tn_event(r, AR_TUNE_EV_LFQ_ON_CPU, layer, c->n_layers, NULL);
-    int rc = (gpu ? ar_signround_tune_block_cuda : ar_signround_tune_block)(c, wfp, xin, r->y, r->mask, n, T, plan,
-                                                                           &o, out, rep, tn_on_iter, &ic);
+    int rc = gpu ? ar_signround_tune_block_cuda_res(r->gpu, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
+                                                    tn_on_iter, &ic)
+             : ar_res_host(r->gpu, xin) || ar_res_host(r->gpu, r->y)
+                 ? -1
+                 : ar_signround_tune_block(c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep, tn_on_iter, &ic);
     free(head_w);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
      * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
-    ar_block_weights wq = *wfp;
-    for (int i = 0; i < AR_NLINEAR; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
+    ar_block_weights wq;
+    if (ar_block_weights_view(&wq, wfp)) return -1;
+    for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
     if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
-        return ar_error("out of memory for the quantized chain");
-    if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
-    rc = tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
-    r->kv_obs = NULL;
+        rc = ar_error("out of memory for the quantized chain");
+    else {
+        if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
+        rc = tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
+        r->kv_obs = NULL;
+    }
+    ar_block_weights_release(&wq);
     return rc;
 }

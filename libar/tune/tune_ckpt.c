@@ -115,6 +115,8 @@ int tn_ckpt_resume(tn_run *r, ar_stream_writer *out, int *first)
     int n = chain_arrays(r, arr);
     if (ar_ckpt_load_chain(r->ck, arr, n)) return -1;
     if (n && arr[1].present) r->x_q = arr[1].data;
+    ar_res_host_wrote(r->gpu, r->x_fp);
+    ar_res_host_wrote(r->gpu, r->x_q);
     return 0;
 }
 
@@ -123,6 +125,8 @@ ar_stream_writer *tn_ckpt_block_begin(tn_run *r, int layer) { return ar_ckpt_blo
 int tn_ckpt_block_end(tn_run *r, int layer, ar_stream_writer *w, ar_stream_writer *out)
 {
     if (ar_ckpt_block_end(r->ck, w)) return -1;
+    /* the chains as the GPU left them */
+    if (ar_res_host(r->gpu, r->x_fp) || ar_res_host(r->gpu, r->x_q)) return -1;
     ar_ckpt_array arr[2];
     int n = chain_arrays(r, arr);
     return ar_ckpt_commit(r->ck, layer, arr, n) || ar_ckpt_replay_block(r->ck, layer, out) ? -1 : 0;

@@ -65,6 +65,7 @@ static int gguf_embedding(tn_run *r, const ar_block_weights *w0)
         if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * ntok * c->hidden)))
             rc = ar_error("out of memory for the quantized chain");
         else rc = ar_gguf_embed_lookup(&e, r->d->ids, ntok, r->x_q);
+        ar_res_host_wrote(r->gpu, r->x_q);
     }
     free(e.blocks);
     return rc;
@@ -79,6 +80,7 @@ static int gguf_output_head(tn_run *r)
     ar_ggml_type t = type_of(r, "lm_head.weight", c->hidden, 1);
     if (!ar_ggml_is_quantized(t)) return 0;
     const int T = r->d->T, C = c->hidden;
+    if (ar_res_host(r->gpu, r->x_fp)) return -1;   /* the GPU may have written it last */
     float *imat = calloc(C, sizeof(float)), *x = malloc(sizeof(float) * (size_t)T * C);
     int rc = -1;
     if (!imat || !x) {
@@ -104,24 +106,26 @@ done:
  * as llama.cpp's search left them; plain-typed ones stay FP while tuning), then
  * their codes rewritten from the tuned weights and the quantized chain
  * advanced. r->y holds the FP outputs. */
-static int tune_rounding(tn_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear q[AR_NLINEAR],
+static int tune_rounding(tn_run *r, int layer, const ar_block_weights *wfp, ar_gguf_qlinear *q,
                          ar_signround_report *rep)
 {
     ar_block_plan plan;
-    ar_gguf_frozen fz[AR_NLINEAR];
-    ar_quant_out out[AR_NLINEAR];
-    memset(&plan, 0, sizeof plan);
-    memset(fz, 0, sizeof fz);
-    memset(out, 0, sizeof out);
+    const int nl = r->bd.nlinear;
+    ar_gguf_frozen *fz = calloc(nl, sizeof *fz);
+    ar_quant_out *out = NULL;
     int rc = -1;
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    if (ar_block_plan_init(&plan, &r->bd) || !fz) {
+        if (!fz) ar_error("out of memory for the frozen scales");
+        goto done;
+    }
+    for (int i = 0; i < nl; i++) {
         if (!ar_ggml_is_quantized(q[i].type)) continue;
         if (ar_quant_gguf_freeze(q[i].type, q[i].blocks, (int)q[i].rows, (int)q[i].cols, &fz[i], &plan.spec[i]))
             goto done;
         plan.quantize[i] = 1;
     }
-    if (tn_outputs_alloc(out, &r->bd, &plan) || tn_signround_block(r, layer, wfp, &plan, 0, 0, out, rep)) goto done;
-    for (int i = 0; i < AR_NLINEAR; i++)
+    if (!(out = ar_block_plan_outputs(&plan)) || tn_signround_block(r, layer, wfp, &plan, 0, 0, out, rep)) goto done;
+    for (int i = 0; i < nl; i++)
         if (plan.quantize[i] &&
             ar_quant_gguf_store(&plan.spec[i], out[i].wq, (int)q[i].rows, (int)q[i].cols, q[i].blocks)) {
             char where[256];
@@ -131,9 +135,28 @@ static int tune_rounding(tn_run *r, int layer, const ar_block_weights *wfp, ar_g
         }
     rc = 0;
 done:
-    for (int i = 0; i < AR_NLINEAR; i++) ar_gguf_frozen_free(&fz[i]);
-    tn_outputs_free(out);
+    for (int i = 0; fz && i < nl; i++) ar_gguf_frozen_free(&fz[i]);
+    free(fz);
+    ar_block_plan_outputs_free(out, &plan);
+    ar_block_plan_free(&plan);
     return rc;
+}
+
+/* With data: the FP outputs into r->y and the linears' importance matrices
+ * (imat entries allocated here), then the ggml quantization into q and, with
+ * iters > 0, SignRound over its rounding (*tuned set). */
+static int quantize_linears(tn_run *r, int layer, const ar_block_weights *wfp, const ar_ggml_type *types,
+                            float **imat, ar_gguf_qlinear *q, ar_signround_report *rep, int *tuned)
+{
+    for (int i = 0; r->d && i < r->bd.nlinear; i++)
+        if (!(imat[i] = calloc(r->bd.lin[i].k_in, sizeof(float)))) return ar_error("out of memory for the importance matrix");
+    if (r->d && tn_forward_all(r, wfp, r->x_fp, r->y, imat, NULL, NULL)) return -1;
+    if (ar_gguf_quantize_block(types, &r->bd, layer, wfp, r->d ? imat : NULL, q)) return -1;
+    if (r->d && r->o->iters > 0) {
+        if (tune_rounding(r, layer, wfp, q, rep)) return -1;
+        *tuned = 1;
+    }
+    return 0;
 }
 
 int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
@@ -141,30 +164,24 @@ int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
     const ar_config *c = r->c;
     if (!r->o->gguf_type) return ar_error("scheme %s: no GGUF type policy was given", r->o->scheme.name);
     if (r->d && layer == 0 && gguf_embedding(r, wfp)) return -1;
-    ar_ggml_type types[AR_NLINEAR];
-    float *imat[AR_NLINEAR] = {0};
-    ar_gguf_qlinear q[AR_NLINEAR];
+    const int nl = r->bd.nlinear;
+    ar_ggml_type *types = calloc(nl, sizeof *types);
+    float **imat = calloc(nl, sizeof *imat);
+    ar_gguf_qlinear *q = calloc(nl, sizeof *q);
     ar_signround_report rep;
     int tuned = 0, rc = -1;
-    memset(q, 0, sizeof q);
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    if (!types || !imat || !q) {
+        ar_error("out of memory for a GGUF block");
+        goto done;
+    }
+    for (int i = 0; i < nl; i++) {
         char hf[256];
-        int k = r->bd.lin[i].k_in;
         snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, r->bd.lin[i].name);
-        types[i] = type_of(r, hf, k, r->d != NULL);
-        if (r->d && !(imat[i] = calloc(k, sizeof(float)))) {
-            ar_error("out of memory for the importance matrix");
-            goto done;
-        }
+        types[i] = type_of(r, hf, r->bd.lin[i].k_in, r->d != NULL);
     }
-    if (r->d && tn_forward_all(r, wfp, r->x_fp, r->y, imat, NULL, NULL)) goto done;
-    if (ar_gguf_quantize_block(types, &r->bd, layer, wfp, r->d ? imat : NULL, q)) goto done;
-    if (r->d && r->o->iters > 0) {
-        if (tune_rounding(r, layer, wfp, q, &rep)) goto done;
-        tuned = 1;
-    }
+    if (quantize_linears(r, layer, wfp, types, imat, q, &rep, &tuned)) goto done;
     if (r->d) { uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t; }  /* FP chain: Y is the next input */
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    for (int i = 0; i < nl; i++) {
         char hf[256];
         snprintf(hf, sizeof hf, "model.layers.%d.%s.weight", layer, r->bd.lin[i].name);
         if (write_gguf(r, hf, &q[i])) goto done;
@@ -173,7 +190,8 @@ int tn_block_gguf(tn_run *r, int layer, const ar_block_weights *wfp)
     tn_block_done(r, layer, tuned ? &rep : NULL);
     rc = 0;
 done:
-    ar_gguf_qlinears_free(q);
-    for (int i = 0; i < AR_NLINEAR; i++) free(imat[i]);
+    if (q) ar_gguf_qlinears_free(q, nl);
+    for (int i = 0; imat && i < nl; i++) free(imat[i]);
+    free(types); free(imat); free(q);
     return rc;
 }

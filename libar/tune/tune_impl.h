@@ -11,6 +11,7 @@
 #include "checkpoint.h"
 #include "model.h"
 #include "quant.h"
+#include "residency.h"
 #include "signround.h"
 #include "tune.h"
 #include <limits.h>
@@ -24,6 +25,9 @@ typedef struct {
     ar_block_desc bd;           /* the block's linears: names, shapes, inputs */
     ar_calib_data *d;           /* NULL: RTN without data */
     int dev;                    /* where block forwards and SignRound run: AR_DEVICE_CPU or a GPU */
+    ar_residency *gpu;          /* on a GPU: the block's device weights, the chains' device mirrors and the
+                                   transfer ledger (residency.h); NULL on the CPU. Host code reading a chain
+                                   array calls ar_res_host first, host code writing one ar_res_host_wrote */
     ar_layer_config *lc;        /* per-layer schemes, or NULL */
     uint16_t *x_fp, *x_q, *y;   /* [n, T, C] bf16: FP chain input, quantized chain input, FP outputs */
     uint16_t *own_fp;           /* the chain buffer allocated here (the other is d->hidden) */
@@ -50,17 +54,13 @@ void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
 
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
  * (NULL: outputs dropped), bs samples at a time; with r->kv_obs, fold max |K|
- * and max |V| into it (CPU); with imat, accumulate each
- * linear's input Σx² too; with amax, the running max |x| of each linear's
- * input; with actq, the linears' inputs quantized as that plan says (the
+ * and max |V| into it (CPU); with imat (r->bd.nlinear entries, NULL ones
+ * skipped), accumulate each linear's input Σx² too; with amax
+ * [r->bd.nlinear], the running max |x| of each linear's input; with actq, the linears' inputs quantized as that plan says (the
  * statistics see them before). On the GPU when r->dev is one and only dst
  * is asked for. 0 or -1. */
 int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
-                   float *imat[AR_NLINEAR], float *amax, const ar_block_plan *actq);
-
-/* out[i] buffers for every planned linear i (free with tn_outputs_free, also on failure). 0 or -1. */
-int tn_outputs_alloc(ar_quant_out out[AR_NLINEAR], const ar_block_desc *bd, const ar_block_plan *plan);
-void tn_outputs_free(ar_quant_out out[AR_NLINEAR]);
+                   float *const *imat, float *amax, const ar_block_plan *actq);
 
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then (unless disabled) run the quantized block for the
@@ -68,7 +68,7 @@ void tn_outputs_free(ar_quant_out out[AR_NLINEAR]);
  * static_kv_fp8). minmax: α/β tuning; outlier:
  * SignRoundV2's loss. rep receives the report. 0 or -1. */
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
-                       int outlier, const ar_quant_out out[AR_NLINEAR], ar_signround_report *rep);
+                       int outlier, const ar_quant_out *out, ar_signround_report *rep);
 
 /* ---- tune_block.c ------------------------------------------------------------ */
 

@@ -68,7 +68,8 @@ int main(int argc, char **argv)
     ar_config c = {0};
     c.hidden = 512, c.intermediate = 1280, c.n_heads = 8, c.n_kv_heads = 2;
     c.head_dim = 64, c.rms_eps = 1e-5f, c.rope_theta = 10000;
-    ar_block_weights w = {0};
+    ar_block_weights w;
+    if (ar_block_weights_init(&w, AR_NLINEAR)) return 1;
     float *dW[AR_NLINEAR];
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;

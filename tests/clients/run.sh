@@ -17,10 +17,17 @@
 #     run bf16/fp16 activations, ar-eval f32).
 #  4. tests/clients/check_gguf.py, when present, with --shared and --bin; its
 #     own "N passed, N failed" counts are added to ours.
+#  5. tests/clients/check_tasks.py: ar-eval --tasks against lm-eval-harness
+#     (`--model hf`, float32, CPU) on tests/fixtures/tasks with tiny-llama,
+#     zero-shot on every row of every task, then --num_fewshot 3 on the first
+#     CLIENT_TASK_LIMIT (default 10) rows: the same requests, log-likelihoods
+#     within 1e-3, acc/acc_norm/stderr within 1e-6 (lm_eval is pip-installed
+#     when missing). Its counts are added to ours.
 #
 # Environment: AR_BIN (default bin), AR_SHARED (default ../shared),
 # CLIENT_WINDOWS (default 20), CLIENT_WORK (default build/clients-check; the
-# folders are left there for inspection), CLIENT_GGUF=0 to skip step 4. Prints one line per check and a
+# folders are left there for inspection), CLIENT_GGUF=0 to skip step 4,
+# CLIENT_TASKS (default all seven tasks; 0 skips step 5). Prints one line per check and a
 # closing "N passed, N failed"; exits 1 if anything failed.
 set -u
 cd "$(dirname "$0")/../.."
@@ -43,7 +50,7 @@ ensure_venv() {
   [ -x "$PY" ] || python3 -m venv "$VENV" || return 1
   missing=""
   for pair in torch=torch transformers=transformers accelerate=accelerate auto_round=auto-round \
-              auto_round_kernel=auto-round-lib safetensors=safetensors; do
+              auto_round_kernel=auto-round-lib safetensors=safetensors lm_eval=lm_eval; do
     "$PY" -c "import importlib.util, sys; sys.exit(importlib.util.find_spec('${pair%%=*}') is None)" ||
       missing="$missing ${pair#*=}"
   done
@@ -100,5 +107,18 @@ if [ "${CLIENT_GGUF:-1}" != 0 ] && [ -f tests/clients/check_gguf.py ]; then
   if [ -n "$counts" ]; then pass=$((pass + ${counts% *})) fail=$((fail + ${counts#* }))
   else bad "check_gguf.py ended without a summary (exit $rc):"; tail -5 "$WORK/gguf.log"; fi
   [ "$rc" = 0 ] || [ "${counts#* }" != 0 ] || bad "check_gguf.py exited $rc"
+fi
+TASKS=${CLIENT_TASKS:-lambada_openai,piqa,hellaswag,arc_easy,arc_challenge,winogrande,mmlu}
+if [ "$TASKS" != 0 ]; then
+  for shots in 0 3; do
+    limit=""; [ "$shots" = 0 ] || limit="--limit ${CLIENT_TASK_LIMIT:-10}"
+    "$PY" tests/clients/check_tasks.py --model "$MODEL" --data tests/fixtures/tasks --bin "$BIN" --tasks "$TASKS" \
+      --num_fewshot $shots $limit --work "$WORK/tasks-$shots" > "$WORK/tasks-$shots.log" 2>&1
+    rc=$?
+    grep -E '^(ok|FAIL) ' "$WORK/tasks-$shots.log" | sed "s/^\(ok  *\|FAIL \)/\1$shots-shot /"
+    counts=$(sed -n 's/^check_tasks: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' "$WORK/tasks-$shots.log" | tail -1)
+    if [ -n "$counts" ]; then pass=$((pass + ${counts% *})) fail=$((fail + ${counts#* }))
+    else bad "check_tasks.py ($shots-shot) ended without a summary (exit $rc):"; tail -5 "$WORK/tasks-$shots.log"; fi
+  done
 fi
 finish

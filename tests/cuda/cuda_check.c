@@ -432,6 +432,17 @@ static void test_mse(void)
 
 /* ---- block ------------------------------------------------------------------- */
 
+/* A plan of every linear kept FP over c's block description (the
+ * description, which the plan points to, lives to the process's end). */
+static void plan_for(ar_block_plan *plan, const ar_config *c)
+{
+    ar_block_desc *bd = malloc(sizeof *bd);
+    if (!bd || ar_block_desc_init(bd, c) || ar_block_plan_init(plan, bd)) {
+        fprintf(stderr, "plan: %s\n", ar_last_error());
+        exit(2);
+    }
+}
+
 static void small_config(ar_config *c, int C, int F, int NH, int NKV, int HD, int qk_norm, int bias, int window)
 {
     memset(c, 0, sizeof *c);
@@ -454,7 +465,10 @@ static void general_heads(ar_config *c, int mode)
 /* Random block weights, scaled so activations stay O(1). */
 static void random_weights(ar_block_weights *w, const ar_config *c)
 {
-    memset(w, 0, sizeof *w);
+    if (ar_block_weights_init(w, AR_NLINEAR)) {
+        fprintf(stderr, "weights: %s\n", ar_last_error());
+        exit(2);
+    }
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(c, i, &n, &k);
@@ -470,6 +484,7 @@ static void free_weights(ar_block_weights *w)
 {
     for (int i = 0; i < AR_NLINEAR; i++) free(w->w[i]), free(w->b[i]);
     free(w->attn_norm); free(w->mlp_norm); free(w->q_norm); free(w->k_norm);
+    ar_block_weights_release(w);
 }
 
 static void test_block(const char *tag, const ar_config *c0, int B, int T, int mode, double tol_y, double tol_w)
@@ -591,7 +606,7 @@ static void test_tuning(const char *tag, ar_quant_spec spec, int mode, double to
     uint16_t *xb, *yb;
     make_cache(&c, &w, n, T, &xb, &yb);
     ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
+    plan_for(&plan, &c);
     for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = spec;
     ar_signround_opts o;
     ar_signround_defaults(&o);
@@ -815,7 +830,7 @@ static void test_tuning_gguf(const char *tag, const ar_ggml_type t[AR_NLINEAR], 
     ar_block_weights w;
     random_weights(&w, &c);
     ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
+    plan_for(&plan, &c);
     ar_gguf_frozen fz[AR_NLINEAR];
     void *blocks[AR_NLINEAR];
     ar_quant_out co[AR_NLINEAR], go[AR_NLINEAR];
@@ -1240,10 +1255,11 @@ static void test_tuning_act(const char *tag, ar_quant_spec spec, const ar_act_sp
     ar_block_weights w;
     random_weights(&w, &c);
     ar_block_plan plan, plain;
-    memset(&plan, 0, sizeof plan);
+    plan_for(&plan, &c);
     for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = spec, plan.act_quant[i] = 1, plan.act[i] = *as;
-    plain = plan;
-    memset(plain.act_quant, 0, sizeof plain.act_quant);
+    plan_for(&plain, &c);
+    ar_block_plan_copy(&plain, &plan);
+    memset(plain.act_quant, 0, sizeof *plain.act_quant * plain.nlinear);
     ar_signround_opts o;
     ar_signround_defaults(&o);
     o.iters = 12, o.batch_size = 4, o.grad_accum = 2;
@@ -1418,7 +1434,7 @@ static void test_tuning_v2(const char *tag, ar_quant_spec spec, const ar_act_spe
     ar_block_weights w;
     random_weights(&w, &c);
     ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
+    plan_for(&plan, &c);
     spec.minmax_hi = 2;
     float *init[AR_NLINEAR] = {0};
     ar_quant_out co[AR_NLINEAR], go[AR_NLINEAR];
@@ -1756,7 +1772,7 @@ static void test_tuning_fused(const char *tag, int mode, int use_best)
         {2, 64, 0, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL},         {4, 128, 0, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL},
         {3, 256, 0, 0, 0, 0, 0, 0, NULL, NULL}};
     ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
+    plan_for(&plan, &c);
     for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = specs[i];
     ar_signround_opts o;
     ar_signround_defaults(&o);
@@ -2390,7 +2406,7 @@ static void test_tuning_routes(const char *tag, int outlier)
     uint8_t *m = malloc((size_t)n * T);
     for (long i = 0; i < (long)n * T; i++) m[i] = i % 7 != 2;
     ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
+    plan_for(&plan, &c);
     ar_quant_spec w4 = {4, 128, 1, AR_QF_BF16, 0, 0, 0, 0, NULL, NULL};
     for (int i = 0; i < AR_NLINEAR; i++) plan.quantize[i] = 1, plan.spec[i] = w4;
     ar_signround_opts o;
@@ -2535,6 +2551,7 @@ static void bench7b_init(bench7b *b, int n)
     for (int i = 8; i < b->n; i++)
         memcpy(b->xb + i * row, b->xb + (i % 8) * row, 2 * row), memcpy(b->yb + i * row, b->yb + (i % 8) * row, 2 * row);
     ar_quant_spec spec = {.bits = 4, .group_size = 128, .sym = 1, .flags = AR_QF_BF16};
+    plan_for(&b->plan, &b->c);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int nn, k;
         ar_linear_shape(&b->c, i, &nn, &k);

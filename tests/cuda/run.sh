@@ -17,6 +17,8 @@
 #      --iters ITERS (frozen imatrix scales, rounding tuned on the GPU) against
 #      the same mix without tuning (--iters 0, llama.cpp's imatrix search);
 #      pass when the tuned file's PPL is at most 2% above the untuned one's.
+#   5. GPU residency on stories260K (tests/cuda/residency.sh): exactly one
+#      weight upload per block, chains resident and streamed byte-identical.
 # The report goes to stdout and, when OUT is set, to $OUT/report.txt (written
 # as it goes, so a timeout still leaves what ran). Exit status 1 when a test
 # or an accuracy threshold fails.
@@ -119,5 +121,7 @@ for mix in q4_k_m q2_k; do
   [ "$verdict" = PASS ] || status=1
   say "$verdict gguf:$mix $ITERS iters: ppl ${ppl:-none} vs untuned ${ppl0:-none} (limit +2%)  tune ${t_tune}s"
 done
+say "== 5. GPU residency: one weight upload per block, resident = streamed chains (tests/cuda/residency.sh)"
+run_step 300 "residency" sh "$(dirname "$0")/residency.sh"
 say "== done: $([ $status = 0 ] && echo all passed || echo FAILURES)"
 exit $status

@@ -45,10 +45,18 @@ has "keep_streams: pack file" "$cmd" "ar-pack -i $tmp/s/tune.ars"
 
 # A GGUF format beside another scheme's formats gets a stream tuned for its own
 # scheme from the same calibration stream (a temporary file, or --keep_streams).
-cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --scheme W4A16 --format auto_round,gguf:q4_k_m,fake --output_dir "$tmp/o" --dry_run)
+# --layout plain: ar's own paths (OUT/<format>); the default, AutoRound's layout,
+# leaves the naming to ar-pack --layout autoround with the whole format list.
+cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --scheme W4A16 --format auto_round,gguf:q4_k_m,fake --output_dir "$tmp/o" --layout plain --dry_run)
 has "multi-pass: calibration to a file" "$cmd" "ar-calib .*-o $tmp/o.streams.[0-9]*/calib.ars &&"
 has "multi-pass: HF formats from W4A16" "$(printf '%s' "$cmd" | tr -d '\n')" "scheme W4A16 -o - |.*ar-pack -i - --format auto_round,fake -o $tmp/o &&"
 has "multi-pass: gguf from GGUF:Q4_K_M" "$(printf '%s' "$cmd" | tr -d '\n')" "scheme GGUF:Q4_K_M -o - |  .*ar-pack -i - --format gguf:q4_k_m -o $tmp/o/gguf-q4_k_m"
+case "$cmd" in *--layout*) bad "--layout plain passes a layout to ar-pack: $cmd";; *) ok "--layout plain: ar-pack's defaults";; esac
+cmd=$("$AR_BIN/auto-round" "$M" --dataset "$DATA" --scheme W4A16 --format auto_round,gguf:q4_k_m,fake --output_dir "$tmp/o" --dry_run)
+has "AutoRound layout: HF pass" "$(printf '%s' "$cmd" | tr -d '\n')" "ar-pack -i - --format auto_round,fake -o $tmp/o --layout autoround --layout_formats auto_round,gguf:q4_k_m,fake &&"
+has "AutoRound layout: gguf pass" "$(printf '%s' "$cmd" | tr -d '\n')" "ar-pack -i - --format gguf:q4_k_m -o $tmp/o --layout autoround --layout_formats auto_round,gguf:q4_k_m,fake\$"
+has "AutoRound layout: one pass, no format list" "$("$AR_BIN/auto-round" "$M" --iters 0 --disable_opt_rtn --output_dir "$tmp/o" --dry_run)" "ar-pack -i - --format auto_round -o $tmp/o --layout autoround\$"
+expect_rc 2 "layout: 'flat' is not autoround or plain" "bad --layout" -- "$M" --layout flat
 
 # Recipes by program name (a symlink anywhere: the tools are found through /proc/self/exe).
 for r in best light rtn opt-rtn; do ln -s "$AR_BIN/auto-round" "$tmp/auto-round-$r"; done
@@ -83,8 +91,9 @@ expect_rc 2 "ar-tune failed (exit status 2)" "ar-tune usage error" -- "$M" --bit
   --output_dir "$tmp/x" --quiet
 [ ! -e "$tmp/x" ] && ok "no output after a failure" || bad "output left after a failure"
 
-# Plain RTN without data, two formats: OUT/<format> each, loadable by ar-eval.
-"$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --format auto_round,fake --output_dir "$tmp/rtn" --quiet
+# Plain RTN without data, two formats, --layout plain: OUT/<format> each, loadable by ar-eval.
+"$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --format auto_round,fake --output_dir "$tmp/rtn" --quiet \
+  --layout plain
 for f in auto_round fake; do
   ppl=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/rtn/$f" --text "$DATA" --seqlen 128 --windows 4 |
         sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p')
@@ -92,7 +101,8 @@ for f in auto_round fake; do
 done
 
 # The same with RTN for real: both outputs, both measured by ar-eval.
-"$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --format auto_round,gguf:q4_0 --output_dir "$tmp/two/out" --quiet
+"$AR_BIN/auto-round" --model "$M" --iters 0 --disable_opt_rtn --format auto_round,gguf:q4_0 --output_dir "$tmp/two/out" --quiet \
+  --layout plain
 for f in auto_round gguf-q4_0; do
   ppl=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/two/out/$f" --text "$DATA" --seqlen 128 --windows 4 |
         sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p')
@@ -165,7 +175,7 @@ for v in avg:--avg_bits:3:--options schemes:--bits:3.0:--schemes; do
 $v
 EOF_
   "$AR_BIN/auto-round" "$M" --dataset "$DATA" "$bflag" "$bval" "$sflag" W2A16G64,W4A16 --iters 2 --nsamples 8 \
-    --seqlen 32 --progress --output_dir "$tmp/mixed-$name" 2> "$tmp/mixed-$name.log" ||
+    --seqlen 32 --progress --layout plain --output_dir "$tmp/mixed-$name" 2> "$tmp/mixed-$name.log" ||
     bad "$bflag $bval $sflag: run failed: $(tail -2 "$tmp/mixed-$name.log")"
   grep '^ar-scheme: avg bits' "$tmp/mixed-$name.log" > "$tmp/avg-$name.txt" || true
 done
@@ -183,7 +193,7 @@ if grep -q '"bits": *2' "$tmp/mixed-avg/config.json" && grep -q '"extra_config"'
 else bad "no 2-bit layers in extra_config: $(cat "$tmp/mixed-avg/config.json")"; fi
 
 # SignRound piped vs through kept streams: identical models, streams kept and valid.
-q="--dataset $DATA --iters 2 --nsamples 4 --seqlen 32 --quiet"
+q="--dataset $DATA --iters 2 --nsamples 4 --seqlen 32 --quiet --layout plain"
 # shellcheck disable=SC2086
 "$AR_BIN/auto-round" "$M" $q --output_dir "$tmp/piped"
 # shellcheck disable=SC2086

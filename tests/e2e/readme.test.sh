@@ -13,7 +13,7 @@ ln -s "$AR_BIN" "$tmp/bin"
 fail=0
 if (cd "$tmp" && sh -e quickstart.sh > run.log 2>&1); then echo "ok   quick start runs"
 else echo "FAIL quick start:"; tail -20 "$tmp/run.log"; exit 1; fi
-for f in out/auto_round/config.json out/gguf-q4_k_m out/rtn.ars out/rtn-gptq/config.json out/signround-w2/config.json; do
+for f in out/stories260K-w4g128/config.json out/stories260K-gguf/stories260K-260K-Q4_K_M.gguf out/rtn.ars out/rtn-gptq/config.json out/signround-w2/config.json; do
   [ -s "$tmp/$f" ] && echo "ok   $f" || { echo "FAIL $f missing"; fail=1; }
 done
 n=$(grep -c "^ppl [0-9.]* " "$tmp/run.log" || true)

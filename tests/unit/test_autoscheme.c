@@ -163,7 +163,7 @@ static void score_case_open(score_case *sc)
     sc->c = ar_model_config(sc->m);
     for (int b = 0; b < SCORE_B; b++)
         for (int t = 0; t < SCORE_T; t++) sc->ids[b * SCORE_T + t] = (131 * b + 17 * t + 7) % 512;
-    sc->ns = AR_AS_NSLOTS(sc->c);
+    sc->ns = ar_autoscheme_nslots(sc->c);
     sc->cand = calloc((size_t)sc->ns, 1);
     for (int l = 0; l < sc->c->n_layers; l++)
         for (int i = AR_Q; i <= AR_O; i++) sc->cand[l * AR_NLINEAR + i] = 1;

@@ -154,7 +154,7 @@ static ar_model *open_stories(void)
 /* Candidates: every q/k/v/o (stories260K's MLP has 172 rows, no group fits). */
 static void attention_candidates(const ar_config *c, unsigned char *cand)
 {
-    memset(cand, 0, AR_AS_NSLOTS(c));
+    memset(cand, 0, ar_autoscheme_nslots(c));
     for (int l = 0; l < c->n_layers; l++)
         for (int i = AR_Q; i <= AR_O; i++) cand[l * AR_NLINEAR + i] = 1;
 }
@@ -173,7 +173,7 @@ static void measure_case_open(measure_case *mc)
 {
     mc->m = open_stories();
     mc->c = ar_model_config(mc->m);
-    mc->ns = AR_AS_NSLOTS(mc->c);
+    mc->ns = ar_autoscheme_nslots(mc->c);
     make_ids(mc->ids);
     mc->cand = malloc(mc->ns);
     attention_candidates(mc->c, mc->cand);

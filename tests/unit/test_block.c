@@ -70,6 +70,7 @@ static float *rand_tensor(model *m, double **d, int n, double scale, double offs
 static void make_model(model *m, const ar_config *c)
 {
     memset(m, 0, sizeof *m);
+    cr_assert_eq(ar_block_weights_init(&m->w, AR_NLINEAR), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(c, i, &n, &k);

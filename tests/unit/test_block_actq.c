@@ -42,7 +42,7 @@ static float *rand_floats(long n, float scale, float offset)
 
 static void make_weights(ar_block_weights *w, const ar_config *c)
 {
-    memset(w, 0, sizeof *w);
+    cr_assert_eq(ar_block_weights_init(w, AR_NLINEAR), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(c, i, &n, &k);

@@ -46,7 +46,8 @@ Test(block_observe, inference_observer_sees_the_training_inputs)
     c.hidden = 32, c.intermediate = 48, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8;
     c.rms_eps = 1e-5f, c.rope_theta = 10000.0, c.n_layers = 1;
     uint64_t rng = 5;
-    ar_block_weights w = {0};
+    ar_block_weights w;
+    cr_assert_eq(ar_block_weights_init(&w, AR_NLINEAR), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(&c, i, &n, &k);

@@ -50,8 +50,12 @@ Test(device, missing_gpu_is_an_error)
 
 Test(device, gpu_quantizer_support)
 {
+    ar_config c = {0};
+    c.hidden = 32, c.intermediate = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.n_layers = 1;
+    ar_block_desc bd;
     ar_block_plan plan;
-    memset(&plan, 0, sizeof plan);
+    cr_assert_eq(ar_block_desc_init(&bd, &c), 0);
+    cr_assert_eq(ar_block_plan_init(&plan, &bd), 0);
     plan.quantize[AR_Q] = 1;
     plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, 0, 0, AR_QDT_INT, 0, 0, NULL, NULL};
     cr_assert_eq(ar_signround_cuda_supports(&plan), ar_device_cuda_built());
@@ -67,4 +71,6 @@ Test(device, gpu_quantizer_support)
     cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
     plan.spec[AR_Q] = (ar_quant_spec){4, 128, 1, 0, 0, 99, 0, 0, NULL, NULL};
     cr_assert_eq(ar_signround_cuda_supports(&plan), 0);
+    ar_block_plan_free(&plan);
+    ar_block_desc_free(&bd);
 }

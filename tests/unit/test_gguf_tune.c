@@ -116,7 +116,8 @@ Test(gguf_tune, embedding_importance_is_normed_column_energy)
 {
     ar_config c = {0};
     c.hidden = 16, c.intermediate = 24, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 4, c.n_layers = 1;
-    ar_block_weights w = {0};
+    ar_block_weights w;
+    cr_assert_eq(ar_block_weights_init(&w, AR_NLINEAR), 0);
     uint64_t rng = 3;
     float g[16], imp[16];
     double want[16] = {0};

@@ -190,8 +190,12 @@ Test(quant_gguf, signround_lowers_block_loss_and_blocks_hold_the_tuned_weights)
     c.hidden = 256, c.intermediate = 512, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 64;
     c.rms_eps = 1e-5f, c.rope_theta = 10000.0, c.n_layers = 1;
     const int n = 4, T = 16;
-    ar_block_weights wfp = {0}, wq0 = {0}, wq1 = {0};
-    ar_block_plan plan = {0};
+    ar_block_weights wfp, wq0, wq1;
+    cr_assert(!ar_block_weights_init(&wfp, AR_NLINEAR) && !ar_block_weights_init(&wq0, AR_NLINEAR));
+    ar_block_desc bd;
+    ar_block_plan plan;
+    cr_assert_eq(ar_block_desc_init(&bd, &c), 0);
+    cr_assert_eq(ar_block_plan_init(&plan, &bd), 0);
     ar_gguf_frozen fz[AR_NLINEAR];
     void *blocks[AR_NLINEAR];
     ar_quant_out out[AR_NLINEAR] = {0};
@@ -224,7 +228,7 @@ Test(quant_gguf, signround_lowers_block_loss_and_blocks_hold_the_tuned_weights)
     ar_signround_report rep;
     cr_assert_eq(ar_signround_tune_block(&c, &wfp, xb, yb, NULL, n, T, &plan, &o, out, &rep, NULL, NULL), 0, "%s",
                  ar_last_error());
-    wq1 = wq0;
+    cr_assert_eq(ar_block_weights_view(&wq1, &wq0), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int rows, k;
         ar_linear_shape(&c, i, &rows, &k);
@@ -241,4 +245,7 @@ Test(quant_gguf, signround_lowers_block_loss_and_blocks_hold_the_tuned_weights)
         free(blocks[i]); free(wfp.w[i]); free(wq0.w[i]); free(wq1.w[i]); free(out[i].wq);
     }
     free(x); free(y); free(xb); free(yb);
+    ar_block_weights_release(&wfp); ar_block_weights_release(&wq0); ar_block_weights_release(&wq1);
+    ar_block_plan_free(&plan);
+    ar_block_desc_free(&bd);
 }

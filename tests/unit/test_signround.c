@@ -40,6 +40,7 @@ typedef struct {
     ar_block_weights w;         /* FP weights (f32) */
     int n, T;
     uint16_t *x, *y;            /* bf16 [n, T, C]: inputs and FP outputs */
+    ar_block_desc bd;           /* the plan's description of the block */
     ar_block_plan plan;
 } fixture;
 
@@ -82,9 +83,17 @@ static void fill_targets(fixture *f)
     free(y);
 }
 
+/* A fresh plan keeping every linear FP (the description and the plan are
+ * left to the process's end, as the fixture's other buffers are). */
+static void fresh_plan(fixture *f)
+{
+    cr_assert_eq(ar_block_desc_init(&f->bd, &f->c), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_plan_init(&f->plan, &f->bd), 0, "%s", ar_last_error());
+}
+
 static void plan_all(fixture *f, int bits, int group_size, int sym)
 {
-    memset(&f->plan, 0, sizeof f->plan);
+    fresh_plan(f);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(&f->c, i, &n, &k);
@@ -101,6 +110,7 @@ static void random_fixture(fixture *f, int n, int T, int bits, int group_size, i
     g_rng = 777;
     f->c.hidden = 32, f->c.intermediate = 64, f->c.n_heads = 4, f->c.n_kv_heads = 2;
     f->c.head_dim = 8, f->c.rms_eps = 1e-5f, f->c.rope_theta = 10000.0, f->c.n_layers = 1;
+    cr_assert_eq(ar_block_weights_init(&f->w, AR_NLINEAR), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int nn, k;
         ar_linear_shape(&f->c, i, &nn, &k);
@@ -279,10 +289,12 @@ static double loss_tolerance(const fixture *f, const ar_block_weights *w, const 
     return tol;
 }
 
-/* The block with its planned linears replaced by the tuned ŵ. */
+/* The block with its planned linears replaced by the tuned ŵ (a view of
+ * f->w whose pointer arrays live to the process's end). */
 static ar_block_weights with_wq(const fixture *f, const result *r)
 {
-    ar_block_weights w = f->w;
+    ar_block_weights w;
+    cr_assert_eq(ar_block_weights_view(&w, &f->w), 0);
     for (int i = 0; i < AR_NLINEAR; i++) if (f->plan.quantize[i]) w.w[i] = r->out[i].wq;
     return w;
 }
@@ -705,7 +717,7 @@ static double ref_loss_actq(const fixture *f, const ar_block_weights *w, const i
  * random block's C = 32, F = 64 and 4·8 heads are all multiples of 32. */
 static void plan_mxfp4(fixture *f, int act)
 {
-    memset(&f->plan, 0, sizeof f->plan);
+    fresh_plan(f);
     for (int i = 0; i < AR_NLINEAR; i++) {
         f->plan.quantize[i] = 1;
         f->plan.spec[i] = (ar_quant_spec){.bits = 4, .group_size = 32, .sym = 1, .flags = AR_QF_BF16,
@@ -735,7 +747,8 @@ Test(signround, activation_quant_loss_matches_a_hand_made_forward)
     const int *idx = ar_index_sampler_next(&s, BS);
     int first[BS];
     memcpy(first, idx, sizeof first);
-    ar_block_weights rtn = f.w;
+    ar_block_weights rtn;
+    cr_assert_eq(ar_block_weights_view(&rtn, &f.w), 0);
     float *wq[AR_NLINEAR];
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;

@@ -111,8 +111,12 @@ Test(signround_v2, init_scale_sets_the_iteration_zero_scale)
     ar_config c = {0};
     c.hidden = 32, c.intermediate = 64, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8;
     c.rms_eps = 1e-5f, c.rope_theta = 10000.0, c.n_layers = 1;
-    ar_block_weights w = {0};
-    ar_block_plan plan = {0};
+    ar_block_weights w;
+    cr_assert_eq(ar_block_weights_init(&w, AR_NLINEAR), 0);
+    ar_block_desc bd;
+    ar_block_plan plan;
+    cr_assert_eq(ar_block_desc_init(&bd, &c), 0);
+    cr_assert_eq(ar_block_plan_init(&plan, &bd), 0);
     float *init[AR_NLINEAR] = {0};
     ar_quant_out out[AR_NLINEAR] = {{0}};
     for (int i = 0; i < AR_NLINEAR; i++) {
@@ -155,4 +159,6 @@ Test(signround_v2, init_scale_sets_the_iteration_zero_scale)
     }
     cr_assert(rep.loss0 > 0 && isfinite(rep.loss0));
     free(x); free(y);
+    ar_block_plan_free(&plan);
+    ar_block_desc_free(&bd);
 }
