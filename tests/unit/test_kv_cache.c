@@ -121,7 +121,7 @@ static ar_config tiny(void)
 
 static void make_weights(ar_block_weights *w, const ar_config *c)
 {
-    memset(w, 0, sizeof *w);
+    cr_assert_eq(ar_block_weights_init(w, AR_NLINEAR), 0);
     for (int i = 0; i < AR_NLINEAR; i++) {
         int n, k;
         ar_linear_shape(c, i, &n, &k);
@@ -138,6 +138,7 @@ static void free_weights(ar_block_weights *w)
     for (int i = 0; i < AR_NLINEAR; i++) free(w->w[i]);
     free(w->attn_norm);
     free(w->mlp_norm);
+    ar_block_weights_release(w);
 }
 
 /* What the observer saw: copies of K and V of the last forward. */
