@@ -89,6 +89,6 @@ set -e
 
 # The front end maps AutoRound's flag onto ar-tune.
 "$BIN/auto-round" --model "$S" --dataset "$TEXT" --iters 2 --nsamples 8 --seqlen 64 --static_kv_dtype fp8 \
-  --format llm_compressor --output_dir "$T/ar" --quiet
+  --format llm_compressor --layout plain --output_dir "$T/ar" --quiet
 tr -d ' \n' < "$T/ar/config.json" | grep -q '"kv_cache_scheme":{"num_bits":8' || fail "auto-round: no kv_cache_scheme"
 echo "ok   auto-round --static_kv_dtype fp8: kv_cache_scheme in the llm_compressor folder"
