@@ -7,6 +7,7 @@
  * first N, score positions 1..seqlen-1 of each window given the earlier tokens
  * of the same window; ppl = exp(mean NLL), accumulated in double. */
 #include "act_config.h"
+#include "kv_config.h"
 #include "block_desc.h"
 #include "cli.h"
 #include "device.h"
@@ -50,6 +51,9 @@ static const char usage[] =
     "                 as the folder's quantization_config says), none, or a preset\n"
     "                 (MXFP4, NVFP4, INT8, ...) applied to the layers it quantizes,\n"
     "                 for fake folders; runs on the CPU\n"
+    "  --kv_quant Q   static FP8 KV cache: auto (default: K after RoPE and V fake-\n"
+    "                 quantized with the folder's k_scale/v_scale when its config has\n"
+    "                 kv_cache_scheme or static_kv_dtype fp8; runs on the CPU) or none\n"
     "  --json         one JSON object on stdout\n"
     "Generation: greedy (argmax) continuation of --prompt for -n tokens, stopping\n"
     "at the model's EOS; prints the text (with --json also the ids).\n"
@@ -71,6 +75,8 @@ typedef struct {
     long seqlen, windows, batch, n_new, threads;
     int json, stream;
     int act_linears;        /* linears whose input is fake-quantized (set in main) */
+    const char *kv_quant;   /* --kv_quant: "auto" or "none" */
+    int kv_layers;          /* layers whose K/V are FP8 fake-quantized (set in main) */
     const char *tasks, *task_data, *samples;   /* --tasks mode */
     long num_fewshot, limit, max_length, bootstrap_iters;
     int batch_given;
@@ -113,6 +119,10 @@ static opts parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--device"))) o.device = v;
         else if ((v = cli_value(argc, argv, &i, "--threads"))) o.threads = cli_long("--threads", v, 1, 4096);
         else if ((v = cli_value(argc, argv, &i, "--act_quant"))) o.act_quant = v;
+        else if ((v = cli_value(argc, argv, &i, "--kv_quant"))) {
+            if (strcmp(v, "auto") && strcmp(v, "none")) cli_usage_error("--kv_quant: '%s' is not auto or none", v);
+            o.kv_quant = v;
+        }
         else if (task_flag(argc, argv, &i, &o)) continue;
         else cli_usage_error("unknown argument '%s'", a);
     }
@@ -245,7 +255,9 @@ static void print_ppl(const opts *o, const ar_config *c, long tokens, long windo
                "\"scored\": %ld, \"tokens_per_second\": %.1f, \"gflops_per_second\": %.2f",
                ppl, tokens, windows, o->seqlen, secs, s->scored, tps, gflops);
         if (o->kl_base) printf(", \"kl\": %.6g, \"top1\": %.4f", s->kl_sum / s->scored, 100.0 * s->top1_agree / s->scored);
-        printf(", \"act_quant_linears\": %d}\n", o->act_linears);
+        printf(", \"act_quant_linears\": %d", o->act_linears);
+        if (o->kv_layers) printf(", \"kv_fp8_layers\": %d", o->kv_layers);
+        printf("}\n");
         return;
     }
     printf("ppl %.4f  tokens %ld  windows %ld  seqlen %ld  seconds %.2f  tokens/s %.0f\n", ppl, tokens, windows,
@@ -396,6 +408,18 @@ static int apply_act_quant(const opts *o, ar_model *m)
     return n;
 }
 
+/* Static FP8 KV-cache scales from the folder's config (--kv_quant auto);
+ * returns how many layers got them. */
+static int apply_kv_quant(const opts *o, ar_model *m)
+{
+    if (o->kv_quant && !strcmp(o->kv_quant, "none")) return 0;
+    int n = ar_model_path_kind(o->model) == AR_PATH_HF_QUANTIZED ? ar_model_kv_quant_from_folder(m, o->model) : 0;
+    if (n < 0) cli_die_lib();
+    if (n > 0 && cli_progress)
+        fprintf(stderr, "%s: K and V fake-quantized to FP8 E4M3 with the static scales of %d layers\n", cli_tool, n);
+    return n;
+}
+
 /* The GPU copy of m when --device (or detection) picks a GPU, else NULL. */
 static ar_model_gpu *open_gpu(const char *device, ar_model *m)
 {
@@ -425,8 +449,9 @@ int main(int argc, char **argv)
         cli_die("%s: vocab_size %d differs from the model's %d", o.kl_base, ar_model_config(base)->vocab,
                 ar_model_config(m)->vocab);
     o.act_linears = apply_act_quant(&o, m);
-    /* the GPU forward has no activation quantizers: those models score on the CPU */
-    ar_model_gpu *gpu = (o.text || o.tasks) && !base && !o.act_linears ? open_gpu(o.device, m) : NULL;
+    o.kv_layers = apply_kv_quant(&o, m);
+    /* the GPU forward has no activation or KV quantizers: those models score on the CPU */
+    ar_model_gpu *gpu = (o.text || o.tasks) && !base && !o.act_linears && !o.kv_layers ? open_gpu(o.device, m) : NULL;
     if (o.tasks) run_tasks(&o, tok, m, gpu);
     else if (o.text) run_ppl(&o, tok, m, base, gpu);
     else run_generate(&o, tok, m);

@@ -236,6 +236,11 @@ int main(int argc, char **argv)
             pack_gguf(it, outs, nout, src);
             continue;
         }
+        if (it->kind == AR_TUNED_KV_SCALE) {   /* GGUF has no KV-cache scales (AutoRound drops them too) */
+            for (int i = 0; i < nout; i++)
+                if (outs[i].hf && ar_export_kv_scale(outs[i].hf, it->name, it->kv_scale)) cli_die_lib();
+            continue;
+        }
         if (++nlayers % 7 == 0) cli_progress_line("layers", nlayers, nlayers, t0, NULL);
         pack_linear(it, outs, nout, src);
     }

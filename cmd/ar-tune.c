@@ -24,7 +24,7 @@ static const char usage[] =
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
-    "               [--enable_lfq [--lfq_target labels|fp]]\n"
+    "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--gpu_chain_budget MIB] [--threads N]\n"
     "               [--checkpoint DIR]\n"
     "               [--quiet|--verbose|--progress]\n"
@@ -37,7 +37,9 @@ static const char usage[] =
     "imatrix scales, 200 iters by default).\n"
     "--enable_lfq: the last block is tuned on the language-model cross-entropy of its output through the\n"
     "final norm and lm_head against the next tokens (AutoRound's experimental LFQ loss; CPU);\n"
-    "--lfq_target fp: instead, the KL divergence from the original model's next-token distribution.\n";
+    "--lfq_target fp: instead, the KL divergence from the original model's next-token distribution.\n"
+    "--static_kv_dtype fp8: also a static FP8 E4M3 KV-cache scale per layer for K (after RoPE) and V, from\n"
+    "their calibration maximum on the chain the next block reads (needs a calibration stream).\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *recipe, *device;
@@ -84,6 +86,11 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--lfq_target"))) {
             if (strcmp(v, "labels") && strcmp(v, "fp")) cli_usage_error("--lfq_target: '%s' is not labels or fp", v);
             o->lfq_kl = !strcmp(v, "fp");
+        }
+        else if ((v = cli_value(argc, argv, &i, "--static_kv_dtype"))) {
+            if (strcmp(v, "fp8") && strcmp(v, "float8_e4m3fn"))
+                cli_usage_error("--static_kv_dtype: '%s' is not fp8 (float8_e4m3fn)", v);
+            o->static_kv_fp8 = 1;
         }
         else if ((v = cli_value(argc, argv, &i, "--device"))) a.device = v;
         else if (flag(s, "--low_gpu_mem_usage")) o->low_gpu_mem = 1;
@@ -211,6 +218,8 @@ int main(int argc, char **argv)
     setup_scheme(&a);
     check_alg_ext(&a);
     check_lfq(&a.o);
+    if (a.o.static_kv_fp8 && a.o.scheme.kind == AR_SCHEME_GGUF)
+        cli_usage_error("--static_kv_dtype: not with GGUF schemes (GGUF has no KV-cache scales)");
     ar_calib_data d = {0}, *data = NULL;
     /* A stream comes from -i, or from standard input when no --model is given;
      * --model alone means zero-shot RTN. */
@@ -225,6 +234,8 @@ int main(int argc, char **argv)
         if (d.config_digest && ar_config_digest_check(a.model, d.config_digest)) cli_die_lib();
         if (d.layer_config && a.o.layer_config && cli_progress)
             fprintf(stderr, "ar-tune: --layer_config overrides the stream's layer config\n");
+    } else if (a.o.static_kv_fp8) {
+        cli_usage_error("--static_kv_dtype needs a calibration stream (-i FILE or a pipe)");
     } else if (a.o.iters > 0) {
         if (a.o.enable_lfq) cli_usage_error("--enable_lfq needs a calibration stream (-i FILE or a pipe)");
         a.o.iters = 0; /* no data: plain RTN, as AutoRound's zero-shot path */

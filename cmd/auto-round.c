@@ -70,6 +70,7 @@ typedef struct {
     int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
     int apply_chat_template; /* --apply_chat_template: ar-calib renders .jsonl rows with the chat template */
     int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
+    const char *static_kv_dtype, *static_kv_granularity;   /* AutoRound's static KV-cache flags */
 } options;
 
 /* Flags that take a value, with AutoRound's aliases. */
@@ -97,6 +98,8 @@ static const struct {
     {{"--max_shard_size"}, offsetof(options, max_shard_size)},
     {{"--keep_streams"}, offsetof(options, keep_streams)},
     {{"--recipe"}, offsetof(options, recipe)},
+    {{"--static_kv_dtype"}, offsetof(options, static_kv_dtype)},
+    {{"--static_kv_granularity"}, offsetof(options, static_kv_granularity)},
 };
 
 /* Switches: each sets its int field to val. */
@@ -148,7 +151,7 @@ static const struct {
     {"--fp_layers", "use --layer_config"}, {"--to_quant_block_names", NULL}, {"--model_dtype", NULL},
     {"--disable_amp", NULL}, {"--nblocks", NULL}, {"--enable_norm_bias_tuning", NULL}, {"--momentum", NULL},
     {"--enable_adam", NULL}, {"--algorithm", NULL}, {"--alg", NULL},
-    {"--mllm", NULL}, {"--platform", NULL}, {"--static_kv_dtype", NULL},
+    {"--mllm", NULL}, {"--platform", NULL},
     {"--static_attention_dtype", NULL},
 };
 
@@ -403,6 +406,7 @@ static void scheme_from_gguf_format(options *o)
 static int needs_calibration(const options *o)
 {
     if (o->avg_bits) return 1;   /* AutoScheme scores the layers on it */
+    if (o->static_kv_dtype) return 1;   /* AutoRound observes K/V in the calibration forwards */
     long iters = o->iters ? cli_long("--iters", o->iters, 0, 1000000) : 1;
     return iters > 0 || o->disable_opt_rtn != 1;
 }
@@ -562,8 +566,19 @@ typedef struct {
     const char *run_formats;   /* --layout autoround with several passes: the whole --format list */
 } pass;
 
+/* --static_kv_dtype: AutoRound's fp8 (float8_e4m3fn) with "tensor" granularity. */
+static void check_static_kv(const options *o)
+{
+    const char *d = o->static_kv_dtype, *g = o->static_kv_granularity;
+    if (d && strcmp(d, "fp8") && strcmp(d, "float8_e4m3fn"))
+        cli_usage_error("--static_kv_dtype %s: not supported yet (fp8 only)", d);
+    if (g && strcmp(g, "tensor"))
+        cli_usage_error("--static_kv_granularity %s: not supported yet (tensor only)", g);
+}
+
 static void build_tune(stage *s, const options *o, const pass *p, const char *in)
 {
+    check_static_kv(o);
     stage_init(s, "ar-tune", o);
     push_opt(s, "-i", in);
     push_opt(s, "--model", o->model);
@@ -588,6 +603,7 @@ static void build_tune(stage *s, const options *o, const pass *p, const char *in
     if (o->not_use_best_mse) push(s, "--not_use_best_mse");
     if (o->enable_lfq) push(s, "--enable_lfq");
     if (o->disable_quanted_input) push(s, "--disable_quanted_input");
+    if (o->static_kv_dtype && !p->gguf_scheme) push_opt(s, "--static_kv_dtype", o->static_kv_dtype);
     push_optional_tune_flags(s, o);
     push_opt(s, "-o", p->stream);
 }

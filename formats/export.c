@@ -7,6 +7,7 @@
 #include "hf_folder.h"
 #include "quant_fp.h"
 #include <ctype.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -139,6 +140,17 @@ int ar_export_layer(ar_export *e, const ar_qlayer *l) {
     const ar_st_tensor *ob = ar_st_find(e->st, bname);
     int64_t shape[1] = {l->n};
     return put_floats(e, bname, bias_dtype(e, ob ? ob->dtype : AR_BF16), 1, shape, l->bias, (size_t)l->n);
+}
+
+int ar_export_kv_scale(ar_export *e, const char *name, float scale) {
+    size_t n = strlen(name);
+    if (n < 8 || (strcmp(name + n - 8, ".k_scale") && strcmp(name + n - 8, ".v_scale")))
+        return ar_error("%s: not a KV-cache scale name (ATTN.k_scale or ATTN.v_scale)", name);
+    if (!(scale > 0) || isinf(scale)) return ar_error("%s: KV-cache scale %g is not finite and > 0", name, scale);
+    int64_t one[1] = {1};
+    if (ar_stw_put(e->w, name, AR_F32, 1, one, &scale)) return -1;
+    e->nkv++;
+    return 0;
 }
 
 /* What happens to original tensor t: 0 copy, 1 skip (replaced by a packed

@@ -59,6 +59,14 @@ ar_export *ar_export_open(const char *model_dir, const char *out_dir, const ar_e
  * recorded in the format's per-layer config. 0 or -1 with ar_error. */
 int ar_export_layer(ar_export *e, const ar_qlayer *l);
 
+/* Write a static FP8 KV-cache scale (tuned_stream.h's k_scale / v_scale
+ * records) as tensor name, "model.layers.3.self_attn.k_scale" or ".v_scale",
+ * f32 [1], as AutoRound's state dict holds it, in any format; llm_compressor
+ * folders then also get a kv_cache_scheme (8-bit float, tensor, static,
+ * symmetric). 0, or -1 with ar_error for another name or a scale that is not
+ * finite and > 0. */
+int ar_export_kv_scale(ar_export *e, const char *name, float scale);
+
 /* Copy the rest, write the configs, commit out_dir. Frees e on success;
  * on failure returns -1 and e must still be passed to ar_export_abort. */
 int ar_export_finish(ar_export *e);

@@ -52,6 +52,7 @@ struct ar_export {
     int                     awq_layout;          /* auto_round: AWQ tensors */
     ar_export_rec          *rec;
     size_t                  nrec, caprec;
+    int                     nkv;                 /* KV-cache scales written (ar_export_kv_scale) */
 };
 
 extern const ar_export_format ar_fmt_auto_round, ar_fmt_auto_gptq, ar_fmt_auto_awq, ar_fmt_fake,

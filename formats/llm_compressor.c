@@ -198,6 +198,20 @@ static cJSON *group_for(group_set *gs, const ar_export_rec *r) {
     return g;
 }
 
+/* The static FP8 KV cache's QuantizationArgs as compressed-tensors serializes
+ * them (AutoRound 0.16.1's _construct_kv_scheme: num_bits 8, float, tensor,
+ * symmetric, not dynamic); the scales are the attention's k_scale / v_scale. */
+static cJSON *kv_cache_scheme(void) {
+    cJSON *k = cJSON_CreateObject();
+    cJSON_AddNumberToObject(k, "num_bits", 8);
+    cJSON_AddStringToObject(k, "type", "float");
+    cJSON_AddBoolToObject(k, "symmetric", 1);
+    cJSON_AddNullToObject(k, "group_size");
+    cJSON_AddStringToObject(k, "strategy", "tensor");
+    cJSON_AddBoolToObject(k, "dynamic", 0);
+    return k;
+}
+
 static void add_ignored(void *arg, const char *layer) { cJSON_AddItemToArray(arg, cJSON_CreateString(layer)); }
 
 static cJSON *quant_config(ar_export *e) {
@@ -237,7 +251,8 @@ static cJSON *quant_config(ar_export *e) {
     cJSON_AddStringToObject(q, "quantization_status", "compressed");
     cJSON_AddItemToObject(q, "config_groups", gs.groups);
     cJSON_AddItemToObject(q, "ignore", ignore);
-    cJSON_AddNullToObject(q, "kv_cache_scheme");
+    if (e->nkv) cJSON_AddItemToObject(q, "kv_cache_scheme", kv_cache_scheme());
+    else cJSON_AddNullToObject(q, "kv_cache_scheme");
     cJSON_AddStringToObject(q, "provider", "auto-round");
     cJSON_AddStringToObject(q, "autoround_version", AR_AUTOROUND_VERSION);
     return q;

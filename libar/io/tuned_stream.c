@@ -2,6 +2,7 @@
 #include "tuned_stream.h"
 #include "error.h"
 #include <cJSON.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -75,6 +76,17 @@ int ar_tuned_write_gguf(ar_stream_writer *w, const char *hf_name, ar_ggml_type t
              (long long)rows, (long long)cols);
     int64_t shape[1] = {(int64_t)nbytes};
     return ar_stream_write_tensor(w, name, AR_U8, 1, shape, attrs, blocks);
+}
+
+int ar_tuned_write_kv_scales(ar_stream_writer *w, const char *attn, float k_scale, float v_scale)
+{
+    char name[300];
+    int64_t one[1] = {1};
+    const char *attrs = "{\"kv_cache_dtype\":\"fp8_e4m3\"}";
+    snprintf(name, sizeof name, "%s.k_scale", attn);
+    if (ar_stream_write_tensor(w, name, AR_F32, 1, one, attrs, &k_scale)) return -1;
+    snprintf(name, sizeof name, "%s.v_scale", attn);
+    return ar_stream_write_tensor(w, name, AR_F32, 1, one, attrs, &v_scale);
 }
 
 /* ---- reading ----------------------------------------------------------------- */
@@ -205,6 +217,18 @@ static int read_scalar(ar_tuned_reader *t, float *v)
     return ar_stream_read_data(t->r, v, sizeof *v);
 }
 
+/* The pending "<attn>.k_scale" / ".v_scale" record into t->out. */
+static int read_kv_scale(ar_tuned_reader *t)
+{
+    ar_tuned_item *o = &t->out;
+    if (read_scalar(t, &o->kv_scale)) return -1;
+    if (!(o->kv_scale > 0) || isinf(o->kv_scale))
+        return ar_error("%s: %s must be a finite scale > 0, not %g", t->src, t->rec.name, o->kv_scale);
+    o->kind = AR_TUNED_KV_SCALE;
+    snprintf(o->name, sizeof o->name, "%s", t->rec.name);
+    return 0;
+}
+
 /* The pending record into the linear being assembled. */
 static int read_field(ar_tuned_reader *t, const char *field)
 {
@@ -262,11 +286,11 @@ int ar_tuned_reader_next(ar_tuned_reader *t, const ar_tuned_item **it)
         char layer[256];
         const char *field = split_field(t->rec.name, layer, sizeof layer);
         if (!field) return ar_error("%s: unexpected record '%s'", t->src, t->rec.name);
-        int gguf = !strcmp(field, "gguf");
-        if (t->cur.name[0] && (gguf || strcmp(layer, t->cur.name))) return hand_out(t, it);
+        int gguf = !strcmp(field, "gguf"), kv = !strcmp(field, "k_scale") || !strcmp(field, "v_scale");
+        if (t->cur.name[0] && (gguf || kv || strcmp(layer, t->cur.name))) return hand_out(t, it);
         t->pending = 0;
-        if (gguf) {
-            if (read_gguf(t, layer)) return -1;
+        if (gguf || kv) {
+            if (gguf ? read_gguf(t, layer) : read_kv_scale(t)) return -1;
             *it = &t->out;
             return 1;
         }

@@ -14,7 +14,11 @@
  *   P.zp            i32 [N, G]   per-group zero points
  * in that order. A tensor T ("model.layers.0.mlp.up_proj.weight",
  * "model.embed_tokens.weight", "lm_head.weight") in ggml blocks (GGUF schemes):
- *   T.gguf          u8 [nbytes]  attrs ggml_type (ggml's name), rows, cols */
+ *   T.gguf          u8 [nbytes]  attrs ggml_type (ggml's name), rows, cols
+ * With static FP8 KV-cache scales (tune.h static_kv_fp8), after block L's
+ * linears, A = "model.layers.L.self_attn":
+ *   A.k_scale       f32 [1]      attrs {"kv_cache_dtype":"fp8_e4m3"}: K's scale (quant_kv.h)
+ *   A.v_scale       f32 [1]      the same for V */
 #ifndef AR_TUNED_STREAM_H
 #define AR_TUNED_STREAM_H
 #include "ggml_blocks.h"
@@ -41,6 +45,10 @@ int ar_tuned_write_linear(ar_stream_writer *w, const char *name, const ar_scheme
 int ar_tuned_write_gguf(ar_stream_writer *w, const char *hf_name, ar_ggml_type t, int64_t rows, int64_t cols,
                         const void *blocks, size_t nbytes);
 
+/* Write attention attn's ("model.layers.3.self_attn") static FP8 KV-cache
+ * scales as attn.k_scale and attn.v_scale. 0 or -1. */
+int ar_tuned_write_kv_scales(ar_stream_writer *w, const char *attn, float k_scale, float v_scale);
+
 /* ---- reading ----------------------------------------------------------------- */
 
 /* The quantization attributes of META and of each qweight record. */
@@ -57,17 +65,20 @@ typedef struct {
     char *tuning_json;          /* the "tuning" object as text, or NULL */
 } ar_tuned_meta;
 
-typedef enum { AR_TUNED_LINEAR = 1, AR_TUNED_GGUF } ar_tuned_kind;
+typedef enum { AR_TUNED_LINEAR = 1, AR_TUNED_GGUF, AR_TUNED_KV_SCALE } ar_tuned_kind;
 
 /* One tuned layer. LINEAR: name is P; absent attributes are bits and
  * group_size 0, sym 1, group_2d 0, act_bits 16, act_group_size and act_sym
- * the weight's, act_dynamic 1, data types "". GGUF: name is T. */
+ * the weight's, act_dynamic 1, data types "". GGUF: name is T. KV_SCALE:
+ * name is the tensor ("model.layers.3.self_attn.k_scale"), kv_scale its
+ * value (> 0 and finite, else the read fails). */
 typedef struct {
     ar_tuned_kind kind;
     char name[256];
     int n, k;                   /* LINEAR */
     ar_tuned_attrs attrs;
     float global_scale, act_max;    /* 0 when absent */
+    float kv_scale;             /* KV_SCALE */
     uint8_t *codes;
     float *scale;
     int32_t *zp;                /* NULL when absent */

@@ -5,6 +5,7 @@
 #include "block.h"
 #include "error.h"
 #include "ops.h"
+#include "quant_kv.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -213,6 +214,15 @@ typedef struct {
     float *ao, *h, *ln2, *rstd2, *gate, *up, *act, *tmp;
 } fwd_bufs;
 
+/* K and V as the KV cache would hold them: observed, then fake-quantized
+ * (static FP8) when ws asks. */
+static void kv_cache_quant(ar_block_work *ws, float *k, float *v, long n, int kd)
+{
+    if (ws->observe_kv) ws->observe_kv(ws->kv_ctx, k, v, n / kd, kd);
+    if (ws->kv_scale[0] > 0) ar_kv_fp8_qdq(k, n, ws->kv_scale[0]);
+    if (ws->kv_scale[1] > 0) ar_kv_fp8_qdq(v, n, ws->kv_scale[1]);
+}
+
 /* Attention half: h = x + o_proj(attn(...)). x is not read after this. */
 static int attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
                      int B, int T, ar_block_work *ws, const fwd_bufs *f)
@@ -233,6 +243,7 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     else if (f->k != f->kpre) memcpy(f->k, f->kpre, sizeof(float) * BT * KD);
     ar_rope_forward(f->q, ws->cos_t, ws->sin_t, B, T, NH, HD);
     ar_rope_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD);
+    kv_cache_quant(ws, f->k, f->v, (long)BT * KD, KD);
     ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
                          HD, c->sliding_window);
     if (!(in = forward_input(ws, AR_O, f->ao, BT, QD))) return -1;

@@ -76,6 +76,15 @@ typedef struct {
      * (q/k/v, and gate/up, see the same x). Set the fields directly. */
     void (*observe)(void *ctx, int linear, const float *x, long rows, int k);
     void *observe_ctx;
+    /* Static KV-cache FP8 (quant_kv.h; AutoRound's static_kv_dtype): in every
+     * later forward, kv_scale[0] > 0 fake-quantizes K (after QK-norm and
+     * RoPE, the keys the cache would hold) and kv_scale[1] > 0 V with that
+     * scale; 0: off (the default). observe_kv, when set, first sees K and V
+     * [rows, NKV*HD] of each forward (kv_ctx its context). The backward is
+     * unaware of both (inference use). Set the fields directly. */
+    float kv_scale[2];
+    void (*observe_kv)(void *ctx, const float *k, const float *v, long rows, int kd);
+    void *kv_ctx;
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0

@@ -36,6 +36,7 @@ struct ar_model {
     ar_act_spec *act;           /* [n_layers * bd.nlinear] activation quantizers, NULL if none */
     unsigned char *has_act;     /* [n_layers * bd.nlinear] */
     const ar_act_spec **aq;     /* [bd.nlinear] one layer's, as the family installs them */
+    float *kv_scale;            /* [n_layers * 2] static FP8 K, V scales (0: off), NULL if none */
 };
 
 static const char EMBED[] = "model.embed_tokens.weight", NORM[] = "model.norm.weight", HEAD[] = "lm_head.weight";
@@ -261,7 +262,7 @@ void ar_model_close(ar_model *m)
     free(m->cached); free(m->cached_ok);
     ar_block_weights_free(&m->cur);
     if (m->lm_head != m->embed) free(m->lm_head);
-    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act); free(m->aq);
+    free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act); free(m->aq); free(m->kv_scale);
     if (m->ws_B) ar_block_work_free(&m->ws);
     if (m->src.close) m->src.close(m->src.ctx);
     ar_block_desc_free(&m->bd);
@@ -369,6 +370,24 @@ int ar_model_has_act_quant(const ar_model *m)
     return 0;
 }
 
+int ar_model_set_kv_quant(ar_model *m, int layer, float k_scale, float v_scale)
+{
+    if (layer < 0 || layer >= m->c.n_layers) return ar_error("KV-cache scales for layer %d of %d", layer, m->c.n_layers);
+    if (!(k_scale >= 0) || !(v_scale >= 0) || isinf(k_scale) || isinf(v_scale))
+        return ar_error("layer %d: KV-cache scales must be finite and >= 0 (k %g, v %g)", layer, k_scale, v_scale);
+    if (!m->kv_scale && !(m->kv_scale = calloc((size_t)m->c.n_layers * 2, sizeof *m->kv_scale)))
+        return ar_error("out of memory for KV-cache scales");
+    m->kv_scale[2 * layer] = k_scale;
+    m->kv_scale[2 * layer + 1] = v_scale;
+    return 0;
+}
+
+int ar_model_has_kv_quant(const ar_model *m)
+{
+    for (int j = 0; m->kv_scale && j < 2 * m->c.n_layers; j++) if (m->kv_scale[j] > 0) return 1;
+    return 0;
+}
+
 /* Install block l's activation quantizers in the shared workspace. */
 static int layer_act_quant(ar_model *m, int l)
 {
@@ -391,6 +410,7 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
         ar_config cl = m->c;
         if (l < cl.sliding_from_layer) cl.sliding_window = 0;
         if (m->act && layer_act_quant(m, l)) return -1;
+        if (m->kv_scale) m->ws.kv_scale[0] = m->kv_scale[2 * l], m->ws.kv_scale[1] = m->kv_scale[2 * l + 1];
         if (m->bd.forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
     }
     return ar_model_final_norm(m, hidden, B * T);

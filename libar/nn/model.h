@@ -101,6 +101,17 @@ int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const *aq)
 /* 1 when some linear of m has an activation quantizer set. */
 int ar_model_has_act_quant(const ar_model *m);
 
+/* Fake-quantize block layer's K (after RoPE) and V to FP8 E4M3 with static
+ * scales k_scale, v_scale (quant_kv.h; 0: that one off) in every later CPU
+ * forward of m, as a static FP8 KV cache (AutoRound's static_kv_dtype, a
+ * compressed-tensors kv_cache_scheme) would hold them. Off by default. 0, or
+ * -1 with ar_error for a layer out of range, a negative or non-finite scale,
+ * or out of memory. */
+int ar_model_set_kv_quant(ar_model *m, int layer, float k_scale, float v_scale);
+
+/* 1 when some layer of m has a KV-cache scale set. */
+int ar_model_has_kv_quant(const ar_model *m);
+
 /* Run embeddings and every block on B sequences of T tokens (ids [B*T]),
  * then the final norm: hidden [B*T, C]. */
 int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden);

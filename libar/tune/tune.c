@@ -133,6 +133,10 @@ static char *meta_json(const tn_run *r)
         if (a->enable_lfq && a->lfq_kl) cJSON_AddStringToObject(t, "lfq_target", "fp");
         cJSON_AddNumberToObject(t, "seed", (double)a->seed);
         if (d->pad_key && d->pad_id >= 0) cJSON_AddNumberToObject(t, "loss_mask_pad_token_id", d->pad_id);
+        if (a->static_kv_fp8) {     /* AutoRound's quantization_config keys */
+            cJSON_AddStringToObject(t, "static_kv_dtype", "fp8");
+            cJSON_AddStringToObject(t, "static_kv_granularity", "tensor");
+        }
     }
     cJSON_AddStringToObject(t, "method", !d || (a->iters == 0 && a->disable_opt_rtn) ? "rtn"
                                          : a->iters == 0 ? "opt_rtn" : "signround");
@@ -165,6 +169,11 @@ static int one_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_strea
 static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
 {
     const ar_tune_opts *o = r->o;
+    if (o->static_kv_fp8 && (!r->d || o->scheme.kind == AR_SCHEME_GGUF)) {
+        ar_error(!r->d ? "static FP8 KV-cache scales need calibration data"
+                       : "static FP8 KV-cache scales are not made for GGUF schemes");
+        return AR_TUNE_FAILED;
+    }
     if (load_layer_config(r)) return AR_TUNE_FAILED;
     r->dev = r->d ? o->device : AR_DEVICE_CPU;   /* RTN without data: nothing to run on a GPU */
     if (ar_device_init(r->dev)) return AR_TUNE_FAILED;

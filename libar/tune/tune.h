@@ -87,6 +87,11 @@ typedef struct {
     int enable_alg_ext;         /* 1: SignRoundV2 [0] */
     int enable_lfq;             /* 1: the last block tuned on the LM-head loss (CPU) [0] */
     int lfq_kl;                 /* with enable_lfq, 1: that loss is the KL from the FP model's predictions [0] */
+    int static_kv_fp8;          /* 1: static FP8 KV-cache scales (AutoRound's static_kv_dtype "fp8",
+                                   quant_kv.h): per block, max |K| (after RoPE) and max |V| over all
+                                   samples of the chain the next block reads (the quantized chain after
+                                   SignRound with quanted input, else the FP chain), written as
+                                   self_attn.k_scale / v_scale records; needs data, not GGUF [0] */
     /* where */
     int device;                 /* AR_DEVICE_CPU or a CUDA device (device.h); the CPU without data [CPU] */
     int low_gpu_mem;            /* 1: GPU tuning keeps the block caches in host memory [0] */

@@ -2,6 +2,7 @@
  * SignRound and SignRoundV2 (see tune.h). */
 #include "error.h"
 #include "quant_fp.h"
+#include "quant_kv.h"
 #include "tune_impl.h"
 #include "tuned_stream.h"
 #include <stdio.h>
@@ -173,8 +174,15 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
      * else the FP chain's (AutoRound's act_max hooks). */
     int need_max = plan_needs_act_max(plan, schemes);
     int q_stats = need_max && a->iters > 0 && !a->disable_quanted_input && r->x_q;
-    if (tn_forward_all(r, wfp, r->x_fp, r->y, opt_rtn || alg_ext ? imat : NULL, need_max && !q_stats ? act_max : NULL,
-                       NULL) ||
+    /* Static KV scales: observed on the chain the next block reads, as
+     * AutoRound's last forward of the block (tn_signround_block observes the
+     * quantized chain; RTN, opt-RTN and disable_quanted_input the FP one). */
+    r->kv_amax[0] = r->kv_amax[1] = 0;
+    r->kv_obs = a->static_kv_fp8 && (a->iters == 0 || a->disable_quanted_input) ? r->kv_amax : NULL;
+    int frc = tn_forward_all(r, wfp, r->x_fp, r->y, opt_rtn || alg_ext ? imat : NULL,
+                             need_max && !q_stats ? act_max : NULL, NULL);
+    r->kv_obs = NULL;
+    if (frc ||
         (q_stats && tn_forward_all(r, wfp, r->x_q, NULL, NULL, act_max, NULL)) ||
         (need_max && plan_set_act_max(plan, schemes, act_max)))
         goto done;
@@ -197,6 +205,17 @@ done:
     for (int i = 0; imat && init && i < nl; i++) free(imat[i]), free(init[i]);
     free(imat); free(init);
     return rc;
+}
+
+/* The block's static FP8 KV scales, "model.layers.L.self_attn.k_scale" and
+ * ".v_scale", from the maxima its chain forward observed. */
+static int write_kv_scales(const tn_run *r, int layer)
+{
+    char attn[256];
+    ar_block_desc_layer_name(&r->bd, layer, AR_K, attn, sizeof attn);
+    char *dot = strrchr(attn, '.');     /* "....self_attn.k_proj" -> "....self_attn" */
+    if (dot) *dot = 0;
+    return ar_tuned_write_kv_scales(r->w, attn, ar_kv_fp8_scale(r->kv_amax[0]), ar_kv_fp8_scale(r->kv_amax[1]));
 }
 
 /* Write the records of block `layer`'s quantized linears. */
@@ -234,6 +253,7 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
              : quantize_block_rtn(r, wfp, &plan, NULL, out))
         goto done;
     if (write_block(r, layer, &plan, schemes, out, act_max)) goto done;
+    if (r->d && r->o->static_kv_fp8 && write_kv_scales(r, layer)) goto done;
     tn_block_done(r, layer, tuned ? &rep : NULL);
     rc = 0;
 done:

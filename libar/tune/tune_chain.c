@@ -5,6 +5,7 @@
 #include "signround_cuda.h"
 #include "dtype.h"
 #include "error.h"
+#include "quant_kv.h"
 #include "tune_impl.h"
 #include <math.h>
 #include <stdlib.h>
@@ -69,6 +70,14 @@ static void share_stats(const input_stats *st)
     }
 }
 
+/* K/V maxima of a static FP8 KV cache (ar_block_work.observe_kv). */
+static void observe_kv(void *ctx, const float *k, const float *v, long rows, int kd)
+{
+    float *m = ctx;
+    ar_kv_amax_fold(&m[0], k, rows * kd);
+    ar_kv_amax_fold(&m[1], v, rows * kd);
+}
+
 /* The statistics come from an inference forward's input observer: no
  * attention probabilities or other training state are stored; statistics
  * passes stay on the CPU. */
@@ -78,7 +87,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     const ar_config *c = r->c;
     const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
-    if (!imat && !amax && !has_actq && dst && r->dev != AR_DEVICE_CPU)
+    if (!imat && !amax && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
         return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
     if (ar_res_host(r->gpu, src)) return -1;   /* the GPU may have written it last */
     ar_block_work ws;
@@ -88,6 +97,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
     input_stats st = {&r->bd, imat, amax};
     if (imat || amax) ws.observe = observe_input, ws.observe_ctx = &st;
+    if (r->kv_obs) ws.observe_kv = observe_kv, ws.kv_ctx = r->kv_obs;
     if (!x || !y) ar_error("out of memory for a forward batch");
     else if (!has_actq || !ar_block_plan_set_act_quant(actq, &ws)) {
         rc = 0;
@@ -162,7 +172,11 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
     if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
         rc = ar_error("out of memory for the quantized chain");
-    else rc = tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
+    else {
+        if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
+        rc = tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
+        r->kv_obs = NULL;
+    }
     ar_block_weights_release(&wq);
     return rc;
 }

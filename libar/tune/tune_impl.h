@@ -35,6 +35,8 @@ typedef struct {
     ar_stream_writer *w;        /* where the block's records go (the output, or the checkpoint's block file) */
     ar_checkpoint *ck;          /* NULL: no checkpoint */
     char model_abs[PATH_MAX];   /* the model folder's absolute path */
+    float kv_amax[2];           /* static_kv_fp8: this block's max |K|, max |V| */
+    float *kv_obs;              /* kv_amax while a forward observes K/V (tn_forward_all), else NULL */
 } tn_run;
 
 /* ---- tune_chain.c ------------------------------------------------------------ */
@@ -51,9 +53,10 @@ void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text)
 void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
 
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
- * (NULL: outputs dropped), bs samples at a time; with imat (r->bd.nlinear
- * entries, NULL ones skipped), accumulate each linear's input Σx² too; with
- * amax [r->bd.nlinear], the running max |x| of each linear's input; with actq, the linears' inputs quantized as that plan says (the
+ * (NULL: outputs dropped), bs samples at a time; with r->kv_obs, fold max |K|
+ * and max |V| into it (CPU); with imat (r->bd.nlinear entries, NULL ones
+ * skipped), accumulate each linear's input Σx² too; with amax
+ * [r->bd.nlinear], the running max |x| of each linear's input; with actq, the linears' inputs quantized as that plan says (the
  * statistics see them before). On the GPU when r->dev is one and only dst
  * is asked for. 0 or -1. */
 int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *src, uint16_t *dst,
@@ -61,7 +64,8 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
 
 /* SignRound over block `layer` (r->y holds its FP outputs): tune the planned
  * linears into out, then (unless disabled) run the quantized block for the
- * next block's quantized-chain input. minmax: α/β tuning; outlier:
+ * next block's quantized-chain input (observing K/V into r->kv_amax with
+ * static_kv_fp8). minmax: α/β tuning; outlier:
  * SignRoundV2's loss. rep receives the report. 0 or -1. */
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
                        int outlier, const ar_quant_out *out, ar_signround_report *rep);
