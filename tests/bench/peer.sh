@@ -74,9 +74,9 @@ now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 # peak RSS in MiB from a /usr/bin/time -v log
 rss() { awk -F': *' '/Maximum resident set size/ { printf "%.0f", $2 / 1024 }' "$1"; }
-ppl() { # FOLDER -> perplexity, or ?
+ppl() { # FOLDER LOGNAME -> perplexity, or ? (the log goes to the work folder)
   "$BIN/ar-eval" --model "$1" --text "$HELDOUT" --seqlen "$EVAL_SEQLEN" --windows "$EVAL_WINDOWS" \
-      --threads "$THREADS" --json 2> "$1.eval.log" | sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p' | grep . || echo '?'
+      --threads "$THREADS" --json 2> "$W/$2.eval.log" | sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p' | grep . || echo '?'
 }
 
 if [ -n "${CALIB_TXT:-}" ]; then TXT=$CALIB_TXT
@@ -86,7 +86,7 @@ t0=$(now)
 "$BIN/ar-calib" --model "$MODEL" --dataset "$TXT" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
     --seed "$SEED" -o "$W/calib.ars" || exit 1
 calib_s=$(elapsed "$t0")
-base_ppl=$(ppl "$MODEL")
+base_ppl=$(ppl "$MODEL" bf16)
 
 echo "== peer.sh: $(basename "$MODEL"), $NSAMPLES x $SEQLEN windows, $ITERS iters, seed $SEED, batch $BATCH, $THREADS threads, format $FORMAT"
 echo "   CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -125,7 +125,7 @@ for S in $SCHEMES; do
   ratio=$(awk -v a="${ar_q_s:-0}" -v b="$ours_s" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "?" }')
   printf '%-12s %-9s %9s %9s %7s %7s %9s %9s %9s %9s %s\n' "$(basename "$MODEL")" "$S" "${ar_q_s:-?}" "$ar_proc_s" \
       "$ours_s" "$ratio" "$(rss "$W/autoround-$S.time")" "$ours_rss" \
-      "$( [ -n "$peer_dir" ] && [ "$peer_dir" != . ] && ppl "$peer_dir" || echo '?')" "$(ppl "$W/ar-$S")" \
+      "$( [ -n "$peer_dir" ] && [ "$peer_dir" != . ] && ppl "$peer_dir" "autoround-$S" || echo '?')" "$(ppl "$W/ar-$S" "ar-$S")" \
       "${amp:-?}" >> "$W/table"
   tail -1 "$W/table"
 done
