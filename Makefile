@@ -2,7 +2,7 @@
 # make deps   install the Debian packages we build against (idempotent; needs root or sudo)
 # make        build every tool into bin/
 # make test   unit tests (Criterion, also under the other OpenBLAS kernels) and end-to-end shell tests
-# make bench  benchmarks (never part of test)
+# make bench  benchmarks (never part of test; AR_BENCH_PEER=1 adds tests/bench/peer.sh)
 
 CC      ?= cc
 NVCC    ?= $(shell command -v nvcc 2>/dev/null || ls /usr/local/cuda/bin/nvcc 2>/dev/null)
