@@ -95,6 +95,8 @@ static int layer_fields(const folder_ctx *f, const char *layer, ar_scheme *s)
         return s->bits < 16;
     }
     const cJSON *g, *exact = NULL, *any = NULL;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(f->qcfg, "ignore"))   /* left unquantized */
+        if (cJSON_IsString(g) && !strcmp(g->valuestring, layer)) return 0;
     cJSON_ArrayForEach(g, cJSON_GetObjectItemCaseSensitive(f->qcfg, "config_groups")) {
         const cJSON *t;
         cJSON_ArrayForEach(t, cJSON_GetObjectItemCaseSensitive(g, "targets"))

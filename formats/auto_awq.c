@@ -22,18 +22,32 @@ static int write_layer(ar_export *e, const ar_qlayer *l) {
     return ar_export_write_awq(e, l);
 }
 
-static void add_name(void *arg, const char *layer) { cJSON_AddItemToArray(arg, cJSON_CreateString(layer)); }
+static void add_name(void *arg, const char *layer) { cJSON_AddNullToObject(arg, layer); }
 
+/* As AutoRound 0.16.1 writes it: to_quant_block_names before
+ * autoround_version; modules_to_not_convert every Linear left unquantized,
+ * lm_head included even when tied (AutoRound lists them from a set, in no
+ * fixed order; ar in model order). */
 static cJSON *quant_config(ar_export *e) {
     cJSON *q = ar_export_base_config(e);
     if (!q) return NULL;
+    cJSON *ver = cJSON_DetachItemFromObjectCaseSensitive(q, "autoround_version");
+    cJSON_AddStringToObject(q, "to_quant_block_names", e->block_prefix);
+    if (ver) cJSON_AddItemToObject(q, "autoround_version", ver);
     cJSON_AddStringToObject(q, "provider", "auto-round");
     cJSON_AddStringToObject(q, "quant_method", "awq");
     cJSON_AddBoolToObject(q, "zero_point", !e->opts.sym);
     cJSON_AddStringToObject(q, "version", "gemm");
-    cJSON *skip = cJSON_AddArrayToObject(q, "modules_to_not_convert");
-    ar_export_unquantized_outside(e, add_name, skip);
-    ar_export_unquantized_in_block(e, add_name, skip);
+    cJSON *names = cJSON_CreateObject(), *skip = cJSON_AddArrayToObject(q, "modules_to_not_convert");
+    if (!names || !skip) { cJSON_Delete(names); cJSON_Delete(q); ar_error("%s: out of memory", e->out_dir); return NULL; }
+    ar_export_unquantized_outside(e, add_name, names);
+    ar_export_unquantized_in_block(e, add_name, names);
+    int lm_q = 0;
+    for (size_t i = 0; i < e->nrec; i++) lm_q |= !strcmp(e->rec[i].name, "lm_head");
+    if (!lm_q && !cJSON_HasObjectItem(names, "lm_head")) cJSON_AddNullToObject(names, "lm_head");
+    ar_export_model_order(names);
+    for (cJSON *c = names->child; c; c = c->next) cJSON_AddItemToArray(skip, cJSON_CreateString(c->string));
+    cJSON_Delete(names);
     return q;
 }
 

@@ -1,6 +1,7 @@
 /* auto_gptq.c — GPTQ v1 checkpoints (spec §6.2) as AutoRound exports them:
  * zeros stored minus 1, g_idx = k / G, quant_method "gptq", desc_act false,
- * fp16 config dtype, quantize_config.json beside config.json. */
+ * fp16 config dtype, the quantization_config beside config.json in
+ * quantization_config.json (AutoRound's name) and quantize_config.json. */
 #include "export_impl.h"
 #include "error.h"
 #include <stdio.h>
@@ -9,11 +10,19 @@
 
 static int write_layer(ar_export *e, const ar_qlayer *l) { return ar_export_write_gptq(e, l, 1, 1); }
 
-static void add_skip(void *arg, const char *layer) {
-    char key[512];
-    snprintf(key, sizeof key, "-:%s", layer);
-    cJSON_AddObjectToObject(arg, key);
+/* AutoRound's key for a layer name: SIGN:.*NAME.* with NAME's dots escaped
+ * (its to_standard_regex of a plain name). */
+static void dyn_key(char *key, size_t size, char sign, const char *layer) {
+    size_t n = (size_t)snprintf(key, size, "%c:.*", sign);
+    for (const char *p = layer; *p && n + 4 < size; p++) {
+        if (*p == '.') key[n++] = '\\';
+        key[n++] = *p;
+    }
+    snprintf(key + n, size - n, ".*");
 }
+
+static void add_skip(void *arg, const char *layer) { cJSON_AddObjectToObject(arg, layer); }
+
 
 /* GPTQ "dynamic" overrides: "+:layer" with the layer's scheme where it
  * differs from the global one (or lies outside the blocks), "-:layer" for
@@ -24,14 +33,21 @@ static cJSON *dynamic_config(const ar_export *e) {
         const ar_export_rec *r = &e->rec[i];
         if (r->in_block && r->bits == e->opts.bits && r->group_size == e->opts.group_size && r->sym == e->opts.sym)
             continue;
-        char key[512];
-        snprintf(key, sizeof key, "+:%s", r->name);
-        cJSON *o = cJSON_AddObjectToObject(d, key);
+        cJSON *o = cJSON_AddObjectToObject(d, r->name);
         cJSON_AddNumberToObject(o, "bits", r->bits);
         cJSON_AddNumberToObject(o, "group_size", r->group_size);
         cJSON_AddBoolToObject(o, "sym", r->sym);
     }
     ar_export_unquantized_in_block(e, add_skip, d);
+    ar_export_model_order(d);
+    for (cJSON *c = d->child; c; c = c->next) {   /* then AutoRound's keys: "+:" an override, "-:" left in 16 bits */
+        char key[1100];
+        dyn_key(key, sizeof key, c->child ? '+' : '-', c->string);
+        char *k = strdup(key);
+        if (!k) { cJSON_Delete(d); return NULL; }
+        free(c->string);
+        c->string = k;
+    }
     if (d->child) return d;
     cJSON_Delete(d);
     return NULL;
@@ -78,8 +94,8 @@ static cJSON *quant_config(ar_export *e) {
     cJSON_AddBoolToObject(q, "true_sequential", 0);
     cJSON_AddNumberToObject(q, "damp_percent", 0.01);
     if (ar_export_unquantized_in_block(e, NULL, NULL)) cJSON_AddItemToObject(q, "modules_in_block_to_quantize", modules_in_block(e));
-    /* v1 zero points (stored minus 1): GPTQModel converts them on load. */
-    cJSON_AddStringToObject(q, "checkpoint_format", "gptq");
+    /* v1 zero points (stored minus 1), as AutoRound writes them, without a
+     * checkpoint_format key: GPTQModel and transformers take "gptq" (v1) then. */
     return q;
 }
 
@@ -89,5 +105,9 @@ const ar_export_format ar_fmt_auto_gptq = {
     .quant_config = quant_config,
     .bias_f16 = 1,
     .config_dtype = "float16",
-    .qconfig_file = "quantize_config.json",
+    /* AutoRound 0.16.1 writes quantization_config.json (its save_model
+     * renames the quantize_config.json its GPTQ exporter asks for); AutoGPTQ
+     * and GPTQModel's QuantizeConfig look for quantize_config.json, so both. */
+    .qconfig_file = "quantization_config.json",
+    .qconfig_file2 = "quantize_config.json",
 };

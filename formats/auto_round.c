@@ -40,7 +40,7 @@ static cJSON *layer_entry(const ar_export *e, const ar_export_rec *r) {
 static void add_16bit(void *arg, const char *layer) {
     cJSON *o = cJSON_AddObjectToObject(arg, layer);
     cJSON_AddNumberToObject(o, "bits", 16);
-    cJSON_AddStringToObject(o, "data_type", "float");
+    cJSON_AddStringToObject(o, "data_type", "fp");
 }
 
 static cJSON *quant_config(ar_export *e) {
@@ -56,6 +56,7 @@ static cJSON *quant_config(ar_export *e) {
         else cJSON_Delete(o);
     }
     ar_export_unquantized_in_block(e, add_16bit, extra);
+    ar_export_model_order(extra);
     if (extra->child) cJSON_AddItemToObject(q, "extra_config", extra);
     else cJSON_Delete(extra);
     return q;

@@ -226,6 +226,7 @@ static int write_configs(ar_export *e) {
     const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
     int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL);
     if (!rc && q && e->fmt->qconfig_file) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file, q);
+    if (!rc && q && e->fmt->qconfig_file2) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file2, q);
     cJSON_Delete(q);
     return rc;
 }
@@ -311,26 +312,110 @@ int ar_export_write_awq(ar_export *e, const ar_qlayer *l) {
     return rc ? -1 : 0;
 }
 
+/* A number key of the tuning keys (def when absent). */
+static double tune_num(const cJSON *t, const char *k, double def) {
+    const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, k);
+    return cJSON_IsNumber(v) ? v->valuedouble : def;
+}
+
+static int tune_false(const cJSON *t, const char *k) {
+    return cJSON_IsFalse(cJSON_GetObjectItemCaseSensitive(t, k));
+}
+
 cJSON *ar_export_base_config(const ar_export *e) {
     cJSON *q = cJSON_CreateObject();
     if (!q) { ar_error("%s: out of memory", e->out_dir); return NULL; }
+    /* AutoRound 0.16.1's order (its SerializedCompressorConfig): bits, act_bits,
+     * data_type, act_data_type, group_size, act_group_size, sym, act_sym, act_dynamic. */
+    int act = e->opts.act_bits > 0 && e->opts.act_bits < 16;
     cJSON_AddNumberToObject(q, "bits", e->opts.bits);
-    cJSON_AddNumberToObject(q, "group_size", e->opts.group_size);
-    cJSON_AddBoolToObject(q, "sym", e->opts.sym);
+    if (act) cJSON_AddNumberToObject(q, "act_bits", e->opts.act_bits);
     cJSON_AddStringToObject(q, "data_type", e->opts.data_type ? e->opts.data_type : "int");
-    if (e->opts.act_bits > 0 && e->opts.act_bits < 16) {
-        cJSON_AddNumberToObject(q, "act_bits", e->opts.act_bits);
-        cJSON_AddNumberToObject(q, "act_group_size", e->opts.act_group_size);
+    if (act) cJSON_AddStringToObject(q, "act_data_type", e->opts.act_data_type ? e->opts.act_data_type : "int");
+    cJSON_AddNumberToObject(q, "group_size", e->opts.group_size);
+    if (act) cJSON_AddNumberToObject(q, "act_group_size", e->opts.act_group_size);
+    cJSON_AddBoolToObject(q, "sym", e->opts.sym);
+    if (act) {
         cJSON_AddBoolToObject(q, "act_sym", e->opts.act_sym);
         cJSON_AddBoolToObject(q, "act_dynamic", e->opts.act_dynamic);
-        cJSON_AddStringToObject(q, "act_data_type", e->opts.act_data_type ? e->opts.act_data_type : "int");
     }
-    cJSON *tune = e->opts.tuning_json ? cJSON_Parse(e->opts.tuning_json) : NULL;
-    for (cJSON *c = tune ? tune->child : NULL; c; c = c->next)
-        if (!cJSON_HasObjectItem(q, c->string)) cJSON_AddItemToObject(q, c->string, cJSON_Duplicate(c, 1));
-    cJSON_Delete(tune);
+    /* The tuning keys as AutoRound writes them: only those that differ from
+     * its defaults (export/utils.py filter_quantization_config). amp is false:
+     * ar tunes in fp32, as AutoRound does where it turns amp off. ar's own
+     * provenance (method, nsamples, seqlen, seed, ...) stays in the tuned
+     * stream's META (ar-dump), not here. */
+    cJSON *t = e->opts.tuning_json ? cJSON_Parse(e->opts.tuning_json) : NULL;
+    double iters = tune_num(t, "iters", 0);
+    cJSON_AddBoolToObject(q, "amp", 0);
+    if (iters > 0 && tune_false(t, "enable_minmax_tuning")) cJSON_AddBoolToObject(q, "enable_minmax_tuning", 0);
+    if (iters <= 0 || tune_false(t, "enable_quanted_input")) cJSON_AddBoolToObject(q, "enable_quanted_input", 0);
+    if (iters > 0) {
+        double gas = tune_num(t, "gradient_accumulate_steps", 1);
+        if (gas != 1) cJSON_AddNumberToObject(q, "gradient_accumulate_steps", gas);
+        if (iters != 200) cJSON_AddNumberToObject(q, "iters", iters);
+        double def = 1.0 / iters;   /* AutoRound's lr when not given (2/iters: >= 1000 iters at <= 3 bits) */
+        double lr = tune_num(t, "lr", iters >= 1000 && e->opts.bits <= 3 ? 2.0 / iters : def);
+        double mlr = tune_num(t, "minmax_lr", lr);
+        if (lr != def) cJSON_AddNumberToObject(q, "lr", lr);
+        if (mlr != def) cJSON_AddNumberToObject(q, "minmax_lr", mlr);
+    }
+    cJSON_Delete(t);
     cJSON_AddStringToObject(q, "autoround_version", AR_AUTOROUND_VERSION);
     return q;
+}
+
+/* ---- model order ------------------------------------------------------------ */
+
+/* Rank of a layer name's last part in a Llama-family block's module order. */
+static int module_rank(const char *name) {
+    static const char *const order[] = {"q_proj", "k_proj", "v_proj", "o_proj", "gate", "gate_proj", "up_proj", "down_proj"};
+    const char *last = strrchr(name, '.');
+    last = last ? last + 1 : name;
+    for (size_t i = 0; i < sizeof order / sizeof *order; i++)
+        if (!strcmp(last, order[i])) return (int)i;
+    return (int)(sizeof order / sizeof *order);
+}
+
+/* Model order: numbers compare as numbers (layers.2 before layers.10), names
+ * in a block compare by module rank where their parent is the same, names
+ * outside any numbered block (lm_head) come last. */
+static int model_order_cmp(const void *pa, const void *pb) {
+    const char *a = (*(cJSON *const *)pa)->string, *b = (*(cJSON *const *)pb)->string;
+    int na = strpbrk(a, "0123456789") != NULL, nb = strpbrk(b, "0123456789") != NULL;
+    if (na != nb) return nb - na;
+    const char *x = a, *y = b;
+    while (*x && *y) {
+        if (isdigit((unsigned char)*x) && isdigit((unsigned char)*y)) {
+            char *ex, *ey;
+            unsigned long vx = strtoul(x, &ex, 10), vy = strtoul(y, &ey, 10);
+            if (vx != vy) return vx < vy ? -1 : 1;
+            x = ex, y = ey;
+            continue;
+        }
+        if (*x != *y) break;
+        x++, y++;
+    }
+    /* Same up to here: the same parent module when neither has a '.' left before its last part. */
+    const char *la = strrchr(a, '.'), *lb = strrchr(b, '.');
+    if (la && lb && la - a == lb - b && !strncmp(a, b, (size_t)(la - a)) && module_rank(a) != module_rank(b))
+        return module_rank(a) - module_rank(b);
+    return strcmp(a, b);
+}
+
+void ar_export_model_order(cJSON *obj) {
+    int n = cJSON_GetArraySize(obj);
+    if (n < 2) return;
+    cJSON **v = malloc((size_t)n * sizeof *v);
+    if (!v) return;   /* order is cosmetic */
+    int i = 0;
+    for (cJSON *c = obj->child; c; c = c->next) v[i++] = c;
+    qsort(v, (size_t)n, sizeof *v, model_order_cmp);
+    for (i = 0; i < n; i++) {
+        v[i]->prev = i ? v[i - 1] : v[n - 1];   /* cJSON: the first item's prev is the last */
+        v[i]->next = i + 1 < n ? v[i + 1] : NULL;
+    }
+    obj->child = v[0];
+    free(v);
 }
 
 /* Linear-like weights of the original: 2-D NAME.weight, minus embeddings. */

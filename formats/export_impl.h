@@ -33,6 +33,7 @@ typedef struct {
     int         bias_f16;       /* biases of quantized layers are stored fp16 */
     const char *config_dtype;   /* dtype forced into config.json, or NULL */
     const char *qconfig_file;   /* file that repeats quantization_config, or NULL */
+    const char *qconfig_file2;  /* a second such file (a loader's older name), or NULL */
     int         awq_layout;     /* AR_AWQ_*: when layers are written in the AWQ layout */
     int         allow_empty;    /* an export with no quantized layer is valid (fake) */
 } ar_export_format;
@@ -81,10 +82,11 @@ int ar_export_write_gptq(struct ar_export *e, const ar_qlayer *l, int zp_minus_o
 /* Write l as AWQ GEMM tensors NAME.qweight/.qzeros/.scales. */
 int ar_export_write_awq(struct ar_export *e, const ar_qlayer *l);
 
-/* The global scheme keys every format starts its config with:
- * bits, group_size, sym, data_type (opts, "int" by default), the act_* keys
- * when activations are quantized, then the tuning keys, then
- * autoround_version. NULL on allocation failure (ar_error set). */
+/* The global scheme keys every format starts its config with, as AutoRound
+ * 0.16.1 writes them: bits, data_type (opts, "int" by default), group_size,
+ * sym with the act_* keys among them when activations are quantized, then
+ * the tuning keys that differ from AutoRound's defaults (amp false always),
+ * then autoround_version. NULL on allocation failure (ar_error set). */
 cJSON *ar_export_base_config(const struct ar_export *e);
 
 /* Whether the original model has an in-block Linear (2-D NAME.weight under
@@ -96,7 +98,11 @@ int ar_export_unquantized_in_block(const struct ar_export *e, void (*fn)(void *a
  * embeddings. */
 int ar_export_unquantized_outside(const struct ar_export *e, void (*fn)(void *arg, const char *layer), void *arg);
 
+/* Sort the members of a JSON object (layer name -> ...) into the model's
+ * order: block by block, in a block q, k, v, o, gate, up, down. */
+void ar_export_model_order(cJSON *obj);
+
 /* The version string written as autoround_version (spec snapshot). */
-#define AR_AUTOROUND_VERSION "0.15.0"
+#define AR_AUTOROUND_VERSION "0.16.1"
 
 #endif

@@ -134,19 +134,21 @@ static cJSON *weights_args(const ar_export_rec *r) {
     cJSON_AddNumberToObject(w, "num_bits", r->bits);
     cJSON_AddStringToObject(w, "type", fp ? "float" : "int");
     cJSON_AddBoolToObject(w, "symmetric", r->sym);
-    cJSON_AddBoolToObject(w, "dynamic", 0);
+    /* compressed-tensors' QuantizationArgs order: num_bits, type, symmetric,
+     * group_size, strategy, block_structure, dynamic. */
     const char *strategy = r->dtype == AR_QDT_NVFP4 ? "tensor_group"
                            : r->group_2d            ? "block"
                            : r->group_size > 0      ? "group"
                            : r->group_size == -1    ? "channel"
                                                     : "tensor";
-    cJSON_AddStringToObject(w, "strategy", strategy);
     if (r->group_size > 0 && !r->group_2d) cJSON_AddNumberToObject(w, "group_size", r->group_size);
+    cJSON_AddStringToObject(w, "strategy", strategy);
     if (r->group_2d) {
         cJSON *bs = cJSON_AddArrayToObject(w, "block_structure");
         cJSON_AddItemToArray(bs, cJSON_CreateNumber(r->group_size));
         cJSON_AddItemToArray(bs, cJSON_CreateNumber(r->group_size));
     }
+    cJSON_AddBoolToObject(w, "dynamic", 0);
     return w;
 }
 
@@ -157,11 +159,11 @@ static cJSON *input_args(const ar_export_rec *r) {
     cJSON_AddNumberToObject(a, "num_bits", r->act_bits);
     cJSON_AddStringToObject(a, "type", strcmp(r->act_data_type, "int") ? "float" : "int");
     cJSON_AddBoolToObject(a, "symmetric", r->act_sym);
+    const char *strategy = nv ? "tensor_group" : r->act_group_size > 0 ? "group" : r->act_group_size == -1 ? "token" : "tensor";
+    if (r->act_group_size > 0) cJSON_AddNumberToObject(a, "group_size", r->act_group_size);
+    cJSON_AddStringToObject(a, "strategy", strategy);
     if (nv) cJSON_AddStringToObject(a, "dynamic", "local");
     else cJSON_AddBoolToObject(a, "dynamic", r->act_dynamic);
-    const char *strategy = nv ? "tensor_group" : r->act_group_size > 0 ? "group" : r->act_group_size == -1 ? "token" : "tensor";
-    cJSON_AddStringToObject(a, "strategy", strategy);
-    if (r->act_group_size > 0) cJSON_AddNumberToObject(a, "group_size", r->act_group_size);
     return a;
 }
 
@@ -212,8 +214,28 @@ static cJSON *kv_cache_scheme(void) {
     return k;
 }
 
-static void add_ignored(void *arg, const char *layer) { cJSON_AddItemToArray(arg, cJSON_CreateString(layer)); }
+static void add_ignored(void *arg, const char *layer) { cJSON_AddNullToObject(arg, layer); }
 
+static int cmp_name(const void *a, const void *b) {
+    return strcmp((*(cJSON *const *)a)->valuestring, (*(cJSON *const *)b)->valuestring);
+}
+
+/* A group's targets sorted by name, as AutoRound rewrites them for several groups. */
+static void sort_targets(cJSON *targets) {
+    int n = cJSON_GetArraySize(targets);
+    cJSON **v = n > 1 ? malloc((size_t)n * sizeof *v) : NULL;
+    if (!v) return;
+    int i = 0;
+    while (targets->child) v[i++] = cJSON_DetachItemViaPointer(targets, targets->child);
+    qsort(v, (size_t)n, sizeof *v, cmp_name);
+    for (i = 0; i < n; i++) cJSON_AddItemToArray(targets, v[i]);
+    free(v);
+}
+
+/* quantization_config as AutoRound 0.16.1 writes it (compressed-tensors'
+ * QuantizationConfig.to_dict): one group targets "Linear" and ignore lists
+ * every Linear left unquantized, lm_head included (tied or not), in model
+ * order; several groups target their layers' names, sorted. */
 static cJSON *quant_config(ar_export *e) {
     cJSON *q = cJSON_CreateObject();
     group_set gs = {cJSON_CreateObject(), NULL, 0};
@@ -223,12 +245,24 @@ static cJSON *quant_config(ar_export *e) {
         ok = g != NULL;
         if (ok) cJSON_AddItemToArray(cJSON_GetObjectItem(g, "targets"), cJSON_CreateString(e->rec[i].name));
     }
-    cJSON *ignore = cJSON_CreateArray();
-    int skipped = ar_export_unquantized_in_block(e, add_ignored, ignore);
-    ar_export_unquantized_outside(e, add_ignored, ignore);
-    /* One scheme over every Linear: the class name, as llm-compressor writes it. */
-    if (ok && gs.n == 1 && !skipped) {
-        cJSON *g = cJSON_GetObjectItem(gs.groups, "group_0");
+    cJSON *skipped = cJSON_CreateObject(), *ignore = cJSON_CreateArray();
+    ok = ok && skipped && ignore;
+    if (ok) {
+        ar_export_unquantized_in_block(e, add_ignored, skipped);
+        ar_export_unquantized_outside(e, add_ignored, skipped);
+        /* A tied lm_head has no weight of its own but is a Linear module. */
+        int lm_q = 0;
+        for (size_t i = 0; i < e->nrec; i++) lm_q |= !strcmp(e->rec[i].name, "lm_head");
+        if (!lm_q && !cJSON_HasObjectItem(skipped, "lm_head")) cJSON_AddNullToObject(skipped, "lm_head");
+        ar_export_model_order(skipped);
+        for (cJSON *c = skipped->child; c; c = c->next) cJSON_AddItemToArray(ignore, cJSON_CreateString(c->string));
+    }
+    cJSON_Delete(skipped);
+    for (int i = 0; ok && i < gs.n; i++) {
+        char name[32];
+        snprintf(name, sizeof name, "group_%d", i);
+        cJSON *g = cJSON_GetObjectItem(gs.groups, name);
+        if (gs.n > 1) { sort_targets(cJSON_GetObjectItem(g, "targets")); continue; }
         cJSON_ReplaceItemInObject(g, "targets", cJSON_CreateArray());
         cJSON_AddItemToArray(cJSON_GetObjectItem(g, "targets"), cJSON_CreateString("Linear"));
     }
@@ -246,15 +280,15 @@ static cJSON *quant_config(ar_export *e) {
         ar_error("%s: out of memory", e->out_dir);
         return NULL;
     }
-    cJSON_AddStringToObject(q, "quant_method", "compressed-tensors");
-    cJSON_AddStringToObject(q, "format", fmt);
-    cJSON_AddStringToObject(q, "quantization_status", "compressed");
     cJSON_AddItemToObject(q, "config_groups", gs.groups);
-    cJSON_AddItemToObject(q, "ignore", ignore);
+    cJSON_AddStringToObject(q, "quant_method", "compressed-tensors");
     if (e->nkv) cJSON_AddItemToObject(q, "kv_cache_scheme", kv_cache_scheme());
     else cJSON_AddNullToObject(q, "kv_cache_scheme");
-    cJSON_AddStringToObject(q, "provider", "auto-round");
-    cJSON_AddStringToObject(q, "autoround_version", AR_AUTOROUND_VERSION);
+    cJSON_AddStringToObject(q, "format", fmt);
+    cJSON_AddStringToObject(q, "quantization_status", "compressed");
+    cJSON_AddNullToObject(q, "global_compression_ratio");
+    cJSON_AddItemToObject(q, "ignore", ignore);
+    cJSON_AddNullToObject(q, "moe_sparsity_config");
     return q;
 }
 

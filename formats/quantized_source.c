@@ -8,6 +8,7 @@
 #include <cJSON.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <regex.h>
 #include <string.h>
 
 typedef enum { L_NONE, L_GPTQ_ZM1, L_GPTQ, L_AWQ, L_CT } layout_t;
@@ -200,17 +201,39 @@ static int ct_dequant(const ar_qfolder *q, const char *layer, int n, int k, floa
     return 0;
 }
 
+/* The "+:" entry of a GPTQ "dynamic" map that matches layer: "+:NAME" as
+ * written before, or a regex as AutoRound and GPTQModel write them
+ * ("+:.*model\\.layers\\.0\\.mlp\\.down_proj.*"), matched from the start of
+ * the name as Python's re.match does. NULL when none matches. */
+static const cJSON *dynamic_entry(const cJSON *dyn, const char *layer) {
+    const cJSON *c;
+    cJSON_ArrayForEach(c, dyn) {
+        if (!c->string || strncmp(c->string, "+:", 2)) continue;
+        const char *pat = c->string + 2;
+        if (!strcmp(pat, layer)) return c;
+        size_t n = strlen(pat);
+        char *re = malloc(n + 4);
+        if (!re) continue;
+        snprintf(re, n + 4, "^(%s)", pat);
+        regex_t rx;
+        int hit = 0;
+        if (!regcomp(&rx, re, REG_EXTENDED | REG_NOSUB)) {
+            hit = !regexec(&rx, layer, 0, NULL, 0);
+            regfree(&rx);
+        }
+        free(re);
+        if (hit) return c;
+    }
+    return NULL;
+}
+
 /* bits / group_size of layer: the global ones overlaid with its extra_config
  * (auto-round) or "+:layer" dynamic entry (gptq). */
 static void layer_scheme(const ar_qfolder *q, const char *layer, int *bits, int *group) {
     *bits = q->bits;
     *group = q->group_size;
     const cJSON *o = cJSON_GetObjectItem(cJSON_GetObjectItem(q->qcfg, "extra_config"), layer);
-    if (!o) {
-        char key[600];
-        snprintf(key, sizeof key, "+:%s", layer);
-        o = cJSON_GetObjectItem(cJSON_GetObjectItem(q->qcfg, "dynamic"), key);
-    }
+    if (!o) o = dynamic_entry(cJSON_GetObjectItem(q->qcfg, "dynamic"), layer);
     const cJSON *b = cJSON_GetObjectItem(o, "bits"), *g = cJSON_GetObjectItem(o, "group_size");
     if (cJSON_IsNumber(b)) *bits = b->valueint;
     if (cJSON_IsNumber(g)) *group = g->valueint;

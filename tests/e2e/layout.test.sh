@@ -10,8 +10,10 @@
 #  3. ar-pack: --layout autoround, a GGUF output into an existing folder or
 #     DIR/, usage errors, no leftovers after a failure.
 #  4. Where build/venv has AutoRound 0.16.1: the same runs by AutoRound itself
-#     give the same folder and file names, and the quantization_config keys
-#     differ only as recorded below.
+#     give the same folder and file names, and the same quantization_config
+#     keys, values and key order for auto_round, auto_gptq, auto_awq and
+#     (with compressed-tensors) llm_compressor (amp aside where AutoRound's device
+#     has bf16); any difference fails.
 . "$(dirname "$0")/lib.sh"
 AR="$BIN/auto-round"
 fail=0
@@ -153,6 +155,21 @@ if [ -x "$VPY" ] && "$VPY" -c 'import auto_round' 2>/dev/null; then
     (cd "$T" && CUDA_VISIBLE_DEVICES= "$VPY" -m auto_round --model "$M" --iters 0 --disable_opt_rtn --device_map cpu \
       --output_dir "$o" "$@" > "$o.log" 2>&1)
   }
+  qc_diff() { # AUTOROUND_JSON AR_JSON: the keys only one has and those that differ (amp aside where AutoRound omits it)
+    "$VPY" - "$1" "$2" <<'PYEOF'
+import json, sys
+a, b = (json.load(open(p)) for p in sys.argv[1:3])
+if "amp" not in a:  # AutoRound omits amp where its device has bf16 (amp on); ar writes false (fp32 tuning)
+    b.pop("amp", None)
+if "modules_to_not_convert" in a:  # AutoRound's AWQ export lists them from a set: no fixed order
+    a["modules_to_not_convert"] = b.get("modules_to_not_convert") if sorted(a["modules_to_not_convert"]) == sorted(b.get("modules_to_not_convert", [])) else a["modules_to_not_convert"]
+out = ["only-autoround:" + k for k in sorted(set(a) - set(b))] + ["only-ar:" + k for k in sorted(set(b) - set(a))]
+out += ["differs:" + k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
+if not out and json.dumps(a) != json.dumps(b):  # equal, but in another order (nested keys included)
+    out = ["key-order"]
+print(" ".join(out))
+PYEOF
+  }
   if aur "$T/ar-multi" --scheme W4A16 --format auto_round,fake; then
     A="$T/ar-multi/stories260K-w4g128"
     same "AutoRound's own auto_round,fake: same folders" "$(subdirs "$T/ar-multi")" "$(subdirs "$T/multi")"
@@ -162,21 +179,35 @@ if [ -x "$VPY" ] && "$VPY" -c 'import auto_round' 2>/dev/null; then
       same "AutoRound's own $f: same files" "$(cd "$A/$f" && ls | grep -v special_tokens_map.json | tr '\n' ' ')" \
         "$(cd "$T/multi/stories260K-w4g128/$f" && ls | grep -v special_tokens_map.json | tr '\n' ' ')"
     done
-    # quantization_config: the differences recorded in man auto-round(1) (RTN on a CPU), no others.
-    d=$("$VPY" - "$A/auto-round-auto-gptq/quantization_config.json" \
-        "$T/multi/stories260K-w4g128/auto-round-auto-gptq/quantization_config.json" <<'PYEOF'
-import json, sys
-a, b = (json.load(open(p)) for p in sys.argv[1:3])
-if a.get("amp") is False:  # recorded only where the CPU has no bf16 (AutoRound then turns amp off)
-    del a["amp"]
-out = ["only-autoround:" + k for k in sorted(set(a) - set(b))] + ["only-ar:" + k for k in sorted(set(b) - set(a))]
-out += ["differs:" + k for k in sorted(set(a) & set(b)) if a[k] != b[k]]
-print(" ".join(out))
-PYEOF
-    )
-    same "quantization_config keys: only the recorded differences" "$d" \
-      "only-autoround:enable_quanted_input only-ar:iters only-ar:method differs:autoround_version differs:extra_config"
+    same "auto_round quantization_config: the same keys and values as AutoRound's" \
+      "$(qc_diff "$A/auto-round-auto-gptq/quantization_config.json" "$T/multi/stories260K-w4g128/auto-round-auto-gptq/quantization_config.json")" ""
   else bad "AutoRound run failed: $(tail -2 "$T/ar-multi.log")"; fi
+  # auto_gptq: the same config; ar also writes quantize_config.json (AutoGPTQ's and GPTQModel's name)
+  "$AR" --model "$M" --iters 0 --disable_opt_rtn --format auto_gptq --output_dir "$T/gq" --quiet
+  if aur "$T/ar-gq" --scheme W4A16 --format auto_gptq; then
+    A="$T/ar-gq/stories260K-w4g128"; B="$T/gq/stories260K-w4g128"
+    same "AutoRound's own auto_gptq: same files (ar adds quantize_config.json)" \
+      "$(cd "$A" && ls | grep -v special_tokens_map.json | tr '\n' ' ')" \
+      "$(cd "$B" && ls | grep -v 'special_tokens_map.json\|quantize_config.json' | tr '\n' ' ')"
+    same "auto_gptq quantization_config: the same keys and values as AutoRound's" \
+      "$(qc_diff "$A/quantization_config.json" "$B/quantization_config.json")" ""
+    cmp -s "$B/quantization_config.json" "$B/quantize_config.json" && ok "auto_gptq: quantize_config.json = quantization_config.json" ||
+      bad "auto_gptq: quantize_config.json differs from quantization_config.json"
+  else bad "AutoRound auto_gptq run failed: $(tail -2 "$T/ar-gq.log")"; fi
+  # auto_awq (4-bit asym; G32 so that AWQ packs the 64-wide layers)
+  "$AR" --model "$M" --iters 0 --disable_opt_rtn --scheme W4A16 --asym --group_size 32 --format auto_awq --output_dir "$T/aw" --quiet
+  if aur "$T/ar-aw" --scheme W4A16 --asym --group_size 32 --format auto_awq; then
+    same "auto_awq quantization_config: the same keys and values as AutoRound's" \
+      "$(qc_diff "$T/ar-aw/stories260K-w4g32/quantization_config.json" "$T/aw/stories260K-w4g32/quantization_config.json")" ""
+  else bad "AutoRound auto_awq run failed: $(tail -2 "$T/ar-aw.log")"; fi
+  # llm_compressor: AutoRound needs compressed-tensors (and a group that divides 64: G32)
+  if "$VPY" -c 'import compressed_tensors' 2>/dev/null; then
+    "$AR" --model "$M" --iters 0 --disable_opt_rtn --group_size 32 --format llm_compressor --output_dir "$T/lc" --quiet
+    if aur "$T/ar-lc" --scheme W4A16 --group_size 32 --format llm_compressor; then
+      same "llm_compressor quantization_config: the same keys and values as AutoRound's" \
+        "$(qc_diff "$T/ar-lc/stories260K-w4g32/quantization_config.json" "$T/lc/stories260K-w4g32/quantization_config.json")" ""
+    else bad "AutoRound llm_compressor run failed: $(tail -2 "$T/ar-lc.log")"; fi
+  else echo "skip AutoRound's own llm_compressor run: no compressed_tensors in build/venv"; fi
   if "$VPY" -c 'import sentencepiece' 2>/dev/null; then   # AutoRound's GGUF export of a SentencePiece vocabulary needs it
     if aur "$T/ar-gguf" --format gguf:q4_0; then
       same "AutoRound's own gguf:q4_0: same names" "$(tree "$T/ar-gguf")" "stories260K-gguf stories260K-gguf/stories260K-260K-Q4_0.gguf"
