@@ -265,6 +265,7 @@ static double now_s(void)
 typedef struct {
     int n, k, ng;
     size_t nel, ngr;
+    size_t cap_nel, cap_ngr;   /* what the buffers hold (kept across blocks by the cache) */
     float *v, *alpha, *beta;
     float *best_v, *best_alpha, *best_beta;
     float *dv, *dalpha, *dbeta;
@@ -281,19 +282,34 @@ static float layer_lr(const ar_signround_opts *o, int bits)
 
 static int layer_init(layer_state *L, const ar_linear_desc *d, const ar_quant_spec *qs, const ar_signround_opts *o)
 {
-    memset(L, 0, sizeof *L);
     L->n = d->n_out, L->k = d->k_in;
     L->ng = ar_quant_ngroups(L->k, qs->group_size);
     L->nel = (size_t)L->n * L->k;
     L->ngr = (size_t)L->n * L->ng;
-    L->v = calloc(L->nel, 4); L->best_v = calloc(L->nel, 4); L->dv = calloc(L->nel, 4);
-    L->wq = malloc(L->nel * 4); L->dw = malloc(L->nel * 4);
-    L->alpha = malloc(L->ngr * 4); L->beta = malloc(L->ngr * 4);
-    L->best_alpha = malloc(L->ngr * 4); L->best_beta = malloc(L->ngr * 4);
-    L->dalpha = calloc(L->ngr, 4); L->dbeta = calloc(L->ngr, 4);
-    if (!L->v || !L->best_v || !L->dv || !L->wq || !L->dw || !L->alpha || !L->beta || !L->best_alpha ||
-        !L->best_beta || !L->dalpha || !L->dbeta)
-        return ar_error("out of memory for the tunables of %s", d->name);
+    L->init_scale = NULL;
+    if (L->nel > L->cap_nel) {
+        free(L->v); free(L->best_v); free(L->dv); free(L->wq); free(L->dw);
+        L->cap_nel = 0;
+        L->v = malloc(L->nel * 4); L->best_v = malloc(L->nel * 4); L->dv = malloc(L->nel * 4);
+        L->wq = malloc(L->nel * 4); L->dw = malloc(L->nel * 4);
+        if (!L->v || !L->best_v || !L->dv || !L->wq || !L->dw)
+            return ar_error("out of memory for the tunables of %s", d->name);
+        L->cap_nel = L->nel;
+    }
+    if (L->ngr > L->cap_ngr) {
+        free(L->alpha); free(L->beta); free(L->best_alpha); free(L->best_beta); free(L->dalpha); free(L->dbeta);
+        L->cap_ngr = 0;
+        L->alpha = malloc(L->ngr * 4); L->beta = malloc(L->ngr * 4);
+        L->best_alpha = malloc(L->ngr * 4); L->best_beta = malloc(L->ngr * 4);
+        L->dalpha = malloc(L->ngr * 4); L->dbeta = malloc(L->ngr * 4);
+        if (!L->alpha || !L->beta || !L->best_alpha || !L->best_beta || !L->dalpha || !L->dbeta)
+            return ar_error("out of memory for the tunables of %s", d->name);
+        L->cap_ngr = L->ngr;
+    }
+    /* v, its snapshot and the gradients start at zero (wq and dw are written
+     * before they are read), α = β = 1 */
+    memset(L->v, 0, L->nel * 4); memset(L->best_v, 0, L->nel * 4); memset(L->dv, 0, L->nel * 4);
+    memset(L->dalpha, 0, L->ngr * 4); memset(L->dbeta, 0, L->ngr * 4);
     for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = L->best_alpha[g] = L->best_beta[g] = 1.0f;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
@@ -305,6 +321,7 @@ static void layer_free(layer_state *L)
     free(L->v); free(L->best_v); free(L->dv); free(L->wq); free(L->dw);
     free(L->alpha); free(L->beta); free(L->best_alpha); free(L->best_beta);
     free(L->dalpha); free(L->dbeta);
+    memset(L, 0, sizeof *L);
 }
 
 static ar_quant_params layer_params(const layer_state *L, int minmax, int best)
@@ -387,6 +404,7 @@ typedef struct {
     const ar_block_plan *plan;
     const ar_signround_opts *o;
     int T, C, bs;
+    int nl;                       /* entries of L, dW and wq (the cache's) */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float **dW;                   /* [plan->nlinear] the planned linears' weight gradients, else NULL */
     ar_block_weights wq;          /* FP weights with the quantized linears swapped for ŵ */
@@ -499,18 +517,75 @@ static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
     return 0;
 }
 
-static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp, const ar_block_plan *plan,
-                      const ar_signround_opts *o, int n, int T)
+/* The tuner's buffers, kept between calls of ar_signround_tune_block_cached
+ * while the shapes they were made for stay (the config, the mini-batch and
+ * the plan's size). */
+struct ar_signround_cache {
+    tuner t;
+    int ready;        /* t's shared buffers are allocated for the fields below */
+    ar_config c;
+    int bs, T, nl, lfq;
+};
+
+static void tuner_free(tuner *t)
 {
+    for (int i = 0; t->L && i < t->nl; i++) layer_free(&t->L[i]);
+    free(t->L); free(t->dW);
+    ar_block_weights_release(&t->wq);
+    free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
+    ar_block_work_free(&t->ws);
+    ar_block_acts_free(&t->acts);
     memset(t, 0, sizeof *t);
-    t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
-    t->bs = o->batch_size < n ? o->batch_size : n;
+}
+
+void ar_signround_cache_free(ar_signround_cache *cache)
+{
+    if (!cache) return;
+    tuner_free(&cache->t);
+    free(cache);
+}
+
+/* The buffers that do not depend on the plan's choices: made once per shape. */
+static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs, int T, int lfq)
+{
+    tuner *t = &k->t;
+    if (k->ready && k->bs == bs && k->T == T && k->nl == nl && k->lfq == lfq && !memcmp(&k->c, c, sizeof *c))
+        return 0;
+    tuner_free(t);
+    k->ready = 0;
+    if (ar_block_weights_init(&t->wq, nl)) return -1;
+    t->nl = nl;
+    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->dW = calloc(nl, sizeof *t->dW)))
+        return ar_error("out of memory for the tunables");
+    size_t rows = (size_t)bs * T * c->hidden;
+    t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
+    t->pred = malloc(rows * 4); t->dy = malloc(rows * 4);
+    t->mb = malloc((size_t)bs * T);
+    t->tgt = lfq ? malloc(sizeof(int) * (size_t)bs * T) : NULL;
+    if (!t->xb || !t->yb || !t->pred || !t->dy || !t->mb || (lfq && !t->tgt))
+        return ar_error("out of memory for a mini-batch");
+    if (ar_block_work_init(&t->ws, c, bs, T, 1) || ar_block_acts_init(&t->acts, c, bs, T)) return -1;
+    memcpy(&k->c, c, sizeof *c);
+    k->bs = bs, k->T = T, k->nl = nl, k->lfq = lfq;
+    k->ready = 1;
+    return 0;
+}
+
+static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_weights *w_fp,
+                      const ar_block_plan *plan, const ar_signround_opts *o, int n, int T)
+{
+    tuner *t = &k->t;
+    int bs = o->batch_size < n ? o->batch_size : n;
     if (plan->nlinear != w_fp->nlinear)
         return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
-    if (ar_block_weights_view(&t->wq, w_fp)) return -1;
-    if (!(t->L = calloc(plan->nlinear, sizeof *t->L)) || !(t->dW = calloc(plan->nlinear, sizeof *t->dW)))
-        return ar_error("out of memory for the tunables");
+    if (tuner_alloc(k, c, plan->nlinear, bs, T, o->lfq != 0)) return -1;
+    t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
+    t->bs = bs;
+    t->head_rows = 0;
+    t->rep = NULL;
+    ar_block_weights_borrow(&t->wq, w_fp);
     for (int i = 0; i < plan->nlinear; i++) {
+        t->dW[i] = NULL;
         if (!plan->quantize[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], &plan->desc->lin[i], &plan->spec[i], o))
             return -1;
@@ -518,25 +593,10 @@ static int tuner_init(tuner *t, const ar_config *c, const ar_block_weights *w_fp
         t->wq.w[i] = t->L[i].wq;
         t->dW[i] = t->L[i].dw;
     }
-    size_t rows = (size_t)t->bs * T * t->C;
-    t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
-    t->pred = malloc(rows * 4); t->dy = malloc(rows * 4);
-    t->mb = malloc((size_t)t->bs * T);
-    t->tgt = o->lfq ? malloc(sizeof(int) * (size_t)t->bs * T) : NULL;
-    if (!t->xb || !t->yb || !t->pred || !t->dy || !t->mb || (o->lfq && !t->tgt))
-        return ar_error("out of memory for a mini-batch");
-    if (ar_block_work_init(&t->ws, c, t->bs, T, 1) || ar_block_acts_init(&t->acts, c, t->bs, T)) return -1;
+    /* as a fresh workspace: no observer (the activation quantizers and the
+     * quantized-input copy are set below) */
+    t->ws.observe = NULL, t->ws.observe_ctx = NULL;
     return ar_block_plan_set_act_quant(plan, &t->ws);
-}
-
-static void tuner_free(tuner *t)
-{
-    for (int i = 0; t->L && i < t->plan->nlinear; i++) if (t->plan->quantize[i]) layer_free(&t->L[i]);
-    free(t->L); free(t->dW);
-    ar_block_weights_release(&t->wq);
-    free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
-    ar_block_work_free(&t->ws);
-    ar_block_acts_free(&t->acts);
 }
 
 /* Bake the chosen tunables into the outputs. */
@@ -567,36 +627,49 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const ar_quant_out *out, ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx)
 {
+    ar_signround_cache *cache = NULL;
+    int rc = ar_signround_tune_block_cached(&cache, c, w_fp, x_in, y_ref, mask, n, T, plan, o, out, rep, cb, cb_ctx);
+    ar_signround_cache_free(cache);
+    return rc;
+}
+
+int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *c, const ar_block_weights *w_fp,
+                                   const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
+                                   int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
+                                   const ar_quant_out *out, ar_signround_report *rep,
+                                   ar_signround_progress cb, void *cb_ctx)
+{
     ar_signround_report spare;
     int gb = ar_signround_begin(n, T, o, &rep, &spare);
     if (gb < 0) return -1;
+    if (!*cache && !(*cache = calloc(1, sizeof **cache))) return ar_error("out of memory for the tuner");
     double t_start = now_s();
-    tuner t;
-    int rc = tuner_init(&t, c, w_fp, plan, o, n, T);
-    t.rep = rep;
+    tuner *tp = &(*cache)->t;
+    int rc = tuner_init(*cache, c, w_fp, plan, o, n, T);
+    if (rc) (*cache)->ready = 0;   /* half made: made again next time */
+    tp->rep = rep;
     ar_index_sampler s = {0};
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     rep->best_loss = INFINITY;
     double loss = 0;
     for (int it = 0; !rc && it < o->iters; it++) {
         const int *idx = ar_index_sampler_next(&s, gb);
-        rc = quantize_all(&t, w_fp);
-        if (!rc) rc = run_batches(&t, x_in, y_ref, mask, idx, gb, &loss);
+        rc = quantize_all(tp, w_fp);
+        if (!rc) rc = run_batches(tp, x_in, y_ref, mask, idx, gb, &loss);
         if (rc) break;
         if (it == 0) rep->loss0 = loss;
         if (loss < rep->best_loss) {
             rep->best_loss = loss;
             rep->best_iter = it;
-            for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) snapshot_best(&t.L[i]);
+            for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) snapshot_best(&tp->L[i]);
         }
         /* No step after the last forward: nothing would read its result. */
-        if (it + 1 < o->iters) rc = update_all(&t, w_fp, 1.0f - (float)it / (float)o->iters);
+        if (it + 1 < o->iters) rc = update_all(tp, w_fp, 1.0f - (float)it / (float)o->iters);
         if (cb) cb(cb_ctx, it, o->iters, loss, rep->best_loss);
     }
     if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
-    if (!rc) rc = finish(&t, w_fp, out);
+    if (!rc) rc = finish(tp, w_fp, out);
     ar_index_sampler_free(&s);
-    tuner_free(&t);
     rep->sec_total = now_s() - t_start;
     return rc;
 }

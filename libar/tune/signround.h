@@ -166,6 +166,22 @@ int ar_signround_tune_block(const ar_config *c, const ar_block_weights *w_fp,
                             const ar_quant_out *out, ar_signround_report *rep,
                             ar_signround_progress cb, void *cb_ctx);
 
+/* The buffers of ar_signround_tune_block (tunables, mini-batch, workspace,
+ * saved activations) kept from one block to the next: a tuner that runs
+ * block after block of one model passes the same *cache (NULL at first) to
+ * ar_signround_tune_block_cached, which makes or remakes the buffers when
+ * the shapes change and otherwise reuses them, so that the allocator does
+ * not hand the pages back to the system and fault them in again for each
+ * block. Results are those of ar_signround_tune_block. Free with
+ * ar_signround_cache_free (NULL is fine). */
+typedef struct ar_signround_cache ar_signround_cache;
+int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *c, const ar_block_weights *w_fp,
+                                   const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
+                                   int n, int T, const ar_block_plan *plan, const ar_signround_opts *o,
+                                   const ar_quant_out *out, ar_signround_report *rep,
+                                   ar_signround_progress cb, void *cb_ctx);
+void ar_signround_cache_free(ar_signround_cache *cache);
+
 /* The start that ar_signround_tune_block and its CUDA twin share: point a
  * NULL *rep (the caller wants no report) at spare, zero **rep, check n ≥ 1,
  * T ≥ 2, iters ≥ 0, batch_size ≥ 1 and grad_accum ≥ 1, and return the samples

@@ -219,12 +219,16 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
 int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out)
 {
     tn_run r;
+    tn_bufs buf;
     memset(&r, 0, sizeof r);
+    memset(&buf, 0, sizeof buf);
+    r.buf = &buf;
     r.o = o;
     r.d = calib;
     r.w = out;
     int rc = run_blocks(&r, model, out);
     ar_gpu_residency_close(r.gpu); /* before the chain arrays it may keep page-locked go */
+    tn_bufs_free(&buf);
     ar_ckpt_close(r.ck);
     /* of the FP chain's two buffers, calib keeps its own */
     free(r.x_q);

@@ -155,12 +155,8 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     int opt_rtn = a->iters == 0 && !a->disable_opt_rtn;
     int alg_ext = a->enable_alg_ext && a->iters > 0;
     const int nl = plan->nlinear;
-    float **imat = calloc(nl, sizeof *imat), **init = calloc(nl, sizeof *init);
+    float **imat = r->buf->imat, **init = r->buf->init;   /* all NULL (tn_block) */
     int rc = -1;
-    if (!imat || !init) {
-        ar_error("out of memory for the importance matrices");
-        goto done;
-    }
     for (int i = 0; i < nl; i++) {
         int k = r->bd.lin[i].k_in;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
@@ -202,8 +198,7 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;  /* FP chain: Y becomes the next input */
     rc = 0;
 done:
-    for (int i = 0; imat && init && i < nl; i++) free(imat[i]), free(init[i]);
-    free(imat); free(init);
+    for (int i = 0; i < nl; i++) free(imat[i]), free(init[i]), imat[i] = init[i] = NULL;
     return rc;
 }
 
@@ -233,32 +228,77 @@ static int write_block(const tn_run *r, int layer, const ar_block_plan *plan, co
     return 0;
 }
 
+/* The plan, schemes, maxima and output arrays of a block, made by the first
+ * block and cleared for each next one, as fresh ones would be. 0 or -1. */
+static int block_bufs(tn_run *r)
+{
+    tn_bufs *b = r->buf;
+    const int nl = r->bd.nlinear;
+    if (!b->plan_ready) {
+        if (ar_block_plan_init(&b->plan, &r->bd)) { ar_block_plan_free(&b->plan); return -1; }
+        b->plan_ready = 1;
+        b->schemes = calloc(nl, sizeof *b->schemes);
+        b->act_max = calloc(nl, sizeof *b->act_max);
+        b->imat = calloc(nl, sizeof *b->imat);
+        b->init = calloc(nl, sizeof *b->init);
+        b->out = calloc(nl, sizeof *b->out);
+        b->out_ng = calloc(nl, sizeof *b->out_ng);
+    }
+    if (!b->schemes || !b->act_max || !b->imat || !b->init || !b->out || !b->out_ng)
+        return ar_error("out of memory for the block's schemes");
+    ar_block_plan *p = &b->plan;
+    memset(p->quantize, 0, sizeof *p->quantize * nl);
+    memset(p->spec, 0, sizeof *p->spec * nl);
+    memset(p->act_quant, 0, sizeof *p->act_quant * nl);
+    memset(p->act, 0, sizeof *p->act * nl);
+    memset(p->init_scale, 0, sizeof *p->init_scale * nl);
+    memset(b->schemes, 0, sizeof *b->schemes * nl);
+    memset(b->act_max, 0, sizeof *b->act_max * nl);
+    return 0;
+}
+
+/* The output buffers of the planned linears (as ar_block_plan_outputs),
+ * kept from block to block; the scales and zero points grow with the
+ * groups. 0 or -1. */
+static int block_outputs(tn_bufs *b, const ar_block_plan *plan)
+{
+    for (int i = 0; i < plan->nlinear; i++) {
+        if (!plan->quantize[i]) continue;
+        ar_quant_out *o = &b->out[i];
+        int n = plan->desc->lin[i].n_out, k = plan->desc->lin[i].k_in;
+        size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
+        if (!o->wq && !(o->wq = malloc(sizeof(float) * n * k))) return ar_error("out of memory for layer outputs");
+        if (!o->codes && !(o->codes = malloc((size_t)n * k))) return ar_error("out of memory for layer outputs");
+        if (ng > b->out_ng[i]) {
+            free(o->scale); free(o->zp);
+            b->out_ng[i] = 0;
+            o->scale = malloc(sizeof(float) * ng);
+            o->zp = malloc(sizeof(int32_t) * ng);
+            if (!o->scale || !o->zp) return ar_error("out of memory for layer outputs");
+            b->out_ng[i] = ng;
+        }
+    }
+    return 0;
+}
+
 int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
 {
-    ar_block_plan plan;
-    const int nl = r->bd.nlinear;
-    ar_scheme *schemes = calloc(nl, sizeof *schemes);
-    float *act_max = calloc(nl, sizeof *act_max);
-    ar_quant_out *out = NULL;
+    if (block_bufs(r)) return -1;
+    tn_bufs *b = r->buf;
+    ar_block_plan *plan = &b->plan;
+    ar_scheme *schemes = b->schemes;
+    float *act_max = b->act_max;
+    ar_quant_out *out = b->out;
     ar_signround_report rep;
-    int tuned = 0, rc = -1;
-    if (ar_block_plan_init(&plan, &r->bd) || !schemes || !act_max) {
-        if (!schemes || !act_max) ar_error("out of memory for the block's schemes");
-        goto done;
-    }
-    if (plan_block(r, layer, &plan, schemes, r->d != NULL)) goto done;
-    share_global_scales(&r->bd, wfp, &plan);
-    if (!(out = ar_block_plan_outputs(&plan))) goto done;
-    if (r->d ? tune_with_data(r, layer, wfp, &plan, schemes, act_max, out, &rep, &tuned)
-             : quantize_block_rtn(r, wfp, &plan, NULL, out))
-        goto done;
-    if (write_block(r, layer, &plan, schemes, out, act_max)) goto done;
-    if (r->d && r->o->static_kv_fp8 && write_kv_scales(r, layer)) goto done;
+    int tuned = 0;
+    if (plan_block(r, layer, plan, schemes, r->d != NULL)) return -1;
+    share_global_scales(&r->bd, wfp, plan);
+    if (block_outputs(b, plan)) return -1;
+    if (r->d ? tune_with_data(r, layer, wfp, plan, schemes, act_max, out, &rep, &tuned)
+             : quantize_block_rtn(r, wfp, plan, NULL, out))
+        return -1;
+    if (write_block(r, layer, plan, schemes, out, act_max)) return -1;
+    if (r->d && r->o->static_kv_fp8 && write_kv_scales(r, layer)) return -1;
     tn_block_done(r, layer, tuned ? &rep : NULL);
-    rc = 0;
-done:
-    ar_block_plan_outputs_free(out, &plan);
-    ar_block_plan_free(&plan);
-    free(schemes); free(act_max);
-    return rc;
+    return 0;
 }

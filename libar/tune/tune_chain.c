@@ -90,29 +90,52 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     if (!imat && !amax && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
         return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
     if (ar_res_host(r->gpu, src)) return -1;   /* the GPU may have written it last */
-    ar_block_work ws;
-    if (ar_block_work_init(&ws, c, bs, T, 0)) return -1;
-    int rc = -1;
+    tn_bufs *b = r->buf;
     size_t row = (size_t)T * c->hidden;
-    float *x = malloc(sizeof(float) * bs * row), *y = malloc(sizeof(float) * bs * row);
-    input_stats st = {&r->bd, imat, amax};
-    if (imat || amax) ws.observe = observe_input, ws.observe_ctx = &st;
-    if (r->kv_obs) ws.observe_kv = observe_kv, ws.kv_ctx = r->kv_obs;
-    if (!x || !y) ar_error("out of memory for a forward batch");
-    else if (!has_actq || !ar_block_plan_set_act_quant(actq, &ws)) {
-        rc = 0;
-        for (int s0 = 0; s0 < n && !rc; s0 += bs) {
-            int b = n - s0 < bs ? n - s0 : bs;
-            ar_to_f32(x, src + s0 * row, AR_BF16, b * row);
-            rc = r->bd.forward(c, w, x, y, b, T, &ws);
-            if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, b * row);
-        }
+    if (!b->fws_ready) {
+        if (ar_block_work_init(&b->fws, c, bs, T, 0)) return -1;
+        b->fws_ready = 1;
     }
+    if ((!b->fx && !(b->fx = malloc(sizeof(float) * bs * row))) ||
+        (!b->fy && !(b->fy = malloc(sizeof(float) * bs * row))))
+        return ar_error("out of memory for a forward batch");
+    ar_block_work *ws = &b->fws;
+    float *x = b->fx, *y = b->fy;
+    input_stats st = {&r->bd, imat, amax};
+    ws->observe = imat || amax ? observe_input : NULL;
+    ws->observe_ctx = imat || amax ? &st : NULL;
+    ws->observe_kv = r->kv_obs ? observe_kv : NULL;
+    ws->kv_ctx = r->kv_obs;
+    int rc = 0;
+    if (has_actq || b->fws_actq) {   /* this pass's quantizers, or none as in a fresh workspace */
+        rc = has_actq ? ar_block_plan_set_act_quant(actq, ws) : r->bd.set_act_quant(ws, NULL);
+        b->fws_actq = has_actq && !rc;
+    }
+    for (int s0 = 0; s0 < n && !rc; s0 += bs) {
+        int nb = n - s0 < bs ? n - s0 : bs;
+        ar_to_f32(x, src + s0 * row, AR_BF16, nb * row);
+        rc = r->bd.forward(c, w, x, y, nb, T, ws);
+        if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, nb * row);
+    }
+    ws->observe = NULL, ws->observe_ctx = NULL;   /* st goes with this call */
+    ws->observe_kv = NULL, ws->kv_ctx = NULL;
     if (!rc && (imat || amax)) share_stats(&st);
     if (dst) ar_res_host_wrote(r->gpu, dst);
-    free(x); free(y);
-    ar_block_work_free(&ws);
     return rc;
+}
+
+void tn_bufs_free(tn_bufs *b)
+{
+    if (b->fws_ready) ar_block_work_free(&b->fws);
+    free(b->fx); free(b->fy);
+    ar_signround_cache_free(b->sr);
+    ar_block_weights_release(&b->wq);
+    if (b->plan_ready) {
+        ar_block_plan_outputs_free(b->out, &b->plan);
+        ar_block_plan_free(&b->plan);
+    }
+    free(b->schemes); free(b->act_max); free(b->imat); free(b->init); free(b->out_ng);
+    memset(b, 0, sizeof *b);
 }
 
 /* ---- SignRound --------------------------------------------------------------- */
@@ -162,21 +185,20 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
                                                     tn_on_iter, &ic)
              : ar_res_host(r->gpu, xin) || ar_res_host(r->gpu, r->y)
                  ? -1
-                 : ar_signround_tune_block(c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep, tn_on_iter, &ic);
+                 : ar_signround_tune_block_cached(&r->buf->sr, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
+                                                  tn_on_iter, &ic);
     free(head_w);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
      * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
-    ar_block_weights wq;
-    if (ar_block_weights_view(&wq, wfp)) return -1;
-    for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq.w[i] = out[i].wq;
+    ar_block_weights *wq = &r->buf->wq;
+    if (!wq->w && ar_block_weights_init(wq, wfp->nlinear)) return -1;
+    ar_block_weights_borrow(wq, wfp);
+    for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq->w[i] = out[i].wq;
     if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
-        rc = ar_error("out of memory for the quantized chain");
-    else {
-        if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
-        rc = tn_forward_all(r, &wq, xin, r->x_q, NULL, NULL, plan);
-        r->kv_obs = NULL;
-    }
-    ar_block_weights_release(&wq);
-    return rc;
+        return ar_error("out of memory for the quantized chain");
+    if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
+    int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
+    r->kv_obs = NULL;
+    return krc;
 }

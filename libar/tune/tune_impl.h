@@ -17,6 +17,26 @@
 #include <limits.h>
 #include <stdint.h>
 
+/* Buffers a block needs, made by the first block that needs them and kept
+ * for the next ones (sized by the block description; freed with the run by
+ * tn_bufs_free), so that the allocator does not return their pages to the
+ * system after each block and fault them in again for the next. */
+typedef struct {
+    ar_block_work fws;          /* tn_forward_all's inference workspace, batch_size x T */
+    int fws_ready, fws_actq;    /* fws made; its activation quantizers set */
+    float *fx, *fy;             /* tn_forward_all's batch in / out [batch_size, T, C] */
+    ar_signround_cache *sr;     /* SignRound's tuner buffers (signround.h) */
+    ar_block_weights wq;        /* tn_signround_block's view of the tuned block (pointer arrays) */
+    int plan_ready;             /* tn_block's plan, schemes, maxima and outputs allocated */
+    ar_block_plan plan;
+    ar_scheme *schemes;         /* [nlinear] */
+    float *act_max;             /* [nlinear] */
+    float **imat, **init;       /* [nlinear] pointer arrays of tune_with_data */
+    ar_quant_out *out;          /* [nlinear], buffers made as linears are planned */
+    size_t *out_ng;             /* [nlinear] the groups out[i].scale / zp hold */
+} tn_bufs;
+void tn_bufs_free(tn_bufs *b);
+
 /* One run of ar_tune_run. */
 typedef struct {
     const ar_tune_opts *o;
@@ -37,6 +57,7 @@ typedef struct {
     char model_abs[PATH_MAX];   /* the model folder's absolute path */
     float kv_amax[2];           /* static_kv_fp8: this block's max |K|, max |V| */
     float *kv_obs;              /* kv_amax while a forward observes K/V (tn_forward_all), else NULL */
+    tn_bufs *buf;               /* block buffers kept across blocks (never NULL during run_blocks) */
 } tn_run;
 
 /* ---- tune_chain.c ------------------------------------------------------------ */

@@ -650,6 +650,52 @@ Test(signround, bad_sizes_are_errors)
     result_free(&r);
 }
 
+/* Outputs a and b of the same plan are byte for byte the same. */
+static void assert_same_outputs(const fixture *f, const result *a, const result *b)
+{
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!f->plan.quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(&f->c, i, &n, &k);
+        long ng = (long)n * ar_quant_ngroups(k, f->plan.spec[i].group_size);
+        cr_assert_eq(memcmp(a->out[i].wq, b->out[i].wq, sizeof(float) * n * k), 0, "linear %d: wq", i);
+        cr_assert_eq(memcmp(a->out[i].codes, b->out[i].codes, (size_t)n * k), 0, "linear %d: codes", i);
+        cr_assert_eq(memcmp(a->out[i].scale, b->out[i].scale, sizeof(float) * ng), 0, "linear %d: scales", i);
+        cr_assert_eq(memcmp(a->out[i].zp, b->out[i].zp, sizeof(int32_t) * ng), 0, "linear %d: zero points", i);
+    }
+    cr_assert_eq(a->rep.best_loss, b->rep.best_loss);
+    cr_assert_eq(a->rep.best_iter, b->rep.best_iter);
+}
+
+static void tune_cached(ar_signround_cache **cache, const fixture *f, const ar_signround_opts *o, result *r)
+{
+    result_alloc(r, f);
+    int rc = ar_signround_tune_block_cached(cache, &f->c, &f->w, f->x, f->y, NULL, f->n, f->T, &f->plan, o, r->out,
+                                            &r->rep, record_loss, r);
+    cr_assert_eq(rc, 0, "%s", ar_last_error());
+}
+
+/* The buffers kept from block to block change nothing: one cache through a
+ * plan, a plan with more groups and a linear left out, and the first plan
+ * again gives what a fresh tuner gives each time. */
+Test(signround, cache_reuse_matches_fresh_tuner)
+{
+    fixture f;
+    random_fixture(&f, 4, 16, 4, 16, 1);
+    ar_signround_opts o = opts(4, 2);
+    ar_signround_cache *cache = NULL;
+    result fresh, cached;
+    for (int round = 0; round < 3; round++) {
+        plan_all(&f, 4, round == 1 ? 8 : 16, round != 1);
+        if (round == 1) f.plan.quantize[AR_K] = 0;
+        tune(&f, &o, &fresh);
+        tune_cached(&cache, &f, &o, &cached);
+        assert_same_outputs(&f, &fresh, &cached);
+        result_free(&fresh), result_free(&cached);
+    }
+    ar_signround_cache_free(cache);
+}
+
 /* ------------------------------------------- activation fake-quantization */
 
 /* y [T, C] = the block on one sequence x [T, C], composed from the ops with
