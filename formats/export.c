@@ -359,6 +359,16 @@ cJSON *ar_export_base_config(const ar_export *e) {
         if (lr != def) cJSON_AddNumberToObject(q, "lr", lr);
         if (mlr != def) cJSON_AddNumberToObject(q, "minmax_lr", mlr);
     }
+    /* the static KV cache, as AutoRound records it (--static_kv_dtype) */
+    const char *kv_keys[] = {"static_kv_dtype", "static_kv_granularity"};
+    for (int i = 0; i < 2; i++) {
+        const cJSON *v = cJSON_GetObjectItemCaseSensitive(t, kv_keys[i]);
+        if (cJSON_IsString(v)) cJSON_AddStringToObject(q, kv_keys[i], v->valuestring);
+    }
+    /* an FP8 (or other quantized) source checkpoint, recorded as the issue of
+     * FP8 input asks: AutoRound has no such key, so only such sources get it */
+    const cJSON *src = cJSON_GetObjectItemCaseSensitive(t, "source_quantization");
+    if (cJSON_IsObject(src)) cJSON_AddItemToObject(q, "source_quantization", cJSON_Duplicate(src, 1));
     cJSON_Delete(t);
     cJSON_AddStringToObject(q, "autoround_version", AR_AUTOROUND_VERSION);
     return q;
