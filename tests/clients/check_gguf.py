@@ -40,6 +40,10 @@ STOCK_Q4_K_M_PLAIN_KLD = 0.008268
 GREEDY_TIE = 0.05   # logit margin below which llama.cpp and ar-eval may pick differently
 
 
+LLAMA_CMAKE_ARGS = ("-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON "
+                    "-DGGML_AVX512=OFF -DGGML_AMX_TILE=OFF -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF")
+
+
 def ensure_env():
     """Re-exec under build/venv with gguf and llama_cpp importable."""
     if os.path.realpath(sys.prefix) != os.path.realpath(VENV):
@@ -50,7 +54,12 @@ def ensure_env():
         import gguf  # noqa: F401
         import llama_cpp  # noqa: F401
     except ImportError:
-        subprocess.check_call([VPY, "-m", "pip", "install", "gguf", "llama-cpp-python"])
+        # A portable llama.cpp build: with -march=native on a CPU that reports
+        # AMX, ggml's AMX matmul crashed (SIGSEGV in ggml_backend_amx_mul_mat on
+        # stock Q4_0/Q4_K_M files; tests/bench/llama_tools.sh saw SIGILL), so
+        # the binding is built for x86-64-v3 like the llama.cpp tools.
+        env = dict(os.environ, CMAKE_ARGS=LLAMA_CMAKE_ARGS)
+        subprocess.check_call([VPY, "-m", "pip", "install", "gguf", "llama-cpp-python"], env=env)
 
 
 results = []
