@@ -29,6 +29,23 @@ static void detect_block_prefix(ar_export *e) {
     }
 }
 
+static int st_has(void *ctx, const char *name) { return ar_st_find(ctx, name) != NULL; }
+
+/* A vision-language model (multimodal.h): the layers arrive with text-only
+ * names and are written under the checkpoint's prefix; the blocks to
+ * quantize are the text decoder's, as AutoRound's block_name_to_quantize
+ * says ("model.language_model.layers"); everything else is copied. A config
+ * ar cannot parse is left to the tools that tuned the layers (text-only
+ * behaviour). */
+static int open_multimodal(ar_export *e) {
+    ar_config c;
+    if (ar_config_load_flags(&c, e->model_dir, AR_CONFIG_ANY_ARCH) || !c.mm_arch[0]) return 0;
+    if (ar_mm_resolve(c.mm_arch, st_has, e->st, &e->mm_names)) return ar_error_prefix(e->model_dir);
+    e->mm = 1;
+    snprintf(e->block_prefix, sizeof e->block_prefix, "%slayers", e->mm_names.prefix);
+    return 0;
+}
+
 static int check_opts(const ar_export_format *f, const ar_export_opts *o) {
     if (o->data_type && ar_quant_dtype_parse(o->data_type, o->bits) < 0)
         return ar_error("%s: data type '%s' with %d bits cannot be exported", o->format, o->data_type, o->bits);
@@ -62,7 +79,8 @@ ar_export *ar_export_open_format(const ar_export_format *f, const char *model_di
         ar_export_abort(e);
         return NULL;
     }
-    detect_block_prefix(e);
+    if (open_multimodal(e)) { ar_export_abort(e); return NULL; }
+    if (!e->mm) detect_block_prefix(e);
     /* AutoRound writes asym 4-bit in the AWQ layout unless other widths occur. */
     e->awq_layout = f->awq_layout == AR_AWQ_ALWAYS ||
                     (f->awq_layout == AR_AWQ_ASYM4 && !opts->sym && opts->bits == 4 && !opts->mixed_bits);
@@ -129,7 +147,15 @@ static int put_floats(ar_export *e, const char *name, ar_dtype dtype, int ndim, 
 /* Original dtype of a float tensor, narrowed to 16 bits when f16 is asked. */
 static ar_dtype bias_dtype(const ar_export *e, ar_dtype orig) { return e->fmt->bias_f16 ? AR_F16 : orig; }
 
-int ar_export_layer(ar_export *e, const ar_qlayer *l) {
+int ar_export_layer(ar_export *e, const ar_qlayer *ql) {
+    char mapped[512];
+    ar_qlayer ml;
+    const ar_qlayer *l = ql;
+    if (e->mm && ql->name) {   /* text-only name -> the checkpoint's */
+        ml = *ql;
+        ml.name = ar_mm_map_name(&e->mm_names, ql->name, mapped, sizeof mapped);
+        l = &ml;
+    }
     if (check_layer_target(e, l)) return -1;
     if (e->awq_layout && e->fmt->awq_layout == AR_AWQ_ASYM4 && l->bits != 4)
         return ar_error("%s: %d-bit layer in an auto_round:auto_awq (4-bit) export; set mixed_bits", l->name, l->bits);
@@ -143,6 +169,8 @@ int ar_export_layer(ar_export *e, const ar_qlayer *l) {
 }
 
 int ar_export_kv_scale(ar_export *e, const char *name, float scale) {
+    char mapped[512];
+    if (e->mm) name = ar_mm_map_name(&e->mm_names, name, mapped, sizeof mapped);
     size_t n = strlen(name);
     if (n < 8 || (strcmp(name + n - 8, ".k_scale") && strcmp(name + n - 8, ".v_scale")))
         return ar_error("%s: not a KV-cache scale name (ATTN.k_scale or ATTN.v_scale)", name);

@@ -2,6 +2,7 @@
  * (see model.h). */
 #include "model.h"
 #include "block_desc.h"
+#include "multimodal.h"
 #include "error.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -231,14 +232,17 @@ static int load_model_level(ar_model *m)
 
 ar_model *ar_model_open_source(const ar_config *c, const ar_tensor_source *src, int flags)
 {
+    ar_tensor_source s = *src;
+    /* a vision-language checkpoint: its text stack under the class's prefix */
+    if (c->mm_arch[0] && ar_mm_source_wrap(&s, c->mm_arch)) return NULL;
     ar_model *m = calloc(1, sizeof *m);
     if (!m) {
-        if (src->close) src->close(src->ctx);
+        if (s.close) s.close(s.ctx);
         ar_error("out of memory");
         return NULL;
     }
     m->c = *c;
-    m->src = *src;
+    m->src = s;
     m->flags = flags;
     if (ar_block_desc_init(&m->bd, &m->c) || check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
     return m;
