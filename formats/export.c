@@ -247,9 +247,32 @@ static int copy_rest(ar_export *e) {
     return 0;
 }
 
+/* Module names in j (strings, object keys, at any depth) from the
+ * checkpoint's layout to transformers' in-memory names (ar_mm_module_name):
+ * loaders match quantization_config against the modules of the loaded model,
+ * whatever layout its tensors are stored in. Names that are not the model's
+ * ("auto-round", "int", ...) have no '.' and no tensor, and are kept. */
+static void config_names_in_memory(const ar_export *e, cJSON *j) {
+    char buf[512], probe[560];
+    for (cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        config_names_in_memory(e, c);
+        const char *names[2] = {c->string, cJSON_IsString(c) ? c->valuestring : NULL};
+        for (int k = 0; k < 2; k++) {
+            if (!names[k] || !strchr(names[k], '.')) continue;
+            /* a module of the model: NAME.weight exists, or NAME is the blocks' list */
+            snprintf(probe, sizeof probe, "%s.weight", names[k]);
+            if (!ar_st_find(e->st, probe) && strcmp(names[k], e->block_prefix)) continue;
+            ar_mm_module_name(&e->mm_names, names[k], buf, sizeof buf);
+            if (k == 0) { free(c->string); c->string = strdup(buf); }
+            else cJSON_SetValuestring(c, buf);
+        }
+    }
+}
+
 static int write_configs(ar_export *e) {
     cJSON *q = e->fmt->quant_config ? e->fmt->quant_config(e) : NULL;
     if (e->fmt->quant_config && !q) return -1;
+    if (q && e->mm) config_names_in_memory(e, q);
     /* AWQ kernels run in fp16, so AutoRound forces it for any AWQ layout. */
     const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
     int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL);

@@ -94,6 +94,21 @@ const char *ar_mm_unmap_name(const ar_mm_names *nm, const char *ckpt, char *buf,
     return buf;
 }
 
+const char *ar_mm_module_name(const ar_mm_names *nm, const char *ckpt, char *buf, size_t size)
+{
+    char t[512];
+    size_t nh = strlen(nm->head) - strlen(".weight");
+    /* the head's module name ("language_model.lm_head") is its weight's name less ".weight" */
+    if (!strncmp(ckpt, nm->head, nh) && (!ckpt[nh] || ckpt[nh] == '.')) snprintf(buf, size, "lm_head%s", ckpt + nh);
+    else if (ar_mm_unmap_name(nm, ckpt, t, sizeof t) && !strncmp(t, "model.", 6))
+        snprintf(buf, size, "model.language_model.%s", t + 6);
+    else if (!strcmp(ckpt, nm->prefix) || (strlen(ckpt) + 1 == strlen(nm->prefix) && !strncmp(ckpt, nm->prefix, strlen(ckpt))))
+        snprintf(buf, size, "model.language_model");
+    else if (strncmp(ckpt, "model.", 6)) snprintf(buf, size, "model.%s", ckpt);
+    else snprintf(buf, size, "%s", ckpt);
+    return buf;
+}
+
 /* ---- the renaming source ---------------------------------------------------- */
 
 typedef struct {

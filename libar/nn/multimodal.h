@@ -68,6 +68,14 @@ const char *ar_mm_map_name(const ar_mm_names *nm, const char *name, char *buf, s
  * vision tower, the projector). */
 const char *ar_mm_unmap_name(const ar_mm_names *nm, const char *ckpt, char *buf, size_t size);
 
+/* The name transformers (>= 4.52, and 5) gives checkpoint module or tensor
+ * name ckpt in memory, whatever layout the file has: the text stack under
+ * "model.language_model." (the head "lm_head"), every other module under
+ * "model." ("visual.blocks.0" -> "model.visual.blocks.0"). Loaders match
+ * quantization_config's module names against these (auto-round 0.16.1's
+ * get_layer_config, compressed-tensors' ignore list). Into buf; returns buf. */
+const char *ar_mm_module_name(const ar_mm_names *nm, const char *ckpt, char *buf, size_t size);
+
 /* Wrap *src so that it answers text-only names from a checkpoint of class
  * arch (ar_mm_resolve on src itself). On failure src is closed. 0 or -1. */
 int ar_mm_source_wrap(ar_tensor_source *src, const char *arch);
