@@ -565,8 +565,11 @@ int ar_config_parse_flags(ar_config *c, const char *json_text, const char *path,
     if (!rc) rc = parse_arch_options(c, r, path);
     if (!rc && is_moe_arch(c->arch)) rc = parse_moe(c, r, path);
     if (!rc) {
-        /* a multimodal config may say it in text_config or at the top level */
-        c->tie_embeddings = get_bool(r, "tie_word_embeddings", get_bool(root, "tie_word_embeddings", 0));
+        c->tie_embeddings = get_bool(root, "tie_word_embeddings", 0);
+        if (c->mm_arch[0]) {   /* the top level decides, else the class default; transformers 4 wrote it in text_config */
+            const ar_mm_class *k = ar_mm_class_find(c->mm_arch, NULL);
+            c->tie_embeddings = get_bool(root, "tie_word_embeddings", k->tie_default) || get_bool(r, "tie_word_embeddings", 0);
+        }
         c->bos_id = token_id(root, "bos_token_id");
         c->eos_id = token_id(root, "eos_token_id");
         if (c->bos_id < 0) c->bos_id = token_id(r, "bos_token_id");

@@ -11,14 +11,18 @@
  * plus Mistral 3, whose text stack AutoRound also quantizes alone. Only the
  * Qwen2-VL configs of transformers 4 put the text keys at the top level
  * (their config classes read **kwargs into the text config when
- * text_config is absent); every other class needs text_config. */
+ * text_config is absent); every other class needs text_config. Tying:
+ * transformers 5 ties the head when the top-level tie_word_embeddings (the
+ * class default when absent: Mistral3Config and Gemma3Config True, the
+ * others False) or, for configs saved by transformers 4, text_config's says
+ * so (LlavaConfig.__post_init__, Qwen2VLConfig's BC note). */
 static const ar_mm_class classes[] = {
-    {"Qwen2VLForConditionalGeneration", "qwen2_vl", "qwen2_vl_text", 1},
-    {"Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "qwen2_5_vl_text", 1},
-    {"Qwen3VLForConditionalGeneration", "qwen3_vl", "qwen3_vl_text", 0},
-    {"Mistral3ForConditionalGeneration", "mistral3", "mistral", 0},
-    {"LlavaForConditionalGeneration", "llava", "llama", 0},
-    {"Gemma3ForConditionalGeneration", "gemma3", "gemma3_text", 0},
+    {"Qwen2VLForConditionalGeneration", "qwen2_vl", "qwen2_vl_text", 1, 0},
+    {"Qwen2_5_VLForConditionalGeneration", "qwen2_5_vl", "qwen2_5_vl_text", 1, 0},
+    {"Qwen3VLForConditionalGeneration", "qwen3_vl", "qwen3_vl_text", 0, 0},
+    {"Mistral3ForConditionalGeneration", "mistral3", "mistral", 0, 1},
+    {"LlavaForConditionalGeneration", "llava", "llama", 0, 0},
+    {"Gemma3ForConditionalGeneration", "gemma3", "gemma3_text", 0, 1},
 };
 
 /* Defaults of transformers 5's text config classes for the keys a diffed

@@ -27,6 +27,7 @@ typedef struct {
     const char *model_type;    /* "qwen2_vl" */
     const char *text_type;     /* text_config's model_type when it has none: "qwen2_vl_text" */
     int legacy_top_level;      /* no text_config: the text keys sit at the top level (transformers' BC) */
+    int tie_default;           /* the class's tie_word_embeddings default (the top-level key decides) */
 } ar_mm_class;
 
 /* The class named arch ("architectures"[0]), else the one of model_type

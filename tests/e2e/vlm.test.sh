@@ -9,7 +9,9 @@
 # visual.*, zero q/k/v biases), each with a small vision tower and projector
 # in BF16 / F16 / F32, some Linear-shaped under a numbered list.
 #   1. ar-eval: perplexity and greedy ids are stories260K's exactly (the same
-#      weights through the same forward; M-RoPE on text is plain RoPE).
+#      weights through the same forward; M-RoPE on text is plain RoPE). The
+#      checked-in tests/fixtures/vlm/qwen2_vl (transformers-made, trained text
+#      stack): perplexity within 0.1 % of transformers', greedy ids equal.
 #   2. ar-tune (RTN and SignRound, one thread): the tuned tensor records are
 #      byte-identical to stories260K's (the stream names text tensors as a
 #      text-only model does).
@@ -47,6 +49,20 @@ for c in $CASES; do
   [ "$g" = "$g0" ] || fail "$c: greedy ids $g, stories260K $g0"
 done
 echo "ok   $CASES: ppl $p0 and greedy ids of stories260K"
+
+# the checked-in Qwen2-VL made by transformers (make_tiny_vlm.py, trained text
+# stack): ar-eval within 0.1 % of transformers' perplexity (its two f32
+# forwards differ by rounding only), greedy ids equal
+Q=$(dirname "$0")/../fixtures/vlm/qwen2_vl
+rp=$(sed -n 's/.*"ppl": *\([0-9.e+-]*\).*/\1/p' "$Q/reference.json")
+qp=$("$BIN/ar-eval" --quiet --json $THR --model "$Q" --text "$Q/heldout.txt" --seqlen 128 --windows 16 |
+     sed -n 's/.*"ppl": *\([0-9.e+-]*\).*/\1/p')
+awk -v a="$qp" -v r="$rp" 'BEGIN { d = a / r - 1; if (d < 0) d = -d; exit !(d <= 0.001) }' ||
+  fail "qwen2_vl fixture: ppl $qp, transformers $rp"
+want=$(tr -d ' \n' < "$Q/reference.json" | sed 's/.*"prompt_ids":\[\([^]]*\)\].*"greedy_ids":\[\([^]]*\)\].*/[\1,\2]/')
+got=$("$BIN/ar-eval" --json $THR --model "$Q" --prompt "Once upon a time" -n 24 | sed -n 's/.*"ids": *\(\[[^]]*\]\).*/\1/p' | tr -d ' ')
+[ "$got" = "$want" ] || fail "qwen2_vl fixture: greedy ids $got, transformers $want"
+echo "ok   Qwen2-VL fixture: ppl $qp (transformers $rp), greedy ids equal"
 
 # ---- 2. tuned streams: the same tensors --------------------------------------
 "$BIN/ar-tune" --quiet --model "$M" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn $THR -o "$T/st.rtn.ars"
