@@ -3,6 +3,7 @@
  * configs, commit (see export.h). */
 #include "export_impl.h"
 #include "array_grow.h"
+#include "config.h"
 #include "error.h"
 #include "hf_folder.h"
 #include "quant_fp.h"

@@ -1,9 +1,8 @@
 /* multimodal.c — vision-language classes, their text configs, the prefix of
- * their text weights, and a tensor source that renames (see multimodal.h). */
+ * their text weights and the names between layouts (see multimodal.h). */
 #include "multimodal.h"
 #include "error.h"
 #include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
 
 /* SUPPORT_ONLY_TEXT_MODELS of auto-round 0.16.1 whose text stack is a family
@@ -111,55 +110,4 @@ const char *ar_mm_module_name(const ar_mm_names *nm, const char *ckpt, char *buf
     else if (strncmp(ckpt, "model.", 6)) snprintf(buf, size, "model.%s", ckpt);
     else snprintf(buf, size, "%s", ckpt);
     return buf;
-}
-
-/* ---- the renaming source ---------------------------------------------------- */
-
-typedef struct {
-    ar_tensor_source inner;
-    ar_mm_names names;
-} renamed;
-
-static int rn_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
-{
-    renamed *r = ctx;
-    char buf[512];
-    return r->inner.shape(r->inner.ctx, ar_mm_map_name(&r->names, name, buf, sizeof buf), ndim, shape);
-}
-
-static int rn_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
-{
-    renamed *r = ctx;
-    char buf[512];
-    return r->inner.read_rows(r->inner.ctx, ar_mm_map_name(&r->names, name, buf, sizeof buf), row0, nrows, dst);
-}
-
-static void rn_close(void *ctx)
-{
-    renamed *r = ctx;
-    if (r->inner.close) r->inner.close(r->inner.ctx);
-    free(r);
-}
-
-static int src_has(void *ctx, const char *name)
-{
-    const ar_tensor_source *s = ctx;
-    int nd;
-    int64_t sh[AR_SRC_MAX_DIMS];
-    int rc = s->shape(s->ctx, name, &nd, sh);
-    return rc < 0 ? -1 : rc == 0;
-}
-
-int ar_mm_source_wrap(ar_tensor_source *src, const char *arch)
-{
-    renamed *r = calloc(1, sizeof *r);
-    if (!r || ar_mm_resolve(arch, src_has, src, &r->names)) {
-        if (!r) ar_error("out of memory");
-        free(r);
-        if (src->close) src->close(src->ctx);
-        return -1;
-    }
-    r->inner = *src;
-    *src = (ar_tensor_source){.ctx = r, .shape = rn_shape, .read_rows = rn_read_rows, .close = rn_close};
-    return 0;
 }

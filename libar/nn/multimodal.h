@@ -10,7 +10,8 @@
  * name). Its weights sit under a prefix that depends on the transformers
  * version that saved them; the rest of ar names text tensors as a
  * text-only checkpoint does ("model.layers.0.self_attn.q_proj.weight",
- * "lm_head.weight"), and ar_mm_source_wrap renames between the two.
+ * "lm_head.weight"), and model.c's renaming tensor source (ar_model_open_source)
+ * maps between the two with these functions.
  *
  * M-RoPE (mrope_section, Qwen3-VL's interleaved variant): the three position
  * ids (time, height, width) of a text token are all equal to its index, so
@@ -18,7 +19,6 @@
  * RoPE; docs/multimodal.md has where this is read in transformers. */
 #ifndef AR_MULTIMODAL_H
 #define AR_MULTIMODAL_H
-#include "model.h"
 #include <stddef.h>
 
 /* A multimodal class ar reads the text stack of. */
@@ -76,9 +76,5 @@ const char *ar_mm_unmap_name(const ar_mm_names *nm, const char *ckpt, char *buf,
  * quantization_config's module names against these (auto-round 0.16.1's
  * get_layer_config, compressed-tensors' ignore list). Into buf; returns buf. */
 const char *ar_mm_module_name(const ar_mm_names *nm, const char *ckpt, char *buf, size_t size);
-
-/* Wrap *src so that it answers text-only names from a checkpoint of class
- * arch (ar_mm_resolve on src itself). On failure src is closed. 0 or -1. */
-int ar_mm_source_wrap(ar_tensor_source *src, const char *arch);
 
 #endif
