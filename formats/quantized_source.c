@@ -96,8 +96,8 @@ static const char *ct_strategy(const ar_qfolder *q) {
     return s;
 }
 
-/* compressed-tensors FP8 weights: each comes with NAME.weight_scale of the
- * shape its strategy gives (per tensor [1], per channel [n, 1], blocks
+/* compressed-tensors FP8 weights: each comes with NAME.weight_scale
+ * (auto_round:fp8 blocks: NAME.weight_scale_inv) of the shape its strategy gives (per tensor [1], per channel [n, 1], blocks
  * [ceil(n / b), ceil(k / b)]); otherwise they would fail later, as "not a
  * float type", or be read with another tiling. */
 static int ct_scales_present(const ar_qfolder *q) {
@@ -107,8 +107,12 @@ static int ct_scales_present(const ar_qfolder *q) {
         const ar_st_tensor *t = ar_st_at(q->st, i);
         size_t n = strlen(t->name);
         if (t->dtype != AR_F8_E4M3 || n < 7 || strcmp(t->name + n - 7, ".weight") || t->ndim != 2) continue;
-        snprintf(sname, sizeof sname, "%s_scale", t->name);
+        /* auto_round:fp8 block exports name it weight_scale_inv (ct_dequant reads either) */
+        snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
         const ar_st_tensor *s = ar_st_find(q->st, sname);
+        snprintf(sname, sizeof sname, "%s_scale", t->name);
+        if (!s) s = ar_st_find(q->st, sname);
+        else snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
         if (!s) return ar_error("%s: FP8 tensor '%s' has no scale '%s'", t->file, t->name, sname);
         int64_t r = t->shape[0], c = t->shape[1], b = q->block;
         int ok = !strat || (!strcmp(strat, "tensor") && s->numel == 1) ||
