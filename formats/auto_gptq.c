@@ -41,8 +41,10 @@ static cJSON *dynamic_config(const ar_export *e) {
     ar_export_unquantized_in_block(e, add_skip, d);
     ar_export_model_order(d);
     for (cJSON *c = d->child; c; c = c->next) {   /* then AutoRound's keys: "+:" an override, "-:" left in 16 bits */
-        char key[1100];
-        dyn_key(key, sizeof key, c->child ? '+' : '-', c->string);
+        char key[1100], mem[512];
+        /* a VLM's module as transformers names it in memory (export.c maps the other keys) */
+        const char *name = e->mm ? ar_mm_module_name(&e->mm_names, c->string, mem, sizeof mem) : c->string;
+        dyn_key(key, sizeof key, c->child ? '+' : '-', name);
         char *k = strdup(key);
         if (!k) { cJSON_Delete(d); return NULL; }
         free(c->string);

@@ -3,6 +3,7 @@
  * configs, commit (see export.h). */
 #include "export_impl.h"
 #include "array_grow.h"
+#include "config.h"
 #include "error.h"
 #include "hf_folder.h"
 #include "quant_fp.h"
@@ -27,6 +28,23 @@ static void detect_block_prefix(ar_export *e) {
             }
         }
     }
+}
+
+static int st_has(void *ctx, const char *name) { return ar_st_find(ctx, name) != NULL; }
+
+/* A vision-language model (multimodal.h): the layers arrive with text-only
+ * names and are written under the checkpoint's prefix; the blocks to
+ * quantize are the text decoder's, as AutoRound's block_name_to_quantize
+ * says ("model.language_model.layers"); everything else is copied. A config
+ * ar cannot parse is left to the tools that tuned the layers (text-only
+ * behaviour). */
+static int open_multimodal(ar_export *e) {
+    ar_config c;
+    if (ar_config_load_flags(&c, e->model_dir, AR_CONFIG_ANY_ARCH) || !c.mm_arch[0]) return 0;
+    if (ar_mm_resolve(c.mm_arch, st_has, e->st, &e->mm_names)) return ar_error_prefix(e->model_dir);
+    e->mm = 1;
+    snprintf(e->block_prefix, sizeof e->block_prefix, "%slayers", e->mm_names.prefix);
+    return 0;
 }
 
 static int check_opts(const ar_export_format *f, const ar_export_opts *o) {
@@ -62,7 +80,8 @@ ar_export *ar_export_open_format(const ar_export_format *f, const char *model_di
         ar_export_abort(e);
         return NULL;
     }
-    detect_block_prefix(e);
+    if (open_multimodal(e)) { ar_export_abort(e); return NULL; }
+    if (!e->mm) detect_block_prefix(e);
     /* AutoRound writes asym 4-bit in the AWQ layout unless other widths occur. */
     e->awq_layout = f->awq_layout == AR_AWQ_ALWAYS ||
                     (f->awq_layout == AR_AWQ_ASYM4 && !opts->sym && opts->bits == 4 && !opts->mixed_bits);
@@ -129,7 +148,15 @@ static int put_floats(ar_export *e, const char *name, ar_dtype dtype, int ndim, 
 /* Original dtype of a float tensor, narrowed to 16 bits when f16 is asked. */
 static ar_dtype bias_dtype(const ar_export *e, ar_dtype orig) { return e->fmt->bias_f16 ? AR_F16 : orig; }
 
-int ar_export_layer(ar_export *e, const ar_qlayer *l) {
+int ar_export_layer(ar_export *e, const ar_qlayer *ql) {
+    char mapped[512];
+    ar_qlayer ml;
+    const ar_qlayer *l = ql;
+    if (e->mm && ql->name) {   /* text-only name -> the checkpoint's */
+        ml = *ql;
+        ml.name = ar_mm_map_name(&e->mm_names, ql->name, mapped, sizeof mapped);
+        l = &ml;
+    }
     if (check_layer_target(e, l)) return -1;
     if (e->awq_layout && e->fmt->awq_layout == AR_AWQ_ASYM4 && l->bits != 4)
         return ar_error("%s: %d-bit layer in an auto_round:auto_awq (4-bit) export; set mixed_bits", l->name, l->bits);
@@ -143,6 +170,8 @@ int ar_export_layer(ar_export *e, const ar_qlayer *l) {
 }
 
 int ar_export_kv_scale(ar_export *e, const char *name, float scale) {
+    char mapped[512];
+    if (e->mm) name = ar_mm_map_name(&e->mm_names, name, mapped, sizeof mapped);
     size_t n = strlen(name);
     if (n < 8 || (strcmp(name + n - 8, ".k_scale") && strcmp(name + n - 8, ".v_scale")))
         return ar_error("%s: not a KV-cache scale name (ATTN.k_scale or ATTN.v_scale)", name);
@@ -219,9 +248,32 @@ static int copy_rest(ar_export *e) {
     return 0;
 }
 
+/* Module names in j (strings, object keys, at any depth) from the
+ * checkpoint's layout to transformers' in-memory names (ar_mm_module_name):
+ * loaders match quantization_config against the modules of the loaded model,
+ * whatever layout its tensors are stored in. Names that are not the model's
+ * ("auto-round", "int", ...) have no '.' and no tensor, and are kept. */
+static void config_names_in_memory(const ar_export *e, cJSON *j) {
+    char buf[512], probe[560];
+    for (cJSON *c = j ? j->child : NULL; c; c = c->next) {
+        config_names_in_memory(e, c);
+        const char *names[2] = {c->string, cJSON_IsString(c) ? c->valuestring : NULL};
+        for (int k = 0; k < 2; k++) {
+            if (!names[k] || !strchr(names[k], '.')) continue;
+            /* a module of the model: NAME.weight exists, or NAME is the blocks' list */
+            snprintf(probe, sizeof probe, "%s.weight", names[k]);
+            if (!ar_st_find(e->st, probe) && strcmp(names[k], e->block_prefix)) continue;
+            ar_mm_module_name(&e->mm_names, names[k], buf, sizeof buf);
+            if (k == 0) { free(c->string); c->string = strdup(buf); }
+            else cJSON_SetValuestring(c, buf);
+        }
+    }
+}
+
 static int write_configs(ar_export *e) {
     cJSON *q = e->fmt->quant_config ? e->fmt->quant_config(e) : NULL;
     if (e->fmt->quant_config && !q) return -1;
+    if (q && e->mm) config_names_in_memory(e, q);
     /* AWQ kernels run in fp16, so AutoRound forces it for any AWQ layout. */
     const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
     int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL);

@@ -4,6 +4,7 @@
 #ifndef AR_EXPORT_IMPL_H
 #define AR_EXPORT_IMPL_H
 #include "export.h"
+#include "multimodal.h"
 #include "safetensors.h"
 #include "safetensors_writer.h"
 #include <cJSON.h>
@@ -49,7 +50,9 @@ struct ar_export {
     char                   *model_dir, *out_dir, *tmp_dir;
     ar_safetensors         *st;         /* the original model */
     ar_stw                 *w;
-    char                    block_prefix[128];   /* "model.layers" */
+    char                    block_prefix[128];   /* "model.layers" ("model.language_model.layers": a VLM) */
+    int                     mm;                  /* a vision-language model: only its text stack is quantized */
+    ar_mm_names             mm_names;            /* where its text tensors are (multimodal.h) */
     int                     awq_layout;          /* auto_round: AWQ tensors */
     ar_export_rec          *rec;
     size_t                  nrec, caprec;

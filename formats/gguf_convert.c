@@ -5,6 +5,7 @@
 #include "gguf.h"
 #include "error.h"
 #include "gguf_policy.h"
+#include "multimodal.h"
 #include "safetensors.h"
 #include <math.h>
 #include <stdio.h>
@@ -19,7 +20,18 @@ struct ar_gguf_conv {
     ar_gguf_model_info info;
     char              *done;        /* [ar_st_count]: 1 once that tensor is in the file */
     char               model_dir[4096];
+    int                mm;          /* a vision-language model: its text stack only, as llama.cpp's
+                                       converter writes it (the vision tower's mmproj file is not ours) */
+    ar_mm_names        mm_names;
 };
+
+/* The checkpoint's name of text-only name hf (multimodal.h). */
+static const char *ckpt_name(const ar_gguf_conv *cv, const char *hf, char *buf, size_t n)
+{
+    return cv->mm ? ar_mm_map_name(&cv->mm_names, hf, buf, n) : hf;
+}
+
+static int st_has(void *ctx, const char *name) { return ar_st_find(ctx, name) != NULL; }
 
 /* Llama 3 RoPE scaling is stored as per-frequency factors (rope_freqs.weight). */
 static int add_llama3_rope_freqs(ar_gguf_writer *w, const ar_config *c)
@@ -70,7 +82,13 @@ static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_p
     if (ar_config_load(&cv->cfg, model_dir)) return -1;
     if (!(cv->st = ar_st_open_model(model_dir))) return -1;   /* FP8 weights widen through their scales */
     if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
-    cv->info = ar_gguf_info_for(&cv->cfg, ar_st_find(cv->st, "lm_head.weight") != NULL, has_imatrix);
+    if (cv->cfg.mm_arch[0]) {
+        if (ar_mm_resolve(cv->cfg.mm_arch, st_has, cv->st, &cv->mm_names)) return ar_error_prefix(model_dir);
+        cv->mm = 1;
+    }
+    char head[128];
+    cv->info = ar_gguf_info_for(&cv->cfg, ar_st_find(cv->st, ckpt_name(cv, "lm_head.weight", head, sizeof head)) != NULL,
+                                has_imatrix);
     if (!(cv->w = ar_gguf_writer_open(out_path))) return -1;
     char name[256];
     model_name(model_dir, name, sizeof name);
@@ -119,8 +137,8 @@ static int tensor_rows_cols(const ar_st_tensor *t, int64_t *rows, int64_t *cols)
 
 int ar_gguf_conv_type(const ar_gguf_conv *cv, const char *hf_name)
 {
-    char gname[256];
-    const ar_st_tensor *t = ar_st_find(cv->st, hf_name);
+    char gname[256], ck[512];
+    const ar_st_tensor *t = ar_st_find(cv->st, ckpt_name(cv, hf_name, ck, sizeof ck));
     if (!t) return ar_error("%s: the model has no tensor %s", cv->model_dir, hf_name);
     int64_t rows = 0, cols = 0;
     if (ar_gguf_map_name(hf_name, gname, sizeof gname) <= 0 || tensor_rows_cols(t, &rows, &cols)) return -1;
@@ -131,8 +149,8 @@ int ar_gguf_conv_type(const ar_gguf_conv *cv, const char *hf_name)
 int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type type, int64_t n_rows,
                             int64_t n_cols, const void *blocks, size_t nbytes)
 {
-    char gname[256];
-    long i = tensor_index(cv, hf_name);
+    char gname[256], ck[512];
+    long i = tensor_index(cv, ckpt_name(cv, hf_name, ck, sizeof ck));
     if (i < 0) return -1;
     const ar_st_tensor *t = ar_st_at(cv->st, (size_t)i);
     if (cv->done[i]) return ar_error("%s: tensor %s given twice", cv->model_dir, hf_name);
@@ -161,8 +179,10 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
 /* Read, permute, quantize with the mix's type and append one HF tensor. */
 static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatrix_fn imatrix, void *ictx)
 {
-    char gname[256];
-    int m = ar_gguf_map_name(t->name, gname, sizeof gname);
+    char gname[256], tb[512];
+    const char *name = cv->mm ? ar_mm_unmap_name(&cv->mm_names, t->name, tb, sizeof tb) : t->name;
+    if (!name) return 0;   /* outside a VLM's text stack */
+    int m = ar_gguf_map_name(name, gname, sizeof gname);
     if (m <= 0) return m < 0 ? ar_error_prefix(t->file) : 0;
     int64_t rows = 0, cols = 0;
     if (tensor_rows_cols(t, &rows, &cols)) return -1;
@@ -171,7 +191,7 @@ static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatr
     int rc = ar_st_read_f32(cv->st, t->name, x, (size_t)t->numel);
     int heads = rope_heads(cv, gname);
     if (!rc && heads) rc = ar_gguf_permute_rows(x, t->ndim == 2 ? rows : cols, sizeof(float) * (t->ndim == 2 ? cols : 1), heads);
-    ar_ggml_type type = rc ? AR_GGML_F32 : (ar_ggml_type)ar_gguf_conv_type(cv, t->name);
+    ar_ggml_type type = rc ? AR_GGML_F32 : (ar_ggml_type)ar_gguf_conv_type(cv, name);
     size_t nbytes = ar_ggml_row_bytes(type, cols) * (size_t)rows;
     void *q = rc ? NULL : malloc(nbytes);
     if (!rc && !q) rc = ar_error("%s: out of memory", t->name);

@@ -253,7 +253,9 @@ static cJSON *quant_config(ar_export *e) {
         /* A tied lm_head has no weight of its own but is a Linear module. */
         int lm_q = 0;
         for (size_t i = 0; i < e->nrec; i++) lm_q |= !strcmp(e->rec[i].name, "lm_head");
-        if (!lm_q && !cJSON_HasObjectItem(skipped, "lm_head")) cJSON_AddNullToObject(skipped, "lm_head");
+        char head[64] = "lm_head";   /* a VLM's head module in its checkpoint's layout */
+        if (e->mm) snprintf(head, sizeof head, "%.*s", (int)(strlen(e->mm_names.head) - 7), e->mm_names.head);
+        if (!lm_q && !cJSON_HasObjectItem(skipped, head)) cJSON_AddNullToObject(skipped, head);
         ar_export_model_order(skipped);
         for (cJSON *c = skipped->child; c; c = c->next) cJSON_AddItemToArray(ignore, cJSON_CreateString(c->string));
     }

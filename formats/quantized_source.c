@@ -83,10 +83,58 @@ static int read_config(ar_qfolder *q) {
     return q->qcfg ? parse_layout(q, path) : 0;
 }
 
+/* The weight strategy of a compressed-tensors config when all its groups
+ * agree ("tensor", "channel", "block", ...), else NULL. */
+static const char *ct_strategy(const ar_qfolder *q) {
+    const char *s = NULL;
+    const cJSON *g;
+    cJSON_ArrayForEach(g, cJSON_GetObjectItem(q->qcfg, "config_groups")) {
+        const cJSON *v = cJSON_GetObjectItem(cJSON_GetObjectItem(g, "weights"), "strategy");
+        if (!cJSON_IsString(v) || (s && strcmp(s, v->valuestring))) return NULL;
+        s = v->valuestring;
+    }
+    return s;
+}
+
+/* compressed-tensors FP8 weights: each comes with NAME.weight_scale
+ * (auto_round:fp8 blocks: NAME.weight_scale_inv) of the shape its strategy gives (per tensor [1], per channel [n, 1], blocks
+ * [ceil(n / b), ceil(k / b)]); otherwise they would fail later, as "not a
+ * float type", or be read with another tiling. */
+static int ct_scales_present(const ar_qfolder *q) {
+    char sname[600];
+    const char *strat = q->layout == L_CT ? ct_strategy(q) : NULL;
+    for (size_t i = 0; q->layout == L_CT && i < ar_st_count(q->st); i++) {
+        const ar_st_tensor *t = ar_st_at(q->st, i);
+        size_t n = strlen(t->name);
+        if (t->dtype != AR_F8_E4M3 || n < 7 || strcmp(t->name + n - 7, ".weight") || t->ndim != 2) continue;
+        /* auto_round:fp8 block exports name it weight_scale_inv (ct_dequant reads either) */
+        snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+        const ar_st_tensor *s = ar_st_find(q->st, sname);
+        snprintf(sname, sizeof sname, "%s_scale", t->name);
+        if (!s) s = ar_st_find(q->st, sname);
+        else snprintf(sname, sizeof sname, "%s_scale_inv", t->name);
+        if (!s) return ar_error("%s: FP8 tensor '%s' has no scale '%s'", t->file, t->name, sname);
+        int64_t r = t->shape[0], c = t->shape[1], b = q->block;
+        int ok = !strat || (!strcmp(strat, "tensor") && s->numel == 1) ||
+                 (!strcmp(strat, "channel") && s->shape[0] == r && (s->ndim == 1 || (s->ndim == 2 && s->shape[1] == 1))) ||
+                 (!strcmp(strat, "block") && b > 0 && s->ndim == 2 && s->shape[0] == (r + b - 1) / b &&
+                  s->shape[1] == (c + b - 1) / b) ||
+                 (strcmp(strat, "tensor") && strcmp(strat, "channel") && strcmp(strat, "block"));
+        if (!ok) {
+            char sh[64] = "[";
+            for (int d = 0; d < s->ndim && d < 4; d++)
+                snprintf(sh + strlen(sh), sizeof sh - strlen(sh), "%s%lld", d ? ", " : "", (long long)s->shape[d]);
+            return ar_error("%s: scale '%s' has shape %s], not what strategy %s gives FP8 tensor '%s' [%lld, %lld]",
+                            s->file, sname, sh, strat, t->name, (long long)r, (long long)c);
+        }
+    }
+    return 0;
+}
+
 ar_qfolder *ar_qfolder_open(const char *dir) {
     ar_qfolder *q = calloc(1, sizeof *q);
     if (!q || !(q->dir = strdup(dir))) { free(q); ar_error("%s: out of memory", dir); return NULL; }
-    if (read_config(q) || !(q->st = ar_st_open_dir(dir))) { ar_qfolder_close(q); return NULL; }
+    if (read_config(q) || !(q->st = ar_st_open_dir(dir)) || ct_scales_present(q)) { ar_qfolder_close(q); return NULL; }
     return q;
 }
 

@@ -5,6 +5,7 @@
  * (Qwen3: 128), rope_theta to 10000. */
 #include "config.h"
 #include "error.h"
+#include "multimodal.h"
 #include <cJSON.h>
 #include <errno.h>
 #include <math.h>
@@ -85,13 +86,9 @@ static void copy_str(char *dst, size_t n, const cJSON *j)
     if (cJSON_IsString(j)) snprintf(dst, n, "%s", j->valuestring);
 }
 
-/* Architecture from "architectures"[0], else from "model_type". */
-static int parse_arch(ar_config *c, const cJSON *root, const char *path, int flags)
+/* The known architecture c->arch_name names (else c->model_type). */
+static int match_arch(ar_config *c, const char *path, int flags)
 {
-    const cJSON *archs = item(root, "architectures");
-    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
-    copy_str(c->arch_name, sizeof c->arch_name, a0);
-    copy_str(c->model_type, sizeof c->model_type, item(root, "model_type"));
     for (size_t i = 0; i < sizeof known_archs / sizeof *known_archs; i++) {
         if (c->arch_name[0] ? !strcmp(c->arch_name, known_archs[i].arch) : !strcmp(c->model_type, known_archs[i].model_type)) {
             if (!known_archs[i].runs && !(flags & AR_CONFIG_ANY_ARCH)) break;
@@ -101,8 +98,50 @@ static int parse_arch(ar_config *c, const cJSON *root, const char *path, int fla
             return 0;
         }
     }
+    if (c->mm_arch[0])
+        return ar_error("%s: unsupported architecture %s (the text model of %s)", path,
+                        c->arch_name[0] ? c->arch_name : c->model_type, c->mm_arch);
     return ar_error("%s: unsupported architecture %s", path,
                     c->arch_name[0] ? c->arch_name : c->model_type[0] ? c->model_type : "(none given)");
+}
+
+/* Architecture from "architectures"[0], else from "model_type". */
+static int parse_arch(ar_config *c, const cJSON *root, const char *path, int flags)
+{
+    const cJSON *archs = item(root, "architectures");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    copy_str(c->arch_name, sizeof c->arch_name, a0);
+    copy_str(c->model_type, sizeof c->model_type, item(root, "model_type"));
+    return match_arch(c, path, flags);
+}
+
+/* A vision-language config (multimodal.h): *text becomes the object that
+ * describes its text decoder ("text_config", or the top level of a legacy
+ * Qwen2-VL config), c->mm_arch the class, c->arch the text family, *tx the
+ * text config class's defaults. Text-only configs leave all three alone. */
+static int parse_multimodal(ar_config *c, const cJSON *root, const char *path, int flags, const cJSON **text,
+                            const ar_mm_text **tx)
+{
+    const cJSON *archs = item(root, "architectures"), *mt = item(root, "model_type");
+    const cJSON *a0 = cJSON_IsArray(archs) ? cJSON_GetArrayItem(archs, 0) : NULL;
+    const ar_mm_class *k = ar_mm_class_find(cJSON_IsString(a0) ? a0->valuestring : NULL,
+                                            cJSON_IsString(mt) ? mt->valuestring : NULL);
+    if (!k) return 0;
+    snprintf(c->mm_arch, sizeof c->mm_arch, "%s", k->arch);
+    const cJSON *tc = item(root, "text_config");
+    if (!cJSON_IsObject(tc)) {
+        if (tc && !cJSON_IsNull(tc)) return ar_error("%s: text_config of %s is not an object", path, k->arch);
+        if (!k->legacy_top_level || !item(root, "hidden_size"))
+            return ar_error("%s: %s config has no text_config (the text decoder's sizes)", path, k->arch);
+        tc = root;   /* transformers 4's Qwen2-VL layout: the text keys at the top level */
+    }
+    const cJSON *tmt = tc == root ? NULL : item(tc, "model_type");
+    const char *ttype = cJSON_IsString(tmt) ? tmt->valuestring : k->text_type;
+    *tx = ar_mm_text_find(ttype);
+    *text = tc;
+    c->model_type[0] = 0;
+    snprintf(c->arch_name, sizeof c->arch_name, "%s", *tx ? (*tx)->text_arch : ttype);
+    return match_arch(c, path, flags);
 }
 
 /* DeepSeek MLA dims. head_dim becomes the q/k width per head (nope + rope);
@@ -147,7 +186,7 @@ static int parse_yarn(ar_config *c, const cJSON *d, const char *path)
     return 0;
 }
 
-static int parse_sizes(ar_config *c, const cJSON *r, const char *path)
+static int parse_sizes(ar_config *c, const cJSON *r, const char *path, const ar_mm_text *tx)
 {
     const int big = 1 << 24;
     if (get_int(r, "hidden_size", 0, 1, big, &c->hidden, path) ||
@@ -161,7 +200,8 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path)
     for (size_t i = 0; i < sizeof need / sizeof *need; i++)   /* null counts as missing */
         if (!item(r, need[i]) || cJSON_IsNull(item(r, need[i]))) return ar_error("%s: missing %s", path, need[i]);
     if (get_int(r, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads, path) ||
-        get_int(r, "head_dim", c->arch == AR_ARCH_QWEN3 ? 128 : c->hidden / c->n_heads, 1, big, &c->head_dim, path))
+        get_int(r, "head_dim", tx && tx->head_dim ? tx->head_dim : c->arch == AR_ARCH_QWEN3 ? 128 : c->hidden / c->n_heads,
+                1, big, &c->head_dim, path))
         return -1;
     if (is_mla_arch(c->arch) && parse_mla(c, r, path)) return -1;
     if (c->n_heads % c->n_kv_heads)
@@ -171,7 +211,7 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path)
         return ar_error("%s: head_dim is 0 (hidden_size %d / num_attention_heads %d)", path, c->hidden, c->n_heads);
     if (c->head_dim % 2) return ar_error("%s: head_dim %d is odd (RoPE rotates pairs)", path, c->head_dim);
     double eps;
-    if (get_num(r, "rms_norm_eps", 1e-6, &eps, path)) return -1;
+    if (get_num(r, "rms_norm_eps", tx ? tx->rms_eps : 1e-6, &eps, path)) return -1;
     c->rms_eps = (float)eps;
     return 0;
 }
@@ -190,7 +230,9 @@ static int parse_rope_type(ar_config *c, const cJSON *d, const char *path)
     const cJSON *t = item(d, "rope_type");
     if (!cJSON_IsString(t)) t = item(d, "type");
     const char *name = cJSON_IsString(t) ? t->valuestring : "default";
-    if (!strcmp(name, "default")) c->rope_type = AR_ROPE_DEFAULT;
+    /* M-RoPE on text positions is plain RoPE (multimodal.h); transformers
+     * renames Qwen2-VL's "mrope" to "default" the same way */
+    if (!strcmp(name, "default") || (c->mm_arch[0] && !strcmp(name, "mrope"))) c->rope_type = AR_ROPE_DEFAULT;
     else if (!strcmp(name, "linear")) c->rope_type = AR_ROPE_LINEAR;
     else if (!strcmp(name, "llama3")) c->rope_type = AR_ROPE_LLAMA3;
     else if (!strcmp(name, "yarn") && is_moe_arch(c->arch)) c->rope_type = AR_ROPE_YARN;
@@ -209,10 +251,10 @@ static int parse_rope_type(ar_config *c, const cJSON *d, const char *path)
     return 0;
 }
 
-static int parse_rope(ar_config *c, const cJSON *r, const char *path)
+static int parse_rope(ar_config *c, const cJSON *r, const char *path, const ar_mm_text *tx)
 {
     const cJSON *d = rope_dict(r);
-    const double def = 10000.0;
+    const double def = tx ? tx->rope_theta : 10000.0;
     /* Top-level rope_theta wins; transformers 5 moved it inside rope_parameters. */
     if (get_num(r, "rope_theta", def, &c->rope_theta, path)) return -1;
     if (!item(r, "rope_theta") && d && get_num(d, "rope_theta", def, &c->rope_theta, path)) return -1;
@@ -514,17 +556,29 @@ int ar_config_parse_flags(ar_config *c, const char *json_text, const char *path,
         cJSON_Delete(root);
         return root ? ar_error("%s: not a JSON object", path) : ar_error("%s: malformed JSON near byte %d", path, off);
     }
-    int rc = parse_arch(c, root, path, flags);
-    if (!rc) rc = parse_sizes(c, root, path);
-    if (!rc) rc = parse_rope(c, root, path);
-    if (!rc) rc = parse_arch_options(c, root, path);
-    if (!rc && is_moe_arch(c->arch)) rc = parse_moe(c, root, path);
+    const cJSON *r = root;          /* the text decoder's description */
+    const ar_mm_text *tx = NULL;
+    int rc = parse_multimodal(c, root, path, flags, &r, &tx);
+    if (!rc && !c->mm_arch[0]) rc = parse_arch(c, root, path, flags);
+    if (!rc) rc = parse_sizes(c, r, path, tx);
+    if (!rc) rc = parse_rope(c, r, path, tx);
+    if (!rc) rc = parse_arch_options(c, r, path);
+    if (!rc && is_moe_arch(c->arch)) rc = parse_moe(c, r, path);
     if (!rc) {
         c->tie_embeddings = get_bool(root, "tie_word_embeddings", 0);
+        if (c->mm_arch[0]) {   /* the top level decides, else the class default; transformers 4 wrote it in text_config */
+            const ar_mm_class *k = ar_mm_class_find(c->mm_arch, NULL);
+            c->tie_embeddings = get_bool(root, "tie_word_embeddings", k->tie_default) || get_bool(r, "tie_word_embeddings", 0);
+        }
         c->bos_id = token_id(root, "bos_token_id");
         c->eos_id = token_id(root, "eos_token_id");
+        if (c->bos_id < 0) c->bos_id = token_id(r, "bos_token_id");
+        if (c->eos_id < 0) c->eos_id = token_id(r, "eos_token_id");
         const cJSON *dt = item(root, "torch_dtype");
-        copy_str(c->torch_dtype, sizeof c->torch_dtype, cJSON_IsString(dt) ? dt : item(root, "dtype"));
+        if (!cJSON_IsString(dt)) dt = item(root, "dtype");
+        if (!cJSON_IsString(dt)) dt = item(r, "torch_dtype");
+        if (!cJSON_IsString(dt)) dt = item(r, "dtype");
+        copy_str(c->torch_dtype, sizeof c->torch_dtype, dt);
     }
     cJSON_Delete(root);
     return rc;

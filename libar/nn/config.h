@@ -77,6 +77,8 @@ typedef struct {
     ar_arch arch;
     char    arch_name[64];      /* "LlamaForCausalLM", ... as in "architectures"[0] */
     char    model_type[32];     /* "llama", "mistral", "qwen2", "qwen3" */
+    char    mm_arch[64];        /* a vision-language class whose text stack this is
+                                   ("Qwen2VLForConditionalGeneration"; multimodal.h), else "" */
     int     hidden;             /* hidden_size */
     int     intermediate;       /* intermediate_size */
     int     n_layers;           /* num_hidden_layers */

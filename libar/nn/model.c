@@ -2,6 +2,7 @@
  * (see model.h). */
 #include "model.h"
 #include "block_desc.h"
+#include "multimodal.h"
 #include "error.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -64,6 +65,61 @@ int ar_source_safetensors(ar_tensor_source *src, const char *dir)
     ar_safetensors *st = ar_st_open_model(dir);   /* FP8 checkpoints widen through their scales */
     if (!st) return -1;
     *src = (ar_tensor_source){.ctx = st, .shape = st_shape, .read_rows = st_read_rows, .close = st_close};
+    return 0;
+}
+
+/* ---- a vision-language checkpoint's text stack (multimodal.h) ---------- */
+
+/* A source answering text-only names from a checkpoint that keeps its text
+ * stack under a prefix. */
+typedef struct {
+    ar_tensor_source inner;
+    ar_mm_names names;
+} mm_source;
+
+static int mm_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
+{
+    mm_source *r = ctx;
+    char buf[512];
+    return r->inner.shape(r->inner.ctx, ar_mm_map_name(&r->names, name, buf, sizeof buf), ndim, shape);
+}
+
+static int mm_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
+{
+    mm_source *r = ctx;
+    char buf[512];
+    return r->inner.read_rows(r->inner.ctx, ar_mm_map_name(&r->names, name, buf, sizeof buf), row0, nrows, dst);
+}
+
+static void mm_close(void *ctx)
+{
+    mm_source *r = ctx;
+    if (r->inner.close) r->inner.close(r->inner.ctx);
+    free(r);
+}
+
+static int src_has(void *ctx, const char *name)
+{
+    const ar_tensor_source *s = ctx;
+    int nd;
+    int64_t sh[AR_SRC_MAX_DIMS];
+    int rc = s->shape(s->ctx, name, &nd, sh);
+    return rc < 0 ? -1 : rc == 0;
+}
+
+/* Wrap *src for a checkpoint of class arch (its layout found with
+ * ar_mm_resolve). On failure src is closed. */
+static int mm_source_wrap(ar_tensor_source *src, const char *arch)
+{
+    mm_source *r = calloc(1, sizeof *r);
+    if (!r || ar_mm_resolve(arch, src_has, src, &r->names)) {
+        if (!r) ar_error("out of memory");
+        free(r);
+        if (src->close) src->close(src->ctx);
+        return -1;
+    }
+    r->inner = *src;
+    *src = (ar_tensor_source){.ctx = r, .shape = mm_shape, .read_rows = mm_read_rows, .close = mm_close};
     return 0;
 }
 
@@ -231,14 +287,17 @@ static int load_model_level(ar_model *m)
 
 ar_model *ar_model_open_source(const ar_config *c, const ar_tensor_source *src, int flags)
 {
+    ar_tensor_source s = *src;
+    /* a vision-language checkpoint: its text stack under the class's prefix */
+    if (c->mm_arch[0] && mm_source_wrap(&s, c->mm_arch)) return NULL;
     ar_model *m = calloc(1, sizeof *m);
     if (!m) {
-        if (src->close) src->close(src->ctx);
+        if (s.close) s.close(s.ctx);
         ar_error("out of memory");
         return NULL;
     }
     m->c = *c;
-    m->src = *src;
+    m->src = s;
     m->flags = flags;
     if (ar_block_desc_init(&m->bd, &m->c) || check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
     return m;

@@ -24,6 +24,12 @@
 #     within 1e-3, acc/acc_norm/stderr within 1e-6 (lm_eval is pip-installed
 #     when missing). Its counts are added to ours.
 #
+#  6. tests/clients/check_vlm.py on tests/fixtures/vlm/qwen2_vl (and the
+#     models under CLIENT_VLM=DIR; CLIENT_VLM=0 skips it): ar-eval against the
+#     model's transformers reference, then W4A16 RTN and SignRound auto_round
+#     folders loaded by transformers + auto-round as their class, within 0.5 %
+#     of ar-eval, vision tensors byte-identical. Its counts are added to ours.
+#
 # Environment: AR_BIN (default bin), AR_SHARED (default ../shared),
 # CLIENT_WINDOWS (default 20), CLIENT_WORK (default build/clients-check; the
 # folders are left there for inspection), CLIENT_GGUF=0 to skip step 4,
@@ -107,6 +113,19 @@ if [ "${CLIENT_GGUF:-1}" != 0 ] && [ -f tests/clients/check_gguf.py ]; then
   if [ -n "$counts" ]; then pass=$((pass + ${counts% *})) fail=$((fail + ${counts#* }))
   else bad "check_gguf.py ended without a summary (exit $rc):"; tail -5 "$WORK/gguf.log"; fi
   [ "$rc" = 0 ] || [ "${counts#* }" != 0 ] || bad "check_gguf.py exited $rc"
+fi
+# 6. vision-language: the checked-in tiny Qwen2-VL (and, with CLIENT_VLM=DIR,
+#    every model make_tiny_vlm.py wrote under DIR) through ar and back into
+#    transformers + auto-round as its class (tests/clients/check_vlm.py).
+if [ "${CLIENT_VLM:-}" != 0 ]; then
+  vlms=tests/fixtures/vlm/qwen2_vl
+  [ -n "${CLIENT_VLM:-}" ] && vlms="$vlms $(ls -d "$CLIENT_VLM"/*/ 2> /dev/null)"
+  AR_SHARED=$SHARED OMP_NUM_THREADS=1 "$PY" tests/clients/check_vlm.py $vlms --bin "$BIN" --work "$WORK/vlm" > "$WORK/vlm.log" 2>&1
+  rc=$?
+  grep -E '^(ok|FAIL) ' "$WORK/vlm.log"
+  counts=$(sed -n 's/^check-vlm: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' "$WORK/vlm.log" | tail -1)
+  if [ -n "$counts" ]; then pass=$((pass + ${counts% *})) fail=$((fail + ${counts#* }))
+  else bad "check_vlm.py ended without a summary (exit $rc):"; tail -5 "$WORK/vlm.log"; fi
 fi
 TASKS=${CLIENT_TASKS:-lambada_openai,piqa,hellaswag,arc_easy,arc_challenge,winogrande,mmlu}
 if [ "$TASKS" != 0 ]; then
