@@ -6,9 +6,11 @@
  * hard-coding the seven Llama linears; adding a family then means a
  * description plus its forward/backward.
  *
- * Today one family, "llama", covers Llama, Mistral, Qwen2 and Qwen3 (config
- * flags give the biases and Qwen3's QK-norm); its linears are listed in the
- * AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i everywhere.
+ * Two families: "llama" covers Llama, Mistral, Qwen2 and Qwen3 (config
+ * flags give the biases and Qwen3's QK-norm); "gemma" Gemma 2 and Gemma 3
+ * (block_gemma.c: four norms, GeLU-tanh, soft-capping). Both list their
+ * linears in the AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i
+ * everywhere.
  *
  * Inputs. Each linear names the activation it multiplies by an index into
  * input_names; linears with the same input see the same rows, so they share
@@ -70,6 +72,7 @@ typedef struct {
 typedef struct {
     const char *name;           /* HF sub-name, e.g. "input_layernorm" */
     int size;                   /* elements: C, or HD for a per-head QK-norm */
+    int slot;                   /* the ar_block_weights field it fills: AR_NORM_* (block.h) */
 } ar_norm_desc;
 
 /* What kind of rows an input holds: every token (dense), or a routed subset
@@ -100,7 +103,7 @@ typedef const float *(*ar_block_acts_input_fn)(const ar_block_acts *a, int i);
 /* A block's description. lin is owned (ar_block_desc_free); the rest is
  * plain data, strings are static. */
 typedef struct {
-    const char *family;         /* "llama" */
+    const char *family;         /* "llama" or "gemma" */
     int nlinear;
     ar_linear_desc *lin;        /* [nlinear], block.h's order for "llama" */
     int ninput;
