@@ -304,6 +304,8 @@ static int parse_gemma(ar_config *c, const cJSON *r, const char *path)
     if (!act || cJSON_IsNull(act)) act = item(r, "hidden_act");
     const char *an = cJSON_IsString(act) ? act->valuestring : "gelu_pytorch_tanh";
     if (strcmp(an, "gelu_pytorch_tanh")) return ar_error("%s: unsupported hidden_activation %s (only gelu_pytorch_tanh)", path, an);
+    if (get_bool(r, "use_bidirectional_attention", 0))
+        return ar_error("%s: use_bidirectional_attention is not supported (causal decoders only)", path);
     c->act = AR_ACT_GELU_TANH;
     c->norm_plus_one = c->sandwich_norm = 1;
     c->embed_scale = sqrt((double)c->hidden);

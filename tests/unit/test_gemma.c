@@ -285,3 +285,207 @@ static void check_attention(double scale, double cap, int window)
 Test(gemma, attention_scale_and_softcap) { check_attention(1 / sqrt(24.0), 1.5, 0); }
 Test(gemma, attention_softcap_sliding_window) { check_attention(0.25, 2.0, 4); }
 Test(gemma, attention_scale_only) { check_attention(0.4, 0, 3); }
+
+/* ------------------------------------------------------------- the block */
+
+/* A tiny Gemma config: C=16, F=24, 4 query heads and 2 KV heads of 8. */
+static ar_config tiny_gemma(int gemma3, int window)
+{
+    ar_config c = {0};
+    c.arch = gemma3 ? AR_ARCH_GEMMA3 : AR_ARCH_GEMMA2;
+    c.hidden = 16, c.intermediate = 24, c.n_heads = 4, c.n_kv_heads = 2, c.head_dim = 8, c.n_layers = 1;
+    c.rms_eps = 1e-6f, c.rope_theta = gemma3 ? 1e6 : 10000.0, c.sliding_window = window;
+    c.act = AR_ACT_GELU_TANH, c.norm_plus_one = c.sandwich_norm = 1, c.qk_norm = gemma3;
+    c.attn_scale = gemma3 ? 1 / sqrt(12.0) : 0.3;
+    c.attn_softcap = gemma3 ? 0 : 2.0;
+    return c;
+}
+
+/* Block weights: linears of scale 0.6, norms w = 0.3 U (so 1 + w near 1). */
+typedef struct {
+    ar_block_weights w;
+    float *t[AR_NLINEAR + AR_NNORM_SLOTS];
+} gblock;
+
+static void gblock_make(gblock *g, const ar_config *c)
+{
+    ar_block_desc d;
+    cr_assert_eq(ar_block_desc_init(&d, c), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_weights_init(&g->w, d.nlinear), 0);
+    int n = 0;
+    for (int i = 0; i < d.nlinear; i++) g->t[n++] = g->w.w[i] = randf((long)d.lin[i].n_out * d.lin[i].k_in, 0.6);
+    for (int j = 0; j < d.nnorm; j++) g->t[n++] = *ar_block_norm_slot(&g->w, d.norms[j].slot) = randf(d.norms[j].size, 0.3);
+    for (; n < AR_NLINEAR + AR_NNORM_SLOTS; n++) g->t[n] = NULL;
+    ar_block_desc_free(&d);
+}
+
+static void gblock_free(gblock *g)
+{
+    for (int i = 0; i < AR_NLINEAR + AR_NNORM_SLOTS; i++) free(g->t[i]);
+    ar_block_weights_release(&g->w);
+}
+
+/* 1 + w as the f32 code forms it (and transformers: 1.0 + weight.float()). */
+static double *plus1(const float *w, int n)
+{
+    if (!w) return NULL;
+    double *d = malloc(sizeof(double) * n);
+    for (int i = 0; i < n; i++) d[i] = (double)(1.0f + w[i]);
+    return d;
+}
+
+static double *to_d(const float *x, long n)
+{
+    double *d = malloc(sizeof(double) * n);
+    for (long i = 0; i < n; i++) d[i] = x[i];
+    return d;
+}
+
+/* The block from the formulas (module comment of block_gemma.c), in fx rules:
+ * y [B*T, C] from x; wd[i] the linears in double (may differ from w's when a
+ * finite difference moves them). */
+static void ref_block(const ar_config *c, const ar_block_weights *w, double *const *wd, const fx_ev *x, fx_ev *y,
+                      int B, int T)
+{
+    int C = c->hidden, F = c->intermediate, NH = c->n_heads, NKV = c->n_kv_heads, HD = c->head_dim;
+    long BT = (long)B * T, QD = NH * HD, KD = NKV * HD;
+    double *n1 = plus1(w->attn_norm, C), *pa = plus1(w->attn_post_norm, C), *n2 = plus1(w->mlp_norm, C);
+    double *pm = plus1(w->mlp_post_norm, C), *qn = plus1(w->q_norm, HD), *kn = plus1(w->k_norm, HD);
+    fx_ev *ln = malloc(sizeof(fx_ev) * BT * C), *q = malloc(sizeof(fx_ev) * BT * QD), *k = malloc(sizeof(fx_ev) * BT * KD);
+    fx_ev *v = malloc(sizeof(fx_ev) * BT * KD), *ao = malloc(sizeof(fx_ev) * BT * QD), *o = malloc(sizeof(fx_ev) * BT * C);
+    fx_ev *h = malloc(sizeof(fx_ev) * BT * C), *gt = malloc(sizeof(fx_ev) * BT * F), *up = malloc(sizeof(fx_ev) * BT * F);
+    fx_ev *cs = malloc(sizeof(fx_ev) * T * HD / 2), *sn = malloc(sizeof(fx_ev) * T * HD / 2);
+    rb_rmsnorm(ln, NULL, x, n1, (int)BT, C, c->rms_eps);
+    rb_linear(q, ln, wd[AR_Q], NULL, (int)BT, C, (int)QD);
+    rb_linear(k, ln, wd[AR_K], NULL, (int)BT, C, (int)KD);
+    rb_linear(v, ln, wd[AR_V], NULL, (int)BT, C, (int)KD);
+    if (qn) rb_rmsnorm(q, NULL, q, qn, (int)(BT * NH), HD, c->rms_eps);
+    if (kn) rb_rmsnorm(k, NULL, k, kn, (int)(BT * NKV), HD, c->rms_eps);
+    rb_rope_tables(cs, sn, c, T);
+    rb_rope(q, cs, sn, B, T, NH, HD, 1);
+    rb_rope(k, cs, sn, B, T, NKV, HD, 1);
+    ref_attention(ao, q, k, v, B, T, NH, NKV, HD, c->sliding_window, (double)(float)c->attn_scale,
+                  (double)(float)c->attn_softcap);
+    rb_linear(o, ao, wd[AR_O], NULL, (int)BT, (int)QD, C);
+    rb_rmsnorm(o, NULL, o, pa, (int)BT, C, c->rms_eps);
+    for (long i = 0; i < BT * C; i++) h[i] = fx_add(o[i], x[i]);
+    rb_rmsnorm(ln, NULL, h, n2, (int)BT, C, c->rms_eps);
+    rb_linear(gt, ln, wd[AR_GATE], NULL, (int)BT, C, F);
+    rb_linear(up, ln, wd[AR_UP], NULL, (int)BT, C, F);
+    for (long i = 0; i < BT * F; i++) gt[i] = fx_mul(ref_gelu(gt[i], NULL), up[i]);
+    rb_linear(o, gt, wd[AR_DOWN], NULL, (int)BT, F, C);
+    rb_rmsnorm(o, NULL, o, pm, (int)BT, C, c->rms_eps);
+    for (long i = 0; i < BT * C; i++) y[i] = fx_add(h[i], o[i]);
+    free(n1), free(pa), free(n2), free(pm), free(qn), free(kn);
+    free(ln), free(q), free(k), free(v), free(ao), free(o), free(h), free(gt), free(up), free(cs), free(sn);
+}
+
+typedef struct {
+    const ar_config *c;
+    const ar_block_weights *w;
+    double *const *wd;
+    const double *x;
+    int B, T;
+} ref_run;
+
+static void run_ref(void *ctx, double *out)
+{
+    ref_run *r = ctx;
+    long n = (long)r->B * r->T * r->c->hidden;
+    fx_ev *x = rb_exact_d(r->x, n), *y = malloc(sizeof(fx_ev) * n);
+    ref_block(r->c, r->w, r->wd, x, y, r->B, r->T);
+    for (long i = 0; i < n; i++) out[i] = y[i].v;
+    free(x), free(y);
+}
+
+/* sum(ref_block(x) . dy) in double. */
+static double ref_loss(ref_run *r, const double *dy)
+{
+    long n = (long)r->B * r->T * r->c->hidden;
+    double *y = malloc(sizeof(double) * n), L = 0;
+    fx_set_mode(FX_VALUES, 0);
+    run_ref(r, y);
+    fx_set_mode(FX_BOUNDS, 0);
+    for (long i = 0; i < n; i++) L += y[i] * dy[i];
+    free(y);
+    return L;
+}
+
+/* Directional derivative of ref_loss along dir [n] of p (doubles the
+ * reference reads), by central differences with its error bound. */
+static double fd_dir(ref_run *r, const double *dy, double *p, const double *dir, long n, double mag, double *err)
+{
+    const double h = 1e-4, st[4] = {h, -h, 2 * h, -2 * h};
+    double *keep = malloc(sizeof(double) * n), f[4];
+    memcpy(keep, p, sizeof(double) * n);
+    for (int s = 0; s < 4; s++) {
+        for (long j = 0; j < n; j++) p[j] = keep[j] + st[s] * dir[j];
+        f[s] = ref_loss(r, dy);
+    }
+    memcpy(p, keep, sizeof(double) * n);
+    free(keep);
+    return fx_central_diff(f[0], f[1], f[2], f[3], h, mag, err);
+}
+
+static void check_gemma_block(int gemma3, int window)
+{
+    enum { B = 2, T = 10 };
+    ar_config c = tiny_gemma(gemma3, window);
+    int C = c.hidden;
+    long n = (long)B * T * C;
+    gblock g;
+    gblock_make(&g, &c);
+    float *x = randf(n, 4), *y = malloc(sizeof(float) * n), *y2 = malloc(sizeof(float) * n);
+    ar_block_work ws, wt;
+    ar_block_acts a;
+    cr_assert_eq(ar_block_work_init(&ws, &c, B, T, 0), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_work_init(&wt, &c, B, T, 1), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_acts_init(&a, &c, B, T), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_gemma_forward(&c, &g.w, x, y, B, T, &ws), 0, "%s", ar_last_error());
+    cr_assert_eq(ar_block_gemma_forward_train(&c, &g.w, x, y2, B, T, &wt, &a), 0, "%s", ar_last_error());
+    cr_assert_eq(memcmp(y, y2, sizeof(float) * n), 0, "training forward differs from inference");
+    /* forward vs the reference, Monte Carlo tolerance per output */
+    double *wd[AR_NLINEAR], *xd = to_d(x, n), *want = malloc(sizeof(double) * n), *tol = malloc(sizeof(double) * n);
+    ar_block_desc d;
+    cr_assert_eq(ar_block_desc_init(&d, &c), 0);
+    for (int i = 0; i < AR_NLINEAR; i++) wd[i] = to_d(g.w.w[i], (long)d.lin[i].n_out * d.lin[i].k_in);
+    ref_run r = {&c, &g.w, wd, xd, B, T};
+    fx_mca_tolerances(run_ref, &r, n, want, tol);
+    double worst = 0;
+    for (long i = 0; i < n; i++) {
+        fx_assert_within(y[i], want[i], tol[i], "gemma block y[%ld]", i);
+        worst = fmax(worst, fabs(y[i] - want[i]));
+    }
+    cr_log_info("gemma%d block forward: max |y - ref| %.3g", gemma3 ? 3 : 2, worst);
+    /* backward: every linear's dW and dx along random directions vs central
+     * differences of the reference. Tolerance: the difference's error plus a
+     * first-order estimate of the f32 backward's rounding, gamma_n of the
+     * magnitude sum |g_j d_j| with n the reduction lengths along the longest
+     * chain (C, QD, T, HD, F, C; twice for the forward they depend on). */
+    double *dyd = malloc(sizeof(double) * n);
+    float *dy = malloc(sizeof(float) * n), *dx = calloc(n, sizeof(float)), *dW[AR_NLINEAR];
+    for (long i = 0; i < n; i++) dy[i] = (float)urand(), dyd[i] = dy[i];
+    for (int i = 0; i < AR_NLINEAR; i++) dW[i] = calloc((size_t)d.lin[i].n_out * d.lin[i].k_in, sizeof(float));
+    cr_assert_eq(ar_block_gemma_backward(&c, &g.w, &a, dy, dW, dx, NULL, &wt), 0, "%s", ar_last_error());
+    double chain = 2.0 * (2 * C + c.n_heads * c.head_dim + T + c.head_dim + c.intermediate);
+    for (int i = 0; i <= AR_NLINEAR; i++) {
+        long m = i < AR_NLINEAR ? (long)d.lin[i].n_out * d.lin[i].k_in : n;
+        const float *got = i < AR_NLINEAR ? dW[i] : dx;
+        double *p = i < AR_NLINEAR ? wd[i] : xd, *dir = malloc(sizeof(double) * m), dot = 0, mag = 0, err;
+        for (long j = 0; j < m; j++) dir[j] = 2 * urand(), dot += got[j] * dir[j], mag += fabs(got[j] * dir[j]);
+        double fd = fd_dir(&r, dyd, p, dir, m, mag + 1, &err);
+        fx_assert_within(dot, fd, err + fx_gamma(chain) * mag, "gemma%d block: gradient of %s along a random direction",
+                         gemma3 ? 3 : 2, i < AR_NLINEAR ? d.lin[i].name : "x");
+        free(dir);
+    }
+    for (int i = 0; i < AR_NLINEAR; i++) free(wd[i]), free(dW[i]);
+    free(x), free(y), free(y2), free(xd), free(want), free(tol), free(dyd), free(dy), free(dx);
+    ar_block_desc_free(&d);
+    ar_block_acts_free(&a);
+    ar_block_work_free(&ws), ar_block_work_free(&wt);
+    gblock_free(&g);
+}
+
+Test(gemma, block_gemma2_softcap_window) { check_gemma_block(0, 4); }
+Test(gemma, block_gemma2_softcap_full) { check_gemma_block(0, 0); }
+Test(gemma, block_gemma3_qk_norm_window) { check_gemma_block(1, 3); }
