@@ -51,7 +51,10 @@
  *
  * Still fixed at AR_NLINEAR (the next step):
  *  - the GPU path: signround_cuda.c, device.c, model_cuda.c, kernels/ keep
- *    the Llama block (tn_signround_block sends only the "llama" family's plans there);
+ *    the Llama block (tn_signround_block sends only the "llama" family's plans there;
+ *    ar_tune_run and ar_model_gpu_open refuse the "gemma" family on a GPU);
+ *  - AutoScheme's head (autoscheme*.c) is Llama's plain final norm and logits:
+ *    it refuses the "gemma" family;
  *  - the family itself, as its own code: block.c's ar_block_work.act_q,
  *    dW/dxin indices of ar_block_backward*, input_group and
  *    ar_block_acts_input, the linear index passed to ws->observe. */

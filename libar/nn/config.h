@@ -1,5 +1,8 @@
 /* config.h — a Hugging Face config.json, reduced to what a decoder-only
- * Llama-family forward needs (Llama, Mistral, Qwen2, Qwen3).
+ * forward needs: the Llama family (Llama, Mistral, Qwen2, Qwen3) and the
+ * Gemma family (Gemma2ForCausalLM; Gemma3ForCausalLM, model_type gemma3_text,
+ * which is also the text_config of Gemma3ForConditionalGeneration: parsing
+ * that object alone gives the text stack's config).
  *
  * Mixtures of experts (issue 17: Qwen3-MoE, Qwen2-MoE, Mixtral,
  * DeepSeek-V2/V3 with MLA, gpt-oss) are parsed into ar_config.moe / .mla /
