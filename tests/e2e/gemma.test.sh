@@ -50,7 +50,7 @@ for fam in gemma2 gemma3; do
 done
 # bad configs: one line naming the file and the problem, exit 1
 mkdir -p "$T/bad"
-cp "$FIX/gemma2/model.safetensors" "$T/bad/"
+cp "$FIX/gemma2/model.safetensors" "$T/gemma2/tokenizer.json" "$T/gemma2/tokenizer_config.json" "$T/bad/"
 sed 's/"attn_logit_softcapping": 8.0/"attn_logit_softcapping": -1/' "$FIX/gemma2/config.json" > "$T/bad/config.json"
 if "$BIN/ar-eval" --model "$T/bad" --text "$T/heldout.txt" 2> "$T/err"; then fail "negative soft-cap accepted"; fi
 [ "$(wc -l < "$T/err")" = 1 ] && grep -q "bad/config.json: attn_logit_softcapping must be a positive number" "$T/err" ||
