@@ -182,6 +182,10 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
     r->c = ar_model_config(r->m);
     if (ar_block_desc_init(&r->bd, r->c)) return AR_TUNE_FAILED;
+    if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama") && o->device_auto) {
+        r->dev = AR_DEVICE_CPU;
+        tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
+    }
     if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama")) {
         ar_error("%s: tuning on a GPU runs the llama family only (use --device cpu)", r->c->arch_name);
         return AR_TUNE_FAILED;
