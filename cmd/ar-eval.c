@@ -426,6 +426,8 @@ static ar_model_gpu *open_gpu(const char *device, ar_model *m)
     int dev;
     if (ar_device_parse(device, &dev)) cli_usage_error("--device: %s", ar_last_error());
     if (dev == AR_DEVICE_CPU) return NULL;
+    /* the GPU forward is the llama family's: a detected GPU leaves other families on the CPU */
+    if ((!device || !strcmp(device, "auto")) && strcmp(ar_model_block_desc(m)->family, "llama")) return NULL;
     if (ar_device_init(dev)) cli_die_lib();
     if (cli_progress >= 2) fprintf(stderr, "%s: scoring on %s\n", cli_tool, ar_device_describe(dev));
     ar_model_gpu *g = ar_model_gpu_open(m);

@@ -242,6 +242,7 @@ int main(int argc, char **argv)
         if (cli_progress) fprintf(stderr, "ar-tune: no calibration stream: plain RTN\n");
     }
     if (ar_device_parse(a.device, &a.o.device)) cli_usage_error("--device: %s", ar_last_error());
+    a.o.device_auto = !a.device || !strcmp(a.device, "auto");
     if (a.o.scheme.kind == AR_SCHEME_GGUF) a.o.gguf_type = gguf_type, a.o.gguf_ctx = &a.mix;
     progress_ctx pc = {cli_now(), a.o.checkpoint};
     ar_tune_progress progress = {&pc, on_iter, on_block, on_event};

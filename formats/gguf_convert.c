@@ -80,6 +80,9 @@ static int rope_heads(const ar_gguf_conv *cv, const char *gname)
 static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_path, int has_imatrix)
 {
     if (ar_config_load(&cv->cfg, model_dir)) return -1;
+    /* llama.cpp's gemma2/gemma3 files need their own names, metadata and (1 + w) norms: not written yet */
+    if (cv->cfg.arch == AR_ARCH_GEMMA2 || cv->cfg.arch == AR_ARCH_GEMMA3)
+        return ar_error("%s: GGUF export of %s is not supported yet", model_dir, cv->cfg.arch_name);
     if (!(cv->st = ar_st_open_model(model_dir))) return -1;   /* FP8 weights widen through their scales */
     if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
     if (cv->cfg.mm_arch[0]) {

@@ -72,6 +72,8 @@ int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int 
     alloc_f(&ws->rstd, BT * c->n_heads, &fail);
     alloc_f(&ws->att, train ? ar_attention_backward_scratch(B, T, c->n_heads, c->head_dim)
                             : ar_attention_scratch(T), &fail);
+    if (c->norm_plus_one) alloc_f(&ws->normw, 4 * C + 2L * c->head_dim, &fail);
+    if (c->sandwich_norm && train) alloc_f(&ws->dpost, BT * C, &fail);
     if (train) {
         alloc_f(&ws->dact, BT * F, &fail), alloc_f(&ws->dgate, BT * F, &fail);
         alloc_f(&ws->dup, BT * F, &fail);
@@ -94,7 +96,7 @@ void ar_block_work_free(ar_block_work *ws)
     float **p[] = {&ws->cos_t, &ws->sin_t, &ws->ln, &ws->h, &ws->q, &ws->ao, &ws->k,
                    &ws->v, &ws->gate, &ws->up, &ws->rstd, &ws->att, &ws->dact,
                    &ws->dgate, &ws->dup, &ws->dln, &ws->dh, &ws->dao, &ws->dq,
-                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq};
+                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq, &ws->normw, &ws->dpost};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
 }
 
@@ -120,6 +122,10 @@ int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
     alloc_f(&a->ln2, BT * C, &fail), alloc_f(&a->rstd2, BT, &fail);
     alloc_f(&a->gate, BT * F, &fail), alloc_f(&a->up, BT * F, &fail);
     alloc_f(&a->act, BT * F, &fail);
+    if (c->sandwich_norm) {
+        alloc_f(&a->attn_out, BT * C, &fail), alloc_f(&a->rstd_ao, BT, &fail);
+        alloc_f(&a->mlp_out, BT * C, &fail), alloc_f(&a->rstd_mo, BT, &fail);
+    }
     if (fail) {
         ar_block_acts_free(a);
         return ar_error("block: out of memory for %d x %d saved activations", B, T);
@@ -131,7 +137,8 @@ void ar_block_acts_free(ar_block_acts *a)
 {
     float **p[] = {&a->x,   &a->ln1, &a->rstd1, &a->qpre, &a->rstdq, &a->kpre,
                    &a->rstdk, &a->q, &a->k,     &a->v,    &a->att,   &a->ao,
-                   &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act};
+                   &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act,
+                   &a->attn_out, &a->rstd_ao, &a->mlp_out, &a->rstd_mo};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
 }
 
@@ -175,7 +182,7 @@ static int same_act(const ar_block_work *ws, int i, int j)
  * one input group are visited one after another, forward and backward, so a
  * copy made for the previous member with an equal spec is still in ws->xq
  * and is reused. NULL on failure (ar_error). */
-static const float *linear_input(ar_block_work *ws, int i, const float *x, long rows, int k)
+const float *ar_block_linear_input(ar_block_work *ws, int i, const float *x, long rows, int k)
 {
     if (!ws->has_act_q[i]) return x;
     int g = input_group(i);
@@ -200,10 +207,10 @@ const float *ar_block_acts_input(const ar_block_acts *a, int i)
 /* --------------------------------------------------------------- forward */
 
 /* linear_input for the forwards: the observer sees x first. */
-static const float *forward_input(ar_block_work *ws, int i, const float *x, long rows, int k)
+const float *ar_block_forward_input(ar_block_work *ws, int i, const float *x, long rows, int k)
 {
     if (ws->observe) ws->observe(ws->observe_ctx, i, x, rows, k);
-    return linear_input(ws, i, x, rows, k);
+    return ar_block_linear_input(ws, i, x, rows, k);
 }
 
 /* Where one forward keeps its intermediates: the workspace (inference, with
@@ -216,7 +223,7 @@ typedef struct {
 
 /* K and V as the KV cache would hold them: observed, then fake-quantized
  * (static FP8) when ws asks. */
-static void kv_cache_quant(ar_block_work *ws, float *k, float *v, long n, int kd)
+void ar_block_kv_cache(ar_block_work *ws, float *k, float *v, long n, int kd)
 {
     if (ws->observe_kv) ws->observe_kv(ws->kv_ctx, k, v, n / kd, kd);
     if (ws->kv_scale[0] > 0) ar_kv_fp8_qdq(k, n, ws->kv_scale[0]);
@@ -231,11 +238,11 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
     const float *in;
-    if (!(in = forward_input(ws, AR_Q, f->ln1, BT, C))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_Q, f->ln1, BT, C))) return -1;
     ar_linear_forward(f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
-    if (!(in = forward_input(ws, AR_K, f->ln1, BT, C))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_K, f->ln1, BT, C))) return -1;
     ar_linear_forward(f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD);
-    if (!(in = forward_input(ws, AR_V, f->ln1, BT, C))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_V, f->ln1, BT, C))) return -1;
     ar_linear_forward(f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD);
     if (w->q_norm) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, w->q_norm, BT * NH, HD, c->rms_eps);
     else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
@@ -243,10 +250,10 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     else if (f->k != f->kpre) memcpy(f->k, f->kpre, sizeof(float) * BT * KD);
     ar_rope_forward(f->q, ws->cos_t, ws->sin_t, B, T, NH, HD);
     ar_rope_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD);
-    kv_cache_quant(ws, f->k, f->v, (long)BT * KD, KD);
+    ar_block_kv_cache(ws, f->k, f->v, (long)BT * KD, KD);
     ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
                          HD, c->sliding_window);
-    if (!(in = forward_input(ws, AR_O, f->ao, BT, QD))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_O, f->ao, BT, QD))) return -1;
     ar_linear_forward(f->h, in, w->w[AR_O], w->b[AR_O], BT, QD, C);
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
     return 0;
@@ -259,18 +266,18 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
     int C = c->hidden, F = c->intermediate;
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
     const float *in;
-    if (!(in = forward_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
     ar_linear_forward(f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
-    if (!(in = forward_input(ws, AR_UP, f->ln2, BT, C))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_UP, f->ln2, BT, C))) return -1;
     ar_linear_forward(f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
     ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
-    if (!(in = forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
+    if (!(in = ar_block_forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
     ar_linear_forward(f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
     return 0;
 }
 
-static int check_fit(int B, int T, int capB, int capT, const char *what)
+int ar_block_check_fit(int B, int T, int capB, int capT, const char *what)
 {
     if (B <= 0 || T <= 0 || T > capT || (long)B * T > (long)capB * capT)
         return ar_error("block: batch %d x %d exceeds the %s capacity %d x %d", B, T,
@@ -281,7 +288,7 @@ static int check_fit(int B, int T, int capB, int capT, const char *what)
 int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float *x,
                      float *y, int B, int T, ar_block_work *ws)
 {
-    if (check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    if (ar_block_check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
     /* ln serves both norms and, once gate/up are computed, the down output;
      * QK-norm and SwiGLU run in place. */
     fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
@@ -294,8 +301,8 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
                            const float *x, float *y, int B, int T,
                            ar_block_work *ws, ar_block_acts *a)
 {
-    if (check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
-    if (check_fit(B, T, a->cap_B, a->cap_T, "activation")) return -1;
+    if (ar_block_check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    if (ar_block_check_fit(B, T, a->cap_B, a->cap_T, "activation")) return -1;
     if ((w->q_norm || w->k_norm) && !a->qpre)
         return ar_error("block: QK-norm weights but activations allocated without");
     a->B = B, a->T = T;
@@ -320,7 +327,7 @@ static int linear_back(ar_block_work *ws, int i, float *dx, float *const dW[AR_N
                        const float *W, long R, int K, int N)
 {
     const float *in = x;
-    if (dW[i] && !(in = linear_input(ws, i, x, R, K))) return -1;
+    if (dW[i] && !(in = ar_block_linear_input(ws, i, x, R, K))) return -1;
     ar_linear_backward(dx, dW[i], NULL, dy, in, W, (int)R, K, N);
     if (dxin && dxin[i]) ar_linear_backward(dxin[i], NULL, NULL, dy, in, W, (int)R, K, N);
     return 0;
@@ -396,7 +403,7 @@ int ar_block_backward_inputs(const ar_config *c, const ar_block_weights *w,
                              float *const dxin[AR_NLINEAR], ar_block_work *ws)
 {
     if (!ws->train) return ar_error("block: backward needs a training workspace");
-    if (check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
+    if (ar_block_check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
     return mlp_back(c, w, a, dy, dW, dxin, ws) || attn_back(c, w, a, dW, dxin, dx, ws) ? -1 : 0;
 }
 

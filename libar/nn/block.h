@@ -27,8 +27,19 @@ typedef struct {
     float **b;                  /* [nlinear] bias [N] or NULL */
     float *attn_norm;           /* input_layernorm [C] */
     float *mlp_norm;            /* post_attention_layernorm [C] */
-    float *q_norm, *k_norm;     /* Qwen3 [HD] or NULL */
+    float *q_norm, *k_norm;     /* Qwen3, Gemma 3 [HD] or NULL */
+    /* Gemma's sandwich norms (NULL elsewhere): attn_post_norm is Gemma's
+     * post_attention_layernorm (on the attention output), mlp_norm then holds
+     * pre_feedforward_layernorm and mlp_post_norm post_feedforward_layernorm. */
+    float *attn_post_norm, *mlp_post_norm;
 } ar_block_weights;
+
+/* Which norm of ar_block_weights a block description's norm fills
+ * (ar_norm_desc.slot). */
+enum { AR_NORM_ATTN, AR_NORM_MLP, AR_NORM_Q, AR_NORM_K, AR_NORM_ATTN_POST, AR_NORM_MLP_POST, AR_NNORM_SLOTS };
+
+/* The field of w that norm slot s names (s < AR_NNORM_SLOTS). */
+float **ar_block_norm_slot(ar_block_weights *w, int s);
 
 /* Zero w and give it pointer arrays for nlinear linears, all NULL. 0, or -1
  * (ar_error) when out of memory. Release the arrays with
@@ -85,6 +96,9 @@ typedef struct {
     float kv_scale[2];
     void (*observe_kv)(void *ctx, const float *k, const float *v, long rows, int kd);
     void *kv_ctx;
+    /* Gemma (c->norm_plus_one): the norms' effective weights 1 + w, [4 C + 2 HD],
+     * and with train dpost [BT * C], the gradient at a post-norm's input. */
+    float *normw, *dpost;
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
@@ -117,6 +131,9 @@ typedef struct {
     int B, T;                   /* shape of the last ar_block_forward_train */
     float *x, *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att, *ao;
     float *h, *ln2, *rstd2, *gate, *up, *act;
+    /* Gemma's sandwich norms (c->sandwich_norm, else NULL): the attention
+     * and MLP outputs before their post-norms [BT, C] and those norms' rstd [BT]. */
+    float *attn_out, *rstd_ao, *mlp_out, *rstd_mo;
 } ar_block_acts;
 
 /* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.
@@ -160,5 +177,35 @@ int ar_block_backward_inputs(const ar_config *c, const ar_block_weights *w,
                              const ar_block_acts *a, const float *dy,
                              float *const dW[AR_NLINEAR], float *dx,
                              float *const dxin[AR_NLINEAR], ar_block_work *ws);
+
+/* ---- helpers for other families with the same seven linears (block_gemma.c) ---- */
+
+/* What linear i multiplies by: ws->observe sees x [rows, k], then x itself
+ * or its activation-quantized copy in ws (ar_block_set_act_quant). NULL on
+ * failure (ar_error). */
+const float *ar_block_forward_input(ar_block_work *ws, int i, const float *x, long rows, int k);
+
+/* The same without the observer (the backward's straight-through input). */
+const float *ar_block_linear_input(ar_block_work *ws, int i, const float *x, long rows, int k);
+
+/* K and V [n floats each, rows of kd] as a KV cache would hold them: observed
+ * and fake-quantized as ws asks (kv_scale, observe_kv). */
+void ar_block_kv_cache(ar_block_work *ws, float *k, float *v, long n, int kd);
+
+/* 0, or -1 (ar_error) when B x T does not fit a capacity capB x capT. */
+int ar_block_check_fit(int B, int T, int capB, int capT, const char *what);
+
+/* The Gemma family (block_gemma.c), block.h's contracts:
+ *   h = x + postnorm_a(o_proj(attn(rope(qknorm(q)), rope(qknorm(k)), v)))   q, k, v of n1 = norm1(x)
+ *   y = h + postnorm_m(down(gelu_tanh(gate(n2)) * up(n2))),   n2 = prenorm_m(h)
+ * every norm scaling by (1 + w); attention scale c->attn_scale and soft-cap
+ * c->attn_softcap; the config is the layer's (ar_config_for_layer), the RoPE
+ * tables are rebuilt from it on each call. */
+int ar_block_gemma_forward(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B, int T,
+                           ar_block_work *ws);
+int ar_block_gemma_forward_train(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B,
+                                 int T, ar_block_work *ws, ar_block_acts *a);
+int ar_block_gemma_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a, const float *dy,
+                            float *const *dW, float *dx, float *const *dxin, ar_block_work *ws);
 
 #endif

@@ -6,9 +6,11 @@
  * hard-coding the seven Llama linears; adding a family then means a
  * description plus its forward/backward.
  *
- * Today one family, "llama", covers Llama, Mistral, Qwen2 and Qwen3 (config
- * flags give the biases and Qwen3's QK-norm); its linears are listed in the
- * AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i everywhere.
+ * Two families: "llama" covers Llama, Mistral, Qwen2 and Qwen3 (config
+ * flags give the biases and Qwen3's QK-norm); "gemma" Gemma 2 and Gemma 3
+ * (block_gemma.c: four norms, GeLU-tanh, soft-capping). Both list their
+ * linears in the AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i
+ * everywhere.
  *
  * Inputs. Each linear names the activation it multiplies by an index into
  * input_names; linears with the same input see the same rows, so they share
@@ -49,7 +51,10 @@
  *
  * Still fixed at AR_NLINEAR (the next step):
  *  - the GPU path: signround_cuda.c, device.c, model_cuda.c, kernels/ keep
- *    the Llama block (tn_signround_block sends only the "llama" family's plans there);
+ *    the Llama block (tn_signround_block sends only the "llama" family's plans there;
+ *    ar_tune_run and ar_model_gpu_open refuse the "gemma" family on a GPU);
+ *  - AutoScheme's head (autoscheme*.c) is Llama's plain final norm and logits:
+ *    it refuses the "gemma" family;
  *  - the family itself, as its own code: block.c's ar_block_work.act_q,
  *    dW/dxin indices of ar_block_backward*, input_group and
  *    ar_block_acts_input, the linear index passed to ws->observe. */
@@ -70,6 +75,7 @@ typedef struct {
 typedef struct {
     const char *name;           /* HF sub-name, e.g. "input_layernorm" */
     int size;                   /* elements: C, or HD for a per-head QK-norm */
+    int slot;                   /* the ar_block_weights field it fills: AR_NORM_* (block.h) */
 } ar_norm_desc;
 
 /* What kind of rows an input holds: every token (dense), or a routed subset
@@ -100,7 +106,7 @@ typedef const float *(*ar_block_acts_input_fn)(const ar_block_acts *a, int i);
 /* A block's description. lin is owned (ar_block_desc_free); the rest is
  * plain data, strings are static. */
 typedef struct {
-    const char *family;         /* "llama" */
+    const char *family;         /* "llama" or "gemma" */
     int nlinear;
     ar_linear_desc *lin;        /* [nlinear], block.h's order for "llama" */
     int ninput;

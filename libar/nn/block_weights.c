@@ -38,3 +38,10 @@ int ar_block_weights_view(ar_block_weights *dst, const ar_block_weights *src)
     ar_block_weights_borrow(dst, src);
     return 0;
 }
+
+float **ar_block_norm_slot(ar_block_weights *w, int s)
+{
+    float **slot[AR_NNORM_SLOTS] = {&w->attn_norm, &w->mlp_norm, &w->q_norm, &w->k_norm,
+                                    &w->attn_post_norm, &w->mlp_post_norm};
+    return slot[s];
+}

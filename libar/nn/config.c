@@ -24,6 +24,8 @@ static const struct { const char *arch, *model_type; ar_arch id; int runs; } kno
     {"MistralForCausalLM", "mistral", AR_ARCH_MISTRAL, 1},
     {"Qwen2ForCausalLM", "qwen2", AR_ARCH_QWEN2, 1},
     {"Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3, 1},
+    {"Gemma2ForCausalLM", "gemma2", AR_ARCH_GEMMA2, 1},
+    {"Gemma3ForCausalLM", "gemma3_text", AR_ARCH_GEMMA3, 1},  /* also Gemma3ForConditionalGeneration's text_config */
     {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 0},
     {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 0},
     {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 0},
@@ -33,6 +35,7 @@ static const struct { const char *arch, *model_type; ar_arch id; int runs; } kno
 };
 
 static int is_moe_arch(ar_arch a) { return a >= AR_ARCH_QWEN3_MOE; }
+static int is_gemma_arch(ar_arch a) { return a == AR_ARCH_GEMMA2 || a == AR_ARCH_GEMMA3; }
 static int is_mla_arch(ar_arch a) { return a == AR_ARCH_DEEPSEEK_V2 || a == AR_ARCH_DEEPSEEK_V3; }
 
 int ar_config_arch_runs(ar_arch a)
@@ -200,7 +203,9 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path, const ar_
     for (size_t i = 0; i < sizeof need / sizeof *need; i++)   /* null counts as missing */
         if (!item(r, need[i]) || cJSON_IsNull(item(r, need[i]))) return ar_error("%s: missing %s", path, need[i]);
     if (get_int(r, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads, path) ||
-        get_int(r, "head_dim", tx && tx->head_dim ? tx->head_dim : c->arch == AR_ARCH_QWEN3 ? 128 : c->hidden / c->n_heads,
+        get_int(r, "head_dim",
+                tx && tx->head_dim ? tx->head_dim : c->arch == AR_ARCH_QWEN3 ? 128
+                : is_gemma_arch(c->arch) ? 256 : c->hidden / c->n_heads,
                 1, big, &c->head_dim, path))
         return -1;
     if (is_mla_arch(c->arch) && parse_mla(c, r, path)) return -1;
@@ -267,9 +272,13 @@ static int parse_rope(ar_config *c, const cJSON *r, const char *path, const ar_m
 /* Biases, q/k norm and the sliding window, which differ per architecture. */
 static int parse_moe_arch_options(ar_config *c, const cJSON *r, const char *path);
 
+static int parse_gemma(ar_config *c, const cJSON *r, const char *path);
+static int parse_layer_types_pattern(ar_config *c, const cJSON *r, const char *path, int pattern);
+
 static int parse_arch_options(ar_config *c, const cJSON *r, const char *path)
 {
     if (is_moe_arch(c->arch)) return parse_moe_arch_options(c, r, path);
+    if (is_gemma_arch(c->arch)) return parse_gemma(c, r, path);
     int attn_bias = get_bool(r, "attention_bias", 0);
     c->qkv_bias = c->arch == AR_ARCH_QWEN2 ? 1 : attn_bias;
     c->o_bias = (c->arch == AR_ARCH_LLAMA || c->arch == AR_ARCH_QWEN3) ? attn_bias : 0;
@@ -284,6 +293,80 @@ static int parse_arch_options(ar_config *c, const cJSON *r, const char *path)
     if (sw && c->arch != AR_ARCH_MISTRAL)
         return get_int(r, "max_window_layers", 28, 0, 1 << 20, &c->sliding_from_layer, path);
     return 0;
+}
+
+/* ---- Gemma 2 / Gemma 3 ---------------------------------------------------------
+ * Defaults are those of transformers' Gemma2Config / Gemma3TextConfig. */
+
+/* A soft-capping value: absent gives def, null turns it off (0), else it must be positive. */
+static int get_softcap(const cJSON *r, const char *key, double def, double *out, const char *path)
+{
+    const cJSON *j = item(r, key);
+    if (!j) { *out = def; return 0; }
+    if (cJSON_IsNull(j)) { *out = 0; return 0; }
+    if (!cJSON_IsNumber(j) || !(j->valuedouble > 0) || !isfinite(j->valuedouble))
+        return ar_error("%s: %s must be a positive number or null", path, key);
+    *out = j->valuedouble;
+    return 0;
+}
+
+/* Gemma 3's RoPE: transformers 5 writes rope_parameters as one dict per layer
+ * type ("full_attention": the global base and scaling, "sliding_attention":
+ * the local base); older files give rope_theta, rope_scaling (global) and
+ * rope_local_base_freq. The sliding layers' RoPE has no scaling. */
+static int parse_gemma3_rope(ar_config *c, const cJSON *r, const char *path)
+{
+    const cJSON *rp = item(r, "rope_parameters");
+    const cJSON *full = cJSON_IsObject(rp) ? item(rp, "full_attention") : NULL;
+    const cJSON *slide = cJSON_IsObject(rp) ? item(rp, "sliding_attention") : NULL;
+    if (full || slide) {
+        if (!cJSON_IsObject(full) || !cJSON_IsObject(slide))
+            return ar_error("%s: rope_parameters needs both full_attention and sliding_attention objects", path);
+        c->rope_type = AR_ROPE_DEFAULT;
+        c->rope_factor = 1.0;
+        if (get_num(full, "rope_theta", 1000000.0, &c->rope_theta, path) || parse_rope_type(c, full, path) ||
+            get_num(slide, "rope_theta", 10000.0, &c->rope_local_theta, path))
+            return -1;
+        const cJSON *t = item(slide, "rope_type");
+        if (cJSON_IsString(t) && strcmp(t->valuestring, "default"))
+            return ar_error("%s: sliding_attention rope_type %s is not supported (only default)", path, t->valuestring);
+    } else {
+        if (!item(r, "rope_theta") && !(rp && item(rp, "rope_theta"))) c->rope_theta = 1000000.0;
+        if (get_num(r, "rope_local_base_freq", 10000.0, &c->rope_local_theta, path)) return -1;
+    }
+    if (!(c->rope_theta > 0) || !(c->rope_local_theta > 0))
+        return ar_error("%s: rope_theta and rope_local_base_freq must be positive", path);
+    return 0;
+}
+
+/* Attention and MLP options of Gemma 2 and Gemma 3 text models. */
+static int parse_gemma(ar_config *c, const cJSON *r, const char *path)
+{
+    int g3 = c->arch == AR_ARCH_GEMMA3, pattern = 2;
+    const cJSON *act = item(r, "hidden_activation");
+    if (!act || cJSON_IsNull(act)) act = item(r, "hidden_act");
+    const char *an = cJSON_IsString(act) ? act->valuestring : "gelu_pytorch_tanh";
+    if (strcmp(an, "gelu_pytorch_tanh")) return ar_error("%s: unsupported hidden_activation %s (only gelu_pytorch_tanh)", path, an);
+    if (get_bool(r, "use_bidirectional_attention", 0))
+        return ar_error("%s: use_bidirectional_attention is not supported (causal decoders only)", path);
+    c->act = AR_ACT_GELU_TANH;
+    c->norm_plus_one = c->sandwich_norm = 1;
+    c->embed_scale = sqrt((double)c->hidden);
+    c->qkv_bias = c->o_bias = get_bool(r, "attention_bias", 0);
+    c->qk_norm = g3;
+    double qpas;
+    if (get_num(r, "query_pre_attn_scalar", 256.0, &qpas, path)) return -1;
+    if (!(qpas > 0)) return ar_error("%s: query_pre_attn_scalar must be positive", path);
+    c->attn_scale = 1.0 / sqrt(qpas);
+    if (get_softcap(r, "attn_logit_softcapping", g3 ? 0 : 50.0, &c->attn_softcap, path) ||
+        get_softcap(r, "final_logit_softcapping", g3 ? 0 : 30.0, &c->final_softcap, path) ||
+        get_int(r, "sliding_window", 4096, 0, 1 << 30, &c->sliding_window, path))
+        return -1;
+    if (g3) {
+        const char *pk = item(r, "sliding_window_pattern") ? "sliding_window_pattern" : "_sliding_window_pattern";
+        if (get_int(r, pk, 6, 1, 1 << 20, &pattern, path) || parse_gemma3_rope(c, r, path)) return -1;
+    }
+    return parse_layer_types_pattern(c, r, path, pattern);
 }
 
 /* ---- mixtures of experts (issue 17; docs/moe.md) ----------------------------
@@ -433,15 +516,19 @@ static int parse_moe_layers(ar_config *c, const cJSON *r, const char *path)
     return 0;
 }
 
-/* gpt-oss: layer_types lists "sliding_attention" / "full_attention" per
- * layer; absent, even layers slide (transformers' default). */
-static int parse_layer_types(ar_config *c, const cJSON *r, const char *path)
+/* gpt-oss, Gemma: layer_types lists "sliding_attention" / "full_attention"
+ * per layer; absent, layer l slides when (l + 1) % pattern != 0
+ * (transformers' default: pattern 2 for gpt-oss and Gemma 2, Gemma 3's
+ * sliding_window_pattern). */
+static int parse_layer_types_pattern(ar_config *c, const cJSON *r, const char *path, int pattern)
 {
     const cJSON *lt = item(r, "layer_types");
     c->layer_types = 1;
+    if (c->n_layers > AR_CONFIG_MAX_LAYERS)
+        return ar_error("%s: num_hidden_layers %d exceeds %d for %s", path, c->n_layers, AR_CONFIG_MAX_LAYERS, c->arch_name);
     if (!lt || cJSON_IsNull(lt)) {
         for (int l = 0; l < c->n_layers; l++)
-            if ((l + 1) % 2) c->layer_flags[l] |= AR_LAYER_SLIDING;
+            if ((l + 1) % pattern) c->layer_flags[l] |= AR_LAYER_SLIDING;
         return 0;
     }
     if (!cJSON_IsArray(lt) || cJSON_GetArraySize(lt) != c->n_layers)
@@ -455,6 +542,11 @@ static int parse_layer_types(ar_config *c, const cJSON *r, const char *path)
         l++;
     }
     return 0;
+}
+
+static int parse_layer_types(ar_config *c, const cJSON *r, const char *path)
+{
+    return parse_layer_types_pattern(c, r, path, 2);
 }
 
 static int parse_moe(ar_config *c, const cJSON *r, const char *path)
@@ -532,6 +624,18 @@ int ar_config_layer_moe(const ar_config *c, int layer)
 {
     return c->moe.n_experts > 0 && layer >= 0 && layer < c->n_layers && layer < AR_CONFIG_MAX_LAYERS &&
            (c->layer_flags[layer] & AR_LAYER_MOE);
+}
+
+void ar_config_for_layer(ar_config *out, const ar_config *c, int layer)
+{
+    *out = *c;
+    out->sliding_from_layer = 0;
+    if (!ar_config_layer_sliding(c, layer)) out->sliding_window = 0;
+    else if (c->rope_local_theta > 0) {
+        out->rope_theta = c->rope_local_theta;
+        out->rope_type = AR_ROPE_DEFAULT;
+        out->rope_factor = 1.0;
+    }
 }
 
 int ar_config_layer_sliding(const ar_config *c, int layer)

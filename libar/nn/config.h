@@ -1,5 +1,8 @@
 /* config.h — a Hugging Face config.json, reduced to what a decoder-only
- * Llama-family forward needs (Llama, Mistral, Qwen2, Qwen3).
+ * forward needs: the Llama family (Llama, Mistral, Qwen2, Qwen3) and the
+ * Gemma family (Gemma2ForCausalLM; Gemma3ForCausalLM, model_type gemma3_text,
+ * which is also the text_config of Gemma3ForConditionalGeneration: parsing
+ * that object alone gives the text stack's config).
  *
  * Mixtures of experts (issue 17: Qwen3-MoE, Qwen2-MoE, Mixtral,
  * DeepSeek-V2/V3 with MLA, gpt-oss) are parsed into ar_config.moe / .mla /
@@ -15,12 +18,16 @@
 
 typedef enum {
     AR_ARCH_LLAMA, AR_ARCH_MISTRAL, AR_ARCH_QWEN2, AR_ARCH_QWEN3,
+    AR_ARCH_GEMMA2, AR_ARCH_GEMMA3,   /* the "gemma" block family (block_gemma.c) */
     /* mixtures of experts: parsed, not run yet (see above) */
     AR_ARCH_QWEN3_MOE, AR_ARCH_QWEN2_MOE, AR_ARCH_MIXTRAL, AR_ARCH_DEEPSEEK_V2, AR_ARCH_DEEPSEEK_V3,
     AR_ARCH_GPT_OSS
 } ar_arch;
 /* yarn: only for the MoE families (the dense forward has no yarn) */
 typedef enum { AR_ROPE_DEFAULT, AR_ROPE_LINEAR, AR_ROPE_LLAMA3, AR_ROPE_YARN } ar_rope_type;
+
+/* The MLP's gate activation. */
+typedef enum { AR_ACT_SILU, AR_ACT_GELU_TANH } ar_act_fn;
 
 /* How a router turns its logits into the k expert weights. */
 typedef enum {
@@ -110,7 +117,16 @@ typedef struct {
     double  rope_attention_factor;            /* yarn attention_factor (0 = absent: derived from factor) */
     int     rope_truncate;                    /* yarn truncate (default 1; gpt-oss writes false) */
     int     attn_sinks;         /* gpt-oss: a learned per-head sink logit joins each softmax */
-    int     layer_types;        /* layer_flags' AR_LAYER_SLIDING comes from "layer_types" (gpt-oss) */
+    int     layer_types;        /* layer_flags' AR_LAYER_SLIDING comes from "layer_types" (gpt-oss, Gemma) */
+    /* Gemma 2 / Gemma 3 (transformers' modeling_gemma2.py / modeling_gemma3.py); 0 elsewhere */
+    ar_act_fn act;              /* hidden_activation: gelu_pytorch_tanh for Gemma, else SiLU */
+    int     norm_plus_one;      /* every RMSNorm scales by (1 + w), computed in f32 */
+    int     sandwich_norm;      /* post_attention_layernorm after attention, pre/post_feedforward_layernorm */
+    double  embed_scale;        /* embeddings are multiplied by sqrt(hidden_size); 0 = not scaled */
+    double  attn_scale;         /* softmax scale query_pre_attn_scalar^-1/2; 0 = head_dim^-1/2 */
+    double  attn_softcap;       /* attn_logit_softcapping: scores -> cap * tanh(scores / cap); 0 = off */
+    double  final_softcap;      /* final_logit_softcapping on the logits; 0 = off */
+    double  rope_local_theta;   /* Gemma 3 sliding layers: plain RoPE with this base (rope_local_base_freq); 0 = none */
     unsigned char layer_flags[AR_CONFIG_MAX_LAYERS]; /* AR_LAYER_* per layer, filled for MoE/layer_types configs */
 } ar_config;
 
@@ -122,6 +138,11 @@ int ar_config_layer_moe(const ar_config *c, int layer);
 
 /* Whether layer's attention uses the sliding window. */
 int ar_config_layer_sliding(const ar_config *c, int layer);
+
+/* *out = c as layer `layer` runs it: sliding_window 0 unless that layer
+ * slides (sliding_from_layer then 0), and for Gemma 3's sliding layers their
+ * own RoPE (rope_local_theta, no scaling). Block forwards take this config. */
+void ar_config_for_layer(ar_config *out, const ar_config *c, int layer);
 
 /* Whether a forward runs architecture a (0 for the parsed-only MoE families). */
 int ar_config_arch_runs(ar_arch a);

@@ -28,7 +28,7 @@ struct ar_model {
     unsigned char *cached_ok;   /* [n_layers] 1 once cached[l] is loaded */
     ar_block_weights cur;       /* the streaming buffer otherwise */
     float *embed, *lm_head;     /* [V, C] with AR_MODEL_CACHE (lm_head may == embed) */
-    float *norm;                /* [C] */
+    float *norm;                /* [C] the final norm's effective weight (1 + w for Gemma) */
     const char *head_name;      /* lm_head.weight or the embedding when tied */
     ar_block_work ws;
     int ws_B, ws_T;
@@ -126,10 +126,9 @@ static int mm_source_wrap(ar_tensor_source *src, const char *arch)
 /* ---- names and shapes ---------------------------------------------------- */
 
 /* The tensors of one block of nl linears, in a fixed order: nl weights, nl
- * biases, then the norms of the block description (input, post-attention,
- * Qwen3's q and k), the order of block_slot. */
-enum { BT_NORMS = 4 };
-static int bt_count(int nl) { return 2 * nl + BT_NORMS; }
+ * biases, then the norms of the block description (bd->norms, each naming
+ * its ar_block_weights slot); bt_count covers every slot. */
+static int bt_count(int nl) { return 2 * nl + AR_NNORM_SLOTS; }
 
 /* Name and expected shape of block tensor j, from the block description bd;
  * 0 if the architecture lacks it. */
@@ -157,13 +156,13 @@ static int block_tensor(const ar_block_desc *bd, int layer, int j, char *name, s
     return 1;
 }
 
-static float **block_slot(ar_block_weights *w, int j)
+/* Where block tensor j of bd goes in w (bd NULL: norm j is slot j, for freeing). */
+static float **block_slot(ar_block_weights *w, const ar_block_desc *bd, int j)
 {
     const int nl = w->nlinear;
     if (j < nl) return &w->w[j];
     if (j < 2 * nl) return &w->b[j - nl];
-    float **norm[BT_NORMS] = {&w->attn_norm, &w->mlp_norm, &w->q_norm, &w->k_norm};
-    return norm[j - 2 * nl];
+    return ar_block_norm_slot(w, bd ? bd->norms[j - 2 * nl].slot : j - 2 * nl);
 }
 
 static int check_shape(ar_model *m, const char *name, int ndim, const int64_t *want)
@@ -219,7 +218,7 @@ int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
         if (!block_tensor(&bd, 0, j, name, sizeof name, shape, &nd)) continue;
         float *p = malloc(sizeof(float) * (size_t)(shape[0] * (nd > 1 ? shape[1] : 1)));
         if (!p) { ar_block_desc_free(&bd); ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
-        *block_slot(w, j) = p;
+        *block_slot(w, &bd, j) = p;
     }
     ar_block_desc_free(&bd);
     return 0;
@@ -228,7 +227,7 @@ int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
 void ar_block_weights_free(ar_block_weights *w)
 {
     for (int j = 0; w->w && j < bt_count(w->nlinear); j++) {
-        float **p = block_slot(w, j);
+        float **p = block_slot(w, NULL, j);
         free(*p);
         *p = NULL;
     }
@@ -245,7 +244,7 @@ int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
         int64_t shape[2];
         int nd;
         if (!block_tensor(&m->bd, layer, j, name, sizeof name, shape, &nd)) continue;
-        if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *block_slot(w, j))) return -1;
+        if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *block_slot(w, &m->bd, j))) return -1;
     }
     return 0;
 }
@@ -276,6 +275,10 @@ static int load_model_level(ar_model *m)
 {
     const ar_config *c = &m->c;
     if (!(m->norm = read_whole(m, NORM, c->hidden, 1))) return -1;
+    /* Gemma's norms scale by 1 + w (in f32, as transformers): keep that sum,
+     * so the final norm, ar_model_read_head's users included, is a plain RMSNorm */
+    if (c->norm_plus_one)
+        for (int i = 0; i < c->hidden; i++) m->norm[i] += 1.0f;
     if (!(m->flags & AR_MODEL_CACHE)) return ar_block_weights_alloc(&m->cur, c);
     m->cached = calloc((size_t)c->n_layers, sizeof *m->cached);
     m->cached_ok = calloc((size_t)c->n_layers, 1);
@@ -347,6 +350,9 @@ int ar_model_embed(ar_model *m, const int *ids, int n, float *out)
         float *row = out + (size_t)i * C;
         if (m->embed) memcpy(row, m->embed + (size_t)ids[i] * C, sizeof(float) * C);
         else if (m->src.read_rows(m->src.ctx, EMBED, ids[i], 1, row)) return -1;
+        /* Gemma: times sqrt(hidden) as an f32, the dtype this forward computes in */
+        if (m->c.embed_scale > 0)
+            for (int j = 0; j < C; j++) row[j] *= (float)m->c.embed_scale;
     }
     return 0;
 }
@@ -382,6 +388,7 @@ int ar_model_logits(ar_model *m, const float *x, int rows, float *logits)
     const int C = m->c.hidden, V = m->c.vocab;
     if (m->lm_head) {
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, V, C, 1.0f, x, C, m->lm_head, C, 0.0f, logits, V);
+        if (m->c.final_softcap > 0) ar_softcap_forward(logits, (long)rows * V, (float)m->c.final_softcap);
         return 0;
     }
     int step = (int)(HEAD_CHUNK_BYTES / sizeof(float) / (size_t)C);
@@ -394,6 +401,7 @@ int ar_model_logits(ar_model *m, const float *x, int rows, float *logits)
         if (m->src.read_rows(m->src.ctx, m->head_name, v0, nv, w)) return -1;
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, rows, nv, C, 1.0f, x, C, w, C, 0.0f, logits + v0, V);
     }
+    if (m->c.final_softcap > 0) ar_softcap_forward(logits, (long)rows * V, (float)m->c.final_softcap);
     return 0;
 }
 
@@ -465,9 +473,9 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
     for (int l = 0; l < m->c.n_layers; l++) {
         const ar_block_weights *w = block_weights(m, l);
         if (!w) return -1;
-        /* Qwen's first max_window_layers layers attend to the full context. */
-        ar_config cl = m->c;
-        if (l < cl.sliding_from_layer) cl.sliding_window = 0;
+        /* the layer's window and RoPE (Qwen's max_window_layers, layer_types) */
+        ar_config cl;
+        ar_config_for_layer(&cl, &m->c, l);
         if (m->act && layer_act_quant(m, l)) return -1;
         if (m->kv_scale) m->ws.kv_scale[0] = m->kv_scale[2 * l], m->ws.kv_scale[1] = m->kv_scale[2 * l + 1];
         if (m->bd.forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;

@@ -77,19 +77,22 @@ int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w);
  * GPU forward copies weights. 0, or -1 with ar_error. */
 int ar_model_read_tensor(ar_model *m, const char *name, int64_t row0, int64_t nrows, float *dst);
 
-/* Embedding rows: out [n, C] = embed_tokens[ids[i]]. Ids outside the vocab
- * are an error. */
+/* Embedding rows: out [n, C] = embed_tokens[ids[i]] (times c->embed_scale,
+ * sqrt(hidden) for Gemma, in f32). Ids outside the vocab are an error. */
 int ar_model_embed(ar_model *m, const int *ids, int n, float *out);
 
-/* Final RMSNorm in place on x [rows, C]. */
+/* Final RMSNorm in place on x [rows, C] (Gemma's scales by 1 + w). */
 int ar_model_final_norm(ar_model *m, float *x, int rows);
 
 /* A new f32 copy of the output head [V, C] (lm_head, or embed_tokens when
- * tied; free() it), and in *norm_w the final RMSNorm weight [C] (owned by m).
+ * tied; free() it), and in *norm_w the final RMSNorm's effective weight [C]
+ * (1 + w for Gemma; owned by m). Gemma 2's final soft-cap is not applied by
+ * callers of this one (ar_model_logits applies it).
  * NULL with ar_error. */
 float *ar_model_read_head(ar_model *m, const float **norm_w);
 /* logits [rows, V] = x [rows, C] . lm_head^T (embed_tokens when tied), one
- * sgemm per chunk of the vocabulary. x is the final-normed hidden state. */
+ * sgemm per chunk of the vocabulary, then c->final_softcap's cap * tanh(l / cap)
+ * when set (Gemma 2). x is the final-normed hidden state. */
 int ar_model_logits(ar_model *m, const float *x, int rows, float *logits);
 
 /* Fake-quantize the inputs of block layer's linears with aq (NULL, or one

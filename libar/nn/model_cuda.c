@@ -63,6 +63,11 @@ static int upload_blocks(ar_model_gpu *g)
 
 ar_model_gpu *ar_model_gpu_open(ar_model *m)
 {
+    /* the CUDA forward is the "llama" block's */
+    if (strcmp(ar_model_block_desc(m)->family, "llama")) {
+        ar_error("%s: the GPU forward runs the llama family only (use the CPU)", ar_model_config(m)->arch_name);
+        return NULL;
+    }
     ar_model_gpu *g = calloc(1, sizeof *g);
     if (!g) { ar_error("out of memory"); return NULL; }
     g->m = m;

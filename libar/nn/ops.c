@@ -263,18 +263,34 @@ static void causal_softmax_row(float *row, int t, int T, int window)
     for (int s = t + 1; s < T; s++) row[s] = 0;
 }
 
+/* The scale and cap of p (NULL: 1/sqrt(HD), no cap). */
+static ar_attn_params attn_params(const ar_attn_params *p, int HD)
+{
+    ar_attn_params a = {p && p->scale > 0 ? p->scale : 1.0f / sqrtf((float)HD), p ? p->softcap : 0};
+    return a;
+}
+
+/* s -> cap * tanh(s / cap) over row t's keys [0, t] (the rest is masked). */
+static void softcap_row(float *row, int t, float cap)
+{
+    for (int s = 0; s <= t; s++) row[s] = cap * tanhf(row[s] / cap);
+}
+
 /* Query rows [i0, i0 + m) of one (sequence, query head): P rows = softmax of
- * scale Q K^T over keys [0, i0 + m), out rows = P V. P points at the block's
- * first row, leading dimension T. qh/out rows have stride qs, kh/vh ks. */
+ * scale Q K^T (soft-capped when asked) over keys [0, i0 + m), out rows = P V.
+ * P points at the block's first row, leading dimension T. qh/out rows have
+ * stride qs, kh/vh ks. */
 static void attention_rows(float *out, float *P, const float *qh, const float *kh,
                            const float *vh, int i0, int m, int T, int HD, long qs,
-                           long ks, int window)
+                           long ks, int window, ar_attn_params a)
 {
-    float scale = 1.0f / sqrtf((float)HD);
     int n = i0 + m;
-    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, scale, qh + i0 * qs,
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, a.scale, qh + i0 * qs,
                 qs, kh, ks, 0.0f, P, T);
-    for (int t = i0; t < n; t++) causal_softmax_row(P + (long)(t - i0) * T, t, T, window);
+    for (int t = i0; t < n; t++) {
+        if (a.softcap > 0) softcap_row(P + (long)(t - i0) * T, t, a.softcap);
+        causal_softmax_row(P + (long)(t - i0) * T, t, T, window);
+    }
     cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m, HD, n, 1.0f, P, T, vh, ks,
                 0.0f, out + i0 * qs, qs);
 }
@@ -283,8 +299,15 @@ void ar_attention_forward(float *out, float *att, int save, const float *q,
                           const float *k, const float *v, int B, int T, int NH,
                           int NKV, int HD, int window)
 {
+    ar_attention_forward_p(out, att, save, q, k, v, B, T, NH, NKV, HD, window, NULL);
+}
+
+void ar_attention_forward_p(float *out, float *att, int save, const float *q, const float *k, const float *v,
+                            int B, int T, int NH, int NKV, int HD, int window, const ar_attn_params *p)
+{
     int group = NH / NKV, nblk = (T + ATT_BLOCK - 1) / ATT_BLOCK;
     long qs = (long)NH * HD, ks = (long)NKV * HD; /* row strides */
+    ar_attn_params a = attn_params(p, HD);
     int nb = blas_threads_begin();
     /* One task per (sequence, head, row block): enough tasks to fill the
      * cores even at B=1; within a head the costly late blocks go first. */
@@ -297,7 +320,7 @@ void ar_attention_forward(float *out, float *att, int save, const float *q,
                         : att + omp_get_thread_num() * thread_scratch(T);
         long qo = (long)b * T * qs + (long)h * HD;
         long kv = (long)b * T * ks + (long)(h / group) * HD;
-        attention_rows(out + qo, P, q + qo, k + kv, v + kv, i0, m, T, HD, qs, ks, window);
+        attention_rows(out + qo, P, q + qo, k + kv, v + kv, i0, m, T, HD, qs, ks, window, a);
     }
     blas_threads_end(nb);
 }
@@ -314,12 +337,12 @@ static void softmax_backward_row(float *d, const float *p, int t, float scale)
 /* Backward of one (sequence, query head): dq (row stride qs) +=, and this
  * head's share of dK, dV into pk, pv [T, HD] (+=). dP is thread_scratch(T)
  * floats. Query rows [i0, i1) touch keys [0, i1) only. */
-static void attention_head_backward(float *dq, float *pk, float *pv, float *dP,
+static void attention_head_backward(float *dq, float *pk, float *pv, float *dP, float *S,
                                     const float *dout, const float *P,
                                     const float *qh, const float *kh,
-                                    const float *vh, int T, int HD, long qs, long ks)
+                                    const float *vh, int T, int HD, long qs, long ks, ar_attn_params a)
 {
-    float scale = 1.0f / sqrtf((float)HD);
+    float scale = a.softcap > 0 ? 1.0f : a.scale;   /* with a cap, softcap_back applies the scale */
     for (int i0 = 0; i0 < T; i0 += ATT_BLOCK) {
         int m = T - i0 < ATT_BLOCK ? T - i0 : ATT_BLOCK, n = i0 + m;
         const float *Pb = P + (long)i0 * T, *dOb = dout + i0 * qs;
@@ -330,6 +353,16 @@ static void attention_head_backward(float *dq, float *pk, float *pv, float *dP,
                     ks, 0.0f, dP, n);
         for (int t = i0; t < n; t++)
             softmax_backward_row(dP + (long)(t - i0) * n, P + (long)t * T, t, scale);
+        if (a.softcap > 0) {
+            /* d(cap tanh(s / cap))/d(q.k) = scale (1 - tanh^2), s = scale q.k recomputed as the forward did */
+            cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m, n, HD, a.scale, qh + i0 * qs, qs, kh, ks, 0.0f,
+                        S, n);
+            for (int t = i0; t < n; t++)
+                for (int s = 0; s <= t; s++) {
+                    float th = tanhf(S[(long)(t - i0) * n + s] / a.softcap);
+                    dP[(long)(t - i0) * n + s] *= a.scale * (1.0f - th * th);
+                }
+        }
         /* Columns s > t of dP hold garbage from the sgemm: zero them. */
         for (int t = i0; t < n; t++)
             memset(dP + (long)(t - i0) * n + t + 1, 0, sizeof(float) * (n - t - 1));
@@ -341,9 +374,11 @@ static void attention_head_backward(float *dq, float *pk, float *pv, float *dP,
     }
 }
 
+/* Layout: per-thread dP blocks, the partial dK, dV [B*NH][2][T, HD], then
+ * per-thread blocks of recomputed scores (soft-capping only). */
 long ar_attention_backward_scratch(int B, int T, int NH, int HD)
 {
-    return ar_attention_scratch(T) + 2L * B * NH * T * HD;
+    return 2 * ar_attention_scratch(T) + 2L * B * NH * T * HD;
 }
 
 void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
@@ -351,21 +386,31 @@ void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            const float *k, const float *v, int B, int T, int NH,
                            int NKV, int HD)
 {
+    ar_attention_backward_p(dq, dk, dv, scratch, dout, att, q, k, v, B, T, NH, NKV, HD, NULL);
+}
+
+void ar_attention_backward_p(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
+                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD,
+                             const ar_attn_params *p)
+{
     int group = NH / NKV, nb = blas_threads_begin();
     long qs = (long)NH * HD, ks = (long)NKV * HD, th = (long)T * HD;
+    ar_attn_params a = attn_params(p, HD);
     float *part = scratch + ar_attention_scratch(T); /* [B*NH][2][T, HD] */
+    float *scores = part + 2L * B * NH * th;
     /* Parallel over (sequence, query head). Heads of one group share dk/dv,
      * so each writes its own partial dK, dV, summed per group below. */
 #pragma omp parallel for schedule(dynamic)
     for (int bh = 0; bh < B * NH; bh++) {
         int b = bh / NH, h = bh % NH;
         float *dP = scratch + omp_get_thread_num() * thread_scratch(T);
+        float *S = scores + omp_get_thread_num() * thread_scratch(T);
         float *pk = part + 2 * bh * th, *pv = pk + th;
         long qo = (long)b * T * qs + (long)h * HD;
         long kv = (long)b * T * ks + (long)(h / group) * HD;
         memset(pk, 0, sizeof(float) * 2 * th);
-        attention_head_backward(dq + qo, pk, pv, dP, dout + qo, att + (long)bh * T * T,
-                                q + qo, k + kv, v + kv, T, HD, qs, ks);
+        attention_head_backward(dq + qo, pk, pv, dP, S, dout + qo, att + (long)bh * T * T,
+                                q + qo, k + kv, v + kv, T, HD, qs, ks, a);
     }
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
@@ -400,6 +445,40 @@ void ar_swiglu_backward(float *dgate, float *dup, const float *dout,
         if (dgate) dgate[i] += dout[i] * up[i] * sg * (1.0f + g * (1.0f - sg));
         if (dup) dup[i] += dout[i] * g * sg;
     }
+}
+
+/* ------------------------------------------------------ GeGLU (tanh GeLU) */
+
+/* sqrt(2/pi) and the cubic coefficient of PyTorch's tanh approximation. */
+#define GELU_K0 0.7978845608028654f
+#define GELU_K1 0.044715f
+
+void ar_geglu_tanh_forward(float *out, const float *gate, const float *up, long n)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i], t = tanhf(GELU_K0 * (g + GELU_K1 * g * g * g));
+        out[i] = 0.5f * g * (1.0f + t) * up[i];
+    }
+}
+
+/* gelu'(g) = (1 + t) / 2 + g / 2 (1 - t^2) k0 (1 + 3 k1 g^2). */
+void ar_geglu_tanh_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) {
+        float g = gate[i], t = tanhf(GELU_K0 * (g + GELU_K1 * g * g * g));
+        float gelu = 0.5f * g * (1.0f + t);
+        float dgelu = 0.5f * (1.0f + t) + 0.5f * g * (1.0f - t * t) * GELU_K0 * (1.0f + 3.0f * GELU_K1 * g * g);
+        if (dgate) dgate[i] += dout[i] * up[i] * dgelu;
+        if (dup) dup[i] += dout[i] * gelu;
+    }
+}
+
+void ar_softcap_forward(float *x, long n, float cap)
+{
+#pragma omp parallel for schedule(static)
+    for (long i = 0; i < n; i++) x[i] = cap * tanhf(x[i] / cap);
 }
 
 /* --------------------------------------------------------------- Residual */

@@ -72,14 +72,23 @@ void ar_attention_forward(float *out, float *att, int save, const float *q,
                           const float *k, const float *v, int B, int T, int NH,
                           int NKV, int HD, int window);
 
+/* Attention variants (Gemma): scale multiplies Q K^T (0: 1/sqrt(HD), e.g.
+ * query_pre_attn_scalar^-1/2); softcap > 0 caps each scaled score s to
+ * softcap * tanh(s / softcap) before the mask and softmax (Gemma 2's
+ * attn_logit_softcapping; 0: off). ar_attention_forward is _p with NULL. */
+typedef struct { float scale, softcap; } ar_attn_params;
+void ar_attention_forward_p(float *out, float *att, int save, const float *q, const float *k, const float *v,
+                            int B, int T, int NH, int NKV, int HD, int window, const ar_attn_params *p);
+
 /* Floats of scratch that ar_attention_forward (save == 0) needs for
  * sequences of T tokens: one row block of
  * min(T, 128) x T per OpenMP thread, counted with omp_get_max_threads(), so
  * do not raise the OpenMP thread count after allocating. */
 long ar_attention_scratch(int T);
 
-/* Floats of scratch ar_attention_backward needs: ar_attention_scratch(T)
- * plus each query head's partial dK, dV (2 * B*NH*T*HD). */
+/* Floats of scratch ar_attention_backward needs: 2 ar_attention_scratch(T)
+ * (dP blocks, and recomputed scores when soft-capping) plus each query
+ * head's partial dK, dV (2 * B*NH*T*HD). */
 long ar_attention_backward_scratch(int B, int T, int NH, int HD);
 
 /* Given dout [B, T, NH, HD] and the saved att [B, NH, T, T]:
@@ -92,6 +101,14 @@ void ar_attention_backward(float *dq, float *dk, float *dv, float *scratch,
                            const float *k, const float *v, int B, int T, int NH,
                            int NKV, int HD);
 
+/* ar_attention_backward of ar_attention_forward_p with the same p (NULL:
+ * the plain one). With a softcap the capped scores are recomputed from q, k
+ * (the saved P alone does not give tanh') into the last part of the
+ * ar_attention_backward_scratch floats. */
+void ar_attention_backward_p(float *dq, float *dk, float *dv, float *scratch, const float *dout, const float *att,
+                             const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD,
+                             const ar_attn_params *p);
+
 /* ---- SwiGLU ----
  * out [n] = silu(gate) * up, silu(g) = g / (1 + exp(-g)). out may equal gate or up. */
 void ar_swiglu_forward(float *out, const float *gate, const float *up, long n);
@@ -99,6 +116,18 @@ void ar_swiglu_forward(float *out, const float *gate, const float *up, long n);
 /* dgate [n] +=, dup [n] += (each optional) given dout [n] and the forward inputs. */
 void ar_swiglu_backward(float *dgate, float *dup, const float *dout,
                         const float *gate, const float *up, long n);
+
+/* ---- GeGLU with the tanh GeLU (Gemma's gelu_pytorch_tanh) ----
+ * out [n] = gelu(gate) * up, gelu(g) = g/2 (1 + tanh(sqrt(2/pi) (g + 0.044715 g^3))),
+ * in f32 as PyTorch's tanh approximation. out may equal gate or up. */
+void ar_geglu_tanh_forward(float *out, const float *gate, const float *up, long n);
+
+/* dgate [n] +=, dup [n] += (each optional) given dout [n] and the forward inputs. */
+void ar_geglu_tanh_backward(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n);
+
+/* ---- Soft-capping (Gemma's final logits) ----
+ * x [n] <- cap * tanh(x / cap) in place. */
+void ar_softcap_forward(float *x, long n, float cap);
 
 /* ---- Residual ----
  * out [n] = a + b; out may equal a or b. */

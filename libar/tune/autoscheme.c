@@ -422,6 +422,9 @@ int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *
 {
     if (nseq < 1 || T < 2 || batch_size < 1)
         return ar_error("autoscheme: need sequences of at least 2 tokens (%d x %d)", nseq, T);
+    /* its head reads model.norm.weight as a plain RMSNorm, without Gemma's 1 + w and soft-cap */
+    if (strcmp(ar_model_block_desc(m)->family, "llama"))
+        return ar_error("autoscheme: %s is not supported yet (llama family only)", ar_model_config(m)->arch_name);
     int B = batch_size < nseq ? batch_size : nseq;
     score_ctx s;
     ar_quant_spec qs;

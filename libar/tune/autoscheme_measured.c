@@ -361,6 +361,9 @@ int ar_autoscheme_measure(ar_model *m, const ar_scheme *options, int nopt, const
 {
     if (nseq < 1 || T < 2 || batch_size < 1 || nopt < 1)
         return ar_error("autoscheme: need sequences of at least 2 tokens (%d x %d) and options", nseq, T);
+    /* its head reads model.norm.weight as a plain RMSNorm, without Gemma's 1 + w and soft-cap */
+    if (strcmp(ar_model_block_desc(m)->family, "llama"))
+        return ar_error("autoscheme: %s is not supported yet (llama family only)", ar_model_config(m)->arch_name);
     meas_ctx x;
     int rc = -1, ns = ar_model_config(m)->n_layers * ar_model_block_desc(m)->nlinear + 1, todo = 0, done = 0;
     double bl;

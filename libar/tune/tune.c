@@ -182,6 +182,14 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
     r->c = ar_model_config(r->m);
     if (ar_block_desc_init(&r->bd, r->c)) return AR_TUNE_FAILED;
+    if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama") && o->device_auto) {
+        r->dev = AR_DEVICE_CPU;
+        tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
+    }
+    if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama")) {
+        ar_error("%s: tuning on a GPU runs the llama family only (use --device cpu)", r->c->arch_name);
+        return AR_TUNE_FAILED;
+    }
     ar_set_threads(o->threads, r->c);
     if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
     if (r->d && r->dev != AR_DEVICE_CPU) {
@@ -202,10 +210,14 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (ar_block_weights_alloc(&wfp, r->c)) return AR_TUNE_FAILED;
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
-    for (int layer = first; !rc && layer < r->c->n_layers; layer++) {
+    const ar_config *mc = r->c;
+    for (int layer = first; !rc && layer < mc->n_layers; layer++) {
+        ar_config_for_layer(&r->layer_c, mc, layer);   /* the layer's window and RoPE */
+        r->c = &r->layer_c;
         ar_res_next_block(r->gpu, layer); /* the previous block's device weights go */
         rc = ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
     }
+    r->c = mc;
     ar_res_next_block(r->gpu, -1);
     ar_block_weights_free(&wfp);
     if (!rc && r->gpu) {

@@ -94,6 +94,8 @@ typedef struct {
                                    self_attn.k_scale / v_scale records; needs data, not GGUF [0] */
     /* where */
     int device;                 /* AR_DEVICE_CPU or a CUDA device (device.h); the CPU without data [CPU] */
+    int device_auto;            /* device was detected, not asked for: a family the GPU path lacks
+                                   (Gemma) then runs on the CPU instead of failing [0] */
     int low_gpu_mem;            /* 1: GPU tuning keeps the block caches in host memory [0] */
     double gpu_chain_budget_mib; /* device memory the chains (the cached samples' activations) may keep
                                    across blocks, MiB; 0: the device's free memory less one block's need;

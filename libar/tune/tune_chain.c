@@ -146,6 +146,8 @@ void tn_bufs_free(tn_bufs *b)
 static int lfq_head(const tn_run *r, ar_lm_head *h, float **head_w)
 {
     const ar_config *c = r->c;
+    if (c->final_softcap > 0)   /* the head loss below has no soft-cap */
+        return ar_error("enable_lfq: %s's final logit soft-capping is not supported", c->arch_name);
     size_t ntok = (size_t)r->d->n * r->d->T;
     for (size_t i = 0; i < ntok; i++)
         if (r->d->ids[i] < 0 || r->d->ids[i] >= c->vocab)

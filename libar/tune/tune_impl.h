@@ -41,7 +41,8 @@ void tn_bufs_free(tn_bufs *b);
 typedef struct {
     const ar_tune_opts *o;
     ar_model *m;
-    const ar_config *c;
+    const ar_config *c;         /* the model's config; in the block loop layer_c, the block's */
+    ar_config layer_c;          /* ar_config_for_layer of the block being tuned */
     ar_block_desc bd;           /* the block's linears: names, shapes, inputs */
     ar_calib_data *d;           /* NULL: RTN without data */
     int dev;                    /* where block forwards and SignRound run: AR_DEVICE_CPU or a GPU */
