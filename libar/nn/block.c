@@ -70,6 +70,9 @@ int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int 
     alloc_f(&ws->k, BT * KD, &fail), alloc_f(&ws->v, BT * KD, &fail);
     alloc_f(&ws->gate, BT * F, &fail), alloc_f(&ws->up, BT * F, &fail);
     alloc_f(&ws->rstd, BT * c->n_heads, &fail);
+    if (c->fused_qkv || c->fused_gate_up)   /* block_fused.c */
+        alloc_f(&ws->fused, BT * (QD + 2 * KD > 2 * F ? QD + 2 * KD : 2 * F), &fail);
+    if (train && c->post_norms) alloc_f(&ws->dtmp, BT * C, &fail);
     alloc_f(&ws->att, train ? ar_attention_backward_scratch(B, T, c->n_heads, c->head_dim)
                             : ar_attention_scratch(T), &fail);
     if (train) {
@@ -94,7 +97,7 @@ void ar_block_work_free(ar_block_work *ws)
     float **p[] = {&ws->cos_t, &ws->sin_t, &ws->ln, &ws->h, &ws->q, &ws->ao, &ws->k,
                    &ws->v, &ws->gate, &ws->up, &ws->rstd, &ws->att, &ws->dact,
                    &ws->dgate, &ws->dup, &ws->dln, &ws->dh, &ws->dao, &ws->dq,
-                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq};
+                   &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq, &ws->fused, &ws->dtmp};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
 }
 
@@ -120,6 +123,10 @@ int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
     alloc_f(&a->ln2, BT * C, &fail), alloc_f(&a->rstd2, BT, &fail);
     alloc_f(&a->gate, BT * F, &fail), alloc_f(&a->up, BT * F, &fail);
     alloc_f(&a->act, BT * F, &fail);
+    if (c->post_norms) {
+        alloc_f(&a->po, BT * C, &fail), alloc_f(&a->rstd3, BT, &fail);
+        alloc_f(&a->pm, BT * C, &fail), alloc_f(&a->rstd4, BT, &fail);
+    }
     if (fail) {
         ar_block_acts_free(a);
         return ar_error("block: out of memory for %d x %d saved activations", B, T);
@@ -131,7 +138,8 @@ void ar_block_acts_free(ar_block_acts *a)
 {
     float **p[] = {&a->x,   &a->ln1, &a->rstd1, &a->qpre, &a->rstdq, &a->kpre,
                    &a->rstdk, &a->q, &a->k,     &a->v,    &a->att,   &a->ao,
-                   &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act};
+                   &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act,
+                   &a->po,  &a->rstd3, &a->pm,  &a->rstd4};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
 }
 

@@ -28,6 +28,8 @@ typedef struct {
     float *attn_norm;           /* input_layernorm [C] */
     float *mlp_norm;            /* post_attention_layernorm [C] */
     float *q_norm, *k_norm;     /* Qwen3 [HD] or NULL */
+    float *post_attn_norm;      /* GLM-4 post_self_attn_layernorm [C] or NULL */
+    float *post_mlp_norm;       /* GLM-4 post_mlp_layernorm [C] or NULL */
 } ar_block_weights;
 
 /* Zero w and give it pointer arrays for nlinear linears, all NULL. 0, or -1
@@ -60,6 +62,10 @@ typedef struct {
     float *cos_t, *sin_t;
     float *ln, *h, *q, *ao, *k, *v, *gate, *up, *rstd, *att;
     float *dact, *dgate, *dup, *dln, *dh, *dao, *dq, *dqn, *dk, *dv, *dkn;
+    /* block_fused.c: a fused linear's output or gradient [BT, max(QD + 2 KD,
+     * 2F)] (configs with fused_qkv or fused_gate_up), and with train and
+     * post_norms one more [BT, C] gradient (else NULL) */
+    float *fused, *dtmp;
     /* Activation fake-quantization (spec §2.12), set with ar_block_set_act_quant:
      * the spec per linear, the widest linear input (max of C, NH*HD, F), the
      * quantized copy of the input being multiplied [BT, kmax] (allocated by
@@ -117,6 +123,9 @@ typedef struct {
     int B, T;                   /* shape of the last ar_block_forward_train */
     float *x, *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att, *ao;
     float *h, *ln2, *rstd2, *gate, *up, *act;
+    /* post_norms (GLM-4): o_proj and down_proj outputs before their norms
+     * [BT, C] and those norms' rstd [BT]; NULL otherwise */
+    float *po, *rstd3, *pm, *rstd4;
 } ar_block_acts;
 
 /* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.

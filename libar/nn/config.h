@@ -17,10 +17,17 @@ typedef enum {
     AR_ARCH_LLAMA, AR_ARCH_MISTRAL, AR_ARCH_QWEN2, AR_ARCH_QWEN3,
     /* mixtures of experts: parsed, not run yet (see above) */
     AR_ARCH_QWEN3_MOE, AR_ARCH_QWEN2_MOE, AR_ARCH_MIXTRAL, AR_ARCH_DEEPSEEK_V2, AR_ARCH_DEEPSEEK_V3,
-    AR_ARCH_GPT_OSS
+    AR_ARCH_GPT_OSS,
+    /* dense families with their own block (block_fused.c) */
+    AR_ARCH_PHI3, AR_ARCH_GLM4
 } ar_arch;
-/* yarn: only for the MoE families (the dense forward has no yarn) */
-typedef enum { AR_ROPE_DEFAULT, AR_ROPE_LINEAR, AR_ROPE_LLAMA3, AR_ROPE_YARN } ar_rope_type;
+/* yarn: the MoE families and, with dynamic and longrope, the dense ones
+ * (rope_dense.c) */
+typedef enum { AR_ROPE_DEFAULT, AR_ROPE_LINEAR, AR_ROPE_LLAMA3, AR_ROPE_YARN, AR_ROPE_DYNAMIC,
+               AR_ROPE_LONGROPE } ar_rope_type;
+
+/* longrope lists one factor per rotated pair; at most this many. */
+#define AR_ROPE_MAX_PAIRS 256
 
 /* How a router turns its logits into the k expert weights. */
 typedef enum {
@@ -110,6 +117,13 @@ typedef struct {
     int     attn_sinks;         /* gpt-oss: a learned per-head sink logit joins each softmax */
     int     layer_types;        /* layer_flags' AR_LAYER_SLIDING comes from "layer_types" (gpt-oss) */
     unsigned char layer_flags[AR_CONFIG_MAX_LAYERS]; /* AR_LAYER_* per layer, filled for MoE/layer_types configs */
+    /* Phi-3 / GLM-4 (block_fused.c) and the dense RoPE types (rope_dense.c) */
+    int     rope_dim;           /* rotated dims per head: int(head_dim * partial_rotary_factor), even */
+    int     rope_interleaved;   /* pairs (2i, 2i+1) rotate (GLM-4), else (i, i + rope_dim/2) */
+    int     fused_qkv;          /* one self_attn.qkv_proj [QD + 2 KD, C] (Phi-3) */
+    int     fused_gate_up;      /* one mlp.gate_up_proj [2F, C], gate rows first (Phi-3, GLM-4) */
+    int     post_norms;         /* GLM-4: post_self_attn_layernorm and post_mlp_layernorm on the branch outputs */
+    float   rope_short_factor[AR_ROPE_MAX_PAIRS], rope_long_factor[AR_ROPE_MAX_PAIRS]; /* longrope, rope_dim/2 each */
 } ar_config;
 
 /* ar_config_parse_flags / ar_config_load_flags flags. */

@@ -71,8 +71,9 @@ int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 
 /* The tensors of one block of nl linears, in a fixed order: nl weights, nl
  * biases, then the norms of the block description (input, post-attention,
- * Qwen3's q and k), the order of block_slot. */
-enum { BT_NORMS = 4 };
+ * Qwen3's q and k, GLM-4's post_self_attn and post_mlp), each in the slot
+ * its name gives (block_slot). */
+enum { BT_NORMS = 6 };
 static int bt_count(int nl) { return 2 * nl + BT_NORMS; }
 
 /* Name and expected shape of block tensor j, from the block description bd;
@@ -101,13 +102,29 @@ static int block_tensor(const ar_block_desc *bd, int layer, int j, char *name, s
     return 1;
 }
 
+/* Slot j of w: linear weights, biases, then the norm slots in the order of
+ * norm_names. */
+static const char *const norm_names[BT_NORMS] = {"input_layernorm", "post_attention_layernorm", "self_attn.q_norm",
+                                                 "self_attn.k_norm", "post_self_attn_layernorm", "post_mlp_layernorm"};
+
 static float **block_slot(ar_block_weights *w, int j)
 {
     const int nl = w->nlinear;
     if (j < nl) return &w->w[j];
     if (j < 2 * nl) return &w->b[j - nl];
-    float **norm[BT_NORMS] = {&w->attn_norm, &w->mlp_norm, &w->q_norm, &w->k_norm};
+    float **norm[BT_NORMS] = {&w->attn_norm, &w->mlp_norm, &w->q_norm, &w->k_norm, &w->post_attn_norm,
+                              &w->post_mlp_norm};
     return norm[j - 2 * nl];
+}
+
+/* The slot of block tensor j of description bd (norms found by name). */
+static float **desc_slot(const ar_block_desc *bd, ar_block_weights *w, int j)
+{
+    if (j < 2 * bd->nlinear) return block_slot(w, j);
+    const char *name = bd->norms[j - 2 * bd->nlinear].name;
+    for (int k = 0; k < BT_NORMS; k++)
+        if (!strcmp(name, norm_names[k])) return block_slot(w, 2 * bd->nlinear + k);
+    return NULL;
 }
 
 static int check_shape(ar_model *m, const char *name, int ndim, const int64_t *want)
@@ -161,9 +178,10 @@ int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
         int64_t shape[2];
         int nd;
         if (!block_tensor(&bd, 0, j, name, sizeof name, shape, &nd)) continue;
-        float *p = malloc(sizeof(float) * (size_t)(shape[0] * (nd > 1 ? shape[1] : 1)));
+        float **slot = desc_slot(&bd, w, j);
+        float *p = slot ? malloc(sizeof(float) * (size_t)(shape[0] * (nd > 1 ? shape[1] : 1))) : NULL;
         if (!p) { ar_block_desc_free(&bd); ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
-        *block_slot(w, j) = p;
+        *slot = p;
     }
     ar_block_desc_free(&bd);
     return 0;
@@ -189,7 +207,9 @@ int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
         int64_t shape[2];
         int nd;
         if (!block_tensor(&m->bd, layer, j, name, sizeof name, shape, &nd)) continue;
-        if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *block_slot(w, j))) return -1;
+        float **slot = desc_slot(&m->bd, w, j);
+        if (!slot || !*slot) return ar_error("block weights have no buffer for '%s'", name);
+        if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *slot)) return -1;
     }
     return 0;
 }
