@@ -6,6 +6,7 @@
 #include "error.h"
 #include "ops.h"
 #include "quant_kv.h"
+#include "rope_dense.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -88,7 +89,9 @@ int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int 
         ar_block_work_free(ws);
         return ar_error("block: out of memory for a %d x %d workspace", B, T);
     }
-    ar_rope_tables(ws->cos_t, ws->sin_t, c, T);
+    /* yarn, dynamic, longrope: rope_dense.c (the last two rebuilt per call for its T) */
+    if (c->rope_type == AR_ROPE_YARN || ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
+    else ar_rope_tables(ws->cos_t, ws->sin_t, c, T);
     return 0;
 }
 
@@ -290,6 +293,7 @@ int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float 
                      float *y, int B, int T, ar_block_work *ws)
 {
     if (check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    if (ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
     /* ln serves both norms and, once gate/up are computed, the down output;
      * QK-norm and SwiGLU run in place. */
     fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
@@ -307,6 +311,7 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
     if ((w->q_norm || w->k_norm) && !a->qpre)
         return ar_error("block: QK-norm weights but activations allocated without");
     a->B = B, a->T = T;
+    if (ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
     memcpy(a->x, x, sizeof(float) * B * T * c->hidden);
     fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .qpre = w->q_norm ? a->qpre : a->q,
                   .rstdq = a->rstdq, .kpre = w->k_norm ? a->kpre : a->k,
@@ -381,6 +386,7 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
     if (linear_back(ws, AR_O, ws->dao, dW, dxin, ws->dh, a->ao, w->w[AR_O], BT, QD, C)) return -1;
     ar_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->dao, a->att, a->q, a->k,
                           a->v, B, T, NH, NKV, HD);
+    if (ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
     ar_rope_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD);
     ar_rope_backward(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD);
     const float *dq = qknorm_back(ws->dqn, ws->dq, w->q_norm, a->qpre, a->rstdq, BT * NH, HD);

@@ -207,12 +207,14 @@ static int factor_list(const cJSON *d, const char *key, int n, float *out, const
     return 0;
 }
 
-/* longrope (Phi-3): short_factor below the original context, long_factor
+/* longrope (Phi-3): short_factor up to the original context, long_factor
  * beyond it, one per rotated pair; the attention factor scales cos and sin.
- * As transformers' _compute_longrope_parameters: with an
- * original_max_position_embeddings (in the rope dict, or at the top level as
- * Phi-3 writes it), factor = max_position_embeddings / that; the default
- * attention factor is sqrt(1 + ln(factor) / ln(original)), 1 when factor <= 1. */
+ * As transformers 5 (standardize_rope_params, _compute_longrope_parameters):
+ * the original context is Phi-3's top-level original_max_position_embeddings
+ * (class default 4096), else the rope dict's, else max_position_embeddings;
+ * factor is the dict's, else max_position_embeddings / original; the
+ * attention factor the dict's, else sqrt(1 + ln(factor) / ln(original)), 1
+ * when factor <= 1. */
 static int parse_longrope(ar_config *c, const cJSON *d, const cJSON *root, const char *path)
 {
     int n = c->rope_dim / 2;
@@ -221,17 +223,14 @@ static int parse_longrope(ar_config *c, const cJSON *d, const cJSON *root, const
         factor_list(d, "long_factor", n, c->rope_long_factor, path) ||
         get_num(d, "attention_factor", 0.0, &c->rope_attention_factor, path))
         return -1;
-    const cJSON *o = item(d, "original_max_position_embeddings");
-    if (!o || cJSON_IsNull(o)) o = item(root, "original_max_position_embeddings");
-    if (o && !cJSON_IsNull(o)) {
-        double v = cJSON_IsNumber(o) ? o->valuedouble : NAN;
-        if (!(v >= 1 && v <= (1 << 30)) || v != floor(v))
-            return ar_error("%s: original_max_position_embeddings must be a positive integer", path);
-        c->rope_orig_max_pos = (int)v;
-        c->rope_factor = (double)c->max_pos / c->rope_orig_max_pos;
-    } else {
-        c->rope_orig_max_pos = c->max_pos;
-    }
+    int dict_orig;
+    if (get_int(d, "original_max_position_embeddings", c->max_pos, 1, 1 << 30, &dict_orig, path)) return -1;
+    c->rope_orig_max_pos = dict_orig;
+    if (c->arch == AR_ARCH_PHI3 &&
+        get_int(root, "original_max_position_embeddings", 4096, 1, 1 << 30, &c->rope_orig_max_pos, path))
+        return -1;
+    const cJSON *f = item(d, "factor");
+    if (!f || cJSON_IsNull(f)) c->rope_factor = (double)c->max_pos / c->rope_orig_max_pos;
     if (c->rope_attention_factor < 0) return ar_error("%s: longrope attention_factor must not be negative", path);
     if (c->rope_attention_factor == 0)
         c->rope_attention_factor = c->rope_factor <= 1.0 ? 1.0
@@ -247,14 +246,18 @@ static int parse_rope_type(ar_config *c, const cJSON *d, const cJSON *root, cons
     if (!strcmp(name, "default")) c->rope_type = AR_ROPE_DEFAULT;
     else if (!strcmp(name, "linear")) c->rope_type = AR_ROPE_LINEAR;
     else if (!strcmp(name, "llama3")) c->rope_type = AR_ROPE_LLAMA3;
+    /* Phi-3's config class renames su and yarn to longrope */
+    else if (c->arch == AR_ARCH_PHI3 && (!strcmp(name, "su") || !strcmp(name, "yarn"))) c->rope_type = AR_ROPE_LONGROPE;
     else if (!strcmp(name, "yarn")) c->rope_type = AR_ROPE_YARN;
     else if (!strcmp(name, "dynamic")) c->rope_type = AR_ROPE_DYNAMIC;
     else if (!strcmp(name, "longrope")) c->rope_type = AR_ROPE_LONGROPE;
     else return ar_error("%s: unsupported rope type %s", path, name);
     if (c->rope_type == AR_ROPE_DEFAULT) return 0;
-    if (c->rope_type == AR_ROPE_LONGROPE) return parse_longrope(c, d, root, path);
+    if (c->rope_type == AR_ROPE_LLAMA3 && c->rope_dim != c->head_dim)
+        return ar_error("%s: llama3 rope with a partial rotary factor is not supported", path);
     if (get_num(d, "factor", 1.0, &c->rope_factor, path)) return -1;
     if (!(c->rope_factor > 0)) return ar_error("%s: rope factor must be positive", path);
+    if (c->rope_type == AR_ROPE_LONGROPE) return parse_longrope(c, d, root, path);
     if (c->rope_type == AR_ROPE_YARN) return parse_yarn(c, d, path);
     if (c->rope_type == AR_ROPE_DYNAMIC) return 0;
     if (c->rope_type != AR_ROPE_LLAMA3) return 0;

@@ -3,6 +3,7 @@
  * modeling_rope_utils.py (_compute_default/_dynamic_ntk/_longrope_parameters,
  * dynamic_rope_update), evaluated in f32 in the same order. */
 #include "rope_dense.h"
+#include "ops.h"
 #include <math.h>
 
 /* theta^(2i/dim) as transformers: arange(0, dim, 2) / dim in f32, then pow. */
@@ -28,14 +29,59 @@ void ar_rope_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T)
     for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / base_pow(base, i, dim);
 }
 
+/* yarn's 0.1 * mscale * ln(scale) + 1 (1 when scale <= 1). */
+static double yarn_mscale(double scale, double mscale)
+{
+    return scale <= 1 ? 1.0 : 0.1 * mscale * log(scale) + 1.0;
+}
+
+/* The dimension at which a frequency turns num_rotations times over the
+ * original context (transformers' find_correction_dim). */
+static double correction_dim(double rotations, int dim, double base, int orig)
+{
+    return dim * log(orig / (rotations * 2 * M_PI)) / (2 * log(base));
+}
+
+float ar_rope_dense_yarn_inv_freq(float *inv_freq, const ar_config *c)
+{
+    int dim = c->rope_dim;
+    double factor = c->rope_factor, low = correction_dim(c->rope_beta_fast, dim, c->rope_theta, c->rope_orig_max_pos);
+    double high = correction_dim(c->rope_beta_slow, dim, c->rope_theta, c->rope_orig_max_pos);
+    if (c->rope_truncate) low = floor(low), high = ceil(high);
+    if (low < 0) low = 0;
+    if (high > dim - 1) high = dim - 1;
+    if (low == high) high += 0.001;   /* transformers' guard against a zero-width ramp */
+    for (int i = 0; i < dim / 2; i++) {
+        float pos = base_pow((float)c->rope_theta, i, dim);
+        float extra = 1.0f / pos, inter = 1.0f / ((float)factor * pos);
+        float ramp = ((float)i - (float)low) / (float)(high - low);
+        ramp = ramp < 0 ? 0 : ramp > 1 ? 1 : ramp;
+        float ef = 1.0f - ramp;
+        inv_freq[i] = inter * (1.0f - ef) + extra * ef;
+    }
+    if (c->rope_attention_factor > 0) return (float)c->rope_attention_factor;
+    if (c->rope_mscale > 0 && c->rope_mscale_all_dim > 0)
+        return (float)(yarn_mscale(factor, c->rope_mscale) / yarn_mscale(factor, c->rope_mscale_all_dim));
+    return (float)yarn_mscale(factor, 1.0);
+}
+
+int ar_rope_dense_by_length(const ar_config *c)
+{
+    return c->rope_type == AR_ROPE_DYNAMIC || c->rope_type == AR_ROPE_LONGROPE;
+}
+
 float ar_rope_dense_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
     int dim = c->rope_dim;
     switch (c->rope_type) {
     case AR_ROPE_LONGROPE: ar_rope_longrope_inv_freq(inv_freq, c, T); return (float)c->rope_attention_factor;
     case AR_ROPE_DYNAMIC: ar_rope_dynamic_inv_freq(inv_freq, c, T); return 1.0f;
+    case AR_ROPE_YARN: return ar_rope_dense_yarn_inv_freq(inv_freq, c);
     case AR_ROPE_LINEAR:
         for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / base_pow((float)c->rope_theta, i, dim) / (float)c->rope_factor;
+        return 1.0f;
+    case AR_ROPE_LLAMA3:
+        ar_rope_inv_freq(inv_freq, c);   /* ops.c's; the config refuses llama3 with a partial rotary */
         return 1.0f;
     default:
         for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / base_pow((float)c->rope_theta, i, dim);

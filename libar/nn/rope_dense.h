@@ -25,6 +25,15 @@ void ar_rope_longrope_inv_freq(float *inv_freq, const ar_config *c, int T);
  * max_pos - (factor - 1))^(dim / (dim - 2)), L = max(T, max_pos). */
 void ar_rope_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T);
 
+/* yarn for the dense families (Qwen2/Qwen3 configs, Llama): NTK-by-parts
+ * between factor-interpolated and plain frequencies over the ramp
+ * [low, high] from beta_fast / beta_slow; returns the attention factor
+ * (attention_factor, else mscale / mscale_all_dim, else 0.1 ln(factor) + 1). */
+float ar_rope_dense_yarn_inv_freq(float *inv_freq, const ar_config *c);
+
+/* 1 when c's frequencies depend on the sequence length (dynamic, longrope). */
+int ar_rope_dense_by_length(const ar_config *c);
+
 /* cos, sin [T, rope_dim / 2] at positions 0..T-1, times the factor. */
 void ar_rope_dense_tables(float *cos_t, float *sin_t, const ar_config *c, int T);
 
