@@ -108,6 +108,7 @@ typedef struct {
     float *ln1, *rstd1, *q, *k, *v, *att;
     int save_att;
     float *ao, *po, *rstd3, *h, *ln2, *rstd2, *gate, *up, *act, *pm, *rstd4;
+    float *mn;                  /* the normed down output (post_norms; may be pm when not kept) */
 } fwd_bufs;
 
 static int attn_half(const ar_config *c, const ar_block_weights *w, const float *x, int B, int T,
@@ -155,8 +156,9 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
     cols(f->up, F, ws->fused + F, 2 * F, BT, F);
     ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
     if (lin_fwd(c, ws, w, L.down, f->pm, f->act, BT, F, C)) return -1;
-    if (c->post_norms) ar_rmsnorm_forward(f->pm, f->rstd4, f->pm, w->post_mlp_norm, BT, C, c->rms_eps);
-    ar_residual_forward(y, f->h, f->pm, (long)BT * C);
+    const float *m = f->pm;
+    if (c->post_norms) ar_rmsnorm_forward(f->mn, f->rstd4, f->pm, w->post_mlp_norm, BT, C, c->rms_eps), m = f->mn;
+    ar_residual_forward(y, f->h, m, (long)BT * C);
     return 0;
 }
 
@@ -182,7 +184,7 @@ int ar_fused_forward(const ar_config *c, const ar_block_weights *w, const float 
     if (check_fit(B, T, ws->B, ws->T, "workspace") || check_weights(c, w, ws)) return -1;
     /* ln holds n1, then the o_proj output, n2 and the down output in turn */
     fwd_bufs f = {.ln1 = ws->ln, .q = ws->q, .k = ws->k, .v = ws->v, .att = ws->att, .ao = ws->ao, .po = ws->ln,
-                  .h = ws->h, .ln2 = ws->ln, .gate = ws->gate, .up = ws->up, .act = ws->gate, .pm = ws->ln};
+                  .h = ws->h, .ln2 = ws->ln, .gate = ws->gate, .up = ws->up, .act = ws->gate, .pm = ws->ln, .mn = ws->ln};
     return attn_half(c, w, x, B, T, ws, &f) || mlp_half(c, w, y, B * T, ws, &f) ? -1 : 0;
 }
 
@@ -198,7 +200,7 @@ int ar_fused_forward_train(const ar_config *c, const ar_block_weights *w, const 
     fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .q = a->q, .k = a->k, .v = a->v, .att = a->att, .save_att = 1,
                   .ao = a->ao, .po = c->post_norms ? a->po : ws->ln, .rstd3 = a->rstd3, .h = a->h, .ln2 = a->ln2,
                   .rstd2 = a->rstd2, .gate = a->gate, .up = a->up, .act = a->act,
-                  .pm = c->post_norms ? a->pm : ws->ln, .rstd4 = a->rstd4};
+                  .pm = c->post_norms ? a->pm : ws->ln, .rstd4 = a->rstd4, .mn = ws->ln};
     return attn_half(c, w, a->x, B, T, ws, &f) || mlp_half(c, w, y, B * T, ws, &f) ? -1 : 0;
 }
 
