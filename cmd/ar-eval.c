@@ -426,6 +426,14 @@ static ar_model_gpu *open_gpu(const char *device, ar_model *m)
     int dev;
     if (ar_device_parse(device, &dev)) cli_usage_error("--device: %s", ar_last_error());
     if (dev == AR_DEVICE_CPU) return NULL;
+    /* the GPU forward runs the "llama" block alone: other families score on the CPU
+     * when the device was detected, and are refused when one was asked for */
+    const char *fam = ar_model_block_desc(m)->family;
+    if (strcmp(fam, "llama")) {
+        if (!device) return NULL;
+        cli_usage_error("--device %s: the GPU forward runs Llama-family blocks only (this model: %s); use --device cpu",
+                        device, fam);
+    }
     if (ar_device_init(dev)) cli_die_lib();
     if (cli_progress >= 2) fprintf(stderr, "%s: scoring on %s\n", cli_tool, ar_device_describe(dev));
     ar_model_gpu *g = ar_model_gpu_open(m);

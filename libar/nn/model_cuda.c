@@ -63,6 +63,10 @@ static int upload_blocks(ar_model_gpu *g)
 
 ar_model_gpu *ar_model_gpu_open(ar_model *m)
 {
+    if (strcmp(ar_model_block_desc(m)->family, "llama")) {
+        ar_error("GPU forward: only Llama-family blocks (this model's: %s)", ar_model_block_desc(m)->family);
+        return NULL;
+    }
     ar_model_gpu *g = calloc(1, sizeof *g);
     if (!g) { ar_error("out of memory"); return NULL; }
     g->m = m;
