@@ -129,8 +129,8 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
         return -1;
     }
     ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
-    ar_rope_partial_forward(f->q, ws->cos_t, ws->sin_t, B, T, NH, HD, c->rope_dim, c->rope_interleaved);
-    ar_rope_partial_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD, c->rope_dim, c->rope_interleaved);
+    ar_rope_partial_forward(f->q, ws->cos_t, ws->sin_t, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    ar_rope_partial_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
     if (ws->observe_kv) ws->observe_kv(ws->kv_ctx, f->k, f->v, BT, KD);
     if (ws->kv_scale[0] > 0) ar_kv_fp8_qdq(f->k, (long)BT * KD, ws->kv_scale[0]);
     if (ws->kv_scale[1] > 0) ar_kv_fp8_qdq(f->v, (long)BT * KD, ws->kv_scale[1]);
@@ -264,8 +264,8 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
     if (lin_back(c, ws, L.o, ws->dao, dW, dxin, dpo, a->ao, w->w[L.o], BT, QD, C)) return -1;
     ar_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->dao, a->att, a->q, a->k, a->v, B, T, NH, NKV, HD);
     ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
-    ar_rope_partial_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD, c->rope_dim, c->rope_interleaved);
-    ar_rope_partial_backward(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD, c->rope_dim, c->rope_interleaved);
+    ar_rope_partial_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    ar_rope_partial_backward(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
     float *dln = dx ? ws->dln : NULL;
     if (dln) memset(dln, 0, sizeof(float) * BT * C);
     if (c->fused_qkv) {

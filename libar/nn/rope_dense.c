@@ -6,6 +6,11 @@
 #include "ops.h"
 #include <math.h>
 
+int ar_rope_dense_dim(const ar_config *c)
+{
+    return c->rope_dim > 0 ? c->rope_dim : c->head_dim;
+}
+
 /* theta^(2i/dim) as transformers: arange(0, dim, 2) / dim in f32, then pow. */
 static float base_pow(float theta, int i, int dim)
 {
@@ -14,14 +19,14 @@ static float base_pow(float theta, int i, int dim)
 
 void ar_rope_longrope_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
-    int dim = c->rope_dim;
+    int dim = ar_rope_dense_dim(c);
     const float *ext = T > c->rope_orig_max_pos ? c->rope_long_factor : c->rope_short_factor;
     for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / (ext[i] * base_pow((float)c->rope_theta, i, dim));
 }
 
 void ar_rope_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
-    int dim = c->rope_dim;
+    int dim = ar_rope_dense_dim(c);
     float factor = (float)c->rope_factor, L = (float)(T > c->max_pos ? T : c->max_pos);
     /* f32 as the tensor arithmetic on the length: factor * L / max_pos - (factor - 1) */
     float g = factor * L / (float)c->max_pos - (factor - 1.0f);
@@ -44,7 +49,7 @@ static double correction_dim(double rotations, int dim, double base, int orig)
 
 float ar_rope_dense_yarn_inv_freq(float *inv_freq, const ar_config *c)
 {
-    int dim = c->rope_dim;
+    int dim = ar_rope_dense_dim(c);
     double factor = c->rope_factor, low = correction_dim(c->rope_beta_fast, dim, c->rope_theta, c->rope_orig_max_pos);
     double high = correction_dim(c->rope_beta_slow, dim, c->rope_theta, c->rope_orig_max_pos);
     if (c->rope_truncate) low = floor(low), high = ceil(high);
@@ -72,7 +77,7 @@ int ar_rope_dense_by_length(const ar_config *c)
 
 float ar_rope_dense_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
-    int dim = c->rope_dim;
+    int dim = ar_rope_dense_dim(c);
     switch (c->rope_type) {
     case AR_ROPE_LONGROPE: ar_rope_longrope_inv_freq(inv_freq, c, T); return (float)c->rope_attention_factor;
     case AR_ROPE_DYNAMIC: ar_rope_dynamic_inv_freq(inv_freq, c, T); return 1.0f;
@@ -91,7 +96,7 @@ float ar_rope_dense_inv_freq(float *inv_freq, const ar_config *c, int T)
 
 void ar_rope_dense_tables(float *cos_t, float *sin_t, const ar_config *c, int T)
 {
-    int H2 = c->rope_dim / 2;
+    int H2 = ar_rope_dense_dim(c) / 2;
     float inv_freq[H2 > 0 ? H2 : 1];
     float s = ar_rope_dense_inv_freq(inv_freq, c, T);
     for (int t = 0; t < T; t++)

@@ -13,6 +13,10 @@
 #define AR_ROPE_DENSE_H
 #include "config.h"
 
+/* The rotated dims per head: c->rope_dim, or head_dim when a config built
+ * by hand leaves it 0. "rope_dim" below means this. */
+int ar_rope_dense_dim(const ar_config *c);
+
 /* inv_freq [c->rope_dim / 2] for sequences of T tokens; returns the factor
  * that multiplies cos and sin (longrope's attention factor, else 1). */
 float ar_rope_dense_inv_freq(float *inv_freq, const ar_config *c, int T);

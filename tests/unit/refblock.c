@@ -219,7 +219,7 @@ fx_ev rb_inv_freq(const ar_config *c, int i)
  * taken as exact inputs, the angles, cos, sin and scaling in this arithmetic. */
 static void dense_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 {
-    int H2 = c->rope_dim / 2;
+    int H2 = ar_rope_dense_dim(c) / 2;
     float f[AR_ROPE_MAX_PAIRS];
     fx_ev s = X(ar_rope_dense_inv_freq(f, c, T));
     for (int i = 0; i < H2; i++)
@@ -231,7 +231,7 @@ static void dense_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 
 void rb_rope_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 {
-    if (c->rope_type >= AR_ROPE_YARN || c->rope_dim != c->head_dim) {
+    if (c->rope_type >= AR_ROPE_YARN || ar_rope_dense_dim(c) != c->head_dim) {
         dense_tables(cos_t, sin_t, c, T);
         return;
     }
@@ -737,7 +737,7 @@ void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev
     fx_ev *ao = alloc_ev((long)BT * QD), *o = alloc_ev((long)BT * C), *h = alloc_ev((long)BT * C);
     fx_ev *gu = alloc_ev((long)BT * 2 * F), *g = alloc_ev((long)BT * F), *u = alloc_ev((long)BT * F);
     fx_ev *qkv = alloc_ev((long)BT * (QD + 2 * KD));
-    fx_ev *cs = alloc_ev((long)T * c->rope_dim / 2), *sn = alloc_ev((long)T * c->rope_dim / 2);
+    fx_ev *cs = alloc_ev((long)T * ar_rope_dense_dim(c) / 2), *sn = alloc_ev((long)T * ar_rope_dense_dim(c) / 2);
     memcpy(xc, x, sizeof(fx_ev) * BT * C);   /* y may be x */
     rb_rmsnorm(ln, NULL, xc, w->n1, BT, C, eps);
     if (phi) {
@@ -751,8 +751,8 @@ void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev
         rb_linear(v, ln, w->w[2], w->b[2], BT, C, KD);
     }
     rb_rope_tables(cs, sn, c, T);
-    rope_partial(q, cs, sn, B, T, NH, HD, c->rope_dim, c->rope_interleaved);
-    rope_partial(k, cs, sn, B, T, NKV, HD, c->rope_dim, c->rope_interleaved);
+    rope_partial(q, cs, sn, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    rope_partial(k, cs, sn, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
     rb_attention(ao, P, q, k, v, B, T, NH, NKV, HD, c->sliding_window);
     rb_linear(o, ao, w->w[io], w->b[io], BT, QD, C);
     if (w->pa) rb_rmsnorm(o, NULL, o, w->pa, BT, C, eps);
