@@ -182,6 +182,12 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
     r->c = ar_model_config(r->m);
     if (ar_block_desc_init(&r->bd, r->c)) return AR_TUNE_FAILED;
+    /* the GPU path (residency, tuner, forwards) knows the "llama" block alone: other families tune
+     * on the CPU, said by a second device event */
+    if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama")) {
+        r->dev = AR_DEVICE_CPU;
+        tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
+    }
     ar_set_threads(o->threads, r->c);
     if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
     if (r->d && r->dev != AR_DEVICE_CPU) {
