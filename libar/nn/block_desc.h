@@ -6,9 +6,11 @@
  * hard-coding the seven Llama linears; adding a family then means a
  * description plus its forward/backward.
  *
- * Today one family, "llama", covers Llama, Mistral, Qwen2 and Qwen3 (config
- * flags give the biases and Qwen3's QK-norm); its linears are listed in the
+ * The family "llama" covers Llama, Mistral, Qwen2 and Qwen3 (config flags
+ * give the biases and Qwen3's QK-norm); its linears are listed in the
  * AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i everywhere.
+ * "phi3" (fused qkv_proj and gate_up_proj, 4 linears) and "glm4" (6 linears,
+ * post norms) have their own forward/backward in block_fused.c.
  *
  * Inputs. Each linear names the activation it multiplies by an index into
  * input_names; linears with the same input see the same rows, so they share

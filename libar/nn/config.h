@@ -1,5 +1,6 @@
 /* config.h — a Hugging Face config.json, reduced to what a decoder-only
- * Llama-family forward needs (Llama, Mistral, Qwen2, Qwen3).
+ * Llama-family forward needs (Llama, Mistral, Qwen2, Qwen3), and Phi-3 /
+ * GLM-4's (fused linears, partial rotary, post norms; block_fused.h).
  *
  * Mixtures of experts (issue 17: Qwen3-MoE, Qwen2-MoE, Mixtral,
  * DeepSeek-V2/V3 with MLA, gpt-oss) are parsed into ar_config.moe / .mla /
