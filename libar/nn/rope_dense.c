@@ -17,14 +17,14 @@ static float base_pow(float theta, int i, int dim)
     return powf(theta, (float)(2 * i) / (float)dim);
 }
 
-void ar_rope_longrope_inv_freq(float *inv_freq, const ar_config *c, int T)
+void ar_rope_dense_longrope_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
     int dim = ar_rope_dense_dim(c);
     const float *ext = T > c->rope_orig_max_pos ? c->rope_long_factor : c->rope_short_factor;
     for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / (ext[i] * base_pow((float)c->rope_theta, i, dim));
 }
 
-void ar_rope_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T)
+void ar_rope_dense_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
     int dim = ar_rope_dense_dim(c);
     float factor = (float)c->rope_factor, L = (float)(T > c->max_pos ? T : c->max_pos);
@@ -79,8 +79,8 @@ float ar_rope_dense_inv_freq(float *inv_freq, const ar_config *c, int T)
 {
     int dim = ar_rope_dense_dim(c);
     switch (c->rope_type) {
-    case AR_ROPE_LONGROPE: ar_rope_longrope_inv_freq(inv_freq, c, T); return (float)c->rope_attention_factor;
-    case AR_ROPE_DYNAMIC: ar_rope_dynamic_inv_freq(inv_freq, c, T); return 1.0f;
+    case AR_ROPE_LONGROPE: ar_rope_dense_longrope_inv_freq(inv_freq, c, T); return (float)c->rope_attention_factor;
+    case AR_ROPE_DYNAMIC: ar_rope_dense_dynamic_inv_freq(inv_freq, c, T); return 1.0f;
     case AR_ROPE_YARN: return ar_rope_dense_yarn_inv_freq(inv_freq, c);
     case AR_ROPE_LINEAR:
         for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / base_pow((float)c->rope_theta, i, dim) / (float)c->rope_factor;

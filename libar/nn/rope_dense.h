@@ -23,11 +23,11 @@ float ar_rope_dense_inv_freq(float *inv_freq, const ar_config *c, int T);
 
 /* longrope: 1 / (ext[i] * theta^(2i/dim)), ext = long_factor when
  * T > original_max_position_embeddings, else short_factor. */
-void ar_rope_longrope_inv_freq(float *inv_freq, const ar_config *c, int T);
+void ar_rope_dense_longrope_inv_freq(float *inv_freq, const ar_config *c, int T);
 
 /* dynamic NTK: the default frequencies of base theta * (factor * L /
  * max_pos - (factor - 1))^(dim / (dim - 2)), L = max(T, max_pos). */
-void ar_rope_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T);
+void ar_rope_dense_dynamic_inv_freq(float *inv_freq, const ar_config *c, int T);
 
 /* yarn for the dense families (Qwen2/Qwen3 configs, Llama): NTK-by-parts
  * between factor-interpolated and plain frequencies over the ramp
