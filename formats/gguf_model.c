@@ -102,6 +102,9 @@ static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, 
 int ar_gguf_set_model_metadata(ar_gguf_writer *w, const ar_config *c, const char *model_dir, const char *name,
                                ar_gguf_ftype ftype)
 {
+    /* llama.cpp's phi3 and glm4 layouts (fused attn_qkv, post norms) are not written yet */
+    if (c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4)
+        return ar_error("%s: GGUF export of %s is not supported yet", model_dir, c->arch_name);
     if (set_hparams(w, c, name, ftype)) return -1;
     return ar_gguf_set_tokenizer(w, model_dir);
 }

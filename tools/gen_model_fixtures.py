@@ -10,7 +10,10 @@ random (fixed seed) but scaled so that every part of the block changes the
 logits noticeably; norms and biases are randomized too. Reference logits come from transformers in float32 (eager
 attention) for a fixed id sequence.
 
-Usage: build/venv/bin/python tools/gen_model_fixtures.py [OUTDIR]
+Also Phi-3 (longrope, short and long factors, partial rotary), GLM-4
+(interleaved partial rotary, post norms) and the dense yarn and dynamic RoPE.
+
+Usage: build/venv/bin/python tools/gen_model_fixtures.py [OUTDIR [NAME,...]]
 """
 import json
 import os
@@ -18,8 +21,9 @@ import sys
 
 import torch
 import transformers
-from transformers import (LlamaConfig, LlamaForCausalLM, MistralConfig, MistralForCausalLM,
-                          Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM)
+from transformers import (Glm4Config, Glm4ForCausalLM, LlamaConfig, LlamaForCausalLM, MistralConfig,
+                          MistralForCausalLM, Phi3Config, Phi3ForCausalLM, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen3Config, Qwen3ForCausalLM)
 
 SEED = 1234
 T = 16
@@ -47,6 +51,37 @@ FIXTURES = {
                     rope_parameters={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                                      "high_freq_factor": 4.0, "original_max_position_embeddings": 32,
                                      "rope_theta": 10000.0})),
+    # Phi-3: fused qkv/gate_up, partial rotary (12 of 16 dims), longrope. T = 16
+    # is within the original context 32 (short factors) for "phi3", beyond
+    # the original context 8 (long factors) for "phi3_long"; both carry
+    # longrope's attention factor (factor = max_position / original > 1).
+    "phi3": (Phi3Config, Phi3ForCausalLM, torch.bfloat16,
+             dict(intermediate_size=64, vocab_size=96, tie_word_embeddings=False, partial_rotary_factor=0.75,
+                  original_max_position_embeddings=32, pad_token_id=0,
+                  rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                   "short_factor": [1.0, 1.1, 1.3, 1.7, 2.3, 3.1],
+                                   "long_factor": [1.0, 1.5, 2.5, 4.0, 6.5, 9.0]})),
+    "phi3_long": (Phi3Config, Phi3ForCausalLM, torch.float32,
+                  dict(intermediate_size=64, vocab_size=96, tie_word_embeddings=True, partial_rotary_factor=0.75,
+                       original_max_position_embeddings=8, pad_token_id=0,
+                       rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                                        "short_factor": [1.0, 1.1, 1.3, 1.7, 2.3, 3.1],
+                                        "long_factor": [1.0, 1.5, 2.5, 4.0, 6.5, 9.0]})),
+    # GLM-4: q/k/v biases, half of each head rotated with interleaved pairs,
+    # norms after attention and MLP.
+    "glm4": (Glm4Config, Glm4ForCausalLM, torch.bfloat16,
+             dict(intermediate_size=64, vocab_size=96, head_dim=16, tie_word_embeddings=False,
+                  attention_bias=True, partial_rotary_factor=0.5, pad_token_id=0,
+                  rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})),
+    # Dense yarn (Qwen3 configs use it) and dynamic NTK beyond max_position (8 < T).
+    "qwen2_yarn": (Qwen2Config, Qwen2ForCausalLM, torch.float32,
+                   dict(intermediate_size=64, vocab_size=96, tie_word_embeddings=False,
+                        rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 10000.0,
+                                         "original_max_position_embeddings": 8})),
+    "llama_dynamic": (LlamaConfig, LlamaForCausalLM, torch.float32,
+                      dict(intermediate_size=64, vocab_size=96, head_dim=16, tie_word_embeddings=False,
+                           max_position_embeddings=8,
+                           rope_parameters={"rope_type": "dynamic", "factor": 3.0, "rope_theta": 10000.0})),
 }
 
 
@@ -65,7 +100,7 @@ def randomize(model):
 
 def make(name, out_root):
     cfg_cls, model_cls, dtype, extra = FIXTURES[name]
-    cfg = cfg_cls(**COMMON, **extra)
+    cfg = cfg_cls(**{**COMMON, **extra})
     torch.manual_seed(SEED)
     model = model_cls(cfg).eval()
     randomize(model)
@@ -102,7 +137,8 @@ def make(name, out_root):
 def main():
     out_root = sys.argv[1] if len(sys.argv) > 1 else os.path.join(
         os.path.dirname(os.path.abspath(__file__)), "..", "tests", "fixtures", "models")
-    for name in FIXTURES:
+    only = sys.argv[2].split(",") if len(sys.argv) > 2 else list(FIXTURES)
+    for name in only:
         make(name, out_root)
 
 

@@ -30,7 +30,9 @@ typedef struct {
     float *q_norm, *k_norm;     /* Qwen3, Gemma 3 [HD] or NULL */
     /* Gemma's sandwich norms (NULL elsewhere): attn_post_norm is Gemma's
      * post_attention_layernorm (on the attention output), mlp_norm then holds
-     * pre_feedforward_layernorm and mlp_post_norm post_feedforward_layernorm. */
+     * pre_feedforward_layernorm and mlp_post_norm post_feedforward_layernorm.
+     * GLM-4 fills the same two with post_self_attn_layernorm and
+     * post_mlp_layernorm (block_fused.c). */
     float *attn_post_norm, *mlp_post_norm;
 } ar_block_weights;
 
@@ -71,6 +73,10 @@ typedef struct {
     float *cos_t, *sin_t;
     float *ln, *h, *q, *ao, *k, *v, *gate, *up, *rstd, *att;
     float *dact, *dgate, *dup, *dln, *dh, *dao, *dq, *dqn, *dk, *dv, *dkn;
+    /* block_fused.c: a fused linear's output or gradient [BT, max(QD + 2 KD,
+     * 2F)] (configs with fused_qkv or fused_gate_up), and with train and
+     * post_norms one more [BT, C] gradient (else NULL) */
+    float *fused, *dtmp;
     /* Activation fake-quantization (spec §2.12), set with ar_block_set_act_quant:
      * the spec per linear, the widest linear input (max of C, NH*HD, F), the
      * quantized copy of the input being multiplied [BT, kmax] (allocated by
@@ -134,6 +140,9 @@ typedef struct {
     /* Gemma's sandwich norms (c->sandwich_norm, else NULL): the attention
      * and MLP outputs before their post-norms [BT, C] and those norms' rstd [BT]. */
     float *attn_out, *rstd_ao, *mlp_out, *rstd_mo;
+    /* post_norms (GLM-4): o_proj and down_proj outputs before their norms
+     * [BT, C] and those norms' rstd [BT]; NULL otherwise */
+    float *po, *rstd3, *pm, *rstd4;
 } ar_block_acts;
 
 /* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.

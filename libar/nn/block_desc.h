@@ -6,11 +6,12 @@
  * hard-coding the seven Llama linears; adding a family then means a
  * description plus its forward/backward.
  *
- * Two families: "llama" covers Llama, Mistral, Qwen2 and Qwen3 (config
+ * Four families: "llama" covers Llama, Mistral, Qwen2 and Qwen3 (config
  * flags give the biases and Qwen3's QK-norm); "gemma" Gemma 2 and Gemma 3
  * (block_gemma.c: four norms, GeLU-tanh, soft-capping). Both list their
  * linears in the AR_Q..AR_DOWN order of block.h, so desc.lin[i] is linear i
- * everywhere.
+ * everywhere. "phi3" (fused qkv_proj and gate_up_proj, 4 linears) and "glm4"
+ * (6 linears, post norms) have their own forward/backward in block_fused.c.
  *
  * Inputs. Each linear names the activation it multiplies by an index into
  * input_names; linears with the same input see the same rows, so they share

@@ -32,9 +32,11 @@ static const struct { const char *arch, *model_type; ar_arch id; int runs; } kno
     {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 0},
     {"DeepseekV3ForCausalLM", "deepseek_v3", AR_ARCH_DEEPSEEK_V3, 0},  /* also Kimi-K2 (model_type kimi_k2) */
     {"GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS, 0},
+    {"Phi3ForCausalLM", "phi3", AR_ARCH_PHI3, 1},     /* Phi-3, Phi-3.5, Phi-4 */
+    {"Glm4ForCausalLM", "glm4", AR_ARCH_GLM4, 1},     /* GLM-4-0414 */
 };
 
-static int is_moe_arch(ar_arch a) { return a >= AR_ARCH_QWEN3_MOE; }
+static int is_moe_arch(ar_arch a) { return a >= AR_ARCH_QWEN3_MOE && a <= AR_ARCH_GPT_OSS; }
 static int is_gemma_arch(ar_arch a) { return a == AR_ARCH_GEMMA2 || a == AR_ARCH_GEMMA3; }
 static int is_mla_arch(ar_arch a) { return a == AR_ARCH_DEEPSEEK_V2 || a == AR_ARCH_DEEPSEEK_V3; }
 
@@ -204,7 +206,8 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path, const ar_
         if (!item(r, need[i]) || cJSON_IsNull(item(r, need[i]))) return ar_error("%s: missing %s", path, need[i]);
     if (get_int(r, "num_key_value_heads", c->n_heads, 1, c->n_heads, &c->n_kv_heads, path) ||
         get_int(r, "head_dim",
-                tx && tx->head_dim ? tx->head_dim : c->arch == AR_ARCH_QWEN3 ? 128
+                tx && tx->head_dim ? tx->head_dim
+                : c->arch == AR_ARCH_QWEN3 || c->arch == AR_ARCH_GLM4 ? 128
                 : is_gemma_arch(c->arch) ? 256 : c->hidden / c->n_heads,
                 1, big, &c->head_dim, path))
         return -1;
@@ -216,7 +219,9 @@ static int parse_sizes(ar_config *c, const cJSON *r, const char *path, const ar_
         return ar_error("%s: head_dim is 0 (hidden_size %d / num_attention_heads %d)", path, c->hidden, c->n_heads);
     if (c->head_dim % 2) return ar_error("%s: head_dim %d is odd (RoPE rotates pairs)", path, c->head_dim);
     double eps;
-    if (get_num(r, "rms_norm_eps", tx ? tx->rms_eps : 1e-6, &eps, path)) return -1;
+    /* the config classes' defaults: Phi-3 1e-5, GLM-4 1.5625e-7 */
+    double def_eps = tx ? tx->rms_eps : c->arch == AR_ARCH_PHI3 ? 1e-5 : c->arch == AR_ARCH_GLM4 ? 1.5625e-07 : 1e-6;
+    if (get_num(r, "rms_norm_eps", def_eps, &eps, path)) return -1;
     c->rms_eps = (float)eps;
     return 0;
 }
@@ -230,7 +235,55 @@ static const cJSON *rope_dict(const cJSON *r)
     return cJSON_IsObject(d) ? d : NULL;
 }
 
-static int parse_rope_type(ar_config *c, const cJSON *d, const char *path)
+/* A longrope factor list: rope_dim/2 positive numbers into out. */
+static int factor_list(const cJSON *d, const char *key, int n, float *out, const char *path)
+{
+    const cJSON *l = item(d, key);
+    if (!cJSON_IsArray(l)) return ar_error("%s: longrope rope needs %s, a list of numbers", path, key);
+    if (cJSON_GetArraySize(l) != n)
+        return ar_error("%s: longrope %s has %d entries, rotary dims / 2 = %d", path, key, cJSON_GetArraySize(l), n);
+    int i = 0;
+    const cJSON *e;
+    cJSON_ArrayForEach(e, l) {
+        if (!cJSON_IsNumber(e) || !(e->valuedouble > 0) || !isfinite(e->valuedouble))
+            return ar_error("%s: longrope %s entry %d is not a positive number", path, key, i);
+        out[i++] = (float)e->valuedouble;
+    }
+    return 0;
+}
+
+/* longrope (Phi-3): short_factor up to the original context, long_factor
+ * beyond it, one per rotated pair; the attention factor scales cos and sin.
+ * As transformers 5 (standardize_rope_params, _compute_longrope_parameters):
+ * the original context is Phi-3's top-level original_max_position_embeddings
+ * (class default 4096), else the rope dict's, else max_position_embeddings;
+ * factor is the dict's, else max_position_embeddings / original; the
+ * attention factor the dict's, else sqrt(1 + ln(factor) / ln(original)), 1
+ * when factor <= 1. */
+static int parse_longrope(ar_config *c, const cJSON *d, const cJSON *root, const char *path)
+{
+    int n = c->rope_dim / 2;
+    if (n > AR_ROPE_MAX_PAIRS) return ar_error("%s: longrope with more than %d rotated pairs", path, AR_ROPE_MAX_PAIRS);
+    if (factor_list(d, "short_factor", n, c->rope_short_factor, path) ||
+        factor_list(d, "long_factor", n, c->rope_long_factor, path) ||
+        get_num(d, "attention_factor", 0.0, &c->rope_attention_factor, path))
+        return -1;
+    int dict_orig;
+    if (get_int(d, "original_max_position_embeddings", c->max_pos, 1, 1 << 30, &dict_orig, path)) return -1;
+    c->rope_orig_max_pos = dict_orig;
+    if (c->arch == AR_ARCH_PHI3 &&
+        get_int(root, "original_max_position_embeddings", 4096, 1, 1 << 30, &c->rope_orig_max_pos, path))
+        return -1;
+    const cJSON *f = item(d, "factor");
+    if (!f || cJSON_IsNull(f)) c->rope_factor = (double)c->max_pos / c->rope_orig_max_pos;
+    if (c->rope_attention_factor < 0) return ar_error("%s: longrope attention_factor must not be negative", path);
+    if (c->rope_attention_factor == 0)
+        c->rope_attention_factor = c->rope_factor <= 1.0 ? 1.0
+            : sqrt(1.0 + log(c->rope_factor) / log((double)c->rope_orig_max_pos));
+    return 0;
+}
+
+static int parse_rope_type(ar_config *c, const cJSON *d, const cJSON *root, const char *path)
 {
     const cJSON *t = item(d, "rope_type");
     if (!cJSON_IsString(t)) t = item(d, "type");
@@ -240,12 +293,20 @@ static int parse_rope_type(ar_config *c, const cJSON *d, const char *path)
     if (!strcmp(name, "default") || (c->mm_arch[0] && !strcmp(name, "mrope"))) c->rope_type = AR_ROPE_DEFAULT;
     else if (!strcmp(name, "linear")) c->rope_type = AR_ROPE_LINEAR;
     else if (!strcmp(name, "llama3")) c->rope_type = AR_ROPE_LLAMA3;
-    else if (!strcmp(name, "yarn") && is_moe_arch(c->arch)) c->rope_type = AR_ROPE_YARN;
+    /* Phi-3's config class renames su and yarn to longrope */
+    else if (c->arch == AR_ARCH_PHI3 && (!strcmp(name, "su") || !strcmp(name, "yarn"))) c->rope_type = AR_ROPE_LONGROPE;
+    else if (!strcmp(name, "yarn")) c->rope_type = AR_ROPE_YARN;
+    else if (!strcmp(name, "dynamic")) c->rope_type = AR_ROPE_DYNAMIC;
+    else if (!strcmp(name, "longrope")) c->rope_type = AR_ROPE_LONGROPE;
     else return ar_error("%s: unsupported rope type %s", path, name);
     if (c->rope_type == AR_ROPE_DEFAULT) return 0;
+    if (c->rope_type == AR_ROPE_LLAMA3 && c->rope_dim != c->head_dim)
+        return ar_error("%s: llama3 rope with a partial rotary factor is not supported", path);
     if (get_num(d, "factor", 1.0, &c->rope_factor, path)) return -1;
     if (!(c->rope_factor > 0)) return ar_error("%s: rope factor must be positive", path);
+    if (c->rope_type == AR_ROPE_LONGROPE) return parse_longrope(c, d, root, path);
     if (c->rope_type == AR_ROPE_YARN) return parse_yarn(c, d, path);
+    if (c->rope_type == AR_ROPE_DYNAMIC) return 0;
     if (c->rope_type != AR_ROPE_LLAMA3) return 0;
     if (get_num(d, "low_freq_factor", 1.0, &c->rope_low_freq_factor, path) ||
         get_num(d, "high_freq_factor", 4.0, &c->rope_high_freq_factor, path) ||
@@ -266,7 +327,18 @@ static int parse_rope(ar_config *c, const cJSON *r, const char *path, const ar_m
     if (!(c->rope_theta > 0)) return ar_error("%s: rope_theta must be positive", path);
     c->rope_type = AR_ROPE_DEFAULT;
     c->rope_factor = 1.0;
-    return d ? parse_rope_type(c, d, path) : 0;
+    /* the rotated part of each head (Phi-3 may, GLM-4 does rotate a part) */
+    double prf;
+    if (get_num(r, "partial_rotary_factor", c->arch == AR_ARCH_GLM4 ? 0.5 : 1.0, &prf, path)) return -1;
+    if (d && item(d, "partial_rotary_factor") && get_num(d, "partial_rotary_factor", prf, &prf, path)) return -1;
+    if (!(prf > 0 && prf <= 1)) return ar_error("%s: partial_rotary_factor must be in (0, 1]", path);
+    c->rope_dim = (int)(c->head_dim * prf);
+    if (c->rope_dim < 2 || c->rope_dim % 2)
+        return ar_error("%s: partial_rotary_factor %g gives %d rotary dims of head_dim %d (must be even, >= 2)", path,
+                        prf, c->rope_dim, c->head_dim);
+    if (c->rope_dim != c->head_dim && c->arch != AR_ARCH_PHI3 && c->arch != AR_ARCH_GLM4)
+        return ar_error("%s: partial_rotary_factor is not supported for %s", path, c->arch_name);
+    return d ? parse_rope_type(c, d, r, path) : 0;
 }
 
 /* Biases, q/k norm and the sliding window, which differ per architecture. */
@@ -274,11 +346,31 @@ static int parse_moe_arch_options(ar_config *c, const cJSON *r, const char *path
 
 static int parse_gemma(ar_config *c, const cJSON *r, const char *path);
 static int parse_layer_types_pattern(ar_config *c, const cJSON *r, const char *path, int pattern);
+/* Phi-3: fused qkv_proj and gate_up_proj, no biases, an optional sliding
+ * window (null: none). GLM-4: q/k/v biases (attention_bias, default true),
+ * fused gate_up_proj, interleaved rotary pairs, norms after both branches.
+ * Both use SiLU (hidden_act other than silu is refused). */
+static int parse_fused_arch_options(ar_config *c, const cJSON *r, const char *path)
+{
+    const cJSON *act = item(r, "hidden_act");
+    if (act && !cJSON_IsNull(act) && (!cJSON_IsString(act) || strcmp(act->valuestring, "silu")))
+        return ar_error("%s: hidden_act %s is not supported (only silu)", path,
+                        cJSON_IsString(act) ? act->valuestring : "(not a string)");
+    c->fused_gate_up = 1;
+    if (c->arch == AR_ARCH_PHI3) {
+        c->fused_qkv = 1;
+        return get_int(r, "sliding_window", 0, 0, 1 << 30, &c->sliding_window, path);
+    }
+    c->qkv_bias = get_bool(r, "attention_bias", 1);
+    c->rope_interleaved = c->post_norms = 1;
+    return 0;
+}
 
 static int parse_arch_options(ar_config *c, const cJSON *r, const char *path)
 {
     if (is_moe_arch(c->arch)) return parse_moe_arch_options(c, r, path);
     if (is_gemma_arch(c->arch)) return parse_gemma(c, r, path);
+    if (c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4) return parse_fused_arch_options(c, r, path);
     int attn_bias = get_bool(r, "attention_bias", 0);
     c->qkv_bias = c->arch == AR_ARCH_QWEN2 ? 1 : attn_bias;
     c->o_bias = (c->arch == AR_ARCH_LLAMA || c->arch == AR_ARCH_QWEN3) ? attn_bias : 0;
@@ -324,7 +416,7 @@ static int parse_gemma3_rope(ar_config *c, const cJSON *r, const char *path)
             return ar_error("%s: rope_parameters needs both full_attention and sliding_attention objects", path);
         c->rope_type = AR_ROPE_DEFAULT;
         c->rope_factor = 1.0;
-        if (get_num(full, "rope_theta", 1000000.0, &c->rope_theta, path) || parse_rope_type(c, full, path) ||
+        if (get_num(full, "rope_theta", 1000000.0, &c->rope_theta, path) || parse_rope_type(c, full, r, path) ||
             get_num(slide, "rope_theta", 10000.0, &c->rope_local_theta, path))
             return -1;
         const cJSON *t = item(slide, "rope_type");

@@ -1,8 +1,9 @@
 /* config.h — a Hugging Face config.json, reduced to what a decoder-only
- * forward needs: the Llama family (Llama, Mistral, Qwen2, Qwen3) and the
+ * forward needs: the Llama family (Llama, Mistral, Qwen2, Qwen3), the
  * Gemma family (Gemma2ForCausalLM; Gemma3ForCausalLM, model_type gemma3_text,
  * which is also the text_config of Gemma3ForConditionalGeneration: parsing
- * that object alone gives the text stack's config).
+ * that object alone gives the text stack's config), and Phi-3 / GLM-4's
+ * (fused linears, partial rotary, post norms; block_fused.h).
  *
  * Mixtures of experts (issue 17: Qwen3-MoE, Qwen2-MoE, Mixtral,
  * DeepSeek-V2/V3 with MLA, gpt-oss) are parsed into ar_config.moe / .mla /
@@ -21,10 +22,17 @@ typedef enum {
     AR_ARCH_GEMMA2, AR_ARCH_GEMMA3,   /* the "gemma" block family (block_gemma.c) */
     /* mixtures of experts: parsed, not run yet (see above) */
     AR_ARCH_QWEN3_MOE, AR_ARCH_QWEN2_MOE, AR_ARCH_MIXTRAL, AR_ARCH_DEEPSEEK_V2, AR_ARCH_DEEPSEEK_V3,
-    AR_ARCH_GPT_OSS
+    AR_ARCH_GPT_OSS,
+    /* dense families with their own block (block_fused.c) */
+    AR_ARCH_PHI3, AR_ARCH_GLM4
 } ar_arch;
-/* yarn: only for the MoE families (the dense forward has no yarn) */
-typedef enum { AR_ROPE_DEFAULT, AR_ROPE_LINEAR, AR_ROPE_LLAMA3, AR_ROPE_YARN } ar_rope_type;
+/* yarn: the MoE families and, with dynamic and longrope, the dense ones
+ * (rope_dense.c) */
+typedef enum { AR_ROPE_DEFAULT, AR_ROPE_LINEAR, AR_ROPE_LLAMA3, AR_ROPE_YARN, AR_ROPE_DYNAMIC,
+               AR_ROPE_LONGROPE } ar_rope_type;
+
+/* longrope lists one factor per rotated pair; at most this many. */
+#define AR_ROPE_MAX_PAIRS 256
 
 /* The MLP's gate activation. */
 typedef enum { AR_ACT_SILU, AR_ACT_GELU_TANH } ar_act_fn;
@@ -128,6 +136,13 @@ typedef struct {
     double  final_softcap;      /* final_logit_softcapping on the logits; 0 = off */
     double  rope_local_theta;   /* Gemma 3 sliding layers: plain RoPE with this base (rope_local_base_freq); 0 = none */
     unsigned char layer_flags[AR_CONFIG_MAX_LAYERS]; /* AR_LAYER_* per layer, filled for MoE/layer_types configs */
+    /* Phi-3 / GLM-4 (block_fused.c) and the dense RoPE types (rope_dense.c) */
+    int     rope_dim;           /* rotated dims per head: int(head_dim * partial_rotary_factor), even */
+    int     rope_interleaved;   /* pairs (2i, 2i+1) rotate (GLM-4), else (i, i + rope_dim/2) */
+    int     fused_qkv;          /* one self_attn.qkv_proj [QD + 2 KD, C] (Phi-3) */
+    int     fused_gate_up;      /* one mlp.gate_up_proj [2F, C], gate rows first (Phi-3, GLM-4) */
+    int     post_norms;         /* GLM-4: post_self_attn_layernorm and post_mlp_layernorm on the branch outputs */
+    float   rope_short_factor[AR_ROPE_MAX_PAIRS], rope_long_factor[AR_ROPE_MAX_PAIRS]; /* longrope, rope_dim/2 each */
 } ar_config;
 
 /* ar_config_parse_flags / ar_config_load_flags flags. */

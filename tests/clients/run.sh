@@ -105,6 +105,26 @@ for f in $FOLDERS; do
   else bad "$f ($method): transformers+auto-round ppl $theirs, ar-eval $ours (over 0.5% apart)"; fi
 done
 
+# The tiny Phi-3 and GLM-4 of tests/fixtures/dense (fused qkv_proj / gate_up_proj exported as the
+# fused tensors they are): W4A16 RTN auto_round folders load in transformers + auto-round as
+# Phi3ForCausalLM / Glm4ForCausalLM, perplexities within 0.5% of ar-eval's (256-token windows of
+# the held-out split recorded in FAMILY.json).
+for fam in phi3 glm4; do
+  D=tests/fixtures/dense
+  cut=$(sed -n 's/.*"split_byte": \([0-9]*\).*/\1/p' "$D/$fam.json")
+  tail -c +"$((cut + 1))" "$SHARED/data/tinystories/TinyStories-validation-head.txt" > "$WORK/dense-heldout.txt"
+  if "$BIN/ar-tune" --quiet --model "$D/$fam" --scheme W4A16 --iters 0 --disable_opt_rtn -o "$WORK/$fam.ars" &&
+     "$BIN/ar-pack" --quiet -i "$WORK/$fam.ars" --format auto_round -o "$WORK/$fam" &&
+     "$BIN/ar-eval" --quiet --json --model "$WORK/$fam" --text "$WORK/dense-heldout.txt" --seqlen 256 --windows "$WINDOWS" \
+       > "$WORK/$fam.ar-eval.json" &&
+     "$PY" tests/clients/check_hf_quantized.py "$WORK/$fam" --text "$WORK/dense-heldout.txt" --seqlen 256 \
+       --windows "$WINDOWS" > "$WORK/$fam.client.json" 2> "$WORK/$fam.client.log"; then
+    ours=$(field ppl < "$WORK/$fam.ar-eval.json"); theirs=$(field ppl < "$WORK/$fam.client.json")
+    if within "$theirs" "$ours" 0.005; then ok "$fam auto_round W4A16: transformers+auto-round ppl $theirs, ar-eval $ours"
+    else bad "$fam auto_round W4A16: transformers+auto-round ppl $theirs, ar-eval $ours (over 0.5% apart)"; fi
+  else bad "$fam: tune, pack, ar-eval or the client failed"; tail -3 "$WORK/$fam.client.log" 2>/dev/null; fi
+done
+
 if [ "${CLIENT_GGUF:-1}" != 0 ] && [ -f tests/clients/check_gguf.py ]; then
   "$PY" tests/clients/check_gguf.py --shared "$SHARED" --bin "$BIN" > "$WORK/gguf.log" 2>&1
   rc=$?

@@ -1,7 +1,9 @@
 /* refblock.c — the double reference block with error bounds (refblock.h). */
 #include "refblock.h"
 
+#include "block_desc.h"
 #include "error.h"
+#include "rope_dense.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -21,12 +23,17 @@ static double *dup_d(const float *x, long n)
 void rb_weights_from(rb_weights *d, const ar_block_weights *w, const ar_config *c)
 {
     memset(d, 0, sizeof *d);
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(c, i, &n, &k);
+    ar_block_desc bd;
+    cr_assert_eq(ar_block_desc_init(&bd, c), 0, "%s", ar_last_error());
+    d->nlinear = bd.nlinear;
+    cr_assert_leq(bd.nlinear, AR_NLINEAR);
+    for (int i = 0; i < bd.nlinear; i++) {
+        int n = bd.lin[i].n_out, k = bd.lin[i].k_in;
         d->w[i] = dup_d(w->w[i], (long)n * k);
         d->b[i] = dup_d(w->b[i], n);
     }
+    ar_block_desc_free(&bd);
+    d->pa = dup_d(w->attn_post_norm, c->hidden), d->pm = dup_d(w->mlp_post_norm, c->hidden);
     d->n1 = dup_d(w->attn_norm, c->hidden), d->n2 = dup_d(w->mlp_norm, c->hidden);
     d->qn = dup_d(w->q_norm, c->head_dim), d->kn = dup_d(w->k_norm, c->head_dim);
 }
@@ -34,7 +41,7 @@ void rb_weights_from(rb_weights *d, const ar_block_weights *w, const ar_config *
 void rb_weights_free(rb_weights *d)
 {
     for (int i = 0; i < AR_NLINEAR; i++) free(d->w[i]), free(d->b[i]);
-    free(d->n1), free(d->n2), free(d->qn), free(d->kn);
+    free(d->n1), free(d->n2), free(d->qn), free(d->kn), free(d->pa), free(d->pm);
     memset(d, 0, sizeof *d);
 }
 
@@ -208,8 +215,26 @@ fx_ev rb_inv_freq(const ar_config *c, int i)
     return fx_add(fx_div(fx_mul(fx_sub(X(1), smooth), f), factor), fx_mul(smooth, f));
 }
 
+/* yarn, dynamic, longrope (rope_dense.h): the f32 frequencies and factor
+ * taken as exact inputs, the angles, cos, sin and scaling in this arithmetic. */
+static void dense_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
+{
+    int H2 = ar_rope_dense_dim(c) / 2;
+    float f[AR_ROPE_MAX_PAIRS];
+    fx_ev s = X(ar_rope_dense_inv_freq(f, c, T));
+    for (int i = 0; i < H2; i++)
+        for (int t = 0; t < T; t++) {
+            fx_ev a = fx_mul(X(t), X(f[i]));
+            cos_t[(long)t * H2 + i] = fx_mul(fx_cos(a), s), sin_t[(long)t * H2 + i] = fx_mul(fx_sin(a), s);
+        }
+}
+
 void rb_rope_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 {
+    if (c->rope_type >= AR_ROPE_YARN || ar_rope_dense_dim(c) != c->head_dim) {
+        dense_tables(cos_t, sin_t, c, T);
+        return;
+    }
     int H2 = c->head_dim / 2;
     for (int i = 0; i < H2; i++) {
         fx_ev f = rb_inv_freq(c, i);
@@ -656,7 +681,8 @@ void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nr
         rb_weights w;
         cr_assert_eq(ar_model_load_block(m, l, &bw), 0, "%s", ar_last_error());
         rb_weights_from(&w, &bw, c);
-        rb_block_forward(c, &w, h, h, 1, T);
+        if (c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4) rb_fused_block_forward(c, &w, h, h, 1, T);
+        else rb_block_forward(c, &w, h, h, 1, T);
         rb_weights_free(&w);
     }
     ar_block_weights_free(&bw);
@@ -671,4 +697,74 @@ void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nr
         for (int v = 0; v < V; v++) logits[(long)j * V + v] = lg[v].v;
     }
     free(x), free(h), free(n), free(lg), free(head), free(hd), free(nwd);
+}
+
+/* ------------------------------------------------ Phi-3 / GLM-4 block */
+
+/* Rotate the first rot dims of each head (pairs interleaved or in halves). */
+static void rope_partial(fx_ev *x, const fx_ev *cos_t, const fx_ev *sin_t, int B, int T, int H, int HD, int rot,
+                         int inter)
+{
+    int H2 = rot / 2;
+    for (long r = 0; r < (long)B * T; r++)
+        for (int h = 0; h < H; h++) {
+            fx_ev *v = x + (r * H + h) * HD;
+            int t = (int)(r % T);
+            for (int i = 0; i < H2; i++) {
+                fx_ev c = cos_t[(long)t * H2 + i], s = sin_t[(long)t * H2 + i];
+                fx_ev *pa = inter ? v + 2 * i : v + i, *pb = inter ? pa + 1 : pa + H2;
+                fx_ev x0 = *pa, x1 = *pb;
+                *pa = fx_sub(fx_mul(x0, c), fx_mul(x1, s));
+                *pb = fx_add(fx_mul(x1, c), fx_mul(x0, s));
+            }
+        }
+}
+
+/* Columns [c0, c0 + n) of the rows of src [R, ld] into dst [R, n]. */
+static void take_cols(fx_ev *dst, const fx_ev *src, long R, int ld, int c0, int n)
+{
+    for (long r = 0; r < R; r++) memcpy(dst + r * n, src + r * ld + c0, sizeof(fx_ev) * n);
+}
+
+void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev *x, fx_ev *y, int B, int T)
+{
+    int BT = B * T, C = c->hidden, F = c->intermediate, HD = c->head_dim, NH = c->n_heads;
+    int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD, phi = c->fused_qkv;
+    int io = phi ? 1 : 3, igu = io + 1, idn = io + 2;
+    double eps = c->rms_eps;
+    fx_ev *xc = alloc_ev((long)BT * C), *ln = alloc_ev((long)BT * C), *q = alloc_ev((long)BT * QD);
+    fx_ev *k = alloc_ev((long)BT * KD), *v = alloc_ev((long)BT * KD), *P = alloc_ev((long)B * NH * T * T);
+    fx_ev *ao = alloc_ev((long)BT * QD), *o = alloc_ev((long)BT * C), *h = alloc_ev((long)BT * C);
+    fx_ev *gu = alloc_ev((long)BT * 2 * F), *g = alloc_ev((long)BT * F), *u = alloc_ev((long)BT * F);
+    fx_ev *qkv = alloc_ev((long)BT * (QD + 2 * KD));
+    fx_ev *cs = alloc_ev((long)T * ar_rope_dense_dim(c) / 2), *sn = alloc_ev((long)T * ar_rope_dense_dim(c) / 2);
+    memcpy(xc, x, sizeof(fx_ev) * BT * C);   /* y may be x */
+    rb_rmsnorm(ln, NULL, xc, w->n1, BT, C, eps);
+    if (phi) {
+        rb_linear(qkv, ln, w->w[0], w->b[0], BT, C, QD + 2 * KD);
+        take_cols(q, qkv, BT, QD + 2 * KD, 0, QD);
+        take_cols(k, qkv, BT, QD + 2 * KD, QD, KD);
+        take_cols(v, qkv, BT, QD + 2 * KD, QD + KD, KD);
+    } else {
+        rb_linear(q, ln, w->w[0], w->b[0], BT, C, QD);
+        rb_linear(k, ln, w->w[1], w->b[1], BT, C, KD);
+        rb_linear(v, ln, w->w[2], w->b[2], BT, C, KD);
+    }
+    rb_rope_tables(cs, sn, c, T);
+    rope_partial(q, cs, sn, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    rope_partial(k, cs, sn, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    rb_attention(ao, P, q, k, v, B, T, NH, NKV, HD, c->sliding_window);
+    rb_linear(o, ao, w->w[io], w->b[io], BT, QD, C);
+    if (w->pa) rb_rmsnorm(o, NULL, o, w->pa, BT, C, eps);
+    for (long i = 0; i < (long)BT * C; i++) h[i] = fx_add(o[i], xc[i]);
+    rb_rmsnorm(ln, NULL, h, w->n2, BT, C, eps);
+    rb_linear(gu, ln, w->w[igu], w->b[igu], BT, C, 2 * F);
+    take_cols(g, gu, BT, 2 * F, 0, F);
+    take_cols(u, gu, BT, 2 * F, F, F);
+    rb_swiglu(g, g, u, (long)BT * F);
+    rb_linear(o, g, w->w[idn], w->b[idn], BT, F, C);
+    if (w->pm) rb_rmsnorm(o, NULL, o, w->pm, BT, C, eps);
+    for (long i = 0; i < (long)BT * C; i++) y[i] = fx_add(h[i], o[i]);
+    free(xc), free(ln), free(q), free(k), free(v), free(P), free(ao), free(o), free(h), free(gu), free(g), free(u);
+    free(qkv), free(cs), free(sn);
 }

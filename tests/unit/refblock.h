@@ -19,6 +19,8 @@
  * rb_weights_from); NULL where the block has none. */
 typedef struct {
     double *w[AR_NLINEAR], *b[AR_NLINEAR], *n1, *n2, *qn, *kn;
+    double *pa, *pm;            /* GLM-4's post_self_attn / post_mlp norms */
+    int nlinear;                /* the block description's (Phi-3 4, GLM-4 6, else AR_NLINEAR) */
 } rb_weights;
 
 /* Allocates d and copies w (f32) into it; rb_weights_free releases. */
@@ -116,6 +118,11 @@ void rb_check_block_stages(const ar_config *c, const rb_weights *w, const ar_blo
  * only, under FX_VALUES or FX_MCA (asserts not FX_BOUNDS: bounds carried
  * through a whole model exceed the values; see fx_mca_tolerance). */
 void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nrows, double *logits);
+
+/* The Phi-3 / GLM-4 block (block_fused.h) in this arithmetic: fused linears
+ * as one product each then split, partial (halves or interleaved) rotary
+ * with rope_dense.h's frequencies taken as exact inputs, post norms. */
+void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev *x, fx_ev *y, int B, int T);
 
 /* ar_model_nll's per-position next-token NLL of B sequences ids [B, T]:
  * nll [B, T-1] = log-sum-exp of the logits minus the next token's (values

@@ -3,6 +3,7 @@
 #include "config.h"
 #include "error.h"
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -105,8 +106,8 @@ Test(config, bad_input)
     parse_fails("[1,2]", "not a JSON object");
     parse_fails("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":64}", "missing intermediate_size");
     parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"num_key_value_heads\":3}", "not a multiple");
-    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\"}}",
-                "unsupported rope type yarn");
+    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"mrope\"}}",
+                "unsupported rope type mrope");
     parse_fails("{\"architectures\":[\"LlamaForCausalLM\"],\"hidden_size\":-5,\"intermediate_size\":8,"
                 "\"num_hidden_layers\":1,\"num_attention_heads\":1,\"vocab_size\":4}", "hidden_size must be");
 }
@@ -317,8 +318,8 @@ Test(config, moe_bad_input)
     parse_any_fails("{\"architectures\":[\"MixtralForCausalLM\"],\"hidden_size\":64,\"intermediate_size\":128,"
                     "\"num_hidden_layers\":2000,\"num_attention_heads\":4,\"vocab_size\":100}", "num_hidden_layers 2000 exceeds 1024");
     /* yarn stays refused for the dense families, whose forward has none */
-    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\"}}",
-                "unsupported rope type yarn");
+    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"mrope\"}}",
+                "unsupported rope type mrope");
 }
 
 /* The tiny models of tests/fixtures/moe/make_tiny_moe.py, when they have been generated. */
@@ -341,4 +342,72 @@ Test(config, tiny_moe_models_when_built)
         cr_assert_eq(ar_config_load_flags(&c, dir, AR_CONFIG_ANY_ARCH), 0, "%s", ar_last_error());
         cr_assert(c.arch == want[i] && c.moe.n_experts == 8 && c.moe.top_k == 2 && c.hidden == 128, "%s", dir);
     }
+}
+
+/* ---- Phi-3, GLM-4 and the dense rope types (block_fused.h, rope_dense.h) ---- */
+
+#define PHI3 "{\"architectures\":[\"Phi3ForCausalLM\"]," BASE
+#define GLM4 "{\"architectures\":[\"Glm4ForCausalLM\"]," BASE
+#define LONGROPE(s, l) ",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":" s ",\"long_factor\":" l "}"
+
+Test(config, phi3_longrope_and_defaults)
+{
+    ar_config c;
+    /* head_dim 16, partial 0.5: 8 rotated dims, 4 factors; the top-level original context
+     * (Phi-3's config) gives factor 4096/1024 = 4 and the attention factor sqrt(1 + ln 4 / ln 1024) */
+    const char *j = PHI3 ",\"max_position_embeddings\":4096,\"original_max_position_embeddings\":1024,"
+                    "\"partial_rotary_factor\":0.5" LONGROPE("[1,1,1,1]", "[1,2,3,4]") "}";
+    cr_assert_eq(ar_config_parse(&c, j, "t"), 0, "%s", ar_last_error());
+    cr_assert(c.arch == AR_ARCH_PHI3 && c.fused_qkv && c.fused_gate_up && !c.post_norms && !c.qkv_bias);
+    cr_assert(c.rope_type == AR_ROPE_LONGROPE && c.rope_dim == 8 && !c.rope_interleaved);
+    cr_assert(c.rope_orig_max_pos == 1024 && c.rope_factor == 4.0);
+    cr_assert(fabs(c.rope_attention_factor - sqrt(1 + log(4.0) / log(1024.0))) < 1e-15);
+    cr_assert(c.rope_long_factor[3] == 4.0f && c.rope_short_factor[0] == 1.0f);
+    cr_assert_eq(c.rms_eps, 1e-5f);   /* Phi3Config's default */
+    /* an explicit factor and attention_factor win; "su" is longrope for Phi-3 */
+    j = PHI3 ",\"max_position_embeddings\":4096,\"rope_scaling\":{\"type\":\"su\",\"factor\":2,\"attention_factor\":1.5,"
+             "\"short_factor\":[1,1,1,1,1,1,1,1],\"long_factor\":[1,1,1,1,1,1,1,1]}}";
+    cr_assert_eq(ar_config_parse(&c, j, "t"), 0, "%s", ar_last_error());
+    cr_assert(c.rope_type == AR_ROPE_LONGROPE && c.rope_factor == 2.0 && c.rope_attention_factor == 1.5);
+    cr_assert_eq(c.rope_orig_max_pos, 4096);   /* Phi3Config's default original context */
+}
+
+Test(config, glm4_defaults)
+{
+    ar_config c;
+    cr_assert_eq(ar_config_parse(&c, GLM4 ",\"head_dim\":16}", "t"), 0, "%s", ar_last_error());
+    cr_assert(c.arch == AR_ARCH_GLM4 && !c.fused_qkv && c.fused_gate_up && c.post_norms && c.qkv_bias);
+    cr_assert(c.rope_dim == 8 && c.rope_interleaved);   /* partial_rotary_factor 0.5 by default */
+    cr_assert_eq(c.rms_eps, 1.5625e-07f);
+    cr_assert_eq(ar_config_parse(&c, GLM4 "}", "t"), 0, "%s", ar_last_error());
+    cr_assert_eq(c.head_dim, 128);   /* Glm4Config's default head_dim */
+    cr_assert_eq(ar_config_parse(&c, GLM4 ",\"head_dim\":16,\"attention_bias\":false}", "t"), 0);
+    cr_assert(!c.qkv_bias);
+}
+
+Test(config, dense_yarn_and_dynamic)
+{
+    ar_config c;
+    const char *j = "{\"architectures\":[\"Qwen3ForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"yarn\","
+                    "\"factor\":4,\"original_max_position_embeddings\":32768}}";
+    cr_assert_eq(ar_config_parse(&c, j, "t"), 0, "%s", ar_last_error());
+    cr_assert(c.rope_type == AR_ROPE_YARN && c.rope_factor == 4.0 && c.rope_orig_max_pos == 32768 && c.rope_dim == c.head_dim);
+    j = "{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"rope_scaling\":{\"rope_type\":\"dynamic\",\"factor\":2}}";
+    cr_assert_eq(ar_config_parse(&c, j, "t"), 0, "%s", ar_last_error());
+    cr_assert(c.rope_type == AR_ROPE_DYNAMIC && c.rope_factor == 2.0);
+}
+
+Test(config, phi3_glm4_bad_input)
+{
+    parse_fails(PHI3 LONGROPE("[1,1,1]", "[1,1,1,1,1,1,1,1]") "}", "longrope short_factor has 3 entries, rotary dims / 2 = 8");
+    parse_fails(PHI3 LONGROPE("[1,1,1,1,1,1,1,0]", "[1,1,1,1,1,1,1,1]") "}", "longrope short_factor entry 7 is not a positive number");
+    parse_fails(PHI3 ",\"rope_scaling\":{\"type\":\"longrope\",\"short_factor\":[1,1,1,1,1,1,1,1]}}",
+                "longrope rope needs long_factor, a list of numbers");
+    parse_fails(PHI3 ",\"partial_rotary_factor\":1.5}", "partial_rotary_factor must be in (0, 1]");
+    parse_fails(PHI3 ",\"partial_rotary_factor\":0.1}", "gives 1 rotary dims of head_dim 16");
+    parse_fails(PHI3 ",\"hidden_act\":\"gelu\"}", "hidden_act gelu is not supported (only silu)");
+    parse_fails(GLM4 ",\"head_dim\":16,\"rope_scaling\":{\"rope_type\":\"llama3\",\"factor\":8}}",
+                "llama3 rope with a partial rotary factor is not supported");
+    parse_fails("{\"architectures\":[\"LlamaForCausalLM\"]," BASE ",\"partial_rotary_factor\":0.5}",
+                "partial_rotary_factor is not supported for LlamaForCausalLM");
 }

@@ -144,6 +144,11 @@ Test(model, qwen2_bias_linear_rope_bf16_tied) { fixture_max_diff("qwen2"); }
 Test(model, qwen3_qk_norm_wide_head_dim) { fixture_max_diff("qwen3"); }
 Test(model, mistral_sliding_window_untied) { fixture_max_diff("mistral"); }
 Test(model, llama3_rope_attention_and_mlp_bias) { fixture_max_diff("llama3"); }
+Test(model, phi3_fused_partial_longrope_short) { fixture_max_diff("phi3"); }
+Test(model, phi3_longrope_long_factors_tied) { fixture_max_diff("phi3_long"); }
+Test(model, glm4_bias_interleaved_partial_rope_post_norms) { fixture_max_diff("glm4"); }
+Test(model, qwen2_dense_yarn) { fixture_max_diff("qwen2_yarn"); }
+Test(model, llama_dynamic_ntk_beyond_max_position) { fixture_max_diff("llama_dynamic"); }
 
 /* The Mistral fixture must depend on its window: without it the logits move. */
 Test(model, mistral_fixture_is_sensitive_to_the_window)
