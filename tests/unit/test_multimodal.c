@@ -91,10 +91,6 @@ Test(multimodal, errors)
                 "text_config of Mistral3ForConditionalGeneration is not an object");
     parse_fails("{\"architectures\": [\"Mistral3ForConditionalGeneration\"], \"text_config\": {\"model_type\": \"mistral\"}}",
                 "missing hidden_size");
-    /* Gemma 3's text family plugs in by its class name once config.c knows it */
-    parse_fails("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": {\"model_type\": "
-                "\"gemma3_text\", " SIZES "}}",
-                "unsupported architecture Gemma3ForCausalLM (the text model of Gemma3ForConditionalGeneration)");
     parse_fails("{\"architectures\": [\"LlavaForConditionalGeneration\"], \"text_config\": {\"model_type\": \"opt\", "
                 SIZES "}}", "unsupported architecture opt (the text model of LlavaForConditionalGeneration)");
 }
@@ -155,4 +151,13 @@ Test(multimodal, layouts_and_names)
     present = none;
     cr_assert_eq(ar_mm_resolve("Qwen2VLForConditionalGeneration", has, NULL, &nm), -1);
     cr_assert(strstr(ar_last_error(), "Qwen2VLForConditionalGeneration: no text decoder weights"), "%s", ar_last_error());
+}
+
+/* Gemma 3's text family plugs in by its class name (config.c's Gemma3ForCausalLM). */
+Test(multimodal, gemma3_text_stack)
+{
+    ar_config c = parse_ok("{\"architectures\": [\"Gemma3ForConditionalGeneration\"], \"text_config\": "
+                           "{\"model_type\": \"gemma3_text\", " SIZES "}}");
+    cr_assert_eq(c.arch, AR_ARCH_GEMMA3);
+    cr_assert(c.norm_plus_one && c.sandwich_norm);
 }
