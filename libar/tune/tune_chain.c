@@ -6,6 +6,7 @@
 #include "dtype.h"
 #include "error.h"
 #include "quant_kv.h"
+#include "spill.h"
 #include "tune_impl.h"
 #include <math.h>
 #include <stdlib.h>
@@ -33,6 +34,21 @@ void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep)
 }
 
 /* ---- the chains ---------------------------------------------------------- */
+
+uint16_t *tn_chain_alloc(const tn_run *r)
+{
+    size_t bytes = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->c->hidden;
+    if (r->spill) return ar_spill_alloc(r->o->spill_dir, bytes);
+    uint16_t *p = malloc(bytes);
+    if (!p) ar_error("out of memory for a calibration chain (%zu MiB)", bytes >> 20);
+    return p;
+}
+
+void tn_chain_free(void *p)
+{
+    if (ar_spill_owns(p)) ar_spill_free(p);
+    else free(p);
+}
 
 /* max |x| over ntok tokens of x [ntok, K] folded into *m. */
 static void fold_abs_max(float *m, const float *x, long ntok, int k)
@@ -114,8 +130,13 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     for (int s0 = 0; s0 < n && !rc; s0 += bs) {
         int nb = n - s0 < bs ? n - s0 : bs;
         ar_to_f32(x, src + s0 * row, AR_BF16, nb * row);
-        rc = r->bd.forward(c, w, x, y, nb, T, ws);
-        if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, nb * row);
+        /* a spilled chain keeps in memory only the batch being worked on */
+        rc = ar_spill_release((void *)src, sizeof *src * s0 * row, sizeof *src * nb * row);
+        if (!rc) rc = r->bd.forward(c, w, x, y, nb, T, ws);
+        if (!rc && dst) {
+            ar_from_f32(dst + s0 * row, y, AR_BF16, nb * row);
+            rc = ar_spill_release(dst, sizeof *dst * s0 * row, sizeof *dst * nb * row);
+        }
     }
     ws->observe = NULL, ws->observe_ctx = NULL;   /* st goes with this call */
     ws->observe_kv = NULL, ws->kv_ctx = NULL;
@@ -195,8 +216,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     if (!wq->w && ar_block_weights_init(wq, wfp->nlinear)) return -1;
     ar_block_weights_borrow(wq, wfp);
     for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq->w[i] = out[i].wq;
-    if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
-        return ar_error("out of memory for the quantized chain");
+    if (!r->x_q && !(r->x_q = tn_chain_alloc(r))) return -1;
     if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
     int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
     r->kv_obs = NULL;
