@@ -9,6 +9,7 @@
 #include "spill.h"
 #include "tune_impl.h"
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -145,10 +146,18 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     return rc;
 }
 
-void tn_bufs_free(tn_bufs *b)
+/* tn_forward_all's workspace and batch buffers; made again by its next call. */
+static void free_forward_bufs(tn_bufs *b)
 {
     if (b->fws_ready) ar_block_work_free(&b->fws);
     free(b->fx); free(b->fy);
+    b->fws_ready = b->fws_actq = 0;
+    b->fx = b->fy = NULL;
+}
+
+void tn_bufs_free(tn_bufs *b)
+{
+    free_forward_bufs(b);
     ar_signround_cache_free(b->sr);
     ar_block_weights_release(&b->wq);
     if (b->plan_ready) {
@@ -178,6 +187,38 @@ static int lfq_head(const tn_run *r, ar_lm_head *h, float **head_w)
     return 0;
 }
 
+/* With a memory budget: the tuner reads the FP weights of the quantized
+ * linears from the model, one linear at a time, instead of keeping the
+ * block's f32 copy (4 bytes a parameter) through SignRound. */
+typedef struct {
+    const tn_run *r;
+    int layer;
+} reload_ctx;
+
+static int reload_weight(void *ctx, int i, float *dst)
+{
+    const reload_ctx *k = ctx;
+    char name[256];
+    /* the tensor ar_model_load_block read (model.c), widened the same way */
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", k->layer, k->r->bd.lin[i].name);
+    return ar_model_read_tensor(k->r->m, name, 0, k->r->bd.lin[i].n_out, dst);
+}
+
+/* Free (drop 1) or allocate again (drop 0, contents undefined: the next
+ * ar_model_load_block fills them) the f32 weights of the planned linears of
+ * the run's block buffer wfp. 0 or -1. */
+static int drop_quantized_weights(const ar_block_weights *wfp, const ar_block_plan *plan, int drop)
+{
+    ar_block_weights *w = (ar_block_weights *)wfp;   /* run_blocks' buffer, lent as const */
+    for (int i = 0; i < plan->nlinear; i++) {
+        if (!plan->quantize[i]) continue;
+        if (drop) { free(w->w[i]); w->w[i] = NULL; continue; }
+        if (!w->w[i] && !(w->w[i] = malloc(sizeof(float) * plan->desc->lin[i].n_out * plan->desc->lin[i].k_in)))
+            return ar_error("out of memory for block weights");
+    }
+    return 0;
+}
+
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
                        int outlier, const ar_quant_out *out, ar_signround_report *rep)
 {
@@ -202,6 +243,13 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     int llama = !strcmp(plan->desc->family, "llama");
     int gpu = r->dev != AR_DEVICE_CPU && llama && ar_signround_cuda_supports(plan) && !o.lfq;
     if (r->dev != AR_DEVICE_CPU && o.lfq) tn_event(r, AR_TUNE_EV_LFQ_ON_CPU, layer, c->n_layers, NULL);
+    reload_ctx rk = {r, layer};
+    int lean = !gpu && a->mem_budget_mib > 0 && r->m;
+    if (lean) {
+        o.reload = reload_weight, o.reload_ctx = &rk;
+        drop_quantized_weights(wfp, plan, 1);
+        free_forward_bufs(r->buf);   /* tn_forward_all makes them again for the quantized chain */
+    }
     int rc = gpu ? ar_signround_tune_block_cuda_res(r->gpu, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
                                                     tn_on_iter, &ic)
              : ar_res_host(r->gpu, xin) || ar_res_host(r->gpu, r->y)
@@ -209,6 +257,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
                  : ar_signround_tune_block_cached(&r->buf->sr, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
                                                   tn_on_iter, &ic);
     free(head_w);
+    if (lean && !rc && a->disable_quanted_input) rc = drop_quantized_weights(wfp, plan, 0);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
      * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
@@ -220,5 +269,6 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
     int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
     r->kv_obs = NULL;
+    if (lean && !krc) krc = drop_quantized_weights(wfp, plan, 0);
     return krc;
 }
