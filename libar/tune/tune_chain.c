@@ -257,6 +257,10 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
                  : ar_signround_tune_block_cached(&r->buf->sr, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
                                                   tn_on_iter, &ic);
     free(head_w);
+    if (lean) {   /* the tuner's state is done with: the quantized chain's forward needs the outputs alone */
+        ar_signround_cache_free(r->buf->sr);
+        r->buf->sr = NULL;
+    }
     if (lean && !rc && a->disable_quanted_input) rc = drop_quantized_weights(wfp, plan, 0);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
