@@ -87,8 +87,12 @@ static int spill_chains(tn_run *r)
     if (!r->spill || r->x_fp != r->d->hidden) return 0;
     size_t bytes = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->d->C;
     if (!(r->spill_fp = tn_chain_alloc(r))) return -1;
-    memcpy(r->spill_fp, r->x_fp, bytes);
-    if (ar_spill_release(r->spill_fp, 0, bytes)) return -1;
+    const size_t step = (size_t)64 << 20;   /* written back as it goes: no second copy in memory */
+    for (size_t off = 0; off < bytes; off += step) {
+        size_t len = bytes - off < step ? bytes - off : step;
+        memcpy((char *)r->spill_fp + off, (const char *)r->x_fp + off, len);
+        if (ar_spill_release(r->spill_fp, off, len)) return -1;
+    }
     free(r->d->hidden);
     r->d->hidden = NULL;
     r->x_fp = r->spill_fp;
