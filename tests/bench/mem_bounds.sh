@@ -13,7 +13,8 @@
 # 70B-shaped block under SR70_CAP); default all three.
 # Environment: WORK (folder for models and outputs, default /tmp/ar-mem;
 # the models are kept for reruns, delete it when done), PY (a Python with
-# numpy, default build/venv/bin/python), L8 (8B layers, 2), NS/SEQ (samples x
+# numpy, default build/venv/bin/python), L8 (8B layers, 2), SHARD_GB (safetensors shard
+# size, 0.5: the 2-layer 8B model in 2 shards), NS/SEQ (samples x
 # tokens, 8 x 2048), ITERS (2), BS/GAS (batch size and gradient accumulation,
 # 1 / 8), THREADS (2), MEM_BUDGET (ar-tune --mem_budget MiB, 1024),
 # RTN_CAP/SR8_CAP/SR70_CAP (MiB: 3072 / 8192 / 20480), EXTRA (more ar-tune
@@ -35,7 +36,7 @@ WORK=${WORK:-/tmp/ar-mem}
 PY=${PY:-$ROOT/build/venv/bin/python}
 L8=${L8:-2} NS=${NS:-8} SEQ=${SEQ:-2048} ITERS=${ITERS:-2} BS=${BS:-1} GAS=${GAS:-8} THREADS=${THREADS:-2}
 MEM_BUDGET=${MEM_BUDGET:-1024} RTN_CAP=${RTN_CAP:-3072} SR8_CAP=${SR8_CAP:-8192} SR70_CAP=${SR70_CAP:-20480}
-EXTRA=${EXTRA:-}
+EXTRA=${EXTRA:-} SHARD_GB=${SHARD_GB:-0.5}
 CASES=${*:-rtn8b sr8b sr70b}
 mkdir -p "$WORK"
 
@@ -92,7 +93,7 @@ capped() {
 model() {   # model SHAPE LAYERS DIR
     [ -f "$3/config.json" ] && return 0
     echo "== generating $3 ($1, $2 layers)"
-    OMP_NUM_THREADS=1 "$PY" "$ROOT/tests/bench/make_synthetic_llama.py" --shape "$1" --layers "$2" --shard_gb 2 -o "$3"
+    OMP_NUM_THREADS=1 "$PY" "$ROOT/tests/bench/make_synthetic_llama.py" --shape "$1" --layers "$2" --shard_gb "$SHARD_GB" -o "$3"
 }
 
 calib() {   # calib MODEL OUT: NS x SEQ windows of wikitext-2's test text
