@@ -26,12 +26,14 @@ static const char usage[] =
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--gpu_chain_budget MIB] [--threads N]\n"
-    "               [--checkpoint DIR]\n"
+    "               [--checkpoint DIR] [--mem_budget MIB | --low_cpu_mem_usage]\n"
     "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
     "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
+    "--mem_budget MIB: when the calibration chains (3 x nsamples x seqlen x hidden bf16) need more host memory,\n"
+    "they live in files under $TMPDIR (default /tmp) instead; --low_cpu_mem_usage: always (same output).\n"
     "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
     "outlier-suppressed loss below 4 bits or with 4-bit activations; GGUF: tuned rounding over llama.cpp's\n"
     "imatrix scales, 200 iters by default).\n"
@@ -55,6 +57,8 @@ static tune_args parse_args(int argc, char **argv)
 {
     tune_args a = {0};
     ar_tune_defaults(&a.o);
+    const char *tmp = getenv("TMPDIR");
+    if (tmp && *tmp) a.o.spill_dir = tmp;
     a.scheme = "W4A16"; a.bits = a.group_size = a.sym = AR_UNSET;
     a.o.iters = a.nsamples = a.seqlen = a.o.batch_size = a.o.grad_accum = -1;
     ar_tune_opts *o = &a.o;
@@ -97,6 +101,8 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--gpu_chain_budget")))
             o->gpu_chain_budget_mib = cli_double("--gpu_chain_budget", v, -1, 1e9);
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) o->checkpoint = v;
+        else if ((v = cli_value(argc, argv, &i, "--mem_budget"))) o->mem_budget_mib = cli_double("--mem_budget", v, 0.001, 1e12);
+        else if (flag(s, "--low_cpu_mem_usage")) o->mem_budget_mib = 1e-9;   /* any chain exceeds it */
         else cli_usage_error("unknown argument '%s'", s);
     }
     return a;
@@ -202,6 +208,8 @@ static void on_event(void *ctx, ar_tune_event ev, int a, int b, const char *text
     if (ev == AR_TUNE_EV_DEVICE && cli_progress >= 2) fprintf(stderr, "ar-tune: running on %s\n", text);
     if (!cli_progress) return;
     if (ev == AR_TUNE_EV_LAYER_CONFIG) fprintf(stderr, "ar-tune: using the stream's layer config (%d layers)\n", a);
+    if (ev == AR_TUNE_EV_SPILL)
+        fprintf(stderr, "ar-tune: calibration chains (%d x %d MiB) over --mem_budget: in files under %s\n", b, a, text);
     if (ev == AR_TUNE_EV_GPU_TRANSFERS) fprintf(stderr, "ar-tune: gpu transfers: %s\n", text);
     if (ev == AR_TUNE_EV_LFQ_ON_CPU) fprintf(stderr, "ar-tune: block %d/%d tunes on the CPU (--enable_lfq)\n", a + 1, b);
     if (ev == AR_TUNE_EV_RESUME)

@@ -30,7 +30,8 @@ static const char usage[] =
     "                  [--iters 200] [--lr X] [--minmax_lr X] [--nsamples 128] [--seqlen 2048]\n"
     "                  [--batch_size 8] [--gradient_accumulate_steps 1] [--layer_config FILE.json]\n"
     "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--enable_lfq] [--seed 42]\n"
-    "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--max_shard_size 5GB]\n"
+    "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--low_cpu_mem_usage]\n"
+    "                  [--max_shard_size 5GB]\n"
     "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
     "                  [--schemes W2A16G64,W4A16 --bits X [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
@@ -67,7 +68,7 @@ typedef struct {
     char schemes_given[512];            /* --schemes as given, to compare with a later --options */
     char *shared[MAX_SHARED];           /* --shared_layers groups, each comma-joined */
     int nshared, ignore_scale_zp_bits;
-    int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, dry_run;
+    int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, low_cpu_mem_usage, dry_run;
     int apply_chat_template; /* --apply_chat_template: ar-calib renders .jsonl rows with the chat template */
     int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
     const char *static_kv_dtype, *static_kv_granularity;   /* AutoRound's static KV-cache flags */
@@ -115,6 +116,8 @@ static const struct {
     {"--enable_alg_ext", offsetof(options, enable_alg_ext), 1},
     {"--enable_lfq", offsetof(options, enable_lfq), 1},
     {"--low_gpu_mem_usage", offsetof(options, low_gpu_mem_usage), 1},
+    {"--low_cpu_mem_usage", offsetof(options, low_cpu_mem_usage), 1},
+    {"--disable_low_cpu_mem_usage", offsetof(options, low_cpu_mem_usage), 0},
     {"--disable_minmax_tuning", offsetof(options, disable_minmax_tuning), 1},
     {"--not_use_best_mse", offsetof(options, not_use_best_mse), 1},
     {"--disable_quanted_input", offsetof(options, disable_quanted_input), 1},
@@ -128,7 +131,7 @@ static const struct {
  * run unchanged. */
 static const char *const noop_flags[] = {
     "--enable_minmax_tuning", "--enable_quanted_input", "--enable_torch_compile", "--disable_torch_compile",
-    "--low_cpu_mem_usage", "--disable_low_cpu_mem_usage", "--disable_trust_remote_code", "--model_free",
+    "--disable_trust_remote_code", "--model_free",
     "--disable_model_free", "--enable_deterministic_algorithms", "--disable_eval",
 };
 
@@ -549,6 +552,11 @@ static void push_optional_tune_flags(stage *s, const options *o)
         if (help_mentions(s->path, "--device")) push_opt(s, "--device", dev);
         else if (strcmp(dev, "cpu"))
             cli_usage_error("--device %s: not supported yet (ar-tune runs on the CPU); use --device cpu", o->device);
+    }
+    if (o->low_cpu_mem_usage) {   /* AutoRound's disk offload of the block inputs: ar-tune's spill files */
+        if (help_mentions(s->path, "--low_cpu_mem_usage")) push(s, "--low_cpu_mem_usage");
+        else if (cli_progress >= 2)
+            fprintf(stderr, "auto-round: --low_cpu_mem_usage has no effect: this ar-tune has no spill files\n");
     }
     if (o->low_gpu_mem_usage) {
         if (help_mentions(s->path, "--low_gpu_mem_usage")) push(s, "--low_gpu_mem_usage");

@@ -330,6 +330,18 @@ const ar_st_tensor *ar_st_at(const ar_safetensors *st, size_t i) { return st && 
 
 static int fp8_read_rows(const ar_safetensors *st, const ar_st_tensor *t, int64_t row0, int64_t nrows, float *dst);
 
+/* After a large read (a block's weight, not an embedding row): the mapped
+ * pages of [p, p + n) leave this process's memory (a later read faults them
+ * in again from the page cache or the file), so that the weights of the
+ * blocks already tuned do not stay resident for the whole run. */
+static void release_pages(const void *p, size_t n)
+{
+    if (n < (1u << 20)) return;
+    size_t pg = (size_t)sysconf(_SC_PAGESIZE);
+    uintptr_t a = (uintptr_t)p / pg * pg, e = ((uintptr_t)p + n) / pg * pg;   /* whole pages inside */
+    if (e > a) madvise((void *)a, e - a, MADV_DONTNEED);
+}
+
 int ar_st_read_rows_f32(const ar_safetensors *st, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
     const ar_st_tensor *t = ar_st_find(st, name);
@@ -345,7 +357,9 @@ int ar_st_read_rows_f32(const ar_safetensors *st, const char *name, int64_t row0
     int64_t per_row = rows ? t->numel / rows : 0;
     size_t es = ar_dtype_size(t->dtype);
     const char *src = (const char *)t->data + (size_t)(row0 * per_row) * es;
-    return ar_to_f32(dst, src, t->dtype, (size_t)(nrows * per_row));
+    int rc = ar_to_f32(dst, src, t->dtype, (size_t)(nrows * per_row));
+    release_pages(src, (size_t)(nrows * per_row) * es);
+    return rc;
 }
 
 int ar_st_read_f32(const ar_safetensors *st, const char *name, float *dst, size_t n)

@@ -262,13 +262,17 @@ static double now_s(void)
 }
 
 /* Tunables, their best snapshot and gradients for one quantized linear. */
+/* Tunables and gradients for one quantized linear. No best copy of V, α, β
+ * is kept: at each new best the linear's outputs are made from the current
+ * tunables (what finish would make from a copy of them), so the best
+ * iteration's result lives in the caller's output buffers. The gradients of
+ * V, α, β are the tuner's, shared by the linears (update_all takes one
+ * linear at a time). */
 typedef struct {
     int n, k, ng;
     size_t nel, ngr;
     size_t cap_nel, cap_ngr;   /* what the buffers hold (kept across blocks by the cache) */
     float *v, *alpha, *beta;
-    float *best_v, *best_alpha, *best_beta;
-    float *dv, *dalpha, *dbeta;
     float *wq, *dw;
     float lr, mlr;
     const float *init_scale;   /* plan->init_scale[i] (SignRoundV2), or NULL */
@@ -288,29 +292,22 @@ static int layer_init(layer_state *L, const ar_linear_desc *d, const ar_quant_sp
     L->ngr = (size_t)L->n * L->ng;
     L->init_scale = NULL;
     if (L->nel > L->cap_nel) {
-        free(L->v); free(L->best_v); free(L->dv); free(L->wq); free(L->dw);
+        free(L->v); free(L->wq); free(L->dw);
         L->cap_nel = 0;
-        L->v = malloc(L->nel * 4); L->best_v = malloc(L->nel * 4); L->dv = malloc(L->nel * 4);
-        L->wq = malloc(L->nel * 4); L->dw = malloc(L->nel * 4);
-        if (!L->v || !L->best_v || !L->dv || !L->wq || !L->dw)
-            return ar_error("out of memory for the tunables of %s", d->name);
+        L->v = malloc(L->nel * 4); L->wq = malloc(L->nel * 4); L->dw = malloc(L->nel * 4);
+        if (!L->v || !L->wq || !L->dw) return ar_error("out of memory for the tunables of %s", d->name);
         L->cap_nel = L->nel;
     }
     if (L->ngr > L->cap_ngr) {
-        free(L->alpha); free(L->beta); free(L->best_alpha); free(L->best_beta); free(L->dalpha); free(L->dbeta);
+        free(L->alpha); free(L->beta);
         L->cap_ngr = 0;
         L->alpha = malloc(L->ngr * 4); L->beta = malloc(L->ngr * 4);
-        L->best_alpha = malloc(L->ngr * 4); L->best_beta = malloc(L->ngr * 4);
-        L->dalpha = malloc(L->ngr * 4); L->dbeta = malloc(L->ngr * 4);
-        if (!L->alpha || !L->beta || !L->best_alpha || !L->best_beta || !L->dalpha || !L->dbeta)
-            return ar_error("out of memory for the tunables of %s", d->name);
+        if (!L->alpha || !L->beta) return ar_error("out of memory for the tunables of %s", d->name);
         L->cap_ngr = L->ngr;
     }
-    /* v, its snapshot and the gradients start at zero (wq and dw are written
-     * before they are read), α = β = 1 */
-    memset(L->v, 0, L->nel * 4); memset(L->best_v, 0, L->nel * 4); memset(L->dv, 0, L->nel * 4);
-    memset(L->dalpha, 0, L->ngr * 4); memset(L->dbeta, 0, L->ngr * 4);
-    for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = L->best_alpha[g] = L->best_beta[g] = 1.0f;
+    /* v starts at zero (wq and dw are written before they are read), α = β = 1 */
+    memset(L->v, 0, L->nel * 4);
+    for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
     return 0;
@@ -318,27 +315,16 @@ static int layer_init(layer_state *L, const ar_linear_desc *d, const ar_quant_sp
 
 static void layer_free(layer_state *L)
 {
-    free(L->v); free(L->best_v); free(L->dv); free(L->wq); free(L->dw);
-    free(L->alpha); free(L->beta); free(L->best_alpha); free(L->best_beta);
-    free(L->dalpha); free(L->dbeta);
+    free(L->v); free(L->wq); free(L->dw);
+    free(L->alpha); free(L->beta);
     memset(L, 0, sizeof *L);
 }
 
-static ar_quant_params layer_params(const layer_state *L, int minmax, int best)
+static ar_quant_params layer_params(const layer_state *L, int minmax)
 {
-    ar_quant_params p = {best ? L->best_v : L->v, NULL, NULL, L->init_scale};
-    if (minmax) {
-        p.alpha = best ? L->best_alpha : L->alpha;
-        p.beta = best ? L->best_beta : L->beta;
-    }
+    ar_quant_params p = {L->v, NULL, NULL, L->init_scale};
+    if (minmax) p.alpha = L->alpha, p.beta = L->beta;
     return p;
-}
-
-static void snapshot_best(layer_state *L)
-{
-    memcpy(L->best_v, L->v, L->nel * 4);
-    memcpy(L->best_alpha, L->alpha, L->ngr * 4);
-    memcpy(L->best_beta, L->beta, L->ngr * 4);
 }
 
 /* p -= lr · sign(g), sign(0) = 0 (SignSGD). */
@@ -406,6 +392,10 @@ typedef struct {
     int T, C, bs;
     int nl;                       /* entries of L, dW and wq (the cache's) */
     layer_state *L;               /* [plan->nlinear], set where planned */
+    float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
+    size_t cap_dv, cap_dg;
+    float *wtmp;                  /* with o->reload: one linear's FP weight, sized for the largest */
+    size_t cap_wtmp;
     float **dW;                   /* [plan->nlinear] the planned linears' weight gradients, else NULL */
     ar_block_weights wq;          /* FP weights with the quantized linears swapped for ŵ */
     ar_block_work ws;
@@ -417,6 +407,15 @@ typedef struct {
     ar_signround_report *rep;
 } tuner;
 
+/* Linear i's FP weight: resident in w_fp, or read through o->reload into
+ * the scratch (valid until the next call). NULL with ar_error. */
+static const float *fp_weight(tuner *t, const ar_block_weights *w_fp, int i)
+{
+    if (w_fp->w[i]) return w_fp->w[i];
+    if (!t->o->reload) return ar_error("signround: linear %d has no FP weight", i), NULL;
+    return t->o->reload(t->o->reload_ctx, i, t->wtmp) ? NULL : t->wtmp;
+}
+
 /* Fake-quantize every planned linear with the current tunables. */
 static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 {
@@ -424,9 +423,10 @@ static int quantize_all(tuner *t, const ar_block_weights *w_fp)
     for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
-        ar_quant_params p = layer_params(L, t->o->minmax_tuning, 0);
+        ar_quant_params p = layer_params(L, t->o->minmax_tuning);
         ar_quant_out out = {L->wq, NULL, NULL, NULL};
-        if (ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out)) return -1;
+        const float *w = fp_weight(t, w_fp, i);
+        if (!w || ar_quant_forward(&t->plan->spec[i], w, L->n, L->k, &p, &out)) return -1;
         memset(L->dw, 0, L->nel * 4);
     }
     t->rep->sec_quant += now_s() - t0;
@@ -498,17 +498,18 @@ static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
         int mm = t->o->minmax_tuning;
-        ar_quant_params p = layer_params(L, mm, 0);
-        memset(L->dv, 0, L->nel * 4);
-        memset(L->dalpha, 0, L->ngr * 4);
-        memset(L->dbeta, 0, L->ngr * 4);
-        if (ar_quant_backward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, L->dw, L->dv,
-                              mm ? L->dalpha : NULL, mm ? L->dbeta : NULL))
+        ar_quant_params p = layer_params(L, mm);
+        memset(t->dv, 0, L->nel * 4);
+        memset(t->dalpha, 0, L->ngr * 4);
+        memset(t->dbeta, 0, L->ngr * 4);
+        const float *w = fp_weight(t, w_fp, i);
+        if (!w || ar_quant_backward(&t->plan->spec[i], w, L->n, L->k, &p, L->dw, t->dv,
+                              mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
             return -1;
-        sign_step(L->v, L->dv, L->nel, L->lr * f);
+        sign_step(L->v, t->dv, L->nel, L->lr * f);
         if (mm) {
-            sign_step(L->alpha, L->dalpha, L->ngr, L->mlr * f);
-            sign_step(L->beta, L->dbeta, L->ngr, L->mlr * f);
+            sign_step(L->alpha, t->dalpha, L->ngr, L->mlr * f);
+            sign_step(L->beta, t->dbeta, L->ngr, L->mlr * f);
             ar_quant_clamp_minmax(&t->plan->spec[i], L->alpha, L->ngr);
             ar_quant_clamp_minmax(&t->plan->spec[i], L->beta, L->ngr);
         }
@@ -531,6 +532,7 @@ static void tuner_free(tuner *t)
 {
     for (int i = 0; t->L && i < t->nl; i++) layer_free(&t->L[i]);
     free(t->L); free(t->dW);
+    free(t->dv); free(t->dalpha); free(t->dbeta); free(t->wtmp);
     ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
     ar_block_work_free(&t->ws);
@@ -592,6 +594,25 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
         t->L[i].init_scale = plan->init_scale[i];
         t->wq.w[i] = t->L[i].wq;
         t->dW[i] = t->L[i].dw;
+        if (t->L[i].nel > t->cap_dv) {
+            free(t->dv);
+            t->cap_dv = 0;
+            if (!(t->dv = malloc(t->L[i].nel * 4))) return ar_error("out of memory for the gradients");
+            t->cap_dv = t->L[i].nel;
+        }
+        if (o->reload && !w_fp->w[i] && t->L[i].nel > t->cap_wtmp) {
+            free(t->wtmp);
+            t->cap_wtmp = 0;
+            if (!(t->wtmp = malloc(t->L[i].nel * 4))) return ar_error("out of memory for a weight scratch");
+            t->cap_wtmp = t->L[i].nel;
+        }
+        if (t->L[i].ngr > t->cap_dg) {
+            free(t->dalpha); free(t->dbeta);
+            t->cap_dg = 0;
+            t->dalpha = malloc(t->L[i].ngr * 4), t->dbeta = malloc(t->L[i].ngr * 4);
+            if (!t->dalpha || !t->dbeta) return ar_error("out of memory for the gradients");
+            t->cap_dg = t->L[i].ngr;
+        }
     }
     /* as a fresh workspace: no observer (the activation quantizers and the
      * quantized-input copy are set below) */
@@ -599,16 +620,31 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
     return ar_block_plan_set_act_quant(plan, &t->ws);
 }
 
-/* Bake the chosen tunables into the outputs. */
-static int finish(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
+/* Bake the current tunables into the outputs: at each new best (the
+ * tunables that gave this iteration's loss), and after the last iteration
+ * with use_best = 0, or when no iteration set a best (iters 0; every loss
+ * NaN: then the tunables are reset to their start, V = 0, α = β = 1, which
+ * a best copy made at the start would have held). */
+static int bake(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
-        ar_quant_params p = layer_params(L, t->o->minmax_tuning, t->o->use_best);
-        if (ar_quant_forward(&t->plan->spec[i], w_fp->w[i], L->n, L->k, &p, &out[i])) return -1;
+        ar_quant_params p = layer_params(L, t->o->minmax_tuning);
+        const float *w = fp_weight(t, w_fp, i);
+        if (!w || ar_quant_forward(&t->plan->spec[i], w, L->n, L->k, &p, &out[i])) return -1;
     }
     return 0;
+}
+
+static void reset_tunables(tuner *t)
+{
+    for (int i = 0; i < t->plan->nlinear; i++) {
+        if (!t->plan->quantize[i]) continue;
+        layer_state *L = &t->L[i];
+        memset(L->v, 0, L->nel * 4);
+        for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
+    }
 }
 
 int ar_signround_begin(int n, int T, const ar_signround_opts *o, ar_signround_report **rep,
@@ -652,6 +688,7 @@ int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *
     if (!rc) rc = ar_index_sampler_init(&s, n, o->seed);
     rep->best_loss = INFINITY;
     double loss = 0;
+    int baked = 0;   /* out holds the best iteration's result */
     for (int it = 0; !rc && it < o->iters; it++) {
         const int *idx = ar_index_sampler_next(&s, gb);
         rc = quantize_all(tp, w_fp);
@@ -661,14 +698,21 @@ int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *
         if (loss < rep->best_loss) {
             rep->best_loss = loss;
             rep->best_iter = it;
-            for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) snapshot_best(&tp->L[i]);
+            if (o->use_best) {
+                double t0 = now_s();
+                rc = bake(tp, w_fp, out);
+                rep->sec_quant += now_s() - t0;
+                if (rc) break;
+                baked = 1;
+            }
         }
         /* No step after the last forward: nothing would read its result. */
         if (it + 1 < o->iters) rc = update_all(tp, w_fp, 1.0f - (float)it / (float)o->iters);
         if (cb) cb(cb_ctx, it, o->iters, loss, rep->best_loss);
     }
     if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
-    if (!rc) rc = finish(tp, w_fp, out);
+    if (!rc && o->use_best && !baked) reset_tunables(tp);
+    if (!rc && !baked) rc = bake(tp, w_fp, out);
     ar_index_sampler_free(&s);
     rep->sec_total = now_s() - t_start;
     return rc;

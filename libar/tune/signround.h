@@ -71,6 +71,14 @@ typedef struct {
                              cross-entropy of head(pred) against the sample's next token, or
                              with lfq->kl the KL divergence from head(y_ref)'s distribution
                              (ar_lm_head_loss), averaged over those positions */
+    /* NULL; else the FP weight of a quantized linear i may be absent from
+     * w_fp (w_fp->w[i] NULL): the tuner reads it into one scratch buffer,
+     * sized for the largest linear, each time it needs it (quantizer
+     * forward and backward), with reload(reload_ctx, i, dst [N_i, K_i]),
+     * 0 or -1 with ar_error. The same values as a resident copy: the same
+     * results, one linear's f32 weights in memory instead of the block's. */
+    int (*reload)(void *ctx, int linear, float *dst);
+    void *reload_ctx;
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */

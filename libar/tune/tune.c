@@ -4,6 +4,7 @@
 #include "error.h"
 #include "runtime.h"
 #include "safetensors.h"
+#include "spill.h"
 #include "tune_impl.h"
 #include "tuned_stream.h"
 #include <cJSON.h>
@@ -20,6 +21,7 @@ void ar_tune_defaults(ar_tune_opts *o)
     o->grad_accum = 1;
     o->seed = 42;
     o->device = AR_DEVICE_CPU;
+    o->spill_dir = P_tmpdir;
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -55,17 +57,45 @@ static void loss_mask(uint8_t *mask, const ar_calib_data *d)
 }
 
 /* The chains: x_fp starts as the calibration activations, y (the FP
- * outputs) and the mask are allocated. */
+ * outputs) and the mask are allocated. With a memory budget the chains
+ * would exceed (x_fp, y and, when SignRound tunes on quantized inputs, x_q),
+ * on the CPU, they go to spill files (spill_chains moves x_fp there). */
 static int setup_chains(tn_run *r)
 {
     const ar_calib_data *d = r->d;
+    const ar_tune_opts *o = r->o;
     if (d->C != r->c->hidden)
         return ar_error("calibration hidden size %d does not match the model's %d", d->C, r->c->hidden);
+    double chain_mib = sizeof(uint16_t) * (double)d->n * d->T * d->C / (1 << 20);
+    int nchains = 2 + (o->iters > 0 && !o->disable_quanted_input);
+    r->spill = o->mem_budget_mib > 0 && r->dev == AR_DEVICE_CPU && nchains * chain_mib > o->mem_budget_mib;
+    if (r->spill) tn_event(r, AR_TUNE_EV_SPILL, (int)(chain_mib + 0.5), nchains, o->spill_dir);
     r->x_fp = d->hidden;
-    r->y = r->own_fp = malloc(sizeof(uint16_t) * (size_t)d->n * d->T * d->C);
+    r->y = r->own_fp = tn_chain_alloc(r);
     r->mask = malloc((size_t)d->n * d->T);
-    if (!r->y || !r->mask) return ar_error("out of memory for the activation cache");
+    if (!r->y) return -1;
+    if (!r->mask) return ar_error("out of memory for the activation cache");
     loss_mask(r->mask, d);
+    return 0;
+}
+
+/* With spill: the FP chain's input (the calibration activations, or what a
+ * checkpoint restored into them) moves to a spill file and calib's copy is
+ * freed. After the checkpoint has hashed and restored them. 0 or -1. */
+static int spill_chains(tn_run *r)
+{
+    if (!r->spill || r->x_fp != r->d->hidden) return 0;
+    size_t bytes = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->d->C;
+    if (!(r->spill_fp = tn_chain_alloc(r))) return -1;
+    const size_t step = (size_t)64 << 20;   /* written back as it goes: no second copy in memory */
+    for (size_t off = 0; off < bytes; off += step) {
+        size_t len = bytes - off < step ? bytes - off : step;
+        memcpy((char *)r->spill_fp + off, (const char *)r->x_fp + off, len);
+        if (ar_spill_release(r->spill_fp, off, len)) return -1;
+    }
+    free(r->d->hidden);
+    r->d->hidden = NULL;
+    r->x_fp = r->spill_fp;
     return 0;
 }
 
@@ -211,6 +241,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
     const ar_config *mc = r->c;
+    if (!rc && r->d && spill_chains(r)) rc = AR_TUNE_FAILED;
     for (int layer = first; !rc && layer < mc->n_layers; layer++) {
         ar_config_for_layer(&r->layer_c, mc, layer);   /* the layer's window and RoPE */
         r->c = &r->layer_c;
@@ -243,8 +274,9 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     tn_bufs_free(&buf);
     ar_ckpt_close(r.ck);
     /* of the FP chain's two buffers, calib keeps its own */
-    free(r.x_q);
-    free(r.own_fp);
+    tn_chain_free(r.x_q);
+    tn_chain_free(r.own_fp);
+    tn_chain_free(r.spill_fp);
     free(r.mask);
     ar_layer_config_free(r.lc);
     ar_block_desc_free(&r.bd);

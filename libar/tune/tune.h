@@ -48,6 +48,8 @@ typedef enum {
     AR_TUNE_EV_LFQ_ON_CPU,    /* block a of b tunes on the CPU: the LM-head loss has no GPU version */
     AR_TUNE_EV_GPU_TRANSFERS, /* after the last block on a GPU: a = block-weight uploads, b = blocks run,
                                  text = the transfer ledger's line (ar_xfer_summary) */
+    AR_TUNE_EV_SPILL,         /* the chains exceed mem_budget_mib: a = MiB of each chain, b = chains,
+                                 text = the spill directory */
 } ar_tune_event;
 
 /* Progress callbacks; any may be NULL. */
@@ -100,6 +102,12 @@ typedef struct {
     double gpu_chain_budget_mib; /* device memory the chains (the cached samples' activations) may keep
                                    across blocks, MiB; 0: the device's free memory less one block's need;
                                    < 0: none, they stream through page-locked host memory (residency.h) [0] */
+    double mem_budget_mib;      /* host memory the calibration chains (FP input, FP output and quantized
+                                   input, [n, seqlen, hidden] bf16 each) may hold, MiB; when they need more
+                                   they live in files under spill_dir (spill.h, CPU only; the output is the
+                                   same bytes) and calib's activations are freed (calib->hidden NULL);
+                                   0: no limit [0] */
+    const char *spill_dir;      /* where those files go [P_tmpdir, "/tmp"] */
     long threads;               /* OpenMP/OpenBLAS threads, 0: ar_set_threads's default (runtime.h) [0] */
     const char *checkpoint;     /* checkpoint directory, NULL: none [NULL] */
     /* GGUF schemes: the type of each tensor (required for them) [NULL] */

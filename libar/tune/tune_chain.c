@@ -6,8 +6,10 @@
 #include "dtype.h"
 #include "error.h"
 #include "quant_kv.h"
+#include "spill.h"
 #include "tune_impl.h"
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -33,6 +35,21 @@ void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep)
 }
 
 /* ---- the chains ---------------------------------------------------------- */
+
+uint16_t *tn_chain_alloc(const tn_run *r)
+{
+    size_t bytes = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->c->hidden;
+    if (r->spill) return ar_spill_alloc(r->o->spill_dir, bytes);
+    uint16_t *p = malloc(bytes);
+    if (!p) ar_error("out of memory for a calibration chain (%zu MiB)", bytes >> 20);
+    return p;
+}
+
+void tn_chain_free(void *p)
+{
+    if (ar_spill_owns(p)) ar_spill_free(p);
+    else free(p);
+}
 
 /* max |x| over ntok tokens of x [ntok, K] folded into *m. */
 static void fold_abs_max(float *m, const float *x, long ntok, int k)
@@ -114,8 +131,13 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     for (int s0 = 0; s0 < n && !rc; s0 += bs) {
         int nb = n - s0 < bs ? n - s0 : bs;
         ar_to_f32(x, src + s0 * row, AR_BF16, nb * row);
-        rc = r->bd.forward(c, w, x, y, nb, T, ws);
-        if (!rc && dst) ar_from_f32(dst + s0 * row, y, AR_BF16, nb * row);
+        /* a spilled chain keeps in memory only the batch being worked on */
+        rc = ar_spill_release((void *)src, sizeof *src * s0 * row, sizeof *src * nb * row);
+        if (!rc) rc = r->bd.forward(c, w, x, y, nb, T, ws);
+        if (!rc && dst) {
+            ar_from_f32(dst + s0 * row, y, AR_BF16, nb * row);
+            rc = ar_spill_release(dst, sizeof *dst * s0 * row, sizeof *dst * nb * row);
+        }
     }
     ws->observe = NULL, ws->observe_ctx = NULL;   /* st goes with this call */
     ws->observe_kv = NULL, ws->kv_ctx = NULL;
@@ -124,10 +146,18 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     return rc;
 }
 
-void tn_bufs_free(tn_bufs *b)
+/* tn_forward_all's workspace and batch buffers; made again by its next call. */
+static void free_forward_bufs(tn_bufs *b)
 {
     if (b->fws_ready) ar_block_work_free(&b->fws);
     free(b->fx); free(b->fy);
+    b->fws_ready = b->fws_actq = 0;
+    b->fx = b->fy = NULL;
+}
+
+void tn_bufs_free(tn_bufs *b)
+{
+    free_forward_bufs(b);
     ar_signround_cache_free(b->sr);
     ar_block_weights_release(&b->wq);
     if (b->plan_ready) {
@@ -159,6 +189,38 @@ static int lfq_head(const tn_run *r, ar_lm_head *h, float **head_w)
     return 0;
 }
 
+/* With a memory budget: the tuner reads the FP weights of the quantized
+ * linears from the model, one linear at a time, instead of keeping the
+ * block's f32 copy (4 bytes a parameter) through SignRound. */
+typedef struct {
+    const tn_run *r;
+    int layer;
+} reload_ctx;
+
+static int reload_weight(void *ctx, int i, float *dst)
+{
+    const reload_ctx *k = ctx;
+    char name[256];
+    /* the tensor ar_model_load_block read (model.c), widened the same way */
+    snprintf(name, sizeof name, "model.layers.%d.%s.weight", k->layer, k->r->bd.lin[i].name);
+    return ar_model_read_tensor(k->r->m, name, 0, k->r->bd.lin[i].n_out, dst);
+}
+
+/* Free (drop 1) or allocate again (drop 0, contents undefined: the next
+ * ar_model_load_block fills them) the f32 weights of the planned linears of
+ * the run's block buffer wfp. 0 or -1. */
+static int drop_quantized_weights(const ar_block_weights *wfp, const ar_block_plan *plan, int drop)
+{
+    ar_block_weights *w = (ar_block_weights *)wfp;   /* run_blocks' buffer, lent as const */
+    for (int i = 0; i < plan->nlinear; i++) {
+        if (!plan->quantize[i]) continue;
+        if (drop) { free(w->w[i]); w->w[i] = NULL; continue; }
+        if (!w->w[i] && !(w->w[i] = malloc(sizeof(float) * plan->desc->lin[i].n_out * plan->desc->lin[i].k_in)))
+            return ar_error("out of memory for block weights");
+    }
+    return 0;
+}
+
 int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const ar_block_plan *plan, int minmax,
                        int outlier, const ar_quant_out *out, ar_signround_report *rep)
 {
@@ -183,6 +245,13 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     int llama = !strcmp(plan->desc->family, "llama");
     int gpu = r->dev != AR_DEVICE_CPU && llama && ar_signround_cuda_supports(plan) && !o.lfq;
     if (r->dev != AR_DEVICE_CPU && o.lfq) tn_event(r, AR_TUNE_EV_LFQ_ON_CPU, layer, c->n_layers, NULL);
+    reload_ctx rk = {r, layer};
+    int lean = !gpu && a->mem_budget_mib > 0 && r->m;
+    if (lean) {
+        o.reload = reload_weight, o.reload_ctx = &rk;
+        drop_quantized_weights(wfp, plan, 1);
+        free_forward_bufs(r->buf);   /* tn_forward_all makes them again for the quantized chain */
+    }
     int rc = gpu ? ar_signround_tune_block_cuda_res(r->gpu, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
                                                     tn_on_iter, &ic)
              : ar_res_host(r->gpu, xin) || ar_res_host(r->gpu, r->y)
@@ -190,6 +259,11 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
                  : ar_signround_tune_block_cached(&r->buf->sr, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
                                                   tn_on_iter, &ic);
     free(head_w);
+    if (lean) {   /* the tuner's state is done with: the quantized chain's forward needs the outputs alone */
+        ar_signround_cache_free(r->buf->sr);
+        r->buf->sr = NULL;
+    }
+    if (lean && !rc && a->disable_quanted_input) rc = drop_quantized_weights(wfp, plan, 0);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
      * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
@@ -197,10 +271,10 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     if (!wq->w && ar_block_weights_init(wq, wfp->nlinear)) return -1;
     ar_block_weights_borrow(wq, wfp);
     for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq->w[i] = out[i].wq;
-    if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
-        return ar_error("out of memory for the quantized chain");
+    if (!r->x_q && !(r->x_q = tn_chain_alloc(r))) return -1;
     if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
     int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
     r->kv_obs = NULL;
+    if (lean && !krc) krc = drop_quantized_weights(wfp, plan, 0);
     return krc;
 }

@@ -114,7 +114,11 @@ int tn_ckpt_resume(tn_run *r, ar_stream_writer *out, int *first)
     ar_ckpt_array arr[2];
     int n = chain_arrays(r, arr);
     if (ar_ckpt_load_chain(r->ck, arr, n)) return -1;
-    if (n && arr[1].present) r->x_q = arr[1].data;
+    if (n && arr[1].present && r->spill) {   /* the saved quantized chain goes to its spill file */
+        if (!(r->x_q = tn_chain_alloc(r))) { free(arr[1].data); return -1; }
+        memcpy(r->x_q, arr[1].data, arr[1].nbytes);
+        free(arr[1].data);
+    } else if (n && arr[1].present) r->x_q = arr[1].data;
     ar_res_host_wrote(r->gpu, r->x_fp);
     ar_res_host_wrote(r->gpu, r->x_q);
     return 0;

@@ -62,8 +62,7 @@ static int gguf_embedding(tn_run *r, const ar_block_weights *w0)
     rc = write_gguf(r, "model.embed_tokens.weight", &e);
     if (!rc && quanted_chain(r)) {
         size_t ntok = (size_t)r->d->n * r->d->T;
-        if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * ntok * c->hidden)))
-            rc = ar_error("out of memory for the quantized chain");
+        if (!r->x_q && !(r->x_q = tn_chain_alloc(r))) rc = -1;
         else rc = ar_gguf_embed_lookup(&e, r->d->ids, ntok, r->x_q);
         ar_res_host_wrote(r->gpu, r->x_q);
     }

@@ -52,6 +52,8 @@ typedef struct {
     ar_layer_config *lc;        /* per-layer schemes, or NULL */
     uint16_t *x_fp, *x_q, *y;   /* [n, T, C] bf16: FP chain input, quantized chain input, FP outputs */
     uint16_t *own_fp;           /* the chain buffer allocated here (the other is d->hidden) */
+    int spill;                  /* the chains live in spill files (o->mem_budget_mib, spill.h) */
+    uint16_t *spill_fp;         /* with spill: the FP chain's second buffer (d->hidden's copy) */
     uint8_t *mask;              /* [n, T] loss mask */
     ar_stream_writer *w;        /* where the block's records go (the output, or the checkpoint's block file) */
     ar_checkpoint *ck;          /* NULL: no checkpoint */
@@ -73,6 +75,11 @@ void tn_on_iter(void *ctx, int it, int iters, double loss, double best);
 /* Report an event / a finished block through o->progress. */
 void tn_event(const tn_run *r, ar_tune_event ev, int a, int b, const char *text);
 void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
+
+/* A chain array [n, T, C] bf16: in a spill file when r->spill, else
+ * malloc'd; NULL with ar_error. tn_chain_free frees either kind. */
+uint16_t *tn_chain_alloc(const tn_run *r);
+void tn_chain_free(void *p);
 
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
  * (NULL: outputs dropped), bs samples at a time; with r->kv_obs, fold max |K|
