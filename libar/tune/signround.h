@@ -71,6 +71,7 @@ typedef struct {
                              cross-entropy of head(pred) against the sample's next token, or
                              with lfq->kl the KL divergence from head(y_ref)'s distribution
                              (ar_lm_head_loss), averaged over those positions */
+    ar_gemm *gemm;        /* NULL: the block's GEMMs in f32; else in its precision (gemm.h, AMP) */
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */
