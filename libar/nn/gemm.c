@@ -71,6 +71,7 @@ static void sgemm_par(int ta, int tb, int M, int N, int K, const float *A, int l
     ar_blas_threads_end(nb);
 }
 
+#ifdef AR_HAVE_DNNL
 /* ------------------------------------------------------------ bf16 rounding */
 
 /* x [n] to bf16 bit patterns, rounded to nearest even as torch's
@@ -87,7 +88,7 @@ static void to_bf16_scalar(uint16_t *out, const float *x, size_t n)
     }
 }
 
-#if defined(AR_HAVE_DNNL) && defined(__x86_64__)
+#ifdef __x86_64__
 #include <immintrin.h>
 /* The same with AVX512-BF16's VCVTNE2PS2BF16 (round to nearest even), 32
  * values per instruction: the scalar loop took 18% of a bf16 tuning
@@ -128,7 +129,6 @@ static int grow(uint16_t **p, size_t *cap, size_t n)
 
 /* -------------------------------------------------------------- bf16, oneDNN */
 
-#ifdef AR_HAVE_DNNL
 /* One matmul primitive per distinct (shape, layout, beta); a tuning run sees
  * a handful (7 linears x forward/backward), so a short list searched linearly
  * replaces oneDNN's per-call descriptor creation. */
@@ -312,6 +312,8 @@ int ar_gemm_run(ar_gemm *g, int ta, int tb, int M, int N, int K, const float *A,
 #ifdef AR_HAVE_DNNL
     if (g && g->bf16 && M > 0 && N > 0 && K > 0)
         return gemm_bf16(g, ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
+#else
+    (void)g;
 #endif
     sgemm_par(ta, tb, M, N, K, A, lda, B, ldb, beta, C, ldc);
     return 0;
