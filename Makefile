@@ -58,6 +58,14 @@ CFLAGS   += -DAR_HAVE_CUDA
 LDLIBS   += -L$(CUDA_DIR)/lib64 -Wl,-rpath,$(CUDA_DIR)/lib64 -lcudart -lcublas -lstdc++
 endif
 endif
+# bf16 GEMMs (libar/nn/gemm.c): built when oneDNN's headers exist
+# (libdnnl-dev), skipped cleanly otherwise; used at run time only on CPUs
+# with AVX512-BF16 or AMX.
+DNNL_H   ?= $(wildcard /usr/include/dnnl.h /usr/local/include/dnnl.h)
+ifneq ($(strip $(DNNL_H)),)
+CFLAGS   += -DAR_HAVE_DNNL
+LDLIBS   += -ldnnl
+endif
 NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC $(LIB_INC) -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 

@@ -26,11 +26,13 @@ static const char usage[] =
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--gpu_chain_budget MIB] [--threads N]\n"
-    "               [--checkpoint DIR] [--mem_budget MIB | --low_cpu_mem_usage]\n"
+    "               [--checkpoint DIR] [--mem_budget MIB | --low_cpu_mem_usage] [--amp|--disable_amp]\n"
     "               [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
     "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
+    "--disable_amp: the block GEMMs in f32 even where the CPU has AVX512-BF16/AMX (default --amp: bf16 there,\n"
+    "as AutoRound's amp; f32 elsewhere).\n"
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
     "--mem_budget MIB: when the calibration chains (3 x nsamples x seqlen x hidden bf16) need more host memory,\n"
     "they live in files under $TMPDIR (default /tmp) instead; --low_cpu_mem_usage: always (same output).\n"
@@ -82,6 +84,8 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--seed"))) o->seed = cli_long("--seed", v, 0, LONG_MAX);
         else if ((v = cli_value(argc, argv, &i, "--threads"))) o->threads = cli_long("--threads", v, 1, 4096);
         else if (flag(s, "--disable_minmax_tuning")) o->disable_minmax = 1;
+        else if (flag(s, "--amp")) o->amp = 1;
+        else if (flag(s, "--disable_amp")) o->amp = 0;
         else if (flag(s, "--not_use_best_mse")) o->not_use_best = 1;
         else if (flag(s, "--disable_quanted_input")) o->disable_quanted_input = 1;
         else if (flag(s, "--disable_opt_rtn")) o->disable_opt_rtn = 1;

@@ -32,7 +32,7 @@ static const char usage[] =
     "                  [--disable_opt_rtn] [--enable_opt_rtn] [--enable_alg_ext] [--enable_lfq] [--seed 42]\n"
     "                  [--device cpu|cuda[:N]|N|auto] [--low_gpu_mem_usage] [--low_cpu_mem_usage]\n"
     "                  [--max_shard_size 5GB]\n"
-    "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input]\n"
+    "                  [--disable_minmax_tuning] [--not_use_best_mse] [--disable_quanted_input] [--disable_amp]\n"
     "                  [--recipe default|best|light|opt-rtn|rtn] [--keep_streams DIR] [--dry_run]\n"
     "                  [--schemes W2A16G64,W4A16 --bits X [--shared_layers PAT...]... [--ignore_scale_zp_bits]]\n"
     "                  [--layout autoround|plain] [--quiet|--verbose|--progress]\n"
@@ -70,7 +70,7 @@ typedef struct {
     int nshared, ignore_scale_zp_bits;
     int sym, disable_opt_rtn, enable_alg_ext, enable_lfq, low_gpu_mem_usage, low_cpu_mem_usage, dry_run;
     int apply_chat_template; /* --apply_chat_template: ar-calib renders .jsonl rows with the chat template */
-    int disable_minmax_tuning, not_use_best_mse, disable_quanted_input;
+    int disable_minmax_tuning, not_use_best_mse, disable_quanted_input, disable_amp;
     const char *static_kv_dtype, *static_kv_granularity;   /* AutoRound's static KV-cache flags */
 } options;
 
@@ -121,6 +121,8 @@ static const struct {
     {"--disable_minmax_tuning", offsetof(options, disable_minmax_tuning), 1},
     {"--not_use_best_mse", offsetof(options, not_use_best_mse), 1},
     {"--disable_quanted_input", offsetof(options, disable_quanted_input), 1},
+    {"--disable_amp", offsetof(options, disable_amp), 1},
+    {"--amp", offsetof(options, disable_amp), 0},
     {"--dry_run", offsetof(options, dry_run), 1},
     {"--ignore_scale_zp_bits", offsetof(options, ignore_scale_zp_bits), 1},
     {"--apply_chat_template", offsetof(options, apply_chat_template), 1},
@@ -152,7 +154,7 @@ static const struct {
     {"--super_bits", "pick a preset with --scheme"}, {"--super_group_size", "pick a preset with --scheme"},
     {"--scale_dtype", NULL}, {"--quant_lm_head", NULL}, {"--ignore_layers", "use --layer_config"},
     {"--fp_layers", "use --layer_config"}, {"--to_quant_block_names", NULL}, {"--model_dtype", NULL},
-    {"--disable_amp", NULL}, {"--nblocks", NULL}, {"--enable_norm_bias_tuning", NULL}, {"--momentum", NULL},
+    {"--nblocks", NULL}, {"--enable_norm_bias_tuning", NULL}, {"--momentum", NULL},
     {"--enable_adam", NULL}, {"--algorithm", NULL}, {"--alg", NULL},
     {"--mllm", NULL}, {"--platform", NULL},
     {"--static_attention_dtype", NULL},
@@ -611,6 +613,7 @@ static void build_tune(stage *s, const options *o, const pass *p, const char *in
     if (o->not_use_best_mse) push(s, "--not_use_best_mse");
     if (o->enable_lfq) push(s, "--enable_lfq");
     if (o->disable_quanted_input) push(s, "--disable_quanted_input");
+    if (o->disable_amp) push(s, "--disable_amp");
     if (o->static_kv_dtype && !p->gguf_scheme) push_opt(s, "--static_kv_dtype", o->static_kv_dtype);
     push_optional_tune_flags(s, o);
     push_opt(s, "-o", p->stream);

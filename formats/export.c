@@ -392,13 +392,14 @@ cJSON *ar_export_base_config(const ar_export *e) {
         cJSON_AddBoolToObject(q, "act_dynamic", e->opts.act_dynamic);
     }
     /* The tuning keys as AutoRound writes them: only those that differ from
-     * its defaults (export/utils.py filter_quantization_config). amp is false:
-     * ar tunes in fp32, as AutoRound does where it turns amp off. ar's own
+     * its defaults (export/utils.py filter_quantization_config). amp (default
+     * true) is written false unless the tuned stream's META says the tuning ran
+     * its GEMMs in bf16 (ar-tune --amp on a CPU with bf16). ar's own
      * provenance (method, nsamples, seqlen, seed, ...) stays in the tuned
      * stream's META (ar-dump), not here. */
     cJSON *t = e->opts.tuning_json ? cJSON_Parse(e->opts.tuning_json) : NULL;
     double iters = tune_num(t, "iters", 0);
-    cJSON_AddBoolToObject(q, "amp", 0);
+    if (!cJSON_IsTrue(cJSON_GetObjectItemCaseSensitive(t, "amp"))) cJSON_AddBoolToObject(q, "amp", 0);
     if (iters > 0 && tune_false(t, "enable_minmax_tuning")) cJSON_AddBoolToObject(q, "enable_minmax_tuning", 0);
     if (iters <= 0 || tune_false(t, "enable_quanted_input")) cJSON_AddBoolToObject(q, "enable_quanted_input", 0);
     if (iters > 0) {

@@ -251,11 +251,11 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
     const float *in;
     if (!(in = ar_block_forward_input(ws, AR_Q, f->ln1, BT, C))) return -1;
-    ar_linear_forward(f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
+    if (ar_linear_forward_g(ws->gemm, f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD)) return -1;
     if (!(in = ar_block_forward_input(ws, AR_K, f->ln1, BT, C))) return -1;
-    ar_linear_forward(f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD);
+    if (ar_linear_forward_g(ws->gemm, f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD)) return -1;
     if (!(in = ar_block_forward_input(ws, AR_V, f->ln1, BT, C))) return -1;
-    ar_linear_forward(f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD);
+    if (ar_linear_forward_g(ws->gemm, f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD)) return -1;
     if (w->q_norm) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, w->q_norm, BT * NH, HD, c->rms_eps);
     else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
     if (w->k_norm) ar_rmsnorm_forward(f->k, f->rstdk, f->kpre, w->k_norm, BT * NKV, HD, c->rms_eps);
@@ -266,7 +266,7 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     ar_attention_forward(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV,
                          HD, c->sliding_window);
     if (!(in = ar_block_forward_input(ws, AR_O, f->ao, BT, QD))) return -1;
-    ar_linear_forward(f->h, in, w->w[AR_O], w->b[AR_O], BT, QD, C);
+    if (ar_linear_forward_g(ws->gemm, f->h, in, w->w[AR_O], w->b[AR_O], BT, QD, C)) return -1;
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
     return 0;
 }
@@ -279,12 +279,12 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
     const float *in;
     if (!(in = ar_block_forward_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
-    ar_linear_forward(f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
+    if (ar_linear_forward_g(ws->gemm, f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F)) return -1;
     if (!(in = ar_block_forward_input(ws, AR_UP, f->ln2, BT, C))) return -1;
-    ar_linear_forward(f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
+    if (ar_linear_forward_g(ws->gemm, f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F)) return -1;
     ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
     if (!(in = ar_block_forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
-    ar_linear_forward(f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
+    if (ar_linear_forward_g(ws->gemm, f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C)) return -1;
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
     return 0;
 }
@@ -335,15 +335,16 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
 /* Backward of linear i over its saved input x [R, K] (straight-through: dW
  * against the fake-quantized x̂ the forward multiplied by): dx [R, K] += dy·W,
  * dW += dy^T·x̂, and with dxin[i], dxin[i] += dy·W on its own. dx and dW may
- * be NULL. 0 or -1 (ar_error from the activation quantizer). */
+ * be NULL. 0 or -1 (ar_error from the activation quantizer or a bf16 GEMM). */
 static int linear_back(ar_block_work *ws, int i, float *dx, float *const dW[AR_NLINEAR],
                        float *const dxin[AR_NLINEAR], const float *dy, const float *x,
                        const float *W, long R, int K, int N)
 {
     const float *in = x;
     if (dW[i] && !(in = ar_block_linear_input(ws, i, x, R, K))) return -1;
-    ar_linear_backward(dx, dW[i], NULL, dy, in, W, (int)R, K, N);
-    if (dxin && dxin[i]) ar_linear_backward(dxin[i], NULL, NULL, dy, in, W, (int)R, K, N);
+    if (ar_linear_backward_g(ws->gemm, dx, dW[i], NULL, dy, in, W, (int)R, K, N)) return -1;
+    if (dxin && dxin[i] && ar_linear_backward_g(ws->gemm, dxin[i], NULL, NULL, dy, in, W, (int)R, K, N))
+        return -1;
     return 0;
 }
 

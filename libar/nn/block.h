@@ -8,6 +8,7 @@
 #define AR_BLOCK_H
 #include "config.h"
 #include "quant_act.h"
+#include "gemm.h"
 
 /* The seven Linear layers of a block, in this fixed order everywhere
  * (tuning, streams, packers). */
@@ -105,6 +106,11 @@ typedef struct {
     /* Gemma (c->norm_plus_one): the norms' effective weights 1 + w, [4 C + 2 HD],
      * and with train dpost [BT * C], the gradient at a post-norm's input. */
     float *normw, *dpost;
+    /* Precision of the linears' GEMMs in every later forward and backward
+     * (gemm.h): NULL (the default) f32, the reference; an ar_gemm set up for
+     * bf16 runs them as AutoRound's AMP autocast does. Not owned; set the
+     * field directly. */
+    ar_gemm *gemm;
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0

@@ -1,5 +1,6 @@
 /* ops.c — decoder layer operations, forward and backward (see ops.h). */
 #include "ops.h"
+#include "gemm.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -56,81 +57,38 @@ void ar_rmsnorm_backward(float *dx, float *dw, const float *dout, const float *x
 
 /* ----------------------------------------------------------------- Linear */
 
-/* All parallelism in this file is OpenMP, and every sgemm runs on one thread
- * inside an OpenMP region: OpenBLAS' own pthreads and OpenMP's threads spin
- * against each other otherwise (measured on 16 cores: a block forward 1.5x
- * slower at B=8 T=512, 8x at B=1 T=128; nested calls 2-5x). OpenBLAS' thread
- * count is process-wide, so it is lowered for the duration of an op and
- * restored (other BLAS users of the process run single-threaded meanwhile).
- * Returns the previous count. */
-static int blas_threads_begin(void)
-{
-#ifdef OPENBLAS_VERSION
-    int n = openblas_get_num_threads();
-    if (n > 1) openblas_set_num_threads(1);
-    return n;
-#else
-    return 1;
-#endif
-}
-
-static void blas_threads_end(int n)
-{
-#ifdef OPENBLAS_VERSION
-    if (n > 1) openblas_set_num_threads(n);
-#else
-    (void)n;
-#endif
-}
-
-/* Row-major C [M, N] = alpha op(A) op(B) + beta C as one single-threaded
- * sgemm per OpenMP thread, each on a tile of C cut along its longer side
- * (tile edges on multiples of 16 floats). ta/tb: op is a transpose. */
-static void sgemm_par(int ta, int tb, int M, int N, int K, float alpha, const float *A,
-                      int lda, const float *B, int ldb, float beta, float *C, int ldc)
-{
-    int by_rows = M >= N, len = by_rows ? M : N;
-    int tiles = omp_get_max_threads();
-    if (tiles > len / 16) tiles = len / 16 > 0 ? len / 16 : 1;
-    if ((double)M * N * K < 1e6) tiles = 1; /* not worth a fork */
-    enum CBLAS_TRANSPOSE opa = ta ? CblasTrans : CblasNoTrans;
-    enum CBLAS_TRANSPOSE opb = tb ? CblasTrans : CblasNoTrans;
-    int nb = blas_threads_begin();
-#pragma omp parallel for schedule(static) num_threads(tiles)
-    for (int i = 0; i < tiles; i++) {
-        int lo = (int)((long)len * i / tiles) & ~15;
-        int hi = i == tiles - 1 ? len : (int)((long)len * (i + 1) / tiles) & ~15;
-        if (hi <= lo) continue;
-        if (by_rows)
-            cblas_sgemm(CblasRowMajor, opa, opb, hi - lo, N, K, alpha,
-                        A + (ta ? lo : (long)lo * lda), lda, B, ldb, beta,
-                        C + (long)lo * ldc, ldc);
-        else
-            cblas_sgemm(CblasRowMajor, opa, opb, M, hi - lo, K, alpha, A, lda,
-                        B + (tb ? (long)lo * ldb : lo), ldb, beta, C + lo, ldc);
-    }
-    blas_threads_end(nb);
-}
-
-
-void ar_linear_forward(float *y, const float *x, const float *W, const float *b,
-                       int R, int K, int N)
+/* The GEMMs go through gemm.h: f32 OpenBLAS unless g asks for bf16. A bf16
+ * failure (oneDNN error, out of memory) is reported and leaves y undefined. */
+int ar_linear_forward_g(ar_gemm *g, float *y, const float *x, const float *W, const float *b,
+                        int R, int K, int N)
 {
     float beta = 0.0f;
     if (b) {
-        /* Seed y with the bias and let sgemm add x W^T onto it. */
+        /* Seed y with the bias and let the GEMM add x W^T onto it. */
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < R; r++) memcpy(y + (long)r * N, b, sizeof(float) * N);
         beta = 1.0f;
     }
-    sgemm_par(0, 1, R, N, K, 1.0f, x, K, W, K, beta, y, N);
+    return ar_gemm_run(g, 0, 1, R, N, K, x, K, W, K, beta, y, N);
+}
+
+void ar_linear_forward(float *y, const float *x, const float *W, const float *b,
+                       int R, int K, int N)
+{
+    ar_linear_forward_g(NULL, y, x, W, b, R, K, N);
 }
 
 void ar_linear_backward(float *dx, float *dW, float *db, const float *dy,
                         const float *x, const float *W, int R, int K, int N)
 {
-    if (dx) sgemm_par(0, 0, R, K, N, 1.0f, dy, N, W, K, 1.0f, dx, K);
-    if (dW) sgemm_par(1, 0, N, K, R, 1.0f, dy, N, x, K, 1.0f, dW, K);
+    ar_linear_backward_g(NULL, dx, dW, db, dy, x, W, R, K, N);
+}
+
+int ar_linear_backward_g(ar_gemm *g, float *dx, float *dW, float *db, const float *dy,
+                         const float *x, const float *W, int R, int K, int N)
+{
+    if (dx && ar_gemm_run(g, 0, 0, R, K, N, dy, N, W, K, 1.0f, dx, K)) return -1;
+    if (dW && ar_gemm_run(g, 1, 0, N, K, R, dy, N, x, K, 1.0f, dW, K)) return -1;
     if (db) {
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) {
@@ -139,6 +97,7 @@ void ar_linear_backward(float *dx, float *dW, float *db, const float *dy,
             db[n] += (float)acc;
         }
     }
+    return 0;
 }
 
 /* ------------------------------------------------------------------- RoPE */
@@ -308,7 +267,7 @@ void ar_attention_forward_p(float *out, float *att, int save, const float *q, co
     int group = NH / NKV, nblk = (T + ATT_BLOCK - 1) / ATT_BLOCK;
     long qs = (long)NH * HD, ks = (long)NKV * HD; /* row strides */
     ar_attn_params a = attn_params(p, HD);
-    int nb = blas_threads_begin();
+    int nb = ar_blas_threads_begin();
     /* One task per (sequence, head, row block): enough tasks to fill the
      * cores even at B=1; within a head the costly late blocks go first. */
 #pragma omp parallel for schedule(dynamic)
@@ -322,7 +281,7 @@ void ar_attention_forward_p(float *out, float *att, int save, const float *q, co
         long kv = (long)b * T * ks + (long)(h / group) * HD;
         attention_rows(out + qo, P, q + qo, k + kv, v + kv, i0, m, T, HD, qs, ks, window, a);
     }
-    blas_threads_end(nb);
+    ar_blas_threads_end(nb);
 }
 
 /* dS = P * (dP - rowsum(dP * P)) * scale over row t's keys [0, t]. P is 0
@@ -393,7 +352,7 @@ void ar_attention_backward_p(float *dq, float *dk, float *dv, float *scratch, co
                              const float *q, const float *k, const float *v, int B, int T, int NH, int NKV, int HD,
                              const ar_attn_params *p)
 {
-    int group = NH / NKV, nb = blas_threads_begin();
+    int group = NH / NKV, nb = ar_blas_threads_begin();
     long qs = (long)NH * HD, ks = (long)NKV * HD, th = (long)T * HD;
     ar_attn_params a = attn_params(p, HD);
     float *part = scratch + ar_attention_scratch(T); /* [B*NH][2][T, HD] */
@@ -421,7 +380,7 @@ void ar_attention_backward_p(float *dq, float *dk, float *dv, float *scratch, co
                 float *dvr = dv + ((long)b * T + t) * ks + (long)(h / group) * HD;
                 for (int i = 0; i < HD; i++) dkr[i] += pk[i], dvr[i] += pk[th + i];
             }
-    blas_threads_end(nb);
+    ar_blas_threads_end(nb);
 }
 
 /* ----------------------------------------------------------------- SwiGLU */

@@ -12,6 +12,7 @@
 #ifndef AR_OPS_H
 #define AR_OPS_H
 #include "config.h"
+#include "gemm.h"
 
 /* ---- RMSNorm (HF LlamaRMSNorm, all in f32) ----
  * out[r, :] = x[r, :] * rstd[r] * w,  rstd[r] = 1 / sqrt(mean(x[r, :]^2) + eps).
@@ -35,6 +36,13 @@ void ar_linear_forward(float *y, const float *x, const float *W, const float *b,
  * dx, dW and db are each optional. */
 void ar_linear_backward(float *dx, float *dW, float *db, const float *dy,
                         const float *x, const float *W, int R, int K, int N);
+
+/* The same with the GEMMs in g's precision (gemm.h; NULL: f32, as above).
+ * Return 0, or -1 (ar_error) when a bf16 GEMM fails. */
+int ar_linear_forward_g(ar_gemm *g, float *y, const float *x, const float *W, const float *b,
+                        int R, int K, int N);
+int ar_linear_backward_g(ar_gemm *g, float *dx, float *dW, float *db, const float *dy,
+                         const float *x, const float *W, int R, int K, int N);
 
 /* ---- Rotary position embedding, HF rotate_half layout ----
  * Dimension i < HD/2 pairs with i + HD/2:

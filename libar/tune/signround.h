@@ -79,6 +79,7 @@ typedef struct {
      * results, one linear's f32 weights in memory instead of the block's. */
     int (*reload)(void *ctx, int linear, float *dst);
     void *reload_ctx;
+    ar_gemm *gemm;        /* NULL: the block's GEMMs in f32; else in its precision (gemm.h, AMP) */
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */

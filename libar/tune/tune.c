@@ -22,6 +22,7 @@ void ar_tune_defaults(ar_tune_opts *o)
     o->seed = 42;
     o->device = AR_DEVICE_CPU;
     o->spill_dir = P_tmpdir;
+    o->amp = 1;
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -159,6 +160,8 @@ static char *meta_json(const tn_run *r)
         cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);
         cJSON_AddBoolToObject(t, "enable_quanted_input", !a->disable_quanted_input);
         cJSON_AddBoolToObject(t, "enable_alg_ext", a->enable_alg_ext);
+        /* bf16 GEMMs ran (AMP); absent: f32, as in streams made before */
+        if (r->amp) cJSON_AddBoolToObject(t, "amp", 1);
         if (a->enable_lfq) cJSON_AddBoolToObject(t, "enable_lfq", 1);
         if (a->enable_lfq && a->lfq_kl) cJSON_AddStringToObject(t, "lfq_target", "fp");
         cJSON_AddNumberToObject(t, "seed", (double)a->seed);
@@ -221,6 +224,10 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
         return AR_TUNE_FAILED;
     }
     ar_set_threads(o->threads, r->c);
+    /* AutoRound turns amp off where the CPU has no bf16; so does ar */
+    if (ar_gemm_init(&r->gemm, r->d && o->amp && r->dev == AR_DEVICE_CPU && ar_gemm_bf16_supported()))
+        return AR_TUNE_FAILED;
+    r->amp = r->gemm.bf16 ? &r->gemm : NULL;
     if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
     if (r->d && r->dev != AR_DEVICE_CPU) {
         int bs = o->batch_size < r->d->n ? o->batch_size : r->d->n;
@@ -272,6 +279,7 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     int rc = run_blocks(&r, model, out);
     ar_gpu_residency_close(r.gpu); /* before the chain arrays it may keep page-locked go */
     tn_bufs_free(&buf);
+    ar_gemm_free(&r.gemm);
     ar_ckpt_close(r.ck);
     /* of the FP chain's two buffers, calib keeps its own */
     tn_chain_free(r.x_q);

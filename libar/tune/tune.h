@@ -108,6 +108,10 @@ typedef struct {
                                    same bytes) and calib's activations are freed (calib->hidden NULL);
                                    0: no limit [0] */
     const char *spill_dir;      /* where those files go [P_tmpdir, "/tmp"] */
+    int amp;                    /* 1: the CPU block forwards and SignRound's forward/backward run their
+                                   linears' GEMMs in bf16 (gemm.h; AutoRound's amp, autocast to bf16)
+                                   where this build has oneDNN and the CPU AVX512-BF16 or AMX, else f32;
+                                   0: always f32, the reference. META's "amp" says what ran [1] */
     long threads;               /* OpenMP/OpenBLAS threads, 0: ar_set_threads's default (runtime.h) [0] */
     const char *checkpoint;     /* checkpoint directory, NULL: none [NULL] */
     /* GGUF schemes: the type of each tensor (required for them) [NULL] */

@@ -117,6 +117,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
         (!b->fy && !(b->fy = malloc(sizeof(float) * bs * row))))
         return ar_error("out of memory for a forward batch");
     ar_block_work *ws = &b->fws;
+    ws->gemm = r->amp;
     float *x = b->fx, *y = b->fy;
     input_stats st = {&r->bd, imat, amax};
     ws->observe = imat || amax ? observe_input : NULL;
@@ -233,6 +234,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
+    o.gemm = r->amp;
     ar_lm_head head = {0};
     float *head_w = NULL;
     if (a->enable_lfq && layer == c->n_layers - 1) {

@@ -61,6 +61,8 @@ typedef struct {
     float kv_amax[2];           /* static_kv_fp8: this block's max |K|, max |V| */
     float *kv_obs;              /* kv_amax while a forward observes K/V (tn_forward_all), else NULL */
     tn_bufs *buf;               /* block buffers kept across blocks (never NULL during run_blocks) */
+    ar_gemm gemm;               /* the CPU linears' GEMMs: bf16 when o->amp and supported, else f32 */
+    ar_gemm *amp;               /* &gemm when it is bf16 (what block work spaces take), else NULL */
 } tn_run;
 
 /* ---- tune_chain.c ------------------------------------------------------------ */

@@ -40,6 +40,9 @@
 #   the same digests). On a CPU without avx2 and fma the cases that run the
 #   model are skipped, with one line; only calibration and plain RTN, which
 #   use no BLAS, are checked there.
+# - The GEMM precision: every tune runs --disable_amp (f32 OpenBLAS), as the
+#   default bf16 GEMMs of a CPU with AVX512-BF16/AMX (libar/nn/gemm.h) round
+#   differently and exist only there.
 # - glibc's libm (expf, powf, sinf/cosf; glibc picks FMA variants on FMA
 #   CPUs) and the OpenBLAS version: another distribution may differ, so record
 #   and check on the same machine image. The tools' own code is compiled
@@ -81,7 +84,7 @@ calib() { # MODEL NSAMPLES SEQLEN
 }
 tune() { # MODEL CASE ar-tune-flags...
   _m=$1 _c=$2; shift 2
-  "$BIN/ar-tune" --quiet -o "$O/$_m/$_c.ars" "$@" || fail "$_m/$_c: ar-tune"
+  "$BIN/ar-tune" --quiet --disable_amp -o "$O/$_m/$_c.ars" "$@" || fail "$_m/$_c: ar-tune"
   ran="$ran $_m/$_c"
 }
 pack() { # MODEL CASE FORMATS [OUT]: several formats go to CASE/FORMAT
