@@ -4,6 +4,7 @@
  *   y = h + down(silu(gate(n2)) * up(n2)),   n1 = rmsnorm1(x), n2 = rmsnorm2(h) */
 #include "block.h"
 #include "error.h"
+#include "moe.h"
 #include "ops.h"
 #include "quant_kv.h"
 
@@ -96,6 +97,7 @@ void ar_block_work_free(ar_block_work *ws)
                    &ws->dgate, &ws->dup, &ws->dln, &ws->dh, &ws->dao, &ws->dq,
                    &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
+    if (ws->moe) ar_moe_acts_free(ws->moe), free(ws->moe), ws->moe = NULL;
 }
 
 int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
@@ -133,6 +135,7 @@ void ar_block_acts_free(ar_block_acts *a)
                    &a->rstdk, &a->q, &a->k,     &a->v,    &a->att,   &a->ao,
                    &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
+    if (a->moe) ar_moe_acts_free(a->moe), free(a->moe), a->moe = NULL;
 }
 
 /* ------------------------------------------------ activation quantization */
@@ -223,6 +226,14 @@ static void kv_cache_quant(ar_block_work *ws, float *k, float *v, long n, int kd
     if (ws->kv_scale[1] > 0) ar_kv_fp8_qdq(v, n, ws->kv_scale[1]);
 }
 
+static int check_fit(int B, int T, int capB, int capT, const char *what)
+{
+    if (B <= 0 || T <= 0 || T > capT || (long)B * T > (long)capB * capT)
+        return ar_error("block: batch %d x %d exceeds the %s capacity %d x %d", B, T,
+                        what, capB, capT);
+    return 0;
+}
+
 /* Attention half: h = x + o_proj(attn(...)). x is not read after this. */
 static int attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
                      int B, int T, ar_block_work *ws, const fwd_bufs *f)
@@ -252,6 +263,27 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     return 0;
 }
 
+int ar_block_attn_forward(const ar_config *c, const ar_block_weights *w, const float *x, int B, int T,
+                          ar_block_work *ws, ar_block_acts *a)
+{
+    if (check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    if (!a) {
+        fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
+                      .v = ws->v, .att = ws->att, .ao = ws->ao, .h = ws->h};
+        return attn_half(c, w, x, B, T, ws, &f);
+    }
+    if (check_fit(B, T, a->cap_B, a->cap_T, "activation")) return -1;
+    if ((w->q_norm || w->k_norm) && !a->qpre)
+        return ar_error("block: QK-norm weights but activations allocated without");
+    a->B = B, a->T = T;
+    memcpy(a->x, x, sizeof(float) * B * T * c->hidden);
+    fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .qpre = w->q_norm ? a->qpre : a->q,
+                  .rstdq = a->rstdq, .kpre = w->k_norm ? a->kpre : a->k,
+                  .rstdk = a->rstdk, .q = a->q, .k = a->k, .v = a->v, .att = a->att,
+                  .save_att = 1, .ao = a->ao, .h = a->h};
+    return attn_half(c, w, a->x, B, T, ws, &f);
+}
+
 /* MLP half: y = h + down(silu(gate(n2)) * up(n2)). */
 static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int BT,
                     ar_block_work *ws, const fwd_bufs *f)
@@ -267,14 +299,6 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
     if (!(in = forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
     ar_linear_forward(f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
-    return 0;
-}
-
-static int check_fit(int B, int T, int capB, int capT, const char *what)
-{
-    if (B <= 0 || T <= 0 || T > capT || (long)B * T > (long)capB * capT)
-        return ar_error("block: batch %d x %d exceeds the %s capacity %d x %d", B, T,
-                        what, capB, capT);
     return 0;
 }
 
@@ -388,6 +412,16 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
         ar_rmsnorm_backward(dx, NULL, dln, a->x, w->attn_norm, a->rstd1, BT, C);
     }
     return 0;
+}
+
+int ar_block_attn_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
+                           const float *dh, float *const *dW, float *const *dxin, float *dx,
+                           ar_block_work *ws)
+{
+    if (!ws->train) return ar_error("block: backward needs a training workspace");
+    if (check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
+    if (dh != ws->dh) memcpy(ws->dh, dh, sizeof(float) * a->B * a->T * c->hidden);
+    return attn_back(c, w, a, dW, dxin, dx, ws);
 }
 
 int ar_block_backward_inputs(const ar_config *c, const ar_block_weights *w,

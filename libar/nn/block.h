@@ -28,6 +28,11 @@ typedef struct {
     float *attn_norm;           /* input_layernorm [C] */
     float *mlp_norm;            /* post_attention_layernorm [C] */
     float *q_norm, *k_norm;     /* Qwen3 [HD] or NULL */
+    /* Mixture-of-experts layers (block_moe.c), kept in full precision, never
+     * tuned; NULL otherwise: the router [E, C] (mlp.gate), its bias [E]
+     * (gpt-oss), DeepSeek-V3's e_score_correction_bias [E], Qwen2-MoE's
+     * shared_expert_gate [1, C]. */
+    float *router, *router_b, *score_bias, *shared_gate;
 } ar_block_weights;
 
 /* Zero w and give it pointer arrays for nlinear linears, all NULL. 0, or -1
@@ -85,6 +90,9 @@ typedef struct {
     float kv_scale[2];
     void (*observe_kv)(void *ctx, const float *k, const float *v, long rows, int kd);
     void *kv_ctx;
+    /* The MoE layer's scratch (block_moe.c allocates it on first use, for
+     * B*T rows; ar_block_work_free frees it). NULL otherwise. */
+    struct ar_moe_acts_s *moe;
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
@@ -117,6 +125,7 @@ typedef struct {
     int B, T;                   /* shape of the last ar_block_forward_train */
     float *x, *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att, *ao;
     float *h, *ln2, *rstd2, *gate, *up, *act;
+    struct ar_moe_acts_s *moe;  /* MoE layers' saved routing and expert activations (block_moe.c) */
 } ar_block_acts;
 
 /* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.
@@ -141,6 +150,21 @@ int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float 
 int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
                            const float *x, float *y, int B, int T,
                            ar_block_work *ws, ar_block_acts *a);
+
+/* The attention half alone, for families that reuse this attention with
+ * another MLP (block_moe.c): h = x + o_proj(attn(rmsnorm1(x))) into ws->h
+ * (a == NULL: inference) or a->h (training: a->B, a->T set, x copied to
+ * a->x and everything ar_block_attn_backward needs saved). The MLP fields
+ * of a are left alone. 0, or -1 (ar_error) on a capacity overflow. */
+int ar_block_attn_forward(const ar_config *c, const ar_block_weights *w, const float *x, int B, int T,
+                          ar_block_work *ws, ar_block_acts *a);
+
+/* Backward of the attention half saved in a, given dh [B*T, C] = dL/dh (the
+ * residual's and the MLP's paths summed): dW[AR_Q..AR_O] +=, dxin as
+ * ar_block_backward_inputs, dx += dL/dx (dx may be NULL). ws needs train. */
+int ar_block_attn_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
+                           const float *dh, float *const *dW, float *const *dxin, float *dx,
+                           ar_block_work *ws);
 
 /* Backward of the forward saved in a: given dy [B*T, C] (the loss gradient at
  * the block output), ACCUMULATE dW[i] [N_i, K_i] += dL/dW_i for each of the

@@ -3,41 +3,65 @@
 
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
+#include "block_moe.h"
 #include "error.h"
 
 enum { IN_LN1, IN_AO, IN_LN2, IN_ACT, IN_N };
 
-int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
+static int is_moe_family(const ar_config *c)
 {
-    static const int input[AR_NLINEAR] = {IN_LN1, IN_LN1, IN_LN1, IN_AO, IN_LN2, IN_LN2, IN_ACT};
-    static const char *const inames[IN_N] = {"ln1", "ao", "ln2", "act"};
-    *d = (ar_block_desc){0};
-    switch (c->arch) {
-    case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3: break;
-    default: return ar_error("%s: no block description for this architecture", c->arch_name);
+    return c->arch == AR_ARCH_QWEN3_MOE || c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_MIXTRAL;
+}
+
+/* lin [nlinear], input_names and input_kind [ninput] in one go. */
+static int desc_alloc(ar_block_desc *d, int nlinear, int ninput)
+{
+    d->nlinear = nlinear, d->ninput = ninput;
+    d->lin = calloc((size_t)nlinear, sizeof *d->lin);
+    d->input_names = calloc((size_t)ninput, sizeof *d->input_names);
+    d->input_kind = calloc((size_t)ninput, sizeof *d->input_kind);
+    if (!d->lin || !d->input_names || !d->input_kind) {
+        ar_block_desc_free(d);
+        return ar_error("block description: out of memory");
     }
-    d->family = "llama";
-    d->nlinear = AR_NLINEAR;
-    d->lin = calloc(AR_NLINEAR, sizeof *d->lin);
-    if (!d->lin) return ar_error("block description: out of memory");
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    return 0;
+}
+
+/* The attention's four linears (Llama family) and the block's norms. */
+static void attention_desc(ar_block_desc *d, const ar_config *c)
+{
+    static const char *const inames[IN_N] = {"ln1", "ao", "ln2", "act"};
+    static const int input[AR_GATE] = {IN_LN1, IN_LN1, IN_LN1, IN_AO};
+    for (int i = 0; i < AR_GATE; i++) {
         ar_linear_desc *l = &d->lin[i];
         l->name = ar_linear_names[i];
         ar_linear_shape(c, i, &l->n_out, &l->k_in);
         l->input = input[i];
-        l->has_bias = i <= AR_V ? c->qkv_bias : i == AR_O ? c->o_bias : c->mlp_bias;
+        l->has_bias = i <= AR_V ? c->qkv_bias : c->o_bias;
     }
-    d->ninput = IN_N;
-    for (int j = 0; j < IN_N; j++) {
-        d->input_names[j] = inames[j];
-        d->input_kind[j] = AR_INPUT_DENSE;
-    }
+    for (int j = 0; j < IN_N; j++) d->input_names[j] = inames[j], d->input_kind[j] = AR_INPUT_DENSE;
     d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden};
     d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden};
     if (c->qk_norm) {
         d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_norm", c->head_dim};
         d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.k_norm", c->head_dim};
+    }
+}
+
+static int llama_desc(ar_block_desc *d, const ar_config *c)
+{
+    if (desc_alloc(d, AR_NLINEAR, IN_N)) return -1;
+    d->family = "llama";
+    attention_desc(d, c);
+    static const int input[3] = {IN_LN2, IN_LN2, IN_ACT};
+    for (int i = AR_GATE; i < AR_NLINEAR; i++) {
+        ar_linear_desc *l = &d->lin[i];
+        l->name = ar_linear_names[i];
+        ar_linear_shape(c, i, &l->n_out, &l->k_in);
+        l->input = input[i - AR_GATE];
+        l->has_bias = c->mlp_bias;
     }
     d->forward = ar_block_forward;
     d->forward_train = ar_block_forward_train;
@@ -47,11 +71,86 @@ int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
     return 0;
 }
 
+/* Names are "mlp.experts.%d.gate_proj" etc.; the shared expert's prefix per family. */
+#define NAME_MAX_LEN 48
+
+static int moe_desc(ar_block_desc *d, const ar_config *c)
+{
+    const ar_moe_config *m = &c->moe;
+    int E = m->n_experts, shared = m->n_shared_experts > 0 && m->shared_intermediate > 0;
+    int nl = 4 + 3 * E + 3 * shared, nin = IN_N + 2 * E + shared;
+    if (desc_alloc(d, nl, nin)) return -1;
+    d->family = "moe";
+    d->strings = malloc((size_t)(3 * E + 3 + 2 * E + 1) * NAME_MAX_LEN);
+    if (!d->strings) { ar_block_desc_free(d); return ar_error("block description: out of memory"); }
+    char *p = d->strings;
+    attention_desc(d, c);
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int e = 0; e < E; e++) {
+        int in_x = IN_N + 2 * e, in_act = in_x + 1;
+        snprintf(p, NAME_MAX_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_MAX_LEN;
+        snprintf(p, NAME_MAX_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_MAX_LEN;
+        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+        for (int j = 0; j < 3; j++) {
+            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
+            snprintf(p, NAME_MAX_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p, p += NAME_MAX_LEN;
+            l->n_out = j == 2 ? c->hidden : m->expert_intermediate;
+            l->k_in = j == 2 ? m->expert_intermediate : c->hidden;
+            l->input = j == 2 ? in_act : in_x;
+            l->has_bias = m->expert_bias;
+        }
+    }
+    if (shared) {
+        const char *pre = c->arch == AR_ARCH_QWEN2_MOE ? "mlp.shared_expert" : "mlp.shared_experts";
+        int in_act = IN_N + 2 * E;
+        d->input_names[in_act] = "act.shared", d->input_kind[in_act] = AR_INPUT_DENSE;
+        for (int j = 0; j < 3; j++) {
+            ar_linear_desc *l = &d->lin[4 + 3 * E + j];
+            snprintf(p, NAME_MAX_LEN, "%s.%s", pre, proj[j]), l->name = p, p += NAME_MAX_LEN;
+            l->n_out = j == 2 ? c->hidden : m->shared_intermediate;
+            l->k_in = j == 2 ? m->shared_intermediate : c->hidden;
+            l->input = j == 2 ? in_act : IN_LN2;
+        }
+    }
+    d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
+    if (m->score_correction_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
+    if (m->shared_expert_gate) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SHARED_GATE, "mlp.shared_expert_gate.weight", 1, c->hidden};
+    d->forward = ar_block_moe_forward;
+    d->forward_train = ar_block_moe_forward_train;
+    d->backward = ar_block_moe_backward;
+    d->set_act_quant = ar_block_moe_set_act_quant;
+    d->acts_input = ar_block_moe_acts_input;
+    return 0;
+}
+
+int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
+{
+    *d = (ar_block_desc){0};
+    switch (c->arch) {
+    case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3: return llama_desc(d, c);
+    default: break;
+    }
+    if (is_moe_family(c))
+        return ar_error("%s: mixture-of-experts blocks are described per layer; this path takes one description "
+                        "for all layers and does not handle them yet", c->arch_name);
+    return ar_error("%s: no block description for this architecture", c->arch_name);
+}
+
+int ar_block_desc_init_layer(ar_block_desc *d, const ar_config *c, int layer)
+{
+    *d = (ar_block_desc){0};
+    if (!is_moe_family(c)) return ar_block_desc_init(d, c);
+    return ar_config_layer_moe(c, layer) ? moe_desc(d, c) : llama_desc(d, c);
+}
+
 void ar_block_desc_free(ar_block_desc *d)
 {
     free(d->lin);
-    d->lin = NULL;
-    d->nlinear = 0;
+    free(d->input_names);
+    free(d->input_kind);
+    free(d->strings);
+    d->lin = NULL, d->input_names = NULL, d->input_kind = NULL, d->strings = NULL;
+    d->nlinear = 0, d->ninput = 0;
 }
 
 int ar_block_desc_group(const ar_block_desc *d, int i)

@@ -23,9 +23,9 @@ static const struct { const char *arch, *model_type; ar_arch id; int runs; } kno
     {"MistralForCausalLM", "mistral", AR_ARCH_MISTRAL, 1},
     {"Qwen2ForCausalLM", "qwen2", AR_ARCH_QWEN2, 1},
     {"Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3, 1},
-    {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 0},
-    {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 0},
-    {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 0},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 1},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 1},
+    {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 1},
     {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 0},
     {"DeepseekV3ForCausalLM", "deepseek_v3", AR_ARCH_DEEPSEEK_V3, 0},  /* also Kimi-K2 (model_type kimi_k2) */
     {"GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS, 0},

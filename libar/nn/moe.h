@@ -81,7 +81,7 @@ typedef struct {
  * eo [RK, H] expert outputs; shared: sg, su, sact [R, SI], so [R, H], sgl [R];
  * backward: deo [RK, H], dact, dg, du [RK, I], dsh [R, SI] x3, dlog [R, E].
  * x points at the last forward's input (not copied: the caller keeps it). */
-typedef struct {
+typedef struct ar_moe_acts_s {
     int cap, R;
     const float *x;
     float *logits, *scores, *wt;
