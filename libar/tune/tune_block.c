@@ -144,6 +144,21 @@ static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, 
 
 /* ---- one block ------------------------------------------------------------- */
 
+/* The experts (gate_proj of "mlp.experts.E") that got no row in the FP
+ * forward just run: SignRound gives their rounding and min/max no gradient,
+ * so they keep their initial values (RTN), as in AutoRound (docs/moe.md §4). */
+static void report_unrouted(const tn_run *r, int layer)
+{
+    char list[512] = "";
+    int n = 0, len = 0, e;
+    for (int i = 0; i < r->bd.nlinear; i++)
+        if (sscanf(r->bd.lin[i].name, "mlp.experts.%d.gate_proj", &e) == 1 && !r->rows[i]) {
+            if (len < (int)sizeof list - 16) len += snprintf(list + len, sizeof list - len, "%s%d", n ? ", " : "", e);
+            n++;
+        }
+    if (n) tn_event(r, AR_TUNE_EV_UNROUTED_EXPERTS, layer, n, list);
+}
+
 /* With data: FP outputs into r->y (with the statistics the plan needs), then
  * SignRound, or RTN / opt-RTN; rep set when SignRound ran. */
 static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_block_plan *plan,
@@ -159,6 +174,8 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     int rc = -1;
     for (int i = 0; i < nl; i++) {
         int k = r->bd.lin[i].k_in;
+        /* routed experts get plain RTN, not opt-RTN, as AutoRound's MoE rule (docs/moe.md §4) */
+        if (r->bd.input_kind[r->bd.lin[i].input] == AR_INPUT_ROUTED) continue;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
             !(imat[i] = calloc(k, sizeof(float)))) {
             ar_error("out of memory for the importance matrix");
@@ -175,9 +192,13 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
      * quantized chain; RTN, opt-RTN and disable_quanted_input the FP one). */
     r->kv_amax[0] = r->kv_amax[1] = 0;
     r->kv_obs = a->static_kv_fp8 && (a->iters == 0 || a->disable_quanted_input) ? r->kv_amax : NULL;
+    int moe = !strcmp(r->bd.family, "moe");
+    if (moe && !(r->rows = calloc((size_t)nl, sizeof *r->rows))) { ar_error("out of memory"); goto done; }
     int frc = tn_forward_all(r, wfp, r->x_fp, r->y, opt_rtn || alg_ext ? imat : NULL,
                              need_max && !q_stats ? act_max : NULL, NULL);
     r->kv_obs = NULL;
+    if (moe && !frc) report_unrouted(r, layer);
+    free(r->rows), r->rows = NULL;
     if (frc ||
         (q_stats && tn_forward_all(r, wfp, r->x_q, NULL, NULL, act_max, NULL)) ||
         (need_max && plan_set_act_max(plan, schemes, act_max)))
@@ -292,6 +313,10 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
     ar_signround_report rep;
     int tuned = 0;
     if (plan_block(r, layer, plan, schemes, r->d != NULL)) return -1;
+    for (int i = 0; !strcmp(r->bd.family, "moe") && i < plan->nlinear; i++)
+        if (plan->act_quant[i])
+            return ar_error("%s: activation quantization of mixture-of-experts blocks is not supported",
+                            r->bd.lin[i].name);
     share_global_scales(&r->bd, wfp, plan);
     if (block_outputs(b, plan)) return -1;
     if (r->d ? tune_with_data(r, layer, wfp, plan, schemes, act_max, out, &rep, &tuned)

@@ -49,6 +49,7 @@ typedef struct {
     const ar_block_desc *bd;
     float *const *imat; /* [nlinear] Σx² per input column, entries may be NULL */
     float *amax;        /* [nlinear] running max |x|, or NULL */
+    long *rows;         /* [nlinear] rows seen per linear, or NULL */
 } input_stats;
 
 static void observe_input(void *ctx, int i, const float *x, long rows, int k)
@@ -57,6 +58,7 @@ static void observe_input(void *ctx, int i, const float *x, long rows, int k)
     int g = ar_block_desc_group(st->bd, i);
     if (st->imat && st->imat[i] && (g == i || !st->imat[g])) ar_imatrix_accumulate(st->imat[i], x, rows, k);
     if (st->amax && g == i) fold_abs_max(&st->amax[i], x, rows, k);
+    if (st->rows) st->rows[i] += rows;
 }
 
 static void share_stats(const input_stats *st)
@@ -87,7 +89,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     const ar_config *c = r->c;
     const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
-    if (!imat && !amax && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
+    if (!imat && !amax && !r->rows && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
         return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
     if (ar_res_host(r->gpu, src)) return -1;   /* the GPU may have written it last */
     tn_bufs *b = r->buf;
@@ -101,9 +103,10 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
         return ar_error("out of memory for a forward batch");
     ar_block_work *ws = &b->fws;
     float *x = b->fx, *y = b->fy;
-    input_stats st = {&r->bd, imat, amax};
-    ws->observe = imat || amax ? observe_input : NULL;
-    ws->observe_ctx = imat || amax ? &st : NULL;
+    input_stats st = {&r->bd, imat, amax, r->rows};
+    int obs = imat || amax || r->rows;
+    ws->observe = obs ? observe_input : NULL;
+    ws->observe_ctx = obs ? &st : NULL;
     ws->observe_kv = r->kv_obs ? observe_kv : NULL;
     ws->kv_ctx = r->kv_obs;
     int rc = 0;
