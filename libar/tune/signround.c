@@ -593,9 +593,9 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
         t->wq.w[i] = t->L[i].wq;
         t->dW[i] = t->L[i].dw;
     }
-    /* as a fresh workspace: no observer (the activation quantizers and the
+    /* the caller's observer or none (the activation quantizers and the
      * quantized-input copy are set below) */
-    t->ws.observe = NULL, t->ws.observe_ctx = NULL;
+    t->ws.observe = o->observe, t->ws.observe_ctx = o->observe_ctx;
     return ar_block_plan_set_act_quant(plan, &t->ws);
 }
 

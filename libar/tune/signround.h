@@ -71,6 +71,10 @@ typedef struct {
                              cross-entropy of head(pred) against the sample's next token, or
                              with lfq->kl the KL divergence from head(y_ref)'s distribution
                              (ar_lm_head_loss), averaged over those positions */
+    /* NULL; else it sees every linear's input in every tuning forward
+     * (ar_block_work.observe's contract): MoE experts, their routed rows */
+    void (*observe)(void *ctx, int linear, const float *x, long rows, int k);
+    void *observe_ctx;
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */

@@ -48,9 +48,9 @@ typedef enum {
     AR_TUNE_EV_LFQ_ON_CPU,    /* block a of b tunes on the CPU: the LM-head loss has no GPU version */
     AR_TUNE_EV_GPU_TRANSFERS, /* after the last block on a GPU: a = block-weight uploads, b = blocks run,
                                  text = the transfer ledger's line (ar_xfer_summary) */
-    AR_TUNE_EV_UNROUTED_EXPERTS, /* MoE block a: b experts got no calibration token in the block's FP
-                                    forward, so SignRound leaves them at their initial rounding (RTN, as
-                                    AutoRound does); text = their numbers */
+    AR_TUNE_EV_UNROUTED_EXPERTS, /* MoE block a: b experts got no token in any of SignRound's forwards
+                                    of the block, so they keep their initial rounding (RTN, as AutoRound
+                                    does); text = their numbers */
 } ar_tune_event;
 
 /* Progress callbacks; any may be NULL. */

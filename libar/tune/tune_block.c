@@ -144,15 +144,17 @@ static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, 
 
 /* ---- one block ------------------------------------------------------------- */
 
-/* The experts (gate_proj of "mlp.experts.E") that got no row in the FP
- * forward just run: SignRound gives their rounding and min/max no gradient,
- * so they keep their initial values (RTN), as in AutoRound (docs/moe.md §4). */
+/* The experts (gate_proj of "mlp.experts.E") that got no row in any of
+ * SignRound's forwards of this block (r->rows): their rounding and min/max
+ * got no gradient, so they keep their initial values (RTN), as in AutoRound
+ * (docs/moe.md §4). */
 static void report_unrouted(const tn_run *r, int layer)
 {
     char list[512] = "";
-    int n = 0, len = 0, e;
+    int n = 0, len = 0, e, end;
     for (int i = 0; i < r->bd.nlinear; i++)
-        if (sscanf(r->bd.lin[i].name, "mlp.experts.%d.gate_proj", &e) == 1 && !r->rows[i]) {
+        if ((end = 0, sscanf(r->bd.lin[i].name, "mlp.experts.%d.gate_proj%n", &e, &end)) == 1 && end &&
+            !r->bd.lin[i].name[end] && !r->rows[i]) {
             if (len < (int)sizeof list - 16) len += snprintf(list + len, sizeof list - len, "%s%d", n ? ", " : "", e);
             n++;
         }
@@ -192,22 +194,23 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
      * quantized chain; RTN, opt-RTN and disable_quanted_input the FP one). */
     r->kv_amax[0] = r->kv_amax[1] = 0;
     r->kv_obs = a->static_kv_fp8 && (a->iters == 0 || a->disable_quanted_input) ? r->kv_amax : NULL;
-    int moe = !strcmp(r->bd.family, "moe");
-    if (moe && !(r->rows = calloc((size_t)nl, sizeof *r->rows))) { ar_error("out of memory"); goto done; }
     int frc = tn_forward_all(r, wfp, r->x_fp, r->y, opt_rtn || alg_ext ? imat : NULL,
                              need_max && !q_stats ? act_max : NULL, NULL);
     r->kv_obs = NULL;
-    if (moe && !frc) report_unrouted(r, layer);
-    free(r->rows), r->rows = NULL;
     if (frc ||
         (q_stats && tn_forward_all(r, wfp, r->x_q, NULL, NULL, act_max, NULL)) ||
         (need_max && plan_set_act_max(plan, schemes, act_max)))
         goto done;
     if (a->iters > 0) {
         if (alg_ext && v2_init_scales(&r->bd, wfp, plan, imat, init)) goto done;
-        if (tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme), out,
-                               rep))
-            goto done;
+        /* MoE: count each expert's rows in the tuning forwards */
+        int moe = !strcmp(r->bd.family, "moe");
+        if (moe && !(r->rows = calloc((size_t)nl, sizeof *r->rows))) { ar_error("out of memory"); goto done; }
+        int src = tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme),
+                                     out, rep);
+        if (moe && !src) report_unrouted(r, layer);
+        free(r->rows), r->rows = NULL;
+        if (src) goto done;
         *tuned = 1;
     } else {
         for (int i = 0; opt_rtn && i < nl; i++) {

@@ -179,6 +179,8 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
         o.lfq = &head;
     }
     tn_iter_ctx ic = {r, layer};
+    input_stats st = {&r->bd, NULL, NULL, r->rows};
+    if (r->rows) o.observe = observe_input, o.observe_ctx = &st;  /* rows each expert gets while tuned */
     const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
     /* the GPU tuner knows the "llama" family's block alone */
     int llama = !strcmp(plan->desc->family, "llama");
@@ -201,7 +203,10 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     if (!r->x_q && !(r->x_q = malloc(sizeof(uint16_t) * (size_t)n * T * c->hidden)))
         return ar_error("out of memory for the quantized chain");
     if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
+    long *rows = r->rows;   /* the tuning's counts: this forward is not tuning */
+    r->rows = NULL;
     int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
+    r->rows = rows;
     r->kv_obs = NULL;
     return krc;
 }

@@ -58,8 +58,8 @@ typedef struct {
     float kv_amax[2];           /* static_kv_fp8: this block's max |K|, max |V| */
     float *kv_obs;              /* kv_amax while a forward observes K/V (tn_forward_all), else NULL */
     tn_bufs *buf;               /* block buffers kept across blocks (never NULL during run_blocks) */
-    long *rows;                 /* [bd.nlinear] or NULL: tn_forward_all adds the rows each linear's input had
-                                   (MoE experts: their routed rows) */
+    long *rows;                 /* [bd.nlinear] or NULL: tn_forward_all and SignRound's forwards add the rows
+                                   each linear's input had (MoE experts: their routed rows) */
 } tn_run;
 
 /* ---- tune_chain.c ------------------------------------------------------------ */
