@@ -309,3 +309,50 @@ void ra_mla_backward(fx_ev *const dW[AR_MLA_NLINEAR], fx_ev *const db[AR_MLA_NLI
     free(dlat);
     mla_acts_free(&a);
 }
+
+/* ------------------------------------------------------ finite differences */
+
+static double loss_of(void (*fn)(void *, double *), void *ctx, const double *r, long nout, double *out, double *mag)
+{
+    fn(ctx, out);
+    double L = 0, m = 0;
+    for (long i = 0; i < nout; i++) L += out[i] * r[i], m += fabs(out[i] * r[i]);
+    *mag = m;
+    return L;
+}
+
+void ra_check_fd(void (*fn)(void *ctx, double *out), void *ctx, const double *r, long nout, double *p, long n,
+                 long stride, const double *want, const char *what)
+{
+    fx_set_mode(FX_VALUES, 0);
+    const double h = 1e-5;
+    double *out = malloc(sizeof(double) * nout);
+    for (long j = 0; j < n; j += stride) {
+        double keep = p[j], f[4], mag = 0, m, err;
+        const double step[4] = {h, -h, 2 * h, -2 * h};
+        for (int s = 0; s < 4; s++) {
+            p[j] = keep + step[s];
+            f[s] = loss_of(fn, ctx, r, nout, out, &m);
+            mag = fmax(mag, m);
+        }
+        p[j] = keep;
+        double g = fx_central_diff(f[0], f[1], f[2], f[3], h, mag, &err);
+        fx_set_mode(FX_BOUNDS, 0);
+        fx_assert_within(want[j], g, err, "%s[%ld] analytic vs finite differences", what, j);
+        fx_set_mode(FX_VALUES, 0);
+    }
+    free(out);
+    fx_set_mode(FX_BOUNDS, 0);
+}
+
+double *ra_dup(const float *f, long n)
+{
+    double *d = malloc(sizeof(double) * (n > 0 ? n : 1));
+    for (long i = 0; i < n; i++) d[i] = f[i];
+    return d;
+}
+
+void ra_split(const fx_ev *e, double *v, double *b, long n)
+{
+    for (long i = 0; i < n; i++) v[i] = e[i].v, b[i] = e[i].e;
+}

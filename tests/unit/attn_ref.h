@@ -65,3 +65,17 @@ void ra_mla_backward(fx_ev *const dW[AR_MLA_NLINEAR], fx_ev *const db[AR_MLA_NLI
                      const fx_ev *dy, const ra_mla_weights *w, const ar_mla_dims *d, const fx_ev *cos_t,
                      const fx_ev *sin_t, int B, int T);
 #endif
+
+/* ---- finite differences ---- */
+
+/* fn(ctx, out) evaluates nout outputs in double from parameters that
+ * include p [n]. Asserts, for every stride-th j, that want[j] (an analytic
+ * gradient of L = sum(out . r) with respect to p[j]) is within the central
+ * difference's error bound (fixture.h fx_central_diff, steps 1e-5 and
+ * 2e-5). Runs fn under FX_VALUES, restores FX_BOUNDS. */
+void ra_check_fd(void (*fn)(void *ctx, double *out), void *ctx, const double *r, long nout, double *p, long n,
+                 long stride, const double *want, const char *what);
+
+/* Copies: f32 -> double, fx_ev values / bounds. */
+double *ra_dup(const float *f, long n);
+void ra_split(const fx_ev *e, double *v, double *b, long n);
