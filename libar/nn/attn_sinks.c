@@ -5,7 +5,6 @@
 #include "attn_sinks.h"
 
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 static float dot(const float *a, const float *b, int n)
@@ -51,7 +50,7 @@ void ar_attn_sinks_forward(float *out, float *att, const float *q, const float *
     long qs = (long)NH * DK, ks = (long)NKV * DK, vs = (long)NKV * DV, os = (long)NH * DV;
 #pragma omp parallel
     {
-        float *row = att ? NULL : malloc(sizeof(float) * T);
+        float row[att ? 1 : T]; /* P's row when it is not kept */
 #pragma omp for collapse(2) schedule(dynamic)
         for (int bh = 0; bh < B * NH; bh++)
             for (int t = 0; t < T; t++) {
@@ -61,7 +60,6 @@ void ar_attn_sinks_forward(float *out, float *att, const float *q, const float *
                            k + (long)b * T * ks + (long)g * DK, v + (long)b * T * vs + (long)g * DV, ks, vs,
                            sinks ? sinks + h : NULL, t, T, DK, DV, scale, window);
             }
-        free(row);
     }
 }
 
@@ -86,7 +84,7 @@ static void head_backward(float *dq, float *dk, float *dv, float *dsink, const f
             for (int i = 0; i < DK; i++) dqt[i] += dz * ks_[i], dks[i] += dz * qt[i];
             for (int i = 0; i < DV; i++) dvs[i] += Pt[s] * dot_[i];
         }
-        if (dsink) *dsink -= (float)((1 - mass) * rho);
+        *dsink -= (float)((1 - mass) * rho);
     }
 }
 
@@ -96,20 +94,19 @@ void ar_attn_sinks_backward(float *dq, float *dk, float *dv, float *dsinks, cons
 {
     int group = NH / NKV;
     long qs = (long)NH * DK, ks = (long)NKV * DK, vs = (long)NKV * DV, os = (long)NH * DV;
-    float *ds = dsinks ? calloc((size_t)B * NH, sizeof(float)) : NULL;
 #pragma omp parallel for collapse(2) schedule(dynamic)
     for (int b = 0; b < B; b++)
         for (int g = 0; g < NKV; g++)
             for (int h = g * group; h < (g + 1) * group; h++) {
                 long qo = (long)b * T * qs + (long)h * DK;
+                float ds = 0; /* this sequence's share; sequences run in parallel */
                 head_backward(dq + qo, dk + (long)b * T * ks + (long)g * DK, dv + (long)b * T * vs + (long)g * DV,
-                              ds ? ds + b * NH + h : NULL, dout + (long)b * T * os + (long)h * DV,
-                              att + ((long)b * NH + h) * T * T, q + qo, k + (long)b * T * ks + (long)g * DK,
-                              v + (long)b * T * vs + (long)g * DV, qs, ks, vs, os, T, DK, DV, scale);
+                              &ds, dout + (long)b * T * os + (long)h * DV, att + ((long)b * NH + h) * T * T,
+                              q + qo, k + (long)b * T * ks + (long)g * DK, v + (long)b * T * vs + (long)g * DV, qs,
+                              ks, vs, os, T, DK, DV, scale);
+                if (dsinks) {
+#pragma omp atomic
+                    dsinks[h] += ds;
+                }
             }
-    if (ds) {
-        for (int b = 0; b < B; b++)
-            for (int h = 0; h < NH; h++) dsinks[h] += ds[b * NH + h];
-        free(ds);
-    }
 }
