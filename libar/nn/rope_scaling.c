@@ -5,6 +5,8 @@
 #include <math.h>
 #include <omp.h>
 
+#include "ops.h"
+
 void ar_rope_yarn_from_config(ar_rope_yarn *y, const ar_config *c, int dim)
 {
     *y = (ar_rope_yarn){.theta = c->rope_theta, .dim = dim, .factor = c->rope_factor,
@@ -90,6 +92,22 @@ void ar_rope_tables_scaled(float *cos_t, float *sin_t, const float *inv_freq, in
             cos_t[(long)t * H2 + i] = cosf(a) * af;
             sin_t[(long)t * H2 + i] = sinf(a) * af;
         }
+}
+
+void ar_rope_config_tables(float *cos_t, float *sin_t, const ar_config *c, int dim, int T)
+{
+    float inv[dim / 2 > 0 ? dim / 2 : 1], af = 1.0f;
+    if (c->rope_type == AR_ROPE_YARN) {
+        ar_rope_yarn y;
+        ar_rope_yarn_from_config(&y, c, dim);
+        ar_rope_yarn_inv_freq(inv, &y);
+        af = (float)ar_rope_yarn_attention_factor(&y);
+    } else {
+        ar_config cd = *c; /* ar_rope_inv_freq reads the width from head_dim */
+        cd.head_dim = dim;
+        ar_rope_inv_freq(inv, &cd);
+    }
+    ar_rope_tables_scaled(cos_t, sin_t, inv, dim, T, af);
 }
 
 void ar_rope_slice(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, long rs, long hs,

@@ -71,6 +71,13 @@ void ar_rope_dynamic_ntk_inv_freq(float *inv_freq, double theta, int dim, double
  * positions 0..T-1, as transformers' rotary embeddings. */
 void ar_rope_tables_scaled(float *cos_t, float *sin_t, const float *inv_freq, int dim, int T, float af);
 
+/* The cos/sin tables [T, dim/2] a layer of c rotates dim dims per head with
+ * (dim: c->head_dim; MLA: c->mla.qk_rope_head_dim): yarn's (inv_freq and
+ * attention factor above) when c->rope_type is AR_ROPE_YARN, else
+ * ops.h's ar_rope_inv_freq computed for dim (default, linear, llama3;
+ * attention factor 1). */
+void ar_rope_config_tables(float *cos_t, float *sin_t, const ar_config *c, int dim, int T);
+
 /* ---- RoPE on a slice of each head ----
  * x holds B sequences of T rows; row (b, t) starts at x + (b T + t) rs and
  * has H heads at head stride hs; dims [off, off + D) of each head are

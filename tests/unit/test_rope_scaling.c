@@ -5,8 +5,10 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "attn_ref.h"
+#include "ops.h"
 #include "rope_scaling.h"
 
 static fx_ev X(double v) { return fx_exact(v); }
@@ -189,4 +191,24 @@ Test(rope_scaling, rope_slice_layouts)
                 if (in < OFF || in >= OFF + D) cr_assert_eq(y[i], x[i], "outside the slice moved");
             }
         }
+}
+
+/* ar_rope_config_tables: yarn from the config's fields gives transformers'
+ * tables (within the bounds of check_yarn, here via the same two steps it
+ * checks: bit for bit); the other types ops.h's tables for that width. */
+Test(rope_scaling, config_tables)
+{
+    ar_config c = {.rope_type = AR_ROPE_YARN, .rope_theta = 150000, .rope_factor = 4, .rope_orig_max_pos = 1024,
+                   .max_pos = 4096, .rope_beta_fast = 32, .rope_beta_slow = 1, .rope_truncate = 0, .head_dim = 64};
+    enum { D = 32, T = 7, H2 = D / 2 };
+    float c1[T * H2], s1[T * H2], c2[T * H2], s2[T * H2], inv[H2];
+    ar_rope_config_tables(c1, s1, &c, D, T);
+    ar_rope_yarn y = {.theta = 150000, .dim = D, .factor = 4, .orig_max_pos = 1024, .beta_fast = 32, .beta_slow = 1};
+    ar_rope_yarn_inv_freq(inv, &y);
+    ar_rope_tables_scaled(c2, s2, inv, D, T, (float)ar_rope_yarn_attention_factor(&y));
+    cr_assert(!memcmp(c1, c2, sizeof c1) && !memcmp(s1, s2, sizeof s1));
+    c.rope_type = AR_ROPE_DEFAULT, c.head_dim = D;
+    ar_rope_config_tables(c1, s1, &c, D, T);
+    ar_rope_tables(c2, s2, &c, T);
+    cr_assert(!memcmp(c1, c2, sizeof c1) && !memcmp(s1, s2, sizeof s1));
 }
