@@ -73,12 +73,12 @@ static void head_backward(float *dq, float *dk, float *dv, float *dsink, const f
         const float *Pt = P + (long)t * T, *dot_ = dout + t * os;
         /* dP_ts = dout_t . v_s; rho = sum_s P_ts dP_ts; dz_ts = P_ts (dP_ts - rho) */
         double rho = 0, mass = 0;
+        float dP[t + 1];
         for (int s = 0; s <= t; s++)
-            if (Pt[s] != 0) rho += (double)Pt[s] * dot(dot_, v + s * vs, DV), mass += Pt[s];
+            if (Pt[s] != 0) dP[s] = dot(dot_, v + s * vs, DV), rho += (double)Pt[s] * dP[s], mass += Pt[s];
         for (int s = 0; s <= t; s++) {
             if (Pt[s] == 0) continue;
-            float dP = dot(dot_, v + s * vs, DV);
-            float dz = Pt[s] * (dP - (float)rho) * scale;
+            float dz = Pt[s] * (dP[s] - (float)rho) * scale;
             const float *ks_ = k + s * ks, *qt = q + t * qs;
             float *dqt = dq + t * qs, *dks = dk + s * ks, *dvs = dv + s * vs;
             for (int i = 0; i < DK; i++) dqt[i] += dz * ks_[i], dks[i] += dz * qt[i];
