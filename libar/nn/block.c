@@ -98,6 +98,7 @@ void ar_block_work_free(ar_block_work *ws)
                    &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
     if (ws->moe) ar_moe_acts_free(ws->moe), free(ws->moe), ws->moe = NULL;
+    if (ws->fam) ws->fam_free(ws->fam), ws->fam = NULL;
 }
 
 int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
@@ -136,6 +137,7 @@ void ar_block_acts_free(ar_block_acts *a)
                    &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
     if (a->moe) ar_moe_acts_free(a->moe), free(a->moe), a->moe = NULL;
+    if (a->fam) a->fam_free(a->fam), a->fam = NULL;
 }
 
 /* ------------------------------------------------ activation quantization */

@@ -33,6 +33,7 @@ typedef struct {
      * (gpt-oss), DeepSeek-V3's e_score_correction_bias [E], Qwen2-MoE's
      * shared_expert_gate [1, C]. */
     float *router, *router_b, *score_bias, *shared_gate;
+    float *sinks;               /* gpt-oss self_attn.sinks [NH] (block_gptoss.c), else NULL */
 } ar_block_weights;
 
 /* Zero w and give it pointer arrays for nlinear linears, all NULL. 0, or -1
@@ -93,6 +94,10 @@ typedef struct {
     /* The MoE layer's scratch (block_moe.c allocates it on first use, for
      * B*T rows; ar_block_work_free frees it). NULL otherwise. */
     struct ar_moe_acts_s *moe;
+    /* A family's own scratch (block_deepseek.c, block_gptoss.c: allocated on
+     * first use, released by fam_free in ar_block_work_free). NULL otherwise. */
+    void *fam;
+    void (*fam_free)(void *);
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
@@ -126,6 +131,8 @@ typedef struct {
     float *x, *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att, *ao;
     float *h, *ln2, *rstd2, *gate, *up, *act;
     struct ar_moe_acts_s *moe;  /* MoE layers' saved routing and expert activations (block_moe.c) */
+    void *fam;                  /* a family's own saved activations (as ar_block_work.fam) */
+    void (*fam_free)(void *);
 } ar_block_acts;
 
 /* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.

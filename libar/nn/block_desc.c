@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "block_deepseek.h"
 #include "block_moe.h"
 #include "error.h"
 
@@ -12,8 +13,11 @@ enum { IN_LN1, IN_AO, IN_LN2, IN_ACT, IN_N };
 
 static int is_moe_family(const ar_config *c)
 {
-    return c->arch == AR_ARCH_QWEN3_MOE || c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_MIXTRAL;
+    return c->arch == AR_ARCH_QWEN3_MOE || c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_MIXTRAL ||
+           c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3;
 }
+
+static int is_deepseek(const ar_config *c) { return c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3; }
 
 /* lin [nlinear], input_names and input_kind [ninput] in one go. */
 static int desc_alloc(ar_block_desc *d, int nlinear, int ninput)
@@ -130,6 +134,7 @@ int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
     case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3: return llama_desc(d, c);
     default: break;
     }
+    if (is_deepseek(c) && c->moe.n_moe_layers == 0) return ar_block_deepseek_desc(d, c, 0);
     if (is_moe_family(c))
         return ar_error("%s: mixture-of-experts blocks are described per layer; this path takes one description "
                         "for all layers and does not handle them yet", c->arch_name);
@@ -140,6 +145,7 @@ int ar_block_desc_init_layer(ar_block_desc *d, const ar_config *c, int layer)
 {
     *d = (ar_block_desc){0};
     if (!is_moe_family(c)) return ar_block_desc_init(d, c);
+    if (is_deepseek(c)) return ar_block_deepseek_desc(d, c, layer);
     return ar_config_layer_moe(c, layer) ? moe_desc(d, c) : llama_desc(d, c);
 }
 

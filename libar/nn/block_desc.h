@@ -99,7 +99,7 @@ typedef const float *(*ar_block_acts_input_fn)(const ar_block_acts *a, int i);
 /* A full-precision tensor of a block that is no linear to quantize (MoE
  * routers): where it goes in ar_block_weights, its HF sub-name, its shape
  * (cols 0: 1-D). */
-enum { AR_FP_ROUTER, AR_FP_ROUTER_BIAS, AR_FP_SCORE_BIAS, AR_FP_SHARED_GATE, AR_FP_N };
+enum { AR_FP_ROUTER, AR_FP_ROUTER_BIAS, AR_FP_SCORE_BIAS, AR_FP_SHARED_GATE, AR_FP_SINKS, AR_FP_N };
 typedef struct {
     int kind;                   /* AR_FP_* */
     const char *name;           /* e.g. "mlp.gate" (".weight" / ".bias" / as is for a bias-like name) */

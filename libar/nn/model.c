@@ -127,7 +127,7 @@ static float **block_slot(ar_block_weights *w, int j)
     if (j < nl) return &w->w[j];
     if (j < 2 * nl) return &w->b[j - nl];
     float **norm[BT_NORMS + AR_FP_N] = {&w->attn_norm, &w->mlp_norm,   &w->q_norm,     &w->k_norm,
-                                        &w->router,    &w->router_b,   &w->score_bias, &w->shared_gate};
+                                        &w->router,    &w->router_b,   &w->score_bias, &w->shared_gate, &w->sinks};
     return norm[j - 2 * nl];
 }
 
