@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "block_deepseek.h"
+#include "block_gptoss.h"
 #include "block_moe.h"
 #include "error.h"
 
@@ -14,7 +15,7 @@ enum { IN_LN1, IN_AO, IN_LN2, IN_ACT, IN_N };
 static int is_moe_family(const ar_config *c)
 {
     return c->arch == AR_ARCH_QWEN3_MOE || c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_MIXTRAL ||
-           c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3;
+           c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3 || c->arch == AR_ARCH_GPT_OSS;
 }
 
 static int is_deepseek(const ar_config *c) { return c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3; }
@@ -146,6 +147,7 @@ int ar_block_desc_init_layer(ar_block_desc *d, const ar_config *c, int layer)
     *d = (ar_block_desc){0};
     if (!is_moe_family(c)) return ar_block_desc_init(d, c);
     if (is_deepseek(c)) return ar_block_deepseek_desc(d, c, layer);
+    if (c->arch == AR_ARCH_GPT_OSS) return ar_block_gptoss_desc(d, c);
     return ar_config_layer_moe(c, layer) ? moe_desc(d, c) : llama_desc(d, c);
 }
 

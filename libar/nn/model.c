@@ -3,6 +3,7 @@
 #include "model.h"
 #include "block_desc.h"
 #include "error.h"
+#include "fused_experts.h"
 #include "ops.h"
 #include "safetensors.h"
 #include <cblas.h>
@@ -46,28 +47,11 @@ static const char EMBED[] = "model.embed_tokens.weight", NORM[] = "model.norm.we
 
 /* ---- the safetensors source ------------------------------------------- */
 
-static int st_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
-{
-    const ar_st_tensor *t = ar_st_find(ctx, name);
-    if (!t) return 1;
-    *ndim = t->ndim;
-    memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
-    return 0;
-}
-
-static int st_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
-{
-    return ar_st_read_rows_f32(ctx, name, row0, nrows, dst);
-}
-
-static void st_close(void *ctx) { ar_st_close(ctx); }
-
 int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 {
     ar_safetensors *st = ar_st_open_model(dir);   /* FP8 checkpoints widen through their scales */
     if (!st) return -1;
-    *src = (ar_tensor_source){.ctx = st, .shape = st_shape, .read_rows = st_read_rows, .close = st_close};
-    return 0;
+    return ar_source_safetensors_st(src, st);   /* gpt-oss fused experts readable per expert */
 }
 
 /* ---- names and shapes ---------------------------------------------------- */
@@ -496,6 +480,7 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
         /* Qwen's first max_window_layers layers attend to the full context. */
         ar_config cl = m->c;
         if (l < cl.sliding_from_layer) cl.sliding_window = 0;
+        if (cl.layer_types && !ar_config_layer_sliding(&cl, l)) cl.sliding_window = 0;   /* gpt-oss full_attention */
         if (m->act && layer_act_quant(m, l)) return -1;
         if (m->kv_scale) m->ws.kv_scale[0] = m->kv_scale[2 * l], m->ws.kv_scale[1] = m->kv_scale[2 * l + 1];
         if (layer_bd(m, l)->forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
