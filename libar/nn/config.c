@@ -26,7 +26,7 @@ static const struct { const char *arch, *model_type; ar_arch id; int runs; } kno
     {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 1},
     {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 1},
     {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 1},
-    {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 0},
+    {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 1},
     {"DeepseekV3ForCausalLM", "deepseek_v3", AR_ARCH_DEEPSEEK_V3, 1},  /* also Kimi-K2 (model_type kimi_k2) */
     {"GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS, 1},
 };
