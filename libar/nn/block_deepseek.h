@@ -9,7 +9,7 @@
  * transformers 5.25 models/deepseek_v3/modeling_deepseek_v3.py
  * (DeepseekV3DecoderLayer, DeepseekV3MoE, DeepseekV3MLP); docs/moe.md §3, §9.
  *
- * Linears of layer l (ar_block_deepseek_desc), under model.layers.l.: the
+ * Linears of layer l (block_desc.c describes them), under model.layers.l.: the
  * MLA linears present, in attn_mla.h's order (self_attn.q_a_proj,
  * self_attn.q_b_proj — or self_attn.q_proj without q LoRA —,
  * self_attn.kv_a_proj_with_mqa, self_attn.kv_b_proj, self_attn.o_proj), then
@@ -25,10 +25,7 @@
  * (allocated on first use). Activation quantization is refused. */
 #ifndef AR_BLOCK_DEEPSEEK_H
 #define AR_BLOCK_DEEPSEEK_H
-#include "block_desc.h"
-
-/* Describe layer of the DeepSeek config c. 0 or -1 (ar_error). */
-int ar_block_deepseek_desc(ar_block_desc *d, const ar_config *c, int layer);
+#include "block.h"
 
 int ar_block_deepseek_forward(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B, int T,
                               ar_block_work *ws);

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn_mla.h"
 #include "block_deepseek.h"
 #include "block_gptoss.h"
 #include "block_moe.h"
@@ -128,6 +129,147 @@ static int moe_desc(ar_block_desc *d, const ar_config *c)
     return 0;
 }
 
+/* ---- DeepSeek-V2/V3 (block_deepseek.h) ---- */
+
+#define DS_NAME_LEN 48
+
+
+/* Linear j of expert e (or the shared expert, e = -1) at l. */
+static void expert_linear(ar_linear_desc *l, char *name, int e, int j, int n, const ar_config *c, int in_x,
+                          int in_act, int bias)
+{
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    if (e >= 0) snprintf(name, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]);
+    else snprintf(name, DS_NAME_LEN, "mlp.%s%s", e == -1 ? "shared_experts." : "", proj[j]);
+    l->name = name;
+    l->n_out = j == 2 ? c->hidden : n;
+    l->k_in = j == 2 ? n : c->hidden;
+    l->input = j == 2 ? in_act : in_x;
+    l->has_bias = bias;
+}
+
+static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
+{
+    *d = (ar_block_desc){0};
+    ar_mla_dims md;
+    ar_mla_dims_from_config(&md, c);
+    int moe = ar_config_layer_moe(c, layer), E = moe ? c->moe.n_experts : 0;
+    int shared = moe && c->moe.n_shared_experts > 0 && c->moe.shared_intermediate > 0;
+    int natt = md.QL ? 5 : 4, nl = natt + (moe ? 3 * E + 3 * shared : 3);
+    /* inputs: ln1, the normed latents q_a / kv_a, ao, ln2, act; per expert ln2.eE, act.eE; act.shared */
+    enum { IN_LN1, IN_QAN, IN_LATN, IN_AO, IN_LN2, IN_ACT, IN_N };
+    int nin = IN_N + 2 * E + shared;
+    d->family = "deepseek";
+    d->nlinear = nl, d->ninput = nin;
+    d->lin = calloc((size_t)nl, sizeof *d->lin);
+    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
+    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
+    d->strings = malloc((size_t)(nl + nin) * DS_NAME_LEN);
+    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
+        ar_block_desc_free(d);
+        return ar_error("block description: out of memory");
+    }
+    static const char *const inames[IN_N] = {"ln1", "q_a", "kv_a", "ao", "ln2", "act"};
+    for (int j = 0; j < IN_N; j++) d->input_names[j] = inames[j];
+    static const int mla_in[AR_MLA_NLINEAR] = {IN_LN1, IN_QAN, IN_LN1, IN_LN1, IN_LATN, IN_AO};
+    static const char *const mla_names[AR_MLA_NLINEAR] = {
+        "self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.q_proj",
+        "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj", "self_attn.o_proj"};
+    int i = 0;
+    for (int k = 0; k < AR_MLA_NLINEAR; k++) {
+        int N, K;
+        ar_mla_linear_shape(&md, k, &N, &K);
+        if (!N) continue;
+        d->lin[i++] = (ar_linear_desc){mla_names[k], N, K, mla_in[k],
+                                       (k == AR_MLA_Q_A || k == AR_MLA_KV_A) ? c->qkv_bias : k == AR_MLA_O && c->o_bias};
+    }
+    char *p = d->strings;
+    if (!moe) {
+        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) expert_linear(&d->lin[i++], p, -2, j, c->intermediate, c, IN_LN2, IN_ACT, 0);
+    } else {
+        for (int e = 0; e < E; e++) {
+            int in_x = IN_N + 2 * e, in_act = in_x + 1;
+            snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
+            snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
+            d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
+                expert_linear(&d->lin[i++], p, e, j, c->moe.expert_intermediate, c, in_x, in_act, 0);
+        }
+        if (shared) {
+            d->input_names[IN_N + 2 * E] = "act.shared";
+            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
+                expert_linear(&d->lin[i++], p, -1, j, c->moe.shared_intermediate, c, IN_LN2, IN_N + 2 * E, 0);
+        }
+        d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
+        if (c->moe.score_correction_bias)
+            d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
+    }
+    d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden};
+    d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden};
+    if (md.QL) d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_a_layernorm", md.QL};
+    d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.kv_a_layernorm", md.KL};
+    d->forward = ar_block_deepseek_forward;
+    d->forward_train = ar_block_deepseek_forward_train;
+    d->backward = ar_block_deepseek_backward;
+    d->set_act_quant = ar_block_deepseek_set_act_quant;
+    d->acts_input = ar_block_deepseek_acts_input;
+    return 0;
+}
+
+/* ---- gpt-oss (block_gptoss.h) ---- */
+
+static int gptoss_desc(ar_block_desc *d, const ar_config *c)
+{
+    *d = (ar_block_desc){0};
+    enum { IN_LN1, IN_AO, IN_N };
+    int E = c->moe.n_experts, nl = 4 + 3 * E, nin = IN_N + 2 * E;
+    d->family = "gpt_oss";
+    d->nlinear = nl, d->ninput = nin;
+    d->lin = calloc((size_t)nl, sizeof *d->lin);
+    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
+    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
+    d->strings = malloc((size_t)(3 * E + 2 * E) * DS_NAME_LEN + 1);
+    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
+        ar_block_desc_free(d);
+        return ar_error("block description: out of memory");
+    }
+    d->input_names[IN_LN1] = "ln1", d->input_names[IN_AO] = "ao";
+    for (int i = 0; i < 4; i++) {
+        ar_linear_desc *l = &d->lin[i];
+        l->name = ar_linear_names[i];
+        ar_linear_shape(c, i, &l->n_out, &l->k_in);
+        l->input = i < 3 ? IN_LN1 : IN_AO;
+        l->has_bias = i < 3 ? c->qkv_bias : c->o_bias;
+    }
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    char *p = d->strings;
+    for (int e = 0; e < E; e++) {
+        int in_x = IN_N + 2 * e, in_act = in_x + 1;
+        snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
+        snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
+        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) {
+            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
+            snprintf(p, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p;
+            l->n_out = j == 2 ? c->hidden : c->moe.expert_intermediate;
+            l->k_in = j == 2 ? c->moe.expert_intermediate : c->hidden;
+            l->input = j == 2 ? in_act : in_x;
+            l->has_bias = c->moe.expert_bias;
+        }
+    }
+    d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden};
+    d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden};
+    d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.router.weight", E, c->hidden};
+    if (c->moe.router_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER_BIAS, "mlp.router.bias", E, 0};
+    if (c->attn_sinks) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SINKS, "self_attn.sinks", c->n_heads, 0};
+    d->forward = ar_block_gptoss_forward;
+    d->forward_train = ar_block_gptoss_forward_train;
+    d->backward = ar_block_gptoss_backward;
+    d->set_act_quant = ar_block_gptoss_set_act_quant;
+    d->acts_input = ar_block_gptoss_acts_input;
+    return 0;
+}
+
 int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
 {
     *d = (ar_block_desc){0};
@@ -135,7 +277,7 @@ int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
     case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3: return llama_desc(d, c);
     default: break;
     }
-    if (is_deepseek(c) && c->moe.n_moe_layers == 0) return ar_block_deepseek_desc(d, c, 0);
+    if (is_deepseek(c) && c->moe.n_moe_layers == 0) return deepseek_desc(d, c, 0);
     if (is_moe_family(c))
         return ar_error("%s: mixture-of-experts blocks are described per layer; this path takes one description "
                         "for all layers and does not handle them yet", c->arch_name);
@@ -146,8 +288,8 @@ int ar_block_desc_init_layer(ar_block_desc *d, const ar_config *c, int layer)
 {
     *d = (ar_block_desc){0};
     if (!is_moe_family(c)) return ar_block_desc_init(d, c);
-    if (is_deepseek(c)) return ar_block_deepseek_desc(d, c, layer);
-    if (c->arch == AR_ARCH_GPT_OSS) return ar_block_gptoss_desc(d, c);
+    if (is_deepseek(c)) return deepseek_desc(d, c, layer);
+    if (c->arch == AR_ARCH_GPT_OSS) return gptoss_desc(d, c);
     return ar_config_layer_moe(c, layer) ? moe_desc(d, c) : llama_desc(d, c);
 }
 

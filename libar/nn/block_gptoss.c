@@ -12,60 +12,6 @@
 #include "ops.h"
 #include "rope_scaling.h"
 
-#define NAME_LEN 48
-
-int ar_block_gptoss_desc(ar_block_desc *d, const ar_config *c)
-{
-    *d = (ar_block_desc){0};
-    enum { IN_LN1, IN_AO, IN_N };
-    int E = c->moe.n_experts, nl = 4 + 3 * E, nin = IN_N + 2 * E;
-    d->family = "gpt_oss";
-    d->nlinear = nl, d->ninput = nin;
-    d->lin = calloc((size_t)nl, sizeof *d->lin);
-    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
-    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
-    d->strings = malloc((size_t)(3 * E + 2 * E) * NAME_LEN + 1);
-    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
-        ar_block_desc_free(d);
-        return ar_error("block description: out of memory");
-    }
-    d->input_names[IN_LN1] = "ln1", d->input_names[IN_AO] = "ao";
-    for (int i = 0; i < 4; i++) {
-        ar_linear_desc *l = &d->lin[i];
-        l->name = ar_linear_names[i];
-        ar_linear_shape(c, i, &l->n_out, &l->k_in);
-        l->input = i < 3 ? IN_LN1 : IN_AO;
-        l->has_bias = i < 3 ? c->qkv_bias : c->o_bias;
-    }
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    char *p = d->strings;
-    for (int e = 0; e < E; e++) {
-        int in_x = IN_N + 2 * e, in_act = in_x + 1;
-        snprintf(p, NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_LEN;
-        snprintf(p, NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_LEN;
-        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-        for (int j = 0; j < 3; j++, p += NAME_LEN) {
-            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
-            snprintf(p, NAME_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p;
-            l->n_out = j == 2 ? c->hidden : c->moe.expert_intermediate;
-            l->k_in = j == 2 ? c->moe.expert_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : in_x;
-            l->has_bias = c->moe.expert_bias;
-        }
-    }
-    d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden};
-    d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden};
-    d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.router.weight", E, c->hidden};
-    if (c->moe.router_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER_BIAS, "mlp.router.bias", E, 0};
-    if (c->attn_sinks) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SINKS, "self_attn.sinks", c->n_heads, 0};
-    d->forward = ar_block_gptoss_forward;
-    d->forward_train = ar_block_gptoss_forward_train;
-    d->backward = ar_block_gptoss_backward;
-    d->set_act_quant = ar_block_gptoss_set_act_quant;
-    d->acts_input = ar_block_gptoss_acts_input;
-    return 0;
-}
-
 /* One forward's buffers for exactly B x T (QD = NH HD, KD = NKV HD):
  * x, ln1, h, ln2, dh, dln [BT, C]; rstd1, rstd2 [BT]; q, ao, dq, dao [BT, QD];
  * k, v, dk, dv [BT, KD]; att [B, NH, T, T] (train); cos, sin [T, HD/2]. */

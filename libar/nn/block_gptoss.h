@@ -18,9 +18,7 @@
  * Activation quantization is refused. */
 #ifndef AR_BLOCK_GPTOSS_H
 #define AR_BLOCK_GPTOSS_H
-#include "block_desc.h"
-
-int ar_block_gptoss_desc(ar_block_desc *d, const ar_config *c);
+#include "block.h"
 
 int ar_block_gptoss_forward(const ar_config *c, const ar_block_weights *w, const float *x, float *y, int B, int T,
                             ar_block_work *ws);

@@ -77,7 +77,7 @@ static fused_cache *fused_get(fx_source *s, int k, const char *fname)
     return fc;
 }
 
-static int fx_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
+int ar_fused_shape(void *ctx, const char *name, int *ndim, int64_t *shape)
 {
     fx_source *s = ctx;
     const ar_st_tensor *t = ar_st_find(s->st, name);
@@ -101,7 +101,7 @@ static int fx_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC
     return 0;
 }
 
-static int fx_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
+int ar_fused_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
     fx_source *s = ctx;
     if (ar_st_find(s->st, name)) return ar_st_read_rows_f32(s->st, name, row0, nrows, dst);
@@ -126,7 +126,7 @@ static int fx_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows
     return 0;
 }
 
-static void fx_close(void *ctx)
+void ar_fused_close(void *ctx)
 {
     fx_source *s = ctx;
     for (int k = 0; k < FC_N; k++) free(s->cache[k].data);
@@ -134,11 +134,10 @@ static void fx_close(void *ctx)
     free(s);
 }
 
-int ar_source_safetensors_st(ar_tensor_source *src, ar_safetensors *st)
+void *ar_fused_source_new(ar_safetensors *st)
 {
     fx_source *s = calloc(1, sizeof *s);
-    if (!s) { ar_st_close(st); return ar_error("out of memory"); }
+    if (!s) { ar_st_close(st); ar_error("out of memory"); return NULL; }
     s->st = st;
-    *src = (ar_tensor_source){.ctx = s, .shape = fx_shape, .read_rows = fx_read_rows, .close = fx_close};
-    return 0;
+    return s;
 }

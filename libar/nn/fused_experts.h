@@ -16,10 +16,16 @@
  * reading a layer's experts in turn widens each fused tensor once). */
 #ifndef AR_FUSED_EXPERTS_H
 #define AR_FUSED_EXPERTS_H
-#include "model.h"
+#include <stdint.h>
+
 #include "safetensors.h"
 
-/* src = the source over st (owned: closed by src->close). 0 or -1 (ar_error). */
-int ar_source_safetensors_st(ar_tensor_source *src, ar_safetensors *st);
+/* The functions of model.h's ar_tensor_source over a context made by
+ * ar_fused_source_new(st), which owns st (closed by ar_fused_close, or at
+ * once when out of memory: NULL, ar_error set). */
+void *ar_fused_source_new(ar_safetensors *st);
+int ar_fused_shape(void *ctx, const char *name, int *ndim, int64_t *shape);
+int ar_fused_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst);
+void ar_fused_close(void *ctx);
 
 #endif
