@@ -138,12 +138,14 @@ static opts parse_args(int argc, char **argv)
  * caching every widened weight is affordable. */
 static double param_count(const ar_config *c)
 {
-    double per_block = 0;
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) cli_die_lib();
-    for (int i = 0; i < bd.nlinear; i++) per_block += (double)bd.lin[i].n_out * bd.lin[i].k_in;
-    ar_block_desc_free(&bd);
-    return per_block * c->n_layers + (c->tie_embeddings ? 1.0 : 2.0) * c->vocab * c->hidden;
+    double blocks = 0;
+    for (int l = 0; l < c->n_layers; l++) {
+        ar_block_desc bd;
+        if (ar_block_desc_init_layer(&bd, c, l)) cli_die_lib();
+        for (int i = 0; i < bd.nlinear; i++) blocks += (double)bd.lin[i].n_out * bd.lin[i].k_in;
+        ar_block_desc_free(&bd);
+    }
+    return blocks + (c->tie_embeddings ? 1.0 : 2.0) * c->vocab * c->hidden;
 }
 
 /* Open a plain or quantized HF folder or a GGUF file; cache widened weights
@@ -237,10 +239,14 @@ static void score_window_kl(ar_model *m, ar_model *base, const int *ids, int T, 
 static double window_flops(const ar_config *c, int T)
 {
     double per_token = 0;
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) cli_die_lib();
-    for (int i = 0; i < bd.nlinear; i++) per_token += 2.0 * bd.lin[i].n_out * bd.lin[i].k_in * c->n_layers;
-    ar_block_desc_free(&bd);
+    for (int l = 0; l < c->n_layers; l++) { /* MoE: each token runs top-k of the E experts */
+        ar_block_desc bd;
+        if (ar_block_desc_init_layer(&bd, c, l)) cli_die_lib();
+        double routed = c->moe.n_experts && ar_config_layer_moe(c, l) ? (double)c->moe.top_k / c->moe.n_experts : 1;
+        for (int i = 0; i < bd.nlinear; i++)
+            per_token += 2.0 * bd.lin[i].n_out * bd.lin[i].k_in * (bd.lin[i].input >= 4 && i >= 4 ? routed : 1);
+        ar_block_desc_free(&bd);
+    }
     per_token += 2.0 * c->vocab * c->hidden + 4.0 * T * c->n_heads * c->head_dim * c->n_layers;
     return per_token * T;
 }

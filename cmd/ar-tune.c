@@ -210,6 +210,9 @@ static void on_event(void *ctx, ar_tune_event ev, int a, int b, const char *text
 {
     const progress_ctx *p = ctx;
     if (ev == AR_TUNE_EV_DEVICE && cli_progress >= 2) fprintf(stderr, "ar-tune: running on %s\n", text);
+    if (ev == AR_TUNE_EV_UNROUTED_EXPERTS)   /* a fact about the output: said even when quiet */
+        fprintf(stderr, "ar-tune: model.layers.%d: %d expert%s without calibration tokens keep%s RTN: %s\n", a, b,
+                b == 1 ? "" : "s", b == 1 ? "s" : "", text);
     if (!cli_progress) return;
     if (ev == AR_TUNE_EV_LAYER_CONFIG) fprintf(stderr, "ar-tune: using the stream's layer config (%d layers)\n", a);
     if (ev == AR_TUNE_EV_SPILL)

@@ -148,15 +148,32 @@ static int put_floats(ar_export *e, const char *name, ar_dtype dtype, int ndim, 
 /* Original dtype of a float tensor, narrowed to 16 bits when f16 is asked. */
 static ar_dtype bias_dtype(const ar_export *e, ar_dtype orig) { return e->fmt->bias_f16 ? AR_F16 : orig; }
 
+/* Older Mixtral checkpoints (and transformers 5's Mixtral save_pretrained)
+ * name experts block_sparse_moe.experts.E.w1/w3/w2 where the block
+ * description says mlp.experts.E.gate/up/down_proj (model.c reads both): the
+ * packed layer takes the source's name, as AutoRound's export of such a
+ * checkpoint does (docs/moe.md §6). buf receives it; name itself otherwise. */
+static const char *source_layer_name(const ar_export *e, const char *name, char *buf, size_t n) {
+    char w[600];
+    snprintf(w, sizeof w, "%s.weight", name);
+    const char *mlp = strstr(name, ".mlp.experts.");
+    int ex;
+    char proj[16];
+    if (ar_st_find(e->st, w) || !mlp || sscanf(mlp, ".mlp.experts.%d.%15[a-z]_proj", &ex, proj) != 2) return name;
+    const char *o = !strcmp(proj, "gate") ? "w1" : !strcmp(proj, "up") ? "w3" : !strcmp(proj, "down") ? "w2" : NULL;
+    if (!o) return name;
+    snprintf(buf, n, "%.*s.block_sparse_moe.experts.%d.%s", (int)(mlp - name), name, ex, o);
+    snprintf(w, sizeof w, "%s.weight", buf);
+    return ar_st_find(e->st, w) ? buf : name;
+}
+
 int ar_export_layer(ar_export *e, const ar_qlayer *ql) {
-    char mapped[512];
-    ar_qlayer ml;
-    const ar_qlayer *l = ql;
-    if (e->mm && ql->name) {   /* text-only name -> the checkpoint's */
-        ml = *ql;
+    char mapped[512], alias[512];
+    ar_qlayer ml = *ql;
+    if (e->mm && ql->name)   /* text-only name -> the checkpoint's */
         ml.name = ar_mm_map_name(&e->mm_names, ql->name, mapped, sizeof mapped);
-        l = &ml;
-    }
+    if (ml.name) ml.name = source_layer_name(e, ml.name, alias, sizeof alias);
+    const ar_qlayer *l = &ml;
     if (check_layer_target(e, l)) return -1;
     if (e->awq_layout && e->fmt->awq_layout == AR_AWQ_ASYM4 && l->bits != 4)
         return ar_error("%s: %d-bit layer in an auto_round:auto_awq (4-bit) export; set mixed_bits", l->name, l->bits);

@@ -24,7 +24,8 @@ static int has_gguf_magic(const char *path)
 
 /* 1 when dir/config.json has a quantization_config, 0 when not, -1 when the
  * file is missing or not JSON. FP8 checkpoints (quant_method "fp8") count as
- * plain: the safetensors source widens their weights (ar_st_open_model). */
+ * plain: the safetensors source widens their weights (ar_st_open_model); so do
+ * gpt-oss's MXFP4 ones (quant_method "mxfp4"). */
 static int has_quantization_config(const char *dir)
 {
     ar_st_fp8 f;
@@ -37,7 +38,9 @@ static int has_quantization_config(const char *dir)
     cJSON *cfg = cJSON_Parse(text);
     free(text);
     if (!cfg) return ar_error("%s: malformed JSON", path);
-    int yes = cJSON_GetObjectItem(cfg, "quantization_config") != NULL;
+    const cJSON *qc = cJSON_GetObjectItem(cfg, "quantization_config"), *m = cJSON_GetObjectItem(qc, "quant_method");
+    /* gpt-oss MXFP4 experts count as plain too: the source widens them (nn/fused_experts.h) */
+    int yes = qc && !(cJSON_IsString(m) && !strcmp(m->valuestring, "mxfp4"));
     cJSON_Delete(cfg);
     return yes;
 }

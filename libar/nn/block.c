@@ -4,6 +4,7 @@
  *   y = h + down(silu(gate(n2)) * up(n2)),   n1 = rmsnorm1(x), n2 = rmsnorm2(h) */
 #include "block.h"
 #include "error.h"
+#include "moe.h"
 #include "ops.h"
 #include "quant_kv.h"
 #include "rope_dense.h"
@@ -105,6 +106,8 @@ void ar_block_work_free(ar_block_work *ws)
                    &ws->dqn, &ws->dk, &ws->dv, &ws->dkn, &ws->xq, &ws->normw, &ws->dpost,
                    &ws->fused, &ws->dtmp};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
+    if (ws->moe) ar_moe_acts_free(ws->moe), free(ws->moe), ws->moe = NULL;
+    if (ws->fam) ws->fam_free(ws->fam), ws->fam = NULL;
 }
 
 int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
@@ -152,6 +155,8 @@ void ar_block_acts_free(ar_block_acts *a)
                    &a->attn_out, &a->rstd_ao, &a->mlp_out, &a->rstd_mo,
                    &a->po,  &a->rstd3, &a->pm,  &a->rstd4};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
+    if (a->moe) ar_moe_acts_free(a->moe), free(a->moe), a->moe = NULL;
+    if (a->fam) a->fam_free(a->fam), a->fam = NULL;
 }
 
 /* ------------------------------------------------ activation quantization */
@@ -269,6 +274,27 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     if (ar_linear_forward_g(ws->gemm, f->h, in, w->w[AR_O], w->b[AR_O], BT, QD, C)) return -1;
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
     return 0;
+}
+
+int ar_block_attn_forward(const ar_config *c, const ar_block_weights *w, const float *x, int B, int T,
+                          ar_block_work *ws, ar_block_acts *a)
+{
+    if (ar_block_check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
+    if (!a) {
+        fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
+                      .v = ws->v, .att = ws->att, .ao = ws->ao, .h = ws->h};
+        return attn_half(c, w, x, B, T, ws, &f);
+    }
+    if (ar_block_check_fit(B, T, a->cap_B, a->cap_T, "activation")) return -1;
+    if ((w->q_norm || w->k_norm) && !a->qpre)
+        return ar_error("block: QK-norm weights but activations allocated without");
+    a->B = B, a->T = T;
+    memcpy(a->x, x, sizeof(float) * B * T * c->hidden);
+    fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .qpre = w->q_norm ? a->qpre : a->q,
+                  .rstdq = a->rstdq, .kpre = w->k_norm ? a->kpre : a->k,
+                  .rstdk = a->rstdk, .q = a->q, .k = a->k, .v = a->v, .att = a->att,
+                  .save_att = 1, .ao = a->ao, .h = a->h};
+    return attn_half(c, w, a->x, B, T, ws, &f);
 }
 
 /* MLP half: y = h + down(silu(gate(n2)) * up(n2)). */
@@ -411,6 +437,16 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
         ar_rmsnorm_backward(dx, NULL, dln, a->x, w->attn_norm, a->rstd1, BT, C);
     }
     return 0;
+}
+
+int ar_block_attn_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
+                           const float *dh, float *const *dW, float *const *dxin, float *dx,
+                           ar_block_work *ws)
+{
+    if (!ws->train) return ar_error("block: backward needs a training workspace");
+    if (ar_block_check_fit(a->B, a->T, ws->B, ws->T, "workspace")) return -1;
+    if (dh != ws->dh) memcpy(ws->dh, dh, sizeof(float) * a->B * a->T * c->hidden);
+    return attn_back(c, w, a, dW, dxin, dx, ws);
 }
 
 int ar_block_backward_inputs(const ar_config *c, const ar_block_weights *w,

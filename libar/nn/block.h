@@ -35,6 +35,12 @@ typedef struct {
      * GLM-4 fills the same two with post_self_attn_layernorm and
      * post_mlp_layernorm (block_fused.c). */
     float *attn_post_norm, *mlp_post_norm;
+    /* Mixture-of-experts layers (block_moe.c), kept in full precision, never
+     * tuned; NULL otherwise: the router [E, C] (mlp.gate), its bias [E]
+     * (gpt-oss), DeepSeek-V3's e_score_correction_bias [E], Qwen2-MoE's
+     * shared_expert_gate [1, C]. */
+    float *router, *router_b, *score_bias, *shared_gate;
+    float *sinks;               /* gpt-oss self_attn.sinks [NH] (block_gptoss.c), else NULL */
 } ar_block_weights;
 
 /* Which norm of ar_block_weights a block description's norm fills
@@ -111,6 +117,13 @@ typedef struct {
      * bf16 runs them as AutoRound's AMP autocast does. Not owned; set the
      * field directly. */
     ar_gemm *gemm;
+    /* The MoE layer's scratch (block_moe.c allocates it on first use, for
+     * B*T rows; ar_block_work_free frees it). NULL otherwise. */
+    struct ar_moe_acts_s *moe;
+    /* A family's own scratch (block_deepseek.c, block_gptoss.c: allocated on
+     * first use, released by fam_free in ar_block_work_free). NULL otherwise. */
+    void *fam;
+    void (*fam_free)(void *);
 } ar_block_work;
 
 /* Allocate ws for config c, up to B sequences of up to T tokens; train != 0
@@ -149,6 +162,9 @@ typedef struct {
     /* post_norms (GLM-4): o_proj and down_proj outputs before their norms
      * [BT, C] and those norms' rstd [BT]; NULL otherwise */
     float *po, *rstd3, *pm, *rstd4;
+    struct ar_moe_acts_s *moe;  /* MoE layers' saved routing and expert activations (block_moe.c) */
+    void *fam;                  /* a family's own saved activations (as ar_block_work.fam) */
+    void (*fam_free)(void *);
 } ar_block_acts;
 
 /* Allocate a for config c (QK-norm buffers when c->qk_norm), capacity B x T.
@@ -173,6 +189,21 @@ int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float 
 int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
                            const float *x, float *y, int B, int T,
                            ar_block_work *ws, ar_block_acts *a);
+
+/* The attention half alone, for families that reuse this attention with
+ * another MLP (block_moe.c): h = x + o_proj(attn(rmsnorm1(x))) into ws->h
+ * (a == NULL: inference) or a->h (training: a->B, a->T set, x copied to
+ * a->x and everything ar_block_attn_backward needs saved). The MLP fields
+ * of a are left alone. 0, or -1 (ar_error) on a capacity overflow. */
+int ar_block_attn_forward(const ar_config *c, const ar_block_weights *w, const float *x, int B, int T,
+                          ar_block_work *ws, ar_block_acts *a);
+
+/* Backward of the attention half saved in a, given dh [B*T, C] = dL/dh (the
+ * residual's and the MLP's paths summed): dW[AR_Q..AR_O] +=, dxin as
+ * ar_block_backward_inputs, dx += dL/dx (dx may be NULL). ws needs train. */
+int ar_block_attn_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
+                           const float *dh, float *const *dW, float *const *dxin, float *dx,
+                           ar_block_work *ws);
 
 /* Backward of the forward saved in a: given dy [B*T, C] (the loss gradient at
  * the block output), ACCUMULATE dW[i] [N_i, K_i] += dL/dW_i for each of the

@@ -5,11 +5,88 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "attn_mla.h"
+#include "block_deepseek.h"
 #include "block_fused.h"
+#include "block_gptoss.h"
+#include "block_moe.h"
 #include "error.h"
 
 enum { IN_LN1, IN_AO, IN_LN2, IN_ACT, IN_N };
 static const char *const inames[IN_N] = {"ln1", "ao", "ln2", "act"};
+
+static int is_moe_family(const ar_config *c)
+{
+    return c->arch == AR_ARCH_QWEN3_MOE || c->arch == AR_ARCH_QWEN2_MOE || c->arch == AR_ARCH_MIXTRAL ||
+           c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3 || c->arch == AR_ARCH_GPT_OSS;
+}
+
+static int is_deepseek(const ar_config *c) { return c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3; }
+
+/* lin [nlinear], input_names and input_kind [ninput] in one go. */
+static int desc_alloc(ar_block_desc *d, int nlinear, int ninput)
+{
+    d->nlinear = nlinear, d->ninput = ninput;
+    d->lin = calloc((size_t)nlinear, sizeof *d->lin);
+    d->input_names = calloc((size_t)ninput, sizeof *d->input_names);
+    d->input_kind = calloc((size_t)ninput, sizeof *d->input_kind);
+    if (!d->lin || !d->input_names || !d->input_kind) {
+        ar_block_desc_free(d);
+        return ar_error("block description: out of memory");
+    }
+    return 0;
+}
+
+/* The attention's four linears (Llama family) and the block's norms;
+ * gemma: Gemma's sandwich norms (its post_attention_layernorm normalizes the
+ * attention output). */
+static void attention_desc(ar_block_desc *d, const ar_config *c, int gemma)
+{
+    static const int input[AR_GATE] = {IN_LN1, IN_LN1, IN_LN1, IN_AO};
+    for (int i = 0; i < AR_GATE; i++) {
+        ar_linear_desc *l = &d->lin[i];
+        l->name = ar_linear_names[i];
+        ar_linear_shape(c, i, &l->n_out, &l->k_in);
+        l->input = input[i];
+        l->has_bias = i <= AR_V ? c->qkv_bias : c->o_bias;
+    }
+    for (int j = 0; j < IN_N; j++) d->input_names[j] = inames[j], d->input_kind[j] = AR_INPUT_DENSE;
+    d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden, AR_NORM_ATTN};
+    if (gemma) {
+        d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_ATTN_POST};
+        d->norms[d->nnorm++] = (ar_norm_desc){"pre_feedforward_layernorm", c->hidden, AR_NORM_MLP};
+        d->norms[d->nnorm++] = (ar_norm_desc){"post_feedforward_layernorm", c->hidden, AR_NORM_MLP_POST};
+    } else {
+        d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_MLP};
+    }
+    if (c->qk_norm) {
+        d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_norm", c->head_dim, AR_NORM_Q};
+        d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.k_norm", c->head_dim, AR_NORM_K};
+    }
+}
+
+/* Llama, Mistral, Qwen2, Qwen3 ("llama") and Gemma 2 / 3 ("gemma"). */
+static int llama_desc(ar_block_desc *d, const ar_config *c)
+{
+    int gemma = c->arch == AR_ARCH_GEMMA2 || c->arch == AR_ARCH_GEMMA3;
+    if (desc_alloc(d, AR_NLINEAR, IN_N)) return -1;
+    d->family = gemma ? "gemma" : "llama";
+    attention_desc(d, c, gemma);
+    static const int input[3] = {IN_LN2, IN_LN2, IN_ACT};
+    for (int i = AR_GATE; i < AR_NLINEAR; i++) {
+        ar_linear_desc *l = &d->lin[i];
+        l->name = ar_linear_names[i];
+        ar_linear_shape(c, i, &l->n_out, &l->k_in);
+        l->input = input[i - AR_GATE];
+        l->has_bias = c->mlp_bias;
+    }
+    d->forward = gemma ? ar_block_gemma_forward : ar_block_forward;
+    d->forward_train = gemma ? ar_block_gemma_forward_train : ar_block_forward_train;
+    d->backward = gemma ? ar_block_gemma_backward : ar_block_backward_inputs;
+    d->set_act_quant = ar_block_set_act_quant;
+    d->acts_input = ar_block_acts_input;
+    return 0;
+}
 
 /* Phi-3 and GLM-4 (block_fused.h): fused qkv_proj (Phi-3) or q/k/v with
  * biases (GLM-4), o_proj, fused gate_up_proj, down_proj; GLM-4's norms after
@@ -26,10 +103,8 @@ static int fused_desc_init(ar_block_desc *d, const ar_config *c)
         {"mlp.gate_up_proj", 2 * F, C, IN_LN2, 0},        {"mlp.down_proj", C, F, IN_ACT, 0}};
     int phi = c->arch == AR_ARCH_PHI3, n = phi ? 4 : 6;
     d->family = phi ? "phi3" : "glm4";
-    d->nlinear = n;
-    if (!(d->lin = calloc((size_t)n, sizeof *d->lin))) return ar_error("block description: out of memory");
+    if (desc_alloc(d, n, IN_N)) return -1;
     memcpy(d->lin, phi ? phi3 : glm4, sizeof *d->lin * (size_t)n);
-    d->ninput = IN_N;
     for (int j = 0; j < IN_N; j++) d->input_names[j] = inames[j], d->input_kind[j] = AR_INPUT_DENSE;
     d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", C, AR_NORM_ATTN};
     d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", C, AR_NORM_MLP};
@@ -45,58 +120,233 @@ static int fused_desc_init(ar_block_desc *d, const ar_config *c)
     return 0;
 }
 
-int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
+/* Names are "mlp.experts.%d.gate_proj" etc.; the shared expert's prefix per family. */
+#define NAME_MAX_LEN 48
+
+static int moe_desc(ar_block_desc *d, const ar_config *c)
 {
-    static const int input[AR_NLINEAR] = {IN_LN1, IN_LN1, IN_LN1, IN_AO, IN_LN2, IN_LN2, IN_ACT};
-    *d = (ar_block_desc){0};
-    int gemma = 0;
-    switch (c->arch) {
-    case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3: break;
-    case AR_ARCH_GEMMA2: case AR_ARCH_GEMMA3: gemma = 1; break;
-    case AR_ARCH_PHI3: case AR_ARCH_GLM4: return fused_desc_init(d, c);
-    default: return ar_error("%s: no block description for this architecture", c->arch_name);
+    const ar_moe_config *m = &c->moe;
+    int E = m->n_experts, shared = m->n_shared_experts > 0 && m->shared_intermediate > 0;
+    int nl = 4 + 3 * E + 3 * shared, nin = IN_N + 2 * E + shared;
+    if (desc_alloc(d, nl, nin)) return -1;
+    d->family = "moe";
+    d->strings = malloc((size_t)(3 * E + 3 + 2 * E + 1) * NAME_MAX_LEN);
+    if (!d->strings) { ar_block_desc_free(d); return ar_error("block description: out of memory"); }
+    char *p = d->strings;
+    attention_desc(d, c, 0);
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int e = 0; e < E; e++) {
+        int in_x = IN_N + 2 * e, in_act = in_x + 1;
+        snprintf(p, NAME_MAX_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_MAX_LEN;
+        snprintf(p, NAME_MAX_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_MAX_LEN;
+        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+        for (int j = 0; j < 3; j++) {
+            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
+            snprintf(p, NAME_MAX_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p, p += NAME_MAX_LEN;
+            l->n_out = j == 2 ? c->hidden : m->expert_intermediate;
+            l->k_in = j == 2 ? m->expert_intermediate : c->hidden;
+            l->input = j == 2 ? in_act : in_x;
+            l->has_bias = m->expert_bias;
+        }
     }
-    d->family = gemma ? "gemma" : "llama";
-    d->nlinear = AR_NLINEAR;
-    d->lin = calloc(AR_NLINEAR, sizeof *d->lin);
-    if (!d->lin) return ar_error("block description: out of memory");
-    for (int i = 0; i < AR_NLINEAR; i++) {
+    if (shared) {
+        const char *pre = c->arch == AR_ARCH_QWEN2_MOE ? "mlp.shared_expert" : "mlp.shared_experts";
+        int in_act = IN_N + 2 * E;
+        d->input_names[in_act] = "act.shared", d->input_kind[in_act] = AR_INPUT_DENSE;
+        for (int j = 0; j < 3; j++) {
+            ar_linear_desc *l = &d->lin[4 + 3 * E + j];
+            snprintf(p, NAME_MAX_LEN, "%s.%s", pre, proj[j]), l->name = p, p += NAME_MAX_LEN;
+            l->n_out = j == 2 ? c->hidden : m->shared_intermediate;
+            l->k_in = j == 2 ? m->shared_intermediate : c->hidden;
+            l->input = j == 2 ? in_act : IN_LN2;
+        }
+    }
+    d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
+    if (m->score_correction_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
+    if (m->shared_expert_gate) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SHARED_GATE, "mlp.shared_expert_gate.weight", 1, c->hidden};
+    d->forward = ar_block_moe_forward;
+    d->forward_train = ar_block_moe_forward_train;
+    d->backward = ar_block_moe_backward;
+    d->set_act_quant = ar_block_moe_set_act_quant;
+    d->acts_input = ar_block_moe_acts_input;
+    return 0;
+}
+
+/* ---- DeepSeek-V2/V3 (block_deepseek.h) ---- */
+
+#define DS_NAME_LEN 48
+
+
+/* Linear j of expert e (or the shared expert, e = -1) at l. */
+static void expert_linear(ar_linear_desc *l, char *name, int e, int j, int n, const ar_config *c, int in_x,
+                          int in_act, int bias)
+{
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    if (e >= 0) snprintf(name, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]);
+    else snprintf(name, DS_NAME_LEN, "mlp.%s%s", e == -1 ? "shared_experts." : "", proj[j]);
+    l->name = name;
+    l->n_out = j == 2 ? c->hidden : n;
+    l->k_in = j == 2 ? n : c->hidden;
+    l->input = j == 2 ? in_act : in_x;
+    l->has_bias = bias;
+}
+
+static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
+{
+    *d = (ar_block_desc){0};
+    ar_mla_dims md;
+    ar_mla_dims_from_config(&md, c);
+    int moe = ar_config_layer_moe(c, layer), E = moe ? c->moe.n_experts : 0;
+    int shared = moe && c->moe.n_shared_experts > 0 && c->moe.shared_intermediate > 0;
+    int natt = md.QL ? 5 : 4, nl = natt + (moe ? 3 * E + 3 * shared : 3);
+    /* inputs: ln1, the normed latents q_a / kv_a, ao, ln2, act; per expert ln2.eE, act.eE; act.shared */
+    enum { IN_LN1, IN_QAN, IN_LATN, IN_AO, IN_LN2, IN_ACT, IN_N };
+    int nin = IN_N + 2 * E + shared;
+    d->family = "deepseek";
+    d->nlinear = nl, d->ninput = nin;
+    d->lin = calloc((size_t)nl, sizeof *d->lin);
+    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
+    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
+    d->strings = malloc((size_t)(nl + nin) * DS_NAME_LEN);
+    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
+        ar_block_desc_free(d);
+        return ar_error("block description: out of memory");
+    }
+    static const char *const inames[IN_N] = {"ln1", "q_a", "kv_a", "ao", "ln2", "act"};
+    for (int j = 0; j < IN_N; j++) d->input_names[j] = inames[j];
+    static const int mla_in[AR_MLA_NLINEAR] = {IN_LN1, IN_QAN, IN_LN1, IN_LN1, IN_LATN, IN_AO};
+    static const char *const mla_names[AR_MLA_NLINEAR] = {
+        "self_attn.q_a_proj", "self_attn.q_b_proj", "self_attn.q_proj",
+        "self_attn.kv_a_proj_with_mqa", "self_attn.kv_b_proj", "self_attn.o_proj"};
+    int i = 0;
+    for (int k = 0; k < AR_MLA_NLINEAR; k++) {
+        int N, K;
+        ar_mla_linear_shape(&md, k, &N, &K);
+        if (!N) continue;
+        d->lin[i++] = (ar_linear_desc){mla_names[k], N, K, mla_in[k],
+                                       (k == AR_MLA_Q_A || k == AR_MLA_KV_A) ? c->qkv_bias : k == AR_MLA_O && c->o_bias};
+    }
+    char *p = d->strings;
+    if (!moe) {
+        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) expert_linear(&d->lin[i++], p, -2, j, c->intermediate, c, IN_LN2, IN_ACT, 0);
+    } else {
+        for (int e = 0; e < E; e++) {
+            int in_x = IN_N + 2 * e, in_act = in_x + 1;
+            snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
+            snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
+            d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
+                expert_linear(&d->lin[i++], p, e, j, c->moe.expert_intermediate, c, in_x, in_act, 0);
+        }
+        if (shared) {
+            d->input_names[IN_N + 2 * E] = "act.shared";
+            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
+                expert_linear(&d->lin[i++], p, -1, j, c->moe.shared_intermediate, c, IN_LN2, IN_N + 2 * E, 0);
+        }
+        d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
+        if (c->moe.score_correction_bias)
+            d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
+    }
+    d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden, AR_NORM_ATTN};
+    d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_MLP};
+    /* MLA's latent norms ride in the QK-norm slots (q_norm: q_a, k_norm: kv_a) */
+    if (md.QL) d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_a_layernorm", md.QL, AR_NORM_Q};
+    d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.kv_a_layernorm", md.KL, AR_NORM_K};
+    d->forward = ar_block_deepseek_forward;
+    d->forward_train = ar_block_deepseek_forward_train;
+    d->backward = ar_block_deepseek_backward;
+    d->set_act_quant = ar_block_deepseek_set_act_quant;
+    d->acts_input = ar_block_deepseek_acts_input;
+    return 0;
+}
+
+/* ---- gpt-oss (block_gptoss.h) ---- */
+
+static int gptoss_desc(ar_block_desc *d, const ar_config *c)
+{
+    *d = (ar_block_desc){0};
+    enum { IN_LN1, IN_AO, IN_N };
+    int E = c->moe.n_experts, nl = 4 + 3 * E, nin = IN_N + 2 * E;
+    d->family = "gpt_oss";
+    d->nlinear = nl, d->ninput = nin;
+    d->lin = calloc((size_t)nl, sizeof *d->lin);
+    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
+    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
+    d->strings = malloc((size_t)(3 * E + 2 * E) * DS_NAME_LEN + 1);
+    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
+        ar_block_desc_free(d);
+        return ar_error("block description: out of memory");
+    }
+    d->input_names[IN_LN1] = "ln1", d->input_names[IN_AO] = "ao";
+    for (int i = 0; i < 4; i++) {
         ar_linear_desc *l = &d->lin[i];
         l->name = ar_linear_names[i];
         ar_linear_shape(c, i, &l->n_out, &l->k_in);
-        l->input = input[i];
-        l->has_bias = i <= AR_V ? c->qkv_bias : i == AR_O ? c->o_bias : c->mlp_bias;
+        l->input = i < 3 ? IN_LN1 : IN_AO;
+        l->has_bias = i < 3 ? c->qkv_bias : c->o_bias;
     }
-    d->ninput = IN_N;
-    for (int j = 0; j < IN_N; j++) {
-        d->input_names[j] = inames[j];
-        d->input_kind[j] = AR_INPUT_DENSE;
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    char *p = d->strings;
+    for (int e = 0; e < E; e++) {
+        int in_x = IN_N + 2 * e, in_act = in_x + 1;
+        snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
+        snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
+        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) {
+            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
+            snprintf(p, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p;
+            l->n_out = j == 2 ? c->hidden : c->moe.expert_intermediate;
+            l->k_in = j == 2 ? c->moe.expert_intermediate : c->hidden;
+            l->input = j == 2 ? in_act : in_x;
+            l->has_bias = c->moe.expert_bias;
+        }
     }
     d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden, AR_NORM_ATTN};
-    if (gemma) {   /* Gemma's post_attention_layernorm normalizes the attention output */
-        d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_ATTN_POST};
-        d->norms[d->nnorm++] = (ar_norm_desc){"pre_feedforward_layernorm", c->hidden, AR_NORM_MLP};
-        d->norms[d->nnorm++] = (ar_norm_desc){"post_feedforward_layernorm", c->hidden, AR_NORM_MLP_POST};
-    } else {
-        d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_MLP};
-    }
-    if (c->qk_norm) {
-        d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_norm", c->head_dim, AR_NORM_Q};
-        d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.k_norm", c->head_dim, AR_NORM_K};
-    }
-    d->forward = gemma ? ar_block_gemma_forward : ar_block_forward;
-    d->forward_train = gemma ? ar_block_gemma_forward_train : ar_block_forward_train;
-    d->backward = gemma ? ar_block_gemma_backward : ar_block_backward_inputs;
-    d->set_act_quant = ar_block_set_act_quant;
-    d->acts_input = ar_block_acts_input;
+    d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_MLP};
+    d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.router.weight", E, c->hidden};
+    if (c->moe.router_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER_BIAS, "mlp.router.bias", E, 0};
+    if (c->attn_sinks) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SINKS, "self_attn.sinks", c->n_heads, 0};
+    d->forward = ar_block_gptoss_forward;
+    d->forward_train = ar_block_gptoss_forward_train;
+    d->backward = ar_block_gptoss_backward;
+    d->set_act_quant = ar_block_gptoss_set_act_quant;
+    d->acts_input = ar_block_gptoss_acts_input;
     return 0;
+}
+
+int ar_block_desc_init(ar_block_desc *d, const ar_config *c)
+{
+    *d = (ar_block_desc){0};
+    switch (c->arch) {
+    case AR_ARCH_LLAMA: case AR_ARCH_MISTRAL: case AR_ARCH_QWEN2: case AR_ARCH_QWEN3:
+    case AR_ARCH_GEMMA2: case AR_ARCH_GEMMA3: return llama_desc(d, c);
+    case AR_ARCH_PHI3: case AR_ARCH_GLM4: return fused_desc_init(d, c);
+    default: break;
+    }
+    if (is_deepseek(c) && c->moe.n_moe_layers == 0) return deepseek_desc(d, c, 0);
+    if (is_moe_family(c))
+        return ar_error("%s: mixture-of-experts blocks are described per layer; this path takes one description "
+                        "for all layers and does not handle them yet", c->arch_name);
+    return ar_error("%s: no block description for this architecture", c->arch_name);
+}
+
+int ar_block_desc_init_layer(ar_block_desc *d, const ar_config *c, int layer)
+{
+    *d = (ar_block_desc){0};
+    if (!is_moe_family(c)) return ar_block_desc_init(d, c);
+    if (is_deepseek(c)) return deepseek_desc(d, c, layer);
+    if (c->arch == AR_ARCH_GPT_OSS) return gptoss_desc(d, c);
+    return ar_config_layer_moe(c, layer) ? moe_desc(d, c) : llama_desc(d, c);
 }
 
 void ar_block_desc_free(ar_block_desc *d)
 {
     free(d->lin);
-    d->lin = NULL;
-    d->nlinear = 0;
+    free(d->input_names);
+    free(d->input_kind);
+    free(d->strings);
+    d->lin = NULL, d->input_names = NULL, d->input_kind = NULL, d->strings = NULL;
+    d->nlinear = 0, d->ninput = 0;
 }
 
 int ar_block_desc_group(const ar_block_desc *d, int i)

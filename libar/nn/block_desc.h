@@ -20,14 +20,14 @@
  * The first linear of an input is its group's leader (ar_block_desc_group).
  *
  * What comes next (design, not yet implemented):
- *  - MoE: a block with E experts lists 3*E expert linears
- *    ("mlp.experts.%d.gate_proj", ...) plus the router ("mlp.gate", input
- *    "ln2"); each expert's gate/up get their own input index, an input whose
- *    rows are the routed token subset of "ln2" for that expert (input_kind
- *    AR_INPUT_ROUTED with the expert number), and its down reads that
+ *  - MoE (done for the forward, ar_block_desc_init_layer, block_moe.c): a
+ *    block with E experts lists 3*E expert linears ("mlp.experts.%d.gate_proj",
+ *    ...) after the attention's four; the router ("mlp.gate") is an fp entry,
+ *    not a linear; each expert's gate/up get their own input, the routed token
+ *    subset of "ln2" for that expert (AR_INPUT_ROUTED), and its down reads that
  *    expert's "act". Statistics are then per routed subset, as they must be:
- *    an expert sees only its tokens. lin is allocated, so hundreds of linears
- *    cost nothing to the description itself.
+ *    an expert sees only its tokens. Tuning, GGUF and AutoScheme still take one
+ *    description per model (ar_block_desc_init refuses MoE configs).
  *  - Fused QKV: one linear "self_attn.qkv_proj" of n_out QD+2*KD with a
  *    split recorded next to it; extra norms and attention variants are new
  *    entries in norms and a family's own forward/backward.
@@ -101,20 +101,32 @@ typedef int (*ar_block_set_act_quant_fn)(ar_block_work *ws, const ar_act_spec *c
 /* The saved input of linear i in a (ar_block_acts_input for "llama"). */
 typedef const float *(*ar_block_acts_input_fn)(const ar_block_acts *a, int i);
 
-#define AR_BLOCK_MAX_INPUTS 8
 #define AR_BLOCK_MAX_NORMS 8
 
-/* A block's description. lin is owned (ar_block_desc_free); the rest is
- * plain data, strings are static. */
+/* A full-precision tensor of a block that is no linear to quantize (MoE
+ * routers): where it goes in ar_block_weights, its HF sub-name, its shape
+ * (cols 0: 1-D). */
+enum { AR_FP_ROUTER, AR_FP_ROUTER_BIAS, AR_FP_SCORE_BIAS, AR_FP_SHARED_GATE, AR_FP_SINKS, AR_FP_N };
 typedef struct {
-    const char *family;         /* "llama" or "gemma" */
+    int kind;                   /* AR_FP_* */
+    const char *name;           /* e.g. "mlp.gate" (".weight" / ".bias" / as is for a bias-like name) */
+    int rows, cols;
+} ar_fp_desc;
+
+/* A block's description. lin, input_names, input_kind and the strings they
+ * point to are owned (ar_block_desc_free); norms and fp are plain data. */
+typedef struct {
+    const char *family;         /* "llama", "gemma", "phi3", "glm4", "moe", "deepseek", "gpt_oss" */
     int nlinear;
     ar_linear_desc *lin;        /* [nlinear], block.h's order for "llama" */
     int ninput;
-    const char *input_names[AR_BLOCK_MAX_INPUTS];  /* "ln1", "ao", "ln2", "act" */
-    int input_kind[AR_BLOCK_MAX_INPUTS];           /* AR_INPUT_DENSE */
+    const char **input_names;   /* [ninput] "ln1", "ao", "ln2", "act"; MoE also "ln2.e3", "act.e3", ... */
+    int *input_kind;            /* [ninput] AR_INPUT_DENSE or AR_INPUT_ROUTED */
     int nnorm;
     ar_norm_desc norms[AR_BLOCK_MAX_NORMS];
+    int nfp;
+    ar_fp_desc fp[AR_FP_N];
+    char *strings;              /* owned storage of the generated names */
     ar_block_forward_fn forward;
     ar_block_forward_train_fn forward_train;
     ar_block_backward_fn backward;  /* ar_block_backward_inputs' form (dxin may be NULL) */
@@ -123,8 +135,18 @@ typedef struct {
 } ar_block_desc;
 
 /* Describe the blocks of config c. Returns 0, or -1 (ar_error) when out of
- * memory or the architecture has no description. */
+ * memory or the architecture has no description, or its blocks differ per
+ * layer (mixtures of experts: use ar_block_desc_init_layer). */
 int ar_block_desc_init(ar_block_desc *d, const ar_config *c);
+
+/* Describe block layer of config c: the "moe" family for a layer whose MLP is
+ * a mixture of experts (ar_config_layer_moe), else "llama". MoE linears:
+ * q, k, v, o (AR_Q..AR_O), then per expert e "mlp.experts.E.gate_proj",
+ * "up_proj", "down_proj" at 4+3e+0..2, then the shared expert's three (Qwen2-MoE
+ * "mlp.shared_expert.*", DeepSeek "mlp.shared_experts.*"); expert e's gate/up
+ * read the routed input "ln2.eE" and its down "act.eE" (AR_INPUT_ROUTED); the
+ * router and shared gate are fp entries. 0 or -1 (ar_error). */
+int ar_block_desc_init_layer(ar_block_desc *d, const ar_config *c, int layer);
 void ar_block_desc_free(ar_block_desc *d);
 
 /* The first linear that reads the same input as linear i (its group's

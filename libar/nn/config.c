@@ -26,12 +26,12 @@ static const struct { const char *arch, *model_type; ar_arch id; int runs; } kno
     {"Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3, 1},
     {"Gemma2ForCausalLM", "gemma2", AR_ARCH_GEMMA2, 1},
     {"Gemma3ForCausalLM", "gemma3_text", AR_ARCH_GEMMA3, 1},  /* also Gemma3ForConditionalGeneration's text_config */
-    {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 0},
-    {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 0},
-    {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 0},
-    {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 0},
-    {"DeepseekV3ForCausalLM", "deepseek_v3", AR_ARCH_DEEPSEEK_V3, 0},  /* also Kimi-K2 (model_type kimi_k2) */
-    {"GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS, 0},
+    {"Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE, 1},
+    {"Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE, 1},
+    {"MixtralForCausalLM", "mixtral", AR_ARCH_MIXTRAL, 1},
+    {"DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2, 1},
+    {"DeepseekV3ForCausalLM", "deepseek_v3", AR_ARCH_DEEPSEEK_V3, 1},  /* also Kimi-K2 (model_type kimi_k2) */
+    {"GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS, 1},
     {"Phi3ForCausalLM", "phi3", AR_ARCH_PHI3, 1},     /* Phi-3, Phi-3.5, Phi-4 */
     {"Glm4ForCausalLM", "glm4", AR_ARCH_GLM4, 1},     /* GLM-4-0414 */
 };

@@ -4,6 +4,7 @@
 #include "block_desc.h"
 #include "multimodal.h"
 #include "error.h"
+#include "fused_experts.h"
 #include "ops.h"
 #include "safetensors.h"
 #include <cblas.h>
@@ -21,7 +22,10 @@
 
 struct ar_model {
     ar_config c;
-    ar_block_desc bd;           /* the blocks' tensors: linears and norms */
+    ar_block_desc bd;           /* the blocks' tensors: linears and norms (MoE models: of the MoE layers) */
+    ar_block_desc bd_dense;     /* MoE models with dense layers: theirs (family NULL otherwise) */
+    int has_moe;                /* the config has mixture-of-experts layers */
+    ar_block_weights cur_dense; /* the streaming buffer of the dense layers of an MoE model */
     ar_tensor_source src;
     int flags;
     ar_block_weights *cached;   /* [n_layers] with AR_MODEL_CACHE, filled lazily */
@@ -44,27 +48,13 @@ static const char EMBED[] = "model.embed_tokens.weight", NORM[] = "model.norm.we
 
 /* ---- the safetensors source ------------------------------------------- */
 
-static int st_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
-{
-    const ar_st_tensor *t = ar_st_find(ctx, name);
-    if (!t) return 1;
-    *ndim = t->ndim;
-    memcpy(shape, t->shape, sizeof(int64_t) * (size_t)t->ndim);
-    return 0;
-}
-
-static int st_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
-{
-    return ar_st_read_rows_f32(ctx, name, row0, nrows, dst);
-}
-
-static void st_close(void *ctx) { ar_st_close(ctx); }
-
 int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 {
     ar_safetensors *st = ar_st_open_model(dir);   /* FP8 checkpoints widen through their scales */
     if (!st) return -1;
-    *src = (ar_tensor_source){.ctx = st, .shape = st_shape, .read_rows = st_read_rows, .close = st_close};
+    void *ctx = ar_fused_source_new(st);   /* gpt-oss fused experts readable per expert */
+    if (!ctx) return -1;
+    *src = (ar_tensor_source){.ctx = ctx, .shape = ar_fused_shape, .read_rows = ar_fused_read_rows, .close = ar_fused_close};
     return 0;
 }
 
@@ -127,8 +117,15 @@ static int mm_source_wrap(ar_tensor_source *src, const char *arch)
 
 /* The tensors of one block of nl linears, in a fixed order: nl weights, nl
  * biases, then the norms of the block description (bd->norms, each naming
- * its ar_block_weights slot); bt_count covers every slot. */
-static int bt_count(int nl) { return 2 * nl + AR_NNORM_SLOTS; }
+ * its ar_block_weights slot), then the full-precision MoE tensors (AR_FP_*
+ * order); bt_count covers every slot. */
+static int bt_count(int nl) { return 2 * nl + AR_NNORM_SLOTS + AR_FP_N; }
+
+/* The description of block layer. */
+static const ar_block_desc *layer_bd(const ar_model *m, int layer)
+{
+    return m->has_moe && !ar_config_layer_moe(&m->c, layer) ? &m->bd_dense : &m->bd;
+}
 
 /* Name and expected shape of block tensor j, from the block description bd;
  * 0 if the architecture lacks it. */
@@ -149,6 +146,16 @@ static int block_tensor(const ar_block_desc *bd, int layer, int j, char *name, s
         shape[0] = l->n_out;
         return 1;
     }
+    if (j - norm0 >= AR_NNORM_SLOTS) {
+        for (int f = 0; f < bd->nfp; f++) {
+            const ar_fp_desc *fp = &bd->fp[f];
+            if (fp->kind != j - norm0 - AR_NNORM_SLOTS) continue;
+            snprintf(name, n, "model.layers.%d.%s", layer, fp->name);
+            shape[0] = fp->rows, shape[1] = fp->cols, *ndim = fp->cols ? 2 : 1;
+            return 1;
+        }
+        return 0;
+    }
     if (j - norm0 >= bd->nnorm) return 0;
     const ar_norm_desc *nd = &bd->norms[j - norm0];
     snprintf(name, n, "model.layers.%d.%s.weight", layer, nd->name);
@@ -162,15 +169,46 @@ static float **block_slot(ar_block_weights *w, const ar_block_desc *bd, int j)
     const int nl = w->nlinear;
     if (j < nl) return &w->w[j];
     if (j < 2 * nl) return &w->b[j - nl];
-    return ar_block_norm_slot(w, bd ? bd->norms[j - 2 * nl].slot : j - 2 * nl);
+    if (j < 2 * nl + AR_NNORM_SLOTS) return ar_block_norm_slot(w, bd ? bd->norms[j - 2 * nl].slot : j - 2 * nl);
+    float **fp[AR_FP_N] = {&w->router, &w->router_b, &w->score_bias, &w->shared_gate, &w->sinks};
+    return fp[j - 2 * nl - AR_NNORM_SLOTS];
+}
+
+/* Older Mixtral checkpoints name the experts block_sparse_moe.experts.E.w1
+ * (gate), w3 (up), w2 (down) and the router block_sparse_moe.gate: when the
+ * source lacks name, the legacy spelling if the source has that one, else
+ * name itself. alt holds the result (n bytes). */
+static const char *src_name(ar_model *m, const char *name, char *alt, size_t n)
+{
+    int nd;
+    int64_t sh[AR_SRC_MAX_DIMS];
+    if (!m->has_moe || m->src.shape(m->src.ctx, name, &nd, sh) != 1) return name;
+    const char *mlp = strstr(name, ".mlp.");
+    if (!mlp) return name;
+    int e;
+    char proj[16];
+    if (sscanf(mlp, ".mlp.experts.%d.%15[a-z]_proj.weight", &e, proj) == 2) {
+        const char *w = !strcmp(proj, "gate") ? "w1" : !strcmp(proj, "up") ? "w3" : !strcmp(proj, "down") ? "w2" : NULL;
+        if (!w) return name;
+        snprintf(alt, n, "%.*s.block_sparse_moe.experts.%d.%s.weight", (int)(mlp - name), name, e, w);
+    } else if (!strcmp(mlp, ".mlp.gate.weight")) {
+        snprintf(alt, n, "%.*s.block_sparse_moe.gate.weight", (int)(mlp - name), name);
+    } else return name;
+    return m->src.shape(m->src.ctx, alt, &nd, sh) == 0 ? alt : name;
 }
 
 static int check_shape(ar_model *m, const char *name, int ndim, const int64_t *want)
 {
     int nd;
     int64_t sh[AR_SRC_MAX_DIMS];
+    char alt[200];
+    name = src_name(m, name, alt, sizeof alt);
     int rc = m->src.shape(m->src.ctx, name, &nd, sh);
     if (rc < 0) return -1;
+    int layer, e;
+    if (rc > 0 && sscanf(name, "model.layers.%d.mlp.experts.%d.", &layer, &e) == 2)
+        return ar_error("layer %d: missing %s (%d experts in config.json)", layer, strstr(name, "mlp."),
+                        m->c.moe.n_experts);
     if (rc > 0) return ar_error("model has no tensor '%s'", name);
     int ok = nd == ndim;
     for (int i = 0; ok && i < nd; i++) ok = sh[i] == want[i];
@@ -195,33 +233,45 @@ static int check_all_shapes(ar_model *m)
     m->head_name = c->tie_embeddings ? EMBED : HEAD;
     if (!c->tie_embeddings && check_shape(m, HEAD, 2, vc)) return -1;
     for (int l = 0; l < c->n_layers; l++)
-        for (int j = 0; j < bt_count(m->bd.nlinear); j++) {
+        for (int j = 0; j < bt_count(layer_bd(m, l)->nlinear); j++) {
             char name[160];
             int64_t want[2];
-            if (block_tensor(&m->bd, l, j, name, sizeof name, want, &nd) && check_shape(m, name, nd, want)) return -1;
+            if (block_tensor(layer_bd(m, l), l, j, name, sizeof name, want, &nd) && check_shape(m, name, nd, want))
+                return -1;
         }
     return 0;
 }
 
 /* ---- block weights ------------------------------------------------------- */
 
-int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
+static int weights_alloc_desc(ar_block_weights *w, const ar_block_desc *bd)
 {
-    memset(w, 0, sizeof *w);
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) return -1;
-    if (ar_block_weights_init(w, bd.nlinear)) { ar_block_desc_free(&bd); return -1; }
-    for (int j = 0; j < bt_count(bd.nlinear); j++) {
+    if (ar_block_weights_init(w, bd->nlinear)) return -1;
+    for (int j = 0; j < bt_count(bd->nlinear); j++) {
         char name[160];
         int64_t shape[2];
         int nd;
-        if (!block_tensor(&bd, 0, j, name, sizeof name, shape, &nd)) continue;
+        if (!block_tensor(bd, 0, j, name, sizeof name, shape, &nd)) continue;
         float *p = malloc(sizeof(float) * (size_t)(shape[0] * (nd > 1 ? shape[1] : 1)));
-        if (!p) { ar_block_desc_free(&bd); ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
-        *block_slot(w, &bd, j) = p;
+        if (!p) { ar_block_weights_free(w); return ar_error("out of memory for block weights"); }
+        *block_slot(w, bd, j) = p;
     }
-    ar_block_desc_free(&bd);
     return 0;
+}
+
+int ar_block_weights_alloc(ar_block_weights *w, const ar_config *c)
+{
+    return ar_block_weights_alloc_layer(w, c, -1);
+}
+
+int ar_block_weights_alloc_layer(ar_block_weights *w, const ar_config *c, int layer)
+{
+    memset(w, 0, sizeof *w);
+    ar_block_desc bd;
+    if (layer < 0 ? ar_block_desc_init(&bd, c) : ar_block_desc_init_layer(&bd, c, layer)) return -1;
+    int rc = weights_alloc_desc(w, &bd);
+    ar_block_desc_free(&bd);
+    return rc;
 }
 
 void ar_block_weights_free(ar_block_weights *w)
@@ -237,14 +287,16 @@ void ar_block_weights_free(ar_block_weights *w)
 int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
 {
     if (layer < 0 || layer >= m->c.n_layers) return ar_error("block %d out of range (model has %d)", layer, m->c.n_layers);
-    if (w->nlinear != m->bd.nlinear)
-        return ar_error("block weights for %d linears, the model's blocks have %d", w->nlinear, m->bd.nlinear);
-    for (int j = 0; j < bt_count(m->bd.nlinear); j++) {
-        char name[160];
+    const ar_block_desc *bd = layer_bd(m, layer);
+    if (w->nlinear != bd->nlinear)
+        return ar_error("block weights for %d linears, block %d has %d", w->nlinear, layer, bd->nlinear);
+    for (int j = 0; j < bt_count(bd->nlinear); j++) {
+        char name[160], alt[200];
         int64_t shape[2];
         int nd;
-        if (!block_tensor(&m->bd, layer, j, name, sizeof name, shape, &nd)) continue;
-        if (m->src.read_rows(m->src.ctx, name, 0, shape[0], *block_slot(w, &m->bd, j))) return -1;
+        if (!block_tensor(bd, layer, j, name, sizeof name, shape, &nd)) continue;
+        if (m->src.read_rows(m->src.ctx, src_name(m, name, alt, sizeof alt), 0, shape[0], *block_slot(w, bd, j)))
+            return -1;
     }
     return 0;
 }
@@ -253,9 +305,9 @@ int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
  * streaming buffer refilled now. */
 static const ar_block_weights *block_weights(ar_model *m, int layer)
 {
-    ar_block_weights *w = m->cached ? &m->cached[layer] : &m->cur;
+    ar_block_weights *w = m->cached ? &m->cached[layer] : layer_bd(m, layer) == &m->bd ? &m->cur : &m->cur_dense;
     if (m->cached && m->cached_ok[layer]) return w;
-    if (m->cached && ar_block_weights_alloc(w, &m->c)) return NULL;
+    if (m->cached && weights_alloc_desc(w, layer_bd(m, layer))) return NULL;
     if (ar_model_load_block(m, layer, w)) return NULL;
     if (m->cached) m->cached_ok[layer] = 1;
     return w;
@@ -279,13 +331,27 @@ static int load_model_level(ar_model *m)
      * so the final norm, ar_model_read_head's users included, is a plain RMSNorm */
     if (c->norm_plus_one)
         for (int i = 0; i < c->hidden; i++) m->norm[i] += 1.0f;
-    if (!(m->flags & AR_MODEL_CACHE)) return ar_block_weights_alloc(&m->cur, c);
+    if (!(m->flags & AR_MODEL_CACHE))
+        return weights_alloc_desc(&m->cur, &m->bd) || (m->bd_dense.family && weights_alloc_desc(&m->cur_dense, &m->bd_dense))
+                   ? -1 : 0;
     m->cached = calloc((size_t)c->n_layers, sizeof *m->cached);
     m->cached_ok = calloc((size_t)c->n_layers, 1);
     if (!m->cached || !m->cached_ok) return ar_error("out of memory");
     if (!(m->embed = read_whole(m, EMBED, c->vocab, c->hidden))) return -1;
     m->lm_head = c->tie_embeddings ? m->embed : read_whole(m, HEAD, c->vocab, c->hidden);
     return m->lm_head ? 0 : -1;
+}
+
+/* m->bd, and for an MoE model with dense layers m->bd_dense. */
+static int init_descs(ar_model *m)
+{
+    const ar_config *c = &m->c;
+    m->has_moe = c->moe.n_moe_layers > 0;
+    if (!m->has_moe) return ar_block_desc_init(&m->bd, c);
+    int lm = -1, ld = -1;
+    for (int l = 0; l < c->n_layers; l++) *(ar_config_layer_moe(c, l) ? &lm : &ld) = l;
+    if (ar_block_desc_init_layer(&m->bd, c, lm)) return -1;
+    return ld >= 0 ? ar_block_desc_init_layer(&m->bd_dense, c, ld) : 0;
 }
 
 ar_model *ar_model_open_source(const ar_config *c, const ar_tensor_source *src, int flags)
@@ -302,7 +368,7 @@ ar_model *ar_model_open_source(const ar_config *c, const ar_tensor_source *src, 
     m->c = *c;
     m->src = s;
     m->flags = flags;
-    if (ar_block_desc_init(&m->bd, &m->c) || check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
+    if (init_descs(m) || check_all_shapes(m) || load_model_level(m)) { ar_model_close(m); return NULL; }
     return m;
 }
 
@@ -323,17 +389,21 @@ void ar_model_close(ar_model *m)
         for (int l = 0; l < m->c.n_layers; l++) ar_block_weights_free(&m->cached[l]);
     free(m->cached); free(m->cached_ok);
     ar_block_weights_free(&m->cur);
+    ar_block_weights_free(&m->cur_dense);
     if (m->lm_head != m->embed) free(m->lm_head);
     free(m->embed); free(m->norm); free(m->chunk); free(m->act); free(m->has_act); free(m->aq); free(m->kv_scale);
     if (m->ws_B) ar_block_work_free(&m->ws);
     if (m->src.close) m->src.close(m->src.ctx);
     ar_block_desc_free(&m->bd);
+    ar_block_desc_free(&m->bd_dense);
     free(m);
 }
 
 const ar_config *ar_model_config(const ar_model *m) { return &m->c; }
 
 const ar_block_desc *ar_model_block_desc(const ar_model *m) { return &m->bd; }
+
+const ar_block_desc *ar_model_layer_desc(const ar_model *m, int layer) { return layer_bd(m, layer); }
 
 int ar_model_read_tensor(ar_model *m, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
@@ -418,6 +488,11 @@ static int ensure_work(ar_model *m, int B, int T)
 int ar_model_set_act_quant(ar_model *m, int layer, const ar_act_spec *const *aq)
 {
     if (layer < 0 || layer >= m->c.n_layers) return ar_error("activation quantizers for layer %d of %d", layer, m->c.n_layers);
+    if (m->has_moe) { /* routed expert inputs are row subsets: refused, nothing to install */
+        for (int i = 0; aq && i < layer_bd(m, layer)->nlinear; i++)
+            if (aq[i]) return ar_error("activation quantization of mixture-of-experts models is not supported");
+        return 0;
+    }
     const int nl = m->bd.nlinear;
     size_t n = (size_t)m->c.n_layers * nl;
     if (!m->act && (!(m->act = calloc(n, sizeof *m->act)) || !(m->has_act = calloc(n, 1)) ||
@@ -478,7 +553,7 @@ int ar_model_hidden(ar_model *m, const int *ids, int B, int T, float *hidden)
         ar_config_for_layer(&cl, &m->c, l);
         if (m->act && layer_act_quant(m, l)) return -1;
         if (m->kv_scale) m->ws.kv_scale[0] = m->kv_scale[2 * l], m->ws.kv_scale[1] = m->kv_scale[2 * l + 1];
-        if (m->bd.forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
+        if (layer_bd(m, l)->forward(&cl, w, hidden, hidden, B, T, &m->ws)) return -1;
     }
     return ar_model_final_norm(m, hidden, B * T);
 }

@@ -59,14 +59,21 @@ void ar_model_close(ar_model *m);
 /* The model's config. */
 const ar_config *ar_model_config(const ar_model *m);
 
-/* The description of m's blocks (block_desc.h), valid while m is open. */
+/* The description of m's blocks (block_desc.h), valid while m is open. For
+ * a mixture-of-experts model: that of its MoE layers (dense layers differ,
+ * ar_model_layer_desc). */
 const ar_block_desc *ar_model_block_desc(const ar_model *m);
+
+/* The description of block layer of m. */
+const ar_block_desc *ar_model_layer_desc(const ar_model *m, int layer);
 
 /* Allocate f32 buffers for one block of config c, its pointer arrays sized
  * by the block description (NULL for tensors the architecture lacks), to be
  * filled by ar_model_load_block and reused. ar_block_weights_free frees the
  * tensors and the arrays (safe on a zeroed or failed w). */
 int  ar_block_weights_alloc(ar_block_weights *w, const ar_config *c);
+/* The same for block layer (mixtures of experts: MoE and dense layers differ). */
+int  ar_block_weights_alloc_layer(ar_block_weights *w, const ar_config *c, int layer);
 void ar_block_weights_free(ar_block_weights *w);
 
 /* Widen block layer's weights into w (from ar_block_weights_alloc). */

@@ -614,9 +614,9 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
             t->cap_dg = t->L[i].ngr;
         }
     }
-    /* as a fresh workspace: no observer (the activation quantizers and the
+    /* the caller's observer or none (the activation quantizers and the
      * quantized-input copy are set below) */
-    t->ws.observe = NULL, t->ws.observe_ctx = NULL;
+    t->ws.observe = o->observe, t->ws.observe_ctx = o->observe_ctx;
     t->ws.gemm = o->gemm;
     return ar_block_plan_set_act_quant(plan, &t->ws);
 }

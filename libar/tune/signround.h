@@ -80,6 +80,10 @@ typedef struct {
     int (*reload)(void *ctx, int linear, float *dst);
     void *reload_ctx;
     ar_gemm *gemm;        /* NULL: the block's GEMMs in f32; else in its precision (gemm.h, AMP) */
+    /* NULL; else it sees every linear's input in every tuning forward
+     * (ar_block_work.observe's contract): MoE experts, their routed rows */
+    void (*observe)(void *ctx, int linear, const float *x, long rows, int k);
+    void *observe_ctx;
 } ar_signround_opts;
 
 /* Fill o with AutoRound's defaults (the values in the comments above). */

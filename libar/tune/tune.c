@@ -105,17 +105,21 @@ static int spill_chains(tn_run *r)
 static int plan_is_mixed(const tn_run *r)
 {
     const ar_scheme *def = &r->o->scheme;
-    for (int layer = 0; layer < r->c->n_layers; layer++)
-        for (int i = 0; i < r->bd.nlinear; i++) {
+    for (int layer = 0; layer < r->c->n_layers; layer++) {
+        ar_block_desc bd;   /* mixtures of experts: per layer */
+        if (ar_block_desc_init_layer(&bd, r->c, layer)) return -1;
+        for (int i = 0; i < bd.nlinear; i++) {
             char name[256];
             int n, k;
             ar_scheme s;
-            n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
-            ar_block_desc_layer_name(&r->bd, layer, i, name, sizeof name);
+            n = bd.lin[i].n_out, k = bd.lin[i].k_in;
+            ar_block_desc_layer_name(&bd, layer, i, name, sizeof name);
             ar_layer_info info = {0, 0, 0};
-            if (ar_scheme_for_layer(def, r->lc, name, n, k, &info, &s)) return -1;
-            if (ar_scheme_quantized(&s) && s.bits != def->bits) return 1;
+            if (ar_scheme_for_layer(def, r->lc, name, n, k, &info, &s)) { ar_block_desc_free(&bd); return -1; }
+            if (ar_scheme_quantized(&s) && s.bits != def->bits) { ar_block_desc_free(&bd); return 1; }
         }
+        ar_block_desc_free(&bd);
+    }
     return 0;
 }
 
@@ -198,6 +202,36 @@ static int one_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_strea
     return rc;
 }
 
+/* r->bd and wfp for block `layer`: kept when the layer's description is the
+ * current one, else made anew with the block buffers sized by it
+ * (mixtures of experts alternate MoE and dense layers). 0 or -1. */
+static int layer_desc(tn_run *r, int layer, ar_block_weights *wfp)
+{
+    ar_block_desc d;
+    if (ar_block_desc_init_layer(&d, r->c, layer)) return -1;
+    if (wfp->w && !strcmp(d.family, r->bd.family) && d.nlinear == r->bd.nlinear) {
+        ar_block_desc_free(&d);
+        return 0;
+    }
+    tn_bufs_free(r->buf);
+    ar_block_desc_free(&r->bd);
+    r->bd = d;
+    ar_block_weights_free(wfp);
+    return ar_block_weights_alloc_layer(wfp, r->c, layer);
+}
+
+/* What the mixture-of-experts blocks do not support yet: one line. */
+static int moe_refusals(const tn_run *r)
+{
+    const ar_tune_opts *o = r->o;
+    if (!r->c->moe.n_moe_layers) return 0;
+    if (r->dev != AR_DEVICE_CPU) return ar_error("mixture-of-experts blocks are tuned on the CPU only (--device cpu)");
+    if (o->scheme.kind == AR_SCHEME_GGUF) return ar_error("GGUF schemes of mixture-of-experts models are not supported");
+    if (o->enable_alg_ext) return ar_error("--enable_alg_ext is not supported for mixture-of-experts models");
+    if (o->enable_lfq) return ar_error("--enable_lfq is not supported for mixture-of-experts models");
+    return 0;
+}
+
 /* From the device to the last block. */
 static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
 {
@@ -214,7 +248,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
     if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
     r->c = ar_model_config(r->m);
-    if (ar_block_desc_init(&r->bd, r->c)) return AR_TUNE_FAILED;
+    if (moe_refusals(r) || ar_block_desc_init_layer(&r->bd, r->c, 0)) return AR_TUNE_FAILED;
     if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama") && o->device_auto) {
         r->dev = AR_DEVICE_CPU;
         tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
@@ -243,8 +277,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (!rc && ar_stream_write_meta(out, meta)) rc = AR_TUNE_FAILED;
     free(meta);
     if (rc) return rc;
-    ar_block_weights wfp;
-    if (ar_block_weights_alloc(&wfp, r->c)) return AR_TUNE_FAILED;
+    ar_block_weights wfp = {0};
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
     const ar_config *mc = r->c;
@@ -253,7 +286,8 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
         ar_config_for_layer(&r->layer_c, mc, layer);   /* the layer's window and RoPE */
         r->c = &r->layer_c;
         ar_res_next_block(r->gpu, layer); /* the previous block's device weights go */
-        rc = ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
+        rc = layer_desc(r, layer, &wfp) || ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out)
+                 ? AR_TUNE_FAILED : 0;
     }
     r->c = mc;
     ar_res_next_block(r->gpu, -1);

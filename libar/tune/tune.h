@@ -50,6 +50,9 @@ typedef enum {
                                  text = the transfer ledger's line (ar_xfer_summary) */
     AR_TUNE_EV_SPILL,         /* the chains exceed mem_budget_mib: a = MiB of each chain, b = chains,
                                  text = the spill directory */
+    AR_TUNE_EV_UNROUTED_EXPERTS, /* MoE block a: b experts got no token in any of SignRound's forwards
+                                    of the block, so they keep their initial rounding (RTN, as AutoRound
+                                    does); text = their numbers */
 } ar_tune_event;
 
 /* Progress callbacks; any may be NULL. */

@@ -144,6 +144,23 @@ static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, 
 
 /* ---- one block ------------------------------------------------------------- */
 
+/* The experts (gate_proj of "mlp.experts.E") that got no row in any of
+ * SignRound's forwards of this block (r->rows): their rounding and min/max
+ * got no gradient, so they keep their initial values (RTN), as in AutoRound
+ * (docs/moe.md §4). */
+static void report_unrouted(const tn_run *r, int layer)
+{
+    char list[512] = "";
+    int n = 0, len = 0, e, end;
+    for (int i = 0; i < r->bd.nlinear; i++)
+        if ((end = 0, sscanf(r->bd.lin[i].name, "mlp.experts.%d.gate_proj%n", &e, &end)) == 1 && end &&
+            !r->bd.lin[i].name[end] && !r->rows[i]) {
+            if (len < (int)sizeof list - 16) len += snprintf(list + len, sizeof list - len, "%s%d", n ? ", " : "", e);
+            n++;
+        }
+    if (n) tn_event(r, AR_TUNE_EV_UNROUTED_EXPERTS, layer, n, list);
+}
+
 /* With data: FP outputs into r->y (with the statistics the plan needs), then
  * SignRound, or RTN / opt-RTN; rep set when SignRound ran. */
 static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_block_plan *plan,
@@ -159,6 +176,8 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     int rc = -1;
     for (int i = 0; i < nl; i++) {
         int k = r->bd.lin[i].k_in;
+        /* routed experts get plain RTN, not opt-RTN, as AutoRound's MoE rule (docs/moe.md §4) */
+        if (r->bd.input_kind[r->bd.lin[i].input] == AR_INPUT_ROUTED) continue;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
             !(imat[i] = calloc(k, sizeof(float)))) {
             ar_error("out of memory for the importance matrix");
@@ -184,9 +203,14 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
         goto done;
     if (a->iters > 0) {
         if (alg_ext && v2_init_scales(&r->bd, wfp, plan, imat, init)) goto done;
-        if (tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme), out,
-                               rep))
-            goto done;
+        /* MoE: count each expert's rows in the tuning forwards */
+        int moe = !strcmp(r->bd.family, "moe");
+        if (moe && !(r->rows = calloc((size_t)nl, sizeof *r->rows))) { ar_error("out of memory"); goto done; }
+        int src = tn_signround_block(r, layer, wfp, plan, !a->disable_minmax, alg_ext && v2_outlier_loss(&a->scheme),
+                                     out, rep);
+        if (moe && !src) report_unrouted(r, layer);
+        free(r->rows), r->rows = NULL;
+        if (src) goto done;
         *tuned = 1;
     } else {
         for (int i = 0; opt_rtn && i < nl; i++) {
@@ -292,6 +316,10 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
     ar_signround_report rep;
     int tuned = 0;
     if (plan_block(r, layer, plan, schemes, r->d != NULL)) return -1;
+    for (int i = 0; !strcmp(r->bd.family, "moe") && i < plan->nlinear; i++)
+        if (plan->act_quant[i])
+            return ar_error("%s: activation quantization of mixture-of-experts blocks is not supported",
+                            r->bd.lin[i].name);
     share_global_scales(&r->bd, wfp, plan);
     if (block_outputs(b, plan)) return -1;
     if (r->d ? tune_with_data(r, layer, wfp, plan, schemes, act_max, out, &rep, &tuned)

@@ -66,6 +66,7 @@ typedef struct {
     const ar_block_desc *bd;
     float *const *imat; /* [nlinear] Σx² per input column, entries may be NULL */
     float *amax;        /* [nlinear] running max |x|, or NULL */
+    long *rows;         /* [nlinear] rows seen per linear, or NULL */
 } input_stats;
 
 static void observe_input(void *ctx, int i, const float *x, long rows, int k)
@@ -74,6 +75,7 @@ static void observe_input(void *ctx, int i, const float *x, long rows, int k)
     int g = ar_block_desc_group(st->bd, i);
     if (st->imat && st->imat[i] && (g == i || !st->imat[g])) ar_imatrix_accumulate(st->imat[i], x, rows, k);
     if (st->amax && g == i) fold_abs_max(&st->amax[i], x, rows, k);
+    if (st->rows) st->rows[i] += rows;
 }
 
 static void share_stats(const input_stats *st)
@@ -104,7 +106,7 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     const ar_config *c = r->c;
     const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
-    if (!imat && !amax && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
+    if (!imat && !amax && !r->rows && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
         return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
     if (ar_res_host(r->gpu, src)) return -1;   /* the GPU may have written it last */
     tn_bufs *b = r->buf;
@@ -119,9 +121,10 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     ar_block_work *ws = &b->fws;
     ws->gemm = r->amp;
     float *x = b->fx, *y = b->fy;
-    input_stats st = {&r->bd, imat, amax};
-    ws->observe = imat || amax ? observe_input : NULL;
-    ws->observe_ctx = imat || amax ? &st : NULL;
+    input_stats st = {&r->bd, imat, amax, r->rows};
+    int obs = imat || amax || r->rows;
+    ws->observe = obs ? observe_input : NULL;
+    ws->observe_ctx = obs ? &st : NULL;
     ws->observe_kv = r->kv_obs ? observe_kv : NULL;
     ws->kv_ctx = r->kv_obs;
     int rc = 0;
@@ -242,6 +245,8 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
         o.lfq = &head;
     }
     tn_iter_ctx ic = {r, layer};
+    input_stats st = {&r->bd, NULL, NULL, r->rows};
+    if (r->rows) o.observe = observe_input, o.observe_ctx = &st;  /* rows each expert gets while tuned */
     const uint16_t *xin = r->x_q ? r->x_q : r->x_fp;
     /* the GPU tuner knows the "llama" family's block alone */
     int llama = !strcmp(plan->desc->family, "llama");
@@ -275,7 +280,10 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     for (int i = 0; i < plan->nlinear; i++) if (plan->quantize[i]) wq->w[i] = out[i].wq;
     if (!r->x_q && !(r->x_q = tn_chain_alloc(r))) return -1;
     if (a->static_kv_fp8) r->kv_obs = r->kv_amax;
+    long *rows = r->rows;   /* the tuning's counts: this forward is not tuning */
+    r->rows = NULL;
     int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
+    r->rows = rows;
     r->kv_obs = NULL;
     if (lean && !krc) krc = drop_quantized_weights(wfp, plan, 0);
     return krc;

@@ -63,6 +63,8 @@ typedef struct {
     tn_bufs *buf;               /* block buffers kept across blocks (never NULL during run_blocks) */
     ar_gemm gemm;               /* the CPU linears' GEMMs: bf16 when o->amp and supported, else f32 */
     ar_gemm *amp;               /* &gemm when it is bf16 (what block work spaces take), else NULL */
+    long *rows;                 /* [bd.nlinear] or NULL: tn_forward_all and SignRound's forwards add the rows
+                                   each linear's input had (MoE experts: their routed rows) */
 } tn_run;
 
 /* ---- tune_chain.c ------------------------------------------------------------ */

@@ -163,6 +163,7 @@ static void family_finish(family *f, const ar_config *c, int nl, const char *con
     f->desc.forward_train = fam_forward_train;
     f->desc.backward = fam_backward;
     f->desc.set_act_quant = fam_set_act_quant;
+    llama.input_names = NULL, llama.input_kind = NULL; /* now f->desc's */
     ar_block_desc_free(&llama);
 }
 
