@@ -139,15 +139,21 @@ static const char *replaced_layer(const char *name, size_t *len, char *buf, size
     return *len ? buf : name;
 }
 
+const ar_st_tensor *ar_export_source_weight(const ar_export *e, const char *layer) {
+    char w[600];
+    snprintf(w, sizeof w, "%s.weight", layer);
+    const ar_st_tensor *t = ar_st_find(e->st, w);
+    if (!t && legacy_weight(e, layer, w, sizeof w)) t = ar_st_find(e->st, w);
+    return t;
+}
+
 /* The layer must replace an existing [n, k] weight, once. */
 static int check_layer_target(const ar_export *e, const ar_qlayer *l) {
     if (!l->name) return ar_error("%s: quantized layer without a name", e->out_dir);
     if (find_rec(e, l->name, strlen(l->name))) return ar_error("%s: layer %s packed twice", e->out_dir, l->name);
     char wname[512];
     snprintf(wname, sizeof wname, "%s.weight", l->name);
-    const ar_st_tensor *t = ar_st_find(e->st, wname);
-    char old[600];
-    if (!t && legacy_weight(e, l->name, old, sizeof old)) t = ar_st_find(e->st, old);
+    const ar_st_tensor *t = ar_export_source_weight(e, l->name);
     if (!t) return ar_error("%s: the model has no tensor %s", e->model_dir, wname);
     if (t->ndim != 2 || t->shape[0] != l->n || t->shape[1] != l->k)
         return ar_error("%s: %s is not [%d, %d]", e->model_dir, wname, l->n, l->k);
