@@ -122,13 +122,57 @@ static int add_rec(ar_export *e, const ar_qlayer *l) {
     return 0;
 }
 
+/* Older Mixtral checkpoints (and transformers 5.25's Mixtral save_pretrained)
+ * name experts block_sparse_moe.experts.E.w1 / w3 / w2 where the block
+ * description says mlp.experts.E.gate_proj / up_proj / down_proj (model.c
+ * reads both). Packed layers keep the description's name, which is what
+ * transformers 5 loads (it maps block_sparse_moe to mlp but not w1 to
+ * gate_proj; AutoRound 0.16.1 writes gate_proj too, docs/moe.md §6): the
+ * source weight of layer name is looked up under the old name when the new
+ * one is absent (legacy_weight), and the old name's weight counts as
+ * replaced (replaced_layer). */
+static int legacy_weight(const ar_export *e, const char *name, char *buf, size_t n) {
+    const char *mlp = strstr(name, ".mlp.experts.");
+    int ex;
+    char proj[16];
+    if (!mlp || sscanf(mlp, ".mlp.experts.%d.%15[a-z]_proj", &ex, proj) != 2) return 0;
+    const char *o = !strcmp(proj, "gate") ? "w1" : !strcmp(proj, "up") ? "w3" : !strcmp(proj, "down") ? "w2" : NULL;
+    if (!o) return 0;
+    snprintf(buf, n, "%.*s.block_sparse_moe.experts.%d.%s.weight", (int)(mlp - name), name, ex, o);
+    return ar_st_find(e->st, buf) != NULL;
+}
+
+/* The packed layer's name for source tensor base name (len bytes): the
+ * new spelling of an old Mixtral expert name into buf, else name itself. */
+static const char *replaced_layer(const char *name, size_t *len, char *buf, size_t n) {
+    const char *b = strstr(name, ".block_sparse_moe.experts.");
+    int ex, used = 0;
+    char w[4];
+    if (!b || b >= name + *len || sscanf(b, ".block_sparse_moe.experts.%d.%3[w0-9]%n", &ex, w, &used) != 2 ||
+        (size_t)(b - name) + used != *len)
+        return name;
+    const char *p = !strcmp(w, "w1") ? "gate_proj" : !strcmp(w, "w3") ? "up_proj" : !strcmp(w, "w2") ? "down_proj" : NULL;
+    if (!p) return name;
+    int m = snprintf(buf, n, "%.*s.mlp.experts.%d.%s", (int)(b - name), name, ex, p);
+    *len = m > 0 && (size_t)m < n ? (size_t)m : 0;
+    return *len ? buf : name;
+}
+
+const ar_st_tensor *ar_export_source_weight(const ar_export *e, const char *layer) {
+    char w[600];
+    snprintf(w, sizeof w, "%s.weight", layer);
+    const ar_st_tensor *t = ar_st_find(e->st, w);
+    if (!t && legacy_weight(e, layer, w, sizeof w)) t = ar_st_find(e->st, w);
+    return t;
+}
+
 /* The layer must replace an existing [n, k] weight, once. */
 static int check_layer_target(const ar_export *e, const ar_qlayer *l) {
     if (!l->name) return ar_error("%s: quantized layer without a name", e->out_dir);
     if (find_rec(e, l->name, strlen(l->name))) return ar_error("%s: layer %s packed twice", e->out_dir, l->name);
     char wname[512];
     snprintf(wname, sizeof wname, "%s.weight", l->name);
-    const ar_st_tensor *t = ar_st_find(e->st, wname);
+    const ar_st_tensor *t = ar_export_source_weight(e, l->name);
     if (!t) return ar_error("%s: the model has no tensor %s", e->model_dir, wname);
     if (t->ndim != 2 || t->shape[0] != l->n || t->shape[1] != l->k)
         return ar_error("%s: %s is not [%d, %d]", e->model_dir, wname, l->n, l->k);
@@ -148,31 +192,11 @@ static int put_floats(ar_export *e, const char *name, ar_dtype dtype, int ndim, 
 /* Original dtype of a float tensor, narrowed to 16 bits when f16 is asked. */
 static ar_dtype bias_dtype(const ar_export *e, ar_dtype orig) { return e->fmt->bias_f16 ? AR_F16 : orig; }
 
-/* Older Mixtral checkpoints (and transformers 5's Mixtral save_pretrained)
- * name experts block_sparse_moe.experts.E.w1/w3/w2 where the block
- * description says mlp.experts.E.gate/up/down_proj (model.c reads both): the
- * packed layer takes the source's name, as AutoRound's export of such a
- * checkpoint does (docs/moe.md §6). buf receives it; name itself otherwise. */
-static const char *source_layer_name(const ar_export *e, const char *name, char *buf, size_t n) {
-    char w[600];
-    snprintf(w, sizeof w, "%s.weight", name);
-    const char *mlp = strstr(name, ".mlp.experts.");
-    int ex;
-    char proj[16];
-    if (ar_st_find(e->st, w) || !mlp || sscanf(mlp, ".mlp.experts.%d.%15[a-z]_proj", &ex, proj) != 2) return name;
-    const char *o = !strcmp(proj, "gate") ? "w1" : !strcmp(proj, "up") ? "w3" : !strcmp(proj, "down") ? "w2" : NULL;
-    if (!o) return name;
-    snprintf(buf, n, "%.*s.block_sparse_moe.experts.%d.%s", (int)(mlp - name), name, ex, o);
-    snprintf(w, sizeof w, "%s.weight", buf);
-    return ar_st_find(e->st, w) ? buf : name;
-}
-
 int ar_export_layer(ar_export *e, const ar_qlayer *ql) {
-    char mapped[512], alias[512];
+    char mapped[512];
     ar_qlayer ml = *ql;
     if (e->mm && ql->name)   /* text-only name -> the checkpoint's */
         ml.name = ar_mm_map_name(&e->mm_names, ql->name, mapped, sizeof mapped);
-    if (ml.name) ml.name = source_layer_name(e, ml.name, alias, sizeof alias);
     const ar_qlayer *l = &ml;
     if (check_layer_target(e, l)) return -1;
     if (e->awq_layout && e->fmt->awq_layout == AR_AWQ_ASYM4 && l->bits != 4)
@@ -209,7 +233,10 @@ static int tensor_fate(const ar_export *e, const char *name) {
     const char *dot = strrchr(name, '.');
     if (fp8 == 1 && !(dot && !strcmp(dot, ".weight") && find_rec(e, name, (size_t)(dot - name)))) return 3;
     if (!dot) return 0;
-    const ar_export_rec *r = find_rec(e, name, (size_t)(dot - name));
+    char buf[600];
+    size_t len = (size_t)(dot - name);
+    const char *base = replaced_layer(name, &len, buf, sizeof buf);
+    const ar_export_rec *r = find_rec(e, base, len);
     if (!r) return 0;
     if (!strcmp(dot, ".weight")) return 1;
     if (!strcmp(dot, ".bias")) return r->own_bias ? 1 : 2;
@@ -510,7 +537,10 @@ static int unquantized(const ar_export *e, int want_in_block, void (*fn)(void *,
         const ar_st_tensor *t = ar_st_at(e->st, i);
         if (!is_linear_weight(t) || in_block(e, t->name) != want_in_block) continue;
         size_t len = strlen(t->name) - 7;
-        if (find_rec(e, t->name, len)) continue;
+        char buf[600];
+        const char *base = replaced_layer(t->name, &len, buf, sizeof buf);
+        if (find_rec(e, base, len)) continue;
+        len = strlen(t->name) - 7;
         char layer[512];
         snprintf(layer, sizeof layer, "%.*s", (int)len, t->name);
         if (fn) fn(arg, layer);

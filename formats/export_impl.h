@@ -97,6 +97,11 @@ cJSON *ar_export_base_config(const struct ar_export *e);
  * returns their count. fn may be NULL. */
 int ar_export_unquantized_in_block(const struct ar_export *e, void (*fn)(void *arg, const char *layer), void *arg);
 
+/* The source weight of packed layer `layer` ("LAYER.weight"; for an expert
+ * of an older Mixtral checkpoint its block_sparse_moe.experts.E.wN name),
+ * NULL when the source has none. */
+const ar_st_tensor *ar_export_source_weight(const struct ar_export *e, const char *layer);
+
 /* Same for Linear-like 2-D weights outside the blocks (lm_head), excluding
  * embeddings. */
 int ar_export_unquantized_outside(const struct ar_export *e, void (*fn)(void *arg, const char *layer), void *arg);

@@ -10,10 +10,10 @@ static int write_layer(ar_export *e, const ar_qlayer *l) {
     if (ar_qlayer_check(l, AR_LAYOUT_NONE)) return -1;
     char name[512];
     snprintf(name, sizeof name, "%s.weight", l->name);
-    const ar_st_tensor *orig = ar_st_find(e->st, name);
+    const ar_st_tensor *orig = ar_export_source_weight(e, l->name);
     size_t n = (size_t)l->n * l->k;
     /* An FP8 source's weight is written in the dtype it dequantizes to. */
-    ar_dtype dt = !orig ? AR_F32 : ar_st_fp8_role(e->st, name) == 1 ? ar_st_fp8_of(e->st)->out : orig->dtype;
+    ar_dtype dt = !orig ? AR_F32 : ar_st_fp8_role(e->st, orig->name) == 1 ? ar_st_fp8_of(e->st)->out : orig->dtype;
     float *w = malloc(n * sizeof *w);
     void *out = orig ? malloc(n * ar_dtype_size(dt)) : NULL;
     int64_t shape[2] = {l->n, l->k};

@@ -78,12 +78,14 @@ int ar_block_moe_backward(const ar_config *c, const ar_block_weights *w, const a
     return ar_block_attn_backward(c, w, a, ws->dh, dW, dxin, dx, ws);
 }
 
+/* The expert count is not known here: the attention's four entries are
+ * checked; the model (ar_model_set_act_quant) and the tuner (tn_block) check
+ * every linear before they get here. */
 int ar_block_moe_set_act_quant(ar_block_work *ws, const ar_act_spec *const *aq)
 {
     (void)ws;
-    if (aq)
-        for (int i = 0; i < AR_NLINEAR && i < 4; i++)
-            if (aq[i]) return ar_error("activation quantization of mixture-of-experts blocks is not supported");
+    for (int i = 0; aq && i < AR_GATE; i++)
+        if (aq[i]) return ar_error("activation quantization of mixture-of-experts blocks is not supported");
     return 0;
 }
 

@@ -24,7 +24,8 @@ int ar_block_moe_forward_train(const ar_config *c, const ar_block_weights *w, co
 /* dW, dxin with the description's nlinear entries (dxin only for q/k/v/o). */
 int ar_block_moe_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a, const float *dy,
                           float *const *dW, float *dx, float *const *dxin, ar_block_work *ws);
-/* 0 when every entry of aq is NULL (or aq is NULL), else -1 with ar_error. */
+/* 0 when aq is NULL or its attention entries (AR_Q..AR_O) are, else -1
+ * with ar_error (callers refuse expert entries before, see block_moe.c). */
 int ar_block_moe_set_act_quant(ar_block_work *ws, const ar_act_spec *const *aq);
 /* The saved input of linear i for q/k/v/o; NULL for the experts (their rows
  * are a routed subset, in a->moe). */

@@ -175,7 +175,8 @@ static float **block_slot(ar_block_weights *w, const ar_block_desc *bd, int j)
 }
 
 /* Older Mixtral checkpoints name the experts block_sparse_moe.experts.E.w1
- * (gate), w3 (up), w2 (down) and the router block_sparse_moe.gate: when the
+ * (gate), w3 (up), w2 (down) and the router block_sparse_moe.gate (AutoRound
+ * 0.16.1's exports: block_sparse_moe.experts.E.gate_proj): when the
  * source lacks name, the legacy spelling if the source has that one, else
  * name itself. alt holds the result (n bytes). */
 static const char *src_name(ar_model *m, const char *name, char *alt, size_t n)
@@ -191,6 +192,8 @@ static const char *src_name(ar_model *m, const char *name, char *alt, size_t n)
         const char *w = !strcmp(proj, "gate") ? "w1" : !strcmp(proj, "up") ? "w3" : !strcmp(proj, "down") ? "w2" : NULL;
         if (!w) return name;
         snprintf(alt, n, "%.*s.block_sparse_moe.experts.%d.%s.weight", (int)(mlp - name), name, e, w);
+        if (m->src.shape(m->src.ctx, alt, &nd, sh) != 0) /* AutoRound 0.16.1's Mixtral export: old prefix, new names */
+            snprintf(alt, n, "%.*s.block_sparse_moe.experts.%d.%s_proj.weight", (int)(mlp - name), name, e, proj);
     } else if (!strcmp(mlp, ".mlp.gate.weight")) {
         snprintf(alt, n, "%.*s.block_sparse_moe.gate.weight", (int)(mlp - name), name);
     } else return name;

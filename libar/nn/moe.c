@@ -237,10 +237,10 @@ static void dispatch(const ar_moe_dims *d, int R, ar_moe_acts *a)
     for (int j = 0; j < RK; j++) a->cnt[a->sel[j]]++;
     a->off[0] = 0;
     for (int e = 0; e < E; e++) a->off[e + 1] = a->off[e] + a->cnt[e];
-    int *fill = a->cnt + 0;   /* reuse as cursors, then restore */
-    for (int e = 0; e < E; e++) fill[e] = a->off[e];
+    /* cnt serves as each expert's fill cursor, then holds its count again */
+    for (int e = 0; e < E; e++) a->cnt[e] = a->off[e];
     for (int j = 0; j < RK; j++) { /* ascending rows within each expert */
-        int s = fill[a->sel[j]]++;
+        int s = a->cnt[a->sel[j]]++;
         a->slot_of[j] = s, a->row_of[s] = j / K;
     }
     for (int e = 0; e < E; e++) a->cnt[e] = a->off[e + 1] - a->off[e];

@@ -45,4 +45,23 @@ if "$AR_BIN/ar-eval" --quiet --model "$F/qwen3_moe" --text "$TEXT" --seqlen 64 -
   echo "FAIL act_quant accepted on MoE"; fail=1
 elif grep -q "activation quantization of mixture-of-experts models is not supported" "$tmp/err"; then echo "ok   act_quant refused"
 else echo "FAIL act_quant message: $(cat "$tmp/err")"; fail=1; fi
+# Tune the old-named Mixtral (SignRound, 4 iterations), pack it as auto_round and auto_gptq: the
+# experts keep mlp.experts.E.gate_proj (what transformers 5 loads), the routers are 16-bit FP
+# extra_config entries, and ar-eval reads both folders back to the same perplexity (the same
+# dequantized weights through the same forward: equal to the printed digits).
+"$AR_BIN/ar-calib" --quiet --model "$F/mixtral_legacy" --dataset "$TEXT" --nsamples 4 --seqlen 32 -o "$tmp/c.ars"
+"$AR_BIN/ar-tune" --quiet --model "$F/mixtral_legacy" -i "$tmp/c.ars" -o "$tmp/t.ars" --group_size 32 --iters 4 --batch_size 2
+for f in auto_round auto_gptq; do
+  "$AR_BIN/ar-pack" -i "$tmp/t.ars" --format $f -o "$tmp/$f" --model "$F/mixtral_legacy"
+  eval "ppl_$f=\$(\"\$AR_BIN/ar-eval\" --quiet --json --threads 1 --model \"\$tmp/$f\" --text \"\$TEXT\" --seqlen 64 --windows 8 |
+        sed -n 's/.*\"ppl\": *\\([0-9.e+-]*\\).*/\\1/p')"
+done
+if [ -n "$ppl_auto_round" ] && [ "$ppl_auto_round" = "$ppl_auto_gptq" ]; then echo "ok   tuned Mixtral read back: ppl $ppl_auto_round (auto_round = auto_gptq)"
+else echo "FAIL tuned Mixtral read back: auto_round $ppl_auto_round, auto_gptq $ppl_auto_gptq"; fail=1; fi
+if grep -q '"model.layers.0.block_sparse_moe.gate": {"bits": 16, "data_type": "fp"}' "$tmp/auto_round/config.json" ||
+   tr -d ' \n' < "$tmp/auto_round/config.json" | grep -q '"model.layers.0.block_sparse_moe.gate":{"bits":16,"data_type":"fp"}'
+then echo "ok   router in extra_config as 16-bit FP"; else echo "FAIL router not in extra_config"; fail=1; fi
+if head -c 65536 "$tmp/auto_round/model.safetensors" | grep -a -q 'model.layers.1.mlp.experts.3.down_proj.qweight' &&
+   ! head -c 65536 "$tmp/auto_round/model.safetensors" | grep -a -q 'experts.3.w2'
+then echo "ok   experts packed as mlp.experts.E.*_proj"; else echo "FAIL expert names in the export"; fail=1; fi
 exit $fail
