@@ -61,6 +61,7 @@ static void tune(int iters, unrouted *u, uint8_t *codes[4], float *scales[4])
     ar_tune_defaults(&o);
     o.scheme.group_size = 32;
     o.iters = iters, o.batch_size = 1, o.disable_opt_rtn = 1;
+    o.amp = 0;   /* f32 reference GEMMs */
     ar_tune_progress pr = {0};
     pr.ctx = u, pr.event = on_event;
     o.progress = &pr;
