@@ -21,6 +21,8 @@ const char *ar_gguf_arch_name(const ar_config *c)
     switch (c->arch) {
     case AR_ARCH_QWEN2: return "qwen2";
     case AR_ARCH_QWEN3: return "qwen3";
+    case AR_ARCH_GEMMA2: return "gemma2";
+    case AR_ARCH_GEMMA3: return "gemma3";
     default: return "llama";
     }
 }
@@ -70,6 +72,24 @@ static int set_arch_f32(ar_gguf_writer *w, const char *arch, const char *key, fl
     return ar_gguf_set_f32(w, k, v);
 }
 
+/* Gemma 2 / Gemma 3 keys as llama.cpp's loader reads them (src/models/gemma2.cpp,
+ * gemma3.cpp of llama.cpp b8xxx): soft-caps, the per-layer sliding pattern as a
+ * bool array (attention.sliding_window_pattern; without it llama.cpp assumes
+ * every 2nd / 6th layer is global) and the sliding layers' RoPE base. */
+static int set_gemma(ar_gguf_writer *w, const ar_config *c, const char *arch)
+{
+    if (c->arch != AR_ARCH_GEMMA2 && c->arch != AR_ARCH_GEMMA3) return 0;
+    char k[128];
+    int8_t swa[AR_CONFIG_MAX_LAYERS];
+    for (int l = 0; l < c->n_layers && l < AR_CONFIG_MAX_LAYERS; l++) swa[l] = (int8_t)ar_config_layer_sliding(c, l);
+    snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
+    int rc = ar_gguf_set_arr(w, k, AR_GGUF_BOOL, swa, (uint64_t)c->n_layers);
+    rc |= set_arch_f32(w, arch, "rope.freq_base_swa", (float)(c->rope_local_theta > 0 ? c->rope_local_theta : c->rope_theta));
+    if (c->attn_softcap > 0) rc |= set_arch_f32(w, arch, "attn_logit_softcapping", (float)c->attn_softcap);
+    if (c->final_softcap > 0) rc |= set_arch_f32(w, arch, "final_logit_softcapping", (float)c->final_softcap);
+    return rc;
+}
+
 static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, ar_gguf_ftype ftype)
 {
     const char *arch = ar_gguf_arch_name(c);
@@ -95,6 +115,7 @@ static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, 
     }
     if (c->sliding_window > 0 && strcmp(arch, "llama"))
         rc |= set_arch_u32(w, arch, "attention.sliding_window", (uint32_t)c->sliding_window);
+    rc |= set_gemma(w, c, arch);
     rc |= ar_gguf_set_u32(w, "general.quantization_version", 2);
     return rc ? -1 : 0;
 }

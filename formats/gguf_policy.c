@@ -174,6 +174,9 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
     {"self_attn.q_norm", "attn_q_norm"},    {"self_attn.k_norm", "attn_k_norm"},
     {"mlp.gate_proj", "ffn_gate"},          {"mlp.up_proj", "ffn_up"},
     {"mlp.down_proj", "ffn_down"},
+    /* Gemma's sandwich norms (its post_attention_layernorm is the converter's
+     * post_attention_norm: gguf_convert.c renames it by architecture) */
+    {"pre_feedforward_layernorm", "ffn_norm"}, {"post_feedforward_layernorm", "post_ffw_norm"},
 };
 enum { N_LAYER_NAMES = sizeof layer_names / sizeof layer_names[0] };
 
