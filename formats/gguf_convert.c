@@ -76,30 +76,19 @@ static int ends_with(const char *s, const char *t)
     return n >= k && !strcmp(s + n - k, t);
 }
 
-/* llama.cpp's name of HF tensor hf (ar_gguf_map_name's result); Gemma's
- * post_attention_layernorm follows attention (post_attention_norm), where
- * Llama's precedes the MLP (ffn_norm). */
 static int conv_map_name(const ar_gguf_conv *cv, const char *hf, char *out, size_t cap)
 {
-    int m = ar_gguf_map_name(hf, out, cap), layer;
-    if (m == 1 && is_gemma(cv) && strstr(hf, ".post_attention_layernorm.") && sscanf(out, "blk.%d.", &layer) == 1)
-        snprintf(out, cap, "blk.%d.post_attention_norm.weight", layer);
-    return m;
+    return ar_gguf_map_name_for(&cv->cfg, hf, out, cap);
 }
 
-/* Factor on the queries that makes llama.cpp's fixed softmax scale equal the
- * model's: llama.cpp's gemma2/gemma3 scale by 1/sqrt(head_dim), or
- * 1/sqrt(hidden/heads) for the 27B models (recognised by 46 / 62 layers;
- * src/models/gemma2.cpp, gemma3.cpp), ignoring query_pre_attn_scalar. RoPE and
+/* Factor on the queries that makes llama.cpp's fixed softmax scale
+ * (ar_gguf_gemma_attn_scale) equal the model's query_pre_attn_scalar^-1/2. RoPE and
  * the QK-norm are linear in q, so the factor goes on the query weights
  * (Gemma 2) or on the query norm's weights (Gemma 3). 1 elsewhere. */
 static double query_fold(const ar_gguf_conv *cv)
 {
-    const ar_config *c = &cv->cfg;
-    if (!is_gemma(cv) || !(c->attn_scale > 0)) return 1.0;
-    int big = (c->arch == AR_ARCH_GEMMA2 && c->n_layers == 46) || (c->arch == AR_ARCH_GEMMA3 && c->n_layers == 62);
-    double llama_scale = 1.0 / sqrt(big ? (double)c->hidden / c->n_heads : (double)c->head_dim);
-    return c->attn_scale / llama_scale;
+    if (!is_gemma(cv) || !(cv->cfg.attn_scale > 0)) return 1.0;
+    return cv->cfg.attn_scale / ar_gguf_gemma_attn_scale(&cv->cfg);
 }
 
 /* The GGUF tensor that carries query_fold's factor. */

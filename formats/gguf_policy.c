@@ -2,6 +2,7 @@
  * gguf_policy.h). */
 #include "gguf_policy.h"
 #include "error.h"
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -206,6 +207,20 @@ int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
         }
     }
     return ar_error("no llama.cpp name for tensor %s", hf);
+}
+
+double ar_gguf_gemma_attn_scale(const ar_config *c)
+{
+    int big = (c->arch == AR_ARCH_GEMMA2 && c->n_layers == 46) || (c->arch == AR_ARCH_GEMMA3 && c->n_layers == 62);
+    return 1.0 / sqrt(big ? (double)c->hidden / c->n_heads : (double)c->head_dim);
+}
+
+int ar_gguf_map_name_for(const ar_config *c, const char *hf, char *out, size_t out_size)
+{
+    int m = ar_gguf_map_name(hf, out, out_size), layer;
+    if (m == 1 && c->sandwich_norm && strstr(hf, ".post_attention_layernorm.") && sscanf(out, "blk.%d.", &layer) == 1)
+        snprintf(out, out_size, "blk.%d.post_attention_norm.weight", layer);
+    return m;
 }
 
 int ar_gguf_unmap_name(const char *gguf, char *out, size_t out_size)
