@@ -58,6 +58,16 @@ static int add_llama3_rope_freqs(ar_gguf_writer *w, const ar_config *c)
     return rc;
 }
 
+/* Phi-3's longrope factors as llama.cpp stores them: rope_factors_long /
+ * rope_factors_short, rope_dim/2 f32 each (one per rotated pair). */
+static int add_longrope_factors(ar_gguf_writer *w, const ar_config *c)
+{
+    int64_t ne[1] = {c->rope_dim / 2};
+    size_t n = sizeof(float) * (size_t)ne[0];
+    return ar_gguf_writer_add_tensor(w, "rope_factors_long.weight", AR_GGML_F32, 1, ne, c->rope_long_factor, n) ||
+           ar_gguf_writer_add_tensor(w, "rope_factors_short.weight", AR_GGML_F32, 1, ne, c->rope_short_factor, n) ? -1 : 0;
+}
+
 /* general.name: the last component of the model directory. */
 static void model_name(const char *dir, char *out, size_t cap)
 {
@@ -179,6 +189,7 @@ static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_p
     model_name(model_dir, name, sizeof name);
     if (ar_gguf_set_model_metadata(cv->w, &cv->cfg, model_dir, name, cv->ftype)) return -1;
     if (cv->cfg.rope_type == AR_ROPE_LLAMA3 && add_llama3_rope_freqs(cv->w, &cv->cfg)) return -1;
+    if (cv->cfg.rope_type == AR_ROPE_LONGROPE && add_longrope_factors(cv->w, &cv->cfg)) return -1;
     return 0;
 }
 

@@ -178,6 +178,10 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
     /* Gemma's sandwich norms (its post_attention_layernorm is the converter's
      * post_attention_norm: gguf_convert.c renames it by architecture) */
     {"pre_feedforward_layernorm", "ffn_norm"}, {"post_feedforward_layernorm", "post_ffw_norm"},
+    /* Phi-3's fused projections (gate rows first, as llama.cpp's fused SwiGLU
+     * splits ffn_up) and GLM-4's norms after each branch */
+    {"self_attn.qkv_proj", "attn_qkv"},      {"mlp.gate_up_proj", "ffn_up"},
+    {"post_self_attn_layernorm", "post_attention_norm"}, {"post_mlp_layernorm", "post_ffw_norm"},
 };
 enum { N_LAYER_NAMES = sizeof layer_names / sizeof layer_names[0] };
 
