@@ -24,6 +24,8 @@ static const struct { const char *gguf, *hf_class, *model_type; ar_arch arch; } 
     {"qwen3", "Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3},
     {"gemma2", "Gemma2ForCausalLM", "gemma2", AR_ARCH_GEMMA2},
     {"gemma3", "Gemma3ForCausalLM", "gemma3_text", AR_ARCH_GEMMA3},
+    {"phi3", "Phi3ForCausalLM", "phi3", AR_ARCH_PHI3},
+    {"glm4", "Glm4ForCausalLM", "glm4", AR_ARCH_GLM4},
 };
 
 /* "<arch>.<key>" as an integer, or def when absent. */
@@ -63,7 +65,7 @@ static int set_arch(ar_config *c, const ar_gguf *g, const char *path, const char
             *arch = archs[i].gguf;
             return 0;
         }
-    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3)", path, a->str);
+    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4)", path, a->str);
 }
 
 static int set_rope(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
@@ -117,6 +119,45 @@ static int set_gemma(ar_config *c, const ar_gguf *g, const char *arch, const cha
     return 0;
 }
 
+/* One longrope factor table (rope_factors_long / _short.weight) into out[n]. */
+static int longrope_table(const ar_gguf *g, const char *name, int n, float *out, const char *path)
+{
+    const ar_gguf_tensor *t = ar_gguf_find_tensor(g, name);
+    if (!t || t->n_dims != 1 || t->ne[0] != n || t->type != AR_GGML_F32)
+        return ar_error("%s: %s must be %d f32 values (rope.dimension_count / 2)", path, name, n);
+    return ar_gguf_tensor_f32(t, out) ? ar_error_prefix(path) : 0;
+}
+
+/* Phi-3 / GLM-4 as llama.cpp runs them (src/models/phi3.cpp, glm4.cpp): fused
+ * gate/up (and Phi-3's fused q/k/v when attn_qkv is there), the rotated part
+ * of each head, GLM-4's interleaved pairs and post norms, Phi-3's longrope
+ * (the factor tables, the original context, the attention factor). */
+static int set_fused(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
+{
+    c->fused_gate_up = 1;
+    c->rope_dim = (int)arch_int(g, arch, "rope.dimension_count", c->head_dim);
+    if (c->rope_dim < 2 || c->rope_dim % 2 || c->rope_dim > c->head_dim)
+        return ar_error("%s: %s.rope.dimension_count %d does not fit head size %d", path, arch, c->rope_dim, c->head_dim);
+    if (c->arch == AR_ARCH_GLM4) {
+        c->rope_interleaved = c->post_norms = 1;
+        return 0;
+    }
+    c->fused_qkv = has_tensor(g, "blk.0.attn_qkv.weight");
+    c->sliding_window = (int)arch_int(g, arch, "attention.sliding_window", 0);
+    if (!has_tensor(g, "rope_factors_long.weight")) return 0;
+    int n = c->rope_dim / 2;
+    if (n > AR_ROPE_MAX_PAIRS) return ar_error("%s: longrope with more than %d rotated pairs", path, AR_ROPE_MAX_PAIRS);
+    if (longrope_table(g, "rope_factors_long.weight", n, c->rope_long_factor, path) ||
+        longrope_table(g, "rope_factors_short.weight", n, c->rope_short_factor, path))
+        return -1;
+    c->rope_type = AR_ROPE_LONGROPE;
+    c->rope_orig_max_pos = (int)arch_int(g, arch, "rope.scaling.original_context_length", c->max_pos);
+    if (c->rope_orig_max_pos <= 0) return ar_error("%s: %s.rope.scaling.original_context_length must be positive", path, arch);
+    c->rope_factor = (double)c->max_pos / c->rope_orig_max_pos;
+    c->rope_attention_factor = arch_float(g, arch, "rope.scaling.attn_factor", 1.0);
+    return 0;
+}
+
 int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
 {
     const char *arch = "";
@@ -144,6 +185,7 @@ int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
     c->mlp_bias = has_tensor(g, "blk.0.ffn_up.bias");
     c->qk_norm = has_tensor(g, "blk.0.attn_q_norm.weight");
     if ((c->arch == AR_ARCH_GEMMA2 || c->arch == AR_ARCH_GEMMA3) && set_gemma(c, g, arch, path)) return -1;
+    if ((c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4) && set_fused(c, g, arch, path)) return -1;
     c->bos_id = token_id(g, "tokenizer.ggml.bos_token_id");
     c->eos_id = token_id(g, "tokenizer.ggml.eos_token_id");
     return 0;
