@@ -1,10 +1,17 @@
 # Sourced by the family e2e tests (gemma, dense) after lib.sh: gguf_family
 # MODEL_DIR NAME TEXT packs MODEL_DIR as llama.cpp GGUF (ar-tune --scheme
-# gguf:MIX --iters 0 | ar-pack --format gguf:MIX, MIX = q8_0 and q4_k_m) and
-# checks each file two ways, on 20 windows of 256 tokens of TEXT:
+# gguf:MIX --iters 0 | ar-pack --format gguf:MIX, MIX = q8_0 and q4_k_m; and
+# f32 from a stream with no quantized layer, --bits 16) and checks each file
+# two ways, on 20 windows of 256 tokens of TEXT:
 #  1. always: ar-eval reads the GGUF back (ar's own reader: names, metadata,
 #     the norm and attention-scale conventions undone) and its perplexity is
-#     the source's within the mix's weight error. Q8_0 rounds each weight to
+#     the source's within the mix's weight error. F32 holds the BF16 weights
+#     exactly but for the converter's changes (Gemma's norms as 1 + w, read
+#     back as (1 + w) - 1; the query weights times the attention-scale factor):
+#     one f32 rounding each (2^-24), which moves the perplexity by ~1e-6: 1e-4,
+#     so that a convention written wrong shows (Gemma 2 without the
+#     query_pre_attn_scalar fold measures 0.4% off, which the quantized mixes'
+#     tolerances below would not see). Q8_0 rounds each weight to
 #     1/254 of its block's largest magnitude (rms about 0.2% of a weight);
 #     such noise moves log-perplexity at second order, well under 1% (the
 #     tiny models measure 0.01-0.1%): 1%. Q4_K_M on these 128-wide rows falls
@@ -15,7 +22,9 @@
 #     equals ar-eval's on the same file within 0.5%: both dequantize the same
 #     blocks, llama.cpp rounds the activations of each product to Q8_0 (a
 #     relative 1/254 of each block of 32) and ar-eval does not
-#     (tests/clients/check_gguf.py's bound).
+#     (tests/clients/check_gguf.py's bound). F32 files: no activation
+#     rounding, only llama.cpp's f16 KV cache (2^-11 relative on K and V): 0.1%,
+#     tight enough to see a convention llama.cpp reads differently from ar.
 gguf_ppl() { # gguf_ppl MODEL TEXT: ar-eval's perplexity, 20 windows of 256
     "$BIN/ar-eval" --model "$1" --text "$2" --seqlen 256 --windows 20 --json |
         python3 -c "import json,sys; print(json.load(sys.stdin)['ppl'])"
@@ -30,9 +39,10 @@ gguf_family() {
         if [ -n "$_gf_p" ] && "$_gf_p" -c 'import llama_cpp, numpy' 2>/dev/null; then _gf_py=$_gf_p; break; fi
     done
     _gf_src=$(gguf_ppl "$_gf_dir" "$_gf_text")
-    for _gf_mix in q8_0:0.01 q4_k_m:0.05; do
+    for _gf_mix in f32:0.0001 q8_0:0.01 q4_k_m:0.05; do
         _gf_m=${_gf_mix%%:*} _gf_tol=${_gf_mix#*:}
-        "$BIN/ar-tune" --model "$_gf_dir" --scheme "gguf:$_gf_m" --iters 0 -o "$T/$_gf_name-$_gf_m.ars"
+        if [ "$_gf_m" = f32 ]; then set -- --scheme W4A16 --bits 16; else set -- --scheme "gguf:$_gf_m"; fi
+        "$BIN/ar-tune" --model "$_gf_dir" "$@" --iters 0 -o "$T/$_gf_name-$_gf_m.ars"
         "$BIN/ar-pack" -i "$T/$_gf_name-$_gf_m.ars" --format "gguf:$_gf_m" -o "$T/$_gf_name-$_gf_m.gguf"
         _gf_ours=$(gguf_ppl "$T/$_gf_name-$_gf_m.gguf" "$_gf_text")
         gguf_within "$_gf_ours" "$_gf_src" "$_gf_tol" ||
@@ -41,8 +51,10 @@ gguf_family() {
         if [ -z "$_gf_py" ]; then echo "skip llama.cpp on $_gf_name gguf:$_gf_m: no Python with llama_cpp"; continue; fi
         _gf_llama=$("$_gf_py" "$(dirname "$0")/../clients/llama_ppl.py" "$T/$_gf_name-$_gf_m.gguf" "$_gf_text" 256 20 2> "$T/llama.err") ||
             fail "$_gf_name gguf:$_gf_m: llama.cpp cannot run the file: $(tail -3 "$T/llama.err")"
-        gguf_within "$_gf_llama" "$_gf_ours" 0.005 ||
-            fail "$_gf_name gguf:$_gf_m: llama.cpp ppl $_gf_llama, ar-eval $_gf_ours on the same file (over 0.5% apart)"
+        _gf_ltol=0.005
+        [ "$_gf_m" != f32 ] || _gf_ltol=0.001
+        gguf_within "$_gf_llama" "$_gf_ours" "$_gf_ltol" ||
+            fail "$_gf_name gguf:$_gf_m: llama.cpp ppl $_gf_llama, ar-eval $_gf_ours on the same file (over $_gf_ltol apart)"
         echo "$_gf_name gguf:$_gf_m: llama.cpp ppl $_gf_llama, ar-eval $_gf_ours on the same file"
     done
 }
