@@ -140,10 +140,7 @@ static void scale_f16(uint8_t *p, double f)
     memcpy(p, &h, 2);
 }
 
-/* Multiply every value of already-quantized blocks by f through their fp16
- * scales (every ggml value is d·(...) or d·(...) - dmin·(...)): the codes the
- * tuning chose stay, the scales round once more to fp16 (relative 2^-11). */
-static int scale_blocks(void *blocks, ar_ggml_type t, size_t nbytes, double f, const char *name)
+int ar_gguf_scale_blocks(void *blocks, ar_ggml_type t, size_t nbytes, double f, const char *name)
 {
     size_t bb = ar_ggml_block_bytes(t);
     int d, m;
@@ -265,7 +262,7 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
         if (!(copy = malloc(nbytes))) return ar_error("out of memory");
         memcpy(copy, blocks, nbytes);
         if (heads) rc = ar_gguf_permute_rows(copy, n_rows, row_bytes, heads);
-        if (!rc && fold != 1.0) rc = scale_blocks(copy, type, nbytes, fold, hf_name);
+        if (!rc && fold != 1.0) rc = ar_gguf_scale_blocks(copy, type, nbytes, fold, hf_name);
     }
     int64_t ne[2] = {n_cols, n_rows};
     if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, 2, ne, copy ? copy : blocks, nbytes);
