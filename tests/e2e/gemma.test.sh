@@ -63,4 +63,12 @@ for fam in gemma2 gemma3; do gguf_family "$T/$fam" "$fam" "$T/heldout.txt"; done
 if "$BIN/ar-pack" -i "$T/gemma2-rtn.ars" --format gguf:q4_0 -o "$T/g.gguf" 2> "$T/err"; then fail "W4A16 stream packed as gguf:q4_0"; fi
 grep -q "tune with --scheme gguf:q4_0" "$T/err" || fail "GGUF refusal: $(cat "$T/err")"
 [ ! -e "$T/g.gguf" ] || fail "a partial GGUF file was left"
+# llama.cpp always soft-caps Gemma 2's attention: a Gemma 2 without the cap has no GGUF form
+mkdir -p "$T/nocap"
+cp "$T/gemma2/model.safetensors" "$T/gemma2/tokenizer.json" "$T/gemma2/tokenizer_config.json" "$T/nocap/"
+sed 's/"attn_logit_softcapping": 8.0/"attn_logit_softcapping": null/' "$FIX/gemma2/config.json" > "$T/nocap/config.json"
+"$BIN/ar-tune" --model "$T/nocap" --scheme W4A16 --bits 16 --iters 0 -o "$T/nocap.ars"
+if "$BIN/ar-pack" -i "$T/nocap.ars" --format gguf:f32 -o "$T/nocap.gguf" 2> "$T/err"; then fail "Gemma 2 without soft-cap packed as GGUF"; fi
+[ "$(wc -l < "$T/err")" = 1 ] && grep -q "nocap: GGUF gemma2 needs attn_logit_softcapping" "$T/err" || fail "no-cap error: $(cat "$T/err")"
+[ ! -e "$T/nocap.gguf" ] || fail "a partial GGUF file was left"
 echo "gemma e2e ok"
