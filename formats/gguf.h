@@ -125,7 +125,8 @@ void ar_gguf_writer_abort(ar_gguf_writer *w);
 
 /* ---- Hugging Face model -> llama.cpp GGUF ------------------------------------ */
 
-/* llama.cpp architecture name for a config: "llama" (Llama, Mistral), "qwen2", "qwen3". */
+/* llama.cpp architecture name for a config: "llama" (Llama, Mistral), "qwen2", "qwen3", "gemma2",
+ * "gemma3", "phi3", "glm4". */
 const char *ar_gguf_arch_name(const ar_config *c);
 
 /* HF <-> llama.cpp tensor names: ar_gguf_map_name / ar_gguf_unmap_name (gguf_policy.h). */
@@ -154,6 +155,14 @@ int ar_gguf_permute_rows(void *rows_data, int64_t rows, size_t row_bytes, int n_
  * of d rows each (the inverse map of ar_gguf_permute_rows). */
 int64_t ar_gguf_permuted_row(int64_t r, int64_t d);
 
+/* Multiply every value of nbytes of already-quantized blocks of type t by f
+ * through their fp16 scales (every ggml value is d·(...) or d·(...) -
+ * dmin·(...)): the codes stay, each scale rounds once more to fp16 (relative
+ * 2^-11). F32 data is multiplied directly. Legacy and k-quant types; -1 with
+ * ar_error naming `name` for others. (The Gemma query-scale fold of tuned
+ * attn_q blocks.) */
+int ar_gguf_scale_blocks(void *blocks, ar_ggml_type t, size_t nbytes, double f, const char *name);
+
 /* Importance weights for a tensor (GGUF name, row length ne0): a pointer to
  * ne0 floats, or NULL for none. */
 typedef const float *(*ar_gguf_imatrix_fn)(void *ctx, const char *gguf_name, int64_t ne0);
@@ -165,7 +174,7 @@ int ar_gguf_convert_hf(const char *model_dir, const char *out_path, ar_gguf_ftyp
                        ar_gguf_imatrix_fn imatrix, void *imatrix_ctx);
 
 /* Fill *c from a GGUF file's metadata and tensor inventory (architectures
- * llama, qwen2, qwen3); path names the file in messages. 0 or -1 with ar_error,
+ * llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4); path names the file in messages. 0 or -1 with ar_error,
  * e.g. "m.gguf: architecture 'gpt2' is not supported". The tensor source over
  * a GGUF file is ar_source_gguf (model_open.h). */
 int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c);

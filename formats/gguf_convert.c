@@ -5,6 +5,7 @@
 #include "gguf.h"
 #include "error.h"
 #include "gguf_policy.h"
+#include "dtype.h"
 #include "multimodal.h"
 #include "safetensors.h"
 #include <math.h>
@@ -57,6 +58,16 @@ static int add_llama3_rope_freqs(ar_gguf_writer *w, const ar_config *c)
     return rc;
 }
 
+/* Phi-3's longrope factors as llama.cpp stores them: rope_factors_long /
+ * rope_factors_short, rope_dim/2 f32 each (one per rotated pair). */
+static int add_longrope_factors(ar_gguf_writer *w, const ar_config *c)
+{
+    int64_t ne[1] = {c->rope_dim / 2};
+    size_t n = sizeof(float) * (size_t)ne[0];
+    return ar_gguf_writer_add_tensor(w, "rope_factors_long.weight", AR_GGML_F32, 1, ne, c->rope_long_factor, n) ||
+           ar_gguf_writer_add_tensor(w, "rope_factors_short.weight", AR_GGML_F32, 1, ne, c->rope_short_factor, n) ? -1 : 0;
+}
+
 /* general.name: the last component of the model directory. */
 static void model_name(const char *dir, char *out, size_t cap)
 {
@@ -65,6 +76,85 @@ static void model_name(const char *dir, char *out, size_t cap)
     size_t b = n;
     while (b > 0 && dir[b - 1] != '/') b--;
     snprintf(out, cap, "%.*s", (int)(n - b), dir + b);
+}
+
+static int is_gemma(const ar_gguf_conv *cv) { return cv->cfg.arch == AR_ARCH_GEMMA2 || cv->cfg.arch == AR_ARCH_GEMMA3; }
+
+static int ends_with(const char *s, const char *t)
+{
+    size_t n = strlen(s), k = strlen(t);
+    return n >= k && !strcmp(s + n - k, t);
+}
+
+static int conv_map_name(const ar_gguf_conv *cv, const char *hf, char *out, size_t cap)
+{
+    return ar_gguf_map_name_for(&cv->cfg, hf, out, cap);
+}
+
+/* Factor on the queries that makes llama.cpp's fixed softmax scale
+ * (ar_gguf_gemma_attn_scale) equal the model's query_pre_attn_scalar^-1/2. RoPE and
+ * the QK-norm are linear in q, so the factor goes on the query weights
+ * (Gemma 2) or on the query norm's weights (Gemma 3). 1 elsewhere. */
+static double query_fold(const ar_gguf_conv *cv)
+{
+    if (!is_gemma(cv) || !(cv->cfg.attn_scale > 0)) return 1.0;
+    return cv->cfg.attn_scale / ar_gguf_gemma_attn_scale(&cv->cfg);
+}
+
+/* The GGUF tensor that carries query_fold's factor. */
+static int takes_query_fold(const ar_gguf_conv *cv, const char *gname)
+{
+    return ends_with(gname, cv->cfg.arch == AR_ARCH_GEMMA3 ? ".attn_q_norm.weight" : ".attn_q.weight");
+}
+
+/* f32 values of one tensor as llama.cpp's converter writes them: Gemma's norm
+ * weights w as 1 + w (its RMSNorm multiplies by w itself), and the query fold. */
+static void adjust_values(const ar_gguf_conv *cv, const char *gname, float *x, int64_t n)
+{
+    if (is_gemma(cv) && ends_with(gname, "norm.weight"))
+        for (int64_t i = 0; i < n; i++) x[i] += 1.f;
+    double f = query_fold(cv);
+    if (f != 1.0 && takes_query_fold(cv, gname))
+        for (int64_t i = 0; i < n; i++) x[i] = (float)(x[i] * f);
+}
+
+/* Offsets of the fp16 block scales (d, and dmin / m where the type has one;
+ * -1 for none) of a ggml block type, from ggml-common.h's block layouts. */
+static int block_scale_offsets(ar_ggml_type t, size_t bb, int *d, int *m)
+{
+    *m = -1;
+    switch (t) {
+    case AR_GGML_Q4_0: case AR_GGML_Q5_0: case AR_GGML_Q8_0: *d = 0; return 0;
+    case AR_GGML_Q4_1: case AR_GGML_Q5_1: case AR_GGML_Q4_K: case AR_GGML_Q5_K: *d = 0; *m = 2; return 0;
+    case AR_GGML_Q2_K: *d = (int)bb - 4; *m = (int)bb - 2; return 0;
+    case AR_GGML_Q3_K: case AR_GGML_Q6_K: *d = (int)bb - 2; return 0;
+    default: return -1;
+    }
+}
+
+static void scale_f16(uint8_t *p, double f)
+{
+    uint16_t h;
+    memcpy(&h, p, 2);
+    h = ar_f32_to_f16((float)(ar_f16_to_f32(h) * f));
+    memcpy(p, &h, 2);
+}
+
+int ar_gguf_scale_blocks(void *blocks, ar_ggml_type t, size_t nbytes, double f, const char *name)
+{
+    size_t bb = ar_ggml_block_bytes(t);
+    int d, m;
+    if (t == AR_GGML_F32) {
+        for (size_t i = 0; i < nbytes / 4; i++) ((float *)blocks)[i] = (float)(((float *)blocks)[i] * f);
+        return 0;
+    }
+    if (!bb || block_scale_offsets(t, bb, &d, &m))
+        return ar_error("%s: cannot rescale %s blocks for llama.cpp's attention scale", name, ar_ggml_type_name(t));
+    for (size_t o = 0; o + bb <= nbytes; o += bb) {
+        scale_f16((uint8_t *)blocks + o + d, f);
+        if (m >= 0) scale_f16((uint8_t *)blocks + o + m, f);
+    }
+    return 0;
 }
 
 /* Heads of the projection a GGUF name belongs to when its rows need llama.cpp's
@@ -80,9 +170,8 @@ static int rope_heads(const ar_gguf_conv *cv, const char *gname)
 static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_path, int has_imatrix)
 {
     if (ar_config_load(&cv->cfg, model_dir)) return -1;
-    /* llama.cpp's gemma2/gemma3 files need their own names, metadata and (1 + w) norms: not written yet */
-    if (cv->cfg.arch == AR_ARCH_GEMMA2 || cv->cfg.arch == AR_ARCH_GEMMA3)
-        return ar_error("%s: GGUF export of %s is not supported yet", model_dir, cv->cfg.arch_name);
+    if (cv->cfg.arch == AR_ARCH_GEMMA2 && !(cv->cfg.attn_softcap > 0))   /* llama.cpp's gemma2 always caps */
+        return ar_error("%s: GGUF gemma2 needs attn_logit_softcapping (llama.cpp always applies it)", model_dir);
     if (!(cv->st = ar_st_open_model(model_dir))) return -1;   /* FP8 weights widen through their scales */
     if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
     if (cv->cfg.mm_arch[0]) {
@@ -97,6 +186,7 @@ static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_p
     model_name(model_dir, name, sizeof name);
     if (ar_gguf_set_model_metadata(cv->w, &cv->cfg, model_dir, name, cv->ftype)) return -1;
     if (cv->cfg.rope_type == AR_ROPE_LLAMA3 && add_llama3_rope_freqs(cv->w, &cv->cfg)) return -1;
+    if (cv->cfg.rope_type == AR_ROPE_LONGROPE && add_longrope_factors(cv->w, &cv->cfg)) return -1;
     return 0;
 }
 
@@ -144,7 +234,7 @@ int ar_gguf_conv_type(const ar_gguf_conv *cv, const char *hf_name)
     const ar_st_tensor *t = ar_st_find(cv->st, ckpt_name(cv, hf_name, ck, sizeof ck));
     if (!t) return ar_error("%s: the model has no tensor %s", cv->model_dir, hf_name);
     int64_t rows = 0, cols = 0;
-    if (ar_gguf_map_name(hf_name, gname, sizeof gname) <= 0 || tensor_rows_cols(t, &rows, &cols)) return -1;
+    if (conv_map_name(cv, hf_name, gname, sizeof gname) <= 0 || tensor_rows_cols(t, &rows, &cols)) return -1;
     if (cv->ftype == AR_FTYPE_ALL_F32) return AR_GGML_F32;
     return (int)ar_gguf_tensor_type(cv->ftype, &cv->info, gname, t->ndim, cols);
 }
@@ -157,7 +247,7 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
     if (i < 0) return -1;
     const ar_st_tensor *t = ar_st_at(cv->st, (size_t)i);
     if (cv->done[i]) return ar_error("%s: tensor %s given twice", cv->model_dir, hf_name);
-    if (ar_gguf_map_name(hf_name, gname, sizeof gname) <= 0) return -1;
+    if (conv_map_name(cv, hf_name, gname, sizeof gname) <= 0) return -1;
     if (t->ndim != 2 || t->shape[0] != n_rows || t->shape[1] != n_cols)
         return ar_error("%s: %s is [%lld, %lld] but the model's tensor is not", cv->model_dir, hf_name,
                         (long long)n_rows, (long long)n_cols);
@@ -167,10 +257,12 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
                         hf_name, (long long)n_rows, (long long)n_cols);
     void *copy = NULL;
     int heads = rope_heads(cv, gname), rc = 0;
-    if (heads) {   /* row order differs: permute a copy, the caller's bytes stay as given */
+    double fold = takes_query_fold(cv, gname) ? query_fold(cv) : 1.0;
+    if (heads || fold != 1.0) {   /* permute / rescale a copy, the caller's bytes stay as given */
         if (!(copy = malloc(nbytes))) return ar_error("out of memory");
         memcpy(copy, blocks, nbytes);
-        rc = ar_gguf_permute_rows(copy, n_rows, row_bytes, heads);
+        if (heads) rc = ar_gguf_permute_rows(copy, n_rows, row_bytes, heads);
+        if (!rc && fold != 1.0) rc = ar_gguf_scale_blocks(copy, type, nbytes, fold, hf_name);
     }
     int64_t ne[2] = {n_cols, n_rows};
     if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, 2, ne, copy ? copy : blocks, nbytes);
@@ -185,13 +277,14 @@ static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatr
     char gname[256], tb[512];
     const char *name = cv->mm ? ar_mm_unmap_name(&cv->mm_names, t->name, tb, sizeof tb) : t->name;
     if (!name) return 0;   /* outside a VLM's text stack */
-    int m = ar_gguf_map_name(name, gname, sizeof gname);
+    int m = conv_map_name(cv, name, gname, sizeof gname);
     if (m <= 0) return m < 0 ? ar_error_prefix(t->file) : 0;
     int64_t rows = 0, cols = 0;
     if (tensor_rows_cols(t, &rows, &cols)) return -1;
     float *x = malloc(sizeof(float) * (size_t)t->numel);
     if (!x) return ar_error("%s: out of memory", t->name);
     int rc = ar_st_read_f32(cv->st, t->name, x, (size_t)t->numel);
+    if (!rc) adjust_values(cv, gname, x, t->numel);
     int heads = rope_heads(cv, gname);
     if (!rc && heads) rc = ar_gguf_permute_rows(x, t->ndim == 2 ? rows : cols, sizeof(float) * (t->ndim == 2 ? cols : 1), heads);
     ar_ggml_type type = rc ? AR_GGML_F32 : (ar_ggml_type)ar_gguf_conv_type(cv, name);

@@ -21,6 +21,10 @@ const char *ar_gguf_arch_name(const ar_config *c)
     switch (c->arch) {
     case AR_ARCH_QWEN2: return "qwen2";
     case AR_ARCH_QWEN3: return "qwen3";
+    case AR_ARCH_GEMMA2: return "gemma2";
+    case AR_ARCH_GEMMA3: return "gemma3";
+    case AR_ARCH_PHI3: return "phi3";
+    case AR_ARCH_GLM4: return "glm4";
     default: return "llama";
     }
 }
@@ -70,6 +74,40 @@ static int set_arch_f32(ar_gguf_writer *w, const char *arch, const char *key, fl
     return ar_gguf_set_f32(w, k, v);
 }
 
+/* Gemma 2 / Gemma 3 keys as llama.cpp's loader reads them (src/models/gemma2.cpp,
+ * gemma3.cpp of llama.cpp b8xxx): soft-caps, the per-layer sliding pattern as a
+ * bool array (attention.sliding_window_pattern; without it llama.cpp assumes
+ * every 2nd / 6th layer is global) and the sliding layers' RoPE base. */
+static int set_gemma(ar_gguf_writer *w, const ar_config *c, const char *arch)
+{
+    if (c->arch != AR_ARCH_GEMMA2 && c->arch != AR_ARCH_GEMMA3) return 0;
+    char k[128];
+    int8_t swa[AR_CONFIG_MAX_LAYERS];
+    for (int l = 0; l < c->n_layers && l < AR_CONFIG_MAX_LAYERS; l++) swa[l] = (int8_t)ar_config_layer_sliding(c, l);
+    snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
+    int rc = ar_gguf_set_arr(w, k, AR_GGUF_BOOL, swa, (uint64_t)c->n_layers);
+    rc |= set_arch_f32(w, arch, "rope.freq_base_swa", (float)(c->rope_local_theta > 0 ? c->rope_local_theta : c->rope_theta));
+    if (c->attn_softcap > 0) rc |= set_arch_f32(w, arch, "attn_logit_softcapping", (float)c->attn_softcap);
+    if (c->final_softcap > 0) rc |= set_arch_f32(w, arch, "final_logit_softcapping", (float)c->final_softcap);
+    return rc;
+}
+
+/* Phi-3 / GLM-4 (llama.cpp src/models/phi3.cpp, glm4.cpp): the rotated part
+ * of each head (rope.dimension_count; llama.cpp's phi3 rotates halves within
+ * it, glm4 pairs, as the HF models do), and Phi-3's longrope as the converter
+ * writes it: the original context, beyond which llama.cpp takes
+ * rope_factors_long (gguf_convert.c adds both tables), and the attention
+ * factor on cos and sin. */
+static int set_fused(ar_gguf_writer *w, const ar_config *c, const char *arch)
+{
+    if (c->arch != AR_ARCH_PHI3 && c->arch != AR_ARCH_GLM4) return 0;
+    int rc = set_arch_u32(w, arch, "rope.dimension_count", (uint32_t)(c->rope_dim > 0 ? c->rope_dim : c->head_dim));
+    if (c->rope_type == AR_ROPE_LONGROPE)
+        rc |= set_arch_u32(w, arch, "rope.scaling.original_context_length", (uint32_t)c->rope_orig_max_pos) |
+              set_arch_f32(w, arch, "rope.scaling.attn_factor", (float)c->rope_attention_factor);
+    return rc;
+}
+
 static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, ar_gguf_ftype ftype)
 {
     const char *arch = ar_gguf_arch_name(c);
@@ -95,6 +133,7 @@ static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, 
     }
     if (c->sliding_window > 0 && strcmp(arch, "llama"))
         rc |= set_arch_u32(w, arch, "attention.sliding_window", (uint32_t)c->sliding_window);
+    rc |= set_gemma(w, c, arch) | set_fused(w, c, arch);
     rc |= ar_gguf_set_u32(w, "general.quantization_version", 2);
     return rc ? -1 : 0;
 }
@@ -102,9 +141,10 @@ static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, 
 int ar_gguf_set_model_metadata(ar_gguf_writer *w, const ar_config *c, const char *model_dir, const char *name,
                                ar_gguf_ftype ftype)
 {
-    /* llama.cpp's phi3 and glm4 layouts (fused attn_qkv, post norms) are not written yet */
-    if (c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4)
-        return ar_error("%s: GGUF export of %s is not supported yet", model_dir, c->arch_name);
+    /* RoPE scalings llama.cpp's phi3/glm4 files carry: none, linear, Phi-3's longrope */
+    if ((c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4) && c->rope_type != AR_ROPE_DEFAULT &&
+        c->rope_type != AR_ROPE_LINEAR && !(c->arch == AR_ARCH_PHI3 && c->rope_type == AR_ROPE_LONGROPE))
+        return ar_error("%s: GGUF export of %s with this rope_scaling type is not supported", model_dir, c->arch_name);
     if (set_hparams(w, c, name, ftype)) return -1;
     return ar_gguf_set_tokenizer(w, model_dir);
 }

@@ -2,6 +2,7 @@
  * gguf_policy.h). */
 #include "gguf_policy.h"
 #include "error.h"
+#include <math.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
@@ -174,6 +175,13 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
     {"self_attn.q_norm", "attn_q_norm"},    {"self_attn.k_norm", "attn_k_norm"},
     {"mlp.gate_proj", "ffn_gate"},          {"mlp.up_proj", "ffn_up"},
     {"mlp.down_proj", "ffn_down"},
+    /* Gemma's sandwich norms (its post_attention_layernorm is the converter's
+     * post_attention_norm: gguf_convert.c renames it by architecture) */
+    {"pre_feedforward_layernorm", "ffn_norm"}, {"post_feedforward_layernorm", "post_ffw_norm"},
+    /* Phi-3's fused projections (gate rows first, as llama.cpp's fused SwiGLU
+     * splits ffn_up) and GLM-4's norms after each branch */
+    {"self_attn.qkv_proj", "attn_qkv"},      {"mlp.gate_up_proj", "ffn_up"},
+    {"post_self_attn_layernorm", "post_attention_norm"}, {"post_mlp_layernorm", "post_ffw_norm"},
 };
 enum { N_LAYER_NAMES = sizeof layer_names / sizeof layer_names[0] };
 
@@ -203,6 +211,20 @@ int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
         }
     }
     return ar_error("no llama.cpp name for tensor %s", hf);
+}
+
+double ar_gguf_gemma_attn_scale(const ar_config *c)
+{
+    int big = (c->arch == AR_ARCH_GEMMA2 && c->n_layers == 46) || (c->arch == AR_ARCH_GEMMA3 && c->n_layers == 62);
+    return 1.0 / sqrt(big ? (double)c->hidden / c->n_heads : (double)c->head_dim);
+}
+
+int ar_gguf_map_name_for(const ar_config *c, const char *hf, char *out, size_t out_size)
+{
+    int m = ar_gguf_map_name(hf, out, out_size), layer;
+    if (m == 1 && c->sandwich_norm && strstr(hf, ".post_attention_layernorm.") && sscanf(out, "blk.%d.", &layer) == 1)
+        snprintf(out, out_size, "blk.%d.post_attention_norm.weight", layer);
+    return m;
 }
 
 int ar_gguf_unmap_name(const char *gguf, char *out, size_t out_size)

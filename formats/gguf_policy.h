@@ -57,6 +57,17 @@ ar_ggml_type ar_gguf_tensor_type(ar_gguf_ftype f, const ar_gguf_model_info *m, c
  * type policy above speaks these names, hence the map lives here. */
 int ar_gguf_map_name(const char *hf_name, char *out, size_t out_size);
 
+/* ar_gguf_map_name for a model of config c: Gemma's post_attention_layernorm
+ * follows attention (llama.cpp's blk.N.post_attention_norm), where Llama's
+ * precedes the MLP (blk.N.ffn_norm). */
+int ar_gguf_map_name_for(const ar_config *c, const char *hf_name, char *out, size_t out_size);
+
+/* The softmax scale llama.cpp's gemma2/gemma3 use whatever the model's
+ * query_pre_attn_scalar: 1/sqrt(head_dim), or 1/sqrt(hidden/heads) for the
+ * 27B models it recognises by their 46 / 62 layers (llama.cpp
+ * src/models/gemma2.cpp, gemma3.cpp). */
+double ar_gguf_gemma_attn_scale(const ar_config *c);
+
 /* The inverse: llama.cpp's name to HF's. Returns 1 and fills out, or 0 for a
  * name with no HF counterpart (rope_freqs.weight, unknown tensors); no error set. */
 int ar_gguf_unmap_name(const char *gguf_name, char *out, size_t out_size);

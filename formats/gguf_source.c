@@ -12,6 +12,7 @@
 #include "gguf.h"
 #include "model_open.h"
 #include <limits.h>
+#include <math.h>
 #include <stdio.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -21,6 +22,10 @@ static const struct { const char *gguf, *hf_class, *model_type; ar_arch arch; } 
     {"llama", "LlamaForCausalLM", "llama", AR_ARCH_LLAMA},
     {"qwen2", "Qwen2ForCausalLM", "qwen2", AR_ARCH_QWEN2},
     {"qwen3", "Qwen3ForCausalLM", "qwen3", AR_ARCH_QWEN3},
+    {"gemma2", "Gemma2ForCausalLM", "gemma2", AR_ARCH_GEMMA2},
+    {"gemma3", "Gemma3ForCausalLM", "gemma3_text", AR_ARCH_GEMMA3},
+    {"phi3", "Phi3ForCausalLM", "phi3", AR_ARCH_PHI3},
+    {"glm4", "Glm4ForCausalLM", "glm4", AR_ARCH_GLM4},
 };
 
 /* "<arch>.<key>" as an integer, or def when absent. */
@@ -60,7 +65,7 @@ static int set_arch(ar_config *c, const ar_gguf *g, const char *path, const char
             *arch = archs[i].gguf;
             return 0;
         }
-    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3)", path, a->str);
+    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4)", path, a->str);
 }
 
 static int set_rope(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
@@ -77,6 +82,79 @@ static int set_rope(ar_config *c, const ar_gguf *g, const char *arch, const char
         return ar_error("%s: RoPE scaling '%s' is not supported", path, st->str);
     if (has_tensor(g, "rope_freqs.weight"))
         return ar_error("%s: per-frequency RoPE factors (rope_freqs.weight, Llama 3 scaling) are not supported", path);
+    return 0;
+}
+
+/* Gemma 2 / Gemma 3 as llama.cpp runs them (src/models/gemma2.cpp, gemma3.cpp):
+ * GELU-tanh MLP, (1 + w) sandwich norms (the file stores 1 + w: src_read_rows
+ * takes the 1 off), embeddings times sqrt(hidden), llama.cpp's fixed softmax
+ * scale (the writer folded the model's into the queries), soft-caps, the
+ * sliding window on the layers of attention.sliding_window_pattern (an array
+ * of flags, or every n-th layer global; llama.cpp's defaults 2 and 6), and
+ * Gemma 3's local RoPE base. */
+static int set_gemma(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
+{
+    int g3 = c->arch == AR_ARCH_GEMMA3;
+    char k[160];
+    c->act = AR_ACT_GELU_TANH;
+    c->norm_plus_one = c->sandwich_norm = 1;
+    c->embed_scale = sqrt((double)c->hidden);
+    c->attn_scale = ar_gguf_gemma_attn_scale(c);
+    c->attn_softcap = arch_float(g, arch, "attn_logit_softcapping", g3 ? 0 : 50.0);
+    c->final_softcap = arch_float(g, arch, "final_logit_softcapping", g3 ? 0 : 30.0);
+    c->sliding_window = (int)arch_int(g, arch, "attention.sliding_window", g3 ? 0 : 4096);
+    if (g3 && c->sliding_window > 0) c->rope_local_theta = arch_float(g, arch, "rope.freq_base_swa", 10000.0);
+    if (c->n_layers > AR_CONFIG_MAX_LAYERS) return ar_error("%s: %d layers exceed %d", path, c->n_layers, AR_CONFIG_MAX_LAYERS);
+    c->layer_types = 1;
+    snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
+    const ar_gguf_kv *p = ar_gguf_find_kv(g, k);
+    if (p && p->type == AR_GGUF_ARRAY && p->n != (uint64_t)c->n_layers)
+        return ar_error("%s: %s lists %llu layers, the model has %d", path, k, (unsigned long long)p->n, c->n_layers);
+    int64_t every = p && p->type != AR_GGUF_ARRAY ? ar_gguf_kv_int(p) : g3 ? 6 : 2;
+    if (every <= 0) return ar_error("%s: %s must be positive", path, k);
+    for (int l = 0; l < c->n_layers; l++) {
+        int swa = p && p->type == AR_GGUF_ARRAY ? ar_gguf_kv_arr_int(p, (uint64_t)l) != 0 : (l + 1) % every != 0;
+        if (swa) c->layer_flags[l] |= AR_LAYER_SLIDING;
+    }
+    return 0;
+}
+
+/* One longrope factor table (rope_factors_long / _short.weight) into out[n]. */
+static int longrope_table(const ar_gguf *g, const char *name, int n, float *out, const char *path)
+{
+    const ar_gguf_tensor *t = ar_gguf_find_tensor(g, name);
+    if (!t || t->n_dims != 1 || t->ne[0] != n || t->type != AR_GGML_F32)
+        return ar_error("%s: %s must be %d f32 values (rope.dimension_count / 2)", path, name, n);
+    return ar_gguf_tensor_f32(t, out) ? ar_error_prefix(path) : 0;
+}
+
+/* Phi-3 / GLM-4 as llama.cpp runs them (src/models/phi3.cpp, glm4.cpp): fused
+ * gate/up (and Phi-3's fused q/k/v when attn_qkv is there), the rotated part
+ * of each head, GLM-4's interleaved pairs and post norms, Phi-3's longrope
+ * (the factor tables, the original context, the attention factor). */
+static int set_fused(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
+{
+    c->fused_gate_up = 1;
+    c->rope_dim = (int)arch_int(g, arch, "rope.dimension_count", c->head_dim);
+    if (c->rope_dim < 2 || c->rope_dim % 2 || c->rope_dim > c->head_dim)
+        return ar_error("%s: %s.rope.dimension_count %d does not fit head size %d", path, arch, c->rope_dim, c->head_dim);
+    if (c->arch == AR_ARCH_GLM4) {
+        c->rope_interleaved = c->post_norms = 1;
+        return 0;
+    }
+    c->fused_qkv = has_tensor(g, "blk.0.attn_qkv.weight");
+    c->sliding_window = (int)arch_int(g, arch, "attention.sliding_window", 0);
+    if (!has_tensor(g, "rope_factors_long.weight")) return 0;
+    int n = c->rope_dim / 2;
+    if (n > AR_ROPE_MAX_PAIRS) return ar_error("%s: longrope with more than %d rotated pairs", path, AR_ROPE_MAX_PAIRS);
+    if (longrope_table(g, "rope_factors_long.weight", n, c->rope_long_factor, path) ||
+        longrope_table(g, "rope_factors_short.weight", n, c->rope_short_factor, path))
+        return -1;
+    c->rope_type = AR_ROPE_LONGROPE;
+    c->rope_orig_max_pos = (int)arch_int(g, arch, "rope.scaling.original_context_length", c->max_pos);
+    if (c->rope_orig_max_pos <= 0) return ar_error("%s: %s.rope.scaling.original_context_length must be positive", path, arch);
+    c->rope_factor = (double)c->max_pos / c->rope_orig_max_pos;
+    c->rope_attention_factor = arch_float(g, arch, "rope.scaling.attn_factor", 1.0);
     return 0;
 }
 
@@ -106,6 +184,8 @@ int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
     c->o_bias = has_tensor(g, "blk.0.attn_output.bias");
     c->mlp_bias = has_tensor(g, "blk.0.ffn_up.bias");
     c->qk_norm = has_tensor(g, "blk.0.attn_q_norm.weight");
+    if ((c->arch == AR_ARCH_GEMMA2 || c->arch == AR_ARCH_GEMMA3) && set_gemma(c, g, arch, path)) return -1;
+    if ((c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4) && set_fused(c, g, arch, path)) return -1;
     c->bos_id = token_id(g, "tokenizer.ggml.bos_token_id");
     c->eos_id = token_id(g, "tokenizer.ggml.eos_token_id");
     return 0;
@@ -123,7 +203,7 @@ typedef struct {
 static const ar_gguf_tensor *find(const gguf_src *s, const char *hf_name)
 {
     char gname[256];
-    int m = ar_gguf_map_name(hf_name, gname, sizeof gname);   /* an unknown name is just "not here" */
+    int m = ar_gguf_map_name_for(&s->cfg, hf_name, gname, sizeof gname);   /* an unknown name is just "not here" */
     return m == 1 ? ar_gguf_find_tensor(s->g, gname) : NULL;
 }
 
@@ -153,7 +233,12 @@ static int src_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrow
     const int64_t cols = t->n_dims == 1 ? 1 : t->ne[0], rows = ar_gguf_tensor_numel(t) / cols;
     if (row0 < 0 || nrows < 0 || row0 + nrows > rows)
         return ar_error("%s: rows %lld..%lld of %s out of range", s->path, (long long)row0, (long long)(row0 + nrows), name);
-    if (t->n_dims == 1) return ar_ggml_dequantize(t->type, t->data, dst, t->ne[0]) ? ar_error_prefix(s->path) : 0;
+    if (t->n_dims == 1) {
+        if (ar_ggml_dequantize(t->type, t->data, dst, t->ne[0])) return ar_error_prefix(s->path);
+        if (s->cfg.norm_plus_one && strstr(t->name, "norm.weight"))   /* stored as 1 + w */
+            for (int64_t i = 0; i < t->ne[0]; i++) dst[i] -= 1.f;
+        return 0;
+    }
     const size_t rb = ar_ggml_row_bytes(t->type, cols);
     const int heads = permuted_heads(s, t);
     for (int64_t r = row0; r < row0 + nrows; r++) {

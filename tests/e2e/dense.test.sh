@@ -10,8 +10,12 @@
 #      greedy continuation of the recorded prompt: the same ids;
 #   2. RTN W4A16 through ar-tune and ar-pack: the auto_round folder keeps the
 #      fused tensors (qkv_proj, gate_up_proj) quantized as one each, and
-#      ar-eval reads it back to a perplexity within 5% of the BF16 model's.
+#      ar-eval reads it back to a perplexity within 5% of the BF16 model's;
+#   3. GGUF (llama.cpp's phi3 / glm4), q8_0 and q4_k_m: read back by ar-eval
+#      and, where the llama_cpp binding is installed, run by llama.cpp
+#      (gguf_family.sh).
 . "$(dirname "$0")/lib.sh"
+. "$(dirname "$0")/gguf_family.sh"
 D="$(dirname "$0")/../fixtures/dense"
 for fam in phi3 glm4; do
   REF="$D/$fam.json"
@@ -50,5 +54,11 @@ print(f"W4A16 RTN ppl {q:.4f} (BF16 {base:.4f})")
 assert base < q < 1.05 * base, (base, q)
 PY
   rm -rf "$T/rtn" "$T/rtn.ars"
+  # llama.cpp gives any model whose general.name (the folder's name) contains
+  # "phi3" Phi-3's special-token attributes, which need Phi-3's own vocabulary
+  # (<|endoftext|>; src/llama-vocab.cpp): the tiny model's copy is named otherwise
+  mkdir -p "$T/gg"
+  cp -r "$D/$fam" "$T/gg/tiny-$(echo "$fam" | tr -d i)"
+  gguf_family "$T/gg/tiny-$(echo "$fam" | tr -d i)" "$fam" "$T/heldout.txt"
 done
 echo "dense: ok"

@@ -4,7 +4,8 @@
 # of the held-out TinyStories text within 0.1% of transformers' (float32 on
 # the CPU), the greedy continuation's ids equal; RTN and a short SignRound at
 # W4A16 export to auto_round folders that ar-eval reads back; bad Gemma
-# configs are one-line errors.
+# configs are one-line errors; GGUF export (q8_0, q4_k_m) read back by ar-eval
+# and, where the llama_cpp binding is installed, run by llama.cpp.
 . "$(dirname "$0")/lib.sh"
 FIX=$(cd "$(dirname "$0")/../fixtures/gemma" && pwd)
 py_field() { # py_field JSON EXPR: a field of a reference, printed (python3 is in every CI image; no torch)
@@ -55,8 +56,19 @@ sed 's/"attn_logit_softcapping": 8.0/"attn_logit_softcapping": -1/' "$FIX/gemma2
 if "$BIN/ar-eval" --model "$T/bad" --text "$T/heldout.txt" 2> "$T/err"; then fail "negative soft-cap accepted"; fi
 [ "$(wc -l < "$T/err")" = 1 ] && grep -q "bad/config.json: attn_logit_softcapping must be a positive number" "$T/err" ||
     fail "soft-cap error: $(cat "$T/err")"
-# GGUF export is not written for Gemma yet: refused, no file left behind
-if "$BIN/ar-pack" -i "$T/gemma2-rtn.ars" --format gguf:q4_0 -o "$T/g.gguf" 2> "$T/err"; then fail "GGUF export of Gemma accepted"; fi
-grep -q "GGUF export of Gemma2ForCausalLM is not supported yet" "$T/err" || fail "GGUF refusal: $(cat "$T/err")"
+# GGUF (llama.cpp's gemma2 / gemma3): read back by ar-eval, run by llama.cpp (gguf_family.sh)
+. "$(dirname "$0")/gguf_family.sh"
+for fam in gemma2 gemma3; do gguf_family "$T/$fam" "$fam" "$T/heldout.txt"; done
+# a W4A16 stream's groups of 128 are no GGUF block: refused, no file left behind
+if "$BIN/ar-pack" -i "$T/gemma2-rtn.ars" --format gguf:q4_0 -o "$T/g.gguf" 2> "$T/err"; then fail "W4A16 stream packed as gguf:q4_0"; fi
+grep -q "tune with --scheme gguf:q4_0" "$T/err" || fail "GGUF refusal: $(cat "$T/err")"
 [ ! -e "$T/g.gguf" ] || fail "a partial GGUF file was left"
+# llama.cpp always soft-caps Gemma 2's attention: a Gemma 2 without the cap has no GGUF form
+mkdir -p "$T/nocap"
+cp "$T/gemma2/model.safetensors" "$T/gemma2/tokenizer.json" "$T/gemma2/tokenizer_config.json" "$T/nocap/"
+sed 's/"attn_logit_softcapping": 8.0/"attn_logit_softcapping": null/' "$FIX/gemma2/config.json" > "$T/nocap/config.json"
+"$BIN/ar-tune" --model "$T/nocap" --scheme W4A16 --bits 16 --iters 0 -o "$T/nocap.ars"
+if "$BIN/ar-pack" -i "$T/nocap.ars" --format gguf:f32 -o "$T/nocap.gguf" 2> "$T/err"; then fail "Gemma 2 without soft-cap packed as GGUF"; fi
+[ "$(wc -l < "$T/err")" = 1 ] && grep -q "nocap: GGUF gemma2 needs attn_logit_softcapping" "$T/err" || fail "no-cap error: $(cat "$T/err")"
+[ ! -e "$T/nocap.gguf" ] || fail "a partial GGUF file was left"
 echo "gemma e2e ok"

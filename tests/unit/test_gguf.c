@@ -5,6 +5,7 @@
 #include "fixture.h"
 #include "gguf.h"
 #include <criterion/criterion.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -170,6 +171,64 @@ Test(gguf, map_names)
     cr_assert_str_eq(out, "output.weight");
     cr_assert_eq(ar_gguf_map_name("model.layers.0.self_attn.rotary_emb.inv_freq", out, sizeof out), 0);
     cr_assert_eq(ar_gguf_map_name("model.vision.patch_embed", out, sizeof out), -1);
+}
+
+/* The family names: Gemma's post_attention_layernorm follows attention, Llama's
+ * precedes the MLP; Phi-3's fused projections; GLM-4's post norms. */
+Test(gguf, map_names_of_the_dense_families)
+{
+    char out[128];
+    ar_config llama = {0}, gemma = {0};
+    gemma.sandwich_norm = 1;
+    const struct { const ar_config *c; const char *hf, *gguf; } cases[] = {
+        {&llama, "model.layers.3.post_attention_layernorm.weight", "blk.3.ffn_norm.weight"},
+        {&gemma, "model.layers.3.post_attention_layernorm.weight", "blk.3.post_attention_norm.weight"},
+        {&gemma, "model.layers.3.pre_feedforward_layernorm.weight", "blk.3.ffn_norm.weight"},
+        {&gemma, "model.layers.3.post_feedforward_layernorm.weight", "blk.3.post_ffw_norm.weight"},
+        {&llama, "model.layers.1.self_attn.qkv_proj.weight", "blk.1.attn_qkv.weight"},
+        {&llama, "model.layers.1.mlp.gate_up_proj.weight", "blk.1.ffn_up.weight"},
+        {&llama, "model.layers.1.mlp.up_proj.weight", "blk.1.ffn_up.weight"},
+        {&llama, "model.layers.1.post_self_attn_layernorm.weight", "blk.1.post_attention_norm.weight"},
+        {&llama, "model.layers.1.post_mlp_layernorm.weight", "blk.1.post_ffw_norm.weight"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        cr_assert_eq(ar_gguf_map_name_for(cases[i].c, cases[i].hf, out, sizeof out), 1, "%s", cases[i].hf);
+        cr_assert_str_eq(out, cases[i].gguf, "%s", cases[i].hf);
+    }
+}
+
+/* Rescaling quantized blocks through their fp16 scales multiplies every
+ * dequantized value by f: each value is d·X - dmin·Y with |d·X|, |dmin·Y| at
+ * most about twice the block's largest |x|, and each scale rounds once to fp16
+ * (2^-11 relative), so |after - f·before| <= 2^-11·f·(2 + 1)·max|x|. */
+Test(gguf, scale_blocks_multiplies_every_value)
+{
+    static const ar_ggml_type types[] = {AR_GGML_Q4_0, AR_GGML_Q4_1, AR_GGML_Q5_0, AR_GGML_Q5_1, AR_GGML_Q8_0,
+                                         AR_GGML_Q2_K, AR_GGML_Q3_K, AR_GGML_Q4_K, AR_GGML_Q5_K, AR_GGML_Q6_K};
+    enum { N = 512 };
+    float x[N], a[N], b[N], xmax = 0;
+    uint32_t r = 12345;
+    for (int i = 0; i < N; i++) {
+        r = r * 1664525u + 1013904223u;
+        x[i] = ((float)(r >> 8) / (1 << 24) - 0.3f) * (1 + (i % 7));   /* asymmetric, varying blocks */
+        if (fabsf(x[i]) > xmax) xmax = fabsf(x[i]);
+    }
+    const double f = sqrt(32.0 / 24.0);   /* the tiny Gemma 2's fold */
+    for (size_t k = 0; k < sizeof types / sizeof types[0]; k++) {
+        ar_ggml_type t = types[k];
+        size_t nb = ar_ggml_row_bytes(t, N);
+        uint8_t *q = malloc(nb);
+        cr_assert_eq(ar_ggml_quantize(t, x, q, 1, N, NULL), 0);
+        cr_assert_eq(ar_ggml_dequantize(t, q, a, N), 0);
+        cr_assert_eq(ar_gguf_scale_blocks(q, t, nb, f, "t"), 0, "%s", ar_last_error());
+        cr_assert_eq(ar_ggml_dequantize(t, q, b, N), 0);
+        double worst = 0, bound = ldexp(1.0, -11) * f * 3 * xmax;
+        for (int i = 0; i < N; i++) worst = fmax(worst, fabs(b[i] - f * a[i]));
+        cr_assert_leq(worst, bound, "%s: %g > %g", ar_ggml_type_name(t), worst, bound);
+        free(q);
+    }
+    uint8_t z[8] = {0};
+    cr_assert_eq(ar_gguf_scale_blocks(z, AR_GGML_F16, sizeof z, f, "t"), -1, "F16 has no block scale");
 }
 
 /* ---- writer round trip and corrupt files --------------------------------------- */
