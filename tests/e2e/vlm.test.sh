@@ -120,6 +120,28 @@ pg0=$(ppl "$T/st.gguf"); pg=$(ppl "$T/llava.gguf")
 [ -n "$pg0" ] && [ "$pg" = "$pg0" ] || fail "GGUF of the Llava copy: ppl $pg, stories260K's $pg0"
 echo "ok   GGUF: the text stack only, ppl $pg = stories260K's"
 
+# ---- Gemma 3: Gemma3ForConditionalGeneration around the checked-in Gemma 3 text model
+# (tests/fixtures/gemma/gemma3, whose ar-eval perplexity gemma.test.sh holds to transformers'):
+# the same perplexity and greedy ids, RTN and SignRound tensors equal the text model's, the
+# auto_round export keeps the vision bytes and evaluates as the text model packed the same way.
+G3=$(dirname "$0")/../fixtures/gemma/gemma3
+python3 "$MK" gemma3 "$G3" "$M" "$T/g3/vlm" > /dev/null
+mkdir -p "$T/g3/txt" && cp "$G3"/* "$T/g3/txt/" && cp "$M/tokenizer.json" "$M/tokenizer_config.json" "$T/g3/txt/"
+[ -n "$(ppl "$T/g3/txt")" ] && [ "$(ppl "$T/g3/vlm")" = "$(ppl "$T/g3/txt")" ] || fail "gemma3 VLM: ppl differs from the text model's"
+[ "$(ids "$T/g3/vlm")" = "$(ids "$T/g3/txt")" ] || fail "gemma3 VLM: greedy ids differ from the text model's"
+for d in txt vlm; do
+  "$BIN/ar-tune" --quiet --model "$T/g3/$d" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn $THR -o "$T/g3/$d.rtn.ars"
+  "$BIN/ar-calib" --model "$T/g3/$d" --dataset "$TEXT" --nsamples 4 --seqlen 64 -o "$T/g3/$d.calib.ars"
+  "$BIN/ar-tune" --quiet -i "$T/g3/$d.calib.ars" --scheme W4A16 --group_size 32 --iters 4 --batch_size 2 $THR -o "$T/g3/$d.sr.ars"
+  "$BIN/ar-pack" --quiet -i "$T/g3/$d.sr.ars" --format auto_round -o "$T/g3/$d-ar"
+done
+for k in rtn sr; do
+  tensors "$T/g3/vlm.$k.ars" > "$T/g3/a.bin"; tensors "$T/g3/txt.$k.ars" | cmp -s - "$T/g3/a.bin" || fail "gemma3 VLM: $k tensors differ"
+done
+python3 "$MK" compare "$T/g3/vlm" "$T/g3/vlm-ar" model.language_model.layers. > /dev/null || fail "gemma3 VLM auto_round: vision bytes changed"
+[ "$(ppl "$T/g3/vlm-ar")" = "$(ppl "$T/g3/txt-ar")" ] || fail "gemma3 VLM auto_round: ppl differs from the text model packed the same way"
+echo "ok   Gemma3ForConditionalGeneration: ppl, greedy ids, RTN/SignRound tensors and the auto_round export as its text model's"
+
 # ---- 4. bad input ------------------------------------------------------------------
 for tool in ar-eval ar-tune ar-calib; do
   case $tool in
