@@ -203,12 +203,8 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     enum { IN_LN1, IN_QAN, IN_LATN, IN_AO, IN_LN2, IN_ACT, IN_N };
     int nin = IN_N + 2 * E + shared;
     d->family = "deepseek";
-    d->nlinear = nl, d->ninput = nin;
-    d->lin = calloc((size_t)nl, sizeof *d->lin);
-    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
-    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
-    d->strings = malloc((size_t)(nl + nin) * DS_NAME_LEN);
-    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
+    if (desc_alloc(d, nl, nin)) return -1;
+    if (!(d->strings = malloc((size_t)(nl + nin) * DS_NAME_LEN))) {
         ar_block_desc_free(d);
         return ar_error("block description: out of memory");
     }
@@ -268,12 +264,8 @@ static int gptoss_desc(ar_block_desc *d, const ar_config *c)
     enum { IN_LN1, IN_AO, IN_N };
     int E = c->moe.n_experts, nl = 4 + 3 * E, nin = IN_N + 2 * E;
     d->family = "gpt_oss";
-    d->nlinear = nl, d->ninput = nin;
-    d->lin = calloc((size_t)nl, sizeof *d->lin);
-    d->input_names = calloc((size_t)nin, sizeof *d->input_names);
-    d->input_kind = calloc((size_t)nin, sizeof *d->input_kind);
-    d->strings = malloc((size_t)(3 * E + 2 * E) * DS_NAME_LEN + 1);
-    if (!d->lin || !d->input_names || !d->input_kind || !d->strings) {
+    if (desc_alloc(d, nl, nin)) return -1;
+    if (!(d->strings = malloc((size_t)(3 * E + 2 * E) * DS_NAME_LEN + 1))) {
         ar_block_desc_free(d);
         return ar_error("block description: out of memory");
     }
