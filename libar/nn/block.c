@@ -7,7 +7,7 @@
 #include "moe.h"
 #include "ops.h"
 #include "quant_kv.h"
-#include "rope_dense.h"
+#include "rope_scaling.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -92,9 +92,8 @@ int ar_block_work_init(ar_block_work *ws, const ar_config *c, int B, int T, int 
         ar_block_work_free(ws);
         return ar_error("block: out of memory for a %d x %d workspace", B, T);
     }
-    /* yarn, dynamic, longrope: rope_dense.c (the last two rebuilt per call for its T) */
-    if (c->rope_type == AR_ROPE_YARN || ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
-    else ar_rope_tables(ws->cos_t, ws->sin_t, c, T);
+    /* every rope type (rope_scaling.h); dynamic and longrope rebuilt per call for its T */
+    ar_rope_config_tables(ws->cos_t, ws->sin_t, c, ar_rope_rotated_dim(c), T);
     return 0;
 }
 
@@ -132,13 +131,9 @@ int ar_block_acts_init(ar_block_acts *a, const ar_config *c, int B, int T)
     alloc_f(&a->ln2, BT * C, &fail), alloc_f(&a->rstd2, BT, &fail);
     alloc_f(&a->gate, BT * F, &fail), alloc_f(&a->up, BT * F, &fail);
     alloc_f(&a->act, BT * F, &fail);
-    if (c->sandwich_norm) {
+    if (c->sandwich_norm || c->post_norms) {
         alloc_f(&a->attn_out, BT * C, &fail), alloc_f(&a->rstd_ao, BT, &fail);
         alloc_f(&a->mlp_out, BT * C, &fail), alloc_f(&a->rstd_mo, BT, &fail);
-    }
-    if (c->post_norms) {
-        alloc_f(&a->po, BT * C, &fail), alloc_f(&a->rstd3, BT, &fail);
-        alloc_f(&a->pm, BT * C, &fail), alloc_f(&a->rstd4, BT, &fail);
     }
     if (fail) {
         ar_block_acts_free(a);
@@ -152,8 +147,7 @@ void ar_block_acts_free(ar_block_acts *a)
     float **p[] = {&a->x,   &a->ln1, &a->rstd1, &a->qpre, &a->rstdq, &a->kpre,
                    &a->rstdk, &a->q, &a->k,     &a->v,    &a->att,   &a->ao,
                    &a->h,   &a->ln2, &a->rstd2, &a->gate, &a->up,    &a->act,
-                   &a->attn_out, &a->rstd_ao, &a->mlp_out, &a->rstd_mo,
-                   &a->po,  &a->rstd3, &a->pm,  &a->rstd4};
+                   &a->attn_out, &a->rstd_ao, &a->mlp_out, &a->rstd_mo};
     for (size_t i = 0; i < sizeof p / sizeof *p; i++) free(*p[i]), *p[i] = NULL;
     if (a->moe) ar_moe_acts_free(a->moe), free(a->moe), a->moe = NULL;
     if (a->fam) a->fam_free(a->fam), a->fam = NULL;
@@ -327,7 +321,7 @@ int ar_block_forward(const ar_config *c, const ar_block_weights *w, const float 
                      float *y, int B, int T, ar_block_work *ws)
 {
     if (ar_block_check_fit(B, T, ws->B, ws->T, "workspace")) return -1;
-    if (ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
+    if (ar_rope_by_length(c)) ar_rope_config_tables(ws->cos_t, ws->sin_t, c, ar_rope_rotated_dim(c), T);
     /* ln serves both norms and, once gate/up are computed, the down output;
      * QK-norm and SwiGLU run in place. */
     fwd_bufs f = {.ln1 = ws->ln, .qpre = ws->q, .kpre = ws->k, .q = ws->q, .k = ws->k,
@@ -345,7 +339,7 @@ int ar_block_forward_train(const ar_config *c, const ar_block_weights *w,
     if ((w->q_norm || w->k_norm) && !a->qpre)
         return ar_error("block: QK-norm weights but activations allocated without");
     a->B = B, a->T = T;
-    if (ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
+    if (ar_rope_by_length(c)) ar_rope_config_tables(ws->cos_t, ws->sin_t, c, ar_rope_rotated_dim(c), T);
     memcpy(a->x, x, sizeof(float) * B * T * c->hidden);
     fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .qpre = w->q_norm ? a->qpre : a->q,
                   .rstdq = a->rstdq, .kpre = w->k_norm ? a->kpre : a->k,
@@ -421,7 +415,7 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
     if (linear_back(ws, AR_O, ws->dao, dW, dxin, ws->dh, a->ao, w->w[AR_O], BT, QD, C)) return -1;
     ar_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->dao, a->att, a->q, a->k,
                           a->v, B, T, NH, NKV, HD);
-    if (ar_rope_dense_by_length(c)) ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
+    if (ar_rope_by_length(c)) ar_rope_config_tables(ws->cos_t, ws->sin_t, c, ar_rope_rotated_dim(c), T);
     ar_rope_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD);
     ar_rope_backward(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD);
     const float *dq = qknorm_back(ws->dqn, ws->dq, w->q_norm, a->qpre, a->rstdq, BT * NH, HD);

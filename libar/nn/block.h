@@ -156,12 +156,10 @@ typedef struct {
     int B, T;                   /* shape of the last ar_block_forward_train */
     float *x, *ln1, *rstd1, *qpre, *rstdq, *kpre, *rstdk, *q, *k, *v, *att, *ao;
     float *h, *ln2, *rstd2, *gate, *up, *act;
-    /* Gemma's sandwich norms (c->sandwich_norm, else NULL): the attention
-     * and MLP outputs before their post-norms [BT, C] and those norms' rstd [BT]. */
+    /* Post-norms after attention and MLP (Gemma's sandwich_norm, GLM-4's
+     * post_norms; else NULL): the attention (o_proj) and MLP (down_proj)
+     * outputs before their post-norms [BT, C] and those norms' rstd [BT]. */
     float *attn_out, *rstd_ao, *mlp_out, *rstd_mo;
-    /* post_norms (GLM-4): o_proj and down_proj outputs before their norms
-     * [BT, C] and those norms' rstd [BT]; NULL otherwise */
-    float *po, *rstd3, *pm, *rstd4;
     struct ar_moe_acts_s *moe;  /* MoE layers' saved routing and expert activations (block_moe.c) */
     void *fam;                  /* a family's own saved activations (as ar_block_work.fam) */
     void (*fam_free)(void *);

@@ -8,12 +8,12 @@
  *   y = h + (post_norms ? rms_pm(m) : m)
  *
  * Same ops as block.c (ops.h); the rope tables are built for each call's T
- * (rope_dense.h: longrope and dynamic depend on it). */
+ * (rope_scaling.h: longrope and dynamic depend on it). */
 #include "block_fused.h"
 #include "error.h"
 #include "ops.h"
 #include "quant_kv.h"
-#include "rope_dense.h"
+#include "rope_scaling.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -128,9 +128,9 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
                lin_fwd(c, ws, w, L.v, f->v, f->ln1, BT, C, KD)) {
         return -1;
     }
-    ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
-    ar_rope_partial_forward(f->q, ws->cos_t, ws->sin_t, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
-    ar_rope_partial_forward(f->k, ws->cos_t, ws->sin_t, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    ar_rope_config_tables(ws->cos_t, ws->sin_t, c, ar_rope_rotated_dim(c), T);
+    ar_rope_slice(f->q, ws->cos_t, ws->sin_t, B, T, NH, (long)NH * HD, HD, 0, ar_rope_rotated_dim(c), c->rope_interleaved, 1);
+    ar_rope_slice(f->k, ws->cos_t, ws->sin_t, B, T, NKV, (long)NKV * HD, HD, 0, ar_rope_rotated_dim(c), c->rope_interleaved, 1);
     if (ws->observe_kv) ws->observe_kv(ws->kv_ctx, f->k, f->v, BT, KD);
     if (ws->kv_scale[0] > 0) ar_kv_fp8_qdq(f->k, (long)BT * KD, ws->kv_scale[0]);
     if (ws->kv_scale[1] > 0) ar_kv_fp8_qdq(f->v, (long)BT * KD, ws->kv_scale[1]);
@@ -194,13 +194,13 @@ int ar_fused_forward_train(const ar_config *c, const ar_block_weights *w, const 
     if (check_fit(B, T, ws->B, ws->T, "workspace") || check_fit(B, T, a->cap_B, a->cap_T, "activation") ||
         check_weights(c, w, ws))
         return -1;
-    if (c->post_norms && !a->po) return ar_error("block: activations allocated for another architecture");
+    if (c->post_norms && !a->attn_out) return ar_error("block: activations allocated for another architecture");
     a->B = B, a->T = T;
     memcpy(a->x, x, sizeof(float) * B * T * c->hidden);
     fwd_bufs f = {.ln1 = a->ln1, .rstd1 = a->rstd1, .q = a->q, .k = a->k, .v = a->v, .att = a->att, .save_att = 1,
-                  .ao = a->ao, .po = c->post_norms ? a->po : ws->ln, .rstd3 = a->rstd3, .h = a->h, .ln2 = a->ln2,
+                  .ao = a->ao, .po = c->post_norms ? a->attn_out : ws->ln, .rstd3 = a->rstd_ao, .h = a->h, .ln2 = a->ln2,
                   .rstd2 = a->rstd2, .gate = a->gate, .up = a->up, .act = a->act,
-                  .pm = c->post_norms ? a->pm : ws->ln, .rstd4 = a->rstd4, .mn = ws->ln};
+                  .pm = c->post_norms ? a->mlp_out : ws->ln, .rstd4 = a->rstd_mo, .mn = ws->ln};
     return attn_half(c, w, a->x, B, T, ws, &f) || mlp_half(c, w, y, B * T, ws, &f) ? -1 : 0;
 }
 
@@ -239,7 +239,7 @@ static int mlp_back(const ar_config *c, const ar_block_weights *w, const ar_bloc
     memset(ws->dup, 0, sizeof(float) * BT * F);
     memset(ws->dln, 0, sizeof(float) * BT * C);
     memcpy(ws->dh, dy, sizeof(float) * BT * C);
-    const float *dm = post_norm_back(c, ws, dy, a->pm, w->mlp_post_norm, a->rstd4, BT);
+    const float *dm = post_norm_back(c, ws, dy, a->mlp_out, w->mlp_post_norm, a->rstd_mo, BT);
     if (lin_back(c, ws, L.down, ws->dact, dW, dxin, dm, a->act, w->w[L.down], BT, F, C)) return -1;
     ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
     cols(ws->fused, 2 * F, ws->dgate, F, BT, F);
@@ -260,12 +260,12 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
     memset(ws->dq, 0, sizeof(float) * BT * QD);
     memset(ws->dk, 0, sizeof(float) * BT * KD);
     memset(ws->dv, 0, sizeof(float) * BT * KD);
-    const float *dpo = post_norm_back(c, ws, ws->dh, a->po, w->attn_post_norm, a->rstd3, BT);
+    const float *dpo = post_norm_back(c, ws, ws->dh, a->attn_out, w->attn_post_norm, a->rstd_ao, BT);
     if (lin_back(c, ws, L.o, ws->dao, dW, dxin, dpo, a->ao, w->w[L.o], BT, QD, C)) return -1;
     ar_attention_backward(ws->dq, ws->dk, ws->dv, ws->att, ws->dao, a->att, a->q, a->k, a->v, B, T, NH, NKV, HD);
-    ar_rope_dense_tables(ws->cos_t, ws->sin_t, c, T);
-    ar_rope_partial_backward(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
-    ar_rope_partial_backward(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    ar_rope_config_tables(ws->cos_t, ws->sin_t, c, ar_rope_rotated_dim(c), T);
+    ar_rope_slice(ws->dq, ws->cos_t, ws->sin_t, B, T, NH, (long)NH * HD, HD, 0, ar_rope_rotated_dim(c), c->rope_interleaved, -1);
+    ar_rope_slice(ws->dk, ws->cos_t, ws->sin_t, B, T, NKV, (long)NKV * HD, HD, 0, ar_rope_rotated_dim(c), c->rope_interleaved, -1);
     float *dln = dx ? ws->dln : NULL;
     if (dln) memset(dln, 0, sizeof(float) * BT * C);
     if (c->fused_qkv) {
@@ -291,6 +291,6 @@ int ar_fused_backward(const ar_config *c, const ar_block_weights *w, const ar_bl
 {
     if (!ws->train) return ar_error("block: backward needs a training workspace");
     if (check_fit(a->B, a->T, ws->B, ws->T, "workspace") || check_weights(c, w, ws)) return -1;
-    if (c->post_norms && (!ws->dtmp || !a->po)) return ar_error("block: buffers allocated for another architecture");
+    if (c->post_norms && (!ws->dtmp || !a->attn_out)) return ar_error("block: buffers allocated for another architecture");
     return mlp_back(c, w, a, dy, dW, dxin, ws) || attn_back(c, w, a, dW, dxin, dx, ws) ? -1 : 0;
 }

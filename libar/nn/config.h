@@ -27,7 +27,7 @@ typedef enum {
     AR_ARCH_PHI3, AR_ARCH_GLM4
 } ar_arch;
 /* yarn: the MoE families and, with dynamic and longrope, the dense ones
- * (rope_dense.c) */
+ * (rope_scaling.c) */
 typedef enum { AR_ROPE_DEFAULT, AR_ROPE_LINEAR, AR_ROPE_LLAMA3, AR_ROPE_YARN, AR_ROPE_DYNAMIC,
                AR_ROPE_LONGROPE } ar_rope_type;
 
@@ -136,7 +136,7 @@ typedef struct {
     double  final_softcap;      /* final_logit_softcapping on the logits; 0 = off */
     double  rope_local_theta;   /* Gemma 3 sliding layers: plain RoPE with this base (rope_local_base_freq); 0 = none */
     unsigned char layer_flags[AR_CONFIG_MAX_LAYERS]; /* AR_LAYER_* per layer, filled for MoE/layer_types configs */
-    /* Phi-3 / GLM-4 (block_fused.c) and the dense RoPE types (rope_dense.c) */
+    /* Phi-3 / GLM-4 (block_fused.c) and the dense RoPE types (rope_scaling.c) */
     int     rope_dim;           /* rotated dims per head: int(head_dim * partial_rotary_factor), even */
     int     rope_interleaved;   /* pairs (2i, 2i+1) rotate (GLM-4), else (i, i + rope_dim/2) */
     int     fused_qkv;          /* one self_attn.qkv_proj [QD + 2 KD, C] (Phi-3) */

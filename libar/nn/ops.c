@@ -133,37 +133,44 @@ void ar_rope_inv_freq(float *inv_freq, const ar_config *c)
     }
 }
 
+void ar_rope_tables_scaled(float *cos_t, float *sin_t, const float *inv_freq, int dim, int T, float af)
+{
+    int H2 = dim / 2;
+    for (int t = 0; t < T; t++)
+        for (int i = 0; i < H2; i++) {
+            float a = (float)t * inv_freq[i];
+            cos_t[(long)t * H2 + i] = cosf(a) * af;
+            sin_t[(long)t * H2 + i] = sinf(a) * af;
+        }
+}
+
 void ar_rope_tables(float *cos_t, float *sin_t, const ar_config *c, int T)
 {
     int H2 = c->head_dim / 2;
     float inv_freq[H2 > 0 ? H2 : 1];
     ar_rope_inv_freq(inv_freq, c);
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < H2; i++) {
-            float a = (float)t * inv_freq[i];
-            cos_t[(long)t * H2 + i] = cosf(a);
-            sin_t[(long)t * H2 + i] = sinf(a);
-        }
+    ar_rope_tables_scaled(cos_t, sin_t, inv_freq, c->head_dim, T, 1.0f);
 }
 
-/* Rotate every head vector of x [B, T, H, HD] by angle sign*theta(t): sign = +1
- * is the forward rotation, -1 its inverse (the transpose). */
-static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int B,
-                        int T, int H, int HD, float sign)
+void ar_rope_slice(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, long rs, long hs,
+                   int off, int D, int interleave, int sign)
 {
-    int H2 = HD / 2;
+    int H2 = D / 2;
+    /* element offsets of pair i's two members */
+    int step = interleave ? 2 : 1, other = interleave ? 1 : H2;
 #pragma omp parallel for collapse(2) schedule(static)
     for (int b = 0; b < B; b++)
         for (int t = 0; t < T; t++) {
             const float *cs = cos_t + (long)t * H2, *sn = sin_t + (long)t * H2;
-            float *row = x + ((long)b * T + t) * H * HD;
+            float *row = x + ((long)b * T + t) * rs + off;
             for (int h = 0; h < H; h++) {
-                float *v = row + (long)h * HD;
+                float *v = row + (long)h * hs;
                 for (int i = 0; i < H2; i++) {
                     float c = cs[i], s = sign * sn[i];
-                    float x0 = v[i], x1 = v[i + H2];
-                    v[i] = x0 * c - x1 * s;
-                    v[i + H2] = x1 * c + x0 * s;
+                    float *p0 = v + i * step, *p1 = p0 + other;
+                    float a = *p0, bb = *p1;
+                    *p0 = a * c - bb * s;
+                    *p1 = bb * c + a * s;
                 }
             }
         }
@@ -172,13 +179,13 @@ static void rope_rotate(float *x, const float *cos_t, const float *sin_t, int B,
 void ar_rope_forward(float *x, const float *cos_t, const float *sin_t, int B, int T,
                      int H, int HD)
 {
-    rope_rotate(x, cos_t, sin_t, B, T, H, HD, 1.0f);
+    ar_rope_slice(x, cos_t, sin_t, B, T, H, (long)H * HD, HD, 0, HD, 0, 1);
 }
 
 void ar_rope_backward(float *d, const float *cos_t, const float *sin_t, int B, int T,
                       int H, int HD)
 {
-    rope_rotate(d, cos_t, sin_t, B, T, H, HD, -1.0f);
+    ar_rope_slice(d, cos_t, sin_t, B, T, H, (long)H * HD, HD, 0, HD, 0, -1);
 }
 
 /* -------------------------------------------------------------- Attention */

@@ -57,7 +57,29 @@ void ar_rope_inv_freq(float *inv_freq, const ar_config *c);
  * f32, as transformers' rotary embedding computes them. HD = c->head_dim. */
 void ar_rope_tables(float *cos_t, float *sin_t, const ar_config *c, int T);
 
-/* Rotate x [B, T, H, HD] in place by position t (cos/sin [T, HD/2] tables). */
+/* cos, sin [T, dim/2] = cosf(fl(t inv_freq[i])) * af, sinf(...) * af in f32,
+ * positions 0..T-1, as transformers' rotary embeddings (af: the scaling's
+ * attention factor; 1 leaves the values unchanged). */
+void ar_rope_tables_scaled(float *cos_t, float *sin_t, const float *inv_freq, int dim, int T, float af);
+
+/* RoPE on a slice of each head, the one rotation every family uses:
+ * x holds B sequences of T rows; row (b, t) starts at x + (b T + t) rs and
+ * has H heads at head stride hs; dims [off, off + D) of each head are
+ * rotated by position t with tables [T, D/2]:
+ *  - interleave 0 (rotate_half): pair (i, i + D/2);
+ *  - interleave 1 (GLM-4, DeepSeek rope_interleave): pair (2i, 2i + 1).
+ *    For DeepSeek transformers rotates and writes the result
+ *    de-interleaved ([evens | odds]); this keeps the pairs in place. q and k
+ *    get the same permutation there, so every q.k, hence the attention, is
+ *    the same.
+ * pair (a, b) -> (a c - b s, b c + a s). sign +1: forward; -1: the
+ * transpose (the backward of a gradient, in place; valid also for tables
+ * scaled by an attention factor). */
+void ar_rope_slice(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, long rs, long hs,
+                   int off, int D, int interleave, int sign);
+
+/* Rotate x [B, T, H, HD] in place by position t (cos/sin [T, HD/2] tables):
+ * ar_rope_slice over whole heads, rotate_half pairs. */
 void ar_rope_forward(float *x, const float *cos_t, const float *sin_t,
                      int B, int T, int H, int HD);
 

@@ -1,9 +1,9 @@
-/* rope_scaling.c — YaRN, LongRoPE, dynamic NTK and RoPE on head slices
- * (see rope_scaling.h; formulas from transformers 5.25 modeling_rope_utils.py). */
+/* rope_scaling.c — YaRN, LongRoPE, dynamic NTK frequencies
+ * (see rope_scaling.h; formulas from transformers 5.25 modeling_rope_utils.py)
+ * and a config's tables. */
 #include "rope_scaling.h"
 
 #include <math.h>
-#include <omp.h>
 
 #include "ops.h"
 
@@ -78,58 +78,54 @@ double ar_rope_longrope_attention_factor(double factor, int orig_max_pos)
 
 void ar_rope_dynamic_ntk_inv_freq(float *inv_freq, double theta, int dim, double factor, int max_pos, int seq_len)
 {
-    double L = seq_len > max_pos ? seq_len : max_pos;
-    double base = theta * pow(factor * L / max_pos - (factor - 1), (double)dim / (dim - 2));
-    for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / powf((float)base, (float)(2 * i) / (float)dim);
+    float base;
+    if (seq_len <= max_pos) { /* the initial frequencies: Python floats, L = max_pos */
+        base = (float)(theta * pow(factor * max_pos / max_pos - (factor - 1), (double)dim / (dim - 2)));
+    } else { /* dynamic_rope_update: f32 tensor arithmetic on the length */
+        float f = (float)factor, g = f * (float)seq_len / (float)max_pos - (f - 1.0f);
+        base = (float)theta * powf(g, (float)dim / (float)(dim - 2));
+    }
+    for (int i = 0; i < dim / 2; i++) inv_freq[i] = 1.0f / powf(base, (float)(2 * i) / (float)dim);
 }
 
-void ar_rope_tables_scaled(float *cos_t, float *sin_t, const float *inv_freq, int dim, int T, float af)
+int ar_rope_rotated_dim(const ar_config *c)
 {
-    int H2 = dim / 2;
-    for (int t = 0; t < T; t++)
-        for (int i = 0; i < H2; i++) {
-            float a = (float)t * inv_freq[i];
-            cos_t[(long)t * H2 + i] = cosf(a) * af;
-            sin_t[(long)t * H2 + i] = sinf(a) * af;
-        }
+    return c->rope_dim > 0 ? c->rope_dim : c->head_dim;
+}
+
+int ar_rope_by_length(const ar_config *c)
+{
+    return c->rope_type == AR_ROPE_DYNAMIC || c->rope_type == AR_ROPE_LONGROPE;
+}
+
+float ar_rope_config_inv_freq(float *inv_freq, const ar_config *c, int dim, int T)
+{
+    switch (c->rope_type) {
+    case AR_ROPE_YARN: {
+        ar_rope_yarn y;
+        ar_rope_yarn_from_config(&y, c, dim);
+        ar_rope_yarn_inv_freq(inv_freq, &y);
+        return (float)ar_rope_yarn_attention_factor(&y);
+    }
+    case AR_ROPE_LONGROPE:
+        ar_rope_longrope_inv_freq(inv_freq, c->rope_theta, dim,
+                                  T > c->rope_orig_max_pos ? c->rope_long_factor : c->rope_short_factor);
+        return (float)c->rope_attention_factor;
+    case AR_ROPE_DYNAMIC:
+        ar_rope_dynamic_ntk_inv_freq(inv_freq, c->rope_theta, dim, c->rope_factor, c->max_pos, T);
+        return 1.0f;
+    default: { /* default, linear, llama3: ops.c's, which reads the width from head_dim */
+        ar_config cd = *c;
+        cd.head_dim = dim;
+        ar_rope_inv_freq(inv_freq, &cd);
+        return 1.0f;
+    }
+    }
 }
 
 void ar_rope_config_tables(float *cos_t, float *sin_t, const ar_config *c, int dim, int T)
 {
-    float inv[dim / 2 > 0 ? dim / 2 : 1], af = 1.0f;
-    if (c->rope_type == AR_ROPE_YARN) {
-        ar_rope_yarn y;
-        ar_rope_yarn_from_config(&y, c, dim);
-        ar_rope_yarn_inv_freq(inv, &y);
-        af = (float)ar_rope_yarn_attention_factor(&y);
-    } else {
-        ar_config cd = *c; /* ar_rope_inv_freq reads the width from head_dim */
-        cd.head_dim = dim;
-        ar_rope_inv_freq(inv, &cd);
-    }
+    float inv[dim / 2 > 0 ? dim / 2 : 1];
+    float af = ar_rope_config_inv_freq(inv, c, dim, T);
     ar_rope_tables_scaled(cos_t, sin_t, inv, dim, T, af);
-}
-
-void ar_rope_slice(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, long rs, long hs,
-                   int off, int D, int interleave, int sign)
-{
-    int H2 = D / 2;
-    /* element offsets of pair i's two members */
-    int step = interleave ? 2 : 1, other = interleave ? 1 : H2;
-#pragma omp parallel for collapse(2) schedule(static)
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            const float *cs = cos_t + (long)t * H2, *sn = sin_t + (long)t * H2;
-            float *row = x + ((long)b * T + t) * rs + off;
-            for (int h = 0; h < H; h++) {
-                float *v = row + (long)h * hs;
-                for (int i = 0; i < H2; i++) {
-                    float c = cs[i], s = sign * sn[i];
-                    float *p0 = v + i * step, *p1 = p0 + other;
-                    float a = *p0, bb = *p1;
-                    *p0 = a * c - bb * s;
-                    *p1 = bb * c + a * s;
-                }
-            }
-        }
 }

@@ -1,6 +1,8 @@
-/* rope_scaling.h — the RoPE frequency scalings the MoE families (and
- * long-context dense models) use beyond ops.h's default/linear/llama3, and
- * RoPE applied to a slice of each head, in half-split or interleaved pairs.
+/* rope_scaling.h — the RoPE frequency scalings beyond ops.h's
+ * default/linear/llama3 (yarn, longrope, dynamic NTK), a partial rotary
+ * width (partial_rotary_factor), and the cos/sin tables of a config: the one
+ * place every block family (Llama-like, Phi-3/GLM-4, DeepSeek MLA, gpt-oss)
+ * gets its rotary tables from. The rotation itself is ops.h's ar_rope_slice.
  *
  * Every formula is transformers 5.25's (modeling_rope_utils.py:
  * _compute_yarn_parameters L368-, yarn_get_mscale L346, yarn_apply_mscale
@@ -63,33 +65,30 @@ double ar_rope_longrope_attention_factor(double factor, int orig_max_pos);
 
 /* ---- Dynamic NTK ----
  * inv_freq [dim/2] with base theta (factor seq_len/max_pos - (factor - 1))^(dim/(dim-2)),
- * seq_len raised to max_pos when shorter (so static up to max_pos). */
+ * seq_len raised to max_pos when shorter (so static up to max_pos). The
+ * base is computed as transformers' model does: up to max_pos its initial
+ * frequencies (Python floats: double); beyond, dynamic_rope_update's tensor
+ * arithmetic on the length (f32). */
 void ar_rope_dynamic_ntk_inv_freq(float *inv_freq, double theta, int dim, double factor, int max_pos,
                                   int seq_len);
 
-/* cos, sin [T, dim/2] = cosf(fl(t inv_freq[i])) * af, sinf(...) * af in f32,
- * positions 0..T-1, as transformers' rotary embeddings. */
-void ar_rope_tables_scaled(float *cos_t, float *sin_t, const float *inv_freq, int dim, int T, float af);
+/* ---- A config's rotary tables ----
+ * The rotated dims per head: c->rope_dim (partial_rotary_factor), or
+ * head_dim when a config leaves it 0. */
+int ar_rope_rotated_dim(const ar_config *c);
 
-/* The cos/sin tables [T, dim/2] a layer of c rotates dim dims per head with
- * (dim: c->head_dim; MLA: c->mla.qk_rope_head_dim): yarn's (inv_freq and
- * attention factor above) when c->rope_type is AR_ROPE_YARN, else
- * ops.h's ar_rope_inv_freq computed for dim (default, linear, llama3;
- * attention factor 1). */
+/* 1 when c's frequencies depend on the sequence length (dynamic, longrope):
+ * every forward runs sequences at positions 0..T-1, so "the sequence length"
+ * transformers' dynamic_rope_update reads is T and tables are rebuilt per
+ * call for that T. */
+int ar_rope_by_length(const ar_config *c);
+
+/* inv_freq [dim/2] of c's rope type for sequences of T tokens at rotated
+ * width dim (c's rotated dim, or MLA's qk_rope_head_dim); returns the
+ * attention factor that multiplies cos and sin (yarn, longrope; else 1). */
+float ar_rope_config_inv_freq(float *inv_freq, const ar_config *c, int dim, int T);
+
+/* The cos/sin tables [T, dim/2] a layer of c rotates dim dims per head
+ * with: ar_rope_config_inv_freq, then ops.h's ar_rope_tables_scaled. */
 void ar_rope_config_tables(float *cos_t, float *sin_t, const ar_config *c, int dim, int T);
-
-/* ---- RoPE on a slice of each head ----
- * x holds B sequences of T rows; row (b, t) starts at x + (b T + t) rs and
- * has H heads at head stride hs; dims [off, off + D) of each head are
- * rotated by position t with tables [T, D/2]:
- *  - interleave 0 (rotate_half): pair (i, i + D/2);
- *  - interleave 1 (DeepSeek rope_interleave): pair (2i, 2i + 1). transformers
- *    rotates and writes the result de-interleaved ([evens | odds]); this
- *    keeps the pairs in place. q and k get the same permutation there, so
- *    every q.k, hence the attention, is the same.
- * pair (a, b) -> (a c - b s, b c + a s). sign +1: forward; -1: the
- * transpose (the backward of a gradient, in place; valid also for tables
- * scaled by an attention factor). */
-void ar_rope_slice(float *x, const float *cos_t, const float *sin_t, int B, int T, int H, long rs, long hs,
-                   int off, int D, int interleave, int sign);
 #endif

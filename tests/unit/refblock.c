@@ -3,7 +3,8 @@
 
 #include "block_desc.h"
 #include "error.h"
-#include "rope_dense.h"
+#include "rope_scaling.h"
+#include "attn_ref.h"
 
 #include <criterion/criterion.h>
 #include <math.h>
@@ -215,13 +216,13 @@ fx_ev rb_inv_freq(const ar_config *c, int i)
     return fx_add(fx_div(fx_mul(fx_sub(X(1), smooth), f), factor), fx_mul(smooth, f));
 }
 
-/* yarn, dynamic, longrope (rope_dense.h): the f32 frequencies and factor
+/* yarn, dynamic, longrope (rope_scaling.h): the f32 frequencies and factor
  * taken as exact inputs, the angles, cos, sin and scaling in this arithmetic. */
 static void dense_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 {
-    int H2 = ar_rope_dense_dim(c) / 2;
+    int H2 = ar_rope_rotated_dim(c) / 2;
     float f[AR_ROPE_MAX_PAIRS];
-    fx_ev s = X(ar_rope_dense_inv_freq(f, c, T));
+    fx_ev s = X(ar_rope_config_inv_freq(f, c, ar_rope_rotated_dim(c), T));
     for (int i = 0; i < H2; i++)
         for (int t = 0; t < T; t++) {
             fx_ev a = fx_mul(X(t), X(f[i]));
@@ -231,7 +232,7 @@ static void dense_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 
 void rb_rope_tables(fx_ev *cos_t, fx_ev *sin_t, const ar_config *c, int T)
 {
-    if (c->rope_type >= AR_ROPE_YARN || ar_rope_dense_dim(c) != c->head_dim) {
+    if (c->rope_type >= AR_ROPE_YARN || ar_rope_rotated_dim(c) != c->head_dim) {
         dense_tables(cos_t, sin_t, c, T);
         return;
     }
@@ -701,25 +702,6 @@ void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nr
 
 /* ------------------------------------------------ Phi-3 / GLM-4 block */
 
-/* Rotate the first rot dims of each head (pairs interleaved or in halves). */
-static void rope_partial(fx_ev *x, const fx_ev *cos_t, const fx_ev *sin_t, int B, int T, int H, int HD, int rot,
-                         int inter)
-{
-    int H2 = rot / 2;
-    for (long r = 0; r < (long)B * T; r++)
-        for (int h = 0; h < H; h++) {
-            fx_ev *v = x + (r * H + h) * HD;
-            int t = (int)(r % T);
-            for (int i = 0; i < H2; i++) {
-                fx_ev c = cos_t[(long)t * H2 + i], s = sin_t[(long)t * H2 + i];
-                fx_ev *pa = inter ? v + 2 * i : v + i, *pb = inter ? pa + 1 : pa + H2;
-                fx_ev x0 = *pa, x1 = *pb;
-                *pa = fx_sub(fx_mul(x0, c), fx_mul(x1, s));
-                *pb = fx_add(fx_mul(x1, c), fx_mul(x0, s));
-            }
-        }
-}
-
 /* Columns [c0, c0 + n) of the rows of src [R, ld] into dst [R, n]. */
 static void take_cols(fx_ev *dst, const fx_ev *src, long R, int ld, int c0, int n)
 {
@@ -737,7 +719,7 @@ void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev
     fx_ev *ao = alloc_ev((long)BT * QD), *o = alloc_ev((long)BT * C), *h = alloc_ev((long)BT * C);
     fx_ev *gu = alloc_ev((long)BT * 2 * F), *g = alloc_ev((long)BT * F), *u = alloc_ev((long)BT * F);
     fx_ev *qkv = alloc_ev((long)BT * (QD + 2 * KD));
-    fx_ev *cs = alloc_ev((long)T * ar_rope_dense_dim(c) / 2), *sn = alloc_ev((long)T * ar_rope_dense_dim(c) / 2);
+    fx_ev *cs = alloc_ev((long)T * ar_rope_rotated_dim(c) / 2), *sn = alloc_ev((long)T * ar_rope_rotated_dim(c) / 2);
     memcpy(xc, x, sizeof(fx_ev) * BT * C);   /* y may be x */
     rb_rmsnorm(ln, NULL, xc, w->n1, BT, C, eps);
     if (phi) {
@@ -751,8 +733,8 @@ void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev
         rb_linear(v, ln, w->w[2], w->b[2], BT, C, KD);
     }
     rb_rope_tables(cs, sn, c, T);
-    rope_partial(q, cs, sn, B, T, NH, HD, ar_rope_dense_dim(c), c->rope_interleaved);
-    rope_partial(k, cs, sn, B, T, NKV, HD, ar_rope_dense_dim(c), c->rope_interleaved);
+    ra_rope_slice(q, cs, sn, B, T, NH, (long)NH * HD, HD, 0, ar_rope_rotated_dim(c), c->rope_interleaved, 1);
+    ra_rope_slice(k, cs, sn, B, T, NKV, (long)NKV * HD, HD, 0, ar_rope_rotated_dim(c), c->rope_interleaved, 1);
     rb_attention(ao, P, q, k, v, B, T, NH, NKV, HD, c->sliding_window);
     rb_linear(o, ao, w->w[io], w->b[io], BT, QD, C);
     if (w->pa) rb_rmsnorm(o, NULL, o, w->pa, BT, C, eps);

@@ -121,7 +121,7 @@ void rb_model_logits(ar_model *m, const int *ids, int T, const int *rows, int nr
 
 /* The Phi-3 / GLM-4 block (block_fused.h) in this arithmetic: fused linears
  * as one product each then split, partial (halves or interleaved) rotary
- * with rope_dense.h's frequencies taken as exact inputs, post norms. */
+ * with rope_scaling.h's frequencies taken as exact inputs, post norms. */
 void rb_fused_block_forward(const ar_config *c, const rb_weights *w, const fx_ev *x, fx_ev *y, int B, int T);
 
 /* ar_model_nll's per-position next-token NLL of B sequences ids [B, T]:

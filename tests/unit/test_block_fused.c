@@ -15,7 +15,8 @@
 #include "error.h"
 #include "fixture.h"
 #include "refblock.h"
-#include "rope_dense.h"
+#include "ops.h"
+#include "rope_scaling.h"
 
 enum { B = 2, T = 6 };
 
@@ -232,10 +233,10 @@ Test(block_fused, partial_rope_backward_is_transpose)
         ar_config c = tiny(inter);
         int H = 2, HD = c.head_dim, n = T * H * HD, H2 = c.rope_dim / 2;
         float cs[T * H2], sn[T * H2], *x = rnd(n, 2, 0), *y = rnd(n, 2, 0), rx[n], ry[n];
-        ar_rope_dense_tables(cs, sn, &c, T);
+        ar_rope_config_tables(cs, sn, &c, c.rope_dim, T);
         memcpy(rx, x, sizeof rx), memcpy(ry, y, sizeof ry);
-        ar_rope_partial_forward(rx, cs, sn, 1, T, H, HD, c.rope_dim, c.rope_interleaved);
-        ar_rope_partial_backward(ry, cs, sn, 1, T, H, HD, c.rope_dim, c.rope_interleaved);
+        ar_rope_slice(rx, cs, sn, 1, T, H, (long)H * HD, HD, 0, c.rope_dim, c.rope_interleaved, 1);
+        ar_rope_slice(ry, cs, sn, 1, T, H, (long)H * HD, HD, 0, c.rope_dim, c.rope_interleaved, -1);
         double a = 0, b = 0, m = 0;
         for (int i = 0; i < n; i++) a += (double)rx[i] * y[i], b += (double)x[i] * ry[i], m += fabs(x[i] * y[i]);
         /* each rotated value is two products and a sum (3 roundings) of |x| |c or s| <= |x| * factor */

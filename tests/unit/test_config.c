@@ -1,6 +1,7 @@
 /* test_config.c — config.json parsing: the shared models, every supported
  * architecture's options, rope in its three homes, and malformed input. */
 #include "config.h"
+#include "config_check.h"
 #include "error.h"
 #include <criterion/criterion.h>
 #include <math.h>
@@ -41,12 +42,7 @@ Test(config, tiny_llama_rope_parameters)
     cr_assert_str_eq(c.torch_dtype, "bfloat16");
 }
 
-static ar_config parse_ok(const char *json)
-{
-    ar_config c;
-    cr_assert_eq(ar_config_parse(&c, json, "t/config.json"), 0, "%s", ar_last_error());
-    return c;
-}
+static ar_config parse_ok(const char *json) { return cc_parse(json, 0); }
 
 #define BASE "\"hidden_size\":64,\"intermediate_size\":128,\"num_hidden_layers\":2,\"num_attention_heads\":4,\"vocab_size\":100"
 
@@ -91,13 +87,7 @@ Test(config, rope_in_rope_scaling_llama3)
     cr_assert(c.rope_type == AR_ROPE_LINEAR && c.rope_factor == 2.0 && c.rope_theta == 10000.0);
 }
 
-static void parse_fails(const char *json, const char *want)
-{
-    ar_config c;
-    cr_assert_eq(ar_config_parse(&c, json, "t/config.json"), -1, "accepted (%s)", want);
-    cr_assert(strstr(ar_last_error(), want), "'%s' lacks '%s'", ar_last_error(), want);
-    cr_assert(strstr(ar_last_error(), "t/config.json"), "'%s' lacks the path", ar_last_error());
-}
+static void parse_fails(const char *json, const char *want) { cc_refused(json, want, 0); }
 
 Test(config, bad_input)
 {
@@ -121,21 +111,9 @@ Test(config, missing_file_names_it)
 
 /* ---- mixtures of experts (issue 17): parsed with AR_CONFIG_ANY_ARCH only ---- */
 
-static ar_config parse_any(const char *json)
-{
-    ar_config c;
-    cr_assert_eq(ar_config_parse_flags(&c, json, "t/config.json", AR_CONFIG_ANY_ARCH), 0, "%s", ar_last_error());
-    return c;
-}
+static ar_config parse_any(const char *json) { return cc_parse(json, AR_CONFIG_ANY_ARCH); }
 
-static void parse_any_fails(const char *json, const char *want)
-{
-    ar_config c;
-    cr_assert_eq(ar_config_parse_flags(&c, json, "t/config.json", AR_CONFIG_ANY_ARCH), -1, "accepted (%s)", want);
-    cr_assert(strstr(ar_last_error(), want), "'%s' lacks '%s'", ar_last_error(), want);
-    cr_assert(strstr(ar_last_error(), "t/config.json"), "'%s' lacks the path", ar_last_error());
-    cr_assert(!strchr(ar_last_error(), '\n'), "'%s' is not one line", ar_last_error());
-}
+static void parse_any_fails(const char *json, const char *want) { cc_refused(json, want, AR_CONFIG_ANY_ARCH); }
 
 #define QWEN3MOE "{\"architectures\":[\"Qwen3MoeForCausalLM\"]," BASE ",\"num_key_value_heads\":2,\"head_dim\":16"
 
@@ -346,7 +324,7 @@ Test(config, tiny_moe_models_when_built)
     }
 }
 
-/* ---- Phi-3, GLM-4 and the dense rope types (block_fused.h, rope_dense.h) ---- */
+/* ---- Phi-3, GLM-4 and the dense rope types (block_fused.h, rope_scaling.h) ---- */
 
 #define PHI3 "{\"architectures\":[\"Phi3ForCausalLM\"]," BASE
 #define GLM4 "{\"architectures\":[\"Glm4ForCausalLM\"]," BASE

@@ -155,14 +155,22 @@ Test(rope_scaling, longrope_and_dynamic_ntk)
         free(want);
         snprintf(name, sizeof name, "longrope_attention_factor_%d", L[j]);
         assert_double(ar_rope_longrope_attention_factor(256.0 / orig, orig), ar_refs_num(&r, "rope_only", 0, name), name);
-        /* dynamic NTK: factor 2 over 64 positions; the base in double */
+        /* dynamic NTK: factor 2 over 64 positions. The reference is
+         * transformers' init function with an integer length (the base in
+         * double); beyond 64 positions ar computes the base in f32 as the
+         * model's dynamic_rope_update does on a tensor length. */
         ar_rope_dynamic_ntk_inv_freq(got, theta, dim, 2.0, 64, L[j]);
         snprintf(name, sizeof name, "dynamic_inv_freq_%d", L[j]);
         want = ar_refs_tensor(&r, "rope_only", name, NULL);
-        double seq = L[j] > 64 ? L[j] : 64, base = theta * pow(2.0 * seq / 64 - 1, (double)dim / (dim - 2));
-        /* base: a few double operations, then one f32 rounding */
+        double seq = L[j] > 64 ? L[j] : 64, g = 2.0 * seq / 64 - 1, p = (double)dim / (dim - 2);
+        double base = theta * pow(g, p);
+        /* relative error of base: one f32 rounding (double path); the f32
+         * path adds g's 3 roundings (amplified by p and by the cancellation
+         * 2 seq / 64 over g), p's rounding (times |ln g|), powf's 1 ulp and
+         * theta's product: u (3 p (g + 1) / g + p |ln g| + 3) */
+        double rel = L[j] > 64 ? FX_U * (3 * p * (g + 1) / g + p * fabs(log(g)) + 3) : FX_U;
         for (int i = 0; i < 8; i++) ref[i] = fx_div(X(1), fx_powf((float)base, fx_div(X(2 * i), X(dim))));
-        for (int i = 0; i < 8; i++) ref[i].e += fabs(ref[i].v) * (2 * i / (double)dim) * FX_U; /* base's f32 rounding */
+        for (int i = 0; i < 8; i++) ref[i].e += fabs(ref[i].v) * (2 * i / (double)dim) * rel; /* base's error */
         check_inv(got, want, ref, 8, name);
         free(want);
     }
