@@ -22,7 +22,7 @@ static const char usage[] =
     "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
-    "               [--chunk N]\n"
+    "               [--chunk N] [--bench_chain_samples K]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
@@ -40,6 +40,8 @@ static const char usage[] =
     "chunks of as many samples as the budget holds (their gradients add up: the same sums, grouped);\n"
     "--low_cpu_mem_usage: the chains always in files, no chunks (same output as without).\n"
     "--chunk N: samples per forward/backward (default: batch_size, or as --mem_budget allows).\n"
+    "--bench_chain_samples K: benchmarks only (memory, time per iteration): each block's chain forwards run\n"
+    "the first K samples only, SignRound still draws from all; the output is not a usable model.\n"
     "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
     "outlier-suppressed loss below 4 bits or with 4-bit activations; GGUF: tuned rounding over llama.cpp's\n"
     "imatrix scales, 200 iters by default).\n"
@@ -85,6 +87,8 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--batch_size"))) o->batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--gradient_accumulate_steps"))) o->grad_accum = (int)cli_long("--gradient_accumulate_steps", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--chunk"))) o->chunk = (int)cli_long("--chunk", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--bench_chain_samples")))
+            o->bench_chain_samples = (int)cli_long("--bench_chain_samples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--lr"))) o->lr = cli_double("--lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--minmax_lr"))) o->minmax_lr = cli_double("--minmax_lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) o->seed = cli_long("--seed", v, 0, LONG_MAX);

@@ -117,6 +117,11 @@ typedef struct {
                                    same bytes) and calib's activations are freed (calib->hidden NULL);
                                    0: no limit [0] */
     const char *spill_dir;      /* where those files go [P_tmpdir, "/tmp"] */
+    int bench_chain_samples;    /* benchmarks only: the chain forwards run the first K samples, the rest of
+                                   each chain keeps what it held (zeros, or the calibration input), so
+                                   SignRound draws from all n samples at the memory of an n-sample run while
+                                   the 2·n sample forwards per block shrink to 2·K; not a quantization
+                                   anyone should use: META records "bench_chain_samples"; 0: all [0] */
     int amp;                    /* 1: the CPU block forwards and SignRound's forward/backward run their
                                    linears' GEMMs in bf16 (gemm.h; AutoRound's amp, autocast to bf16)
                                    where this build has oneDNN and the CPU AVX512-BF16 or AMX, else f32;

@@ -136,7 +136,8 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
                    float *const *imat, float *amax, const ar_block_plan *actq)
 {
     const ar_config *c = r->c;
-    const int n = r->d->n, T = r->d->T, bs = tn_chunk(r);
+    const int bench = r->o->bench_chain_samples, all = r->d->n, T = r->d->T, bs = tn_chunk(r);
+    const int n = bench > 0 && bench < all ? bench : all;   /* a benchmark's shortened pass (tune.h) */
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
     if (!imat && !amax && !r->rows && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
         return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
