@@ -22,7 +22,7 @@ static const char usage[] =
     "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
-    "               [--chunk N] [--bench_chain_samples K]\n"
+    "               [--micro_batch N] [--bench_chain_samples K]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
@@ -39,7 +39,7 @@ static const char usage[] =
     "they live in files under $TMPDIR (default /tmp) instead, and SignRound's forward/backward runs a batch in\n"
     "chunks of as many samples as the budget holds (their gradients add up: the same sums, grouped);\n"
     "--low_cpu_mem_usage: the chains always in files, no chunks (same output as without).\n"
-    "--chunk N: samples per forward/backward (default: batch_size, or as --mem_budget allows).\n"
+    "--micro_batch N: samples per forward/backward (default: batch_size, or as --mem_budget allows).\n"
     "--bench_chain_samples K: benchmarks only (memory, time per iteration): each block's chain forwards run\n"
     "the first K samples only, SignRound still draws from all; the output is not a usable model.\n"
     "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
@@ -86,7 +86,7 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--batch_size"))) o->batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--gradient_accumulate_steps"))) o->grad_accum = (int)cli_long("--gradient_accumulate_steps", v, 1, 1 << 16);
-        else if ((v = cli_value(argc, argv, &i, "--chunk"))) o->chunk = (int)cli_long("--chunk", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--micro_batch"))) o->micro_batch = (int)cli_long("--micro_batch", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--bench_chain_samples")))
             o->bench_chain_samples = (int)cli_long("--bench_chain_samples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--lr"))) o->lr = cli_double("--lr", v, 1e-12, 10);
@@ -122,7 +122,7 @@ static tune_args parse_args(int argc, char **argv)
         }
         else cli_usage_error("unknown argument '%s'", s);
     }
-    if (low_cpu && o->chunk == 0) o->chunk = 1 << 16;   /* ≥ any batch: no chunks, the same output */
+    if (low_cpu && o->micro_batch == 0) o->micro_batch = 1 << 16;   /* ≥ any batch: no chunks, the same output */
     return a;
 }
 

@@ -396,7 +396,7 @@ typedef struct {
     const ar_block_plan *plan;
     const ar_signround_opts *o;
     int T, C, bs;
-    int mc;                       /* samples of one forward/backward: bs, or o->chunk (fewer) */
+    int mc;                       /* samples of one forward/backward: bs, or o->micro_batch (fewer) */
     int nl;                       /* entries of L, dW and wq (the cache's) */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
@@ -606,7 +606,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
 {
     tuner *t = &k->t;
     int bs = o->batch_size < n ? o->batch_size : n;
-    int mc = o->chunk > 0 && o->chunk < bs && !o->outlier_loss ? o->chunk : bs;
+    int mc = o->micro_batch > 0 && o->micro_batch < bs && !o->outlier_loss ? o->micro_batch : bs;
     if (plan->nlinear != w_fp->nlinear)
         return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
     if (tuner_alloc(k, c, plan->nlinear, mc, T, o->lfq != 0)) return -1;   /* buffers of one chunk */

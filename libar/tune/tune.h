@@ -84,12 +84,12 @@ typedef struct {
     double minmax_lr;           /* of the range multipliers α/β; 0: lr [0] */
     int batch_size;             /* samples per forward [8] */
     int grad_accum;             /* batches per SignRound step [1] */
-    int chunk;                  /* CPU: samples per forward and per SignRound forward/backward (a
-                                   micro-batch: signround.h's chunk; the gradients of a batch add up
+    int micro_batch;            /* CPU: samples per forward and per SignRound forward/backward (a
+                                   micro-batch: signround.h's micro_batch; the gradients of a batch add up
                                    chunk by chunk); 0: batch_size, or with mem_budget_mib the most
                                    samples whose training buffers fit in it (tn_chunk), at least 1;
                                    >= batch_size: whole batches whatever the budget.
-                                   META records it ("chunk") when below batch_size [0] */
+                                   META records it ("micro_batch") when below batch_size [0] */
     long seed;                  /* block b is tuned with seed + b [42] */
     int disable_minmax;         /* 1: no α/β (min/max) tuning [0] */
     int not_use_best;           /* 1: the last iteration's parameters instead of the best [0] */

@@ -75,7 +75,7 @@ int tn_chunk(const tn_run *r)
     const ar_tune_opts *o = r->o;
     int bs = o->batch_size < r->d->n ? o->batch_size : r->d->n;
     if (r->dev != AR_DEVICE_CPU) return bs;
-    int ch = o->chunk;
+    int ch = o->micro_batch;
     if (ch <= 0 && o->mem_budget_mib > 0) {
         double fit = o->mem_budget_mib * 1048576.0 / sample_train_bytes(r->c, r->d->T);
         ch = fit < 1 ? 1 : fit < bs ? (int)fit : bs;
@@ -268,7 +268,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     ar_signround_defaults(&o);
     o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
-    o.chunk = tn_chunk(r);   /* the batch's activations in chunks: same sums, bounded memory */
+    o.micro_batch = tn_chunk(r);   /* the batch's activations in chunks: same sums, bounded memory */
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
     o.gemm = r->amp;

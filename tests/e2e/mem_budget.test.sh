@@ -11,8 +11,8 @@
 # ar-tune. A spill directory that cannot hold the files fails with one line
 # naming it and leaves no output. A budget below one sample's training
 # buffers also makes SignRound run its batch of 4 in chunks of 1 sample
-# (signround.h's chunk): the in-memory side of each comparison runs
-# --chunk 1, and the spilled run's META must say "chunk":1.
+# (signround.h's micro_batch): the in-memory side of each comparison runs
+# --micro_batch 1, and the spilled run's META must say "micro_batch":1.
 . "$(dirname "$0")/lib.sh"
 TL=$SHARED/models/tiny-llama
 "$BIN/ar-calib" --model "$TL" --dataset "$STORIES_TEXT" --nsamples 8 --seqlen 64 -o "$T/tl.ars" --quiet
@@ -25,13 +25,13 @@ tune() { c=$1; shift; "$BIN/ar-tune" -i "$T/$c.ars" --iters 2 --batch_size 4 --t
 # its chunk and leave no file behind.
 same_both() {
     name=$1 c=$2; shift 2
-    tune "$c" "$@" --chunk 1 -o "$T/$name.mem.ars" --progress 2> "$T/$name.mem.err" || fail "$name in memory: $(cat "$T/$name.mem.err")"
+    tune "$c" "$@" --micro_batch 1 -o "$T/$name.mem.ars" --progress 2> "$T/$name.mem.err" || fail "$name in memory: $(cat "$T/$name.mem.err")"
     grep -q 'in files under' "$T/$name.mem.err" && fail "$name: spilled without --mem_budget"
     TMPDIR=$T/spill tune "$c" "$@" --mem_budget 0.01 -o "$T/$name.spill.ars" --progress 2> "$T/$name.spill.err" ||
         fail "$name spilled: $(cat "$T/$name.spill.err")"
     grep -q "in files under $T/spill" "$T/$name.spill.err" || fail "$name: no spill line: $(cat "$T/$name.spill.err")"
     cmp -s "$T/$name.mem.ars" "$T/$name.spill.ars" || fail "$name: spilled output differs"
-    "$BIN/ar-dump" "$T/$name.spill.ars" | grep -q '^meta.*"chunk":1[,}]' || fail "$name: META has no chunk 1"
+    "$BIN/ar-dump" "$T/$name.spill.ars" | grep -q '^meta.*"micro_batch":1[,}]' || fail "$name: META has no chunk 1"
     [ -z "$(ls -A "$T/spill")" ] || fail "$name: files left in the spill directory: $(ls -A "$T/spill")"
 }
 same_both signround tl

@@ -667,7 +667,7 @@ static void assert_same_outputs(const fixture *f, const result *a, const result 
     cr_assert_eq(a->rep.best_iter, b->rep.best_iter);
 }
 
-/* A micro-batch (o.chunk) is gradient accumulation inside the batch: batch 4
+/* A micro-batch (o.micro_batch) is gradient accumulation inside the batch: batch 4
  * in chunks of 2 draws the same 4 samples per step as batch 2 × 2 steps
  * (the sampler takes batch · grad_accum) and sums the same chunks in the
  * same order (signround.c's accumulate_chunks), so every loss and every
@@ -677,7 +677,7 @@ Test(signround, chunks_are_gradient_accumulation)
     fixture f;
     random_fixture(&f, 8, 16, 4, 16, 1);
     ar_signround_opts oc = opts(10, 4), oa = opts(10, 2);
-    oc.chunk = 2;
+    oc.micro_batch = 2;
     oa.grad_accum = 2;
     result c, a;
     tune(&f, &oc, &c);
@@ -699,7 +699,7 @@ Test(signround, uneven_chunks_follow_the_whole_batch)
     fixture f;
     random_fixture(&f, 4, 16, 4, 16, 1);
     ar_signround_opts o1 = opts(10, 4), o2 = opts(10, 4);
-    o2.chunk = 3;
+    o2.micro_batch = 3;
     result a, b;
     tune(&f, &o1, &a);
     tune(&f, &o2, &b);
@@ -722,7 +722,7 @@ Test(signround, uneven_chunks_follow_the_whole_batch)
     cr_assert_geq(same, total - total / 1000);
     result_free(&a), result_free(&b);
     o1.outlier_loss = o2.outlier_loss = 1;
-    o2.chunk = 1;
+    o2.micro_batch = 1;
     tune(&f, &o1, &a);
     tune(&f, &o2, &b);
     assert_same_outputs(&f, &a, &b);
