@@ -118,7 +118,7 @@ typedef struct {
                                    0: no limit [0] */
     const char *spill_dir;      /* where those files go [P_tmpdir, "/tmp"] */
     int bench_chain_samples;    /* benchmarks only: the chain forwards run the first K samples, the rest of
-                                   each chain keeps what it held (zeros, or the calibration input), so
+                                   each chain keeps zeros (the FP chain's input: the calibration input), so
                                    SignRound draws from all n samples at the memory of an n-sample run while
                                    the 2·n sample forwards per block shrink to 2·K; not a quantization
                                    anyone should use: META records "bench_chain_samples"; 0: all [0] */

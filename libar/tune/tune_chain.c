@@ -41,7 +41,8 @@ uint16_t *tn_chain_alloc(const tn_run *r)
 {
     size_t bytes = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->c->hidden;
     if (r->spill) return ar_spill_alloc(r->o->spill_dir, bytes);
-    uint16_t *p = malloc(bytes);
+    /* a benchmark's chain forwards leave samples unwritten, which SignRound reads: zeros, as in a spill file */
+    uint16_t *p = r->o->bench_chain_samples > 0 ? calloc(1, bytes) : malloc(bytes);
     if (!p) ar_error("out of memory for a calibration chain (%zu MiB)", bytes >> 20);
     return p;
 }

@@ -85,7 +85,7 @@ void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
 uint16_t *tn_chain_alloc(const tn_run *r);
 void tn_chain_free(void *p);
 
-/* Samples per block forward and per SignRound forward/backward (o->chunk,
+/* Samples per block forward and per SignRound forward/backward (o->micro_batch,
  * or as o->mem_budget_mib allows; batch_size on a GPU), ≤ min(batch_size, n). */
 int tn_chunk(const tn_run *r);
 
