@@ -22,6 +22,7 @@ static const char usage[] =
     "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
+    "               [--micro_batch N] [--bench_chain_samples K]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
@@ -35,7 +36,12 @@ static const char usage[] =
     "as AutoRound's amp; f32 elsewhere).\n"
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
     "--mem_budget MIB: when the calibration chains (3 x nsamples x seqlen x hidden bf16) need more host memory,\n"
-    "they live in files under $TMPDIR (default /tmp) instead; --low_cpu_mem_usage: always (same output).\n"
+    "they live in files under $TMPDIR (default /tmp) instead, and SignRound's forward/backward runs a batch in\n"
+    "chunks of as many samples as the budget holds (their gradients add up: the same sums, grouped);\n"
+    "--low_cpu_mem_usage: the chains always in files, no chunks (same output as without).\n"
+    "--micro_batch N: samples per forward/backward (default: batch_size, or as --mem_budget allows).\n"
+    "--bench_chain_samples K: benchmarks only (memory, time per iteration): each block's chain forwards run\n"
+    "the first K samples only, SignRound still draws from all; the output is not a usable model.\n"
     "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
     "outlier-suppressed loss below 4 bits or with 4-bit activations; GGUF: tuned rounding over llama.cpp's\n"
     "imatrix scales, 200 iters by default).\n"
@@ -64,6 +70,7 @@ static tune_args parse_args(int argc, char **argv)
     a.scheme = "W4A16"; a.bits = a.group_size = a.sym = AR_UNSET;
     a.o.iters = a.nsamples = a.seqlen = a.o.batch_size = a.o.grad_accum = -1;
     ar_tune_opts *o = &a.o;
+    int low_cpu = 0;   /* --low_cpu_mem_usage: spill, keep whole batches */
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
         if (cli_io_flag(argc, argv, &i, usage, "--output", &a.in, &a.out, &a.model)) continue;
@@ -79,6 +86,9 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--batch_size"))) o->batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--gradient_accumulate_steps"))) o->grad_accum = (int)cli_long("--gradient_accumulate_steps", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--micro_batch"))) o->micro_batch = (int)cli_long("--micro_batch", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--bench_chain_samples")))
+            o->bench_chain_samples = (int)cli_long("--bench_chain_samples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--lr"))) o->lr = cli_double("--lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--minmax_lr"))) o->minmax_lr = cli_double("--minmax_lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) o->seed = cli_long("--seed", v, 0, LONG_MAX);
@@ -106,9 +116,13 @@ static tune_args parse_args(int argc, char **argv)
             o->gpu_chain_budget_mib = cli_double("--gpu_chain_budget", v, -1, 1e9);
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) o->checkpoint = v;
         else if ((v = cli_value(argc, argv, &i, "--mem_budget"))) o->mem_budget_mib = cli_double("--mem_budget", v, 0.001, 1e12);
-        else if (flag(s, "--low_cpu_mem_usage")) o->mem_budget_mib = 1e-9;   /* any chain exceeds it */
+        else if (flag(s, "--low_cpu_mem_usage")) {
+            o->mem_budget_mib = 1e-9;   /* any chain exceeds it */
+            low_cpu = 1;
+        }
         else cli_usage_error("unknown argument '%s'", s);
     }
+    if (low_cpu && o->micro_batch == 0) o->micro_batch = 1 << 16;   /* ≥ any batch: no chunks, the same output */
     return a;
 }
 

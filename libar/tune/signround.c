@@ -3,6 +3,7 @@
 #include "error.h"
 #include "ops.h"
 #include "quant_fp.h"
+#include "spill.h"
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -374,7 +375,12 @@ void ar_index_sampler_free(ar_index_sampler *s)
 static void gather_bf16(float *dst, const uint16_t *src, const int *idx, int bs, int T, int C)
 {
     size_t row = (size_t)T * C;
-    for (int b = 0; b < bs; b++) ar_to_f32(dst + b * row, src + (size_t)idx[b] * row, AR_BF16, row);
+    for (int b = 0; b < bs; b++) {
+        ar_to_f32(dst + b * row, src + (size_t)idx[b] * row, AR_BF16, row);
+        /* a chain in a spill file (spill.h) keeps none of its pages in memory:
+         * the next draw of this sample reads it from the file again */
+        ar_spill_release((void *)src, sizeof *src * idx[b] * row, sizeof *src * row);
+    }
 }
 
 static void gather_mask(uint8_t *dst, const uint8_t *mask, const int *idx, int bs, int T)
@@ -390,6 +396,7 @@ typedef struct {
     const ar_block_plan *plan;
     const ar_signround_opts *o;
     int T, C, bs;
+    int mc;                       /* samples of one forward/backward: bs, or o->micro_batch (fewer) */
     int nl;                       /* entries of L, dW and wq (the cache's) */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
@@ -454,16 +461,25 @@ static double head_loss(tuner *t, const int *idx, int bs, float scale)
     return ar_lm_head_loss(h, t->pred, t->yb, t->tgt, (long)bs * T, t->C, scale, t->dy);
 }
 
-/* Forward + backward over one iteration's gb samples in chunks of bs; the
- * gradients of the chunks add up in the layers' dw and *loss gets the
- * masked sum of squares over all gb·T·C elements divided by that count. */
-static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
-                       const int *idx, int gb, double *loss)
+/* The gradient accumulation of one SignRound step: forward + backward of
+ * samples idx[0..ns), t->mc at a time, each chunk's gradient added into the
+ * layers' dw (zeroed by quantize_all) and its loss term into *sse. nel is the
+ * element count of the whole step's mini-batch (gb·T·C): every chunk's loss
+ * gradient is scaled by it, so the chunks' gradients are terms of one sum,
+ * whatever part of the step this call covers (another caller may split a
+ * step's samples across calls or processes and add the dw's).
+ *
+ * Summation order: chunks in the order of idx; within a chunk the backward's
+ * GEMMs add dy^T·x over the chunk's rows into dw (dw += ..., one call per
+ * linear per chunk); *sse adds each chunk's double sum in the same order.
+ * So a run with chunk c and batch b equals, byte for byte, the run with
+ * batch c and grad_accum b/c (the same chunks of the same sampler draw);
+ * against an unchunked run only the rounding of the partial sums differs. */
+static int accumulate_chunks(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
+                             const int *idx, int ns, double nel, double *sse)
 {
-    double nel = (double)gb * t->T * t->C, sse = 0;
-    t->head_rows = 0;
-    for (int off = 0; off < gb; off += t->bs) {
-        int bs = gb - off < t->bs ? gb - off : t->bs;
+    for (int off = 0; off < ns; off += t->mc) {
+        int bs = ns - off < t->mc ? ns - off : t->mc;
         long rows = (long)bs * t->T;
         gather_bf16(t->xb, x_in, idx + off, bs, t->T, t->C);
         gather_bf16(t->yb, y_ref, idx + off, bs, t->T, t->C);
@@ -474,18 +490,30 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         if (t->o->lfq) {
             double part = head_loss(t, idx + off, bs, (float)(1.0 / nel));
             if (part < 0) return -1;
-            sse += part;
-        } else if (t->o->outlier_loss) {
+            *sse += part;
+        } else if (t->o->outlier_loss) {   /* t->mc = t->bs here: the top-k of a whole mini-batch */
             double part = ar_outlier_suppressed_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
             if (part < 0) return -1;
-            sse += part;
+            *sse += part;
         } else {
-            sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+            *sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
         }
         if (t->plan->desc->backward(t->c, &t->wq, &t->acts, t->dy, t->dW, NULL, NULL, &t->ws)) return -1;
         t->rep->sec_forward += t1 - t0;
         t->rep->sec_backward += now_s() - t1;
     }
+    return 0;
+}
+
+/* One iteration's forward + backward over its gb samples: *loss gets the
+ * masked sum of squares over all gb·T·C elements divided by that count (LFQ:
+ * the head loss over the positions scored). */
+static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
+                       const int *idx, int gb, double *loss)
+{
+    double nel = (double)gb * t->T * t->C, sse = 0;
+    t->head_rows = 0;
+    if (accumulate_chunks(t, x_in, y_ref, mask, idx, gb, nel, &sse)) return -1;
     *loss = !t->o->lfq ? sse / nel : t->head_rows ? sse / t->head_rows : 0;
     return 0;
 }
@@ -578,11 +606,12 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
 {
     tuner *t = &k->t;
     int bs = o->batch_size < n ? o->batch_size : n;
+    int mc = o->micro_batch > 0 && o->micro_batch < bs && !o->outlier_loss ? o->micro_batch : bs;
     if (plan->nlinear != w_fp->nlinear)
         return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
-    if (tuner_alloc(k, c, plan->nlinear, bs, T, o->lfq != 0)) return -1;
+    if (tuner_alloc(k, c, plan->nlinear, mc, T, o->lfq != 0)) return -1;   /* buffers of one chunk */
     t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
-    t->bs = bs;
+    t->bs = bs, t->mc = mc;
     t->head_rows = 0;
     t->rep = NULL;
     ar_block_weights_borrow(&t->wq, w_fp);

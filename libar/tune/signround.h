@@ -9,9 +9,11 @@
  *  2. fake-quantize every planned weight from its FP weight with the current
  *     V, α, β (ar_quant_forward); linears with plan->act_quant also
  *     fake-quantize their input in every forward (straight-through backward);
- *  3. in chunks of batch_size samples: block forward, masked squared error
- *     against the FP outputs, block backward (ar_block_backward), gradients
- *     summed over the chunks. The loss of the iteration is
+ *  3. in chunks of batch_size samples (or of o->micro_batch, fewer, to bound the
+ *     activations' memory: accumulate_chunks in signround.c): block forward,
+ *     masked squared error against the FP outputs, block backward
+ *     (ar_block_backward), gradients summed over the chunks in the sampler's
+ *     order. The loss of the iteration is
  *     Σ_chunks Σ mask·(pred − ref)² / (GB·T·C): for grad_accum = 1 exactly
  *     AutoRound's MSELoss(mean) over pred·mask vs ref·mask; for grad_accum > 1
  *     AutoRound switches to a sum reduction, which weighs every element the
@@ -62,6 +64,17 @@ typedef struct {
     float minmax_lr;      /* 0: same as lr */
     int batch_size;       /* 8 */
     int grad_accum;       /* 1 */
+    /* 0: batch_size; else the samples of one forward/backward (micro-batch),
+     * at most batch_size: the saved activations and the workspace are sized
+     * for it, not for batch_size. A step still draws batch_size·grad_accum
+     * samples and divides by that count, so the loss and the gradient are the
+     * same sums, grouped in chunks: exactly the run with batch_size = micro_batch
+     * and grad_accum = the chunks of a step when it divides batch_size
+     * (same chunks, same order, same bytes); against an unchunked run only
+     * the float rounding of the per-chunk sums differs (dL/dŵ adds chunk by
+     * chunk). Ignored with outlier_loss, whose top 0.1 % is taken over each
+     * batch_size mini-batch (as AutoRound's) and so needs it whole. */
+    int micro_batch;
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */

@@ -159,6 +159,10 @@ static char *meta_json(const tn_run *r)
         cJSON_AddNumberToObject(t, "seqlen", d->T);
         cJSON_AddNumberToObject(t, "batch_size", a->batch_size);
         cJSON_AddNumberToObject(t, "gradient_accumulate_steps", a->grad_accum);
+        int chunk = tn_chunk(r), bs = a->batch_size < d->n ? a->batch_size : d->n;
+        if (chunk < bs) cJSON_AddNumberToObject(t, "micro_batch", chunk);   /* the sums' grouping (signround.h) */
+        if (a->bench_chain_samples > 0 && a->bench_chain_samples < d->n)   /* not a usable result: say so */
+            cJSON_AddNumberToObject(t, "bench_chain_samples", a->bench_chain_samples);
         if (a->lr > 0) cJSON_AddNumberToObject(t, "lr", a->lr);
         if (a->minmax_lr > 0) cJSON_AddNumberToObject(t, "minmax_lr", a->minmax_lr);
         cJSON_AddBoolToObject(t, "enable_minmax_tuning", !a->disable_minmax);

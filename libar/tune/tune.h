@@ -84,6 +84,12 @@ typedef struct {
     double minmax_lr;           /* of the range multipliers α/β; 0: lr [0] */
     int batch_size;             /* samples per forward [8] */
     int grad_accum;             /* batches per SignRound step [1] */
+    int micro_batch;            /* CPU: samples per forward and per SignRound forward/backward (a
+                                   micro-batch: signround.h's micro_batch; the gradients of a batch add up
+                                   chunk by chunk); 0: batch_size, or with mem_budget_mib the most
+                                   samples whose training buffers fit in it (tn_chunk), at least 1;
+                                   >= batch_size: whole batches whatever the budget.
+                                   META records it ("micro_batch") when below batch_size [0] */
     long seed;                  /* block b is tuned with seed + b [42] */
     int disable_minmax;         /* 1: no α/β (min/max) tuning [0] */
     int not_use_best;           /* 1: the last iteration's parameters instead of the best [0] */
@@ -111,6 +117,11 @@ typedef struct {
                                    same bytes) and calib's activations are freed (calib->hidden NULL);
                                    0: no limit [0] */
     const char *spill_dir;      /* where those files go [P_tmpdir, "/tmp"] */
+    int bench_chain_samples;    /* benchmarks only: the chain forwards run the first K samples, the rest of
+                                   each chain keeps zeros (the FP chain's input: the calibration input), so
+                                   SignRound draws from all n samples at the memory of an n-sample run while
+                                   the 2·n sample forwards per block shrink to 2·K; not a quantization
+                                   anyone should use: META records "bench_chain_samples"; 0: all [0] */
     int amp;                    /* 1: the CPU block forwards and SignRound's forward/backward run their
                                    linears' GEMMs in bf16 (gemm.h; AutoRound's amp, autocast to bf16)
                                    where this build has oneDNN and the CPU AVX512-BF16 or AMX, else f32;

@@ -5,6 +5,7 @@
 #include "signround_cuda.h"
 #include "dtype.h"
 #include "error.h"
+#include "ops.h"
 #include "quant_kv.h"
 #include "spill.h"
 #include "tune_impl.h"
@@ -40,7 +41,8 @@ uint16_t *tn_chain_alloc(const tn_run *r)
 {
     size_t bytes = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->c->hidden;
     if (r->spill) return ar_spill_alloc(r->o->spill_dir, bytes);
-    uint16_t *p = malloc(bytes);
+    /* a benchmark's chain forwards leave samples unwritten, which SignRound reads: zeros, as in a spill file */
+    uint16_t *p = r->o->bench_chain_samples > 0 ? calloc(1, bytes) : malloc(bytes);
     if (!p) ar_error("out of memory for a calibration chain (%zu MiB)", bytes >> 20);
     return p;
 }
@@ -49,6 +51,37 @@ void tn_chain_free(void *p)
 {
     if (ar_spill_owns(p)) ar_spill_free(p);
     else free(p);
+}
+
+/* The training buffers of one sample of T tokens, bytes: what SignRound's
+ * forward/backward holds per sample of a chunk, counted for the dense block
+ * (block.c's ar_block_acts and training ar_block_work, the mini-batch): per
+ * token the saved activations x, ln1, ln2, h (4C), q, ao (2QD), k, v (2KD),
+ * gate, up, act (3F); the workspace's ln, h, dln, dh (4C), q, ao, dao, dq,
+ * dqn (5QD), k, v, dk, dv, dkn (5KD), gate, up, dact, dgate, dup (5F); the
+ * mini-batch's x, y_ref, pred, dy (4C); per sample the attention
+ * probabilities NH·T² and the attention backward's scratch. An estimate for
+ * other families (their extra norms are a few C per token). */
+static double sample_train_bytes(const ar_config *c, int T)
+{
+    double C = c->hidden, F = c->intermediate, NH = c->n_heads;
+    double QD = NH * c->head_dim, KD = (double)c->n_kv_heads * c->head_dim;
+    double per_token = 12 * C + 7 * QD + 7 * KD + 8 * F;
+    return 4.0 * ((double)T * per_token + NH * T * T + (double)ar_attention_backward_scratch(1, T, c->n_heads,
+                                                                                              c->head_dim));
+}
+
+int tn_chunk(const tn_run *r)
+{
+    const ar_tune_opts *o = r->o;
+    int bs = o->batch_size < r->d->n ? o->batch_size : r->d->n;
+    if (r->dev != AR_DEVICE_CPU) return bs;
+    int ch = o->micro_batch;
+    if (ch <= 0 && o->mem_budget_mib > 0) {
+        double fit = o->mem_budget_mib * 1048576.0 / sample_train_bytes(r->c, r->d->T);
+        ch = fit < 1 ? 1 : fit < bs ? (int)fit : bs;
+    }
+    return ch > 0 && ch < bs ? ch : bs;
 }
 
 /* max |x| over ntok tokens of x [ntok, K] folded into *m. */
@@ -104,7 +137,8 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
                    float *const *imat, float *amax, const ar_block_plan *actq)
 {
     const ar_config *c = r->c;
-    const int n = r->d->n, T = r->d->T, bs = r->o->batch_size;
+    const int bench = r->o->bench_chain_samples, all = r->d->n, T = r->d->T, bs = tn_chunk(r);
+    const int n = bench > 0 && bench < all ? bench : all;   /* a benchmark's shortened pass (tune.h) */
     int has_actq = actq && ar_block_plan_has_act_quant(actq);
     if (!imat && !amax && !r->rows && !has_actq && !r->kv_obs && dst && r->dev != AR_DEVICE_CPU)
         return ar_block_forward_samples_cuda(r->gpu, c, w, src, dst, n, T, bs);
@@ -235,6 +269,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     ar_signround_defaults(&o);
     o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
+    o.micro_batch = tn_chunk(r);   /* the batch's activations in chunks: same sums, bounded memory */
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
     o.gemm = r->amp;

@@ -85,8 +85,12 @@ void tn_block_done(const tn_run *r, int layer, const ar_signround_report *rep);
 uint16_t *tn_chain_alloc(const tn_run *r);
 void tn_chain_free(void *p);
 
+/* Samples per block forward and per SignRound forward/backward (o->micro_batch,
+ * or as o->mem_budget_mib allows; batch_size on a GPU), ≤ min(batch_size, n). */
+int tn_chunk(const tn_run *r);
+
 /* Run block weights w over all n samples of src (bf16 [n, T, C]) into dst
- * (NULL: outputs dropped), bs samples at a time; with r->kv_obs, fold max |K|
+ * (NULL: outputs dropped), tn_chunk samples at a time; with r->kv_obs, fold max |K|
  * and max |V| into it (CPU); with imat (r->bd.nlinear entries, NULL ones
  * skipped), accumulate each linear's input Σx² too; with amax
  * [r->bd.nlinear], the running max |x| of each linear's input; with actq, the linears' inputs quantized as that plan says (the

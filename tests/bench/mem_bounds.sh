@@ -17,8 +17,16 @@
 # size, 0.5: the 2-layer 8B model in 2 shards), NS/SEQ (samples x
 # tokens, 8 x 2048), ITERS (2), BS/GAS (batch size and gradient accumulation,
 # 1 / 8), THREADS (2), MEM_BUDGET (ar-tune --mem_budget MiB, 1024),
-# RTN_CAP/SR8_CAP/SR70_CAP (MiB: 3072 / 8192 / 20480), EXTRA (more ar-tune
-# flags).
+# RTN_CAP/SR8_CAP/SR70_CAP (MiB: 3072 / 8192 / 20480), BENCH_CHAIN (ar-tune
+# --bench_chain_samples: the chain forwards over the first K samples only, 0:
+# all; the SignRound batches still draw from all NS), EXTRA (more ar-tune
+# flags). ar-tune picks the micro-batch (--micro_batch) from MEM_BUDGET: one
+# sample of 2048 tokens needs about 2.2 GB of training buffers at the 8B shape.
+#
+# 128 x 2048 at the 8B shape, batch 8 in micro-batches of 1, one iteration,
+# the chain forwards over one sample (docs/memory.md §4):
+#   WORK=/tmp/ar-mem AR_BIN=$PWD/bin AR_SHARED=/work/shared L8=1 NS=128 SEQ=2048 ITERS=1 BS=8 GAS=1 \
+#     MEM_BUDGET=1024 BENCH_CHAIN=1 EXTRA=--verbose sh tests/bench/mem_bounds.sh sr8b
 #
 # Caps: a child of this process's cgroup-v1 memory controller when writable
 # (memory.limit_in_bytes; memory.max_usage_in_bytes is the peak of anonymous
@@ -36,7 +44,8 @@ WORK=${WORK:-/tmp/ar-mem}
 PY=${PY:-$ROOT/build/venv/bin/python}
 L8=${L8:-2} NS=${NS:-8} SEQ=${SEQ:-2048} ITERS=${ITERS:-2} BS=${BS:-1} GAS=${GAS:-8} THREADS=${THREADS:-2}
 MEM_BUDGET=${MEM_BUDGET:-1024} RTN_CAP=${RTN_CAP:-3072} SR8_CAP=${SR8_CAP:-8192} SR70_CAP=${SR70_CAP:-20480}
-EXTRA=${EXTRA:-} SHARD_GB=${SHARD_GB:-0.5}
+EXTRA=${EXTRA:-} SHARD_GB=${SHARD_GB:-0.5} BENCH_CHAIN=${BENCH_CHAIN:-0}
+[ "$BENCH_CHAIN" = 0 ] || EXTRA="$EXTRA --bench_chain_samples $BENCH_CHAIN"
 CASES=${*:-rtn8b sr8b sr70b}
 mkdir -p "$WORK"
 

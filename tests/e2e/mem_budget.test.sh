@@ -9,7 +9,10 @@
 # (its quantized chain starts at the embedding), --low_cpu_mem_usage, and a
 # budget the chains fit (no spill). auto-round --low_cpu_mem_usage reaches
 # ar-tune. A spill directory that cannot hold the files fails with one line
-# naming it and leaves no output.
+# naming it and leaves no output. A budget below one sample's training
+# buffers also makes SignRound run its batch of 4 in chunks of 1 sample
+# (signround.h's micro_batch): the in-memory side of each comparison runs
+# --micro_batch 1, and the spilled run's META must say "micro_batch":1.
 . "$(dirname "$0")/lib.sh"
 TL=$SHARED/models/tiny-llama
 "$BIN/ar-calib" --model "$TL" --dataset "$STORIES_TEXT" --nsamples 8 --seqlen 64 -o "$T/tl.ars" --quiet
@@ -17,27 +20,29 @@ stories_calib 4 32 -o "$T/st.ars" --quiet
 mkdir "$T/spill"
 tune() { c=$1; shift; "$BIN/ar-tune" -i "$T/$c.ars" --iters 2 --batch_size 4 --threads 2 "$@"; }
 
-# same_both NAME CALIB ARGS...: in memory, then spilled; the streams must be
-# equal, and the spilled run must say it spilled and leave no file behind.
+# same_both NAME CALIB ARGS...: in memory (chunks of 1 sample), then spilled;
+# the streams must be equal, and the spilled run must say it spilled, record
+# its chunk and leave no file behind.
 same_both() {
     name=$1 c=$2; shift 2
-    tune "$c" "$@" -o "$T/$name.mem.ars" --progress 2> "$T/$name.mem.err" || fail "$name in memory: $(cat "$T/$name.mem.err")"
+    tune "$c" "$@" --micro_batch 1 -o "$T/$name.mem.ars" --progress 2> "$T/$name.mem.err" || fail "$name in memory: $(cat "$T/$name.mem.err")"
     grep -q 'in files under' "$T/$name.mem.err" && fail "$name: spilled without --mem_budget"
     TMPDIR=$T/spill tune "$c" "$@" --mem_budget 0.01 -o "$T/$name.spill.ars" --progress 2> "$T/$name.spill.err" ||
         fail "$name spilled: $(cat "$T/$name.spill.err")"
     grep -q "in files under $T/spill" "$T/$name.spill.err" || fail "$name: no spill line: $(cat "$T/$name.spill.err")"
     cmp -s "$T/$name.mem.ars" "$T/$name.spill.ars" || fail "$name: spilled output differs"
+    "$BIN/ar-dump" "$T/$name.spill.ars" | grep -q '^meta.*"micro_batch":1[,}]' || fail "$name: META has no chunk 1"
     [ -z "$(ls -A "$T/spill")" ] || fail "$name: files left in the spill directory: $(ls -A "$T/spill")"
 }
 same_both signround tl
 same_both fp_input st --disable_quanted_input
 same_both gguf st --scheme GGUF:Q4_K_M
-# a budget the chains fit: no spill
+# a budget the chains and a whole batch fit: no spill, no chunks
 tune st --mem_budget 64 -o "$T/fit.ars" --progress 2> "$T/fit.err"
 grep -q 'in files under' "$T/fit.err" && fail "chains spilled under a 64 MiB budget"
 tune st -o "$T/st.mem.ars" --quiet
 cmp -s "$T/st.mem.ars" "$T/fit.ars" || fail "--mem_budget 64 changed the output"
-# --low_cpu_mem_usage: always spilled, same bytes
+# --low_cpu_mem_usage: always spilled, whole batches, same bytes
 TMPDIR=$T/spill tune st --low_cpu_mem_usage -o "$T/low.ars" --progress 2> "$T/low.err"
 grep -q 'in files under' "$T/low.err" || fail "--low_cpu_mem_usage did not spill: $(cat "$T/low.err")"
 cmp -s "$T/st.mem.ars" "$T/low.ars" || fail "--low_cpu_mem_usage changed the output"

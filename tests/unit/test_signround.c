@@ -667,6 +667,68 @@ static void assert_same_outputs(const fixture *f, const result *a, const result 
     cr_assert_eq(a->rep.best_iter, b->rep.best_iter);
 }
 
+/* A micro-batch (o.micro_batch) is gradient accumulation inside the batch: batch 4
+ * in chunks of 2 draws the same 4 samples per step as batch 2 × 2 steps
+ * (the sampler takes batch · grad_accum) and sums the same chunks in the
+ * same order (signround.c's accumulate_chunks), so every loss and every
+ * output byte is the same. */
+Test(signround, chunks_are_gradient_accumulation)
+{
+    fixture f;
+    random_fixture(&f, 8, 16, 4, 16, 1);
+    ar_signround_opts oc = opts(10, 4), oa = opts(10, 2);
+    oc.micro_batch = 2;
+    oa.grad_accum = 2;
+    result c, a;
+    tune(&f, &oc, &c);
+    tune(&f, &oa, &a);
+    assert_same_outputs(&f, &c, &a);
+    cr_assert_eq(memcmp(c.losses, a.losses, 10 * sizeof c.losses[0]), 0);
+    result_free(&c), result_free(&a);
+}
+
+/* A chunk that does not divide the batch (3 of 4: chunks of 3 and 1) gives
+ * the unchunked run's losses within the rounding of the loss at the RTN
+ * start (twice loss_tolerance's estimate, as gradient accumulation above:
+ * the same sums, grouped differently); a gradient component within rounding
+ * of 0 may flip a code, so 0.1 % of the codes may differ. The outlier loss
+ * ignores the chunk (its top 0.1 % is over the whole mini-batch): the same
+ * bytes as without. */
+Test(signround, uneven_chunks_follow_the_whole_batch)
+{
+    fixture f;
+    random_fixture(&f, 4, 16, 4, 16, 1);
+    ar_signround_opts o1 = opts(10, 4), o2 = opts(10, 4);
+    o2.micro_batch = 3;
+    result a, b;
+    tune(&f, &o1, &a);
+    tune(&f, &o2, &b);
+    ar_signround_opts o0 = opts(0, 4);
+    result z;
+    tune(&f, &o0, &z);
+    ar_block_weights wr = with_wq(&f, &z);
+    double tol = loss_tolerance(&f, &wr, NULL, f.n);
+    result_free(&z);
+    for (int it = 0; it < 10; it++)
+        cr_assert_leq(fabs(a.losses[it] - b.losses[it]), tol, "iteration %d: %g vs %g, tolerance %g", it, a.losses[it],
+                      b.losses[it], tol);
+    long same = 0, total = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        for (long j = 0; j < (long)n * k; j++) same += a.out[i].codes[j] == b.out[i].codes[j];
+        total += (long)n * k;
+    }
+    cr_assert_geq(same, total - total / 1000);
+    result_free(&a), result_free(&b);
+    o1.outlier_loss = o2.outlier_loss = 1;
+    o2.micro_batch = 1;
+    tune(&f, &o1, &a);
+    tune(&f, &o2, &b);
+    assert_same_outputs(&f, &a, &b);
+    result_free(&a), result_free(&b);
+}
+
 static void tune_cached(ar_signround_cache **cache, const fixture *f, const ar_signround_opts *o, result *r)
 {
     result_alloc(r, f);
