@@ -9,9 +9,13 @@
  *  2. fake-quantize every planned weight from its FP weight with the current
  *     V, α, β (ar_quant_forward); linears with plan->act_quant also
  *     fake-quantize their input in every forward (straight-through backward);
- *  3. in chunks of batch_size samples: block forward, masked squared error
- *     against the FP outputs, block backward (ar_block_backward), gradients
- *     summed over the chunks. The loss of the iteration is
+ *  3. in chunks of batch_size samples (micro_batch when set): block forward,
+ *     masked squared error against the FP outputs, block backward
+ *     (ar_block_backward) into a zeroed gradient, the chunks' gradients
+ *     summed over reduce.h's fixed binary tree (one chunk, the default:
+ *     that chunk's gradient), the loss parts in chunk order; with
+ *     o->reduce, ranks compute their own chunks and exchange the tree's
+ *     nodes (same bits for any number of ranks). The loss of the iteration is
  *     Σ_chunks Σ mask·(pred − ref)² / (GB·T·C): for grad_accum = 1 exactly
  *     AutoRound's MSELoss(mean) over pred·mask vs ref·mask; for grad_accum > 1
  *     AutoRound switches to a sum reduction, which weighs every element the
@@ -37,6 +41,7 @@
 #include "block.h"
 #include "block_desc.h"
 #include "quant.h"
+#include "reduce.h"
 #include "scheme.h"
 #include <stdint.h>
 
@@ -62,6 +67,12 @@ typedef struct {
     float minmax_lr;      /* 0: same as lr */
     int batch_size;       /* 8 */
     int grad_accum;       /* 1 */
+    int micro_batch;      /* 0: batch_size; else the samples of one forward/backward chunk (at most
+                             batch_size): an iteration's samples run in chunks of this many, each
+                             chunk's gradient from zero, summed over the fixed chunk tree of reduce.h
+                             (more chunks: less activation memory, log2(chunks) more gradient copies) */
+    ar_reducer *reduce;   /* NULL: one process; else this process is one of reduce->size ranks that
+                             split each iteration's chunks (reduce.h); the result is the same bits */
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */

@@ -37,6 +37,7 @@
 #include "config.h"
 #include "ggml_blocks.h"
 #include "scheme.h"
+#include "reduce.h"
 #include "signround.h"
 #include "stream.h"
 
@@ -84,6 +85,12 @@ typedef struct {
     double minmax_lr;           /* of the range multipliers α/β; 0: lr [0] */
     int batch_size;             /* samples per forward [8] */
     int grad_accum;             /* batches per SignRound step [1] */
+    int micro_batch;            /* samples per forward/backward chunk, 0: batch_size (signround.h) [0] */
+    /* NULL: one process; else this process is rank reduce->rank of reduce->size that split SignRound's
+     * chunks (reduce.h; CPU only): every rank runs the whole pipeline on all samples, tunes its share of
+     * each iteration's chunks and writes the same bytes as one process; a checkpoint is rank 0's, which
+     * hands the others its chains on resume. [NULL] */
+    ar_reducer *reduce;
     long seed;                  /* block b is tuned with seed + b [42] */
     int disable_minmax;         /* 1: no α/β (min/max) tuning [0] */
     int not_use_best;           /* 1: the last iteration's parameters instead of the best [0] */
