@@ -390,13 +390,12 @@ typedef struct {
     const ar_block_plan *plan;
     const ar_signround_opts *o;
     int T, C, bs;
-    int nl;                       /* entries of L, dW and wq (the cache's) */
+    int nl;                       /* entries of L, gptr and wq (the cache's) */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
     size_t cap_dv, cap_dg;
     float *wtmp;                  /* with o->reload: one linear's FP weight, sized for the largest */
     size_t cap_wtmp;
-    float **dW;                   /* [plan->nlinear] the planned linears' weight gradients, else NULL */
     ar_block_weights wq;          /* FP weights with the quantized linears swapped for ŵ */
     ar_block_work ws;
     ar_block_acts acts;
@@ -550,19 +549,16 @@ static int eval_node(tuner *t, const tree_job *j, int lo, int hi, int s, int dep
     return 0;
 }
 
-/* Room for the sets, loss parts and exchange scratch of K chunks and
- * `nodes` owned nodes. */
-static int tree_alloc(tuner *t, int K, int nodes)
+/* Room for `sets` arena sets, the loss parts of K chunks and the exchange
+ * scratch. */
+static int tree_alloc(tuner *t, int K, int sets)
 {
-    int depth = 0;
-    while ((1 << depth) < K) depth++;
-    int need = nodes - 1 + depth;
-    if (need > t->cap_gsets) {
+    if (sets > t->cap_gsets) {
         free(t->gsets);
         t->cap_gsets = 0;
-        if (!(t->gsets = malloc(sizeof(float) * t->gtotal * (size_t)need)))
-            return ar_error("out of memory for %d gradient copies of the chunk tree", need);
-        t->cap_gsets = need;
+        if (!(t->gsets = malloc(sizeof(float) * t->gtotal * (size_t)sets)))
+            return ar_error("out of memory for %d gradient copies of the chunk tree", sets);
+        t->cap_gsets = sets;
     }
     if (K > t->cap_part) {
         free(t->part); free(t->hpart);
@@ -572,13 +568,8 @@ static int tree_alloc(tuner *t, int K, int nodes)
         t->cap_part = K;
     }
     ar_reducer *rd = t->o->reduce;
-    size_t sc = 0;
-    for (int i = 0; rd && rd->size > 1 && i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
-        size_t k = ar_reduce_scratch(rd, K, t->L[i].nel);
-        if (!k) return ar_error("out of memory for the chunk tree");
-        sc = k > sc ? k : sc;
-    }
+    size_t sc = rd && rd->size > 1 ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
+    if (rd && rd->size > 1 && !sc) return ar_error("out of memory for the chunk tree");
     if (sc > t->cap_rscratch) {
         free(t->rscratch);
         t->cap_rscratch = 0;
@@ -592,30 +583,34 @@ static int tree_alloc(tuner *t, int K, int nodes)
  * the layers' dw get the chunk tree's sum of the chunk gradients and *loss
  * the chunks' masked sums of squares, added in chunk order, over gb·T·C
  * (LFQ: over the positions scored). With o->reduce, this rank runs its own
- * chunks and the ranks exchange the tree's nodes and the loss parts. */
+ * chunks into contiguous sets (every planned linear's gradient, one after
+ * the other), and the ranks exchange those tree nodes in one all-gather
+ * and the loss parts in another. */
 static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                        const int *idx, int gb, double *loss)
 {
-    int K = (gb + t->bs - 1) / t->bs;
+    int K = (gb + t->bs - 1) / t->bs, depth = 0;
     ar_reducer *rd = t->o->reduce;
     int ranks = rd && rd->size > 1;
     int lo = 0, hi = K, nodes[2 * 64];
     if (ranks) ar_chunk_range(K, rd->rank, rd->size, &lo, &hi);
     int own = ar_chunk_nodes(K, lo, hi, nodes, 64);
-    if (tree_alloc(t, K, own > 0 ? own : 1)) return -1;
-    tree_job j = {x_in, y_ref, mask, idx, gb, (double)gb * t->T * t->C, own > 0 ? own : 1};
+    for (int n = 0; n < own; n++)   /* temporaries: one per level below the tallest own node */
+        while ((1 << depth) < nodes[2 * n + 1] - nodes[2 * n]) depth++;
+    /* one process: the root into set 0 (the layers' dw), temporaries in sets
+     * 1..depth; ranks: nodes in sets 1..own, temporaries after them, then
+     * the exchange's result */
+    if (tree_alloc(t, K, ranks ? own + depth + 1 : depth)) return -1;
+    tree_job j = {x_in, y_ref, mask, idx, gb, (double)gb * t->T * t->C, ranks ? own + 1 : 1};
     for (int n = 0; n < own; n++)
-        if (eval_node(t, &j, nodes[2 * n], nodes[2 * n + 1], n, 0)) return -1;
+        if (eval_node(t, &j, nodes[2 * n], nodes[2 * n + 1], ranks ? n + 1 : 0, 0)) return -1;
     if (ranks) {
         const float *mine[64];
-        size_t off = 0;
-        for (int i = 0; i < t->plan->nlinear; i++) {
-            if (!t->plan->quantize[i]) continue;
-            for (int n = 0; n < own; n++)
-                mine[n] = n ? t->gsets + (size_t)(n - 1) * t->gtotal + off : t->L[i].dw;
-            if (ar_reduce_tree(rd, K, t->L[i].dw, mine, t->L[i].nel, t->rscratch)) return -1;
-            off += t->L[i].nel;
-        }
+        for (int n = 0; n < own; n++) mine[n] = t->gsets + (size_t)n * t->gtotal;
+        float *sum = t->gsets + (size_t)(own + depth) * t->gtotal;
+        if (ar_reduce_tree(rd, K, sum, mine, t->gtotal, t->rscratch)) return -1;
+        for (int i = 0; i < t->plan->nlinear; i++)
+            if (t->plan->quantize[i]) memcpy(t->L[i].dw, sum, t->L[i].nel * 4), sum += t->L[i].nel;
         if (ar_reduce_parts(rd, K, t->part) || (t->o->lfq && ar_reduce_parts(rd, K, t->hpart))) return -1;
         rd->iters++;
     }
@@ -665,7 +660,7 @@ struct ar_signround_cache {
 static void tuner_free(tuner *t)
 {
     for (int i = 0; t->L && i < t->nl; i++) layer_free(&t->L[i]);
-    free(t->L); free(t->dW);
+    free(t->L);
     free(t->dv); free(t->dalpha); free(t->dbeta); free(t->wtmp);
     ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
@@ -692,8 +687,7 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     k->ready = 0;
     if (ar_block_weights_init(&t->wq, nl)) return -1;
     t->nl = nl;
-    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->dW = calloc(nl, sizeof *t->dW)) ||
-        !(t->gptr = calloc(nl, sizeof *t->gptr)))
+    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->gptr = calloc(nl, sizeof *t->gptr)))
         return ar_error("out of memory for the tunables");
     size_t rows = (size_t)bs * T * c->hidden;
     t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
@@ -725,14 +719,12 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
     ar_block_weights_borrow(&t->wq, w_fp);
     size_t gtotal = 0;
     for (int i = 0; i < plan->nlinear; i++) {
-        t->dW[i] = NULL;
         if (!plan->quantize[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], &plan->desc->lin[i], &plan->spec[i], o))
             return -1;
         t->L[i].init_scale = plan->init_scale[i];
         gtotal += t->L[i].nel;
         t->wq.w[i] = t->L[i].wq;
-        t->dW[i] = t->L[i].dw;
         if (t->L[i].nel > t->cap_dv) {
             free(t->dv);
             t->cap_dv = 0;
