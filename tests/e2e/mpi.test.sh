@@ -5,7 +5,7 @@
 #  1. stories260K W4A16, 8 samples in chunks of 1: one process = mpirun -np 1
 #     = -np 2 = -np 3 (uneven shares);
 #  2. W2A16G32 asym, batch 3 x 2 accumulation steps in chunks of 2 (3 chunks),
-#     -np 2;
+#     -np 2; the same for --enable_lfq, --enable_alg_ext and a tiny Qwen3-MoE;
 #  3. the calibration stream on standard input is refused under mpirun (it
 #     reaches rank 0 only), with no output;
 #  4. rank 1 killed (SIGKILL) after block 2 of a checkpointed run: mpirun
@@ -50,6 +50,21 @@ A2="$ARGS --scheme W2A16G32 --asym --batch_size 3 --gradient_accumulate_steps 2 
 mpirun_np 2 "$BIN/ar-tune" $A2 -o "$T/two2.ars"
 cmp "$T/one2.ars" "$T/two2.ars" || fail "W2A16G32, 3 chunks of 2: -np 2 differs from one process"
 echo "ok: W2A16G32 asym, 3 chunks of 2 samples: -np 2 = one process"
+# the LM-head loss of the last block (its scored positions are exchanged too) and SignRoundV2
+for extra in "--micro_batch 2 --enable_lfq" "--micro_batch 1 --enable_alg_ext --scheme W2A16"; do
+  "$BIN/ar-tune" $ARGS $extra -o "$T/one3.ars"
+  mpirun_np 2 "$BIN/ar-tune" $ARGS $extra -o "$T/two3.ars"
+  cmp "$T/one3.ars" "$T/two3.ars" || fail "$extra: -np 2 differs from one process"
+  echo "ok: $extra: -np 2 = one process"
+done
+# a mixture of experts (each rank counts its own chunks' routed rows; the counts are summed)
+MOE=$(cd "$(dirname "$0")/../fixtures/moe/tiny/qwen3_moe" && pwd)
+"$BIN/ar-calib" --quiet --model "$MOE" --dataset "$STORIES_TEXT" --nsamples 4 --seqlen 32 -o "$T/moe.ars"
+AM="--model $MOE -i $T/moe.ars --group_size 32 --iters 8 --batch_size 4 --micro_batch 1 --threads 1 --quiet"
+"$BIN/ar-tune" $AM -o "$T/moe1.ars"
+mpirun_np 2 "$BIN/ar-tune" $AM -o "$T/moe2.ars"
+cmp "$T/moe1.ars" "$T/moe2.ars" || fail "qwen3_moe: -np 2 differs from one process"
+echo "ok: qwen3_moe: -np 2 = one process"
 
 # 3.
 if mpirun_np 2 "$BIN/ar-tune" --iters 2 --threads 1 -o "$T/stdin.ars" < "$T/c.ars" 2> "$T/stdin.err"; then
