@@ -22,7 +22,7 @@
 static const char usage[] =
     "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
-    "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1] [--micro_batch M]\n"
+    "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1] [--dp_chunk M]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
@@ -35,9 +35,9 @@ static const char usage[] =
     "--disable_amp: the block GEMMs in f32 even where the CPU has AVX512-BF16/AMX (default --amp: bf16 there,\n"
     "as AutoRound's amp; f32 elsewhere).\n"
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
-    "--micro_batch M: run each iteration's samples M at a time, summing the chunks' gradients in a fixed tree\n"
+    "--dp_chunk M: run each iteration's samples M at a time, summing the chunks' gradients in a fixed tree\n"
     "(less activation memory). mpirun -np N ar-tune ... splits those chunks among N ranks and writes the same\n"
-    "bytes as one process with the same --micro_batch and --threads (docs/mpi.md; give -i FILE and -o FILE).\n"
+    "bytes as one process with the same --dp_chunk and --threads (docs/mpi.md; give -i FILE and -o FILE).\n"
     "--mem_budget MIB: when the calibration chains (3 x nsamples x seqlen x hidden bf16) need more host memory,\n"
     "they live in files under $TMPDIR (default /tmp) instead; --low_cpu_mem_usage: always (same output).\n"
     "--enable_alg_ext: SignRoundV2 (symmetric int, MXFP, NVFP4: imatrix-searched initial scales, beta in [0, 2],\n"
@@ -83,7 +83,7 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--seqlen"))) a.seqlen = (int)cli_long("--seqlen", v, 2, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--batch_size"))) o->batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--gradient_accumulate_steps"))) o->grad_accum = (int)cli_long("--gradient_accumulate_steps", v, 1, 1 << 16);
-        else if ((v = cli_value(argc, argv, &i, "--micro_batch"))) o->micro_batch = (int)cli_long("--micro_batch", v, 1, 1 << 16);
+        else if ((v = cli_value(argc, argv, &i, "--dp_chunk"))) o->dp_chunk = (int)cli_long("--dp_chunk", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--lr"))) o->lr = cli_double("--lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--minmax_lr"))) o->minmax_lr = cli_double("--minmax_lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) o->seed = cli_long("--seed", v, 0, LONG_MAX);

@@ -11,7 +11,7 @@
  *
  * Why the result does not depend on the number of ranks N. An iteration's
  * gb samples (the sampler's, the same on every rank) are cut into K chunks of
- * `micro_batch` samples, K independent of N. The loss is the sum of the
+ * `dp_chunk` samples, K independent of N. The loss is the sum of the
  * chunks' partial sums in chunk order (ar_chunk_fold). The gradient is the
  * sum of the chunk gradients (each computed from zero, ar_chunk_grad's
  * contract) over one fixed binary tree on the chunks 0..K-1 (ar_chunk_tree):

@@ -464,7 +464,7 @@ static double head_loss(tuner *t, const int *idx, int bs, float scale)
 }
 
 /* Forward and backward of one chunk of bs samples idx[0..bs), the function
- * every chunking shares (micro-batches, ranks): dW[i] += ∂(chunk loss)/∂W_i
+ * every chunking shares (dp chunks, ranks): dW[i] += ∂(chunk loss)/∂W_i
  * for the planned linears (the block backward accumulates; the tree gives it
  * zeroed sets), where the chunk loss is its masked sum of squares (or LFQ /
  * outlier loss) scaled by 1/nel, nel = the iteration's gb·T·C, the same
@@ -708,7 +708,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
 {
     tuner *t = &k->t;
     int bs = o->batch_size < n ? o->batch_size : n;
-    if (o->micro_batch > 0 && o->micro_batch < bs) bs = o->micro_batch;
+    if (o->dp_chunk > 0 && o->dp_chunk < bs) bs = o->dp_chunk;
     if (plan->nlinear != w_fp->nlinear)
         return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
     if (tuner_alloc(k, c, plan->nlinear, bs, T, o->lfq != 0)) return -1;

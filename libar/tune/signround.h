@@ -9,7 +9,7 @@
  *  2. fake-quantize every planned weight from its FP weight with the current
  *     V, α, β (ar_quant_forward); linears with plan->act_quant also
  *     fake-quantize their input in every forward (straight-through backward);
- *  3. in chunks of batch_size samples (micro_batch when set): block forward,
+ *  3. in chunks of batch_size samples (dp_chunk when set): block forward,
  *     masked squared error against the FP outputs, block backward
  *     (ar_block_backward) into a zeroed gradient, the chunks' gradients
  *     summed over reduce.h's fixed binary tree (one chunk, the default:
@@ -67,7 +67,7 @@ typedef struct {
     float minmax_lr;      /* 0: same as lr */
     int batch_size;       /* 8 */
     int grad_accum;       /* 1 */
-    int micro_batch;      /* 0: batch_size; else the samples of one forward/backward chunk (at most
+    int dp_chunk;      /* 0: batch_size; else the samples of one forward/backward chunk (at most
                              batch_size): an iteration's samples run in chunks of this many, each
                              chunk's gradient from zero, summed over the fixed chunk tree of reduce.h
                              (more chunks: less activation memory, log2(chunks) more gradient copies) */

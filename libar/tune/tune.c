@@ -249,15 +249,15 @@ static int share_resume(tn_run *r, int *first)
     return rd->bcast(rd->ctx, r->x_q, nb, 0);
 }
 
-/* Ranks and micro-batches are the CPU tuner's: a detected GPU gives way to
+/* Ranks and dp chunks are the CPU tuner's: a detected GPU gives way to
  * the CPU, one asked for is refused. 0 or -1. */
 static int cpu_only_options(tn_run *r)
 {
     const ar_tune_opts *o = r->o;
     int ranks = o->reduce && o->reduce->size > 1;
-    if (r->dev == AR_DEVICE_CPU || (!ranks && o->micro_batch <= 0)) return 0;
+    if (r->dev == AR_DEVICE_CPU || (!ranks && o->dp_chunk <= 0)) return 0;
     if (!o->device_auto)
-        return ar_error("%s run on the CPU only (--device cpu)", ranks ? "data-parallel ranks" : "micro-batches");
+        return ar_error("%s run on the CPU only (--device cpu)", ranks ? "data-parallel ranks" : "dp chunks");
     r->dev = AR_DEVICE_CPU;
     tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
     return 0;

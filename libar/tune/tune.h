@@ -85,7 +85,7 @@ typedef struct {
     double minmax_lr;           /* of the range multipliers α/β; 0: lr [0] */
     int batch_size;             /* samples per forward [8] */
     int grad_accum;             /* batches per SignRound step [1] */
-    int micro_batch;            /* samples per forward/backward chunk, 0: batch_size (signround.h) [0] */
+    int dp_chunk;            /* samples per forward/backward chunk, 0: batch_size (signround.h) [0] */
     /* NULL: one process; else this process is rank reduce->rank of reduce->size that split SignRound's
      * chunks (reduce.h; CPU only): every rank runs the whole pipeline on all samples, tunes its share of
      * each iteration's chunks and writes the same bytes as one process; a checkpoint is rank 0's, which

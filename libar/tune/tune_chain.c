@@ -235,7 +235,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     ar_signround_defaults(&o);
     o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
-    o.micro_batch = a->micro_batch; o.reduce = a->reduce;
+    o.dp_chunk = a->dp_chunk; o.reduce = a->reduce;
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
     o.gemm = r->amp;

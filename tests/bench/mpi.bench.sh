@@ -1,6 +1,6 @@
 #!/bin/sh
 # Data-parallel ranks (docs/mpi.md): ar-tune on tiny-llama (W4A16, 8 samples
-# of 128 tokens, AR_BENCH_MPI_ITERS iterations a block, micro-batches of 1
+# of 128 tokens, AR_BENCH_MPI_ITERS iterations a block, dp chunks of 1
 # sample, one thread a rank) as one process and as `mpirun -np 2`; prints
 # the wall time of both, the measured gradient exchange (MiB received and ms
 # per iteration, rank 0) against the volume the chunk tree predicts, and from
@@ -18,8 +18,8 @@ over=""; [ "$(nproc)" -ge 2 ] || over=--oversubscribe
 
 "$AR_BIN/ar-calib" --model "$M" --dataset "$AR_SHARED/data/tinystories/TinyStories-validation-head.txt" \
   --nsamples 8 --seqlen 128 -o "$W/c.ars" --quiet || exit 0
-A="-i $W/c.ars --iters $ITERS --threads 1 --disable_amp --micro_batch 1"
-echo "== mpi: ar-tune tiny-llama W4A16, 8 x 128, $ITERS iterations a block, micro_batch 1, 1 thread a rank, $(nproc) cores"
+A="-i $W/c.ars --iters $ITERS --threads 1 --disable_amp --dp_chunk 1"
+echo "== mpi: ar-tune tiny-llama W4A16, 8 x 128, $ITERS iterations a block, dp_chunk 1, 1 thread a rank, $(nproc) cores"
 echo "   load before: $(uptime | sed 's/.*load average: //')"
 t0=$(date +%s.%N)
 "$AR_BIN/ar-tune" $A --quiet -o "$W/one.ars"
@@ -47,7 +47,7 @@ awk -v t1="$(echo "$t1 - $t0" | bc)" -v t2="$(echo "$t2 - $t1" | bc)" -v n="$((I
 
 # Projection. t_iter(1 GPU) = the H100 7B-block iteration of docs/gpu-results.md (89.1 ms, default path,
 # 8 samples x 2048 tokens), scaled by the active parameters of a block (Llama-2-7B block: 202.4M).
-# N ranks split the 8 chunks of an iteration (micro_batch 1), so at most 8 ranks have work: 32 GPUs
+# N ranks split the 8 chunks of an iteration (dp_chunk 1), so at most 8 ranks have work: 32 GPUs
 # are 4 groups of 8 ranks tuning different blocks at once (block parallelism, docs/parallel.md), an
 # ideal 4x. The exchange is this all-gather of the ranks' tree nodes in f32: each rank receives
 # (N - 1) x G x 4 bytes, G the block's trainable weights, at 350 GB/s (NCCL all-gather bus bandwidth

@@ -1,7 +1,7 @@
 #!/bin/sh
-# Data-parallel ranks (docs/mpi.md): `mpirun -np N ar-tune ... --micro_batch M`
+# Data-parallel ranks (docs/mpi.md): `mpirun -np N ar-tune ... --dp_chunk M`
 # splits every SignRound iteration's chunks among N ranks and writes the bytes
-# of the one-process run with the same --micro_batch and --threads:
+# of the one-process run with the same --dp_chunk and --threads:
 #  1. stories260K W4A16, 8 samples in chunks of 1: one process = mpirun -np 1
 #     = -np 2 = -np 3 (uneven shares);
 #  2. W2A16G32 asym, batch 3 x 2 accumulation steps in chunks of 2 (3 chunks),
@@ -31,27 +31,27 @@ trap '[ -n "$pid" ] && kill -KILL $pid 2>/dev/null; rm -rf "$T"' EXIT
 stories_calib 8 32 -o "$T/c.ars" --quiet
 ARGS="-i $T/c.ars --iters 20 --threads 1 --disable_amp --quiet"
 
-if ! mpirun_np 2 "$BIN/ar-tune" $ARGS --micro_batch 1 -o "$T/probe.ars" 2> "$T/probe.err"; then
+if ! mpirun_np 2 "$BIN/ar-tune" $ARGS --dp_chunk 1 -o "$T/probe.ars" 2> "$T/probe.err"; then
   if grep -q "has no MPI" "$T/probe.err"; then echo "skip: ar-tune was built without MPI (no mpicc)"; exit 0; fi
   cat "$T/probe.err" >&2; fail "mpirun -np 2 ar-tune failed"
 fi
 
 # 1.
-"$BIN/ar-tune" $ARGS --micro_batch 1 -o "$T/one.ars"
+"$BIN/ar-tune" $ARGS --dp_chunk 1 -o "$T/one.ars"
 for n in 1 2 3; do
-  mpirun_np $n "$BIN/ar-tune" $ARGS --micro_batch 1 -o "$T/np$n.ars"
+  mpirun_np $n "$BIN/ar-tune" $ARGS --dp_chunk 1 -o "$T/np$n.ars"
   cmp "$T/one.ars" "$T/np$n.ars" || fail "-np $n differs from one process"
 done
-echo "ok: stories260K W4A16, micro_batch 1: one process = -np 1 = -np 2 = -np 3"
+echo "ok: stories260K W4A16, dp_chunk 1: one process = -np 1 = -np 2 = -np 3"
 
 # 2.
-A2="$ARGS --scheme W2A16G32 --asym --batch_size 3 --gradient_accumulate_steps 2 --micro_batch 2"
+A2="$ARGS --scheme W2A16G32 --asym --batch_size 3 --gradient_accumulate_steps 2 --dp_chunk 2"
 "$BIN/ar-tune" $A2 -o "$T/one2.ars"
 mpirun_np 2 "$BIN/ar-tune" $A2 -o "$T/two2.ars"
 cmp "$T/one2.ars" "$T/two2.ars" || fail "W2A16G32, 3 chunks of 2: -np 2 differs from one process"
 echo "ok: W2A16G32 asym, 3 chunks of 2 samples: -np 2 = one process"
 # the LM-head loss of the last block (its scored positions are exchanged too) and SignRoundV2
-for extra in "--micro_batch 2 --enable_lfq" "--micro_batch 1 --enable_alg_ext --scheme W2A16"; do
+for extra in "--dp_chunk 2 --enable_lfq" "--dp_chunk 1 --enable_alg_ext --scheme W2A16"; do
   "$BIN/ar-tune" $ARGS $extra -o "$T/one3.ars"
   mpirun_np 2 "$BIN/ar-tune" $ARGS $extra -o "$T/two3.ars"
   cmp "$T/one3.ars" "$T/two3.ars" || fail "$extra: -np 2 differs from one process"
@@ -60,7 +60,7 @@ done
 # a mixture of experts (each rank counts its own chunks' routed rows; the counts are summed)
 MOE=$(cd "$(dirname "$0")/../fixtures/moe/tiny/qwen3_moe" && pwd)
 "$BIN/ar-calib" --quiet --model "$MOE" --dataset "$STORIES_TEXT" --nsamples 4 --seqlen 32 -o "$T/moe.ars"
-AM="--model $MOE -i $T/moe.ars --group_size 32 --iters 8 --batch_size 4 --micro_batch 1 --threads 1 --quiet"
+AM="--model $MOE -i $T/moe.ars --group_size 32 --iters 8 --batch_size 4 --dp_chunk 1 --threads 1 --quiet"
 "$BIN/ar-tune" $AM -o "$T/moe1.ars"
 mpirun_np 2 "$BIN/ar-tune" $AM -o "$T/moe2.ars"
 cmp "$T/moe1.ars" "$T/moe2.ars" || fail "qwen3_moe: -np 2 differs from one process"
@@ -75,7 +75,7 @@ grep -q "give the calibration stream as -i FILE" "$T/stdin.err" || { cat "$T/std
 echo "ok: standard input refused under mpirun"
 
 # 4. A slower run (60 iterations a block) so that rank 1 dies mid-run.
-A4="-i $T/c.ars --iters 60 --threads 1 --disable_amp --micro_batch 1 --quiet"
+A4="-i $T/c.ars --iters 60 --threads 1 --disable_amp --dp_chunk 1 --quiet"
 "$BIN/ar-tune" $A4 -o "$T/one4.ars"
 CK=$T/ck
 (export AR_MPI_TEST_TAG="$T"; mpirun_np 2 "$BIN/ar-tune" $A4 --checkpoint "$CK" -o "$T/kill.ars" 2> "$T/kill.err") & pid=$!

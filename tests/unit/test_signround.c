@@ -1099,17 +1099,17 @@ Test(signround, lfq_tunes_the_block_on_the_lm_head_loss) { check_lfq_tuning(0); 
 
 Test(signround, lfq_kl_tunes_the_block_on_the_divergence_from_the_fp_head) { check_lfq_tuning(1); }
 
-/* Micro-batches of one sample sum six chunk gradients over the chunk tree
+/* Chunks of one sample sum six chunk gradients over the chunk tree
  * (reduce.h) instead of two batches of three: the same mathematics by other
  * f32 paths, so the losses agree within the rounding estimate and the codes
  * all but everywhere (as gradient accumulation above). */
-Test(signround, micro_batches_match_whole_batches)
+Test(signround, dp_chunks_match_whole_batches)
 {
     fixture f;
     random_fixture(&f, 6, 16, 4, 16, 1);
     ar_signround_opts o1 = opts(10, 3), o2 = opts(10, 3);
     o1.grad_accum = o2.grad_accum = 2;
-    o2.micro_batch = 1;
+    o2.dp_chunk = 1;
     result a, b, z;
     tune(&f, &o1, &a);
     tune(&f, &o2, &b);
@@ -1173,7 +1173,7 @@ Test(signround, ranks_give_the_one_process_bits)
     random_fixture(&f, 6, 16, 4, 16, 0);
     ar_signround_opts o = opts(12, 3);
     o.grad_accum = 2;
-    o.micro_batch = 1;
+    o.dp_chunk = 1;
     result one;
     tune(&f, &o, &one);
     for (int N = 2; N <= 4; N++) {
