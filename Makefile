@@ -36,7 +36,7 @@ endif
 
 LIB_SRC  := $(wildcard libar/*/*.c)
 FMT_SRC  := $(wildcard formats/*.c)
-CLI_SRC  := $(filter-out cmd/ar-% cmd/auto-round%,$(wildcard cmd/*.c))
+CLI_SRC  := $(filter-out cmd/ar-% cmd/auto-round% cmd/mpi_ranks.c,$(wildcard cmd/*.c))
 TOOL_SRC := $(wildcard cmd/ar-*.c cmd/auto-round*.c)
 TOOLS    := $(patsubst cmd/%.c,$(BIN)/%,$(TOOL_SRC))
 UNIT_SRC := $(wildcard tests/unit/test_*.c)
@@ -66,6 +66,15 @@ ifneq ($(strip $(DNNL_H)),)
 CFLAGS   += -DAR_HAVE_DNNL
 LDLIBS   += -ldnnl
 endif
+# Data-parallel ranks of ar-tune (cmd/mpi_ranks.c, docs/mpi.md): built with
+# MPI when mpicc exists (libopenmpi-dev), without it otherwise; only ar-tune
+# links it, and libar stays MPI-free (libar/tune/reduce.h).
+MPICC    ?= $(shell command -v mpicc 2>/dev/null)
+ifneq ($(strip $(MPICC)),)
+MPI_CFLAGS := -DAR_HAVE_MPI $(shell $(MPICC) --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell $(MPICC) --showme:link 2>/dev/null)
+endif
+$(BUILD)/cmd/mpi_ranks.o: CFLAGS += $(MPI_CFLAGS)
 NVCCFLAGS ?= -O2 -std=c++17 -fmad=false -Xcompiler -fPIC $(LIB_INC) -Ikernels \
              -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90,code=sm_90
 
@@ -94,6 +103,11 @@ $(BUILD)/kernels/%.o: kernels/%.cu $(wildcard kernels/*.h kernels/*.cuh)
 $(BIN)/%: $(BUILD)/cmd/%.o $(CLI_OBJ) $(BUILD)/libarformats.a $(BUILD)/libar.a
 	@mkdir -p $(@D)
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
+
+# ar-tune alone links MPI (above)
+$(BIN)/ar-tune: $(BUILD)/cmd/ar-tune.o $(BUILD)/cmd/mpi_ranks.o $(CLI_OBJ) $(BUILD)/libarformats.a $(BUILD)/libar.a
+	@mkdir -p $(@D)
+	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS) $(MPI_LIBS)
 
 $(BUILD)/tests/%: $(BUILD)/tests/unit/%.o $(TESTLIB_OBJ) $(BUILD)/libarformats.a $(BUILD)/libar.a
 	@mkdir -p $(@D)

@@ -10,6 +10,7 @@
 #include "device.h"
 #include "error.h"
 #include "gguf_policy.h"
+#include "mpi_ranks.h"
 #include "tune.h"
 #include <limits.h>
 #include <stdio.h>
@@ -22,7 +23,7 @@ static const char usage[] =
     "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
-    "               [--micro_batch N] [--bench_chain_samples K]\n"
+    "               [--micro_batch N] [--dp_chunk M] [--bench_chain_samples K]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
@@ -35,6 +36,9 @@ static const char usage[] =
     "--disable_amp: the block GEMMs in f32 even where the CPU has AVX512-BF16/AMX (default --amp: bf16 there,\n"
     "as AutoRound's amp; f32 elsewhere).\n"
     "--checkpoint DIR: save each finished block in DIR; rerun the same command to resume after a kill.\n"
+    "--dp_chunk M: cut each iteration's samples into chunks of M and sum the chunks' gradients over a fixed\n"
+    "tree. mpirun -np N ar-tune ... splits those chunks among N ranks (default under mpirun: 1) and writes the\n"
+    "same bytes as one process with the same --dp_chunk and --threads (docs/mpi.md; give -i FILE and -o FILE).\n"
     "--mem_budget MIB: when the calibration chains (3 x nsamples x seqlen x hidden bf16) need more host memory,\n"
     "they live in files under $TMPDIR (default /tmp) instead, and SignRound's forward/backward runs a batch in\n"
     "chunks of as many samples as the budget holds (their gradients add up: the same sums, grouped);\n"
@@ -89,6 +93,7 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--micro_batch"))) o->micro_batch = (int)cli_long("--micro_batch", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--bench_chain_samples")))
             o->bench_chain_samples = (int)cli_long("--bench_chain_samples", v, 1, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--dp_chunk"))) o->dp_chunk = (int)cli_long("--dp_chunk", v, 1, 1 << 16);
         else if ((v = cli_value(argc, argv, &i, "--lr"))) o->lr = cli_double("--lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--minmax_lr"))) o->minmax_lr = cli_double("--minmax_lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) o->seed = cli_long("--seed", v, 0, LONG_MAX);
@@ -200,7 +205,19 @@ static ar_ggml_type gguf_type(void *ctx, const ar_config *c, const char *hf_name
 typedef struct {
     double t0;
     const char *checkpoint;
+    ar_reducer *ranks;          /* NULL: one process */
 } progress_ctx;
+
+/* With ranks: every rank's forward+backward seconds of the block, on rank
+ * 0's line (a collective: every rank reports every block). */
+static void rank_times(const progress_ctx *p, const ar_signround_report *rep, char *s, size_t n)
+{
+    ar_reducer *rd = p->ranks;
+    double v = rep ? rep->sec_forward + rep->sec_backward : 0, all[64];
+    if (!rd || rd->size > 64 || mpi_ranks_gather(rd, v, all)) return;
+    int len = snprintf(s, n, "  ranks fwd+bwd");
+    for (int r = 0; r < rd->size && len < (int)n; r++) len += snprintf(s + len, n - len, " %.1fs", all[r]);
+}
 
 static void on_iter(void *ctx, int block, int nblocks, int it, int iters, double loss, double best)
 {
@@ -213,10 +230,11 @@ static void on_iter(void *ctx, int block, int nblocks, int it, int iters, double
 static void on_block(void *ctx, int block, int nblocks, const ar_signround_report *rep)
 {
     const progress_ctx *p = ctx;
-    char extra[200];
+    char extra[600], ranks[400] = "";
+    rank_times(p, rep, ranks, sizeof ranks);
     if (rep)
-        snprintf(extra, sizeof extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs", rep->loss0,
-                 rep->best_loss, rep->best_iter, rep->sec_forward, rep->sec_backward, rep->sec_quant);
+        snprintf(extra, sizeof extra, "loss %.4g -> %.4g (iter %d)  fwd %.1fs bwd %.1fs quant %.1fs%s", rep->loss0,
+                 rep->best_loss, rep->best_iter, rep->sec_forward, rep->sec_backward, rep->sec_quant, ranks);
     cli_progress_line("block", block + 1, nblocks, p->t0, rep ? extra : NULL);
 }
 
@@ -239,10 +257,31 @@ static void on_event(void *ctx, ar_tune_event ev, int a, int b, const char *text
                 a + 1 > b ? b : a + 1, b, p->checkpoint);
 }
 
+/* mpirun -np N: rank 0 speaks and writes the output; the others are quiet
+ * (their errors name their rank) and write nowhere. */
+static ar_reducer *start_ranks(int *argc, char ***argv)
+{
+    ar_reducer *rd = mpi_ranks_start(argc, argv);
+    if (rd && rd->rank > 0) {
+        static char name[64];
+        snprintf(name, sizeof name, "ar-tune (rank %d of %d)", rd->rank, rd->size);
+        cli_tool = name;
+    }
+    return rd;
+}
+
 int main(int argc, char **argv)
 {
     cli_init("ar-tune");
+    ar_reducer *ranks = start_ranks(&argc, &argv);
     tune_args a = parse_args(argc, argv);
+    a.o.reduce = ranks;
+    /* ranks split chunks: one chunk a step would leave all but rank 0 idle;
+     * 1 sample a chunk is a choice that does not depend on the rank count */
+    if (ranks && ranks->size > 1 && a.o.dp_chunk == 0) a.o.dp_chunk = 1;
+    if (ranks && ranks->rank > 0) cli_progress = 0;   /* after --progress / --verbose: rank 0 speaks */
+    if (ranks && !a.in && !a.model)   /* mpirun hands standard input to rank 0 alone */
+        cli_usage_error("with mpirun give the calibration stream as -i FILE, not on standard input");
     apply_recipe(&a);
     setup_scheme(&a);
     check_alg_ext(&a);
@@ -273,17 +312,25 @@ int main(int argc, char **argv)
     if (ar_device_parse(a.device, &a.o.device)) cli_usage_error("--device: %s", ar_last_error());
     a.o.device_auto = !a.device || !strcmp(a.device, "auto");
     if (a.o.scheme.kind == AR_SCHEME_GGUF) a.o.gguf_type = gguf_type, a.o.gguf_ctx = &a.mix;
-    progress_ctx pc = {cli_now(), a.o.checkpoint};
+    progress_ctx pc = {cli_now(), a.o.checkpoint, ranks};
     ar_tune_progress progress = {&pc, on_iter, on_block, on_event};
     a.o.progress = &progress;
-    FILE *f = cli_out_open(a.out, 1);
-    ar_stream_writer *w = ar_stream_writer_open(f, a.out ? a.out : "<stdout>", 3);
+    int quiet_rank = ranks && ranks->rank > 0;
+    FILE *f = quiet_rank ? fopen("/dev/null", "wb") : cli_out_open(a.out, 1);
+    if (!f) cli_die("/dev/null: cannot open");
+    ar_stream_writer *w = ar_stream_writer_open(f, quiet_rank ? "/dev/null" : a.out ? a.out : "<stdout>", 3);
     if (!w) cli_die_lib();
     int rc = ar_tune_run(&a.o, a.model, data, w);
     if (rc == AR_TUNE_CHECKPOINT_OTHER) cli_die("%s; use a new --checkpoint directory", ar_last_error());
     if (rc || ar_stream_writer_close(w)) cli_die_lib();
-    cli_out_commit(f);
+    if (quiet_rank) fclose(f);
+    else cli_out_commit(f);
+    if (ranks && ranks->rank == 0 && cli_progress && ranks->iters)
+        fprintf(stderr, "ar-tune: %d ranks: gradient exchange %.3f MiB received and %.2f ms per iteration (rank 0, "
+                        "%ld iterations)\n", ranks->size, ranks->bytes / ranks->iters / 1048576.0,
+                1e3 * ranks->seconds / ranks->iters, ranks->iters);
     if (cli_progress) fprintf(stderr, "ar-tune: done in %.1fs\n", cli_now() - pc.t0);
     ar_calib_data_free(&d);
+    mpi_ranks_finish(ranks);
     return 0;
 }

@@ -396,21 +396,31 @@ typedef struct {
     const ar_block_plan *plan;
     const ar_signround_opts *o;
     int T, C, bs;
-    int mc;                       /* samples of one forward/backward: bs, or o->micro_batch (fewer) */
-    int nl;                       /* entries of L, dW and wq (the cache's) */
+    int mc;                       /* samples of one forward/backward (micro-batch): at most bs and leaf */
+    int leaf;                     /* samples of one chunk of the tree (o->dp_chunk); 0: the whole step */
+    int nl;                       /* entries of L, gptr and wq (the cache's) */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
     size_t cap_dv, cap_dg;
     float *wtmp;                  /* with o->reload: one linear's FP weight, sized for the largest */
     size_t cap_wtmp;
-    float **dW;                   /* [plan->nlinear] the planned linears' weight gradients, else NULL */
     ar_block_weights wq;          /* FP weights with the quantized linears swapped for ŵ */
     ar_block_work ws;
     ar_block_acts acts;
     float *xb, *yb, *pred, *dy;
     uint8_t *mb;
     int *tgt;                     /* LFQ: next-token targets of a mini-batch [bs, T] */
-    long head_rows;               /* LFQ: positions scored in the current iteration */
+    long head_rows;               /* LFQ: positions scored in the current chunk */
+    /* the chunk tree (reduce.h): gradient sets beyond the layers' dw, each
+     * gtotal floats (the planned linears' weights, in linear order) */
+    size_t gtotal;
+    float *gsets;
+    int cap_gsets;
+    float **gptr;                 /* [nl] one set's pointers, passed to the backward as dW */
+    double *part, *hpart;         /* [K] per-chunk loss sums and LFQ positions */
+    int cap_part;
+    float *rscratch;              /* ar_reduce_tree's scratch */
+    size_t cap_rscratch;
     ar_signround_report *rep;
 } tuner;
 
@@ -461,60 +471,167 @@ static double head_loss(tuner *t, const int *idx, int bs, float scale)
     return ar_lm_head_loss(h, t->pred, t->yb, t->tgt, (long)bs * T, t->C, scale, t->dy);
 }
 
-/* The gradient accumulation of one SignRound step: forward + backward of
- * samples idx[0..ns), t->mc at a time, each chunk's gradient added into the
- * layers' dw (zeroed by quantize_all) and its loss term into *sse. nel is the
- * element count of the whole step's mini-batch (gb·T·C): every chunk's loss
- * gradient is scaled by it, so the chunks' gradients are terms of one sum,
- * whatever part of the step this call covers (another caller may split a
- * step's samples across calls or processes and add the dw's).
- *
- * Summation order: chunks in the order of idx; within a chunk the backward's
- * GEMMs add dy^T·x over the chunk's rows into dw (dw += ..., one call per
- * linear per chunk); *sse adds each chunk's double sum in the same order.
- * So a run with chunk c and batch b equals, byte for byte, the run with
- * batch c and grad_accum b/c (the same chunks of the same sampler draw);
- * against an unchunked run only the rounding of the partial sums differs. */
-static int accumulate_chunks(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
-                             const int *idx, int ns, double nel, double *sse)
+/* Forward and backward of one chunk of bs samples idx[0..bs), the function
+ * every chunking shares (dp chunks, ranks): dW[i] += ∂(chunk loss)/∂W_i
+ * for the planned linears (the block backward accumulates; the tree gives it
+ * zeroed sets), where the chunk loss is its masked sum of squares (or LFQ /
+ * outlier loss) scaled by 1/nel, nel = the iteration's gb·T·C, the same
+ * denominator for every chunk. *part gets the chunk's unscaled sum, *hrows
+ * its LFQ positions. 0 or -1. */
+static int chunk_grad(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask, const int *idx,
+                      int bs, double nel, float *const *dW, double *part, double *hrows)
 {
-    for (int off = 0; off < ns; off += t->mc) {
-        int bs = ns - off < t->mc ? ns - off : t->mc;
-        long rows = (long)bs * t->T;
-        gather_bf16(t->xb, x_in, idx + off, bs, t->T, t->C);
-        gather_bf16(t->yb, y_ref, idx + off, bs, t->T, t->C);
-        gather_mask(t->mb, mask, idx + off, bs, t->T);
-        double t0 = now_s();
-        if (t->plan->desc->forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
-        double t1 = now_s();
-        if (t->o->lfq) {
-            double part = head_loss(t, idx + off, bs, (float)(1.0 / nel));
-            if (part < 0) return -1;
-            *sse += part;
-        } else if (t->o->outlier_loss) {   /* t->mc = t->bs here: the top-k of a whole mini-batch */
-            double part = ar_outlier_suppressed_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
-            if (part < 0) return -1;
-            *sse += part;
-        } else {
-            *sse += masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+    long rows = (long)bs * t->T;
+    gather_bf16(t->xb, x_in, idx, bs, t->T, t->C);
+    gather_bf16(t->yb, y_ref, idx, bs, t->T, t->C);
+    gather_mask(t->mb, mask, idx, bs, t->T);
+    double t0 = now_s();
+    if (t->plan->desc->forward_train(t->c, &t->wq, t->xb, t->pred, bs, t->T, &t->ws, &t->acts)) return -1;
+    double t1 = now_s();
+    t->head_rows = 0;
+    if (t->o->lfq) *part = head_loss(t, idx, bs, (float)(1.0 / nel));
+    else if (t->o->outlier_loss)
+        *part = ar_outlier_suppressed_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+    else *part = masked_sse(t->pred, t->yb, t->mb, rows, t->C, (float)(2.0 / nel), t->dy);
+    if (*part < 0) return -1;
+    *hrows = (double)t->head_rows;
+    if (t->plan->desc->backward(t->c, &t->wq, &t->acts, t->dy, dW, NULL, NULL, &t->ws)) return -1;
+    t->rep->sec_forward += t1 - t0;
+    t->rep->sec_backward += now_s() - t1;
+    return 0;
+}
+
+/* Gradient set s: 0 the layers' dw (what update_all reads), s ≥ 1 the
+ * arena's set s − 1; into t->gptr. */
+static float *const *grad_set(tuner *t, int s)
+{
+    size_t off = 0;
+    for (int i = 0; i < t->plan->nlinear; i++) {
+        t->gptr[i] = NULL;
+        if (!t->plan->quantize[i]) continue;
+        t->gptr[i] = s ? t->gsets + (size_t)(s - 1) * t->gtotal + off : t->L[i].dw;
+        off += t->L[i].nel;
+    }
+    return t->gptr;
+}
+
+static void zero_set(tuner *t, int s)
+{
+    float *const *g = grad_set(t, s);
+    for (int i = 0; i < t->plan->nlinear; i++) if (g[i]) memset(g[i], 0, t->L[i].nel * 4);
+}
+
+/* dst += src, set by set (left + right of a tree node, reduce.h). */
+static void add_set(tuner *t, int dst, int src)
+{
+    for (int i = 0; i < t->plan->nlinear; i++) {
+        if (!t->plan->quantize[i]) continue;
+        float *a = grad_set(t, dst)[i];
+        const float *b = grad_set(t, src)[i];
+        for (size_t e = 0; e < t->L[i].nel; e++) a[e] = a[e] + b[e];
+    }
+}
+
+typedef struct {
+    const uint16_t *x_in, *y_ref;
+    const uint8_t *mask;
+    const int *idx;
+    int gb;
+    double nel;
+    int tmp0;        /* the first temporary set; tmp0 + depth is level depth's */
+} tree_job;
+
+/* Tree node [lo, hi) of chunks into set s: a leaf runs its chunk's
+ * micro-batches in order on a zeroed set; otherwise left into s, right into
+ * a temporary, s = left + right. */
+static int eval_node(tuner *t, const tree_job *j, int lo, int hi, int s, int depth)
+{
+    if (hi - lo == 1) {
+        int L = t->leaf ? t->leaf : j->gb, off = lo * L, n = j->gb - off < L ? j->gb - off : L;
+        zero_set(t, s);
+        t->part[lo] = 0, t->hpart[lo] = 0;
+        for (int m = 0; m < n; m += t->mc) {   /* its micro-batches add into the chunk's set in order */
+            int b = n - m < t->mc ? n - m : t->mc;
+            double p, h;
+            if (chunk_grad(t, j->x_in, j->y_ref, j->mask, j->idx + off + m, b, j->nel, grad_set(t, s), &p, &h))
+                return -1;
+            t->part[lo] += p, t->hpart[lo] += h;
         }
-        if (t->plan->desc->backward(t->c, &t->wq, &t->acts, t->dy, t->dW, NULL, NULL, &t->ws)) return -1;
-        t->rep->sec_forward += t1 - t0;
-        t->rep->sec_backward += now_s() - t1;
+        return 0;
+    }
+    int mid = lo + ar_chunk_split(lo, hi), tmp = j->tmp0 + depth;
+    if (eval_node(t, j, lo, mid, s, depth + 1) || eval_node(t, j, mid, hi, tmp, depth + 1)) return -1;
+    add_set(t, s, tmp);
+    return 0;
+}
+
+/* Room for `sets` arena sets, the loss parts of K chunks and the exchange
+ * scratch. */
+static int tree_alloc(tuner *t, int K, int sets)
+{
+    if (sets > t->cap_gsets) {
+        free(t->gsets);
+        t->cap_gsets = 0;
+        if (!(t->gsets = malloc(sizeof(float) * t->gtotal * (size_t)sets)))
+            return ar_error("out of memory for %d gradient copies of the chunk tree", sets);
+        t->cap_gsets = sets;
+    }
+    if (K > t->cap_part) {
+        free(t->part); free(t->hpart);
+        t->cap_part = 0;
+        t->part = malloc(sizeof(double) * K), t->hpart = malloc(sizeof(double) * K);
+        if (!t->part || !t->hpart) return ar_error("out of memory for the loss parts");
+        t->cap_part = K;
+    }
+    ar_reducer *rd = t->o->reduce;
+    size_t sc = rd && rd->size > 1 ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
+    if (rd && rd->size > 1 && !sc) return ar_error("out of memory for the chunk tree");
+    if (sc > t->cap_rscratch) {
+        free(t->rscratch);
+        t->cap_rscratch = 0;
+        if (!(t->rscratch = malloc(sizeof(float) * sc))) return ar_error("out of memory for the gradient exchange");
+        t->cap_rscratch = sc;
     }
     return 0;
 }
 
-/* One iteration's forward + backward over its gb samples: *loss gets the
- * masked sum of squares over all gb·T·C elements divided by that count (LFQ:
- * the head loss over the positions scored). */
+/* Forward + backward over one iteration's gb samples in K chunks (of t->leaf samples, or one):
+ * the layers' dw get the chunk tree's sum of the chunk gradients and *loss
+ * the chunks' masked sums of squares, added in chunk order, over gb·T·C
+ * (LFQ: over the positions scored). With o->reduce, this rank runs its own
+ * chunks into contiguous sets (every planned linear's gradient, one after
+ * the other), and the ranks exchange those tree nodes in one all-gather
+ * and the loss parts in another. */
 static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, const uint8_t *mask,
                        const int *idx, int gb, double *loss)
 {
-    double nel = (double)gb * t->T * t->C, sse = 0;
-    t->head_rows = 0;
-    if (accumulate_chunks(t, x_in, y_ref, mask, idx, gb, nel, &sse)) return -1;
-    *loss = !t->o->lfq ? sse / nel : t->head_rows ? sse / t->head_rows : 0;
+    int L = t->leaf ? t->leaf : gb, K = (gb + L - 1) / L, depth = 0;
+    ar_reducer *rd = t->o->reduce;
+    int ranks = rd && rd->size > 1;
+    int lo = 0, hi = K, nodes[2 * 64];
+    if (ranks) ar_chunk_range(K, rd->rank, rd->size, &lo, &hi);
+    int own = ar_chunk_nodes(K, lo, hi, nodes, 64);
+    for (int n = 0; n < own; n++)   /* temporaries: one per level below the tallest own node */
+        while ((1 << depth) < nodes[2 * n + 1] - nodes[2 * n]) depth++;
+    /* one process: the root into set 0 (the layers' dw), temporaries in sets
+     * 1..depth; ranks: nodes in sets 1..own, temporaries after them, then
+     * the exchange's result */
+    if (tree_alloc(t, K, ranks ? own + depth + 1 : depth)) return -1;
+    tree_job j = {x_in, y_ref, mask, idx, gb, (double)gb * t->T * t->C, ranks ? own + 1 : 1};
+    for (int n = 0; n < own; n++)
+        if (eval_node(t, &j, nodes[2 * n], nodes[2 * n + 1], ranks ? n + 1 : 0, 0)) return -1;
+    if (ranks) {
+        const float *mine[64];
+        for (int n = 0; n < own; n++) mine[n] = t->gsets + (size_t)n * t->gtotal;
+        float *sum = t->gsets + (size_t)(own + depth) * t->gtotal;
+        if (ar_reduce_tree(rd, K, sum, mine, t->gtotal, t->rscratch)) return -1;
+        for (int i = 0; i < t->plan->nlinear; i++)
+            if (t->plan->quantize[i]) memcpy(t->L[i].dw, sum, t->L[i].nel * 4), sum += t->L[i].nel;
+        if (ar_reduce_parts(rd, K, t->part) || (t->o->lfq && ar_reduce_parts(rd, K, t->hpart))) return -1;
+        rd->iters++;
+    }
+    double sse = ar_chunk_fold(t->part, K), head_rows = ar_chunk_fold(t->hpart, K);
+    *loss = !t->o->lfq ? sse / j.nel : head_rows ? sse / head_rows : 0;
     return 0;
 }
 
@@ -559,10 +676,11 @@ struct ar_signround_cache {
 static void tuner_free(tuner *t)
 {
     for (int i = 0; t->L && i < t->nl; i++) layer_free(&t->L[i]);
-    free(t->L); free(t->dW);
+    free(t->L);
     free(t->dv); free(t->dalpha); free(t->dbeta); free(t->wtmp);
     ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
+    free(t->gsets); free(t->gptr); free(t->part); free(t->hpart); free(t->rscratch);
     ar_block_work_free(&t->ws);
     ar_block_acts_free(&t->acts);
     memset(t, 0, sizeof *t);
@@ -585,7 +703,7 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     k->ready = 0;
     if (ar_block_weights_init(&t->wq, nl)) return -1;
     t->nl = nl;
-    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->dW = calloc(nl, sizeof *t->dW)))
+    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->gptr = calloc(nl, sizeof *t->gptr)))
         return ar_error("out of memory for the tunables");
     size_t rows = (size_t)bs * T * c->hidden;
     t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
@@ -606,23 +724,26 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
 {
     tuner *t = &k->t;
     int bs = o->batch_size < n ? o->batch_size : n;
+    /* micro-batches bound the activations (not with the outlier loss, whose top 0.1 % is taken
+     * over a whole mini-batch, as AutoRound's); never larger than a chunk of the tree */
     int mc = o->micro_batch > 0 && o->micro_batch < bs && !o->outlier_loss ? o->micro_batch : bs;
+    if (o->dp_chunk > 0 && o->dp_chunk < mc) mc = o->dp_chunk;
     if (plan->nlinear != w_fp->nlinear)
         return ar_error("signround: a plan of %d linears for weights of %d", plan->nlinear, w_fp->nlinear);
     if (tuner_alloc(k, c, plan->nlinear, mc, T, o->lfq != 0)) return -1;   /* buffers of one chunk */
     t->c = c; t->plan = plan; t->o = o; t->T = T; t->C = c->hidden;
-    t->bs = bs, t->mc = mc;
+    t->bs = bs, t->mc = mc, t->leaf = o->dp_chunk > 0 ? o->dp_chunk : 0;
     t->head_rows = 0;
     t->rep = NULL;
     ar_block_weights_borrow(&t->wq, w_fp);
+    size_t gtotal = 0;
     for (int i = 0; i < plan->nlinear; i++) {
-        t->dW[i] = NULL;
         if (!plan->quantize[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], &plan->desc->lin[i], &plan->spec[i], o))
             return -1;
         t->L[i].init_scale = plan->init_scale[i];
+        gtotal += t->L[i].nel;
         t->wq.w[i] = t->L[i].wq;
-        t->dW[i] = t->L[i].dw;
         if (t->L[i].nel > t->cap_dv) {
             free(t->dv);
             t->cap_dv = 0;
@@ -642,6 +763,10 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
             if (!t->dalpha || !t->dbeta) return ar_error("out of memory for the gradients");
             t->cap_dg = t->L[i].ngr;
         }
+    }
+    if (gtotal != t->gtotal) {   /* the chunk tree's sets are of the plan's size */
+        free(t->gsets);
+        t->gsets = NULL, t->cap_gsets = 0, t->gtotal = gtotal;
     }
     /* the caller's observer or none (the activation quantizers and the
      * quantized-input copy are set below) */

@@ -9,11 +9,15 @@
  *  2. fake-quantize every planned weight from its FP weight with the current
  *     V, α, β (ar_quant_forward); linears with plan->act_quant also
  *     fake-quantize their input in every forward (straight-through backward);
- *  3. in chunks of batch_size samples (or of o->micro_batch, fewer, to bound the
- *     activations' memory: accumulate_chunks in signround.c): block forward,
- *     masked squared error against the FP outputs, block backward
- *     (ar_block_backward), gradients summed over the chunks in the sampler's
- *     order. The loss of the iteration is
+ *  3. in micro-batches of o->micro_batch samples (default batch_size; fewer
+ *     bound the activations' memory): block forward, masked squared error
+ *     against the FP outputs, block backward (ar_block_backward), each
+ *     micro-batch's gradient added in order into its chunk's. The chunks are
+ *     the whole step (o->dp_chunk 0, the default) or o->dp_chunk samples
+ *     each, every chunk's gradient from zero, summed over reduce.h's fixed
+ *     binary tree; with o->reduce, ranks compute their own chunks and
+ *     exchange the tree's nodes (same bits for any number of ranks). The
+ *     loss parts add in order. The loss of the iteration is
  *     Σ_chunks Σ mask·(pred − ref)² / (GB·T·C): for grad_accum = 1 exactly
  *     AutoRound's MSELoss(mean) over pred·mask vs ref·mask; for grad_accum > 1
  *     AutoRound switches to a sum reduction, which weighs every element the
@@ -39,6 +43,7 @@
 #include "block.h"
 #include "block_desc.h"
 #include "quant.h"
+#include "reduce.h"
 #include "scheme.h"
 #include <stdint.h>
 
@@ -75,6 +80,13 @@ typedef struct {
      * chunk). Ignored with outlier_loss, whose top 0.1 % is taken over each
      * batch_size mini-batch (as AutoRound's) and so needs it whole. */
     int micro_batch;
+    int dp_chunk;         /* 0: the step's samples are one chunk (micro-batch gradients add up in
+                             order); else chunks of this many samples, each chunk's gradient from zero
+                             (its micro-batches adding up in order inside it), summed over the fixed
+                             chunk tree of reduce.h: the order ranks can reproduce (ceil(log2(chunks))
+                             more gradient copies in one process) */
+    ar_reducer *reduce;   /* NULL: one process; else this process is one of reduce->size ranks that
+                             split each iteration's chunks (reduce.h); the result is the same bits */
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */

@@ -236,6 +236,37 @@ static int moe_refusals(const tn_run *r)
     return 0;
 }
 
+/* Data-parallel ranks (reduce.h) on a resumed checkpoint: rank 0 alone
+ * opened it; the others get the first block to tune and, past block 0, the
+ * chains it restored. 0 or -1. */
+static int share_resume(tn_run *r, int *first)
+{
+    ar_reducer *rd = r->o->reduce;
+    int32_t hdr[2] = {*first, r->x_q != NULL};
+    if (rd->bcast(rd->ctx, hdr, sizeof hdr, 0)) return -1;
+    *first = hdr[0];
+    if (!r->d || *first == 0 || *first == r->c->n_layers) return 0;
+    size_t nb = sizeof(uint16_t) * (size_t)r->d->n * r->d->T * r->d->C;
+    if (rd->bcast(rd->ctx, r->x_fp, nb, 0)) return -1;
+    if (!hdr[1]) return 0;
+    if (!r->x_q && !(r->x_q = tn_chain_alloc(r))) return -1;
+    return rd->bcast(rd->ctx, r->x_q, nb, 0);
+}
+
+/* Ranks and dp chunks are the CPU tuner's: a detected GPU gives way to
+ * the CPU, one asked for is refused. 0 or -1. */
+static int cpu_only_options(tn_run *r)
+{
+    const ar_tune_opts *o = r->o;
+    int ranks = o->reduce && o->reduce->size > 1;
+    if (r->dev == AR_DEVICE_CPU || (!ranks && o->dp_chunk <= 0)) return 0;
+    if (!o->device_auto)
+        return ar_error("%s run on the CPU only (--device cpu)", ranks ? "data-parallel ranks" : "dp chunks");
+    r->dev = AR_DEVICE_CPU;
+    tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
+    return 0;
+}
+
 /* From the device to the last block. */
 static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
 {
@@ -257,6 +288,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
         r->dev = AR_DEVICE_CPU;
         tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
     }
+    if (cpu_only_options(r)) return AR_TUNE_FAILED;
     if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama")) {
         ar_error("%s: tuning on a GPU runs the llama family only (use --device cpu)", r->c->arch_name);
         return AR_TUNE_FAILED;
@@ -280,13 +312,15 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     if (!realpath(model, r->model_abs)) snprintf(r->model_abs, sizeof r->model_abs, "%s", model);
     char *meta = meta_json(r);
     if (!meta) return AR_TUNE_FAILED;
-    int rc = o->checkpoint ? tn_ckpt_open(r, meta) : 0;
+    int ranks = o->reduce && o->reduce->size > 1;
+    int rc = o->checkpoint && (!ranks || o->reduce->rank == 0) ? tn_ckpt_open(r, meta) : 0;
     if (!rc && ar_stream_write_meta(out, meta)) rc = AR_TUNE_FAILED;
     free(meta);
     if (rc) return rc;
     ar_block_weights wfp = {0};
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
+    if (!rc && ranks && o->checkpoint && share_resume(r, &first)) rc = AR_TUNE_FAILED;
     const ar_config *mc = r->c;
     if (!rc && r->d && spill_chains(r)) rc = AR_TUNE_FAILED;
     for (int layer = first; !rc && layer < mc->n_layers; layer++) {

@@ -37,6 +37,7 @@
 #include "config.h"
 #include "ggml_blocks.h"
 #include "scheme.h"
+#include "reduce.h"
 #include "signround.h"
 #include "stream.h"
 
@@ -90,6 +91,14 @@ typedef struct {
                                    samples whose training buffers fit in it (tn_chunk), at least 1;
                                    >= batch_size: whole batches whatever the budget.
                                    META records it ("micro_batch") when below batch_size [0] */
+    int dp_chunk;               /* 0: each SignRound step is one chunk; else chunks of this many samples
+                                   summed over reduce.h's fixed tree (signround.h), what ranks split;
+                                   1 under ranks when 0 [0] */
+    /* NULL: one process; else this process is rank reduce->rank of reduce->size that split SignRound's
+     * chunks (reduce.h; CPU only): every rank runs the whole pipeline on all samples, tunes its share of
+     * each iteration's chunks and writes the same bytes as one process; a checkpoint is rank 0's, which
+     * hands the others its chains on resume. [NULL] */
+    ar_reducer *reduce;
     long seed;                  /* block b is tuned with seed + b [42] */
     int disable_minmax;         /* 1: no α/β (min/max) tuning [0] */
     int not_use_best;           /* 1: the last iteration's parameters instead of the best [0] */

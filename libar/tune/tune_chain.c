@@ -270,6 +270,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
     o.micro_batch = tn_chunk(r);   /* the batch's activations in chunks: same sums, bounded memory */
+    o.dp_chunk = a->dp_chunk; o.reduce = a->reduce;
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
     o.gemm = r->amp;
@@ -301,6 +302,8 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
                  : ar_signround_tune_block_cached(&r->buf->sr, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
                                                   tn_on_iter, &ic);
     free(head_w);
+    /* MoE: every rank counted the rows of its own chunks */
+    if (!rc && r->rows && a->reduce && a->reduce->size > 1) rc = ar_reduce_counts(a->reduce, r->rows, r->bd.nlinear);
     if (lean) {   /* the tuner's state is done with: the quantized chain's forward needs the outputs alone */
         ar_signround_cache_free(r->buf->sr);
         r->buf->sr = NULL;

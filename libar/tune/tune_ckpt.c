@@ -65,6 +65,7 @@ static char *settings_json(const tn_run *r, const char *meta)
     cJSON_AddNumberToObject(s, "minmax_lr", a->minmax_lr);
     cJSON_AddNumberToObject(s, "batch_size", a->batch_size);
     cJSON_AddNumberToObject(s, "gradient_accumulate_steps", a->grad_accum);
+    if (a->dp_chunk > 0) cJSON_AddNumberToObject(s, "dp_chunk", a->dp_chunk);
     cJSON_AddNumberToObject(s, "seed", (double)a->seed);
     cJSON_AddBoolToObject(s, "disable_minmax_tuning", a->disable_minmax);
     cJSON_AddBoolToObject(s, "not_use_best_mse", a->not_use_best);

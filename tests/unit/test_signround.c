@@ -18,6 +18,7 @@
 #include "calib.h"
 #include "dtype.h"
 #include "error.h"
+#include "fake_ranks.h"
 #include "fixture.h"
 #include "model.h"
 #include "ops.h"
@@ -1159,3 +1160,92 @@ static void check_lfq_tuning(int kl)
 Test(signround, lfq_tunes_the_block_on_the_lm_head_loss) { check_lfq_tuning(0); }
 
 Test(signround, lfq_kl_tunes_the_block_on_the_divergence_from_the_fp_head) { check_lfq_tuning(1); }
+
+/* Chunks of one sample sum six chunk gradients over the chunk tree
+ * (reduce.h) instead of two batches of three: the same mathematics by other
+ * f32 paths, so the losses agree within the rounding estimate and the codes
+ * all but everywhere (as gradient accumulation above). */
+Test(signround, dp_chunks_match_whole_batches)
+{
+    fixture f;
+    random_fixture(&f, 6, 16, 4, 16, 1);
+    ar_signround_opts o1 = opts(10, 3), o2 = opts(10, 3);
+    o1.grad_accum = o2.grad_accum = 2;
+    o2.dp_chunk = 1;
+    result a, b, z;
+    tune(&f, &o1, &a);
+    tune(&f, &o2, &b);
+    ar_signround_opts o0 = opts(0, 3);
+    tune(&f, &o0, &z);
+    ar_block_weights wr = with_wq(&f, &z);
+    double tol = loss_tolerance(&f, &wr, NULL, f.n);
+    result_free(&z);
+    for (int it = 0; it < 10; it++)
+        cr_assert_leq(fabs(a.losses[it] - b.losses[it]), tol, "iteration %d: %g vs %g, tolerance %g", it, a.losses[it],
+                      b.losses[it], tol);
+    long same = 0, total = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        for (long j = 0; j < (long)n * k; j++) same += a.out[i].codes[j] == b.out[i].codes[j];
+        total += (long)n * k;
+    }
+    cr_assert_geq(same, total - total / 1000);
+    result_free(&a), result_free(&b);
+}
+
+/* Data-parallel ranks (reduce.h), simulated by threads: every rank tunes the
+ * block on its share of each iteration's chunks and gets the one-process
+ * run's losses, codes, scales and weights bit for bit, for 2, 3 and 4 ranks
+ * over 6 chunks (uneven shares, and ranks owning several tree nodes). */
+typedef struct {
+    const fixture *f;
+    ar_signround_opts o;
+    result r;
+} rank_tune;
+
+static int rank_tune_main(void *ctx, ar_reducer *rd)
+{
+    rank_tune *k = ctx;
+    k->o.reduce = rd;
+    return ar_signround_tune_block(&k->f->c, &k->f->w, k->f->x, k->f->y, NULL, k->f->n, k->f->T, &k->f->plan, &k->o,
+                                   k->r.out, &k->r.rep, record_loss, &k->r);
+}
+
+static void same_bits(const fixture *f, const result *a, const result *b, int iters, int N, int rank)
+{
+    for (int it = 0; it < iters; it++)
+        cr_assert(a->losses[it] == b->losses[it], "%d ranks, rank %d, iteration %d: loss %.17g vs %.17g", N, rank, it,
+                  a->losses[it], b->losses[it]);
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        if (!f->plan.quantize[i]) continue;
+        int n, k;
+        ar_linear_shape(&f->c, i, &n, &k);
+        size_t ng = (size_t)n * ar_quant_ngroups(k, f->plan.spec[i].group_size);
+        cr_assert(!memcmp(a->out[i].codes, b->out[i].codes, (size_t)n * k), "%d ranks, rank %d: linear %d codes", N,
+                  rank, i);
+        cr_assert(!memcmp(a->out[i].scale, b->out[i].scale, ng * 4), "%d ranks: linear %d scales", N, i);
+        cr_assert(!memcmp(a->out[i].wq, b->out[i].wq, (size_t)n * k * 4), "%d ranks: linear %d weights", N, i);
+    }
+}
+
+Test(signround, ranks_give_the_one_process_bits)
+{
+    fixture f;
+    random_fixture(&f, 6, 16, 4, 16, 0);
+    ar_signround_opts o = opts(12, 3);
+    o.grad_accum = 2;
+    o.dp_chunk = 1;
+    result one;
+    tune(&f, &o, &one);
+    for (int N = 2; N <= 4; N++) {
+        rank_tune k[4];
+        for (int r = 0; r < N; r++) {
+            k[r] = (rank_tune){.f = &f, .o = o};
+            result_alloc(&k[r].r, &f);
+        }
+        cr_assert_eq(fake_ranks_run(N, rank_tune_main, k, sizeof *k), 0, "%s", ar_last_error());
+        for (int r = 0; r < N; r++) same_bits(&f, &one, &k[r].r, o.iters, N, r), result_free(&k[r].r);
+    }
+    result_free(&one);
+}

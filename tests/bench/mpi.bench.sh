@@ -1,0 +1,82 @@
+#!/bin/sh
+# Data-parallel ranks (docs/mpi.md): ar-tune on tiny-llama (W4A16, 8 samples
+# of 128 tokens, AR_BENCH_MPI_ITERS iterations a block, dp chunks of 1
+# sample, one thread a rank) as one process and as `mpirun -np 2`; prints
+# the wall time of both, the measured gradient exchange (MiB received and ms
+# per iteration, rank 0) against the volume the chunk tree predicts, and from
+# measured iteration times the projected tuning time of an 8B and a
+# 235B-A22B model on 1, 8 and 32 GPUs, with its assumptions. Skips without
+# mpirun or MPI. Never fails on time.
+: "${AR_BIN:?}" "${AR_SHARED:?}"
+ITERS=${AR_BENCH_MPI_ITERS:-10}
+M="$AR_SHARED/models/tiny-llama"
+command -v mpirun > /dev/null || { echo "== mpi: skipped, no mpirun (make deps)"; exit 0; }
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
+W=$(mktemp -d)
+trap 'rm -rf "$W"' EXIT
+over=""; [ "$(nproc)" -ge 2 ] || over=--oversubscribe
+
+"$AR_BIN/ar-calib" --model "$M" --dataset "$AR_SHARED/data/tinystories/TinyStories-validation-head.txt" \
+  --nsamples 8 --seqlen 128 -o "$W/c.ars" --quiet || exit 0
+A="-i $W/c.ars --iters $ITERS --threads 1 --disable_amp --dp_chunk 1"
+echo "== mpi: ar-tune tiny-llama W4A16, 8 x 128, $ITERS iterations a block, dp_chunk 1, 1 thread a rank, $(nproc) cores"
+echo "   load before: $(uptime | sed 's/.*load average: //')"
+t0=$(date +%s.%N)
+"$AR_BIN/ar-tune" $A --quiet -o "$W/one.ars"
+t1=$(date +%s.%N)
+if ! mpirun $over --bind-to none -np 2 "$AR_BIN/ar-tune" $A --progress -o "$W/two.ars" 2> "$W/two.err"; then
+  grep -q "has no MPI" "$W/two.err" && { echo "   skipped: ar-tune built without MPI"; exit 0; }
+  tail -3 "$W/two.err"; exit 0
+fi
+t2=$(date +%s.%N)
+echo "   load after: $(uptime | sed 's/.*load average: //')"
+cmp -s "$W/one.ars" "$W/two.ars" && same="byte-identical" || same="DIFFERENT"
+line=$(grep "gradient exchange" "$W/two.err")
+mib=$(echo "$line" | sed 's/.*exchange \([0-9.]*\) MiB.*/\1/')
+ms=$(echo "$line" | sed 's/.* and \([0-9.]*\) ms per iteration.*/\1/')
+# the block's trainable weights: q, k, v, o, gate, up, down of tiny-llama
+G=$(awk 'BEGIN { h = 512; kv = 2 * 64; f = 1280; print h * h * 2 + h * kv * 2 + 3 * h * f }')
+awk -v t1="$(echo "$t1 - $t0" | bc)" -v t2="$(echo "$t2 - $t1" | bc)" -v n="$((ITERS * 6))" -v mib="$mib" \
+    -v ms="$ms" -v G="$G" -v same="$same" 'BEGIN {
+  printf "   one process: %.1f s wall (%.1f ms per iteration, everything included)\n", t1, 1e3 * t1 / n
+  printf "   mpirun -np 2: %.1f s wall (%.1f ms per iteration), output %s\n", t2, 1e3 * t2 / n, same
+  printf "   exchange per iteration (rank 0): %.3f MiB received in %.2f ms; the tree predicts %.3f MiB\n", mib, ms,
+         (G * 4 + 4 * 8) / 1048576
+  printf "     (8 chunks, 2 ranks: one node of the other rank, G = %d floats, plus 4 loss parts)\n", G
+}'
+
+# Projection. t_iter(1 GPU) = the H100 7B-block iteration of docs/gpu-results.md (89.1 ms, default path,
+# 8 samples x 2048 tokens), scaled by the active parameters of a block (Llama-2-7B block: 202.4M).
+# N ranks split the 8 chunks of an iteration (dp_chunk 1), so at most 8 ranks have work: 32 GPUs
+# are 4 groups of 8 ranks tuning different blocks at once (block parallelism, docs/parallel.md), an
+# ideal 4x. The exchange is this all-gather of the ranks' tree nodes in f32: each rank receives
+# (N - 1) x G x 4 bytes, G the block's trainable weights, at 350 GB/s (NCCL all-gather bus bandwidth
+# within one 8-GPU NVLink node); a reduce-scatter of the same tree (not written) would receive
+# 2 x G x 4 x (N - 1) / N. Chain forwards (2 x 128 x 2048 tokens a block, on every rank) at 300 TFLOP/s.
+# 200 iterations a block. Neither model was run.
+awk 'function proj(name, layers, G, act,   t, i, n, busy, groups, tc, tx, trs, chain, tot, tot2) {
+  t = 89.1e-3 * act / 202.4e6
+  chain = 2 * 128 * 2048 * 2 * act / 300e12
+  for (i = 1; i <= 3; i++) {
+    n = i == 1 ? 1 : i == 2 ? 8 : 32
+    busy = n < 8 ? n : 8
+    groups = n / busy
+    tc = t / busy
+    tx = busy > 1 ? (busy - 1) * G * 4 / 350e9 : 0
+    trs = busy > 1 ? 2 * G * 4 * (busy - 1) / busy / 350e9 : 0
+    tot = layers * (200 * (tc + tx) + chain) / groups
+    tot2 = layers * (200 * (tc + trs) + chain) / groups
+    printf "   %-10s %2d GPUs (%d x %d): %5.1f ms compute + %6.1f ms exchange an iteration: %6.1f min (reduce-scatter: %5.1f min)\n",
+           name, n, groups, busy, 1e3 * tc, 1e3 * tx, tot / 60, tot2 / 60
+  }
+}
+BEGIN {
+  print "   projection (assumptions in tests/bench/mpi.bench.sh and docs/mpi.md; not measured on GPUs):"
+  # Llama-3-8B block: q 4096x4096, k/v 1024x4096, o 4096x4096, gate/up/down 14336x4096
+  g8 = 4096 * 4096 * 2 + 1024 * 4096 * 2 + 3 * 14336 * 4096
+  proj("8B", 32, g8, g8)
+  # Qwen3-235B-A22B block: q 8192x4096, k/v 512x4096, o 4096x8192, 128 experts of 3 x 1536x4096, 8 active
+  att = 8192 * 4096 * 2 + 512 * 4096 * 2
+  proj("235B-A22B", 94, att + 128 * 3 * 1536 * 4096, att + 8 * 3 * 1536 * 4096)
+}'
+exit 0

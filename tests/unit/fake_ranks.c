@@ -1,0 +1,67 @@
+#include "fake_ranks.h"
+#include <omp.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    pthread_barrier_t bar;
+    const void **send;       /* [n] each rank's buffer of the current call */
+    int n;
+} world;
+
+typedef struct {
+    world *w;
+    ar_reducer rd;
+    int (*fn)(void *, ar_reducer *);
+    void *ctx;
+    int rc;
+} rank;
+
+static int all_gather(void *ctx, const void *send, void *recv, const size_t *counts)
+{
+    rank *k = ctx;
+    world *w = k->w;
+    w->send[k->rd.rank] = send;
+    pthread_barrier_wait(&w->bar);
+    size_t at = 0;
+    for (int r = 0; r < w->n; r++) memcpy((char *)recv + at, w->send[r], counts[r]), at += counts[r];
+    pthread_barrier_wait(&w->bar);   /* nobody reuses send before all copied it */
+    return 0;
+}
+
+static int bcast(void *ctx, void *buf, size_t n, int root)
+{
+    rank *k = ctx;
+    world *w = k->w;
+    if (k->rd.rank == root) w->send[root] = buf;
+    pthread_barrier_wait(&w->bar);
+    if (k->rd.rank != root) memcpy(buf, w->send[root], n);
+    pthread_barrier_wait(&w->bar);
+    return 0;
+}
+
+static void *run(void *p)
+{
+    rank *k = p;
+    omp_set_num_threads(1);
+    k->rc = k->fn(k->ctx, &k->rd);
+    return NULL;
+}
+
+int fake_ranks_run(int n, int (*fn)(void *ctx, ar_reducer *rd), void *ctx, size_t stride)
+{
+    world w = {.n = n, .send = calloc(n, sizeof(void *))};
+    rank *ks = calloc(n, sizeof *ks);
+    pthread_t *th = calloc(n, sizeof *th);
+    pthread_barrier_init(&w.bar, NULL, n);
+    for (int r = 0; r < n; r++) {
+        ks[r] = (rank){&w, {r, n, &ks[r], all_gather, bcast, 0, 0, 0}, fn, (char *)ctx + r * stride, 0};
+        pthread_create(&th[r], NULL, run, &ks[r]);
+    }
+    int bad = 0;
+    for (int r = 0; r < n; r++) pthread_join(th[r], NULL), bad += ks[r].rc != 0;
+    pthread_barrier_destroy(&w.bar);
+    free(w.send), free(ks), free(th);
+    return bad;
+}
