@@ -7,30 +7,6 @@
 
 /* ---- names ----------------------------------------------------------------------- */
 
-/* "gate" / "up" / "down" for an HF projection word (also Mixtral's w1 / w3 / w2), else NULL. */
-static const char *proj_of(const char *w)
-{
-    static const char *const map[][2] = {{"gate_proj", "gate"}, {"up_proj", "up"}, {"down_proj", "down"},
-                                         {"w1", "gate"},        {"w3", "up"},      {"w2", "down"}};
-    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
-        if (!strcmp(w, map[i][0])) return map[i][1];
-    return NULL;
-}
-
-int ar_gguf_expert_name(const char *hf, char *gname, size_t cap, int *expert)
-{
-    int layer, e, used = 0;
-    char word[16];
-    if ((sscanf(hf, "model.layers.%d.mlp.experts.%d.%15[a-z0-9_].weight%n", &layer, &e, word, &used) != 3 &&
-         sscanf(hf, "model.layers.%d.block_sparse_moe.experts.%d.%15[a-z0-9_].weight%n", &layer, &e, word, &used) != 3) ||
-        !used || hf[used] || layer < 0 || e < 0)
-        return 0;
-    const char *p = proj_of(word);
-    if (!p) return 0;
-    *expert = e;
-    return snprintf(gname, cap, "blk.%d.ffn_%s_exps.weight", layer, p) > 0;
-}
-
 int ar_gguf_moe_legacy_name(const char *hf, char *out, size_t cap)
 {
     const char *mlp = strstr(hf, ".mlp.");
@@ -50,7 +26,7 @@ int ar_gguf_moe_check(const ar_config *c, const char *dir)
 {
     const ar_moe_config *m = &c->moe;
     if (!m->n_experts) return 0;
-    const char *arch = ar_gguf_arch_name(c);
+    const char *arch = c->arch == AR_ARCH_QWEN3_MOE ? "qwen3moe" : c->arch == AR_ARCH_QWEN2_MOE ? "qwen2moe" : "llama";
     if (c->arch != AR_ARCH_QWEN3_MOE && c->arch != AR_ARCH_QWEN2_MOE && c->arch != AR_ARCH_MIXTRAL)
         return ar_error("%s: GGUF export of %s is not supported yet (Qwen3-MoE, Qwen2-MoE, Mixtral)", dir, c->arch_name);
     /* llama.cpp's qwen3moe / qwen2moe / llama loaders take experts on every

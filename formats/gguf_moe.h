@@ -20,12 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* 1 when hf names one routed expert's projection —
- * "model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight", or Mixtral's
- * older "model.layers.L.block_sparse_moe.experts.E.{w1,w3,w2}.weight" — with
- * the stacked GGUF name "blk.L.ffn_{gate,up,down}_exps.weight" in gname and
- * E in *expert; 0 for any other name. */
-int ar_gguf_expert_name(const char *hf, char *gname, size_t cap, int *expert);
+/* The stacked name of one routed expert's tensor: ar_gguf_expert_name (gguf_policy.h). */
 
 /* Mixtral's older checkpoint spelling of hf (mlp.experts.E.gate_proj ->
  * block_sparse_moe.experts.E.w1, mlp.gate -> block_sparse_moe.gate) into out:

@@ -2,7 +2,6 @@
  * gguf_policy.h). */
 #include "gguf_policy.h"
 #include "error.h"
-#include "gguf_moe.h"
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
@@ -185,7 +184,7 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
     {"self_attn.qkv_proj", "attn_qkv"},      {"mlp.gate_up_proj", "ffn_up"},
     {"post_self_attn_layernorm", "post_attention_norm"}, {"post_mlp_layernorm", "post_ffw_norm"},
     /* mixtures of experts (gguf_moe.h; the routed experts' stacked names come
-     * from ar_gguf_expert_name): the router under both Mixtral spellings, and
+     * from ar_gguf_expert_name above): the router under both Mixtral spellings, and
      * Qwen2-MoE's shared expert and its gate */
     {"mlp.gate", "ffn_gate_inp"},            {"block_sparse_moe.gate", "ffn_gate_inp"},
     {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"}, {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
@@ -203,6 +202,30 @@ enum { N_MODEL_NAMES = sizeof model_names / sizeof model_names[0] };
 
 /* ".weight" or ".bias" */
 static int is_param_suffix(const char *s) { return !strcmp(s, ".weight") || !strcmp(s, ".bias"); }
+
+/* "gate" / "up" / "down" for an HF projection word (also Mixtral's w1 / w3 / w2), else NULL. */
+static const char *proj_of(const char *w)
+{
+    static const char *const map[][2] = {{"gate_proj", "gate"}, {"up_proj", "up"}, {"down_proj", "down"},
+                                         {"w1", "gate"},        {"w3", "up"},      {"w2", "down"}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(w, map[i][0])) return map[i][1];
+    return NULL;
+}
+
+int ar_gguf_expert_name(const char *hf, char *gname, size_t cap, int *expert)
+{
+    int layer, e, used = 0;
+    char word[16];
+    if ((sscanf(hf, "model.layers.%d.mlp.experts.%d.%15[a-z0-9_].weight%n", &layer, &e, word, &used) != 3 &&
+         sscanf(hf, "model.layers.%d.block_sparse_moe.experts.%d.%15[a-z0-9_].weight%n", &layer, &e, word, &used) != 3) ||
+        !used || hf[used] || layer < 0 || e < 0)
+        return 0;
+    const char *p = proj_of(word);
+    if (!p) return 0;
+    *expert = e;
+    return snprintf(gname, cap, "blk.%d.ffn_%s_exps.weight", layer, p) > 0;
+}
 
 int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
 {
