@@ -5,6 +5,7 @@
 #include "gguf.h"
 #include "error.h"
 #include "gguf_policy.h"
+#include "gguf_moe.h"
 #include "dtype.h"
 #include "multimodal.h"
 #include "safetensors.h"
@@ -24,12 +25,16 @@ struct ar_gguf_conv {
     int                mm;          /* a vision-language model: its text stack only, as llama.cpp's
                                        converter writes it (the vision tower's mmproj file is not ours) */
     ar_mm_names        mm_names;
+    ar_gguf_stacks    *stacks;      /* mixtures of experts: each layer's experts gathered into one 3-D tensor */
 };
 
-/* The checkpoint's name of text-only name hf (multimodal.h). */
+/* The checkpoint's name of text-only name hf (multimodal.h), or of an
+ * expert / router under Mixtral's older spelling when the checkpoint has that one. */
 static const char *ckpt_name(const ar_gguf_conv *cv, const char *hf, char *buf, size_t n)
 {
-    return cv->mm ? ar_mm_map_name(&cv->mm_names, hf, buf, n) : hf;
+    if (cv->mm) return ar_mm_map_name(&cv->mm_names, hf, buf, n);
+    if (cv->stacks && !ar_st_find(cv->st, hf) && ar_gguf_moe_legacy_name(hf, buf, n) && ar_st_find(cv->st, buf)) return buf;
+    return hf;
 }
 
 static int st_has(void *ctx, const char *name) { return ar_st_find(ctx, name) != NULL; }
@@ -161,9 +166,20 @@ int ar_gguf_scale_blocks(void *blocks, ar_ggml_type t, size_t nbytes, double f, 
  * interleaved RoPE order; 0 when they stay as they are. */
 static int rope_heads(const ar_gguf_conv *cv, const char *gname)
 {
-    if (cv->cfg.arch != AR_ARCH_LLAMA && cv->cfg.arch != AR_ARCH_MISTRAL) return 0;
+    if (cv->cfg.arch != AR_ARCH_LLAMA && cv->cfg.arch != AR_ARCH_MISTRAL && cv->cfg.arch != AR_ARCH_MIXTRAL) return 0;
     if (strstr(gname, ".attn_q.")) return cv->cfg.n_heads;
     if (strstr(gname, ".attn_k.")) return cv->cfg.n_kv_heads;
+    return 0;
+}
+
+/* Append a tensor; llama.cpp's qwen2moe requires output.weight (src/models/qwen2moe.cpp),
+ * so a tied embedding is written a second time under that name, same type and bytes. */
+static int add_tensor(ar_gguf_conv *cv, const char *gname, ar_ggml_type type, int n_dims, const int64_t *ne,
+                      const void *data, size_t nbytes)
+{
+    if (ar_gguf_writer_add_tensor(cv->w, gname, type, n_dims, ne, data, nbytes)) return -1;
+    if (cv->cfg.arch == AR_ARCH_QWEN2_MOE && !cv->info.has_output && !strcmp(gname, "token_embd.weight"))
+        return ar_gguf_writer_add_tensor(cv->w, "output.weight", type, n_dims, ne, data, nbytes);
     return 0;
 }
 
@@ -172,6 +188,8 @@ static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_p
     if (ar_config_load(&cv->cfg, model_dir)) return -1;
     if (cv->cfg.arch == AR_ARCH_GEMMA2 && !(cv->cfg.attn_softcap > 0))   /* llama.cpp's gemma2 always caps */
         return ar_error("%s: GGUF gemma2 needs attn_logit_softcapping (llama.cpp always applies it)", model_dir);
+    if (ar_gguf_moe_check(&cv->cfg, model_dir)) return -1;
+    if (cv->cfg.moe.n_experts && !(cv->stacks = ar_gguf_stacks_new(cv->cfg.moe.n_experts))) return -1;
     if (!(cv->st = ar_st_open_model(model_dir))) return -1;   /* FP8 weights widen through their scales */
     if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
     if (cv->cfg.mm_arch[0]) {
@@ -255,6 +273,14 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
     if (!row_bytes || row_bytes * (size_t)n_rows != nbytes)
         return ar_error("%s: %zu bytes of %s for %s [%lld, %lld]", cv->model_dir, nbytes, ar_ggml_type_name(type),
                         hf_name, (long long)n_rows, (long long)n_cols);
+    int expert;
+    if (ar_gguf_expert_name(hf_name, gname, sizeof gname, &expert)) {   /* one slot of the layer's 3-D tensor */
+        void *slot = ar_gguf_stack_slot(cv->stacks, gname, expert, type, n_rows, n_cols);
+        if (!slot) return -1;
+        memcpy(slot, blocks, nbytes);
+        cv->done[i] = 1;
+        return ar_gguf_stack_filled(cv->stacks, cv->w, gname, expert);
+    }
     void *copy = NULL;
     int heads = rope_heads(cv, gname), rc = 0;
     double fold = takes_query_fold(cv, gname) ? query_fold(cv) : 1.0;
@@ -265,7 +291,7 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
         if (!rc && fold != 1.0) rc = ar_gguf_scale_blocks(copy, type, nbytes, fold, hf_name);
     }
     int64_t ne[2] = {n_cols, n_rows};
-    if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, 2, ne, copy ? copy : blocks, nbytes);
+    if (!rc) rc = add_tensor(cv, gname, type, 2, ne, copy ? copy : blocks, nbytes);
     free(copy);
     if (!rc) cv->done[i] = 1;
     return rc;
@@ -292,9 +318,20 @@ static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatr
     void *q = rc ? NULL : malloc(nbytes);
     if (!rc && !q) rc = ar_error("%s: out of memory", t->name);
     const float *imx = imatrix && ar_ggml_is_quantized(type) ? imatrix(ictx, gname, cols) : NULL;
+    int expert, is_expert = ar_gguf_expert_name(name, gname, sizeof gname, &expert);
+    if (!rc && is_expert) {   /* quantized straight into its slot of the layer's 3-D tensor */
+        free(q);
+        q = ar_gguf_stack_slot(cv->stacks, gname, expert, type, rows, cols);
+        rc = q ? ar_ggml_quantize(type, x, q, rows, cols, imx) : -1;
+        if (!rc) rc = ar_gguf_stack_filled(cv->stacks, cv->w, gname, expert);
+        free(x);
+        return rc;
+    }
     if (!rc) rc = ar_ggml_quantize(type, x, q, rows, cols, imx);
     int64_t ne[2] = {cols, rows};
-    if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, t->ndim, ne, q, nbytes);
+    /* Qwen2-MoE's shared_expert_gate [1, hidden] is llama.cpp's 1-D ffn_gate_inp_shexp {hidden} */
+    int ndim = ends_with(gname, ".ffn_gate_inp_shexp.weight") ? 1 : t->ndim;
+    if (!rc) rc = add_tensor(cv, gname, type, ndim, ne, q, nbytes);
     free(x);
     free(q);
     return rc;
@@ -312,7 +349,7 @@ static int convert_rest(ar_gguf_conv *cv, ar_gguf_imatrix_fn imatrix, void *ictx
 
 int ar_gguf_conv_finish(ar_gguf_conv *cv, ar_gguf_imatrix_fn imatrix, void *imatrix_ctx)
 {
-    if (convert_rest(cv, imatrix, imatrix_ctx)) {
+    if (convert_rest(cv, imatrix, imatrix_ctx) || ar_gguf_stacks_check_complete(cv->stacks, cv->model_dir)) {
         ar_gguf_conv_abort(cv);
         return -1;
     }
@@ -327,6 +364,7 @@ void ar_gguf_conv_abort(ar_gguf_conv *cv)
     if (!cv) return;
     ar_gguf_writer_abort(cv->w);
     ar_st_close(cv->st);
+    ar_gguf_stacks_free(cv->stacks);
     free(cv->done);
     free(cv);
 }

@@ -3,6 +3,7 @@
  * embedded tokenizer, and the whole conversion with RTN quantization. */
 #include "gguf.h"
 #include "error.h"
+#include "gguf_moe.h"
 #include "safetensors.h"
 #include <cJSON.h>
 #include <errno.h>
@@ -25,7 +26,9 @@ const char *ar_gguf_arch_name(const ar_config *c)
     case AR_ARCH_GEMMA3: return "gemma3";
     case AR_ARCH_PHI3: return "phi3";
     case AR_ARCH_GLM4: return "glm4";
-    default: return "llama";
+    case AR_ARCH_QWEN3_MOE: return "qwen3moe";
+    case AR_ARCH_QWEN2_MOE: return "qwen2moe";
+    default: return "llama";   /* Llama, Mistral, Mixtral (llama with experts) */
     }
 }
 
@@ -133,7 +136,7 @@ static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, 
     }
     if (c->sliding_window > 0 && strcmp(arch, "llama"))
         rc |= set_arch_u32(w, arch, "attention.sliding_window", (uint32_t)c->sliding_window);
-    rc |= set_gemma(w, c, arch) | set_fused(w, c, arch);
+    rc |= set_gemma(w, c, arch) | set_fused(w, c, arch) | ar_gguf_moe_set_metadata(w, c, arch);
     rc |= ar_gguf_set_u32(w, "general.quantization_version", 2);
     return rc ? -1 : 0;
 }

@@ -134,8 +134,9 @@ static ar_ggml_type shape_fallback(ar_ggml_type t, int64_t ne0)
 
 static int is_quantizable(const char *name, int n_dims)
 {
+    /* the shared expert's gate is 1-D [hidden] in llama.cpp's files, so never quantized */
     return n_dims >= 2 && ends_with(name, "weight") && !strstr(name, "_norm.weight") &&
-           !strstr(name, "ffn_gate_inp.weight");
+           !strstr(name, "ffn_gate_inp.weight") && !strstr(name, "ffn_gate_inp_shexp.weight");
 }
 
 ar_ggml_type ar_gguf_tensor_type(ar_gguf_ftype f, const ar_gguf_model_info *m, const char *name, int n_dims,
@@ -182,6 +183,12 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
      * splits ffn_up) and GLM-4's norms after each branch */
     {"self_attn.qkv_proj", "attn_qkv"},      {"mlp.gate_up_proj", "ffn_up"},
     {"post_self_attn_layernorm", "post_attention_norm"}, {"post_mlp_layernorm", "post_ffw_norm"},
+    /* mixtures of experts (gguf_moe.h; the routed experts' stacked names come
+     * from ar_gguf_expert_name above): the router under both Mixtral spellings, and
+     * Qwen2-MoE's shared expert and its gate */
+    {"mlp.gate", "ffn_gate_inp"},            {"block_sparse_moe.gate", "ffn_gate_inp"},
+    {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"}, {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
+    {"mlp.shared_expert.down_proj", "ffn_down_shexp"}, {"mlp.shared_expert_gate", "ffn_gate_inp_shexp"},
 };
 enum { N_LAYER_NAMES = sizeof layer_names / sizeof layer_names[0] };
 
@@ -196,11 +203,36 @@ enum { N_MODEL_NAMES = sizeof model_names / sizeof model_names[0] };
 /* ".weight" or ".bias" */
 static int is_param_suffix(const char *s) { return !strcmp(s, ".weight") || !strcmp(s, ".bias"); }
 
+/* "gate" / "up" / "down" for an HF projection word (also Mixtral's w1 / w3 / w2), else NULL. */
+static const char *proj_of(const char *w)
+{
+    static const char *const map[][2] = {{"gate_proj", "gate"}, {"up_proj", "up"}, {"down_proj", "down"},
+                                         {"w1", "gate"},        {"w3", "up"},      {"w2", "down"}};
+    for (size_t i = 0; i < sizeof map / sizeof map[0]; i++)
+        if (!strcmp(w, map[i][0])) return map[i][1];
+    return NULL;
+}
+
+int ar_gguf_expert_name(const char *hf, char *gname, size_t cap, int *expert)
+{
+    int layer, e, used = 0;
+    char word[16];
+    if ((sscanf(hf, "model.layers.%d.mlp.experts.%d.%15[a-z0-9_].weight%n", &layer, &e, word, &used) != 3 &&
+         sscanf(hf, "model.layers.%d.block_sparse_moe.experts.%d.%15[a-z0-9_].weight%n", &layer, &e, word, &used) != 3) ||
+        !used || hf[used] || layer < 0 || e < 0)
+        return 0;
+    const char *p = proj_of(word);
+    if (!p) return 0;
+    *expert = e;
+    return snprintf(gname, cap, "blk.%d.ffn_%s_exps.weight", layer, p) > 0;
+}
+
 int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
 {
-    int layer, used = 0;
+    int layer, used = 0, expert;
     for (int i = 0; i < N_MODEL_NAMES; i++)
         if (!strcmp(hf, model_names[i].hf)) return snprintf(out, out_size, "%s", model_names[i].gguf) > 0;
+    if (ar_gguf_expert_name(hf, out, out_size, &expert)) return 1;   /* many experts, one stacked tensor */
     if (sscanf(hf, "model.layers.%d.%n", &layer, &used) == 1 && used > 0) {
         const char *rest = hf + used;
         if (strstr(rest, "rotary_emb.inv_freq")) return 0;
@@ -249,6 +281,7 @@ ar_gguf_model_info ar_gguf_info_for(const ar_config *c, int has_output, int has_
 {
     ar_gguf_model_info m = {0};
     m.n_layers = c->n_layers;
+    m.n_expert = c->moe.n_experts;   /* llama.cpp's 8-expert rules (attn_v / attn_k Q8_0, attn_output Q5_K) */
     m.n_gqa = c->n_heads / (c->n_kv_heads > 0 ? c->n_kv_heads : 1);
     m.has_output = has_output;
     m.has_imatrix = has_imatrix;

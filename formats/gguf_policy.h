@@ -57,6 +57,13 @@ ar_ggml_type ar_gguf_tensor_type(ar_gguf_ftype f, const ar_gguf_model_info *m, c
  * type policy above speaks these names, hence the map lives here. */
 int ar_gguf_map_name(const char *hf_name, char *out, size_t out_size);
 
+/* 1 when hf names one routed expert's projection —
+ * "model.layers.L.mlp.experts.E.{gate,up,down}_proj.weight", or Mixtral's
+ * older "model.layers.L.block_sparse_moe.experts.E.{w1,w3,w2}.weight" — with
+ * the stacked GGUF name "blk.L.ffn_{gate,up,down}_exps.weight" in gname and
+ * E in *expert; 0 for any other name. */
+int ar_gguf_expert_name(const char *hf, char *gname, size_t cap, int *expert);
+
 /* ar_gguf_map_name for a model of config c: Gemma's post_attention_layernorm
  * follows attention (llama.cpp's blk.N.post_attention_norm), where Llama's
  * precedes the MLP (blk.N.ffn_norm). */

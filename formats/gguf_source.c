@@ -10,6 +10,7 @@
  * tokenizer.json. */
 #include "error.h"
 #include "gguf.h"
+#include "gguf_moe.h"
 #include "model_open.h"
 #include <limits.h>
 #include <math.h>
@@ -26,6 +27,8 @@ static const struct { const char *gguf, *hf_class, *model_type; ar_arch arch; } 
     {"gemma3", "Gemma3ForCausalLM", "gemma3_text", AR_ARCH_GEMMA3},
     {"phi3", "Phi3ForCausalLM", "phi3", AR_ARCH_PHI3},
     {"glm4", "Glm4ForCausalLM", "glm4", AR_ARCH_GLM4},
+    {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE},   /* "llama" with experts: Mixtral (gguf_moe.c) */
+    {"qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE},
 };
 
 /* "<arch>.<key>" as an integer, or def when absent. */
@@ -65,7 +68,8 @@ static int set_arch(ar_config *c, const ar_gguf *g, const char *path, const char
             *arch = archs[i].gguf;
             return 0;
         }
-    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4)", path, a->str);
+    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4, qwen3moe, qwen2moe)",
+                    path, a->str);
 }
 
 static int set_rope(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
@@ -186,6 +190,7 @@ int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
     c->qk_norm = has_tensor(g, "blk.0.attn_q_norm.weight");
     if ((c->arch == AR_ARCH_GEMMA2 || c->arch == AR_ARCH_GEMMA3) && set_gemma(c, g, arch, path)) return -1;
     if ((c->arch == AR_ARCH_PHI3 || c->arch == AR_ARCH_GLM4) && set_fused(c, g, arch, path)) return -1;
+    if (ar_gguf_moe_read_config(g, arch, path, c)) return -1;
     c->bos_id = token_id(g, "tokenizer.ggml.bos_token_id");
     c->eos_id = token_id(g, "tokenizer.ggml.eos_token_id");
     return 0;
@@ -199,18 +204,37 @@ typedef struct {
     char      path[4096];
 } gguf_src;
 
-/* The GGUF tensor behind an HF name, or NULL (no error) when there is none. */
-static const ar_gguf_tensor *find(const gguf_src *s, const char *hf_name)
+/* The GGUF tensor behind an HF name, or NULL (no error) when there is none;
+ * *expert: which expert of a stacked 3-D tensor (gguf_moe.h) the name is, else -1. */
+static const ar_gguf_tensor *find_part(const gguf_src *s, const char *hf_name, int *expert)
 {
     char gname[256];
+    *expert = -1;
+    if (ar_gguf_expert_name(hf_name, gname, sizeof gname, expert)) {
+        const ar_gguf_tensor *t = ar_gguf_find_tensor(s->g, gname);
+        return t && t->n_dims == 3 && *expert < t->ne[2] ? t : NULL;
+    }
     int m = ar_gguf_map_name_for(&s->cfg, hf_name, gname, sizeof gname);   /* an unknown name is just "not here" */
     return m == 1 ? ar_gguf_find_tensor(s->g, gname) : NULL;
 }
 
+static int ends_with(const char *s, const char *t)
+{
+    size_t n = strlen(s), k = strlen(t);
+    return n >= k && !strcmp(s + n - k, t);
+}
+
 static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
 {
-    const ar_gguf_tensor *t = find(ctx, name);
+    int e;
+    const ar_gguf_tensor *t = find_part(ctx, name, &e);
     if (!t) return 1;
+    if (e >= 0 || (t->n_dims == 1 && ends_with(t->name, ".ffn_gate_inp_shexp.weight"))) {
+        *ndim = 2;   /* one expert's [N, K]; the shared expert's gate is HF's [1, hidden] */
+        shape[0] = e >= 0 ? t->ne[1] : 1;
+        shape[1] = t->ne[0];
+        return 0;
+    }
     *ndim = t->n_dims;
     for (int d = 0; d < t->n_dims; d++) shape[d] = t->ne[t->n_dims - 1 - d];  /* ggml's ne[0] is the last HF dim */
     return 0;
@@ -219,7 +243,7 @@ static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SR
 /* Heads of d rows each when the tensor's rows are in llama.cpp's RoPE order. */
 static int permuted_heads(const gguf_src *s, const ar_gguf_tensor *t)
 {
-    if (s->cfg.arch != AR_ARCH_LLAMA || t->n_dims != 2) return 0;
+    if ((s->cfg.arch != AR_ARCH_LLAMA && s->cfg.arch != AR_ARCH_MIXTRAL) || t->n_dims != 2) return 0;
     if (strstr(t->name, ".attn_q.")) return s->cfg.n_heads;
     if (strstr(t->name, ".attn_k.")) return s->cfg.n_kv_heads;
     return 0;
@@ -228,9 +252,10 @@ static int permuted_heads(const gguf_src *s, const ar_gguf_tensor *t)
 static int src_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
     gguf_src *s = ctx;
-    const ar_gguf_tensor *t = find(s, name);
+    int e;
+    const ar_gguf_tensor *t = find_part(s, name, &e);
     if (!t) return ar_error("%s: no tensor for %s", s->path, name);
-    const int64_t cols = t->n_dims == 1 ? 1 : t->ne[0], rows = ar_gguf_tensor_numel(t) / cols;
+    const int64_t cols = t->n_dims == 1 ? 1 : t->ne[0], rows = e >= 0 ? t->ne[1] : ar_gguf_tensor_numel(t) / cols;
     if (row0 < 0 || nrows < 0 || row0 + nrows > rows)
         return ar_error("%s: rows %lld..%lld of %s out of range", s->path, (long long)row0, (long long)(row0 + nrows), name);
     if (t->n_dims == 1) {
@@ -241,8 +266,9 @@ static int src_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrow
     }
     const size_t rb = ar_ggml_row_bytes(t->type, cols);
     const int heads = permuted_heads(s, t);
+    const int64_t base = e >= 0 ? (int64_t)e * rows : 0;   /* expert e's rows follow the e experts before it */
     for (int64_t r = row0; r < row0 + nrows; r++) {
-        int64_t gr = heads ? ar_gguf_permuted_row(r, rows / heads) : r;
+        int64_t gr = base + (heads ? ar_gguf_permuted_row(r, rows / heads) : r);
         if (ar_ggml_dequantize(t->type, (const char *)t->data + (size_t)gr * rb, dst + (r - row0) * cols, cols))
             return ar_error_prefix(s->path);
     }

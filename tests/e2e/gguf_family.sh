@@ -25,8 +25,10 @@
 #     (tests/clients/check_gguf.py's bound). F32 files: no activation
 #     rounding, only llama.cpp's f16 KV cache (2^-11 relative on K and V): 0.1%,
 #     tight enough to see a convention llama.cpp reads differently from ar.
-gguf_ppl() { # gguf_ppl MODEL TEXT: ar-eval's perplexity, 20 windows of 256
-    "$BIN/ar-eval" --model "$1" --text "$2" --seqlen 256 --windows 20 --json |
+# GF_WINDOWS (default 20) sets the number of windows: mixtures of experts
+# (gguf_moe.test.sh) take 60, see there.
+gguf_ppl() { # gguf_ppl MODEL TEXT: ar-eval's perplexity, GF_WINDOWS (20) windows of 256
+    "$BIN/ar-eval" --model "$1" --text "$2" --seqlen 256 --windows "${GF_WINDOWS:-20}" --json |
         python3 -c "import json,sys; print(json.load(sys.stdin)['ppl'])"
 }
 gguf_within() { # gguf_within A B REL: |A/B - 1| <= REL
@@ -49,7 +51,7 @@ gguf_family() {
             fail "$_gf_name gguf:$_gf_m: ar-eval ppl $_gf_ours on the GGUF, $_gf_src on the source (over $_gf_tol apart)"
         echo "$_gf_name gguf:$_gf_m: ar-eval ppl $_gf_ours on the GGUF, $_gf_src on the source"
         if [ -z "$_gf_py" ]; then echo "skip llama.cpp on $_gf_name gguf:$_gf_m: no Python with llama_cpp"; continue; fi
-        _gf_llama=$("$_gf_py" "$(dirname "$0")/../clients/llama_ppl.py" "$T/$_gf_name-$_gf_m.gguf" "$_gf_text" 256 20 2> "$T/llama.err") ||
+        _gf_llama=$("$_gf_py" "$(dirname "$0")/../clients/llama_ppl.py" "$T/$_gf_name-$_gf_m.gguf" "$_gf_text" 256 "${GF_WINDOWS:-20}" 2> "$T/llama.err") ||
             fail "$_gf_name gguf:$_gf_m: llama.cpp cannot run the file: $(tail -3 "$T/llama.err")"
         _gf_ltol=0.005
         [ "$_gf_m" != f32 ] || _gf_ltol=0.001
