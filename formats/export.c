@@ -412,13 +412,24 @@ static void config_names_in_memory(const ar_export *e, cJSON *j) {
     }
 }
 
+/* gpt-oss experts stored as MXFP4 (io/mxfp4.h), which the export writes per expert. */
+static int mxfp4_experts(const ar_export *e) {
+    for (size_t i = 0; e->fx && i < ar_st_count(e->st); i++) {
+        const char *n = ar_st_at(e->st, i)->name;
+        size_t l = strlen(n);
+        if (fused_tensor(n) && l > 7 && !strcmp(n + l - 7, "_blocks")) return 1;
+    }
+    return 0;
+}
+
 static int write_configs(ar_export *e) {
     cJSON *q = e->fmt->quant_config ? e->fmt->quant_config(e) : NULL;
     if (e->fmt->quant_config && !q) return -1;
     if (q && e->mm) config_names_in_memory(e, q);
     /* AWQ kernels run in fp16, so AutoRound forces it for any AWQ layout. */
     const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
-    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL);
+    /* the source's own quantization_config goes when its weights were widened on reading: FP8, MXFP4 experts */
+    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL || mxfp4_experts(e));
     if (!rc && q && e->fmt->qconfig_file) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file, q);
     if (!rc && q && e->fmt->qconfig_file2) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file2, q);
     cJSON_Delete(q);
