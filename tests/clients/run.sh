@@ -164,6 +164,7 @@ if [ "${CLIENT_MOE:-1}" != 0 ]; then
   for n in qwen3_moe qwen2_moe mixtral_legacy deepseek_v3 gpt_oss qwen3_moe_fused; do
     src=$M/$n; [ -d "$src" ] || src=$MW/$n
     fmts=auto_round; case $n in qwen3_moe|mixtral_legacy|gpt_oss) fmts=auto_round,auto_gptq;; esac
+    mkdir -p "$MW/$n" "$MW/${n}_asym"
     if "$BIN/ar-tune" --quiet --model "$src" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn -o "$MW/$n.ars" &&
        "$BIN/ar-pack" --quiet -i "$MW/$n.ars" --format "$fmts" -o "$MW/$n$(case $fmts in *,*) ;; *) echo /$fmts;; esac)"; then
       for f in $(echo "$fmts" | tr , ' '); do sym="$sym $MW/$n/$f"; done
