@@ -48,12 +48,6 @@ static int open_multimodal(ar_export *e) {
     return 0;
 }
 
-/* A checkpoint with fused 3-D experts (gpt-oss; transformers-5-native dumps
- * of the other MoE families, fused_experts.h) is tuned per expert under
- * mlp.experts.E.{gate,up,down}_proj, the names AutoRound's unfused export
- * writes and its loaders build (modeling/fused_moe/gpt_oss.py,
- * unfused_moe/ modules): the export reads those views through a second handle
- * and writes per-expert tensors in place of the fused ones. */
 /* A format whose loaders cannot read mixture-of-experts checkpoints refuses
  * them, naming the family (the tuned stream alone does not say it is MoE). */
 static int check_moe(const ar_export *e) {
@@ -64,6 +58,12 @@ static int check_moe(const ar_export *e) {
                     e->fmt->name, e->fmt->moe_refusal);
 }
 
+/* A checkpoint with fused 3-D experts (gpt-oss; transformers-5-native dumps
+ * of the other MoE families, fused_experts.h) is tuned per expert under
+ * mlp.experts.E.{gate,up,down}_proj, the names AutoRound's unfused export
+ * writes and its loaders build (modeling/fused_moe/gpt_oss.py,
+ * unfused_moe/ modules): the export reads those views through a second handle
+ * and writes per-expert tensors in place of the fused ones. */
 static int open_fused(ar_export *e) {
     if (!ar_fused_present(e->st)) return 0;
     ar_safetensors *st = ar_st_open_model(e->model_dir);
