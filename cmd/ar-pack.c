@@ -232,7 +232,7 @@ int main(int argc, char **argv)
     if (!r) cli_die_lib();
     ar_tuned_meta m = *ar_tuned_reader_meta(r);
     if (a.model) snprintf(m.model, sizeof m.model, "%s", a.model);
-    output outs[MAX_FORMATS];
+    static output outs[MAX_FORMATS];   /* static: cleanup_at_exit reads it after main returns */
     g_outs = outs;
     atexit(cleanup_at_exit);   /* before opening: a format refused after another opened leaves nothing */
     open_outputs(&a, &m, outs, &g_nout);
