@@ -115,6 +115,8 @@ static void autoround_dir(const pack_args *a, const ar_tuned_meta *m, output *o)
     make_parents(o->dir);
 }
 
+static const char *g_made_parent;   /* OUT made for several formats: removed again if left empty */
+
 static void open_outputs(const pack_args *a, const ar_tuned_meta *m, output *outs, int *nout)
 {
     char list[512];
@@ -142,8 +144,11 @@ static void open_outputs(const pack_args *a, const ar_tuned_meta *m, output *out
             for (size_t k = strlen(o->dir); o->gguf_dir && k > 1 && o->dir[k - 1] == '/';) o->dir[--k] = 0;
         }
     }
-    if (n > 1 && !a->autoround_layout && mkdir(a->out, 0755) && errno != EEXIST)
-        cli_die("%s: cannot create: %s", a->out, strerror(errno));
+    *nout = n;   /* from here a failure aborts the outputs already open (cleanup_at_exit) */
+    if (n > 1 && !a->autoround_layout) {
+        if (mkdir(a->out, 0755) == 0) g_made_parent = a->out;
+        else if (errno != EEXIST) cli_die("%s: cannot create: %s", a->out, strerror(errno));
+    }
     for (int i = 0; i < n; i++) {
         output *o = &outs[i];
         cli_out_guard(o->dir);    /* an interrupted run removes the writers' "DIR.tmp*" names */
@@ -181,7 +186,11 @@ static void abort_outputs(output *outs, int n)
 
 static output *g_outs;
 static int g_nout;
-static void cleanup_at_exit(void) { abort_outputs(g_outs, g_nout); }
+static void cleanup_at_exit(void)
+{
+    abort_outputs(g_outs, g_nout);
+    if (g_made_parent) rmdir(g_made_parent);   /* fails, as it should, once outputs are in it */
+}
 
 /* A linear from the stream into every output. */
 static void pack_linear(const ar_tuned_item *l, output *outs, int nout, const char *src)
@@ -223,11 +232,11 @@ int main(int argc, char **argv)
     if (!r) cli_die_lib();
     ar_tuned_meta m = *ar_tuned_reader_meta(r);
     if (a.model) snprintf(m.model, sizeof m.model, "%s", a.model);
-    output outs[MAX_FORMATS];
-    int nout = 0;
-    open_outputs(&a, &m, outs, &nout);
-    g_outs = outs; g_nout = nout;
-    atexit(cleanup_at_exit);
+    static output outs[MAX_FORMATS];   /* static: cleanup_at_exit reads it after main returns */
+    g_outs = outs;
+    atexit(cleanup_at_exit);   /* before opening: a format refused after another opened leaves nothing */
+    open_outputs(&a, &m, outs, &g_nout);
+    int nout = g_nout;
     double t0 = cli_now();
     int nlayers = 0, rc;
     const ar_tuned_item *it;

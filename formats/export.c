@@ -5,6 +5,7 @@
 #include "array_grow.h"
 #include "config.h"
 #include "error.h"
+#include "fused_experts.h"
 #include "hf_folder.h"
 #include "quant_fp.h"
 #include <ctype.h>
@@ -47,6 +48,37 @@ static int open_multimodal(ar_export *e) {
     return 0;
 }
 
+/* A format whose loaders cannot read mixture-of-experts checkpoints refuses
+ * them, naming the family (the tuned stream alone does not say it is MoE). */
+static int check_moe(const ar_export *e) {
+    ar_config c;
+    if (!e->fmt->moe_refusal || ar_config_load_flags(&c, e->model_dir, AR_CONFIG_ANY_ARCH) || c.moe.n_experts <= 0)
+        return 0;
+    return ar_error("%s: %s (mixture of experts) cannot be exported as %s: %s", e->model_dir, c.arch_name,
+                    e->fmt->name, e->fmt->moe_refusal);
+}
+
+/* A checkpoint with fused 3-D experts (gpt-oss; transformers-5-native dumps
+ * of the other MoE families, fused_experts.h) is tuned per expert under
+ * mlp.experts.E.{gate,up,down}_proj, the names AutoRound's unfused export
+ * writes and its loaders build (modeling/fused_moe/gpt_oss.py,
+ * unfused_moe/ modules): the export reads those views through a second handle
+ * and writes per-expert tensors in place of the fused ones. */
+static int open_fused(ar_export *e) {
+    if (!ar_fused_present(e->st)) return 0;
+    ar_safetensors *st = ar_st_open_model(e->model_dir);
+    if (!st || !(e->fx = ar_fused_source_new(st, ar_fused_layout_of(e->model_dir)))) return -1;
+    return 0;
+}
+
+/* A fused expert tensor: PREFIX.mlp.experts.{gate_up_proj,down_proj}[_bias|_blocks|_scales]. */
+static int fused_tensor(const char *name) {
+    const char *m = strstr(name, ".mlp.experts.");
+    if (!m) return 0;
+    m += 13;
+    return !strncmp(m, "gate_up_proj", 12) || !strncmp(m, "down_proj", 9);
+}
+
 static int check_opts(const ar_export_format *f, const ar_export_opts *o) {
     if (o->data_type && ar_quant_dtype_parse(o->data_type, o->bits) < 0)
         return ar_error("%s: data type '%s' with %d bits cannot be exported", o->format, o->data_type, o->bits);
@@ -80,7 +112,7 @@ ar_export *ar_export_open_format(const ar_export_format *f, const char *model_di
         ar_export_abort(e);
         return NULL;
     }
-    if (open_multimodal(e)) { ar_export_abort(e); return NULL; }
+    if (check_moe(e) || open_multimodal(e) || open_fused(e)) { ar_export_abort(e); return NULL; }
     if (!e->mm) detect_block_prefix(e);
     /* AutoRound writes asym 4-bit in the AWQ layout unless other widths occur. */
     e->awq_layout = f->awq_layout == AR_AWQ_ALWAYS ||
@@ -173,8 +205,16 @@ static int check_layer_target(const ar_export *e, const ar_qlayer *l) {
     char wname[512];
     snprintf(wname, sizeof wname, "%s.weight", l->name);
     const ar_st_tensor *t = ar_export_source_weight(e, l->name);
-    if (!t) return ar_error("%s: the model has no tensor %s", e->model_dir, wname);
-    if (t->ndim != 2 || t->shape[0] != l->n || t->shape[1] != l->k)
+    int ndim = t ? t->ndim : 0;
+    int64_t shape[8] = {0};
+    if (t) memcpy(shape, t->shape, sizeof(int64_t) * (size_t)(ndim < 8 ? ndim : 8));
+    else if (e->fx) {   /* an expert of a fused tensor */
+        int rc = ar_fused_shape(e->fx, wname, &ndim, shape);
+        if (rc < 0) return ar_error_prefix(e->model_dir);
+        if (rc) ndim = 0;
+    }
+    if (!ndim) return ar_error("%s: the model has no tensor %s", e->model_dir, wname);
+    if (ndim != 2 || shape[0] != l->n || shape[1] != l->k)
         return ar_error("%s: %s is not [%d, %d]", e->model_dir, wname, l->n, l->k);
     return 0;
 }
@@ -228,6 +268,7 @@ int ar_export_kv_scale(ar_export *e, const char *name, float scale) {
  * 3 widen (an FP8 weight left unquantized: written in the dtype the source
  * dequantizes to, safetensors.h). */
 static int tensor_fate(const ar_export *e, const char *name) {
+    if (e->fx && fused_tensor(name)) return 1;   /* written per expert (write_fused_experts) */
     int fp8 = ar_st_fp8_role(e->st, name);
     if (fp8 == 2) return 1;
     const char *dot = strrchr(name, '.');
@@ -281,6 +322,63 @@ static int widen_fp8(ar_export *e, const ar_st_tensor *t) {
     return rc ? -1 : 0;
 }
 
+/* One per-expert view name (weight or bias) of the fused source, written
+ * as dtype d; 1 when the view does not exist. */
+static int put_fused_view(ar_export *e, const char *name, ar_dtype d) {
+    int ndim;
+    int64_t shape[8];
+    int rc = ar_fused_shape(e->fx, name, &ndim, shape);
+    if (rc) return rc < 0 ? ar_error_prefix(e->model_dir) : 1;
+    size_t n = (size_t)shape[0] * (ndim > 1 ? (size_t)shape[1] : 1);
+    float *v = malloc(n * sizeof *v);
+    rc = !v ? ar_error("%s: out of memory", e->out_dir)
+            : ar_fused_read_rows(e->fx, name, 0, shape[0], v) ? ar_error_prefix(e->model_dir)
+                                                              : put_floats(e, name, d, ndim, shape, v, n);
+    free(v);
+    return rc ? -1 : 0;
+}
+
+/* What the fused tensors of layer prefix p (p.mlp.experts.gate_up_proj, ...)
+ * hold besides the packed experts: per expert, the biases (gpt-oss; in the
+ * format's bias dtype when the layer was packed) and the weights of experts
+ * left unpacked (BF16, the dtype of the fused checkpoints). */
+static int write_fused_layer(ar_export *e, const char *p) {
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    char name[600];
+    for (int x = 0;; x++) {
+        snprintf(name, sizeof name, "%s.mlp.experts.%d.gate_proj.weight", p, x);
+        int ndim;
+        int64_t shape[8];
+        int rc = ar_fused_shape(e->fx, name, &ndim, shape);
+        if (rc < 0) return ar_error_prefix(e->model_dir);
+        if (rc) return 0;   /* past the last expert */
+        for (int k = 0; k < 3; k++) {
+            snprintf(name, sizeof name, "%s.mlp.experts.%d.%s", p, x, proj[k]);
+            const ar_export_rec *r = find_rec(e, name, strlen(name));
+            size_t n = strlen(name);
+            if (!r) {
+                snprintf(name + n, sizeof name - n, ".weight");
+                if (put_fused_view(e, name, AR_BF16) < 0) return -1;
+            }
+            if (r && r->own_bias) continue;
+            snprintf(name + n, sizeof name - n, ".bias");
+            if (put_fused_view(e, name, r ? bias_dtype(e, AR_BF16) : AR_BF16) < 0) return -1;
+        }
+    }
+}
+
+static int write_fused_experts(ar_export *e) {
+    for (size_t i = 0; e->fx && i < ar_st_count(e->st); i++) {
+        const char *n = ar_st_at(e->st, i)->name, *m = strstr(n, ".mlp.experts.down_proj");
+        /* once per layer: at its down_proj (BF16) or down_proj_blocks (MXFP4) */
+        if (!m || (strcmp(m + 22, "") && strcmp(m + 22, "_blocks"))) continue;
+        char p[512];
+        snprintf(p, sizeof p, "%.*s", (int)(m - n), n);
+        if (write_fused_layer(e, p)) return -1;
+    }
+    return 0;
+}
+
 static int copy_rest(ar_export *e) {
     for (size_t i = 0; i < ar_st_count(e->st); i++) {
         const ar_st_tensor *t = ar_st_at(e->st, i);
@@ -289,7 +387,7 @@ static int copy_rest(ar_export *e) {
         if (fate == 2 && retype_bias(e, t)) return -1;
         if (fate == 3 && widen_fp8(e, t)) return -1;
     }
-    return 0;
+    return write_fused_experts(e);
 }
 
 /* Module names in j (strings, object keys, at any depth) from the
@@ -314,13 +412,24 @@ static void config_names_in_memory(const ar_export *e, cJSON *j) {
     }
 }
 
+/* gpt-oss experts stored as MXFP4 (io/mxfp4.h), which the export writes per expert. */
+static int mxfp4_experts(const ar_export *e) {
+    for (size_t i = 0; e->fx && i < ar_st_count(e->st); i++) {
+        const char *n = ar_st_at(e->st, i)->name;
+        size_t l = strlen(n);
+        if (fused_tensor(n) && l > 7 && !strcmp(n + l - 7, "_blocks")) return 1;
+    }
+    return 0;
+}
+
 static int write_configs(ar_export *e) {
     cJSON *q = e->fmt->quant_config ? e->fmt->quant_config(e) : NULL;
     if (e->fmt->quant_config && !q) return -1;
     if (q && e->mm) config_names_in_memory(e, q);
     /* AWQ kernels run in fp16, so AutoRound forces it for any AWQ layout. */
     const char *dtype = e->awq_layout ? "float16" : e->fmt->config_dtype;
-    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL);
+    /* the source's own quantization_config goes when its weights were widened on reading: FP8, MXFP4 experts */
+    int rc = hf_folder_write_config(e->model_dir, e->tmp_dir, q, dtype, ar_st_fp8_of(e->st) != NULL || mxfp4_experts(e));
     if (!rc && q && e->fmt->qconfig_file) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file, q);
     if (!rc && q && e->fmt->qconfig_file2) rc = hf_folder_write_json(e->tmp_dir, e->fmt->qconfig_file2, q);
     cJSON_Delete(q);
@@ -346,6 +455,7 @@ void ar_export_abort(ar_export *e) {
     ar_stw_abort(e->w);
     hf_folder_remove(e->tmp_dir);
     ar_st_close(e->st);
+    if (e->fx) ar_fused_close(e->fx);
     for (size_t i = 0; i < e->nrec; i++) free(e->rec[i].name);
     free(e->rec);
     free((char *)e->opts.tuning_json);
@@ -525,9 +635,13 @@ void ar_export_model_order(cJSON *obj) {
     free(v);
 }
 
-/* Linear-like weights of the original: 2-D NAME.weight, minus embeddings. */
+/* Linear-like weights of the original: 2-D NAME.weight, minus embeddings
+ * and gpt-oss's router (GptOssTopKRouter, a weight/bias pair that is no
+ * nn.Linear: AutoRound 0.16.1 neither quantizes nor lists it, its export of
+ * GptOssForCausalLM has no extra_config). */
 static int is_linear_weight(const ar_st_tensor *t) {
     size_t n = strlen(t->name);
+    if (n > 18 && !strcmp(t->name + n - 18, ".mlp.router.weight")) return 0;
     return t->ndim == 2 && n > 7 && !strcmp(t->name + n - 7, ".weight") && !strstr(t->name, "embed");
 }
 

@@ -37,6 +37,7 @@ typedef struct {
     const char *qconfig_file2;  /* a second such file (a loader's older name), or NULL */
     int         awq_layout;     /* AR_AWQ_*: when layers are written in the AWQ layout */
     int         allow_empty;    /* an export with no quantized layer is valid (fake) */
+    const char *moe_refusal;    /* why mixture-of-experts models are refused, or NULL (docs/moe.md §10) */
 } ar_export_format;
 
 /* ar_export_format.awq_layout: never; always (auto_awq); for uniform
@@ -49,6 +50,7 @@ struct ar_export {
     ar_export_opts          opts;
     char                   *model_dir, *out_dir, *tmp_dir;
     ar_safetensors         *st;         /* the original model */
+    void                   *fx;         /* its fused experts seen per expert (fused_experts.h), else NULL */
     ar_stw                 *w;
     char                    block_prefix[128];   /* "model.layers" ("model.language_model.layers": a VLM) */
     int                     mm;                  /* a vision-language model: only its text stack is quantized */

@@ -12,10 +12,12 @@ static int write_layer(ar_export *e, const ar_qlayer *l) {
     snprintf(name, sizeof name, "%s.weight", l->name);
     const ar_st_tensor *orig = ar_export_source_weight(e, l->name);
     size_t n = (size_t)l->n * l->k;
-    /* An FP8 source's weight is written in the dtype it dequantizes to. */
-    ar_dtype dt = !orig ? AR_F32 : ar_st_fp8_role(e->st, orig->name) == 1 ? ar_st_fp8_of(e->st)->out : orig->dtype;
+    /* An FP8 source's weight is written in the dtype it dequantizes to; an
+     * expert of a fused tensor (export.c open_fused) as BF16, the dtype of
+     * fused checkpoints (MXFP4 ones widen to it). */
+    ar_dtype dt = !orig ? AR_BF16 : ar_st_fp8_role(e->st, orig->name) == 1 ? ar_st_fp8_of(e->st)->out : orig->dtype;
     float *w = malloc(n * sizeof *w);
-    void *out = orig ? malloc(n * ar_dtype_size(dt)) : NULL;
+    void *out = malloc(n * ar_dtype_size(dt));
     int64_t shape[2] = {l->n, l->k};
     int rc = !w || !out ? ar_error("%s: out of memory", l->name) : 0;
     if (!rc) {

@@ -301,4 +301,12 @@ const ar_export_format ar_fmt_llm_compressor = {
     .bias_f16 = 0,
     .config_dtype = NULL,
     .qconfig_file = "quantization_config.json",
+    /* transformers + auto-round 0.16.1 converts only gptq, awq and auto-round
+     * checkpoints ("Failed to convert to auto_round format", tested with
+     * tests/clients/check_moe.py), transformers 5 keeps the experts of these
+     * families as fused 3-D parameters that compressed-tensors' per-Linear
+     * layers do not match, and compressed-tensors is not installed here to
+     * show otherwise (docs/moe.md §10) */
+    .moe_refusal = "no loader checked here reads its per-expert compressed-tensors layers; use auto_round, "
+                   "auto_gptq or auto_awq",
 };

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "config.h"
 #include "error.h"
 #include "mxfp4.h"
 
@@ -21,6 +22,7 @@ enum { FC_GATE_UP, FC_GATE_UP_BIAS, FC_DOWN, FC_DOWN_BIAS, FC_N };
 
 typedef struct {
     ar_safetensors *st;
+    int layout;                 /* AR_FUSED_* */
     fused_cache cache[FC_N];
 } fx_source;
 
@@ -95,6 +97,11 @@ int ar_fused_shape(void *ctx, const char *name, int *ndim, int64_t *shape)
     if (rc) return rc;
     if (e >= fs[0]) return 1;   /* the caller names the missing expert */
     if (fnd != (bias ? 2 : 3)) return ar_error("fused expert tensor '%s' is %d-D", fname, fnd);
+    if (s->layout == AR_FUSED_ROWS) {   /* [E, 2I, H] and [E, H, I]: rows are the Linear's rows */
+        if (bias) return 1;
+        *ndim = 2, shape[0] = proj == 2 ? fs[1] : fs[1] / 2, shape[1] = fs[2];
+        return 0;
+    }
     int64_t I = proj == 2 ? fs[1] : fs[bias ? 1 : 2] / 2;
     if (bias) *ndim = 1, shape[0] = proj == 2 ? fs[1] : I;
     else *ndim = 2, shape[0] = proj == 2 ? fs[2] : I, shape[1] = proj == 2 ? fs[1] : fs[1];
@@ -111,6 +118,12 @@ int ar_fused_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows,
     fused_cache *fc = fused_get(s, fused_name(fname, sizeof fname, name, plen, proj, bias), fname);
     if (!fc) return -1;
     if (e >= fc->shape[0]) return ar_error("model has no tensor '%s'", name);
+    if (s->layout == AR_FUSED_ROWS) {   /* gate rows 0..I-1, up rows I..2I-1; down as is */
+        if (bias) return ar_error("model has no tensor '%s'", name);
+        int64_t R = fc->shape[1], K = fc->shape[2], off = proj == 1 ? R / 2 : 0;
+        memcpy(dst, fc->data + (e * R + off + row0) * K, sizeof(float) * (size_t)(nrows * K));
+        return 0;
+    }
     if (bias) {   /* [E, 2I] interleaved (gate even, up odd) or [E, H] */
         int64_t n = fc->shape[1];
         const float *b = fc->data + e * n;
@@ -134,10 +147,28 @@ void ar_fused_close(void *ctx)
     free(s);
 }
 
-void *ar_fused_source_new(ar_safetensors *st)
+void *ar_fused_source_new(ar_safetensors *st, int layout)
 {
     fx_source *s = calloc(1, sizeof *s);
     if (!s) { ar_st_close(st); ar_error("out of memory"); return NULL; }
     s->st = st;
+    s->layout = layout;
     return s;
+}
+
+int ar_fused_present(const ar_safetensors *st)
+{
+    for (size_t i = 0; i < ar_st_count(st); i++) {
+        const char *n = ar_st_at(st, i)->name, *m = strstr(n, ".mlp.experts.");
+        if (m && (!strncmp(m + 13, "gate_up_proj", 12) || !strncmp(m + 13, "down_proj", 9))) return 1;
+    }
+    return 0;
+}
+
+int ar_fused_layout_of(const char *model_dir)
+{
+    ar_config c;
+    /* an unreadable config fails its own reader later; the layout is moot then */
+    if (ar_config_load_flags(&c, model_dir, AR_CONFIG_ANY_ARCH)) return AR_FUSED_ROWS;
+    return c.arch == AR_ARCH_GPT_OSS ? AR_FUSED_GPT_OSS : AR_FUSED_ROWS;
 }

@@ -52,7 +52,7 @@ int ar_source_safetensors(ar_tensor_source *src, const char *dir)
 {
     ar_safetensors *st = ar_st_open_model(dir);   /* FP8 checkpoints widen through their scales */
     if (!st) return -1;
-    void *ctx = ar_fused_source_new(st);   /* gpt-oss fused experts readable per expert */
+    void *ctx = ar_fused_source_new(st, ar_fused_layout_of(dir));   /* fused experts readable per expert */
     if (!ctx) return -1;
     *src = (ar_tensor_source){.ctx = ctx, .shape = ar_fused_shape, .read_rows = ar_fused_read_rows, .close = ar_fused_close};
     return 0;

@@ -30,6 +30,9 @@
 #     folders loaded by transformers + auto-round as their class, within 0.5 %
 #     of ar-eval, vision tensors byte-identical. Its counts are added to ours.
 #
+#  7. MoE exports (tiny fixtures of tests/fixtures/moe/tiny) through
+#     tests/clients/check_moe.py; CLIENT_MOE=0 skips it.
+#
 # Environment: AR_BIN (default bin), AR_SHARED (default ../shared),
 # CLIENT_WINDOWS (default 20), CLIENT_WORK (default build/clients-check; the
 # folders are left there for inspection), CLIENT_GGUF=0 to skip step 4,
@@ -146,6 +149,43 @@ if [ "${CLIENT_VLM:-}" != 0 ]; then
   counts=$(sed -n 's/^check-vlm: \([0-9]*\) passed, \([0-9]*\) failed.*/\1 \2/p' "$WORK/vlm.log" | tail -1)
   if [ -n "$counts" ]; then pass=$((pass + ${counts% *})) fail=$((fail + ${counts#* }))
   else bad "check_vlm.py ended without a summary (exit $rc):"; tail -5 "$WORK/vlm.log"; fi
+fi
+# 7. mixtures of experts (docs/moe.md §10): the checked-in tiny MoE models (and a Qwen3-MoE rewritten
+#    into transformers 5's fused 3-D expert layout by tests/fixtures/moe/make_fused.py), W4A16 G32
+#    plain RTN: sym as auto_round (all) and auto_gptq, asym as auto_awq, loaded by transformers +
+#    auto-round (tests/clients/check_moe.py, float32 requested; auto-round forces its torch backend
+#    to fp16 and the AWQ kernel is its own) within 0.5% of ar-eval over 40 windows of 64 tokens
+#    (fewer windows let one flipped top-k choice of these random models move the ratio by ~1%).
+#    gpt-oss goes through check_moe.py's fix of auto-round 0.16.1's gate/up order (see there).
+if [ "${CLIENT_MOE:-1}" != 0 ]; then
+  M=tests/fixtures/moe/tiny MW=$WORK/moe MTEXT=$SHARED/data/tinystories/TinyStories-validation-head.txt
+  mkdir -p "$MW" && python3 tests/fixtures/moe/make_fused.py "$M/qwen3_moe" "$MW/qwen3_moe_fused" > /dev/null
+  sym="" asym=""
+  for n in qwen3_moe qwen2_moe mixtral_legacy deepseek_v3 gpt_oss qwen3_moe_fused; do
+    src=$M/$n; [ -d "$src" ] || src=$MW/$n
+    fmts=auto_round; case $n in qwen3_moe|mixtral_legacy|gpt_oss) fmts=auto_round,auto_gptq;; esac
+    mkdir -p "$MW/$n" "$MW/${n}_asym"
+    if "$BIN/ar-tune" --quiet --model "$src" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn -o "$MW/$n.ars" &&
+       "$BIN/ar-pack" --quiet -i "$MW/$n.ars" --format "$fmts" -o "$MW/$n$(case $fmts in *,*) ;; *) echo /$fmts;; esac)"; then
+      for f in $(echo "$fmts" | tr , ' '); do sym="$sym $MW/$n/$f"; done
+    else bad "MoE $n: ar-tune/ar-pack failed"; fi
+    case $n in qwen3_moe|mixtral_legacy|gpt_oss)
+      if "$BIN/ar-tune" --quiet --model "$src" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn --asym -o "$MW/${n}_asym.ars" &&
+         "$BIN/ar-pack" --quiet -i "$MW/${n}_asym.ars" --format auto_awq -o "$MW/${n}_asym/auto_awq"; then asym="$asym $MW/${n}_asym/auto_awq"
+      else bad "MoE $n asym: ar-tune/ar-pack failed"; fi;;
+    esac
+  done
+  OMP_NUM_THREADS=1 "$PY" tests/clients/check_moe.py $sym --backend torch --text "$MTEXT" --windows 40 > "$MW/clients.jsonl" 2> "$MW/clients.log"
+  OMP_NUM_THREADS=1 "$PY" tests/clients/check_moe.py $asym --backend auto --text "$MTEXT" --windows 40 >> "$MW/clients.jsonl" 2>> "$MW/clients.log"
+  for d in $sym $asym; do
+    ours=$("$BIN/ar-eval" --quiet --json --threads 1 --model "$d" --text "$MTEXT" --seqlen 64 --windows 40 | field ppl)
+    line=$(grep "\"folder\": \"$d\"" "$MW/clients.jsonl")
+    theirs=$(echo "$line" | field ppl); extra=""
+    echo "$line" | grep -q ppl_unpatched && extra=" (gate/up order fixed; unfixed loader: $(echo "$line" | field ppl_unpatched))"
+    if [ -z "$ours" ] || [ -z "$theirs" ]; then bad "MoE ${d#$MW/}: no perplexity (ar-eval '$ours', client: $line)"
+    elif within "$theirs" "$ours" 0.005; then ok "MoE ${d#$MW/}: transformers+auto-round ppl $theirs, ar-eval $ours$extra"
+    else bad "MoE ${d#$MW/}: transformers+auto-round ppl $theirs, ar-eval $ours (over 0.5% apart)$extra"; fi
+  done
 fi
 TASKS=${CLIENT_TASKS:-lambada_openai,piqa,hellaswag,arc_easy,arc_challenge,winogrande,mmlu}
 if [ "$TASKS" != 0 ]; then

@@ -132,4 +132,30 @@ expect "layer_config: bits 1e30" ar-tune "\"bits\" must be an integer" --model "
 printf '{"layers.[0-": {"bits": 4}}' > "$T/lc2.json"
 expect "layer_config: bad regex" ar-tune "bad regex" --model "$S" --layer_config "$T/lc2.json" -o "$T/o.ars"
 
+# ---- mixtures of experts (docs/moe.md §10) ----
+MF=tests/fixtures/moe/tiny
+cp -r "$MF/qwen3_moe" "$T/moek"; sed -i 's/"num_experts_per_tok": 2/"num_experts_per_tok": 6/' "$T/moek/config.json"
+cp -r "$MF/deepseek_v3" "$T/moes"; sed -i 's/^{/{"scoring_func": "softplus",/' "$T/moes/config.json"
+# a Qwen3-MoE config over a checkpoint without its expert tensors, and a fused one without down_proj
+mkdir "$T/moed" "$T/moef"; cp "$MF/qwen3_moe/"*.json "$T/moed/"
+python3 tests/fixtures/moe/make_fused.py "$MF/qwen3_moe" "$T/moef" > /dev/null
+python3 - "$MF/qwen3_moe/model.safetensors" "$T/moed/model.safetensors" "$T/moef/model.safetensors" <<'PY'
+import sys
+sys.path.insert(0, "tests/fixtures/moe")
+import make_fused as m
+meta, t = m.read_st(sys.argv[1])
+m.write_st(sys.argv[2], meta, {k: v for k, v in t.items() if ".experts." not in k})
+meta, t = m.read_st(sys.argv[3])
+m.write_st(sys.argv[3], meta, {k: v for k, v in t.items() if not k.endswith("experts.down_proj")})
+PY
+for tool in ar-eval ar-tune ar-calib; do
+  case $tool in ar-eval) args="--text $TEXT --seqlen 64 --windows 1";; ar-tune) args="--iters 0 -o $T/o.ars";;
+                ar-calib) args="--dataset $TEXT --nsamples 2 --seqlen 32 -o $T/c.ars";; esac
+  expect "MoE: num_experts_per_tok > experts" $tool "moek/config.json: num_experts_per_tok 6 exceeds the 4 experts" --model "$T/moek" $args
+  expect "MoE: unknown router scoring_func" $tool "moes/config.json: unknown router scoring_func softplus" --model "$T/moes" $args
+  expect "MoE: config with experts, checkpoint without" $tool "moed: layer 0: missing mlp.experts.0.gate_proj.weight (4 experts in config.json)" --model "$T/moed" $args
+  expect "MoE: fused experts without down_proj" $tool "moef: layer 0: missing mlp.experts.0.down_proj.weight (4 experts in config.json)" --model "$T/moef" $args
+done
+[ -e "$T/o.ars" ] || [ -e "$T/c.ars" ] && { echo "FAIL MoE bad input left an output"; fail=1; }
+
 exit $fail

@@ -64,4 +64,52 @@ then echo "ok   router in extra_config as 16-bit FP"; else echo "FAIL router not
 if head -c 65536 "$tmp/auto_round/model.safetensors" | grep -a -q 'model.layers.1.mlp.experts.3.down_proj.qweight' &&
    ! head -c 65536 "$tmp/auto_round/model.safetensors" | grep -a -q 'experts.3.w2'
 then echo "ok   experts packed as mlp.experts.E.*_proj"; else echo "FAIL expert names in the export"; fail=1; fi
+# Fused 3-D experts (transformers 5's in-memory layout, save_pretrained(save_original_format=False):
+# mlp.experts.gate_up_proj [E, 2I, H], down_proj [E, H, I]), made from the per-expert fixtures by
+# tests/fixtures/moe/make_fused.py (a byte copy): the same model, so ar-eval prints the same
+# perplexity to the last digit; a fused Qwen3-MoE tunes and exports to the same file as the
+# per-expert one (the export writes experts per expert, as AutoRound's loaders build them).
+for n in qwen3_moe qwen2_moe mixtral_legacy deepseek_v3; do
+  python3 tests/fixtures/moe/make_fused.py "$F/$n" "$tmp/fused_$n" > /dev/null
+  a=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$F/$n" --text "$TEXT" --seqlen 64 --windows 8 | sed -n 's/.*"ppl": *\([0-9.e+-]*\).*/\1/p')
+  b=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/fused_$n" --text "$TEXT" --seqlen 64 --windows 8 | sed -n 's/.*"ppl": *\([0-9.e+-]*\).*/\1/p')
+  if [ -n "$a" ] && [ "$a" = "$b" ] && head -c 4096 "$tmp/fused_$n/model.safetensors" | grep -a -q 'mlp.experts.gate_up_proj'
+  then echo "ok   $n fused experts: ppl $b = per-expert $a"
+  else echo "FAIL $n fused experts: ppl $b, per-expert $a"; fail=1; fi
+done
+for m in "$F/qwen3_moe" "$tmp/fused_qwen3_moe"; do
+  "$AR_BIN/ar-tune" --quiet --model "$m" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn -o "$tmp/r.ars"
+  "$AR_BIN/ar-pack" --quiet -i "$tmp/r.ars" --format auto_round -o "$tmp/r_$(basename "$m")"
+done
+if cmp -s "$tmp/r_qwen3_moe/model.safetensors" "$tmp/r_fused_qwen3_moe/model.safetensors"
+then echo "ok   fused Qwen3-MoE: RTN auto_round export identical to the per-expert model's"
+else echo "FAIL fused Qwen3-MoE export differs from the per-expert one"; fail=1; fi
+sed -i 's/"num_local_experts": 4/"num_local_experts": 8/' "$tmp/fused_qwen3_moe/config.json"
+if "$AR_BIN/ar-eval" --quiet --model "$tmp/fused_qwen3_moe" --text "$TEXT" --seqlen 64 --windows 1 > "$tmp/out" 2> "$tmp/err"; then
+  echo "FAIL fused: missing experts accepted"; fail=1
+elif grep -q "layer 0: missing mlp.experts.4.gate_proj.weight (8 experts in config.json)" "$tmp/err" && [ ! -s "$tmp/out" ] &&
+     [ "$(wc -l < "$tmp/err")" = 1 ]
+then echo "ok   fused, more experts in config.json: $(cat "$tmp/err")"
+else echo "FAIL fused missing experts message: $(cat "$tmp/err")"; fail=1; fi
+
+# Formats besides auto_round (docs/moe.md §10): auto_gptq and auto_awq load in transformers +
+# auto-round (tests/clients/check_moe.py) and ar-eval reads them back to the auto_round folder's
+# perplexity; llm_compressor has no loader for MoE here and is refused with one line, no output.
+"$AR_BIN/ar-tune" --quiet --model "$F/qwen2_moe" --scheme W4A16 --group_size 32 --iters 0 --disable_opt_rtn --asym -o "$tmp/a.ars"
+"$AR_BIN/ar-pack" --quiet -i "$tmp/a.ars" --format auto_round,auto_awq,auto_gptq -o "$tmp/a"
+a=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/a/auto_round" --text "$TEXT" --seqlen 64 --windows 8 | sed -n 's/.*"ppl": *\([0-9.e+-]*\).*/\1/p')
+for f in auto_awq auto_gptq; do
+  b=$("$AR_BIN/ar-eval" --quiet --json --threads 1 --model "$tmp/a/$f" --text "$TEXT" --seqlen 64 --windows 8 | sed -n 's/.*"ppl": *\([0-9.e+-]*\).*/\1/p')
+  if [ -n "$a" ] && [ "$a" = "$b" ]; then echo "ok   qwen2_moe asym $f read back: ppl $b (= auto_round)"
+  else echo "FAIL qwen2_moe asym $f: ppl $b, auto_round $a"; fail=1; fi
+done
+for m in qwen3_moe gpt_oss; do
+  "$AR_BIN/ar-tune" --quiet --model "$F/$m" --scheme W4A16 --group_size 32 --iters 0 -o "$tmp/l.ars"
+  if "$AR_BIN/ar-pack" -i "$tmp/l.ars" --format auto_round,llm_compressor -o "$tmp/l_$m" 2> "$tmp/err"; then
+    echo "FAIL llm_compressor of $m accepted"; fail=1
+  elif grep -q "(mixture of experts) cannot be exported as llm_compressor" "$tmp/err" && [ "$(wc -l < "$tmp/err")" = 1 ] &&
+       grep -q "ForCausalLM" "$tmp/err" && [ ! -e "$tmp/l_$m" ]
+  then echo "ok   llm_compressor refused: $(sed "s|$PWD/||" "$tmp/err")"
+  else echo "FAIL llm_compressor refusal of $m: $(cat "$tmp/err")"; fail=1; fi
+done
 exit $fail
