@@ -14,8 +14,8 @@
  * q LoRA, sigmoid + correction bias + groups, scale 2.5), deepseek_v2 (no q
  * LoRA, group-limited greedy softmax), gpt_oss (layer 0 sliding window 8,
  * layer 1 full; T = 12 > 8 so the window cuts). Linear weights and routers
- * are scaled ×5 so pre-activations are O(1) (the files hold init-range
- * 0.02 weights, where the block is almost the identity).
+ * are rescaled to rms 1/√k_in so pre-activations are O(1) (the files hold
+ * small random weights, where the block is almost the identity).
  *
  * Check, per weight tensor and for x, along a random direction v (uniform
  * [-1, 1]): g·v (the backward's gradient, summed in double) against
