@@ -227,8 +227,6 @@ static int moe_refusals(const tn_run *r)
     if (!r->c->moe.n_moe_layers) return 0;
     if (r->dev != AR_DEVICE_CPU) return ar_error("mixture-of-experts blocks are tuned on the CPU only (--device cpu)");
     if (o->scheme.kind == AR_SCHEME_GGUF) return ar_error("GGUF schemes of mixture-of-experts models are not supported");
-    if (o->enable_alg_ext) return ar_error("--enable_alg_ext is not supported for mixture-of-experts models");
-    if (o->enable_lfq) return ar_error("--enable_lfq is not supported for mixture-of-experts models");
     return 0;
 }
 

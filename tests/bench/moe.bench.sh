@@ -3,10 +3,11 @@
 # dense block with the same active parameters (tests/bench/moe_bench.c: C=512,
 # dense F=1280; MoE E experts top-K of I=1280/K), each in its own process, and
 # their ratio (issue 17's target: <= 1.5x). Prints figures; never fails on time.
-# AR_BENCH_MOE="n T iters E K reps" overrides the default "8 256 10 8 2 2".
+# AR_BENCH_MOE="n T iters E K reps" overrides the default "8 512 4 8 2 1" (4,096 tokens
+# a step; at 8 x 128 the quantizer passes over all experts' weights weigh more).
 BENCH_BIN=${AR_BENCH_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build/obj/bench}
 [ -x "$BENCH_BIN/moe_bench" ] || { echo "moe_bench not built (make bench)"; exit 0; }
-ARGS=${AR_BENCH_MOE:-8 256 10 8 2 2}
+ARGS=${AR_BENCH_MOE:-8 512 4 8 2 1}
 echo "== MoE vs dense block, SignRound iteration, $(nproc) cores, load: $(cut -d' ' -f1-3 /proc/loadavg)"
 # shellcheck disable=SC2086
 d=$("$BENCH_BIN/moe_bench" dense $ARGS) || exit 0
