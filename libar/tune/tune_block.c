@@ -90,14 +90,16 @@ static void share_global_scales(const ar_block_desc *bd, const ar_block_weights 
 
 /* ---- RTN -------------------------------------------------------------------- */
 
-/* RTN, or with imat opt-RTN for the symmetric layers. */
+/* RTN, or with imat opt-RTN for the symmetric layers that have an importance
+ * matrix (routed experts have none: plain RTN, AutoRound's MoE rule; opt-RTN
+ * without one would still search scales). */
 static int quantize_block_rtn(const tn_run *r, const ar_block_weights *wfp, const ar_block_plan *plan,
                               float *const *imat, const ar_quant_out *out)
 {
     for (int i = 0; i < plan->nlinear; i++) {
         if (!plan->quantize[i]) continue;
         int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
-        int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
+        int rc = imat && imat[i] && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
                                            : ar_quant_forward(&plan->spec[i], wfp->w[i], n, k, NULL, &out[i]);
         if (rc) return -1;
     }
