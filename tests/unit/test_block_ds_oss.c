@@ -303,4 +303,3 @@ Test(block_ds_oss, deepseek_v3_moe_layer) { check_layer("deepseek_v3", 1); }
 Test(block_ds_oss, deepseek_v2_moe_layer_no_q_lora) { check_layer("deepseek_v2", 1); }
 Test(block_ds_oss, gpt_oss_sliding_layer) { check_layer("gpt_oss", 0); }
 Test(block_ds_oss, gpt_oss_full_layer) { check_layer("gpt_oss", 1); }
-Test(block_ds_oss, gpt_oss_mxfp4_full_layer) { check_layer("gpt_oss_mxfp4", 1); }
