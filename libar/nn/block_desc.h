@@ -26,8 +26,8 @@
  *    not a linear; each expert's gate/up get their own input, the routed token
  *    subset of "ln2" for that expert (AR_INPUT_ROUTED), and its down reads that
  *    expert's "act". Statistics are then per routed subset, as they must be:
- *    an expert sees only its tokens. Tuning, GGUF and AutoScheme still take one
- *    description per model (ar_block_desc_init refuses MoE configs).
+ *    an expert sees only its tokens. Tuning and AutoScheme take one description
+ *    per layer; GGUF still one per model (ar_block_desc_init refuses MoE configs).
  *  - Fused QKV: one linear "self_attn.qkv_proj" of n_out QD+2*KD with a
  *    split recorded next to it; extra norms and attention variants are new
  *    entries in norms and a family's own forward/backward.
@@ -39,8 +39,8 @@
  * ar_block_plan_outputs, and the CPU tuner, which takes the shapes and the
  * forward/backward/set_act_quant from plan->desc), GGUF blocks
  * (ar_gguf_quantize_block, ar_gguf_embedding_importance), AutoScheme (slots
- * l*nlinear + i, ar_autoscheme_nslots; shapes, forward/backward, act_quant
- * and acts_input from the model's description, ar_model_block_desc), the
+ * numbered block by block, ar_autoscheme_nslots; shapes, forward/backward,
+ * act_quant and acts_input from each block's description), the
  * model's tensor table (model.c) and formats/act_config.c. Block weights
  * (block.h) hold nlinear pointers
  * (ar_block_weights_alloc sizes them by the description; a block with some

@@ -129,36 +129,90 @@ out:
 
 /* ---- scoring: full-model forward and backward ---------------------------- */
 
-/* Slot s is linear s % nlinear of block s / nlinear of the block
- * description bd, or the head after the last block. */
-static void slot_name(const ar_block_desc *bd, const ar_config *c, int slot, char *buf, int size)
+/* The slots of a model: block l's linears are off[l] .. off[l+1]-1 in the
+ * order of its own description (block_desc.h: mixtures of experts describe
+ * their dense and MoE layers differently), the head is off[L]. With blocks
+ * all alike off[l] = l·nlinear, the numbering autoscheme.h gives. */
+typedef struct {
+    int L;
+    int *off;                   /* [L + 1] */
+    ar_block_desc *d;           /* [L] owned */
+} slot_map;
+
+static void slot_map_free(slot_map *sm)
 {
-    if (slot >= c->n_layers * bd->nlinear) snprintf(buf, (size_t)size, "lm_head");
-    else ar_block_desc_layer_name(bd, slot / bd->nlinear, slot % bd->nlinear, buf, size);
+    for (int l = 0; sm->d && l < sm->L; l++) ar_block_desc_free(&sm->d[l]);
+    free(sm->d), free(sm->off);
+    memset(sm, 0, sizeof *sm);
+}
+
+static int slot_map_init(slot_map *sm, const ar_config *c)
+{
+    memset(sm, 0, sizeof *sm);
+    sm->off = calloc((size_t)c->n_layers + 1, sizeof *sm->off);
+    sm->d = calloc((size_t)c->n_layers ? (size_t)c->n_layers : 1, sizeof *sm->d);
+    if (!sm->off || !sm->d) { slot_map_free(sm); return ar_error("autoscheme: out of memory"); }
+    for (int l = 0; l < c->n_layers; l++) {
+        if (ar_block_desc_init_layer(&sm->d[l], c, l)) { slot_map_free(sm); return -1; }
+        sm->L = l + 1;
+        sm->off[l + 1] = sm->off[l] + sm->d[l].nlinear;
+    }
+    return 0;
+}
+
+static int head_slot(const slot_map *sm) { return sm->off[sm->L]; }
+
+/* The block of slot s (L for the head) and its linear index there. */
+static int slot_layer(const slot_map *sm, int slot, int *i)
+{
+    int l = 0;
+    while (l < sm->L && slot >= sm->off[l + 1]) l++;
+    *i = l < sm->L ? slot - sm->off[l] : 0;
+    return l;
+}
+
+static void slot_name(const slot_map *sm, int slot, char *buf, int size)
+{
+    int i, l = slot_layer(sm, slot, &i);
+    if (l >= sm->L) snprintf(buf, (size_t)size, "lm_head");
+    else ar_block_desc_layer_name(&sm->d[l], l, i, buf, size);
 }
 
 int ar_autoscheme_nslots(const ar_config *c)
 {
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) return -1;
-    int n = c->n_layers * bd.nlinear + 1;
-    ar_block_desc_free(&bd);
+    slot_map sm;
+    if (slot_map_init(&sm, c)) return -1;
+    int n = head_slot(&sm) + 1;
+    slot_map_free(&sm);
     return n;
 }
 
 int ar_autoscheme_slot_name(const ar_config *c, int slot, char *buf, int size)
 {
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) return -1;
-    slot_name(&bd, c, slot, buf, size);
-    ar_block_desc_free(&bd);
+    slot_map sm;
+    if (slot_map_init(&sm, c)) return -1;
+    slot_name(&sm, slot, buf, size);
+    slot_map_free(&sm);
     return 0;
 }
 
-static void slot_shape(const ar_block_desc *bd, const ar_config *c, int slot, int *n, int *k)
+static void slot_shape(const slot_map *sm, const ar_config *c, int slot, int *n, int *k)
 {
-    if (slot >= c->n_layers * bd->nlinear) { *n = c->vocab; *k = c->hidden; }
-    else *n = bd->lin[slot % bd->nlinear].n_out, *k = bd->lin[slot % bd->nlinear].k_in;
+    int i, l = slot_layer(sm, slot, &i);
+    if (l >= sm->L) { *n = c->vocab; *k = c->hidden; }
+    else *n = sm->d[l].lin[i].n_out, *k = sm->d[l].lin[i].k_in;
+}
+
+/* The expert of a routed-expert linear of a block ("mlp.experts.E.*":
+ * AutoRound's _expert_key_from_layer_name pattern ".experts.<id>."), or -1;
+ * shared experts ("shared_expert(s).*") are not routed experts. */
+static int expert_of(const ar_block_desc *d, int i)
+{
+    const char *p = strstr(d->lin[i].name, "experts.");
+    if (!p || (p != d->lin[i].name && p[-1] != '.')) return -1;
+    p += strlen("experts.");
+    if (*p < '0' || *p > '9') return -1;
+    return atoi(p);
 }
 
 /* The RTN quantizer spec of a preset, as ar-tune builds it (no bf16 rounding:
@@ -177,8 +231,9 @@ static int spec_of(const ar_scheme *s, ar_quant_spec *qs)
 typedef struct {
     ar_model *m;
     const ar_config *c;
-    const ar_block_desc *bd;        /* the model's blocks: nl linears, forward/backward */
-    int nl;
+    slot_map sm;                    /* slot numbering, per block */
+    const ar_block_desc *bd;        /* the loaded block's description: nl linears, forward/backward */
+    int nl, nlmax, wl;              /* nl of the loaded block, the most of any block; wl: the block wfp is for */
     ar_quant_spec qs;
     int has_act;                    /* the option quantizes activations (with act) */
     ar_act_spec act;
@@ -186,9 +241,9 @@ typedef struct {
     const unsigned char *cand;
     int B, T, L, C, V;
     ar_block_weights wfp, wq;       /* wq: norms/biases borrowed from wfp, w[i] own or borrowed */
-    float **qbuf;                   /* [nl] quantized weights of candidate linears */
-    const ar_act_spec **aq;         /* [nl] the block's activation quantizers */
-    float **dWsel, **dxinsel;       /* [nl] the backward's dW, dxin: this batch's entries or NULL */
+    float **qbuf;                   /* [nlmax] quantized weights of candidate linears (each the largest of its index) */
+    const ar_act_spec **aq;         /* [nlmax] the block's activation quantizers */
+    float **dWsel, **dxinsel;       /* [nlmax] the backward's dW, dxin: this batch's entries or NULL */
     ar_block_acts *acts;            /* [L] */
     ar_block_work ws;
     float *x, *xn, *rstd, *logits, *dx, *dy, **dW; /* dW [nl] */
@@ -206,7 +261,7 @@ static float *alloc_floats(size_t n, int *fail)
 
 static void score_ctx_free(score_ctx *s)
 {
-    for (int i = 0; s->qbuf && i < s->nl; i++) free(s->qbuf[i]), free(s->dW[i]), free(s->dxin[i]);
+    for (int i = 0; s->qbuf && i < s->nlmax; i++) free(s->qbuf[i]), free(s->dW[i]), free(s->dxin[i]);
     free(s->qbuf); free(s->dW); free(s->dxin); free(s->aq); free(s->dWsel); free(s->dxinsel);
     free(s->xhat);
     if (s->xnq != s->xn) free(s->xnq);
@@ -215,6 +270,7 @@ static void score_ctx_free(score_ctx *s)
     ar_block_weights_free(&s->wfp);
     ar_block_weights_release(&s->wq);
     ar_block_work_free(&s->ws);
+    slot_map_free(&s->sm);
     free(s->x); free(s->xn); free(s->rstd); free(s->logits); free(s->dx); free(s->dy);
     free(s->norm_w);
     if (s->head_q != s->head) free(s->head_q);
@@ -223,15 +279,17 @@ static void score_ctx_free(score_ctx *s)
 
 static int head_is_candidate(const score_ctx *s)
 {
-    return s->cand[s->L * s->nl] && !s->c->tie_embeddings;
+    return s->cand[head_slot(&s->sm)] && !s->c->tie_embeddings;
 }
 
 /* The activation-term buffers: dL/dx̂ per linear and one x̂ scratch. */
 static void alloc_act_term(score_ctx *s, size_t BT, int *fail)
 {
     int kmax = 0;
-    for (int i = 0; i < s->nl; i++) {
-        int k = s->bd->lin[i].k_in;
+    for (int i = 0; i < s->nlmax; i++) {
+        int k = 0;
+        for (int l = 0; l < s->L; l++)
+            if (i < s->sm.d[l].nlinear && s->sm.d[l].lin[i].k_in > k) k = s->sm.d[l].lin[i].k_in;
         s->dxin[i] = alloc_floats(BT * k, fail);
         kmax = k > kmax ? k : kmax;
     }
@@ -247,24 +305,27 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
     if (act) s->has_act = 1, s->act = *act;
     s->terms = terms & (s->has_act ? ~0u : ~(unsigned)AR_AS_ACT_TERM);
     s->L = c->n_layers, s->C = c->hidden, s->V = c->vocab;
-    s->bd = ar_model_block_desc(m), s->nl = s->bd->nlinear;
-    size_t BT = (size_t)B * T, nl = (size_t)s->nl;
+    s->wl = -1;
+    if (slot_map_init(&s->sm, c)) return -1;
+    for (int l = 0; l < s->L; l++) s->nlmax = s->sm.d[l].nlinear > s->nlmax ? s->sm.d[l].nlinear : s->nlmax;
+    size_t BT = (size_t)B * T, nl = (size_t)s->nlmax;
     int fail = 0;
     s->qbuf = calloc(nl, sizeof *s->qbuf), s->dW = calloc(nl, sizeof *s->dW), s->dxin = calloc(nl, sizeof *s->dxin);
     s->aq = calloc(nl, sizeof *s->aq), s->dWsel = calloc(nl, sizeof *s->dWsel);
     s->dxinsel = calloc(nl, sizeof *s->dxinsel);
     if (!s->qbuf || !s->dW || !s->dxin || !s->aq || !s->dWsel || !s->dxinsel)
         return ar_error("autoscheme: out of memory");
-    if (ar_block_weights_alloc(&s->wfp, c) || ar_block_weights_view(&s->wq, &s->wfp) ||
-        ar_block_work_init(&s->ws, c, B, T, 1))
-        return -1;
+    if (ar_block_work_init(&s->ws, c, B, T, 1)) return -1;
     if (!(s->acts = calloc((size_t)s->L, sizeof *s->acts))) return ar_error("autoscheme: out of memory");
     for (int l = 0; l < s->L; l++)
         if (ar_block_acts_init(&s->acts[l], c, B, T)) return -1;
-    for (int i = 0; i < s->nl; i++) {
-        int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in;
-        s->qbuf[i] = alloc_floats((size_t)n * k, &fail);
-        s->dW[i] = alloc_floats((size_t)n * k, &fail);
+    for (int i = 0; i < s->nlmax; i++) {
+        size_t nk = 0;
+        for (int l = 0; l < s->L; l++)
+            if (i < s->sm.d[l].nlinear && (size_t)s->sm.d[l].lin[i].n_out * s->sm.d[l].lin[i].k_in > nk)
+                nk = (size_t)s->sm.d[l].lin[i].n_out * s->sm.d[l].lin[i].k_in;
+        s->qbuf[i] = alloc_floats(nk, &fail);
+        s->dW[i] = alloc_floats(nk, &fail);
     }
     s->x = alloc_floats(BT * s->C, &fail), s->xn = alloc_floats(BT * s->C, &fail);
     s->dx = alloc_floats(BT * s->C, &fail), s->dy = alloc_floats(BT * s->C, &fail);
@@ -287,17 +348,37 @@ static int score_ctx_init(score_ctx *s, ar_model *m, const ar_quant_spec *qs, co
     return ar_quant_forward(&s->qs, s->head, s->V, s->C, NULL, &o);
 }
 
+/* Whether blocks a and b hold weights of the same shapes (one buffer set fits both). */
+static int same_shapes(const ar_block_desc *a, const ar_block_desc *b)
+{
+    if (a == b) return 1;
+    if (strcmp(a->family, b->family) || a->nlinear != b->nlinear || a->nfp != b->nfp) return 0;
+    for (int i = 0; i < a->nlinear; i++)
+        if (a->lin[i].n_out != b->lin[i].n_out || a->lin[i].k_in != b->lin[i].k_in ||
+            a->lin[i].has_bias != b->lin[i].has_bias)
+            return 0;
+    return 1;
+}
+
 /* Load block l and build wq: candidates fake-quantized, the rest borrowed;
  * with an activation option the candidates' inputs are quantized too (the
  * workspace is shared by all blocks, so this is set per block, forward and
  * backward alike). */
 static int load_block(score_ctx *s, int l)
 {
+    s->bd = &s->sm.d[l], s->nl = s->bd->nlinear;
+    if (s->wl < 0 || !same_shapes(&s->sm.d[s->wl], s->bd)) {  /* another kind of block: its own buffers */
+        ar_block_weights_release(&s->wq);
+        ar_block_weights_free(&s->wfp);
+        s->wl = -1;
+        if (ar_block_weights_alloc_layer(&s->wfp, s->c, l) || ar_block_weights_view(&s->wq, &s->wfp)) return -1;
+    }
+    s->wl = l;
     if (ar_model_load_block(s->m, l, &s->wfp)) return -1;
     ar_block_weights_borrow(&s->wq, &s->wfp);
     for (int i = 0; i < s->nl; i++) {
         s->aq[i] = NULL;
-        if (!s->cand[l * s->nl + i]) continue;
+        if (!s->cand[s->sm.off[l] + i]) continue;
         int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in;
         ar_quant_out o = {s->qbuf[i], NULL, NULL, NULL};
         if (ar_quant_forward(&s->qs, s->wfp.w[i], n, k, NULL, &o)) return -1;
@@ -307,11 +388,12 @@ static int load_block(score_ctx *s, int l)
     return s->bd->set_act_quant(&s->ws, s->aq);
 }
 
-/* Config of block l: Qwen's first max_window_layers layers see the full context. */
+/* Config of block l as it runs (ar_config_for_layer: Qwen's first
+ * max_window_layers layers see the full context, gpt-oss's full layers). */
 static ar_config layer_config(const ar_config *c, int l)
 {
-    ar_config cl = *c;
-    if (l < cl.sliding_from_layer) cl.sliding_window = 0;
+    ar_config cl;
+    ar_config_for_layer(&cl, c, l);
     return cl;
 }
 
@@ -385,10 +467,10 @@ static int backward_batch(score_ctx *s, double *score)
     if (head_is_candidate(s) && (s->terms & AR_AS_WEIGHT_TERM)) {
         cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, s->V, s->C, (int)BT, 1.0f, s->logits, s->V,
                     s->xnq, s->C, 0.0f, s->dhead, s->C);
-        score[s->L * s->nl] += delta_loss(s->dhead, s->head, s->head_q, (size_t)s->V * s->C);
+        score[head_slot(&s->sm)] += delta_loss(s->dhead, s->head, s->head_q, (size_t)s->V * s->C);
     }
     if (head_is_candidate(s) && (s->terms & AR_AS_ACT_TERM))   /* s->dy is dL/dx̂n (straight-through) */
-        score[s->L * s->nl] += delta_loss(s->dy, s->xn, s->xnq, (size_t)BT * s->C);
+        score[head_slot(&s->sm)] += delta_loss(s->dy, s->xn, s->xnq, (size_t)BT * s->C);
     memset(s->dx, 0, act);
     ar_rmsnorm_backward(s->dx, NULL, s->dy, s->x, s->norm_w, s->rstd, (int)BT, s->C);
     for (int l = s->L - 1; l >= 0; l--) {
@@ -396,7 +478,7 @@ static int backward_batch(score_ctx *s, double *score)
         if (load_block(s, l)) return -1;
         float **dW = s->dWsel, **dxin = s->dxinsel;
         for (int i = 0; i < s->nl; i++) {
-            int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in, cand = s->cand[l * s->nl + i];
+            int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in, cand = s->cand[s->sm.off[l] + i];
             dW[i] = cand && (s->terms & AR_AS_WEIGHT_TERM) ? s->dW[i] : NULL;
             dxin[i] = cand && (s->terms & AR_AS_ACT_TERM) ? s->dxin[i] : NULL;
             if (dW[i]) memset(dW[i], 0, sizeof(float) * n * k);
@@ -408,7 +490,7 @@ static int backward_batch(score_ctx *s, double *score)
             return -1;
         for (int i = 0; i < s->nl; i++) {
             int n = s->bd->lin[i].n_out, k = s->bd->lin[i].k_in;
-            double *sc = &score[l * s->nl + i];
+            double *sc = &score[s->sm.off[l] + i];
             if (dW[i]) *sc += delta_loss(dW[i], s->wfp.w[i], s->wq.w[i], (size_t)n * k);
             if (dxin[i] && act_delta(s, dxin[i], s->bd->acts_input(&s->acts[l], i), BT, k, s->xhat, sc)) return -1;
         }
@@ -423,8 +505,9 @@ int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *
     if (nseq < 1 || T < 2 || batch_size < 1)
         return ar_error("autoscheme: need sequences of at least 2 tokens (%d x %d)", nseq, T);
     /* its head reads model.norm.weight as a plain RMSNorm, without Gemma's 1 + w and soft-cap */
-    if (strcmp(ar_model_block_desc(m)->family, "llama"))
-        return ar_error("autoscheme: %s is not supported yet (llama family only)", ar_model_config(m)->arch_name);
+    if (!ar_autoscheme_family_supported(ar_model_config(m)))
+        return ar_error("autoscheme: %s is not supported yet (llama and mixture-of-experts families only)",
+                        ar_model_config(m)->arch_name);
     int B = batch_size < nseq ? batch_size : nseq;
     score_ctx s;
     ar_quant_spec qs;
@@ -453,6 +536,19 @@ int ar_autoscheme_score(ar_model *m, const ar_scheme *opt, const unsigned char *
 out:
     score_ctx_free(&s);
     return rc;
+}
+
+int ar_autoscheme_family_supported(const ar_config *c)
+{
+    slot_map sm;
+    if (slot_map_init(&sm, c)) return 0;
+    int ok = 1;
+    for (int l = 0; l < sm.L; l++) {
+        const char *f = sm.d[l].family;
+        ok &= !strcmp(f, "llama") || !strcmp(f, "moe") || !strcmp(f, "deepseek") || !strcmp(f, "gpt_oss");
+    }
+    slot_map_free(&sm);
+    return ok;
 }
 
 /* ---- the whole pass ------------------------------------------------------ */
@@ -486,29 +582,29 @@ static int dedup_options(const ar_autoscheme_opts *o, ar_autoscheme_result *r)
 }
 
 /* Scheme of slot s under option opt, after the shape and head rules. */
-static int slot_scheme(const ar_block_desc *bd, const ar_config *c, int slot, const ar_scheme *opt,
+static int slot_scheme(const slot_map *sm, const ar_config *c, int slot, const ar_scheme *opt,
                        int quant_lm_head, ar_scheme *out)
 {
     char name[128];
     int n, k;
-    slot_name(bd, c, slot, name, sizeof name);
-    slot_shape(bd, c, slot, &n, &k);
-    int head = slot >= c->n_layers * bd->nlinear;
+    slot_name(sm, slot, name, sizeof name);
+    slot_shape(sm, c, slot, &n, &k);
+    int head = slot >= head_slot(sm);
     ar_layer_info info = {head, head && quant_lm_head, c->tie_embeddings};
     return ar_scheme_for_layer(opt, NULL, name, n, k, &info, out);
 }
 
 /* A slot is a candidate when every quantizing option quantizes it; fill its
  * bits per option and its weight count. cand [nslots]. */
-static int find_candidates(const ar_block_desc *bd, const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
+static int find_candidates(const slot_map *sm, const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
                            unsigned char *cand)
 {
     for (int slot = 0; slot < r->nslots; slot++) {
         int n, k, any = 0, all = 1;
-        slot_shape(bd, c, slot, &n, &k);
+        slot_shape(sm, c, slot, &n, &k);
         for (int j = 0; j < r->nopt; j++) {
             ar_scheme s;
-            if (slot_scheme(bd, c, slot, &r->options[j], o->quant_lm_head, &s)) return -1;
+            if (slot_scheme(sm, c, slot, &r->options[j], o->quant_lm_head, &s)) return -1;
             if (!ar_scheme_quantized(&r->options[j])) continue;
             any = 1;
             if (!ar_scheme_quantized(&s)) all = 0;
@@ -566,17 +662,17 @@ static int name_matches(const char *pattern, const char *name)
 }
 
 /* Union the candidates of each block that match any pattern of group g. */
-static void union_group(const ar_block_desc *bd, const ar_config *c, const char *group, const unsigned char *cand, int *parent)
+static void union_group(const slot_map *sm, const char *group, const unsigned char *cand, int *parent)
 {
     char pats[1024];
     snprintf(pats, sizeof pats, "%s", group);
-    for (int l = 0; l < c->n_layers; l++) {
+    for (int l = 0; l < sm->L; l++) {
         int first = -1;
-        for (int i = 0; i < bd->nlinear; i++) {
-            int slot = l * bd->nlinear + i, hit = 0;
+        for (int i = 0; i < sm->d[l].nlinear; i++) {
+            int slot = sm->off[l] + i, hit = 0;
             char name[128], buf[1024], *save = NULL;
             if (!cand[slot]) continue;
-            slot_name(bd, c, slot, name, sizeof name);
+            slot_name(sm, slot, name, sizeof name);
             memcpy(buf, pats, sizeof buf);
             for (char *p = strtok_r(buf, ",", &save); p && !hit; p = strtok_r(NULL, ",", &save))
                 hit = *p && name_matches(p, name);
@@ -587,14 +683,31 @@ static void union_group(const ar_block_desc *bd, const ar_config *c, const char 
     }
 }
 
+/* AutoRound's MoE rule (auto_scheme/utils.py build_expert_groups,
+ * delta_loss.py L2781): the routed-expert linears of one block, all experts
+ * and projections, are one DP item (one scheme, losses and bits summed). */
+static void union_experts(const slot_map *sm, const unsigned char *cand, int *parent)
+{
+    for (int l = 0; l < sm->L; l++) {
+        int first = -1;
+        for (int i = 0; i < sm->d[l].nlinear; i++) {
+            int slot = sm->off[l] + i;
+            if (!cand[slot] || expert_of(&sm->d[l], i) < 0) continue;
+            if (first < 0) first = slot;
+            else parent[find_root(parent, slot)] = find_root(parent, first);
+        }
+    }
+}
+
 /* Items of the DP: one per group root, in slot order; item_of [nslots]. */
-static int build_items(const ar_block_desc *bd, const ar_config *c, const ar_autoscheme_opts *o, const unsigned char *cand,
+static int build_items(const slot_map *sm, const ar_autoscheme_opts *o, const unsigned char *cand,
                        int nslots, int *item_of, int *root_slot)
 {
     int *parent = malloc(sizeof *parent * (size_t)nslots), nitems = 0;
     if (!parent) return ar_error("autoscheme: out of memory");
     for (int s = 0; s < nslots; s++) parent[s] = s;
-    for (int g = 0; g < o->nshared; g++) union_group(bd, c, o->shared[g], cand, parent);
+    for (int g = 0; g < o->nshared; g++) union_group(sm, o->shared[g], cand, parent);
+    union_experts(sm, cand, parent);
     for (int s = 0; s < nslots; s++) item_of[s] = -1;
     for (int s = 0; s < nslots; s++) {
         if (!cand[s]) continue;
@@ -621,7 +734,7 @@ static void restrict_head(const ar_autoscheme_result *r, double target, unsigned
 }
 
 /* Merge per-slot bits and scores into items, run the DP, spread the choice back. */
-static int allocate(const ar_block_desc *bd, const ar_config *c, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
+static int allocate(const slot_map *sm, const ar_autoscheme_opts *o, ar_autoscheme_result *r,
                     const unsigned char *cand, double target)
 {
     int ns = r->nslots, no = r->nopt, rc = -1;
@@ -630,7 +743,7 @@ static int allocate(const ar_block_desc *bd, const ar_config *c, const ar_autosc
     double *loss = calloc((size_t)ns * no, sizeof *loss);
     unsigned char *allowed = malloc((size_t)ns * no);
     if (!item_of || !root || !ch || !bits || !loss || !allowed) { ar_error("autoscheme: out of memory"); goto out; }
-    int nitems = build_items(bd, c, o, cand, ns, item_of, root);
+    int nitems = build_items(sm, o, cand, ns, item_of, root);
     if (nitems < 0) goto out;
     memset(allowed, 1, (size_t)ns * no);
     for (int s = 0; s < ns; s++) {
@@ -639,7 +752,7 @@ static int allocate(const ar_block_desc *bd, const ar_config *c, const ar_autosc
             bits[(size_t)item_of[s] * no + j] += r->bits[(size_t)s * no + j];
             loss[(size_t)item_of[s] * no + j] += r->score[(size_t)s * no + j];
         }
-        if (s == c->n_layers * bd->nlinear) restrict_head(r, target, allowed + (size_t)item_of[s] * no);
+        if (s == head_slot(sm)) restrict_head(r, target, allowed + (size_t)item_of[s] * no);
     }
     r->budget = (int64_t)floor((double)r->total_params * target);
     double t0 = now_seconds();
@@ -677,8 +790,44 @@ static int measure_all(ar_model *m, const int32_t *ids, int nseq, int T, const a
     return rc;
 }
 
+/* AutoRound's _fill_inactive_expert_scores (auto_scheme/utils.py L442–):
+ * in each block, an expert whose candidate linears all scored 0 (|s| < 1e-12:
+ * no calibration token reached it, so no gradient) gets, on each of them,
+ * the mean over the active experts of each one's mean non-zero score.
+ * Column j of r->score. */
+static void fill_inactive_experts(const slot_map *sm, const unsigned char *cand, ar_autoscheme_result *r, int j)
+{
+    for (int l = 0; l < sm->L; l++) {
+        const ar_block_desc *d = &sm->d[l];
+        int E = 0;
+        for (int i = 0; i < d->nlinear; i++) E = expert_of(d, i) + 1 > E ? expert_of(d, i) + 1 : E;
+        double fill = 0;
+        int nactive = 0;
+        for (int e = 0; e < E; e++) {
+            double sum = 0;
+            int nz = 0;
+            for (int i = 0; i < d->nlinear; i++) {
+                double v = r->score[(size_t)(sm->off[l] + i) * r->nopt + j];
+                if (cand[sm->off[l] + i] && expert_of(d, i) == e && fabs(v) >= 1e-12) sum += v, nz++;
+            }
+            if (nz) fill += sum / nz, nactive++;
+        }
+        if (!nactive) continue;
+        fill /= nactive;
+        for (int e = 0; e < E; e++) {
+            int active = 0;
+            for (int i = 0; i < d->nlinear; i++)
+                if (cand[sm->off[l] + i] && expert_of(d, i) == e &&
+                    fabs(r->score[(size_t)(sm->off[l] + i) * r->nopt + j]) >= 1e-12)
+                    active = 1;
+            for (int i = 0; !active && i < d->nlinear; i++)
+                if (cand[sm->off[l] + i] && expert_of(d, i) == e) r->score[(size_t)(sm->off[l] + i) * r->nopt + j] = fill;
+        }
+    }
+}
+
 static int score_all(ar_model *m, const int32_t *ids, int nseq, int T, const ar_autoscheme_opts *o,
-                     ar_autoscheme_result *r, const unsigned char *cand)
+                     ar_autoscheme_result *r, const unsigned char *cand, const slot_map *sm)
 {
     if (o->score == AR_AS_SCORE_MEASURED) return measure_all(m, ids, nseq, T, o, r, cand, NULL);
     double *one = malloc(sizeof(double) * r->nslots);
@@ -694,6 +843,7 @@ static int score_all(ar_model *m, const int32_t *ids, int nseq, int T, const ar_
             return -1;
         }
         for (int s = 0; s < r->nslots; s++) r->score[(size_t)s * r->nopt + j] = one[s];
+        fill_inactive_experts(sm, cand, r, j);
     }
     r->score_seconds = now_seconds() - t0;
     free(one);
@@ -705,10 +855,10 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
 {
     const ar_config *c = ar_model_config(m);
     memset(r, 0, sizeof *r);
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) return -1;
-    r->nslots = c->n_layers * bd.nlinear + 1;
-    if (dedup_options(o, r)) { ar_block_desc_free(&bd); return -1; }
+    slot_map sm;
+    if (slot_map_init(&sm, c)) return -1;
+    r->nslots = head_slot(&sm) + 1;
+    if (dedup_options(o, r)) { slot_map_free(&sm); return -1; }
     size_t cells = (size_t)r->nslots * r->nopt;
     unsigned char *cand = calloc((size_t)r->nslots, 1);
     r->choice = malloc(sizeof(int) * r->nslots);
@@ -718,14 +868,14 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
     double target = o->avg_bits;
     int rc = -1;
     if (!cand || !r->choice || !r->score || !r->bits || !r->params) ar_error("autoscheme: out of memory");
-    else if (!find_candidates(&bd, c, o, r, cand) && !check_target(r, &target) &&
-             !score_all(m, ids, nseq, T, o, r, cand) && !allocate(&bd, c, o, r, cand, target))
+    else if (!find_candidates(&sm, c, o, r, cand) && !check_target(r, &target) &&
+             !score_all(m, ids, nseq, T, o, r, cand, &sm) && !allocate(&sm, o, r, cand, target))
         rc = 0;
     /* measured, later rounds: each layer's loss given the last pick for the others */
     for (int round = 1; !rc && o->score == AR_AS_SCORE_MEASURED && round < o->measured_rounds; round++)
-        if (measure_all(m, ids, nseq, T, o, r, cand, r->choice) || allocate(&bd, c, o, r, cand, target)) rc = -1;
+        if (measure_all(m, ids, nseq, T, o, r, cand, r->choice) || allocate(&sm, o, r, cand, target)) rc = -1;
     free(cand);
-    ar_block_desc_free(&bd);
+    slot_map_free(&sm);
     if (rc) ar_autoscheme_result_free(r);
     return rc;
 }
@@ -733,20 +883,20 @@ int ar_autoscheme_run(ar_model *m, const int32_t *ids, int nseq, int T,
 char *ar_autoscheme_layer_config_json(const ar_config *c, const ar_autoscheme_result *r)
 {
     size_t cap = 64 + (size_t)r->nslots * 192, len = 0;
-    ar_block_desc bd;
-    if (ar_block_desc_init(&bd, c)) return NULL;
+    slot_map sm;
+    if (slot_map_init(&sm, c)) return NULL;
     char *out = malloc(cap);
-    if (!out) { ar_block_desc_free(&bd); ar_error("autoscheme: out of memory"); return NULL; }
+    if (!out) { slot_map_free(&sm); ar_error("autoscheme: out of memory"); return NULL; }
     len += (size_t)snprintf(out, cap, "{");
     for (int s = 0, first = 1; s < r->nslots; s++) {
         if (r->choice[s] < 0) continue;
         char name[128];
-        slot_name(&bd, c, s, name, sizeof name);
+        slot_name(&sm, s, name, sizeof name);
         len += (size_t)snprintf(out + len, cap - len, "%s\n  \"%s\": \"%s\"", first ? "" : ",", name,
                                 r->options[r->choice[s]].name);
         first = 0;
     }
     snprintf(out + len, cap - len, "\n}\n");
-    ar_block_desc_free(&bd);
+    slot_map_free(&sm);
     return out;
 }

@@ -12,9 +12,20 @@
  *    activations);
  *  - ar_autoscheme_run: all of it over a model and calibration token ids.
  *
- * Layer indices ("slots"): block Linears are l·nlinear + i, linear i of the
- * block description (block_desc.h; for Llama block.h's order, nlinear 7),
- * the output head is n_layers·nlinear; ar_autoscheme_nslots(c) in all. */
+ * Layer indices ("slots"): block l's Linears are off(l) + i, linear i of
+ * block l's description (block_desc.h, ar_block_desc_init_layer; for Llama
+ * block.h's order, nlinear 7), off(l) the linears of the blocks before l
+ * (l·nlinear when all blocks are alike; mixtures of experts differ between
+ * dense and MoE layers); the output head follows the last block;
+ * ar_autoscheme_nslots(c) in all.
+ *
+ * Mixtures of experts (AutoRound 0.16.1 auto_scheme/utils.py): the routed
+ * experts' linears of one block ("mlp.experts.E.*", not the shared expert)
+ * form one DP item, one scheme for all of them with their losses and bits
+ * summed (build_expert_groups); an expert no calibration token reached
+ * scores 0 and gets its block's mean active-expert score instead
+ * (_fill_inactive_expert_scores). The measured score keeps one description
+ * per model (llama only). */
 #ifndef AR_AUTOSCHEME_H
 #define AR_AUTOSCHEME_H
 #include "model.h"
@@ -24,6 +35,11 @@
 /* The number of slots of a model of config c, or -1 (ar_error) when its
  * blocks have no description. */
 int ar_autoscheme_nslots(const ar_config *c);
+
+/* 1 when AutoScheme's delta-loss score runs on config c: every block of the
+ * llama, moe, deepseek or gpt_oss family (a plain RMSNorm before the head;
+ * not Gemma's 1 + w and soft-cap). */
+int ar_autoscheme_family_supported(const ar_config *c);
 
 /* Bits a layer of weight [n_out, k_in] costs under scheme s (spec §5.2,
  * AutoRound's compute_layer_bits):

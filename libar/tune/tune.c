@@ -227,11 +227,8 @@ static int layer_desc(tn_run *r, int layer, ar_block_weights *wfp)
 /* What the mixture-of-experts blocks do not support yet: one line. */
 static int moe_refusals(const tn_run *r)
 {
-    const ar_tune_opts *o = r->o;
     if (!r->c->moe.n_moe_layers) return 0;
     if (r->dev != AR_DEVICE_CPU) return ar_error("mixture-of-experts blocks are tuned on the CPU only (--device cpu)");
-    if (o->enable_alg_ext) return ar_error("--enable_alg_ext is not supported for mixture-of-experts models");
-    if (o->enable_lfq) return ar_error("--enable_lfq is not supported for mixture-of-experts models");
     return 0;
 }
 

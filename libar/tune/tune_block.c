@@ -90,14 +90,16 @@ static void share_global_scales(const ar_block_desc *bd, const ar_block_weights 
 
 /* ---- RTN -------------------------------------------------------------------- */
 
-/* RTN, or with imat opt-RTN for the symmetric layers. */
+/* RTN, or with imat opt-RTN for the symmetric layers that have an importance
+ * matrix (routed experts have none: plain RTN, AutoRound's MoE rule; opt-RTN
+ * without one would still search scales). */
 static int quantize_block_rtn(const tn_run *r, const ar_block_weights *wfp, const ar_block_plan *plan,
                               float *const *imat, const ar_quant_out *out)
 {
     for (int i = 0; i < plan->nlinear; i++) {
         if (!plan->quantize[i]) continue;
         int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
-        int rc = imat && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
+        int rc = imat && imat[i] && plan->spec[i].sym ? ar_quant_opt_rtn(&plan->spec[i], wfp->w[i], n, k, imat[i], &out[i])
                                            : ar_quant_forward(&plan->spec[i], wfp->w[i], n, k, NULL, &out[i]);
         if (rc) return -1;
     }
@@ -124,12 +126,25 @@ static int v2_layer(const ar_quant_spec *qs)
 /* AutoRound decides the loss on the global scheme, not per layer. */
 static int v2_outlier_loss(const ar_scheme *def) { return def->bits < 4 || def->act_bits <= 4; }
 
+/* 1 when the imatrix of k columns is all zero: a routed expert no
+ * calibration row reached. */
+static int no_rows(const float *imat, int k)
+{
+    for (int j = 0; j < k; j++)
+        if (imat[j] != 0) return 0;
+    return 1;
+}
+
+/* A mixture of experts' expert that no row reached keeps V1's RTN start:
+ * SignRound gives it no gradient, so it is exported as that start, plain
+ * RTN as without alg_ext (docs/moe.md §4). */
 static int v2_init_scales(const ar_block_desc *bd, const ar_block_weights *wfp, ar_block_plan *plan,
                           float *const *imat, float **init)
 {
     for (int i = 0; i < plan->nlinear; i++) {
         if (!plan->quantize[i] || !v2_layer(&plan->spec[i])) continue;
         int n = bd->lin[i].n_out, k = bd->lin[i].k_in;
+        if (bd->input_kind[bd->lin[i].input] == AR_INPUT_ROUTED && no_rows(imat[i], k)) continue;
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
         if (!(init[i] = malloc(sizeof(float) * ng))) return ar_error("out of memory for initial scales");
         int rc = plan->spec[i].dtype == AR_QDT_INT
@@ -176,8 +191,9 @@ static int tune_with_data(tn_run *r, int layer, const ar_block_weights *wfp, ar_
     int rc = -1;
     for (int i = 0; i < nl; i++) {
         int k = r->bd.lin[i].k_in;
-        /* routed experts get plain RTN, not opt-RTN, as AutoRound's MoE rule (docs/moe.md §4) */
-        if (r->bd.input_kind[r->bd.lin[i].input] == AR_INPUT_ROUTED) continue;
+        /* routed experts get plain RTN, not opt-RTN, as AutoRound's MoE rule
+         * (docs/moe.md §4); alg_ext searches their scales on their own rows */
+        if (opt_rtn && r->bd.input_kind[r->bd.lin[i].input] == AR_INPUT_ROUTED) continue;
         if (plan->quantize[i] && (opt_rtn || (alg_ext && v2_layer(&plan->spec[i]))) &&
             !(imat[i] = calloc(k, sizeof(float)))) {
             ar_error("out of memory for the importance matrix");

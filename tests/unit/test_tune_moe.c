@@ -51,6 +51,12 @@ static void calib(ar_calib_data *d, const int *ids, int T)
     ar_model_close(m);
 }
 
+/* --enable_alg_ext in tune() (SignRoundV2: searched initial scales on each
+ * expert's own rows; an expert without rows keeps the RTN start). */
+static int g_alg_ext;
+/* opt-RTN in tune(0) (ar-tune --iters 0's default), else plain RTN. */
+static int g_opt_rtn;
+
 /* Tune into a tmpfile; the expert records of layer 0 into codes[e] (gate_proj's, malloc'd). */
 static void tune(int iters, unrouted *u, uint8_t *codes[4], float *scales[4])
 {
@@ -60,8 +66,9 @@ static void tune(int iters, unrouted *u, uint8_t *codes[4], float *scales[4])
     ar_tune_opts o;
     ar_tune_defaults(&o);
     o.scheme.group_size = 32;
-    o.iters = iters, o.batch_size = 1, o.disable_opt_rtn = 1;
+    o.iters = iters, o.batch_size = 1, o.disable_opt_rtn = !g_opt_rtn;
     o.amp = 0;   /* f32 reference GEMMs */
+    o.enable_alg_ext = g_alg_ext && iters > 0;
     ar_tune_progress pr = {0};
     pr.ctx = u, pr.event = on_event;
     o.progress = &pr;
@@ -89,7 +96,7 @@ static void tune(int iters, unrouted *u, uint8_t *codes[4], float *scales[4])
     ar_calib_data_free(&d);
 }
 
-Test(tune_moe, expert_without_tokens_keeps_rtn)
+static void check_unrouted_rtn(void)
 {
     unrouted u = {-1, 0, ""}, u0 = {-1, 0, ""};
     uint8_t *sr[4] = {0}, *rtn[4] = {0};
@@ -114,4 +121,34 @@ Test(tune_moe, expert_without_tokens_keeps_rtn)
     }
     cr_assert_gt(tuned, 0, "no routed expert moved from RTN");
     for (int x = 0; x < 4; x++) free(sr[x]), free(rtn[x]), free(ssr[x]), free(srtn[x]);
+}
+
+Test(tune_moe, expert_without_tokens_keeps_rtn) { check_unrouted_rtn(); }
+
+/* alg_ext on MoE (AutoRound applies SignRoundV2 to every expert): the same
+ * rule, an expert no token reached is exported as plain RTN. */
+Test(tune_moe, expert_without_tokens_keeps_rtn_alg_ext)
+{
+    g_alg_ext = 1;
+    check_unrouted_rtn();
+}
+
+/* opt-RTN (--iters 0) on MoE: routed experts get plain RTN, AutoRound's MoE
+ * rule ("MoE layer detected: optimized RTN is disabled", docs/moe.md §4):
+ * every expert's records equal plain RTN's. */
+Test(tune_moe, opt_rtn_leaves_experts_plain_rtn)
+{
+    unrouted u = {-1, 0, ""}, u0 = {-1, 0, ""};
+    uint8_t *opt[4] = {0}, *rtn[4] = {0};
+    float *sopt[4] = {0}, *srtn[4] = {0};
+    g_opt_rtn = 1;
+    tune(0, &u, opt, sopt);
+    g_opt_rtn = 0;
+    tune(0, &u0, rtn, srtn);
+    for (int x = 0; x < 4; x++) {
+        cr_assert(opt[x] && rtn[x], "expert %d records", x);
+        cr_assert(!memcmp(opt[x], rtn[x], 32 * 64) && !memcmp(sopt[x], srtn[x], sizeof(float) * 64),
+                  "expert %d: opt-RTN differs from RTN", x);
+        free(opt[x]), free(rtn[x]), free(sopt[x]), free(srtn[x]);
+    }
 }
