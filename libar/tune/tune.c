@@ -2,6 +2,7 @@
 #include "device.h"
 #include "signround_cuda.h"
 #include "error.h"
+#include "calib.h"
 #include "hash.h"
 #include "runtime.h"
 #include "safetensors.h"
@@ -190,8 +191,8 @@ static char *meta_json(const tn_run *r)
 
 /* A range's META (o->last_block >= 0): "blocks" [first, last], "n_layers", and
  * what else its bytes depend on that a whole run's META leaves out: "threads"
- * (f32 sums) and, with data, "calibration_digest" (FNV-1a of the token ids
- * used). Top-level keys, so the "tuning" object exported is a whole run's.
+ * (f32 sums), with data "calibration_digest" (FNV-1a of the token ids
+ * used) and with a layer config "layer_config_digest" (of its text). Top-level keys, so the "tuning" object exported is a whole run's.
  * *txt replaced; 0 or -1 with ar_error. */
 static int add_range_keys(const tn_run *r, char **txt)
 {
@@ -204,12 +205,22 @@ static int add_range_keys(const tn_run *r, char **txt)
     cJSON_AddItemToObject(m, "blocks", b);
     cJSON_AddNumberToObject(m, "n_layers", r->c->n_layers);
     cJSON_AddNumberToObject(m, "threads", ar_thread_count());
+    char hex[17];
     if (r->d) {
-        char hex[17];
         uint64_t h = ar_fnv1a64(r->d->ids, sizeof(int32_t) * (size_t)r->d->n * r->d->T);
         snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
         cJSON_AddStringToObject(m, "calibration_digest", hex);
     }
+    /* the per-layer schemes, which META's scheme and mixed_bits do not pin down */
+    size_t n = 0;
+    char *lc = o->layer_config ? ar_read_text_file(o->layer_config, &n) : NULL;
+    const char *txt_lc = lc ? lc : !o->layer_config && r->d ? r->d->layer_config : NULL;
+    if (o->layer_config && !lc) { cJSON_Delete(m); return -1; }
+    if (txt_lc) {
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ar_fnv1a64(txt_lc, lc ? n : strlen(txt_lc)));
+        cJSON_AddStringToObject(m, "layer_config_digest", hex);
+    }
+    free(lc);
     char *t = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
     if (!t) return ar_error("the tuned stream's META: out of memory");

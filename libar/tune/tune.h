@@ -120,7 +120,8 @@ typedef struct {
        blocks before first_block from calib->block on only run their FP forward (as the FP chain of a
        whole run), so first_block > 0 with data needs iters 0 or disable_quanted_input (blocks then
        depend on the FP model alone). last_block >= 0 also puts the range into META ("blocks",
-       "n_layers", and what else the bytes depend on: "threads", "calibration_digest") so that
+       "n_layers", and what else the bytes depend on: "threads", "calibration_digest",
+       "layer_config_digest") so that
        ranges can be merged (tuned_merge.h) [0, -1: to the last block, META as a whole run's] */
     int first_block, last_block;
     const char *checkpoint;     /* checkpoint directory, NULL: none [NULL] */

@@ -126,6 +126,9 @@ refused "an overlap" "blocks 2-3 overlap" "$T/x" pack -i "$T/a.ars" -i "$o2/bloc
 refused "one range alone" "is the only stream: blocks 3-5 are in no stream" "$T/x" pack -i "$T/a.ars" -o "$T/x"
 tune -i "$T/calib.ars" --iters 4 --blocks 3-5 -o "$T/b-i4.ars"
 refused "other settings" "META differs from .*tuning.iters" "$T/x" pack -i "$T/a.ars" -i "$T/b-i4.ars" -o "$T/x"
+echo '{"model.layers.4.mlp.down_proj": {"group_size": 64}}' > "$T/lc.json"
+tune -i "$T/calib.ars" --blocks 3-5 --layer_config "$T/lc.json" -o "$T/b-lc.ars"
+refused "another layer config" "META differs from .*layer_config_digest" "$T/x" pack -i "$T/a.ars" -i "$T/b-lc.ars" -o "$T/x"
 refused "a whole run with a range" "a whole run's stream" "$T/x" pack -i "$T/whole.ars" -i "$T/b.ars" -o "$T/x"
 refused "SignRound on quantized inputs past block 0" "needs every block before it tuned" "$T/y.ars" \
   "$AR_BIN/ar-tune" --iters 3 --threads 1 --quiet -i "$T/calib.ars" --blocks 3-5 -o "$T/y.ars"
