@@ -5,8 +5,8 @@
 # examples/blockpar-slurm.sh runs as array tasks (under a stand-in sbatch that
 # runs each job at once), merged by ar-pack, give byte for byte the folder of
 # one whole `ar-tune --disable_quanted_input` run; so do ranges started from
-# block 0's stream (the FP forward inside ar-tune), a range resumed from its
-# checkpoint, plain RTN ranges without data, a GGUF mix (embedding with block
+# block 0's stream (the FP forward inside ar-tune), a range killed and
+# resumed from its checkpoint, plain RTN ranges without data, a GGUF mix (embedding with block
 # 0, output head with block 5) and a mixture-of-experts model (qwen3_moe,
 # DeepSeek-V3: dense then MoE layers). Gaps, overlaps, differing settings,
 # SignRound on quantized inputs past block 0 and FP inputs computed with
@@ -79,6 +79,15 @@ else bad "blockpar-slurm.sh: $(tail -3 "$T/slurm.log")"; fi
 tune -i "$T/calib.ars" --blocks 3-5 --checkpoint "$T/ck" -o "$T/b.ars"
 tune -i "$T/calib.ars" --blocks 3-5 --checkpoint "$T/ck" -o "$T/b2.ars"
 cmp -s "$T/b.ars" "$T/b2.ars" && ok "a finished range's checkpoint replays the same stream" || bad "checkpoint replay differs"
+# killed (SIGKILL) once block 3's records file appears, and resumed
+"$AR_BIN/ar-tune" --iters 3 --threads 1 --disable_quanted_input --quiet -i "$T/calib.ars" --blocks 2-5 \
+    --checkpoint "$T/ck2" -o "$T/k.ars" & pid=$!
+n=0; while [ ! -e "$T/ck2/block-0003.ars" ] && [ $n -lt 6000 ]; do sleep 0.02; n=$((n + 1)); done
+kill -KILL $pid 2>/dev/null || true; wait $pid 2>/dev/null || true
+tune -i "$T/calib.ars" --blocks 2-5 --checkpoint "$T/ck2" -o "$T/k.ars"
+tune -i "$T/calib.ars" --blocks 2-5 -o "$T/k-ref.ars"
+cmp -s "$T/k.ars" "$T/k-ref.ars" && ok "a range killed and resumed from its checkpoint writes the same stream" ||
+  bad "a resumed range differs"
 tune -i "$T/calib.ars" --blocks 0-2 -o "$T/a.ars"
 pack -i "$T/b.ars" -i "$T/a.ars" -o "$T/ab"
 same "ranges from block 0's stream, given in reverse order" "$T/whole" "$T/ab"
