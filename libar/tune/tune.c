@@ -191,9 +191,10 @@ static char *meta_json(const tn_run *r)
 
 /* A range's META (o->last_block >= 0): "blocks" [first, last], "n_layers", and
  * what else its bytes depend on that a whole run's META leaves out: "threads"
- * (f32 sums), with data "calibration_digest" (FNV-1a of the token ids
- * used) and with a layer config "layer_config_digest" (of its text). Top-level keys, so the "tuning" object exported is a whole run's.
- * *txt replaced; 0 or -1 with ar_error. */
+ * (f32 sums), with data "calibration_digest" (FNV-1a of the token ids used)
+ * and with a layer config "layer_config_digest" (of its text). Top-level
+ * keys, so the "tuning" object exported is a whole run's. *txt replaced; 0 or
+ * -1 with ar_error. */
 static int add_range_keys(const tn_run *r, char **txt)
 {
     const ar_tune_opts *o = r->o;
