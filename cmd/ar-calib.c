@@ -9,6 +9,7 @@
 #include "model.h"
 #include "stream.h"
 #include "tokenizer.h"
+#include "tune.h"
 #include <cJSON.h>
 #include <limits.h>
 #include <stdio.h>
@@ -22,6 +23,7 @@ static const char usage[] =
     "                [--apply_chat_template] [--chat_date YYYY-MM-DD[THH:MM[:SS]]]\n"
     "                [--dump-text|--dump-ids] [--dtype bf16|f32]\n"
     "                [--device cpu|cuda[:N]]\n"
+    "                [--upto-block A [--batch_size 8] [--threads N] [--amp|--disable_amp]]\n"
     "                [-o FILE] [--quiet|--verbose|--progress]\n"
     "SPEC is FILE or AutoRound's FILE[:OPT...][,FILE[:OPT...]...] with OPT num=N, concat,\n"
     "apply_chat_template, system_prompt=TEXT. FILE is a local .txt (one running text: random windows)\n"
@@ -35,18 +37,25 @@ static const char usage[] =
     "one JSON list per line, instead of the stream, without loading the model's weights.\n"
     "Writes the calibration stream (ar-stream(5)) to standard output or -o FILE.\n"
     "--device is accepted for symmetry with ar-tune/ar-eval and checked; the embedding lookup it\n"
-    "runs is a copy, so it always runs on the CPU.\n";
+    "runs is a copy, so it always runs on the CPU.\n"
+    "--upto-block A: hidden holds the FP inputs of decoder block A instead of block 0's (the FP model's\n"
+    "blocks 0..A-1 run over the embeddings, on --device), for ar-tune --blocks A-B; --batch_size, --threads\n"
+    "and --amp/--disable_amp must be the tuning run's (ar-tune checks them; docs/parallel.md).\n";
 
 typedef struct {
     const char *model, *dataset, *out;
     int nsamples, seqlen, chat, dump_text, dump_ids;
     uint64_t seed;
     ar_dtype dtype;
+    int upto;               /* --upto-block: the block whose FP inputs hidden holds (0: the embeddings) */
+    ar_tune_opts fp;        /* its forwards' settings: batch_size, threads, amp, device */
 } calib_args;
 
 static calib_args parse_args(int argc, char **argv)
 {
-    calib_args a = {NULL, NULL, NULL, 128, 2048, 0, 0, 0, 42, AR_BF16};
+    calib_args a = {.nsamples = 128, .seqlen = 2048, .seed = 42, .dtype = AR_BF16};
+    ar_tune_defaults(&a.fp);
+    int fp_flags = 0;
     for (int i = 1; i < argc; i++) {
         const char *v;
         if (cli_io_flag(argc, argv, &i, usage, "--output", NULL, &a.out, &a.model)) continue;
@@ -65,7 +74,14 @@ static calib_args parse_args(int argc, char **argv)
             if (ar_device_parse(v, &dev)) cli_usage_error("--device: %s", ar_last_error());
             if (dev != AR_DEVICE_CPU && ar_device_cuda_count() <= dev)
                 cli_die("--device %s: no such CUDA device (%d found)", v, ar_device_cuda_count());
-        } else if ((v = cli_value(argc, argv, &i, "--dtype"))) {
+            a.fp.device = dev;
+        } else if ((v = cli_value(argc, argv, &i, "--upto-block"))) a.upto = (int)cli_long("--upto-block", v, 0, 1 << 20);
+        else if ((v = cli_value(argc, argv, &i, "--batch_size")))
+            a.fp.batch_size = (int)cli_long("--batch_size", v, 1, 1 << 16), fp_flags++;
+        else if ((v = cli_value(argc, argv, &i, "--threads"))) a.fp.threads = cli_long("--threads", v, 1, 4096), fp_flags++;
+        else if (!strcmp(argv[i], "--amp")) a.fp.amp = 1, fp_flags++;
+        else if (!strcmp(argv[i], "--disable_amp")) a.fp.amp = 0, fp_flags++;
+        else if ((v = cli_value(argc, argv, &i, "--dtype"))) {
             if (!strcmp(v, "bf16")) a.dtype = AR_BF16;
             else if (!strcmp(v, "f32")) a.dtype = AR_F32;
             else cli_usage_error("--dtype: '%s' is not bf16 or f32", v);
@@ -73,6 +89,8 @@ static calib_args parse_args(int argc, char **argv)
     }
     if (!a.model) cli_usage_error("--model DIR is required");
     if (!a.dataset) cli_usage_error("--dataset FILE is required");
+    if (fp_flags && !a.upto) cli_usage_error("--batch_size, --threads and --amp/--disable_amp are --upto-block's");
+    if (a.upto && a.dtype != AR_BF16) cli_usage_error("--upto-block writes the bf16 activations ar-tune carries, not --dtype f32");
     return a;
 }
 
@@ -148,7 +166,7 @@ static char *dataset_desc(const ar_calib_spec *sp)
 }
 
 static char *meta_json(const calib_args *a, const ar_calib_spec *sp, const ar_calib_samples *s, const ar_config *c,
-                       const char *digest, int32_t pad_id)
+                       const char *digest, int32_t pad_id, const ar_calib_data *fp)
 {
     char apath[PATH_MAX];
     if (!realpath(a->model, apath)) snprintf(apath, sizeof apath, "%s", a->model);
@@ -173,6 +191,13 @@ static char *meta_json(const calib_args *a, const ar_calib_spec *sp, const ar_ca
     /* the instant the chat template's strftime_now formatted (its rows' date) */
     const char *when = ar_chat_template_clock_used();
     if (when) cJSON_AddStringToObject(m, "chat_date", when);
+    if (fp) {   /* --upto-block: whose inputs, and the forwards' settings ar-tune must share */
+        cJSON *f = cJSON_AddObjectToObject(m, "fp_inputs");
+        cJSON_AddNumberToObject(f, "block", fp->block);
+        cJSON_AddNumberToObject(f, "batch_size", fp->fp_batch_size);
+        cJSON_AddBoolToObject(f, "amp", fp->fp_amp);
+        cJSON_AddNumberToObject(f, "threads", (double)fp->fp_threads);
+    }
     char *txt = cJSON_PrintUnformatted(m);
     cJSON_Delete(m);
     return txt;
@@ -198,6 +223,25 @@ static void write_hidden(ar_stream_writer *w, ar_model *m, const ar_calib_sample
     if (ar_stream_end_tensor(w)) cli_die_lib();
     free(x);
     free(buf);
+}
+
+/* --upto-block: the embeddings of every sample run through the FP model's
+ * blocks 0..upto-1 (ar_tune_fp_inputs, as ar-tune's FP chain), into fp. */
+static void fp_inputs(const calib_args *a, ar_model *m, const ar_calib_samples *s, ar_calib_data *fp)
+{
+    int C = ar_model_config(m)->hidden, L = s->seqlen, nl = ar_model_config(m)->n_layers;
+    if (a->upto >= nl) cli_die("--upto-block %d: %s has %d blocks (0-%d)", a->upto, a->model, nl, nl - 1);
+    size_t row = (size_t)L * C;
+    float *x = malloc(sizeof(float) * row);
+    *fp = (ar_calib_data){.src = "ar-calib", .n = s->n, .T = L, .C = C, .ids = s->ids,
+                          .hidden = malloc(sizeof(uint16_t) * row * s->n)};
+    if (!x || !fp->hidden) cli_die("out of memory for %d samples' activations", s->n);
+    for (int i = 0; i < s->n; i++) {
+        if (ar_model_embed(m, s->ids + (size_t)i * L, L, x)) cli_die_lib();
+        ar_from_f32(fp->hidden + row * i, x, AR_BF16, row);
+    }
+    free(x);
+    if (ar_tune_fp_inputs(&a->fp, a->model, fp, a->upto)) cli_die_lib();
 }
 
 /* --dump-text: the rows' texts as JSONL, nothing written on error. */
@@ -282,11 +326,15 @@ int main(int argc, char **argv)
     if (!w) cli_die_lib();
     char digest[17];
     if (ar_config_digest(a.model, digest)) cli_die_lib();
-    char *meta = meta_json(&a, &sp, &s, ar_model_config(m), digest, pad_token_id(a.model, tok));
-    int64_t ishape[2] = {s.n, s.seqlen};
+    ar_calib_data fp = {0};
+    if (a.upto) fp_inputs(&a, m, &s, &fp);
+    char *meta = meta_json(&a, &sp, &s, ar_model_config(m), digest, pad_token_id(a.model, tok), a.upto ? &fp : NULL);
+    int64_t ishape[2] = {s.n, s.seqlen}, hshape[3] = {fp.n, fp.T, fp.C};
     if (ar_stream_write_meta(w, meta) || ar_stream_write_tensor(w, "input_ids", AR_I32, 2, ishape, "{}", s.ids))
         cli_die_lib();
-    write_hidden(w, m, &s, a.dtype);
+    if (!a.upto) write_hidden(w, m, &s, a.dtype);
+    else if (ar_stream_write_tensor(w, "hidden", AR_BF16, 3, hshape, "{}", fp.hidden)) cli_die_lib();
+    free(fp.hidden);
     if (ar_stream_writer_close(w)) cli_die_lib();
     cli_out_commit(f);
     free(meta);

@@ -14,6 +14,7 @@
 #include "packing.h"
 #include "safetensors_writer.h"
 #include "scheme.h"
+#include "tuned_merge.h"
 #include "tuned_stream.h"
 #include <errno.h>
 #include <stdio.h>
@@ -24,7 +25,7 @@
 #include <unistd.h>
 
 static const char usage[] =
-    "usage: ar-pack [-i STREAM|-] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
+    "usage: ar-pack [-i STREAM|- [-i STREAM ...]] --format F[,F...] -o DIR [--model DIR] [--max_shard_size 5GB]\n"
     "               [--layout plain|autoround [--layout_formats F[,F...]] [--layout_scheme NAME]]\n"
     "F: auto_round (default), auto_gptq, auto_awq, llm_compressor, fake, gguf:<type> (q4_0, q4_1, q5_0, q5_1, q8_0,\n"
     "   q2_k_s, q3_k_s, q3_k_m, q3_k_l, q4_k_s, q4_k_m, q5_k_s, q5_k_m, q6_k).\n"
@@ -32,21 +33,31 @@ static const char usage[] =
     "format, OUT/<format> for several; a GGUF format with -o an existing folder or DIR/ writes DIR/<llama.cpp name>.gguf.\n"
     "--layout autoround: AutoRound's names under OUT (OUT/<model>-w4g128/..., GGUF as OUT/<model>-gguf/<name>.gguf);\n"
     "--layout_formats: the whole run's --format list when a run is split across ar-pack calls (auto-round does);\n"
-    "--layout_scheme: the preset the folder is named after (default: the stream's; AutoScheme: the first candidate).\n";
+    "--layout_scheme: the preset the folder is named after (default: the stream's; AutoScheme: the first candidate).\n"
+    "Several -i: the streams of block ranges of one run (ar-tune --blocks A-B), merged into the model the whole\n"
+    "run makes; gaps, overlaps and streams whose META settings differ are refused (docs/parallel.md).\n";
 
-enum { MAX_FORMATS = 8 };
+enum { MAX_FORMATS = 8, MAX_INPUTS = 256 };
 
 typedef struct {
     const char *in, *out, *model, *formats, *shard, *layout_formats, *layout_scheme;
     int autoround_layout;
+    const char *ins[MAX_INPUTS];   /* every -i, in order (in: the first) */
+    int nin;
 } pack_args;
 
 static pack_args parse_args(int argc, char **argv)
 {
-    pack_args a = {NULL, NULL, NULL, "auto_round", NULL, NULL, NULL, 0};
+    pack_args a = {NULL, NULL, NULL, "auto_round", NULL, NULL, NULL, 0, {NULL}, 0};
     for (int i = 1; i < argc; i++) {
         const char *v, *s = argv[i];
-        if (cli_io_flag(argc, argv, &i, usage, "--output_dir", &a.in, &a.out, &a.model)) continue;
+        if ((v = cli_value(argc, argv, &i, "-i")) || (v = cli_value(argc, argv, &i, "--input"))) {
+            if (a.nin == MAX_INPUTS) cli_usage_error("-i: at most %d streams", MAX_INPUTS);
+            if (!a.in) a.in = v;
+            a.ins[a.nin++] = v;
+            continue;
+        }
+        if (cli_io_flag(argc, argv, &i, usage, "--output_dir", NULL, &a.out, &a.model)) continue;
         else if ((v = cli_value(argc, argv, &i, "--format"))) a.formats = v;
         else if ((v = cli_value(argc, argv, &i, "--max_shard_size"))) a.shard = v;
         else if ((v = cli_value(argc, argv, &i, "--layout_formats"))) a.layout_formats = v;
@@ -61,6 +72,9 @@ static pack_args parse_args(int argc, char **argv)
     if ((a.layout_formats || a.layout_scheme) && !a.autoround_layout)
         cli_usage_error("%s needs --layout autoround", a.layout_formats ? "--layout_formats" : "--layout_scheme");
     if (!a.in && isatty(0)) cli_usage_error("give ar-tune's stream on standard input or with -i FILE");
+    if (!a.nin) a.ins[a.nin++] = "-";
+    for (int i = 0, stdin_n = 0; i < a.nin; i++)
+        if (!strcmp(a.ins[i], "-") && ++stdin_n > 1) cli_usage_error("-i -: standard input can be read once");
     return a;
 }
 
@@ -225,12 +239,17 @@ int main(int argc, char **argv)
 {
     cli_init("ar-pack");
     pack_args a = parse_args(argc, argv);
-    const char *src = !a.in || !strcmp(a.in, "-") ? "<stdin>" : a.in;
-    FILE *f = !a.in || !strcmp(a.in, "-") ? stdin : fopen(a.in, "rb");
-    if (!f) cli_die("%s: cannot open: %s", a.in, strerror(errno));
-    ar_tuned_reader *r = ar_tuned_reader_open(f, src);
+    FILE *files[MAX_INPUTS];
+    const char *srcs[MAX_INPUTS];
+    for (int i = 0; i < a.nin; i++) {
+        int std = !strcmp(a.ins[i], "-");
+        srcs[i] = std ? "<stdin>" : a.ins[i];
+        if (!(files[i] = std ? stdin : fopen(a.ins[i], "rb"))) cli_die("%s: cannot open: %s", a.ins[i], strerror(errno));
+    }
+    const char *src = a.nin == 1 ? srcs[0] : "the merged streams";
+    ar_tuned_merge *r = ar_tuned_merge_open(files, srcs, a.nin);
     if (!r) cli_die_lib();
-    ar_tuned_meta m = *ar_tuned_reader_meta(r);
+    ar_tuned_meta m = *ar_tuned_merge_meta(r);
     if (a.model) snprintf(m.model, sizeof m.model, "%s", a.model);
     static output outs[MAX_FORMATS];   /* static: cleanup_at_exit reads it after main returns */
     g_outs = outs;
@@ -240,7 +259,7 @@ int main(int argc, char **argv)
     double t0 = cli_now();
     int nlayers = 0, rc;
     const ar_tuned_item *it;
-    while ((rc = ar_tuned_reader_next(r, &it)) == 1) {
+    while ((rc = ar_tuned_merge_next(r, &it)) == 1) {
         if (it->kind == AR_TUNED_GGUF) {
             pack_gguf(it, outs, nout, src);
             continue;
@@ -262,6 +281,7 @@ int main(int argc, char **argv)
         outs[i].hf = NULL; outs[i].gguf = NULL;
         if (cli_progress) fprintf(stderr, "ar-pack: wrote %s\n", path);
     }
-    ar_tuned_reader_close(r);
+    ar_tuned_merge_close(r);
+    for (int i = 0; i < a.nin; i++) if (files[i] != stdin) fclose(files[i]);
     return 0;
 }

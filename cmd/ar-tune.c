@@ -29,7 +29,7 @@ static const char usage[] =
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
     "               [--device cpu|cuda[:N]] [--low_gpu_mem_usage] [--gpu_chain_budget MIB] [--threads N]\n"
     "               [--checkpoint DIR] [--mem_budget MIB | --low_cpu_mem_usage] [--amp|--disable_amp]\n"
-    "               [--quiet|--verbose|--progress]\n"
+    "               [--blocks A-B] [--quiet|--verbose|--progress]\n"
     "Reads an ar-calib stream (standard input or -i) and writes quantized layers (ar-stream(5)) to\n"
     "standard output or -o FILE. With --model and no stream, plain RTN needs no calibration data.\n"
     "--threads N: OpenMP and OpenBLAS threads (default: all cores; 1 for models with hidden < 256).\n"
@@ -53,7 +53,11 @@ static const char usage[] =
     "final norm and lm_head against the next tokens (AutoRound's experimental LFQ loss; CPU);\n"
     "--lfq_target fp: instead, the KL divergence from the original model's next-token distribution.\n"
     "--static_kv_dtype fp8: also a static FP8 E4M3 KV-cache scale per layer for K (after RoPE) and V, from\n"
-    "their calibration maximum on the chain the next block reads (needs a calibration stream).\n";
+    "their calibration maximum on the chain the next block reads (needs a calibration stream).\n"
+    "--blocks A-B: tune and write blocks A to B only (A alone: one block), from a stream of block 0's inputs\n"
+    "(blocks before A run their FP forward) or of block A's or an earlier block's (ar-calib --upto-block);\n"
+    "past block 0 with SignRound it needs --disable_quanted_input. ar-pack -i a.ars -i b.ars ... merges\n"
+    "the ranges into the model a whole run makes (docs/parallel.md).\n";
 
 typedef struct {
     const char *in, *model, *out, *scheme, *recipe, *device;
@@ -64,6 +68,18 @@ typedef struct {
 } tune_args;
 
 static int flag(const char *a, const char *name) { return !strcmp(a, name); }
+
+/* --blocks A-B (or A): the first and last block, 0-based, A <= B. */
+static void parse_blocks(const char *v, ar_tune_opts *o)
+{
+    char *end;
+    long a = strtol(v, &end, 10), b = a;
+    if (end != v && *end == '-' && end[1] >= '0' && end[1] <= '9') b = strtol(end + 1, &end, 10);
+    if (end == v || *end || *v < '0' || *v > '9' || a > b || b > 1 << 20)
+        cli_usage_error("--blocks: '%s' is not A-B with 0 <= A <= B (or one block A)", v);
+    o->first_block = (int)a;
+    o->last_block = (int)b;
+}
 
 static tune_args parse_args(int argc, char **argv)
 {
@@ -120,6 +136,7 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--gpu_chain_budget")))
             o->gpu_chain_budget_mib = cli_double("--gpu_chain_budget", v, -1, 1e9);
         else if ((v = cli_value(argc, argv, &i, "--checkpoint"))) o->checkpoint = v;
+        else if ((v = cli_value(argc, argv, &i, "--blocks"))) parse_blocks(v, o);
         else if ((v = cli_value(argc, argv, &i, "--mem_budget"))) o->mem_budget_mib = cli_double("--mem_budget", v, 0.001, 1e12);
         else if (flag(s, "--low_cpu_mem_usage")) {
             o->mem_budget_mib = 1e-9;   /* any chain exceeds it */

@@ -67,6 +67,25 @@ static int read_tensor(ar_stream_reader *r, const ar_record *rec, ar_stream_writ
     return copy ? ar_stream_end_tensor(copy) : 0;
 }
 
+/* META "fp_inputs" (ar-calib --upto-block): the block whose inputs hidden
+ * holds and the forward settings that made them. */
+static int read_fp_inputs(const cJSON *fi, ar_calib_data *d)
+{
+    if (!fi) return 0;
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(fi, "block");
+    const cJSON *bs = cJSON_GetObjectItemCaseSensitive(fi, "batch_size");
+    const cJSON *amp = cJSON_GetObjectItemCaseSensitive(fi, "amp");
+    const cJSON *th = cJSON_GetObjectItemCaseSensitive(fi, "threads");
+    if (!cJSON_IsNumber(b) || b->valuedouble < 0 || b->valuedouble > 1e6 || !cJSON_IsNumber(bs) ||
+        bs->valuedouble < 1 || !cJSON_IsBool(amp) || !cJSON_IsNumber(th) || th->valuedouble < 1)
+        return ar_error("%s: META fp_inputs must hold block, batch_size, amp and threads", d->src);
+    d->block = b->valueint;
+    d->fp_batch_size = bs->valueint;
+    d->fp_amp = cJSON_IsTrue(amp);
+    d->fp_threads = (long)th->valuedouble;
+    return 0;
+}
+
 /* The first model and config digest, the first pad_token_id (a token id, or
  * null when the tokenizer names no pad token), the last layer config. */
 static int read_meta(const char *json, ar_calib_data *d)
@@ -86,6 +105,7 @@ static int read_meta(const char *json, ar_calib_data *d)
         d->pad_key = 1;
         d->pad_id = cJSON_IsNull(p) ? -1 : p->valueint;
     }
+    if (!rc) rc = read_fp_inputs(cJSON_GetObjectItemCaseSensitive(m, "fp_inputs"), d);
     if (lc) d->n_layer_configs++;
     if (!rc && cJSON_IsObject(lc)) {
         free(d->layer_config);

@@ -21,6 +21,11 @@ typedef struct {
     uint16_t *hidden;       /* [n, T, C] bf16 (f32 streams are narrowed), or NULL when not kept */
     char *layer_config;     /* the last META "layer_config" object as JSON text (ar-scheme's), or NULL */
     int n_layer_configs;    /* METAs that carry a "layer_config" key */
+    /* hidden holds the FP inputs of decoder block `block` (META "fp_inputs": {"block", "batch_size",
+       "amp", "threads"}, ar-calib --upto-block; absent: 0, the embedding outputs) and the forward
+       settings that made them, which a tuning run from them must share to match a whole run */
+    int block, fp_batch_size, fp_amp;
+    long fp_threads;
 } ar_calib_data;
 
 /* Read the calibration stream on f, named src in messages, into *d (zeroed

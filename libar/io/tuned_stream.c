@@ -127,6 +127,23 @@ static void read_attrs(const cJSON *o, int bits, int group_size, ar_tuned_attrs 
     a->act_dynamic = json_int(o, "act_dynamic", 1);
 }
 
+/* A block range's "blocks" [first, last] and "n_layers" (0 <= first <= last
+ * < n_layers), else -1 -1. */
+static int read_range(ar_tuned_reader *t, const cJSON *o)
+{
+    ar_tuned_meta *m = &t->meta;
+    const cJSON *b = cJSON_GetObjectItemCaseSensitive(o, "blocks"), *nl = cJSON_GetObjectItemCaseSensitive(o, "n_layers");
+    m->blocks[0] = m->blocks[1] = -1;
+    if (!b) return 0;
+    const cJSON *b0 = cJSON_GetArrayItem(b, 0), *b1 = cJSON_GetArrayItem(b, 1);
+    if (!cJSON_IsArray(b) || cJSON_GetArraySize(b) != 2 || !cJSON_IsNumber(b0) || !cJSON_IsNumber(b1) ||
+        !cJSON_IsNumber(nl) || b0->valuedouble < 0 || b0->valuedouble > b1->valuedouble ||
+        b1->valuedouble >= nl->valuedouble || nl->valuedouble > 1 << 20)
+        return ar_error("%s: META blocks must be [first, last] with 0 <= first <= last < n_layers", t->src);
+    m->blocks[0] = b0->valueint, m->blocks[1] = b1->valueint, m->n_layers = nl->valueint;
+    return 0;
+}
+
 static int read_meta(ar_tuned_reader *t, const char *json)
 {
     cJSON *o = cJSON_Parse(json);
@@ -145,8 +162,10 @@ static int read_meta(ar_tuned_reader *t, const char *json)
     if (!m->attrs.data_type[0]) snprintf(m->attrs.data_type, sizeof m->attrs.data_type, "int");
     const cJSON *tu = cJSON_GetObjectItemCaseSensitive(o, "tuning");
     m->tuning_json = tu ? cJSON_PrintUnformatted(tu) : NULL;
+    m->json = strdup(json);
+    int rc = m->json ? read_range(t, o) : ar_error("%s: out of memory", t->src);
     cJSON_Delete(o);
-    return 0;
+    return rc;
 }
 
 ar_tuned_reader *ar_tuned_reader_open(FILE *f, const char *src)
@@ -309,6 +328,7 @@ void ar_tuned_reader_close(ar_tuned_reader *t)
     item_free(&t->cur);
     item_free(&t->out);
     free(t->meta.tuning_json);
+    free(t->meta.json);
     free(t->src);
     free(t);
 }

@@ -63,6 +63,9 @@ typedef struct {
     ar_tuned_attrs attrs;       /* absent keys: bits 4, group_size 128, data_type "int", see ar_tuned_item */
     int mixed_bits;
     char *tuning_json;          /* the "tuning" object as text, or NULL */
+    char *json;                 /* the whole META text */
+    int blocks[2];              /* a block range's (tune.h first_block, last_block): "blocks"; -1 -1: a whole run */
+    int n_layers;               /* with blocks: the model's blocks ("n_layers") */
 } ar_tuned_meta;
 
 typedef enum { AR_TUNED_LINEAR = 1, AR_TUNED_GGUF, AR_TUNED_KV_SCALE } ar_tuned_kind;

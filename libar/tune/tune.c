@@ -2,6 +2,8 @@
 #include "device.h"
 #include "signround_cuda.h"
 #include "error.h"
+#include "calib.h"
+#include "hash.h"
 #include "runtime.h"
 #include "safetensors.h"
 #include "spill.h"
@@ -23,6 +25,7 @@ void ar_tune_defaults(ar_tune_opts *o)
     o->device = AR_DEVICE_CPU;
     o->spill_dir = P_tmpdir;
     o->amp = 1;
+    o->last_block = -1;
 }
 
 /* ---- setup ------------------------------------------------------------------ */
@@ -190,13 +193,81 @@ static char *meta_json(const tn_run *r)
     return txt;
 }
 
+/* A range's META (o->last_block >= 0): "blocks" [first, last], "n_layers", and
+ * what else its bytes depend on that a whole run's META leaves out: "threads"
+ * (f32 sums), with data "calibration_digest" (FNV-1a of the token ids used)
+ * and with a layer config "layer_config_digest" (of its text). Top-level
+ * keys, so the "tuning" object exported is a whole run's. *txt replaced; 0 or
+ * -1 with ar_error. */
+static int add_range_keys(const tn_run *r, char **txt)
+{
+    const ar_tune_opts *o = r->o;
+    if (o->last_block < 0) return 0;
+    cJSON *m = cJSON_Parse(*txt), *b = cJSON_CreateArray();
+    if (!m || !b) { cJSON_Delete(m); cJSON_Delete(b); return ar_error("the tuned stream's META: out of memory"); }
+    cJSON_AddItemToArray(b, cJSON_CreateNumber(o->first_block));
+    cJSON_AddItemToArray(b, cJSON_CreateNumber(o->last_block));
+    cJSON_AddItemToObject(m, "blocks", b);
+    cJSON_AddNumberToObject(m, "n_layers", r->c->n_layers);
+    cJSON_AddNumberToObject(m, "threads", ar_thread_count());
+    char hex[17];
+    if (r->d) {
+        uint64_t h = ar_fnv1a64(r->d->ids, sizeof(int32_t) * (size_t)r->d->n * r->d->T);
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)h);
+        cJSON_AddStringToObject(m, "calibration_digest", hex);
+    }
+    /* the per-layer schemes, which META's scheme and mixed_bits do not pin down */
+    size_t n = 0;
+    char *lc = o->layer_config ? ar_read_text_file(o->layer_config, &n) : NULL;
+    const char *txt_lc = lc ? lc : !o->layer_config && r->d ? r->d->layer_config : NULL;
+    if (o->layer_config && !lc) { cJSON_Delete(m); return -1; }
+    if (txt_lc) {
+        snprintf(hex, sizeof hex, "%016llx", (unsigned long long)ar_fnv1a64(txt_lc, lc ? n : strlen(txt_lc)));
+        cJSON_AddStringToObject(m, "layer_config_digest", hex);
+    }
+    free(lc);
+    char *t = cJSON_PrintUnformatted(m);
+    cJSON_Delete(m);
+    if (!t) return ar_error("the tuned stream's META: out of memory");
+    free(*txt);
+    *txt = t;
+    return 0;
+}
+
 /* ---- the run ---------------------------------------------------------------- */
 
-/* Block `layer` (weights wfp) into out, through the checkpoint when there is one. */
-static int one_block(tn_run *r, int layer, const ar_block_weights *wfp, ar_stream_writer *out)
+/* A block before the range: its FP forward alone, the FP chain's step of a
+ * whole run (tune_block.c's tune_with_data, without statistics, which do not
+ * change the outputs). */
+static int fp_forward(tn_run *r, const ar_block_weights *wfp)
+{
+    if (tn_forward_all(r, wfp, r->x_fp, r->y, NULL, NULL, NULL)) return -1;
+    uint16_t *t = r->x_fp; r->x_fp = r->y; r->y = t;
+    return 0;
+}
+
+static int layer_desc(tn_run *r, int layer, ar_block_weights *wfp);
+
+/* Block `layer` of this run: nothing before the block whose inputs the data
+ * holds (without data, before the range), the FP forward alone before the
+ * range, else tuned and written. 0 or -1. */
+static int block_work(tn_run *r, int layer, ar_block_weights *wfp)
+{
+    const ar_tune_opts *o = r->o;
+    int from = r->d ? r->d->block : o->first_block;
+    if (layer < from) return 0;
+    if (layer_desc(r, layer, wfp) || ar_model_load_block(r->m, layer, wfp)) return -1;
+    if (layer < o->first_block) return fp_forward(r, wfp);
+    return o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
+}
+
+/* Block `layer` (weights into wfp) into out, through the checkpoint when
+ * there is one (which commits every block from 0, the ones without work
+ * empty). */
+static int one_block(tn_run *r, int layer, ar_block_weights *wfp, ar_stream_writer *out)
 {
     if (r->ck && !(r->w = tn_ckpt_block_begin(r, layer))) return -1;
-    int rc = r->o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
+    int rc = block_work(r, layer, wfp);
     if (r->ck) {
         ar_stream_writer *w = r->w;
         r->w = out;
@@ -263,6 +334,60 @@ static int cpu_only_options(tn_run *r)
     return 0;
 }
 
+/* The block range against the model and the data: in the model, starting
+ * at or after the block whose inputs the data holds, and, past block 0, on
+ * the FP chain alone (SignRound on quantized inputs needs the quantized
+ * blocks before). 0 or -1 with ar_error. */
+static int check_range(const tn_run *r)
+{
+    const ar_tune_opts *o = r->o;
+    int nl = r->c->n_layers, last = o->last_block < 0 ? nl - 1 : o->last_block;
+    int from = r->d ? r->d->block : 0;
+    if (last >= nl || o->first_block >= nl)
+        return ar_error("blocks %d-%d: the model has %d blocks (0-%d)", o->first_block, last, nl, nl - 1);
+    if (from >= nl)
+        return ar_error("%s: holds the inputs of block %d; the model has %d blocks (0-%d)", r->d->src, from, nl, nl - 1);
+    if (o->first_block < from)
+        return ar_error("%s: holds the inputs of block %d, so a run from it starts there (--blocks %d-B), not at "
+                        "block %d", r->d->src, from, from, o->first_block);
+    if (r->d && o->first_block > 0 && o->iters > 0 && !o->disable_quanted_input)
+        return ar_error("blocks %d-%d: SignRound on the quantized blocks' outputs needs every block before it tuned "
+                        "in the same run; tune ranges with --disable_quanted_input (or --iters 0)",
+                        o->first_block, last);
+    return 0;
+}
+
+/* Inputs of a block past 0 (ar_tune_fp_inputs) feed this run only when
+ * they were computed as its FP chain computes them. 0 or -1 with ar_error. */
+static int check_fp_inputs(const tn_run *r)
+{
+    const ar_calib_data *d = r->d;
+    if (!d || d->block == 0) return 0;
+    const char *what = NULL;
+    long then = 0, now = 0;
+    if (d->fp_batch_size != r->o->batch_size) what = "batch_size", then = d->fp_batch_size, now = r->o->batch_size;
+    else if (d->fp_threads != ar_thread_count()) what = "threads", then = d->fp_threads, now = ar_thread_count();
+    else if (d->fp_amp != (r->amp != NULL)) what = "amp (bf16 GEMMs)", then = d->fp_amp, now = r->amp != NULL;
+    if (!what) return 0;
+    return ar_error("%s: the inputs of block %d were computed with %s %ld, this run has %ld (give ar-calib "
+                    "--upto-block the run's --batch_size, --threads and --amp/--disable_amp)",
+                    d->src, d->block, what, then, now);
+}
+
+/* ar_tune_fp_inputs's end (out NULL): the FP chain's inputs of the block
+ * after the last one run back into calib's activations. 0 or -1. */
+static int fp_inputs_out(tn_run *r)
+{
+    ar_calib_data *d = r->d;
+    if (ar_res_host(r->gpu, r->x_fp)) return -1;
+    if (r->x_fp != d->hidden) memcpy(d->hidden, r->x_fp, sizeof(uint16_t) * (size_t)d->n * d->T * d->C);
+    d->block = r->o->first_block;
+    d->fp_batch_size = r->o->batch_size;
+    d->fp_amp = r->amp != NULL;
+    d->fp_threads = ar_thread_count();
+    return 0;
+}
+
 /* From the device to the last block. */
 static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
 {
@@ -279,7 +404,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
     if (!(r->m = ar_model_open(model, 0))) return AR_TUNE_FAILED;
     r->c = ar_model_config(r->m);
-    if (moe_refusals(r) || ar_block_desc_init_layer(&r->bd, r->c, 0)) return AR_TUNE_FAILED;
+    if (moe_refusals(r) || check_range(r) || ar_block_desc_init_layer(&r->bd, r->c, 0)) return AR_TUNE_FAILED;
     if (r->dev != AR_DEVICE_CPU && strcmp(r->bd.family, "llama") && o->device_auto) {
         r->dev = AR_DEVICE_CPU;
         tn_event(r, AR_TUNE_EV_DEVICE, 0, 0, ar_device_describe(r->dev));
@@ -297,7 +422,7 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
                                ar_gemm_bf16_supported()))
         return AR_TUNE_FAILED;
     r->amp = r->gemm.bf16 ? &r->gemm : NULL;
-    if (r->d && setup_chains(r)) return AR_TUNE_FAILED;
+    if (check_fp_inputs(r) || (r->d && setup_chains(r))) return AR_TUNE_FAILED;
     if (r->d && r->dev != AR_DEVICE_CPU) {
         int bs = o->batch_size < r->d->n ? o->batch_size : r->d->n;
         int nchains = 2 + (o->iters > 0 && !o->disable_quanted_input); /* x_fp, y and x_q */
@@ -306,33 +431,38 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
             return AR_TUNE_FAILED;
     }
     if (!realpath(model, r->model_abs)) snprintf(r->model_abs, sizeof r->model_abs, "%s", model);
-    char *meta = meta_json(r);
-    if (!meta) return AR_TUNE_FAILED;
     int ranks = o->reduce && o->reduce->size > 1;
-    int rc = o->checkpoint && (!ranks || o->reduce->rank == 0) ? tn_ckpt_open(r, meta) : 0;
-    if (!rc && ar_stream_write_meta(out, meta)) rc = AR_TUNE_FAILED;
-    free(meta);
-    if (rc) return rc;
+    int rc = 0;
+    if (out) {   /* NULL: ar_tune_fp_inputs, no output */
+        char *meta = meta_json(r);
+        if (!meta || add_range_keys(r, &meta)) { free(meta); return AR_TUNE_FAILED; }
+        rc = o->checkpoint && (!ranks || o->reduce->rank == 0) ? tn_ckpt_open(r, meta) : 0;
+        if (!rc && ar_stream_write_meta(out, meta)) rc = AR_TUNE_FAILED;
+        free(meta);
+        if (rc) return rc;
+    }
     ar_block_weights wfp = {0};
     int first = 0;
     if (r->ck && tn_ckpt_resume(r, out, &first)) rc = AR_TUNE_FAILED;
     if (!rc && ranks && o->checkpoint && share_resume(r, &first)) rc = AR_TUNE_FAILED;
     const ar_config *mc = r->c;
     if (!rc && r->d && spill_chains(r)) rc = AR_TUNE_FAILED;
-    for (int layer = first; !rc && layer < mc->n_layers; layer++) {
+    int from = r->d ? r->d->block : o->first_block;   /* the first block with work (block_work) */
+    int last = o->last_block < 0 ? mc->n_layers - 1 : o->last_block;
+    for (int layer = r->ck || first > from ? first : from; !rc && layer <= last; layer++) {
         ar_config_for_layer(&r->layer_c, mc, layer);   /* the layer's window and RoPE */
         r->c = &r->layer_c;
         ar_res_next_block(r->gpu, layer); /* the previous block's device weights go */
-        rc = layer_desc(r, layer, &wfp) || ar_model_load_block(r->m, layer, &wfp) || one_block(r, layer, &wfp, out)
-                 ? AR_TUNE_FAILED : 0;
+        rc = one_block(r, layer, &wfp, out) ? AR_TUNE_FAILED : 0;
     }
     r->c = mc;
+    if (!rc && !out && fp_inputs_out(r)) rc = AR_TUNE_FAILED;
     ar_res_next_block(r->gpu, -1);
     ar_block_weights_free(&wfp);
     if (!rc && r->gpu) {
         char line[512];
         ar_xfer_summary(&r->gpu->led, r->gpu->resident, line, sizeof line);
-        tn_event(r, AR_TUNE_EV_GPU_TRANSFERS, (int)r->gpu->led.n_up[AR_XFER_WEIGHTS], r->c->n_layers - first, line);
+        tn_event(r, AR_TUNE_EV_GPU_TRANSFERS, (int)r->gpu->led.n_up[AR_XFER_WEIGHTS], last + 1 - first, line);
     }
     return rc;
 }
@@ -361,4 +491,17 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     ar_block_desc_free(&r.bd);
     ar_model_close(r.m);
     return rc;
+}
+
+int ar_tune_fp_inputs(const ar_tune_opts *o, const char *model, ar_calib_data *calib, int upto)
+{
+    ar_tune_opts a = *o;
+    a.first_block = upto;         /* blocks calib->block..upto-1 run their FP forward, none is tuned */
+    a.last_block = upto - 1;
+    a.disable_quanted_input = 1;  /* the FP chain alone */
+    a.mem_budget_mib = 0;         /* the result goes back into calib's activations */
+    a.checkpoint = NULL;
+    a.static_kv_fp8 = 0;
+    if (!calib || !calib->hidden) return ar_error("the FP inputs of a block need calibration activations");
+    return ar_tune_run(&a, model, calib, NULL);
 }

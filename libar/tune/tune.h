@@ -136,6 +136,14 @@ typedef struct {
                                    where this build has oneDNN and the CPU AVX512-BF16 or AMX, else f32;
                                    0: always f32, the reference. META's "amp" says what ran [1] */
     long threads;               /* OpenMP/OpenBLAS threads, 0: ar_set_threads's default (runtime.h) [0] */
+    /* block ranges (docs/parallel.md): only blocks first_block..last_block are tuned and written; the
+       blocks before first_block from calib->block on only run their FP forward (as the FP chain of a
+       whole run), so first_block > 0 with data needs iters 0 or disable_quanted_input (blocks then
+       depend on the FP model alone). last_block >= 0 also puts the range into META ("blocks",
+       "n_layers", and what else the bytes depend on: "threads", "calibration_digest",
+       "layer_config_digest") so that
+       ranges can be merged (tuned_merge.h) [0, -1: to the last block, META as a whole run's] */
+    int first_block, last_block;
     const char *checkpoint;     /* checkpoint directory, NULL: none [NULL] */
     /* GGUF schemes: the type of each tensor (required for them) [NULL] */
     ar_tune_gguf_type_fn gguf_type;
@@ -162,5 +170,15 @@ enum {
  * iters > 0 and data); outside them those options change nothing. 0, or
  * AR_TUNE_FAILED / AR_TUNE_CHECKPOINT_OTHER with ar_error. */
 int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out);
+
+/* The FP inputs of block upto: calib's activations (the inputs of block
+ * calib->block, 0 for ar-calib's) run through the FP model's blocks
+ * calib->block..upto-1 in place, with the forwards ar_tune_run's FP chain
+ * runs under o (its batch_size, amp, threads and device; nothing is tuned),
+ * so that a run of blocks upto.. on the result sees the bytes a whole run's
+ * block upto sees. Sets calib->block to upto and calib->fp_* to the
+ * settings that ran. 0 or AR_TUNE_FAILED with ar_error ("the model has 6
+ * blocks (0-5); block 7 has no inputs"). */
+int ar_tune_fp_inputs(const ar_tune_opts *o, const char *model, ar_calib_data *calib, int upto);
 
 #endif
