@@ -66,32 +66,32 @@ void ar_mla_acts_free(ar_mla_acts *a)
 }
 
 /* y = W in(x) + b for linear i, recording the input it read. */
-static void linear(ar_mla_acts *a, const ar_mla_hook *hook, const ar_mla_weights *w, const ar_mla_dims *d,
-                   int i, float *y, const float *x, long BT)
+static int linear(ar_mla_acts *a, const ar_mla_hook *hook, const ar_mla_weights *w, const ar_mla_dims *d,
+                  int i, float *y, const float *x, long BT)
 {
     int N, K;
     ar_mla_linear_shape(d, i, &N, &K);
     const float *in = hook && hook->input ? hook->input(hook->ctx, i, x, BT, K) : x;
     a->in[i] = in;
-    ar_linear_forward(y, in, w->w[i], w->b[i], (int)BT, K, N);
+    return ar_linear_forward_g(a->gemm, y, in, w->w[i], w->b[i], (int)BT, K, N);
 }
 
-void ar_mla_forward(float *y, const float *x, const ar_mla_weights *w, const ar_mla_dims *d, const float *cos_t,
-                    const float *sin_t, ar_mla_acts *a, const ar_mla_hook *hook)
+int ar_mla_forward(float *y, const float *x, const ar_mla_weights *w, const ar_mla_dims *d, const float *cos_t,
+                   const float *sin_t, ar_mla_acts *a, const ar_mla_hook *hook)
 {
     int B = a->B, T = a->T, NH = d->NH, DQ = d->DN + d->DR, KV = d->KL + d->DR, NKV = d->DN + d->DV;
     long BT = (long)B * T;
     if (d->QL > 0) {
-        linear(a, hook, w, d, AR_MLA_Q_A, a->qa, x, BT);
+        if (linear(a, hook, w, d, AR_MLA_Q_A, a->qa, x, BT)) return -1;
         ar_rmsnorm_forward(a->qan, a->qa_rstd, a->qa, w->q_a_norm, (int)BT, d->QL, d->eps);
-        linear(a, hook, w, d, AR_MLA_Q_B, a->q, a->qan, BT);
+        if (linear(a, hook, w, d, AR_MLA_Q_B, a->q, a->qan, BT)) return -1;
     } else {
-        linear(a, hook, w, d, AR_MLA_Q, a->q, x, BT);
+        if (linear(a, hook, w, d, AR_MLA_Q, a->q, x, BT)) return -1;
     }
-    linear(a, hook, w, d, AR_MLA_KV_A, a->kva, x, BT);
+    if (linear(a, hook, w, d, AR_MLA_KV_A, a->kva, x, BT)) return -1;
     for (long r = 0; r < BT; r++) memcpy(a->lat + r * d->KL, a->kva + r * KV, sizeof(float) * d->KL);
     ar_rmsnorm_forward(a->latn, a->lat_rstd, a->lat, w->kv_a_norm, (int)BT, d->KL, d->eps);
-    linear(a, hook, w, d, AR_MLA_KV_B, a->kvb, a->latn, BT);
+    if (linear(a, hook, w, d, AR_MLA_KV_B, a->kvb, a->latn, BT)) return -1;
     /* RoPE on each query head's rope part and on the one shared key part */
     ar_rope_slice(a->q, cos_t, sin_t, B, T, NH, (long)NH * DQ, DQ, d->DN, d->DR, d->interleave, 1);
     ar_rope_slice(a->kva, cos_t, sin_t, B, T, 1, KV, KV, d->KL, d->DR, d->interleave, 1);
@@ -104,21 +104,21 @@ void ar_mla_forward(float *y, const float *x, const ar_mla_weights *w, const ar_
             memcpy(a->v + (r * NH + h) * d->DV, src + d->DN, sizeof(float) * d->DV);
         }
     ar_attn_sinks_forward(a->ao, a->att, a->q, a->k, a->v, NULL, B, T, NH, NH, DQ, d->DV, d->scale, 0);
-    linear(a, hook, w, d, AR_MLA_O, y, a->ao, BT);
+    return linear(a, hook, w, d, AR_MLA_O, y, a->ao, BT);
 }
 
 /* dx += dy W, dW += dy^T in, db += sum dy for linear i (each optional). */
-static void linear_back(const ar_mla_acts *a, ar_mla_grads *g, const ar_mla_weights *w, const ar_mla_dims *d,
-                        int i, float *dx, const float *dy, long BT)
+static int linear_back(const ar_mla_acts *a, ar_mla_grads *g, const ar_mla_weights *w, const ar_mla_dims *d,
+                       int i, float *dx, const float *dy, long BT)
 {
     int N, K;
     ar_mla_linear_shape(d, i, &N, &K);
-    ar_linear_backward(dx, g ? g->w[i] : NULL, g && w->b[i] ? g->b[i] : NULL, dy, a->in[i], w->w[i], (int)BT, K,
-                       N);
+    return ar_linear_backward_g(a->gemm, dx, g ? g->w[i] : NULL, g && w->b[i] ? g->b[i] : NULL, dy, a->in[i],
+                                w->w[i], (int)BT, K, N);
 }
 
-void ar_mla_backward(float *dx, ar_mla_grads *g, const float *dy, const float *x, const ar_mla_weights *w,
-                     const ar_mla_dims *d, const float *cos_t, const float *sin_t, ar_mla_acts *a)
+int ar_mla_backward(float *dx, ar_mla_grads *g, const float *dy, const float *x, const ar_mla_weights *w,
+                    const ar_mla_dims *d, const float *cos_t, const float *sin_t, ar_mla_acts *a)
 {
     (void)x; /* the linears' inputs are in a->in */
     int B = a->B, T = a->T, NH = d->NH, DQ = d->DN + d->DR, KV = d->KL + d->DR, NKV = d->DN + d->DV;
@@ -128,7 +128,7 @@ void ar_mla_backward(float *dx, ar_mla_grads *g, const float *dy, const float *x
     float *dlat = dlatn + BT * d->KL, *dqan = dlat + BT * d->KL, *dqa = dqan + BT * d->QL;
     memset(a->scratch, 0, sizeof(float) * scratch_floats(d, BT));
 
-    linear_back(a, g, w, d, AR_MLA_O, dao, dy, BT);
+    if (linear_back(a, g, w, d, AR_MLA_O, dao, dy, BT)) return -1;
     ar_attn_sinks_backward(dq, dk, dv, NULL, dao, a->att, a->q, a->k, a->v, B, T, NH, NH, DQ, d->DV, d->scale);
     /* k = [k_nope | shared rope part], v -> kv_b's output and the rope part */
     for (long r = 0; r < BT; r++)
@@ -142,16 +142,15 @@ void ar_mla_backward(float *dx, ar_mla_grads *g, const float *dy, const float *x
     ar_rope_slice(dq, cos_t, sin_t, B, T, NH, (long)NH * DQ, DQ, d->DN, d->DR, d->interleave, -1);
     ar_rope_slice(dkva, cos_t, sin_t, B, T, 1, KV, KV, d->KL, d->DR, d->interleave, -1);
     /* latent path: kv_b, then kv_a_layernorm into dkva's first KL columns */
-    linear_back(a, g, w, d, AR_MLA_KV_B, dlatn, dkvb, BT);
+    if (linear_back(a, g, w, d, AR_MLA_KV_B, dlatn, dkvb, BT)) return -1;
     ar_rmsnorm_backward(dlat, NULL, dlatn, a->lat, w->kv_a_norm, a->lat_rstd, (int)BT, d->KL);
     for (long r = 0; r < BT; r++)
         for (int i = 0; i < d->KL; i++) dkva[r * KV + i] += dlat[r * d->KL + i];
-    linear_back(a, g, w, d, AR_MLA_KV_A, dx, dkva, BT);
+    if (linear_back(a, g, w, d, AR_MLA_KV_A, dx, dkva, BT)) return -1;
     if (d->QL > 0) {
-        linear_back(a, g, w, d, AR_MLA_Q_B, dqan, dq, BT);
+        if (linear_back(a, g, w, d, AR_MLA_Q_B, dqan, dq, BT)) return -1;
         ar_rmsnorm_backward(dqa, NULL, dqan, a->qa, w->q_a_norm, a->qa_rstd, (int)BT, d->QL);
-        linear_back(a, g, w, d, AR_MLA_Q_A, dx, dqa, BT);
-    } else {
-        linear_back(a, g, w, d, AR_MLA_Q, dx, dq, BT);
+        return linear_back(a, g, w, d, AR_MLA_Q_A, dx, dqa, BT);
     }
+    return linear_back(a, g, w, d, AR_MLA_Q, dx, dq, BT);
 }

@@ -19,6 +19,7 @@
 #ifndef AR_ATTN_MLA_H
 #define AR_ATTN_MLA_H
 #include "config.h"
+#include "gemm.h"
 
 /* The linears, in this order (an index of ar_mla_weights.w / grads). */
 enum { AR_MLA_Q_A, AR_MLA_Q_B, AR_MLA_Q, AR_MLA_KV_A, AR_MLA_KV_B, AR_MLA_O, AR_MLA_NLINEAR };
@@ -76,6 +77,7 @@ typedef struct {
     float *ao;                        /* [BT, NH * DV] */
     const float *in[AR_MLA_NLINEAR];  /* the input each linear read */
     float *scratch;                   /* backward: gradients of the above */
+    ar_gemm *gemm;                    /* the linears' precision (gemm.h): NULL f32; not owned, set directly */
 } ar_mla_acts;
 
 ar_mla_acts *ar_mla_acts_new(const ar_mla_dims *d, int B, int T);
@@ -84,12 +86,13 @@ void ar_mla_acts_free(ar_mla_acts *a);
 /* y [BT, C] = MLA(x [BT, C]) for a->B sequences of a->T tokens; cos_t, sin_t
  * [T, DR/2] the rope tables with yarn's attention factor in them
  * (rope_scaling.h: ar_rope_yarn_inv_freq, ar_rope_tables_scaled). hook may
- * be NULL. y must not alias x. */
-void ar_mla_forward(float *y, const float *x, const ar_mla_weights *w, const ar_mla_dims *d, const float *cos_t,
-                    const float *sin_t, ar_mla_acts *a, const ar_mla_hook *hook);
+ * be NULL. y must not alias x. Returns 0, or -1 (ar_error) when a bf16 GEMM
+ * fails (a->gemm); f32 cannot fail. */
+int ar_mla_forward(float *y, const float *x, const ar_mla_weights *w, const ar_mla_dims *d, const float *cos_t,
+                   const float *sin_t, ar_mla_acts *a, const ar_mla_hook *hook);
 
 /* From dy [BT, C] and the forward's a: dx [BT, C] += (optional) and g's
- * non-NULL entries +=. x is the forward's input. */
-void ar_mla_backward(float *dx, ar_mla_grads *g, const float *dy, const float *x, const ar_mla_weights *w,
-                     const ar_mla_dims *d, const float *cos_t, const float *sin_t, ar_mla_acts *a);
+ * non-NULL entries +=. x is the forward's input. 0 or -1 as the forward. */
+int ar_mla_backward(float *dx, ar_mla_grads *g, const float *dy, const float *x, const ar_mla_weights *w,
+                    const ar_mla_dims *d, const float *cos_t, const float *sin_t, ar_mla_acts *a);
 #endif

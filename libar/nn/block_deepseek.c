@@ -112,20 +112,23 @@ static int run_forward(const ar_config *c, const ar_block_weights *w, const floa
     ar_rmsnorm_forward(s->ln1, s->rstd1, s->x, w->attn_norm, BT, C, c->rms_eps);
     ar_mla_weights mw = mla_weights(s, w);
     ar_mla_hook hook = {mla_input, s};
-    ar_mla_forward(s->ao, s->ln1, &mw, &s->d, s->cos, s->sin, s->mla, &hook);
+    s->mla->gemm = ws->gemm;
+    if (ar_mla_forward(s->ao, s->ln1, &mw, &s->d, s->cos, s->sin, s->mla, &hook)) return -1;
     ar_residual_forward(s->h, s->x, s->ao, (long)BT * C);
     ar_rmsnorm_forward(s->ln2, s->rstd2, s->h, w->mlp_norm, BT, C, c->rms_eps);
     if (s->moe) {
         ar_moe_weights ew = moe_weights(s, w);
         s->moe_acts.observe = ws->observe, s->moe_acts.observe_ctx = ws->observe_ctx, s->moe_acts.lin0 = n0;
+        s->moe_acts.gemm = ws->gemm;
         if (ar_moe_forward(&s->md, &ew, s->ln2, y, BT, &s->moe_acts)) return -1;
     } else {
         if (ws->observe) ws->observe(ws->observe_ctx, n0, s->ln2, BT, C), ws->observe(ws->observe_ctx, n0 + 1, s->ln2, BT, C);
-        ar_linear_forward(s->g, s->ln2, w->w[n0], NULL, BT, C, F);
-        ar_linear_forward(s->u, s->ln2, w->w[n0 + 1], NULL, BT, C, F);
+        if (ar_linear_forward_g(ws->gemm, s->g, s->ln2, w->w[n0], NULL, BT, C, F) ||
+            ar_linear_forward_g(ws->gemm, s->u, s->ln2, w->w[n0 + 1], NULL, BT, C, F))
+            return -1;
         ar_swiglu_forward(s->act, s->g, s->u, (long)BT * F);
         if (ws->observe) ws->observe(ws->observe_ctx, n0 + 2, s->act, BT, F);
-        ar_linear_forward(y, s->act, w->w[n0 + 2], NULL, BT, F, C);
+        if (ar_linear_forward_g(ws->gemm, y, s->act, w->w[n0 + 2], NULL, BT, F, C)) return -1;
     }
     ar_residual_forward(y, y, s->h, (long)BT * C);
     return 0;
@@ -152,9 +155,9 @@ int ar_block_deepseek_forward_train(const ar_config *c, const ar_block_weights *
 int ar_block_deepseek_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
                                const float *dy, float *const *dW, float *dx, float *const *dxin, ar_block_work *ws)
 {
-    (void)ws;
     ds_state *s = a->fam;
     if (!s || !s->train) return ar_error("deepseek block: no saved activations (run the training forward first)");
+    s->mla->gemm = s->moe_acts.gemm = ws->gemm;
     for (int i = 0; dxin && i < (s->d.QL ? 5 : 4) + 3; i++)
         if (dxin[i]) return ar_error("deepseek block: per-linear input gradients are not supported");
     const int BT = s->B * s->T, C = c->hidden, F = c->intermediate, n0 = s->d.QL ? 5 : 4;
@@ -167,10 +170,13 @@ int ar_block_deepseek_backward(const ar_config *c, const ar_block_weights *w, co
         memset(s->dact, 0, sizeof(float) * BT * F);
         memset(s->dg, 0, sizeof(float) * BT * F);
         memset(s->du, 0, sizeof(float) * BT * F);
-        ar_linear_backward(s->dact, dW ? dW[n0 + 2] : NULL, NULL, dy, s->act, w->w[n0 + 2], BT, F, C);
+        if (ar_linear_backward_g(ws->gemm, s->dact, dW ? dW[n0 + 2] : NULL, NULL, dy, s->act, w->w[n0 + 2], BT, F, C))
+            return -1;
         ar_swiglu_backward(s->dg, s->du, s->dact, s->g, s->u, (long)BT * F);
-        ar_linear_backward(s->dln, dW ? dW[n0] : NULL, NULL, s->dg, s->ln2, w->w[n0], BT, C, F);
-        ar_linear_backward(s->dln, dW ? dW[n0 + 1] : NULL, NULL, s->du, s->ln2, w->w[n0 + 1], BT, C, F);
+        if (ar_linear_backward_g(ws->gemm, s->dln, dW ? dW[n0] : NULL, NULL, s->dg, s->ln2, w->w[n0], BT, C, F) ||
+            ar_linear_backward_g(ws->gemm, s->dln, dW ? dW[n0 + 1] : NULL, NULL, s->du, s->ln2, w->w[n0 + 1], BT, C,
+                                 F))
+            return -1;
     }
     ar_rmsnorm_backward(s->dh, NULL, s->dln, s->h, w->mlp_norm, s->rstd2, BT, C);
     ar_mla_weights mw = mla_weights(s, w);
@@ -178,7 +184,7 @@ int ar_block_deepseek_backward(const ar_config *c, const ar_block_weights *w, co
     for (int k = 0; dW && k < AR_MLA_NLINEAR; k++)
         if (s->lin_of[k] >= 0) g.w[k] = dW[s->lin_of[k]];
     memset(s->dln, 0, sizeof(float) * BT * C);
-    ar_mla_backward(s->dln, &g, s->dh, s->ln1, &mw, &s->d, s->cos, s->sin, s->mla);
+    if (ar_mla_backward(s->dln, &g, s->dh, s->ln1, &mw, &s->d, s->cos, s->sin, s->mla)) return -1;
     if (dx) {
         ar_residual_forward(dx, dx, s->dh, (long)BT * C);
         ar_rmsnorm_backward(dx, NULL, s->dln, s->x, w->attn_norm, s->rstd1, BT, C);

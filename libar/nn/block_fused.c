@@ -92,8 +92,7 @@ static int lin_fwd(const ar_config *c, ar_block_work *ws, const ar_block_weights
     if (ws->observe) ws->observe(ws->observe_ctx, i, x, R, K);
     const float *in = linear_input(c, ws, i, x, R, K);
     if (!in) return -1;
-    ar_linear_forward(y, in, w->w[i], w->b[i], R, K, N);
-    return 0;
+    return ar_linear_forward_g(ws->gemm, y, in, w->w[i], w->b[i], R, K, N);
 }
 
 /* Columns [c0, c0 + n) of src [R, ld] to dst [R, n] (split), or back (gather). */
@@ -213,8 +212,9 @@ static int lin_back(const ar_config *c, ar_block_work *ws, int i, float *dx, flo
 {
     const float *in = x;
     if (dW[i] && !(in = linear_input(c, ws, i, x, R, K))) return -1;
-    ar_linear_backward(dx, dW[i], NULL, dy, in, W, (int)R, K, N);
-    if (dxin && dxin[i]) ar_linear_backward(dxin[i], NULL, NULL, dy, in, W, (int)R, K, N);
+    if (ar_linear_backward_g(ws->gemm, dx, dW[i], NULL, dy, in, W, (int)R, K, N)) return -1;
+    if (dxin && dxin[i] && ar_linear_backward_g(ws->gemm, dxin[i], NULL, NULL, dy, in, W, (int)R, K, N))
+        return -1;
     return 0;
 }
 

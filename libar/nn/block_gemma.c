@@ -70,11 +70,11 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const gemma_
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, g->n1, BT, C, eps);
     const float *in;
     if (!(in = ar_block_forward_input(ws, AR_Q, f->ln1, BT, C))) return -1;
-    ar_linear_forward(f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
+    if (ar_linear_forward_g(ws->gemm, f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD)) return -1;
     if (!(in = ar_block_forward_input(ws, AR_K, f->ln1, BT, C))) return -1;
-    ar_linear_forward(f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD);
+    if (ar_linear_forward_g(ws->gemm, f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD)) return -1;
     if (!(in = ar_block_forward_input(ws, AR_V, f->ln1, BT, C))) return -1;
-    ar_linear_forward(f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD);
+    if (ar_linear_forward_g(ws->gemm, f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD)) return -1;
     if (g->qn) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, g->qn, BT * NH, HD, eps);
     else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
     if (g->kn) ar_rmsnorm_forward(f->k, f->rstdk, f->kpre, g->kn, BT * NKV, HD, eps);
@@ -85,7 +85,7 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const gemma_
     ar_attn_params p = attn_params(c);
     ar_attention_forward_p(f->ao, f->att, f->save_att, f->q, f->k, f->v, B, T, NH, NKV, HD, c->sliding_window, &p);
     if (!(in = ar_block_forward_input(ws, AR_O, f->ao, BT, QD))) return -1;
-    ar_linear_forward(f->ao_out, in, w->w[AR_O], w->b[AR_O], BT, QD, C);
+    if (ar_linear_forward_g(ws->gemm, f->ao_out, in, w->w[AR_O], w->b[AR_O], BT, QD, C)) return -1;
     ar_rmsnorm_forward(f->h, f->rstd_ao, f->ao_out, g->pa, BT, C, eps);
     ar_residual_forward(f->h, f->h, x, (long)BT * C);
     return 0;
@@ -99,12 +99,12 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, const gemma_n
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, g->n2, BT, C, c->rms_eps);
     const float *in;
     if (!(in = ar_block_forward_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
-    ar_linear_forward(f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F);
+    if (ar_linear_forward_g(ws->gemm, f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F)) return -1;
     if (!(in = ar_block_forward_input(ws, AR_UP, f->ln2, BT, C))) return -1;
-    ar_linear_forward(f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
+    if (ar_linear_forward_g(ws->gemm, f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F)) return -1;
     ar_geglu_tanh_forward(f->act, f->gate, f->up, (long)BT * F);
     if (!(in = ar_block_forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
-    ar_linear_forward(f->mo, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C);
+    if (ar_linear_forward_g(ws->gemm, f->mo, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C)) return -1;
     ar_rmsnorm_forward(f->mnorm, f->rstd_mo, f->mo, g->pm, BT, C, c->rms_eps);
     ar_residual_forward(y, f->h, f->mnorm, (long)BT * C);
     return 0;
@@ -160,8 +160,9 @@ static int linear_back(ar_block_work *ws, int i, float *dx, float *const *dW, fl
 {
     const float *in = x;
     if (dW[i] && !(in = ar_block_linear_input(ws, i, x, R, K))) return -1;
-    ar_linear_backward(dx, dW[i], NULL, dy, in, W, (int)R, K, N);
-    if (dxin && dxin[i]) ar_linear_backward(dxin[i], NULL, NULL, dy, in, W, (int)R, K, N);
+    if (ar_linear_backward_g(ws->gemm, dx, dW[i], NULL, dy, in, W, (int)R, K, N)) return -1;
+    if (dxin && dxin[i] && ar_linear_backward_g(ws->gemm, dxin[i], NULL, NULL, dy, in, W, (int)R, K, N))
+        return -1;
     return 0;
 }
 

@@ -86,19 +86,20 @@ static int run_forward(const ar_config *c, const ar_block_weights *w, const floa
     memcpy(s->x, x, sizeof(float) * BT * C);   /* y may equal x */
     ar_rmsnorm_forward(s->ln1, s->rstd1, s->x, w->attn_norm, BT, C, c->rms_eps);
     for (int i = 0; i < 3; i++) observe(ws, i, s->ln1, BT, C);
-    ar_linear_forward(s->q, s->ln1, w->w[AR_Q], w->b[AR_Q], BT, C, QD);
-    ar_linear_forward(s->k, s->ln1, w->w[AR_K], w->b[AR_K], BT, C, KD);
-    ar_linear_forward(s->v, s->ln1, w->w[AR_V], w->b[AR_V], BT, C, KD);
+    if (ar_linear_forward_g(ws->gemm, s->q, s->ln1, w->w[AR_Q], w->b[AR_Q], BT, C, QD)) return -1;
+    if (ar_linear_forward_g(ws->gemm, s->k, s->ln1, w->w[AR_K], w->b[AR_K], BT, C, KD)) return -1;
+    if (ar_linear_forward_g(ws->gemm, s->v, s->ln1, w->w[AR_V], w->b[AR_V], BT, C, KD)) return -1;
     ar_rope_slice(s->q, s->cos, s->sin, B, T, NH, QD, HD, 0, HD, 0, 1);
     ar_rope_slice(s->k, s->cos, s->sin, B, T, NKV, KD, HD, 0, HD, 0, 1);
     ar_attn_sinks_forward(s->ao, s->att, s->q, s->k, s->v, w->sinks, B, T, NH, NKV, HD, HD, 1.0f / sqrtf((float)HD),
                           c->sliding_window);
     observe(ws, AR_O, s->ao, BT, QD);
-    ar_linear_forward(s->h, s->ao, w->w[AR_O], w->b[AR_O], BT, QD, C);
+    if (ar_linear_forward_g(ws->gemm, s->h, s->ao, w->w[AR_O], w->b[AR_O], BT, QD, C)) return -1;
     ar_residual_forward(s->h, s->h, s->x, (long)BT * C);
     ar_rmsnorm_forward(s->ln2, s->rstd2, s->h, w->mlp_norm, BT, C, c->rms_eps);
     ar_moe_weights mw = moe_weights(w);
     s->moe.observe = ws->observe, s->moe.observe_ctx = ws->observe_ctx, s->moe.lin0 = 4;
+    s->moe.gemm = ws->gemm;
     if (ar_moe_forward(&s->md, &mw, s->ln2, y, BT, &s->moe)) return -1;
     ar_residual_forward(y, y, s->h, (long)BT * C);
     return 0;
@@ -123,9 +124,9 @@ int ar_block_gptoss_forward_train(const ar_config *c, const ar_block_weights *w,
 int ar_block_gptoss_backward(const ar_config *c, const ar_block_weights *w, const ar_block_acts *a,
                              const float *dy, float *const *dW, float *dx, float *const *dxin, ar_block_work *ws)
 {
-    (void)ws;
     gs_state *s = a->fam;
     if (!s || !s->train) return ar_error("gpt-oss block: no saved activations (run the training forward first)");
+    s->moe.gemm = ws->gemm;
     for (int i = 0; dxin && i < 4; i++)
         if (dxin[i]) return ar_error("gpt-oss block: per-linear input gradients are not supported");
     const int B = s->B, T = s->T, BT = B * T, C = c->hidden, NH = c->n_heads, NKV = c->n_kv_heads, HD = c->head_dim;
@@ -136,7 +137,8 @@ int ar_block_gptoss_backward(const ar_config *c, const ar_block_weights *w, cons
     if (ar_moe_backward(&s->md, &mw, &s->moe, dy, dW ? dW + 4 : NULL, s->dln)) return -1;
     ar_rmsnorm_backward(s->dh, NULL, s->dln, s->h, w->mlp_norm, s->rstd2, BT, C);
     memset(s->dao, 0, sizeof(float) * BT * QD);
-    ar_linear_backward(s->dao, dW ? dW[AR_O] : NULL, NULL, s->dh, s->ao, w->w[AR_O], BT, QD, C);
+    if (ar_linear_backward_g(ws->gemm, s->dao, dW ? dW[AR_O] : NULL, NULL, s->dh, s->ao, w->w[AR_O], BT, QD, C))
+        return -1;
     memset(s->dq, 0, sizeof(float) * BT * QD);
     memset(s->dk, 0, sizeof(float) * BT * KD);
     memset(s->dv, 0, sizeof(float) * BT * KD);
@@ -145,9 +147,10 @@ int ar_block_gptoss_backward(const ar_config *c, const ar_block_weights *w, cons
     ar_rope_slice(s->dq, s->cos, s->sin, B, T, NH, QD, HD, 0, HD, 0, -1);
     ar_rope_slice(s->dk, s->cos, s->sin, B, T, NKV, KD, HD, 0, HD, 0, -1);
     memset(s->dln, 0, sizeof(float) * BT * C);
-    ar_linear_backward(s->dln, dW ? dW[AR_Q] : NULL, NULL, s->dq, s->ln1, w->w[AR_Q], BT, C, QD);
-    ar_linear_backward(s->dln, dW ? dW[AR_K] : NULL, NULL, s->dk, s->ln1, w->w[AR_K], BT, C, KD);
-    ar_linear_backward(s->dln, dW ? dW[AR_V] : NULL, NULL, s->dv, s->ln1, w->w[AR_V], BT, C, KD);
+    if (ar_linear_backward_g(ws->gemm, s->dln, dW ? dW[AR_Q] : NULL, NULL, s->dq, s->ln1, w->w[AR_Q], BT, C, QD) ||
+        ar_linear_backward_g(ws->gemm, s->dln, dW ? dW[AR_K] : NULL, NULL, s->dk, s->ln1, w->w[AR_K], BT, C, KD) ||
+        ar_linear_backward_g(ws->gemm, s->dln, dW ? dW[AR_V] : NULL, NULL, s->dv, s->ln1, w->w[AR_V], BT, C, KD))
+        return -1;
     if (dx) {
         ar_residual_forward(dx, dx, s->dh, (long)BT * C);
         ar_rmsnorm_backward(dx, NULL, s->dln, s->x, w->attn_norm, s->rstd1, BT, C);

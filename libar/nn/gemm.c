@@ -252,6 +252,7 @@ static int gemm_bf16(ar_gemm *g, int ta, int tb, int M, int N, int K, const floa
                      const float *B, int ldb, float beta, float *C, int ldc)
 {
     dnnl_ctx *d = g->impl;
+    g->bf16_calls++;
     /* A as stored is [M, K] or, with ta, [K, M]; B is [K, N] or [N, K]. */
     int ar_ = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
     if (grow(&g->a, &g->a_cap, (size_t)M * K) || grow(&g->b, &g->b_cap, (size_t)K * N)) return -1;

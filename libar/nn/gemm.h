@@ -22,6 +22,7 @@ typedef struct {
     uint16_t *a, *b;            /* bf16 copies of the two inputs */
     size_t a_cap, b_cap;        /* their capacities, in elements */
     void *impl;                 /* oneDNN engine, stream and primitive cache */
+    long bf16_calls;            /* bf16 products run since ar_gemm_init (tests count them) */
 } ar_gemm;
 
 /* 1 when this build has oneDNN and the CPU has AVX512-BF16 or AMX-BF16; 0

@@ -254,37 +254,40 @@ static void observe(ar_moe_acts *a, int i, const float *x, long rows, int k)
 static const float *bias(const ar_moe_weights *w, int i) { return w->b ? w->b[i] : NULL; }
 
 /* Expert e on its rows of a->xg: g, u, act, eo. */
-static void expert_forward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, int e)
+static int expert_forward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, int e)
 {
     int n = a->cnt[e], o = a->off[e], H = d->H, I = d->I, i0 = 3 * e;
-    if (!n) return;
+    if (!n) return 0;
     const float *x = a->xg + (size_t)o * H;
     float *g = a->g + (size_t)o * I, *u = a->u + (size_t)o * I, *act = a->act + (size_t)o * I;
     observe(a, i0, x, n, H), observe(a, i0 + 1, x, n, H);
-    ar_linear_forward(g, x, w->w[i0], bias(w, i0), n, H, I);
-    ar_linear_forward(u, x, w->w[i0 + 1], bias(w, i0 + 1), n, H, I);
+    if (ar_linear_forward_g(a->gemm, g, x, w->w[i0], bias(w, i0), n, H, I) ||
+        ar_linear_forward_g(a->gemm, u, x, w->w[i0 + 1], bias(w, i0 + 1), n, H, I))
+        return -1;
     glu_forward(d, act, g, u, (long)n * I);
     observe(a, i0 + 2, act, n, I);
-    ar_linear_forward(a->eo + (size_t)o * H, act, w->w[i0 + 2], bias(w, i0 + 2), n, I, H);
+    return ar_linear_forward_g(a->gemm, a->eo + (size_t)o * H, act, w->w[i0 + 2], bias(w, i0 + 2), n, I, H);
 }
 
 /* y += shared(x) · (sigmoid(shared_gate · x) or 1). */
-static void shared_forward(const ar_moe_dims *d, const ar_moe_weights *w, const float *x, float *y, int R,
-                           ar_moe_acts *a)
+static int shared_forward(const ar_moe_dims *d, const ar_moe_weights *w, const float *x, float *y, int R,
+                          ar_moe_acts *a)
 {
     int H = d->H, SI = d->SI, i0 = 3 * d->E;
     observe(a, i0, x, R, H), observe(a, i0 + 1, x, R, H);
-    ar_linear_forward(a->sg, x, w->w[i0], bias(w, i0), R, H, SI);
-    ar_linear_forward(a->su, x, w->w[i0 + 1], bias(w, i0 + 1), R, H, SI);
+    if (ar_linear_forward_g(a->gemm, a->sg, x, w->w[i0], bias(w, i0), R, H, SI) ||
+        ar_linear_forward_g(a->gemm, a->su, x, w->w[i0 + 1], bias(w, i0 + 1), R, H, SI))
+        return -1;
     ar_swiglu_forward(a->sact, a->sg, a->su, (long)R * SI);
     observe(a, i0 + 2, a->sact, R, SI);
-    ar_linear_forward(a->so, a->sact, w->w[i0 + 2], bias(w, i0 + 2), R, SI, H);
+    if (ar_linear_forward_g(a->gemm, a->so, a->sact, w->w[i0 + 2], bias(w, i0 + 2), R, SI, H)) return -1;
     if (d->shared_gate) ar_linear_forward(a->sgl, x, w->shared_gate, NULL, R, H, 1);
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         float gv = d->shared_gate ? 1 / (1 + expf(-a->sgl[r])) : 1.0f;
         for (int c = 0; c < H; c++) y[(size_t)r * H + c] += gv * a->so[(size_t)r * H + c];
     }
+    return 0;
 }
 
 int ar_moe_forward(const ar_moe_dims *d, const ar_moe_weights *w, const float *x, float *y, int R,
@@ -298,7 +301,8 @@ int ar_moe_forward(const ar_moe_dims *d, const ar_moe_weights *w, const float *x
     dispatch(d, R, a);
 #pragma omp parallel for schedule(static)
     for (int s = 0; s < R * K; s++) memcpy(a->xg + (size_t)s * H, x + (size_t)a->row_of[s] * H, sizeof(float) * H);
-    for (int e = 0; e < d->E; e++) expert_forward(d, w, a, e);
+    for (int e = 0; e < d->E; e++)
+        if (expert_forward(d, w, a, e)) return -1;
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         float *yr = y + (size_t)r * H;
@@ -309,8 +313,7 @@ int ar_moe_forward(const ar_moe_dims *d, const ar_moe_weights *w, const float *x
             for (int c = 0; c < H; c++) yr[c] += wk * eo[c];
         }
     }
-    if (d->SI) shared_forward(d, w, x, y, R, a);
-    return 0;
+    return d->SI ? shared_forward(d, w, x, y, R, a) : 0;
 }
 
 int ar_moe_unrouted(const ar_moe_dims *d, const ar_moe_acts *a)
@@ -325,25 +328,30 @@ int ar_moe_unrouted(const ar_moe_dims *d, const ar_moe_acts *a)
 static float *dw_of(float *const *dW, int i) { return dW ? dW[i] : NULL; }
 
 /* Expert e: from deo (its rows), dW of its linears and dxg of its rows. */
-static void expert_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, float *const *dW,
-                            int e)
+static int expert_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, float *const *dW,
+                           int e)
 {
     int n = a->cnt[e], o = a->off[e], H = d->H, I = d->I, i0 = 3 * e;
-    if (!n) return;
+    if (!n) return 0;
     size_t oi = (size_t)o * I, oh = (size_t)o * H;
     memset(a->dact + oi, 0, sizeof(float) * n * I);
     memset(a->dg + oi, 0, sizeof(float) * n * I);
     memset(a->du + oi, 0, sizeof(float) * n * I);
     memset(a->dxg + oh, 0, sizeof(float) * n * H);
-    ar_linear_backward(a->dact + oi, dw_of(dW, i0 + 2), NULL, a->deo + oh, a->act + oi, w->w[i0 + 2], n, I, H);
+    ar_gemm *G = a->gemm;
+    if (ar_linear_backward_g(G, a->dact + oi, dw_of(dW, i0 + 2), NULL, a->deo + oh, a->act + oi, w->w[i0 + 2], n,
+                             I, H))
+        return -1;
     glu_backward(d, a->dg + oi, a->du + oi, a->dact + oi, a->g + oi, a->u + oi, (long)n * I);
-    ar_linear_backward(a->dxg + oh, dw_of(dW, i0), NULL, a->dg + oi, a->xg + oh, w->w[i0], n, H, I);
-    ar_linear_backward(a->dxg + oh, dw_of(dW, i0 + 1), NULL, a->du + oi, a->xg + oh, w->w[i0 + 1], n, H, I);
+    if (ar_linear_backward_g(G, a->dxg + oh, dw_of(dW, i0), NULL, a->dg + oi, a->xg + oh, w->w[i0], n, H, I))
+        return -1;
+    return ar_linear_backward_g(G, a->dxg + oh, dw_of(dW, i0 + 1), NULL, a->du + oi, a->xg + oh, w->w[i0 + 1], n,
+                                H, I);
 }
 
 /* Shared expert and its gate: dW, and dx += (dx may be NULL). */
-static void shared_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, const float *dy,
-                            float *const *dW, float *dx)
+static int shared_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, const float *dy,
+                           float *const *dW, float *dx)
 {
     int R = a->R, H = d->H, SI = d->SI, i0 = 3 * d->E;
     float *dso = a->deo;   /* [R, H] fits in [RK, H]; the experts are done with it */
@@ -359,11 +367,14 @@ static void shared_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_mo
     memset(a->dsact, 0, sizeof(float) * R * SI);
     memset(a->dsg, 0, sizeof(float) * R * SI);
     memset(a->dsu, 0, sizeof(float) * R * SI);
-    ar_linear_backward(a->dsact, dw_of(dW, i0 + 2), NULL, dso, a->sact, w->w[i0 + 2], R, SI, H);
+    if (ar_linear_backward_g(a->gemm, a->dsact, dw_of(dW, i0 + 2), NULL, dso, a->sact, w->w[i0 + 2], R, SI, H))
+        return -1;
     ar_swiglu_backward(a->dsg, a->dsu, a->dsact, a->sg, a->su, (long)R * SI);
-    ar_linear_backward(dx, dw_of(dW, i0), NULL, a->dsg, a->x, w->w[i0], R, H, SI);
-    ar_linear_backward(dx, dw_of(dW, i0 + 1), NULL, a->dsu, a->x, w->w[i0 + 1], R, H, SI);
+    if (ar_linear_backward_g(a->gemm, dx, dw_of(dW, i0), NULL, a->dsg, a->x, w->w[i0], R, H, SI) ||
+        ar_linear_backward_g(a->gemm, dx, dw_of(dW, i0 + 1), NULL, a->dsu, a->x, w->w[i0 + 1], R, H, SI))
+        return -1;
     if (d->shared_gate && dx) ar_linear_backward(dx, NULL, NULL, dsgl, a->x, w->shared_gate, R, H, 1);
+    return 0;
 }
 
 int ar_moe_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *a, const float *dy,
@@ -384,8 +395,9 @@ int ar_moe_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *
             dw[r * K + k] = dot;
         }
     }
-    for (int e = 0; e < E; e++) expert_backward(d, w, a, dW, e);
-    if (dx) {
+    int rc = 0;
+    for (int e = 0; !rc && e < E; e++) rc = expert_backward(d, w, a, dW, e);
+    if (!rc && dx) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < R; r++)
             for (int k = 0; k < K; k++) {
@@ -396,6 +408,5 @@ int ar_moe_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *
         ar_linear_backward(dx, NULL, NULL, a->dlog, a->x, w->router, R, H, E);
     }
     free(dw);
-    if (d->SI) shared_backward(d, w, a, dy, dW, dx);
-    return 0;
+    return rc ? -1 : d->SI ? shared_backward(d, w, a, dy, dW, dx) : 0;
 }

@@ -41,6 +41,7 @@
 #ifndef AR_MOE_H
 #define AR_MOE_H
 #include "config.h"
+#include "gemm.h"
 
 /* What one MoE layer computes (from ar_moe_dims_from_config, or filled by
  * hand in tests). */
@@ -94,6 +95,9 @@ typedef struct ar_moe_acts_s {
     void (*observe)(void *ctx, int linear, const float *x, long rows, int k);
     void *observe_ctx;
     int lin0;
+    /* The precision of the expert and shared-expert linears (gemm.h): NULL
+     * f32; not owned, set directly. The router and the shared gate stay f32. */
+    ar_gemm *gemm;
 } ar_moe_acts;
 
 /* Allocate a for up to cap rows; train adds the backward's buffers. 0 or -1 (ar_error). */

@@ -415,11 +415,10 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
         return AR_TUNE_FAILED;
     }
     ar_set_threads(o->threads, r->c);
-    /* AutoRound turns amp off where the CPU has no bf16; so does ar. Only the
-     * "llama" block's linears take the bf16 GEMMs (ar_linear_forward_g): the
-     * other families run f32, and META must say so */
-    if (ar_gemm_init(&r->gemm, r->d && o->amp && r->dev == AR_DEVICE_CPU && !strcmp(r->bd.family, "llama") &&
-                               ar_gemm_bf16_supported()))
+    /* AutoRound turns amp off where the CPU has no bf16; so does ar. Every
+     * block family runs its tuned linears through ws->gemm (routers, the
+     * shared-expert gate and the LM head stay f32) */
+    if (ar_gemm_init(&r->gemm, r->d && o->amp && r->dev == AR_DEVICE_CPU && ar_gemm_bf16_supported()))
         return AR_TUNE_FAILED;
     r->amp = r->gemm.bf16 ? &r->gemm : NULL;
     if (check_fp_inputs(r) || (r->d && setup_chains(r))) return AR_TUNE_FAILED;
