@@ -15,7 +15,8 @@ seqlen passed to AutoRound are the stream's own, so both tools tune on
 exactly the same tokens.
 
 Prints one line `peer_autoround {json}` on stdout with the seconds spent in
-AutoRound's quantize_and_save (model loading excluded), the model load time,
+AutoRound's quantize_and_save (model loading excluded; wall and user+sys CPU
+of all threads), the model load time,
 the peak RSS of this process (getrusage) and AutoRound's amp setting.
 """
 import argparse, json, os, resource, struct, subprocess, sys, time
@@ -64,6 +65,12 @@ def read_input_ids(path):
     raise ValueError(f'{path}: no input_ids tensor')
 
 
+def cpu_seconds():
+    """User + system CPU seconds of this process so far, all its threads."""
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', required=True)
@@ -96,8 +103,10 @@ def main():
     t0 = time.perf_counter()
     ar = AutoRound(a.model, **kwargs)
     t1 = time.perf_counter()
+    c1 = cpu_seconds()
     ar.quantize_and_save(a.output, format=a.format)
     t2 = time.perf_counter()
+    c2 = cpu_seconds()
 
     mc = getattr(ar, 'model_context', None)
     amp = getattr(mc, 'amp', getattr(ar, 'amp', None))
@@ -108,6 +117,7 @@ def main():
         'nsamples': nsamples, 'seqlen': seqlen, 'batch_size': a.batch_size, 'seed': a.seed,
         'format': a.format, 'amp': amp, 'amp_dtype': str(amp_dtype),
         'load_s': round(t1 - t0, 2), 'quantize_s': round(t2 - t1, 2),
+        'quantize_cpu_s': round(c2 - c1, 2), 'process_cpu_s': round(c2, 2),
         'peak_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 
 
