@@ -20,6 +20,7 @@
 #            [qwen3_moe:W4A16,W2A16G64 mixtral:W4A16,W2A16G64 deepseek_v3:W4A16,W2A16G64
 #             gpt_oss:W4A16 qwen2_moe:W4A16]
 #   SEEDS    [42]   ITERS [50]   BATCH [8]   THREADS [2]
+#   EVAL_WINDOWS  256-token windows of heldout.txt scored [all: 155]
 #   MODELS   [build/moe]   OUT  work folders, kept [build/moe-peer]
 # Prints peer.sh's table per family and seed, then all rows together, with
 # `uptime` before and after each family (the machine is shared).
@@ -28,6 +29,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$(cd "${AR_BIN:-$ROOT/bin}" && pwd) || exit 1
 export AR_BIN=$BIN AR_SHARED=${AR_SHARED:-$ROOT/../shared}
 RUNS=${RUNS:-qwen3_moe:W4A16,W2A16G64 mixtral:W4A16,W2A16G64 deepseek_v3:W4A16,W2A16G64 gpt_oss:W4A16 qwen2_moe:W4A16}
+EVAL_WINDOWS=${EVAL_WINDOWS:-all}
 SEEDS=${SEEDS:-42} ITERS=${ITERS:-50} BATCH=${BATCH:-8} THREADS=${THREADS:-2}
 MODELS=${MODELS:-$ROOT/build/moe} OUT=${OUT:-$ROOT/build/moe-peer}
 PY=$ROOT/build/venv/bin/python
@@ -48,13 +50,13 @@ for run in $RUNS; do
     # ar's fake-quantized folder (dequantized weights) there, AutoRound's auto_round folder as usual.
     arfmt=auto_round; [ "$fam" = gpt_oss ] && arfmt=fake
     MODEL=$MODELS/$fam SCHEME=$schemes CALIB_ARS=$calib ITERS=$ITERS SEED=$seed BATCH=$BATCH \
-    THREADS=$THREADS HELDOUT=$MODELS/heldout.txt EVAL_SEQLEN=256 EVAL_WINDOWS=all AR_FORMAT=$arfmt \
+    THREADS=$THREADS HELDOUT=$MODELS/heldout.txt EVAL_SEQLEN=256 EVAL_WINDOWS=$EVAL_WINDOWS AR_FORMAT=$arfmt \
     PEER_EXTRA='{"enable_torch_compile": false}' AR_DISABLE_META_LOAD=1 PEER_OUT=$OUT/$fam-s$seed \
       sh "$ROOT/tests/bench/peer.sh" || status=1
     sed 1d "$OUT/$fam-s$seed/table" | sed "s/^/seed$seed /" >> "$OUT/all.table"
     echo "   after: $(uptime)"
   done
 done
-echo "== moe_peer.sh: $ITERS iters, batch $BATCH, $THREADS threads (columns as peer.sh)"
+echo "== moe_peer.sh: $ITERS iters, $EVAL_WINDOWS eval windows, batch $BATCH, $THREADS threads (columns as peer.sh)"
 cat "$OUT/all.table"
 exit $status
