@@ -18,7 +18,10 @@
 # Environment (defaults in brackets):
 #   RUNS     space-separated FAMILY:SCHEME[,SCHEME] items
 #            [qwen3_moe:W4A16,W2A16G64 mixtral:W4A16,W2A16G64 deepseek_v3:W4A16,W2A16G64
-#             gpt_oss:W4A16 qwen2_moe:W4A16]
+#             qwen2_moe:W4A16]
+#            gpt_oss is refused: ar-pack writes no folder of it yet (auto_round or fake:
+#            "the model has no tensor model.layers.0.mlp.experts.0.gate_proj.weight", docs/moe.md
+#            section 10), so ar-eval has nothing of ar's to score.
 #   SEEDS    [42]   ITERS [50]   BATCH [8]   THREADS [2]
 #   EVAL_WINDOWS  256-token windows of heldout.txt scored [all: 155]
 #   MODELS   [build/moe]   OUT  work folders, kept [build/moe-peer]
@@ -28,7 +31,7 @@ set -u
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 BIN=$(cd "${AR_BIN:-$ROOT/bin}" && pwd) || exit 1
 export AR_BIN=$BIN AR_SHARED=${AR_SHARED:-$ROOT/../shared}
-RUNS=${RUNS:-qwen3_moe:W4A16,W2A16G64 mixtral:W4A16,W2A16G64 deepseek_v3:W4A16,W2A16G64 gpt_oss:W4A16 qwen2_moe:W4A16}
+RUNS=${RUNS:-qwen3_moe:W4A16,W2A16G64 mixtral:W4A16,W2A16G64 deepseek_v3:W4A16,W2A16G64 qwen2_moe:W4A16}
 EVAL_WINDOWS=${EVAL_WINDOWS:-all}
 SEEDS=${SEEDS:-42} ITERS=${ITERS:-50} BATCH=${BATCH:-8} THREADS=${THREADS:-2}
 MODELS=${MODELS:-$ROOT/build/moe} OUT=${OUT:-$ROOT/build/moe-peer}
@@ -38,6 +41,10 @@ mkdir -p "$OUT"
 status=0
 for run in $RUNS; do
   fam=${run%%:*} schemes=$(printf '%s' "${run#*:}" | tr , ' ')
+  if [ "$fam" = gpt_oss ]; then
+    echo "moe_peer.sh: gpt_oss skipped: ar-pack cannot write a gpt-oss folder yet (docs/moe.md section 10)" >&2
+    status=1; continue
+  fi
   if [ ! -f "$MODELS/$fam/config.json" ]; then
     echo "moe_peer.sh: $MODELS/$fam missing (make_tiny_moe.py --only $fam); skipped" >&2; continue
   fi
@@ -46,11 +53,8 @@ for run in $RUNS; do
       --bin "$BIN" --shared "$AR_SHARED" || { status=1; continue; }
   for seed in $SEEDS; do
     echo "== $fam seed $seed: $(uptime)"
-    # ar's auto_round export of gpt-oss is not written yet (docs/moe.md section 10): ar-eval reads
-    # ar's fake-quantized folder (dequantized weights) there, AutoRound's auto_round folder as usual.
-    arfmt=auto_round; [ "$fam" = gpt_oss ] && arfmt=fake
     MODEL=$MODELS/$fam SCHEME=$schemes CALIB_ARS=$calib ITERS=$ITERS SEED=$seed BATCH=$BATCH \
-    THREADS=$THREADS HELDOUT=$MODELS/heldout.txt EVAL_SEQLEN=256 EVAL_WINDOWS=$EVAL_WINDOWS AR_FORMAT=$arfmt \
+    THREADS=$THREADS HELDOUT=$MODELS/heldout.txt EVAL_SEQLEN=256 EVAL_WINDOWS=$EVAL_WINDOWS \
     PEER_EXTRA='{"enable_torch_compile": false}' AR_DISABLE_META_LOAD=1 PEER_OUT=$OUT/$fam-s$seed \
       sh "$ROOT/tests/bench/peer.sh" || status=1
     sed 1d "$OUT/$fam-s$seed/table" | sed "s/^/seed$seed /" >> "$OUT/all.table"
