@@ -17,9 +17,9 @@
 # Python imports excluded, they are shown as "AR proc s", the whole process);
 # "ar s" is ar-tune + ar-pack wall time (ar-calib's embedding pass is shared
 # and shown once). ratio = AutoRound s / ar s (> 1: ar is faster).
-# CPU s: user + system seconds, the fairer figure on a shared machine:
-# AutoRound's quantize_and_save (getrusage around it, all threads), ar-tune +
-# ar-pack (/usr/bin/time -v); cpu_ratio = AutoRound CPU s / ar CPU s.
+# CPU s: user + system seconds of all threads: AutoRound's around
+# quantize_and_save (getrusage in the process), ar's of ar-tune + ar-pack
+# (/usr/bin/time -v); cpu_ratio = AutoRound CPU s / ar CPU s.
 # Peak RSS: /usr/bin/time -v of each process (ar: the larger of ar-tune and
 # ar-pack). AutoRound runs with its defaults otherwise (amp, torch.compile,
 # low_gpu_mem_usage ...); its amp decision on this CPU is printed.
@@ -35,8 +35,11 @@
 #                ar-tune --threads) [all cores]
 #   FORMAT       what both save and ar-eval reads [auto_round]
 #   CALIB_TXT    calibration text [first 3 MB of the shared Gutenberg corpus]
+#   CALIB_ARS    a ready calibration stream used as is by both (NSAMPLES, SEQLEN,
+#                CALIB_TXT then unused) [none: ar-calib makes one]
 #   HELDOUT      evaluation text [$MODEL/heldout.txt]
-#   EVAL_WINDOWS [40]  EVAL_SEQLEN [512]
+#   EVAL_WINDOWS [40; "all": every window]  EVAL_SEQLEN [512]
+#   AR_FORMAT    what ar-pack writes for ar's side [FORMAT]
 #   PEER_EXTRA   JSON of extra AutoRound keyword arguments, e.g.
 #                '{"enable_torch_compile": false}' [{}]
 #   AR_TUNE_ARGS extra ar-tune arguments []
@@ -53,6 +56,7 @@ SCHEMES=${SCHEME:-W4A16 W2A16G64}
 NSAMPLES=${NSAMPLES:-8} SEQLEN=${SEQLEN:-256} ITERS=${ITERS:-20} SEED=${SEED:-42} BATCH=${BATCH:-8}
 THREADS=${THREADS:-$(nproc)}
 FORMAT=${FORMAT:-auto_round}
+AR_FORMAT=${AR_FORMAT:-$FORMAT}
 HELDOUT=${HELDOUT:-$MODEL/heldout.txt}
 EVAL_WINDOWS=${EVAL_WINDOWS:-40} EVAL_SEQLEN=${EVAL_SEQLEN:-512}
 PEER_EXTRA=${PEER_EXTRA:-'{}'}
@@ -78,18 +82,27 @@ elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }'; }
 # peak RSS in MiB from a /usr/bin/time -v log
 rss() { awk -F': *' '/Maximum resident set size/ { printf "%.0f", $2 / 1024 }' "$1"; }
 # user + system CPU seconds from /usr/bin/time -v logs, summed
-cpus() { awk -F': *' '/User time|System time/ { s += $2 } END { printf "%.1f", s }' "$@"; }
+cpu() { awk -F': *' '/(User|System) time \(seconds\)/ { s += $2 } END { printf "%.1f", s }' "$@"; }
 ppl() { # FOLDER LOGNAME -> perplexity, or ? (the log goes to the work folder)
-  "$BIN/ar-eval" --model "$1" --text "$HELDOUT" --seqlen "$EVAL_SEQLEN" --windows "$EVAL_WINDOWS" \
+  wargs="--windows $EVAL_WINDOWS"; [ "$EVAL_WINDOWS" = all ] && wargs=
+  # shellcheck disable=SC2086
+  "$BIN/ar-eval" --model "$1" --text "$HELDOUT" --seqlen "$EVAL_SEQLEN" $wargs \
       --threads "$THREADS" --json 2> "$W/$2.eval.log" | sed -n 's/.*"ppl": *\([0-9.]*\).*/\1/p' | grep . || echo '?'
 }
 
-if [ -n "${CALIB_TXT:-}" ]; then TXT=$CALIB_TXT
-else TXT=$W/calib3m.txt
-  zstd -dc "$SHARED/data/corpus/gutenberg_en_prose.txt.zst" | head -c 3000000 > "$TXT"; fi
 t0=$(now)
-"$BIN/ar-calib" --model "$MODEL" --dataset "$TXT" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
-    --seed "$SEED" -o "$W/calib.ars" || exit 1
+if [ -n "${CALIB_ARS:-}" ]; then
+  cp "$CALIB_ARS" "$W/calib.ars" || exit 1
+  # the stream's own window count and length (input_ids [n, L]), for the banner
+  set -- $("$BIN/ar-dump" "$W/calib.ars" 2>/dev/null | sed -n 's/.*input_ids.*\[\([0-9]*\), *\([0-9]*\)\].*/\1 \2/p' | head -1)
+  NSAMPLES=${1:-?} SEQLEN=${2:-?}
+else
+  if [ -n "${CALIB_TXT:-}" ]; then TXT=$CALIB_TXT
+  else TXT=$W/calib3m.txt
+    zstd -dc "$SHARED/data/corpus/gutenberg_en_prose.txt.zst" | head -c 3000000 > "$TXT"; fi
+  "$BIN/ar-calib" --model "$MODEL" --dataset "$TXT" --nsamples "$NSAMPLES" --seqlen "$SEQLEN" \
+      --seed "$SEED" -o "$W/calib.ars" || exit 1
+fi
 calib_s=$(elapsed "$t0")
 base_ppl=$(ppl "$MODEL" bf16)
 
@@ -98,8 +111,8 @@ echo "   CPU: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores, load $(cu
 echo "   $("$PY" -c 'import auto_round, torch, transformers; print("auto-round", auto_round.__version__, "torch", torch.__version__, "transformers", transformers.__version__)' 2>/dev/null)"
 echo "   ar-calib ${calib_s}s; BF16 PPL $base_ppl (ar-eval, $EVAL_WINDOWS x $EVAL_SEQLEN of $(basename "$HELDOUT"))"
 status=0
-printf '%-12s %-9s %9s %9s %7s %7s %9s %9s %9s %9s %9s %9s %9s %s\n' model scheme AutoRound_s AR_proc_s ar_s ratio \
-    AR_cpu_s ar_cpu_s cpu_ratio AR_rss_MiB ar_rss_MiB AR_ppl ar_ppl AR_amp > "$W/table"
+printf '%-12s %-9s %9s %9s %7s %7s %9s %9s %9s %9s %-6s %9s %9s %9s\n' model scheme AutoRound_s AR_proc_s ar_s ratio \
+    AR_rss_MiB ar_rss_MiB AR_ppl ar_ppl AR_amp AR_cpu_s ar_cpu_s cpu_ratio > "$W/table"
 for S in $SCHEMES; do
   # AutoRound
   rm -rf "$W/autoround-$S"
@@ -112,8 +125,8 @@ for S in $SCHEMES; do
   ar_proc_s=$(elapsed "$t0")
   line=$(sed -n 's/^peer_autoround //p' "$W/autoround-$S.log")
   ar_q_s=$(printf '%s' "$line" | sed -n 's/.*"quantize_s": *\([0-9.]*\).*/\1/p')
-  ar_q_cpu=$(printf '%s' "$line" | sed -n 's/.*"quantize_cpu_s": *\([0-9.]*\).*/\1/p')
   amp=$(printf '%s' "$line" | sed -n 's/.*"amp": *\([a-z]*\).*/\1/p')
+  peer_cpu=$(printf '%s' "$line" | sed -n 's/.*"quantize_cpu_s": *\([0-9.]*\).*/\1/p')
   # the folder AutoRound wrote (it may add a subfolder)
   peer_dir=$(dirname "$(find "$W/autoround-$S" -name config.json | head -1)")
   # ar
@@ -124,20 +137,19 @@ for S in $SCHEMES; do
       -o "$W/ar-$S.ars" 2> "$W/ar-$S.tune.log" || { tail -3 "$W/ar-$S.tune.log"; status=1; }
   rm -rf "$W/ar-$S"
   /usr/bin/time -v -o "$W/ar-$S.pack.time" "$BIN/ar-pack" --quiet -i "$W/ar-$S.ars" --model "$MODEL" \
-      --format "$FORMAT" -o "$W/ar-$S" || status=1
+      --format "$AR_FORMAT" -o "$W/ar-$S" || status=1
   ours_s=$(elapsed "$t0")
+  ours_cpu=$(cpu "$W/ar-$S.tune.time" "$W/ar-$S.pack.time")
+  cpu_ratio=$(awk -v a="${peer_cpu:-0}" -v b="$ours_cpu" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "?" }')
   r1=$(rss "$W/ar-$S.tune.time"); r2=$(rss "$W/ar-$S.pack.time")
   ours_rss=$(( ${r1:-0} > ${r2:-0} ? ${r1:-0} : ${r2:-0} ))
   ratio=$(awk -v a="${ar_q_s:-0}" -v b="$ours_s" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "?" }')
-  ours_cpu=$(cpus "$W/ar-$S.tune.time" "$W/ar-$S.pack.time")
-  cpu_ratio=$(awk -v a="${ar_q_cpu:-0}" -v b="$ours_cpu" 'BEGIN { if (a > 0 && b > 0) printf "%.2f", a / b; else print "?" }')
-  printf '%-12s %-9s %9s %9s %7s %7s %9s %9s %9s %9s %9s %9s %9s %s\n' "$(basename "$MODEL")" "$S" "${ar_q_s:-?}" "$ar_proc_s" \
-      "$ours_s" "$ratio" "${ar_q_cpu:-?}" "$ours_cpu" "$cpu_ratio" "$(rss "$W/autoround-$S.time")" "$ours_rss" \
+  printf '%-12s %-9s %9s %9s %7s %7s %9s %9s %9s %9s %-6s %9s %9s %9s\n' "$(basename "$MODEL")" "$S" "${ar_q_s:-?}" "$ar_proc_s" \
+      "$ours_s" "$ratio" "$(rss "$W/autoround-$S.time")" "$ours_rss" \
       "$( [ -n "$peer_dir" ] && [ "$peer_dir" != . ] && ppl "$peer_dir" "autoround-$S" || echo '?')" "$(ppl "$W/ar-$S" "ar-$S")" \
-      "${amp:-?}" >> "$W/table"
+      "${amp:-?}" "${peer_cpu:-?}" "$ours_cpu" "$cpu_ratio" >> "$W/table"
   tail -1 "$W/table"
 done
-echo "== peer (AutoRound s: quantize_and_save; ratio = AutoRound s / ar s; cpu_ratio = AutoRound CPU s / ar CPU s; RSS: /usr/bin/time -v)"
-echo "   load at the end: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "== peer (AutoRound s: quantize_and_save; ratio = AutoRound s / ar s; RSS: /usr/bin/time -v; cpu: user+sys s)"
 cat "$W/table"
 exit $status

@@ -15,8 +15,8 @@ seqlen passed to AutoRound are the stream's own, so both tools tune on
 exactly the same tokens.
 
 Prints one line `peer_autoround {json}` on stdout with the seconds spent in
-AutoRound's quantize_and_save (model loading excluded) and the CPU seconds
-(user + system, all threads) it used, the model load time,
+AutoRound's quantize_and_save (model loading excluded; wall and user+sys CPU
+of all threads), the model load time,
 the peak RSS of this process (getrusage) and AutoRound's amp setting.
 """
 import argparse, json, os, resource, struct, subprocess, sys, time
@@ -117,7 +117,7 @@ def main():
         'nsamples': nsamples, 'seqlen': seqlen, 'batch_size': a.batch_size, 'seed': a.seed,
         'format': a.format, 'amp': amp, 'amp_dtype': str(amp_dtype),
         'load_s': round(t1 - t0, 2), 'quantize_s': round(t2 - t1, 2),
-        'quantize_cpu_s': round(c2 - c1, 2),
+        'quantize_cpu_s': round(c2 - c1, 2), 'process_cpu_s': round(c2, 2),
         'peak_rss_kb': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}), flush=True)
 
 
