@@ -133,15 +133,16 @@ printf '{"layers.[0-": {"bits": 4}}' > "$T/lc2.json"
 expect "layer_config: bad regex" ar-tune "bad regex" --model "$S" --layer_config "$T/lc2.json" -o "$T/o.ars"
 
 # ---- mixtures of experts (docs/moe.md §10) ----
-MF=tests/fixtures/moe/tiny
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)   # run.sh runs this from tests/e2e
+MF=$ROOT/tests/fixtures/moe/tiny
 cp -r "$MF/qwen3_moe" "$T/moek"; sed -i 's/"num_experts_per_tok": 2/"num_experts_per_tok": 6/' "$T/moek/config.json"
 cp -r "$MF/deepseek_v3" "$T/moes"; sed -i 's/^{/{"scoring_func": "softplus",/' "$T/moes/config.json"
 # a Qwen3-MoE config over a checkpoint without its expert tensors, and a fused one without down_proj
 mkdir "$T/moed" "$T/moef"; cp "$MF/qwen3_moe/"*.json "$T/moed/"
-python3 tests/fixtures/moe/make_fused.py "$MF/qwen3_moe" "$T/moef" > /dev/null
-python3 - "$MF/qwen3_moe/model.safetensors" "$T/moed/model.safetensors" "$T/moef/model.safetensors" <<'PY'
+python3 "$ROOT/tests/fixtures/moe/make_fused.py" "$MF/qwen3_moe" "$T/moef" > /dev/null
+python3 - "$MF/qwen3_moe/model.safetensors" "$T/moed/model.safetensors" "$T/moef/model.safetensors" "$ROOT" <<'PY'
 import sys
-sys.path.insert(0, "tests/fixtures/moe")
+sys.path.insert(0, sys.argv[4] + "/tests/fixtures/moe")
 import make_fused as m
 meta, t = m.read_st(sys.argv[1])
 m.write_st(sys.argv[2], meta, {k: v for k, v in t.items() if ".experts." not in k})
