@@ -246,7 +246,6 @@ int main(int argc, char **argv)
         srcs[i] = std ? "<stdin>" : a.ins[i];
         if (!(files[i] = std ? stdin : fopen(a.ins[i], "rb"))) cli_die("%s: cannot open: %s", a.ins[i], strerror(errno));
     }
-    const char *src = a.nin == 1 ? srcs[0] : "the merged streams";
     ar_tuned_merge *r = ar_tuned_merge_open(files, srcs, a.nin);
     if (!r) cli_die_lib();
     ar_tuned_meta m = *ar_tuned_merge_meta(r);
@@ -261,7 +260,7 @@ int main(int argc, char **argv)
     const ar_tuned_item *it;
     while ((rc = ar_tuned_merge_next(r, &it)) == 1) {
         if (it->kind == AR_TUNED_GGUF) {
-            pack_gguf(it, outs, nout, src);
+            pack_gguf(it, outs, nout, ar_tuned_merge_source(r));
             continue;
         }
         if (it->kind == AR_TUNED_KV_SCALE) {   /* GGUF has no KV-cache scales (AutoRound drops them too) */
@@ -270,7 +269,7 @@ int main(int argc, char **argv)
             continue;
         }
         if (++nlayers % 7 == 0) cli_progress_line("layers", nlayers, nlayers, t0, NULL);
-        pack_linear(it, outs, nout, src);
+        pack_linear(it, outs, nout, ar_tuned_merge_source(r));   /* the range's file in messages */
     }
     if (rc < 0) cli_die_lib();
     for (int i = 0; i < nout; i++) {

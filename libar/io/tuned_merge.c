@@ -135,6 +135,8 @@ int ar_tuned_merge_next(ar_tuned_merge *m, const ar_tuned_item **it)
     return 0;
 }
 
+const char *ar_tuned_merge_source(const ar_tuned_merge *m) { return m->src[m->cur < m->n ? m->cur : m->n - 1]; }
+
 void ar_tuned_merge_close(ar_tuned_merge *m)
 {
     if (!m) return;

@@ -32,6 +32,10 @@ const ar_tuned_meta *ar_tuned_merge_meta(const ar_tuned_merge *m);
  * with ar_error. */
 int ar_tuned_merge_next(ar_tuned_merge *m, const ar_tuned_item **it);
 
+/* The name (src[i]) of the stream the last layer ar_tuned_merge_next gave
+ * came from, for messages about that layer. */
+const char *ar_tuned_merge_source(const ar_tuned_merge *m);
+
 /* Free m (not the FILEs). NULL is allowed. */
 void ar_tuned_merge_close(ar_tuned_merge *m);
 

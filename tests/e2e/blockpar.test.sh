@@ -10,7 +10,8 @@
 # 0, output head with block 5) and a mixture-of-experts model (qwen3_moe,
 # DeepSeek-V3: dense then MoE layers). Gaps, overlaps, differing settings,
 # SignRound on quantized inputs past block 0 and FP inputs computed with
-# other threads are refused with one line and no output.
+# other threads, and a range's layer GGUF cannot hold (named with its file), are
+# refused with one line and no output.
 set -eu
 : "${AR_BIN:?AR_BIN not set}" "${AR_SHARED:?AR_SHARED not set}"
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -138,6 +139,12 @@ refused "other settings" "META differs from .*tuning.iters" "$T/x" pack -i "$T/a
 echo '{"model.layers.4.mlp.down_proj": {"group_size": 64}}' > "$T/lc.json"
 tune -i "$T/calib.ars" --blocks 3-5 --layer_config "$T/lc.json" -o "$T/b-lc.ars"
 refused "another layer config" "META differs from .*layer_config_digest" "$T/x" pack -i "$T/a.ars" -i "$T/b-lc.ars" -o "$T/x"
+# a layer's refusal names the range's file it came from (fp-b.ars holds block 4)
+echo '{"model.layers.4.mlp.down_proj": {"bits": 8, "data_type": "fp"}}' > "$T/fp.json"
+"$AR_BIN/ar-tune" --model "$M" --quiet --group_size 32 --sym --layer_config "$T/fp.json" --blocks 0-3 -o "$T/fp-a.ars"
+"$AR_BIN/ar-tune" --model "$M" --quiet --group_size 32 --sym --layer_config "$T/fp.json" --blocks 4-5 -o "$T/fp-b.ars"
+refused "an FP layer of a range into GGUF" "^ar-pack: $T/fp-b.ars: model.layers.4.mlp.down_proj is a fp layer" \
+  "$T/x.gguf" pack -i "$T/fp-a.ars" -i "$T/fp-b.ars" --format gguf:q4_0 -o "$T/x.gguf"
 refused "a whole run with a range" "a whole run's stream" "$T/x" pack -i "$T/whole.ars" -i "$T/b.ars" -o "$T/x"
 refused "SignRound on quantized inputs past block 0" "needs every block before it tuned" "$T/y.ars" \
   "$AR_BIN/ar-tune" --iters 3 --threads 1 --quiet -i "$T/calib.ars" --blocks 3-5 -o "$T/y.ars"

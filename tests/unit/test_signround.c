@@ -595,6 +595,32 @@ Test(signround, lr_schedule_bounds_the_rounding_offsets)
     result_free(&r), result_free(&z), result_free(&big);
 }
 
+/* Runs a and b of the same fixture that sum the same terms grouped
+ * differently: each of the first iters losses within twice the rounding
+ * estimate of the loss at the RTN start (loss_tolerance, batch `batch`), and
+ * at most 0.1 % of the codes apart (a gradient component within rounding of 0
+ * may flip its sign and so a code). */
+static void assert_close_runs(const fixture *f, const result *a, const result *b, int iters, int batch)
+{
+    ar_signround_opts o0 = opts(0, batch);
+    result z;
+    tune(f, &o0, &z);
+    ar_block_weights wr = with_wq(f, &z);
+    double tol = loss_tolerance(f, &wr, NULL, f->n);
+    result_free(&z);
+    for (int it = 0; it < iters; it++)
+        cr_assert_leq(fabs(a->losses[it] - b->losses[it]), tol, "iteration %d: %g vs %g, tolerance %g", it,
+                      a->losses[it], b->losses[it], tol);
+    long same = 0, total = 0;
+    for (int i = 0; i < AR_NLINEAR; i++) {
+        int n, k;
+        ar_linear_shape(&f->c, i, &n, &k);
+        for (long j = 0; j < (long)n * k; j++) same += a->out[i].codes[j] == b->out[i].codes[j];
+        total += (long)n * k;
+    }
+    cr_assert_geq(same, total - total / 1000);
+}
+
 /* Gradient accumulation sums the chunks' squared errors over one shared
  * denominator (AutoRound's sum reduction), so batch 2 × 2 steps over 3
  * samples (chunks of 2 and 1) follows batch 3 × 1 step. */
@@ -611,23 +637,7 @@ Test(signround, gradient_accumulation_matches_one_large_batch)
      * batch, two chunks): within twice the rounding estimate of the loss at
      * the RTN start; a sign of a gradient component within rounding of 0
      * could part the runs' codes (the check below allows 0.1 %) */
-    ar_signround_opts o0 = opts(0, 3);
-    result z;
-    tune(&f, &o0, &z);
-    ar_block_weights wr = with_wq(&f, &z);
-    double tol = loss_tolerance(&f, &wr, NULL, f.n);
-    result_free(&z);
-    for (int it = 0; it < 10; it++)
-        cr_assert_leq(fabs(a.losses[it] - b.losses[it]), tol, "iteration %d: %g vs %g, tolerance %g", it, a.losses[it],
-                      b.losses[it], tol);
-    long same = 0, total = 0;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(&f.c, i, &n, &k);
-        for (long j = 0; j < (long)n * k; j++) same += a.out[i].codes[j] == b.out[i].codes[j];
-        total += (long)n * k;
-    }
-    cr_assert_geq(same, total - total / 1000);
+    assert_close_runs(&f, &a, &b, 10, 3);
     result_free(&a), result_free(&b);
 }
 
@@ -704,23 +714,7 @@ Test(signround, uneven_chunks_follow_the_whole_batch)
     result a, b;
     tune(&f, &o1, &a);
     tune(&f, &o2, &b);
-    ar_signround_opts o0 = opts(0, 4);
-    result z;
-    tune(&f, &o0, &z);
-    ar_block_weights wr = with_wq(&f, &z);
-    double tol = loss_tolerance(&f, &wr, NULL, f.n);
-    result_free(&z);
-    for (int it = 0; it < 10; it++)
-        cr_assert_leq(fabs(a.losses[it] - b.losses[it]), tol, "iteration %d: %g vs %g, tolerance %g", it, a.losses[it],
-                      b.losses[it], tol);
-    long same = 0, total = 0;
-    for (int i = 0; i < AR_NLINEAR; i++) {
-        int n, k;
-        ar_linear_shape(&f.c, i, &n, &k);
-        for (long j = 0; j < (long)n * k; j++) same += a.out[i].codes[j] == b.out[i].codes[j];
-        total += (long)n * k;
-    }
-    cr_assert_geq(same, total - total / 1000);
+    assert_close_runs(&f, &a, &b, 10, 4);
     result_free(&a), result_free(&b);
     o1.outlier_loss = o2.outlier_loss = 1;
     o2.micro_batch = 1;
