@@ -315,7 +315,7 @@ __device__ static float elem_grad(const ar_cuda_qspec &q, const qgroup &g, float
                                   float hi, double *acc_s, double *acc_z)
 {
     float t = rintf(w / g.s + v) + g.z;
-    int inside = t >= lo && t <= hi;
+    int inside = t > lo && t < hi;   /* open interval: torch.clamp's gradient (quant_int.c) */
     float x = clampf(t, lo, hi);
     double gr = dwq;
     /* the quotient is formed for every element and then selected (the same
@@ -599,7 +599,7 @@ __device__ static float elem_grad_step(const ar_cuda_qspec &q, const qgroup &g, 
 {
     double w_s = (double)w / g.s;
     float t = rintf((float)w_s + v) + g.z;
-    int inside = t >= lo && t <= hi;
+    int inside = t > lo && t < hi;   /* open interval: torch.clamp's gradient (quant_int.c) */
     float x = clampf(t, lo, hi);
     double gr = dwq, gs = gr * g.s;
     *acc_s += gr * ((double)x - g.z - (inside ? w_s : 0.0));

@@ -188,7 +188,12 @@ static void group_backward_elems(const ar_quant_spec *qs, const group_state *gs,
     double acc_s = 0.0, acc_z = 0.0;
     for (int j = 0; j < len; j++) {
         float t = level_of(gs, w[j], v ? v[j] : 0.0f);
-        int inside = t >= lo && t <= hi;          /* clamp passes gradient on [lo, hi] */
+        /* The clamp passes gradient on the open interval (lo, hi) only: PyTorch
+         * (2.15, the peer's) gives torch.clamp with number bounds a zero
+         * gradient at x == lo and x == hi, so AutoRound's tuning sends no
+         * gradient to V at the extreme levels, and there ŵ's scale gradient
+         * is q alone (docs/peer-benchmark.md §1, "clamp boundary"). */
+        int inside = t > lo && t < hi;
         float q = clamp_to(t, lo, hi);
         double g = dwq[j];
         if (dv && inside) dv[j] += (float)(g * gs->s);

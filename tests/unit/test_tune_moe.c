@@ -69,6 +69,11 @@ static void tune(int iters, unrouted *u, uint8_t *codes[4], float *scales[4])
     o.iters = iters, o.batch_size = 1, o.disable_opt_rtn = !g_opt_rtn;
     o.amp = 0;   /* f32 reference GEMMs */
     o.enable_alg_ext = g_alg_ext && iters > 0;
+    /* the last iteration's tunables, not the best: on this toy the RTN start
+     * (iteration 0) can be the best loss, which would hide whether the
+     * routed experts were tuned at all; an expert without tokens gets no
+     * gradient, so it stays RTN either way */
+    o.not_use_best = 1;
     ar_tune_progress pr = {0};
     pr.ctx = u, pr.event = on_event;
     o.progress = &pr;
