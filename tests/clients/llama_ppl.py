@@ -13,7 +13,6 @@ import sys
 
 try:
     import numpy as np
-    import llama_cpp.llama_cpp as lc
     from llama_cpp import Llama
 except ImportError:
     sys.exit(3)
@@ -21,15 +20,11 @@ except ImportError:
 
 def main():
     path, text, seqlen, windows = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
-    # no AMX repacking (SIGILL where the VM has not granted the tile state;
-    # tests/clients/check_gguf.py): the plain CPU kernels compute the same model
-    default = lc.llama_model_default_params
-
-    def params():
-        p = default()
-        p.use_extra_bufts = False
-        return p
-    lc.llama_model_default_params = params
+    # no AMX repacking (SIGILL where the VM has not granted the tile state):
+    # the plain CPU kernels compute the same model
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    from check_gguf import no_extra_buffer_types
+    no_extra_buffer_types()
     llm = Llama(model_path=path, n_ctx=seqlen, n_batch=seqlen, n_ubatch=seqlen, logits_all=True, verbose=False,
                 n_threads=1, seed=0)
     add_bos = str(llm.metadata.get("tokenizer.ggml.add_bos_token", "false")).lower() == "true"
