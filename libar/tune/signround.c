@@ -585,7 +585,7 @@ static int tree_alloc(tuner *t, int K, int sets)
     }
     ar_reducer *rd = t->o->reduce;
     size_t sc = rd && rd->size > 1 ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
-    if (rd && rd->size > 1 && !sc) return ar_error("out of memory for the chunk tree");
+    if (rd && rd->size > 1 && !sc) return -1;   /* ar_reduce_scratch said why */
     if (sc > t->cap_rscratch) {
         free(t->rscratch);
         t->cap_rscratch = 0;
