@@ -226,12 +226,30 @@ typedef struct {
 } progress_ctx;
 
 /* With ranks: every rank's forward+backward seconds of the block, on rank
- * 0's line (a collective: every rank reports every block). */
+ * 0's line (a collective: every rank reports every block). Up to
+ * RANK_TIMES_LISTED ranks each is listed; beyond, the line would not fit, so
+ * it gives the slowest and fastest rank and the mean. The gather buffer holds
+ * as many ranks as the exchanges accept (reduce.h): no allocation that one
+ * rank could fail while the others wait in the collective. */
+enum { RANK_TIMES_LISTED = 32 };
 static void rank_times(const progress_ctx *p, const ar_signround_report *rep, char *s, size_t n)
 {
+    static double all[AR_REDUCE_MAX_RANKS];
     ar_reducer *rd = p->ranks;
-    double v = rep ? rep->sec_forward + rep->sec_backward : 0, all[64];
-    if (!rd || rd->size > 64 || mpi_ranks_gather(rd, v, all)) return;
+    double v = rep ? rep->sec_forward + rep->sec_backward : 0;
+    if (!rd || rd->size > AR_REDUCE_MAX_RANKS || mpi_ranks_gather(rd, v, all) || rd->rank) return;
+    if (rd->size > RANK_TIMES_LISTED) {
+        int lo = 0, hi = 0;
+        double sum = 0;
+        for (int r = 0; r < rd->size; r++) {
+            sum += all[r];
+            if (all[r] < all[lo]) lo = r;
+            if (all[r] > all[hi]) hi = r;
+        }
+        snprintf(s, n, "  ranks fwd+bwd max %.1fs (rank %d) min %.1fs (rank %d) mean %.1fs of %d", all[hi], hi,
+                 all[lo], lo, sum / rd->size, rd->size);
+        return;
+    }
     int len = snprintf(s, n, "  ranks fwd+bwd");
     for (int r = 0; r < rd->size && len < (int)n; r++) len += snprintf(s + len, n - len, " %.1fs", all[r]);
 }
