@@ -6,7 +6,9 @@
 # per iteration, rank 0) against the volume the chunk tree predicts, and from
 # measured iteration times the projected tuning time of an 8B and a
 # 235B-A22B model on 1, 8 and 32 GPUs, with its assumptions. Skips without
-# mpirun or MPI. Never fails on time.
+# mpirun or MPI. Never fails on time; fails (FAIL line, exit 1) when a
+# command fails, the exchange line is missing or -np 2 changes the bytes.
+set -eu
 : "${AR_BIN:?}" "${AR_SHARED:?}"
 ITERS=${AR_BENCH_MPI_ITERS:-10}
 M="$AR_SHARED/models/tiny-llama"
@@ -15,29 +17,32 @@ if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_RO
 W=$(mktemp -d)
 trap 'rm -rf "$W"' EXIT
 over=""; [ "$(nproc)" -ge 2 ] || over=--oversubscribe
+die() { echo "FAIL mpi bench: $*"; exit 1; }
 
 "$AR_BIN/ar-calib" --model "$M" --dataset "$AR_SHARED/data/tinystories/TinyStories-validation-head.txt" \
-  --nsamples 8 --seqlen 128 -o "$W/c.ars" --quiet || exit 0
+  --nsamples 8 --seqlen 128 -o "$W/c.ars" --quiet || die "ar-calib failed"
 A="-i $W/c.ars --iters $ITERS --threads 1 --disable_amp --dp_chunk 1"
 echo "== mpi: ar-tune tiny-llama W4A16, 8 x 128, $ITERS iterations a block, dp_chunk 1, 1 thread a rank, $(nproc) cores"
 echo "   load before: $(uptime | sed 's/.*load average: //')"
 t0=$(date +%s.%N)
-"$AR_BIN/ar-tune" $A --quiet -o "$W/one.ars"
+"$AR_BIN/ar-tune" $A --quiet -o "$W/one.ars" || die "ar-tune (one process) failed"
 t1=$(date +%s.%N)
 if ! mpirun $over --bind-to none -np 2 "$AR_BIN/ar-tune" $A --progress -o "$W/two.ars" 2> "$W/two.err"; then
   grep -q "has no MPI" "$W/two.err" && { echo "   skipped: ar-tune built without MPI"; exit 0; }
-  tail -3 "$W/two.err"; exit 0
+  tail -3 "$W/two.err"; die "mpirun -np 2 ar-tune failed"
 fi
 t2=$(date +%s.%N)
 echo "   load after: $(uptime | sed 's/.*load average: //')"
-cmp -s "$W/one.ars" "$W/two.ars" && same="byte-identical" || same="DIFFERENT"
-line=$(grep "gradient exchange" "$W/two.err")
+cmp -s "$W/one.ars" "$W/two.ars" || die "-np 2 wrote different bytes from one process"
+same="byte-identical"
+line=$(grep "gradient exchange" "$W/two.err") || die "no gradient exchange line from rank 0"
 mib=$(echo "$line" | sed 's/.*exchange \([0-9.]*\) MiB.*/\1/')
 ms=$(echo "$line" | sed 's/.* and \([0-9.]*\) ms per iteration.*/\1/')
 # the block's trainable weights: q, k, v, o, gate, up, down of tiny-llama
 G=$(awk 'BEGIN { h = 512; kv = 2 * 64; f = 1280; print h * h * 2 + h * kv * 2 + 3 * h * f }')
-awk -v t1="$(echo "$t1 - $t0" | bc)" -v t2="$(echo "$t2 - $t1" | bc)" -v n="$((ITERS * 6))" -v mib="$mib" \
+awk -v t0="$t0" -v t1="$t1" -v t2="$t2" -v n="$((ITERS * 6))" -v mib="$mib" \
     -v ms="$ms" -v G="$G" -v same="$same" 'BEGIN {
+  t2 -= t1; t1 -= t0
   printf "   one process: %.1f s wall (%.1f ms per iteration, everything included)\n", t1, 1e3 * t1 / n
   printf "   mpirun -np 2: %.1f s wall (%.1f ms per iteration), output %s\n", t2, 1e3 * t2 / n, same
   printf "   exchange per iteration (rank 0): %.3f MiB received in %.2f ms; the tree predicts %.3f MiB\n", mib, ms,
