@@ -120,8 +120,45 @@ static int fused_desc_init(ar_block_desc *d, const ar_config *c)
     return 0;
 }
 
-/* Names are "mlp.experts.%d.gate_proj" etc.; the shared expert's prefix per family. */
-#define NAME_MAX_LEN 48
+/* ---- the experts of the MoE families (moe, deepseek, gpt_oss) ---- */
+
+/* Room for one generated name ("mlp.experts.%d.gate_proj", "ln2.e%d", ...). */
+#define NAME_LEN 48
+
+/* The three projections gate, up, down of one MLP named prefix.*_proj at
+ * d->lin[l0..l0+2], intermediate size n, reading in_x (gate, up) and in_act
+ * (down); their names are written at p. Returns p past them. */
+static char *mlp_linears(ar_block_desc *d, int l0, char *p, const char *prefix, int n, const ar_config *c,
+                         int in_x, int in_act, int bias)
+{
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int j = 0; j < 3; j++, p += NAME_LEN) {
+        ar_linear_desc *l = &d->lin[l0 + j];
+        snprintf(p, NAME_LEN, "%s.%s", prefix, proj[j]), l->name = p;
+        l->n_out = j == 2 ? c->hidden : n;
+        l->k_in = j == 2 ? n : c->hidden;
+        l->input = j == 2 ? in_act : in_x;
+        l->has_bias = bias;
+    }
+    return p;
+}
+
+/* The routed experts: expert e's inputs "ln2.eE", "act.eE" at in0 + 2e and
+ * in0 + 2e + 1 (routed), its linears mlp.experts.E.* at d->lin[l0 + 3e..];
+ * five names each at p. Returns p past them. */
+static char *routed_experts(ar_block_desc *d, const ar_config *c, int l0, int in0, char *p, int bias)
+{
+    for (int e = 0; e < c->moe.n_experts; e++) {
+        int in_x = in0 + 2 * e, in_act = in_x + 1;
+        char prefix[32];
+        snprintf(p, NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_LEN;
+        snprintf(p, NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_LEN;
+        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+        snprintf(prefix, sizeof prefix, "mlp.experts.%d", e);
+        p = mlp_linears(d, l0 + 3 * e, p, prefix, c->moe.expert_intermediate, c, in_x, in_act, bias);
+    }
+    return p;
+}
 
 static int moe_desc(ar_block_desc *d, const ar_config *c)
 {
@@ -130,36 +167,15 @@ static int moe_desc(ar_block_desc *d, const ar_config *c)
     int nl = 4 + 3 * E + 3 * shared, nin = IN_N + 2 * E + shared;
     if (desc_alloc(d, nl, nin)) return -1;
     d->family = "moe";
-    d->strings = malloc((size_t)(3 * E + 3 + 2 * E + 1) * NAME_MAX_LEN);
+    d->strings = malloc((size_t)(3 * E + 3 + 2 * E + 1) * NAME_LEN);
     if (!d->strings) { ar_block_desc_free(d); return ar_error("block description: out of memory"); }
-    char *p = d->strings;
     attention_desc(d, c, 0);
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    for (int e = 0; e < E; e++) {
-        int in_x = IN_N + 2 * e, in_act = in_x + 1;
-        snprintf(p, NAME_MAX_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_MAX_LEN;
-        snprintf(p, NAME_MAX_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_MAX_LEN;
-        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-        for (int j = 0; j < 3; j++) {
-            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
-            snprintf(p, NAME_MAX_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p, p += NAME_MAX_LEN;
-            l->n_out = j == 2 ? c->hidden : m->expert_intermediate;
-            l->k_in = j == 2 ? m->expert_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : in_x;
-            l->has_bias = m->expert_bias;
-        }
-    }
+    char *p = routed_experts(d, c, 4, IN_N, d->strings, m->expert_bias);
     if (shared) {
         const char *pre = c->arch == AR_ARCH_QWEN2_MOE ? "mlp.shared_expert" : "mlp.shared_experts";
         int in_act = IN_N + 2 * E;
         d->input_names[in_act] = "act.shared", d->input_kind[in_act] = AR_INPUT_DENSE;
-        for (int j = 0; j < 3; j++) {
-            ar_linear_desc *l = &d->lin[4 + 3 * E + j];
-            snprintf(p, NAME_MAX_LEN, "%s.%s", pre, proj[j]), l->name = p, p += NAME_MAX_LEN;
-            l->n_out = j == 2 ? c->hidden : m->shared_intermediate;
-            l->k_in = j == 2 ? m->shared_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : IN_LN2;
-        }
+        mlp_linears(d, 4 + 3 * E, p, pre, m->shared_intermediate, c, IN_LN2, in_act, 0);
     }
     d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
     if (m->score_correction_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
@@ -174,23 +190,6 @@ static int moe_desc(ar_block_desc *d, const ar_config *c)
 
 /* ---- DeepSeek-V2/V3 (block_deepseek.h) ---- */
 
-#define DS_NAME_LEN 48
-
-
-/* Linear j of expert e (or the shared expert, e = -1) at l. */
-static void expert_linear(ar_linear_desc *l, char *name, int e, int j, int n, const ar_config *c, int in_x,
-                          int in_act, int bias)
-{
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    if (e >= 0) snprintf(name, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]);
-    else snprintf(name, DS_NAME_LEN, "mlp.%s%s", e == -1 ? "shared_experts." : "", proj[j]);
-    l->name = name;
-    l->n_out = j == 2 ? c->hidden : n;
-    l->k_in = j == 2 ? n : c->hidden;
-    l->input = j == 2 ? in_act : in_x;
-    l->has_bias = bias;
-}
-
 static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
 {
     *d = (ar_block_desc){0};
@@ -204,7 +203,7 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     int nin = IN_N + 2 * E + shared;
     d->family = "deepseek";
     if (desc_alloc(d, nl, nin)) return -1;
-    if (!(d->strings = malloc((size_t)(nl + nin) * DS_NAME_LEN))) {
+    if (!(d->strings = malloc((size_t)(nl + nin) * NAME_LEN))) {
         ar_block_desc_free(d);
         return ar_error("block description: out of memory");
     }
@@ -224,20 +223,12 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     }
     char *p = d->strings;
     if (!moe) {
-        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) expert_linear(&d->lin[i++], p, -2, j, c->intermediate, c, IN_LN2, IN_ACT, 0);
+        mlp_linears(d, i, p, "mlp", c->intermediate, c, IN_LN2, IN_ACT, 0);
     } else {
-        for (int e = 0; e < E; e++) {
-            int in_x = IN_N + 2 * e, in_act = in_x + 1;
-            snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
-            snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
-            d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
-                expert_linear(&d->lin[i++], p, e, j, c->moe.expert_intermediate, c, in_x, in_act, 0);
-        }
+        p = routed_experts(d, c, i, IN_N, p, 0);
         if (shared) {
             d->input_names[IN_N + 2 * E] = "act.shared";
-            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
-                expert_linear(&d->lin[i++], p, -1, j, c->moe.shared_intermediate, c, IN_LN2, IN_N + 2 * E, 0);
+            mlp_linears(d, i + 3 * E, p, "mlp.shared_experts", c->moe.shared_intermediate, c, IN_LN2, IN_N + 2 * E, 0);
         }
         d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
         if (c->moe.score_correction_bias)
@@ -265,7 +256,7 @@ static int gptoss_desc(ar_block_desc *d, const ar_config *c)
     int E = c->moe.n_experts, nl = 4 + 3 * E, nin = IN_N + 2 * E;
     d->family = "gpt_oss";
     if (desc_alloc(d, nl, nin)) return -1;
-    if (!(d->strings = malloc((size_t)(3 * E + 2 * E) * DS_NAME_LEN + 1))) {
+    if (!(d->strings = malloc((size_t)(3 * E + 2 * E) * NAME_LEN + 1))) {
         ar_block_desc_free(d);
         return ar_error("block description: out of memory");
     }
@@ -277,22 +268,7 @@ static int gptoss_desc(ar_block_desc *d, const ar_config *c)
         l->input = i < 3 ? IN_LN1 : IN_AO;
         l->has_bias = i < 3 ? c->qkv_bias : c->o_bias;
     }
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    char *p = d->strings;
-    for (int e = 0; e < E; e++) {
-        int in_x = IN_N + 2 * e, in_act = in_x + 1;
-        snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
-        snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
-        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) {
-            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
-            snprintf(p, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p;
-            l->n_out = j == 2 ? c->hidden : c->moe.expert_intermediate;
-            l->k_in = j == 2 ? c->moe.expert_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : in_x;
-            l->has_bias = c->moe.expert_bias;
-        }
-    }
+    routed_experts(d, c, 4, IN_N, d->strings, c->moe.expert_bias);
     d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden, AR_NORM_ATTN};
     d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_MLP};
     d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.router.weight", E, c->hidden};
