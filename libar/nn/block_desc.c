@@ -23,6 +23,14 @@ static int is_moe_family(const ar_config *c)
 
 static int is_deepseek(const ar_config *c) { return c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3; }
 
+/* The family's five functions (block_desc.h). */
+static void set_fns(ar_block_desc *d, ar_block_forward_fn fwd, ar_block_forward_train_fn fwd_train,
+                    ar_block_backward_fn bwd, ar_block_set_act_quant_fn set_aq, ar_block_acts_input_fn acts_input)
+{
+    d->forward = fwd, d->forward_train = fwd_train, d->backward = bwd;
+    d->set_act_quant = set_aq, d->acts_input = acts_input;
+}
+
 /* lin [nlinear], input_names and input_kind [ninput] in one go. */
 static int desc_alloc(ar_block_desc *d, int nlinear, int ninput)
 {
@@ -80,11 +88,12 @@ static int llama_desc(ar_block_desc *d, const ar_config *c)
         l->input = input[i - AR_GATE];
         l->has_bias = c->mlp_bias;
     }
-    d->forward = gemma ? ar_block_gemma_forward : ar_block_forward;
-    d->forward_train = gemma ? ar_block_gemma_forward_train : ar_block_forward_train;
-    d->backward = gemma ? ar_block_gemma_backward : ar_block_backward_inputs;
-    d->set_act_quant = ar_block_set_act_quant;
-    d->acts_input = ar_block_acts_input;
+    if (gemma)
+        set_fns(d, ar_block_gemma_forward, ar_block_gemma_forward_train, ar_block_gemma_backward,
+                ar_block_set_act_quant, ar_block_acts_input);
+    else
+        set_fns(d, ar_block_forward, ar_block_forward_train, ar_block_backward_inputs, ar_block_set_act_quant,
+                ar_block_acts_input);
     return 0;
 }
 
@@ -112,11 +121,9 @@ static int fused_desc_init(ar_block_desc *d, const ar_config *c)
         d->norms[d->nnorm++] = (ar_norm_desc){"post_self_attn_layernorm", C, AR_NORM_ATTN_POST};
         d->norms[d->nnorm++] = (ar_norm_desc){"post_mlp_layernorm", C, AR_NORM_MLP_POST};
     }
-    d->forward = ar_fused_forward;
-    d->forward_train = ar_fused_forward_train;
-    d->backward = ar_fused_backward;
-    d->set_act_quant = phi ? ar_fused_set_act_quant_phi3 : ar_fused_set_act_quant_glm4;
-    d->acts_input = phi ? ar_fused_acts_input_phi3 : ar_fused_acts_input_glm4;
+    set_fns(d, ar_fused_forward, ar_fused_forward_train, ar_fused_backward,
+            phi ? ar_fused_set_act_quant_phi3 : ar_fused_set_act_quant_glm4,
+            phi ? ar_fused_acts_input_phi3 : ar_fused_acts_input_glm4);
     return 0;
 }
 
@@ -180,11 +187,8 @@ static int moe_desc(ar_block_desc *d, const ar_config *c)
     d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
     if (m->score_correction_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
     if (m->shared_expert_gate) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SHARED_GATE, "mlp.shared_expert_gate.weight", 1, c->hidden};
-    d->forward = ar_block_moe_forward;
-    d->forward_train = ar_block_moe_forward_train;
-    d->backward = ar_block_moe_backward;
-    d->set_act_quant = ar_block_moe_set_act_quant;
-    d->acts_input = ar_block_moe_acts_input;
+    set_fns(d, ar_block_moe_forward, ar_block_moe_forward_train, ar_block_moe_backward, ar_block_moe_set_act_quant,
+            ar_block_moe_acts_input);
     return 0;
 }
 
@@ -239,11 +243,8 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     /* MLA's latent norms ride in the QK-norm slots (q_norm: q_a, k_norm: kv_a) */
     if (md.QL) d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_a_layernorm", md.QL, AR_NORM_Q};
     d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.kv_a_layernorm", md.KL, AR_NORM_K};
-    d->forward = ar_block_deepseek_forward;
-    d->forward_train = ar_block_deepseek_forward_train;
-    d->backward = ar_block_deepseek_backward;
-    d->set_act_quant = ar_block_deepseek_set_act_quant;
-    d->acts_input = ar_block_deepseek_acts_input;
+    set_fns(d, ar_block_deepseek_forward, ar_block_deepseek_forward_train, ar_block_deepseek_backward,
+            ar_block_deepseek_set_act_quant, ar_block_deepseek_acts_input);
     return 0;
 }
 
@@ -274,11 +275,8 @@ static int gptoss_desc(ar_block_desc *d, const ar_config *c)
     d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.router.weight", E, c->hidden};
     if (c->moe.router_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER_BIAS, "mlp.router.bias", E, 0};
     if (c->attn_sinks) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SINKS, "self_attn.sinks", c->n_heads, 0};
-    d->forward = ar_block_gptoss_forward;
-    d->forward_train = ar_block_gptoss_forward_train;
-    d->backward = ar_block_gptoss_backward;
-    d->set_act_quant = ar_block_gptoss_set_act_quant;
-    d->acts_input = ar_block_gptoss_acts_input;
+    set_fns(d, ar_block_gptoss_forward, ar_block_gptoss_forward_train, ar_block_gptoss_backward,
+            ar_block_gptoss_set_act_quant, ar_block_gptoss_acts_input);
     return 0;
 }
 
