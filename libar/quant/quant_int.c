@@ -213,8 +213,8 @@ enum { SUM_LANES = 8 };
  * round-to-nearest x + (+0) = x for every x but -0, and a sum started at +0
  * never becomes -0. Then ds, dz go to α and β. */
 static void backward_lanes(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int k, int ng,
-                           const ar_quant_params *p, const float *dwq, float *dv, float *dalpha, float *dbeta,
-                           long r0, int nb, int cap, double *ts, double *tz)
+                           const ar_quant_params *p, const float *dwq, float *dv, float *vstep, float lr,
+                           float *dalpha, float *dbeta, long r0, int nb, int cap, double *ts, double *tz)
 {
     group_view g[SUM_LANES];
     int maxlen = 0;
@@ -222,8 +222,10 @@ static void backward_lanes(const ar_qint_kernels *kern, const ar_quant_spec *qs,
         g[l] = group_open(kern, qs, w, k, ng, p, r0 + l);
         ar_qint_group kg = kern_group(qs, &g[l].gs);
         size_t off = g[l].off;
-        kern->backward(&kg, w + off, (p && p->v) ? p->v + off : NULL, dwq + off, g[l].len, dv ? dv + off : NULL,
-                       ts + (size_t)l * cap, tz ? tz + (size_t)l * cap : NULL);
+        double *tsl = ts + (size_t)l * cap, *tzl = tz ? tz + (size_t)l * cap : NULL;
+        if (vstep) kern->backward_step(&kg, w + off, vstep + off, dwq + off, g[l].len, lr, tsl, tzl);
+        else kern->backward(&kg, w + off, (p && p->v) ? p->v + off : NULL, dwq + off, g[l].len,
+                            dv ? dv + off : NULL, tsl, tzl);
         if (g[l].len > maxlen) maxlen = g[l].len;
     }
     for (int l = 0; l < SUM_LANES; l++) {
@@ -240,10 +242,12 @@ static void backward_lanes(const ar_qint_kernels *kern, const ar_quant_spec *qs,
     for (int l = 0; l < nb; l++) group_backward_minmax(qs, &g[l].gs, p, (size_t)(r0 + l), as[l], az[l], dalpha, dbeta);
 }
 
-int ar_quant_int_backward_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
-                               const ar_quant_params *p, const float *dwq, float *dv, float *dalpha, float *dbeta)
+/* The backward, with dV added into dv, or (vstep = p->v) SignSGD's step
+ * on V taken in place at rate lr. */
+static int backward_run(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
+                        const ar_quant_params *p, const float *dwq, float *dv, float *vstep, float lr,
+                        float *dalpha, float *dbeta)
 {
-    if (int_args_check(qs, p)) return -1;
     int ng = ar_quant_ngroups(k, qs->group_size);
     int cap = (qs->group_size > 0 && qs->group_size < k) ? qs->group_size : k;
     long total = (long)n * ng, batches = (total + SUM_LANES - 1) / SUM_LANES;
@@ -261,12 +265,34 @@ int ar_quant_int_backward_with(const ar_qint_kernels *kern, const ar_quant_spec 
             if (!buf) continue;
             long r0 = b * SUM_LANES;
             int nb = total - r0 < SUM_LANES ? (int)(total - r0) : SUM_LANES;
-            backward_lanes(kern, qs, w, k, ng, p, dwq, dv, dalpha, dbeta, r0, nb, cap, buf,
+            backward_lanes(kern, qs, w, k, ng, p, dwq, dv, vstep, lr, dalpha, dbeta, r0, nb, cap, buf,
                            qs->sym ? NULL : buf + per);
         }
         free(buf);
     }
     return failed ? ar_error("quant: out of memory in the quantizer backward") : 0;
+}
+
+int ar_quant_int_backward_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
+                               const ar_quant_params *p, const float *dwq, float *dv, float *dalpha, float *dbeta)
+{
+    if (int_args_check(qs, p)) return -1;
+    return backward_run(kern, qs, w, n, k, p, dwq, dv, NULL, 0.0f, dalpha, dbeta);
+}
+
+int ar_quant_int_backward_step(const ar_quant_spec *qs, const float *w, int n, int k, const ar_quant_params *p,
+                               const float *dwq, float *v, float lr, float *dalpha, float *dbeta)
+{
+    return ar_quant_int_backward_step_with(ar_qint_kernels_best(), qs, w, n, k, p, dwq, v, lr, dalpha, dbeta);
+}
+
+int ar_quant_int_backward_step_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n,
+                                    int k, const ar_quant_params *p, const float *dwq, float *v, float lr,
+                                    float *dalpha, float *dbeta)
+{
+    if (int_args_check(qs, p)) return -1;
+    if (!p || p->v != v || !v) return ar_error("quant: the backward's V step needs V as the tunables' V");
+    return backward_run(kern, qs, w, n, k, p, dwq, NULL, v, lr, dalpha, dbeta);
 }
 
 /* ---- opt-RTN ------------------------------------------------------------- */

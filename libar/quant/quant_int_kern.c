@@ -64,7 +64,20 @@ static void backward_ref(const ar_qint_group *g, const float *w, const float *v,
     }
 }
 
-static const ar_qint_kernels kern_ref = { range_ref, forward_ref, backward_ref };
+/* SignSGD's sign: 1, -1, or 0 for ±0 and NaN (signround.c's sign_step). */
+static inline __attribute__((always_inline)) float sign_of(float x) { return (float)((x > 0) - (x < 0)); }
+
+static void backward_step_ref(const ar_qint_group *g, const float *w, float *v, const float *dwq, int len, float lr,
+                              double *ts, double *tz)
+{
+    for (int j = 0; j < len; j++) {
+        float dv = 0.0f;
+        backward_ref(g, w + j, v + j, dwq + j, 1, &dv, ts + j, tz ? tz + j : NULL);
+        v[j] -= lr * sign_of(dv);
+    }
+}
+
+static const ar_qint_kernels kern_ref = { range_ref, forward_ref, backward_ref, backward_step_ref };
 
 /* ---- vector builds ---------------------------------------------------------- */
 
@@ -89,8 +102,12 @@ static inline __attribute__((always_inline)) void range_body(const float *w, int
             hi[l] = x > hi[l] ? x : hi[l];
         }
     }
-    float a = 0.0f, b = 0.0f;
-    for (int l = 0; l < L; l++) { if (lo[l] < a) a = lo[l]; if (hi[l] > b) b = hi[l]; }
+    for (int h = L / 2; h; h /= 2)   /* pairwise: the lanes hold exact values, so any order is the same */
+        for (int l = 0; l < h; l++) {
+            lo[l] = lo[l + h] < lo[l] ? lo[l + h] : lo[l];
+            hi[l] = hi[l + h] > hi[l] ? hi[l + h] : hi[l];
+        }
+    float a = lo[0], b = hi[0];
     for (; j < len; j++) { if (w[j] < a) a = w[j]; if (w[j] > b) b = w[j]; }
     *wmin = a; *wmax = b;
 }
@@ -121,7 +138,8 @@ forward_body(const ar_qint_group *g, const float *w, const float *v, int len, fl
  * innocuous?", SIGNUM 1995, for +, -, ×, ÷ and √ of f32 operands). */
 static inline __attribute__((always_inline)) void
 backward_body(const ar_qint_group *g, const float *w, const float *v, const float *dwq, int len,
-              float *dv, double *ts, double *tz, const int has_v, const int has_dv, const int has_tz)
+              float *dv, double *ts, double *tz, const int has_v, const int has_dv, const int has_tz,
+              const int has_step, float *vstep, float lr)
 {
     const float s = g->s, z = g->z, lo = g->lo, hi = g->hi;
     const double sd = s, zd = z;
@@ -129,13 +147,26 @@ backward_body(const ar_qint_group *g, const float *w, const float *v, const floa
     for (int j = 0; j < len; j++) {
         double d = (double)w[j] / sd;
         float t = nearbyintf((float)d + (has_v ? v[j] : 0.0f)) + z;
-        int inside = (t > lo) & (t < hi);
+        /* written as selects one after another, the shape GCC's if-conversion
+         * vectorizes for AVX2 as well as AVX-512 */
+        _Bool inside = (t > lo) && (t < hi);
         float q = t < lo ? lo : (t > hi ? hi : t);
         float gj = dwq[j];
         /* (float)(g·s in double) is g·s in f32: the double product is exact */
-        if (has_dv && inside) dv[j] += gj * s;
-        ts[j] = (double)gj * (((double)q - zd) - (inside ? d : 0.0));
-        if (has_tz) tz[j] = (double)gj * sd * (double)(inside - 1);
+        float gs = gj * s;
+        double dd = inside ? d : 0.0;
+        ts[j] = (double)gj * (((double)q - zd) - dd);
+        if (has_dv) {
+            float cur = dv[j], a = cur + gs;
+            dv[j] = inside ? a : cur;
+        }
+        if (has_step) {   /* dV's element would be +0 + g·s inside, else +0; sign(+0 + x) = sign(x) */
+            float sg = gs > 0.0f ? 1.0f : 0.0f;
+            sg = gs < 0.0f ? -1.0f : sg;
+            sg = inside ? sg : 0.0f;
+            vstep[j] = vstep[j] - lr * sg;
+        }
+        if (has_tz) tz[j] = (double)gj * sd * (double)((int)inside - 1);
     }
 }
 
@@ -163,14 +194,14 @@ backward_body(const ar_qint_group *g, const float *w, const float *v, const floa
 
 #define BACKWARD_CASES(g, w, v, dwq, len, dv, ts, tz)                                                  \
     switch ((v != NULL) | (dv != NULL) << 1 | (tz != NULL) << 2) {                                     \
-    case 0: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 0, 0); break;                              \
-    case 1: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 0, 0); break;                              \
-    case 2: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 1, 0); break;                              \
-    case 3: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 1, 0); break;                              \
-    case 4: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 0, 1); break;                              \
-    case 5: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 0, 1); break;                              \
-    case 6: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 1, 1); break;                              \
-    default: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 1, 1); break;                             \
+    case 0: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 0, 0, 0, NULL, 0); break;                              \
+    case 1: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 0, 0, 0, NULL, 0); break;                              \
+    case 2: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 1, 0, 0, NULL, 0); break;                              \
+    case 3: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 1, 0, 0, NULL, 0); break;                              \
+    case 4: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 0, 1, 0, NULL, 0); break;                              \
+    case 5: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 0, 1, 0, NULL, 0); break;                              \
+    case 6: backward_body(g, w, v, dwq, len, dv, ts, tz, 0, 1, 1, 0, NULL, 0); break;                              \
+    default: backward_body(g, w, v, dwq, len, dv, ts, tz, 1, 1, 1, 0, NULL, 0); break;                             \
     }
 
 #define DEFINE_BUILD(name, isa_str)                                                                     \
@@ -192,7 +223,16 @@ backward_body(const ar_qint_group *g, const float *w, const float *v, const floa
     {                                                                                                  \
         BACKWARD_CASES(g, w, v, dwq, len, dv, ts, tz)                                                  \
     }                                                                                                  \
-    static const ar_qint_kernels kern_##name = { range_##name, forward_##name, backward_##name };
+    __attribute__((target(isa_str))) static void backward_step_##name(const ar_qint_group *g,           \
+                                                                     const float *w, float *v,          \
+                                                                     const float *dwq, int len,         \
+                                                                     float lr, double *ts, double *tz)  \
+    {                                                                                                  \
+        if (tz) backward_body(g, w, v, dwq, len, NULL, ts, tz, 1, 0, 1, 1, v, lr);                     \
+        else backward_body(g, w, v, dwq, len, NULL, ts, tz, 1, 0, 0, 1, v, lr);                        \
+    }                                                                                                  \
+    static const ar_qint_kernels kern_##name = { range_##name, forward_##name, backward_##name,        \
+                                                 backward_step_##name };
 
 DEFINE_BUILD(avx2, "avx2")
 DEFINE_BUILD(avx512, "avx512f,avx512dq,avx512bw,avx512vl")

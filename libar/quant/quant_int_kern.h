@@ -46,6 +46,12 @@ typedef struct {
      * tz[j] (may be NULL) = dwq[j]·s·(inside - 1) in double (dL/dz's terms). */
     void (*backward)(const ar_qint_group *g, const float *w, const float *v, const float *dwq, int len,
                      float *dv, double *ts, double *tz);
+    /* backward with dv replaced by SignSGD's step on V in place: with
+     * dv_j = +0 + dwq[j]·s where inside, else +0 (what backward adds into a
+     * zeroed dv), v[j] = v[j] - lr·sign(dv_j), sign(0) = 0. v is read
+     * (before its step) as backward's v. */
+    void (*backward_step)(const ar_qint_group *g, const float *w, float *v, const float *dwq, int len, float lr,
+                          double *ts, double *tz);
 } ar_qint_kernels;
 
 /* The loops of one build, or NULL when this CPU lacks its instructions. */
@@ -61,5 +67,8 @@ int ar_quant_int_forward_with(const ar_qint_kernels *kern, const ar_quant_spec *
                               const ar_quant_params *p, const ar_quant_out *out);
 int ar_quant_int_backward_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
                                const ar_quant_params *p, const float *dwq, float *dv, float *dalpha, float *dbeta);
+int ar_quant_int_backward_step_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n,
+                                    int k, const ar_quant_params *p, const float *dwq, float *v, float lr,
+                                    float *dalpha, float *dbeta);
 
 #endif

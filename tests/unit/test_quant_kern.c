@@ -249,3 +249,52 @@ Test(quant_kern, element_terms_match_reference)
         }
     }
 }
+
+/* The backward with V's SignSGD step fused in (ar_quant_int_backward_step,
+ * what signround.c's update_all calls) against the two steps it replaces:
+ * the reference backward into a zeroed dV, then V -= lr·sign(dV) written
+ * here; every build, V, dα and dβ compared bit for bit. */
+Test(quant_kern, fused_v_step_matches_backward_then_step)
+{
+    static const struct { int k, G; } shapes[] = { {256, 128}, {100, 32}, {96, -1} };
+    const float lr = 0.005f;
+    for (size_t si = 0; si < sizeof shapes / sizeof *shapes; si++)
+        for (int grid = 0; grid < 2; grid++)
+            for (int sym = 0; sym < 2; sym++)
+                for (int mm = 0; mm < 2; mm++) {
+                    problem P;
+                    problem_make(&P, 5, shapes[si].k, shapes[si].G, grid);
+                    ar_quant_spec qs = { .bits = 2 + (int)si, .group_size = shapes[si].G, .sym = sym };
+                    size_t nel = (size_t)P.n * P.k, ngr = (size_t)P.n * P.ng;
+                    float *v0 = malloc(4 * nel), *v = malloc(4 * nel), *dv = calloc(nel, 4);
+                    float *da0 = calloc(ngr, 4), *db0 = calloc(ngr, 4), *da = malloc(4 * ngr), *db = malloc(4 * ngr);
+                    cr_assert(v0 && v && dv && da0 && db0 && da && db);
+                    memcpy(v0, P.v, 4 * nel);
+                    if (nel > 4) v0[3] = -0.0f;
+                    ar_quant_params p = { v0, mm ? P.alpha : NULL, mm ? P.beta : NULL, NULL };
+                    cr_assert_eq(ar_quant_int_backward_with(ar_qint_kernels_isa(AR_QINT_REF), &qs, P.w, P.n, P.k, &p,
+                                                            P.dwq, dv, mm ? da0 : NULL, mm ? db0 : NULL), 0);
+                    for (size_t i = 0; i < nel; i++) v0[i] -= lr * (float)((dv[i] > 0) - (dv[i] < 0));
+                    for (int isa = AR_QINT_REF; isa < AR_QINT_NISA; isa++) {
+                        const ar_qint_kernels *kern = ar_qint_kernels_isa(isa);
+                        if (!kern) continue;
+                        memcpy(v, P.v, 4 * nel);
+                        if (nel > 4) v[3] = -0.0f;
+                        memset(da, 0, 4 * ngr), memset(db, 0, 4 * ngr);
+                        ar_quant_params q = { v, p.alpha, p.beta, NULL };
+                        cr_assert_eq(ar_quant_int_backward_step_with(kern, &qs, P.w, P.n, P.k, &q, P.dwq, v, lr,
+                                                                     mm ? da : NULL, mm ? db : NULL), 0);
+                        cr_expect_eq(first_diff(v, v0, nel, 4), -1, "isa %d shape %zu grid %d sym %d: V differs",
+                                     isa, si, grid, sym);
+                        cr_expect_eq(first_diff(da, da0, ngr, 4), -1, "isa %d: dalpha differs", isa);
+                        cr_expect_eq(first_diff(db, db0, ngr, 4), -1, "isa %d: dbeta differs", isa);
+                    }
+                    free(v0), free(v), free(dv), free(da0), free(db0), free(da), free(db);
+                    problem_free(&P);
+                }
+    /* V must be the tunables' V */
+    float w[4] = {0}, g[4] = {0}, vv[4] = {0}, other[4] = {0};
+    ar_quant_spec qs = { .bits = 4, .group_size = 4, .sym = 1 };
+    ar_quant_params p = { other, NULL, NULL, NULL };
+    cr_expect_eq(ar_quant_int_backward_step(&qs, w, 1, 4, &p, g, vv, 0.1f, NULL, NULL), -1);
+}
