@@ -655,8 +655,10 @@ static int all_zero(const float *x, size_t n)
  * to) is skipped: every term of its backward is ±0 (or NaN where w/s is
  * not finite), SignSGD's sign of ±0 and of NaN is 0, so V, α and β would
  * stay bit for bit (p - lr·(+0) = p, -0 included), and the α/β clamp of an
- * already clamped value is the identity. AutoRound gives such an expert's
- * tunables no gradient at all (None), which its optimizer skips: the same. */
+ * already clamped value is the identity. AutoRound never calls such an
+ * expert, so its tunables get no gradient (None), which its SignSGD skips
+ * (auto_round 0.16.1 algorithms/quantization/sign_round/sign_sgd.py L274),
+ * and its α/β in-place clamp (wrapper.py L298) does not run: the same. */
 static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
 {
     double t0 = now_s();
