@@ -277,6 +277,8 @@ typedef struct {
     float *wq, *dw;
     float lr, mlr;
     const float *init_scale;   /* plan->init_scale[i] (SignRoundV2), or NULL */
+    int wq_fresh;              /* wq is the fake-quantization of the current tunables */
+    int dw_zero;               /* dw is all zero (no step was taken from it) */
 } layer_state;
 
 static float layer_lr(const ar_signround_opts *o, int bits)
@@ -309,6 +311,7 @@ static int layer_init(layer_state *L, const ar_linear_desc *d, const ar_quant_sp
     /* v starts at zero (wq and dw are written before they are read), α = β = 1 */
     memset(L->v, 0, L->nel * 4);
     for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
+    L->wq_fresh = L->dw_zero = 0;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
     return 0;
@@ -433,18 +436,22 @@ static const float *fp_weight(tuner *t, const ar_block_weights *w_fp, int i)
     return t->o->reload(t->o->reload_ctx, i, t->wtmp) ? NULL : t->wtmp;
 }
 
-/* Fake-quantize every planned linear with the current tunables. */
+/* Fake-quantize every planned linear with the current tunables (a linear
+ * whose tunables did not move since its last fake-quantization keeps it). */
 static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 {
     double t0 = now_s();
     for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
-        ar_quant_params p = layer_params(L, t->o->minmax_tuning);
-        ar_quant_out out = {L->wq, NULL, NULL, NULL};
-        const float *w = fp_weight(t, w_fp, i);
-        if (!w || ar_quant_forward(&t->plan->spec[i], w, L->n, L->k, &p, &out)) return -1;
-        memset(L->dw, 0, L->nel * 4);
+        if (!L->wq_fresh) {
+            ar_quant_params p = layer_params(L, t->o->minmax_tuning);
+            ar_quant_out out = {L->wq, NULL, NULL, NULL};
+            const float *w = fp_weight(t, w_fp, i);
+            if (!w || ar_quant_forward(&t->plan->spec[i], w, L->n, L->k, &p, &out)) return -1;
+            L->wq_fresh = 1;
+        }
+        if (!L->dw_zero) memset(L->dw, 0, L->nel * 4);
     }
     t->rep->sec_quant += now_s() - t0;
     return 0;
@@ -635,23 +642,48 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
     return 0;
 }
 
-/* STE backward into the tunables and one SignSGD step at lr scale f. */
+/* Whether all n floats of x are zero (+0 or -0). */
+static int all_zero(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != 0.0f) return 0;
+    return 1;
+}
+
+/* STE backward into the tunables and one SignSGD step at lr scale f.
+ * A linear whose dW is all zero (an expert no token of the step was routed
+ * to) is skipped: every term of its backward is ±0 (or NaN where w/s is
+ * not finite), SignSGD's sign of ±0 and of NaN is 0, so V, α and β would
+ * stay bit for bit (p - lr·(+0) = p, -0 included), and the α/β clamp of an
+ * already clamped value is the identity. AutoRound never calls such an
+ * expert, so its tunables get no gradient (None), which its SignSGD skips
+ * (auto_round 0.16.1 algorithms/quantization/sign_round/sign_sgd.py L274),
+ * and its α/β in-place clamp (wrapper.py L298) does not run: the same. */
 static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
 {
     double t0 = now_s();
     for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->plan->quantize[i]) continue;
         layer_state *L = &t->L[i];
+        if ((L->dw_zero = all_zero(L->dw, L->nel))) continue;
+        L->wq_fresh = 0;
         int mm = t->o->minmax_tuning;
         ar_quant_params p = layer_params(L, mm);
-        memset(t->dv, 0, L->nel * 4);
+        const ar_quant_spec *qs = &t->plan->spec[i];
         memset(t->dalpha, 0, L->ngr * 4);
         memset(t->dbeta, 0, L->ngr * 4);
         const float *w = fp_weight(t, w_fp, i);
-        if (!w || ar_quant_backward(&t->plan->spec[i], w, L->n, L->k, &p, L->dw, t->dv,
-                              mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
-            return -1;
-        sign_step(L->v, t->dv, L->nel, L->lr * f);
+        if (!w) return -1;
+        if (qs->dtype == AR_QDT_INT) {   /* V's step fused into the backward: the same bits */
+            if (ar_quant_int_backward_step(qs, w, L->n, L->k, &p, L->dw, L->v, L->lr * f,
+                                           mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
+                return -1;
+        } else {
+            memset(t->dv, 0, L->nel * 4);
+            if (ar_quant_backward(qs, w, L->n, L->k, &p, L->dw, t->dv, mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
+                return -1;
+            sign_step(L->v, t->dv, L->nel, L->lr * f);
+        }
         if (mm) {
             sign_step(L->alpha, t->dalpha, L->ngr, L->mlr * f);
             sign_step(L->beta, t->dbeta, L->ngr, L->mlr * f);
@@ -799,6 +831,7 @@ static void reset_tunables(tuner *t)
         layer_state *L = &t->L[i];
         memset(L->v, 0, L->nel * 4);
         for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
+        L->wq_fresh = 0;
     }
 }
 
