@@ -87,6 +87,11 @@ typedef struct {
                              more gradient copies in one process) */
     ar_reducer *reduce;   /* NULL: one process; else this process is one of reduce->size ranks that
                              split each iteration's chunks (reduce.h); the result is the same bits */
+    int expert_parallel;  /* 0; 1 with reduce (size > 1): the ranks split the routed experts instead
+                             of the chunks (docs/mpi.md, "Expert parallel"): every rank runs all
+                             samples through the replicated rest of the block, computes, tunes and
+                             bakes its experts [E·r/size, E·(r+1)/size) alone (moe.h's ar_moe_ep),
+                             and gets the others' outputs at the end; the same bits as one process */
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */

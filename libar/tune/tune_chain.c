@@ -270,7 +270,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
     o.micro_batch = tn_chunk(r);   /* the batch's activations in chunks: same sums, bounded memory */
-    o.dp_chunk = a->dp_chunk; o.reduce = a->reduce;
+    o.dp_chunk = a->dp_chunk; o.reduce = a->reduce; o.expert_parallel = a->expert_parallel;
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
     o.gemm = r->amp;
