@@ -732,14 +732,6 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     return 0;
 }
 
-/* The routed expert linear i computes (mlp.experts.E.*, a routed input), or -1. */
-static int expert_of(const ar_block_desc *d, int i)
-{
-    int e;
-    if (d->input_kind[d->lin[i].input] != AR_INPUT_ROUTED) return -1;
-    return sscanf(d->lin[i].name, "mlp.experts.%d.", &e) == 1 ? e : -1;
-}
-
 /* t->mine and t->ep: with expert parallel, this rank's experts' linears and
  * every non-expert one; else every planned linear. 0 or -1. */
 static int set_mine(tuner *t)
@@ -750,15 +742,12 @@ static int set_mine(tuner *t)
     t->ep = (ar_moe_ep){0};
     if (t->o->expert_parallel && rd && rd->size > 1) {
         t->ep = (ar_moe_ep){rd->rank, rd->size, rd->ctx, rd->allgather, 0, 0};
-        for (int i = 0; i < plan->nlinear; i++) {
-            int e = expert_of(plan->desc, i);
-            E = e + 1 > E ? e + 1 : E;
-        }
+        E = ar_block_desc_nexperts(plan->desc);
     }
     int e0 = 0, e1 = E;
     if (E) ar_moe_ep_range(E, rd->rank, rd->size, &e0, &e1);
     for (int i = 0; i < plan->nlinear; i++) {
-        int e = E ? expert_of(plan->desc, i) : -1;
+        int e = E ? ar_block_desc_expert(plan->desc, i) : -1;
         t->mine[i] = plan->quantize[i] && (e < 0 || (e >= e0 && e < e1));
     }
     return 0;
@@ -849,36 +838,6 @@ static void reset_tunables(tuner *t)
     }
 }
 
-/* Expert parallel, after the last iteration: every other rank's experts'
- * outputs (ŵ, codes, scales, zero points), broadcast by their owner in
- * linear order, so that every rank holds the one-process outputs. 0 or -1. */
-static int share_outputs(tuner *t, const ar_quant_out *out)
-{
-    if (t->ep.size <= 1) return 0;
-    ar_reducer *rd = t->o->reduce;
-    int E = 0;
-    for (int i = 0; i < t->plan->nlinear; i++) {
-        int e = expert_of(t->plan->desc, i);
-        E = e + 1 > E ? e + 1 : E;
-    }
-    for (int i = 0; i < t->plan->nlinear; i++) {
-        int e = expert_of(t->plan->desc, i), owner = 0;
-        if (!t->plan->quantize[i] || e < 0) continue;
-        while (owner + 1 < rd->size) {   /* the rank whose range holds e */
-            int e0, e1;
-            ar_moe_ep_range(E, owner, rd->size, &e0, &e1);
-            if (e < e1) break;
-            owner++;
-        }
-        const ar_linear_desc *l = &t->plan->desc->lin[i];
-        size_t nel = (size_t)l->n_out * l->k_in, ng = (size_t)l->n_out * ar_quant_ngroups(l->k_in, t->plan->spec[i].group_size);
-        if (rd->bcast(rd->ctx, out[i].wq, nel * 4, owner) || rd->bcast(rd->ctx, out[i].codes, nel, owner) ||
-            rd->bcast(rd->ctx, out[i].scale, ng * 4, owner) || rd->bcast(rd->ctx, out[i].zp, ng * 4, owner))
-            return -1;
-    }
-    return 0;
-}
-
 int ar_signround_begin(int n, int T, const ar_signround_opts *o, ar_signround_report **rep,
                        ar_signround_report *spare)
 {
@@ -945,7 +904,6 @@ int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *
     if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
     if (!rc && o->use_best && !baked) reset_tunables(tp);
     if (!rc && !baked) rc = bake(tp, w_fp, out);
-    if (!rc) rc = share_outputs(tp, out);
     if (tp->ep.size > 1) {   /* the exchanges' accounting, where ar-tune reports the ranks' */
         o->reduce->bytes += tp->ep.bytes, o->reduce->seconds += tp->ep.seconds;
         if (tp->ep.bytes > 0) o->reduce->iters += o->iters;   /* iterations of blocks with routed experts */

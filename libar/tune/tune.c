@@ -256,7 +256,10 @@ static int block_work(tn_run *r, int layer, ar_block_weights *wfp)
     const ar_tune_opts *o = r->o;
     int from = r->d ? r->d->block : o->first_block;
     if (layer < from) return 0;
-    if (layer_desc(r, layer, wfp) || ar_model_load_block(r->m, layer, wfp)) return -1;
+    if (layer_desc(r, layer, wfp)) return -1;
+    for (int i = 0; r->ep && i < r->bd.nlinear; i++)   /* other ranks' experts: not read */
+        if (tn_ep_other(r, i)) free(wfp->w[i]), wfp->w[i] = NULL;
+    if (ar_model_load_block(r->m, layer, wfp)) return -1;
     if (layer < o->first_block) return fp_forward(r, wfp);
     return o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
 }
@@ -466,6 +469,51 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     return rc;
 }
 
+int tn_ep_other(const tn_run *r, int i)
+{
+    int e = r->ep ? ar_block_desc_expert(&r->bd, i) : -1, e0, e1;
+    if (e < 0) return 0;
+    ar_moe_ep_range(ar_block_desc_nexperts(&r->bd), r->ep->rank, r->ep->size, &e0, &e1);
+    return e < e0 || e >= e1;
+}
+
+int tn_ep_share(const tn_run *r, int i, const ar_quant_spec *qs, const ar_quant_out *mine, ar_quant_out *o,
+                float *gs, const ar_quant_out **use)
+{
+    ar_reducer *rd = r->o->reduce;
+    int E = ar_block_desc_nexperts(&r->bd), e = ar_block_desc_expert(&r->bd, i), owner = 0, e0, e1;
+    for (;; owner++) {   /* the rank whose share holds e */
+        ar_moe_ep_range(E, owner, rd->size, &e0, &e1);
+        if (e < e1 || owner + 1 == rd->size) break;
+    }
+    size_t nel = (size_t)r->bd.lin[i].n_out * r->bd.lin[i].k_in;
+    size_t ng = (size_t)r->bd.lin[i].n_out * ar_quant_ngroups(r->bd.lin[i].k_in, qs->group_size);
+    if (owner == rd->rank) *o = *mine;   /* the buffers broadcast from */
+    else *o = (ar_quant_out){malloc(nel * 4), malloc(nel), malloc(ng * 4), malloc(ng * 4)};
+    if (!o->wq || !o->codes || !o->scale || !o->zp) return ar_error("out of memory for an expert's output");
+    int rc = rd->bcast(rd->ctx, o->wq, nel * 4, owner) || rd->bcast(rd->ctx, o->codes, nel, owner) ||
+             rd->bcast(rd->ctx, o->scale, ng * 4, owner) || rd->bcast(rd->ctx, o->zp, ng * 4, owner) ||
+             rd->bcast(rd->ctx, gs, sizeof *gs, owner);
+    *use = owner == rd->rank ? mine : o;
+    if (owner == rd->rank) *o = (ar_quant_out){0};   /* nothing for the caller to free */
+    return rc ? -1 : 0;
+}
+
+/* Expert parallel needs SignRound on calibration data, and no pass that
+ * reads every expert's FP weight (opt-RTN and SignRoundV2 statistics,
+ * GGUF's mixes). 0 or -1. */
+static int ep_setup(tn_run *r, ar_moe_ep *ep)
+{
+    const ar_tune_opts *o = r->o;
+    if (!o->expert_parallel || !o->reduce || o->reduce->size < 2) return 0;
+    if (!r->d || o->iters < 1) return ar_error("expert parallel: needs SignRound (calibration data and iters > 0)");
+    if (o->enable_alg_ext) return ar_error("expert parallel: not with enable_alg_ext (its statistics read every expert)");
+    if (o->scheme.kind == AR_SCHEME_GGUF) return ar_error("expert parallel: not with GGUF schemes");
+    *ep = (ar_moe_ep){o->reduce->rank, o->reduce->size, o->reduce->ctx, o->reduce->allgather, 0, 0};
+    r->ep = ep;
+    return 0;
+}
+
 int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out)
 {
     tn_run r;
@@ -476,7 +524,8 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     r.o = o;
     r.d = calib;
     r.w = out;
-    int rc = run_blocks(&r, model, out);
+    ar_moe_ep ep;
+    int rc = ep_setup(&r, &ep) ? AR_TUNE_FAILED : run_blocks(&r, model, out);
     ar_gpu_residency_close(r.gpu); /* before the chain arrays it may keep page-locked go */
     tn_bufs_free(&buf);
     ar_gemm_free(&r.gemm);
