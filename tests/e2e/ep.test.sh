@@ -7,7 +7,9 @@
 #     (grouped sigmoid routing, shared expert, MLA) fixtures: one process =
 #     -np 1 = -np 2 = -np 3 (3 ranks: uneven shares of the experts);
 #  2. the exchange line names the bytes the ranks' shares predict (> 0);
-#  3. --expert_parallel with --dp_chunk is refused with one line, no output.
+#  3. --expert_parallel with --dp_chunk is refused with one line, no output;
+#  4. with --checkpoint, the rerun of a finished run replays it (rank 0) to
+#     the one-process bytes.
 # Skipped, with a line, without mpirun or with an ar-tune built without MPI.
 . "$(dirname "$0")/lib.sh"
 command -v mpirun >/dev/null || { echo "skip: mpirun not found (make deps installs openmpi-bin)"; exit 0; }
@@ -54,3 +56,11 @@ fi
 grep -q "give no --dp_chunk" "$T/both.err" || { cat "$T/both.err" >&2; fail "no line about --dp_chunk"; }
 [ ! -e "$T/both.ars" ] || fail "refused, but an output was written"
 echo "ok: --expert_parallel with --dp_chunk refused"
+
+# 4.
+mpirun_np 2 "$BIN/ar-tune" $AD --expert_parallel --checkpoint "$T/ck" -o "$T/ck1.ars"
+mpirun_np 2 "$BIN/ar-tune" $AD --expert_parallel --checkpoint "$T/ck" --progress -o "$T/ck2.ars" 2> "$T/ck.err"
+grep -q "blocks finished in" "$T/ck.err" || { cat "$T/ck.err" >&2; fail "the rerun did not replay the checkpoint"; }
+cmp "$T/deepseek_v3.one.ars" "$T/ck1.ars" || fail "checkpointed -np 2 differs from one process"
+cmp "$T/deepseek_v3.one.ars" "$T/ck2.ars" || fail "replayed -np 2 differs from one process"
+echo "ok: deepseek_v3 --expert_parallel --checkpoint: run and replay = one process"
