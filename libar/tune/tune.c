@@ -469,36 +469,6 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     return rc;
 }
 
-int tn_ep_other(const tn_run *r, int i)
-{
-    int e = r->ep ? ar_block_desc_expert(&r->bd, i) : -1, e0, e1;
-    if (e < 0) return 0;
-    ar_moe_ep_range(ar_block_desc_nexperts(&r->bd), r->ep->rank, r->ep->size, &e0, &e1);
-    return e < e0 || e >= e1;
-}
-
-int tn_ep_share(const tn_run *r, int i, const ar_quant_spec *qs, const ar_quant_out *mine, ar_quant_out *o,
-                float *gs, const ar_quant_out **use)
-{
-    ar_reducer *rd = r->o->reduce;
-    int E = ar_block_desc_nexperts(&r->bd), e = ar_block_desc_expert(&r->bd, i), owner = 0, e0, e1;
-    for (;; owner++) {   /* the rank whose share holds e */
-        ar_moe_ep_range(E, owner, rd->size, &e0, &e1);
-        if (e < e1 || owner + 1 == rd->size) break;
-    }
-    size_t nel = (size_t)r->bd.lin[i].n_out * r->bd.lin[i].k_in;
-    size_t ng = (size_t)r->bd.lin[i].n_out * ar_quant_ngroups(r->bd.lin[i].k_in, qs->group_size);
-    if (owner == rd->rank) *o = *mine;   /* the buffers broadcast from */
-    else *o = (ar_quant_out){malloc(nel * 4), malloc(nel), malloc(ng * 4), malloc(ng * 4)};
-    if (!o->wq || !o->codes || !o->scale || !o->zp) return ar_error("out of memory for an expert's output");
-    int rc = rd->bcast(rd->ctx, o->wq, nel * 4, owner) || rd->bcast(rd->ctx, o->codes, nel, owner) ||
-             rd->bcast(rd->ctx, o->scale, ng * 4, owner) || rd->bcast(rd->ctx, o->zp, ng * 4, owner) ||
-             rd->bcast(rd->ctx, gs, sizeof *gs, owner);
-    *use = owner == rd->rank ? mine : o;
-    if (owner == rd->rank) *o = (ar_quant_out){0};   /* nothing for the caller to free */
-    return rc ? -1 : 0;
-}
-
 /* Expert parallel needs SignRound on calibration data, and no pass that
  * reads every expert's FP weight (opt-RTN and SignRoundV2 statistics,
  * GGUF's mixes). 0 or -1. */
