@@ -6,7 +6,6 @@
 #include "quant_fp.h"
 #include "spill.h"
 #include <math.h>
-#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -733,8 +732,8 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
 }
 
 /* t->mine and t->ep: with expert parallel, this rank's experts' linears and
- * every non-expert one; else every planned linear. 0 or -1. */
-static int set_mine(tuner *t)
+ * every non-expert one; else every planned linear. */
+static void set_mine(tuner *t)
 {
     const ar_block_plan *plan = t->plan;
     ar_reducer *rd = t->o->reduce;
@@ -750,7 +749,6 @@ static int set_mine(tuner *t)
         int e = E ? ar_block_desc_expert(plan->desc, i) : -1;
         t->mine[i] = plan->quantize[i] && (e < 0 || (e >= e0 && e < e1));
     }
-    return 0;
 }
 
 static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_weights *w_fp,
@@ -770,7 +768,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
     t->head_rows = 0;
     t->rep = NULL;
     ar_block_weights_borrow(&t->wq, w_fp);
-    if (set_mine(t)) return -1;
+    set_mine(t);
     size_t gtotal = 0;
     for (int i = 0; i < plan->nlinear; i++) {
         if (!t->mine[i]) continue;
