@@ -326,3 +326,20 @@ int ar_block_desc_layer_name(const ar_block_desc *d, int layer, int i, char *buf
 {
     return snprintf(buf, (size_t)size, "model.layers.%d.%s", layer, d->lin[i].name);
 }
+
+int ar_block_desc_expert(const ar_block_desc *d, int i)
+{
+    int e;
+    if (d->input_kind[d->lin[i].input] != AR_INPUT_ROUTED) return -1;
+    return sscanf(d->lin[i].name, "mlp.experts.%d.", &e) == 1 ? e : -1;
+}
+
+int ar_block_desc_nexperts(const ar_block_desc *d)
+{
+    int E = 0;
+    for (int i = 0; i < d->nlinear; i++) {
+        int e = ar_block_desc_expert(d, i);
+        E = e + 1 > E ? e + 1 : E;
+    }
+    return E;
+}

@@ -1,6 +1,7 @@
 #include "signround.h"
 #include "dtype.h"
 #include "error.h"
+#include "moe.h"
 #include "ops.h"
 #include "quant_fp.h"
 #include "spill.h"
@@ -401,7 +402,10 @@ typedef struct {
     int T, C, bs;
     int mc;                       /* samples of one forward/backward (micro-batch): at most bs and leaf */
     int leaf;                     /* samples of one chunk of the tree (o->dp_chunk); 0: the whole step */
-    int nl;                       /* entries of L, gptr and wq (the cache's) */
+    int nl;                       /* entries of L, gptr, mine and wq (the cache's) */
+    unsigned char *mine;          /* [nl] planned and tuned here: with expert parallel, not another
+                                     rank's routed expert */
+    ar_moe_ep ep;                 /* expert parallel's exchange (o->reduce's all-gather), size 0 when off */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
     size_t cap_dv, cap_dg;
@@ -442,7 +446,7 @@ static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 {
     double t0 = now_s();
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
         if (!L->wq_fresh) {
             ar_quant_params p = layer_params(L, t->o->minmax_tuning);
@@ -515,7 +519,7 @@ static float *const *grad_set(tuner *t, int s)
     size_t off = 0;
     for (int i = 0; i < t->plan->nlinear; i++) {
         t->gptr[i] = NULL;
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         t->gptr[i] = s ? t->gsets + (size_t)(s - 1) * t->gtotal + off : t->L[i].dw;
         off += t->L[i].nel;
     }
@@ -532,7 +536,7 @@ static void zero_set(tuner *t, int s)
 static void add_set(tuner *t, int dst, int src)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         float *a = grad_set(t, dst)[i];
         const float *b = grad_set(t, src)[i];
         for (size_t e = 0; e < t->L[i].nel; e++) a[e] = a[e] + b[e];
@@ -572,6 +576,13 @@ static int eval_node(tuner *t, const tree_job *j, int lo, int hi, int s, int dep
     return 0;
 }
 
+/* o->reduce when the ranks split the chunks (data parallel), else NULL. */
+static ar_reducer *dp_ranks(const tuner *t)
+{
+    ar_reducer *rd = t->o->reduce;
+    return rd && rd->size > 1 && !t->o->expert_parallel ? rd : NULL;
+}
+
 /* Room for `sets` arena sets, the loss parts of K chunks and the exchange
  * scratch. */
 static int tree_alloc(tuner *t, int K, int sets)
@@ -590,9 +601,9 @@ static int tree_alloc(tuner *t, int K, int sets)
         if (!t->part || !t->hpart) return ar_error("out of memory for the loss parts");
         t->cap_part = K;
     }
-    ar_reducer *rd = t->o->reduce;
-    size_t sc = rd && rd->size > 1 ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
-    if (rd && rd->size > 1 && !sc) return -1;   /* ar_reduce_scratch said why */
+    ar_reducer *rd = dp_ranks(t);
+    size_t sc = rd ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
+    if (rd && !sc) return -1;   /* ar_reduce_scratch said why */
     if (sc > t->cap_rscratch) {
         free(t->rscratch);
         t->cap_rscratch = 0;
@@ -613,8 +624,8 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
                        const int *idx, int gb, double *loss)
 {
     int L = t->leaf ? t->leaf : gb, K = (gb + L - 1) / L, depth = 0;
-    ar_reducer *rd = t->o->reduce;
-    int ranks = rd && rd->size > 1;
+    ar_reducer *rd = dp_ranks(t);
+    int ranks = rd != NULL;
     int lo = 0, hi = K, nodes[2 * 64];
     if (ranks) ar_chunk_range(K, rd->rank, rd->size, &lo, &hi);
     int own = ar_chunk_nodes(K, lo, hi, nodes, 64);
@@ -633,7 +644,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         float *sum = t->gsets + (size_t)(own + depth) * t->gtotal;
         if (ar_reduce_tree(rd, K, sum, mine, t->gtotal, t->rscratch)) return -1;
         for (int i = 0; i < t->plan->nlinear; i++)
-            if (t->plan->quantize[i]) memcpy(t->L[i].dw, sum, t->L[i].nel * 4), sum += t->L[i].nel;
+            if (t->mine[i]) memcpy(t->L[i].dw, sum, t->L[i].nel * 4), sum += t->L[i].nel;
         if (ar_reduce_parts(rd, K, t->part) || (t->o->lfq && ar_reduce_parts(rd, K, t->hpart))) return -1;
         rd->iters++;
     }
@@ -663,7 +674,7 @@ static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
 {
     double t0 = now_s();
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
         if ((L->dw_zero = all_zero(L->dw, L->nel))) continue;
         L->wq_fresh = 0;
@@ -708,7 +719,7 @@ struct ar_signround_cache {
 static void tuner_free(tuner *t)
 {
     for (int i = 0; t->L && i < t->nl; i++) layer_free(&t->L[i]);
-    free(t->L);
+    free(t->L); free(t->mine);
     free(t->dv); free(t->dalpha); free(t->dbeta); free(t->wtmp);
     ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
@@ -735,7 +746,8 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     k->ready = 0;
     if (ar_block_weights_init(&t->wq, nl)) return -1;
     t->nl = nl;
-    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->gptr = calloc(nl, sizeof *t->gptr)))
+    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->gptr = calloc(nl, sizeof *t->gptr)) ||
+        !(t->mine = calloc(nl, 1)))
         return ar_error("out of memory for the tunables");
     size_t rows = (size_t)bs * T * c->hidden;
     t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
@@ -749,6 +761,26 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     k->bs = bs, k->T = T, k->nl = nl, k->lfq = lfq;
     k->ready = 1;
     return 0;
+}
+
+/* t->mine and t->ep: with expert parallel, this rank's experts' linears and
+ * every non-expert one; else every planned linear. */
+static void set_mine(tuner *t)
+{
+    const ar_block_plan *plan = t->plan;
+    ar_reducer *rd = t->o->reduce;
+    int E = 0;
+    t->ep = (ar_moe_ep){0};
+    if (t->o->expert_parallel && rd && rd->size > 1) {
+        t->ep = (ar_moe_ep){rd->rank, rd->size, rd->ctx, rd->allgather, 0, 0};
+        E = ar_block_desc_nexperts(plan->desc);
+    }
+    int e0 = 0, e1 = E;
+    if (E) ar_moe_ep_range(E, rd->rank, rd->size, &e0, &e1);
+    for (int i = 0; i < plan->nlinear; i++) {
+        int e = E ? ar_block_desc_expert(plan->desc, i) : -1;
+        t->mine[i] = plan->quantize[i] && (e < 0 || (e >= e0 && e < e1));
+    }
 }
 
 static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_weights *w_fp,
@@ -768,9 +800,10 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
     t->head_rows = 0;
     t->rep = NULL;
     ar_block_weights_borrow(&t->wq, w_fp);
+    set_mine(t);
     size_t gtotal = 0;
     for (int i = 0; i < plan->nlinear; i++) {
-        if (!plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], &plan->desc->lin[i], &plan->spec[i], o))
             return -1;
         t->L[i].init_scale = plan->init_scale[i];
@@ -804,6 +837,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
      * quantized-input copy are set below) */
     t->ws.observe = o->observe, t->ws.observe_ctx = o->observe_ctx;
     t->ws.gemm = o->gemm;
+    t->ws.moe_ep = t->ep.size > 1 ? &t->ep : NULL;
     return ar_block_plan_set_act_quant(plan, &t->ws);
 }
 
@@ -815,7 +849,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
 static int bake(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
         ar_quant_params p = layer_params(L, t->o->minmax_tuning);
         const float *w = fp_weight(t, w_fp, i);
@@ -827,7 +861,7 @@ static int bake(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
 static void reset_tunables(tuner *t)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
         memset(L->v, 0, L->nel * 4);
         for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
@@ -901,6 +935,11 @@ int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *
     if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
     if (!rc && o->use_best && !baked) reset_tunables(tp);
     if (!rc && !baked) rc = bake(tp, w_fp, out);
+    if (tp->ep.size > 1) {   /* the exchanges' accounting, where ar-tune reports the ranks' */
+        o->reduce->bytes += tp->ep.bytes, o->reduce->seconds += tp->ep.seconds;
+        if (tp->ep.bytes > 0) o->reduce->iters += o->iters;   /* iterations of blocks with routed experts */
+        tp->ep.bytes = tp->ep.seconds = 0;
+    }
     ar_index_sampler_free(&s);
     rep->sec_total = now_s() - t_start;
     return rc;
