@@ -19,9 +19,8 @@
 #   RUNS     space-separated FAMILY:SCHEME[,SCHEME] items
 #            [qwen3_moe:W4A16,W2A16G64 mixtral:W4A16,W2A16G64 deepseek_v3:W4A16,W2A16G64
 #             qwen2_moe:W4A16]
-#            gpt_oss is refused: ar-pack writes no folder of it yet (auto_round or fake:
-#            "the model has no tensor model.layers.0.mlp.experts.0.gate_proj.weight", docs/moe.md
-#            section 10), so ar-eval has nothing of ar's to score.
+#            gpt_oss:W4A16 works too (ar-pack writes gpt-oss auto_round since the
+#            moe-exports merge; ar-eval scores both folders).
 #   SEEDS    [42]   ITERS [50]   BATCH [8]   THREADS [2]
 #   EVAL_WINDOWS  256-token windows of heldout.txt scored [all: 155]
 #   MODELS   [build/moe]   OUT  work folders, kept [build/moe-peer]
@@ -41,10 +40,6 @@ mkdir -p "$OUT"
 status=0
 for run in $RUNS; do
   fam=${run%%:*} schemes=$(printf '%s' "${run#*:}" | tr , ' ')
-  if [ "$fam" = gpt_oss ]; then
-    echo "moe_peer.sh: gpt_oss skipped: ar-pack cannot write a gpt-oss folder yet (docs/moe.md section 10)" >&2
-    status=1; continue
-  fi
   if [ ! -f "$MODELS/$fam/config.json" ]; then
     echo "moe_peer.sh: $MODELS/$fam missing (make_tiny_moe.py --only $fam); skipped" >&2; continue
   fi
