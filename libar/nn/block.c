@@ -6,6 +6,7 @@
 #include "error.h"
 #include "moe.h"
 #include "ops.h"
+#include "ops_amp.h"
 #include "quant_kv.h"
 #include "rope_scaling.h"
 
@@ -241,6 +242,11 @@ void ar_block_kv_cache(ar_block_work *ws, float *k, float *v, long n, int kd)
     if (ws->kv_scale[1] > 0) ar_kv_fp8_qdq(v, n, ws->kv_scale[1]);
 }
 
+/* Under AMP (bf16 GEMMs) the elementwise passes may use ops_amp.h's
+ * vectorized versions: their error is far below the bf16 rounding of the
+ * products around them, and the f32 path stays the byte-exact reference. */
+static int amp_on(const ar_block_work *ws) { return ws->gemm && ws->gemm->bf16; }
+
 /* q, k and v of the normed input f->ln1 [BT, C], which stays pinned for
  * the three products (one bf16 copy; gemm.h). */
 static int qkv_forward(const ar_block_weights *w, int BT, int C, int QD, int KD, ar_block_work *ws,
@@ -319,7 +325,8 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
              ar_linear_forward_g(ws->gemm, f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
     if (pin) ar_gemm_unpin(ws->gemm, f->ln2);
     if (rc) return -1;
-    ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
+    if (amp_on(ws)) ar_swiglu_forward_amp(f->act, f->gate, f->up, (long)BT * F);
+    else ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
     if (!(in = ar_block_forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
     if (ar_linear_forward_g(ws->gemm, f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C)) return -1;
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
@@ -398,7 +405,8 @@ static int mlp_back(const ar_config *c, const ar_block_weights *w, const ar_bloc
     memset(ws->dln, 0, sizeof(float) * BT * C);
     memcpy(ws->dh, dy, sizeof(float) * BT * C); /* residual: dh = dy + ... */
     if (linear_back(ws, AR_DOWN, ws->dact, dW, dxin, dy, a->act, w->w[AR_DOWN], BT, F, C)) return -1;
-    ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
+    if (amp_on(ws)) ar_swiglu_backward_amp(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
+    else ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
     int pin = ar_gemm_pin(ws->gemm, a->ln2, (int)BT, C);   /* both dW products read it */
     if (pin < 0) return -1;
     int rc = linear_back(ws, AR_GATE, ws->dln, dW, dxin, ws->dgate, a->ln2, w->w[AR_GATE], BT, C, F) ||
