@@ -400,8 +400,10 @@ static int mlp_back(const ar_config *c, const ar_block_weights *w, const ar_bloc
     long BT = (long)a->B * a->T;
     int C = c->hidden, F = c->intermediate;
     memset(ws->dact, 0, sizeof(float) * BT * F);
-    memset(ws->dgate, 0, sizeof(float) * BT * F);
-    memset(ws->dup, 0, sizeof(float) * BT * F);
+    if (!amp_on(ws)) {   /* the AMP SwiGLU backward overwrites them */
+        memset(ws->dgate, 0, sizeof(float) * BT * F);
+        memset(ws->dup, 0, sizeof(float) * BT * F);
+    }
     memset(ws->dln, 0, sizeof(float) * BT * C);
     memcpy(ws->dh, dy, sizeof(float) * BT * C); /* residual: dh = dy + ... */
     if (linear_back(ws, AR_DOWN, ws->dact, dW, dxin, dy, a->act, w->w[AR_DOWN], BT, F, C)) return -1;

@@ -70,9 +70,9 @@ AVX512 static void swiglu_bwd16(float *dgate, float *dup, const float *dout, con
             /* silu'(g) = sg (1 + g (1 − sg)) */
             __m512 ds = _mm512_mul_ps(sg, _mm512_fmadd_ps(g, _mm512_sub_ps(one, sg), one));
             __m512 du = _mm512_mul_ps(d, _mm512_loadu_ps(up + i));
-            _mm512_storeu_ps(dgate + i, _mm512_fmadd_ps(du, ds, _mm512_loadu_ps(dgate + i)));
+            _mm512_storeu_ps(dgate + i, _mm512_mul_ps(du, ds));
         }
-        if (dup) _mm512_storeu_ps(dup + i, _mm512_fmadd_ps(d, _mm512_mul_ps(g, sg), _mm512_loadu_ps(dup + i)));
+        if (dup) _mm512_storeu_ps(dup + i, _mm512_mul_ps(d, _mm512_mul_ps(g, sg)));
     }
 }
 
@@ -94,6 +94,10 @@ void ar_swiglu_backward_amp(float *dgate, float *dup, const float *dout, const f
 {
     long n16 = have_avx512() ? n / 16 * 16 : 0;
     if (n16) swiglu_bwd16(dgate, dup, dout, gate, up, n16);
+    for (long i = n16; i < n; i++) {   /* ops.h's loop adds: clear the tail first */
+        if (dgate) dgate[i] = 0;
+        if (dup) dup[i] = 0;
+    }
     ar_swiglu_backward(dgate ? dgate + n16 : NULL, dup ? dup + n16 : NULL, dout + n16, gate + n16, up + n16,
                        n - n16);
 }
@@ -106,6 +110,10 @@ void ar_swiglu_forward_amp(float *out, const float *gate, const float *up, long 
 
 void ar_swiglu_backward_amp(float *dgate, float *dup, const float *dout, const float *gate, const float *up, long n)
 {
+    for (long i = 0; i < n; i++) {
+        if (dgate) dgate[i] = 0;
+        if (dup) dup[i] = 0;
+    }
     ar_swiglu_backward(dgate, dup, dout, gate, up, n);
 }
 #endif
