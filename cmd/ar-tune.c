@@ -23,7 +23,7 @@ static const char usage[] =
     "usage: ar-tune [-i CALIB|-] [--model DIR] [-o FILE] [--scheme W4A16] [--bits N] [--group_size G]\n"
     "               [--sym|--asym] [--layer_config FILE.json] [--iters 200] [--lr X] [--minmax_lr X]\n"
     "               [--nsamples N] [--seqlen L] [--batch_size 8] [--gradient_accumulate_steps 1]\n"
-    "               [--micro_batch N] [--dp_chunk M] [--bench_chain_samples K]\n"
+    "               [--micro_batch N] [--dp_chunk M | --expert_parallel] [--bench_chain_samples K]\n"
     "               [--seed 42] [--recipe default|best|light] [--disable_minmax_tuning]\n"
     "               [--not_use_best_mse] [--disable_quanted_input] [--disable_opt_rtn] [--enable_alg_ext]\n"
     "               [--enable_lfq [--lfq_target labels|fp]] [--static_kv_dtype fp8]\n"
@@ -39,6 +39,8 @@ static const char usage[] =
     "--dp_chunk M: cut each iteration's samples into chunks of M and sum the chunks' gradients over a fixed\n"
     "tree. mpirun -np N ar-tune ... splits those chunks among N ranks (default under mpirun: 1) and writes the\n"
     "same bytes as one process with the same --dp_chunk and --threads (docs/mpi.md; give -i FILE and -o FILE).\n"
+    "--expert_parallel: under mpirun, the ranks split each MoE block's routed experts instead (each holds the\n"
+    "tuning state of its own experts, the routed rows are exchanged); the same bytes as one process.\n"
     "--mem_budget MIB: when the calibration chains (3 x nsamples x seqlen x hidden bf16) need more host memory,\n"
     "they live in files under $TMPDIR (default /tmp) instead, and SignRound's forward/backward runs a batch in\n"
     "chunks of as many samples as the budget holds (their gradients add up: the same sums, grouped);\n"
@@ -110,6 +112,7 @@ static tune_args parse_args(int argc, char **argv)
         else if ((v = cli_value(argc, argv, &i, "--bench_chain_samples")))
             o->bench_chain_samples = (int)cli_long("--bench_chain_samples", v, 1, 1 << 20);
         else if ((v = cli_value(argc, argv, &i, "--dp_chunk"))) o->dp_chunk = (int)cli_long("--dp_chunk", v, 1, 1 << 16);
+        else if (flag(s, "--expert_parallel")) o->expert_parallel = 1;
         else if ((v = cli_value(argc, argv, &i, "--lr"))) o->lr = cli_double("--lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--minmax_lr"))) o->minmax_lr = cli_double("--minmax_lr", v, 1e-12, 10);
         else if ((v = cli_value(argc, argv, &i, "--seed"))) o->seed = cli_long("--seed", v, 0, LONG_MAX);
@@ -226,12 +229,30 @@ typedef struct {
 } progress_ctx;
 
 /* With ranks: every rank's forward+backward seconds of the block, on rank
- * 0's line (a collective: every rank reports every block). */
+ * 0's line (a collective: every rank reports every block). Up to
+ * RANK_TIMES_LISTED ranks each is listed; beyond, the line would not fit, so
+ * it gives the slowest and fastest rank and the mean. The gather buffer holds
+ * as many ranks as the exchanges accept (reduce.h): no allocation that one
+ * rank could fail while the others wait in the collective. */
+enum { RANK_TIMES_LISTED = 32 };
 static void rank_times(const progress_ctx *p, const ar_signround_report *rep, char *s, size_t n)
 {
+    static double all[AR_REDUCE_MAX_RANKS];
     ar_reducer *rd = p->ranks;
-    double v = rep ? rep->sec_forward + rep->sec_backward : 0, all[64];
-    if (!rd || rd->size > 64 || mpi_ranks_gather(rd, v, all)) return;
+    double v = rep ? rep->sec_forward + rep->sec_backward : 0;
+    if (!rd || rd->size > AR_REDUCE_MAX_RANKS || mpi_ranks_gather(rd, v, all) || rd->rank) return;
+    if (rd->size > RANK_TIMES_LISTED) {
+        int lo = 0, hi = 0;
+        double sum = 0;
+        for (int r = 0; r < rd->size; r++) {
+            sum += all[r];
+            if (all[r] < all[lo]) lo = r;
+            if (all[r] > all[hi]) hi = r;
+        }
+        snprintf(s, n, "  ranks fwd+bwd max %.1fs (rank %d) min %.1fs (rank %d) mean %.1fs of %d", all[hi], hi,
+                 all[lo], lo, sum / rd->size, rd->size);
+        return;
+    }
     int len = snprintf(s, n, "  ranks fwd+bwd");
     for (int r = 0; r < rd->size && len < (int)n; r++) len += snprintf(s + len, n - len, " %.1fs", all[r]);
 }
@@ -295,7 +316,9 @@ int main(int argc, char **argv)
     a.o.reduce = ranks;
     /* ranks split chunks: one chunk a step would leave all but rank 0 idle;
      * 1 sample a chunk is a choice that does not depend on the rank count */
-    if (ranks && ranks->size > 1 && a.o.dp_chunk == 0) a.o.dp_chunk = 1;
+    if (a.o.expert_parallel && a.o.dp_chunk)
+        cli_usage_error("--expert_parallel: the ranks split experts, not chunks; give no --dp_chunk");
+    if (ranks && ranks->size > 1 && a.o.dp_chunk == 0 && !a.o.expert_parallel) a.o.dp_chunk = 1;
     if (ranks && ranks->rank > 0) cli_progress = 0;   /* after --progress / --verbose: rank 0 speaks */
     if (ranks && !a.in && !a.model)   /* mpirun hands standard input to rank 0 alone */
         cli_usage_error("with mpirun give the calibration stream as -i FILE, not on standard input");
@@ -343,8 +366,9 @@ int main(int argc, char **argv)
     if (quiet_rank) fclose(f);
     else cli_out_commit(f);
     if (ranks && ranks->rank == 0 && cli_progress && ranks->iters)
-        fprintf(stderr, "ar-tune: %d ranks: gradient exchange %.3f MiB received and %.2f ms per iteration (rank 0, "
-                        "%ld iterations)\n", ranks->size, ranks->bytes / ranks->iters / 1048576.0,
+        fprintf(stderr, "ar-tune: %d ranks: %s exchange %.3f MiB received and %.2f ms per iteration (rank 0, "
+                        "%ld iterations)\n", ranks->size, a.o.expert_parallel ? "expert" : "gradient",
+                ranks->bytes / ranks->iters / 1048576.0,
                 1e3 * ranks->seconds / ranks->iters, ranks->iters);
     if (cli_progress) fprintf(stderr, "ar-tune: done in %.1fs\n", cli_now() - pc.t0);
     ar_calib_data_free(&d);

@@ -79,26 +79,26 @@ AR_HD static inline ar_fp_tile ar_fp_tile_setup(int kind, float gs, float amax, 
         ar_fp_fmt f = ar_fp_fmt_of(kind);
         float c = amax * (init * beta);
         int e = (c == 0.0f ? 1 : ar_fp_floor_log2(c)) - f.emax;
-        int live = c != 0.0f && e >= -127 && e <= 127;
+        int live = c != 0.0f && e > -127 && e < 127;
         e = e < -127 ? -127 : (e > 127 ? 127 : e);
         s.scale = ldexpf(1.0f, e);
         s.o = 1.0f / s.scale;
         s.deq = s.scale;
-        if (live) s.dscale_dbeta = s.scale * amax * init / c;   /* d 2^floor(log2 c)/dβ, straight-through floor */
+        if (live) s.dscale_dbeta = s.scale * (amax * init / c);   /* d 2^floor(log2 c)/dβ, straight-through floor */
     } else if (kind == AR_CUDA_Q_NVFP4) {
         float raw = gs * (amax * (beta * init) * (1.0f / 6.0f));
         s.scale = ar_fp_elem_round(AR_CUDA_Q_FP8, ar_fp_clamp(raw, -448.0f, 448.0f));
         float inv_gs = gs == 0.0f ? 0.0f : 1.0f / gs, d = s.scale * inv_gs;
         s.o = d == 0.0f ? 0.0f : 1.0f / d;
         s.deq = s.o == 0.0f ? 0.0f : 1.0f / s.o;
-        if (fabsf(raw) <= 448.0f) s.dscale_dbeta = gs * amax * init / 6.0f;
+        if (fabsf(raw) < 448.0f) s.dscale_dbeta = gs * amax * init / 6.0f;
     } else {
         const float floor_s = 1.0f / (448.0f * 512.0f);
         float raw = amax * (beta * init) / 448.0f;
         s.scale = raw < floor_s ? floor_s : raw;
         s.o = 1.0f / s.scale;
         s.deq = s.scale;
-        if (raw >= floor_s) s.dscale_dbeta = amax * init / 448.0f;
+        if (raw > floor_s) s.dscale_dbeta = amax * init / 448.0f;
     }
     return s;
 }
@@ -123,12 +123,15 @@ AR_HD static inline float ar_fp_elem_forward(int kind, const ar_fp_tile &s, floa
     return q * s.deq;
 }
 
-/* d elem(x)/dx as AutoRound's autograd sees it (quant_fp.h). */
+/* d elem(x)/dx as AutoRound's autograd sees it (quant_fp.h, quant_fp.c's
+ * elem_grad): 0 at and beyond the clamps. */
 AR_HD static inline float ar_fp_elem_grad(int kind, float x, float q)
 {
-    if (x == 0.0f) return kind == AR_CUDA_Q_FP8 ? 1.0f : 0.0f;
+    float lim = ar_fp_elem_max(kind);
+    if (kind == AR_CUDA_Q_FP8) return fabsf(x) < lim ? 1.0f : 0.0f;
+    if (x == 0.0f || fabsf(q) >= lim) return 0.0f;
     if (kind == AR_CUDA_Q_MXFP4 || kind == AR_CUDA_Q_MXFP8)
-        return fabsf(x) >= ldexpf(1.0f, ar_fp_fmt_of(kind).emin) ? q / x : 1.0f;
+        return fabsf(x) >= ldexpf(1.0f, ar_fp_fmt_of(kind).emin + 1) ? q / x : 1.0f;
     return 1.0f;
 }
 
@@ -139,9 +142,8 @@ AR_HD static inline float ar_fp_elem_backward(int kind, const ar_fp_tile &s, flo
 {
     float lim = ar_fp_elem_max(kind);
     float x = ar_fp_scaled(kind, s, w, v);
-    int inside = x >= -lim && x <= lim;
     float xc = ar_fp_clamp(x, -lim, lim), q = ar_fp_elem_round(kind, xc);
-    double dq = inside ? ar_fp_elem_grad(kind, xc, q) : 0.0, g = dwq;
+    double dq = ar_fp_elem_grad(kind, xc, q), g = dwq;
     if (kind == AR_CUDA_Q_NVFP4) {
         if (s.scale != 0.0f && s.o != 0.0f) *dscale += g * ((double)q * s.deq - dq * w) / s.scale;
     } else {
@@ -285,14 +287,15 @@ AR_HD static inline float ar_gguf_elem_forward(float s, float m, float w, float 
 }
 
 /* dL/dV of one element (ar_quant_gguf_backward); *pass = 0 where it adds
- * nothing (zero scale, or the rounded value outside [lo, hi]). */
+ * nothing (zero scale, or the rounded value at or outside the bounds lo, hi:
+ * torch.clamp's number bounds pass no gradient at a bound). */
 AR_HD static inline float ar_gguf_elem_grad(float s, float m, float w, float v, float dwq, int lo, int hi,
                                             int *pass)
 {
     *pass = 0;
     if (!s) return 0.0f;
     float u = rintf((w + m) / s + v);
-    if (!(u >= (float)lo && u <= (float)hi)) return 0.0f;
+    if (!(u > (float)lo && u < (float)hi)) return 0.0f;
     *pass = 1;
     return s * dwq;
 }

@@ -326,6 +326,8 @@ const ar_st_tensor *ar_st_find(const ar_safetensors *st, const char *name)
 
 size_t ar_st_count(const ar_safetensors *st) { return st ? st->n : 0; }
 
+const char *ar_st_label(const ar_safetensors *st) { return st && st->label ? st->label : "checkpoint"; }
+
 const ar_st_tensor *ar_st_at(const ar_safetensors *st, size_t i) { return st && i < st->n ? &st->t[i] : NULL; }
 
 static int fp8_read_rows(const ar_safetensors *st, const ar_st_tensor *t, int64_t row0, int64_t nrows, float *dst);

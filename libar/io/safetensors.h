@@ -44,6 +44,9 @@ ar_safetensors *ar_st_open_dir(const char *dir);
 /* The tensor called name, or NULL (no error set) when there is none. */
 const ar_st_tensor *ar_st_find(const ar_safetensors *st, const char *name);
 
+/* The file or index path the checkpoint was opened from, for messages. */
+const char *ar_st_label(const ar_safetensors *st);
+
 /* Number of tensors, and the i-th in name order (for iteration), 0 <= i < count. */
 size_t ar_st_count(const ar_safetensors *st);
 const ar_st_tensor *ar_st_at(const ar_safetensors *st, size_t i);

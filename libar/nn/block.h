@@ -120,6 +120,9 @@ typedef struct {
     /* The MoE layer's scratch (block_moe.c allocates it on first use, for
      * B*T rows; ar_block_work_free frees it). NULL otherwise. */
     struct ar_moe_acts_s *moe;
+    /* NULL; else the MoE layers compute this rank's routed experts alone
+     * and exchange their rows (moe.h, ar_moe_ep). Not owned; set directly. */
+    struct ar_moe_ep_s *moe_ep;
     /* A family's own scratch (block_deepseek.c, block_gptoss.c: allocated on
      * first use, released by fam_free in ar_block_work_free). NULL otherwise. */
     void *fam;

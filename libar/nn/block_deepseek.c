@@ -119,7 +119,7 @@ static int run_forward(const ar_config *c, const ar_block_weights *w, const floa
     if (s->moe) {
         ar_moe_weights ew = moe_weights(s, w);
         s->moe_acts.observe = ws->observe, s->moe_acts.observe_ctx = ws->observe_ctx, s->moe_acts.lin0 = n0;
-        s->moe_acts.gemm = ws->gemm;
+        s->moe_acts.gemm = ws->gemm, s->moe_acts.ep = ws->moe_ep;
         if (ar_moe_forward(&s->md, &ew, s->ln2, y, BT, &s->moe_acts)) return -1;
     } else {
         if (ws->observe) ws->observe(ws->observe_ctx, n0, s->ln2, BT, C), ws->observe(ws->observe_ctx, n0 + 1, s->ln2, BT, C);
@@ -158,6 +158,7 @@ int ar_block_deepseek_backward(const ar_config *c, const ar_block_weights *w, co
     ds_state *s = a->fam;
     if (!s || !s->train) return ar_error("deepseek block: no saved activations (run the training forward first)");
     s->mla->gemm = s->moe_acts.gemm = ws->gemm;
+    s->moe_acts.ep = ws->moe_ep;
     for (int i = 0; dxin && i < (s->d.QL ? 5 : 4) + 3; i++)
         if (dxin[i]) return ar_error("deepseek block: per-linear input gradients are not supported");
     const int BT = s->B * s->T, C = c->hidden, F = c->intermediate, n0 = s->d.QL ? 5 : 4;

@@ -23,6 +23,14 @@ static int is_moe_family(const ar_config *c)
 
 static int is_deepseek(const ar_config *c) { return c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_DEEPSEEK_V3; }
 
+/* The family's five functions (block_desc.h). */
+static void set_fns(ar_block_desc *d, ar_block_forward_fn fwd, ar_block_forward_train_fn fwd_train,
+                    ar_block_backward_fn bwd, ar_block_set_act_quant_fn set_aq, ar_block_acts_input_fn acts_input)
+{
+    d->forward = fwd, d->forward_train = fwd_train, d->backward = bwd;
+    d->set_act_quant = set_aq, d->acts_input = acts_input;
+}
+
 /* lin [nlinear], input_names and input_kind [ninput] in one go. */
 static int desc_alloc(ar_block_desc *d, int nlinear, int ninput)
 {
@@ -80,11 +88,12 @@ static int llama_desc(ar_block_desc *d, const ar_config *c)
         l->input = input[i - AR_GATE];
         l->has_bias = c->mlp_bias;
     }
-    d->forward = gemma ? ar_block_gemma_forward : ar_block_forward;
-    d->forward_train = gemma ? ar_block_gemma_forward_train : ar_block_forward_train;
-    d->backward = gemma ? ar_block_gemma_backward : ar_block_backward_inputs;
-    d->set_act_quant = ar_block_set_act_quant;
-    d->acts_input = ar_block_acts_input;
+    if (gemma)
+        set_fns(d, ar_block_gemma_forward, ar_block_gemma_forward_train, ar_block_gemma_backward,
+                ar_block_set_act_quant, ar_block_acts_input);
+    else
+        set_fns(d, ar_block_forward, ar_block_forward_train, ar_block_backward_inputs, ar_block_set_act_quant,
+                ar_block_acts_input);
     return 0;
 }
 
@@ -112,16 +121,51 @@ static int fused_desc_init(ar_block_desc *d, const ar_config *c)
         d->norms[d->nnorm++] = (ar_norm_desc){"post_self_attn_layernorm", C, AR_NORM_ATTN_POST};
         d->norms[d->nnorm++] = (ar_norm_desc){"post_mlp_layernorm", C, AR_NORM_MLP_POST};
     }
-    d->forward = ar_fused_forward;
-    d->forward_train = ar_fused_forward_train;
-    d->backward = ar_fused_backward;
-    d->set_act_quant = phi ? ar_fused_set_act_quant_phi3 : ar_fused_set_act_quant_glm4;
-    d->acts_input = phi ? ar_fused_acts_input_phi3 : ar_fused_acts_input_glm4;
+    set_fns(d, ar_fused_forward, ar_fused_forward_train, ar_fused_backward,
+            phi ? ar_fused_set_act_quant_phi3 : ar_fused_set_act_quant_glm4,
+            phi ? ar_fused_acts_input_phi3 : ar_fused_acts_input_glm4);
     return 0;
 }
 
-/* Names are "mlp.experts.%d.gate_proj" etc.; the shared expert's prefix per family. */
-#define NAME_MAX_LEN 48
+/* ---- the experts of the MoE families (moe, deepseek, gpt_oss) ---- */
+
+/* Room for one generated name ("mlp.experts.%d.gate_proj", "ln2.e%d", ...). */
+#define NAME_LEN 48
+
+/* The three projections gate, up, down of one MLP named prefix.*_proj at
+ * d->lin[l0..l0+2], intermediate size n, reading in_x (gate, up) and in_act
+ * (down); their names are written at p. Returns p past them. */
+static char *mlp_linears(ar_block_desc *d, int l0, char *p, const char *prefix, int n, const ar_config *c,
+                         int in_x, int in_act, int bias)
+{
+    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
+    for (int j = 0; j < 3; j++, p += NAME_LEN) {
+        ar_linear_desc *l = &d->lin[l0 + j];
+        snprintf(p, NAME_LEN, "%s.%s", prefix, proj[j]), l->name = p;
+        l->n_out = j == 2 ? c->hidden : n;
+        l->k_in = j == 2 ? n : c->hidden;
+        l->input = j == 2 ? in_act : in_x;
+        l->has_bias = bias;
+    }
+    return p;
+}
+
+/* The routed experts: expert e's inputs "ln2.eE", "act.eE" at in0 + 2e and
+ * in0 + 2e + 1 (routed), its linears mlp.experts.E.* at d->lin[l0 + 3e..];
+ * five names each at p. Returns p past them. */
+static char *routed_experts(ar_block_desc *d, const ar_config *c, int l0, int in0, char *p, int bias)
+{
+    for (int e = 0; e < c->moe.n_experts; e++) {
+        int in_x = in0 + 2 * e, in_act = in_x + 1;
+        char prefix[32];
+        snprintf(p, NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_LEN;
+        snprintf(p, NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_LEN;
+        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
+        snprintf(prefix, sizeof prefix, "mlp.experts.%d", e);
+        p = mlp_linears(d, l0 + 3 * e, p, prefix, c->moe.expert_intermediate, c, in_x, in_act, bias);
+    }
+    return p;
+}
 
 static int moe_desc(ar_block_desc *d, const ar_config *c)
 {
@@ -130,66 +174,25 @@ static int moe_desc(ar_block_desc *d, const ar_config *c)
     int nl = 4 + 3 * E + 3 * shared, nin = IN_N + 2 * E + shared;
     if (desc_alloc(d, nl, nin)) return -1;
     d->family = "moe";
-    d->strings = malloc((size_t)(3 * E + 3 + 2 * E + 1) * NAME_MAX_LEN);
+    d->strings = malloc((size_t)(3 * E + 3 + 2 * E + 1) * NAME_LEN);
     if (!d->strings) { ar_block_desc_free(d); return ar_error("block description: out of memory"); }
-    char *p = d->strings;
     attention_desc(d, c, 0);
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    for (int e = 0; e < E; e++) {
-        int in_x = IN_N + 2 * e, in_act = in_x + 1;
-        snprintf(p, NAME_MAX_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += NAME_MAX_LEN;
-        snprintf(p, NAME_MAX_LEN, "act.e%d", e), d->input_names[in_act] = p, p += NAME_MAX_LEN;
-        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-        for (int j = 0; j < 3; j++) {
-            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
-            snprintf(p, NAME_MAX_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p, p += NAME_MAX_LEN;
-            l->n_out = j == 2 ? c->hidden : m->expert_intermediate;
-            l->k_in = j == 2 ? m->expert_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : in_x;
-            l->has_bias = m->expert_bias;
-        }
-    }
+    char *p = routed_experts(d, c, 4, IN_N, d->strings, m->expert_bias);
     if (shared) {
         const char *pre = c->arch == AR_ARCH_QWEN2_MOE ? "mlp.shared_expert" : "mlp.shared_experts";
         int in_act = IN_N + 2 * E;
         d->input_names[in_act] = "act.shared", d->input_kind[in_act] = AR_INPUT_DENSE;
-        for (int j = 0; j < 3; j++) {
-            ar_linear_desc *l = &d->lin[4 + 3 * E + j];
-            snprintf(p, NAME_MAX_LEN, "%s.%s", pre, proj[j]), l->name = p, p += NAME_MAX_LEN;
-            l->n_out = j == 2 ? c->hidden : m->shared_intermediate;
-            l->k_in = j == 2 ? m->shared_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : IN_LN2;
-        }
+        mlp_linears(d, 4 + 3 * E, p, pre, m->shared_intermediate, c, IN_LN2, in_act, 0);
     }
     d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
     if (m->score_correction_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SCORE_BIAS, "mlp.gate.e_score_correction_bias", E, 0};
     if (m->shared_expert_gate) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SHARED_GATE, "mlp.shared_expert_gate.weight", 1, c->hidden};
-    d->forward = ar_block_moe_forward;
-    d->forward_train = ar_block_moe_forward_train;
-    d->backward = ar_block_moe_backward;
-    d->set_act_quant = ar_block_moe_set_act_quant;
-    d->acts_input = ar_block_moe_acts_input;
+    set_fns(d, ar_block_moe_forward, ar_block_moe_forward_train, ar_block_moe_backward, ar_block_moe_set_act_quant,
+            ar_block_moe_acts_input);
     return 0;
 }
 
 /* ---- DeepSeek-V2/V3 (block_deepseek.h) ---- */
-
-#define DS_NAME_LEN 48
-
-
-/* Linear j of expert e (or the shared expert, e = -1) at l. */
-static void expert_linear(ar_linear_desc *l, char *name, int e, int j, int n, const ar_config *c, int in_x,
-                          int in_act, int bias)
-{
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    if (e >= 0) snprintf(name, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]);
-    else snprintf(name, DS_NAME_LEN, "mlp.%s%s", e == -1 ? "shared_experts." : "", proj[j]);
-    l->name = name;
-    l->n_out = j == 2 ? c->hidden : n;
-    l->k_in = j == 2 ? n : c->hidden;
-    l->input = j == 2 ? in_act : in_x;
-    l->has_bias = bias;
-}
 
 static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
 {
@@ -204,7 +207,7 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     int nin = IN_N + 2 * E + shared;
     d->family = "deepseek";
     if (desc_alloc(d, nl, nin)) return -1;
-    if (!(d->strings = malloc((size_t)(nl + nin) * DS_NAME_LEN))) {
+    if (!(d->strings = malloc((size_t)(nl + nin) * NAME_LEN))) {
         ar_block_desc_free(d);
         return ar_error("block description: out of memory");
     }
@@ -224,20 +227,12 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     }
     char *p = d->strings;
     if (!moe) {
-        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) expert_linear(&d->lin[i++], p, -2, j, c->intermediate, c, IN_LN2, IN_ACT, 0);
+        mlp_linears(d, i, p, "mlp", c->intermediate, c, IN_LN2, IN_ACT, 0);
     } else {
-        for (int e = 0; e < E; e++) {
-            int in_x = IN_N + 2 * e, in_act = in_x + 1;
-            snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
-            snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
-            d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
-                expert_linear(&d->lin[i++], p, e, j, c->moe.expert_intermediate, c, in_x, in_act, 0);
-        }
+        p = routed_experts(d, c, i, IN_N, p, 0);
         if (shared) {
             d->input_names[IN_N + 2 * E] = "act.shared";
-            for (int j = 0; j < 3; j++, p += DS_NAME_LEN)
-                expert_linear(&d->lin[i++], p, -1, j, c->moe.shared_intermediate, c, IN_LN2, IN_N + 2 * E, 0);
+            mlp_linears(d, i + 3 * E, p, "mlp.shared_experts", c->moe.shared_intermediate, c, IN_LN2, IN_N + 2 * E, 0);
         }
         d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.gate.weight", E, c->hidden};
         if (c->moe.score_correction_bias)
@@ -248,11 +243,8 @@ static int deepseek_desc(ar_block_desc *d, const ar_config *c, int layer)
     /* MLA's latent norms ride in the QK-norm slots (q_norm: q_a, k_norm: kv_a) */
     if (md.QL) d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.q_a_layernorm", md.QL, AR_NORM_Q};
     d->norms[d->nnorm++] = (ar_norm_desc){"self_attn.kv_a_layernorm", md.KL, AR_NORM_K};
-    d->forward = ar_block_deepseek_forward;
-    d->forward_train = ar_block_deepseek_forward_train;
-    d->backward = ar_block_deepseek_backward;
-    d->set_act_quant = ar_block_deepseek_set_act_quant;
-    d->acts_input = ar_block_deepseek_acts_input;
+    set_fns(d, ar_block_deepseek_forward, ar_block_deepseek_forward_train, ar_block_deepseek_backward,
+            ar_block_deepseek_set_act_quant, ar_block_deepseek_acts_input);
     return 0;
 }
 
@@ -265,7 +257,7 @@ static int gptoss_desc(ar_block_desc *d, const ar_config *c)
     int E = c->moe.n_experts, nl = 4 + 3 * E, nin = IN_N + 2 * E;
     d->family = "gpt_oss";
     if (desc_alloc(d, nl, nin)) return -1;
-    if (!(d->strings = malloc((size_t)(3 * E + 2 * E) * DS_NAME_LEN + 1))) {
+    if (!(d->strings = malloc((size_t)(3 * E + 2 * E) * NAME_LEN + 1))) {
         ar_block_desc_free(d);
         return ar_error("block description: out of memory");
     }
@@ -277,32 +269,14 @@ static int gptoss_desc(ar_block_desc *d, const ar_config *c)
         l->input = i < 3 ? IN_LN1 : IN_AO;
         l->has_bias = i < 3 ? c->qkv_bias : c->o_bias;
     }
-    static const char *const proj[3] = {"gate_proj", "up_proj", "down_proj"};
-    char *p = d->strings;
-    for (int e = 0; e < E; e++) {
-        int in_x = IN_N + 2 * e, in_act = in_x + 1;
-        snprintf(p, DS_NAME_LEN, "ln2.e%d", e), d->input_names[in_x] = p, p += DS_NAME_LEN;
-        snprintf(p, DS_NAME_LEN, "act.e%d", e), d->input_names[in_act] = p, p += DS_NAME_LEN;
-        d->input_kind[in_x] = d->input_kind[in_act] = AR_INPUT_ROUTED;
-        for (int j = 0; j < 3; j++, p += DS_NAME_LEN) {
-            ar_linear_desc *l = &d->lin[4 + 3 * e + j];
-            snprintf(p, DS_NAME_LEN, "mlp.experts.%d.%s", e, proj[j]), l->name = p;
-            l->n_out = j == 2 ? c->hidden : c->moe.expert_intermediate;
-            l->k_in = j == 2 ? c->moe.expert_intermediate : c->hidden;
-            l->input = j == 2 ? in_act : in_x;
-            l->has_bias = c->moe.expert_bias;
-        }
-    }
+    routed_experts(d, c, 4, IN_N, d->strings, c->moe.expert_bias);
     d->norms[d->nnorm++] = (ar_norm_desc){"input_layernorm", c->hidden, AR_NORM_ATTN};
     d->norms[d->nnorm++] = (ar_norm_desc){"post_attention_layernorm", c->hidden, AR_NORM_MLP};
     d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER, "mlp.router.weight", E, c->hidden};
     if (c->moe.router_bias) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_ROUTER_BIAS, "mlp.router.bias", E, 0};
     if (c->attn_sinks) d->fp[d->nfp++] = (ar_fp_desc){AR_FP_SINKS, "self_attn.sinks", c->n_heads, 0};
-    d->forward = ar_block_gptoss_forward;
-    d->forward_train = ar_block_gptoss_forward_train;
-    d->backward = ar_block_gptoss_backward;
-    d->set_act_quant = ar_block_gptoss_set_act_quant;
-    d->acts_input = ar_block_gptoss_acts_input;
+    set_fns(d, ar_block_gptoss_forward, ar_block_gptoss_forward_train, ar_block_gptoss_backward,
+            ar_block_gptoss_set_act_quant, ar_block_gptoss_acts_input);
     return 0;
 }
 
@@ -351,4 +325,21 @@ int ar_block_desc_group(const ar_block_desc *d, int i)
 int ar_block_desc_layer_name(const ar_block_desc *d, int layer, int i, char *buf, int size)
 {
     return snprintf(buf, (size_t)size, "model.layers.%d.%s", layer, d->lin[i].name);
+}
+
+int ar_block_desc_expert(const ar_block_desc *d, int i)
+{
+    int e;
+    if (d->input_kind[d->lin[i].input] != AR_INPUT_ROUTED) return -1;
+    return sscanf(d->lin[i].name, "mlp.experts.%d.", &e) == 1 ? e : -1;
+}
+
+int ar_block_desc_nexperts(const ar_block_desc *d)
+{
+    int E = 0;
+    for (int i = 0; i < d->nlinear; i++) {
+        int e = ar_block_desc_expert(d, i);
+        E = e + 1 > E ? e + 1 : E;
+    }
+    return E;
 }

@@ -157,4 +157,11 @@ int ar_block_desc_group(const ar_block_desc *d, int i);
  * truncated as snprintf does); returns what snprintf returns. */
 int ar_block_desc_layer_name(const ar_block_desc *d, int layer, int i, char *buf, int size);
 
+/* The routed expert linear i belongs to (an "mlp.experts.E." linear reading
+ * a routed input), or -1 (attention, shared expert, dense MLP). */
+int ar_block_desc_expert(const ar_block_desc *d, int i);
+
+/* The block's routed experts: 1 + the largest ar_block_desc_expert, 0 for none. */
+int ar_block_desc_nexperts(const ar_block_desc *d);
+
 #endif

@@ -99,7 +99,7 @@ static int run_forward(const ar_config *c, const ar_block_weights *w, const floa
     ar_rmsnorm_forward(s->ln2, s->rstd2, s->h, w->mlp_norm, BT, C, c->rms_eps);
     ar_moe_weights mw = moe_weights(w);
     s->moe.observe = ws->observe, s->moe.observe_ctx = ws->observe_ctx, s->moe.lin0 = 4;
-    s->moe.gemm = ws->gemm;
+    s->moe.gemm = ws->gemm, s->moe.ep = ws->moe_ep;
     if (ar_moe_forward(&s->md, &mw, s->ln2, y, BT, &s->moe)) return -1;
     ar_residual_forward(y, y, s->h, (long)BT * C);
     return 0;
@@ -126,7 +126,7 @@ int ar_block_gptoss_backward(const ar_config *c, const ar_block_weights *w, cons
 {
     gs_state *s = a->fam;
     if (!s || !s->train) return ar_error("gpt-oss block: no saved activations (run the training forward first)");
-    s->moe.gemm = ws->gemm;
+    s->moe.gemm = ws->gemm, s->moe.ep = ws->moe_ep;
     for (int i = 0; dxin && i < 4; i++)
         if (dxin[i]) return ar_error("gpt-oss block: per-linear input gradients are not supported");
     const int B = s->B, T = s->T, BT = B * T, C = c->hidden, NH = c->n_heads, NKV = c->n_kv_heads, HD = c->head_dim;

@@ -34,7 +34,7 @@ static int moe_half(const ar_config *c, const ar_block_weights *w, const float *
     ar_moe_weights mw = moe_weights(w);
     ar_rmsnorm_forward(ln2, rstd2, h, w->mlp_norm, BT, c->hidden, c->rms_eps);
     a->observe = ws->observe, a->observe_ctx = ws->observe_ctx, a->lin0 = AR_GATE;
-    a->gemm = ws->gemm;
+    a->gemm = ws->gemm, a->ep = ws->moe_ep;
     if (ar_moe_forward(&d, &mw, ln2, y, BT, a)) return -1;
     ar_residual_forward(y, y, h, (long)BT * c->hidden);
     return 0;
@@ -74,7 +74,7 @@ int ar_block_moe_backward(const ar_config *c, const ar_block_weights *w, const a
     /* dh = dy (residual) + rmsnorm2'(dL/dn2 from the experts, routing and shared expert) */
     memcpy(ws->dh, dy, sizeof(float) * BT * C);
     memset(ws->dln, 0, sizeof(float) * BT * C);
-    a->moe->gemm = ws->gemm;
+    a->moe->gemm = ws->gemm, a->moe->ep = ws->moe_ep;
     if (ar_moe_backward(&d, &mw, a->moe, dy, dW ? dW + AR_GATE : NULL, ws->dln)) return -1;
     ar_rmsnorm_backward(ws->dh, NULL, ws->dln, a->h, w->mlp_norm, a->rstd2, BT, C);
     return ar_block_attn_backward(c, w, a, ws->dh, dW, dxin, dx, ws);

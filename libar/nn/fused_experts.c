@@ -46,6 +46,12 @@ static int fused_name(char *buf, size_t n, const char *name, int plen, int proj,
     return (proj == 2 ? FC_DOWN : FC_GATE_UP) + bias;
 }
 
+/* The error for a per-expert name the checkpoint does not hold, naming the file. */
+static int no_tensor(const fx_source *s, const char *name)
+{
+    return ar_error("%s: no tensor '%s'", ar_st_label(s->st), name);
+}
+
 /* Shape of fused tensor fname (BF16 or MXFP4); 1 when absent. */
 static int fused_shape(fx_source *s, const char *fname, int64_t shape[3], int *ndim)
 {
@@ -63,17 +69,19 @@ static int fused_shape(fx_source *s, const char *fname, int64_t shape[3], int *n
     return 0;
 }
 
-/* The widened fused tensor fname in slot k (read now unless cached). */
-static fused_cache *fused_get(fx_source *s, int k, const char *fname)
+/* The widened fused tensor fname in slot k (read now unless cached); name is
+ * the per-expert view asked for, for the error when fname is absent. */
+static fused_cache *fused_get(fx_source *s, int k, const char *fname, const char *name)
 {
     fused_cache *fc = &s->cache[k];
     if (fc->data && !strcmp(fc->name, fname)) return fc;
     free(fc->data), fc->data = NULL;
-    if (fused_shape(s, fname, fc->shape, &fc->ndim)) return NULL;
+    int rc = fused_shape(s, fname, fc->shape, &fc->ndim);
+    if (rc) { if (rc > 0) no_tensor(s, name); return NULL; }
     size_t n = (size_t)fc->shape[0] * fc->shape[1] * (fc->ndim > 2 ? fc->shape[2] : 1);
     if (!(fc->data = malloc(sizeof(float) * n))) { ar_error("out of memory widening %s", fname); return NULL; }
-    int rc = ar_st_find(s->st, fname) ? ar_st_read_f32(s->st, fname, fc->data, n)
-                                       : ar_st_read_mxfp4(s->st, fname, fc->data, n, 1);
+    rc = ar_st_find(s->st, fname) ? ar_st_read_f32(s->st, fname, fc->data, n)
+                                   : ar_st_read_mxfp4(s->st, fname, fc->data, n, 1);
     if (rc) { free(fc->data), fc->data = NULL; return NULL; }
     snprintf(fc->name, sizeof fc->name, "%s", fname);
     return fc;
@@ -96,7 +104,7 @@ int ar_fused_shape(void *ctx, const char *name, int *ndim, int64_t *shape)
     int rc = fused_shape(s, fname, fs, &fnd);
     if (rc) return rc;
     if (e >= fs[0]) return 1;   /* the caller names the missing expert */
-    if (fnd != (bias ? 2 : 3)) return ar_error("fused expert tensor '%s' is %d-D", fname, fnd);
+    if (fnd != (bias ? 2 : 3)) return ar_error("%s: fused expert tensor '%s' is %d-D", ar_st_label(s->st), fname, fnd);
     if (s->layout == AR_FUSED_ROWS) {   /* [E, 2I, H] and [E, H, I]: rows are the Linear's rows */
         if (bias) return 1;
         *ndim = 2, shape[0] = proj == 2 ? fs[1] : fs[1] / 2, shape[1] = fs[2];
@@ -114,12 +122,12 @@ int ar_fused_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows,
     if (ar_st_find(s->st, name)) return ar_st_read_rows_f32(s->st, name, row0, nrows, dst);
     int plen, e, proj, bias;
     char fname[200];
-    if (!parse_expert(name, &plen, &e, &proj, &bias)) return ar_error("model has no tensor '%s'", name);
-    fused_cache *fc = fused_get(s, fused_name(fname, sizeof fname, name, plen, proj, bias), fname);
+    if (!parse_expert(name, &plen, &e, &proj, &bias)) return no_tensor(s, name);
+    fused_cache *fc = fused_get(s, fused_name(fname, sizeof fname, name, plen, proj, bias), fname, name);
     if (!fc) return -1;
-    if (e >= fc->shape[0]) return ar_error("model has no tensor '%s'", name);
+    if (e >= fc->shape[0]) return no_tensor(s, name);
     if (s->layout == AR_FUSED_ROWS) {   /* gate rows 0..I-1, up rows I..2I-1; down as is */
-        if (bias) return ar_error("model has no tensor '%s'", name);
+        if (bias) return no_tensor(s, name);
         int64_t R = fc->shape[1], K = fc->shape[2], off = proj == 1 ? R / 2 : 0;
         memcpy(dst, fc->data + (e * R + off + row0) * K, sizeof(float) * (size_t)(nrows * K));
         return 0;

@@ -298,6 +298,7 @@ int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w)
         int64_t shape[2];
         int nd;
         if (!block_tensor(bd, layer, j, name, sizeof name, shape, &nd)) continue;
+        if (!*block_slot(w, bd, j)) continue;   /* a weight the caller does not hold (expert parallel) */
         if (m->src.read_rows(m->src.ctx, src_name(m, name, alt, sizeof alt), 0, shape[0], *block_slot(w, bd, j)))
             return -1;
     }

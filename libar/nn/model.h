@@ -76,7 +76,9 @@ int  ar_block_weights_alloc(ar_block_weights *w, const ar_config *c);
 int  ar_block_weights_alloc_layer(ar_block_weights *w, const ar_config *c, int layer);
 void ar_block_weights_free(ar_block_weights *w);
 
-/* Widen block layer's weights into w (from ar_block_weights_alloc). */
+/* Widen block layer's weights into w (from ar_block_weights_alloc); a tensor
+ * whose buffer the caller freed and set to NULL is not read (expert parallel:
+ * other ranks' experts). */
 int ar_model_load_block(ar_model *m, int layer, ar_block_weights *w);
 
 /* Widen rows [row0, row0+nrows) of any tensor of m's source by its Hugging

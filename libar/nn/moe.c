@@ -6,6 +6,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 void ar_moe_dims_from_config(ar_moe_dims *d, const ar_config *c)
 {
@@ -227,6 +228,54 @@ static void glu_backward(const ar_moe_dims *d, float *dg, float *du, const float
     }
 }
 
+/* -------------------------------------------------------- expert parallel */
+
+void ar_moe_ep_range(int E, int r, int n, int *e0, int *e1)
+{
+    *e0 = (int)((long)E * r / n), *e1 = (int)((long)E * (r + 1) / n);
+}
+
+/* The experts this call computes: a's rank's share, or all. */
+static void own_experts(const ar_moe_dims *d, const ar_moe_acts *a, int *e0, int *e1)
+{
+    if (a->ep && a->ep->size > 1) ar_moe_ep_range(d->E, a->ep->rank, a->ep->size, e0, e1);
+    else *e0 = 0, *e1 = d->E;
+}
+
+/* buf [RK, width] in expert order: every rank's experts' rows, computed by
+ * that rank, to every rank (one all-gather; the ranks' row ranges are
+ * contiguous and in rank order). 0 or -1 (ar_error). */
+static int ep_gather(const ar_moe_dims *d, ar_moe_acts *a, float *buf, int width)
+{
+    ar_moe_ep *ep = a->ep;
+    if (!ep || ep->size <= 1) return 0;
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    size_t *counts = malloc(sizeof(size_t) * (size_t)ep->size), row = sizeof(float) * (size_t)width;
+    int e0, e1;
+    ar_moe_ep_range(d->E, ep->rank, ep->size, &e0, &e1);
+    size_t mine = (size_t)(a->off[e1] - a->off[e0]) * row;
+    void *send = malloc(mine + 1);
+    if (!counts || !send) {
+        free(counts), free(send);
+        return ar_error("moe: out of memory for the expert exchange");
+    }
+    double got = 0;
+    for (int r = 0; r < ep->size; r++) {
+        int r0, r1;
+        ar_moe_ep_range(d->E, r, ep->size, &r0, &r1);
+        counts[r] = (size_t)(a->off[r1] - a->off[r0]) * row;
+        if (r != ep->rank) got += (double)counts[r];
+    }
+    memcpy(send, (char *)buf + (size_t)a->off[e0] * row, mine);
+    int rc = ep->allgather(ep->ctx, send, buf, counts);
+    free(counts), free(send);
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    ep->bytes += got;
+    ep->seconds += (double)(t1.tv_sec - t0.tv_sec) + 1e-9 * (double)(t1.tv_nsec - t0.tv_nsec);
+    return rc;
+}
+
 /* --------------------------------------------------------------- forward */
 
 /* cnt/off per expert and the assignment <-> expert-order row maps. */
@@ -301,8 +350,11 @@ int ar_moe_forward(const ar_moe_dims *d, const ar_moe_weights *w, const float *x
     dispatch(d, R, a);
 #pragma omp parallel for schedule(static)
     for (int s = 0; s < R * K; s++) memcpy(a->xg + (size_t)s * H, x + (size_t)a->row_of[s] * H, sizeof(float) * H);
-    for (int e = 0; e < d->E; e++)
+    int e0, e1;
+    own_experts(d, a, &e0, &e1);
+    for (int e = e0; e < e1; e++)
         if (expert_forward(d, w, a, e)) return -1;
+    if (ep_gather(d, a, a->eo, H)) return -1;
 #pragma omp parallel for schedule(static)
     for (int r = 0; r < R; r++) {
         float *yr = y + (size_t)r * H;
@@ -395,8 +447,12 @@ int ar_moe_backward(const ar_moe_dims *d, const ar_moe_weights *w, ar_moe_acts *
             dw[r * K + k] = dot;
         }
     }
-    int rc = 0;
-    for (int e = 0; !rc && e < E; e++) rc = expert_backward(d, w, a, dW, e);
+    int rc = 0, e0, e1;
+    own_experts(d, a, &e0, &e1);
+    for (int e = e0; !rc && e < e1; e++) rc = expert_backward(d, w, a, dW, e);
+    /* dx needs every expert's dxg; every rank calls the exchange alike (dx
+     * NULL or not is the same on all ranks) */
+    if (!rc && dx) rc = ep_gather(d, a, a->dxg, H);
     if (!rc && dx) {
 #pragma omp parallel for schedule(static)
         for (int r = 0; r < R; r++)

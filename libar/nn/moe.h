@@ -75,6 +75,26 @@ typedef struct {
     float *const *b;
 } ar_moe_weights;
 
+/* Expert parallel (docs/mpi.md, "Expert parallel"): rank r of size ranks
+ * computes the routed experts [E·r/size, E·(r+1)/size) alone (ar_moe_ep_range)
+ * and the ranks all-gather the per-expert rows. Routing, the shared expert
+ * and everything outside the layer are replicated, so every rank gets the
+ * same routed rows; the gathered outputs sit where one process computes them
+ * (expert order), and the weighted sum per token runs in k order on every
+ * rank, so y and dx are the one-process bits. The library knows no MPI: the
+ * all-gather is the caller's (reduce.h's contract: every rank's counts[r]
+ * bytes, rank 0's first; send never aliases recv). bytes and seconds count
+ * what this rank received and the time spent in the exchanges. */
+typedef struct ar_moe_ep_s {
+    int rank, size;
+    void *ctx;
+    int (*allgather)(void *ctx, const void *send, void *recv, const size_t *counts);
+    double bytes, seconds;
+} ar_moe_ep;
+
+/* The routed experts [*e0, *e1) rank r of n computes: an even, contiguous split. */
+void ar_moe_ep_range(int E, int r, int n, int *e0, int *e1);
+
 /* Activations of one forward (saved for the backward) and the scratch of both,
  * for up to cap rows. Sizes in floats, RK = R*K: logits, scores [R, E]; sel,
  * wt [R, K]; cnt, off [E+1]; slot_of, row_of [RK] (assignment r*K+k -> its row
@@ -98,6 +118,10 @@ typedef struct ar_moe_acts_s {
     /* The precision of the expert and shared-expert linears (gemm.h): NULL
      * f32; not owned, set directly. The router and the shared gate stay f32. */
     ar_gemm *gemm;
+    /* NULL: every routed expert here; else this rank's share alone (above).
+     * Not owned, set directly. dW entries of other ranks' experts are not
+     * touched by the backward, and the observer sees this rank's experts. */
+    ar_moe_ep *ep;
 } ar_moe_acts;
 
 /* Allocate a for up to cap rows; train adds the backward's buffers. 0 or -1 (ar_error). */

@@ -200,27 +200,29 @@ static void tile_setup(const ar_quant_spec *qs, float gs, float amax, float beta
         const elem_fmt *f = qs->dtype == AR_QDT_MXFP8 ? &FMT_FP8 : &FMT_FP4;
         float c = amax * (init * beta);
         int e = (c == 0.0f ? 1 : floor_log2(c)) - f->emax;
-        int live = c != 0.0f && e >= -127 && e <= 127;
+        int live = c != 0.0f && e > -127 && e < 127;   /* a clamped exponent passes nothing, at ±127 too */
         e = e < -127 ? -127 : (e > 127 ? 127 : e);
         s->scale = ldexpf(1.0f, e);
         s->o = 1.0f / s->scale;
         s->deq = s->scale;
         /* d 2^floor(log2 c)/dβ through the straight-through floor = 2^e / β. */
-        if (live) s->dscale_dbeta = s->scale * amax * init / c;
+        /* scale times a ratio near 1/β: the same bits as (scale·amax·init)/c
+         * (scale is a power of two), without its underflow at tiny scales */
+        if (live) s->dscale_dbeta = s->scale * (amax * init / c);
     } else if (qs->dtype == AR_QDT_NVFP4) {
         float raw = gs * (amax * (beta * init) * (1.0f / FP4_MAX));
         s->scale = ar_e4m3_round(clampf(raw, -E4M3_MAX, E4M3_MAX));
         float inv_gs = gs == 0.0f ? 0.0f : 1.0f / gs, d = s->scale * inv_gs;
         s->o = d == 0.0f ? 0.0f : 1.0f / d;
         s->deq = s->o == 0.0f ? 0.0f : 1.0f / s->o;
-        if (fabsf(raw) <= E4M3_MAX) s->dscale_dbeta = gs * amax * init / FP4_MAX;
+        if (fabsf(raw) < E4M3_MAX) s->dscale_dbeta = gs * amax * init / FP4_MAX;
     } else {
         const float floor_s = 1.0f / (E4M3_MAX * 512.0f);
         float raw = amax * (beta * init) / E4M3_MAX;
         s->scale = raw < floor_s ? floor_s : raw;
         s->o = 1.0f / s->scale;
         s->deq = s->scale;
-        if (raw >= floor_s) s->dscale_dbeta = amax * init / E4M3_MAX;
+        if (raw > floor_s) s->dscale_dbeta = amax * init / E4M3_MAX;
     }
 }
 
@@ -274,13 +276,20 @@ static uint8_t elem_code(const ar_quant_spec *qs, float q)
     return qs->dtype == AR_QDT_MXFP4 || qs->dtype == AR_QDT_NVFP4 ? ar_fp4_encode(q) : ar_e4m3_encode(q);
 }
 
-/* d elem(x)/dx of the rounding as AutoRound's autograd sees it (see header). */
+/* d elem(x)/dx of the rounding as AutoRound's autograd sees it (see header),
+ * x the clamped scaled element and q its rounded value. */
 static float elem_grad(const ar_quant_spec *qs, float x, float q)
 {
-    if (x == 0.0f) return qs->dtype == AR_QDT_FP8 ? 1.0f : 0.0f;   /* sign(0) = 0 kills MX/NV */
+    float lim = elem_max(qs);
+    if (qs->dtype == AR_QDT_FP8) return fabsf(x) < lim;   /* the one clamp is before the cast */
+    /* MX and NV clamp again after rounding (quant_element, cast_to_fp4): no
+     * gradient where the level is ±max; sign(0) = 0 kills x = 0 */
+    if (x == 0.0f || fabsf(q) >= lim) return 0.0f;
     if (qs->dtype == AR_QDT_MXFP4 || qs->dtype == AR_QDT_MXFP8) {
+        /* the private exponent's clip(min = emin) passes nothing at emin
+         * itself, so below 2^(emin+1) the rounding is the identity */
         const elem_fmt *f = qs->dtype == AR_QDT_MXFP8 ? &FMT_FP8 : &FMT_FP4;
-        return fabsf(x) >= ldexpf(1.0f, f->emin) ? q / x : 1.0f;
+        return fabsf(x) >= ldexpf(1.0f, f->emin + 1) ? q / x : 1.0f;
     }
     return 1.0f;
 }
@@ -329,9 +338,8 @@ static double row_tile_backward(const ar_quant_spec *qs, const tile_state *s, co
     double dscale = 0.0;
     for (int c = c0; c < c1; c++) {
         float x = scaled_of(qs, s, w[c], v ? v[c] : 0.0f);
-        int inside = x >= -lim && x <= lim;
         float xc = clampf(x, -lim, lim), q = elem_round(qs, xc);
-        double dq = inside ? elem_grad(qs, xc, q) : 0.0, g = dwq[c];
+        double dq = elem_grad(qs, xc, q), g = dwq[c];   /* 0 at and beyond the clamp */
         if (dv) dv[c] += (float)(g * s->deq * dq);
         if (qs->dtype == AR_QDT_NVFP4) {
             /* ŵ = q(w·o + V)/o with o = gs/s: dŵ/ds = (q·deq − q'·w)/s. */

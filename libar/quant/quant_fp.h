@@ -86,11 +86,20 @@ int ar_quant_fp_forward(const ar_quant_spec *qs, const float *w, int n, int k,
                         const ar_quant_params *p, const ar_quant_out *out);
 
 /* As ar_quant_backward: ADD dL/dV and dL/dβ (dalpha untouched). Rounding is
- * a straight-through identity, clamps pass the gradient inside their closed
- * interval, the scale casts (E8M0 floor, E4M3) pass it unchanged. MX follows
- * AutoRound's autograd exactly: its element rounding derives the private
- * exponent from the input through a straight-through floor, which makes
- * d elem(x)/dx = elem(x)/x wherever |x| >= 2^emin (1 below, 0 at x = 0). */
+ * a straight-through identity, the scale casts (E8M0 floor, E4M3) pass the
+ * gradient unchanged, and every clamp passes it on its open interval only:
+ * AutoRound 0.16.1 clamps with torch.clamp/clip's number bounds, whose
+ * gradient in PyTorch 2.15 is 0 at a bound (docs/peer-benchmark.md, "The
+ * clamp boundary"). So an element gets no gradient where |x| >= max_norm
+ * (FP8: its one clamp, before the cast) or, for MX and NV, where its level
+ * is ±max_norm (data_type/mxfp.py's quant_element and nvfp.py's cast_to_fp4
+ * clamp again after rounding); the scale's chain gets none where the MX
+ * exponent is clamped at ±127, the NV scale at ±448 or the FP8 scale at its
+ * floor, bounds included. MX follows AutoRound's autograd exactly: its
+ * element rounding derives the private exponent from the input through a
+ * straight-through floor clipped at emin, which makes d elem(x)/dx =
+ * elem(x)/x wherever |x| >= 2^(emin+1) (1 below, where the exponent is
+ * clipped or at emin; 0 at x = 0). */
 int ar_quant_fp_backward(const ar_quant_spec *qs, const float *w, int n, int k,
                          const ar_quant_params *p, const float *dwq,
                          float *dv, float *dalpha, float *dbeta);

@@ -84,7 +84,9 @@ int ar_quant_gguf_backward(const ar_quant_spec *qs, const float *w, int n, int k
         if (!s) continue;   /* ŵ = −m whatever V is */
         /* nearbyintf rounds half to even in the default mode, as the forward does */
         float u = nearbyintf((w[i] + m) / s + (v ? v[i] : 0.f));
-        if (u >= lo && u <= hi) dv[i] += s * dwq[i];
+        /* open interval: torch.clamp with number bounds (AutoRound's GGUF
+         * path clamps the rounded level so) passes no gradient at a bound */
+        if (u > lo && u < hi) dv[i] += s * dwq[i];
     }
     return 0;
 }

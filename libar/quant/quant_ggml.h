@@ -13,7 +13,12 @@
  * which is ar_ggml_fake_quant, called as is so that ŵ is bit-equal to what
  * the emitted blocks dequantize to. A group with s_g = 0 gives −m_g and no
  * gradient. Straight-through backward: dV = s_g·dŵ where the rounded value
- * lies inside the clamp's closed interval, 0 outside.
+ * lies strictly inside the clamp's interval, 0 at a bound and outside:
+ * AutoRound 0.16.1 clamps the rounded level with torch.clamp's number bounds
+ * (data_type/gguf.py, quant_tensor_gguf_{a,}sym_dq), whose gradient in
+ * PyTorch 2.15 is 0 where the value equals a bound (docs/peer-benchmark.md,
+ * "The clamp boundary"). Q8_0's bounds are ar's ±127, not AutoRound's
+ * int8 [−128, 127].
  *
  * Layout as quant.h: W [N, K] row-major, K a multiple of the type's block;
  * gguf_scale and gguf_min are [N, K/group] — the order ar_ggml_frozen_params

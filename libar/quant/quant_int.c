@@ -1,6 +1,7 @@
 /* quant_int.c — int_sym / int_asym fake-quantizers, STE backward, opt-RTN.
  * See quant_int.h for the formulas; comments here explain the choices. */
 #include "quant_int.h"
+#include "quant_int_kern.h"
 #include "dtype.h"
 #include "error.h"
 
@@ -63,23 +64,16 @@ static float floor_magnitude(const ar_quant_spec *qs, float s, int *live)
     return *live ? s : to_scale_dtype(qs, t);
 }
 
-/* Range of the group's real elements, widened to contain 0 (the zero pad of
- * a short last group would contain 0 anyway). */
-static void group_range(const float *w, int len, float *wmin, float *wmax)
-{
-    float lo = 0.0f, hi = 0.0f;
-    for (int j = 0; j < len; j++) { if (w[j] < lo) lo = w[j]; if (w[j] > hi) hi = w[j]; }
-    *wmin = lo; *wmax = hi;
-}
-
 /* Scale (and zero point) of one group, recorded in *gs. idx is the group's
- * index into the [N, ngroups] tunables. */
-static void group_setup(const ar_quant_spec *qs, const float *w, int len,
+ * index into the [N, ngroups] tunables. The range of the group's real
+ * elements is widened to contain 0 (the zero pad of a short last group would
+ * contain 0 anyway). */
+static void group_setup(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int len,
                         const ar_quant_params *p, size_t idx, group_state *gs)
 {
     float hi = minmax_hi(qs);
     memset(gs, 0, sizeof *gs);
-    group_range(w, len, &gs->wmin, &gs->wmax);
+    kern->range(w, len, &gs->wmin, &gs->wmax);
     gs->al = (p && p->alpha) ? clamp_to(p->alpha[idx], 0.0f, hi) : 1.0f;
     gs->be = (p && p->beta)  ? clamp_to(p->beta[idx], 0.0f, hi) : 1.0f;
     float raw;
@@ -100,33 +94,19 @@ static void group_setup(const ar_quant_spec *qs, const float *w, int len,
     if (!qs->sym) gs->z = nearbyintf(-(gs->wmin * gs->al) / gs->s);
 }
 
-/* Integer level of one element before the clamp: round(w/s + V) (+ z). */
-static float level_of(const group_state *gs, float w, float v)
-{
-    return nearbyintf(w / gs->s + v) + gs->z;
-}
-
 static void level_bounds(const ar_quant_spec *qs, float *lo, float *hi)
 {
     if (qs->sym) { *lo = -(float)(1 << (qs->bits - 1)); *hi = (float)((1 << (qs->bits - 1)) - 1); }
     else         { *lo = 0.0f; *hi = (float)((1 << qs->bits) - 1); }
 }
 
-/* Quantize the len elements of one group into out (offset off in [N, K]). */
-static void group_forward(const ar_quant_spec *qs, const group_state *gs, const float *w,
-                          const float *v, int len, const ar_quant_out *out, size_t off)
+/* What the element loops (quant_int_kern.h) need of a group's state. */
+static ar_qint_group kern_group(const ar_quant_spec *qs, const group_state *gs)
 {
-    float lo, hi;
-    level_bounds(qs, &lo, &hi);
-    float code_shift = qs->sym ? (float)(1 << (qs->bits - 1)) : 0.0f;
-    for (int j = 0; j < len; j++) {
-        float q = clamp_to(level_of(gs, w[j], v ? v[j] : 0.0f), lo, hi);
-        if (out->wq) {
-            float wq = gs->s * (q - gs->z);
-            out->wq[off + j] = (qs->flags & AR_QF_BF16) ? ar_round_bf16(wq) : wq;
-        }
-        if (out->codes) out->codes[off + j] = (uint8_t)(q + code_shift);
-    }
+    ar_qint_group g = { gs->s, gs->z, 0, 0, qs->sym ? (float)(1 << (qs->bits - 1)) : 0.0f,
+                        (qs->flags & AR_QF_BF16) != 0 };
+    level_bounds(qs, &g.lo, &g.hi);
+    return g;
 }
 
 /* The integer path's argument checks, shared by forward and backward: a valid
@@ -147,19 +127,25 @@ typedef struct {
 } group_view;
 
 /* Group r of the row-major [n, ng] grid of w [n, k], set up with p. */
-static group_view group_open(const ar_quant_spec *qs, const float *w, int k, int ng, const ar_quant_params *p,
-                             long r)
+static group_view group_open(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int k, int ng,
+                             const ar_quant_params *p, long r)
 {
     group_view v;
     int row = (int)(r / ng), g = (int)(r % ng), k0;
     group_span(k, qs->group_size, g, &k0, &v.len);
     v.off = (size_t)row * k + k0;
-    group_setup(qs, w + v.off, v.len, p, (size_t)r, &v.gs);
+    group_setup(kern, qs, w + v.off, v.len, p, (size_t)r, &v.gs);
     return v;
 }
 
 int ar_quant_int_forward(const ar_quant_spec *qs, const float *w, int n, int k,
                          const ar_quant_params *p, const ar_quant_out *out)
+{
+    return ar_quant_int_forward_with(ar_qint_kernels_best(), qs, w, n, k, p, out);
+}
+
+int ar_quant_int_forward_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
+                              const ar_quant_params *p, const ar_quant_out *out)
 {
     if (int_args_check(qs, p)) return -1;
     int ng = ar_quant_ngroups(k, qs->group_size);
@@ -167,8 +153,10 @@ int ar_quant_int_forward(const ar_quant_spec *qs, const float *w, int n, int k,
     long total = (long)n * ng;
     #pragma omp parallel for schedule(static) if ((long)n * k >= AR_QUANT_PAR_MIN)
     for (long r = 0; r < total; r++) {
-        group_view g = group_open(qs, w, k, ng, p, r);
-        group_forward(qs, &g.gs, w + g.off, (p && p->v) ? p->v + g.off : NULL, g.len, out, g.off);
+        group_view g = group_open(kern, qs, w, k, ng, p, r);
+        ar_qint_group kg = kern_group(qs, &g.gs);
+        kern->forward(&kg, w + g.off, (p && p->v) ? p->v + g.off : NULL, g.len, out->wq ? out->wq + g.off : NULL,
+                      out->codes ? out->codes + g.off : NULL);
         if (out->scale) out->scale[r] = g.gs.s;
         if (out->zp) out->zp[r] = qs->sym ? zp_sym : (int32_t)g.gs.z;
     }
@@ -176,35 +164,6 @@ int ar_quant_int_forward(const ar_quant_spec *qs, const float *w, int n, int k,
 }
 
 /* ---- backward ----------------------------------------------------------- */
-
-/* Gradient of one group's loss w.r.t. its (cast, floored) scale and, for asym,
- * its zero point; also adds dL/dV. Straight-through: d round(x)/dx = 1. */
-static void group_backward_elems(const ar_quant_spec *qs, const group_state *gs, const float *w,
-                                 const float *v, const float *dwq, int len, float *dv,
-                                 double *ds, double *dz)
-{
-    float lo, hi;
-    level_bounds(qs, &lo, &hi);
-    double acc_s = 0.0, acc_z = 0.0;
-    for (int j = 0; j < len; j++) {
-        float t = level_of(gs, w[j], v ? v[j] : 0.0f);
-        /* The clamp passes gradient on the open interval (lo, hi) only: PyTorch
-         * (2.15, the peer's) gives torch.clamp with number bounds a zero
-         * gradient at x == lo and x == hi, so AutoRound's tuning sends no
-         * gradient to V at the extreme levels, and there ŵ's scale gradient
-         * is q alone (docs/peer-benchmark.md §1, "clamp boundary"). */
-        int inside = t > lo && t < hi;
-        float q = clamp_to(t, lo, hi);
-        double g = dwq[j];
-        if (dv && inside) dv[j] += (float)(g * gs->s);
-        /* ŵ = s·(q - z): direct term, plus q's dependence on s through w/s. */
-        acc_s += g * ((double)q - gs->z - (inside ? (double)w[j] / gs->s : 0.0));
-        /* dŵ/dz = s·(dq/dz - 1) = s·(inside - 1). */
-        acc_z += g * gs->s * (inside - 1);
-    }
-    *ds = acc_s;
-    *dz = acc_z;
-}
 
 /* Carry the scale (and zero-point) gradient of one group back to α and β. */
 static void group_backward_minmax(const ar_quant_spec *qs, const group_state *gs, const ar_quant_params *p,
@@ -239,18 +198,101 @@ int ar_quant_int_backward(const ar_quant_spec *qs, const float *w, int n, int k,
                           const ar_quant_params *p, const float *dwq,
                           float *dv, float *dalpha, float *dbeta)
 {
-    if (int_args_check(qs, p)) return -1;
-    int ng = ar_quant_ngroups(k, qs->group_size);
-    long total = (long)n * ng;
-    #pragma omp parallel for schedule(static) if ((long)n * k >= AR_QUANT_PAR_MIN)
-    for (long r = 0; r < total; r++) {
-        group_view g = group_open(qs, w, k, ng, p, r);
-        double ds, dz;
-        group_backward_elems(qs, &g.gs, w + g.off, (p && p->v) ? p->v + g.off : NULL, dwq + g.off, g.len,
-                             dv ? dv + g.off : NULL, &ds, &dz);
-        group_backward_minmax(qs, &g.gs, p, (size_t)r, ds, dz, dalpha, dbeta);
+    return ar_quant_int_backward_with(ar_qint_kernels_best(), qs, w, n, k, p, dwq, dv, dalpha, dbeta);
+}
+
+/* Groups whose scale-gradient sums run side by side: eight independent
+ * chains keep the adder busy where one chain waits on each add's latency. */
+enum { SUM_LANES = 8 };
+
+/* dL/ds and dL/dz of groups r0 .. r0+nb (nb <= SUM_LANES): the element
+ * loops write each element's terms into ts / tz (SUM_LANES × cap doubles
+ * each; tz NULL for sym) and add dL/dV; the sums then run in element order,
+ * as one loop over each group would add them. A short group's terms are
+ * padded with +0, which leaves a sum that starts at +0 unchanged: in
+ * round-to-nearest x + (+0) = x for every x but -0, and a sum started at +0
+ * never becomes -0. Then ds, dz go to α and β. */
+static void backward_lanes(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int k, int ng,
+                           const ar_quant_params *p, const float *dwq, float *dv, float *vstep, float lr,
+                           float *dalpha, float *dbeta, long r0, int nb, int cap, double *ts, double *tz)
+{
+    group_view g[SUM_LANES];
+    int maxlen = 0;
+    for (int l = 0; l < nb; l++) {
+        g[l] = group_open(kern, qs, w, k, ng, p, r0 + l);
+        ar_qint_group kg = kern_group(qs, &g[l].gs);
+        size_t off = g[l].off;
+        double *tsl = ts + (size_t)l * cap, *tzl = tz ? tz + (size_t)l * cap : NULL;
+        if (vstep) kern->backward_step(&kg, w + off, vstep + off, dwq + off, g[l].len, lr, tsl, tzl);
+        else kern->backward(&kg, w + off, (p && p->v) ? p->v + off : NULL, dwq + off, g[l].len,
+                            dv ? dv + off : NULL, tsl, tzl);
+        if (g[l].len > maxlen) maxlen = g[l].len;
     }
-    return 0;
+    for (int l = 0; l < SUM_LANES; l++) {
+        int len = l < nb ? g[l].len : 0;
+        memset(ts + (size_t)l * cap + len, 0, sizeof(double) * (size_t)(maxlen - len));
+        if (tz) memset(tz + (size_t)l * cap + len, 0, sizeof(double) * (size_t)(maxlen - len));
+    }
+    double as[SUM_LANES] = {0}, az[SUM_LANES] = {0};
+    for (int j = 0; j < maxlen; j++)
+        for (int l = 0; l < SUM_LANES; l++) as[l] += ts[(size_t)l * cap + j];
+    if (tz)
+        for (int j = 0; j < maxlen; j++)
+            for (int l = 0; l < SUM_LANES; l++) az[l] += tz[(size_t)l * cap + j];
+    for (int l = 0; l < nb; l++) group_backward_minmax(qs, &g[l].gs, p, (size_t)(r0 + l), as[l], az[l], dalpha, dbeta);
+}
+
+/* The backward, with dV added into dv, or (vstep = p->v) SignSGD's step
+ * on V taken in place at rate lr. */
+static int backward_run(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
+                        const ar_quant_params *p, const float *dwq, float *dv, float *vstep, float lr,
+                        float *dalpha, float *dbeta)
+{
+    int ng = ar_quant_ngroups(k, qs->group_size);
+    int cap = (qs->group_size > 0 && qs->group_size < k) ? qs->group_size : k;
+    long total = (long)n * ng, batches = (total + SUM_LANES - 1) / SUM_LANES;
+    size_t per = (size_t)SUM_LANES * cap;
+    int failed = 0;
+    #pragma omp parallel if ((long)n * k >= AR_QUANT_PAR_MIN)
+    {
+        double *buf = malloc(sizeof(double) * per * (qs->sym ? 1 : 2));
+        if (!buf) {
+            #pragma omp atomic write
+            failed = 1;
+        }
+        #pragma omp for schedule(static)
+        for (long b = 0; b < batches; b++) {
+            if (!buf) continue;
+            long r0 = b * SUM_LANES;
+            int nb = total - r0 < SUM_LANES ? (int)(total - r0) : SUM_LANES;
+            backward_lanes(kern, qs, w, k, ng, p, dwq, dv, vstep, lr, dalpha, dbeta, r0, nb, cap, buf,
+                           qs->sym ? NULL : buf + per);
+        }
+        free(buf);
+    }
+    return failed ? ar_error("quant: out of memory in the quantizer backward") : 0;
+}
+
+int ar_quant_int_backward_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n, int k,
+                               const ar_quant_params *p, const float *dwq, float *dv, float *dalpha, float *dbeta)
+{
+    if (int_args_check(qs, p)) return -1;
+    return backward_run(kern, qs, w, n, k, p, dwq, dv, NULL, 0.0f, dalpha, dbeta);
+}
+
+int ar_quant_int_backward_step(const ar_quant_spec *qs, const float *w, int n, int k, const ar_quant_params *p,
+                               const float *dwq, float *v, float lr, float *dalpha, float *dbeta)
+{
+    return ar_quant_int_backward_step_with(ar_qint_kernels_best(), qs, w, n, k, p, dwq, v, lr, dalpha, dbeta);
+}
+
+int ar_quant_int_backward_step_with(const ar_qint_kernels *kern, const ar_quant_spec *qs, const float *w, int n,
+                                    int k, const ar_quant_params *p, const float *dwq, float *v, float lr,
+                                    float *dalpha, float *dbeta)
+{
+    if (int_args_check(qs, p)) return -1;
+    if (!p || p->v != v || !v) return ar_error("quant: the backward's V step needs V as the tunables' V");
+    return backward_run(kern, qs, w, n, k, p, dwq, NULL, v, lr, dalpha, dbeta);
 }
 
 /* ---- opt-RTN ------------------------------------------------------------- */

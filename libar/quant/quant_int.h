@@ -31,7 +31,7 @@ int ar_quant_int_forward(const ar_quant_spec *qs, const float *w, int n, int k,
 /* Straight-through backward of ar_quant_int_forward: given dL/dŵ [N, K], ADD
  * dL/dV [N, K], dL/dα and dL/dβ [N, ngroups] into dv, dalpha, dbeta (each may
  * be NULL). Rounding passes the gradient as identity; a clamp passes it only
- * inside its closed interval (V and s reach ŵ only while q is not clamped);
+ * inside its open interval (V and s reach ŵ only while q is not clamped);
  * the scale's fp16 cast passes it unchanged, its magnitude floor blocks it.
  * sym: ds reaches α or β through max(a, c); on a tie a == c each gets half,
  * as PyTorch's maximum() backward does (the forward's tie rule only picks the
@@ -42,6 +42,14 @@ int ar_quant_int_forward(const ar_quant_spec *qs, const float *w, int n, int k,
 int ar_quant_int_backward(const ar_quant_spec *qs, const float *w, int n, int k,
                           const ar_quant_params *p, const float *dwq,
                           float *dv, float *dalpha, float *dbeta);
+
+/* ar_quant_int_backward into a zeroed dV followed by SignSGD's step on V,
+ * V -= lr·sign(dV) with sign(0) = 0, in one pass that keeps no dV: the same
+ * bits as those two steps (quant_int_kern.h). v must be p->v (read for the
+ * backward, then stepped in place); dalpha, dbeta as ar_quant_int_backward.
+ * Returns 0 or -1 (bad spec; v not p->v). */
+int ar_quant_int_backward_step(const ar_quant_spec *qs, const float *w, int n, int k, const ar_quant_params *p,
+                               const float *dwq, float *v, float lr, float *dalpha, float *dbeta);
 
 /* Importance-weighted scale search of opt_rtn_int_sym for a sym spec: per
  * group, start from iscale = -m / wmax_signed (wmax_signed = the element of

@@ -49,6 +49,15 @@ int ar_chunk_nodes(int K, int a, int b, int *nodes, int cap)
     return k;
 }
 
+/* The rank count every exchange below sizes its per-rank arrays for (on the
+ * stack: one entry per rank); refused once here, by every entry point. */
+static int ranks_ok(const ar_reducer *rd)
+{
+    if (rd->size >= 1 && rd->size <= AR_REDUCE_MAX_RANKS) return 1;
+    ar_error("reduce: %d ranks, at most %d", rd->size, AR_REDUCE_MAX_RANKS);
+    return 0;
+}
+
 /* Nodes of every rank, in rank order (= chunk order): *total of them into
  * all[2·i..], rank r's count into cnt[r]. -1 when out of memory. */
 enum { MAX_NODES_PER_RANK = 64 };   /* 2·log2(K) + 1 ≤ 63 for any int K */
@@ -83,8 +92,8 @@ static int combine(const int *nodes, int total, int lo, int hi, float *buf, size
 
 size_t ar_reduce_scratch(const ar_reducer *rd, int K, size_t n)
 {
-    int *all, cnt[1024], total;
-    if (rd->size > 1024 || all_nodes(rd, K, &all, cnt, &total)) return 0;
+    int *all, cnt[AR_REDUCE_MAX_RANKS], total;
+    if (!ranks_ok(rd) || all_nodes(rd, K, &all, cnt, &total)) return 0;
     free(all);
     size_t piece = n < AR_REDUCE_PIECE ? n : AR_REDUCE_PIECE;
     return (size_t)(total + cnt[rd->rank]) * piece;
@@ -92,12 +101,10 @@ size_t ar_reduce_scratch(const ar_reducer *rd, int K, size_t n)
 
 int ar_reduce_tree(ar_reducer *rd, int K, float *dst, const float *const *mine, size_t n, float *scratch)
 {
-    int *all, total;
-    int cnt[1024];
-    if (rd->size > 1024) return ar_error("reduce: %d ranks, at most 1024", rd->size);
-    if (all_nodes(rd, K, &all, cnt, &total)) return -1;
+    int *all, total, cnt[AR_REDUCE_MAX_RANKS];
+    if (!ranks_ok(rd) || all_nodes(rd, K, &all, cnt, &total)) return -1;
     int own = cnt[rd->rank];
-    size_t counts[1024];
+    size_t counts[AR_REDUCE_MAX_RANKS];
     float *recv = scratch, *send = scratch + (size_t)total * (n < AR_REDUCE_PIECE ? n : AR_REDUCE_PIECE);
     int rc = 0;
     for (size_t e0 = 0; e0 < n && !rc; e0 += AR_REDUCE_PIECE) {
@@ -118,8 +125,8 @@ int ar_reduce_tree(ar_reducer *rd, int K, float *dst, const float *const *mine, 
 
 int ar_reduce_parts(ar_reducer *rd, int K, double *part)
 {
-    size_t counts[1024];
-    if (rd->size > 1024) return ar_error("reduce: %d ranks, at most 1024", rd->size);
+    size_t counts[AR_REDUCE_MAX_RANKS];
+    if (!ranks_ok(rd)) return -1;
     for (int r = 0; r < rd->size; r++) {
         int lo, hi;
         ar_chunk_range(K, r, rd->size, &lo, &hi);
@@ -140,8 +147,8 @@ int ar_reduce_parts(ar_reducer *rd, int K, double *part)
 
 int ar_reduce_counts(ar_reducer *rd, long *v, int n)
 {
-    size_t counts[1024];
-    if (rd->size > 1024) return ar_error("reduce: %d ranks, at most 1024", rd->size);
+    size_t counts[AR_REDUCE_MAX_RANKS];
+    if (!ranks_ok(rd)) return -1;
     for (int r = 0; r < rd->size; r++) counts[r] = sizeof(long) * (size_t)n;
     long *recv = malloc(sizeof(long) * (size_t)n * rd->size + 1);
     if (!recv) return ar_error("out of memory for the counts");

@@ -42,6 +42,9 @@ typedef struct ar_reducer {
     long iters;
 } ar_reducer;
 
+/* The most ranks the exchanges below accept (each refuses more, by ar_error). */
+#define AR_REDUCE_MAX_RANKS 1024
+
 /* Chunks [*lo, *hi) of K that rank r of n owns: an even, contiguous split. */
 void ar_chunk_range(int K, int r, int n, int *lo, int *hi);
 
@@ -65,7 +68,8 @@ int ar_chunk_nodes(int K, int a, int b, int *nodes, int cap);
  * most 2·log2(K)+1 each). 0 or -1. */
 int ar_reduce_tree(ar_reducer *rd, int K, float *dst, const float *const *mine, size_t n, float *scratch);
 
-/* Scratch floats ar_reduce_tree needs for n floats over K chunks. */
+/* Scratch floats ar_reduce_tree needs for n floats over K chunks; 0 with
+ * ar_error (too many ranks, out of memory). */
 size_t ar_reduce_scratch(const ar_reducer *rd, int K, size_t n);
 
 /* The loss parts: part[c] of chunk c for this rank's chunks in, all K

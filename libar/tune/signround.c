@@ -1,6 +1,7 @@
 #include "signround.h"
 #include "dtype.h"
 #include "error.h"
+#include "moe.h"
 #include "ops.h"
 #include "quant_fp.h"
 #include "spill.h"
@@ -277,6 +278,8 @@ typedef struct {
     float *wq, *dw;
     float lr, mlr;
     const float *init_scale;   /* plan->init_scale[i] (SignRoundV2), or NULL */
+    int wq_fresh;              /* wq is the fake-quantization of the current tunables */
+    int dw_zero;               /* dw is all zero (no step was taken from it) */
 } layer_state;
 
 static float layer_lr(const ar_signround_opts *o, int bits)
@@ -309,6 +312,7 @@ static int layer_init(layer_state *L, const ar_linear_desc *d, const ar_quant_sp
     /* v starts at zero (wq and dw are written before they are read), α = β = 1 */
     memset(L->v, 0, L->nel * 4);
     for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
+    L->wq_fresh = L->dw_zero = 0;
     L->lr = layer_lr(o, qs->bits);
     L->mlr = o->minmax_lr > 0 ? o->minmax_lr : L->lr;
     return 0;
@@ -398,7 +402,10 @@ typedef struct {
     int T, C, bs;
     int mc;                       /* samples of one forward/backward (micro-batch): at most bs and leaf */
     int leaf;                     /* samples of one chunk of the tree (o->dp_chunk); 0: the whole step */
-    int nl;                       /* entries of L, gptr and wq (the cache's) */
+    int nl;                       /* entries of L, gptr, mine and wq (the cache's) */
+    unsigned char *mine;          /* [nl] planned and tuned here: with expert parallel, not another
+                                     rank's routed expert */
+    ar_moe_ep ep;                 /* expert parallel's exchange (o->reduce's all-gather), size 0 when off */
     layer_state *L;               /* [plan->nlinear], set where planned */
     float *dv, *dalpha, *dbeta;   /* gradients of one linear's V, α, β, sized for the largest */
     size_t cap_dv, cap_dg;
@@ -445,20 +452,23 @@ static int pin_weights(tuner *t)
     return 0;
 }
 
-/* Fake-quantize every planned linear with the current tunables. */
+/* Fake-quantize every planned linear with the current tunables (a linear
+ * whose tunables did not move since its last fake-quantization keeps it). */
 static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 {
     double t0 = now_s();
     ar_gemm_unpin(t->o->gemm, NULL);
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
-        ar_quant_params p = layer_params(L, t->o->minmax_tuning);
-        ar_quant_out out = {L->wq, NULL, NULL, NULL};
-        const float *w = fp_weight(t, w_fp, i);
-        /* L->dw is zeroed by run_batches' tree (zero_set) or overwritten by
-         * its exchange, so it is not cleared here too */
-        if (!w || ar_quant_forward(&t->plan->spec[i], w, L->n, L->k, &p, &out)) return -1;
+        if (!L->wq_fresh) {
+            ar_quant_params p = layer_params(L, t->o->minmax_tuning);
+            ar_quant_out out = {L->wq, NULL, NULL, NULL};
+            const float *w = fp_weight(t, w_fp, i);
+            if (!w || ar_quant_forward(&t->plan->spec[i], w, L->n, L->k, &p, &out)) return -1;
+            L->wq_fresh = 1;
+        }
+        if (!L->dw_zero) memset(L->dw, 0, L->nel * 4);
     }
     t->rep->sec_quant += now_s() - t0;
     return pin_weights(t);
@@ -522,7 +532,7 @@ static float *const *grad_set(tuner *t, int s)
     size_t off = 0;
     for (int i = 0; i < t->plan->nlinear; i++) {
         t->gptr[i] = NULL;
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         t->gptr[i] = s ? t->gsets + (size_t)(s - 1) * t->gtotal + off : t->L[i].dw;
         off += t->L[i].nel;
     }
@@ -539,7 +549,7 @@ static void zero_set(tuner *t, int s)
 static void add_set(tuner *t, int dst, int src)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         float *a = grad_set(t, dst)[i];
         const float *b = grad_set(t, src)[i];
         for (size_t e = 0; e < t->L[i].nel; e++) a[e] = a[e] + b[e];
@@ -579,6 +589,13 @@ static int eval_node(tuner *t, const tree_job *j, int lo, int hi, int s, int dep
     return 0;
 }
 
+/* o->reduce when the ranks split the chunks (data parallel), else NULL. */
+static ar_reducer *dp_ranks(const tuner *t)
+{
+    ar_reducer *rd = t->o->reduce;
+    return rd && rd->size > 1 && !t->o->expert_parallel ? rd : NULL;
+}
+
 /* Room for `sets` arena sets, the loss parts of K chunks and the exchange
  * scratch. */
 static int tree_alloc(tuner *t, int K, int sets)
@@ -597,9 +614,9 @@ static int tree_alloc(tuner *t, int K, int sets)
         if (!t->part || !t->hpart) return ar_error("out of memory for the loss parts");
         t->cap_part = K;
     }
-    ar_reducer *rd = t->o->reduce;
-    size_t sc = rd && rd->size > 1 ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
-    if (rd && rd->size > 1 && !sc) return ar_error("out of memory for the chunk tree");
+    ar_reducer *rd = dp_ranks(t);
+    size_t sc = rd ? ar_reduce_scratch(rd, K, t->gtotal) : 0;
+    if (rd && !sc) return -1;   /* ar_reduce_scratch said why */
     if (sc > t->cap_rscratch) {
         free(t->rscratch);
         t->cap_rscratch = 0;
@@ -620,8 +637,8 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
                        const int *idx, int gb, double *loss)
 {
     int L = t->leaf ? t->leaf : gb, K = (gb + L - 1) / L, depth = 0;
-    ar_reducer *rd = t->o->reduce;
-    int ranks = rd && rd->size > 1;
+    ar_reducer *rd = dp_ranks(t);
+    int ranks = rd != NULL;
     int lo = 0, hi = K, nodes[2 * 64];
     if (ranks) ar_chunk_range(K, rd->rank, rd->size, &lo, &hi);
     int own = ar_chunk_nodes(K, lo, hi, nodes, 64);
@@ -640,7 +657,7 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
         float *sum = t->gsets + (size_t)(own + depth) * t->gtotal;
         if (ar_reduce_tree(rd, K, sum, mine, t->gtotal, t->rscratch)) return -1;
         for (int i = 0; i < t->plan->nlinear; i++)
-            if (t->plan->quantize[i]) memcpy(t->L[i].dw, sum, t->L[i].nel * 4), sum += t->L[i].nel;
+            if (t->mine[i]) memcpy(t->L[i].dw, sum, t->L[i].nel * 4), sum += t->L[i].nel;
         if (ar_reduce_parts(rd, K, t->part) || (t->o->lfq && ar_reduce_parts(rd, K, t->hpart))) return -1;
         rd->iters++;
     }
@@ -649,23 +666,48 @@ static int run_batches(tuner *t, const uint16_t *x_in, const uint16_t *y_ref, co
     return 0;
 }
 
-/* STE backward into the tunables and one SignSGD step at lr scale f. */
+/* Whether all n floats of x are zero (+0 or -0). */
+static int all_zero(const float *x, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (x[i] != 0.0f) return 0;
+    return 1;
+}
+
+/* STE backward into the tunables and one SignSGD step at lr scale f.
+ * A linear whose dW is all zero (an expert no token of the step was routed
+ * to) is skipped: every term of its backward is ±0 (or NaN where w/s is
+ * not finite), SignSGD's sign of ±0 and of NaN is 0, so V, α and β would
+ * stay bit for bit (p - lr·(+0) = p, -0 included), and the α/β clamp of an
+ * already clamped value is the identity. AutoRound never calls such an
+ * expert, so its tunables get no gradient (None), which its SignSGD skips
+ * (auto_round 0.16.1 algorithms/quantization/sign_round/sign_sgd.py L274),
+ * and its α/β in-place clamp (wrapper.py L298) does not run: the same. */
 static int update_all(tuner *t, const ar_block_weights *w_fp, float f)
 {
     double t0 = now_s();
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
+        if ((L->dw_zero = all_zero(L->dw, L->nel))) continue;
+        L->wq_fresh = 0;
         int mm = t->o->minmax_tuning;
         ar_quant_params p = layer_params(L, mm);
-        memset(t->dv, 0, L->nel * 4);
+        const ar_quant_spec *qs = &t->plan->spec[i];
         memset(t->dalpha, 0, L->ngr * 4);
         memset(t->dbeta, 0, L->ngr * 4);
         const float *w = fp_weight(t, w_fp, i);
-        if (!w || ar_quant_backward(&t->plan->spec[i], w, L->n, L->k, &p, L->dw, t->dv,
-                              mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
-            return -1;
-        sign_step(L->v, t->dv, L->nel, L->lr * f);
+        if (!w) return -1;
+        if (qs->dtype == AR_QDT_INT) {   /* V's step fused into the backward: the same bits */
+            if (ar_quant_int_backward_step(qs, w, L->n, L->k, &p, L->dw, L->v, L->lr * f,
+                                           mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
+                return -1;
+        } else {
+            memset(t->dv, 0, L->nel * 4);
+            if (ar_quant_backward(qs, w, L->n, L->k, &p, L->dw, t->dv, mm ? t->dalpha : NULL, mm ? t->dbeta : NULL))
+                return -1;
+            sign_step(L->v, t->dv, L->nel, L->lr * f);
+        }
         if (mm) {
             sign_step(L->alpha, t->dalpha, L->ngr, L->mlr * f);
             sign_step(L->beta, t->dbeta, L->ngr, L->mlr * f);
@@ -690,7 +732,7 @@ struct ar_signround_cache {
 static void tuner_free(tuner *t)
 {
     for (int i = 0; t->L && i < t->nl; i++) layer_free(&t->L[i]);
-    free(t->L);
+    free(t->L); free(t->mine);
     free(t->dv); free(t->dalpha); free(t->dbeta); free(t->wtmp);
     ar_block_weights_release(&t->wq);
     free(t->xb); free(t->yb); free(t->pred); free(t->dy); free(t->mb); free(t->tgt);
@@ -717,7 +759,8 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     k->ready = 0;
     if (ar_block_weights_init(&t->wq, nl)) return -1;
     t->nl = nl;
-    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->gptr = calloc(nl, sizeof *t->gptr)))
+    if (!(t->L = calloc(nl, sizeof *t->L)) || !(t->gptr = calloc(nl, sizeof *t->gptr)) ||
+        !(t->mine = calloc(nl, 1)))
         return ar_error("out of memory for the tunables");
     size_t rows = (size_t)bs * T * c->hidden;
     t->xb = malloc(rows * 4); t->yb = malloc(rows * 4);
@@ -731,6 +774,26 @@ static int tuner_alloc(ar_signround_cache *k, const ar_config *c, int nl, int bs
     k->bs = bs, k->T = T, k->nl = nl, k->lfq = lfq;
     k->ready = 1;
     return 0;
+}
+
+/* t->mine and t->ep: with expert parallel, this rank's experts' linears and
+ * every non-expert one; else every planned linear. */
+static void set_mine(tuner *t)
+{
+    const ar_block_plan *plan = t->plan;
+    ar_reducer *rd = t->o->reduce;
+    int E = 0;
+    t->ep = (ar_moe_ep){0};
+    if (t->o->expert_parallel && rd && rd->size > 1) {
+        t->ep = (ar_moe_ep){rd->rank, rd->size, rd->ctx, rd->allgather, 0, 0};
+        E = ar_block_desc_nexperts(plan->desc);
+    }
+    int e0 = 0, e1 = E;
+    if (E) ar_moe_ep_range(E, rd->rank, rd->size, &e0, &e1);
+    for (int i = 0; i < plan->nlinear; i++) {
+        int e = E ? ar_block_desc_expert(plan->desc, i) : -1;
+        t->mine[i] = plan->quantize[i] && (e < 0 || (e >= e0 && e < e1));
+    }
 }
 
 static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_weights *w_fp,
@@ -750,9 +813,10 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
     t->head_rows = 0;
     t->rep = NULL;
     ar_block_weights_borrow(&t->wq, w_fp);
+    set_mine(t);
     size_t gtotal = 0;
     for (int i = 0; i < plan->nlinear; i++) {
-        if (!plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         if (ar_quant_spec_check(&plan->spec[i]) || layer_init(&t->L[i], &plan->desc->lin[i], &plan->spec[i], o))
             return -1;
         t->L[i].init_scale = plan->init_scale[i];
@@ -786,6 +850,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
      * quantized-input copy are set below) */
     t->ws.observe = o->observe, t->ws.observe_ctx = o->observe_ctx;
     t->ws.gemm = o->gemm;
+    t->ws.moe_ep = t->ep.size > 1 ? &t->ep : NULL;
     return ar_block_plan_set_act_quant(plan, &t->ws);
 }
 
@@ -797,7 +862,7 @@ static int tuner_init(ar_signround_cache *k, const ar_config *c, const ar_block_
 static int bake(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
         ar_quant_params p = layer_params(L, t->o->minmax_tuning);
         const float *w = fp_weight(t, w_fp, i);
@@ -809,10 +874,11 @@ static int bake(tuner *t, const ar_block_weights *w_fp, const ar_quant_out *out)
 static void reset_tunables(tuner *t)
 {
     for (int i = 0; i < t->plan->nlinear; i++) {
-        if (!t->plan->quantize[i]) continue;
+        if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
         memset(L->v, 0, L->nel * 4);
         for (size_t g = 0; g < L->ngr; g++) L->alpha[g] = L->beta[g] = 1.0f;
+        L->wq_fresh = 0;
     }
 }
 
@@ -883,6 +949,11 @@ int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *
     if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
     if (!rc && o->use_best && !baked) reset_tunables(tp);
     if (!rc && !baked) rc = bake(tp, w_fp, out);
+    if (tp->ep.size > 1) {   /* the exchanges' accounting, where ar-tune reports the ranks' */
+        o->reduce->bytes += tp->ep.bytes, o->reduce->seconds += tp->ep.seconds;
+        if (tp->ep.bytes > 0) o->reduce->iters += o->iters;   /* iterations of blocks with routed experts */
+        tp->ep.bytes = tp->ep.seconds = 0;
+    }
     ar_index_sampler_free(&s);
     rep->sec_total = now_s() - t_start;
     return rc;

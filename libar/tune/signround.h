@@ -87,6 +87,13 @@ typedef struct {
                              more gradient copies in one process) */
     ar_reducer *reduce;   /* NULL: one process; else this process is one of reduce->size ranks that
                              split each iteration's chunks (reduce.h); the result is the same bits */
+    int expert_parallel;  /* 0; 1 with reduce (size > 1): the ranks split the routed experts instead
+                             of the chunks (docs/mpi.md, "Expert parallel"): every rank runs all
+                             samples through the replicated rest of the block, computes, tunes and
+                             bakes its experts [E·r/size, E·(r+1)/size) alone (moe.h's ar_moe_ep):
+                             their outputs are the one-process bits; the other ranks' experts' FP
+                             weights are not read (may be NULL) and their outputs not written (the
+                             caller collects them from their owners: tune_block.c's write_block) */
     uint64_t seed;        /* 42 */
     int minmax_tuning;    /* 1: tune α/β; 0: only V */
     int use_best;         /* 1: keep the best iteration; 0: the last (--not_use_best_mse) */

@@ -256,7 +256,10 @@ static int block_work(tn_run *r, int layer, ar_block_weights *wfp)
     const ar_tune_opts *o = r->o;
     int from = r->d ? r->d->block : o->first_block;
     if (layer < from) return 0;
-    if (layer_desc(r, layer, wfp) || ar_model_load_block(r->m, layer, wfp)) return -1;
+    if (layer_desc(r, layer, wfp)) return -1;
+    for (int i = 0; r->ep && i < r->bd.nlinear; i++)   /* other ranks' experts: not read */
+        if (tn_ep_other(r, i)) free(wfp->w[i]), wfp->w[i] = NULL;
+    if (ar_model_load_block(r->m, layer, wfp)) return -1;
     if (layer < o->first_block) return fp_forward(r, wfp);
     return o->scheme.kind == AR_SCHEME_GGUF ? tn_block_gguf(r, layer, wfp) : tn_block(r, layer, wfp);
 }
@@ -466,6 +469,21 @@ static int run_blocks(tn_run *r, const char *model, ar_stream_writer *out)
     return rc;
 }
 
+/* Expert parallel needs SignRound on calibration data, and no pass that
+ * reads every expert's FP weight (opt-RTN and SignRoundV2 statistics,
+ * GGUF's mixes). 0 or -1. */
+static int ep_setup(tn_run *r, ar_moe_ep *ep)
+{
+    const ar_tune_opts *o = r->o;
+    if (!o->expert_parallel || !o->reduce || o->reduce->size < 2) return 0;
+    if (!r->d || o->iters < 1) return ar_error("expert parallel: needs SignRound (calibration data and iters > 0)");
+    if (o->enable_alg_ext) return ar_error("expert parallel: not with enable_alg_ext (its statistics read every expert)");
+    if (o->scheme.kind == AR_SCHEME_GGUF) return ar_error("expert parallel: not with GGUF schemes");
+    *ep = (ar_moe_ep){o->reduce->rank, o->reduce->size, o->reduce->ctx, o->reduce->allgather, 0, 0};
+    r->ep = ep;
+    return 0;
+}
+
 int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, ar_stream_writer *out)
 {
     tn_run r;
@@ -476,7 +494,8 @@ int ar_tune_run(const ar_tune_opts *o, const char *model, ar_calib_data *calib, 
     r.o = o;
     r.d = calib;
     r.w = out;
-    int rc = run_blocks(&r, model, out);
+    ar_moe_ep ep;
+    int rc = ep_setup(&r, &ep) ? AR_TUNE_FAILED : run_blocks(&r, model, out);
     ar_gpu_residency_close(r.gpu); /* before the chain arrays it may keep page-locked go */
     tn_bufs_free(&buf);
     ar_gemm_free(&r.gemm);

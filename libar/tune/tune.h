@@ -99,6 +99,8 @@ typedef struct {
      * each iteration's chunks and writes the same bytes as one process; a checkpoint is rank 0's, which
      * hands the others its chains on resume. [NULL] */
     ar_reducer *reduce;
+    int expert_parallel;        /* 1 with reduce: the ranks split each MoE block's routed experts, not the
+                                   chunks (signround.h's expert_parallel; docs/mpi.md) [0] */
     long seed;                  /* block b is tuned with seed + b [42] */
     int disable_minmax;         /* 1: no α/β (min/max) tuning [0] */
     int not_use_best;           /* 1: the last iteration's parameters instead of the best [0] */

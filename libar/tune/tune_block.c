@@ -68,7 +68,7 @@ static int plan_set_act_max(ar_block_plan *plan, const ar_scheme *schemes, const
 static void share_global_scales(const ar_block_desc *bd, const ar_block_weights *w, ar_block_plan *plan)
 {
     for (int i = 0; i < bd->nlinear; i++) {
-        if (!plan->quantize[i] || plan->spec[i].dtype != AR_QDT_NVFP4) continue;
+        if (!plan->quantize[i] || plan->spec[i].dtype != AR_QDT_NVFP4 || !w->w[i]) continue;   /* !w: another rank's */
         plan->spec[i].global_scale = ar_nvfp4_global_scale(w->w[i], (size_t)bd->lin[i].n_out * bd->lin[i].k_in);
     }
     for (int g = 0; g < bd->nlinear; g++) {
@@ -262,8 +262,16 @@ static int write_block(const tn_run *r, int layer, const ar_block_plan *plan, co
         char base[256];
         int n = r->bd.lin[i].n_out, k = r->bd.lin[i].k_in;
         ar_block_desc_layer_name(&r->bd, layer, i, base, sizeof base);
-        const float *gs = plan->spec[i].dtype == AR_QDT_NVFP4 ? &plan->spec[i].global_scale : NULL;
-        if (ar_tuned_write_linear(r->w, base, &schemes[i], n, k, &out[i], gs, act_max[i])) return -1;
+        float g = plan->spec[i].global_scale;
+        ar_quant_out other = {0};   /* expert parallel: a routed expert's output, from its owner */
+        const ar_quant_out *use = &out[i];
+        int rc = r->ep && ar_block_desc_expert(&r->bd, i) >= 0
+                     ? tn_ep_share(r, i, &plan->spec[i], &out[i], &other, &g, &use)
+                     : 0;
+        const float *gs = plan->spec[i].dtype == AR_QDT_NVFP4 ? &g : NULL;
+        if (!rc) rc = ar_tuned_write_linear(r->w, base, &schemes[i], n, k, use, gs, act_max[i]);
+        free(other.wq), free(other.codes), free(other.scale), free(other.zp);
+        if (rc) return -1;
     }
     return 0;
 }
@@ -300,10 +308,10 @@ static int block_bufs(tn_run *r)
 /* The output buffers of the planned linears (as ar_block_plan_outputs),
  * kept from block to block; the scales and zero points grow with the
  * groups. 0 or -1. */
-static int block_outputs(tn_bufs *b, const ar_block_plan *plan)
+static int block_outputs(const tn_run *r, tn_bufs *b, const ar_block_plan *plan)
 {
     for (int i = 0; i < plan->nlinear; i++) {
-        if (!plan->quantize[i]) continue;
+        if (!plan->quantize[i] || tn_ep_other(r, i)) continue;   /* another rank's expert: its owner's */
         ar_quant_out *o = &b->out[i];
         int n = plan->desc->lin[i].n_out, k = plan->desc->lin[i].k_in;
         size_t ng = (size_t)n * ar_quant_ngroups(k, plan->spec[i].group_size);
@@ -337,7 +345,7 @@ int tn_block(tn_run *r, int layer, const ar_block_weights *wfp)
             return ar_error("%s: activation quantization of mixture-of-experts blocks is not supported",
                             r->bd.lin[i].name);
     share_global_scales(&r->bd, wfp, plan);
-    if (block_outputs(b, plan)) return -1;
+    if (block_outputs(r, b, plan)) return -1;
     if (r->d ? tune_with_data(r, layer, wfp, plan, schemes, act_max, out, &rep, &tuned)
              : quantize_block_rtn(r, wfp, plan, NULL, out))
         return -1;

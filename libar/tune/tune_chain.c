@@ -161,6 +161,9 @@ int tn_forward_all(const tn_run *r, const ar_block_weights *w, const uint16_t *s
     ws->observe_ctx = obs ? &st : NULL;
     ws->observe_kv = r->kv_obs ? observe_kv : NULL;
     ws->kv_ctx = r->kv_obs;
+    /* expert parallel: this rank's experts, the rows exchanged (no statistics
+     * here then: ep_setup refuses the passes that take them) */
+    ws->moe_ep = r->ep;
     int rc = 0;
     if (has_actq || b->fws_actq) {   /* this pass's quantizers, or none as in a fresh workspace */
         rc = has_actq ? ar_block_plan_set_act_quant(actq, ws) : r->bd.set_act_quant(ws, NULL);
@@ -247,11 +250,11 @@ static int reload_weight(void *ctx, int i, float *dst)
 /* Free (drop 1) or allocate again (drop 0, contents undefined: the next
  * ar_model_load_block fills them) the f32 weights of the planned linears of
  * the run's block buffer wfp. 0 or -1. */
-static int drop_quantized_weights(const ar_block_weights *wfp, const ar_block_plan *plan, int drop)
+static int drop_quantized_weights(const tn_run *r, const ar_block_weights *wfp, const ar_block_plan *plan, int drop)
 {
     ar_block_weights *w = (ar_block_weights *)wfp;   /* run_blocks' buffer, lent as const */
     for (int i = 0; i < plan->nlinear; i++) {
-        if (!plan->quantize[i]) continue;
+        if (!plan->quantize[i] || tn_ep_other(r, i)) continue;
         if (drop) { free(w->w[i]); w->w[i] = NULL; continue; }
         if (!w->w[i] && !(w->w[i] = malloc(sizeof(float) * plan->desc->lin[i].n_out * plan->desc->lin[i].k_in)))
             return ar_error("out of memory for block weights");
@@ -270,7 +273,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     o.iters = a->iters; o.lr = (float)a->lr; o.minmax_lr = (float)a->minmax_lr;
     o.batch_size = a->batch_size; o.grad_accum = a->grad_accum; o.seed = (uint64_t)a->seed + layer;
     o.micro_batch = tn_chunk(r);   /* the batch's activations in chunks: same sums, bounded memory */
-    o.dp_chunk = a->dp_chunk; o.reduce = a->reduce;
+    o.dp_chunk = a->dp_chunk; o.reduce = a->reduce; o.expert_parallel = a->expert_parallel;
     o.minmax_tuning = minmax; o.use_best = !a->not_use_best;
     o.outlier_loss = outlier;
     o.gemm = r->amp;
@@ -292,7 +295,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     int lean = !gpu && a->mem_budget_mib > 0 && r->m;
     if (lean) {
         o.reload = reload_weight, o.reload_ctx = &rk;
-        drop_quantized_weights(wfp, plan, 1);
+        drop_quantized_weights(r, wfp, plan, 1);
         free_forward_bufs(r->buf);   /* tn_forward_all makes them again for the quantized chain */
     }
     int rc = gpu ? ar_signround_tune_block_cuda_res(r->gpu, c, wfp, xin, r->y, r->mask, n, T, plan, &o, out, rep,
@@ -308,7 +311,7 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
         ar_signround_cache_free(r->buf->sr);
         r->buf->sr = NULL;
     }
-    if (lean && !rc && a->disable_quanted_input) rc = drop_quantized_weights(wfp, plan, 0);
+    if (lean && !rc && a->disable_quanted_input) rc = drop_quantized_weights(r, wfp, plan, 0);
     if (rc || a->disable_quanted_input) return rc;
     /* next block's quantized-chain input: the tuned block as AutoRound
      * leaves it, quantized weights and (WrapperWALayer) quantized inputs */
@@ -323,6 +326,6 @@ int tn_signround_block(tn_run *r, int layer, const ar_block_weights *wfp, const 
     int krc = tn_forward_all(r, wq, xin, r->x_q, NULL, NULL, plan);
     r->rows = rows;
     r->kv_obs = NULL;
-    if (lean && !krc) krc = drop_quantized_weights(wfp, plan, 0);
+    if (lean && !krc) krc = drop_quantized_weights(r, wfp, plan, 0);
     return krc;
 }

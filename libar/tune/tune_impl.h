@@ -10,6 +10,7 @@
 #include "block_desc.h"
 #include "checkpoint.h"
 #include "model.h"
+#include "moe.h"
 #include "quant.h"
 #include "residency.h"
 #include "signround.h"
@@ -65,7 +66,21 @@ typedef struct {
     ar_gemm *amp;               /* &gemm when it is bf16 (what block work spaces take), else NULL */
     long *rows;                 /* [bd.nlinear] or NULL: tn_forward_all and SignRound's forwards add the rows
                                    each linear's input had (MoE experts: their routed rows) */
+    ar_moe_ep *ep;              /* expert parallel (o->expert_parallel under ranks), else NULL: this rank
+                                   holds, computes and tunes its share of each block's routed experts */
 } tn_run;
+
+/* Whether linear i of the current block is another rank's routed expert
+ * (expert parallel): its FP weight is not loaded, its output not made here. */
+int tn_ep_other(const tn_run *r, int i);
+
+/* Expert parallel, routed expert linear i (every rank calls it, in the same
+ * order): its owner broadcasts its output mine (ŵ, codes, scales, zero
+ * points and, NVFP4, the global scale *gs); the other ranks receive it into
+ * o (allocated here: the caller frees its buffers) and *gs. *use: the
+ * output to write. 0 or -1. */
+int tn_ep_share(const tn_run *r, int i, const ar_quant_spec *qs, const ar_quant_out *mine, ar_quant_out *o,
+                float *gs, const ar_quant_out **use);
 
 /* ---- tune_chain.c ------------------------------------------------------------ */
 

@@ -4,7 +4,8 @@
 # dense F=1280; MoE E experts top-K of I=1280/K), each in its own process, and
 # their ratio (issue 17's target: <= 1.5x). Prints figures; never fails on time.
 # AR_BENCH_MOE="n T iters E K reps" overrides the default "8 512 4 8 2 1" (4,096 tokens
-# a step; at 8 x 128 the quantizer passes over all experts' weights weigh more).
+# a step; at 8 x 128 the quantizer passes over all experts' weights weigh more). Each side
+# also prints its quantizer share (the report's sec_quant over its total, wall clock).
 BENCH_BIN=${AR_BENCH_BIN:-$(cd "$(dirname "$0")/../.." && pwd)/build/obj/bench}
 [ -x "$BENCH_BIN/moe_bench" ] || { echo "moe_bench not built (make bench)"; exit 0; }
 ARGS=${AR_BENCH_MOE:-8 512 4 8 2 1}

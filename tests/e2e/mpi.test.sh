@@ -6,6 +6,7 @@
 #     = -np 2 = -np 3 (uneven shares);
 #  2. W2A16G32 asym, batch 3 x 2 accumulation steps in chunks of 2 (3 chunks),
 #     -np 2; the same for --enable_lfq, --enable_alg_ext and a tiny Qwen3-MoE;
+#     -np 33, whose progress line summarises the ranks' times;
 #  3. the calibration stream on standard input is refused under mpirun (it
 #     reaches rank 0 only), with no output;
 #  4. rank 1 killed (SIGKILL) after block 2 of a checkpointed run: mpirun
@@ -65,6 +66,16 @@ AM="--model $MOE -i $T/moe.ars --group_size 32 --iters 8 --batch_size 4 --dp_chu
 mpirun_np 2 "$BIN/ar-tune" $AM -o "$T/moe2.ars"
 cmp "$T/moe1.ars" "$T/moe2.ars" || fail "qwen3_moe: -np 2 differs from one process"
 echo "ok: qwen3_moe: -np 2 = one process"
+# more ranks than the progress line lists (32): it summarises the per-rank
+# times (slowest, fastest, mean) instead of dropping them; bytes as ever
+stories_calib 34 16 -o "$T/c34.ars" --quiet
+A33="-i $T/c34.ars --iters 2 --threads 1 --disable_amp --dp_chunk 1 --batch_size 34"
+"$BIN/ar-tune" $A33 --quiet -o "$T/one33.ars"
+mpirun_np 33 "$BIN/ar-tune" $A33 --progress -o "$T/np33.ars" 2> "$T/np33.err"
+cmp "$T/one33.ars" "$T/np33.ars" || fail "-np 33 differs from one process"
+grep -q "ranks fwd+bwd max [0-9.]*s (rank [0-9]*) min [0-9.]*s (rank [0-9]*) mean [0-9.]*s of 33" "$T/np33.err" ||
+  { cat "$T/np33.err" >&2; fail "-np 33: no per-rank summary on the progress line"; }
+echo "ok: -np 33 = one process; $(grep -o -m1 'ranks fwd+bwd.*' "$T/np33.err")"
 
 # 3.
 if mpirun_np 2 "$BIN/ar-tune" --iters 2 --threads 1 -o "$T/stdin.ars" < "$T/c.ars" 2> "$T/stdin.err"; then

@@ -274,6 +274,25 @@ Test(model, missing_tensors_are_reported)
     cr_assert(strstr(ar_last_error(), "no tensor 'lm_head.weight' and tie_word_embeddings is false"), "%s", ar_last_error());
 }
 
+/* The source's own refusal of a name it does not hold (the model checks
+ * shapes first, so the tools do not reach it; a library caller can) names the
+ * checkpoint file: a plain name, and a per-expert name with no fused tensor. */
+Test(model, source_read_of_a_missing_tensor_names_the_file)
+{
+    char dir[512], want[600];
+    stories_dir(dir, sizeof dir);
+    ar_tensor_source src;
+    cr_assert_eq(ar_source_safetensors(&src, dir), 0, "%s", ar_last_error());
+    float row[64];
+    const char *names[] = {"model.layers.0.no_such.weight", "model.layers.0.mlp.experts.3.gate_proj.weight"};
+    for (int i = 0; i < 2; i++) {
+        cr_assert_eq(src.read_rows(src.ctx, names[i], 0, 1, row), -1);
+        snprintf(want, sizeof want, "%s/model.safetensors: no tensor '%s'", dir, names[i]);
+        cr_assert_str_eq(ar_last_error(), want);
+    }
+    src.close(src.ctx);
+}
+
 Test(model, token_ids_outside_vocab_are_refused)
 {
     char dir[512];

@@ -238,9 +238,11 @@ Test(fp_forward, rejects_bad_specs)
  * the evaluation point (the rounded value q0 at x0, the scale's exponent /
  * E4M3 cast) and replaces it by the straight-through line through that point
  * with the slope AutoRound's autograd uses: MX elements q0·x/x0 (private
- * exponent STE) or identity below 2^emin, NV/FP8 elements q0 + (x − x0), MX
- * scales S0·β/β0, NV/FP8 scales linear in β. L = Σ G_j ŵ_j; central
- * differences in V and β are then exact up to O(h²). */
+ * exponent STE) or identity below 2^(emin+1), NV/FP8 elements q0 + (x − x0),
+ * MX and NV elements whose level is ±max_norm constant (the clamp after the
+ * rounding, whose bound passes nothing), MX scales S0·β/β0, NV/FP8 scales
+ * linear in β. L = Σ G_j ŵ_j; central differences in V and β are then exact
+ * up to O(h²). */
 static double surrogate(int dtype, const float *w, int len, const double *v, const float *v0, double beta, double beta0,
                         const double *G, double gs)
 {
@@ -265,9 +267,11 @@ static double surrogate(int dtype, const float *w, int len, const double *v, con
         double xc0 = fmin(fmax(x0, -lim), lim), xc = fmin(fmax(x, -lim), lim);
         double q0 = dtype == AR_QDT_FP8 || dtype == AR_QDT_MXFP8 ? ar_e4m3_round((float)xc0) : ar_fp4_round((float)xc0);
         double q;
-        if (dtype == AR_QDT_MXFP4 || dtype == AR_QDT_MXFP8) {
+        if (dtype != AR_QDT_FP8 && fabs(q0) >= lim) {
+            q = q0;
+        } else if (dtype == AR_QDT_MXFP4 || dtype == AR_QDT_MXFP8) {
             double emin = dtype == AR_QDT_MXFP4 ? 1.0 : pow(2, -6);
-            q = fabs(xc0) >= emin ? q0 * xc / xc0 : q0 + (xc - xc0);
+            q = fabs(xc0) >= 2 * emin ? q0 * xc / xc0 : q0 + (xc - xc0);
         } else {
             q = q0 + (xc - xc0);
         }
@@ -336,6 +340,95 @@ Test(fp_backward, mxfp4_matches_surrogate) { check_backward(AR_QDT_MXFP4, 32); }
 Test(fp_backward, mxfp8_matches_surrogate) { check_backward(AR_QDT_MXFP8, 32); }
 Test(fp_backward, nvfp4_matches_surrogate) { check_backward(AR_QDT_NVFP4, 16); }
 Test(fp_backward, fp8_matches_surrogate)   { check_backward(AR_QDT_FP8, 32); }
+
+/* ---- the clamp boundary ---------------------------------------------------- */
+
+/* dV of one group whose scale is exactly 1 (so the scaled element is w + V,
+ * here V = 0) against the gradient PyTorch 2.15's autograd gives AutoRound
+ * 0.16.1's quantizers (quant_mx, nv_fp4, quant_fp8_sym) at the same points:
+ * every clamp passes nothing at its bound. Printed by
+ *   build/venv/bin/python - <<'PY'
+ *   import torch; from auto_round.data_type.mxfp import quant_mx
+ *   w = torch.tensor([[4., 6, 5.5, 5, 4.9, 2.5, 1.9, 1.2, 1, .9, .3, 0, -6, -5.5, -1.2] + [0.] * 17])
+ *   v = torch.zeros_like(w, requires_grad=True)
+ *   quant_mx(w, v=v, bits=4, group_size=32, data_type="mx_fp4")[0].sum().backward(); print(v.grad)
+ *   PY
+ * (likewise mx_fp8 with amax 256, quant_fp8_sym and nv_fp4 with amax 448
+ * and 6): MXFP4 gives 1 0 0 .8 .8163265 .8 1 1 1 1 1 0 0 0 1. Each want
+ * below is that value written as its formula (q/x, 1 or 0); ar's dV is the
+ * f32 quotient q/x or the constant, so the bound is one rounding. */
+static void check_bound_grads(int dtype, int G, const float *x, const double *want, int m)
+{
+    float w[32] = {0}, v[32] = {0}, dwq[32], dv[32] = {0};
+    for (int j = 0; j < m; j++) w[j] = x[j];
+    for (int j = 0; j < G; j++) dwq[j] = 1.0f;
+    int bits = dtype == AR_QDT_MXFP4 || dtype == AR_QDT_NVFP4 ? 4 : 8;
+    ar_quant_spec qs = {bits, G, 1, 0, 0, dtype, 0, 0, NULL, NULL};
+    ar_quant_params p = {v, NULL, NULL, NULL};
+    float wq[32], sc[2];
+    ar_quant_out o = {wq, NULL, sc, NULL};
+    cr_assert_eq(ar_quant_forward(&qs, w, 1, G, &p, &o), 0, "%s", ar_last_error());
+    cr_assert_eq(sc[0], dtype == AR_QDT_NVFP4 ? 448.0f : 1.0f, "dtype %d: the group's scale is not the unit one", dtype);
+    cr_assert_eq(ar_quant_backward(&qs, w, 1, G, &p, dwq, dv, NULL, NULL), 0, "%s", ar_last_error());
+    for (int j = 0; j < m; j++)
+        cr_expect(fx_within(dv[j], want[j], FX_U * fabs(want[j])), "dtype %d: x = %g: dV %.9g, torch %.9g", dtype,
+                  x[j], dv[j], want[j]);
+}
+
+Test(fp_backward, clamp_bounds_pass_no_gradient_as_in_torch)
+{
+    /* MXFP4 (amax 4: e = 2 - 2, S = 1): levels ±6 (from 6 and 5.5) pass
+     * nothing; 1 <= |x| < 2 sits at the private exponent's clip (emin = 0) */
+    const float x4[] = {4, 6, 5.5f, 5, 4.9f, 2.5f, 1.9f, 1.2f, 1, 0.9f, 0.3f, 0, -6, -5.5f, -1.2f};
+    const double w4[] = {1, 0, 0, 4 / 5.0, 4 / (double)4.9f, 2 / 2.5, 1, 1, 1, 1, 1, 0, 0, 0, 1};
+    check_bound_grads(AR_QDT_MXFP4, 32, x4, w4, 15);
+    /* MXFP8 (amax 256: e = 8 - 8): 440 rounds to 448 = max_norm; 431 to 416;
+     * 1.5·2^-6 is at emin = -6, 1.5·2^-5 above it (q = x) */
+    const float x8[] = {256, 448, 440, 431, 300, 0.0234375f, 0.046875f, 0.0078125f, 0};
+    const double w8[] = {1, 0, 0, 416 / 431.0, 288 / 300.0, 1, 1, 1, 0};
+    check_bound_grads(AR_QDT_MXFP8, 32, x8, w8, 9);
+    /* FP8 (amax 448: S = 1): the one clamp is before the cast, so 440 (cast
+     * to 448) passes and ±448 does not; x = 0 passes (no sign) */
+    const float xf[] = {448, 440, 300, 0, -448};
+    const double wf[] = {0, 1, 1, 1, 0};
+    check_bound_grads(AR_QDT_FP8, 32, xf, wf, 5);
+    /* NVFP4 (amax 6: global scale 448·6/6, block scale 448, x = w): levels ±6
+     * pass nothing (cast_to_fp4's clamp), 5 rounds to 4 and passes */
+    const float xn[] = {6, 5.5f, 5, 4.9f, 1.2f, 0.3f, 0, -6, -5.5f};
+    const double wn[] = {0, 0, 1, 1, 1, 1, 0, 0, 0};
+    check_bound_grads(AR_QDT_NVFP4, 16, xn, wn, 9);
+}
+
+/* The scale's chain at its clamps: an MX exponent at -127 (amax 2^-125 for
+ * MXFP4: e = -125 - 2) is clamped at the bound and passes nothing to β; one
+ * step above (amax 2^-124) it passes. The NVFP4 block scale of the test above
+ * is exactly 448, its clamp's bound: β gets nothing there either. */
+Test(fp_backward, clamped_scale_passes_nothing_to_beta_at_the_bound)
+{
+    float w[32] = {0}, v[32] = {0}, dwq[32], beta[1] = {1.0f};
+    for (int j = 0; j < 32; j++) dwq[j] = 1.0f;
+    ar_quant_spec mx = {4, 32, 1, 0, 0, AR_QDT_MXFP4, 0, 0, NULL, NULL};
+    ar_quant_params p = {v, NULL, beta, NULL};
+    for (int e = -125; e <= -124; e++) {
+        w[0] = ldexpf(1.0f, e), w[1] = 0.325f * w[0];   /* x = 4 and 1.3: q - x·dq = 0 and 0.2 */
+        float db[1] = {0};
+        cr_assert_eq(ar_quant_backward(&mx, w, 1, 32, &p, dwq, NULL, NULL, db), 0, "%s", ar_last_error());
+        if (e == -125) cr_expect_eq(db[0], 0.0f, "MX exponent at -127: dbeta %g", db[0]);
+        else cr_expect_neq(db[0], 0.0f, "MX exponent at -126: dbeta is 0");
+    }
+    ar_quant_spec nv = {4, 16, 1, 0, 0, AR_QDT_NVFP4, 0, 0, NULL, NULL};
+    const float xn[] = {6, 5.5f, 5, 4.9f, 1.2f, 0.3f, 0, -6, -5.5f};
+    memset(w, 0, sizeof w);
+    for (int j = 0; j < 9; j++) w[j] = xn[j];
+    const float betas[2] = {1.0f, 0.9f};
+    for (int i = 0; i < 2; i++) {
+        float db[1] = {0}, b = betas[i];
+        beta[0] = b;
+        cr_assert_eq(ar_quant_backward(&nv, w, 1, 16, &p, dwq, NULL, NULL, db), 0, "%s", ar_last_error());
+        if (b == 1.0f) cr_expect_eq(db[0], 0.0f, "NVFP4 block scale at 448: dbeta %g", db[0]);
+        else cr_expect_neq(db[0], 0.0f, "NVFP4 block scale below 448: dbeta is 0");
+    }
+}
 
 /* ---- opt-RTN --------------------------------------------------------------- */
 

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "fake_ranks.h"
 #include "reduce.h"
 #include "rng.h"
@@ -150,4 +151,34 @@ Test(reduce, fold_adds_in_chunk_order)
 {
     double p[3] = {1e16, 1.0, -1e16};
     cr_assert_eq(ar_chunk_fold(p, 3), (1e16 + 1.0) - 1e16);
+}
+
+/* More ranks than the per-rank arrays hold: every entry point refuses with
+ * the one message before any exchange (the allgather here would fail the test). */
+static int must_not_gather(void *ctx, const void *send, void *recv, const size_t *counts)
+{
+    (void)ctx, (void)send, (void)recv, (void)counts;
+    cr_assert_fail("allgather reached with too many ranks");
+    return -1;
+}
+
+Test(reduce, too_many_ranks_are_refused_by_every_exchange)
+{
+    ar_reducer rd = {.rank = 0, .size = AR_REDUCE_MAX_RANKS + 1, .allgather = must_not_gather};
+    const char *want = "reduce: 1025 ranks, at most 1024";
+    float dst[1], one[1] = {0}, scratch[8];
+    const float *mine[1] = {one};
+    double part[4] = {0};
+    long v[1] = {0};
+    cr_assert_eq(ar_reduce_scratch(&rd, 4, 1), 0);
+    cr_assert_str_eq(ar_last_error(), want);
+    ar_error("cleared");
+    cr_assert_eq(ar_reduce_tree(&rd, 4, dst, mine, 1, scratch), -1);
+    cr_assert_str_eq(ar_last_error(), want);
+    ar_error("cleared");
+    cr_assert_eq(ar_reduce_parts(&rd, 4, part), -1);
+    cr_assert_str_eq(ar_last_error(), want);
+    ar_error("cleared");
+    cr_assert_eq(ar_reduce_counts(&rd, v, 1), -1);
+    cr_assert_str_eq(ar_last_error(), want);
 }

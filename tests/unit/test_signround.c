@@ -466,6 +466,39 @@ Test(signround, iters_zero_is_rtn_exactly)
     result_free(&r);
 }
 
+/* A linear whose dW is exactly zero every step (here gate and up, behind an
+ * FP down projection of zeros; what an expert no token reaches sees) keeps
+ * its RTN start bit for bit, as SignSGD's sign(0) = 0 leaves it, while the
+ * other linears move: update_all skips such a linear's backward and step
+ * and quantize_all its next fake-quantization; this checks the skip leaves
+ * the result of not skipping. */
+Test(signround, linears_with_zero_gradient_keep_rtn_exactly)
+{
+    fixture f;
+    random_fixture(&f, 4, 16, 4, 16, 1);
+    int nd, kd;
+    ar_linear_shape(&f.c, AR_DOWN, &nd, &kd);
+    memset(f.w.w[AR_DOWN], 0, sizeof(float) * nd * kd);
+    f.plan.quantize[AR_DOWN] = 0;
+    ar_signround_opts o = opts(20, 2);
+    result r;
+    tune(&f, &o, &r);
+    cr_assert_gt(r.rep.best_iter, 0, "the RTN start stayed the best: nothing to compare");
+    for (int i = 0; i < AR_DOWN; i++) {
+        int n, k;
+        ar_linear_shape(&f.c, i, &n, &k);
+        result z;
+        result_alloc(&z, &f);
+        cr_assert_eq(ar_quant_forward(&f.plan.spec[i], f.w.w[i], n, k, NULL, &z.out[i]), 0);
+        int same = !memcmp(z.out[i].wq, r.out[i].wq, sizeof(float) * n * k) &&
+                   !memcmp(z.out[i].codes, r.out[i].codes, (size_t)n * k);
+        if (i == AR_GATE || i == AR_UP) cr_expect(same, "%s moved with a zero gradient", ar_linear_names[i]);
+        else cr_expect(!same, "%s did not move: the tuning did not run", ar_linear_names[i]);
+        result_free(&z);
+    }
+    result_free(&r);
+}
+
 static void check_tuning_beats_rtn(const fixture *f, int iters, int bs)
 {
     ar_signround_opts o = opts(iters, bs);
