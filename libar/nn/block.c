@@ -6,6 +6,7 @@
 #include "error.h"
 #include "moe.h"
 #include "ops.h"
+#include "ops_amp.h"
 #include "quant_kv.h"
 #include "rope_scaling.h"
 
@@ -241,6 +242,29 @@ void ar_block_kv_cache(ar_block_work *ws, float *k, float *v, long n, int kd)
     if (ws->kv_scale[1] > 0) ar_kv_fp8_qdq(v, n, ws->kv_scale[1]);
 }
 
+/* Under AMP (bf16 GEMMs) the elementwise passes may use ops_amp.h's
+ * vectorized versions: their error is far below the bf16 rounding of the
+ * products around them, and the f32 path stays the byte-exact reference. */
+static int amp_on(const ar_block_work *ws) { return ws->gemm && ws->gemm->bf16; }
+
+/* q, k and v of the normed input f->ln1 [BT, C], which stays pinned for
+ * the three products (one bf16 copy; gemm.h). */
+static int qkv_forward(const ar_block_weights *w, int BT, int C, int QD, int KD, ar_block_work *ws,
+                       const fwd_bufs *f)
+{
+    int pin = ar_gemm_pin(ws->gemm, f->ln1, BT, C);
+    if (pin < 0) return -1;
+    const float *in;
+    int rc = !(in = ar_block_forward_input(ws, AR_Q, f->ln1, BT, C)) ||
+             ar_linear_forward_g(ws->gemm, f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD) ||
+             !(in = ar_block_forward_input(ws, AR_K, f->ln1, BT, C)) ||
+             ar_linear_forward_g(ws->gemm, f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD) ||
+             !(in = ar_block_forward_input(ws, AR_V, f->ln1, BT, C)) ||
+             ar_linear_forward_g(ws->gemm, f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD);
+    if (pin) ar_gemm_unpin(ws->gemm, f->ln1);
+    return rc ? -1 : 0;
+}
+
 /* Attention half: h = x + o_proj(attn(...)). x is not read after this. */
 static int attn_half(const ar_config *c, const ar_block_weights *w, const float *x,
                      int B, int T, ar_block_work *ws, const fwd_bufs *f)
@@ -248,13 +272,8 @@ static int attn_half(const ar_config *c, const ar_block_weights *w, const float 
     int BT = B * T, C = c->hidden, HD = c->head_dim, NH = c->n_heads;
     int NKV = c->n_kv_heads, QD = NH * HD, KD = NKV * HD;
     ar_rmsnorm_forward(f->ln1, f->rstd1, x, w->attn_norm, BT, C, c->rms_eps);
+    if (qkv_forward(w, BT, C, QD, KD, ws, f)) return -1;
     const float *in;
-    if (!(in = ar_block_forward_input(ws, AR_Q, f->ln1, BT, C))) return -1;
-    if (ar_linear_forward_g(ws->gemm, f->qpre, in, w->w[AR_Q], w->b[AR_Q], BT, C, QD)) return -1;
-    if (!(in = ar_block_forward_input(ws, AR_K, f->ln1, BT, C))) return -1;
-    if (ar_linear_forward_g(ws->gemm, f->kpre, in, w->w[AR_K], w->b[AR_K], BT, C, KD)) return -1;
-    if (!(in = ar_block_forward_input(ws, AR_V, f->ln1, BT, C))) return -1;
-    if (ar_linear_forward_g(ws->gemm, f->v, in, w->w[AR_V], w->b[AR_V], BT, C, KD)) return -1;
     if (w->q_norm) ar_rmsnorm_forward(f->q, f->rstdq, f->qpre, w->q_norm, BT * NH, HD, c->rms_eps);
     else if (f->q != f->qpre) memcpy(f->q, f->qpre, sizeof(float) * BT * QD);
     if (w->k_norm) ar_rmsnorm_forward(f->k, f->rstdk, f->kpre, w->k_norm, BT * NKV, HD, c->rms_eps);
@@ -297,12 +316,17 @@ static int mlp_half(const ar_config *c, const ar_block_weights *w, float *y, int
 {
     int C = c->hidden, F = c->intermediate;
     ar_rmsnorm_forward(f->ln2, f->rstd2, f->h, w->mlp_norm, BT, C, c->rms_eps);
+    int pin = ar_gemm_pin(ws->gemm, f->ln2, BT, C);   /* gate and up share its bf16 copy */
+    if (pin < 0) return -1;
     const float *in;
-    if (!(in = ar_block_forward_input(ws, AR_GATE, f->ln2, BT, C))) return -1;
-    if (ar_linear_forward_g(ws->gemm, f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F)) return -1;
-    if (!(in = ar_block_forward_input(ws, AR_UP, f->ln2, BT, C))) return -1;
-    if (ar_linear_forward_g(ws->gemm, f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F)) return -1;
-    ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
+    int rc = !(in = ar_block_forward_input(ws, AR_GATE, f->ln2, BT, C)) ||
+             ar_linear_forward_g(ws->gemm, f->gate, in, w->w[AR_GATE], w->b[AR_GATE], BT, C, F) ||
+             !(in = ar_block_forward_input(ws, AR_UP, f->ln2, BT, C)) ||
+             ar_linear_forward_g(ws->gemm, f->up, in, w->w[AR_UP], w->b[AR_UP], BT, C, F);
+    if (pin) ar_gemm_unpin(ws->gemm, f->ln2);
+    if (rc) return -1;
+    if (amp_on(ws)) ar_swiglu_forward_amp(f->act, f->gate, f->up, (long)BT * F);
+    else ar_swiglu_forward(f->act, f->gate, f->up, (long)BT * F);
     if (!(in = ar_block_forward_input(ws, AR_DOWN, f->act, BT, F))) return -1;
     if (ar_linear_forward_g(ws->gemm, f->tmp, in, w->w[AR_DOWN], w->b[AR_DOWN], BT, F, C)) return -1;
     ar_residual_forward(y, f->h, f->tmp, (long)BT * C);
@@ -376,15 +400,21 @@ static int mlp_back(const ar_config *c, const ar_block_weights *w, const ar_bloc
     long BT = (long)a->B * a->T;
     int C = c->hidden, F = c->intermediate;
     memset(ws->dact, 0, sizeof(float) * BT * F);
-    memset(ws->dgate, 0, sizeof(float) * BT * F);
-    memset(ws->dup, 0, sizeof(float) * BT * F);
+    if (!amp_on(ws)) {   /* the AMP SwiGLU backward overwrites them */
+        memset(ws->dgate, 0, sizeof(float) * BT * F);
+        memset(ws->dup, 0, sizeof(float) * BT * F);
+    }
     memset(ws->dln, 0, sizeof(float) * BT * C);
     memcpy(ws->dh, dy, sizeof(float) * BT * C); /* residual: dh = dy + ... */
     if (linear_back(ws, AR_DOWN, ws->dact, dW, dxin, dy, a->act, w->w[AR_DOWN], BT, F, C)) return -1;
-    ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
-    if (linear_back(ws, AR_GATE, ws->dln, dW, dxin, ws->dgate, a->ln2, w->w[AR_GATE], BT, C, F) ||
-        linear_back(ws, AR_UP, ws->dln, dW, dxin, ws->dup, a->ln2, w->w[AR_UP], BT, C, F))
-        return -1;
+    if (amp_on(ws)) ar_swiglu_backward_amp(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
+    else ar_swiglu_backward(ws->dgate, ws->dup, ws->dact, a->gate, a->up, BT * F);
+    int pin = ar_gemm_pin(ws->gemm, a->ln2, (int)BT, C);   /* both dW products read it */
+    if (pin < 0) return -1;
+    int rc = linear_back(ws, AR_GATE, ws->dln, dW, dxin, ws->dgate, a->ln2, w->w[AR_GATE], BT, C, F) ||
+             linear_back(ws, AR_UP, ws->dln, dW, dxin, ws->dup, a->ln2, w->w[AR_UP], BT, C, F);
+    if (pin) ar_gemm_unpin(ws->gemm, a->ln2);
+    if (rc) return -1;
     ar_rmsnorm_backward(ws->dh, NULL, ws->dln, a->h, w->mlp_norm, a->rstd2, BT, C);
     return 0;
 }
@@ -422,10 +452,13 @@ static int attn_back(const ar_config *c, const ar_block_weights *w, const ar_blo
     const float *dk = qknorm_back(ws->dkn, ws->dk, w->k_norm, a->kpre, a->rstdk, BT * NKV, HD);
     float *dln = dx ? ws->dln : NULL; /* dL/dn1 only matters on the way to dx */
     if (dln) memset(dln, 0, sizeof(float) * BT * C);
-    if (linear_back(ws, AR_Q, dln, dW, dxin, dq, a->ln1, w->w[AR_Q], BT, C, QD) ||
-        linear_back(ws, AR_K, dln, dW, dxin, dk, a->ln1, w->w[AR_K], BT, C, KD) ||
-        linear_back(ws, AR_V, dln, dW, dxin, ws->dv, a->ln1, w->w[AR_V], BT, C, KD))
-        return -1;
+    int pin = ar_gemm_pin(ws->gemm, a->ln1, (int)BT, C);   /* the three dW products read it */
+    if (pin < 0) return -1;
+    int rc = linear_back(ws, AR_Q, dln, dW, dxin, dq, a->ln1, w->w[AR_Q], BT, C, QD) ||
+             linear_back(ws, AR_K, dln, dW, dxin, dk, a->ln1, w->w[AR_K], BT, C, KD) ||
+             linear_back(ws, AR_V, dln, dW, dxin, ws->dv, a->ln1, w->w[AR_V], BT, C, KD);
+    if (pin) ar_gemm_unpin(ws->gemm, a->ln1);
+    if (rc) return -1;
     if (dx) {
         ar_residual_backward(dx, NULL, ws->dh, BT * C);
         ar_rmsnorm_backward(dx, NULL, dln, a->x, w->attn_norm, a->rstd1, BT, C);

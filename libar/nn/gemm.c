@@ -13,6 +13,15 @@
 #include <dnnl.h>
 #endif
 
+/* An operand held fixed by ar_gemm_pin and its bf16 copy (gemm.h). */
+struct ar_gemm_pin {
+    const float *p;
+    int rows, cols;
+    int live, ready;   /* pinned; bf holds p's conversion */
+    uint16_t *bf;
+    size_t cap;
+};
+
 /* ------------------------------------------------------------ f32, OpenBLAS */
 
 /* All parallelism in libar/nn is OpenMP, and every sgemm runs on one thread
@@ -125,6 +134,33 @@ static int grow(uint16_t **p, size_t *cap, size_t n)
     *p = q;
     *cap = n;
     return 0;
+}
+
+/* ------------------------------------------------------------ pinned operands */
+
+/* The live pin of p stored [rows, cols] with leading dimension ld, or NULL. */
+static struct ar_gemm_pin *pin_find(ar_gemm *g, const float *p, int rows, int cols, int ld)
+{
+    for (int i = 0; i < g->npins; i++) {
+        struct ar_gemm_pin *e = &g->pins[i];
+        if (e->live && e->p == p && e->rows == rows && e->cols == cols && ld == cols) return e;
+    }
+    return NULL;
+}
+
+/* X stored [rows, cols] (leading dimension ld) as bf16: a pin's copy (made on
+ * its first use) or a fresh conversion into *scratch. NULL when out of memory. */
+static const uint16_t *operand_bf16(ar_gemm *g, const float *X, int rows, int cols, int ld, uint16_t **scratch,
+                                    size_t *cap)
+{
+    struct ar_gemm_pin *e = pin_find(g, X, rows, cols, ld);
+    if (e && e->ready) return e->bf;
+    uint16_t **dst = e ? &e->bf : scratch;
+    if (grow(dst, e ? &e->cap : cap, (size_t)rows * cols)) return NULL;
+    to_bf16_packed(*dst, X, rows, cols, ld);
+    g->bf16_converts++;
+    if (e) e->ready = 1;
+    return *dst;
 }
 
 /* -------------------------------------------------------------- bf16, oneDNN */
@@ -255,17 +291,17 @@ static int gemm_bf16(ar_gemm *g, int ta, int tb, int M, int N, int K, const floa
     g->bf16_calls++;
     /* A as stored is [M, K] or, with ta, [K, M]; B is [K, N] or [N, K]. */
     int ar_ = ta ? K : M, ac = ta ? M : K, br = tb ? N : K, bc = tb ? K : N;
-    if (grow(&g->a, &g->a_cap, (size_t)M * K) || grow(&g->b, &g->b_cap, (size_t)K * N)) return -1;
-    to_bf16_packed(g->a, A, ar_, ac, lda);
-    to_bf16_packed(g->b, B, br, bc, ldb);
+    const uint16_t *a16 = operand_bf16(g, A, ar_, ac, lda, &g->a, &g->a_cap);
+    const uint16_t *b16 = a16 ? operand_bf16(g, B, br, bc, ldb, &g->b, &g->b_cap) : NULL;
+    if (!b16) return -1;
     dnnl_primitive_t p = NULL;
     if (dnnl_prim(d, &p, ta, tb, M, N, K, ldc, beta != 0.0f)) return -1;
     dnnl_memory_desc_t ma, mb, mc;
     descs(&ma, &mb, &mc, ta, tb, M, N, K, ldc);
     dnnl_memory_t mem[3] = {NULL, NULL, NULL};
     dnnl_status_t s;
-    if ((s = dnnl_memory_create(&mem[0], &ma, d->eng, g->a)) != dnnl_success ||
-        (s = dnnl_memory_create(&mem[1], &mb, d->eng, g->b)) != dnnl_success ||
+    if ((s = dnnl_memory_create(&mem[0], &ma, d->eng, (void *)a16)) != dnnl_success ||
+        (s = dnnl_memory_create(&mem[1], &mb, d->eng, (void *)b16)) != dnnl_success ||
         (s = dnnl_memory_create(&mem[2], &mc, d->eng, C)) != dnnl_success) {
         for (int i = 0; i < 3; i++) if (mem[i]) dnnl_memory_destroy(mem[i]);
         return dnnl_fail("memory_create", s);
@@ -296,12 +332,42 @@ int ar_gemm_init(ar_gemm *g, int bf16)
     return 0;
 }
 
+int ar_gemm_pin(ar_gemm *g, const float *p, int rows, int cols)
+{
+    if (!g || !g->bf16 || !p || rows <= 0 || cols <= 0) return 0;
+    struct ar_gemm_pin *free_e = NULL;
+    for (int i = 0; i < g->npins; i++) {
+        struct ar_gemm_pin *e = &g->pins[i];
+        if (e->live && e->p == p) return 0;   /* pinned already (another shape: converted as usual) */
+        if (!e->live && (!free_e || e->cap > free_e->cap)) free_e = e;
+    }
+    if (!free_e) {
+        struct ar_gemm_pin *q = realloc(g->pins, sizeof *q * (size_t)(g->npins + 1));
+        if (!q) return ar_error("gemm: out of memory for a pinned operand");
+        g->pins = q;
+        free_e = &g->pins[g->npins++];
+        memset(free_e, 0, sizeof *free_e);
+    }
+    free_e->p = p, free_e->rows = rows, free_e->cols = cols;
+    free_e->live = 1, free_e->ready = 0;
+    return 1;
+}
+
+void ar_gemm_unpin(ar_gemm *g, const float *p)
+{
+    if (!g) return;
+    for (int i = 0; i < g->npins; i++)
+        if (g->pins[i].live && (!p || g->pins[i].p == p)) g->pins[i].live = g->pins[i].ready = 0;
+}
+
 void ar_gemm_free(ar_gemm *g)
 {
     if (!g) return;
 #ifdef AR_HAVE_DNNL
     dnnl_close(g);
 #endif
+    for (int i = 0; i < g->npins; i++) free(g->pins[i].bf);
+    free(g->pins);
     free(g->a);
     free(g->b);
     memset(g, 0, sizeof *g);

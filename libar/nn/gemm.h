@@ -23,6 +23,9 @@ typedef struct {
     size_t a_cap, b_cap;        /* their capacities, in elements */
     void *impl;                 /* oneDNN engine, stream and primitive cache */
     long bf16_calls;            /* bf16 products run since ar_gemm_init (tests count them) */
+    struct ar_gemm_pin *pins;   /* operands held fixed by ar_gemm_pin, with their bf16 copies */
+    int npins;                  /* entries of pins (live or free for reuse) */
+    long bf16_converts;         /* f32 -> bf16 operand conversions made (tests count them) */
 } ar_gemm;
 
 /* 1 when this build has oneDNN and the CPU has AVX512-BF16 or AMX-BF16; 0
@@ -47,6 +50,24 @@ void ar_gemm_free(ar_gemm *g);
  * or out of memory; the f32 path cannot fail). */
 int ar_gemm_run(ar_gemm *g, int ta, int tb, int M, int N, int K, const float *A, int lda,
             const float *B, int ldb, float beta, float *C, int ldc);
+
+/* Pinned operands: the caller promises that the f32 matrix p [rows, cols]
+ * (packed, leading dimension cols) will not change until it is unpinned, so
+ * the bf16 path converts it once, on its first use as either input of
+ * ar_gemm_run (with any transpose; the copy keeps the stored layout), and
+ * reuses that copy. A tuning iteration pins each fake-quantized weight, used
+ * by the forward (x W^T) and the backward (dy W); a block pins an input that
+ * several linears read (q/k/v, gate/up) and a dy that both products of a
+ * linear's backward read. An operand that matches a pin's pointer but not
+ * its shape is converted as usual. g NULL or f32: nothing is kept (the f32
+ * path reads the floats directly).
+ * ar_gemm_pin returns 1 when it pinned p, 0 when p was already pinned with
+ * that shape (then leave the unpinning to whoever pinned it) or when g does
+ * not run bf16, -1 (ar_error) when out of memory. ar_gemm_unpin(g, NULL)
+ * drops every pin; buffers are kept for the next pins (no allocation in a
+ * steady tuning loop). */
+int ar_gemm_pin(ar_gemm *g, const float *p, int rows, int cols);
+void ar_gemm_unpin(ar_gemm *g, const float *p);
 
 /* OpenBLAS' process-wide thread count lowered to 1 for an op whose OpenMP
  * threads each call sgemm (returns the old count), and restored. */

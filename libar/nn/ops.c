@@ -87,8 +87,13 @@ void ar_linear_backward(float *dx, float *dW, float *db, const float *dy,
 int ar_linear_backward_g(ar_gemm *g, float *dx, float *dW, float *db, const float *dy,
                          const float *x, const float *W, int R, int K, int N)
 {
-    if (dx && ar_gemm_run(g, 0, 0, R, K, N, dy, N, W, K, 1.0f, dx, K)) return -1;
-    if (dW && ar_gemm_run(g, 1, 0, N, K, R, dy, N, x, K, 1.0f, dW, K)) return -1;
+    /* both products read dy as stored [R, N]: one bf16 copy serves both */
+    int pin = dx && dW ? ar_gemm_pin(g, dy, R, N) : 0;
+    if (pin < 0) return -1;
+    int rc = (dx && ar_gemm_run(g, 0, 0, R, K, N, dy, N, W, K, 1.0f, dx, K)) ||
+             (dW && ar_gemm_run(g, 1, 0, N, K, R, dy, N, x, K, 1.0f, dW, K));
+    if (pin) ar_gemm_unpin(g, dy);
+    if (rc) return -1;
     if (db) {
 #pragma omp parallel for schedule(static)
         for (int n = 0; n < N; n++) {

@@ -440,11 +440,24 @@ static const float *fp_weight(tuner *t, const ar_block_weights *w_fp, int i)
     return t->o->reload(t->o->reload_ctx, i, t->wtmp) ? NULL : t->wtmp;
 }
 
+/* Pin every linear's weight of t->wq for bf16 GEMMs (gemm.h): the
+ * iteration's forward and backward then share one bf16 copy of each. Called
+ * once ŵ is written; quantize_all drops the pins before rewriting it. */
+static int pin_weights(tuner *t)
+{
+    for (int i = 0; i < t->plan->nlinear; i++) {
+        const ar_linear_desc *d = &t->plan->desc->lin[i];
+        if (ar_gemm_pin(t->o->gemm, t->wq.w[i], d->n_out, d->k_in) < 0) return -1;
+    }
+    return 0;
+}
+
 /* Fake-quantize every planned linear with the current tunables (a linear
  * whose tunables did not move since its last fake-quantization keeps it). */
 static int quantize_all(tuner *t, const ar_block_weights *w_fp)
 {
     double t0 = now_s();
+    ar_gemm_unpin(t->o->gemm, NULL);
     for (int i = 0; i < t->plan->nlinear; i++) {
         if (!t->mine[i]) continue;
         layer_state *L = &t->L[i];
@@ -458,7 +471,7 @@ static int quantize_all(tuner *t, const ar_block_weights *w_fp)
         if (!L->dw_zero) memset(L->dw, 0, L->nel * 4);
     }
     t->rep->sec_quant += now_s() - t0;
-    return 0;
+    return pin_weights(t);
 }
 
 /* The LFQ loss of one chunk of bs samples (t->pred holds their block
@@ -932,6 +945,7 @@ int ar_signround_tune_block_cached(ar_signround_cache **cache, const ar_config *
         if (it + 1 < o->iters) rc = update_all(tp, w_fp, 1.0f - (float)it / (float)o->iters);
         if (cb) cb(cb_ctx, it, o->iters, loss, rep->best_loss);
     }
+    ar_gemm_unpin(o->gemm, NULL);   /* ŵ and the FP weights are the caller's again */
     if (!o->use_best && o->iters > 0) rep->best_loss = loss, rep->best_iter = o->iters - 1;
     if (!rc && o->use_best && !baked) reset_tunables(tp);
     if (!rc && !baked) rc = bake(tp, w_fp, out);

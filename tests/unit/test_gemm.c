@@ -179,3 +179,60 @@ Test(gemm, linear_bf16_vs_f32)
     ar_gemm_free(&g);
     free(x); free(W); free(b); free(dy); free(y32); free(y16); free(dx32); free(dx16); free(dW32); free(dW16);
 }
+
+/* Pinned operands (gemm.h): a pinned weight is converted once and its copy
+ * serves the forward (x W^T, W as B transposed) and the backward (dy W, W as
+ * B as stored), and the results are byte-identical to unpinned runs (the
+ * same rounding of the same floats). After ar_gemm_unpin the weight may
+ * change: the next product must see the new values, not the stale copy. */
+Test(gemm, pinned_operand_converted_once_same_bytes)
+{
+    need_bf16();
+    int R = 64, K = 48, N = 40;
+    float *x = malloc(sizeof(float) * R * K), *W = malloc(sizeof(float) * N * K), *dy = malloc(sizeof(float) * R * N);
+    float *y0 = calloc(R * N, 4), *y1 = calloc(R * N, 4), *dx0 = calloc(R * K, 4), *dx1 = calloc(R * K, 4);
+    float *dW0 = calloc(N * K, 4), *dW1 = calloc(N * K, 4);
+    cr_assert(x && W && dy && y0 && y1 && dx0 && dx1 && dW0 && dW1);
+    for (int i = 0; i < R * K; i++) x[i] = urand();
+    for (int i = 0; i < N * K; i++) W[i] = urand() * 0.1f;
+    for (int i = 0; i < R * N; i++) dy[i] = urand();
+    ar_gemm g;
+    cr_assert_eq(ar_gemm_init(&g, 1), 0);
+    /* unpinned: forward converts x and W, backward dy twice, W, x: 6 */
+    cr_assert_eq(ar_linear_forward_g(&g, y0, x, W, NULL, R, K, N), 0);
+    g.bf16_converts = 0;
+    cr_assert_eq(ar_gemm_pin(&g, W, N, K), 1);
+    cr_expect_eq(ar_gemm_pin(&g, W, N, K), 0, "a second pin of the same operand is not the pinner's");
+    cr_assert_eq(ar_linear_forward_g(&g, y1, x, W, NULL, R, K, N), 0);
+    cr_expect_eq(g.bf16_converts, 2, "forward with W pinned: x and W converted, got %ld", g.bf16_converts);
+    cr_assert_eq(ar_linear_backward_g(&g, dx1, dW1, NULL, dy, x, W, R, K, N), 0);
+    /* backward: dy once (pinned by the backward for its two products), x once; W reused */
+    cr_expect_eq(g.bf16_converts, 4, "backward reused W and converted dy once, got %ld", g.bf16_converts);
+    ar_gemm_unpin(&g, NULL);
+    cr_expect_eq(memcmp(y0, y1, sizeof(float) * R * N), 0, "pinned forward differs from unpinned");
+    cr_assert_eq(ar_linear_backward_g(&g, dx0, dW0, NULL, dy, x, W, R, K, N), 0);
+    cr_expect_eq(memcmp(dx0, dx1, sizeof(float) * R * K), 0, "pinned dx differs from unpinned");
+    cr_expect_eq(memcmp(dW0, dW1, sizeof(float) * N * K), 0, "pinned dW differs from unpinned");
+    /* a changed weight after unpin: the product uses the new values */
+    cr_assert_eq(ar_gemm_pin(&g, W, N, K), 1);
+    cr_assert_eq(ar_linear_forward_g(&g, y1, x, W, NULL, R, K, N), 0);
+    ar_gemm_unpin(&g, W);
+    for (int i = 0; i < N * K; i++) W[i] = -W[i];
+    cr_assert_eq(ar_linear_forward_g(&g, y1, x, W, NULL, R, K, N), 0);
+    int same = 0;
+    for (int i = 0; i < R * N; i++) same += y1[i] != -y0[i];
+    cr_expect_eq(same, 0, "%d outputs after unpin and negating W are not the negated product", same);
+    /* a pointer pinned with another shape is converted as usual (no stale copy) */
+    cr_assert_eq(ar_gemm_pin(&g, W, 1, K), 1);
+    cr_assert_eq(ar_linear_forward_g(&g, y0, x, W, NULL, R, K, N), 0);
+    for (int i = 0; i < R * N; i++) same += y0[i] != y1[i];
+    cr_expect_eq(same, 0, "a shape-mismatched pin changed the product");
+    ar_gemm_unpin(&g, NULL);
+    ar_gemm_free(&g);
+    /* f32: pinning is a no-op */
+    cr_assert_eq(ar_gemm_init(&g, 0), 0);
+    cr_expect_eq(ar_gemm_pin(&g, W, N, K), 0);
+    cr_expect_eq(ar_gemm_pin(NULL, W, N, K), 0);
+    ar_gemm_free(&g);
+    free(x); free(W); free(dy); free(y0); free(y1); free(dx0); free(dx1); free(dW0); free(dW1);
+}
