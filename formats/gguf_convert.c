@@ -422,12 +422,17 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
         return ar_error("%s: %zu bytes of %s for %s [%lld, %lld]", cv->model_dir, nbytes, ar_ggml_type_name(type),
                         hf_name, (long long)n_rows, (long long)n_cols);
     if (strstr(gname, ".attn_kv_b.weight") && ar_gguf_ds_oss_arch(&cv->cfg)) {   /* written split */
+        /* the v rows as tuned; the k rows, transposed into attn_k_b, have no tuned form: the
+         * checkpoint's values, rounded to nearest there (so a no-data file is llama-quantize's) */
+        ar_gguf_kvb k = ar_gguf_kvb_of(&cv->cfg);
         float *x = malloc(sizeof(float) * (size_t)(n_rows * n_cols));
         int rc = x ? 0 : ar_error("out of memory");
-        for (int64_t r = 0; !rc && r < n_rows; r++)
-            rc = ar_ggml_dequantize(type, (const uint8_t *)blocks + row_bytes * (size_t)r, x + r * n_cols, n_cols);
-        if (!rc && n_rows != (int64_t)ar_gguf_kvb_of(&cv->cfg).NH * (ar_gguf_kvb_of(&cv->cfg).DN + ar_gguf_kvb_of(&cv->cfg).DV))
+        if (!rc && (n_rows != (int64_t)k.NH * (k.DN + k.DV) || n_cols != k.KL))
             rc = ar_error("%s: %s does not have the MLA heads' rows", cv->model_dir, hf_name);
+        if (!rc) rc = ar_st_read_f32(cv->st, t->name, x, (size_t)t->numel);
+        for (int64_t r = 0; !rc && r < n_rows; r++)
+            if (r % (k.DN + k.DV) >= k.DN)
+                rc = ar_ggml_dequantize(type, (const uint8_t *)blocks + row_bytes * (size_t)r, x + r * n_cols, n_cols);
         if (!rc) rc = add_kvb(cv, gname, x, blocks, type, NULL, NULL);
         free(x);
         if (!rc) cv->done[i] = 1;
