@@ -136,7 +136,9 @@ static int set_deepseek(ar_gguf_writer *w, const ar_config *c, const char *arch)
     /* written always: a V3 config without scoring_func is sigmoid in transformers, while
      * llama.cpp falls back to softmax when the key is absent */
     rc |= set_u32(w, arch, "expert_gating_func", m->scoring == AR_ROUTER_SIGMOID ? GATING_SIGMOID : GATING_SOFTMAX);
-    if (m->n_group > 1)
+    /* only where groups are dropped: llama.cpp asserts expert_group_used_count < expert_group_count
+     * (src/llama-model.cpp load_hparams), and keeping every group selects as plain top-k */
+    if (m->n_group > 1 && m->topk_group < m->n_group)
         rc |= set_u32(w, arch, "expert_group_count", (uint32_t)m->n_group) |
               set_u32(w, arch, "expert_group_used_count", (uint32_t)m->topk_group);
     rc |= set_yarn(w, c, arch);
