@@ -220,3 +220,42 @@ Test(gguf_ds_oss, refusals_name_the_folder)
     cr_assert_neq(access(out, F_OK), 0, "a refused conversion left a file");
     free(out);
 }
+
+/* A one-layer file of architecture arch with the common keys, the expert counts and a token_embd. */
+static char *tiny_file(const char *arch, const char *name, int with_window)
+{
+    char *path = strdup(fx_path_in(tmp_dir, name)), k[128];
+    ar_gguf_writer *w = ar_gguf_writer_open(path);
+    cr_assert(w, "%s", ar_last_error());
+    static const char *const keys[] = {"block_count", "embedding_length", "feed_forward_length", "attention.head_count",
+                                       "expert_count", "expert_used_count", "expert_feed_forward_length"};
+    static const uint32_t vals[] = {1, 8, 8, 2, 2, 1, 4};
+    cr_assert_eq(ar_gguf_set_str(w, "general.architecture", arch), 0);
+    for (int i = 0; i < 7; i++) {
+        snprintf(k, sizeof k, "%s.%s", arch, keys[i]);
+        cr_assert_eq(ar_gguf_set_u32(w, k, vals[i]), 0);
+    }
+    if (with_window) {
+        snprintf(k, sizeof k, "%s.attention.sliding_window", arch);
+        cr_assert_eq(ar_gguf_set_u32(w, k, 4), 0);
+    }
+    float emb[8 * 4] = {0};
+    int64_t ne[2] = {8, 4};
+    cr_assert_eq(ar_gguf_writer_add_tensor(w, "token_embd.weight", AR_GGML_F32, 2, ne, emb, sizeof emb), 0);
+    cr_assert_eq(ar_gguf_writer_finish(w), 0, "%s", ar_last_error());
+    return path;
+}
+
+Test(gguf_ds_oss, reader_refuses_incomplete_files_naming_them)
+{
+    ar_tensor_source src;
+    ar_config c;
+    char *ds = tiny_file("deepseek2", "ds.gguf", 0), *oss = tiny_file("gpt-oss", "oss.gguf", 0);
+    cr_assert_neq(ar_source_gguf(&src, &c, ds), 0);
+    cr_assert(strstr(ar_last_error(), ds) && strstr(ar_last_error(), "kv_lora_rank") && !strchr(ar_last_error(), '\n'),
+              "%s", ar_last_error());
+    cr_assert_neq(ar_source_gguf(&src, &c, oss), 0);
+    cr_assert(strstr(ar_last_error(), oss) && strstr(ar_last_error(), "sliding_window"), "%s", ar_last_error());
+    free(ds);
+    free(oss);
+}
