@@ -126,7 +126,7 @@ void ar_gguf_writer_abort(ar_gguf_writer *w);
 /* ---- Hugging Face model -> llama.cpp GGUF ------------------------------------ */
 
 /* llama.cpp architecture name for a config: "llama" (Llama, Mistral, Mixtral), "qwen2", "qwen3", "gemma2",
- * "gemma3", "phi3", "glm4", "qwen3moe", "qwen2moe" (gguf_moe.h). */
+ * "gemma3", "phi3", "glm4", "qwen3moe", "qwen2moe" (gguf_moe.h), "deepseek2", "gpt-oss" (gguf_ds_oss.h). */
 const char *ar_gguf_arch_name(const ar_config *c);
 
 /* HF <-> llama.cpp tensor names: ar_gguf_map_name / ar_gguf_unmap_name (gguf_policy.h). */
@@ -174,7 +174,7 @@ int ar_gguf_convert_hf(const char *model_dir, const char *out_path, ar_gguf_ftyp
                        ar_gguf_imatrix_fn imatrix, void *imatrix_ctx);
 
 /* Fill *c from a GGUF file's metadata and tensor inventory (architectures
- * llama (with experts: Mixtral), qwen2, qwen3, gemma2, gemma3, phi3, glm4, qwen3moe, qwen2moe); path names the file in messages. 0 or -1 with ar_error,
+ * llama (with experts: Mixtral), qwen2, qwen3, gemma2, gemma3, phi3, glm4, qwen3moe, qwen2moe, deepseek2, gpt-oss); path names the file in messages. 0 or -1 with ar_error,
  * e.g. "m.gguf: architecture 'gpt2' is not supported". The tensor source over
  * a GGUF file is ar_source_gguf (model_open.h). */
 int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c);

@@ -6,7 +6,9 @@
 #include "error.h"
 #include "gguf_policy.h"
 #include "gguf_moe.h"
+#include "gguf_ds_oss.h"
 #include "dtype.h"
+#include "fused_experts.h"
 #include "multimodal.h"
 #include "safetensors.h"
 #include <math.h>
@@ -26,6 +28,8 @@ struct ar_gguf_conv {
                                        converter writes it (the vision tower's mmproj file is not ours) */
     ar_mm_names        mm_names;
     ar_gguf_stacks    *stacks;      /* mixtures of experts: each layer's experts gathered into one 3-D tensor */
+    void              *fused;       /* gpt-oss: its experts under per-expert names (fused_experts.h) */
+    char              *oss_done;    /* [n_layers] gpt-oss: the layer's experts and their biases are written */
 };
 
 /* The checkpoint's name of text-only name hf (multimodal.h), or of an
@@ -178,7 +182,9 @@ static int add_tensor(ar_gguf_conv *cv, const char *gname, ar_ggml_type type, in
                       const void *data, size_t nbytes)
 {
     if (ar_gguf_writer_add_tensor(cv->w, gname, type, n_dims, ne, data, nbytes)) return -1;
-    if (cv->cfg.arch == AR_ARCH_QWEN2_MOE && !cv->info.has_output && !strcmp(gname, "token_embd.weight"))
+    /* gpt-oss too (src/models/openai-moe.cpp loads output.weight as required) */
+    if ((cv->cfg.arch == AR_ARCH_QWEN2_MOE || cv->cfg.arch == AR_ARCH_GPT_OSS) && !cv->info.has_output &&
+        !strcmp(gname, "token_embd.weight"))
         return ar_gguf_writer_add_tensor(cv->w, "output.weight", type, n_dims, ne, data, nbytes);
     return 0;
 }
@@ -192,6 +198,11 @@ static int open_parts(ar_gguf_conv *cv, const char *model_dir, const char *out_p
     if (cv->cfg.moe.n_experts && !(cv->stacks = ar_gguf_stacks_new(cv->cfg.moe.n_experts))) return -1;
     if (!(cv->st = ar_st_open_model(model_dir))) return -1;   /* FP8 weights widen through their scales */
     if (!(cv->done = calloc(ar_st_count(cv->st) + 1, 1))) return ar_error("out of memory");
+    if (cv->cfg.arch == AR_ARCH_GPT_OSS) {   /* fused, MXFP4 or per-expert checkpoints alike */
+        ar_safetensors *st2 = ar_st_open_model(model_dir);
+        if (!st2 || !(cv->fused = ar_fused_source_new(st2, AR_FUSED_GPT_OSS))) return -1;
+        if (!(cv->oss_done = calloc((size_t)cv->cfg.n_layers, 1))) return ar_error("out of memory");
+    }
     if (cv->cfg.mm_arch[0]) {
         if (ar_mm_resolve(cv->cfg.mm_arch, st_has, cv->st, &cv->mm_names)) return ar_error_prefix(model_dir);
         cv->mm = 1;
@@ -257,10 +268,147 @@ int ar_gguf_conv_type(const ar_gguf_conv *cv, const char *hf_name)
     return (int)ar_gguf_tensor_type(cv->ftype, &cv->info, gname, t->ndim, cols);
 }
 
+/* ---- DeepSeek's kv_b_proj and gpt-oss's experts (gguf_ds_oss.h) -------------------------- */
+
+static int layer_of(const char *gname)
+{
+    int l = -1;
+    return sscanf(gname, "blk.%d.", &l) == 1 ? l : -1;
+}
+
+/* Quantize x [rows, cols] to the mix's type for gname (n_dims as llama.cpp's tensor) and append it as ne. */
+static int add_quantized(ar_gguf_conv *cv, const char *gname, const float *x, int n_dims, const int64_t *ne, int64_t rows,
+                         int64_t cols, const float *imx)
+{
+    ar_ggml_type type = cv->ftype == AR_FTYPE_ALL_F32 ? AR_GGML_F32 : ar_gguf_tensor_type(cv->ftype, &cv->info, gname, n_dims, cols);
+    size_t nbytes = ar_ggml_row_bytes(type, cols) * (size_t)rows;
+    void *q = malloc(nbytes);
+    if (!q) return ar_error("%s: out of memory", gname);
+    int rc = ar_ggml_quantize(type, x, q, rows, cols, ar_ggml_is_quantized(type) ? imx : NULL);
+    if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, type, n_dims, ne, q, nbytes);
+    free(q);
+    return rc;
+}
+
+/* kv_b_proj [NH·(DN+DV), KL] of layer `gname`'s as llama.cpp's attn_k_b and attn_v_b. With tuned
+ * blocks (type tt), the v rows keep their bytes when attn_v_b's type is tt; the k rows, transposed,
+ * are quantized again from the tuned values. kvb: the f32 values (dequantized tuned blocks). */
+static int add_kvb(ar_gguf_conv *cv, const char *gname, const float *kvb, const void *tuned, ar_ggml_type tt,
+                   ar_gguf_imatrix_fn imatrix, void *ictx)
+{
+    ar_gguf_kvb k = ar_gguf_kvb_of(&cv->cfg);
+    int l = layer_of(gname), rc = 0;
+    char kn[64], vn[64];
+    snprintf(kn, sizeof kn, "blk.%d.attn_k_b.weight", l);
+    snprintf(vn, sizeof vn, "blk.%d.attn_v_b.weight", l);
+    float *kb = malloc(sizeof(float) * (size_t)k.NH * k.KL * k.DN), *vb = malloc(sizeof(float) * (size_t)k.NH * k.DV * k.KL);
+    if (!kb || !vb) rc = ar_error("%s: out of memory", gname);
+    if (!rc) ar_gguf_kvb_split(&k, kvb, kb, vb);
+    int64_t kne[3] = {k.DN, k.KL, k.NH}, vne[3] = {k.KL, k.DV, k.NH};
+    /* the imatrix of kv_b's input (the latent) is v_b's; k_b's input (q_nope) has none here */
+    if (!rc) rc = add_quantized(cv, kn, kb, 3, kne, (int64_t)k.NH * k.KL, k.DN, NULL);
+    ar_ggml_type vt = cv->ftype == AR_FTYPE_ALL_F32 ? AR_GGML_F32 : ar_gguf_tensor_type(cv->ftype, &cv->info, vn, 3, k.KL);
+    if (!rc && tuned && vt == tt) {   /* the tuned v rows as they are, head by head */
+        size_t rb = ar_ggml_row_bytes(tt, k.KL), hb = rb * (size_t)k.DV;
+        uint8_t *v = malloc(hb * (size_t)k.NH);
+        if (!v) rc = ar_error("%s: out of memory", gname);
+        for (int h = 0; !rc && h < k.NH; h++)
+            memcpy(v + hb * (size_t)h, (const uint8_t *)tuned + rb * ((size_t)h * (k.DN + k.DV) + k.DN), hb);
+        if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, vn, tt, 3, vne, v, hb * (size_t)k.NH);
+        free(v);
+    } else if (!rc) {
+        const float *imx = imatrix ? imatrix(ictx, gname, k.KL) : NULL;
+        rc = add_quantized(cv, vn, vb, 3, vne, (int64_t)k.NH * k.DV, k.KL, imx);
+    }
+    free(kb);
+    free(vb);
+    return rc;
+}
+
+/* "model.layers.L.mlp.experts.…" of a gpt-oss checkpoint (fused, MXFP4 or per expert): L, else -1 */
+static int oss_expert_layer(const ar_gguf_conv *cv, const char *hf)
+{
+    int l, used = 0;
+    if (!cv->fused || sscanf(hf, "model.layers.%d.mlp.experts.%n", &l, &used) != 1 || !used) return -1;
+    return l >= 0 && l < cv->cfg.n_layers ? l : -1;
+}
+
+/* One gpt-oss expert's projection into its slot (unless a tuned one is there), read through the fused source. */
+static int oss_expert(ar_gguf_conv *cv, const char *hf, ar_gguf_imatrix_fn imatrix, void *ictx)
+{
+    char gname[160];
+    int e, ndim;
+    int64_t sh[4];
+    ar_gguf_expert_name(hf, gname, sizeof gname, &e);
+    if (ar_gguf_stack_has(cv->stacks, gname, e)) return 0;
+    if (ar_fused_shape(cv->fused, hf, &ndim, sh) || ndim != 2) return ar_error("%s: the model has no tensor %s", cv->model_dir, hf);
+    ar_ggml_type type = cv->ftype == AR_FTYPE_ALL_F32 ? AR_GGML_F32 : ar_gguf_tensor_type(cv->ftype, &cv->info, gname, 3, sh[1]);
+    float *x = malloc(sizeof(float) * (size_t)(sh[0] * sh[1]));
+    if (!x) return ar_error("%s: out of memory", hf);
+    int rc = ar_fused_read_rows(cv->fused, hf, 0, sh[0], x);
+    const float *imx = !rc && imatrix && ar_ggml_is_quantized(type) ? imatrix(ictx, gname, sh[1]) : NULL;
+    void *slot = rc ? NULL : ar_gguf_stack_slot(cv->stacks, gname, e, type, sh[0], sh[1]);
+    rc = slot ? ar_ggml_quantize(type, x, slot, sh[0], sh[1], imx) : -1;
+    if (!rc) rc = ar_gguf_stack_filled(cv->stacks, cv->w, gname, e);
+    free(x);
+    return rc;
+}
+
+/* Layer l's experts and their biases, ffn_{gate,up,down}_exps.bias {N, E} F32 (conversion/gpt_oss.py
+ * splits gate_up_proj_bias into its even / odd columns; fused_experts.c reads them so). */
+static int oss_layer(ar_gguf_conv *cv, int l, ar_gguf_imatrix_fn imatrix, void *ictx)
+{
+    static const char *const proj[3] = {"gate", "up", "down"};
+    const int E = cv->cfg.moe.n_experts;
+    if (cv->oss_done[l]) return 0;
+    cv->oss_done[l] = 1;
+    for (int j = 0; j < 3; j++) {
+        float *bias = NULL;
+        int64_t n = 0;
+        int rc = 0;
+        for (int e = 0; e < E && !rc; e++) {
+            char hf[160];
+            int ndim;
+            int64_t sh[4];
+            snprintf(hf, sizeof hf, "model.layers.%d.mlp.experts.%d.%s_proj.weight", l, e, proj[j]);
+            if ((rc = oss_expert(cv, hf, imatrix, ictx))) break;
+            snprintf(hf, sizeof hf, "model.layers.%d.mlp.experts.%d.%s_proj.bias", l, e, proj[j]);
+            if (ar_fused_shape(cv->fused, hf, &ndim, sh) || ndim != 1 || (e && sh[0] != n)) {
+                rc = ar_error("%s: the model has no tensor %s of the others' shape", cv->model_dir, hf);
+                break;
+            }
+            if (!bias && !(bias = malloc(sizeof(float) * (size_t)(n = sh[0]) * (size_t)E))) rc = ar_error("out of memory");
+            if (!rc) rc = ar_fused_read_rows(cv->fused, hf, 0, n, bias + (size_t)e * n);
+        }
+        char gname[64];
+        int64_t ne[2] = {n, E};
+        snprintf(gname, sizeof gname, "blk.%d.ffn_%s_exps.bias", l, proj[j]);
+        if (!rc) rc = ar_gguf_writer_add_tensor(cv->w, gname, AR_GGML_F32, 2, ne, bias, sizeof(float) * (size_t)(n * E));
+        free(bias);
+        if (rc) return -1;
+    }
+    return 0;
+}
+
 int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type type, int64_t n_rows,
                             int64_t n_cols, const void *blocks, size_t nbytes)
 {
     char gname[256], ck[512];
+    int expert;
+    if (oss_expert_layer(cv, hf_name) >= 0 && ar_gguf_expert_name(hf_name, gname, sizeof gname, &expert)) {
+        int ndim;
+        int64_t sh[4];
+        size_t rb = ar_ggml_row_bytes(type, n_cols);
+        if (ar_fused_shape(cv->fused, hf_name, &ndim, sh) || ndim != 2 || sh[0] != n_rows || sh[1] != n_cols)
+            return ar_error("%s: %s [%lld, %lld] is not an expert of the model", cv->model_dir, hf_name, (long long)n_rows,
+                            (long long)n_cols);
+        if (!rb || rb * (size_t)n_rows != nbytes)
+            return ar_error("%s: %zu bytes of %s for %s", cv->model_dir, nbytes, ar_ggml_type_name(type), hf_name);
+        void *slot = ar_gguf_stack_slot(cv->stacks, gname, expert, type, n_rows, n_cols);
+        if (!slot) return -1;
+        memcpy(slot, blocks, nbytes);
+        return ar_gguf_stack_filled(cv->stacks, cv->w, gname, expert);
+    }
     long i = tensor_index(cv, ckpt_name(cv, hf_name, ck, sizeof ck));
     if (i < 0) return -1;
     const ar_st_tensor *t = ar_st_at(cv->st, (size_t)i);
@@ -273,7 +421,23 @@ int ar_gguf_conv_add_blocks(ar_gguf_conv *cv, const char *hf_name, ar_ggml_type 
     if (!row_bytes || row_bytes * (size_t)n_rows != nbytes)
         return ar_error("%s: %zu bytes of %s for %s [%lld, %lld]", cv->model_dir, nbytes, ar_ggml_type_name(type),
                         hf_name, (long long)n_rows, (long long)n_cols);
-    int expert;
+    if (strstr(gname, ".attn_kv_b.weight") && ar_gguf_ds_oss_arch(&cv->cfg)) {   /* written split */
+        /* the v rows as tuned; the k rows, transposed into attn_k_b, have no tuned form: the
+         * checkpoint's values, rounded to nearest there (so a no-data file is llama-quantize's) */
+        ar_gguf_kvb k = ar_gguf_kvb_of(&cv->cfg);
+        float *x = malloc(sizeof(float) * (size_t)(n_rows * n_cols));
+        int rc = x ? 0 : ar_error("out of memory");
+        if (!rc && (n_rows != (int64_t)k.NH * (k.DN + k.DV) || n_cols != k.KL))
+            rc = ar_error("%s: %s does not have the MLA heads' rows", cv->model_dir, hf_name);
+        if (!rc) rc = ar_st_read_f32(cv->st, t->name, x, (size_t)t->numel);
+        for (int64_t r = 0; !rc && r < n_rows; r++)
+            if (r % (k.DN + k.DV) >= k.DN)
+                rc = ar_ggml_dequantize(type, (const uint8_t *)blocks + row_bytes * (size_t)r, x + r * n_cols, n_cols);
+        if (!rc) rc = add_kvb(cv, gname, x, blocks, type, NULL, NULL);
+        free(x);
+        if (!rc) cv->done[i] = 1;
+        return rc;
+    }
     if (ar_gguf_expert_name(hf_name, gname, sizeof gname, &expert)) {   /* one slot of the layer's 3-D tensor */
         void *slot = ar_gguf_stack_slot(cv->stacks, gname, expert, type, n_rows, n_cols);
         if (!slot) return -1;
@@ -303,6 +467,8 @@ static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatr
     char gname[256], tb[512];
     const char *name = cv->mm ? ar_mm_unmap_name(&cv->mm_names, t->name, tb, sizeof tb) : t->name;
     if (!name) return 0;   /* outside a VLM's text stack */
+    int ol = oss_expert_layer(cv, name);
+    if (ol >= 0) return oss_layer(cv, ol, imatrix, ictx);   /* the whole layer's experts at once */
     int m = conv_map_name(cv, name, gname, sizeof gname);
     if (m <= 0) return m < 0 ? ar_error_prefix(t->file) : 0;
     int64_t rows = 0, cols = 0;
@@ -319,6 +485,12 @@ static int convert_tensor(ar_gguf_conv *cv, const ar_st_tensor *t, ar_gguf_imatr
     if (!rc && !q) rc = ar_error("%s: out of memory", t->name);
     const float *imx = imatrix && ar_ggml_is_quantized(type) ? imatrix(ictx, gname, cols) : NULL;
     int expert, is_expert = ar_gguf_expert_name(name, gname, sizeof gname, &expert);
+    if (!rc && strstr(gname, ".attn_kv_b.weight") && ar_gguf_ds_oss_arch(&cv->cfg)) {
+        free(q);
+        rc = add_kvb(cv, gname, x, NULL, AR_GGML_F32, imatrix, ictx);
+        free(x);
+        return rc;
+    }
     if (!rc && is_expert) {   /* quantized straight into its slot of the layer's 3-D tensor */
         free(q);
         q = ar_gguf_stack_slot(cv->stacks, gname, expert, type, rows, cols);
@@ -364,6 +536,8 @@ void ar_gguf_conv_abort(ar_gguf_conv *cv)
     if (!cv) return;
     ar_gguf_writer_abort(cv->w);
     ar_st_close(cv->st);
+    if (cv->fused) ar_fused_close(cv->fused);
+    free(cv->oss_done);
     ar_gguf_stacks_free(cv->stacks);
     free(cv->done);
     free(cv);

@@ -28,6 +28,8 @@ const char *ar_gguf_arch_name(const ar_config *c)
     case AR_ARCH_GLM4: return "glm4";
     case AR_ARCH_QWEN3_MOE: return "qwen3moe";
     case AR_ARCH_QWEN2_MOE: return "qwen2moe";
+    case AR_ARCH_DEEPSEEK_V2: case AR_ARCH_DEEPSEEK_V3: return "deepseek2";   /* gguf_ds_oss.h */
+    case AR_ARCH_GPT_OSS: return "gpt-oss";
     default: return "llama";   /* Llama, Mistral, Mixtral (llama with experts) */
     }
 }

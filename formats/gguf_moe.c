@@ -1,6 +1,7 @@
 /* gguf_moe.c — mixtures of experts in llama.cpp's GGUF (see gguf_moe.h). */
 #include "gguf_moe.h"
 #include "error.h"
+#include "gguf_ds_oss.h"
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,9 +27,11 @@ int ar_gguf_moe_check(const ar_config *c, const char *dir)
 {
     const ar_moe_config *m = &c->moe;
     if (!m->n_experts) return 0;
+    if (ar_gguf_ds_oss_arch(c)) return ar_gguf_ds_oss_check(c, dir);   /* deepseek2, gpt-oss */
     const char *arch = c->arch == AR_ARCH_QWEN3_MOE ? "qwen3moe" : c->arch == AR_ARCH_QWEN2_MOE ? "qwen2moe" : "llama";
     if (c->arch != AR_ARCH_QWEN3_MOE && c->arch != AR_ARCH_QWEN2_MOE && c->arch != AR_ARCH_MIXTRAL)
-        return ar_error("%s: GGUF export of %s is not supported yet (Qwen3-MoE, Qwen2-MoE, Mixtral)", dir, c->arch_name);
+        return ar_error("%s: GGUF export of %s is not supported yet (Qwen3-MoE, Qwen2-MoE, Mixtral, DeepSeek-V2/V3, gpt-oss)",
+                        dir, c->arch_name);
     /* llama.cpp's qwen3moe / qwen2moe / llama loaders take experts on every
      * layer once expert_count is set (src/models/qwen3moe.cpp etc.) */
     if (m->n_moe_layers != c->n_layers) {
@@ -67,6 +70,7 @@ int ar_gguf_moe_set_metadata(ar_gguf_writer *w, const ar_config *c, const char *
     if (c->arch != AR_ARCH_MIXTRAL) rc |= set_u32(w, arch, "expert_feed_forward_length", (uint32_t)m->expert_intermediate);
     if (m->shared_expert_gate)
         rc |= set_u32(w, arch, "expert_shared_feed_forward_length", (uint32_t)m->shared_intermediate);
+    if (!rc && ar_gguf_ds_oss_arch(c)) rc = ar_gguf_ds_oss_set_metadata(w, c, arch);
     return rc ? -1 : 0;
 }
 
@@ -95,6 +99,7 @@ static void set_names(ar_config *c, ar_arch a, const char *cls, const char *type
 int ar_gguf_moe_read_config(const ar_gguf *g, const char *arch, const char *path, ar_config *c)
 {
     ar_moe_config *m = &c->moe;
+    if (!strcmp(arch, "deepseek2") || !strcmp(arch, "gpt-oss")) return ar_gguf_ds_oss_read_config(g, arch, path, c);
     int qwen3 = !strcmp(arch, "qwen3moe"), qwen2 = !strcmp(arch, "qwen2moe");
     int64_t E = arch_int(g, arch, "expert_count", 0), k = arch_int(g, arch, "expert_used_count", 0);
     if (!qwen3 && !qwen2 && E == 0) return 0;   /* a dense llama */
@@ -209,6 +214,13 @@ void *ar_gguf_stack_slot(ar_gguf_stacks *s, const char *gname, int e, ar_ggml_ty
         return NULL;
     }
     return k->buf + k->slot_bytes * (size_t)e;
+}
+
+int ar_gguf_stack_has(const ar_gguf_stacks *s, const char *gname, int e)
+{
+    for (int i = 0; s && i < s->n; i++)
+        if (!strcmp(s->s[i].name, gname)) return s->s[i].written || (e >= 0 && e < s->E && s->s[i].have[e]);
+    return 0;
 }
 
 int ar_gguf_stack_filled(ar_gguf_stacks *s, ar_gguf_writer *w, const char *gname, int e)

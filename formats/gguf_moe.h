@@ -58,6 +58,8 @@ ar_gguf_stacks *ar_gguf_stacks_new(int n_experts);
  * ar_error when e is out of range, given before, or t / rows / cols differ
  * from the stack's other experts. */
 void *ar_gguf_stack_slot(ar_gguf_stacks *s, const char *gname, int e, ar_ggml_type t, int64_t rows, int64_t cols);
+/* 1 when expert e of gname has been filled (or the tensor written), else 0. */
+int ar_gguf_stack_has(const ar_gguf_stacks *s, const char *gname, int e);
 /* Expert e of gname is filled: when it is the last one, the 3-D tensor is
  * appended to w and its buffer freed. 0 or -1. */
 int ar_gguf_stack_filled(ar_gguf_stacks *s, ar_gguf_writer *w, const char *gname, int e);

@@ -189,8 +189,21 @@ static const struct { const char *hf, *gguf; } layer_names[] = {
     {"mlp.gate", "ffn_gate_inp"},            {"block_sparse_moe.gate", "ffn_gate_inp"},
     {"mlp.shared_expert.gate_proj", "ffn_gate_shexp"}, {"mlp.shared_expert.up_proj", "ffn_up_shexp"},
     {"mlp.shared_expert.down_proj", "ffn_down_shexp"}, {"mlp.shared_expert_gate", "ffn_gate_inp_shexp"},
+    /* DeepSeek-V2/V3 (llama.cpp deepseek2; gguf_ds_oss.h): MLA's projections and norms (kv_b_proj is
+     * written split, attn_k_b / attn_v_b), the shared experts; gpt-oss's router */
+    {"self_attn.q_a_proj", "attn_q_a"},      {"self_attn.q_a_layernorm", "attn_q_a_norm"},
+    {"self_attn.q_b_proj", "attn_q_b"},      {"self_attn.kv_a_proj_with_mqa", "attn_kv_a_mqa"},
+    {"self_attn.kv_a_layernorm", "attn_kv_a_norm"}, {"self_attn.kv_b_proj", "attn_kv_b"},
+    {"mlp.shared_experts.gate_proj", "ffn_gate_shexp"}, {"mlp.shared_experts.up_proj", "ffn_up_shexp"},
+    {"mlp.shared_experts.down_proj", "ffn_down_shexp"}, {"mlp.router", "ffn_gate_inp"},
 };
 enum { N_LAYER_NAMES = sizeof layer_names / sizeof layer_names[0] };
+
+/* Per-layer tensors whose HF name has no .weight / .bias suffix: DeepSeek-V3's
+ * router bias (llama.cpp's exp_probs_b) and gpt-oss's attention sinks. */
+static const struct { const char *hf, *gguf; } layer_params[] = {
+    {"mlp.gate.e_score_correction_bias", "exp_probs_b.bias"}, {"self_attn.sinks", "attn_sinks.weight"},
+};
 
 /* Whole-model tensors. */
 static const struct { const char *hf, *gguf; } model_names[] = {
@@ -236,6 +249,8 @@ int ar_gguf_map_name(const char *hf, char *out, size_t out_size)
     if (sscanf(hf, "model.layers.%d.%n", &layer, &used) == 1 && used > 0) {
         const char *rest = hf + used;
         if (strstr(rest, "rotary_emb.inv_freq")) return 0;
+        for (size_t i = 0; i < sizeof layer_params / sizeof layer_params[0]; i++)
+            if (!strcmp(rest, layer_params[i].hf)) return snprintf(out, out_size, "blk.%d.%s", layer, layer_params[i].gguf) > 0;
         for (int i = 0; i < N_LAYER_NAMES; i++) {
             size_t n = strlen(layer_names[i].hf);
             if (!strncmp(rest, layer_names[i].hf, n) && is_param_suffix(rest + n))
@@ -254,7 +269,9 @@ double ar_gguf_gemma_attn_scale(const ar_config *c)
 int ar_gguf_map_name_for(const ar_config *c, const char *hf, char *out, size_t out_size)
 {
     int m = ar_gguf_map_name(hf, out, out_size), layer;
-    if (m == 1 && c->sandwich_norm && strstr(hf, ".post_attention_layernorm.") && sscanf(out, "blk.%d.", &layer) == 1)
+    /* Gemma's sandwich norm, and gpt-oss's (llama.cpp's openai-moe loads attn_post_norm before the MLP) */
+    if (m == 1 && (c->sandwich_norm || c->arch == AR_ARCH_GPT_OSS) && strstr(hf, ".post_attention_layernorm.") &&
+        sscanf(out, "blk.%d.", &layer) == 1)
         snprintf(out, out_size, "blk.%d.post_attention_norm.weight", layer);
     return m;
 }
@@ -292,7 +309,14 @@ ar_ggml_type ar_gguf_hf_tensor_type(ar_gguf_ftype f, const ar_config *c, const c
                                     int has_imatrix)
 {
     char gname[256];
+    int layer;
     ar_gguf_model_info info = ar_gguf_info_for(c, !c->tie_embeddings, has_imatrix);
     if (ar_gguf_map_name(hf_name, gname, sizeof gname) <= 0) return AR_GGML_F32;
+    /* MLA's kv_b_proj is written split (gguf_ds_oss.h): its rows of kv_lora_rank columns are tuned in
+     * attn_v_b's type, whose rows they are; the attn_k_b half is transposed and quantized again at packing */
+    if (strstr(gname, ".attn_kv_b.weight") && sscanf(gname, "blk.%d.", &layer) == 1) {
+        snprintf(gname, sizeof gname, "blk.%d.attn_v_b.weight", layer);
+        return ar_gguf_tensor_type(f, &info, gname, 3, cols);
+    }
     return ar_gguf_tensor_type(f, &info, gname, 2, cols);
 }

@@ -10,6 +10,7 @@
  * tokenizer.json. */
 #include "error.h"
 #include "gguf.h"
+#include "gguf_ds_oss.h"
 #include "gguf_moe.h"
 #include "model_open.h"
 #include <limits.h>
@@ -29,6 +30,9 @@ static const struct { const char *gguf, *hf_class, *model_type; ar_arch arch; } 
     {"glm4", "Glm4ForCausalLM", "glm4", AR_ARCH_GLM4},
     {"qwen3moe", "Qwen3MoeForCausalLM", "qwen3_moe", AR_ARCH_QWEN3_MOE},   /* "llama" with experts: Mixtral (gguf_moe.c) */
     {"qwen2moe", "Qwen2MoeForCausalLM", "qwen2_moe", AR_ARCH_QWEN2_MOE},
+    /* DeepSeek-V2 or -V3 by the file's gating function, and gpt-oss (gguf_ds_oss.c) */
+    {"deepseek2", "DeepseekV2ForCausalLM", "deepseek_v2", AR_ARCH_DEEPSEEK_V2},
+    {"gpt-oss", "GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS},
 };
 
 /* "<arch>.<key>" as an integer, or def when absent. */
@@ -68,7 +72,7 @@ static int set_arch(ar_config *c, const ar_gguf *g, const char *path, const char
             *arch = archs[i].gguf;
             return 0;
         }
-    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4, qwen3moe, qwen2moe)",
+    return ar_error("%s: architecture '%s' is not supported (llama, qwen2, qwen3, gemma2, gemma3, phi3, glm4, qwen3moe, qwen2moe, deepseek2, gpt-oss)",
                     path, a->str);
 }
 
@@ -182,7 +186,8 @@ int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
     if (!emb || emb->n_dims != 2 || emb->ne[0] != c->hidden)
         return ar_error("%s: no token_embd.weight of row length %d", path, c->hidden);
     c->vocab = (int)emb->ne[1];
-    if (set_rope(c, g, arch, path)) return -1;
+    int ds_oss = c->arch == AR_ARCH_DEEPSEEK_V2 || c->arch == AR_ARCH_GPT_OSS;   /* their YaRN: gguf_ds_oss.c */
+    if (!ds_oss && set_rope(c, g, arch, path)) return -1;
     c->tie_embeddings = !has_tensor(g, "output.weight");
     c->qkv_bias = has_tensor(g, "blk.0.attn_q.bias");
     c->o_bias = has_tensor(g, "blk.0.attn_output.bias");
@@ -202,7 +207,63 @@ typedef struct {
     ar_gguf  *g;
     ar_config cfg;
     char      path[4096];
+    /* MLA's kv_b_proj read back from attn_k_b (transposed per head) and attn_v_b:
+     * the last head's k_b rows, dequantized */
+    float    *kb;
+    int       kb_layer, kb_head;
 } gguf_src;
+
+/* "model.layers.L.self_attn.kv_b_proj.weight" of a deepseek2 file: its layer, else -1 */
+static int kvb_layer(const gguf_src *s, const char *hf_name)
+{
+    int l, used = 0;
+    if (s->cfg.arch != AR_ARCH_DEEPSEEK_V2 && s->cfg.arch != AR_ARCH_DEEPSEEK_V3) return -1;
+    if (sscanf(hf_name, "model.layers.%d.self_attn.kv_b_proj.weight%n", &l, &used) != 1 || !used || hf_name[used]) return -1;
+    return l;
+}
+
+/* The layer's attn_k_b / attn_v_b of the split form, checked against the config (NULL, no error, if absent). */
+static const ar_gguf_tensor *kvb_part(const gguf_src *s, int layer, char which)
+{
+    char name[64];
+    ar_gguf_kvb k = ar_gguf_kvb_of(&s->cfg);
+    snprintf(name, sizeof name, "blk.%d.attn_%c_b.weight", layer, which);
+    const ar_gguf_tensor *t = ar_gguf_find_tensor(s->g, name);
+    int64_t want0 = which == 'k' ? k.DN : k.KL, want1 = which == 'k' ? k.KL : k.DV;
+    return t && t->n_dims == 3 && t->ne[0] == want0 && t->ne[1] == want1 && t->ne[2] == k.NH ? t : NULL;
+}
+
+/* Rows row0.. of kv_b [NH·(DN+DV), KL]: v rows straight from attn_v_b, k rows
+ * from head h's attn_k_b [KL, DN] transposed. */
+static int kvb_read_rows(gguf_src *s, int layer, int64_t row0, int64_t nrows, float *dst)
+{
+    ar_gguf_kvb k = ar_gguf_kvb_of(&s->cfg);
+    const ar_gguf_tensor *kt = kvb_part(s, layer, 'k'), *vt = kvb_part(s, layer, 'v');
+    const int DH = k.DN + k.DV;
+    if (!kt || !vt) return ar_error("%s: blk.%d.attn_k_b / attn_v_b are missing or not shaped as the MLA keys say", s->path, layer);
+    if (row0 < 0 || nrows < 0 || row0 + nrows > (int64_t)k.NH * DH)
+        return ar_error("%s: rows out of range of layer %d's kv_b_proj", s->path, layer);
+    if (!s->kb && !(s->kb = malloc(sizeof(float) * (size_t)k.KL * k.DN))) return ar_error("out of memory");
+    for (int64_t r = row0; r < row0 + nrows; r++) {
+        int h = (int)(r / DH), j = (int)(r % DH);
+        float *out = dst + (r - row0) * k.KL;
+        if (j >= k.DN) {
+            size_t rb = ar_ggml_row_bytes(vt->type, k.KL);
+            if (ar_ggml_dequantize(vt->type, (const char *)vt->data + ((size_t)h * k.DV + (j - k.DN)) * rb, out, k.KL))
+                return ar_error_prefix(s->path);
+            continue;
+        }
+        if (s->kb_layer != layer || s->kb_head != h) {
+            size_t rb = ar_ggml_row_bytes(kt->type, k.DN);
+            for (int i = 0; i < k.KL; i++)
+                if (ar_ggml_dequantize(kt->type, (const char *)kt->data + ((size_t)h * k.KL + i) * rb, s->kb + (size_t)i * k.DN, k.DN))
+                    return ar_error_prefix(s->path);
+            s->kb_layer = layer, s->kb_head = h;
+        }
+        for (int i = 0; i < k.KL; i++) out[i] = s->kb[(size_t)i * k.DN + j];
+    }
+    return 0;
+}
 
 /* The GGUF tensor behind an HF name, or NULL (no error) when there is none;
  * *expert: which expert of a stacked 3-D tensor (gguf_moe.h) the name is, else -1. */
@@ -210,7 +271,10 @@ static const ar_gguf_tensor *find_part(const gguf_src *s, const char *hf_name, i
 {
     char gname[256];
     *expert = -1;
-    if (ar_gguf_expert_name(hf_name, gname, sizeof gname, expert)) {
+    if (ar_gguf_expert_name(hf_name, gname, sizeof gname, expert) ||
+        ar_gguf_expert_bias_name(hf_name, gname, sizeof gname, expert)) {   /* gpt-oss's biases: {N, E} */
+        const ar_gguf_tensor *b = ar_gguf_find_tensor(s->g, gname);
+        if (b && b->n_dims == 2 && strstr(gname, ".bias")) return *expert < b->ne[1] ? b : NULL;
         const ar_gguf_tensor *t = ar_gguf_find_tensor(s->g, gname);
         return t && t->n_dims == 3 && *expert < t->ne[2] ? t : NULL;
     }
@@ -226,9 +290,18 @@ static int ends_with(const char *s, const char *t)
 
 static int src_shape(void *ctx, const char *name, int *ndim, int64_t shape[AR_SRC_MAX_DIMS])
 {
-    int e;
+    int e, kl = kvb_layer(ctx, name);
+    if (kl >= 0 && kvb_part(ctx, kl, 'k') && kvb_part(ctx, kl, 'v')) {   /* written split */
+        ar_gguf_kvb k = ar_gguf_kvb_of(&((gguf_src *)ctx)->cfg);
+        *ndim = 2, shape[0] = (int64_t)k.NH * (k.DN + k.DV), shape[1] = k.KL;
+        return 0;
+    }
     const ar_gguf_tensor *t = find_part(ctx, name, &e);
     if (!t) return 1;
+    if (e >= 0 && strstr(t->name, ".bias")) {   /* one expert's bias: a row of the stacked {N, E} */
+        *ndim = 1, shape[0] = t->ne[0];
+        return 0;
+    }
     if (e >= 0 || (t->n_dims == 1 && ends_with(t->name, ".ffn_gate_inp_shexp.weight"))) {
         *ndim = 2;   /* one expert's [N, K]; the shared expert's gate is HF's [1, hidden] */
         shape[0] = e >= 0 ? t->ne[1] : 1;
@@ -252,9 +325,15 @@ static int permuted_heads(const gguf_src *s, const ar_gguf_tensor *t)
 static int src_read_rows(void *ctx, const char *name, int64_t row0, int64_t nrows, float *dst)
 {
     gguf_src *s = ctx;
-    int e;
+    int e, kl = kvb_layer(s, name);
+    if (kl >= 0 && !find_part(s, name, &e)) return kvb_read_rows(s, kl, row0, nrows, dst);
     const ar_gguf_tensor *t = find_part(s, name, &e);
     if (!t) return ar_error("%s: no tensor for %s", s->path, name);
+    if (e >= 0 && strstr(t->name, ".bias")) {
+        if (row0 != 0 || (nrows != 1 && nrows != t->ne[0])) return ar_error("%s: %s is read whole", s->path, name);
+        return ar_ggml_dequantize(t->type, (const char *)t->data + (size_t)e * ar_ggml_row_bytes(t->type, t->ne[0]), dst,
+                                  t->ne[0]) ? ar_error_prefix(s->path) : 0;
+    }
     const int64_t cols = t->n_dims == 1 ? 1 : t->ne[0], rows = e >= 0 ? t->ne[1] : ar_gguf_tensor_numel(t) / cols;
     if (row0 < 0 || nrows < 0 || row0 + nrows > rows)
         return ar_error("%s: rows %lld..%lld of %s out of range", s->path, (long long)row0, (long long)(row0 + nrows), name);
@@ -280,6 +359,7 @@ static void src_close(void *ctx)
     gguf_src *s = ctx;
     if (!s) return;
     ar_gguf_close(s->g);
+    free(s->kb);
     free(s);
 }
 
@@ -288,6 +368,7 @@ int ar_source_gguf(ar_tensor_source *src, ar_config *c, const char *path)
     gguf_src *s = calloc(1, sizeof *s);
     if (!s) return ar_error("out of memory");
     snprintf(s->path, sizeof s->path, "%s", path);
+    s->kb_layer = -1;
     if (!(s->g = ar_gguf_open(path)) || ar_gguf_read_config(s->g, path, &s->cfg)) {
         src_close(s);
         return -1;
