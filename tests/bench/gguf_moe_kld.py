@@ -107,15 +107,20 @@ def kld_tool(f32, quants, heldout, chunks):
     run([ppl, "-m", f32, "--kl-divergence-base", base] + common, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     res, n = [], 0
     for q in quants:
-        out = run([ppl, "-m", q, "--kl-divergence-base", base, "--kl-divergence"] + common, capture_output=True,
-                  text=True)
-        text = out.stdout + out.stderr
-        d = re.search(r"Mean\s+KLD:\s+([-0-9.e]+)", text)
-        top = re.search(r"Same top p:\s+([0-9.]+)", text)
-        ch = re.search(r"calculating perplexity over (\d+) chunks", text)
+        # llama.cpp logs through a worker thread that can lose its last lines at
+        # exit (seen here on 2 of 15 runs: the summary missing, exit 0): try again
+        for _ in range(3):
+            out = run([ppl, "-m", q, "--kl-divergence-base", base, "--kl-divergence"] + common, capture_output=True,
+                      text=True)
+            text = out.stdout + out.stderr
+            d = re.search(r"Mean\s+KLD:\s+([-0-9.e]+)(?:\s+±\s+([0-9.e]+))?", text)
+            top = re.search(r"Same top p:\s+([0-9.]+)", text)
+            if d and top:
+                break
+        ch = re.search(r"(?:calculating perplexity|kl_divergence: computing) over (\d+) chunks", text)
         if not d or not top:
             sys.exit(f"llama-perplexity gave no KLD for {q}:\n{text[-2000:]}")
-        res.append((float(d.group(1)), float(top.group(1))))
+        res.append((float(d.group(1)), float(top.group(1)), float(d.group(2) or "nan")))
         n = int(ch.group(1)) if ch else n
     return res, n
 
@@ -147,8 +152,9 @@ def main():
         res, _, nchunk = check_gguf.kld(f["f32"], [f[k] for k in names], heldout, chunks)
         how = "the binding (check_gguf.kld)"
     print(f"KLD vs {f['f32']} over {nchunk} chunks of 512, by {how}")
-    for k, (d, top) in zip(names, res):
-        print(f"  {k:14s} mean KLD {d:.6f}  same top {top:.2f}%")
+    for k, r in zip(names, res):   # llama-perplexity also gives the KLD's ± (the binding's loop does not)
+        pm = f" ± {r[2]:.6f}" if len(r) > 2 and r[2] == r[2] else ""
+        print(f"  {k:14s} mean KLD {r[0]:.6f}{pm}  same top {r[1]:.2f}%")
 
 
 main()
