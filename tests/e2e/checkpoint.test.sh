@@ -45,11 +45,13 @@ kill_run "first kill"
 # 3. Resumed, then killed in the middle of block 4 (0-based 3): three finished.
 tune_bg "$T/err2" --checkpoint "$CK" -o "$T/B.ars" --progress
 wait_until finished 2 || fail "block 3 never finished: $(cat "$T/err2")"
+# stopped at once, so that block 4 cannot finish however fast the host is
+kill -STOP "$pid"
+finished 2 || fail "the run got past block 4 before it was stopped (raise --iters in this test)"
 grep -q 'resuming at block [23]/6' "$T/err2" || { cat "$T/err2"; fail "no 'resuming at block 2/6 or 3/6'"; }
-# ... while it runs, a second run on the same directory is refused.
+# ... while it holds the directory, a second run on it is refused.
 rc=0; tune --checkpoint "$CK" -o "$T/X.ars" 2> "$T/err_lock" || rc=$?
 [ $rc = 1 ] && grep -q 'in use' "$T/err_lock" || fail "concurrent run: rc $rc: $(cat "$T/err_lock")"
-sleep 0.3
 kill_run "second kill"
 finished 2 || fail "the second kill was not inside block 4: $(cat "$CK/manifest.json")"
 
