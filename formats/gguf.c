@@ -384,6 +384,31 @@ double ar_gguf_kv_float(const ar_gguf_kv *kv)
     return f;
 }
 
+/* "<arch>.<key>" into k (cap bytes; longer keys are cut, and then not found) */
+static const char *arch_key(char *k, size_t cap, const char *arch, const char *key)
+{
+    snprintf(k, cap, "%s.%s", arch, key);
+    return k;
+}
+
+const ar_gguf_kv *ar_gguf_find_arch_kv(const ar_gguf *g, const char *arch, const char *key)
+{
+    char k[160];
+    return ar_gguf_find_kv(g, arch_key(k, sizeof k, arch, key));
+}
+
+int64_t ar_gguf_arch_int(const ar_gguf *g, const char *arch, const char *key, int64_t def)
+{
+    const ar_gguf_kv *kv = ar_gguf_find_arch_kv(g, arch, key);
+    return kv ? ar_gguf_kv_int(kv) : def;
+}
+
+double ar_gguf_arch_float(const ar_gguf *g, const char *arch, const char *key, double def)
+{
+    const ar_gguf_kv *kv = ar_gguf_find_arch_kv(g, arch, key);
+    return kv ? ar_gguf_kv_float(kv) : def;
+}
+
 double ar_gguf_kv_arr_float(const ar_gguf_kv *kv, uint64_t i)
 {
     double f = 0;
@@ -530,6 +555,24 @@ int ar_gguf_set_bool(ar_gguf_writer *w, const char *key, int v)
 {
     uint8_t b = v ? 1 : 0;
     return set_scalar(w, key, AR_GGUF_BOOL, &b);
+}
+
+int ar_gguf_set_arch_u32(ar_gguf_writer *w, const char *arch, const char *key, uint32_t v)
+{
+    char k[160];
+    return ar_gguf_set_u32(w, arch_key(k, sizeof k, arch, key), v);
+}
+
+int ar_gguf_set_arch_f32(ar_gguf_writer *w, const char *arch, const char *key, float v)
+{
+    char k[160];
+    return ar_gguf_set_f32(w, arch_key(k, sizeof k, arch, key), v);
+}
+
+int ar_gguf_set_arch_bool(ar_gguf_writer *w, const char *arch, const char *key, int v)
+{
+    char k[160];
+    return ar_gguf_set_bool(w, arch_key(k, sizeof k, arch, key), v);
 }
 
 int ar_gguf_set_str(ar_gguf_writer *w, const char *key, const char *v)

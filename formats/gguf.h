@@ -72,6 +72,11 @@ const ar_gguf_kv *ar_gguf_find_kv(const ar_gguf *g, const char *key);
 int64_t ar_gguf_kv_int(const ar_gguf_kv *kv);
 /* Scalar value of a float or integer pair as double. */
 double ar_gguf_kv_float(const ar_gguf_kv *kv);
+/* The pair "<arch>.<key>" (llama.cpp's name for a family's hyper-parameter),
+ * or NULL; and its integer / float value, or def when absent. */
+const ar_gguf_kv *ar_gguf_find_arch_kv(const ar_gguf *g, const char *arch, const char *key);
+int64_t ar_gguf_arch_int(const ar_gguf *g, const char *arch, const char *key, int64_t def);
+double ar_gguf_arch_float(const ar_gguf *g, const char *arch, const char *key, double def);
 /* Element i of a numeric array as double / int64 (0 when out of range). */
 double ar_gguf_kv_arr_float(const ar_gguf_kv *kv, uint64_t i);
 int64_t ar_gguf_kv_arr_int(const ar_gguf_kv *kv, uint64_t i);
@@ -104,6 +109,10 @@ int ar_gguf_set_i32(ar_gguf_writer *w, const char *key, int32_t v);
 int ar_gguf_set_u64(ar_gguf_writer *w, const char *key, uint64_t v);
 int ar_gguf_set_f32(ar_gguf_writer *w, const char *key, float v);
 int ar_gguf_set_bool(ar_gguf_writer *w, const char *key, int v);
+/* The same for the key "<arch>.<key>". */
+int ar_gguf_set_arch_u32(ar_gguf_writer *w, const char *arch, const char *key, uint32_t v);
+int ar_gguf_set_arch_f32(ar_gguf_writer *w, const char *arch, const char *key, float v);
+int ar_gguf_set_arch_bool(ar_gguf_writer *w, const char *arch, const char *key, int v);
 int ar_gguf_set_str(ar_gguf_writer *w, const char *key, const char *v);
 /* Arrays: n elements of elem_type (numeric types: raw little-endian values). */
 int ar_gguf_set_arr(ar_gguf_writer *w, const char *key, ar_gguf_vtype elem_type, const void *v, uint64_t n);

@@ -81,37 +81,16 @@ int ar_gguf_ds_oss_check(const ar_config *c, const char *dir)
 
 /* ---- metadata ------------------------------------------------------------------------ */
 
-static int set_u32(ar_gguf_writer *w, const char *arch, const char *key, uint32_t v)
-{
-    char k[128];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_set_u32(w, k, v);
-}
-
-static int set_f32(ar_gguf_writer *w, const char *arch, const char *key, float v)
-{
-    char k[128];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_set_f32(w, k, v);
-}
-
-static int set_bool(ar_gguf_writer *w, const char *arch, const char *key, int v)
-{
-    char k[128];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_set_bool(w, k, v);
-}
-
 /* conversion/base.py's YaRN keys */
 static int set_yarn(ar_gguf_writer *w, const ar_config *c, const char *arch)
 {
     if (c->rope_type != AR_ROPE_YARN) return 0;
     char k[128];
     snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-    return ar_gguf_set_str(w, k, "yarn") | set_f32(w, arch, "rope.scaling.factor", (float)c->rope_factor) |
-           set_u32(w, arch, "rope.scaling.original_context_length", (uint32_t)c->rope_orig_max_pos) |
-           set_f32(w, arch, "rope.scaling.yarn_beta_fast", (float)c->rope_beta_fast) |
-           set_f32(w, arch, "rope.scaling.yarn_beta_slow", (float)c->rope_beta_slow);
+    return ar_gguf_set_str(w, k, "yarn") | ar_gguf_set_arch_f32(w, arch, "rope.scaling.factor", (float)c->rope_factor) |
+           ar_gguf_set_arch_u32(w, arch, "rope.scaling.original_context_length", (uint32_t)c->rope_orig_max_pos) |
+           ar_gguf_set_arch_f32(w, arch, "rope.scaling.yarn_beta_fast", (float)c->rope_beta_fast) |
+           ar_gguf_set_arch_f32(w, arch, "rope.scaling.yarn_beta_slow", (float)c->rope_beta_slow);
 }
 
 static int set_deepseek(ar_gguf_writer *w, const ar_config *c, const char *arch)
@@ -120,30 +99,30 @@ static int set_deepseek(ar_gguf_writer *w, const ar_config *c, const char *arch)
     const ar_mla_config *a = &c->mla;
     /* q_lora_rank 0 (V2-Lite's null): the converter omits the key, but llama.cpp requires it
      * unless the file has 26 or 27 layers (its "lite" rule), and 0 selects attn_q */
-    int rc = set_u32(w, arch, "leading_dense_block_count", (uint32_t)m->first_k_dense_replace) |
-             set_u32(w, arch, "vocab_size", (uint32_t)c->vocab) |
-             set_u32(w, arch, "attention.q_lora_rank", (uint32_t)a->q_lora_rank) |
-             set_u32(w, arch, "attention.kv_lora_rank", (uint32_t)a->kv_lora_rank) |
-             set_u32(w, arch, "attention.head_count_kv", 1) |
-             set_u32(w, arch, "attention.key_length", (uint32_t)(a->kv_lora_rank + a->qk_rope_head_dim)) |
-             set_u32(w, arch, "attention.value_length", (uint32_t)a->kv_lora_rank) |
-             set_u32(w, arch, "attention.key_length_mla", (uint32_t)(a->qk_nope_head_dim + a->qk_rope_head_dim)) |
-             set_u32(w, arch, "attention.value_length_mla", (uint32_t)a->v_head_dim) |
-             set_u32(w, arch, "expert_shared_count", (uint32_t)m->n_shared_experts) |
-             set_f32(w, arch, "expert_weights_scale", (float)m->routed_scaling_factor) |
-             set_u32(w, arch, "rope.dimension_count", (uint32_t)a->qk_rope_head_dim);
-    if (m->norm_topk_prob) rc |= set_bool(w, arch, "expert_weights_norm", 1);
+    int rc = ar_gguf_set_arch_u32(w, arch, "leading_dense_block_count", (uint32_t)m->first_k_dense_replace) |
+             ar_gguf_set_arch_u32(w, arch, "vocab_size", (uint32_t)c->vocab) |
+             ar_gguf_set_arch_u32(w, arch, "attention.q_lora_rank", (uint32_t)a->q_lora_rank) |
+             ar_gguf_set_arch_u32(w, arch, "attention.kv_lora_rank", (uint32_t)a->kv_lora_rank) |
+             ar_gguf_set_arch_u32(w, arch, "attention.head_count_kv", 1) |
+             ar_gguf_set_arch_u32(w, arch, "attention.key_length", (uint32_t)(a->kv_lora_rank + a->qk_rope_head_dim)) |
+             ar_gguf_set_arch_u32(w, arch, "attention.value_length", (uint32_t)a->kv_lora_rank) |
+             ar_gguf_set_arch_u32(w, arch, "attention.key_length_mla", (uint32_t)(a->qk_nope_head_dim + a->qk_rope_head_dim)) |
+             ar_gguf_set_arch_u32(w, arch, "attention.value_length_mla", (uint32_t)a->v_head_dim) |
+             ar_gguf_set_arch_u32(w, arch, "expert_shared_count", (uint32_t)m->n_shared_experts) |
+             ar_gguf_set_arch_f32(w, arch, "expert_weights_scale", (float)m->routed_scaling_factor) |
+             ar_gguf_set_arch_u32(w, arch, "rope.dimension_count", (uint32_t)a->qk_rope_head_dim);
+    if (m->norm_topk_prob) rc |= ar_gguf_set_arch_bool(w, arch, "expert_weights_norm", 1);
     /* written always: a V3 config without scoring_func is sigmoid in transformers, while
      * llama.cpp falls back to softmax when the key is absent */
-    rc |= set_u32(w, arch, "expert_gating_func", m->scoring == AR_ROUTER_SIGMOID ? GATING_SIGMOID : GATING_SOFTMAX);
+    rc |= ar_gguf_set_arch_u32(w, arch, "expert_gating_func", m->scoring == AR_ROUTER_SIGMOID ? GATING_SIGMOID : GATING_SOFTMAX);
     /* only where groups are dropped: llama.cpp asserts expert_group_used_count < expert_group_count
      * (src/llama-model.cpp load_hparams), and keeping every group selects as plain top-k */
     if (m->n_group > 1 && m->topk_group < m->n_group)
-        rc |= set_u32(w, arch, "expert_group_count", (uint32_t)m->n_group) |
-              set_u32(w, arch, "expert_group_used_count", (uint32_t)m->topk_group);
+        rc |= ar_gguf_set_arch_u32(w, arch, "expert_group_count", (uint32_t)m->n_group) |
+              ar_gguf_set_arch_u32(w, arch, "expert_group_used_count", (uint32_t)m->topk_group);
     rc |= set_yarn(w, c, arch);
     /* [TAG_DEEPSEEK2_YARN_LOG_MUL_FIX]: the file holds 0.1 x mscale_all_dim */
-    if (c->rope_type == AR_ROPE_YARN) rc |= set_f32(w, arch, "rope.scaling.yarn_log_multiplier", (float)(0.1 * c->rope_mscale_all_dim));
+    if (c->rope_type == AR_ROPE_YARN) rc |= ar_gguf_set_arch_f32(w, arch, "rope.scaling.yarn_log_multiplier", (float)(0.1 * c->rope_mscale_all_dim));
     return rc ? -1 : 0;
 }
 
@@ -175,25 +154,6 @@ int ar_gguf_ds_oss_set_metadata(ar_gguf_writer *w, const ar_config *c, const cha
 
 /* ---- reading a file back -------------------------------------------------------------- */
 
-static const ar_gguf_kv *arch_kv(const ar_gguf *g, const char *arch, const char *key)
-{
-    char k[160];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_find_kv(g, k);
-}
-
-static int64_t arch_int(const ar_gguf *g, const char *arch, const char *key, int64_t def)
-{
-    const ar_gguf_kv *kv = arch_kv(g, arch, key);
-    return kv ? ar_gguf_kv_int(kv) : def;
-}
-
-static double arch_float(const ar_gguf *g, const char *arch, const char *key, double def)
-{
-    const ar_gguf_kv *kv = arch_kv(g, arch, key);
-    return kv ? ar_gguf_kv_float(kv) : def;
-}
-
 static void set_names(ar_config *c, ar_arch a, const char *cls, const char *type)
 {
     c->arch = a;
@@ -204,24 +164,24 @@ static void set_names(ar_config *c, ar_arch a, const char *cls, const char *type
 /* The YaRN keys as llama.cpp reads them (truncating correction dims: ggml_rope_yarn_corr_dims). */
 static int read_rope(const ar_gguf *g, const char *arch, const char *path, ar_config *c)
 {
-    const ar_gguf_kv *st = arch_kv(g, arch, "rope.scaling.type");
-    c->rope_theta = arch_float(g, arch, "rope.freq_base", 10000.0);
+    const ar_gguf_kv *st = ar_gguf_find_arch_kv(g, arch, "rope.scaling.type");
+    c->rope_theta = ar_gguf_arch_float(g, arch, "rope.freq_base", 10000.0);
     c->rope_type = AR_ROPE_DEFAULT;
     if (!st || (st->type == AR_GGUF_STRING && !strcmp(st->str, "none"))) return 0;
     if (st->type != AR_GGUF_STRING || strcmp(st->str, "yarn"))
         return ar_error("%s: %s with RoPE scaling '%s' is not supported (yarn)", path, arch, st->type == AR_GGUF_STRING ? st->str : "?");
     c->rope_type = AR_ROPE_YARN;
-    c->rope_factor = arch_float(g, arch, "rope.scaling.factor", 1.0);
-    c->rope_orig_max_pos = (int)arch_int(g, arch, "rope.scaling.original_context_length", c->max_pos);
-    c->rope_beta_fast = arch_float(g, arch, "rope.scaling.yarn_beta_fast", 32.0);
-    c->rope_beta_slow = arch_float(g, arch, "rope.scaling.yarn_beta_slow", 1.0);
+    c->rope_factor = ar_gguf_arch_float(g, arch, "rope.scaling.factor", 1.0);
+    c->rope_orig_max_pos = (int)ar_gguf_arch_int(g, arch, "rope.scaling.original_context_length", c->max_pos);
+    c->rope_beta_fast = ar_gguf_arch_float(g, arch, "rope.scaling.yarn_beta_fast", 32.0);
+    c->rope_beta_slow = ar_gguf_arch_float(g, arch, "rope.scaling.yarn_beta_slow", 1.0);
     c->rope_truncate = 1;
     if (!(c->rope_factor >= 1) || c->rope_orig_max_pos <= 0)
         return ar_error("%s: %s.rope.scaling factor %g / original_context_length %d are not a YaRN scaling", path, arch,
                         c->rope_factor, c->rope_orig_max_pos);
     /* deepseek2: mscale = mscale_all_dim = log_mul / 0.1; absent: llama.cpp's default factors, which only
      * gpt-oss's equal transformers' (check_deepseek_rope) */
-    double log_mul = arch_float(g, arch, "rope.scaling.yarn_log_multiplier", 0);
+    double log_mul = ar_gguf_arch_float(g, arch, "rope.scaling.yarn_log_multiplier", 0);
     if (!strcmp(arch, "deepseek2") && !(log_mul > 0))
         return ar_error("%s: deepseek2 YaRN without rope.scaling.yarn_log_multiplier is not supported", path);
     c->rope_mscale = c->rope_mscale_all_dim = log_mul / 0.1;
@@ -231,14 +191,14 @@ static int read_rope(const ar_gguf *g, const char *arch, const char *path, ar_co
 static int read_moe_common(const ar_gguf *g, const char *arch, const char *path, ar_config *c)
 {
     ar_moe_config *m = &c->moe;
-    int64_t E = arch_int(g, arch, "expert_count", 0), k = arch_int(g, arch, "expert_used_count", 0);
+    int64_t E = ar_gguf_arch_int(g, arch, "expert_count", 0), k = ar_gguf_arch_int(g, arch, "expert_used_count", 0);
     if (E <= 0 || k <= 0 || k > E)
         return ar_error("%s: %s.expert_count %lld / expert_used_count %lld do not describe a mixture of experts", path, arch,
                         (long long)E, (long long)k);
     if (c->n_layers > AR_CONFIG_MAX_LAYERS) return ar_error("%s: %d layers exceed %d", path, c->n_layers, AR_CONFIG_MAX_LAYERS);
     m->n_experts = (int)E;
     m->top_k = (int)k;
-    m->expert_intermediate = (int)arch_int(g, arch, "expert_feed_forward_length", 0);
+    m->expert_intermediate = (int)ar_gguf_arch_int(g, arch, "expert_feed_forward_length", 0);
     if (m->expert_intermediate <= 0) return ar_error("%s: %s.expert_feed_forward_length must be positive", path, arch);
     m->n_group = m->topk_group = 1;
     m->routed_scaling_factor = 1.0;
@@ -253,7 +213,7 @@ static int read_deepseek(const ar_gguf *g, const char *path, ar_config *c)
     ar_moe_config *m = &c->moe;
     ar_mla_config *a = &c->mla;
     if (read_moe_common(g, arch, path, c)) return -1;
-    int64_t gating = arch_int(g, arch, "expert_gating_func", GATING_SOFTMAX);
+    int64_t gating = ar_gguf_arch_int(g, arch, "expert_gating_func", GATING_SOFTMAX);
     if (gating != GATING_SOFTMAX && gating != GATING_SIGMOID)
         return ar_error("%s: deepseek2.expert_gating_func %lld is not supported (1 softmax, 2 sigmoid)", path, (long long)gating);
     int v3 = gating == GATING_SIGMOID;
@@ -266,24 +226,24 @@ static int read_deepseek(const ar_gguf *g, const char *path, ar_config *c)
         snprintf(name, sizeof name, "blk.%d.exp_probs_b.bias", l);
         m->score_correction_bias = ar_gguf_find_tensor(g, name) != NULL;
     }
-    m->norm_topk_prob = arch_int(g, arch, "expert_weights_norm", 0) != 0;
-    double scale = arch_float(g, arch, "expert_weights_scale", 0);
+    m->norm_topk_prob = ar_gguf_arch_int(g, arch, "expert_weights_norm", 0) != 0;
+    double scale = ar_gguf_arch_float(g, arch, "expert_weights_scale", 0);
     m->routed_scaling_factor = scale != 0 ? scale : 1.0;
-    m->n_group = (int)arch_int(g, arch, "expert_group_count", 1);
-    m->topk_group = (int)arch_int(g, arch, "expert_group_used_count", m->n_group);
+    m->n_group = (int)ar_gguf_arch_int(g, arch, "expert_group_count", 1);
+    m->topk_group = (int)ar_gguf_arch_int(g, arch, "expert_group_used_count", m->n_group);
     if (m->n_group < 1 || m->topk_group < 1 || m->topk_group > m->n_group || m->n_experts % m->n_group)
         return ar_error("%s: deepseek2.expert_group_count %d / expert_group_used_count %d do not divide %d experts", path,
                         m->n_group, m->topk_group, m->n_experts);
     /* llama.cpp ranks groups by the sum of their two best (biased) scores: noaux_tc's selection */
     m->topk_method = m->n_group > 1 ? AR_TOPK_NOAUX_TC : AR_TOPK_GREEDY;
-    m->n_shared_experts = (int)arch_int(g, arch, "expert_shared_count", 0);
+    m->n_shared_experts = (int)ar_gguf_arch_int(g, arch, "expert_shared_count", 0);
     m->shared_intermediate = m->n_shared_experts * m->expert_intermediate;
-    m->first_k_dense_replace = (int)arch_int(g, arch, "leading_dense_block_count", 0);
-    a->q_lora_rank = (int)arch_int(g, arch, "attention.q_lora_rank", 0);
-    a->kv_lora_rank = (int)arch_int(g, arch, "attention.kv_lora_rank", 0);
-    a->qk_rope_head_dim = (int)arch_int(g, arch, "rope.dimension_count", 0);
-    int dk = (int)arch_int(g, arch, "attention.key_length_mla", 0);
-    a->v_head_dim = (int)arch_int(g, arch, "attention.value_length_mla", 0);
+    m->first_k_dense_replace = (int)ar_gguf_arch_int(g, arch, "leading_dense_block_count", 0);
+    a->q_lora_rank = (int)ar_gguf_arch_int(g, arch, "attention.q_lora_rank", 0);
+    a->kv_lora_rank = (int)ar_gguf_arch_int(g, arch, "attention.kv_lora_rank", 0);
+    a->qk_rope_head_dim = (int)ar_gguf_arch_int(g, arch, "rope.dimension_count", 0);
+    int dk = (int)ar_gguf_arch_int(g, arch, "attention.key_length_mla", 0);
+    a->v_head_dim = (int)ar_gguf_arch_int(g, arch, "attention.value_length_mla", 0);
     a->qk_nope_head_dim = dk - a->qk_rope_head_dim;
     a->rope_interleave = 1;
     if (a->kv_lora_rank <= 0 || a->qk_rope_head_dim <= 0 || a->qk_nope_head_dim <= 0 || a->v_head_dim <= 0 ||
@@ -309,9 +269,9 @@ static int read_gpt_oss(const ar_gguf *g, const char *path, ar_config *c)
     m->swiglu_alpha = OAI_ALPHA;
     m->swiglu_limit = OAI_LIMIT;
     c->attn_sinks = 1;
-    c->sliding_window = (int)arch_int(g, arch, "attention.sliding_window", 0);
+    c->sliding_window = (int)ar_gguf_arch_int(g, arch, "attention.sliding_window", 0);
     if (c->sliding_window <= 0) return ar_error("%s: gpt-oss.attention.sliding_window must be positive", path);
-    const ar_gguf_kv *p = arch_kv(g, arch, "attention.sliding_window_pattern");
+    const ar_gguf_kv *p = ar_gguf_find_arch_kv(g, arch, "attention.sliding_window_pattern");
     if (p && p->type == AR_GGUF_ARRAY && p->n != (uint64_t)c->n_layers)
         return ar_error("%s: gpt-oss.attention.sliding_window_pattern lists %llu layers, the model has %d", path,
                         (unsigned long long)p->n, c->n_layers);

@@ -65,20 +65,6 @@ int ar_gguf_permute_qk(float *w, int64_t rows, int64_t cols, int n_head)
 
 /* ---- hyper-parameters --------------------------------------------------------- */
 
-static int set_arch_u32(ar_gguf_writer *w, const char *arch, const char *key, uint32_t v)
-{
-    char k[128];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_set_u32(w, k, v);
-}
-
-static int set_arch_f32(ar_gguf_writer *w, const char *arch, const char *key, float v)
-{
-    char k[128];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_set_f32(w, k, v);
-}
-
 /* Gemma 2 / Gemma 3 keys as llama.cpp's loader reads them (src/models/gemma2.cpp,
  * gemma3.cpp of llama.cpp b8xxx): soft-caps, the per-layer sliding pattern as a
  * bool array (attention.sliding_window_pattern; without it llama.cpp assumes
@@ -91,9 +77,9 @@ static int set_gemma(ar_gguf_writer *w, const ar_config *c, const char *arch)
     for (int l = 0; l < c->n_layers && l < AR_CONFIG_MAX_LAYERS; l++) swa[l] = (int8_t)ar_config_layer_sliding(c, l);
     snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
     int rc = ar_gguf_set_arr(w, k, AR_GGUF_BOOL, swa, (uint64_t)c->n_layers);
-    rc |= set_arch_f32(w, arch, "rope.freq_base_swa", (float)(c->rope_local_theta > 0 ? c->rope_local_theta : c->rope_theta));
-    if (c->attn_softcap > 0) rc |= set_arch_f32(w, arch, "attn_logit_softcapping", (float)c->attn_softcap);
-    if (c->final_softcap > 0) rc |= set_arch_f32(w, arch, "final_logit_softcapping", (float)c->final_softcap);
+    rc |= ar_gguf_set_arch_f32(w, arch, "rope.freq_base_swa", (float)(c->rope_local_theta > 0 ? c->rope_local_theta : c->rope_theta));
+    if (c->attn_softcap > 0) rc |= ar_gguf_set_arch_f32(w, arch, "attn_logit_softcapping", (float)c->attn_softcap);
+    if (c->final_softcap > 0) rc |= ar_gguf_set_arch_f32(w, arch, "final_logit_softcapping", (float)c->final_softcap);
     return rc;
 }
 
@@ -106,10 +92,10 @@ static int set_gemma(ar_gguf_writer *w, const ar_config *c, const char *arch)
 static int set_fused(ar_gguf_writer *w, const ar_config *c, const char *arch)
 {
     if (c->arch != AR_ARCH_PHI3 && c->arch != AR_ARCH_GLM4) return 0;
-    int rc = set_arch_u32(w, arch, "rope.dimension_count", (uint32_t)(c->rope_dim > 0 ? c->rope_dim : c->head_dim));
+    int rc = ar_gguf_set_arch_u32(w, arch, "rope.dimension_count", (uint32_t)(c->rope_dim > 0 ? c->rope_dim : c->head_dim));
     if (c->rope_type == AR_ROPE_LONGROPE)
-        rc |= set_arch_u32(w, arch, "rope.scaling.original_context_length", (uint32_t)c->rope_orig_max_pos) |
-              set_arch_f32(w, arch, "rope.scaling.attn_factor", (float)c->rope_attention_factor);
+        rc |= ar_gguf_set_arch_u32(w, arch, "rope.scaling.original_context_length", (uint32_t)c->rope_orig_max_pos) |
+              ar_gguf_set_arch_f32(w, arch, "rope.scaling.attn_factor", (float)c->rope_attention_factor);
     return rc;
 }
 
@@ -117,27 +103,27 @@ static int set_hparams(ar_gguf_writer *w, const ar_config *c, const char *name, 
 {
     const char *arch = ar_gguf_arch_name(c);
     int rc = ar_gguf_set_str(w, "general.architecture", arch) | ar_gguf_set_str(w, "general.type", "model") |
-             ar_gguf_set_str(w, "general.name", name) | set_arch_u32(w, arch, "block_count", (uint32_t)c->n_layers) |
-             set_arch_u32(w, arch, "context_length", (uint32_t)c->max_pos) |
-             set_arch_u32(w, arch, "embedding_length", (uint32_t)c->hidden) |
-             set_arch_u32(w, arch, "feed_forward_length", (uint32_t)c->intermediate) |
-             set_arch_u32(w, arch, "attention.head_count", (uint32_t)c->n_heads) |
-             set_arch_u32(w, arch, "attention.head_count_kv", (uint32_t)c->n_kv_heads) |
-             set_arch_f32(w, arch, "rope.freq_base", (float)c->rope_theta) |
-             set_arch_f32(w, arch, "attention.layer_norm_rms_epsilon", c->rms_eps) |
-             set_arch_u32(w, arch, "attention.key_length", (uint32_t)c->head_dim) |
-             set_arch_u32(w, arch, "attention.value_length", (uint32_t)c->head_dim) |
+             ar_gguf_set_str(w, "general.name", name) | ar_gguf_set_arch_u32(w, arch, "block_count", (uint32_t)c->n_layers) |
+             ar_gguf_set_arch_u32(w, arch, "context_length", (uint32_t)c->max_pos) |
+             ar_gguf_set_arch_u32(w, arch, "embedding_length", (uint32_t)c->hidden) |
+             ar_gguf_set_arch_u32(w, arch, "feed_forward_length", (uint32_t)c->intermediate) |
+             ar_gguf_set_arch_u32(w, arch, "attention.head_count", (uint32_t)c->n_heads) |
+             ar_gguf_set_arch_u32(w, arch, "attention.head_count_kv", (uint32_t)c->n_kv_heads) |
+             ar_gguf_set_arch_f32(w, arch, "rope.freq_base", (float)c->rope_theta) |
+             ar_gguf_set_arch_f32(w, arch, "attention.layer_norm_rms_epsilon", c->rms_eps) |
+             ar_gguf_set_arch_u32(w, arch, "attention.key_length", (uint32_t)c->head_dim) |
+             ar_gguf_set_arch_u32(w, arch, "attention.value_length", (uint32_t)c->head_dim) |
              ar_gguf_set_u32(w, "general.file_type", (uint32_t)ftype);
     if (!strcmp(arch, "llama"))
-        rc |= set_arch_u32(w, arch, "vocab_size", (uint32_t)c->vocab) |
-              set_arch_u32(w, arch, "rope.dimension_count", (uint32_t)c->head_dim);
+        rc |= ar_gguf_set_arch_u32(w, arch, "vocab_size", (uint32_t)c->vocab) |
+              ar_gguf_set_arch_u32(w, arch, "rope.dimension_count", (uint32_t)c->head_dim);
     if (c->rope_type == AR_ROPE_LINEAR) {
         char k[128];
         snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
-        rc |= ar_gguf_set_str(w, k, "linear") | set_arch_f32(w, arch, "rope.scaling.factor", (float)c->rope_factor);
+        rc |= ar_gguf_set_str(w, k, "linear") | ar_gguf_set_arch_f32(w, arch, "rope.scaling.factor", (float)c->rope_factor);
     }
     if (c->sliding_window > 0 && strcmp(arch, "llama"))
-        rc |= set_arch_u32(w, arch, "attention.sliding_window", (uint32_t)c->sliding_window);
+        rc |= ar_gguf_set_arch_u32(w, arch, "attention.sliding_window", (uint32_t)c->sliding_window);
     rc |= set_gemma(w, c, arch) | set_fused(w, c, arch) | ar_gguf_moe_set_metadata(w, c, arch);
     rc |= ar_gguf_set_u32(w, "general.quantization_version", 2);
     return rc ? -1 : 0;

@@ -52,42 +52,22 @@ int ar_gguf_moe_check(const ar_config *c, const char *dir)
     return 0;
 }
 
-static int set_u32(ar_gguf_writer *w, const char *arch, const char *key, uint32_t v)
-{
-    char k[128];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_set_u32(w, k, v);
-}
-
 int ar_gguf_moe_set_metadata(ar_gguf_writer *w, const ar_config *c, const char *arch)
 {
     const ar_moe_config *m = &c->moe;
     if (!m->n_experts) return 0;
-    int rc = set_u32(w, arch, "expert_count", (uint32_t)m->n_experts) |
-             set_u32(w, arch, "expert_used_count", (uint32_t)m->top_k);
+    int rc = ar_gguf_set_arch_u32(w, arch, "expert_count", (uint32_t)m->n_experts) |
+             ar_gguf_set_arch_u32(w, arch, "expert_used_count", (uint32_t)m->top_k);
     /* the converter writes moe_intermediate_size where config.json has one (Qwen);
      * Mixtral's experts are feed_forward_length wide */
-    if (c->arch != AR_ARCH_MIXTRAL) rc |= set_u32(w, arch, "expert_feed_forward_length", (uint32_t)m->expert_intermediate);
+    if (c->arch != AR_ARCH_MIXTRAL) rc |= ar_gguf_set_arch_u32(w, arch, "expert_feed_forward_length", (uint32_t)m->expert_intermediate);
     if (m->shared_expert_gate)
-        rc |= set_u32(w, arch, "expert_shared_feed_forward_length", (uint32_t)m->shared_intermediate);
+        rc |= ar_gguf_set_arch_u32(w, arch, "expert_shared_feed_forward_length", (uint32_t)m->shared_intermediate);
     if (!rc && ar_gguf_ds_oss_arch(c)) rc = ar_gguf_ds_oss_set_metadata(w, c, arch);
     return rc ? -1 : 0;
 }
 
 /* ---- reading a file back ------------------------------------------------------------- */
-
-static const ar_gguf_kv *arch_kv(const ar_gguf *g, const char *arch, const char *key)
-{
-    char k[160];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    return ar_gguf_find_kv(g, k);
-}
-
-static int64_t arch_int(const ar_gguf *g, const char *arch, const char *key, int64_t def)
-{
-    const ar_gguf_kv *kv = arch_kv(g, arch, key);
-    return kv ? ar_gguf_kv_int(kv) : def;
-}
 
 static void set_names(ar_config *c, ar_arch a, const char *cls, const char *type)
 {
@@ -101,13 +81,13 @@ int ar_gguf_moe_read_config(const ar_gguf *g, const char *arch, const char *path
     ar_moe_config *m = &c->moe;
     if (!strcmp(arch, "deepseek2") || !strcmp(arch, "gpt-oss")) return ar_gguf_ds_oss_read_config(g, arch, path, c);
     int qwen3 = !strcmp(arch, "qwen3moe"), qwen2 = !strcmp(arch, "qwen2moe");
-    int64_t E = arch_int(g, arch, "expert_count", 0), k = arch_int(g, arch, "expert_used_count", 0);
+    int64_t E = ar_gguf_arch_int(g, arch, "expert_count", 0), k = ar_gguf_arch_int(g, arch, "expert_used_count", 0);
     if (!qwen3 && !qwen2 && E == 0) return 0;   /* a dense llama */
     if (E <= 0 || k <= 0 || k > E)
         return ar_error("%s: %s.expert_count %lld / expert_used_count %lld do not describe a mixture of experts", path,
                         arch, (long long)E, (long long)k);
     if (c->n_layers > AR_CONFIG_MAX_LAYERS) return ar_error("%s: %d layers exceed %d", path, c->n_layers, AR_CONFIG_MAX_LAYERS);
-    const ar_gguf_kv *scale = arch_kv(g, arch, "expert_weights_scale");
+    const ar_gguf_kv *scale = ar_gguf_find_arch_kv(g, arch, "expert_weights_scale");
     if (scale && ar_gguf_kv_float(scale) != 0 && ar_gguf_kv_float(scale) != 1)
         return ar_error("%s: %s.expert_weights_scale %g is not supported", path, arch, ar_gguf_kv_float(scale));
     if (qwen3) set_names(c, AR_ARCH_QWEN3_MOE, "Qwen3MoeForCausalLM", "qwen3_moe");
@@ -116,7 +96,7 @@ int ar_gguf_moe_read_config(const ar_gguf *g, const char *arch, const char *path
     m->n_experts = (int)E;
     m->top_k = (int)k;
     /* llama.cpp's default width when the key is absent: n_ff / n_expert_used (qwen*moe), n_ff (llama) */
-    m->expert_intermediate = (int)arch_int(g, arch, "expert_feed_forward_length",
+    m->expert_intermediate = (int)ar_gguf_arch_int(g, arch, "expert_feed_forward_length",
                                            qwen3 || qwen2 ? c->intermediate / k : c->intermediate);
     m->norm_topk_prob = !qwen2;
     m->scoring = AR_ROUTER_SOFTMAX;
@@ -125,7 +105,7 @@ int ar_gguf_moe_read_config(const ar_gguf *g, const char *arch, const char *path
     m->routed_scaling_factor = 1.0;
     m->decoder_sparse_step = 1;
     if (qwen2) {
-        m->shared_intermediate = (int)arch_int(g, arch, "expert_shared_feed_forward_length", c->intermediate);
+        m->shared_intermediate = (int)ar_gguf_arch_int(g, arch, "expert_shared_feed_forward_length", c->intermediate);
         m->n_shared_experts = m->shared_expert_gate = 1;
     }
     if (m->expert_intermediate <= 0 || (qwen2 && m->shared_intermediate <= 0))

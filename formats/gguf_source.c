@@ -35,23 +35,6 @@ static const struct { const char *gguf, *hf_class, *model_type; ar_arch arch; } 
     {"gpt-oss", "GptOssForCausalLM", "gpt_oss", AR_ARCH_GPT_OSS},
 };
 
-/* "<arch>.<key>" as an integer, or def when absent. */
-static int64_t arch_int(const ar_gguf *g, const char *arch, const char *key, int64_t def)
-{
-    char k[160];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    const ar_gguf_kv *kv = ar_gguf_find_kv(g, k);
-    return kv ? ar_gguf_kv_int(kv) : def;
-}
-
-static double arch_float(const ar_gguf *g, const char *arch, const char *key, double def)
-{
-    char k[160];
-    snprintf(k, sizeof k, "%s.%s", arch, key);
-    const ar_gguf_kv *kv = ar_gguf_find_kv(g, k);
-    return kv ? ar_gguf_kv_float(kv) : def;
-}
-
 static int token_id(const ar_gguf *g, const char *key)
 {
     const ar_gguf_kv *kv = ar_gguf_find_kv(g, key);
@@ -79,13 +62,13 @@ static int set_arch(ar_config *c, const ar_gguf *g, const char *path, const char
 static int set_rope(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
 {
     char k[160];
-    c->rope_theta = arch_float(g, arch, "rope.freq_base", 10000.0);
+    c->rope_theta = ar_gguf_arch_float(g, arch, "rope.freq_base", 10000.0);
     c->rope_type = AR_ROPE_DEFAULT;
     snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
     const ar_gguf_kv *st = ar_gguf_find_kv(g, k);
     if (st && st->type == AR_GGUF_STRING && !strcmp(st->str, "linear")) {
         c->rope_type = AR_ROPE_LINEAR;
-        c->rope_factor = arch_float(g, arch, "rope.scaling.factor", 1.0);
+        c->rope_factor = ar_gguf_arch_float(g, arch, "rope.scaling.factor", 1.0);
     } else if (st && st->type == AR_GGUF_STRING && strcmp(st->str, "none"))
         return ar_error("%s: RoPE scaling '%s' is not supported", path, st->str);
     if (has_tensor(g, "rope_freqs.weight"))
@@ -108,10 +91,10 @@ static int set_gemma(ar_config *c, const ar_gguf *g, const char *arch, const cha
     c->norm_plus_one = c->sandwich_norm = 1;
     c->embed_scale = sqrt((double)c->hidden);
     c->attn_scale = ar_gguf_gemma_attn_scale(c);
-    c->attn_softcap = arch_float(g, arch, "attn_logit_softcapping", g3 ? 0 : 50.0);
-    c->final_softcap = arch_float(g, arch, "final_logit_softcapping", g3 ? 0 : 30.0);
-    c->sliding_window = (int)arch_int(g, arch, "attention.sliding_window", g3 ? 0 : 4096);
-    if (g3 && c->sliding_window > 0) c->rope_local_theta = arch_float(g, arch, "rope.freq_base_swa", 10000.0);
+    c->attn_softcap = ar_gguf_arch_float(g, arch, "attn_logit_softcapping", g3 ? 0 : 50.0);
+    c->final_softcap = ar_gguf_arch_float(g, arch, "final_logit_softcapping", g3 ? 0 : 30.0);
+    c->sliding_window = (int)ar_gguf_arch_int(g, arch, "attention.sliding_window", g3 ? 0 : 4096);
+    if (g3 && c->sliding_window > 0) c->rope_local_theta = ar_gguf_arch_float(g, arch, "rope.freq_base_swa", 10000.0);
     if (c->n_layers > AR_CONFIG_MAX_LAYERS) return ar_error("%s: %d layers exceed %d", path, c->n_layers, AR_CONFIG_MAX_LAYERS);
     c->layer_types = 1;
     snprintf(k, sizeof k, "%s.attention.sliding_window_pattern", arch);
@@ -143,7 +126,7 @@ static int longrope_table(const ar_gguf *g, const char *name, int n, float *out,
 static int set_fused(ar_config *c, const ar_gguf *g, const char *arch, const char *path)
 {
     c->fused_gate_up = 1;
-    c->rope_dim = (int)arch_int(g, arch, "rope.dimension_count", c->head_dim);
+    c->rope_dim = (int)ar_gguf_arch_int(g, arch, "rope.dimension_count", c->head_dim);
     if (c->rope_dim < 2 || c->rope_dim % 2 || c->rope_dim > c->head_dim)
         return ar_error("%s: %s.rope.dimension_count %d does not fit head size %d", path, arch, c->rope_dim, c->head_dim);
     if (c->arch == AR_ARCH_GLM4) {
@@ -151,7 +134,7 @@ static int set_fused(ar_config *c, const ar_gguf *g, const char *arch, const cha
         return 0;
     }
     c->fused_qkv = has_tensor(g, "blk.0.attn_qkv.weight");
-    c->sliding_window = (int)arch_int(g, arch, "attention.sliding_window", 0);
+    c->sliding_window = (int)ar_gguf_arch_int(g, arch, "attention.sliding_window", 0);
     if (!has_tensor(g, "rope_factors_long.weight")) return 0;
     int n = c->rope_dim / 2;
     if (n > AR_ROPE_MAX_PAIRS) return ar_error("%s: longrope with more than %d rotated pairs", path, AR_ROPE_MAX_PAIRS);
@@ -159,10 +142,10 @@ static int set_fused(ar_config *c, const ar_gguf *g, const char *arch, const cha
         longrope_table(g, "rope_factors_short.weight", n, c->rope_short_factor, path))
         return -1;
     c->rope_type = AR_ROPE_LONGROPE;
-    c->rope_orig_max_pos = (int)arch_int(g, arch, "rope.scaling.original_context_length", c->max_pos);
+    c->rope_orig_max_pos = (int)ar_gguf_arch_int(g, arch, "rope.scaling.original_context_length", c->max_pos);
     if (c->rope_orig_max_pos <= 0) return ar_error("%s: %s.rope.scaling.original_context_length must be positive", path, arch);
     c->rope_factor = (double)c->max_pos / c->rope_orig_max_pos;
-    c->rope_attention_factor = arch_float(g, arch, "rope.scaling.attn_factor", 1.0);
+    c->rope_attention_factor = ar_gguf_arch_float(g, arch, "rope.scaling.attn_factor", 1.0);
     return 0;
 }
 
@@ -171,17 +154,17 @@ int ar_gguf_read_config(const ar_gguf *g, const char *path, ar_config *c)
     const char *arch = "";
     memset(c, 0, sizeof *c);
     if (set_arch(c, g, path, &arch)) return -1;
-    c->n_layers = (int)arch_int(g, arch, "block_count", 0);
-    c->hidden = (int)arch_int(g, arch, "embedding_length", 0);
-    c->intermediate = (int)arch_int(g, arch, "feed_forward_length", 0);
-    c->n_heads = (int)arch_int(g, arch, "attention.head_count", 0);
-    c->n_kv_heads = (int)arch_int(g, arch, "attention.head_count_kv", c->n_heads);
-    c->max_pos = (int)arch_int(g, arch, "context_length", 2048);
-    c->rms_eps = (float)arch_float(g, arch, "attention.layer_norm_rms_epsilon", 1e-6);
+    c->n_layers = (int)ar_gguf_arch_int(g, arch, "block_count", 0);
+    c->hidden = (int)ar_gguf_arch_int(g, arch, "embedding_length", 0);
+    c->intermediate = (int)ar_gguf_arch_int(g, arch, "feed_forward_length", 0);
+    c->n_heads = (int)ar_gguf_arch_int(g, arch, "attention.head_count", 0);
+    c->n_kv_heads = (int)ar_gguf_arch_int(g, arch, "attention.head_count_kv", c->n_heads);
+    c->max_pos = (int)ar_gguf_arch_int(g, arch, "context_length", 2048);
+    c->rms_eps = (float)ar_gguf_arch_float(g, arch, "attention.layer_norm_rms_epsilon", 1e-6);
     if (c->n_layers <= 0 || c->hidden <= 0 || c->intermediate <= 0 || c->n_heads <= 0 || c->n_kv_heads <= 0)
         return ar_error("%s: missing or zero %s.block_count / embedding_length / feed_forward_length / head counts",
                         path, arch);
-    c->head_dim = (int)arch_int(g, arch, "attention.key_length", c->hidden / c->n_heads);
+    c->head_dim = (int)ar_gguf_arch_int(g, arch, "attention.key_length", c->hidden / c->n_heads);
     const ar_gguf_tensor *emb = ar_gguf_find_tensor(g, "token_embd.weight");
     if (!emb || emb->n_dims != 2 || emb->ne[0] != c->hidden)
         return ar_error("%s: no token_embd.weight of row length %d", path, c->hidden);
