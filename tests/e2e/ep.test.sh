@@ -12,13 +12,7 @@
 #     the one-process bytes.
 # Skipped, with a line, without mpirun or with an ar-tune built without MPI.
 . "$(dirname "$0")/lib.sh"
-command -v mpirun >/dev/null || { echo "skip: mpirun not found (make deps installs openmpi-bin)"; exit 0; }
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-mpirun_np() {
-  _np=$1; shift
-  if [ "$_np" -gt "$(nproc)" ]; then mpirun --oversubscribe --bind-to none -np "$_np" "$@"
-  else mpirun --bind-to none -np "$_np" "$@"; fi
-}
+. "$(dirname "$0")/mpi_lib.sh"
 FIX=$(cd "$(dirname "$0")/../fixtures/moe/tiny" && pwd)
 
 "$BIN/ar-calib" --quiet --model "$FIX/qwen3_moe" --dataset "$STORIES_TEXT" --nsamples 4 --seqlen 32 -o "$T/q.ars"

@@ -15,17 +15,7 @@
 #     one-process bytes.
 # Skipped, with a line, without mpirun or with an ar-tune built without MPI.
 . "$(dirname "$0")/lib.sh"
-command -v mpirun >/dev/null || { echo "skip: mpirun not found (make deps installs openmpi-bin)"; exit 0; }
-# Open MPI refuses root unless told; CI runs as root in containers
-if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
-# mpirun_np N ARGS...: no binding, so each rank's one thread may move; more
-# ranks than cores need --oversubscribe, under which Open MPI yields the CPU
-# while it waits (each exchange then costs a scheduler slice: kept for -np 3)
-mpirun_np() {
-  _np=$1; shift
-  if [ "$_np" -gt "$(nproc)" ]; then mpirun --oversubscribe --bind-to none -np "$_np" "$@"
-  else mpirun --bind-to none -np "$_np" "$@"; fi
-}
+. "$(dirname "$0")/mpi_lib.sh"
 pid=
 trap '[ -n "$pid" ] && kill -KILL $pid 2>/dev/null; rm -rf "$T"' EXIT
 
