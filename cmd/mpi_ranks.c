@@ -1,7 +1,7 @@
 /* mpi_ranks.c — ar_reducer over MPI_COMM_WORLD (mpi_ranks.h). The library
- * asks for two collectives, an all-gather of byte counts known to every rank
- * and a broadcast; both are split into calls of at most 1 GiB, as MPI counts
- * are ints. */
+ * asks for three collectives, an all-gather of byte counts known to every
+ * rank, an all-to-all and a broadcast; each is split into calls of at most
+ * 1 GiB, as MPI counts are ints. */
 #include "mpi_ranks.h"
 #include "cli.h"
 #include "error.h"
@@ -67,6 +67,47 @@ static int mpi_allgather(void *ctx, const void *send, void *recv, const size_t *
     return rc;
 }
 
+/* In rounds, as the all-gather: each round moves the next piece of every
+ * (sender, receiver) pair's bytes, at most 1 GiB in all, packed through
+ * buffers so that every MPI count and displacement is an int. */
+static int mpi_alltoall(void *ctx, const void *send, const size_t *scounts, void *recv, const size_t *rcounts)
+{
+    (void)ctx;
+    int n = world.size;
+    size_t piece = ((size_t)PIECE / n) & ~(size_t)7, most = 0;
+    int *sc = malloc(sizeof(int) * n), *sd = malloc(sizeof(int) * n), *rc_ = malloc(sizeof(int) * n),
+        *rd = malloc(sizeof(int) * n);
+    size_t *sbase = malloc(sizeof(size_t) * n), *rbase = malloc(sizeof(size_t) * n);
+    char *stmp = malloc((size_t)n * piece + 1), *rtmp = malloc((size_t)n * piece + 1);
+    int rc = !sc || !sd || !rc_ || !rd || !sbase || !rbase || !stmp || !rtmp ? ar_error("out of memory for an all-to-all") : 0;
+    for (int r = 0; !rc && r < n; r++) {
+        sbase[r] = r ? sbase[r - 1] + scounts[r - 1] : 0;
+        rbase[r] = r ? rbase[r - 1] + rcounts[r - 1] : 0;
+        most = scounts[r] > most ? scounts[r] : most;
+        most = rcounts[r] > most ? rcounts[r] : most;
+    }
+    /* every rank runs the same rounds: the largest count over all ranks */
+    unsigned long long m = most;
+    if (!rc) {
+        int err = MPI_Allreduce(MPI_IN_PLACE, &m, 1, MPI_UNSIGNED_LONG_LONG, MPI_MAX, MPI_COMM_WORLD);
+        if (err != MPI_SUCCESS) rc = mpi_fail("all-to-all sizes", err);
+    }
+    for (size_t done = 0; !rc && (done == 0 || done < m); done += piece) {
+        int st = 0, rt = 0;
+        for (int r = 0; r < n; r++) {
+            size_t c = scounts[r] > done ? scounts[r] - done : 0, d = rcounts[r] > done ? rcounts[r] - done : 0;
+            sc[r] = (int)(c < piece ? c : piece), sd[r] = st, st += sc[r];
+            rc_[r] = (int)(d < piece ? d : piece), rd[r] = rt, rt += rc_[r];
+            memcpy(stmp + sd[r], (const char *)send + sbase[r] + done, sc[r]);
+        }
+        int err = MPI_Alltoallv(stmp, sc, sd, MPI_BYTE, rtmp, rc_, rd, MPI_BYTE, MPI_COMM_WORLD);
+        if (err != MPI_SUCCESS) rc = mpi_fail("all-to-all", err);
+        for (int r = 0; !rc && r < n; r++) memcpy((char *)recv + rbase[r] + done, rtmp + rd[r], rc_[r]);
+    }
+    free(sc), free(sd), free(rc_), free(rd), free(sbase), free(rbase), free(stmp), free(rtmp);
+    return rc;
+}
+
 static int mpi_bcast(void *ctx, void *buf, size_t n, int root)
 {
     (void)ctx;
@@ -98,6 +139,7 @@ ar_reducer *mpi_ranks_start(int *argc, char ***argv)
     MPI_Comm_size(MPI_COMM_WORLD, &world.size);
     world.allgather = mpi_allgather;
     world.bcast = mpi_bcast;
+    world.alltoall = mpi_alltoall;
     atexit(abort_job);
     if (world.size == 1) { finished = 1; MPI_Finalize(); return NULL; }
     return &world;

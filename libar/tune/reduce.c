@@ -99,25 +99,49 @@ size_t ar_reduce_scratch(const ar_reducer *rd, int K, size_t n)
     return (size_t)(total + cnt[rd->rank]) * piece;
 }
 
+/* Slice q of m elements among N ranks: [m·q/N, m·(q+1)/N). */
+static size_t slice_at(size_t m, int q, int N) { return (size_t)((unsigned long long)m * q / N); }
+
+/* One piece [e0, e0 + m) of the gradient, reduce-scattered (reduce.h): own
+ * node values to the slice owners, the tree finished on this rank's slice,
+ * the finished slices gathered into dst. */
+static int reduce_piece(ar_reducer *rd, const int *all, const int *cnt, int total, int K, float *dst,
+                        const float *const *mine, size_t e0, size_t m, float *recv, float *send)
+{
+    const int N = rd->size, me = rd->rank, own = cnt[me];
+    size_t sc[AR_REDUCE_MAX_RANKS], rc_[AR_REDUCE_MAX_RANKS], at = 0;
+    const size_t lo = slice_at(m, me, N), len = slice_at(m, me + 1, N) - lo;
+    for (int q = 0; q < N; q++) {
+        size_t qlo = slice_at(m, q, N), qlen = slice_at(m, q + 1, N) - qlo;
+        for (int j = 0; j < own; j++, at += qlen) memcpy(send + at, mine[j] + e0 + qlo, qlen * sizeof(float));
+        sc[q] = (size_t)own * qlen * sizeof(float);
+        rc_[q] = (size_t)cnt[q] * len * sizeof(float);
+    }
+    double t0 = now_s();
+    int rc = rd->alltoall(rd->ctx, send, sc, recv, rc_);
+    rd->seconds += now_s() - t0;
+    rd->bytes += (double)(total - own) * len * sizeof(float);
+    if (rc) return -1;
+    /* recv holds node g's slice at recv + g·len, g in rank (= chunk) order */
+    const float *mine_done = recv + (size_t)combine(all, total, 0, K, recv, len) * len;
+    for (int q = 0; q < N; q++) sc[q] = (slice_at(m, q + 1, N) - slice_at(m, q, N)) * sizeof(float);
+    t0 = now_s();
+    rc = rd->allgather(rd->ctx, mine_done, dst + e0, sc);
+    rd->seconds += now_s() - t0;
+    rd->bytes += (double)(m - len) * sizeof(float);
+    return rc;
+}
+
 int ar_reduce_tree(ar_reducer *rd, int K, float *dst, const float *const *mine, size_t n, float *scratch)
 {
     int *all, total, cnt[AR_REDUCE_MAX_RANKS];
     if (!ranks_ok(rd) || all_nodes(rd, K, &all, cnt, &total)) return -1;
-    int own = cnt[rd->rank];
-    size_t counts[AR_REDUCE_MAX_RANKS];
-    float *recv = scratch, *send = scratch + (size_t)total * (n < AR_REDUCE_PIECE ? n : AR_REDUCE_PIECE);
+    size_t piece = n < AR_REDUCE_PIECE ? n : AR_REDUCE_PIECE;
+    float *recv = scratch, *send = scratch + (size_t)total * piece;   /* ar_reduce_scratch's room */
     int rc = 0;
     for (size_t e0 = 0; e0 < n && !rc; e0 += AR_REDUCE_PIECE) {
         size_t m = n - e0 < AR_REDUCE_PIECE ? n - e0 : AR_REDUCE_PIECE;
-        for (int j = 0; j < own; j++) memcpy(send + (size_t)j * m, mine[j] + e0, m * sizeof(float));
-        for (int r = 0; r < rd->size; r++) counts[r] = (size_t)cnt[r] * m * sizeof(float);
-        double t0 = now_s();
-        rc = rd->allgather(rd->ctx, send, recv, counts);
-        rd->seconds += now_s() - t0;
-        rd->bytes += (double)(total - own) * m * sizeof(float);
-        if (rc) break;
-        int root = combine(all, total, 0, K, recv, m);
-        memcpy(dst + e0, recv + (size_t)root * m, m * sizeof(float));
+        rc = reduce_piece(rd, all, cnt, total, K, dst, mine, e0, m, recv, send);
     }
     free(all);
     return rc;

@@ -7,7 +7,8 @@
  * pointers, given to the tuner through ar_signround_opts.reduce /
  * ar_tune_opts.reduce; cmd/mpi_ranks.c implements it with MPI (a build
  * without MPI has none, and the tools run as one process). A GPU build would
- * implement the same two calls with NCCL (ncclAllGather, ncclBroadcast).
+ * implement the same calls with NCCL (ncclAllGather, ncclBroadcast, and
+ * ncclSend/ncclRecv pairs in a group for the all-to-all).
  *
  * Why the result does not depend on the number of ranks N. An iteration's
  * gb samples (the sampler's, the same on every rank) are cut into K chunks of
@@ -18,8 +19,13 @@
  * a node [lo, hi) of more than one chunk is left + right with left =
  * [lo, lo + p), p the largest power of two below hi − lo. Rank r owns the
  * contiguous chunks [K·r/N, K·(r+1)/N) and sums locally every tree node that
- * lies inside its range; the ranks then exchange those maximal nodes and
- * every rank finishes the same tree from them. Every addition is the same
+ * lies inside its range. The tree is then finished as a reduce-scatter: the
+ * gradient is cut into N slices, rank q receives every rank's nodes for
+ * slice q only (all-to-all) and finishes the tree on it, and the finished
+ * slices are all-gathered; a rank receives about 2·(N−1)/N of the gradient
+ * (plus (N−1)/N more per extra node of a rank) instead of (N−1) node-sized
+ * copies. The tree is element-wise, so a slice's sums are the whole
+ * gradient's sums of those elements. Every addition is the same
  * f32 addition of the same two operands whatever N is, so one process (N =
  * 1, all nodes local) and N ranks give the same bits, given the same
  * threads per rank (the chunks' GEMMs depend on it). */
@@ -36,6 +42,10 @@ typedef struct ar_reducer {
     int (*allgather)(void *ctx, const void *send, void *recv, const size_t *counts);
     /* root's n bytes at buf to every rank's buf. 0, or -1 with ar_error. */
     int (*bcast)(void *ctx, void *buf, size_t n, int root);
+    /* Every rank sends scounts[q] bytes to rank q, the pieces for ranks 0, 1,
+     * ... one after another in send, and receives rcounts[p] bytes from rank
+     * p, rank 0's first, in recv. 0, or -1 with ar_error. */
+    int (*alltoall)(void *ctx, const void *send, const size_t *scounts, void *recv, const size_t *rcounts);
     /* Accounting, kept by the tuner: bytes this rank received through
      * allgather and seconds spent in it, and the tuning iterations they served. */
     double bytes, seconds;

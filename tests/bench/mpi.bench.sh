@@ -52,19 +52,20 @@ awk -v t0="$t0" -v t1="$t1" -v t2="$t2" -v n="$((ITERS * 6))" -v mib="$mib" \
   printf "   mpirun -np 2: %.1f s wall (%.1f ms per iteration), output %s\n", t2, 1e3 * t2 / n, same
   printf "   exchange per iteration (rank 0): %.3f MiB received in %.2f ms; the tree predicts %.3f MiB\n", mib, ms,
          (G * 4 + 4 * 8) / 1048576
-  printf "     (8 chunks, 2 ranks: one node of the other rank, G = %d floats, plus 4 loss parts)\n", G
+  printf "     (8 chunks, 2 ranks, reduce-scatter: half of the other rank node, then the other half of the\n       finished gradient, G = %d floats; plus 4 loss parts)\n", G
 }'
 
 # Projection. t_iter(1 GPU) = the H100 7B-block iteration of docs/gpu-results.md (89.1 ms, default path,
 # 8 samples x 2048 tokens), scaled by the active parameters of a block (Llama-2-7B block: 202.4M).
 # N ranks split the 8 chunks of an iteration (dp_chunk 1), so at most 8 ranks have work: 32 GPUs
 # are 4 groups of 8 ranks tuning different blocks at once (block parallelism, docs/parallel.md), an
-# ideal 4x. The exchange is this all-gather of the ranks' tree nodes in f32: each rank receives
-# (N - 1) x G x 4 bytes, G the block's trainable weights, at 350 GB/s (NCCL all-gather bus bandwidth
-# within one 8-GPU NVLink node); a reduce-scatter of the same tree (not written) would receive
-# 2 x G x 4 x (N - 1) / N. Chain forwards (2 x 128 x 2048 tokens a block, on every rank) at 300 TFLOP/s.
+# ideal 4x. The exchange is the reduce-scatter of the ranks' tree nodes in f32 (reduce.h; with one
+# node a rank, as here): each rank receives 2 x G x 4 x (N - 1) / N bytes, G the block's trainable
+# weights, at 350 GB/s (NCCL bus bandwidth within one 8-GPU NVLink node; the all-gather of whole
+# nodes this replaced received (N - 1) x G x 4). Chain forwards (2 x 128 x 2048 tokens a block, on
+# every rank) at 300 TFLOP/s.
 # 200 iterations a block. Neither model was run.
-awk 'function proj(name, layers, G, act,   t, i, n, busy, groups, tc, tx, trs, chain, tot, tot2) {
+awk 'function proj(name, layers, G, act,   t, i, n, busy, groups, tc, tx, chain, tot) {
   t = 89.1e-3 * act / 202.4e6
   chain = 2 * 128 * 2048 * 2 * act / 300e12
   for (i = 1; i <= 3; i++) {
@@ -72,12 +73,10 @@ awk 'function proj(name, layers, G, act,   t, i, n, busy, groups, tc, tx, trs, c
     busy = n < 8 ? n : 8
     groups = n / busy
     tc = t / busy
-    tx = busy > 1 ? (busy - 1) * G * 4 / 350e9 : 0
-    trs = busy > 1 ? 2 * G * 4 * (busy - 1) / busy / 350e9 : 0
+    tx = busy > 1 ? 2 * G * 4 * (busy - 1) / busy / 350e9 : 0
     tot = layers * (200 * (tc + tx) + chain) / groups
-    tot2 = layers * (200 * (tc + trs) + chain) / groups
-    printf "   %-10s %2d GPUs (%d x %d): %5.1f ms compute + %6.1f ms exchange an iteration: %6.1f min (reduce-scatter: %5.1f min)\n",
-           name, n, groups, busy, 1e3 * tc, 1e3 * tx, tot / 60, tot2 / 60
+    printf "   %-10s %2d GPUs (%d x %d): %5.1f ms compute + %6.1f ms exchange an iteration: %6.1f min\n",
+           name, n, groups, busy, 1e3 * tc, 1e3 * tx, tot / 60
   }
 }
 BEGIN {

@@ -7,6 +7,7 @@
 typedef struct {
     pthread_barrier_t bar;
     const void **send;       /* [n] each rank's buffer of the current call */
+    const size_t **scounts;  /* [n] each rank's all-to-all send counts */
     int n;
 } world;
 
@@ -30,6 +31,26 @@ static int all_gather(void *ctx, const void *send, void *recv, const size_t *cou
     return 0;
 }
 
+/* rank p's piece for this rank starts after p's pieces for ranks before it */
+static int all_to_all(void *ctx, const void *send, const size_t *scounts, void *recv, const size_t *rcounts)
+{
+    rank *k = ctx;
+    world *w = k->w;
+    int me = k->rd.rank;
+    w->send[me] = send, w->scounts[me] = scounts;
+    pthread_barrier_wait(&w->bar);
+    size_t at = 0;
+    int bad = 0;
+    for (int p = 0; p < w->n; p++) {
+        size_t off = 0;
+        for (int q = 0; q < me; q++) off += w->scounts[p][q];
+        bad |= w->scounts[p][me] != rcounts[p];
+        memcpy((char *)recv + at, (const char *)w->send[p] + off, rcounts[p]), at += rcounts[p];
+    }
+    pthread_barrier_wait(&w->bar);
+    return bad ? -1 : 0;
+}
+
 static int bcast(void *ctx, void *buf, size_t n, int root)
 {
     rank *k = ctx;
@@ -51,17 +72,17 @@ static void *run(void *p)
 
 int fake_ranks_run(int n, int (*fn)(void *ctx, ar_reducer *rd), void *ctx, size_t stride)
 {
-    world w = {.n = n, .send = calloc(n, sizeof(void *))};
+    world w = {.n = n, .send = calloc(n, sizeof(void *)), .scounts = calloc(n, sizeof(size_t *))};
     rank *ks = calloc(n, sizeof *ks);
     pthread_t *th = calloc(n, sizeof *th);
     pthread_barrier_init(&w.bar, NULL, n);
     for (int r = 0; r < n; r++) {
-        ks[r] = (rank){&w, {r, n, &ks[r], all_gather, bcast, 0, 0, 0}, fn, (char *)ctx + r * stride, 0};
+        ks[r] = (rank){&w, {.rank = r, .size = n, .ctx = &ks[r], .allgather = all_gather, .bcast = bcast, .alltoall = all_to_all}, fn, (char *)ctx + r * stride, 0};
         pthread_create(&th[r], NULL, run, &ks[r]);
     }
     int bad = 0;
     for (int r = 0; r < n; r++) pthread_join(th[r], NULL), bad += ks[r].rc != 0;
     pthread_barrier_destroy(&w.bar);
-    free(w.send), free(ks), free(th);
+    free(w.send), free(w.scounts), free(ks), free(th);
     return bad;
 }

@@ -1,6 +1,6 @@
 /* fake_ranks.h — N data-parallel ranks simulated by N threads of this
  * process (for reduce.h's tests): each thread gets an ar_reducer whose
- * all-gather and broadcast meet the others' at a barrier, copying through
+ * all-gather, all-to-all and broadcast meet the others' at a barrier, copying through
  * memory. Each rank thread sets OpenMP to one thread (OpenBLAS, called from
  * several threads at once, picks its own threads by size, alike for every
  * rank and for a one-process reference of the same shapes). */

@@ -87,6 +87,7 @@ typedef struct {
     float *got;          /* [m] this rank's result */
     double parts[64];
     long counts[3];
+    double tree_bytes;   /* what ar_reduce_tree counted as received */
 } rank_job;
 
 static int rank_main(void *ctx, ar_reducer *rd)
@@ -103,6 +104,7 @@ static int rank_main(void *ctx, ar_reducer *rd)
     size_t sc = ar_reduce_scratch(rd, j->K, j->m);
     float *scratch = malloc(sizeof(float) * (sc ? sc : 1));
     int rc = ar_reduce_tree(rd, j->K, j->got, (const float *const *)mine, j->m, scratch);
+    j->tree_bytes = rd->bytes;
     for (int c = 0; c < j->K; c++) j->parts[c] = c >= lo && c < hi ? 1.0 / (c + 3) : NAN;
     if (!rc) rc = ar_reduce_parts(rd, j->K, j->parts);
     j->counts[0] = rd->rank, j->counts[1] = 1, j->counts[2] = 7;
@@ -110,6 +112,27 @@ static int rank_main(void *ctx, ar_reducer *rd)
     for (int n = 0; n < k; n++) free(mine[n]);
     free(scratch);
     return rc;
+}
+
+/* Bytes rank r receives in the reduce-scatter (reduce.h), from the node
+ * counts: per piece of mp floats, the other ranks' nodes for r's slice
+ * (len floats each), then the other slices of the finished tree. */
+static double scatter_bytes(int K, size_t m, int N, int r)
+{
+    int total = 0, own = 0, nodes[128];
+    for (int q = 0; q < N; q++) {
+        int lo, hi;
+        ar_chunk_range(K, q, N, &lo, &hi);
+        int c = ar_chunk_nodes(K, lo, hi, nodes, 64);
+        total += c, own = q == r ? c : own;
+    }
+    double b = 0;
+    for (size_t e0 = 0; e0 < m; e0 += AR_REDUCE_PIECE) {
+        size_t mp = m - e0 < AR_REDUCE_PIECE ? m - e0 : AR_REDUCE_PIECE;
+        size_t len = mp * (r + 1) / N - mp * r / N;
+        b += ((double)(total - own) * len + (double)(mp - len)) * sizeof(float);
+    }
+    return b;
 }
 
 static void check_ranks(int K, size_t m, int N)
@@ -122,10 +145,12 @@ static void check_ranks(int K, size_t m, int N)
     for (int c = 1; c < K; c++) for (size_t e = 0; e < m; e++) fold[e] += g[(size_t)c * m + e];
     if (K >= 4 && m > 100) cr_assert(memcmp(fold, want, sizeof(float) * m), "K %d: the data is not order-sensitive", K);
     rank_job *jobs = calloc(N, sizeof *jobs);
-    for (int r = 0; r < N; r++) jobs[r] = (rank_job){g, K, m, malloc(sizeof(float) * m), {0}, {0}};
+    for (int r = 0; r < N; r++) jobs[r] = (rank_job){g, K, m, malloc(sizeof(float) * m), {0}, {0}, 0};
     cr_assert_eq(fake_ranks_run(N, rank_main, jobs, sizeof *jobs), 0);
     for (int r = 0; r < N; r++) {
         cr_assert(!memcmp(jobs[r].got, want, sizeof(float) * m), "K %d, %d ranks: rank %d's sum differs", K, N, r);
+        cr_assert_eq(jobs[r].tree_bytes, scatter_bytes(K, m, N, r), "K %d, %d ranks: rank %d received %.0f bytes",
+                     K, N, r, jobs[r].tree_bytes);
         for (int c = 0; c < K; c++) cr_assert_eq(jobs[r].parts[c], 1.0 / (c + 3));
         cr_assert_eq(jobs[r].counts[0], (long)N * (N - 1) / 2);
         cr_assert_eq(jobs[r].counts[1], N);
